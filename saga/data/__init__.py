@@ -1,0 +1,1 @@
+"""Shipped taxonomy files (package data)."""

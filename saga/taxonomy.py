@@ -1,0 +1,170 @@
+"""The five attribution levels as data: generator -> task, SD backbone, team.
+
+A taxonomy is an editable TOML file (see `saga/data/*.toml`) so the inferred
+parts of GenVideo's labels can be corrected without touching code.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+from saga.errors import SagaError
+
+LEVELS: tuple[str, ...] = ("BIN-L", "TASK-L", "SD-L", "TEAM-L", "GEN-L")
+REAL = "real"
+FAKE = "fake"
+TASKS = ("T2V", "I2V")
+NO_SD = "none"
+BUILTIN = ("genvideo", "synth")
+
+
+@dataclass(frozen=True)
+class Generator:
+    """One video source and the attribute that each coarser level groups it by."""
+
+    name: str
+    task: str
+    sd: str | None
+    team: str
+    inferred: tuple[str, ...] = ()
+
+
+@dataclass
+class Taxonomy:
+    """Maps a generator name (or a real-source alias) to its class at every level."""
+
+    name: str
+    generators: dict[str, Generator]
+    real_aliases: tuple[str, ...] = (REAL,)
+    description: str = ""
+    _lookup: dict[str, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = {g.lower(): g for g in self.generators}
+        for alias in self.real_aliases:
+            self._lookup[alias.lower()] = REAL
+
+    # -- loading ---------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | Path | None = None) -> "Taxonomy":
+        """Load a built-in taxonomy by name ("genvideo", "synth") or a TOML file."""
+        if source is None:
+            source = "genvideo"
+        if str(source) in BUILTIN:
+            text = resources.files("saga.data").joinpath(f"{source}.toml").read_text()
+            return cls.from_toml(text, origin=f"built-in '{source}'")
+        path = Path(source)
+        if not path.is_file():
+            raise SagaError(f"{path}: taxonomy file not found; pass a TOML file or one of {', '.join(BUILTIN)}")
+        return cls.from_toml(path.read_text(), origin=str(path))
+
+    @classmethod
+    def from_toml(cls, text: str, origin: str = "<taxonomy>") -> "Taxonomy":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SagaError(f"{origin}: not valid TOML ({exc}); fix the file's syntax") from None
+        return cls.from_dict(data, origin)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "<taxonomy>") -> "Taxonomy":
+        gens = data.get("generators")
+        if not isinstance(gens, dict) or not gens:
+            raise SagaError(f"{origin}: no [generators.NAME] tables; add at least one generator")
+        parsed = {name: _parse_generator(name, spec, origin) for name, spec in gens.items()}
+        aliases = tuple(data.get("real", [REAL]))
+        if REAL not in aliases:
+            aliases = (REAL, *aliases)
+        clash = [g for g in parsed if g.lower() in {a.lower() for a in aliases}]
+        if clash:
+            raise SagaError(f"{origin}: generator {clash[0]!r} is also a real-source alias; rename one")
+        return cls(str(data.get("name", origin)), parsed, aliases, str(data.get("description", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (stored with every cache and run, so they are self-contained)."""
+        gens = {
+            g.name: {"task": g.task, "sd": g.sd or NO_SD, "team": g.team, "inferred": list(g.inferred)}
+            for g in self.generators.values()
+        }
+        return {"name": self.name, "description": self.description, "real": list(self.real_aliases), "generators": gens}
+
+    # -- labels ----------------------------------------------------------------
+    def canonical(self, label: str) -> str:
+        """The generator name for a label (case-insensitive), REAL for real sources."""
+        try:
+            return self._lookup[label.strip().lower()]
+        except KeyError:
+            raise SagaError(
+                f"label {label!r} is not in taxonomy '{self.name}'; add it to the taxonomy file "
+                f"or fix the labels (known: {', '.join(sorted(self.generators))}, {REAL})"
+            ) from None
+
+    def labels(self, label: str) -> dict[str, str | None]:
+        """The class at every level; SD-L is None for generators without an SD backbone."""
+        name = self.canonical(label)
+        if name == REAL:
+            return {level: REAL for level in LEVELS}
+        g = self.generators[name]
+        return {"BIN-L": FAKE, "TASK-L": g.task, "SD-L": g.sd, "TEAM-L": g.team, "GEN-L": g.name}
+
+    def classes(self, level: str) -> list[str]:
+        """The classes of a level: real first, then the others in file order."""
+        check_level(level)
+        out = [REAL]
+        for g in self.generators.values():
+            cls = self.labels(g.name)[level]
+            if cls is not None and cls not in out:
+                out.append(cls)
+        return out
+
+    def parent(self, level: str, cls: str, coarser: str) -> str | None:
+        """The class at a coarser level implied by `cls` at `level` (None if ambiguous)."""
+        check_level(level), check_level(coarser)
+        if cls == REAL:
+            return REAL
+        found = {self.labels(g)[coarser] for g in self.generators if self.labels(g)[level] == cls}
+        return found.pop() if len(found) == 1 else None
+
+    def counts(self, labels: Iterable[str] | None = None) -> dict[str, Counter]:
+        """Per level, how many generators (or given labels) fall in each class."""
+        items = list(labels) if labels is not None else [REAL, *self.generators]
+        out: dict[str, Counter] = {level: Counter() for level in LEVELS}
+        for item in items:
+            for level, cls in self.labels(item).items():
+                if cls is not None:
+                    out[level][cls] += 1
+        return out
+
+
+def check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise SagaError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+    return level
+
+
+def _parse_generator(name: str, spec: Any, origin: str) -> Generator:
+    where = f"{origin}: generator {name!r}"
+    if not isinstance(spec, dict):
+        raise SagaError(f"{where}: expected a table with task, sd and team")
+    missing = [k for k in ("task", "sd", "team") if k not in spec]
+    if missing:
+        raise SagaError(f"{where}: missing {', '.join(missing)}; add them to its table")
+    task = str(spec["task"])
+    if task not in TASKS:
+        raise SagaError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+    sd = str(spec["sd"]).strip()
+    team = str(spec["team"]).strip()
+    if not team:
+        raise SagaError(f"{where}: empty team")
+    if name.lower() in (REAL, FAKE) or team.lower() == REAL or sd.lower() == REAL:
+        raise SagaError(f"{where}: '{REAL}' is reserved for real videos")
+    inferred = tuple(spec.get("inferred", ()))
+    bad = [k for k in inferred if k not in ("task", "sd", "team")]
+    if bad:
+        raise SagaError(f"{where}: inferred lists unknown field {bad[0]!r}")
+    return Generator(name, task, None if sd.lower() == NO_SD else sd, team, inferred)
