@@ -1,0 +1,70 @@
+"""One-file HDF5 export of a cache for sharing, and the import that rebuilds the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from saga.cache.manifest import VideoRecord
+from saga.cache.store import ATTR_KEY, FeatureCache, PartWriter, next_part_name
+from saga.errors import SagaError
+
+FORMAT = "saga-cache-h5/1"
+CHUNK_VIDEOS = 256
+
+
+def export_h5(cache: FeatureCache, path: Path) -> int:
+    """Write every record (failed ones too, without features) into one HDF5 file; returns #videos with features."""
+    records = cache.records()
+    ok = [r for r in records if r.ok]
+    w, t, d = cache.windows, cache.frames, cache.dim
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs["format"] = FORMAT
+        h5.attrs[ATTR_KEY] = json.dumps(cache.attrs)
+        feats = h5.create_dataset("features", (len(ok), w, t, d), np.float16, chunks=(1, w, t, d) if ok else None)
+        mask = h5.create_dataset("mask", (len(ok), w, t), bool)
+        stamps = h5.create_dataset("timestamps", (len(ok), w, t), np.float32)
+        for start in range(0, len(ok), CHUNK_VIDEOS):
+            part = ok[start:start + CHUNK_VIDEOS]
+            data = cache.read(part)
+            feats[start:start + len(part)] = data["features"]
+            mask[start:start + len(part)] = data["mask"]
+            stamps[start:start + len(part)] = data["timestamps"]
+        manifest = [r.to_json() for r in ok] + [r.to_json() for r in records if not r.ok]
+        h5.create_dataset("manifest", data=np.array(manifest, dtype=object), dtype=h5py.string_dtype())
+    os.replace(tmp, path)
+    return len(ok)
+
+
+def import_h5(path: Path, out: Path) -> FeatureCache:
+    """Rebuild a cache (same provenance and cache id) from an exported HDF5 file."""
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise SagaError(f"{path}: not an HDF5 file ({exc}); pass a file written by `saga cache export`") from None
+    with h5:
+        if h5.attrs.get("format") != FORMAT:
+            raise SagaError(f"{path}: not a saga cache export (format {h5.attrs.get('format')!r})")
+        attrs = json.loads(h5.attrs[ATTR_KEY])
+        if (out / "zarr.json").exists():
+            raise SagaError(f"{out}: already a cache; import into a new folder")
+        cache = FeatureCache.create_or_open(out, attrs)
+        records = [VideoRecord.from_dict(json.loads(s)) for s in h5["manifest"].asstr()[:]]
+        n_ok = h5["features"].shape[0]
+        writer = PartWriter(cache, next_part_name(cache), capacity=max(n_ok, 1) * cache.windows)
+        for i, rec in enumerate(records):
+            if i < n_ok:
+                checksum = rec.checksum
+                writer.add(rec, h5["features"][i], h5["mask"][i], h5["timestamps"][i])
+                if rec.checksum != checksum:
+                    raise SagaError(f"{path}: {rec.path}: features do not match their checksum; the file is damaged")
+            else:
+                writer.add_failure(rec)
+        writer.close()
+    return FeatureCache.open(out)
+

@@ -1,0 +1,144 @@
+"""Manifest records: one per video, committed only after its feature bytes are written.
+
+Each cache part has an append-only `manifest.jsonl`. A line is the commit point
+of a record: a run killed mid-line leaves an unterminated last line, which
+readers ignore (its video is simply extracted again on resume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from saga.errors import SagaError
+
+OK = "ok"
+FAILED = "failed"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class VideoRecord:
+    """What the cache knows about one video (paths are relative to the videos folder)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    generator: str
+    labels: dict[str, str | None]
+    split: str
+    error: str = ""
+    part: str = ""
+    row: int = -1
+    windows: int = 0
+    checksum: str = ""
+    n_frames: int = 0
+    fps: float = 0.0
+    backend: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def fingerprint(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VideoRecord":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def file_fingerprint(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a file; (-1, 0) for what cannot be stat'ed (a broken link)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, 0)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def feature_checksum(*arrays: Any) -> str:
+    """blake2b of the raw bytes of a record's features, mask and timestamps."""
+    h = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        h.update(memoryview(arr).cast("B") if hasattr(arr, "__array__") else bytes(arr))
+    return h.hexdigest()
+
+
+class ManifestWriter:
+    """Appends records durably (flush + fsync per commit)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def commit(self, records: Iterable[VideoRecord]) -> None:
+        lines = "".join(r.to_json() + "\n" for r in records)
+        if not lines:
+            return
+        self._fh.write(lines)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_manifest(path: Path) -> list[VideoRecord]:
+    """Committed records of one part; an unterminated last line (a killed write) is ignored."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # tail is '' when the file ends with a newline
+    records = []
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(VideoRecord.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); run `saga cache verify`") from None
+    del tail  # never committed
+    return records
+
+
+def assign_splits(
+    items: list[tuple[str, str]],
+    existing: dict[str, dict[str, int]],
+    fractions: dict[str, float],
+    seed: int,
+) -> dict[str, str]:
+    """Seeded, stratified split for new videos, keeping every existing assignment.
+
+    `items` are (path, class) pairs; within each class new videos (in a seeded hash
+    order) go to the split that lags its target share the most, so a class keeps its
+    proportions however many extraction passes it took to build.
+    """
+    by_class: dict[str, list[str]] = {}
+    for path, cls in items:
+        by_class.setdefault(cls, []).append(path)
+    out: dict[str, str] = {}
+    for cls, paths in sorted(by_class.items()):
+        counts = {s: existing.get(cls, {}).get(s, 0) for s in SPLITS}
+        total = sum(counts.values())
+        for path in sorted(paths, key=lambda p: _seeded_hash(seed, p)):
+            total += 1
+            split = max(SPLITS, key=lambda s: (fractions.get(s, 0.0) * total - counts[s], -SPLITS.index(s)))
+            counts[split] += 1
+            out[path] = split
+    return out
+
+
+def _seeded_hash(seed: int, text: str) -> str:
+    return hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).hexdigest()

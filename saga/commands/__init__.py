@@ -1,0 +1,1 @@
+"""CLI command groups (thin: parse options, call the API, print with rich)."""

@@ -1,0 +1,111 @@
+"""`saga cache info | verify | export | import`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from saga.cache.store import FeatureCache
+from saga.commands.common import console, err, print_json
+from saga.taxonomy import LEVELS
+
+app = typer.Typer(help="Inspect, verify and share a feature cache.", no_args_is_help=True)
+
+
+def cache_summary(cache: FeatureCache) -> dict[str, Any]:
+    """Counts per split and per class at every level, failures, provenance."""
+    records = cache.records()
+    ok = [r for r in records if r.ok]
+    per_level: dict[str, dict[str, dict[str, int]]] = {}
+    for level in LEVELS:
+        table: dict[str, Counter] = {}
+        for r in ok:
+            cls = r.labels.get(level)
+            if cls is not None:
+                table.setdefault(cls, Counter())[r.split] += 1
+        per_level[level] = {cls: dict(c) for cls, c in table.items()}
+    return {
+        "cache": str(cache.root),
+        "cache_id": cache.cache_id,
+        "total": len(records),
+        "ok": len(ok),
+        "failed": len(records) - len(ok),
+        "splits": dict(Counter(r.split for r in ok)),
+        "classes": per_level,
+        "parts": cache.part_names(),
+        "provenance": cache.attrs,
+        "videos": [
+            {"path": r.path, "status": r.status, "error": r.error, "generator": r.generator, "split": r.split,
+             "checksum": r.checksum, "labels": r.labels, "part": r.part, "row": r.row}
+            for r in records
+        ],
+    }
+
+
+@app.command()
+def info(
+    cache: Annotated[Path, typer.Argument(help="Cache folder.")],
+    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+) -> None:
+    """Counts per split and class at every level, failures and provenance."""
+    summary = cache_summary(FeatureCache.open(cache))
+    if format == "json":
+        print_json(summary)
+        return
+    prov = summary["provenance"]
+    console.print(f"[bold]{cache}[/] (id {summary['cache_id'][:12]}): {summary['total']} videos, "
+                  f"{summary['ok']} ok, {summary['failed']} failed; splits {summary['splits']}")
+    console.print(f"encoder {prov.get('encoder')} / {prov.get('pretrained')} (weights {str(prov.get('weights_fingerprint'))[:12]}), "
+                  f"D={prov.get('dim')}, sampling {prov.get('sampling')}, created {prov.get('created')}")
+    for level in LEVELS:
+        table = Table(title=level, title_justify="left")
+        for col in ("class", "train", "val", "test"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for cls, counts in summary["classes"][level].items():
+            table.add_row(cls, *(str(counts.get(s, 0)) for s in ("train", "val", "test")))
+        console.print(table)
+    for video in summary["videos"]:
+        if video["status"] != "ok":
+            console.print(f"[red]failed[/] {video['path']}: {video['error']}")
+
+
+@app.command()
+def verify(cache: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+    """Recompute every record's checksum; name the corrupted ones (exit 1 if any)."""
+    store = FeatureCache.open(cache)
+    bad = store.verify()
+    for rec, why in bad:
+        err.print(f"[red]corrupt[/] {rec.path} (part {rec.part}, row {rec.row}): {why}")
+    n = len(store.ok_records())
+    if bad:
+        err.print(f"{len(bad)} of {n} records are corrupt; re-extract them (delete the part or use a new cache)")
+        raise typer.Exit(1)
+    console.print(f"{cache}: all {n} records match their checksums")
+
+
+@app.command("export")
+def export(
+    cache: Annotated[Path, typer.Argument(help="Cache folder.")],
+    h5: Annotated[Path, typer.Option("--h5", help="HDF5 file to write.")],
+) -> None:
+    """Write the whole cache into one HDF5 file for sharing."""
+    from saga.cache.export import export_h5
+
+    n = export_h5(FeatureCache.open(cache), h5)
+    console.print(f"wrote {h5} ({n} videos with features)")
+
+
+@app.command("import")
+def import_(
+    h5: Annotated[Path, typer.Argument(help="HDF5 file from `saga cache export`.")],
+    out: Annotated[Path, typer.Option("--out", help="New cache folder.")],
+) -> None:
+    """Rebuild a cache from an HDF5 export (same provenance and cache id)."""
+    from saga.cache.export import import_h5
+
+    cache = import_h5(h5, out)
+    console.print(f"imported {len(cache.records())} records into {out}")

