@@ -23,15 +23,6 @@ app = typer.Typer(
 phase1.register(app)
 app.add_typer(cache_cmds.app, name="cache")
 
-try:  # phase 2 and the explain commands register themselves when present
-    from saga.commands import phase2
-
-    phase2.register(app)
-except ImportError as exc:  # pragma: no cover - only while phase 2 is missing
-    if "saga.commands.phase2" not in str(exc):
-        raise
-
-
 def main() -> None:
     from saga.errors import SagaError
 

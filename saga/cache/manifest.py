@@ -94,22 +94,44 @@ class ManifestWriter:
         self._fh.close()
 
 
-def read_manifest(path: Path) -> list[VideoRecord]:
-    """Committed records of one part; an unterminated last line (a killed write) is ignored."""
+def _complete_lines(path: Path) -> list[tuple[int, str]]:
+    """Numbered lines that end with a newline; an unterminated last line was never committed."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    complete, tail = lines[:-1], lines[-1]  # tail is '' when the file ends with a newline
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    return [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def read_split_plan(path: Path) -> dict[str, tuple[str, str]]:
+    """path -> (generator, split) of every video ever planned into this cache."""
+    plan = {}
+    for number, line in _complete_lines(path):
+        try:
+            entry = json.loads(line)
+            plan[entry["path"]] = (entry["generator"], entry["split"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SagaError(f"{path}:{number}: corrupt split plan line; restore it or start a new cache") from None
+    return plan
+
+
+def append_split_plan(path: Path, entries: dict[str, tuple[str, str]]) -> None:
+    """Record new assignments before any of their videos is extracted, so a resumed run keeps them."""
+    if not entries:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps({"path": p, "generator": g, "split": s}) + "\n" for p, (g, s) in entries.items()))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_manifest(path: Path) -> list[VideoRecord]:
+    """Committed records of one part; an unterminated last line (a killed write) is ignored."""
     records = []
-    for number, line in enumerate(complete, 1):
-        if not line.strip():
-            continue
+    for number, line in _complete_lines(path):
         try:
             records.append(VideoRecord.from_dict(json.loads(line)))
         except (json.JSONDecodeError, TypeError) as exc:
             raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); run `saga cache verify`") from None
-    del tail  # never committed
     return records
 
 

@@ -34,6 +34,7 @@ from saga.taxonomy import Taxonomy
 SCHEMA_VERSION = 1
 ATTR_KEY = "saga"
 MANIFEST = "manifest.jsonl"
+SPLIT_PLAN = "splits.jsonl"  # path -> split, recorded once before extraction
 DEFAULT_SHARD_ROWS = 128
 # Provenance fields that must match for two extraction passes to share a cache.
 COMPATIBILITY_KEYS = ("encoder", "pretrained", "weights_fingerprint", "preprocess", "dim", "sampling")
@@ -131,6 +132,10 @@ class FeatureCache:
     @property
     def taxonomy(self) -> Taxonomy:
         return Taxonomy.from_dict(self.attrs["taxonomy"], origin=f"{self.root} (taxonomy)")
+
+    @property
+    def split_plan_path(self) -> Path:
+        return self.root / SPLIT_PLAN
 
     def part_names(self) -> list[str]:
         parts = self.root / "parts"

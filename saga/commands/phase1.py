@@ -82,15 +82,21 @@ def extract(
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows)
-    with _progress(rates=True) as bar:
-        task = bar.add_task("extract", total=None, vps="-", fps="-")
-        start = time.perf_counter()
+    bar = _progress(rates=True)
+    task = bar.add_task("extract", total=None, vps="-", fps="-")
+    start = time.perf_counter()
 
-        def update(done: int, total: int, frames_done: int) -> None:
-            dt = max(time.perf_counter() - start, 1e-9)
-            bar.update(task, completed=done, total=total, vps=f"{done / dt:.1f}", fps=f"{frames_done / dt:.0f}")
+    def update(done: int, total: int, frames_done: int) -> None:
+        if not bar.live.is_started:  # only once there is work: setup errors stay one line
+            bar.start()
+        dt = max(time.perf_counter() - start, 1e-9)
+        bar.update(task, completed=done, total=total, vps=f"{done / dt:.1f}", fps=f"{frames_done / dt:.0f}")
 
+    try:
         summary = run_extract(cfg, progress=update)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     if format == "json":
         print_json(summary.to_dict())
     else:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from saga.cache.manifest import FAILED, SPLITS, VideoRecord, assign_splits, file_fingerprint
+from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, append_split_plan, assign_splits, file_fingerprint,
+                                 read_split_plan)
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
 from saga.errors import DecodeError, SagaError
 from saga.pipeline.decode import decode_video
@@ -133,21 +134,26 @@ def _worker_init(_: int) -> None:
 
 
 def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tuple[list[VideoInput], dict[str, str]]:
-    """The videos this pass must extract (new, changed, or failed with --retry-failed) and their splits."""
+    """The videos this pass must extract (new, changed, or failed with --retry-failed) and their splits.
+
+    Splits come from the cache's split plan, where every video is recorded once before it is
+    extracted: a killed and resumed run ends with the same splits as an uninterrupted one.
+    """
     existing = {r.path: r for r in cache.records()}
-    todo, splits = [], {}
+    todo = []
     for item in items:
         old = existing.get(item.rel)
-        if old is None:
+        if old is None or old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (
+                cfg.retry_failed and not old.ok):
             todo.append(item)
-        elif old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (cfg.retry_failed and not old.ok):
-            todo.append(item)
-            splits[item.rel] = old.split  # a split is assigned once, whatever happens to the file
+    planned = read_split_plan(cache.split_plan_path)
     counts: dict[str, dict[str, int]] = {}
-    for rec in existing.values():
-        counts.setdefault(rec.generator, {s: 0 for s in SPLITS})[rec.split] += 1
-    new = [(i.rel, i.generator) for i in todo if i.rel not in splits]
-    splits.update(assign_splits(new, counts, cfg.split_fractions, cfg.split_seed))
+    for generator, split in planned.values():
+        counts.setdefault(generator, {s: 0 for s in SPLITS})[split] += 1
+    new = [(i.rel, i.generator) for i in items if i.rel not in planned]
+    assigned = assign_splits(new, counts, cfg.split_fractions, cfg.split_seed)
+    append_split_plan(cache.split_plan_path, {i.rel: (i.generator, assigned[i.rel]) for i in items if i.rel in assigned})
+    splits = {rel: split for rel, (_, split) in planned.items()} | assigned
     return todo, splits
 
 

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny videos made on the fly, a tiny saved encoder, offline hubs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GENERATORS = ("real", "syn-svd", "syn-latte")
+
+
+def write_clip(path: Path, n_frames: int, seed: int, size: tuple[int, int] = (48, 64), fps: float = 12,
+               codec: str = "h264") -> Path:
+    from saga.pipeline.videoio import write_video
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (1, *size, 3), dtype=np.uint8).astype(np.int16)
+    drift = np.arange(n_frames, dtype=np.int16)[:, None, None, None] * 3
+    frames = np.clip(base + drift, 0, 255).astype(np.uint8)
+    return write_video(path, frames, fps, codec=codec)
+
+
+def make_video_tree(root: Path, per_class: int = 3, generators: tuple[str, ...] = GENERATORS) -> Path:
+    """A videos folder with one sub-folder per generator; lengths vary (some < 8 frames)."""
+    for g, gen in enumerate(generators):
+        (root / gen).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            write_clip(root / gen / f"{gen}_{i}.mp4", n_frames=5 + 4 * i + g, seed=100 * g + i)
+    return root
+
+
+def add_bad_inputs(root: Path) -> dict[str, str]:
+    """Every bad-input kind the issue names; returns rel path -> expected reason fragment."""
+    good = next(root.glob("real/*.mp4")).read_bytes()
+    (root / "real" / "empty.mp4").write_bytes(b"")
+    (root / "real" / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (root / "real" / "notavideo.mp4").write_text("this is text, not a video\n")
+    (root / "real" / "folder.mp4").mkdir()
+    os.symlink(root / "nowhere.mp4", root / "real" / "broken.mp4")
+    zeroed = bytearray(good)
+    mdat = zeroed.find(b"mdat")
+    zeroed[mdat + 4:] = bytes(len(zeroed) - mdat - 4)
+    (root / "real" / "noframes.mp4").write_bytes(bytes(zeroed))
+    return {"real/empty.mp4": "empty", "real/truncated.mp4": "", "real/notavideo.mp4": "not a video",
+            "real/folder.mp4": "directory", "real/broken.mp4": "broken link", "real/noframes.mp4": ""}
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test encoder's weights saved to a file: extraction is then deterministic."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from saga.pipeline import encoders
+
+    encoders._register_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model(encoders.TEST_ENCODER)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_args(tiny_weights: Path) -> list[str]:
+    return ["--encoder", "saga-tiny-vit", "--pretrained", str(tiny_weights), "--frames", "8", "--workers", "0",
+            "--device", "cpu", "--taxonomy", "synth"]
+
+
+def run_saga(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (what a user runs)."""
+    proc = subprocess.run([sys.executable, "-m", "saga", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"saga {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

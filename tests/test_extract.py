@@ -1,0 +1,164 @@
+"""Phase 1 end to end: bad inputs, resume, SIGKILL, encoder mismatch, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import add_bad_inputs, make_video_tree, run_saga, write_clip
+from saga.cache.store import MANIFEST, FeatureCache
+from saga.errors import SagaError
+from saga.pipeline.extract import ExtractConfig, extract
+
+
+def config(videos: Path, out: Path, weights: Path, **over: object) -> ExtractConfig:
+    base = dict(videos=videos, out=out, taxonomy="synth", encoder="saga-tiny-vit", pretrained=str(weights),
+                frames=8, workers=0, device="cpu", batch_size=16, shard_rows=2)
+    return ExtractConfig(**{**base, **over})
+
+
+def features_by_path(cache_dir: Path) -> dict[str, np.ndarray]:
+    cache = FeatureCache.open(cache_dir)
+    recs = cache.ok_records()
+    data = cache.read(recs)
+    return {r.path: data["features"][i] for i, r in enumerate(recs)}
+
+
+def test_bad_inputs_are_recorded_and_the_run_goes_on(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    expected = add_bad_inputs(videos)
+    summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=1))
+    assert summary.ok == 6 and summary.failed == len(expected)
+    failures = dict(summary.failures)
+    assert set(failures) == set(expected)
+    for path, fragment in expected.items():
+        assert fragment in failures[path] and "\n" not in failures[path]
+    assert len(FeatureCache.open(tmp_path / "c").records()) == 6 + len(expected)
+
+
+def test_short_videos_are_padded_with_a_mask(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = tmp_path / "v"
+    write_clip(videos / "real" / "short.mp4", n_frames=5, seed=1)
+    extract(config(videos, tmp_path / "c", tiny_weights))
+    cache = FeatureCache.open(tmp_path / "c")
+    data = cache.read(cache.ok_records())
+    assert data["mask"][0, 0].tolist() == [True] * 5 + [False] * 3
+    feats = data["features"][0, 0]
+    np.testing.assert_array_equal(feats[5], feats[4])  # the last frame repeated
+    assert np.all(np.diff(data["timestamps"][0, 0][:5]) > 0)
+
+
+def test_rerun_extracts_only_new_or_changed(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    assert extract(cfg).ok == 6
+    again = extract(cfg)
+    assert (again.ok, again.skipped) == (0, 6)
+    write_clip(videos / "real" / "real_0.mp4", n_frames=12, seed=999)  # changed
+    write_clip(videos / "syn-svd" / "new.mp4", n_frames=9, seed=7)  # new
+    third = extract(cfg)
+    assert (third.ok, third.skipped) == (2, 5)
+    cache = FeatureCache.open(tmp_path / "c")
+    assert len(cache.ok_records()) == 7 and cache.verify() == []
+    assert next(r for r in cache.records() if r.path == "real/real_0.mp4").n_frames == 12
+
+
+def test_encoder_mismatch_is_refused(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    extract(config(videos, tmp_path / "c", tiny_weights))
+    with pytest.raises(SagaError, match="refusing to append"):
+        extract(config(videos, tmp_path / "c", tiny_weights, frames=4))
+    with pytest.raises(SagaError, match="refusing to append"):
+        extract(config(videos, tmp_path / "c", tiny_weights, pretrained="none"))
+
+
+def _extract_cmd(videos: Path, out: Path, weights: Path) -> list[str]:
+    return [sys.executable, "-m", "saga", "extract", "--videos", str(videos), "--out", str(out), "--encoder",
+            "saga-tiny-vit", "--pretrained", str(weights), "--frames", "8", "--workers", "0", "--device", "cpu",
+            "--taxonomy", "synth", "--shard-rows", "2", "--batch-size", "8"]
+
+
+def _committed(out: Path) -> int:
+    return sum(p.read_text().count("\n") for p in out.glob(f"parts/*/{MANIFEST}"))
+
+
+@pytest.mark.parametrize("kill_after", [0, 5])
+def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, tiny_weights: Path, kill_after: int) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=10)
+    add_bad_inputs(videos)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_extract_cmd(videos, out, tiny_weights), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "parts").exists() and (kill_after == 0 and any((out / "parts").iterdir())
+                                         or kill_after and _committed(out) >= kill_after):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert _committed(out) < 36
+    FeatureCache.open(out).records()  # the killed cache opens
+    resumed = subprocess.run(_extract_cmd(videos, out, tiny_weights), capture_output=True, text=True)
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr  # bad inputs fail, nothing crashes
+    clean = tmp_path / "clean"
+    subprocess.run(_extract_cmd(videos, clean, tiny_weights), capture_output=True)
+    a, b = FeatureCache.open(out), FeatureCache.open(clean)
+    assert [(r.path, r.status, r.split) for r in a.records()] == [(r.path, r.status, r.split) for r in b.records()]
+    assert len({r.path for r in a.records()}) == len(a.records()) == 36
+    fa, fb = features_by_path(out), features_by_path(clean)
+    assert fa.keys() == fb.keys()
+    for path in fa:
+        np.testing.assert_array_equal(fa[path], fb[path])
+    assert a.verify() == []
+
+
+def test_cli_end_to_end(tmp_path: Path, tiny_args: list[str]) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    (videos / "real" / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "c"
+    proc = run_saga("extract", "--videos", str(videos), "--out", str(out), *tiny_args)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "real/empty.mp4" in proc.stderr and "empty file" in proc.stderr
+    assert "decode" in proc.stdout and "encode" in proc.stdout and "write" in proc.stdout
+    info = json.loads(run_saga("cache", "info", str(out), "--format", "json", check=True).stdout)
+    assert (info["total"], info["ok"], info["failed"]) == (7, 6, 1)
+    assert {"encoder", "weights_fingerprint", "preprocess", "sampling", "versions"} <= set(info["provenance"])
+    video = next(v for v in info["videos"] if v["path"] == "real/empty.mp4")
+    assert video["status"] == "failed" and "empty" in video["error"]
+    assert all({"path", "status", "error", "generator", "split", "checksum"} <= set(v) for v in info["videos"])
+    assert run_saga("cache", "verify", str(out)).returncode == 0
+    text = run_saga("cache", "info", str(out), check=True).stdout
+    assert "GEN-L" in text and "syn-latte" in text
+    h5 = tmp_path / "c.h5"
+    run_saga("cache", "export", str(out), "--h5", str(h5), check=True)
+    run_saga("cache", "import", str(h5), "--out", str(tmp_path / "d"), check=True)
+    back = json.loads(run_saga("cache", "info", str(tmp_path / "d"), "--format", "json", check=True).stdout)
+    assert [v["checksum"] for v in back["videos"]] == [v["checksum"] for v in info["videos"]]
+    mismatch = run_saga("extract", "--videos", str(videos), "--out", str(out), *tiny_args[:-2], "--frames", "4",
+                        "--taxonomy", "synth")
+    assert mismatch.returncode == 2 and mismatch.stderr.count("\n") == 1 and "refusing" in mismatch.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    for args in (["cache", "info", str(tmp_path)], ["extract", "--videos", str(tmp_path / "nope"), "--out",
+                                                   str(tmp_path / "c")], ["taxonomy", "show", "missing.toml"]):
+        proc = run_saga(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_unknown_label_is_a_clear_error(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    (videos / "labels.csv").write_text("path,generator\nreal/real_0.mp4,real\nsyn-svd/syn-svd_0.mp4,NotAGen\n")
+    with pytest.raises(SagaError, match=r"labels.csv:3: label 'NotAGen'"):
+        extract(config(videos, tmp_path / "c", tiny_weights))
