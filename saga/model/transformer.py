@@ -1,0 +1,242 @@
+"""The trainable video transformer θ over frozen per-frame features.
+
+A video arrives as ζ (T × D): one image-level feature per frame from a frozen
+encoder, zero- or repeat-padded to a common T, with a boolean frame mask
+(True = real frame). θ projects D → d_model, adds a fixed sinusoidal position
+code, runs `depth` pre-norm blocks and pools the real frames into the video
+embedding φ; a linear head maps φ to class logits. Stage 2 keeps θ and swaps
+the head (`reset_head`).
+
+Padding must never leak into a decision (the field's research code often
+averages padding into the mean): padded frames are zeroed on input, masked out
+as attention keys and excluded from pooling, so changing them leaves the
+output bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saga.errors import SagaError
+
+_POOLS = ("mean", "cls")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of θ; saved with every checkpoint so a model is rebuilt exactly."""
+
+    in_dim: int = 1152  # SigLIP-So400m image features
+    d_model: int = 256
+    depth: int = 4  # UNITE: more blocks overfit
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    max_frames: int = 64
+    pool: str = "mean"  # "mean" (masked mean over real frames) | "cls"
+    n_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.pool not in _POOLS:
+            raise SagaError(f"model pool must be one of {_POOLS}, got {self.pool!r}")
+        for name in ("in_dim", "d_model", "depth", "heads", "max_frames", "n_classes"):
+            if int(getattr(self, name)) < 1:
+                raise SagaError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.heads:
+            raise SagaError(f"model d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SagaError(f"model dropout must be in [0, 1), got {self.dropout}")
+        if self.mlp_ratio <= 0:
+            raise SagaError(f"model mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Rebuild from `to_dict`; unknown keys are an error (a typo must not silently become a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SagaError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    """logits (B, C); embedding φ (B, d_model); attn: per block (B, H, T, T) softmax probabilities or None.
+
+    attn rows are queries, columns keys; padded keys get exactly 0. With CLS pooling the CLS
+    row and column are cut away, so a frame row then sums to 1 minus its attention to CLS.
+    """
+
+    logits: Tensor
+    embedding: Tensor
+    attn: list[Tensor] | None = None
+
+
+def sinusoidal_encoding(length: int, dim: int) -> Tensor:
+    """Fixed sin/cos position code (Vaswani et al.); fixed so it needs no data and extends to any T."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    half = (dim + 1) // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) * 2 / dim)
+    pe = torch.zeros(length, 2 * half)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)
+    return pe[:, :dim]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """MHSA written out so the attention probabilities can be returned (T-Sigs need them).
+
+    The fast path uses F.scaled_dot_product_attention; `return_attn=True` computes the
+    same thing with an explicit softmax. Rows with no valid key (a video with no real
+    frame) attend to nothing: output 0 and attention 0, never NaN.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.attn_dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None = None, return_attn: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, dim); key_mask (B, T) bool, True = may be attended to."""
+        b, t, dim = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        has_any: Tensor | None = None
+        mask4: Tensor | None = None
+        if key_mask is not None:
+            has_any = key_mask.any(dim=1)  # (B,)
+            # An all-False row would give softmax(-inf…) = NaN: let it attend anywhere, zero it below.
+            safe = key_mask | ~has_any[:, None]
+            mask4 = safe[:, None, None, :]  # (B, 1, 1, T) broadcast over heads and queries
+        p_drop = self.attn_dropout if self.training else 0.0
+        attn: Tensor | None = None
+        if return_attn:
+            scores = (q @ k.transpose(-2, -1)) * (self.head_dim**-0.5)
+            if mask4 is not None:
+                scores = scores.masked_fill(~mask4, float("-inf"))
+            attn = scores.softmax(dim=-1)
+            out = F.dropout(attn, p_drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4, dropout_p=p_drop)
+        if has_any is not None:
+            keep = has_any.to(out.dtype)[:, None, None, None]
+            out = out * keep
+            if attn is not None:
+                attn = attn * keep
+        out = out.transpose(1, 2).reshape(b, t, dim)
+        return self.proj(out), attn
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = max(1, int(round(dim * mlp_ratio)))
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadSelfAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None, return_attn: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        a, attn = self.attn(self.norm1(x), key_mask, return_attn)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class VideoTransformer(nn.Module):
+    """θ and the classification head: ζ (B, T, D) + frame mask → logits, φ and optionally attention."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = replace(config) if config is not None else ModelConfig()
+        c = self.config
+        self.in_norm = nn.LayerNorm(c.in_dim)
+        self.proj = nn.Linear(c.in_dim, c.d_model)
+        # Not persistent: it is a function of the config, so checkpoints need not carry it.
+        self.register_buffer("pos", sinusoidal_encoding(c.max_frames, c.d_model), persistent=False)
+        self.cls_token: nn.Parameter | None = None
+        if c.pool == "cls":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.in_drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            [Block(c.d_model, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.depth)]
+        )
+        self.norm = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, c.n_classes)
+
+    def reset_head(self, n_classes: int) -> None:
+        """Stage 2: a fresh n_c-way head on the stage-1 θ (same device and dtype as the old head)."""
+        if n_classes < 1:
+            raise SagaError(f"n_classes must be >= 1, got {n_classes}")
+        old = self.head
+        self.head = nn.Linear(self.config.d_model, n_classes).to(
+            device=old.weight.device, dtype=old.weight.dtype
+        )
+        self.config.n_classes = n_classes
+
+    def _check(self, x: Tensor, mask: Tensor | None) -> None:
+        c = self.config
+        if x.dim() != 3:
+            raise SagaError(f"expected features of shape (B, T, D), got {tuple(x.shape)}")
+        if x.shape[2] != c.in_dim:
+            raise SagaError(
+                f"feature dim {x.shape[2]} != model in_dim {c.in_dim}: features from another encoder?"
+            )
+        if x.shape[1] > c.max_frames:
+            raise SagaError(
+                f"{x.shape[1]} frames > max_frames {c.max_frames}: sample fewer frames or raise max_frames"
+            )
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+            raise SagaError(f"mask shape {tuple(mask.shape)} != (B, T) {tuple(x.shape[:2])}")
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, return_attn: bool = False
+    ) -> ModelOutput:
+        """x (B, T, D) features; mask (B, T) bool, True = real frame (None = all real)."""
+        self._check(x, mask)
+        b, t, _ = x.shape
+        if mask is not None:
+            mask = mask.to(device=x.device, dtype=torch.bool)
+            # Zero padded frames first: even NaN/inf padding then cannot reach anything.
+            x = x.masked_fill(~mask[..., None], 0.0)
+        h = self.proj(self.in_norm(x)) + self.pos[:t].to(x.dtype)
+        key_mask = mask
+        if self.cls_token is not None:
+            h = torch.cat([self.cls_token.expand(b, -1, -1).to(h.dtype), h], dim=1)
+            if mask is not None:
+                key_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        h = self.in_drop(h)
+        maps: list[Tensor] = []
+        for blk in self.blocks:
+            h, a = blk(h, key_mask, return_attn)
+            if a is not None:
+                maps.append(a[:, :, 1:, 1:] if self.cls_token is not None else a)
+        h = self.norm(h)
+        if self.cls_token is not None:
+            emb = h[:, 0]
+        elif mask is None:
+            emb = h.mean(dim=1)
+        else:
+            count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
+            emb = h.masked_fill(~mask[..., None], 0.0).sum(dim=1) / count
+        return ModelOutput(self.head(emb), emb, maps if return_attn else None)

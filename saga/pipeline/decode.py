@@ -1,0 +1,245 @@
+"""Decode the sampled frames of one video: decord first (fast, random access), PyAV fallback.
+
+Why two backends: decord seeks and batch-decodes quickly but cannot read GIF, fails on many
+truncated files and sometimes reports more frames than it can decode; PyAV reads almost
+anything FFmpeg can. Every failure becomes a one-line DecodeError so extraction can record
+the reason and go on: no other exception type escapes decode_video for a bad input file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from saga.errors import DecodeError, SagaError
+from saga.pipeline.sampling import SamplingPolicy
+
+BACKENDS = ("auto", "decord", "pyav")
+DEFAULT_FPS = 25.0
+_stderr_lock = threading.Lock()
+
+
+@dataclass
+class Clip:
+    """Sampled frames of one video; padded positions repeat the last real frame."""
+
+    frames: np.ndarray  # (W, T, H, W_, 3) uint8 RGB
+    mask: np.ndarray  # (W, T) bool, False where the last frame was repeated as padding
+    timestamps: np.ndarray  # (W, T) float32 seconds of each sampled frame
+    fps: float
+    n_frames: int
+    backend: str  # "decord" | "pyav"
+
+
+def _debug() -> bool:
+    return os.environ.get("SAGA_DEBUG", "") not in ("", "0")
+
+
+def _fail(path: Path, reason: str) -> DecodeError:
+    """One-line DecodeError naming the file; .path and .reason let extraction log a table."""
+    reason = " ".join(str(reason).split())[:300]
+    err = DecodeError(f"{path}: {reason}")
+    err.path, err.reason = path, reason  # type: ignore[attr-defined]
+    return err
+
+
+def probe_path(path: Path) -> None:
+    """Cheap checks before any decoder: their messages are clearer than FFmpeg's."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise _fail(path, f"broken link (target {os.readlink(path)} does not exist)")
+    if not path.exists():
+        raise _fail(path, "file not found")
+    if path.is_dir():
+        raise _fail(path, "is a directory, not a video file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except PermissionError:
+        raise _fail(path, "permission denied (file is not readable)") from None
+    except OSError as e:
+        raise _fail(path, f"cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise _fail(path, "empty file (0 bytes)")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send fd 2 to /dev/null: decord's C++ LOG(ERROR) lines ignore its log level.
+
+    Serialised by a lock; SAGA_DEBUG=1 keeps stderr so the native messages can be seen.
+    """
+    if _debug():
+        yield
+        return
+    with _stderr_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (embedded interpreter): nothing to silence
+            yield
+            return
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def decode_video(path: Path, policy: SamplingPolicy, backend: str = "auto") -> Clip:
+    """Decode the frames `policy` picks; "auto" tries decord and falls back to PyAV."""
+    if backend not in BACKENDS:
+        raise SagaError(f"decode backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    path = Path(path)
+    probe_path(path)
+    if backend in ("auto", "decord"):
+        try:
+            return _decode_decord(path, policy)
+        except Exception as e:  # decord raises RuntimeError/DECORDError/...: fall back
+            if backend == "decord":
+                raise _fail(path, f"decord: {_decord_reason(e)}") from e
+    try:
+        return _decode_pyav(path, policy)
+    except DecodeError:
+        raise
+    except Exception as e:  # anything else FFmpeg/PyAV throws is still a bad file, not a crash
+        raise _fail(path, f"pyav: {type(e).__name__}: {e}") from e
+
+
+def _decode_decord(path: Path, policy: SamplingPolicy) -> Clip:
+    """decord: one batched decode of the unique indices, then fan out to the (W, T) grid."""
+    import decord
+
+    if not _debug() and hasattr(decord, "logging"):
+        decord.logging.set_level(decord.logging.QUIET)
+    with _quiet_stderr():  # only the open logs on its own; keep the silenced span short
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    idx, mask = policy.indices(n)
+    uniq, inv = np.unique(idx, return_inverse=True)  # decode each needed frame once, in order
+    batch = vr.get_batch(uniq.tolist())  # raises when the count overstates the data
+    arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # any bridge
+    fps = float(vr.get_avg_fps())
+    fps = fps if np.isfinite(fps) and fps > 0 else DEFAULT_FPS
+    try:
+        ts = np.asarray(vr.get_frame_timestamp(uniq.tolist()), dtype=np.float64)[:, 0]
+    except Exception:
+        ts = uniq / fps
+    del vr
+    if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
+        raise RuntimeError(f"decord returned shape {arr.shape} for {len(uniq)} frames")
+    inv = inv.reshape(idx.shape)
+    return Clip(frames=np.ascontiguousarray(arr[inv], dtype=np.uint8), mask=mask,
+                timestamps=ts[inv].astype(np.float32), fps=fps, n_frames=n, backend="decord")
+
+
+def _decord_reason(e: BaseException) -> str:
+    """First line of a decord error without its '[12:00:00] /src/file.cc:61: ' prefix."""
+    lines = str(e).strip().splitlines()
+    return re.sub(r"^(\[[\d:]+\]\s*\S+:\d+:\s*)+", "", lines[0]) if lines else type(e).__name__
+
+
+def _ffmpeg_reason(e: BaseException) -> str:
+    """'Invalid data found when processing input (moov atom not found)' from a PyAV error."""
+    text = getattr(e, "strerror", None) or str(e).split("\n")[0] or type(e).__name__
+    detail = str(e).split("last error log:", 1)
+    if len(detail) == 2:
+        text = f"{text}: {detail[1].split(']', 1)[-1].strip()}"
+    return text
+
+
+def _open_av(path: Path) -> Any:
+    import av
+
+    if not _debug() and av.logging.get_level() is None:
+        # PANIC: FFmpeg prints nothing, yet PyAV still records the "last error log" detail.
+        av.logging.set_level(av.logging.PANIC)
+    try:
+        container = av.open(str(path), mode="r")
+    except av.FFmpegError as e:
+        raise _fail(path, f"not a video or truncated ({_ffmpeg_reason(e)})") from None
+    except Exception as e:
+        raise _fail(path, f"cannot open ({type(e).__name__}: {e})") from None
+    if not container.streams.video:
+        container.close()
+        raise _fail(path, "no video stream (audio-only or data file)")
+    return container
+
+
+def _frames(container: Any, errors: list[str]) -> Iterator[Any]:
+    """Decoded frames of the first video stream; corrupt packets are skipped, not fatal.
+
+    A truncated file raises mid-stream; stopping there keeps the frames that did decode.
+    """
+    import av
+
+    stream = container.streams.video[0]
+    try:
+        for packet in container.demux(stream):
+            try:
+                decoded = packet.decode()
+            except (av.FFmpegError, ValueError, OSError) as e:
+                errors.append(_ffmpeg_reason(e))
+                continue
+            yield from decoded
+    except (av.FFmpegError, ValueError, OSError) as e:  # demuxer hit the end of the data
+        errors.append(_ffmpeg_reason(e))
+
+
+def _scan(path: Path, wanted: set[int], fps: float, stop_early: bool
+          ) -> tuple[int, dict[int, tuple[np.ndarray, float]], list[str]]:
+    """One decoding pass: count frames, convert only `wanted` ones (never the whole video)."""
+    kept: dict[int, tuple[np.ndarray, float]] = {}
+    errors: list[str] = []
+    last = max(wanted) if wanted else -1
+    count = 0
+    size: tuple[int, int] | None = None
+    container = _open_av(path)
+    with container:
+        for i, frame in enumerate(_frames(container, errors)):
+            count = i + 1
+            if i in wanted:
+                size = size or (frame.width, frame.height)  # guard against mid-stream resizes
+                rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+                t = frame.time
+                kept[i] = (rgb, float(t) if t is not None else i / fps)
+            if stop_early and i >= last:
+                break
+    return count, kept, errors
+
+
+def _decode_pyav(path: Path, policy: SamplingPolicy) -> Clip:
+    """PyAV: trust stream.frames as a first guess, verify by counting, re-pick if it lied."""
+    container = _open_av(path)
+    with container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else DEFAULT_FPS
+        claimed = int(stream.frames or 0)
+    if claimed > 0:  # one full pass keeps the guessed picks and counts what really decodes
+        idx, _ = policy.indices(claimed)
+        count, kept, errors = _scan(path, set(idx.ravel().tolist()), fps, stop_early=False)
+    else:  # no count in the header (webm, mkv, ...): a counting pass, no conversion
+        count, kept, errors = _scan(path, set(), fps, stop_early=False)
+    if count == 0:
+        why = f" ({errors[0]})" if errors else ""
+        raise _fail(path, f"truncated or corrupt: decoded 0 frames{why}")
+    idx, mask = policy.indices(count)
+    needed = set(idx.ravel().tolist())
+    if not needed <= kept.keys():  # header count was wrong (e.g. truncated) or unknown
+        _, kept, _ = _scan(path, needed, fps, stop_early=True)
+        if not needed <= kept.keys():
+            raise _fail(path, "decoding is not repeatable: second pass found fewer frames")
+    frames = np.stack([kept[i][0] for i in idx.ravel()]).reshape(*idx.shape, *kept[int(idx[0, 0])][0].shape)
+    ts = np.array([kept[i][1] for i in idx.ravel()], dtype=np.float32).reshape(idx.shape)
+    return Clip(frames=frames, mask=mask, timestamps=ts, fps=fps, n_frames=count, backend="pyav")

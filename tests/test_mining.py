@@ -1,0 +1,227 @@
+"""FAISS hard-negative mining, the triplet / combined losses, and a tiny CE+HNM training run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saga.errors import SagaError
+from saga.model import ModelConfig, VideoTransformer
+from saga.train.losses import combined_loss, triplet_loss
+from saga.train.mining import mine_triplets
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """float64 squared-distance matrix."""
+    x = x.astype(np.float64)
+    return ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+
+
+def check_hard_against_brute(x: np.ndarray, y: np.ndarray, m, atol: float = 1e-5) -> None:
+    d = brute(unit(x), y)
+    same = y[:, None] == y[None, :]
+    usable = np.array([(y == y[i]).sum() >= 2 for i in range(len(y))])
+    np.testing.assert_array_equal(m.anchors, np.flatnonzero(usable))
+    for a, p, n, dap, dan in zip(m.anchors, m.positives, m.negatives, m.d_ap, m.d_an):
+        assert y[p] == y[a] and p != a and y[n] != y[a]
+        assert abs(dan - d[a][~same[a]].min()) < atol  # the true nearest other-class item
+        assert abs(dap - np.delete(d[a], a)[np.delete(same[a], a)].max()) < atol  # farthest positive
+        assert abs(dan - d[a, n]) < atol and abs(dap - d[a, p]) < atol
+
+
+def clustered(n_classes: int, per: int, d: int = 8, spread: float = 0.05, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, d))
+    y = np.repeat(np.arange(n_classes), per)
+    x = centres[y] + spread * rng.normal(size=(len(y), d))
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_hard_negatives_match_brute_force(k: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    y = rng.integers(0, 25, size=300)
+    y[0] = 99  # a singleton class: its anchor is dropped
+    m = mine_triplets(x, y, k=k)
+    check_hard_against_brute(x, y, m)
+    if k == 1:  # the only neighbour fetched is the anchor itself: all fall back
+        assert m.n_fallback == len(m)
+
+
+def test_fallback_when_k_nearest_are_same_class() -> None:
+    x, y = clustered(n_classes=12, per=10)  # tight clusters: 9 same-class items come first
+    m = mine_triplets(x, y, k=4)
+    assert m.n_fallback == len(m) == 120
+    check_hard_against_brute(x, y, m)
+    m64 = mine_triplets(x, y, k=64)
+    assert m64.n_fallback == 0
+    np.testing.assert_array_equal(m.negatives, m64.negatives)
+
+
+def test_semihard_hand_built() -> None:
+    # Points on a line (no normalisation): class 0 at 0.0 (A), 0.5 (B); class 1 at 0.3 (C), 0.6 (D), 1.5 (E).
+    x = np.array([[0.0, 0], [0.5, 0], [0.3, 0], [0.6, 0], [1.5, 0]], np.float32)
+    y = np.array([0, 0, 1, 1, 1])
+    hard = mine_triplets(x, y, normalize=False)
+    np.testing.assert_array_equal(hard.negatives, [2, 3, 1, 1, 1])
+    np.testing.assert_array_equal(hard.positives, [1, 0, 4, 4, 2])
+    for k in (2, 64):  # k=2 exercises the exact semi-hard fallback
+        sh = mine_triplets(x, y, mode="semihard", margin=0.2, k=k, normalize=False)
+        # A: d_ap 0.25; hardest negative C (0.09) is too hard, D (0.36) is mined instead.
+        np.testing.assert_array_equal(sh.anchors, [0])
+        np.testing.assert_array_equal(sh.negatives, [3])
+        np.testing.assert_allclose(sh.d_ap, [0.25], atol=1e-6)
+        np.testing.assert_allclose(sh.d_an, [0.36], atol=1e-6)
+        wide = mine_triplets(x, y, mode="semihard", margin=1.0, k=k, normalize=False)
+        # B: d_ap 0.25, E at 1.0 < 1.25 survives; E: d_ap 1.44, A at 2.25 < 2.44 survives.
+        np.testing.assert_array_equal(wide.anchors, [0, 1, 4])
+        np.testing.assert_array_equal(wide.negatives, [3, 4, 0])
+
+
+@pytest.mark.parametrize("k", [3, 64])
+@pytest.mark.parametrize("positive", ["hardest", "easiest"])
+def test_semihard_matches_brute_force(k: int, positive: str) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    y = rng.integers(0, 10, size=200)
+    margin = 0.3
+    m = mine_triplets(x, y, mode="semihard", margin=margin, k=k, positive=positive)
+    if positive == "easiest" and k == 64:
+        assert m.n_fallback < len(y) // 2  # most anchors resolved from the k-NN list
+    d = brute(unit(x), y)
+    expect = {}
+    for a in range(len(y)):
+        pos = np.flatnonzero((y == y[a]) & (np.arange(len(y)) != a))
+        dap = d[a, pos].max() if positive == "hardest" else d[a, pos].min()
+        other = np.flatnonzero((y != y[a]) & (d[a] > dap))
+        if other.size:
+            n = other[d[a, other].argmin()]
+            if d[a, n] < dap + margin:
+                expect[a] = n
+    assert len(expect) > 10
+    assert dict(zip(m.anchors.tolist(), m.negatives.tolist())) == expect
+    assert ((m.d_an > m.d_ap) & (m.d_an < m.d_ap + margin)).all()
+
+
+def test_positive_modes_and_edge_cases() -> None:
+    x, y = clustered(n_classes=5, per=6, spread=0.5)
+    d = brute(unit(x), y)
+    easy = mine_triplets(x, y, positive="easiest")
+    for a, p in zip(easy.anchors, easy.positives):
+        others = np.flatnonzero((y == y[a]) & (np.arange(len(y)) != a))
+        assert abs(d[a, p] - d[a, others].min()) < 1e-5
+    rand = mine_triplets(x, y, positive="random", seed=3)
+    assert (y[rand.positives] == y[rand.anchors]).all() and (rand.positives != rand.anchors).all()
+    # Identical members: the anchor is still never its own positive.
+    xd = np.repeat(np.eye(3, dtype=np.float32), 3, axis=0)
+    yd = np.repeat(np.arange(3), 3)
+    for how in ("hardest", "easiest", "random"):
+        md = mine_triplets(xd, yd, positive=how)
+        assert len(md) == 9 and (md.positives != md.anchors).all()
+    # A subset of anchors (the batch) is mined against the whole pool.
+    sub = mine_triplets(x, y, anchors=np.array([7, 3, 3]))
+    np.testing.assert_array_equal(sub.anchors, [3, 7])
+    full = mine_triplets(x, y)
+    np.testing.assert_array_equal(sub.negatives, full.negatives[[3, 7]])
+    # One class only: nothing to mine, no error.
+    assert len(mine_triplets(x, np.zeros(len(x), int))) == 0
+    with pytest.raises(SagaError):
+        mine_triplets(x, y, mode="hardest")
+    with pytest.raises(SagaError):
+        mine_triplets(np.full_like(x, np.nan), y)
+
+
+def test_approximate_index_factory() -> None:
+    x, y = clustered(n_classes=8, per=40, spread=0.6, seed=2)
+    m = mine_triplets(x, y, index_factory="HNSW32")
+    assert len(m) == len(y)
+    assert (y[m.negatives] != y[m.anchors]).all()
+    exact = mine_triplets(x, y)
+    assert (m.d_an >= exact.d_an - 1e-5).all()
+    assert (m.negatives == exact.negatives).mean() > 0.9
+    with pytest.raises(SagaError):
+        mine_triplets(x, y, index_factory="NotAnIndex")
+
+
+def test_triplet_loss_values() -> None:
+    a = torch.tensor([[1.0, 0], [3.0, 0], [1.0, 0]])  # row 2 is scaled: normalisation removes it
+    p = torch.tensor([[0.0, 1], [0.0, 2], [-1.0, 0]])
+    n = torch.tensor([[-1.0, 0], [0.0, -1], [1.0, 0]])
+    # d_ap, d_an: (2, 4) -> 0; (2, 2) -> 0.2; (4, 0) -> 4.2
+    loss, active = triplet_loss(a, p, n, margin=0.2)
+    assert active == 2
+    assert loss.item() == pytest.approx((0.0 + 0.2 + 4.2) / 3, abs=1e-6)
+    empty = torch.zeros(0, 2, requires_grad=True)
+    loss0, active0 = triplet_loss(empty, empty, empty)
+    assert loss0.item() == 0.0 and active0 == 0
+    loss0.backward()
+    assert torch.equal(empty.grad, torch.zeros(0, 2))
+
+
+def test_combined_loss_weighting() -> None:
+    torch.manual_seed(0)
+    logits, targets = torch.randn(3, 4), torch.tensor([0, 2, 3])
+    a = torch.tensor([[1.0, 0], [3.0, 0], [1.0, 0]])
+    p = torch.tensor([[0.0, 1], [0.0, 2], [-1.0, 0]])
+    n = torch.tensor([[-1.0, 0], [0.0, -1], [1.0, 0]])
+    ce = F.cross_entropy(logits, targets).item()
+    hnm = 4.4 / 3
+    for lam in (0.0, 0.3, 0.5, 1.0):
+        loss, stats = combined_loss(logits, targets, a, p, n, lam=lam, margin=0.2)
+        assert loss.item() == pytest.approx(lam * ce + (1 - lam) * hnm, abs=1e-6)
+        assert stats["ce"] == pytest.approx(ce) and stats["hnm"] == pytest.approx(hnm)
+        assert stats["active"] == 2 and stats["triplets"] == 3
+    e = torch.zeros(0, 2)
+    loss, stats = combined_loss(logits, targets, e, e, e, lam=0.5)
+    assert loss.item() == pytest.approx(0.5 * ce) and stats["active"] == 0
+    with pytest.raises(SagaError):
+        combined_loss(logits, targets, a, p, n, lam=1.5)
+
+
+@pytest.fixture
+def one_thread():
+    """A tiny model on a busy 2-core machine runs ~10x faster on one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ce_plus_hnm_training_falls(one_thread) -> None:
+    """4 classes of noisy gaussian-cluster sequences; the loss must fall and the classes separate."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n_cls, per, t, d = 4, 16, 8, 16
+    centres = torch.randn(n_cls, d, generator=g) * 0.6
+    y = torch.arange(n_cls).repeat_interleave(per)
+    x = centres[y][:, None, :] + torch.randn(len(y), t, d, generator=g)
+    lengths = torch.randint(3, t + 1, (len(y),), generator=g)
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    model = VideoTransformer(ModelConfig(in_dim=d, d_model=32, depth=2, heads=2, n_classes=n_cls))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses, actives = [], []
+    for _ in range(80):
+        model.train()
+        out = model(x, mask)
+        m = mine_triplets(out.embedding.detach().numpy(), y.numpy(), k=16)
+        a, p, n = (torch.from_numpy(i) for i in (m.anchors, m.positives, m.negatives))
+        loss, stats = combined_loss(out.logits, y, out.embedding[a], out.embedding[p], out.embedding[n])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(stats["loss"])
+        actives.append(stats["active"])
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.3 * first, (first, last)
+    assert np.mean(actives[-10:]) < np.mean(actives[:10])
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x, mask).logits.argmax(1) == y).float().mean().item()
+    assert acc > 0.95
