@@ -36,8 +36,8 @@ ATTR_KEY = "saga"
 MANIFEST = "manifest.jsonl"
 SPLIT_PLAN = "splits.jsonl"  # path -> split, recorded once before extraction
 DEFAULT_SHARD_ROWS = 128
-# Provenance fields that must match for two extraction passes to share a cache.
-COMPATIBILITY_KEYS = ("encoder", "pretrained", "weights_fingerprint", "preprocess", "dim", "sampling")
+# Provenance fields that must match for two passes to share a cache (the weights, not where they were read from).
+COMPATIBILITY_KEYS = ("encoder", "weights_fingerprint", "preprocess", "dim", "sampling")
 
 
 @dataclass(frozen=True)

