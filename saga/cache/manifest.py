@@ -154,7 +154,7 @@ def assign_splits(
     for cls, paths in sorted(by_class.items()):
         counts = {s: existing.get(cls, {}).get(s, 0) for s in SPLITS}
         total = sum(counts.values())
-        for path in sorted(paths, key=lambda p: _seeded_hash(seed, p)):
+        for path in sorted(paths, key=lambda p: seeded_hash(seed, p)):
             total += 1
             split = max(SPLITS, key=lambda s: (fractions.get(s, 0.0) * total - counts[s], -SPLITS.index(s)))
             counts[split] += 1
@@ -162,5 +162,5 @@ def assign_splits(
     return out
 
 
-def _seeded_hash(seed: int, text: str) -> str:
+def seeded_hash(seed: int, text: str) -> str:
     return hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).hexdigest()

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, append_split_plan, assign_splits, file_fingerprint,
-                                 read_split_plan)
+from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
+                                 file_fingerprint, read_split_plan)
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
 from saga.errors import DecodeError, SagaError
 from saga.pipeline.decode import decode_video
@@ -155,6 +155,8 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tu
     assigned = assign_splits(new, counts, cfg.split_fractions, cfg.split_seed)
     append_split_plan(cache.split_plan_path, {i.rel: (i.generator, assigned[i.rel]) for i in items if i.rel in assigned})
     splits = {rel: split for rel, (_, split) in planned.items()} | assigned
+    # a seeded shuffle, so that every stored shard mixes generators (streaming reads shard by shard)
+    todo.sort(key=lambda item: seeded_hash(cfg.split_seed, item.rel))
     return todo, splits
 
 

@@ -1,0 +1,236 @@
+"""Stage 2: adapt the stage-1 transformer to n_c attribution classes from a small labelled subset.
+
+L = λ·CE + (1 − λ)·L_HNM. At every refresh (each epoch, or every N steps) the
+whole labelled pool is embedded with the current model (eval mode, no
+gradients) and `mine_triplets` finds each video's positive and hardest negative
+at the level being trained. In each batch the batch's videos are the anchors;
+their mined positives and negatives are looked up and embedded again *with*
+gradients (train mode, same augmentation as the batch), so the triplet term
+trains θ. Each epoch logs how many triplets were mined, used and active (loss >
+0), so a zero L_HNM explains itself.
+
+Without `from_run` the model is trained from scratch on the same subset: the
+paper's 1-stage baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.model import VideoTransformer
+from saga.taxonomy import check_level
+from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
+from saga.train.fraction import labelled_subset, read_labelled, settings, write_labelled
+from saga.train.loop import (
+    CEObjective,
+    Progress,
+    TrainOptions,
+    correct_count,
+    fit,
+    make_validator,
+    resolve_device,
+    resolve_frames,
+)
+from saga.train.losses import combined_loss
+from saga.train.mining import mine_triplets
+from saga.train.run import (
+    LABELLED,
+    MODEL,
+    RunFolder,
+    RunInfo,
+    encoder_provenance,
+    file_fingerprint,
+    load_model,
+    make_provenance,
+)
+
+LOSSES = {"ce": None, "ce+hnm": "hard", "ce+semihnm": "semihard"}
+PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
+
+
+@dataclass
+class AttributeConfig(TrainOptions):
+    """Stage-2 options (see TrainOptions for the shared ones; the model fields apply from scratch only)."""
+
+    level: str = "GEN-L"
+    fraction: float = 0.005  # of each class's train videos (SAGA: 0.5 %)
+    floor: int = 2  # at least this many per class (a triplet needs a positive)
+    loss: str = "ce+hnm"  # "ce" | "ce+hnm" | "ce+semihnm"
+    lam: float = 0.5  # λ in L = λ·CE + (1 − λ)·L_HNM
+    margin: float = 0.2  # α of the triplet loss
+    mine_every: str | int = "epoch"  # "epoch", or refresh the mined triplets every N steps
+    mine_k: int = 64  # FAISS neighbours searched per anchor before the exact fallback
+    positive: str = "hardest"  # "hardest" | "easiest" | "random" same-class positive
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float | None = None  # None: 1e-4 from a stage-1 run, 3e-4 from scratch
+
+    def check(self) -> None:
+        super().check()
+        check_level(self.level)
+        if self.loss not in LOSSES:
+            raise SagaError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
+            raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
+        self.mine_steps()
+
+    def mine_steps(self) -> int:
+        """0 = refresh once per epoch, else every N optimiser steps (and at each epoch start)."""
+        if self.mine_every == "epoch":
+            return 0
+        try:
+            n = int(self.mine_every)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise SagaError(f"mine_every must be 'epoch' or a number of steps >= 1, got {self.mine_every!r}")
+        return n
+
+
+@torch.no_grad()
+def embed(model: VideoTransformer, data: InMemoryFeatures | StreamingFeatures, view: View, batch_size: int,
+          device: torch.device) -> np.ndarray:
+    """φ of every item of `data` (eval mode, evaluation view), rows in `data`'s order."""
+    was = model.training
+    model.eval()
+    out = np.zeros((len(data), model.config.d_model), np.float32)
+    for batch in data.batches(batch_size, view):
+        b = batch.to(device)
+        out[batch.index.numpy()] = model(b.x, b.mask).embedding.float().cpu().numpy()
+    model.train(was)
+    return out
+
+
+class HNMObjective(CEObjective):
+    """CE + triplet loss with pool-wide mined (hardest or semi-hard) negatives."""
+
+    def __init__(self, data: InMemoryFeatures | StreamingFeatures, view: View, cfg: AttributeConfig,
+                 device: torch.device) -> None:
+        super().__init__(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
+        self.cfg, self.mode, self.every = cfg, LOSSES[cfg.loss], cfg.mine_steps()
+        self.pos = np.full(len(data), -1, np.int64)  # mined positive / negative per pool item (-1: none)
+        self.neg = np.full(len(data), -1, np.int64)
+        self.counts: dict[str, int] = {}
+
+    def begin_epoch(self, model: VideoTransformer, epoch: int) -> None:
+        self.epoch, self.steps = epoch, 0
+        self.rng = epoch_rng(self.seed, epoch, PAIRS)
+        self.counts = {"mined_triplets": 0, "refreshes": 0, "mining_fallbacks": 0}
+        self.refresh(model)
+
+    def refresh(self, model: VideoTransformer) -> None:
+        emb = embed(model, self.data, View(self.view.frames), self.cfg.eval_batch_size, self.device)
+        seed = (self.seed * 1_000_003 + self.epoch) * 1009 + self.counts["refreshes"]  # positive="random" only
+        mined = mine_triplets(emb, self.data.labels, self.mode, self.cfg.margin, self.cfg.mine_k,
+                              self.cfg.positive, seed=seed)
+        self.pos = np.full(len(self.data), -1, np.int64)
+        self.neg = np.full(len(self.data), -1, np.int64)
+        self.pos[mined.anchors], self.neg[mined.anchors] = mined.positives, mined.negatives
+        self.counts["mined_triplets"] = len(mined)  # at the latest refresh
+        self.counts["refreshes"] += 1
+        self.counts["mining_fallbacks"] += mined.n_fallback
+
+    def loss(self, model: VideoTransformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        if self.every and self.steps and self.steps % self.every == 0:
+            self.refresh(model)
+        self.steps += 1
+        b = batch.to(self.device)
+        out = model(b.x, b.mask)
+        idx = batch.index.numpy()
+        sel = self.pos[idx] >= 0
+        anchors = out.embedding[torch.from_numpy(sel).to(self.device)]
+        if sel.any():
+            others = self.data.take(np.concatenate([self.pos[idx[sel]], self.neg[idx[sel]]]), self.view, self.rng)
+            o = others.to(self.device)
+            positives, negatives = model(o.x, o.mask).embedding.split(int(sel.sum()))
+        else:
+            positives = negatives = anchors  # empty: the triplet term is 0
+        loss, stats = combined_loss(out.logits, b.y, anchors, positives, negatives, self.cfg.lam, self.cfg.margin)
+        stats["correct"] = correct_count(out.logits, b.y)
+        return loss, stats
+
+    def epoch_stats(self) -> dict[str, Any]:
+        return dict(self.counts)
+
+
+def load_base(from_run: str | Path, cache: FeatureCache) -> tuple[VideoTransformer, RunInfo, dict[str, Any]]:
+    """A finished run's model, refused unless it was trained on this cache's features."""
+    model, info = load_model(from_run)
+    if not info.finished:
+        raise SagaError(f"{info.path}: that run has not finished; rerun its command to complete it first")
+    prov = info.provenance
+    if prov.get("cache_id") != cache.cache_id or prov.get("encoder") != encoder_provenance(cache):
+        raise SagaError(f"{info.path}: trained on cache {str(prov.get('cache_id'))[:12]}, not on "
+                        f"{cache.root} ({cache.cache_id[:12]}); its features (encoder, sampling) may differ. "
+                        "Train stage 1 on this cache first")
+    if model.config.in_dim != cache.dim:
+        raise SagaError(f"{info.path}: model input dim {model.config.in_dim} != cache dim {cache.dim}")
+    origin = {"path": str(info.path.resolve()), "fingerprint": file_fingerprint(info.path / MODEL),
+              "stage": info.config.get("stage"), "level": info.level, "cache_id": prov.get("cache_id")}
+    return model, info, origin
+
+
+def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, frames: int,
+                  base: tuple[VideoTransformer, RunInfo, dict[str, Any]] | None) -> VideoTransformer:
+    """Stage-1 θ with a fresh n_c-way head, or a new model (1-stage baseline); seeded."""
+    torch.manual_seed(cfg.seed)
+    if base is None:
+        return VideoTransformer(cfg.model_config(cache.dim, n_classes, frames))
+    model = base[0]
+    if frames > model.config.max_frames:
+        raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")
+    model.reset_head(n_classes)
+    return model
+
+
+def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeConfig | None = None,
+                      from_run: str | Path | None = None, progress: Progress | None = None) -> Path:
+    """Train (or resume, or reuse) a stage-2 attribution run in `out`; returns the run folder."""
+    cfg = cfg or AttributeConfig()
+    cfg.check()
+    cache = FeatureCache.open(cache_path)
+    base = load_base(from_run, cache) if from_run is not None else None
+    frames = resolve_frames(cfg.frames or (base[1].frames if base else None), cache)
+    train = cache.ok_records("train")
+    out = Path(out)
+    wanted = settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id)
+    saved = read_labelled(out / LABELLED, wanted, train)
+    subset = saved if saved is not None else labelled_subset(train, cfg.level, cache.taxonomy, cfg.fraction,
+                                                               cfg.floor, cfg.seed)
+    classes = list(subset)
+    if len(classes) < 2:
+        raise SagaError(f"{cache.root}: the train split has {len(classes)} class(es) at {cfg.level}; need >= 2")
+    model = prepare_model(cache, cfg, len(classes), frames, base)
+    lr = float(cfg.lr or (1e-4 if base else 3e-4))
+    config = {
+        "stage": 2, "level": cfg.level, "classes": classes, "frames": frames, "model": model.config.to_dict(),
+        "train": {**cfg.to_dict(), "frames": frames, "lr": lr, "from_run": base[2]["path"] if base else None},
+        "cache": str(Path(cache_path).resolve()),
+    }
+    run = RunFolder.open_for(out, config, make_provenance(cache, cfg.seed, base[2] if base else None))
+    if run.done:
+        if progress:
+            progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
+        return run.path
+    if saved is None:
+        write_labelled(out / LABELLED, subset, wanted, train)
+    chosen = {p: classes.index(c) for c, paths in subset.items() for p in paths}
+    pool = [r for r in train if r.path in chosen]
+    data = open_features(cache, pool, np.array([chosen[r.path] for r in pool], np.int64), cfg.stream,
+                         cfg.memory_budget_gb, cfg.buffer_shards)
+    device = resolve_device(cfg.device)
+    view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
+    objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss == "ce"
+                 else HNMObjective(data, view, cfg, device))
+    validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
+                              device)
+    fit(model, objective, run, cfg, lr, validate, device, progress)
+    return run.path

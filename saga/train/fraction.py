@@ -1,0 +1,108 @@
+"""The stage-2 labelled subset: a seeded, stratified fraction (SAGA: 0.5 %) of the train split.
+
+Per class at the level being trained, the videos are ordered by a seeded hash of
+their path and the first k are taken, k = max(floor, round(fraction × n)) (at most
+n). Hash order, not the order records arrive in, makes the subset a function of
+(paths, level, fraction, floor, seed) alone; appending other videos to a class
+keeps most of its picks. The floor guarantees every class has a positive for the
+triplet loss. Records without a class at the level (SD-L: generators with no SD
+backbone) are excluded.
+
+The subset is saved as labelled.json in the run folder: a rerun with the same
+settings reuses it (the run's labels never change under it, even if the cache
+grew), and different settings against an existing file are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from saga.cache.manifest import VideoRecord
+from saga.errors import SagaError
+from saga.taxonomy import Taxonomy, check_level
+from saga.train.run import read_json, write_json
+
+SETTINGS = ("level", "fraction", "floor", "seed", "cache_id")
+
+
+def _rank(seed: int, path: str) -> str:
+    return hashlib.blake2b(f"{seed}:{path}".encode(), digest_size=8).hexdigest()
+
+
+def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float = 0.005,
+                    floor: int = 2, seed: int = 0) -> dict[str, list[str]]:
+    """Class -> sorted paths of the labelled train videos, classes in the taxonomy's order (absent ones left out)."""
+    check_level(level)
+    if not 0.0 < fraction <= 1.0:
+        raise SagaError(f"fraction must be in (0, 1], got {fraction}")
+    if floor < 1:
+        raise SagaError(f"floor must be >= 1, got {floor}")
+    by_class: dict[str, list[str]] = {}
+    for rec in records:
+        cls = rec.labels.get(level)
+        if rec.ok and rec.split == "train" and cls is not None:
+            by_class.setdefault(cls, []).append(rec.path)
+    unknown = sorted(set(by_class) - set(taxonomy.classes(level)))
+    if unknown:
+        raise SagaError(f"records labelled {unknown[0]!r} at {level}, which taxonomy '{taxonomy.name}' lacks; "
+                        "were they extracted with another taxonomy?")
+    out: dict[str, list[str]] = {}
+    for cls in taxonomy.classes(level):
+        paths = sorted(set(by_class.get(cls, [])))
+        if not paths:
+            continue
+        if len(paths) < floor:
+            warnings.warn(f"{level} class {cls!r} has only {len(paths)} training video(s), fewer than the floor "
+                          f"{floor}: using all of them", stacklevel=2)
+        k = min(len(paths), max(floor, math.floor(fraction * len(paths) + 0.5)))
+        out[cls] = sorted(sorted(paths, key=lambda p: _rank(seed, p))[:k])
+    return out
+
+
+def settings(level: str, fraction: float, floor: int, seed: int, cache_id: str) -> dict[str, Any]:
+    return {"level": level, "fraction": float(fraction), "floor": int(floor), "seed": int(seed),
+            "cache_id": cache_id}
+
+
+def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRecord]) -> dict[str, list[str]] | None:
+    """The saved subset when it was made with `wanted` settings; None when there is none; refuse otherwise."""
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    differ = [f"{k}={data.get(k)!r} (asked {wanted[k]!r})" for k in SETTINGS if data.get(k) != wanted[k]]
+    if differ:
+        raise SagaError(f"{path}: the labelled subset was drawn with {', '.join(differ)}; "
+                        "use another --out folder or the same settings")
+    subset = {str(c): list(p) for c, p in data.get("classes", {}).items()}
+    known = {r.path for r in records if r.ok and r.split == "train"}
+    lost = [p for paths in subset.values() for p in paths if p not in known]
+    if lost:
+        raise SagaError(f"{path}: {len(lost)} labelled video(s) are no longer train videos of the cache "
+                        f"(e.g. {lost[0]}); use another --out folder")
+    return subset
+
+
+def write_labelled(path: Path, subset: dict[str, list[str]], wanted: dict[str, Any],
+                   records: Sequence[VideoRecord]) -> None:
+    available: dict[str, int] = {}
+    for rec in records:
+        cls = rec.labels.get(wanted["level"])
+        if rec.ok and rec.split == "train" and cls is not None:
+            available[cls] = available.get(cls, 0) + 1
+    write_json(path, {**wanted, "counts": {c: len(p) for c, p in subset.items()},
+                      "available": {c: available.get(c, 0) for c in subset}, "classes": subset})
+
+
+def resolve_labelled(path: Path, records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float,
+                     floor: int, seed: int, cache_id: str) -> dict[str, list[str]]:
+    """Reuse `path` when it matches, else draw the subset and save it there."""
+    wanted = settings(level, fraction, floor, seed, cache_id)
+    subset = read_labelled(path, wanted, records)
+    if subset is None:
+        subset = labelled_subset(records, level, taxonomy, fraction, floor, seed)
+        write_labelled(path, subset, wanted, records)
+    return subset

@@ -1,0 +1,286 @@
+"""The epoch loop shared by stage 1 and stage 2: train, validate, keep the best, stop early, resume.
+
+Resume is exact: a run killed after epoch k and rerun continues from its last
+completed epoch and ends with bit-for-bit the same weights and metrics as an
+uninterrupted run. That holds because nothing random carries over between
+epochs: each epoch reseeds torch (dropout) and draws its data order and
+augmentation from numpy Generators seeded with (seed, epoch), and the saved
+state (weights, AdamW moments, scheduler step, best metric, patience counter)
+is everything else the next epoch depends on.
+
+Validation uses `saga.explain.infer` (the evaluation convention of `saga
+evaluate`): the best checkpoint is chosen by the same macro accuracy that
+evaluation reports.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saga.cache.manifest import VideoRecord
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.explain.infer import infer, record_targets
+from saga.model import ModelConfig, VideoTransformer
+from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View
+from saga.train.run import RunFolder
+from saga.train.schedule import make_optimizer, warmup_cosine
+
+Progress = Callable[[dict[str, Any]], None]
+LOG_EVERY = 50  # steps between "step" progress events
+
+
+@dataclass
+class TrainOptions:
+    """Options shared by both stages (each stage's config adds its own)."""
+
+    frames: int | None = None  # T' <= the cache's T; None = all cached frames (stage 2: stage 1's)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    patience: int = 5  # epochs without a better val macro accuracy before stopping; 0 = never
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    seed: int = 0
+    jitter: int = 0  # training: shift the sub-window start by up to ±jitter frames
+    frame_drop: float = 0.0  # training: mask each real frame off with this probability (>= 1 kept)
+    eval_batch_size: int = 256
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
+    balance: bool = False  # class-balanced batches (see saga.train.data)
+    stream: bool | str = "auto"  # stream the training videos from the cache: True, False, or "auto"
+    memory_budget_gb: float = 2.0  # "auto" streams when their float32 copy would exceed this
+    # Streaming: shards held and shuffled together. Extraction writes videos sorted by path, so a shard
+    # usually holds one generator: the buffer must span many shards to mix classes in a batch
+    # (64 × 128 rows × 16 × 1152 float16 ≈ 300 MB).
+    buffer_shards: int = 64
+    # the transformer, when trained from scratch
+    d_model: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    pool: str = "mean"
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise SagaError(f"lr must be > 0, got {self.lr}")
+        if self.patience < 0 or self.warmup_epochs < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise SagaError("patience, warmup_epochs, weight_decay and grad_clip must be >= 0")
+        if self.stream not in (True, False, "auto"):
+            raise SagaError(f"stream must be true, false or 'auto', got {self.stream!r}")
+        if self.buffer_shards < 1 or self.memory_budget_gb <= 0:
+            raise SagaError("buffer_shards must be >= 1 and memory_budget_gb > 0")
+        View(self.frames or 1, True, self.jitter, self.frame_drop)  # validates the augmentation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_config(self, in_dim: int, n_classes: int, frames: int) -> ModelConfig:
+        return ModelConfig(in_dim=in_dim, d_model=self.d_model, depth=self.depth, heads=self.heads,
+                           mlp_ratio=self.mlp_ratio, dropout=self.dropout, max_frames=max(64, frames),
+                           pool=self.pool, n_classes=n_classes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns the subclass
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SagaError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SagaError(f"device {name!r} asked but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_frames(frames: int | None, cache: FeatureCache) -> int:
+    t = int(frames or cache.frames)
+    if not 1 <= t <= cache.frames:
+        raise SagaError(f"frames must be in [1, {cache.frames}] (the cache's frames per window), got {t}")
+    return t
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Reseed torch's global generator (dropout) from (seed, epoch), so an epoch never depends on the last."""
+    torch.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+
+
+class Objective(Protocol):
+    """What one stage trains on: batches per epoch and the loss of one batch."""
+
+    def steps_per_epoch(self) -> int: ...
+
+    def begin_epoch(self, model: VideoTransformer, epoch: int) -> None: ...
+
+    def batches(self, epoch: int) -> Iterable[Batch]: ...
+
+    def loss(self, model: VideoTransformer, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
+
+    def epoch_stats(self) -> dict[str, Any]: ...
+
+
+class CEObjective:
+    """Plain cross-entropy on the source's batches (stage 1; stage 2 with loss="ce")."""
+
+    def __init__(self, data: InMemoryFeatures | StreamingFeatures, view: View, batch_size: int, seed: int,
+                 balance: bool, device: torch.device) -> None:
+        self.data, self.view, self.batch_size = data, view, batch_size
+        self.seed, self.balance, self.device = seed, balance, device
+
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.data.epoch_size(self.balance) / self.batch_size))
+
+    def begin_epoch(self, model: VideoTransformer, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> Iterable[Batch]:
+        return self.data.batches(self.batch_size, self.view, seed=self.seed, epoch=epoch, shuffle=True,
+                                 balance=self.balance)
+
+    def loss(self, model: VideoTransformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        b = batch.to(self.device)
+        out = model(b.x, b.mask)
+        loss = F.cross_entropy(out.logits, b.y)
+        value = float(loss.detach())
+        return loss, {"loss": value, "ce": value, "correct": correct_count(out.logits, b.y)}
+
+    def epoch_stats(self) -> dict[str, Any]:
+        return {}
+
+
+def correct_count(logits: Tensor, y: Tensor) -> int:
+    return int((logits.detach().argmax(1) == y).sum())
+
+
+def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: str, classes: Sequence[str],
+                   frames: int, batch_size: int, device: torch.device) -> Callable[[VideoTransformer], dict] | None:
+    """Accuracy and macro accuracy on the records of the level's classes (None when there are none)."""
+    targets = record_targets(records, level, classes)
+    keep = [r for r, t in zip(records, targets) if t >= 0]
+    if not keep:
+        return None
+    y = targets[targets >= 0]
+    info = SimpleNamespace(frames=frames, classes=list(classes), level=level)
+
+    def validate(model: VideoTransformer) -> dict[str, Any]:
+        pred = infer(model, info, cache, keep, batch_size, device).preds
+        per = {c: float((pred[y == i] == i).mean()) for i, c in enumerate(classes) if (y == i).any()}
+        return {"accuracy": float((pred == y).mean()), "macro_accuracy": float(np.mean(list(per.values()))),
+                "per_class": per, "n": int(y.size)}
+
+    return validate
+
+
+def describe(event: dict[str, Any]) -> str:
+    """A one-line human summary of a progress event (the CLI may print it or feed it to rich)."""
+    kind = event.get("event")
+    if kind == "epoch":
+        val = event.get("val_macro_accuracy")
+        parts = [f"epoch {event['epoch']}/{event['epochs']}", f"loss {event['loss']:.4f}",
+                 f"lr {event['lr']:.2e}", "val macro " + ("n/a" if val is None else f"{100 * val:.2f}%")]
+        if event.get("hnm") is not None:
+            parts.insert(2, f"hnm {event['hnm']:.4f} (active {event['active_triplets']}/{event['triplets']}, "
+                            f"mined {event['mined_triplets']})")
+        return "  ".join(parts) + ("  *best" if event.get("best") else "") + f"  {event['seconds']:.1f}s"
+    if kind == "step":
+        return f"epoch {event['epoch']}  step {event['step_in_epoch']}/~{event['steps']}  loss {event['loss']:.4f}"
+    return f"{kind}: {event.get('message', '')}"
+
+
+def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: TrainOptions, lr: float,
+        validate: Callable[[VideoTransformer], dict] | None, device: torch.device,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Train for opts.epochs (resuming from the folder's last state), keep the best; returns done.json's dict."""
+    emit = progress or (lambda event: None)
+    model.to(device)
+    optimizer = make_optimizer(model, lr, opts.weight_decay)
+    per_epoch = objective.steps_per_epoch()
+    scheduler = warmup_cosine(optimizer, round(opts.warmup_epochs * per_epoch), opts.epochs * per_epoch)
+    state = run.load_state(model, optimizer, scheduler)
+    if state is None:
+        state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0}
+        emit({"event": "start", "message": f"training {opts.epochs} epochs into {run.path}"})
+    else:
+        emit({"event": "start", "message": f"resuming {run.path} after epoch {state['epoch']}"})
+    run.trim_metrics(state["epoch"])
+    while state["epoch"] < opts.epochs and not (opts.patience and state["bad_epochs"] >= opts.patience):
+        epoch, t0 = state["epoch"] + 1, time.perf_counter()
+        line = _train_epoch(model, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit)
+        val = validate(model) if validate is not None else None
+        metric = None if val is None else val["macro_accuracy"]
+        best = state["best_metric"] is None or metric is None or metric > state["best_metric"]
+        if best:
+            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+            run.save_best(model, epoch, metric)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        line.update(val_accuracy=None if val is None else val["accuracy"], val_macro_accuracy=metric,
+                    val_per_class=None if val is None else val["per_class"], best=best,
+                    seconds=round(time.perf_counter() - t0, 3))
+        run.append_metrics(line)
+        run.save_state(model, optimizer, scheduler, state)
+        emit({"event": "epoch", "epochs": opts.epochs, **line})
+    summary = {"best_epoch": state["best_epoch"], "best_metric": state["best_metric"],
+               "metric": "val_macro_accuracy" if validate is not None else None,
+               "epochs_run": state["epoch"], "stopped_early": state["epoch"] < opts.epochs, "step": state["step"]}
+    run.finish(summary)
+    emit({"event": "done", "message": f"best epoch {state['best_epoch']} -> {run.path}", **summary})
+    return summary
+
+
+def _train_epoch(model: VideoTransformer, objective: Objective, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, opts: TrainOptions, epoch: int,
+                 state: dict[str, Any], per_epoch: int, emit: Progress) -> dict[str, Any]:
+    seed_epoch(opts.seed, epoch)
+    objective.begin_epoch(model, epoch)
+    model.train()
+    sums: dict[str, float] = {}
+    n = steps = 0
+    for batch in objective.batches(epoch):
+        loss, stats = objective.loss(model, batch)
+        if not torch.isfinite(loss):
+            raise SagaError(f"epoch {epoch}: the loss is {float(loss)}; lower the learning rate (--lr)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        steps += 1
+        b = len(batch)
+        n += b
+        for key, value in stats.items():  # counts add up, means are weighted by batch size
+            sums[key] = sums.get(key, 0.0) + (value if key in ("correct", "active", "triplets") else value * b)
+        if steps % LOG_EVERY == 0:
+            emit({"event": "step", "epoch": epoch, "step_in_epoch": steps, "steps": per_epoch,
+                  "loss": sums["loss"] / n})
+    if not n:
+        raise SagaError("no training batches: the training set is empty")
+    return {
+        "epoch": epoch, "step": state["step"], "lr": scheduler.get_last_lr()[0],
+        "loss": sums["loss"] / n, "ce": sums["ce"] / n,
+        "hnm": sums["hnm"] / n if "hnm" in sums else None,
+        "active_triplets": int(sums["active"]) if "active" in sums else None,
+        "triplets": int(sums["triplets"]) if "triplets" in sums else None,
+        **objective.epoch_stats(),
+        "train_accuracy": sums["correct"] / n, "samples": n,
+    }

@@ -1,0 +1,302 @@
+"""Run folders (docs/run-folder.md): what a training run writes, resumes from and is loaded from.
+
+Everything is JSON or safetensors, never pickle, so opening someone's run cannot
+run code. Files are written to a temporary name and `os.replace`d, so a killed
+run never leaves half a file. The resume state (last.safetensors,
+optimizer.safetensors, state.json) is committed by state.json, written last; the
+two tensor files carry their epoch in their metadata so a run killed between
+the three writes is detected instead of silently resuming from mixed epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from saga.cache.store import COMPATIBILITY_KEYS, FeatureCache
+from saga.errors import SagaError
+from saga.model import ModelConfig, VideoTransformer
+from saga.provenance import machine, now, versions
+
+CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safetensors", "done.json"
+LAST, OPTIMIZER, STATE = "last.safetensors", "optimizer.safetensors", "state.json"
+METRICS, LABELLED = "metrics.jsonl", "labelled.json"
+RESUME_FILES = (LAST, OPTIMIZER, STATE)
+
+
+@dataclass
+class RunInfo:
+    """What a loaded run is: its resolved config, class list (index = model output) and provenance."""
+
+    path: Path
+    config: dict[str, Any]
+    classes: list[str]
+    level: str
+    frames: int
+    provenance: dict[str, Any]
+    finished: bool
+
+
+# -- small file helpers -----------------------------------------------------------------------
+def write_json(path: Path, data: Any) -> None:
+    """Write-then-rename: a reader (or a resumed run) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SagaError(f"{path}: missing; is {path.parent} a saga run folder?") from None
+    except json.JSONDecodeError as exc:
+        raise SagaError(f"{path}: corrupt JSON ({exc}); delete the run folder and train again") from None
+
+
+def file_fingerprint(path: Path) -> str:
+    """blake2b of a file's bytes: names the exact stage-1 weights a stage-2 run started from."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise SagaError(f"{path}: missing; the run has no saved weights yet")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        return load_file(str(path)), meta
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise SagaError(f"{path}: unreadable safetensors file ({exc}); delete it and train again") from None
+
+
+def save_weights(path: Path, model: VideoTransformer, **meta: Any) -> None:
+    """Weights plus the model config in the metadata, so the file alone rebuilds the model."""
+    metadata = {"config": json.dumps(model.config.to_dict()), **{k: json.dumps(v) for k, v in meta.items()}}
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
+    """The cache fields that make features comparable (the same keys the cache checks on append)."""
+    return {k: cache.attrs.get(k) for k in COMPATIBILITY_KEYS}
+
+
+def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "cache_id": cache.cache_id,
+        "cache_path": str(cache.root.resolve()),
+        "encoder": encoder_provenance(cache),
+        "taxonomy": cache.attrs.get("taxonomy"),
+        "seed": seed,
+        "from_run": from_run,
+        "versions": versions(),
+        "machine": machine(),
+        "started": now(),
+        "finished": None,
+    }
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that change what a run computes (not where the cache lies, not the device)."""
+    ident = copy.deepcopy(config)
+    ident.pop("cache", None)
+    ident.get("train", {}).pop("device", None)
+    return json.loads(json.dumps(ident, default=str))
+
+
+# -- the run folder ---------------------------------------------------------------------------
+class RunFolder:
+    """One run's folder: created, resumed, or found finished and reused."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def open_for(cls, out: str | Path, config: dict[str, Any], provenance: dict[str, Any]) -> "RunFolder":
+        """Create the folder, or reopen it when it holds this very run (to resume or reuse).
+
+        A folder holding a different run (other settings or another cache) is refused rather
+        than overwritten: the user's finished results are never lost to a typo in --out.
+        """
+        run = cls(Path(out))
+        cfg_path = run.path / CONFIG
+        if cfg_path.is_file():
+            run._check_same(config, provenance)
+            if not run.done:
+                prov = read_json(run.path / PROVENANCE)
+                prov.setdefault("resumed", []).append(now())
+                write_json(run.path / PROVENANCE, prov)
+            return run
+        if run.path.exists():
+            if not run.path.is_dir():
+                raise SagaError(f"{run.path}: exists and is not a folder; choose another --out")
+            extra = sorted(p.name for p in run.path.iterdir() if p.name != LABELLED)
+            if extra:
+                raise SagaError(f"{run.path}: not empty and not a saga run ({extra[0]}, ...); choose another --out")
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_json(run.path / PROVENANCE, provenance)
+        write_json(cfg_path, config)  # last: a folder with config.json is a run
+        return run
+
+    def _check_same(self, config: dict[str, Any], provenance: dict[str, Any]) -> None:
+        old = read_json(self.path / CONFIG)
+        old_prov = read_json(self.path / PROVENANCE)
+        what = "finished" if self.done else "unfinished"
+        if old_prov.get("cache_id") != provenance.get("cache_id"):
+            raise SagaError(f"{self.path}: holds a {what} run on another cache ({str(old_prov.get('cache_id'))[:12]}); "
+                            "choose another --out")
+        a, b = _identity(old), _identity(config)
+        if a != b:
+            diff = _first_difference(a, b)
+            raise SagaError(f"{self.path}: holds a {what} run with different settings ({diff}); "
+                            "choose another --out, or delete the folder to start over")
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return (self.path / DONE).is_file()
+
+    def save_best(self, model: VideoTransformer, epoch: int, metric: float | None) -> None:
+        save_weights(self.path / MODEL, model, epoch=epoch, metric=metric)
+
+    def save_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+        """The resume point after a completed epoch; state.json (written last) commits it."""
+        epoch = json.dumps(state["epoch"])
+        save_weights(self.path / LAST, model, epoch=state["epoch"])
+        tensors, opt_meta = _flatten_optimizer(optimizer)
+        save_tensors(self.path / OPTIMIZER, tensors, {"epoch": epoch})
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        write_json(self.path / STATE, {**state, "optimizer": opt_meta, "scheduler": sched})
+
+    def load_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any] | None:
+        """Restore model, optimizer and scheduler from the last completed epoch (None: nothing saved)."""
+        if not (self.path / STATE).is_file():
+            return None
+        state = read_json(self.path / STATE)
+        weights, wmeta = load_tensors(self.path / LAST)
+        tensors, ometa = load_tensors(self.path / OPTIMIZER)
+        epoch = json.dumps(state["epoch"])
+        if wmeta.get("epoch") != epoch or ometa.get("epoch") != epoch:
+            raise SagaError(f"{self.path}: the resume files are from different epochs (killed while saving); "
+                            f"delete {', '.join(RESUME_FILES)} and {METRICS} to restart this run")
+        model.load_state_dict(weights)
+        _restore_optimizer(optimizer, tensors, state.pop("optimizer"))
+        sched = state.pop("scheduler")
+        scheduler.load_state_dict({**sched, "lr_lambdas": [None] * len(sched.get("base_lrs", []))})
+        return state
+
+    # -- metrics -------------------------------------------------------------------------------
+    def append_metrics(self, line: dict[str, Any]) -> None:
+        with open(self.path / METRICS, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+    def trim_metrics(self, last_epoch: int) -> None:
+        """Drop lines of epochs after the resume point (a run killed after logging, before saving)."""
+        lines = [l for l in self.read_metrics() if l.get("epoch", 0) <= last_epoch]
+        tmp = self.path / f".{METRICS}.tmp-{os.getpid()}"
+        tmp.write_text("".join(json.dumps(l, default=str) + "\n" for l in lines), encoding="utf-8")
+        os.replace(tmp, self.path / METRICS)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Mark the run finished (done.json), then drop the resume state it no longer needs."""
+        prov = read_json(self.path / PROVENANCE)
+        prov["finished"] = now()
+        write_json(self.path / PROVENANCE, prov)
+        write_json(self.path / DONE, {**summary, "finished": prov["finished"]})
+        for name in RESUME_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """AdamW state as flat tensors ("<param>.<name>") plus JSON-able groups and scalars."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                       meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+    return f"{where or 'config'}: {a!r} -> {b!r}"
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
+    """The run's best weights as an eval-mode model, and what it predicts (classes, level, frames)."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        raise SagaError(f"{path}: not a saga run folder (no {CONFIG}); pass the --out of `saga train`/`attribute`")
+    config = read_json(path / CONFIG)
+    if not (path / MODEL).is_file():
+        raise SagaError(f"{path}: no {MODEL} yet; the run has not completed an epoch (rerun it to resume)")
+    weights, meta = load_tensors(path / MODEL)
+    if "config" not in meta:
+        raise SagaError(f"{path / MODEL}: no model config in its metadata; not written by saga")
+    model = VideoTransformer(ModelConfig.from_dict(json.loads(meta["config"])))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise SagaError(f"{path / MODEL}: weights do not fit the stored config ({str(exc)[:200]})") from None
+    model.eval()
+    prov_path = path / PROVENANCE
+    info = RunInfo(
+        path=path,
+        config=config,
+        classes=list(config["classes"]),
+        level=str(config["level"]),
+        frames=int(config["frames"]),
+        provenance=read_json(prov_path) if prov_path.is_file() else {},
+        finished=(path / DONE).is_file(),
+    )
+    if model.config.n_classes != len(info.classes):
+        raise SagaError(f"{path}: the model has {model.config.n_classes} outputs but config.json lists "
+                        f"{len(info.classes)} classes; the folder is damaged")
+    return model, info

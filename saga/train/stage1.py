@@ -1,0 +1,77 @@
+"""Stage 1: the video transformer learns real vs fake (BIN-L) from the abundant binary labels.
+
+Real and fake are rarely balanced (GenVideo has far more fake clips), so batches
+are class-balanced by default: exactly when the split is held in memory, by
+per-class acceptance when it is streamed (see `saga.train.data`). The train
+split is streamed when its float32 copy would exceed `memory_budget_gb`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.explain.infer import record_targets
+from saga.model import VideoTransformer
+from saga.train.data import View, open_features
+from saga.train.loop import (
+    CEObjective,
+    Progress,
+    TrainOptions,
+    fit,
+    make_validator,
+    resolve_device,
+    resolve_frames,
+)
+from saga.train.run import RunFolder, make_provenance
+
+LEVEL = "BIN-L"
+
+
+@dataclass
+class Stage1Config(TrainOptions):
+    """Stage-1 options (see TrainOptions for the shared ones)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = 3e-4
+    balance: bool = True  # class-balanced sampling of real vs fake
+
+
+def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | None = None,
+                 progress: Progress | None = None) -> Path:
+    """Train (or resume, or reuse) a stage-1 real/fake run in `out`; returns the run folder."""
+    cfg = cfg or Stage1Config()
+    cfg.check()
+    cache = FeatureCache.open(cache_path)
+    frames = resolve_frames(cfg.frames, cache)
+    classes = cache.taxonomy.classes(LEVEL)
+    train = cache.ok_records("train")
+    targets = record_targets(train, LEVEL, classes)
+    missing = [c for i, c in enumerate(classes) if not (targets == i).any()]
+    if missing:
+        raise SagaError(f"{cache.root}: the train split has no {' or '.join(missing)} videos; "
+                        "stage 1 needs both real and fake videos")
+    model_cfg = cfg.model_config(cache.dim, len(classes), frames)
+    device = resolve_device(cfg.device)
+    config = {
+        "stage": 1, "level": LEVEL, "classes": classes, "frames": frames, "model": model_cfg.to_dict(),
+        "train": {**cfg.to_dict(), "frames": frames}, "cache": str(Path(cache_path).resolve()),
+    }
+    run = RunFolder.open_for(out, config, make_provenance(cache, cfg.seed))
+    if run.done:
+        if progress:
+            progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
+        return run.path
+    data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
+    torch.manual_seed(cfg.seed)
+    model = VideoTransformer(model_cfg)
+    view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
+    objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
+    validate = make_validator(cache, cache.ok_records("val"), LEVEL, classes, frames, cfg.eval_batch_size, device)
+    fit(model, objective, run, cfg, float(cfg.lr or 3e-4), validate, device, progress)
+    return run.path

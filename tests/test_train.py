@@ -1,0 +1,282 @@
+"""Phase 2 training on a tiny synthetic cache: data readers, stage 1, stage 2, run folders, resume."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saga.cache.manifest import OK, VideoRecord
+from saga.cache.store import FeatureCache, PartWriter
+from saga.errors import SagaError
+from saga.explain.infer import record_targets
+from saga.taxonomy import Taxonomy
+from saga.train.attribute import AttributeConfig, load_base, prepare_model, train_attribution
+from saga.train.data import InMemoryFeatures, StreamingFeatures, View, balanced_epoch
+from saga.train.fraction import labelled_subset, resolve_labelled
+from saga.train.run import load_model
+from saga.train.stage1 import Stage1Config, train_stage1
+
+T, D = 8, 16
+TINY = dict(d_model=32, depth=2, heads=2, dropout=0.1, eval_batch_size=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run much faster on one intra-op thread on the 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sequence(cls: int, rng: np.random.Generator, bases: np.ndarray, n_real: int) -> np.ndarray:
+    """Class-dependent (T, D) features: classes k and k + 7 share a base and differ only temporally."""
+    base = bases[8] if cls < 0 else bases[cls % 7]
+    kind = 3 if cls < 0 else cls // 7
+    t = np.arange(T, dtype=np.float32)
+    wave = {0: np.zeros(T), 1: (-1.0) ** t, 2: t / T - 0.5, 3: 0.3 * np.sin(t / 2)}[kind]
+    x = base[None, :] + 1.5 * wave[:, None] * bases[7][None, :] + 0.3 * rng.normal(size=(T, D))
+    x[n_real:] = x[n_real - 1]  # short video: the last frame repeated (masked off)
+    return x.astype(np.float16)
+
+
+def build_cache(root: Path, seed: int = 0, real: int = 40, per_gen: int = 10) -> FeatureCache:
+    tax = Taxonomy.load("synth")
+    prov = {"encoder": "test-encoder", "pretrained": "none", "weights_fingerprint": "0" * 16, "preprocess": {},
+            "dim": D, "sampling": {"frames": T, "mode": "consecutive", "windows": 1}, "taxonomy": tax.to_dict(),
+            "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    cache = FeatureCache.create_or_open(root, prov)
+    rng = np.random.default_rng(seed)
+    bases = np.random.default_rng(123).normal(size=(9, D)).astype(np.float32)
+    items = [("real", -1)] * real + [(g, k) for k, g in enumerate(tax.generators) for _ in range(per_gen)]
+    rows = []
+    for i, (gen, cls) in enumerate(items):
+        n_real = [3, 5][i % 2] if i % 6 == 0 else T
+        split = ("train", "train", "train", "val", "test")[(i // 2) % 5]
+        rec = VideoRecord(f"{gen}/{i:04d}.mp4", 1000 + i, i, OK, gen, tax.labels(gen), split)
+        mask = (np.arange(T) < n_real)[None]
+        rows.append((rec, sequence(cls, rng, bases, n_real)[None], mask, np.arange(T, dtype=np.float32)[None] / 8))
+    half = len(rows) // 2
+    for name, chunk in (("p000001-r000", rows[:half]), ("p000002-r000", rows[half:])):
+        writer = PartWriter(cache, name, capacity=len(chunk), shard_rows=8)
+        for row in chunk:
+            writer.add(*row)
+        writer.close()
+    return FeatureCache.open(root)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
+    return build_cache(tmp_path_factory.mktemp("cache") / "c")
+
+
+def s1_config(**kw) -> Stage1Config:
+    return Stage1Config(**{**TINY, "epochs": 4, "batch_size": 32, "lr": 3e-3, "warmup_epochs": 0.5,
+                           "patience": 0, "stream": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def stage1(cache: FeatureCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return train_stage1(cache.root, tmp_path_factory.mktemp("runs") / "s1", s1_config())
+
+
+def bin_labels(records) -> np.ndarray:
+    return record_targets(records, "BIN-L", ["real", "fake"])
+
+
+# -- data -------------------------------------------------------------------------------------------
+def test_streaming_reads_every_record_once_bounded_and_deterministic(cache: FeatureCache) -> None:
+    recs = cache.ok_records("train")
+    ds = StreamingFeatures(cache, recs, bin_labels(recs), view=View(T, train=True), batch_size=5,
+                           buffer_shards=2, seed=3, epoch=0)
+    first = [b.index.tolist() for b in ds]
+    flat = sorted(i for b in first for i in b)
+    assert flat == list(range(len(recs)))  # every record exactly once
+    assert all(len(b) == 5 for b in first[:-1])
+    assert ds.stats["shards_read"] == len(ds.shard_refs) > 4  # each shard read once, across two parts
+    assert ds.stats["max_rows_buffered"] <= 2 * 8 + 5 - 1  # buffer_shards shards + a batch's carry
+    assert [b.index.tolist() for b in ds] == first  # same seed + epoch: same order
+    ds.set_epoch(1)
+    assert [b.index.tolist() for b in ds] != first
+    batch = next(iter(ds))
+    assert batch.x.dtype == torch.float32 and batch.x.shape == (5, T, D) and batch.mask.shape == (5, T)
+
+
+def test_balanced_sampling(cache: FeatureCache) -> None:
+    recs = cache.ok_records("train")
+    y = bin_labels(recs)
+    assert np.bincount(y)[1] > 3 * np.bincount(y)[0]  # the split is unbalanced
+    idx = balanced_epoch(y, np.random.default_rng(0))
+    assert np.bincount(y[idx]).tolist() == [round(len(y) / 2)] * 2  # exactly balanced in memory
+    ds = StreamingFeatures(cache, recs, y, batch_size=16)
+    counts = np.zeros(2)
+    for epoch in range(6):
+        for b in ds.batches(16, View(T, train=True), seed=0, epoch=epoch, shuffle=True, balance=True):
+            counts += np.bincount(b.y.numpy(), minlength=2)
+    assert abs(counts[0] - counts[1]) / counts.sum() < 0.1
+    assert abs(counts.sum() / 6 - len(y)) / len(y) < 0.1  # an epoch holds ~N samples
+
+
+def test_frame_subsampling_views(cache: FeatureCache) -> None:
+    recs = cache.ok_records("train")[:12]
+    mem = InMemoryFeatures(cache, recs, bin_labels(recs))
+    raw = cache.read(recs)
+    short = [i for i in range(len(recs)) if not raw["mask"][i, 0].all()]
+    full = [i for i in range(len(recs)) if raw["mask"][i, 0].all()]
+    assert short and full
+    ev = mem.take(np.arange(len(recs)), View(4))
+    assert ev.x.shape == (len(recs), 4, D)
+    i = full[0]  # centred in eval: frames 2..5
+    assert torch.equal(ev.x[i], torch.from_numpy(raw["features"][i, 0, 2:6].astype(np.float32)))
+    j = short[0]  # a padded video keeps its real frames first
+    assert ev.mask[j].tolist() == [True] * int(raw["mask"][j, 0].sum()) + [False] * (4 - int(raw["mask"][j, 0].sum()))
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    a = mem.take(np.arange(len(recs)), View(4, train=True, jitter=2, frame_drop=0.5), rng())
+    b = mem.take(np.arange(len(recs)), View(4, train=True, jitter=2, frame_drop=0.5), rng())
+    assert torch.equal(a.x, b.x) and torch.equal(a.mask, b.mask)  # deterministic given the rng
+    assert a.mask.any(1).all()  # at least one real frame always kept
+    starts = {tuple(mem.take(np.array([i]), View(4, train=True), np.random.default_rng(s)).x[0, 0, :2].tolist())
+              for s in range(20)}
+    assert len(starts) > 1  # random starts in training
+    with pytest.raises(SagaError):
+        mem.take(np.arange(2), View(T + 1))
+    stream = StreamingFeatures(cache, recs, bin_labels(recs))
+    pick = np.array([5, 1, 5, 0])  # random access, unsorted, with a repeat (mined positives/negatives)
+    got, want = stream.take(pick, View(6)), mem.take(pick, View(6))
+    assert torch.equal(got.x, want.x) and torch.equal(got.mask, want.mask) and got.index.tolist() == pick.tolist()
+
+
+# -- stage 1 + run folders ------------------------------------------------------------------------
+def test_stage1_learns(stage1: Path) -> None:
+    lines = [json.loads(l) for l in (stage1 / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2, 3, 4]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert max(l["val_macro_accuracy"] for l in lines) > 0.7  # chance is 0.5
+    assert (stage1 / "done.json").is_file() and not (stage1 / "state.json").exists()
+    model, info = load_model(stage1)
+    assert info.classes == ["real", "fake"] and info.level == "BIN-L" and info.frames == T and info.finished
+    assert not model.training and info.provenance["encoder"]["dim"] == D
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    def kill_after_2(event: dict) -> None:
+        if event.get("event") == "epoch" and event["epoch"] == 2:
+            raise Killed
+
+    out = tmp_path / "s1"
+    with pytest.raises(Killed):
+        train_stage1(cache.root, out, s1_config(), progress=kill_after_2)
+    assert (out / "state.json").is_file() and not (out / "done.json").exists()
+    events: list[dict] = []
+    train_stage1(cache.root, out, s1_config(), progress=events.append)
+    assert "resuming" in events[0]["message"]
+    for name in ("model.safetensors",):
+        a, b = load_file(str(stage1 / name)), load_file(str(out / name))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}  # noqa: E731
+                       for l in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(out) == strip(stage1)
+    again: list[dict] = []
+    train_stage1(cache.root, out, s1_config(), progress=again.append)
+    assert again[0]["event"] == "reused"
+    with pytest.raises(SagaError, match="different settings"):
+        train_stage1(cache.root, out, s1_config(lr=1e-3))
+
+
+def test_streamed_stage1_runs(cache: FeatureCache, tmp_path: Path) -> None:
+    out = train_stage1(cache.root, tmp_path / "s", s1_config(epochs=1, stream=True, frames=6, jitter=1,
+                                                             frame_drop=0.2))
+    assert json.loads((out / "config.json").read_text())["frames"] == 6
+
+
+# -- stage 2 ------------------------------------------------------------------------------------
+def test_fraction_sampling(cache: FeatureCache, tmp_path: Path) -> None:
+    tax = cache.taxonomy
+    recs = cache.ok_records()
+    sub = labelled_subset(recs, "GEN-L", tax, fraction=0.005, floor=2, seed=0)
+    assert list(sub) == tax.classes("GEN-L") and all(len(p) == 2 for p in sub.values())
+    shuffled = recs[:]
+    random.Random(1).shuffle(shuffled)
+    assert labelled_subset(shuffled, "GEN-L", tax, 0.005, 2, 0) == sub  # record order does not matter
+    assert labelled_subset(recs, "GEN-L", tax, 0.005, 2, 1) != sub
+    big = labelled_subset(recs, "GEN-L", tax, fraction=0.5, floor=2, seed=0)
+    assert len(big["real"]) == round(0.5 * sum(r.split == "train" and r.generator == "real" for r in recs))
+    sd = labelled_subset(recs, "SD-L", tax, 0.5, 2, 0)
+    assert list(sd) == tax.classes("SD-L")
+    no_sd = {g for g, spec in tax.generators.items() if spec.sd is None}
+    assert not any(p.split("/")[0] in no_sd for paths in sd.values() for p in paths)
+    with pytest.warns(UserWarning, match="fewer than the floor"):
+        labelled_subset(recs, "GEN-L", tax, 0.005, floor=50, seed=0)
+    path = tmp_path / "labelled.json"
+    first = resolve_labelled(path, recs, "GEN-L", tax, 0.005, 2, 0, cache.cache_id)
+    assert resolve_labelled(path, recs[::-1], "GEN-L", tax, 0.005, 2, 0, cache.cache_id) == first
+    with pytest.raises(SagaError, match="fraction"):
+        resolve_labelled(path, recs, "GEN-L", tax, 0.01, 2, 0, cache.cache_id)
+
+
+def a_config(**kw) -> AttributeConfig:
+    return AttributeConfig(**{**TINY, "level": "TASK-L", "fraction": 0.5, "epochs": 3, "batch_size": 16,
+                              "lr": 1e-3, "warmup_epochs": 0.0, "patience": 0, "stream": False, **kw})
+
+
+def test_stage2_starts_from_stage1(cache: FeatureCache, stage1: Path) -> None:
+    base = load_base(stage1, cache)
+    model = prepare_model(cache, a_config(), 3, T, base)
+    saved = load_file(str(stage1 / "model.safetensors"))
+    state = model.state_dict()
+    body = [k for k in saved if not k.startswith("head.")]
+    assert body and all(torch.equal(state[k], saved[k]) for k in body)
+    assert state["head.weight"].shape == (3, 32) and saved["head.weight"].shape == (2, 32)
+
+
+def test_stage2_hnm_logs_triplets_and_resumes(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    cfg = a_config(mine_every=3)
+    out = train_attribution(cache.root, tmp_path / "a", cfg, from_run=stage1)
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(l["mined_triplets"] > 0 and l["refreshes"] >= 2 for l in lines)
+    assert all(isinstance(l["active_triplets"], int) and 0 <= l["active_triplets"] <= l["triplets"] for l in lines)
+    assert lines[0]["triplets"] > 0 and lines[0]["hnm"] is not None
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["from_run"]["fingerprint"] and prov["cache_id"] == cache.cache_id
+    model, info = load_model(out)
+    assert info.classes == ["real", "T2V", "I2V"] and model.config.n_classes == 3
+    labelled = json.loads((out / "labelled.json").read_text())
+    assert labelled["fraction"] == 0.5 and set(labelled["classes"]) == set(info.classes)
+
+    def kill_after_1(event: dict) -> None:
+        if event.get("event") == "epoch" and event["epoch"] == 1:
+            raise Killed
+
+    resumed = tmp_path / "b"
+    with pytest.raises(Killed):
+        train_attribution(cache.root, resumed, cfg, from_run=stage1, progress=kill_after_1)
+    train_attribution(cache.root, resumed, cfg, from_run=stage1)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage2_ce_from_scratch_sd_level(cache: FeatureCache, tmp_path: Path) -> None:
+    out = train_attribution(cache.root, tmp_path / "sd", a_config(level="SD-L", loss="ce", epochs=1))
+    _, info = load_model(out)
+    assert info.classes == cache.taxonomy.classes("SD-L")
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["hnm"] is None and line["val_accuracy"] is not None
+    with pytest.raises(SagaError, match="labelled subset"):
+        train_attribution(cache.root, tmp_path / "sd", a_config(level="SD-L", loss="ce", epochs=1, fraction=0.3))
+
+
+def test_from_run_on_another_cache_is_refused(stage1: Path, tmp_path: Path) -> None:
+    other = build_cache(tmp_path / "other", seed=1, real=6, per_gen=2)
+    with pytest.raises(SagaError, match="not on"):
+        train_attribution(other.root, tmp_path / "x", a_config(), from_run=stage1)
