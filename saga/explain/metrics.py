@@ -1,0 +1,130 @@
+"""`saga evaluate`: accuracy, macro accuracy, per-class accuracy, confusion and (BIN-L) AUC of a run.
+
+Macro accuracy (the mean of per-class accuracies) is the headline next to plain
+accuracy because attribution splits are unbalanced: a model that ignores a rare
+generator can still score a high accuracy. Records without a class at the run's
+level (SD-L: generators with no SD backbone) are excluded, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.table import Table
+
+from saga.cache.store import COMPATIBILITY_KEYS, FeatureCache
+from saga.errors import SagaError
+from saga.explain.infer import Inference, infer, record_targets
+from saga.taxonomy import FAKE
+
+
+def check_cache(info: Any, cache: FeatureCache) -> None:
+    """Refuse a cache that is not the run's own, unless its encoder provenance is identical.
+
+    Another cache with the same encoder, weights, preprocessing and sampling holds
+    comparable features (e.g. a held-out set extracted later): evaluate but warn.
+    """
+    prov = info.provenance or {}
+    run_id = prov.get("cache_id")
+    if run_id is None or run_id == cache.cache_id:
+        return
+    run_enc = prov.get("encoder") or {}
+    differ = [k for k in COMPATIBILITY_KEYS if run_enc.get(k) != cache.attrs.get(k)]
+    if differ:
+        raise SagaError(
+            f"{cache.root}: cache {cache.cache_id[:12]} is not the run's cache {str(run_id)[:12]} and its "
+            f"{', '.join(differ)} differ; evaluate on features from the run's encoder and sampling"
+        )
+    warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12]}), "
+                  "but extracted with the same encoder and sampling; evaluating anyway", stacklevel=3)
+
+
+def compute_metrics(inference: Inference, classes: Sequence[str], level: str) -> dict[str, Any]:
+    """Metrics of the records with a class (target >= 0); pure, so tests compare it with sklearn."""
+    keep = inference.targets >= 0
+    y, pred = inference.targets[keep], inference.preds[keep]
+    c = len(classes)
+    conf = np.zeros((c, c), dtype=np.int64)
+    np.add.at(conf, (y, pred), 1)
+    per_n = conf.sum(axis=1)
+    per_acc = [float(conf[i, i] / per_n[i]) if per_n[i] else None for i in range(c)]
+    present = [a for a in per_acc if a is not None]
+    out: dict[str, Any] = {
+        "level": level,
+        "n": int(keep.sum()),
+        "accuracy": float((y == pred).mean()) if len(y) else None,
+        "macro_accuracy": float(np.mean(present)) if present else None,
+        "per_class": dict(zip(classes, per_acc)),
+        "per_class_n": {cls: int(k) for cls, k in zip(classes, per_n)},
+        "confusion": conf.tolist(),
+        "classes": list(classes),
+        "auc": None,
+    }
+    if level == "BIN-L" and FAKE in classes:
+        out["auc"] = binary_auc(inference.probs[keep][:, list(classes).index(FAKE)], y == list(classes).index(FAKE))
+    return out
+
+
+def binary_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """ROC AUC of p(fake); None when only one of the two classes is present (AUC undefined)."""
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive.astype(int), score))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write-then-rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
+             device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into the run."""
+    from saga.train.run import load_model  # late: training may import saga.explain.infer (validation)
+
+    run_dir = Path(run_dir)
+    model, info = load_model(run_dir)
+    cache = FeatureCache.open(cache_path)
+    check_cache(info, cache)
+    records = cache.ok_records(split)
+    if not records:
+        raise SagaError(f"{cache.root}: no extracted videos in split '{split}'; pick another --split")
+    targets = record_targets(records, info.level, info.classes)
+    labelled = [r for r, t in zip(records, targets) if t >= 0]
+    if not labelled:
+        raise SagaError(f"{cache.root}: no '{split}' video has a class at {info.level} "
+                        f"({', '.join(info.classes)}); is this the run's taxonomy?")
+    result = compute_metrics(infer(model, info, cache, labelled, batch_size, device), info.classes, info.level)
+    result = {"level": info.level, "split": split, **result, "cache_id": cache.cache_id,
+              "excluded": len(records) - len(labelled), "run": str(run_dir)}
+    write_json_atomic(run_dir / f"metrics-{split}.json", result)
+    write_json_atomic(run_dir / "metrics.json", result)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """Per-class accuracy as a rich table; the caption carries accuracy, macro accuracy and AUC."""
+    caption = f"accuracy {_pct(metrics.get('accuracy'))} %  ·  macro {_pct(metrics.get('macro_accuracy'))} %"
+    if metrics.get("auc") is not None:
+        caption += f"  ·  AUC {metrics['auc']:.4f}"
+    table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}",
+                  caption=caption)
+    table.add_column("class")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy %", justify="right")
+    for cls in metrics.get("classes", []):
+        table.add_row(cls, str(metrics["per_class_n"].get(cls, 0)), _pct(metrics["per_class"].get(cls)))
+    return table

@@ -1,0 +1,188 @@
+"""T-Sigs: temporal attention signatures per class (the paper's interpretability tool).
+
+Input: the penultimate temporal block's frame-to-frame attention, averaged over
+heads (`infer(..., attention=True)`), one T'×T' map per video (window 0).
+
+Normalisation (documented, because the paper does not publish one):
+
+- **map**: row i (query frame i) is an attention distribution over the video's real
+  frames, so it sums to 1. A class map averages row i over the class's videos in
+  which frame i is real; padded frames are dropped as queries and as keys. Rows
+  therefore stay distributions (sum 1), and short videos do not dilute the rows
+  of frames they do not have. Plots share one colour scale across classes.
+- **profile**: for offset Δ = 0..T'-1, a video's value is the mean over the i with
+  frames i and i+Δ both real of A[i, i+Δ] (forward offsets, as in the method).
+  A class profile averages the videos' values at each Δ (over videos that have
+  such a pair) and is normalised to sum 1, so classes compare by *shape*.
+  Identity attention gives all the mass at Δ = 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from saga.errors import SagaError
+from saga.explain.infer import Inference
+from saga.explain.tsne import class_colors, save_figure
+
+Signature = dict[str, Any]  # {"map": (T', T'), "profile": (T',), "n": int}
+
+
+def _masks(attn: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    if attn.ndim != 3 or attn.shape[1] != attn.shape[2]:
+        raise SagaError(f"attention maps must be (n, T, T), got {attn.shape}")
+    return np.ones(attn.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+
+
+def offset_sums(attn: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per video and offset Δ: the sum of A[i, i+Δ] over real pairs, and how many pairs (n, T)."""
+    mask = _masks(attn, mask)
+    n, t = mask.shape
+    sums, counts = np.zeros((n, t)), np.zeros((n, t))
+    for d in range(t):
+        pair = mask[:, : t - d] & mask[:, d:]
+        diag = np.diagonal(attn, offset=d, axis1=1, axis2=2)
+        sums[:, d] = np.where(pair, diag, 0.0).sum(axis=1)
+        counts[:, d] = pair.sum(axis=1)
+    return sums, counts
+
+
+def _normalise(profile: np.ndarray) -> np.ndarray:
+    total = profile.sum()
+    return profile / total if total > 0 else profile
+
+
+def group_signature(attn: np.ndarray, mask: np.ndarray | None = None) -> Signature:
+    """The signature of a group of videos (a class, or one video): map and normalised profile."""
+    mask = _masks(attn, mask)
+    pair = mask[:, :, None] & mask[:, None, :]
+    rows = mask.sum(axis=0)  # videos in which query frame i is real
+    summed = np.where(pair, attn, 0.0).sum(axis=0)
+    cmap = np.divide(summed, rows[:, None], out=np.zeros_like(summed), where=rows[:, None] > 0)
+    sums, counts = offset_sums(attn, mask)
+    per_video = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    defined = (counts > 0).sum(axis=0)
+    prof = np.divide(per_video.sum(axis=0), defined, out=np.zeros(mask.shape[1]), where=defined > 0)
+    return {"map": cmap.astype(np.float32), "profile": _normalise(prof).astype(np.float32), "n": int(len(attn))}
+
+
+def video_signature(attn: np.ndarray, mask: np.ndarray | None = None) -> Signature:
+    """One video's signature from its (T', T') map and (T',) mask (`saga predict --tsig`)."""
+    attn = np.asarray(attn, np.float64)
+    return group_signature(attn[None], None if mask is None else np.asarray(mask, bool)[None])
+
+
+def class_signatures(inference: Inference, classes: Sequence[str]) -> dict[str, Signature]:
+    """Per class (index = target), the signature of its videos; classes without videos are left out."""
+    if inference.attn is None:
+        raise SagaError("T-Sigs need attention maps: run infer(..., attention=True)")
+    sigs: dict[str, Signature] = {}
+    for i, cls in enumerate(classes):
+        sel = inference.targets == i
+        if sel.any():
+            sigs[cls] = group_signature(inference.attn[sel].astype(np.float64), inference.mask[sel])
+    if not sigs:
+        raise SagaError("T-Sigs: no video has a class at the run's level")
+    return sigs
+
+
+def signature_distances(profile: np.ndarray, sigs: dict[str, Signature]) -> dict[str, float]:
+    """L1 distance from a (normalised) profile to each class profile, nearest first."""
+    dist = {c: float(np.abs(np.asarray(profile) - s["profile"]).sum()) for c, s in sigs.items()}
+    return dict(sorted(dist.items(), key=lambda kv: kv[1]))
+
+
+# -- files ------------------------------------------------------------------------------
+def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path) -> dict[str, Path]:
+    """tsig.npz (classes, maps, profiles, counts), tsig_profiles.csv, tsig_maps.png, tsig_profiles.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(sigs)
+    paths = {"npz": out / "tsig.npz", "csv": out / "tsig_profiles.csv",
+             "maps": out / "tsig_maps.png", "profiles": out / "tsig_profiles.png"}
+    tmp = out / f".tsig.tmp-{os.getpid()}.npz"
+    np.savez(tmp, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
+             profiles=np.stack([sigs[c]["profile"] for c in classes]),
+             counts=np.array([sigs[c]["n"] for c in classes]))
+    os.replace(tmp, paths["npz"])
+    _write_csv(sigs, paths["csv"])
+    plot_maps(sigs, paths["maps"])
+    plot_profiles(sigs, paths["profiles"])
+    return paths
+
+
+def load_tsigs(path: str | Path) -> dict[str, Signature]:
+    """Read tsig.npz back (a run folder or the file itself)."""
+    path = Path(path)
+    path = path / "tsig.npz" if path.is_dir() else path
+    if not path.is_file():
+        raise SagaError(f"{path}: no T-Sigs; compute them first with `saga tsig`")
+    with np.load(path) as z:
+        return {str(c): {"map": m, "profile": p, "n": int(k)}
+                for c, m, p, k in zip(z["classes"], z["maps"], z["profiles"], z["counts"])}
+
+
+def _write_csv(sigs: dict[str, Signature], path: Path) -> None:
+    t = len(next(iter(sigs.values()))["profile"])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["class", "n", *[f"d{d}" for d in range(t)]])
+        for cls, s in sigs.items():
+            w.writerow([cls, s["n"], *[f"{v:.6f}" for v in s["profile"]]])
+    os.replace(tmp, path)
+
+
+# -- plots ------------------------------------------------------------------------------
+def plot_maps(sigs: dict[str, Signature], out_png: Path) -> None:
+    """One panel per class on a shared colour scale, so brightness compares across classes."""
+    n = len(sigs)
+    cols = min(5, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.3 * cols + 0.8, 2.4 * rows), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    vmax = max(float(s["map"].max()) for s in sigs.values()) or 1.0
+    im = None
+    for ax, (cls, s) in zip(axes.flat, sigs.items()):
+        im = ax.imshow(s["map"], vmin=0.0, vmax=vmax, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{cls} (n={s['n']})", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention (query row → key column)")
+    save_figure(fig, out_png)
+
+
+def plot_profiles(sigs: dict[str, Signature], out_png: Path, video: np.ndarray | None = None,
+                  title: str = "T-Sig profiles: mean attention at frame offset Δ") -> None:
+    """One curve per class (and, for `saga predict --tsig`, the video's own in black)."""
+    fig = Figure(figsize=(7.5, 4.5), dpi=110)
+    ax = fig.add_subplot()
+    for (cls, s), color in zip(sigs.items(), class_colors(len(sigs))):
+        ax.plot(np.arange(len(s["profile"])), s["profile"], color=color, lw=1.4, marker="o", ms=2.5,
+                label=f"{cls} (n={s['n']})", alpha=0.9 if video is None else 0.55)
+    if video is not None:
+        ax.plot(np.arange(len(video)), video, color="black", lw=2.6, label="this video")
+    ax.set_xlabel("frame offset Δ")
+    ax.set_ylabel("normalised attention")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    save_figure(fig, out_png)
+
+
+def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: str | Path, name: str = "") -> Path:
+    """One video's profile against the class signatures (nearest class named in the title)."""
+    dist = signature_distances(video["profile"], sigs)
+    nearest = next(iter(dist))
+    title = f"{name or 'video'}: nearest T-Sig {nearest} (L1 {dist[nearest]:.3f})"
+    plot_profiles(sigs, Path(out_png), video=video["profile"], title=title)
+    return Path(out_png)
