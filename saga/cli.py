@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from saga.commands import cache_cmds, phase1
+from saga.commands import cache_cmds, explain_cmds, phase1, phase2
 
 app = typer.Typer(
     name="saga",
@@ -21,6 +21,8 @@ app = typer.Typer(
     add_completion=False,
 )
 phase1.register(app)
+phase2.register(app)
+explain_cmds.register(app)
 app.add_typer(cache_cmds.app, name="cache")
 
 def main() -> None:

@@ -186,3 +186,20 @@ def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: st
     title = f"{name or 'video'}: nearest T-Sig {nearest} (L1 {dist[nearest]:.3f})"
     plot_profiles(sigs, Path(out_png), video=video["profile"], title=title)
     return Path(out_png)
+
+
+def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", device: str = "cpu") -> dict[str, Path]:
+    """T-Sigs per class of a run's level over a cache split, written into the run folder."""
+    from saga.cache.store import FeatureCache
+    from saga.explain.infer import infer
+    from saga.explain.metrics import check_cache
+    from saga.train.run import load_model
+
+    model, info = load_model(run_dir)
+    cache = FeatureCache.open(cache_path)
+    check_cache(info, cache)
+    records = [r for r in cache.ok_records(split) if r.labels.get(info.level) in info.classes]
+    if not records:
+        raise SagaError(f"{cache_path}: no {split} videos with a class at {info.level}; try another --split")
+    inference = infer(model, info, cache, records, device=device, attention=True)
+    return write_tsigs(class_signatures(inference, info.classes), run_dir)

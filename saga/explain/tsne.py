@@ -131,3 +131,27 @@ def _write_csv(path: Path, records: Sequence[VideoRecord], labels: list[str], co
         for rec, lab, (x, y) in zip(records, labels, coords):
             writer.writerow([rec.path, rec.generator, lab, f"{x:.5f}", f"{y:.5f}"])
     os.replace(tmp, path)
+
+
+def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None = None, split: str = "test",
+             device: str = "cpu", seed: int = 0) -> TsneResult:
+    """t-SNE of a run's embeddings of a cache split, coloured by any level, written into the run folder."""
+    from saga.cache.store import FeatureCache
+    from saga.explain.infer import infer
+    from saga.explain.metrics import check_cache
+    from saga.taxonomy import check_level
+    from saga.train.run import load_model
+
+    model, info = load_model(run_dir)
+    level = check_level(color_by or info.level)
+    cache = FeatureCache.open(cache_path)
+    check_cache(info, cache)
+    records = cache.ok_records(split)
+    if info.level == "SD-L":  # the model never saw generators without an SD backbone
+        records = [r for r in records if r.labels.get("SD-L") is not None]
+    if len(records) < 5:
+        raise SagaError(f"{cache_path}: only {len(records)} {split} videos; t-SNE needs at least 5")
+    inference = infer(model, info, cache, records, device=device)
+    title = f"t-SNE of φ ({info.level} run), coloured by {level}"
+    return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / f"tsne_{level}.png", seed=seed,
+                     title=title)

@@ -96,8 +96,9 @@ def save_weights(path: Path, model: VideoTransformer, **meta: Any) -> None:
 
 
 def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
-    """The cache fields that make features comparable (the same keys the cache checks on append)."""
-    return {k: cache.attrs.get(k) for k in COMPATIBILITY_KEYS}
+    """The cache's encoder: the fields that make features comparable, plus how to load it again."""
+    keys = (*COMPATIBILITY_KEYS, "pretrained", "image_size")
+    return {k: cache.attrs.get(k) for k in keys}
 
 
 def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | None = None) -> dict[str, Any]:

