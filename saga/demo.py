@@ -30,6 +30,7 @@ class DemoConfig:
     stage2_epochs: int = 30
     fraction: float = 0.5  # of each class's train videos: a few labelled videos per class on this small set
     floor: int = 3
+    d_model: int = 128  # a CPU-sized transformer; real use keeps the default 256
     ablation: bool = False
 
 
@@ -50,20 +51,20 @@ def _synth(cfg: DemoConfig, log: Log) -> Path:
     return videos
 
 
-def _extract(cfg: DemoConfig, videos: Path, log: Log) -> Path:
+def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Callable | None) -> Path:
     from saga.pipeline.encoders import DEMO_ENCODER, DEMO_PRETRAINED
     from saga.pipeline.extract import ExtractConfig, extract
 
     cache = cfg.out / "cache"
     summary = extract(ExtractConfig(videos=videos, out=cache, encoder=DEMO_ENCODER, pretrained=DEMO_PRETRAINED,
                                     frames=cfg.frames, workers=cfg.workers, device=cfg.device, split_seed=cfg.seed,
-                                    split_fractions={"train": 0.6, "val": 0.1, "test": 0.3}))
+                                    split_fractions={"train": 0.6, "val": 0.1, "test": 0.3}), progress=progress)
     log(f"cache: {summary.ok} videos extracted, {summary.skipped} reused, {len(summary.failures)} failed "
         f"({summary.seconds['wall']:.0f}s)")
     return cache
 
 
-def run_demo(cfg: DemoConfig, log: Log = print) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | None = None) -> dict[str, Any]:
     """Run (or finish) the demo; returns {level: metrics} and the report path."""
     from saga.explain.metrics import evaluate
     from saga.explain.report import build_report
@@ -72,10 +73,10 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict[str, Any]:
     from saga.train.attribute import AttributeConfig, train_attribution
     from saga.train.stage1 import Stage1Config, train_stage1
 
-    cache = _extract(cfg, _synth(cfg, log), log)
+    cache = _extract(cfg, _synth(cfg, log), log, extract_progress)
     runs = cfg.out / "runs"
     stage1 = train_stage1(cache, runs / "stage1", Stage1Config(epochs=cfg.stage1_epochs, seed=cfg.seed,
-                                                                device=cfg.device, patience=0))
+                                                                device=cfg.device, patience=0, d_model=cfg.d_model))
     log(f"stage 1: {stage1}")
     results: dict[str, Any] = {}
     run_dirs = [stage1]
@@ -95,7 +96,8 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> dict[str, Any]:
         from saga.ablate import run_ablation
 
         run_ablation(cache, stage1, runs / "ablation", AttributeConfig(
-            fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, device=cfg.device), progress=log)
+            fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, device=cfg.device,
+            d_model=cfg.d_model), progress=log)
         ablation = runs / "ablation" / "ablation.json"
     report = build_report(run_dirs, cfg.out / "report.html", ablation)
     return {"levels": results, "report": report, "runs": run_dirs}

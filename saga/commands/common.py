@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -15,3 +18,39 @@ err = Console(stderr=True, highlight=False)
 def print_json(obj: Any) -> None:
     """One JSON object on stdout (machine-readable; nothing else is printed to stdout)."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+def progress_bar(rates: bool = False) -> Progress:
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if rates:
+        cols += [TextColumn("{task.fields[vps]} videos/s"), TextColumn("{task.fields[fps]} frames/s")]
+    return Progress(*cols, console=err, transient=False)
+
+
+@contextmanager
+def extract_progress() -> Iterator[Callable[[int, int, int], None]]:
+    """An extraction progress callback drawing videos/s and frames/s; the bar appears with the first video,
+    so setup errors stay one line."""
+    bar = progress_bar(rates=True)
+    task = bar.add_task("extract", total=None, vps="-", fps="-")
+    start = time.perf_counter()
+
+    finished = False
+
+    def update(done: int, total: int, frames_done: int) -> None:
+        nonlocal finished
+        if finished:
+            return
+        if not bar.live.is_started:
+            bar.start()
+        dt = max(time.perf_counter() - start, 1e-9)
+        bar.update(task, completed=done, total=total, vps=f"{done / dt:.1f}", fps=f"{frames_done / dt:.0f}")
+        if done >= total:
+            finished = True
+            bar.stop()  # finished: later output (a summary, the next step) prints below it
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()

