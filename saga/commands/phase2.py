@@ -36,6 +36,12 @@ def _printer(event: dict[str, Any]) -> None:
         err.print(describe(event))
 
 
+def _is_main() -> bool:
+    from saga.distributed import context
+
+    return context().is_main
+
+
 def _check_resume(out: Path, resume: bool) -> None:
     if not resume and (out / "state.json").is_file() and not (out / "done.json").is_file():
         raise SagaError(f"{out}: holds an unfinished run; pass --resume to continue it, or choose another --out")
@@ -71,7 +77,8 @@ def train(
     cfg = Stage1Config.from_dict(_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
                                           seed=seed, patience=patience, device=device))
     run = train_stage1(cache, out, cfg, progress=_printer)
-    console.print(f"stage-1 run: {run}")
+    if _is_main():  # under torchrun rank 0 reports
+        console.print(f"stage-1 run: {run}")
 
 
 def attribute(
@@ -105,7 +112,8 @@ def attribute(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
         epochs=epochs, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, device=device))
     run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
-    console.print(f"{level} run: {run}")
+    if _is_main():  # under torchrun rank 0 reports
+        console.print(f"{level} run: {run}")
 
 
 def evaluate(

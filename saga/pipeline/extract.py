@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from saga import distributed
 from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
@@ -70,11 +71,12 @@ class ExtractSummary:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The device; under torchrun a CUDA device is the rank's own, cuda:LOCAL_RANK."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SagaError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
+    return distributed.local_device(torch.device(device))
 
 
 def resolve_taxonomy(cfg: ExtractConfig) -> Taxonomy:
@@ -186,7 +188,12 @@ class _Writer(threading.Thread):
 
 
 def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
-    """Extract every new or changed video of `cfg.videos` into the cache `cfg.out`."""
+    """Extract every new or changed video of `cfg.videos` into the cache `cfg.out`.
+
+    Under torchrun (WORLD_SIZE > 1) the ranks share the work: see `_extract_distributed`.
+    """
+    if distributed.context().enabled:
+        return _extract_distributed(cfg, progress)
     wall = time.perf_counter()
     policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
     taxonomy = resolve_taxonomy(cfg)
@@ -201,6 +208,64 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
         started = time.perf_counter()
         _run(cfg, todo, splits, taxonomy, policy, encoder, writer, summary, progress)
         summary.seconds["pipeline"] = time.perf_counter() - started  # decode -> written cache, no setup
+    summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
+    summary.seconds["wall"] = time.perf_counter() - wall
+    return summary
+
+
+_SUMMED = ("ok", "failed", "frames")
+
+
+def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> ExtractSummary:
+    """One pass shared by the torchrun ranks; the cache ends as a single-process pass would leave it.
+
+    Rank 0 alone creates (or opens and checks) the cache, appends the split plan and plans
+    the pass: the todo list (in the seeded shuffle order) and the pass number. Every rank
+    then takes the deterministic shard todo[rank::world_size] and writes it into its own
+    part p{pass}-r{rank} (no shared shard, no lock). The per-rank summaries are summed, so
+    every rank returns the same totals (and the CLI exits with the same code everywhere);
+    only rank 0 reports progress.
+    """
+    wall = time.perf_counter()
+    ctx = distributed.init(resolve_device(cfg.device))
+    policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
+
+    def load() -> tuple[Taxonomy, FrameEncoder]:  # every rank, before anyone creates the cache
+        taxonomy = resolve_taxonomy(cfg)
+        return taxonomy, load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
+
+    taxonomy, encoder = distributed.run_everywhere(load)
+    provenance = build_provenance(encoder, policy, taxonomy, cfg)
+
+    def decide() -> tuple[int, list[VideoInput], dict[str, str], int]:  # rank 0
+        items = discover(cfg.videos, cfg.labels, taxonomy)
+        cache = FeatureCache.create_or_open(cfg.out, provenance)
+        todo, splits = plan(cfg, cache, items)
+        pass_id = int(next_part_name(cache).split("-")[0][1:])
+        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, len(items)
+
+    pass_id, todo, splits, found = distributed.run_on_main(decide)
+
+    def reopen() -> FeatureCache:  # every rank checks its own encoder against the cache
+        cache = FeatureCache.open(cfg.out)
+        cache.check_compatible(provenance)
+        return cache
+
+    cache = distributed.run_everywhere(reopen)
+    mine = todo[ctx.rank::ctx.world_size]
+    summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo))
+    if mine:
+        writer = PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
+                            capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows)
+        started = time.perf_counter()
+        _run(cfg, mine, splits, taxonomy, policy, encoder, writer, summary, progress if ctx.is_main else None)
+        summary.seconds["pipeline"] = time.perf_counter() - started
+    parts = distributed.all_gather_object(summary.to_dict())  # also: every part is closed after this
+    for key in _SUMMED:
+        setattr(summary, key, sum(p[key] for p in parts))
+    for key in ("decode", "encode", "write"):  # time spent adds up over the ranks
+        summary.seconds[key] = sum(p["seconds"][key] for p in parts)
+    summary.seconds["pipeline"] = max(p["seconds"]["pipeline"] for p in parts)  # the slowest rank's
     summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
     summary.seconds["wall"] = time.perf_counter() - wall
     return summary

@@ -11,6 +11,11 @@ trains θ. Each epoch logs how many triplets were mined, used and active (loss >
 
 Without `from_run` the model is trained from scratch on the same subset: the
 paper's 1-stage baseline.
+
+Under torchrun (docs/distributed.md) each rank embeds its share of the pool,
+the embeddings are all-gathered, and every rank mines the same triplets over
+the whole pool; each rank then trains on its slice of the global batch, the
+triplet term weighted by its share of the batch's triplets.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import VideoTransformer
@@ -35,16 +42,17 @@ from saga.train.loop import (
     TrainOptions,
     correct_count,
     fit,
+    local_rows,
     make_validator,
+    open_run,
     resolve_device,
     resolve_frames,
 )
-from saga.train.losses import combined_loss
+from saga.train.losses import combined_loss, triplet_loss
 from saga.train.mining import mine_triplets
 from saga.train.run import (
     LABELLED,
     MODEL,
-    RunFolder,
     RunInfo,
     encoder_provenance,
     file_fingerprint,
@@ -98,7 +106,13 @@ class AttributeConfig(TrainOptions):
 @torch.no_grad()
 def embed(model: VideoTransformer, data: InMemoryFeatures | StreamingFeatures, view: View, batch_size: int,
           device: torch.device) -> np.ndarray:
-    """φ of every item of `data` (eval mode, evaluation view), rows in `data`'s order."""
+    """φ of every item of `data` (eval mode, evaluation view), rows in `data`'s order.
+
+    Under torchrun each rank embeds every world_size-th batch of eval_batch_size rows and
+    the rows are all-gathered: every rank returns the whole pool's embeddings.
+    """
+    if distributed.context().enabled:
+        return _embed_sharded(distributed.unwrap(model), data, view, batch_size, device)
     was = model.training
     model.eval()
     out = np.zeros((len(data), model.config.d_model), np.float32)
@@ -106,6 +120,28 @@ def embed(model: VideoTransformer, data: InMemoryFeatures | StreamingFeatures, v
         b = batch.to(device)
         out[batch.index.numpy()] = model(b.x, b.mask).embedding.float().cpu().numpy()
     model.train(was)
+    return out
+
+
+@torch.no_grad()
+def _embed_sharded(model: VideoTransformer, data: InMemoryFeatures | StreamingFeatures, view: View,
+                   batch_size: int, device: torch.device) -> np.ndarray:
+    """`embed` split across ranks: the same batches of rows as one process, dealt round-robin."""
+    ctx = distributed.context()
+    was = model.training
+    model.eval()
+    chunks = [np.arange(lo, min(lo + batch_size, len(data))) for lo in range(0, len(data), batch_size)]
+    mine = chunks[ctx.rank::ctx.world_size]
+    rows, embs = [np.zeros(0, np.int64)], [np.zeros((0, model.config.d_model), np.float32)]
+    for idx in mine:
+        b = data.take(idx, view).to(device)
+        rows.append(idx)
+        embs.append(model(b.x, b.mask).embedding.float().cpu().numpy())
+    model.train(was)
+    out = np.zeros((len(data), model.config.d_model), np.float32)
+    for r, e in zip(distributed.all_gather_arrays(np.concatenate(rows)),
+                    distributed.all_gather_arrays(np.concatenate(embs))):
+        out[r] = e
     return out
 
 
@@ -142,6 +178,8 @@ class HNMObjective(CEObjective):
         if self.every and self.steps and self.steps % self.every == 0:
             self.refresh(model)
         self.steps += 1
+        if self.dist.enabled:
+            return self.sharded_loss(model, batch)
         b = batch.to(self.device)
         out = model(b.x, b.mask)
         idx = batch.index.numpy()
@@ -156,6 +194,47 @@ class HNMObjective(CEObjective):
         loss, stats = combined_loss(out.logits, b.y, anchors, positives, negatives, self.cfg.lam, self.cfg.margin)
         stats["correct"] = correct_count(out.logits, b.y)
         return loss, stats
+
+    def sharded_loss(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """This rank's part of λ·CE + (1 − λ)·L_HNM of the global batch; stats are the global batch's.
+
+        Every rank draws the re-embedded positives/negatives of the *whole* batch from the same
+        rng (so augmentation matches one process) and embeds those of its own anchors. CE is
+        weighted by the rank's share of the batch, the triplet mean by its share of the batch's
+        triplets, so DDP's average is the gradient of the global loss (see `local_rows`).
+        """
+        cfg, world = self.cfg, self.dist.world_size
+        local, n = local_rows(batch, self.dist)
+        lo = distributed.shard_bounds(len(batch), self.dist)[0]
+        idx = batch.index.numpy()
+        sel = self.pos[idx] >= 0  # anchors of the global batch, identical on every rank
+        m_all = int(sel.sum())
+        mine = sel[lo:lo + n]
+        m = int(mine.sum())
+        b = local.to(self.device)
+        out = model(b.x, b.mask)
+        keep = np.zeros(len(local), bool)
+        keep[:n] = mine
+        anchors = out.embedding[torch.from_numpy(keep).to(self.device)]
+        if m_all:
+            others = self.data.take(np.concatenate([self.pos[idx[sel]], self.neg[idx[sel]]]), self.view, self.rng)
+        if m:
+            k = (np.cumsum(sel) - 1)[lo:lo + n][mine]  # their places among the batch's anchors
+            t = torch.from_numpy(np.concatenate([k, m_all + k]))
+            x, mask = others.x[t].to(self.device), others.mask[t].to(self.device)
+            positives, negatives = model(x, mask).embedding.split(m)
+        else:
+            positives = negatives = anchors  # empty: the triplet term is 0
+        ce = F.cross_entropy(out.logits, b.y)
+        hnm, active = triplet_loss(anchors, positives, negatives, cfg.margin)
+        w_ce, w_hnm = n / len(batch), (m / m_all if m_all else 0.0)
+        loss = (cfg.lam * w_ce * ce + (1.0 - cfg.lam) * w_hnm * hnm) * world
+        stats = distributed.all_reduce_sum({
+            "ce": float(ce.detach()) * w_ce, "hnm": float(hnm.detach()) * w_hnm, "active": active,
+            "correct": correct_count(out.logits, b.y) if n else 0})
+        stats["loss"] = cfg.lam * stats["ce"] + (1.0 - cfg.lam) * stats["hnm"]
+        stats["triplets"] = m_all
+        return loss, {k: int(v) if k in ("active", "correct") else v for k, v in stats.items()}
 
     def epoch_stats(self) -> dict[str, Any]:
         return dict(self.counts)
@@ -196,15 +275,20 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     """Train (or resume, or reuse) a stage-2 attribution run in `out`; returns the run folder."""
     cfg = cfg or AttributeConfig()
     cfg.check()
+    distributed.init(resolve_device(cfg.device))  # under torchrun: rank 0 decides, writes and reports
     cache = FeatureCache.open(cache_path)
     base = load_base(from_run, cache) if from_run is not None else None
     frames = resolve_frames(cfg.frames or (base[1].frames if base else None), cache)
     train = cache.ok_records("train")
     out = Path(out)
     wanted = settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id)
-    saved = read_labelled(out / LABELLED, wanted, train)
-    subset = saved if saved is not None else labelled_subset(train, cfg.level, cache.taxonomy, cfg.fraction,
-                                                               cfg.floor, cfg.seed)
+
+    def choose() -> tuple[dict[str, list[str]] | None, dict[str, list[str]]]:
+        saved = read_labelled(out / LABELLED, wanted, train)
+        return saved, saved if saved is not None else labelled_subset(train, cfg.level, cache.taxonomy,
+                                                                      cfg.fraction, cfg.floor, cfg.seed)
+
+    saved, subset = distributed.run_on_main(choose)
     classes = list(subset)
     if len(classes) < 2:
         raise SagaError(f"{cache.root}: the train split has {len(classes)} class(es) at {cfg.level}; need >= 2")
@@ -215,12 +299,13 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
         "train": {**cfg.to_dict(), "frames": frames, "lr": lr, "from_run": base[2]["path"] if base else None},
         "cache": str(Path(cache_path).resolve()),
     }
-    run = RunFolder.open_for(out, config, make_provenance(cache, cfg.seed, base[2] if base else None))
-    if run.done:
-        if progress:
+    prov = make_provenance(cache, cfg.seed, base[2] if base else None)
+    run, done = open_run(out, config, prov)
+    if done:
+        if progress and distributed.context().is_main:
             progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
         return run.path
-    if saved is None:
+    if saved is None and distributed.context().is_main:
         write_labelled(out / LABELLED, subset, wanted, train)
     chosen = {p: classes.index(c) for c, paths in subset.items() for p in paths}
     pool = [r for r in train if r.path in chosen]

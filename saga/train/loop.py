@@ -8,6 +8,13 @@ augmentation from numpy Generators seeded with (seed, epoch), and the saved
 state (weights, AdamW moments, scheduler step, best metric, patience counter)
 is everything else the next epoch depends on.
 
+Under torchrun (docs/distributed.md) the same loop runs on every rank with
+DistributedDataParallel: every rank draws the same global batches (same order,
+same augmentation) and trains on its own contiguous slice of each; the loss is
+weighted so that DDP's gradient average equals the gradient of the global
+batch's loss, whatever the slice sizes. Rank 0 validates, saves and logs; the
+others follow its decisions.
+
 Validation uses `saga.explain.infer` (the evaluation convention of `saga
 evaluate`): the best checkpoint is chosen by the same macro accuracy that
 evaluation reports.
@@ -26,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saga import distributed
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -103,11 +111,12 @@ class TrainOptions:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device; under torchrun a CUDA device is the rank's own, cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SagaError(f"device {name!r} asked but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    return distributed.local_device(torch.device(name))
 
 
 def resolve_frames(frames: int | None, cache: FeatureCache) -> int:
@@ -117,9 +126,13 @@ def resolve_frames(frames: int | None, cache: FeatureCache) -> int:
     return t
 
 
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Reseed torch's global generator (dropout) from (seed, epoch), so an epoch never depends on the last."""
-    torch.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Reseed torch's global generator (dropout) from (seed, epoch), so an epoch never depends on the last.
+
+    Other torchrun ranks mix in their rank, so their slices of a batch get independent dropout.
+    """
+    base = (int(seed) * 1_000_003 + int(epoch)) % (2**63)
+    torch.manual_seed(base if not rank else (base * 1_000_033 + int(rank)) % (2**63))
 
 
 class Objective(Protocol):
@@ -143,6 +156,7 @@ class CEObjective:
                  balance: bool, device: torch.device) -> None:
         self.data, self.view, self.batch_size = data, view, batch_size
         self.seed, self.balance, self.device = seed, balance, device
+        self.dist = distributed.context()
 
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(self.data.epoch_size(self.balance) / self.batch_size))
@@ -155,11 +169,24 @@ class CEObjective:
                                  balance=self.balance)
 
     def loss(self, model: VideoTransformer, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        if self.dist.enabled:
+            return self.sharded_loss(model, batch)
         b = batch.to(self.device)
         out = model(b.x, b.mask)
         loss = F.cross_entropy(out.logits, b.y)
         value = float(loss.detach())
         return loss, {"loss": value, "ce": value, "correct": correct_count(out.logits, b.y)}
+
+    def sharded_loss(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """This rank's part of the global batch's loss (see `local_rows`); stats are the global batch's."""
+        local, n = local_rows(batch, self.dist)
+        b = local.to(self.device)
+        out = model(b.x, b.mask)
+        ce = F.cross_entropy(out.logits, b.y)
+        w = n / len(batch)
+        stats = distributed.all_reduce_sum({"ce": float(ce.detach()) * w,
+                                            "correct": correct_count(out.logits, b.y) if n else 0})
+        return ce * (w * self.dist.world_size), {"loss": stats["ce"], **stats}
 
     def epoch_stats(self) -> dict[str, Any]:
         return {}
@@ -167,6 +194,22 @@ class CEObjective:
 
 def correct_count(logits: Tensor, y: Tensor) -> int:
     return int((logits.detach().argmax(1) == y).sum())
+
+
+def local_rows(batch: Batch, dist: distributed.Dist) -> tuple[Batch, int]:
+    """This rank's contiguous slice of a global batch, and its size n (slices differ by at most one).
+
+    A term that is a mean over the batch then enters the backward as mean_local × (n / B) ×
+    world_size: DDP divides the summed gradients by world_size, so the update is exactly the
+    gradient of the global batch's mean, also for an uneven last batch. A rank whose slice
+    is empty (a last batch smaller than the world) runs its first row with weight 0, because
+    every rank must take part in DDP's gradient all-reduce.
+    """
+    lo, hi = distributed.shard_bounds(len(batch), dist)
+    n = hi - lo
+    if not n:
+        lo, hi = 0, 1
+    return Batch(batch.x[lo:hi], batch.mask[lo:hi], batch.y[lo:hi], batch.index[lo:hi]), n
 
 
 def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: str, classes: Sequence[str],
@@ -204,60 +247,112 @@ def describe(event: dict[str, Any]) -> str:
     return f"{kind}: {event.get('message', '')}"
 
 
+def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any]) -> tuple[RunFolder, bool]:
+    """`RunFolder.open_for` (by rank 0 alone under torchrun) and whether the folder holds a finished run."""
+    def open_() -> tuple[RunFolder, bool]:
+        run = RunFolder.open_for(out, config, provenance)
+        return run, run.done
+
+    return distributed.run_on_main(open_)
+
+
 def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: TrainOptions, lr: float,
         validate: Callable[[VideoTransformer], dict] | None, device: torch.device,
         progress: Progress | None = None) -> dict[str, Any]:
     """Train for opts.epochs (resuming from the folder's last state), keep the best; returns done.json's dict."""
-    emit = progress or (lambda event: None)
+    dist = distributed.init(device)
+    main = dist.is_main  # under torchrun rank 0 alone validates, writes the run folder and reports
+    emit = (progress if main else None) or (lambda event: None)
     model.to(device)
     optimizer = make_optimizer(model, lr, opts.weight_decay)
     per_epoch = objective.steps_per_epoch()
     scheduler = warmup_cosine(optimizer, round(opts.warmup_epochs * per_epoch), opts.epochs * per_epoch)
-    state = run.load_state(model, optimizer, scheduler)
+    state = run.load_state(model, optimizer, scheduler) if main else None
+    net: torch.nn.Module = model
+    if dist.enabled:
+        state = _share_state(model, optimizer, scheduler, state)
+        net = distributed.wrap_ddp(model, device)
     if state is None:
         state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0}
         emit({"event": "start", "message": f"training {opts.epochs} epochs into {run.path}"})
     else:
         emit({"event": "start", "message": f"resuming {run.path} after epoch {state['epoch']}"})
-    run.trim_metrics(state["epoch"])
+    if main:
+        run.trim_metrics(state["epoch"])
     while state["epoch"] < opts.epochs and not (opts.patience and state["bad_epochs"] >= opts.patience):
         epoch, t0 = state["epoch"] + 1, time.perf_counter()
-        line = _train_epoch(model, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit)
-        val = validate(model) if validate is not None else None
+        line = _train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit)
+        val = validate(model) if validate is not None and main else None
+        if dist.enabled:  # every rank follows rank 0's validation (best epoch, early stopping)
+            val = distributed.broadcast_object(val)
         metric = None if val is None else val["macro_accuracy"]
         best = state["best_metric"] is None or metric is None or metric > state["best_metric"]
         if best:
             state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
-            run.save_best(model, epoch, metric)
+            if main:
+                run.save_best(model, epoch, metric)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         line.update(val_accuracy=None if val is None else val["accuracy"], val_macro_accuracy=metric,
                     val_per_class=None if val is None else val["per_class"], best=best,
                     seconds=round(time.perf_counter() - t0, 3))
-        run.append_metrics(line)
-        run.save_state(model, optimizer, scheduler, state)
+        if main:
+            run.append_metrics(line)
+            run.save_state(model, optimizer, scheduler, state)
+        distributed.barrier()
         emit({"event": "epoch", "epochs": opts.epochs, **line})
     summary = {"best_epoch": state["best_epoch"], "best_metric": state["best_metric"],
                "metric": "val_macro_accuracy" if validate is not None else None,
                "epochs_run": state["epoch"], "stopped_early": state["epoch"] < opts.epochs, "step": state["step"]}
-    run.finish(summary)
+    if main:
+        run.finish(summary)
+    distributed.barrier()
     emit({"event": "done", "message": f"best epoch {state['best_epoch']} -> {run.path}", **summary})
     return summary
 
 
-def _train_epoch(model: VideoTransformer, objective: Objective, optimizer: torch.optim.Optimizer,
+def _share_state(model: VideoTransformer, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Rank 0's resume point (weights, AdamW moments, schedule, counters) on every rank."""
+    payload = None
+    if distributed.context().is_main and state is not None:
+        payload = {"state": state, "model": _to_cpu(model.state_dict()),
+                   "optimizer": _to_cpu(optimizer.state_dict()), "scheduler": scheduler.state_dict()}
+    payload = distributed.broadcast_object(payload)
+    if payload is None:
+        return None
+    if not distributed.context().is_main:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+    return payload["state"]
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Tensors of a (nested) state dict on the CPU: they travel between ranks through pickle."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _train_epoch(model: torch.nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, opts: TrainOptions, epoch: int,
                  state: dict[str, Any], per_epoch: int, emit: Progress) -> dict[str, Any]:
-    seed_epoch(opts.seed, epoch)
+    seed_epoch(opts.seed, epoch, distributed.context().rank)
     objective.begin_epoch(model, epoch)
     model.train()
     sums: dict[str, float] = {}
     n = steps = 0
     for batch in objective.batches(epoch):
-        loss, stats = objective.loss(model, batch)
-        if not torch.isfinite(loss):
-            raise SagaError(f"epoch {epoch}: the loss is {float(loss)}; lower the learning rate (--lr)")
+        loss, stats = objective.loss(model, batch)  # under torchrun: this rank's part, the global batch's stats
+        if not math.isfinite(stats["loss"]):
+            raise SagaError(f"epoch {epoch}: the loss is {stats['loss']}; lower the learning rate (--lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip:

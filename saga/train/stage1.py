@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.infer import record_targets
@@ -24,10 +25,11 @@ from saga.train.loop import (
     TrainOptions,
     fit,
     make_validator,
+    open_run,
     resolve_device,
     resolve_frames,
 )
-from saga.train.run import RunFolder, make_provenance
+from saga.train.run import make_provenance
 
 LEVEL = "BIN-L"
 
@@ -58,13 +60,15 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
                         "stage 1 needs both real and fake videos")
     model_cfg = cfg.model_config(cache.dim, len(classes), frames)
     device = resolve_device(cfg.device)
+    distributed.init(device)  # under torchrun: rank 0 decides, writes and reports
     config = {
         "stage": 1, "level": LEVEL, "classes": classes, "frames": frames, "model": model_cfg.to_dict(),
         "train": {**cfg.to_dict(), "frames": frames}, "cache": str(Path(cache_path).resolve()),
     }
-    run = RunFolder.open_for(out, config, make_provenance(cache, cfg.seed))
-    if run.done:
-        if progress:
+    prov = make_provenance(cache, cfg.seed)
+    run, done = open_run(out, config, prov)
+    if done:
+        if progress and distributed.context().is_main:
             progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
         return run.path
     data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
