@@ -63,6 +63,15 @@ def context() -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local, is_main=rank == 0)
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device ("auto", "cpu", "cuda", "cuda:N"); under torchrun a CUDA device is the rank's own."""
+    if name == "auto":
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SagaError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return local_device(torch.device(name))
+
+
 def local_device(device: torch.device) -> torch.device:
     """Under torchrun a CUDA device is this rank's own GPU, cuda:LOCAL_RANK; anything else is unchanged."""
     ctx = context()

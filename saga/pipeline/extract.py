@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from saga import distributed
+from saga.distributed import resolve_device
 from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
@@ -68,15 +69,6 @@ class ExtractSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cache": str(self.cache)}
-
-
-def resolve_device(device: str) -> torch.device:
-    """The device; under torchrun a CUDA device is the rank's own, cuda:LOCAL_RANK."""
-    if device == "auto":
-        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SagaError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return distributed.local_device(torch.device(device))
 
 
 def resolve_taxonomy(cfg: ExtractConfig) -> Taxonomy:

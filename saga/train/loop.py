@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saga import distributed
+from saga.distributed import resolve_device
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -108,15 +109,6 @@ class TrainOptions:
         if unknown:
             raise SagaError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**data)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device; under torchrun a CUDA device is the rank's own, cuda:LOCAL_RANK."""
-    if name == "auto":
-        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SagaError(f"device {name!r} asked but CUDA is not available; use --device cpu")
-    return distributed.local_device(torch.device(name))
 
 
 def resolve_frames(frames: int | None, cache: FeatureCache) -> int:
