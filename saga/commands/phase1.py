@@ -70,6 +70,7 @@ def extract(
     split_seed: Annotated[int, typer.Option(help="Seed of the stratified train/val/test split.")] = 0,
     retry_failed: Annotated[bool, typer.Option(help="Try again the videos that failed before.")] = False,
     shard_rows: Annotated[int, typer.Option(help="Videos per stored shard.")] = 128,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder (GPU, long runs).")] = False,
     format: Annotated[str, typer.Option("--format", help="text | json (summary).")] = "text",
 ) -> None:
     """Decode and encode every new or changed video once into a Zarr feature cache."""
@@ -81,7 +82,8 @@ def extract(
                         encoder=encoder or DEFAULT_ENCODER,
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
-                        device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows)
+                        device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows,
+                        compile=compile)
     with extract_progress() as update:
         summary = run_extract(cfg, progress=update)
     from saga import distributed

@@ -53,6 +53,7 @@ class ExtractConfig:
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     retry_failed: bool = False
     shard_rows: int = DEFAULT_SHARD_ROWS
+    compile: bool = False  # torch.compile the encoder (worth it on a GPU for long runs)
 
 
 @dataclass
@@ -69,6 +70,14 @@ class ExtractSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cache": str(self.cache)}
+
+
+def _load(cfg: ExtractConfig) -> FrameEncoder:
+    encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
+    if cfg.compile:  # after the fingerprint is taken from the plain module
+        encoder.provenance()
+        encoder.model = torch.compile(encoder.model)
+    return encoder
 
 
 def resolve_taxonomy(cfg: ExtractConfig) -> Taxonomy:
@@ -190,7 +199,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
     taxonomy = resolve_taxonomy(cfg)
     items = discover(cfg.videos, cfg.labels, taxonomy)
-    encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
+    encoder = _load(cfg)
     cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
     todo, splits = plan(cfg, cache, items)
     summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo))
@@ -224,7 +233,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
 
     def load() -> tuple[Taxonomy, FrameEncoder]:  # every rank, before anyone creates the cache
         taxonomy = resolve_taxonomy(cfg)
-        return taxonomy, load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
+        return taxonomy, _load(cfg)
 
     taxonomy, encoder = distributed.run_everywhere(load)
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
