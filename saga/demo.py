@@ -21,7 +21,7 @@ Log = Callable[[str], None]
 @dataclass
 class DemoConfig:
     out: Path = Path("work/demo")
-    per_class: int = 12
+    per_class: int = 10
     seed: int = 0
     frames: int = 16
     workers: int = 1

@@ -54,7 +54,7 @@ def report(
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for videos, cache, runs and report.")] = Path("work/demo"),
-    per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 12,
+    per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the benchmark, splits and training.")] = 0,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
