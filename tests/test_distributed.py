@@ -42,12 +42,6 @@ STAGE2 = MODEL + ("epochs = 3\nbatch_size = 17\nlr = 1e-3\nwarmup_epochs = 0.0\n
                   "level = \"TASK-L\"\nfraction = 0.5\nloss = \"ce+hnm\"\nmine_every = 2\n")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def free_port() -> int:

@@ -8,13 +8,6 @@ import torch
 from saga.errors import SagaError
 from saga.model import ModelConfig, ModelOutput, VideoTransformer, sinusoidal_encoding
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one intra-op thread when the 2-core machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SMALL = dict(in_dim=16, d_model=32, depth=2, heads=2, max_frames=16)

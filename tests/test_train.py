@@ -26,13 +26,6 @@ T, D = 8, 16
 TINY = dict(d_model=32, depth=2, heads=2, dropout=0.1, eval_batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster on one intra-op thread on the 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sequence(cls: int, rng: np.random.Generator, bases: np.ndarray, n_real: int) -> np.ndarray:
