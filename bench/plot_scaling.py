@@ -1,0 +1,73 @@
+"""The scaling figure of docs/performance.md, drawn from saved benchmark JSON (no benchmark is rerun).
+
+    python bench/mining.py > bench/results/mining.json
+    python bench/stage1_memory.py > bench/results/stage1_memory.json
+    python bench/plot_scaling.py [--results bench/results] [--out docs/img/scaling.png]
+
+Left: mining time for a fixed anchor subset vs pool size, per method (log-log).
+Right: stage-1 streaming peak RSS vs cache size, next to the size of the features it streams
+and the RSS growth of the training phase alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--results", type=Path, default=root / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=root / "docs" / "img" / "scaling.png")
+    args = parser.parse_args()
+    mining = json.loads((args.results / "mining.json").read_text())
+    memory = json.loads((args.results / "stage1_memory.json").read_text())
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = mining["results"]
+    n = [r["n"] for r in rows]
+    left.plot(n, [r["torch_brute_s"] for r in rows], "o-", label="torch brute force (cdist, exact)")
+    left.plot(n, [r["faiss_flat"]["seconds"] for r in rows], "s-", label="mine_triplets, FAISS flat (exact)")
+    left.plot(n, [r["faiss_approx"]["seconds"] for r in rows], "^-",
+              label=f"mine_triplets, FAISS {mining['approx']} (incl. build)")
+    left.plot(n, [r["faiss_approx"]["index_build_s"] for r in rows], "^:", color="C2", alpha=0.6,
+              label=f"  of which {mining['approx']} index build")
+    if "exact_fallback_s" in rows[0]["faiss_flat"]:
+        left.plot(n, [r["faiss_flat"]["exact_fallback_s"] for r in rows], "s:", color="C1", alpha=0.6,
+                  label="  of which flat's exact fallback (k too small)")
+    for r in rows:
+        recall = r["faiss_approx"]["recall_hardest_negative"]
+        left.annotate(f"recall {recall:.2f}", (r["n"], r["faiss_approx"]["seconds"]),
+                      textcoords="offset points", xytext=(6, -10), fontsize=7, color="C2")
+    left.set(xscale="log", yscale="log", xlabel="pool size N (d=256)", ylabel="seconds",
+             title=f"Hardest-negative mining, {rows[0]['anchors']} anchors")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7)
+
+    rows = memory["results"]
+    v = [r["videos"] for r in rows]
+    right.plot(v, [r["peak_rss_mb"] / 1024 for r in rows], "o-", label="peak RSS (ru_maxrss)")
+    right.plot(v, [r["rss_at_start_mb"] / 1024 for r in rows], "s--", label="RSS when training starts")
+    right.plot(v, [r["features_gb"] * 1e9 / 2**30 for r in rows], ":", color="gray", label="features on disk")
+    if "train_growth_mb" in rows[0]:
+        right.plot(v, [r["train_growth_mb"] / 1024 for r in rows], "^-", label="growth while training (the stream)")
+    right.axhline(4, color="red", alpha=0.4, label="4 GiB budget")
+    right.set(xscale="log", yscale="log", xlabel="videos in the cache", ylabel="GiB",
+              title=f"Stage 1 streamed, {memory['steps']} steps (T={memory['frames']}, D={memory['dim']})")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=7, loc="center left")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
