@@ -2,7 +2,8 @@
 
 Writes are atomic (temp file in the same folder + os.replace) so an interrupted
 run never leaves a half-written video that a later extraction would trip over,
-and encoders run single-threaded so the same frames give byte-identical files.
+and encoders run single-threaded with no state that depends on uninitialised memory (x264's
+macroblock tree is off), so the same frames give byte-identical files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from saga.errors import SagaError
 
 # codec -> (PyAV encoder, pixel format, default container, encoder options)
 CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
-    "h264": ("libx264", "yuv420p", "mp4", {"crf": "18", "preset": "veryfast", "threads": "1"}),
+    # x264's macroblock-tree rate control reads uninitialised lookahead memory at the end of short
+    # clips: with it the same frames encode to different bytes from one call to the next.
+    "h264": ("libx264", "yuv420p", "mp4",
+             {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "no-mbtree=1"}),
     "mjpeg": ("mjpeg", "yuvj420p", "avi", {"q:v": "3", "threads": "1"}),
     "gif": ("gif", "rgb8", "gif", {"threads": "1"}),
     "vp9": ("libvpx-vp9", "yuv420p", "webm",
