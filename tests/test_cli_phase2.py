@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_saga
 
-SMALL_MODEL = 'd_model = 32\ndepth = 2\nheads = 2\nepochs = 3\nbatch_size = 16\n'
+SMALL_MODEL = 'd_model = 32\ndepth = 2\nheads = 2\nepochs = 3\nmin_steps = 0\nbatch_size = 16\n'
 
 
 @pytest.fixture(scope="module")

@@ -220,7 +220,8 @@ def test_fraction_sampling(cache: FeatureCache, tmp_path: Path) -> None:
 
 def a_config(**kw) -> AttributeConfig:
     return AttributeConfig(**{**TINY, "level": "TASK-L", "fraction": 0.5, "epochs": 3, "batch_size": 16,
-                              "lr": 1e-3, "warmup_epochs": 0.0, "patience": 0, "stream": False, **kw})
+                              "lr": 1e-3, "warmup_epochs": 0.0, "patience": 0, "min_steps": 0, "stream": False,
+                              **kw})
 
 
 def test_stage2_starts_from_stage1(cache: FeatureCache, stage1: Path) -> None:

@@ -7,6 +7,14 @@ code, runs `depth` pre-norm blocks and pools the real frames into the video
 embedding φ; a linear head maps φ to class logits. Stage 2 keeps θ and swaps
 the head (`reset_head`).
 
+Beside the frame features θ can take content-free temporal tokens (each frame's
+feature distance to its neighbours, `saga.model.temporal`): `inputs` picks
+"content", "temporal" or "both". With "both" each input has its own projection and
+LayerNorm and the two are summed, so the 1,000+ content dimensions enter at the
+same scale as the few temporal ones instead of swamping them; `content_dim`
+optionally squeezes the content through a bottleneck, and `content_drop` hides
+the content of whole training videos so θ must also learn from time.
+
 Padding must never leak into a decision (the field's research code often
 averages padding into the mean): padded frames are zeroed on input, masked out
 as attention keys and excluded from pooling, so changing them leaves the
@@ -23,8 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saga.errors import SagaError
+from saga.model.temporal import neighbour_tokens, token_dim
 
 _POOLS = ("mean", "cls")
+_INPUTS = ("content", "temporal", "both")
 
 
 @dataclass
@@ -40,10 +50,21 @@ class ModelConfig:
     max_frames: int = 64
     pool: str = "mean"  # "mean" (masked mean over real frames) | "cls"
     n_classes: int = 2
+    inputs: str = "both"  # "content" (frame features) | "temporal" (neighbour distances) | "both"
+    temporal_lags: int = 4  # neighbour distances to frames t±1..t±lags
+    content_dim: int = 0  # > 0: content passes a bottleneck this wide; 0 = no bottleneck
+    content_drop: float = 0.0  # training: hide the content of a video with this probability
 
     def __post_init__(self) -> None:
         if self.pool not in _POOLS:
             raise SagaError(f"model pool must be one of {_POOLS}, got {self.pool!r}")
+        if self.inputs not in _INPUTS:
+            raise SagaError(f"model inputs must be one of {_INPUTS}, got {self.inputs!r}")
+        if self.inputs != "content" and int(self.temporal_lags) < 1:
+            raise SagaError(f"model temporal_lags must be >= 1 with inputs={self.inputs!r}")
+        if self.content_dim < 0 or not 0.0 <= self.content_drop < 1.0:
+            raise SagaError(f"model content_dim must be >= 0 and content_drop in [0, 1), "
+                            f"got {self.content_dim}, {self.content_drop}")
         for name in ("in_dim", "d_model", "depth", "heads", "max_frames", "n_classes"):
             if int(getattr(self, name)) < 1:
                 raise SagaError(f"model {name} must be >= 1, got {getattr(self, name)}")
@@ -169,8 +190,19 @@ class VideoTransformer(nn.Module):
         super().__init__()
         self.config = replace(config) if config is not None else ModelConfig()
         c = self.config
-        self.in_norm = nn.LayerNorm(c.in_dim)
-        self.proj = nn.Linear(c.in_dim, c.d_model)
+        self.in_norm: nn.LayerNorm | None = None
+        self.proj: nn.Module | None = None
+        self.temporal: nn.Module | None = None
+        if c.inputs != "temporal":
+            self.in_norm = nn.LayerNorm(c.in_dim)
+            self.proj = (nn.Linear(c.in_dim, c.d_model) if not c.content_dim else
+                         nn.Sequential(nn.Linear(c.in_dim, c.content_dim), nn.Linear(c.content_dim, c.d_model)))
+        if c.inputs != "content":
+            self.temporal = nn.Sequential(nn.Linear(token_dim(c.temporal_lags), c.d_model), nn.GELU(),
+                                          nn.Linear(c.d_model, c.d_model))
+        # "both": each input normalised on its own, so neither swamps the other
+        self.fuse_norms = nn.ModuleList([nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)]) \
+            if c.inputs == "both" else None
         # Not persistent: it is a function of the config, so checkpoints need not carry it.
         self.register_buffer("pos", sinusoidal_encoding(c.max_frames, c.d_model), persistent=False)
         self.cls_token: nn.Parameter | None = None
@@ -209,6 +241,21 @@ class VideoTransformer(nn.Module):
         if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
             raise SagaError(f"mask shape {tuple(mask.shape)} != (B, T) {tuple(x.shape[:2])}")
 
+    def embed_frames(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, T, D) features -> (B, T, d_model) frame tokens from content, time, or both."""
+        c = self.config
+        content = self.proj(self.in_norm(x)) if self.proj is not None and self.in_norm is not None else None
+        timing = self.temporal(neighbour_tokens(x, mask, c.temporal_lags)) if self.temporal is not None else None
+        if content is None or timing is None or self.fuse_norms is None:
+            out = content if content is not None else timing
+            assert out is not None
+            return out
+        content = self.fuse_norms[0](content)
+        if self.training and c.content_drop > 0:
+            keep = (torch.rand(x.shape[0], 1, 1, device=x.device) >= c.content_drop).to(content.dtype)
+            content = content * keep
+        return content + self.fuse_norms[1](timing)
+
     def forward(
         self, x: Tensor, mask: Tensor | None = None, return_attn: bool = False
     ) -> ModelOutput:
@@ -219,7 +266,7 @@ class VideoTransformer(nn.Module):
             mask = mask.to(device=x.device, dtype=torch.bool)
             # Zero padded frames first: even NaN/inf padding then cannot reach anything.
             x = x.masked_fill(~mask[..., None], 0.0)
-        h = self.proj(self.in_norm(x)) + self.pos[:t].to(x.dtype)
+        h = self.embed_frames(x, mask) + self.pos[:t].to(x.dtype)
         key_mask = mask
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(b, -1, -1).to(h.dtype), h], dim=1)

@@ -78,8 +78,10 @@ class AttributeConfig(TrainOptions):
     mine_k: int = 64  # FAISS neighbours searched per anchor before the exact fallback
     positive: str = "hardest"  # "hardest" | "easiest" | "random" same-class positive
     epochs: int = 30
+    min_steps: int = 300  # a handful of labels per class gives 1-4 steps per epoch
     batch_size: int = 32
-    lr: float | None = None  # None: 1e-4 from a stage-1 run, 3e-4 from scratch
+    lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
+    head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
 
     def check(self) -> None:
         super().check()
@@ -293,7 +295,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     if len(classes) < 2:
         raise SagaError(f"{cache.root}: the train split has {len(classes)} class(es) at {cfg.level}; need >= 2")
     model = prepare_model(cache, cfg, len(classes), frames, base)
-    lr = float(cfg.lr or (1e-4 if base else 3e-4))
+    lr = float(cfg.lr or (2e-4 if base else 3e-4))
+    cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {
         "stage": 2, "level": cfg.level, "classes": classes, "frames": frames, "model": model.config.to_dict(),
         "train": {**cfg.to_dict(), "frames": frames, "lr": lr, "from_run": base[2]["path"] if base else None},

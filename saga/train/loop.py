@@ -46,6 +46,7 @@ from saga.train.schedule import make_optimizer, warmup_cosine
 
 Progress = Callable[[dict[str, Any]], None]
 LOG_EVERY = 50  # steps between "step" progress events
+SELECT = ("accuracy", "loss", "last")
 
 
 @dataclass
@@ -54,11 +55,18 @@ class TrainOptions:
 
     frames: int | None = None  # T' <= the cache's T; None = all cached frames (stage 2: stage 1's)
     epochs: int = 10
+    # Budget floor in optimiser steps: a few labels per class make epochs of 1-4 steps, so an epoch
+    # count alone stops before a fresh head has trained. epochs = max(epochs, ceil(min_steps / steps per epoch)).
+    min_steps: int = 0
     batch_size: int = 64
     lr: float | None = 3e-4
+    head_lr_scale: float = 1.0  # the classification head's lr = lr × this (a fresh stage-2 head learns faster)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    patience: int = 5  # epochs without a better val macro accuracy before stopping; 0 = never
+    patience: int = 5  # epochs without a better validation before stopping (never before min_steps); 0 = never
+    # Which epoch to keep: "accuracy" (val macro accuracy, ties broken by the lower val loss), "loss"
+    # (lowest val cross-entropy) or "last".
+    select: str = "accuracy"
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     seed: int = 0
     jitter: int = 0  # training: shift the sub-window start by up to ±jitter frames
@@ -79,6 +87,10 @@ class TrainOptions:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     pool: str = "mean"
+    inputs: str = "both"  # "content" | "temporal" | "both" (see saga.model.transformer)
+    temporal_lags: int = 4
+    content_dim: int = 0
+    content_drop: float = 0.0
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -86,8 +98,12 @@ class TrainOptions:
                 raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise SagaError(f"lr must be > 0, got {self.lr}")
-        if self.patience < 0 or self.warmup_epochs < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise SagaError("patience, warmup_epochs, weight_decay and grad_clip must be >= 0")
+        if min(self.patience, self.warmup_epochs, self.weight_decay, self.grad_clip, self.min_steps) < 0:
+            raise SagaError("patience, warmup_epochs, weight_decay, grad_clip and min_steps must be >= 0")
+        if self.head_lr_scale is not None and not self.head_lr_scale > 0:
+            raise SagaError(f"head_lr_scale must be > 0, got {self.head_lr_scale}")
+        if self.select not in SELECT:
+            raise SagaError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
         if self.stream not in (True, False, "auto"):
             raise SagaError(f"stream must be true, false or 'auto', got {self.stream!r}")
         if self.buffer_shards < 1 or self.memory_budget_gb <= 0:
@@ -100,7 +116,13 @@ class TrainOptions:
     def model_config(self, in_dim: int, n_classes: int, frames: int) -> ModelConfig:
         return ModelConfig(in_dim=in_dim, d_model=self.d_model, depth=self.depth, heads=self.heads,
                            mlp_ratio=self.mlp_ratio, dropout=self.dropout, max_frames=max(64, frames),
-                           pool=self.pool, n_classes=n_classes)
+                           pool=self.pool, n_classes=n_classes, inputs=self.inputs,
+                           temporal_lags=self.temporal_lags, content_dim=self.content_dim,
+                           content_drop=self.content_drop)
+
+    def planned_epochs(self, steps_per_epoch: int) -> int:
+        """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""
+        return max(int(self.epochs), math.ceil(int(self.min_steps) / max(1, steps_per_epoch)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns the subclass
@@ -215,10 +237,12 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
     info = SimpleNamespace(frames=frames, classes=list(classes), level=level)
 
     def validate(model: VideoTransformer) -> dict[str, Any]:
-        pred = infer(model, info, cache, keep, batch_size, device).preds
+        probs = infer(model, info, cache, keep, batch_size, device).probs
+        pred = probs.argmax(1)
         per = {c: float((pred[y == i] == i).mean()) for i, c in enumerate(classes) if (y == i).any()}
+        loss = float(-np.log(np.clip(probs[np.arange(y.size), y], 1e-12, None)).mean())
         return {"accuracy": float((pred == y).mean()), "macro_accuracy": float(np.mean(list(per.values()))),
-                "per_class": per, "n": int(y.size)}
+                "loss": loss, "per_class": per, "n": int(y.size)}
 
     return validate
 
@@ -256,9 +280,10 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
     main = dist.is_main  # under torchrun rank 0 alone validates, writes the run folder and reports
     emit = (progress if main else None) or (lambda event: None)
     model.to(device)
-    optimizer = make_optimizer(model, lr, opts.weight_decay)
+    optimizer = make_optimizer(model, lr, opts.weight_decay, opts.head_lr_scale)
     per_epoch = objective.steps_per_epoch()
-    scheduler = warmup_cosine(optimizer, round(opts.warmup_epochs * per_epoch), opts.epochs * per_epoch)
+    epochs = opts.planned_epochs(per_epoch)
+    scheduler = warmup_cosine(optimizer, round(opts.warmup_epochs * per_epoch), epochs * per_epoch)
     state = run.load_state(model, optimizer, scheduler) if main else None
     net: torch.nn.Module = model
     if dist.enabled:
@@ -266,42 +291,66 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
         net = distributed.wrap_ddp(model, device)
     if state is None:
         state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0}
-        emit({"event": "start", "message": f"training {opts.epochs} epochs into {run.path}"})
+        emit({"event": "start", "message": f"training {epochs} epochs ({epochs * per_epoch} steps) into {run.path}"})
     else:
         emit({"event": "start", "message": f"resuming {run.path} after epoch {state['epoch']}"})
     if main:
         run.trim_metrics(state["epoch"])
-    while state["epoch"] < opts.epochs and not (opts.patience and state["bad_epochs"] >= opts.patience):
+    while state["epoch"] < epochs and not _patience_spent(opts, state):
         epoch, t0 = state["epoch"] + 1, time.perf_counter()
         line = _train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit)
         val = validate(model) if validate is not None and main else None
         if dist.enabled:  # every rank follows rank 0's validation (best epoch, early stopping)
             val = distributed.broadcast_object(val)
         metric = None if val is None else val["macro_accuracy"]
-        best = state["best_metric"] is None or metric is None or metric > state["best_metric"]
+        best = _improves(opts.select, val, state)
         if best:
-            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+            state.update(best_metric=metric, best_loss=None if val is None else val.get("loss"),
+                         best_epoch=epoch, bad_epochs=0)
             if main:
                 run.save_best(model, epoch, metric)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         line.update(val_accuracy=None if val is None else val["accuracy"], val_macro_accuracy=metric,
+                    val_loss=None if val is None else val.get("loss"),
                     val_per_class=None if val is None else val["per_class"], best=best,
                     seconds=round(time.perf_counter() - t0, 3))
         if main:
             run.append_metrics(line)
             run.save_state(model, optimizer, scheduler, state)
         distributed.barrier()
-        emit({"event": "epoch", "epochs": opts.epochs, **line})
+        emit({"event": "epoch", "epochs": epochs, **line})
     summary = {"best_epoch": state["best_epoch"], "best_metric": state["best_metric"],
                "metric": "val_macro_accuracy" if validate is not None else None,
-               "epochs_run": state["epoch"], "stopped_early": state["epoch"] < opts.epochs, "step": state["step"]}
+               "select": opts.select, "epochs_planned": epochs,
+               "epochs_run": state["epoch"], "stopped_early": state["epoch"] < epochs, "step": state["step"]}
     if main:
         run.finish(summary)
     distributed.barrier()
     emit({"event": "done", "message": f"best epoch {state['best_epoch']} -> {run.path}", **summary})
     return summary
+
+
+def _patience_spent(opts: TrainOptions, state: dict[str, Any]) -> bool:
+    """Early stopping, never before the step budget's floor."""
+    return bool(opts.patience) and state["bad_epochs"] >= opts.patience and state["step"] >= opts.min_steps
+
+
+def _improves(select: str, val: dict[str, Any] | None, state: dict[str, Any]) -> bool:
+    """Whether this epoch's validation beats the kept one under the selection rule.
+
+    Macro accuracy moves in steps of 1/(videos per class); on a small validation set many
+    epochs tie, and the lower validation loss then decides instead of the first or last tie.
+    """
+    if select == "last" or val is None or state["best_epoch"] is None:
+        return True
+    loss, best_loss = val.get("loss"), state.get("best_loss")
+    lower = loss is not None and (best_loss is None or loss < best_loss)
+    if select == "loss":
+        return lower
+    acc, best_acc = val["macro_accuracy"], state["best_metric"]
+    return best_acc is None or acc > best_acc or (acc == best_acc and lower)
 
 
 def _share_state(model: VideoTransformer, optimizer: torch.optim.Optimizer,

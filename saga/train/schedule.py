@@ -13,15 +13,23 @@ import torch
 from torch import nn
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases, LayerNorm weights and the CLS token are not decayed (decaying them only hurts)."""
-    decay, no_decay = [], []
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                   head_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW; biases, LayerNorm weights and the CLS token are not decayed (decaying them only hurts).
+
+    The classification head (parameters named `head.*`) learns at lr × head_lr_scale: in stage 2
+    it starts from scratch on top of a trained θ, which a small lr would barely move.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or name.endswith("cls_token") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+        decayed = not (param.ndim < 2 or name.endswith("cls_token"))
+        groups.setdefault((decayed, name.startswith("head.")), []).append(param)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": weight_decay if decayed else 0.0,
+          "lr": lr * (head_lr_scale if head else 1.0)}
+         for (decayed, head), params in sorted(groups.items())], lr=lr)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
