@@ -1,4 +1,4 @@
-"""Phase-2 commands: `saga train`, `saga attribute`, `saga evaluate`, `saga predict`."""
+"""Phase-2 commands: `saga train`, `saga attribute`, `saga evaluate`, `saga probe`, `saga predict`."""
 
 from __future__ import annotations
 
@@ -122,14 +122,16 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
     format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
+    probe: Annotated[bool, typer.Option("--probe/--no-probe",
+                                        help="Fit the linear probe on the run's labelled videos beside it.")] = True,
 ) -> None:
-    """Accuracy, macro accuracy, per-class accuracy, confusion matrix (and AUC at BIN-L)."""
+    """Accuracy, macro accuracy, per-class accuracy (95 % intervals), confusion, AUC at BIN-L, the probe beside."""
     from saga.explain.metrics import evaluate as run_evaluate
     from saga.explain.metrics import metrics_table
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = run_evaluate(run, cache, split=split, device=device)
+        metrics = run_evaluate(run, cache, split=split, device=device, probe=probe)
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}")
     if format == "json":
@@ -137,6 +139,44 @@ def evaluate(
     else:
         console.print(metrics_table(metrics))
         console.print(f"written to {run / 'metrics.json'}")
+
+
+def probe(
+    cache: Cache = Path("cache"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Probe folder (default runs/probe-<level>).")] = None,
+    level: Annotated[Optional[str], typer.Option("--level", help="BIN-L | TASK-L | SD-L | TEAM-L | GEN-L "
+                                                 "(default GEN-L).")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction per class (default 0.005; "
+                                                      "1.0 = all train labels).")] = None,
+    floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class (default 2).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the labelled subset (default 0).")] = None,
+    like: Annotated[Optional[Path], typer.Option("--like", help="Use this run's level, labelled videos and "
+                                                 "frames (its labelled.json; all train labels for stage 1).")] = None,
+    frames: Frames = None,
+    split: Annotated[str, typer.Option(help="Split to report metrics on.")] = "test",
+    format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
+) -> None:
+    """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
+    from saga.explain.metrics import metrics_table
+    from saga.taxonomy import check_level
+    from saga.train.probe import run_probe
+
+    if level is not None:
+        check_level(level)
+    name = like.resolve().name if like is not None else (level or "GEN-L").lower()
+    out = out or Path("runs") / f"probe-{name}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run_probe(cache, out, level=level, fraction=fraction, floor=floor, seed=seed, like=like,
+                            frames=frames, split=split)
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}")
+    if format == "json":
+        print_json(metrics)
+    else:
+        console.print(metrics_table(metrics))
+        console.print(f"linear probe on {metrics['n_train']} labelled videos (C = {metrics['C']:g}); "
+                      f"written to {out}")
 
 
 def predict(
@@ -195,5 +235,5 @@ def _print_prediction(pred: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (train, attribute, evaluate, predict):
+    for command in (train, attribute, evaluate, probe, predict):
         app.command()(command)

@@ -4,6 +4,13 @@ Macro accuracy (the mean of per-class accuracies) is the headline next to plain
 accuracy because attribution splits are unbalanced: a model that ignores a rare
 generator can still score a high accuracy. Records without a class at the run's
 level (SD-L: generators with no SD backbone) are excluded, as in the paper.
+
+Every accuracy comes with a 95 % interval and the number of videos behind it
+(`saga.explain.intervals`): Wilson for accuracy and per-class accuracy, a stratified
+bootstrap for macro accuracy; classes with fewer than 10 test videos are flagged.
+Beside the run, `evaluate` fits the linear probe (`saga.train.probe`) on the run's own
+labelled train videos and reports its metrics under "probe", so one sees at once
+whether the transformer learned more than a linear model on pooled statistics.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from rich.table import Table
 from saga.cache.store import COMPATIBILITY_KEYS, FeatureCache
 from saga.errors import SagaError
 from saga.explain.infer import Inference, infer, record_targets
+from saga.explain.intervals import FEW, format_ci, intervals
 from saga.taxonomy import FAKE
 
 
@@ -65,6 +73,10 @@ def compute_metrics(inference: Inference, classes: Sequence[str], level: str) ->
         "classes": list(classes),
         "auc": None,
     }
+    ci = intervals(conf)
+    out["accuracy_ci"], out["macro_accuracy_ci"], out["ci"] = ci["accuracy_ci"], ci["macro_accuracy_ci"], ci["ci"]
+    out["per_class_ci"] = dict(zip(classes, ci["per_class_ci"]))
+    out["few"] = [cls for cls, k in zip(classes, per_n) if 0 < k < FEW]
     if level == "BIN-L" and FAKE in classes:
         out["auc"] = binary_auc(inference.probs[keep][:, list(classes).index(FAKE)], y == list(classes).index(FAKE))
     return out
@@ -86,9 +98,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Sequence[str],
+                  max_train: int | None = 20000) -> dict[str, Any]:
+    """The probe fitted on the run's own labelled videos, or {"skipped": why} when it cannot be."""
+    from saga.train.probe import probe_for_run
+
+    try:
+        return probe_for_run(run_dir, cache, split, classes, max_train)
+    except (SagaError, ValueError) as exc:  # e.g. no train split, or one class only: the run still evaluates
+        return {"skipped": str(exc)}
+
+
 def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
-             device: str = "cpu") -> dict[str, Any]:
-    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into the run."""
+             device: str = "cpu", probe: bool = True, probe_max_train: int | None = 20000) -> dict[str, Any]:
+    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into the run.
+
+    With `probe`, the linear probe is fitted on the run's labelled train videos (at most
+    `probe_max_train`, a stratified seeded draw beyond) and its metrics go under "probe".
+    """
     from saga.train.run import load_model  # late: training may import saga.explain.infer (validation)
 
     run_dir = Path(run_dir)
@@ -106,6 +133,8 @@ def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", b
     result = compute_metrics(infer(model, info, cache, labelled, batch_size, device), info.classes, info.level)
     result = {"level": info.level, "split": split, **result, "cache_id": cache.cache_id,
               "excluded": len(records) - len(labelled), "run": str(run_dir)}
+    if probe:
+        result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train)
     write_json_atomic(run_dir / f"metrics-{split}.json", result)
     write_json_atomic(run_dir / "metrics.json", result)
     return result
@@ -115,16 +144,43 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
+def _with_ci(value: float | None, ci: Any) -> str:
+    text = _pct(value)
+    return f"{text} {format_ci(ci)}" if ci else text
+
+
 def metrics_table(metrics: dict[str, Any]) -> Table:
-    """Per-class accuracy as a rich table; the caption carries accuracy, macro accuracy and AUC."""
-    caption = f"accuracy {_pct(metrics.get('accuracy'))} %  ·  macro {_pct(metrics.get('macro_accuracy'))} %"
+    """Per-class accuracy (95 % Wilson interval, n; the probe beside it) as a rich table.
+
+    The caption carries accuracy, macro accuracy (with intervals), AUC and the probe's
+    figures; classes with fewer than 10 videos are flagged "few".
+    """
+    caption = (f"accuracy {_with_ci(metrics.get('accuracy'), metrics.get('accuracy_ci'))} %  ·  "
+               f"macro {_with_ci(metrics.get('macro_accuracy'), metrics.get('macro_accuracy_ci'))} %")
     if metrics.get("auc") is not None:
         caption += f"  ·  AUC {metrics['auc']:.4f}"
+    probe = metrics.get("probe") or {}
+    has_probe = "accuracy" in probe
+    if has_probe:
+        caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos): "
+                    f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))} %  ·  "
+                    f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))} %")
+    elif probe.get("skipped"):
+        caption += f"\nlinear probe skipped: {probe['skipped']}"
+    caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"
     table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}",
                   caption=caption)
     table.add_column("class")
     table.add_column("n", justify="right")
     table.add_column("accuracy %", justify="right")
+    table.add_column("95 % CI", justify="right")
+    if has_probe:
+        table.add_column("probe %", justify="right")
+    cis = metrics.get("per_class_ci") or {}
     for cls in metrics.get("classes", []):
-        table.add_row(cls, str(metrics["per_class_n"].get(cls, 0)), _pct(metrics["per_class"].get(cls)))
+        n = metrics["per_class_n"].get(cls, 0)
+        row = [cls, f"{n}{' *' if 0 < n < FEW else ''}", _pct(metrics["per_class"].get(cls)), format_ci(cis.get(cls))]
+        if has_probe:
+            row.append(_pct((probe.get("per_class") or {}).get(cls)))
+        table.add_row(*row)
     return table

@@ -1,0 +1,90 @@
+"""95 % intervals for the accuracies saga reports, so a number is never read without its uncertainty.
+
+- accuracy (and each per-class accuracy): the Wilson score interval of k correct out
+  of n videos. Unlike the normal ("Wald") interval it stays inside [0, 1] and is not
+  degenerate at 0/n or n/n, which is what small attribution classes produce.
+- macro accuracy (the mean of per-class accuracies): a stratified percentile bootstrap
+  over videos: each resample redraws every class's n_c test videos with replacement
+  (so class sizes, hence the weights of the mean, stay fixed), 1000 resamples, fixed
+  seed. Redrawing n_c videos of a class with c_c correct ones is the same in
+  distribution as drawing Binomial(n_c, c_c / n_c) correct ones, which is how it is
+  computed (exact, and fast for any split size).
+
+Classes with fewer than `FEW` test videos are flagged wherever they are shown: their
+interval is wide, and their accuracy is anecdote, not a result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+RESAMPLES, SEED = 1000, 0
+FEW = 10  # classes with fewer test videos than this are flagged
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion correct/n (None when n = 0)."""
+    if n <= 0:
+        return None
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct must be in [0, n], got {correct} of {n}")
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def macro_bootstrap(correct: Sequence[int], n: Sequence[int], resamples: int = RESAMPLES, seed: int = SEED,
+                    level: float = 0.95) -> tuple[float, float] | None:
+    """Stratified bootstrap percentile interval of the macro accuracy.
+
+    correct[c], n[c]: correct and total test videos of class c; classes with n = 0 are
+    left out (as in the macro accuracy itself). None when no class has a video.
+    """
+    k = np.asarray(correct, dtype=np.int64)
+    m = np.asarray(n, dtype=np.int64)
+    present = m > 0
+    if not present.any():
+        return None
+    k, m = k[present], m[present]
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(m[None, :], (k / m)[None, :], size=(resamples, len(m)))  # (resamples, classes)
+    macro = (draws / m[None, :]).mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(macro, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def per_class_counts(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, n) per class from a confusion matrix (rows = true class)."""
+    conf = np.asarray(confusion, dtype=np.int64)
+    return np.diag(conf).copy(), conf.sum(axis=1)
+
+
+def intervals(confusion: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, object]:
+    """Every interval `saga evaluate` reports, from the confusion matrix alone."""
+    correct, n = per_class_counts(confusion)
+    return {
+        "accuracy_ci": _pair(wilson(int(correct.sum()), int(n.sum()))),
+        "macro_accuracy_ci": _pair(macro_bootstrap(correct, n, resamples, seed)),
+        "per_class_ci": [_pair(wilson(int(c), int(t))) for c, t in zip(correct, n)],
+        "ci": {"level": 0.95, "accuracy": "wilson", "per_class": "wilson",
+               "macro_accuracy": f"stratified bootstrap over videos, {resamples} resamples, seed {seed}",
+               "few": FEW},
+    }
+
+
+def _pair(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else [float(ci[0]), float(ci[1])]
+
+
+def format_ci(ci: Sequence[float] | None) -> str:
+    """'[lo–hi]' in percent, or '' when there is no interval."""
+    if not ci:
+        return ""
+    return f"[{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"

@@ -1,0 +1,495 @@
+"""`saga probe`: a linear baseline on pooled, shift-invariant statistics of the cached features.
+
+A logistic regression that sees, per video, the mean frame feature plus content-free
+temporal statistics of window 0's real frames, trained on exactly the labelled videos
+the transformer's stage 2 uses (the seeded stratified subset of `saga.train.fraction`,
+or a run's own labelled.json). If the transformer does not beat it, it has not learned
+more than "what the frames look like on average + how much they change".
+
+Features of one video (`video_features`; the statistics alone: `temporal_statistics`):
+
+- the mean of the real frames' features (D values);
+- for the cosine distance between frames t and t+lag, and again for the norm of the
+  feature difference x[t+lag] - x[t] (two sequences, 23 values each):
+  for lag 1..4 the mean, std, min and max over t; the autocorrelation of the lag-1
+  sequence at shifts 1..4; its 10 / 50 / 90 % quantiles.
+
+Only pairs of *real* frames count (padding and dropped frames change nothing), and none
+of the statistics depends on where in the clip a periodic artefact starts (up to the
+clip's ends: a 16-frame clip holds a whole number of periods only for some phases).
+Missing values (a clip too short for a lag) are 0. The frames are those of window 0:
+all T cached frames by default, or the run's T' centred sub-window (`frames`), exactly
+as `saga.explain.infer.take_subwindow` selects them for the transformer.
+
+Training: standardise (fit on the labelled train videos only), then sklearn's
+LogisticRegression (lbfgs, multinomial, class_weight="balanced"). C is chosen from
+`C_GRID` by macro accuracy on the cache's val split (ties: the smaller C); without
+val videos C = 1.0. The fitted model is saved as safetensors (coefficients,
+intercepts, scaler mean and scale; classes and the feature spec in its metadata),
+never pickle, and predicts with numpy alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from saga.cache.manifest import VideoRecord
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.explain.infer import Inference, record_targets, take_subwindow
+from saga.taxonomy import LEVELS, check_level
+from saga.train.fraction import labelled_subset, settings, write_labelled
+from saga.train.run import CONFIG, LABELLED, read_json, write_json
+
+LAGS = (1, 2, 3, 4)
+SHIFTS = (1, 2, 3, 4)
+QUANTILES = (0.1, 0.5, 0.9)
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+DEFAULT_C = 1.0
+MAX_ITER = 2000
+PROBE_FILE = "probe.safetensors"
+READ_BATCH = 256
+FEATURE_VERSION = 1
+
+
+def _sequence_names(name: str) -> list[str]:
+    out = [f"{name}_lag{l}_{s}" for l in LAGS for s in ("mean", "std", "min", "max")]
+    out += [f"{name}_lag1_acf{s}" for s in SHIFTS]
+    out += [f"{name}_lag1_q{int(100 * q)}" for q in QUANTILES]
+    return out
+
+
+STAT_NAMES: tuple[str, ...] = (*_sequence_names("cosdist"), *_sequence_names("diffnorm"))
+
+
+def feature_spec(frames: int | None, dim: int) -> dict[str, Any]:
+    """What the probe's input is, recorded in config.json and the weights' metadata."""
+    return {"version": FEATURE_VERSION, "window": 0, "frames": frames, "dim": dim, "mean_feature": dim,
+            "lags": list(LAGS), "acf_shifts": list(SHIFTS), "quantiles": list(QUANTILES),
+            "statistics": list(STAT_NAMES), "size": dim + len(STAT_NAMES)}
+
+
+# -- features ------------------------------------------------------------------------------------
+def _masked_stats(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """mean, std, min, max over the last axis of seq (n, L) where valid; 0 where nothing is valid."""
+    cnt = valid.sum(axis=1)
+    has = cnt > 0
+    safe = np.maximum(cnt, 1)
+    mean = np.where(valid, seq, 0.0).sum(axis=1) / safe
+    var = np.where(valid, (seq - mean[:, None]) ** 2, 0.0).sum(axis=1) / safe
+    lo = np.where(valid, seq, np.inf).min(axis=1, initial=np.inf)
+    hi = np.where(valid, seq, -np.inf).max(axis=1, initial=-np.inf)
+    out = np.stack([mean, np.sqrt(var), lo, hi], axis=1)
+    return np.where(has[:, None], out, 0.0)
+
+
+def _acf(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Autocorrelation of seq (n, L) at SHIFTS over pairs of valid entries; 0 when undefined."""
+    cnt = np.maximum(valid.sum(axis=1), 1)
+    mean = np.where(valid, seq, 0.0).sum(axis=1) / cnt
+    c = np.where(valid, seq - mean[:, None], 0.0)
+    denom = (c * c).sum(axis=1)
+    out = np.zeros((seq.shape[0], len(SHIFTS)))
+    for j, s in enumerate(SHIFTS):
+        if s >= seq.shape[1]:
+            continue
+        both = valid[:, :-s] & valid[:, s:]
+        num = np.where(both, c[:, :-s] * c[:, s:], 0.0).sum(axis=1)
+        out[:, j] = np.divide(num, denom, out=np.zeros_like(num), where=denom > 1e-12)
+    return out
+
+
+def _quantiles(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    out = np.zeros((seq.shape[0], len(QUANTILES)))
+    for i in range(seq.shape[0]):
+        vals = seq[i][valid[i]]
+        if vals.size:
+            out[i] = np.quantile(vals, QUANTILES)
+    return out
+
+
+def _sequence_statistics(pair_value: Any, x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The 23 statistics of one frame-pair measure (cosine distance or difference norm)."""
+    n, t = m.shape
+    parts = []
+    lag1 = None
+    for lag in LAGS:
+        if lag >= t:
+            parts.append(np.zeros((n, 4)))
+            continue
+        seq = pair_value(x[:, :-lag], x[:, lag:])
+        valid = m[:, :-lag] & m[:, lag:]
+        parts.append(_masked_stats(seq, valid))
+        if lag == 1:
+            lag1 = (seq, valid)
+    if lag1 is None:
+        parts += [np.zeros((n, len(SHIFTS))), np.zeros((n, len(QUANTILES)))]
+    else:
+        parts += [_acf(*lag1), _quantiles(*lag1)]
+    return np.concatenate(parts, axis=1)
+
+
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=-1)
+    nb = np.linalg.norm(b, axis=-1)
+    return 1.0 - (a * b).sum(axis=-1) / np.maximum(na * nb, 1e-12)
+
+
+def _diff_norm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(b - a, axis=-1)
+
+
+def temporal_statistics(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift-invariant, mask-aware temporal statistics (len(STAT_NAMES) values) of one or many videos.
+
+    features (T, D) or (n, T, D), mask (T,) or (n, T) bool (True = real frame); returns
+    (S,) or (n, S) float32 in the order of STAT_NAMES.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    single = x.ndim == 2
+    if single:
+        x, m = x[None], m[None]
+    if x.ndim != 3 or m.shape != x.shape[:2]:
+        raise SagaError(f"features (n, T, D) and mask (n, T) expected, got {x.shape} and {m.shape}")
+    out = np.concatenate([_sequence_statistics(_cosine_distance, x, m),
+                          _sequence_statistics(_diff_norm, x, m)], axis=1).astype(np.float32)
+    return out[0] if single else out
+
+
+def mean_feature(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over real frames, (n, T, D) -> (n, D); a video without a real frame gets zeros."""
+    x = np.asarray(features, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    cnt = np.maximum(m.sum(axis=-1, keepdims=True), 1)
+    return ((x * m[..., None]).sum(axis=-2) / cnt).astype(np.float32)
+
+
+def video_features(features: np.ndarray, mask: np.ndarray, frames: int | None = None) -> np.ndarray:
+    """The probe's input from cached (n, W, T, D) features and (n, W, T) mask: window 0, [mean | statistics]."""
+    x, m = np.asarray(features)[:, 0], np.asarray(mask)[:, 0]
+    if frames is not None and frames < x.shape[1]:
+        x, m = take_subwindow(x, m, frames)
+    return np.concatenate([mean_feature(x, m), temporal_statistics(x, m)], axis=1)
+
+
+def cache_features(cache: FeatureCache, records: Sequence[VideoRecord], frames: int | None = None,
+                   batch: int = READ_BATCH) -> np.ndarray:
+    """video_features of `records`, read `batch` videos at a time (memory bounded by the batch)."""
+    size = cache.dim + len(STAT_NAMES)
+    chunks = [np.zeros((0, size), np.float32)]
+    for lo in range(0, len(records), batch):
+        data = cache.read(records[lo:lo + batch])
+        chunks.append(video_features(data["features"], data["mask"], frames))
+    return np.concatenate(chunks)
+
+
+# -- the model -----------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """A fitted probe: standardise, then a linear layer; numpy only, so loading runs no code."""
+
+    classes: list[str]
+    coef: np.ndarray  # (C, F), or (1, F) for two classes (sklearn's binary form)
+    intercept: np.ndarray  # (C,) or (1,)
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    spec: dict[str, Any]
+    C: float
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, np.float64) - self.mean) / self.scale
+        s = z @ self.coef.T.astype(np.float64) + self.intercept.astype(np.float64)
+        if self.coef.shape[0] == 1 and len(self.classes) == 2:
+            s = np.concatenate([np.zeros_like(s), s], axis=1)
+        return s
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        s = self.logits(x)
+        s = s - s.max(axis=1, keepdims=True)
+        e = np.exp(s)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_proba(x).argmax(axis=1)
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
+        meta = {"classes": json.dumps(self.classes), "spec": json.dumps(self.spec), "C": json.dumps(self.C),
+                "format": "saga-probe"}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp),
+                  metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Probe":
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROBE_FILE
+        if not path.is_file():
+            raise SagaError(f"{path}: missing; pass a folder written by `saga probe`")
+        try:
+            with safe_open(str(path), framework="np") as fh:
+                meta = dict(fh.metadata() or {})
+            t = load_file(str(path))
+            return cls(json.loads(meta["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"],
+                       json.loads(meta["spec"]), float(json.loads(meta["C"])))
+        except (KeyError, ValueError, OSError) as exc:
+            raise SagaError(f"{path}: not a saga probe file ({exc})") from None
+
+
+def _macro(y: np.ndarray, pred: np.ndarray) -> float:
+    accs = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(accs)) if accs else 0.0
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: Sequence[str], spec: dict[str, Any],
+              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+              grid: Sequence[float] = C_GRID) -> tuple[Probe, dict[str, Any]]:
+    """Standardise on x, fit the logistic regression (C chosen on the val videos), return it and how C was chosen."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    present = np.unique(y)
+    if len(present) < 2:
+        raise SagaError(f"the labelled train videos cover {len(present)} class(es); the probe needs >= 2")
+    scaler = StandardScaler().fit(x)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    z = (x - scaler.mean_) / scale
+
+    def fit(c: float) -> Any:
+        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=MAX_ITER, class_weight="balanced")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning on separable toy data: the fit is still usable
+            return clf.fit(z, y)
+
+    use_val = x_val is not None and y_val is not None and len(y_val) > 0
+    scores: dict[str, float] = {}
+    best_c, best_clf = DEFAULT_C, None
+    if use_val:
+        zv = (x_val - scaler.mean_) / scale
+        best = -1.0
+        for c in grid:
+            clf = fit(c)
+            score = _macro(y_val, clf.classes_[clf.predict_proba(zv).argmax(1)])
+            scores[repr(float(c))] = score
+            if score > best + 1e-12:
+                best, best_c, best_clf = score, float(c), clf
+    clf = best_clf or fit(DEFAULT_C)
+    # classes absent from the labelled videos get no row: expand to the full class list
+    n_cls = len(classes)
+    if len(clf.classes_) == 2 and n_cls == 2:
+        coef, intercept = clf.coef_, clf.intercept_
+    else:
+        coef = np.full((n_cls, x.shape[1]), 0.0)
+        intercept = np.full(n_cls, -1e4)  # never predicted
+        if len(clf.classes_) == 2:  # binary form of a >2-class list: expand to two rows
+            rows = np.vstack([-clf.coef_ / 2, clf.coef_ / 2])
+            icpt = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
+        else:
+            rows, icpt = clf.coef_, clf.intercept_
+        coef[clf.classes_] = rows
+        intercept[clf.classes_] = icpt
+    probe = Probe(list(classes), np.asarray(coef, np.float64), np.asarray(intercept, np.float64),
+                  np.asarray(scaler.mean_, np.float64), np.asarray(scale, np.float64), spec, best_c)
+    choice = {"C": best_c, "grid": list(map(float, grid)) if use_val else None,
+              "val_macro_accuracy": scores or None, "selected_by": "val macro accuracy" if use_val else "default"}
+    return probe, choice
+
+
+# -- the labelled subset -------------------------------------------------------------------------
+def run_subset(run_dir: Path, cache: FeatureCache) -> tuple[str, dict[str, list[str]], dict[str, Any], int | None]:
+    """The labelled videos a run was trained on: (level, class -> paths, settings, frames).
+
+    Stage 2: its labelled.json (checked against the cache's train split). Stage 1 / BIN-L
+    without a labelled.json: every labelled train video at the run's level.
+    """
+    from saga.train.fraction import read_labelled
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise SagaError(f"{run_dir}: not a saga run folder (no {CONFIG})")
+    config = read_json(run_dir / CONFIG)
+    level = check_level(str(config.get("level")))
+    frames = config.get("frames")
+    train = cache.ok_records("train")
+    path = run_dir / LABELLED
+    if path.is_file():
+        data = read_json(path)
+        if data.get("cache_id") != cache.cache_id:
+            raise SagaError(f"{path}: the run's labelled videos are from cache {str(data.get('cache_id'))[:12]}, "
+                            f"not {cache.cache_id[:12]}; pass the run's own cache")
+        wanted = {k: data.get(k) for k in ("level", "fraction", "floor", "seed", "cache_id")}
+        subset = read_labelled(path, wanted, train)
+        return level, subset or {}, wanted, frames
+    if config.get("stage") == 2:
+        raise SagaError(f"{run_dir}: a stage-2 run without {LABELLED}; cannot tell which videos it was trained on")
+    subset = labelled_subset(train, level, cache.taxonomy, 1.0, 1, 0) if train else {}
+    return level, subset, settings(level, 1.0, 1, 0, cache.cache_id), frames
+
+
+def _records_of(cache: FeatureCache, subset: dict[str, list[str]]) -> tuple[list[VideoRecord], np.ndarray]:
+    classes = list(subset)
+    chosen = {p: i for i, c in enumerate(classes) for p in subset[c]}
+    recs = [r for r in cache.ok_records("train") if r.path in chosen]
+    return recs, np.array([chosen[r.path] for r in recs], np.int64)
+
+
+def cap_subset(subset: dict[str, list[str]], level: str, cache: FeatureCache, cap: int | None,
+               seed: int = 0) -> dict[str, list[str]]:
+    """At most `cap` videos, drawn per class with the labelled-subset rule (stratified, seeded)."""
+    total = sum(len(p) for p in subset.values())
+    if cap is None or total <= cap:
+        return subset
+    keep = {p for paths in subset.values() for p in paths}
+    recs = [r for r in cache.ok_records("train") if r.path in keep]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return labelled_subset(recs, level, cache.taxonomy, cap / total, 1, seed)
+
+
+# -- fitting and evaluating ----------------------------------------------------------------------
+def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[str]], frames: int | None,
+                       split: str = "test", classes: Sequence[str] | None = None) -> tuple[Probe, dict[str, Any]]:
+    """Fit on `subset` (class -> train paths), select C on val, and compute metrics on `split`.
+
+    `classes` fixes the output order (a run's class list, so the probe's metrics line up
+    with the transformer's); default: the subset's classes.
+    """
+    classes = list(classes) if classes is not None else list(subset)
+    recs, y_sub = _records_of(cache, subset)
+    if not recs:
+        raise SagaError(f"{cache.root}: no labelled train videos at {level}; the probe needs a train split")
+    index = {c: i for i, c in enumerate(classes)}
+    sub_classes = list(subset)
+    y = np.array([index.get(sub_classes[k], -1) for k in y_sub], np.int64)
+    keep = y >= 0
+    recs, y = [r for r, k in zip(recs, keep) if k], y[keep]
+    spec = feature_spec(frames, cache.dim)
+    x = cache_features(cache, recs, frames)
+    val = cache.ok_records("val")
+    yv = record_targets(val, level, classes)
+    val = [r for r, t in zip(val, yv) if t >= 0 and t in set(y.tolist())]
+    yv = record_targets(val, level, classes)
+    xv = cache_features(cache, val, frames) if val else None
+    probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
+    metrics = evaluate_probe(probe, cache, level, split)
+    metrics.update({"n_train": int(len(y)), "train_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
+                    "n_val": len(val), "C": probe.C, "selection": choice})
+    return probe, metrics
+
+
+def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "test") -> dict[str, Any]:
+    """compute_metrics (with intervals) of a probe on a cache split's videos that have a class at `level`."""
+    from saga.explain.metrics import compute_metrics
+
+    records = cache.ok_records(split)
+    targets = record_targets(records, level, probe.classes)
+    labelled = [r for r, t in zip(records, targets) if t >= 0]
+    if not labelled:
+        raise SagaError(f"{cache.root}: no '{split}' video has a class at {level}; pick another --split")
+    x = cache_features(cache, labelled, probe.spec.get("frames"))
+    probs = probe.predict_proba(x).astype(np.float32)
+    n = len(labelled)
+    inf = Inference(np.log(np.maximum(probs, 1e-30)), probs, np.zeros((n, 0), np.float32),
+                    record_targets(labelled, level, probe.classes), [r.path for r in labelled],
+                    np.zeros((n, 0), bool))
+    return {"split": split, **compute_metrics(inf, probe.classes, level),
+            "excluded": len(records) - n, "cache_id": cache.cache_id}
+
+
+def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes: Sequence[str],
+                  max_train: int | None = 20000) -> dict[str, Any]:
+    """The probe beside a run in `saga evaluate`: fit on the run's own labelled videos, metrics on `split`."""
+    level, subset, wanted, frames = run_subset(Path(run_dir), cache)
+    used = cap_subset(subset, level, cache, max_train, int(wanted.get("seed") or 0))
+    _, metrics = train_and_evaluate(cache, level, used, frames, split, classes)
+    total = sum(len(p) for p in subset.values())
+    metrics["subset"] = {**wanted, "source": LABELLED if (Path(run_dir) / LABELLED).is_file() else "all train labels",
+                         "videos": total, "capped": total > (max_train or total)}
+    metrics["frames"] = frames
+    return metrics
+
+
+# -- the `saga probe` run folder -----------------------------------------------------------------
+def _check_out(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SagaError(f"{out}: exists and is not a folder; choose another --out")
+    cfg = out / CONFIG
+    if cfg.is_file():
+        if read_json(cfg).get("kind") != "probe":
+            raise SagaError(f"{out}: holds a training run, not a probe; choose another --out")
+        return  # a probe is cheap and deterministic: refit in place
+    extra = sorted(p.name for p in out.iterdir())
+    if extra:
+        raise SagaError(f"{out}: not empty and not a probe folder ({extra[0]}, ...); choose another --out")
+
+
+def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None, fraction: float | None = None,
+              floor: int | None = None, seed: int | None = None, like: str | Path | None = None,
+              frames: int | None = None, split: str = "test") -> dict[str, Any]:
+    """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics."""
+    from saga.explain.metrics import write_json_atomic
+    from saga.provenance import now, versions
+
+    cache = FeatureCache.open(cache_path)
+    out = Path(out)
+    given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed}
+    if like is not None:
+        run_level, subset, wanted, run_frames = run_subset(Path(like), cache)
+        clash = [f"--{k} {v!r} (the run: {wanted[k]!r})" for k, v in given.items()
+                 if v is not None and v != wanted[k]]
+        if clash:
+            raise SagaError(f"--like {like}: {', '.join(clash)}; drop the flag or the --like")
+        wanted = {**wanted, "cache_id": cache.cache_id}
+        frames = frames if frames is not None else run_frames
+        level = run_level
+    else:
+        level = check_level(level or "GEN-L")
+        wanted = settings(level, 0.005 if fraction is None else fraction, 2 if floor is None else floor,
+                          0 if seed is None else seed, cache.cache_id)
+        train = cache.ok_records("train")
+        subset = labelled_subset(train, level, cache.taxonomy, wanted["fraction"], wanted["floor"], wanted["seed"])
+    if frames is not None and not 1 <= frames <= cache.frames:
+        raise SagaError(f"--frames must be in [1, {cache.frames}] (the cache's T), got {frames}")
+    if len(subset) < 2:
+        raise SagaError(f"{cache.root}: the train split has {len(subset)} labelled class(es) at {level}; need >= 2")
+    _check_out(out)
+    started = now()
+    probe, metrics = train_and_evaluate(cache, level, subset, frames, split)
+    out.mkdir(parents=True, exist_ok=True)
+    probe.save(out / PROBE_FILE)
+    write_labelled(out / LABELLED, subset, wanted, cache.ok_records("train"))
+    config = {"kind": "probe", "stage": "probe", "level": level, "classes": probe.classes, "frames": frames,
+              **{k: wanted[k] for k in ("fraction", "floor", "seed")}, "cache_id": cache.cache_id,
+              "cache": str(Path(cache_path).resolve()), "like": str(Path(like).resolve()) if like else None,
+              "features": probe.spec, "model": {"kind": "logistic regression", "solver": "lbfgs",
+                                                 "class_weight": "balanced", "C": probe.C,
+                                                 "selection": metrics["selection"], "standardised": True},
+              "train": {"fraction": wanted["fraction"], "floor": wanted["floor"], "seed": wanted["seed"],
+                        "loss": "logistic"},
+              "n_train": metrics["n_train"], "versions": versions(), "started": started, "finished": now()}
+    write_json(out / CONFIG, config)
+    result = {"level": level, **metrics, "run": str(out)}
+    write_json_atomic(out / f"metrics-{split}.json", result)
+    write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+__all__ = ["LEVELS", "Probe", "STAT_NAMES", "cache_features", "fit_probe", "probe_for_run", "run_probe",
+           "temporal_statistics", "video_features"]
