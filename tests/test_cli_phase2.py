@@ -46,6 +46,12 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     metrics = json.loads(run_saga("evaluate", str(sd), "--cache", cache, "--format", "json", check=True).stdout)
     assert metrics["level"] == "SD-L" and {"accuracy", "macro_accuracy", "per_class"} <= set(metrics)
     assert set(metrics["per_class"]) <= set(config["classes"])
+    probe = metrics["probe"]  # the linear probe beside the run, fitted on the run's own labelled videos
+    assert probe["n_train"] == sum(labelled["counts"].values()) and probe["subset"]["source"] == "labelled.json"
+    assert probe["classes"] == config["classes"] and probe["accuracy_ci"] and metrics["accuracy_ci"]
+    like = json.loads(run_saga("probe", "--cache", cache, "--like", str(sd), "--out", str(root / "probe-sd"),
+                               "--format", "json", check=True).stdout)
+    assert like["accuracy"] == probe["accuracy"] and like["n_train"] == probe["n_train"]
     bin_metrics = json.loads(run_saga("evaluate", str(stage1), "--cache", cache, "--format", "json",
                                       check=True).stdout)
     assert bin_metrics["auc"] is not None

@@ -178,6 +178,11 @@ def test_evaluate_matches_sklearn_and_writes_files(world: dict[str, Any]) -> Non
     assert res["macro_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert res["confusion"] == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
     assert res["auc"] is None
+    # 95 % intervals beside every accuracy; 3 test videos per class: all flagged as few
+    assert res["accuracy_ci"][0] <= res["accuracy"] <= res["accuracy_ci"][1]
+    assert res["macro_accuracy_ci"][0] <= res["macro_accuracy"] <= res["macro_accuracy_ci"][1]
+    assert set(res["per_class_ci"]) == set(info.classes) and res["few"] == info.classes
+    assert "train" in res["probe"]["skipped"]  # this cache has no train split: no probe, evaluation goes on
     saved = json.loads((run / "metrics-test.json").read_text())
     assert saved == json.loads((run / "metrics.json").read_text()) and saved["accuracy"] == res["accuracy"]
     assert not list(run.glob(".*tmp*"))
@@ -297,3 +302,4 @@ def test_report_is_self_contained(world: dict[str, Any], tmp_path: Path) -> None
     assert "Per-class accuracy" in html and 'class="conf"' in html and "Ablation" in html
     assert "2-stage CE+HNM" in html and "bin&lt;&amp;&gt;" in html and "bin<&>" not in html
     assert html.count("<details>") == 2 and "ROC AUC" in html
+    assert "95 % CI" in html and "class=few" in html and "Linear probe not fitted" in html

@@ -285,3 +285,34 @@ def test_intervals_in_compute_metrics() -> None:
     assert m["ci"]["level"] == 0.95 and "bootstrap" in m["ci"]["macro_accuracy"]
     assert intervals(np.array(m["confusion"]))["macro_accuracy_ci"] == [lo, hi]
     assert format_ci([0.5, 0.75]) == "[50.0–75.0]" and format_ci(None) == ""
+
+
+# -- beside a real run: evaluate and the report -----------------------------------------------------------
+def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, tmp_path: Path) -> None:
+    import torch
+
+    from saga.explain.metrics import evaluate
+    from saga.explain.report import build_report
+    from saga.model import ModelConfig, VideoTransformer
+    from saga.train.run import make_provenance, save_weights
+
+    run = tmp_path / "runs" / "stage1"
+    run.mkdir(parents=True)
+    mcfg = ModelConfig(in_dim=D, d_model=16, depth=2, heads=2, max_frames=16, n_classes=2, dropout=0.0)
+    torch.manual_seed(0)
+    save_weights(run / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)
+    write_json(run / "config.json", {"stage": 1, "level": "BIN-L", "classes": ["real", "fake"], "frames": 8,
+                                     "model": mcfg.to_dict(), "train": {"loss": "ce", "fraction": 1.0}})
+    write_json(run / "provenance.json", make_provenance(cache, 0))
+    res = evaluate(run, cache.root)
+    pr = res["probe"]
+    assert pr["n_train"] == 5 * 8 and pr["frames"] == 8 and pr["classes"] == ["real", "fake"]
+    assert pr["subset"]["source"] == "all train labels" and 0 <= pr["accuracy"] <= 1 and pr["accuracy_ci"]
+    assert res["per_class_n"] == {"real": 4, "fake": 16} and res["few"] == ["real"]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["probe"]["accuracy"] == pr["accuracy"] and saved["macro_accuracy_ci"] == res["macro_accuracy_ci"]
+    assert "probe" not in evaluate(run, cache.root, probe=False)
+    evaluate(run, cache.root)
+    html = build_report([run], tmp_path / "report.html").read_text()
+    assert "probe acc %" in html and "linear probe accuracy %" in html and "Linear probe: logistic regression" in html
+    assert "95 % CI" in html and "class=few" in html and format_ci(res["accuracy_ci"]) in html

@@ -145,7 +145,8 @@ def _pct(x: float | None) -> str:
 
 
 def _with_ci(value: float | None, ci: Any) -> str:
-    text = _pct(value)
+    """'90.00 % [69.9–97.2]'."""
+    text = f"{_pct(value)} %"
     return f"{text} {format_ci(ci)}" if ci else text
 
 
@@ -155,16 +156,16 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     The caption carries accuracy, macro accuracy (with intervals), AUC and the probe's
     figures; classes with fewer than 10 videos are flagged "few".
     """
-    caption = (f"accuracy {_with_ci(metrics.get('accuracy'), metrics.get('accuracy_ci'))} %  ·  "
-               f"macro {_with_ci(metrics.get('macro_accuracy'), metrics.get('macro_accuracy_ci'))} %")
+    caption = (f"accuracy {_with_ci(metrics.get('accuracy'), metrics.get('accuracy_ci'))}  ·  "
+               f"macro {_with_ci(metrics.get('macro_accuracy'), metrics.get('macro_accuracy_ci'))}")
     if metrics.get("auc") is not None:
         caption += f"  ·  AUC {metrics['auc']:.4f}"
     probe = metrics.get("probe") or {}
     has_probe = "accuracy" in probe
     if has_probe:
         caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos): "
-                    f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))} %  ·  "
-                    f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))} %")
+                    f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))}  ·  "
+                    f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))}")
     elif probe.get("skipped"):
         caption += f"\nlinear probe skipped: {probe['skipped']}"
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"

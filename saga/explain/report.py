@@ -5,6 +5,11 @@ offline, so images are base64 data URIs, CSS is inline and there is no script
 and no external resource. Every piece of text from a run folder is escaped.
 The layout is a single responsive column: wide tables scroll sideways inside
 their own box, so a phone shows them without shrinking the page.
+
+Every accuracy is shown with its 95 % interval and the number of videos behind it
+(`saga.explain.intervals`); classes with fewer than 10 test videos are flagged. The
+linear probe that `saga evaluate` fits on the run's own labelled videos is shown
+beside the run (summary columns, cards, per-class column).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from saga.errors import SagaError
+from saga.explain.intervals import FEW, format_ci
 
 FIGURES = (("tsig_maps.png", "T-Sig maps (penultimate block, mean over heads and videos)"),
            ("tsig_profiles.png", "T-Sig profiles (attention at frame offset Δ)"))
@@ -44,6 +50,8 @@ table.sticky td:first-child{background:#fff}
 .card{flex:1 1 130px;border:1px solid #d9e2ec;border-radius:6px;padding:6px 10px}
 .card b{display:block;font-size:1.35em}.card span{color:#616e7c;font-size:.85em}
 .bar{display:inline-block;height:.7em;background:#3e7bfa;border-radius:2px;vertical-align:middle}
+.ci{color:#616e7c;font-size:.85em}.few{color:#b44d12;font-weight:600}
+.card.probe{border-style:dashed}
 .figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:12px}
 figure{margin:0}figure.wide{grid-column:1/-1}figcaption{color:#616e7c;font-size:.85em}
 img{max-width:100%;height:auto;display:block;border:1px solid #e4e7eb;border-radius:4px}
@@ -120,38 +128,91 @@ def _run_name(run: dict[str, Any]) -> str:
 
 
 # -- sections ---------------------------------------------------------------------------
+def _pct_ci(x: Any, ci: Any) -> str:
+    """'90.00 [69.9–97.2]' (plain text: table cells are escaped)."""
+    text = _pct(x)
+    return f"{text} {format_ci(ci)}" if ci and text != "–" else text
+
+
+def _probe(m: dict[str, Any]) -> dict[str, Any]:
+    p = m.get("probe")
+    return p if isinstance(p, dict) else {}
+
+
 def summary_table(runs: list[dict[str, Any]]) -> str:
-    """One row per run: the comparison a reader wants first."""
-    header = ["run", "level", "accuracy %", "macro acc %", "AUC", "loss", "stage", "fraction", "frames", "split", "n"]
+    """One row per run: the comparison a reader wants first (with 95 % intervals and the probe beside)."""
+    header = ["run", "level", "accuracy % [95 % CI]", "macro acc % [95 % CI]", "probe acc %", "probe macro %",
+              "AUC", "loss", "stage", "fraction", "frames", "split", "n"]
     rows = []
     for i, r in enumerate(runs):  # the numbers first: on a phone they are visible before scrolling
         cfg, m, train = r["config"], r["metrics"] or {}, r["config"].get("train") or {}
-        rows.append([f"{i + 1}. {_run_name(r)}", cfg.get("level") or m.get("level"), _pct(m.get("accuracy")),
-                     _pct(m.get("macro_accuracy")), f"{m['auc']:.4f}" if isinstance(m.get("auc"), float) else "–",
+        pr = _probe(m)
+        rows.append([f"{i + 1}. {_run_name(r)}", cfg.get("level") or m.get("level"),
+                     _pct_ci(m.get("accuracy"), m.get("accuracy_ci")),
+                     _pct_ci(m.get("macro_accuracy"), m.get("macro_accuracy_ci")),
+                     _pct(pr.get("accuracy")), _pct(pr.get("macro_accuracy")),
+                     f"{m['auc']:.4f}" if isinstance(m.get("auc"), float) else "–",
                      train.get("loss"), cfg.get("stage"), train.get("fraction"), cfg.get("frames"), m.get("split"),
                      m.get("n")])
     return _table(header, rows, cls="sticky")
 
 
+def _card(value: str, label: str, ci: Any = None, cls: str = "card") -> str:
+    sub = f' <span class=ci>{escape(format_ci(ci))}</span>' if ci else ""
+    return f"<div class=\"{cls}\"><b>{escape(value)}{sub}</b><span>{escape(label)}</span></div>"
+
+
 def _cards(m: dict[str, Any]) -> str:
-    items = [("accuracy %", _pct(m.get("accuracy"))), ("macro accuracy %", _pct(m.get("macro_accuracy")))]
+    items = [_card(_pct(m.get("accuracy")), "accuracy % (95 % CI)", m.get("accuracy_ci")),
+             _card(_pct(m.get("macro_accuracy")), "macro accuracy % (95 % CI)", m.get("macro_accuracy_ci"))]
     if m.get("auc") is not None:
-        items.append(("ROC AUC", f"{m['auc']:.4f}"))
-    items.append(("videos", str(m.get("n", "–"))))
-    return '<div class="cards">' + "".join(f"<div class=card><b>{escape(v)}</b><span>{escape(k)}</span></div>"
-                                           for k, v in items) + "</div>"
+        items.append(_card(f"{m['auc']:.4f}", "ROC AUC"))
+    items.append(_card(str(m.get("n", "–")), "videos"))
+    pr = _probe(m)
+    if "accuracy" in pr:
+        items += [_card(_pct(pr.get("accuracy")), "linear probe accuracy %", pr.get("accuracy_ci"), "card probe"),
+                  _card(_pct(pr.get("macro_accuracy")), "linear probe macro %", pr.get("macro_accuracy_ci"),
+                        "card probe")]
+    return '<div class="cards">' + "".join(items) + "</div>"
+
+
+def probe_note(m: dict[str, Any]) -> str:
+    """One line on how the probe beside the run was fitted (or why it was not)."""
+    pr = _probe(m)
+    if pr.get("skipped"):
+        return f'<p class="meta">Linear probe not fitted: {escape(str(pr["skipped"]))}</p>'
+    if "accuracy" not in pr:
+        return ""
+    sub = pr.get("subset") or {}
+    text = (f"Linear probe: logistic regression on pooled, shift-invariant feature statistics, fitted on the same "
+            f"{pr.get('n_train')} labelled train videos ({sub.get('source', 'labelled subset')}"
+            f"{', capped' if sub.get('capped') else ''}), C = {pr.get('C')}. If the transformer does not beat it, "
+            "it has learned no more than a linear model.")
+    return f'<p class="meta">{escape(text)}</p>'
 
 
 def per_class_table(m: dict[str, Any]) -> str:
-    """class, n, accuracy and a bar whose width is the accuracy (sorted as the model's classes)."""
+    """class, n, accuracy, 95 % interval, a bar whose width is the accuracy, and the probe's accuracy."""
+    pr = _probe(m)
+    has_probe = "accuracy" in pr
     rows = []
     for cls in m.get("classes", []):
         acc = m.get("per_class", {}).get(cls)
+        n = m.get("per_class_n", {}).get(cls, 0)
+        ci = (m.get("per_class_ci") or {}).get(cls)
+        few = 0 < n < FEW
         width = 0 if acc is None else round(80 * acc)
-        rows.append(f"<tr><td class=l>{escape(cls)}</td><td>{m.get('per_class_n', {}).get(cls, 0)}</td>"
-                    f"<td>{_pct(acc)}</td><td class=l><span class=bar style=\"width:{width}px\"></span></td></tr>")
+        flag = f' <span class=few title="fewer than {FEW} videos">few</span>' if few else ""
+        probe_cell = f"<td>{_pct((pr.get('per_class') or {}).get(cls))}</td>" if has_probe else ""
+        rows.append(f"<tr><td class=l>{escape(cls)}</td><td>{n}{flag}</td>"
+                    f"<td>{_pct(acc)}</td><td class=ci>{escape(format_ci(ci))}</td>"
+                    f"<td class=l><span class=bar style=\"width:{width}px\"></span></td>{probe_cell}</tr>")
+    probe_head = "<th>probe %</th>" if has_probe else ""
     return ('<div class="scroll"><table><thead><tr><th class=l>class</th><th>n</th><th>accuracy %</th>'
-            f"<th class=l></th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+            f"<th>95 % CI</th><th class=l></th>{probe_head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+            f'<p class="meta">Intervals: Wilson (95 %) per class and for accuracy, stratified bootstrap over videos '
+            f"for macro accuracy. <span class=few>few</span>: fewer than {FEW} test videos, an anecdote rather "
+            "than a result.</p>")
 
 
 def confusion_table(m: dict[str, Any]) -> str:
@@ -208,7 +269,7 @@ def run_section(i: int, run: dict[str, Any]) -> str:
            f'<p class="meta">{escape(str(run["dir"]))} · level {escape(str(cfg.get("level", "?")))} · '
            f'{len(cfg.get("classes", []))} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>']
     if m:
-        out += [f"<h3>Metrics ({escape(str(m.get('split', '')))})</h3>", _cards(m)]
+        out += [f"<h3>Metrics ({escape(str(m.get('split', '')))})</h3>", _cards(m), probe_note(m)]
         others = [f"{k}: {_pct(v.get('accuracy'))} % / macro {_pct(v.get('macro_accuracy'))} %"
                   for k, v in run["splits"].items() if v and k != m.get("split")]
         if others:
