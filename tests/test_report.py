@@ -38,7 +38,11 @@ def _fake_run(root: Path, level: str, seed: int) -> Path:
     metrics = {"level": level, "split": "test", "n": sum(per_n), "classes": classes, "confusion": conf,
                "per_class": {k: conf[i][i] / per_n[i] for i, k in enumerate(classes)},
                "per_class_n": dict(zip(classes, per_n)), "accuracy": 0.9, "macro_accuracy": 0.88,
-               "auc": 0.99 if level == "BIN-L" else None, "cache_id": "c" * 32}
+               "auc": 0.99 if level == "BIN-L" else None, "cache_id": "c" * 32,
+               "accuracy_ci": [0.87, 0.92], "macro_accuracy_ci": [0.85, 0.91],
+               "per_class_ci": {k: [0.8, 0.95] for k in classes}, "few": []}
+    metrics["probe"] = {**metrics, "accuracy": 0.61, "macro_accuracy": 0.55, "accuracy_ci": [0.58, 0.64],
+                        "macro_accuracy_ci": [0.5, 0.6], "n_train": 40, "C": 1.0, "subset": {"source": "labelled.json"}}
     config = {"stage": 2, "level": level, "classes": classes, "frames": 16, "model": {"depth": 4},
               "train": {"loss": "ce+hnm", "fraction": 0.005, "lr": 1e-4}, "cache": "/data/cache"}
     files = {"metrics.json": metrics, "metrics-test.json": metrics, "config.json": config,
@@ -86,6 +90,7 @@ def test_dom_shows_tables_and_images(report: Path, tmp_path: Path) -> None:
     assert "<table" in dom, res.stderr[-2000:]
     assert dom.count('class="conf"') == 2 and "Per-class accuracy" in dom and "Ablation" in dom
     assert "2-stage CE+HNM" in dom and "syn-hotshot" in dom
+    assert "probe acc %" in dom and "95 % CI" in dom and "[87.0–92.0]" in dom
     imgs = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', dom)
     assert len(imgs) == 2 * 4  # per run: training curve, T-Sig maps, T-Sig profiles, t-SNE
     assert all(base64.b64decode(b).startswith(PNG) for b in imgs)
