@@ -206,6 +206,9 @@ def test_probe_like_a_run_and_beside_evaluate(cache: FeatureCache, tmp_path: Pat
     # a stage-2 run whose labelled videos are gone: the probe is skipped, with the reason
     foreign = _fake_run(tmp_path / "foreign", cache, 2, "TEAM-L", 12, subset, {**wanted, "cache_id": "x" * 32})
     assert "not" in probe_metrics(foreign, cache, "test", list(subset))["skipped"]
+    other = _fake_run(tmp_path / "s1-other", cache, 1, "BIN-L", T)  # a run of another cache: no probe on this one
+    write_json(other / "provenance.json", {"cache_id": "y" * 32})
+    assert "own cache" in probe_metrics(other, cache, "test", ["real", "fake"])["skipped"]
     table = metrics_table({**res, "probe": beside})
     assert [c.header for c in table.columns] == ["class", "n", "accuracy %", "95 % CI", "probe %"]
     assert "linear probe" in str(table.caption)

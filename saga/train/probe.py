@@ -46,7 +46,7 @@ from saga.errors import SagaError
 from saga.explain.infer import Inference, record_targets, take_subwindow
 from saga.taxonomy import LEVELS, check_level
 from saga.train.fraction import labelled_subset, settings, write_labelled
-from saga.train.run import CONFIG, LABELLED, read_json, write_json
+from saga.train.run import CONFIG, LABELLED, PROVENANCE, read_json, write_json
 
 LAGS = (1, 2, 3, 4)
 SHIFTS = (1, 2, 3, 4)
@@ -324,6 +324,10 @@ def run_subset(run_dir: Path, cache: FeatureCache) -> tuple[str, dict[str, list[
         raise SagaError(f"{run_dir}: not a saga run folder (no {CONFIG})")
     config = read_json(run_dir / CONFIG)
     level = check_level(str(config.get("level")))
+    prov = read_json(run_dir / PROVENANCE) if (run_dir / PROVENANCE).is_file() else {}
+    if prov.get("cache_id") not in (None, cache.cache_id):
+        raise SagaError(f"{run_dir}: trained on cache {str(prov['cache_id'])[:12]}, not {cache.cache_id[:12]}; "
+                        "the probe is fitted on the run's own cache's labelled videos only")
     frames = config.get("frames")
     train = cache.ok_records("train")
     path = run_dir / LABELLED
@@ -382,7 +386,8 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     x = cache_features(cache, recs, frames)
     val = cache.ok_records("val")
     yv = record_targets(val, level, classes)
-    val = [r for r, t in zip(val, yv) if t >= 0 and t in set(y.tolist())]
+    seen = set(y.tolist())
+    val = [r for r, t in zip(val, yv) if t in seen]  # val videos of classes the probe can predict
     yv = record_targets(val, level, classes)
     xv = cache_features(cache, val, frames) if val else None
     probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
