@@ -1,9 +1,13 @@
-"""The paper's GEN-L ablation on one cache: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM} × seeds.
+"""The paper's ablation on one cache: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM} × seeds,
+beside the linear probe on the same labels and the all-labels ceiling.
 
 Every cell trains from the same cache (no video is decoded again) and the same
-labelled subset per seed, then is evaluated on the test split. The table (mean ± std
-over seeds, and the per-class accuracy of the hardest classes) goes to ablation.json
-and ablation.md, which `saga report` picks up.
+labelled subset per seed, then is evaluated on the test split. `evaluate` also fits the
+probe on each run's own labelled videos, so the probe rows come from the 2-stage
+CE+HNM runs (few labels) and the ceiling runs (all train labels). Each row is the mean
+over seeds with a 95 % t-interval (seeds vary the labelled subset and the initialisation);
+the per-class columns are the classes hardest on average. The table goes to
+ablation.json and ablation.md, which `saga report` picks up.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from scipy import stats as scipy_stats
+
 from saga.explain.metrics import evaluate, write_json_atomic
 from saga.train.attribute import AttributeConfig, train_attribution
 
@@ -21,54 +27,91 @@ PAPER = {  # GEN-L accuracy (%) on GenVideo at 0.5 % labels, for comparison
     ("1-stage", "ce"): 24.55, ("1-stage", "ce+hnm"): 65.80, ("2-stage", "ce"): 55.13,
     ("2-stage", "ce+semihnm"): 70.31, ("2-stage", "ce+hnm"): 94.99,
 }
+CEILING = "all labels"
 
 
 def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, seeds: tuple[int, ...] = (0, 1, 2),
-                 level: str = "GEN-L", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 level: str = "GEN-L", progress: Callable[[str], None] | None = None,
+                 ceiling: bool = True) -> dict[str, Any]:
     """Train and evaluate every cell; returns (and writes) the summary."""
-    rows = []
-    for stages, from_run in (("1-stage", None), ("2-stage", stage1)):
-        for loss in LOSSES:
-            cell = []
-            for seed in seeds:
-                run = out / f"{stages}_{loss}_seed{seed}"
-                cfg = replace(base, level=level, loss=loss, seed=seed)
-                train_attribution(cache, run, cfg, from_run=from_run)
-                metrics = evaluate(run, cache, split="test")
-                cell.append(metrics)
-                if progress:
-                    progress(f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%")
-            rows.append(_summarise(stages, loss, cell))
-    summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "rows": rows}
+    cells: list[tuple[str, str, Path | None, AttributeConfig]] = [
+        (stages, loss, from_run, replace(base, level=level, loss=loss))
+        for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
+    if ceiling:
+        cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, level=level, loss="ce", fraction=1.0)))
+    rows, probes = [], {}
+    for stages, loss, from_run, cfg in cells:
+        cell = []
+        for seed in seeds:
+            run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
+            train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run)
+            metrics = evaluate(run, cache, split="test")
+            cell.append(metrics)
+            if progress:
+                progress(f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
+                         f" (probe {_probe_pct(metrics)})")
+        rows.append(_summarise(stages, loss, cell))
+        if loss == "ce+hnm" and stages == "2-stage" or stages.endswith(CEILING):
+            probes[stages] = [m["probe"] for m in cell if "accuracy" in m.get("probe", {})]
+    for stages, cell in probes.items():
+        if cell:
+            name = "probe, " + (CEILING if stages.endswith(CEILING) else "same labels")
+            rows.append(_summarise(name, "logistic regression", cell))
+    summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
+               "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
     write_json_atomic(out / "ablation.json", summary)
     (out / "ablation.md").write_text(to_markdown(summary))
     return summary
+
+
+def _probe_pct(metrics: dict[str, Any]) -> str:
+    probe = metrics.get("probe", {})
+    return f"{100 * probe['accuracy']:.1f}%" if "accuracy" in probe else "n/a"
+
+
+def interval95(values: list[float]) -> float:
+    """Half-width of the 95 % t-interval of the mean (0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    return float(scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
 
 
 def _summarise(stages: str, loss: str, cell: list[dict[str, Any]]) -> dict[str, Any]:
     accs = [100 * m["accuracy"] for m in cell]
     macro = [100 * m["macro_accuracy"] for m in cell]
     classes = cell[0]["per_class"].keys()
-    per_class = {c: statistics.fmean(100 * m["per_class"][c] for m in cell) for c in classes}
+    per_class = {c: statistics.fmean(100 * m["per_class"][c] for m in cell) for c in classes
+                 if all(m["per_class"].get(c) is not None for m in cell)}
     return {
-        "setting": stages, "loss": loss, "accuracy_mean": statistics.fmean(accs),
+        "setting": stages, "loss": loss, "accuracy_mean": statistics.fmean(accs), "accuracy_ci95": interval95(accs),
         "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "macro_mean": statistics.fmean(macro), "macro_std": statistics.stdev(macro) if len(macro) > 1 else 0.0,
+        "macro_mean": statistics.fmean(macro), "macro_ci95": interval95(macro),
+        "macro_std": statistics.stdev(macro) if len(macro) > 1 else 0.0, "runs": len(cell),
         "per_class": per_class, "paper": PAPER.get((stages, loss)),
+        "n_test": int(cell[0]["n"]), "class_counts": cell[0].get("per_class_n"),
     }
+
+
+def _test_counts(row: dict[str, Any]) -> dict[str, int] | None:
+    counts = row.get("class_counts")
+    return {c: int(n) for c, n in counts.items()} if isinstance(counts, dict) else None
 
 
 def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     rows = summary["rows"]
-    mean_per_class = {c: statistics.fmean(r["per_class"][c] for r in rows) for c in rows[0]["per_class"]}
+    mean_per_class = {c: statistics.fmean(r["per_class"][c] for r in rows) for c in rows[0]["per_class"]
+                      if all(c in r["per_class"] for r in rows)}
     worst = sorted(mean_per_class, key=mean_per_class.get)[:hardest]
-    lines = [f"| setting | loss | accuracy % | macro acc % | paper % | " + " | ".join(worst) + " |",
+    lines = ["| setting | loss | accuracy % (95 % CI) | macro acc % (95 % CI) | paper % | " + " | ".join(worst) + " |",
              "|---" * (5 + len(worst)) + "|"]
     for r in rows:
         paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
         cells = [f"{r['per_class'][c]:.1f}" for c in worst]
-        lines.append(f"| {r['setting']} | {r['loss']} | {r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} | "
-                     f"{r['macro_mean']:.1f} ± {r['macro_std']:.1f} | {paper} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['setting']} | {r['loss']} | {r['accuracy_mean']:.1f} ± {r['accuracy_ci95']:.1f} | "
+                     f"{r['macro_mean']:.1f} ± {r['macro_ci95']:.1f} | {paper} | " + " | ".join(cells) + " |")
+    counts = summary.get("test_videos_per_class") or {}
+    size = (f", {min(counts.values())}–{max(counts.values())} test videos per class" if counts else "")
     head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "
-            f"(per-class columns: the {hardest} hardest classes on average)\n\n")
+            f"(floor {summary.get('floor')}){size}; ± is the 95 % t-interval over seeds; per-class columns: "
+            f"the {hardest} hardest classes on average\n\n")
     return head + "\n".join(lines) + "\n"

@@ -274,3 +274,18 @@ def test_from_run_on_another_cache_is_refused(stage1: Path, tmp_path: Path) -> N
     other = build_cache(tmp_path / "other", seed=1, real=6, per_gen=2)
     with pytest.raises(SagaError, match="not on"):
         train_attribution(other.root, tmp_path / "x", a_config(), from_run=stage1)
+
+
+def test_ablation_grid_has_probe_and_ceiling_rows(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    from saga.ablate import interval95, run_ablation
+
+    summary = run_ablation(cache.root, stage1, tmp_path / "abl", a_config(epochs=1), seeds=(0, 1), level="TASK-L")
+    names = [(r["setting"], r["loss"]) for r in summary["rows"]]
+    assert names[:6] == [(s, l) for s in ("1-stage", "2-stage") for l in ("ce", "ce+semihnm", "ce+hnm")]
+    assert ("1-stage, all labels", "ce") in names
+    assert ("probe, same labels", "logistic regression") in names and ("probe, all labels", "logistic regression") in names
+    assert all(r["runs"] == 2 and r["accuracy_ci95"] >= 0 and r["n_test"] > 0 for r in summary["rows"])
+    assert summary["test_videos_per_class"] and set(summary["test_videos_per_class"]) == {"real", "T2V", "I2V"}
+    text = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "95 % t-interval" in text and "probe, all labels" in text
+    assert interval95([1.0]) == 0.0 and interval95([1.0, 3.0]) == pytest.approx(12.706 * 1.41421 / 1.41421, rel=1e-3)
