@@ -148,7 +148,8 @@ def probe(
                                                  "(default GEN-L).")] = None,
     fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction per class (default 0.005; "
                                                       "1.0 = all train labels).")] = None,
-    floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class (default 2).")] = None,
+    floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class "
+                                                 "(default 2).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the labelled subset (default 0).")] = None,
     like: Annotated[Optional[Path], typer.Option("--like", help="Use this run's level, labelled videos and "
                                                  "frames (its labelled.json; all train labels for stage 1).")] = None,

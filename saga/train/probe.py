@@ -44,7 +44,7 @@ from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.infer import Inference, record_targets, take_subwindow
-from saga.taxonomy import LEVELS, check_level
+from saga.taxonomy import check_level
 from saga.train.fraction import labelled_subset, settings, write_labelled
 from saga.train.run import CONFIG, LABELLED, PROVENANCE, read_json, write_json
 
@@ -496,5 +496,5 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
     return result
 
 
-__all__ = ["LEVELS", "Probe", "STAT_NAMES", "cache_features", "fit_probe", "probe_for_run", "run_probe",
+__all__ = ["Probe", "STAT_NAMES", "cache_features", "fit_probe", "probe_for_run", "run_probe",
            "temporal_statistics", "video_features"]
