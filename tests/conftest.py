@@ -86,10 +86,11 @@ def tiny_args(tiny_weights: Path) -> list[str]:
             "--device", "cpu", "--taxonomy", "synth"]
 
 
-def run_saga(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_saga(*args: str, check: bool = False, timeout: float = 300,
+             cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess (what a user runs)."""
     proc = subprocess.run([sys.executable, "-m", "saga", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"saga {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

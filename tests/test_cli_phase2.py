@@ -94,3 +94,19 @@ def test_attribute_options_are_validated(tiny_cache: Path, tmp_path: Path) -> No
     proc = run_saga("attribute", "--loss", "triplet", "--cache", str(tiny_cache / "cache"), "--out",
                     str(tmp_path / "r"))
     assert proc.returncode == 2 and "loss must be one of" in proc.stderr
+
+
+def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Path) -> None:
+    cache, small = str(tiny_cache / "cache"), str(tiny_cache / "small.toml")
+    common = ("--level", "TASK-L", "--cache", cache, "--config", small, "--fraction", "0.5")
+    proc = run_saga("attribute", *common, "--out", "runs/scratch", cwd=tmp_path, check=True)
+    assert "training from scratch" in proc.stderr
+    assert json.loads((tmp_path / "runs/scratch/config.json").read_text())["train"]["from_run"] is None
+    run_saga("train", "--stage", "1", "--cache", cache, "--config", small, cwd=tmp_path, check=True)
+    proc = run_saga("attribute", *common, cwd=tmp_path, check=True)
+    assert "adapting the stage-1 run" in proc.stderr
+    config = json.loads((tmp_path / "runs/task-l/config.json").read_text())
+    assert config["train"]["from_run"] == str((tmp_path / "runs/stage1").resolve())
+    assert config["train"]["head_lr_scale"] == 10.0
+    proc = run_saga("attribute", *common, "--scratch", "--from", "runs/stage1", cwd=tmp_path)
+    assert proc.returncode != 0 and "exclude each other" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,6 +14,7 @@ from saga.errors import SagaError
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
+DEFAULT_STAGE1 = Path("runs/stage1")
 Frames = Annotated[Optional[int], typer.Option("--frames", help="T' <= the cache's T (default: all cached).")]
 
 
@@ -42,6 +43,24 @@ def _is_main() -> bool:
     return context().is_main
 
 
+def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
+    """The stage-1 run stage 2 adapts: --from, else the default stage-1 folder if it finished; None = scratch."""
+    if scratch:
+        if from_run is not None:
+            raise SagaError("--scratch and --from exclude each other: pick one")
+        return None
+    if from_run is not None:
+        return from_run
+    if (DEFAULT_STAGE1 / "done.json").is_file():
+        if _is_main():
+            err.print(f"adapting the stage-1 run {DEFAULT_STAGE1} (pass --from to pick another, --scratch for none)")
+        return DEFAULT_STAGE1
+    if _is_main():
+        err.print(f"no finished stage-1 run at {DEFAULT_STAGE1}: training from scratch (the 1-stage baseline); "
+                  "run `saga train --stage 1` first, or pass --from")
+    return None
+
+
 def _check_resume(out: Path, resume: bool) -> None:
     if not resume and (out / "state.json").is_file() and not (out / "done.json").is_file():
         raise SagaError(f"{out}: holds an unfinished run; pass --resume to continue it, or choose another --out")
@@ -59,6 +78,8 @@ def train(
     frames: Frames = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (data order, init, augmentation).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    inputs: Annotated[Optional[str], typer.Option(
+        help="What θ sees: both (frame features + temporal tokens) | content | temporal.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
     config: ConfigFile = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run in --out.")] = True,
@@ -75,7 +96,7 @@ def train(
     out = out or Path("runs/stage1")
     _check_resume(out, resume)
     cfg = Stage1Config.from_dict(_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
-                                          seed=seed, patience=patience, device=device))
+                                          seed=seed, patience=patience, device=device, inputs=inputs))
     run = train_stage1(cache, out, cfg, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
         console.print(f"stage-1 run: {run}")
@@ -84,7 +105,9 @@ def train(
 def attribute(
     level: Annotated[str, typer.Option("--level", help="BIN-L | TASK-L | SD-L | TEAM-L | GEN-L.")] = "GEN-L",
     cache: Cache = Path("cache"),
-    from_run: Annotated[Optional[Path], typer.Option("--from", help="Stage-1 run; without it: from scratch.")] = None,
+    from_run: Annotated[Optional[Path], typer.Option(
+        "--from", help=f"Stage-1 run (default: {DEFAULT_STAGE1} when it holds a finished run).")] = None,
+    scratch: Annotated[bool, typer.Option("--scratch", help="Train from scratch: the 1-stage baseline.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<level>).")] = None,
     fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction of each class (0.005 = 0.5 %).")] = None,
     floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class.")] = None,
@@ -93,6 +116,7 @@ def attribute(
     margin: Annotated[Optional[float], typer.Option(help="Triplet margin α.")] = None,
     mine_every: Annotated[Optional[str], typer.Option(help="'epoch' or N steps between FAISS refreshes.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    min_steps: Annotated[Optional[int], typer.Option(help="At least this many optimiser steps (default 300).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     frames: Frames = None,
@@ -107,10 +131,12 @@ def attribute(
 
     out = out or Path("runs") / level.lower()
     _check_resume(out, resume)
+    from_run = _stage1_run(from_run, scratch)
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
-        epochs=epochs, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, device=device))
+        epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
+        patience=patience, device=device))
     run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
         console.print(f"{level} run: {run}")
