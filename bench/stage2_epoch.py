@@ -49,7 +49,7 @@ from saga.pipeline.sampling import SamplingPolicy  # noqa: E402
 from saga.pipeline.synth import SynthConfig, generate  # noqa: E402
 from saga.train.attribute import AttributeConfig, HNMObjective  # noqa: E402
 from saga.train.data import Batch, InMemoryFeatures, View, _check_labels, _make_batch  # noqa: E402
-from saga.train.fraction import labelled_subset  # noqa: E402
+from saga.cache.fraction import labelled_subset  # noqa: E402
 from saga.train.loop import _train_epoch  # noqa: E402
 from saga.train.schedule import make_optimizer, warmup_cosine  # noqa: E402
 

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from saga.errors import DecodeError, SagaError
-from saga.explain.infer import run_batch, take_subwindow
+from saga.model.inference import run_batch, take_subwindow
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import FrameEncoder, load_encoder, preprocess_frames
 from saga.pipeline.inputs import VIDEO_SUFFIXES
 from saga.pipeline.sampling import SamplingPolicy
 from saga.taxonomy import LEVELS, Taxonomy
-from saga.train.run import RunInfo, load_model
+from saga.runs import RunInfo, load_model
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.explain.infer import Inference, infer, subwindow_starts, take_subwindow
+from saga.model.inference import Inference, infer, subwindow_starts, take_subwindow
 from saga.explain.metrics import compute_metrics, evaluate, metrics_table
 from saga.explain.report import build_report
 from saga.explain.tsig import (class_signatures, load_tsigs, plot_video_profile, signature_distances,
@@ -22,7 +22,7 @@ from saga.explain.tsig import (class_signatures, load_tsigs, plot_video_profile,
 from saga.explain.tsne import perplexity_for, tsne_plot
 from saga.model import ModelConfig, VideoTransformer
 from saga.taxonomy import Taxonomy
-from saga.train.run import load_model, make_provenance, save_weights, write_json
+from saga.runs import load_model, make_provenance, save_weights, write_json
 
 T, W, D, TP = 8, 2, 12, 4  # cached frames, windows, feature dim, model frames T'
 GENS = ["real", "syn-svd", "syn-pika", "syn-sd", "syn-hotshot"]

@@ -15,10 +15,10 @@ from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, intervals, macro_bootstrap, wilson
 from saga.taxonomy import Taxonomy
-from saga.train.fraction import labelled_subset
-from saga.train.probe import (STAT_NAMES, Probe, cache_features, fit_probe, run_probe, temporal_statistics,
+from saga.cache.fraction import labelled_subset
+from saga.explain.probe import (STAT_NAMES, Probe, cache_features, fit_probe, run_probe, temporal_statistics,
                               video_features)
-from saga.train.run import write_json
+from saga.runs import write_json
 
 T, W, D = 16, 2, 8
 GENS = ["real", "syn-svd", "syn-pika", "syn-sd", "syn-hotshot"]
@@ -271,7 +271,7 @@ def test_macro_bootstrap() -> None:
 
 
 def test_intervals_in_compute_metrics() -> None:
-    from saga.explain.infer import Inference
+    from saga.model.inference import Inference
     from saga.explain.metrics import compute_metrics
 
     y = np.array([0] * 20 + [1] * 3)
@@ -297,7 +297,7 @@ def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, t
     from saga.explain.metrics import evaluate
     from saga.explain.report import build_report
     from saga.model import ModelConfig, VideoTransformer
-    from saga.train.run import make_provenance, save_weights
+    from saga.runs import make_provenance, save_weights
 
     run = tmp_path / "runs" / "stage1"
     run.mkdir(parents=True)

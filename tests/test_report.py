@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from saga.cache.manifest import VideoRecord
-from saga.explain.infer import Inference
+from saga.model.inference import Inference
 from saga.explain.report import build_report
 from saga.explain.tsig import class_signatures, write_tsigs
 from saga.explain.tsne import tsne_plot

@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from saga.cache.manifest import OK, VideoRecord
 from saga.cache.store import FeatureCache, PartWriter
 from saga.errors import SagaError
-from saga.explain.infer import record_targets
+from saga.model.inference import record_targets
 from saga.taxonomy import Taxonomy
 from saga.train.attribute import AttributeConfig, load_base, prepare_model, train_attribution
 from saga.train.data import InMemoryFeatures, StreamingFeatures, View, balanced_epoch
-from saga.train.fraction import labelled_subset, resolve_labelled
-from saga.train.run import load_model
+from saga.cache.fraction import labelled_subset, resolve_labelled
+from saga.runs import load_model
 from saga.train.stage1 import Stage1Config, train_stage1
 
 T, D = 8, 16

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+import tomllib
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from saga.errors import SagaError
 
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -54,3 +58,15 @@ def extract_progress() -> Iterator[Callable[[int, int, int], None]]:
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
+    """Options from --config, overridden by the flags the user actually gave."""
+    opts: dict[str, Any] = {}
+    if config is not None:
+        try:
+            opts = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SagaError(f"{config}: cannot read training options ({exc})") from None
+    opts.update({k: v for k, v in flags.items() if v is not None})
+    return opts

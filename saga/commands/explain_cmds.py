@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import console, extract_progress
+from saga.commands.common import console, extract_progress, load_options
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 
@@ -94,9 +94,8 @@ def ablate(
     from saga.ablate import run_ablation, to_markdown
     from saga.train.attribute import AttributeConfig
 
-    from saga.commands.phase2 import _options
 
-    base = AttributeConfig.from_dict(_options(config, fraction=fraction, floor=floor, epochs=epochs, device=device))
+    base = AttributeConfig.from_dict(load_options(config, fraction=fraction, floor=floor, epochs=epochs, device=device))
     summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
                            progress=lambda line: console.print(line))
     console.print(to_markdown(summary))

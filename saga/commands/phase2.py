@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from saga.commands.common import console, err, print_json
+from saga.commands.common import console, err, load_options, print_json
 from saga.errors import SagaError
+from saga.runs import RunFolder, evaluation_file
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
 DEFAULT_STAGE1 = Path("runs/stage1")
 Frames = Annotated[Optional[int], typer.Option("--frames", help="T' <= the cache's T (default: all cached).")]
-
-
-def _options(config: Path | None, **flags: Any) -> dict[str, Any]:
-    """Options from --config, overridden by the flags the user actually gave."""
-    opts: dict[str, Any] = {}
-    if config is not None:
-        try:
-            opts = tomllib.loads(config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SagaError(f"{config}: cannot read training options ({exc})") from None
-    opts.update({k: v for k, v in flags.items() if v is not None})
-    return opts
 
 
 def _printer(event: dict[str, Any]) -> None:
@@ -51,7 +39,7 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
         return None
     if from_run is not None:
         return from_run
-    if (DEFAULT_STAGE1 / "done.json").is_file():
+    if RunFolder(DEFAULT_STAGE1).done:
         if _is_main():
             err.print(f"adapting the stage-1 run {DEFAULT_STAGE1} (pass --from to pick another, --scratch for none)")
         return DEFAULT_STAGE1
@@ -59,11 +47,6 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
         err.print(f"no finished stage-1 run at {DEFAULT_STAGE1}: training from scratch (the 1-stage baseline); "
                   "run `saga train --stage 1` first, or pass --from")
     return None
-
-
-def _check_resume(out: Path, resume: bool) -> None:
-    if not resume and (out / "state.json").is_file() and not (out / "done.json").is_file():
-        raise SagaError(f"{out}: holds an unfinished run; pass --resume to continue it, or choose another --out")
 
 
 def train(
@@ -94,8 +77,8 @@ def train(
     from saga.train.stage1 import Stage1Config, train_stage1
 
     out = out or Path("runs/stage1")
-    _check_resume(out, resume)
-    cfg = Stage1Config.from_dict(_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
+    RunFolder(out).check_resume(resume)
+    cfg = Stage1Config.from_dict(load_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
                                           seed=seed, patience=patience, device=device, inputs=inputs))
     run = train_stage1(cache, out, cfg, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
@@ -130,10 +113,10 @@ def attribute(
     from saga.train.attribute import AttributeConfig, train_attribution
 
     out = out or Path("runs") / level.lower()
-    _check_resume(out, resume)
+    RunFolder(out).check_resume(resume)
     from_run = _stage1_run(from_run, scratch)
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
-    cfg = AttributeConfig.from_dict(_options(
+    cfg = AttributeConfig.from_dict(load_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
         epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
         patience=patience, device=device))
@@ -164,7 +147,7 @@ def evaluate(
         print_json(metrics)
     else:
         console.print(metrics_table(metrics))
-        console.print(f"written to {run / 'metrics.json'}")
+        console.print(f"written to {run / evaluation_file()}")
 
 
 def probe(
@@ -186,7 +169,7 @@ def probe(
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
     from saga.explain.metrics import metrics_table
     from saga.taxonomy import check_level
-    from saga.train.probe import run_probe
+    from saga.explain.probe import run_probe
 
     if level is not None:
         check_level(level)
@@ -239,7 +222,7 @@ def _plot_tsig(run: Path, out: Path, path: Path, pred: Any) -> None:
 
     from saga.explain.tsig import load_tsigs, plot_video_profile, signature_distances
 
-    if not (run / "tsig.npz").is_file():
+    if not RunFolder(run).has_tsigs:
         err.print(f"[yellow]{run}: no class T-Sigs yet; run `saga tsig {run} --cache CACHE` to compare[/]")
         return
     sigs = load_tsigs(run)

@@ -8,101 +8,34 @@ level (SD-L: generators with no SD backbone) are excluded, as in the paper.
 Every accuracy comes with a 95 % interval and the number of videos behind it
 (`saga.explain.intervals`): Wilson for accuracy and per-class accuracy, a stratified
 bootstrap for macro accuracy; classes with fewer than 10 test videos are flagged.
-Beside the run, `evaluate` fits the linear probe (`saga.train.probe`) on the run's own
+Beside the run, `evaluate` fits the linear probe (`saga.explain.probe`) on the run's own
 labelled train videos and reports its metrics under "probe", so one sees at once
 whether the transformer learned more than a linear model on pooled statistics.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from rich.table import Table
 
-from saga.cache.store import COMPATIBILITY_KEYS, FeatureCache
+from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.infer import Inference, infer, record_targets
-from saga.explain.intervals import FEW, format_ci, intervals
-from saga.taxonomy import FAKE
+from saga.explain.intervals import FEW, format_ci
+from saga.explain.probe import probe_for_run
+from saga.explain.scores import binary_auc, compute_metrics
+from saga.fileio import write_json as write_json_atomic
+from saga.model.inference import infer, record_targets
+from saga.runs import RunFolder, check_cache, load_model
 
-
-def check_cache(info: Any, cache: FeatureCache) -> None:
-    """Refuse a cache that is not the run's own, unless its encoder provenance is identical.
-
-    Another cache with the same encoder, weights, preprocessing and sampling holds
-    comparable features (e.g. a held-out set extracted later): evaluate but warn.
-    """
-    prov = info.provenance or {}
-    run_id = prov.get("cache_id")
-    if run_id is None or run_id == cache.cache_id:
-        return
-    run_enc = prov.get("encoder") or {}
-    differ = [k for k in COMPATIBILITY_KEYS if run_enc.get(k) != cache.attrs.get(k)]
-    if differ:
-        raise SagaError(
-            f"{cache.root}: cache {cache.cache_id[:12]} is not the run's cache {str(run_id)[:12]} and its "
-            f"{', '.join(differ)} differ; evaluate on features from the run's encoder and sampling"
-        )
-    warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12]}), "
-                  "but extracted with the same encoder and sampling; evaluating anyway", stacklevel=3)
-
-
-def compute_metrics(inference: Inference, classes: Sequence[str], level: str) -> dict[str, Any]:
-    """Metrics of the records with a class (target >= 0); pure, so tests compare it with sklearn."""
-    keep = inference.targets >= 0
-    y, pred = inference.targets[keep], inference.preds[keep]
-    c = len(classes)
-    conf = np.zeros((c, c), dtype=np.int64)
-    np.add.at(conf, (y, pred), 1)
-    per_n = conf.sum(axis=1)
-    per_acc = [float(conf[i, i] / per_n[i]) if per_n[i] else None for i in range(c)]
-    present = [a for a in per_acc if a is not None]
-    out: dict[str, Any] = {
-        "level": level,
-        "n": int(keep.sum()),
-        "accuracy": float((y == pred).mean()) if len(y) else None,
-        "macro_accuracy": float(np.mean(present)) if present else None,
-        "per_class": dict(zip(classes, per_acc)),
-        "per_class_n": {cls: int(k) for cls, k in zip(classes, per_n)},
-        "confusion": conf.tolist(),
-        "classes": list(classes),
-        "auc": None,
-    }
-    ci = intervals(conf)
-    out["accuracy_ci"], out["macro_accuracy_ci"], out["ci"] = ci["accuracy_ci"], ci["macro_accuracy_ci"], ci["ci"]
-    out["per_class_ci"] = dict(zip(classes, ci["per_class_ci"]))
-    out["few"] = [cls for cls, k in zip(classes, per_n) if 0 < k < FEW]
-    if level == "BIN-L" and FAKE in classes:
-        out["auc"] = binary_auc(inference.probs[keep][:, list(classes).index(FAKE)], y == list(classes).index(FAKE))
-    return out
-
-
-def binary_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
-    """ROC AUC of p(fake); None when only one of the two classes is present (AUC undefined)."""
-    from sklearn.metrics import roc_auc_score
-
-    if positive.all() or not positive.any():
-        return None
-    return float(roc_auc_score(positive.astype(int), score))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write-then-rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+__all__ = ["binary_auc", "check_cache", "compute_metrics", "evaluate", "metrics_table", "probe_metrics",
+           "write_json_atomic"]
 
 
 def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Sequence[str],
                   max_train: int | None = 20000) -> dict[str, Any]:
     """The probe fitted on the run's own labelled videos, or {"skipped": why} when it cannot be."""
-    from saga.train.probe import probe_for_run
-
     try:
         return probe_for_run(run_dir, cache, split, classes, max_train)
     except (SagaError, ValueError) as exc:  # e.g. no train split, or one class only: the run still evaluates
@@ -116,8 +49,6 @@ def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", b
     With `probe`, the linear probe is fitted on the run's labelled train videos (at most
     `probe_max_train`, a stratified seeded draw beyond) and its metrics go under "probe".
     """
-    from saga.train.run import load_model  # late: training may import saga.explain.infer (validation)
-
     run_dir = Path(run_dir)
     model, info = load_model(run_dir)
     cache = FeatureCache.open(cache_path)
@@ -135,8 +66,7 @@ def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", b
               "excluded": len(records) - len(labelled), "run": str(run_dir)}
     if probe:
         result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train)
-    write_json_atomic(run_dir / f"metrics-{split}.json", result)
-    write_json_atomic(run_dir / "metrics.json", result)
+    RunFolder(run_dir).write_evaluation(split, result)
     return result
 
 

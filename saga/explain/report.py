@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import time
 from html import escape
 from pathlib import Path
@@ -27,9 +26,11 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci
+from saga.fileio import write_text
+from saga.runs import CONFIG, DONE, METRICS, PROVENANCE, TSIG_MAPS, TSIG_PROFILES, RunFolder, evaluation_file
 
-FIGURES = (("tsig_maps.png", "T-Sig maps (penultimate block, mean over heads and videos)"),
-           ("tsig_profiles.png", "T-Sig profiles (attention at frame offset Δ)"))
+FIGURES = ((TSIG_MAPS, "T-Sig maps (penultimate block, mean over heads and videos)"),
+           (TSIG_PROFILES, "T-Sig profiles (attention at frame offset Δ)"))
 ABLATION_NAMES = ("ablation.json", "ablation.md")
 
 CSS = """
@@ -69,27 +70,16 @@ def _json(path: Path) -> Any:
         return None
 
 
-def _history(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl, skipping a torn last line (a run killed mid-write)."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
-
-
 def load_run(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows about one run; missing files just leave their section out."""
-    metrics = _json(run_dir / "metrics-test.json") or _json(run_dir / "metrics.json")
-    splits = {p.stem.removeprefix("metrics-"): _json(p) for p in sorted(run_dir.glob("metrics-*.json"))}
-    figs = [(run_dir / n, cap) for n, cap in FIGURES if (run_dir / n).is_file()]
-    figs += [(p, f"t-SNE of φ ({p.stem})") for p in sorted(run_dir.glob("tsne*.png"))]
-    return {"dir": run_dir, "config": _json(run_dir / "config.json") or {},
-            "provenance": _json(run_dir / "provenance.json") or {}, "done": _json(run_dir / "done.json"),
-            "metrics": metrics, "splits": splits, "history": _history(run_dir / "metrics.jsonl"), "figures": figs}
+    run = RunFolder(run_dir)
+    metrics = run.read_optional(evaluation_file("test")) or run.read_optional(evaluation_file())
+    captions = {TSIG_MAPS: FIGURES[0][1], TSIG_PROFILES: FIGURES[1][1]}
+    figs = [(p, captions.get(p.name) or f"t-SNE of φ ({p.stem})") for p in run.figures()]
+    return {"dir": run_dir, "config": run.read_optional(CONFIG) or {},
+            "provenance": run.read_optional(PROVENANCE) or {}, "done": run.read_optional(DONE),
+            "metrics": metrics, "splits": run.evaluations(), "history": run.read_metrics(tolerant=True),
+            "figures": figs}
 
 
 # -- small HTML pieces ------------------------------------------------------------------
@@ -277,14 +267,14 @@ def run_section(i: int, run: dict[str, Any]) -> str:
         out += ["<h3>Per-class accuracy</h3>", per_class_table(m), "<h3>Confusion matrix</h3>", confusion_table(m)]
     else:
         out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
-    details = {"config.json": cfg, "provenance.json": prov, "done.json": run["done"]}
+    details = {CONFIG: cfg, PROVENANCE: prov, DONE: run["done"]}
     out.append("<details><summary>Configuration and provenance</summary>" + "".join(
         f"<h3>{escape(k)}</h3><pre>{escape(json.dumps(v, indent=2, sort_keys=True))}</pre>"
         for k, v in details.items() if v) + "</details>")
     curve = training_curve(run["history"])
-    figs = ([_figure(curve, "training curve (metrics.jsonl)")] if curve else [])
+    figs = ([_figure(curve, f"training curve ({METRICS})")] if curve else [])
     many = len(cfg.get("classes", [])) > 6  # many T-Sig panels: give the maps the full width
-    figs += [_figure(p.read_bytes(), cap, wide=many and p.name == "tsig_maps.png") for p, cap in run["figures"]]
+    figs += [_figure(p.read_bytes(), cap, wide=many and p.name == TSIG_MAPS) for p, cap in run["figures"]]
     if figs:
         out.append("<h3>Figures</h3><div class=figs>" + "".join(figs) + "</div>")
     return "".join(out) + "</section>"
@@ -368,7 +358,5 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
         raise SagaError(f"{ablation}: ablation file not found")
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(f".{out_html.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_report([Path(d) for d in run_dirs], ablation), encoding="utf-8")
-    os.replace(tmp, out_html)
+    write_text(out_html, render_report([Path(d) for d in run_dirs], ablation))
     return out_html

@@ -20,8 +20,8 @@ Normalisation (documented, because the paper does not publish one):
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +29,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from saga.errors import SagaError
-from saga.explain.infer import Inference
+from saga.cache.store import FeatureCache
+from saga.model.inference import Inference, infer
+from saga.fileio import atomic_path, write_bytes
+from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, check_cache, load_model
 from saga.explain.tsne import class_colors, save_figure
 
 Signature = dict[str, Any]  # {"map": (T', T'), "profile": (T',), "n": int}
@@ -105,13 +108,12 @@ def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path) -> dict[str, Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(sigs)
-    paths = {"npz": out / "tsig.npz", "csv": out / "tsig_profiles.csv",
-             "maps": out / "tsig_maps.png", "profiles": out / "tsig_profiles.png"}
-    tmp = out / f".tsig.tmp-{os.getpid()}.npz"
-    np.savez(tmp, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
+    paths = {"npz": out / TSIG, "csv": out / TSIG_CSV, "maps": out / TSIG_MAPS, "profiles": out / TSIG_PROFILES}
+    buf = io.BytesIO()
+    np.savez(buf, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
              profiles=np.stack([sigs[c]["profile"] for c in classes]),
              counts=np.array([sigs[c]["n"] for c in classes]))
-    os.replace(tmp, paths["npz"])
+    write_bytes(paths["npz"], buf.getvalue())
     _write_csv(sigs, paths["csv"])
     plot_maps(sigs, paths["maps"])
     plot_profiles(sigs, paths["profiles"])
@@ -121,7 +123,7 @@ def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path) -> dict[str, Pa
 def load_tsigs(path: str | Path) -> dict[str, Signature]:
     """Read tsig.npz back (a run folder or the file itself)."""
     path = Path(path)
-    path = path / "tsig.npz" if path.is_dir() else path
+    path = path / TSIG if path.is_dir() else path
     if not path.is_file():
         raise SagaError(f"{path}: no T-Sigs; compute them first with `saga tsig`")
     with np.load(path) as z:
@@ -131,13 +133,11 @@ def load_tsigs(path: str | Path) -> dict[str, Signature]:
 
 def _write_csv(sigs: dict[str, Signature], path: Path) -> None:
     t = len(next(iter(sigs.values()))["profile"])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["class", "n", *[f"d{d}" for d in range(t)]])
         for cls, s in sigs.items():
             w.writerow([cls, s["n"], *[f"{v:.6f}" for v in s["profile"]]])
-    os.replace(tmp, path)
 
 
 # -- plots ------------------------------------------------------------------------------
@@ -190,10 +190,6 @@ def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: st
 
 def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", device: str = "cpu") -> dict[str, Path]:
     """T-Sigs per class of a run's level over a cache split, written into the run folder."""
-    from saga.cache.store import FeatureCache
-    from saga.explain.infer import infer
-    from saga.explain.metrics import check_cache
-    from saga.train.run import load_model
 
     model, info = load_model(run_dir)
     cache = FeatureCache.open(cache_path)

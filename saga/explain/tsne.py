@@ -8,7 +8,6 @@ is the question behind the paper's t-SNE figures.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +18,10 @@ from matplotlib.figure import Figure
 
 from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
-from saga.explain.infer import Inference
+from saga.cache.store import FeatureCache
+from saga.model.inference import Inference, infer
+from saga.fileio import atomic_path
+from saga.runs import check_cache, load_model, tsne_file
 from saga.taxonomy import Taxonomy, check_level
 
 NO_CLASS = "(no class at this level)"
@@ -118,29 +120,21 @@ def _draw(coords: np.ndarray, labels: list[str], order: list[str], out_png: Path
 def save_figure(fig: Figure, out_png: Path) -> None:
     """Save through a temporary file so a report never embeds a half-written image."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
 
 
 def _write_csv(path: Path, records: Sequence[VideoRecord], labels: list[str], coords: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "generator", "label", "x", "y"])
         for rec, lab, (x, y) in zip(records, labels, coords):
             writer.writerow([rec.path, rec.generator, lab, f"{x:.5f}", f"{y:.5f}"])
-    os.replace(tmp, path)
 
 
 def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None = None, split: str = "test",
              device: str = "cpu", seed: int = 0) -> TsneResult:
     """t-SNE of a run's embeddings of a cache split, coloured by any level, written into the run folder."""
-    from saga.cache.store import FeatureCache
-    from saga.explain.infer import infer
-    from saga.explain.metrics import check_cache
-    from saga.taxonomy import check_level
-    from saga.train.run import load_model
 
     model, info = load_model(run_dir)
     level = check_level(color_by or info.level)
@@ -153,5 +147,5 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
         raise SagaError(f"{cache_path}: only {len(records)} {split} videos; t-SNE needs at least 5")
     inference = infer(model, info, cache, records, device=device)
     title = f"t-SNE of φ ({info.level} run), coloured by {level}"
-    return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / f"tsne_{level}.png", seed=seed,
+    return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / tsne_file(level), seed=seed,
                      title=title)

@@ -35,7 +35,7 @@ from saga.errors import SagaError
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
-from saga.train.fraction import labelled_subset, read_labelled, settings, write_labelled
+from saga.cache.fraction import labelled_subset, read_labelled, settings, write_labelled
 from saga.train.loop import (
     CEObjective,
     Progress,
@@ -50,7 +50,7 @@ from saga.train.loop import (
 )
 from saga.train.losses import combined_loss, triplet_loss
 from saga.train.mining import mine_triplets
-from saga.train.run import (
+from saga.runs import (
     LABELLED,
     MODEL,
     RunInfo,

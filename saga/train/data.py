@@ -7,7 +7,7 @@ the features: padded and dropped frames are False and the model ignores them.
 
 Views (T' <= T frames of a cached (W, T) sample), see `select`:
 - evaluation: window 0, the T' frames centred on the window's real frames (the
-  same rule as `saga evaluate`, `saga.explain.infer.subwindow_starts`);
+  same rule as `saga evaluate`, `saga.model.inference.subwindow_starts`);
 - training: a random window among W, a random T'-frame start among those that
   stay on real frames, then optional jitter (shift the start by up to ±j frames;
   frames pushed off the window become padding) and frame drop (each real frame
@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.infer import subwindow_starts
+from saga.model.inference import subwindow_starts
 
 ORDER, AUGMENT = 0x0DE5, 0xA4C  # rng purposes
 

@@ -15,7 +15,7 @@ weighted so that DDP's gradient average equals the gradient of the global
 batch's loss, whatever the slice sizes. Rank 0 validates, saves and logs; the
 others follow its decisions.
 
-Validation uses `saga.explain.infer` (the evaluation convention of `saga
+Validation uses `saga.model.inference` (the evaluation convention of `saga
 evaluate`): the best checkpoint is chosen by the same macro accuracy that
 evaluation reports.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
@@ -38,10 +37,10 @@ from saga.distributed import resolve_device
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.infer import infer, record_targets
+from saga.model.inference import EvalSpec, infer, record_targets
 from saga.model import ModelConfig, VideoTransformer
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View
-from saga.train.run import RunFolder
+from saga.runs import RunFolder
 from saga.train.schedule import make_optimizer, warmup_cosine
 
 Progress = Callable[[dict[str, Any]], None]
@@ -234,7 +233,7 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
     if not keep:
         return None
     y = targets[targets >= 0]
-    info = SimpleNamespace(frames=frames, classes=list(classes), level=level)
+    info = EvalSpec(level=level, classes=list(classes), frames=frames)
 
     def validate(model: VideoTransformer) -> dict[str, Any]:
         probs = infer(model, info, cache, keep, batch_size, device).probs

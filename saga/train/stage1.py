@@ -16,7 +16,7 @@ import torch
 from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.infer import record_targets
+from saga.model.inference import record_targets
 from saga.model import VideoTransformer
 from saga.train.data import View, open_features
 from saga.train.loop import (
@@ -29,7 +29,7 @@ from saga.train.loop import (
     resolve_device,
     resolve_frames,
 )
-from saga.train.run import make_provenance
+from saga.runs import make_provenance
 
 LEVEL = "BIN-L"
 

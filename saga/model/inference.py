@@ -20,15 +20,34 @@ bounded by the batch, not by the split.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saga.cache.manifest import VideoRecord
-from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+
+if TYPE_CHECKING:  # annotations only: the model layer reads features through any object with `read`
+    from saga.cache.manifest import VideoRecord
+    from saga.cache.store import FeatureCache
+
+
+class Readout(Protocol):
+    """What `infer` needs to know about a model's outputs (a `RunInfo`, or an `EvalSpec`)."""
+
+    level: str
+    classes: list[str]
+    frames: int
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The level, class list (index = model output) and T' of a model not (yet) saved as a run."""
+
+    level: str
+    classes: list[str]
+    frames: int
 
 
 @dataclass
@@ -78,7 +97,7 @@ def take_subwindow(features: np.ndarray, mask: np.ndarray, frames: int) -> tuple
     return feats, np.take_along_axis(mask, offs, axis=-1)
 
 
-def record_targets(records: Sequence[VideoRecord], level: str, classes: Sequence[str]) -> np.ndarray:
+def record_targets(records: Sequence["VideoRecord"], level: str, classes: Sequence[str]) -> np.ndarray:
     """Class index of each record at `level` (-1: no class there, e.g. SD-L for a no-SD generator)."""
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index.get(str(r.labels.get(level)), -1) if r.labels.get(level) is not None else -1
@@ -113,7 +132,7 @@ def run_batch(model: Any, feats: np.ndarray, mask: np.ndarray, device: torch.dev
     return {k: v.cpu().numpy() for k, v in res.items()}
 
 
-def infer(model: Any, info: Any, cache: FeatureCache, records: Sequence[VideoRecord], batch_size: int = 256,
+def infer(model: Any, info: Readout, cache: FeatureCache, records: Sequence[VideoRecord], batch_size: int = 256,
           device: str | torch.device = "cpu", attention: bool = False) -> Inference:
     """Run `model` (from `load_model`) over `records` of `cache` with the evaluation convention."""
     if batch_size < 1:

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from saga.cache.store import COMPATIBILITY_KEYS, FeatureCache
 from saga.errors import SagaError
+from saga.fileio import atomic_path, write_json, write_text
 from saga.model import ModelConfig, VideoTransformer
 from saga.provenance import machine, now, versions
 
@@ -31,6 +33,18 @@ CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safet
 LAST, OPTIMIZER, STATE = "last.safetensors", "optimizer.safetensors", "state.json"
 METRICS, LABELLED = "metrics.jsonl", "labelled.json"
 RESUME_FILES = (LAST, OPTIMIZER, STATE)
+EVALUATION = "metrics.json"  # the latest `saga evaluate`; metrics-<split>.json per split
+TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES = "tsig.npz", "tsig_profiles.csv", "tsig_maps.png", "tsig_profiles.png"
+TSNE_GLOB = "tsne*.png"
+
+
+def evaluation_file(split: str | None = None) -> str:
+    """metrics-<split>.json, or metrics.json (the latest evaluation) without a split."""
+    return EVALUATION if split is None else f"metrics-{split}.json"
+
+
+def tsne_file(level: str) -> str:
+    return f"tsne_{level}.png"
 
 
 @dataclass
@@ -47,13 +61,6 @@ class RunInfo:
 
 
 # -- small file helpers -----------------------------------------------------------------------
-def write_json(path: Path, data: Any) -> None:
-    """Write-then-rename: a reader (or a resumed run) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -73,9 +80,8 @@ def file_fingerprint(path: Path) -> str:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -176,6 +182,46 @@ class RunFolder:
     def done(self) -> bool:
         return (self.path / DONE).is_file()
 
+    @property
+    def unfinished(self) -> bool:
+        """Holds resume state of a run that has not finished (rerun with --resume to continue it)."""
+        return (self.path / STATE).is_file() and not self.done
+
+    def check_resume(self, resume: bool) -> None:
+        """Refuse to touch an unfinished run unless asked to resume it."""
+        if not resume and self.unfinished:
+            raise SagaError(f"{self.path}: holds an unfinished run; pass --resume to continue it, "
+                            "or choose another --out")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_optional(self, name: str) -> Any:
+        """A JSON file of the folder, or None when it is missing or unreadable (for reports)."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def write_evaluation(self, split: str, result: dict[str, Any]) -> None:
+        """metrics-<split>.json, then metrics.json (the latest evaluation)."""
+        write_json(self.path / evaluation_file(split), result)
+        write_json(self.path / evaluation_file(), result)
+
+    def evaluations(self) -> dict[str, Any]:
+        """Split -> its metrics-<split>.json (unreadable ones as None)."""
+        return {p.stem.removeprefix("metrics-"): self.read_optional(p.name)
+                for p in sorted(self.path.glob("metrics-*.json"))}
+
+    @property
+    def has_tsigs(self) -> bool:
+        return (self.path / TSIG).is_file()
+
+    def figures(self) -> list[Path]:
+        """The run's plots: T-Sig maps and profiles, then t-SNE maps."""
+        figs = [self.path / n for n in (TSIG_MAPS, TSIG_PROFILES) if (self.path / n).is_file()]
+        return figs + sorted(self.path.glob(TSNE_GLOB))
+
     def save_best(self, model: VideoTransformer, epoch: int, metric: float | None) -> None:
         save_weights(self.path / MODEL, model, epoch=epoch, metric=metric)
 
@@ -214,18 +260,26 @@ class RunFolder:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self, tolerant: bool = False) -> list[dict[str, Any]]:
+        """metrics.jsonl; `tolerant` skips unreadable lines (a torn last line of a run killed mid-write)."""
         path = self.path / METRICS
         if not path.is_file():
             return []
-        return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if not tolerant:
+                    raise
+        return rows
 
     def trim_metrics(self, last_epoch: int) -> None:
         """Drop lines of epochs after the resume point (a run killed after logging, before saving)."""
         lines = [l for l in self.read_metrics() if l.get("epoch", 0) <= last_epoch]
-        tmp = self.path / f".{METRICS}.tmp-{os.getpid()}"
-        tmp.write_text("".join(json.dumps(l, default=str) + "\n" for l in lines), encoding="utf-8")
-        os.replace(tmp, self.path / METRICS)
+        write_text(self.path / METRICS, "".join(json.dumps(l, default=str) + "\n" for l in lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Mark the run finished (done.json), then drop the resume state it no longer needs."""
@@ -301,3 +355,24 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
         raise SagaError(f"{path}: the model has {model.config.n_classes} outputs but config.json lists "
                         f"{len(info.classes)} classes; the folder is damaged")
     return model, info
+
+
+def check_cache(info: RunInfo, cache: FeatureCache) -> None:
+    """Refuse a cache that is not the run's own, unless its encoder provenance is identical.
+
+    Another cache with the same encoder, weights, preprocessing and sampling holds
+    comparable features (e.g. a held-out set extracted later): evaluate but warn.
+    """
+    prov = info.provenance or {}
+    run_id = prov.get("cache_id")
+    if run_id is None or run_id == cache.cache_id:
+        return
+    run_enc = prov.get("encoder") or {}
+    differ = [k for k in COMPATIBILITY_KEYS if run_enc.get(k) != cache.attrs.get(k)]
+    if differ:
+        raise SagaError(
+            f"{cache.root}: cache {cache.cache_id[:12]} is not the run's cache {str(run_id)[:12]} and its "
+            f"{', '.join(differ)} differ; evaluate on features from the run's encoder and sampling"
+        )
+    warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12]}), "
+                  "but extracted with the same encoder and sampling; evaluating anyway", stacklevel=3)

@@ -2,7 +2,7 @@
 
 A logistic regression that sees, per video, the mean frame feature plus content-free
 temporal statistics of window 0's real frames, trained on exactly the labelled videos
-the transformer's stage 2 uses (the seeded stratified subset of `saga.train.fraction`,
+the transformer's stage 2 uses (the seeded stratified subset of `saga.cache.fraction`,
 or a run's own labelled.json). If the transformer does not beat it, it has not learned
 more than "what the frames look like on average + how much they change".
 
@@ -19,7 +19,7 @@ of the statistics depends on where in the clip a periodic artefact starts (up to
 clip's ends: a 16-frame clip holds a whole number of periods only for some phases).
 Missing values (a clip too short for a lag) are 0. The frames are those of window 0:
 all T cached frames by default, or the run's T' centred sub-window (`frames`), exactly
-as `saga.explain.infer.take_subwindow` selects them for the transformer.
+as `saga.model.inference.take_subwindow` selects them for the transformer.
 
 Training: standardise (fit on the labelled train videos only), then sklearn's
 LogisticRegression (lbfgs, multinomial, class_weight="balanced"). C is chosen from
@@ -32,7 +32,6 @@ never pickle, and predicts with numpy alone.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +42,13 @@ import numpy as np
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.infer import Inference, record_targets, take_subwindow
+from saga.cache.fraction import labelled_subset, read_labelled, settings, write_labelled
+from saga.explain.scores import compute_metrics
+from saga.fileio import atomic_path
+from saga.model.inference import Inference, record_targets, take_subwindow
+from saga.provenance import now, versions
+from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, read_json, write_json
 from saga.taxonomy import check_level
-from saga.train.fraction import labelled_subset, settings, write_labelled
-from saga.train.run import CONFIG, LABELLED, PROVENANCE, read_json, write_json
 
 LAGS = (1, 2, 3, 4)
 SHIFTS = (1, 2, 3, 4)
@@ -226,10 +228,9 @@ class Probe:
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
         meta = {"classes": json.dumps(self.classes), "spec": json.dumps(self.spec), "C": json.dumps(self.C),
                 "format": "saga-probe"}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp),
-                  metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp),
+                      metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Probe":
@@ -317,8 +318,6 @@ def run_subset(run_dir: Path, cache: FeatureCache) -> tuple[str, dict[str, list[
     Stage 2: its labelled.json (checked against the cache's train split). Stage 1 / BIN-L
     without a labelled.json: every labelled train video at the run's level.
     """
-    from saga.train.fraction import read_labelled
-
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise SagaError(f"{run_dir}: not a saga run folder (no {CONFIG})")
@@ -399,8 +398,6 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
 
 def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "test") -> dict[str, Any]:
     """compute_metrics (with intervals) of a probe on a cache split's videos that have a class at `level`."""
-    from saga.explain.metrics import compute_metrics
-
     records = cache.ok_records(split)
     targets = record_targets(records, level, probe.classes)
     labelled = [r for r, t in zip(records, targets) if t >= 0]
@@ -449,9 +446,6 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
               floor: int | None = None, seed: int | None = None, like: str | Path | None = None,
               frames: int | None = None, split: str = "test") -> dict[str, Any]:
     """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics."""
-    from saga.explain.metrics import write_json_atomic
-    from saga.provenance import now, versions
-
     cache = FeatureCache.open(cache_path)
     out = Path(out)
     given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed}
@@ -491,8 +485,7 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
               "n_train": metrics["n_train"], "versions": versions(), "started": started, "finished": now()}
     write_json(out / CONFIG, config)
     result = {"level": level, **metrics, "run": str(out)}
-    write_json_atomic(out / f"metrics-{split}.json", result)
-    write_json_atomic(out / "metrics.json", result)
+    RunFolder(out).write_evaluation(split, result)
     return result
 
 

@@ -15,22 +15,17 @@ grew), and different settings against an existing file are refused.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from saga.cache.manifest import VideoRecord
+from saga.cache.manifest import VideoRecord, seeded_hash
 from saga.errors import SagaError
+from saga.fileio import read_json, write_json
 from saga.taxonomy import Taxonomy, check_level
-from saga.train.run import read_json, write_json
 
 SETTINGS = ("level", "fraction", "floor", "seed", "cache_id")
-
-
-def _rank(seed: int, path: str) -> str:
-    return hashlib.blake2b(f"{seed}:{path}".encode(), digest_size=8).hexdigest()
 
 
 def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float = 0.005,
@@ -59,7 +54,7 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
             warnings.warn(f"{level} class {cls!r} has only {len(paths)} training video(s), fewer than the floor "
                           f"{floor}: using all of them", stacklevel=2)
         k = min(len(paths), max(floor, math.floor(fraction * len(paths) + 0.5)))
-        out[cls] = sorted(sorted(paths, key=lambda p: _rank(seed, p))[:k])
+        out[cls] = sorted(sorted(paths, key=lambda p: seeded_hash(seed, p))[:k])
     return out
 
 

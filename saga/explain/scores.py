@@ -1,0 +1,53 @@
+"""Metrics of an `Inference`: accuracy, macro accuracy, per-class accuracy, confusion, AUC, 95 % intervals.
+
+Pure functions of the model's (or the probe's) outputs, so tests compare them with sklearn.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from saga.explain.intervals import FEW, intervals
+from saga.model.inference import Inference
+from saga.taxonomy import FAKE
+
+
+def compute_metrics(inference: Inference, classes: Sequence[str], level: str) -> dict[str, Any]:
+    """Metrics of the records with a class (target >= 0); pure, so tests compare it with sklearn."""
+    keep = inference.targets >= 0
+    y, pred = inference.targets[keep], inference.preds[keep]
+    c = len(classes)
+    conf = np.zeros((c, c), dtype=np.int64)
+    np.add.at(conf, (y, pred), 1)
+    per_n = conf.sum(axis=1)
+    per_acc = [float(conf[i, i] / per_n[i]) if per_n[i] else None for i in range(c)]
+    present = [a for a in per_acc if a is not None]
+    out: dict[str, Any] = {
+        "level": level,
+        "n": int(keep.sum()),
+        "accuracy": float((y == pred).mean()) if len(y) else None,
+        "macro_accuracy": float(np.mean(present)) if present else None,
+        "per_class": dict(zip(classes, per_acc)),
+        "per_class_n": {cls: int(k) for cls, k in zip(classes, per_n)},
+        "confusion": conf.tolist(),
+        "classes": list(classes),
+        "auc": None,
+    }
+    ci = intervals(conf)
+    out["accuracy_ci"], out["macro_accuracy_ci"], out["ci"] = ci["accuracy_ci"], ci["macro_accuracy_ci"], ci["ci"]
+    out["per_class_ci"] = dict(zip(classes, ci["per_class_ci"]))
+    out["few"] = [cls for cls, k in zip(classes, per_n) if 0 < k < FEW]
+    if level == "BIN-L" and FAKE in classes:
+        out["auc"] = binary_auc(inference.probs[keep][:, list(classes).index(FAKE)], y == list(classes).index(FAKE))
+    return out
+
+
+def binary_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """ROC AUC of p(fake); None when only one of the two classes is present (AUC undefined)."""
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive.astype(int), score))
