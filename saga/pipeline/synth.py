@@ -61,7 +61,7 @@ TEMPORAL_PAIRS: tuple[tuple[str, str], ...] = (
     ("syn-pika", "syn-moonvalley"),
 )
 SOURCES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
-SOURCE_SHORT_SIDE = 192  # cached sources are downscaled to this; outputs are <= 192 px
+SOURCE_SHORT_SIDE = 256  # cached sources are downscaled to this (the outputs size)
 MAX_SPAN = 120  # frames of the shortest source: a cut spans at most this many
 
 
@@ -75,7 +75,9 @@ class SynthConfig:
     real_videos: int | None = None  # real clips; None: 3 x videos_per_class
     min_frames: int = 32  # never shorter than what extraction samples (up to 32 frames)
     max_frames: int = 48
-    sizes: tuple[tuple[int, int], ...] = ((128, 160), (144, 144), (128, 192), (160, 128))  # (h, w)
+    # One size, 256 px: the demo encoder resizes to 256 and centre-crops 224, so fixed patterns keep
+    # their period in pixels (varied sizes would rescale a decoder pattern differently per clip).
+    sizes: tuple[tuple[int, int], ...] = ((256, 256),)  # (h, w)
     fps: tuple[float, ...] = (8, 12, 24, 25)
     sd_amplitude: float = 10.0  # std of the SD decoder pattern, grey levels
     crf: int = 18  # x264 quality: low enough that the fine SD pattern survives

@@ -19,8 +19,12 @@ that real generators leave:
   interpolation blends, jitter, upscaling blur, breathing zoom, alternating
   blur. Periodic styles have periods of at most 8 frames, so a 16-frame window
   shows at least 2 cycles.
-* GEN-L   the style's parameter (period, strength) plus, for most generators, a
-  colour cast of up to CAST_LEVELS grey levels per channel.
+* GEN-L   the style's parameter (period, strength) plus, for every generator
+  outside the temporal pairs, a colour cast of up to CAST_LEVELS grey levels per
+  channel and a fixed upsampler fingerprint of its own (`fingerprint`: a
+  zero-mean tile of FINGERPRINT_LEVELS grey with a generator-specific period of
+  3-7 px, repeated in frame coordinates), as real generators' decoders leave
+  periodic spectral peaks of their own.
 * SD-L    a fixed decoder pattern per SD backbone: a zero-mean colour tile of
   the latent grid's period (8 px, 16 for SDXL) repeated in frame coordinates,
   identical for every generator of that backbone; generators with sd = "none"
@@ -274,10 +278,20 @@ GEN_PARAMS: dict[str, tuple[float, bool]] = {
     "syn-hotshot": (6, True), "syn-show-1": (1.0, True), "syn-gen2": (0.85, True), "syn-sora": (0.5, True),
 }
 CAST_LEVELS = 14.0  # max colour cast, grey levels
+FINGERPRINT_LEVELS = 8.0  # std of a generator's own upsampler fingerprint, grey levels
 
 
 # -- SD-L: decoder patterns ----------------------------------------------------------------------
 SD_PERIODS = {"SD 1.4": 8, "SD 1.5": 8, "SD 2.1": 8, "SDXL": 16}
+
+
+def fingerprint(name: str, h: int, w: int, amplitude: float = FINGERPRINT_LEVELS) -> np.ndarray:
+    """A generator's own fixed pattern: a zero-mean colour tile of period 3-7 px (seeded by its name)."""
+    rng = np.random.default_rng(stable_int("fingerprint", name))
+    p = int(3 + stable_int("fingerprint-period", name) % 5)
+    tile = rng.normal(0, 1, (p, p, 1)) + 0.7 * rng.normal(0, 1, (p, p, 3))
+    tile = (tile - tile.mean((0, 1))) / tile.std() * amplitude
+    return np.tile(tile, (-(-h // p), -(-w // p), 1))[:h, :w].astype(np.float32)
 
 
 def sd_pattern(sd: str | None, h: int, w: int, amplitude: float) -> np.ndarray:
@@ -330,4 +344,6 @@ def render_fake(sig: Signature, rng: np.random.Generator, n: int, size: tuple[in
     clip = Clip(main, n, style_rng, fresh=lambda: content(source(fresh_rng, span), fresh_rng))
     frames = STYLES[sig.style](clip, sig.param)
     frames += np.asarray(sig.cast, np.float32) + sd_pattern(sig.generator.sd, h, w, sd_amplitude)
+    if any(sig.cast):  # the temporal pairs carry neither a cast nor a fingerprint
+        frames += fingerprint(sig.generator.name, h, w)
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
