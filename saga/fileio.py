@@ -50,12 +50,12 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; a missing or corrupt file is a SagaError naming it."""
+def read_json(path: str | Path, missing: str = "", corrupt: str = "") -> Any:
+    """Parse a JSON file; a missing or corrupt file is a SagaError naming it (plus the given hints)."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SagaError(f"{path}: missing") from None
+        raise SagaError(f"{path}: missing{missing}") from None
     except json.JSONDecodeError as exc:
-        raise SagaError(f"{path}: corrupt JSON ({exc})") from None
+        raise SagaError(f"{path}: corrupt JSON ({exc}){corrupt}") from None

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from saga.cache.provenance import IDENTITY_KEYS, EncoderSpec
 from saga.errors import DecodeError, SagaError
 from saga.model.inference import run_batch, take_subwindow
 from saga.pipeline.decode import decode_video
@@ -53,15 +54,14 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
 def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None) -> FrameEncoder:
     """The encoder the run was trained on; overrides (a local copy of the weights) must match its fingerprint."""
-    want = info.provenance.get("encoder", {})
-    enc = load_encoder(encoder or want["encoder"], pretrained or want["pretrained"], device)
-    got = enc.provenance()
-    for key in ("weights_fingerprint", "preprocess", "dim"):
-        if want.get(key) != got.get(key):
-            raise SagaError(
-                f"{info.path}: encoder mismatch: the run was trained on {want.get('encoder')} features "
-                f"({key} {str(want.get(key))[:16]}), this encoder gives {str(got.get(key))[:16]}; "
-                "pass --encoder/--pretrained with the run's weights")
+    want = info.encoder
+    enc = load_encoder(encoder or want.encoder, pretrained or want.pretrained, device)
+    got = EncoderSpec.from_dict(enc.provenance(), "the loaded encoder")
+    for key in want.differences(got, IDENTITY_KEYS)[:1]:
+        raise SagaError(
+            f"{info.path}: encoder mismatch: the run was trained on {want.encoder} features "
+            f"({key} {str(getattr(want, key))[:16]}), this encoder gives {str(getattr(got, key))[:16]}; "
+            "pass --encoder/--pretrained with the run's weights")
     return enc
 
 
@@ -74,7 +74,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.encoder = run_encoder(self.info, device, encoder, pretrained)
-        self.policy = SamplingPolicy.from_dict(self.info.provenance["encoder"]["sampling"])
+        self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))
         self.taxonomy = Taxonomy.from_dict(self.info.provenance["taxonomy"])
 
     def features(self, path: Path) -> tuple[np.ndarray, np.ndarray]:

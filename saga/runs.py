@@ -23,8 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from saga.cache.store import COMPATIBILITY_KEYS, FeatureCache
+from saga.cache.provenance import EncoderSpec
+from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga import fileio
 from saga.fileio import atomic_path, write_json, write_text
 from saga.model import ModelConfig, VideoTransformer
 from saga.provenance import machine, now, versions
@@ -59,15 +61,17 @@ class RunInfo:
     provenance: dict[str, Any]
     finished: bool
 
+    @property
+    def encoder(self) -> EncoderSpec:
+        """The encoder (and sampling) of the features the run was trained on."""
+        return EncoderSpec.from_dict(self.provenance.get("encoder") or {}, f"{self.path} ({PROVENANCE})")
+
 
 # -- small file helpers -----------------------------------------------------------------------
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SagaError(f"{path}: missing; is {path.parent} a saga run folder?") from None
-    except json.JSONDecodeError as exc:
-        raise SagaError(f"{path}: corrupt JSON ({exc}); delete the run folder and train again") from None
+    """A run folder's JSON file; errors say what to do about the folder."""
+    return fileio.read_json(path, missing=f"; is {path.parent} a saga run folder?",
+                            corrupt="; delete the run folder and train again")
 
 
 def file_fingerprint(path: Path) -> str:
@@ -103,8 +107,7 @@ def save_weights(path: Path, model: VideoTransformer, **meta: Any) -> None:
 
 def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
     """The cache's encoder: the fields that make features comparable, plus how to load it again."""
-    keys = (*COMPATIBILITY_KEYS, "pretrained", "image_size")
-    return {k: cache.attrs.get(k) for k in keys}
+    return cache.encoder_spec.to_dict()
 
 
 def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -367,8 +370,7 @@ def check_cache(info: RunInfo, cache: FeatureCache) -> None:
     run_id = prov.get("cache_id")
     if run_id is None or run_id == cache.cache_id:
         return
-    run_enc = prov.get("encoder") or {}
-    differ = [k for k in COMPATIBILITY_KEYS if run_enc.get(k) != cache.attrs.get(k)]
+    differ = info.encoder.differences(cache.encoder_spec)
     if differ:
         raise SagaError(
             f"{cache.root}: cache {cache.cache_id[:12]} is not the run's cache {str(run_id)[:12]} and its "

@@ -150,3 +150,19 @@ def test_hdf5_export_import_round_trip(tmp_path: Path) -> None:
     assert back.verify() == []
     with pytest.raises(SagaError, match="not an HDF5"):
         import_h5(tmp_path / "c" / "zarr.json", tmp_path / "e")
+
+
+def test_encoder_spec_is_strict_and_one_rule() -> None:
+    from saga.cache.provenance import IDENTITY_KEYS, CacheProvenance, EncoderSpec
+
+    spec = EncoderSpec.of_cache(provenance())
+    assert EncoderSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(SagaError, match="unknown"):
+        EncoderSpec.from_dict({**spec.to_dict(), "colour": 1})
+    with pytest.raises(SagaError, match="lacks dim"):
+        EncoderSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "dim"})
+    other = EncoderSpec.from_dict({**spec.to_dict(), "sampling": {"frames": 1}, "pretrained": "elsewhere"})
+    assert other.differences(spec) == ["sampling"]
+    assert other.compatible_with(spec, IDENTITY_KEYS)
+    assert not CacheProvenance.from_dict(provenance()).compatible_with(
+        CacheProvenance.from_dict(provenance(taxonomy={"generators": {"x": {}}})))

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
+from saga.cache.provenance import CacheProvenance, EncoderSpec
 from saga.cache.manifest import OK, ManifestWriter, VideoRecord, feature_checksum, read_manifest
 from saga.errors import SagaError
 from saga.taxonomy import Taxonomy
@@ -40,8 +41,6 @@ DEFAULT_SHARD_ROWS = 128
 # Rows per inner chunk of a shard: 16 reads whole shards ~8x faster than 1 row per chunk
 # (zarr decodes each inner chunk separately) and random rows ~1.5x faster (bench/cache_read.py).
 INNER_ROWS = 16
-# Provenance fields that must match for two passes to share a cache (the weights, not where they were read from).
-COMPATIBILITY_KEYS = ("encoder", "weights_fingerprint", "preprocess", "dim", "sampling")
 
 
 @dataclass(frozen=True)
@@ -104,17 +103,25 @@ class FeatureCache:
         return cls(root, attrs)
 
     def check_compatible(self, provenance: dict[str, Any]) -> None:
-        for key in COMPATIBILITY_KEYS:
-            mine, theirs = self.attrs.get(key), provenance.get(key)
-            if mine != theirs:
-                raise SagaError(
-                    f"{self.root}: refusing to append: the cache was built with {key}={_short(mine)}, "
-                    f"this run uses {_short(theirs)}; extract into a new --out folder"
-                )
-        mine_tax = self.attrs.get("taxonomy", {}).get("generators")
-        theirs_tax = provenance.get("taxonomy", {}).get("generators")
-        if mine_tax and theirs_tax and mine_tax != theirs_tax:
+        differ = self.provenance.differences(CacheProvenance.from_dict(provenance, "this pass"))
+        if not differ:
+            return
+        key = differ[0]
+        if key == "taxonomy":
             raise SagaError(f"{self.root}: refusing to append with a different taxonomy; use the cache's own")
+        mine, theirs = self.attrs.get(key), provenance.get(key)
+        raise SagaError(
+            f"{self.root}: refusing to append: the cache was built with {key}={_short(mine)}, "
+            f"this run uses {_short(theirs)}; extract into a new --out folder"
+        )
+
+    @property
+    def provenance(self) -> CacheProvenance:
+        return CacheProvenance.from_dict(self.attrs, str(self.root))
+
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return self.provenance.encoder
 
     # -- properties ----------------------------------------------------------------
     @property

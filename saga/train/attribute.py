@@ -54,7 +54,6 @@ from saga.runs import (
     LABELLED,
     MODEL,
     RunInfo,
-    encoder_provenance,
     file_fingerprint,
     load_model,
     make_provenance,
@@ -248,7 +247,7 @@ def load_base(from_run: str | Path, cache: FeatureCache) -> tuple[VideoTransform
     if not info.finished:
         raise SagaError(f"{info.path}: that run has not finished; rerun its command to complete it first")
     prov = info.provenance
-    if prov.get("cache_id") != cache.cache_id or prov.get("encoder") != encoder_provenance(cache):
+    if prov.get("cache_id") != cache.cache_id or not info.encoder.compatible_with(cache.encoder_spec):
         raise SagaError(f"{info.path}: trained on cache {str(prov.get('cache_id'))[:12]}, not on "
                         f"{cache.root} ({cache.cache_id[:12]}); its features (encoder, sampling) may differ. "
                         "Train stage 1 on this cache first")

@@ -1,0 +1,88 @@
+"""Typed provenance: which encoder and sampling made a cache's features, and when two agree.
+
+`EncoderSpec` is the one place that says when features are comparable: the cache refuses
+to append a pass with another spec, training refuses a stage-1 run from other features,
+evaluation refuses (or warns about) another cache, and prediction refuses other weights.
+All four call `compatible_with` / `differences`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Sequence
+
+from saga.errors import SagaError
+
+# The weights and what they see: what a freshly loaded encoder must match (prediction).
+IDENTITY_KEYS = ("weights_fingerprint", "preprocess", "dim")
+# What makes two caches' features comparable (the weights, not where they were read from).
+COMPATIBILITY_KEYS = ("encoder", "weights_fingerprint", "preprocess", "dim", "sampling")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The frozen encoder, its preprocessing and the sampling policy behind a cache's features."""
+
+    encoder: str
+    pretrained: str | None
+    weights_fingerprint: str
+    preprocess: Any  # canonical repr of the transform (str; test fixtures may use a dict)
+    dim: int
+    sampling: Mapping[str, Any] | None = None  # None: an encoder on its own, before any sampling policy
+    image_size: Sequence[int] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "provenance") -> "EncoderSpec":
+        """Strict: every required field present, no unknown field."""
+        if not isinstance(data, Mapping):
+            raise SagaError(f"{where}: encoder provenance must be a mapping, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise SagaError(f"{where}: unknown encoder provenance field(s) {', '.join(unknown)}")
+        missing = [k for k in ("encoder", "weights_fingerprint", "preprocess", "dim") if data.get(k) is None]
+        if missing:
+            raise SagaError(f"{where}: encoder provenance lacks {', '.join(missing)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def of_cache(cls, attrs: Mapping[str, Any], where: str = "cache") -> "EncoderSpec":
+        """The spec recorded among a cache's attributes (which also hold taxonomy, split, versions...)."""
+        return cls.from_dict({f.name: attrs.get(f.name) for f in fields(cls)}, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["image_size"] is not None:
+            out["image_size"] = list(out["image_size"])
+        return out
+
+    def differences(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> list[str]:
+        """The fields of `keys` on which the two specs disagree (empty: comparable features)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in keys if mine[k] != theirs[k]]
+
+    def compatible_with(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> bool:
+        return not self.differences(other, keys)
+
+
+@dataclass(frozen=True)
+class CacheProvenance:
+    """What a cache pass records about itself: the encoder spec and the taxonomy's generators."""
+
+    encoder: EncoderSpec
+    generators: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, attrs: Mapping[str, Any], where: str = "cache") -> "CacheProvenance":
+        taxonomy = attrs.get("taxonomy") or {}
+        return cls(EncoderSpec.of_cache(attrs, where), taxonomy.get("generators"))
+
+    def differences(self, other: "CacheProvenance") -> list[str]:
+        """Encoder fields that differ, then "taxonomy" when both name generators and they differ."""
+        out = self.encoder.differences(other.encoder)
+        if self.generators and other.generators and self.generators != other.generators:
+            out.append("taxonomy")
+        return out
+
+    def compatible_with(self, other: "CacheProvenance") -> bool:
+        return not self.differences(other)
