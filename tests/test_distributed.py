@@ -38,7 +38,7 @@ MODEL = "d_model = 32\ndepth = 2\nheads = 2\ndropout = 0.0\npatience = 0\nstream
 STAGE1 = MODEL + "epochs = 3\nbatch_size = 25\nlr = 3e-4\nframes = 2\nwarmup_epochs = 0.5\neval_batch_size = 64\n"
 # a labelled pool of 69: the last batch holds one video, so rank 0's slice is empty (weight 0);
 # mining refreshes every 2 steps, on embeddings gathered from both ranks
-STAGE2 = MODEL + ("epochs = 3\nmin_steps = 0\nbatch_size = 17\nlr = 1e-3\nwarmup_epochs = 0.0\neval_batch_size = 16\n"
+STAGE2 = MODEL + ("epochs = 3\nmin_steps = 0\neval_every_steps = 0\nbatch_size = 17\nlr = 1e-3\nwarmup_epochs = 0.0\neval_batch_size = 16\n"
                   "level = \"TASK-L\"\nfraction = 0.5\nloss = \"ce+hnm\"\nmine_every = 2\n")
 
 

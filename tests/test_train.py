@@ -220,8 +220,8 @@ def test_fraction_sampling(cache: FeatureCache, tmp_path: Path) -> None:
 
 def a_config(**kw) -> AttributeConfig:
     return AttributeConfig(**{**TINY, "level": "TASK-L", "fraction": 0.5, "epochs": 3, "batch_size": 16,
-                              "lr": 1e-3, "warmup_epochs": 0.0, "patience": 0, "min_steps": 0, "stream": False,
-                              **kw})
+                              "lr": 1e-3, "warmup_epochs": 0.0, "patience": 0, "min_steps": 0, "eval_every_steps": 0,
+                              "stream": False, **kw})
 
 
 def test_stage2_starts_from_stage1(cache: FeatureCache, stage1: Path) -> None:
@@ -258,6 +258,31 @@ def test_stage2_hnm_logs_triplets_and_resumes(cache: FeatureCache, stage1: Path,
     train_attribution(cache.root, resumed, cfg, from_run=stage1)
     a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_few_step_epochs_validate_and_checkpoint_in_rounds_and_resume_exactly(
+        cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    cfg = a_config(loss="ce", batch_size=64, epochs=2, min_steps=9, eval_every_steps=4)
+    out = train_attribution(cache.root, tmp_path / "a", cfg, from_run=stage1)
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = lines[0]["step"]
+    every = -(-4 // per_epoch)
+    assert len(lines) == -(-9 // per_epoch) > 2  # the step floor raised 2 epochs
+    validated = [l["epoch"] for l in lines if l["val_macro_accuracy"] is not None]
+    assert validated == [e for e in range(1, len(lines) + 1) if e % every == 0 or e == len(lines)]
+    assert json.loads((out / "done.json").read_text())["best_epoch"] in validated
+
+    def kill_after_first_checkpoint(event: dict) -> None:
+        if event.get("event") == "epoch":
+            raise Killed
+
+    resumed = tmp_path / "b"
+    with pytest.raises(Killed):
+        train_attribution(cache.root, resumed, cfg, from_run=stage1, progress=kill_after_first_checkpoint)
+    train_attribution(cache.root, resumed, cfg, from_run=stage1)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (resumed / "metrics.jsonl").read_text().count("\n") == len(lines)
 
 
 def test_stage2_ce_from_scratch_sd_level(cache: FeatureCache, tmp_path: Path) -> None:

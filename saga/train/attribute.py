@@ -78,6 +78,7 @@ class AttributeConfig(TrainOptions):
     positive: str = "hardest"  # "hardest" | "easiest" | "random" same-class positive
     epochs: int = 30
     min_steps: int = 300  # a handful of labels per class gives 1-4 steps per epoch
+    eval_every_steps: int = 25  # validate / checkpoint about every 25 steps, not every tiny epoch
     batch_size: int = 32
     lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch

@@ -39,13 +39,14 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model.inference import EvalSpec, infer, record_targets
 from saga.model import ModelConfig, VideoTransformer
-from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View
+from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, memory_bytes
 from saga.runs import RunFolder
 from saga.train.schedule import make_optimizer, warmup_cosine
 
 Progress = Callable[[dict[str, Any]], None]
 LOG_EVERY = 50  # steps between "step" progress events
 SELECT = ("accuracy", "loss", "last")
+VAL_PRELOAD_BYTES = 1 << 30  # validation sets up to 1 GiB (float32) are read once and kept in memory
 
 
 @dataclass
@@ -66,6 +67,10 @@ class TrainOptions:
     # Which epoch to keep: "accuracy" (val macro accuracy, ties broken by the lower val loss), "loss"
     # (lowest val cross-entropy) or "last".
     select: str = "accuracy"
+    # Validate and checkpoint every ceil(eval_every_steps / steps per epoch) epochs (and after the
+    # last): with 1-4 steps per epoch, validating and saving every epoch costs more than training.
+    # 0 = every epoch. Resume stays exact: every epoch is seeded from (seed, epoch) alone.
+    eval_every_steps: int = 0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     seed: int = 0
     jitter: int = 0  # training: shift the sub-window start by up to ±jitter frames
@@ -97,8 +102,10 @@ class TrainOptions:
                 raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise SagaError(f"lr must be > 0, got {self.lr}")
-        if min(self.patience, self.warmup_epochs, self.weight_decay, self.grad_clip, self.min_steps) < 0:
-            raise SagaError("patience, warmup_epochs, weight_decay, grad_clip and min_steps must be >= 0")
+        if min(self.patience, self.warmup_epochs, self.weight_decay, self.grad_clip, self.min_steps,
+               self.eval_every_steps) < 0:
+            raise SagaError("patience, warmup_epochs, weight_decay, grad_clip, min_steps and eval_every_steps "
+                            "must be >= 0")
         if self.head_lr_scale is not None and not self.head_lr_scale > 0:
             raise SagaError(f"head_lr_scale must be > 0, got {self.head_lr_scale}")
         if self.select not in SELECT:
@@ -122,6 +129,10 @@ class TrainOptions:
     def planned_epochs(self, steps_per_epoch: int) -> int:
         """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""
         return max(int(self.epochs), math.ceil(int(self.min_steps) / max(1, steps_per_epoch)))
+
+    def eval_every(self, steps_per_epoch: int) -> int:
+        """Epochs between validations / checkpoints."""
+        return max(1, math.ceil(int(self.eval_every_steps) / max(1, steps_per_epoch)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns the subclass
@@ -234,9 +245,12 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
         return None
     y = targets[targets >= 0]
     info = EvalSpec(level=level, classes=list(classes), frames=frames)
+    source: Any = cache
+    if memory_bytes(cache, len(keep)) <= VAL_PRELOAD_BYTES:  # read (and decode) the val features once
+        source = _Preloaded(keep, cache.read(keep))
 
     def validate(model: VideoTransformer) -> dict[str, Any]:
-        probs = infer(model, info, cache, keep, batch_size, device).probs
+        probs = infer(model, info, source, keep, batch_size, device).probs
         pred = probs.argmax(1)
         per = {c: float((pred[y == i] == i).mean()) for i, c in enumerate(classes) if (y == i).any()}
         loss = float(-np.log(np.clip(probs[np.arange(y.size), y], 1e-12, None)).mean())
@@ -244,6 +258,18 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
                 "loss": loss, "per_class": per, "n": int(y.size)}
 
     return validate
+
+
+class _Preloaded:
+    """The validation videos' arrays held in memory; `read(records)` stands in for FeatureCache.read."""
+
+    def __init__(self, records: Sequence[VideoRecord], arrays: dict[str, np.ndarray]) -> None:
+        self.row = {r.path: i for i, r in enumerate(records)}
+        self.arrays = arrays
+
+    def read(self, records: Sequence[VideoRecord]) -> dict[str, np.ndarray]:
+        idx = np.array([self.row[r.path] for r in records], np.int64)
+        return {k: v[idx] for k, v in self.arrays.items()}
 
 
 def describe(event: dict[str, Any]) -> str:
@@ -281,7 +307,7 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
     model.to(device)
     optimizer = make_optimizer(model, lr, opts.weight_decay, opts.head_lr_scale)
     per_epoch = objective.steps_per_epoch()
-    epochs = opts.planned_epochs(per_epoch)
+    epochs, every = opts.planned_epochs(per_epoch), opts.eval_every(per_epoch)
     scheduler = warmup_cosine(optimizer, round(opts.warmup_epochs * per_epoch), epochs * per_epoch)
     state = run.load_state(model, optimizer, scheduler) if main else None
     net: torch.nn.Module = model
@@ -298,12 +324,15 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
     while state["epoch"] < epochs and not _patience_spent(opts, state):
         epoch, t0 = state["epoch"] + 1, time.perf_counter()
         line = _train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit)
-        val = validate(model) if validate is not None and main else None
-        if dist.enabled:  # every rank follows rank 0's validation (best epoch, early stopping)
+        checkpoint = epoch % every == 0 or epoch == epochs
+        val = validate(model) if checkpoint and validate is not None and main else None
+        if dist.enabled and checkpoint:  # every rank follows rank 0's validation (best epoch, early stopping)
             val = distributed.broadcast_object(val)
         metric = None if val is None else val["macro_accuracy"]
-        best = _improves(opts.select, val, state)
-        if best:
+        best = checkpoint and _improves(opts.select, val, state)
+        if not checkpoint:
+            pass
+        elif best:
             state.update(best_metric=metric, best_loss=None if val is None else val.get("loss"),
                          best_epoch=epoch, bad_epochs=0)
             if main:
@@ -317,9 +346,11 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
                     seconds=round(time.perf_counter() - t0, 3))
         if main:
             run.append_metrics(line)
-            run.save_state(model, optimizer, scheduler, state)
+            if checkpoint:
+                run.save_state(model, optimizer, scheduler, state)
         distributed.barrier()
-        emit({"event": "epoch", "epochs": epochs, **line})
+        if checkpoint:
+            emit({"event": "epoch", "epochs": epochs, **line})
     summary = {"best_epoch": state["best_epoch"], "best_metric": state["best_metric"],
                "metric": "val_macro_accuracy" if validate is not None else None,
                "select": opts.select, "epochs_planned": epochs,
