@@ -11,6 +11,7 @@ from rich.table import Table
 
 from saga.commands.common import console, err, extract_progress, print_json, progress_bar
 from saga.taxonomy import LEVELS, Taxonomy
+from saga.errors import SagaError
 
 taxonomy_app = typer.Typer(help="Inspect attribution taxonomies (generator -> task, SD backbone, team).")
 
@@ -56,6 +57,17 @@ def synth(
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
 
 
+def _split(text: str) -> dict[str, float]:
+    """"0.7,0.1,0.2" -> {"train": 0.7, "val": 0.1, "test": 0.2}, or a one-line error."""
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+        raise SagaError(f"--split must be three fractions train,val,test that add up to 1, got {text!r}")
+    return dict(zip(("train", "val", "test"), parts))
+
+
 def extract(
     videos: Annotated[Path, typer.Option(help="Folder of videos (sub-folder per generator, or --labels).")],
     out: Annotated[Path, typer.Option(help="Cache folder (created, or resumed/appended).")],
@@ -70,6 +82,7 @@ def extract(
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     split_seed: Annotated[int, typer.Option(help="Seed of the stratified train/val/test split.")] = 0,
+    split: Annotated[str, typer.Option(help="train,val,test fractions of each class.")] = "0.7,0.1,0.2",
     retry_failed: Annotated[bool, typer.Option(help="Try again the videos that failed before.")] = False,
     shard_rows: Annotated[int, typer.Option(help="Videos per stored shard.")] = 128,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder (GPU, long runs).")] = False,
@@ -84,7 +97,7 @@ def extract(
                         encoder=encoder or DEFAULT_ENCODER,
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
-                        device=device, split_seed=split_seed, retry_failed=retry_failed, shard_rows=shard_rows,
+                        device=device, split_seed=split_seed, split_fractions=_split(split), retry_failed=retry_failed, shard_rows=shard_rows,
                         compile=compile)
     with extract_progress() as update:
         summary = run_extract(cfg, progress=update)
