@@ -163,4 +163,5 @@ def assign_splits(
 
 
 def seeded_hash(seed: int, text: str) -> str:
-    return hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).hexdigest()
+    # surrogateescape: a file name that is not valid UTF-8 (os.walk gives it lone surrogates) still hashes
+    return hashlib.blake2b(f"{seed}:{text}".encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()

@@ -70,3 +70,14 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
             raise SagaError(f"{config}: cannot read training options ({exc})") from None
     opts.update({k: v for k, v in flags.items() if v is not None})
     return opts
+
+
+def cli_device(name: str) -> str:
+    """--device auto | cpu | cuda[:N] as a concrete device name, or a one-line error."""
+    from saga.distributed import resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except RuntimeError as exc:
+        raise SagaError(f"--device {name}: not a device ({str(exc).splitlines()[0][:120]}); "
+                        "use auto, cpu or cuda[:N]") from None

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import console, extract_progress, load_options
+from saga.commands.common import cli_device, console, extract_progress, load_options
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 
@@ -21,7 +21,7 @@ def tsig(
     """Temporal attention signatures per class (penultimate block): data + figures in the run folder."""
     from saga.explain.tsig import run_tsigs
 
-    for kind, path in run_tsigs(run, cache, split=split, device=device).items():
+    for kind, path in run_tsigs(run, cache, split=split, device=cli_device(device)).items():
         console.print(f"{kind}: {path}")
 
 
@@ -36,7 +36,7 @@ def tsne(
     """t-SNE map of the video embeddings φ, coloured by any level."""
     from saga.explain.tsne import run_tsne
 
-    result = run_tsne(run, cache, color_by=color_by, split=split, device=device, seed=seed)
+    result = run_tsne(run, cache, color_by=color_by, split=split, device=cli_device(device), seed=seed)
     console.print(f"t-SNE: {result.png} (coordinates {result.csv})")
 
 

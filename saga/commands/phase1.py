@@ -85,6 +85,8 @@ def extract(
     split: Annotated[str, typer.Option(help="train,val,test fractions of each class.")] = "0.7,0.1,0.2",
     retry_failed: Annotated[bool, typer.Option(help="Try again the videos that failed before.")] = False,
     shard_rows: Annotated[int, typer.Option(help="Videos per stored shard.")] = 128,
+    allow_outside_paths: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="Accept labels CSV paths outside --videos (absolute or ..).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder (GPU, long runs).")] = False,
     format: Annotated[str, typer.Option("--format", help="text | json (summary).")] = "text",
 ) -> None:
@@ -98,7 +100,7 @@ def extract(
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, split_seed=split_seed, split_fractions=_split(split), retry_failed=retry_failed, shard_rows=shard_rows,
-                        compile=compile)
+                        compile=compile, allow_outside=allow_outside_paths)
     with extract_progress() as update:
         summary = run_extract(cfg, progress=update)
     from saga import distributed
@@ -126,6 +128,8 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
             err.print(f"  {path}: {error}")
         if len(summary.failures) > 20:
             err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})")
+        err.print("fix or replace them and rerun: changed files are extracted again; "
+                  "pass --retry-failed to try unchanged ones again")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from saga.commands.common import console, err, load_options, print_json
+from saga.commands.common import cli_device, console, err, load_options, print_json
 from saga.errors import SagaError
 from saga.runs import RunFolder, evaluation_file
 
@@ -129,7 +129,7 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
     split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
-    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
     format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
     probe: Annotated[bool, typer.Option("--probe/--no-probe",
                                         help="Fit the linear probe on the run's labelled videos beside it.")] = True,
@@ -140,7 +140,7 @@ def evaluate(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = run_evaluate(run, cache, split=split, device=device, probe=probe)
+        metrics = run_evaluate(run, cache, split=split, device=cli_device(device), probe=probe)
     for w in caught:
         err.print(f"[yellow]warning:[/] {w.message}")
     if format == "json":
@@ -196,15 +196,20 @@ def predict(
     out: Annotated[Optional[Path], typer.Option(help="Folder for --tsig plots (default: next to the run).")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Override the run's encoder name (must match).")] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
     format: Annotated[str, typer.Option("--format", help="text | json (one JSON record per video).")] = "text",
 ) -> None:
     """Attribute videos with a trained run (extracting them with the run's own encoder)."""
+    from saga.pipeline.inputs import VIDEO_SUFFIXES
     from saga.predict import Predictor, expand_inputs
 
-    predictor = Predictor(run, device=device, encoder=encoder, pretrained=pretrained)
+    paths = expand_inputs(videos)
+    if not paths:
+        raise SagaError(f"{', '.join(map(str, videos))}: no videos found (looked for "
+                        f"{', '.join(sorted(VIDEO_SUFFIXES))}); pass video files or folders holding them")
+    predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained)
     failed = 0
-    for path in expand_inputs(videos):
+    for path in paths:
         pred = predictor.predict(path, tsig=tsig)
         failed += pred.status != "ok"
         if tsig and pred.status == "ok":

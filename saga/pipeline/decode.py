@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +61,32 @@ def probe_path(path: Path) -> None:
     if path.is_dir():
         raise _fail(path, "is a directory, not a video file")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            fh.read(1)
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: open() could block forever
+            raise _fail(path, f"not a regular file ({_kind(st.st_mode)}); only video files are read")
+        size = st.st_size
+        # O_NONBLOCK: even if the file was swapped for a FIFO since the stat, the open cannot hang
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _fail(path, "not a regular file; only video files are read")
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
     except PermissionError:
         raise _fail(path, "permission denied (file is not readable)") from None
     except OSError as e:
         raise _fail(path, f"cannot read file ({e.strerror or e})") from None
     if size == 0:
         raise _fail(path, "empty file (0 bytes)")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 @contextlib.contextmanager

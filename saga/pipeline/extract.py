@@ -8,6 +8,7 @@ The three overlap, and the time spent in each is reported so the bottleneck show
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -52,6 +53,7 @@ class ExtractConfig:
     split_seed: int = 0
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     retry_failed: bool = False
+    allow_outside: bool = False  # labels CSV paths outside the videos folder (absolute, ..) are refused unless set
     shard_rows: int = DEFAULT_SHARD_ROWS
     compile: bool = False  # torch.compile the encoder (worth it on a GPU for long runs)
 
@@ -148,7 +150,7 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tu
     for item in items:
         old = existing.get(item.rel)
         if old is None or old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (
-                cfg.retry_failed and not old.ok):
+                not old.ok and (cfg.retry_failed or _fixed_since(old, item.absolute(cfg.videos)))):
             todo.append(item)
     planned = read_split_plan(cache.split_plan_path)
     counts: dict[str, dict[str, int]] = {}
@@ -161,6 +163,11 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tu
     # a seeded shuffle, so that every stored shard mixes generators (streaming reads shard by shard)
     todo.sort(key=lambda item: seeded_hash(cfg.split_seed, item.rel))
     return todo, splits
+
+
+def _fixed_since(old: VideoRecord, path: Path) -> bool:
+    """A failure for lack of permission is retried once the file is readable (chmod keeps size and mtime)."""
+    return "permission denied" in old.error and os.access(path, os.R_OK)
 
 
 class _Writer(threading.Thread):
@@ -198,7 +205,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     wall = time.perf_counter()
     policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
     taxonomy = resolve_taxonomy(cfg)
-    items = discover(cfg.videos, cfg.labels, taxonomy)
+    items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
     encoder = _load(cfg)
     cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
     todo, splits = plan(cfg, cache, items)
@@ -239,7 +246,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
 
     def decide() -> tuple[int, list[VideoInput], dict[str, str], int]:  # rank 0
-        items = discover(cfg.videos, cfg.labels, taxonomy)
+        items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
         cache = FeatureCache.create_or_open(cfg.out, provenance)
         todo, splits = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])

@@ -32,42 +32,81 @@ class VideoInput:
         return root / self.rel
 
 
-def discover(videos: Path, labels: Path | None, taxonomy: Taxonomy) -> list[VideoInput]:
-    """Videos with canonical generator names, sorted by path (labels are validated here)."""
+def discover(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outside: bool = False) -> list[VideoInput]:
+    """Videos with canonical generator names, sorted by path (labels are validated here).
+
+    Paths in a labels CSV must stay inside the videos folder: `..` and absolute paths are
+    refused unless `allow_outside` (the `--allow-outside-paths` flag) says otherwise.
+    """
     if not videos.is_dir():
         raise SagaError(f"{videos}: not a folder of videos; pass --videos DIR")
     if labels is None and (videos / DEFAULT_LABELS).is_file():
         labels = videos / DEFAULT_LABELS
-    items = _from_csv(labels, taxonomy) if labels is not None else _from_folders(videos, taxonomy)
+    if labels is not None:
+        items = _from_csv(labels, taxonomy, allow_outside)
+        if not items:
+            raise SagaError(f"{labels}: no rows below the header; add one line path,generator per video")
+    else:
+        items = _from_folders(videos, taxonomy)
     if not items:
         raise SagaError(f"{videos}: no videos found (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
     return sorted(items, key=lambda v: v.rel)
 
 
-def _from_csv(path: Path, taxonomy: Taxonomy) -> list[VideoInput]:
+def read_labels_text(path: Path) -> str:
+    """The labels CSV as text: UTF-8 (a leading BOM is accepted), or a one-line error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SagaError(f"{path}: cannot read labels file ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SagaError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+
+
+def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> list[VideoInput]:
     if not path.is_file():
         raise SagaError(f"{path}: labels file not found; pass --labels CSV with columns path,generator")
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    return parse_labels(read_labels_text(path), taxonomy, str(path), allow_outside)
+
+
+def parse_labels(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
+                 allow_outside: bool = False) -> list[VideoInput]:
+    """Parse a labels CSV's text; every problem is a SagaError naming `name:line`."""
+    import io
+
+    if "\x00" in text:
+        raise SagaError(f"{name}: contains NUL bytes; not a CSV text file")
+    try:
+        reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
         fields = [f.strip().lower() for f in reader.fieldnames or []]
         column = next((c for c in LABEL_COLUMNS if c in fields), None)
         if "path" not in fields or column is None:
-            raise SagaError(f"{path}: needs a header with 'path' and 'generator' columns (found {fields})")
+            raise SagaError(f"{name}: needs a header with 'path' and 'generator' columns (found {fields})")
         seen: dict[str, int] = {}
         items = []
         for line, row in enumerate(reader, 2):
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-            rel = os.path.normpath(row["path"])
-            if not row["path"] or rel.startswith(".."):
-                raise SagaError(f"{path}:{line}: path {row['path']!r} must be inside the videos folder")
+            row = {k.strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in row.items() if k}
+            raw = row.get("path", "")
+            rel = os.path.normpath(raw) if raw else ""
+            if not raw:
+                raise SagaError(f"{name}:{line}: empty path; every row needs path,generator")
+            if not allow_outside and (os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep)):
+                raise SagaError(f"{name}:{line}: path {raw!r} must be relative and inside the videos folder "
+                                "(pass --allow-outside-paths to allow it)")
+            if rel == ".":
+                raise SagaError(f"{name}:{line}: path {raw!r} is the videos folder itself, not a video")
             if rel in seen:
-                raise SagaError(f"{path}:{line}: {rel} is listed twice (first on line {seen[rel]}); keep one")
+                raise SagaError(f"{name}:{line}: {rel} is listed twice (first on line {seen[rel]}); keep one")
             seen[rel] = line
             try:
-                generator = taxonomy.canonical(row[column])
+                generator = taxonomy.canonical(row.get(column, ""))
             except SagaError as exc:
-                raise SagaError(f"{path}:{line}: {exc}") from None
+                raise SagaError(f"{name}:{line}: {exc}") from None
             items.append(VideoInput(rel, generator))
+    except csv.Error as exc:
+        raise SagaError(f"{name}: not a valid CSV ({exc})") from None
     return items
 
 
