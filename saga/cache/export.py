@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,9 @@ CHUNK_VIDEOS = 256
 
 def export_h5(cache: FeatureCache, path: Path) -> int:
     """Write every record (failed ones too, without features) into one HDF5 file; returns #videos with features."""
+    errors, _ = cache.check_structure()
+    if errors:
+        raise SagaError(f"{cache.root}: refusing to export a damaged cache ({errors[0]}); run `saga cache verify`")
     records = cache.records()
     ok = [r for r in records if r.ok]
     w, t, d = cache.windows, cache.frames, cache.dim
@@ -50,21 +54,37 @@ def import_h5(path: Path, out: Path) -> FeatureCache:
     with h5:
         if h5.attrs.get("format") != FORMAT:
             raise SagaError(f"{path}: not a saga cache export (format {h5.attrs.get('format')!r})")
-        attrs = json.loads(h5.attrs[ATTR_KEY])
         if (out / "zarr.json").exists():
             raise SagaError(f"{out}: already a cache; import into a new folder")
-        cache = FeatureCache.create_or_open(out, attrs)
-        records = [VideoRecord.from_dict(json.loads(s)) for s in h5["manifest"].asstr()[:]]
-        n_ok = h5["features"].shape[0]
-        writer = PartWriter(cache, next_part_name(cache), capacity=max(n_ok, 1) * cache.windows)
-        for i, rec in enumerate(records):
-            if i < n_ok:
-                checksum = rec.checksum
-                writer.add(rec, h5["features"][i], h5["mask"][i], h5["timestamps"][i])
-                if rec.checksum != checksum:
-                    raise SagaError(f"{path}: {rec.path}: features do not match their checksum; the file is damaged")
-            else:
-                writer.add_failure(rec)
-        writer.close()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SagaError(f"{out}: exists and is not empty; import into a new folder")
+        try:
+            attrs = json.loads(h5.attrs[ATTR_KEY])
+            records = [VideoRecord.from_dict(json.loads(s)) for s in h5["manifest"].asstr()[:]]
+            n_ok = h5["features"].shape[0]
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: {exc})") from None
+        try:
+            _import_into(path, h5, out, attrs, records, n_ok)
+        except BaseException as exc:
+            shutil.rmtree(out, ignore_errors=True)  # never leave a half cache that blocks the next import
+            if isinstance(exc, (SagaError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+                raise
+            raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing was imported") from None
     return FeatureCache.open(out)
+
+
+def _import_into(path: Path, h5: h5py.File, out: Path, attrs: dict, records: list[VideoRecord], n_ok: int) -> None:
+    cache = FeatureCache.create_or_open(out, attrs)
+    writer = PartWriter(cache, next_part_name(cache), capacity=max(n_ok, 1) * cache.windows)
+    for i, rec in enumerate(records):
+        if i < n_ok:
+            checksum = rec.checksum
+            writer.add(rec, h5["features"][i], h5["mask"][i], h5["timestamps"][i])
+            if rec.checksum != checksum:
+                raise SagaError(f"{path}: {rec.path}: features do not match their checksum; the file is damaged")
+        else:
+            writer.add_failure(rec)
+    writer.close()
 

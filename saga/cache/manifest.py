@@ -102,6 +102,16 @@ def _complete_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
 
 
+def manifest_digest(path: Path) -> tuple[int, str]:
+    """(complete lines, blake2b of their bytes): what a part's seal records at commit."""
+    if not path.exists():
+        return (0, "")
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    lines = sum(1 for line in data[:end].split(b"\n") if line.strip())
+    return lines, hashlib.blake2b(data[:end], digest_size=16).hexdigest()
+
+
 def read_split_plan(path: Path) -> dict[str, tuple[str, str]]:
     """path -> (generator, split) of every video ever planned into this cache."""
     plan = {}

@@ -17,6 +17,7 @@ records of the same video.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,14 +30,18 @@ import numpy as np
 import zarr
 
 from saga.cache.provenance import CacheProvenance, EncoderSpec
-from saga.cache.manifest import OK, ManifestWriter, VideoRecord, feature_checksum, read_manifest
+from saga.cache.manifest import (FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, manifest_digest,
+                                 read_manifest, read_split_plan)
 from saga.errors import SagaError
+from saga.fileio import write_json
 from saga.taxonomy import Taxonomy
 
 SCHEMA_VERSION = 1
 ATTR_KEY = "saga"
 MANIFEST = "manifest.jsonl"
 SPLIT_PLAN = "splits.jsonl"  # path -> split, recorded once before extraction
+SEAL = "seal.json"  # in a part: its manifest's line count and digest, written when the part is closed
+PARTS_LOG = "parts.jsonl"  # at the root: one line per sealed part (so a deleted part is noticed)
 DEFAULT_SHARD_ROWS = 128
 # Rows per inner chunk of a shard: 16 reads whole shards ~8x faster than 1 row per chunk
 # (zarr decodes each inner chunk separately) and random rows ~1.5x faster (bench/cache_read.py).
@@ -171,13 +176,37 @@ class FeatureCache:
     def part(self, name: str) -> dict[str, zarr.Array]:
         """A part's arrays, opened once (opening re-parses zarr.json: ~9 % of a read's time)."""
         if name not in self._parts:
-            store = zarr.storage.LocalStore(self.root / "parts" / name, read_only=True)
-            group = zarr.open_group(store, mode="r")
-            self._parts[name] = {key: group[key] for key in ("features", "mask", "timestamps")}
+            try:
+                store = zarr.storage.LocalStore(self.root / "parts" / name, read_only=True)
+                group = zarr.open_group(store, mode="r")
+                arrays = {key: group[key] for key in ("features", "mask", "timestamps")}
+            except Exception as exc:  # a deleted or damaged part
+                raise SagaError(f"{self.root}: part {name} is missing or unreadable ({type(exc).__name__}); "
+                                "run `saga cache verify`") from None
+            shape = arrays["features"].shape
+            if tuple(shape[1:]) != (self.frames, self.dim) or arrays["mask"].shape[1:] != (self.frames,):
+                raise SagaError(
+                    f"{self.root}: the cache attributes say frames={self.frames}, dim={self.dim} but part {name} "
+                    f"stores ({shape[1]}, {shape[2]}); zarr.json was edited: restore it or re-extract")
+            self._parts[name] = arrays
         return self._parts[name]
 
-    def read(self, records: Sequence[VideoRecord]) -> dict[str, np.ndarray]:
-        """features (n, W, T, D) float16, mask (n, W, T), timestamps (n, W, T) for the records."""
+    def check_rows(self, records: Sequence[VideoRecord], data: dict[str, np.ndarray]) -> None:
+        """The cheap check of every read: checksum and finite features; a SagaError naming the record."""
+        for i, rec in enumerate(records):
+            feats = data["features"][i]
+            if rec.checksum and feature_checksum(np.ascontiguousarray(feats), np.ascontiguousarray(data["mask"][i]),
+                                                 np.ascontiguousarray(data["timestamps"][i])) != rec.checksum:
+                raise SagaError(f"{self.root}: {rec.path} (part {rec.part}, row {rec.row}): stored features do not "
+                                "match their checksum (corrupt cache); run `saga cache verify` and re-extract")
+            if not np.isfinite(feats).all():
+                raise SagaError(f"{self.root}: {rec.path}: features contain NaN/inf (a data error in the cache, "
+                                "not a training problem); run `saga cache verify` and re-extract it")
+
+    def read(self, records: Sequence[VideoRecord], check: bool = True) -> dict[str, np.ndarray]:
+        """features (n, W, T, D) float16, mask (n, W, T), timestamps (n, W, T) for the records.
+
+        With `check` every record's checksum and finiteness is checked (`check_rows`)."""
         n, w, t, d = len(records), self.windows, self.frames, self.dim
         out = {
             "features": np.empty((n, w, t, d), np.float16),
@@ -197,6 +226,8 @@ class FeatureCache:
                 data = np.empty((len(rows), *arr.shape[2:]), arr.dtype)
                 data[order] = group[name].get_orthogonal_selection((rows[order],))
                 arr[idx] = data.reshape(len(idx), w, *arr.shape[2:])
+        if check:
+            self.check_rows(records, out)
         return out
 
     def shards(self, records: Sequence[VideoRecord]) -> list[ShardRef]:
@@ -214,27 +245,93 @@ class FeatureCache:
             refs.append(ShardRef(part, start, stop, tuple(sorted(recs, key=lambda r: r.row))))
         return refs
 
-    def read_shard(self, ref: ShardRef) -> dict[str, np.ndarray]:
-        """The arrays of a shard's records, (n, W, ...) in `ref.records` order."""
+    def read_shard(self, ref: ShardRef, check: bool = True) -> dict[str, np.ndarray]:
+        """The arrays of a shard's records, (n, W, ...) in `ref.records` order (checked like `read`)."""
         group = self.part(ref.part)
         block = {name: group[name][ref.start : ref.stop] for name in ("features", "mask", "timestamps")}
         w = self.windows
         rows = np.concatenate([np.arange(r.row, r.row + w) for r in ref.records]) - ref.start
-        return {k: v[rows].reshape(len(ref.records), w, *v.shape[1:]) for k, v in block.items()}
+        out = {k: v[rows].reshape(len(ref.records), w, *v.shape[1:]) for k, v in block.items()}
+        if check:
+            self.check_rows(ref.records, out)
+        return out
 
     def verify(self) -> list[tuple[VideoRecord, str]]:
         """Records whose stored bytes no longer match their checksum (or cannot be read)."""
         bad = []
-        for ref in self.shards(self.ok_records()):
+        try:
+            refs = self.shards(self.ok_records())
+        except SagaError as exc:  # a missing part: reported by check_structure
+            return [(rec, str(exc)) for rec in self.ok_records()[:1]]
+        for ref in refs:
             try:
-                data = self.read_shard(ref)
+                data = self.read_shard(ref, check=False)
             except Exception as exc:  # a damaged shard fails in the codec pipeline
                 bad.extend((rec, f"unreadable shard ({type(exc).__name__}: {exc})") for rec in ref.records)
                 continue
             for i, rec in enumerate(ref.records):
                 if feature_checksum(data["features"][i], data["mask"][i], data["timestamps"][i]) != rec.checksum:
                     bad.append((rec, "checksum mismatch"))
+                elif not np.isfinite(data["features"][i]).all():
+                    bad.append((rec, "features contain NaN/inf"))
         return bad
+
+    def check_structure(self) -> tuple[list[str], list[str]]:
+        """(errors, warnings) about the cache as a whole, each one line.
+
+        Errors: a sealed part missing or its manifest changed since it was sealed (truncated,
+        edited: labels and splits are covered), attributes that do not match the arrays, records
+        whose split differs from the split plan. Warnings: parts never sealed (an extraction
+        killed or still running), planned videos without a record (rerun extract to finish).
+        """
+        errors: list[str] = []
+        warnings: list[str] = []
+        log = self.root / PARTS_LOG
+        sealed: dict[str, dict[str, Any]] = {}
+        if log.exists():
+            for number, line in enumerate(log.read_text(encoding="utf-8").split("\n")[:-1], 1):
+                try:
+                    entry = json.loads(line)
+                    sealed[str(entry["part"])] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    errors.append(f"{log}:{number}: corrupt line")
+        names = set(self.part_names())
+        for name in sorted(set(sealed) - names):
+            errors.append(f"part {name} is missing (sealed with {sealed[name]['lines']} records); restore it "
+                          "or re-extract into a new cache")
+        for name in sorted(names):
+            folder = self.root / "parts" / name
+            entry = sealed.get(name)
+            if entry is None and (folder / SEAL).exists():
+                try:
+                    entry = json.loads((folder / SEAL).read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError):
+                    errors.append(f"part {name}: corrupt {SEAL}")
+                    continue
+            if entry is None:
+                warnings.append(f"part {name} was never sealed (an extraction killed or still running); "
+                                "rerun `saga extract` to complete the cache")
+                continue
+            lines, digest = manifest_digest(folder / MANIFEST)
+            if (lines, digest) != (entry.get("lines"), entry.get("digest")):
+                errors.append(f"part {name}: {MANIFEST} changed since it was sealed ({lines} complete lines, "
+                              f"sealed with {entry.get('lines')}): truncated or edited; restore it or re-extract")
+            try:
+                self.part(name)
+            except SagaError as exc:
+                errors.append(str(exc))
+        records = self.records()
+        plan = read_split_plan(self.split_plan_path) if self.split_plan_path.exists() else {}
+        for rec in records:
+            planned = plan.get(rec.path)
+            if planned is not None and planned[1] != rec.split:
+                errors.append(f"{rec.path}: manifest split {rec.split!r} differs from the split plan "
+                              f"{planned[1]!r} (edited manifest); restore it or re-extract")
+        missing = sorted(set(plan) - {r.path for r in records})
+        if missing:
+            warnings.append(f"{len(missing)} planned video(s) have no record (e.g. {missing[0]}): an unfinished "
+                            "extraction or a lost part; rerun `saga extract` with the same videos")
+        return errors, warnings
 
 
 class PartWriter:
@@ -280,6 +377,10 @@ class PartWriter:
         features = np.ascontiguousarray(features, np.float16)
         mask = np.ascontiguousarray(mask, bool)
         timestamps = np.ascontiguousarray(timestamps, np.float32)
+        if not np.isfinite(features).all():  # never store rows that would poison training
+            record.status, record.error = FAILED, "the encoder produced NaN/inf features (or float16 overflow)"
+            self.add_failure(record)
+            return
         if features.shape[0] != self.windows:
             raise ValueError(f"expected {self.windows} windows, got {features.shape[0]}")
         if self._next_row + self.windows > self._capacity:
@@ -307,6 +408,18 @@ class PartWriter:
             self._flush()
         self._commit_ready()
         self._manifest.close()
+        self._seal()
+
+    def _seal(self) -> None:
+        """Record the part's manifest line count and digest, in the part and in the cache's parts log."""
+        folder = self.cache.root / "parts" / self.name
+        lines, digest = manifest_digest(folder / MANIFEST)
+        entry = {"part": self.name, "lines": lines, "digest": digest, "rows": self._next_row}
+        write_json(folder / SEAL, entry)
+        with open(self.cache.root / PARTS_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _flush(self) -> None:
         start = self._flushed

@@ -77,12 +77,18 @@ def info(
 def verify(cache: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
     """Recompute every record's checksum; name the corrupted ones (exit 1 if any)."""
     store = FeatureCache.open(cache)
+    errors, warnings = store.check_structure()
+    for line in warnings:
+        err.print(f"[yellow]warning:[/] {line}")
+    for line in errors:
+        err.print(f"[red]corrupt[/] {line}")
     bad = store.verify()
     for rec, why in bad:
         err.print(f"[red]corrupt[/] {rec.path} (part {rec.part}, row {rec.row}): {why}")
     n = len(store.ok_records())
-    if bad:
-        err.print(f"{len(bad)} of {n} records are corrupt; re-extract them (delete the part or use a new cache)")
+    if bad or errors:
+        err.print(f"{len(bad)} of {n} records are corrupt, {len(errors)} structural error(s); "
+                  "re-extract them (delete the part or use a new cache)")
         raise typer.Exit(1)
     console.print(f"{cache}: all {n} records match their checksums")
 
