@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,13 @@ CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safet
 LAST, OPTIMIZER, STATE = "last.safetensors", "optimizer.safetensors", "state.json"
 METRICS, LABELLED = "metrics.jsonl", "labelled.json"
 RESUME_FILES = (LAST, OPTIMIZER, STATE)
+# save_state writes the three resume files into CKPT_NEW, renames it to CKPT_COMMIT (the one atomic
+# switch: from then on the new checkpoint wins), then moves them into place; `recover` rolls a
+# kill at any point forward (CKPT_COMMIT) or back (CKPT_NEW), so the three files always agree.
+CKPT_NEW, CKPT_COMMIT = ".checkpoint.new", ".checkpoint.commit"
+# Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
+MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
+                "max_frames": 8192, "n_classes": 1_000_000, "temporal_lags": 256, "content_dim": 65536}
 EVALUATION = "metrics.json"  # the latest `saga evaluate`; metrics-<split>.json per split
 TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES = "tsig.npz", "tsig_profiles.csv", "tsig_maps.png", "tsig_profiles.png"
 TSNE_GLOB = "tsne*.png"
@@ -110,9 +119,19 @@ def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
     return cache.encoder_spec.to_dict()
 
 
+def cache_digest(cache: FeatureCache) -> str:
+    """blake2b of the cache's ok records (path, split, checksum): changes when videos are added or re-extracted."""
+    h = hashlib.blake2b(digest_size=16)
+    for r in cache.ok_records():
+        h.update(f"{r.path}\0{r.split}\0{r.checksum}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "cache_id": cache.cache_id,
+        "cache_records": len(cache.ok_records()),
+        "cache_digest": cache_digest(cache),
         "cache_path": str(cache.root.resolve()),
         "encoder": encoder_provenance(cache),
         "taxonomy": cache.attrs.get("taxonomy"),
@@ -150,6 +169,7 @@ class RunFolder:
         run = cls(Path(out))
         cfg_path = run.path / CONFIG
         if cfg_path.is_file():
+            run.recover()
             run._check_same(config, provenance)
             if not run.done:
                 prov = read_json(run.path / PROVENANCE)
@@ -174,6 +194,12 @@ class RunFolder:
         if old_prov.get("cache_id") != provenance.get("cache_id"):
             raise SagaError(f"{self.path}: holds a {what} run on another cache ({str(old_prov.get('cache_id'))[:12]}); "
                             "choose another --out")
+        if old_prov.get("cache_digest") and provenance.get("cache_digest") and (
+                old_prov["cache_digest"] != provenance["cache_digest"]):
+            raise SagaError(
+                f"{self.path}: holds a {what} run trained on {old_prov.get('cache_records')} records of this cache, "
+                f"which now holds {provenance.get('cache_records')} (videos added or re-extracted); "
+                "choose another --out to train on the new data, or delete the folder to start over")
         a, b = _identity(old), _identity(config)
         if a != b:
             diff = _first_difference(a, b)
@@ -230,17 +256,39 @@ class RunFolder:
 
     def save_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
-        """The resume point after a completed epoch; state.json (written last) commits it."""
+        """The resume point after a completed epoch, committed as one unit (see CKPT_NEW / CKPT_COMMIT)."""
+        self.recover()
+        new = self.path / CKPT_NEW
+        new.mkdir()
         epoch = json.dumps(state["epoch"])
-        save_weights(self.path / LAST, model, epoch=state["epoch"])
+        save_weights(new / LAST, model, epoch=state["epoch"])
         tensors, opt_meta = _flatten_optimizer(optimizer)
-        save_tensors(self.path / OPTIMIZER, tensors, {"epoch": epoch})
+        save_tensors(new / OPTIMIZER, tensors, {"epoch": epoch})
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        write_json(self.path / STATE, {**state, "optimizer": opt_meta, "scheduler": sched})
+        write_json(new / STATE, {**state, "optimizer": opt_meta, "scheduler": sched})
+        for name in RESUME_FILES:
+            _fsync(new / name)
+        os.replace(new, self.path / CKPT_COMMIT)  # the commit point
+        _fsync(self.path)
+        self.recover()
+
+    def recover(self) -> None:
+        """Finish or undo a checkpoint switch cut short by a kill, and remove temporary files left behind."""
+        commit, new = self.path / CKPT_COMMIT, self.path / CKPT_NEW
+        if commit.is_dir():
+            for name in RESUME_FILES:  # roll forward: the committed set replaces the old one
+                if (commit / name).exists():
+                    os.replace(commit / name, self.path / name)
+            shutil.rmtree(commit, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)  # never committed: the files in place are the last checkpoint
+        for tmp in self.path.glob(".*.tmp-*"):  # atomic writes of a killed process (one trainer per folder)
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
     def load_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any] | None:
         """Restore model, optimizer and scheduler from the last completed epoch (None: nothing saved)."""
+        self.recover()
         if not (self.path / STATE).is_file():
             return None
         state = read_json(self.path / STATE)
@@ -294,6 +342,20 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """AdamW state as flat tensors ("<param>.<name>") plus JSON-able groups and scalars."""
     sd = optimizer.state_dict()
@@ -335,22 +397,22 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
     config = read_json(path / CONFIG)
     if not (path / MODEL).is_file():
         raise SagaError(f"{path}: no {MODEL} yet; the run has not completed an epoch (rerun it to resume)")
-    weights, meta = load_tensors(path / MODEL)
-    if "config" not in meta:
-        raise SagaError(f"{path / MODEL}: no model config in its metadata; not written by saga")
-    model = VideoTransformer(ModelConfig.from_dict(json.loads(meta["config"])))
+    model_config = read_model_config(path / MODEL)
+    weights, _ = load_tensors(path / MODEL)
+    model = VideoTransformer(model_config)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise SagaError(f"{path / MODEL}: weights do not fit the stored config ({str(exc)[:200]})") from None
     model.eval()
     prov_path = path / PROVENANCE
+    classes, level, frames = _checked_run_config(path / CONFIG, config, model.config.max_frames)
     info = RunInfo(
         path=path,
         config=config,
-        classes=list(config["classes"]),
-        level=str(config["level"]),
-        frames=int(config["frames"]),
+        classes=classes,
+        level=level,
+        frames=frames,
         provenance=read_json(prov_path) if prov_path.is_file() else {},
         finished=(path / DONE).is_file(),
     )
@@ -358,6 +420,61 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
         raise SagaError(f"{path}: the model has {model.config.n_classes} outputs but config.json lists "
                         f"{len(info.classes)} classes; the folder is damaged")
     return model, info
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The model config in a weights file's metadata, every size bounded before anything is allocated."""
+    if not path.is_file():
+        raise SagaError(f"{path}: missing; the run has no saved weights yet")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    except Exception as exc:
+        raise SagaError(f"{path}: unreadable safetensors file ({exc}); delete it and train again") from None
+    if "config" not in meta:
+        raise SagaError(f"{path}: no model config in its metadata; not written by saga")
+    try:
+        raw = json.loads(meta["config"])
+        if not isinstance(raw, dict):
+            raise TypeError("not an object")
+    except (ValueError, TypeError) as exc:
+        raise SagaError(f"{path}: corrupt model config in its metadata ({exc})") from None
+    for key, limit in MODEL_LIMITS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= limit:
+            raise SagaError(f"{path}: model config {key}={value!r} is out of range (0..{limit}); "
+                            "the weights file is damaged or not from saga")
+    d = float(raw.get("d_model", 256))
+    wanted = (float(raw.get("depth", 4)) * d * d * (4 + 2 * float(raw.get("mlp_ratio", 4.0)))
+              + (float(raw.get("in_dim", 0)) + float(raw.get("content_dim", 0)) + float(raw.get("n_classes", 0))) * d)
+    if wanted > 2 * stored + 1_000_000:  # the config would allocate far more than the file holds
+        raise SagaError(f"{path}: model config asks for ~{wanted:.3g} parameters but the file holds {stored}; "
+                        "the metadata is damaged or hostile")
+    try:
+        return ModelConfig.from_dict(raw)
+    except SagaError as exc:
+        raise SagaError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise SagaError(f"{path}: invalid model config in its metadata ({exc})") from None
+
+
+def _checked_run_config(path: Path, config: Any, max_frames: int) -> tuple[list[str], str, int]:
+    """classes, level and frames of a run's config.json, each checked (someone else's folder may be hostile)."""
+    if not isinstance(config, dict):
+        raise SagaError(f"{path}: not a JSON object; the run folder is damaged")
+    classes, level, frames = config.get("classes"), config.get("level"), config.get("frames")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) or (
+            len(set(classes)) != len(classes)):
+        raise SagaError(f"{path}: 'classes' must list at least two distinct class names; the run folder is damaged")
+    if not isinstance(level, str) or not level:
+        raise SagaError(f"{path}: 'level' must be a level name; the run folder is damaged")
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= max_frames:
+        raise SagaError(f"{path}: 'frames' must be an integer in 1..{max_frames} (the model's limit), "
+                        f"got {frames!r}; the run folder is damaged")
+    return list(classes), level, frames
 
 
 def check_cache(info: RunInfo, cache: FeatureCache) -> None:

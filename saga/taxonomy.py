@@ -61,7 +61,13 @@ class Taxonomy:
         path = Path(source)
         if not path.is_file():
             raise SagaError(f"{path}: taxonomy file not found; pass a TOML file or one of {', '.join(BUILTIN)}")
-        return cls.from_toml(path.read_text(), origin=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise SagaError(f"{path}: not UTF-8 text (byte {exc.start}); save the taxonomy as UTF-8") from None
+        except OSError as exc:
+            raise SagaError(f"{path}: cannot read taxonomy file ({exc.strerror or exc})") from None
+        return cls.from_toml(text, origin=str(path))
 
     @classmethod
     def from_toml(cls, text: str, origin: str = "<taxonomy>") -> "Taxonomy":
@@ -73,11 +79,17 @@ class Taxonomy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "<taxonomy>") -> "Taxonomy":
+        if not isinstance(data, dict):
+            raise SagaError(f"{origin}: not a taxonomy table")
         gens = data.get("generators")
         if not isinstance(gens, dict) or not gens:
             raise SagaError(f"{origin}: no [generators.NAME] tables; add at least one generator")
         parsed = {name: _parse_generator(name, spec, origin) for name, spec in gens.items()}
-        aliases = tuple(data.get("real", [REAL]))
+        real = data.get("real", [REAL])
+        if not isinstance(real, list) or not all(isinstance(a, str) and a.strip() for a in real):
+            raise SagaError(f"{origin}: 'real' must be a list of names, e.g. real = [\"real\", \"youtube\"] "
+                            f"(got {real!r})")
+        aliases = tuple(a.strip() for a in real)
         if REAL not in aliases:
             aliases = (REAL, *aliases)
         clash = [g for g in parsed if g.lower() in {a.lower() for a in aliases}]
@@ -163,7 +175,10 @@ def _parse_generator(name: str, spec: Any, origin: str) -> Generator:
         raise SagaError(f"{where}: empty team")
     if name.lower() in (REAL, FAKE) or team.lower() == REAL or sd.lower() == REAL:
         raise SagaError(f"{where}: '{REAL}' is reserved for real videos")
-    inferred = tuple(spec.get("inferred", ()))
+    inferred = spec.get("inferred", ())
+    if not isinstance(inferred, (list, tuple)):
+        raise SagaError(f"{where}: inferred must be a list of field names")
+    inferred = tuple(inferred)
     bad = [k for k in inferred if k not in ("task", "sd", "team")]
     if bad:
         raise SagaError(f"{where}: inferred lists unknown field {bad[0]!r}")

@@ -253,3 +253,198 @@ def test_export_refuses_a_damaged_cache_and_a_bad_import_leaves_nothing(tmp_path
     with pytest.raises(SagaError, match="refusing to export a damaged cache"):
         export_h5(FeatureCache.open(cache.root), tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+# --- crash-consistent run folders ----------------------------------------------------------------------------
+
+_SAVE = r"""
+import json, os, signal, sys
+import torch
+from saga.model import ModelConfig, VideoTransformer
+from saga.runs import RunFolder
+import saga.runs as runs
+
+run = RunFolder(sys.argv[1]); kill_at = int(sys.argv[2])
+torch.manual_seed(0)
+model = VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2))
+opt = torch.optim.AdamW(model.parameters())
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+model(torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.bool)).logits.sum().backward(); opt.step()
+run.save_state(model, opt, sched, {"epoch": 1, "step": 1})
+calls = 0
+real_replace = os.replace
+def replace(a, b):
+    global calls
+    calls += 1
+    if calls == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(a, b)
+runs.os.replace = replace
+import saga.fileio; saga.fileio.os.replace = replace
+with torch.no_grad():
+    for p in model.parameters(): p.add_(1.0)
+run.save_state(model, opt, sched, {"epoch": 2, "step": 2})
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 6, 7])
+def test_sigkill_at_any_point_of_a_checkpoint_leaves_a_consistent_state(tmp_path: Path, kill_at: int) -> None:
+    """Real SIGKILL at each os.replace of save_state: resume finds epoch 1 or 2 whole, no temp files."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from saga.model import ModelConfig, VideoTransformer
+    from saga.runs import RunFolder
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _SAVE, str(run_dir), str(kill_at)], capture_output=True, text=True,
+                          timeout=120)
+    killed = proc.returncode == -9
+    assert killed or proc.returncode == 0, proc.stderr
+    model = VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = RunFolder(run_dir).load_state(model, opt, sched)  # never "resume files from different epochs"
+    assert state["epoch"] in (1, 2) and (killed or state["epoch"] == 2)
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+def test_hostile_weights_metadata_is_refused_before_allocation(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    import torch
+
+    from saga.runs import read_model_config
+
+    path = tmp_path / "model.safetensors"
+    for bad, match in [({"depth": 10000}, "depth=10000 is out of range"),
+                       ({"depth": 100, "d_model": 8192}, "asks for ~"),
+                       ({"heads": "x"}, "out of range")]:
+        cfg = {"in_dim": 8, "d_model": 16, "depth": 1, "heads": 2, "n_classes": 2, **bad}
+        save_file({"w": torch.zeros(4)}, str(path), metadata={"config": json.dumps(cfg)})
+        with pytest.raises(SagaError, match=match) as info:
+            read_model_config(path)
+        assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("edit,match", [({"frames": -5}, "'frames' must be an integer"),
+                                        ({"frames": "8"}, "'frames'"),
+                                        ({"classes": ["a"]}, "'classes'"),
+                                        ({"level": 3}, "'level'")])
+def test_hostile_run_config_is_refused(tmp_path: Path, edit: dict, match: str) -> None:
+    import torch
+
+    from saga.model import ModelConfig, VideoTransformer
+    from saga.runs import CONFIG, MODEL, load_model, save_weights
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(run / MODEL, VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2)),
+                 epoch=1)
+    (run / CONFIG).write_text(json.dumps({"classes": ["real", "fake"], "level": "BIN-L", "frames": 8, **edit}))
+    with pytest.raises(SagaError, match=match):
+        load_model(run)
+    (run / CONFIG).write_text(json.dumps({"classes": ["real", "fake"], "level": "BIN-L", "frames": 8}))
+    assert load_model(run)[1].frames == 8
+    del torch
+
+
+def test_a_changed_cache_does_not_reuse_a_finished_run(tmp_path: Path) -> None:
+    from test_cache import fill
+
+    from saga.runs import RunFolder, make_provenance
+
+    cache = _cache(tmp_path, parts=1)
+    config = {"level": "BIN-L", "train": {"epochs": 1}}
+    run = RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
+    run.finish({"epochs": 1})
+    assert RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0)).done  # same data: reused
+    fill(cache, 6, shard_rows=4, seed=5)  # more videos extracted into the same cache
+    cache = type(cache).open(cache.root)
+    with pytest.raises(SagaError, match=r"trained on 4 records of this cache, which now holds 6"):
+        RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
+
+
+# --- parsers under arbitrary input (hypothesis) --------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_CELL = st.one_of(st.text(max_size=12), st.sampled_from(["real", "syn-svd", "/etc/passwd", "..", "../x.mp4",
+                                                         "a/../../b.mp4", "~", ".", "", '"', ","]))
+
+
+@_FAST
+@given(st.lists(st.tuples(_CELL, _CELL), max_size=6), st.sampled_from(["path,generator", "Path, Label", "x,y", ""]))
+def test_labels_parser_never_escapes_and_never_crashes(rows: list, header: str) -> None:
+    text = header + "\n" + "".join(f"{a},{b}\n" for a, b in rows)
+    try:
+        items = parse_labels(text, SYNTH)
+    except SagaError as exc:
+        assert "\n" not in str(exc)
+        return
+    for item in items:
+        assert not os.path.isabs(item.rel) and item.rel != ".." and not item.rel.startswith("../")
+        assert item.generator in SYNTH.generators or item.generator == "real"
+
+
+@_FAST
+@given(st.text(max_size=300))
+def test_labels_parser_on_any_text(text: str) -> None:
+    try:
+        parse_labels(text, SYNTH)
+    except SagaError:
+        pass
+
+
+_TOML_VALUE = st.one_of(st.integers(), st.text(max_size=8), st.lists(st.text(max_size=5), max_size=3),
+                        st.booleans(), st.dictionaries(st.sampled_from(["task", "sd", "team", "inferred"]),
+                                                       st.one_of(st.text(max_size=6), st.integers(),
+                                                                 st.lists(st.text(max_size=5), max_size=2))))
+
+
+@_FAST
+@given(st.dictionaries(st.sampled_from(["name", "real", "generators", "description"]), _TOML_VALUE),
+       st.dictionaries(st.text(min_size=1, max_size=6), _TOML_VALUE, max_size=3))
+def test_taxonomy_parser_gives_one_line_errors(data: dict, gens: dict) -> None:
+    data = {**data, "generators": data.get("generators", gens)}
+    try:
+        tax = Taxonomy.from_dict(data, origin="t.toml")
+    except SagaError as exc:
+        assert str(exc).startswith("t.toml")
+        return
+    assert all(isinstance(a, str) and len(a) > 0 for a in tax.real_aliases)
+
+
+def test_taxonomy_real_must_be_a_list(tmp_path: Path) -> None:
+    base = '[generators.g]\ntask = "T2V"\nsd = "none"\nteam = "x"\n'
+    for real in ("5", '"real"'):
+        path = tmp_path / "t.toml"
+        path.write_text(f"real = {real}\n" + base)
+        with pytest.raises(SagaError, match="'real' must be a list of names"):
+            Taxonomy.load(path)
+    path.write_bytes(b"name = \"caf\xe9\"\n" + base.encode())
+    with pytest.raises(SagaError, match="not UTF-8"):
+        Taxonomy.load(path)
+
+
+@_FAST
+@given(st.binary(max_size=400))
+def test_manifest_reader_on_any_bytes(data: bytes) -> None:
+    import tempfile
+
+    from saga.cache.manifest import manifest_digest, read_manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifest.jsonl"
+        path.write_bytes(data)
+        try:
+            read_manifest(path)
+        except SagaError as exc:
+            assert "manifest.jsonl" in str(exc)
+        lines, digest = manifest_digest(path)
+        assert lines >= 0 and (digest or not data)

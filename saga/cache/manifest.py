@@ -98,8 +98,15 @@ def _complete_lines(path: Path) -> list[tuple[int, str]]:
     """Numbered lines that end with a newline; an unterminated last line was never committed."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
-    return [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    out = []
+    for n, raw in enumerate(path.read_bytes().split(b"\n")[:-1], 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SagaError(f"{path}:{n}: not UTF-8 (a damaged line); run `saga cache verify`") from None
+        if line.strip():
+            out.append((n, line))
+    return out
 
 
 def manifest_digest(path: Path) -> tuple[int, str]:
@@ -139,8 +146,11 @@ def read_manifest(path: Path) -> list[VideoRecord]:
     records = []
     for number, line in _complete_lines(path):
         try:
-            records.append(VideoRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            records.append(VideoRecord.from_dict(data))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); run `saga cache verify`") from None
     return records
 
