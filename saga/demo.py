@@ -21,7 +21,8 @@ Log = Callable[[str], None]
 @dataclass
 class DemoConfig:
     out: Path = Path("work/demo")
-    per_class: int = 10
+    per_class: int = 12  # videos per generator
+    real: int | None = None  # real videos (default 3 × per_class: real labels are the abundant ones)
     seed: int = 0
     frames: int = 16
     workers: int = 1
@@ -29,7 +30,7 @@ class DemoConfig:
     stage1_epochs: int = 15
     stage2_epochs: int = 30
     fraction: float = 0.5  # of each class's train videos: a few labelled videos per class on this small set
-    floor: int = 3
+    floor: int = 5  # <= 5 labelled videos per class: the few-label regime stage 2 is for
     d_model: int = 128  # a CPU-sized transformer; real use keeps the default 256
     ablation: bool = False
 
@@ -39,14 +40,16 @@ def _synth(cfg: DemoConfig, log: Log) -> Path:
 
     videos = cfg.out / "videos"
     stamp = videos / "demo.json"
-    wanted = {"per_class": cfg.per_class, "seed": cfg.seed}
+    real = cfg.real if cfg.real is not None else 3 * cfg.per_class
+    wanted = {"per_class": cfg.per_class, "real": real, "seed": cfg.seed}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted and (videos / "labels.csv").is_file():
         log(f"videos: reusing {videos}")
         return videos
     if stamp.is_file():
         raise SagaError(f"{videos}: holds a benchmark made with other settings; delete {cfg.out} or pick --out")
-    log(f"videos: generating {20 * cfg.per_class} videos into {videos}")
-    generate(videos, SynthConfig(videos_per_class=cfg.per_class, seed=cfg.seed, workers=2))
+    config = SynthConfig(videos_per_class=cfg.per_class, real_videos=real, seed=cfg.seed, workers=2)
+    log(f"videos: generating {real} real + {cfg.per_class} per generator into {videos}")
+    generate(videos, config)
     stamp.write_text(json.dumps(wanted))
     return videos
 
@@ -58,7 +61,7 @@ def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Callable | None)
     cache = cfg.out / "cache"
     summary = extract(ExtractConfig(videos=videos, out=cache, encoder=DEMO_ENCODER, pretrained=DEMO_PRETRAINED,
                                     frames=cfg.frames, workers=cfg.workers, device=cfg.device, split_seed=cfg.seed,
-                                    split_fractions={"train": 0.6, "val": 0.1, "test": 0.3}), progress=progress)
+                                    split_fractions={"train": 0.5, "val": 0.2, "test": 0.3}), progress=progress)
     log(f"cache: {summary.ok} videos extracted, {summary.skipped} reused, {len(summary.failures)} failed "
         f"({summary.seconds['wall']:.0f}s)")
     return cache
