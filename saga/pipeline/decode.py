@@ -68,11 +68,14 @@ def probe_path(path: Path) -> None:
         # O_NONBLOCK: even if the file was swapped for a FIFO since the stat, the open cannot hang
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise _fail(path, "not a regular file; only video files are read")
-            os.read(fd, 1)
-        finally:
+            fh = open(fd, "rb")  # owns fd from here
+        except BaseException:
             os.close(fd)
+            raise
+        with fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise _fail(path, "not a regular file; only video files are read")
+            fh.read(1)
     except PermissionError:
         raise _fail(path, "permission denied (file is not readable)") from None
     except OSError as e:
