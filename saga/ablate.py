@@ -50,13 +50,13 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
             if progress:
                 progress(f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
                          f" (probe {_probe_pct(metrics)})")
-        rows.append(_summarise(stages, loss, cell))
+        rows.append(_summarise(stages, loss, cell, level))
         if loss == "ce+hnm" and stages == "2-stage" or stages.endswith(CEILING):
             probes[stages] = [m["probe"] for m in cell if "accuracy" in m.get("probe", {})]
     for stages, cell in probes.items():
         if cell:
             name = "probe, " + (CEILING if stages.endswith(CEILING) else "same labels")
-            rows.append(_summarise(name, "logistic regression", cell))
+            rows.append(_summarise(name, "logistic regression", cell, level))
     summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
                "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
     write_json_atomic(out / "ablation.json", summary)
@@ -76,7 +76,7 @@ def interval95(values: list[float]) -> float:
     return float(scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
 
 
-def _summarise(stages: str, loss: str, cell: list[dict[str, Any]]) -> dict[str, Any]:
+def _summarise(stages: str, loss: str, cell: list[dict[str, Any]], level: str) -> dict[str, Any]:
     accs = [100 * m["accuracy"] for m in cell]
     macro = [100 * m["macro_accuracy"] for m in cell]
     classes = cell[0]["per_class"].keys()
@@ -87,7 +87,7 @@ def _summarise(stages: str, loss: str, cell: list[dict[str, Any]]) -> dict[str, 
         "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "macro_mean": statistics.fmean(macro), "macro_ci95": interval95(macro),
         "macro_std": statistics.stdev(macro) if len(macro) > 1 else 0.0, "runs": len(cell),
-        "per_class": per_class, "paper": PAPER.get((stages, loss)),
+        "per_class": per_class, "paper": PAPER.get((stages, loss)) if level == "GEN-L" else None,
         "n_test": int(cell[0]["n"]), "class_counts": cell[0].get("per_class_n"),
     }
 
