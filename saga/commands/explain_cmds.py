@@ -54,7 +54,8 @@ def report(
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for videos, cache, runs and report.")] = Path("work/demo"),
-    per_class: Annotated[int, typer.Option("--per-class", help="Videos per class (20 classes).")] = 10,
+    per_class: Annotated[Optional[int], typer.Option(
+        "--per-class", help="Videos per generator (default 12; real videos: 3 times as many).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the benchmark, splits and training.")] = 0,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
@@ -66,8 +67,10 @@ def demo(
     from saga.demo import DemoConfig, run_demo
 
     with extract_progress() as update:
-        result = run_demo(DemoConfig(out=out, per_class=per_class, seed=seed, workers=workers, device=device,
-                                     ablation=ablation), log=lambda line: console.print(line), extract_progress=update)
+        cfg = DemoConfig(out=out, seed=seed, workers=workers, device=device, ablation=ablation)
+        if per_class is not None:
+            cfg.per_class = per_class
+        result = run_demo(cfg, log=lambda line: console.print(line), extract_progress=update)
     table = Table(title="SAGA demo: test accuracy per attribution level", title_justify="left")
     for col in ("level", "classes", "test videos", "accuracy", "macro accuracy"):
         table.add_column(col, justify="left" if col == "level" else "right")
