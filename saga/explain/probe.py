@@ -44,153 +44,18 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.cache.fraction import labelled_subset, read_labelled, settings, write_labelled
 from saga.explain.scores import compute_metrics
+from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,  # noqa: F401 - re-exported
+                                      temporal_statistics, video_features)
 from saga.fileio import atomic_path
-from saga.model.inference import Inference, record_targets, take_subwindow
+from saga.model.inference import Inference, record_targets
 from saga.provenance import now, versions
 from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, read_json, write_json
 from saga.taxonomy import check_level
 
-LAGS = (1, 2, 3, 4)
-SHIFTS = (1, 2, 3, 4)
-QUANTILES = (0.1, 0.5, 0.9)
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_C = 1.0
 MAX_ITER = 2000
 PROBE_FILE = "probe.safetensors"
-READ_BATCH = 256
-FEATURE_VERSION = 1
-
-
-def _sequence_names(name: str) -> list[str]:
-    out = [f"{name}_lag{l}_{s}" for l in LAGS for s in ("mean", "std", "min", "max")]
-    out += [f"{name}_lag1_acf{s}" for s in SHIFTS]
-    out += [f"{name}_lag1_q{int(100 * q)}" for q in QUANTILES]
-    return out
-
-
-STAT_NAMES: tuple[str, ...] = (*_sequence_names("cosdist"), *_sequence_names("diffnorm"))
-
-
-def feature_spec(frames: int | None, dim: int) -> dict[str, Any]:
-    """What the probe's input is, recorded in config.json and the weights' metadata."""
-    return {"version": FEATURE_VERSION, "window": 0, "frames": frames, "dim": dim, "mean_feature": dim,
-            "lags": list(LAGS), "acf_shifts": list(SHIFTS), "quantiles": list(QUANTILES),
-            "statistics": list(STAT_NAMES), "size": dim + len(STAT_NAMES)}
-
-
-# -- features ------------------------------------------------------------------------------------
-def _masked_stats(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """mean, std, min, max over the last axis of seq (n, L) where valid; 0 where nothing is valid."""
-    cnt = valid.sum(axis=1)
-    has = cnt > 0
-    safe = np.maximum(cnt, 1)
-    mean = np.where(valid, seq, 0.0).sum(axis=1) / safe
-    var = np.where(valid, (seq - mean[:, None]) ** 2, 0.0).sum(axis=1) / safe
-    lo = np.where(valid, seq, np.inf).min(axis=1, initial=np.inf)
-    hi = np.where(valid, seq, -np.inf).max(axis=1, initial=-np.inf)
-    out = np.stack([mean, np.sqrt(var), lo, hi], axis=1)
-    return np.where(has[:, None], out, 0.0)
-
-
-def _acf(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Autocorrelation of seq (n, L) at SHIFTS over pairs of valid entries; 0 when undefined."""
-    cnt = np.maximum(valid.sum(axis=1), 1)
-    mean = np.where(valid, seq, 0.0).sum(axis=1) / cnt
-    c = np.where(valid, seq - mean[:, None], 0.0)
-    denom = (c * c).sum(axis=1)
-    out = np.zeros((seq.shape[0], len(SHIFTS)))
-    for j, s in enumerate(SHIFTS):
-        if s >= seq.shape[1]:
-            continue
-        both = valid[:, :-s] & valid[:, s:]
-        num = np.where(both, c[:, :-s] * c[:, s:], 0.0).sum(axis=1)
-        out[:, j] = np.divide(num, denom, out=np.zeros_like(num), where=denom > 1e-12)
-    return out
-
-
-def _quantiles(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    out = np.zeros((seq.shape[0], len(QUANTILES)))
-    for i in range(seq.shape[0]):
-        vals = seq[i][valid[i]]
-        if vals.size:
-            out[i] = np.quantile(vals, QUANTILES)
-    return out
-
-
-def _sequence_statistics(pair_value: Any, x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The 23 statistics of one frame-pair measure (cosine distance or difference norm)."""
-    n, t = m.shape
-    parts = []
-    lag1 = None
-    for lag in LAGS:
-        if lag >= t:
-            parts.append(np.zeros((n, 4)))
-            continue
-        seq = pair_value(x[:, :-lag], x[:, lag:])
-        valid = m[:, :-lag] & m[:, lag:]
-        parts.append(_masked_stats(seq, valid))
-        if lag == 1:
-            lag1 = (seq, valid)
-    if lag1 is None:
-        parts += [np.zeros((n, len(SHIFTS))), np.zeros((n, len(QUANTILES)))]
-    else:
-        parts += [_acf(*lag1), _quantiles(*lag1)]
-    return np.concatenate(parts, axis=1)
-
-
-def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na = np.linalg.norm(a, axis=-1)
-    nb = np.linalg.norm(b, axis=-1)
-    return 1.0 - (a * b).sum(axis=-1) / np.maximum(na * nb, 1e-12)
-
-
-def _diff_norm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(b - a, axis=-1)
-
-
-def temporal_statistics(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Shift-invariant, mask-aware temporal statistics (len(STAT_NAMES) values) of one or many videos.
-
-    features (T, D) or (n, T, D), mask (T,) or (n, T) bool (True = real frame); returns
-    (S,) or (n, S) float32 in the order of STAT_NAMES.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
-    single = x.ndim == 2
-    if single:
-        x, m = x[None], m[None]
-    if x.ndim != 3 or m.shape != x.shape[:2]:
-        raise SagaError(f"features (n, T, D) and mask (n, T) expected, got {x.shape} and {m.shape}")
-    out = np.concatenate([_sequence_statistics(_cosine_distance, x, m),
-                          _sequence_statistics(_diff_norm, x, m)], axis=1).astype(np.float32)
-    return out[0] if single else out
-
-
-def mean_feature(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean over real frames, (n, T, D) -> (n, D); a video without a real frame gets zeros."""
-    x = np.asarray(features, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
-    cnt = np.maximum(m.sum(axis=-1, keepdims=True), 1)
-    return ((x * m[..., None]).sum(axis=-2) / cnt).astype(np.float32)
-
-
-def video_features(features: np.ndarray, mask: np.ndarray, frames: int | None = None) -> np.ndarray:
-    """The probe's input from cached (n, W, T, D) features and (n, W, T) mask: window 0, [mean | statistics]."""
-    x, m = np.asarray(features)[:, 0], np.asarray(mask)[:, 0]
-    if frames is not None and frames < x.shape[1]:
-        x, m = take_subwindow(x, m, frames)
-    return np.concatenate([mean_feature(x, m), temporal_statistics(x, m)], axis=1)
-
-
-def cache_features(cache: FeatureCache, records: Sequence[VideoRecord], frames: int | None = None,
-                   batch: int = READ_BATCH) -> np.ndarray:
-    """video_features of `records`, read `batch` videos at a time (memory bounded by the batch)."""
-    size = cache.dim + len(STAT_NAMES)
-    chunks = [np.zeros((0, size), np.float32)]
-    for lo in range(0, len(records), batch):
-        data = cache.read(records[lo:lo + batch])
-        chunks.append(video_features(data["features"], data["mask"], frames))
-    return np.concatenate(chunks)
 
 
 # -- the model -----------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""The options both training stages share: budget, schedule, selection, augmentation, the model's shape.
+
+Each stage's config (Stage1Config, AttributeConfig) extends TrainOptions; the resolved values
+go into the run's config.json, so a run folder says exactly how it was trained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from saga.errors import SagaError
+from saga.model import ModelConfig
+from saga.train.data import View
+
+SELECT = ("accuracy", "loss", "last")
+
+
+@dataclass
+class TrainOptions:
+    """Options shared by both stages (each stage's config adds its own)."""
+
+    frames: int | None = None  # T' <= the cache's T; None = all cached frames (stage 2: stage 1's)
+    epochs: int = 10
+    # Budget floor in optimiser steps: a few labels per class make epochs of 1-4 steps, so an epoch
+    # count alone stops before a fresh head has trained. epochs = max(epochs, ceil(min_steps / steps per epoch)).
+    min_steps: int = 0
+    batch_size: int = 64
+    lr: float | None = 3e-4
+    head_lr_scale: float = 1.0  # the classification head's lr = lr × this (a fresh stage-2 head learns faster)
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    patience: int = 5  # epochs without a better validation before stopping (never before min_steps); 0 = never
+    # Which epoch to keep: "accuracy" (val macro accuracy, ties broken by the lower val loss), "loss"
+    # (lowest val cross-entropy) or "last".
+    select: str = "accuracy"
+    # Validate and checkpoint every ceil(eval_every_steps / steps per epoch) epochs (and after the
+    # last): with 1-4 steps per epoch, validating and saving every epoch costs more than training.
+    # 0 = every epoch. Resume stays exact: every epoch is seeded from (seed, epoch) alone.
+    eval_every_steps: int = 0
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    seed: int = 0
+    jitter: int = 0  # training: shift the sub-window start by up to ±jitter frames
+    frame_drop: float = 0.0  # training: mask each real frame off with this probability (>= 1 kept)
+    eval_batch_size: int = 256
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
+    balance: bool = False  # class-balanced batches (see saga.train.data)
+    stream: bool | str = "auto"  # stream the training videos from the cache: True, False, or "auto"
+    memory_budget_gb: float = 2.0  # "auto" streams when their float32 copy would exceed this
+    # Streaming: shards held and shuffled together. Extraction writes videos sorted by path, so a shard
+    # usually holds one generator: the buffer must span many shards to mix classes in a batch
+    # (64 × 128 rows × 16 × 1152 float16 ≈ 300 MB).
+    buffer_shards: int = 64
+    # the transformer, when trained from scratch
+    d_model: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    pool: str = "mean"
+    inputs: str = "both"  # "content" | "temporal" | "both" (see saga.model.transformer)
+    temporal_lags: int = 4
+    content_dim: int = 0
+    content_drop: float = 0.0
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise SagaError(f"lr must be > 0, got {self.lr}")
+        if min(self.patience, self.warmup_epochs, self.weight_decay, self.grad_clip, self.min_steps,
+               self.eval_every_steps) < 0:
+            raise SagaError("patience, warmup_epochs, weight_decay, grad_clip, min_steps and eval_every_steps "
+                            "must be >= 0")
+        if self.head_lr_scale is not None and not self.head_lr_scale > 0:
+            raise SagaError(f"head_lr_scale must be > 0, got {self.head_lr_scale}")
+        if self.select not in SELECT:
+            raise SagaError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        if self.stream not in (True, False, "auto"):
+            raise SagaError(f"stream must be true, false or 'auto', got {self.stream!r}")
+        if self.buffer_shards < 1 or self.memory_budget_gb <= 0:
+            raise SagaError("buffer_shards must be >= 1 and memory_budget_gb > 0")
+        View(self.frames or 1, True, self.jitter, self.frame_drop)  # validates the augmentation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_config(self, in_dim: int, n_classes: int, frames: int) -> ModelConfig:
+        return ModelConfig(in_dim=in_dim, d_model=self.d_model, depth=self.depth, heads=self.heads,
+                           mlp_ratio=self.mlp_ratio, dropout=self.dropout, max_frames=max(64, frames),
+                           pool=self.pool, n_classes=n_classes, inputs=self.inputs,
+                           temporal_lags=self.temporal_lags, content_dim=self.content_dim,
+                           content_drop=self.content_drop)
+
+    def planned_epochs(self, steps_per_epoch: int) -> int:
+        """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""
+        return max(int(self.epochs), math.ceil(int(self.min_steps) / max(1, steps_per_epoch)))
+
+    def eval_every(self, steps_per_epoch: int) -> int:
+        """Epochs between validations / checkpoints."""
+        return max(1, math.ceil(int(self.eval_every_steps) / max(1, steps_per_epoch)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns the subclass
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SagaError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**data)
