@@ -17,6 +17,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ def main() -> None:
         summary = extract(ExtractConfig(videos=videos, out=Path(tmp) / "cache", encoder=args.encoder,
                                         pretrained=args.pretrained, frames=args.frames, workers=args.workers,
                                         batch_size=args.batch_size, device=args.device))
-        pipeline_fps = summary.frames / summary.seconds["pipeline"]
+        pipeline_fps = summary.frames / summary.timings.pipeline
         encoder_fps = bare_encoder_fps(videos, args.encoder, args.pretrained, args.frames, args.batch_size,
                                        args.device)
     result = {
@@ -76,7 +77,7 @@ def main() -> None:
         "encoder": args.encoder, "videos": summary.ok, "frames": summary.frames, "workers": args.workers,
         "extract_frames_per_s": round(pipeline_fps, 1), "bare_encoder_frames_per_s": round(encoder_fps, 1),
         "ratio": round(pipeline_fps / encoder_fps, 3),
-        "seconds": {k: round(v, 2) for k, v in summary.seconds.items()},
+        "seconds": {k: round(v, 2) for k, v in asdict(summary.timings).items()},
     }
     print(json.dumps(result, indent=2))
 

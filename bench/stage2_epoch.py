@@ -162,7 +162,7 @@ def main() -> None:
         from_videos = one_epoch(decoding, cfg, len(classes), cache.dim)
         from_videos.update({k: round(v, 2) if isinstance(v, float) else v for k, v in decoding.stats.items()})
 
-    extract_s = summary.seconds["pipeline"]
+    extract_s = summary.timings.pipeline
     saved = from_videos["epoch_s"] - from_cache["epoch_s"]
     print(json.dumps({
         "benchmark": "stage2_epoch", "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",

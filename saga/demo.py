@@ -63,7 +63,7 @@ def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Callable | None)
                                     frames=cfg.frames, workers=cfg.workers, device=cfg.device, split_seed=cfg.seed,
                                     split_fractions={"train": 0.5, "val": 0.2, "test": 0.3}), progress=progress)
     log(f"cache: {summary.ok} videos extracted, {summary.skipped} reused, {len(summary.failures)} failed "
-        f"({summary.seconds['wall']:.0f}s)")
+        f"({summary.timings.wall:.0f}s)")
     return cache
 
 

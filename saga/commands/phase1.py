@@ -117,11 +117,11 @@ def extract(
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
-    s = summary.seconds
+    s = summary.timings
     console.print(f"[bold]{summary.cache}[/]: {summary.found} videos found, {summary.skipped} already cached, "
                   f"{summary.ok} extracted, {summary.failed} failed this run ({summary.frames} frames)")
-    console.print(f"time: decode {s['decode']:.1f}s (worker time), encode {s['encode']:.1f}s, "
-                  f"write {s['write']:.1f}s, wall {s['wall']:.1f}s")
+    console.print(f"time: decode {s.decode:.1f}s (worker time), encode {s.encode:.1f}s, "
+                  f"write {s.write:.1f}s, wall {s.wall:.1f}s")
     if summary.failures:
         err.print(f"[red]{len(summary.failures)} file(s) could not be extracted[/] (recorded in the manifest):")
         for path, error in summary.failures[:20]:

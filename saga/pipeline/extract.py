@@ -1,35 +1,34 @@
 """Phase 1: decode and encode every video once into the feature cache.
 
-reader (DataLoader worker processes: decode + the encoder's own preprocessing)
--> mapper (the frozen encoder, batched across videos)
--> writer (a background thread writing whole shards, then committing records).
-The three overlap, and the time spent in each is reported so the bottleneck shows.
+A small runner composes three steps, each its own module and testable alone:
+reader (`saga.pipeline.reader`: DataLoader worker processes decode + preprocess)
+-> encoder step (`saga.pipeline.encode_step`: the frozen encoder, batched across videos)
+-> writer (`saga.pipeline.writer`: a background thread writing whole shards, then
+committing records). The three overlap; `Timings` reports the time spent in each, so the
+bottleneck shows.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from saga import distributed
 from saga.distributed import resolve_device
 from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
-from saga.errors import DecodeError, SagaError
-from saga.pipeline.decode import decode_video
-from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder, preprocess_frames
+from saga.pipeline.encode_step import EncodeStep
+from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import VideoInput, discover
+from saga.pipeline.reader import DecodedVideo, read_videos
 from saga.pipeline.sampling import SamplingPolicy
+from saga.pipeline.writer import BackgroundWriter
 from saga.provenance import now, versions
 from saga.taxonomy import Taxonomy
 
@@ -59,6 +58,24 @@ class ExtractConfig:
 
 
 @dataclass
+class Timings:
+    """Seconds per step: decode (summed over workers), encode, write, the pipeline and the whole call."""
+
+    decode: float = 0.0
+    encode: float = 0.0
+    write: float = 0.0
+    pipeline: float = 0.0  # first decode -> last record committed; no setup
+    wall: float = 0.0
+
+    @classmethod
+    def across_ranks(cls, parts: Iterable["Timings"]) -> "Timings":
+        """Step times add up over ranks; the pipeline took as long as the slowest rank."""
+        parts = list(parts)
+        return cls(decode=sum(p.decode for p in parts), encode=sum(p.encode for p in parts),
+                   write=sum(p.write for p in parts), pipeline=max((p.pipeline for p in parts), default=0.0))
+
+
+@dataclass
 class ExtractSummary:
     cache: Path
     found: int = 0
@@ -67,11 +84,13 @@ class ExtractSummary:
     failed: int = 0
     frames: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "write": 0.0, "pipeline": 0.0,
-                                                                     "wall": 0.0})
+    timings: Timings = field(default_factory=Timings)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cache": str(self.cache)}
+
+    def add_counts(self, other: "ExtractSummary") -> None:
+        self.ok, self.failed, self.frames = self.ok + other.ok, self.failed + other.failed, self.frames + other.frames
 
 
 def _load(cfg: ExtractConfig) -> FrameEncoder:
@@ -105,40 +124,6 @@ def build_provenance(encoder: FrameEncoder, policy: SamplingPolicy, taxonomy: Ta
     }
 
 
-class VideoDataset(Dataset):
-    """Decodes and preprocesses one video per item; errors become data, never exceptions."""
-
-    def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable) -> None:
-        self.items, self.root, self.policy, self.preprocess = items, root, policy, preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        out: dict[str, Any] = {"index": index, "error": ""}
-        try:
-            clip = decode_video(self.items[index].absolute(self.root), self.policy)
-            w, t = clip.mask.shape
-            flat = clip.frames.reshape(w * t, *clip.frames.shape[2:])
-            out.update(pixels=preprocess_frames(self.preprocess, flat), mask=clip.mask, timestamps=clip.timestamps,
-                       fps=float(clip.fps), n_frames=int(clip.n_frames), backend=clip.backend)
-        except DecodeError as exc:
-            out["error"] = str(exc).splitlines()[0] if str(exc) else "undecodable"
-        except Exception as exc:  # one bad video must never stop the run
-            out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
-        out["seconds"] = time.perf_counter() - start
-        return out
-
-
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tuple[list[VideoInput], dict[str, str]]:
     """The videos this pass must extract (new, changed, or failed with --retry-failed) and their splits.
 
@@ -170,31 +155,6 @@ def _fixed_since(old: VideoRecord, path: Path) -> bool:
     return "permission denied" in old.error and os.access(path, os.R_OK)
 
 
-class _Writer(threading.Thread):
-    """Runs PartWriter calls in order, off the main thread, so writing overlaps encoding."""
-
-    def __init__(self, writer: PartWriter) -> None:
-        super().__init__(daemon=True)
-        self.writer, self.jobs, self.seconds, self.error = writer, queue.Queue(maxsize=64), 0.0, None
-
-    def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            if self.error is None:
-                start = time.perf_counter()
-                try:
-                    job()
-                except BaseException as exc:  # surfaced by finish()
-                    self.error = exc
-                self.seconds += time.perf_counter() - start
-
-    def finish(self) -> None:
-        self.jobs.put(self.writer.close)
-        self.jobs.put(None)
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-
 def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
     """Extract every new or changed video of `cfg.videos` into the cache `cfg.out`.
 
@@ -213,15 +173,10 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     if todo:
         writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
                             shard_rows=cfg.shard_rows)
-        started = time.perf_counter()
-        _run(cfg, todo, splits, taxonomy, policy, encoder, writer, summary, progress)
-        summary.seconds["pipeline"] = time.perf_counter() - started  # decode -> written cache, no setup
+        _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary, progress)
     summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
-    summary.seconds["wall"] = time.perf_counter() - wall
+    summary.timings.wall = time.perf_counter() - wall
     return summary
-
-
-_SUMMED = ("ok", "failed", "frames")
 
 
 def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> ExtractSummary:
@@ -261,78 +216,80 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
 
     cache = distributed.run_everywhere(reopen)
     mine = todo[ctx.rank::ctx.world_size]
-    summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo))
+    local = ExtractSummary(cache=cfg.out)
     if mine:
         writer = PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
                             capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows)
-        started = time.perf_counter()
-        _run(cfg, mine, splits, taxonomy, policy, encoder, writer, summary, progress if ctx.is_main else None)
-        summary.seconds["pipeline"] = time.perf_counter() - started
-    parts = distributed.all_gather_object(summary.to_dict())  # also: every part is closed after this
-    for key in _SUMMED:
-        setattr(summary, key, sum(p[key] for p in parts))
-    for key in ("decode", "encode", "write"):  # time spent adds up over the ranks
-        summary.seconds[key] = sum(p["seconds"][key] for p in parts)
-    summary.seconds["pipeline"] = max(p["seconds"]["pipeline"] for p in parts)  # the slowest rank's
+        _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
+                      progress if ctx.is_main else None)
+    ranks = distributed.all_gather_object(local)  # also: every part is closed after this
+    summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo),
+                             timings=Timings.across_ranks(r.timings for r in ranks))
+    for rank_summary in ranks:
+        summary.add_counts(rank_summary)
     summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
-    summary.seconds["wall"] = time.perf_counter() - wall
+    summary.timings.wall = time.perf_counter() - wall
     return summary
 
 
-def _run(cfg: ExtractConfig, todo: list[VideoInput], splits: dict[str, str], taxonomy: Taxonomy,
-         policy: SamplingPolicy, encoder: FrameEncoder, part: PartWriter, summary: ExtractSummary,
-         progress: ProgressFn | None) -> None:
-    dataset = VideoDataset(todo, cfg.videos, policy, encoder.preprocess)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.workers, collate_fn=_identity,
-                        worker_init_fn=_worker_init if cfg.workers else None,
-                        prefetch_factor=4 if cfg.workers else None, pin_memory=encoder.device.type == "cuda")
-    writer = _Writer(part)
+@dataclass(frozen=True)
+class RecordMaker:
+    """The manifest record of a decoded (or failed) video of this pass's todo list."""
+
+    root: Path
+    todo: list[VideoInput]
+    splits: dict[str, str]
+    taxonomy: Taxonomy
+
+    def __call__(self, video: DecodedVideo) -> VideoRecord:
+        item = self.todo[video.index]
+        size, mtime = file_fingerprint(item.absolute(self.root))
+        rec = VideoRecord(path=item.rel, size=size, mtime_ns=mtime, status=FAILED if video.error else "ok",
+                          error=video.error, generator=item.generator, labels=self.taxonomy.labels(item.generator),
+                          split=self.splits[item.rel])
+        if video.ok:
+            rec.n_frames, rec.fps, rec.backend = video.n_frames, video.fps, video.backend
+        return rec
+
+
+def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: BackgroundWriter,
+             record_of: Callable[[DecodedVideo], VideoRecord], summary: ExtractSummary, total: int,
+             progress: ProgressFn | None = None) -> None:
+    """Decoded videos -> encoder step -> writer, counting into `summary`; the writer commits even on Ctrl-C."""
+    started = time.perf_counter()
     writer.start()
-    frames_per_video = policy.windows * policy.frames
-    queued: list[dict[str, Any]] = []
-    done = 0
-
-    def record_for(item: VideoInput, status: str = "ok", error: str = "") -> VideoRecord:
-        size, mtime = file_fingerprint(item.absolute(cfg.videos))
-        return VideoRecord(path=item.rel, size=size, mtime_ns=mtime, status=status, error=error,
-                           generator=item.generator, labels=taxonomy.labels(item.generator), split=splits[item.rel])
-
-    def encode_queued() -> None:
-        nonlocal done
-        if not queued:
-            return
-        pixels = torch.cat([q["pixels"] for q in queued])
-        start = time.perf_counter()
-        feats = torch.cat([encoder.encode(chunk) for chunk in pixels.split(cfg.batch_size)])
-        feats = feats.to(torch.float16).cpu().numpy()
-        summary.seconds["encode"] += time.perf_counter() - start
-        for i, q in enumerate(queued):
-            rec = record_for(todo[q["index"]])
-            rec.n_frames, rec.fps, rec.backend = q["n_frames"], q["fps"], q["backend"]
-            block = feats[i * frames_per_video:(i + 1) * frames_per_video].reshape(policy.windows, policy.frames, -1)
-            writer.jobs.put(lambda r=rec, b=block, m=q["mask"], t=q["timestamps"]: part.add(r, b, m, t))
-            summary.ok += 1
-            summary.frames += frames_per_video
-        done += len(queued)
-        queued.clear()
-
     try:
-        for item in loader:
-            summary.seconds["decode"] += item["seconds"]
-            if item["error"]:
-                rec = record_for(todo[item["index"]], FAILED, item["error"])
-                writer.jobs.put(lambda r=rec: part.add_failure(r))
-                summary.failed += 1
-                done += 1
+        for video in videos:
+            summary.timings.decode += video.seconds
+            if video.ok:
+                _store(step.push(video), writer, record_of, summary)
             else:
-                queued.append(item)
-                if len(queued) * frames_per_video >= cfg.batch_size:
-                    encode_queued()
+                writer.fail(record_of(video))
+                summary.failed += 1
             if progress:
-                progress(done, len(todo), summary.frames)
-        encode_queued()
+                progress(summary.ok + summary.failed, total, summary.frames)
+        _store(step.flush(), writer, record_of, summary)
         if progress:
-            progress(done, len(todo), summary.frames)
+            progress(summary.ok + summary.failed, total, summary.frames)
     finally:
-        writer.finish()  # on Ctrl-C too: what was encoded is written and committed
-        summary.seconds["write"] = writer.seconds
+        writer.finish()  # what was encoded is written and committed
+        summary.timings.encode += step.seconds
+        summary.timings.write += writer.seconds
+        summary.timings.pipeline += time.perf_counter() - started
+
+
+def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,
+           record_of: Callable[[DecodedVideo], VideoRecord], summary: ExtractSummary) -> None:
+    for video, features in encoded:
+        writer.write(record_of(video), features, video.mask, video.timestamps)
+        summary.ok += 1
+        summary.frames += features.shape[0] * features.shape[1]
+
+
+def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPolicy, encoder: FrameEncoder,
+                  part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None) -> None:
+    """Compose the three steps over `records.todo` into `part`."""
+    videos = read_videos(records.todo, cfg.videos, policy, encoder.preprocess, cfg.workers,
+                         pin_memory=encoder.device.type == "cuda")
+    step = EncodeStep(encoder.encode, cfg.batch_size, policy.windows, policy.frames)
+    run_pass(videos, step, BackgroundWriter(part), records, summary, len(records.todo), progress)

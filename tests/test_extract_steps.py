@@ -1,0 +1,136 @@
+"""Phase 1's steps one by one, with fakes: the reader, the encoder step, the writer and the runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_clip
+from saga.cache.manifest import FAILED, VideoRecord
+from saga.pipeline.encode_step import EncodeStep
+from saga.pipeline.extract import ExtractSummary, Timings, run_pass
+from saga.pipeline.reader import DecodedVideo, decode_one
+from saga.pipeline.sampling import SamplingPolicy
+from saga.pipeline.writer import BackgroundWriter
+
+FRAMES, DIM = 4, 3
+
+
+def video(index: int, error: str = "") -> DecodedVideo:
+    if error:
+        return DecodedVideo(index=index, seconds=0.5, error=error)
+    pixels = torch.full((FRAMES, 1, 2, 2), float(index))
+    return DecodedVideo(index=index, seconds=0.5, pixels=pixels, mask=np.ones((1, FRAMES), bool),
+                        timestamps=np.arange(FRAMES, dtype=np.float32)[None], fps=10.0, n_frames=FRAMES, backend="fake")
+
+
+class FakeEncoder:
+    """Features = the pixel value repeated: which video a feature row came from stays visible."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(pixels))
+        return pixels.flatten(1)[:, :1].repeat(1, DIM)
+
+
+class FakePart:
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.added: list[tuple[str, np.ndarray]] = []
+        self.failed: list[VideoRecord] = []
+        self.closed, self.fail_on = False, fail_on
+
+    def add(self, record: VideoRecord, features: np.ndarray, mask: np.ndarray, timestamps: np.ndarray) -> None:
+        if self.fail_on is not None and len(self.added) == self.fail_on:
+            raise OSError(28, "No space left on device")
+        self.added.append((record.path, features))
+
+    def add_failure(self, record: VideoRecord) -> None:
+        self.failed.append(record)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def record_of(v: DecodedVideo) -> VideoRecord:
+    return VideoRecord(path=f"v{v.index}.mp4", size=1, mtime_ns=1, status=FAILED if v.error else "ok", error=v.error,
+                       generator="g", labels={}, split="train")
+
+
+def test_encode_step_batches_frames_across_videos_and_keeps_their_order() -> None:
+    encoder = FakeEncoder()
+    step = EncodeStep(encoder, batch_size=3 * FRAMES, windows=1, frames=FRAMES)
+    assert step.push(video(0)) == [] and step.push(video(1)) == []
+    done = step.push(video(2)) + step.push(video(3)) + step.flush()
+    assert [v.index for v, _ in done] == [0, 1, 2, 3]
+    assert encoder.batches == [3 * FRAMES, FRAMES]  # one full batch, then the rest at the end
+    for v, feats in done:
+        assert feats.shape == (1, FRAMES, DIM) and feats.dtype == np.float16
+        assert np.all(feats == v.index)
+    assert step.flush() == [] and step.seconds > 0
+
+
+def test_encode_step_splits_a_long_video_into_encoder_sized_chunks() -> None:
+    encoder = FakeEncoder()
+    step = EncodeStep(encoder, batch_size=3, windows=1, frames=FRAMES)
+    (v, feats), = step.push(video(7))
+    assert encoder.batches == [3, 1] and np.all(feats == 7)
+
+
+def test_runner_counts_writes_in_order_and_records_failures() -> None:
+    part = FakePart()
+    summary = ExtractSummary(cache=Path("c"))
+    seen: list[tuple[int, int, int]] = []
+    videos = [video(0), video(1, "undecodable"), video(2), video(3)]
+    run_pass(videos, EncodeStep(FakeEncoder(), 2 * FRAMES, 1, FRAMES), BackgroundWriter(part), record_of, summary,
+             total=4, progress=lambda *a: seen.append(a))
+    assert (summary.ok, summary.failed, summary.frames) == (3, 1, 3 * FRAMES)
+    assert [p for p, _ in part.added] == ["v0.mp4", "v2.mp4", "v3.mp4"] and part.closed
+    assert [r.error for r in part.failed] == ["undecodable"]
+    assert seen[-1] == (4, 4, 3 * FRAMES)
+    assert summary.timings.decode == pytest.approx(2.0) and summary.timings.pipeline > 0
+
+
+def test_runner_commits_what_was_written_when_interrupted() -> None:
+    part = FakePart()
+
+    def interrupted():  # Ctrl-C after two videos were decoded
+        yield video(0)
+        yield video(1)
+        raise KeyboardInterrupt
+
+    summary = ExtractSummary(cache=Path("c"))
+    with pytest.raises(KeyboardInterrupt):
+        run_pass(interrupted(), EncodeStep(FakeEncoder(), FRAMES, 1, FRAMES), BackgroundWriter(part), record_of,
+                 summary, total=3)
+    assert [p for p, _ in part.added] == ["v0.mp4", "v1.mp4"] and part.closed
+
+
+def test_a_writer_error_surfaces_after_the_pass_and_stops_further_writes() -> None:
+    part = FakePart(fail_on=1)
+    with pytest.raises(OSError, match="No space"):
+        run_pass([video(i) for i in range(4)], EncodeStep(FakeEncoder(), FRAMES, 1, FRAMES), BackgroundWriter(part),
+                 record_of, ExtractSummary(cache=Path("c")), total=4)
+    assert [p for p, _ in part.added] == ["v0.mp4"]
+
+
+def test_timings_across_ranks_add_steps_and_keep_the_slowest_pipeline() -> None:
+    t = Timings.across_ranks([Timings(decode=1, encode=2, write=3, pipeline=4), Timings(decode=1, encode=1, pipeline=6)])
+    assert (t.decode, t.encode, t.write, t.pipeline) == (2, 3, 3, 6)
+
+
+def test_reader_returns_a_bad_file_as_data(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    out = decode_one(bad, SamplingPolicy(frames=4), preprocess=lambda im: torch.zeros(3, 2, 2), index=5)
+    assert not out.ok and out.index == 5 and out.error and out.pixels is None
+
+
+def test_reader_decodes_and_preprocesses_a_clip(tmp_path: Path) -> None:
+    path = write_clip(tmp_path / "ok.mp4", n_frames=10, seed=0)
+    out = decode_one(path, SamplingPolicy(frames=4), preprocess=lambda im: torch.zeros(3, 2, 2))
+    assert out.ok and out.pixels.shape == (4, 3, 2, 2) and out.mask.shape == (1, 4) and out.n_frames == 10
