@@ -30,7 +30,7 @@ from saga.pipeline.encoders import DEMO_ENCODER, DEMO_PRETRAINED, load_encoder, 
 from saga.pipeline.extract import ExtractConfig, extract  # noqa: E402
 from saga.pipeline.inputs import discover  # noqa: E402
 from saga.pipeline.sampling import SamplingPolicy  # noqa: E402
-from saga.pipeline.synth import SynthConfig, generate  # noqa: E402
+from saga.benchmark.synth import SynthConfig, generate  # noqa: E402
 from saga.taxonomy import Taxonomy  # noqa: E402
 
 

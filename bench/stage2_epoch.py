@@ -16,7 +16,7 @@ the feature source differs:
   cache, so both epochs see the same numbers: compare `loss`). Decoding runs in-process; a
   DataLoader could overlap it with encoding, at best down to max(decode_s, encode_s).
 
-Data: the built-in benchmark (`saga.pipeline.synth.generate`, 20 classes) extracted once with the
+Data: the built-in benchmark (`saga.benchmark.synth.generate`, 20 classes) extracted once with the
 demo encoder; the labelled pool is --fraction of each GEN-L class's train videos (default all of them).
 Also reported: the one-off extraction time and the epochs after which the cache has paid for itself.
 """
@@ -46,7 +46,7 @@ from saga.pipeline.encoders import (DEMO_ENCODER, DEMO_PRETRAINED, TEST_ENCODER,
                                     load_encoder, preprocess_frames)
 from saga.pipeline.extract import ExtractConfig, extract  # noqa: E402
 from saga.pipeline.sampling import SamplingPolicy  # noqa: E402
-from saga.pipeline.synth import SynthConfig, generate  # noqa: E402
+from saga.benchmark.synth import SynthConfig, generate  # noqa: E402
 from saga.train.attribute import AttributeConfig, HNMObjective  # noqa: E402
 from saga.train.data import Batch, InMemoryFeatures, View, _check_labels, _make_batch  # noqa: E402
 from saga.cache.fraction import labelled_subset  # noqa: E402

@@ -36,7 +36,7 @@ class DemoConfig:
 
 
 def _synth(cfg: DemoConfig, log: Log) -> Path:
-    from saga.pipeline.synth import SynthConfig, generate
+    from saga.benchmark.synth import SynthConfig, generate
 
     videos = cfg.out / "videos"
     stamp = videos / "demo.json"

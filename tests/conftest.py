@@ -18,7 +18,7 @@ GENERATORS = ("real", "syn-svd", "syn-latte")
 
 def write_clip(path: Path, n_frames: int, seed: int, size: tuple[int, int] = (48, 64), fps: float = 12,
                codec: str = "h264") -> Path:
-    from saga.pipeline.videoio import write_video
+    from saga.benchmark.videoio import write_video
 
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, (1, *size, 3), dtype=np.uint8).astype(np.int16)

@@ -9,10 +9,12 @@ Layers, lowest first; a module may import its own layer and the ones below it, n
     runs      saga.runs                       (run folders: the only owner of their file names)
     train     saga.train                      (phase 2)
     explain   saga.explain                    (metrics, probe, T-Sigs, t-SNE, report)
+    benchmark saga.benchmark                  (`saga synth`: test videos, not part of either phase)
     app       predict, demo, ablate, commands, cli, __main__
 
 Besides the order: the model layer and the cache never import phase 1 or 2, phase 1 never
-imports the model, runs, train or explain, and train never imports explain.
+imports the model, runs, train or explain, train never imports explain, and the benchmark
+generator stands alone (base only), so the phases cannot lean on how the test videos were made.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "saga"
 
-LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "app"]
+LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "benchmark", "app"]
 BASE = {"errors", "taxonomy", "provenance", "fileio", "options", "distributed", "data", "__init__"}
 APP = {"predict", "demo", "ablate", "commands", "cli", "__main__"}
 # Pairs of layers that are ordered above but must not depend on each other at all.
-FORBIDDEN = {("model", "pipeline"), ("runs", "pipeline"), ("train", "pipeline"), ("explain", "pipeline")}
+FORBIDDEN = {("model", "pipeline"), ("runs", "pipeline"), ("train", "pipeline"), ("explain", "pipeline")} | {
+    ("benchmark", other) for other in ("cache", "pipeline", "model", "runs", "train", "explain")}
 
 
 def layer(module: str) -> str:
@@ -39,7 +42,7 @@ def layer(module: str) -> str:
         return "base"
     if head in APP:
         return "app"
-    if head in ("cache", "pipeline", "model", "runs", "train", "explain"):
+    if head in ("cache", "pipeline", "model", "runs", "train", "explain", "benchmark"):
         return head
     raise AssertionError(f"saga.{head}: no layer; add it to tests/test_layers.py and docs/architecture.md")
 

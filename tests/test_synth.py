@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from saga.errors import SagaError
-from saga.pipeline import synth_signatures as sig
-from saga.pipeline.synth import (SOURCES, TEMPORAL_PAIRS, SynthConfig, cut_float, draw_cut, generate, render_video,
+from saga.benchmark import signatures as sig
+from saga.benchmark.synth import (SOURCES, TEMPORAL_PAIRS, SynthConfig, cut_float, draw_cut, generate, render_video,
                                  source_dir, video_path)
-from saga.pipeline.videoio import write_video
+from saga.benchmark.videoio import write_video
 from saga.taxonomy import REAL, Generator, Taxonomy
 
 TINY = SynthConfig(videos_per_class=2, real_videos=3, seed=3, min_frames=10, max_frames=16,

