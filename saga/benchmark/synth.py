@@ -38,7 +38,6 @@ import csv
 import functools
 import importlib.util
 import io
-import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
+from saga.fileio import write_text
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
 from saga.benchmark.videoio import write_video
 from saga.taxonomy import BUILTIN, REAL, Taxonomy
@@ -267,7 +267,5 @@ def _taxonomy_text(source: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
     return path

@@ -8,7 +8,6 @@ macroblock tree is off), so the same frames give byte-identical files.
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
+from saga.fileio import atomic_path
 
 # codec -> (PyAV encoder, pixel format, default container, encoder options)
 CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
@@ -52,12 +52,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = "
     if rate <= 0:
         raise SagaError(f"{path}: fps must be positive, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         _encode(tmp, fmt, frames, enc, pix_fmt, rate, {**opts, **(options or {})})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

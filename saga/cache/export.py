@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import ATTR_KEY, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
+from saga.fileio import atomic_path
 
 FORMAT = "saga-cache-h5/1"
 CHUNK_VIDEOS = 256
@@ -26,8 +26,7 @@ def export_h5(cache: FeatureCache, path: Path) -> int:
     records = cache.records()
     ok = [r for r in records if r.ok]
     w, t, d = cache.windows, cache.frames, cache.dim
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as h5:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["format"] = FORMAT
         h5.attrs[ATTR_KEY] = json.dumps(cache.attrs)
         feats = h5.create_dataset("features", (len(ok), w, t, d), np.float16, chunks=(1, w, t, d) if ok else None)
@@ -41,7 +40,6 @@ def export_h5(cache: FeatureCache, path: Path) -> int:
             stamps[start:start + len(part)] = data["timestamps"]
         manifest = [r.to_json() for r in ok] + [r.to_json() for r in records if not r.ok]
         h5.create_dataset("manifest", data=np.array(manifest, dtype=object), dtype=h5py.string_dtype())
-    os.replace(tmp, path)
     return len(ok)
 
 
