@@ -9,3 +9,24 @@ class SagaError(Exception):
 
 class DecodeError(SagaError):
     """A video that cannot be decoded; extraction records the reason and goes on."""
+
+
+class WriteError(SagaError, OSError):
+    """A file could not be written: the disk is full, or the folder is not writable.
+
+    Also an OSError (with the original errno), so code that already handles OSError
+    around a write keeps working; the CLI prints it as one line like any SagaError.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def disk_full(self) -> bool:
+        import errno as codes
+
+        return self.errno in (codes.ENOSPC, codes.EDQUOT)

@@ -3,17 +3,22 @@
 A reader (or a resumed run) never sees half a file, and a killed writer leaves at most
 a hidden `.name.tmp-<pid>` file behind, never a damaged target. Every module that
 writes a file another process may read uses these helpers.
+
+A write that fails because the disk is full or the folder is not writable becomes a
+`WriteError`: one line naming the folder and the fix, with the temporary file removed
+(the target, e.g. the last checkpoint, is untouched).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from saga.errors import SagaError
+from saga.errors import SagaError, WriteError
 
 
 def temp_path(path: str | Path) -> Path:
@@ -22,16 +27,80 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
+DENIED = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+          errno.EROFS: "read-only file system"}
+
+
+def write_error(exc: OSError, path: str | Path) -> WriteError | None:
+    """A disk-full or not-writable OSError as a one-line WriteError naming the folder; None for other errors."""
+    if isinstance(exc, WriteError):
+        return exc
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if exc.errno in FULL:
+        return WriteError(f"{folder}: {FULL[exc.errno]} while writing {path.name}; free space on that disk "
+                          "(or choose a folder on another one), then rerun the same command: committed work "
+                          "is kept", exc.errno)
+    if exc.errno in DENIED:
+        return WriteError(f"{folder}: not writable ({DENIED[exc.errno]}); make it writable or choose another "
+                          "output folder", exc.errno)
+    return None
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a disk-full or permission OSError raised inside the block into a WriteError about `path`."""
+    try:
+        yield
+    except OSError as exc:
+        error = write_error(exc, path)
+        if error is None or error is exc:
+            raise
+        raise error from None
+
+
+def make_dir(path: str | Path) -> Path:
+    """mkdir -p, with a full disk or an unwritable parent as one line naming the folder."""
+    path = Path(path)
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove it takes a file (created and removed at once).
+
+    Commands call this before long work, so an unwritable --out fails in one line at the
+    start rather than after an hour of training. Works as root too (a read-only mount).
+    """
+    folder = make_dir(folder)
+    if not folder.is_dir():
+        raise SagaError(f"{folder}: exists and is not a folder; choose another output folder")
+    probe = folder / f".saga-write-test-{os.getpid()}"
+    with writing(probe):
+        probe.write_bytes(b"")
+        probe.unlink()
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary path to write; on success it replaces `path`, on error it is removed.
+
+    A full disk or an unwritable folder, in the block or at the rename, is a WriteError.
+    """
     path = Path(path)
     tmp = temp_path(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a read-only folder: nothing was written there to remove
+            pass
         raise
 
 

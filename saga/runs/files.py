@@ -1,0 +1,104 @@
+"""A run folder's file names and the readers and writers of its JSON and safetensors files.
+
+This is the only place that knows the names (docs/run-folder.md). Everything is JSON or
+safetensors, never pickle, so opening someone's run cannot run code; every write goes
+through `saga.fileio` (temporary name, then `os.replace`), so a killed run never leaves
+half a file, and a full disk or a read-only folder is one line naming the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from saga import fileio
+from saga.errors import SagaError
+from saga.fileio import atomic_path, write_json, write_text  # noqa: F401 - re-exported for the run modules
+from saga.model import VideoTransformer
+
+CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safetensors", "done.json"
+LAST, OPTIMIZER, STATE = "last.safetensors", "optimizer.safetensors", "state.json"
+METRICS, LABELLED = "metrics.jsonl", "labelled.json"
+RESUME_FILES = (LAST, OPTIMIZER, STATE)
+# save_state writes the three resume files into CKPT_NEW, renames it to CKPT_COMMIT (the one atomic
+# switch: from then on the new checkpoint wins), then moves them into place; `recover` rolls a
+# kill at any point forward (CKPT_COMMIT) or back (CKPT_NEW), so the three files always agree.
+CKPT_NEW, CKPT_COMMIT = ".checkpoint.new", ".checkpoint.commit"
+EVALUATION = "metrics.json"  # the latest `saga evaluate`; metrics-<split>.json per split
+TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES = "tsig.npz", "tsig_profiles.csv", "tsig_maps.png", "tsig_profiles.png"
+TSNE_GLOB = "tsne*.png"
+
+
+def evaluation_file(split: str | None = None) -> str:
+    """metrics-<split>.json, or metrics.json (the latest evaluation) without a split."""
+    return EVALUATION if split is None else f"metrics-{split}.json"
+
+
+def tsne_file(level: str) -> str:
+    return f"tsne_{level}.png"
+
+
+def read_json(path: Path) -> Any:
+    """A run folder's JSON file; errors say what to do about the folder."""
+    return fileio.read_json(path, missing=f"; is {path.parent} a saga run folder?",
+                            corrupt="; delete the run folder and train again")
+
+
+def file_fingerprint(path: Path) -> str:
+    """blake2b of a file's bytes: names the exact stage-1 weights a stage-2 run started from."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Serialised in memory, then written and fsync'ed by Python.
+
+    safetensors' own file writer reports a full disk as its own error type; writing the
+    bytes ourselves turns it into an OSError that `fileio` names ("the disk is full").
+    """
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise SagaError(f"{path}: missing; the run has no saved weights yet")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        return load_file(str(path)), meta
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise SagaError(f"{path}: unreadable safetensors file ({exc}); delete it and train again") from None
+
+
+def save_weights(path: Path, model: VideoTransformer, **meta: Any) -> None:
+    """Weights plus the model config in the metadata, so the file alone rebuilds the model."""
+    metadata = {"config": json.dumps(model.config.to_dict()), **{k: json.dumps(v) for k, v in meta.items()}}
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,235 @@
+"""Run folders (docs/run-folder.md): one run's folder, created, resumed, or found finished and reused.
+
+A folder is reopened only for the very run it holds (same settings, same cache), so a
+typo in --out never overwrites finished results; a cache that changed under an unfinished
+or finished run is refused unless the caller explicitly continues (`accept_changed_cache`).
+Every write is atomic (`saga.fileio`); a full disk or a read-only folder is one line
+naming the folder, with the last committed checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saga.errors import SagaError
+from saga.fileio import make_dir, writing
+from saga.model import VideoTransformer
+from saga.provenance import now
+from saga.runs import checkpoint
+from saga.runs.files import (
+    CONFIG,
+    DONE,
+    LABELLED,
+    METRICS,
+    MODEL,
+    PROVENANCE,
+    RESUME_FILES,
+    STATE,
+    TSIG,
+    TSIG_MAPS,
+    TSIG_PROFILES,
+    TSNE_GLOB,
+    evaluation_file,
+    read_json,
+    save_weights,
+    write_json,
+    write_text,
+)
+from saga.runs.origin import cache_change, changed_cache_accepted
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that change what a run computes (not where the cache lies, not the device)."""
+    ident = copy.deepcopy(config)
+    ident.pop("cache", None)
+    ident.get("train", {}).pop("device", None)
+    return json.loads(json.dumps(ident, default=str))
+
+
+class RunFolder:
+    """One run's folder: created, resumed, or found finished and reused."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def open_for(cls, out: str | Path, config: dict[str, Any], provenance: dict[str, Any]) -> "RunFolder":
+        """Create the folder, or reopen it when it holds this very run (to resume or reuse).
+
+        A folder holding a different run (other settings or another cache) is refused rather
+        than overwritten: the user's finished results are never lost to a typo in --out.
+        """
+        run = cls(Path(out))
+        cfg_path = run.path / CONFIG
+        if cfg_path.is_file():
+            run.recover()
+            changed = run._check_same(config, provenance)
+            if changed or not run.done:
+                prov = read_json(run.path / PROVENANCE)
+                if changed:  # continued on purpose (--resume): say so, and compare with this cache from now on
+                    prov.setdefault("cache_changes", []).append(
+                        {"at": now(), "change": changed, **{k: prov.get(k) for k in ("cache_id", "cache_records",
+                                                                                     "cache_digest")}})
+                    prov.update({k: provenance.get(k) for k in ("cache_id", "cache_records", "cache_digest",
+                                                                "cache_path")})
+                if not run.done:
+                    prov.setdefault("resumed", []).append(now())
+                write_json(run.path / PROVENANCE, prov)
+            return run
+        if run.path.exists():
+            if not run.path.is_dir():
+                raise SagaError(f"{run.path}: exists and is not a folder; choose another --out")
+            extra = sorted(p.name for p in run.path.iterdir() if p.name != LABELLED)
+            if extra:
+                raise SagaError(f"{run.path}: not empty and not a saga run ({extra[0]}, ...); choose another --out")
+        make_dir(run.path)
+        write_json(run.path / PROVENANCE, provenance)
+        write_json(cfg_path, config)  # last: a folder with config.json is a run
+        return run
+
+    def _check_same(self, config: dict[str, Any], provenance: dict[str, Any]) -> str | None:
+        """Refuse another run; a changed cache is refused too unless accepted (then: how it changed)."""
+        old = read_json(self.path / CONFIG)
+        old_prov = read_json(self.path / PROVENANCE)
+        what = "finished" if self.done else "unfinished"
+        changed = cache_change(old_prov, provenance)
+        same_features = old_prov.get("encoder") == provenance.get("encoder")
+        if changed is not None and not (changed_cache_accepted() and same_features):
+            fix = ("pass --resume to continue it on the current cache anyway" if same_features
+                   else "its features come from another encoder or sampling, so it cannot continue on this cache")
+            raise SagaError(f"{self.path}: holds a {what} run that {changed}; choose another --out to start a "
+                            f"new run on the current data, or {fix}")
+        a, b = _identity(old), _identity(config)
+        if a != b:
+            diff = _first_difference(a, b)
+            raise SagaError(f"{self.path}: holds a {what} run with different settings ({diff}); "
+                            "choose another --out, or delete the folder to start over")
+        return changed
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return (self.path / DONE).is_file()
+
+    @property
+    def unfinished(self) -> bool:
+        """Holds resume state of a run that has not finished (rerun with --resume to continue it)."""
+        return (self.path / STATE).is_file() and not self.done
+
+    def check_resume(self, resume: bool) -> None:
+        """Refuse to touch an unfinished run unless asked to resume it."""
+        if not resume and self.unfinished:
+            raise SagaError(f"{self.path}: holds an unfinished run; pass --resume to continue it, "
+                            "or choose another --out")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_optional(self, name: str) -> Any:
+        """A JSON file of the folder, or None when it is missing or unreadable (for reports)."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def write_evaluation(self, split: str, result: dict[str, Any]) -> None:
+        """metrics-<split>.json, then metrics.json (the latest evaluation)."""
+        write_json(self.path / evaluation_file(split), result)
+        write_json(self.path / evaluation_file(), result)
+
+    def evaluations(self) -> dict[str, Any]:
+        """Split -> its metrics-<split>.json (unreadable ones as None)."""
+        return {p.stem.removeprefix("metrics-"): self.read_optional(p.name)
+                for p in sorted(self.path.glob("metrics-*.json"))}
+
+    @property
+    def has_tsigs(self) -> bool:
+        return (self.path / TSIG).is_file()
+
+    def figures(self) -> list[Path]:
+        """The run's plots: T-Sig maps and profiles, then t-SNE maps."""
+        figs = [self.path / n for n in (TSIG_MAPS, TSIG_PROFILES) if (self.path / n).is_file()]
+        return figs + sorted(self.path.glob(TSNE_GLOB))
+
+    def save_best(self, model: VideoTransformer, epoch: int, metric: float | None) -> None:
+        save_weights(self.path / MODEL, model, epoch=epoch, metric=metric)
+
+    def save_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+        """The resume point after a completed epoch, committed as one unit (see saga.runs.checkpoint)."""
+        checkpoint.save_state(self.path, model, optimizer, scheduler, state)
+
+    def recover(self) -> None:
+        """Finish or undo a checkpoint switch cut short by a kill, and remove temporary files left behind."""
+        checkpoint.recover(self.path)
+
+    def load_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any] | None:
+        """Restore model, optimizer and scheduler from the last completed epoch (None: nothing saved)."""
+        return checkpoint.load_state(self.path, model, optimizer, scheduler)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def append_metrics(self, line: dict[str, Any]) -> None:
+        """One line, flushed to disk; a failed write (a full disk) is cut back so no torn line remains."""
+        path = self.path / METRICS
+        with writing(path), open(path, "a", encoding="utf-8") as fh:
+            size = fh.tell()
+            try:
+                fh.write(json.dumps(line, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError:
+                _truncate(path, size)
+                raise
+
+    def read_metrics(self, tolerant: bool = False) -> list[dict[str, Any]]:
+        """metrics.jsonl; `tolerant` skips unreadable lines (a torn last line of a run killed mid-write)."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if not tolerant:
+                    raise SagaError(f"{path}: a damaged line ({line[:60]!r}); delete the line or the file") from None
+        return rows
+
+    def trim_metrics(self, last_epoch: int) -> None:
+        """Drop lines of epochs after the resume point (a run killed after logging, before saving), and torn ones."""
+        lines = [l for l in self.read_metrics(tolerant=True) if l.get("epoch", 0) <= last_epoch]
+        write_text(self.path / METRICS, "".join(json.dumps(l, default=str) + "\n" for l in lines))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Mark the run finished (done.json), then drop the resume state it no longer needs."""
+        prov = read_json(self.path / PROVENANCE)
+        prov["finished"] = now()
+        write_json(self.path / PROVENANCE, prov)
+        write_json(self.path / DONE, {**summary, "finished": prov["finished"]})
+        for name in RESUME_FILES:
+            (self.path / name).unlink(missing_ok=True)
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut a file back to `size` bytes (best effort: truncating never needs space)."""
+    try:
+        os.truncate(path, size)
+    except OSError:
+        pass
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+    return f"{where or 'config'}: {a!r} -> {b!r}"

@@ -1,0 +1,163 @@
+"""Loading a run's model: `load_model` and the checks on someone else's weights and config.
+
+A run folder may come from anyone, so its weights metadata and config.json are hostile
+input: every size is bounded before anything is allocated, and every error names the
+file it is about (never a traceback, never "KeyError: 'depth'").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from saga.cache.provenance import EncoderSpec
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.model import ModelConfig, VideoTransformer
+from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, load_tensors, read_json
+from saga.runs.origin import warn_if_unsealed
+
+# Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
+MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
+                "max_frames": 8192, "n_classes": 1_000_000, "temporal_lags": 256, "content_dim": 65536}
+
+
+@dataclass
+class RunInfo:
+    """What a loaded run is: its resolved config, class list (index = model output) and provenance."""
+
+    path: Path
+    config: dict[str, Any]
+    classes: list[str]
+    level: str
+    frames: int
+    provenance: dict[str, Any]
+    finished: bool
+
+    @property
+    def encoder(self) -> EncoderSpec:
+        """The encoder (and sampling) of the features the run was trained on."""
+        return EncoderSpec.from_dict(self.provenance.get("encoder") or {}, f"{self.path} ({PROVENANCE})")
+
+
+def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
+    """The run's best weights as an eval-mode model, and what it predicts (classes, level, frames)."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        raise SagaError(f"{path}: not a saga run folder (no {CONFIG}); pass the --out of `saga train`/`attribute`")
+    config = read_json(path / CONFIG)
+    if not (path / MODEL).is_file():
+        raise SagaError(f"{path}: no {MODEL} yet; the run has not completed an epoch (rerun it to resume)")
+    model = build_model(path / MODEL)
+    prov_path = path / PROVENANCE
+    classes, level, frames = _checked_run_config(path / CONFIG, config, model.config.max_frames)
+    provenance = read_json(prov_path) if prov_path.is_file() else {}
+    if not isinstance(provenance, dict):
+        raise SagaError(f"{prov_path}: not a JSON object; the run folder is damaged")
+    info = RunInfo(path=path, config=config, classes=classes, level=level, frames=frames,
+                   provenance=provenance, finished=(path / DONE).is_file())
+    if model.config.n_classes != len(info.classes):
+        raise SagaError(f"{path / MODEL}: the model has {model.config.n_classes} outputs but {CONFIG} lists "
+                        f"{len(info.classes)} classes; the folder is damaged")
+    return model, info
+
+
+def build_model(path: Path) -> VideoTransformer:
+    """An eval-mode model from a weights file alone (its metadata config, then its tensors), errors naming it."""
+    model_config = read_model_config(path)
+    weights, _ = load_tensors(path)
+    try:
+        model = VideoTransformer(model_config)
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError, TypeError) as exc:  # wrong tensor shapes or names
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SagaError(f"{path}: weights do not fit the stored config ({first[:200]}); "
+                        "the file is damaged or not from saga") from None
+    return model.eval()
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The model config in a weights file's metadata, every size bounded before anything is allocated."""
+    if not path.is_file():
+        raise SagaError(f"{path}: missing; the run has no saved weights yet")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    except Exception as exc:
+        raise SagaError(f"{path}: unreadable safetensors file ({exc}); delete it and train again") from None
+    if "config" not in meta:
+        raise SagaError(f"{path}: no model config in its metadata; not written by saga")
+    try:
+        raw = json.loads(meta["config"])
+        if not isinstance(raw, dict):
+            raise TypeError("not an object")
+    except (ValueError, TypeError) as exc:
+        raise SagaError(f"{path}: corrupt model config in its metadata ({exc})") from None
+    _check_sizes(path, raw, stored)
+    try:
+        return ModelConfig.from_dict(raw)
+    except SagaError as exc:
+        raise SagaError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise SagaError(f"{path}: invalid model config in its metadata ({exc})") from None
+
+
+def _check_sizes(path: Path, raw: dict[str, Any], stored: int) -> None:
+    """Every size within MODEL_LIMITS, and the implied parameter count near what the file holds."""
+    for key, limit in MODEL_LIMITS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= limit:
+            raise SagaError(f"{path}: model config {key}={value!r} is out of range (0..{limit}); "
+                            "the weights file is damaged or not from saga")
+    d = float(raw.get("d_model", 256))
+    wanted = (float(raw.get("depth", 4)) * d * d * (4 + 2 * float(raw.get("mlp_ratio", 4.0)))
+              + (float(raw.get("in_dim", 0)) + float(raw.get("content_dim", 0)) + float(raw.get("n_classes", 0))) * d)
+    if wanted > 2 * stored + 1_000_000:  # the config would allocate far more than the file holds
+        raise SagaError(f"{path}: model config asks for ~{wanted:.3g} parameters but the file holds {stored}; "
+                        "the metadata is damaged or hostile")
+
+
+def _checked_run_config(path: Path, config: Any, max_frames: int) -> tuple[list[str], str, int]:
+    """classes, level and frames of a run's config.json, each checked (someone else's folder may be hostile)."""
+    if not isinstance(config, dict):
+        raise SagaError(f"{path}: not a JSON object; the run folder is damaged")
+    classes, level, frames = config.get("classes"), config.get("level"), config.get("frames")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) or (
+            len(set(classes)) != len(classes)):
+        raise SagaError(f"{path}: 'classes' must list at least two distinct class names; the run folder is damaged")
+    if not isinstance(level, str) or not level:
+        raise SagaError(f"{path}: 'level' must be a level name; the run folder is damaged")
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= max_frames:
+        raise SagaError(f"{path}: 'frames' must be an integer in 1..{max_frames} (the model's limit), "
+                        f"got {frames!r}; the run folder is damaged")
+    return list(classes), level, frames
+
+
+def check_cache(info: RunInfo, cache: FeatureCache) -> None:
+    """Refuse a cache that is not the run's own, unless its encoder provenance is identical.
+
+    Another cache with the same encoder, weights, preprocessing and sampling holds
+    comparable features (e.g. a held-out set extracted later): evaluate but warn.
+    """
+    warn_if_unsealed(cache)
+    prov = info.provenance or {}
+    run_id = prov.get("cache_id")
+    if run_id is None or run_id == cache.cache_id:
+        return
+    differ = info.encoder.differences(cache.encoder_spec)
+    if differ:
+        raise SagaError(
+            f"{cache.root}: cache {cache.cache_id[:12]} is not the run's cache {str(run_id)[:12]} and its "
+            f"{', '.join(differ)} differ; evaluate on features from the run's encoder and sampling"
+        )
+    warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12]}), "
+                  "but extracted with the same encoder and sampling; evaluating anyway", stacklevel=3)

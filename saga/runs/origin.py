@@ -1,0 +1,106 @@
+"""What a run was trained on: the cache's identity, its records' digest, its seals.
+
+A run records the cache id, the number of ok records and their digest, so a rerun
+notices when the cache changed under it (videos added or re-extracted) instead of
+silently mixing data; continuing anyway is an explicit choice (`accept_changed_cache`,
+the CLI's --resume). Caches written before parts were sealed cannot be checked for
+edits; they still load, with one warning that says how to check them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
+
+from saga.cache.store import PARTS_LOG, SEAL, FeatureCache
+from saga.provenance import machine, now, versions
+
+_ACCEPT_CHANGED = ContextVar("saga_accept_changed_cache", default=False)
+_WARNED_UNSEALED: set[str] = set()  # cache roots already warned about in this process (warn once)
+
+
+def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
+    """The cache's encoder: the fields that make features comparable, plus how to load it again."""
+    return cache.encoder_spec.to_dict()
+
+
+def cache_digest(cache: FeatureCache) -> str:
+    """blake2b of the cache's ok records (path, split, checksum): changes when videos are added or re-extracted."""
+    h = hashlib.blake2b(digest_size=16)
+    for r in cache.ok_records():
+        h.update(f"{r.path}\0{r.split}\0{r.checksum}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    warn_if_unsealed(cache)
+    return {
+        "cache_id": cache.cache_id,
+        "cache_records": len(cache.ok_records()),
+        "cache_digest": cache_digest(cache),
+        "cache_path": str(cache.root.resolve()),
+        "encoder": encoder_provenance(cache),
+        "taxonomy": cache.attrs.get("taxonomy"),
+        "seed": seed,
+        "from_run": from_run,
+        "versions": versions(),
+        "machine": machine(),
+        "started": now(),
+        "finished": None,
+    }
+
+
+def unsealed_parts(cache: FeatureCache) -> list[str]:
+    """Parts with no seal (no seal.json, no line in parts.jsonl): file existence only, cheap for any cache."""
+    logged: set[str] = set()
+    log = cache.root / PARTS_LOG
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                logged.add(str(json.loads(line)["part"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged line is `cache verify`'s business, not a reason to fail here
+    return [name for name in cache.part_names()
+            if name not in logged and not (cache.root / "parts" / name / SEAL).exists()]
+
+
+def warn_if_unsealed(cache: FeatureCache) -> None:
+    """One warning per cache and process when parts are unsealed (a cache from an older saga, or an
+    extraction killed or still running): edits to them cannot be detected, but they still load."""
+    key = str(cache.root.resolve())
+    if key in _WARNED_UNSEALED:
+        return
+    _WARNED_UNSEALED.add(key)
+    parts = unsealed_parts(cache)
+    if parts:
+        warnings.warn(f"{cache.root}: {len(parts)} of {len(cache.part_names())} part(s) are not sealed (made by an "
+                      "older saga, or an extraction killed or still running), so edits to them cannot be "
+                      f"detected; check them with `saga cache verify {cache.root}`", stacklevel=3)
+
+
+@contextmanager
+def accept_changed_cache(accept: bool = True) -> Iterator[None]:
+    """Within this block, reopening a run whose cache changed continues it (the CLI's explicit --resume)."""
+    token = _ACCEPT_CHANGED.set(accept)
+    try:
+        yield
+    finally:
+        _ACCEPT_CHANGED.reset(token)
+
+
+def changed_cache_accepted() -> bool:
+    return _ACCEPT_CHANGED.get()
+
+
+def cache_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """How the cache differs from the one a run recorded (another cache, other records), or None."""
+    if old.get("cache_id") != new.get("cache_id"):
+        return f"was trained on another cache ({str(old.get('cache_id'))[:12]}, now {str(new.get('cache_id'))[:12]})"
+    if old.get("cache_digest") and new.get("cache_digest") and old["cache_digest"] != new["cache_digest"]:
+        return (f"was trained on {old.get('cache_records')} records of this cache, which now holds "
+                f"{new.get('cache_records')} (videos added or re-extracted)")
+    return None

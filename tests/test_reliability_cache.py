@@ -1,0 +1,146 @@
+"""Reliability (issue #9), the feature cache: sealed parts, checked reads, NaN refused, export/import.
+
+Each case of docs/reliability.md is proven in one of the tests/test_reliability_*.py files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_saga
+from saga.errors import SagaError
+
+# --- cache integrity -----------------------------------------------------------------------------------------
+
+def make_cache(tmp_path: Path, parts: int = 2):
+    """A cache of `parts` sealed parts (4, 5, ... records) under tmp_path/c."""
+    from test_cache import fill, provenance
+
+    from saga.cache.store import FeatureCache
+
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    for seed in range(parts):
+        fill(cache, 4 + seed, shard_rows=4, seed=seed)
+    return FeatureCache.open(tmp_path / "c")
+
+
+def _manifests(root: Path) -> list[Path]:
+    from saga.cache.store import MANIFEST
+
+    return sorted((root / "parts").glob("*/" + MANIFEST))
+
+
+def test_a_clean_cache_has_no_structural_errors(tmp_path: Path) -> None:
+    assert make_cache(tmp_path).check_structure() == ([], [])
+
+
+def test_verify_fails_on_a_manifest_truncated_mid_line(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    manifest = _manifests(cache.root)[0]
+    data = manifest.read_bytes()
+    manifest.write_bytes(data[: len(data) // 2])
+    errors, _ = type(cache).open(cache.root).check_structure()
+    assert any("changed since it was sealed" in e for e in errors), errors
+    proc = run_saga("cache", "verify", str(cache.root))
+    assert proc.returncode == 1 and "truncated or edited" in proc.stderr
+
+
+def test_verify_fails_on_a_deleted_part(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    shutil.rmtree(_manifests(cache.root)[1].parent)
+    errors, _ = type(cache).open(cache.root).check_structure()
+    assert any("is missing" in e for e in errors), errors
+
+
+def test_verify_fails_on_an_edited_label_or_split(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    manifest = _manifests(cache.root)[0]
+    manifest.write_text(manifest.read_text().replace('"split":"train"', '"split":"test"', 1))
+    errors, _ = type(cache).open(cache.root).check_structure()
+    assert any("changed since it was sealed" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("edit", [("dim", 16), ("sampling", {"frames": 9, "mode": "consecutive", "windows": 2})])
+def test_edited_cache_attributes_are_named(tmp_path: Path, edit: tuple) -> None:
+    from saga.cache.store import FeatureCache
+
+    cache = make_cache(tmp_path)
+    meta = cache.root / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["saga"][edit[0]] = edit[1]
+    meta.write_text(json.dumps(doc))
+    cache = FeatureCache.open(cache.root)
+    assert any("zarr.json was edited" in e for e in cache.check_structure()[0])
+    with pytest.raises(SagaError, match="zarr.json was edited"):
+        cache.read(cache.ok_records()[:1])
+
+
+def test_reads_refuse_corrupt_bytes_naming_the_record(tmp_path: Path) -> None:
+    from saga.cache.store import FeatureCache
+
+    cache = make_cache(tmp_path, parts=1)
+    shard = sorted(cache.root.glob("parts/*/features/c/1/0/0"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[10:20] = bytes(x ^ 0xFF for x in raw[10:20])
+    shard.write_bytes(bytes(raw))
+    cache = FeatureCache.open(cache.root)
+    with pytest.raises(SagaError, match=r"real/v2.mp4 .*do not match their checksum"):
+        cache.read(cache.ok_records())
+    with pytest.raises(SagaError, match="do not match their checksum"):
+        for ref in cache.shards(cache.ok_records()):
+            cache.read_shard(ref)
+
+
+def test_nan_features_are_never_stored(tmp_path: Path) -> None:
+    from test_cache import W, T, D, provenance, record
+
+    from saga.cache.store import FeatureCache, PartWriter, next_part_name
+
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    writer = PartWriter(cache, next_part_name(cache), capacity=2 * W, shard_rows=2)
+    feats = np.ones((W, T, D), np.float16)
+    writer.add(record(0), feats, np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    feats[0, 0, 0] = np.nan
+    writer.add(record(1), feats, np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    writer.close()
+    recs = {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}
+    assert recs["real/v0.mp4"].ok and not recs["real/v1.mp4"].ok
+    assert "NaN" in recs["real/v1.mp4"].error
+
+
+def test_nan_rows_written_behind_our_back_are_a_data_error(tmp_path: Path) -> None:
+    """A NaN row whose checksum matches (e.g. an old cache) is named as a data error, not a learning rate."""
+    from saga.cache.manifest import feature_checksum
+    from saga.cache.store import FeatureCache
+
+    cache = make_cache(tmp_path, parts=1)
+    recs = cache.ok_records()[:1]
+    data = cache.read(recs)
+    data["features"][0, 0, 0, 0] = np.nan
+    recs[0].checksum = feature_checksum(data["features"][0], data["mask"][0], data["timestamps"][0])
+    with pytest.raises(SagaError, match="NaN/inf .*data error"):
+        cache.check_rows(recs, data)
+
+
+def test_export_refuses_a_damaged_cache_and_a_bad_import_leaves_nothing(tmp_path: Path) -> None:
+    from saga.cache.export import export_h5, import_h5
+    from saga.cache.store import FeatureCache
+
+    cache = make_cache(tmp_path)
+    good = tmp_path / "good.h5"
+    export_h5(cache, good)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SagaError):
+        import_h5(bad, tmp_path / "imported")
+    assert not (tmp_path / "imported" / "zarr.json").exists()
+    assert len(import_h5(good, tmp_path / "imported").ok_records()) == len(cache.ok_records())
+    shutil.rmtree(_manifests(cache.root)[1].parent)
+    with pytest.raises(SagaError, match="refusing to export a damaged cache"):
+        export_h5(FeatureCache.open(cache.root), tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()
