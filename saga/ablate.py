@@ -21,8 +21,9 @@ from scipy import stats as scipy_stats
 
 from saga.explain.metrics import evaluate, write_json_atomic
 from saga.train.attribute import AttributeConfig, train_attribution
+from saga.train.options import Loss
 
-LOSSES = ("ce", "ce+semihnm", "ce+hnm")
+LOSSES = tuple(loss.value for loss in Loss)  # the table's row order: ce, ce+semihnm, ce+hnm
 PAPER = {  # GEN-L accuracy (%) on GenVideo at 0.5 % labels, for comparison
     ("1-stage", "ce"): 24.55, ("1-stage", "ce+hnm"): 65.80, ("2-stage", "ce"): 55.13,
     ("2-stage", "ce+semihnm"): 70.31, ("2-stage", "ce+hnm"): 94.99,

@@ -92,12 +92,23 @@ def write_labelled(path: Path, subset: dict[str, list[str]], wanted: dict[str, A
                       "available": {c: available.get(c, 0) for c in subset}, "classes": subset})
 
 
+def saved_or_drawn(path: Path, records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float,
+                   floor: int, seed: int, cache_id: str) -> tuple[dict[str, list[str]], bool]:
+    """The subset saved at `path` when it matches these settings (True), else a fresh draw (False, not saved).
+
+    Training saves a fresh draw only once its run folder is open, so a refused run writes nothing.
+    """
+    wanted = settings(level, fraction, floor, seed, cache_id)
+    subset = read_labelled(path, wanted, records)
+    if subset is not None:
+        return subset, True
+    return labelled_subset(records, level, taxonomy, fraction, floor, seed), False
+
+
 def resolve_labelled(path: Path, records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float,
                      floor: int, seed: int, cache_id: str) -> dict[str, list[str]]:
     """Reuse `path` when it matches, else draw the subset and save it there."""
-    wanted = settings(level, fraction, floor, seed, cache_id)
-    subset = read_labelled(path, wanted, records)
-    if subset is None:
-        subset = labelled_subset(records, level, taxonomy, fraction, floor, seed)
-        write_labelled(path, subset, wanted, records)
+    subset, saved = saved_or_drawn(path, records, level, taxonomy, fraction, floor, seed, cache_id)
+    if not saved:
+        write_labelled(path, subset, settings(level, fraction, floor, seed, cache_id), records)
     return subset

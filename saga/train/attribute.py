@@ -35,7 +35,7 @@ from saga.errors import SagaError
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
-from saga.cache.fraction import labelled_subset, read_labelled, settings, write_labelled
+from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
     CEObjective,
     Progress,
@@ -48,7 +48,8 @@ from saga.train.loop import (
     resolve_device,
     resolve_frames,
 )
-from saga.train.losses import combined_loss, triplet_loss
+from saga.train.losses import combined_loss, triplet_loss, weigh
+from saga.train.options import Loss, parse_choice
 from saga.train.mining import mine_triplets
 from saga.runs import (
     LABELLED,
@@ -59,7 +60,6 @@ from saga.runs import (
     make_provenance,
 )
 
-LOSSES = {"ce": None, "ce+hnm": "hard", "ce+semihnm": "semihard"}
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
 
 
@@ -70,7 +70,7 @@ class AttributeConfig(TrainOptions):
     level: str = "GEN-L"
     fraction: float = 0.005  # of each class's train videos (SAGA: 0.5 %)
     floor: int = 2  # at least this many per class (a triplet needs a positive)
-    loss: str = "ce+hnm"  # "ce" | "ce+hnm" | "ce+semihnm"
+    loss: Loss = Loss.CE_HNM
     lam: float = 0.5  # λ in L = λ·CE + (1 − λ)·L_HNM
     margin: float = 0.2  # α of the triplet loss
     mine_every: str | int = "epoch"  # "epoch", or refresh the mined triplets every N steps
@@ -86,23 +86,28 @@ class AttributeConfig(TrainOptions):
     def check(self) -> None:
         super().check()
         check_level(self.level)
-        if self.loss not in LOSSES:
-            raise SagaError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        self.loss = parse_choice(Loss, self.loss, "loss")
         if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
             raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
-        self.mine_steps()
+        self.mine_every = parse_mine_every(self.mine_every)
 
     def mine_steps(self) -> int:
         """0 = refresh once per epoch, else every N optimiser steps (and at each epoch start)."""
-        if self.mine_every == "epoch":
-            return 0
-        try:
-            n = int(self.mine_every)
-        except (TypeError, ValueError):
-            n = 0
-        if n < 1:
-            raise SagaError(f"mine_every must be 'epoch' or a number of steps >= 1, got {self.mine_every!r}")
-        return n
+        every = parse_mine_every(self.mine_every)
+        return 0 if every == "epoch" else int(every)
+
+
+def parse_mine_every(value: str | int) -> str | int:
+    """"epoch", or a whole number of steps >= 1 (a CLI string of digits too)."""
+    if value == "epoch":
+        return "epoch"
+    try:
+        n = int(str(value))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SagaError(f"mine_every must be 'epoch' or a number of steps >= 1, got {value!r}")
+    return n
 
 
 @torch.no_grad()
@@ -153,7 +158,7 @@ class HNMObjective(CEObjective):
     def __init__(self, data: InMemoryFeatures | StreamingFeatures, view: View, cfg: AttributeConfig,
                  device: torch.device) -> None:
         super().__init__(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
-        self.cfg, self.mode, self.every = cfg, LOSSES[cfg.loss], cfg.mine_steps()
+        self.cfg, self.mode, self.every = cfg, Loss(cfg.loss).mining, cfg.mine_steps()
         self.pos = np.full(len(data), -1, np.int64)  # mined positive / negative per pool item (-1: none)
         self.neg = np.full(len(data), -1, np.int64)
         self.counts: dict[str, int] = {}
@@ -230,11 +235,11 @@ class HNMObjective(CEObjective):
         ce = F.cross_entropy(out.logits, b.y)
         hnm, active = triplet_loss(anchors, positives, negatives, cfg.margin)
         w_ce, w_hnm = n / len(batch), (m / m_all if m_all else 0.0)
-        loss = (cfg.lam * w_ce * ce + (1.0 - cfg.lam) * w_hnm * hnm) * world
+        loss = weigh(cfg.lam, w_ce * ce, w_hnm * hnm) * world
         stats = distributed.all_reduce_sum({
             "ce": float(ce.detach()) * w_ce, "hnm": float(hnm.detach()) * w_hnm, "active": active,
             "correct": correct_count(out.logits, b.y) if n else 0})
-        stats["loss"] = cfg.lam * stats["ce"] + (1.0 - cfg.lam) * stats["hnm"]
+        stats["loss"] = weigh(cfg.lam, stats["ce"], stats["hnm"])
         stats["triplets"] = m_all
         return loss, {k: int(v) if k in ("active", "correct") else v for k, v in stats.items()}
 
@@ -242,7 +247,24 @@ class HNMObjective(CEObjective):
         return dict(self.counts)
 
 
-def load_base(from_run: str | Path, cache: FeatureCache) -> tuple[VideoTransformer, RunInfo, dict[str, Any]]:
+@dataclass(frozen=True)
+class BaseRun:
+    """The finished stage-1 run that stage 2 adapts: its model, what it was, and where it came from."""
+
+    model: VideoTransformer
+    info: RunInfo
+    origin: dict[str, Any]  # recorded in the stage-2 run's provenance
+
+    @property
+    def frames(self) -> int:
+        return int(self.info.frames)
+
+    @property
+    def path(self) -> str:
+        return str(self.origin["path"])
+
+
+def load_base(from_run: str | Path, cache: FeatureCache) -> BaseRun:
     """A finished run's model, refused unless it was trained on this cache's features."""
     model, info = load_model(from_run)
     if not info.finished:
@@ -256,16 +278,16 @@ def load_base(from_run: str | Path, cache: FeatureCache) -> tuple[VideoTransform
         raise SagaError(f"{info.path}: model input dim {model.config.in_dim} != cache dim {cache.dim}")
     origin = {"path": str(info.path.resolve()), "fingerprint": file_fingerprint(info.path / MODEL),
               "stage": info.config.get("stage"), "level": info.level, "cache_id": prov.get("cache_id")}
-    return model, info, origin
+    return BaseRun(model, info, origin)
 
 
 def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, frames: int,
-                  base: tuple[VideoTransformer, RunInfo, dict[str, Any]] | None) -> VideoTransformer:
+                  base: BaseRun | None) -> VideoTransformer:
     """Stage-1 θ with a fresh n_c-way head, or a new model (1-stage baseline); seeded."""
     torch.manual_seed(cfg.seed)
     if base is None:
         return VideoTransformer(cfg.model_config(cache.dim, n_classes, frames))
-    model = base[0]
+    model = base.model
     if frames > model.config.max_frames:
         raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")
     model.reset_head(n_classes)
@@ -280,17 +302,11 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     distributed.init(resolve_device(cfg.device))  # under torchrun: rank 0 decides, writes and reports
     cache = FeatureCache.open(cache_path)
     base = load_base(from_run, cache) if from_run is not None else None
-    frames = resolve_frames(cfg.frames or (base[1].frames if base else None), cache)
+    frames = resolve_frames(cfg.frames or (base.frames if base else None), cache)
     train = cache.ok_records("train")
     out = Path(out)
-    wanted = settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id)
-
-    def choose() -> tuple[dict[str, list[str]] | None, dict[str, list[str]]]:
-        saved = read_labelled(out / LABELLED, wanted, train)
-        return saved, saved if saved is not None else labelled_subset(train, cfg.level, cache.taxonomy,
-                                                                      cfg.fraction, cfg.floor, cfg.seed)
-
-    saved, subset = distributed.run_on_main(choose)
+    subset, saved = distributed.run_on_main(lambda: saved_or_drawn(
+        out / LABELLED, train, cfg.level, cache.taxonomy, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id))
     classes = list(subset)
     if len(classes) < 2:
         raise SagaError(f"{cache.root}: the train split has {len(classes)} class(es) at {cfg.level}; need >= 2")
@@ -299,24 +315,25 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {
         "stage": 2, "level": cfg.level, "classes": classes, "frames": frames, "model": model.config.to_dict(),
-        "train": {**cfg.to_dict(), "frames": frames, "lr": lr, "from_run": base[2]["path"] if base else None},
+        "train": {**cfg.to_dict(), "frames": frames, "lr": lr, "from_run": base.path if base else None},
         "cache": str(Path(cache_path).resolve()),
     }
-    prov = make_provenance(cache, cfg.seed, base[2] if base else None)
+    prov = make_provenance(cache, cfg.seed, base.origin if base else None)
     run, done = open_run(out, config, prov)
     if done:
         if progress and distributed.context().is_main:
             progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
         return run.path
-    if saved is None and distributed.context().is_main:
-        write_labelled(out / LABELLED, subset, wanted, train)
+    if not saved and distributed.context().is_main:
+        write_labelled(out / LABELLED, subset, settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id),
+                       train)
     chosen = {p: classes.index(c) for c, paths in subset.items() for p in paths}
     pool = [r for r in train if r.path in chosen]
     data = open_features(cache, pool, np.array([chosen[r.path] for r in pool], np.int64), cfg.stream,
                          cfg.memory_budget_gb, cfg.buffer_shards)
     device = resolve_device(cfg.device)
     view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
-    objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss == "ce"
+    objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
                  else HNMObjective(data, view, cfg, device))
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)

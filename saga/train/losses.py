@@ -8,7 +8,8 @@ loss stuck at 0 with no explanation, and this count is that explanation.
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -44,6 +45,11 @@ def triplet_loss(
     return per.mean(), int((per > 0).sum().item())
 
 
+def weigh(lam: float, ce: Any, hnm: Any) -> Any:
+    """λ·CE + (1 − λ)·L_HNM, the one place the two terms are mixed (tensors or floats)."""
+    return lam * ce + (1.0 - lam) * hnm
+
+
 def combined_loss(
     logits: Tensor,
     targets: Tensor,
@@ -63,7 +69,7 @@ def combined_loss(
         raise SagaError(f"lambda must be in [0, 1], got {lam}")
     ce = F.cross_entropy(logits, targets)
     hnm, active = triplet_loss(emb_a, emb_p, emb_n, margin)
-    loss = lam * ce + (1.0 - lam) * hnm
+    loss = weigh(lam, ce, hnm)
     stats = {
         "loss": float(loss.detach()),
         "ce": float(ce.detach()),

@@ -8,13 +8,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
 from saga.train.data import View
 
-SELECT = ("accuracy", "loss", "last")
+
+class Select(StrEnum):
+    """Which epoch a run keeps."""
+
+    ACCURACY = "accuracy"  # best val macro accuracy, ties broken by the lower val loss
+    LOSS = "loss"  # lowest val cross-entropy
+    LAST = "last"
+
+
+class Loss(StrEnum):
+    """Stage 2's objective: cross-entropy alone, or with the triplet term on mined negatives."""
+
+    CE = "ce"
+    CE_SEMIHNM = "ce+semihnm"  # semi-hard negatives (the paper's ablation baseline)
+    CE_HNM = "ce+hnm"  # hardest negatives (SAGA)
+
+    @property
+    def mining(self) -> str | None:
+        """The miner's mode for this loss (None: nothing to mine)."""
+        return {Loss.CE: None, Loss.CE_HNM: "hard", Loss.CE_SEMIHNM: "semihard"}[self]
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def parse_choice(kind: type[Choice], value: Any, name: str) -> Choice:
+    """`value` (a string from a CLI flag, TOML or config.json) as a member of `kind`, or a one-line error."""
+    try:
+        return kind(str(value))
+    except ValueError:
+        raise SagaError(f"{name} must be one of {', '.join(m.value for m in kind)}, got {value!r}") from None
+
+
+SELECT = tuple(m.value for m in Select)
 
 
 @dataclass
@@ -34,7 +68,7 @@ class TrainOptions:
     patience: int = 5  # epochs without a better validation before stopping (never before min_steps); 0 = never
     # Which epoch to keep: "accuracy" (val macro accuracy, ties broken by the lower val loss), "loss"
     # (lowest val cross-entropy) or "last".
-    select: str = "accuracy"
+    select: Select = Select.ACCURACY
     # Validate and checkpoint every ceil(eval_every_steps / steps per epoch) epochs (and after the
     # last): with 1-4 steps per epoch, validating and saving every epoch costs more than training.
     # 0 = every epoch. Resume stays exact: every epoch is seeded from (seed, epoch) alone.
@@ -65,6 +99,7 @@ class TrainOptions:
     content_drop: float = 0.0
 
     def check(self) -> None:
+        """Validate every value and parse the string choices into their enums (once, here)."""
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -76,8 +111,7 @@ class TrainOptions:
                             "must be >= 0")
         if self.head_lr_scale is not None and not self.head_lr_scale > 0:
             raise SagaError(f"head_lr_scale must be > 0, got {self.head_lr_scale}")
-        if self.select not in SELECT:
-            raise SagaError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        self.select = parse_choice(Select, self.select, "select")
         if self.stream not in (True, False, "auto"):
             raise SagaError(f"stream must be true, false or 'auto', got {self.stream!r}")
         if self.buffer_shards < 1 or self.memory_budget_gb <= 0:
