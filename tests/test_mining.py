@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
 from saga.train.losses import combined_loss, triplet_loss
-from saga.train.mining import mine_triplets
+from saga.train import mining_index
+from saga.train.mining import ApproxParams, mine_triplets
+from saga.train.mining_index import brute_negatives, resolve_search
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -49,20 +51,90 @@ def test_hard_negatives_match_brute_force(k: int) -> None:
     x = rng.normal(size=(300, 8)).astype(np.float32)
     y = rng.integers(0, 25, size=300)
     y[0] = 99  # a singleton class: its anchor is dropped
-    m = mine_triplets(x, y, k=k)
+    m = mine_triplets(x, y, k=k)  # k no longer matters: every class is searched with k = 1
     check_hard_against_brute(x, y, m)
-    if k == 1:  # the only neighbour fetched is the anchor itself: all fall back
-        assert m.n_fallback == len(m)
+    assert m.n_fallback == 0 and m.search == "exact"
 
 
-def test_fallback_when_k_nearest_are_same_class() -> None:
-    x, y = clustered(n_classes=12, per=10)  # tight clusters: 9 same-class items come first
-    m = mine_triplets(x, y, k=4)
-    assert m.n_fallback == len(m) == 120
+def test_exact_when_nearest_neighbours_are_same_class() -> None:
+    """Tight clusters: all 9 same-class items come before any negative; per-class search needs no fallback."""
+    x, y = clustered(n_classes=12, per=10)
+    m = mine_triplets(x, y, k=4, search="exact")
+    assert len(m) == 120 and m.n_fallback == 0
     check_hard_against_brute(x, y, m)
-    m64 = mine_triplets(x, y, k=64)
-    assert m64.n_fallback == 0
-    np.testing.assert_array_equal(m.negatives, m64.negatives)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_matches_numpy_brute_force_random(seed: int) -> None:
+    """Random sizes, dims and class counts (singletons included), unnormalised too."""
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(2, 120)), int(rng.integers(1, 12))
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, int(rng.integers(2, 9)), size=n) * 7 - 3  # arbitrary label values
+    for normalize in (True, False):
+        m = mine_triplets(x, y, search="exact", normalize=normalize)
+        xs = unit(x) if normalize else x
+        dd = brute(xs, y)
+        same = y[:, None] == y[None, :]
+        usable = np.array([(y == y[i]).sum() >= 2 and (y != y[i]).any() for i in range(n)])
+        np.testing.assert_array_equal(m.anchors, np.flatnonzero(usable))
+        for a, neg, dan in zip(m.anchors, m.negatives, m.d_an):
+            true = dd[a][~same[a]].min()
+            assert y[neg] != y[a] and abs(dan - true) <= 1e-5 * max(1.0, true)
+
+
+def test_exact_ties_go_to_the_lowest_index() -> None:
+    # Anchor 0 (class 0) at the origin; classes 1 and 2 each hold a point at distance 1 (indices 4, 2).
+    x = np.array([[0, 0], [0.1, 0], [0, 1], [0, 1], [1, 0], [-1, 0], [5, 5]], np.float32)
+    y = np.array([0, 0, 2, 2, 1, 1, 1])
+    m = mine_triplets(x, y, normalize=False, search="exact")
+    assert m.negatives[0] == 2  # equidistant 2 (class 2), 3 (class 2), 4 (class 1), 5 (class 1)
+    again = mine_triplets(x[::-1].copy(), y[::-1].copy(), normalize=False, search="exact")
+    assert again.negatives[np.flatnonzero(again.anchors == 6)[0]] == 1  # reversed: the four are now 1..4
+
+
+def test_single_class_and_singletons() -> None:
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    for how in ("exact", "approx", "auto"):
+        assert len(mine_triplets(x, np.zeros(10, int), search=how)) == 0  # one class: no negative anywhere
+        m = mine_triplets(x, np.arange(10), search=how)  # all singletons: no positive anywhere
+        assert len(m) == 0
+    y = np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])  # one pair, the rest singletons (still negatives)
+    m = mine_triplets(x, y, search="exact")
+    np.testing.assert_array_equal(m.anchors, [0, 1])
+    check_hard_against_brute(x, y, m)
+
+
+def test_search_option_and_auto_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = clustered(n_classes=4, per=50, spread=0.6, seed=3)
+    with pytest.raises(SagaError):
+        mine_triplets(x, y, search="hnsw")
+    assert resolve_search("auto", mining_index.APPROX_MIN_POOL - 1) == "exact"
+    assert resolve_search("auto", mining_index.APPROX_MIN_POOL) == "approx"
+    assert resolve_search("exact", 10**9) == "exact"
+    assert mine_triplets(x, y).search == "exact"
+    monkeypatch.setattr(mining_index, "APPROX_MIN_POOL", 100)
+    assert mine_triplets(x, y).search == "approx"
+    assert mine_triplets(x, y, mode="semihard").search == "exact"  # semi-hard is always exact
+
+
+def test_brute_negatives_pool_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(97, 5)))
+    y = rng.integers(0, 4, size=97)
+    anchors = np.arange(0, 97, 3)
+    dd = brute(x, y)
+    floor = np.full(anchors.size, 0.5, np.float32)
+    want = []
+    for a, f in zip(anchors, floor):
+        ok = np.flatnonzero((y != y[a]) & (dd[a] > f))
+        want.append(ok[dd[a, ok].argmin()] if ok.size else -1)
+    for elems in (1 << 24, 7, 1):  # one pool block, many blocks, one pool row per block
+        monkeypatch.setattr(mining_index, "_BRUTE_ELEMS", elems)
+        np.testing.assert_array_equal(brute_negatives(x, y, anchors, floor), want)
+        plain = brute_negatives(x, y, anchors, None)
+        for a, j in zip(anchors, plain):
+            assert abs(dd[a, j] - dd[a][y != y[a]].min()) < 1e-6
 
 
 def test_semihard_hand_built() -> None:
@@ -138,16 +210,22 @@ def test_positive_modes_and_edge_cases() -> None:
         mine_triplets(np.full_like(x, np.nan), y)
 
 
-def test_approximate_index_factory() -> None:
-    x, y = clustered(n_classes=8, per=40, spread=0.6, seed=2)
-    m = mine_triplets(x, y, index_factory="HNSW32")
-    assert len(m) == len(y)
-    assert (y[m.negatives] != y[m.anchors]).all()
-    exact = mine_triplets(x, y)
-    assert (m.d_an >= exact.d_an - 1e-5).all()
-    assert (m.negatives == exact.negatives).mean() > 0.9
+def test_approximate_ivf_recall_and_parameters() -> None:
+    x, y = clustered(n_classes=6, per=400, d=16, spread=0.8, seed=2)
+    exact = mine_triplets(x, y, search="exact")
+    full = mine_triplets(x, y, search="approx", approx=ApproxParams(nlist=8, nprobe=8))
+    np.testing.assert_array_equal(full.negatives, exact.negatives)  # every list probed: exact
+    few = mine_triplets(x, y, search="approx", approx=ApproxParams(nlist=8, nprobe=1))
+    assert few.search == "approx" and len(few) == len(y)
+    assert (y[few.negatives] != y[few.anchors]).all()
+    assert (few.d_an >= exact.d_an - 1e-5).all()  # never closer than the true hardest
+    recall = float((few.negatives == exact.negatives).mean())
+    assert 0.2 < recall < 1.0
+    again = mine_triplets(x, y, search="approx", approx=ApproxParams(nlist=8, nprobe=1))
+    np.testing.assert_array_equal(again.negatives, few.negatives)  # seeded: deterministic
     with pytest.raises(SagaError):
-        mine_triplets(x, y, index_factory="NotAnIndex")
+        mine_triplets(x, y, search="approx", approx=ApproxParams(nprobe=0))
+    assert ApproxParams().lists_for(100_000) == 1264 and ApproxParams().lists_for(10_000) == 256 and ApproxParams(nlist=50).lists_for(100) == 2
 
 
 def test_triplet_loss_values() -> None:

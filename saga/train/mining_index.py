@@ -1,0 +1,163 @@
+"""Nearest other-class search for hard-negative mining: per-class indexes, k = 1.
+
+Why per class: one index over the whole pool returns the anchor's *own* class first
+(with separated classes, the 64 nearest neighbours of most anchors are all same-class),
+so a k-NN search needs a costly exact fallback. Searching every other class's index
+for its single nearest item and keeping the minimum is exact by construction, needs no
+fallback, and does the same arithmetic as one flat search over the pool.
+
+Exact: one `IndexFlatL2` per class (BLAS, top-1). Approximate: one `IndexIVFFlat` per
+class (`nlist` lists, `nprobe` searched), trained and filled once per build, i.e. once
+per refresh. The final choice among the per-class candidates is made on exact squared
+distances, ties going to the lowest pool index, so the exact miner's answer does not
+depend on the order in which classes are searched.
+
+`brute_negatives` is the exact brute force for the semi-hard rule (nearest other-class
+item farther than a floor), chunked over the pool so each pool block is read once per
+block of anchors instead of the whole pool once per handful of anchors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import faiss
+import numpy as np
+
+from saga.errors import SagaError
+
+Search = Literal["auto", "exact", "approx"]
+SEARCHES: tuple[str, ...] = get_args(Search)
+# Pool size from which search="auto" uses the approximate index; set from bench/mining.py
+# (docs/performance.md, section 3): below it the exact per-class search is as fast or the
+# approximate one misses the true hardest negative too often.
+APPROX_MIN_POOL = 4_000_000
+_BRUTE_ELEMS = 1 << 24  # anchors × pool distances held at once by the brute force
+_ANCHOR_BLOCK = 4096  # anchors per brute-force block (each block reads the pool once)
+
+
+@dataclass(frozen=True)
+class ApproxParams:
+    """Per-class IVF-Flat parameters: `nlist` lists per class (None: 4·√members), `nprobe` searched."""
+
+    nlist: int | None = None
+    nprobe: int = 32
+    kmeans_iters: int = 10
+    seed: int = 0
+
+    def lists_for(self, members: int) -> int:
+        """Lists for a class: never more than members / 39 (FAISS's k-means floor), at least 1."""
+        want = self.nlist if self.nlist is not None else int(4 * math.sqrt(members))
+        return max(1, min(want, members // 39))
+
+
+def parse_search(search: str) -> Search:
+    """Validate the miner's search option once, at the API boundary."""
+    if search not in SEARCHES:
+        raise SagaError(f"mining search must be one of {SEARCHES}, got {search!r}")
+    return search  # type: ignore[return-value]
+
+
+def resolve_search(search: Search, pool: int) -> Literal["exact", "approx"]:
+    """`auto` → exact below APPROX_MIN_POOL items, approximate from there on."""
+    if search == "auto":
+        return "approx" if pool >= APPROX_MIN_POOL else "exact"
+    return search
+
+
+def _flat(xc: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatL2(xc.shape[1])
+    index.add(xc)
+    return index
+
+
+def _ivf(xc: np.ndarray, params: ApproxParams) -> faiss.Index:
+    nlist = params.lists_for(xc.shape[0])
+    if nlist == 1:  # tiny class: an IVF with one list is a flat index with overhead
+        return _flat(xc)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(xc.shape[1]), xc.shape[1], nlist, faiss.METRIC_L2)
+    index.cp.niter, index.cp.seed = params.kmeans_iters, params.seed
+    index.train(xc)
+    index.add(xc)
+    index.nprobe = min(params.nprobe, nlist)
+    return index
+
+
+class ClassIndexes:
+    """One index per class over the pool, built once (per refresh) and searched with k = 1."""
+
+    def __init__(self, x: np.ndarray, cls: np.ndarray, approx: ApproxParams | None = None) -> None:
+        """x: (N, d) float32 C-order pool; cls: (N,) classes 0..C-1; approx: None = exact flat indexes."""
+        if approx is not None and approx.nprobe < 1:
+            raise SagaError(f"mining nprobe must be >= 1, got {approx.nprobe}")
+        self.x, self.cls, self.approx = x, cls, approx
+        self.members = [np.flatnonzero(cls == c) for c in range(int(cls.max()) + 1 if cls.size else 0)]
+        self.indexes = [self._build(m) for m in self.members]
+
+    def _build(self, members: np.ndarray) -> faiss.Index | None:
+        if members.size == 0:
+            return None
+        xc = np.ascontiguousarray(self.x[members])
+        return _flat(xc) if self.approx is None else _ivf(xc, self.approx)
+
+    def nearest_other(self, anchors: np.ndarray) -> np.ndarray:
+        """Nearest item of another class for each anchor (pool indices); -1 where none exists."""
+        cand = np.full((anchors.size, len(self.indexes)), -1, np.int64)
+        q = np.ascontiguousarray(self.x[anchors])
+        for c, (index, members) in enumerate(zip(self.indexes, self.members)):
+            rows = np.flatnonzero(self.cls[anchors] != c)
+            if index is None or rows.size == 0:
+                continue
+            _, idx = index.search(q[rows], 1)
+            found = idx[:, 0] >= 0
+            cand[rows[found], c] = members[idx[found, 0]]
+        return _closest(self.x, anchors, cand)
+
+
+def _closest(x: np.ndarray, anchors: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per row, the candidate at the smallest exact squared distance (ties: lowest index)."""
+    out = np.full(anchors.size, -1, np.int64)
+    block = max(1, _BRUTE_ELEMS // max(1, cand.shape[1] * x.shape[1]))  # bounds the (rows, C, d) differences
+    for s in range(0, anchors.size, block):
+        a, cd = anchors[s : s + block], cand[s : s + block]
+        diff = x[np.maximum(cd, 0)] - x[a][:, None, :]
+        d = np.where(cd >= 0, np.einsum("ijk,ijk->ij", diff, diff), np.inf)
+        best = d.min(1, keepdims=True)
+        tie = np.where((d == best) & np.isfinite(d), cd, np.iinfo(np.int64).max).min(1)
+        out[s : s + block] = np.where(np.isfinite(best[:, 0]), tie, -1)
+    return out
+
+
+def brute_negatives(
+    x: np.ndarray, cls: np.ndarray, anchors: np.ndarray, floor: np.ndarray | None
+) -> np.ndarray:
+    """Exact nearest other-class item per anchor (with d > floor if given); -1 where none exists."""
+    out = np.full(anchors.size, -1, np.int64)
+    sq = np.einsum("ij,ij->i", x, x)
+    for s in range(0, anchors.size, _ANCHOR_BLOCK):
+        a = anchors[s : s + _ANCHOR_BLOCK]
+        f = None if floor is None else floor[s : s + _ANCHOR_BLOCK]
+        out[s : s + _ANCHOR_BLOCK] = _brute_block(x, sq, cls, a, f)
+    return out
+
+
+def _brute_block(
+    x: np.ndarray, sq: np.ndarray, cls: np.ndarray, a: np.ndarray, floor: np.ndarray | None
+) -> np.ndarray:
+    """One block of anchors against the pool, pool chunk by pool chunk, keeping a running minimum."""
+    best = np.full(a.size, np.inf, np.float32)
+    arg = np.full(a.size, -1, np.int64)
+    q, qsq, qc = x[a], sq[a], cls[a]
+    step = max(1, _BRUTE_ELEMS // max(1, a.size))
+    for lo in range(0, x.shape[0], step):
+        d = qsq[:, None] + sq[None, lo : lo + step] - 2.0 * (q @ x[lo : lo + step].T)
+        d[qc[:, None] == cls[None, lo : lo + step]] = np.inf
+        if floor is not None:
+            d[d <= floor[:, None]] = np.inf
+        j = d.argmin(1)
+        dj = d[np.arange(a.size), j]
+        better = dj < best  # strict: on ties the earlier chunk (lower index) wins
+        best, arg = np.where(better, dj, best), np.where(better, j + lo, arg)
+    return arg
