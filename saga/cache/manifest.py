@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from saga.errors import SagaError
 
@@ -141,18 +141,60 @@ def append_split_plan(path: Path, entries: dict[str, tuple[str, str]]) -> None:
         os.fsync(fh.fileno())
 
 
+# JSON type of every manifest field (bool is not an int here); the first seven are required.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "path": (str,), "size": (int,), "mtime_ns": (int,), "status": (str,), "generator": (str,), "labels": (dict,),
+    "split": (str,), "error": (str,), "part": (str,), "row": (int,), "windows": (int,), "checksum": (str,),
+    "n_frames": (int,), "fps": (int, float), "backend": (str,), "extra": (dict,),
+}
+REQUIRED = ("path", "size", "mtime_ns", "status", "generator", "labels", "split")
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+
+
+def check_fields(data: Any) -> None:
+    """Raise ValueError (one line) when a parsed manifest line has a missing field or a wrong type.
+
+    Why: a manifest edited by hand or by another tool must fail at parse time with the line
+    named, not later as a TypeError deep inside training."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    for key in REQUIRED:
+        if key not in data:
+            raise ValueError(f"field {key!r} is missing")
+    for key, types in FIELD_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or isinstance(value, bool)):
+            raise ValueError(f"field {key!r} must be {_JSON_NAMES[types[0]]}, got {type(value).__name__} "
+                             f"{json.dumps(value)[:40]}")
+    for level, value in data["labels"].items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"labels[{level!r}] must be a string or null, got {json.dumps(value)[:40]}")
+
+
+def parse_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
+    """One committed manifest line as a checked dict; a SagaError naming the file and line otherwise."""
+    try:
+        data = json.loads(line)
+        check_fields(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); restore the file or re-extract "
+                        "(`saga cache verify` lists what is affected)") from None
+    return data
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, bytes) of each committed non-blank line, read line by line (flat memory at 10M lines)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if raw.endswith(b"\n") and raw.strip():
+                yield number, raw
+
+
 def read_manifest(path: Path) -> list[VideoRecord]:
     """Committed records of one part; an unterminated last line (a killed write) is ignored."""
-    records = []
-    for number, line in _complete_lines(path):
-        try:
-            data = json.loads(line)
-            if not isinstance(data, dict):
-                raise TypeError("not a JSON object")
-            records.append(VideoRecord.from_dict(data))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); run `saga cache verify`") from None
-    return records
+    return [VideoRecord.from_dict(parse_line(line, path, number)) for number, line in iter_lines(path)]
 
 
 def assign_splits(

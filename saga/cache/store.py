@@ -22,16 +22,18 @@ import math
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import zarr
 
+from saga.cache import reader
+from saga.cache.index import Located, RecordIndex, RecordList
+from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, manifest_digest, read_split_plan
 from saga.cache.provenance import CacheProvenance, EncoderSpec
-from saga.cache.manifest import (FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, manifest_digest,
-                                 read_manifest, read_split_plan)
+from saga.cache.reader import ShardRef
+from saga.cache.shards import ArrayReader
 from saga.errors import SagaError
 from saga.fileio import write_json
 from saga.taxonomy import Taxonomy
@@ -47,15 +49,7 @@ DEFAULT_SHARD_ROWS = 128
 # (zarr decodes each inner chunk separately) and random rows ~1.5x faster (bench/cache_read.py).
 INNER_ROWS = 16
 
-
-@dataclass(frozen=True)
-class ShardRef:
-    """One stored shard of a part and the committed records whose rows lie in it."""
-
-    part: str
-    start: int
-    stop: int
-    records: tuple[VideoRecord, ...]
+__all__ = ["FeatureCache", "PartWriter", "ShardRef", "next_part_name"]
 
 
 class FeatureCache:
@@ -65,7 +59,8 @@ class FeatureCache:
         self.root = root
         self.attrs = attrs
         self._parts: dict[str, dict[str, zarr.Array]] = {}
-        self._records: list[VideoRecord] | None = None
+        self._readers: dict[str, dict[str, ArrayReader]] = {}
+        self._index: RecordIndex | None = None
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -158,19 +153,20 @@ class FeatureCache:
         return sorted(p.name for p in parts.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     # -- records -------------------------------------------------------------------
-    def records(self, refresh: bool = False) -> list[VideoRecord]:
-        """Committed records, one per video: a later part's record supersedes an earlier one."""
-        if self._records is None or refresh:
-            merged: dict[str, VideoRecord] = {}
-            for part in self.part_names():
-                for rec in read_manifest(self.root / "parts" / part / MANIFEST):
-                    rec.part = part
-                    merged[rec.path] = rec
-            self._records = sorted(merged.values(), key=lambda r: r.path)
-        return self._records
+    def index(self, refresh: bool = False) -> RecordIndex:
+        """The committed records as columns (parsed once; sealed parts from their sidecar)."""
+        if self._index is None or refresh:
+            self._index = RecordIndex.build(self.root / "parts", self.part_names(), MANIFEST)
+        return self._index
 
-    def ok_records(self, split: str | None = None) -> list[VideoRecord]:
-        return [r for r in self.records() if r.ok and (split is None or r.split == split)]
+    def records(self, refresh: bool = False) -> RecordList:
+        """Committed records, one per video, by path: a later part's record supersedes an earlier one.
+
+        A lazy list: each VideoRecord is built when touched, so a 10M-record cache costs columns only."""
+        return self.index(refresh).select()
+
+    def ok_records(self, split: str | None = None) -> RecordList:
+        return self.index().select(ok_only=True, split=split)
 
     # -- arrays ----------------------------------------------------------------------
     def part(self, name: str) -> dict[str, zarr.Array]:
@@ -191,70 +187,31 @@ class FeatureCache:
             self._parts[name] = arrays
         return self._parts[name]
 
+    def readers(self, name: str) -> dict[str, ArrayReader]:
+        """A part's arrays behind the direct shard reader (zarr for layouts it does not know)."""
+        if name not in self._readers:
+            arrays = self.part(name)
+            folder = self.root / "parts" / name
+            self._readers[name] = {key: ArrayReader(folder / key, arr) for key, arr in arrays.items()}
+        return self._readers[name]
+
     def check_rows(self, records: Sequence[VideoRecord], data: dict[str, np.ndarray]) -> None:
         """The cheap check of every read: checksum and finite features; a SagaError naming the record."""
-        for i, rec in enumerate(records):
-            feats = data["features"][i]
-            if rec.checksum and feature_checksum(np.ascontiguousarray(feats), np.ascontiguousarray(data["mask"][i]),
-                                                 np.ascontiguousarray(data["timestamps"][i])) != rec.checksum:
-                raise SagaError(f"{self.root}: {rec.path} (part {rec.part}, row {rec.row}): stored features do not "
-                                "match their checksum (corrupt cache); run `saga cache verify` and re-extract")
-            if not np.isfinite(feats).all():
-                raise SagaError(f"{self.root}: {rec.path}: features contain NaN/inf (a data error in the cache, "
-                                "not a training problem); run `saga cache verify` and re-extract it")
+        reader.check_rows(self, Located.of(records), data)
 
     def read(self, records: Sequence[VideoRecord], check: bool = True) -> dict[str, np.ndarray]:
         """features (n, W, T, D) float16, mask (n, W, T), timestamps (n, W, T) for the records.
 
         With `check` every record's checksum and finiteness is checked (`check_rows`)."""
-        n, w, t, d = len(records), self.windows, self.frames, self.dim
-        out = {
-            "features": np.empty((n, w, t, d), np.float16),
-            "mask": np.empty((n, w, t), bool),
-            "timestamps": np.empty((n, w, t), np.float32),
-        }
-        by_part: dict[str, list[int]] = {}
-        for i, rec in enumerate(records):
-            if not rec.ok:
-                raise SagaError(f"{rec.path}: has no features (status {rec.status}: {rec.error})")
-            by_part.setdefault(rec.part, []).append(i)
-        for part, idx in by_part.items():
-            rows = np.concatenate([np.arange(records[i].row, records[i].row + w) for i in idx])
-            order = np.argsort(rows, kind="stable")
-            group = self.part(part)
-            for name, arr in out.items():
-                data = np.empty((len(rows), *arr.shape[2:]), arr.dtype)
-                data[order] = group[name].get_orthogonal_selection((rows[order],))
-                arr[idx] = data.reshape(len(idx), w, *arr.shape[2:])
-        if check:
-            self.check_rows(records, out)
-        return out
+        return reader.read(self, records, check)
 
     def shards(self, records: Sequence[VideoRecord]) -> list[ShardRef]:
         """Group records by stored shard, so a streaming reader reads each shard object once."""
-        groups: dict[tuple[str, int], list[VideoRecord]] = {}
-        size: dict[str, int] = {}
-        for rec in records:
-            if rec.part not in size:
-                size[rec.part] = int(self.part(rec.part)["features"].shards[0])
-            groups.setdefault((rec.part, rec.row // size[rec.part]), []).append(rec)
-        refs = []
-        for (part, shard), recs in sorted(groups.items()):
-            start = shard * size[part]
-            stop = max(r.row + r.windows for r in recs)
-            refs.append(ShardRef(part, start, stop, tuple(sorted(recs, key=lambda r: r.row))))
-        return refs
+        return reader.shards(self, records)
 
     def read_shard(self, ref: ShardRef, check: bool = True) -> dict[str, np.ndarray]:
         """The arrays of a shard's records, (n, W, ...) in `ref.records` order (checked like `read`)."""
-        group = self.part(ref.part)
-        block = {name: group[name][ref.start : ref.stop] for name in ("features", "mask", "timestamps")}
-        w = self.windows
-        rows = np.concatenate([np.arange(r.row, r.row + w) for r in ref.records]) - ref.start
-        out = {k: v[rows].reshape(len(ref.records), w, *v.shape[1:]) for k, v in block.items()}
-        if check:
-            self.check_rows(ref.records, out)
-        return out
+        return reader.read_shard(self, ref, check)
 
     def verify(self) -> list[tuple[VideoRecord, str]]:
         """Records whose stored bytes no longer match their checksum (or cannot be read)."""
@@ -269,10 +226,11 @@ class FeatureCache:
             except Exception as exc:  # a damaged shard fails in the codec pipeline
                 bad.extend((rec, f"unreadable shard ({type(exc).__name__}: {exc})") for rec in ref.records)
                 continue
+            nonfinite = reader.nonfinite(data["features"])
             for i, rec in enumerate(ref.records):
                 if feature_checksum(data["features"][i], data["mask"][i], data["timestamps"][i]) != rec.checksum:
                     bad.append((rec, "checksum mismatch"))
-                elif not np.isfinite(data["features"][i]).all():
+                elif nonfinite[i]:
                     bad.append((rec, "features contain NaN/inf"))
         return bad
 

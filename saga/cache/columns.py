@@ -1,0 +1,193 @@
+"""One part's manifest as numpy columns, and the checksummed sidecar that saves re-parsing it.
+
+Why: a million `VideoRecord` objects cost ~1.6 KB each and 26 s to parse (docs/performance.md).
+Columns cost ~100 B per record. The manifest (JSONL) stays the source of truth: the sidecar
+`manifest.index.npz` beside it is derived, written atomically (only for sealed parts, whose
+manifest never changes again), keyed on the manifest's size and mtime, covered by a blake2b
+digest, and rebuilt whenever it is missing, stale, damaged or from another version. A cache on
+read-only storage simply parses every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saga.cache.manifest import iter_lines, parse_line
+from saga.errors import SagaError
+from saga.fileio import atomic_path
+
+SIDECAR = "manifest.index.npz"
+VERSION = 1
+CHUNK = 65536  # lines parsed into Python lists before becoming numpy (bounds the parse's transient memory)
+INTS = ("size", "mtime_ns", "row", "windows", "n_frames")
+CODED = ("status", "generator", "split", "error", "backend", "labels")  # few distinct values: a table + codes
+PATH_CODEC = ("utf-8", "surrogatepass")  # json may give lone surrogates (non-UTF-8 file names)
+
+
+class PartColumns:
+    """Columns of one part's committed records, in manifest order (a later line of a path wins in merging)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], tables: dict[str, list[str]], extra: dict[int, dict]) -> None:
+        self.arrays, self.tables, self.extra = arrays, tables, extra
+
+    def __len__(self) -> int:
+        return int(self.arrays["row"].size)
+
+    @classmethod
+    def parse(cls, manifest: Path) -> "PartColumns":
+        builder = _Builder()
+        for number, line in iter_lines(manifest):
+            data = parse_line(line, manifest, number)
+            try:
+                builder.add(data)
+            except ValueError as exc:
+                raise SagaError(f"{manifest}:{number}: corrupt manifest line ({exc}); restore the file or "
+                                "re-extract") from None
+        return builder.finish()
+
+    @classmethod
+    def load(cls, manifest: Path, write: bool) -> "PartColumns":
+        """From the sidecar when it is current, else parsed (and the sidecar rewritten when `write`)."""
+        key = _manifest_key(manifest)
+        cols = _read_sidecar(manifest.with_name(SIDECAR), key)
+        if cols is None:
+            cols = cls.parse(manifest)
+            if write:
+                _write_sidecar(manifest.with_name(SIDECAR), key, cols)
+        return cols
+
+
+class _Builder:
+    """Accumulates parsed lines in chunks of CHUNK, interning the coded columns."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, int]] = {k: {} for k in CODED}
+        self.lists: dict[str, list[Any]] = {}
+        self.chunks: list[dict[str, np.ndarray]] = []
+        self.extra: dict[int, dict] = {}
+        self.n = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.lists = {k: [] for k in (*INTS, "fps", "checksum", "path", *CODED)}
+
+    def add(self, data: dict[str, Any]) -> None:
+        lists = self.lists
+        for key in INTS:
+            lists[key].append(data.get(key, -1 if key == "row" else 0))
+        lists["fps"].append(float(data.get("fps", 0.0)))
+        lists["checksum"].append(_checksum_bytes(data.get("checksum", "")))
+        lists["path"].append(data["path"].encode(*PATH_CODEC))
+        for key in CODED:
+            value = json.dumps(data[key], sort_keys=True) if key == "labels" else data.get(key, "")
+            lists[key].append(self.tables[key].setdefault(value, len(self.tables[key])))
+        if data.get("extra"):
+            self.extra[self.n] = data["extra"]
+        self.n += 1
+        if len(lists["path"]) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        lists = self.lists
+        if not lists["path"]:
+            return
+        chunk = {key: np.array(lists[key], np.int64) for key in INTS}
+        chunk["fps"] = np.array(lists["fps"], np.float64)
+        chunk["checksum"] = np.frombuffer(b"".join(lists["checksum"]), np.uint8).reshape(-1, 17)
+        lengths = np.fromiter((len(p) for p in lists["path"]), np.int64, len(lists["path"]))
+        chunk["path_len"] = lengths
+        chunk["path_blob"] = np.frombuffer(b"".join(lists["path"]), np.uint8)
+        for key in CODED:
+            chunk[key] = np.array(lists[key], np.int32)
+        self.chunks.append(chunk)
+        self._reset()
+
+    def finish(self) -> PartColumns:
+        self._flush()
+        keys = (*INTS, "fps", "checksum", "path_len", "path_blob", *CODED)
+        if self.chunks:
+            arrays = {k: np.concatenate([c[k] for c in self.chunks]) for k in keys}
+        else:
+            arrays = {k: np.zeros((0, 17) if k == "checksum" else 0, _dtype(k)) for k in keys}
+        offsets = np.zeros(arrays["path_len"].size + 1, np.int64)
+        np.cumsum(arrays.pop("path_len"), out=offsets[1:])
+        arrays["path_offsets"] = offsets
+        tables = {k: list(v) for k, v in self.tables.items()}
+        return PartColumns(arrays, tables, self.extra)
+
+
+def _dtype(key: str) -> type:
+    return {"fps": np.float64, "checksum": np.uint8, "path_blob": np.uint8}.get(key, np.int32 if key in CODED
+                                                                               else np.int64)
+
+
+def _checksum_bytes(text: str) -> bytes:
+    """17 bytes: a flag (1 = a blake2b-128 hex checksum) and its 16 bytes; other text keeps flag 0."""
+    if len(text) == 32:
+        try:
+            return b"\x01" + bytes.fromhex(text)
+        except ValueError:
+            pass
+    if text:
+        raise ValueError(f"checksum {text[:40]!r} is not 32 hex digits")
+    return bytes(17)
+
+
+# -- sidecar ---------------------------------------------------------------------------------------
+def _manifest_key(manifest: Path) -> list[int]:
+    try:
+        st = manifest.stat()
+    except FileNotFoundError:
+        return [0, 0]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _digest(arrays: dict[str, np.ndarray], meta_text: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(arrays[key]).data)
+    h.update(meta_text.encode())
+    return h.hexdigest()
+
+
+def _write_sidecar(path: Path, key: list[int], cols: PartColumns) -> None:
+    """Best effort: a read-only cache or a full disk only costs the next open a re-parse."""
+    meta = json.dumps({"version": VERSION, "key": key, "tables": cols.tables,
+                       "extra": {str(i): e for i, e in cols.extra.items()}}, sort_keys=True)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, meta=np.frombuffer(meta.encode(), np.uint8),
+                         digest=np.frombuffer(_digest(cols.arrays, meta).encode(), np.uint8), **cols.arrays)
+    except OSError:
+        pass
+
+
+def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
+    """The sidecar's columns when it matches the manifest's key and its digest; else None (rebuild)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+        meta_text = data.pop("meta").tobytes().decode()
+        digest = data.pop("digest").tobytes().decode()
+        meta = json.loads(meta_text)
+    except (OSError, ValueError, KeyError, EOFError):  # missing, truncated, not an npz
+        return None
+    if meta.get("version") != VERSION or meta.get("key") != key or _digest(data, meta_text) != digest:
+        return None
+    return PartColumns(data, meta["tables"], {int(i): e for i, e in meta["extra"].items()})
+
+
+def sidecar_writable(folder: Path) -> bool:
+    """Only a sealed part's manifest is final; an unsealed one is still being appended to."""
+    return (folder / "seal.json").exists() and os.access(folder, os.W_OK)

@@ -1,0 +1,257 @@
+"""The cache's records as one columnar index, and lazy `VideoRecord` views over it.
+
+Why: memory and start-up must stay flat from 10 k to 10 M videos. The merged index holds
+~100 B per record in numpy arrays (sorted by path, a later part's record of a path winning,
+the same rule and order as before); `VideoRecord` objects are only built when a caller
+touches one (`RecordList[i]`, iteration), so `cache.ok_records("train")` at a million videos
+costs an index array, not a million objects. The training loaders and the cache's readers use
+the columns directly (`locate`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, MutableSequence, Sequence, overload
+
+import numpy as np
+
+from saga.cache.columns import CODED, PATH_CODEC, PartColumns, sidecar_writable
+from saga.cache.manifest import OK, VideoRecord
+
+SORT_CHUNK = 65536
+
+
+class RecordIndex:
+    """Every committed record of a cache, one row per video, sorted by path."""
+
+    def __init__(self, parts: list[str], part: np.ndarray, arrays: dict[str, np.ndarray],
+                 tables: dict[str, list[str]], extra: dict[int, dict]) -> None:
+        self.parts, self.part, self.arrays, self.tables, self.extra = parts, part, arrays, tables, extra
+        self._labels = [json.loads(t) for t in tables["labels"]]
+        ok_code = tables["status"].index(OK) if OK in tables["status"] else -1
+        self.ok = arrays["status"] == ok_code
+
+    def __len__(self) -> int:
+        return int(self.part.size)
+
+    @classmethod
+    def build(cls, root: Path, parts: list[str], manifest: str) -> "RecordIndex":
+        """Merge the parts' columns (sidecars when current), dedupe by path (the last wins), sort by path."""
+        loaded = [PartColumns.load(root / p / manifest, sidecar_writable(root / p)) for p in parts]
+        tables: dict[str, dict[str, int]] = {k: {} for k in CODED}
+        arrays: dict[str, list[np.ndarray]] = {}
+        extra: dict[int, dict] = {}
+        base, blob_base = 0, 0
+        for cols in loaded:
+            for key, arr in cols.arrays.items():
+                if key in CODED:  # per-part codes -> cache-wide codes
+                    remap = np.array([tables[key].setdefault(v, len(tables[key])) for v in cols.tables[key]],
+                                     np.int32)
+                    arr = remap[arr] if arr.size else arr
+                elif key == "path_offsets":
+                    arr = arr[:-1] + blob_base
+                arrays.setdefault(key, []).append(arr)
+            extra.update({base + i: e for i, e in cols.extra.items()})
+            base += len(cols)
+            blob_base += int(cols.arrays["path_blob"].size)
+        part = np.concatenate([np.full(len(c), i, np.int16) for i, c in enumerate(loaded)] or [np.zeros(0, np.int16)])
+        if not loaded:
+            return cls([], part, PartColumns.parse(root / "none" / manifest).arrays, {k: [] for k in CODED}, {})
+        merged = {k: np.concatenate(v) for k, v in arrays.items()}
+        merged["path_offsets"] = np.r_[merged["path_offsets"], blob_base]
+        keep = _sorted_unique(merged["path_blob"], merged["path_offsets"])
+        return cls._subset(parts, part, merged, {k: list(v) for k, v in tables.items()}, extra, keep)
+
+    @classmethod
+    def _subset(cls, parts: list[str], part: np.ndarray, arrays: dict[str, np.ndarray],
+                tables: dict[str, list[str]], extra: dict[int, dict], keep: np.ndarray) -> "RecordIndex":
+        offsets = arrays["path_offsets"]
+        starts, lengths = offsets[:-1][keep], np.diff(offsets)[keep]
+        out = {k: v[keep] for k, v in arrays.items() if k not in ("path_blob", "path_offsets")}
+        out["path_offsets"] = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+        out["path_blob"] = _gather_blob(arrays["path_blob"], starts, lengths)
+        new_pos = {int(old): i for i, old in enumerate(keep) if int(old) in extra} if extra else {}
+        return cls(parts, part[keep], out, tables, {new_pos[o]: extra[o] for o in extra if o in new_pos})
+
+    # -- one record -----------------------------------------------------------------------------
+    def path(self, i: int) -> str:
+        off = self.arrays["path_offsets"]
+        return self.arrays["path_blob"][off[i]:off[i + 1]].tobytes().decode(*PATH_CODEC)
+
+    def checksum(self, i: int) -> str:
+        raw = self.arrays["checksum"][i]
+        return raw[1:].tobytes().hex() if raw[0] else ""
+
+    def record(self, i: int) -> VideoRecord:
+        """A fresh VideoRecord of row i (its own labels dict, so callers may modify it)."""
+        a, t = self.arrays, self.tables
+        return VideoRecord(
+            path=self.path(i), size=int(a["size"][i]), mtime_ns=int(a["mtime_ns"][i]), status=t["status"][a["status"][i]],
+            generator=t["generator"][a["generator"][i]], labels=dict(self._labels[a["labels"][i]]),
+            split=t["split"][a["split"][i]], error=t["error"][a["error"][i]], part=self.parts[self.part[i]],
+            row=int(a["row"][i]), windows=int(a["windows"][i]), checksum=self.checksum(i),
+            n_frames=int(a["n_frames"][i]), fps=float(a["fps"][i]), backend=t["backend"][a["backend"][i]],
+            extra=dict(self.extra.get(i, {})))
+
+    # -- selections -----------------------------------------------------------------------------
+    def code(self, column: str, value: str) -> int:
+        """The code of `value` in a coded column (-1 when no record has it)."""
+        table = self.tables[column]
+        return table.index(value) if value in table else -1
+
+    def select(self, ok_only: bool = False, split: str | None = None) -> "RecordList":
+        keep = self.ok.copy() if ok_only else np.ones(len(self), bool)
+        if split is not None:
+            keep &= self.arrays["split"] == self.code("split", split)
+        return RecordList(self, np.flatnonzero(keep))
+
+
+def _sorted_unique(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Positions of each distinct path's last occurrence, in path order (bytewise = code-point order)."""
+    n = offsets.size - 1
+    if n == 0:
+        return np.zeros(0, np.int64)
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max()), 1)
+    keys = np.zeros((n, width), np.uint8)
+    for lo in range(0, n, SORT_CHUNK):  # chunked so the gather's index array stays small
+        hi = min(lo + SORT_CHUNK, n)
+        col = np.arange(width)
+        valid = col < lengths[lo:hi, None]
+        src = (offsets[lo:hi, None] + col)[valid]
+        keys[lo:hi][valid] = blob[src]
+    keys = keys.view(f"S{width}").ravel()
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    last = np.r_[ordered[1:] != ordered[:-1], True]
+    return order[last]
+
+
+def _gather_blob(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The bytes of the kept paths, concatenated in their new order."""
+    out = np.empty(int(lengths.sum()), np.uint8)
+    dst = np.r_[0, np.cumsum(lengths)]
+    for lo in range(0, starts.size, SORT_CHUNK):
+        hi = min(lo + SORT_CHUNK, starts.size)
+        rel = np.arange(int(dst[hi] - dst[lo])) - np.repeat(dst[lo:hi] - dst[lo], lengths[lo:hi])
+        out[dst[lo]:dst[hi]] = blob[np.repeat(starts[lo:hi], lengths[lo:hi]) + rel]
+    return out
+
+
+class RecordList(MutableSequence[VideoRecord]):
+    """A lazily materialised list of records: `positions` into a RecordIndex.
+
+    Indexing or iterating builds fresh VideoRecord objects; slicing and `take` give another lazy
+    view. It behaves as a list: the first change (`shuffle`, `sort`, item assignment, append)
+    materialises it into a plain list of records, which it then stays (`lazy` is False)."""
+
+    def __init__(self, index: RecordIndex, positions: np.ndarray) -> None:
+        self.index, self.positions = index, np.asarray(positions, np.int64)
+        self._items: list[VideoRecord] | None = None
+
+    @property
+    def lazy(self) -> bool:
+        return self._items is None
+
+    def _list(self) -> list[VideoRecord]:
+        if self._items is None:
+            self._items = [self.index.record(p) for p in self.positions.tolist()]
+        return self._items
+
+    def __len__(self) -> int:
+        return int(self.positions.size) if self._items is None else len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> VideoRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> "RecordList": ...
+    def __getitem__(self, i: Any) -> Any:
+        if self._items is not None:
+            return self._items[i]
+        if isinstance(i, slice):
+            return RecordList(self.index, self.positions[i])
+        return self.index.record(int(self.positions[i]))
+
+    def __setitem__(self, i: Any, value: Any) -> None:
+        self._list()[i] = value
+
+    def __delitem__(self, i: Any) -> None:
+        del self._list()[i]
+
+    def insert(self, i: int, value: VideoRecord) -> None:
+        self._list().insert(i, value)
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        self._list().sort(key=key, reverse=reverse)
+
+    def copy(self) -> "Sequence[VideoRecord]":
+        return self[:] if self._items is None else list(self._items)
+
+    def __iter__(self) -> Iterator[VideoRecord]:
+        if self._items is not None:
+            yield from self._items
+            return
+        for p in self.positions.tolist():
+            yield self.index.record(p)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecordList) and self.lazy and other.lazy and self.index is other.index:
+            return np.array_equal(self.positions, other.positions)
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __add__(self, other: Sequence[VideoRecord]) -> "Sequence[VideoRecord]":
+        if isinstance(other, RecordList) and self.lazy and other.lazy and other.index is self.index:
+            return RecordList(self.index, np.r_[self.positions, other.positions])
+        return list(self) + list(other)
+
+    def __radd__(self, other: Sequence[VideoRecord]) -> list[VideoRecord]:
+        return list(other) + list(self)
+
+    def __repr__(self) -> str:
+        return f"RecordList({len(self)} records{'' if self.lazy else ', materialised'})"
+
+    def take(self, which: np.ndarray) -> "Sequence[VideoRecord]":
+        which = np.asarray(which, np.int64)
+        if self._items is not None:
+            return [self._items[i] for i in which.tolist()]
+        return RecordList(self.index, self.positions[which])
+
+    def paths(self) -> list[str]:
+        if self._items is not None:
+            return [r.path for r in self._items]
+        return [self.index.path(p) for p in self.positions.tolist()]
+
+
+def lazy(records: Sequence[VideoRecord]) -> bool:
+    """Whether `records` is an unmodified view of a cache's index (its columns can be used)."""
+    return isinstance(records, RecordList) and records.lazy
+
+
+@dataclass
+class Located:
+    """Where records' rows are, as arrays: what reading and checking need, without VideoRecord objects."""
+
+    records: Sequence[VideoRecord]
+    parts: list[str]
+    part: np.ndarray  # code into parts, per record
+    row: np.ndarray
+    checksum: np.ndarray  # (n, 17): flag + blake2b-128
+    ok: np.ndarray
+
+    @classmethod
+    def of(cls, records: Sequence[VideoRecord]) -> "Located":
+        if lazy(records):
+            idx, pos = records.index, records.positions
+            return cls(records, idx.parts, idx.part[pos], idx.arrays["row"][pos], idx.arrays["checksum"][pos],
+                       idx.ok[pos])
+        names: dict[str, int] = {}
+        part = np.array([names.setdefault(r.part, len(names)) for r in records], np.int16)
+        row = np.array([r.row for r in records], np.int64)
+        checksum = np.zeros((len(records), 17), np.uint8)
+        for i, r in enumerate(records):
+            if r.checksum:
+                checksum[i, 0], checksum[i, 1:] = 1, np.frombuffer(bytes.fromhex(r.checksum), np.uint8)
+        ok = np.array([r.ok for r in records], bool)
+        return cls(records, list(names), part, row, checksum, ok)

@@ -1,0 +1,129 @@
+"""Reading records' arrays out of a cache: random rows, whole shards, and the checks of every read.
+
+Why a module of its own: the read path must run at disk speed (docs/performance.md), so it
+works on columns (`Located`) and on the direct shard reader (`saga.cache.shards`), never on
+one VideoRecord at a time; `FeatureCache.read`, `shards` and `read_shard` delegate here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from saga.cache.index import Located, lazy
+from saga.cache.manifest import VideoRecord
+from saga.errors import SagaError
+
+if TYPE_CHECKING:
+    from saga.cache.store import FeatureCache
+
+ARRAYS = ("features", "mask", "timestamps")
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One stored shard of a part and the committed records whose rows lie in it (ordered by row).
+
+    `records` is lazy when the records came from the cache's index; `positions` are the records'
+    positions in the sequence given to `FeatureCache.shards`."""
+
+    part: str
+    start: int
+    stop: int
+    records: Sequence[VideoRecord]
+    positions: np.ndarray
+    rows: np.ndarray  # first row of each record
+
+
+def empty(cache: "FeatureCache", n: int) -> dict[str, np.ndarray]:
+    w, t, d = cache.windows, cache.frames, cache.dim
+    return {"features": np.empty((n, w, t, d), np.float16), "mask": np.empty((n, w, t), bool),
+            "timestamps": np.empty((n, w, t), np.float32)}
+
+
+def read(cache: "FeatureCache", records: Sequence[VideoRecord], check: bool) -> dict[str, np.ndarray]:
+    """features (n, W, T, D), mask, timestamps for records in any order (grouped by part, rows ascending)."""
+    loc = Located.of(records)
+    if not loc.ok.all():
+        rec = records[int(np.flatnonzero(~loc.ok)[0])]
+        raise SagaError(f"{rec.path}: has no features (status {rec.status}: {rec.error})")
+    w = cache.windows
+    out = empty(cache, len(records))
+    for code in np.unique(loc.part):
+        idx = np.flatnonzero(loc.part == code)
+        rows = (loc.row[idx, None] + np.arange(w)).ravel()
+        order = np.argsort(rows, kind="stable")
+        readers = cache.readers(loc.parts[code])
+        for name, arr in out.items():
+            data = np.empty((rows.size, *arr.shape[2:]), arr.dtype)
+            data[order] = readers[name].take(rows[order])
+            arr[idx] = data.reshape(idx.size, w, *arr.shape[2:])
+    if check:
+        check_rows(cache, loc, out)
+    return out
+
+
+def shards(cache: "FeatureCache", records: Sequence[VideoRecord]) -> list[ShardRef]:
+    """Records grouped by stored shard (in part, then shard order), each group ordered by row."""
+    loc = Located.of(records)
+    if not len(records):
+        return []
+    size = np.array([cache.readers(p)["features"].chunk_rows for p in loc.parts], np.int64)
+    shard = loc.row // size[loc.part]
+    rank = np.empty(len(loc.parts), np.int64)
+    rank[np.argsort(np.array(loc.parts))] = np.arange(len(loc.parts))
+    order = np.lexsort((loc.row, shard, rank[loc.part]))
+    key = np.stack([loc.part[order].astype(np.int64), shard[order]], 1)
+    cuts = np.flatnonzero((key[1:] != key[:-1]).any(1)) + 1
+    refs = []
+    windows = cache.windows
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, order.size]):
+        pos = order[lo:hi]
+        code, s = int(loc.part[pos[0]]), int(shard[pos[0]])
+        group = records.take(pos) if lazy(records) else tuple(records[i] for i in pos)
+        rows = loc.row[pos]
+        refs.append(ShardRef(loc.parts[code], s * int(size[code]), int(rows.max()) + windows, group, pos, rows))
+    return refs
+
+
+def read_shard(cache: "FeatureCache", ref: ShardRef, check: bool) -> dict[str, np.ndarray]:
+    """The arrays of a shard's records, (n, W, ...) in `ref.records` order: one stored object per array."""
+    readers = cache.readers(ref.part)
+    w = cache.windows
+    rel = (ref.rows[:, None] - ref.start + np.arange(w)).ravel()
+    contiguous = rel.size and rel[0] == 0 and bool((np.diff(rel) == 1).all())
+    out = {}
+    for name in ARRAYS:
+        block = readers[name].block(ref.start, ref.stop)
+        data = block[: rel.size] if contiguous else block[rel]
+        out[name] = data.reshape(len(ref.rows), w, *block.shape[1:])
+    if check:
+        check_rows(cache, Located.of(ref.records), out)
+    return out
+
+
+def nonfinite(features: np.ndarray) -> np.ndarray:
+    """Per record: any NaN/inf in its float16 features (exponent bits all ones; no float16 arithmetic)."""
+    bits = features.reshape(features.shape[0], -1).view(np.uint16)
+    return ((bits & 0x7C00) == 0x7C00).any(1)
+
+
+def check_rows(cache: "FeatureCache", loc: Located, data: dict[str, np.ndarray]) -> None:
+    """Every record's checksum and finiteness; a SagaError naming the first bad record."""
+    feats, mask, ts = data["features"], data["mask"], data["timestamps"]
+    for i in np.flatnonzero(loc.checksum[:, 0]).tolist():
+        h = hashlib.blake2b(digest_size=16)
+        for arr in (feats[i], mask[i], ts[i]):
+            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        if h.digest() != loc.checksum[i, 1:].tobytes():
+            rec = loc.records[i]
+            raise SagaError(f"{cache.root}: {rec.path} (part {rec.part}, row {rec.row}): stored features do not "
+                            "match their checksum (corrupt cache); run `saga cache verify` and re-extract")
+    bad = nonfinite(feats)
+    if bad.any():
+        rec = loc.records[int(np.flatnonzero(bad)[0])]
+        raise SagaError(f"{cache.root}: {rec.path}: features contain NaN/inf (a data error in the cache, "
+                        "not a training problem); run `saga cache verify` and re-extract it")
