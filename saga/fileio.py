@@ -33,9 +33,10 @@ DENIED = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitt
 
 
 def write_error(exc: OSError, path: str | Path) -> WriteError | None:
-    """A disk-full or not-writable OSError as a one-line WriteError naming the folder; None for other errors."""
-    if isinstance(exc, WriteError):
-        return exc
+    """A disk-full or not-writable OSError as a one-line WriteError naming `path`'s folder; None for other errors.
+
+    A WriteError is rebuilt for `path` (a caller may name the run folder instead of a hidden temporary one).
+    """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     if exc.errno in FULL:
@@ -53,9 +54,11 @@ def writing(path: str | Path) -> Iterator[None]:
     """Turn a disk-full or permission OSError raised inside the block into a WriteError about `path`."""
     try:
         yield
+    except WriteError:
+        raise  # already one line, about the innermost file
     except OSError as exc:
         error = write_error(exc, path)
-        if error is None or error is exc:
+        if error is None:
             raise
         raise error from None
 
@@ -74,9 +77,10 @@ def check_writable(folder: str | Path) -> Path:
     Commands call this before long work, so an unwritable --out fails in one line at the
     start rather than after an hour of training. Works as root too (a read-only mount).
     """
-    folder = make_dir(folder)
-    if not folder.is_dir():
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
         raise SagaError(f"{folder}: exists and is not a folder; choose another output folder")
+    make_dir(folder)
     probe = folder / f".saga-write-test-{os.getpid()}"
     with writing(probe):
         probe.write_bytes(b"")

@@ -6,14 +6,17 @@ import json
 import sys
 import time
 import tomllib
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from saga.errors import SagaError
+from saga.fileio import check_writable
 
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -81,3 +84,30 @@ def cli_device(name: str) -> str:
     except RuntimeError as exc:
         raise SagaError(f"--device {name}: not a device ({str(exc).splitlines()[0][:120]}); "
                         "use auto, cpu or cuda[:N]") from None
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Print each warning at once as one line ("warning: ..."), not Python's two-line source excerpt.
+
+    Under torchrun only rank 0 prints, so a warning shows once, not once per GPU.
+    """
+    from saga.distributed import context
+
+    def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        if context().is_main:
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show  # restored by catch_warnings on exit
+        yield
+
+
+def writable_folder(folder: Path) -> Path:
+    """Fail at the start, in one line naming the folder, when an output folder cannot take files."""
+    from saga.distributed import context
+
+    if context().is_main:
+        check_writable(folder)
+    return folder

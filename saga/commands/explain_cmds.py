@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import cli_device, console, extract_progress, load_options
+from saga.commands.common import cli_device, console, extract_progress, load_options, writable_folder
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 
@@ -48,6 +48,7 @@ def report(
     """One self-contained HTML report: config, provenance, metrics, confusion, T-Sigs, t-SNE."""
     from saga.explain.report import build_report
 
+    writable_folder(out.parent)  # before reading every run: fail at once, naming the folder
     console.print(f"report: {build_report(runs, out, ablation)}")
 
 

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
-from saga.commands.common import cli_device, console, err, load_options, print_json
-from saga.errors import SagaError
-from saga.runs import RunFolder, evaluation_file
+from saga.commands.common import (
+    cli_device,
+    console,
+    err,
+    load_options,
+    one_line_warnings,
+    print_json,
+    writable_folder,
+)
+from saga.errors import SagaError, WriteError
+from saga.runs import RunFolder, accept_changed_cache
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
 DEFAULT_STAGE1 = Path("runs/stage1")
 Frames = Annotated[Optional[int], typer.Option("--frames", help="T' <= the cache's T (default: all cached).")]
+Resume = Annotated[Optional[bool], typer.Option(
+    "--resume/--no-resume", help="Continue a killed run in --out (the default when its cache is unchanged); "
+    "an explicit --resume also continues it after its cache changed (videos added or re-extracted).")]
 
 
 def _printer(event: dict[str, Any]) -> None:
@@ -65,7 +76,7 @@ def train(
         help="What θ sees: both (frame features + temporal tokens) | content | temporal.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
     config: ConfigFile = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run in --out.")] = True,
+    resume: Resume = None,
 ) -> None:
     """Stage 1: train the video transformer on real/fake from the cache."""
     if stage == 2:
@@ -77,10 +88,12 @@ def train(
     from saga.train.stage1 import Stage1Config, train_stage1
 
     out = out or Path("runs/stage1")
-    RunFolder(out).check_resume(resume)
+    RunFolder(out).check_resume(resume is not False)
     cfg = Stage1Config.from_dict(load_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
                                           seed=seed, patience=patience, device=device, inputs=inputs))
-    run = train_stage1(cache, out, cfg, progress=_printer)
+    writable_folder(out)
+    with one_line_warnings(), accept_changed_cache(resume is True):
+        run = train_stage1(cache, out, cfg, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
         console.print(f"stage-1 run: {run}")
 
@@ -107,20 +120,22 @@ def attribute(
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
     config: ConfigFile = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run in --out.")] = True,
+    resume: Resume = None,
 ) -> None:
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
     from saga.train.attribute import AttributeConfig, train_attribution
 
     out = out or Path("runs") / level.lower()
-    RunFolder(out).check_resume(resume)
+    RunFolder(out).check_resume(resume is not False)
     from_run = _stage1_run(from_run, scratch)
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(load_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
         epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
         patience=patience, device=device))
-    run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
+    writable_folder(out)
+    with one_line_warnings(), accept_changed_cache(resume is True):
+        run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
         console.print(f"{level} run: {run}")
 
@@ -133,21 +148,28 @@ def evaluate(
     format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
     probe: Annotated[bool, typer.Option("--probe/--no-probe",
                                         help="Fit the linear probe on the run's labelled videos beside it.")] = True,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for metrics.json and metrics-<split>.json (default: the run folder).")] = None,
 ) -> None:
     """Accuracy, macro accuracy, per-class accuracy (95 % intervals), confusion, AUC at BIN-L, the probe beside."""
-    from saga.explain.metrics import evaluate as run_evaluate
-    from saga.explain.metrics import metrics_table
+    from saga.explain.metrics import compute_evaluation, metrics_table, save_evaluation
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        metrics = run_evaluate(run, cache, split=split, device=cli_device(device), probe=probe)
-    for w in caught:
-        err.print(f"[yellow]warning:[/] {w.message}")
+    if out is not None:  # asked for explicitly: fail before the work, not after
+        writable_folder(out)
+    with one_line_warnings():
+        metrics = compute_evaluation(run, cache, split=split, device=cli_device(device), probe=probe)
     if format == "json":
         print_json(metrics)
     else:
         console.print(metrics_table(metrics))
-        console.print(f"written to {run / evaluation_file()}")
+    try:
+        written = save_evaluation(metrics, out or run)
+    except WriteError as exc:  # e.g. someone else's read-only run: the results above are not lost
+        err.print(f"[red]not saved:[/] {escape(str(exc))}; the results are printed above; rerun with "
+                  "--out FOLDER to save them elsewhere", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if format != "json":
+        console.print(f"written to {written}")
 
 
 def probe(
@@ -175,12 +197,10 @@ def probe(
         check_level(level)
     name = like.resolve().name if like is not None else (level or "GEN-L").lower()
     out = out or Path("runs") / f"probe-{name}"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    writable_folder(out)
+    with one_line_warnings():
         metrics = run_probe(cache, out, level=level, fraction=fraction, floor=floor, seed=seed, like=like,
                             frames=frames, split=split)
-    for w in caught:
-        err.print(f"[yellow]warning:[/] {w.message}")
     if format == "json":
         print_json(metrics)
     else:

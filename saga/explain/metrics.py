@@ -25,12 +25,13 @@ from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci
 from saga.explain.probe import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics
+from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
-from saga.runs import RunFolder, check_cache, load_model
+from saga.runs import RunFolder, check_cache, evaluation_file, load_model
 
-__all__ = ["binary_auc", "check_cache", "compute_metrics", "evaluate", "metrics_table", "probe_metrics",
-           "write_json_atomic"]
+__all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
+           "probe_metrics", "save_evaluation", "write_json_atomic"]
 
 
 def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Sequence[str],
@@ -43,12 +44,22 @@ def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Seque
 
 
 def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
-             device: str = "cpu", probe: bool = True, probe_max_train: int | None = 20000) -> dict[str, Any]:
-    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into the run.
+             device: str = "cpu", probe: bool = True, probe_max_train: int | None = 20000,
+             out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into `out` (default: the run).
 
     With `probe`, the linear probe is fitted on the run's labelled train videos (at most
     `probe_max_train`, a stratified seeded draw beyond) and its metrics go under "probe".
     """
+    result = compute_evaluation(run_dir, cache_path, split, batch_size, device, probe, probe_max_train)
+    save_evaluation(result, Path(out) if out is not None else Path(run_dir))
+    return result
+
+
+def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
+                       device: str = "cpu", probe: bool = True,
+                       probe_max_train: int | None = 20000) -> dict[str, Any]:
+    """The metrics of `evaluate`, written nowhere: a read-only run folder can still be evaluated."""
     run_dir = Path(run_dir)
     model, info = load_model(run_dir)
     cache = FeatureCache.open(cache_path)
@@ -66,8 +77,14 @@ def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", b
               "excluded": len(records) - len(labelled), "run": str(run_dir)}
     if probe:
         result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train)
-    RunFolder(run_dir).write_evaluation(split, result)
     return result
+
+
+def save_evaluation(result: dict[str, Any], folder: Path) -> Path:
+    """metrics-<split>.json and metrics.json in `folder` (created); a WriteError names it when it is not writable."""
+    make_dir(folder)
+    RunFolder(folder).write_evaluation(str(result["split"]), result)
+    return folder / evaluation_file()
 
 
 def _pct(x: float | None) -> str:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci
-from saga.fileio import write_text
+from saga.fileio import make_dir, write_text
 from saga.runs import CONFIG, DONE, METRICS, PROVENANCE, TSIG_MAPS, TSIG_PROFILES, RunFolder, evaluation_file
 
 FIGURES = ((TSIG_MAPS, "T-Sig maps (penultimate block, mean over heads and videos)"),
@@ -357,6 +357,8 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     if ablation is not None and not Path(ablation).is_file():
         raise SagaError(f"{ablation}: ablation file not found")
     out_html = Path(out_html)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
+    if out_html.is_dir():
+        raise SagaError(f"{out_html}: is a folder; pass the HTML file to write, e.g. --out {out_html / 'report.html'}")
+    make_dir(out_html.parent)
     write_text(out_html, render_report([Path(d) for d in run_dirs], ablation))
     return out_html

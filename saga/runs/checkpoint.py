@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from saga.errors import SagaError
+from saga.fileio import write_error, writing
 from saga.model import VideoTransformer
 from saga.runs.files import (
     CKPT_COMMIT,
@@ -53,10 +54,14 @@ def save_state(folder: Path, model: VideoTransformer, optimizer: torch.optim.Opt
         write_json(new / STATE, {**state, "optimizer": opt_meta, "scheduler": sched})
         for name in RESUME_FILES:
             fsync(new / name)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(new, ignore_errors=True)  # never committed: the files in place stay the last checkpoint
-        raise
-    os.replace(new, folder / CKPT_COMMIT)  # the commit point
+        error = write_error(exc, folder / "checkpoint") if isinstance(exc, OSError) else None
+        if error is None:
+            raise
+        raise error from None
+    with writing(folder / "checkpoint"):
+        os.replace(new, folder / CKPT_COMMIT)  # the commit point
     fsync(folder)
     recover(folder)
 

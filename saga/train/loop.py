@@ -39,7 +39,7 @@ from saga.errors import SagaError
 from saga.model.inference import EvalSpec, infer, record_targets
 from saga.model import VideoTransformer
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, memory_bytes
-from saga.runs import RunFolder
+from saga.runs import CONFIG, RunFolder
 from saga.train.options import TrainOptions  # noqa: F401 - re-exported: the stages import it from here
 from saga.train.schedule import make_optimizer, warmup_cosine
 
@@ -226,9 +226,11 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
         emit({"event": "start", "message": f"resuming {run.path} after epoch {state['epoch']}"})
     if main:
         run.trim_metrics(state["epoch"])
+    cache = _cache_of(run)  # named in the NaN-loss message
     while state["epoch"] < epochs and not _patience_spent(opts, state):
         epoch, t0 = state["epoch"] + 1, time.perf_counter()
-        line = _train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit)
+        line = _train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit,
+                            cache=cache)
         checkpoint = epoch % every == 0 or epoch == epochs
         val = validate(model) if checkpoint and validate is not None and main else None
         if dist.enabled and checkpoint:  # every rank follows rank 0's validation (best epoch, early stopping)
@@ -317,9 +319,25 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def _cache_of(run: RunFolder) -> str:
+    """The cache a run reads (its config.json), for messages that tell the user what to check."""
+    config = run.read_optional(CONFIG)
+    return str(config.get("cache") or "CACHE") if isinstance(config, dict) else "CACHE"
+
+
+def nonfinite_loss(epoch: int, value: float, cache: str) -> SagaError:
+    """A NaN/inf loss: far more often bad features (NaN rows, corrupt bytes) than a too-high learning rate.
+
+    So the message sends the user to `saga cache verify` first, and to --lr only second.
+    """
+    return SagaError(f"epoch {epoch}: the loss is {value}; most likely a data error (NaN/inf or corrupt "
+                     f"features): check the cache with `saga cache verify {cache}`; if it verifies, lower the "
+                     "learning rate (--lr)")
+
+
 def _train_epoch(model: torch.nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, opts: TrainOptions, epoch: int,
-                 state: dict[str, Any], per_epoch: int, emit: Progress) -> dict[str, Any]:
+                 state: dict[str, Any], per_epoch: int, emit: Progress, cache: str = "CACHE") -> dict[str, Any]:
     seed_epoch(opts.seed, epoch, distributed.context().rank)
     objective.begin_epoch(model, epoch)
     model.train()
@@ -328,7 +346,7 @@ def _train_epoch(model: torch.nn.Module, objective: Objective, optimizer: torch.
     for batch in objective.batches(epoch):
         loss, stats = objective.loss(model, batch)  # under torchrun: this rank's part, the global batch's stats
         if not math.isfinite(stats["loss"]):
-            raise SagaError(f"epoch {epoch}: the loss is {stats['loss']}; lower the learning rate (--lr)")
+            raise nonfinite_loss(epoch, stats["loss"], cache)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip:
