@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from saga.cache.manifest import VideoRecord
+from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.model.inference import Inference, infer, subwindow_starts, take_subwindow
@@ -30,9 +31,7 @@ GENS = ["real", "syn-svd", "syn-pika", "syn-sd", "syn-hotshot"]
 
 # -- fixtures: a tiny cache and a run folder written as docs/run-folder.md says --------------------
 def provenance() -> dict[str, Any]:
-    return {"encoder": "toy", "pretrained": "none", "weights_fingerprint": "abc", "preprocess": {"size": 8},
-            "dim": D, "sampling": {"frames": T, "mode": "consecutive", "windows": W},
-            "taxonomy": Taxonomy.load("synth").to_dict(), "split": {"seed": 0}}
+    return cache_provenance(EncoderSpec.simulated(D, T, W, name="toy"), Taxonomy.load("synth"))
 
 
 def make_cache(root: Path, per_gen: int = 4, prov: dict | None = None) -> FeatureCache:

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import run_saga
 from saga.cache.manifest import VideoRecord
+from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, intervals, macro_bootstrap, wilson
@@ -27,9 +28,7 @@ SPLITS = ["train"] * 8 + ["val"] * 3 + ["test"] * 4
 
 
 def provenance() -> dict[str, Any]:
-    return {"encoder": "toy", "pretrained": "none", "weights_fingerprint": "abc", "preprocess": {"size": 8},
-            "dim": D, "sampling": {"frames": T, "mode": "consecutive", "windows": W},
-            "taxonomy": Taxonomy.load("synth").to_dict(), "split": {"seed": 0}}
+    return cache_provenance(EncoderSpec.simulated(D, T, W, name="toy"), Taxonomy.load("synth"))
 
 
 def clip(gen: str, rng: np.random.Generator, frames: int = T) -> np.ndarray:

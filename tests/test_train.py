@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from saga.cache.manifest import OK, VideoRecord
+from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache, PartWriter
 from saga.errors import SagaError
 from saga.model.inference import record_targets
@@ -44,9 +45,8 @@ def sequence(cls: int, rng: np.random.Generator, bases: np.ndarray, n_real: int)
 
 def build_cache(root: Path, seed: int = 0, real: int = 40, per_gen: int = 10) -> FeatureCache:
     tax = Taxonomy.load("synth")
-    prov = {"encoder": "test-encoder", "pretrained": "none", "weights_fingerprint": "0" * 16, "preprocess": {},
-            "dim": D, "sampling": {"frames": T, "mode": "consecutive", "windows": 1}, "taxonomy": tax.to_dict(),
-            "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    prov = cache_provenance(EncoderSpec.simulated(D, T, name="test-encoder"), tax,
+                            fractions={"train": 0.6, "val": 0.2, "test": 0.2})
     cache = FeatureCache.create_or_open(root, prov)
     rng = np.random.default_rng(seed)
     bases = np.random.default_rng(123).normal(size=(9, D)).astype(np.float32)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 from saga.errors import SagaError
+from saga.provenance import now, versions
+from saga.taxonomy import Taxonomy
 
 # The weights and what they see: what a freshly loaded encoder must match (prediction).
 IDENTITY_KEYS = ("weights_fingerprint", "preprocess", "dim")
@@ -64,6 +66,12 @@ class EncoderSpec:
     def compatible_with(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> bool:
         return not self.differences(other, keys)
 
+    @classmethod
+    def simulated(cls, dim: int, frames: int, windows: int = 1, name: str = "simulated") -> "EncoderSpec":
+        """A spec for features made without an encoder (tests, benchmarks of the cache and of training)."""
+        return cls(encoder=name, pretrained="none", weights_fingerprint="0" * 16, preprocess="none", dim=dim,
+                   sampling={"frames": frames, "mode": "consecutive", "windows": windows})
+
 
 @dataclass(frozen=True)
 class CacheProvenance:
@@ -86,3 +94,13 @@ class CacheProvenance:
 
     def compatible_with(self, other: "CacheProvenance") -> bool:
         return not self.differences(other)
+
+
+def cache_provenance(encoder: EncoderSpec, taxonomy: Taxonomy, split_seed: int = 0,
+                     fractions: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The attributes a cache pass records: the one shape extraction, tests and benchmarks all write."""
+    if encoder.sampling is None:
+        raise SagaError(f"{encoder.encoder}: a cache needs the sampling policy in its encoder spec")
+    return {**encoder.to_dict(), "taxonomy": taxonomy.to_dict(),
+            "split": {"seed": split_seed, "fractions": dict(fractions or {"train": 0.7, "val": 0.1, "test": 0.2})},
+            "versions": versions(), "created": now()}

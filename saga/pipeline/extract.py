@@ -22,6 +22,7 @@ from saga import distributed
 from saga.distributed import resolve_device
 from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
+from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
@@ -29,7 +30,6 @@ from saga.pipeline.inputs import VideoInput, discover
 from saga.pipeline.reader import DecodedVideo, read_videos
 from saga.pipeline.sampling import SamplingPolicy
 from saga.pipeline.writer import BackgroundWriter
-from saga.provenance import now, versions
 from saga.taxonomy import Taxonomy
 
 ProgressFn = Callable[[int, int, int], None]  # (videos done, videos to do, frames done)
@@ -113,15 +113,8 @@ def resolve_taxonomy(cfg: ExtractConfig) -> Taxonomy:
 
 
 def build_provenance(encoder: FrameEncoder, policy: SamplingPolicy, taxonomy: Taxonomy, cfg: ExtractConfig) -> dict:
-    prov = encoder.provenance()
-    return {
-        **prov,
-        "sampling": policy.to_dict(),
-        "taxonomy": taxonomy.to_dict(),
-        "split": {"seed": cfg.split_seed, "fractions": cfg.split_fractions},
-        "versions": versions(),
-        "created": now(),
-    }
+    spec = EncoderSpec.from_dict({**encoder.provenance(), "sampling": policy.to_dict()}, f"encoder {cfg.encoder}")
+    return cache_provenance(spec, taxonomy, cfg.split_seed, cfg.split_fractions)
 
 
 def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tuple[list[VideoInput], dict[str, str]]:
