@@ -2,48 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from saga.cache.store import FeatureCache
+from saga.cache.summary import cache_summary
 from saga.commands.common import console, err, print_json
 from saga.taxonomy import LEVELS
 
 app = typer.Typer(help="Inspect, verify and share a feature cache.", no_args_is_help=True)
-
-
-def cache_summary(cache: FeatureCache) -> dict[str, Any]:
-    """Counts per split and per class at every level, failures, provenance."""
-    records = cache.records()
-    ok = [r for r in records if r.ok]
-    per_level: dict[str, dict[str, dict[str, int]]] = {}
-    for level in LEVELS:
-        table: dict[str, Counter] = {}
-        for r in ok:
-            cls = r.labels.get(level)
-            if cls is not None:
-                table.setdefault(cls, Counter())[r.split] += 1
-        per_level[level] = {cls: dict(c) for cls, c in table.items()}
-    return {
-        "cache": str(cache.root),
-        "cache_id": cache.cache_id,
-        "total": len(records),
-        "ok": len(ok),
-        "failed": len(records) - len(ok),
-        "splits": dict(Counter(r.split for r in ok)),
-        "classes": per_level,
-        "parts": cache.part_names(),
-        "provenance": cache.attrs,
-        "videos": [
-            {"path": r.path, "status": r.status, "error": r.error, "generator": r.generator, "split": r.split,
-             "checksum": r.checksum, "labels": r.labels, "part": r.part, "row": r.row}
-            for r in records
-        ],
-    }
 
 
 @app.command()
