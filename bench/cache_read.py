@@ -2,14 +2,19 @@
 
     python bench/cache_read.py [--videos 20000] [--dim 1152] [--frames 16] [--workdir /tmp/saga-bench]
 
-Why: phase 2 is only as fast as the cache can be read. Three readers over one cache
+Why: phase 2 is only as fast as the cache can be read. Readers over one cache
 (20k videos x 16 x 1152 float16 ~ 740 MB by default, written with `PartWriter`, kept in --workdir):
 
 - raw: every stored object of the part (features shards, mask and timestamps chunks) read with
   plain open().read(), in file order: the ceiling any reader of these bytes could reach;
-- shard: `FeatureCache.shards` + `read_shard` over every record (what stage-1 streaming does);
+- shard: `FeatureCache.shards` + `read_shard` over every record, checksums and finiteness checked
+  (what stage-1 streaming does; the direct shard reader of saga.cache.shards);
+- shard_nocheck: the same with check=False (what the checks cost);
+- stream: `StreamingFeatures.batches` over every record (shards read ahead in a thread, rows shuffled
+  into batches of 64, no model): the stage-1 loader end to end;
+- zarr: zarr's own read of the same shards (`zarr.Array[start:stop]`), the path saga used before;
 - random: `FeatureCache.read` of --random-records records in a random order, --batch at a time
-  (what stage 2's `StreamingFeatures.take` and evaluation subsets do).
+  (what stage 2's `StreamingFeatures.take` and evaluation subsets do), checked.
 
 Cold = the OS page cache dropped before each reader (`echo 3 > /proc/sys/vm/drop_caches` as
 root, else posix_fadvise(DONTNEED) on every file); warm = the files read once just before.
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saga.cache.manifest import OK, VideoRecord  # noqa: E402
 from saga.cache.store import FeatureCache, PartWriter  # noqa: E402
 from saga.taxonomy import Taxonomy  # noqa: E402
+from saga.train.data import StreamingFeatures, View  # noqa: E402
 
 
 def build_cache(root: Path, n: int, frames: int, dim: int, shard_rows: int) -> float:
@@ -100,6 +106,32 @@ def read_shards(cache: FeatureCache) -> int:
     return total
 
 
+def read_shards_nocheck(cache: FeatureCache) -> int:
+    total = 0
+    for ref in cache.shards(cache.ok_records()):
+        total += sum(a.nbytes for a in cache.read_shard(ref, check=False).values())
+    return total
+
+
+def read_zarr(cache: FeatureCache) -> int:
+    """zarr's generic codec pipeline over the same shards (no checks): the previous read path."""
+    total = 0
+    for ref in cache.shards(cache.ok_records()):
+        arrays = cache.part(ref.part)
+        total += sum(arrays[k][ref.start:ref.stop].nbytes for k in ("features", "mask", "timestamps"))
+    return total
+
+
+def read_stream(cache: FeatureCache) -> int:
+    records = cache.ok_records()
+    data = StreamingFeatures(cache, records, None, buffer_shards=8)
+    total = 0
+    for batch in data.batches(64, View(cache.frames), shuffle=True):
+        total += batch.x.shape[0]
+    t, d = cache.frames, cache.dim
+    return total * cache.windows * t * (d * 2 + 1 + 4)  # the payload read (float16 features, mask, timestamps)
+
+
 def read_random(cache: FeatureCache, count: int, batch: int, seed: int) -> int:
     records = cache.ok_records()
     pick = np.random.default_rng(seed).permutation(len(records))[:count]
@@ -138,6 +170,9 @@ def main() -> None:
     readers: dict[str, Callable[[], int]] = {
         "raw": lambda: read_raw(files),
         "shard": lambda: read_shards(cache),
+        "shard_nocheck": lambda: read_shards_nocheck(cache),
+        "stream": lambda: read_stream(cache),
+        "zarr": lambda: read_zarr(cache),
         "random": lambda: read_random(cache, args.random_records, args.batch, args.seed),
     }
     out: dict[str, Any] = {}
@@ -151,7 +186,9 @@ def main() -> None:
                 read_raw(files)  # make sure every byte is in the page cache
             print(f"[cache_read] {mode} {name}...", file=sys.stderr, flush=True)
             row[name] = measure(fn)
-        for name in ("shard", "random"):
+        for name in readers:
+            if name == "raw":
+                continue
             row[name]["ratio_vs_raw"] = round(row[name]["mb_per_s"] / row["raw"]["mb_per_s"], 3)
         out[mode] = row
     print(json.dumps({

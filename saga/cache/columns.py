@@ -76,7 +76,7 @@ class _Builder:
         self._reset()
 
     def _reset(self) -> None:
-        self.lists = {k: [] for k in (*INTS, "fps", "checksum", "path", *CODED)}
+        self.lists = {k: [] for k in (*INTS, "fps", "checksum", "crc32c", "path", *CODED)}
 
     def add(self, data: dict[str, Any]) -> None:
         lists = self.lists
@@ -84,6 +84,7 @@ class _Builder:
             lists[key].append(data.get(key, -1 if key == "row" else 0))
         lists["fps"].append(float(data.get("fps", 0.0)))
         lists["checksum"].append(_checksum_bytes(data.get("checksum", "")))
+        lists["crc32c"].append(_crc(data.get("crc32c", "")))
         lists["path"].append(data["path"].encode(*PATH_CODEC))
         for key in CODED:
             value = json.dumps(data[key], sort_keys=True) if key == "labels" else data.get(key, "")
@@ -100,6 +101,7 @@ class _Builder:
             return
         chunk = {key: np.array(lists[key], np.int64) for key in INTS}
         chunk["fps"] = np.array(lists["fps"], np.float64)
+        chunk["crc32c"] = np.array(lists["crc32c"], np.int64)
         chunk["checksum"] = np.frombuffer(b"".join(lists["checksum"]), np.uint8).reshape(-1, 17)
         lengths = np.fromiter((len(p) for p in lists["path"]), np.int64, len(lists["path"]))
         chunk["path_len"] = lengths
@@ -111,7 +113,7 @@ class _Builder:
 
     def finish(self) -> PartColumns:
         self._flush()
-        keys = (*INTS, "fps", "checksum", "path_len", "path_blob", *CODED)
+        keys = (*INTS, "fps", "checksum", "crc32c", "path_len", "path_blob", *CODED)
         if self.chunks:
             arrays = {k: np.concatenate([c[k] for c in self.chunks]) for k in keys}
         else:
@@ -126,6 +128,15 @@ class _Builder:
 def _dtype(key: str) -> type:
     return {"fps": np.float64, "checksum": np.uint8, "path_blob": np.uint8}.get(key, np.int32 if key in CODED
                                                                                else np.int64)
+
+
+def _crc(text: str) -> int:
+    """The crc32c as an int; -1 when absent (caches written before it was recorded)."""
+    if not text:
+        return -1
+    if len(text) != 8:
+        raise ValueError(f"crc32c {text[:40]!r} is not 8 hex digits")
+    return int(text, 16)
 
 
 def _checksum_bytes(text: str) -> bytes:

@@ -92,6 +92,7 @@ class RecordIndex:
             generator=t["generator"][a["generator"][i]], labels=dict(self._labels[a["labels"][i]]),
             split=t["split"][a["split"][i]], error=t["error"][a["error"][i]], part=self.parts[self.part[i]],
             row=int(a["row"][i]), windows=int(a["windows"][i]), checksum=self.checksum(i),
+            crc32c=f"{a['crc32c'][i]:08x}" if a["crc32c"][i] >= 0 else "",
             n_frames=int(a["n_frames"][i]), fps=float(a["fps"][i]), backend=t["backend"][a["backend"][i]],
             extra=dict(self.extra.get(i, {})))
 
@@ -150,14 +151,17 @@ class RecordList(MutableSequence[VideoRecord]):
     def __init__(self, index: RecordIndex, positions: np.ndarray) -> None:
         self.index, self.positions = index, np.asarray(positions, np.int64)
         self._items: list[VideoRecord] | None = None
+        self._touched: dict[int, VideoRecord] = {}  # records handed out by [i]: callers may modify them
 
     @property
     def lazy(self) -> bool:
-        return self._items is None
+        """True while the columns describe these records: nothing handed out by [i], nothing changed."""
+        return self._items is None and not self._touched
 
     def _list(self) -> list[VideoRecord]:
         if self._items is None:
-            self._items = [self.index.record(p) for p in self.positions.tolist()]
+            self._items = [self._touched.get(i) or self.index.record(p) for i, p in enumerate(self.positions.tolist())]
+            self._touched = {}
         return self._items
 
     def __len__(self) -> int:
@@ -171,8 +175,13 @@ class RecordList(MutableSequence[VideoRecord]):
         if self._items is not None:
             return self._items[i]
         if isinstance(i, slice):
+            if self._touched:
+                return self._list()[i]
             return RecordList(self.index, self.positions[i])
-        return self.index.record(int(self.positions[i]))
+        i = range(len(self))[i]  # negative indexes, IndexError
+        if i not in self._touched:  # the same object every time, as in a list
+            self._touched[i] = self.index.record(int(self.positions[i]))
+        return self._touched[i]
 
     def __setitem__(self, i: Any, value: Any) -> None:
         self._list()[i] = value
@@ -187,14 +196,15 @@ class RecordList(MutableSequence[VideoRecord]):
         self._list().sort(key=key, reverse=reverse)
 
     def copy(self) -> "Sequence[VideoRecord]":
-        return self[:] if self._items is None else list(self._items)
+        return self[:] if self.lazy else list(self)
 
     def __iter__(self) -> Iterator[VideoRecord]:
         if self._items is not None:
             yield from self._items
             return
-        for p in self.positions.tolist():
-            yield self.index.record(p)
+        touched = self._touched
+        for i, p in enumerate(self.positions.tolist()):
+            yield touched.get(i) or self.index.record(p)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RecordList) and self.lazy and other.lazy and self.index is other.index:
@@ -214,13 +224,13 @@ class RecordList(MutableSequence[VideoRecord]):
 
     def take(self, which: np.ndarray) -> "Sequence[VideoRecord]":
         which = np.asarray(which, np.int64)
-        if self._items is not None:
-            return [self._items[i] for i in which.tolist()]
+        if not self.lazy:
+            return [self[i] for i in which.tolist()]
         return RecordList(self.index, self.positions[which])
 
     def paths(self) -> list[str]:
-        if self._items is not None:
-            return [r.path for r in self._items]
+        if not self.lazy:
+            return [r.path for r in self]
         return [self.index.path(p) for p in self.positions.tolist()]
 
 
@@ -238,6 +248,7 @@ class Located:
     part: np.ndarray  # code into parts, per record
     row: np.ndarray
     checksum: np.ndarray  # (n, 17): flag + blake2b-128
+    crc32c: np.ndarray  # -1: none recorded
     ok: np.ndarray
 
     @classmethod
@@ -245,7 +256,7 @@ class Located:
         if lazy(records):
             idx, pos = records.index, records.positions
             return cls(records, idx.parts, idx.part[pos], idx.arrays["row"][pos], idx.arrays["checksum"][pos],
-                       idx.ok[pos])
+                       idx.arrays["crc32c"][pos], idx.ok[pos])
         names: dict[str, int] = {}
         part = np.array([names.setdefault(r.part, len(names)) for r in records], np.int16)
         row = np.array([r.row for r in records], np.int64)
@@ -254,4 +265,5 @@ class Located:
             if r.checksum:
                 checksum[i, 0], checksum[i, 1:] = 1, np.frombuffer(bytes.fromhex(r.checksum), np.uint8)
         ok = np.array([r.ok for r in records], bool)
-        return cls(records, list(names), part, row, checksum, ok)
+        crc = np.array([int(r.crc32c, 16) if len(r.crc32c) == 8 else -1 for r in records], np.int64)
+        return cls(records, list(names), part, row, checksum, crc, ok)

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import google_crc32c
+import numpy as np
+
 from saga.errors import SagaError
 
 OK = "ok"
@@ -37,6 +40,7 @@ class VideoRecord:
     row: int = -1
     windows: int = 0
     checksum: str = ""
+    crc32c: str = ""  # crc32c of the same bytes (8 hex digits): the fast check of every read; blake2b decides
     n_frames: int = 0
     fps: float = 0.0
     backend: str = ""
@@ -65,6 +69,14 @@ def file_fingerprint(path: Path) -> tuple[int, int]:
     except OSError:
         return (-1, 0)
     return (st.st_size, st.st_mtime_ns)
+
+
+def feature_crc32c(*arrays: Any) -> str:
+    """crc32c of the raw bytes of a record's arrays: ~10x cheaper than blake2b, checked on every read."""
+    crc = 0
+    for arr in arrays:
+        crc = google_crc32c.extend(crc, np.ascontiguousarray(arr).tobytes())
+    return f"{crc:08x}"
 
 
 def feature_checksum(*arrays: Any) -> str:
@@ -145,7 +157,7 @@ def append_split_plan(path: Path, entries: dict[str, tuple[str, str]]) -> None:
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "path": (str,), "size": (int,), "mtime_ns": (int,), "status": (str,), "generator": (str,), "labels": (dict,),
     "split": (str,), "error": (str,), "part": (str,), "row": (int,), "windows": (int,), "checksum": (str,),
-    "n_frames": (int,), "fps": (int, float), "backend": (str,), "extra": (dict,),
+    "crc32c": (str,), "n_frames": (int,), "fps": (int, float), "backend": (str,), "extra": (dict,),
 }
 REQUIRED = ("path", "size", "mtime_ns", "status", "generator", "labels", "split")
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}

@@ -8,9 +8,12 @@ one VideoRecord at a time; `FeatureCache.read`, `shards` and `read_shard` delega
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+import google_crc32c
 import numpy as np
 
 from saga.cache.index import Located, lazy
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
 
 ARRAYS = ("features", "mask", "timestamps")
+HASH_THREADS = min(2, os.cpu_count() or 1)
+PARALLEL_BYTES = 1 << 20  # below this a thread hand-off costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -105,25 +110,68 @@ def read_shard(cache: "FeatureCache", ref: ShardRef, check: bool) -> dict[str, n
     return out
 
 
+def advise(cache: "FeatureCache", ref: ShardRef) -> None:
+    """Start the kernel reading a shard that will be read soon (the streaming reader's look-ahead)."""
+    for r in cache.readers(ref.part).values():
+        r.advise(ref.start, ref.stop)
+
+
 def nonfinite(features: np.ndarray) -> np.ndarray:
-    """Per record: any NaN/inf in its float16 features (exponent bits all ones; no float16 arithmetic)."""
+    """Per record: any NaN/inf in its float16 features (exponent bits all ones), ~15x faster than isfinite."""
     bits = features.reshape(features.shape[0], -1).view(np.uint16)
-    return ((bits & 0x7C00) == 0x7C00).any(1)
+    return np.bitwise_and(bits, 0x7FFF).max(1, initial=0) >= 0x7C00 if bits.size else np.zeros(len(bits), bool)
+
+
+def _mismatches(loc: Located, data: dict[str, np.ndarray], idx: list[int]) -> list[int]:
+    """Records among idx whose bytes do not match: a matching crc32c passes at once (~7 GB/s); without
+    one, or when it differs, the blake2b-128 decides (the record's checksum of record)."""
+    bad = []
+    for i in idx:
+        crc = int(loc.crc32c[i])
+        if crc >= 0:
+            value = 0
+            for name in ARRAYS:
+                value = google_crc32c.extend(value, np.ascontiguousarray(data[name][i]).tobytes())
+            if value == crc:
+                continue
+            if not loc.checksum[i, 0]:
+                bad.append(i)
+                continue
+        h = hashlib.blake2b(digest_size=16)
+        for name in ARRAYS:
+            h.update(memoryview(np.ascontiguousarray(data[name][i])).cast("B"))
+        if h.digest() != loc.checksum[i, 1:].tobytes():
+            bad.append(i)
+    return bad
 
 
 def check_rows(cache: "FeatureCache", loc: Located, data: dict[str, np.ndarray]) -> None:
-    """Every record's checksum and finiteness; a SagaError naming the first bad record."""
-    feats, mask, ts = data["features"], data["mask"], data["timestamps"]
-    for i in np.flatnonzero(loc.checksum[:, 0]).tolist():
-        h = hashlib.blake2b(digest_size=16)
-        for arr in (feats[i], mask[i], ts[i]):
-            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
-        if h.digest() != loc.checksum[i, 1:].tobytes():
-            rec = loc.records[i]
-            raise SagaError(f"{cache.root}: {rec.path} (part {rec.part}, row {rec.row}): stored features do not "
-                            "match their checksum (corrupt cache); run `saga cache verify` and re-extract")
-    bad = nonfinite(feats)
-    if bad.any():
-        rec = loc.records[int(np.flatnonzero(bad)[0])]
+    """Every record's checksum and finiteness; a SagaError naming the first bad record.
+
+    Hashing is the one CPU cost of a checked read (~0.9 GB/s per core), so big reads hash on
+    HASH_THREADS threads; the result is the same as hashing in order."""
+    todo = np.flatnonzero(loc.checksum[:, 0] | (loc.crc32c >= 0)).tolist()
+    nbytes = sum(a[:1].nbytes for a in data.values()) * len(todo)
+    if HASH_THREADS > 1 and nbytes >= PARALLEL_BYTES:
+        halves = [todo[k::HASH_THREADS] for k in range(HASH_THREADS)]
+        bad = sorted(i for found in _pool().map(lambda h: _mismatches(loc, data, h), halves) for i in found)
+    else:
+        bad = _mismatches(loc, data, todo)
+    if bad:
+        rec = loc.records[bad[0]]
+        raise SagaError(f"{cache.root}: {rec.path} (part {rec.part}, row {rec.row}): stored features do not "
+                        "match their checksum (corrupt cache); run `saga cache verify` and re-extract")
+    wrong = nonfinite(data["features"])
+    if wrong.any():
+        rec = loc.records[int(np.flatnonzero(wrong)[0])]
         raise SagaError(f"{cache.root}: {rec.path}: features contain NaN/inf (a data error in the cache, "
                         "not a training problem); run `saga cache verify` and re-extract it")
+
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="saga-hash"))
+    return _POOL[0]

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - a zarr install without it cannot write
     _crc = None
 
 EMPTY = 2**64 - 1  # offset and length of an absent inner chunk
+SEQUENTIAL_AHEAD = 2  # objects hinted (POSIX_FADV_WILLNEED) ahead of a sequential scan
 INDEX_CACHE = 4096  # parsed shard indexes kept for random reads (16 B per inner chunk each)
 
 
@@ -85,6 +86,7 @@ class ArrayReader:
         except (OSError, ValueError):
             self.layout = None
         self._index: dict[int, np.ndarray | None] = {}
+        self._next = -1  # the object a sequential scan would read next
 
     @property
     def direct(self) -> bool:
@@ -105,8 +107,12 @@ class ArrayReader:
         if self.layout is None:
             return self.array[start:stop]
         rows = self.layout.rows
+        first, last = start // rows, (stop - 1) // rows
+        if first == self._next:  # a sequential scan: let the disk fetch what comes next meanwhile
+            self.advise((last + 1) * rows, (last + 1 + SEQUENTIAL_AHEAD) * rows)
+        self._next = last + 1
         pieces = []
-        for k in range(start // rows, (stop - 1) // rows + 1):
+        for k in range(first, last + 1):
             lo, hi = max(start, k * rows), min(stop, (k + 1) * rows)
             try:
                 whole = self._read_object(k)
@@ -115,6 +121,21 @@ class ArrayReader:
                 continue
             pieces.append(whole[lo - k * rows: hi - k * rows])
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def advise(self, start: int, stop: int) -> None:
+        """Ask the kernel to start reading rows [start, stop) now (POSIX_FADV_WILLNEED), so the disk
+        works while the caller hashes or trains on what it already has. Best effort."""
+        if self.layout is None or not hasattr(os, "posix_fadvise"):
+            return
+        for k in range(start // self.layout.rows, min(stop - 1, self.layout.shape[0] - 1) // self.layout.rows + 1):
+            try:
+                fd = os.open(self._key(k), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def _read_object(self, k: int) -> np.ndarray:
         lay = self.layout

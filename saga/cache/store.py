@@ -30,7 +30,8 @@ import zarr
 
 from saga.cache import reader
 from saga.cache.index import Located, RecordIndex, RecordList
-from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, manifest_digest, read_split_plan
+from saga.cache.manifest import (FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c,
+                                 manifest_digest, read_split_plan)
 from saga.cache.provenance import CacheProvenance, EncoderSpec
 from saga.cache.reader import ShardRef
 from saga.cache.shards import ArrayReader
@@ -345,6 +346,7 @@ class PartWriter:
             raise ValueError("part capacity exceeded")
         record.part, record.row, record.windows, record.status = self.name, self._next_row, self.windows, OK
         record.checksum = feature_checksum(features, mask, timestamps)
+        record.crc32c = feature_crc32c(features, mask, timestamps)
         self._next_row += self.windows
         self._pending.append(record)
         for w in range(self.windows):

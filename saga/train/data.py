@@ -20,6 +20,7 @@ else, which is what lets a resumed run reproduce an uninterrupted one.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -28,12 +29,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
+from saga.cache.index import lazy
 from saga.cache.manifest import VideoRecord
+from saga.cache.reader import advise
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model.inference import subwindow_starts
 
 ORDER, AUGMENT = 0x0DE5, 0xA4C  # rng purposes
+READ_AHEAD = 4  # shards the kernel is asked to read ahead of the one being read
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,13 @@ def select(features: Tensor, mask: np.ndarray, view: View,
             keep = _drop_frames(keep, view.frame_drop, rng)
     else:
         gi, keep = _gather_mask(m, subwindow_starts(m, view.frames), view.frames)
-    rows = torch.from_numpy(np.arange(b))[:, None]
-    x = features[rows, torch.from_numpy(np.asarray(win, np.int64))[:, None], torch.from_numpy(gi)]
+    win = np.asarray(win, np.int64)
+    if b and (win == win[0]).all() and (gi == gi[0]).all() and (np.diff(gi[0]) == 1).all():
+        lo = int(gi[0, 0])  # the common case (same window, same frames for every row): a slice, no gather
+        x = features[:, int(win[0]), lo:lo + view.frames]
+    else:
+        rows = torch.from_numpy(np.arange(b))[:, None]
+        x = features[rows, torch.from_numpy(win)[:, None], torch.from_numpy(gi)]
     return x.float(), torch.from_numpy(np.ascontiguousarray(keep))
 
 
@@ -193,7 +202,7 @@ class InMemoryFeatures:
 
     def __init__(self, cache: FeatureCache, records: Sequence[VideoRecord],
                  level_labels: Sequence[int] | np.ndarray | None = None, chunk: int = 1024) -> None:
-        self.records = list(records)
+        self.records = _keep(records)
         self.labels = _check_labels(level_labels, len(self.records))
         n, w, t, d = len(self.records), cache.windows, cache.frames, cache.dim
         self.features = torch.empty((n, w, t, d), dtype=torch.float32)
@@ -254,14 +263,13 @@ class StreamingFeatures(IterableDataset):
         if buffer_shards < 1 or batch_size < 1:
             raise SagaError(f"buffer_shards and batch_size must be >= 1, got {buffer_shards}, {batch_size}")
         self.cache = cache
-        self.records = list(records)
+        self.records = _keep(records)
         self.labels = _check_labels(level_labels, len(self.records))
         self.view = view or View(cache.frames)
         self.batch_size, self.buffer_shards = batch_size, buffer_shards
         self.seed, self.epoch, self.shuffle, self.balance = seed, epoch, shuffle, balance
-        position = {r.path: i for i, r in enumerate(self.records)}
         self.shard_refs = cache.shards(self.records)
-        self.shard_index = [np.array([position[r.path] for r in ref.records], np.int64) for ref in self.shard_refs]
+        self.shard_index = [ref.positions for ref in self.shard_refs]  # positions in self.records
         self.stats = {"shards_read": 0, "max_rows_buffered": 0}
 
     def __len__(self) -> int:
@@ -285,7 +293,7 @@ class StreamingFeatures(IterableDataset):
         """Random access (mined positives/negatives): reads just these records from the cache."""
         index = np.asarray(index, np.int64)
         uniq, inverse = np.unique(index, return_inverse=True)
-        data = self.cache.read([self.records[i] for i in uniq])
+        data = self.cache.read(_subset(self.records, uniq))
         feats = torch.from_numpy(data["features"])[torch.from_numpy(inverse)]
         return _make_batch(feats, data["mask"][inverse], self.labels[index], index, view, rng)
 
@@ -296,9 +304,23 @@ class StreamingFeatures(IterableDataset):
         rates = class_rates(self.labels) if balance else None
         self.stats = {"shards_read": 0, "max_rows_buffered": 0}  # of the latest epoch
         order = rng.permutation(len(self.shard_refs)) if shuffle else np.arange(len(self.shard_refs))
+        groups = [order[g:g + self.buffer_shards] for g in range(0, order.size, self.buffer_shards)]
+        pool = ThreadPoolExecutor(1, thread_name_prefix="saga-prefetch")
+        try:
+            yield from self._epoch(groups, pool, rng, aug, rates, batch_size, view, shuffle)
+        finally:  # an epoch abandoned early (a stop, an error) does not wait for the read ahead
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _epoch(self, groups: list[np.ndarray], pool: ThreadPoolExecutor, rng: np.random.Generator,
+               aug: np.random.Generator | None, rates: np.ndarray | None, batch_size: int, view: View,
+               shuffle: bool) -> Iterator[Batch]:
+        """The batches of one epoch; the next buffer's shards are read in the background meanwhile."""
         carry: dict[str, np.ndarray] | None = None
-        for g in range(0, order.size, self.buffer_shards):
-            buf = self._read_group(order[g:g + self.buffer_shards], carry)
+        ahead: Future | None = pool.submit(self._read_shards, groups[0]) if groups else None
+        for g in range(len(groups)):
+            parts = ahead.result()
+            ahead = pool.submit(self._read_shards, groups[g + 1]) if g + 1 < len(groups) else None
+            buf = self._pool_rows(parts, carry, len(groups[g]))
             rows = np.arange(buf["index"].size)
             if rates is not None:  # carried rows were already drawn: one copy each
                 fresh = rows[buf["carried"]:]
@@ -306,7 +328,7 @@ class StreamingFeatures(IterableDataset):
                                        np.repeat(fresh, _copies(buf["y"][fresh], rates, rng))])
             if shuffle:
                 rows = rng.permutation(rows)
-            last = g + self.buffer_shards >= order.size
+            last = g + 1 == len(groups)
             cut = rows.size if last else rows.size - rows.size % batch_size
             feats = torch.from_numpy(buf["features"])
             for lo in range(0, cut, batch_size):
@@ -316,17 +338,35 @@ class StreamingFeatures(IterableDataset):
             tail = rows[cut:]
             carry = {k: buf[k][tail] for k in ("features", "mask", "y", "index")}
 
-    def _read_group(self, shards: np.ndarray, carry: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-        parts = [] if carry is None else [carry]
-        for s in shards:
+    def _read_shards(self, shards: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The shards' rows with their labels (runs in the prefetch thread: file reads and blake2b
+        release the GIL, so reading overlaps the model's step)."""
+        parts = []
+        for j, s in enumerate(shards):
+            for nxt in shards[j + 1:j + 1 + READ_AHEAD] if j == 0 else shards[j + READ_AHEAD:j + READ_AHEAD + 1]:
+                advise(self.cache, self.shard_refs[nxt])  # the disk reads ahead while this shard is hashed
             data = self.cache.read_shard(self.shard_refs[s])
             idx = self.shard_index[s]
             parts.append({"features": data["features"], "mask": data["mask"], "y": self.labels[idx], "index": idx})
-            self.stats["shards_read"] += 1
+        return parts
+
+    def _pool_rows(self, parts: list[dict[str, np.ndarray]], carry: dict[str, np.ndarray] | None,
+                   n_shards: int) -> dict[str, np.ndarray]:
+        parts = parts if carry is None else [carry, *parts]
+        self.stats["shards_read"] += n_shards
         buf = {k: np.concatenate([p[k] for p in parts]) for k in ("features", "mask", "y", "index")}
         buf["carried"] = 0 if carry is None else carry["index"].size
         self.stats["max_rows_buffered"] = max(self.stats["max_rows_buffered"], int(buf["index"].size))
         return buf
+
+
+def _keep(records: Sequence[VideoRecord]) -> Sequence[VideoRecord]:
+    """The records as given when they are a lazy view of the cache's index (no objects), else a list."""
+    return records if lazy(records) else list(records)
+
+
+def _subset(records: Sequence[VideoRecord], index: np.ndarray) -> Sequence[VideoRecord]:
+    return records.take(index) if lazy(records) else [records[i] for i in index.tolist()]
 
 
 def memory_bytes(cache: FeatureCache, n_records: int) -> int:
