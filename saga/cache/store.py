@@ -28,10 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from saga.cache import reader
+from saga.cache import integrity, reader
 from saga.cache.index import Located, RecordIndex, RecordList
 from saga.cache.manifest import (FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c,
-                                 manifest_digest, read_split_plan)
+                                 manifest_digest)
 from saga.cache.provenance import CacheProvenance, EncoderSpec
 from saga.cache.reader import ShardRef
 from saga.cache.shards import ArrayReader
@@ -216,81 +216,11 @@ class FeatureCache:
 
     def verify(self) -> list[tuple[VideoRecord, str]]:
         """Records whose stored bytes no longer match their checksum (or cannot be read)."""
-        bad = []
-        try:
-            refs = self.shards(self.ok_records())
-        except SagaError as exc:  # a missing part: reported by check_structure
-            return [(rec, str(exc)) for rec in self.ok_records()[:1]]
-        for ref in refs:
-            try:
-                data = self.read_shard(ref, check=False)
-            except Exception as exc:  # a damaged shard fails in the codec pipeline
-                bad.extend((rec, f"unreadable shard ({type(exc).__name__}: {exc})") for rec in ref.records)
-                continue
-            nonfinite = reader.nonfinite(data["features"])
-            for i, rec in enumerate(ref.records):
-                if feature_checksum(data["features"][i], data["mask"][i], data["timestamps"][i]) != rec.checksum:
-                    bad.append((rec, "checksum mismatch"))
-                elif nonfinite[i]:
-                    bad.append((rec, "features contain NaN/inf"))
-        return bad
+        return integrity.verify(self)
 
     def check_structure(self) -> tuple[list[str], list[str]]:
-        """(errors, warnings) about the cache as a whole, each one line.
-
-        Errors: a sealed part missing or its manifest changed since it was sealed (truncated,
-        edited: labels and splits are covered), attributes that do not match the arrays, records
-        whose split differs from the split plan. Warnings: parts never sealed (an extraction
-        killed or still running), planned videos without a record (rerun extract to finish).
-        """
-        errors: list[str] = []
-        warnings: list[str] = []
-        log = self.root / PARTS_LOG
-        sealed: dict[str, dict[str, Any]] = {}
-        if log.exists():
-            for number, line in enumerate(log.read_text(encoding="utf-8").split("\n")[:-1], 1):
-                try:
-                    entry = json.loads(line)
-                    sealed[str(entry["part"])] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    errors.append(f"{log}:{number}: corrupt line")
-        names = set(self.part_names())
-        for name in sorted(set(sealed) - names):
-            errors.append(f"part {name} is missing (sealed with {sealed[name]['lines']} records); restore it "
-                          "or re-extract into a new cache")
-        for name in sorted(names):
-            folder = self.root / "parts" / name
-            entry = sealed.get(name)
-            if entry is None and (folder / SEAL).exists():
-                try:
-                    entry = json.loads((folder / SEAL).read_text(encoding="utf-8"))
-                except (OSError, json.JSONDecodeError):
-                    errors.append(f"part {name}: corrupt {SEAL}")
-                    continue
-            if entry is None:
-                warnings.append(f"part {name} was never sealed (an extraction killed or still running); "
-                                "rerun `saga extract` to complete the cache")
-                continue
-            lines, digest = manifest_digest(folder / MANIFEST)
-            if (lines, digest) != (entry.get("lines"), entry.get("digest")):
-                errors.append(f"part {name}: {MANIFEST} changed since it was sealed ({lines} complete lines, "
-                              f"sealed with {entry.get('lines')}): truncated or edited; restore it or re-extract")
-            try:
-                self.part(name)
-            except SagaError as exc:
-                errors.append(str(exc))
-        records = self.records()
-        plan = read_split_plan(self.split_plan_path) if self.split_plan_path.exists() else {}
-        for rec in records:
-            planned = plan.get(rec.path)
-            if planned is not None and planned[1] != rec.split:
-                errors.append(f"{rec.path}: manifest split {rec.split!r} differs from the split plan "
-                              f"{planned[1]!r} (edited manifest); restore it or re-extract")
-        missing = sorted(set(plan) - {r.path for r in records})
-        if missing:
-            warnings.append(f"{len(missing)} planned video(s) have no record (e.g. {missing[0]}): an unfinished "
-                            "extraction or a lost part; rerun `saga extract` with the same videos")
-        return errors, warnings
+        """(errors, warnings) about the cache as a whole, each one line (see `integrity.check_structure`)."""
+        return integrity.check_structure(self)
 
 
 class PartWriter:

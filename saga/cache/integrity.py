@@ -1,0 +1,98 @@
+"""Whole-cache checks: every record's bytes against its blake2b (`saga cache verify`), and the
+structure (sealed parts present and unchanged, attributes matching the arrays, splits as planned).
+
+Split from store.py so that the store holds the format and the read/write paths only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from saga.cache import reader, store  # store is mid-import here: its names are read at call time
+from saga.cache.manifest import VideoRecord, feature_checksum, manifest_digest, read_split_plan
+from saga.errors import SagaError
+
+if TYPE_CHECKING:
+    from saga.cache.store import FeatureCache
+
+
+
+
+def verify(cache: "FeatureCache") -> list[tuple[VideoRecord, str]]:
+    """Records whose stored bytes no longer match their checksum (or cannot be read)."""
+    bad = []
+    try:
+        refs = cache.shards(cache.ok_records())
+    except SagaError as exc:  # a missing part: reported by check_structure
+        return [(rec, str(exc)) for rec in cache.ok_records()[:1]]
+    for ref in refs:
+        try:
+            data = cache.read_shard(ref, check=False)
+        except Exception as exc:  # a damaged shard fails in the codec pipeline
+            bad.extend((rec, f"unreadable shard ({type(exc).__name__}: {exc})") for rec in ref.records)
+            continue
+        nonfinite = reader.nonfinite(data["features"])
+        for i, rec in enumerate(ref.records):
+            if feature_checksum(data["features"][i], data["mask"][i], data["timestamps"][i]) != rec.checksum:
+                bad.append((rec, "checksum mismatch"))
+            elif nonfinite[i]:
+                bad.append((rec, "features contain NaN/inf"))
+    return bad
+
+def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
+    """(errors, warnings) about the cache as a whole, each one line.
+
+    Errors: a sealed part missing or its manifest changed since it was sealed (truncated,
+    edited: labels and splits are covered), attributes that do not match the arrays, records
+    whose split differs from the split plan. Warnings: parts never sealed (an extraction
+    killed or still running), planned videos without a record (rerun extract to finish).
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    log = cache.root / store.PARTS_LOG
+    sealed: dict[str, dict[str, Any]] = {}
+    if log.exists():
+        for number, line in enumerate(log.read_text(encoding="utf-8").split("\n")[:-1], 1):
+            try:
+                entry = json.loads(line)
+                sealed[str(entry["part"])] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                errors.append(f"{log}:{number}: corrupt line")
+    names = set(cache.part_names())
+    for name in sorted(set(sealed) - names):
+        errors.append(f"part {name} is missing (sealed with {sealed[name]['lines']} records); restore it "
+                      "or re-extract into a new cache")
+    for name in sorted(names):
+        folder = cache.root / "parts" / name
+        entry = sealed.get(name)
+        if entry is None and (folder / store.SEAL).exists():
+            try:
+                entry = json.loads((folder / store.SEAL).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                errors.append(f"part {name}: corrupt {store.SEAL}")
+                continue
+        if entry is None:
+            warnings.append(f"part {name} was never sealed (an extraction killed or still running); "
+                            "rerun `saga extract` to complete the cache")
+            continue
+        lines, digest = manifest_digest(folder / store.MANIFEST)
+        if (lines, digest) != (entry.get("lines"), entry.get("digest")):
+            errors.append(f"part {name}: {store.MANIFEST} changed since it was sealed ({lines} complete lines, "
+                          f"sealed with {entry.get('lines')}): truncated or edited; restore it or re-extract")
+        try:
+            cache.part(name)
+        except SagaError as exc:
+            errors.append(str(exc))
+    records = cache.records()
+    plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.exists() else {}
+    for rec in records:
+        planned = plan.get(rec.path)
+        if planned is not None and planned[1] != rec.split:
+            errors.append(f"{rec.path}: manifest split {rec.split!r} differs from the split plan "
+                          f"{planned[1]!r} (edited manifest); restore it or re-extract")
+    missing = sorted(set(plan) - {r.path for r in records})
+    if missing:
+        warnings.append(f"{len(missing)} planned video(s) have no record (e.g. {missing[0]}): an unfinished "
+                        "extraction or a lost part; rerun `saga extract` with the same videos")
+    return errors, warnings
