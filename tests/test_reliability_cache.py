@@ -144,3 +144,27 @@ def test_export_refuses_a_damaged_cache_and_a_bad_import_leaves_nothing(tmp_path
     with pytest.raises(SagaError, match="refusing to export a damaged cache"):
         export_h5(FeatureCache.open(cache.root), tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+# --- caches made before parts were sealed --------------------------------------------------------------------
+
+def test_an_unsealed_cache_warns_once_and_says_how_to_check_it(tmp_path: Path) -> None:
+    import warnings
+
+    from saga.cache.store import PARTS_LOG, SEAL, FeatureCache
+    from saga.runs import make_provenance, unsealed_parts
+
+    cache = make_cache(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_provenance(cache, 0)  # sealed: silent
+    (cache.root / PARTS_LOG).unlink()  # what an older saga left: no parts log, no seals
+    for seal in cache.root.glob(f"parts/*/{SEAL}"):
+        seal.unlink()
+    cache = FeatureCache.open(cache.root)
+    assert len(unsealed_parts(cache)) == 2
+    with pytest.warns(UserWarning, match=rf"{cache.root}: 2 of 2 part\(s\) are not sealed \(made by an older saga"
+                                         rf".*check them with `saga cache verify {cache.root}`") as caught:
+        make_provenance(cache, 0)
+        make_provenance(cache, 0)  # once per cache and process
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)

@@ -124,3 +124,213 @@ def test_a_changed_cache_does_not_reuse_a_finished_run(tmp_path: Path) -> None:
     cache = type(cache).open(cache.root)
     with pytest.raises(SagaError, match=r"trained on 4 records of this cache, which now holds 6"):
         RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
+
+
+# --- a full disk during training ----------------------------------------------------------------------------
+
+def _tiny_stage1(**kw):
+    from saga.train.stage1 import Stage1Config
+
+    return Stage1Config(**{"d_model": 16, "depth": 1, "heads": 2, "eval_batch_size": 64, "epochs": 3,
+                           "batch_size": 32, "lr": 3e-3, "warmup_epochs": 0.5, "patience": 0, "stream": False,
+                           "min_steps": 0, **kw})
+
+
+@pytest.fixture(scope="module")
+def train_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_train import build_cache
+
+    return build_cache(tmp_path_factory.mktemp("enospc") / "cache", real=12, per_gen=2).root
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_full_disk_during_training_is_one_line_keeps_the_checkpoint_and_resumes(
+        train_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC injected in the epoch-2 checkpoint (after its weights were written): one line naming the run
+    folder, epoch 1's checkpoint intact, no temporary files, and the rerun resumes to the end."""
+    import errno
+
+    import saga.runs.checkpoint as checkpoint
+    from saga.errors import WriteError
+    from saga.fileio import temp_path
+    from saga.runs import RunFolder
+    from saga.train.stage1 import train_stage1
+
+    real = checkpoint.save_tensors
+
+    def full_disk(path: Path, tensors: dict, metadata: dict) -> None:
+        if metadata.get("epoch") == "2" and path.name == "optimizer.safetensors":
+            temp_path(path).write_bytes(b"half a file")  # what a write cut short leaves
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, tensors, metadata)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "save_tensors", full_disk)
+    with pytest.raises(WriteError, match=rf"^{out}: the disk is full \(no space left on device\) .*free space "
+                                         r"on that disk.*rerun the same command") as info:
+        train_stage1(train_cache, out, _tiny_stage1())
+    assert "\n" not in str(info.value)
+    assert _hidden(out) == []  # .checkpoint.new and the half-written file are gone
+    assert json.loads((out / "state.json").read_text())["epoch"] == 1  # the last committed checkpoint
+    monkeypatch.undo()
+    events: list[dict] = []
+    train_stage1(train_cache, out, _tiny_stage1(), progress=events.append)
+    assert "resuming" in events[0]["message"] and "after epoch 1" in events[0]["message"]
+    assert [m["epoch"] for m in RunFolder(out).read_metrics()] == [1, 2, 3]
+    assert json.loads((out / "done.json").read_text())["epochs_run"] == 3
+
+
+def test_a_real_full_tmpfs_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    """A real ENOSPC on a small tmpfs (skipped where mounting is not permitted)."""
+    import torch
+
+    from saga.errors import WriteError
+    from saga.model import ModelConfig, VideoTransformer
+    from saga.runs import RunFolder
+    from test_reliability_outputs import mounted_tmpfs
+
+    model = VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model(torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.bool)).logits.sum().backward()
+    opt.step()
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        run = RunFolder(disk / "run")
+        run.path.mkdir()
+        run.save_state(model, opt, sched, {"epoch": 1, "step": 1})
+        run.append_metrics({"epoch": 1})
+        filler = disk / "filler"
+        try:  # fill the disk to the last byte
+            with open(filler, "wb", buffering=0) as fh:
+                while True:
+                    fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+        with pytest.raises(WriteError, match=rf"^{run.path}: the disk is full"):
+            run.save_state(model, opt, sched, {"epoch": 2, "step": 2})
+        with pytest.raises(WriteError, match="the disk is full"):
+            run.append_metrics({"epoch": 2, "padding": "x" * 8192})
+        assert _hidden(run.path) == []
+        assert [m["epoch"] for m in run.read_metrics()] == [1]  # no torn line
+        filler.unlink()  # space freed: the rerun goes on from epoch 1
+        assert run.load_state(model, opt, sched)["epoch"] == 1
+        run.save_state(model, opt, sched, {"epoch": 2, "step": 2})
+        assert run.load_state(model, opt, sched)["epoch"] == 2
+
+
+# --- the NaN loss message ----------------------------------------------------------------------------------
+
+def test_a_nan_loss_points_at_cache_verify_first(train_cache: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from saga.train import loop
+    from saga.train.stage1 import train_stage1
+
+    real = loop.CEObjective.loss
+
+    def nan_loss(self, model, batch):  # type: ignore[no-untyped-def]
+        loss, stats = real(self, model, batch)
+        return loss * float("nan"), {**stats, "loss": float("nan")}
+
+    monkeypatch.setattr(loop.CEObjective, "loss", nan_loss)
+    with pytest.raises(SagaError, match=r"the loss is nan; most likely a data error .*check the cache with "
+                                        rf"`saga cache verify {train_cache.resolve()}`; if it verifies, lower the "
+                                        r"learning rate \(--lr\)") as info:
+        train_stage1(train_cache, tmp_path / "run", _tiny_stage1())
+    assert "\n" not in str(info.value)
+
+
+# --- every weights-metadata error names the file -------------------------------------------------------------
+
+def _hostile_weights() -> dict:
+    """name -> (tensors, metadata) of weights files that must be refused, each naming the file."""
+    import struct
+
+    import torch
+
+    from saga.model import ModelConfig, VideoTransformer
+
+    good = VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2))
+    cfg = good.config.to_dict()
+    sd = {k: v.contiguous() for k, v in good.state_dict().items()}
+    meta = lambda **kw: {"config": json.dumps({**cfg, **kw})}  # noqa: E731
+    return {
+        "no metadata": (sd, None), "no config": (sd, {"epoch": "1"}), "not JSON": (sd, {"config": "{nope"}),
+        "a list": (sd, {"config": "[1]"}), "empty config (defaults far larger than the file)": (sd, {"config": "{}"}),
+        "an unknown key": (sd, meta(banana=1)), "heads not dividing d_model": (sd, meta(heads=3)),
+        "a float depth": (sd, meta(depth=1.5)), "zero heads": (sd, meta(heads=0)), "NaN": (sd, meta(mlp_ratio=None)),
+        "a string dropout": (sd, meta(dropout="x")), "oversized depth": (sd, meta(depth=10_000)),
+        "wrong tensor shapes": (sd, meta(d_model=32)), "more classes than the head": (sd, meta(n_classes=3)),
+        "a missing tensor": (dict(list(sd.items())[1:]), meta()), "an extra tensor": ({**sd, "x": torch.zeros(2)}, meta()),
+        "a header length of 1 TB": struct.pack("<Q", 10**12) + b"{}", "a truncated file": b"\x08\x00",
+        "an empty file": b"",
+    }
+
+
+@pytest.mark.parametrize("name", list(_hostile_weights()))
+def test_every_weights_metadata_error_names_the_file(tmp_path: Path, name: str) -> None:
+    from safetensors.torch import save_file
+
+    from saga.runs import CONFIG, MODEL, load_model
+
+    bad = _hostile_weights()[name]
+    path = tmp_path / MODEL
+    if isinstance(bad, bytes):
+        path.write_bytes(bad)
+    else:
+        tensors, metadata = bad
+        if metadata and '"mlp_ratio": null' in metadata.get("config", ""):
+            metadata = {"config": metadata["config"].replace('"mlp_ratio": null', '"mlp_ratio": NaN')}
+        save_file(tensors, str(path), metadata=metadata)
+    (tmp_path / CONFIG).write_text(json.dumps({"classes": ["real", "fake"], "level": "BIN-L", "frames": 8}))
+    with pytest.raises(SagaError) as info:
+        load_model(tmp_path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+# --- a changed cache: a new run, or --resume on purpose ------------------------------------------------------
+
+def test_a_changed_cache_is_refused_unless_resume_is_explicit(tmp_path: Path) -> None:
+    from test_cache import fill
+
+    from saga.runs import RunFolder, accept_changed_cache, make_provenance
+
+    cache = make_cache(tmp_path, parts=1)
+    config = {"level": "BIN-L", "train": {"epochs": 1}}
+    RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))  # an unfinished run
+    fill(cache, 6, shard_rows=4, seed=5)  # more videos extracted into the same cache
+    cache = type(cache).open(cache.root)
+    with pytest.raises(SagaError, match=r"holds an unfinished run that was trained on 4 records of this cache, "
+                                        r"which now holds 6 .*choose another --out to start a new run on the "
+                                        r"current data, or pass --resume to continue it"):
+        RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
+    with accept_changed_cache():
+        run = RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
+    prov = json.loads((run.path / "provenance.json").read_text())
+    assert prov["cache_records"] == 6 and prov["cache_changes"][0]["cache_records"] == 4  # recorded, not hidden
+    RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))  # from now on: this cache
+    other = {**make_provenance(cache, 0), "cache_id": "another", "encoder": {**prov["encoder"], "dim": 99}}
+    with accept_changed_cache(), pytest.raises(SagaError, match="another encoder or sampling, so it cannot"):
+        RunFolder.open_for(tmp_path / "run", config, other)
+
+
+def test_the_train_commands_pass_an_explicit_resume_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume (explicit) accepts a changed cache, the default does not, --no-resume refuses an unfinished run."""
+    import saga.train.attribute as attribute
+    import saga.train.stage1 as stage1
+    from saga.commands import phase2
+    from saga.runs.origin import changed_cache_accepted
+
+    seen: list[bool] = []
+    fake = lambda *args, **kwargs: seen.append(changed_cache_accepted()) or tmp_path  # noqa: E731
+    monkeypatch.setattr(stage1, "train_stage1", fake)
+    monkeypatch.setattr(attribute, "train_attribution", fake)
+    for resume in (None, True):
+        phase2.train(stage=1, cache=tmp_path, out=tmp_path / "s1", resume=resume)
+        phase2.attribute(level="BIN-L", cache=tmp_path, scratch=True, out=tmp_path / "s2", resume=resume)
+    assert seen == [False, False, True, True]
+    (tmp_path / "s1" / "state.json").write_text("{}")
+    with pytest.raises(SagaError, match="holds an unfinished run; pass --resume"):
+        phase2.train(stage=1, cache=tmp_path, out=tmp_path / "s1", resume=False)

@@ -30,6 +30,7 @@ from saga.runs.files import (
     STATE,
     fsync,
     load_tensors,
+    one_line,
     read_json,
     save_tensors,
     save_weights,
@@ -99,7 +100,7 @@ def load_state(folder: Path, model: VideoTransformer, optimizer: torch.optim.Opt
         sched = state.pop("scheduler")
         scheduler.load_state_dict({**sched, "lr_lambdas": [None] * len(sched.get("base_lrs", []))})
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
-        raise SagaError(f"{folder / LAST}: the resume state does not fit this run ({str(exc)[:200]}); "
+        raise SagaError(f"{folder / LAST}: the resume state does not fit this run ({one_line(exc)}); "
                         f"delete {', '.join(RESUME_FILES)} and {METRICS} to restart it") from None
     return state
 

@@ -90,6 +90,13 @@ def save_weights(path: Path, model: VideoTransformer, **meta: Any) -> None:
     save_tensors(path, model.state_dict(), metadata)
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """torch's multi-line load_state_dict errors as one line: the informative lines joined, truncated."""
+    lines = [l.strip() for l in str(exc).splitlines() if l.strip() and not l.strip().startswith("Error(s) in")]
+    text = "; ".join(lines) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def fsync(path: Path) -> None:
     """Flush a file (or a folder's entries) to disk, where the platform allows it."""
     try:

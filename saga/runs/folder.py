@@ -97,18 +97,18 @@ class RunFolder:
         """Refuse another run; a changed cache is refused too unless accepted (then: how it changed)."""
         old = read_json(self.path / CONFIG)
         old_prov = read_json(self.path / PROVENANCE)
-        what = "finished" if self.done else "unfinished"
+        what = "a finished" if self.done else "an unfinished"
         changed = cache_change(old_prov, provenance)
         same_features = old_prov.get("encoder") == provenance.get("encoder")
         if changed is not None and not (changed_cache_accepted() and same_features):
             fix = ("pass --resume to continue it on the current cache anyway" if same_features
                    else "its features come from another encoder or sampling, so it cannot continue on this cache")
-            raise SagaError(f"{self.path}: holds a {what} run that {changed}; choose another --out to start a "
+            raise SagaError(f"{self.path}: holds {what} run that {changed}; choose another --out to start a "
                             f"new run on the current data, or {fix}")
         a, b = _identity(old), _identity(config)
         if a != b:
             diff = _first_difference(a, b)
-            raise SagaError(f"{self.path}: holds a {what} run with different settings ({diff}); "
+            raise SagaError(f"{self.path}: holds {what} run with different settings ({diff}); "
                             "choose another --out, or delete the folder to start over")
         return changed
 

@@ -20,7 +20,7 @@ from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
-from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, load_tensors, read_json
+from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, load_tensors, one_line, read_json
 from saga.runs.origin import warn_if_unsealed
 
 # Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
@@ -76,8 +76,7 @@ def build_model(path: Path) -> VideoTransformer:
         model = VideoTransformer(model_config)
         model.load_state_dict(weights)
     except (RuntimeError, ValueError, TypeError) as exc:  # wrong tensor shapes or names
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SagaError(f"{path}: weights do not fit the stored config ({first[:200]}); "
+        raise SagaError(f"{path}: weights do not fit the stored config ({one_line(exc)}); "
                         "the file is damaged or not from saga") from None
     return model.eval()
 

@@ -74,9 +74,9 @@ def warn_if_unsealed(cache: FeatureCache) -> None:
     key = str(cache.root.resolve())
     if key in _WARNED_UNSEALED:
         return
-    _WARNED_UNSEALED.add(key)
     parts = unsealed_parts(cache)
     if parts:
+        _WARNED_UNSEALED.add(key)
         warnings.warn(f"{cache.root}: {len(parts)} of {len(cache.part_names())} part(s) are not sealed (made by an "
                       "older saga, or an extraction killed or still running), so edits to them cannot be "
                       f"detected; check them with `saga cache verify {cache.root}`", stacklevel=3)
