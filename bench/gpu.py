@@ -1,0 +1,188 @@
+"""One prepared GPU benchmark: everything the GPU path costs, in one run, printed as one JSON document.
+
+    python bench/gpu.py                      # on a GPU machine: ~3-5 min with nothing but this repository
+    python bench/gpu.py --tiny --device cpu  # the same code path in seconds (what the test runs)
+
+Measures, side by side in one process:
+1. encoder: SigLIP-So400m/14-384 (open_clip `ViT-SO400M-14-SigLIP-384`) with random weights (nothing
+   to download; speed does not depend on the weights), vision tower only, bf16 autocast: frames/s at
+   several batch sizes, eager and `torch.compile`d, and model FLOPs utilisation (FLOPs per frame counted
+   by torch.utils.flop_counter, over the GPU's dense bf16 peak; `--peak-tflops` to override);
+2. decode: sampled frames/s of a 1024x576 H.264 clip with every CPU core (bench/decode.py's clip and
+   backends), and how many cores the encoder's best frames/s needs;
+3. extraction: `saga extract` (in process, all cores as workers) on generated clips with the same encoder,
+   frames/s vs the bare encoder at the same batch size: the end-to-end ratio;
+4. stage 1: one optimiser step of the transformer at the encoder's width (batch 64, T' 16, bf16 autocast),
+   from features already in memory (the model's cost; reading the cache is bench/cache_read.py's part and
+   memory at 1 M records is bench/stage1_memory.py's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from decode import make_clip, scaling  # noqa: E402
+from saga.benchmark.videoio import write_video  # noqa: E402
+from saga.model import ModelConfig, VideoTransformer  # noqa: E402
+from saga.pipeline.encoders import TEST_ENCODER, load_encoder  # noqa: E402
+from saga.pipeline.extract import ExtractConfig, extract  # noqa: E402
+from saga.train.schedule import make_optimizer  # noqa: E402
+
+SIGLIP = "ViT-SO400M-14-SigLIP-384"
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
+    """Seconds per call after `warmup` calls (compilation and autotuning happen there)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def flops_per_frame(model: torch.nn.Module, size: int, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, size, size, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def encoder_section(name: str, device: torch.device, sizes: list[int], compile_too: bool, peak: float | None,
+                    iters: int) -> dict[str, Any]:
+    enc = load_encoder(name, "none", str(device))
+    model, size = enc.model, enc.image_size[0]
+    flops = flops_per_frame(model, size, device)
+    rows: dict[str, Any] = {"encoder": name, "image_size": size, "gflops_per_frame": round(flops / 1e9, 2),
+                            "peak_bf16_tflops": peak, "eager": {}, "compiled": {}}
+    variants = [("eager", model)] + ([("compiled", torch.compile(model))] if compile_too else [])
+    for label, net in variants:
+        for bs in sizes:
+            x = torch.randn(bs, 3, size, size, device=device)
+
+            def step() -> None:
+                with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
+                                                            enabled=device.type == "cuda"):
+                    net(x)
+
+            fps = bs / timed(step, device, warmup=3 if label == "compiled" else 1, iters=iters)
+            mfu = round(fps * flops / (peak * 1e12), 3) if peak else None
+            rows[label][str(bs)] = {"frames_per_s": round(fps, 1), "mfu": mfu}
+    return rows
+
+
+def best_fps(rows: dict[str, Any]) -> tuple[float, int]:
+    best = max(((v["frames_per_s"], int(bs)) for part in ("eager", "compiled") for bs, v in rows[part].items()))
+    return best
+
+
+def extraction_section(name: str, device: torch.device, videos: int, batch: int, bare_fps: float,
+                       size: tuple[int, int], workers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "videos" / "real"
+        root.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(videos):  # 24 frames each: extraction samples T = 16
+            frames = rng.integers(0, 256, (24, size[1], size[0], 3), np.uint8)
+            write_video(root / f"{i:04d}.mp4", frames, fps=24.0)
+        cfg = ExtractConfig(videos=root.parent, out=Path(tmp) / "cache", taxonomy="synth", encoder=name,
+                            pretrained="none", frames=16, batch_size=batch, workers=workers, device=str(device))
+        summary = extract(cfg)
+    fps = summary.frames / max(summary.timings.pipeline, 1e-9)
+    return {"videos": videos, "frames": summary.frames, "workers": workers, "batch_size": batch,
+            "pipeline_frames_per_s": round(fps, 1), "bare_encoder_frames_per_s": round(bare_fps, 1),
+            "ratio_to_bare_encoder": round(fps / bare_fps, 3),
+            "seconds": {k: round(v, 2) for k, v in vars(summary.timings).items()}}
+
+
+def stage1_section(dim: int, device: torch.device, d_model: int, iters: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = VideoTransformer(ModelConfig(in_dim=dim, d_model=d_model, n_classes=2)).to(device).train()
+    opt = make_optimizer(model, 3e-4, 0.05)
+    x = torch.randn(64, 16, dim, device=device)
+    mask = torch.ones(64, 16, dtype=torch.bool, device=device)
+    y = torch.randint(0, 2, (64,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(model(x, mask).logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds = timed(step, device, warmup=2, iters=iters)
+    return {"batch": 64, "frames": 16, "in_dim": dim, "d_model": d_model, "ms_per_step": round(1000 * seconds, 2),
+            "videos_per_s": round(64 / seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="the tiny test encoder and small sizes (CPU check)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--peak-tflops", type=float)
+    ap.add_argument("--videos", type=int, help="clips for the extraction ratio")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = torch.device(args.device)
+    name = TEST_ENCODER if args.tiny else SIGLIP
+    sizes = args.batch_sizes or ([4, 8] if args.tiny else [32, 64, 128, 256])
+    iters = 2 if args.tiny else 10
+    cores = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "gpu", "device": torch.cuda.get_device_name(device)
+                              if device.type == "cuda" else "cpu", "cores": cores, "torch": torch.__version__}
+    enc = encoder_section(name, device, sizes, not args.no_compile, peak_tflops(device, args.peak_tflops), iters)
+    result["encoder"] = enc
+    fps, batch = best_fps(enc)
+    clip_size = (128, 72) if args.tiny else (1024, 576)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(Path(tmp) / "clip.mp4", *clip_size, frames=48 if args.tiny else 120)
+        decode = scaling("pyav", clip, 16, 1 if args.tiny else 4, [cores])[str(cores)]
+    result["decode"] = {"clip": f"{clip_size[0]}x{clip_size[1]}", "backend": "pyav", "workers": cores,
+                        "sampled_frames_per_s": decode,
+                        "cores_needed_for_best_encoder_fps": round(fps / (decode / cores), 1)}
+    result["extraction"] = extraction_section(name, device, args.videos or (4 if args.tiny else 96), batch, fps,
+                                              (64, 48) if args.tiny else (1024, 576), max(1, cores - 1))
+    dim = load_encoder(name, "none", "cpu").dim
+    result["stage1_step"] = stage1_section(dim, device, 32 if args.tiny else 256, iters)
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
