@@ -176,8 +176,12 @@ def check_fields(data: Any) -> None:
     for key, types in FIELD_TYPES.items():
         value = data.get(key)
         if key in data and (not isinstance(value, types) or isinstance(value, bool)):
-            raise ValueError(f"field {key!r} must be {_JSON_NAMES[types[0]]}, got {type(value).__name__} "
+            raise ValueError(f"field {key!r} must be {_JSON_NAMES[types[-1]]}, got {type(value).__name__} "
                              f"{json.dumps(value)[:40]}")
+    for key, digits in (("checksum", 32), ("crc32c", 8)):
+        text = data.get(key, "")
+        if text and (len(text) != digits or any(c not in "0123456789abcdef" for c in text)):
+            raise ValueError(f"{key} {text[:40]!r} is not {digits} hex digits")
     for level, value in data["labels"].items():
         if value is not None and not isinstance(value, str):
             raise ValueError(f"labels[{level!r}] must be a string or null, got {json.dumps(value)[:40]}")

@@ -1,0 +1,131 @@
+"""The columnar record index: same records as the manifests say, a sidecar that is only a cache,
+list semantics for callers, and manifest lines of the wrong type refused in one line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saga.cache import columns
+from saga.cache.index import lazy
+from saga.cache.manifest import VideoRecord, read_manifest
+from saga.cache.store import MANIFEST, FeatureCache, PartWriter, next_part_name
+from saga.errors import SagaError
+from saga.train.data import StreamingFeatures, View
+
+from test_cache import D, T, W, fill, provenance, record
+
+
+def _reference(root: Path) -> list[VideoRecord]:
+    """The merge rule, spelled out on VideoRecord objects: a later part wins, sorted by path."""
+    merged: dict[str, VideoRecord] = {}
+    for part in sorted(p.name for p in (root / "parts").iterdir() if p.is_dir()):
+        for rec in read_manifest(root / "parts" / part / MANIFEST):
+            rec.part = part
+            merged[rec.path] = rec
+    return sorted(merged.values(), key=lambda r: r.path)
+
+
+def _odd_cache(tmp_path: Path) -> Path:
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    fill(cache, 6, seed=0)
+    writer = PartWriter(cache, next_part_name(cache), capacity=3 * W, shard_rows=2)
+    for i, name in enumerate(["real/v1.mp4", "real/é ü.mp4", "real/\udcff-not-utf8.mp4"]):
+        rec = record(i)
+        rec.path, rec.extra, rec.fps, rec.backend = name, ({"note": i} if i else {}), 29.97, "pyav"
+        writer.add(rec, np.full((W, T, D), i, np.float16), np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    writer.close()
+    return tmp_path / "c"
+
+
+def test_index_gives_the_records_the_manifests_say(tmp_path: Path) -> None:
+    root = _odd_cache(tmp_path)
+    cache = FeatureCache.open(root)
+    assert list(cache.records()) == _reference(root)
+    assert [r.path for r in cache.ok_records("train")] == [r.path for r in _reference(root) if r.ok]
+    assert cache.ok_records("test") == [] and len(cache.records()) == 9
+    assert cache.records().paths() == [r.path for r in _reference(root)]
+
+
+def test_sidecar_is_used_rebuilt_when_stale_or_damaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _odd_cache(tmp_path)
+    want = _reference(root)
+    assert list(FeatureCache.open(root).records()) == want
+    sidecars = sorted(root.glob(f"parts/*/{columns.SIDECAR}"))
+    assert len(sidecars) == 2  # sealed parts only
+    calls = []
+    parse = columns.PartColumns.parse
+    monkeypatch.setattr(columns.PartColumns, "parse", classmethod(lambda cls, m: calls.append(m) or parse(m)))
+    assert list(FeatureCache.open(root).records()) == want and calls == []  # both from their sidecar
+    raw = bytearray(sidecars[0].read_bytes())
+    raw[-200] ^= 0xFF  # damaged: the digest (or the zip) says so, the manifest is parsed again
+    sidecars[0].write_bytes(bytes(raw))
+    assert list(FeatureCache.open(root).records()) == want and len(calls) == 1
+    manifest = sidecars[1].with_name(MANIFEST)
+    first = json.loads(manifest.read_text().splitlines()[0])
+    with open(manifest, "a") as fh:  # an appended line (same path): the later line wins
+        fh.write(json.dumps({**first, "split": "val"}) + "\n")
+    got = FeatureCache.open(root).records()
+    assert len(calls) == 2 and list(got) == _reference(root)
+    assert [r.split for r in got if r.path == first["path"]] == ["val"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("size", "12", "field 'size' must be an integer, got str"),
+    ("row", True, "field 'row' must be an integer, got bool"),
+    ("labels", ["real"], "field 'labels' must be an object"),
+    ("fps", "fast", "field 'fps' must be a number"),
+    ("checksum", "xyz", "checksum 'xyz' is not 32 hex digits"),
+    ("path", None, "field 'path' must be a string"),
+])
+def test_wrong_field_types_are_one_line_errors(tmp_path: Path, field: str, value: object, message: str) -> None:
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    fill(cache, 3)
+    manifest = next((tmp_path / "c" / "parts").glob("*/" + MANIFEST))
+    lines = manifest.read_text().splitlines(keepends=True)
+    edited = {**json.loads(lines[1]), field: value}
+    manifest.write_text(lines[0] + json.dumps(edited) + "\n" + "".join(lines[2:]))
+    for sidecar in manifest.parent.glob(columns.SIDECAR):
+        sidecar.unlink()
+    with pytest.raises(SagaError) as err:
+        FeatureCache.open(tmp_path / "c").records()
+    text = str(err.value)
+    assert text.startswith(f"{manifest}:2: corrupt manifest line") and message in text and "\n" not in text
+    with pytest.raises(SagaError, match=f"{manifest}:2: "):
+        read_manifest(manifest)
+
+
+def test_record_lists_behave_as_lists(tmp_path: Path) -> None:
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    fill(cache, 8)
+    cache = FeatureCache.open(tmp_path / "c")
+    recs = cache.ok_records()
+    both = recs[:2] + recs[5:]
+    assert lazy(both) and [r.path for r in both] == [r.path for r in list(recs)[:2] + list(recs)[5:]]
+    assert lazy(recs) and len(recs[2:5]) == 3 and recs[-1].path == list(recs)[-1].path
+    recs = cache.ok_records()
+    copy = recs[:]
+    random.Random(0).shuffle(copy)  # a copy that is modified becomes a plain list of the same records
+    assert not lazy(copy) and sorted(r.path for r in copy) == [r.path for r in recs] and lazy(recs)
+    recs[0].split = "val"  # handed-out records keep their changes, and reads then use the objects
+    assert recs[0].split == "val" and not lazy(recs)
+    assert cache.read(recs)["features"].shape == (8, W, T, D)
+
+
+def test_streaming_over_lazy_records_equals_a_plain_list(tmp_path: Path) -> None:
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    fill(cache, 12, shard_rows=4)
+    cache = FeatureCache.open(tmp_path / "c")
+    labels = np.arange(12) % 2
+    runs = []
+    for records in (cache.ok_records(), list(cache.ok_records())):
+        data = StreamingFeatures(cache, records, labels, buffer_shards=2)
+        view = View(T, train=True, jitter=1)
+        runs.append([(b.x, b.index) for b in data.batches(5, view, seed=3, shuffle=True, balance=True)])
+        assert data.take(np.array([3, 1, 3]), view).x.shape == (3, T, D)
+    for (xa, ia), (xb, ib) in zip(*runs, strict=True):
+        assert xa.equal(xb) and ia.equal(ib)
