@@ -1,18 +1,23 @@
-"""Hardest-negative mining: FAISS (exact flat, approximate HNSW) vs exact brute force in torch, side by side.
+"""Hardest-negative mining: exact per-class FAISS, approximate per-class IVF and torch brute force, side by side.
 
-    python bench/mining.py [--sizes 10000 100000 1000000] [--anchors 2000] [--approx HNSW32]
+    python bench/mining.py [--sizes 10000 100000 1000000] [--anchors 2000] [--nprobe 16]
+                           [--sweep 2 4 8 16 32 64] [--low-rank 16]
 
 Why: stage 2 mines, at every refresh, the nearest other-class item of each anchor over the whole
-labelled pool (`saga.train.mining.mine_triplets`). This measures what that costs as the pool grows
-and whether an approximate index (`index_factory`) is worth it, against the obvious alternative
-(torch.cdist + class masking, chunked so memory stays bounded).
+labelled pool (`saga.train.mining.mine_triplets`). This measures what that costs as the pool grows,
+for `search="exact"` (one flat index per class, k = 1) and `search="approx"` (one IVF-Flat per class,
+`--nlist` / `--nprobe`), against the obvious alternative (torch.cdist + class masking, pool-chunked).
 
 Pool: N simulated embeddings, d=256, C gaussian classes (random unit centres scaled by --sep,
 isotropic noise of norm ~1), L2-normalised. The same fixed random subset of anchors is mined by
 every method at every size (brute force over all 1M anchors would take hours), so times compare
-like for like; each FAISS time includes what `mine_triplets` redoes on every call (normalising,
-building the pool index over all N, hardest positives, the exact fallback). Ratios > 1 mean faster
-than torch brute force. Recall = fraction of anchors whose mined negative is the true hardest one.
+like for like; each saga time is a whole `mine_triplets` call (normalising, building the per-class
+indexes over all N, hardest positives, the search). Ratios > 1 mean faster than torch brute force.
+Recall = fraction of anchors whose mined negative is the true hardest one (ties count as found).
+
+A refresh in training mines every pool item, not 2,000: `full_refresh_*` projects one from the
+measured parts (index build once + per-anchor search × N; torch per-anchor × N). The `sweep` is the
+approximate index's recall / search-time curve over nprobe, on one build.
 """
 
 from __future__ import annotations
@@ -31,18 +36,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import saga.train.mining as mining  # noqa: E402
+from saga.train.mining_index import ApproxParams, ClassIndexes  # noqa: E402
 
 
-def simulate(n: int, dim: int, classes: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) float32 L2-normalised gaussian clusters and their (n,) labels; generated in blocks."""
+def simulate(n: int, dim: int, classes: int, sep: float, seed: int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) float32 L2-normalised gaussian clusters and their (n,) labels; generated in blocks.
+
+    rank 0: isotropic noise in all dim directions (no structure an index can exploit, the worst case);
+    rank r: noise in a shared random r-dim subspace (embeddings of low intrinsic dimension).
+    """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, dim)).astype(np.float32)
     centres *= sep / np.linalg.norm(centres, axis=1, keepdims=True)
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T.astype(np.float32) if rank else None
     y = rng.integers(0, classes, n)
     x = np.empty((n, dim), np.float32)
     for lo in range(0, n, 100_000):
         hi = min(n, lo + 100_000)
-        block = centres[y[lo:hi]] + rng.standard_normal((hi - lo, dim), dtype=np.float32) / np.sqrt(dim)
+        if basis is None:
+            noise = rng.standard_normal((hi - lo, dim), dtype=np.float32) / np.sqrt(dim)
+        else:
+            noise = rng.standard_normal((hi - lo, rank), dtype=np.float32) @ basis / np.sqrt(rank)
+        block = centres[y[lo:hi]] + noise
         x[lo:hi] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return x, y
 
@@ -80,48 +95,81 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def with_timers(record: dict[str, float]) -> Callable[[], None]:
-    """Time mining's index build and exact fallback (module globals, looked up at call time); returns the undo."""
-    originals = {name: getattr(mining, name) for name in ("_pool_index", "_brute_negatives")}
+class TimedIndexes(ClassIndexes):
+    """ClassIndexes that records its build and search seconds (patched into saga.train.mining)."""
 
-    def wrap(name: str) -> Callable[..., Any]:
-        def timed_call(*a: Any) -> Any:
-            out, seconds = timed(lambda: originals[name](*a))
-            record[name] = record.get(name, 0.0) + seconds
-            return out
-        return timed_call
+    record: dict[str, float] = {}
+    last: "TimedIndexes | None" = None
 
-    def undo() -> None:
-        for name, fn in originals.items():
-            setattr(mining, name, fn)
+    def __init__(self, *a: Any) -> None:
+        _, seconds = timed(lambda: super(TimedIndexes, self).__init__(*a))
+        TimedIndexes.record["build_s"] = seconds
+        TimedIndexes.last = self
 
-    for name in originals:
-        setattr(mining, name, wrap(name))
-    return undo
+    def nearest_other(self, anchors: np.ndarray) -> np.ndarray:
+        out, seconds = timed(lambda: super(TimedIndexes, self).nearest_other(anchors))
+        TimedIndexes.record["search_s"] = seconds
+        return out
 
 
-def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    (x, y), gen_s = timed(lambda: simulate(n, args.dim, args.classes, args.sep, args.seed))
+def recall(x: np.ndarray, anchors: np.ndarray, neg: np.ndarray, true_d: np.ndarray) -> tuple[float, float]:
+    """Fraction of anchors given a true hardest negative, and the mean relative excess distance."""
+    d = np.einsum("ij,ij->i", x[anchors] - x[neg], x[anchors] - x[neg])
+    found = np.isclose(d, true_d, rtol=1e-4, atol=1e-5)
+    return round(float(found.mean()), 4), round(float(np.mean(d / true_d - 1.0)), 5)
+
+
+def run_method(x: np.ndarray, y: np.ndarray, anchors: np.ndarray, true_d: np.ndarray, brute_s: float,
+               search: str, params: ApproxParams | None) -> dict[str, Any]:
+    TimedIndexes.record = {}
+    original, mining.ClassIndexes = mining.ClassIndexes, TimedIndexes
+    try:
+        mined, seconds = timed(lambda: mining.mine_triplets(x, y, anchors=anchors, search=search, approx=params))
+    finally:
+        mining.ClassIndexes = original
+    pos = np.searchsorted(anchors, mined.anchors)
+    rec, excess = recall(x, mined.anchors, mined.negatives, true_d[pos])
+    parts = TimedIndexes.record
+    n, m = x.shape[0], anchors.size
+    refresh = parts["build_s"] + (seconds - parts["build_s"]) * n / m
+    return {"seconds": round(seconds, 3), "index_build_s": round(parts["build_s"], 3),
+            "search_s": round(parts["search_s"], 3), "speedup_vs_torch": round(brute_s / seconds, 2),
+            "recall_hardest_negative": rec, "mean_excess_distance": excess, "triplets": len(mined),
+            "search": mined.search, "full_refresh_s": round(refresh, 1),
+            "full_refresh_speedup_vs_torch": round(brute_s * n / m / refresh, 2)}
+
+
+def sweep(x: np.ndarray, anchors: np.ndarray, true_d: np.ndarray, brute_s: float,
+          nprobes: list[int]) -> list[dict[str, Any]]:
+    """Recall and search time over nprobe on the index the approximate run just built (search only)."""
+    index = TimedIndexes.last
+    out = []
+    for nprobe in nprobes:
+        for ivf in index.indexes:
+            if ivf is not None and hasattr(ivf, "nprobe"):
+                ivf.nprobe = min(nprobe, ivf.nlist)
+        neg, seconds = timed(lambda: index.nearest_other(anchors))
+        rec, excess = recall(x, anchors, neg, true_d)
+        out.append({"nprobe": nprobe, "search_s": round(seconds, 3),
+                    "search_speedup_vs_torch": round(brute_s / seconds, 2),
+                    "recall_hardest_negative": rec, "mean_excess_distance": excess})
+        print(f"[mining]   sweep nprobe={nprobe}: {seconds:.2f}s recall {rec}", file=sys.stderr, flush=True)
+    return out
+
+
+def run_size(n: int, args: argparse.Namespace, rank: int) -> dict[str, Any]:
+    (x, y), gen_s = timed(lambda: simulate(n, args.dim, args.classes, args.sep, args.seed, rank))
     anchors = np.sort(np.random.default_rng(args.seed + 1).choice(n, min(args.anchors, n), replace=False))
     print(f"[mining] n={n}: simulated in {gen_s:.1f}s; torch brute force...", file=sys.stderr, flush=True)
-    (true_neg, true_d, _), brute_s = timed(lambda: torch_brute(x, y, anchors, args.chunk_elems))
+    (_, true_d, _), brute_s = timed(lambda: torch_brute(x, y, anchors, args.chunk_elems))
     out: dict[str, Any] = {"n": n, "anchors": int(anchors.size), "torch_brute_s": round(brute_s, 3)}
-    for name, factory in (("faiss_flat", None), ("faiss_approx", args.approx)):
-        print(f"[mining] n={n}: {name} ({factory or 'Flat'})...", file=sys.stderr, flush=True)
-        parts: dict[str, float] = {}
-        undo = with_timers(parts)
-        try:
-            mined, seconds = timed(lambda: mining.mine_triplets(x, y, k=args.k, anchors=anchors,
-                                                                index_factory=factory))
-        finally:
-            undo()
-        pos = np.searchsorted(anchors, mined.anchors)
-        exact = np.isclose(mined.d_an, true_d[pos], rtol=1e-4, atol=1e-5)  # ties count as found
-        out[name] = {"seconds": round(seconds, 3), "index_build_s": round(parts.get("_pool_index", 0.0), 3),
-                     "exact_fallback_s": round(parts.get("_brute_negatives", 0.0), 3),
-                     "speedup_vs_torch": round(brute_s / seconds, 2),
-                     "recall_hardest_negative": round(float(exact.mean()), 4),
-                     "exact_fallback_anchors": mined.n_fallback, "triplets": len(mined)}
+    params = ApproxParams(nlist=args.nlist, nprobe=args.nprobe, seed=args.seed)
+    for name, search in (("faiss_flat", "exact"), ("faiss_approx", "approx")):
+        print(f"[mining] n={n}: {name}...", file=sys.stderr, flush=True)
+        out[name] = run_method(x, y, anchors, true_d, brute_s, search, params)
+        print(f"[mining]   {out[name]}", file=sys.stderr, flush=True)
+    out["faiss_approx"]["nlist_per_class"] = params.lists_for(int(np.bincount(y).min()))
+    out["sweep"] = sweep(x, anchors, true_d, brute_s, args.sweep)
     return out
 
 
@@ -132,9 +180,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--sep", type=float, default=0.4, help="centre norm (noise norm ~1): lower = more overlap")
-    parser.add_argument("--k", type=int, default=64, help="mine_triplets k (neighbours before the fallback)")
-    parser.add_argument("--approx", default="HNSW32", help="FAISS index_factory string of the approximate index")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists per class (default: sqrt(members))")
+    parser.add_argument("--nprobe", type=int, default=ApproxParams().nprobe, help="IVF lists searched per class")
+    parser.add_argument("--sweep", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64],
+                        help="nprobe values for the recall / time curve")
     parser.add_argument("--chunk-elems", type=int, default=1 << 25, help="torch distance block (elements)")
+    parser.add_argument("--rank", type=int, default=0, help="noise rank of the main run (0: isotropic)")
+    parser.add_argument("--low-rank", type=int, default=16, help="noise rank of a second, structured run (0: skip)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -142,11 +194,13 @@ def main() -> None:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    results = [run_size(n, args) for n in args.sizes]
+    results = [run_size(n, args, args.rank) for n in args.sizes]
+    low = [run_size(n, args, args.low_rank) for n in args.sizes] if args.low_rank else []
     print(json.dumps({
         "benchmark": "mining", "machine": f"{os.cpu_count()} cores, {args.threads} threads (torch and FAISS)",
-        "dim": args.dim, "classes": args.classes, "sep": args.sep, "k": args.k, "approx": args.approx,
-        "results": results,
+        "dim": args.dim, "classes": args.classes, "sep": args.sep,
+        "approx": f"IVF-Flat per class, nlist {args.nlist or 'sqrt(members)'}, nprobe {args.nprobe}",
+        "rank": args.rank, "results": results, "low_rank": {"rank": args.low_rank, "results": low},
     }, indent=2))
 
 

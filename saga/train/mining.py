@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from saga.errors import SagaError
@@ -65,35 +64,19 @@ def _sq_dist(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _positives(
-    x: np.ndarray, cls: np.ndarray, anchors: np.ndarray, how: str, rng: np.random.Generator
+    indexes: ClassIndexes, anchors: np.ndarray, how: str, rng: np.random.Generator
 ) -> np.ndarray:
     """One same-class positive per anchor (all anchors' classes have >= 2 members)."""
-    pos = np.empty(anchors.shape[0], dtype=np.int64)
-    for c in np.unique(cls[anchors]):
-        members = np.flatnonzero(cls == c)
-        sel = np.flatnonzero(cls[anchors] == c)
-        a = anchors[sel]
-        if how == "random":
-            # Draw from the n-1 other members: shift draws at or past the anchor's own slot.
-            slot = np.searchsorted(members, a)
-            r = rng.integers(0, members.size - 1, size=a.size)
-            pos[sel] = members[r + (r >= slot)]
-            continue
-        xm = x[members]
-        if how == "hardest":
-            # max_p ‖a−p‖² = ‖a‖² + max_p (‖p‖² − 2a·p): a max inner product of augmented vectors.
-            index = faiss.IndexFlatIP(x.shape[1] + 1)
-            index.add(np.ascontiguousarray(np.hstack([xm, (xm * xm).sum(1, keepdims=True)])))
-            q = np.hstack([-2.0 * x[a], np.ones((a.size, 1), np.float32)])
-        else:
-            index = faiss.IndexFlatL2(x.shape[1])
-            index.add(np.ascontiguousarray(xm))
-            q = x[a]
-        # Two results: the anchor itself can only be one of them (it is the nearest / never the
-        # farthest unless all members coincide), so the first that is not the anchor is the answer.
-        _, idx = index.search(np.ascontiguousarray(q, dtype=np.float32), 2)
-        cand = members[idx]
-        pos[sel] = np.where(cand[:, 0] != a, cand[:, 0], cand[:, 1])
+    if how != "random":
+        return indexes.positives(anchors, farthest=how == "hardest")
+    pos = np.empty(anchors.size, dtype=np.int64)
+    for c in np.unique(indexes.cls[anchors]):
+        members = indexes.members[c]
+        sel = np.flatnonzero(indexes.cls[anchors] == c)
+        # Draw from the n-1 other members: shift draws at or past the anchor's own slot.
+        slot = np.searchsorted(members, anchors[sel])
+        r = rng.integers(0, members.size - 1, size=sel.size)
+        pos[sel] = members[r + (r >= slot)]
     return pos
 
 
@@ -147,13 +130,13 @@ def mine_triplets(
         empty = np.zeros(0, np.int64)
         return Mined(empty, empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), search=used)
     a = a[counts[cls[a]] >= 2]
-    pos = _positives(x, cls, a, positive, np.random.default_rng(seed))
+    indexes = ClassIndexes(x, cls, (approx or ApproxParams()) if used == "approx" else None)
+    pos = _positives(indexes, a, positive, np.random.default_rng(seed))
     d_ap = _sq_dist(x, a, pos)
     if mode == "semihard":
         neg = brute_negatives(x, cls, a, d_ap)
     else:
-        params = (approx or ApproxParams()) if used == "approx" else None
-        neg = ClassIndexes(x, cls, params).nearest_other(a)
+        neg = indexes.nearest_other(a)
     keep = neg >= 0
     a, pos, neg, d_ap = a[keep], pos[keep], neg[keep], d_ap[keep]
     d_an = _sq_dist(x, a, neg)

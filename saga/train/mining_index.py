@@ -6,7 +6,8 @@ so a k-NN search needs a costly exact fallback. Searching every other class's in
 for its single nearest item and keeping the minimum is exact by construction, needs no
 fallback, and does the same arithmetic as one flat search over the pool.
 
-Exact: one `IndexFlatL2` per class (BLAS, top-1). Approximate: one `IndexIVFFlat` per
+Exact: one `IndexFlatIP` per class over [x, ‖x‖²] (BLAS, top-1), which also gives the
+hardest (farthest) and easiest positives. Approximate: one `IndexIVFFlat` per
 class (`nlist` lists, `nprobe` searched), trained and filled once per build, i.e. once
 per refresh. The final choice among the per-class candidates is made on exact squared
 distances, ties going to the lowest pool index, so the exact miner's answer does not
@@ -20,6 +21,8 @@ block of anchors instead of the whole pool once per handful of anchors.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -36,20 +39,24 @@ SEARCHES: tuple[str, ...] = get_args(Search)
 APPROX_MIN_POOL = 4_000_000
 _BRUTE_ELEMS = 1 << 24  # anchors × pool distances held at once by the brute force
 _ANCHOR_BLOCK = 4096  # anchors per brute-force block (each block reads the pool once)
+_QUERY_BLOCK = 65536  # anchors per per-class search (FAISS blocks queries by 4096 itself)
 
 
 @dataclass(frozen=True)
 class ApproxParams:
-    """Per-class IVF-Flat parameters: `nlist` lists per class (None: 4·√members), `nprobe` searched."""
+    """Per-class IVF-Flat parameters: `nlist` lists per class (None: √members), `nprobe` searched.
+
+    √members keeps the build (k-means + assignment, redone at every refresh) cheap next to a search.
+    """
 
     nlist: int | None = None
-    nprobe: int = 32
+    nprobe: int = 16
     kmeans_iters: int = 10
     seed: int = 0
 
     def lists_for(self, members: int) -> int:
         """Lists for a class: never more than members / 39 (FAISS's k-means floor), at least 1."""
-        want = self.nlist if self.nlist is not None else int(4 * math.sqrt(members))
+        want = self.nlist if self.nlist is not None else round(math.sqrt(members))
         return max(1, min(want, members // 39))
 
 
@@ -73,47 +80,96 @@ def _flat(xc: np.ndarray) -> faiss.Index:
     return index
 
 
+def _augmented(x: np.ndarray, sq: np.ndarray, members: np.ndarray) -> faiss.Index:
+    """IndexFlatIP over [x, ‖x‖²]: one index answers nearest and farthest, see `_queries`."""
+    buf = np.empty((members.size, x.shape[1] + 1), np.float32)
+    buf[:, :-1], buf[:, -1] = x[members], sq[members]
+    index = faiss.IndexFlatIP(buf.shape[1])
+    index.add(buf)
+    return index
+
+
+def _queries(q: np.ndarray, farthest: bool) -> np.ndarray:
+    """[q, -1/2] scores q·x − ‖x‖²/2 (max = nearest); [-2q, 1] scores ‖x‖² − 2q·x (max = farthest)."""
+    out = np.empty((q.shape[0], q.shape[1] + 1), np.float32)
+    out[:, :-1], out[:, -1] = (-2.0 * q, 1.0) if farthest else (q, -0.5)
+    return out
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run FAISS on one OpenMP thread: small k-means is barrier-bound (4-5× slower on 2 shared cores)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 def _ivf(xc: np.ndarray, params: ApproxParams) -> faiss.Index:
     nlist = params.lists_for(xc.shape[0])
     if nlist == 1:  # tiny class: an IVF with one list is a flat index with overhead
         return _flat(xc)
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(xc.shape[1]), xc.shape[1], nlist, faiss.METRIC_L2)
     index.cp.niter, index.cp.seed = params.kmeans_iters, params.seed
-    index.train(xc)
-    index.add(xc)
+    index.cp.max_points_per_centroid = 64  # k-means on a seeded sample: the build is paid per refresh
+    with _one_thread():
+        index.train(xc)
+        index.add(xc)
     index.nprobe = min(params.nprobe, nlist)
     return index
 
 
 class ClassIndexes:
-    """One index per class over the pool, built once (per refresh) and searched with k = 1."""
+    """One index per class over the pool, built once (per refresh) and searched with k = 1 (or 2)."""
 
     def __init__(self, x: np.ndarray, cls: np.ndarray, approx: ApproxParams | None = None) -> None:
-        """x: (N, d) float32 C-order pool; cls: (N,) classes 0..C-1; approx: None = exact flat indexes."""
+        """x: (N, d) float32 C-order pool; cls: (N,) classes 0..C-1; approx: None = exact negatives."""
         if approx is not None and approx.nprobe < 1:
             raise SagaError(f"mining nprobe must be >= 1, got {approx.nprobe}")
         self.x, self.cls, self.approx = x, cls, approx
+        sq = np.einsum("ij,ij->i", x, x)
         self.members = [np.flatnonzero(cls == c) for c in range(int(cls.max()) + 1 if cls.size else 0)]
-        self.indexes = [self._build(m) for m in self.members]
+        self.flat = [_augmented(x, sq, m) for m in self.members]  # exact: positives, exact negatives
+        self.indexes = self.flat if approx is None else [_ivf(np.ascontiguousarray(x[m]), approx) for m in self.members]
 
-    def _build(self, members: np.ndarray) -> faiss.Index | None:
-        if members.size == 0:
-            return None
-        xc = np.ascontiguousarray(self.x[members])
-        return _flat(xc) if self.approx is None else _ivf(xc, self.approx)
+    def positives(self, anchors: np.ndarray, farthest: bool) -> np.ndarray:
+        """Farthest (or nearest) same-class item other than the anchor; every anchor's class has >= 2 members."""
+        out = np.empty(anchors.size, np.int64)
+        for c in np.unique(self.cls[anchors]):
+            sel = np.flatnonzero(self.cls[anchors] == c)
+            for s in range(0, sel.size, _QUERY_BLOCK):
+                rows = sel[s : s + _QUERY_BLOCK]
+                # Two results: the anchor can only be one of them (it is the nearest, and never the farthest
+                # unless all members coincide), so the first that is not the anchor is the answer.
+                _, idx = self.flat[c].search(_queries(self.x[anchors[rows]], farthest), 2)
+                cand = self.members[c][idx]
+                out[rows] = np.where(cand[:, 0] != anchors[rows], cand[:, 0], cand[:, 1])
+        return out
 
     def nearest_other(self, anchors: np.ndarray) -> np.ndarray:
         """Nearest item of another class for each anchor (pool indices); -1 where none exists."""
+        out = np.full(anchors.size, -1, np.int64)
+        for s in range(0, anchors.size, _QUERY_BLOCK):  # bounds the query copies on a full-pool refresh
+            a = anchors[s : s + _QUERY_BLOCK]
+            out[s : s + _QUERY_BLOCK] = _closest(self.x, a, self._candidates(a))
+        return out
+
+    def _candidates(self, anchors: np.ndarray) -> np.ndarray:
+        """(anchors, C) nearest member of each class other than the anchor's own (-1: none)."""
         cand = np.full((anchors.size, len(self.indexes)), -1, np.int64)
-        q = np.ascontiguousarray(self.x[anchors])
+        q, qc = np.ascontiguousarray(self.x[anchors]), self.cls[anchors]
+        if self.approx is None:
+            q = _queries(q, farthest=False)
         for c, (index, members) in enumerate(zip(self.indexes, self.members)):
-            rows = np.flatnonzero(self.cls[anchors] != c)
-            if index is None or rows.size == 0:
+            rows = np.flatnonzero(qc != c)
+            if rows.size == 0:
                 continue
             _, idx = index.search(q[rows], 1)
             found = idx[:, 0] >= 0
             cand[rows[found], c] = members[idx[found, 0]]
-        return _closest(self.x, anchors, cand)
+        return cand
 
 
 def _closest(x: np.ndarray, anchors: np.ndarray, cand: np.ndarray) -> np.ndarray:
