@@ -24,10 +24,10 @@ from saga.errors import SagaError
 from saga.fileio import atomic_path
 
 SIDECAR = "manifest.index.npz"
-VERSION = 1
+VERSION = 2
 CHUNK = 65536  # lines parsed into Python lists before becoming numpy (bounds the parse's transient memory)
 INTS = ("size", "mtime_ns", "row", "windows", "n_frames")
-CODED = ("status", "generator", "split", "error", "backend", "labels")  # few distinct values: a table + codes
+CODED = ("status", "generator", "split", "error", "backend", "labels", "fps")  # few distinct values: table + codes
 PATH_CODEC = ("utf-8", "surrogatepass")  # json may give lone surrogates (non-UTF-8 file names)
 
 
@@ -72,22 +72,26 @@ class _Builder:
         self.lists: dict[str, list[Any]] = {}
         self.chunks: list[dict[str, np.ndarray]] = []
         self.extra: dict[int, dict] = {}
+        self._labels: dict[tuple, str] = {}
         self.n = 0
         self._reset()
 
     def _reset(self) -> None:
-        self.lists = {k: [] for k in (*INTS, "fps", "checksum", "crc32c", "path", *CODED)}
+        self.lists = {k: [] for k in (*INTS, "checksum", "crc32c", "path", *CODED)}
 
     def add(self, data: dict[str, Any]) -> None:
         lists = self.lists
         for key in INTS:
             lists[key].append(data.get(key, -1 if key == "row" else 0))
-        lists["fps"].append(float(data.get("fps", 0.0)))
         lists["checksum"].append(_checksum_bytes(data.get("checksum", "")))
         lists["crc32c"].append(_crc(data.get("crc32c", "")))
         lists["path"].append(data["path"].encode(*PATH_CODEC))
         for key in CODED:
-            value = json.dumps(data[key], sort_keys=True) if key == "labels" else data.get(key, "")
+            value = float(data.get(key, 0.0)) if key == "fps" else data.get(key, "")
+            if key == "labels":  # a few distinct label sets: dumped to JSON once each
+                seen = self._labels.get(tuple(value.items()))
+                value = seen if seen is not None else self._labels.setdefault(
+                    tuple(value.items()), json.dumps(value, sort_keys=True))
             lists[key].append(self.tables[key].setdefault(value, len(self.tables[key])))
         if data.get("extra"):
             self.extra[self.n] = data["extra"]
@@ -100,7 +104,6 @@ class _Builder:
         if not lists["path"]:
             return
         chunk = {key: np.array(lists[key], np.int64) for key in INTS}
-        chunk["fps"] = np.array(lists["fps"], np.float64)
         chunk["crc32c"] = np.array(lists["crc32c"], np.int64)
         chunk["checksum"] = np.frombuffer(b"".join(lists["checksum"]), np.uint8).reshape(-1, 17)
         lengths = np.fromiter((len(p) for p in lists["path"]), np.int64, len(lists["path"]))
@@ -113,21 +116,36 @@ class _Builder:
 
     def finish(self) -> PartColumns:
         self._flush()
-        keys = (*INTS, "fps", "checksum", "crc32c", "path_len", "path_blob", *CODED)
+        keys = (*INTS, "checksum", "crc32c", "path_len", "path_blob", *CODED)
         if self.chunks:
-            arrays = {k: np.concatenate([c[k] for c in self.chunks]) for k in keys}
+            arrays = {}
+            for k in keys:  # column by column, freeing the chunks' copies as it goes
+                arrays[k] = np.concatenate([c.pop(k) for c in self.chunks])
         else:
             arrays = {k: np.zeros((0, 17) if k == "checksum" else 0, _dtype(k)) for k in keys}
         offsets = np.zeros(arrays["path_len"].size + 1, np.int64)
         np.cumsum(arrays.pop("path_len"), out=offsets[1:])
         arrays["path_offsets"] = offsets
         tables = {k: list(v) for k, v in self.tables.items()}
-        return PartColumns(arrays, tables, self.extra)
+        return PartColumns(narrow(arrays, tables), tables, self.extra)
+
+
+def narrow(arrays: dict[str, np.ndarray], tables: dict[str, list]) -> dict[str, np.ndarray]:
+    """The smallest integer dtype each column needs (codes of a 20-entry table: 1 byte, not 8)."""
+    for key, arr in arrays.items():
+        if key in CODED:
+            arrays[key] = arr.astype(np.uint8 if len(tables[key]) <= 256 else np.uint16
+                                     if len(tables[key]) <= 65536 else np.int32, copy=False)
+        elif key in ("windows", "n_frames", "row") and arr.size:
+            for small in (np.int16, np.int32):
+                if np.iinfo(small).min <= arr.min() and arr.max() <= np.iinfo(small).max:
+                    arrays[key] = arr.astype(small, copy=False)
+                    break
+    return arrays
 
 
 def _dtype(key: str) -> type:
-    return {"fps": np.float64, "checksum": np.uint8, "path_blob": np.uint8}.get(key, np.int32 if key in CODED
-                                                                               else np.int64)
+    return {"checksum": np.uint8, "path_blob": np.uint8}.get(key, np.int32 if key in CODED else np.int64)
 
 
 def _crc(text: str) -> int:

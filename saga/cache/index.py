@@ -17,7 +17,7 @@ from typing import Any, Iterator, MutableSequence, Sequence, overload
 
 import numpy as np
 
-from saga.cache.columns import CODED, PATH_CODEC, PartColumns, sidecar_writable
+from saga.cache.columns import CODED, PATH_CODEC, PartColumns, narrow, sidecar_writable
 from saga.cache.manifest import OK, VideoRecord
 
 SORT_CHUNK = 65536
@@ -38,40 +38,46 @@ class RecordIndex:
 
     @classmethod
     def build(cls, root: Path, parts: list[str], manifest: str) -> "RecordIndex":
-        """Merge the parts' columns (sidecars when current), dedupe by path (the last wins), sort by path."""
+        """Merge the parts' columns (sidecars when current), dedupe by path (the last wins), sort by path.
+
+        Column by column, each source freed as soon as it is used, so the peak stays near one index."""
         loaded = [PartColumns.load(root / p / manifest, sidecar_writable(root / p)) for p in parts]
-        tables: dict[str, dict[str, int]] = {k: {} for k in CODED}
-        arrays: dict[str, list[np.ndarray]] = {}
-        extra: dict[int, dict] = {}
-        base, blob_base = 0, 0
-        for cols in loaded:
-            for key, arr in cols.arrays.items():
-                if key in CODED:  # per-part codes -> cache-wide codes
-                    remap = np.array([tables[key].setdefault(v, len(tables[key])) for v in cols.tables[key]],
-                                     np.int32)
-                    arr = remap[arr] if arr.size else arr
-                elif key == "path_offsets":
-                    arr = arr[:-1] + blob_base
-                arrays.setdefault(key, []).append(arr)
-            extra.update({base + i: e for i, e in cols.extra.items()})
-            base += len(cols)
-            blob_base += int(cols.arrays["path_blob"].size)
-        part = np.concatenate([np.full(len(c), i, np.int16) for i, c in enumerate(loaded)] or [np.zeros(0, np.int16)])
         if not loaded:
-            return cls([], part, PartColumns.parse(root / "none" / manifest).arrays, {k: [] for k in CODED}, {})
-        merged = {k: np.concatenate(v) for k, v in arrays.items()}
-        merged["path_offsets"] = np.r_[merged["path_offsets"], blob_base]
+            return cls([], np.zeros(0, np.int16), PartColumns.parse(root / "none" / manifest).arrays,
+                       {k: [] for k in CODED}, {})
+        tables: dict[str, dict[Any, int]] = {k: {} for k in CODED}
+        remaps = {k: [np.array([tables[k].setdefault(v, len(tables[k])) for v in c.tables[k]] or [0], np.int32)
+                      for c in loaded] for k in CODED}
+        sizes = [len(c) for c in loaded]
+        blob_sizes = [int(c.arrays["path_blob"].size) for c in loaded]
+        extra = {sum(sizes[:j]) + i: e for j, c in enumerate(loaded) for i, e in c.extra.items()}
+        part = np.repeat(np.arange(len(loaded), dtype=np.int16), sizes)
+        merged: dict[str, np.ndarray] = {}
+        for key in list(loaded[0].arrays):
+            pieces = [c.arrays.pop(key) for c in loaded]
+            if key in CODED:  # per-part codes -> cache-wide codes
+                pieces = [remaps[key][j][arr] if len(loaded) > 1 else arr for j, arr in enumerate(pieces)]
+            elif key == "path_offsets":
+                pieces = [arr[:-1] + sum(blob_sizes[:j]) for j, arr in enumerate(pieces)] + [np.array([sum(blob_sizes)])]
+            merged[key] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            del pieces
+        del loaded
         keep = _sorted_unique(merged["path_blob"], merged["path_offsets"])
-        return cls._subset(parts, part, merged, {k: list(v) for k, v in tables.items()}, extra, keep)
+        tables_out = {k: list(v) for k, v in tables.items()}
+        return cls._subset(parts, part, narrow(merged, tables_out), tables_out, extra, keep)
 
     @classmethod
     def _subset(cls, parts: list[str], part: np.ndarray, arrays: dict[str, np.ndarray],
                 tables: dict[str, list[str]], extra: dict[int, dict], keep: np.ndarray) -> "RecordIndex":
-        offsets = arrays["path_offsets"]
+        """The kept rows in their new order; `arrays` is emptied as its columns are reordered."""
+        offsets = arrays.pop("path_offsets")
         starts, lengths = offsets[:-1][keep], np.diff(offsets)[keep]
-        out = {k: v[keep] for k, v in arrays.items() if k not in ("path_blob", "path_offsets")}
-        out["path_offsets"] = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        out["path_blob"] = _gather_blob(arrays["path_blob"], starts, lengths)
+        del offsets
+        out = {"path_blob": _gather_blob(arrays.pop("path_blob"), starts, lengths)}
+        out["path_offsets"] = np.r_[0, np.cumsum(lengths)].astype(np.uint32 if out["path_blob"].size < 2**32
+                                                                   else np.int64)
+        for key in list(arrays):
+            out[key] = arrays.pop(key)[keep]
         new_pos = {int(old): i for i, old in enumerate(keep) if int(old) in extra} if extra else {}
         return cls(parts, part[keep], out, tables, {new_pos[o]: extra[o] for o in extra if o in new_pos})
 
@@ -93,7 +99,7 @@ class RecordIndex:
             split=t["split"][a["split"][i]], error=t["error"][a["error"][i]], part=self.parts[self.part[i]],
             row=int(a["row"][i]), windows=int(a["windows"][i]), checksum=self.checksum(i),
             crc32c=f"{a['crc32c'][i]:08x}" if a["crc32c"][i] >= 0 else "",
-            n_frames=int(a["n_frames"][i]), fps=float(a["fps"][i]), backend=t["backend"][a["backend"][i]],
+            n_frames=int(a["n_frames"][i]), fps=float(t["fps"][a["fps"][i]]), backend=t["backend"][a["backend"][i]],
             extra=dict(self.extra.get(i, {})))
 
     # -- selections -----------------------------------------------------------------------------
