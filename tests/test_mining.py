@@ -123,8 +123,16 @@ def test_search_option_and_auto_threshold(monkeypatch: pytest.MonkeyPatch) -> No
     assert resolve_search("exact", 10**9) == "exact"
     assert mine_triplets(x, y).search == "exact"
     monkeypatch.setattr(mining_index, "APPROX_MIN_POOL", 100)
-    assert mine_triplets(x, y).search == "approx"
+    assert mine_triplets(x, y, approx=ApproxParams(nlist=4, nprobe=4)).search == "approx"  # passes its check
     assert mine_triplets(x, y, mode="semihard").search == "exact"  # semi-hard is always exact
+    # No structure (isotropic, 64-d) and one list of 8 probed: the check fails, auto mines exactly.
+    xr = np.random.default_rng(7).normal(size=(800, 64)).astype(np.float32)
+    yr = np.random.default_rng(8).integers(0, 4, size=800)
+    weak = ApproxParams(nlist=8, nprobe=1)
+    assert mine_triplets(xr, yr, search="approx", approx=weak).search == "approx"
+    auto = mine_triplets(xr, yr, approx=weak)
+    assert auto.search == "exact"
+    np.testing.assert_array_equal(auto.negatives, mine_triplets(xr, yr, search="exact").negatives)
 
 
 def test_brute_negatives_pool_chunked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,7 +105,8 @@ def mine_triplets(
         positive: "hardest" | "easiest" | "random" same-class item.
         anchors: pool indices to mine for (e.g. the current batch); None = every item.
         normalize: L2-normalise rows first (the loss's space).
-        search: "exact", "approx" (per-class IVF, hard mode only) or "auto" (by pool size).
+        search: "exact", "approx" (per-class IVF, hard mode only) or "auto": exact below
+            APPROX_MIN_POOL items, else approximate if it passes its recall check (`ApproxParams`).
         approx: IVF parameters for search="approx" (None: `ApproxParams()` defaults).
         seed: for positive="random".
 
@@ -136,7 +137,9 @@ def mine_triplets(
     if mode == "semihard":
         neg = brute_negatives(x, cls, a, d_ap)
     else:
-        neg = indexes.nearest_other(a)
+        if how == "auto" and used == "approx" and indexes.approx_recall(a) < indexes.approx.min_recall:
+            used = "exact"  # this pool has no structure the IVF can use: its negatives would be wrong
+        neg = indexes.nearest_other(a, exact=used == "exact")
     keep = neg >= 0
     a, pos, neg, d_ap = a[keep], pos[keep], neg[keep], d_ap[keep]
     d_an = _sq_dist(x, a, neg)

@@ -36,7 +36,7 @@ SEARCHES: tuple[str, ...] = get_args(Search)
 # Pool size from which search="auto" uses the approximate index; set from bench/mining.py
 # (docs/performance.md, section 3): below it the exact per-class search is as fast or the
 # approximate one misses the true hardest negative too often.
-APPROX_MIN_POOL = 4_000_000
+APPROX_MIN_POOL = 100_000
 _BRUTE_ELEMS = 1 << 24  # anchors × pool distances held at once by the brute force
 _ANCHOR_BLOCK = 4096  # anchors per brute-force block (each block reads the pool once)
 _QUERY_BLOCK = 65536  # anchors per per-class search (FAISS blocks queries by 4096 itself)
@@ -47,12 +47,17 @@ class ApproxParams:
     """Per-class IVF-Flat parameters: `nlist` lists per class (None: √members), `nprobe` searched.
 
     √members keeps the build (k-means + assignment, redone at every refresh) cheap next to a search.
+    search="auto" first checks the index on `check` seeded anchors against the exact search and
+    keeps it only if it finds the true hardest negative for at least `min_recall` of them: on
+    embeddings without low-dimensional structure no IVF setting is both fast and right.
     """
 
     nlist: int | None = None
     nprobe: int = 16
     kmeans_iters: int = 10
     seed: int = 0
+    check: int = 64
+    min_recall: float = 0.95
 
     def lists_for(self, members: int) -> int:
         """Lists for a class: never more than members / 39 (FAISS's k-means floor), at least 1."""
@@ -148,21 +153,35 @@ class ClassIndexes:
                 out[rows] = np.where(cand[:, 0] != anchors[rows], cand[:, 0], cand[:, 1])
         return out
 
-    def nearest_other(self, anchors: np.ndarray) -> np.ndarray:
-        """Nearest item of another class for each anchor (pool indices); -1 where none exists."""
+    def nearest_other(self, anchors: np.ndarray, exact: bool = False) -> np.ndarray:
+        """Nearest item of another class for each anchor (pool indices); -1 where none exists.
+
+        Approximate when built with `approx`, unless `exact` (the flat indexes are always there).
+        """
         out = np.full(anchors.size, -1, np.int64)
+        exact = exact or self.approx is None
         for s in range(0, anchors.size, _QUERY_BLOCK):  # bounds the query copies on a full-pool refresh
             a = anchors[s : s + _QUERY_BLOCK]
-            out[s : s + _QUERY_BLOCK] = _closest(self.x, a, self._candidates(a))
+            out[s : s + _QUERY_BLOCK] = _closest(self.x, a, self._candidates(a, exact))
         return out
 
-    def _candidates(self, anchors: np.ndarray) -> np.ndarray:
-        """(anchors, C) nearest member of each class other than the anchor's own (-1: none)."""
-        cand = np.full((anchors.size, len(self.indexes)), -1, np.int64)
-        q, qc = np.ascontiguousarray(self.x[anchors]), self.cls[anchors]
+    def approx_recall(self, anchors: np.ndarray) -> float:
+        """Share of `check` seeded anchors whose approximate negative is a true hardest one (ties count)."""
         if self.approx is None:
+            return 1.0
+        rng = np.random.default_rng(self.approx.seed)
+        probe = rng.choice(anchors, min(anchors.size, self.approx.check), replace=False)
+        got, want = self.nearest_other(probe), self.nearest_other(probe, exact=True)
+        d = [np.einsum("ij,ij->i", self.x[probe] - self.x[j], self.x[probe] - self.x[j]) for j in (got, want)]
+        return float(np.mean((got >= 0) & np.isclose(d[0], d[1], rtol=1e-5, atol=1e-6))) if probe.size else 1.0
+
+    def _candidates(self, anchors: np.ndarray, exact: bool) -> np.ndarray:
+        """(anchors, C) nearest member of each class other than the anchor's own (-1: none)."""
+        cand = np.full((anchors.size, len(self.members)), -1, np.int64)
+        q, qc = np.ascontiguousarray(self.x[anchors]), self.cls[anchors]
+        if exact:
             q = _queries(q, farthest=False)
-        for c, (index, members) in enumerate(zip(self.indexes, self.members)):
+        for c, (index, members) in enumerate(zip(self.flat if exact else self.indexes, self.members)):
             rows = np.flatnonzero(qc != c)
             if rows.size == 0:
                 continue
