@@ -9,6 +9,7 @@ Layers, lowest first; a module may import its own layer and the ones below it, n
     runs      saga.runs                       (run folders: the only owner of their file names)
     train     saga.train                      (phase 2)
     explain   saga.explain                    (metrics, probe, T-Sigs, t-SNE, report)
+    openworld saga.openworld                  (open set, few-shot enrollment, calibration: on finished runs)
     benchmark saga.benchmark                  (`saga synth`: test videos, not part of either phase)
     app       predict, demo, ablate, commands, cli, __main__
 
@@ -26,7 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "saga"
 
-LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "benchmark", "app"]
+LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "openworld", "benchmark", "app"]
 BASE = {"errors", "taxonomy", "provenance", "fileio", "options", "distributed", "data", "__init__"}
 APP = {"predict", "demo", "ablate", "commands", "cli", "__main__"}
 # Pairs of layers that are ordered above but must not depend on each other at all.
@@ -42,7 +43,7 @@ def layer(module: str) -> str:
         return "base"
     if head in APP:
         return "app"
-    if head in ("cache", "pipeline", "model", "runs", "train", "explain", "benchmark"):
+    if head in ("cache", "pipeline", "model", "runs", "train", "explain", "openworld", "benchmark"):
         return head
     raise AssertionError(f"saga.{head}: no layer; add it to tests/test_layers.py and docs/architecture.md")
 

@@ -1,0 +1,114 @@
+"""The open-world operations on a run folder (what the CLI and predict/evaluate call).
+
+Each one loads the run, reads features from a cache (by default the run's own, recorded in its
+config.json), fits what it fits on the *validation* split (calibration, open-set threshold,
+prototype temperature) or the given videos (enrollment), and writes its files into the run
+folder (or `out`, for a run folder that must stay read-only) atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saga.cache.manifest import VideoRecord, seeded_hash
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.fileio import check_writable, make_dir
+from saga.openworld.calibration import Calibration, fit_calibration, reliability
+from saga.openworld.embeddings import Embedder, split_records
+from saga.openworld.enroll import Enrollment, add_entry, generator_labels, prototype_tau
+from saga.openworld.openset import OpenSet, fit_openset
+from saga.runs import MODEL, file_fingerprint
+
+
+def run_cache(emb: Embedder, cache: str | Path | None) -> FeatureCache:
+    """The cache given, else the one the run was trained on (its config.json `cache`)."""
+    path = cache or emb.info.config.get("cache")
+    if not path:
+        raise SagaError(f"{emb.info.path}: the run records no cache; pass --cache")
+    if not Path(path).is_dir():
+        raise SagaError(f"{path}: cache folder not found; pass the run's feature cache with --cache")
+    return FeatureCache.open(path)
+
+
+def model_id(emb: Embedder) -> str:
+    return file_fingerprint(emb.info.path / MODEL)
+
+
+def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
+                  device: str = "cpu", report_split: str | None = "test") -> tuple[Calibration, dict[str, Any]]:
+    """Fit the temperature on the val split, save calibration.json; ECE/reliability on `report_split` too."""
+    emb = Embedder(run, device)
+    folder = check_writable(Path(out or emb.info.path))
+    c = run_cache(emb, cache)
+    val = emb(c, split_records(c, "val"))
+    cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
+    cal.save(make_dir(folder))
+    diagrams: dict[str, Any] = {}
+    if report_split:
+        test = emb(c, split_records(c, report_split))
+        diagrams = {"split": report_split, "before": reliability(test.probs, test.targets),
+                    "after": reliability(cal.probs(test.logits), test.targets)}
+    return cal, diagrams
+
+
+def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
+                    kind: str = "prototype", k: int = 5, percentile: float = 95.0, device: str = "cpu") -> OpenSet:
+    """Prototypes + k-NN bank from the run's labelled videos, threshold from its known val videos."""
+    emb = Embedder(run, device)
+    folder = check_writable(Path(out or emb.info.path))
+    c = run_cache(emb, cache)
+    protos, train = emb.class_prototypes(c)
+    val = emb(c, split_records(c, "val"))
+    det = fit_openset(protos, train.embeddings, val.embeddings, val.targets, model_id(emb), emb.info.classes,
+                      kind, k, percentile)
+    det.save(make_dir(folder))
+    return det
+
+
+def select_videos(cache: FeatureCache, generator: str, videos: str | None, split: str | None,
+                  limit: int | None, seed: int) -> list[VideoRecord]:
+    """The cache's ok records to enroll: under folder `videos` (a path prefix), else labelled `generator`."""
+    recs = list(cache.ok_records(split))
+    if videos:
+        prefix = str(videos).strip("/") + "/"
+        recs = [r for r in recs if r.path.startswith(prefix)]
+    else:
+        recs = [r for r in recs if r.generator == generator or r.labels.get("GEN-L") == generator]
+    if not recs:
+        where = f"under {videos!r}" if videos else f"labelled {generator!r}"
+        raise SagaError(f"{cache.root}: no extracted videos {where}{' in the ' + split + ' split' if split else ''}; "
+                        "extract them first (`saga extract --videos DIR --cache CACHE` with the run's encoder)")
+    recs = sorted(recs, key=lambda r: seeded_hash(seed, r.path))[:limit] if limit else recs
+    return sorted(recs, key=lambda r: r.path)
+
+
+def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str | None = None,
+               task: str | None = None, sd: str | None = None, team: str | None = None,
+               run_cache_path: str | Path | None = None, split: str | None = None, limit: int | None = None,
+               seed: int = 0, out: str | Path | None = None, device: str = "cpu") -> Enrollment:
+    """Enroll `generator` from cache videos into the run's enrolled.json (+ .safetensors), no retraining."""
+    emb = Embedder(run, device)
+    folder = check_writable(Path(out or emb.info.path))
+    new_cache = FeatureCache.open(cache) if Path(cache).is_dir() else None
+    if new_cache is None:
+        raise SagaError(f"{cache}: cache folder not found; extract the videos with the run's encoder first")
+    records = select_videos(new_cache, generator, videos, split, limit, seed)
+    inf = emb(new_cache, records)  # refuses incompatible features in one line
+    enr = load_or_start(emb, folder, run_cache_path, device)
+    add_entry(enr, generator, generator_labels(generator, task, sd, team), inf.embeddings,
+              [r.path for r in records], new_cache.cache_id)
+    enr.save(make_dir(folder))
+    return enr
+
+
+def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None, device: str) -> Enrollment:
+    """The run's enrollment file when it is current, else a fresh one (old prototypes and τ from its cache)."""
+    if (folder / "enrolled.json").is_file():
+        return Enrollment.load(folder, model_id(emb))
+    c = run_cache(emb, run_cache_path)
+    protos, _ = emb.class_prototypes(c)
+    val = emb(c, split_records(c, "val"))
+    return Enrollment(model_id(emb), list(emb.info.classes), emb.info.level,
+                      prototype_tau(protos, val.embeddings, val.targets), protos)

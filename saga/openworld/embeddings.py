@@ -1,0 +1,96 @@
+"""φ of cache records under the evaluation convention, and class prototypes in φ space.
+
+Everything open-world in saga works on the run's L2-normalised embedding φ as `infer` returns
+it (window 0, centred T' sub-window), so a prototype, a k-NN neighbour and a scored video are
+always points of the same space. A class prototype is the mean of its videos' φ, renormalised:
+the direction that maximises the mean cosine to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from saga.cache.manifest import VideoRecord
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.fileio import read_json
+from saga.model.inference import Inference, infer
+from saga.runs import LABELLED, RunInfo, load_model
+
+
+def check_features(info: RunInfo, cache: FeatureCache) -> None:
+    """Refuse, in one line, a cache whose features the run cannot read (encoder, sampling, dim, frames)."""
+    differ = info.encoder.differences(cache.encoder_spec)
+    if differ:
+        raise SagaError(f"{cache.root}: its features differ from run {info.path}'s ({', '.join(differ)}); "
+                        f"extract the videos with the run's encoder ({info.encoder.encoder}) and sampling")
+    if cache.frames < info.frames:
+        raise SagaError(f"{cache.root}: {cache.frames} frames per window, run {info.path} needs {info.frames}; "
+                        "extract with at least as many frames")
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (a zero row stays zero)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def prototypes(embeddings: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, d) renormalised mean φ per class index 0..C-1; a class without videos is a zero row."""
+    out = np.zeros((n_classes, embeddings.shape[1]), np.float32)
+    for c in range(n_classes):
+        rows = embeddings[targets == c]
+        if len(rows):
+            out[c] = rows.mean(axis=0)
+    return normalise(out)
+
+
+def labelled_records(info: RunInfo, cache: FeatureCache) -> list[VideoRecord]:
+    """The train videos the run was fitted on (its labelled.json), as records of `cache`."""
+    path = info.path / LABELLED
+    if not path.is_file():
+        raise SagaError(f"{path}: missing; prototypes need a stage-2 run's labelled subset")
+    subset: dict[str, list[str]] = read_json(path).get("classes", {})
+    wanted = {p for paths in subset.values() for p in paths}
+    records = [r for r in cache.ok_records("train") if r.path in wanted]
+    if len(records) < len(wanted):
+        raise SagaError(f"{cache.root}: {len(wanted) - len(records)} of the run's labelled videos are not in "
+                        f"this cache; pass the run's own cache (--cache)")
+    return records
+
+
+def split_records(cache: FeatureCache, split: str) -> list[VideoRecord]:
+    if split not in ("train", "val", "test"):
+        raise SagaError(f"split {split!r}: use train, val or test")
+    return list(cache.ok_records(split))
+
+
+class Embedder:
+    """A loaded run that embeds cache records (features checked once per cache)."""
+
+    def __init__(self, run: str | Path, device: str = "cpu", batch_size: int = 256) -> None:
+        self.model, self.info = load_model(run)
+        self.device, self.batch_size = device, batch_size
+        self._checked: set[str] = set()
+
+    def __call__(self, cache: FeatureCache, records: Sequence[VideoRecord]) -> Inference:
+        if cache.cache_id not in self._checked:
+            check_features(self.info, cache)
+            self._checked.add(cache.cache_id)
+        return infer(self.model, self.info, cache, records, self.batch_size, self.device)
+
+    def class_prototypes(self, cache: FeatureCache) -> tuple[np.ndarray, Inference]:
+        """The run's classes' prototypes from its labelled train videos, and that inference."""
+        inf = self(cache, labelled_records(self.info, cache))
+        return prototypes(inf.embeddings, inf.targets, len(self.info.classes)), inf
+
+
+def describe(info: RunInfo) -> dict[str, Any]:
+    """What a stored open-world file must match to be used with this run (guards against a swapped model)."""
+    from saga.runs import MODEL, file_fingerprint
+
+    return {"run_model": file_fingerprint(info.path / MODEL),
+            "level": info.level, "classes": list(info.classes), "frames": int(info.frames)}

@@ -1,0 +1,172 @@
+"""Few-shot enrollment: a new generator from 3–20 videos, without retraining, as a prototype in φ.
+
+The trained embedding φ already separates sources it never saw (that is what open-set rejection
+relies on), so a new source is the mean φ of its few videos. Classifying with the head *plus*
+enrolled prototypes (rule "gate", the default) keeps the head's decision among the known classes
+and lets the prototypes decide only how much mass goes to enrolled ones:
+
+    q = softmax(cos(φ, [old prototypes; enrolled prototypes]) / τ),   π = Σ_enrolled q
+    p = [(1 − π) · p_head,  q_enrolled]
+
+τ is fitted (1-D NLL search) on the run's known validation videos' prototype similarities, so q
+is as sharp as the prototypes actually are on unseen videos. Rule "ncm" (nearest class mean over
+all prototypes, softmax(cos/τ)) is kept for comparison. The enrolled classes appear at every
+level their taxonomy labels (task, SD backbone, team) imply. Stored beside the run as
+enrolled.safetensors (prototypes) + enrolled.json (the commit point: entries, τ, fingerprints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from saga.errors import SagaError
+from saga.fileio import read_json, write_json
+from saga.model.inference import Inference
+from saga.openworld.calibration import fit_temperature, softmax
+from saga.openworld.embeddings import normalise
+from saga.openworld.levels import aggregate, coarser_levels, label_at, parents
+from saga.runs import RunInfo, file_fingerprint, load_tensors, save_tensors
+from saga.taxonomy import FAKE, TASKS, Taxonomy
+
+ENROLLED = "enrolled.json"
+ENROLLED_TENSORS = "enrolled.safetensors"
+RULES = ("gate", "ncm")
+MIN_VIDEOS, MAX_VIDEOS = 3, 20
+
+
+@dataclass
+class Entry:
+    """One enrolled generator: its labels at every level, the videos behind it, its prototype."""
+
+    name: str
+    labels: dict[str, str | None]
+    paths: list[str]
+    cache_id: str
+    prototype: np.ndarray = field(repr=False)
+
+
+@dataclass
+class Enrollment:
+    """A run's enrolled classes with the run's own prototypes and the prototype temperature τ."""
+
+    run_model: str
+    classes: list[str]
+    level: str
+    tau: float
+    old_prototypes: np.ndarray = field(repr=False)
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def save(self, folder: str | Path) -> Path:
+        """Tensors first, then enrolled.json naming their fingerprint: a kill leaves the old pair usable."""
+        folder = Path(folder)
+        protos = np.stack([e.prototype for e in self.entries]) if self.entries else np.zeros((0, 0), np.float32)
+        save_tensors(folder / ENROLLED_TENSORS, {"prototypes": torch.from_numpy(protos.astype(np.float32)),
+                                                  "old_prototypes": torch.from_numpy(self.old_prototypes)},
+                     {"names": ",".join(self.names)})
+        entries = [{"name": e.name, "labels": e.labels, "n": len(e.paths), "paths": e.paths, "cache_id": e.cache_id}
+                   for e in self.entries]
+        write_json(folder / ENROLLED, {"run_model": self.run_model, "classes": self.classes, "level": self.level,
+                                       "tau": self.tau, "entries": entries,
+                                       "tensors": file_fingerprint(folder / ENROLLED_TENSORS)})
+        return folder / ENROLLED
+
+    @classmethod
+    def load(cls, folder: str | Path, run_model: str | None = None) -> "Enrollment":
+        folder = Path(folder)
+        data = read_json(folder / ENROLLED, missing="; enroll a generator first (`saga enroll`)")
+        if file_fingerprint(folder / ENROLLED_TENSORS) != data.get("tensors"):
+            raise SagaError(f"{folder / ENROLLED_TENSORS}: does not match {ENROLLED}; enroll again")
+        if run_model is not None and data.get("run_model") != run_model:
+            raise SagaError(f"{folder / ENROLLED}: made with other weights than the run's; enroll again")
+        tensors, _ = load_tensors(folder / ENROLLED_TENSORS)
+        protos = tensors["prototypes"].numpy()
+        try:
+            entries = [Entry(e["name"], e["labels"], list(e["paths"]), e["cache_id"], protos[i])
+                       for i, e in enumerate(data["entries"])]
+            return cls(data["run_model"], list(data["classes"]), data["level"], float(data["tau"]),
+                       tensors["old_prototypes"].numpy(), entries)
+        except (KeyError, IndexError, TypeError):
+            raise SagaError(f"{folder / ENROLLED}: damaged (entries and tensors disagree); enroll again") from None
+
+
+def generator_labels(name: str, task: str | None, sd: str | None, team: str | None) -> dict[str, str | None]:
+    """The new generator's class at every level; unknown task/team stay None (not reported there)."""
+    if task is not None and task not in TASKS:
+        raise SagaError(f"--task {task!r}: use one of {', '.join(TASKS)}")
+    if sd is not None and sd.lower() == "none":
+        sd = None
+    return {"BIN-L": FAKE, "TASK-L": task, "SD-L": sd, "TEAM-L": team, "GEN-L": name}
+
+
+def prototype_tau(old_protos: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray) -> float:
+    """τ of softmax(cos/τ) fitted on the known validation videos (1-D NLL search)."""
+    keep = val_targets >= 0
+    if not keep.any():
+        raise SagaError("no validation videos of the run's classes: cannot fit the prototype temperature")
+    return fit_temperature(val_embeddings[keep] @ old_protos.T, val_targets[keep], bounds=(1e-3, 10.0))
+
+
+def add_entry(enr: Enrollment, name: str, labels: dict[str, str | None], embeddings: np.ndarray,
+              paths: Sequence[str], cache_id: str) -> Enrollment:
+    """Add (or replace) generator `name` from 3–20 videos' φ."""
+    if not MIN_VIDEOS <= len(paths) <= MAX_VIDEOS:
+        raise SagaError(f"{name}: {len(paths)} videos to enroll; give {MIN_VIDEOS}–{MAX_VIDEOS} (more: retrain)")
+    if name in enr.classes:
+        raise SagaError(f"{name}: already a class of the run; enroll a new generator under another name")
+    proto = normalise(embeddings.mean(axis=0, keepdims=True))[0]
+    entry = Entry(name, labels, sorted(paths), cache_id, proto)
+    enr.entries = [e for e in enr.entries if e.name != name] + [entry]
+    return enr
+
+
+def scores(enr: Enrollment, inf: Inference, rule: str = "gate", head_probs: np.ndarray | None = None
+           ) -> tuple[list[str], np.ndarray]:
+    """(class names, (n, C + E) probabilities) at the run's level, enrolled classes last."""
+    if rule not in RULES:
+        raise SagaError(f"rule {rule!r}: use one of {', '.join(RULES)}")
+    p_head = inf.probs if head_probs is None else head_probs
+    new = np.stack([e.prototype for e in enr.entries]) if enr.entries else np.zeros((0, inf.embeddings.shape[1]))
+    q = softmax(inf.embeddings @ np.concatenate([enr.old_prototypes, new]).T, enr.tau)
+    c = len(enr.classes)
+    if rule == "ncm":
+        probs = q
+    else:
+        pi = q[:, c:].sum(axis=1, keepdims=True)
+        probs = np.concatenate([(1.0 - pi) * p_head, q[:, c:]], axis=1)
+    names = [*enr.classes, *[label_at(e.labels, enr.level) for e in enr.entries]]
+    return names, probs.astype(np.float32)
+
+
+def predict_with_enrolled(info: RunInfo, taxonomy: Taxonomy, enr: Enrollment, inf: Inference, rule: str = "gate",
+                          head_probs: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """Per level (the run's and every coarser one): classes, (n, K) probabilities and predicted class names.
+
+    `inf` is `infer(...)` of the run on the videos; `head_probs` may replace `inf.probs` (e.g. calibrated).
+    An enrolled generator whose class at a level is unknown (no --task/--team given) ends that level.
+    """
+    names, probs = scores(enr, inf, rule, head_probs)
+    out: dict[str, dict[str, Any]] = {}
+    for level in coarser_levels(info.level):
+        head = parents(taxonomy, info.level, enr.classes, level)
+        extra = [e.labels.get(level) if level != "SD-L" else label_at(e.labels, level) for e in enr.entries]
+        if head is None or any(x is None for x in extra):
+            continue
+        classes, p = aggregate(probs, [*head, *[str(x) for x in extra]])
+        out[level] = {"classes": classes, "probs": p, "pred": [classes[i] for i in p.argmax(axis=1)]}
+    return out
+
+
+def level_targets(records_labels: Sequence[dict[str, str | None]], level: str, classes: Sequence[str]) -> np.ndarray:
+    """Target index of each record among `classes` at `level` (-1: not one of them)."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(label_at(lab, level), -1) for lab in records_labels], np.int64)
+

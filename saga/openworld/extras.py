@@ -1,0 +1,91 @@
+"""What predict / evaluate / report call: the run's open-world files applied to its outputs.
+
+`OpenWorld.load(run_dir, info)` reads whichever of calibration.json, openset.json and
+enrolled.json the run has (each checked against the run's weights: a file fitted on other
+weights is refused, not silently used); `apply` turns one batch of the run's outputs
+(window-averaged logits, probabilities, L2-normalised φ, as `run_batch`/`infer` return them)
+into per-video extras; `evaluation` adds calibration and false-unknown figures to a split's metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saga.model.inference import Inference
+from saga.openworld.calibration import CALIBRATION, Calibration, reliability
+from saga.openworld.enroll import ENROLLED, Enrollment, predict_with_enrolled
+from saga.openworld.openset import OPENSET, OpenSet
+from saga.runs import MODEL, RunInfo, file_fingerprint
+from saga.taxonomy import Taxonomy
+
+
+def as_inference(logits: np.ndarray, probs: np.ndarray, embeddings: np.ndarray) -> Inference:
+    """Bare outputs (no targets, paths or mask) as an `Inference`, for the functions that take one."""
+    n = len(logits)
+    return Inference(logits=logits, probs=probs, embeddings=embeddings, targets=np.full(n, -1, np.int64),
+                     paths=[""] * n, mask=np.zeros((n, 0), bool))
+
+
+@dataclass
+class OpenWorld:
+    """A run's fitted open-world parts (each None when the run has none)."""
+
+    info: RunInfo
+    taxonomy: Taxonomy | None
+    calibration: Calibration | None = None
+    openset: OpenSet | None = None
+    enrollment: Enrollment | None = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path, info: RunInfo) -> "OpenWorld":
+        folder, fp = Path(run_dir), file_fingerprint(Path(run_dir) / MODEL)
+        tax = info.provenance.get("taxonomy")
+        return cls(info, Taxonomy.from_dict(tax) if tax else None,
+                   Calibration.load(folder, fp) if (folder / CALIBRATION).is_file() else None,
+                   OpenSet.load(folder, fp) if (folder / OPENSET).is_file() else None,
+                   Enrollment.load(folder, fp) if (folder / ENROLLED).is_file() else None)
+
+    def head_probs(self, logits: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities when the run has calibration.json, else the run's own."""
+        return self.calibration.probs(logits) if self.calibration else probs
+
+    def apply(self, logits: np.ndarray, probs: np.ndarray, embeddings: np.ndarray) -> list[dict[str, Any]]:
+        """Per video: calibrated probabilities, unknown-source verdict, predictions with enrolled classes."""
+        out: list[dict[str, Any]] = [{} for _ in range(len(logits))]
+        head = self.head_probs(logits, probs)
+        if self.calibration:
+            for row, p in zip(out, head):
+                row["calibrated"] = {"temperature": round(self.calibration.temperature, 6),
+                                     "probabilities": {c: round(float(x), 6) for c, x in zip(self.info.classes, p)}}
+        if self.openset:
+            score = self.openset.score(embeddings)
+            for row, s in zip(out, score):
+                row["unknown"] = {"unknown": bool(s > self.openset.threshold), "score": round(float(s), 6),
+                                  "threshold": round(self.openset.threshold, 6), "kind": self.openset.kind}
+        if self.enrollment and self.enrollment.entries and self.taxonomy:
+            levels = predict_with_enrolled(self.info, self.taxonomy, self.enrollment,
+                                           as_inference(logits, probs, embeddings), head_probs=head)
+            for i, row in enumerate(out):
+                row["enrolled"] = {lv: {"predicted": d["pred"][i], "confidence": round(float(d["probs"][i].max()), 6),
+                                        "probabilities": {c: round(float(x), 6) for c, x in zip(d["classes"], d["probs"][i])}}
+                                   for lv, d in levels.items()}
+        return out
+
+    def evaluation(self, inf: Inference) -> dict[str, Any]:
+        """For evaluate/report: ECE before/after (+ reliability data) and the known videos' false-unknown rate."""
+        res: dict[str, Any] = {}
+        if self.calibration:
+            res["calibration"] = {"temperature": self.calibration.temperature,
+                                  "before": reliability(inf.probs, inf.targets),
+                                  "after": reliability(self.calibration.probs(inf.logits), inf.targets)}
+        if self.openset:
+            known = inf.targets >= 0
+            flagged = self.openset.unknown(inf.embeddings[known]) if known.any() else np.zeros(0, bool)
+            res["openset"] = {"kind": self.openset.kind, "threshold": self.openset.threshold,
+                              "percentile": self.openset.percentile, "n_known": int(known.sum()),
+                              "false_unknown": float(flagged.mean()) if flagged.size else None}
+        return res

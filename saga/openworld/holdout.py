@@ -1,0 +1,62 @@
+"""Training without a class (leave-one-generator-out) or with only a few of its videos, unchanged trainer.
+
+Stage 2 draws its labelled subset and saves it as `labelled.json`; a rerun with the same
+settings reuses the saved file (saga/cache/fraction.py). So a filtered subset written there
+*before* training is the filtered view: `train_attribution` trains on exactly those classes and
+videos, validation scores only the classes it knows (others have no target), and nothing in the
+training code has to change. The file records what was left out under `openworld`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from saga.cache.fraction import labelled_subset, settings, write_labelled
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.fileio import make_dir, read_json, write_json
+from saga.runs import LABELLED
+from saga.train.attribute import AttributeConfig, train_attribution
+from saga.train.loop import Progress
+
+
+def filtered_subset(cache: FeatureCache, cfg: AttributeConfig, exclude: Sequence[str] = (),
+                    few: dict[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+    """The subset stage 2 would draw, minus `exclude` classes, with `few` classes restricted to given paths."""
+    train = cache.ok_records("train")
+    subset = labelled_subset(train, cfg.level, cache.taxonomy, cfg.fraction, cfg.floor, cfg.seed)
+    unknown = [c for c in [*exclude, *(few or {})] if c not in subset]
+    if unknown:
+        raise SagaError(f"{cache.root}: no train videos of {unknown[0]!r} at {cfg.level}; "
+                        f"choose among {', '.join(subset)}")
+    out = {c: p for c, p in subset.items() if c not in set(exclude)}
+    for cls, paths in (few or {}).items():
+        known = {r.path for r in train if r.labels.get(cfg.level) == cls}
+        bad = [p for p in paths if p not in known]
+        if bad:
+            raise SagaError(f"{bad[0]}: not a train video of {cls!r} in {cache.root}; pick its train videos")
+        out[cls] = sorted(paths)
+    return out
+
+
+def train_holdout(cache_path: str | Path, out: str | Path, cfg: AttributeConfig, exclude: Sequence[str] = (),
+                  few: dict[str, Sequence[str]] | None = None, from_run: str | Path | None = None,
+                  progress: Progress | None = None) -> Path:
+    """Train a stage-2 run in `out` without `exclude` (and with only `few[c]` videos of class c)."""
+    cfg.check()
+    cache = FeatureCache.open(cache_path)
+    out = make_dir(out)
+    path = out / LABELLED
+    wanted = settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id)
+    subset = filtered_subset(cache, cfg, exclude, few)
+    if path.is_file():
+        saved = read_json(path).get("openworld", {})
+        if saved != {"exclude": sorted(exclude), "few": {c: sorted(p) for c, p in (few or {}).items()}}:
+            raise SagaError(f"{path}: this folder was filtered differently; use another --out folder")
+    else:
+        write_labelled(path, subset, wanted, cache.ok_records("train"))
+        data = read_json(path)
+        data["openworld"] = {"exclude": sorted(exclude), "few": {c: sorted(p) for c, p in (few or {}).items()}}
+        write_json(path, data)
+    return train_attribution(cache_path, out, cfg, from_run=from_run, progress=progress)

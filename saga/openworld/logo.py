@@ -1,0 +1,245 @@
+"""Leave-one-generator-out evaluation: open set per level, enrollment vs retraining, calibration.
+
+For each fake generator g of the cache's taxonomy, a GEN-L run is trained without g
+(`logo/g`, see `holdout`), and optionally one whose only videos of g are the k enrollment
+videos (`retrain{k}/g`: the retraining baseline). Then, on the test split:
+
+- open set: known = test videos of the classes the run was trained on, unseen = test videos of g;
+  per level, "unseen" means a class at that level none of the training generators has (g's team,
+  SD backbone or task may well be known: then that level has no unseen class in that fold).
+  Scores: prototype (level-L prototypes) and k-NN (level-independent); threshold = 95th
+  percentile of the known val videos' score; AUROC (with a stratified bootstrap interval) and OSCR.
+- enrollment: g enrolled into `logo/g` from the same k videos; accuracy on g's test videos (new)
+  and on everyone else's (old), for the head alone (before), the gate and ncm rules, and the
+  retrained run, at GEN-L and every coarser level.
+- calibration: for given full runs, T fitted on val, ECE (15 bins) on test before / after.
+
+Runs already finished are reused, so a killed evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from saga.cache.manifest import seeded_hash
+from saga.cache.store import FeatureCache
+from saga.explain.intervals import wilson
+from saga.fileio import make_dir, write_text
+from saga.openworld.calibration import ece, fit_calibration, plot_reliability, reliability, softmax
+from saga.openworld.embeddings import Embedder, labelled_records, normalise, split_records
+from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, prototype_tau
+from saga.openworld.levels import aggregate, label_at, parents
+from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, summary, threshold
+from saga.taxonomy import REAL
+
+
+def generators(cache: FeatureCache) -> list[str]:
+    """Every fake generator of the cache's taxonomy that has train videos (the folds)."""
+    have = {r.labels.get("GEN-L") for r in cache.ok_records("train")}
+    return [g for g in cache.taxonomy.classes("GEN-L") if g != REAL and g in have]
+
+
+def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens: list[str], k: int,
+                seed: int, retrain: bool, log: Callable[[str], None] = print) -> None:
+    """Train logo/g for every g (and retrain{k}/g when `retrain`), reusing finished runs."""
+    from saga.openworld.holdout import train_holdout
+    from saga.train.attribute import AttributeConfig
+
+    cache = FeatureCache.open(cache_path)
+    base = {**options, "level": "GEN-L", "seed": seed}
+    base.setdefault("fraction", 1.0)
+    base.setdefault("floor", 1)
+    jobs = [("logo", g, None) for g in gens]
+    if retrain:
+        jobs += [(f"retrain{k}", g, {g: enrollment_videos(cache, g, k, seed)}) for g in gens]
+    for kind, g, few in jobs:
+        run = out / kind / g
+        if (run / "done.json").is_file():
+            continue
+        t0 = time.time()
+        train_holdout(cache_path, run, AttributeConfig.from_dict(dict(base)), exclude=() if few else (g,), few=few)
+        log(f"trained {kind}/{g} in {time.time() - t0:.0f}s")
+
+
+def enrollment_videos(cache: FeatureCache, generator: str, k: int, seed: int) -> list[str]:
+    """k train videos of `generator`, a seeded hash order (the same for enrollment and retraining)."""
+    paths = sorted(r.path for r in cache.ok_records("train") if r.labels.get("GEN-L") == generator)
+    return sorted(sorted(paths, key=lambda p: seeded_hash(seed, p))[:k])
+
+
+# -- measurements --------------------------------------------------------------------------------
+LEVELS_OPEN = ("GEN-L", "TEAM-L", "SD-L", "TASK-L")
+
+
+def boot_ci(fn, groups: list[np.ndarray], reps: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile 95 % interval of fn(*groups) with each group resampled with replacement (stratified)."""
+    if any(len(g) == 0 for g in groups):
+        return None
+    rng = np.random.default_rng(seed)
+    vals = [fn(*[g[rng.integers(0, len(g), len(g))] for g in groups]) for _ in range(reps)]
+    vals = [v for v in vals if np.isfinite(v)]
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None
+
+
+def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
+    """One held-out generator: per level, AUROC / OSCR / rates for the prototype and k-NN scores."""
+
+    emb = Embedder(run)
+    train_recs = labelled_records(emb.info, cache)
+    train = emb(cache, train_recs)
+    val_recs, test_recs = split_records(cache, "val"), split_records(cache, "test")
+    val, test = emb(cache, val_recs), emb(cache, test_recs)
+    out = {}
+    for level in LEVELS_OPEN:
+        tr_lab = np.array([label_at(r.labels, level) for r in train_recs])
+        known = sorted(set(tr_lab))
+        protos = normalise(np.stack([train.embeddings[tr_lab == c].mean(0) for c in known]))
+        parent = parents(cache.taxonomy, "GEN-L", emb.info.classes, level)
+        names, p = aggregate(test.probs, parent)
+        pred = np.array(names)[p.argmax(1)]
+        te_lab = np.array([label_at(r.labels, level) for r in test_recs])
+        va_lab = np.array([label_at(r.labels, level) for r in val_recs])
+        is_known, va_known = np.isin(te_lab, known), np.isin(va_lab, known)
+        correct = (pred == te_lab)[is_known]
+        res = {"known_classes": len(known), "unseen_class": None if label_at(
+            cache.taxonomy.labels(held), level) in known else label_at(cache.taxonomy.labels(held), level)}
+        for kind in ("prototype", "knn"):
+            if kind == "prototype":
+                s_te, s_va = prototype_scores(test.embeddings, protos)[0], prototype_scores(val.embeddings, protos)[0]
+            else:
+                s_te, s_va = knn_scores(test.embeddings, train.embeddings, k), knn_scores(val.embeddings, train.embeddings, k)
+            thr = threshold(s_va[va_known], 95.0)
+            summ = summary(s_te[is_known], correct, s_te[~is_known], thr)
+            summ["auroc_ci"] = boot_ci(auroc, [s_te[is_known], s_te[~is_known]])
+            res[kind] = summ
+        out[level] = res
+    return out
+
+
+def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: int, seed: int) -> dict:
+    """Enroll `held` from the k retraining videos into the LOGO run; compare with the retrained run."""
+
+    emb = Embedder(logo)
+    protos, _ = emb.class_prototypes(cache)
+    val = emb(cache, split_records(cache, "val"))
+    enr = Enrollment("-", list(emb.info.classes), "GEN-L", prototype_tau(protos, val.embeddings, val.targets), protos)
+    paths = enrollment_videos(cache, held, k, seed)
+    recs = [r for r in cache.ok_records("train") if r.path in set(paths)]
+    add_entry(enr, held, cache.taxonomy.labels(held), emb(cache, recs).embeddings, paths, cache.cache_id)
+    test_recs = split_records(cache, "test")
+    test = emb(cache, test_recs)
+    res: dict = {"k": k, "tau": enr.tau, "levels": {}}
+    re = Embedder(retrain)
+    rt = re(cache, test_recs)
+    for level in ("GEN-L", "TEAM-L", "SD-L", "TASK-L"):
+        lab = np.array([label_at(r.labels, level) for r in test_recs])
+        new = np.array([r.labels.get("GEN-L") == held for r in test_recs])
+        row = {}
+        for rule in ("gate", "ncm"):
+            pred = np.array(predict_with_enrolled(emb.info, cache.taxonomy, enr, test, rule)[level]["pred"])
+            row[rule] = acc_pair(pred == lab, new)
+        names, p = aggregate(rt.probs, parents(cache.taxonomy, "GEN-L", re.info.classes, level))
+        row["retrain"] = acc_pair(np.array(names)[p.argmax(1)] == lab, new)
+        names, p = aggregate(test.probs, parents(cache.taxonomy, "GEN-L", emb.info.classes, level))
+        row["before"] = acc_pair(np.array(names)[p.argmax(1)] == lab, new)  # the LOGO head alone
+        res["levels"][level] = row
+    return res
+
+
+def acc_pair(correct: np.ndarray, new: np.ndarray) -> dict:
+    return {"new": float(correct[new].mean()), "new_n": int(new.sum()), "new_correct": int(correct[new].sum()),
+            "old": float(correct[~new].mean()), "old_n": int((~new).sum()), "old_correct": int(correct[~new].sum())}
+
+
+def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[dict]:
+    """Temperature fitted on val, ECE (15 bins) on test before/after, for finished full runs."""
+
+    rows = []
+    for run in runs:
+        emb = Embedder(run)
+        val, test = emb(cache, split_records(cache, "val")), emb(cache, split_records(cache, "test"))
+        cal = fit_calibration(val.logits, val.targets, val.probs, "-", emb.info.classes)
+        after = cal.probs(test.logits)
+        y = test.targets
+        idx = np.arange(len(y))
+        row = {"run": str(run), "temperature": cal.temperature, "n_val": cal.n, "n_test": int((y >= 0).sum()),
+               "val_ece_before": cal.ece_before, "val_ece_after": cal.ece_after,
+               "test_ece_before": ece(test.probs, y), "test_ece_after": ece(after, y),
+               "test_ece_softmax_mean_logits": ece(softmax(test.logits), y),
+               "test_accuracy": float((test.probs.argmax(1) == y).mean())}
+        row["test_ece_before_ci"] = boot_ci(lambda i: ece(test.probs[i], y[i]), [idx])
+        row["test_ece_after_ci"] = boot_ci(lambda i: ece(after[i], y[i]), [idx])
+        rows.append(row)
+        plot_reliability({"before": reliability(test.probs, y), "after (T=%.2f)" % cal.temperature:
+                          reliability(after, y)}, out / f"reliability-{run.name}.png", title=run.name)
+    return rows
+
+
+def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], k: int, seed: int,
+                   calibrate: list[Path] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every finished fold under `runs` (and calibrate `calibrate`); results.json/.md in `out`."""
+    out = make_dir(out)
+    results: dict[str, Any] = {"cache": str(cache.root), "seed": seed, "k": k, "openset": {}, "enroll": {}}
+    for g in gens:
+        logo, retrain = runs / "logo" / g, runs / f"retrain{k}" / g
+        if not (logo / "done.json").is_file():
+            continue
+        results["openset"][g] = fold_openset(logo, cache, g, 5)
+        log(f"{g}: GEN-L AUROC {results['openset'][g]['GEN-L']['prototype']['auroc']:.3f} (prototype)")
+        if (retrain / "done.json").is_file():
+            results["enroll"][g] = fold_enroll(logo, retrain, cache, g, k, seed)
+    results["calibration"] = calibration_rows(list(calibrate), cache, make_dir(out / "calibration"))
+    write_text(out / "results.json", dumps(results))
+    write_text(out / "results.md", to_markdown(results))
+    return results
+
+
+def mean_ci(values: list[float]) -> str:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)])
+    if not len(v):
+        return "n/a"
+    ci = boot_ci(np.mean, [v])
+    return f"{v.mean():.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (n={len(v)})"
+
+
+def to_markdown(r: dict) -> str:
+
+    lines = ["## Open set, leave-one-generator-out (test split; threshold = 95th pct of known val)", "",
+             "| held out | GEN-L AUROC proto [95% CI] | OSCR proto | AUROC kNN | OSCR kNN | detected@thr | false-unknown@thr |",
+             "|---|---|---|---|---|---|---|"]
+    for g, f in r["openset"].items():
+        p, q = f["GEN-L"]["prototype"], f["GEN-L"]["knn"]
+        ci = p.get("auroc_ci") or [float("nan")] * 2
+        lines.append(f"| {g} | {p['auroc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}] | {p['oscr']:.3f} | {q['auroc']:.3f} | "
+                     f"{q['oscr']:.3f} | {p['unknown_detected']:.2f} | {p['false_unknown']:.3f} |")
+    lines += ["", "| level | kind | mean AUROC [95% CI over folds] | mean OSCR | folds with an unseen class |", "|---|---|---|---|---|"]
+    for level in LEVELS_OPEN:
+        for kind in ("prototype", "knn"):
+            folds = [f[level][kind] for f in r["openset"].values() if f[level]["unseen_class"] is not None]
+            lines.append(f"| {level} | {kind} | {mean_ci([x['auroc'] for x in folds])} | "
+                         f"{mean_ci([x['oscr'] for x in folds])} | {len(folds)} |")
+    lines += ["", "## Enrollment (k=%d train videos) vs retraining with the same videos (test split)" % r["k"], "",
+              "| level | method | new-class acc (pooled, Wilson 95%) | old-class acc (pooled) |", "|---|---|---|---|"]
+    for level in ("GEN-L", "TEAM-L", "SD-L", "TASK-L"):
+        for m in ("before", "gate", "ncm", "retrain"):
+            rows = [f["levels"][level][m] for f in r["enroll"].values()]
+            if not rows:
+                continue
+            nc, nn = sum(x["new_correct"] for x in rows), sum(x["new_n"] for x in rows)
+            oc, on = sum(x["old_correct"] for x in rows), sum(x["old_n"] for x in rows)
+            wn, wo = wilson(nc, nn), wilson(oc, on)
+            lines.append(f"| {level} | {m} | {nc / nn:.3f} [{wn[0]:.3f}, {wn[1]:.3f}] ({nn}) | "
+                         f"{oc / on:.3f} [{wo[0]:.3f}, {wo[1]:.3f}] ({on}) |")
+    lines += ["", "## Calibration (T fitted on val; ECE 15 bins on test, bootstrap 95% CI)", "",
+              "| run | T | accuracy | ECE before | ECE after |", "|---|---|---|---|---|"]
+    for c in r["calibration"]:
+        b, a = c["test_ece_before_ci"], c["test_ece_after_ci"]
+        lines.append(f"| {Path(c['run']).name} | {c['temperature']:.3f} | {c['test_accuracy']:.3f} | "
+                     f"{c['test_ece_before']:.4f} [{b[0]:.3f}, {b[1]:.3f}] | {c['test_ece_after']:.4f} [{a[0]:.3f}, {a[1]:.3f}] |")
+    return "\n".join(lines) + "\n"
+
+

@@ -1,0 +1,191 @@
+"""Open-set attribution: a video far from every known class in φ space is "unknown source".
+
+Two scores (higher = more unknown), both on the run's L2-normalised φ:
+
+- `prototype`: 1 − max cosine to the class prototypes (mean φ of each class's labelled train videos);
+- `knn`: 1 − mean cosine to the k nearest labelled train videos (an exact FAISS inner-product index).
+
+The threshold is the `percentile` (default 95) of the score over the *known* validation videos:
+by construction about 5 % of known videos are called unknown (the false-unknown rate), whatever
+the unseen generators look like: the only choice that needs no unknown data to tune. Evaluation
+reports what it costs and buys: AUROC known vs unseen (threshold-free) and OSCR (Dhamija et al.
+2018: the area under correct-classification rate of known videos vs false-acceptance rate of
+unknown ones, as the threshold moves), plus the rates at the calibrated threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saga.errors import SagaError
+from saga.fileio import read_json, write_json
+from saga.runs import load_tensors, save_tensors
+
+OPENSET = "openset.json"
+OPENSET_TENSORS = "openset.safetensors"
+KINDS = ("prototype", "knn")
+
+
+def prototype_scores(embeddings: np.ndarray, protos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(1 − max cosine to a prototype, index of the nearest prototype) per row; zero prototypes never win."""
+    sims = embeddings @ protos.T
+    sims[:, ~np.any(protos != 0, axis=1)] = -np.inf
+    return (1.0 - sims.max(axis=1)).astype(np.float32), sims.argmax(axis=1)
+
+
+def knn_scores(embeddings: np.ndarray, bank: np.ndarray, k: int = 5) -> np.ndarray:
+    """1 − mean cosine to the k nearest rows of `bank` (exact FAISS inner product on unit vectors)."""
+    import faiss
+
+    if len(bank) == 0:
+        raise SagaError("the labelled pool is empty: no k-NN score without labelled train videos")
+    k = min(k, len(bank))
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(np.ascontiguousarray(bank, np.float32))
+    sims, _ = index.search(np.ascontiguousarray(embeddings, np.float32), k)
+    return (1.0 - sims.mean(axis=1)).astype(np.float32)
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(score of an unknown > score of a known), ties counting one half (Mann–Whitney); NaN if a side is empty."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    allv = np.concatenate([known, unknown])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty(len(allv))
+    sorted_v = allv[order]
+    _, start, counts = np.unique(sorted_v, return_index=True, return_counts=True)
+    avg = start + (counts - 1) / 2.0 + 1.0  # average 1-based rank of each tie group
+    ranks[order] = np.repeat(avg, counts)
+    r_unknown = ranks[len(known):].sum()
+    n1 = len(unknown)
+    return float((r_unknown - n1 * (n1 + 1) / 2.0) / (n1 * len(known)))
+
+
+def oscr(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: np.ndarray) -> float:
+    """Area under CCR(θ) vs FPR(θ) (Dhamija et al. 2018), accepting a video when its score <= θ.
+
+    CCR(θ): known videos accepted *and* correctly classified / all known; FPR(θ): unknown videos
+    accepted / all unknown. θ sweeps every score (ties move together); the curve runs from (0, 0)
+    to (1, closed-set accuracy). 1.0 = perfect rejection and classification; NaN if a side is empty.
+    """
+    ks, kc, us = np.asarray(known_scores), np.asarray(known_correct, bool), np.asarray(unknown_scores)
+    if len(ks) == 0 or len(us) == 0:
+        return float("nan")
+    thresholds = np.unique(np.concatenate([ks, us]))
+    ccr = np.array([0.0] + [float((kc & (ks <= t)).sum()) / len(ks) for t in thresholds])
+    fpr = np.array([0.0] + [float((us <= t).sum()) / len(us) for t in thresholds])
+    return float(np.sum((fpr[1:] - fpr[:-1]) * (ccr[1:] + ccr[:-1]) / 2.0))
+
+
+def threshold(known_val_scores: np.ndarray, percentile: float = 95.0) -> float:
+    """The score below which `percentile` % of known validation videos fall (numpy's linear interpolation)."""
+    if len(known_val_scores) == 0:
+        raise SagaError("no known validation videos: cannot calibrate the unknown threshold (the cache's val "
+                        "split is empty for the run's classes)")
+    if not 0.0 < percentile <= 100.0:
+        raise SagaError(f"percentile must be in (0, 100], got {percentile}")
+    return float(np.percentile(known_val_scores, percentile))
+
+
+def rates(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: np.ndarray, thr: float) -> dict:
+    """At one threshold: false-unknown rate, unknown detection rate, and accuracy of the accepted known."""
+    accepted = known_scores <= thr
+    return {"threshold": thr, "false_unknown": float((~accepted).mean()) if len(known_scores) else None,
+            "unknown_detected": float((unknown_scores > thr).mean()) if len(unknown_scores) else None,
+            "ccr": float((accepted & known_correct).mean()) if len(known_scores) else None}
+
+
+@dataclass
+class OpenSet:
+    """A fitted unknown-source detector for one run (what openset.json + openset.safetensors hold)."""
+
+    kind: str
+    k: int
+    percentile: float
+    threshold: float
+    run_model: str
+    classes: list[str]
+    n_val: int
+    prototypes: np.ndarray = field(repr=False)
+    bank: np.ndarray = field(repr=False)
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Unknown-ness of L2-normalised φ rows (higher = farther from the known classes)."""
+        if self.kind == "knn":
+            return knn_scores(embeddings, self.bank, self.k)
+        return prototype_scores(embeddings, self.prototypes)[0]
+
+    def unknown(self, embeddings: np.ndarray) -> np.ndarray:
+        """True where the video is called "unknown source" (score above the calibrated threshold)."""
+        return self.score(embeddings) > self.threshold
+
+    def save(self, folder: str | Path) -> Path:
+        """Tensors first, then the JSON (the commit point, naming the tensors' fingerprint)."""
+        from saga.runs import file_fingerprint
+
+        folder = Path(folder)
+        save_tensors(folder / OPENSET_TENSORS, {"prototypes": torch.from_numpy(self.prototypes),
+                                                 "bank": torch.from_numpy(self.bank)}, {"kind": self.kind})
+        meta = {k: v for k, v in asdict(self).items() if k not in ("prototypes", "bank")}
+        write_json(folder / OPENSET, {**meta, "tensors": file_fingerprint(folder / OPENSET_TENSORS)})
+        return folder / OPENSET
+
+    @classmethod
+    def load(cls, folder: str | Path, run_model: str | None = None) -> "OpenSet":
+        from saga.runs import file_fingerprint
+
+        folder = Path(folder)
+        data = read_json(folder / OPENSET, missing="; run `saga openset fit RUN --cache CACHE` first")
+        if file_fingerprint(folder / OPENSET_TENSORS) != data.get("tensors"):
+            raise SagaError(f"{folder / OPENSET_TENSORS}: does not match {OPENSET}; rerun `saga openset fit`")
+        if run_model is not None and data.get("run_model") != run_model:
+            raise SagaError(f"{folder / OPENSET}: fitted on other weights than the run's; rerun `saga openset fit`")
+        tensors, _ = load_tensors(folder / OPENSET_TENSORS)
+        try:
+            fields = {k: data[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
+        except KeyError as exc:
+            raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
+        return cls(**fields, prototypes=tensors["prototypes"].numpy(), bank=tensors["bank"].numpy())
+
+
+def fit_openset(protos: np.ndarray, bank: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray,
+                run_model: str, classes: list[str], kind: str = "prototype", k: int = 5,
+                percentile: float = 95.0) -> OpenSet:
+    """A detector whose threshold is the `percentile` of the known val videos' scores."""
+    if kind not in KINDS:
+        raise SagaError(f"open-set score {kind!r}: use one of {', '.join(KINDS)}")
+    det = OpenSet(kind, int(k), float(percentile), 0.0, run_model, list(classes), 0, protos, bank)
+    known = val_targets >= 0
+    det.threshold = threshold(det.score(val_embeddings[known]), percentile)
+    det.n_val = int(known.sum())
+    return det
+
+
+def summary(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: np.ndarray,
+            thr: float) -> dict[str, Any]:
+    """AUROC, OSCR and the rates at `thr`, with the counts behind them."""
+    return {"auroc": auroc(known_scores, unknown_scores), "oscr": oscr(known_scores, known_correct, unknown_scores),
+            "closed_accuracy": float(np.mean(known_correct)) if len(known_correct) else None,
+            "n_known": int(len(known_scores)), "n_unknown": int(len(unknown_scores)),
+            **rates(known_scores, known_correct, unknown_scores, thr)}
+
+
+def dumps(obj: Any) -> str:
+    """JSON with NaN as null (results files must parse everywhere)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), indent=2)

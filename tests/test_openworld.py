@@ -1,0 +1,270 @@
+"""Open-world attribution (issue #13): open-set scores, enrollment, calibration (CPU, tiny, deterministic).
+
+Pure functions are checked against their definitions on hand-made numbers; the run-folder
+operations on a tiny cache and an untrained GEN-L "run" that lacks one generator (as a
+leave-one-generator-out fold would). No accuracy target is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from saga.cache.manifest import VideoRecord
+from saga.cache.provenance import EncoderSpec, cache_provenance
+from saga.cache.store import FeatureCache, PartWriter, next_part_name
+from saga.errors import SagaError
+from saga.model import ModelConfig, VideoTransformer
+from saga.model.inference import infer
+from saga.openworld.api import calibrate_run, enroll_run, fit_openset_run
+from saga.openworld.calibration import Calibration, ece, fit_temperature, nll, reliability, softmax
+from saga.openworld.enroll import Enrollment, add_entry, generator_labels, predict_with_enrolled
+from saga.openworld.extras import OpenWorld, as_inference
+from saga.openworld.levels import aggregate, parents
+from saga.openworld.openset import OpenSet, auroc, knn_scores, oscr, prototype_scores, threshold
+from saga.runs import load_model, make_provenance, save_weights, write_json
+from saga.taxonomy import Taxonomy
+
+T, W, D, TP = 8, 1, 12, 4
+GENS = ["real", "syn-svd", "syn-pika", "syn-sd", "syn-hotshot"]
+KNOWN = GENS[:4]  # the run never saw syn-hotshot
+SPLITS = ["train"] * 5 + ["val"] * 3 + ["test"] * 3
+
+
+# -- pure functions ---------------------------------------------------------------------------------
+def test_auroc_is_the_pairwise_probability_with_half_ties() -> None:
+    known, unknown = np.array([0.1, 0.2, 0.3, 0.3]), np.array([0.3, 0.5])
+    pairs = [(u > k) + 0.5 * (u == k) for u in unknown for k in known]
+    assert auroc(known, unknown) == pytest.approx(np.mean(pairs))
+    assert np.isnan(auroc(known, np.array([])))
+
+
+def test_oscr_corners() -> None:
+    ks, us = np.array([0.1, 0.2]), np.array([0.8, 0.9])
+    assert oscr(ks, np.array([True, True]), us) == pytest.approx(1.0)  # all right, all rejected
+    assert oscr(ks, np.array([False, False]), us) == pytest.approx(0.0)  # nothing correctly classified
+    assert oscr(ks, np.array([True, False]), us) == pytest.approx(0.5)
+    assert oscr(us, np.array([True, True]), ks) == pytest.approx(0.0)  # unknowns look more known
+
+
+def test_threshold_gives_the_false_unknown_rate() -> None:
+    scores = np.arange(100, dtype=np.float64)
+    assert (scores > threshold(scores, 95.0)).mean() == pytest.approx(0.05)
+    with pytest.raises(SagaError):
+        threshold(np.array([]), 95.0)
+
+
+def test_scores_are_zero_at_a_prototype_and_grow_away() -> None:
+    protos = np.eye(3, dtype=np.float32)
+    x = np.array([[1, 0, 0], [0.6, 0.8, 0]], np.float32)
+    s, nearest = prototype_scores(x, protos)
+    assert s[0] == pytest.approx(0.0) and s[1] == pytest.approx(0.2) and nearest.tolist() == [0, 1]
+    assert knn_scores(x, protos, k=1)[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_temperature_recovers_an_overconfident_scale() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 5)) * 2.0
+    y = np.array([rng.choice(5, p=p) for p in softmax(z)])
+    t = fit_temperature(3.0 * z, y)  # the model is 3x overconfident
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert nll(3.0 * z, y, t) < nll(3.0 * z, y, 1.0)
+    assert ece(softmax(3.0 * z, t), y) < ece(softmax(3.0 * z), y)
+
+
+def test_reliability_bins_and_ece_by_hand() -> None:
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 1, 0, 0])
+    r = reliability(probs, y, bins=15)
+    assert sum(r["count"]) == 4 and len(r["edges"]) == 16
+    # bin of 0.9: acc 0.5, conf 0.9; bin of 0.6: acc 1.0, conf 0.6 -> ECE = (2*0.4 + 2*0.4) / 4
+    assert r["ece"] == pytest.approx(0.4)
+
+
+def test_aggregate_sums_to_coarser_levels() -> None:
+    tax = Taxonomy.load("synth")
+    parent = parents(tax, "GEN-L", KNOWN, "BIN-L")
+    assert parent == ["real", "fake", "fake", "fake"]
+    names, p = aggregate(np.array([[0.1, 0.2, 0.3, 0.4]]), parent)
+    assert names == ["real", "fake"] and p[0].tolist() == pytest.approx([0.1, 0.9])
+
+
+def toy_enrollment() -> Enrollment:
+    enr = Enrollment("x", ["real", "syn-svd"], "GEN-L", 0.1, np.eye(3, dtype=np.float32)[:2])
+    return add_entry(enr, "syn-new", generator_labels("syn-new", "T2V", None, "NewTeam"),
+                     np.tile(np.array([[0, 0, 1]], np.float32), (3, 1)), ["a", "b", "c"], "cid")
+
+
+def test_gate_rule_keeps_the_head_and_routes_new_videos() -> None:
+    tax = Taxonomy.load("synth")
+    enr = toy_enrollment()
+    emb = np.array([[1, 0, 0], [0, 0, 1]], np.float32)
+    head = np.array([[0.3, 0.7], [0.1, 0.9]], np.float32)  # the head's own choice for the first video
+    inf = as_inference(np.log(head), head, emb)
+    info = type("Info", (), {"level": "GEN-L"})()
+    out = predict_with_enrolled(info, tax, enr, inf)
+    assert out["GEN-L"]["pred"] == ["syn-svd", "syn-new"]
+    assert np.allclose(out["GEN-L"]["probs"].sum(1), 1.0, atol=1e-5)
+    assert set(out) == {"GEN-L", "TEAM-L", "SD-L", "TASK-L", "BIN-L"}
+    assert out["TEAM-L"]["pred"][1] == "NewTeam" and out["BIN-L"]["pred"][1] == "fake"
+    enr.entries[0].labels["TEAM-L"] = None  # team not given: no TEAM-L answer rather than a wrong one
+    assert "TEAM-L" not in predict_with_enrolled(info, tax, enr, inf)
+
+
+def test_enrollment_needs_3_to_20_new_videos() -> None:
+    enr = Enrollment("x", ["real", "syn-svd"], "GEN-L", 0.1, np.eye(3, dtype=np.float32)[:2])
+    with pytest.raises(SagaError, match="3–20"):
+        add_entry(enr, "syn-new", generator_labels("syn-new", None, None, None), np.ones((2, 3)), ["a", "b"], "c")
+    with pytest.raises(SagaError, match="already a class"):
+        add_entry(enr, "syn-svd", generator_labels("syn-svd", None, None, None), np.ones((3, 3)), list("abc"), "c")
+
+
+# -- a tiny cache and a run that lacks one generator ----------------------------------------------
+def make_cache(root: Path, dim: int = D, name: str = "toy") -> FeatureCache:
+    """Each generator's features lean on one dim; 5 train, 3 val, 3 test videos per generator."""
+    tax = Taxonomy.load("synth")
+    prov = cache_provenance(EncoderSpec.simulated(dim, T, W, name=name), tax)
+    cache = FeatureCache.create_or_open(root, prov)
+    rng = np.random.default_rng(0)
+    writer = PartWriter(cache, next_part_name(cache), capacity=len(GENS) * len(SPLITS) * W)
+    for g, gen in enumerate(GENS):
+        for k, split in enumerate(SPLITS):
+            feats = rng.normal(size=(W, T, dim)).astype(np.float16)
+            feats[..., g] += 3
+            rec = VideoRecord(path=f"{gen}/v{k}.mp4", size=1, mtime_ns=1, status="ok", generator=gen,
+                              labels=tax.labels(gen), split=split)
+            writer.add(rec, feats, np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    writer.close()
+    return FeatureCache.open(root)
+
+
+def make_run(root: Path, cache: FeatureCache) -> Path:
+    mcfg = ModelConfig(in_dim=D, d_model=16, depth=2, heads=2, max_frames=16, n_classes=len(KNOWN), dropout=0.0)
+    torch.manual_seed(0)
+    root.mkdir(parents=True)
+    save_weights(root / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)
+    write_json(root / "config.json", {"stage": 2, "level": "GEN-L", "classes": KNOWN, "frames": TP,
+                                      "model": mcfg.to_dict(), "train": {"seed": 0}, "cache": str(cache.root)})
+    write_json(root / "provenance.json", make_provenance(cache, 0))
+    subset = {g: [f"{g}/v{k}.mp4" for k in range(5)] for g in KNOWN}
+    write_json(root / "labelled.json", {"level": "GEN-L", "classes": subset})
+    (root / "done.json").write_text("{}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ow")
+    cache = make_cache(tmp / "cache")
+    return {"tmp": tmp, "cache": cache, "run": make_run(tmp / "run", cache)}
+
+
+def test_calibration_is_saved_and_bound_to_the_weights(world: dict[str, Any]) -> None:
+    cal, diagrams = calibrate_run(world["run"], report_split="test")
+    saved = json.loads((world["run"] / "calibration.json").read_text())
+    assert saved["temperature"] == pytest.approx(cal.temperature) and saved["n"] == 3 * len(KNOWN)
+    assert diagrams["before"]["n"] == diagrams["after"]["n"] == 3 * len(KNOWN)
+    assert Calibration.load(world["run"], cal.run_model).temperature == pytest.approx(cal.temperature)
+    with pytest.raises(SagaError, match="other weights"):
+        Calibration.load(world["run"], "0" * 32)
+    model, info = load_model(world["run"])
+    inf = infer(model, info, world["cache"], list(world["cache"].ok_records("test")))
+    assert np.array_equal(cal.probs(inf.logits).argmax(1), inf.logits.argmax(1))  # T never changes a prediction
+
+
+def test_openset_detector_round_trips_and_flags_about_5_percent_of_val(world: dict[str, Any]) -> None:
+    for kind in ("prototype", "knn"):
+        det = fit_openset_run(world["run"], kind=kind, k=3, percentile=95.0, out=world["tmp"] / kind)
+        back = OpenSet.load(world["tmp"] / kind)
+        assert back.kind == kind and back.threshold == pytest.approx(det.threshold)
+        assert back.prototypes.shape == (len(KNOWN), 16) and back.bank.shape == (5 * len(KNOWN), 16)
+    model, info = load_model(world["run"])
+    val = [r for r in world["cache"].ok_records("val") if r.labels["GEN-L"] in KNOWN]
+    flagged = back.unknown(infer(model, info, world["cache"], val).embeddings)
+    assert flagged.mean() <= 0.1  # the 95th percentile of these very scores
+
+
+def test_a_damaged_openset_file_is_refused(world: dict[str, Any], tmp_path: Path) -> None:
+    fit_openset_run(world["run"], out=tmp_path)
+    (tmp_path / "openset.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SagaError, match="does not match"):
+        OpenSet.load(tmp_path)
+
+
+def test_enroll_a_generator_from_its_cache_videos(world: dict[str, Any], tmp_path: Path) -> None:
+    enr = enroll_run(world["run"], "syn-hotshot", world["cache"].root, split="train", team="Hotshot-Team",
+                     task="T2V", sd="none", out=tmp_path)
+    assert enr.names == ["syn-hotshot"] and len(enr.entries[0].paths) == 5
+    assert (tmp_path / "enrolled.json").is_file() and (tmp_path / "enrolled.safetensors").is_file()
+    back = Enrollment.load(tmp_path)
+    assert np.allclose(back.entries[0].prototype, enr.entries[0].prototype)
+    enroll_run(world["run"], "syn-other", world["cache"].root, videos="syn-hotshot", split="test", out=tmp_path)
+    assert Enrollment.load(tmp_path).names == ["syn-hotshot", "syn-other"]  # a second enrollment appends
+
+
+def test_enroll_refuses_an_incompatible_cache_in_one_line(world: dict[str, Any], tmp_path: Path) -> None:
+    other = make_cache(tmp_path / "other", name="another-encoder")
+    with pytest.raises(SagaError) as exc:
+        enroll_run(world["run"], "syn-hotshot", other.root, out=tmp_path / "o")
+    assert "\n" not in str(exc.value) and "encoder" in str(exc.value)
+    with pytest.raises(SagaError, match="no extracted videos"):
+        enroll_run(world["run"], "syn-nothing", world["cache"].root, out=tmp_path / "o")
+
+
+def test_openworld_extras_for_predict(world: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    calibrate_run(run, report_split=None)
+    fit_openset_run(run)
+    enroll_run(run, "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V", sd="none")
+    model, info = load_model(run)
+    inf = infer(model, info, world["cache"], list(world["cache"].ok_records("test"))[:4])
+    ow = OpenWorld.load(run, info)
+    rows = ow.apply(inf.logits, inf.probs, inf.embeddings)
+    assert len(rows) == 4 and {"calibrated", "unknown", "enrolled"} <= set(rows[0])
+    assert "syn-hotshot" in rows[0]["enrolled"]["GEN-L"]["probabilities"]
+    ev = ow.evaluation(inf)
+    assert set(ev) == {"calibration", "openset"}
+
+
+def test_cli_calibrate_openset_enroll(world: dict[str, Any], tmp_path: Path) -> None:
+    from saga.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", str(world["run"]), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "calibration.json").is_file() and (tmp_path / "reliability-test.png").is_file()
+    res = runner.invoke(app, ["openset", "fit", str(world["run"]), "--out", str(tmp_path), "--kind", "knn"])
+    assert res.exit_code == 0 and "percentile" in res.output, res.output
+    res = runner.invoke(app, ["enroll", str(world["run"]), "--generator", "syn-hotshot", "--cache",
+                              str(world["cache"].root), "--split", "train", "--limit", "4", "--out", str(tmp_path)])
+    assert res.exit_code == 0 and "from 4 videos" in res.output, res.output
+
+
+def test_holdout_trains_without_a_class_and_with_few_videos_of_another(world: dict[str, Any], tmp_path: Path) -> None:
+    from saga.openworld.holdout import filtered_subset, train_holdout
+    from saga.train.attribute import AttributeConfig
+
+    def cfg() -> AttributeConfig:
+        return AttributeConfig(d_model=16, depth=1, heads=2, eval_batch_size=64, level="GEN-L", fraction=1.0,
+                               floor=1, loss="ce", epochs=1, min_steps=0, eval_every_steps=0, batch_size=16,
+                               frames=TP, warmup_epochs=0.0, patience=0)
+    few = {"syn-sd": ["syn-sd/v0.mp4", "syn-sd/v3.mp4"]}
+    subset = filtered_subset(world["cache"], cfg(), exclude=["syn-hotshot"], few=few)
+    assert list(subset) == ["real", "syn-svd", "syn-pika", "syn-sd"] and subset["syn-sd"] == few["syn-sd"]
+    run = train_holdout(world["cache"].root, tmp_path / "fold", cfg(), exclude=["syn-hotshot"], few=few)
+    _, info = load_model(run)
+    assert info.classes == ["real", "syn-svd", "syn-pika", "syn-sd"]
+    assert json.loads((run / "labelled.json").read_text())["openworld"]["exclude"] == ["syn-hotshot"]
+    with pytest.raises(SagaError, match="filtered differently"):
+        train_holdout(world["cache"].root, tmp_path / "fold", cfg(), exclude=["syn-pika"])
+    with pytest.raises(SagaError, match="not a train video"):
+        filtered_subset(world["cache"], cfg(), few={"syn-sd": ["syn-sd/v9.mp4"]})
