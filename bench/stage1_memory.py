@@ -1,6 +1,7 @@
 """Peak memory of streamed stage-1 training vs cache size (10k, 100k, 1M videos), side by side.
 
-    python bench/stage1_memory.py [--sizes 10000 100000 1000000] [--steps 200] [--workdir /tmp/saga-bench]
+    python bench/stage1_memory.py [--sizes 10000 100000 1000000] [--simulate 10000000] [--steps 200]
+                                  [--workdir /tmp/saga-bench]
 
 Why: stage 1 trains on every train video (GenVideo: ~59 GB of float16 features), so it streams
 the cache shard by shard (`saga.train.data.StreamingFeatures`) and its memory must not grow with
@@ -12,6 +13,15 @@ by an optimiser step hook; when an epoch is shorter, the next one and the valida
 too). Reported: the RSS high-water mark (getrusage ru_maxrss), the RSS when training starts
 (everything opened: records, shard index, model) and the peak of the training phase alone (VmHWM
 reset at the start), so what grows with N (metadata) is told apart from what must not (the stream).
+
+Start-up: `parse_s` is the first open of a fresh cache (every manifest line parsed into the columnar
+record index, its sidecar written); `open_s` is the child's open (index loaded from the sidecar);
+`index_mb` is the index's arrays.
+
+--simulate N adds a point that is not written video by video: a part whose arrays hold no chunk
+(reads give zeros), an empty manifest and a synthetic `manifest.index.npz` sidecar of N records
+(same paths, classes, splits as the real build, no checksums, so reads are not checked). Stage 1
+then runs on it exactly as above: everything that grows with N is there except the first parse.
 """
 
 from __future__ import annotations
@@ -95,6 +105,55 @@ def build_cache(root: Path, n: int, frames: int, dim: int, shard_rows: int, seed
     return seconds, False
 
 
+def build_simulated(root: Path, n: int, frames: int, dim: int, shard_rows: int) -> tuple[float, bool]:
+    """A cache of n records known only through a synthetic record-index sidecar (see the docstring)."""
+    from saga.cache import columns
+
+    key = {"n": n, "frames": frames, "dim": dim, "shard_rows": shard_rows, "simulated": True}
+    done = root / ".bench-complete"
+    if done.is_file() and (old := json.loads(done.read_text())).get("key") == key:
+        return old["build_s"], True
+    shutil.rmtree(root, ignore_errors=True)
+    start = time.perf_counter()
+    tax = Taxonomy.load("synth")
+    prov = {"encoder": "bench-sim", "pretrained": "none", "weights_fingerprint": "0" * 16, "preprocess": "",
+            "dim": dim, "sampling": {"frames": frames, "mode": "consecutive", "windows": 1},
+            "taxonomy": tax.to_dict(), "split": {"seed": 0, "fractions": {"train": 0.9, "val": 0.05, "test": 0.05}}}
+    cache = FeatureCache.create_or_open(root, prov)
+    PartWriter(cache, "p000001-r000", capacity=n, shard_rows=shard_rows).close()  # arrays, no chunks; sealed
+    classes = ["real", *tax.generators]
+    i = np.arange(n, dtype=np.int64)
+    cls = (i * 7919) % len(classes)
+    paths = b"".join(f"{classes[c]}/{k:08d}.mp4".encode() for k, c in zip(i.tolist(), cls.tolist()))
+    lengths = np.array([len(classes[c]) + 13 for c in cls.tolist()], np.int64)
+    arrays = {"size": np.full(n, 1000, np.int64), "mtime_ns": i.copy(), "row": i, "windows": np.ones(n, np.int16),
+              "n_frames": np.zeros(n, np.int16), "checksum": np.zeros((n, 17), np.uint8),
+              "crc32c": np.full(n, -1, np.int64), "path_blob": np.frombuffer(paths, np.uint8),
+              "path_offsets": np.r_[0, np.cumsum(lengths)], "status": np.zeros(n, np.uint8),
+              "generator": cls.astype(np.uint8), "split": np.array([0] * 18 + [1, 2], np.uint8)[i % 20],
+              "error": np.zeros(n, np.uint8), "backend": np.zeros(n, np.uint8),
+              "labels": cls.astype(np.uint8), "fps": np.zeros(n, np.uint8)}
+    tables = {"status": ["ok"], "generator": classes, "split": ["train", "val", "test"], "error": [""],
+              "backend": [""], "labels": [json.dumps(tax.labels(c), sort_keys=True) for c in classes], "fps": [0.0]}
+    manifest = root / "parts" / "p000001-r000" / "manifest.jsonl"
+    columns._write_sidecar(manifest.with_name(columns.SIDECAR), columns._manifest_key(manifest),
+                           columns.PartColumns(arrays, tables, {}))
+    seconds = time.perf_counter() - start
+    done.write_text(json.dumps({"key": key, "build_s": seconds}))
+    return seconds, False
+
+
+def first_open(root: Path) -> float:
+    """Seconds to open a cache whose record index must be parsed from the manifest (sidecar removed)."""
+    from saga.cache.columns import SIDECAR
+
+    for sidecar in root.glob(f"parts/*/{SIDECAR}"):
+        sidecar.unlink()
+    start = time.perf_counter()
+    FeatureCache.open(root).index()
+    return round(time.perf_counter() - start, 2)
+
+
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """Runs in a fresh process: stage 1 streamed for args.steps steps; reports its own RSS."""
     import torch
@@ -104,6 +163,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {"rss_after_import_mb": round(rss_mb(), 1)}
+    t0 = time.perf_counter()
+    index = FeatureCache.open(args.child).index()  # start-up alone, then freed: train_stage1 opens its own
+    out["open_s"] = round(time.perf_counter() - t0, 2)
+    out["index_mb"] = round((sum(a.nbytes for a in index.arrays.values()) + index.part.nbytes) / 2**20, 1)
+    del index
     t0 = time.perf_counter()
 
     def progress(event: dict[str, Any]) -> None:
@@ -139,6 +203,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--simulate", type=int, nargs="*", default=[10_000_000],
+                        help="sizes measured on a synthetic record index (no features, no manifest parse)")
     parser.add_argument("--steps", type=int, default=200, help="optimiser steps per size")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--dim", type=int, default=64)
@@ -153,23 +219,31 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     results = []
-    for n in args.sizes:
-        root = args.workdir / f"stage1-n{n}-t{args.frames}-d{args.dim}"
+    for n, simulated in [(n, False) for n in args.sizes] + [(n, True) for n in args.simulate]:
+        root = args.workdir / f"stage1-n{n}-t{args.frames}-d{args.dim}{'-sim' if simulated else ''}"
         print(f"[stage1_memory] n={n}: building/reusing {root}", file=sys.stderr, flush=True)
-        build_s, reused = build_cache(root, n, args.frames, args.dim, args.shard_rows, seed=0)
+        if simulated:
+            build_s, reused = build_simulated(root, n, args.frames, args.dim, args.shard_rows)
+            parse_s = None
+        else:
+            build_s, reused = build_cache(root, n, args.frames, args.dim, args.shard_rows, seed=0)
+            parse_s = first_open(root)
         cmd = [sys.executable, __file__, "--child", str(root), "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--buffer-shards", str(args.buffer_shards),
                "--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        row = {"videos": n, "cache_build_s": round(build_s, 1), "cache_reused": reused,
+        row = {"videos": n, "simulated": simulated, "parse_s": parse_s, "cache_build_s": round(build_s, 1),
+               "cache_reused": reused,
                "features_gb": round(n * args.frames * args.dim * 2 / 1e9, 3),
                "manifest_mb": round((root / "parts" / "p000001-r000" / "manifest.jsonl").stat().st_size / 1e6, 1),
+               "sidecar_mb": round(sum(p.stat().st_size for p in root.glob("parts/*/manifest.index.npz")) / 1e6, 1),
                **json.loads(proc.stdout.strip().splitlines()[-1])}
         print(f"[stage1_memory] {row}", file=sys.stderr, flush=True)
         results.append(row)
     base = results[0]["peak_rss_mb"]
     for row in results:
         row["peak_vs_smallest"] = round(row["peak_rss_mb"] / base, 2)
+        row["peak_growth_vs_smallest_mb"] = round(row["peak_rss_mb"] - base, 1)
     print(json.dumps({
         "benchmark": "stage1_memory", "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
         "frames": args.frames, "dim": args.dim, "shard_rows": args.shard_rows, "batch_size": args.batch_size,
