@@ -5,8 +5,9 @@
     python bench/plot_scaling.py [--results bench/results] [--out docs/img/scaling.png]
 
 Left: mining time for a fixed anchor subset vs pool size, per method (log-log).
-Right: stage-1 streaming peak RSS vs cache size, next to the size of the features it streams
-and the RSS growth of the training phase alone.
+Right: stage-1 streaming peak RSS vs cache size, next to the size of the features it streams,
+the RSS growth of the training phase alone and the columnar record index; a simulated point
+(bench/stage1_memory.py --simulate) is circled.
 """
 
 from __future__ import annotations
@@ -58,11 +59,17 @@ def main() -> None:
     right.plot(v, [r["features_gb"] * 1e9 / 2**30 for r in rows], ":", color="gray", label="features on disk")
     if "train_growth_mb" in rows[0]:
         right.plot(v, [r["train_growth_mb"] / 1024 for r in rows], "^-", label="growth while training (the stream)")
+    if "index_mb" in rows[0]:
+        right.plot(v, [r["index_mb"] / 1024 for r in rows], "d-", label="columnar record index")
+    sim = [r for r in rows if r.get("simulated")]
+    if sim:
+        right.scatter([r["videos"] for r in sim], [r["peak_rss_mb"] / 1024 for r in sim], s=90, facecolors="none",
+                      edgecolors="black", zorder=5, label="simulated (synthetic index, no features)")
     right.axhline(4, color="red", alpha=0.4, label="4 GiB budget")
     right.set(xscale="log", yscale="log", xlabel="videos in the cache", ylabel="GiB",
               title=f"Stage 1 streamed, {memory['steps']} steps (T={memory['frames']}, D={memory['dim']})")
     right.grid(True, which="both", alpha=0.3)
-    right.legend(fontsize=7, loc="center left")
+    right.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)

@@ -59,13 +59,12 @@ def read(cache: "FeatureCache", records: Sequence[VideoRecord], check: bool) -> 
     out = empty(cache, len(records))
     for code in np.unique(loc.part):
         idx = np.flatnonzero(loc.part == code)
-        rows = (loc.row[idx, None] + np.arange(w)).ravel()
+        rows = (loc.row[idx, None].astype(np.int64) + np.arange(w)).ravel()
+        dest = (idx[:, None] * w + np.arange(w)).ravel()  # flat (record, window) slot of each row
         order = np.argsort(rows, kind="stable")
         readers = cache.readers(loc.parts[code])
-        for name, arr in out.items():
-            data = np.empty((rows.size, *arr.shape[2:]), arr.dtype)
-            data[order] = readers[name].take(rows[order])
-            arr[idx] = data.reshape(idx.size, w, *arr.shape[2:])
+        for name, arr in out.items():  # rows land in place: no copy of the whole read
+            readers[name].take(rows[order], arr.reshape(-1, *arr.shape[2:]), dest[order])
     if check:
         check_rows(cache, loc, out)
     return out
@@ -89,7 +88,7 @@ def shards(cache: "FeatureCache", records: Sequence[VideoRecord]) -> list[ShardR
         pos = order[lo:hi]
         code, s = int(loc.part[pos[0]]), int(shard[pos[0]])
         group = records.take(pos) if lazy(records) else tuple(records[i] for i in pos)
-        rows = loc.row[pos]
+        rows = loc.row[pos].astype(np.int64)
         refs.append(ShardRef(loc.parts[code], s * int(size[code]), int(rows.max()) + windows, group, pos, rows))
     return refs
 

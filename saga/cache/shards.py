@@ -184,20 +184,24 @@ class ArrayReader:
         self._index[k] = index
 
     # -- scattered rows ----------------------------------------------------------------------------
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """The given rows (ascending), reading only the inner chunks that hold them."""
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None, dest: np.ndarray | None = None) -> np.ndarray:
+        """The given rows (ascending), reading only the inner chunks that hold them.
+
+        With `out` and `dest`, row rows[i] goes straight to out[dest[i]] (no intermediate copy)."""
+        if out is None:
+            out = np.empty((rows.size, *self.array.shape[1:]), self.array.dtype)
+            dest = np.arange(rows.size)
         if self.layout is None:
-            return self.array.get_orthogonal_selection((rows,))
-        lay = self.layout
-        out = np.empty((rows.size, *lay.shape[1:]), lay.dtype)
-        unit = lay.inner or lay.rows
+            out[dest] = self.array.get_orthogonal_selection((rows,))
+            return out
+        unit = self.layout.inner or self.layout.rows
         groups = rows // unit
         cuts = np.flatnonzero(np.diff(groups)) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, rows.size]):
             try:
-                out[lo:hi] = self._rows_of_unit(int(groups[lo]), rows[lo:hi])
+                out[dest[lo:hi]] = self._rows_of_unit(int(groups[lo]), rows[lo:hi])
             except ShardError:
-                out[lo:hi] = self.array.get_orthogonal_selection((rows[lo:hi],))
+                out[dest[lo:hi]] = self.array.get_orthogonal_selection((rows[lo:hi],))
         return out
 
     def _rows_of_unit(self, g: int, rows: np.ndarray) -> np.ndarray:
