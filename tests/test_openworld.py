@@ -111,9 +111,10 @@ def test_gate_rule_keeps_the_head_and_routes_new_videos() -> None:
     out = predict_with_enrolled(info, tax, enr, inf)
     assert out["GEN-L"]["pred"] == ["syn-svd", "syn-new"]
     assert np.allclose(out["GEN-L"]["probs"].sum(1), 1.0, atol=1e-5)
-    assert set(out) == {"GEN-L", "TEAM-L", "SD-L", "TASK-L", "BIN-L"}
+    assert set(out) == {"GEN-L", "TEAM-L", "TASK-L", "BIN-L"}
     assert out["TEAM-L"]["pred"][1] == "NewTeam" and out["BIN-L"]["pred"][1] == "fake"
-    enr.entries[0].labels["TEAM-L"] = None  # team not given: no TEAM-L answer rather than a wrong one
+    assert "SD-L" not in out  # --sd not given: no SD-L answer rather than a guess
+    enr.entries[0].labels["TEAM-L"] = None
     assert "TEAM-L" not in predict_with_enrolled(info, tax, enr, inf)
 
 
@@ -233,6 +234,11 @@ def test_openworld_extras_for_predict(world: dict[str, Any], tmp_path: Path) -> 
     assert "syn-hotshot" in rows[0]["enrolled"]["GEN-L"]["probabilities"]
     ev = ow.evaluation(inf)
     assert set(ev) == {"calibration", "openset"}
+    from saga.openworld.api import evaluate_openworld
+
+    full = evaluate_openworld(run, split="test")
+    assert full["calibration"]["after"]["n"] == 3 * len(KNOWN) and full["openset"]["n_known"] == 3 * len(KNOWN)
+    assert evaluate_openworld(world["run"]) == {} or (world["run"] / "calibration.json").is_file()
 
 
 def test_cli_calibrate_openset_enroll(world: dict[str, Any], tmp_path: Path) -> None:
@@ -268,3 +274,26 @@ def test_holdout_trains_without_a_class_and_with_few_videos_of_another(world: di
         train_holdout(world["cache"].root, tmp_path / "fold", cfg(), exclude=["syn-pika"])
     with pytest.raises(SagaError, match="not a train video"):
         filtered_subset(world["cache"], cfg(), few={"syn-sd": ["syn-sd/v9.mp4"]})
+
+
+def test_logo_fold_measures_on_a_tiny_fold(world: dict[str, Any], tmp_path: Path) -> None:
+    """The leave-one-generator-out measurement runs end to end (untrained runs: plumbing, not accuracy)."""
+    import shutil
+
+    from saga.openworld.logo import evaluate_folds, to_markdown
+
+    shutil.copytree(world["run"], tmp_path / "logo" / "syn-hotshot")
+    retrain = tmp_path / "retrain3" / "syn-hotshot"
+    shutil.copytree(world["run"], retrain)
+    mcfg = ModelConfig(in_dim=D, d_model=16, depth=2, heads=2, max_frames=16, n_classes=len(GENS), dropout=0.0)
+    save_weights(retrain / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)
+    config = json.loads((retrain / "config.json").read_text())
+    write_json(retrain / "config.json", {**config, "classes": GENS, "model": mcfg.to_dict()})
+    res = evaluate_folds(world["cache"], tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lambda s: None)
+    gen = res["openset"]["syn-hotshot"]["GEN-L"]
+    assert gen["prototype"]["n_unknown"] == 3 and gen["prototype"]["n_known"] == 3 * len(KNOWN)
+    assert 0.0 <= gen["knn"]["auroc"] <= 1.0 and 0.0 <= gen["prototype"]["oscr"] <= 1.0
+    assert res["openset"]["syn-hotshot"]["TASK-L"]["unseen_class"] is None  # T2V is known: nothing unseen there
+    enr = res["enroll"]["syn-hotshot"]["levels"]["GEN-L"]
+    assert {"before", "gate", "ncm", "retrain"} <= set(enr) and enr["before"]["new"] == 0.0
+    assert "Open set" in to_markdown(res) and (tmp_path / "out" / "results.json").is_file()

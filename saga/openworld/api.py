@@ -112,3 +112,20 @@ def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None
     val = emb(c, split_records(c, "val"))
     return Enrollment(model_id(emb), list(emb.info.classes), emb.info.level,
                       prototype_tau(protos, val.embeddings, val.targets), protos)
+
+
+def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: str = "test",
+                       device: str = "cpu") -> dict[str, Any]:
+    """For `saga evaluate` (app layer: explain cannot import this layer): calibration and open-set figures.
+
+    {} when the run has neither calibration.json nor openset.json; else `OpenWorld.evaluation` on
+    `split`: ECE before/after with the reliability data, and the known videos' false-unknown rate.
+    """
+    from saga.openworld.extras import OpenWorld
+
+    emb = Embedder(run, device)
+    ow = OpenWorld.load(emb.info.path, emb.info)
+    if ow.calibration is None and ow.openset is None:
+        return {}
+    c = run_cache(emb, cache)
+    return {"split": split, **ow.evaluation(emb(c, split_records(c, split)))}

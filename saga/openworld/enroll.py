@@ -29,9 +29,9 @@ from saga.fileio import read_json, write_json
 from saga.model.inference import Inference
 from saga.openworld.calibration import fit_temperature, softmax
 from saga.openworld.embeddings import normalise
-from saga.openworld.levels import aggregate, coarser_levels, label_at, parents
+from saga.openworld.levels import aggregate, coarser_levels, parents
 from saga.runs import RunInfo, file_fingerprint, load_tensors, save_tensors
-from saga.taxonomy import FAKE, TASKS, Taxonomy
+from saga.taxonomy import FAKE, NO_SD, TASKS, Taxonomy
 
 ENROLLED = "enrolled.json"
 ENROLLED_TENSORS = "enrolled.safetensors"
@@ -99,11 +99,11 @@ class Enrollment:
 
 
 def generator_labels(name: str, task: str | None, sd: str | None, team: str | None) -> dict[str, str | None]:
-    """The new generator's class at every level; unknown task/team stay None (not reported there)."""
+    """The new generator's class at every level; what is not given stays None (that level is not reported)."""
     if task is not None and task not in TASKS:
         raise SagaError(f"--task {task!r}: use one of {', '.join(TASKS)}")
-    if sd is not None and sd.lower() == "none":
-        sd = None
+    if sd is not None and sd.strip().lower() == NO_SD:
+        sd = NO_SD  # explicitly no SD backbone: the "none" group at SD-L (None = not given: no SD-L answer)
     return {"BIN-L": FAKE, "TASK-L": task, "SD-L": sd, "TEAM-L": team, "GEN-L": name}
 
 
@@ -120,6 +120,9 @@ def add_entry(enr: Enrollment, name: str, labels: dict[str, str | None], embeddi
     """Add (or replace) generator `name` from 3–20 videos' φ."""
     if not MIN_VIDEOS <= len(paths) <= MAX_VIDEOS:
         raise SagaError(f"{name}: {len(paths)} videos to enroll; give {MIN_VIDEOS}–{MAX_VIDEOS} (more: retrain)")
+    if labels.get(enr.level) is None:
+        flag = {"TASK-L": "--task", "SD-L": "--sd", "TEAM-L": "--team"}.get(enr.level, "--generator")
+        raise SagaError(f"{name}: the run attributes at {enr.level}; give the new generator's class there ({flag})")
     if name in enr.classes:
         raise SagaError(f"{name}: already a class of the run; enroll a new generator under another name")
     proto = normalise(embeddings.mean(axis=0, keepdims=True))[0]
@@ -142,7 +145,7 @@ def scores(enr: Enrollment, inf: Inference, rule: str = "gate", head_probs: np.n
     else:
         pi = q[:, c:].sum(axis=1, keepdims=True)
         probs = np.concatenate([(1.0 - pi) * p_head, q[:, c:]], axis=1)
-    names = [*enr.classes, *[label_at(e.labels, enr.level) for e in enr.entries]]
+    names = [*enr.classes, *[str(e.labels[enr.level]) for e in enr.entries]]
     return names, probs.astype(np.float32)
 
 
@@ -157,16 +160,9 @@ def predict_with_enrolled(info: RunInfo, taxonomy: Taxonomy, enr: Enrollment, in
     out: dict[str, dict[str, Any]] = {}
     for level in coarser_levels(info.level):
         head = parents(taxonomy, info.level, enr.classes, level)
-        extra = [e.labels.get(level) if level != "SD-L" else label_at(e.labels, level) for e in enr.entries]
+        extra = [e.labels.get(level) for e in enr.entries]
         if head is None or any(x is None for x in extra):
             continue
         classes, p = aggregate(probs, [*head, *[str(x) for x in extra]])
         out[level] = {"classes": classes, "probs": p, "pred": [classes[i] for i in p.argmax(axis=1)]}
     return out
-
-
-def level_targets(records_labels: Sequence[dict[str, str | None]], level: str, classes: Sequence[str]) -> np.ndarray:
-    """Target index of each record among `classes` at `level` (-1: not one of them)."""
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index.get(label_at(lab, level), -1) for lab in records_labels], np.int64)
-

@@ -34,7 +34,7 @@ from saga.openworld.embeddings import Embedder, labelled_records, normalise, spl
 from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, prototype_tau
 from saga.openworld.levels import aggregate, label_at, parents
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, summary, threshold
-from saga.taxonomy import REAL
+from saga.taxonomy import LEVELS, REAL
 
 
 def generators(cache: FeatureCache) -> list[str]:
@@ -129,7 +129,8 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
     enr = Enrollment("-", list(emb.info.classes), "GEN-L", prototype_tau(protos, val.embeddings, val.targets), protos)
     paths = enrollment_videos(cache, held, k, seed)
     recs = [r for r in cache.ok_records("train") if r.path in set(paths)]
-    add_entry(enr, held, cache.taxonomy.labels(held), emb(cache, recs).embeddings, paths, cache.cache_id)
+    labels = {lv: label_at(cache.taxonomy.labels(held), lv) for lv in LEVELS}  # no SD backbone: "none"
+    add_entry(enr, held, labels, emb(cache, recs).embeddings, paths, cache.cache_id)
     test_recs = split_records(cache, "test")
     test = emb(cache, test_recs)
     res: dict = {"k": k, "tau": enr.tau, "levels": {}}
