@@ -112,6 +112,22 @@ def _one_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
+@contextmanager
+def _wide_blas_blocks() -> Iterator[None]:
+    """Flat search in 1024 × 16384 BLAS blocks (64 MB of scores) instead of FAISS's 4096 × 1024 (16 MB).
+
+    Each block is one OpenMP region; on shared cores every region can wait a time slice for a
+    descheduled thread, so fewer, larger blocks searched a 50k-member class a third faster.
+    """
+    cv = faiss.cvar
+    saved = cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs
+    cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = 1024, 16384
+    try:
+        yield
+    finally:
+        cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = saved
+
+
 def _ivf(xc: np.ndarray, params: ApproxParams) -> faiss.Index:
     nlist = params.lists_for(xc.shape[0])
     if nlist == 1:  # tiny class: an IVF with one list is a flat index with overhead
@@ -148,7 +164,8 @@ class ClassIndexes:
                 rows = sel[s : s + _QUERY_BLOCK]
                 # Two results: the anchor can only be one of them (it is the nearest, and never the farthest
                 # unless all members coincide), so the first that is not the anchor is the answer.
-                _, idx = self.flat[c].search(_queries(self.x[anchors[rows]], farthest), 2)
+                with _wide_blas_blocks():
+                    _, idx = self.flat[c].search(_queries(self.x[anchors[rows]], farthest), 2)
                 cand = self.members[c][idx]
                 out[rows] = np.where(cand[:, 0] != anchors[rows], cand[:, 0], cand[:, 1])
         return out
@@ -185,7 +202,8 @@ class ClassIndexes:
             rows = np.flatnonzero(qc != c)
             if rows.size == 0:
                 continue
-            _, idx = index.search(q[rows], 1)
+            with _wide_blas_blocks():
+                _, idx = index.search(q[rows], 1)
             found = idx[:, 0] >= 0
             cand[rows[found], c] = members[idx[found, 0]]
         return cand
