@@ -79,7 +79,7 @@ def select_videos(cache: FeatureCache, generator: str, videos: str | None, split
     if not recs:
         where = f"under {videos!r}" if videos else f"labelled {generator!r}"
         raise SagaError(f"{cache.root}: no extracted videos {where}{' in the ' + split + ' split' if split else ''}; "
-                        "extract them first (`saga extract --videos DIR --cache CACHE` with the run's encoder)")
+                        "extract them first (`saga extract --videos DIR --out CACHE` with the run's encoder)")
     recs = sorted(recs, key=lambda r: seeded_hash(seed, r.path))[:limit] if limit else recs
     return sorted(recs, key=lambda r: r.path)
 
