@@ -9,7 +9,7 @@ the direction that maximises the mean cosine to them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -86,11 +86,3 @@ class Embedder:
         """The run's classes' prototypes from its labelled train videos, and that inference."""
         inf = self(cache, labelled_records(self.info, cache))
         return prototypes(inf.embeddings, inf.targets, len(self.info.classes)), inf
-
-
-def describe(info: RunInfo) -> dict[str, Any]:
-    """What a stored open-world file must match to be used with this run (guards against a swapped model)."""
-    from saga.runs import MODEL, file_fingerprint
-
-    return {"run_model": file_fingerprint(info.path / MODEL),
-            "level": info.level, "classes": list(info.classes), "frames": int(info.frames)}

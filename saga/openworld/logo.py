@@ -151,6 +151,31 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
     return res
 
 
+def fold_shots(logo: Path, cache: FeatureCache, held: str, shots: tuple[int, ...] = (3, 5, 10, 20),
+               draws: int = 5) -> dict:
+    """Enrollment alone (no retraining) at several k, each from `draws` seeded draws of g's train videos: GEN-L."""
+    emb = Embedder(logo)
+    protos, _ = emb.class_prototypes(cache)
+    val = emb(cache, split_records(cache, "val"))
+    tau = prototype_tau(protos, val.embeddings, val.targets)
+    pool = [r for r in cache.ok_records("train") if r.labels.get("GEN-L") == held]
+    pool_emb = dict(zip([r.path for r in pool], emb(cache, pool).embeddings))
+    test_recs = split_records(cache, "test")
+    test = emb(cache, test_recs)
+    lab = np.array([label_at(r.labels, "GEN-L") for r in test_recs])
+    new = lab == held
+    out: dict = {}
+    for k in [k for k in shots if k <= len(pool)]:
+        for seed in range(draws):
+            paths = enrollment_videos(cache, held, k, seed)
+            enr = Enrollment("-", list(emb.info.classes), "GEN-L", tau, protos)
+            add_entry(enr, held, {"GEN-L": held}, np.stack([pool_emb[p] for p in paths]), paths, cache.cache_id)
+            for rule in ("gate", "ncm"):
+                pred = np.array(predict_with_enrolled(emb.info, cache.taxonomy, enr, test, rule)["GEN-L"]["pred"])
+                out.setdefault(f"{rule}-{k}", []).append(acc_pair(pred == lab, new))
+    return out
+
+
 def acc_pair(correct: np.ndarray, new: np.ndarray) -> dict:
     return {"new": float(correct[new].mean()), "new_n": int(new.sum()), "new_correct": int(correct[new].sum()),
             "old": float(correct[~new].mean()), "old_n": int((~new).sum()), "old_correct": int(correct[~new].sum())}
@@ -181,7 +206,8 @@ def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[d
 
 
 def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], k: int, seed: int,
-                   calibrate: list[Path] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+                   calibrate: list[Path] = (), log: Callable[[str], None] = print, shots: bool = False
+                   ) -> dict[str, Any]:
     """Measure every finished fold under `runs` (and calibrate `calibrate`); results.json/.md in `out`."""
     out = make_dir(out)
     results: dict[str, Any] = {"cache": str(cache.root), "seed": seed, "k": k, "openset": {}, "enroll": {}}
@@ -191,6 +217,8 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
             continue
         results["openset"][g] = fold_openset(logo, cache, g, 5)
         log(f"{g}: GEN-L AUROC {results['openset'][g]['GEN-L']['prototype']['auroc']:.3f} (prototype)")
+        if shots:
+            results.setdefault("shots", {})[g] = fold_shots(logo, cache, g)
         if (retrain / "done.json").is_file():
             results["enroll"][g] = fold_enroll(logo, retrain, cache, g, k, seed)
     results["calibration"] = calibration_rows(list(calibrate), cache, make_dir(out / "calibration"))
@@ -235,6 +263,16 @@ def to_markdown(r: dict) -> str:
             wn, wo = wilson(nc, nn), wilson(oc, on)
             lines.append(f"| {level} | {m} | {nc / nn:.3f} [{wn[0]:.3f}, {wn[1]:.3f}] ({nn}) | "
                          f"{oc / on:.3f} [{wo[0]:.3f}, {wo[1]:.3f}] ({on}) |")
+    if r.get("shots"):
+        lines += ["", "## Enrollment alone at k shots (GEN-L, pooled over folds and 5 draws of the k videos)", "",
+                  "| rule | k | new-class acc | old-class acc | folds |", "|---|---|---|---|---|"]
+        keys = sorted({key for f in r["shots"].values() for key in f}, key=lambda x: (x.split("-")[0], int(x.split("-")[1])))
+        for key in keys:
+            rows = [x for f in r["shots"].values() for x in f.get(key, [])]
+            nc, nn = sum(x["new_correct"] for x in rows), sum(x["new_n"] for x in rows)
+            oc, on = sum(x["old_correct"] for x in rows), sum(x["old_n"] for x in rows)
+            rule, k = key.split("-")
+            lines.append(f"| {rule} | {k} | {nc / nn:.3f} ({nn}) | {oc / on:.3f} ({on}) | {len(r['shots'])} |")
     lines += ["", "## Calibration (T fitted on val; ECE 15 bins on test, bootstrap 95% CI)", "",
               "| run | T | accuracy | ECE before | ECE after |", "|---|---|---|---|---|"]
     for c in r["calibration"]:
