@@ -19,6 +19,7 @@ Runs already finished are reused, so a killed evaluation resumes.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -215,16 +216,28 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
         logo, retrain = runs / "logo" / g, runs / f"retrain{k}" / g
         if not (logo / "done.json").is_file():
             continue
-        results["openset"][g] = fold_openset(logo, cache, g, 5)
-        log(f"{g}: GEN-L AUROC {results['openset'][g]['GEN-L']['prototype']['auroc']:.3f} (prototype)")
-        if shots:
-            results.setdefault("shots", {})[g] = fold_shots(logo, cache, g)
-        if (retrain / "done.json").is_file():
-            results["enroll"][g] = fold_enroll(logo, retrain, cache, g, k, seed)
+        fold = measure_fold(logo, retrain, cache, g, k, seed, shots, make_dir(out / "folds") / f"{g}.json")
+        for key, value in fold.items():
+            results.setdefault(key, {})[g] = value
+        log(f"{g}: GEN-L AUROC {fold['openset']['GEN-L']['prototype']['auroc']:.3f} (prototype)")
     results["calibration"] = calibration_rows(list(calibrate), cache, make_dir(out / "calibration"))
     write_text(out / "results.json", dumps(results))
     write_text(out / "results.md", to_markdown(results))
     return results
+
+
+def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int, seed: int, shots: bool,
+                 path: Path) -> dict[str, Any]:
+    """One fold's measurements, kept in `path` so a rerun (more folds finished) only adds what is new."""
+    fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if "openset" not in fold:
+        fold["openset"] = fold_openset(logo, cache, g, 5)
+    if shots and "shots" not in fold:
+        fold["shots"] = fold_shots(logo, cache, g)
+    if "enroll" not in fold and (retrain / "done.json").is_file():
+        fold["enroll"] = fold_enroll(logo, retrain, cache, g, k, seed)
+    write_text(path, dumps(fold))
+    return fold
 
 
 def mean_ci(values: list[float]) -> str:
