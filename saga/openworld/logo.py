@@ -276,6 +276,21 @@ def to_markdown(r: dict) -> str:
             wn, wo = wilson(nc, nn), wilson(oc, on)
             lines.append(f"| {level} | {m} | {nc / nn:.3f} [{wn[0]:.3f}, {wn[1]:.3f}] ({nn}) | "
                          f"{oc / on:.3f} [{wo[0]:.3f}, {wo[1]:.3f}] ({on}) |")
+    gen = {m: [f["levels"]["GEN-L"][m] for f in r["enroll"].values()] for m in ("before", "gate", "ncm", "retrain")}
+    if gen["gate"]:
+        acc = {m: (sum(x["new_correct"] for x in v) / sum(x["new_n"] for x in v),
+                   sum(x["old_correct"] for x in v) / sum(x["old_n"] for x in v)) for m, v in gen.items()}
+        for m in ("gate", "ncm"):
+            ratio = acc[m][0] / acc["retrain"][0] if acc["retrain"][0] else float("nan")
+            lines.append(f"\nGEN-L {m}: new-class accuracy = {ratio:.2f} × retraining's; old classes "
+                         f"{100 * (acc[m][1] - acc['before'][1]):+.1f} points vs the run before enrollment, "
+                         f"{100 * (acc[m][1] - acc['retrain'][1]):+.1f} vs retraining.")
+        lines += ["", "| held out | new: gate | new: ncm | new: retrain | old: before | old: gate | old: retrain |",
+                  "|---|---|---|---|---|---|---|"]
+        for g, f in r["enroll"].items():
+            x = f["levels"]["GEN-L"]
+            lines.append(f"| {g} | {x['gate']['new']:.2f} | {x['ncm']['new']:.2f} | {x['retrain']['new']:.2f} | "
+                         f"{x['before']['old']:.3f} | {x['gate']['old']:.3f} | {x['retrain']['old']:.3f} |")
     if r.get("shots"):
         lines += ["", "## Enrollment alone at k shots (GEN-L, pooled over folds and 5 draws of the k videos)", "",
                   "| rule | k | new-class acc | old-class acc | folds |", "|---|---|---|---|---|"]
