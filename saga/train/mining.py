@@ -131,15 +131,18 @@ def mine_triplets(
         empty = np.zeros(0, np.int64)
         return Mined(empty, empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32), search=used)
     a = a[counts[cls[a]] >= 2]
-    indexes = ClassIndexes(x, cls, (approx or ApproxParams()) if used == "approx" else None)
-    pos = _positives(indexes, a, positive, np.random.default_rng(seed))
-    d_ap = _sq_dist(x, a, pos)
-    if mode == "semihard":
-        neg = brute_negatives(x, cls, a, d_ap)
+    params = approx or ApproxParams()
+    indexes = ClassIndexes(x, cls, params if used == "approx" else None)
+    if mode == "hard" and how == "auto" and used == "approx" and indexes.approx_recall(a) < params.min_recall:
+        used = "exact"  # this pool has no structure the IVF can use: its negatives would be wrong
+    rng = np.random.default_rng(seed)
+    if mode == "hard" and used == "exact" and positive != "random":
+        pos, neg = indexes.exact_pairs(a, farthest=positive == "hardest")
+        d_ap = _sq_dist(x, a, pos)
     else:
-        if how == "auto" and used == "approx" and indexes.approx_recall(a) < indexes.approx.min_recall:
-            used = "exact"  # this pool has no structure the IVF can use: its negatives would be wrong
-        neg = indexes.nearest_other(a, exact=used == "exact")
+        pos = _positives(indexes, a, positive, rng)
+        d_ap = _sq_dist(x, a, pos)
+        neg = brute_negatives(x, cls, a, d_ap) if mode == "semihard" else indexes.nearest_other(a, used == "exact")
     keep = neg >= 0
     a, pos, neg, d_ap = a[keep], pos[keep], neg[keep], d_ap[keep]
     d_an = _sq_dist(x, a, neg)
