@@ -49,6 +49,11 @@ def test_index_gives_the_records_the_manifests_say(tmp_path: Path) -> None:
     assert [r.path for r in cache.ok_records("train")] == [r.path for r in _reference(root) if r.ok]
     assert cache.ok_records("test") == [] and len(cache.records()) == 9
     assert cache.records().paths() == [r.path for r in _reference(root)]
+    from saga.model.inference import record_targets
+
+    for level, classes in (("GEN-L", ["nope", "real"]), ("SD-L", ["real"])):
+        want = record_targets(list(cache.records()), level, classes)
+        assert cache.records().targets(level, classes).tolist() == want.tolist()
 
 
 def test_sidecar_is_used_rebuilt_when_stale_or_damaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -252,6 +252,18 @@ class RecordList(MutableSequence[VideoRecord]):
             return [self[i] for i in which.tolist()]
         return RecordList(self.index, self.positions[which])
 
+    def targets(self, level: str, classes: Sequence[str]) -> np.ndarray:
+        """Class index at `level` of each record (-1: none), from the label-set codes: what
+        `record_targets` computes, without building a VideoRecord per record."""
+        if not self.lazy:
+            index = {c: i for i, c in enumerate(classes)}
+            return np.array([index.get(r.labels.get(level), -1) if r.labels.get(level) is not None else -1
+                             for r in self], np.int64)
+        index = {c: i for i, c in enumerate(classes)}
+        per_set = np.array([index.get(labels.get(level), -1) if labels.get(level) is not None else -1
+                            for labels in self.index._labels] or [-1], np.int64)
+        return per_set[self.index.arrays["labels"][self.positions]]
+
     def paths(self) -> list[str]:
         if not self.lazy:
             return [r.path for r in self]
