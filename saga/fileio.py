@@ -72,16 +72,19 @@ def make_dir(path: str | Path) -> Path:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """Create `folder` if needed and prove it takes a file (created and removed at once).
+    """Prove that `folder` (or, while it does not exist, its nearest existing parent) takes a file.
 
     Commands call this before long work, so an unwritable --out fails in one line at the
-    start rather than after an hour of training. Works as root too (a read-only mount).
+    start rather than after an hour of training. Nothing is left behind: the probe file is
+    removed and no folder is created. Works as root too (a read-only mount).
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SagaError(f"{folder}: exists and is not a folder; choose another output folder")
-    make_dir(folder)
-    probe = folder / f".saga-write-test-{os.getpid()}"
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SagaError(f"{existing}: exists and is not a folder; choose another output folder")
+    probe = existing / f".saga-write-test-{os.getpid()}"
     with writing(probe):
         probe.write_bytes(b"")
         probe.unlink()

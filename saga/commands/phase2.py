@@ -223,6 +223,8 @@ def predict(
     from saga.pipeline.inputs import VIDEO_SUFFIXES
     from saga.predict import Predictor, expand_inputs
 
+    if tsig:
+        writable_folder(out or run / "predict")  # before the first video, not after it
     paths = expand_inputs(videos)
     if not paths:
         raise SagaError(f"{', '.join(map(str, videos))}: no videos found (looked for "
