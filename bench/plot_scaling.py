@@ -69,6 +69,7 @@ def main() -> None:
     right.set(xscale="log", yscale="log", xlabel="videos in the cache", ylabel="GiB",
               title=f"Stage 1 streamed, {memory['steps']} steps (T={memory['frames']}, D={memory['dim']})")
     right.grid(True, which="both", alpha=0.3)
+    right.set_ylim(top=300)  # room for the legend above the curves
     right.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
