@@ -109,7 +109,8 @@ def build_simulated(root: Path, n: int, frames: int, dim: int, shard_rows: int) 
     """A cache of n records known only through a synthetic record-index sidecar (see the docstring)."""
     from saga.cache import columns
 
-    key = {"n": n, "frames": frames, "dim": dim, "shard_rows": shard_rows, "simulated": True}
+    key = {"n": n, "frames": frames, "dim": dim, "shard_rows": shard_rows, "simulated": True,
+           "sidecar": columns.VERSION}
     done = root / ".bench-complete"
     if done.is_file() and (old := json.loads(done.read_text())).get("key") == key:
         return old["build_s"], True
@@ -135,6 +136,9 @@ def build_simulated(root: Path, n: int, frames: int, dim: int, shard_rows: int) 
               "labels": cls.astype(np.uint8), "fps": np.zeros(n, np.uint8)}
     tables = {"status": ["ok"], "generator": classes, "split": ["train", "val", "test"], "error": [""],
               "backend": [""], "labels": [json.dumps(tax.labels(c), sort_keys=True) for c in classes], "fps": [0.0]}
+    keep = columns.sorted_unique(arrays["path_blob"], arrays["path_offsets"])
+    if keep is not None:  # as saga writes a sidecar: sorted by path
+        arrays, _ = columns.reorder(arrays, {}, keep)
     manifest = root / "parts" / "p000001-r000" / "manifest.jsonl"
     columns._write_sidecar(manifest.with_name(columns.SIDECAR), columns._manifest_key(manifest),
                            columns.PartColumns(arrays, tables, {}))

@@ -63,9 +63,10 @@ def test_inner_chunks_out_of_order_and_missing_objects(tmp_path: Path) -> None:
 def test_unknown_layouts_and_damaged_indexes_go_to_zarr(tmp_path: Path) -> None:
     group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "g"), mode="w", zarr_format=3)
     data = np.random.default_rng(1).standard_normal((40, 4, 8)).astype(np.float16)
+    transpose = [zarr.codecs.TransposeCodec(order=(0, 2, 1))]
     for name, kw in {"zstd": dict(compressors=zarr.codecs.ZstdCodec()),
                      "split": dict(chunks=(8, 2, 8), compressors=None),
-                     "transposed": dict(compressors=None, filters=[zarr.codecs.TransposeCodec(order=(0, 2, 1))])}.items():
+                     "transposed": dict(compressors=None, filters=transpose)}.items():
         group.create_array(name, shape=data.shape, dtype="float16", chunks=kw.pop("chunks", (8, 4, 8)), **kw)[:] = data
         reader = ArrayReader(tmp_path / "g" / name, group[name])
         assert not reader.direct

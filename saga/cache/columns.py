@@ -24,7 +24,8 @@ from saga.errors import SagaError
 from saga.fileio import atomic_path
 
 SIDECAR = "manifest.index.npz"
-VERSION = 2
+VERSION = 3  # 3: rows sorted by path, one per path
+SORT_CHUNK = 65536
 CHUNK = 65536  # lines parsed into Python lists before becoming numpy (bounds the parse's transient memory)
 INTS = ("size", "mtime_ns", "row", "windows", "n_frames")
 CODED = ("status", "generator", "split", "error", "backend", "labels", "fps")  # few distinct values: table + codes
@@ -127,7 +128,11 @@ class _Builder:
         np.cumsum(arrays.pop("path_len"), out=offsets[1:])
         arrays["path_offsets"] = offsets
         tables = {k: list(v) for k, v in self.tables.items()}
-        return PartColumns(narrow(arrays, tables), tables, self.extra)
+        keep = sorted_unique(arrays["path_blob"], arrays["path_offsets"])
+        extra = self.extra
+        if keep is not None:  # sorted and deduplicated once, here, so that opening need not sort again
+            arrays, extra = reorder(arrays, extra, keep)
+        return PartColumns(narrow(arrays, tables), tables, extra)
 
 
 def narrow(arrays: dict[str, np.ndarray], tables: dict[str, list]) -> dict[str, np.ndarray]:
@@ -220,3 +225,64 @@ def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
 def sidecar_writable(folder: Path) -> bool:
     """Only a sealed part's manifest is final; an unsealed one is still being appended to."""
     return (folder / "seal.json").exists() and os.access(folder, os.W_OK)
+
+
+# -- path order ----------------------------------------------------------------------------------
+def sorted_unique(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+    """Positions of each distinct path's last occurrence, in path order (bytewise = code-point order);
+    None when the paths already are sorted and distinct (a sidecar's, a single part's): no reordering."""
+    n = offsets.size - 1
+    if n == 0:
+        return np.zeros(0, np.int64)
+    lengths = np.diff(offsets)
+    width = -(-max(int(lengths.max()), 1) // 8) * 8  # whole big-endian uint64 words: numeric sorts, not strcmp
+    keys = np.zeros((n, width), np.uint8)
+    for lo in range(0, n, SORT_CHUNK):  # chunked so the gather's index array stays small
+        hi = min(lo + SORT_CHUNK, n)
+        col = np.arange(width)
+        valid = col < lengths[lo:hi, None]
+        src = (offsets[lo:hi, None] + col)[valid]
+        keys[lo:hi][valid] = blob[src]
+    words = keys.view(">u8")  # (n, width / 8); zero padding sorts a prefix first, as strcmp does
+    del keys
+    if n == 1 or _strictly_increasing(words):
+        return None
+    order = np.lexsort(words.T[::-1])  # stable; the first word is the primary key
+    ordered = words[order]
+    last = np.r_[(ordered[1:] != ordered[:-1]).any(1), True]
+    return order[last]
+
+
+def gather_blob(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The bytes of the kept paths, concatenated in their new order."""
+    out = np.empty(int(lengths.sum()), np.uint8)
+    dst = np.r_[0, np.cumsum(lengths)]
+    for lo in range(0, starts.size, SORT_CHUNK):
+        hi = min(lo + SORT_CHUNK, starts.size)
+        rel = np.arange(int(dst[hi] - dst[lo])) - np.repeat(dst[lo:hi] - dst[lo], lengths[lo:hi])
+        out[dst[lo]:dst[hi]] = blob[np.repeat(starts[lo:hi], lengths[lo:hi]) + rel]
+    return out
+
+
+def _strictly_increasing(words: np.ndarray) -> bool:
+    """Whether rows of big-endian words are in strictly increasing lexicographic order (O(n))."""
+    a, b = words[:-1], words[1:]
+    differ = a != b
+    first = differ.argmax(1)
+    rows = np.arange(a.shape[0])
+    return bool(differ.any(1).all() and (b[rows, first] > a[rows, first]).all())
+
+
+def reorder(arrays: dict[str, np.ndarray], extra: dict[int, dict],
+            keep: np.ndarray) -> tuple[dict[str, np.ndarray], dict[int, dict]]:
+    """Rows `keep` in that order; `arrays` is emptied column by column as they are reordered."""
+    offsets = arrays.pop("path_offsets")
+    starts, lengths = offsets[:-1][keep], np.diff(offsets)[keep]
+    del offsets
+    out = {"path_blob": gather_blob(arrays.pop("path_blob"), starts, lengths)}
+    out["path_offsets"] = np.r_[0, np.cumsum(lengths)].astype(np.uint32 if out["path_blob"].size < 2**32
+                                                               else np.int64)
+    for key in list(arrays):
+        out[key] = arrays.pop(key)[keep]
+    new_pos = {int(old): i for i, old in enumerate(keep) if int(old) in extra} if extra else {}
+    return out, {new_pos[o]: extra[o] for o in extra if o in new_pos}

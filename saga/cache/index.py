@@ -17,10 +17,9 @@ from typing import Any, Iterator, MutableSequence, Sequence, overload
 
 import numpy as np
 
-from saga.cache.columns import CODED, PATH_CODEC, PartColumns, narrow, sidecar_writable
+from saga.cache.columns import CODED, PATH_CODEC, PartColumns, narrow, reorder, sidecar_writable, sorted_unique
 from saga.cache.manifest import OK, VideoRecord
 
-SORT_CHUNK = 65536
 
 
 class RecordIndex:
@@ -58,28 +57,23 @@ class RecordIndex:
             if key in CODED:  # per-part codes -> cache-wide codes
                 pieces = [remaps[key][j][arr] if len(loaded) > 1 else arr for j, arr in enumerate(pieces)]
             elif key == "path_offsets":
-                pieces = [arr[:-1] + sum(blob_sizes[:j]) for j, arr in enumerate(pieces)] + [np.array([sum(blob_sizes)])]
+                pieces = [arr[:-1].astype(np.int64) + sum(blob_sizes[:j]) for j, arr in enumerate(pieces)]
+                pieces.append(np.array([sum(blob_sizes)], np.int64))
             merged[key] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
             del pieces
         del loaded
-        keep = _sorted_unique(merged["path_blob"], merged["path_offsets"])
+        keep = sorted_unique(merged["path_blob"], merged["path_offsets"])
         tables_out = {k: list(v) for k, v in tables.items()}
         return cls._subset(parts, part, narrow(merged, tables_out), tables_out, extra, keep)
 
     @classmethod
     def _subset(cls, parts: list[str], part: np.ndarray, arrays: dict[str, np.ndarray],
-                tables: dict[str, list[str]], extra: dict[int, dict], keep: np.ndarray) -> "RecordIndex":
-        """The kept rows in their new order; `arrays` is emptied as its columns are reordered."""
-        offsets = arrays.pop("path_offsets")
-        starts, lengths = offsets[:-1][keep], np.diff(offsets)[keep]
-        del offsets
-        out = {"path_blob": _gather_blob(arrays.pop("path_blob"), starts, lengths)}
-        out["path_offsets"] = np.r_[0, np.cumsum(lengths)].astype(np.uint32 if out["path_blob"].size < 2**32
-                                                                   else np.int64)
-        for key in list(arrays):
-            out[key] = arrays.pop(key)[keep]
-        new_pos = {int(old): i for i, old in enumerate(keep) if int(old) in extra} if extra else {}
-        return cls(parts, part[keep], out, tables, {new_pos[o]: extra[o] for o in extra if o in new_pos})
+                tables: dict[str, list[str]], extra: dict[int, dict], keep: np.ndarray | None) -> "RecordIndex":
+        """The kept rows in their new order (None: all, as they are)."""
+        if keep is None:
+            return cls(parts, part, arrays, tables, extra)
+        out, extra = reorder(arrays, extra, keep)
+        return cls(parts, part[keep], out, tables, extra)
 
     # -- one record -----------------------------------------------------------------------------
     def path(self, i: int) -> str:
@@ -130,39 +124,6 @@ class RecordIndex:
         if split is not None:
             keep &= self.arrays["split"] == self.code("split", split)
         return RecordList(self, np.flatnonzero(keep))
-
-
-def _sorted_unique(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Positions of each distinct path's last occurrence, in path order (bytewise = code-point order)."""
-    n = offsets.size - 1
-    if n == 0:
-        return np.zeros(0, np.int64)
-    lengths = np.diff(offsets)
-    width = -(-max(int(lengths.max()), 1) // 8) * 8  # whole big-endian uint64 words: numeric sorts, not strcmp
-    keys = np.zeros((n, width), np.uint8)
-    for lo in range(0, n, SORT_CHUNK):  # chunked so the gather's index array stays small
-        hi = min(lo + SORT_CHUNK, n)
-        col = np.arange(width)
-        valid = col < lengths[lo:hi, None]
-        src = (offsets[lo:hi, None] + col)[valid]
-        keys[lo:hi][valid] = blob[src]
-    words = keys.view(">u8")  # (n, width / 8); zero padding sorts a prefix first, as strcmp does
-    del keys
-    order = np.lexsort(words.T[::-1])  # stable; the first word is the primary key
-    ordered = words[order]
-    last = np.r_[(ordered[1:] != ordered[:-1]).any(1), True]
-    return order[last]
-
-
-def _gather_blob(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The bytes of the kept paths, concatenated in their new order."""
-    out = np.empty(int(lengths.sum()), np.uint8)
-    dst = np.r_[0, np.cumsum(lengths)]
-    for lo in range(0, starts.size, SORT_CHUNK):
-        hi = min(lo + SORT_CHUNK, starts.size)
-        rel = np.arange(int(dst[hi] - dst[lo])) - np.repeat(dst[lo:hi] - dst[lo], lengths[lo:hi])
-        out[dst[lo]:dst[hi]] = blob[np.repeat(starts[lo:hi], lengths[lo:hi]) + rel]
-    return out
 
 
 class RecordList(MutableSequence[VideoRecord]):
