@@ -74,7 +74,7 @@ def enroll(
 def openset_fit(
     run: Annotated[Path, typer.Argument(help="Run folder (stage 2).")],
     cache: CacheOpt = None,
-    kind: Annotated[str, typer.Option(help="prototype | knn.")] = "prototype",
+    kind: Annotated[str, typer.Option(help="knn (default: best at coarse levels) | prototype.")] = "knn",
     k: Annotated[int, typer.Option(help="Neighbours of the knn score.")] = 5,
     percentile: Annotated[float, typer.Option(help="Threshold: this percentile of known val scores.")] = 95.0,
     out: OutOpt = None,

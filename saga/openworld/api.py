@@ -54,7 +54,7 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
 
 
 def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
-                    kind: str = "prototype", k: int = 5, percentile: float = 95.0, device: str = "cpu") -> OpenSet:
+                    kind: str = "knn", k: int = 5, percentile: float = 95.0, device: str = "cpu") -> OpenSet:
     """Prototypes + k-NN bank from the run's labelled videos, threshold from its known val videos."""
     emb = Embedder(run, device)
     folder = check_writable(Path(out or emb.info.path))

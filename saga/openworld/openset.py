@@ -157,7 +157,7 @@ class OpenSet:
 
 
 def fit_openset(protos: np.ndarray, bank: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray,
-                run_model: str, classes: list[str], kind: str = "prototype", k: int = 5,
+                run_model: str, classes: list[str], kind: str = "knn", k: int = 5,
                 percentile: float = 95.0) -> OpenSet:
     """A detector whose threshold is the `percentile` of the known val videos' scores."""
     if kind not in KINDS:
