@@ -331,6 +331,7 @@ def test_the_train_commands_pass_an_explicit_resume_on(tmp_path: Path, monkeypat
         phase2.train(stage=1, cache=tmp_path, out=tmp_path / "s1", resume=resume)
         phase2.attribute(level="BIN-L", cache=tmp_path, scratch=True, out=tmp_path / "s2", resume=resume)
     assert seen == [False, False, True, True]
+    (tmp_path / "s1").mkdir()
     (tmp_path / "s1" / "state.json").write_text("{}")
     with pytest.raises(SagaError, match="holds an unfinished run; pass --resume"):
         phase2.train(stage=1, cache=tmp_path, out=tmp_path / "s1", resume=False)

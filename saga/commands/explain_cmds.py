@@ -7,7 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import cli_device, console, extract_progress, load_options, writable_folder
+from saga.commands.common import (
+    cli_device,
+    console,
+    extract_progress,
+    load_options,
+    one_line_warnings,
+    writable_folder,
+)
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 
@@ -21,7 +28,9 @@ def tsig(
     """Temporal attention signatures per class (penultimate block): data + figures in the run folder."""
     from saga.explain.tsig import run_tsigs
 
-    for kind, path in run_tsigs(run, cache, split=split, device=cli_device(device)).items():
+    with one_line_warnings():
+        written = run_tsigs(run, cache, split=split, device=cli_device(device))
+    for kind, path in written.items():
         console.print(f"{kind}: {path}")
 
 
@@ -36,7 +45,8 @@ def tsne(
     """t-SNE map of the video embeddings φ, coloured by any level."""
     from saga.explain.tsne import run_tsne
 
-    result = run_tsne(run, cache, color_by=color_by, split=split, device=cli_device(device), seed=seed)
+    with one_line_warnings():
+        result = run_tsne(run, cache, color_by=color_by, split=split, device=cli_device(device), seed=seed)
     console.print(f"t-SNE: {result.png} (coordinates {result.csv})")
 
 
