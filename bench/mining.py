@@ -1,7 +1,7 @@
 """Hardest-negative mining: exact per-class FAISS, approximate per-class IVF and torch brute force, side by side.
 
     python bench/mining.py [--sizes 10000 100000 1000000] [--anchors 2000] [--nprobe 16]
-                           [--sweep 2 4 8 16 32 64] [--low-rank 16]
+                           [--sweep 2 4 8 16 32] [--low-rank 16]
 
 Why: stage 2 mines, at every refresh, the nearest other-class item of each anchor over the whole
 labelled pool (`saga.train.mining.mine_triplets`). This measures what that costs as the pool grows,
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--sep", type=float, default=0.4, help="centre norm (noise norm ~1): lower = more overlap")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists per class (default: sqrt(members))")
     parser.add_argument("--nprobe", type=int, default=ApproxParams().nprobe, help="IVF lists searched per class")
-    parser.add_argument("--sweep", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64],
+    parser.add_argument("--sweep", type=int, nargs="*", default=[2, 4, 8, 16, 32],
                         help="nprobe values for the recall / time curve")
     parser.add_argument("--chunk-elems", type=int, default=1 << 25, help="torch distance block (elements)")
     parser.add_argument("--rank", type=int, default=0, help="noise rank of the main run (0: isotropic)")

@@ -20,6 +20,7 @@ block of anchors instead of the whole pool once per handful of anchors.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ SEARCHES: tuple[str, ...] = get_args(Search)
 APPROX_MIN_POOL = 100_000
 _BRUTE_ELEMS = 1 << 24  # anchors × pool distances held at once by the brute force
 _ANCHOR_BLOCK = 4096  # anchors per brute-force block (each block reads the pool once)
+_PARALLEL_WORK = 1 << 26  # query × member scores below which a flat search runs on one thread
 _QUERY_BLOCK = 65536  # anchors per per-class search (FAISS blocks queries by 4096 itself)
 
 
@@ -113,19 +115,23 @@ def _one_thread() -> Iterator[None]:
 
 
 @contextmanager
-def _wide_blas_blocks() -> Iterator[None]:
-    """Flat search in 1024 × 16384 BLAS blocks (64 MB of scores) instead of FAISS's 4096 × 1024 (16 MB).
+def _flat_search(work: int) -> Iterator[None]:
+    """Flat search settings: one thread for small calls, 1024 × 16384 BLAS blocks for all.
 
-    Each block is one OpenMP region; on shared cores every region can wait a time slice for a
-    descheduled thread, so fewer, larger blocks searched a 50k-member class a third faster.
+    Each block is one OpenMP region, and on shared cores every region can wait a time slice
+    for a descheduled thread: a 4,750 × 250 search took 8 ms on one thread and 24-78 ms on
+    two, and fewer, larger blocks searched a 50k-member class a third faster.
     """
     cv = faiss.cvar
-    saved = cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs
+    saved = cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs, faiss.omp_get_max_threads()
     cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = 1024, 16384
+    if work < _PARALLEL_WORK:
+        faiss.omp_set_num_threads(1)
     try:
         yield
     finally:
-        cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = saved
+        cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = saved[:2]
+        faiss.omp_set_num_threads(saved[2])
 
 
 def _ivf(xc: np.ndarray, params: ApproxParams) -> faiss.Index:
@@ -164,7 +170,7 @@ class ClassIndexes:
                 rows = sel[s : s + _QUERY_BLOCK]
                 # Two results: the anchor can only be one of them (it is the nearest, and never the farthest
                 # unless all members coincide), so the first that is not the anchor is the answer.
-                with _wide_blas_blocks():
+                with _flat_search(rows.size * self.members[c].size):
                     _, idx = self.flat[c].search(_queries(self.x[anchors[rows]], farthest), 2)
                 cand = self.members[c][idx]
                 out[rows] = np.where(cand[:, 0] != anchors[rows], cand[:, 0], cand[:, 1])
@@ -187,14 +193,15 @@ class ClassIndexes:
     def _pair_block(self, a: np.ndarray, farthest: bool) -> tuple[np.ndarray, np.ndarray]:
         q, qc = self.x[a], self.cls[a]
         near, far = _queries(q, farthest=False), _queries(q, farthest)
-        # Both results of each class are candidates: equal scores come back in either order.
+        # A class's second result is a candidate only if it ties the first: ties come back in either order.
         pos, cand = np.empty(a.size, np.int64), np.full((a.size, 2 * len(self.members)), -1, np.int64)
         for c, (index, members) in enumerate(zip(self.flat, self.members)):
             other, own = np.flatnonzero(qc != c), np.flatnonzero(qc == c)
-            with _wide_blas_blocks():
-                _, idx = index.search(np.concatenate([near[other], far[own]]), 2)
-            got = idx[: other.size]
-            cand[other, 2 * c : 2 * c + 2] = np.where(got >= 0, members[np.maximum(got, 0)], -1)
+            with _flat_search(a.size * members.size):
+                score, idx = index.search(np.concatenate([near[other], far[own]]), 2)
+            got = np.where(idx[: other.size] >= 0, members[np.maximum(idx[: other.size], 0)], -1)
+            got[score[: other.size, 1] != score[: other.size, 0], 1] = -1  # the second only if it ties
+            cand[other, 2 * c : 2 * c + 2] = got
             mine = members[np.maximum(idx[other.size :], 0)]  # the anchor is one of its 2 results, see positives
             pos[own] = np.where(mine[:, 0] != a[own], mine[:, 0], mine[:, 1])
         return pos, cand
@@ -231,7 +238,7 @@ class ClassIndexes:
             rows = np.flatnonzero(qc != c)
             if rows.size == 0:
                 continue
-            with _wide_blas_blocks():
+            with _flat_search(rows.size * members.size) if exact else contextlib.nullcontext():
                 _, idx = index.search(q[rows], 1)
             found = idx[:, 0] >= 0
             cand[rows[found], c] = members[idx[found, 0]]
@@ -240,16 +247,15 @@ class ClassIndexes:
 
 def _closest(x: np.ndarray, anchors: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Per row, the candidate at the smallest exact squared distance (ties: lowest index)."""
-    out = np.full(anchors.size, -1, np.int64)
-    block = max(1, _BRUTE_ELEMS // max(1, cand.shape[1] * x.shape[1]))  # bounds the (rows, C, d) differences
-    for s in range(0, anchors.size, block):
-        a, cd = anchors[s : s + block], cand[s : s + block]
-        diff = x[np.maximum(cd, 0)] - x[a][:, None, :]
-        d = np.where(cd >= 0, np.einsum("ijk,ijk->ij", diff, diff), np.inf)
-        best = d.min(1, keepdims=True)
-        tie = np.where((d == best) & np.isfinite(d), cd, np.iinfo(np.int64).max).min(1)
-        out[s : s + block] = np.where(np.isfinite(best[:, 0]), tie, -1)
-    return out
+    rows, cols = np.nonzero(cand >= 0)
+    d = np.full(cand.shape, np.inf, np.float32)
+    for s in range(0, rows.size, _BRUTE_ELEMS // x.shape[1]):  # bounds the gathered differences
+        r, c = rows[s : s + _BRUTE_ELEMS // x.shape[1]], cols[s : s + _BRUTE_ELEMS // x.shape[1]]
+        diff = x[cand[r, c]] - x[anchors[r]]
+        d[r, c] = np.einsum("ij,ij->i", diff, diff)
+    best = d.min(1, keepdims=True)
+    tie = np.where((d == best) & np.isfinite(d), cand, np.iinfo(np.int64).max).min(1)
+    return np.where(np.isfinite(best[:, 0]), tie, -1)
 
 
 def brute_negatives(
