@@ -15,7 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -63,13 +63,24 @@ def context() -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local, is_main=rank == 0)
 
 
-def resolve_device(name: str) -> torch.device:
-    """--device ("auto", "cpu", "cuda", "cuda:N"); under torchrun a CUDA device is the rank's own."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """--device ("auto", "cpu", "cuda", "cuda:N"): the one resolver every command and API uses.
+
+    Under torchrun a CUDA device is the rank's own; an unknown name or CUDA on a machine without
+    it is a one-line SagaError.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
     if name == "auto":
         return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        reason = (str(exc).strip().splitlines() or ["invalid"])[0][:200]
+        raise SagaError(f"--device {name}: unknown device ({reason}); use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SagaError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return local_device(torch.device(name))
+    return local_device(device)
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -85,9 +85,15 @@ def check_writable(folder: str | Path) -> Path:
     if not existing.is_dir():
         raise SagaError(f"{existing}: exists and is not a folder; choose another output folder")
     probe = existing / f".saga-write-test-{os.getpid()}"
-    with writing(probe):
-        probe.write_bytes(b"")
-        probe.unlink()
+    try:
+        with writing(probe):
+            probe.write_bytes(b"")
+            probe.unlink()
+    except WriteError:
+        raise
+    except OSError as exc:  # e.g. a pseudo file system that takes no files at all
+        raise WriteError(f"{existing}: cannot hold files ({exc.strerror or exc}); choose another output folder",
+                         exc.errno) from None
     return folder
 
 

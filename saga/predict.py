@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from saga.cache.provenance import IDENTITY_KEYS, EncoderSpec
+from saga.distributed import resolve_device
 from saga.errors import DecodeError, SagaError
 from saga.model.inference import run_batch, take_subwindow
 from saga.pipeline.decode import decode_video
@@ -71,7 +72,7 @@ class Predictor:
     def __init__(self, run_dir: Path, device: str = "cpu", encoder: str | None = None,
                  pretrained: str | None = None) -> None:
         self.model, self.info = load_model(run_dir)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self.encoder = run_encoder(self.info, device, encoder, pretrained)
         self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))

@@ -122,7 +122,7 @@ def test_check_writable_names_the_folder(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_train_probe_report_evaluate_refuse_an_unwritable_out_in_one_line(
         small: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from saga.commands import explain_cmds, phase2
+    from saga.commands import explain_cmds, phase1, phase2
 
     cache, run = small
     locked = tmp_path / "locked"
@@ -135,6 +135,8 @@ def test_train_probe_report_evaluate_refuse_an_unwritable_out_in_one_line(
         "probe": lambda: phase2.probe(cache=cache, out=locked / "probe", level="BIN-L"),
         "report": lambda: explain_cmds.report(runs=[run], out=locked / "r.html"),
         "evaluate --out": lambda: phase2.evaluate(run=run, cache=cache, out=locked / "m", probe=False),
+        "extract": lambda: phase1.extract(videos=tmp_path, out=locked / "c", encoder="saga-tiny-vit",
+                                          pretrained="none", workers=0, device="cpu"),
     }
     for name, call in calls.items():
         with pytest.raises(WriteError, match=f"{locked}: not writable") as info:

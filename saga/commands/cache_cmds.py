@@ -10,7 +10,7 @@ from rich.table import Table
 
 from saga.cache.store import FeatureCache
 from saga.cache.summary import cache_summary
-from saga.commands.common import console, err, print_json
+from saga.commands.common import OutputFormat, console, err, print_json
 from saga.taxonomy import LEVELS
 
 app = typer.Typer(help="Inspect, verify and share a feature cache.", no_args_is_help=True)
@@ -19,7 +19,7 @@ app = typer.Typer(help="Inspect, verify and share a feature cache.", no_args_is_
 @app.command()
 def info(
     cache: Annotated[Path, typer.Argument(help="Cache folder.")],
-    format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    format: Annotated[OutputFormat, typer.Option("--format", help="text | json")] = OutputFormat.text,
 ) -> None:
     """Counts per split and class at every level, failures and provenance."""
     summary = cache_summary(FeatureCache.open(cache))

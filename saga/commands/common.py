@@ -8,6 +8,7 @@ import time
 import tomllib
 import warnings
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -20,6 +21,13 @@ from saga.fileio import check_writable
 
 console = Console(stderr=False, highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+class OutputFormat(StrEnum):
+    """--format: rich text for people, JSON for scripts (typer validates it and lists the choices)."""
+
+    text = "text"
+    json = "json"
 
 
 def print_json(obj: Any) -> None:
@@ -79,11 +87,7 @@ def cli_device(name: str) -> str:
     """--device auto | cpu | cuda[:N] as a concrete device name, or a one-line error."""
     from saga.distributed import resolve_device
 
-    try:
-        return str(resolve_device(name))
-    except RuntimeError as exc:
-        raise SagaError(f"--device {name}: not a device ({str(exc).splitlines()[0][:120]}); "
-                        "use auto, cpu or cuda[:N]") from None
+    return str(resolve_device(name))
 
 
 @contextmanager

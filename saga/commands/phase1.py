@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from saga.commands.common import console, err, extract_progress, print_json, progress_bar
+from saga.commands.common import (OutputFormat, console, err, extract_progress, print_json, progress_bar,
+                                  writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.errors import SagaError
 
@@ -88,7 +89,7 @@ def extract(
     allow_outside_paths: Annotated[bool, typer.Option(
         "--allow-outside-paths", help="Accept labels CSV paths outside --videos (absolute or ..).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder (GPU, long runs).")] = False,
-    format: Annotated[str, typer.Option("--format", help="text | json (summary).")] = "text",
+    format: Annotated[OutputFormat, typer.Option("--format", help="text | json (summary).")] = OutputFormat.text,
 ) -> None:
     """Decode and encode every new or changed video once into a Zarr feature cache."""
     from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED
@@ -101,6 +102,7 @@ def extract(
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, split_seed=split_seed, split_fractions=_split(split), retry_failed=retry_failed, shard_rows=shard_rows,
                         compile=compile, allow_outside=allow_outside_paths)
+    writable_folder(out)
     with extract_progress() as update:
         summary = run_extract(cfg, progress=update)
     from saga import distributed

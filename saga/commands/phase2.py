@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from saga.commands.common import (
+    OutputFormat,
     cli_device,
     console,
     err,
@@ -145,7 +146,7 @@ def evaluate(
     cache: Cache = Path("cache"),
     split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
-    format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
+    format: Annotated[OutputFormat, typer.Option("--format", help="text | json.")] = OutputFormat.text,
     probe: Annotated[bool, typer.Option("--probe/--no-probe",
                                         help="Fit the linear probe on the run's labelled videos beside it.")] = True,
     out: Annotated[Optional[Path], typer.Option(
@@ -186,7 +187,7 @@ def probe(
                                                  "frames (its labelled.json; all train labels for stage 1).")] = None,
     frames: Frames = None,
     split: Annotated[str, typer.Option(help="Split to report metrics on.")] = "test",
-    format: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
+    format: Annotated[OutputFormat, typer.Option("--format", help="text | json.")] = OutputFormat.text,
 ) -> None:
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
     from saga.explain.metrics import metrics_table
@@ -217,7 +218,7 @@ def predict(
     encoder: Annotated[Optional[str], typer.Option(help="Override the run's encoder name (must match).")] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
-    format: Annotated[str, typer.Option("--format", help="text | json (one JSON record per video).")] = "text",
+    format: Annotated[OutputFormat, typer.Option("--format", help="text | json (one JSON record per video).")] = OutputFormat.text,
 ) -> None:
     """Attribute videos with a trained run (extracting them with the run's own encoder)."""
     from saga.pipeline.inputs import VIDEO_SUFFIXES

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saga.distributed import resolve_device
 from saga.errors import SagaError
 
 if TYPE_CHECKING:  # annotations only: the model layer reads features through any object with `read`
@@ -137,7 +138,7 @@ def infer(model: Any, info: Readout, cache: FeatureCache, records: Sequence[Vide
     """Run `model` (from `load_model`) over `records` of `cache` with the evaluation convention."""
     if batch_size < 1:
         raise SagaError(f"batch size must be >= 1, got {batch_size}")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model = model.to(dev).eval()
     frames = int(info.frames)
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("logits", "probs", "embeddings", "attn", "mask")}

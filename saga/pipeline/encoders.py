@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from saga.distributed import resolve_device
 from saga.errors import SagaError
 
 DEFAULT_ENCODER = "ViT-SO400M-14-SigLIP-384"
@@ -100,22 +101,12 @@ def load_encoder(encoder: str = DEFAULT_ENCODER, pretrained: str | None = DEFAUL
     `pretrained`: an open_clip tag, a local weights file, `pkg:NAME` (timm) or "none" (explicit random init);
     ignored for `hf-hub:`/`local-dir:`, whose weights come with the name.
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     if encoder.startswith("timm:"):
         model, preprocess, size, source = _load_timm(encoder[len("timm:"):], pretrained)
     else:
         model, preprocess, size, source = _load_open_clip(encoder, pretrained)
     return FrameEncoder(model, preprocess, encoder, source, dev, size, channels_last=encoder.startswith("timm:"))
-
-
-def _device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise SagaError(f"unknown device {device!r} ({_one_line(exc)}); use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SagaError(f"device {device!r}: CUDA is not available here; use --device cpu")
-    return dev
 
 
 def _one_line(exc: BaseException) -> str:
