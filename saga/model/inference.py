@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from saga.cache.index import lazy
 from saga.distributed import resolve_device
 from saga.errors import SagaError
 
@@ -99,7 +100,12 @@ def take_subwindow(features: np.ndarray, mask: np.ndarray, frames: int) -> tuple
 
 
 def record_targets(records: Sequence["VideoRecord"], level: str, classes: Sequence[str]) -> np.ndarray:
-    """Class index of each record at `level` (-1: no class there, e.g. SD-L for a no-SD generator)."""
+    """Class index of each record at `level` (-1: no class there, e.g. SD-L for a no-SD generator).
+
+    A cache's own record list answers from its index columns, without building a record per video.
+    """
+    if lazy(records):
+        return records.targets(level, classes)  # type: ignore[attr-defined]
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index.get(str(r.labels.get(level)), -1) if r.labels.get(level) is not None else -1
                      for r in records], dtype=np.int64)

@@ -34,6 +34,7 @@ from torch import Tensor
 from saga import distributed
 from saga.distributed import resolve_device
 from saga.cache.manifest import VideoRecord
+from saga.cache.index import lazy
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model.inference import EvalSpec, infer, record_targets
@@ -145,8 +146,9 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
                    frames: int, batch_size: int, device: torch.device) -> Callable[[VideoTransformer], dict] | None:
     """Accuracy and macro accuracy on the records of the level's classes (None when there are none)."""
     targets = record_targets(records, level, classes)
-    keep = [r for r, t in zip(records, targets) if t >= 0]
-    if not keep:
+    keep = (records.take(np.flatnonzero(targets >= 0)) if lazy(records)  # type: ignore[attr-defined]
+            else [r for r, t in zip(records, targets) if t >= 0])
+    if not len(keep):
         return None
     y = targets[targets >= 0]
     info = EvalSpec(level=level, classes=list(classes), frames=frames)
