@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import saga.train.mining as mining  # noqa: E402
-from saga.train.mining_index import ApproxParams, ClassIndexes  # noqa: E402
+from saga.train.mining_index import APPROX_MIN_POOL, ApproxParams, ClassIndexes  # noqa: E402
 
 
 def simulate(n: int, dim: int, classes: int, sep: float, seed: int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +222,7 @@ def main() -> None:
         "benchmark": "mining", "machine": f"{os.cpu_count()} cores, {args.threads} threads (torch and FAISS)",
         "dim": args.dim, "classes": args.classes, "sep": args.sep,
         "approx": f"IVF-Flat per class, nlist {args.nlist or 'sqrt(members)'}, nprobe {args.nprobe}",
-        "rank": args.rank, "results": results, "low_rank": {"rank": args.low_rank, "results": low},
+        "auto_approx_min_pool": APPROX_MIN_POOL, "rank": args.rank, "results": results, "low_rank": {"rank": args.low_rank, "results": low},
     }, indent=2))
 
 
