@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib", nargs="*", default=[], help="Full runs to calibrate (T on val, ECE on test).")
     p.add_argument("--k", type=int, default=5, help="Enrollment videos per generator.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balanced", action="store_true",
+                   help="train: the class-balanced retraining baseline (retrain{k}-balanced/g) instead.")
     p.add_argument("--shots", action="store_true", help="Also enrollment alone at k = 3, 5, 10, 20 (5 draws).")
     p.add_argument("--only", default="", help="Comma-separated generators (default: every fake one).")
     args = p.parse_args(argv)
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     gens = args.only.split(",") if args.only else generators(cache)
     if args.what == "train":
         opts = tomllib.loads(Path(args.config).read_text()) if args.config else {}
-        train_folds(args.cache, Path(args.out), {**opts, "loss": "ce"}, gens, args.k, args.seed, retrain=True)
+        train_folds(args.cache, Path(args.out), {**opts, "loss": "ce"}, gens, args.k, args.seed,
+                    retrain=not args.balanced, balanced=args.balanced)
     else:
         res = evaluate_folds(cache, Path(args.runs or args.out), Path(args.out), gens, args.k, args.seed,
                              [Path(r) for r in args.calib], shots=args.shots)

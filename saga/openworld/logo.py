@@ -45,8 +45,12 @@ def generators(cache: FeatureCache) -> list[str]:
 
 
 def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens: list[str], k: int,
-                seed: int, retrain: bool, log: Callable[[str], None] = print) -> None:
-    """Train logo/g for every g (and retrain{k}/g when `retrain`), reusing finished runs."""
+                seed: int, retrain: bool, log: Callable[[str], None] = print, balanced: bool = False) -> None:
+    """Train logo/g for every g (and retrain{k}/g when `retrain`), reusing finished runs.
+
+    `balanced` also trains retrain{k}-balanced/g with class-balanced sampling: a stronger
+    retraining baseline when the new class has k videos and the others dozens.
+    """
     from saga.openworld.holdout import train_holdout
     from saga.train.attribute import AttributeConfig
 
@@ -57,12 +61,15 @@ def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens
     jobs = [("logo", g, None) for g in gens]
     if retrain:
         jobs += [(f"retrain{k}", g, {g: enrollment_videos(cache, g, k, seed)}) for g in gens]
+    if balanced:
+        jobs += [(f"retrain{k}-balanced", g, {g: enrollment_videos(cache, g, k, seed)}) for g in gens]
     for kind, g, few in jobs:
         run = out / kind / g
         if (run / "done.json").is_file():
             continue
         t0 = time.time()
-        train_holdout(cache_path, run, AttributeConfig.from_dict(dict(base)), exclude=() if few else (g,), few=few)
+        opts = {**base, "balance": True} if kind.endswith("-balanced") else dict(base)
+        train_holdout(cache_path, run, AttributeConfig.from_dict(opts), exclude=() if few else (g,), few=few)
         log(f"trained {kind}/{g} in {time.time() - t0:.0f}s")
 
 
@@ -122,7 +129,9 @@ def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
 
 
 def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: int, seed: int) -> dict:
-    """Enroll `held` from the k retraining videos into the LOGO run; compare with the retrained run."""
+    """Enroll `held` from the k retraining videos into the LOGO run; compare with the retrained run(s)."""
+    balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
+    baselines = {"retrain": retrain, **({"retrain-balanced": balanced} if (balanced / "done.json").is_file() else {})}
 
     emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
@@ -135,8 +144,8 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
     test_recs = split_records(cache, "test")
     test = emb(cache, test_recs)
     res: dict = {"k": k, "tau": enr.tau, "levels": {}}
-    re = Embedder(retrain)
-    rt = re(cache, test_recs)
+    base = {name: Embedder(path) for name, path in baselines.items()}
+    base_inf = {name: e(cache, test_recs) for name, e in base.items()}
     for level in ("GEN-L", "TEAM-L", "SD-L", "TASK-L"):
         lab = np.array([label_at(r.labels, level) for r in test_recs])
         new = np.array([r.labels.get("GEN-L") == held for r in test_recs])
@@ -144,8 +153,9 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
         for rule in ("gate", "ncm"):
             pred = np.array(predict_with_enrolled(emb.info, cache.taxonomy, enr, test, rule)[level]["pred"])
             row[rule] = acc_pair(pred == lab, new)
-        names, p = aggregate(rt.probs, parents(cache.taxonomy, "GEN-L", re.info.classes, level))
-        row["retrain"] = acc_pair(np.array(names)[p.argmax(1)] == lab, new)
+        for name, e in base.items():
+            names, p = aggregate(base_inf[name].probs, parents(cache.taxonomy, "GEN-L", e.info.classes, level))
+            row[name] = acc_pair(np.array(names)[p.argmax(1)] == lab, new)
         names, p = aggregate(test.probs, parents(cache.taxonomy, "GEN-L", emb.info.classes, level))
         row["before"] = acc_pair(np.array(names)[p.argmax(1)] == lab, new)  # the LOGO head alone
         res["levels"][level] = row
@@ -234,7 +244,10 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
         fold["openset"] = fold_openset(logo, cache, g, 5)
     if shots and "shots" not in fold:
         fold["shots"] = fold_shots(logo, cache, g)
-    if "enroll" not in fold and (retrain / "done.json").is_file():
+    balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
+    stale = "enroll" in fold and (balanced / "done.json").is_file() and \
+        "retrain-balanced" not in fold["enroll"]["levels"]["GEN-L"]
+    if ("enroll" not in fold or stale) and (retrain / "done.json").is_file():
         fold["enroll"] = fold_enroll(logo, retrain, cache, g, k, seed)
     write_text(path, dumps(fold))
     return fold
@@ -267,8 +280,8 @@ def to_markdown(r: dict) -> str:
     lines += ["", "## Enrollment (k=%d train videos) vs retraining with the same videos (test split)" % r["k"], "",
               "| level | method | new-class acc (pooled, Wilson 95%) | old-class acc (pooled) |", "|---|---|---|---|"]
     for level in ("GEN-L", "TEAM-L", "SD-L", "TASK-L"):
-        for m in ("before", "gate", "ncm", "retrain"):
-            rows = [f["levels"][level][m] for f in r["enroll"].values()]
+        for m in ("before", "gate", "ncm", "retrain", "retrain-balanced"):
+            rows = [f["levels"][level][m] for f in r["enroll"].values() if m in f["levels"][level]]
             if not rows:
                 continue
             nc, nn = sum(x["new_correct"] for x in rows), sum(x["new_n"] for x in rows)
@@ -276,15 +289,19 @@ def to_markdown(r: dict) -> str:
             wn, wo = wilson(nc, nn), wilson(oc, on)
             lines.append(f"| {level} | {m} | {nc / nn:.3f} [{wn[0]:.3f}, {wn[1]:.3f}] ({nn}) | "
                          f"{oc / on:.3f} [{wo[0]:.3f}, {wo[1]:.3f}] ({on}) |")
-    gen = {m: [f["levels"]["GEN-L"][m] for f in r["enroll"].values()] for m in ("before", "gate", "ncm", "retrain")}
+    gen = {m: [f["levels"]["GEN-L"][m] for f in r["enroll"].values() if m in f["levels"]["GEN-L"]]
+           for m in ("before", "gate", "ncm", "retrain", "retrain-balanced")}
+    if len(gen["retrain-balanced"]) != len(gen["retrain"]):
+        gen.pop("retrain-balanced")  # only compare on the same folds
     if gen["gate"]:
         acc = {m: (sum(x["new_correct"] for x in v) / sum(x["new_n"] for x in v),
                    sum(x["old_correct"] for x in v) / sum(x["old_n"] for x in v)) for m, v in gen.items()}
         for m in ("gate", "ncm"):
-            ratio = acc[m][0] / acc["retrain"][0] if acc["retrain"][0] else float("nan")
-            lines.append(f"\nGEN-L {m}: new-class accuracy = {ratio:.2f} × retraining's; old classes "
-                         f"{100 * (acc[m][1] - acc['before'][1]):+.1f} points vs the run before enrollment, "
-                         f"{100 * (acc[m][1] - acc['retrain'][1]):+.1f} vs retraining.")
+            for b in [x for x in ("retrain", "retrain-balanced") if x in acc]:
+                ratio = acc[m][0] / acc[b][0] if acc[b][0] else float("nan")
+                lines.append(f"\nGEN-L {m} vs {b}: new-class accuracy = {ratio:.2f} × {b}'s; old classes "
+                             f"{100 * (acc[m][1] - acc['before'][1]):+.1f} points vs the run before enrollment, "
+                             f"{100 * (acc[m][1] - acc[b][1]):+.1f} vs {b}.")
         lines += ["", "| held out | new: gate | new: ncm | new: retrain | old: before | old: gate | old: retrain |",
                   "|---|---|---|---|---|---|---|"]
         for g, f in r["enroll"].items():
