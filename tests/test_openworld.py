@@ -191,18 +191,23 @@ def test_openset_detector_round_trips_and_flags_about_5_percent_of_val(world: di
     assert flagged.mean() <= 0.1  # the 95th percentile of these very scores
 
 
-def test_a_damaged_openset_file_is_refused(world: dict[str, Any], tmp_path: Path) -> None:
+def test_a_damaged_openset_file_is_refused_and_a_refit_replaces_the_pair(world: dict[str, Any], tmp_path: Path) -> None:
     fit_openset_run(world["run"], out=tmp_path)
-    (tmp_path / "openset.safetensors").write_bytes(b"garbage")
+    tensors = json.loads((tmp_path / "openset.json").read_text())["tensors"]
+    (tmp_path / tensors).write_bytes(b"garbage")
     with pytest.raises(SagaError, match="does not match"):
         OpenSet.load(tmp_path)
+    fit_openset_run(world["run"], out=tmp_path, percentile=90.0)  # new content: a new tensors name
+    assert OpenSet.load(tmp_path).percentile == 90.0
+    assert len(list(tmp_path.glob("openset.*.safetensors"))) == 1  # the superseded file is gone
 
 
 def test_enroll_a_generator_from_its_cache_videos(world: dict[str, Any], tmp_path: Path) -> None:
     enr = enroll_run(world["run"], "syn-hotshot", world["cache"].root, split="train", team="Hotshot-Team",
                      task="T2V", sd="none", out=tmp_path)
     assert enr.names == ["syn-hotshot"] and len(enr.entries[0].paths) == 5
-    assert (tmp_path / "enrolled.json").is_file() and (tmp_path / "enrolled.safetensors").is_file()
+    meta = json.loads((tmp_path / "enrolled.json").read_text())
+    assert meta["tensors"].startswith("enrolled.") and (tmp_path / meta["tensors"]).is_file()
     back = Enrollment.load(tmp_path)
     assert np.allclose(back.entries[0].prototype, enr.entries[0].prototype)
     enroll_run(world["run"], "syn-other", world["cache"].root, videos="syn-hotshot", split="test", out=tmp_path)

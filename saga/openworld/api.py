@@ -88,7 +88,7 @@ def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str |
                task: str | None = None, sd: str | None = None, team: str | None = None,
                run_cache_path: str | Path | None = None, split: str | None = None, limit: int | None = None,
                seed: int = 0, out: str | Path | None = None, device: str = "cpu") -> Enrollment:
-    """Enroll `generator` from cache videos into the run's enrolled.json (+ .safetensors), no retraining."""
+    """Enroll `generator` from cache videos into the run's enrolled.json (+ its tensors), no retraining."""
     emb = Embedder(run, device)
     folder = check_writable(Path(out or emb.info.path))
     new_cache = FeatureCache.open(cache) if Path(cache).is_dir() else None

@@ -12,7 +12,7 @@ and lets the prototypes decide only how much mass goes to enrolled ones:
 is as sharp as the prototypes actually are on unseen videos. Rule "ncm" (nearest class mean over
 all prototypes, softmax(cos/τ)) is kept for comparison. The enrolled classes appear at every
 level their taxonomy labels (task, SD backbone, team) imply. Stored beside the run as
-enrolled.safetensors (prototypes) + enrolled.json (the commit point: entries, τ, fingerprints).
+enrolled.json (the commit point: entries, τ, fingerprints) + enrolled.<hash>.safetensors (see `store`).
 """
 
 from __future__ import annotations
@@ -22,19 +22,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from saga.errors import SagaError
-from saga.fileio import read_json, write_json
 from saga.model.inference import Inference
 from saga.openworld.calibration import fit_temperature, softmax
 from saga.openworld.embeddings import normalise
 from saga.openworld.levels import aggregate, coarser_levels, parents
-from saga.runs import RunInfo, file_fingerprint, load_tensors, save_tensors
+from saga.openworld.store import load_pair, save_pair
+from saga.runs import RunInfo
 from saga.taxonomy import FAKE, NO_SD, TASKS, Taxonomy
 
-ENROLLED = "enrolled.json"
-ENROLLED_TENSORS = "enrolled.safetensors"
+STEM = "enrolled"
+ENROLLED = f"{STEM}.json"  # + enrolled.<hash>.safetensors (enrolled and old prototypes)
 RULES = ("gate", "ncm")
 MIN_VIDEOS, MAX_VIDEOS = 3, 20
 
@@ -66,34 +65,28 @@ class Enrollment:
         return [e.name for e in self.entries]
 
     def save(self, folder: str | Path) -> Path:
-        """Tensors first, then enrolled.json naming their fingerprint: a kill leaves the old pair usable."""
-        folder = Path(folder)
-        protos = np.stack([e.prototype for e in self.entries]) if self.entries else np.zeros((0, 0), np.float32)
-        save_tensors(folder / ENROLLED_TENSORS, {"prototypes": torch.from_numpy(protos.astype(np.float32)),
-                                                  "old_prototypes": torch.from_numpy(self.old_prototypes)},
-                     {"names": ",".join(self.names)})
+        """enrolled.json + its content-addressed tensors file, committed together (`store`)."""
+        d = self.old_prototypes.shape[1]
+        protos = np.stack([e.prototype for e in self.entries]) if self.entries else np.zeros((0, d), np.float32)
         entries = [{"name": e.name, "labels": e.labels, "n": len(e.paths), "paths": e.paths, "cache_id": e.cache_id}
                    for e in self.entries]
-        write_json(folder / ENROLLED, {"run_model": self.run_model, "classes": self.classes, "level": self.level,
-                                       "tau": self.tau, "entries": entries,
-                                       "tensors": file_fingerprint(folder / ENROLLED_TENSORS)})
-        return folder / ENROLLED
+        meta = {"run_model": self.run_model, "classes": self.classes, "level": self.level, "tau": self.tau,
+                "entries": entries}
+        return save_pair(Path(folder), STEM, {"prototypes": protos, "old_prototypes": self.old_prototypes}, meta)
 
     @classmethod
     def load(cls, folder: str | Path, run_model: str | None = None) -> "Enrollment":
         folder = Path(folder)
-        data = read_json(folder / ENROLLED, missing="; enroll a generator first (`saga enroll`)")
-        if file_fingerprint(folder / ENROLLED_TENSORS) != data.get("tensors"):
-            raise SagaError(f"{folder / ENROLLED_TENSORS}: does not match {ENROLLED}; enroll again")
-        if run_model is not None and data.get("run_model") != run_model:
-            raise SagaError(f"{folder / ENROLLED}: made with other weights than the run's; enroll again")
-        tensors, _ = load_tensors(folder / ENROLLED_TENSORS)
-        protos = tensors["prototypes"].numpy()
+        meta, tensors = load_pair(folder, STEM, f"; delete {ENROLLED} and enroll again")
+        if run_model is not None and meta.get("run_model") != run_model:
+            raise SagaError(f"{folder / ENROLLED}: made with other weights than the run's (retrained?); delete "
+                            f"{ENROLLED} and enroll again")
         try:
+            protos = tensors["prototypes"]
             entries = [Entry(e["name"], e["labels"], list(e["paths"]), e["cache_id"], protos[i])
-                       for i, e in enumerate(data["entries"])]
-            return cls(data["run_model"], list(data["classes"]), data["level"], float(data["tau"]),
-                       tensors["old_prototypes"].numpy(), entries)
+                       for i, e in enumerate(meta["entries"])]
+            return cls(meta["run_model"], list(meta["classes"]), meta["level"], float(meta["tau"]),
+                       tensors["old_prototypes"], entries)
         except (KeyError, IndexError, TypeError):
             raise SagaError(f"{folder / ENROLLED}: damaged (entries and tensors disagree); enroll again") from None
 

@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from saga.errors import SagaError
-from saga.fileio import read_json, write_json
-from saga.runs import load_tensors, save_tensors
+from saga.openworld.store import load_pair, save_pair
 
-OPENSET = "openset.json"
-OPENSET_TENSORS = "openset.safetensors"
+STEM = "openset"
+OPENSET = f"{STEM}.json"  # + openset.<hash>.safetensors (prototypes, k-NN bank)
 KINDS = ("prototype", "knn")
 
 
@@ -105,7 +103,7 @@ def rates(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: n
 
 @dataclass
 class OpenSet:
-    """A fitted unknown-source detector for one run (what openset.json + openset.safetensors hold)."""
+    """A fitted unknown-source detector for one run (what openset.json and its tensors hold)."""
 
     kind: str
     k: int
@@ -128,32 +126,21 @@ class OpenSet:
         return self.score(embeddings) > self.threshold
 
     def save(self, folder: str | Path) -> Path:
-        """Tensors first, then the JSON (the commit point, naming the tensors' fingerprint)."""
-        from saga.runs import file_fingerprint
-
-        folder = Path(folder)
-        save_tensors(folder / OPENSET_TENSORS, {"prototypes": torch.from_numpy(self.prototypes),
-                                                 "bank": torch.from_numpy(self.bank)}, {"kind": self.kind})
+        """openset.json + its content-addressed tensors file, committed together (`store`)."""
         meta = {k: v for k, v in asdict(self).items() if k not in ("prototypes", "bank")}
-        write_json(folder / OPENSET, {**meta, "tensors": file_fingerprint(folder / OPENSET_TENSORS)})
-        return folder / OPENSET
+        return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta)
 
     @classmethod
     def load(cls, folder: str | Path, run_model: str | None = None) -> "OpenSet":
-        from saga.runs import file_fingerprint
-
         folder = Path(folder)
-        data = read_json(folder / OPENSET, missing="; run `saga openset fit RUN --cache CACHE` first")
-        if file_fingerprint(folder / OPENSET_TENSORS) != data.get("tensors"):
-            raise SagaError(f"{folder / OPENSET_TENSORS}: does not match {OPENSET}; rerun `saga openset fit`")
-        if run_model is not None and data.get("run_model") != run_model:
+        meta, tensors = load_pair(folder, STEM, "; run `saga openset fit RUN --cache CACHE`")
+        if run_model is not None and meta.get("run_model") != run_model:
             raise SagaError(f"{folder / OPENSET}: fitted on other weights than the run's; rerun `saga openset fit`")
-        tensors, _ = load_tensors(folder / OPENSET_TENSORS)
         try:
-            fields = {k: data[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
+            fields = {k: meta[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
+            return cls(**fields, prototypes=tensors["prototypes"], bank=tensors["bank"])
         except KeyError as exc:
             raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
-        return cls(**fields, prototypes=tensors["prototypes"].numpy(), bank=tensors["bank"].numpy())
 
 
 def fit_openset(protos: np.ndarray, bank: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray,
