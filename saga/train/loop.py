@@ -46,7 +46,10 @@ from saga.train.schedule import make_optimizer, warmup_cosine
 
 Progress = Callable[[dict[str, Any]], None]
 LOG_EVERY = 50  # steps between "step" progress events
-VAL_PRELOAD_BYTES = 1 << 30  # validation sets up to 1 GiB (float32) are read once and kept in memory
+# Validation sets up to 128 MiB (as float32; half that held, float16) are read once and kept in memory:
+# stage 2 validates a few hundred videos every ~25 steps, while a large stage-1 val split is re-read
+# each time so that memory does not grow with the cache.
+VAL_PRELOAD_BYTES = 128 << 20
 
 
 def resolve_frames(frames: int | None, cache: FeatureCache) -> int:
