@@ -222,7 +222,8 @@ def main() -> None:
         "benchmark": "mining", "machine": f"{os.cpu_count()} cores, {args.threads} threads (torch and FAISS)",
         "dim": args.dim, "classes": args.classes, "sep": args.sep,
         "approx": f"IVF-Flat per class, nlist {args.nlist or 'sqrt(members)'}, nprobe {args.nprobe}",
-        "auto_approx_min_pool": APPROX_MIN_POOL, "rank": args.rank, "results": results, "low_rank": {"rank": args.low_rank, "results": low},
+        "auto_approx_min_pool": APPROX_MIN_POOL, "rank": args.rank, "results": results,
+        "low_rank": {"rank": args.low_rank, "results": low},
     }, indent=2))
 
 
