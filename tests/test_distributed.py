@@ -162,7 +162,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 EXACT = ("epoch", "step", "samples", "train_accuracy", "val_accuracy", "val_macro_accuracy", "val_per_class", "best",
-         "active_triplets", "triplets", "mined_triplets", "refreshes", "mining_fallbacks")
+         "active_triplets", "triplets", "mined_triplets", "refreshes", "approx_refreshes")
 CLOSE = ("loss", "ce", "hnm", "lr")
 
 

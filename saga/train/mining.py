@@ -50,7 +50,6 @@ class Mined:
     negatives: np.ndarray
     d_ap: np.ndarray
     d_an: np.ndarray
-    n_fallback: int = 0  # kept for callers' counters: per-class k = 1 search never falls back
     search: str = "exact"  # the search actually used: "exact" or "approx"
 
     def __len__(self) -> int:
@@ -149,7 +148,7 @@ def mine_triplets(
     if mode == "semihard":
         sh = (d_an > d_ap) & (d_an < d_ap + margin)  # re-checked on the exact distances
         a, pos, neg, d_ap, d_an = a[sh], pos[sh], neg[sh], d_ap[sh], d_an[sh]
-    return Mined(a, pos, neg, d_ap, d_an, 0, used)
+    return Mined(a, pos, neg, d_ap, d_an, search=used)
 
 
 def _prepare(embeddings: np.ndarray, labels: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
