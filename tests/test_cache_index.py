@@ -134,3 +134,17 @@ def test_streaming_over_lazy_records_equals_a_plain_list(tmp_path: Path) -> None
         assert data.take(np.array([3, 1, 3]), view).x.shape == (3, T, D)
     for (xa, ia), (xb, ib) in zip(*runs, strict=True):
         assert xa.equal(xb) and ia.equal(ib)
+
+
+def test_a_sidecar_with_other_columns_is_rebuilt_not_half_used(tmp_path: Path) -> None:
+    """A sidecar another saga version wrote (same version number, a column missing) is parsed again."""
+    root = _odd_cache(tmp_path)
+    want = _reference(root)
+    FeatureCache.open(root).records()  # writes the sidecars
+    sidecar = sorted(root.glob(f"parts/*/{columns.SIDECAR}"))[0]
+    manifest = sidecar.with_name(MANIFEST)
+    full = columns.PartColumns.parse(manifest)
+    older = columns.PartColumns({k: v for k, v in full.arrays.items() if k != "crc32c"}, full.tables, full.extra)
+    columns._write_sidecar(sidecar, columns._manifest_key(manifest), older)  # digest and version valid
+    assert columns._read_sidecar(sidecar, columns._manifest_key(manifest)) is None
+    assert list(FeatureCache.open(root).records()) == want

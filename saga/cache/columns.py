@@ -30,6 +30,9 @@ CHUNK = 65536  # lines parsed into Python lists before becoming numpy (bounds th
 INTS = ("size", "mtime_ns", "row", "windows", "n_frames")
 CODED = ("status", "generator", "split", "error", "backend", "labels", "fps")  # few distinct values: table + codes
 PATH_CODEC = ("utf-8", "surrogatepass")  # json may give lone surrogates (non-UTF-8 file names)
+# Every column a sidecar must hold: one written by another saga version (same VERSION, other columns)
+# is rebuilt, never half-used.
+COLUMNS = frozenset((*INTS, *CODED, "checksum", "crc32c", "path_blob", "path_offsets"))
 
 
 class PartColumns:
@@ -218,6 +221,8 @@ def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
     except Exception:  # noqa: BLE001 - missing, truncated, not a zip/npz: it is only a cache, rebuild it
         return None
     if meta.get("version") != VERSION or meta.get("key") != key or _digest(data, meta_text) != digest:
+        return None
+    if set(data) != COLUMNS or set(meta.get("tables", {})) != set(CODED):
         return None
     return PartColumns(data, meta["tables"], {int(i): e for i, e in meta["extra"].items()})
 
