@@ -24,6 +24,7 @@ from saga.pipeline.inputs import VIDEO_SUFFIXES
 from saga.pipeline.sampling import SamplingPolicy
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.runs import RunInfo, load_model
+from saga.openworld.extras import OpenWorld
 
 
 @dataclass
@@ -35,8 +36,11 @@ class Prediction:
     predicted: str = ""
     confidence: float = 0.0
     implied: dict[str, str] = field(default_factory=dict)
-    probabilities: dict[str, float] = field(default_factory=dict)
+    probabilities: dict[str, float] = field(default_factory=dict)  # calibrated when the run has calibration.json
     tsig: list[float] | None = None
+    # the run's open-world files applied (saga calibrate / openset fit / enroll): "calibrated",
+    # "unknown" {unknown, score, threshold, kind}, "enrolled" {level: {predicted, confidence, probabilities}}
+    openworld: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -77,6 +81,7 @@ class Predictor:
         self.encoder = run_encoder(self.info, device, encoder, pretrained)
         self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))
         self.taxonomy = Taxonomy.from_dict(self.info.provenance["taxonomy"])
+        self.openworld = OpenWorld.load(run_dir, self.info)
 
     def features(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(1, W, T, D) float16 features (as the cache stores them) and (1, W, T) mask."""
@@ -93,12 +98,13 @@ class Predictor:
             return Prediction(str(path), status="failed", error=str(exc).splitlines()[0])
         sub, sub_mask = take_subwindow(feats.astype(np.float32), mask, self.info.frames)
         res = run_batch(self.model, sub, sub_mask, self.device, attention=tsig)
-        probs = res["probs"][0]
+        probs = self.openworld.head_probs(res["logits"], res["probs"])[0]
         best = int(probs.argmax())
         cls = self.info.classes[best]
         pred = Prediction(str(path), level=self.info.level, predicted=cls, confidence=float(probs[best]),
                           implied=self.implied(cls),
                           probabilities={c: round(float(p), 6) for c, p in zip(self.info.classes, probs)})
+        pred.openworld = self.openworld.apply(res["logits"], res["probs"], res["embeddings"])[0] or None
         if tsig:
             from saga.explain.tsig import video_signature
 

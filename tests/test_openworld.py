@@ -302,3 +302,28 @@ def test_logo_fold_measures_on_a_tiny_fold(world: dict[str, Any], tmp_path: Path
     enr = res["enroll"]["syn-hotshot"]["levels"]["GEN-L"]
     assert {"before", "gate", "ncm", "retrain"} <= set(enr) and enr["before"]["new"] == 0.0
     assert "Open set" in to_markdown(res) and (tmp_path / "out" / "results.json").is_file()
+
+
+def test_evaluate_and_report_show_calibration_and_open_set(world: dict[str, Any], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from saga.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    runner = CliRunner()
+    for args in (["calibrate", str(run)], ["openset", "fit", str(run)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe",
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    ow = json.loads((run / "metrics.json").read_text())["openworld"]
+    assert ow["calibration"]["before"]["n"] == ow["calibration"]["after"]["n"] > 0
+    assert 0.0 <= ow["openset"]["false_unknown"] <= 1.0 and ow["openset"]["kind"] == "knn"
+    res = runner.invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe"])
+    assert "calibration (T = " in res.output and "known videos called unknown" in res.output
+    res = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert "Calibration and open set" in (tmp_path / "r.html").read_text()

@@ -157,12 +157,18 @@ def evaluate(
 
     if out is not None:  # asked for explicitly: fail before the work, not after
         writable_folder(out)
+    from saga.openworld.api import evaluate_openworld
+
     with one_line_warnings():
         metrics = compute_evaluation(run, cache, split=split, device=cli_device(device), probe=probe)
+        openworld = evaluate_openworld(run, cache, split, cli_device(device))  # {} without calibrate/openset
+    if openworld:
+        metrics["openworld"] = openworld
     if format == "json":
         print_json(metrics)
     else:
         console.print(metrics_table(metrics))
+        _print_openworld(openworld)
     try:
         written = save_evaluation(metrics, out or run)
     except WriteError as exc:  # e.g. someone else's read-only run: the results above are not lost
@@ -261,6 +267,17 @@ def _plot_tsig(run: Path, out: Path, path: Path, pred: Any) -> None:
     err.print(f"T-Sig of {path.name}: nearest class signature {nearest}; plot {png}")
 
 
+def _print_openworld(ow: dict[str, Any]) -> None:
+    if "calibration" in ow:
+        c = ow["calibration"]
+        console.print(f"calibration (T = {c['temperature']:.3f}): ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f}",
+                      soft_wrap=True)
+    if "openset" in ow and ow["openset"]["false_unknown"] is not None:
+        o = ow["openset"]
+        console.print(f"open set ({o['kind']}, threshold at the val {o['percentile']:g}th percentile): "
+                      f"{100 * o['false_unknown']:.1f}% of {o['n_known']} known videos called unknown", soft_wrap=True)
+
+
 def _print_prediction(pred: Any) -> None:
     if pred.status != "ok":
         err.print(f"[red]{pred.path}[/]: {pred.error}")
@@ -270,6 +287,13 @@ def _print_prediction(pred: Any) -> None:
     console.print(f"[bold]{pred.path}[/]: {pred.level} [bold]{pred.predicted}[/] ({100 * pred.confidence:.1f}%)"
                   + (f"; implies {implied}" if implied else "")
                   + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
+    extra = pred.openworld or {}
+    if extra.get("unknown", {}).get("unknown"):
+        u = extra["unknown"]
+        console.print(f"  [yellow]unknown source[/]: far from every known class ({u['kind']} score {u['score']:.3f} "
+                      f"> threshold {u['threshold']:.3f}); the label above is the nearest known one")
+    for level, e in extra.get("enrolled", {}).items():
+        console.print(f"  with enrolled classes: {level} {e['predicted']} ({100 * e['confidence']:.1f}%)")
 
 
 def register(app: typer.Typer) -> None:

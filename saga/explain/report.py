@@ -265,6 +265,7 @@ def run_section(i: int, run: dict[str, Any]) -> str:
         if others:
             out.append(f'<p class="meta">also evaluated: {escape("; ".join(others))}</p>')
         out += ["<h3>Per-class accuracy</h3>", per_class_table(m), "<h3>Confusion matrix</h3>", confusion_table(m)]
+        out.append(openworld_section(m.get("openworld") or {}))
     else:
         out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
     details = {CONFIG: cfg, PROVENANCE: prov, DONE: run["done"]}
@@ -278,6 +279,28 @@ def run_section(i: int, run: dict[str, Any]) -> str:
     if figs:
         out.append("<h3>Figures</h3><div class=figs>" + "".join(figs) + "</div>")
     return "".join(out) + "</section>"
+
+
+def openworld_section(ow: dict[str, Any]) -> str:
+    """Calibration (ECE before/after, reliability bins) and the open-set false-unknown rate, when fitted."""
+    if not ow:
+        return ""
+    out = ["<h3>Calibration and open set</h3>"]
+    cal = ow.get("calibration")
+    if cal:
+        after = cal["after"]  # the reliability diagram of the calibrated probabilities, as a table
+        rows = [[f"{lo:.2f}–{hi:.2f}", n, _pct(conf), _pct(acc)] for lo, hi, n, conf, acc in zip(
+            after["edges"][:-1], after["edges"][1:], after["count"], after["confidence"], after["accuracy"]) if n]
+        out.append(f'<p class="meta">Temperature {cal["temperature"]:.3f} fitted on validation videos: expected '
+                   f'calibration error {cal["before"]["ece"]:.3f} before, {cal["after"]["ece"]:.3f} after '
+                   f'({cal["after"]["n"]} videos).</p>')
+        out.append(_table(["confidence bin", "videos", "mean confidence %", "accuracy %"], rows))
+    opn = ow.get("openset")
+    if opn and opn.get("false_unknown") is not None:
+        out.append(f'<p class="meta">Open set ({escape(str(opn["kind"]))} score, threshold at the validation '
+                   f'{opn["percentile"]:g}th percentile): {_pct(opn["false_unknown"])} % of {opn["n_known"]} '
+                   "known videos are called unknown source.</p>")
+    return "".join(out)
 
 
 # -- ablation -----------------------------------------------------------------------------
