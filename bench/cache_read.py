@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saga.cache.manifest import OK, VideoRecord  # noqa: E402
+from saga.cache.provenance import EncoderSpec, cache_provenance  # noqa: E402
 from saga.cache.store import FeatureCache, PartWriter  # noqa: E402
 from saga.taxonomy import Taxonomy  # noqa: E402
 from saga.train.data import StreamingFeatures, View  # noqa: E402
@@ -53,9 +54,8 @@ def build_cache(root: Path, n: int, frames: int, dim: int, shard_rows: int) -> f
     shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
     tax = Taxonomy.load("synth")
-    prov = {"encoder": "bench-sim", "pretrained": "none", "weights_fingerprint": "0" * 16, "preprocess": "",
-            "dim": dim, "sampling": {"frames": frames, "mode": "consecutive", "windows": 1},
-            "taxonomy": tax.to_dict(), "split": {"seed": 0, "fractions": {"train": 1.0}}}
+    prov = cache_provenance(EncoderSpec.simulated(dim, frames, name="bench-sim", preprocess=""), tax,
+                            fractions={"train": 1.0})
     cache = FeatureCache.create_or_open(root, prov)
     classes = ["real", *tax.generators]
     pool = np.random.default_rng(0).standard_normal((256, 1, frames, dim)).astype(np.float16)

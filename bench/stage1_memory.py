@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from saga.cache.manifest import OK, VideoRecord  # noqa: E402
+from saga.cache.provenance import EncoderSpec, cache_provenance  # noqa: E402
 from saga.cache.store import FeatureCache, PartWriter  # noqa: E402
 from saga.taxonomy import Taxonomy  # noqa: E402
 
@@ -82,9 +83,8 @@ def build_cache(root: Path, n: int, frames: int, dim: int, shard_rows: int, seed
     shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
     tax = Taxonomy.load("synth")
-    prov = {"encoder": "bench-sim", "pretrained": "none", "weights_fingerprint": "0" * 16, "preprocess": "",
-            "dim": dim, "sampling": {"frames": frames, "mode": "consecutive", "windows": 1},
-            "taxonomy": tax.to_dict(), "split": {"seed": 0, "fractions": {"train": 0.9, "val": 0.05, "test": 0.05}}}
+    prov = cache_provenance(EncoderSpec.simulated(dim, frames, name="bench-sim", preprocess=""), tax,
+                            fractions={"train": 0.9, "val": 0.05, "test": 0.05})
     cache = FeatureCache.create_or_open(root, prov)
     classes = ["real", *tax.generators]
     labels = {c: tax.labels(c) for c in classes}
@@ -117,9 +117,8 @@ def build_simulated(root: Path, n: int, frames: int, dim: int, shard_rows: int) 
     shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
     tax = Taxonomy.load("synth")
-    prov = {"encoder": "bench-sim", "pretrained": "none", "weights_fingerprint": "0" * 16, "preprocess": "",
-            "dim": dim, "sampling": {"frames": frames, "mode": "consecutive", "windows": 1},
-            "taxonomy": tax.to_dict(), "split": {"seed": 0, "fractions": {"train": 0.9, "val": 0.05, "test": 0.05}}}
+    prov = cache_provenance(EncoderSpec.simulated(dim, frames, name="bench-sim", preprocess=""), tax,
+                            fractions={"train": 0.9, "val": 0.05, "test": 0.05})
     cache = FeatureCache.create_or_open(root, prov)
     PartWriter(cache, "p000001-r000", capacity=n, shard_rows=shard_rows).close()  # arrays, no chunks; sealed
     classes = ["real", *tax.generators]

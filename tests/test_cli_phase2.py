@@ -71,6 +71,7 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     if ok["predicted"] != "real":
         assert ok["implied"]["BIN-L"] == "fake"
     assert next(r for r in records if r["status"] == "failed")["error"]
+    assert "nearest class signature" in proc.stderr and (sd / "predict" / f"{video.stem}_tsig.png").is_file()
 
     html = root / "report.html"
     run_saga("report", str(stage1), str(sd), "--out", str(html), check=True)

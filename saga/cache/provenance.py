@@ -67,9 +67,10 @@ class EncoderSpec:
         return not self.differences(other, keys)
 
     @classmethod
-    def simulated(cls, dim: int, frames: int, windows: int = 1, name: str = "simulated") -> "EncoderSpec":
+    def simulated(cls, dim: int, frames: int, windows: int = 1, name: str = "simulated",
+                  preprocess: str = "none") -> "EncoderSpec":
         """A spec for features made without an encoder (tests, benchmarks of the cache and of training)."""
-        return cls(encoder=name, pretrained="none", weights_fingerprint="0" * 16, preprocess="none", dim=dim,
+        return cls(encoder=name, pretrained="none", weights_fingerprint="0" * 16, preprocess=preprocess, dim=dim,
                    sampling={"frames": frames, "mode": "consecutive", "windows": windows})
 
 

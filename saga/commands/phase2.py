@@ -252,19 +252,13 @@ def predict(
 
 
 def _plot_tsig(run: Path, out: Path, path: Path, pred: Any) -> None:
-    import numpy as np
+    from saga.explain.tsig import compare_video
 
-    from saga.explain.tsig import load_tsigs, plot_video_profile, signature_distances
-
-    if not RunFolder(run).has_tsigs:
+    found = compare_video(run, pred.tsig, out / f"{path.stem}_tsig.png", name=path.name)
+    if found is None:
         err.print(f"[yellow]{run}: no class T-Sigs yet; run `saga tsig {run} --cache CACHE` to compare[/]")
-        return
-    sigs = load_tsigs(run)
-    profile = np.asarray(pred.tsig)
-    nearest = next(iter(signature_distances(profile, sigs)))
-    png = plot_video_profile({"map": None, "profile": profile, "n": 1}, sigs, out / f"{path.stem}_tsig.png",
-                             name=path.name)
-    err.print(f"T-Sig of {path.name}: nearest class signature {nearest}; plot {png}")
+    else:
+        err.print(f"T-Sig of {path.name}: nearest class signature {found[0]}; plot {found[1]}")
 
 
 def _print_openworld(ow: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from saga.errors import SagaError
 from saga.cache.store import FeatureCache
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_bytes
-from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, check_cache, load_model
+from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, check_cache, load_model
 from saga.explain.tsne import class_colors, save_figure
 
 Signature = dict[str, Any]  # {"map": (T', T'), "profile": (T',), "n": int}
@@ -199,3 +199,17 @@ def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", 
         raise SagaError(f"{cache_path}: no {split} videos with a class at {info.level}; try another --split")
     inference = infer(model, info, cache, records, device=device, attention=True)
     return write_tsigs(class_signatures(inference, info.classes), run_dir)
+
+
+def compare_video(run_dir: str | Path, profile: Sequence[float], out_png: str | Path,
+                  name: str = "") -> tuple[str, Path] | None:
+    """A new video's T-Sig profile against the run's class signatures: (nearest class, plot), or None
+    when the run has no class T-Sigs yet (`saga tsig` makes them)."""
+    if not RunFolder(run_dir).has_tsigs:
+        return None
+    sigs = load_tsigs(run_dir)
+    prof = np.asarray(profile, dtype=np.float64)
+    nearest = next(iter(signature_distances(prof, sigs)))
+    png = plot_video_profile({"map": None, "profile": prof, "n": 1}, sigs, out_png, name=name)
+    return nearest, Path(png)
+
