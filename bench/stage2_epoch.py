@@ -6,7 +6,7 @@ Why: the cache is saga's central design choice (docs/architecture.md). Research 
 decodes and encodes every video whenever it is needed; in stage 2 that is each epoch's pool-wide
 embedding for mining, the batch's anchors, and their mined positives and negatives. Both paths here
 run the *same* epoch: `HNMObjective` (CE + hardest-negative triplets, FAISS refresh at the epoch
-start) through saga's own epoch loop (`saga.train.loop._train_epoch`), same seed, same model; only
+start) through saga's own epoch loop (`saga.train.loop.train_epoch`), same seed, same model; only
 the feature source differs:
 
 - cache: `InMemoryFeatures` over the cache (what `saga attribute` uses for a stage-2 subset);
@@ -48,9 +48,9 @@ from saga.pipeline.extract import ExtractConfig, extract  # noqa: E402
 from saga.pipeline.sampling import SamplingPolicy  # noqa: E402
 from saga.benchmark.synth import SynthConfig, generate  # noqa: E402
 from saga.train.attribute import AttributeConfig, HNMObjective  # noqa: E402
-from saga.train.data import Batch, InMemoryFeatures, View, _check_labels, _make_batch  # noqa: E402
+from saga.train.data import Batch, InMemoryFeatures, View, check_labels, make_batch  # noqa: E402
 from saga.cache.fraction import labelled_subset  # noqa: E402
-from saga.train.loop import _train_epoch  # noqa: E402
+from saga.train.loop import train_epoch  # noqa: E402
 from saga.train.schedule import make_optimizer, warmup_cosine  # noqa: E402
 
 
@@ -60,7 +60,7 @@ class DecodingFeatures(InMemoryFeatures):
     def __init__(self, videos: Path, records: Sequence[VideoRecord], labels: np.ndarray, encoder: FrameEncoder,
                  policy: SamplingPolicy, encode_batch: int) -> None:
         self.records = list(records)
-        self.labels = _check_labels(labels, len(self.records))
+        self.labels = check_labels(labels, len(self.records))
         self.videos, self.encoder, self.policy, self.encode_batch = videos, encoder, policy, encode_batch
         self.stats = {"videos_decoded": 0, "frames_encoded": 0, "decode_s": 0.0, "encode_s": 0.0}
 
@@ -81,7 +81,7 @@ class DecodingFeatures(InMemoryFeatures):
         self.stats["frames_encoded"] += int(flat.shape[0])
         w, t = self.policy.windows, self.policy.frames
         feats = feats.reshape(index.size, w, t, -1)
-        return _make_batch(feats, np.stack(masks), self.labels[index], index, view, rng)
+        return make_batch(feats, np.stack(masks), self.labels[index], index, view, rng)
 
 
 def tiny_weights(folder: Path) -> str:
@@ -110,7 +110,7 @@ def one_epoch(data: InMemoryFeatures, cfg: AttributeConfig, n_classes: int, dim:
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * per_epoch), cfg.epochs * per_epoch)
     state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0}
     start = time.perf_counter()
-    line = _train_epoch(model, objective, optimizer, scheduler, cfg, 1, state, per_epoch, lambda event: None)
+    line = train_epoch(model, objective, optimizer, scheduler, cfg, 1, state, per_epoch, lambda event: None)
     return {"epoch_s": round(time.perf_counter() - start, 2), "steps": state["step"],
             "loss": round(line["loss"], 5), "mined_triplets": line["mined_triplets"]}
 

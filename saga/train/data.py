@@ -144,8 +144,9 @@ def select(features: Tensor, mask: np.ndarray, view: View,
     return x.float(), torch.from_numpy(np.ascontiguousarray(keep))
 
 
-def _make_batch(features: Tensor, mask: np.ndarray, labels: np.ndarray, index: np.ndarray, view: View,
+def make_batch(features: Tensor, mask: np.ndarray, labels: np.ndarray, index: np.ndarray, view: View,
                 rng: np.random.Generator | None) -> Batch:
+    """One training/evaluation batch from (N, W, T, D) features: `view`'s sub-window and augmentation."""
     x, m = select(features, mask, view, rng)
     return Batch(x, m, torch.from_numpy(np.asarray(labels, np.int64)), torch.from_numpy(np.asarray(index, np.int64)))
 
@@ -181,7 +182,8 @@ def _copies(labels: np.ndarray, rates: np.ndarray, rng: np.random.Generator) -> 
     return (np.floor(r) + (rng.random(r.shape) < r - np.floor(r))).astype(np.int64)
 
 
-def _check_labels(labels: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+def check_labels(labels: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+    """Labels as an (n,) int64 array (zeros when None), or a one-line error when the count is wrong."""
     y = np.zeros(n, np.int64) if labels is None else np.asarray(labels, np.int64)
     if y.shape != (n,):
         raise SagaError(f"{y.shape[0]} labels for {n} records")
@@ -203,7 +205,7 @@ class InMemoryFeatures:
     def __init__(self, cache: FeatureCache, records: Sequence[VideoRecord],
                  level_labels: Sequence[int] | np.ndarray | None = None, chunk: int = 1024) -> None:
         self.records = _keep(records)
-        self.labels = _check_labels(level_labels, len(self.records))
+        self.labels = check_labels(level_labels, len(self.records))
         n, w, t, d = len(self.records), cache.windows, cache.frames, cache.dim
         self.features = torch.empty((n, w, t, d), dtype=torch.float32)
         self.mask = torch.empty((n, w, t), dtype=torch.bool)
@@ -218,7 +220,7 @@ class InMemoryFeatures:
     def take(self, index: np.ndarray, view: View, rng: np.random.Generator | None = None) -> Batch:
         index = np.asarray(index, np.int64)
         t = torch.from_numpy(index)
-        return _make_batch(self.features[t], self.mask[t].numpy(), self.labels[index], index, view, rng)
+        return make_batch(self.features[t], self.mask[t].numpy(), self.labels[index], index, view, rng)
 
     def batches(self, batch_size: int, view: View, *, seed: int = 0, epoch: int = 0, shuffle: bool = False,
                 balance: bool = False) -> Iterator[Batch]:
@@ -264,7 +266,7 @@ class StreamingFeatures(IterableDataset):
             raise SagaError(f"buffer_shards and batch_size must be >= 1, got {buffer_shards}, {batch_size}")
         self.cache = cache
         self.records = _keep(records)
-        self.labels = _check_labels(level_labels, len(self.records))
+        self.labels = check_labels(level_labels, len(self.records))
         self.view = view or View(cache.frames)
         self.batch_size, self.buffer_shards = batch_size, buffer_shards
         self.seed, self.epoch, self.shuffle, self.balance = seed, epoch, shuffle, balance
@@ -295,7 +297,7 @@ class StreamingFeatures(IterableDataset):
         uniq, inverse = np.unique(index, return_inverse=True)
         data = self.cache.read(_subset(self.records, uniq))
         feats = torch.from_numpy(data["features"])[torch.from_numpy(inverse)]
-        return _make_batch(feats, data["mask"][inverse], self.labels[index], index, view, rng)
+        return make_batch(feats, data["mask"][inverse], self.labels[index], index, view, rng)
 
     def batches(self, batch_size: int, view: View, *, seed: int = 0, epoch: int = 0, shuffle: bool = False,
                 balance: bool = False) -> Iterator[Batch]:
@@ -333,7 +335,7 @@ class StreamingFeatures(IterableDataset):
             feats = torch.from_numpy(buf["features"])
             for lo in range(0, cut, batch_size):
                 r = rows[lo:min(lo + batch_size, cut)]
-                yield _make_batch(feats[torch.from_numpy(r)], buf["mask"][r], buf["y"][r], buf["index"][r],
+                yield make_batch(feats[torch.from_numpy(r)], buf["mask"][r], buf["y"][r], buf["index"][r],
                                   view, aug)
             tail = rows[cut:]
             carry = {k: buf[k][tail] for k in ("features", "mask", "y", "index")}

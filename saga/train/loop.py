@@ -234,7 +234,7 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
     cache = _cache_of(run)  # named in the NaN-loss message
     while state["epoch"] < epochs and not _patience_spent(opts, state):
         epoch, t0 = state["epoch"] + 1, time.perf_counter()
-        line = _train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit,
+        line = train_epoch(net, objective, optimizer, scheduler, opts, epoch, state, per_epoch, emit,
                             cache=cache)
         checkpoint = epoch % every == 0 or epoch == epochs
         val = validate(model) if checkpoint and validate is not None and main else None
@@ -340,9 +340,11 @@ def nonfinite_loss(epoch: int, value: float, cache: str) -> SagaError:
                      "learning rate (--lr)")
 
 
-def _train_epoch(model: torch.nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+def train_epoch(model: torch.nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, opts: TrainOptions, epoch: int,
                  state: dict[str, Any], per_epoch: int, emit: Progress, cache: str = "CACHE") -> dict[str, Any]:
+    """One epoch of optimiser steps, seeded from (seed, epoch) alone so a resumed run repeats it exactly;
+    returns the epoch's metrics line (benchmarks call it to time an epoch through the real loop)."""
     seed_epoch(opts.seed, epoch, distributed.context().rank)
     objective.begin_epoch(model, epoch)
     model.train()
