@@ -74,18 +74,23 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _fresh_cache(root: Path, frames: int, dim: int) -> tuple[Taxonomy, FeatureCache]:
+    """An empty cache at `root` (whatever was there is removed) with the benchmark's simulated encoder."""
+    shutil.rmtree(root, ignore_errors=True)
+    tax = Taxonomy.load("synth")
+    prov = cache_provenance(EncoderSpec.simulated(dim, frames, name="bench-sim", preprocess=""), tax,
+                            fractions={"train": 0.9, "val": 0.05, "test": 0.05})
+    return tax, FeatureCache.create_or_open(root, prov)
+
+
 def build_cache(root: Path, n: int, frames: int, dim: int, shard_rows: int, seed: int) -> tuple[float, bool]:
     """A real saga cache of n videos (one part, PartWriter), reused when complete; (build seconds, reused)."""
     key = {"n": n, "frames": frames, "dim": dim, "shard_rows": shard_rows}
     done = root / ".bench-complete"
     if done.is_file() and (old := json.loads(done.read_text())).get("key") == key:
         return old["build_s"], True
-    shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
-    tax = Taxonomy.load("synth")
-    prov = cache_provenance(EncoderSpec.simulated(dim, frames, name="bench-sim", preprocess=""), tax,
-                            fractions={"train": 0.9, "val": 0.05, "test": 0.05})
-    cache = FeatureCache.create_or_open(root, prov)
+    tax, cache = _fresh_cache(root, frames, dim)
     classes = ["real", *tax.generators]
     labels = {c: tax.labels(c) for c in classes}
     rng = np.random.default_rng(seed)
@@ -114,12 +119,8 @@ def build_simulated(root: Path, n: int, frames: int, dim: int, shard_rows: int) 
     done = root / ".bench-complete"
     if done.is_file() and (old := json.loads(done.read_text())).get("key") == key:
         return old["build_s"], True
-    shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
-    tax = Taxonomy.load("synth")
-    prov = cache_provenance(EncoderSpec.simulated(dim, frames, name="bench-sim", preprocess=""), tax,
-                            fractions={"train": 0.9, "val": 0.05, "test": 0.05})
-    cache = FeatureCache.create_or_open(root, prov)
+    tax, cache = _fresh_cache(root, frames, dim)
     PartWriter(cache, "p000001-r000", capacity=n, shard_rows=shard_rows).close()  # arrays, no chunks; sealed
     classes = ["real", *tax.generators]
     i = np.arange(n, dtype=np.int64)
