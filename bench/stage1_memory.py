@@ -174,8 +174,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     del index
     t0 = time.perf_counter()
 
-    def progress(event: dict[str, Any]) -> None:
-        if event["event"] == "start":
+    def progress(event: Any) -> None:  # a training ProgressEvent
+        if event.kind == "start":
             out.update(rss_at_start_mb=round(rss_mb(), 1), setup_s=round(time.perf_counter() - t0, 2))
             out["hwm_reset"] = reset_hwm()
             out["t_start"] = time.perf_counter()

@@ -15,13 +15,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from scipy import stats as scipy_stats
 
 from saga.explain.metrics import evaluate, write_json_atomic
 from saga.train.attribute import AttributeConfig, train_attribution
 from saga.train.options import Loss
+from saga.progress import ProgressEvent, ProgressFn
 
 LOSSES = tuple(loss.value for loss in Loss)  # the table's row order: ce, ce+semihnm, ce+hnm
 PAPER = {  # GEN-L accuracy (%) on GenVideo at 0.5 % labels, for comparison
@@ -32,7 +33,7 @@ CEILING = "all labels"
 
 
 def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, seeds: tuple[int, ...] = (0, 1, 2),
-                 level: str = "GEN-L", progress: Callable[[str], None] | None = None,
+                 level: str = "GEN-L", progress: ProgressFn | None = None,
                  ceiling: bool = True) -> dict[str, Any]:
     """Train and evaluate every cell; returns (and writes) the summary."""
     cells: list[tuple[str, str, Path | None, AttributeConfig]] = [
@@ -41,7 +42,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
     if ceiling:
         cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, level=level, loss="ce", fraction=1.0)))
     rows, probes = [], {}
-    for stages, loss, from_run, cfg in cells:
+    for n_cell, (stages, loss, from_run, cfg) in enumerate(cells):
         cell = []
         for seed in seeds:
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
@@ -49,8 +50,9 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
             metrics = evaluate(run, cache, split="test")
             cell.append(metrics)
             if progress:
-                progress(f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
-                         f" (probe {_probe_pct(metrics)})")
+                progress(ProgressEvent("cell", n_cell * len(seeds) + len(cell), len(cells) * len(seeds),
+                                       f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
+                                       f" (probe {_probe_pct(metrics)})"))
         rows.append(_summarise(stages, loss, cell, level))
         if loss == "ce+hnm" and stages == "2-stage" or stages.endswith(CEILING):
             probes[stages] = [m["probe"] for m in cell if "accuracy" in m.get("probe", {})]

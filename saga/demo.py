@@ -100,7 +100,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
 
         run_ablation(cache, stage1, runs / "ablation", AttributeConfig(
             fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, device=cfg.device,
-            d_model=cfg.d_model), progress=log)
+            d_model=cfg.d_model), progress=lambda event: log(event.message))
         ablation = runs / "ablation" / "ablation.json"
     report = build_report(run_dirs, cfg.out / "report.html", ablation)
     return {"levels": results, "report": report, "runs": run_dirs}

@@ -24,6 +24,7 @@ from conftest import make_video_tree, write_clip
 from saga import distributed
 from saga.cache.store import MANIFEST, FeatureCache
 from saga.pipeline.extract import ExtractConfig, extract
+from saga.progress import ProgressEvent
 from saga.train.attribute import AttributeConfig, train_attribution
 from saga.train.data import Batch
 from saga.train.loop import local_rows
@@ -190,8 +191,8 @@ class Killed(Exception):
 
 
 def test_stage1_killed_then_resumed_under_ddp_equals_single_process(setup: dict[str, Path]) -> None:
-    def kill_after_1(event: dict) -> None:
-        if event.get("event") == "epoch" and event["epoch"] == 1:
+    def kill_after_1(event: ProgressEvent) -> None:
+        if event.kind == "epoch" and event.done == 1:
             raise Killed
 
     out = setup["root"] / "two-s1"

@@ -87,7 +87,7 @@ def test_runner_counts_writes_in_order_and_records_failures() -> None:
     seen: list[tuple[int, int, int]] = []
     videos = [video(0), video(1, "undecodable"), video(2), video(3)]
     run_pass(videos, EncodeStep(FakeEncoder(), 2 * FRAMES, 1, FRAMES), BackgroundWriter(part), record_of, summary,
-             total=4, progress=lambda *a: seen.append(a))
+             total=4, progress=lambda e: seen.append((e.done, e.total, e.data["frames"])))
     assert (summary.ok, summary.failed, summary.frames) == (3, 1, 3 * FRAMES)
     assert [p for p, _ in part.added] == ["v0.mp4", "v2.mp4", "v3.mp4"] and part.closed
     assert [r.error for r in part.failed] == ["undecodable"]

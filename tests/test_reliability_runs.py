@@ -176,9 +176,9 @@ def test_a_full_disk_during_training_is_one_line_keeps_the_checkpoint_and_resume
     assert _hidden(out) == []  # .checkpoint.new and the half-written file are gone
     assert json.loads((out / "state.json").read_text())["epoch"] == 1  # the last committed checkpoint
     monkeypatch.undo()
-    events: list[dict] = []
+    events: list = []
     train_stage1(train_cache, out, _tiny_stage1(), progress=events.append)
-    assert "resuming" in events[0]["message"] and "after epoch 1" in events[0]["message"]
+    assert "resuming" in events[0].message and "after epoch 1" in events[0].message
     assert [m["epoch"] for m in RunFolder(out).read_metrics()] == [1, 2, 3]
     assert json.loads((out / "done.json").read_text())["epochs_run"] == 3
 

@@ -31,7 +31,7 @@ TAX = Taxonomy.load("synth")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     seen: list[tuple[int, int]] = []
-    generate(out, TINY, progress=lambda done, total: seen.append((done, total)))
+    generate(out, TINY, progress=lambda event: seen.append((event.done, event.total)))
     assert seen[-1] == (N_TINY, N_TINY) and len(seen) == N_TINY
     return out
 

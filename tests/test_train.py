@@ -25,6 +25,7 @@ from saga.runs import load_model
 from saga.train.stage1 import Stage1Config, train_stage1
 from saga.train.losses import combined_loss, weigh
 from saga.train.options import Loss, Select
+from saga.progress import ProgressEvent
 
 T, D = 8, 16
 TINY = dict(d_model=32, depth=2, heads=2, dropout=0.1, eval_batch_size=64)
@@ -166,26 +167,26 @@ class Killed(Exception):
 
 
 def test_resume_is_bit_exact(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
-    def kill_after_2(event: dict) -> None:
-        if event.get("event") == "epoch" and event["epoch"] == 2:
+    def kill_after_2(event: ProgressEvent) -> None:
+        if event.kind == "epoch" and event.done == 2:
             raise Killed
 
     out = tmp_path / "s1"
     with pytest.raises(Killed):
         train_stage1(cache.root, out, s1_config(), progress=kill_after_2)
     assert (out / "state.json").is_file() and not (out / "done.json").exists()
-    events: list[dict] = []
+    events: list[ProgressEvent] = []
     train_stage1(cache.root, out, s1_config(), progress=events.append)
-    assert "resuming" in events[0]["message"]
+    assert "resuming" in events[0].message
     for name in ("model.safetensors",):
         a, b = load_file(str(stage1 / name)), load_file(str(out / name))
         assert all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"}  # noqa: E731
                        for l in (p / "metrics.jsonl").read_text().splitlines()]
     assert strip(out) == strip(stage1)
-    again: list[dict] = []
+    again: list[ProgressEvent] = []
     train_stage1(cache.root, out, s1_config(), progress=again.append)
-    assert again[0]["event"] == "reused"
+    assert again[0].kind == "reused"
     with pytest.raises(SagaError, match="different settings"):
         train_stage1(cache.root, out, s1_config(lr=1e-3))
 
@@ -251,8 +252,8 @@ def test_stage2_hnm_logs_triplets_and_resumes(cache: FeatureCache, stage1: Path,
     labelled = json.loads((out / "labelled.json").read_text())
     assert labelled["fraction"] == 0.5 and set(labelled["classes"]) == set(info.classes)
 
-    def kill_after_1(event: dict) -> None:
-        if event.get("event") == "epoch" and event["epoch"] == 1:
+    def kill_after_1(event: ProgressEvent) -> None:
+        if event.kind == "epoch" and event.done == 1:
             raise Killed
 
     resumed = tmp_path / "b"
@@ -275,8 +276,8 @@ def test_few_step_epochs_validate_and_checkpoint_in_rounds_and_resume_exactly(
     assert validated == [e for e in range(1, len(lines) + 1) if e % every == 0 or e == len(lines)]
     assert json.loads((out / "done.json").read_text())["best_epoch"] in validated
 
-    def kill_after_first_checkpoint(event: dict) -> None:
-        if event.get("event") == "epoch":
+    def kill_after_first_checkpoint(event: ProgressEvent) -> None:
+        if event.kind == "epoch":
             raise Killed
 
     resumed = tmp_path / "b"

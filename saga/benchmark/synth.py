@@ -44,13 +44,13 @@ from dataclasses import dataclass
 from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
 
 import av
 import numpy as np
 
 from saga.errors import SagaError
 from saga.fileio import write_text
+from saga.progress import ProgressEvent, ProgressFn
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
 from saga.benchmark.videoio import write_video
 from saga.taxonomy import BUILTIN, REAL, Taxonomy
@@ -217,7 +217,7 @@ def _make(args: tuple[SynthConfig, Taxonomy, str, int, Path]) -> str:
 
 # -- the benchmark ----------------------------------------------------------------
 def generate(out_dir: str | Path, config: SynthConfig | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Path:
+             progress: ProgressFn | None = None) -> Path:
     """Write every class's clips, labels.csv and taxonomy.toml under out_dir; returns labels.csv.
 
     Everything is regenerated (deterministically) and each file is written
@@ -239,7 +239,7 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
     for done, rel in enumerate(_run(jobs, config.workers), 1):
         rows.append((rel, jobs[done - 1][2]))
         if progress:
-            progress(done, len(jobs))
+            progress(ProgressEvent("videos", done, len(jobs)))
     _write_text(out_dir / "taxonomy.toml", _taxonomy_text(config.taxonomy))
     return _write_text(out_dir / "labels.csv", _csv(rows))
 

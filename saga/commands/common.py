@@ -43,7 +43,7 @@ def progress_bar(rates: bool = False) -> Progress:
 
 
 @contextmanager
-def extract_progress() -> Iterator[Callable[[int, int, int], None]]:
+def extract_progress() -> Iterator[Callable[[Any], None]]:
     """An extraction progress callback drawing videos/s and frames/s; the bar appears with the first video,
     so setup errors stay one line."""
     bar = progress_bar(rates=True)
@@ -52,8 +52,9 @@ def extract_progress() -> Iterator[Callable[[int, int, int], None]]:
 
     finished = False
 
-    def update(done: int, total: int, frames_done: int) -> None:
+    def update(event: Any) -> None:  # a "videos" ProgressEvent
         nonlocal finished
+        done, total, frames_done = event.done, event.total, event.data.get("frames", 0)
         if finished:
             return
         if not bar.live.is_started:

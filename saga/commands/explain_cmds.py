@@ -111,7 +111,7 @@ def ablate(
 
     base = AttributeConfig.from_dict(load_options(config, fraction=fraction, floor=floor, epochs=epochs, device=device))
     summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
-                           progress=lambda line: console.print(line))
+                           progress=lambda event: console.print(event.message))
     console.print(to_markdown(summary))
     console.print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
 

@@ -54,7 +54,7 @@ def synth(
         task = bar.add_task("synth", total=None)
         labels = generate(out, SynthConfig(videos_per_class=per_class, real_videos=real, seed=seed,
                                                       workers=workers),
-                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+                          progress=lambda event: bar.update(task, completed=event.done, total=event.total))
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
 
 

@@ -30,10 +30,10 @@ Resume = Annotated[Optional[bool], typer.Option(
     "an explicit --resume also continues it after its cache changed (videos added or re-extracted).")]
 
 
-def _printer(event: dict[str, Any]) -> None:
+def _printer(event: Any) -> None:  # a training ProgressEvent
     from saga.train.loop import describe
 
-    if event.get("event") != "step":
+    if event.kind != "step":
         err.print(describe(event))
 
 

@@ -29,10 +29,10 @@ from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEnc
 from saga.pipeline.inputs import VideoInput, discover
 from saga.pipeline.reader import DecodedVideo, read_videos
 from saga.pipeline.sampling import SamplingPolicy
+from saga.progress import ProgressEvent, ProgressFn
 from saga.pipeline.writer import BackgroundWriter
 from saga.taxonomy import Taxonomy
 
-ProgressFn = Callable[[int, int, int], None]  # (videos done, videos to do, frames done)
 
 
 @dataclass
@@ -259,16 +259,19 @@ def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: Backgroun
             else:
                 writer.fail(record_of(video))
                 summary.failed += 1
-            if progress:
-                progress(summary.ok + summary.failed, total, summary.frames)
+            _report(progress, summary, total)
         _store(step.flush(), writer, record_of, summary)
-        if progress:
-            progress(summary.ok + summary.failed, total, summary.frames)
+        _report(progress, summary, total)
     finally:
         writer.finish()  # what was encoded is written and committed
         summary.timings.encode += step.seconds
         summary.timings.write += writer.seconds
         summary.timings.pipeline += time.perf_counter() - started
+
+
+def _report(progress: ProgressFn | None, summary: ExtractSummary, total: int) -> None:
+    if progress:
+        progress(ProgressEvent("videos", summary.ok + summary.failed, total, data={"frames": summary.frames}))
 
 
 def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,

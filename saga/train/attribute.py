@@ -32,6 +32,7 @@ from torch import Tensor
 from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
@@ -322,7 +323,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     run, done = open_run(out, config, prov)
     if done:
         if progress and distributed.context().is_main:
-            progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
+            progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
     if not saved and distributed.context().is_main:
         write_labelled(out / LABELLED, subset, settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id),

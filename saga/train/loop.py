@@ -37,6 +37,7 @@ from saga.cache.manifest import VideoRecord
 from saga.cache.index import lazy
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga.progress import ProgressEvent, ProgressFn
 from saga.model.inference import EvalSpec, infer, record_targets
 from saga.model import VideoTransformer
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, memory_bytes
@@ -44,7 +45,7 @@ from saga.runs import CONFIG, RunFolder
 from saga.train.options import TrainOptions  # noqa: F401 - re-exported: the stages import it from here
 from saga.train.schedule import make_optimizer, warmup_cosine
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = ProgressFn  # the training events: ProgressEvent kinds start, step, epoch, done, reused
 LOG_EVERY = 50  # steps between "step" progress events
 # Validation sets up to 128 MiB (as float32; half that held, float16) are read once and kept in memory:
 # stage 2 validates a few hundred videos every ~25 steps, while a large stage-1 val split is re-read
@@ -182,20 +183,20 @@ class _Preloaded:
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
-def describe(event: dict[str, Any]) -> str:
-    """A one-line human summary of a progress event (the CLI may print it or feed it to rich)."""
-    kind = event.get("event")
-    if kind == "epoch":
-        val = event.get("val_macro_accuracy")
-        parts = [f"epoch {event['epoch']}/{event['epochs']}", f"loss {event['loss']:.4f}",
-                 f"lr {event['lr']:.2e}", "val macro " + ("n/a" if val is None else f"{100 * val:.2f}%")]
-        if event.get("hnm") is not None:
-            parts.insert(2, f"hnm {event['hnm']:.4f} (active {event['active_triplets']}/{event['triplets']}, "
-                            f"mined {event['mined_triplets']})")
-        return "  ".join(parts) + ("  *best" if event.get("best") else "") + f"  {event['seconds']:.1f}s"
-    if kind == "step":
-        return f"epoch {event['epoch']}  step {event['step_in_epoch']}/~{event['steps']}  loss {event['loss']:.4f}"
-    return f"{kind}: {event.get('message', '')}"
+def describe(event: ProgressEvent) -> str:
+    """A one-line human summary of a training progress event (the CLI may print it or feed it to rich)."""
+    d = event.data
+    if event.kind == "epoch":
+        val = d.get("val_macro_accuracy")
+        parts = [f"epoch {event.done}/{event.total}", f"loss {d['loss']:.4f}",
+                 f"lr {d['lr']:.2e}", "val macro " + ("n/a" if val is None else f"{100 * val:.2f}%")]
+        if d.get("hnm") is not None:
+            parts.insert(2, f"hnm {d['hnm']:.4f} (active {d['active_triplets']}/{d['triplets']}, "
+                            f"mined {d['mined_triplets']})")
+        return "  ".join(parts) + ("  *best" if d.get("best") else "") + f"  {d['seconds']:.1f}s"
+    if event.kind == "step":
+        return f"epoch {d['epoch']}  step {event.done}/~{event.total}  loss {d['loss']:.4f}"
+    return f"{event.kind}: {event.message}"
 
 
 def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any]) -> tuple[RunFolder, bool]:
@@ -226,9 +227,9 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
         net = distributed.wrap_ddp(model, device)
     if state is None:
         state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "bad_epochs": 0}
-        emit({"event": "start", "message": f"training {epochs} epochs ({epochs * per_epoch} steps) into {run.path}"})
+        emit(ProgressEvent("start", message=f"training {epochs} epochs ({epochs * per_epoch} steps) into {run.path}"))
     else:
-        emit({"event": "start", "message": f"resuming {run.path} after epoch {state['epoch']}"})
+        emit(ProgressEvent("start", message=f"resuming {run.path} after epoch {state['epoch']}"))
     if main:
         run.trim_metrics(state["epoch"])
     cache = _cache_of(run)  # named in the NaN-loss message
@@ -262,7 +263,7 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
                 run.save_state(model, optimizer, scheduler, state)
         distributed.barrier()
         if checkpoint:
-            emit({"event": "epoch", "epochs": epochs, **line})
+            emit(ProgressEvent("epoch", done=epoch, total=epochs, data=line))
     summary = {"best_epoch": state["best_epoch"], "best_metric": state["best_metric"],
                "metric": "val_macro_accuracy" if validate is not None else None,
                "select": opts.select, "epochs_planned": epochs,
@@ -270,7 +271,7 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
     if main:
         run.finish(summary)
     distributed.barrier()
-    emit({"event": "done", "message": f"best epoch {state['best_epoch']} -> {run.path}", **summary})
+    emit(ProgressEvent("done", message=f"best epoch {state['best_epoch']} -> {run.path}", data=summary))
     return summary
 
 
@@ -367,8 +368,7 @@ def train_epoch(model: torch.nn.Module, objective: Objective, optimizer: torch.o
         for key, value in stats.items():  # counts add up, means are weighted by batch size
             sums[key] = sums.get(key, 0.0) + (value if key in ("correct", "active", "triplets") else value * b)
         if steps % LOG_EVERY == 0:
-            emit({"event": "step", "epoch": epoch, "step_in_epoch": steps, "steps": per_epoch,
-                  "loss": sums["loss"] / n})
+            emit(ProgressEvent("step", done=steps, total=per_epoch, data={"epoch": epoch, "loss": sums["loss"] / n}))
     if not n:
         raise SagaError("no training batches: the training set is empty")
     return {

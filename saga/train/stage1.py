@@ -16,6 +16,7 @@ import torch
 from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga.progress import ProgressEvent
 from saga.model.inference import record_targets
 from saga.model import VideoTransformer
 from saga.train.data import View, open_features
@@ -69,7 +70,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
     run, done = open_run(out, config, prov)
     if done:
         if progress and distributed.context().is_main:
-            progress({"event": "reused", "message": f"{run.path} already holds this finished run"})
+            progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
     data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
     torch.manual_seed(cfg.seed)
