@@ -308,7 +308,11 @@ def test_from_run_on_another_cache_is_refused(stage1: Path, tmp_path: Path) -> N
 def test_ablation_grid_has_probe_and_ceiling_rows(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
     from saga.ablate import interval95, run_ablation
 
-    summary = run_ablation(cache.root, stage1, tmp_path / "abl", a_config(epochs=1), seeds=(0, 1), level="TASK-L")
+    events: list[ProgressEvent] = []
+    summary = run_ablation(cache.root, stage1, tmp_path / "abl", a_config(epochs=1), seeds=(0, 1), level="TASK-L",
+                           progress=events.append)
+    assert {e.kind for e in events} == {"cell"} and [e.done for e in events] == list(range(1, 15))
+    assert events[-1].total == 14 and "1-stage, all labels ce seed 1: accuracy" in events[-1].message
     names = [(r["setting"], r["loss"]) for r in summary["rows"]]
     assert names[:6] == [(s, l) for s in ("1-stage", "2-stage") for l in ("ce", "ce+semihnm", "ce+hnm")]
     assert ("1-stage, all labels", "ce") in names
