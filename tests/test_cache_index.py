@@ -148,3 +148,20 @@ def test_a_sidecar_with_other_columns_is_rebuilt_not_half_used(tmp_path: Path) -
     columns._write_sidecar(sidecar, columns._manifest_key(manifest), older)  # digest and version valid
     assert columns._read_sidecar(sidecar, columns._manifest_key(manifest)) is None
     assert list(FeatureCache.open(root).records()) == want
+
+
+def test_identity_lines_from_the_columns_equal_the_records_and_keep_the_run_digest(tmp_path: Path) -> None:
+    """Runs record a digest of these lines: the fast path must give the same bytes, odd names included."""
+    import hashlib
+
+    from saga.cache.index import identity_line
+    from saga.runs.origin import cache_digest
+
+    cache = FeatureCache.open(_odd_cache(tmp_path))
+    records = cache.ok_records()
+    assert lazy(records)
+    assert list(records.identity_lines(chunk=2)) == [identity_line(r) for r in list(records)]
+    h = hashlib.blake2b(digest_size=16)  # the formula runs have recorded since the digest existed
+    for r in list(cache.ok_records()):
+        h.update(f"{r.path}\0{r.split}\0{r.checksum}\n".encode("utf-8", "surrogateescape"))
+    assert cache_digest(cache) == h.hexdigest()

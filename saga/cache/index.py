@@ -225,10 +225,34 @@ class RecordList(MutableSequence[VideoRecord]):
                             for labels in self.index._labels] or [-1], np.int64)
         return per_set[self.index.arrays["labels"][self.positions]]
 
+    def identity_lines(self, chunk: int = 65536) -> Iterator[bytes]:
+        """b"path\\0split\\0checksum\\n" per record (encoded as `identity_line` does), from the columns:
+        what a run's cache digest hashes, without building a VideoRecord per video."""
+        if not self.lazy:
+            yield from (identity_line(r) for r in self)
+            return
+        a, splits = self.index.arrays, [s.encode() for s in self.index.tables["split"]]
+        blob, offsets = a["path_blob"], a["path_offsets"]
+        for lo in range(0, self.positions.size, chunk):
+            pos = self.positions[lo:lo + chunk]
+            starts, stops, codes = offsets[pos].tolist(), offsets[pos + 1].tolist(), a["split"][pos].tolist()
+            sums = a["checksum"][pos]
+            for j in range(pos.size):
+                path = blob[starts[j]:stops[j]].tobytes()
+                if b"\xed" in path:  # maybe a lone surrogate (non-UTF-8 name): re-encode as identity_line does
+                    path = path.decode(*PATH_CODEC).encode("utf-8", "surrogateescape")
+                digest = sums[j][1:].tobytes().hex().encode() if sums[j][0] else b""
+                yield b"".join((path, b"\0", splits[codes[j]], b"\0", digest, b"\n"))
+
     def paths(self) -> list[str]:
         if not self.lazy:
             return [r.path for r in self]
         return [self.index.path(p) for p in self.positions.tolist()]
+
+
+def identity_line(record: VideoRecord) -> bytes:
+    """What identifies a record's features in a cache digest: its path, split and checksum."""
+    return f"{record.path}\0{record.split}\0{record.checksum}\n".encode("utf-8", "surrogateescape")
 
 
 def lazy(records: Sequence[VideoRecord]) -> bool:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Iterator
 
+from saga.cache.index import identity_line, lazy
 from saga.cache.store import PARTS_LOG, SEAL, FeatureCache
 from saga.provenance import machine, now, versions
 
@@ -31,8 +32,10 @@ def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
 def cache_digest(cache: FeatureCache) -> str:
     """blake2b of the cache's ok records (path, split, checksum): changes when videos are added or re-extracted."""
     h = hashlib.blake2b(digest_size=16)
-    for r in cache.ok_records():
-        h.update(f"{r.path}\0{r.split}\0{r.checksum}\n".encode("utf-8", "surrogateescape"))
+    records = cache.ok_records()
+    lines = records.identity_lines() if lazy(records) else map(identity_line, records)
+    for line in lines:
+        h.update(line)
     return h.hexdigest()
 
 
