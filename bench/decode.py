@@ -108,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp) / "clip.mp4", width, height, args.frames)
         names = backends()
-        policy, whole = SamplingPolicy(frames=args.sample), SamplingPolicy(frames=args.frames)
+        policy = SamplingPolicy(frames=args.sample)
         reference = names["pyav"](clip, policy)
         result: dict[str, Any] = {
             "benchmark": "decode", "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",

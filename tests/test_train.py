@@ -6,6 +6,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -238,6 +239,22 @@ def test_stage2_starts_from_stage1(cache: FeatureCache, stage1: Path) -> None:
     assert state["head.weight"].shape == (3, 32) and saved["head.weight"].shape == (2, 32)
 
 
+def _kill_resume_and_compare(cache: FeatureCache, stage1: Path, cfg: AttributeConfig, reference: Path,
+                             resumed: Path, kill_when: Callable[[ProgressEvent], bool]) -> Path:
+    """Train stage 2 into `resumed`, kill it at the first event `kill_when` accepts, rerun: the weights must
+    equal the uninterrupted run's in `reference`."""
+    def kill(event: ProgressEvent) -> None:
+        if kill_when(event):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_attribution(cache.root, resumed, cfg, from_run=stage1, progress=kill)
+    train_attribution(cache.root, resumed, cfg, from_run=stage1)
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return resumed
+
+
 def test_stage2_hnm_logs_triplets_and_resumes(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
     cfg = a_config(mine_every=3)
     out = train_attribution(cache.root, tmp_path / "a", cfg, from_run=stage1)
@@ -252,16 +269,7 @@ def test_stage2_hnm_logs_triplets_and_resumes(cache: FeatureCache, stage1: Path,
     labelled = json.loads((out / "labelled.json").read_text())
     assert labelled["fraction"] == 0.5 and set(labelled["classes"]) == set(info.classes)
 
-    def kill_after_1(event: ProgressEvent) -> None:
-        if event.kind == "epoch" and event.done == 1:
-            raise Killed
-
-    resumed = tmp_path / "b"
-    with pytest.raises(Killed):
-        train_attribution(cache.root, resumed, cfg, from_run=stage1, progress=kill_after_1)
-    train_attribution(cache.root, resumed, cfg, from_run=stage1)
-    a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _kill_resume_and_compare(cache, stage1, cfg, out, tmp_path / "b", lambda e: e.kind == "epoch" and e.done == 1)
 
 
 def test_few_step_epochs_validate_and_checkpoint_in_rounds_and_resume_exactly(
@@ -276,16 +284,7 @@ def test_few_step_epochs_validate_and_checkpoint_in_rounds_and_resume_exactly(
     assert validated == [e for e in range(1, len(lines) + 1) if e % every == 0 or e == len(lines)]
     assert json.loads((out / "done.json").read_text())["best_epoch"] in validated
 
-    def kill_after_first_checkpoint(event: ProgressEvent) -> None:
-        if event.kind == "epoch":
-            raise Killed
-
-    resumed = tmp_path / "b"
-    with pytest.raises(Killed):
-        train_attribution(cache.root, resumed, cfg, from_run=stage1, progress=kill_after_first_checkpoint)
-    train_attribution(cache.root, resumed, cfg, from_run=stage1)
-    a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = _kill_resume_and_compare(cache, stage1, cfg, out, tmp_path / "b", lambda e: e.kind == "epoch")
     assert (resumed / "metrics.jsonl").read_text().count("\n") == len(lines)
 
 
