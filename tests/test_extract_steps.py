@@ -12,7 +12,7 @@ from conftest import write_clip
 from saga.cache.manifest import FAILED, VideoRecord
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.extract import ExtractSummary, Timings, run_pass
-from saga.pipeline.reader import DecodedVideo, decode_one
+from saga.pipeline.reader import DecodedVideo, decode_one, decode_workers
 from saga.pipeline.sampling import SamplingPolicy
 from saga.pipeline.writer import BackgroundWriter
 
@@ -134,3 +134,14 @@ def test_reader_decodes_and_preprocesses_a_clip(tmp_path: Path) -> None:
     path = write_clip(tmp_path / "ok.mp4", n_frames=10, seed=0)
     out = decode_one(path, SamplingPolicy(frames=4), preprocess=lambda im: torch.zeros(3, 2, 2))
     assert out.ok and out.pixels.shape == (4, 3, 2, 2) and out.mask.shape == (1, 4) and out.n_frames == 10
+
+
+def test_decode_workers_default_to_the_cores_minus_one_shared_among_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert decode_workers(None) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert decode_workers(None) == 3  # 4 cores per rank, one drives the encoder
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0}, raising=False)
+    assert decode_workers(None) == 1  # never 0 by default: decoding overlaps encoding
+    assert decode_workers(0) == 0 and decode_workers(5) == 5  # an explicit choice is kept

@@ -80,7 +80,8 @@ def extract(
     sampling: Annotated[str, typer.Option(help="consecutive (a window) | uniform.")] = "consecutive",
     windows: Annotated[int, typer.Option(help="Windows per video.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Frames per encoder forward pass.")] = 64,
-    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Decoding worker processes (default: the cores minus one; 0 decodes in the main process).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     split_seed: Annotated[int, typer.Option(help="Seed of the stratified train/val/test split.")] = 0,
     split: Annotated[str, typer.Option(help="train,val,test fractions of each class.")] = "0.7,0.1,0.2",

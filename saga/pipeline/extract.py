@@ -27,7 +27,7 @@ from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import VideoInput, discover
-from saga.pipeline.reader import DecodedVideo, read_videos
+from saga.pipeline.reader import DecodedVideo, decode_workers, read_videos
 from saga.pipeline.sampling import SamplingPolicy
 from saga.progress import ProgressEvent, ProgressFn
 from saga.pipeline.writer import BackgroundWriter
@@ -47,7 +47,7 @@ class ExtractConfig:
     sampling: str = "consecutive"
     windows: int = 1
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None  # decoding processes; None: the cores minus one (reader.decode_workers)
     device: str = "auto"
     split_seed: int = 0
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
@@ -285,7 +285,7 @@ def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,
 def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPolicy, encoder: FrameEncoder,
                   part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None) -> None:
     """Compose the three steps over `records.todo` into `part`."""
-    videos = read_videos(records.todo, cfg.videos, policy, encoder.preprocess, cfg.workers,
+    videos = read_videos(records.todo, cfg.videos, policy, encoder.preprocess, decode_workers(cfg.workers),
                          pin_memory=encoder.device.type == "cuda")
     step = EncodeStep(encoder.encode, cfg.batch_size, policy.windows, policy.frames)
     run_pass(videos, step, BackgroundWriter(part), records, summary, len(records.todo), progress)

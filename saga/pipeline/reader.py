@@ -6,6 +6,7 @@ so one bad file never stops the pass (the runner records it as failed and goes o
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,19 @@ def _identity(batch: DecodedVideo) -> DecodedVideo:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one decoding thread per worker: the workers are the parallelism
+
+
+def decode_workers(requested: int | None) -> int:
+    """Decoding processes: `requested`, or (None) this process's cores minus one, shared among torchrun ranks.
+
+    Decoding is the bottleneck of extraction on a GPU (docs/performance.md: ~7 cores of decord
+    per 1,000 encoder frames/s), so every core but the one driving the encoder decodes.
+    """
+    if requested is not None:
+        return max(0, requested)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // ranks - 1)
 
 
 def read_videos(items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
