@@ -126,6 +126,22 @@ def test_enrollment_needs_3_to_20_new_videos() -> None:
         add_entry(enr, "syn-svd", generator_labels("syn-svd", None, None, None), np.ones((3, 3)), list("abc"), "c")
 
 
+def test_openset_evaluation_separates_known_unseen_and_classless_videos() -> None:
+    from saga.model.inference import Inference
+
+    protos = np.eye(3, dtype=np.float32)[:2]
+    ow = OpenWorld(info=None, taxonomy=None, openset=OpenSet("prototype", 1, 95.0, 0.5, "x", ["a", "b"], 4, protos, protos))
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [0.6, 0.8, 0]], np.float32)  # scores 0, 0, 1, 1, 0.2
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.5, 0.5], [0.1, 0.9]], np.float32)
+    inf = Inference(np.log(probs), probs, emb, np.array([0, 1, -1, -1, 0]), [""] * 5, np.ones((5, 1), bool))
+    res = ow.evaluation(inf, unseen=np.array([False, False, True, False, False]))["openset"]  # video 3: no class
+    assert (res["n_known"], res["n_unknown"], res["false_unknown"], res["auroc"]) == (3, 1, 0.0, 1.0)
+    assert res["closed_accuracy"] == pytest.approx(2 / 3) and res["scores"]["n"] == {
+        "known_correct": 2, "known_wrong": 1, "unknown": 1}
+    assert res["scores"]["known_correct"] == [0.0, 0.0] and res["scores"]["known_wrong"] == [0.2]
+    assert ow.evaluation(inf)["openset"]["n_unknown"] == 2  # default: every video without a class of the run
+
+
 # -- a tiny cache and a run that lacks one generator ----------------------------------------------
 def make_cache(root: Path, dim: int = D, name: str = "toy") -> FeatureCache:
     """Each generator's features lean on one dim; 5 train, 3 val, 3 test videos per generator."""
@@ -302,6 +318,13 @@ def test_logo_fold_measures_on_a_tiny_fold(world: dict[str, Any], tmp_path: Path
     enr = res["enroll"]["syn-hotshot"]["levels"]["GEN-L"]
     assert {"before", "gate", "ncm", "retrain"} <= set(enr) and enr["before"]["new"] == 0.0
     assert "Open set" in to_markdown(res) and (tmp_path / "out" / "results.json").is_file()
+    scores = gen["knn"]["scores"]  # kept for the report's ROC curves; TASK-L (nothing unseen) keeps none
+    assert scores["n"]["unknown"] == 3 and len(scores["known_correct"]) + len(scores["known_wrong"]) == 3 * len(KNOWN)
+    assert "scores" not in res["openset"]["syn-hotshot"]["TASK-L"]["knn"]
+    from saga.explain.report import render_report
+
+    html = render_report([], openworld=[tmp_path / "out"])
+    assert "Leave-one-generator-out: out" in html and "every fold&#x27;s ROC" in html and "enrolled, gate" in html
 
 
 def test_evaluate_and_report_show_calibration_and_open_set(world: dict[str, Any], tmp_path: Path) -> None:
@@ -322,8 +345,15 @@ def test_evaluate_and_report_show_calibration_and_open_set(world: dict[str, Any]
     ow = json.loads((run / "metrics.json").read_text())["openworld"]
     assert ow["calibration"]["before"]["n"] == ow["calibration"]["after"]["n"] > 0
     assert 0.0 <= ow["openset"]["false_unknown"] <= 1.0 and ow["openset"]["kind"] == "knn"
+    # the test split holds syn-hotshot, which the run never saw: AUROC / OSCR, and the scores behind them
+    o = ow["openset"]
+    assert o["n_known"] == 3 * len(KNOWN) and o["n_unknown"] == 3 and 0.0 <= o["auroc"] <= 1.0
+    assert sum(o["scores"]["n"].values()) == 3 * len(GENS) and len(o["scores"]["unknown"]) == 3
+    assert o["scores"]["n"]["known_correct"] == round(o["closed_accuracy"] * o["n_known"])
     res = runner.invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe"])
     assert "calibration (T = " in res.output and "known videos called unknown" in res.output
     res = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
-    assert "Calibration and open set" in (tmp_path / "r.html").read_text()
+    html = (tmp_path / "r.html").read_text()
+    assert "<h3>Calibration</h3>" in html and "reliability diagram, test split" in html
+    assert "<h3>Open set (unknown sources)</h3>" in html and f"{o['auroc']:.3f}" in html and "ROC and OSCR" in html

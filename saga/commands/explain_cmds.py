@@ -51,15 +51,19 @@ def tsne(
 
 
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="One or more run folders (side by side).")],
+    runs: Annotated[Optional[list[Path]], typer.Argument(
+        help="Run folders (side by side); a `saga openset logo` output folder here is shown as an experiment.")] = None,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
     ablation: Annotated[Optional[Path], typer.Option(help="ablation.json or .md to include.")] = None,
+    openworld: Annotated[Optional[list[Path]], typer.Option(
+        "--openworld", help="A `saga openset logo` output folder (or its results.json) to include; repeatable. "
+                            "Found by itself when a fold run EXP/logo/<g> is among the runs.")] = None,
 ) -> None:
-    """One self-contained HTML report: config, provenance, metrics, confusion, T-Sigs, t-SNE."""
+    """One self-contained HTML report: config, provenance, metrics, confusion, T-Sigs, t-SNE, open world, robustness."""
     from saga.explain.report import build_report
 
     writable_folder(out.parent)  # before reading every run: fail at once, naming the folder
-    console.print(f"report: {build_report(runs, out, ablation)}")
+    console.print(f"report: {build_report(runs or [], out, ablation, openworld or [])}")
 
 
 

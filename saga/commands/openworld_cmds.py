@@ -27,6 +27,7 @@ def calibrate(
     from saga.fileio import write_json
     from saga.openworld.api import calibrate_run
     from saga.openworld.calibration import plot_reliability
+    from saga.runs.files import CALIBRATION, reliability_file
 
     cal, diagrams = calibrate_run(run, cache, out, cli_device(device), split)
     folder = out or run
@@ -35,10 +36,10 @@ def calibrate(
     if diagrams:
         b, a = diagrams["before"], diagrams["after"]
         console.print(f"{split} (n={b['n']}): ECE {100 * b['ece']:.2f} % -> {100 * a['ece']:.2f} % (15 bins)")
-        write_json(folder / f"reliability-{split}.json", diagrams)
-        png = plot_reliability({"before": b, f"after (T={cal.temperature:.2f})": a}, folder / f"reliability-{split}.png",
-                               title=f"{Path(run).name}: {split}")
-        console.print(f"written: {folder / 'calibration.json'}, {png}")
+        write_json(folder / reliability_file(split), diagrams)
+        png = plot_reliability({"before": b, f"after (T={cal.temperature:.2f})": a},
+                               folder / reliability_file(split, ".png"), title=f"{Path(run).name}: {split}")
+        console.print(f"written: {folder / CALIBRATION}, {png}")
 
 
 def enroll(
@@ -61,13 +62,14 @@ def enroll(
 ) -> None:
     """Add a source from 3–20 videos without retraining: a prototype in the run's embedding."""
     from saga.openworld.api import enroll_run
+    from saga.runs.files import ENROLLED
 
     enr = enroll_run(run, generator, cache, videos, task, sd, team, run_cache, split, limit, seed, out,
                      cli_device(device))
     entry = next(e for e in enr.entries if e.name == generator)
     console.print(f"enrolled {generator} from {len(entry.paths)} videos "
                   f"({', '.join(f'{k} {v}' for k, v in entry.labels.items() if v)}); "
-                  f"enrolled now: {', '.join(enr.names)}; written: {(out or run) / 'enrolled.json'}")
+                  f"enrolled now: {', '.join(enr.names)}; written: {(out or run) / ENROLLED}")
 
 
 @openset_app.command("fit")
@@ -82,11 +84,12 @@ def openset_fit(
 ) -> None:
     """Fit the unknown-source detector of a run (prototypes, k-NN bank, threshold on val): openset.json."""
     from saga.openworld.api import fit_openset_run
+    from saga.runs.files import OPENSET
 
     det = fit_openset_run(run, cache, out, kind, k, percentile, cli_device(device))
     console.print(f"{det.kind} score, threshold {det.threshold:.4f} = {det.percentile:g}th percentile of "
                   f"{det.n_val} known val videos (≈{100 - det.percentile:g} % false unknowns); "
-                  f"written: {(out or run) / 'openset.json'}")
+                  f"written: {(out or run) / OPENSET}")
 
 
 @openset_app.command("logo")
@@ -103,6 +106,7 @@ def openset_logo(
     """Leave-one-generator-out: train without each generator in turn, then AUROC / OSCR per level."""
     from saga.cache.store import FeatureCache
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
+    from saga.runs.files import LOGO_RESULTS, LOGO_RESULTS_MD
 
     c = FeatureCache.open(cache)
     gens = only.split(",") if only else generators(c)
@@ -110,6 +114,8 @@ def openset_logo(
     train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=console.print)
     res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=console.print)
     console.print(to_markdown(res))
+    console.print(f"written: {out / LOGO_RESULTS}, {out / LOGO_RESULTS_MD}; an HTML report with the ROC curves: "
+                  f"saga report RUN... --openworld {out}")
 
 
 def register(app: typer.Typer) -> None:

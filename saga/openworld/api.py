@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from saga.cache.manifest import VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -20,6 +22,7 @@ from saga.openworld.embeddings import Embedder, split_records
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, prototype_tau
 from saga.openworld.openset import OpenSet, fit_openset
 from saga.runs import MODEL, file_fingerprint
+from saga.runs.files import ENROLLED
 
 
 def run_cache(emb: Embedder, cache: str | Path | None) -> FeatureCache:
@@ -105,7 +108,7 @@ def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str |
 
 def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None, device: str) -> Enrollment:
     """The run's enrollment file when it is current, else a fresh one (old prototypes and τ from its cache)."""
-    if (folder / "enrolled.json").is_file():
+    if (folder / ENROLLED).is_file():
         return Enrollment.load(folder, model_id(emb))
     c = run_cache(emb, run_cache_path)
     protos, _ = emb.class_prototypes(c)
@@ -119,7 +122,8 @@ def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: 
     """For `saga evaluate` (app layer: explain cannot import this layer): calibration and open-set figures.
 
     {} when the run has neither calibration.json nor openset.json; else `OpenWorld.evaluation` on
-    `split`: ECE before/after with the reliability data, and the known videos' false-unknown rate.
+    `split`: ECE before/after with the reliability data, and the known videos' false-unknown rate
+    (with videos of classes the run never saw: AUROC, OSCR and the per-video scores for the report).
     """
     from saga.openworld.extras import OpenWorld
 
@@ -128,4 +132,7 @@ def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: 
     if ow.calibration is None and ow.openset is None:
         return {}
     c = run_cache(emb, cache)
-    return {"split": split, **ow.evaluation(emb(c, split_records(c, split)))}
+    records = split_records(c, split)
+    level, known = emb.info.level, set(emb.info.classes)
+    unseen = np.array([r.labels.get(level) is not None and r.labels.get(level) not in known for r in records], bool)
+    return {"split": split, **ow.evaluation(emb(c, records), unseen)}

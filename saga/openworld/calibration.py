@@ -22,8 +22,8 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.fileio import read_json, write_json
+from saga.runs.files import CALIBRATION
 
-CALIBRATION = "calibration.json"
 BINS = 15
 T_RANGE = (0.05, 20.0)
 

@@ -30,10 +30,10 @@ from saga.openworld.embeddings import normalise
 from saga.openworld.levels import aggregate, coarser_levels, parents
 from saga.openworld.store import load_pair, save_pair
 from saga.runs import RunInfo
+from saga.runs.files import ENROLLED, ENROLLED_STEM
 from saga.taxonomy import FAKE, NO_SD, TASKS, Taxonomy
 
-STEM = "enrolled"
-ENROLLED = f"{STEM}.json"  # + enrolled.<hash>.safetensors (enrolled and old prototypes)
+STEM = ENROLLED_STEM  # ENROLLED = "enrolled.json" + enrolled.<hash>.safetensors (enrolled and old prototypes)
 RULES = ("gate", "ncm")
 MIN_VIDEOS, MAX_VIDEOS = 3, 20
 

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from saga.model.inference import Inference
-from saga.openworld.calibration import CALIBRATION, Calibration, reliability
-from saga.openworld.enroll import ENROLLED, Enrollment, predict_with_enrolled
-from saga.openworld.openset import OPENSET, OpenSet
+from saga.openworld.calibration import Calibration, reliability
+from saga.openworld.enroll import Enrollment, predict_with_enrolled
+from saga.openworld.openset import OpenSet, score_lists, summary
 from saga.runs import MODEL, RunInfo, file_fingerprint
+from saga.runs.files import CALIBRATION, ENROLLED, OPENSET
 from saga.taxonomy import Taxonomy
 
 
@@ -75,7 +76,7 @@ class OpenWorld:
                                    for lv, d in levels.items()}
         return out
 
-    def evaluation(self, inf: Inference) -> dict[str, Any]:
+    def evaluation(self, inf: Inference, unseen: np.ndarray | None = None) -> dict[str, Any]:
         """For evaluate/report: ECE before/after (+ reliability data) and the known videos' false-unknown rate."""
         res: dict[str, Any] = {}
         if self.calibration:
@@ -83,9 +84,26 @@ class OpenWorld:
                                   "before": reliability(inf.probs, inf.targets),
                                   "after": reliability(self.calibration.probs(inf.logits), inf.targets)}
         if self.openset:
-            known = inf.targets >= 0
-            flagged = self.openset.unknown(inf.embeddings[known]) if known.any() else np.zeros(0, bool)
-            res["openset"] = {"kind": self.openset.kind, "threshold": self.openset.threshold,
-                              "percentile": self.openset.percentile, "n_known": int(known.sum()),
-                              "false_unknown": float(flagged.mean()) if flagged.size else None}
+            res["openset"] = self.openset_evaluation(inf, unseen)
         return res
+
+    def openset_evaluation(self, inf: Inference, unseen: np.ndarray | None = None) -> dict[str, Any]:
+        """The known videos' false-unknown rate; with `unseen` videos (a class at the run's level that the
+        run does not have, e.g. the held-out generator of a leave-one-generator-out run; default: every
+        video without a class of the run), AUROC / OSCR known vs unseen too, and the per-video scores
+        (compact, `score_lists`) from which the report draws the ROC and OSCR curves. Videos with no
+        class at the run's level (SD-L: generators without an SD backbone) are neither known nor unseen."""
+        det = self.openset
+        known = inf.targets >= 0
+        unseen = ~known if unseen is None else np.asarray(unseen, bool) & ~known
+        score = det.score(inf.embeddings) if len(inf.targets) else np.zeros(0, np.float32)
+        ks, us = score[known], score[unseen]
+        correct = inf.probs[known].argmax(axis=1) == inf.targets[known] if known.any() else np.zeros(0, bool)
+        out: dict[str, Any] = {"kind": det.kind, "threshold": det.threshold, "percentile": det.percentile,
+                               "n_known": int(known.sum()), "n_unknown": int(unseen.sum()),
+                               "false_unknown": float((ks > det.threshold).mean()) if ks.size else None}
+        if ks.size and us.size:
+            out.update({k: v for k, v in summary(ks, correct, us, det.threshold).items() if k != "threshold"})
+        if ks.size:
+            out["scores"] = score_lists(ks, correct, us)
+        return out

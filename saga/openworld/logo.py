@@ -34,7 +34,8 @@ from saga.openworld.calibration import ece, fit_calibration, plot_reliability, r
 from saga.openworld.embeddings import Embedder, labelled_records, normalise, split_records
 from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, prototype_tau
 from saga.openworld.levels import aggregate, label_at, parents
-from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, summary, threshold
+from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
+from saga.runs.files import LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
 from saga.taxonomy import LEVELS, REAL
 
 
@@ -58,7 +59,7 @@ def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens
     base = {**options, "level": "GEN-L", "seed": seed}
     base.setdefault("fraction", 1.0)
     base.setdefault("floor", 1)
-    jobs = [("logo", g, None) for g in gens]
+    jobs = [(LOGO_RUNS, g, None) for g in gens]
     if retrain:
         jobs += [(f"retrain{k}", g, {g: enrollment_videos(cache, g, k, seed)}) for g in gens]
     if balanced:
@@ -123,6 +124,8 @@ def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
             thr = threshold(s_va[va_known], 95.0)
             summ = summary(s_te[is_known], correct, s_te[~is_known], thr)
             summ["auroc_ci"] = boot_ci(auroc, [s_te[is_known], s_te[~is_known]])
+            if res["unseen_class"] is not None:  # the curves of the report (`saga report --openworld EXP`)
+                summ["scores"] = score_lists(s_te[is_known], correct, s_te[~is_known])
             res[kind] = summ
         out[level] = res
     return out
@@ -212,7 +215,7 @@ def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[d
         row["test_ece_after_ci"] = boot_ci(lambda i: ece(after[i], y[i]), [idx])
         rows.append(row)
         plot_reliability({"before": reliability(test.probs, y), "after (T=%.2f)" % cal.temperature:
-                          reliability(after, y)}, out / f"reliability-{run.name}.png", title=run.name)
+                          reliability(after, y)}, out / reliability_file(run.name, ".png"), title=run.name)
     return rows
 
 
@@ -223,16 +226,16 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
     out = make_dir(out)
     results: dict[str, Any] = {"cache": str(cache.root), "seed": seed, "k": k, "openset": {}, "enroll": {}}
     for g in gens:
-        logo, retrain = runs / "logo" / g, runs / f"retrain{k}" / g
+        logo, retrain = runs / LOGO_RUNS / g, runs / f"retrain{k}" / g
         if not (logo / "done.json").is_file():
             continue
-        fold = measure_fold(logo, retrain, cache, g, k, seed, shots, make_dir(out / "folds") / f"{g}.json")
+        fold = measure_fold(logo, retrain, cache, g, k, seed, shots, make_dir(out / LOGO_FOLDS) / f"{g}.json")
         for key, value in fold.items():
             results.setdefault(key, {})[g] = value
         log(f"{g}: GEN-L AUROC {fold['openset']['GEN-L']['prototype']['auroc']:.3f} (prototype)")
-    results["calibration"] = calibration_rows(list(calibrate), cache, make_dir(out / "calibration"))
-    write_text(out / "results.json", dumps(results))
-    write_text(out / "results.md", to_markdown(results))
+    results["calibration"] = calibration_rows(list(calibrate), cache, make_dir(out / LOGO_CALIBRATION))
+    write_text(out / LOGO_RESULTS, dumps(results))
+    write_text(out / LOGO_RESULTS_MD, to_markdown(results))
     return results
 
 
@@ -240,7 +243,7 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
                  path: Path) -> dict[str, Any]:
     """One fold's measurements, kept in `path` so a rerun (more folds finished) only adds what is new."""
     fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    if "openset" not in fold:
+    if "scores" not in fold.get("openset", {}).get("GEN-L", {}).get("knn", {}):  # older folds lack the scores
         fold["openset"] = fold_openset(logo, cache, g, 5)
     if shots and "shots" not in fold:
         fold["shots"] = fold_shots(logo, cache, g)

@@ -16,6 +16,7 @@ unknown ones, as the threshold moves), plus the rates at the calibrated threshol
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.openworld.store import load_pair, save_pair
+from saga.runs.files import OPENSET, OPENSET_STEM
 
-STEM = "openset"
-OPENSET = f"{STEM}.json"  # + openset.<hash>.safetensors (prototypes, k-NN bank)
+STEM = OPENSET_STEM  # OPENSET = "openset.json" + openset.<hash>.safetensors (prototypes, k-NN bank)
 KINDS = ("prototype", "knn")
 
 
@@ -165,14 +166,45 @@ def summary(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores:
             **rates(known_scores, known_correct, unknown_scores, thr)}
 
 
+SCORE_CAP = 2000  # values kept per group by `score_lists`
+
+
+def score_lists(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: np.ndarray,
+                cap: int = SCORE_CAP) -> dict[str, Any]:
+    """The per-video scores behind AUROC / OSCR, compact enough to keep in a results or metrics file.
+
+    Three sorted groups (known and correctly classified, known and misclassified, unknown), each
+    rounded to 5 decimals; a group of more than `cap` videos is kept as `cap` evenly spaced
+    quantiles of its scores (its empirical distribution, which is all a ROC or OSCR curve needs),
+    with the true count in `n`. The report draws the curves from these (docs/beyond.md).
+    """
+    kc = np.asarray(known_correct, bool)
+    groups = {"known_correct": np.asarray(known_scores)[kc], "known_wrong": np.asarray(known_scores)[~kc],
+              "unknown": np.asarray(unknown_scores)}
+    out: dict[str, Any] = {"n": {k: int(len(v)) for k, v in groups.items()}, "decimals": 5, "cap": cap}
+    for name, v in groups.items():
+        v = np.sort(np.asarray(v, np.float64))
+        if len(v) > cap:
+            v = np.quantile(v, np.linspace(0.0, 1.0, cap))
+        out[name] = [round(float(x), 5) for x in v]
+    return out
+
+
 def dumps(obj: Any) -> str:
-    """JSON with NaN as null (results files must parse everywhere)."""
+    """JSON with NaN as null (results files must parse everywhere); lists of numbers stay on one line."""
+    flat: list[str] = []
+
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not np.isfinite(v):
             return None
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
+            items = [clean(x) for x in v]
+            if items and all(x is None or isinstance(x, (int, float)) for x in items):
+                flat.append(json.dumps(items, separators=(", ", ": ")))
+                return f"\0flat{len(flat) - 1}\0"
+            return items
         return v
-    return json.dumps(clean(obj), indent=2)
+    text = json.dumps(clean(obj), indent=2)
+    return re.sub(r'"\\u0000flat(\d+)\\u0000"', lambda m: flat[int(m.group(1))], text)

@@ -34,6 +34,21 @@ CKPT_NEW, CKPT_COMMIT = ".checkpoint.new", ".checkpoint.commit"
 EVALUATION = "metrics.json"  # the latest `saga evaluate`; metrics-<split>.json per split
 TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES = "tsig.npz", "tsig_profiles.csv", "tsig_maps.png", "tsig_profiles.png"
 TSNE_GLOB = "tsne*.png"
+# Beyond the paper (saga.openworld, saga.robustness; docs/beyond.md), beside the run or in `--out`.
+# A JSON named `<stem>.json` is committed together with its `<stem>.<hash>.safetensors` (openworld.store).
+CALIBRATION = "calibration.json"  # `saga calibrate`: the temperature fitted on val, NLL / ECE before and after
+OPENSET_STEM, ENROLLED_STEM = "openset", "enrolled"  # `saga openset fit`, `saga enroll`
+OPENSET, ENROLLED = f"{OPENSET_STEM}.json", f"{ENROLLED_STEM}.json"
+ROBUSTNESS = "robustness.json"  # `saga robustness`: accuracy per perturbation and level
+RELIABILITY_GLOB = "reliability-*.json"
+# A `saga openset logo` experiment folder (not a run folder): runs under logo/<g> and retrain<k>/<g>.
+LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_FOLDS, LOGO_RUNS = "results.json", "results.md", "folds", "logo"
+LOGO_CALIBRATION = "calibration"  # reliability-<run>.png of the calibrated full runs
+
+
+def reliability_file(split: str, suffix: str = ".json") -> str:
+    """reliability-<split>.json (the bins before / after calibration) or, with suffix ".png", its plot."""
+    return f"reliability-{split}{suffix}"
 
 
 def evaluation_file(split: str | None = None) -> str:

@@ -1,0 +1,216 @@
+"""The report's sections on what sits beside a run beyond the paper (docs/beyond.md): each one only
+when its files exist, read as data (the explain layer cannot import `saga.openworld`).
+
+- calibration: calibration.json (T fitted on val, NLL / ECE there) and the reliability data of
+  `saga calibrate` (reliability-<split>.json) and of `saga evaluate` (metrics "openworld" →
+  "calibration"), drawn as reliability diagrams, ECE before / after in a table;
+- open set: openset.json (score, threshold) and what `saga evaluate` measured with it: the known
+  videos' false-unknown rate and, when the split holds videos of classes the run never saw (a
+  leave-one-generator-out run), AUROC / OSCR with the ROC and OSCR curves from the stored scores;
+- enrollment: the classes enrolled.json adds (videos, labels per level, the levels it answers);
+- robustness: robustness.json of `saga robustness`, accuracy per perturbation and level, with the
+  interval, the videos behind it and the drop against the clean videos.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from saga.explain.intervals import format_ci
+from saga.explain.report_html import figure, num, pct, read_json_file, table
+from saga.explain.report_plots import openset_png, reliability_png
+from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, RELIABILITY_GLOB, ROBUSTNESS
+from saga.taxonomy import LEVELS
+
+
+def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The open-world and robustness files of a run folder (None for each one missing or unreadable)."""
+    reliability = {}
+    for p in sorted(run_dir.glob(RELIABILITY_GLOB)):
+        data = read_json_file(p)
+        if isinstance(data, dict) and isinstance(data.get("before"), dict):
+            reliability[str(data.get("split") or p.stem.removeprefix("reliability-"))] = data
+    ow = (metrics or {}).get("openworld")
+    return {"calibration": read_json_file(run_dir / CALIBRATION), "reliability": reliability,
+            "openset": read_json_file(run_dir / OPENSET), "enrolled": read_json_file(run_dir / ENROLLED),
+            "robustness": read_json_file(run_dir / ROBUSTNESS), "evaluated": ow if isinstance(ow, dict) else {},
+            "split": (metrics or {}).get("split")}
+
+
+def beyond_sections(b: dict[str, Any], name: str) -> str:
+    """Every section whose data the run has, in the order of docs/beyond.md (then robustness)."""
+    parts = []
+    for fn in (calibration_section, openset_section, enrolled_section, robustness_section):
+        try:
+            parts.append(fn(b, name))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a damaged file: say so
+            parts.append(f'<p class="meta">{escape(fn.__name__.removesuffix("_section"))}: unreadable data '
+                         f"({escape(type(exc).__name__)}: {escape(str(exc)[:120])}); rerun the command that wrote it</p>")
+    return "".join(parts)
+
+
+def _diagrams(b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Split -> {before, after, temperature, source}: `saga calibrate`'s files, then `saga evaluate`'s split."""
+    cal = b["calibration"] if isinstance(b["calibration"], dict) else {}
+    out = {split: {**d, "temperature": cal.get("temperature"), "source": f"reliability-{split}.json"}
+           for split, d in b["reliability"].items()}
+    ev = b["evaluated"].get("calibration")
+    split = str(b["evaluated"].get("split") or b["split"] or "evaluated")
+    if isinstance(ev, dict) and split not in out:
+        out[split] = {**ev, "source": "saga evaluate (metrics.json)"}
+    return out
+
+
+def calibration_section(b: dict[str, Any], name: str) -> str:
+    cal, diagrams = b["calibration"], _diagrams(b)
+    if not cal and not diagrams:
+        return ""
+    out = ["<h3>Calibration</h3>"]
+    rows = []
+    if isinstance(cal, dict):
+        out.append(f'<p class="meta">Temperature scaling: T = {num(cal.get("temperature"))} fitted on '
+                   f'{cal.get("n", "?")} {escape(str(cal.get("split", "val")))} videos (NLL {num(cal.get("nll_before"))}'
+                   f' → {num(cal.get("nll_after"))}). T &gt; 1: the run was over-confident. One scalar cannot change '
+                   "a prediction, so accuracy is unchanged.</p>")
+        rows.append([f"{cal.get('split', 'val')} (the fit)", cal.get("n"), num(cal.get("ece_before")),
+                     num(cal.get("ece_after")), _change(cal.get("ece_before"), cal.get("ece_after")), CALIBRATION])
+    for split, d in diagrams.items():
+        before, after = d["before"], d.get("after") or {}
+        rows.append([split, before.get("n"), num(before.get("ece")), num(after.get("ece")),
+                     _change(before.get("ece"), after.get("ece")), d["source"]])
+    out.append(table(["split", "videos", "ECE before", "ECE after", "change", "from"], rows))
+    out.append('<p class="meta">ECE: expected calibration error, 15 equal-width confidence bins (the count-weighted '
+               "gap between confidence and accuracy).</p>")
+    figs = [figure(reliability_png(d["before"], d.get("after"), f"{name}: {split}", d.get("temperature")),
+                   f"reliability diagram, {split} split ({d['source']})") for split, d in diagrams.items()]
+    if figs:
+        out.append("<div class=figs>" + "".join(figs) + "</div>")
+    for split, d in diagrams.items():
+        out.append(f"<details><summary>Reliability bins, {escape(split)}</summary>{_bins(d)}</details>")
+    return "".join(out)
+
+
+def _change(before: Any, after: Any) -> str:
+    if not all(isinstance(x, (int, float)) for x in (before, after)) or not before:
+        return "–"
+    return f"{100 * (after - before) / before:+.0f} %"
+
+
+def _bins(d: dict[str, Any]) -> str:
+    """The reliability data as numbers: per non-empty bin, videos, mean confidence and accuracy, both sides."""
+    before, after = d["before"], d.get("after") or {}
+    edges = before.get("edges") or []
+    rows = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        cells = []
+        for side in (before, after):
+            n = (side.get("count") or [0] * len(edges))[i] if side else 0
+            cells += [n, pct((side.get("confidence") or [None] * len(edges))[i]) if n else "–",
+                      pct((side.get("accuracy") or [None] * len(edges))[i]) if n else "–"]
+        if cells[0] or cells[3]:
+            rows.append([f"{lo:.2f}–{hi:.2f}", *cells])
+    return table(["confidence bin", "videos before", "confidence % before", "accuracy % before", "videos after",
+                  "confidence % after", "accuracy % after"], rows)
+
+
+def openset_section(b: dict[str, Any], name: str) -> str:
+    det, ev = b["openset"], b["evaluated"].get("openset")
+    if not det and not ev:
+        return ""
+    det = det if isinstance(det, dict) else {}
+    ev = ev if isinstance(ev, dict) else {}
+    kind, pcts = ev.get("kind") or det.get("kind", "?"), ev.get("percentile") or det.get("percentile")
+    thr = ev.get("threshold", det.get("threshold"))
+    k = f", k = {det['k']}" if kind == "knn" and det.get("k") else ""
+    out = ["<h3>Open set (unknown sources)</h3>",
+           f'<p class="meta">{escape(str(kind))} score{escape(k)}; a video is called unknown source above the '
+           f"threshold {num(thr, 4)}, the {num(pcts, 0)}th percentile of the score of "
+           f"{det.get('n_val', '?')} known validation videos (so about {num(100 - pcts if pcts else None, 0)} % of "
+           "known videos are called unknown by construction).</p>"]
+    if not ev:
+        out.append('<p class="meta">Not measured yet: run <code>saga evaluate</code> on this run.</p>')
+        return "".join(out)
+    split = escape(str(b["evaluated"].get("split") or b["split"] or ""))
+    rows = [["known videos called unknown (false-unknown rate)", pct(ev.get("false_unknown")), ev.get("n_known")]]
+    if ev.get("n_unknown"):
+        rows += [["unseen videos detected at the threshold", pct(ev.get("unknown_detected")), ev.get("n_unknown")],
+                 ["AUROC known vs unseen (threshold-free)", num(ev.get("auroc")), ""],
+                 ["OSCR (area under CCR vs unseen accepted)", num(ev.get("oscr")), ""],
+                 ["closed-set accuracy of the known videos %", pct(ev.get("closed_accuracy")), ev.get("n_known")]]
+    out.append(f"<p class=meta>{split} split</p>" + table(["", "value", "videos"], rows))
+    if not ev.get("n_unknown"):
+        out.append('<p class="meta">The split has no videos of classes the run never saw, so AUROC and OSCR '
+                   "cannot be measured here; a leave-one-generator-out experiment (<code>saga openset logo</code>, "
+                   "<code>saga report --openworld EXP</code>) measures them.</p>")
+    scores = ev.get("scores")
+    if isinstance(scores, dict):
+        caption = ("ROC and OSCR curves from the stored per-video scores, and the score distribution"
+                   if ev.get("n_unknown") else "score distribution of the known videos against the threshold")
+        out.append("<div class=figs>" + figure(openset_png(scores, thr, f"{name}: {split}"), caption, wide=True)
+                   + "</div>")
+    return "".join(out)
+
+
+def enrolled_section(b: dict[str, Any], name: str) -> str:
+    enr = b["enrolled"]
+    if not isinstance(enr, dict):
+        return ""
+    level, entries = enr.get("level", "GEN-L"), enr.get("entries") or []
+    coarser = [lv for lv in LEVELS if LEVELS.index(lv) <= LEVELS.index(level)] if level in LEVELS else [level]
+    answered = [lv for lv in coarser if all((e.get("labels") or {}).get(lv) is not None for e in entries)]
+    rows = []
+    for e in entries:
+        labels = e.get("labels") or {}
+        paths = e.get("paths") or []
+        shown = ", ".join(paths[:3]) + (f", … ({len(paths) - 3} more)" if len(paths) > 3 else "")
+        rows.append([e.get("name"), e.get("n", len(paths)), *[labels.get(lv) or "not given" for lv in reversed(coarser)],
+                     str(e.get("cache_id", ""))[:12], shown])
+    out = ["<h3>Enrolled sources</h3>",
+           f'<p class="meta">{len(entries)} source(s) added without retraining, each as a prototype (the mean φ '
+           f"of its videos) beside the run's {len(enr.get('classes') or [])} classes; prototype temperature "
+           f"τ = {num(enr.get('tau'), 4)}. Predictions with them are given at: "
+           f"{escape(', '.join(answered) or 'no level')} (a level where a source's class is not given is left "
+           "out rather than guessed).</p>",
+           table(["source", "videos", *[f"{lv}" for lv in reversed(coarser)], "cache", "videos enrolled"], rows)]
+    return "".join(out)
+
+
+def robustness_section(b: dict[str, Any], name: str) -> str:
+    rob = b["robustness"]
+    if not isinstance(rob, dict) or not rob.get("perturbations"):
+        return ""
+    levels = list(rob.get("levels") or [])
+    perts = rob["perturbations"]
+    clean = next((p for p in perts if p.get("name") == "clean"), None)
+    head = "".join(f"<th>{escape(lv)}</th>" for lv in levels)
+    body = []
+    for p in perts:
+        cells = []
+        for lv in levels:
+            r = (p.get("levels") or {}).get(lv)
+            if not isinstance(r, dict):
+                cells.append("<td>–</td>")
+                continue
+            base = ((clean or {}).get("levels") or {}).get(lv) or {}
+            drop = ""
+            if p is not clean and isinstance(base.get("accuracy"), (int, float)):
+                d = 100 * (r["accuracy"] - base["accuracy"])
+                ci = r.get("ci") or [None, None]
+                clear = isinstance(ci[1], (int, float)) and ci[1] < base["accuracy"]  # interval below clean
+                drop = f'<br><span class="{"bad" if clear else "ci"}">{d:+.1f} pts</span>'
+            macro = f" · macro {pct(r.get('macro_accuracy'))}" if r.get("macro_accuracy") is not None else ""
+            cells.append(f"<td>{pct(r.get('accuracy'))} <span class=ci>{escape(format_ci(r.get('ci')))}</span>"
+                         f"<br><small>n {r.get('n', '–')}{macro}</small>{drop}</td>")
+        failed = f" ({p.get('failed')} failed)" if p.get("failed") else ""
+        body.append(f"<tr><td class=l><b>{escape(str(p.get('name')))}</b><br><small>"
+                    f"{escape(str(p.get('description') or ''))}</small></td><td>{p.get('n', '–')}{failed}</td>"
+                    f"{''.join(cells)}</tr>")
+    return ("<h3>Robustness</h3>"
+            f'<p class="meta">Accuracy % on the {escape(str(rob.get("split", "?")))} split ({rob.get("n_videos", "?")} '
+            "videos) after each perturbation, with its 95 % interval (Wilson), the videos behind it and the change "
+            "against the clean videos (points; red where the interval lies below the clean accuracy); failed: videos robustness.json records as failed under that "
+            f"perturbation. Cache: {escape(str(rob.get('cache', '?')))}.</p>"
+            f'<div class="scroll"><table class="sticky"><thead><tr><th class=l>perturbation</th><th>videos</th>{head}'
+            f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
