@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2
+from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2, robustness_cmds
 
 app = typer.Typer(
     name="saga",
@@ -24,6 +24,7 @@ phase1.register(app)
 phase2.register(app)
 explain_cmds.register(app)
 openworld_cmds.register(app)
+robustness_cmds.register(app)
 app.add_typer(cache_cmds.app, name="cache")
 
 def main() -> None:

@@ -10,6 +10,7 @@ Layers, lowest first; a module may import its own layer and the ones below it, n
     train     saga.train                      (phase 2)
     explain   saga.explain                    (metrics, probe, T-Sigs, t-SNE, report)
     openworld saga.openworld                  (open set, few-shot enrollment, calibration: on finished runs)
+    robustness saga.robustness                (re-encoded copies: extracted like phase 1, evaluated like explain)
     benchmark saga.benchmark                  (`saga synth`: test videos, not part of either phase)
     app       predict, demo, ablate, commands, cli, __main__
 
@@ -27,12 +28,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "saga"
 
-LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "openworld", "benchmark", "app"]
+LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "openworld", "robustness", "benchmark",
+          "app"]
 BASE = {"errors", "taxonomy", "provenance", "progress", "fileio", "options", "distributed", "data", "__init__"}
 APP = {"predict", "demo", "ablate", "commands", "cli", "__main__"}
 # Pairs of layers that are ordered above but must not depend on each other at all.
 FORBIDDEN = {("model", "pipeline"), ("runs", "pipeline"), ("train", "pipeline"), ("explain", "pipeline")} | {
-    ("benchmark", other) for other in ("cache", "pipeline", "model", "runs", "train", "explain")}
+    ("benchmark", other) for other in ("cache", "pipeline", "model", "runs", "train", "explain", "robustness")}
 
 
 def layer(module: str) -> str:
@@ -43,7 +45,7 @@ def layer(module: str) -> str:
         return "base"
     if head in APP:
         return "app"
-    if head in ("cache", "pipeline", "model", "runs", "train", "explain", "openworld", "benchmark"):
+    if head in ("cache", "pipeline", "model", "runs", "train", "explain", "openworld", "robustness", "benchmark"):
         return head
     raise AssertionError(f"saga.{head}: no layer; add it to tests/test_layers.py and docs/architecture.md")
 

@@ -90,6 +90,9 @@ def extract(
     allow_outside_paths: Annotated[bool, typer.Option(
         "--allow-outside-paths", help="Accept labels CSV paths outside --videos (absolute or ..).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder (GPU, long runs).")] = False,
+    augment: Annotated[Optional[str], typer.Option(
+        "--augment", help="Also extract re-encoded copies of the train videos as extra train records, e.g. "
+                          "crf28,downscale0.5 (names as in `saga robustness --perturb`; kept in CACHE/.augment/).")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json (summary).")] = OutputFormat.text,
 ) -> None:
     """Decode and encode every new or changed video once into a Zarr feature cache."""
@@ -104,19 +107,41 @@ def extract(
                         device=device, split_seed=split_seed, split_fractions=_split(split), retry_failed=retry_failed, shard_rows=shard_rows,
                         compile=compile, allow_outside=allow_outside_paths)
     writable_folder(out)
-    with extract_progress() as update:
-        summary = run_extract(cfg, progress=update)
     from saga import distributed
 
+    perturbations = _augmentations(augment, distributed.context().enabled)
+    with extract_progress() as update:
+        summary = run_extract(cfg, progress=update)
+    augmented = None
+    if perturbations:
+        from saga.robustness.augment import augment_cache
+
+        with extract_progress() as update:
+            augmented = augment_cache(cfg, perturbations, say=lambda line: err.print(line, markup=False),
+                                      progress=update)
     if not distributed.context().is_main:
         pass  # under torchrun rank 0 prints the totals of all ranks
     elif format == "json":
-        print_json(summary.to_dict())
+        print_json({**summary.to_dict(), **({"augment": augmented.to_dict()} if augmented else {})})
     else:
         _print_summary(summary)
+        if augmented:
+            console.print(f"augmented train copies ({', '.join(p.name for p in perturbations)}):")
+            _print_summary(augmented)
     distributed.sync_exit()
-    if summary.failures:
+    if summary.failures or (augmented and augmented.failures):
         raise typer.Exit(1)
+
+
+def _augmentations(text: str | None, distributed: bool) -> list:
+    """The --augment perturbations (checked before extracting anything); not under torchrun."""
+    if not text:
+        return []
+    if distributed:
+        raise SagaError("--augment: run it without torchrun (one process re-encodes the copies)")
+    from saga.robustness.perturb import parse_list
+
+    return parse_list(text)
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary

@@ -33,6 +33,9 @@ from saga.progress import ProgressEvent, ProgressFn
 from saga.pipeline.writer import BackgroundWriter
 from saga.taxonomy import Taxonomy
 
+# Record paths of re-encoded train copies (`saga extract --augment`, saga.robustness.augment): always
+# train, and left out when new videos' splits are balanced.
+AUGMENTED = ".augment/"
 
 
 @dataclass
@@ -132,8 +135,9 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tu
             todo.append(item)
     planned = read_split_plan(cache.split_plan_path)
     counts: dict[str, dict[str, int]] = {}
-    for generator, split in planned.values():
-        counts.setdefault(generator, {s: 0 for s in SPLITS})[split] += 1
+    for path, (generator, split) in planned.items():
+        if not path.startswith(AUGMENTED):  # copies follow their source; they do not count
+            counts.setdefault(generator, {s: 0 for s in SPLITS})[split] += 1
     new = [(i.rel, i.generator) for i in items if i.rel not in planned]
     assigned = assign_splits(new, counts, cfg.split_fractions, cfg.split_seed)
     append_split_plan(cache.split_plan_path, {i.rel: (i.generator, assigned[i.rel]) for i in items if i.rel in assigned})

@@ -1,0 +1,46 @@
+"""`saga robustness`: accuracy under re-encoding (H.264 CRF, downscale, crop, frame rate, an upload chain)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from saga.commands.common import cli_device, console, err
+
+
+def robustness(
+    run: Annotated[Path, typer.Argument(help="Run folder (any level).")],
+    videos: Annotated[Path, typer.Option("--videos", help="The folder the cache was extracted from.")],
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for robustness.json/.md and robustness/ (the perturbed videos and caches, "
+                      "safe to delete); default: the run folder.")] = None,
+    perturb: Annotated[Optional[str], typer.Option(
+        "--perturb", help="Comma-separated: crfN, downscaleX, cropX, fpsX (X < 1), social "
+                          "(default: crf23,crf28,crf35,downscale0.5,crop0.8,fps0.5,social).")] = None,
+    limit_per_class: Annotated[Optional[int], typer.Option(
+        "--limit-per-class", help="At most this many videos per generator (a seeded draw).")] = None,
+    split: Annotated[str, typer.Option(help="Split of the cache to perturb.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed of the --limit-per-class draw.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Frames per encoder forward pass.")] = 64,
+    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+) -> None:
+    """Re-encode the split's videos with each perturbation, extract each set once, evaluate the run on it."""
+    from saga.robustness.evaluate import markdown
+    from saga.robustness.perturb import parse_list
+    from saga.robustness.runner import RobustnessConfig, run_robustness
+
+    cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=parse_list(perturb),
+                           limit_per_class=limit_per_class, split=split, seed=seed, device=cli_device(device),
+                           batch_size=batch_size, workers=workers)
+    result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
+    typer.echo(markdown(result))
+    folder = out or run
+    console.print(f"written: {folder / 'robustness.json'}, {folder / 'robustness.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(robustness)

@@ -1,0 +1,54 @@
+"""`saga extract --augment`: re-encoded copies of the train videos as extra train records (paid once).
+
+Training on copies that went through the same re-encodings as test-time uploads is the cheap
+defence against them, and with a feature cache it costs one extraction, not one per epoch. The
+copies are written inside the cache folder (`CACHE/.augment/<perturbation>/<video>.mp4`, reused
+when present) and extracted into the same cache with the video root set to the cache folder, so a
+copy's record path is `.augment/<perturbation>/<original path>.mp4`. Each copy is recorded in the
+split plan as train *before* extraction: it can never land in val or test (no leakage), and only
+train videos are copied. Split planning ignores the copies when it balances new videos'
+splits (`saga.pipeline.extract.AUGMENTED`), so a later pass splits new videos as if there were none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Sequence
+
+from saga.cache.manifest import append_split_plan, read_split_plan
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.fileio import write_text
+from saga.pipeline.extract import AUGMENTED, ExtractConfig, ExtractSummary, extract
+from saga.progress import ProgressFn
+from saga.robustness.perturb import Perturbation, apply
+from saga.robustness.runner import copy_name, csv_field
+
+
+def augment_cache(cfg: ExtractConfig, perturbations: Sequence[Perturbation], say: Callable[[str], None] = print,
+                  progress: ProgressFn | None = None) -> ExtractSummary:
+    """Re-encode every extracted train video of `cfg.out` with each perturbation and extract the copies as train."""
+    cache = FeatureCache.open(cfg.out)
+    sources = [r for r in cache.ok_records("train") if not r.path.startswith(AUGMENTED)]
+    if not sources:
+        raise SagaError(f"{cfg.out}: no extracted train video to augment")
+    planned = read_split_plan(cache.split_plan_path)
+    rows, plan = ["path,generator"], {}
+    for p in perturbations:
+        for r in sources:
+            rel = f"{AUGMENTED}{p.name}/{copy_name(r.path)}"
+            if not (cfg.out / rel).is_file():
+                try:
+                    apply(p, cfg.videos / r.path, cfg.out / rel)
+                except SagaError as exc:
+                    say(f"augment {p.name}: skipped {r.path}: {exc}")
+                    continue
+            rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
+            if rel not in planned:
+                plan[rel] = (r.generator, "train")
+    if len(rows) == 1:
+        raise SagaError(f"{cfg.out}: no train video could be re-encoded for --augment")
+    append_split_plan(cache.split_plan_path, plan)  # train, before extraction assigns anything
+    labels = cfg.out / AUGMENTED / "labels.csv"
+    write_text(labels, "\n".join(rows) + "\n")
+    return extract(replace(cfg, videos=cfg.out, labels=labels, allow_outside=False), progress)

@@ -1,0 +1,166 @@
+"""`saga robustness`: a run's accuracy on re-encoded copies of its test videos, next to the clean accuracy.
+
+For each perturbation: re-encode the selected videos once (`OUT/robustness/<name>/videos/`, reused
+when present), extract them once into their own cache (`OUT/robustness/<name>/cache/`) with exactly
+the encoder, weights, preprocessing and sampling recorded in the run's cache (extraction resumes by
+itself), then evaluate the run there. The perturbed cache is created beforehand with the clean
+cache's encoder spec and taxonomy, so labels carry over and an encoder that no longer gives the
+same features is refused by the one compatibility rule (`EncoderSpec`) before any video is decoded.
+A video that cannot be re-encoded or extracted costs one line and counts as failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
+from saga.cache.provenance import cache_provenance
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
+from saga.fileio import make_dir, write_json, write_text
+from saga.openworld.embeddings import Embedder
+from saga.pipeline.extract import ExtractConfig, extract
+from saga.progress import ProgressFn
+from saga.robustness.evaluate import level_metrics, markdown, reported_levels
+from saga.robustness.perturb import Perturbation, apply, parse_list
+
+Say = Callable[[str], None]
+CLEAN = "clean"
+FOLDER = "robustness"  # under OUT: the perturbed videos and caches (safe to delete; rebuilt on demand)
+
+
+@dataclass
+class RobustnessConfig:
+    run: Path
+    cache: Path | None  # default: the cache the run was trained on (its config.json)
+    videos: Path
+    out: Path | None = None  # default: the run folder
+    perturbations: list[Perturbation] = field(default_factory=lambda: parse_list(None))
+    limit_per_class: int | None = None
+    split: str = "test"
+    seed: int = 0  # of the --limit-per-class draw
+    device: str = "cpu"
+    batch_size: int = 64
+    workers: int = 2
+
+
+def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> list[VideoRecord]:
+    """The split's extracted videos; with `limit`, a seeded draw of at most `limit` per generator."""
+    if split not in SPLITS:
+        raise SagaError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+    records = list(cache.ok_records(split))
+    if not records:
+        raise SagaError(f"{cache.root}: no extracted videos in split '{split}'; pick another --split")
+    if limit is not None:
+        if limit < 1:
+            raise SagaError(f"--limit-per-class must be >= 1, got {limit}")
+        taken: dict[str, int] = {}
+        chosen = []
+        for r in sorted(records, key=lambda r: seeded_hash(seed, r.path)):
+            if taken.get(r.generator, 0) < limit:
+                taken[r.generator] = taken.get(r.generator, 0) + 1
+                chosen.append(r)
+        records = chosen
+    return sorted(records, key=lambda r: r.path)
+
+
+def copy_name(rel: str) -> str:
+    """The re-encoded copy's path (relative to its videos folder): always an .mp4 (H.264 in MP4).
+
+    Kept inside that folder even for a source outside the videos folder (absolute or `..` paths, which
+    `--allow-outside-paths` admits), so a copy can never overwrite an original.
+    """
+    parts = ["_up_" if p == ".." else p for p in Path(rel).parts if p not in ("/", ".")]
+    name = "/".join(parts)
+    return name if name.lower().endswith(".mp4") else name + ".mp4"
+
+
+def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path,
+                   say: Say) -> dict[str, str]:
+    """Write the missing copies and labels.csv (the copies that exist); returns copy path -> original path."""
+    done: dict[str, str] = {}
+    rows = ["path,generator"]
+    for r in records:
+        rel = copy_name(r.path)
+        dst = folder / rel
+        if not dst.is_file():
+            try:
+                apply(p, videos / r.path, dst)
+            except SagaError as exc:
+                say(f"{p.name}: skipped {r.path}: {exc}")
+                continue
+        done[rel] = r.path
+        rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
+    write_text(folder / "labels.csv", "\n".join(rows) + "\n")
+    return done
+
+
+def csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg: RobustnessConfig,
+                   say: Say, progress: ProgressFn | None = None) -> FeatureCache:
+    """Extract `videos` into the cache `out` with the clean cache's encoder spec, taxonomy and sampling."""
+    spec = clean.encoder_spec
+    fractions = {s: float(s == split) for s in SPLITS}  # every copy stays in its original's split
+    FeatureCache.create_or_open(out, cache_provenance(spec, clean.taxonomy, 0, fractions))
+    sampling = dict(spec.sampling or {})
+    ecfg = ExtractConfig(videos=videos, out=out, labels=videos / "labels.csv", encoder=spec.encoder,
+                         pretrained=spec.pretrained, frames=int(sampling["frames"]),
+                         sampling=str(sampling.get("mode", "consecutive")), windows=int(sampling.get("windows", 1)),
+                         batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, split_fractions=fractions)
+    try:
+        summary = extract(ecfg, progress)
+    except SagaError as exc:
+        if "refusing to append" in str(exc):
+            raise SagaError(f"{clean.root}: its encoder ({spec.encoder}, {spec.pretrained}) loaded today gives other "
+                            f"features than recorded ({exc}); provide the weights the cache was extracted with") from None
+        raise
+    say(f"  extracted {summary.ok} new, {summary.skipped} already cached, {summary.failed} failed "
+        f"({summary.timings.wall:.1f}s)")
+    return FeatureCache.open(out)
+
+
+def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Evaluate the run on the clean and every perturbed copy of the same videos; writes robustness.json/.md."""
+    if not cfg.videos.is_dir():
+        raise SagaError(f"{cfg.videos}: not a folder; pass --videos, the folder the cache was extracted from")
+    out = make_dir(cfg.out or cfg.run)
+    emb = Embedder(cfg.run, cfg.device)
+    cache_path = cfg.cache or emb.info.config.get("cache")
+    if not cache_path:
+        raise SagaError(f"{cfg.run}: the run records no cache; pass --cache")
+    clean = FeatureCache.open(cache_path)
+    taxonomy = clean.taxonomy
+    levels = reported_levels(emb.info, taxonomy)
+    records = select(clean, cfg.split, cfg.limit_per_class, cfg.seed)
+    inf = emb(clean, records)  # refuses, in one line, a cache whose features the run cannot read
+    perturbations = [{"name": CLEAN, "description": "the original videos (features of the original cache)",
+                      "cache": str(clean.root), "n": len(records), "failed": 0,
+                      "levels": level_metrics(inf, records, emb.info, taxonomy, levels)}]
+    for p in cfg.perturbations:
+        folder = out / FOLDER / p.name
+        say(f"{p.name}: {p.description}")
+        copies = perturb_videos(p, records, cfg.videos, folder / "videos", say)
+        if not copies:
+            raise SagaError(f"{p.name}: no video could be re-encoded (is --videos {cfg.videos} the folder the "
+                            f"cache {clean.root} was extracted from?)")
+        pcache = extract_copies(clean, folder / "videos", folder / "cache", cfg.split, cfg, say, progress)
+        for r in pcache.records():
+            if not r.ok and r.path in copies:
+                say(f"{p.name}: failed to extract {r.path}: {r.error}")
+        precs = [r for r in pcache.ok_records() if r.path in copies]
+        if not precs:
+            raise SagaError(f"{pcache.root}: no re-encoded video could be extracted")
+        pinf = emb(pcache, precs)
+        perturbations.append({"name": p.name, "description": p.description, "cache": str(pcache.root),
+                              "n": len(precs), "failed": len(records) - len(precs),
+                              "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels)})
+    result = {"run": str(cfg.run), "cache": str(clean.root), "split": cfg.split, "n_videos": len(records),
+              "levels": levels, "perturbations": perturbations}
+    write_json(out / "robustness.json", result)
+    write_text(out / "robustness.md", markdown(result))
+    return result
