@@ -13,7 +13,10 @@ feature distance to its neighbours, `saga.model.temporal`): `inputs` picks
 LayerNorm and the two are summed, so the 1,000+ content dimensions enter at the
 same scale as the few temporal ones instead of swamping them; `content_dim`
 optionally squeezes the content through a bottleneck, and `content_drop` hides
-the content of whole training videos so θ must also learn from time.
+the content of whole training videos so θ must also learn from time. `content_basis`
+(k > 0) feeds the content through a fixed k-dimensional basis fitted on the training
+pool before training (`saga.train.basis`): with a few labels per class θ then cannot fit
+1,000+ content dimensions to the handful of videos it sees (docs/ablation.md).
 
 Padding must never leak into a decision (the field's research code often
 averages padding into the mean): padded frames are zeroed on input, masked out
@@ -54,6 +57,7 @@ class ModelConfig:
     temporal_lags: int = 4  # neighbour distances to frames t±1..t±lags
     content_dim: int = 0  # > 0: content passes a bottleneck this wide; 0 = no bottleneck
     content_drop: float = 0.0  # training: hide the content of a video with this probability
+    content_basis: int = 0  # > 0: content enters as (x - basis_mean) @ basis, a fixed (in_dim, k) buffer
 
     def __post_init__(self) -> None:
         if self.pool not in _POOLS:
@@ -62,6 +66,8 @@ class ModelConfig:
             raise SagaError(f"model inputs must be one of {_INPUTS}, got {self.inputs!r}")
         if self.inputs != "content" and int(self.temporal_lags) < 1:
             raise SagaError(f"model temporal_lags must be >= 1 with inputs={self.inputs!r}")
+        if self.content_basis < 0 or self.content_basis > self.in_dim:
+            raise SagaError(f"model content_basis must be in [0, in_dim={self.in_dim}], got {self.content_basis}")
         if self.content_dim < 0 or not 0.0 <= self.content_drop < 1.0:
             raise SagaError(f"model content_dim must be >= 0 and content_drop in [0, 1), "
                             f"got {self.content_dim}, {self.content_drop}")
@@ -194,9 +200,13 @@ class VideoTransformer(nn.Module):
         self.proj: nn.Module | None = None
         self.temporal: nn.Module | None = None
         if c.inputs != "temporal":
-            self.in_norm = nn.LayerNorm(c.in_dim)
-            self.proj = (nn.Linear(c.in_dim, c.d_model) if not c.content_dim else
-                         nn.Sequential(nn.Linear(c.in_dim, c.content_dim), nn.Linear(c.content_dim, c.d_model)))
+            width = c.content_basis or c.in_dim
+            if c.content_basis:  # persistent: the basis is data fitted before training, saved with the weights
+                self.register_buffer("basis_mean", torch.zeros(c.in_dim))
+                self.register_buffer("basis", torch.zeros(c.in_dim, c.content_basis))
+            self.in_norm = nn.LayerNorm(width)
+            self.proj = (nn.Linear(width, c.d_model) if not c.content_dim else
+                         nn.Sequential(nn.Linear(width, c.content_dim), nn.Linear(c.content_dim, c.d_model)))
         if c.inputs != "content":
             self.temporal = nn.Sequential(nn.Linear(token_dim(c.temporal_lags), c.d_model), nn.GELU(),
                                           nn.Linear(c.d_model, c.d_model))
@@ -226,6 +236,24 @@ class VideoTransformer(nn.Module):
         )
         self.config.n_classes = n_classes
 
+    def set_basis(self, mean: Tensor, basis: Tensor) -> None:
+        """Install the fixed content basis: mean (in_dim,), basis (in_dim, content_basis)."""
+        c = self.config
+        if not c.content_basis:
+            raise SagaError("this model has no content basis (content_basis = 0)")
+        if tuple(mean.shape) != (c.in_dim,) or tuple(basis.shape) != (c.in_dim, c.content_basis):
+            raise SagaError(f"content basis of shape {tuple(basis.shape)} (mean {tuple(mean.shape)}); "
+                            f"the model needs ({c.in_dim}, {c.content_basis})")
+        self.basis_mean.copy_(mean)
+        self.basis.copy_(basis)
+
+    def _content(self, x: Tensor) -> Tensor | None:
+        if self.proj is None or self.in_norm is None:
+            return None
+        if self.config.content_basis:
+            x = (x - self.basis_mean.to(x.dtype)) @ self.basis.to(x.dtype)
+        return self.proj(self.in_norm(x))
+
     def _check(self, x: Tensor, mask: Tensor | None) -> None:
         c = self.config
         if x.dim() != 3:
@@ -244,7 +272,7 @@ class VideoTransformer(nn.Module):
     def embed_frames(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """(B, T, D) features -> (B, T, d_model) frame tokens from content, time, or both."""
         c = self.config
-        content = self.proj(self.in_norm(x)) if self.proj is not None and self.in_norm is not None else None
+        content = self._content(x)
         timing = self.temporal(neighbour_tokens(x, mask, c.temporal_lags)) if self.temporal is not None else None
         if content is None or timing is None or self.fuse_norms is None:
             out = content if content is not None else timing

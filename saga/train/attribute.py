@@ -35,6 +35,7 @@ from saga.errors import SagaError
 from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
+from saga.train.basis import install_basis
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
@@ -287,7 +288,10 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
     """Stage-1 θ with a fresh n_c-way head, or a new model (1-stage baseline); seeded."""
     torch.manual_seed(cfg.seed)
     if base is None:
-        return VideoTransformer(cfg.model_config(cache.dim, n_classes, frames))
+        model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames))
+        if model.config.content_basis:  # fitted on the whole train pool, as stage 1 would
+            install_basis(model, cache, cache.ok_records("train"), cfg.basis_method, cfg.seed)
+        return model
     model = base.model
     if frames > model.config.max_frames:
         raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")

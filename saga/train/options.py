@@ -97,6 +97,8 @@ class TrainOptions:
     temporal_lags: int = 4
     content_dim: int = 0
     content_drop: float = 0.0
+    content_basis: int = 0  # > 0: content through a fixed basis of this many directions (saga.train.basis)
+    basis_method: str = "pca"  # "pca" (no labels) | "gev" (fakes against reals)
 
     def check(self) -> None:
         """Validate every value and parse the string choices into their enums (once, here)."""
@@ -117,6 +119,8 @@ class TrainOptions:
         if self.buffer_shards < 1 or self.memory_budget_gb <= 0:
             raise SagaError("buffer_shards must be >= 1 and memory_budget_gb > 0")
         View(self.frames or 1, True, self.jitter, self.frame_drop)  # validates the augmentation
+        if self.basis_method not in ("pca", "gev"):
+            raise SagaError(f"basis_method must be 'pca' or 'gev', got {self.basis_method!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,7 +130,7 @@ class TrainOptions:
                            mlp_ratio=self.mlp_ratio, dropout=self.dropout, max_frames=max(64, frames),
                            pool=self.pool, n_classes=n_classes, inputs=self.inputs,
                            temporal_lags=self.temporal_lags, content_dim=self.content_dim,
-                           content_drop=self.content_drop)
+                           content_drop=self.content_drop, content_basis=self.content_basis)
 
     def planned_epochs(self, steps_per_epoch: int) -> int:
         """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""

@@ -1,0 +1,94 @@
+"""The fixed content basis: fitted on the train pool, saved with the weights, inherited by stage 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saga.errors import SagaError
+from saga.model import ModelConfig, VideoTransformer
+from saga.runs import load_model
+from saga.train.attribute import load_base, prepare_model
+from saga.train.basis import fit_basis, install_basis, video_means
+from saga.train.stage1 import train_stage1
+from test_train import D, T, a_config, build_cache, s1_config
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    return build_cache(tmp_path_factory.mktemp("basis") / "c")
+
+
+def test_pca_basis_gives_unit_variance_uncorrelated_coordinates() -> None:
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12))
+    centre, basis = fit_basis(means, np.zeros(200, bool), 4, "pca")
+    z = (means - centre) @ basis
+    assert basis.shape == (12, 4) and basis.dtype == np.float32
+    np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(4), atol=1e-4)
+
+
+def test_gev_basis_finds_the_directions_only_fakes_vary_in() -> None:
+    rng = np.random.default_rng(1)
+    content = rng.normal(size=(400, 10)) * np.array([5.0] * 5 + [0.1] * 5)  # content: the first 5 dims
+    real = np.arange(400) < 150
+    marks = np.zeros((400, 10))
+    marks[~real, 7] = rng.choice([-1.0, 1.0], size=(~real).sum())  # generators differ along dim 7 only
+    _, basis = fit_basis(content + marks, real, 1, "gev")
+    assert np.argmax(np.abs(basis[:, 0])) == 7
+    with pytest.raises(SagaError, match="2 real and 2 fake"):
+        fit_basis(content, np.zeros(400, bool), 1, "gev")
+
+
+def test_fit_basis_refuses_impossible_sizes() -> None:
+    with pytest.raises(SagaError, match="lower content_basis"):
+        fit_basis(np.zeros((5, 8)), np.zeros(5, bool), 6, "pca")
+    with pytest.raises(SagaError, match="method"):
+        fit_basis(np.zeros((50, 8)), np.zeros(50, bool), 2, "lda")
+
+
+def test_model_reads_content_through_the_basis_and_padding_still_changes_nothing() -> None:
+    torch.manual_seed(0)
+    model = VideoTransformer(ModelConfig(in_dim=D, d_model=16, depth=1, heads=2, n_classes=3, content_basis=3)).eval()
+    assert model.in_norm.normalized_shape == (3,)
+    model.set_basis(torch.randn(D), torch.randn(D, 3))
+    x, mask = torch.randn(2, T, D), torch.ones(2, T, dtype=torch.bool)
+    mask[1, 5:] = False
+    y = x.clone()
+    y[1, 5:] = 1e4
+    torch.testing.assert_close(model(x, mask).logits, model(y, mask).logits)
+    # only the basis' span of the content reaches θ
+    null = torch.linalg.svd(model.basis.T, full_matrices=True).Vh[3:]  # (D-3, D), orthogonal to the basis
+    z = x + (torch.randn(2, T, D - 3) @ null)
+    out = model(z, mask)  # the temporal tokens see the change, the content path does not
+    assert torch.allclose(model._content(z), model._content(x), atol=1e-4) and out.logits.shape == (2, 3)
+    with pytest.raises(SagaError, match="needs"):
+        model.set_basis(torch.zeros(D), torch.zeros(D, 4))
+    with pytest.raises(SagaError, match="content_basis"):
+        ModelConfig(in_dim=4, content_basis=5)
+
+
+def test_stage1_fits_the_basis_saves_it_and_stage2_inherits_it(cache, tmp_path: Path) -> None:
+    run = train_stage1(cache.root, tmp_path / "s1", s1_config(epochs=1, content_basis=4, basis_method="gev"))
+    saved = load_file(str(run / "model.safetensors"))
+    assert saved["basis"].shape == (D, 4) and saved["basis"].abs().sum() > 0
+    expected = VideoTransformer(ModelConfig(in_dim=D, content_basis=4, n_classes=2))
+    install_basis(expected, cache, cache.ok_records("train"), "gev", 0)
+    torch.testing.assert_close(saved["basis"], expected.basis)  # the whole train pool, deterministic
+    model, _ = load_model(run)
+    torch.testing.assert_close(model.basis, saved["basis"])
+    stage2 = prepare_model(cache, a_config(content_basis=9), 3, T, load_base(run, cache))
+    assert stage2.config.content_basis == 4  # stage 2 keeps stage 1's θ, basis included
+    torch.testing.assert_close(stage2.basis, saved["basis"])
+
+
+def test_one_stage_fits_its_own_label_free_basis(cache) -> None:
+    model = prepare_model(cache, a_config(content_basis=3), 3, T, None)
+    means = video_means(cache, list(cache.ok_records("train")))
+    centre, basis = fit_basis(means, np.zeros(len(means), bool), 3, "pca")
+    np.testing.assert_allclose(model.basis.numpy(), basis, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.basis_mean.numpy(), centre, rtol=1e-5, atol=1e-6)
