@@ -13,7 +13,7 @@ from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
 from saga.runs import load_model
 from saga.train.attribute import load_base, prepare_model
-from saga.train.basis import fit_basis, install_basis, video_means
+from saga.train.basis import fit_basis, fit_to_pool, video_means
 from saga.train.stage1 import train_stage1
 from test_train import D, T, a_config, build_cache, s1_config
 
@@ -77,7 +77,7 @@ def test_stage1_fits_the_basis_saves_it_and_stage2_inherits_it(cache, tmp_path: 
     saved = load_file(str(run / "model.safetensors"))
     assert saved["basis"].shape == (D, 4) and saved["basis"].abs().sum() > 0
     expected = VideoTransformer(ModelConfig(in_dim=D, content_basis=4, n_classes=2))
-    install_basis(expected, cache, cache.ok_records("train"), "gev", 0)
+    fit_to_pool(expected, cache, cache.ok_records("train"), "gev", 0, T)
     torch.testing.assert_close(saved["basis"], expected.basis)  # the whole train pool, deterministic
     model, _ = load_model(run)
     torch.testing.assert_close(model.basis, saved["basis"])
@@ -92,3 +92,37 @@ def test_one_stage_fits_its_own_label_free_basis(cache) -> None:
     centre, basis = fit_basis(means, np.zeros(len(means), bool), 3, "pca")
     np.testing.assert_allclose(model.basis.numpy(), basis, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.basis_mean.numpy(), centre, rtol=1e-5, atol=1e-6)
+
+
+def test_window_statistics_are_the_probes_shift_invariant_statistics() -> None:
+    from saga.explain.pooled_stats import temporal_statistics
+    from saga.model.temporal import sequence_statistics, stats_dim
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 10, dtype=torch.float64)
+    mask = torch.ones(3, 16, dtype=torch.bool)
+    mask[1, 12:] = False
+    mask[2, :3] = False
+    ours = sequence_statistics(x, mask, 4).numpy()
+    probe = temporal_statistics(x.numpy(), mask.numpy())  # per measure: 16 moments, 4 acf, 3 quantiles
+    assert ours.shape == (3, stats_dim(4))
+    np.testing.assert_allclose(ours[:, :20], probe[:, :20], atol=1e-5)
+    np.testing.assert_allclose(ours[:, 20:40], probe[:, 23:43], atol=1e-5)
+
+
+def test_window_statistics_reach_phi_standardised_and_ignore_padding(cache, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = VideoTransformer(ModelConfig(in_dim=D, d_model=16, depth=1, heads=2, n_classes=3, video_stats=2)).eval()
+    fit_to_pool(model, cache, cache.ok_records("train"), "pca", 0, T)
+    assert model.stats_std.min() > 0 and model.stats_mean.abs().sum() > 0
+    x, mask = torch.randn(2, T, D), torch.ones(2, T, dtype=torch.bool)
+    mask[1, 5:] = False
+    y = x.clone()
+    y[1, 5:] = 1e4
+    torch.testing.assert_close(model(x, mask).embedding, model(y, mask).embedding)
+    z = x.clone()
+    z[0, 3] = z[0, 2]  # a held frame changes the statistics, hence φ
+    assert not torch.allclose(model(z, mask).embedding[0], model(x, mask).embedding[0])
+    run = train_stage1(cache.root, tmp_path / "s1", s1_config(epochs=1, video_stats=2))
+    loaded, _ = load_model(run)
+    assert loaded.config.video_stats == 2 and loaded.stats_std.min() > 0

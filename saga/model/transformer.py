@@ -17,6 +17,9 @@ the content of whole training videos so θ must also learn from time. `content_b
 (k > 0) feeds the content through a fixed k-dimensional basis fitted on the training
 pool before training (`saga.train.basis`): with a few labels per class θ then cannot fit
 1,000+ content dimensions to the handful of videos it sees (docs/ablation.md).
+`video_stats` (lags > 0) adds shift-invariant statistics of the whole window
+(`saga.model.temporal.sequence_statistics`, standardised with the pool's mean and
+spread) linearly to the pooled embedding φ.
 
 Padding must never leak into a decision (the field's research code often
 averages padding into the mean): padded frames are zeroed on input, masked out
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saga.errors import SagaError
-from saga.model.temporal import neighbour_tokens, token_dim
+from saga.model.temporal import neighbour_tokens, sequence_statistics, stats_dim, token_dim
 
 _POOLS = ("mean", "cls")
 _INPUTS = ("content", "temporal", "both")
@@ -58,6 +61,7 @@ class ModelConfig:
     content_dim: int = 0  # > 0: content passes a bottleneck this wide; 0 = no bottleneck
     content_drop: float = 0.0  # training: hide the content of a video with this probability
     content_basis: int = 0  # > 0: content enters as (x - basis_mean) @ basis, a fixed (in_dim, k) buffer
+    video_stats: int = 0  # > 0: window statistics at lags 1..video_stats are added to φ
 
     def __post_init__(self) -> None:
         if self.pool not in _POOLS:
@@ -66,6 +70,8 @@ class ModelConfig:
             raise SagaError(f"model inputs must be one of {_INPUTS}, got {self.inputs!r}")
         if self.inputs != "content" and int(self.temporal_lags) < 1:
             raise SagaError(f"model temporal_lags must be >= 1 with inputs={self.inputs!r}")
+        if not 0 <= self.video_stats <= self.max_frames:
+            raise SagaError(f"model video_stats must be in [0, max_frames], got {self.video_stats}")
         if self.content_basis < 0 or self.content_basis > self.in_dim:
             raise SagaError(f"model content_basis must be in [0, in_dim={self.in_dim}], got {self.content_basis}")
         if self.content_dim < 0 or not 0.0 <= self.content_drop < 1.0:
@@ -224,6 +230,11 @@ class VideoTransformer(nn.Module):
             [Block(c.d_model, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.depth)]
         )
         self.norm = nn.LayerNorm(c.d_model)
+        self.stats_proj: nn.Linear | None = None
+        if c.video_stats:  # the pool's mean and spread of each statistic: data, saved with the weights
+            self.register_buffer("stats_mean", torch.zeros(stats_dim(c.video_stats)))
+            self.register_buffer("stats_std", torch.ones(stats_dim(c.video_stats)))
+            self.stats_proj = nn.Linear(stats_dim(c.video_stats), c.d_model)
         self.head = nn.Linear(c.d_model, c.n_classes)
 
     def reset_head(self, n_classes: int) -> None:
@@ -246,6 +257,20 @@ class VideoTransformer(nn.Module):
                             f"the model needs ({c.in_dim}, {c.content_basis})")
         self.basis_mean.copy_(mean)
         self.basis.copy_(basis)
+
+    def set_stats_norm(self, mean: Tensor, std: Tensor) -> None:
+        """Install the pool's per-statistic mean and standard deviation (video_stats > 0)."""
+        if self.stats_proj is None:
+            raise SagaError("this model has no window statistics (video_stats = 0)")
+        if mean.shape != self.stats_mean.shape or std.shape != self.stats_std.shape:
+            raise SagaError(f"window statistics of size {tuple(mean.shape)}; the model needs {tuple(self.stats_mean.shape)}")
+        self.stats_mean.copy_(mean)
+        self.stats_std.copy_(std.clamp_min(1e-6))
+
+    def window_statistics(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Standardised, clipped statistics of each window (B, S)."""
+        raw = sequence_statistics(x, mask, self.config.video_stats).float()
+        return ((raw - self.stats_mean) / self.stats_std).clamp(-10.0, 10.0)
 
     def _content(self, x: Tensor) -> Tensor | None:
         if self.proj is None or self.in_norm is None:
@@ -314,4 +339,6 @@ class VideoTransformer(nn.Module):
         else:
             count = mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
             emb = h.masked_fill(~mask[..., None], 0.0).sum(dim=1) / count
+        if self.stats_proj is not None:
+            emb = emb + self.stats_proj(self.window_statistics(x, mask).to(emb.dtype))
         return ModelOutput(self.head(emb), emb, maps if return_attn else None)

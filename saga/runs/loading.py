@@ -26,7 +26,7 @@ from saga.runs.origin import warn_if_unsealed
 # Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
 MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
                 "max_frames": 8192, "n_classes": 1_000_000, "temporal_lags": 256, "content_dim": 65536,
-               "content_basis": 65536}
+               "content_basis": 65536, "video_stats": 8192}
 
 
 @dataclass

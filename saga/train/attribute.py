@@ -35,7 +35,7 @@ from saga.errors import SagaError
 from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
-from saga.train.basis import install_basis
+from saga.train.basis import fit_to_pool
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
@@ -289,8 +289,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
     torch.manual_seed(cfg.seed)
     if base is None:
         model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames))
-        if model.config.content_basis:  # fitted on the whole train pool, as stage 1 would
-            install_basis(model, cache, cache.ok_records("train"), cfg.basis_method, cfg.seed)
+        fit_to_pool(model, cache, cache.ok_records("train"), cfg.basis_method, cfg.seed, frames)  # as stage 1 would
         return model
     model = base.model
     if frames > model.config.max_frames:

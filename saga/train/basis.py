@@ -1,4 +1,4 @@
-"""The fixed content basis θ can read frame features through (ModelConfig.content_basis).
+"""What θ fits on the train pool before training: the content basis and the window statistics' scale.
 
 With 2–5 labelled videos per class, 1,000+ content dimensions let θ memorise which clip each
 labelled video was cut from; the generator's static marks (colour cast, decoder pattern) live in
@@ -10,6 +10,9 @@ a few directions. So before training, a k-dimensional basis is fitted on the *wh
 - "gev": the directions in which fakes vary most relative to real videos (generalised
   eigenvectors of the fakes' against the reals' covariance). Real videos carry only content
   variation, fakes also the generators' marks; needs the abundant real/fake labels only.
+
+The window statistics (ModelConfig.video_stats) are standardised with their mean and standard
+deviation over the same pool, so that distances of any encoder's features arrive at one scale.
 
 Measured on the built-in benchmark in docs/ablation.md.
 """
@@ -25,6 +28,8 @@ from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import VideoTransformer
+from saga.model.inference import take_subwindow
+from saga.model.temporal import sequence_statistics
 from saga.taxonomy import REAL
 
 METHODS = ("pca", "gev")
@@ -42,6 +47,16 @@ def video_means(cache: FeatureCache, records: Sequence[VideoRecord]) -> np.ndarr
         m = data["mask"].astype(np.float64)[..., None]
         out[lo:lo + len(x)] = (x * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1.0)
     return out
+
+
+def window_statistics(cache: FeatureCache, records: Sequence[VideoRecord], frames: int, lags: int) -> np.ndarray:
+    """(n, S) raw window statistics of each video's evaluation sub-window (window 0, centred T')."""
+    out = []
+    for lo in range(0, len(records), READ_BATCH):
+        data = cache.read(records[lo:lo + READ_BATCH])
+        x, m = take_subwindow(data["features"][:, 0], data["mask"][:, 0], frames)
+        out.append(sequence_statistics(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(m), lags).numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
 
 
 def _pca(means: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,15 +93,20 @@ def fit_basis(means: np.ndarray, real: np.ndarray, k: int, method: str = "pca") 
     return centre.astype(np.float32), basis.astype(np.float32)
 
 
-def install_basis(model: VideoTransformer, cache: FeatureCache, records: Sequence[VideoRecord], method: str,
-                  seed: int) -> dict[str, object]:
-    """Fit the basis on `records` (a seeded sample of at most MAX_VIDEOS) and put it in `model`."""
+def fit_to_pool(model: VideoTransformer, cache: FeatureCache, records: Sequence[VideoRecord], method: str,
+                seed: int, frames: int) -> None:
+    """Fit what `model` needs from the pool (`records`, a seeded sample of at most MAX_VIDEOS) and install it."""
+    c = model.config
+    if not (c.content_basis and c.inputs != "temporal") and not c.video_stats:
+        return
     records = list(records)
     if len(records) > MAX_VIDEOS:
         keep = np.sort(np.random.default_rng(seed).choice(len(records), MAX_VIDEOS, replace=False))
         records = [records[i] for i in keep]
-    real = np.array([r.labels.get("BIN-L") == REAL for r in records])
-    centre, basis = fit_basis(video_means(cache, records), real, model.config.content_basis, method)
-    model.set_basis(torch.from_numpy(centre), torch.from_numpy(basis))
-    return {"method": method, "directions": model.config.content_basis, "videos": len(records),
-            "real_videos": int(real.sum())}
+    if c.content_basis and c.inputs != "temporal":
+        real = np.array([r.labels.get("BIN-L") == REAL for r in records])
+        centre, basis = fit_basis(video_means(cache, records), real, c.content_basis, method)
+        model.set_basis(torch.from_numpy(centre), torch.from_numpy(basis))
+    if c.video_stats:
+        stats = window_statistics(cache, records, frames, c.video_stats)
+        model.set_stats_norm(torch.from_numpy(stats.mean(axis=0)).float(), torch.from_numpy(stats.std(axis=0)).float())

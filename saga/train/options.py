@@ -99,6 +99,7 @@ class TrainOptions:
     content_drop: float = 0.0
     content_basis: int = 0  # > 0: content through a fixed basis of this many directions (saga.train.basis)
     basis_method: str = "pca"  # "pca" (no labels) | "gev" (fakes against reals)
+    video_stats: int = 0  # > 0: window statistics at lags 1..video_stats added to φ
 
     def check(self) -> None:
         """Validate every value and parse the string choices into their enums (once, here)."""
@@ -130,7 +131,8 @@ class TrainOptions:
                            mlp_ratio=self.mlp_ratio, dropout=self.dropout, max_frames=max(64, frames),
                            pool=self.pool, n_classes=n_classes, inputs=self.inputs,
                            temporal_lags=self.temporal_lags, content_dim=self.content_dim,
-                           content_drop=self.content_drop, content_basis=self.content_basis)
+                           content_drop=self.content_drop, content_basis=self.content_basis,
+                           video_stats=self.video_stats)
 
     def planned_epochs(self, steps_per_epoch: int) -> int:
         """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""

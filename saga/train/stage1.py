@@ -19,7 +19,7 @@ from saga.errors import SagaError
 from saga.progress import ProgressEvent
 from saga.model.inference import record_targets
 from saga.model import VideoTransformer
-from saga.train.basis import install_basis
+from saga.train.basis import fit_to_pool
 from saga.train.data import View, open_features
 from saga.train.loop import (
     CEObjective,
@@ -76,8 +76,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
     data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
     torch.manual_seed(cfg.seed)
     model = VideoTransformer(model_cfg)
-    if model_cfg.content_basis:
-        install_basis(model, cache, train, cfg.basis_method, cfg.seed)
+    fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
     view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
     objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
     validate = make_validator(cache, cache.ok_records("val"), LEVEL, classes, frames, cfg.eval_batch_size, device)
