@@ -126,3 +126,17 @@ def test_window_statistics_reach_phi_standardised_and_ignore_padding(cache, tmp_
     run = train_stage1(cache.root, tmp_path / "s1", s1_config(epochs=1, video_stats=2))
     loaded, _ = load_model(run)
     assert loaded.config.video_stats == 2 and loaded.stats_std.min() > 0
+
+
+def test_basis_is_narrowed_to_the_pool_and_a_large_pool_is_sampled(cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    from saga.train import basis as basis_module
+
+    assert a_config(content_basis=500).model_config(D, 3, T, pool_size=1000).content_basis == D
+    assert a_config(content_basis=500).model_config(D, 3, T, pool_size=6).content_basis == 5
+    seen: list[int] = []
+    real_means = basis_module.video_means
+    monkeypatch.setattr(basis_module, "video_means", lambda c, recs: seen.append(len(recs)) or real_means(c, recs))
+    monkeypatch.setattr(basis_module, "MAX_VIDEOS", 10)
+    model = VideoTransformer(ModelConfig(in_dim=D, d_model=16, depth=1, heads=2, n_classes=3, content_basis=3))
+    fit_to_pool(model, cache, cache.ok_records("train"), "pca", 0, T)
+    assert seen == [10] and model.basis.abs().sum() > 0

@@ -288,8 +288,9 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
     """Stage-1 θ with a fresh n_c-way head, or a new model (1-stage baseline); seeded."""
     torch.manual_seed(cfg.seed)
     if base is None:
-        model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames))
-        fit_to_pool(model, cache, cache.ok_records("train"), cfg.basis_method, cfg.seed, frames)  # as stage 1 would
+        pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
+        model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
+        fit_to_pool(model, cache, pool, cfg.basis_method, cfg.seed, frames)
         return model
     model = base.model
     if frames > model.config.max_frames:

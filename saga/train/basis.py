@@ -99,10 +99,10 @@ def fit_to_pool(model: VideoTransformer, cache: FeatureCache, records: Sequence[
     c = model.config
     if not (c.content_basis and c.inputs != "temporal") and not c.video_stats:
         return
-    records = list(records)
     if len(records) > MAX_VIDEOS:
         keep = np.sort(np.random.default_rng(seed).choice(len(records), MAX_VIDEOS, replace=False))
-        records = [records[i] for i in keep]
+        records = records.take(keep) if hasattr(records, "take") else [records[i] for i in keep]
+    records = list(records)
     if c.content_basis and c.inputs != "temporal":
         real = np.array([r.labels.get("BIN-L") == REAL for r in records])
         centre, basis = fit_basis(video_means(cache, records), real, c.content_basis, method)

@@ -126,12 +126,16 @@ class TrainOptions:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def model_config(self, in_dim: int, n_classes: int, frames: int) -> ModelConfig:
+    def model_config(self, in_dim: int, n_classes: int, frames: int, pool_size: int | None = None) -> ModelConfig:
+        """θ's config; the content basis is narrowed to what `pool_size` train videos and in_dim can span."""
+        basis = int(self.content_basis)
+        if basis and pool_size is not None:
+            basis = max(0, min(basis, in_dim, pool_size - 1))
         return ModelConfig(in_dim=in_dim, d_model=self.d_model, depth=self.depth, heads=self.heads,
                            mlp_ratio=self.mlp_ratio, dropout=self.dropout, max_frames=max(64, frames),
                            pool=self.pool, n_classes=n_classes, inputs=self.inputs,
                            temporal_lags=self.temporal_lags, content_dim=self.content_dim,
-                           content_drop=self.content_drop, content_basis=self.content_basis,
+                           content_drop=self.content_drop, content_basis=basis,
                            video_stats=self.video_stats)
 
     def planned_epochs(self, steps_per_epoch: int) -> int:

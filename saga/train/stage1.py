@@ -60,7 +60,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
     if missing:
         raise SagaError(f"{cache.root}: the train split has no {' or '.join(missing)} videos; "
                         "stage 1 needs both real and fake videos")
-    model_cfg = cfg.model_config(cache.dim, len(classes), frames)
+    model_cfg = cfg.model_config(cache.dim, len(classes), frames, len(train))
     device = resolve_device(cfg.device)
     distributed.init(device)  # under torchrun: rank 0 decides, writes and reports
     config = {
