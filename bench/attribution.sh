@@ -31,15 +31,23 @@ for level in GEN-L TEAM-L; do
 done
 wait
 
-# What θ sees, measured with all train labels (1-stage CE, GEN-L): content only, time only, both.
-for inputs in content temporal; do
-    printf 'd_model = 128\nframes = 16\ninputs = "%s"\n' "$inputs" > "inputs-${inputs}.toml"
+# What θ sees, measured with all train labels (1-stage CE, GEN-L): content only, time only, both (the
+# per-frame tokens), both + the window statistics; the default (+ the content basis) is the grid's ceiling row.
+declare -A INPUTS=([content]='inputs = "content"\nvideo_stats = 0\ncontent_basis = 0'
+                   [temporal]='inputs = "temporal"\nvideo_stats = 0'
+                   [both]='video_stats = 0\ncontent_basis = 0'
+                   [both-stats]='content_basis = 0')
+lanes=0
+for inputs in content temporal both both-stats; do
+    printf "d_model = 128\nframes = 16\n${INPUTS[$inputs]}\n" > "inputs-${inputs}.toml"
     (for seed in 0 1 2; do
         $SAGA attribute --scratch --level GEN-L --cache cache --fraction 1.0 --floor 1 --loss ce --seed "$seed" \
             --config "inputs-${inputs}.toml" --out "runs/inputs-${inputs}-seed${seed}"
         $SAGA evaluate "runs/inputs-${inputs}-seed${seed}" --cache cache --no-probe --format json \
             > "runs/inputs-${inputs}-seed${seed}/eval.json"
     done) > "inputs-${inputs}.log" 2>&1 &
+    lanes=$((lanes + 1))
+    if [ $((lanes % 2)) -eq 0 ]; then wait; fi  # two lanes at a time on 2 cores
 done
 wait
 echo "tables: runs/ablation-GEN-L/ablation.md runs/ablation-TEAM-L/ablation.md; inputs: runs/inputs-*/eval.json"

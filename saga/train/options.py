@@ -97,9 +97,10 @@ class TrainOptions:
     temporal_lags: int = 4
     content_dim: int = 0
     content_drop: float = 0.0
-    content_basis: int = 0  # > 0: content through a fixed basis of this many directions (saga.train.basis)
+    # With 2-5 labels per class θ fits content; these two made it learn generators (docs/ablation.md):
+    content_basis: int = 32  # content through a fixed basis of this many directions (saga.train.basis); 0 = off
     basis_method: str = "pca"  # "pca" (no labels) | "gev" (fakes against reals)
-    video_stats: int = 0  # > 0: window statistics at lags 1..video_stats added to φ
+    video_stats: int = 8  # window statistics at lags 1..video_stats added to φ; 0 = off
 
     def check(self) -> None:
         """Validate every value and parse the string choices into their enums (once, here)."""
