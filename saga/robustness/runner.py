@@ -23,6 +23,7 @@ from saga.fileio import make_dir, write_json, write_text
 from saga.openworld.embeddings import Embedder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.progress import ProgressFn
+from saga.runs.files import ROBUSTNESS, ROBUSTNESS_MD
 from saga.robustness.evaluate import level_metrics, markdown, reported_levels
 from saga.robustness.perturb import Perturbation, apply, parse_list
 
@@ -161,6 +162,6 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
                               "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels)})
     result = {"run": str(cfg.run), "cache": str(clean.root), "split": cfg.split, "n_videos": len(records),
               "levels": levels, "perturbations": perturbations}
-    write_json(out / "robustness.json", result)
-    write_text(out / "robustness.md", markdown(result))
+    write_json(out / ROBUSTNESS, result)
+    write_text(out / ROBUSTNESS_MD, markdown(result))
     return result

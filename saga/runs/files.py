@@ -39,7 +39,7 @@ TSNE_GLOB = "tsne*.png"
 CALIBRATION = "calibration.json"  # `saga calibrate`: the temperature fitted on val, NLL / ECE before and after
 OPENSET_STEM, ENROLLED_STEM = "openset", "enrolled"  # `saga openset fit`, `saga enroll`
 OPENSET, ENROLLED = f"{OPENSET_STEM}.json", f"{ENROLLED_STEM}.json"
-ROBUSTNESS = "robustness.json"  # `saga robustness`: accuracy per perturbation and level
+ROBUSTNESS, ROBUSTNESS_MD = "robustness.json", "robustness.md"  # `saga robustness`: accuracy per perturbation and level
 RELIABILITY_GLOB = "reliability-*.json"
 # A `saga openset logo` experiment folder (not a run folder): runs under logo/<g> and retrain<k>/<g>.
 LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_FOLDS, LOGO_RUNS = "results.json", "results.md", "folds", "logo"
