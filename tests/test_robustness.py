@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from conftest import make_video_tree, run_saga, write_clip
-from saga.cache.manifest import read_split_plan
+from saga.cache.manifest import AUGMENTED, copy_name, read_split_plan
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
-from saga.pipeline.extract import AUGMENTED, ExtractConfig, extract
+from saga.pipeline.extract import ExtractConfig, extract
 from saga.robustness.augment import augment_cache
 from saga.robustness.perturb import DEFAULT, apply, output_size, parse, parse_list
-from saga.robustness.runner import RobustnessConfig, copy_name, run_robustness
+from saga.robustness.runner import RobustnessConfig, run_robustness
 from saga.runs import make_provenance, save_weights, write_json
 
 GENS = ("real", "syn-svd", "syn-latte")
@@ -159,3 +159,21 @@ def test_augment_adds_train_only_copies_with_their_labels(world: dict[str, Path]
 def test_copies_stay_inside_their_folder() -> None:
     assert copy_name("real/a.mp4") == "real/a.mp4" and copy_name("real/a.avi") == "real/a.avi.mp4"
     assert copy_name("/abs/x.mp4") == "abs/x.mp4" and copy_name("../up/x.mp4") == "_up_/up/x.mp4"
+
+
+def test_few_label_draws_count_originals_and_bring_their_copies_along() -> None:
+    from saga.cache.fraction import labelled_subset
+    from saga.cache.manifest import OK, VideoRecord
+    from saga.taxonomy import Taxonomy
+
+    tax = Taxonomy.load("synth")
+    originals = [f"syn-svd/{i:02d}.avi" for i in range(10)]
+    paths = originals + [f"{AUGMENTED}{p}/{copy_name(o)}" for o in originals for p in ("crf28", "downscale0.5")]
+    recs = [VideoRecord(p, 1, 1, OK, "syn-svd", tax.labels("syn-svd"), "train") for p in paths]
+    subset = labelled_subset(recs, "GEN-L", tax, fraction=0.2, floor=1, seed=0)["syn-svd"]
+    drawn = [p for p in subset if not p.startswith(AUGMENTED)]
+    assert len(drawn) == 2  # 20 % of the 10 originals; the 20 copies do not raise k
+    assert sorted(subset) == sorted(drawn + [f"{AUGMENTED}{p}/{copy_name(o)}" for o in drawn
+                                             for p in ("crf28", "downscale0.5")])
+    same = labelled_subset(recs[:10], "GEN-L", tax, fraction=0.2, floor=1, seed=0)["syn-svd"]
+    assert same == drawn  # copies change nothing about which originals are drawn

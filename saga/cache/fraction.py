@@ -6,7 +6,9 @@ n). Hash order, not the order records arrive in, makes the subset a function of
 (paths, level, fraction, floor, seed) alone; appending other videos to a class
 keeps most of its picks. The floor guarantees every class has a positive for the
 triplet loss. Records without a class at the level (SD-L: generators with no SD
-backbone) are excluded.
+backbone) are excluded. Re-encoded copies (`saga extract --augment`) are not drawn
+on their own: only original videos count towards k, and a drawn video brings its
+copies along (a copy is the same labelled video, not another label).
 
 The subset is saved as labelled.json in the run folder: a rerun with the same
 settings reuses it (the run's labels never change under it, even if the cache
@@ -20,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from saga.cache.manifest import VideoRecord, seeded_hash
+from saga.cache.manifest import VideoRecord, seeded_hash, source_key
 from saga.errors import SagaError
 from saga.fileio import read_json, write_json
 from saga.taxonomy import Taxonomy, check_level
@@ -37,10 +39,15 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
     if floor < 1:
         raise SagaError(f"floor must be >= 1, got {floor}")
     by_class: dict[str, list[str]] = {}
+    copies: dict[str, list[str]] = {}
     for rec in records:
         cls = rec.labels.get(level)
         if rec.ok and rec.split == "train" and cls is not None:
-            by_class.setdefault(cls, []).append(rec.path)
+            is_copy, key = source_key(rec.path)
+            if is_copy:
+                copies.setdefault(key, []).append(rec.path)
+            else:
+                by_class.setdefault(cls, []).append(rec.path)
     unknown = sorted(set(by_class) - set(taxonomy.classes(level)))
     if unknown:
         raise SagaError(f"records labelled {unknown[0]!r} at {level}, which taxonomy '{taxonomy.name}' lacks; "
@@ -54,7 +61,8 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
             warnings.warn(f"{level} class {cls!r} has only {len(paths)} training video(s), fewer than the floor "
                           f"{floor}: using all of them", stacklevel=2)
         k = min(len(paths), max(floor, math.floor(fraction * len(paths) + 0.5)))
-        out[cls] = sorted(sorted(paths, key=lambda p: seeded_hash(seed, p))[:k])
+        drawn = sorted(paths, key=lambda p: seeded_hash(seed, p))[:k]
+        out[cls] = sorted(drawn + [c for p in drawn for c in copies.get(source_key(p)[1], [])])
     return out
 
 

@@ -246,6 +246,27 @@ def assign_splits(
     return out
 
 
+AUGMENTED = ".augment/"  # `saga extract --augment`: copies are recorded as AUGMENTED<perturbation>/<copy_name(source)>
+
+
+def copy_name(rel: str) -> str:
+    """A re-encoded copy's path (relative to its videos folder): always an .mp4 (H.264 in MP4).
+
+    Kept inside that folder even for a source outside the videos folder (absolute or `..` paths, which
+    `--allow-outside-paths` admits), so a copy can never overwrite an original.
+    """
+    parts = ["_up_" if p == ".." else p for p in Path(rel).parts if p not in ("/", ".")]
+    name = "/".join(parts)
+    return name if name.lower().endswith(".mp4") else name + ".mp4"
+
+
+def source_key(path: str) -> tuple[bool, str]:
+    """(is an augmented copy, the key its source and all its copies share)."""
+    if path.startswith(AUGMENTED):
+        return True, path[len(AUGMENTED):].split("/", 1)[-1]
+    return False, copy_name(path)
+
+
 def seeded_hash(seed: int, text: str) -> str:
     # surrogateescape: a file name that is not valid UTF-8 (os.walk gives it lone surrogates) still hashes
     return hashlib.blake2b(f"{seed}:{text}".encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()

@@ -20,7 +20,7 @@ import torch
 
 from saga import distributed
 from saga.distributed import resolve_device
-from saga.cache.manifest import (FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
+from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
@@ -35,7 +35,6 @@ from saga.taxonomy import Taxonomy
 
 # Record paths of re-encoded train copies (`saga extract --augment`, saga.robustness.augment): always
 # train, and left out when new videos' splits are balanced.
-AUGMENTED = ".augment/"
 
 
 @dataclass

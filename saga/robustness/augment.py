@@ -7,7 +7,7 @@ when present) and extracted into the same cache with the video root set to the c
 copy's record path is `.augment/<perturbation>/<original path>.mp4`. Each copy is recorded in the
 split plan as train *before* extraction: it can never land in val or test (no leakage), and only
 train videos are copied. Split planning ignores the copies when it balances new videos'
-splits (`saga.pipeline.extract.AUGMENTED`), so a later pass splits new videos as if there were none.
+splits (`saga.cache.manifest.AUGMENTED`), so a later pass splits new videos as if there were none.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from saga.cache.manifest import append_split_plan, read_split_plan
+from saga.cache.manifest import AUGMENTED, append_split_plan, copy_name, read_split_plan
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import write_text
-from saga.pipeline.extract import AUGMENTED, ExtractConfig, ExtractSummary, extract
+from saga.pipeline.extract import ExtractConfig, ExtractSummary, extract
 from saga.progress import ProgressFn
 from saga.robustness.perturb import Perturbation, apply
-from saga.robustness.runner import copy_name, csv_field
+from saga.robustness.runner import csv_field
 
 
 def augment_cache(cfg: ExtractConfig, perturbations: Sequence[Perturbation], say: Callable[[str], None] = print,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
+from saga.cache.manifest import SPLITS, VideoRecord, copy_name, seeded_hash
 from saga.cache.provenance import cache_provenance
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -65,17 +65,6 @@ def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> lis
                 chosen.append(r)
         records = chosen
     return sorted(records, key=lambda r: r.path)
-
-
-def copy_name(rel: str) -> str:
-    """The re-encoded copy's path (relative to its videos folder): always an .mp4 (H.264 in MP4).
-
-    Kept inside that folder even for a source outside the videos folder (absolute or `..` paths, which
-    `--allow-outside-paths` admits), so a copy can never overwrite an original.
-    """
-    parts = ["_up_" if p == ".." else p for p in Path(rel).parts if p not in ("/", ".")]
-    name = "/".join(parts)
-    return name if name.lower().endswith(".mp4") else name + ".mp4"
 
 
 def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path,
