@@ -102,6 +102,11 @@ def main() -> None:
     oracle = whitener(within_scatter(xtr[fake_tr], ytr[fake_tr]), 0.01)
     real_white = whitener(np.cov(reals.T), 0.01)
     real_cov = np.cov(reals.T)
+    dim = cache.dim  # the probe's input: [mean feature (dim) | temporal statistics]
+    _, _, vt = np.linalg.svd(xtr[:, :dim] - xtr[:, :dim].mean(0), full_matrices=False)
+
+    def stats_and_pca(x: np.ndarray) -> np.ndarray:  # what θ's default inputs are made of
+        return np.hstack([x[:, dim:], x[:, :dim] @ vt[:32].T])
     rows: dict[str, list[float]] = {}
     for seed in args.seeds:
         with warnings.catch_warnings():
@@ -114,6 +119,9 @@ def main() -> None:
         cells: dict[str, np.ndarray] = {
             "standardised, logistic regression": logistic(x, y, q),
             "standardised, nearest class mean": nearest_mean(x, y, q),
+            "temporal statistics only, logistic regression": logistic(x[:, dim:], y, q[:, dim:]),
+            "temporal statistics + 32 principal components of the mean feature, logistic regression":
+                logistic(stats_and_pca(x), y, stats_and_pca(q)),
             "oracle within-class whitening (all train labels), nearest class mean": nearest_mean(x @ oracle, y, q @ oracle),
             "the labelled videos' within-class covariance (shrunk 0.05), LDA": lda(shrink(s5, 0.05))(x, y, q),
             "the same mixed 0.5 with the real videos' covariance, LDA": lda(shrink(0.5 * s5 + 0.5 * real_cov, 0.05))(x, y, q),
