@@ -94,20 +94,26 @@ def test_one_stage_fits_its_own_label_free_basis(cache) -> None:
     np.testing.assert_allclose(model.basis_mean.numpy(), centre, rtol=1e-5, atol=1e-6)
 
 
-def test_window_statistics_are_the_probes_shift_invariant_statistics() -> None:
-    from saga.explain.pooled_stats import temporal_statistics
+def test_window_statistics_of_a_known_sequence_ignore_padding() -> None:
     from saga.model.temporal import sequence_statistics, stats_dim
 
-    torch.manual_seed(0)
-    x = torch.randn(3, 16, 10, dtype=torch.float64)
-    mask = torch.ones(3, 16, dtype=torch.bool)
-    mask[1, 12:] = False
-    mask[2, :3] = False
-    ours = sequence_statistics(x, mask, 4).numpy()
-    probe = temporal_statistics(x.numpy(), mask.numpy())  # per measure: 16 moments, 4 acf, 3 quantiles
-    assert ours.shape == (3, stats_dim(4))
-    np.testing.assert_allclose(ours[:, :20], probe[:, :20], atol=1e-5)
-    np.testing.assert_allclose(ours[:, 20:40], probe[:, 23:43], atol=1e-5)
+    e1, e2 = torch.eye(4, dtype=torch.float64)[0], torch.eye(4, dtype=torch.float64)[1]
+    x = torch.stack([e1, 2 * e2] * 4)[None]  # period 2: lag-1 cosine distance 1, lag-2 0
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    mask[0, 6:] = False
+    x_padded = x.clone()
+    x_padded[0, 6:] = 7.0  # padding must not count
+    out = sequence_statistics(x_padded, mask, 3)[0].numpy()
+    assert out.shape == (stats_dim(3),) and out.dtype == np.float64
+    cos_moments, cos_acf = out[:12].reshape(3, 4), out[12:15]
+    np.testing.assert_allclose(cos_moments[0], [1, 0, 1, 1])  # lag 1: mean, std, min, max
+    np.testing.assert_allclose(cos_moments[1], [0, 0, 0, 0], atol=1e-12)  # lag 2: the same frame again
+    np.testing.assert_allclose(cos_moments[2], [1, 0, 1, 1])
+    np.testing.assert_allclose(cos_acf, 0.0)  # a constant sequence has no autocorrelation
+    norm_moments = out[15:27].reshape(3, 4)
+    np.testing.assert_allclose(norm_moments[0], [np.sqrt(5), 0, np.sqrt(5), np.sqrt(5)])  # |2 e2 - e1|
+    np.testing.assert_allclose(norm_moments[1], [0, 0, 0, 0], atol=1e-12)
+    assert torch.equal(sequence_statistics(x_padded, mask, 3), sequence_statistics(x, mask, 3))
 
 
 def test_window_statistics_reach_phi_standardised_and_ignore_padding(cache, tmp_path: Path) -> None:

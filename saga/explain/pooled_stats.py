@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model.inference import take_subwindow
+from saga.model.temporal import sequence_statistics
 
 LAGS = (1, 2, 3, 4)
 SHIFTS = (1, 2, 3, 4)
@@ -43,35 +45,6 @@ def feature_spec(frames: int | None, dim: int) -> dict[str, Any]:
 
 
 # -- features ------------------------------------------------------------------------------------
-def _masked_stats(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """mean, std, min, max over the last axis of seq (n, L) where valid; 0 where nothing is valid."""
-    cnt = valid.sum(axis=1)
-    has = cnt > 0
-    safe = np.maximum(cnt, 1)
-    mean = np.where(valid, seq, 0.0).sum(axis=1) / safe
-    var = np.where(valid, (seq - mean[:, None]) ** 2, 0.0).sum(axis=1) / safe
-    lo = np.where(valid, seq, np.inf).min(axis=1, initial=np.inf)
-    hi = np.where(valid, seq, -np.inf).max(axis=1, initial=-np.inf)
-    out = np.stack([mean, np.sqrt(var), lo, hi], axis=1)
-    return np.where(has[:, None], out, 0.0)
-
-
-def _acf(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Autocorrelation of seq (n, L) at SHIFTS over pairs of valid entries; 0 when undefined."""
-    cnt = np.maximum(valid.sum(axis=1), 1)
-    mean = np.where(valid, seq, 0.0).sum(axis=1) / cnt
-    c = np.where(valid, seq - mean[:, None], 0.0)
-    denom = (c * c).sum(axis=1)
-    out = np.zeros((seq.shape[0], len(SHIFTS)))
-    for j, s in enumerate(SHIFTS):
-        if s >= seq.shape[1]:
-            continue
-        both = valid[:, :-s] & valid[:, s:]
-        num = np.where(both, c[:, :-s] * c[:, s:], 0.0).sum(axis=1)
-        out[:, j] = np.divide(num, denom, out=np.zeros_like(num), where=denom > 1e-12)
-    return out
-
-
 def _quantiles(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.zeros((seq.shape[0], len(QUANTILES)))
     for i in range(seq.shape[0]):
@@ -81,35 +54,15 @@ def _quantiles(seq: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sequence_statistics(pair_value: Any, x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The 23 statistics of one frame-pair measure (cosine distance or difference norm)."""
-    n, t = m.shape
-    parts = []
-    lag1 = None
-    for lag in LAGS:
-        if lag >= t:
-            parts.append(np.zeros((n, 4)))
-            continue
-        seq = pair_value(x[:, :-lag], x[:, lag:])
-        valid = m[:, :-lag] & m[:, lag:]
-        parts.append(_masked_stats(seq, valid))
-        if lag == 1:
-            lag1 = (seq, valid)
-    if lag1 is None:
-        parts += [np.zeros((n, len(SHIFTS))), np.zeros((n, len(QUANTILES)))]
-    else:
-        parts += [_acf(*lag1), _quantiles(*lag1)]
-    return np.concatenate(parts, axis=1)
-
-
-def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na = np.linalg.norm(a, axis=-1)
-    nb = np.linalg.norm(b, axis=-1)
-    return 1.0 - (a * b).sum(axis=-1) / np.maximum(na * nb, 1e-12)
-
-
-def _diff_norm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(b - a, axis=-1)
+def _lag1_quantiles(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """QUANTILES of the lag-1 cosine distance and difference norm over pairs of real frames."""
+    n = x.shape[0]
+    if x.shape[1] < 2:
+        return np.zeros((n, len(QUANTILES))), np.zeros((n, len(QUANTILES)))
+    a, b = x[:, :-1], x[:, 1:]
+    valid = m[:, :-1] & m[:, 1:]
+    cos = 1.0 - (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+    return _quantiles(np.maximum(cos, 0.0), valid), _quantiles(np.linalg.norm(b - a, axis=-1), valid)
 
 
 def temporal_statistics(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -125,8 +78,11 @@ def temporal_statistics(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         x, m = x[None], m[None]
     if x.ndim != 3 or m.shape != x.shape[:2]:
         raise SagaError(f"features (n, T, D) and mask (n, T) expected, got {x.shape} and {m.shape}")
-    out = np.concatenate([_sequence_statistics(_cosine_distance, x, m),
-                          _sequence_statistics(_diff_norm, x, m)], axis=1).astype(np.float32)
+    # θ's window statistics (the same code) + the lag-1 quantiles, per measure in STAT_NAMES order
+    moments = sequence_statistics(torch.from_numpy(x), torch.from_numpy(m), len(LAGS)).numpy()
+    per = moments.shape[1] // 2
+    q_cos, q_norm = _lag1_quantiles(x, m)
+    out = np.concatenate([moments[:, :per], q_cos, moments[:, per:], q_norm], axis=1).astype(np.float32)
     return out[0] if single else out
 
 

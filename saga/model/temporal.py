@@ -87,11 +87,11 @@ def sequence_statistics(x: Tensor, mask: Tensor | None, lags: int) -> Tensor:
 
     The per-frame tokens say where in the window something happens; these say what happens
     whatever the phase (a frame held every 3rd frame, a loop of 5), which is what a periodic
-    mark with a random start is, and what a few labels can pin down (docs/ablation.md). The
-    same pair measures as `saga probe`'s pooled statistics, without quantiles.
+    mark with a random start is, and what a few labels can pin down (docs/ablation.md).
+    `saga probe`'s pooled statistics are these (in float64) plus lag-1 quantiles.
     """
     b, t, _ = x.shape
-    xf = x.float()
+    xf = x if x.dtype == torch.float64 else x.float()  # the probe computes in float64, θ in float32
     unit = F.normalize(xf, dim=-1)
     real = torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None else mask.to(torch.bool)
     parts: dict[str, list[Tensor]] = {"cos": [], "norm": []}
