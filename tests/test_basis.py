@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
 from saga.runs import load_model
-from saga.train.attribute import load_base, prepare_model
+from saga.train.attribute import load_base, prepare_model, train_attribution
 from saga.train.basis import fit_basis, fit_to_pool, video_means
 from saga.train.stage1 import train_stage1
 from test_train import D, T, a_config, build_cache, s1_config
@@ -146,3 +147,36 @@ def test_basis_is_narrowed_to_the_pool_and_a_large_pool_is_sampled(cache, monkey
     model = VideoTransformer(ModelConfig(in_dim=D, d_model=16, depth=1, heads=2, n_classes=3, content_basis=3))
     fit_to_pool(model, cache, cache.ok_records("train"), "pca", 0, T)
     assert seen == [10] and model.basis.abs().sum() > 0
+
+
+def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path: Path) -> None:
+    from saga.train.readout import discriminant, embed
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 6)) * 3
+    y = np.repeat(np.arange(3), 4)
+    emb = centres[y] + rng.normal(size=(12, 6))
+    w, b = discriminant(emb, y, 3, real_emb=rng.normal(size=(30, 6)))
+    test_y = np.repeat(np.arange(3), 50)
+    test = centres[test_y] + rng.normal(size=(150, 6))
+    assert ((test @ w.T + b).argmax(1) == test_y).mean() > 0.9
+    with pytest.raises(SagaError, match="all 4 classes"):
+        discriminant(emb, y, 4)
+    # end to end: stage 2 replaces its head by the discriminant of its labelled videos, saved in model.safetensors
+    run = train_attribution(cache.root, tmp_path / "lda", a_config(epochs=2))
+    head_run = train_attribution(cache.root, tmp_path / "head", a_config(epochs=2, readout="head"))
+    done = json.loads((run / "done.json").read_text())
+    assert done["readout"] == "lda" and done["labelled_videos"] > 0 and done["real_videos"] > 0
+    model, info = load_model(run)
+    trained, _ = load_model(head_run)
+    for name, tensor in trained.state_dict().items():  # same training, only the head differs
+        assert torch.equal(tensor, model.state_dict()[name]) != name.startswith("head."), name
+    subset = json.loads((run / "labelled.json").read_text())["classes"]
+    recs = [r for r in cache.ok_records("train") if any(r.path in p for p in subset.values())]
+    targets = np.array([info.classes.index(next(c for c, p in subset.items() if r.path in p)) for r in recs])
+    reals = [r for r in cache.ok_records("train") if r.labels["BIN-L"] == "real"]
+    w, b = discriminant(embed(model, cache, recs, T, 64, torch.device("cpu")), targets, len(info.classes),
+                        embed(model, cache, reals, T, 64, torch.device("cpu")))
+    torch.testing.assert_close(model.head.weight.double(), torch.from_numpy(w), rtol=1e-4, atol=1e-4)
+    with pytest.raises(SagaError, match="readout"):
+        a_config(readout="knn").check()

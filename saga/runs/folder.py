@@ -36,6 +36,7 @@ from saga.runs.files import (
     TSIG_PROFILES,
     TSNE_GLOB,
     evaluation_file,
+    load_tensors,
     read_json,
     save_weights,
     write_json,
@@ -159,6 +160,14 @@ class RunFolder:
 
     def save_best(self, model: VideoTransformer, epoch: int, metric: float | None) -> None:
         save_weights(self.path / MODEL, model, epoch=epoch, metric=metric)
+
+    def load_best(self, model: VideoTransformer) -> bool:
+        """Put the kept epoch's weights (model.safetensors) into `model`; False when none was saved."""
+        if not (self.path / MODEL).is_file():
+            return False
+        tensors, _ = load_tensors(self.path / MODEL)
+        model.load_state_dict({k: v.to(model.head.weight.device) for k, v in tensors.items()})
+        return True
 
     def save_state(self, model: VideoTransformer, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
+from saga.train.readout import READOUTS, fit_readout
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
@@ -84,10 +85,13 @@ class AttributeConfig(TrainOptions):
     batch_size: int = 32
     lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
+    readout: str = "lda"  # the final classifier: "lda" (saga.train.readout) | "head" (as trained)
 
     def check(self) -> None:
         super().check()
         check_level(self.level)
+        if self.readout not in READOUTS:
+            raise SagaError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         self.loss = parse_choice(Loss, self.loss, "loss")
         if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
             raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
@@ -342,5 +346,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
                  else HNMObjective(data, view, cfg, device))
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)
-    fit(model, objective, run, cfg, lr, validate, device, progress)
+    targets = np.array([chosen[r.path] for r in pool], np.int64)
+    finalize = None if cfg.readout == "head" else (lambda m: fit_readout(
+        m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed))
+    fit(model, objective, run, cfg, lr, validate, device, progress, finalize)
     return run.path

@@ -210,8 +210,14 @@ def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any]) -> tu
 
 def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: TrainOptions, lr: float,
         validate: Callable[[VideoTransformer], dict] | None, device: torch.device,
-        progress: Progress | None = None) -> dict[str, Any]:
-    """Train for opts.epochs (resuming from the folder's last state), keep the best; returns done.json's dict."""
+        progress: Progress | None = None,
+        finalize: Callable[[VideoTransformer], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train for opts.epochs (resuming from the folder's last state), keep the best; returns done.json's dict.
+
+    `finalize` (rank 0) gets the kept epoch's model before the run is marked done, may change it
+    (stage 2's readout) and returns what it did for done.json; the changed model is saved first,
+    so a kill in between only repeats it.
+    """
     dist = distributed.init(device)
     main = dist.is_main  # under torchrun rank 0 alone validates, writes the run folder and reports
     emit = (progress if main else None) or (lambda event: None)
@@ -268,6 +274,9 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
                "metric": "val_macro_accuracy" if validate is not None else None,
                "select": opts.select, "epochs_planned": epochs,
                "epochs_run": state["epoch"], "stopped_early": state["epoch"] < epochs, "step": state["step"]}
+    if main and finalize is not None and run.load_best(model):
+        summary.update(finalize(model))
+        run.save_best(model, state["best_epoch"], state["best_metric"])
     if main:
         run.finish(summary)
     distributed.barrier()
