@@ -141,8 +141,9 @@ def test_basis_is_narrowed_to_the_pool_and_a_large_pool_is_sampled(cache, monkey
     assert a_config(content_basis=500).model_config(D, 3, T, pool_size=1000).content_basis == D
     assert a_config(content_basis=500).model_config(D, 3, T, pool_size=6).content_basis == 5
     seen: list[int] = []
-    real_means = basis_module.video_means
-    monkeypatch.setattr(basis_module, "video_means", lambda c, recs: seen.append(len(recs)) or real_means(c, recs))
+    real_read = basis_module.pool_summaries
+    monkeypatch.setattr(basis_module, "pool_summaries",
+                        lambda c, recs, *a: seen.append(len(recs)) or real_read(c, recs, *a))
     monkeypatch.setattr(basis_module, "MAX_VIDEOS", 10)
     model = VideoTransformer(ModelConfig(in_dim=D, d_model=16, depth=1, heads=2, n_classes=3, content_basis=3))
     fit_to_pool(model, cache, cache.ok_records("train"), "pca", 0, T)

@@ -29,7 +29,7 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import VideoTransformer
 from saga.model.inference import take_subwindow
-from saga.model.temporal import sequence_statistics
+from saga.model.temporal import sequence_statistics, stats_dim
 from saga.taxonomy import REAL
 
 METHODS = ("pca", "gev")
@@ -38,25 +38,26 @@ READ_BATCH = 256
 RIDGE = 1e-2  # of the reals' mean variance: keeps the generalised eigenproblem well posed
 
 
-def video_means(cache: FeatureCache, records: Sequence[VideoRecord]) -> np.ndarray:
-    """(n, D) float64: each video's mean feature over its real frames (all windows)."""
-    out = np.zeros((len(records), cache.dim))
+def pool_summaries(cache: FeatureCache, records: Sequence[VideoRecord], frames: int,
+                   lags: int) -> tuple[np.ndarray, np.ndarray]:
+    """One read of `records`: each video's mean feature over its real frames (all windows), (n, D), and
+    the raw window statistics of its evaluation sub-window (window 0, centred T'), (n, S); float64."""
+    means, stats = [np.zeros((0, cache.dim))], [np.zeros((0, stats_dim(lags)))]
     for lo in range(0, len(records), READ_BATCH):
         data = cache.read(records[lo:lo + READ_BATCH])
         x = data["features"].astype(np.float64)  # (n, W, T, D)
         m = data["mask"].astype(np.float64)[..., None]
-        out[lo:lo + len(x)] = (x * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1.0)
-    return out
+        means.append((x * m).sum(axis=(1, 2)) / np.maximum(m.sum(axis=(1, 2)), 1.0))
+        if lags:
+            sub, sub_mask = take_subwindow(data["features"][:, 0], data["mask"][:, 0], frames)
+            stats.append(sequence_statistics(torch.from_numpy(sub.astype(np.float32)), torch.from_numpy(sub_mask),
+                                             lags).numpy().astype(np.float64))
+    return np.concatenate(means), np.concatenate(stats)
 
 
-def window_statistics(cache: FeatureCache, records: Sequence[VideoRecord], frames: int, lags: int) -> np.ndarray:
-    """(n, S) raw window statistics of each video's evaluation sub-window (window 0, centred T')."""
-    out = []
-    for lo in range(0, len(records), READ_BATCH):
-        data = cache.read(records[lo:lo + READ_BATCH])
-        x, m = take_subwindow(data["features"][:, 0], data["mask"][:, 0], frames)
-        out.append(sequence_statistics(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(m), lags).numpy())
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
+def video_means(cache: FeatureCache, records: Sequence[VideoRecord]) -> np.ndarray:
+    """(n, D) float64: each video's mean feature over its real frames (all windows)."""
+    return pool_summaries(cache, records, 1, 0)[0]
 
 
 def _pca(means: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +104,10 @@ def fit_to_pool(model: VideoTransformer, cache: FeatureCache, records: Sequence[
         keep = np.sort(np.random.default_rng(seed).choice(len(records), MAX_VIDEOS, replace=False))
         records = records.take(keep) if hasattr(records, "take") else [records[i] for i in keep]
     records = list(records)
+    means, stats = pool_summaries(cache, records, frames, c.video_stats)
     if c.content_basis and c.inputs != "temporal":
         real = np.array([r.labels.get("BIN-L") == REAL for r in records])
-        centre, basis = fit_basis(video_means(cache, records), real, c.content_basis, method)
+        centre, basis = fit_basis(means, real, c.content_basis, method)
         model.set_basis(torch.from_numpy(centre), torch.from_numpy(basis))
     if c.video_stats:
-        stats = window_statistics(cache, records, frames, c.video_stats)
         model.set_stats_norm(torch.from_numpy(stats.mean(axis=0)).float(), torch.from_numpy(stats.std(axis=0)).float())
