@@ -164,7 +164,7 @@ def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path
     with pytest.raises(SagaError, match="all 4 classes"):
         discriminant(emb, y, 4)
     # end to end: stage 2 replaces its head by the discriminant of its labelled videos, saved in model.safetensors
-    run = train_attribution(cache.root, tmp_path / "lda", a_config(epochs=2))
+    run = train_attribution(cache.root, tmp_path / "lda", a_config(epochs=2, readout="lda"))
     head_run = train_attribution(cache.root, tmp_path / "head", a_config(epochs=2, readout="head"))
     done = json.loads((run / "done.json").read_text())
     assert done["readout"] == "lda" and done["labelled_videos"] > 0 and done["real_videos"] > 0
@@ -179,5 +179,32 @@ def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path
     w, b = discriminant(embed(model, cache, recs, T, 64, torch.device("cpu")), targets, len(info.classes),
                         embed(model, cache, reals, T, 64, torch.device("cpu")))
     torch.testing.assert_close(model.head.weight.double(), torch.from_numpy(w), rtol=1e-4, atol=1e-4)
+    # readout = "auto" (the default): the validation videos pick one of the two, recorded in done.json
+    auto = train_attribution(cache.root, tmp_path / "auto", a_config(epochs=2))
+    done = json.loads((auto / "done.json").read_text())
+    assert done["chosen_by"] == "val_macro_accuracy" and set(done["val_macro_accuracy"]) == {"head", "lda"}
+    chosen = {"lda": model, "head": trained}[done["readout"]]
+    assert torch.equal(load_model(auto)[0].head.weight, chosen.head.weight)
     with pytest.raises(SagaError, match="readout"):
         a_config(readout="knn").check()
+
+
+@pytest.mark.parametrize(("head_acc", "lda_acc", "kept"), [(0.9, 0.5, "head"), (0.5, 0.9, "lda"), (0.7, 0.7, "lda")])
+def test_auto_readout_keeps_what_validates_better(head_acc: float, lda_acc: float, kept: str) -> None:
+    from saga.train.readout import choose_readout
+
+    model = VideoTransformer(ModelConfig(in_dim=D, d_model=16, depth=1, heads=2, n_classes=3))
+    trained = model.head.weight.detach().clone()
+
+    def fit(m: VideoTransformer) -> dict[str, object]:
+        with torch.no_grad():
+            m.head.weight.fill_(7.0)
+        return {"readout": "lda"}
+
+    def validate(m: VideoTransformer) -> dict[str, object]:
+        return {"macro_accuracy": lda_acc if bool((m.head.weight == 7.0).all()) else head_acc, "n": 9}
+
+    info = choose_readout(model, fit, validate)
+    assert info["readout"] == kept and info["val_macro_accuracy"] == {"head": head_acc, "lda": lda_acc}
+    assert torch.equal(model.head.weight, trained) == (kept == "head")
+    assert choose_readout(model, fit, None)["readout"] == "lda"  # no validation videos: the discriminant

@@ -95,6 +95,9 @@ def test_attribute_options_are_validated(tiny_cache: Path, tmp_path: Path) -> No
     proc = run_saga("attribute", "--loss", "triplet", "--cache", str(tiny_cache / "cache"), "--out",
                     str(tmp_path / "r"))
     assert proc.returncode == 2 and "loss must be one of" in proc.stderr
+    proc = run_saga("attribute", "--readout", "knn", "--cache", str(tiny_cache / "cache"), "--out",
+                    str(tmp_path / "r"))
+    assert proc.returncode == 2 and "readout must be one of" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Path) -> None:

@@ -112,6 +112,9 @@ def attribute(
     lam: Annotated[Optional[float], typer.Option(help="λ in λ·CE + (1−λ)·L_HNM.")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Triplet margin α.")] = None,
     mine_every: Annotated[Optional[str], typer.Option(help="'epoch' or N steps between FAISS refreshes.")] = None,
+    readout: Annotated[Optional[str], typer.Option(
+        help="Final classifier: auto (validation picks) | lda (labelled videos' discriminant) | head (as trained).")
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     min_steps: Annotated[Optional[int], typer.Option(help="At least this many optimiser steps (default 300).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
@@ -132,7 +135,7 @@ def attribute(
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(load_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
-        epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
+        readout=readout, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
         patience=patience, device=device))
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):

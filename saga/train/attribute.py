@@ -36,7 +36,7 @@ from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
-from saga.train.readout import READOUTS, fit_readout
+from saga.train.readout import READOUTS, choose_readout, fit_readout
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
@@ -85,7 +85,7 @@ class AttributeConfig(TrainOptions):
     batch_size: int = 32
     lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
-    readout: str = "lda"  # the final classifier: "lda" (saga.train.readout) | "head" (as trained)
+    readout: str = "auto"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
 
     def check(self) -> None:
         super().check()
@@ -347,7 +347,9 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)
     targets = np.array([chosen[r.path] for r in pool], np.int64)
-    finalize = None if cfg.readout == "head" else (lambda m: fit_readout(
-        m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed))
+    def lda(m: VideoTransformer) -> dict[str, object]:
+        return fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed)
+
+    finalize = {"head": None, "lda": lda, "auto": lambda m: choose_readout(m, lda, validate)}[cfg.readout]
     fit(model, objective, run, cfg, lr, validate, device, progress, finalize)
     return run.path

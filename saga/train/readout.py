@@ -7,11 +7,15 @@ to the covariance of the pool's real videos (abundant, labelled real/fake only: 
 the content variation every class shares) and then a little to the identity. It is linear in φ,
 so it replaces the head's weights and biases: every reader of the run (evaluate, predict,
 calibration, open set) uses it without knowing. Measured in docs/ablation.md.
+
+With readout = "auto" (the default) the validation videos decide: the discriminant's single
+mean per class is a poor model of a class made of many sources (BIN-L's "fake" pools 19
+generators), where the trained head can be better; `choose_readout` keeps whichever validates better.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +27,7 @@ from saga.model import VideoTransformer
 from saga.model.inference import record_targets, take_subwindow
 from saga.taxonomy import REAL
 
-READOUTS = ("lda", "head")
+READOUTS = ("auto", "lda", "head")  # auto: the discriminant unless the trained head validates better
 REAL_SHARE = 0.5  # weight of the real videos' covariance in the pooled one
 SHRINK = 0.05  # then towards the identity (scaled to the mean variance)
 MAX_REAL = 5_000  # real videos for their covariance: a seeded sample beyond this
@@ -82,3 +86,24 @@ def fit_readout(model: VideoTransformer, cache: FeatureCache, labelled: Sequence
         head.bias.copy_(torch.from_numpy(bias).to(head.bias))
     return {"readout": "lda", "labelled_videos": len(labelled), "real_videos": len(reals),
             "real_share": REAL_SHARE, "shrink": SHRINK}
+
+
+def choose_readout(model: VideoTransformer, fit: Callable[[VideoTransformer], dict[str, Any]],
+                   validate: Callable[[VideoTransformer], dict[str, Any]] | None) -> dict[str, object]:
+    """Fit the discriminant, then keep the trained head instead if it has the higher validation macro accuracy.
+
+    Ties keep the discriminant (better on average across the measured grid); without validation
+    videos the discriminant is kept untested.
+    """
+    if validate is None:
+        return {**fit(model), "chosen_by": "no validation videos"}
+    head_val = validate(model)
+    trained = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+    info = fit(model)
+    lda_val = validate(model)
+    scores = {"head": head_val["macro_accuracy"], "lda": lda_val["macro_accuracy"]}
+    if scores["head"] > scores["lda"]:
+        model.head.load_state_dict(trained)
+        info = {"readout": "head"}
+    return {**info, "chosen_by": "val_macro_accuracy", "val_macro_accuracy": scores,
+            "val_videos": int(lda_val.get("n", 0))}
