@@ -107,8 +107,8 @@ class TimedIndexes(ClassIndexes):
         TimedIndexes.record["build_s"] = seconds
         TimedIndexes.last = self
 
-    def nearest_other(self, anchors: np.ndarray, exact: bool = False) -> np.ndarray:
-        out, seconds = timed(lambda: super(TimedIndexes, self).nearest_other(anchors, exact))
+    def nearest_other(self, anchors: np.ndarray) -> np.ndarray:
+        out, seconds = timed(lambda: super(TimedIndexes, self).nearest_other(anchors))
         TimedIndexes.record["search_s"] = seconds
         return out
 

@@ -310,3 +310,23 @@ def test_ce_plus_hnm_training_falls() -> None:
     with torch.no_grad():
         acc = (model(x, mask).logits.argmax(1) == y).float().mean().item()
     assert acc > 0.95
+
+
+def test_approximate_search_projects_low_rank_pools_only() -> None:
+    # 64-d embeddings that live in a 12-d subspace (trained φ has few directions): the approximate
+    # index searches 16 dimensions (12 rounded up to 8s); with every list probed its negatives and
+    # positives are the exact ones, because candidates are compared in the full space.
+    x, y = clustered(n_classes=5, per=300, d=12, spread=0.5, seed=4)
+    basis = np.linalg.qr(np.random.default_rng(5).normal(size=(64, 12)))[0]
+    wide = np.ascontiguousarray(x @ basis.T, dtype=np.float32)
+    params = ApproxParams(nlist=6, nprobe=6)
+    index = mining_index.ClassIndexes(unit(wide), y, params)
+    assert index.dims == 16
+    exact = mine_triplets(wide, y, search="exact")
+    approx = mine_triplets(wide, y, search="approx", approx=params)
+    np.testing.assert_array_equal(approx.negatives, exact.negatives)
+    np.testing.assert_allclose(approx.d_ap, exact.d_ap, rtol=1e-4, atol=1e-5)  # same hardest positive distances
+    # Isotropic: no direction to drop, the search stays in the full space; energy=None never projects.
+    iso = np.random.default_rng(6).normal(size=(600, 64)).astype(np.float32)
+    assert mining_index.ClassIndexes(iso, y[:600], params).dims == 64
+    assert mining_index.ClassIndexes(unit(wide), y, ApproxParams(nlist=6, energy=None)).dims == 64

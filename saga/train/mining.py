@@ -12,8 +12,9 @@ must be hardest in that same space. Normalising twice is harmless.
 
 Negatives (hard): every other class's index is searched for its single nearest item
 and the closest of those wins (`saga.train.mining_index.ClassIndexes`): exact with flat
-indexes, approximate with per-class IVF (`search="approx"`, parameters in
-`ApproxParams`), `search="auto"` choosing by pool size. The indexes are built once per
+indexes, approximate with per-class IVF in the pool's principal subspace (`search="approx"`,
+parameters in `ApproxParams`; positives then come from that subspace too), `search="auto"`
+choosing by pool size. The indexes are built once per
 call, i.e. once per refresh of stage 2.
 
 Semi-hard (FaceNet, the paper's "semi-HNM" ablation): the negative is *mined*,
@@ -106,7 +107,7 @@ def mine_triplets(
         normalize: L2-normalise rows first (the loss's space).
         search: "exact", "approx" (per-class IVF, hard mode only) or "auto": exact below
             APPROX_MIN_POOL items, else approximate if it passes its recall check (`ApproxParams`).
-        approx: IVF parameters for search="approx" (None: `ApproxParams()` defaults).
+        approx: projection and IVF parameters for search="approx" (None: `ApproxParams()` defaults).
         seed: for positive="random".
 
     Returns:
@@ -134,6 +135,7 @@ def mine_triplets(
     indexes = ClassIndexes(x, cls, params if used == "approx" else None)
     if mode == "hard" and how == "auto" and used == "approx" and indexes.approx_recall(a) < params.min_recall:
         used = "exact"  # this pool has no structure the IVF can use: its negatives would be wrong
+        indexes = ClassIndexes(x, cls, None)
     rng = np.random.default_rng(seed)
     if mode == "hard" and used == "exact" and positive != "random":
         pos, neg = indexes.exact_pairs(a, farthest=positive == "hardest")
@@ -141,7 +143,7 @@ def mine_triplets(
     else:
         pos = _positives(indexes, a, positive, rng)
         d_ap = _sq_dist(x, a, pos)
-        neg = brute_negatives(x, cls, a, d_ap) if mode == "semihard" else indexes.nearest_other(a, used == "exact")
+        neg = brute_negatives(x, cls, a, d_ap) if mode == "semihard" else indexes.nearest_other(a)
     keep = neg >= 0
     a, pos, neg, d_ap = a[keep], pos[keep], neg[keep], d_ap[keep]
     d_an = _sq_dist(x, a, neg)
