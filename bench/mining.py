@@ -6,7 +6,8 @@
 Why: stage 2 mines, at every refresh, the nearest other-class item of each anchor over the whole
 labelled pool (`saga.train.mining.mine_triplets`). This measures what that costs as the pool grows,
 for `search="exact"` (one flat index per class, k = 1) and `search="approx"` (one IVF-Flat per class,
-`--nlist` / `--nprobe`), against the obvious alternative (torch.cdist + class masking, pool-chunked).
+`--nlist` / `--nprobe`, in the pool's principal subspace holding `--energy` of its variance),
+against the obvious alternative (torch.cdist + class masking, pool-chunked).
 
 Pool: N simulated embeddings, d=256, C gaussian classes (random unit centres scaled by --sep,
 isotropic noise of norm ~1), L2-normalised. The same fixed random subset of anchors is mined by
@@ -147,6 +148,7 @@ def run_method(x: np.ndarray, y: np.ndarray, anchors: np.ndarray, true_d: np.nda
     rec, excess = recall(x, mined.anchors, mined.negatives, true_d[pos])
     parts = TimedIndexes.record
     extra = {k: round(parts[k], 3) for k in ("check_s", "check_recall") if k in parts}
+    extra["search_dims"] = TimedIndexes.last.dims if TimedIndexes.last is not None else x.shape[1]
     n, m = x.shape[0], anchors.size
     per_anchor = parts["search_s"] + parts["positives_s"]  # the rest (build, normalising) is paid once
     refresh = seconds - per_anchor + per_anchor * n / m
@@ -182,7 +184,8 @@ def run_size(n: int, args: argparse.Namespace, rank: int) -> dict[str, Any]:
     print(f"[mining] n={n}: simulated in {gen_s:.1f}s; torch brute force...", file=sys.stderr, flush=True)
     (_, true_d, _), brute_s = timed(lambda: torch_brute(x, y, anchors, args.chunk_elems))
     out: dict[str, Any] = {"n": n, "anchors": int(anchors.size), "torch_brute_s": round(brute_s, 3)}
-    params = ApproxParams(nlist=args.nlist, nprobe=args.nprobe, seed=args.seed)
+    params = ApproxParams(nlist=args.nlist, nprobe=args.nprobe, seed=args.seed,
+                          energy=None if args.energy <= 0 else args.energy)
     for name, search in (("faiss_flat", "exact"), ("faiss_approx", "approx")):
         print(f"[mining] n={n}: {name}...", file=sys.stderr, flush=True)
         out[name] = run_method(x, y, anchors, true_d, brute_s, search, params)
@@ -204,6 +207,8 @@ def main() -> None:
     parser.add_argument("--sep", type=float, default=0.4, help="centre norm (noise norm ~1): lower = more overlap")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists per class (default: sqrt(members))")
     parser.add_argument("--nprobe", type=int, default=ApproxParams().nprobe, help="IVF lists searched per class")
+    parser.add_argument("--energy", type=float, default=ApproxParams().energy,
+                        help="variance share of the approximate search space (0: the full space)")
     parser.add_argument("--sweep", type=int, nargs="*", default=[2, 4, 8, 16, 32],
                         help="nprobe values for the recall / time curve")
     parser.add_argument("--chunk-elems", type=int, default=1 << 25, help="torch distance block (elements)")
@@ -221,7 +226,8 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "mining", "machine": f"{os.cpu_count()} cores, {args.threads} threads (torch and FAISS)",
         "dim": args.dim, "classes": args.classes, "sep": args.sep,
-        "approx": f"IVF-Flat per class, nlist {args.nlist or 'sqrt(members)'}, nprobe {args.nprobe}",
+        "approx": f"IVF-Flat per class, nlist {args.nlist or 'sqrt(members)'}, nprobe {args.nprobe}, "
+                  f"in the principal subspace holding {args.energy} of the variance (0: full space)",
         "auto_approx_min_pool": APPROX_MIN_POOL, "rank": args.rank, "results": results,
         "low_rank": {"rank": args.low_rank, "results": low},
     }, indent=2))
