@@ -168,6 +168,7 @@ def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path
     head_run = train_attribution(cache.root, tmp_path / "head", a_config(epochs=2, readout="head"))
     done = json.loads((run / "done.json").read_text())
     assert done["readout"] == "lda" and done["labelled_videos"] > 0 and done["real_videos"] > 0
+    assert set(done["val_macro_accuracy"]) == {"head", "lda"}  # both recorded, the discriminant kept
     model, info = load_model(run)
     trained, _ = load_model(head_run)
     for name, tensor in trained.state_dict().items():  # same training, only the head differs
@@ -179,8 +180,8 @@ def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path
     w, b = discriminant(embed(model, cache, recs, T, 64, torch.device("cpu")), targets, len(info.classes),
                         embed(model, cache, reals, T, 64, torch.device("cpu")))
     torch.testing.assert_close(model.head.weight.double(), torch.from_numpy(w), rtol=1e-4, atol=1e-4)
-    # readout = "auto" (the default): the validation videos pick one of the two, recorded in done.json
-    auto = train_attribution(cache.root, tmp_path / "auto", a_config(epochs=2))
+    # readout = "auto": the validation videos pick one of the two, recorded in done.json
+    auto = train_attribution(cache.root, tmp_path / "auto", a_config(epochs=2, readout="auto"))
     done = json.loads((auto / "done.json").read_text())
     assert done["chosen_by"] == "val_macro_accuracy" and set(done["val_macro_accuracy"]) == {"head", "lda"}
     chosen = {"lda": model, "head": trained}[done["readout"]]
@@ -208,3 +209,4 @@ def test_auto_readout_keeps_what_validates_better(head_acc: float, lda_acc: floa
     assert info["readout"] == kept and info["val_macro_accuracy"] == {"head": head_acc, "lda": lda_acc}
     assert torch.equal(model.head.weight, trained) == (kept == "head")
     assert choose_readout(model, fit, None)["readout"] == "lda"  # no validation videos: the discriminant
+    assert choose_readout(model, fit, validate, switch=False)["readout"] == "lda"  # readout = "lda": scores only

@@ -113,7 +113,7 @@ def attribute(
     margin: Annotated[Optional[float], typer.Option(help="Triplet margin α.")] = None,
     mine_every: Annotated[Optional[str], typer.Option(help="'epoch' or N steps between FAISS refreshes.")] = None,
     readout: Annotated[Optional[str], typer.Option(
-        help="Final classifier: auto (validation picks) | lda (labelled videos' discriminant) | head (as trained).")
+        help="Final classifier: lda (labelled videos' discriminant, default) | head (as trained) | auto (validation picks).")
     ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     min_steps: Annotated[Optional[int], typer.Option(help="At least this many optimiser steps (default 300).")] = None,

@@ -85,7 +85,7 @@ class AttributeConfig(TrainOptions):
     batch_size: int = 32
     lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
-    readout: str = "auto"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
+    readout: str = "lda"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
 
     def check(self) -> None:
         super().check()
@@ -350,6 +350,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     def lda(m: VideoTransformer) -> dict[str, object]:
         return fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed)
 
-    finalize = {"head": None, "lda": lda, "auto": lambda m: choose_readout(m, lda, validate)}[cfg.readout]
+    finalize = None if cfg.readout == "head" else (
+        lambda m: choose_readout(m, lda, validate, switch=cfg.readout == "auto"))
     fit(model, objective, run, cfg, lr, validate, device, progress, finalize)
     return run.path
