@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -307,3 +310,34 @@ def test_h264_bytes_do_not_depend_on_memory_state(tmp_path: Path) -> None:
             path = write_video(tmp_path / f"{k}_{i}.mp4", video.frames, video.fps, "h264", {"crf": "18"})
             digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
         assert len(digests) == 1, f"video {k}: {len(digests)} different encodings of the same frames"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_pool_workers_die_with_a_killed_parent() -> None:
+    # A parent (like `saga synth --workers N`) forks a worker that runs the pool's initializer, then
+    # is SIGKILLed: the worker must not live on rendering clips for nobody.
+    script = (
+        "import multiprocessing as mp, time, sys\n"
+        "from saga.benchmark.synth import die_with_parent\n"
+        "def work():\n    die_with_parent(); time.sleep(60)\n"
+        "p = mp.get_context('fork').Process(target=work); p.start()\n"
+        "print(p.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)  # the worker has run its initializer
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper (PID 1 in a container may never reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

@@ -35,10 +35,12 @@ frames differs, so only a temporal model can separate them:
 from __future__ import annotations
 
 import csv
+import ctypes
 import functools
 import importlib.util
 import io
 import re
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -248,8 +250,21 @@ def _run(jobs: list, workers: int):
     if workers <= 1:
         yield from map(_make, jobs)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=die_with_parent) as pool:
         yield from pool.map(_make, jobs, chunksize=4)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies, so a killed `saga synth` leaves no orphans.
+
+    (ProcessPoolExecutor's workers otherwise keep rendering their queued clips after a SIGKILL
+    of the parent.) A no-op where prctl is missing.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _csv(rows: list[tuple[str, str]]) -> str:
