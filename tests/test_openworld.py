@@ -352,6 +352,7 @@ def test_evaluate_and_report_show_calibration_and_open_set(world: dict[str, Any]
     assert o["scores"]["n"]["known_correct"] == round(o["closed_accuracy"] * o["n_known"])
     res = runner.invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe"])
     assert "calibration (T = " in res.output and "known videos called unknown" in res.output
+    assert f"unseen sources (3 videos): AUROC {o['auroc']:.3f}, OSCR {o['oscr']:.3f}" in res.output
     res = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
     html = (tmp_path / "r.html").read_text()

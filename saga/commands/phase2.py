@@ -273,6 +273,9 @@ def _print_openworld(ow: dict[str, Any]) -> None:
         o = ow["openset"]
         console.print(f"open set ({o['kind']}, threshold at the val {o['percentile']:g}th percentile): "
                       f"{100 * o['false_unknown']:.1f}% of {o['n_known']} known videos called unknown", soft_wrap=True)
+        if o.get("auroc") is not None:  # the split holds videos of classes the run never saw
+            console.print(f"unseen sources ({o['n_unknown']} videos): AUROC {o['auroc']:.3f}, OSCR {o['oscr']:.3f}, "
+                          f"{100 * o['unknown_detected']:.1f}% called unknown", soft_wrap=True)
 
 
 def _print_prediction(pred: Any) -> None:
