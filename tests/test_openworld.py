@@ -76,6 +76,7 @@ def test_temperature_recovers_an_overconfident_scale() -> None:
     assert t == pytest.approx(3.0, rel=0.1)
     assert nll(3.0 * z, y, t) < nll(3.0 * z, y, 1.0)
     assert ece(softmax(3.0 * z, t), y) < ece(softmax(3.0 * z), y)
+    assert fit_temperature(60.0 * z, y) == pytest.approx(60.0, rel=0.1)  # the discriminant readout's scale
 
 
 def test_reliability_bins_and_ece_by_hand() -> None:
