@@ -105,6 +105,11 @@ def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Pat
     common = ("--level", "TASK-L", "--cache", cache, "--config", small, "--fraction", "0.5")
     proc = run_saga("attribute", *common, "--out", "runs/scratch", cwd=tmp_path, check=True)
     assert "training from scratch" in proc.stderr
+    # calibrated when done: the temperature that predict applies, fitted on the val split
+    cal = json.loads((tmp_path / "runs/scratch/calibration.json").read_text())
+    assert f"calibrated on {cal['n']} val videos: T = {cal['temperature']:.3f}" in proc.stdout and cal["n"] > 0
+    run_saga("attribute", *common, "--out", "runs/plain", "--no-calibrate", cwd=tmp_path, check=True)
+    assert not (tmp_path / "runs/plain/calibration.json").exists()
     assert json.loads((tmp_path / "runs/scratch/config.json").read_text())["train"]["from_run"] is None
     run_saga("train", "--stage", "1", "--cache", cache, "--config", small, cwd=tmp_path, check=True)
     proc = run_saga("attribute", *common, cwd=tmp_path, check=True)
