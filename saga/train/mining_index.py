@@ -41,7 +41,7 @@ SEARCHES: tuple[str, ...] = get_args(Search)
 # (docs/performance.md, section 3; 2 cores, d = 256): a refresh mines every pool item, and on a
 # pool of low intrinsic dimension the approximate refresh was 3.2× faster than the exact one at
 # 100k and 7× at 1M (1.2× slower at 10k). On a pool without structure its recall check fails and
-# auto falls back to exact, having spent the build (2 % of an exact refresh at 100k, 0.2 % at 1M).
+# auto falls back to exact, having spent the build (4 % of an exact refresh at 100k, 0.2 % at 1M).
 APPROX_MIN_POOL = 100_000
 _BRUTE_ELEMS = 1 << 24  # anchors × pool distances held at once by the brute force
 _ANCHOR_BLOCK = 4096  # anchors per brute-force block (each block reads the pool once)
