@@ -73,6 +73,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
     from saga.explain.report import build_report
     from saga.explain.tsig import run_tsigs
     from saga.explain.tsne import run_tsne
+    from saga.openworld.api import calibrate_run
     from saga.train.attribute import AttributeConfig, train_attribution
     from saga.train.stage1 import Stage1Config, train_stage1
 
@@ -87,6 +88,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
         run = train_attribution(cache, runs / level.lower(), AttributeConfig(
             level=level, fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, seed=cfg.seed,
             device=cfg.device, loss="ce+hnm"), from_run=stage1)
+        calibrate_run(run, cache, device=cfg.device, report_split=None)  # as `saga attribute` does
         results[level] = evaluate(run, cache, split="test", device=cfg.device)
         run_tsigs(run, cache, device=cfg.device)
         run_tsne(run, cache, color_by="GEN-L" if level != "GEN-L" else None, device=cfg.device)

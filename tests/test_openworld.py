@@ -77,6 +77,8 @@ def test_temperature_recovers_an_overconfident_scale() -> None:
     assert nll(3.0 * z, y, t) < nll(3.0 * z, y, 1.0)
     assert ece(softmax(3.0 * z, t), y) < ece(softmax(3.0 * z), y)
     assert fit_temperature(60.0 * z, y) == pytest.approx(60.0, rel=0.1)  # the discriminant readout's scale
+    right = z.argmax(axis=1)  # val without a single error: no minimum, no evidence, no change
+    assert fit_temperature(3.0 * z, right) == 1.0 and nll(3.0 * z, right, 0.1) < nll(3.0 * z, right, 1.0)
 
 
 def test_reliability_bins_and_ece_by_hand() -> None:
