@@ -350,7 +350,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     def lda(m: VideoTransformer) -> dict[str, object]:
         return fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed)
 
-    finalize = None if cfg.readout == "head" else (
-        lambda m: choose_readout(m, lda, validate, switch=cfg.readout == "auto"))
+    finalize = None if cfg.readout == "head" else (  # the kept epoch's val score is the trained head's
+        lambda m, done: choose_readout(m, lda, validate, done["best_metric"], switch=cfg.readout == "auto"))
     fit(model, objective, run, cfg, lr, validate, device, progress, finalize)
     return run.path

@@ -211,10 +211,11 @@ def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any]) -> tu
 def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: TrainOptions, lr: float,
         validate: Callable[[VideoTransformer], dict] | None, device: torch.device,
         progress: Progress | None = None,
-        finalize: Callable[[VideoTransformer], dict[str, Any]] | None = None) -> dict[str, Any]:
+        finalize: Callable[[VideoTransformer, dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train for opts.epochs (resuming from the folder's last state), keep the best; returns done.json's dict.
 
-    `finalize` (rank 0) gets the kept epoch's model before the run is marked done, may change it
+    `finalize` (rank 0) gets the kept epoch's model and the summary (best_metric: its val macro
+    accuracy) before the run is marked done, may change the model
     (stage 2's readout) and returns what it did for done.json; the changed model is saved first,
     so a kill in between only repeats it.
     """
@@ -275,7 +276,7 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
                "select": opts.select, "epochs_planned": epochs,
                "epochs_run": state["epoch"], "stopped_early": state["epoch"] < epochs, "step": state["step"]}
     if main and finalize is not None and run.load_best(model):
-        summary.update(finalize(model))
+        summary.update(finalize(model, summary))
         run.save_best(model, state["best_epoch"], state["best_metric"])
     if main:
         run.finish(summary)

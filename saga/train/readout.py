@@ -93,19 +93,21 @@ def fit_readout(model: VideoTransformer, cache: FeatureCache, labelled: Sequence
 
 def choose_readout(model: VideoTransformer, fit: Callable[[VideoTransformer], dict[str, Any]],
                    validate: Callable[[VideoTransformer], dict[str, Any]] | None,
-                   switch: bool = True) -> dict[str, object]:
+                   head_score: float | None = None, switch: bool = True) -> dict[str, object]:
     """Fit the discriminant; with `switch`, keep the trained head instead if its validation macro accuracy is higher.
 
-    Both scores are returned either way. Ties keep the discriminant (better on average across the
-    measured grid); without validation videos the discriminant is kept untested.
+    `head_score`: the trained head's val macro accuracy when the caller already has it (the kept
+    epoch's, from training), so it is not validated twice. Both scores are returned either way.
+    Ties keep the discriminant (better on average across the measured grid); without validation
+    videos the discriminant is kept untested.
     """
     if validate is None:
         return {**fit(model), "chosen_by": "no validation videos"}
-    head_val = validate(model)
+    head = validate(model)["macro_accuracy"] if head_score is None else head_score
     trained = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
     info = fit(model)
     lda_val = validate(model)
-    scores = {"head": head_val["macro_accuracy"], "lda": lda_val["macro_accuracy"]}
+    scores = {"head": head, "lda": lda_val["macro_accuracy"]}
     if switch and scores["head"] > scores["lda"]:
         model.head.load_state_dict(trained)
         info = {"readout": "head"}
