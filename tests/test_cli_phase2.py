@@ -42,6 +42,7 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     assert all("active_triplets" in x for x in lines)
     labelled = json.loads((sd / "labelled.json").read_text())
     assert labelled
+    assert "SD-L gives no class" in json.loads((sd / "done.json").read_text())["self_training"]  # scope unknown
 
     metrics = json.loads(run_saga("evaluate", str(sd), "--cache", cache, "--format", "json", check=True).stdout)
     assert metrics["level"] == "SD-L" and {"accuracy", "macro_accuracy", "per_class"} <= set(metrics)
@@ -108,8 +109,11 @@ def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Pat
     # calibrated when done: the temperature that predict applies, fitted on the val split
     cal = json.loads((tmp_path / "runs/scratch/calibration.json").read_text())
     assert f"calibrated on {cal['n']} val videos: T = {cal['temperature']:.3f}" in proc.stdout and cal["n"] > 0
-    run_saga("attribute", *common, "--out", "runs/plain", "--no-calibrate", cwd=tmp_path, check=True)
+    run_saga("attribute", *common, "--out", "runs/plain", "--no-calibrate", "--no-self-training", cwd=tmp_path,
+             check=True)
     assert not (tmp_path / "runs/plain/calibration.json").exists()
+    assert json.loads((tmp_path / "runs/plain/done.json").read_text())["self_training"] == "self_training = false"
+    assert json.loads((tmp_path / "runs/scratch/done.json").read_text())["self_training"] == "on"
     assert json.loads((tmp_path / "runs/scratch/config.json").read_text())["train"]["from_run"] is None
     run_saga("train", "--stage", "1", "--cache", cache, "--config", small, cwd=tmp_path, check=True)
     proc = run_saga("attribute", *common, cwd=tmp_path, check=True)

@@ -115,6 +115,9 @@ def attribute(
     readout: Annotated[Optional[str], typer.Option(
         help="Final classifier: lda (labelled videos' discriminant, default) | head (as trained) | auto (validation picks).")
     ] = None,
+    self_training: Annotated[Optional[bool], typer.Option(
+        "--self-training/--no-self-training",
+        help="Refit the discriminant with the unlabelled train videos it is surest of (default on).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     min_steps: Annotated[Optional[int], typer.Option(help="At least this many optimiser steps (default 300).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
@@ -138,7 +141,7 @@ def attribute(
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(load_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
-        readout=readout, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
+        readout=readout, self_training=self_training, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
         patience=patience, device=device))
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):

@@ -36,7 +36,7 @@ from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
-from saga.train.readout import READOUTS, choose_readout, fit_readout
+from saga.train.readout import READOUTS, choose_readout, fit_readout, unlabelled_pool
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
@@ -86,12 +86,15 @@ class AttributeConfig(TrainOptions):
     lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
     readout: str = "lda"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
+    self_training: bool = True  # the discriminant refitted with confidently pseudo-labelled unlabelled train videos
 
     def check(self) -> None:
         super().check()
         check_level(self.level)
         if self.readout not in READOUTS:
             raise SagaError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if not isinstance(self.self_training, bool):
+            raise SagaError(f"self_training must be true or false, got {self.self_training!r}")
         self.loss = parse_choice(Loss, self.loss, "loss")
         if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
             raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
@@ -347,8 +350,12 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)
     targets = np.array([chosen[r.path] for r in pool], np.int64)
+    unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
+                           if cfg.self_training else ([], "self_training = false"))
+
     def lda(m: VideoTransformer) -> dict[str, object]:
-        return fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed)
+        info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed, unlabelled)
+        return {**info, "self_training": why_not or "on"}
 
     finalize = None if cfg.readout == "head" else (  # the kept epoch's val score is the trained head's
         lambda m, done: choose_readout(m, lda, validate, done["best_metric"], switch=cfg.readout == "auto"))

@@ -1,0 +1,98 @@
+"""Self-training of the discriminant readout on the unlabelled train pool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saga.cache.manifest import OK, VideoRecord
+from saga.taxonomy import Taxonomy
+from saga.train import readout
+from saga.train.attribute import train_attribution
+from saga.train.readout import SELF_TRAINING_SHARES, discriminant, self_train, unlabelled_pool
+from test_basis import cache  # noqa: F401 - the module's small cache fixture
+from test_train import a_config
+
+
+def gaussian_classes(seed: int, n: int, classes: int = 4, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Close class means and a strong nuisance in 2 random directions: 2 labels misjudge the covariance."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)) * 0.5
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    scale = np.array([3.0, 3.0] + [0.3] * (dim - 2))
+    y = np.repeat(np.arange(classes), n)
+    return centres[y] + (rng.normal(size=(len(y), dim)) * scale) @ rotation, y
+
+
+def split_draw(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    x, y = gaussian_classes(seed, 262)
+    parts = [np.concatenate([np.flatnonzero(y == c)[lo:hi] for c in range(4)]) for lo, hi in ((0, 2), (2, 62), (62, 262))]
+    return tuple((x[p], y[p]) for p in parts)
+
+
+def accuracy(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
+    return float(((x @ w.T + b).argmax(axis=1) == y).mean())
+
+
+def test_self_training_uses_the_unlabelled_pool_to_fix_a_two_label_discriminant() -> None:
+    plain, trained = [], []
+    for seed in range(6):
+        (lab, y_lab), (unl, _), (test, y_test) = split_draw(seed)
+        plain.append(accuracy(test, y_test, *discriminant(lab, y_lab, 4)))
+        w, b, picked = self_train(lab, y_lab, 4, unl)
+        trained.append(accuracy(test, y_test, w, b))
+        per_class = len(unl) / 4
+        assert len(picked) == len(SELF_TRAINING_SHARES)
+        assert all(n <= round(s * per_class) * 4 for n, s in zip(picked, SELF_TRAINING_SHARES))  # capped per class
+        assert picked == sorted(picked)  # a growing share each round
+    assert np.mean(trained) > np.mean(plain) + 0.05, (plain, trained)
+
+
+def test_self_training_without_unlabelled_videos_is_the_plain_discriminant() -> None:
+    (lab, y_lab), _, _ = split_draw(0)
+    w, b, picked = self_train(lab, y_lab, 4, np.zeros((0, lab.shape[1])))
+    w0, b0 = discriminant(lab, y_lab, 4)
+    assert picked == [] and np.array_equal(w, w0) and np.array_equal(b, b0)
+
+
+def records(tax: Taxonomy) -> list[VideoRecord]:
+    gens = ["real", *tax.generators]
+    return [VideoRecord(f"{g}/{i}.mp4", 1, i, OK, g, tax.labels(g), "train") for i, g in enumerate(gens * 3)]
+
+
+def test_the_unlabelled_pool_leaves_out_labelled_videos_copies_and_levels_without_a_class_for_all(monkeypatch) -> None:
+    tax = Taxonomy.load("synth")
+    train = records(tax)
+    train.append(VideoRecord(".augment/crf28/syn-sd/0.mp4", 1, 999, OK, "syn-sd", tax.labels("syn-sd"), "train"))
+    from saga.cache.manifest import source_key
+
+    assert source_key(train[-1].path)[0], "the test needs an augmented copy's name"
+    labelled = {train[0].path, train[1].path}
+    pool, why = unlabelled_pool(train, labelled, "GEN-L", tax, seed=0)
+    assert why is None and len(pool) == len(train) - 3
+    assert not labelled & {r.path for r in pool} and train[-1] not in pool
+    pool, why = unlabelled_pool(train, labelled, "SD-L", tax, seed=0)  # a no-SD generator's video fits no class
+    assert pool == [] and "SD-L gives no class" in why
+    monkeypatch.setattr(readout, "MAX_UNLABELLED", 5)
+    first, _ = unlabelled_pool(train, labelled, "TEAM-L", tax, seed=3)
+    again, _ = unlabelled_pool(train, labelled, "TEAM-L", tax, seed=3)
+    assert len(first) == 5 and first == again  # a seeded sample
+    assert unlabelled_pool(train[:2], labelled, "GEN-L", tax, 0) == ([], "every train video is labelled")
+
+
+def test_stage2_self_trains_on_its_unlabelled_train_videos_and_records_it(cache, tmp_path: Path) -> None:  # noqa: F811
+    on = train_attribution(cache.root, tmp_path / "on", a_config(epochs=2))
+    off = train_attribution(cache.root, tmp_path / "off", a_config(epochs=2, self_training=False))
+    done_on = json.loads((on / "done.json").read_text())
+    done_off = json.loads((off / "done.json").read_text())
+    train = [r for r in cache.ok_records("train")]
+    assert done_on["self_training"] == "on" and done_on["readout"] == "lda"
+    assert done_on["unlabelled_videos"] == len(train) - done_on["labelled_videos"] > 0
+    assert len(done_on["pseudo_labelled"]) == len(SELF_TRAINING_SHARES)
+    assert done_off["self_training"] == "self_training = false" and done_off["unlabelled_videos"] == 0
+    assert json.loads((on / "config.json").read_text())["train"]["self_training"] is True
+    with pytest.raises(Exception, match="self_training must be true or false"):
+        a_config(self_training="yes").check()
