@@ -29,7 +29,8 @@ def gaussian_classes(seed: int, n: int, classes: int = 4, dim: int = 8) -> tuple
 
 def split_draw(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     x, y = gaussian_classes(seed, 262)
-    parts = [np.concatenate([np.flatnonzero(y == c)[lo:hi] for c in range(4)]) for lo, hi in ((0, 2), (2, 62), (62, 262))]
+    parts = [np.concatenate([np.flatnonzero(y == c)[lo:hi] for c in range(4)])
+             for lo, hi in ((0, 2), (2, 62), (62, 262))]
     return tuple((x[p], y[p]) for p in parts)
 
 

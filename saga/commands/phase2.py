@@ -141,8 +141,8 @@ def attribute(
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(load_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
-        readout=readout, self_training=self_training, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
-        patience=patience, device=device))
+        readout=readout, self_training=self_training, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+        lr=lr, frames=frames, seed=seed, patience=patience, device=device))
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
