@@ -26,8 +26,7 @@ from saga.ablate import interval95
 from saga.cache.store import FeatureCache
 from saga.model.inference import record_targets
 from saga.runs import load_model
-from saga.taxonomy import REAL
-from saga.train.readout import discriminant, embed, self_train, unlabelled_pool
+from saga.train.readout import discriminant, embed, readout_embeddings, self_train, unlabelled_pool
 
 CPU = torch.device("cpu")
 
@@ -47,15 +46,11 @@ def measure(run: Path, cache: FeatureCache) -> dict[str, object] | None:
     if why_not:
         return None
     lab = [r for r in train if r.path in chosen]
-    reals = [r for r in train if record_targets([r], "BIN-L", [REAL, "fake"])[0] == 0]
+    emb, real_emb, unl = readout_embeddings(model, cache, lab, train, unlabelled, info.frames, 256, CPU, seed)
     test = list(cache.ok_records("test"))
     y_test = record_targets(test, info.level, info.classes)
     keep = y_test >= 0
-
-    def phi(records: list) -> np.ndarray:
-        return embed(model, cache, records, info.frames, 256, CPU)
-
-    emb, real_emb, unl, test_emb = phi(lab), phi(reals), phi(unlabelled), phi(test)
+    test_emb = embed(model, cache, test, info.frames, 256, CPU)
     y = np.array([chosen[r.path] for r in lab])
     n = len(info.classes)
 

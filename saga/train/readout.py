@@ -125,23 +125,31 @@ def unlabelled_pool(train: Sequence[VideoRecord], labelled: set[str], level: str
     return pool, None if pool else "every train video is labelled"
 
 
-def fit_readout(model: VideoTransformer, cache: FeatureCache, labelled: Sequence[VideoRecord], targets: np.ndarray,
-                pool: Sequence[VideoRecord], frames: int, batch_size: int, device: torch.device,
-                seed: int, unlabelled: Sequence[VideoRecord] = ()) -> dict[str, object]:
-    """Replace `model`'s head by the discriminant of the labelled videos (self-trained on `unlabelled`, if any)."""
+def readout_embeddings(model: VideoTransformer, cache: FeatureCache, labelled: Sequence[VideoRecord],
+                       pool: Sequence[VideoRecord], unlabelled: Sequence[VideoRecord], frames: int, batch_size: int,
+                       device: torch.device, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """φ of what the readout is fitted on: the labelled videos, the pool's real videos (sampled), the unlabelled ones."""
     is_real = np.flatnonzero(record_targets(pool, "BIN-L", [REAL, "fake"]) == 0)
     if len(is_real) > MAX_REAL:
         is_real = np.sort(np.random.default_rng(seed).choice(is_real, MAX_REAL, replace=False))
     reals = list(pool.take(is_real)) if hasattr(pool, "take") else [pool[i] for i in is_real]
     emb = embed(model, cache, labelled, frames, batch_size, device)
     real_emb = embed(model, cache, reals, frames, batch_size, device) if reals else None
-    unlab = embed(model, cache, unlabelled, frames, batch_size, device)
+    return emb, real_emb, embed(model, cache, unlabelled, frames, batch_size, device)
+
+
+def fit_readout(model: VideoTransformer, cache: FeatureCache, labelled: Sequence[VideoRecord], targets: np.ndarray,
+                pool: Sequence[VideoRecord], frames: int, batch_size: int, device: torch.device,
+                seed: int, unlabelled: Sequence[VideoRecord] = ()) -> dict[str, object]:
+    """Replace `model`'s head by the discriminant of the labelled videos (self-trained on `unlabelled`, if any)."""
+    emb, real_emb, unlab = readout_embeddings(model, cache, labelled, pool, unlabelled, frames, batch_size, device,
+                                              seed)
     weights, bias, picked = self_train(emb, np.asarray(targets), model.config.n_classes, unlab, real_emb)
     head = model.head
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weights).to(head.weight))
         head.bias.copy_(torch.from_numpy(bias).to(head.bias))
-    return {"readout": "lda", "labelled_videos": len(labelled), "real_videos": len(reals),
+    return {"readout": "lda", "labelled_videos": len(labelled), "real_videos": 0 if real_emb is None else len(real_emb),
             "real_share": REAL_SHARE, "shrink": SHRINK, "unlabelled_videos": len(unlab), "pseudo_labelled": picked}
 
 
