@@ -50,6 +50,9 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     probe = metrics["probe"]  # the linear probe beside the run, fitted on the run's own labelled videos
     assert probe["n_train"] == sum(labelled["counts"].values()) and probe["subset"]["source"] == "labelled.json"
     assert probe["classes"] == config["classes"] and probe["accuracy_ci"] and metrics["accuracy_ci"]
+    assert probe["paired"]["n"] == metrics["n"] and "correct" not in probe  # θ − probe on the same videos
+    table = " ".join(run_saga("evaluate", str(sd), "--cache", cache, check=True).stdout.split())
+    assert "transformer − probe" in table and "paired over the same" in table
     like = json.loads(run_saga("probe", "--cache", cache, "--like", str(sd), "--out", str(root / "probe-sd"),
                                "--format", "json", check=True).stdout)
     assert like["accuracy"] == probe["accuracy"] and like["n_train"] == probe["n_train"]

@@ -14,7 +14,8 @@ from saga.cache.manifest import VideoRecord
 from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.explain.intervals import FEW, format_ci, intervals, macro_bootstrap, wilson
+from saga.explain.intervals import (FEW, format_ci, format_paired, intervals, macro_bootstrap, paired_difference,
+                                    wilson)
 from saga.taxonomy import Taxonomy
 from saga.cache.fraction import labelled_subset
 from saga.explain.probe import (STAT_NAMES, Probe, cache_features, fit_probe, run_probe, temporal_statistics,
@@ -269,6 +270,29 @@ def test_macro_bootstrap() -> None:
     assert (small[1] - small[0]) > 3 * (big[1] - big[0])
 
 
+def test_paired_difference_of_two_classifiers_on_the_same_videos() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random(400) < 0.9
+    same = paired_difference(truth, truth)
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]  # they never disagree: no uncertainty at all
+    better = truth | (rng.random(400) < 0.15)  # right wherever `truth` is, and on a few of the rest
+    res = paired_difference(better, truth)
+    gained = int((better & ~truth).sum())
+    assert res["difference"] == pytest.approx(gained / 400) and res["first_only"] == gained and res["second_only"] == 0
+    assert 0 < res["ci"][0] < res["difference"] < res["ci"][1]
+    assert paired_difference(better, truth) == res  # seeded
+    # two unpaired Wilson intervals overlap although the paired difference is resolved
+    assert wilson(int(truth.sum()), 400)[1] > wilson(int(better.sum()), 400)[0]
+    assert "above the probe" in format_paired(res) and "paired over the same 400 videos" in format_paired(res)
+    worse = paired_difference(truth, better)
+    assert worse["ci"][1] < 0 and "below the probe" in format_paired(worse)
+    coin = paired_difference(rng.random(50) < 0.5, rng.random(50) < 0.5)
+    assert coin["ci"][0] < 0 < coin["ci"][1] and "not resolved" in format_paired(coin)
+    assert paired_difference(np.zeros(0, bool), np.zeros(0, bool)) is None
+    with pytest.raises(ValueError):
+        paired_difference(truth, truth[:10])
+
+
 def test_intervals_in_compute_metrics() -> None:
     from saga.model.inference import Inference
     from saga.explain.metrics import compute_metrics
@@ -310,6 +334,9 @@ def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, t
     pr = res["probe"]
     assert pr["n_train"] == 5 * 8 and pr["frames"] == 8 and pr["classes"] == ["real", "fake"]
     assert pr["subset"]["source"] == "all train labels" and 0 <= pr["accuracy"] <= 1 and pr["accuracy_ci"]
+    paired = pr["paired"]  # the transformer minus the probe, on the same 20 videos
+    assert paired["n"] == res["n"] == 20 and "correct" not in pr
+    assert paired["difference"] == pytest.approx(res["accuracy"] - pr["accuracy"])
     assert res["per_class_n"] == {"real": 4, "fake": 16} and res["few"] == ["real"]
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["probe"]["accuracy"] == pr["accuracy"] and saved["macro_accuracy_ci"] == res["macro_accuracy_ci"]
@@ -318,3 +345,4 @@ def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, t
     html = build_report([run], tmp_path / "report.html").read_text()
     assert "probe acc %" in html and "linear probe accuracy %" in html and "Linear probe: logistic regression" in html
     assert "95 % CI" in html and "class=few" in html and format_ci(res["accuracy_ci"]) in html
+    assert "paired over the same 20 videos" in html

@@ -10,7 +10,9 @@ Every accuracy comes with a 95 % interval and the number of videos behind it
 bootstrap for macro accuracy; classes with fewer than 10 test videos are flagged.
 Beside the run, `evaluate` fits the linear probe (`saga.explain.probe`) on the run's own
 labelled train videos and reports its metrics under "probe", so one sees at once
-whether the transformer learned more than a linear model on pooled statistics.
+whether the transformer learned more than a linear model on pooled statistics; "probe" →
+"paired" is the transformer's accuracy minus the probe's on the same videos with a paired 95 %
+interval, which says whether the data resolve "beats the probe" at all.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rich.table import Table
 
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.intervals import FEW, format_ci
+from saga.explain.intervals import FEW, format_ci, format_paired, paired_difference
 from saga.explain.probe import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics
 from saga.fileio import make_dir
@@ -38,7 +40,7 @@ def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Seque
                   max_train: int | None = 20000) -> dict[str, Any]:
     """The probe fitted on the run's own labelled videos, or {"skipped": why} when it cannot be."""
     try:
-        return probe_for_run(run_dir, cache, split, classes, max_train)
+        return probe_for_run(run_dir, cache, split, classes, max_train, keep_correct=True)
     except (SagaError, ValueError) as exc:  # e.g. no train split, or one class only: the run still evaluates
         return {"skipped": str(exc)}
 
@@ -72,11 +74,14 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     if not labelled:
         raise SagaError(f"{cache.root}: no '{split}' video has a class at {info.level} "
                         f"({', '.join(info.classes)}); is this the run's taxonomy?")
-    result = compute_metrics(infer(model, info, cache, labelled, batch_size, device), info.classes, info.level)
-    result = {"level": info.level, "split": split, **result, "cache_id": cache.cache_id,
-              "excluded": len(records) - len(labelled), "run": str(run_dir)}
+    inference = infer(model, info, cache, labelled, batch_size, device)
+    result = {"level": info.level, "split": split, **compute_metrics(inference, info.classes, info.level),
+              "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir)}
     if probe:
         result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train)
+        probe_correct = result["probe"].pop("correct", None)
+        if probe_correct is not None and len(probe_correct) == len(labelled):  # the same videos, in the same order
+            result["probe"]["paired"] = paired_difference(inference.preds == inference.targets, probe_correct)
     return result
 
 
@@ -113,6 +118,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
         caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos): "
                     f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))}  ·  "
                     f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))}")
+        if probe.get("paired"):
+            caption += "\n" + format_paired(probe["paired"])
     elif probe.get("skipped"):
         caption += f"\nlinear probe skipped: {probe['skipped']}"
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"

@@ -231,7 +231,8 @@ def cap_subset(subset: dict[str, list[str]], level: str, cache: FeatureCache, ca
 
 # -- fitting and evaluating ----------------------------------------------------------------------
 def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[str]], frames: int | None,
-                       split: str = "test", classes: Sequence[str] | None = None) -> tuple[Probe, dict[str, Any]]:
+                       split: str = "test", classes: Sequence[str] | None = None,
+                       keep_correct: bool = False) -> tuple[Probe, dict[str, Any]]:
     """Fit on `subset` (class -> train paths), select C on val, and compute metrics on `split`.
 
     `classes` fixes the output order (a run's class list, so the probe's metrics line up
@@ -255,14 +256,19 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     yv = record_targets(val, level, classes)
     xv = cache_features(cache, val, frames) if val else None
     probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
-    metrics = evaluate_probe(probe, cache, level, split)
+    metrics = evaluate_probe(probe, cache, level, split, keep_correct)
     metrics.update({"n_train": int(len(y)), "train_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
                     "n_val": len(val), "C": probe.C, "selection": choice})
     return probe, metrics
 
 
-def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "test") -> dict[str, Any]:
-    """compute_metrics (with intervals) of a probe on a cache split's videos that have a class at `level`."""
+def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "test",
+                   keep_correct: bool = False) -> dict[str, Any]:
+    """compute_metrics (with intervals) of a probe on a cache split's videos that have a class at `level`.
+
+    `keep_correct` adds "correct" (per video, in the split's order) for a paired comparison; the
+    caller removes it before writing the metrics.
+    """
     records = cache.ok_records(split)
     targets = record_targets(records, level, probe.classes)
     labelled = [r for r, t in zip(records, targets) if t >= 0]
@@ -274,16 +280,19 @@ def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "
     inf = Inference(np.log(np.maximum(probs, 1e-30)), probs, np.zeros((n, 0), np.float32),
                     record_targets(labelled, level, probe.classes), [r.path for r in labelled],
                     np.zeros((n, 0), bool))
-    return {"split": split, **compute_metrics(inf, probe.classes, level),
-            "excluded": len(records) - n, "cache_id": cache.cache_id}
+    out = {"split": split, **compute_metrics(inf, probe.classes, level), "excluded": len(records) - n,
+           "cache_id": cache.cache_id}
+    if keep_correct:
+        out["correct"] = inf.preds == inf.targets
+    return out
 
 
 def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes: Sequence[str],
-                  max_train: int | None = 20000) -> dict[str, Any]:
+                  max_train: int | None = 20000, keep_correct: bool = False) -> dict[str, Any]:
     """The probe beside a run in `saga evaluate`: fit on the run's own labelled videos, metrics on `split`."""
     level, subset, wanted, frames = run_subset(Path(run_dir), cache)
     used = cap_subset(subset, level, cache, max_train, int(wanted.get("seed") or 0))
-    _, metrics = train_and_evaluate(cache, level, used, frames, split, classes)
+    _, metrics = train_and_evaluate(cache, level, used, frames, split, classes, keep_correct)
     total = sum(len(p) for p in subset.values())
     metrics["subset"] = {**wanted, "source": LABELLED if (Path(run_dir) / LABELLED).is_file() else "all train labels",
                          "videos": total, "capped": total > (max_train or total)}

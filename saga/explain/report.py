@@ -28,7 +28,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from saga.errors import SagaError
-from saga.explain.intervals import FEW, format_ci
+from saga.explain.intervals import FEW, format_ci, format_paired
 from saga.explain.report_html import CSS, figure, pct, pct_ci, png, read_json_file, run_name, table
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
@@ -109,6 +109,9 @@ def probe_note(m: dict[str, Any]) -> str:
             f"{pr.get('n_train')} labelled train videos ({sub.get('source', 'labelled subset')}"
             f"{', capped' if sub.get('capped') else ''}), C = {pr.get('C')}. If the transformer does not beat it, "
             "it has learned no more than a linear model.")
+    if pr.get("paired"):
+        line = format_paired(pr["paired"])
+        text += f" {line[0].upper()}{line[1:]}."
     return f'<p class="meta">{escape(text)}</p>'
 
 
