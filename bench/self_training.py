@@ -1,13 +1,15 @@
 """Self-training of the readout, measured side by side: the same trained θ, its discriminant with and without it.
 
-    python bench/self_training.py --cache CACHE RUNS_DIR [RUNS_DIR ...] [--out results.json]
+    python bench/self_training.py --cache CACHE RUNS_DIR [RUNS_DIR ...] [--pool-sizes 25 100] [--out results.json]
 
 Each RUNS_DIR is a `saga ablate` folder (or a folder of run folders). For every finished stage-2
 run that left train videos unlabelled, θ is loaded once and its readout refitted twice, exactly as
 stage 2 does (`saga.train.readout`): the labelled videos' discriminant alone, and self-trained on
 the unlabelled pool. Both score the test split. The comparison is paired (same θ, same labels,
-same test videos), so the difference is the readout's alone. Prints one line per run, the mean
-per cell over seeds with its 95 % t-interval, and writes JSON with `--out`.
+same test videos), so the difference is the readout's alone. `--pool-sizes` also self-trains on
+seeded subsamples of the unlabelled pool (3 per size, accuracy averaged): how much pool it needs.
+Prints one line per run, the mean per cell over seeds with its 95 % t-interval, and writes JSON
+with `--out`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def run_folders(roots: list[Path]) -> list[Path]:
     return sorted(p.parent for root in roots for p in root.glob("*/done.json"))
 
 
-def measure(run: Path, cache: FeatureCache) -> dict[str, object] | None:
+def measure(run: Path, cache: FeatureCache, pool_sizes: tuple[int, ...] = ()) -> dict[str, object] | None:
     """Test accuracy of the run's θ with the plain and the self-trained discriminant (None: nothing unlabelled)."""
     model, info = load_model(run)
     labelled = json.loads((run / "labelled.json").read_text())["classes"]
@@ -58,9 +60,13 @@ def measure(run: Path, cache: FeatureCache) -> dict[str, object] | None:
         return float(((test_emb[keep] @ weights.T + bias).argmax(axis=1) == y_test[keep]).mean())
 
     w, b, picked = self_train(emb, y, n, unl, real_emb)
+    by_size = {}
+    for size in (k for k in pool_sizes if k < len(unl)):
+        draws = (np.random.default_rng(rep).choice(len(unl), size, replace=False) for rep in range(3))
+        by_size[str(size)] = statistics.fmean(accuracy(*self_train(emb, y, n, unl[d], real_emb)[:2]) for d in draws)
     return {"run": str(run), "level": info.level, "labelled": len(lab), "unlabelled": len(unlabelled),
             "test": int(keep.sum()), "plain": accuracy(*discriminant(emb, y, n, real_emb)),
-            "self_trained": accuracy(w, b), "pseudo_labelled": picked}
+            "self_trained": accuracy(w, b), "pseudo_labelled": picked, "self_trained_on_subsample": by_size}
 
 
 def cell_of(run: Path) -> str:
@@ -87,12 +93,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--pool-sizes", type=int, nargs="*", default=[],
+                        help="also self-train on seeded subsamples of the unlabelled pool of these sizes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     cache = FeatureCache.open(args.cache)
     rows = []
     for run in run_folders(args.runs):
-        row = measure(run, cache)
+        row = measure(run, cache, tuple(args.pool_sizes))
         if row is not None:
             rows.append(row)
             print(f"{cell_of(run)} {run.name[-5:]}: plain {100 * row['plain']:.1f} %  "
