@@ -3,12 +3,15 @@
 # a benchmark of 50 videos per generator + 150 real (seed 1: not the seed the benchmark was tuned on),
 # one extraction (T = 20, the model uses T' = 16 sub-windows), one stage-1 run, then at GEN-L and TEAM-L
 # the grid {1-stage, 2-stage} x {CE, CE+semi-HNM, CE+HNM} with <= 5 labels per class, the all-labels
-# ceiling and the linear probe, 3 seeds each; and the input ablation (content / temporal / both, all labels).
+# ceiling and the linear probe, 3 seeds each; the readout with and without self-training on the same runs;
+# and the input ablation (content / temporal / both, all labels).
 #
 #   bash bench/attribution.sh [WORK_DIR]          # default WORK_DIR: work/attribution
 set -euo pipefail
+BENCH=$(cd "$(dirname "$0")" && pwd)
 WORK=${1:-work/attribution}
 SAGA=${SAGA:-saga}
+PYTHON=${PYTHON:-python}
 export HF_HUB_OFFLINE=1
 mkdir -p "$WORK"
 cd "$WORK"
@@ -50,4 +53,7 @@ for inputs in content temporal both both-stats; do
     if [ $((lanes % 2)) -eq 0 ]; then wait; fi  # two lanes at a time on 2 cores
 done
 wait
-echo "tables: runs/ablation-GEN-L/ablation.md runs/ablation-TEAM-L/ablation.md; inputs: runs/inputs-*/eval.json"
+"$PYTHON" "$BENCH/self_training.py" --cache cache runs/ablation-GEN-L runs/ablation-TEAM-L \
+    --pool-sizes 25 50 100 200 --out self_training.json > self_training.log 2>&1
+echo "tables: runs/ablation-GEN-L/ablation.md runs/ablation-TEAM-L/ablation.md; inputs: runs/inputs-*/eval.json;"
+echo "self-training, paired: self_training.json"

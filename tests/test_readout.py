@@ -97,3 +97,24 @@ def test_stage2_self_trains_on_its_unlabelled_train_videos_and_records_it(cache,
     assert json.loads((on / "config.json").read_text())["train"]["self_training"] is True
     with pytest.raises(Exception, match="self_training must be true or false"):
         a_config(self_training="yes").check()
+
+
+def test_the_self_training_benchmark_reproduces_the_runs_own_readout(cache, tmp_path: Path) -> None:  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from saga.explain.metrics import compute_evaluation
+
+    cells = tmp_path / "ablation"
+    run = train_attribution(cache.root, cells / "2-stage_ce_seed0", a_config(epochs=2))
+    script = Path(__file__).resolve().parents[1] / "bench" / "self_training.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "--cache", str(cache.root), str(cells), "--pool-sizes", "3",
+                           "--out", str(tmp_path / "st.json")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "st.json").read_text())
+    row = result["runs"][0]
+    # the self-trained readout the benchmark refits is the one stage 2 wrote into the head
+    assert row["self_trained"] == pytest.approx(compute_evaluation(run, cache.root, probe=False)["accuracy"])
+    assert set(row["self_trained_on_subsample"]) == {"3"} and "ablation/2-stage_ce" in result["cells"]
