@@ -350,10 +350,10 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)
     targets = np.array([chosen[r.path] for r in pool], np.int64)
-    unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
-                           if cfg.self_training else ([], "self_training = false"))
 
-    def lda(m: VideoTransformer) -> dict[str, object]:
+    def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
+        unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
+                               if cfg.self_training else ([], "self_training = false"))
         info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed, unlabelled)
         return {**info, "self_training": why_not or "on"}
 
