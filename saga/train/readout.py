@@ -12,7 +12,7 @@ Self-training (`self_training = True`, the default) then refits the discriminant
 unlabelled train videos it is surest of, in growing rounds: the few labels place the class means,
 the unlabelled pool fills in each class's spread. It needs no source label, only the pool, and
 is skipped where an unlabelled video may belong to no class of the level (SD-L: generators
-without an SD backbone). Measured in docs/ablation.md (held out: benchmark seed 2, 2 labels).
+without an SD backbone). Measured in docs/ablation.md, on two held-out benchmark seeds too.
 
 Either way the validation macro accuracy of both is recorded in done.json. With readout = "auto"
 the validation videos decide (`choose_readout` keeps whichever validates better): the
