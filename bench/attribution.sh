@@ -53,7 +53,7 @@ for inputs in content temporal both both-stats; do
     if [ $((lanes % 2)) -eq 0 ]; then wait; fi  # two lanes at a time on 2 cores
 done
 wait
-"$PYTHON" "$BENCH/self_training.py" --cache cache runs/ablation-GEN-L runs/ablation-TEAM-L \
-    --pool-sizes 25 50 100 200 --out self_training.json > self_training.log 2>&1
+"$PYTHON" "$BENCH/readout.py" --cache cache runs/ablation-GEN-L runs/ablation-TEAM-L \
+    --pool-sizes 25 50 100 200 --out readout.json > readout.log 2>&1
 echo "tables: runs/ablation-GEN-L/ablation.md runs/ablation-TEAM-L/ablation.md; inputs: runs/inputs-*/eval.json;"
-echo "self-training, paired: self_training.json"
+echo "readout variants (self-training, sources), paired: readout.json"

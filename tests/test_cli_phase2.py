@@ -112,10 +112,12 @@ def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Pat
     # calibrated when done: the temperature that predict applies, fitted on the val split
     cal = json.loads((tmp_path / "runs/scratch/calibration.json").read_text())
     assert f"calibrated on {cal['n']} val videos: T = {cal['temperature']:.3f}" in proc.stdout and cal["n"] > 0
-    run_saga("attribute", *common, "--out", "runs/plain", "--no-calibrate", "--no-self-training", cwd=tmp_path,
-             check=True)
+    run_saga("attribute", *common, "--out", "runs/plain", "--no-calibrate", "--no-self-training",
+             "--no-readout-sources", cwd=tmp_path, check=True)
     assert not (tmp_path / "runs/plain/calibration.json").exists()
-    assert json.loads((tmp_path / "runs/plain/done.json").read_text())["self_training"] == "self_training = false"
+    plain = json.loads((tmp_path / "runs/plain/done.json").read_text())
+    assert plain["self_training"] == "self_training = false" and plain["sources"] == "off"
+    assert isinstance(json.loads((tmp_path / "runs/scratch/done.json").read_text())["sources"], list)
     assert json.loads((tmp_path / "runs/scratch/done.json").read_text())["self_training"] == "on"
     assert json.loads((tmp_path / "runs/scratch/config.json").read_text())["train"]["from_run"] is None
     run_saga("train", "--stage", "1", "--cache", cache, "--config", small, cwd=tmp_path, check=True)

@@ -1,4 +1,4 @@
-"""Self-training of the discriminant readout on the unlabelled train pool."""
+"""The discriminant readout: its sources (a mixture per class) and self-training on the unlabelled train pool."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from saga.cache.manifest import OK, VideoRecord
 from saga.taxonomy import Taxonomy
 from saga.train import readout
 from saga.train.attribute import train_attribution
-from saga.train.readout import SELF_TRAINING_SHARES, discriminant, self_train, unlabelled_pool
+import torch
+
+from saga.model import ModelConfig, VideoTransformer
+from saga.runs import load_model
+from saga.train.readout import (SELF_TRAINING_SHARES, class_logits, discriminant, mixture_bias, readout_rows,
+                                self_train, source_subclasses, unlabelled_pool)
 from test_basis import cache  # noqa: F401 - the module's small cache fixture
 from test_train import a_config
 
@@ -99,7 +104,7 @@ def test_stage2_self_trains_on_its_unlabelled_train_videos_and_records_it(cache,
         a_config(self_training="yes").check()
 
 
-def test_the_self_training_benchmark_reproduces_the_runs_own_readout(cache, tmp_path: Path) -> None:  # noqa: F811
+def test_the_readout_benchmark_reproduces_the_runs_own_readout(cache, tmp_path: Path) -> None:  # noqa: F811
     import os
     import subprocess
     import sys
@@ -108,13 +113,86 @@ def test_the_self_training_benchmark_reproduces_the_runs_own_readout(cache, tmp_
 
     cells = tmp_path / "ablation"
     run = train_attribution(cache.root, cells / "2-stage_ce_seed0", a_config(epochs=2))
-    script = Path(__file__).resolve().parents[1] / "bench" / "self_training.py"
+    script = Path(__file__).resolve().parents[1] / "bench" / "readout.py"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), "--cache", str(cache.root), str(cells), "--pool-sizes", "3",
                            "--out", str(tmp_path / "st.json")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "st.json").read_text())
     row = result["runs"][0]
-    # the self-trained readout the benchmark refits is the one stage 2 wrote into the head
-    assert row["self_trained"] == pytest.approx(compute_evaluation(run, cache.root, probe=False)["accuracy"])
-    assert set(row["self_trained_on_subsample"]) == {"3"} and "ablation/2-stage_ce" in result["cells"]
+    # the default readout the benchmark refits is the one stage 2 wrote into the head
+    assert row["sources_self_trained"] == pytest.approx(compute_evaluation(run, cache.root, probe=False)["accuracy"])
+    assert set(row["default_on_subsample"]) == {"3"} and "ablation/2-stage_ce" in result["cells"]
+
+
+def two_source_class(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, list[VideoRecord]]:
+    """Class 0 is two generators on either side of class 1: its one mean sits on top of class 1's."""
+    rng = np.random.default_rng(seed)
+    means = {"gen-a": (0, -3.0), "gen-b": (0, 3.0), "gen-c": (1, 0.0)}
+    recs, x, y = [], [], []
+    for gen, (cls, centre) in means.items():
+        for i in range(n):
+            recs.append(VideoRecord(f"{gen}/{i}.mp4", 1, i, OK, gen, {}, "train"))
+            x.append([centre, 0.0] + rng.normal(size=2) * 0.5)
+            y.append(cls)
+    return np.array(x), np.array(y), recs
+
+
+def test_sources_fit_a_class_made_of_two_generators_that_one_mean_cannot() -> None:
+    x, y, recs = two_source_class(0, 5)
+    test_x, test_y, _ = two_source_class(1, 100)
+    sub, groups, generators = source_subclasses(recs, y)
+    assert groups == [0, 0, 1] and generators == ["gen-a", "gen-b", "gen-c"] and sub.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    none = np.zeros((0, 2))
+    plain = readout_rows(x, y, 2, none, None)
+    mixed = readout_rows(x, y, 2, none, None, (sub, groups))
+    assert plain[2] == [] and mixed[2] == [0, 0, 1] and mixed[0].shape == (3, 2)
+
+    def acc(rows: tuple) -> float:
+        return float((class_logits(test_x, rows[0], rows[1], rows[2], 2).argmax(1) == test_y).mean())
+
+    assert acc(mixed) > 0.95 and acc(plain) < 0.8
+    # one source per class is the plain discriminant, whatever is asked
+    same = readout_rows(x, sub, 3, none, None, (sub, [0, 1, 2]))
+    assert same[2] == [] and np.array_equal(same[0], readout_rows(x, sub, 3, none, None)[0])
+    # a class of k sources: each weighted 1/k, so the class gets no head start from having many
+    assert np.allclose(mixture_bias(np.zeros(3), [0, 0, 1]), [-np.log(2), -np.log(2), 0.0])
+
+
+def test_the_model_pools_subclass_rows_as_the_readout_does() -> None:
+    x, y, recs = two_source_class(0, 5)
+    model = VideoTransformer(ModelConfig(in_dim=4, d_model=2, depth=1, heads=1, n_classes=2))
+    sub, groups, _ = source_subclasses(recs, y)
+    w, b, subclass_of, _ = readout_rows(x, y, 2, np.zeros((0, 2)), None, (sub, groups))
+    model.set_head(torch.from_numpy(w), torch.from_numpy(b), subclass_of)
+    model.double()
+    assert model.config.subclass_of == [0, 0, 1] and model.head.out_features == 3
+    torch.testing.assert_close(model.logits(torch.from_numpy(x)).detach().numpy(), class_logits(x, w, b, subclass_of, 2))
+    with pytest.raises(Exception, match="subclass_of must name every class"):
+        model.set_head(torch.from_numpy(w), torch.from_numpy(b), [0, 0, 0])
+    with pytest.raises(Exception, match="rows"):
+        model.set_head(torch.from_numpy(w), torch.from_numpy(b), [0, 1])
+    model.reset_head(4)  # stage 2 on this θ: a plain fresh head again
+    assert model.config.subclass_of == [] and model.logits(torch.zeros(1, 2, dtype=torch.float64)).shape == (1, 4)
+
+
+def test_stage2_fits_each_class_as_its_labelled_sources_and_the_run_reloads_them(cache, tmp_path: Path) -> None:  # noqa: F811
+    run = train_attribution(cache.root, tmp_path / "sources", a_config(epochs=2))
+    done = json.loads((run / "done.json").read_text())
+    model, info = load_model(run)
+    subset = json.loads((run / "labelled.json").read_text())["classes"]
+    by_generator = {r.path: r.generator for r in cache.ok_records("train")}
+    wanted = [sorted({by_generator[p] for p in subset[c]}) for c in info.classes]
+    assert done["sources"] == wanted and any(len(g) > 1 for g in wanted)  # TASK-L: several generators a class
+    assert model.config.subclass_of == [k for k, gens in enumerate(wanted) for _ in gens]
+    assert model.head.out_features == sum(map(len, wanted)) > len(info.classes)
+    x = torch.randn(3, 8, model.config.in_dim)
+    out = model(x)
+    rows = model.head(out.embedding)
+    first = len(wanted[0])
+    torch.testing.assert_close(out.logits[:, 0], torch.logsumexp(rows[:, :first], dim=1))
+    off = train_attribution(cache.root, tmp_path / "off", a_config(epochs=2, readout_sources=False))
+    assert json.loads((off / "done.json").read_text())["sources"] == "off"
+    assert load_model(off)[0].head.out_features == len(info.classes)
+    with pytest.raises(Exception, match="readout_sources must be true or false"):
+        a_config(readout_sources=1).check()

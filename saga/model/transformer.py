@@ -5,7 +5,10 @@ encoder, zero- or repeat-padded to a common T, with a boolean frame mask
 (True = real frame). θ projects D → d_model, adds a fixed sinusoidal position
 code, runs `depth` pre-norm blocks and pools the real frames into the video
 embedding φ; a linear head maps φ to class logits. Stage 2 keeps θ and swaps
-the head (`reset_head`).
+the head (`reset_head`). A readout may give the head one row per *subclass*
+(`subclass_of`, e.g. each labelled source of a class, `saga.train.readout`): a class's
+logit is then the log-sum-exp of its rows, so a class made of several sources is a
+mixture rather than one linear score (`set_head`).
 
 Beside the frame features θ can take content-free temporal tokens (each frame's
 feature distance to its neighbours, `saga.model.temporal`): `inputs` picks
@@ -30,7 +33,8 @@ output bit-for-bit unchanged.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +45,7 @@ from saga.model.temporal import neighbour_tokens, sequence_statistics, stats_dim
 
 _POOLS = ("mean", "cls")
 _INPUTS = ("content", "temporal", "both")
+MAX_SUBCLASSES = 100_000
 
 
 @dataclass
@@ -62,6 +67,7 @@ class ModelConfig:
     content_drop: float = 0.0  # training: hide the content of a video with this probability
     content_basis: int = 0  # > 0: content enters as (x - basis_mean) @ basis, a fixed (in_dim, k) buffer
     video_stats: int = 0  # > 0: window statistics at lags 1..video_stats are added to φ
+    subclass_of: list[int] = field(default_factory=list)  # head row -> class; empty: one row per class
 
     def __post_init__(self) -> None:
         if self.pool not in _POOLS:
@@ -80,12 +86,21 @@ class ModelConfig:
         for name in ("in_dim", "d_model", "depth", "heads", "max_frames", "n_classes"):
             if int(getattr(self, name)) < 1:
                 raise SagaError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        self._check_subclasses()
         if self.d_model % self.heads:
             raise SagaError(f"model d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise SagaError(f"model dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_ratio <= 0:
             raise SagaError(f"model mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    def _check_subclasses(self) -> None:
+        groups = self.subclass_of
+        if not isinstance(groups, list) or len(groups) > MAX_SUBCLASSES or not all(
+                isinstance(g, int) and not isinstance(g, bool) for g in groups):
+            raise SagaError(f"model subclass_of must be a list of at most {MAX_SUBCLASSES} class indices")
+        if groups and sorted(set(groups)) != list(range(int(self.n_classes))):
+            raise SagaError(f"model subclass_of must name every class 0..{int(self.n_classes) - 1} and no other")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,7 +250,19 @@ class VideoTransformer(nn.Module):
             self.register_buffer("stats_mean", torch.zeros(stats_dim(c.video_stats)))
             self.register_buffer("stats_std", torch.ones(stats_dim(c.video_stats)))
             self.stats_proj = nn.Linear(stats_dim(c.video_stats), c.d_model)
-        self.head = nn.Linear(c.d_model, c.n_classes)
+        self.head = nn.Linear(c.d_model, len(c.subclass_of) or c.n_classes)
+        self.register_buffer("subclass_mask", None, persistent=False)  # a function of the config, like pos
+        self._group_rows(c.subclass_of)
+
+    def _group_rows(self, subclass_of: Sequence[int]) -> None:
+        """(classes, rows) 0 / -inf: adding it to the row logits and taking log-sum-exp pools each class's rows."""
+        self.config.subclass_of = [int(g) for g in subclass_of]
+        if not subclass_of:
+            self.subclass_mask = None
+            return
+        member = torch.tensor(self.config.subclass_of)[None, :] == torch.arange(self.config.n_classes)[:, None]
+        mask = torch.zeros(member.shape).masked_fill(~member, float("-inf"))
+        self.subclass_mask = mask.to(self.head.weight.device)
 
     def reset_head(self, n_classes: int) -> None:
         """Stage 2: a fresh n_c-way head on the stage-1 θ (same device and dtype as the old head)."""
@@ -246,6 +273,28 @@ class VideoTransformer(nn.Module):
             device=old.weight.device, dtype=old.weight.dtype
         )
         self.config.n_classes = n_classes
+        self._group_rows([])
+
+    def set_head(self, weight: Tensor, bias: Tensor, subclass_of: Sequence[int] = ()) -> None:
+        """Install a readout's rows: one per class, or per subclass with `subclass_of` naming each row's class."""
+        rows = len(subclass_of) or self.config.n_classes
+        if tuple(weight.shape) != (rows, self.config.d_model) or tuple(bias.shape) != (rows,):
+            raise SagaError(f"a head of {rows} rows needs weight ({rows}, {self.config.d_model}) and bias ({rows},), "
+                            f"got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        ModelConfig(**{**self.config.to_dict(), "subclass_of": [int(g) for g in subclass_of]})  # checks the groups
+        old = self.head
+        self.head = nn.Linear(self.config.d_model, rows).to(device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            self.head.bias.copy_(bias)
+        self._group_rows(subclass_of)
+
+    def logits(self, emb: Tensor) -> Tensor:
+        """Class logits of φ (a class with several head rows: the log-sum-exp of theirs)."""
+        rows = self.head(emb)
+        if self.subclass_mask is None:
+            return rows
+        return torch.logsumexp(rows[:, None, :] + self.subclass_mask.to(rows.dtype), dim=-1)
 
     def set_basis(self, mean: Tensor, basis: Tensor) -> None:
         """Install the fixed content basis: mean (in_dim,), basis (in_dim, content_basis)."""
@@ -341,4 +390,4 @@ class VideoTransformer(nn.Module):
             emb = h.masked_fill(~mask[..., None], 0.0).sum(dim=1) / count
         if self.stats_proj is not None:
             emb = emb + self.stats_proj(self.window_statistics(x, mask).to(emb.dtype))
-        return ModelOutput(self.head(emb), emb, maps if return_attn else None)
+        return ModelOutput(self.logits(emb), emb, maps if return_attn else None)

@@ -87,14 +87,16 @@ class AttributeConfig(TrainOptions):
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
     readout: str = "lda"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
     self_training: bool = True  # the discriminant refitted with confidently pseudo-labelled unlabelled train videos
+    readout_sources: bool = True  # the discriminant fits each class as a mixture of its labelled generators
 
     def check(self) -> None:
         super().check()
         check_level(self.level)
         if self.readout not in READOUTS:
             raise SagaError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        if not isinstance(self.self_training, bool):
-            raise SagaError(f"self_training must be true or false, got {self.self_training!r}")
+        for name in ("self_training", "readout_sources"):
+            if not isinstance(getattr(self, name), bool):
+                raise SagaError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.loss = parse_choice(Loss, self.loss, "loss")
         if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
             raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
@@ -354,7 +356,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
         unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
                                if cfg.self_training else ([], "self_training = false"))
-        info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed, unlabelled)
+        info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed, unlabelled,
+                           cfg.readout_sources)
         return {**info, "self_training": why_not or "on"}
 
     finalize = None if cfg.readout == "head" else (  # the kept epoch's val score is the trained head's

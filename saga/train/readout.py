@@ -1,12 +1,12 @@
-"""Stage 2's final classifier: a linear discriminant on φ fitted to the labelled videos (readout = "lda").
+"""Stage 2's final classifier: a Gaussian discriminant on φ fitted to the labelled videos (readout = "lda").
 
 A head trained by gradient descent on 2–5 videos per class stops where the training loss does,
 not where the classes separate. The discriminant uses the same videos differently: the class
 means of their embeddings, compared through the within-class covariance, which is shrunk halfway
 to the covariance of the pool's real videos (abundant, labelled real/fake only: their spread is
-the content variation every class shares) and then a little to the identity. It is linear in φ,
-so it replaces the head's weights and biases: every reader of the run (evaluate, predict,
-calibration, open set) uses it without knowing. Measured in docs/ablation.md.
+the content variation every class shares) and then a little to the identity. It is linear in φ
+per mean, so it replaces the head's rows (`VideoTransformer.set_head`): every reader of the run
+(evaluate, predict, calibration, open set) uses it without knowing. Measured in docs/ablation.md.
 
 Self-training (`self_training = True`, the default) then refits the discriminant with the
 unlabelled train videos it is surest of, in growing rounds: the few labels place the class means,
@@ -14,12 +14,19 @@ the unlabelled pool fills in each class's spread. It needs no source label, only
 is skipped where an unlabelled video may belong to no class of the level (SD-L: generators
 without an SD backbone). Measured in docs/ablation.md, on two held-out benchmark seeds too.
 
+With `readout_sources = True` (the default) each class is fitted as a mixture of its labelled sources:
+one mean per (class, generator) pair of the labelled videos, the class's logit the log-sum-exp
+of its sources' (each weighted 1 / its class's sources). A level's class may pool several
+generators (a team, a task, "fake"), and one mean between them is a poor model of any. Only
+the labelled videos' generators are used: they are what a source label is, the level's class
+derived from it by the taxonomy. Self-training then pseudo-labels sources, not classes. At GEN-L
+a class is one source and nothing changes. Measured in docs/ablation.md (`bench/readout.py`).
+
 Either way the validation macro accuracy of both is recorded in done.json. With readout = "auto"
-the validation videos decide (`choose_readout` keeps whichever validates better): the
-discriminant's single mean per class could be a poor model of a class made of many sources
-(BIN-L's "fake" pools 19 generators). Measured, auto is not the default: it chose the
-discriminant in all 42 runs of the ablation grid, and on the demo it changed one level of five
-(SD-L, 29 val videos) for a lower test macro accuracy (docs/ablation.md).
+the validation videos decide (`choose_readout` keeps whichever validates better). Measured
+before the sources existed, auto is not the default: it chose the discriminant in all 42 runs
+of the ablation grid, and on the demo it changed one level of five (SD-L, 29 val videos) for a
+lower test macro accuracy (docs/ablation.md).
 """
 
 from __future__ import annotations
@@ -125,6 +132,20 @@ def unlabelled_pool(train: Sequence[VideoRecord], labelled: set[str], level: str
     return pool, None if pool else "every train video is labelled"
 
 
+def source_subclasses(labelled: Sequence[VideoRecord], targets: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+    """Each labelled video's subclass (its class and generator), each subclass's class and generator, in class order."""
+    keys = sorted({(int(t), r.generator) for r, t in zip(labelled, targets)})
+    number = {k: i for i, k in enumerate(keys)}
+    return (np.array([number[(int(t), r.generator)] for r, t in zip(labelled, targets)], np.int64),
+            [c for c, _ in keys], [g for _, g in keys])
+
+
+def mixture_bias(bias: np.ndarray, subclass_of: Sequence[int]) -> np.ndarray:
+    """Biases with each subclass weighted 1 / (its class's subclasses): a class with many sources gets no head start."""
+    groups = np.asarray(subclass_of)
+    return bias - np.log(np.bincount(groups)[groups])
+
+
 def readout_embeddings(model: VideoTransformer, cache: FeatureCache, labelled: Sequence[VideoRecord],
                        pool: Sequence[VideoRecord], unlabelled: Sequence[VideoRecord], frames: int, batch_size: int,
                        device: torch.device, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -138,19 +159,51 @@ def readout_embeddings(model: VideoTransformer, cache: FeatureCache, labelled: S
     return emb, real_emb, embed(model, cache, unlabelled, frames, batch_size, device)
 
 
+def readout_rows(emb: np.ndarray, targets: np.ndarray, n_classes: int, unlabelled: np.ndarray,
+                 real_emb: np.ndarray | None, subclasses: tuple[np.ndarray, list[int]] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """The head's rows: weights, biases, each row's class ([]: one row per class) and the self-training rounds.
+
+    `subclasses` (each labelled video's subclass, each subclass's class) makes the rows those of
+    the subclasses, with the mixture's weights in the biases; one subclass per class is the plain fit.
+    """
+    sub, subclass_of = subclasses if subclasses is not None else (targets, [])
+    if len(subclass_of) == n_classes:
+        sub, subclass_of = targets, []
+    weights, bias, picked = self_train(emb, np.asarray(sub), len(subclass_of) or n_classes, unlabelled, real_emb)
+    return weights, mixture_bias(bias, subclass_of) if subclass_of else bias, list(subclass_of), picked
+
+
+def class_logits(emb: np.ndarray, weights: np.ndarray, bias: np.ndarray, subclass_of: Sequence[int],
+                 n_classes: int) -> np.ndarray:
+    """(n, classes) logits of the rows from `readout_rows`, pooled per class as the model's head pools them."""
+    rows = emb @ weights.T + bias
+    if not len(subclass_of):
+        return rows
+    groups = np.asarray(subclass_of)
+    out = np.empty((len(emb), n_classes))
+    for c in range(n_classes):
+        part = rows[:, groups == c]
+        top = part.max(axis=1, keepdims=True)
+        out[:, c] = top[:, 0] + np.log(np.exp(part - top).sum(axis=1))
+    return out
+
+
 def fit_readout(model: VideoTransformer, cache: FeatureCache, labelled: Sequence[VideoRecord], targets: np.ndarray,
                 pool: Sequence[VideoRecord], frames: int, batch_size: int, device: torch.device,
-                seed: int, unlabelled: Sequence[VideoRecord] = ()) -> dict[str, object]:
+                seed: int, unlabelled: Sequence[VideoRecord] = (), sources: bool = True) -> dict[str, object]:
     """Replace `model`'s head by the discriminant of the labelled videos (self-trained on `unlabelled`, if any)."""
     emb, real_emb, unlab = readout_embeddings(model, cache, labelled, pool, unlabelled, frames, batch_size, device,
                                               seed)
-    weights, bias, picked = self_train(emb, np.asarray(targets), model.config.n_classes, unlab, real_emb)
-    head = model.head
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(weights).to(head.weight))
-        head.bias.copy_(torch.from_numpy(bias).to(head.bias))
+    sub, groups, generators = source_subclasses(labelled, np.asarray(targets))
+    n_classes = model.config.n_classes
+    weights, bias, subclass_of, picked = readout_rows(emb, np.asarray(targets), n_classes, unlab, real_emb,
+                                                      (sub, groups) if sources else None)
+    model.set_head(torch.from_numpy(weights), torch.from_numpy(bias), subclass_of)
+    by_class = [[g for g, c in zip(generators, groups) if c == k] for k in range(n_classes)]
     return {"readout": "lda", "labelled_videos": len(labelled), "real_videos": 0 if real_emb is None else len(real_emb),
-            "real_share": REAL_SHARE, "shrink": SHRINK, "unlabelled_videos": len(unlab), "pseudo_labelled": picked}
+            "real_share": REAL_SHARE, "shrink": SHRINK, "unlabelled_videos": len(unlab), "pseudo_labelled": picked,
+            "sources": by_class if subclass_of else "off" if not sources else "one per class"}
 
 
 def choose_readout(model: VideoTransformer, fit: Callable[[VideoTransformer], dict[str, Any]],
@@ -166,12 +219,12 @@ def choose_readout(model: VideoTransformer, fit: Callable[[VideoTransformer], di
     if validate is None:
         return {**fit(model), "chosen_by": "no validation videos"}
     head = validate(model)["macro_accuracy"] if head_score is None else head_score
-    trained = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+    trained = (model.head.weight.detach().clone(), model.head.bias.detach().clone(), list(model.config.subclass_of))
     info = fit(model)
     lda_val = validate(model)
     scores = {"head": head, "lda": lda_val["macro_accuracy"]}
     if switch and scores["head"] > scores["lda"]:
-        model.head.load_state_dict(trained)
+        model.set_head(*trained)
         info = {"readout": "head"}
     return {**info, "chosen_by": "val_macro_accuracy" if switch else "readout = lda", "val_macro_accuracy": scores,
             "val_videos": int(lda_val.get("n", 0))}
