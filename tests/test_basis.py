@@ -165,8 +165,8 @@ def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path
         discriminant(emb, y, 4)
     # end to end: stage 2 replaces its head by the discriminant of its labelled videos, saved in model.safetensors
     run = train_attribution(cache.root, tmp_path / "lda", a_config(epochs=2, readout="lda", self_training=False,
-                                                                   readout_sources=False))
-    head_run = train_attribution(cache.root, tmp_path / "head", a_config(epochs=2, readout="head"))
+                                                                   sources=False))
+    head_run = train_attribution(cache.root, tmp_path / "head", a_config(epochs=2, readout="head", sources=False))
     done = json.loads((run / "done.json").read_text())
     assert done["readout"] == "lda" and done["labelled_videos"] > 0 and done["real_videos"] > 0
     assert set(done["val_macro_accuracy"]) == {"head", "lda"}  # both recorded, the discriminant kept
@@ -183,7 +183,7 @@ def test_discriminant_separates_gaussian_classes_and_is_the_head(cache, tmp_path
     torch.testing.assert_close(model.head.weight.double(), torch.from_numpy(w), rtol=1e-4, atol=1e-4)
     # readout = "auto": the validation videos pick one of the two, recorded in done.json
     auto = train_attribution(cache.root, tmp_path / "auto", a_config(epochs=2, readout="auto", self_training=False,
-                                                                     readout_sources=False))
+                                                                     sources=False))
     done = json.loads((auto / "done.json").read_text())
     assert done["chosen_by"] == "val_macro_accuracy" and set(done["val_macro_accuracy"]) == {"head", "lda"}
     chosen = {"lda": model, "head": trained}[done["readout"]]

@@ -113,7 +113,7 @@ def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Pat
     cal = json.loads((tmp_path / "runs/scratch/calibration.json").read_text())
     assert f"calibrated on {cal['n']} val videos: T = {cal['temperature']:.3f}" in proc.stdout and cal["n"] > 0
     run_saga("attribute", *common, "--out", "runs/plain", "--no-calibrate", "--no-self-training",
-             "--no-readout-sources", cwd=tmp_path, check=True)
+             "--no-sources", cwd=tmp_path, check=True)
     assert not (tmp_path / "runs/plain/calibration.json").exists()
     plain = json.loads((tmp_path / "runs/plain/done.json").read_text())
     assert plain["self_training"] == "self_training = false" and plain["sources"] == "off"

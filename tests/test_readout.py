@@ -185,14 +185,17 @@ def test_stage2_fits_each_class_as_its_labelled_sources_and_the_run_reloads_them
     wanted = [sorted({by_generator[p] for p in subset[c]}) for c in info.classes]
     assert done["sources"] == wanted and any(len(g) > 1 for g in wanted)  # TASK-L: several generators a class
     assert model.config.subclass_of == [k for k, gens in enumerate(wanted) for _ in gens]
+    # trained on the sources too: the head had those rows from the first step
+    assert json.loads((run / "config.json").read_text())["model"]["subclass_of"] == model.config.subclass_of
     assert model.head.out_features == sum(map(len, wanted)) > len(info.classes)
     x = torch.randn(3, 8, model.config.in_dim)
     out = model(x)
     rows = model.head(out.embedding)
     first = len(wanted[0])
     torch.testing.assert_close(out.logits[:, 0], torch.logsumexp(rows[:, :first], dim=1))
-    off = train_attribution(cache.root, tmp_path / "off", a_config(epochs=2, readout_sources=False))
+    off = train_attribution(cache.root, tmp_path / "off", a_config(epochs=2, sources=False))
     assert json.loads((off / "done.json").read_text())["sources"] == "off"
+    assert json.loads((off / "config.json").read_text())["model"]["subclass_of"] == []
     assert load_model(off)[0].head.out_features == len(info.classes)
-    with pytest.raises(Exception, match="readout_sources must be true or false"):
-        a_config(readout_sources=1).check()
+    with pytest.raises(Exception, match="sources must be true or false"):
+        a_config(sources=1).check()

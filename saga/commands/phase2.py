@@ -118,9 +118,10 @@ def attribute(
     self_training: Annotated[Optional[bool], typer.Option(
         "--self-training/--no-self-training",
         help="Refit the discriminant with the unlabelled train videos it is surest of (default on).")] = None,
-    readout_sources: Annotated[Optional[bool], typer.Option(
-        "--readout-sources/--no-readout-sources",
-        help="Fit each class as a mixture of its labelled generators, one mean each (default on).")] = None,
+    sources: Annotated[Optional[bool], typer.Option(
+        "--sources/--no-sources",
+        help="Train on the labelled videos' generators and read each class out as their mixture (default on).")
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     min_steps: Annotated[Optional[int], typer.Option(help="At least this many optimiser steps (default 300).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
@@ -144,7 +145,7 @@ def attribute(
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(load_options(
         config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
-        readout=readout, self_training=self_training, readout_sources=readout_sources, epochs=epochs,
+        readout=readout, self_training=self_training, sources=sources, epochs=epochs,
         min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, device=device))
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):

@@ -117,7 +117,9 @@ class ModelConfig:
 
 @dataclass
 class ModelOutput:
-    """logits (B, C); embedding φ (B, d_model); attn: per block (B, H, T, T) softmax probabilities or None.
+    """logits (B, C); embedding φ (B, d_model); attn: per block (B, H, T, T) softmax probabilities or None;
+    rows (B, head rows): the head's own outputs, what training's targets index (= logits unless the
+    head has subclass rows, whose log-sum-exp per class the logits are).
 
     attn rows are queries, columns keys; padded keys get exactly 0. With CLS pooling the CLS
     row and column are cut away, so a frame row then sums to 1 minus its attention to CLS.
@@ -126,6 +128,7 @@ class ModelOutput:
     logits: Tensor
     embedding: Tensor
     attn: list[Tensor] | None = None
+    rows: Tensor | None = None
 
 
 def sinusoidal_encoding(length: int, dim: int) -> Tensor:
@@ -264,16 +267,17 @@ class VideoTransformer(nn.Module):
         mask = torch.zeros(member.shape).masked_fill(~member, float("-inf"))
         self.subclass_mask = mask.to(self.head.weight.device)
 
-    def reset_head(self, n_classes: int) -> None:
-        """Stage 2: a fresh n_c-way head on the stage-1 θ (same device and dtype as the old head)."""
+    def reset_head(self, n_classes: int, subclass_of: Sequence[int] = ()) -> None:
+        """Stage 2: a fresh n_c-way head on the stage-1 θ, or one row per subclass (same device and dtype)."""
         if n_classes < 1:
             raise SagaError(f"n_classes must be >= 1, got {n_classes}")
+        ModelConfig(**{**self.config.to_dict(), "n_classes": n_classes, "subclass_of": [int(g) for g in subclass_of]})
         old = self.head
-        self.head = nn.Linear(self.config.d_model, n_classes).to(
+        self.head = nn.Linear(self.config.d_model, len(subclass_of) or n_classes).to(
             device=old.weight.device, dtype=old.weight.dtype
         )
         self.config.n_classes = n_classes
-        self._group_rows([])
+        self._group_rows(subclass_of)
 
     def set_head(self, weight: Tensor, bias: Tensor, subclass_of: Sequence[int] = ()) -> None:
         """Install a readout's rows: one per class, or per subclass with `subclass_of` naming each row's class."""
@@ -291,7 +295,9 @@ class VideoTransformer(nn.Module):
 
     def logits(self, emb: Tensor) -> Tensor:
         """Class logits of φ (a class with several head rows: the log-sum-exp of theirs)."""
-        rows = self.head(emb)
+        return self.pool_rows(self.head(emb))
+
+    def pool_rows(self, rows: Tensor) -> Tensor:
         if self.subclass_mask is None:
             return rows
         return torch.logsumexp(rows[:, None, :] + self.subclass_mask.to(rows.dtype), dim=-1)
@@ -390,4 +396,5 @@ class VideoTransformer(nn.Module):
             emb = h.masked_fill(~mask[..., None], 0.0).sum(dim=1) / count
         if self.stats_proj is not None:
             emb = emb + self.stats_proj(self.window_statistics(x, mask).to(emb.dtype))
-        return ModelOutput(self.logits(emb), emb, maps if return_attn else None)
+        rows = self.head(emb)
+        return ModelOutput(self.pool_rows(rows), emb, maps if return_attn else None, rows)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,12 +31,13 @@ from torch import Tensor
 
 from saga import distributed
 from saga.cache.store import FeatureCache
+from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
 from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
-from saga.train.readout import READOUTS, choose_readout, fit_readout, unlabelled_pool
+from saga.train.readout import READOUTS, choose_readout, fit_readout, source_subclasses, unlabelled_pool
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
 from saga.train.loop import (
@@ -87,14 +88,14 @@ class AttributeConfig(TrainOptions):
     head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
     readout: str = "lda"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
     self_training: bool = True  # the discriminant refitted with confidently pseudo-labelled unlabelled train videos
-    readout_sources: bool = True  # the discriminant fits each class as a mixture of its labelled generators
+    sources: bool = True  # train on the labelled videos' generators, each class read out as a mixture of them
 
     def check(self) -> None:
         super().check()
         check_level(self.level)
         if self.readout not in READOUTS:
             raise SagaError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        for name in ("self_training", "readout_sources"):
+        for name in ("self_training", "sources"):
             if not isinstance(getattr(self, name), bool):
                 raise SagaError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.loss = parse_choice(Loss, self.loss, "loss")
@@ -209,8 +210,8 @@ class HNMObjective(CEObjective):
             positives, negatives = model(o.x, o.mask).embedding.split(int(sel.sum()))
         else:
             positives = negatives = anchors  # empty: the triplet term is 0
-        loss, stats = combined_loss(out.logits, b.y, anchors, positives, negatives, self.cfg.lam, self.cfg.margin)
-        stats["correct"] = correct_count(out.logits, b.y)
+        loss, stats = combined_loss(out.rows, b.y, anchors, positives, negatives, self.cfg.lam, self.cfg.margin)
+        stats["correct"] = correct_count(out.rows, b.y)
         return loss, stats
 
     def sharded_loss(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
@@ -243,13 +244,13 @@ class HNMObjective(CEObjective):
             positives, negatives = model(x, mask).embedding.split(m)
         else:
             positives = negatives = anchors  # empty: the triplet term is 0
-        ce = F.cross_entropy(out.logits, b.y)
+        ce = F.cross_entropy(out.rows, b.y)
         hnm, active = triplet_loss(anchors, positives, negatives, cfg.margin)
         w_ce, w_hnm = n / len(batch), (m / m_all if m_all else 0.0)
         loss = weigh(cfg.lam, w_ce * ce, w_hnm * hnm) * world
         stats = distributed.all_reduce_sum({
             "ce": float(ce.detach()) * w_ce, "hnm": float(hnm.detach()) * w_hnm, "active": active,
-            "correct": correct_count(out.logits, b.y) if n else 0})
+            "correct": correct_count(out.rows, b.y) if n else 0})
         stats["loss"] = weigh(cfg.lam, stats["ce"], stats["hnm"])
         stats["triplets"] = m_all
         return loss, {k: int(v) if k in ("active", "correct") else v for k, v in stats.items()}
@@ -293,19 +294,35 @@ def load_base(from_run: str | Path, cache: FeatureCache) -> BaseRun:
 
 
 def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, frames: int,
-                  base: BaseRun | None) -> VideoTransformer:
-    """Stage-1 θ with a fresh n_c-way head, or a new model (1-stage baseline); seeded."""
+                  base: BaseRun | None, subclass_of: Sequence[int] = ()) -> VideoTransformer:
+    """Stage-1 θ with a fresh n_c-way head (a row per subclass with `subclass_of`), or a new model; seeded."""
     torch.manual_seed(cfg.seed)
     if base is None:
         pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
         model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
         fit_to_pool(model, cache, pool, cfg.basis_method, cfg.seed, frames)
+        if subclass_of:
+            model.reset_head(n_classes, subclass_of)
         return model
     model = base.model
     if frames > model.config.max_frames:
         raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")
-    model.reset_head(n_classes)
+    model.reset_head(n_classes, subclass_of)
     return model
+
+
+def training_targets(labelled: Sequence[VideoRecord], targets: np.ndarray, n_classes: int,
+                     sources: bool) -> tuple[np.ndarray, list[int]]:
+    """What stage 2 trains on: each labelled video's source and each source's class, or (classes, []).
+
+    A class of several generators (a team, a task, "fake") is learnt as its generators, which θ
+    must then tell apart: the embedding keeps what separates them, and the class is read out as
+    their mixture. One source per class, or `sources = False`: the classes themselves.
+    """
+    sub, subclass_of, _ = source_subclasses(labelled, targets)
+    if not sources or len(subclass_of) == n_classes:
+        return targets, []
+    return sub, subclass_of
 
 
 def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeConfig | None = None,
@@ -324,7 +341,11 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     classes = list(subset)
     if len(classes) < 2:
         raise SagaError(f"{cache.root}: the train split has {len(classes)} class(es) at {cfg.level}; need >= 2")
-    model = prepare_model(cache, cfg, len(classes), frames, base)
+    chosen = {p: classes.index(c) for c, paths in subset.items() for p in paths}
+    pool = [r for r in train if r.path in chosen]
+    targets = np.array([chosen[r.path] for r in pool], np.int64)
+    sub, subclass_of = training_targets(pool, targets, len(classes), cfg.sources)
+    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of)
     lr = float(cfg.lr or (2e-4 if base else 3e-4))
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {
@@ -341,23 +362,19 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     if not saved and distributed.context().is_main:
         write_labelled(out / LABELLED, subset, settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id),
                        train)
-    chosen = {p: classes.index(c) for c, paths in subset.items() for p in paths}
-    pool = [r for r in train if r.path in chosen]
-    data = open_features(cache, pool, np.array([chosen[r.path] for r in pool], np.int64), cfg.stream,
-                         cfg.memory_budget_gb, cfg.buffer_shards)
+    data = open_features(cache, pool, sub, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
     device = resolve_device(cfg.device)
     view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
     objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
                  else HNMObjective(data, view, cfg, device))
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)
-    targets = np.array([chosen[r.path] for r in pool], np.int64)
 
     def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
         unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
                                if cfg.self_training else ([], "self_training = false"))
         info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed, unlabelled,
-                           cfg.readout_sources)
+                           cfg.sources)
         return {**info, "self_training": why_not or "on"}
 
     finalize = None if cfg.readout == "head" else (  # the kept epoch's val score is the trained head's

@@ -107,19 +107,19 @@ class CEObjective:
             return self.sharded_loss(model, batch)
         b = batch.to(self.device)
         out = model(b.x, b.mask)
-        loss = F.cross_entropy(out.logits, b.y)
+        loss = F.cross_entropy(out.rows, b.y)
         value = float(loss.detach())
-        return loss, {"loss": value, "ce": value, "correct": correct_count(out.logits, b.y)}
+        return loss, {"loss": value, "ce": value, "correct": correct_count(out.rows, b.y)}
 
     def sharded_loss(self, model: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """This rank's part of the global batch's loss (see `local_rows`); stats are the global batch's."""
         local, n = local_rows(batch, self.dist)
         b = local.to(self.device)
         out = model(b.x, b.mask)
-        ce = F.cross_entropy(out.logits, b.y)
+        ce = F.cross_entropy(out.rows, b.y)
         w = n / len(batch)
         stats = distributed.all_reduce_sum({"ce": float(ce.detach()) * w,
-                                            "correct": correct_count(out.logits, b.y) if n else 0})
+                                            "correct": correct_count(out.rows, b.y) if n else 0})
         return ce * (w * self.dist.world_size), {"loss": stats["ce"], **stats}
 
     def epoch_stats(self) -> dict[str, Any]:

@@ -14,7 +14,8 @@ the unlabelled pool fills in each class's spread. It needs no source label, only
 is skipped where an unlabelled video may belong to no class of the level (SD-L: generators
 without an SD backbone). Measured in docs/ablation.md, on two held-out benchmark seeds too.
 
-With `readout_sources = True` (the default) each class is fitted as a mixture of its labelled sources:
+With `sources = True` (the default; stage 2 then also trains on the sources,
+`saga.train.attribute.training_targets`) each class is fitted as a mixture of its labelled sources:
 one mean per (class, generator) pair of the labelled videos, the class's logit the log-sum-exp
 of its sources' (each weighted 1 / its class's sources). A level's class may pool several
 generators (a team, a task, "fake"), and one mean between them is a poor model of any. Only
