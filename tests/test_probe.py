@@ -170,6 +170,35 @@ def test_probe_matches_sklearn_and_uses_the_stage2_subset(cache: FeatureCache, t
         fit_probe(x, np.zeros(len(x), int), ["a", "b"], {})
 
 
+def test_probe_on_sources_sums_each_classs_generators(cache: FeatureCache, tmp_path: Path) -> None:
+    res = run_probe(cache.root, tmp_path / "src", level="TASK-L", fraction=1.0, floor=2, seed=0)  # default: sources
+    plain = run_probe(cache.root, tmp_path / "plain", level="TASK-L", fraction=1.0, floor=2, seed=0, sources=False)
+    probe, flat = Probe.load(tmp_path / "src"), Probe.load(tmp_path / "plain")
+    t2v = res["classes"].index("T2V")  # syn-pika, syn-sd, syn-hotshot: three generators, one class
+    assert sorted(res["sources"]) == sorted(GENS) and plain["sources"] is None and flat.subclass_of == []
+    assert probe.coef.shape[0] == len(GENS) and probe.subclass_of.count(t2v) == 3
+    assert json.loads((tmp_path / "src" / "config.json").read_text())["sources"] == probe.sources
+    x = cache_features(cache, cache.ok_records("test"))
+    p = probe.predict_proba(x)
+    rows = np.exp(probe.row_logits(x) - probe.row_logits(x).max(1, keepdims=True))
+    rows /= rows.sum(1, keepdims=True)
+    groups = np.array(probe.subclass_of)
+    np.testing.assert_allclose(p[:, t2v], rows[:, groups == t2v].sum(1))
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    # beside a run: sources exactly when the run was trained on them
+    subset = json.loads((tmp_path / "src" / "labelled.json").read_text())["classes"]
+    run = _fake_run(tmp_path / "run", cache, 2, "TASK-L", T, subset, {"level": "TASK-L", "fraction": 1.0,
+                                                                        "floor": 2, "seed": 0, "cache_id": cache.cache_id})
+    from saga.explain.metrics import probe_metrics
+
+    assert probe_metrics(run, cache, "test", list(subset))["sources"] is None
+    config = json.loads((run / "config.json").read_text())
+    write_json(run / "config.json", {**config, "train": {"sources": True}})
+    beside = probe_metrics(run, cache, "test", list(subset))
+    assert beside["sources"] == probe.sources and beside["accuracy"] == res["accuracy"]
+    assert run_probe(cache.root, tmp_path / "like", like=run)["sources"] == probe.sources  # --like follows the run
+
+
 def _fake_run(root: Path, cache: FeatureCache, stage: int, level: str, frames: int,
               subset: dict[str, list[str]] | None = None, settings: dict[str, Any] | None = None) -> Path:
     root.mkdir(parents=True)

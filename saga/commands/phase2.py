@@ -224,6 +224,9 @@ def probe(
                                                  "frames (its labelled.json; all train labels for stage 1).")] = None,
     frames: Frames = None,
     split: Annotated[str, typer.Option(help="Split to report metrics on.")] = "test",
+    sources: Annotated[Optional[bool], typer.Option(
+        "--sources/--no-sources", help="Fit on the labelled videos' generators and sum each class's, as stage 2 "
+        "trains (default: as the --like run was trained; on without --like).")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json.")] = OutputFormat.text,
 ) -> None:
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
@@ -238,7 +241,7 @@ def probe(
     writable_folder(out)
     with one_line_warnings():
         metrics = run_probe(cache, out, level=level, fraction=fraction, floor=floor, seed=seed, like=like,
-                            frames=frames, split=split)
+                            frames=frames, split=split, sources=sources)
     if format == "json":
         print_json(metrics)
     else:

@@ -115,7 +115,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     probe = metrics.get("probe") or {}
     has_probe = "accuracy" in probe
     if has_probe:
-        caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos): "
+        by = f" by their {len(probe['sources'])} generators" if probe.get("sources") else ""
+        caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos{by}): "
                     f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))}  ·  "
                     f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))}")
         if probe.get("paired"):

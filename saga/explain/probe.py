@@ -21,6 +21,10 @@ Missing values (a clip too short for a lag) are 0. The frames are those of windo
 all T cached frames by default, or the run's T' centred sub-window (`frames`), exactly
 as `saga.model.inference.take_subwindow` selects them for the transformer.
 
+Labels: with `sources` (the default of `saga probe`, and what `evaluate` uses beside a run
+trained with `sources`) the regression is fitted on the labelled videos' generators and each
+class's probability is the sum of its generators': the probe gets exactly the labels the run got.
+
 Training: standardise (fit on the labelled train videos only), then sklearn's
 LogisticRegression (lbfgs, multinomial, class_weight="balanced"). C is chosen from
 `C_GRID` by macro accuracy on the cache's val split (ties: the smaller C); without
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,6 +55,7 @@ from saga.model.inference import Inference, record_targets
 from saga.provenance import now, versions
 from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, read_json, write_json
 from saga.taxonomy import check_level
+from saga.train.readout import source_subclasses
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_C = 1.0
@@ -70,8 +75,10 @@ class Probe:
     scale: np.ndarray  # (F,)
     spec: dict[str, Any]
     C: float
+    subclass_of: list[int] = field(default_factory=list)  # fitted on sources: each row's class ([]: rows = classes)
+    sources: list[str] = field(default_factory=list)  # the rows' generators, when fitted on sources
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
+    def row_logits(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, np.float64) - self.mean) / self.scale
         s = z @ self.coef.T.astype(np.float64) + self.intercept.astype(np.float64)
         if self.coef.shape[0] == 1 and len(self.classes) == 2:
@@ -79,10 +86,15 @@ class Probe:
         return s
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        s = self.logits(x)
+        """Class probabilities (fitted on sources: each class's generators' summed)."""
+        s = self.row_logits(x)
         s = s - s.max(axis=1, keepdims=True)
         e = np.exp(s)
-        return e / e.sum(axis=1, keepdims=True)
+        p = e / e.sum(axis=1, keepdims=True)
+        if not self.subclass_of:
+            return p
+        groups = np.asarray(self.subclass_of)
+        return np.stack([p[:, groups == c].sum(axis=1) for c in range(len(self.classes))], axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_proba(x).argmax(axis=1)
@@ -92,7 +104,7 @@ class Probe:
 
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
         meta = {"classes": json.dumps(self.classes), "spec": json.dumps(self.spec), "C": json.dumps(self.C),
-                "format": "saga-probe"}
+                "format": "saga-probe", "subclass_of": json.dumps(self.subclass_of), "sources": json.dumps(self.sources)}
         with atomic_path(path) as tmp:
             save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp),
                       metadata=meta)
@@ -111,10 +123,15 @@ class Probe:
             with safe_open(str(path), framework="np") as fh:
                 meta = dict(fh.metadata() or {})
             t = load_file(str(path))
-            return cls(json.loads(meta["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"],
-                       json.loads(meta["spec"]), float(json.loads(meta["C"])))
-        except (KeyError, ValueError, OSError) as exc:
+            groups = [int(g) for g in json.loads(meta.get("subclass_of", "[]"))]
+            probe = cls(json.loads(meta["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"],
+                        json.loads(meta["spec"]), float(json.loads(meta["C"])), groups,
+                        [str(g) for g in json.loads(meta.get("sources", "[]"))])
+        except (KeyError, ValueError, OSError, TypeError) as exc:
             raise SagaError(f"{path}: not a saga probe file ({exc})") from None
+        if groups and (len(groups) != len(probe.coef) or sorted(set(groups)) != list(range(len(probe.classes)))):
+            raise SagaError(f"{path}: its subclass_of does not fit its {len(probe.classes)} classes; the file is damaged")
+        return probe
 
 
 def _macro(y: np.ndarray, pred: np.ndarray) -> float:
@@ -232,11 +249,13 @@ def cap_subset(subset: dict[str, list[str]], level: str, cache: FeatureCache, ca
 # -- fitting and evaluating ----------------------------------------------------------------------
 def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[str]], frames: int | None,
                        split: str = "test", classes: Sequence[str] | None = None,
-                       keep_correct: bool = False) -> tuple[Probe, dict[str, Any]]:
+                       keep_correct: bool = False, sources: bool = False) -> tuple[Probe, dict[str, Any]]:
     """Fit on `subset` (class -> train paths), select C on val, and compute metrics on `split`.
 
     `classes` fixes the output order (a run's class list, so the probe's metrics line up
-    with the transformer's); default: the subset's classes.
+    with the transformer's); default: the subset's classes. `sources`: fit on the labelled
+    videos' generators and sum each class's (as stage 2 with `sources` trains), so a sources
+    run is compared with a probe that had the same labels.
     """
     classes = list(classes) if classes is not None else list(subset)
     recs, y_sub = _records_of(cache, subset)
@@ -249,6 +268,12 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     recs, y = [r for r, k in zip(recs, keep) if k], y[keep]
     spec = feature_spec(frames, cache.dim)
     x = cache_features(cache, recs, frames)
+    sub, subclass_of, generators = source_subclasses(recs, y)
+    if sources and len(subclass_of) > len(set(y.tolist())):
+        probe, choice, n_val = _fit_on_sources(cache, x, sub, generators, spec, frames)
+        probe = Probe(classes, probe.coef, probe.intercept, probe.mean, probe.scale, spec, probe.C, subclass_of,
+                      generators)
+        return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, n_val, choice)
     val = cache.ok_records("val")
     yv = record_targets(val, level, classes)
     seen = set(y.tolist())
@@ -256,10 +281,26 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     yv = record_targets(val, level, classes)
     xv = cache_features(cache, val, frames) if val else None
     probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
+    return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, len(val), choice)
+
+
+def _fit_on_sources(cache: FeatureCache, x: np.ndarray, sub: np.ndarray, generators: list[str],
+                    spec: dict[str, Any], frames: int | None) -> tuple[Probe, dict[str, Any], int]:
+    """The probe over the labelled generators, C chosen on the val videos of those generators."""
+    number = {g: i for i, g in enumerate(generators)}  # at one level a generator has one class
+    val = [r for r in cache.ok_records("val") if r.generator in number]
+    xv = cache_features(cache, val, frames) if val else None
+    yv = np.array([number[r.generator] for r in val], np.int64) if val else None
+    probe, choice = fit_probe(x, sub, generators, spec, xv, yv)
+    return probe, choice, len(val)
+
+
+def _train_metrics(probe: Probe, cache: FeatureCache, level: str, split: str, keep_correct: bool, y: np.ndarray,
+                   classes: Sequence[str], n_val: int, choice: dict[str, Any]) -> dict[str, Any]:
     metrics = evaluate_probe(probe, cache, level, split, keep_correct)
     metrics.update({"n_train": int(len(y)), "train_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
-                    "n_val": len(val), "C": probe.C, "selection": choice})
-    return probe, metrics
+                    "n_val": n_val, "C": probe.C, "selection": choice, "sources": probe.sources or None})
+    return metrics
 
 
 def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "test",
@@ -287,12 +328,21 @@ def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "
     return out
 
 
+def trained_on_sources(run_dir: Path) -> bool:
+    """Whether a run was trained with `sources` (older runs and stage 1: no)."""
+    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+    train = config.get("train") if isinstance(config, dict) else None
+    return isinstance(train, dict) and train.get("sources") is True
+
+
 def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes: Sequence[str],
                   max_train: int | None = 20000, keep_correct: bool = False) -> dict[str, Any]:
-    """The probe beside a run in `saga evaluate`: fit on the run's own labelled videos, metrics on `split`."""
+    """The probe beside a run in `saga evaluate`: fit on the run's own labelled videos (and, for a run
+    trained on sources, their generators), metrics on `split`."""
     level, subset, wanted, frames = run_subset(Path(run_dir), cache)
     used = cap_subset(subset, level, cache, max_train, int(wanted.get("seed") or 0))
-    _, metrics = train_and_evaluate(cache, level, used, frames, split, classes, keep_correct)
+    _, metrics = train_and_evaluate(cache, level, used, frames, split, classes, keep_correct,
+                                    trained_on_sources(Path(run_dir)))
     total = sum(len(p) for p in subset.values())
     metrics["subset"] = {**wanted, "source": LABELLED if (Path(run_dir) / LABELLED).is_file() else "all train labels",
                          "videos": total, "capped": total > (max_train or total)}
@@ -318,8 +368,12 @@ def _check_out(out: Path) -> None:
 
 def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None, fraction: float | None = None,
               floor: int | None = None, seed: int | None = None, like: str | Path | None = None,
-              frames: int | None = None, split: str = "test") -> dict[str, Any]:
-    """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics."""
+              frames: int | None = None, split: str = "test", sources: bool | None = None) -> dict[str, Any]:
+    """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics.
+
+    `sources`: fit on the labelled videos' generators, sum each class's; None: as `like` was
+    trained, or on (stage 2's default) without `like`.
+    """
     cache = FeatureCache.open(cache_path)
     out = Path(out)
     given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed}
@@ -332,6 +386,7 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
         wanted = {**wanted, "cache_id": cache.cache_id}
         frames = frames if frames is not None else run_frames
         level = run_level
+        sources = trained_on_sources(Path(like)) if sources is None else sources
     else:
         level = check_level(level or "GEN-L")
         wanted = settings(level, 0.005 if fraction is None else fraction, 2 if floor is None else floor,
@@ -344,14 +399,15 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
         raise SagaError(f"{cache.root}: the train split has {len(subset)} labelled class(es) at {level}; need >= 2")
     _check_out(out)
     started = now()
-    probe, metrics = train_and_evaluate(cache, level, subset, frames, split)
+    probe, metrics = train_and_evaluate(cache, level, subset, frames, split, sources=sources is not False)
     out.mkdir(parents=True, exist_ok=True)
     probe.save(out / PROBE_FILE)
     write_labelled(out / LABELLED, subset, wanted, cache.ok_records("train"))
     config = {"kind": "probe", "stage": "probe", "level": level, "classes": probe.classes, "frames": frames,
               **{k: wanted[k] for k in ("fraction", "floor", "seed")}, "cache_id": cache.cache_id,
               "cache": str(Path(cache_path).resolve()), "like": str(Path(like).resolve()) if like else None,
-              "features": probe.spec, "model": {"kind": "logistic regression", "solver": "lbfgs",
+              "features": probe.spec, "sources": probe.sources or None,
+              "model": {"kind": "logistic regression", "solver": "lbfgs",
                                                  "class_weight": "balanced", "C": probe.C,
                                                  "selection": metrics["selection"], "standardised": True},
               "train": {"fraction": wanted["fraction"], "floor": wanted["floor"], "seed": wanted["seed"],
