@@ -193,15 +193,10 @@ def test_stage2_fits_each_class_as_its_labelled_sources_and_the_run_reloads_them
     rows = model.head(out.embedding)
     first = len(wanted[0])
     torch.testing.assert_close(out.logits[:, 0], torch.logsumexp(rows[:, :first], dim=1))
-    # the fair linear baseline: the probe on the same generator labels, summed per class
-    import subprocess
-    import sys
+    # beside it, evaluate's probe had the same labels: the generators, summed per class
+    from saga.explain.metrics import compute_evaluation
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "probe_sources.py"
-    proc = subprocess.run([sys.executable, str(script), "--cache", str(cache.root), str(run)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"TASK-L: probe on {len(model.config.subclass_of)} generators, summed per class" in proc.stdout
+    assert compute_evaluation(run, cache.root)["probe"]["sources"] == [g for gens in wanted for g in gens]
     off = train_attribution(cache.root, tmp_path / "off", a_config(epochs=2, sources=False))
     assert json.loads((off / "done.json").read_text())["sources"] == "off"
     assert json.loads((off / "config.json").read_text())["model"]["subclass_of"] == []
