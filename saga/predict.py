@@ -38,6 +38,9 @@ class Prediction:
     implied: dict[str, str] = field(default_factory=dict)
     probabilities: dict[str, float] = field(default_factory=dict)  # calibrated when the run has calibration.json
     tsig: list[float] | None = None
+    # a run whose head keeps a row per labelled generator (`sources`): the predicted class's nearest one,
+    # {generator, share (its probability within the class), rows (the class's labelled generators)}
+    source: dict[str, Any] | None = None
     # the run's open-world files applied (saga calibrate / openset fit / enroll): "calibrated",
     # "unknown" {unknown, score, threshold, kind}, "enrolled" {level: {predicted, confidence, probabilities}}
     openworld: dict[str, Any] | None = None
@@ -68,6 +71,20 @@ def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrain
             f"({key} {str(getattr(want, key))[:16]}), this encoder gives {str(getattr(got, key))[:16]}; "
             "pass --encoder/--pretrained with the run's weights")
     return enc
+
+
+def nearest_source(row_probs: np.ndarray, cls: int, subclass_of: list[int], names: list[str]) -> dict[str, Any] | None:
+    """Which of class `cls`'s labelled generators the video is most like (None when the rows are unnamed).
+
+    Only generators with a labelled video have a row: an unlabelled generator of the class is
+    named as its nearest labelled one, so this is a lead for an analyst, not an attribution.
+    """
+    rows = [i for i, c in enumerate(subclass_of) if c == cls]
+    if not names or not rows:
+        return None
+    share = row_probs[rows] / max(float(row_probs[rows].sum()), 1e-12)
+    k = int(share.argmax())
+    return {"generator": names[rows[k]], "share": round(float(share[k]), 6), "rows": len(rows)}
 
 
 class Predictor:
@@ -105,6 +122,9 @@ class Predictor:
                           implied=self.implied(cls),
                           probabilities={c: round(float(p), 6) for c, p in zip(self.info.classes, probs)})
         pred.openworld = self.openworld.apply(res["logits"], res["probs"], res["embeddings"])[0] or None
+        if "row_probs" in res:
+            pred.source = nearest_source(res["row_probs"][0], best, self.model.config.subclass_of,
+                                         self.model.config.subclass_names)
         if tsig:
             from saga.explain.tsig import video_signature
 

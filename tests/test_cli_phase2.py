@@ -75,6 +75,9 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     if ok["predicted"] != "real":
         assert ok["implied"]["BIN-L"] == "fake"
     assert next(r for r in records if r["status"] == "failed")["error"]
+    by_class = json.loads((sd / "done.json").read_text())["sources"]  # SD-L classes pool several generators
+    assert isinstance(by_class, list) and ok["source"]["rows"] == len(by_class[config["classes"].index(ok["predicted"])])
+    assert ok["source"]["generator"] in by_class[config["classes"].index(ok["predicted"])]
     assert "nearest class signature" in proc.stderr and (sd / "predict" / f"{video.stem}_tsig.png").is_file()
 
     html = root / "report.html"

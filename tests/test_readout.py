@@ -172,6 +172,10 @@ def test_the_model_pools_subclass_rows_as_the_readout_does() -> None:
         model.set_head(torch.from_numpy(w), torch.from_numpy(b), [0, 0, 0])
     with pytest.raises(Exception, match="rows"):
         model.set_head(torch.from_numpy(w), torch.from_numpy(b), [0, 1])
+    with pytest.raises(Exception, match="one name per subclass_of row"):
+        model.set_head(torch.from_numpy(w), torch.from_numpy(b), subclass_of, ["a", "b"])
+    model.set_head(torch.from_numpy(w), torch.from_numpy(b), subclass_of, ["g1", "g2", "g3"])
+    assert ModelConfig.from_dict(model.config.to_dict()).subclass_names == ["g1", "g2", "g3"]
     model.reset_head(4)  # stage 2 on this θ: a plain fresh head again
     assert model.config.subclass_of == [] and model.logits(torch.zeros(1, 2, dtype=torch.float64)).shape == (1, 4)
 
@@ -188,6 +192,7 @@ def test_stage2_fits_each_class_as_its_labelled_sources_and_the_run_reloads_them
     # trained on the sources too: the head had those rows from the first step
     assert json.loads((run / "config.json").read_text())["model"]["subclass_of"] == model.config.subclass_of
     assert model.head.out_features == sum(map(len, wanted)) > len(info.classes)
+    assert model.config.subclass_names == [g for gens in wanted for g in gens]  # the checkpoint names its rows
     x = torch.randn(3, 8, model.config.in_dim)
     out = model(x)
     rows = model.head(out.embedding)
@@ -196,10 +201,43 @@ def test_stage2_fits_each_class_as_its_labelled_sources_and_the_run_reloads_them
     # beside it, evaluate's probe had the same labels: the generators, summed per class
     from saga.explain.metrics import compute_evaluation
 
-    assert compute_evaluation(run, cache.root)["probe"]["sources"] == [g for gens in wanted for g in gens]
+    metrics = compute_evaluation(run, cache.root)
+    assert metrics["probe"]["sources"] == [g for gens in wanted for g in gens]
+    # "most like its labelled generator", scored on the test videos it can be right for
+    src = metrics["nearest_source"]
+    assert 0 < src["n"] <= metrics["n"] and 0 <= src["accuracy"] <= 1 and 0 < src["chance"] <= 0.5
+    from saga.explain.metrics import metrics_table
+
+    assert f"of {src['n']} correctly attributed videos of a labelled generator" in str(metrics_table(metrics).caption)
     off = train_attribution(cache.root, tmp_path / "off", a_config(epochs=2, sources=False))
     assert json.loads((off / "done.json").read_text())["sources"] == "off"
     assert json.loads((off / "config.json").read_text())["model"]["subclass_of"] == []
     assert load_model(off)[0].head.out_features == len(info.classes)
+    assert "nearest_source" not in compute_evaluation(off, cache.root, probe=False)
     with pytest.raises(Exception, match="sources must be true or false"):
         a_config(sources=1).check()
+
+
+def test_nearest_source_names_the_likeliest_row_of_the_predicted_class() -> None:
+    from saga.explain.scores import source_metrics
+    from saga.model.inference import Inference
+    from saga.predict import nearest_source
+
+    groups, names = [0, 0, 1, 1, 1], ["a", "b", "c", "d", "e"]
+    probs = np.array([0.1, 0.3, 0.2, 0.1, 0.3])
+    assert nearest_source(probs, 0, groups, names) == {"generator": "b", "share": 0.75, "rows": 2}
+    assert nearest_source(probs, 1, groups, names)["generator"] == "e"
+    assert nearest_source(probs, 1, groups, []) is None  # unnamed rows (a checkpoint from before names)
+    row_probs = np.array([[0.6, 0.1, 0.1, 0.1, 0.1],   # class 0, names a: right
+                          [0.6, 0.1, 0.1, 0.1, 0.1],   # class 0 but its generator b: wrong
+                          [0.0, 0.0, 0.5, 0.3, 0.2],   # class 1, generator d: wrong (c)
+                          [0.0, 0.0, 0.1, 0.1, 0.8],   # class 1, unlabelled generator f: not counted
+                          [0.1, 0.0, 0.9, 0.0, 0.0]])  # class 0 predicted as 1: not counted
+    class_probs = np.stack([row_probs[:, :2].sum(1), row_probs[:, 2:].sum(1)], axis=1)
+    inf = Inference(logits=np.log(class_probs + 1e-9), probs=class_probs, embeddings=np.zeros((5, 2)),
+                    targets=np.array([0, 0, 1, 1, 0]), paths=list("vwxyz"), mask=np.ones((5, 2), bool),
+                    row_probs=row_probs)
+    out = source_metrics(inf, ["a", "b", "d", "f", "a"], groups, names)
+    assert out["n"] == 3 and out["accuracy"] == pytest.approx(1 / 3)
+    assert out["chance"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3) and len(out["accuracy_ci"]) == 2
+    assert source_metrics(inf, list("abdfa"), groups, []) is None

@@ -318,6 +318,9 @@ def _print_prediction(pred: Any) -> None:
     console.print(f"[bold]{pred.path}[/]: {pred.level} [bold]{pred.predicted}[/] ({100 * pred.confidence:.1f}%)"
                   + (f"; implies {implied}" if implied else "")
                   + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
+    if pred.source and pred.source["rows"] > 1:
+        console.print(f"  most like its labelled generator [bold]{pred.source['generator']}[/] "
+                      f"({100 * pred.source['share']:.1f}% of the class; {pred.source['rows']} labelled generators)")
     extra = pred.openworld or {}
     if extra.get("unknown", {}).get("unknown"):
         u = extra["unknown"]

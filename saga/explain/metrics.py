@@ -26,7 +26,7 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_paired, paired_difference
 from saga.explain.probe import probe_for_run
-from saga.explain.scores import binary_auc, compute_metrics
+from saga.explain.scores import binary_auc, compute_metrics, source_metrics
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
@@ -77,6 +77,10 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     inference = infer(model, info, cache, labelled, batch_size, device)
     result = {"level": info.level, "split": split, **compute_metrics(inference, info.classes, info.level),
               "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir)}
+    nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
+                             model.config.subclass_names)
+    if nearest is not None:
+        result["nearest_source"] = nearest
     if probe:
         result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train)
         probe_correct = result["probe"].pop("correct", None)
@@ -123,6 +127,10 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
             caption += "\n" + format_paired(probe["paired"])
     elif probe.get("skipped"):
         caption += f"\nlinear probe skipped: {probe['skipped']}"
+    src = metrics.get("nearest_source") or {}
+    if src.get("n"):
+        caption += (f"\nmost like its labelled generator: right for {_with_ci(src['accuracy'], src['accuracy_ci'])} of "
+                    f"{src['n']} correctly attributed videos of a labelled generator (chance {_pct(src['chance'])} %)")
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"
     table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}",
                   caption=caption)

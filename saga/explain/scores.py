@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from saga.explain.intervals import FEW, intervals
+from saga.explain.intervals import FEW, intervals, wilson
 from saga.model.inference import Inference
 from saga.taxonomy import FAKE
 
@@ -42,6 +42,31 @@ def compute_metrics(inference: Inference, classes: Sequence[str], level: str) ->
     if level == "BIN-L" and FAKE in classes:
         out["auc"] = binary_auc(inference.probs[keep][:, list(classes).index(FAKE)], y == list(classes).index(FAKE))
     return out
+
+
+def source_metrics(inference: Inference, generators: Sequence[str], subclass_of: Sequence[int],
+                   names: Sequence[str]) -> dict[str, Any] | None:
+    """How often `saga predict`'s "most like its labelled generator" is the video's own generator.
+
+    Counted over the videos it can be right for: class attributed correctly, the class has
+    >= 2 labelled generators, and the video's generator is one of them. None when the run's
+    head has no named generator rows. `chance` is the mean of 1 / (labelled generators of
+    the video's class) over those videos.
+    """
+    if inference.row_probs is None or not names:
+        return None
+    groups = np.asarray(subclass_of)
+    right, chance = [], []
+    for probs, target, pred, gen in zip(inference.row_probs, inference.targets, inference.preds, generators):
+        rows = np.flatnonzero(groups == target)
+        own = [names[i] for i in rows]
+        if target < 0 or pred != target or len(rows) < 2 or gen not in own:
+            continue
+        right.append(own[int(probs[rows].argmax())] == gen)
+        chance.append(1 / len(rows))
+    n, k = len(right), int(sum(right))
+    return {"n": n, "accuracy": k / n if n else None, "accuracy_ci": list(wilson(k, n) or []) or None,
+            "chance": float(np.mean(chance)) if chance else None}
 
 
 def binary_auc(score: np.ndarray, positive: np.ndarray) -> float | None:

@@ -63,6 +63,7 @@ class Inference:
     paths: list[str]
     mask: np.ndarray  # (n, T') bool, real frames of window 0's sub-window
     attn: np.ndarray | None = None  # (n, T', T') float32, penultimate block, mean over heads
+    row_probs: np.ndarray | None = None  # (n, head rows): softmax over a subclass head's rows, mean over windows
 
     @property
     def preds(self) -> np.ndarray:
@@ -136,6 +137,8 @@ def run_batch(model: Any, feats: np.ndarray, mask: np.ndarray, device: torch.dev
     }
     if attention:
         res["attn"] = _penultimate(out.attn).float().view(b, w, t, t)[:, 0]
+    if out.rows is not None and getattr(model, "subclass_mask", None) is not None:  # rows are sources, not classes
+        res["row_probs"] = (F.softmax(out.rows.float().view(b, w, -1), dim=-1) * weight).sum(dim=1)
     return {k: v.cpu().numpy() for k, v in res.items()}
 
 
@@ -147,7 +150,8 @@ def infer(model: Any, info: Readout, cache: FeatureCache, records: Sequence[Vide
     dev = resolve_device(device)
     model = model.to(dev).eval()
     frames = int(info.frames)
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("logits", "probs", "embeddings", "attn", "mask")}
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("logits", "probs", "embeddings", "attn", "mask",
+                                                           "row_probs")}
     for lo in range(0, len(records), batch_size):
         data = cache.read(records[lo:lo + batch_size])
         feats, mask = take_subwindow(data["features"], data["mask"], frames)
@@ -168,4 +172,5 @@ def infer(model: Any, info: Readout, cache: FeatureCache, records: Sequence[Vide
         paths=[r.path for r in records],
         mask=cat("mask", (frames,), bool),
         attn=cat("attn", (frames, frames)) if attention else None,
+        row_probs=np.concatenate(chunks["row_probs"]) if chunks["row_probs"] else None,
     )

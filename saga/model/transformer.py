@@ -8,7 +8,8 @@ embedding φ; a linear head maps φ to class logits. Stage 2 keeps θ and swaps
 the head (`reset_head`). A readout may give the head one row per *subclass*
 (`subclass_of`, e.g. each labelled source of a class, `saga.train.readout`): a class's
 logit is then the log-sum-exp of its rows, so a class made of several sources is a
-mixture rather than one linear score (`set_head`).
+mixture rather than one linear score (`set_head`); `subclass_names` keeps each row's source,
+so a prediction can name the class's labelled generator it is most like.
 
 Beside the frame features θ can take content-free temporal tokens (each frame's
 feature distance to its neighbours, `saga.model.temporal`): `inputs` picks
@@ -68,6 +69,7 @@ class ModelConfig:
     content_basis: int = 0  # > 0: content enters as (x - basis_mean) @ basis, a fixed (in_dim, k) buffer
     video_stats: int = 0  # > 0: window statistics at lags 1..video_stats are added to φ
     subclass_of: list[int] = field(default_factory=list)  # head row -> class; empty: one row per class
+    subclass_names: list[str] = field(default_factory=list)  # each row's source (generator); [] = unnamed
 
     def __post_init__(self) -> None:
         if self.pool not in _POOLS:
@@ -101,6 +103,10 @@ class ModelConfig:
             raise SagaError(f"model subclass_of must be a list of at most {MAX_SUBCLASSES} class indices")
         if groups and sorted(set(groups)) != list(range(int(self.n_classes))):
             raise SagaError(f"model subclass_of must name every class 0..{int(self.n_classes) - 1} and no other")
+        names = self.subclass_names
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (
+                names and len(names) != len(groups)):
+            raise SagaError("model subclass_names must be [] or one name per subclass_of row")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -255,11 +261,12 @@ class VideoTransformer(nn.Module):
             self.stats_proj = nn.Linear(stats_dim(c.video_stats), c.d_model)
         self.head = nn.Linear(c.d_model, len(c.subclass_of) or c.n_classes)
         self.register_buffer("subclass_mask", None, persistent=False)  # a function of the config, like pos
-        self._group_rows(c.subclass_of)
+        self._group_rows(c.subclass_of, c.subclass_names)
 
-    def _group_rows(self, subclass_of: Sequence[int]) -> None:
+    def _group_rows(self, subclass_of: Sequence[int], names: Sequence[str] = ()) -> None:
         """(classes, rows) 0 / -inf: adding it to the row logits and taking log-sum-exp pools each class's rows."""
         self.config.subclass_of = [int(g) for g in subclass_of]
+        self.config.subclass_names = [str(n) for n in names]
         if not subclass_of:
             self.subclass_mask = None
             return
@@ -267,31 +274,37 @@ class VideoTransformer(nn.Module):
         mask = torch.zeros(member.shape).masked_fill(~member, float("-inf"))
         self.subclass_mask = mask.to(self.head.weight.device)
 
-    def reset_head(self, n_classes: int, subclass_of: Sequence[int] = ()) -> None:
+    def reset_head(self, n_classes: int, subclass_of: Sequence[int] = (), names: Sequence[str] = ()) -> None:
         """Stage 2: a fresh n_c-way head on the stage-1 θ, or one row per subclass (same device and dtype)."""
         if n_classes < 1:
             raise SagaError(f"n_classes must be >= 1, got {n_classes}")
-        ModelConfig(**{**self.config.to_dict(), "n_classes": n_classes, "subclass_of": [int(g) for g in subclass_of]})
+        self._check_rows(subclass_of, names, n_classes)
         old = self.head
         self.head = nn.Linear(self.config.d_model, len(subclass_of) or n_classes).to(
             device=old.weight.device, dtype=old.weight.dtype
         )
         self.config.n_classes = n_classes
-        self._group_rows(subclass_of)
+        self._group_rows(subclass_of, names)
 
-    def set_head(self, weight: Tensor, bias: Tensor, subclass_of: Sequence[int] = ()) -> None:
-        """Install a readout's rows: one per class, or per subclass with `subclass_of` naming each row's class."""
+    def _check_rows(self, subclass_of: Sequence[int], names: Sequence[str], n_classes: int | None = None) -> None:
+        ModelConfig(**{**self.config.to_dict(), "n_classes": n_classes or self.config.n_classes,
+                       "subclass_of": [int(g) for g in subclass_of], "subclass_names": list(names)})
+
+    def set_head(self, weight: Tensor, bias: Tensor, subclass_of: Sequence[int] = (),
+                 names: Sequence[str] = ()) -> None:
+        """Install a readout's rows: one per class, or per subclass with `subclass_of` naming each row's class
+        (and `names` each row's source, which `saga predict` reports)."""
         rows = len(subclass_of) or self.config.n_classes
         if tuple(weight.shape) != (rows, self.config.d_model) or tuple(bias.shape) != (rows,):
             raise SagaError(f"a head of {rows} rows needs weight ({rows}, {self.config.d_model}) and bias ({rows},), "
                             f"got {tuple(weight.shape)} and {tuple(bias.shape)}")
-        ModelConfig(**{**self.config.to_dict(), "subclass_of": [int(g) for g in subclass_of]})  # checks the groups
+        self._check_rows(subclass_of, names)
         old = self.head
         self.head = nn.Linear(self.config.d_model, rows).to(device=old.weight.device, dtype=old.weight.dtype)
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias)
-        self._group_rows(subclass_of)
+        self._group_rows(subclass_of, names)
 
     def logits(self, emb: Tensor) -> Tensor:
         """Class logits of φ (a class with several head rows: the log-sum-exp of theirs)."""

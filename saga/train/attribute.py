@@ -294,35 +294,36 @@ def load_base(from_run: str | Path, cache: FeatureCache) -> BaseRun:
 
 
 def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, frames: int,
-                  base: BaseRun | None, subclass_of: Sequence[int] = ()) -> VideoTransformer:
-    """Stage-1 θ with a fresh n_c-way head (a row per subclass with `subclass_of`), or a new model; seeded."""
+                  base: BaseRun | None, subclass_of: Sequence[int] = (), names: Sequence[str] = ()) -> VideoTransformer:
+    """Stage-1 θ with a fresh n_c-way head (a row per subclass with `subclass_of`, named by `names`), or a new
+    model; seeded."""
     torch.manual_seed(cfg.seed)
     if base is None:
         pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
         model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
         fit_to_pool(model, cache, pool, cfg.basis_method, cfg.seed, frames)
         if subclass_of:
-            model.reset_head(n_classes, subclass_of)
+            model.reset_head(n_classes, subclass_of, names)
         return model
     model = base.model
     if frames > model.config.max_frames:
         raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")
-    model.reset_head(n_classes, subclass_of)
+    model.reset_head(n_classes, subclass_of, names)
     return model
 
 
 def training_targets(labelled: Sequence[VideoRecord], targets: np.ndarray, n_classes: int,
-                     sources: bool) -> tuple[np.ndarray, list[int]]:
-    """What stage 2 trains on: each labelled video's source and each source's class, or (classes, []).
+                     sources: bool) -> tuple[np.ndarray, list[int], list[str]]:
+    """What stage 2 trains on: each labelled video's source, each source's class and name, or (classes, [], []).
 
     A class of several generators (a team, a task, "fake") is learnt as its generators, which θ
     must then tell apart: the embedding keeps what separates them, and the class is read out as
     their mixture. One source per class, or `sources = False`: the classes themselves.
     """
-    sub, subclass_of, _ = source_subclasses(labelled, targets)
+    sub, subclass_of, names = source_subclasses(labelled, targets)
     if not sources or len(subclass_of) == n_classes:
-        return targets, []
-    return sub, subclass_of
+        return targets, [], []
+    return sub, subclass_of, names
 
 
 def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeConfig | None = None,
@@ -344,8 +345,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     chosen = {p: classes.index(c) for c, paths in subset.items() for p in paths}
     pool = [r for r in train if r.path in chosen]
     targets = np.array([chosen[r.path] for r in pool], np.int64)
-    sub, subclass_of = training_targets(pool, targets, len(classes), cfg.sources)
-    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of)
+    sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
+    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names)
     lr = float(cfg.lr or (2e-4 if base else 3e-4))
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {

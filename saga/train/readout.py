@@ -200,7 +200,7 @@ def fit_readout(model: VideoTransformer, cache: FeatureCache, labelled: Sequence
     n_classes = model.config.n_classes
     weights, bias, subclass_of, picked = readout_rows(emb, np.asarray(targets), n_classes, unlab, real_emb,
                                                       (sub, groups) if sources else None)
-    model.set_head(torch.from_numpy(weights), torch.from_numpy(bias), subclass_of)
+    model.set_head(torch.from_numpy(weights), torch.from_numpy(bias), subclass_of, generators if subclass_of else [])
     by_class = [[g for g, c in zip(generators, groups) if c == k] for k in range(n_classes)]
     return {"readout": "lda", "labelled_videos": len(labelled), "real_videos": 0 if real_emb is None else len(real_emb),
             "real_share": REAL_SHARE, "shrink": SHRINK, "unlabelled_videos": len(unlab), "pseudo_labelled": picked,
@@ -220,7 +220,8 @@ def choose_readout(model: VideoTransformer, fit: Callable[[VideoTransformer], di
     if validate is None:
         return {**fit(model), "chosen_by": "no validation videos"}
     head = validate(model)["macro_accuracy"] if head_score is None else head_score
-    trained = (model.head.weight.detach().clone(), model.head.bias.detach().clone(), list(model.config.subclass_of))
+    trained = (model.head.weight.detach().clone(), model.head.bias.detach().clone(), list(model.config.subclass_of),
+               list(model.config.subclass_names))
     info = fit(model)
     lda_val = validate(model)
     scores = {"head": head, "lda": lda_val["macro_accuracy"]}
