@@ -241,3 +241,7 @@ def test_nearest_source_names_the_likeliest_row_of_the_predicted_class() -> None
     assert out["n"] == 3 and out["accuracy"] == pytest.approx(1 / 3)
     assert out["chance"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3) and len(out["accuracy_ci"]) == 2
     assert source_metrics(inf, list("abdfa"), groups, []) is None
+    from saga.explain.report import source_note
+
+    assert "Most like its labelled generator: right for 33.3 % [" in source_note({"nearest_source": out})
+    assert "of 3 correctly attributed videos" in source_note({"nearest_source": out}) and source_note({}) == ""

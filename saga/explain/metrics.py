@@ -24,7 +24,7 @@ from rich.table import Table
 
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.intervals import FEW, format_ci, format_paired, paired_difference
+from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired, paired_difference
 from saga.explain.probe import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics, source_metrics
 from saga.fileio import make_dir
@@ -127,10 +127,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
             caption += "\n" + format_paired(probe["paired"])
     elif probe.get("skipped"):
         caption += f"\nlinear probe skipped: {probe['skipped']}"
-    src = metrics.get("nearest_source") or {}
-    if src.get("n"):
-        caption += (f"\nmost like its labelled generator: right for {_with_ci(src['accuracy'], src['accuracy_ci'])} of "
-                    f"{src['n']} correctly attributed videos of a labelled generator (chance {_pct(src['chance'])} %)")
+    if nearest := format_nearest_source(metrics.get("nearest_source") or {}):
+        caption += "\n" + nearest
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"
     table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}",
                   caption=caption)

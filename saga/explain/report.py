@@ -28,7 +28,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from saga.errors import SagaError
-from saga.explain.intervals import FEW, format_ci, format_paired
+from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired
 from saga.explain.report_html import CSS, figure, pct, pct_ci, png, read_json_file, run_name, table
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
@@ -115,6 +115,12 @@ def probe_note(m: dict[str, Any]) -> str:
     return f'<p class="meta">{escape(text)}</p>'
 
 
+def source_note(m: dict[str, Any]) -> str:
+    """How often `predict`'s "most like its labelled generator" was right (runs trained on sources)."""
+    text = format_nearest_source(m.get("nearest_source") or {})
+    return f'<p class="meta">{escape(text[0].upper() + text[1:])}.</p>' if text else ""
+
+
 def per_class_table(m: dict[str, Any]) -> str:
     """class, n, accuracy, 95 % interval, a bar whose width is the accuracy, and the probe's accuracy."""
     pr = _probe(m)
@@ -191,7 +197,7 @@ def run_section(i: int, run: dict[str, Any]) -> str:
            f'<p class="meta">{escape(str(run["dir"]))} · level {escape(str(cfg.get("level", "?")))} · '
            f'{len(cfg.get("classes", []))} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>']
     if m:
-        out += [f"<h3>Metrics ({escape(str(m.get('split', '')))})</h3>", _cards(m), probe_note(m)]
+        out += [f"<h3>Metrics ({escape(str(m.get('split', '')))})</h3>", _cards(m), probe_note(m), source_note(m)]
         others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
                   for k, v in run["splits"].items() if v and k != m.get("split")]
         if others:
