@@ -245,3 +245,12 @@ def test_nearest_source_names_the_likeliest_row_of_the_predicted_class() -> None
 
     assert "Most like its labelled generator: right for 33.3 % [" in source_note({"nearest_source": out})
     assert "of 3 correctly attributed videos" in source_note({"nearest_source": out}) and source_note({}) == ""
+    from saga.commands.common import console
+    from saga.commands.phase2 import _print_prediction
+    from saga.predict import Prediction
+
+    with console.capture() as text:  # the name is the user's data: printed as written, never as rich markup
+        _print_prediction(Prediction("v.mp4", level="TEAM-L", predicted="Alibaba", confidence=0.9,
+                                     probabilities={"Alibaba": 0.9}, source={"generator": "[red]x", "share": 0.75,
+                                                                             "rows": 2}))
+    assert "most like its labelled generator [red]x (75.0% of the class; 2 labelled generators)" in text.get()

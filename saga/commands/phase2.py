@@ -319,8 +319,9 @@ def _print_prediction(pred: Any) -> None:
                   + (f"; implies {implied}" if implied else "")
                   + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
     if pred.source and pred.source["rows"] > 1:
-        console.print(f"  most like its labelled generator [bold]{pred.source['generator']}[/] "
-                      f"({100 * pred.source['share']:.1f}% of the class; {pred.source['rows']} labelled generators)")
+        console.print(f"  most like its labelled generator [bold]{escape(pred.source['generator'])}[/] "
+                      f"({100 * pred.source['share']:.1f}% of the class; {pred.source['rows']} labelled generators)",
+                      soft_wrap=True)
     extra = pred.openworld or {}
     if extra.get("unknown", {}).get("unknown"):
         u = extra["unknown"]
