@@ -1,13 +1,7 @@
-"""The video transformer θ over frozen per-frame features, and its classification head."""
+"""The video transformer θ over frozen per-frame features, its classification head and its layers."""
 
-from saga.model.transformer import (
-    Block,
-    ModelConfig,
-    ModelOutput,
-    MultiHeadSelfAttention,
-    VideoTransformer,
-    sinusoidal_encoding,
-)
+from saga.model.blocks import Block, MultiHeadSelfAttention, sinusoidal_encoding
+from saga.model.transformer import ModelConfig, ModelOutput, VideoTransformer
 
 __all__ = [
     "Block",
