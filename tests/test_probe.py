@@ -18,8 +18,8 @@ from saga.explain.intervals import (FEW, format_ci, format_paired, intervals, ma
                                     wilson)
 from saga.taxonomy import Taxonomy
 from saga.cache.fraction import labelled_subset
-from saga.explain.probe import (STAT_NAMES, Probe, cache_features, fit_probe, run_probe, temporal_statistics,
-                              video_features)
+from saga.explain.probe import STAT_NAMES, Probe, cache_features, fit_probe, temporal_statistics, video_features
+from saga.explain.probe_runs import run_probe
 from saga.runs import write_json
 
 T, W, D = 16, 2, 8

@@ -232,7 +232,7 @@ def probe(
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
     from saga.explain.metrics import metrics_table
     from saga.taxonomy import check_level
-    from saga.explain.probe import run_probe
+    from saga.explain.probe_runs import run_probe
 
     if level is not None:
         check_level(level)

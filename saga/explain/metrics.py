@@ -25,7 +25,7 @@ from rich.table import Table
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired, paired_difference
-from saga.explain.probe import probe_for_run
+from saga.explain.probe_runs import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics, source_metrics
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic

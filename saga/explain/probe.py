@@ -31,6 +31,8 @@ LogisticRegression (lbfgs, multinomial, class_weight="balanced"). C is chosen fr
 val videos C = 1.0. The fitted model is saved as safetensors (coefficients,
 intercepts, scaler mean and scale; classes and the feature spec in its metadata),
 never pickle, and predicts with numpy alone.
+
+What it is fitted on for a run, and the `saga probe` folder: `saga.explain.probe_runs`.
 """
 
 from __future__ import annotations
@@ -46,15 +48,11 @@ import numpy as np
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.cache.fraction import labelled_subset, read_labelled, settings, write_labelled
 from saga.explain.scores import compute_metrics
 from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,  # noqa: F401 - re-exported
                                       temporal_statistics, video_features)
 from saga.fileio import atomic_path
 from saga.model.inference import Inference, record_targets
-from saga.provenance import now, versions
-from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, read_json, write_json
-from saga.taxonomy import check_level
 from saga.train.readout import source_subclasses
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -193,39 +191,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, classes: Sequence[str], spec: dict[s
     return probe, choice
 
 
-# -- the labelled subset -------------------------------------------------------------------------
-def run_subset(run_dir: Path, cache: FeatureCache) -> tuple[str, dict[str, list[str]], dict[str, Any], int | None]:
-    """The labelled videos a run was trained on: (level, class -> paths, settings, frames).
-
-    Stage 2: its labelled.json (checked against the cache's train split). Stage 1 / BIN-L
-    without a labelled.json: every labelled train video at the run's level.
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise SagaError(f"{run_dir}: not a saga run folder (no {CONFIG})")
-    config = read_json(run_dir / CONFIG)
-    level = check_level(str(config.get("level")))
-    prov = read_json(run_dir / PROVENANCE) if (run_dir / PROVENANCE).is_file() else {}
-    if prov.get("cache_id") not in (None, cache.cache_id):
-        raise SagaError(f"{run_dir}: trained on cache {str(prov['cache_id'])[:12]}, not {cache.cache_id[:12]}; "
-                        "the probe is fitted on the run's own cache's labelled videos only")
-    frames = config.get("frames")
-    train = cache.ok_records("train")
-    path = run_dir / LABELLED
-    if path.is_file():
-        data = read_json(path)
-        if data.get("cache_id") != cache.cache_id:
-            raise SagaError(f"{path}: the run's labelled videos are from cache {str(data.get('cache_id'))[:12]}, "
-                            f"not {cache.cache_id[:12]}; pass the run's own cache")
-        wanted = {k: data.get(k) for k in ("level", "fraction", "floor", "seed", "cache_id")}
-        subset = read_labelled(path, wanted, train)
-        return level, subset or {}, wanted, frames
-    if config.get("stage") == 2:
-        raise SagaError(f"{run_dir}: a stage-2 run without {LABELLED}; cannot tell which videos it was trained on")
-    subset = labelled_subset(train, level, cache.taxonomy, 1.0, 1, 0) if train else {}
-    return level, subset, settings(level, 1.0, 1, 0, cache.cache_id), frames
-
-
+# -- fitting and evaluating ----------------------------------------------------------------------
 def _records_of(cache: FeatureCache, subset: dict[str, list[str]]) -> tuple[list[VideoRecord], np.ndarray]:
     classes = list(subset)
     chosen = {p: i for i, c in enumerate(classes) for p in subset[c]}
@@ -233,20 +199,6 @@ def _records_of(cache: FeatureCache, subset: dict[str, list[str]]) -> tuple[list
     return recs, np.array([chosen[r.path] for r in recs], np.int64)
 
 
-def cap_subset(subset: dict[str, list[str]], level: str, cache: FeatureCache, cap: int | None,
-               seed: int = 0) -> dict[str, list[str]]:
-    """At most `cap` videos, drawn per class with the labelled-subset rule (stratified, seeded)."""
-    total = sum(len(p) for p in subset.values())
-    if cap is None or total <= cap:
-        return subset
-    keep = {p for paths in subset.values() for p in paths}
-    recs = [r for r in cache.ok_records("train") if r.path in keep]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return labelled_subset(recs, level, cache.taxonomy, cap / total, 1, seed)
-
-
-# -- fitting and evaluating ----------------------------------------------------------------------
 def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[str]], frames: int | None,
                        split: str = "test", classes: Sequence[str] | None = None,
                        keep_correct: bool = False, sources: bool = False) -> tuple[Probe, dict[str, Any]]:
@@ -328,96 +280,5 @@ def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "
     return out
 
 
-def trained_on_sources(run_dir: Path) -> bool:
-    """Whether a run was trained with `sources` (older runs and stage 1: no)."""
-    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
-    train = config.get("train") if isinstance(config, dict) else None
-    return isinstance(train, dict) and train.get("sources") is True
-
-
-def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes: Sequence[str],
-                  max_train: int | None = 20000, keep_correct: bool = False) -> dict[str, Any]:
-    """The probe beside a run in `saga evaluate`: fit on the run's own labelled videos (and, for a run
-    trained on sources, their generators), metrics on `split`."""
-    level, subset, wanted, frames = run_subset(Path(run_dir), cache)
-    used = cap_subset(subset, level, cache, max_train, int(wanted.get("seed") or 0))
-    _, metrics = train_and_evaluate(cache, level, used, frames, split, classes, keep_correct,
-                                    trained_on_sources(Path(run_dir)))
-    total = sum(len(p) for p in subset.values())
-    metrics["subset"] = {**wanted, "source": LABELLED if (Path(run_dir) / LABELLED).is_file() else "all train labels",
-                         "videos": total, "capped": total > (max_train or total)}
-    metrics["frames"] = frames
-    return metrics
-
-
-# -- the `saga probe` run folder -----------------------------------------------------------------
-def _check_out(out: Path) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SagaError(f"{out}: exists and is not a folder; choose another --out")
-    cfg = out / CONFIG
-    if cfg.is_file():
-        if read_json(cfg).get("kind") != "probe":
-            raise SagaError(f"{out}: holds a training run, not a probe; choose another --out")
-        return  # a probe is cheap and deterministic: refit in place
-    extra = sorted(p.name for p in out.iterdir())
-    if extra:
-        raise SagaError(f"{out}: not empty and not a probe folder ({extra[0]}, ...); choose another --out")
-
-
-def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None, fraction: float | None = None,
-              floor: int | None = None, seed: int | None = None, like: str | Path | None = None,
-              frames: int | None = None, split: str = "test", sources: bool | None = None) -> dict[str, Any]:
-    """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics.
-
-    `sources`: fit on the labelled videos' generators, sum each class's; None: as `like` was
-    trained, or on (stage 2's default) without `like`.
-    """
-    cache = FeatureCache.open(cache_path)
-    out = Path(out)
-    given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed}
-    if like is not None:
-        run_level, subset, wanted, run_frames = run_subset(Path(like), cache)
-        clash = [f"--{k} {v!r} (the run: {wanted[k]!r})" for k, v in given.items()
-                 if v is not None and v != wanted[k]]
-        if clash:
-            raise SagaError(f"--like {like}: {', '.join(clash)}; drop the flag or the --like")
-        wanted = {**wanted, "cache_id": cache.cache_id}
-        frames = frames if frames is not None else run_frames
-        level = run_level
-        sources = trained_on_sources(Path(like)) if sources is None else sources
-    else:
-        level = check_level(level or "GEN-L")
-        wanted = settings(level, 0.005 if fraction is None else fraction, 2 if floor is None else floor,
-                          0 if seed is None else seed, cache.cache_id)
-        train = cache.ok_records("train")
-        subset = labelled_subset(train, level, cache.taxonomy, wanted["fraction"], wanted["floor"], wanted["seed"])
-    if frames is not None and not 1 <= frames <= cache.frames:
-        raise SagaError(f"--frames must be in [1, {cache.frames}] (the cache's T), got {frames}")
-    if len(subset) < 2:
-        raise SagaError(f"{cache.root}: the train split has {len(subset)} labelled class(es) at {level}; need >= 2")
-    _check_out(out)
-    started = now()
-    probe, metrics = train_and_evaluate(cache, level, subset, frames, split, sources=sources is not False)
-    out.mkdir(parents=True, exist_ok=True)
-    probe.save(out / PROBE_FILE)
-    write_labelled(out / LABELLED, subset, wanted, cache.ok_records("train"))
-    config = {"kind": "probe", "stage": "probe", "level": level, "classes": probe.classes, "frames": frames,
-              **{k: wanted[k] for k in ("fraction", "floor", "seed")}, "cache_id": cache.cache_id,
-              "cache": str(Path(cache_path).resolve()), "like": str(Path(like).resolve()) if like else None,
-              "features": probe.spec, "sources": probe.sources or None,
-              "model": {"kind": "logistic regression", "solver": "lbfgs",
-                                                 "class_weight": "balanced", "C": probe.C,
-                                                 "selection": metrics["selection"], "standardised": True},
-              "train": {"fraction": wanted["fraction"], "floor": wanted["floor"], "seed": wanted["seed"],
-                        "loss": "logistic"},
-              "n_train": metrics["n_train"], "versions": versions(), "started": started, "finished": now()}
-    write_json(out / CONFIG, config)
-    result = {"level": level, **metrics, "run": str(out)}
-    RunFolder(out).write_evaluation(split, result)
-    return result
-
-
-__all__ = ["Probe", "STAT_NAMES", "cache_features", "fit_probe", "probe_for_run", "run_probe",
-           "temporal_statistics", "video_features"]
+__all__ = ["Probe", "STAT_NAMES", "cache_features", "evaluate_probe", "fit_probe", "temporal_statistics",
+           "train_and_evaluate", "video_features"]
