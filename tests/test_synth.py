@@ -317,15 +317,14 @@ def test_pool_workers_die_with_a_killed_parent() -> None:
     # A parent (like `saga synth --workers N`) forks a worker that runs the pool's initializer, then
     # is SIGKILLed: the worker must not live on rendering clips for nobody.
     script = (
-        "import multiprocessing as mp, time, sys\n"
+        "import multiprocessing as mp, os, time, sys\n"
         "from saga.benchmark.synth import die_with_parent\n"
-        "def work():\n    die_with_parent(); time.sleep(60)\n"
+        "def work():\n    die_with_parent(); print(os.getpid(), flush=True); time.sleep(60)\n"
         "p = mp.get_context('fork').Process(target=work); p.start()\n"
-        "print(p.pid, flush=True); time.sleep(60)\n"
+        "time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
-    time.sleep(0.5)  # the worker has run its initializer
+    worker = int(parent.stdout.readline())  # printed once its initializer has run (no sleep to race a busy machine)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 10
