@@ -53,7 +53,7 @@ from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,
                                       temporal_statistics, video_features)
 from saga.fileio import atomic_path
 from saga.model.inference import Inference, record_targets
-from saga.train.readout import source_subclasses
+from saga.train.readout import pool_rows, source_subclasses
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_C = 1.0
@@ -85,14 +85,10 @@ class Probe:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (fitted on sources: each class's generators' summed)."""
-        s = self.row_logits(x)
+        s = pool_rows(self.row_logits(x), self.subclass_of, len(self.classes))  # as the model pools its rows
         s = s - s.max(axis=1, keepdims=True)
         e = np.exp(s)
-        p = e / e.sum(axis=1, keepdims=True)
-        if not self.subclass_of:
-            return p
-        groups = np.asarray(self.subclass_of)
-        return np.stack([p[:, groups == c].sum(axis=1) for c in range(len(self.classes))], axis=1)
+        return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.predict_proba(x).argmax(axis=1)

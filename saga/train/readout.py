@@ -178,11 +178,15 @@ def readout_rows(emb: np.ndarray, targets: np.ndarray, n_classes: int, unlabelle
 def class_logits(emb: np.ndarray, weights: np.ndarray, bias: np.ndarray, subclass_of: Sequence[int],
                  n_classes: int) -> np.ndarray:
     """(n, classes) logits of the rows from `readout_rows`, pooled per class as the model's head pools them."""
-    rows = emb @ weights.T + bias
+    return pool_rows(emb @ weights.T + bias, subclass_of, n_classes)
+
+
+def pool_rows(rows: np.ndarray, subclass_of: Sequence[int], n_classes: int) -> np.ndarray:
+    """(n, classes) logits: each class's rows pooled by log-sum-exp (its softmax share is the sum of its rows')."""
     if not len(subclass_of):
         return rows
     groups = np.asarray(subclass_of)
-    out = np.empty((len(emb), n_classes))
+    out = np.empty((len(rows), n_classes))
     for c in range(n_classes):
         part = rows[:, groups == c]
         top = part.max(axis=1, keepdims=True)
