@@ -198,3 +198,12 @@ def test_evaluate_on_a_read_only_mount(small: tuple[Path, Path], tmp_path: Path,
             phase2.evaluate(run=mnt / "run", cache=cache, format="json", probe=False)
         out, err = capsys.readouterr()
         assert json.loads(out)["n"] > 0 and "read-only file system" in err and "--out" in err
+
+
+def test_stderr_messages_are_one_line_whatever_the_path_length(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a terminal (a log, a pipe): rich would wrap at 80 columns and break a long path in two."""
+    from saga.commands.common import err
+
+    path = "/tmp/" + "a-long-folder-name/" * 8 + "runs/stage1"
+    err.print(f"reused: {path} already holds this finished run")
+    assert capsys.readouterr().err == f"reused: {path} already holds this finished run\n"

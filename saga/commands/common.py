@@ -20,7 +20,9 @@ from saga.errors import SagaError
 from saga.fileio import check_writable
 
 console = Console(stderr=False, highlight=False)
-err = Console(stderr=True, highlight=False)
+# Messages on stderr are one line each, never hard-wrapped at the console width: a log or a pipe
+# (80 columns) would otherwise break a long path in two, and grep would miss it.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class OutputFormat(StrEnum):
