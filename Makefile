@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
+# Test processes (pytest-xdist); each test file runs whole in one of them, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench browser clean-demo venv
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/saga demo --out work/demo
 
 test: $(STAMP) browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The report test renders HTML in Debian's headless Chromium; without it that test is skipped.
 browser:
