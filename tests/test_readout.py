@@ -254,3 +254,24 @@ def test_nearest_source_names_the_likeliest_row_of_the_predicted_class() -> None
                                      probabilities={"Alibaba": 0.9}, source={"generator": "[red]x", "share": 0.75,
                                                                              "rows": 2}))
     assert "most like its labelled generator [red]x (75.0% of the class; 2 labelled generators)" in text.get()
+
+
+def test_the_unlabelled_generators_benchmark_refits_the_runs_readout_and_its_variants(cache, tmp_path: Path) -> None:  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from saga.explain.metrics import compute_evaluation
+
+    run = train_attribution(cache.root, tmp_path / "team", a_config(level="TEAM-L", fraction=0.01, floor=2, epochs=2))
+    script = Path(__file__).resolve().parents[1] / "bench" / "unlabelled_generators.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "--cache", str(cache.root), str(run),
+                           "--out", str(tmp_path / "ug.json")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads((tmp_path / "ug.json").read_text())["runs"][0]
+    assert row["default"][0] == pytest.approx(100 * compute_evaluation(run, cache.root, probe=False)["accuracy"])
+    absent = row["unlabelled_generators"]  # 2 labels per team: a team of 3 always lacks one
+    assert {"Tencent AI Lab", "Shanghai AI Lab"} <= set(absent)
+    assert row["extra_labels"] == sum(map(len, absent.values())) and row["their_test_videos"] > 0
+    assert all(0 <= row[v][0] <= 100 for v in ("split", "discover", "one_label_each", "oracle"))
