@@ -46,13 +46,7 @@ VARIANTS = ("default", "split", "discover", "one_label_each", "oracle")
 
 def whitener(emb: np.ndarray, rows: np.ndarray, n_rows: int, real_emb: np.ndarray | None) -> np.ndarray:
     """W with (x W) Euclidean = the discriminant's Mahalanobis distance (its shared, shrunk covariance)."""
-    means = np.stack([emb[rows == r].mean(axis=0) for r in range(n_rows)])
-    resid = emb - means[rows]
-    cov = resid.T @ resid / max(len(emb) - n_rows, 1)
-    if real_emb is not None and len(real_emb) >= 2:
-        cov = (1 - R.REAL_SHARE) * cov + R.REAL_SHARE * np.cov(real_emb, rowvar=False)
-    cov = (1 - R.SHRINK) * cov + R.SHRINK * max(np.trace(cov) / len(cov), 1e-12) * np.eye(len(cov))
-    vals, vecs = np.linalg.eigh(cov)
+    vals, vecs = np.linalg.eigh(R.shared_covariance(emb, rows, n_rows, real_emb)[1])
     return vecs / np.sqrt(np.maximum(vals, 1e-12))
 
 

@@ -77,15 +77,21 @@ def discriminant(emb: np.ndarray, targets: np.ndarray, n_classes: int,
     present = np.unique(targets)
     if len(present) < n_classes or (targets < 0).any():
         raise SagaError(f"the discriminant needs labelled videos of all {n_classes} classes")
+    means, cov = shared_covariance(emb, targets, n_classes, real_emb)
+    weights = np.linalg.solve(cov, means.T).T  # P μ_c, P symmetric
+    return weights, -0.5 * (weights * means).sum(axis=1)
+
+
+def shared_covariance(emb: np.ndarray, targets: np.ndarray, n_classes: int,
+                      real_emb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The class means and the discriminant's covariance: within-class, shrunk to the real videos', then the identity."""
     means = np.stack([emb[targets == c].mean(axis=0) for c in range(n_classes)])
     resid = emb - means[targets]
     cov = resid.T @ resid / max(len(emb) - n_classes, 1)
     if real_emb is not None and len(real_emb) >= 2:
         cov = (1 - REAL_SHARE) * cov + REAL_SHARE * np.cov(real_emb, rowvar=False)
     dim = cov.shape[0]
-    cov = (1 - SHRINK) * cov + SHRINK * max(np.trace(cov) / dim, 1e-12) * np.eye(dim)
-    weights = np.linalg.solve(cov, means.T).T  # P μ_c, P symmetric
-    return weights, -0.5 * (weights * means).sum(axis=1)
+    return means, (1 - SHRINK) * cov + SHRINK * max(np.trace(cov) / dim, 1e-12) * np.eye(dim)
 
 
 def self_train(emb: np.ndarray, targets: np.ndarray, n_classes: int, unlabelled: np.ndarray,
