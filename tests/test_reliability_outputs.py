@@ -14,6 +14,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -200,10 +201,21 @@ def test_evaluate_on_a_read_only_mount(small: tuple[Path, Path], tmp_path: Path,
         assert json.loads(out)["n"] > 0 and "read-only file system" in err and "--out" in err
 
 
-def test_stderr_messages_are_one_line_whatever_the_path_length(capsys: pytest.CaptureFixture[str]) -> None:
+def test_messages_are_one_line_whatever_the_path_length(capsys: pytest.CaptureFixture[str]) -> None:
     """Not a terminal (a log, a pipe): rich would wrap at 80 columns and break a long path in two."""
-    from saga.commands.common import err
+    from saga.commands.common import console, err
 
     path = "/tmp/" + "a-long-folder-name/" * 8 + "runs/stage1"
     err.print(f"reused: {path} already holds this finished run")
-    assert capsys.readouterr().err == f"reused: {path} already holds this finished run\n"
+    console.print(f"stage-1 run: {path}")
+    captured = capsys.readouterr()
+    assert captured.err == f"reused: {path} already holds this finished run\n"
+    assert captured.out == f"stage-1 run: {path}\n"
+
+
+def test_the_cli_starts_without_torch_or_zarr() -> None:
+    """`saga --help` and a bad flag answer in a second: torch and zarr load only in the command that needs them."""
+    code = ("import sys, saga.cli; heavy = sorted(m for m in ('torch', 'zarr', 'faiss', 'sklearn') "
+            "if m in sys.modules); print(','.join(heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == ""

@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from saga.cache.store import FeatureCache
-from saga.cache.summary import cache_summary
 from saga.commands.common import OutputFormat, console, err, print_json
 from saga.taxonomy import LEVELS
 
@@ -22,6 +20,9 @@ def info(
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json")] = OutputFormat.text,
 ) -> None:
     """Counts per split and class at every level, failures and provenance."""
+    from saga.cache.store import FeatureCache
+    from saga.cache.summary import cache_summary
+
     summary = cache_summary(FeatureCache.open(cache))
     if format == "json":
         print_json(summary)
@@ -46,6 +47,8 @@ def info(
 @app.command()
 def verify(cache: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
     """Recompute every record's checksum; name the corrupted ones (exit 1 if any)."""
+    from saga.cache.store import FeatureCache
+
     store = FeatureCache.open(cache)
     errors, warnings = store.check_structure()
     for line in warnings:
@@ -70,6 +73,7 @@ def export(
 ) -> None:
     """Write the whole cache into one HDF5 file for sharing."""
     from saga.cache.export import export_h5
+    from saga.cache.store import FeatureCache
 
     n = export_h5(FeatureCache.open(cache), h5)
     console.print(f"wrote {h5} ({n} videos with features)")

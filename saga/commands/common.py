@@ -19,9 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from saga.errors import SagaError
 from saga.fileio import check_writable
 
-console = Console(stderr=False, highlight=False)
-# Messages on stderr are one line each, never hard-wrapped at the console width: a log or a pipe
-# (80 columns) would otherwise break a long path in two, and grep would miss it.
+# Messages are one line each, never hard-wrapped at the console width: a log or a pipe (80
+# columns) would otherwise break a long path in two, and grep would miss it. Tables still fit.
+console = Console(stderr=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
