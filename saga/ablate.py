@@ -61,10 +61,15 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
             name = "probe, " + (CEILING if stages.endswith(CEILING) else "same labels")
             rows.append(_summarise(name, "logistic regression", cell, level))
     summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
-               "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
+               "per_generator": base.per_generator, "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
     write_json_atomic(out / "ablation.json", summary)
     (out / "ablation.md").write_text(to_markdown(summary))
     return summary
+
+
+def _per_generator(summary: dict[str, Any]) -> str:
+    m = summary.get("per_generator") or 0
+    return f", {m} per generator" if m else ""
 
 
 def _probe_pct(metrics: dict[str, Any]) -> str:
@@ -115,6 +120,6 @@ def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     counts = summary.get("test_videos_per_class") or {}
     size = (f", {min(counts.values())}–{max(counts.values())} test videos per class" if counts else "")
     head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "
-            f"(floor {summary.get('floor')}){size}; ± is the 95 % t-interval over seeds; per-class columns: "
+            f"(floor {summary.get('floor')}{_per_generator(summary)}){size}; ± is the 95 % t-interval over seeds; per-class columns: "
             f"the {hardest} hardest classes on average\n\n")
     return head + "\n".join(lines) + "\n"

@@ -259,6 +259,16 @@ def test_cli_probe_end_to_end(cache: FeatureCache, tmp_path: Path) -> None:
     text = CliRunner().invoke(app, ["probe", "--cache", str(cache.root), "--level", "TASK-L", "--fraction", "1.0",
                                     "--out", str(tmp_path / "t")])
     assert text.exit_code == 0 and "linear probe on 40 labelled videos" in text.stdout and "95 % CI" in text.stdout
+    team = CliRunner().invoke(app, ["probe", "--cache", str(cache.root), "--level", "TEAM-L", "--per-generator", "1",
+                                    "--out", str(tmp_path / "team")])
+    assert team.exit_code == 0, team.output
+    labelled = json.loads((tmp_path / "team" / "labelled.json").read_text())
+    train = cache.ok_records("train")
+    assert labelled["per_generator"] == 1 and labelled["classes"] == labelled_subset(
+        train, "TEAM-L", cache.taxonomy, 0.005, 2, 0, per_generator=1)
+    assert {r.generator for r in train} == {r.generator for r in train
+                                            if r.path in {p for ps in labelled["classes"].values() for p in ps}}
+    assert json.loads((tmp_path / "team" / "config.json").read_text())["train"]["per_generator"] == 1
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("mine")
     busy = CliRunner().invoke(app, ["probe", "--cache", str(cache.root), "--out", str(tmp_path / "busy")])

@@ -21,7 +21,7 @@ from saga.model.inference import record_targets
 from saga.taxonomy import Taxonomy
 from saga.train.attribute import AttributeConfig, load_base, prepare_model, train_attribution
 from saga.train.data import InMemoryFeatures, StreamingFeatures, View, balanced_epoch
-from saga.cache.fraction import labelled_subset, resolve_labelled
+from saga.cache.fraction import labelled_subset, resolve_labelled, settings
 from saga.runs import load_model
 from saga.train.stage1 import Stage1Config, train_stage1
 from saga.train.losses import combined_loss, weigh
@@ -217,10 +217,46 @@ def test_fraction_sampling(cache: FeatureCache, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="fewer than the floor"):
         labelled_subset(recs, "GEN-L", tax, 0.005, floor=50, seed=0)
     path = tmp_path / "labelled.json"
-    first = resolve_labelled(path, recs, "GEN-L", tax, 0.005, 2, 0, cache.cache_id)
-    assert resolve_labelled(path, recs[::-1], "GEN-L", tax, 0.005, 2, 0, cache.cache_id) == first
+    first = resolve_labelled(path, recs, tax, settings("GEN-L", 0.005, 2, 0, cache.cache_id))
+    assert resolve_labelled(path, recs[::-1], tax, settings("GEN-L", 0.005, 2, 0, cache.cache_id)) == first
     with pytest.raises(SagaError, match="fraction"):
-        resolve_labelled(path, recs, "GEN-L", tax, 0.01, 2, 0, cache.cache_id)
+        resolve_labelled(path, recs, tax, settings("GEN-L", 0.01, 2, 0, cache.cache_id))
+
+
+def test_per_generator_floor_labels_every_generator_of_a_class(cache: FeatureCache, tmp_path: Path) -> None:
+    tax, recs = cache.taxonomy, cache.ok_records()
+    plain = labelled_subset(recs, "TEAM-L", tax, 0.005, 2, seed=4)
+    gens = {r.path: r.generator for r in recs}
+    train_gens = {t: {r.generator for r in recs if r.split == "train" and r.labels["TEAM-L"] == t} for t in plain}
+    assert any(len({gens[p] for p in plain[t]}) < len(train_gens[t]) for t in plain)  # what the rule is for
+    for m in (1, 2):
+        sub = labelled_subset(recs, "TEAM-L", tax, 0.005, 2, seed=4, per_generator=m)
+        assert list(sub) == list(plain)
+        for team, paths in sub.items():
+            drawn = [gens[p] for p in paths]
+            assert set(drawn) == train_gens[team] and all(drawn.count(g) >= m for g in train_gens[team])
+            assert len(paths) == max(2, m * len(train_gens[team]))
+            if len(train_gens[team]) == 1 and m == 1:
+                assert paths == plain[team]  # a one-generator class draws as without the rule
+    assert labelled_subset(recs, "TEAM-L", tax, 0.005, 2, 4, per_generator=0) == plain
+    # within a class the rest of k still comes in hash order: a big fraction keeps the plain draw's videos
+    big, big_m = (labelled_subset(recs, "TEAM-L", tax, 0.5, 2, 4, per_generator=m) for m in (0, 1))
+    assert all(len(big_m[t]) == len(big[t]) for t in big)
+    with pytest.raises(SagaError, match="per_generator"):
+        labelled_subset(recs, "TEAM-L", tax, 0.005, 2, 4, per_generator=-1)
+    # labelled.json records it; an older file without the key reads as 0 and refuses 1
+    path = tmp_path / "labelled.json"
+    wanted = settings("TEAM-L", 0.005, 2, 4, cache.cache_id, per_generator=1)
+    assert resolve_labelled(path, recs, tax, wanted) == labelled_subset(recs, "TEAM-L", tax, 0.005, 2, 4, 1)
+    assert json.loads(path.read_text())["per_generator"] == 1
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "per_generator"}
+    old["classes"] = plain
+    path.write_text(json.dumps(old))
+    assert resolve_labelled(path, recs, tax, {**wanted, "per_generator": 0}) == plain
+    with pytest.raises(SagaError, match="per_generator=0"):
+        resolve_labelled(path, recs, tax, wanted)
+    with pytest.raises(SagaError, match="per_generator"):
+        a_config(per_generator=-2).check()
 
 
 def a_config(**kw) -> AttributeConfig:

@@ -5,7 +5,11 @@ their path and the first k are taken, k = max(floor, round(fraction × n)) (at m
 n). Hash order, not the order records arrive in, makes the subset a function of
 (paths, level, fraction, floor, seed) alone; appending other videos to a class
 keeps most of its picks. The floor guarantees every class has a positive for the
-triplet loss. Records without a class at the level (SD-L: generators with no SD
+triplet loss. With `per_generator` m > 0 the first m videos (hash order) of every
+generator (GEN-L class) in the class are taken first and the rest of k comes from the
+class's remaining hash order: at a coarse level a few labels otherwise leave some of a
+class's generators unlabelled, and those are the videos few-label runs miss most
+(docs/ablation.md). Records without a class at the level (SD-L: generators with no SD
 backbone) are excluded. Re-encoded copies (`saga extract --augment`) are not drawn
 on their own: only original videos count towards k, and a drawn video brings its
 copies along (a copy is the same labelled video, not another label).
@@ -27,19 +31,23 @@ from saga.errors import SagaError
 from saga.fileio import read_json, write_json
 from saga.taxonomy import Taxonomy, check_level
 
-SETTINGS = ("level", "fraction", "floor", "seed", "cache_id")
+SETTINGS = ("level", "fraction", "floor", "per_generator", "seed", "cache_id")
+LEGACY = {"per_generator": 0}  # settings older labelled.json files lack, with the value they were drawn with
 
 
 def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float = 0.005,
-                    floor: int = 2, seed: int = 0) -> dict[str, list[str]]:
+                    floor: int = 2, seed: int = 0, per_generator: int = 0) -> dict[str, list[str]]:
     """Class -> sorted paths of the labelled train videos, classes in the taxonomy's order (absent ones left out)."""
     check_level(level)
     if not 0.0 < fraction <= 1.0:
         raise SagaError(f"fraction must be in (0, 1], got {fraction}")
     if floor < 1:
         raise SagaError(f"floor must be >= 1, got {floor}")
+    if per_generator < 0:
+        raise SagaError(f"per_generator must be >= 0, got {per_generator}")
     by_class: dict[str, list[str]] = {}
     copies: dict[str, list[str]] = {}
+    generator: dict[str, str] = {}
     for rec in records:
         cls = rec.labels.get(level)
         if rec.ok and rec.split == "train" and cls is not None:
@@ -48,6 +56,7 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
                 copies.setdefault(key, []).append(rec.path)
             else:
                 by_class.setdefault(cls, []).append(rec.path)
+                generator[rec.path] = str(rec.labels.get("GEN-L") or cls)
     unknown = sorted(set(by_class) - set(taxonomy.classes(level)))
     if unknown:
         raise SagaError(f"records labelled {unknown[0]!r} at {level}, which taxonomy '{taxonomy.name}' lacks; "
@@ -61,14 +70,34 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
             warnings.warn(f"{level} class {cls!r} has only {len(paths)} training video(s), fewer than the floor "
                           f"{floor}: using all of them", stacklevel=2)
         k = min(len(paths), max(floor, math.floor(fraction * len(paths) + 0.5)))
-        drawn = sorted(paths, key=lambda p: seeded_hash(seed, p))[:k]
+        drawn = _draw(sorted(paths, key=lambda p: seeded_hash(seed, p)), k, generator, per_generator)
         out[cls] = sorted(drawn + [c for p in drawn for c in copies.get(source_key(p)[1], [])])
     return out
 
 
-def settings(level: str, fraction: float, floor: int, seed: int, cache_id: str) -> dict[str, Any]:
-    return {"level": level, "fraction": float(fraction), "floor": int(floor), "seed": int(seed),
-            "cache_id": cache_id}
+def _draw(ranked: list[str], k: int, generator: dict[str, str], per_generator: int) -> list[str]:
+    """The first `per_generator` of each generator in `ranked`, then the rest of `ranked` up to k in all."""
+    if per_generator == 0:
+        return ranked[:k]
+    taken: dict[str, int] = {}
+    first: list[str] = []
+    for path in ranked:
+        if taken.get(generator[path], 0) < per_generator:
+            taken[generator[path]] = taken.get(generator[path], 0) + 1
+            first.append(path)
+    chosen = set(first)
+    return first + [p for p in ranked if p not in chosen][: max(0, k - len(first))]
+
+
+def settings(level: str, fraction: float, floor: int, seed: int, cache_id: str,
+             per_generator: int = 0) -> dict[str, Any]:
+    return {"level": level, "fraction": float(fraction), "floor": int(floor), "per_generator": int(per_generator),
+            "seed": int(seed), "cache_id": cache_id}
+
+
+def saved_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """The draw settings a labelled.json records (LEGACY values for those an older file lacks)."""
+    return {k: data.get(k, LEGACY.get(k)) for k in SETTINGS}
 
 
 def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRecord]) -> dict[str, list[str]] | None:
@@ -76,7 +105,8 @@ def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRec
     if not path.is_file():
         return None
     data = read_json(path)
-    differ = [f"{k}={data.get(k)!r} (asked {wanted[k]!r})" for k in SETTINGS if data.get(k) != wanted[k]]
+    drawn = saved_settings(data)
+    differ = [f"{k}={drawn[k]!r} (asked {wanted[k]!r})" for k in SETTINGS if drawn[k] != wanted[k]]
     if differ:
         raise SagaError(f"{path}: the labelled subset was drawn with {', '.join(differ)}; "
                         "use another --out folder or the same settings")
@@ -100,23 +130,28 @@ def write_labelled(path: Path, subset: dict[str, list[str]], wanted: dict[str, A
                       "available": {c: available.get(c, 0) for c in subset}, "classes": subset})
 
 
-def saved_or_drawn(path: Path, records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float,
-                   floor: int, seed: int, cache_id: str) -> tuple[dict[str, list[str]], bool]:
-    """The subset saved at `path` when it matches these settings (True), else a fresh draw (False, not saved).
+def draw(records: Sequence[VideoRecord], taxonomy: Taxonomy, wanted: dict[str, Any]) -> dict[str, list[str]]:
+    """`labelled_subset` with the settings of `settings(...)`."""
+    return labelled_subset(records, wanted["level"], taxonomy, wanted["fraction"], wanted["floor"], wanted["seed"],
+                           wanted["per_generator"])
+
+
+def saved_or_drawn(path: Path, records: Sequence[VideoRecord], taxonomy: Taxonomy,
+                   wanted: dict[str, Any]) -> tuple[dict[str, list[str]], bool]:
+    """The subset saved at `path` when it matches `wanted` (True), else a fresh draw (False, not saved).
 
     Training saves a fresh draw only once its run folder is open, so a refused run writes nothing.
     """
-    wanted = settings(level, fraction, floor, seed, cache_id)
     subset = read_labelled(path, wanted, records)
     if subset is not None:
         return subset, True
-    return labelled_subset(records, level, taxonomy, fraction, floor, seed), False
+    return draw(records, taxonomy, wanted), False
 
 
-def resolve_labelled(path: Path, records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float,
-                     floor: int, seed: int, cache_id: str) -> dict[str, list[str]]:
-    """Reuse `path` when it matches, else draw the subset and save it there."""
-    subset, saved = saved_or_drawn(path, records, level, taxonomy, fraction, floor, seed, cache_id)
+def resolve_labelled(path: Path, records: Sequence[VideoRecord], taxonomy: Taxonomy,
+                     wanted: dict[str, Any]) -> dict[str, list[str]]:
+    """Reuse `path` when it matches `wanted`, else draw the subset and save it there."""
+    subset, saved = saved_or_drawn(path, records, taxonomy, wanted)
     if not saved:
-        write_labelled(path, subset, settings(level, fraction, floor, seed, cache_id), records)
+        write_labelled(path, subset, wanted, records)
     return subset

@@ -103,6 +103,8 @@ def ablate(
     level: Annotated[str, typer.Option(help="Attribution level.")] = "GEN-L",
     fraction: Annotated[float, typer.Option(help="Labelled fraction per class.")] = 0.005,
     floor: Annotated[int, typer.Option(help="At least this many labelled videos per class.")] = 2,
+    per_generator: Annotated[Optional[int], typer.Option(
+        help="At least this many labelled videos of every generator of a class (default 0: off).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 3,
     epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 30,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
@@ -113,7 +115,8 @@ def ablate(
     from saga.train.attribute import AttributeConfig
 
 
-    base = AttributeConfig.from_dict(load_options(config, fraction=fraction, floor=floor, epochs=epochs, device=device))
+    base = AttributeConfig.from_dict(load_options(config, fraction=fraction, floor=floor, per_generator=per_generator,
+                                                         epochs=epochs, device=device))
     summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
                            progress=lambda event: console.print(event.message))
     console.print(to_markdown(summary))

@@ -19,7 +19,6 @@ from saga.commands.common import (
     writable_folder,
 )
 from saga.errors import SagaError, WriteError
-from saga.runs import RunFolder, accept_changed_cache
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
@@ -51,6 +50,8 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
         return None
     if from_run is not None:
         return from_run
+    from saga.runs import RunFolder
+
     if RunFolder(DEFAULT_STAGE1).done:
         if _is_main():
             err.print(f"adapting the stage-1 run {DEFAULT_STAGE1} (pass --from to pick another, --scratch for none)")
@@ -86,6 +87,7 @@ def train(
         return
     if stage != 1:
         raise SagaError(f"--stage must be 1 or 2, got {stage}")
+    from saga.runs import RunFolder, accept_changed_cache
     from saga.train.stage1 import Stage1Config, train_stage1
 
     out = out or Path("runs/stage1")
@@ -108,6 +110,9 @@ def attribute(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<level>).")] = None,
     fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction of each class (0.005 = 0.5 %).")] = None,
     floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class.")] = None,
+    per_generator: Annotated[Optional[int], typer.Option(
+        help="At least this many labelled videos of every generator of a class, so none is left unlabelled "
+             "(default 0: off).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="ce | ce+hnm | ce+semihnm.")] = None,
     lam: Annotated[Optional[float], typer.Option(help="λ in λ·CE + (1−λ)·L_HNM.")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Triplet margin α.")] = None,
@@ -137,6 +142,7 @@ def attribute(
     resume: Resume = None,
 ) -> None:
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
+    from saga.runs import RunFolder, accept_changed_cache
     from saga.train.attribute import AttributeConfig, train_attribution
 
     out = out or Path("runs") / level.lower()
@@ -144,8 +150,8 @@ def attribute(
     from_run = _stage1_run(from_run, scratch)
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = AttributeConfig.from_dict(load_options(
-        config, level=level, fraction=fraction, floor=floor, loss=loss, lam=lam, margin=margin, mine_every=every,
-        readout=readout, self_training=self_training, sources=sources, epochs=epochs,
+        config, level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
+        margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources, epochs=epochs,
         min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, device=device))
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
@@ -219,6 +225,8 @@ def probe(
                                                       "1.0 = all train labels).")] = None,
     floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class "
                                                  "(default 2).")] = None,
+    per_generator: Annotated[Optional[int], typer.Option(
+        help="At least this many labelled videos of every generator of a class (default 0: off).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the labelled subset (default 0).")] = None,
     like: Annotated[Optional[Path], typer.Option("--like", help="Use this run's level, labelled videos and "
                                                  "frames (its labelled.json; all train labels for stage 1).")] = None,
@@ -241,7 +249,7 @@ def probe(
     writable_folder(out)
     with one_line_warnings():
         metrics = run_probe(cache, out, level=level, fraction=fraction, floor=floor, seed=seed, like=like,
-                            frames=frames, split=split, sources=sources)
+                            frames=frames, split=split, sources=sources, per_generator=per_generator)
     if format == "json":
         print_json(metrics)
     else:

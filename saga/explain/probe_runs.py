@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from saga.cache.fraction import labelled_subset, read_labelled, settings, write_labelled
+from saga.cache.fraction import draw, labelled_subset, read_labelled, saved_settings, settings, write_labelled
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.probe import PROBE_FILE, train_and_evaluate
@@ -42,7 +42,7 @@ def run_subset(run_dir: Path, cache: FeatureCache) -> tuple[str, dict[str, list[
         if data.get("cache_id") != cache.cache_id:
             raise SagaError(f"{path}: the run's labelled videos are from cache {str(data.get('cache_id'))[:12]}, "
                             f"not {cache.cache_id[:12]}; pass the run's own cache")
-        wanted = {k: data.get(k) for k in ("level", "fraction", "floor", "seed", "cache_id")}
+        wanted = saved_settings(data)
         subset = read_labelled(path, wanted, train)
         return level, subset or {}, wanted, frames
     if config.get("stage") == 2:
@@ -104,7 +104,8 @@ def _check_out(out: Path) -> None:
 
 def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None, fraction: float | None = None,
               floor: int | None = None, seed: int | None = None, like: str | Path | None = None,
-              frames: int | None = None, split: str = "test", sources: bool | None = None) -> dict[str, Any]:
+              frames: int | None = None, split: str = "test", sources: bool | None = None,
+              per_generator: int | None = None) -> dict[str, Any]:
     """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics.
 
     `sources`: fit on the labelled videos' generators, sum each class's; None: as `like` was
@@ -112,7 +113,7 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
     """
     cache = FeatureCache.open(cache_path)
     out = Path(out)
-    given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed}
+    given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed, "per_generator": per_generator}
     if like is not None:
         run_level, subset, wanted, run_frames = run_subset(Path(like), cache)
         clash = [f"--{k} {v!r} (the run: {wanted[k]!r})" for k, v in given.items()
@@ -126,9 +127,8 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
     else:
         level = check_level(level or "GEN-L")
         wanted = settings(level, 0.005 if fraction is None else fraction, 2 if floor is None else floor,
-                          0 if seed is None else seed, cache.cache_id)
-        train = cache.ok_records("train")
-        subset = labelled_subset(train, level, cache.taxonomy, wanted["fraction"], wanted["floor"], wanted["seed"])
+                          0 if seed is None else seed, cache.cache_id, per_generator or 0)
+        subset = draw(cache.ok_records("train"), cache.taxonomy, wanted)
     if frames is not None and not 1 <= frames <= cache.frames:
         raise SagaError(f"--frames must be in [1, {cache.frames}] (the cache's T), got {frames}")
     if len(subset) < 2:
@@ -140,13 +140,13 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
     probe.save(out / PROBE_FILE)
     write_labelled(out / LABELLED, subset, wanted, cache.ok_records("train"))
     config = {"kind": "probe", "stage": "probe", "level": level, "classes": probe.classes, "frames": frames,
-              **{k: wanted[k] for k in ("fraction", "floor", "seed")}, "cache_id": cache.cache_id,
+              **{k: wanted[k] for k in ("fraction", "floor", "per_generator", "seed")}, "cache_id": cache.cache_id,
               "cache": str(Path(cache_path).resolve()), "like": str(Path(like).resolve()) if like else None,
               "features": probe.spec, "sources": probe.sources or None,
               "model": {"kind": "logistic regression", "solver": "lbfgs",
                                                  "class_weight": "balanced", "C": probe.C,
                                                  "selection": metrics["selection"], "standardised": True},
-              "train": {"fraction": wanted["fraction"], "floor": wanted["floor"], "seed": wanted["seed"],
+              "train": {**{k: wanted[k] for k in ("fraction", "floor", "per_generator", "seed")},
                         "loss": "logistic"},
               "n_train": metrics["n_train"], "versions": versions(), "started": started, "finished": now()}
     write_json(out / CONFIG, config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from saga.cache.fraction import labelled_subset, settings, write_labelled
+from saga.cache.fraction import draw, write_labelled
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, read_json, write_json
@@ -25,7 +25,7 @@ def filtered_subset(cache: FeatureCache, cfg: AttributeConfig, exclude: Sequence
                     few: dict[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
     """The subset stage 2 would draw, minus `exclude` classes, with `few` classes restricted to given paths."""
     train = cache.ok_records("train")
-    subset = labelled_subset(train, cfg.level, cache.taxonomy, cfg.fraction, cfg.floor, cfg.seed)
+    subset = draw(train, cache.taxonomy, cfg.labelled_settings(cache.cache_id))
     unknown = [c for c in [*exclude, *(few or {})] if c not in subset]
     if unknown:
         raise SagaError(f"{cache.root}: no train videos of {unknown[0]!r} at {cfg.level}; "
@@ -48,7 +48,7 @@ def train_holdout(cache_path: str | Path, out: str | Path, cfg: AttributeConfig,
     cache = FeatureCache.open(cache_path)
     out = make_dir(out)
     path = out / LABELLED
-    wanted = settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id)
+    wanted = cfg.labelled_settings(cache.cache_id)
     subset = filtered_subset(cache, cfg, exclude, few)
     if path.is_file():
         saved = read_json(path).get("openworld", {})

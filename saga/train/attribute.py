@@ -74,6 +74,7 @@ class AttributeConfig(TrainOptions):
     level: str = "GEN-L"
     fraction: float = 0.005  # of each class's train videos (SAGA: 0.5 %)
     floor: int = 2  # at least this many per class (a triplet needs a positive)
+    per_generator: int = 0  # and at least this many of each generator of a class (0: no such rule)
     loss: Loss = Loss.CE_HNM
     lam: float = 0.5  # λ in L = λ·CE + (1 − λ)·L_HNM
     margin: float = 0.2  # α of the triplet loss
@@ -102,6 +103,12 @@ class AttributeConfig(TrainOptions):
         if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
             raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
         self.mine_every = parse_mine_every(self.mine_every)
+        if isinstance(self.per_generator, bool) or not isinstance(self.per_generator, int) or self.per_generator < 0:
+            raise SagaError(f"per_generator must be a whole number >= 0, got {self.per_generator!r}")
+
+    def labelled_settings(self, cache_id: str) -> dict[str, Any]:
+        """How this run draws its labelled subset (labelled.json's settings)."""
+        return settings(self.level, self.fraction, self.floor, self.seed, cache_id, self.per_generator)
 
     def mine_steps(self) -> int:
         """0 = refresh once per epoch, else every N optimiser steps (and at each epoch start)."""
@@ -337,8 +344,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     frames = resolve_frames(cfg.frames or (base.frames if base else None), cache)
     train = cache.ok_records("train")
     out = Path(out)
-    subset, saved = distributed.run_on_main(lambda: saved_or_drawn(
-        out / LABELLED, train, cfg.level, cache.taxonomy, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id))
+    wanted = cfg.labelled_settings(cache.cache_id)
+    subset, saved = distributed.run_on_main(lambda: saved_or_drawn(out / LABELLED, train, cache.taxonomy, wanted))
     classes = list(subset)
     if len(classes) < 2:
         raise SagaError(f"{cache.root}: the train split has {len(classes)} class(es) at {cfg.level}; need >= 2")
@@ -361,8 +368,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
             progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
     if not saved and distributed.context().is_main:
-        write_labelled(out / LABELLED, subset, settings(cfg.level, cfg.fraction, cfg.floor, cfg.seed, cache.cache_id),
-                       train)
+        write_labelled(out / LABELLED, subset, wanted, train)
     data = open_features(cache, pool, sub, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
     device = resolve_device(cfg.device)
     view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
