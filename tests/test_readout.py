@@ -275,3 +275,31 @@ def test_the_unlabelled_generators_benchmark_refits_the_runs_readout_and_its_var
     assert {"Tencent AI Lab", "Shanghai AI Lab"} <= set(absent)
     assert row["extra_labels"] == sum(map(len, absent.values())) and row["their_test_videos"] > 0
     assert all(0 <= row[v][0] <= 100 for v in ("split", "discover", "one_label_each", "oracle"))
+
+
+def test_the_per_generator_benchmark_pairs_runs_and_scores_them_as_evaluate(cache, tmp_path: Path) -> None:  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from saga.explain.metrics import compute_evaluation
+
+    cfg = dict(level="TEAM-L", fraction=0.01, floor=2, epochs=2)
+    base = train_attribution(cache.root, tmp_path / "base", a_config(**cfg))
+    variant = train_attribution(cache.root, tmp_path / "pergen", a_config(**cfg, per_generator=1))
+    script = Path(__file__).resolve().parents[1] / "bench" / "per_generator.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "--cache", str(cache.root), "--base", str(base),
+                           "--variant", str(variant), "--out", str(tmp_path / "pg.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "pg.json").read_text())
+    row = result["pairs"][0]
+    for i, run in enumerate((base, variant)):
+        assert row["accuracy"][i] == pytest.approx(100 * compute_evaluation(run, cache.root, probe=False)["accuracy"])
+    assert row["per_generator"] == [0, 1] and row["labels"][1] > row["labels"][0]
+    assert row["unlabelled_generators"] and row["their_test_videos"] > 0  # a team of 3 at 2 labels lacks one
+    assert result["summary"]["gain"][0] == pytest.approx(row["accuracy"][1] - row["accuracy"][0])
+    unequal = subprocess.run([sys.executable, str(script), "--cache", str(cache.root), "--base", str(base),
+                              "--variant", str(variant), str(base)], capture_output=True, text=True, env=env)
+    assert unequal.returncode != 0 and "pair them one to one" in unequal.stderr
