@@ -45,11 +45,21 @@ from saga.runs.files import (
 from saga.runs.origin import cache_change, changed_cache_accepted
 
 
+# Training options added after runs were made, with the value those runs used: a run folder from
+# before an option existed is still the same run (reused, resumed) when the option is left at it.
+ADDED_OPTIONS: dict[str, Any] = {"per_generator": 0}
+
+
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that change what a run computes (not where the cache lies, not the device)."""
     ident = copy.deepcopy(config)
     ident.pop("cache", None)
-    ident.get("train", {}).pop("device", None)
+    train = ident.get("train")
+    if isinstance(train, dict):
+        train.pop("device", None)
+        if ident.get("stage") == 2:
+            for key, value in ADDED_OPTIONS.items():
+                train.setdefault(key, value)
     return json.loads(json.dumps(ident, default=str))
 
 
