@@ -120,6 +120,6 @@ def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     counts = summary.get("test_videos_per_class") or {}
     size = (f", {min(counts.values())}–{max(counts.values())} test videos per class" if counts else "")
     head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "
-            f"(floor {summary.get('floor')}{_per_generator(summary)}){size}; ± is the 95 % t-interval over seeds; per-class columns: "
-            f"the {hardest} hardest classes on average\n\n")
+            f"(floor {summary.get('floor')}{_per_generator(summary)}){size}; ± is the 95 % t-interval over seeds; "
+            f"per-class columns: the {hardest} hardest classes on average\n\n")
     return head + "\n".join(lines) + "\n"

@@ -115,8 +115,8 @@ def ablate(
     from saga.train.attribute import AttributeConfig
 
 
-    base = AttributeConfig.from_dict(load_options(config, fraction=fraction, floor=floor, per_generator=per_generator,
-                                                         epochs=epochs, device=device))
+    base = AttributeConfig.from_dict(load_options(
+        config, fraction=fraction, floor=floor, per_generator=per_generator, epochs=epochs, device=device))
     summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
                            progress=lambda event: console.print(event.message))
     console.print(to_markdown(summary))
