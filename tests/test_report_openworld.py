@@ -232,3 +232,13 @@ def test_dumps_keeps_number_lists_on_one_line() -> None:
     text = dumps({"a": {"scores": [0.1, 0.2, float("nan")], "nested": [[1, 2], [3]]}, "s": ["x", "y"]})
     assert '"scores": [0.1, 0.2, null]' in text and json.loads(text)["a"]["nested"] == [[1, 2], [3]]
     assert json.loads(text)["s"] == ["x", "y"]
+
+
+def test_the_runs_table_names_a_per_generator_floor() -> None:
+    from saga.explain.report import summary_table
+
+    runs = [{"dir": Path(f"runs/{name}"), "config": {"stage": 2, "level": "TEAM-L", "train": train},
+             "metrics": None} for name, train in (("a", {"fraction": 0.005}),
+                                                 ("b", {"fraction": 0.005, "per_generator": 1}))]
+    html = summary_table(runs)
+    assert "0.005, ≥ 1 per generator" in html and html.count("per generator") == 1

@@ -73,9 +73,16 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
                      pct_ci(m.get("macro_accuracy"), m.get("macro_accuracy_ci")),
                      pct(pr.get("accuracy")), pct(pr.get("macro_accuracy")),
                      f"{m['auc']:.4f}" if isinstance(m.get("auc"), float) else "–",
-                     train.get("loss"), cfg.get("stage"), train.get("fraction"), cfg.get("frames"), m.get("split"),
+                     train.get("loss"), cfg.get("stage"), labels_drawn(train), cfg.get("frames"), m.get("split"),
                      m.get("n")])
     return table(header, rows, cls="sticky")
+
+
+def labels_drawn(train: dict[str, Any]) -> Any:
+    """The labelled fraction, and the per-generator floor when the run used one."""
+    per_generator = train.get("per_generator") or 0
+    fraction = train.get("fraction")
+    return f"{fraction}, ≥ {per_generator} per generator" if per_generator else fraction
 
 
 def _card(value: str, label: str, ci: Any = None, cls: str = "card") -> str:
