@@ -307,13 +307,6 @@ def test_a_changed_cache_is_refused_unless_resume_is_explicit(tmp_path: Path) ->
     cache = make_cache(tmp_path, parts=1)
     config = {"level": "BIN-L", "train": {"epochs": 1}}
     RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))  # an unfinished run
-    stage2 = {"stage": 2, "level": "TEAM-L", "train": {"epochs": 1}}  # made before --per-generator existed
-    RunFolder.open_for(tmp_path / "old", stage2, make_provenance(cache, 0)).finish({"epochs": 1})
-    now = {**stage2, "train": {"epochs": 1, "per_generator": 0}}
-    assert RunFolder.open_for(tmp_path / "old", now, make_provenance(cache, 0)).done  # the same run: reused
-    with pytest.raises(SagaError, match="different settings"):
-        RunFolder.open_for(tmp_path / "old", {**stage2, "train": {"epochs": 1, "per_generator": 1}},
-                           make_provenance(cache, 0))
     fill(cache, 6, shard_rows=4, seed=5)  # more videos extracted into the same cache
     cache = type(cache).open(cache.root)
     with pytest.raises(SagaError, match=r"holds an unfinished run that was trained on 4 records of this cache, "
