@@ -239,9 +239,9 @@ def test_per_generator_floor_labels_every_generator_of_a_class(cache: FeatureCac
             if len(train_gens[team]) == 1 and m == 1:
                 assert paths == plain[team]  # a one-generator class draws as without the rule
     assert labelled_subset(recs, "TEAM-L", tax, 0.005, 2, 4, per_generator=0) == plain
-    # within a class the rest of k still comes in hash order: a big fraction keeps the plain draw's videos
+    # the rest of k still comes in hash order: where the plain draw covers every generator, nothing changes
     big, big_m = (labelled_subset(recs, "TEAM-L", tax, 0.5, 2, 4, per_generator=m) for m in (0, 1))
-    assert all(len(big_m[t]) == len(big[t]) for t in big)
+    assert all({gens[p] for p in big[t]} == train_gens[t] for t in big) and big_m == big
     with pytest.raises(SagaError, match="per_generator"):
         labelled_subset(recs, "TEAM-L", tax, 0.005, 2, 4, per_generator=-1)
     # labelled.json records it; an older file without the key reads as 0 and refuses 1
