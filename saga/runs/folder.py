@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
 from saga.fileio import make_dir, writing
 from saga.model import VideoTransformer
@@ -47,7 +48,8 @@ from saga.runs.origin import cache_change, changed_cache_accepted
 
 # Training options added after runs were made, with the value those runs used: a run folder from
 # before an option existed is still the same run (reused, resumed) when the option is left at it.
-ADDED_OPTIONS: dict[str, Any] = {"per_generator": 0}
+# The labelled-draw settings' history lives with the draw (labelled.json reads the same values).
+ADDED_OPTIONS: dict[str, Any] = {**LEGACY_DRAW}
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
