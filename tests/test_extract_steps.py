@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -91,8 +93,26 @@ def test_runner_counts_writes_in_order_and_records_failures() -> None:
     assert (summary.ok, summary.failed, summary.frames) == (3, 1, 3 * FRAMES)
     assert [p for p, _ in part.added] == ["v0.mp4", "v2.mp4", "v3.mp4"] and part.closed
     assert [r.error for r in part.failed] == ["undecodable"]
-    assert seen[-1] == (4, 4, 3 * FRAMES)
+    assert seen[0] == (0, 4, 0) and seen[-1] == (4, 4, 3 * FRAMES)  # the first event marks the pass's start
     assert summary.timings.decode == pytest.approx(2.0) and summary.timings.pipeline > 0
+
+
+def test_extraction_rates_count_from_the_pass_not_from_loading_the_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar opens before the encoder loads (a minute for SigLIP); its clock must start with the pass."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from saga.commands import common
+    from saga.progress import ProgressEvent
+
+    clock, bars = iter([0.0, 100.0, 100.0, 110.0]), []
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    quiet = Console(file=io.StringIO())
+    monkeypatch.setattr(common, "progress_bar", lambda rates: bars.append(Progress(console=quiet)) or bars[-1])
+    with common.extract_progress() as update:  # t = 0: the encoder starts loading
+        update(ProgressEvent("videos", 0, 20, data={"frames": 0}))  # t = 100: the pass begins
+        update(ProgressEvent("videos", 10, 20, data={"frames": 160}))  # t = 110
+        assert bars[0].tasks[0].fields == {"vps": "1.0", "fps": "16"}
 
 
 def test_runner_commits_what_was_written_when_interrupted() -> None:

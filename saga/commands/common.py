@@ -49,17 +49,19 @@ def extract_progress() -> Iterator[Callable[[Any], None]]:
     """An extraction progress callback drawing videos/s and frames/s; the bar appears with the first video,
     so setup errors stay one line."""
     bar = progress_bar(rates=True)
-    task = bar.add_task("extract", total=None, vps="-", fps="-")
+    task = bar.add_task("extract", total=None, vps="-", fps="-", start=False)
     start = time.perf_counter()
 
     finished = False
 
     def update(event: Any) -> None:  # a "videos" ProgressEvent
-        nonlocal finished
+        nonlocal finished, start
         done, total, frames_done = event.done, event.total, event.data.get("frames", 0)
         if finished:
             return
-        if not bar.live.is_started:
+        if not bar.live.is_started:  # the clock starts with the pass, not with loading the encoder
+            start = time.perf_counter()
+            bar.start_task(task)
             bar.start()
         dt = max(time.perf_counter() - start, 1e-9)
         bar.update(task, completed=done, total=total, vps=f"{done / dt:.1f}", fps=f"{frames_done / dt:.0f}")

@@ -254,6 +254,7 @@ def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: Backgroun
     """Decoded videos -> encoder step -> writer, counting into `summary`; the writer commits even on Ctrl-C."""
     started = time.perf_counter()
     writer.start()
+    _report(progress, summary, total)  # the pass begins: a bar's clock and rates start here
     try:
         for video in videos:
             summary.timings.decode += video.seconds
