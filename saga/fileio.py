@@ -117,6 +117,71 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+class LineLog:
+    """An append-only file of whole lines (a manifest, the split plan, the parts log), committed by fsync.
+
+    A line is committed once its newline is on disk; readers skip an unterminated last line. So
+    an append first cuts such a torn tail (a write killed or cut short by a full disk): glued to
+    the next line it would become a complete, corrupt line that every later open refuses. A
+    failed append cuts the file back to where it began.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with writing(self.path):
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            self._cut_torn_tail()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _cut_torn_tail(self) -> None:
+        end = os.fstat(self._fd).st_size
+        if end == 0 or os.pread(self._fd, 1, end - 1) == b"\n":
+            return
+        keep, block = end, 1 << 16
+        while keep > 0:
+            start = max(0, keep - block)
+            newline = os.pread(self._fd, keep - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        with writing(self.path):
+            os.ftruncate(self._fd, keep)
+
+    def append(self, text: str) -> None:
+        """Write `text` (whole lines) and fsync it; on any failure the file is as it was before."""
+        data = memoryview(text.encode("utf-8"))
+        if not data:
+            return
+        start = os.fstat(self._fd).st_size
+        try:
+            with writing(self.path):
+                while data:
+                    data = data[os.write(self._fd, data):]
+                os.fsync(self._fd)
+        except BaseException:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def append_lines(path: str | Path, text: str) -> None:
+    """One durable append of whole lines to a LineLog file."""
+    log = LineLog(path)
+    try:
+        log.append(text)
+    finally:
+        log.close()
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

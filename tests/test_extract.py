@@ -120,6 +120,7 @@ def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, tiny_weights: Pa
     for path in fa:
         np.testing.assert_array_equal(fa[path], fb[path])
     assert a.verify() == []
+    assert a.check_structure() == ([], [])  # the resumed pass sealed the killed pass's part
 
 
 def test_cli_end_to_end(tmp_path: Path, tiny_args: list[str]) -> None:

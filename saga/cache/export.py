@@ -20,6 +20,10 @@ CHUNK_VIDEOS = 256
 
 def export_h5(cache: FeatureCache, path: Path) -> int:
     """Write every record (failed ones too, without features) into one HDF5 file; returns #videos with features."""
+    if path.is_dir():
+        raise SagaError(f"{path}: is a folder; pass --h5 with a file name, e.g. {path / 'cache.h5'}")
+    if not path.parent.is_dir():
+        raise SagaError(f"{path.parent}: no such folder; create it or pass another --h5")
     errors, _ = cache.check_structure()
     if errors:
         raise SagaError(f"{cache.root}: refusing to export a damaged cache ({errors[0]}); run `saga cache verify`")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import google_crc32c
 import numpy as np
 
 from saga.errors import SagaError
+from saga.fileio import LineLog, append_lines
 
 OK = "ok"
 FAILED = "failed"
@@ -92,22 +92,17 @@ def feature_checksum(*arrays: Any) -> str:
 
 
 class ManifestWriter:
-    """Appends records durably (flush + fsync per commit)."""
+    """Appends records durably (fsync per commit; see `saga.fileio.LineLog`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
+        self._log = LineLog(path)
 
     def commit(self, records: Iterable[VideoRecord]) -> None:
-        lines = "".join(r.to_json() + "\n" for r in records)
-        if not lines:
-            return
-        self._fh.write(lines)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._log.append("".join(r.to_json() + "\n" for r in records))
 
     def close(self) -> None:
-        self._fh.close()
+        self._log.close()
 
 
 def _complete_lines(path: Path) -> list[tuple[int, str]]:
@@ -149,12 +144,9 @@ def read_split_plan(path: Path) -> dict[str, tuple[str, str]]:
 
 def append_split_plan(path: Path, entries: dict[str, tuple[str, str]]) -> None:
     """Record new assignments before any of their videos is extracted, so a resumed run keeps them."""
-    if not entries:
-        return
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps({"path": p, "generator": g, "split": s}) + "\n" for p, (g, s) in entries.items()))
-        fh.flush()
-        os.fsync(fh.fileno())
+    if entries:
+        append_lines(path, "".join(json.dumps({"path": p, "generator": g, "split": s}) + "\n"
+                                   for p, (g, s) in entries.items()))
 
 
 # JSON type of every manifest field (bool is not an int here); the first seven are required.

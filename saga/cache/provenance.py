@@ -97,11 +97,14 @@ class CacheProvenance:
         return not self.differences(other)
 
 
+DEFAULT_SPLIT = {"train": 0.7, "val": 0.1, "test": 0.2}  # of each generator's videos
+
+
 def cache_provenance(encoder: EncoderSpec, taxonomy: Taxonomy, split_seed: int = 0,
                      fractions: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The attributes a cache pass records: the one shape extraction, tests and benchmarks all write."""
     if encoder.sampling is None:
         raise SagaError(f"{encoder.encoder}: a cache needs the sampling policy in its encoder spec")
     return {**encoder.to_dict(), "taxonomy": taxonomy.to_dict(),
-            "split": {"seed": split_seed, "fractions": dict(fractions or {"train": 0.7, "val": 0.1, "test": 0.2})},
+            "split": {"seed": split_seed, "fractions": dict(fractions or DEFAULT_SPLIT)},
             "versions": versions(), "created": now()}

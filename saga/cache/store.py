@@ -31,12 +31,12 @@ import zarr
 from saga.cache import integrity, reader
 from saga.cache.index import Located, RecordIndex, RecordList
 from saga.cache.manifest import (FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c,
-                                 manifest_digest)
+                                 manifest_digest, read_manifest)
 from saga.cache.provenance import CacheProvenance, EncoderSpec
 from saga.cache.reader import ShardRef
 from saga.cache.shards import ArrayReader
 from saga.errors import SagaError
-from saga.fileio import write_json
+from saga.fileio import append_lines, write_json, writing
 from saga.taxonomy import Taxonomy
 
 SCHEMA_VERSION = 1
@@ -93,14 +93,23 @@ class FeatureCache:
             raise SagaError(f"{root}: exists and is not a saga cache; choose an empty or new --out folder")
         attrs = {**provenance, "schema_version": SCHEMA_VERSION}
         attrs.setdefault("cache_id", uuid.uuid4().hex)  # an import keeps the exported id
-        tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+        target = root.resolve()  # `--out .` has no name to put a temporary folder beside
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
-        group.attrs[ATTR_KEY] = attrs
-        (tmp / "parts").mkdir()
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
+        try:
+            with writing(root):
+                group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+                group.attrs[ATTR_KEY] = attrs
+                (tmp / "parts").mkdir()
+                if target.exists():  # an empty folder, perhaps the current one: fill it, zarr.json (the mark) last
+                    os.replace(tmp / "parts", target / "parts")
+                    os.replace(tmp / "zarr.json", target / "zarr.json")
+                    tmp.rmdir()
+                else:
+                    os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return cls(root, attrs)
 
     def check_compatible(self, provenance: dict[str, Any]) -> None:
@@ -234,7 +243,26 @@ class PartWriter:
         final = cache.root / "parts" / name
         if final.exists():
             raise SagaError(f"{final}: part already exists; another extraction is writing this cache?")
-        tmp = cache.root / "parts" / f".tmp-{name}"
+        with writing(final):
+            self._create(final, capacity)
+        self._manifest = ManifestWriter(final / MANIFEST)
+        s = self.shard_rows
+        self._buf = {
+            "features": np.zeros((s, t, d), np.float16),
+            "mask": np.zeros((s, t), bool),
+            "timestamps": np.zeros((s, t), np.float32),
+        }
+        self._capacity = max(capacity, 1)
+        self._next_row = 0  # first row not yet assigned
+        self._flushed = 0  # rows durably written
+        self._fill = 0  # rows in the buffer
+        self._pending: list[VideoRecord] = []
+        self.committed = 0
+
+    def _create(self, final: Path, capacity: int) -> None:
+        """The part's empty arrays and manifest, built under a hidden name and renamed into place."""
+        t, d = self.cache.frames, self.cache.dim
+        tmp = final.with_name(f".tmp-{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
         cap, s = max(capacity, 1), self.shard_rows
@@ -248,18 +276,6 @@ class PartWriter:
         os.replace(tmp, final)
         self._arrays = {k: zarr.open_group(zarr.storage.LocalStore(final), mode="r+")[k]
                         for k in ("features", "mask", "timestamps")}
-        self._manifest = ManifestWriter(final / MANIFEST)
-        self._buf = {
-            "features": np.zeros((s, t, d), np.float16),
-            "mask": np.zeros((s, t), bool),
-            "timestamps": np.zeros((s, t), np.float32),
-        }
-        self._capacity = cap
-        self._next_row = 0  # first row not yet assigned
-        self._flushed = 0  # rows durably written
-        self._fill = 0  # rows in the buffer
-        self._pending: list[VideoRecord] = []
-        self.committed = 0
 
     def add(self, record: VideoRecord, features: np.ndarray, mask: np.ndarray, timestamps: np.ndarray) -> None:
         """Queue a video's (W, T, D) features; its record commits once its rows are on disk."""
@@ -301,20 +317,13 @@ class PartWriter:
         self._seal()
 
     def _seal(self) -> None:
-        """Record the part's manifest line count and digest, in the part and in the cache's parts log."""
-        folder = self.cache.root / "parts" / self.name
-        lines, digest = manifest_digest(folder / MANIFEST)
-        entry = {"part": self.name, "lines": lines, "digest": digest, "rows": self._next_row}
-        write_json(folder / SEAL, entry)
-        with open(self.cache.root / PARTS_LOG, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        seal_part(self.cache.root, self.name, self._next_row)
 
     def _flush(self) -> None:
         start = self._flushed
-        for key, arr in self._arrays.items():
-            arr[start : start + self._fill] = self._buf[key][: self._fill]
+        with writing(self.cache.root / "parts" / self.name):
+            for key, arr in self._arrays.items():
+                arr[start : start + self._fill] = self._buf[key][: self._fill]
         self._flushed += self._fill
         self._fill = 0
 
@@ -324,6 +333,39 @@ class PartWriter:
             self._manifest.commit(ready)
             self.committed += len(ready)
             self._pending = [r for r in self._pending if r.row + r.windows > self._flushed]
+
+
+def seal_part(root: Path, name: str, rows: int) -> None:
+    """Record a part's manifest line count and digest, in the part and in the cache's parts log."""
+    folder = root / "parts" / name
+    lines, digest = manifest_digest(folder / MANIFEST)
+    entry = {"part": name, "lines": lines, "digest": digest, "rows": rows}
+    write_json(folder / SEAL, entry)
+    append_lines(root / PARTS_LOG, json.dumps(entry, sort_keys=True) + "\n")
+
+
+def unsealed_parts(cache: FeatureCache) -> list[str]:
+    """Parts with no seal (no seal.json, no line in parts.jsonl): file existence only, cheap for any cache."""
+    logged: set[str] = set()
+    log = cache.root / PARTS_LOG
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                logged.add(str(json.loads(line)["part"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged line is `cache verify`'s business, not a reason to fail here
+    return [name for name in cache.part_names()
+            if name not in logged and not (cache.root / "parts" / name / SEAL).exists()]
+
+
+def seal_leftover_parts(cache: FeatureCache) -> list[str]:
+    """Seal the parts of passes that were killed (a new pass writes a new part, so their committed
+    lines are final): without a seal, edits to them go unnoticed and every training run warns."""
+    leftovers = unsealed_parts(cache)
+    for name in leftovers:
+        records = read_manifest(cache.root / "parts" / name / MANIFEST)
+        seal_part(cache.root, name, max((r.row + r.windows for r in records if r.ok), default=0))
+    return leftovers
 
 
 def next_part_name(cache: FeatureCache, rank: int = 0, pass_id: int | None = None) -> str:

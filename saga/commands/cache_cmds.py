@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from saga.commands.common import OutputFormat, console, err, print_json
@@ -28,20 +29,20 @@ def info(
         print_json(summary)
         return
     prov = summary["provenance"]
-    console.print(f"[bold]{cache}[/] (id {summary['cache_id'][:12]}): {summary['total']} videos, "
+    console.print(f"[bold]{escape(str(cache))}[/] (id {summary['cache_id'][:12]}): {summary['total']} videos, "
                   f"{summary['ok']} ok, {summary['failed']} failed; splits {summary['splits']}")
     console.print(f"encoder {prov.get('encoder')} / {prov.get('pretrained')} (weights {str(prov.get('weights_fingerprint'))[:12]}), "
-                  f"D={prov.get('dim')}, sampling {prov.get('sampling')}, created {prov.get('created')}")
+                  f"D={prov.get('dim')}, sampling {prov.get('sampling')}, created {prov.get('created')}", markup=False)
     for level in LEVELS:
         table = Table(title=level, title_justify="left")
         for col in ("class", "train", "val", "test"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for cls, counts in summary["classes"][level].items():
-            table.add_row(cls, *(str(counts.get(s, 0)) for s in ("train", "val", "test")))
+            table.add_row(escape(cls), *(str(counts.get(s, 0)) for s in ("train", "val", "test")))
         console.print(table)
     for video in summary["videos"]:
         if video["status"] != "ok":
-            console.print(f"[red]failed[/] {video['path']}: {video['error']}")
+            console.print(f"[red]failed[/] {escape(video['path'])}: {escape(video['error'])}")
 
 
 @app.command()
@@ -52,18 +53,18 @@ def verify(cache: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None
     store = FeatureCache.open(cache)
     errors, warnings = store.check_structure()
     for line in warnings:
-        err.print(f"[yellow]warning:[/] {line}")
+        err.print(f"[yellow]warning:[/] {escape(line)}")
     for line in errors:
-        err.print(f"[red]corrupt[/] {line}")
+        err.print(f"[red]corrupt[/] {escape(line)}")
     bad = store.verify()
     for rec, why in bad:
-        err.print(f"[red]corrupt[/] {rec.path} (part {rec.part}, row {rec.row}): {why}")
+        err.print(f"[red]corrupt[/] {escape(rec.path)} (part {rec.part}, row {rec.row}): {escape(why)}")
     n = len(store.ok_records())
     if bad or errors:
         err.print(f"{len(bad)} of {n} records are corrupt, {len(errors)} structural error(s); "
                   "re-extract them (delete the part or use a new cache)")
         raise typer.Exit(1)
-    console.print(f"{cache}: all {n} records match their checksums")
+    console.print(f"{cache}: all {n} records match their checksums", markup=False)
 
 
 @app.command("export")
@@ -76,7 +77,7 @@ def export(
     from saga.cache.store import FeatureCache
 
     n = export_h5(FeatureCache.open(cache), h5)
-    console.print(f"wrote {h5} ({n} videos with features)")
+    console.print(f"wrote {h5} ({n} videos with features)", markup=False)
 
 
 @app.command("import")
@@ -88,4 +89,4 @@ def import_(
     from saga.cache.export import import_h5
 
     cache = import_h5(h5, out)
-    console.print(f"imported {len(cache.records())} records into {out}")
+    console.print(f"imported {len(cache.records())} records into {out}", markup=False)

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from saga.commands.common import (OutputFormat, console, err, extract_progress, print_json, progress_bar,
-                                  writable_folder)
+from saga.commands.common import (OutputFormat, console, err, extract_progress, one_line_warnings, print_json,
+                                  progress_bar, writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.errors import SagaError
 
@@ -83,8 +84,10 @@ def extract(
     workers: Annotated[Optional[int], typer.Option(
         help="Decoding worker processes (default: the cores minus one; 0 decodes in the main process).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
-    split_seed: Annotated[int, typer.Option(help="Seed of the stratified train/val/test split.")] = 0,
-    split: Annotated[str, typer.Option(help="train,val,test fractions of each class.")] = "0.7,0.1,0.2",
+    split_seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the stratified train/val/test split (default 0; appending: the cache's).")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="train,val,test fractions of each generator's videos (default 0.7,0.1,0.2; appending: the cache's).")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Try again the videos that failed before.")] = False,
     shard_rows: Annotated[int, typer.Option(help="Videos per stored shard.")] = 128,
     allow_outside_paths: Annotated[bool, typer.Option(
@@ -104,13 +107,13 @@ def extract(
                         encoder=encoder or DEFAULT_ENCODER,
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
-                        device=device, split_seed=split_seed, split_fractions=_split(split), retry_failed=retry_failed, shard_rows=shard_rows,
+                        device=device, split_seed=split_seed, split_fractions=_split(split) if split else None, retry_failed=retry_failed, shard_rows=shard_rows,
                         compile=compile, allow_outside=allow_outside_paths)
     writable_folder(out)
     from saga import distributed
 
     perturbations = _augmentations(augment, distributed.context().enabled)
-    with extract_progress() as update:
+    with one_line_warnings(), extract_progress() as update:
         summary = run_extract(cfg, progress=update)
     augmented = None
     if perturbations:
@@ -146,16 +149,16 @@ def _augmentations(text: str | None, distributed: bool) -> list:
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
     s = summary.timings
-    console.print(f"[bold]{summary.cache}[/]: {summary.found} videos found, {summary.skipped} already cached, "
+    console.print(f"[bold]{escape(str(summary.cache))}[/]: {summary.found} videos found, {summary.skipped} already cached, "
                   f"{summary.ok} extracted, {summary.failed} failed this run ({summary.frames} frames)")
     console.print(f"time: decode {s.decode:.1f}s (worker time), encode {s.encode:.1f}s, "
                   f"write {s.write:.1f}s, wall {s.wall:.1f}s")
     if summary.failures:
         err.print(f"[red]{len(summary.failures)} file(s) could not be extracted[/] (recorded in the manifest):")
         for path, error in summary.failures[:20]:
-            err.print(f"  {path}: {error}")
+            err.print(f"  {path}: {error}", markup=False)
         if len(summary.failures) > 20:
-            err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})")
+            err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})", markup=False)
         err.print("fix or replace them and rerun: changed files are extracted again; "
                   "pass --retry-failed to try unchanged ones again")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -20,10 +20,11 @@ import torch
 
 from saga import distributed
 from saga.distributed import resolve_device
+from saga.errors import SagaError
 from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
-from saga.cache.provenance import EncoderSpec, cache_provenance
-from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name
+from saga.cache.provenance import DEFAULT_SPLIT, EncoderSpec, cache_provenance
+from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name, seal_leftover_parts
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import VideoInput, discover
@@ -51,12 +52,49 @@ class ExtractConfig:
     batch_size: int = 64
     workers: int | None = None  # decoding processes; None: the cores minus one (reader.decode_workers)
     device: str = "auto"
-    split_seed: int = 0
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
+    split_seed: int | None = None  # None: the cache's own when appending, else 0
+    split_fractions: dict[str, float] | None = None  # None: the cache's own when appending, else DEFAULT_SPLIT
     retry_failed: bool = False
     allow_outside: bool = False  # labels CSV paths outside the videos folder (absolute, ..) are refused unless set
     shard_rows: int = DEFAULT_SHARD_ROWS
     compile: bool = False  # torch.compile the encoder (worth it on a GPU for long runs)
+
+    def check(self) -> None:
+        """One-line errors for values that would fail (or be silently changed) after the cache is touched."""
+        for name in ("frames", "windows", "batch_size", "shard_rows"):
+            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
+                raise SagaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.workers is not None and int(self.workers) < 0:
+            raise SagaError(f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+
+
+def resolve_split(cfg: ExtractConfig) -> ExtractConfig:
+    """The split settings of this pass: as given, else the cache's own, else the defaults.
+
+    A cache has one split rule: appending with another seed or other fractions would put the
+    new videos in splits its recorded settings do not describe, so that is refused.
+    """
+    recorded = FeatureCache.open(cfg.out).attrs.get("split") if (cfg.out / "zarr.json").is_file() else None
+    recorded = recorded or {}
+    seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("seed", 0))
+    fractions = dict(cfg.split_fractions if cfg.split_fractions is not None
+                     else recorded.get("fractions", DEFAULT_SPLIT))
+    if recorded and not _same_split(recorded, seed, fractions):
+        raise SagaError(f"{cfg.out}: refusing to append: the cache splits with seed {recorded.get('seed')} and "
+                        f"fractions {_fractions_text(recorded.get('fractions', {}))}, this run asks for seed {seed} "
+                        f"and {_fractions_text(fractions)}; leave out --split and --split-seed to keep the cache's, "
+                        "or extract into a new --out folder")
+    return replace(cfg, split_seed=seed, split_fractions=fractions)
+
+
+def _same_split(recorded: dict[str, Any], seed: int, fractions: dict[str, float]) -> bool:
+    theirs = recorded.get("fractions", {})
+    return recorded.get("seed") == seed and set(theirs) == set(fractions) and all(
+        abs(float(theirs[k]) - float(fractions[k])) < 1e-9 for k in fractions)
+
+
+def _fractions_text(fractions: dict[str, float]) -> str:
+    return ",".join(f"{float(fractions.get(s, 0)):g}" for s in SPLITS)
 
 
 @dataclass
@@ -130,9 +168,14 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tu
     for item in items:
         old = existing.get(item.rel)
         if old is None or old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (
+                old.generator != item.generator) or (  # relabelled: its record must carry the new labels
                 not old.ok and (cfg.retry_failed or _fixed_since(old, item.absolute(cfg.videos)))):
             todo.append(item)
     planned = read_split_plan(cache.split_plan_path)
+    # A cache rebuilt by `saga cache import` has records but no plan: their splits are the plan.
+    adopted = {r.path: (r.generator, r.split) for r in existing.values() if r.path not in planned}
+    append_split_plan(cache.split_plan_path, adopted)
+    planned |= adopted
     counts: dict[str, dict[str, int]] = {}
     for path, (generator, split) in planned.items():
         if not path.startswith(AUGMENTED):  # copies follow their source; they do not count
@@ -156,6 +199,8 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
 
     Under torchrun (WORLD_SIZE > 1) the ranks share the work: see `_extract_distributed`.
     """
+    cfg.check()
+    cfg = resolve_split(cfg)
     if distributed.context().enabled:
         return _extract_distributed(cfg, progress)
     wall = time.perf_counter()
@@ -164,6 +209,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
     encoder = _load(cfg)
     cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
+    seal_leftover_parts(cache)
     todo, splits = plan(cfg, cache, items)
     summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo))
     if todo:
@@ -199,6 +245,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     def decide() -> tuple[int, list[VideoInput], dict[str, str], int]:  # rank 0
         items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
         cache = FeatureCache.create_or_open(cfg.out, provenance)
+        seal_leftover_parts(cache)
         todo, splits = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
         return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, len(items)

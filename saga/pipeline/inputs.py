@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,11 @@ def parse_labels(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
 
 
 def _from_folders(videos: Path, taxonomy: Taxonomy) -> list[VideoInput]:
+    loose = sorted(p.name for p in videos.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if loose:  # no folder, so no generator: say so rather than skip them silently
+        warnings.warn(f"{videos}: {len(loose)} video(s) directly in the folder ({', '.join(loose[:3])}"
+                      f"{', ...' if len(loose) > 3 else ''}) are skipped: without a generator folder they have no "
+                      "label; move them into one, or pass --labels CSV", stacklevel=3)
     items = []
     for sub in sorted(p for p in videos.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.suffix.lower() in VIDEO_SUFFIXES:

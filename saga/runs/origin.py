@@ -10,14 +10,13 @@ edits; they still load, with one warning that says how to check them.
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Iterator
 
 from saga.cache.index import identity_line, lazy
-from saga.cache.store import PARTS_LOG, SEAL, FeatureCache
+from saga.cache.store import FeatureCache, unsealed_parts
 from saga.provenance import machine, now, versions
 
 _ACCEPT_CHANGED = ContextVar("saga_accept_changed_cache", default=False)
@@ -55,20 +54,6 @@ def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | N
         "started": now(),
         "finished": None,
     }
-
-
-def unsealed_parts(cache: FeatureCache) -> list[str]:
-    """Parts with no seal (no seal.json, no line in parts.jsonl): file existence only, cheap for any cache."""
-    logged: set[str] = set()
-    log = cache.root / PARTS_LOG
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                logged.add(str(json.loads(line)["part"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a damaged line is `cache verify`'s business, not a reason to fail here
-    return [name for name in cache.part_names()
-            if name not in logged and not (cache.root / "parts" / name / SEAL).exists()]
 
 
 def warn_if_unsealed(cache: FeatureCache) -> None:

@@ -1,0 +1,187 @@
+"""Phase 1 reruns: torn logs, a full disk, relabelled videos, split settings, an imported cache, bad values."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import make_video_tree, run_saga, write_clip
+from saga.cache.export import export_h5, import_h5
+from saga.cache.manifest import append_split_plan, read_split_plan
+from saga.cache.store import PARTS_LOG, FeatureCache
+from saga.errors import SagaError, WriteError
+from saga.fileio import LineLog, append_lines
+from saga.pipeline.extract import extract
+from saga.pipeline.inputs import discover
+from saga.taxonomy import Taxonomy
+from test_extract import config
+
+
+def clean(cache_dir: Path) -> None:
+    """The cache passes `saga cache verify`: no structural error or warning, every checksum right."""
+    cache = FeatureCache.open(cache_dir)
+    assert cache.check_structure() == ([], []) and cache.verify() == []
+
+
+# --- append-only logs ------------------------------------------------------------------------------------------
+
+def test_an_append_cuts_a_torn_last_line_instead_of_gluing_to_it(tmp_path: Path) -> None:
+    plan = tmp_path / "splits.jsonl"
+    append_split_plan(plan, {"a.mp4": ("real", "train")})
+    with open(plan, "ab") as fh:
+        fh.write(b'{"path": "b.mp4", "gener')  # a write killed mid-line
+    assert read_split_plan(plan) == {"a.mp4": ("real", "train")}  # never committed
+    append_split_plan(plan, {"c.mp4": ("real", "test")})
+    assert read_split_plan(plan) == {"a.mp4": ("real", "train"), "c.mp4": ("real", "test")}
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b"x" * 200_000 + b"\n" + b"y" * 150_000)  # the last newline several blocks back
+    append_lines(long, "z\n")
+    assert long.read_bytes() == b"x" * 200_000 + b"\nz\n"
+    no_newline = tmp_path / "none.jsonl"
+    no_newline.write_bytes(b"torn")
+    append_lines(no_newline, "first\n")
+    assert no_newline.read_bytes() == b"first\n"
+
+
+def test_a_failed_append_leaves_the_file_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "log.jsonl"
+    append_lines(path, "one\n")
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 2:
+            return real_write(fd, bytes(data[:2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    log = LineLog(path)
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(WriteError, match=f"{tmp_path}: the disk is full .* while writing log.jsonl"):
+        log.append("two\nthree\n")
+    monkeypatch.undo()
+    log.close()
+    assert path.read_bytes() == b"one\n"
+
+
+# --- extraction reruns -----------------------------------------------------------------------------------------
+
+def test_a_cache_with_torn_logs_takes_more_videos_and_stays_valid(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    for name in ("splits.jsonl", PARTS_LOG):  # both killed mid-line (or cut short by a full disk)
+        with open(tmp_path / "c" / name, "ab") as fh:
+            fh.write(b'{"path":')
+    for n in range(2):  # the first append cuts the torn lines; the second used to find them glued and corrupt
+        write_clip(videos / "real" / f"new{n}.mp4", n_frames=9, seed=50 + n)
+        assert extract(cfg).ok == 1
+    clean(tmp_path / "c")
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_completes_the_cache(tmp_path: Path, tiny_weights: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    real_write, writes = os.write, []
+
+    def fill_up(fd: int, data: bytes) -> int:  # the disk fills after two record commits
+        writes.append(fd)
+        if len(writes) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", fill_up)
+    with pytest.raises(WriteError, match="the disk is full"):
+        extract(cfg)
+    monkeypatch.undo()
+    summary = extract(cfg)
+    assert summary.ok + summary.skipped == 6 and summary.ok < 6  # what was committed is kept
+    clean(tmp_path / "c")
+
+
+def test_a_relabelled_video_is_extracted_again_with_its_new_label(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    rows = [f"{p.relative_to(videos)},{p.parent.name}" for p in sorted(videos.glob("*/*.mp4"))]
+    (videos / "labels.csv").write_text("path,generator\n" + "\n".join(rows) + "\n")
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    (videos / "labels.csv").write_text((videos / "labels.csv").read_text().replace(
+        "real/real_0.mp4,real", "real/real_0.mp4,syn-svd"))
+    again = extract(cfg)
+    assert (again.ok, again.skipped) == (1, 5)
+    record = {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}["real/real_0.mp4"]
+    assert record.generator == "syn-svd" and record.labels["BIN-L"] == "fake"
+    clean(tmp_path / "c")
+
+
+def test_appending_keeps_the_caches_split_settings(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    split = {"train": 0.5, "val": 0.0, "test": 0.5}
+    extract(config(videos, tmp_path / "c", tiny_weights, split_seed=3, split_fractions=split))
+    write_clip(videos / "real" / "new.mp4", n_frames=9, seed=7)
+    with pytest.raises(SagaError, match=r"refusing to append: the cache splits with seed 3 and fractions "
+                                        r"0.5,0,0.5, this run asks for seed 0 .*leave out --split and --split-seed"):
+        extract(config(videos, tmp_path / "c", tiny_weights, split_seed=0))
+    assert extract(config(videos, tmp_path / "c", tiny_weights)).ok == 1  # left out: the cache's own
+    cache = FeatureCache.open(tmp_path / "c")
+    assert cache.attrs["split"] == {"seed": 3, "fractions": split}
+    assert {r.split for r in cache.records()} <= {"train", "test"}
+
+
+def test_an_imported_cache_takes_more_videos_and_stays_valid(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=2)
+    extract(config(videos, tmp_path / "c", tiny_weights))
+    export_h5(FeatureCache.open(tmp_path / "c"), tmp_path / "c.h5")
+    import_h5(tmp_path / "c.h5", tmp_path / "imported")
+    write_clip(videos / "real" / "new.mp4", n_frames=9, seed=7)
+    summary = extract(config(videos, tmp_path / "imported", tiny_weights))
+    assert (summary.ok, summary.skipped) == (1, 6)
+    clean(tmp_path / "imported")
+    before = {r.path: r.split for r in FeatureCache.open(tmp_path / "c").records()}
+    after = {r.path: r.split for r in FeatureCache.open(tmp_path / "imported").records()}
+    assert {p: after[p] for p in before} == before
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("shard_rows", 0), ("workers", -3), ("frames", 0)])
+def test_bad_values_are_refused_before_the_cache_is_touched(tmp_path: Path, tiny_weights: Path, field: str,
+                                                            value: int) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    with pytest.raises(SagaError, match=f"--{field.replace('_', '-')} must be >= "):
+        extract(config(videos, tmp_path / "c", tiny_weights, **{field: value}))
+    assert not (tmp_path / "c").exists()
+
+
+def test_export_to_a_missing_folder_or_onto_a_folder_is_one_line(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    extract(config(videos, tmp_path / "c", tiny_weights))
+    cache = FeatureCache.open(tmp_path / "c")
+    with pytest.raises(SagaError, match="no such folder; create it or pass another --h5"):
+        export_h5(cache, tmp_path / "missing" / "c.h5")
+    with pytest.raises(SagaError, match="is a folder; pass --h5 with a file name"):
+        export_h5(cache, tmp_path)
+
+
+def test_videos_outside_any_generator_folder_are_named_not_skipped_silently(tmp_path: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    write_clip(videos / "loose.mp4", n_frames=6, seed=1)
+    with pytest.warns(UserWarning, match=r"1 video\(s\) directly in the folder \(loose.mp4\) are skipped"):
+        items = discover(videos, None, Taxonomy.load("synth"))
+    assert "loose.mp4" not in {i.rel for i in items}
+
+
+def test_cli_into_the_current_folder_with_brackets_in_file_names(tmp_path: Path, tiny_args: list[str]) -> None:
+    """`--out .` in an empty folder works; names like `take[/i]2.mp4` print as they are (rich markup)."""
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    (videos / "real" / "take[").mkdir()  # a closing tag in the relative path: real/take[/i]2.mp4
+    (videos / "real" / "take[" / "i]2.mp4").write_bytes(b"not a video")
+    (videos / "real" / "[bold]x.mp4").write_bytes(b"not a video")
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = run_saga("extract", "--videos", str(videos), "--out", ".", *tiny_args, cwd=here, timeout=240)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "real/take[/i]2.mp4:" in proc.stderr and "real/[bold]x.mp4:" in proc.stderr
+    assert (here / "zarr.json").is_file() and not list(tmp_path.glob(".*tmp*"))
+    proc = run_saga("cache", "info", ".", cwd=here)
+    assert proc.returncode == 0 and "real/take[/i]2.mp4" in proc.stdout, proc.stderr
