@@ -19,8 +19,11 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
+from saga.cache.store import FeatureCache
+from saga.errors import SagaError
 from saga.explain.metrics import evaluate, write_json_atomic
-from saga.train.attribute import AttributeConfig, train_attribution
+from saga.fileio import write_text
+from saga.train.attribute import AttributeConfig, load_base, train_attribution
 from saga.train.options import Loss
 from saga.progress import ProgressEvent, ProgressFn
 
@@ -36,6 +39,9 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
                  level: str = "GEN-L", progress: ProgressFn | None = None,
                  ceiling: bool = True) -> dict[str, Any]:
     """Train and evaluate every cell; returns (and writes) the summary."""
+    if not seeds:
+        raise SagaError("--seeds must be >= 1")
+    load_base(stage1, FeatureCache.open(cache))  # a bad --from fails now, not after the 1-stage cells
     cells: list[tuple[str, str, Path | None, AttributeConfig]] = [
         (stages, loss, from_run, replace(base, level=level, loss=loss))
         for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
@@ -63,7 +69,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
     summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
                "per_generator": base.per_generator, "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
     write_json_atomic(out / "ablation.json", summary)
-    (out / "ablation.md").write_text(to_markdown(summary))
+    write_text(out / "ablation.md", to_markdown(summary))
     return summary
 
 

@@ -198,11 +198,15 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path, missing: str = "", corrupt: str = "") -> Any:
-    """Parse a JSON file; a missing or corrupt file is a SagaError naming it (plus the given hints)."""
+    """Parse a JSON object file (every file saga writes is one); a missing or corrupt file, or another
+    JSON value, is a SagaError naming it (plus the given hints)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SagaError(f"{path}: missing{missing}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SagaError(f"{path}: corrupt JSON ({exc}){corrupt}") from None
+    if not isinstance(data, dict):
+        raise SagaError(f"{path}: corrupt (a JSON {type(data).__name__}, not an object){corrupt}")
+    return data

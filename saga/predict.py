@@ -23,7 +23,7 @@ from saga.pipeline.encoders import FrameEncoder, load_encoder, preprocess_frames
 from saga.pipeline.inputs import VIDEO_SUFFIXES
 from saga.pipeline.sampling import SamplingPolicy
 from saga.taxonomy import LEVELS, Taxonomy
-from saga.runs import RunInfo, load_model
+from saga.runs import PROVENANCE, RunInfo, load_model
 from saga.openworld.extras import OpenWorld
 
 
@@ -97,7 +97,8 @@ class Predictor:
         self.model.to(self.device).eval()
         self.encoder = run_encoder(self.info, device, encoder, pretrained)
         self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))
-        self.taxonomy = Taxonomy.from_dict(self.info.provenance["taxonomy"])
+        self.taxonomy = Taxonomy.from_dict(self.info.provenance.get("taxonomy"),
+                                           f"{Path(run_dir) / PROVENANCE} (its taxonomy; train the run again)")
         self.openworld = OpenWorld.load(run_dir, self.info)
 
     def features(self, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -151,7 +151,9 @@ def train_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    from saga.runs.folder import LOCK
+
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != LOCK)
 
 
 def test_a_full_disk_during_training_is_one_line_keeps_the_checkpoint_and_resumes(

@@ -10,7 +10,7 @@ import warnings
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +23,9 @@ from saga.fileio import check_writable
 # columns) would otherwise break a long path in two, and grep would miss it. Tables still fit.
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+Options = TypeVar("Options")  # a stage's options dataclass (imported lazily: it pulls in torch)
 
 
 class OutputFormat(StrEnum):
@@ -86,6 +89,16 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
             raise SagaError(f"{config}: cannot read training options ({exc})") from None
     opts.update({k: v for k, v in flags.items() if v is not None})
     return opts
+
+
+def training_options(kind: type[Options], config: Path | None, **flags: Any) -> Options:
+    """A stage's options from --config and the flags; an unknown key or a wrong type names the TOML file
+    (typer has checked the flags already)."""
+    opts = load_options(config, **flags)
+    try:
+        return kind.from_dict(opts)
+    except SagaError as exc:
+        raise SagaError(f"{config}: {exc}" if config is not None else str(exc)) from None
 
 
 def cli_device(name: str) -> str:

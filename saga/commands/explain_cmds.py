@@ -11,8 +11,8 @@ from saga.commands.common import (
     cli_device,
     console,
     extract_progress,
-    load_options,
     one_line_warnings,
+    training_options,
     writable_folder,
 )
 
@@ -100,24 +100,23 @@ def ablate(
     cache: Cache = Path("cache"),
     stage1: Annotated[Path, typer.Option("--from", help="The stage-1 run (for the 2-stage rows).")] = Path("runs/stage1"),
     out: Annotated[Path, typer.Option("--out", help="Folder for the grid's runs and table.")] = Path("runs/ablation"),
-    level: Annotated[str, typer.Option(help="Attribution level.")] = "GEN-L",
-    fraction: Annotated[float, typer.Option(help="Labelled fraction per class.")] = 0.005,
-    floor: Annotated[int, typer.Option(help="At least this many labelled videos per class.")] = 2,
+    level: Annotated[Optional[str], typer.Option(help="Attribution level (default GEN-L).")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction per class (default 0.005).")] = None,
+    floor: Annotated[Optional[int], typer.Option(help="At least this many labelled videos per class (default 2).")] = None,
     per_generator: Annotated[Optional[int], typer.Option(
         help="At least this many labelled videos of every generator of a class (default 0: off).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 3,
-    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 30,
-    device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    seeds: Annotated[int, typer.Option(help="Seeds per cell.", min=1)] = 3,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per run (default 30).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default cpu).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (flags win).")] = None,
 ) -> None:
     """The paper's ablation: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM}, several seeds, one cache."""
     from saga.ablate import run_ablation, to_markdown
     from saga.train.attribute import AttributeConfig
 
-
-    base = AttributeConfig.from_dict(load_options(
-        config, fraction=fraction, floor=floor, per_generator=per_generator, epochs=epochs, device=device))
-    summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=level,
+    base = training_options(AttributeConfig, config, level=level, fraction=fraction, floor=floor,
+                            per_generator=per_generator, epochs=epochs, device=device)
+    summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
                            progress=lambda event: console.print(event.message))
     console.print(to_markdown(summary))
     console.print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")

@@ -13,7 +13,7 @@ from saga.commands.common import (
     cli_device,
     console,
     err,
-    load_options,
+    training_options,
     one_line_warnings,
     print_json,
     writable_folder,
@@ -65,7 +65,8 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
 def train(
     stage: Annotated[int, typer.Option("--stage", help="1: real/fake. 2: attribution (same as `saga attribute`).")] = 1,
     cache: Cache = Path("cache"),
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/stage1).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run folder (default runs/stage1; stage 2: runs/<level>).")] = None,
     level: Annotated[str, typer.Option("--level", help="Stage 2 only: the attribution level.")] = "GEN-L",
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Stage 2 only: the stage-1 run.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
@@ -83,7 +84,8 @@ def train(
     """Stage 1: train the video transformer on real/fake from the cache."""
     if stage == 2:
         attribute(level=level, cache=cache, from_run=from_run, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                  frames=frames, seed=seed, patience=patience, device=device, config=config, resume=resume)
+                  frames=frames, seed=seed, patience=patience, inputs=inputs, device=device, config=config,
+                  resume=resume)
         return
     if stage != 1:
         raise SagaError(f"--stage must be 1 or 2, got {stage}")
@@ -92,8 +94,8 @@ def train(
 
     out = out or Path("runs/stage1")
     RunFolder(out).check_resume(resume is not False)
-    cfg = Stage1Config.from_dict(load_options(config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
-                                          seed=seed, patience=patience, device=device, inputs=inputs))
+    cfg = training_options(Stage1Config, config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
+                           seed=seed, patience=patience, device=device, inputs=inputs)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_stage1(cache, out, cfg, progress=_printer)
@@ -134,6 +136,8 @@ def attribute(
     frames: Frames = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (labelled subset, init, data order).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    inputs: Annotated[Optional[str], typer.Option(
+        help="From scratch only (a stage-1 θ keeps its own): both | content | temporal.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate/--no-calibrate", help="Fit the temperature on the val split when done (calibration.json).")
@@ -149,10 +153,11 @@ def attribute(
     RunFolder(out).check_resume(resume is not False)
     from_run = _stage1_run(from_run, scratch)
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
-    cfg = AttributeConfig.from_dict(load_options(
-        config, level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
+    cfg = training_options(
+        AttributeConfig, config, level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
         margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources, epochs=epochs,
-        min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, device=device))
+        min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, inputs=inputs,
+        device=device)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)

@@ -10,6 +10,7 @@ naming the folder, with the last committed checkpoint untouched.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -50,6 +51,8 @@ from saga.runs.origin import cache_change, changed_cache_accepted
 # before an option existed is still the same run (reused, resumed) when the option is left at it.
 # The labelled-draw settings' history lives with the draw (labelled.json reads the same values).
 ADDED_OPTIONS: dict[str, Any] = {**LEGACY_DRAW}
+LOCK = ".lock"  # flock'ed by the one process training in the folder
+_HELD: dict[str, int] = {}  # run folder -> the descriptor holding its lock in this process
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,32 +82,47 @@ class RunFolder:
         than overwritten: the user's finished results are never lost to a typo in --out.
         """
         run = cls(Path(out))
-        cfg_path = run.path / CONFIG
-        if cfg_path.is_file():
-            run.recover()
-            changed = run._check_same(config, provenance)
-            if changed or not run.done:
-                prov = read_json(run.path / PROVENANCE)
-                if changed:  # continued on purpose (--resume): say so, and compare with this cache from now on
-                    prov.setdefault("cache_changes", []).append(
-                        {"at": now(), "change": changed, **{k: prov.get(k) for k in ("cache_id", "cache_records",
-                                                                                     "cache_digest")}})
-                    prov.update({k: provenance.get(k) for k in ("cache_id", "cache_records", "cache_digest",
-                                                                "cache_path")})
-                if not run.done:
-                    prov.setdefault("resumed", []).append(now())
-                write_json(run.path / PROVENANCE, prov)
+        if (run.path / CONFIG).is_file():
+            run.lock()  # before recover(): it moves checkpoint files another trainer may be writing
+            try:
+                run._reopen(config, provenance)
+            except BaseException:
+                run.release()
+                raise
+            if run.done:  # reused as it is: nothing more will be written
+                run.release()
             return run
         if run.path.exists():
             if not run.path.is_dir():
                 raise SagaError(f"{run.path}: exists and is not a folder; choose another --out")
-            extra = sorted(p.name for p in run.path.iterdir() if p.name != LABELLED)
+            extra = sorted(p.name for p in run.path.iterdir() if p.name not in (LABELLED, LOCK))
             if extra:
                 raise SagaError(f"{run.path}: not empty and not a saga run ({extra[0]}, ...); choose another --out")
         make_dir(run.path)
-        write_json(run.path / PROVENANCE, provenance)
-        write_json(cfg_path, config)  # last: a folder with config.json is a run
+        run.lock()
+        try:
+            write_json(run.path / PROVENANCE, provenance)
+            write_json(run.path / CONFIG, config)  # last: a folder with config.json is a run
+        except BaseException:
+            run.release()
+            raise
         return run
+
+    def _reopen(self, config: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """Finish a cut-short checkpoint switch, check it is this very run, note a resume or a changed cache."""
+        self.recover()
+        changed = self._check_same(config, provenance)
+        if changed or not self.done:
+            prov = read_json(self.path / PROVENANCE)
+            if changed:  # continued on purpose (--resume): say so, and compare with this cache from now on
+                prov.setdefault("cache_changes", []).append(
+                    {"at": now(), "change": changed, **{k: prov.get(k) for k in ("cache_id", "cache_records",
+                                                                                 "cache_digest")}})
+                prov.update({k: provenance.get(k) for k in ("cache_id", "cache_records", "cache_digest",
+                                                            "cache_path")})
+            if not self.done:
+                prov.setdefault("resumed", []).append(now())
+            write_json(self.path / PROVENANCE, prov)
 
     def _check_same(self, config: dict[str, Any], provenance: dict[str, Any]) -> str | None:
         """Refuse another run; a changed cache is refused too unless accepted (then: how it changed)."""
@@ -118,12 +136,39 @@ class RunFolder:
                    else "its features come from another encoder or sampling, so it cannot continue on this cache")
             raise SagaError(f"{self.path}: holds {what} run that {changed}; choose another --out to start a "
                             f"new run on the current data, or {fix}")
+        was, now_ = (old_prov.get("from_run") or {}).get("fingerprint"), (provenance.get("from_run") or {}).get(
+            "fingerprint")
+        if was and now_ and was != now_:
+            raise SagaError(f"{self.path}: holds {what} run trained from other weights of "
+                            f"{provenance['from_run'].get('path')} (fingerprint {str(was)[:12]}, now {str(now_)[:12]}); "
+                            "choose another --out to train from the current ones, or delete the folder")
         a, b = _identity(old), _identity(config)
         if a != b:
             diff = _first_difference(a, b)
             raise SagaError(f"{self.path}: holds {what} run with different settings ({diff}); "
                             "choose another --out, or delete the folder to start over")
         return changed
+
+    # -- one trainer at a time ----------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the folder's lock until `release` (or this process ends): a second trainer is refused."""
+        key = str(self.path.resolve())
+        if key in _HELD:  # this process already trains here (reentrant: the lock is per open file)
+            return
+        with writing(self.path / LOCK):
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SagaError(f"{self.path}: another saga process is training this run right now; wait for it "
+                            "to finish (then rerun to reuse it), or choose another --out") from None
+        _HELD[key] = fd
+
+    def release(self) -> None:
+        fd = _HELD.pop(str(self.path.resolve()), None)
+        if fd is not None:
+            os.close(fd)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -238,6 +283,7 @@ class RunFolder:
         write_json(self.path / DONE, {**summary, "finished": prov["finished"]})
         for name in RESUME_FILES:
             (self.path / name).unlink(missing_ok=True)
+        self.release()
 
 
 def _truncate(path: Path, size: int) -> None:

@@ -219,6 +219,16 @@ def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tra
     (stage 2's readout) and returns what it did for done.json; the changed model is saved first,
     so a kill in between only repeats it.
     """
+    try:
+        return _fit(model, objective, run, opts, lr, validate, device, progress, finalize)
+    except BaseException:
+        run.release()  # a failed or interrupted run: the next command may resume it at once
+        raise
+
+
+def _fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: TrainOptions, lr: float,
+         validate: Callable[[VideoTransformer], dict] | None, device: torch.device, progress: Progress | None,
+         finalize: Callable[[VideoTransformer, dict[str, Any]], dict[str, Any]] | None) -> dict[str, Any]:
     dist = distributed.init(device)
     main = dist.is_main  # under torchrun rank 0 alone validates, writes the run folder and reports
     emit = (progress if main else None) or (lambda event: None)

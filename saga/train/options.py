@@ -6,6 +6,7 @@ go into the run's config.json, so a run folder says exactly how it was trained.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
@@ -49,6 +50,9 @@ def parse_choice(kind: type[Choice], value: Any, name: str) -> Choice:
 
 
 SELECT = tuple(m.value for m in Select)
+# The options that shape θ (from scratch only: a stage-2 run on a stage-1 θ keeps that θ's).
+MODEL_OPTIONS = ("d_model", "depth", "heads", "mlp_ratio", "dropout", "pool", "inputs", "temporal_lags",
+                 "content_dim", "content_drop", "content_basis", "basis_method", "video_stats")
 
 
 @dataclass
@@ -120,6 +124,8 @@ class TrainOptions:
             raise SagaError(f"stream must be true, false or 'auto', got {self.stream!r}")
         if self.buffer_shards < 1 or self.memory_budget_gb <= 0:
             raise SagaError("buffer_shards must be >= 1 and memory_budget_gb > 0")
+        if self.frames is not None and self.frames < 1:
+            raise SagaError(f"frames must be >= 1 (or left out for all cached frames), got {self.frames}")
         View(self.frames or 1, True, self.jitter, self.frame_drop)  # validates the augmentation
         if self.basis_method not in ("pca", "gev"):
             raise SagaError(f"basis_method must be 'pca' or 'gev', got {self.basis_method!r}")
@@ -139,6 +145,13 @@ class TrainOptions:
                            content_drop=self.content_drop, content_basis=basis,
                            video_stats=self.video_stats)
 
+    def model_clashes(self, base: dict[str, Any]) -> list[str]:
+        """θ's options set here (not at their defaults) that differ from the base run's recorded `base`:
+        stage 2 on a stage-1 θ keeps that θ, so such a setting would be recorded but never used."""
+        defaults = {f.name: f.default for f in fields(TrainOptions)}
+        return [f"{name} = {getattr(self, name)!r} (the stage-1 run's: {base[name]!r})" for name in MODEL_OPTIONS
+                if name in base and getattr(self, name) != defaults[name] and getattr(self, name) != base[name]]
+
     def planned_epochs(self, steps_per_epoch: int) -> int:
         """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""
         return max(int(self.epochs), math.ceil(int(self.min_steps) / max(1, steps_per_epoch)))
@@ -149,8 +162,30 @@ class TrainOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns the subclass
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SagaError(f"unknown training options {unknown}; known: {sorted(known)}")
+        """From a --config TOML (or a run's config.json): unknown keys and wrong value types are one line."""
+        types = {f.name: str(f.type) for f in fields(cls)}
+        for key, value in data.items():
+            if key not in types:
+                close = difflib.get_close_matches(key, types, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(types))}"
+                raise SagaError(f"unknown training option {key!r}; {hint}")
+            accepted = _accepted(types[key])
+            if accepted and not (isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)):
+                wanted = " or ".join(_NAMES[t] for t in types[key].split(" | ") if t != "None")
+                raise SagaError(f"training option {key} must be {wanted}, got {value!r}")
         return cls(**data)
+
+
+# Python types a TOML value may have for each annotation name (a bool is not a number here).
+_TOML_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                                            "None": (type(None),), "Select": (str,), "Loss": (str,)}
+_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+          "Select": "a string", "Loss": "a string"}
+
+
+def _accepted(annotation: str) -> tuple[type, ...]:
+    """The types `annotation` ("int | None", "bool | str", ...) admits; () when it names another type."""
+    names = [part.strip() for part in annotation.split("|")]
+    if not all(name in _TOML_TYPES for name in names):
+        return ()
+    return tuple(t for name in names for t in _TOML_TYPES[name])
