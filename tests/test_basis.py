@@ -82,7 +82,9 @@ def test_stage1_fits_the_basis_saves_it_and_stage2_inherits_it(cache, tmp_path: 
     torch.testing.assert_close(saved["basis"], expected.basis)  # the whole train pool, deterministic
     model, _ = load_model(run)
     torch.testing.assert_close(model.basis, saved["basis"])
-    stage2 = prepare_model(cache, a_config(content_basis=9), 3, T, load_base(run, cache))
+    with pytest.raises(SagaError, match=r"content_basis = 9 \(the stage-1 run's: 4\)"):  # would be ignored
+        prepare_model(cache, a_config(content_basis=9), 3, T, load_base(run, cache))
+    stage2 = prepare_model(cache, a_config(), 3, T, load_base(run, cache))
     assert stage2.config.content_basis == 4  # stage 2 keeps stage 1's θ, basis included
     torch.testing.assert_close(stage2.basis, saved["basis"])
 
