@@ -7,12 +7,12 @@ run finished (the videos, the cache, finished runs), so a rerun is fast.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from saga.errors import SagaError
+from saga.fileio import read_json, write_json
 from saga.taxonomy import LEVELS
 
 Log = Callable[[str], None]
@@ -42,15 +42,16 @@ def _synth(cfg: DemoConfig, log: Log) -> Path:
     stamp = videos / "demo.json"
     real = cfg.real if cfg.real is not None else 3 * cfg.per_class
     wanted = {"per_class": cfg.per_class, "real": real, "seed": cfg.seed}
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted and (videos / "labels.csv").is_file():
+    made = read_json(stamp, corrupt=f"; delete {cfg.out} or pick another --out") if stamp.is_file() else None
+    if made == wanted and (videos / "labels.csv").is_file():
         log(f"videos: reusing {videos}")
         return videos
-    if stamp.is_file():
+    if made is not None:
         raise SagaError(f"{videos}: holds a benchmark made with other settings; delete {cfg.out} or pick --out")
     config = SynthConfig(videos_per_class=cfg.per_class, real_videos=real, seed=cfg.seed, workers=2)
     log(f"videos: generating {real} real + {cfg.per_class} per generator into {videos}")
     generate(videos, config)
-    stamp.write_text(json.dumps(wanted))
+    write_json(stamp, wanted)
     return videos
 
 

@@ -28,6 +28,14 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 Options = TypeVar("Options")  # a stage's options dataclass (imported lazily: it pulls in torch)
 
 
+class Split(StrEnum):
+    """--split: typer checks the value and lists the three (a typo is not "no videos in the splt split")."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
 class OutputFormat(StrEnum):
     """--format: rich text for people, JSON for scripts (typer validates it and lists the choices)."""
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from saga.commands.common import (
+    Split,
     cli_device,
     console,
     extract_progress,
@@ -22,7 +23,7 @@ Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 def tsig(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
-    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    split: Annotated[Split, typer.Option(help="train | val | test.")] = Split.test,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:
     """Temporal attention signatures per class (penultimate block): data + figures in the run folder."""
@@ -38,7 +39,7 @@ def tsne(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
     color_by: Annotated[Optional[str], typer.Option("--color-by", help="Level to colour by (default: the run's).")] = None,
-    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    split: Annotated[Split, typer.Option(help="train | val | test.")] = Split.test,
     seed: Annotated[int, typer.Option(help="t-SNE seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:
@@ -70,7 +71,7 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for videos, cache, runs and report.")] = Path("work/demo"),
     per_class: Annotated[Optional[int], typer.Option(
-        "--per-class", help="Videos per generator (default 12; real videos: 3 times as many).")] = None,
+        "--per-class", help="Videos per generator (default 12; real videos: 3 times as many).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the benchmark, splits and training.")] = 0,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import cli_device, console, load_options
+from saga.commands.common import Split, cli_device, console, load_options
+from saga.errors import SagaError
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write here instead of the run folder.")]
@@ -20,7 +21,7 @@ def calibrate(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: CacheOpt = None,
     out: OutOpt = None,
-    split: Annotated[str, typer.Option(help="Split to report ECE / reliability on (the fit uses val).")] = "test",
+    split: Annotated[Split, typer.Option(help="Split to report ECE / reliability on (the fit uses val).")] = Split.test,
     device: Device = "cpu",
 ) -> None:
     """Temperature scaling fitted on the val split: calibration.json, ECE before/after, reliability diagram."""
@@ -52,8 +53,8 @@ def enroll(
     task: Annotated[Optional[str], typer.Option("--task", help="T2V | I2V (enables TASK-L).")] = None,
     sd: Annotated[Optional[str], typer.Option("--sd", help="SD backbone, or 'none' (enables SD-L).")] = None,
     team: Annotated[Optional[str], typer.Option("--team", help="Team (enables TEAM-L).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only this split of the cache.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most this many videos (a seeded draw).")] = None,
+    split: Annotated[Optional[Split], typer.Option(help="Only this split of the cache.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many videos (a seeded draw).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --limit draw.")] = 0,
     run_cache: Annotated[Optional[Path], typer.Option(
         "--run-cache", help="The run's own cache (its classes' prototypes; default: recorded in the run).")] = None,
@@ -77,7 +78,7 @@ def openset_fit(
     run: Annotated[Path, typer.Argument(help="Run folder (stage 2).")],
     cache: CacheOpt = None,
     kind: Annotated[str, typer.Option(help="knn (default: best at coarse levels) | prototype.")] = "knn",
-    k: Annotated[int, typer.Option(help="Neighbours of the knn score.")] = 5,
+    k: Annotated[int, typer.Option(help="Neighbours of the knn score.", min=1)] = 5,
     percentile: Annotated[float, typer.Option(help="Threshold: this percentile of known val scores.")] = 95.0,
     out: OutOpt = None,
     device: Device = "cpu",
@@ -105,11 +106,15 @@ def openset_logo(
 ) -> None:
     """Leave-one-generator-out: train without each generator in turn, then AUROC / OSCR per level."""
     from saga.cache.store import FeatureCache
+    from saga.openworld.enroll import MAX_VIDEOS, MIN_VIDEOS
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
     from saga.runs.files import LOGO_RESULTS, LOGO_RESULTS_MD
 
+    if retrain and not MIN_VIDEOS <= retrain <= MAX_VIDEOS:  # checked before any fold trains
+        raise SagaError(f"--retrain {retrain}: enrollment takes {MIN_VIDEOS}-{MAX_VIDEOS} videos of the held-out "
+                        "generator; pass a number in that range, or 0 for none")
     c = FeatureCache.open(cache)
-    gens = only.split(",") if only else generators(c)
+    gens = [g.strip() for g in only.split(",") if g.strip()] if only else generators(c)
     opts = load_options(config, loss="ce")
     train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=console.print)
     res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=console.print)

@@ -10,12 +10,13 @@ from rich.markup import escape
 
 from saga.commands.common import (
     OutputFormat,
+    Split,
     cli_device,
     console,
     err,
-    training_options,
     one_line_warnings,
     print_json,
+    training_options,
     writable_folder,
 )
 from saga.errors import SagaError, WriteError
@@ -186,7 +187,7 @@ def _calibrate_after_training(run: Path, cache: Path, device: str | None) -> Non
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
-    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    split: Annotated[Split, typer.Option(help="train | val | test.")] = Split.test,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json.")] = OutputFormat.text,
     probe: Annotated[bool, typer.Option("--probe/--no-probe",
@@ -236,7 +237,7 @@ def probe(
     like: Annotated[Optional[Path], typer.Option("--like", help="Use this run's level, labelled videos and "
                                                  "frames (its labelled.json; all train labels for stage 1).")] = None,
     frames: Frames = None,
-    split: Annotated[str, typer.Option(help="Split to report metrics on.")] = "test",
+    split: Annotated[Split, typer.Option(help="Split to report metrics on.")] = Split.test,
     sources: Annotated[Optional[bool], typer.Option(
         "--sources/--no-sources", help="Fit on the labelled videos' generators and sum each class's, as stage 2 "
         "trains (default: as the --like run was trained; on without --like).")] = None,
@@ -284,12 +285,12 @@ def predict(
         raise SagaError(f"{', '.join(map(str, videos))}: no videos found (looked for "
                         f"{', '.join(sorted(VIDEO_SUFFIXES))}); pass video files or folders holding them")
     predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained)
-    failed = 0
+    failed, plots = 0, set()
     for path in paths:
         pred = predictor.predict(path, tsig=tsig)
         failed += pred.status != "ok"
         if tsig and pred.status == "ok":
-            _plot_tsig(run, out or run / "predict", path, pred)
+            _plot_tsig(run, _unique(out or run / "predict", f"{path.stem}_tsig", ".png", plots), path, pred)
         if format == "json":
             print_json(pred.to_dict())
         else:
@@ -298,14 +299,24 @@ def predict(
         raise typer.Exit(1)
 
 
-def _plot_tsig(run: Path, out: Path, path: Path, pred: Any) -> None:
+def _unique(folder: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
+    """folder/stem+suffix, or stem-2, stem-3, ... when an earlier video of this call took it (clip.mp4 twice)."""
+    path, n = folder / f"{stem}{suffix}", 1
+    while path in taken:
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    taken.add(path)
+    return path
+
+
+def _plot_tsig(run: Path, plot: Path, path: Path, pred: Any) -> None:
     from saga.explain.tsig import compare_video
 
-    found = compare_video(run, pred.tsig, out / f"{path.stem}_tsig.png", name=path.name)
+    found = compare_video(run, pred.tsig, plot, name=path.name)
     if found is None:
         err.print(f"[yellow]{run}: no class T-Sigs yet; run `saga tsig {run} --cache CACHE` to compare[/]")
     else:
-        err.print(f"T-Sig of {path.name}: nearest class signature {found[0]}; plot {found[1]}")
+        err.print(f"T-Sig of {path}: nearest class signature {found[0]}; plot {found[1]}", markup=False)
 
 
 def _print_openworld(ow: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import cli_device, console, err
+from saga.commands.common import Split, cli_device, console, err
 
 
 def robustness(
@@ -22,7 +22,7 @@ def robustness(
                           "(default: crf23,crf28,crf35,downscale0.5,crop0.8,fps0.5,social).")] = None,
     limit_per_class: Annotated[Optional[int], typer.Option(
         "--limit-per-class", help="At most this many videos per generator (a seeded draw).")] = None,
-    split: Annotated[str, typer.Option(help="Split of the cache to perturb.")] = "test",
+    split: Annotated[Split, typer.Option(help="Split of the cache to perturb.")] = Split.test,
     seed: Annotated[int, typer.Option(help="Seed of the --limit-per-class draw.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Frames per encoder forward pass.")] = 64,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,

@@ -313,10 +313,12 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     missing = [str(d) for d in run_dirs if not Path(d).is_dir()]
     if missing:
         raise SagaError(f"{missing[0]}: not a run folder; pass folders written by `saga train`")
+    run_dirs, found = _sort_folders(run_dirs)
+    ablation = ablation if ablation is not None else found
     if not run_dirs and not openworld:
         raise SagaError("nothing to report: pass run folders or --openworld EXP")
-    if ablation is not None and not Path(ablation).is_file():
-        raise SagaError(f"{ablation}: ablation file not found")
+    if ablation is not None:
+        _check_ablation(Path(ablation))
     bad = [str(e) for e in openworld or [] if not experiment_file(Path(e)).is_file()]
     if bad:
         raise SagaError(f"{bad[0]}: no {LOGO_RESULTS} found; pass the --out folder of `saga openset logo` "
@@ -325,5 +327,37 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     if out_html.is_dir():
         raise SagaError(f"{out_html}: is a folder; pass the HTML file to write, e.g. --out {out_html / 'report.html'}")
     make_dir(out_html.parent)
-    write_text(out_html, render_report([Path(d) for d in run_dirs], ablation, openworld))
+    write_text(out_html, render_report(run_dirs, ablation, openworld))
     return out_html
+
+
+def _sort_folders(folders: list[Path]) -> tuple[list[Path], Path | None]:
+    """The run (and experiment) folders, each once, and the ablation file of an ablation folder among them
+    (`saga report runs/*` then finds runs/ablation); any other folder is refused, named."""
+    runs: dict[Path, Path] = {}
+    ablation = None
+    for folder in map(Path, folders):
+        if (folder / CONFIG).is_file() or is_experiment(folder):
+            runs.setdefault(folder.resolve(), folder)
+            continue
+        table_file = next((folder / n for n in ABLATION_NAMES if (folder / n).is_file()), None)
+        if table_file is None:
+            raise SagaError(f"{folder}: not a saga run folder (no {CONFIG}); pass folders written by saga train, "
+                            "attribute or probe, --ablation FILE, or --openworld EXP")
+        ablation = ablation or table_file
+    return list(runs.values()), ablation
+
+
+def _check_ablation(path: Path) -> None:
+    """An explicitly named ablation table must be readable: a report never shows a broken one as null."""
+    if not path.is_file():
+        raise SagaError(f"{path}: ablation file not found")
+    if path.suffix not in (".json", ".md"):
+        raise SagaError(f"{path}: not an ablation table; pass the ablation.json or ablation.md of `saga ablate`")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SagaError(f"{path}: unreadable ablation table ({str(exc).splitlines()[0]}); rerun `saga ablate` "
+                        "or pass another --ablation") from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -126,9 +127,13 @@ def load_tsigs(path: str | Path) -> dict[str, Signature]:
     path = path / TSIG if path.is_dir() else path
     if not path.is_file():
         raise SagaError(f"{path}: no T-Sigs; compute them first with `saga tsig`")
-    with np.load(path) as z:
-        return {str(c): {"map": m, "profile": p, "n": int(k)}
-                for c, m, p, k in zip(z["classes"], z["maps"], z["profiles"], z["counts"])}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {str(c): {"map": m, "profile": p, "n": int(k)}
+                    for c, m, p, k in zip(z["classes"], z["maps"], z["profiles"], z["counts"])}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise SagaError(f"{path}: damaged T-Sigs ({type(exc).__name__}); compute them again with "
+                        "`saga tsig RUN --cache CACHE`") from None
 
 
 def _write_csv(sigs: dict[str, Signature], path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from saga.cache.manifest import VideoRecord, seeded_hash
+from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import check_writable, make_dir
@@ -73,6 +73,10 @@ def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str |
 def select_videos(cache: FeatureCache, generator: str, videos: str | None, split: str | None,
                   limit: int | None, seed: int) -> list[VideoRecord]:
     """The cache's ok records to enroll: under folder `videos` (a path prefix), else labelled `generator`."""
+    if split is not None and split not in SPLITS:
+        raise SagaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and limit < 1:
+        raise SagaError(f"--limit must be >= 1, got {limit}")
     recs = list(cache.ok_records(split))
     if videos:
         prefix = str(videos).strip("/") + "/"

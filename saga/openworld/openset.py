@@ -150,6 +150,8 @@ def fit_openset(protos: np.ndarray, bank: np.ndarray, val_embeddings: np.ndarray
     """A detector whose threshold is the `percentile` of the known val videos' scores."""
     if kind not in KINDS:
         raise SagaError(f"open-set score {kind!r}: use one of {', '.join(KINDS)}")
+    if int(k) < 1:
+        raise SagaError(f"--k must be >= 1 (neighbours of the knn score), got {k}")
     det = OpenSet(kind, int(k), float(percentile), 0.0, run_model, list(classes), 0, protos, bank)
     known = val_targets >= 0
     det.threshold = threshold(det.score(val_embeddings[known]), percentile)

@@ -1,0 +1,106 @@
+"""Bad input to the explain, open-world and demo commands: one line naming the file or flag, checked
+before the work, and outputs that never overwrite each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from saga.cli import app
+from saga.errors import SagaError
+
+
+def _run_folder(path: Path) -> Path:
+    """The least a report shows as a run: its config (nothing evaluated yet)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"stage": 2, "level": "SD-L", "classes": ["real", "sd-1.5"]}))
+    return path
+
+
+def test_report_takes_runs_once_finds_an_ablation_folder_and_refuses_other_folders(tmp_path: Path) -> None:
+    from saga.explain.report import build_report
+
+    runs = tmp_path / "runs"
+    run = _run_folder(runs / "sd-l")
+    (runs / "ablation").mkdir()
+    (runs / "ablation" / "ablation.md").write_text("| setting | accuracy |\n|---|---|\n| 2-stage | 91.0 |\n")
+    page = build_report([run, runs / "ablation", runs / "sd-l"], tmp_path / "r.html").read_text()  # `runs/*`
+    assert page.count('<section id="run-') == 1 and '<section id="ablation">' in page and "91.0" in page
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(SagaError, match=r"videos: not a saga run folder \(no config.json\); pass folders written"):
+        build_report([run, tmp_path / "videos"], tmp_path / "r.html")
+
+
+@pytest.mark.parametrize("name,data,match", [
+    ("bad.json", b"garbage{", r"bad.json: unreadable ablation table \(Expecting value"),
+    ("bin.md", b"\x89PNG\r\n\x1a\n\x00", r"bin.md: unreadable ablation table \('utf-8' codec"),
+    ("table.csv", b"a,b\n", r"table.csv: not an ablation table; pass the ablation.json or ablation.md"),
+])
+def test_report_refuses_an_unreadable_ablation_file(tmp_path: Path, name: str, data: bytes, match: str) -> None:
+    from saga.explain.report import build_report
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(SagaError, match=match):
+        build_report([_run_folder(tmp_path / "run")], tmp_path / "r.html", ablation=tmp_path / name)
+
+
+def test_damaged_tsigs_are_one_line(tmp_path: Path) -> None:
+    from saga.explain.tsig import load_tsigs
+
+    (tmp_path / "tsig.npz").write_bytes(b"PK\x03\x04 half a zip file")
+    with pytest.raises(SagaError, match=r"tsig.npz: damaged T-Sigs \(BadZipFile\); compute them again"):
+        load_tsigs(tmp_path)
+
+
+def test_a_damaged_demo_stamp_is_one_line(tmp_path: Path) -> None:
+    from saga.demo import DemoConfig, _synth
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "demo.json").write_text('{"per_class": 12, "re')  # a write cut short
+    with pytest.raises(SagaError, match=rf"demo.json: corrupt JSON .*; delete {tmp_path} or pick another --out"):
+        _synth(DemoConfig(out=tmp_path), print)
+
+
+def test_open_set_and_enrollment_values_are_checked(tmp_path: Path) -> None:
+    from saga.openworld.api import select_videos
+    from saga.openworld.openset import fit_openset
+    from test_train import build_cache
+
+    with pytest.raises(SagaError, match=r"--k must be >= 1 \(neighbours of the knn score\), got 0"):
+        fit_openset(np.zeros((2, 4)), np.zeros((6, 4)), np.zeros((3, 4)), np.zeros(3, int), "m", ["a", "b"], k=0)
+    cache = build_cache(tmp_path / "c", real=6, per_gen=1)
+    with pytest.raises(SagaError, match=r"--split must be one of train, val, test, got 'bogus'"):
+        select_videos(cache, "real", None, "bogus", None, 0)
+    with pytest.raises(SagaError, match=r"--limit must be >= 1, got 0"):
+        select_videos(cache, "real", None, None, 0, 0)
+    assert len(select_videos(cache, "real", None, None, 2, 0)) == 2
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["tsig", "run", "--split", "bogus"], "--split"),
+    (["openset", "fit", "run", "--k", "0"], "--k"),
+    (["enroll", "run", "--generator", "g", "--limit", "0"], "--limit"),
+    (["demo", "--per-class", "-2"], "--per-class"),
+])
+def test_bad_flag_values_are_usage_errors_naming_the_flag(args: list[str], flag: str) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and flag in result.output, result.output
+
+
+def test_logo_checks_retrain_before_training_any_fold(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["openset", "logo", "--cache", str(tmp_path / "no-cache"), "--out",
+                                      str(tmp_path / "o"), "--retrain", "2"])
+    assert isinstance(result.exception, SagaError) and "--retrain 2: enrollment takes 3-20 videos" in str(
+        result.exception)
+
+
+def test_predict_plots_of_videos_with_the_same_name_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    from saga.commands.phase2 import _unique
+
+    taken: set[Path] = set()
+    names = [_unique(tmp_path, f"{stem}_tsig", ".png", taken).name for stem in ("clip", "clip", "other", "clip")]
+    assert names == ["clip_tsig.png", "clip_tsig-2.png", "other_tsig.png", "clip_tsig-3.png"]
