@@ -83,10 +83,10 @@ def _probe_pct(metrics: dict[str, Any]) -> str:
     return f"{100 * probe['accuracy']:.1f}%" if "accuracy" in probe else "n/a"
 
 
-def interval95(values: list[float]) -> float:
-    """Half-width of the 95 % t-interval of the mean (0 for a single value)."""
+def interval95(values: list[float]) -> float | None:
+    """Half-width of the 95 % t-interval of the mean; None for a single value (no interval, not ± 0)."""
     if len(values) < 2:
-        return 0.0
+        return None
     return float(scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
 
 
@@ -106,6 +106,10 @@ def _summarise(stages: str, loss: str, cell: list[dict[str, Any]], level: str) -
     }
 
 
+def _pm(mean: float, half: float | None) -> str:
+    return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f} (1 seed: no interval)"
+
+
 def _test_counts(row: dict[str, Any]) -> dict[str, int] | None:
     counts = row.get("class_counts")
     return {c: int(n) for c, n in counts.items()} if isinstance(counts, dict) else None
@@ -121,8 +125,8 @@ def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     for r in rows:
         paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
         cells = [f"{r['per_class'][c]:.1f}" for c in worst]
-        lines.append(f"| {r['setting']} | {r['loss']} | {r['accuracy_mean']:.1f} ± {r['accuracy_ci95']:.1f} | "
-                     f"{r['macro_mean']:.1f} ± {r['macro_ci95']:.1f} | {paper} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'])} | "
+                     f"{_pm(r['macro_mean'], r['macro_ci95'])} | {paper} | " + " | ".join(cells) + " |")
     counts = summary.get("test_videos_per_class") or {}
     size = (f", {min(counts.values())}–{max(counts.values())} test videos per class" if counts else "")
     head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "

@@ -14,8 +14,8 @@ from saga.cache.manifest import VideoRecord
 from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.explain.intervals import (FEW, format_ci, format_paired, intervals, macro_bootstrap, paired_difference,
-                                    wilson)
+from saga.explain.intervals import (FEW, format_ci, format_paired, intervals, macro_bootstrap, macro_interval,
+                                    paired_difference, wilson)
 from saga.taxonomy import Taxonomy
 from saga.cache.fraction import labelled_subset
 from saga.explain.probe import STAT_NAMES, Probe, cache_features, fit_probe, temporal_statistics, video_features
@@ -307,6 +307,19 @@ def test_macro_bootstrap() -> None:
     # many videos per class: narrow; few: wide
     small, big = macro_bootstrap([4, 2], [5, 5]), macro_bootstrap([400, 200], [500, 500])
     assert (small[1] - small[0]) > 3 * (big[1] - big[0])
+
+
+def test_macro_interval_does_not_collapse_when_classes_are_all_right() -> None:
+    assert macro_interval([20, 20], [20, 20])[0] < 0.95 and macro_interval([20, 20], [20, 20])[1] == 1.0
+    lo, hi = macro_bootstrap([45, 30, 2], [50, 50, 4])
+    wide = macro_interval([45, 30, 2], [50, 50, 4])
+    assert wide[0] <= lo and wide[1] >= hi  # never narrower than the bootstrap
+    assert macro_interval([0, 0], [0, 0]) is None and macro_interval([3, 0], [4, 0]) == macro_interval([3], [4])
+    rng, truth, covered = np.random.default_rng(0), np.array([0.97, 0.995]), 0
+    for _ in range(200):  # the case the bootstrap alone covered 45 % of the time
+        got = macro_interval(rng.binomial([20, 420], truth), [20, 420], resamples=200)
+        covered += got[0] <= truth.mean() <= got[1]
+    assert covered >= 0.9 * 200
 
 
 def test_paired_difference_of_two_classifiers_on_the_same_videos() -> None:

@@ -154,3 +154,47 @@ def test_a_run_file_holding_another_json_value_is_one_line(cache: FeatureCache, 
     with pytest.raises(SagaError, match=r"labelled.json: corrupt \(a JSON list, not an object\)"):
         run_subset(out, cache)
     RunFolder(out)  # the folder itself is untouched
+
+
+def test_a_one_seed_ablation_row_has_no_interval_not_plus_minus_zero() -> None:
+    from saga.ablate import to_markdown
+
+    row = {"setting": "2-stage", "loss": "ce+hnm", "accuracy_mean": 53.0, "accuracy_ci95": None, "macro_mean": 52.2,
+           "macro_ci95": None, "paper": None, "per_class": {"real": 90.0}}
+    text = to_markdown({"level": "GEN-L", "seeds": [0], "fraction": 0.005, "rows": [row]})
+    assert "| 53.0 (1 seed: no interval) | 52.2 (1 seed: no interval) |" in text and "± 0.0" not in text
+
+
+def test_test_videos_of_a_class_the_run_never_trained_on_count_as_errors(tmp_path: Path) -> None:
+    """A generator with test videos only: its videos used to be dropped, raising accuracy silently."""
+    import numpy as np
+
+    from saga.cache.manifest import OK, VideoRecord
+    from saga.cache.provenance import EncoderSpec, cache_provenance
+    from saga.cache.store import PartWriter
+    from saga.explain.metrics import compute_evaluation
+    from saga.taxonomy import Taxonomy
+    from test_train import D
+
+    tax = Taxonomy.load("synth")
+    cache = FeatureCache.create_or_open(tmp_path / "c", cache_provenance(EncoderSpec.simulated(D, T), tax))
+    first, second, untrained = list(tax.generators)[:3]
+    gens = ["real", first, second]
+    rows = [(g, split) for g in gens for split in ["train"] * 6 + ["val"] * 2 + ["test"] * 3]
+    rows += [(untrained, "test")] * 4  # never in train
+    writer = PartWriter(cache, "p000001-r000", capacity=len(rows), shard_rows=8)
+    rng = np.random.default_rng(0)
+    for i, (gen, split) in enumerate(rows):
+        record = VideoRecord(f"{gen}/{i}.mp4", 100 + i, i, OK, gen, tax.labels(gen), split)
+        features = (rng.normal(size=(1, T, D)) + gens.index(gen) if gen in gens else rng.normal(size=(1, T, D)))
+        writer.add(record, features.astype(np.float16), np.ones((1, T), bool), np.zeros((1, T), np.float32))
+    writer.close()
+    run = train_attribution(tmp_path / "c", tmp_path / "run", a_config(level="GEN-L", fraction=1.0, epochs=1))
+    with pytest.warns(UserWarning, match=rf"4 test video\(s\) of class\(es\) it was never trained on "
+                                         rf"\({untrained}: 4\) count as errors"):
+        metrics = compute_evaluation(run, tmp_path / "c")
+    assert metrics["n"] == 13 and metrics["untrained_classes"] == {untrained: 4}
+    assert metrics["per_class"][untrained] == 0.0 and metrics["per_class_n"][untrained] == 4
+    assert metrics["accuracy"] <= 9 / 13 and len(metrics["confusion"]) == 4
+    probe = metrics["probe"]
+    assert probe["n"] == 13 and probe["untrained_classes"] == {untrained: 4} and "paired" in probe

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import Split, cli_device, console, load_options
+from saga.commands.common import Split, cli_device, console, load_options, training_options
 from saga.errors import SagaError
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")]
@@ -109,6 +109,7 @@ def openset_logo(
     from saga.openworld.enroll import MAX_VIDEOS, MIN_VIDEOS
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
     from saga.runs.files import LOGO_RESULTS, LOGO_RESULTS_MD
+    from saga.train.attribute import AttributeConfig
 
     if retrain and not MIN_VIDEOS <= retrain <= MAX_VIDEOS:  # checked before any fold trains
         raise SagaError(f"--retrain {retrain}: enrollment takes {MIN_VIDEOS}-{MAX_VIDEOS} videos of the held-out "
@@ -116,6 +117,7 @@ def openset_logo(
     c = FeatureCache.open(cache)
     gens = [g.strip() for g in only.split(",") if g.strip()] if only else generators(c)
     opts = load_options(config, loss="ce")
+    training_options(AttributeConfig, config, loss="ce")  # a bad value in the TOML: one line naming it, now
     train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=console.print)
     res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=console.print)
     console.print(to_markdown(res))

@@ -8,7 +8,9 @@
   (so class sizes, hence the weights of the mean, stay fixed), 1000 resamples, fixed
   seed. Redrawing n_c videos of a class with c_c correct ones is the same in
   distribution as drawing Binomial(n_c, c_c / n_c) correct ones, which is how it is
-  computed (exact, and fast for any split size).
+  computed (exact, and fast for any split size). A class that is all right or all wrong
+  adds no spread to it, so the reported interval is widened to at least a normal interval
+  with Agresti-Coull per-class variances (`macro_interval`).
 
 - the transformer against the probe on the same videos (`paired_difference`): a paired
   bootstrap of the accuracy difference. Only the videos one of the two gets wrong move it, so
@@ -65,6 +67,30 @@ def macro_bootstrap(correct: Sequence[int], n: Sequence[int], resamples: int = R
     return float(lo), float(hi)
 
 
+def macro_interval(correct: Sequence[int], n: Sequence[int], resamples: int = RESAMPLES, seed: int = SEED,
+                   z: float = Z95) -> tuple[float, float] | None:
+    """The 95 % interval `saga evaluate` reports for macro accuracy: the wider of the stratified
+    bootstrap and a normal interval around the observed macro accuracy whose per-class variances
+    use the Agresti-Coull rate (k + z²/2) / (n + z²).
+
+    The bootstrap alone collapses when a class is all right or all wrong (it resamples at rate 0
+    or 1): 20/20 and 20/20 gave [100, 100], and in simulation it covered the true macro accuracy
+    45-80 % of the time at 97-99.5 % per-class accuracy. The adjusted variance is never zero;
+    together they covered 91-100 % across 2-20 classes of 6-420 videos (at 3 videos per class,
+    which the tables flag, 83 %).
+    """
+    boot = macro_bootstrap(correct, n, resamples, seed)
+    if boot is None:
+        return None
+    k = np.asarray(correct, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    k, m = k[m > 0], m[m > 0]
+    rate = (k + z * z / 2) / (m + z * z)
+    half = z * math.sqrt(float((rate * (1 - rate) / (m + z * z)).sum())) / len(m)
+    centre = float((k / m).mean())
+    return min(boot[0], max(0.0, centre - half)), max(boot[1], min(1.0, centre + half))
+
+
 def per_class_counts(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(correct, n) per class from a confusion matrix (rows = true class)."""
     conf = np.asarray(confusion, dtype=np.int64)
@@ -76,10 +102,11 @@ def intervals(confusion: np.ndarray, resamples: int = RESAMPLES, seed: int = SEE
     correct, n = per_class_counts(confusion)
     return {
         "accuracy_ci": _pair(wilson(int(correct.sum()), int(n.sum()))),
-        "macro_accuracy_ci": _pair(macro_bootstrap(correct, n, resamples, seed)),
+        "macro_accuracy_ci": _pair(macro_interval(correct, n, resamples, seed)),
         "per_class_ci": [_pair(wilson(int(c), int(t))) for c, t in zip(correct, n)],
         "ci": {"level": 0.95, "accuracy": "wilson", "per_class": "wilson",
-               "macro_accuracy": f"stratified bootstrap over videos, {resamples} resamples, seed {seed}",
+               "macro_accuracy": f"the wider of a stratified bootstrap over videos ({resamples} resamples, seed "
+                                 f"{seed}) and a normal interval with Agresti-Coull per-class variances",
                "few": FEW},
     }
 

@@ -3,7 +3,8 @@
 Macro accuracy (the mean of per-class accuracies) is the headline next to plain
 accuracy because attribution splits are unbalanced: a model that ignores a rare
 generator can still score a high accuracy. Records without a class at the run's
-level (SD-L: generators with no SD backbone) are excluded, as in the paper.
+level (SD-L: generators with no SD backbone) are excluded, as in the paper; videos of a class
+the run was never trained on are not: they count as errors (`untrained_classes`).
 
 Every accuracy comes with a 95 % interval and the number of videos behind it
 (`saga.explain.intervals`): Wilson for accuracy and per-class accuracy, a stratified
@@ -17,6 +18,7 @@ interval, which says whether the data resolve "beats the probe" at all.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,7 +28,7 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired, paired_difference
 from saga.explain.probe_runs import probe_for_run
-from saga.explain.scores import binary_auc, compute_metrics, source_metrics
+from saga.explain.scores import binary_auc, compute_metrics, scored_classes, source_metrics
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
@@ -69,14 +71,20 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     records = cache.ok_records(split)
     if not records:
         raise SagaError(f"{cache.root}: no extracted videos in split '{split}'; pick another --split")
-    targets = record_targets(records, info.level, info.classes)
+    classes, unseen = scored_classes(records, info.level, info.classes)
+    targets = record_targets(records, info.level, classes)
     labelled = [r for r, t in zip(records, targets) if t >= 0]
     if not labelled:
         raise SagaError(f"{cache.root}: no '{split}' video has a class at {info.level} "
                         f"({', '.join(info.classes)}); is this the run's taxonomy?")
+    if unseen:
+        warnings.warn(f"{run_dir}: {sum(unseen.values())} {split} video(s) of class(es) it was never trained on "
+                      f"({', '.join(f'{c}: {n}' for c, n in unseen.items())}) count as errors", stacklevel=2)
     inference = infer(model, info, cache, labelled, batch_size, device)
-    result = {"level": info.level, "split": split, **compute_metrics(inference, info.classes, info.level),
-              "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir)}
+    inference.targets = record_targets(labelled, info.level, classes)
+    result = {"level": info.level, "split": split, **compute_metrics(inference, classes, info.level),
+              "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir),
+              "untrained_classes": unseen}
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
                              model.config.subclass_names)
     if nearest is not None:

@@ -48,7 +48,7 @@ import numpy as np
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.scores import compute_metrics
+from saga.explain.scores import compute_metrics, scored_classes
 from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,  # noqa: F401 - re-exported
                                       temporal_statistics, video_features)
 from saga.fileio import atomic_path
@@ -259,7 +259,8 @@ def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "
     caller removes it before writing the metrics.
     """
     records = cache.ok_records(split)
-    targets = record_targets(records, level, probe.classes)
+    classes, unseen = scored_classes(records, level, probe.classes)
+    targets = record_targets(records, level, classes)
     labelled = [r for r, t in zip(records, targets) if t >= 0]
     if not labelled:
         raise SagaError(f"{cache.root}: no '{split}' video has a class at {level}; pick another --split")
@@ -267,10 +268,10 @@ def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "
     probs = probe.predict_proba(x).astype(np.float32)
     n = len(labelled)
     inf = Inference(np.log(np.maximum(probs, 1e-30)), probs, np.zeros((n, 0), np.float32),
-                    record_targets(labelled, level, probe.classes), [r.path for r in labelled],
+                    record_targets(labelled, level, classes), [r.path for r in labelled],
                     np.zeros((n, 0), bool))
-    out = {"split": split, **compute_metrics(inf, probe.classes, level), "excluded": len(records) - n,
-           "cache_id": cache.cache_id}
+    out = {"split": split, **compute_metrics(inf, classes, level), "excluded": len(records) - n,
+           "untrained_classes": unseen, "cache_id": cache.cache_id}
     if keep_correct:
         out["correct"] = inf.preds == inf.targets
     return out

@@ -14,6 +14,22 @@ from saga.model.inference import Inference
 from saga.taxonomy import FAKE
 
 
+def scored_classes(records: Sequence[Any], level: str, classes: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """The classes to score on, and the videos of each class the model cannot output.
+
+    A class with test videos but no training videos (it got no labelled video, or a generator
+    with only test videos) is not among a run's (or a probe's) classes. Its videos still count,
+    as errors, after the model's classes; leaving them out would raise accuracy silently.
+    """
+    known = set(classes)
+    missing: dict[str, int] = {}
+    for record in records:
+        label = record.labels.get(level)
+        if label is not None and label not in known:
+            missing[label] = missing.get(label, 0) + 1
+    return [*classes, *sorted(missing)], dict(sorted(missing.items()))
+
+
 def compute_metrics(inference: Inference, classes: Sequence[str], level: str) -> dict[str, Any]:
     """Metrics of the records with a class (target >= 0); pure, so tests compare it with sklearn."""
     keep = inference.targets >= 0
@@ -39,7 +55,7 @@ def compute_metrics(inference: Inference, classes: Sequence[str], level: str) ->
     out["accuracy_ci"], out["macro_accuracy_ci"], out["ci"] = ci["accuracy_ci"], ci["macro_accuracy_ci"], ci["ci"]
     out["per_class_ci"] = dict(zip(classes, ci["per_class_ci"]))
     out["few"] = [cls for cls, k in zip(classes, per_n) if 0 < k < FEW]
-    if level == "BIN-L" and FAKE in classes:
+    if level == "BIN-L" and FAKE in classes[:inference.probs.shape[1]]:  # a model that outputs "fake"
         out["auc"] = binary_auc(inference.probs[keep][:, list(classes).index(FAKE)], y == list(classes).index(FAKE))
     return out
 
