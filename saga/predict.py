@@ -113,7 +113,7 @@ class Predictor:
         try:
             feats, mask = self.features(path)
         except DecodeError as exc:
-            return Prediction(str(path), status="failed", error=str(exc).splitlines()[0])
+            return Prediction(str(path), status="failed", error=getattr(exc, "reason", None) or str(exc).splitlines()[0])
         sub, sub_mask = take_subwindow(feats.astype(np.float32), mask, self.info.frames)
         res = run_batch(self.model, sub, sub_mask, self.device, attention=tsig)
         probs = self.openworld.head_probs(res["logits"], res["probs"])[0]

@@ -225,3 +225,75 @@ def test_unreadable_file_real_chmod(videos: dict[str, Path], tmp_path: Path) -> 
 def test_unknown_backend_is_a_saga_error(videos: dict[str, Path]) -> None:
     with pytest.raises(SagaError, match="backend"):
         decode_video(videos["mp4"], SamplingPolicy(), backend="opencv")
+
+
+# --- which frames, which way up, which times: the same whichever backend decodes ------------------------------
+
+def _indexed(path: Path, fmt: str, codec: str, n: int = 40, options: dict | None = None, rotation: int = 0,
+             size: tuple[int, int] = (H, W), first_pts: int = 0) -> Path:
+    """Frame i shows i in binary (white/black blocks of 8 columns in rows 8-23) and a red band along the top
+    of the coded picture."""
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=FPS, options=options or {})
+        s.height, s.width = size
+        s.pix_fmt = "yuv420p"
+        if rotation:
+            s.set_display_rotation(rotation)
+        for i in range(n):
+            img = np.full((*size, 3), 128, np.uint8)
+            for bit in range(6):
+                img[8:24, 8 * bit:8 * bit + 8] = 255 if i >> bit & 1 else 0
+            img[:4, :, 1:] = 0
+            img[:4, :, 0] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = first_pts + i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    return path
+
+
+def _ids(clip: Clip) -> list[int]:
+    blocks = clip.frames[0, :, 12:20].astype(np.float64).mean(axis=(1, 3))  # (T, W): block interiors
+    return [sum(1 << b for b in range(6) if row[8 * b + 2:8 * b + 6].mean() > 127) for row in blocks]
+
+
+@pytest.mark.parametrize("name,fmt,codec,options", [
+    ("h264.avi", "avi", "libx264", {"threads": "1"}),
+    ("h264.ts", "mpegts", "libx264", {"threads": "1"}),
+    ("mpeg2.mpg", "mpeg", "mpeg2video", {"bf": "2"}),
+    ("mpeg4.mp4", "mp4", "mpeg4", {"bf": "2"}),
+])
+def test_auto_decodes_the_documented_frames_where_decord_seeks_wrong(tmp_path: Path, name: str, fmt: str,
+                                                                       codec: str, options: dict) -> None:
+    """decord returned frames 0-7, 51-59 or 28-35 here instead of 16-23, with no error."""
+    clip = decode_video(_indexed(tmp_path / name, fmt, codec, options=options), SamplingPolicy(frames=8))
+    assert clip.backend == "pyav" and _ids(clip) == list(range(16, 24))
+    np.testing.assert_allclose(clip.timestamps[0], np.arange(16, 24) / FPS, atol=1e-3)
+
+
+def test_h264_in_mp4_stays_on_decord(tmp_path: Path) -> None:
+    clip = decode_video(_indexed(tmp_path / "h.mp4", "mp4", "libx264", options={"threads": "1"}),
+                        SamplingPolicy(frames=8))
+    assert clip.backend == "decord" and _ids(clip) == list(range(16, 24))
+
+
+@pytest.mark.parametrize("rotation,size,band", [(90, (48, 64), "left"), (90, (64, 64), "left"),
+                                                (180, (48, 64), "bottom")])
+def test_rotated_videos_come_out_upright_from_every_backend(tmp_path: Path, rotation: int, size: tuple,
+                                                            band: str) -> None:
+    """A phone's portrait video: decord turned some, failed on others (then PyAV did not turn them)."""
+    path = _indexed(tmp_path / "rot.mp4", "mp4", "libx264", n=12, options={"threads": "1"}, rotation=rotation,
+                    size=size)
+    for backend in ("auto", "pyav"):
+        frame = decode_video(path, SamplingPolicy(frames=4), backend=backend).frames[0, 0].astype(int)
+        red = frame[..., 0] - frame[..., 1]
+        edges = {"top": red[:3].mean(), "bottom": red[-3:].mean(), "left": red[:, :3].mean(),
+                 "right": red[:, -3:].mean()}
+        assert max(edges, key=edges.get) == band, (backend, edges)
+
+
+def test_timestamps_count_from_the_stream_start_in_both_backends(tmp_path: Path) -> None:
+    path = _indexed(tmp_path / "offset.mkv", "matroska", "libx264", options={"threads": "1"}, first_pts=100)
+    a, b = (decode_video(path, SamplingPolicy(frames=8), backend=k) for k in ("decord", "pyav"))
+    np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-3)
+    np.testing.assert_allclose(b.timestamps[0], np.arange(16, 24) / FPS, atol=1e-3)

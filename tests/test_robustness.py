@@ -85,6 +85,27 @@ def test_a_video_that_cannot_be_reencoded_is_one_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out.mp4").exists()
 
 
+def test_copies_of_a_rotated_or_truncated_video_match_what_extract_decodes(tmp_path: Path) -> None:
+    """A copy is written upright (decoding the original turns it by its display matrix) and from the frames
+    that decode (extract keeps a truncated video's decodable frames; the copy used to fail)."""
+    import numpy as np
+
+    from saga.pipeline.decode import decode_video
+    from saga.pipeline.sampling import SamplingPolicy
+    from test_decode import _indexed
+
+    rotated = _indexed(tmp_path / "rot.mp4", "mp4", "libx264", n=12, options={"threads": "1"}, rotation=180)
+    policy = SamplingPolicy(frames=4)
+    original = decode_video(rotated, policy).frames[0, 0].astype(int)
+    copy = decode_video(apply(parse("crf18"), rotated, tmp_path / "copy.mp4"), policy).frames[0, 0].astype(int)
+    assert np.abs(original - copy).mean() < 8  # the same way up (upside down it differs by ~60)
+    src = write_clip(tmp_path / "src.avi", n_frames=40, seed=1, codec="mjpeg")
+    data = src.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: int(len(data) * 0.5)])
+    decodable = decode_video(tmp_path / "cut.avi", SamplingPolicy(frames=4), backend="pyav").n_frames
+    assert probe_video(apply(parse("crf28"), tmp_path / "cut.avi", tmp_path / "cut.mp4"))["frames"] == decodable
+
+
 def test_cli_writes_robustness_json_and_resumes(world: dict[str, Path]) -> None:
     out = world["root"] / "rb"
     args = ["robustness", str(world["run"]), "--cache", str(world["cache"]), "--videos", str(world["videos"]),

@@ -340,3 +340,11 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+def test_a_file_as_out_or_a_negative_seed_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SagaError, match="afile: exists and is not a folder; choose another --out"):
+        generate(tmp_path / "afile", TINY)
+    with pytest.raises(SagaError, match="--seed must be >= 0, got -1"):
+        generate(tmp_path / "out", dataclasses.replace(TINY, seed=-1))

@@ -51,7 +51,7 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
-from saga.fileio import write_text
+from saga.fileio import make_dir, write_text
 from saga.progress import ProgressEvent, ProgressFn
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
 from saga.benchmark.videoio import write_video
@@ -90,6 +90,8 @@ class SynthConfig:
         return 3 * self.videos_per_class if self.real_videos is None else self.real_videos
 
     def check(self) -> None:
+        if self.seed < 0:
+            raise SagaError(f"--seed must be >= 0, got {self.seed}")
         if self.videos_per_class < 1:
             raise SagaError("videos_per_class must be at least 1")
         if self.real_count < 1:
@@ -229,7 +231,9 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
     config.check()
     taxonomy = Taxonomy.load(config.taxonomy)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SagaError(f"{out_dir}: exists and is not a folder; choose another --out")
+    make_dir(out_dir)
     classes = (REAL, *taxonomy.generators)
     folders = {video_path(cls, 0).split("/")[0] for cls in classes}
     if len(folders) < len(classes):

@@ -335,11 +335,11 @@ def _print_openworld(ow: dict[str, Any]) -> None:
 
 def _print_prediction(pred: Any) -> None:
     if pred.status != "ok":
-        err.print(f"[red]{pred.path}[/]: {pred.error}")
+        err.print(f"[red]{escape(pred.path)}[/]: {escape(pred.error)}")
         return
     implied = ", ".join(f"{k} {v}" for k, v in pred.implied.items())
     top = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])[:3]
-    console.print(f"[bold]{pred.path}[/]: {pred.level} [bold]{pred.predicted}[/] ({100 * pred.confidence:.1f}%)"
+    console.print(f"[bold]{escape(pred.path)}[/]: {pred.level} [bold]{pred.predicted}[/] ({100 * pred.confidence:.1f}%)"
                   + (f"; implies {implied}" if implied else "")
                   + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
     if pred.source and pred.source["rows"] > 1:

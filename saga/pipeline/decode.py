@@ -1,14 +1,16 @@
 """Decode the sampled frames of one video: decord first (fast, random access), PyAV fallback.
 
 Why two backends: decord seeks and batch-decodes quickly but cannot read GIF, fails on many
-truncated files and sometimes reports more frames than it can decode; PyAV reads almost
-anything FFmpeg can. Every failure becomes a one-line DecodeError so extraction can record
+truncated files, sometimes reports more frames than it can decode, and in some formats returns
+other frames than asked without an error (`decord_reads_right` sends those to PyAV); PyAV reads
+almost anything FFmpeg can. Both give upright frames and times from the stream's start. Every failure becomes a one-line DecodeError so extraction can record
 the reason and go on: no other exception type escapes decode_video for a bad input file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import stat
@@ -123,7 +125,7 @@ def decode_video(path: Path, policy: SamplingPolicy, backend: str = "auto") -> C
         raise SagaError(f"decode backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(path)
     probe_path(path)
-    if backend in ("auto", "decord"):
+    if backend == "decord" or backend == "auto" and decord_reads_right(path):
         try:
             return _decode_decord(path, policy)
         except Exception as e:  # decord raises RuntimeError/DECORDError/...: fall back
@@ -135,6 +137,36 @@ def decode_video(path: Path, policy: SamplingPolicy, backend: str = "auto") -> C
         raise
     except Exception as e:  # anything else FFmpeg/PyAV throws is still a bad file, not a crash
         raise _fail(path, f"pyav: {type(e).__name__}: {e}") from e
+
+
+# What decord seeks to the right frame in: it returned other frames than asked, with no error, for
+# H.264 in AVI and MPEG-TS, MPEG-2 (.mpg), MPEG-4 Part 2 with B-frames and HEVC (a keyframe among the
+# picks), and converted 10-bit video to other pixels than FFmpeg. Anything else goes to PyAV.
+DECORD_CONTAINERS = ("mp4", "mov", "matroska", "webm")
+DECORD_CODECS = frozenset({"h264", "vp8", "vp9", "av1", "mjpeg"})
+INTRA_ONLY = frozenset({"mjpeg"})  # every frame a keyframe: nothing to seek wrong, in any container
+
+
+def decord_reads_right(path: Path) -> bool:
+    """Whether decord decodes the frames asked for in this file (an 8-bit stream of a safe codec and container)."""
+    import av
+
+    try:
+        with _open_av(path) as container:
+            ctx = container.streams.video[0].codec_context
+            formats = set(container.format.name.split(","))
+            bits = max((c.bits for c in av.VideoFormat(ctx.pix_fmt).components), default=8) if ctx.pix_fmt else 8
+            safe = ctx.name in INTRA_ONLY or bool(formats & set(DECORD_CONTAINERS)) and ctx.name in DECORD_CODECS
+            return safe and bits <= 8
+    except Exception:  # not openable here: let PyAV say why, in its own words
+        return False
+
+
+def upright(frame: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded frame as RGB, turned as its display matrix says (a phone's portrait video), like decord does."""
+    rgb = frame.to_ndarray(format="rgb24", **({"width": size[0], "height": size[1]} if size else {}))
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def _decode_decord(path: Path, policy: SamplingPolicy) -> Clip:
@@ -159,6 +191,8 @@ def _decode_decord(path: Path, policy: SamplingPolicy) -> Clip:
     del vr
     if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
         raise RuntimeError(f"decord returned shape {arr.shape} for {len(uniq)} frames")
+    if not (np.isfinite(ts).all() and ts.min(initial=0) >= -1e-3 and (np.diff(ts) > 0).all()):
+        raise RuntimeError("decord's timestamps are not increasing from 0: its seeking is not to be trusted here")
     inv = inv.reshape(idx.shape)
     return Clip(frames=np.ascontiguousarray(arr[inv], dtype=np.uint8), mask=mask,
                 timestamps=ts[inv].astype(np.float32), fps=fps, n_frames=n, backend="decord")
@@ -197,7 +231,7 @@ def _open_av(path: Path) -> Any:
     return container
 
 
-def _frames(container: Any, errors: list[str]) -> Iterator[Any]:
+def decoded_frames(container: Any, errors: list[str]) -> Iterator[Any]:
     """Decoded frames of the first video stream; corrupt packets are skipped, not fatal.
 
     A truncated file raises mid-stream; stopping there keeps the frames that did decode.
@@ -225,17 +259,21 @@ def _scan(path: Path, wanted: set[int], fps: float, stop_early: bool
     last = max(wanted) if wanted else -1
     count = 0
     size: tuple[int, int] | None = None
+    times: list[float] = []
     container = _open_av(path)
     with container:
-        for i, frame in enumerate(_frames(container, errors)):
+        stream = container.streams.video[0]
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        for i, frame in enumerate(decoded_frames(container, errors)):
             count = i + 1
+            times.append(math.nan if frame.time is None else float(frame.time) - start)  # from the stream's start
             if i in wanted:
                 size = size or (frame.width, frame.height)  # guard against mid-stream resizes
-                rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
-                t = frame.time
-                kept[i] = (rgb, float(t) if t is not None else i / fps)
+                kept[i] = (upright(frame, size), times[i])
             if stop_early and i >= last:
                 break
+    if not (np.diff(times) > 0).all() or np.isnan(times).any():  # AVI with B-frames: decode-order times, or none
+        kept = {i: (rgb, i / fps) for i, (rgb, _) in kept.items()}
     return count, kept, errors
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.fileio import atomic_path
+from saga.pipeline.decode import decoded_frames, upright
 
 LIGHT_CRF = 18  # re-encode of the perturbations that are not about compression
 X264 = {"preset": "veryfast", "threads": "1", "x264-params": "no-mbtree=1"}
@@ -105,7 +106,7 @@ def apply(p: Perturbation, src: Path, dst: Path) -> Path:
         with av.open(str(src)) as source, atomic_path(dst) as tmp:
             stream = source.streams.video[0]
             rate = Fraction(stream.average_rate or stream.guessed_rate or 25).limit_denominator(1001)
-            written = _reencode(p, source, stream, tmp, rate / p.stride)
+            written = _reencode(p, source, tmp, rate / p.stride)
         if written == 0:
             dst.unlink(missing_ok=True)
             raise SagaError(f"{src}: no decodable frame")
@@ -116,15 +117,14 @@ def apply(p: Perturbation, src: Path, dst: Path) -> Path:
     return dst
 
 
-def _reencode(p: Perturbation, source: av.container.InputContainer, stream: av.video.stream.VideoStream,
-              tmp: Path, rate: Fraction) -> int:
+def _reencode(p: Perturbation, source: av.container.InputContainer, tmp: Path, rate: Fraction) -> int:
     with av.open(str(tmp), mode="w", format="mp4", container_options={"fflags": "+bitexact"}) as out:
         video = None
         written = 0
-        for i, frame in enumerate(source.decode(stream)):
+        for i, frame in enumerate(decoded_frames(source, [])):  # a truncated video: the frames that decode, as extract does
             if i % p.stride:
                 continue
-            img = frame.to_ndarray(format="rgb24")
+            img = upright(frame)  # the copy is written upright, without the display matrix it would lose
             cw, ch, ow, oh = output_size(p, img.shape[1], img.shape[0])
             top, left = (img.shape[0] - ch) // 2, (img.shape[1] - cw) // 2
             img = np.ascontiguousarray(img[top:top + ch, left:left + cw])
