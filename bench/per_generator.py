@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from saga.ablate import interval95
+from saga.ablate import half_text, interval95
 from saga.cache.store import FeatureCache
 from saga.fileio import read_json
 from saga.model.inference import infer
@@ -83,8 +83,9 @@ def main() -> None:
               f"{', '.join(r['unlabelled_generators']) or 'no unlabelled generator'}")
     result = {"cache": str(args.cache), "pairs": rows, "summary": summarise(rows)}
     s = result["summary"]
-    print(f"base {s['base'][0]:.1f} ± {s['base'][1]:.1f}, variant {s['variant'][0]:.1f} ± {s['variant'][1]:.1f}, "
-          f"gain {s['gain'][0]:+.1f} ± {s['gain'][1]:.1f} (mean ± 95 % t-interval over {len(rows)} pairs)")
+    print(f"base {s['base'][0]:.1f} ± {half_text(s['base'][1])}, variant {s['variant'][0]:.1f} ± "
+          f"{half_text(s['variant'][1])}, gain {s['gain'][0]:+.1f} ± {half_text(s['gain'][1])} "
+          f"(mean ± 95 % t-interval over {len(rows)} pairs)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 

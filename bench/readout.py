@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saga.ablate import interval95
+from saga.ablate import half_text, interval95
 from saga.cache.store import FeatureCache
 from saga.model.inference import record_targets
 from saga.runs import load_model
@@ -102,10 +102,6 @@ def summarise(rows: list[dict[str, object]]) -> dict[str, dict[str, float]]:
     return out
 
 
-
-def _half(ci: float | None) -> str:
-    return "n/a (1 seed)" if ci is None else f"{ci:.1f}"
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True)
@@ -124,7 +120,7 @@ def main() -> None:
     cells = summarise(rows)
     for cell, s in cells.items():
         print(f"{cell} ({s['seeds']} seeds): " + "  ".join(
-            f"{v} {s[v]:.1f} ± {_half(s[f'{v}_ci95'])}" + (f" ({s[f'{v}_gain']:+.1f} ± {_half(s[f'{v}_gain_ci95'])})"
+            f"{v} {s[v]:.1f} ± {half_text(s[f'{v}_ci95'])}" + (f" ({s[f'{v}_gain']:+.1f} ± {half_text(s[f'{v}_gain_ci95'])})"
                                                        if v != "plain" else "") for v in VARIANTS))
     if args.out:
         args.out.write_text(json.dumps({"cache": str(args.cache), "runs": rows, "cells": cells}, indent=1) + "\n")

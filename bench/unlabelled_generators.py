@@ -34,7 +34,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
-from saga.ablate import interval95
+from saga.ablate import half_text, interval95
 from saga.cache.store import FeatureCache
 from saga.model.inference import record_targets
 from saga.runs import load_model
@@ -210,8 +210,8 @@ def main() -> None:
         summary[v] = {"mean": statistics.fmean(acc), "ci95": interval95(acc), "gain": statistics.fmean(gain),
                       "gain_ci95": interval95(gain), "gain_range": [min(gain), max(gain)],
                       "unlabelled_generators_mean": statistics.fmean(row[v][1] for row in rows)}
-        print(f"{v}: {summary[v]['mean']:.1f} ± {summary[v]['ci95']:.1f}  gain {summary[v]['gain']:+.1f} ± "
-              f"{summary[v]['gain_ci95']:.1f}  on unlabelled generators' videos "
+        print(f"{v}: {summary[v]['mean']:.1f} ± {half_text(summary[v]['ci95'])}  gain {summary[v]['gain']:+.1f} ± "
+              f"{half_text(summary[v]['gain_ci95'])}  on unlabelled generators' videos "
               f"{summary[v]['unlabelled_generators_mean']:.1f}  ({len(rows)} runs)")
     if args.out:
         args.out.write_text(json.dumps({"cache": str(args.cache), "runs": rows, "summary": summary}, indent=1) + "\n")

@@ -110,6 +110,11 @@ def _pm(mean: float, half: float | None) -> str:
     return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f} (1 seed: no interval)"
 
 
+def half_text(half: float | None) -> str:
+    """An `interval95` half-width for a log line: one value has none (not 0)."""
+    return "n/a (one value)" if half is None else f"{half:.1f}"
+
+
 def _test_counts(row: dict[str, Any]) -> dict[str, int] | None:
     counts = row.get("class_counts")
     return {c: int(n) for c, n in counts.items()} if isinstance(counts, dict) else None
