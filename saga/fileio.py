@@ -12,6 +12,7 @@ A write that fails because the disk is full or the folder is not writable become
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 from contextlib import contextmanager
@@ -61,6 +62,33 @@ def writing(path: str | Path) -> Iterator[None]:
         if error is None:
             raise
         raise error from None
+
+
+LOCK = ".lock"  # in a run folder or a cache: flock'ed by the one process writing there
+_HELD: dict[str, int] = {}  # folder -> the descriptor holding its lock in this process
+
+
+def lock_folder(folder: str | Path, busy: str) -> None:
+    """Hold an exclusive lock on `folder` until `unlock_folder` or the end of this process; another
+    process gets the one-line SagaError "FOLDER: {busy}". Reentrant (flock is per open file)."""
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _HELD:
+        return
+    with writing(folder / LOCK):
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SagaError(f"{folder}: {busy}") from None
+    _HELD[key] = fd
+
+
+def unlock_folder(folder: str | Path) -> None:
+    fd = _HELD.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def make_dir(path: str | Path) -> Path:

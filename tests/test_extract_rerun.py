@@ -185,3 +185,24 @@ def test_cli_into_the_current_folder_with_brackets_in_file_names(tmp_path: Path,
     assert (here / "zarr.json").is_file() and not list(tmp_path.glob(".*tmp*"))
     proc = run_saga("cache", "info", ".", cwd=here)
     assert proc.returncode == 0 and "real/take[/i]2.mp4" in proc.stdout, proc.stderr
+
+
+def test_a_second_extraction_into_the_same_cache_is_refused_while_the_first_runs(tmp_path: Path,
+                                                                                  tiny_weights: Path) -> None:
+    """Two passes at once would extract the same videos twice, and the second would seal the first's part
+    while it is still being written."""
+    import fcntl
+
+    from saga.fileio import LOCK
+
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    write_clip(videos / "real" / "new.mp4", n_frames=9, seed=7)
+    fd = os.open(tmp_path / "c" / LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the first pass holds
+    with pytest.raises(SagaError, match=f"^{tmp_path / 'c'}: another saga extract is writing this cache right now"):
+        extract(cfg)
+    os.close(fd)
+    assert extract(cfg).ok == 1
+    clean(tmp_path / "c")

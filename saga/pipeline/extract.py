@@ -21,6 +21,7 @@ import torch
 from saga import distributed
 from saga.distributed import resolve_device
 from saga.errors import SagaError
+from saga.fileio import lock_folder, unlock_folder
 from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.provenance import DEFAULT_SPLIT, EncoderSpec, cache_provenance
@@ -66,6 +67,10 @@ class ExtractConfig:
                 raise SagaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.workers is not None and int(self.workers) < 0:
             raise SagaError(f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+
+
+BUSY = ("another saga extract is writing this cache right now; wait for it to finish, then rerun to add "
+        "what it did not")
 
 
 def resolve_split(cfg: ExtractConfig) -> ExtractConfig:
@@ -209,13 +214,18 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
     encoder = _load(cfg)
     cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
-    seal_leftover_parts(cache)
-    todo, splits = plan(cfg, cache, items)
-    summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo))
-    if todo:
-        writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
-                            shard_rows=cfg.shard_rows)
-        _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary, progress)
+    lock_folder(cfg.out, BUSY)
+    try:
+        seal_leftover_parts(cache)
+        todo, splits = plan(cfg, cache, items)
+        summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo))
+        if todo:
+            writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
+                                shard_rows=cfg.shard_rows)
+            _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary,
+                          progress)
+    finally:
+        unlock_folder(cfg.out)
     summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
     summary.timings.wall = time.perf_counter() - wall
     return summary
@@ -245,6 +255,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     def decide() -> tuple[int, list[VideoInput], dict[str, str], int]:  # rank 0
         items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
         cache = FeatureCache.create_or_open(cfg.out, provenance)
+        lock_folder(cfg.out, BUSY)  # held by rank 0 until every rank's part is closed
         seal_leftover_parts(cache)
         todo, splits = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
@@ -266,6 +277,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
                       progress if ctx.is_main else None)
     ranks = distributed.all_gather_object(local)  # also: every part is closed after this
+    unlock_folder(cfg.out)
     summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo),
                              timings=Timings.across_ranks(r.timings for r in ranks))
     for rank_summary in ranks:

@@ -10,7 +10,6 @@ naming the folder, with the last committed checkpoint untouched.
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
-from saga.fileio import make_dir, writing
+from saga.fileio import LOCK, lock_folder, make_dir, unlock_folder, writing
 from saga.model import VideoTransformer
 from saga.provenance import now
 from saga.runs import checkpoint
@@ -51,8 +50,6 @@ from saga.runs.origin import cache_change, changed_cache_accepted
 # before an option existed is still the same run (reused, resumed) when the option is left at it.
 # The labelled-draw settings' history lives with the draw (labelled.json reads the same values).
 ADDED_OPTIONS: dict[str, Any] = {**LEGACY_DRAW}
-LOCK = ".lock"  # flock'ed by the one process training in the folder
-_HELD: dict[str, int] = {}  # run folder -> the descriptor holding its lock in this process
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -152,23 +149,11 @@ class RunFolder:
     # -- one trainer at a time ----------------------------------------------------------------
     def lock(self) -> None:
         """Hold the folder's lock until `release` (or this process ends): a second trainer is refused."""
-        key = str(self.path.resolve())
-        if key in _HELD:  # this process already trains here (reentrant: the lock is per open file)
-            return
-        with writing(self.path / LOCK):
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SagaError(f"{self.path}: another saga process is training this run right now; wait for it "
-                            "to finish (then rerun to reuse it), or choose another --out") from None
-        _HELD[key] = fd
+        lock_folder(self.path, "another saga process is training this run right now; wait for it to finish "
+                               "(then rerun to reuse it), or choose another --out")
 
     def release(self) -> None:
-        fd = _HELD.pop(str(self.path.resolve()), None)
-        if fd is not None:
-            os.close(fd)
+        unlock_folder(self.path)
 
     # -- state ---------------------------------------------------------------------------------
     @property
