@@ -361,3 +361,72 @@ def test_evaluate_and_report_show_calibration_and_open_set(world: dict[str, Any]
     html = (tmp_path / "r.html").read_text()
     assert "<h3>Calibration</h3>" in html and "reliability diagram, test split" in html
     assert "<h3>Open set (unknown sources)</h3>" in html and f"{o['auroc']:.3f}" in html and "ROC and OSCR" in html
+
+
+def test_files_of_other_weights_cost_neither_the_evaluation_nor_a_true_report(world: dict[str, Any],
+                                                                             tmp_path: Path) -> None:
+    """Retrained weights: evaluate keeps its metrics (a stale enrolled.json is not its business, a stale
+    calibration.json is skipped with a line) and the report shows neither as if it were valid."""
+    import shutil
+
+    from saga.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    runner = CliRunner()
+    assert runner.invoke(app, ["calibrate", str(run)]).exit_code == 0
+    enroll_run(run, "syn-hotshot", world["cache"].root, split="train", team="Hotshot-Team", task="T2V", sd="none")
+    mcfg = ModelConfig(in_dim=D, d_model=16, depth=2, heads=2, max_frames=16, n_classes=len(KNOWN), dropout=0.0)
+    torch.manual_seed(1)
+    save_weights(run / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)  # retrained
+    res = runner.invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe"])
+    assert res.exit_code == 0 and "open-world figures skipped" in res.output and "other weights" in res.output
+    assert json.loads((run / "metrics.json").read_text())["n"] == 3 * len(GENS)
+    assert runner.invoke(app, ["calibrate", str(run)]).exit_code == 0  # refitted: only enrolled.json is stale
+    res = runner.invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe"])
+    assert res.exit_code == 0 and "calibration (T = " in res.output
+    assert runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")]).exit_code == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "enrolled.json: fitted on other weights than the run" in html and "Hotshot-Team" not in html
+
+
+def test_a_finished_logo_fold_is_reused_only_for_the_options_it_was_trained_with(tmp_path: Path) -> None:
+    from saga.openworld.logo import _check_fold_options
+    from saga.train.attribute import AttributeConfig
+
+    run = tmp_path / "logo" / "syn-pika"
+    run.mkdir(parents=True)
+    trained = AttributeConfig(level="GEN-L", fraction=1.0, floor=1, seed=0, d_model=64)
+    trained.check()
+    write_json(run / "config.json", {"train": {**trained.to_dict(), "frames": 16, "lr": 3e-4}})
+    _check_fold_options(run, AttributeConfig(level="GEN-L", fraction=1.0, floor=1, seed=0, d_model=64))
+    with pytest.raises(SagaError, match=r"syn-pika: trained with seed = 0, this call asks for 1; pass another --out"):
+        _check_fold_options(run, AttributeConfig(level="GEN-L", fraction=1.0, floor=1, seed=1, d_model=64))
+    with pytest.raises(SagaError, match="trained with d_model = 64, this call asks for 256"):
+        _check_fold_options(run, AttributeConfig(level="GEN-L", fraction=1.0, floor=1, seed=0))
+
+
+def test_a_video_routed_to_an_enrolled_generator_is_not_called_an_unknown_source(
+        world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detector knows the trained classes only; a video the enrollment rule gives to an enrolled generator
+    is known through enrollment (it was reported "unknown source" beside its enrolled label)."""
+    import shutil
+
+    import saga.openworld.extras as extras
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    fit_openset_run(run)
+    enroll_run(run, "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V", sd="none")
+    model, info = load_model(run)
+    hotshot = [r for r in world["cache"].ok_records("test") if r.generator == "syn-hotshot"]
+    inf = infer(model, info, world["cache"], hotshot)
+    classes = [*KNOWN, "syn-hotshot"]
+    routed = {"GEN-L": {"pred": ["syn-hotshot", "syn-pika", "syn-hotshot"], "classes": classes,
+                        "probs": np.eye(len(classes))[[4, 2, 4]]}}  # what a trained run's enrollment rule says
+    monkeypatch.setattr(extras, "predict_with_enrolled", lambda *a, **k: routed)
+    rows = OpenWorld.load(run, info).apply(inf.logits, inf.probs, inf.embeddings)
+    far = [row["unknown"]["score"] > row["unknown"]["threshold"] for row in rows]
+    assert all(far)  # the untrained run puts every hotshot video far from its classes
+    assert [row["unknown"]["unknown"] for row in rows] == [False, True, False]
+    assert [row["unknown"].get("enrolled") for row in rows] == ["syn-hotshot", None, "syn-hotshot"]

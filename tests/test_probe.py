@@ -398,3 +398,18 @@ def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, t
     assert "probe acc %" in html and "linear probe accuracy %" in html and "Linear probe: logistic regression" in html
     assert "95 % CI" in html and "class=few" in html and format_ci(res["accuracy_ci"]) in html
     assert "paired over the same 20 videos" in html
+
+
+def test_a_probe_refit_in_place_leaves_no_metrics_of_the_old_one_and_is_readable(tmp_path: Path) -> None:
+    import stat
+
+    from saga.explain.probe_runs import run_probe
+    from test_train import build_cache
+
+    cache = build_cache(tmp_path / "c", real=12, per_gen=2)
+    run_probe(cache.root, tmp_path / "p", level="GEN-L", fraction=1.0, floor=1, split="val")
+    assert (tmp_path / "p" / "metrics-val.json").is_file()
+    run_probe(cache.root, tmp_path / "p", level="TASK-L", fraction=1.0, floor=1)
+    assert sorted(p.name for p in (tmp_path / "p").glob("metrics-*.json")) == ["metrics-test.json"]
+    mode = {n: stat.S_IMODE((tmp_path / "p" / n).stat().st_mode) for n in ("probe.safetensors", "config.json")}
+    assert mode["probe.safetensors"] == mode["config.json"]  # like every other output (was 0600)

@@ -204,7 +204,11 @@ def evaluate(
 
     with one_line_warnings():
         metrics = compute_evaluation(run, cache, split=split, device=cli_device(device), probe=probe)
-        openworld = evaluate_openworld(run, cache, split, cli_device(device))  # {} without calibrate/openset
+        try:
+            openworld = evaluate_openworld(run, cache, split, cli_device(device))  # {} without calibrate/openset
+        except SagaError as exc:  # e.g. a calibration.json of other weights: the metrics above still count
+            err.print(f"[yellow]open-world figures skipped:[/] {escape(str(exc))}", soft_wrap=True)
+            openworld = {}
     if openworld:
         metrics["openworld"] = openworld
     if format == "json":
@@ -351,6 +355,10 @@ def _print_prediction(pred: Any) -> None:
         u = extra["unknown"]
         console.print(f"  [yellow]unknown source[/]: far from every known class ({u['kind']} score {u['score']:.3f} "
                       f"> threshold {u['threshold']:.3f}); the label above is the nearest known one")
+    elif extra.get("unknown", {}).get("enrolled"):
+        u = extra["unknown"]
+        console.print(f"  far from every trained class ({u['kind']} score {u['score']:.3f} > threshold "
+                      f"{u['threshold']:.3f}), known through enrollment: {escape(u['enrolled'])}", soft_wrap=True)
     for level, e in extra.get("enrolled", {}).items():
         console.print(f"  with enrolled classes: {level} {e['predicted']} ({100 * e['confidence']:.1f}%)")
 

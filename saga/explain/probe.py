@@ -51,7 +51,7 @@ from saga.errors import SagaError
 from saga.explain.scores import compute_metrics, scored_classes
 from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,  # noqa: F401 - re-exported
                                       temporal_statistics, video_features)
-from saga.fileio import atomic_path
+from saga.fileio import write_bytes
 from saga.model.inference import Inference, record_targets
 from saga.train.readout import pool_rows, source_subclasses
 
@@ -94,14 +94,14 @@ class Probe:
         return self.predict_proba(x).argmax(axis=1)
 
     def save(self, path: Path) -> None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
         meta = {"classes": json.dumps(self.classes), "spec": json.dumps(self.spec), "C": json.dumps(self.C),
                 "format": "saga-probe", "subclass_of": json.dumps(self.subclass_of), "sources": json.dumps(self.sources)}
-        with atomic_path(path) as tmp:
-            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp),
-                      metadata=meta)
+        # serialised in memory, written like every other file (save_file made it 0600, unreadable to a group)
+        write_bytes(path, save({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()},
+                               metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> "Probe":

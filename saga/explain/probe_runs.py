@@ -96,7 +96,9 @@ def _check_out(out: Path) -> None:
     if cfg.is_file():
         if read_json(cfg).get("kind") != "probe":
             raise SagaError(f"{out}: holds a training run, not a probe; choose another --out")
-        return  # a probe is cheap and deterministic: refit in place
+        for old in out.glob("metrics-*.json"):  # a probe is cheap and deterministic: refit in place, and let
+            old.unlink()                        # no split's metrics of the previous probe stand beside it
+        return
     extra = sorted(p.name for p in out.iterdir())
     if extra:
         raise SagaError(f"{out}: not empty and not a probe folder ({extra[0]}, ...); choose another --out")

@@ -21,7 +21,7 @@ from typing import Any
 from saga.explain.intervals import format_ci
 from saga.explain.report_html import figure, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
-from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, RELIABILITY_GLOB, ROBUSTNESS
+from saga.runs.files import CALIBRATION, ENROLLED, MODEL, OPENSET, RELIABILITY_GLOB, ROBUSTNESS, file_fingerprint
 from saga.taxonomy import LEVELS
 
 
@@ -33,15 +33,23 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
         if isinstance(data, dict) and isinstance(data.get("before"), dict):
             reliability[str(data.get("split") or p.stem.removeprefix("reliability-"))] = data
     ow = (metrics or {}).get("openworld")
-    return {"calibration": read_json_file(run_dir / CALIBRATION), "reliability": reliability,
-            "openset": read_json_file(run_dir / OPENSET), "enrolled": read_json_file(run_dir / ENROLLED),
-            "robustness": read_json_file(run_dir / ROBUSTNESS), "evaluated": ow if isinstance(ow, dict) else {},
-            "split": (metrics or {}).get("split")}
+    fitted, stale = {}, []
+    model = run_dir / MODEL
+    weights = file_fingerprint(model) if model.is_file() else None
+    for key, name in (("calibration", CALIBRATION), ("openset", OPENSET), ("enrolled", ENROLLED)):
+        data = read_json_file(run_dir / name)
+        if isinstance(data, dict) and weights and data.get("run_model") not in (None, weights):
+            stale.append(name)  # fitted on other weights (retrained since): predict refuses it, so must we
+            data = None
+        fitted[key] = data
+    return {**fitted, "reliability": reliability, "robustness": read_json_file(run_dir / ROBUSTNESS),
+            "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale}
 
 
 def beyond_sections(b: dict[str, Any], name: str) -> str:
     """Every section whose data the run has, in the order of docs/beyond.md (then robustness)."""
-    parts = []
+    parts = [f'<p class="meta">{escape(name)}: fitted on other weights than the run\'s (retrained since), so not '
+             f"shown; rerun the command that wrote it</p>" for name in b.get("stale", [])]
     for fn in (calibration_section, openset_section, enrolled_section, robustness_section):
         try:
             parts.append(fn(b, name))

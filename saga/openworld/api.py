@@ -132,7 +132,7 @@ def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: 
     from saga.openworld.extras import OpenWorld
 
     emb = Embedder(run, device)
-    ow = OpenWorld.load(emb.info.path, emb.info)
+    ow = OpenWorld.load(emb.info.path, emb.info, enrollment=False)
     if ow.calibration is None and ow.openset is None:
         return {}
     c = run_cache(emb, cache)

@@ -42,13 +42,15 @@ class OpenWorld:
     enrollment: Enrollment | None = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, info: RunInfo) -> "OpenWorld":
+    def load(cls, run_dir: str | Path, info: RunInfo, enrollment: bool = True) -> "OpenWorld":
+        """The run's files, each refused when fitted on other weights; `enrollment` False skips enrolled.json
+        (evaluation does not use it, so a stale one must not stop it)."""
         folder, fp = Path(run_dir), file_fingerprint(Path(run_dir) / MODEL)
         tax = info.provenance.get("taxonomy")
         return cls(info, Taxonomy.from_dict(tax) if tax else None,
                    Calibration.load(folder, fp) if (folder / CALIBRATION).is_file() else None,
                    OpenSet.load(folder, fp) if (folder / OPENSET).is_file() else None,
-                   Enrollment.load(folder, fp) if (folder / ENROLLED).is_file() else None)
+                   Enrollment.load(folder, fp) if enrollment and (folder / ENROLLED).is_file() else None)
 
     def head_probs(self, logits: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Calibrated probabilities when the run has calibration.json, else the run's own."""
@@ -74,6 +76,11 @@ class OpenWorld:
                 row["enrolled"] = {lv: {"predicted": d["pred"][i], "confidence": round(float(d["probs"][i].max()), 6),
                                         "probabilities": {c: round(float(x), 6) for c, x in zip(d["classes"], d["probs"][i])}}
                                    for lv, d in levels.items()}
+                own = row["enrolled"].get(self.info.level, {}).get("predicted")
+                if own is not None and own not in self.info.classes and row.get("unknown", {}).get("unknown"):
+                    # far from every trained class, but the enrollment rule routes it to an enrolled one:
+                    # known through enrollment, not an unknown source
+                    row["unknown"].update(unknown=False, enrolled=own)
         return out
 
     def evaluation(self, inf: Inference, unseen: np.ndarray | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from saga.cache.manifest import seeded_hash
 from saga.cache.store import FeatureCache
+from saga.errors import SagaError
 from saga.explain.intervals import wilson
 from saga.fileio import make_dir, write_text
 from saga.openworld.calibration import ece, fit_calibration, plot_reliability, reliability, softmax
@@ -66,12 +67,24 @@ def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens
         jobs += [(f"retrain{k}-balanced", g, {g: enrollment_videos(cache, g, k, seed)}) for g in gens]
     for kind, g, few in jobs:
         run = out / kind / g
+        cfg = AttributeConfig.from_dict({**base, "balance": True} if kind.endswith("-balanced") else dict(base))
         if (run / "done.json").is_file():
+            _check_fold_options(run, cfg)  # reused only when trained as asked (a cheap check, not a reload)
             continue
         t0 = time.time()
-        opts = {**base, "balance": True} if kind.endswith("-balanced") else dict(base)
-        train_holdout(cache_path, run, AttributeConfig.from_dict(opts), exclude=() if few else (g,), few=few)
+        train_holdout(cache_path, run, cfg, exclude=() if few else (g,), few=few)
         log(f"trained {kind}/{g} in {time.time() - t0:.0f}s")
+
+
+def _check_fold_options(run: Path, cfg: Any) -> None:
+    """Refuse a finished fold run trained with other options or another seed than this call asks for."""
+    cfg.check()
+    trained = json.loads((run / "config.json").read_text()).get("train", {})
+    asked = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}, default=str))
+    diff = next((k for k, v in asked.items() if k in trained and trained[k] != v), None)
+    if diff is not None:
+        raise SagaError(f"{run}: trained with {diff} = {trained[diff]!r}, this call asks for {asked[diff]!r}; "
+                        "pass another --out, or delete that fold's folder to train it again")
 
 
 def enrollment_videos(cache: FeatureCache, generator: str, k: int, seed: int) -> list[str]:
@@ -243,6 +256,9 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
                  path: Path) -> dict[str, Any]:
     """One fold's measurements, kept in `path` so a rerun (more folds finished) only adds what is new."""
     fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    enrolled = fold.get("enroll", {})
+    if enrolled.get("k", k) != k or enrolled.get("seed", seed) != seed:
+        del fold["enroll"]  # measured for another enrollment size or draw: measure again
     if "scores" not in fold.get("openset", {}).get("GEN-L", {}).get("knn", {}):  # older folds lack the scores
         fold["openset"] = fold_openset(logo, cache, g, 5)
     if shots and "shots" not in fold:
@@ -251,7 +267,7 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
     stale = "enroll" in fold and (balanced / "done.json").is_file() and \
         "retrain-balanced" not in fold["enroll"]["levels"]["GEN-L"]
     if ("enroll" not in fold or stale) and (retrain / "done.json").is_file():
-        fold["enroll"] = fold_enroll(logo, retrain, cache, g, k, seed)
+        fold["enroll"] = {**fold_enroll(logo, retrain, cache, g, k, seed), "seed": seed}
     write_text(path, dumps(fold))
     return fold
 
