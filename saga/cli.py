@@ -7,6 +7,7 @@ app and turns known errors into one line (SAGA_DEBUG=1 shows the traceback).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -27,9 +28,28 @@ openworld_cmds.register(app)
 robustness_cmds.register(app)
 app.add_typer(cache_cmds.app, name="cache")
 
+INTERRUPTED = "interrupted: committed work is kept; rerun the same command to resume"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, docker stop, a scheduler, torchrun closing its ranks), handled like Ctrl-C:
+    the writers' `finally` blocks commit and seal what is done instead of the process dying mid-shard."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _TERMINATED
+    _TERMINATED = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the commit short (SIGKILL still can)
+    raise _Terminated()
+
+
+_TERMINATED = False
+
+
 def main() -> None:
     from saga.errors import SagaError
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except SagaError as exc:
@@ -37,9 +57,17 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: committed work is kept; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt:  # outside typer's own handling
+        _interrupted()
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turned the KeyboardInterrupt into Exit(130) without a word
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM if _TERMINATED else 130)
 
 
 if __name__ == "__main__":

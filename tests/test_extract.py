@@ -163,3 +163,49 @@ def test_unknown_label_is_a_clear_error(tmp_path: Path, tiny_weights: Path) -> N
     (videos / "labels.csv").write_text("path,generator\nreal/real_0.mp4,real\nsyn-svd/syn-svd_0.mp4,NotAGen\n")
     with pytest.raises(SagaError, match=r"labels.csv:3: label 'NotAGen'"):
         extract(config(videos, tmp_path / "c", tiny_weights))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_commits_and_seals_like_ctrl_c(tmp_path: Path, tiny_weights: Path, sig: int) -> None:
+    """systemd, docker stop, a scheduler or torchrun closing its ranks send SIGTERM: the pass commits and
+    seals what it has and says so (it used to die at once, losing every video not in a full shard); Ctrl-C
+    printed nothing (typer swallowed the documented message)."""
+    videos = make_video_tree(tmp_path / "v", per_class=6)
+    out = tmp_path / "c"
+    cmd = [arg for arg in _extract_cmd(videos, out, tiny_weights) if arg not in ("--shard-rows", "2")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not ((out / "parts").is_dir()
+                                                                   and any((out / "parts").iterdir())):
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    assert stderr.rstrip().endswith("interrupted: committed work is kept; rerun the same command to resume")
+    errors, warnings = FeatureCache.open(out).check_structure()
+    assert errors == [] and not [w for w in warnings if "never sealed" in w]  # committed and sealed
+    again = extract(config(videos, out, tiny_weights))
+    assert again.ok + again.skipped == 18 and FeatureCache.open(out).check_structure() == ([], [])
+
+
+def test_a_decoding_worker_that_dies_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import saga.pipeline.reader as reader
+    from saga.pipeline.inputs import VideoInput
+    from saga.pipeline.sampling import SamplingPolicy
+
+    class Dying:  # what a DataLoader does when the OOM killer takes one of its workers
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __iter__(self):  # noqa: ANN204
+            yield "first video"
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+    monkeypatch.setattr(reader, "DataLoader", Dying)
+    items = [VideoInput("real/a.mp4", "real"), VideoInput("real/b.mp4", "real")]
+    videos = reader.read_videos(items, tmp_path, SamplingPolicy(frames=4), lambda x: x, workers=2)
+    assert next(videos) == "first video"
+    with pytest.raises(SagaError, match=r"a decoding worker process died \(DataLoader worker \(pid\(s\) 4242\) exited "
+                                        r"unexpectedly\) at or after real/b.mp4; the videos written so far are kept"):
+        next(videos)

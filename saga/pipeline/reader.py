@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from saga.errors import DecodeError
+from saga.errors import DecodeError, SagaError
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
@@ -105,4 +105,15 @@ def read_videos(items: list[VideoInput], root: Path, policy: SamplingPolicy, pre
     loader = DataLoader(VideoDataset(items, root, policy, preprocess), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_identity, worker_init_fn=_worker_init if workers else None,
                         prefetch_factor=4 if workers else None, pin_memory=pin_memory)
-    yield from loader
+    done = 0
+    try:
+        for video in loader:
+            yield video
+            done += 1
+    except RuntimeError as exc:  # a worker killed (the OOM killer on a huge video): one line, work kept
+        if "DataLoader worker" not in str(exc):
+            raise
+        near = items[min(done, len(items) - 1)].rel
+        raise SagaError(f"{root}: a decoding worker process died ({str(exc).splitlines()[0]}) at or after {near}; "
+                        "the videos written so far are kept: rerun to resume, with fewer --workers if memory is "
+                        "short") from None
