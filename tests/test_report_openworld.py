@@ -242,3 +242,10 @@ def test_the_runs_table_names_a_per_generator_floor() -> None:
                                                  ("b", {"fraction": 0.005, "per_generator": 1}))]
     html = summary_table(runs)
     assert "0.005, ≥ 1 per generator" in html and html.count("per generator") == 1
+
+
+def test_the_calibration_sentence_follows_the_fitted_temperature() -> None:
+    from saga.explain.report_openworld import _confidence
+
+    assert "over-confident" in _confidence(15.8) and "under-confident" in _confidence(0.5)
+    assert "already calibrated" in _confidence(1.0) and _confidence(None) == ""

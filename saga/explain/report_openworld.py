@@ -59,6 +59,17 @@ def beyond_sections(b: dict[str, Any], name: str) -> str:
     return "".join(parts)
 
 
+def _confidence(temperature: Any) -> str:
+    """What the fitted T says about the run (it used to say "over-confident" whatever T was)."""
+    if not isinstance(temperature, (int, float)):
+        return ""
+    if temperature > 1.01:
+        return "T &gt; 1: the run was over-confident."
+    if temperature < 0.99:
+        return "T &lt; 1: the run was under-confident."
+    return "T ≈ 1: the run's probabilities were already calibrated on these videos."
+
+
 def _diagrams(b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split -> {before, after, temperature, source}: `saga calibrate`'s files, then `saga evaluate`'s split."""
     cal = b["calibration"] if isinstance(b["calibration"], dict) else {}
@@ -80,7 +91,7 @@ def calibration_section(b: dict[str, Any], name: str) -> str:
     if isinstance(cal, dict):
         out.append(f'<p class="meta">Temperature scaling: T = {num(cal.get("temperature"))} fitted on '
                    f'{cal.get("n", "?")} {escape(str(cal.get("split", "val")))} videos (NLL {num(cal.get("nll_before"))}'
-                   f' → {num(cal.get("nll_after"))}). T &gt; 1: the run was over-confident. One scalar cannot change '
+                   f' → {num(cal.get("nll_after"))}). {_confidence(cal.get("temperature"))} One scalar cannot change '
                    "a prediction, so accuracy is unchanged.</p>")
         rows.append([f"{cal.get('split', 'val')} (the fit)", cal.get("n"), num(cal.get("ece_before")),
                      num(cal.get("ece_after")), _change(cal.get("ece_before"), cal.get("ece_after")), CALIBRATION])
