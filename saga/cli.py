@@ -36,14 +36,14 @@ class _Terminated(KeyboardInterrupt):
     the writers' `finally` blocks commit and seal what is done instead of the process dying mid-shard."""
 
 
+_TERMINATED = False  # set by the SIGTERM handler: the exit code is then 143, not 130
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     global _TERMINATED
     _TERMINATED = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the commit short (SIGKILL still can)
     raise _Terminated()
-
-
-_TERMINATED = False
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 
 from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
-from saga.fileio import LOCK, lock_folder, make_dir, unlock_folder, writing
+from saga.fileio import LOCK, append_lines, lock_folder, make_dir, unlock_folder
 from saga.model import VideoTransformer
 from saga.provenance import now
 from saga.runs import checkpoint
@@ -227,17 +226,8 @@ class RunFolder:
 
     # -- metrics -------------------------------------------------------------------------------
     def append_metrics(self, line: dict[str, Any]) -> None:
-        """One line, flushed to disk; a failed write (a full disk) is cut back so no torn line remains."""
-        path = self.path / METRICS
-        with writing(path), open(path, "a", encoding="utf-8") as fh:
-            size = fh.tell()
-            try:
-                fh.write(json.dumps(line, default=str) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            except OSError:
-                _truncate(path, size)
-                raise
+        """One line, fsync'ed; a failed write (a full disk) is cut back so no torn line remains (`LineLog`)."""
+        append_lines(self.path / METRICS, json.dumps(line, default=str) + "\n")
 
     def read_metrics(self, tolerant: bool = False) -> list[dict[str, Any]]:
         """metrics.jsonl; `tolerant` skips unreadable lines (a torn last line of a run killed mid-write)."""
@@ -270,13 +260,6 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
         self.release()
 
-
-def _truncate(path: Path, size: int) -> None:
-    """Cut a file back to `size` bytes (best effort: truncating never needs space)."""
-    try:
-        os.truncate(path, size)
-    except OSError:
-        pass
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
