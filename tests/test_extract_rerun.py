@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from saga.cache.manifest import append_split_plan, read_split_plan
 from saga.cache.store import PARTS_LOG, FeatureCache
 from saga.errors import SagaError, WriteError
 from saga.fileio import LineLog, append_lines
+from saga.pipeline import decode, reader
+from saga.pipeline.decoder_audit import AUDIT_FILE, audited_rule
 from saga.pipeline.extract import extract
 from saga.pipeline.inputs import discover
 from saga.taxonomy import Taxonomy
@@ -113,6 +116,28 @@ def test_a_relabelled_video_is_extracted_again_with_its_new_label(tmp_path: Path
     assert (again.ok, again.skipped) == (1, 5)
     record = {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}["real/real_0.mp4"]
     assert record.generator == "syn-svd" and record.labels["BIN-L"] == "fake"
+    clean(tmp_path / "c")
+
+
+def test_videos_an_older_saga_decoded_with_decord_from_a_misread_format_are_extracted_again(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decord read other frames from H.264 in AVI (no error): the records stayed wrong on every rerun."""
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    write_clip(videos / "real" / "old.avi", n_frames=20, seed=7)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    with monkeypatch.context() as old_saga:  # decoder rule 1: every record says decord decoded it
+        old_saga.setattr(reader, "decode_video", lambda path, policy: replace(decode.decode_video(path, policy),
+                                                                              backend="decord"))
+        extract(cfg)
+    (tmp_path / "c" / AUDIT_FILE).unlink()  # a cache from before the audit has no such file
+    before = {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}
+    assert before["real/old.avi"].backend == "decord" and before["real/real_0.mp4"].backend == "decord"
+    again = extract(cfg)
+    after = {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}
+    assert (again.redecoded, again.ok, again.skipped) == (1, 1, len(before) - 1)
+    assert after["real/old.avi"].backend == "pyav" and after["real/real_0.mp4"] == before["real/real_0.mp4"]
+    assert audited_rule(tmp_path / "c") == decode.DECODER_RULE
+    assert (extract(cfg).redecoded, audited_rule(tmp_path / "c")) == (0, decode.DECODER_RULE)
     clean(tmp_path / "c")
 
 

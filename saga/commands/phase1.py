@@ -151,6 +151,9 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
     s = summary.timings
     console.print(f"[bold]{escape(str(summary.cache))}[/]: {summary.found} videos found, {summary.skipped} already cached, "
                   f"{summary.ok} extracted, {summary.failed} failed this run ({summary.frames} frames)")
+    if summary.redecoded:
+        console.print(f"{summary.redecoded} unchanged video(s) extracted again: an older saga had decoded them with "
+                      "decord, which reads other frames than asked from their format (now decoded with PyAV)")
     console.print(f"time: decode {s.decode:.1f}s (worker time), encode {s.encode:.1f}s, "
                   f"write {s.write:.1f}s, wall {s.wall:.1f}s")
     if summary.failures:

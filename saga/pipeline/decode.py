@@ -142,6 +142,9 @@ def decode_video(path: Path, policy: SamplingPolicy, backend: str = "auto") -> C
 # What decord seeks to the right frame in: it returned other frames than asked, with no error, for
 # H.264 in AVI and MPEG-TS, MPEG-2 (.mpg), MPEG-4 Part 2 with B-frames and HEVC (a keyframe among the
 # picks), and converted 10-bit video to other pixels than FFmpeg. Anything else goes to PyAV.
+# Bump DECODER_RULE when a backend is found to misread a format: `saga extract` then re-extracts the
+# records decoded under the old rule (saga.pipeline.decoder_audit).
+DECODER_RULE = 2
 DECORD_CONTAINERS = ("mp4", "mov", "matroska", "webm")
 DECORD_CODECS = frozenset({"h264", "vp8", "vp9", "av1", "mjpeg"})
 INTRA_ONLY = frozenset({"mjpeg"})  # every frame a keyframe: nothing to seek wrong, in any container

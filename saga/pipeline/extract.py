@@ -26,6 +26,7 @@ from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_
                                  file_fingerprint, read_split_plan)
 from saga.cache.provenance import DEFAULT_SPLIT, EncoderSpec, cache_provenance
 from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name, seal_leftover_parts
+from saga.pipeline.decoder_audit import mark_audited, misdecoded
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import VideoInput, discover
@@ -125,6 +126,7 @@ class ExtractSummary:
     cache: Path
     found: int = 0
     skipped: int = 0
+    redecoded: int = 0  # unchanged videos extracted again: decoded under an older decoder rule
     ok: int = 0
     failed: int = 0
     frames: int = 0
@@ -162,17 +164,20 @@ def build_provenance(encoder: FrameEncoder, policy: SamplingPolicy, taxonomy: Ta
     return cache_provenance(spec, taxonomy, cfg.split_seed, cfg.split_fractions)
 
 
-def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tuple[list[VideoInput], dict[str, str]]:
-    """The videos this pass must extract (new, changed, or failed with --retry-failed) and their splits.
+def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
+         ) -> tuple[list[VideoInput], dict[str, str], int]:
+    """The videos this pass must extract (new, changed, misdecoded by an older saga, or failed with
+    --retry-failed), their splits, and how many of them are misdecoded.
 
     Splits come from the cache's split plan, where every video is recorded once before it is
     extracted: a killed and resumed run ends with the same splits as an uninterrupted one.
     """
     existing = {r.path: r for r in cache.records()}
+    redo = misdecoded(cache.root, cfg.videos, existing, items)
     todo = []
     for item in items:
         old = existing.get(item.rel)
-        if old is None or old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (
+        if old is None or item.rel in redo or old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (
                 old.generator != item.generator) or (  # relabelled: its record must carry the new labels
                 not old.ok and (cfg.retry_failed or _fixed_since(old, item.absolute(cfg.videos)))):
             todo.append(item)
@@ -191,7 +196,7 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]) -> tu
     splits = {rel: split for rel, (_, split) in planned.items()} | assigned
     # a seeded shuffle, so that every stored shard mixes generators (streaming reads shard by shard)
     todo.sort(key=lambda item: seeded_hash(cfg.split_seed, item.rel))
-    return todo, splits
+    return todo, splits, len(redo)
 
 
 def _fixed_since(old: VideoRecord, path: Path) -> bool:
@@ -217,13 +222,15 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     lock_folder(cfg.out, BUSY)
     try:
         seal_leftover_parts(cache)
-        todo, splits = plan(cfg, cache, items)
-        summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo))
+        todo, splits, redecoded = plan(cfg, cache, items)
+        summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded)
         if todo:
             writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
                                 shard_rows=cfg.shard_rows)
             _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary,
                           progress)
+        if redecoded:
+            mark_audited(cfg.out)
     finally:
         unlock_folder(cfg.out)
     summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
@@ -252,16 +259,16 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     taxonomy, encoder = distributed.run_everywhere(load)
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
 
-    def decide() -> tuple[int, list[VideoInput], dict[str, str], int]:  # rank 0
+    def decide() -> tuple[int, list[VideoInput], dict[str, str], int, int]:  # rank 0
         items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
         cache = FeatureCache.create_or_open(cfg.out, provenance)
         lock_folder(cfg.out, BUSY)  # held by rank 0 until every rank's part is closed
         seal_leftover_parts(cache)
-        todo, splits = plan(cfg, cache, items)
+        todo, splits, redecoded = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
-        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, len(items)
+        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, len(items), redecoded
 
-    pass_id, todo, splits, found = distributed.run_on_main(decide)
+    pass_id, todo, splits, found, redecoded = distributed.run_on_main(decide)
 
     def reopen() -> FeatureCache:  # every rank checks its own encoder against the cache
         cache = FeatureCache.open(cfg.out)
@@ -277,8 +284,10 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
                       progress if ctx.is_main else None)
     ranks = distributed.all_gather_object(local)  # also: every part is closed after this
+    if redecoded and ctx.is_main:
+        mark_audited(cfg.out)
     unlock_folder(cfg.out)
-    summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo),
+    summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo), redecoded=redecoded,
                              timings=Timings.across_ranks(r.timings for r in ranks))
     for rank_summary in ranks:
         summary.add_counts(rank_summary)
