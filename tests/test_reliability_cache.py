@@ -164,7 +164,38 @@ def test_an_unsealed_cache_warns_once_and_says_how_to_check_it(tmp_path: Path) -
     cache = FeatureCache.open(cache.root)
     assert len(unsealed_parts(cache)) == 2
     with pytest.warns(UserWarning, match=rf"{cache.root}: 2 of 2 part\(s\) are not sealed \(made by an older saga"
-                                         rf".*check them with `saga cache verify {cache.root}`") as caught:
+                                         rf".*check and seal them with `saga cache verify --seal {cache.root}`") as caught:
         make_provenance(cache, 0)
         make_provenance(cache, 0)  # once per cache and process
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
+
+
+def test_verify_seal_seals_an_old_caches_parts_only_when_every_check_passes(tmp_path: Path) -> None:
+    from saga.cache.store import PARTS_LOG, SEAL, FeatureCache
+    from saga.fileio import lock_folder, unlock_folder
+    from saga.runs import unsealed_parts
+
+    cache = make_cache(tmp_path)
+    (cache.root / PARTS_LOG).unlink()  # what an older saga left: no parts log, no seals
+    for seal in cache.root.glob(f"parts/*/{SEAL}"):
+        seal.unlink()
+    feature = next(cache.root.glob("parts/*/features/c/*/*/*"))
+    good = feature.read_bytes()
+    feature.write_bytes(bytes(len(good)))  # one record's bytes zeroed: nothing may be sealed
+    proc = run_saga("cache", "verify", "--seal", str(cache.root))
+    assert proc.returncode == 1 and "sealed" not in proc.stdout
+    assert len(unsealed_parts(FeatureCache.open(cache.root))) == 2
+    feature.write_bytes(good)
+    lock_folder(cache.root, "an extraction is writing it")  # its part is unsealed because it is being written
+    try:
+        proc = run_saga("cache", "verify", "--seal", str(cache.root))
+    finally:
+        unlock_folder(cache.root)
+    assert proc.returncode == 2 and "another saga extract is writing this cache right now" in proc.stderr
+    proc = run_saga("cache", "verify", "--seal", str(cache.root), check=True)
+    assert "sealed 2 part(s)" in proc.stdout
+    cache = FeatureCache.open(cache.root)
+    assert unsealed_parts(cache) == [] and cache.check_structure() == ([], [])
+    manifest = _manifests(cache.root)[0]  # from now on an edit is detected
+    manifest.write_text(manifest.read_text().replace('"split":"train"', '"split":"test"', 1))
+    assert any("changed since it was sealed" in e for e in FeatureCache.open(cache.root).check_structure()[0])

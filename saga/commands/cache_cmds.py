@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -11,6 +11,9 @@ from rich.table import Table
 
 from saga.commands.common import OutputFormat, console, err, print_json
 from saga.taxonomy import LEVELS
+
+if TYPE_CHECKING:
+    from saga.cache.store import FeatureCache
 
 app = typer.Typer(help="Inspect, verify and share a feature cache.", no_args_is_help=True)
 
@@ -46,11 +49,32 @@ def info(
 
 
 @app.command()
-def verify(cache: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None:
+def verify(
+    cache: Annotated[Path, typer.Argument(help="Cache folder.")],
+    seal: Annotated[bool, typer.Option(
+        "--seal", help="When every check passes, seal the parts that an older saga or a killed extraction left "
+                       "unsealed, so that later edits to them are detected.")] = False,
+) -> None:
     """Recompute every record's checksum; name the corrupted ones (exit 1 if any)."""
     from saga.cache.store import FeatureCache
+    from saga.fileio import lock_folder, unlock_folder
 
     store = FeatureCache.open(cache)
+    if seal:  # a running extraction's part is unsealed because it is still being written: never seal it
+        lock_folder(cache, "another saga extract is writing this cache right now; rerun `saga cache verify --seal` "
+                           "once it has finished (it seals its own part)")
+    try:
+        n = _check(store)
+        if seal:
+            _seal(store)
+    finally:
+        if seal:
+            unlock_folder(cache)
+    console.print(f"{cache}: all {n} records match their checksums", markup=False)
+
+
+def _check(store: FeatureCache) -> int:
+    """Print structural warnings and errors and corrupt records; exit 1 on any error. The ok records' count."""
     errors, warnings = store.check_structure()
     for line in warnings:
         err.print(f"[yellow]warning:[/] {escape(line)}")
@@ -64,7 +88,15 @@ def verify(cache: Annotated[Path, typer.Argument(help="Cache folder.")]) -> None
         err.print(f"{len(bad)} of {n} records are corrupt, {len(errors)} structural error(s); "
                   "re-extract them (delete the part or use a new cache)")
         raise typer.Exit(1)
-    console.print(f"{cache}: all {n} records match their checksums", markup=False)
+    return n
+
+
+def _seal(store: FeatureCache) -> None:
+    from saga.cache.store import seal_leftover_parts
+
+    sealed = seal_leftover_parts(store)
+    message = f"sealed {len(sealed)} part(s): {', '.join(sealed)}" if sealed else "every part was already sealed"
+    console.print(message, markup=False)
 
 
 @app.command("export")

@@ -67,7 +67,7 @@ def warn_if_unsealed(cache: FeatureCache) -> None:
         _WARNED_UNSEALED.add(key)
         warnings.warn(f"{cache.root}: {len(parts)} of {len(cache.part_names())} part(s) are not sealed (made by an "
                       "older saga, or an extraction killed or still running), so edits to them cannot be "
-                      f"detected; check them with `saga cache verify {cache.root}`", stacklevel=3)
+                      f"detected; check and seal them with `saga cache verify --seal {cache.root}`", stacklevel=3)
 
 
 @contextmanager
