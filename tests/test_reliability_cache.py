@@ -116,7 +116,6 @@ def test_nan_features_are_never_stored(tmp_path: Path) -> None:
 def test_nan_rows_written_behind_our_back_are_a_data_error(tmp_path: Path) -> None:
     """A NaN row whose checksum matches (e.g. an old cache) is named as a data error, not a learning rate."""
     from saga.cache.manifest import feature_checksum
-    from saga.cache.store import FeatureCache
 
     cache = make_cache(tmp_path, parts=1)
     recs = cache.ok_records()[:1]

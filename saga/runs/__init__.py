@@ -32,7 +32,6 @@ from saga.runs.files import (
     TSIG_MAPS,
     TSIG_PROFILES,
     TSNE_GLOB,
-    atomic_path,
     evaluation_file,
     file_fingerprint,
     load_tensors,
@@ -40,9 +39,8 @@ from saga.runs.files import (
     save_tensors,
     save_weights,
     tsne_file,
-    write_json,
-    write_text,
 )
+from saga.fileio import atomic_path, write_json, write_text
 from saga.runs.folder import RunFolder
 from saga.runs.loading import MODEL_LIMITS, RunInfo, build_model, check_cache, load_model, read_model_config
 from saga.runs.origin import (

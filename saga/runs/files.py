@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 
 from saga import fileio
 from saga.errors import SagaError
-from saga.fileio import atomic_path, write_json, write_text  # noqa: F401 - re-exported for the run modules
+from saga.fileio import atomic_path
 from saga.model import VideoTransformer
 
 CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safetensors", "done.json"

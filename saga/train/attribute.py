@@ -37,6 +37,7 @@ from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
+from saga.distributed import resolve_device
 from saga.train.readout import READOUTS, choose_readout, fit_readout, source_subclasses, unlabelled_pool
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
 from saga.cache.fraction import saved_or_drawn, settings, write_labelled
@@ -49,7 +50,6 @@ from saga.train.loop import (
     local_rows,
     make_validator,
     open_run,
-    resolve_device,
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saga import distributed
-from saga.distributed import resolve_device
 from saga.cache.manifest import VideoRecord
 from saga.cache.index import lazy
 from saga.cache.store import FeatureCache
