@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from saga.errors import SagaError
-from saga.fileio import write_error, writing
+from saga.fileio import write_error, write_json, writing
 from saga.model import VideoTransformer
 from saga.runs.files import (
     CKPT_COMMIT,
@@ -34,7 +34,6 @@ from saga.runs.files import (
     read_json,
     save_tensors,
     save_weights,
-    write_json,
 )
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler

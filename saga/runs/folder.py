@@ -18,7 +18,7 @@ import torch
 
 from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
-from saga.fileio import LOCK, append_lines, lock_folder, make_dir, unlock_folder
+from saga.fileio import LOCK, append_lines, lock_folder, make_dir, unlock_folder, write_json, write_text
 from saga.model import VideoTransformer
 from saga.provenance import now
 from saga.runs import checkpoint
@@ -39,8 +39,6 @@ from saga.runs.files import (
     load_tensors,
     read_json,
     save_weights,
-    write_json,
-    write_text,
 )
 from saga.runs.origin import cache_change, changed_cache_accepted
 
