@@ -19,6 +19,7 @@ from saga.errors import SagaError
 from saga.progress import ProgressEvent
 from saga.model.inference import record_targets
 from saga.model import VideoTransformer
+from saga.distributed import resolve_device
 from saga.train.basis import fit_to_pool
 from saga.train.data import View, open_features
 from saga.train.loop import (
@@ -28,7 +29,6 @@ from saga.train.loop import (
     fit,
     make_validator,
     open_run,
-    resolve_device,
     resolve_frames,
 )
 from saga.runs import make_provenance
