@@ -172,12 +172,18 @@ def _embed_sharded(model: VideoTransformer, data: InMemoryFeatures | StreamingFe
 
 
 class HNMObjective(CEObjective):
-    """CE + triplet loss with pool-wide mined (hardest or semi-hard) negatives."""
+    """CE + triplet loss with pool-wide mined (hardest or semi-hard) negatives.
+
+    `level_labels` (default: the data's labels) define positives and negatives: the classes of the
+    level being trained, also when CE trains on their generators (`sources`), so two generators of
+    one team are positives at TEAM-L, and a generator with one labelled video still has a positive.
+    """
 
     def __init__(self, data: InMemoryFeatures | StreamingFeatures, view: View, cfg: AttributeConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, level_labels: np.ndarray | None = None) -> None:
         super().__init__(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
         self.cfg, self.mode, self.every = cfg, Loss(cfg.loss).mining, cfg.mine_steps()
+        self.level_labels = data.labels if level_labels is None else np.asarray(level_labels, np.int64)
         self.pos = np.full(len(data), -1, np.int64)  # mined positive / negative per pool item (-1: none)
         self.neg = np.full(len(data), -1, np.int64)
         self.counts: dict[str, int] = {}
@@ -191,7 +197,7 @@ class HNMObjective(CEObjective):
     def refresh(self, model: VideoTransformer) -> None:
         emb = embed(model, self.data, View(self.view.frames), self.cfg.eval_batch_size, self.device)
         seed = (self.seed * 1_000_003 + self.epoch) * 1009 + self.counts["refreshes"]  # positive="random" only
-        mined = mine_triplets(emb, self.data.labels, self.mode, self.cfg.margin, self.cfg.mine_k,
+        mined = mine_triplets(emb, self.level_labels, self.mode, self.cfg.margin, self.cfg.mine_k,
                               self.cfg.positive, seed=seed)
         self.pos = np.full(len(self.data), -1, np.int64)
         self.neg = np.full(len(self.data), -1, np.int64)
@@ -377,7 +383,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     device = resolve_device(cfg.device)
     view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
     objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
-                 else HNMObjective(data, view, cfg, device))
+                 else HNMObjective(data, view, cfg, device, level_labels=targets))
     validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
                               device)
 
