@@ -174,6 +174,25 @@ def test_semihard_hand_built() -> None:
         np.testing.assert_array_equal(wide.negatives, [3, 4, 0])
 
 
+def test_semihard_skips_a_negative_tied_with_the_positive_and_takes_the_next() -> None:
+    """A negative at exactly d_ap (the same clip under two generators) is not semi-hard; the float32
+    expanded distance put it a few ulps above d_ap, so it was chosen, then dropped: the anchor lost its triplet."""
+    rng = np.random.default_rng(1)
+    lost = tried = 0
+    for _ in range(200):
+        a = unit(rng.normal(size=(1, 16)))[0]
+        p = unit((a + 0.3 * rng.normal(size=16))[None])[0]
+        far = unit((a + 0.32 * rng.normal(size=16))[None])[0]
+        x = np.stack([a, p, p, far]).astype(np.float32)  # item 2: a negative where the positive is
+        d_ap, d_far = (float(((x[0].astype(np.float64) - x[i]) ** 2).sum()) for i in (1, 3))
+        if not d_ap < d_far < d_ap + 0.2:
+            continue
+        tried += 1
+        m = mine_triplets(x, np.array([0, 0, 1, 1]), "semihard", 0.2, anchors=np.array([0]))
+        lost += m.negatives.tolist() != [3]
+    assert tried > 20 and lost == 0
+
+
 @pytest.mark.parametrize("k", [3, 64])
 @pytest.mark.parametrize("positive", ["hardest", "easiest"])
 def test_semihard_matches_brute_force(k: int, positive: str) -> None:

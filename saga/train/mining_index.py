@@ -47,6 +47,7 @@ _BRUTE_ELEMS = 1 << 24  # anchors × pool distances held at once by the brute fo
 _ANCHOR_BLOCK = 4096  # anchors per brute-force block (each block reads the pool once)
 _PARALLEL_WORK = 1 << 26  # query × member scores below which a flat search runs on one thread
 _QUERY_BLOCK = 65536  # anchors per per-class search (FAISS blocks queries by 4096 itself)
+_EXPANSION_ULPS = 8  # ‖q‖² + ‖x‖² − 2q·x in float32 is within a few ulps of (‖q‖² + ‖x‖²) of the true distance
 
 
 @dataclass(frozen=True)
@@ -320,8 +321,9 @@ def _brute_block(
     for lo in range(0, x.shape[0], step):
         d = qsq[:, None] + sq[None, lo : lo + step] - 2.0 * (q @ x[lo : lo + step].T)
         d[qc[:, None] == cls[None, lo : lo + step]] = np.inf
-        if floor is not None:
-            d[d <= floor[:, None]] = np.inf
+        if floor is not None:  # the expanded form is a few ulps off: a tie with the floor must not pass for above it
+            slack = _EXPANSION_ULPS * np.finfo(np.float32).eps * (qsq[:, None] + sq[None, lo : lo + step])
+            d[d <= floor[:, None] + slack] = np.inf
         j = d.argmin(1)
         dj = d[np.arange(a.size), j]
         better = dj < best  # strict: on ties the earlier chunk (lower index) wins
