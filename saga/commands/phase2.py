@@ -25,6 +25,9 @@ Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
 DEFAULT_STAGE1 = Path("runs/stage1")
 Frames = Annotated[Optional[int], typer.Option("--frames", help="T' <= the cache's T (default: all cached).")]
+Patience = Annotated[Optional[int], typer.Option(
+    help="Early stopping: validations without improvement (one per epoch, or per ~eval_every_steps steps when "
+         "epochs are shorter; never before min_steps); 0 never stops early.")]
 Resume = Annotated[Optional[bool], typer.Option(
     "--resume/--no-resume", help="Continue a killed run in --out (the default when its cache is unchanged); "
     "an explicit --resume also continues it after its cache changed (videos added or re-extracted).")]
@@ -75,7 +78,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up + cosine).")] = None,
     frames: Frames = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (data order, init, augmentation).")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    patience: Patience = None,
     inputs: Annotated[Optional[str], typer.Option(
         help="What θ sees: both (frame features + temporal tokens) | content | temporal.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,
@@ -136,7 +139,7 @@ def attribute(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     frames: Frames = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed (labelled subset, init, data order).")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    patience: Patience = None,
     inputs: Annotated[Optional[str], typer.Option(
         help="From scratch only (a stage-1 θ keeps its own): both | content | temporal.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | auto.")] = None,

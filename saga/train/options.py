@@ -69,7 +69,7 @@ class TrainOptions:
     head_lr_scale: float = 1.0  # the classification head's lr = lr × this (a fresh stage-2 head learns faster)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    patience: int = 5  # epochs without a better validation before stopping (never before min_steps); 0 = never
+    patience: int = 5  # validations (not epochs) without a better one before stopping (never before min_steps); 0 = never
     # Which epoch to keep: "accuracy" (val macro accuracy, ties broken by the lower val loss), "loss"
     # (lowest val cross-entropy) or "last".
     select: Select = Select.ACCURACY
