@@ -28,13 +28,13 @@ def record(i: int, gen: str = "real") -> VideoRecord:
                        labels=Taxonomy.load("synth").labels(gen), split="train")
 
 
-def fill(cache: FeatureCache, n: int, shard_rows: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
+def fill(cache: FeatureCache, n: int, shard_rows: int = 3, seed: int = 0, start: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     writer = PartWriter(cache, next_part_name(cache), capacity=n * W, shard_rows=shard_rows)
     feats = {}
     for i in range(n):
         f = rng.standard_normal((W, T, D)).astype(np.float16)
-        rec = record(i)
+        rec = record(start + i)
         feats[rec.path] = f
         writer.add(rec, f, np.ones((W, T), bool), np.arange(W * T, dtype=np.float32).reshape(W, T))
     writer.add_failure(VideoRecord(path="real/bad.mp4", size=0, mtime_ns=1, status="failed", generator="real",

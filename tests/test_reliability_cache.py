@@ -145,6 +145,85 @@ def test_export_refuses_a_damaged_cache_and_a_bad_import_leaves_nothing(tmp_path
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.parametrize("damage", ["shard index", "truncated mask chunk"])
+def test_damage_that_zarr_itself_must_read_is_one_line_naming_the_array(tmp_path: Path, damage: str) -> None:
+    """saga hands a chunk it cannot parse to zarr, whose codec errors used to escape as tracebacks."""
+    from saga.cache.store import FeatureCache
+
+    cache = make_cache(tmp_path, parts=1)
+    if damage == "shard index":  # the index sits at the end of a shard, with its own crc32c
+        shard = sorted(cache.root.glob("parts/*/features/c/1/0/0"))[0]
+        raw = bytearray(shard.read_bytes())
+        raw[-10] ^= 1
+        shard.write_bytes(bytes(raw))
+        array = "features"
+    else:
+        chunk = sorted(cache.root.glob("parts/*/mask/c/0/0"))[0]
+        chunk.write_bytes(chunk.read_bytes()[:10])
+        array = "mask"
+    cache = FeatureCache.open(cache.root)
+    with pytest.raises(SagaError, match=rf"/{array}: damaged chunk data .*`saga cache verify`") as caught:
+        cache.read(cache.ok_records())
+    assert "\n" not in str(caught.value)
+    proc = run_saga("cache", "export", str(cache.root), "--h5", str(tmp_path / "x.h5"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_verify_reports_every_record_of_an_unreadable_part_and_still_checks_the_others(tmp_path: Path) -> None:
+    from test_cache import fill
+
+    cache = make_cache(tmp_path, parts=1)  # part 1: v0-v3
+    fill(cache, 5, shard_rows=4, seed=1, start=10)  # part 2: v10-v14
+    first, second = (m.parent for m in _manifests(cache.root))
+    (first / "zarr.json").unlink()
+    shard = sorted(second.glob("features/c/0/0/0"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[10:20] = bytes(x ^ 0xFF for x in raw[10:20])
+    shard.write_bytes(bytes(raw))
+    proc = run_saga("cache", "verify", str(cache.root))
+    named = [line for line in proc.stderr.splitlines() if line.startswith("corrupt ") and "(part " in line]
+    assert proc.returncode == 1
+    assert sum(first.name in line for line in named) == 4  # it used to name one record, of the wrong part
+    assert any(second.name in line and "checksum mismatch" in line for line in named)  # and stop there
+
+
+def test_import_refuses_an_export_with_cut_rows_or_changed_values(tmp_path: Path) -> None:
+    import h5py
+
+    from saga.cache.export import export_h5, import_h5
+
+    cache = make_cache(tmp_path)
+    good = tmp_path / "good.h5"
+    export_h5(cache, good)
+    for damage in ("cut", "nan"):
+        bad = tmp_path / f"{damage}.h5"
+        shutil.copy(good, bad)
+        with h5py.File(bad, "r+") as h5:
+            if damage == "cut":  # rows cut while the manifest still lists every ok record
+                for key in ("features", "mask", "timestamps"):
+                    rows = h5[key][:-2]
+                    del h5[key]
+                    h5.create_dataset(key, data=rows)
+            else:
+                rows = h5["features"][1]
+                rows.flat[0] = np.nan
+                h5["features"][1] = rows
+        with pytest.raises(SagaError, match=f"{bad}: the file is damaged"):
+            import_h5(bad, tmp_path / damage)
+        assert not (tmp_path / damage / "zarr.json").exists()
+
+
+def test_verify_names_a_corrupt_manifest_line_and_the_part_it_breaks(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    manifest = _manifests(cache.root)[0]
+    lines = manifest.read_text().splitlines(keepends=True)
+    lines[1] = '{"path": 1}\n'
+    manifest.write_text("".join(lines))
+    proc = run_saga("cache", "verify", str(cache.root))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{manifest}:2: corrupt manifest line" in proc.stderr and "changed since it was sealed" in proc.stderr
+
+
 # --- caches made before parts were sealed --------------------------------------------------------------------
 
 def test_an_unsealed_cache_warns_once_and_says_how_to_check_it(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from saga.cache.manifest import VideoRecord
+from saga.cache.manifest import VideoRecord, feature_checksum
 from saga.cache.store import ATTR_KEY, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.fileio import atomic_path
@@ -78,15 +78,22 @@ def import_h5(path: Path, out: Path) -> FeatureCache:
 
 
 def _import_into(path: Path, h5: h5py.File, out: Path, attrs: dict, records: list[VideoRecord], n_ok: int) -> None:
+    """Every row is checked against its record's checksum before it is written: a damaged export
+    (cut rows, flipped bytes, NaN) is refused instead of becoming a cache that looks whole."""
+    damaged = f"{path}: the file is damaged"
+    if n_ok > len(records) or not all(r.ok and r.checksum for r in records[:n_ok]) or any(
+            r.ok for r in records[n_ok:]):
+        raise SagaError(f"{damaged} ({n_ok} feature rows for {sum(r.ok for r in records)} ok records); "
+                        "export it again")
     cache = FeatureCache.create_or_open(out, attrs)
     writer = PartWriter(cache, next_part_name(cache), capacity=max(n_ok, 1) * cache.windows)
     for i, rec in enumerate(records):
         if i < n_ok:
-            checksum = rec.checksum
-            writer.add(rec, h5["features"][i], h5["mask"][i], h5["timestamps"][i])
-            if rec.checksum != checksum:
-                raise SagaError(f"{path}: {rec.path}: features do not match their checksum; the file is damaged")
+            rows = (np.ascontiguousarray(h5["features"][i], np.float16), np.ascontiguousarray(h5["mask"][i], bool),
+                    np.ascontiguousarray(h5["timestamps"][i], np.float32))
+            if feature_checksum(*rows) != rec.checksum:
+                raise SagaError(f"{damaged}: {rec.path}'s features do not match their checksum; export it again")
+            writer.add(rec, *rows)
         else:
             writer.add_failure(rec)
     writer.close()
-

@@ -21,11 +21,16 @@ if TYPE_CHECKING:
 
 def verify(cache: "FeatureCache") -> list[tuple[VideoRecord, str]]:
     """Records whose stored bytes no longer match their checksum (or cannot be read)."""
-    bad = []
-    try:
-        refs = cache.shards(cache.ok_records())
-    except SagaError as exc:  # a missing part: reported by check_structure
-        return [(rec, str(exc)) for rec in cache.ok_records()[:1]]
+    bad: list[tuple[VideoRecord, str]] = []
+    by_part: dict[str, list[VideoRecord]] = {}
+    for rec in cache.ok_records():
+        by_part.setdefault(rec.part, []).append(rec)
+    refs = []
+    for records in by_part.values():  # one unreadable part must not hide the others' damage
+        try:
+            refs.extend(cache.shards(records))
+        except SagaError as exc:  # a missing or unreadable part: every record of it is lost
+            bad.extend((rec, str(exc)) for rec in records)
     for ref in refs:
         try:
             data = cache.read_shard(ref, check=False)
@@ -84,7 +89,11 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
             cache.part(name)
         except SagaError as exc:
             errors.append(str(exc))
-    records = cache.records()
+    try:
+        records = cache.records()
+    except SagaError as exc:  # a corrupt manifest line: no record can be listed, the seals above say which part
+        errors.append(str(exc))
+        return errors, warnings
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.exists() else {}
     for rec in records:
         planned = plan.get(rec.path)

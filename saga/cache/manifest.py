@@ -191,8 +191,8 @@ def parse_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
         data = json.loads(line)
         check_fields(data)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); restore the file or re-extract "
-                        "(`saga cache verify` lists what is affected)") from None
+        raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); restore the file, or delete its part "
+                        "and rerun `saga extract` to extract its videos again") from None
     return data
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+
+from saga.errors import SagaError
 
 try:  # zarr's crc32c codec uses the same Castagnoli checksum
     import google_crc32c as _crc
@@ -105,7 +107,7 @@ class ArrayReader:
     def block(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop): one read per stored object (a view when one object holds them all)."""
         if self.layout is None:
-            return self.array[start:stop]
+            return self._zarr(lambda: self.array[start:stop])
         rows = self.layout.rows
         first, last = start // rows, (stop - 1) // rows
         if first == self._next:  # a sequential scan: let the disk fetch what comes next meanwhile
@@ -117,7 +119,7 @@ class ArrayReader:
             try:
                 whole = self._read_object(k)
             except ShardError:  # zarr decides: it reads what it can or raises its own error
-                pieces.append(self.array[lo:hi])
+                pieces.append(self._zarr(lambda: self.array[lo:hi]))
                 continue
             pieces.append(whole[lo - k * rows: hi - k * rows])
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
@@ -192,7 +194,7 @@ class ArrayReader:
             out = np.empty((rows.size, *self.array.shape[1:]), self.array.dtype)
             dest = np.arange(rows.size)
         if self.layout is None:
-            out[dest] = self.array.get_orthogonal_selection((rows,))
+            out[dest] = self._zarr(lambda: self.array.get_orthogonal_selection((rows,)))
             return out
         unit = self.layout.inner or self.layout.rows
         groups = rows // unit
@@ -201,8 +203,17 @@ class ArrayReader:
             try:
                 out[dest[lo:hi]] = self._rows_of_unit(int(groups[lo]), rows[lo:hi])
             except ShardError:
-                out[dest[lo:hi]] = self.array.get_orthogonal_selection((rows[lo:hi],))
+                out[dest[lo:hi]] = self._zarr(lambda: self.array.get_orthogonal_selection((rows[lo:hi],)))
         return out
+
+    def _zarr(self, read: Callable[[], np.ndarray]) -> np.ndarray:
+        """A read by zarr itself; what its codecs raise on damaged bytes becomes one line naming the array."""
+        try:
+            return read()
+        except Exception as exc:  # zarr/numcodecs raise ValueError, TypeError, ... for a damaged chunk
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SagaError(f"{self.folder}: damaged chunk data ({first}); `saga cache verify` lists the records "
+                            "affected: re-extract them into a new cache") from None
 
     def _rows_of_unit(self, g: int, rows: np.ndarray) -> np.ndarray:
         """Rows of one inner chunk (sharded) or one chunk (unsharded), one pread for the span they cover."""

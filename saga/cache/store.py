@@ -175,6 +175,14 @@ class FeatureCache:
         A lazy list: each VideoRecord is built when touched, so a 10M-record cache costs columns only."""
         return self.index(refresh).select()
 
+    def readable(self) -> bool:
+        """Whether the records can be listed (no corrupt manifest line)."""
+        try:
+            self.index()
+        except SagaError:
+            return False
+        return True
+
     def ok_records(self, split: str | None = None) -> RecordList:
         return self.index().select(ok_only=True, split=split)
 

@@ -80,6 +80,9 @@ def _check(store: FeatureCache) -> int:
         err.print(f"[yellow]warning:[/] {escape(line)}")
     for line in errors:
         err.print(f"[red]corrupt[/] {escape(line)}")
+    if errors and not store.readable():  # no record can be listed: the errors above say why and where
+        err.print(f"{len(errors)} structural error(s); restore the damaged file(s) or re-extract")
+        raise typer.Exit(1)
     bad = store.verify()
     for rec, why in bad:
         err.print(f"[red]corrupt[/] {escape(rec.path)} (part {rec.part}, row {rec.row}): {escape(why)}")
