@@ -297,3 +297,13 @@ def test_timestamps_count_from_the_stream_start_in_both_backends(tmp_path: Path)
     a, b = (decode_video(path, SamplingPolicy(frames=8), backend=k) for k in ("decord", "pyav"))
     np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-3)
     np.testing.assert_allclose(b.timestamps[0], np.arange(16, 24) / FPS, atol=1e-3)
+
+
+@pytest.mark.parametrize("fps", [24, 25, 60])
+def test_a_one_frame_mkv_gets_time_zero_not_decords_garbage(tmp_path: Path, fps: int) -> None:
+    """decord gave 9.2e15 s for its only frame; with one index there is no order to check, only the duration."""
+    from saga.benchmark.videoio import write_video
+
+    path = write_video(tmp_path / "one.mkv", np.full((1, 32, 32, 3), 128, np.uint8), fps)
+    clip = decode_video(path, SamplingPolicy(frames=4))
+    assert clip.n_frames == 1 and np.all(clip.timestamps == 0.0)

@@ -79,7 +79,9 @@ def test_tiny_encoder_encodes_and_is_frozen(tiny):
     assert feats.shape == (3, 16) and feats.dtype == torch.float32 and tiny.dim == 16
     assert not tiny.model.training and not any(p.requires_grad for p in tiny.model.parameters())
     prov = tiny.provenance()
-    assert set(prov) == {"encoder", "pretrained", "weights_fingerprint", "preprocess", "dim", "image_size"}
+    assert set(prov) == {"encoder", "pretrained", "weights_fingerprint", "preprocess", "dim", "image_size",
+                         "activation"}
+    assert prov["activation"] == "standard"
     assert prov["encoder"] == TEST_ENCODER and prov["pretrained"] == "none" and prov["image_size"] == [32, 32]
     assert len(prov["weights_fingerprint"]) == 64
 
@@ -128,12 +130,44 @@ def test_preprocess_is_the_models_own_and_picklable(tiny):
 
 def test_bare_file_gets_the_published_preprocessing(tmp_path):
     weights = tmp_path / "open_clip_model.safetensors"
-    siglip = encoders._file_preprocess(DEFAULT_ENCODER, weights)  # not open_clip's OpenAI default
-    assert tuple(siglip["mean"]) == (0.5, 0.5, 0.5) and siglip["resize_mode"] == "squash"
+    siglip, quick = encoders._file_settings(DEFAULT_ENCODER, weights)  # not open_clip's OpenAI default
+    assert tuple(siglip["mean"]) == (0.5, 0.5, 0.5) and siglip["resize_mode"] == "squash" and not quick
     with pytest.raises(SagaError, match="different preprocessing"):
-        encoders._file_preprocess("ViT-L-14", weights)  # openai vs dfn tags disagree: refuse to guess
-    (tmp_path / "open_clip_config.json").write_text('{"preprocess_cfg": {"mean": [0.1, 0.2, 0.3]}}')
-    assert encoders._file_preprocess("ViT-L-14", weights) == {"mean": [0.1, 0.2, 0.3]}
+        encoders._file_settings("ViT-L-14", weights)  # openai vs dfn tags disagree: refuse to guess
+    (tmp_path / "open_clip_config.json").write_text(
+        '{"preprocess_cfg": {"mean": [0.1, 0.2, 0.3]}, "model_cfg": {"quick_gelu": true}}')
+    # JSON lists become the tuples a tag gives: the same transform must have the same provenance text
+    assert encoders._file_settings("ViT-L-14", weights) == ({"mean": (0.1, 0.2, 0.3)}, True)
+
+
+def test_bare_file_gets_the_activation_its_weights_were_trained_with(tmp_path, recwarn):
+    """OpenAI CLIP weights were trained with QuickGELU: a tag set it, a bare file of the same weights did not."""
+    weights = tmp_path / "open_clip_model.safetensors"
+    assert encoders._file_settings("ViT-L-14-336", weights)[1] is True  # its only tag (openai) uses QuickGELU
+    assert not recwarn.list
+    with pytest.warns(UserWarning, match=r"ViT-B-32/.*QuickGELU \(.*openai.*\) or GELU.*--encoder ViT-B-32-quickgelu"):
+        assert encoders._file_settings("ViT-B-32", weights)[1] is False  # tags disagree: open_clip's default
+
+
+def test_the_activation_is_part_of_the_encoders_identity(tmp_path):
+    from saga.cache.provenance import EncoderSpec
+
+    (tmp_path / "plain").mkdir()
+    weights = Path(_save(_tiny_open_clip(seed=3), tmp_path / "plain" / "w.safetensors"))
+    quick_dir = tmp_path / "quick"
+    quick_dir.mkdir()
+    quick = quick_dir / "w.safetensors"
+    quick.write_bytes(weights.read_bytes())
+    (quick_dir / "open_clip_config.json").write_text('{"model_cfg": {"quick_gelu": true}}')
+    plain_enc, quick_enc = load_encoder(TEST_ENCODER, str(weights)), load_encoder(TEST_ENCODER, str(quick))
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(plain_enc.encode(x), quick_enc.encode(x))  # same weights, other features
+    plain, fast = (EncoderSpec.from_dict(e.provenance()) for e in (plain_enc, quick_enc))
+    assert plain.weights_fingerprint == fast.weights_fingerprint and plain.preprocess == fast.preprocess
+    assert (plain.activation, fast.activation) == ("standard", "quick_gelu")
+    assert plain.differences(fast) == ["activation"]  # a cache refuses to mix them
+    older = EncoderSpec.from_dict({**quick_enc.provenance(), "activation": None})  # recorded before 2026-12-02
+    assert older.differences(fast) == [] and older.differences(plain) == []
 
 
 def test_bad_weights_files_are_one_line_errors(tmp_path):

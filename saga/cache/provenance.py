@@ -16,9 +16,11 @@ from saga.provenance import now, versions
 from saga.taxonomy import Taxonomy
 
 # The weights and what they see: what a freshly loaded encoder must match (prediction).
-IDENTITY_KEYS = ("weights_fingerprint", "preprocess", "dim")
+IDENTITY_KEYS = ("weights_fingerprint", "preprocess", "dim", "activation")
 # What makes two caches' features comparable (the weights, not where they were read from).
-COMPATIBILITY_KEYS = ("encoder", "weights_fingerprint", "preprocess", "dim", "sampling")
+COMPATIBILITY_KEYS = ("encoder", "weights_fingerprint", "preprocess", "dim", "sampling", "activation")
+# Recorded since 2026-12-02: a cache or run made before has None there, which matches either value.
+RECORDED_LATER = ("activation",)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class EncoderSpec:
     dim: int
     sampling: Mapping[str, Any] | None = None  # None: an encoder on its own, before any sampling policy
     image_size: Sequence[int] | None = None
+    # "quick_gelu" or "standard": the same weights under another activation give other features
+    # (an open_clip file loaded without the QuickGELU its tag sets), with the same fingerprint.
+    activation: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "provenance") -> "EncoderSpec":
@@ -61,7 +66,7 @@ class EncoderSpec:
     def differences(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> list[str]:
         """The fields of `keys` on which the two specs disagree (empty: comparable features)."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in keys if mine[k] != theirs[k]]
+        return [k for k in keys if mine[k] != theirs[k] and not (k in RECORDED_LATER and None in (mine[k], theirs[k]))]
 
     def compatible_with(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> bool:
         return not self.differences(other, keys)

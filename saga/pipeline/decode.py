@@ -196,6 +196,8 @@ def _decode_decord(path: Path, policy: SamplingPolicy) -> Clip:
         raise RuntimeError(f"decord returned shape {arr.shape} for {len(uniq)} frames")
     if not (np.isfinite(ts).all() and ts.min(initial=0) >= -1e-3 and (np.diff(ts) > 0).all()):
         raise RuntimeError("decord's timestamps are not increasing from 0: its seeking is not to be trusted here")
+    if ts.max(initial=0) > 1.5 * n / fps + 1.0:  # a one-frame MKV gave 9.2e15 s (one index: nothing to compare)
+        raise RuntimeError("decord's timestamps lie beyond the video's duration: not to be trusted here")
     inv = inv.reshape(idx.shape)
     return Clip(frames=np.ascontiguousarray(arr[inv], dtype=np.uint8), mask=mask,
                 timestamps=ts[inv].astype(np.float32), fps=fps, n_frames=n, backend="decord")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -79,7 +80,14 @@ class FrameEncoder:
         """What a cache must record (JSON-native) so features of different encoders are never mixed."""
         return {"encoder": self.name, "pretrained": self.pretrained, "weights_fingerprint": self.weights_fingerprint,
                 "preprocess": canonical_transform(self.preprocess), "dim": self.dim,
-                "image_size": list(self.image_size)}
+                "image_size": list(self.image_size), "activation": activation(self.model)}
+
+
+def activation(model: torch.nn.Module) -> str:
+    """"quick_gelu" when the model computes x·σ(1.702x) (OpenAI CLIP's activation), else "standard"."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "standard"
 
 
 def canonical_transform(transform: Callable) -> str:
@@ -169,25 +177,50 @@ def _resolve_tag(name: str, tag: str, cfg: dict) -> str:
         raise SagaError(f"{name}/{tag}: weights download failed ({_one_line(exc)}); {fix}") from exc
 
 
-def _file_preprocess(name: str, path: Path) -> dict:
-    """Preprocessing for a bare weights file: a sibling open_clip_config.json, else what every tag agrees on.
+def _file_settings(name: str, path: Path) -> tuple[dict, bool]:
+    """Preprocessing and QuickGELU for a bare weights file: a sibling open_clip_config.json, else what every
+    tag agrees on.
 
-    open_clip applies its default (OpenAI) transform to bare files, which silently gives different embeddings
-    for e.g. SigLIP; this restores the model's published transform or refuses when it is ambiguous.
+    open_clip applies its default (OpenAI) transform and GELU to bare files, which silently gives different
+    embeddings for e.g. SigLIP, or OpenAI CLIP weights trained with QuickGELU; this restores the model's
+    published settings, and refuses (preprocessing) or warns (activation) when the tags disagree.
     """
     import open_clip
 
     sidecar = path.parent / "open_clip_config.json"
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text()).get("preprocess_cfg", {})
+    saved = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     tags = open_clip.list_pretrained_tags_by_model(name)
-    cfgs = {t: {k: open_clip.get_pretrained_cfg(name, t).get(k) for k in _PP_KEYS} for t in tags}
-    distinct = {json.dumps(c, sort_keys=True) for c in cfgs.values()}
-    if len(distinct) > 1:
-        raise SagaError(f"{name}/{path}: the published weights of this model use different preprocessing "
-                        f"({', '.join(tags)}); put open_clip_config.json (with preprocess_cfg) beside the file, "
-                        f"or pass --pretrained TAG")
-    return next(iter(cfgs.values()), {})
+    cfgs = {t: open_clip.get_pretrained_cfg(name, t) for t in tags}
+    if "preprocess_cfg" in saved:
+        pp = _as_tuples(saved["preprocess_cfg"])
+    else:
+        distinct = {json.dumps({k: c.get(k) for k in _PP_KEYS}, sort_keys=True) for c in cfgs.values()}
+        if len(distinct) > 1:
+            raise SagaError(f"{name}/{path}: the published weights of this model use different preprocessing "
+                            f"({', '.join(tags)}); put open_clip_config.json (with preprocess_cfg) beside the file, "
+                            f"or pass --pretrained TAG")
+        pp = {k: next(iter(cfgs.values())).get(k) for k in _PP_KEYS} if cfgs else {}
+    if "quick_gelu" in saved.get("model_cfg", {}):
+        return pp, bool(saved["model_cfg"]["quick_gelu"])
+    return pp, _tags_quick_gelu(name, path, cfgs)
+
+
+def _tags_quick_gelu(name: str, path: Path, cfgs: dict[str, dict]) -> bool:
+    """QuickGELU when every published tag of `name` uses it; GELU (open_clip's default) with a warning when they differ."""
+    quick = sorted(t for t, c in cfgs.items() if c.get("quick_gelu"))
+    if quick and len(quick) < len(cfgs):
+        import open_clip
+
+        hint = (f"--encoder {name}-quickgelu" if open_clip.get_model_config(f"{name}-quickgelu") is not None
+                else "open_clip_config.json with model_cfg.quick_gelu = true beside the file")
+        warnings.warn(f"{name}/{path}: this model's published weights use QuickGELU ({', '.join(quick)}) or GELU "
+                      f"(the others); loading with GELU: for weights of {', '.join(quick)} use {hint}", stacklevel=3)
+    return bool(cfgs) and len(quick) == len(cfgs)
+
+
+def _as_tuples(pp: dict) -> dict:
+    """JSON gives lists where open_clip's tags give tuples; the transform's repr (the provenance) must not differ."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in pp.items()}
 
 
 def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Callable, tuple, str]:
@@ -226,7 +259,8 @@ def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module,
             kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
         elif os.path.isfile(pretrained):
             source = str(Path(pretrained).resolve())
-            kwargs["pretrained"], pp = source, _file_preprocess(name, Path(source))
+            pp, kwargs["force_quick_gelu"] = _file_settings(name, Path(source))
+            kwargs["pretrained"] = source
         else:
             raise _missing_file(label, pretrained) or SagaError(
                 f"{label}: unknown pretrained tag; use one of {open_clip.list_pretrained_tags_by_model(name) or '[]'}, "
