@@ -235,6 +235,8 @@ def read_json(path: str | Path, missing: str = "", corrupt: str = "") -> Any:
         raise SagaError(f"{path}: missing{missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SagaError(f"{path}: corrupt JSON ({exc}){corrupt}") from None
+    except RecursionError:  # nested deeper than Python's stack: no file saga writes is
+        raise SagaError(f"{path}: corrupt JSON (nested too deeply){corrupt}") from None
     if not isinstance(data, dict):
         raise SagaError(f"{path}: corrupt (a JSON {type(data).__name__}, not an object){corrupt}")
     return data

@@ -96,7 +96,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self.encoder = run_encoder(self.info, device, encoder, pretrained)
-        self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))
+        try:
+            self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))
+        except SagaError as exc:
+            raise SagaError(f"{Path(run_dir) / PROVENANCE}: {exc}; the run folder is damaged") from None
         self.taxonomy = Taxonomy.from_dict(self.info.provenance.get("taxonomy"),
                                            f"{Path(run_dir) / PROVENANCE} (its taxonomy; train the run again)")
         self.openworld = OpenWorld.load(run_dir, self.info)
@@ -116,8 +119,7 @@ class Predictor:
             return Prediction(str(path), status="failed", error=getattr(exc, "reason", None) or str(exc).splitlines()[0])
         sub, sub_mask = take_subwindow(feats.astype(np.float32), mask, self.info.frames)
         res = run_batch(self.model, sub, sub_mask, self.device, attention=tsig)
-        probs = self.openworld.head_probs(res["logits"], res["probs"])[0]
-        best = int(probs.argmax())
+        best, probs = decide(res, self.openworld)
         cls = self.info.classes[best]
         pred = Prediction(str(path), level=self.info.level, predicted=cls, confidence=float(probs[best]),
                           implied=self.implied(cls),
@@ -140,3 +142,13 @@ class Predictor:
             if parent is not None:
                 out[level] = parent
         return out
+
+
+def decide(res: dict[str, np.ndarray], openworld: OpenWorld) -> tuple[int, np.ndarray]:
+    """The class and the probabilities shown for one video's `run_batch` result.
+
+    The class is evaluate's, the argmax of the mean per-window softmax; the probabilities are
+    calibrated where the run has calibration.json (a softmax of the mean logits, which with
+    several windows can rank two close classes the other way: the class must not follow it).
+    """
+    return int(res["probs"][0].argmax()), openworld.head_probs(res["logits"], res["probs"])[0]

@@ -156,3 +156,10 @@ def test_consecutive_sampling_reveals_frame_pair_duplication_uniform_hides_it() 
     du = np.linalg.norm(np.diff(fake[uidx[0]], axis=0), axis=1)
     assert np.all(du > 1e-6)  # duplication invisible: no zero step at all
     assert _even_odd_ratio(fake[uidx[0]]) > 0.5  # looks like a real video
+
+
+def test_frames_times_windows_is_bounded_so_a_hostile_provenance_cannot_exhaust_memory() -> None:
+    """windows = 1e9 in a run's provenance.json made predict allocate 7.45 GiB per video."""
+    assert SamplingPolicy(frames=64, windows=16).windows == 16  # 1,024 frames: allowed
+    with pytest.raises(SagaError, match=r"frames x windows must be <= 1024 .* 16 x 1000000000"):
+        SamplingPolicy.from_dict({"frames": 16, "windows": 10**9})

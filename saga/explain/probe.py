@@ -96,12 +96,14 @@ class Probe:
     def save(self, path: Path) -> None:
         from safetensors.numpy import save
 
+        from saga.runs.files import canonical_header
+
         tensors = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
         meta = {"classes": json.dumps(self.classes), "spec": json.dumps(self.spec), "C": json.dumps(self.C),
                 "format": "saga-probe", "subclass_of": json.dumps(self.subclass_of), "sources": json.dumps(self.sources)}
         # serialised in memory, written like every other file (save_file made it 0600, unreadable to a group)
-        write_bytes(path, save({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()},
-                               metadata=meta))
+        write_bytes(path, canonical_header(save({k: np.ascontiguousarray(v, dtype=np.float64)
+                                                 for k, v in tensors.items()}, metadata=meta)))
 
     @classmethod
     def load(cls, path: str | Path) -> "Probe":

@@ -8,7 +8,9 @@ log T, then a fine grid around it) is deterministic and has no learning rate to 
 
 Calibrated probabilities are softmax(z / T) of the mean logits. Note the uncalibrated
 convention (`Inference.probs`) is the mean of per-window softmax; with one window per video
-the two coincide at T = 1. ECE uses 15 equal-width confidence bins.
+the two coincide at T = 1. With several windows they can rank two close classes differently,
+so the predicted class is always the uncalibrated argmax (what `evaluate` scores), with its
+calibrated probability. ECE uses 15 equal-width confidence bins.
 """
 
 from __future__ import annotations

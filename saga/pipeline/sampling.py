@@ -17,6 +17,7 @@ import numpy as np
 from saga.errors import DecodeError, SagaError
 
 MODES = ("consecutive", "uniform")
+MAX_SAMPLED = 1024  # frames x windows decoded per video: far above any use (the paper samples 16); more is a typo or hostile
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -57,6 +58,9 @@ class SamplingPolicy:
             raise SagaError(f"sampling: frames must be >= 1, got {frames}")
         if windows < 1:
             raise SagaError(f"sampling: windows must be >= 1, got {windows}")
+        if frames * windows > MAX_SAMPLED:
+            raise SagaError(f"sampling: frames x windows must be <= {MAX_SAMPLED} frames per video, got "
+                            f"{frames} x {windows}")
         if self.mode not in MODES:
             raise SagaError(f"sampling: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         # Normalise NumPy ints to plain ints so to_dict() is JSON/TOML friendly.

@@ -81,11 +81,25 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     safetensors' own file writer reports a full disk as its own error type; writing the
     bytes ourselves turns it into an OSError that `fileio` names ("the disk is full").
     """
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    data = canonical_header(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def canonical_header(data: bytes) -> bytes:
+    """The safetensors bytes with the JSON header's keys sorted.
+
+    safetensors writes the metadata in a random (hash map) order, so the same weights gave
+    another file, and another fingerprint (a finished stage-2 run was then refused after
+    its stage 1 was retrained to identical weights). Offsets count from the data section, so
+    only the header changes; it stays padded to 8 bytes with spaces, as the format asks.
+    """
+    n = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    size = -(-len(text) // 8) * 8
+    return size.to_bytes(8, "little") + text.ljust(size, b" ") + data[8 + n:]
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

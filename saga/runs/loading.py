@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 
 from saga.cache.provenance import EncoderSpec
@@ -22,6 +23,7 @@ from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
 from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, load_tensors, one_line, read_json
 from saga.runs.origin import warn_if_unsealed
+from saga.taxonomy import LEVELS
 
 # Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
 MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
@@ -73,6 +75,9 @@ def build_model(path: Path) -> VideoTransformer:
     """An eval-mode model from a weights file alone (its metadata config, then its tensors), errors naming it."""
     model_config = read_model_config(path)
     weights, _ = load_tensors(path)
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise SagaError(f"{path}: tensor {name} holds NaN or inf; the file is damaged: train the run again")
     try:
         model = VideoTransformer(model_config)
         model.load_state_dict(weights)
@@ -134,8 +139,8 @@ def _checked_run_config(path: Path, config: Any, max_frames: int) -> tuple[list[
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes) or (
             len(set(classes)) != len(classes)):
         raise SagaError(f"{path}: 'classes' must list at least two distinct class names; the run folder is damaged")
-    if not isinstance(level, str) or not level:
-        raise SagaError(f"{path}: 'level' must be a level name; the run folder is damaged")
+    if level not in LEVELS:
+        raise SagaError(f"{path}: 'level' must be one of {', '.join(LEVELS)}, got {level!r}; the run folder is damaged")
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= max_frames:
         raise SagaError(f"{path}: 'frames' must be an integer in 1..{max_frames} (the model's limit), "
                         f"got {frames!r}; the run folder is damaged")
@@ -151,13 +156,16 @@ def check_cache(info: RunInfo, cache: FeatureCache) -> None:
     warn_if_unsealed(cache)
     prov = info.provenance or {}
     run_id = prov.get("cache_id")
-    if run_id is None or run_id == cache.cache_id:
+    if run_id is not None and run_id == cache.cache_id:
         return
+    if not prov.get("encoder"):  # nothing to compare with: features of any encoder would be scored
+        raise SagaError(f"{info.path / PROVENANCE}: missing or without the run's encoder, so {cache.root} cannot be "
+                        "checked against it; restore the run's provenance.json or train the run again")
     differ = info.encoder.differences(cache.encoder_spec)
     if differ:
         raise SagaError(
             f"{cache.root}: cache {cache.cache_id[:12]} is not the run's cache {str(run_id)[:12]} and its "
             f"{', '.join(differ)} differ; evaluate on features from the run's encoder and sampling"
         )
-    warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12]}), "
+    warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12] if run_id else 'not recorded'}), "
                   "but extracted with the same encoder and sampling; evaluating anyway", stacklevel=3)
