@@ -6,6 +6,7 @@ parts of GenVideo's labels can be corrected without touching code.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ FAKE = "fake"
 TASKS = ("T2V", "I2V")
 NO_SD = "none"
 BUILTIN = ("genvideo", "synth")
+_IGNORED_IN_NAMES = re.compile(r"[\s_-]+")
+
+
+def name_key(name: str) -> str:
+    """How a label is matched: case, spaces, '-' and '_' are ignored (GenVideo's folders spell
+    `Show_1`, `Kinetics_400`, `Youku-mPLUG`; users write `Open-Sora`, `Gen-2`, `Morph Studio`)."""
+    return _IGNORED_IN_NAMES.sub("", name).lower()
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class Generator:
     sd: str | None
     team: str
     inferred: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -45,9 +54,7 @@ class Taxonomy:
     _lookup: dict[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._lookup = {g.lower(): g for g in self.generators}
-        for alias in self.real_aliases:
-            self._lookup[alias.lower()] = REAL
+        self._lookup = _lookup_table(self.generators, self.real_aliases, f"taxonomy '{self.name}'")
 
     # -- loading ---------------------------------------------------------------
     @classmethod
@@ -86,30 +93,25 @@ class Taxonomy:
             raise SagaError(f"{origin}: no [generators.NAME] tables; add at least one generator")
         parsed = {name: _parse_generator(name, spec, origin) for name, spec in gens.items()}
         real = data.get("real", [REAL])
-        if not isinstance(real, list) or not all(isinstance(a, str) and a.strip() for a in real):
+        if not isinstance(real, list) or not all(isinstance(a, str) and name_key(a) for a in real):
             raise SagaError(f"{origin}: 'real' must be a list of names, e.g. real = [\"real\", \"youtube\"] "
                             f"(got {real!r})")
         aliases = tuple(a.strip() for a in real)
         if REAL not in aliases:
             aliases = (REAL, *aliases)
-        clash = [g for g in parsed if g.lower() in {a.lower() for a in aliases}]
-        if clash:
-            raise SagaError(f"{origin}: generator {clash[0]!r} is also a real-source alias; rename one")
+        _lookup_table(parsed, aliases, origin)  # refuses clashes, naming the file
         return cls(str(data.get("name", origin)), parsed, aliases, str(data.get("description", "")))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (stored with every cache and run, so they are self-contained)."""
-        gens = {
-            g.name: {"task": g.task, "sd": g.sd or NO_SD, "team": g.team, "inferred": list(g.inferred)}
-            for g in self.generators.values()
-        }
+        gens = {g.name: _generator_dict(g) for g in self.generators.values()}
         return {"name": self.name, "description": self.description, "real": list(self.real_aliases), "generators": gens}
 
     # -- labels ----------------------------------------------------------------
     def canonical(self, label: str) -> str:
-        """The generator name for a label (case-insensitive), REAL for real sources."""
+        """The generator name for a label or alias (see `name_key`), REAL for real sources."""
         try:
-            return self._lookup[label.strip().lower()]
+            return self._lookup[name_key(label)]
         except KeyError:
             raise SagaError(
                 f"label {label!r} is not in taxonomy '{self.name}'; add it to the taxonomy file "
@@ -159,8 +161,42 @@ def check_level(level: str) -> str:
     return level
 
 
+def _generator_dict(g: Generator) -> dict[str, Any]:
+    """A generator's TOML table; `aliases` only when it has some, so older caches' taxonomies compare equal."""
+    out: dict[str, Any] = {"task": g.task, "sd": g.sd or NO_SD, "team": g.team, "inferred": list(g.inferred)}
+    if g.aliases:
+        out["aliases"] = list(g.aliases)
+    return out
+
+
+def _lookup_table(generators: dict[str, Generator], real_aliases: Iterable[str], where: str) -> dict[str, str]:
+    """name_key -> generator (or REAL) for every name and alias; two spellings of one key must agree."""
+    table: dict[str, tuple[str, str]] = {}  # key -> (target, the spelling that claimed it)
+    spellings = [(g.name, g.name) for g in generators.values()]
+    spellings += [(alias, g.name) for g in generators.values() for alias in g.aliases]
+    spellings += [(alias, REAL) for alias in real_aliases]
+    for spelling, target in spellings:
+        key = name_key(spelling)
+        claimed = table.setdefault(key, (target, spelling))
+        if claimed[0] != target:
+            raise SagaError(f"{where}: {claimed[1]!r} and {spelling!r} are the same name once case, spaces, "
+                            "'-' and '_' are ignored; rename one")
+    return {key: target for key, (target, _) in table.items()}
+
+
+def _parse_aliases(spec: dict[str, Any], where: str) -> tuple[str, ...]:
+    aliases = spec.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and name_key(a) for a in aliases):
+        raise SagaError(f"{where}: aliases must be a list of names, e.g. aliases = [\"Open-Sora\"] (got {aliases!r})")
+    return tuple(a.strip() for a in aliases)
+
+
 def _parse_generator(name: str, spec: Any, origin: str) -> Generator:
     where = f"{origin}: generator {name!r}"
+    if name != name.strip():
+        raise SagaError(f"{where}: the name has surrounding spaces; write it as {name.strip()!r}")
+    if not name_key(name):
+        raise SagaError(f"{where}: the name has no letters or digits; give it a real name")
     if not isinstance(spec, dict):
         raise SagaError(f"{where}: expected a table with task, sd and team")
     missing = [k for k in ("task", "sd", "team") if k not in spec]
@@ -173,8 +209,11 @@ def _parse_generator(name: str, spec: Any, origin: str) -> Generator:
     team = str(spec["team"]).strip()
     if not team:
         raise SagaError(f"{where}: empty team")
-    if name.lower() in (REAL, FAKE) or team.lower() == REAL or sd.lower() == REAL:
-        raise SagaError(f"{where}: '{REAL}' is reserved for real videos")
+    if not sd:
+        raise SagaError(f'{where}: empty sd; write "{NO_SD}" for no SD backbone')
+    aliases = _parse_aliases(spec, where)
+    if {name_key(n) for n in (name, *aliases)} & {REAL, FAKE} or team.lower() == REAL or sd.lower() == REAL:
+        raise SagaError(f"{where}: '{REAL}' and '{FAKE}' are reserved for the BIN-L classes")
     inferred = spec.get("inferred", ())
     if not isinstance(inferred, (list, tuple)):
         raise SagaError(f"{where}: inferred must be a list of field names")
@@ -182,4 +221,4 @@ def _parse_generator(name: str, spec: Any, origin: str) -> Generator:
     bad = [k for k in inferred if k not in ("task", "sd", "team")]
     if bad:
         raise SagaError(f"{where}: inferred lists unknown field {bad[0]!r}")
-    return Generator(name, task, None if sd.lower() == NO_SD else sd, team, inferred)
+    return Generator(name, task, None if sd.lower() == NO_SD else sd, team, inferred, aliases)

@@ -1,7 +1,8 @@
 """Finding the videos to extract and their generator labels.
 
 Labels come from a CSV (`path,generator`, paths relative to the videos folder) or,
-without one, from the first sub-folder name. Everything that looks like a video
+without one, from the first sub-folder name (matched as `Taxonomy.canonical` does, so
+`Show_1` is `Show-1`). Everything that looks like a video
 is listed, including things that are not (a folder named x.mp4, a broken link),
 so that extraction can record why each one failed instead of silently skipping it.
 """
@@ -9,10 +10,12 @@ so that extraction can record why each one failed instead of silently skipping i
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 from saga.errors import SagaError
 from saga.taxonomy import Taxonomy
@@ -41,12 +44,15 @@ def discover(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outsid
     """
     if not videos.is_dir():
         raise SagaError(f"{videos}: not a folder of videos; pass --videos DIR")
-    if labels is None and (videos / DEFAULT_LABELS).is_file():
+    found_labels = labels is None and (videos / DEFAULT_LABELS).is_file()
+    if found_labels:
         labels = videos / DEFAULT_LABELS
     if labels is not None:
         items = _from_csv(labels, taxonomy, allow_outside)
         if not items:
             raise SagaError(f"{labels}: no rows below the header; add one line path,generator per video")
+        if found_labels:
+            _warn_unlisted(videos, labels, items)
     else:
         items = _from_folders(videos, taxonomy)
     if not items:
@@ -74,21 +80,22 @@ def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> li
 
 def parse_labels(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
                  allow_outside: bool = False) -> list[VideoInput]:
-    """Parse a labels CSV's text; every problem is a SagaError naming `name:line`."""
-    import io
+    """Parse a labels CSV's text; every problem is a SagaError naming `name:line`.
 
+    `line` is the physical line a row starts on, counting blank lines and the extra lines of
+    quoted multi-line fields, so an editor's go-to-line lands on the row.
+    """
     if "\x00" in text:
         raise SagaError(f"{name}: contains NUL bytes; not a CSV text file")
     try:
-        reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
-        fields = [f.strip().lower() for f in reader.fieldnames or []]
+        reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+        fields = [f.strip().lower() for f in next(reader, [])]
         column = next((c for c in LABEL_COLUMNS if c in fields), None)
         if "path" not in fields or column is None:
             raise SagaError(f"{name}: needs a header with 'path' and 'generator' columns (found {fields})")
         seen: dict[str, int] = {}
         items = []
-        for line, row in enumerate(reader, 2):
-            row = {k.strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in row.items() if k}
+        for line, row in _rows_with_lines(reader, fields):
             raw = row.get("path", "")
             rel = os.path.normpath(raw) if raw else ""
             if not raw:
@@ -111,27 +118,73 @@ def parse_labels(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
     return items
 
 
+def _rows_with_lines(reader: Any, fields: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Each non-blank row as {column: stripped value} with the line it starts on.
+
+    `reader` is a csv.reader past the header. The start is one past where the previous row
+    ended (`reader.line_num`), which stays right after blank lines and multi-line fields,
+    unlike counting rows (csv.DictReader also hides blank lines, so it cannot tell).
+    """
+    ended = reader.line_num
+    for row in reader:
+        start, ended = ended + 1, reader.line_num
+        if row:  # [] is a blank line
+            yield start, {f: v.strip() for f, v in zip(fields, row) if f}
+
+
+def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput]) -> None:
+    """A labels.csv found in the videos folder that leaves videos out is probably stale: say so."""
+    listed = {item.rel for item in items}
+    unlisted = [rel for rel in _all_videos(videos) if rel not in listed]
+    if unlisted:
+        warnings.warn(f"{labels}: {len(unlisted)} video(s) in {videos} are not listed in it (e.g. {unlisted[0]}) "
+                      "and are skipped; add them to it, or move it away to label by folder", stacklevel=3)
+
+
+def _all_videos(videos: Path) -> list[str]:
+    """Every video path under the folder, as discovery by folder would list it."""
+    entries = sorted(videos.iterdir())
+    loose = [p.name for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
+    subs = [p for p in entries if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() not in VIDEO_SUFFIXES]
+    return loose + [rel for sub in subs for rel in _videos_under(sub, videos)]
+
+
+def _videos_under(folder: Path, root: Path) -> list[str]:
+    """Paths (relative to `root`) of everything named like a video below `folder`, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        for name in [*filenames, *dirnames]:
+            if Path(name).suffix.lower() in VIDEO_SUFFIXES:
+                found.append(str((here / name).relative_to(root)))
+        dirnames[:] = [d for d in dirnames if Path(d).suffix.lower() not in VIDEO_SUFFIXES]
+    return sorted(found)
+
+
 def _from_folders(videos: Path, taxonomy: Taxonomy) -> list[VideoInput]:
     loose = sorted(p.name for p in videos.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if loose:  # no folder, so no generator: say so rather than skip them silently
         warnings.warn(f"{videos}: {len(loose)} video(s) directly in the folder ({', '.join(loose[:3])}"
                       f"{', ...' if len(loose) > 3 else ''}) are skipped: without a generator folder they have no "
                       "label; move them into one, or pass --labels CSV", stacklevel=3)
-    items = []
+    items, no_videos = [], []
     for sub in sorted(p for p in videos.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.suffix.lower() in VIDEO_SUFFIXES:
             continue  # a folder named like a video at the top level has no generator folder
+        found = _videos_under(sub, videos)
         try:
             generator = taxonomy.canonical(sub.name)
         except SagaError:
+            if not found:  # e.g. GenVideo's CSV index folder: nothing to label
+                no_videos.append(sub.name)
+                continue
             raise SagaError(
                 f"{sub}: folder name {sub.name!r} is not a generator of taxonomy '{taxonomy.name}'; "
                 "rename it, pass --labels CSV, or pass --taxonomy FILE"
             ) from None
-        for dirpath, dirnames, filenames in os.walk(sub):
-            here = Path(dirpath)
-            for name in [*filenames, *dirnames]:
-                if Path(name).suffix.lower() in VIDEO_SUFFIXES:
-                    items.append(VideoInput(str((here / name).relative_to(videos)), generator))
-            dirnames[:] = [d for d in dirnames if Path(d).suffix.lower() not in VIDEO_SUFFIXES]
+        items += [VideoInput(rel, generator) for rel in found]
+    if no_videos:
+        warnings.warn(f"{videos}: {len(no_videos)} folder(s) without videos ({', '.join(no_videos[:3])}"
+                      f"{', ...' if len(no_videos) > 3 else ''}) are not generators of taxonomy "
+                      f"'{taxonomy.name}' and are skipped", stacklevel=3)
     return items
