@@ -22,6 +22,45 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def short_method(description: str) -> str:
+    """The legend's name of the approximate search: its first clause ("IVF-Flat per class"), not the whole recipe,
+    so the legend does not cover the curves."""
+    return description.split(",")[0].strip()
+
+
+def plot_mining(ax: plt.Axes, mining: dict) -> None:
+    """Mining time vs pool size per method, the isotropic pool and (when measured) the low-rank one."""
+    rows = mining["results"]
+    approx = short_method(mining["approx"])
+    n = [r["n"] for r in rows]
+    ax.plot(n, [r["torch_brute_s"] for r in rows], "o-", label="torch brute force (exact)")
+    ax.plot(n, [r["faiss_flat"]["seconds"] for r in rows], "s-", label="FAISS flat (exact)")
+    ax.plot(n, [r["faiss_approx"]["seconds"] for r in rows], "^-", label=f"FAISS {approx}")
+    ax.plot(n, [r["faiss_approx"]["index_build_s"] for r in rows], "^:", color="C2", alpha=0.6,
+            label="  its index build")
+    if "exact_fallback_s" in rows[0]["faiss_flat"]:
+        ax.plot(n, [r["faiss_flat"]["exact_fallback_s"] for r in rows], "s:", color="C1", alpha=0.6,
+                label="  flat's exact fallback")
+    annotate_recall(ax, rows, "C2", (6, 4))
+    low = (mining.get("low_rank") or {}).get("results")
+    if low:
+        rank = mining["low_rank"]["rank"]
+        ax.plot([r["n"] for r in low], [r["faiss_approx"]["seconds"] for r in low], "v--", color="C4",
+                label=f"FAISS {approx}, rank-{rank} pool")
+        annotate_recall(ax, low, "C4", (6, -12))
+    ax.set(xscale="log", yscale="log", xlabel="pool size N (d=256)", ylabel="seconds",
+           title=f"Hardest-negative mining, {rows[0]['anchors']} anchors")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def annotate_recall(ax: plt.Axes, rows: list[dict], color: str, offset: tuple[int, int]) -> None:
+    for r in rows:
+        recall = r["faiss_approx"]["recall_hardest_negative"]
+        ax.annotate(f"recall {recall:.2f}", (r["n"], r["faiss_approx"]["seconds"]),
+                    textcoords="offset points", xytext=offset, fontsize=7, color=color)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parents[1]
@@ -32,25 +71,7 @@ def main() -> None:
     memory = json.loads((args.results / "stage1_memory.json").read_text())
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    rows = mining["results"]
-    n = [r["n"] for r in rows]
-    left.plot(n, [r["torch_brute_s"] for r in rows], "o-", label="torch brute force (cdist, exact)")
-    left.plot(n, [r["faiss_flat"]["seconds"] for r in rows], "s-", label="mine_triplets, FAISS flat (exact)")
-    left.plot(n, [r["faiss_approx"]["seconds"] for r in rows], "^-",
-              label=f"mine_triplets, FAISS {mining['approx']} (incl. build)")
-    left.plot(n, [r["faiss_approx"]["index_build_s"] for r in rows], "^:", color="C2", alpha=0.6,
-              label=f"  of which {mining['approx']} index build")
-    if "exact_fallback_s" in rows[0]["faiss_flat"]:
-        left.plot(n, [r["faiss_flat"]["exact_fallback_s"] for r in rows], "s:", color="C1", alpha=0.6,
-                  label="  of which flat's exact fallback (k too small)")
-    for r in rows:
-        recall = r["faiss_approx"]["recall_hardest_negative"]
-        left.annotate(f"recall {recall:.2f}", (r["n"], r["faiss_approx"]["seconds"]),
-                      textcoords="offset points", xytext=(6, -10), fontsize=7, color="C2")
-    left.set(xscale="log", yscale="log", xlabel="pool size N (d=256)", ylabel="seconds",
-             title=f"Hardest-negative mining, {rows[0]['anchors']} anchors")
-    left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7)
+    plot_mining(left, mining)
 
     rows = memory["results"]
     v = [r["videos"] for r in rows]

@@ -140,8 +140,10 @@ def main() -> None:
                                         frames=args.frames, workers=args.workers, batch_size=args.encode_batch,
                                         device="cpu"))
         cache = FeatureCache.open(out)
+        # the content basis cannot have more directions than the features have (the tiny encoder's D = 16)
+        basis = min(AttributeConfig.content_basis, cache.dim)
         cfg = AttributeConfig(level="GEN-L", fraction=args.fraction, loss="ce+hnm", batch_size=args.batch_size,
-                              epochs=1, frames=args.frames, device="cpu")
+                              epochs=1, frames=args.frames, device="cpu", content_basis=basis)
         train = cache.ok_records("train")
         subset = labelled_subset(train, cfg.level, cache.taxonomy, cfg.fraction, cfg.floor, cfg.seed)
         classes = list(subset)

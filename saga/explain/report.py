@@ -35,6 +35,7 @@ from saga.explain.report_openworld import beyond_sections, load_beyond
 from saga.fileio import make_dir, write_text
 from saga.runs import CONFIG, DONE, METRICS, PROVENANCE, TSIG_MAPS, TSIG_PROFILES, RunFolder, evaluation_file
 from saga.runs.files import LOGO_RESULTS
+from saga.taxonomy import LEVELS
 
 FIGURES = ((TSIG_MAPS, "T-Sig maps (penultimate block, mean over heads and videos)"),
            (TSIG_PROFILES, "T-Sig profiles (attention at frame offset Δ)"))
@@ -227,22 +228,47 @@ def run_section(i: int, run: dict[str, Any]) -> str:
 
 
 # -- ablation -----------------------------------------------------------------------------
-def find_ablation(run_dirs: list[Path]) -> Path | None:
-    """An ablation.json / ablation.md in a run folder's parent (where `saga ablate` puts it)."""
-    for parent in dict.fromkeys(d.resolve().parent for d in run_dirs):
-        for name in ABLATION_NAMES:
-            if (parent / name).is_file():
-                return parent / name
-    return None
+def find_ablations(run_dirs: list[Path]) -> list[Path]:
+    """The ablation table of each run folder's parent that has one (where `saga ablate` puts its runs)."""
+    found = (_table_in(parent) for parent in dict.fromkeys(d.resolve().parent for d in run_dirs))
+    return [table_file for table_file in found if table_file is not None]
 
 
-def ablation_section(path: Path) -> str:
-    body = _ablation_md(path.read_text()) if path.suffix == ".md" else _ablation_json(read_json_file(path))
-    return f'<section id="ablation"><h2>Ablation</h2><p class="meta">{escape(path.name)}</p>{body}</section>'
+def _table_in(folder: Path) -> Path | None:
+    """A folder's ablation table: ablation.json first, the data `ablation.md` is written from."""
+    return next((folder / n for n in ABLATION_NAMES if (folder / n).is_file()), None)
+
+
+def _one_per_folder(tables: list[Path]) -> list[Path]:
+    """Each table once, in order: ablation.json and ablation.md of one folder are the same table."""
+    by_folder: dict[Path, Path] = {}
+    for path in map(Path, tables):
+        by_folder.setdefault(path.resolve().parent, path)
+    return list(by_folder.values())
+
+
+def ablation_section(path: Path, anchor: str = "ablation") -> str:
+    """One ablation table, titled with its level and folder (several levels' tables sit side by side)."""
+    text = path.read_text()
+    body = _ablation_md(text) if path.suffix == ".md" else _ablation_json(read_json_file(path))
+    return (f'<section id="{escape(anchor)}"><h2>{escape(_ablation_title(path, text))}</h2>'
+            f'<p class="meta">{escape(str(path))}</p>{body}</section>')
+
+
+def _ablation_title(path: Path, text: str) -> str:
+    """"Ablation GEN-L (ablation-GEN-L)": the level `saga ablate` records (the .md's first word), then the folder."""
+    data = read_json_file(path) if path.suffix == ".json" else None
+    level = data.get("level") if isinstance(data, dict) else (text.split() or [""])[0]
+    where = f" ({path.resolve().parent.name})"
+    return f"Ablation {level}{where}" if level in LEVELS else f"Ablation{where}"
 
 
 def _ablation_json(data: Any) -> str:
-    """Rows from a list of dicts, {"rows": [...]}, {name: {col: value}} or {name: value}."""
+    """`saga ablate`'s summary as its own markdown table; else rows from a list of dicts, {"rows": [...]},
+    {name: {col: value}} or {name: value}."""
+    markdown = _ablate_markdown(data)
+    if markdown is not None:
+        return _ablation_md(markdown)
     if isinstance(data, dict) and isinstance(data.get("rows"), list):
         data = data["rows"]
     if isinstance(data, dict):
@@ -251,6 +277,19 @@ def _ablation_json(data: Any) -> str:
         return f"<pre>{escape(json.dumps(data, indent=2))}</pre>"
     cols = list(dict.fromkeys(k for r in data for k in r))
     return table(cols, [[r.get(c) for c in cols] for r in data])
+
+
+def _ablate_markdown(data: Any) -> str | None:
+    """The table `saga ablate` writes to ablation.md (± interval, hardest classes, level/seeds/fraction note);
+    None for JSON of another shape."""
+    from saga.ablate import to_markdown
+
+    if not (isinstance(data, dict) and {"level", "seeds", "rows"} <= set(data) and data["rows"]):
+        return None
+    try:
+        return to_markdown(data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def _ablation_md(text: str) -> str:
@@ -276,8 +315,9 @@ def _ablation_md(text: str) -> str:
 
 
 # -- the page -----------------------------------------------------------------------------
-def render_report(run_dirs: list[Path], ablation: Path | None = None, openworld: list[Path] | None = None) -> str:
-    """The page: runs side by side, then the ablation and the leave-one-generator-out experiments.
+def render_report(run_dirs: list[Path], ablations: list[Path] | None = None,
+                  openworld: list[Path] | None = None) -> str:
+    """The page: runs side by side, then the ablation tables and the leave-one-generator-out experiments.
 
     A folder among `run_dirs` that holds a `saga openset logo` results.json is shown as an
     experiment, not a run; so is the experiment a fold run (EXP/logo/<g>) belongs to.
@@ -286,8 +326,10 @@ def render_report(run_dirs: list[Path], ablation: Path | None = None, openworld:
     experiments = list(dict.fromkeys([experiment_file(Path(e)).resolve() for e in openworld or []]
                                      + [experiment_file(e).resolve() for e in find_experiments(dirs)]))
     runs = [load_run(d) for d in dirs if not is_experiment(d)]
-    ablation = ablation or find_ablation([Path(r["dir"]) for r in runs])
+    tables = _one_per_folder([*(ablations or []), *find_ablations([Path(r["dir"]) for r in runs])])
+    anchors = ["ablation", *(f"ablation-{i}" for i in range(2, len(tables) + 1))]
     nav = "".join(f'<a href="#run-{i}">{i}. {escape(run_name(r))}</a>' for i, r in enumerate(runs, 1))
+    nav += "".join(f'<a href="#{a}">ablation: {escape(t.resolve().parent.name)}</a>' for a, t in zip(anchors, tables))
     nav += "".join(f'<a href="#openworld-{i}">leave-one-generator-out: {escape(e.parent.name)}</a>'
                    for i, e in enumerate(experiments, 1))
     parts = [
@@ -299,8 +341,7 @@ def render_report(run_dirs: list[Path], ablation: Path | None = None, openworld:
         f'{f" · {len(experiments)} open-set experiment(s)" if experiments else ""}</p>',
         f'<section id="summary"><h2>Runs</h2><nav>{nav}</nav>{summary_table(runs) if runs else ""}</section>',
     ]
-    if ablation is not None:
-        parts.append(ablation_section(Path(ablation)))
+    parts += [ablation_section(t, a) for a, t in zip(anchors, tables)]
     parts += [logo_section(e, f"openworld-{i}") for i, e in enumerate(experiments, 1)]
     parts += [run_section(i, r) for i, r in enumerate(runs, 1)]
     parts.append("</main></body></html>\n")
@@ -314,11 +355,11 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     if missing:
         raise SagaError(f"{missing[0]}: not a run folder; pass folders written by `saga train`")
     run_dirs, found = _sort_folders(run_dirs)
-    ablation = ablation if ablation is not None else found
     if not run_dirs and not openworld:
         raise SagaError("nothing to report: pass run folders or --openworld EXP")
-    if ablation is not None:
-        _check_ablation(Path(ablation))
+    tables = _one_per_folder(([Path(ablation)] if ablation is not None else []) + found)
+    for table_file in tables:
+        _check_ablation(table_file)
     bad = [str(e) for e in openworld or [] if not experiment_file(Path(e)).is_file()]
     if bad:
         raise SagaError(f"{bad[0]}: no {LOGO_RESULTS} found; pass the --out folder of `saga openset logo` "
@@ -327,25 +368,26 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     if out_html.is_dir():
         raise SagaError(f"{out_html}: is a folder; pass the HTML file to write, e.g. --out {out_html / 'report.html'}")
     make_dir(out_html.parent)
-    write_text(out_html, render_report(run_dirs, ablation, openworld))
+    write_text(out_html, render_report(run_dirs, tables, openworld))
     return out_html
 
 
-def _sort_folders(folders: list[Path]) -> tuple[list[Path], Path | None]:
-    """The run (and experiment) folders, each once, and the ablation file of an ablation folder among them
-    (`saga report runs/*` then finds runs/ablation); any other folder is refused, named."""
+def _sort_folders(folders: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The run (and experiment) folders, each once, and the table of every ablation folder among them
+    (`saga report runs/*` then finds runs/ablation-GEN-L and runs/ablation-TEAM-L); any other folder is
+    refused, named."""
     runs: dict[Path, Path] = {}
-    ablation = None
+    tables: list[Path] = []
     for folder in map(Path, folders):
         if (folder / CONFIG).is_file() or is_experiment(folder):
             runs.setdefault(folder.resolve(), folder)
             continue
-        table_file = next((folder / n for n in ABLATION_NAMES if (folder / n).is_file()), None)
+        table_file = _table_in(folder)
         if table_file is None:
             raise SagaError(f"{folder}: not a saga run folder (no {CONFIG}); pass folders written by saga train, "
                             "attribute or probe, --ablation FILE, or --openworld EXP")
-        ablation = ablation or table_file
-    return list(runs.values()), ablation
+        tables.append(table_file)
+    return list(runs.values()), tables
 
 
 def _check_ablation(path: Path) -> None:

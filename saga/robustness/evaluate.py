@@ -4,7 +4,8 @@ A GEN-L prediction determines team, SD backbone, task and real/fake, so one run 
 every coarser level by summing probabilities over the classes that map to each coarser class
 (`saga.openworld.levels`). The metrics themselves are `saga.explain.scores.compute_metrics`,
 the same as `saga evaluate` (Wilson interval for accuracy, stratified bootstrap for macro).
-Every level is scored on the same videos: those with a class at the run's level.
+Every level is scored on the same videos: those with a class at the run's level (the runner
+selects only those; `n` is what each level scored).
 """
 
 from __future__ import annotations
@@ -47,19 +48,31 @@ def level_metrics(inf: Inference, records: Sequence[VideoRecord], info: RunInfo,
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """robustness.md: one row per perturbation, accuracy [95 % CI] per level, n and failures."""
+    """robustness.md: one row per perturbation, accuracy [95 % CI] per level, the videos scored and failures."""
     levels = result["levels"]
+    scored = result["perturbations"][0]["n"]  # clean: every selected video with a class at the run's level
     lines = [f"# Robustness of {result['run']}", "",
-             f"Cache {result['cache']}, split {result['split']}, {result['n_videos']} videos "
-             "(accuracy in %, 95 % Wilson interval in brackets; n = videos scored; failed = could not be "
-             "re-encoded or extracted).", "",
+             f"Cache {result['cache']}, split {result['split']}, {result['n_videos']} videos selected, {scored} "
+             f"of them with a class at {levels[0]} (accuracy in %, 95 % Wilson interval in brackets; n = videos "
+             "scored, per level where the levels differ; failed = could not be re-encoded or extracted).", "",
              "| perturbation | " + " | ".join(levels) + " | n | failed | description |",
              "|---|" + "---|" * len(levels) + "---|---|---|"]
     for p in result["perturbations"]:
-        cells = []
-        for level in levels:
-            m = p["levels"].get(level)
-            cells.append("n/a" if not m or m["accuracy"] is None else
-                         f"{100 * m['accuracy']:.1f} [{100 * m['ci'][0]:.1f}, {100 * m['ci'][1]:.1f}]")
-        lines.append(f"| {p['name']} | " + " | ".join(cells) + f" | {p['n']} | {p['failed']} | {p['description']} |")
+        cells = [_accuracy_cell(p["levels"].get(level)) for level in levels]
+        lines.append(f"| {p['name']} | " + " | ".join(cells) +
+                     f" | {_scored_cell(p, levels)} | {p['failed']} | {p['description']} |")
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_cell(m: dict[str, Any] | None) -> str:
+    if not m or m["accuracy"] is None:
+        return "n/a"
+    return f"{100 * m['accuracy']:.1f} [{100 * m['ci'][0]:.1f}, {100 * m['ci'][1]:.1f}]"
+
+
+def _scored_cell(p: dict[str, Any], levels: Sequence[str]) -> str:
+    """The videos each level scored: one number when the levels agree, else `LEVEL n` for each."""
+    per_level = {lv: p["levels"][lv]["n"] for lv in levels if p["levels"].get(lv)}
+    if len(set(per_level.values())) <= 1:
+        return str(next(iter(per_level.values()), 0))
+    return ", ".join(f"{lv} {n}" for lv, n in per_level.items())

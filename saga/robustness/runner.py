@@ -1,7 +1,9 @@
 """`saga robustness`: a run's accuracy on re-encoded copies of its test videos, next to the clean accuracy.
 
-For each perturbation: re-encode the selected videos once (`OUT/robustness/<name>/videos/`, reused
-when present), extract them once into their own cache (`OUT/robustness/<name>/cache/`) with exactly
+Only the selected videos with a class at the run's level are scored, so only those are re-encoded.
+For each perturbation: re-encode them once (`OUT/robustness/<name>/videos/`, reused when present;
+`<name>-<split>` for a split other than test, as a perturbed cache holds one split), extract them
+once into their own cache (`OUT/robustness/<name>/cache/`) with exactly
 the encoder, weights, preprocessing and sampling recorded in the run's cache (extraction resumes by
 itself), then evaluate the run there. The perturbed cache is created beforehand with the clean
 cache's encoder spec and taxonomy, so labels carry over and an encoder that no longer gives the
@@ -30,6 +32,8 @@ from saga.robustness.perturb import Perturbation, apply, parse_list
 Say = Callable[[str], None]
 CLEAN = "clean"
 FOLDER = "robustness"  # under OUT: the perturbed videos and caches (safe to delete; rebuilt on demand)
+DEFAULT_SPLIT = "test"  # its perturbed folders keep the bare perturbation name (the layout before splits)
+ENCODER_REFUSAL = "refusing to append: the cache was built with"  # FeatureCache.check_compatible: the encoder spec
 
 
 @dataclass
@@ -40,7 +44,7 @@ class RobustnessConfig:
     out: Path | None = None  # default: the run folder
     perturbations: list[Perturbation] = field(default_factory=lambda: parse_list(None))
     limit_per_class: int | None = None
-    split: str = "test"
+    split: str = DEFAULT_SPLIT
     seed: int = 0  # of the --limit-per-class draw
     device: str = "cpu"
     batch_size: int = 64
@@ -87,6 +91,11 @@ def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, fo
     return done
 
 
+def perturbed_folder(out: Path, name: str, split: str) -> Path:
+    """One folder per perturbation and split: a perturbed cache records a single split, so splits cannot share one."""
+    return out / FOLDER / (name if split == DEFAULT_SPLIT else f"{name}-{split}")
+
+
 def csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
@@ -105,7 +114,7 @@ def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg
     try:
         summary = extract(ecfg, progress)
     except SagaError as exc:
-        if "refusing to append" in str(exc):
+        if ENCODER_REFUSAL in str(exc):
             raise SagaError(f"{clean.root}: its encoder ({spec.encoder}, {spec.pretrained}) loaded today gives other "
                             f"features than recorded ({exc}); provide the weights the cache was extracted with") from None
         raise
@@ -126,13 +135,14 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     clean = FeatureCache.open(cache_path)
     taxonomy = clean.taxonomy
     levels = reported_levels(emb.info, taxonomy)
-    records = select(clean, cfg.split, cfg.limit_per_class, cfg.seed)
-    inf = emb(clean, records)  # refuses, in one line, a cache whose features the run cannot read
+    selected = select(clean, cfg.split, cfg.limit_per_class, cfg.seed)
+    records = scored_records(emb, clean, selected, cfg.split, say)
+    inf = emb(clean, records)
     perturbations = [{"name": CLEAN, "description": "the original videos (features of the original cache)",
                       "cache": str(clean.root), "n": len(records), "failed": 0,
                       "levels": level_metrics(inf, records, emb.info, taxonomy, levels)}]
     for p in cfg.perturbations:
-        folder = out / FOLDER / p.name
+        folder = perturbed_folder(out, p.name, cfg.split)
         say(f"{p.name}: {p.description}")
         copies = perturb_videos(p, records, cfg.videos, folder / "videos", say)
         if not copies:
@@ -149,8 +159,23 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
         perturbations.append({"name": p.name, "description": p.description, "cache": str(pcache.root),
                               "n": len(precs), "failed": len(records) - len(precs),
                               "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels)})
-    result = {"run": str(cfg.run), "cache": str(clean.root), "split": cfg.split, "n_videos": len(records),
+    result = {"run": str(cfg.run), "cache": str(clean.root), "split": cfg.split, "n_videos": len(selected),
               "levels": levels, "perturbations": perturbations}
     write_json(out / ROBUSTNESS, result)
     write_text(out / ROBUSTNESS_MD, markdown(result))
     return result
+
+
+def scored_records(emb: Embedder, clean: FeatureCache, selected: list[VideoRecord], split: str,
+                   say: Say) -> list[VideoRecord]:
+    """The selected videos with a class at the run's level: the only ones scored, so the only ones re-encoded."""
+    targets = emb(clean, selected).targets  # refuses, in one line, a cache whose features the run cannot read
+    scored = [r for r, t in zip(selected, targets) if t >= 0]
+    level = emb.info.level
+    if not scored:
+        raise SagaError(f"{clean.root}: none of the {len(selected)} selected '{split}' videos has a {level} class "
+                        "of the run; pick another --split")
+    if len(scored) < len(selected):
+        say(f"{len(selected) - len(scored)} of {len(selected)} selected videos have no {level} class: "
+            "not scored, not re-encoded")
+    return scored
