@@ -69,6 +69,31 @@ def records(tax: Taxonomy) -> list[VideoRecord]:
     return [VideoRecord(f"{g}/{i}.mp4", 1, i, OK, g, tax.labels(g), "train") for i, g in enumerate(gens * 3)]
 
 
+def test_one_video_per_class_and_no_real_videos_give_a_discriminant_of_ordinary_size() -> None:
+    """No within-class spread and nothing to shrink it to: the identity was scaled by 1e-12, and the
+    weights reached ~1e13 (every probability exactly 0 or 1)."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, 16))
+    weights, bias = discriminant(emb, np.arange(3), 3)
+    assert np.isfinite(weights).all() and np.abs(weights).max() < 100 and np.abs(bias).max() < 1e3
+    assert ((emb + 0.1 * rng.normal(size=emb.shape)) @ weights.T + bias).argmax(1).tolist() == [0, 1, 2]
+
+
+def test_choosing_the_trained_head_keeps_what_the_discriminant_recorded() -> None:
+    import torch
+
+    from saga.model import ModelConfig, VideoTransformer
+    from saga.train.readout import choose_readout
+
+    model = VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2))
+    scores = iter([0.5])  # the discriminant validates worse than the head's 0.9
+    info = choose_readout(model, lambda m: {"readout": "lda", "labelled_videos": 4, "self_training": "on"},
+                          lambda m: {"macro_accuracy": next(scores), "n": 10}, head_score=0.9)
+    assert info["readout"] == "head" and info["labelled_videos"] == 4 and info["self_training"] == "on"
+    assert info["val_macro_accuracy"] == {"head": 0.9, "lda": 0.5}
+    del torch
+
+
 def test_the_unlabelled_pool_leaves_out_labelled_videos_copies_and_levels_without_a_class_for_all(monkeypatch) -> None:
     tax = Taxonomy.load("synth")
     train = records(tax)

@@ -91,7 +91,10 @@ def shared_covariance(emb: np.ndarray, targets: np.ndarray, n_classes: int,
     if real_emb is not None and len(real_emb) >= 2:
         cov = (1 - REAL_SHARE) * cov + REAL_SHARE * np.cov(real_emb, rowvar=False)
     dim = cov.shape[0]
-    return means, (1 - SHRINK) * cov + SHRINK * max(np.trace(cov) / dim, 1e-12) * np.eye(dim)
+    scale = np.trace(cov) / dim
+    if scale <= 1e-8 * max(float(np.mean(emb ** 2)), 1e-12):  # one video per class and no real ones: no spread
+        scale = max(float(emb.var(axis=0).mean()), 1e-12)  # the labelled videos' own, so weights stay of ordinary size
+    return means, (1 - SHRINK) * cov + SHRINK * scale * np.eye(dim)
 
 
 def self_train(emb: np.ndarray, targets: np.ndarray, n_classes: int, unlabelled: np.ndarray,
@@ -237,6 +240,6 @@ def choose_readout(model: VideoTransformer, fit: Callable[[VideoTransformer], di
     scores = {"head": head, "lda": lda_val["macro_accuracy"]}
     if switch and scores["head"] > scores["lda"]:
         model.set_head(*trained)
-        info = {"readout": "head"}
+        info = {**info, "readout": "head", "discriminant": "fitted, not kept"}
     return {**info, "chosen_by": "val_macro_accuracy" if switch else "readout = lda", "val_macro_accuracy": scores,
             "val_videos": int(lda_val.get("n", 0))}
