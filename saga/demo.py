@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from saga.errors import SagaError
-from saga.fileio import read_json, write_json
+from saga.fileio import check_writable, read_json, write_json
 from saga.taxonomy import LEVELS
 
 Log = Callable[[str], None]
@@ -78,6 +78,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
     from saga.train.attribute import AttributeConfig, train_attribution
     from saga.train.stage1 import Stage1Config, train_stage1
 
+    check_writable(cfg.out)  # before minutes of generating videos
     cache = _extract(cfg, _synth(cfg, log), log, extract_progress)
     runs = cfg.out / "runs"
     stage1 = train_stage1(cache, runs / "stage1", Stage1Config(epochs=cfg.stage1_epochs, seed=cfg.seed,

@@ -78,6 +78,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
     except RuntimeError as exc:
         reason = (str(exc).strip().splitlines() or ["invalid"])[0][:200]
         raise SagaError(f"--device {name}: unknown device ({reason}); use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xpu...: saga is built and tested for these two only
+        raise SagaError(f"--device {name}: not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SagaError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return local_device(device)

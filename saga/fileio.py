@@ -92,10 +92,19 @@ def unlock_folder(folder: str | Path) -> None:
 
 
 def make_dir(path: str | Path) -> Path:
-    """mkdir -p, with a full disk or an unwritable parent as one line naming the folder."""
+    """mkdir -p, with a full disk, an unwritable parent or a file in the way as one line naming the folder."""
     path = Path(path)
-    with writing(path):
-        path.mkdir(parents=True, exist_ok=True)
+    try:
+        with writing(path):
+            path.mkdir(parents=True, exist_ok=True)
+    except WriteError:
+        raise
+    except OSError as exc:  # ENOTDIR / EEXIST: a file where a folder must be; ENOENT under /proc ...
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise SagaError(f"{blocker}: exists and is not a folder; choose another output folder") from None
+        raise SagaError(f"{path}: cannot create this folder ({exc.strerror or exc}); choose another output "
+                        "folder") from None
     return path
 
 

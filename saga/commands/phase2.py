@@ -71,7 +71,7 @@ def train(
     cache: Cache = Path("cache"),
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Run folder (default runs/stage1; stage 2: runs/<level>).")] = None,
-    level: Annotated[str, typer.Option("--level", help="Stage 2 only: the attribution level.")] = "GEN-L",
+    level: Annotated[Optional[str], typer.Option("--level", help="Stage 2 only: the attribution level (GEN-L).")] = None,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Stage 2 only: the stage-1 run.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
@@ -87,12 +87,15 @@ def train(
 ) -> None:
     """Stage 1: train the video transformer on real/fake from the cache."""
     if stage == 2:
-        attribute(level=level, cache=cache, from_run=from_run, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                  frames=frames, seed=seed, patience=patience, inputs=inputs, device=device, config=config,
+        attribute(level=level or "GEN-L", cache=cache, from_run=from_run, out=out, epochs=epochs,
+                  batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, inputs=inputs, device=device, config=config,
                   resume=resume)
         return
     if stage != 1:
         raise SagaError(f"--stage must be 1 or 2, got {stage}")
+    if level is not None or from_run is not None:  # a forgotten --stage 2 would train stage 1 silently
+        raise SagaError(f"{'--level' if level is not None else '--from'} applies to --stage 2 only; "
+                        "add --stage 2 (or use `saga attribute`)")
     from saga.runs import RunFolder, accept_changed_cache
     from saga.train.stage1 import Stage1Config, train_stage1
 
