@@ -100,6 +100,8 @@ class Taxonomy:
         if REAL not in aliases:
             aliases = (REAL, *aliases)
         _lookup_table(parsed, aliases, origin)  # refuses clashes, naming the file
+        for attr in ("sd", "team"):
+            _check_spellings(origin, attr, [getattr(g, attr) for g in parsed.values() if getattr(g, attr)])
         return cls(str(data.get("name", origin)), parsed, aliases, str(data.get("description", "")))
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +184,18 @@ def _lookup_table(generators: dict[str, Generator], real_aliases: Iterable[str],
             raise SagaError(f"{where}: {claimed[1]!r} and {spelling!r} are the same name once case, spaces, "
                             "'-' and '_' are ignored; rename one")
     return {key: target for key, (target, _) in table.items()}
+
+
+def _check_spellings(origin: str, attr: str, values: list[str]) -> None:
+    """One SD-L / TEAM-L class per backbone or team: 'SD 2.1' and 'sd 2.1' would be two classes, silently."""
+    seen: dict[str, str] = {}
+    for value in values:
+        first = seen.setdefault(name_key(value), value)
+        if first != value:
+            raise SagaError(f"{origin}: {attr} {first!r} and {value!r} differ only in case, spaces, '-' or '_', so they "
+                            "would be two classes; spell them the same")
+        if name_key(value) == FAKE:
+            raise SagaError(f"{origin}: {attr} {value!r}: '{FAKE}' is reserved for the BIN-L class")
 
 
 def _parse_aliases(spec: dict[str, Any], where: str) -> tuple[str, ...]:

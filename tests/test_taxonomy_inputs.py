@@ -39,6 +39,15 @@ def test_generator_names_that_collide_are_refused_naming_the_file_and_both(first
     assert "\n" not in message
 
 
+def test_sd_backbones_or_teams_spelled_two_ways_are_refused_not_split_into_two_classes() -> None:
+    with pytest.raises(SagaError, match=r"^my.toml: sd 'SD 2.1' and 'sd 2.1' differ only in case"):
+        Taxonomy.from_toml(generator("A", sd="SD 2.1") + generator("B", sd="sd 2.1"), origin="my.toml")
+    with pytest.raises(SagaError, match=r"^my.toml: team 'T' and 't' differ only in case"):
+        Taxonomy.from_toml(generator("A") + generator("B").replace('team = "T"', 'team = "t"'), origin="my.toml")
+    with pytest.raises(SagaError, match=r"sd 'Fake': 'fake' is reserved"):
+        Taxonomy.from_toml(generator("A", sd="Fake"), origin="my.toml")
+
+
 def test_a_generator_name_with_surrounding_spaces_is_refused() -> None:
     with pytest.raises(SagaError, match=r"^my.toml: generator ' SVD': .*surrounding spaces; write it as 'SVD'$"):
         Taxonomy.from_toml(generator(" SVD"), origin="my.toml")
