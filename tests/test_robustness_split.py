@@ -72,6 +72,11 @@ def test_another_split_into_the_same_out_gets_its_own_perturbed_cache(world: dic
     assert sorted(p.name for p in folders.iterdir()) == ["crf35", "crf35-val"]  # test keeps the bare name
     assert {r.split for r in FeatureCache.open(folders / "crf35" / "cache").records()} == {"test"}
     assert {r.split for r in FeatureCache.open(folders / "crf35-val" / "cache").records()} == {"val"}
+    import json  # each split keeps its own results (the val run used to overwrite robustness.json)
+
+    assert json.loads((out / "robustness.json").read_text())["split"] == "test"
+    assert json.loads((out / "robustness-val.json").read_text())["split"] == "val"
+    assert (out / "robustness-val.md").is_file()
     said: list[str] = []
     robustness(world, "gen", out, "test", said)  # the test split's folder is still reused
     assert any("extracted 0 new, 6 already cached" in line for line in said)

@@ -50,7 +50,7 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
 
     Errors: a sealed part missing or its manifest changed since it was sealed (truncated,
     edited: labels and splits are covered), attributes that do not match the arrays, records
-    whose split differs from the split plan. Warnings: parts never sealed (an extraction
+    whose split differs from the split plan. Warnings: parts never sealed (an older saga, an extraction
     killed or still running), planned videos without a record (rerun extract to finish).
     """
     errors: list[str] = []
@@ -78,8 +78,9 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
                 errors.append(f"part {name}: corrupt {store.SEAL}")
                 continue
         if entry is None:
-            warnings.append(f"part {name} was never sealed (an extraction killed or still running); "
-                            "rerun `saga extract` to complete the cache")
+            warnings.append(f"part {name} was never sealed (made by an older saga, or an extraction killed or "
+                            "still running); `saga cache verify --seal` seals it once every check passes, and the "
+                            "next `saga extract` does too")
             continue
         lines, digest = manifest_digest(folder / store.MANIFEST)
         if (lines, digest) != (entry.get("lines"), entry.get("digest")):

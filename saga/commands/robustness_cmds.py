@@ -15,8 +15,8 @@ def robustness(
     videos: Annotated[Path, typer.Option("--videos", help="The folder the cache was extracted from.")],
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")] = None,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder for robustness.json/.md and robustness/ (the perturbed videos and caches, "
-                      "safe to delete); default: the run folder.")] = None,
+        "--out", help="Folder for robustness.json/.md (robustness-SPLIT.* for a split other than test) and "
+                      "robustness/ (the perturbed videos and caches, safe to delete); default: the run folder.")] = None,
     perturb: Annotated[Optional[str], typer.Option(
         "--perturb", help="Comma-separated: crfN, downscaleX, cropX, fpsX (X < 1), social "
                           "(default: crf23,crf28,crf35,downscale0.5,crop0.8,fps0.5,social).")] = None,
@@ -31,7 +31,7 @@ def robustness(
     """Re-encode the split's videos with each perturbation, extract each set once, evaluate the run on it."""
     from saga.robustness.evaluate import markdown
     from saga.robustness.perturb import parse_list
-    from saga.robustness.runner import RobustnessConfig, run_robustness
+    from saga.robustness.runner import RobustnessConfig, result_files, run_robustness
 
     cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=parse_list(perturb),
                            limit_per_class=limit_per_class, split=split, seed=seed, device=cli_device(device),
@@ -39,7 +39,7 @@ def robustness(
     result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
     typer.echo(markdown(result))
     folder = out or run
-    console.print(f"written: {folder / 'robustness.json'}, {folder / 'robustness.md'}")
+    console.print(f"written: {', '.join(str(folder / name) for name in result_files(cfg.split))}")
 
 
 def register(app: typer.Typer) -> None:

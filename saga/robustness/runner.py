@@ -91,6 +91,14 @@ def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, fo
     return done
 
 
+def result_files(split: str) -> tuple[str, str]:
+    """robustness.json / .md for the test split (what the report shows), robustness-<split>.* for another,
+    so runs on several splits into one --out keep each other's results."""
+    if split == DEFAULT_SPLIT:
+        return ROBUSTNESS, ROBUSTNESS_MD
+    return tuple(name.replace(".", f"-{split}.", 1) for name in (ROBUSTNESS, ROBUSTNESS_MD))  # type: ignore[return-value]
+
+
 def perturbed_folder(out: Path, name: str, split: str) -> Path:
     """One folder per perturbation and split: a perturbed cache records a single split, so splits cannot share one."""
     return out / FOLDER / (name if split == DEFAULT_SPLIT else f"{name}-{split}")
@@ -161,8 +169,9 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
                               "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels)})
     result = {"run": str(cfg.run), "cache": str(clean.root), "split": cfg.split, "n_videos": len(selected),
               "levels": levels, "perturbations": perturbations}
-    write_json(out / ROBUSTNESS, result)
-    write_text(out / ROBUSTNESS_MD, markdown(result))
+    json_name, md_name = result_files(cfg.split)
+    write_json(out / json_name, result)
+    write_text(out / md_name, markdown(result))
     return result
 
 
