@@ -141,3 +141,20 @@ def test_stage2_flags_without_stage_2_are_refused(tmp_path: Path, flag: list[str
     result = CliRunner().invoke(app, ["train", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "r"), *flag])
     assert isinstance(result.exception, SagaError) and "applies to --stage 2 only" in str(result.exception)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_published_model_is_a_built_in_config_for_each_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """method.md's θ (frame features only) and stage 2 (CE + HNM on the classes, the trained head)."""
+    from saga.commands.common import training_options
+    from saga.train.attribute import AttributeConfig
+    from saga.train.stage1 import Stage1Config
+
+    stage1 = training_options(Stage1Config, Path("paper-stage1"), epochs=3)
+    assert (stage1.inputs, stage1.content_basis, stage1.video_stats, stage1.epochs) == ("content", 0, 0, 3)
+    stage2 = training_options(AttributeConfig, Path("paper-stage2"))
+    assert (stage2.readout, stage2.self_training, stage2.sources, stage2.content_basis) == ("head", False, False, 0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper-stage1").write_text("epochs = 7\n")  # a file of that name wins
+    own = training_options(Stage1Config, Path("paper-stage1"))
+    assert (own.epochs, own.content_basis) == (7, Stage1Config().content_basis)

@@ -377,6 +377,9 @@ def test_ablation_grid_has_probe_and_ceiling_rows(cache: FeatureCache, stage1: P
     assert ("1-stage, all labels", "ce") in names
     assert ("probe, same labels", "logistic regression") in names and ("probe, all labels", "logistic regression") in names
     assert all(r["runs"] == 2 and r["accuracy_ci95"] >= 0 and r["n_test"] > 0 for r in summary["rows"])
+    paper = {(r["setting"], r["loss"]): r["paper"] for r in summary["rows"]}  # method.md's TASK-L headline
+    assert (paper[("1-stage", "ce")], paper[("1-stage, all labels", "ce")], paper[("2-stage", "ce+hnm")]) == (
+        82.41, 99.96, 98.20) and paper[("2-stage", "ce")] is None  # the paper's ablation is GEN-L only
     assert summary["test_videos_per_class"] and set(summary["test_videos_per_class"]) == {"real", "T2V", "I2V"}
     text = (tmp_path / "abl" / "ablation.md").read_text()
     assert "95 % t-interval" in text and "probe, all labels" in text

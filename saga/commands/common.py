@@ -87,10 +87,23 @@ def extract_progress() -> Iterator[Callable[[Any], None]]:
             bar.stop()
 
 
+BUILTIN_CONFIGS = ("paper-stage1", "paper-stage2")  # saga/data/configs/NAME.toml: --config NAME
+
+
+def builtin_config(config: Path) -> Path:
+    """`--config paper-stage1` (no such file here): the TOML shipped in saga/data/configs."""
+    if config.exists() or str(config) not in BUILTIN_CONFIGS:
+        return config
+    from importlib import resources
+
+    return Path(str(resources.files("saga.data").joinpath("configs", f"{config}.toml")))
+
+
 def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
-    """Options from --config, overridden by the flags the user actually gave."""
+    """Options from --config (a TOML file, or a built-in name), overridden by the flags the user actually gave."""
     opts: dict[str, Any] = {}
     if config is not None:
+        config = builtin_config(config)
         try:
             opts = tomllib.loads(config.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:

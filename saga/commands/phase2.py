@@ -22,7 +22,8 @@ from saga.commands.common import (
 from saga.errors import SagaError, WriteError
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (CLI flags win).")]
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config", help="TOML of training options (CLI flags win), or paper-stage1 / paper-stage2: the published model.")]
 DEFAULT_STAGE1 = Path("runs/stage1")
 Frames = Annotated[Optional[int], typer.Option("--frames", help="T' <= the cache's T (default: all cached).")]
 Patience = Annotated[Optional[int], typer.Option(

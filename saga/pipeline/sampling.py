@@ -17,7 +17,7 @@ import numpy as np
 from saga.errors import DecodeError, SagaError
 
 MODES = ("consecutive", "uniform")
-MAX_SAMPLED = 1024  # frames x windows decoded per video: far above any use (the paper samples 16); more is a typo or hostile
+MAX_SAMPLED = 1024  # frames x windows decoded per video: far above any use (saga samples 16); more is a typo or hostile
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -43,8 +43,10 @@ class SamplingPolicy:
       round(linspace(0, n - 1, T)). With W > 1 window w is the same grid shifted by w/W of
       the stride, where the stride s = (n - 1) / (T - 1 + (W - 1) / W) is chosen so that the
       first window starts at frame 0 and the last one ends at frame n - 1 (grids interleave).
-    - ``n < T`` (both modes): frames 0..n-1, then the last frame repeated (UNITE's padding,
-      better than zeros); the mask marks the repeats False, so mask.sum() counts real frames.
+    - ``n < T`` (both modes): frames 0..n-1, then the last frame repeated (UNITE's padding);
+      the mask marks the repeats False, so mask.sum() counts real frames. saga's transformer masks
+      padded frames out of attention, pooling and its statistics, so what fills them does not
+      matter to it (UNITE's "better than zeros" is about models that see the padding).
     """
 
     frames: int = 16
