@@ -22,6 +22,7 @@ from scipy import stats as scipy_stats
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.metrics import evaluate, write_json_atomic
+from saga.explain.ablation_table import to_markdown
 from saga.fileio import write_text
 from saga.train.attribute import AttributeConfig, load_base, train_attribution
 from saga.train.options import Loss
@@ -77,11 +78,6 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
     return summary
 
 
-def _per_generator(summary: dict[str, Any]) -> str:
-    m = summary.get("per_generator") or 0
-    return f", {m} per generator" if m else ""
-
-
 def _probe_pct(metrics: dict[str, Any]) -> str:
     probe = metrics.get("probe", {})
     return f"{100 * probe['accuracy']:.1f}%" if "accuracy" in probe else "n/a"
@@ -110,10 +106,6 @@ def _summarise(stages: str, loss: str, cell: list[dict[str, Any]], level: str) -
     }
 
 
-def _pm(mean: float, half: float | None) -> str:
-    return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f} (1 seed: no interval)"
-
-
 def half_text(half: float | None) -> str:
     """An `interval95` half-width for a log line: one value has none (not 0)."""
     return "n/a (one value)" if half is None else f"{half:.1f}"
@@ -122,23 +114,3 @@ def half_text(half: float | None) -> str:
 def _test_counts(row: dict[str, Any]) -> dict[str, int] | None:
     counts = row.get("class_counts")
     return {c: int(n) for c, n in counts.items()} if isinstance(counts, dict) else None
-
-
-def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
-    rows = summary["rows"]
-    mean_per_class = {c: statistics.fmean(r["per_class"][c] for r in rows) for c in rows[0]["per_class"]
-                      if all(c in r["per_class"] for r in rows)}
-    worst = sorted(mean_per_class, key=mean_per_class.get)[:hardest]
-    lines = ["| setting | loss | accuracy % (95 % CI) | macro acc % (95 % CI) | paper % | " + " | ".join(worst) + " |",
-             "|---" * (5 + len(worst)) + "|"]
-    for r in rows:
-        paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
-        cells = [f"{r['per_class'][c]:.1f}" for c in worst]
-        lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'])} | "
-                     f"{_pm(r['macro_mean'], r['macro_ci95'])} | {paper} | " + " | ".join(cells) + " |")
-    counts = summary.get("test_videos_per_class") or {}
-    size = (f", {min(counts.values())}–{max(counts.values())} test videos per class" if counts else "")
-    head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "
-            f"(floor {summary.get('floor')}{_per_generator(summary)}){size}; ± is the 95 % t-interval over seeds; "
-            f"per-class columns: the {hardest} hardest classes on average\n\n")
-    return head + "\n".join(lines) + "\n"

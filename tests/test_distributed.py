@@ -183,8 +183,9 @@ def assert_same_run(a: Path, b: Path, atol: float = 1e-3) -> None:
            {k: done_b[k] for k in ("best_epoch", "best_metric", "epochs_run", "step")}
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=1e-3)
+    for key in wa:  # the head is the discriminant solved from the embeddings: their 1e-5 rounding is amplified
+        scale = 10 if key.startswith("head.") and done_a.get("readout") == "lda" else 1
+        torch.testing.assert_close(wa[key], wb[key], atol=scale * atol, rtol=scale * 1e-3)
     assert not (b / "state.json").exists() and (b / "done.json").is_file()
 
 

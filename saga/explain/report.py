@@ -282,7 +282,7 @@ def _ablation_json(data: Any) -> str:
 def _ablate_markdown(data: Any) -> str | None:
     """The table `saga ablate` writes to ablation.md (± interval, hardest classes, level/seeds/fraction note);
     None for JSON of another shape."""
-    from saga.ablate import to_markdown
+    from saga.explain.ablation_table import to_markdown
 
     if not (isinstance(data, dict) and {"level", "seeds", "rows"} <= set(data) and data["rows"]):
         return None
