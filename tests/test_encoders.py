@@ -175,10 +175,11 @@ def test_bad_weights_files_are_one_line_errors(tmp_path):
     torch.save({**sd, "extra": NotATensor()}, tmp_path / "unsafe.pt")
     _refused(TEST_ENCODER, str(tmp_path / "unsafe.pt"), "unsafe.pt")  # weights_only=True refuses the pickle
     torch.save({k: v for k, v in list(sd.items())[1:]}, tmp_path / "partial.pt")
-    _refused(TEST_ENCODER, str(tmp_path / "partial.pt"), "cannot load", "architecture")
+    first = next(iter(sd))  # the error names the key the file lacks
+    _refused(TEST_ENCODER, str(tmp_path / "partial.pt"), "cannot load", "architecture", "Missing key", first)
     _refused(TEST_ENCODER, str(tmp_path / "missing.safetensors"), "not found", "missing.safetensors")
     _refused(DEMO_ENCODER, str(tmp_path / "missing.pt"), "not found", "missing.pt")
-    _refused(DEMO_ENCODER, str(tmp_path / "partial.pt"), "do not fit")
+    _refused(DEMO_ENCODER, str(tmp_path / "partial.pt"), "do not fit", "key(s) in state_dict")
     _refused(TEST_ENCODER, "no-such-tag", "unknown pretrained tag")
 
 

@@ -118,7 +118,11 @@ def load_encoder(encoder: str = DEFAULT_ENCODER, pretrained: str | None = DEFAUL
 
 
 def _one_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    """The first line of an error; for torch's multi-line state-dict error, its first detail too, which names a key."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"[:300]
+    return lines[0][:200]
 
 
 def _offline() -> bool:
