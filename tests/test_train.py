@@ -308,30 +308,6 @@ def test_stage2_hnm_logs_triplets_and_resumes(cache: FeatureCache, stage1: Path,
     _kill_resume_and_compare(cache, stage1, cfg, out, tmp_path / "b", lambda e: e.kind == "epoch" and e.done == 1)
 
 
-def test_hnm_mines_at_the_level_being_trained_when_ce_trains_on_sources(
-        cache: FeatureCache, stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two generators of one task are positives at TASK-L (method.md); mining used to take the
-    generator ids CE trains on: same-task negatives, and a generator's lone video had no positive."""
-    import saga.train.attribute as attribute
-
-    calls = []
-
-    def spy(emb, labels, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - mine_triplets' signature
-        mined = mine(emb, labels, *args, **kwargs)
-        calls.append((np.asarray(labels).copy(), mined))
-        return mined
-
-    mine = attribute.mine_triplets
-    monkeypatch.setattr(attribute, "mine_triplets", spy)
-    out = train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+hnm", epochs=1), from_run=stage1)
-    model, info = load_model(out)
-    assert model.head.out_features > 3 and info.classes == ["real", "T2V", "I2V"]  # CE rows: the generators
-    labels, mined = calls[0]
-    assert sorted(set(labels.tolist())) == [0, 1, 2]  # mining: the three TASK-L classes
-    assert len(mined) and np.all(labels[mined.anchors] != labels[mined.negatives])
-    assert np.all(labels[mined.anchors] == labels[mined.positives])
-
-
 def test_few_step_epochs_validate_and_checkpoint_in_rounds_and_resume_exactly(
         cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
     cfg = a_config(loss="ce", batch_size=64, epochs=2, min_steps=9, eval_every_steps=4)

@@ -1,0 +1,37 @@
+"""Stage 2's hard-negative mining on sources: CE trains on the labelled generators, HNM on the level's classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saga.cache.store import FeatureCache
+from saga.runs import load_model
+from saga.train.attribute import train_attribution
+from test_train import a_config, cache, stage1  # noqa: F401 - the module's small cache and stage-1 run
+
+
+def test_hnm_mines_at_the_level_being_trained_when_ce_trains_on_sources(
+        cache: FeatureCache, stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Two generators of one task are positives at TASK-L (method.md); mining used to take the
+    generator ids CE trains on: same-task negatives, and a generator's lone video had no positive."""
+    import saga.train.attribute as attribute
+
+    calls = []
+
+    def spy(emb, labels, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - mine_triplets' signature
+        mined = mine(emb, labels, *args, **kwargs)
+        calls.append((np.asarray(labels).copy(), mined))
+        return mined
+
+    mine = attribute.mine_triplets
+    monkeypatch.setattr(attribute, "mine_triplets", spy)
+    out = train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+hnm", epochs=1), from_run=stage1)
+    model, info = load_model(out)
+    assert model.head.out_features > 3 and info.classes == ["real", "T2V", "I2V"]  # CE rows: the generators
+    labels, mined = calls[0]
+    assert sorted(set(labels.tolist())) == [0, 1, 2]  # mining: the three TASK-L classes
+    assert len(mined) and np.all(labels[mined.anchors] != labels[mined.negatives])
+    assert np.all(labels[mined.anchors] == labels[mined.positives])
