@@ -26,12 +26,10 @@ from saga.taxonomy import LEVELS
 
 
 def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """The open-world and robustness files of a run folder (None for each one missing or unreadable)."""
-    reliability = {}
-    for p in sorted(run_dir.glob(RELIABILITY_GLOB)):
-        data = read_json_file(p)
-        if isinstance(data, dict) and isinstance(data.get("before"), dict):
-            reliability[str(data.get("split") or p.stem.removeprefix("reliability-"))] = data
+    """The open-world and robustness files of a run folder (None for each one missing or unreadable).
+
+    "stale": (file, why) for each file made with other weights than the run's, not shown.
+    """
     ow = (metrics or {}).get("openworld")
     fitted, stale = {}, []
     model = run_dir / MODEL
@@ -39,17 +37,41 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
     for key, name in (("calibration", CALIBRATION), ("openset", OPENSET), ("enrolled", ENROLLED)):
         data = read_json_file(run_dir / name)
         if isinstance(data, dict) and weights and data.get("run_model") not in (None, weights):
-            stale.append(name)  # fitted on other weights (retrained since): predict refuses it, so must we
+            stale.append((name, OTHER_WEIGHTS))  # retrained since: predict refuses it, so must we
             data = None
         fitted[key] = data
+    reliability = {}
+    for p in sorted(run_dir.glob(RELIABILITY_GLOB)):
+        data = read_json_file(p)
+        if isinstance(data, dict) and isinstance(data.get("before"), dict):
+            why = _reliability_stale(data, weights, fitted["calibration"])
+            if why:
+                stale.append((p.name, why))
+            else:
+                reliability[str(data.get("split") or p.stem.removeprefix("reliability-"))] = data
     return {**fitted, "reliability": reliability, "robustness": read_json_file(run_dir / ROBUSTNESS),
             "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale}
 
 
+OTHER_WEIGHTS = "fitted on other weights than the run's (retrained since)"
+
+
+def _reliability_stale(data: dict[str, Any], weights: str | None, cal: Any) -> str | None:
+    """Why a reliability-<split>.json of `saga calibrate` no longer describes the run (None: it does)."""
+    if weights and data.get("run_model") is None:
+        return "records no weights (an older saga wrote it), so it cannot be matched to the run's"
+    if weights and data["run_model"] != weights:
+        return OTHER_WEIGHTS
+    t, t_cal = data.get("temperature"), (cal or {}).get("temperature")
+    if isinstance(t, (int, float)) and isinstance(t_cal, (int, float)) and abs(t - t_cal) > 1e-6 * abs(t_cal):
+        return f"made with T = {t:.4g}, calibration.json now has T = {t_cal:.4g}"
+    return None
+
+
 def beyond_sections(b: dict[str, Any], name: str) -> str:
     """Every section whose data the run has, in the order of docs/beyond.md (then robustness)."""
-    parts = [f'<p class="meta">{escape(name)}: fitted on other weights than the run\'s (retrained since), so not '
-             f"shown; rerun the command that wrote it</p>" for name in b.get("stale", [])]
+    parts = [f'<p class="meta">{escape(file)}: {escape(why)}, so not shown; rerun the command that wrote it</p>'
+             for file, why in b.get("stale", [])]
     for fn in (calibration_section, openset_section, enrolled_section, robustness_section):
         try:
             parts.append(fn(b, name))
@@ -73,8 +95,8 @@ def _confidence(temperature: Any) -> str:
 def _diagrams(b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split -> {before, after, temperature, source}: `saga calibrate`'s files, then `saga evaluate`'s split."""
     cal = b["calibration"] if isinstance(b["calibration"], dict) else {}
-    out = {split: {**d, "temperature": cal.get("temperature"), "source": f"reliability-{split}.json"}
-           for split, d in b["reliability"].items()}
+    out = {split: {**d, "temperature": d.get("temperature", cal.get("temperature")),
+                   "source": f"reliability-{split}.json"} for split, d in b["reliability"].items()}
     ev = b["evaluated"].get("calibration")
     split = str(b["evaluated"].get("split") or b["split"] or "evaluated")
     if isinstance(ev, dict) and split not in out:
@@ -178,7 +200,7 @@ def enrolled_section(b: dict[str, Any], name: str) -> str:
         return ""
     level, entries = enr.get("level", "GEN-L"), enr.get("entries") or []
     coarser = [lv for lv in LEVELS if LEVELS.index(lv) <= LEVELS.index(level)] if level in LEVELS else [level]
-    answered = [lv for lv in coarser if all((e.get("labels") or {}).get(lv) is not None for e in entries)]
+    levels = _answered(enr, coarser, entries)
     rows = []
     for e in entries:
         labels = e.get("labels") or {}
@@ -190,10 +212,26 @@ def enrolled_section(b: dict[str, Any], name: str) -> str:
            f'<p class="meta">{len(entries)} source(s) added without retraining, each as a prototype (the mean φ '
            f"of its videos) beside the run's {len(enr.get('classes') or [])} classes; prototype temperature "
            f"τ = {num(enr.get('tau'), 4)}. Predictions with them are given at: "
-           f"{escape(', '.join(answered) or 'no level')} (a level where a source's class is not given is left "
-           "out rather than guessed).</p>",
+           f"{escape(levels)} (a level where a source's class is not given, or where the taxonomy leaves a "
+           "class's parent ambiguous, is left out rather than guessed).</p>",
            table(["source", "videos", *[f"{lv}" for lv in reversed(coarser)], "cache", "videos enrolled"], rows)]
     return "".join(out)
+
+
+def _answered(enr: dict[str, Any], coarser: list[str], entries: list[dict[str, Any]]) -> str:
+    """The levels predict answers with the enrolled sources, coarsest first, as enroll recorded them.
+
+    An older enrolled.json records none: for a GEN-L run they follow from the labels given (each
+    generator has one class at every level); at a coarser level the taxonomy may leave a class's
+    parent ambiguous (`levels.parents`), which only the enroll-time taxonomy can tell.
+    """
+    answered = enr.get("answered")
+    if not isinstance(answered, list):
+        if enr.get("level", "GEN-L") != "GEN-L":
+            return "not recorded (enrolled with an older saga; enroll again to record them)"
+        answered = [lv for lv in coarser if all((e.get("labels") or {}).get(lv) is not None for e in entries)]
+    order = {lv: i for i, lv in enumerate(LEVELS)}
+    return ", ".join(sorted(map(str, answered), key=lambda lv: order.get(lv, len(order)))) or "no level"
 
 
 def robustness_section(b: dict[str, Any], name: str) -> str:

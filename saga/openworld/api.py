@@ -19,10 +19,11 @@ from saga.errors import SagaError
 from saga.fileio import check_writable, make_dir
 from saga.openworld.calibration import Calibration, fit_calibration, reliability
 from saga.openworld.embeddings import Embedder, split_records
-from saga.openworld.enroll import Enrollment, add_entry, generator_labels, prototype_tau
+from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
 from saga.openworld.openset import OpenSet, fit_openset
 from saga.runs import MODEL, file_fingerprint
 from saga.runs.files import ENROLLED
+from saga.taxonomy import Taxonomy
 
 
 def run_cache(emb: Embedder, cache: str | Path | None) -> FeatureCache:
@@ -41,7 +42,9 @@ def model_id(emb: Embedder) -> str:
 
 def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
                   device: str = "cpu", report_split: str | None = "test") -> tuple[Calibration, dict[str, Any]]:
-    """Fit the temperature on the val split, save calibration.json; ECE/reliability on `report_split` too."""
+    """Fit the temperature on the val split, save calibration.json; ECE/reliability on `report_split` too.
+
+    The reliability data records the weights and T it was made with, so the report can tell it is stale."""
     emb = Embedder(run, device)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
@@ -51,7 +54,8 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     diagrams: dict[str, Any] = {}
     if report_split:
         test = emb(c, split_records(c, report_split))
-        diagrams = {"split": report_split, "before": reliability(test.probs, test.targets),
+        diagrams = {"split": report_split, "run_model": cal.run_model, "temperature": cal.temperature,
+                    "before": reliability(test.probs, test.targets),
                     "after": reliability(cal.probs(test.logits), test.targets)}
     return cal, diagrams
 
@@ -106,6 +110,8 @@ def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str |
     enr = load_or_start(emb, folder, run_cache_path, device)
     add_entry(enr, generator, generator_labels(generator, task, sd, team), inf.embeddings,
               [r.path for r in records], new_cache.cache_id)
+    tax = emb.info.provenance.get("taxonomy")  # what predict maps the levels with (OpenWorld.load)
+    enr.answered = list(level_classes(Taxonomy.from_dict(tax), enr.level, enr)) if tax else []
     enr.save(make_dir(folder))
     return enr
 

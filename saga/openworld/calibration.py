@@ -48,10 +48,12 @@ def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> fl
     return float((log_z - z[np.arange(len(targets)), targets]).mean())
 
 
-def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float, float] = T_RANGE) -> float:
+def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float, float] = T_RANGE,
+                    no_error: float = 1.0) -> float:
     """argmin_T NLL(softmax(z/T)) over T in `bounds`: golden section on log T, refined on a grid.
 
-    Rows with target -1 (no class of the run) are left out; val without a single error gives T = 1.
+    Rows with target -1 (no class of the run) are left out; val without a single error has no
+    minimum and gives `no_error` (1 for logits: leave them as they are). The result is in `bounds`.
     """
     keep = targets >= 0
     z, y = np.asarray(logits)[keep], np.asarray(targets)[keep]
@@ -59,8 +61,8 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float
         raise SagaError("no validation videos with a class of the run: cannot fit a temperature")
     if (z.argmax(axis=1) == y).all():
         # Every val video right: the NLL falls as T -> 0 without a minimum, so the fit would only
-        # sharpen (T = 0.1 on the demo's 45 BIN-L val videos). No evidence either way: T = 1.
-        return 1.0
+        # sharpen (T = 0.1 on the demo's 45 BIN-L val videos). No evidence either way: the caller's default.
+        return float(no_error)
     f = lambda u: nll(z, y, math.exp(u))  # noqa: E731
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     g = (math.sqrt(5) - 1) / 2
@@ -77,8 +79,8 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bounds: tuple[float
             fb = f(b)
     centre = (lo + hi) / 2
     grid = np.linspace(centre - 0.05, centre + 0.05, 41)  # guards against a flat or bumpy minimum
-    best = min(grid, key=f)
-    return float(math.exp(best))
+    best = min(np.clip(grid, math.log(bounds[0]), math.log(bounds[1])), key=f)  # at a bound: stay in range
+    return float(np.clip(math.exp(best), *bounds))  # exp(log b) may round past b
 
 
 def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = BINS) -> dict[str, Any]:

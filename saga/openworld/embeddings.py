@@ -57,7 +57,12 @@ def labelled_records(info: RunInfo, cache: FeatureCache) -> list[VideoRecord]:
     wanted = {p for paths in subset.values() for p in paths}
     records = [r for r in cache.ok_records("train") if r.path in wanted]
     if len(records) < len(wanted):
-        raise SagaError(f"{cache.root}: {len(wanted) - len(records)} of the run's labelled videos are not in "
+        missing = wanted - {r.path for r in records}
+        failed = sorted(r.path for r in cache.records() if r.path in missing and not r.ok)
+        if failed:  # in this cache, but its record says extraction failed: not a wrong --cache
+            raise SagaError(f"{cache.root}: {len(failed)} of the run's labelled videos failed extraction there "
+                            f"(e.g. {failed[0]}); extract them again (`saga extract ... --retry-failed`)")
+        raise SagaError(f"{cache.root}: {len(missing)} of the run's labelled videos are not in "
                         f"this cache; pass the run's own cache (--cache)")
     return records
 

@@ -36,6 +36,10 @@ from saga.taxonomy import FAKE, NO_SD, TASKS, Taxonomy
 STEM = ENROLLED_STEM  # ENROLLED = "enrolled.json" + enrolled.<hash>.safetensors (enrolled and old prototypes)
 RULES = ("gate", "ncm")
 MIN_VIDEOS, MAX_VIDEOS = 3, 20
+TAU_RANGE = (1e-3, 10.0)
+# τ when val has no nearest-prototype error: a cosine gap of 0.15 is then odds e^3 ≈ 20 (fitted τ: 0.057
+# on a trained toy fold); sharp enough for an enrolled class to win, not a hard nearest-prototype rule.
+SHARP_TAU = 0.05
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Enrollment:
     tau: float
     old_prototypes: np.ndarray = field(repr=False)
     entries: list[Entry] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # levels predict answers (`level_classes`), for the report
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +76,7 @@ class Enrollment:
         entries = [{"name": e.name, "labels": e.labels, "n": len(e.paths), "paths": e.paths, "cache_id": e.cache_id}
                    for e in self.entries]
         meta = {"run_model": self.run_model, "classes": self.classes, "level": self.level, "tau": self.tau,
-                "entries": entries}
+                "answered": self.answered, "entries": entries}
         return save_pair(Path(folder), STEM, {"prototypes": protos, "old_prototypes": self.old_prototypes}, meta)
 
     @classmethod
@@ -86,7 +91,7 @@ class Enrollment:
             entries = [Entry(e["name"], e["labels"], list(e["paths"]), e["cache_id"], protos[i])
                        for i, e in enumerate(meta["entries"])]
             return cls(meta["run_model"], list(meta["classes"]), meta["level"], float(meta["tau"]),
-                       tensors["old_prototypes"], entries)
+                       tensors["old_prototypes"], entries, list(meta.get("answered") or []))
         except (KeyError, IndexError, TypeError):
             raise SagaError(f"{folder / ENROLLED}: damaged (entries and tensors disagree); enroll again") from None
 
@@ -101,11 +106,16 @@ def generator_labels(name: str, task: str | None, sd: str | None, team: str | No
 
 
 def prototype_tau(old_protos: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray) -> float:
-    """τ of softmax(cos/τ) fitted on the known validation videos (1-D NLL search)."""
+    """τ of softmax(cos/τ) fitted on the known validation videos (1-D NLL search).
+
+    Val videos all nearest their own prototype leave the NLL without a minimum: τ = SHARP_TAU, not the
+    logits' T = 1 (cosines lie in [-1, 1], so τ = 1 is nearly uniform and no enrolled class would win).
+    """
     keep = val_targets >= 0
     if not keep.any():
         raise SagaError("no validation videos of the run's classes: cannot fit the prototype temperature")
-    return fit_temperature(val_embeddings[keep] @ old_protos.T, val_targets[keep], bounds=(1e-3, 10.0))
+    return fit_temperature(val_embeddings[keep] @ old_protos.T, val_targets[keep], bounds=TAU_RANGE,
+                           no_error=SHARP_TAU)
 
 
 def add_entry(enr: Enrollment, name: str, labels: dict[str, str | None], embeddings: np.ndarray,
@@ -142,20 +152,31 @@ def scores(enr: Enrollment, inf: Inference, rule: str = "gate", head_probs: np.n
     return names, probs.astype(np.float32)
 
 
+def level_classes(taxonomy: Taxonomy, level: str, enr: Enrollment) -> dict[str, list[str]]:
+    """Per level answered (the run's and coarser ones): each head class's then each enrolled source's class there.
+
+    A level is left out when the taxonomy makes a head class's class there ambiguous (`parents`) or an
+    enrolled source's class there was not given (no --task/--sd/--team).
+    """
+    out: dict[str, list[str]] = {}
+    for lv in coarser_levels(level):
+        head = parents(taxonomy, level, enr.classes, lv)
+        extra = [e.labels.get(lv) for e in enr.entries]
+        if head is not None and all(x is not None for x in extra):
+            out[lv] = [*head, *[str(x) for x in extra]]
+    return out
+
+
 def predict_with_enrolled(info: RunInfo, taxonomy: Taxonomy, enr: Enrollment, inf: Inference, rule: str = "gate",
                           head_probs: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
-    """Per level (the run's and every coarser one): classes, (n, K) probabilities and predicted class names.
+    """Per level of `level_classes`: classes, (n, K) probabilities and predicted class names.
 
-    `inf` is `infer(...)` of the run on the videos; `head_probs` may replace `inf.probs` (e.g. calibrated).
-    An enrolled generator whose class at a level is unknown (no --task/--team given) ends that level.
+    `inf` is `infer(...)` of the run on the videos; `head_probs` may replace `inf.probs` (predict does
+    not: the rule is measured on the run's own probabilities, docs/beyond.md).
     """
     names, probs = scores(enr, inf, rule, head_probs)
     out: dict[str, dict[str, Any]] = {}
-    for level in coarser_levels(info.level):
-        head = parents(taxonomy, info.level, enr.classes, level)
-        extra = [e.labels.get(level) for e in enr.entries]
-        if head is None or any(x is None for x in extra):
-            continue
-        classes, p = aggregate(probs, [*head, *[str(x) for x in extra]])
+    for level, parent in level_classes(taxonomy, info.level, enr).items():
+        classes, p = aggregate(probs, parent)
         out[level] = {"classes": classes, "probs": p, "pred": [classes[i] for i in p.argmax(axis=1)]}
     return out

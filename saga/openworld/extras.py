@@ -57,7 +57,11 @@ class OpenWorld:
         return self.calibration.probs(logits) if self.calibration else probs
 
     def apply(self, logits: np.ndarray, probs: np.ndarray, embeddings: np.ndarray) -> list[dict[str, Any]]:
-        """Per video: calibrated probabilities, unknown-source verdict, predictions with enrolled classes."""
+        """Per video: calibrated probabilities, unknown-source verdict, predictions with enrolled classes.
+
+        The enrolled classes' rule gets the run's own probabilities, as `saga openset logo` measured it
+        (calibrated ones move mass between head and prototypes: another classifier); T is display only.
+        """
         out: list[dict[str, Any]] = [{} for _ in range(len(logits))]
         head = self.head_probs(logits, probs)
         if self.calibration:
@@ -71,7 +75,7 @@ class OpenWorld:
                                   "threshold": round(self.openset.threshold, 6), "kind": self.openset.kind}
         if self.enrollment and self.enrollment.entries and self.taxonomy:
             levels = predict_with_enrolled(self.info, self.taxonomy, self.enrollment,
-                                           as_inference(logits, probs, embeddings), head_probs=head)
+                                           as_inference(logits, probs, embeddings))
             for i, row in enumerate(out):
                 row["enrolled"] = {lv: {"predicted": d["pred"][i], "confidence": round(float(d["probs"][i].max()), 6),
                                         "probabilities": {c: round(float(x), 6) for c, x in zip(d["classes"], d["probs"][i])}}

@@ -9,6 +9,7 @@ training code has to change. The file records what was left out under `openworld
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -50,13 +51,20 @@ def train_holdout(cache_path: str | Path, out: str | Path, cfg: AttributeConfig,
     path = out / LABELLED
     wanted = cfg.labelled_settings(cache.cache_id)
     subset = filtered_subset(cache, cfg, exclude, few)
+    filtered = {"exclude": sorted(exclude), "few": {c: sorted(p) for c, p in (few or {}).items()}}
     if path.is_file():
-        saved = read_json(path).get("openworld", {})
-        if saved != {"exclude": sorted(exclude), "few": {c: sorted(p) for c, p in (few or {}).items()}}:
+        if read_json(path).get("openworld", {}) != filtered:
             raise SagaError(f"{path}: this folder was filtered differently; use another --out folder")
     else:
-        write_labelled(path, subset, wanted, cache.ok_records("train"))
-        data = read_json(path)
-        data["openworld"] = {"exclude": sorted(exclude), "few": {c: sorted(p) for c, p in (few or {}).items()}}
-        write_json(path, data)
+        write_filtered(path, subset, wanted, cache, filtered)
     return train_attribution(cache_path, out, cfg, from_run=from_run, progress=progress)
+
+
+def write_filtered(path: Path, subset: dict[str, list[str]], wanted: dict, cache: FeatureCache,
+                   filtered: dict) -> None:
+    """labelled.json with its `openworld` key in one atomic write: a kill leaves no file, or the whole one
+    (a file without the key made the fold refuse its own rerun as "filtered differently")."""
+    with tempfile.TemporaryDirectory(prefix="saga-labelled-") as tmp:
+        draft = Path(tmp) / LABELLED  # write_labelled's format, then the key, then one write in place
+        write_labelled(draft, subset, wanted, cache.ok_records("train"))
+        write_json(path, {**read_json(draft), "openworld": filtered})

@@ -29,21 +29,27 @@ import numpy as np
 from saga.cache.manifest import seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.explain.intervals import wilson
 from saga.fileio import make_dir, write_text
 from saga.openworld.calibration import ece, fit_calibration, plot_reliability, reliability, softmax
 from saga.openworld.embeddings import Embedder, labelled_records, normalise, split_records
 from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, prototype_tau
 from saga.openworld.levels import aggregate, label_at, parents
+from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
+from saga.runs import MODEL, file_fingerprint
 from saga.runs.files import LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
 from saga.taxonomy import LEVELS, REAL
 
 
 def generators(cache: FeatureCache) -> list[str]:
-    """Every fake generator of the cache's taxonomy that has train videos (the folds)."""
-    have = {r.labels.get("GEN-L") for r in cache.ok_records("train")}
+    """Every fake generator of the cache's taxonomy with train videos (to leave out) and test videos (to measure)."""
+    have = {r.labels.get("GEN-L") for r in cache.ok_records("train")} & held_out_tested(cache)
     return [g for g in cache.taxonomy.classes("GEN-L") if g != REAL and g in have]
+
+
+def held_out_tested(cache: FeatureCache) -> set[str]:
+    """The generators with test videos: a fold without any has no unseen video to measure."""
+    return {r.labels.get("GEN-L") for r in cache.ok_records("test")}
 
 
 def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens: list[str], k: int,
@@ -94,17 +100,6 @@ def enrollment_videos(cache: FeatureCache, generator: str, k: int, seed: int) ->
 
 
 # -- measurements --------------------------------------------------------------------------------
-LEVELS_OPEN = ("GEN-L", "TEAM-L", "SD-L", "TASK-L")
-
-
-def boot_ci(fn, groups: list[np.ndarray], reps: int = 1000, seed: int = 0) -> list[float] | None:
-    """Percentile 95 % interval of fn(*groups) with each group resampled with replacement (stratified)."""
-    if any(len(g) == 0 for g in groups):
-        return None
-    rng = np.random.default_rng(seed)
-    vals = [fn(*[g[rng.integers(0, len(g), len(g))] for g in groups]) for _ in range(reps)]
-    vals = [v for v in vals if np.isfinite(v)]
-    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if vals else None
 
 
 def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
@@ -204,8 +199,10 @@ def fold_shots(logo: Path, cache: FeatureCache, held: str, shots: tuple[int, ...
 
 
 def acc_pair(correct: np.ndarray, new: np.ndarray) -> dict:
-    return {"new": float(correct[new].mean()), "new_n": int(new.sum()), "new_correct": int(correct[new].sum()),
-            "old": float(correct[~new].mean()), "old_n": int((~new).sum()), "old_correct": int(correct[~new].sum())}
+    """Accuracy on the new and the old classes' videos (None where there is no video: not measured)."""
+    mean = lambda c: float(c.mean()) if len(c) else None  # noqa: E731
+    return {"new": mean(correct[new]), "new_n": int(new.sum()), "new_correct": int(correct[new].sum()),
+            "old": mean(correct[~new]), "old_n": int((~new).sum()), "old_correct": int(correct[~new].sum())}
 
 
 def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[dict]:
@@ -238,14 +235,19 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
     """Measure every finished fold under `runs` (and calibrate `calibrate`); results.json/.md in `out`."""
     out = make_dir(out)
     results: dict[str, Any] = {"cache": str(cache.root), "seed": seed, "k": k, "openset": {}, "enroll": {}}
+    tested = held_out_tested(cache)
     for g in gens:
         logo, retrain = runs / LOGO_RUNS / g, runs / f"retrain{k}" / g
         if not (logo / "done.json").is_file():
             continue
+        if g not in tested:
+            log(f"{g}: skipped, no test video of {g} in {cache.root} (nothing unseen to measure)")
+            continue
         fold = measure_fold(logo, retrain, cache, g, k, seed, shots, make_dir(out / LOGO_FOLDS) / f"{g}.json")
         for key, value in fold.items():
-            results.setdefault(key, {})[g] = value
-        log(f"{g}: GEN-L AUROC {fold['openset']['GEN-L']['prototype']['auroc']:.3f} (prototype)")
+            if key != STAMP:  # what the fold was measured on: bookkeeping of folds/<g>.json
+                results.setdefault(key, {})[g] = value
+        log(f"{g}: GEN-L AUROC {fmt(fold['openset']['GEN-L']['prototype']['auroc'])} (prototype)")
     results["calibration"] = calibration_rows(list(calibrate), cache, make_dir(out / LOGO_CALIBRATION))
     write_text(out / LOGO_RESULTS, dumps(results))
     write_text(out / LOGO_RESULTS_MD, to_markdown(results))
@@ -254,8 +256,18 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
 
 def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int, seed: int, shots: bool,
                  path: Path) -> dict[str, Any]:
-    """One fold's measurements, kept in `path` so a rerun (more folds finished) only adds what is new."""
+    """One fold's measurements, kept in `path` so a rerun (more folds finished) only adds what is new.
+
+    Kept only while measured on the same weights and cache (`fold_stamp`): a fold trained again in
+    place, or another --cache, is measured again (enrollment alone when only a retrained run changed).
+    """
     fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    stamp, old = fold_stamp(logo, retrain, cache), fold.get(STAMP) or {}
+    if any(old.get(key) != stamp[key] for key in ("cache_id", "logo")):
+        fold = {}
+    elif "enroll" in fold and any(old.get(key) != stamp[key] for key in ("retrain", "retrain-balanced")):
+        del fold["enroll"]
+    fold[STAMP] = stamp
     enrolled = fold.get("enroll", {})
     if enrolled.get("k", k) != k or enrolled.get("seed", seed) != seed:
         del fold["enroll"]  # measured for another enrollment size or draw: measure again
@@ -263,86 +275,17 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
         fold["openset"] = fold_openset(logo, cache, g, 5)
     if shots and "shots" not in fold:
         fold["shots"] = fold_shots(logo, cache, g)
-    balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
-    stale = "enroll" in fold and (balanced / "done.json").is_file() and \
-        "retrain-balanced" not in fold["enroll"]["levels"]["GEN-L"]
-    if ("enroll" not in fold or stale) and (retrain / "done.json").is_file():
+    if "enroll" not in fold and (retrain / "done.json").is_file():
         fold["enroll"] = {**fold_enroll(logo, retrain, cache, g, k, seed), "seed": seed}
     write_text(path, dumps(fold))
     return fold
 
 
-def mean_ci(values: list[float]) -> str:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)])
-    if not len(v):
-        return "n/a"
-    ci = boot_ci(np.mean, [v])
-    return f"{v.mean():.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (n={len(v)})"
+STAMP = "measured_on"
 
 
-def to_markdown(r: dict) -> str:
-
-    lines = ["## Open set, leave-one-generator-out (test split; threshold = 95th pct of known val)", "",
-             "| held out | GEN-L AUROC proto [95% CI] | OSCR proto | AUROC kNN | OSCR kNN | detected@thr | false-unknown@thr |",
-             "|---|---|---|---|---|---|---|"]
-    for g, f in r["openset"].items():
-        p, q = f["GEN-L"]["prototype"], f["GEN-L"]["knn"]
-        ci = p.get("auroc_ci") or [float("nan")] * 2
-        lines.append(f"| {g} | {p['auroc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}] | {p['oscr']:.3f} | {q['auroc']:.3f} | "
-                     f"{q['oscr']:.3f} | {p['unknown_detected']:.2f} | {p['false_unknown']:.3f} |")
-    lines += ["", "| level | kind | mean AUROC [95% CI over folds] | mean OSCR | folds with an unseen class |", "|---|---|---|---|---|"]
-    for level in LEVELS_OPEN:
-        for kind in ("prototype", "knn"):
-            folds = [f[level][kind] for f in r["openset"].values() if f[level]["unseen_class"] is not None]
-            lines.append(f"| {level} | {kind} | {mean_ci([x['auroc'] for x in folds])} | "
-                         f"{mean_ci([x['oscr'] for x in folds])} | {len(folds)} |")
-    lines += ["", "## Enrollment (k=%d train videos) vs retraining with the same videos (test split)" % r["k"], "",
-              "| level | method | new-class acc (pooled, Wilson 95%) | old-class acc (pooled) |", "|---|---|---|---|"]
-    for level in ("GEN-L", "TEAM-L", "SD-L", "TASK-L"):
-        for m in ("before", "gate", "ncm", "retrain", "retrain-balanced"):
-            rows = [f["levels"][level][m] for f in r["enroll"].values() if m in f["levels"][level]]
-            if not rows:
-                continue
-            nc, nn = sum(x["new_correct"] for x in rows), sum(x["new_n"] for x in rows)
-            oc, on = sum(x["old_correct"] for x in rows), sum(x["old_n"] for x in rows)
-            wn, wo = wilson(nc, nn), wilson(oc, on)
-            lines.append(f"| {level} | {m} | {nc / nn:.3f} [{wn[0]:.3f}, {wn[1]:.3f}] ({nn}) | "
-                         f"{oc / on:.3f} [{wo[0]:.3f}, {wo[1]:.3f}] ({on}) |")
-    gen = {m: [f["levels"]["GEN-L"][m] for f in r["enroll"].values() if m in f["levels"]["GEN-L"]]
-           for m in ("before", "gate", "ncm", "retrain", "retrain-balanced")}
-    if len(gen["retrain-balanced"]) != len(gen["retrain"]):
-        gen.pop("retrain-balanced")  # only compare on the same folds
-    if gen["gate"]:
-        acc = {m: (sum(x["new_correct"] for x in v) / sum(x["new_n"] for x in v),
-                   sum(x["old_correct"] for x in v) / sum(x["old_n"] for x in v)) for m, v in gen.items()}
-        for m in ("gate", "ncm"):
-            for b in [x for x in ("retrain", "retrain-balanced") if x in acc]:
-                ratio = acc[m][0] / acc[b][0] if acc[b][0] else float("nan")
-                lines.append(f"\nGEN-L {m} vs {b}: new-class accuracy = {ratio:.2f} × {b}'s; old classes "
-                             f"{100 * (acc[m][1] - acc['before'][1]):+.1f} points vs the run before enrollment, "
-                             f"{100 * (acc[m][1] - acc[b][1]):+.1f} vs {b}.")
-        lines += ["", "| held out | new: gate | new: ncm | new: retrain | old: before | old: gate | old: retrain |",
-                  "|---|---|---|---|---|---|---|"]
-        for g, f in r["enroll"].items():
-            x = f["levels"]["GEN-L"]
-            lines.append(f"| {g} | {x['gate']['new']:.2f} | {x['ncm']['new']:.2f} | {x['retrain']['new']:.2f} | "
-                         f"{x['before']['old']:.3f} | {x['gate']['old']:.3f} | {x['retrain']['old']:.3f} |")
-    if r.get("shots"):
-        lines += ["", "## Enrollment alone at k shots (GEN-L, pooled over folds and 5 draws of the k videos)", "",
-                  "| rule | k | new-class acc | old-class acc | folds |", "|---|---|---|---|---|"]
-        keys = sorted({key for f in r["shots"].values() for key in f}, key=lambda x: (x.split("-")[0], int(x.split("-")[1])))
-        for key in keys:
-            rows = [x for f in r["shots"].values() for x in f.get(key, [])]
-            nc, nn = sum(x["new_correct"] for x in rows), sum(x["new_n"] for x in rows)
-            oc, on = sum(x["old_correct"] for x in rows), sum(x["old_n"] for x in rows)
-            rule, k = key.split("-")
-            lines.append(f"| {rule} | {k} | {nc / nn:.3f} ({nn}) | {oc / on:.3f} ({on}) | {len(r['shots'])} |")
-    lines += ["", "## Calibration (T fitted on val; ECE 15 bins on test, bootstrap 95% CI)", "",
-              "| run | T | accuracy | ECE before | ECE after |", "|---|---|---|---|---|"]
-    for c in r["calibration"]:
-        b, a = c["test_ece_before_ci"], c["test_ece_after_ci"]
-        lines.append(f"| {Path(c['run']).name} | {c['temperature']:.3f} | {c['test_accuracy']:.3f} | "
-                     f"{c['test_ece_before']:.4f} [{b[0]:.3f}, {b[1]:.3f}] | {c['test_ece_after']:.4f} [{a[0]:.3f}, {a[1]:.3f}] |")
-    return "\n".join(lines) + "\n"
-
-
+def fold_stamp(logo: Path, retrain: Path, cache: FeatureCache) -> dict[str, str | None]:
+    """The cache and the weights (fingerprints) a fold's measurements come from; None for a run not finished."""
+    balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
+    fp = lambda run: file_fingerprint(run / MODEL) if (run / "done.json").is_file() else None  # noqa: E731
+    return {"cache_id": cache.cache_id, "logo": fp(logo), "retrain": fp(retrain), "retrain-balanced": fp(balanced)}

@@ -1,0 +1,229 @@
+"""Open-world defects of QA round 11, one test each (CPU, tiny, deterministic; no accuracy target).
+
+The toy cache and untrained GEN-L run come from test_openworld (a run that never saw syn-hotshot).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from saga.cache.manifest import VideoRecord
+from saga.cache.provenance import EncoderSpec, cache_provenance
+from saga.cache.store import FeatureCache, PartWriter, next_part_name
+from saga.errors import SagaError
+from saga.model import ModelConfig, VideoTransformer
+from saga.model.inference import infer
+from saga.openworld.api import calibrate_run, enroll_run, fit_openset_run
+from saga.openworld.calibration import T_RANGE, fit_temperature
+from saga.openworld.enroll import (SHARP_TAU, TAU_RANGE, Enrollment, add_entry, generator_labels, level_classes,
+                                   predict_with_enrolled, prototype_tau)
+from saga.openworld.extras import OpenWorld, as_inference
+from saga.runs import load_model, save_weights, write_json
+from saga.taxonomy import Taxonomy
+from test_openworld import D, GENS, KNOWN, SPLITS, T, TP, W, make_cache, make_run
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("owfix")
+    cache = make_cache(tmp / "cache")
+    return {"tmp": tmp, "cache": cache, "run": make_run(tmp / "run", cache)}
+
+
+def retrain_in_place(run: Path, seed: int = 7) -> None:
+    """New weights in the same folder (what a retrain in place leaves)."""
+    mcfg = ModelConfig(in_dim=D, d_model=16, depth=2, heads=2, max_frames=16, n_classes=len(KNOWN), dropout=0.0)
+    torch.manual_seed(seed)
+    save_weights(run / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)
+
+
+def cache_with_failures(root: Path, failed: set[str]) -> FeatureCache:
+    """make_cache's layout, with the videos in `failed` recorded as failed extractions."""
+    tax = Taxonomy.load("synth")
+    cache = FeatureCache.create_or_open(root, cache_provenance(EncoderSpec.simulated(D, T, W, name="toy"), tax))
+    rng = np.random.default_rng(0)
+    writer = PartWriter(cache, next_part_name(cache), capacity=len(GENS) * len(SPLITS) * W)
+    for g, gen in enumerate(GENS):
+        for k, split in enumerate(SPLITS):
+            rec = VideoRecord(path=f"{gen}/v{k}.mp4", size=1, mtime_ns=1, status="ok", generator=gen,
+                              labels=tax.labels(gen), split=split)
+            if rec.path in failed:
+                rec.status, rec.error = "failed", "decode error"
+                writer.add_failure(rec)
+                continue
+            feats = rng.normal(size=(W, T, D)).astype(np.float16)
+            feats[..., g] += 3
+            writer.add(rec, feats, np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    writer.close()
+    return FeatureCache.open(root)
+
+
+# 1, 8 -- temperatures ------------------------------------------------------------------------------
+def test_prototype_tau_is_sharp_when_no_val_video_is_nearer_another_prototype() -> None:
+    """T = 1 is right for logits without a val error, but softmax(cos / 1) is nearly uniform: no enrolled win."""
+    protos = np.eye(4, dtype=np.float32)[:3]
+    val = np.eye(4, dtype=np.float32)[[0, 1, 2, 0, 1, 2]] + 0.1
+    tau = prototype_tau(protos, val, np.array([0, 1, 2, 0, 1, 2]))
+    assert tau == SHARP_TAU < 1.0
+    assert fit_temperature(val @ protos.T, np.array([0, 1, 2, 0, 1, 2])) == 1.0  # logits keep T = 1
+
+
+def test_fitted_temperatures_stay_in_their_documented_range() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 4))
+    y = z.argmin(1)  # wrong on every video: the NLL falls as T grows, up to the bound
+    assert T_RANGE[0] <= fit_temperature(z, y) <= T_RANGE[1]
+    assert TAU_RANGE[0] <= prototype_tau(np.eye(4, dtype=np.float32), z.astype(np.float32), y) <= TAU_RANGE[1]
+    assert T_RANGE[0] <= fit_temperature(-z * 50, z.argmax(1)) <= T_RANGE[1]  # the low bound too
+
+
+# 2, 3 -- leave-one-generator-out ------------------------------------------------------------------
+def test_a_logo_fold_is_measured_again_after_new_weights_or_another_cache(world: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    from saga.openworld.logo import STAMP, evaluate_folds
+
+    fold = tmp_path / "logo" / "syn-hotshot"
+    shutil.copytree(world["run"], fold)
+    run = lambda out="out": evaluate_folds(world["cache"], tmp_path, tmp_path / out, ["syn-hotshot"], 3, 0,  # noqa: E731
+                                           log=lambda s: None)["openset"]["syn-hotshot"]["GEN-L"]["knn"]["threshold"]
+    first = run()
+    saved = tmp_path / "out" / "folds" / "syn-hotshot.json"
+    stamp = json.loads(saved.read_text())[STAMP]
+    assert stamp["cache_id"] == world["cache"].cache_id and stamp["logo"] and stamp["retrain"] is None
+    retrain_in_place(fold)
+    again, fresh = run(), run("fresh")
+    assert again == fresh != first  # the old weights' measurement was reported before
+    data = json.loads(saved.read_text())
+    data["openset"]["GEN-L"]["knn"]["threshold"] = -1.0  # a marker: kept while stamp matches ...
+    write_json(saved, data)
+    assert run() == -1.0
+    write_json(saved, {**data, STAMP: {**data[STAMP], "cache_id": "another"}})  # ... not for another cache
+    assert run() == fresh
+
+
+def test_logo_skips_a_held_out_generator_without_test_videos(world: dict[str, Any], tmp_path: Path) -> None:
+    from saga.openworld.logo import acc_pair, evaluate_folds, generators
+    from saga.openworld.logo_tables import to_markdown
+
+    cache = cache_with_failures(tmp_path / "cache", {f"syn-hotshot/v{k}.mp4" for k in (8, 9, 10)})
+    shutil.copytree(world["run"], tmp_path / "exp" / "logo" / "syn-hotshot")
+    lines: list[str] = []
+    res = evaluate_folds(cache, tmp_path / "exp", tmp_path / "exp", ["syn-hotshot"], 3, 0, log=lines.append)
+    assert res["openset"] == {} and len(lines) == 1 and "skipped, no test video of syn-hotshot" in lines[0]
+    assert "syn-hotshot" not in generators(cache)
+    assert acc_pair(np.array([True, False]), np.array([False, False]))["new"] is None  # no video: not measured
+    nan = {"auroc": None, "oscr": float("nan"), "unknown_detected": None, "false_unknown": None, "auroc_ci": None}
+    pair = {"new": None, "new_n": 0, "new_correct": 0, "old": None, "old_n": 0, "old_correct": 0}
+    r = {"k": 3, "openset": {"g": {lv: {"prototype": nan, "knn": nan, "unseen_class": "g"}
+                                   for lv in ("GEN-L", "TEAM-L", "SD-L", "TASK-L")}},
+         "enroll": {"g": {"levels": {lv: {m: pair for m in ("before", "gate", "ncm", "retrain")}
+                                     for lv in ("GEN-L", "TEAM-L", "SD-L", "TASK-L")}}}, "calibration": []}
+    md = to_markdown(r)
+    assert "| g | n/a [n/a] | n/a |" in md and "| GEN-L | gate | n/a [n/a] (0) |" in md
+
+
+# 4 -- predict's enrollment rule -------------------------------------------------------------------
+def test_predict_applies_the_enrollment_rule_to_the_runs_own_probabilities(world: dict[str, Any],
+                                                                           tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    calibrate_run(run, report_split=None)
+    cal = json.loads((run / "calibration.json").read_text())
+    write_json(run / "calibration.json", {**cal, "temperature": 50.0})  # far from 1: calibrated ≠ own
+    enroll_run(run, "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V", sd="none")
+    model, info = load_model(run)
+    inf = infer(model, info, world["cache"], list(world["cache"].ok_records("test")))
+    ow = OpenWorld.load(run, info)
+    rows = ow.apply(inf.logits, inf.probs, inf.embeddings)
+    own = predict_with_enrolled(info, ow.taxonomy, ow.enrollment, as_inference(inf.logits, inf.probs, inf.embeddings))
+    cal = predict_with_enrolled(info, ow.taxonomy, ow.enrollment, inf, head_probs=ow.head_probs(inf.logits, inf.probs))
+    shown = np.array([list(r["enrolled"]["GEN-L"]["probabilities"].values()) for r in rows])
+    assert np.allclose(shown, own["GEN-L"]["probs"], atol=1e-5)
+    assert not np.allclose(shown, cal["GEN-L"]["probs"], atol=1e-3)
+    assert [r["enrolled"]["GEN-L"]["predicted"] for r in rows] == own["GEN-L"]["pred"]
+    assert rows[0]["calibrated"]["temperature"] == 50.0  # still shown beside it
+
+
+# 5 -- stale reliability data in the report --------------------------------------------------------
+def test_the_report_flags_reliability_data_of_other_weights_or_another_temperature(world: dict[str, Any],
+                                                                                  tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+    from saga.explain.report_openworld import calibration_section, load_beyond
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    assert CliRunner().invoke(app, ["calibrate", str(run)]).exit_code == 0
+    saved = json.loads((run / "reliability-test.json").read_text())
+    cal = json.loads((run / "calibration.json").read_text())
+    assert saved["run_model"] == cal["run_model"] and saved["temperature"] == cal["temperature"]
+    assert "reliability-test.json" in calibration_section(load_beyond(run, None), "run")  # current: shown
+    write_json(run / "calibration.json", {**cal, "temperature": cal["temperature"] * 2})
+    assert [f for f, _ in load_beyond(run, None)["stale"]] == ["reliability-test.json"]
+    write_json(run / "calibration.json", cal)
+    retrain_in_place(run)
+    calibrate_run(run, report_split=None)  # `saga attribute` recalibrates; reliability-test.json stays behind
+    b = load_beyond(run, None)
+    assert b["stale"] == [("reliability-test.json", "fitted on other weights than the run's (retrained since)")]
+    assert "reliability-test.json" not in calibration_section(b, "run")
+
+
+# 6 -- the levels the report says predict answers -------------------------------------------------
+def test_enrolled_json_records_the_levels_predict_answers(world: dict[str, Any], tmp_path: Path) -> None:
+    from saga.explain.report_openworld import enrolled_section
+
+    tax = Taxonomy.load("synth")
+    classes = ["real", "Tencent AI Lab", "Pika Labs"]  # a TEAM-L run: Tencent's generators are T2V and I2V
+    enr = Enrollment("x", classes, "TEAM-L", 0.05, np.eye(4, dtype=np.float32)[:3])
+    add_entry(enr, "syn-new", generator_labels("syn-new", "T2V", "none", "NewTeam"),
+              np.tile(np.eye(4, dtype=np.float32)[3:], (3, 1)), ["a", "b", "c"], "cid")
+    head = np.full((1, 3), 1 / 3, np.float32)
+    info = type("Info", (), {"level": "TEAM-L"})()
+    answered = list(predict_with_enrolled(info, tax, enr, as_inference(np.log(head), head, np.eye(4)[3:])))
+    assert list(level_classes(tax, "TEAM-L", enr)) == answered == ["TEAM-L", "SD-L", "BIN-L"]
+    enr.answered = answered
+    enr.save(tmp_path)
+    meta = json.loads((tmp_path / "enrolled.json").read_text())
+    assert Enrollment.load(tmp_path).answered == answered
+    assert "given at: BIN-L, SD-L, TEAM-L (" in enrolled_section({"enrolled": meta}, "run")
+    enr_run = enroll_run(world["run"], "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V",
+                         out=tmp_path / "o")  # no --sd: no SD-L answer
+    assert json.loads((tmp_path / "o" / "enrolled.json").read_text())["answered"] == enr_run.answered == [
+        "GEN-L", "TEAM-L", "TASK-L", "BIN-L"]
+
+
+# 7 -- holdout's labelled.json written once -------------------------------------------------------
+def test_a_holdout_killed_before_training_reruns(world: dict[str, Any], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import saga.openworld.holdout as holdout
+    from saga.train.attribute import AttributeConfig
+
+    cfg = lambda: AttributeConfig(d_model=16, depth=1, heads=2, eval_batch_size=64, level="GEN-L", fraction=1.0,  # noqa: E731
+                                  floor=1, loss="ce", epochs=1, min_steps=0, eval_every_steps=0, batch_size=16,
+                                  frames=TP, warmup_epochs=0.0, patience=0)
+
+    def killed(*a: Any, **k: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(holdout, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        holdout.train_holdout(world["cache"].root, tmp_path / "fold", cfg(), exclude=["syn-hotshot"])
+    assert not (tmp_path / "fold" / "labelled.json").exists()  # no half-written file left behind
+    monkeypatch.undo()
+    run = holdout.train_holdout(world["cache"].root, tmp_path / "fold", cfg(), exclude=["syn-hotshot"])
+    assert json.loads((run / "labelled.json").read_text())["openworld"]["exclude"] == ["syn-hotshot"]
+
+
+# also noted -- a labelled video that failed extraction is not a wrong cache -------------------------
+def test_a_failed_labelled_video_is_named_as_such(world: dict[str, Any], tmp_path: Path) -> None:
+    cache = cache_with_failures(tmp_path / "cache", {"syn-svd/v2.mp4"})
+    with pytest.raises(SagaError, match=r"1 of the run's labelled videos failed extraction there \(e.g. syn-svd/v2"):
+        fit_openset_run(world["run"], cache=cache.root, out=tmp_path / "o")
