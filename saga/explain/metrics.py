@@ -7,8 +7,10 @@ level (SD-L: generators with no SD backbone) are excluded, as in the paper; vide
 the run was never trained on are not: they count as errors (`untrained_classes`).
 
 Every accuracy comes with a 95 % interval and the number of videos behind it
-(`saga.explain.intervals`): Wilson for accuracy and per-class accuracy, a stratified
-bootstrap for macro accuracy; classes with fewer than 10 test videos are flagged.
+(`saga.explain.intervals`): Wilson for accuracy and per-class accuracy; for macro accuracy the
+wider of a stratified bootstrap over videos and a normal interval with Agresti-Coull per-class
+variances (the bootstrap alone collapses when a class is all right or all wrong); classes with
+fewer than 10 test videos are flagged.
 Beside the run, `evaluate` fits the linear probe (`saga.explain.probe`) on the run's own
 labelled train videos and reports its metrics under "probe", so one sees at once
 whether the transformer learned more than a linear model on pooled statistics; "probe" →

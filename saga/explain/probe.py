@@ -24,11 +24,15 @@ as `saga.model.inference.take_subwindow` selects them for the transformer.
 Labels: with `sources` (the default of `saga probe`, and what `evaluate` uses beside a run
 trained with `sources`) the regression is fitted on the labelled videos' generators and each
 class's probability is the sum of its generators': the probe gets exactly the labels the run got.
+The fit balances generators, so each generator's intercept is then lowered by log(its class's
+labelled generators), as the run's readout does (`mixture_bias`): summed, a class of three
+generators would otherwise start with three times the prior of a class of one.
 
 Training: standardise (fit on the labelled train videos only), then sklearn's
 LogisticRegression (lbfgs, multinomial, class_weight="balanced"). C is chosen from
-`C_GRID` by macro accuracy on the cache's val split (ties: the smaller C); without
-val videos C = 1.0. The fitted model is saved as safetensors (coefficients,
+`C_GRID` by the macro accuracy of the class decision (fitted on sources: the summed
+classes) on the cache's val videos of the classes it can predict, as the run validates
+(ties: the smaller C); without val videos C = 1.0. The fitted model is saved as safetensors (coefficients,
 intercepts, scaler mean and scale; classes and the feature spec in its metadata),
 never pickle, and predicts with numpy alone.
 
@@ -53,7 +57,7 @@ from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,
                                       temporal_statistics, video_features)
 from saga.fileio import write_bytes
 from saga.model.inference import Inference, record_targets
-from saga.train.readout import pool_rows, source_subclasses
+from saga.train.readout import mixture_bias, pool_rows, source_subclasses
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_C = 1.0
@@ -136,57 +140,71 @@ def _macro(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, classes: Sequence[str], spec: dict[str, Any],
-              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-              grid: Sequence[float] = C_GRID) -> tuple[Probe, dict[str, Any]]:
-    """Standardise on x, fit the logistic regression (C chosen on the val videos), return it and how C was chosen."""
-    from sklearn.linear_model import LogisticRegression
+              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, grid: Sequence[float] = C_GRID,
+              subclass_of: Sequence[int] = (), sources: Sequence[str] = ()) -> tuple[Probe, dict[str, Any]]:
+    """Standardise on x, fit the logistic regression (C chosen on the val videos), return it and how C was chosen.
+
+    `y`: each video's class; with `subclass_of` (each row's class, `sources` its generator) each video's row.
+    `y_val`: the val videos' classes: C is the one whose class decision (rows pooled) has the best macro accuracy.
+    """
     from sklearn.preprocessing import StandardScaler
 
+    groups = [int(g) for g in subclass_of]
     present = np.unique(y)
-    if len(present) < 2:
-        raise SagaError(f"the labelled train videos cover {len(present)} class(es); the probe needs >= 2")
+    covered = {groups[i] for i in present} if groups else set(present.tolist())
+    if len(covered) < 2:
+        raise SagaError(f"the labelled train videos cover {len(covered)} class(es); the probe needs >= 2")
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     z = (x - scaler.mean_) / scale
 
-    def fit(c: float) -> Any:
-        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=MAX_ITER, class_weight="balanced")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ConvergenceWarning on separable toy data: the fit is still usable
-            return clf.fit(z, y)
+    def fit(c: float) -> Probe:
+        coef, intercept = _rows(_logistic(z, y, c), len(groups) or len(classes), compact=not groups)
+        if groups:  # each row weighted 1 / its class's rows: a class with many generators gets no head start
+            intercept = mixture_bias(intercept, groups)
+        return Probe(list(classes), coef, intercept, np.asarray(scaler.mean_, np.float64),
+                     np.asarray(scale, np.float64), spec, float(c), groups, [str(g) for g in sources])
 
     use_val = x_val is not None and y_val is not None and len(y_val) > 0
     scores: dict[str, float] = {}
-    best_c, best_clf = DEFAULT_C, None
-    if use_val:
-        zv = (x_val - scaler.mean_) / scale
-        best = -1.0
-        for c in grid:
-            clf = fit(c)
-            score = _macro(y_val, clf.classes_[clf.predict_proba(zv).argmax(1)])
-            scores[repr(float(c))] = score
-            if score > best + 1e-12:
-                best, best_c, best_clf = score, float(c), clf
-    clf = best_clf or fit(DEFAULT_C)
-    # classes absent from the labelled videos get no row: expand to the full class list
-    n_cls = len(classes)
-    if len(clf.classes_) == 2 and n_cls == 2:
-        coef, intercept = clf.coef_, clf.intercept_
-    else:
-        coef = np.full((n_cls, x.shape[1]), 0.0)
-        intercept = np.full(n_cls, -1e4)  # never predicted
-        if len(clf.classes_) == 2:  # binary form of a >2-class list: expand to two rows
-            rows = np.vstack([-clf.coef_ / 2, clf.coef_ / 2])
-            icpt = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
-        else:
-            rows, icpt = clf.coef_, clf.intercept_
-        coef[clf.classes_] = rows
-        intercept[clf.classes_] = icpt
-    probe = Probe(list(classes), np.asarray(coef, np.float64), np.asarray(intercept, np.float64),
-                  np.asarray(scaler.mean_, np.float64), np.asarray(scale, np.float64), spec, best_c)
-    choice = {"C": best_c, "grid": list(map(float, grid)) if use_val else None,
-              "val_macro_accuracy": scores or None, "selected_by": "val macro accuracy" if use_val else "default"}
+    best: tuple[float, Probe] | None = None
+    for c in grid if use_val else ():
+        probe = fit(c)
+        score = _macro(np.asarray(y_val), probe.predict(x_val))
+        scores[repr(float(c))] = score
+        if best is None or score > best[0] + 1e-12:  # ties: the smaller C (the grid ascends)
+            best = (score, probe)
+    probe = best[1] if best else fit(DEFAULT_C)
+    choice = {"C": probe.C, "grid": list(map(float, grid)) if use_val else None,
+              "val_macro_accuracy": scores or None,
+              "selected_by": ("val macro accuracy" + (" of the summed classes" if groups else "")) if use_val
+              else "default"}
     return probe, choice
+
+
+def _logistic(z: np.ndarray, y: np.ndarray, c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=MAX_ITER, class_weight="balanced")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning on separable toy data: the fit is still usable
+        return clf.fit(z, y)
+
+
+def _rows(clf: Any, n_rows: int, compact: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """coef and intercept over all `n_rows` rows: a row absent from the training videos is never predicted.
+    `compact` keeps sklearn's binary form (one row) for two rows."""
+    if len(clf.classes_) == 2 and n_rows == 2 and compact:
+        return np.asarray(clf.coef_, np.float64), np.asarray(clf.intercept_, np.float64)
+    coef = np.zeros((n_rows, clf.coef_.shape[1]))
+    intercept = np.full(n_rows, -1e4)
+    if len(clf.classes_) == 2:  # binary form of a longer list: expand to two rows
+        coef[clf.classes_] = np.vstack([-clf.coef_ / 2, clf.coef_ / 2])
+        intercept[clf.classes_] = [-clf.intercept_[0] / 2, clf.intercept_[0] / 2]
+    else:
+        coef[clf.classes_] = clf.coef_
+        intercept[clf.classes_] = clf.intercept_
+    return coef, intercept
 
 
 # -- fitting and evaluating ----------------------------------------------------------------------
@@ -218,31 +236,18 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     recs, y = [r for r, k in zip(recs, keep) if k], y[keep]
     spec = feature_spec(frames, cache.dim)
     x = cache_features(cache, recs, frames)
-    sub, subclass_of, generators = source_subclasses(recs, y)
-    if sources and len(subclass_of) > len(set(y.tolist())):
-        probe, choice, n_val = _fit_on_sources(cache, x, sub, generators, spec, frames)
-        probe = Probe(classes, probe.coef, probe.intercept, probe.mean, probe.scale, spec, probe.C, subclass_of,
-                      generators)
-        return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, n_val, choice)
     val = cache.ok_records("val")
-    yv = record_targets(val, level, classes)
     seen = set(y.tolist())
-    val = [r for r, t in zip(val, yv) if t in seen]  # val videos of classes the probe can predict
+    val = [r for r, t in zip(val, record_targets(val, level, classes)) if t in seen]  # classes it can predict
     yv = record_targets(val, level, classes)
     xv = cache_features(cache, val, frames) if val else None
-    probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
+    sub, subclass_of, generators = source_subclasses(recs, y)
+    if sources and len(subclass_of) > len(seen):
+        probe, choice = fit_probe(x, sub, classes, spec, xv, yv if val else None,
+                                  subclass_of=subclass_of, sources=generators)
+    else:
+        probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
     return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, len(val), choice)
-
-
-def _fit_on_sources(cache: FeatureCache, x: np.ndarray, sub: np.ndarray, generators: list[str],
-                    spec: dict[str, Any], frames: int | None) -> tuple[Probe, dict[str, Any], int]:
-    """The probe over the labelled generators, C chosen on the val videos of those generators."""
-    number = {g: i for i, g in enumerate(generators)}  # at one level a generator has one class
-    val = [r for r in cache.ok_records("val") if r.generator in number]
-    xv = cache_features(cache, val, frames) if val else None
-    yv = np.array([number[r.generator] for r in val], np.int64) if val else None
-    probe, choice = fit_probe(x, sub, generators, spec, xv, yv)
-    return probe, choice, len(val)
 
 
 def _train_metrics(probe: Probe, cache: FeatureCache, level: str, split: str, keep_correct: bool, y: np.ndarray,

@@ -88,6 +88,7 @@ def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes:
 
 # -- the `saga probe` run folder -----------------------------------------------------------------
 def _check_out(out: Path) -> None:
+    """Refuse an --out that is not empty and not a probe folder; change nothing (a refit may still fail)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -96,8 +97,6 @@ def _check_out(out: Path) -> None:
     if cfg.is_file():
         if read_json(cfg).get("kind") != "probe":
             raise SagaError(f"{out}: holds a training run, not a probe; choose another --out")
-        for old in out.glob("metrics-*.json"):  # a probe is cheap and deterministic: refit in place, and let
-            old.unlink()                        # no split's metrics of the previous probe stand beside it
         return
     extra = sorted(p.name for p in out.iterdir())
     if extra:
@@ -139,6 +138,8 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
     started = now()
     probe, metrics = train_and_evaluate(cache, level, subset, frames, split, sources=sources is not False)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("metrics-*.json"):  # refitted in place (cheap, deterministic): no split's metrics of the
+        old.unlink()                        # previous probe stand beside the new one; only once the fit succeeded
     probe.save(out / PROBE_FILE)
     write_labelled(out / LABELLED, subset, wanted, cache.ok_records("train"))
     config = {"kind": "probe", "stage": "probe", "level": level, "classes": probe.classes, "frames": frames,

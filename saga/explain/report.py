@@ -14,7 +14,9 @@ beside the run (summary columns, cards, per-class column).
 Beyond the paper, each run shows what sits beside it (`report_openworld`: calibration with
 reliability diagrams, the open set with its ROC / OSCR curves, enrolled sources, robustness),
 and a leave-one-generator-out experiment (`saga openset logo`) gets its own section
-(`report_logo`). The shared HTML pieces are in `report_html`, the figures in `report_plots`.
+(`report_logo`). The shared HTML pieces are in `report_html`, the figures in `report_plots`, the
+ablation tables in `report_ablation`. A run file that is unreadable, or JSON but not an object, is
+treated as missing: its section is left out, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,30 +31,40 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired
-from saga.explain.report_html import CSS, figure, pct, pct_ci, png, read_json_file, run_name, table
+from saga.explain.report_ablation import (ablation_section, check_ablation, find_ablations, one_per_folder,
+                                          table_in)
+from saga.explain.report_html import CSS, figure, pct, pct_ci, png, run_name, table
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
 from saga.fileio import make_dir, write_text
 from saga.runs import CONFIG, DONE, METRICS, PROVENANCE, TSIG_MAPS, TSIG_PROFILES, RunFolder, evaluation_file
 from saga.runs.files import LOGO_RESULTS
-from saga.taxonomy import LEVELS
 
 FIGURES = ((TSIG_MAPS, "T-Sig maps (penultimate block, mean over heads and videos)"),
            (TSIG_PROFILES, "T-Sig profiles (attention at frame offset Δ)"))
-ABLATION_NAMES = ("ablation.json", "ablation.md")
 
 
 # -- reading a run folder -------------------------------------------------------------
 def load_run(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows about one run; missing files just leave their section out."""
     run = RunFolder(run_dir)
-    metrics = run.read_optional(evaluation_file("test")) or run.read_optional(evaluation_file())
+    metrics = _object(run, evaluation_file("test")) or _object(run, evaluation_file()) or None
     captions = {TSIG_MAPS: FIGURES[0][1], TSIG_PROFILES: FIGURES[1][1]}
     figs = [(p, captions.get(p.name) or f"t-SNE of φ ({p.stem})") for p in run.figures()]
-    return {"dir": run_dir, "config": run.read_optional(CONFIG) or {},
-            "provenance": run.read_optional(PROVENANCE) or {}, "done": run.read_optional(DONE),
-            "metrics": metrics, "splits": run.evaluations(), "history": run.read_metrics(tolerant=True),
+    splits = {k: v for k, v in run.evaluations().items() if isinstance(v, dict)}
+    history = [row for row in run.read_metrics(tolerant=True) if isinstance(row, dict)]
+    return {"dir": run_dir, "config": _object(run, CONFIG), "provenance": _object(run, PROVENANCE),
+            "done": run.read_optional(DONE), "metrics": metrics, "splits": splits, "history": history,
             "figures": figs, "beyond": load_beyond(run_dir, metrics)}
+
+
+def _object(run: RunFolder, name: str) -> dict[str, Any]:
+    """A run file's JSON object; {} when it is missing, unreadable or another JSON value (a list, a number)."""
+    return _dict(run.read_optional(name))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 # -- sections ---------------------------------------------------------------------------
@@ -67,7 +79,7 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
               "AUC", "loss", "stage", "fraction", "frames", "split", "n"]
     rows = []
     for i, r in enumerate(runs):  # the numbers first: on a phone they are visible before scrolling
-        cfg, m, train = r["config"], r["metrics"] or {}, r["config"].get("train") or {}
+        cfg, m, train = r["config"], r["metrics"] or {}, _dict(r["config"].get("train"))
         pr = _probe(m)
         rows.append([f"{i + 1}. {run_name(r)}", cfg.get("level") or m.get("level"),
                      pct_ci(m.get("accuracy"), m.get("accuracy_ci")),
@@ -134,10 +146,10 @@ def per_class_table(m: dict[str, Any]) -> str:
     pr = _probe(m)
     has_probe = "accuracy" in pr
     rows = []
-    for cls in m.get("classes", []):
-        acc = m.get("per_class", {}).get(cls)
-        n = m.get("per_class_n", {}).get(cls, 0)
-        ci = (m.get("per_class_ci") or {}).get(cls)
+    for cls in m.get("classes") or []:
+        acc = _dict(m.get("per_class")).get(cls)
+        n = _dict(m.get("per_class_n")).get(cls, 0)
+        ci = _dict(m.get("per_class_ci")).get(cls)
         few = 0 < n < FEW
         width = 0 if acc is None else round(80 * acc)
         flag = f' <span class=few title="fewer than {FEW} videos">few</span>' if few else ""
@@ -148,14 +160,15 @@ def per_class_table(m: dict[str, Any]) -> str:
     probe_head = "<th>probe %</th>" if has_probe else ""
     return ('<div class="scroll"><table><thead><tr><th class=l>class</th><th>n</th><th>accuracy %</th>'
             f"<th>95 % CI</th><th class=l></th>{probe_head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-            f'<p class="meta">Intervals: Wilson (95 %) per class and for accuracy, stratified bootstrap over videos '
-            f"for macro accuracy. <span class=few>few</span>: fewer than {FEW} test videos, an anecdote rather "
+            f'<p class="meta">Intervals (95 %): Wilson per class and for accuracy; for macro accuracy the wider of a '
+            "stratified bootstrap over videos and a normal interval with Agresti-Coull per-class variances. "
+            f"<span class=few>few</span>: fewer than {FEW} test videos, an anecdote rather "
             "than a result.</p>")
 
 
 def confusion_table(m: dict[str, Any]) -> str:
     """Rows = true class, columns = predicted (numbered to stay narrow); shading = row-normalised share."""
-    classes, conf = m.get("classes", []), m.get("confusion", [])
+    classes, conf = m.get("classes") or [], m.get("confusion") or []
     head = '<th class=l>true ↓ / predicted →</th>' + "".join(
         f'<th title="{escape(c)}">{i}</th>' for i, c in enumerate(classes))
     body = []
@@ -203,7 +216,7 @@ def run_section(i: int, run: dict[str, Any]) -> str:
     cfg, prov, m = run["config"], run["provenance"], run["metrics"]
     out = [f'<section id="run-{i}"><h2>{i}. {escape(run_name(run))}</h2>',
            f'<p class="meta">{escape(str(run["dir"]))} · level {escape(str(cfg.get("level", "?")))} · '
-           f'{len(cfg.get("classes", []))} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>']
+           f'{len(cfg.get("classes") or [])} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>']
     if m:
         out += [f"<h3>Metrics ({escape(str(m.get('split', '')))})</h3>", _cards(m), probe_note(m), source_note(m)]
         others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
@@ -220,98 +233,11 @@ def run_section(i: int, run: dict[str, Any]) -> str:
         for k, v in details.items() if v) + "</details>")
     curve = training_curve(run["history"])
     figs = ([figure(curve, f"training curve ({METRICS})")] if curve else [])
-    many = len(cfg.get("classes", [])) > 6  # many T-Sig panels: give the maps the full width
+    many = len(cfg.get("classes") or []) > 6  # many T-Sig panels: give the maps the full width
     figs += [figure(p.read_bytes(), cap, wide=many and p.name == TSIG_MAPS) for p, cap in run["figures"]]
     if figs:
         out.append("<h3>Figures</h3><div class=figs>" + "".join(figs) + "</div>")
     return "".join(out) + "</section>"
-
-
-# -- ablation -----------------------------------------------------------------------------
-def find_ablations(run_dirs: list[Path]) -> list[Path]:
-    """The ablation table of each run folder's parent that has one (where `saga ablate` puts its runs)."""
-    found = (_table_in(parent) for parent in dict.fromkeys(d.resolve().parent for d in run_dirs))
-    return [table_file for table_file in found if table_file is not None]
-
-
-def _table_in(folder: Path) -> Path | None:
-    """A folder's ablation table: ablation.json first, the data `ablation.md` is written from."""
-    return next((folder / n for n in ABLATION_NAMES if (folder / n).is_file()), None)
-
-
-def _one_per_folder(tables: list[Path]) -> list[Path]:
-    """Each table once, in order: ablation.json and ablation.md of one folder are the same table."""
-    by_folder: dict[Path, Path] = {}
-    for path in map(Path, tables):
-        by_folder.setdefault(path.resolve().parent, path)
-    return list(by_folder.values())
-
-
-def ablation_section(path: Path, anchor: str = "ablation") -> str:
-    """One ablation table, titled with its level and folder (several levels' tables sit side by side)."""
-    text = path.read_text()
-    body = _ablation_md(text) if path.suffix == ".md" else _ablation_json(read_json_file(path))
-    return (f'<section id="{escape(anchor)}"><h2>{escape(_ablation_title(path, text))}</h2>'
-            f'<p class="meta">{escape(str(path))}</p>{body}</section>')
-
-
-def _ablation_title(path: Path, text: str) -> str:
-    """"Ablation GEN-L (ablation-GEN-L)": the level `saga ablate` records (the .md's first word), then the folder."""
-    data = read_json_file(path) if path.suffix == ".json" else None
-    level = data.get("level") if isinstance(data, dict) else (text.split() or [""])[0]
-    where = f" ({path.resolve().parent.name})"
-    return f"Ablation {level}{where}" if level in LEVELS else f"Ablation{where}"
-
-
-def _ablation_json(data: Any) -> str:
-    """`saga ablate`'s summary as its own markdown table; else rows from a list of dicts, {"rows": [...]},
-    {name: {col: value}} or {name: value}."""
-    markdown = _ablate_markdown(data)
-    if markdown is not None:
-        return _ablation_md(markdown)
-    if isinstance(data, dict) and isinstance(data.get("rows"), list):
-        data = data["rows"]
-    if isinstance(data, dict):
-        data = [{"setting": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in data.items()]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data) or not data:
-        return f"<pre>{escape(json.dumps(data, indent=2))}</pre>"
-    cols = list(dict.fromkeys(k for r in data for k in r))
-    return table(cols, [[r.get(c) for c in cols] for r in data])
-
-
-def _ablate_markdown(data: Any) -> str | None:
-    """The table `saga ablate` writes to ablation.md (± interval, hardest classes, level/seeds/fraction note);
-    None for JSON of another shape."""
-    from saga.explain.ablation_table import to_markdown
-
-    if not (isinstance(data, dict) and {"level", "seeds", "rows"} <= set(data) and data["rows"]):
-        return None
-    try:
-        return to_markdown(data)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        return None
-
-
-def _ablation_md(text: str) -> str:
-    """Markdown pipe tables become tables; other lines are kept as escaped paragraphs."""
-    out, rows = [], []
-
-    def flush() -> None:
-        if rows:
-            out.append(table(rows[0], rows[1:]))
-            rows.clear()
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("|"):
-            cells = [c.strip() for c in s.strip("|").split("|")]
-            if not all(set(c) <= set(":- ") for c in cells):
-                rows.append(cells)
-            continue
-        flush()
-        if s:
-            out.append(f"<h3>{escape(s.lstrip('#').strip())}</h3>" if s.startswith("#") else f"<p>{escape(s)}</p>")
-    flush()
-    return "".join(out)
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -326,7 +252,7 @@ def render_report(run_dirs: list[Path], ablations: list[Path] | None = None,
     experiments = list(dict.fromkeys([experiment_file(Path(e)).resolve() for e in openworld or []]
                                      + [experiment_file(e).resolve() for e in find_experiments(dirs)]))
     runs = [load_run(d) for d in dirs if not is_experiment(d)]
-    tables = _one_per_folder([*(ablations or []), *find_ablations([Path(r["dir"]) for r in runs])])
+    tables = one_per_folder([*(ablations or []), *find_ablations([Path(r["dir"]) for r in runs])])
     anchors = ["ablation", *(f"ablation-{i}" for i in range(2, len(tables) + 1))]
     nav = "".join(f'<a href="#run-{i}">{i}. {escape(run_name(r))}</a>' for i, r in enumerate(runs, 1))
     nav += "".join(f'<a href="#{a}">ablation: {escape(t.resolve().parent.name)}</a>' for a, t in zip(anchors, tables))
@@ -357,9 +283,9 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     run_dirs, found = _sort_folders(run_dirs)
     if not run_dirs and not openworld:
         raise SagaError("nothing to report: pass run folders or --openworld EXP")
-    tables = _one_per_folder(([Path(ablation)] if ablation is not None else []) + found)
+    tables = one_per_folder(([Path(ablation)] if ablation is not None else []) + found)
     for table_file in tables:
-        _check_ablation(table_file)
+        check_ablation(table_file)
     bad = [str(e) for e in openworld or [] if not experiment_file(Path(e)).is_file()]
     if bad:
         raise SagaError(f"{bad[0]}: no {LOGO_RESULTS} found; pass the --out folder of `saga openset logo` "
@@ -382,24 +308,9 @@ def _sort_folders(folders: list[Path]) -> tuple[list[Path], list[Path]]:
         if (folder / CONFIG).is_file() or is_experiment(folder):
             runs.setdefault(folder.resolve(), folder)
             continue
-        table_file = _table_in(folder)
+        table_file = table_in(folder)
         if table_file is None:
             raise SagaError(f"{folder}: not a saga run folder (no {CONFIG}); pass folders written by saga train, "
                             "attribute or probe, --ablation FILE, or --openworld EXP")
         tables.append(table_file)
     return list(runs.values()), tables
-
-
-def _check_ablation(path: Path) -> None:
-    """An explicitly named ablation table must be readable: a report never shows a broken one as null."""
-    if not path.is_file():
-        raise SagaError(f"{path}: ablation file not found")
-    if path.suffix not in (".json", ".md"):
-        raise SagaError(f"{path}: not an ablation table; pass the ablation.json or ablation.md of `saga ablate`")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SagaError(f"{path}: unreadable ablation table ({str(exc).splitlines()[0]}); rerun `saga ablate` "
-                        "or pass another --ablation") from None

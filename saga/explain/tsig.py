@@ -6,10 +6,13 @@ heads (`infer(..., attention=True)`), one T'×T' map per video (window 0).
 Normalisation (documented, because the paper does not publish one):
 
 - **map**: row i (query frame i) is an attention distribution over the video's real
-  frames, so it sums to 1. A class map averages row i over the class's videos in
-  which frame i is real; padded frames are dropped as queries and as keys. Rows
-  therefore stay distributions (sum 1), and short videos do not dilute the rows
-  of frames they do not have. Plots share one colour scale across classes.
+  frames, so it sums to 1. Each row is renormalised over those frames: with CLS pooling
+  the model's maps leave out the CLS token's column, so a raw row sums to 1 minus the
+  frame's attention to CLS (with mean pooling it already sums to 1 and nothing changes).
+  A class map averages row i over the class's videos in which frame i is real; padded
+  frames are dropped as queries and as keys. Rows therefore stay distributions (sum 1),
+  and short videos do not dilute the rows of frames they do not have. Plots share one
+  colour scale across classes.
 - **profile**: for offset Δ = 0..T'-1, a video's value is the mean over the i with
   frames i and i+Δ both real of A[i, i+Δ] (forward offsets, as in the method).
   A class profile averages the videos' values at each Δ (over videos that have
@@ -63,9 +66,19 @@ def _normalise(profile: np.ndarray) -> np.ndarray:
     return profile / total if total > 0 else profile
 
 
+def over_real_frames(attn: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each video's rows renormalised over its real frames (keys): a distribution over frames, whatever
+    else the model attended to (the CLS token); padded keys get 0, a row with no mass on real keys stays 0."""
+    pair = mask[:, :, None] & mask[:, None, :]
+    kept = np.where(pair, attn, 0.0)
+    total = kept.sum(axis=2, keepdims=True)
+    return np.divide(kept, total, out=np.zeros_like(kept), where=total > 0)
+
+
 def group_signature(attn: np.ndarray, mask: np.ndarray | None = None) -> Signature:
     """The signature of a group of videos (a class, or one video): map and normalised profile."""
     mask = _masks(attn, mask)
+    attn = over_real_frames(np.asarray(attn, np.float64), mask)
     pair = mask[:, :, None] & mask[:, None, :]
     rows = mask.sum(axis=0)  # videos in which query frame i is real
     summed = np.where(pair, attn, 0.0).sum(axis=0)
