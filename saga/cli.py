@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -27,6 +28,19 @@ explain_cmds.register(app)
 openworld_cmds.register(app)
 robustness_cmds.register(app)
 app.add_typer(cache_cmds.app, name="cache")
+
+TORCHRUN_COMMANDS = ("extract", "train", "attribute")  # the ones that split their work (docs/distributed.md)
+
+
+@app.callback()
+def _one_process(ctx: typer.Context) -> None:
+    # Any other command under torchrun would run whole on every rank, each printing and writing the same files.
+    from saga.errors import SagaError
+
+    command = ctx.invoked_subcommand
+    if command not in TORCHRUN_COMMANDS and os.environ.get("WORLD_SIZE", "").strip() not in ("", "0", "1"):
+        raise SagaError(f"saga {command} runs in one process; launch it without torchrun "
+                        f"(only {', '.join(TORCHRUN_COMMANDS)} run under torchrun)")
 
 INTERRUPTED = "interrupted: committed work is kept; rerun the same command to resume"
 
@@ -55,14 +69,32 @@ def main() -> None:
     except SagaError as exc:
         if os.environ.get("SAGA_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _error(exc)
+    except RuntimeError as exc:  # under torchrun: DDP's gradient all-reduce after another rank died
+        lost = _lost_peer(exc)
+        if lost is None or os.environ.get("SAGA_DEBUG"):
+            raise
+        _error(lost)
     except KeyboardInterrupt:  # outside typer's own handling
         _interrupted()
     except SystemExit as exc:
         if exc.code == 130:  # typer turned the KeyboardInterrupt into Exit(130) without a word
             _interrupted()
         raise
+
+
+def _lost_peer(exc: RuntimeError) -> Exception | None:
+    """saga.distributed's one-line error when `exc` is a collective losing another rank, else None
+    (always None in a single process: its RuntimeErrors keep their traceback)."""
+    distributed = sys.modules.get("saga.distributed")  # not imported: no process group, nothing to lose
+    return None if distributed is None else distributed.lost_peer_error(exc)
+
+
+def _error(exc: Exception) -> NoReturn:
+    # torchrun's SIGTERM to the surviving ranks must not cut the line or the exit short with a traceback
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _interrupted() -> None:

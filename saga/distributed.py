@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import atexit
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -128,10 +129,46 @@ def _coll_device() -> torch.device:
     return torch.device("cpu")
 
 
+# -- a lost peer ---------------------------------------------------------------------------------------
+# gloo reports a rank that died (SIGKILL, the OOM killer) as a plain RuntimeError naming its TCP transport
+# ("Connection closed by peer", "Read error ... Connection reset by peer"); nccl and the store raise DistError.
+_PEER_SIGNS = ("gloo/transport", "closed by peer", "reset by peer", "Broken pipe")
+
+
+def is_lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another rank is gone (not a bug in saga's own code)."""
+    if not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, getattr(tdist, "DistError", ())) or any(s in str(exc) for s in _PEER_SIGNS)
+
+
+def lost_peer_error(exc: BaseException) -> SagaError | None:
+    """The one-line error for a rank that lost its peers, or None when `exc` is something else (or there
+    is no process group: a single process's RuntimeErrors are never reworded)."""
+    if not (context().enabled and tdist.is_initialized() and is_lost_peer(exc)):
+        return None
+    return SagaError(f"rank {context().rank} lost contact with another rank (it died or was killed); "
+                     "committed work is kept; rerun the same command to resume")
+
+
+@contextmanager
+def _collective() -> Iterator[None]:
+    """Turn a collective's lost-peer failure into the one-line SagaError (torchrun's other ranks would
+    otherwise print a 50-line gloo traceback each)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        error = lost_peer_error(exc)
+        if error is None:
+            raise
+        raise error from exc
+
+
 # -- collectives (all no-ops for one process) -------------------------------------------------------
 def barrier() -> None:
     if _active():
-        tdist.barrier()
+        with _collective():
+            tdist.barrier()
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -139,7 +176,8 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     if not _active():
         return obj
     box = [obj]
-    tdist.broadcast_object_list(box, src=src)
+    with _collective():
+        tdist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -148,7 +186,8 @@ def all_gather_object(obj: T) -> list[T]:
     if not _active():
         return [obj]
     out: list[Any] = [None] * context().world_size
-    tdist.all_gather_object(out, obj)
+    with _collective():
+        tdist.all_gather_object(out, obj)
     return out
 
 
@@ -167,7 +206,8 @@ def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
     pad[: array.shape[0]] = local
     pad = pad.to(device)
     out = [torch.empty_like(pad) for _ in rows]
-    tdist.all_gather(out, pad)
+    with _collective():
+        tdist.all_gather(out, pad)
     return [t[:n].cpu().numpy() for t, n in zip(out, rows)]
 
 
@@ -177,7 +217,8 @@ def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
         return dict(values)
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_coll_device())
-    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    with _collective():
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return dict(zip(keys, t.cpu().tolist()))
 
 
@@ -265,4 +306,4 @@ def sync_exit() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    tdist.barrier()
+    barrier()
