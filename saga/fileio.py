@@ -15,7 +15,9 @@ import errno
 import fcntl
 import json
 import os
+import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,16 +67,47 @@ def writing(path: str | Path) -> Iterator[None]:
 
 
 LOCK = ".lock"  # in a run folder or a cache: flock'ed by the one process writing there
-_HELD: dict[str, int] = {}  # folder -> the descriptor holding its lock in this process
+
+
+@dataclass
+class _Hold:
+    """This process's lock on one folder: the descriptor, the thread that took it, how often it did."""
+
+    fd: int
+    owner: threading.Thread
+    count: int
+
+
+_HELD: dict[str, _Hold] = {}  # folder -> its lock held by a thread of this process
+_HELD_GUARD = threading.Lock()
 
 
 def lock_folder(folder: str | Path, busy: str) -> None:
     """Hold an exclusive lock on `folder` until `unlock_folder` or the end of this process; another
-    process gets the one-line SagaError "FOLDER: {busy}". Reentrant (flock is per open file)."""
+    process, or another thread of this one, gets the one-line SagaError "FOLDER: {busy}".
+
+    Why per thread: flock is per open file, so a second thread would otherwise pass and the first
+    one's unlock would free the folder while the second still writes. The holding thread may lock
+    again (each lock needs its unlock); a thread that ended without unlocking frees the folder, as a
+    killed process does."""
     folder = Path(folder)
     key = str(folder.resolve())
-    if key in _HELD:
-        return
+    me = threading.current_thread()
+    with _HELD_GUARD:
+        hold = _HELD.get(key)
+        if hold is not None and hold.owner is not me and hold.owner.is_alive():
+            raise SagaError(f"{folder}: {busy}")
+        if hold is not None and hold.owner is me:
+            hold.count += 1
+            return
+        if hold is None:
+            _HELD[key] = _Hold(_flock(folder, busy), me, 1)
+        else:  # its thread died holding it: this process still holds the flock, hand it over
+            hold.owner, hold.count = me, 1
+
+
+def _flock(folder: Path, busy: str) -> int:
+    """A descriptor holding the exclusive flock of folder/.lock; BUSY when another process holds it."""
     with writing(folder / LOCK):
         fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -82,13 +115,21 @@ def lock_folder(folder: str | Path, busy: str) -> None:
     except BlockingIOError:
         os.close(fd)
         raise SagaError(f"{folder}: {busy}") from None
-    _HELD[key] = fd
+    return fd
 
 
 def unlock_folder(folder: str | Path) -> None:
-    fd = _HELD.pop(str(Path(folder).resolve()), None)
-    if fd is not None:
-        os.close(fd)
+    """Undo one `lock_folder` of this thread; the last one frees the folder. A thread that does not
+    hold it (e.g. one that was refused) changes nothing."""
+    key = str(Path(folder).resolve())
+    with _HELD_GUARD:
+        hold = _HELD.get(key)
+        if hold is None or hold.owner is not threading.current_thread():
+            return
+        hold.count -= 1
+        if hold.count == 0:
+            del _HELD[key]
+            os.close(hold.fd)
 
 
 def make_dir(path: str | Path) -> Path:

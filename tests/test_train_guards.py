@@ -58,6 +58,30 @@ def test_a_second_trainer_is_refused_while_the_first_trains(cache: FeatureCache,
     os.close(held_elsewhere(out))
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_an_error_before_training_frees_the_run_folder(cache: FeatureCache, stage1: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, stage: int) -> None:
+    import saga.train.attribute as attribute
+    import saga.train.stage1 as stage1_module
+
+    out = tmp_path / "run"
+    module = stage1_module if stage == 1 else attribute
+    opened = module.open_features
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003 - the setup between opening the run and training it
+        raise SagaError("no features today")
+
+    monkeypatch.setattr(module, "open_features", fail)
+    train = (lambda: train_stage1(cache.root, out, s1_config(epochs=1))) if stage == 1 else (
+        lambda: train_attribution(cache.root, out, a_config(epochs=1), from_run=stage1))
+    with pytest.raises(SagaError, match="no features today"):
+        train()
+    os.close(held_elsewhere(out))  # the lock went with the error (it used to stay held until the process ended)
+    monkeypatch.setattr(module, "open_features", opened)
+    train()
+    os.close(held_elsewhere(out))
+
+
 def _fail_at_first_epoch(event) -> None:  # noqa: ANN001 - a ProgressEvent
     if event.kind == "epoch":
         raise ValueError("stop here")

@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from saga.cache import reader, store  # store is mid-import here: its names are read at call time
+from saga.cache import prune, reader, seal, store  # store is mid-import here: its names are read at call time
+from saga.cache.duplicates import duplicate_warnings
 from saga.cache.manifest import VideoRecord, feature_checksum, manifest_digest, read_split_plan
 from saga.errors import SagaError
 
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
-
-
-
 
 def verify(cache: "FeatureCache") -> list[tuple[VideoRecord, str]]:
     """Records whose stored bytes no longer match their checksum (or cannot be read)."""
@@ -45,13 +43,15 @@ def verify(cache: "FeatureCache") -> list[tuple[VideoRecord, str]]:
                 bad.append((rec, "features contain NaN/inf"))
     return bad
 
+
 def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
     """(errors, warnings) about the cache as a whole, each one line.
 
     Errors: a sealed part missing or its manifest changed since it was sealed (truncated,
     edited: labels and splits are covered), attributes that do not match the arrays, records
     whose split differs from the split plan. Warnings: parts never sealed (an older saga, an extraction
-    killed or still running), planned videos without a record (rerun extract to finish).
+    killed or still running) or sealed but not logged, planned videos without a record (rerun extract
+    to finish), and records holding the same video under two paths (`saga.cache.duplicates`).
     """
     errors: list[str] = []
     warnings: list[str] = []
@@ -69,27 +69,7 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
         errors.append(f"part {name} is missing (sealed with {sealed[name]['lines']} records); restore it "
                       "or re-extract into a new cache")
     for name in sorted(names):
-        folder = cache.root / "parts" / name
-        entry = sealed.get(name)
-        if entry is None and (folder / store.SEAL).exists():
-            try:
-                entry = json.loads((folder / store.SEAL).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                errors.append(f"part {name}: corrupt {store.SEAL}")
-                continue
-        if entry is None:
-            warnings.append(f"part {name} was never sealed (made by an older saga, or an extraction killed or "
-                            "still running); `saga cache verify --seal` seals it once every check passes, and the "
-                            "next `saga extract` does too")
-            continue
-        lines, digest = manifest_digest(folder / store.MANIFEST)
-        if (lines, digest) != (entry.get("lines"), entry.get("digest")):
-            errors.append(f"part {name}: {store.MANIFEST} changed since it was sealed ({lines} complete lines, "
-                          f"sealed with {entry.get('lines')}): truncated or edited; restore it or re-extract")
-        try:
-            cache.part(name)
-        except SagaError as exc:
-            errors.append(str(exc))
+        _check_part(cache, name, sealed.get(name), errors, warnings)
     try:
         records = cache.records()
     except SagaError as exc:  # a corrupt manifest line: no record can be listed, the seals above say which part
@@ -104,5 +84,38 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
     missing = sorted(set(plan) - {r.path for r in records})
     if missing:
         warnings.append(f"{len(missing)} planned video(s) have no record (e.g. {missing[0]}): an unfinished "
-                        "extraction or a lost part; rerun `saga extract` with the same videos")
+                        "extraction or a lost part; rerun `saga extract` with the same videos (or, for videos "
+                        f"that are gone, `saga cache prune {cache.root} --videos DIR`)")
+    warnings.extend(duplicate_warnings(cache.index(), cache.root))
     return errors, warnings
+
+
+def _check_part(cache: "FeatureCache", name: str, entry: dict[str, Any] | None, errors: list[str],
+                warnings: list[str]) -> None:
+    """One part against its seal: the parts.jsonl line, else its seal.json (reported: a loss of the part
+    would go unnoticed), else a warning that it was never sealed."""
+    folder = cache.root / "parts" / name
+    if entry is None and (folder / store.SEAL).exists():
+        entry = seal.seal_entry(cache.root, name)
+        if entry is None:
+            errors.append(f"part {name}: corrupt {store.SEAL}; restore it or re-extract into a new cache")
+            return
+        warnings.append(f"part {name} is sealed ({store.SEAL}) but not logged in {store.PARTS_LOG} (an extraction "
+                        "killed, or a full disk, while sealing it), so losing it would go unnoticed; "
+                        "`saga cache verify --seal` logs it, and the next `saga extract` does too")
+    if entry is None:
+        warnings.append(f"part {name} was never sealed (made by an older saga, or an extraction killed or "
+                        "still running); `saga cache verify --seal` seals it once every check passes, and the "
+                        "next `saga extract` does too")
+        return
+    lines, digest = manifest_digest(folder / store.MANIFEST)
+    if prune.interrupted(cache.root, name, entry):
+        warnings.append(f"part {name}: a `saga cache prune` was interrupted; rerun it (or `saga cache verify "
+                        "--seal`, or the next `saga extract`) to finish it")
+    elif (lines, digest) != (entry.get("lines"), entry.get("digest")):
+        errors.append(f"part {name}: {store.MANIFEST} changed since it was sealed ({lines} complete lines, "
+                      f"sealed with {entry.get('lines')}): truncated or edited; restore it or re-extract")
+    try:
+        cache.part(name)
+    except SagaError as exc:
+        errors.append(str(exc))

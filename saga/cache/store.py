@@ -17,10 +17,11 @@ records of the same video.
 
 from __future__ import annotations
 
-import json
+import errno
 import math
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,27 +31,25 @@ import zarr
 
 from saga.cache import integrity, reader
 from saga.cache.index import Located, RecordIndex, RecordList
-from saga.cache.manifest import (FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c,
-                                 manifest_digest, read_manifest)
+from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c
 from saga.cache.provenance import CacheProvenance, EncoderSpec
 from saga.cache.reader import ShardRef
+from saga.cache.seal import MANIFEST, PARTS_LOG, SEAL, seal_leftover_parts, seal_part, unsealed_parts
 from saga.cache.shards import ArrayReader
 from saga.errors import SagaError
-from saga.fileio import append_lines, write_json, writing
+from saga.fileio import LOCK, writing
 from saga.taxonomy import Taxonomy
 
 SCHEMA_VERSION = 1
 ATTR_KEY = "saga"
-MANIFEST = "manifest.jsonl"
 SPLIT_PLAN = "splits.jsonl"  # path -> split, recorded once before extraction
-SEAL = "seal.json"  # in a part: its manifest's line count and digest, written when the part is closed
-PARTS_LOG = "parts.jsonl"  # at the root: one line per sealed part (so a deleted part is noticed)
 DEFAULT_SHARD_ROWS = 128
 # Rows per inner chunk of a shard: 16 reads whole shards ~8x faster than 1 row per chunk
 # (zarr decodes each inner chunk separately) and random rows ~1.5x faster (bench/cache_read.py).
 INNER_ROWS = 16
 
-__all__ = ["FeatureCache", "PartWriter", "ShardRef", "next_part_name"]
+__all__ = ["FeatureCache", "MANIFEST", "PARTS_LOG", "PartWriter", "SEAL", "ShardRef", "next_part_name",
+           "seal_leftover_parts", "seal_part", "unsealed_parts"]
 
 
 class FeatureCache:
@@ -83,34 +82,20 @@ class FeatureCache:
 
     @classmethod
     def create_or_open(cls, root: str | Path, provenance: dict[str, Any]) -> "FeatureCache":
-        """Open an existing cache after checking it is compatible, or create it atomically."""
+        """Open an existing cache after checking it is compatible, or create it atomically.
+
+        Two processes creating the same cache at once both end with the one that was published first."""
         root = Path(root)
-        if (root / "zarr.json").exists():
-            cache = cls.open(root)
-            cache.check_compatible(provenance)
-            return cache
-        if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise SagaError(f"{root}: exists and is not a saga cache; choose an empty or new --out folder")
-        attrs = {**provenance, "schema_version": SCHEMA_VERSION}
-        attrs.setdefault("cache_id", uuid.uuid4().hex)  # an import keeps the exported id
-        target = root.resolve()  # `--out .` has no name to put a temporary folder beside
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            with writing(root):
-                group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
-                group.attrs[ATTR_KEY] = attrs
-                (tmp / "parts").mkdir()
-                if target.exists():  # an empty folder, perhaps the current one: fill it, zarr.json (the mark) last
-                    os.replace(tmp / "parts", target / "parts")
-                    os.replace(tmp / "zarr.json", target / "zarr.json")
-                    tmp.rmdir()
-                else:
-                    os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return cls(root, attrs)
+        if not (root / "zarr.json").exists():
+            if root.exists() and (not root.is_dir() or any(p.name != LOCK for p in root.iterdir())):
+                raise SagaError(f"{root}: exists and is not a saga cache; choose an empty or new --out folder")
+            attrs = {**provenance, "schema_version": SCHEMA_VERSION}
+            attrs.setdefault("cache_id", uuid.uuid4().hex)  # an import keeps the exported id
+            if _create(root, attrs):
+                return cls(root, attrs)
+        cache = cls.open(root)
+        cache.check_compatible(provenance)
+        return cache
 
     def check_compatible(self, provenance: dict[str, Any]) -> None:
         differ = self.provenance.differences(CacheProvenance.from_dict(provenance, "this pass"))
@@ -343,37 +328,47 @@ class PartWriter:
             self._pending = [r for r in self._pending if r.row + r.windows > self._flushed]
 
 
-def seal_part(root: Path, name: str, rows: int) -> None:
-    """Record a part's manifest line count and digest, in the part and in the cache's parts log."""
-    folder = root / "parts" / name
-    lines, digest = manifest_digest(folder / MANIFEST)
-    entry = {"part": name, "lines": lines, "digest": digest, "rows": rows}
-    write_json(folder / SEAL, entry)
-    append_lines(root / PARTS_LOG, json.dumps(entry, sort_keys=True) + "\n")
+def _create(root: Path, attrs: dict[str, Any]) -> bool:
+    """Build the empty cache under a hidden name and move it into place; False when another process
+    (or thread) published one there first."""
+    target = root.resolve()  # `--out .` has no name to put a temporary folder beside
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with writing(root):
+            group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+            group.attrs[ATTR_KEY] = attrs
+            (tmp / "parts").mkdir()
+            return _publish(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def unsealed_parts(cache: FeatureCache) -> list[str]:
-    """Parts with no seal (no seal.json, no line in parts.jsonl): file existence only, cheap for any cache."""
-    logged: set[str] = set()
-    log = cache.root / PARTS_LOG
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                logged.add(str(json.loads(line)["part"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a damaged line is `cache verify`'s business, not a reason to fail here
-    return [name for name in cache.part_names()
-            if name not in logged and not (cache.root / "parts" / name / SEAL).exists()]
+def _publish(tmp: Path, target: Path) -> bool:
+    """Rename the new cache onto `target`, or fill an empty `target` (zarr.json, the mark, last), never
+    over another cache: ENOTEMPTY / EEXIST mean one was published there first (False)."""
+    try:
+        if target.exists():  # an empty folder (perhaps the current one, or holding only the lock)
+            os.replace(tmp / "parts", target / "parts")  # an empty parts/ is replaced; a filled one refuses
+            _link_new(tmp / "zarr.json", target / "zarr.json")
+        else:
+            os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
 
 
-def seal_leftover_parts(cache: FeatureCache) -> list[str]:
-    """Seal the parts of passes that were killed (a new pass writes a new part, so their committed
-    lines are final): without a seal, edits to them go unnoticed and every training run warns."""
-    leftovers = unsealed_parts(cache)
-    for name in leftovers:
-        records = read_manifest(cache.root / "parts" / name / MANIFEST)
-        seal_part(cache.root, name, max((r.row + r.windows for r in records if r.ok), default=0))
-    return leftovers
+def _link_new(src: Path, dst: Path) -> None:
+    """Put `src` at `dst` only if nothing is there (EEXIST otherwise): a hard link, or a plain replace
+    on a file system without hard links."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        os.replace(src, dst)
 
 
 def next_part_name(cache: FeatureCache, rank: int = 0, pass_id: int | None = None) -> str:

@@ -1,4 +1,4 @@
-"""`saga cache info | verify | export | import`."""
+"""`saga cache info | verify | prune | export | import`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from saga.taxonomy import LEVELS
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
 
-app = typer.Typer(help="Inspect, verify and share a feature cache.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, verify, prune and share a feature cache.", no_args_is_help=True)
 
 
 @app.command()
@@ -97,9 +97,38 @@ def _check(store: FeatureCache) -> int:
 def _seal(store: FeatureCache) -> None:
     from saga.cache.store import seal_leftover_parts
 
-    sealed = seal_leftover_parts(store)
+    sealed = seal_leftover_parts(store)  # also logs parts sealed but never logged
     message = f"sealed {len(sealed)} part(s): {', '.join(sealed)}" if sealed else "every part was already sealed"
     console.print(message, markup=False)
+
+
+@app.command()
+def prune(
+    cache: Annotated[Path, typer.Argument(help="Cache folder.")],
+    videos: Annotated[Path, typer.Option("--videos", help="The videos folder the cache was extracted from.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Drop the records; without it, only list them.")] = False,
+) -> None:
+    """Drop the records of videos no longer in --videos (renamed, moved or deleted): a dry run without --yes."""
+    from saga.cache.prune import gone_paths, prune_gone
+    from saga.cache.store import FeatureCache
+
+    store = FeatureCache.open(cache)
+    drop = prune_gone(store, videos) if yes else gone_paths(store, videos)
+    if not drop:
+        console.print(f"{cache}: nothing to prune: every record's video is in {videos}", markup=False)
+        return
+    for path in drop[:PRUNE_SHOWN]:
+        console.print(f"{'dropped' if yes else 'would drop'} {path}", markup=False)
+    if len(drop) > PRUNE_SHOWN:
+        console.print(f"... and {len(drop) - PRUNE_SHOWN} more", markup=False)
+    if yes:
+        console.print(f"{cache}: dropped the records of {len(drop)} video(s) gone from {videos}", markup=False)
+    else:
+        console.print(f"{cache}: {len(drop)} video(s) are gone from {videos}; rerun with --yes to drop their "
+                      "records", markup=False)
+
+
+PRUNE_SHOWN = 20
 
 
 @app.command("export")

@@ -167,6 +167,10 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
             err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})", markup=False)
         err.print("fix or replace them and rerun: changed files are extracted again; "
                   "pass --retry-failed to try unchanged ones again")
+    if summary.failed_elsewhere:
+        console.print(f"{summary.failed_elsewhere} failed record(s) of files no longer in --videos (deleted or "
+                      f"moved) are kept in the cache, not counted here; `saga cache prune {summary.cache} --videos "
+                      "DIR --yes` drops them", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -21,7 +21,7 @@ import torch
 from saga import distributed
 from saga.distributed import resolve_device
 from saga.errors import SagaError
-from saga.fileio import lock_folder, unlock_folder
+from saga.fileio import lock_folder, make_dir, unlock_folder
 from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.provenance import DEFAULT_SPLIT, EncoderSpec, cache_provenance
@@ -30,9 +30,11 @@ from saga.pipeline.decoder_audit import mark_audited, misdecoded
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import VideoInput, discover
-from saga.pipeline.reader import DecodedVideo, decode_workers, read_videos
+from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoStream, decode_workers, read_videos
+from saga.pipeline.resume import keep_suspects, moved_videos, pass_failures, read_suspects, warn_moved
 from saga.pipeline.sampling import SamplingPolicy
 from saga.progress import ProgressEvent, ProgressFn
+from saga.pipeline.summary import ExtractSummary, Timings
 from saga.pipeline.writer import BackgroundWriter
 from saga.taxonomy import Taxonomy
 
@@ -103,43 +105,6 @@ def _fractions_text(fractions: dict[str, float]) -> str:
     return ",".join(f"{float(fractions.get(s, 0)):g}" for s in SPLITS)
 
 
-@dataclass
-class Timings:
-    """Seconds per step: decode (summed over workers), encode, write, the pipeline and the whole call."""
-
-    decode: float = 0.0
-    encode: float = 0.0
-    write: float = 0.0
-    pipeline: float = 0.0  # first decode -> last record committed; no setup
-    wall: float = 0.0
-
-    @classmethod
-    def across_ranks(cls, parts: Iterable["Timings"]) -> "Timings":
-        """Step times add up over ranks; the pipeline took as long as the slowest rank."""
-        parts = list(parts)
-        return cls(decode=sum(p.decode for p in parts), encode=sum(p.encode for p in parts),
-                   write=sum(p.write for p in parts), pipeline=max((p.pipeline for p in parts), default=0.0))
-
-
-@dataclass
-class ExtractSummary:
-    cache: Path
-    found: int = 0
-    skipped: int = 0
-    redecoded: int = 0  # unchanged videos extracted again: decoded under an older decoder rule
-    ok: int = 0
-    failed: int = 0
-    frames: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    timings: Timings = field(default_factory=Timings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "cache": str(self.cache)}
-
-    def add_counts(self, other: "ExtractSummary") -> None:
-        self.ok, self.failed, self.frames = self.ok + other.ok, self.failed + other.failed, self.frames + other.frames
-
-
 def _load(cfg: ExtractConfig) -> FrameEncoder:
     encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
     if cfg.compile:  # after the fingerprint is taken from the plain module
@@ -170,10 +135,13 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
     --retry-failed), their splits, and how many of them are misdecoded.
 
     Splits come from the cache's split plan, where every video is recorded once before it is
-    extracted: a killed and resumed run ends with the same splits as an uninterrupted one.
+    extracted: a killed and resumed run ends with the same splits as an uninterrupted one. A video
+    moved or renamed since it was extracted keeps its old split (`saga.pipeline.resume`).
     """
     existing = {r.path: r for r in cache.records()}
     redo = misdecoded(cache.root, cfg.videos, existing, items)
+    moved = moved_videos(existing, items, cfg.videos)
+    warn_moved(moved, cfg.out, cfg.videos)
     todo = []
     for item in items:
         old = existing.get(item.rel)
@@ -190,8 +158,9 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
     for path, (generator, split) in planned.items():
         if not path.startswith(AUGMENTED):  # copies follow their source; they do not count
             counts.setdefault(generator, {s: 0 for s in SPLITS})[split] += 1
-    new = [(i.rel, i.generator) for i in items if i.rel not in planned]
+    new = [(i.rel, i.generator) for i in items if i.rel not in planned and i.rel not in moved]
     assigned = assign_splits(new, counts, cfg.split_fractions, cfg.split_seed)
+    assigned |= {rel: rec.split for rel, rec in moved.items() if rel not in planned}  # no leak between splits
     append_split_plan(cache.split_plan_path, {i.rel: (i.generator, assigned[i.rel]) for i in items if i.rel in assigned})
     splits = {rel: split for rel, (_, split) in planned.items()} | assigned
     # a seeded shuffle, so that every stored shard mixes generators (streaming reads shard by shard)
@@ -218,9 +187,10 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     taxonomy = resolve_taxonomy(cfg)
     items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
     encoder = _load(cfg)
-    cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
-    lock_folder(cfg.out, BUSY)
+    make_dir(cfg.out)
+    lock_folder(cfg.out, BUSY)  # before the cache is created: two passes into a new folder used to race there
     try:
+        cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
         seal_leftover_parts(cache)
         todo, splits, redecoded = plan(cfg, cache, items)
         summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded)
@@ -229,11 +199,13 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
                                 shard_rows=cfg.shard_rows)
             _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary,
                           progress)
+        else:
+            keep_suspects(cfg.out, 0, [])  # an earlier crash's suspects were recorded, or are gone
         if redecoded:
             mark_audited(cfg.out)
     finally:
         unlock_folder(cfg.out)
-    summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
+    summary.failures, summary.failed_elsewhere = pass_failures(cache.records(refresh=True), items)
     summary.timings.wall = time.perf_counter() - wall
     return summary
 
@@ -259,16 +231,18 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     taxonomy, encoder = distributed.run_everywhere(load)
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
 
-    def decide() -> tuple[int, list[VideoInput], dict[str, str], int, int]:  # rank 0
+    def decide() -> tuple[int, list[VideoInput], dict[str, str], list[VideoInput], int]:  # rank 0
         items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
-        cache = FeatureCache.create_or_open(cfg.out, provenance)
+        make_dir(cfg.out)
         lock_folder(cfg.out, BUSY)  # held by rank 0 until every rank's part is closed
+        cache = FeatureCache.create_or_open(cfg.out, provenance)
         seal_leftover_parts(cache)
         todo, splits, redecoded = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
-        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, len(items), redecoded
+        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, items, redecoded
 
-    pass_id, todo, splits, found, redecoded = distributed.run_on_main(decide)
+    pass_id, todo, splits, items, redecoded = distributed.run_on_main(decide)
+    found = len(items)
 
     def reopen() -> FeatureCache:  # every rank checks its own encoder against the cache
         cache = FeatureCache.open(cfg.out)
@@ -282,7 +256,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         writer = PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
                             capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows)
         _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
-                      progress if ctx.is_main else None)
+                      progress if ctx.is_main else None, rank=ctx.rank)
     ranks = distributed.all_gather_object(local)  # also: every part is closed after this
     if redecoded and ctx.is_main:
         mark_audited(cfg.out)
@@ -291,7 +265,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
                              timings=Timings.across_ranks(r.timings for r in ranks))
     for rank_summary in ranks:
         summary.add_counts(rank_summary)
-    summary.failures = [(r.path, r.error) for r in cache.records(refresh=True) if not r.ok]
+    summary.failures, summary.failed_elsewhere = pass_failures(cache.records(refresh=True), items)
     summary.timings.wall = time.perf_counter() - wall
     return summary
 
@@ -306,8 +280,11 @@ class RecordMaker:
     taxonomy: Taxonomy
 
     def __call__(self, video: DecodedVideo) -> VideoRecord:
+        """The file's size and mtime are those stat'ed before it was decoded: a file that changed since no
+        longer matches its record, so the next pass extracts it again (a record stat'ed after decoding
+        called a half-copied file's features current for ever)."""
         item = self.todo[video.index]
-        size, mtime = file_fingerprint(item.absolute(self.root))
+        size, mtime = video.fingerprint or file_fingerprint(item.absolute(self.root))
         rec = VideoRecord(path=item.rel, size=size, mtime_ns=mtime, status=FAILED if video.error else "ok",
                           error=video.error, generator=item.generator, labels=self.taxonomy.labels(item.generator),
                           split=self.splits[item.rel])
@@ -319,26 +296,45 @@ class RecordMaker:
 def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: BackgroundWriter,
              record_of: Callable[[DecodedVideo], VideoRecord], summary: ExtractSummary, total: int,
              progress: ProgressFn | None = None) -> None:
-    """Decoded videos -> encoder step -> writer, counting into `summary`; the writer commits even on Ctrl-C."""
+    """Decoded videos -> encoder step -> writer, counting into `summary`; the writer commits even on Ctrl-C.
+
+    A dead decoding worker (`VideoStream.crash`: torch reports it wherever the main thread is) stops
+    the pass with a `DecoderCrash` after the videos already decoded are encoded and committed."""
     started = time.perf_counter()
     writer.start()
-    _report(progress, summary, total)  # the pass begins: a bar's clock and rates start here
     try:
-        for video in videos:
-            summary.timings.decode += video.seconds
-            if video.ok:
-                _store(step.push(video), writer, record_of, summary)
-            else:
-                writer.fail(record_of(video))
-                summary.failed += 1
-            _report(progress, summary, total)
+        _report(progress, summary, total)  # the pass begins: a bar's clock and rates start here
+        try:
+            for video in videos:
+                summary.timings.decode += video.seconds
+                if video.ok:
+                    _store(step.push(video), writer, record_of, summary)
+                else:
+                    writer.fail(record_of(video))
+                    summary.failed += 1
+                _report(progress, summary, total)
+        except Exception as exc:
+            crash = exc if isinstance(exc, DecoderCrash) else (
+                videos.crash(exc) if isinstance(videos, VideoStream) else None)
+            if crash is None:
+                raise
+            _close(videos)
+            _store(step.flush(), writer, record_of, summary)
+            raise crash from None
         _store(step.flush(), writer, record_of, summary)
         _report(progress, summary, total)
     finally:
+        _close(videos)  # the workers stop first: a dead one can no longer interrupt the commit
         writer.finish()  # what was encoded is written and committed
         summary.timings.encode += step.seconds
         summary.timings.write += writer.seconds
         summary.timings.pipeline += time.perf_counter() - started
+
+
+def _close(videos: Iterable[DecodedVideo]) -> None:
+    close = getattr(videos, "close", None)
+    if close is not None:
+        close()
 
 
 def _report(progress: ProgressFn | None, summary: ExtractSummary, total: int) -> None:
@@ -355,9 +351,17 @@ def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,
 
 
 def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPolicy, encoder: FrameEncoder,
-                  part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None) -> None:
-    """Compose the three steps over `records.todo` into `part`."""
+                  part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None, rank: int = 0) -> None:
+    """Compose the three steps over `records.todo` into `part`; suspects of an earlier decoder crash are
+    decoded alone first, and a crash in this pass leaves its own suspects for the next one."""
+    suspects = read_suspects(cfg.out)
     videos = read_videos(records.todo, cfg.videos, policy, encoder.preprocess, decode_workers(cfg.workers),
-                         pin_memory=encoder.device.type == "cuda")
+                         pin_memory=encoder.device.type == "cuda",
+                         suspects={i for i, item in enumerate(records.todo) if item.rel in suspects})
     step = EncodeStep(encoder.encode, cfg.batch_size, policy.windows, policy.frames)
-    run_pass(videos, step, BackgroundWriter(part), records, summary, len(records.todo), progress)
+    try:
+        run_pass(videos, step, BackgroundWriter(part), records, summary, len(records.todo), progress)
+    except DecoderCrash as crash:
+        keep_suspects(cfg.out, rank, crash.suspects)
+        raise
+    keep_suspects(cfg.out, rank, [])

@@ -2,25 +2,40 @@
 
 A video that cannot be decoded becomes a `DecodedVideo` with an error, never an exception,
 so one bad file never stops the pass (the runner records it as failed and goes on).
+
+A file that crashes its decoder (a segfault in FFmpeg or decord, the OOM killer) kills the
+worker process decoding it; that cannot be caught in the worker. The stream then stops with
+one line (`DecoderCrash`) naming the videos the workers were decoding at that moment (each
+worker notes its current video in shared memory). The runner keeps them as suspects, and
+the next pass decodes each suspect alone in a child process first: one that crashes again
+becomes a failed record, so the run converges instead of stopping at the same file for ever.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
+import signal
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from saga.cache.manifest import file_fingerprint
 from saga.errors import DecodeError, SagaError
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
+from saga.pipeline.interrupts import held_signals
 from saga.pipeline.sampling import SamplingPolicy
+
+CHANGED = "the file changed while it was read (still being copied or written?); rerun to extract it again"
 
 
 @dataclass
@@ -36,6 +51,7 @@ class DecodedVideo:
     fps: float = 0.0
     n_frames: int = 0
     backend: str = ""
+    fingerprint: tuple[int, int] | None = None  # the file's (size, mtime_ns) before it was read: its record's
 
     @property
     def ok(self) -> bool:
@@ -47,9 +63,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def decode_one(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int = 0) -> DecodedVideo:
-    """Decode `path` with `policy` and preprocess its frames; any failure is returned, not raised."""
+    """Decode `path` with `policy` and preprocess its frames; any failure is returned, not raised.
+
+    The file is stat'ed before it is opened and again after: its record carries the first stat, so a
+    file that changes later (a copy still under way) no longer matches it and the next pass extracts
+    it again; one that changed while it was read is a failure (its frames may mix two versions).
+    """
     start = time.perf_counter()
-    out = DecodedVideo(index=index)
+    out = DecodedVideo(index=index, fingerprint=file_fingerprint(path))
     try:
         clip = decode_video(path, policy)
         w, t = clip.mask.shape
@@ -61,21 +82,34 @@ def decode_one(path: Path, policy: SamplingPolicy, preprocess: Callable, index: 
         out.error = _first_line(exc) or "undecodable"
     except Exception as exc:  # one bad video must never stop the run
         out.error = f"{type(exc).__name__}: {_first_line(exc)}".strip()
+    if file_fingerprint(path) != out.fingerprint:
+        out.error, out.pixels = CHANGED, None
     out.seconds = time.perf_counter() - start
     return out
 
 
 class VideoDataset(Dataset):
-    """The todo list as a map-style dataset, so worker processes decode in parallel."""
+    """The todo list (or the part of it `order` picks) as a map-style dataset, so worker processes decode in
+    parallel; each worker notes the todo index it is decoding in `busy` (shared memory, -1 when idle)."""
 
-    def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable) -> None:
+    def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
+                 order: list[int] | None = None, busy: Any = None) -> None:
         self.items, self.root, self.policy, self.preprocess = items, root, policy, preprocess
+        self.order = list(range(len(items))) if order is None else order
+        self.busy = busy
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.order)
 
-    def __getitem__(self, index: int) -> DecodedVideo:
-        return decode_one(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
+    def __getitem__(self, position: int) -> DecodedVideo:
+        index = self.order[position]
+        info = get_worker_info()
+        if self.busy is None or info is None:
+            return decode_one(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
+        self.busy[info.id] = index
+        video = decode_one(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
+        self.busy[info.id] = -1
+        return video
 
 
 def _identity(batch: DecodedVideo) -> DecodedVideo:
@@ -84,6 +118,9 @@ def _identity(batch: DecodedVideo) -> DecodedVideo:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one decoding thread per worker: the workers are the parallelism
+    # Ctrl-C in a terminal reaches the whole process group: only the main process stops the pass (and
+    # commits); a worker killed by it would be misreported as a crash, or its KeyboardInterrupt ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def decode_workers(requested: int | None) -> int:
@@ -99,21 +136,146 @@ def decode_workers(requested: int | None) -> int:
     return max(1, cores // ranks - 1)
 
 
+class DecoderCrash(SagaError):
+    """A decoding worker process died (a decoder segfault, the OOM killer); `suspects`: the videos it may have
+    been decoding (relative paths), for the next pass to decode alone first."""
+
+    def __init__(self, message: str, suspects: list[str]) -> None:
+        super().__init__(message)
+        self.suspects = suspects
+
+
+def worker_died(exc: BaseException) -> bool:
+    """Whether `exc` is how torch reports a dead worker: its SIGCHLD handler's or its queue check's RuntimeError
+    (raised wherever the main thread is), or an EOFError/ConnectionError from a result the dead worker was
+    still handing over."""
+    if isinstance(exc, RuntimeError):
+        return "DataLoader worker" in str(exc)
+    return isinstance(exc, (EOFError, ConnectionError))
+
+
 def read_videos(items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
-                workers: int, pin_memory: bool = False) -> Iterator[DecodedVideo]:
-    """Decoded videos in todo order, `workers` processes ahead of the encoder (0: in this process)."""
-    loader = DataLoader(VideoDataset(items, root, policy, preprocess), batch_size=None, shuffle=False,
-                        num_workers=workers, collate_fn=_identity, worker_init_fn=_worker_init if workers else None,
-                        prefetch_factor=4 if workers else None, pin_memory=pin_memory)
-    done = 0
+                workers: int, pin_memory: bool = False, suspects: set[int] = frozenset()) -> "VideoStream":
+    """Decoded videos, `workers` processes ahead of the encoder (0: in this process); the todo indices in
+    `suspects` first, each decoded alone in a child process (`decode_alone`)."""
+    return VideoStream(items, root, policy, preprocess, workers, pin_memory, sorted(suspects))
+
+
+class VideoStream:
+    """An iterator of `DecodedVideo`s over the todo list; `close()` stops the workers, `crash(exc)` turns a dead
+    worker into a `DecoderCrash` (None for any other exception)."""
+
+    def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
+                 workers: int, pin_memory: bool, suspects: list[int]) -> None:
+        self.items, self.root, self.policy, self.preprocess = items, root, policy, preprocess
+        self.workers, self.suspects = workers, suspects
+        self.busy = multiprocessing.RawArray("q", [-1] * max(workers, 1))
+        alone = set(suspects)
+        rest = [i for i in range(len(items)) if i not in alone]
+        dataset = VideoDataset(items, root, policy, preprocess, rest, self.busy if workers else None)
+        self.loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+                                 worker_init_fn=_worker_init if workers else None,
+                                 prefetch_factor=4 if workers else None, pin_memory=pin_memory)
+        self.done = 0
+        self._videos = self._generate()
+
+    def __iter__(self) -> "VideoStream":
+        return self
+
+    def __next__(self) -> DecodedVideo:
+        try:
+            video = next(self._videos)
+        except Exception as exc:  # StopIteration included: not a crash, re-raised
+            crash = self.crash(exc)
+            if crash is None:
+                raise
+            self.close()
+            raise crash from None
+        self.done += 1
+        return video
+
+    def _generate(self) -> Iterator[DecodedVideo]:
+        for index in self.suspects:
+            yield decode_alone(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
+        pool = None
+        try:
+            with held_signals():  # a Ctrl-C during fork() was lost, or killed a worker before _worker_init
+                pool = iter(self.loader)
+            yield from pool
+        finally:
+            shutdown = getattr(pool, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()  # also unregisters the workers from torch's SIGCHLD check
+
+    def close(self) -> None:
+        """Stop the decoding workers (a dead one can then no longer interrupt the main thread)."""
+        try:
+            self._videos.close()
+        except Exception as exc:  # the SIGCHLD check firing for the dead worker during the shutdown
+            if not worker_died(exc):
+                raise
+
+    def in_flight(self) -> list[str]:
+        """The videos the workers were decoding (none noted: no worker had started one)."""
+        return [self.items[i].rel for i in sorted(set(self.busy)) if i >= 0] if self.workers else []
+
+    def crash(self, exc: BaseException) -> DecoderCrash | None:
+        if not self.workers or not worker_died(exc):
+            return None
+        how = (_first_line(exc).strip().rstrip(".") if isinstance(exc, RuntimeError) else
+               f"it hung up while handing over a video: {type(exc).__name__}")
+        suspects = self.in_flight()
+        if not suspects:
+            near = self.items[min(self.done, len(self.items) - 1)].rel
+            return DecoderCrash(f"{self.root}: a decoding worker process died ({how}) at or after {near}; the "
+                                "videos written so far are kept: rerun to resume, with fewer --workers if memory is "
+                                "short", [])
+        named = suspects[0] if len(suspects) == 1 else f"one of {', '.join(suspects[:5])}" + (
+            f" (+{len(suspects) - 5} more)" if len(suspects) > 5 else "")
+        return DecoderCrash(f"{self.root}: a decoding worker process died ({how}) while decoding {named}; the "
+                            "videos written so far are kept: rerun the same command to resume: it first decodes "
+                            f"{'that video' if len(suspects) == 1 else 'each of them'} alone and records one that "
+                            "crashes again as failed (if memory is short, use fewer --workers)", suspects)
+
+
+def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> DecodedVideo:
+    """`decode_one` in a child process: a file that crashes the decoder there becomes a failed video."""
+    context = multiprocessing.get_context()  # the DataLoader's too
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_decode_into, args=(send, path, policy, preprocess, index), daemon=True)
+    fingerprint = file_fingerprint(path)
+    with held_signals():
+        child.start()
+    send.close()
     try:
-        for video in loader:
-            yield video
-            done += 1
-    except RuntimeError as exc:  # a worker killed (the OOM killer on a huge video): one line, work kept
-        if "DataLoader worker" not in str(exc):
-            raise
-        near = items[min(done, len(items) - 1)].rel
-        raise SagaError(f"{root}: a decoding worker process died ({str(exc).splitlines()[0]}) at or after {near}; "
-                        "the videos written so far are kept: rerun to resume, with fewer --workers if memory is "
-                        "short") from None
+        data = receive.recv_bytes()
+    except EOFError:  # it died before sending anything
+        data = b""
+    finally:
+        receive.close()
+        child.join()
+    if data and child.exitcode == 0:
+        return pickle.loads(data)
+    return DecodedVideo(index=index, fingerprint=fingerprint,
+                        error=f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
+
+
+def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    torch.set_num_threads(1)
+    # plain pickle: tensors by value (torch's shared-memory handover needs this process alive after it exits)
+    data = pickle.dumps(decode_one(path, policy, preprocess, index))
+    try:
+        send.send_bytes(data)
+    except OSError:  # the parent stopped listening (Ctrl-C): nothing to report
+        pass
+    send.close()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

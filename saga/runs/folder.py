@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -151,6 +152,16 @@ class RunFolder:
 
     def release(self) -> None:
         unlock_folder(self.path)
+
+    @contextmanager
+    def released_on_error(self) -> Iterator[None]:
+        """The setup between opening a run and training it: an error frees the lock at once, so the
+        same process (ablate, a notebook) or the next command can reopen the folder."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
     # -- state ---------------------------------------------------------------------------------
     @property

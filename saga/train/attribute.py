@@ -377,24 +377,24 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
         if progress and distributed.context().is_main:
             progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
-    if not saved and distributed.context().is_main:
-        write_labelled(out / LABELLED, subset, wanted, train)
-    data = open_features(cache, pool, sub, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
-    device = resolve_device(cfg.device)
-    view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
-    objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
-                 else HNMObjective(data, view, cfg, device, level_labels=targets))
-    validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size,
-                              device)
+    with run.released_on_error():  # a setup error must not leave the folder locked
+        if not saved and distributed.context().is_main:
+            write_labelled(out / LABELLED, subset, wanted, train)
+        data = open_features(cache, pool, sub, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
+        device = resolve_device(cfg.device)
+        view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
+        objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
+                     else HNMObjective(data, view, cfg, device, level_labels=targets))
+        validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size, device)
 
-    def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
-        unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
-                               if cfg.self_training else ([], "self_training = false"))
-        info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed, unlabelled,
-                           cfg.sources)
-        return {**info, "self_training": why_not or "on"}
+        def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
+            unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
+                                   if cfg.self_training else ([], "self_training = false"))
+            info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed,
+                               unlabelled, cfg.sources)
+            return {**info, "self_training": why_not or "on"}
 
-    finalize = None if cfg.readout == "head" else (  # the kept epoch's val score is the trained head's
-        lambda m, done: choose_readout(m, lda, validate, done["best_metric"], switch=cfg.readout == "auto"))
-    fit(model, objective, run, cfg, lr, validate, device, progress, finalize)
+        finalize = None if cfg.readout == "head" else (  # the kept epoch's val score is the trained head's
+            lambda m, done: choose_readout(m, lda, validate, done["best_metric"], switch=cfg.readout == "auto"))
+        fit(model, objective, run, cfg, lr, validate, device, progress, finalize)
     return run.path

@@ -73,12 +73,13 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         if progress and distributed.context().is_main:
             progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
-    data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
-    torch.manual_seed(cfg.seed)
-    model = VideoTransformer(model_cfg)
-    fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
-    view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
-    objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
-    validate = make_validator(cache, cache.ok_records("val"), LEVEL, classes, frames, cfg.eval_batch_size, device)
-    fit(model, objective, run, cfg, float(cfg.lr or 3e-4), validate, device, progress)
+    with run.released_on_error():  # a setup error must not leave the folder locked
+        data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
+        torch.manual_seed(cfg.seed)
+        model = VideoTransformer(model_cfg)
+        fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
+        view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
+        objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
+        validate = make_validator(cache, cache.ok_records("val"), LEVEL, classes, frames, cfg.eval_batch_size, device)
+        fit(model, objective, run, cfg, float(cfg.lr or 3e-4), validate, device, progress)
     return run.path

@@ -1,0 +1,129 @@
+"""`saga cache prune`: drop the records (and split-plan lines) of videos gone from the videos folder.
+
+Why: a video renamed or moved after extraction is extracted again under its new path while the old
+path's record stays: the same features twice, perhaps in two splits (leakage) or under two
+generators. Records live in sealed manifests, so a prune rewrites each affected part's manifest
+and its seal in an order that a kill or a full disk cannot break:
+
+1. the kept lines are written beside the manifest as `manifest.jsonl.pruned` (atomically);
+2. their seal is appended to `parts.jsonl`: the commit point (a part's last log line wins);
+3. the file replaces `manifest.jsonl`; 4. `seal.json` is rewritten.
+
+Killed before 2: a stray `.pruned` file, removed by the next prune or extraction (nothing was
+pruned). Killed after 2: `finish_prunes`, run by the next prune, `saga extract` and
+`saga cache verify --seal`, completes 3 and 4 (`saga cache verify` warns until then). Every record of
+a dropped path goes, in every part, so an older part's record of it cannot come back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saga.cache.columns import SIDECAR
+from saga.cache.manifest import AUGMENTED, iter_lines, manifest_digest, parse_line, read_split_plan, source_key
+from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, seal_leftover_parts
+from saga.errors import SagaError
+from saga.fileio import lock_folder, unlock_folder, write_bytes, write_json, write_text
+
+if TYPE_CHECKING:
+    from saga.cache.store import FeatureCache
+
+PRUNED = MANIFEST + ".pruned"  # a part's pruned manifest, staged until its seal is logged
+BUSY = "another saga extract is writing this cache right now; rerun `saga cache prune` once it has finished"
+
+
+def gone_paths(cache: "FeatureCache", videos: Path) -> list[str]:
+    """Record and split-plan paths whose video is no longer at `videos`/path, sorted; an augmented
+    copy goes with its source. A folder holding none of the cache's videos is refused (a wrong --videos)."""
+    if not videos.is_dir():
+        raise SagaError(f"{videos}: not a folder; pass the videos folder the cache was extracted from as --videos")
+    paths = set(cache.records(refresh=True).paths()) | set(read_split_plan(cache.split_plan_path))
+    originals = [p for p in paths if not p.startswith(AUGMENTED)]
+    present = {p for p in originals if os.path.lexists(videos / p)}  # a broken link is still a (failed) input
+    if originals and not present:
+        raise SagaError(f"{videos}: none of the cache's {len(originals)} videos is in this folder; pass the "
+                        "videos folder the cache was extracted from as --videos")
+    kept = {source_key(p)[1] for p in present}
+    return sorted(p for p in paths if p not in present and (
+        not p.startswith(AUGMENTED) or source_key(p)[1] not in kept))
+
+
+def prune_gone(cache: "FeatureCache", videos: Path) -> list[str]:
+    """Drop every record and split-plan line of the videos gone from `videos`; the dropped paths.
+
+    Under the cache's lock: an extraction writing the cache meanwhile is refused, and refuses this."""
+    lock_folder(cache.root, BUSY)
+    try:
+        seal_leftover_parts(cache)  # also completes an interrupted prune: every part is sealed below
+        drop = gone_paths(cache, videos)
+        if drop:
+            wanted = set(drop)
+            for name in cache.part_names():
+                prune_part(cache.root, name, wanted)
+            _prune_plan(cache.split_plan_path, wanted)
+            cache.records(refresh=True)
+    finally:
+        unlock_folder(cache.root)
+    return drop
+
+
+def prune_part(root: Path, name: str, drop: set[str]) -> int:
+    """Rewrite one sealed part's manifest without the records of `drop` (steps 1-4 above); lines dropped."""
+    folder = root / "parts" / name
+    manifest = folder / MANIFEST
+    kept, dropped = [], 0
+    for number, raw in iter_lines(manifest):
+        if parse_line(raw, manifest, number)["path"] in drop:
+            dropped += 1
+        else:
+            kept.append(raw)
+    if dropped:
+        write_bytes(folder / PRUNED, b"".join(kept))
+        lines, digest = manifest_digest(folder / PRUNED)
+        rows = (log_entries(root).get(name) or {}).get("rows", 0)
+        entry = {"part": name, "lines": lines, "digest": digest, "rows": rows}
+        log_part(root, entry)
+        _finish(folder, entry)
+    return dropped
+
+
+def _finish(folder: Path, entry: dict[str, Any]) -> None:
+    """Steps 3 and 4: the logged manifest into place, its seal beside it (the stale sidecar goes)."""
+    os.replace(folder / PRUNED, folder / MANIFEST)
+    (folder / SIDECAR).unlink(missing_ok=True)
+    write_json(folder / SEAL, entry)
+
+
+def interrupted(root: Path, name: str, entry: dict[str, Any] | None) -> bool:
+    """Whether a part holds a pruned manifest whose seal was logged but that is not in place yet."""
+    staged = root / "parts" / name / PRUNED
+    return entry is not None and staged.is_file() and (
+        manifest_digest(staged) == (entry.get("lines"), entry.get("digest")))
+
+
+def finish_prunes(root: Path) -> None:
+    """Complete the prunes that were logged (steps 3-4); remove the staged files of those that were not."""
+    parts = root / "parts"
+    staged = sorted(p for p in parts.glob(f"*/{PRUNED}") if not p.parent.name.startswith(".")) if (
+        parts.is_dir()) else []
+    logged = log_entries(root) if staged else {}
+    for path in staged:
+        name = path.parent.name
+        if interrupted(root, name, logged.get(name)):
+            _finish(path.parent, logged[name])
+        else:
+            path.unlink()
+
+
+def _prune_plan(plan_path: Path, drop: set[str]) -> None:
+    """The split plan without the dropped paths (rewritten atomically; a returning video is planned anew)."""
+    plan = read_split_plan(plan_path)
+    if drop & plan.keys():
+        write_text(plan_path, "".join(_plan_line(p, g, s) for p, (g, s) in plan.items() if p not in drop))
+
+
+def _plan_line(path: str, generator: str, split: str) -> str:
+    return json.dumps({"path": path, "generator": generator, "split": split}) + "\n"

@@ -1,0 +1,98 @@
+"""Sealing a cache's parts: the part's `seal.json` and its line in the cache's `parts.jsonl`.
+
+Why both: seal.json lets a part's manifest be checked on its own; the line in the root's log is
+what notices a part that was deleted. The log line is written first, so a kill or a full disk in
+between never leaves a part whose loss would go unnoticed. A part that an older saga sealed in
+the other order (seal.json, then a kill before the log line) gets its line from its seal.json at
+the next `saga extract` or `saga cache verify --seal`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saga.cache.manifest import manifest_digest, read_manifest
+from saga.fileio import append_lines, write_json
+
+if TYPE_CHECKING:
+    from saga.cache.store import FeatureCache
+
+MANIFEST = "manifest.jsonl"
+SEAL = "seal.json"  # in a part: its manifest's line count and digest, written when the part is closed
+PARTS_LOG = "parts.jsonl"  # at the root: one line per sealed part (so a deleted part is noticed); the last one wins
+
+
+def log_entries(root: Path) -> dict[str, dict[str, Any]]:
+    """The last parts.jsonl entry of every part; damaged lines are skipped (`cache verify` names them)."""
+    logged: dict[str, dict[str, Any]] = {}
+    log = root / PARTS_LOG
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
+            try:
+                entry = json.loads(line)
+                logged[str(entry["part"])] = entry
+            except (ValueError, KeyError, TypeError):
+                continue
+    return logged
+
+
+def seal_entry(root: Path, name: str) -> dict[str, Any] | None:
+    """A part's seal.json when it is a valid seal of that part; None when missing or damaged."""
+    try:
+        entry = json.loads((root / "parts" / name / SEAL).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    valid = (isinstance(entry, dict) and entry.get("part") == name and type(entry.get("lines")) is int
+             and isinstance(entry.get("digest"), str))
+    return entry if valid else None
+
+
+def log_part(root: Path, entry: dict[str, Any]) -> None:
+    append_lines(root / PARTS_LOG, json.dumps(entry, sort_keys=True) + "\n")
+
+
+def seal_part(root: Path, name: str, rows: int) -> None:
+    """Record a part's manifest line count and digest: in the cache's parts log first, then in the part."""
+    folder = root / "parts" / name
+    lines, digest = manifest_digest(folder / MANIFEST)
+    entry = {"part": name, "lines": lines, "digest": digest, "rows": rows}
+    log_part(root, entry)
+    write_json(folder / SEAL, entry)
+
+
+def unsealed_parts(cache: "FeatureCache") -> list[str]:
+    """Parts with no seal (no seal.json, no line in parts.jsonl): file existence only, cheap for any cache."""
+    logged = log_entries(cache.root)
+    return [name for name in cache.part_names()
+            if name not in logged and not (cache.root / "parts" / name / SEAL).exists()]
+
+
+def seal_leftover_parts(cache: "FeatureCache") -> list[str]:
+    """Seal the parts of passes that were killed (a new pass writes a new part, so their committed
+    lines are final), and log the ones sealed but never logged: without a seal, edits to a part go
+    unnoticed and every training run warns; without a log line, so does its loss.
+
+    A damaged seal.json is left alone for `saga cache verify` to report (resealing would hide an edit)."""
+    from saga.cache.prune import finish_prunes  # prune builds on this module
+
+    finish_prunes(cache.root)
+    logged = log_entries(cache.root)
+    done = []
+    for name in cache.part_names():
+        folder = cache.root / "parts" / name
+        if name in logged:
+            if not (folder / SEAL).exists():  # killed between the log line and seal.json
+                write_json(folder / SEAL, logged[name])
+            continue
+        entry = seal_entry(cache.root, name)
+        if entry is not None:
+            log_part(cache.root, entry)
+        elif not (folder / SEAL).exists():
+            records = read_manifest(folder / MANIFEST)
+            seal_part(cache.root, name, max((r.row + r.windows for r in records if r.ok), default=0))
+        else:
+            continue
+        done.append(name)
+    return done

@@ -1,0 +1,37 @@
+"""Holding Ctrl-C and SIGTERM over a span that must not be cut: a commit, or starting worker processes.
+
+Why: Python raises KeyboardInterrupt (or the CLI's SIGTERM exception) wherever the main thread
+happens to be. Inside `BackgroundWriter.finish()` that aborted the wait for the writer thread,
+dropping the queued videos and the part's seal; inside `fork()` CPython swallowed it in an
+at-fork callback ("Exception ignored in ... _releaseLock"), so the pass ran on as if nothing had
+happened, and a just-forked worker that got it died before it could ignore it (reported as a
+crash). Held signals are delivered, to the handler in place before, when the span ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def held_signals(signals: tuple[signal.Signals, ...] = HELD) -> Iterator[None]:
+    """Note `signals` instead of acting on them inside the block, then deliver the first one noted (if the block
+    ended without an exception). Main thread only: elsewhere Python delivers no signal anyway. A process forked
+    inside the block inherits the noting handler, harmless until it sets its own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, _frame: noted.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if noted:
+        signal.raise_signal(noted[0])

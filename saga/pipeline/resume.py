@@ -1,0 +1,96 @@
+"""What a pass of `saga extract` learns from the cache's earlier passes, beyond "new or changed".
+
+- Moved videos: records are keyed by path, so a video renamed or moved after extraction (a
+  generator folder renamed to another spelling, a mislabelled video moved to its right folder) is
+  a new video to the pass while its old record stays. The new path keeps the old record's split
+  (a fresh draw could put the same video in train and in test) and the pass warns once, naming the
+  fix (`saga cache prune`). It is still extracted again: a record cannot point at another part's
+  rows, and a move to another generator needs a record with the new labels anyway.
+- This pass's failures: the failed records of the videos found in this --videos; those of files
+  deleted or moved away since are only counted (they made every later pass exit 1).
+- Decoder-crash suspects: the videos a dead decoding worker may have been decoding
+  (`saga.pipeline.reader.DecoderCrash`), kept in `CACHE/.decode-suspects-r<rank>.json` for the
+  next pass to decode alone first.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from saga.cache.manifest import AUGMENTED, VideoRecord, file_fingerprint
+from saga.errors import SagaError
+from saga.fileio import read_json, write_json
+from saga.pipeline.inputs import VideoInput
+
+SUSPECTS = ".decode-suspects-r{rank}.json"
+
+
+def moved_videos(existing: Mapping[str, VideoRecord], items: list[VideoInput], videos: Path
+                 ) -> dict[str, VideoRecord]:
+    """New path -> the ok record of a file no longer at its own path with the same name, size and mtime
+    (`mv` and `cp -p` keep both)."""
+    listed = {item.rel for item in items}
+    gone: dict[tuple[str, int, int], VideoRecord] = {}
+    for path, rec in existing.items():
+        if rec.ok and rec.size >= 0 and path not in listed and not path.startswith(AUGMENTED):
+            gone.setdefault((posixpath.basename(path), rec.size, rec.mtime_ns), rec)
+    found = {}
+    for item in items if gone else []:
+        if item.rel in existing or item.rel.startswith(AUGMENTED):
+            continue
+        rec = gone.get((posixpath.basename(item.rel), *file_fingerprint(item.absolute(videos))))
+        if rec is not None and not os.path.lexists(videos / rec.path):
+            found[item.rel] = rec
+    return found
+
+
+def warn_moved(moved: Mapping[str, VideoRecord], cache: Path, videos: Path) -> None:
+    if moved:
+        new, rec = next(iter(moved.items()))
+        warnings.warn(f"{cache}: {len(moved)} video(s) were renamed or moved since they were extracted (e.g. "
+                      f"{rec.path} -> {new}: same name, size and time); each keeps its split, but its old record "
+                      f"stays beside the new one (the same video twice); drop the old records with `saga cache "
+                      f"prune {cache} --videos {videos} --yes`", stacklevel=3)
+
+
+def pass_failures(records: Iterable[VideoRecord], items: list[VideoInput]) -> tuple[list[tuple[str, str]], int]:
+    """(path, error) of the failed records of this pass's videos, and how many failed records of other
+    videos the cache holds (files deleted or moved away; augmented copies are not counted)."""
+    listed = {item.rel for item in items}
+    augmenting = any(rel.startswith(AUGMENTED) for rel in listed)
+    mine, others = [], 0
+    for rec in records:
+        if rec.ok:
+            continue
+        if rec.path in listed:
+            mine.append((rec.path, rec.error))
+        elif not augmenting and not rec.path.startswith(AUGMENTED):
+            others += 1
+    return mine, others
+
+
+def read_suspects(cache: Path) -> set[str]:
+    """Every rank's suspects; an unreadable file is skipped (a hint, not a record)."""
+    found: set[str] = set()
+    for path in sorted(cache.glob(SUSPECTS.format(rank="*"))):
+        try:
+            paths = read_json(path).get("paths")
+        except SagaError:
+            continue
+        if isinstance(paths, list):
+            found.update(p for p in paths if isinstance(p, str))
+    return found
+
+
+def keep_suspects(cache: Path, rank: int, paths: list[str]) -> None:
+    """Write this rank's suspects (atomically), or remove its file when there are none."""
+    path = cache / SUSPECTS.format(rank=rank)
+    if paths:
+        write_json(path, {"paths": sorted(paths), "why": "a decoding worker process died while decoding one of "
+                          "these; the next pass decodes each alone first"})
+    else:
+        path.unlink(missing_ok=True)
