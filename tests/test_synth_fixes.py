@@ -28,7 +28,7 @@ OTHER = dataclasses.replace(SMALL, seed=6)
 
 def _digests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def _listed(root: Path) -> set[str]:
@@ -188,3 +188,17 @@ def test_a_killed_cli_leaves_no_pool_workers(tmp_path: Path) -> None:
         cli.kill()
         for pid in _alive(workers):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_synth_into_the_same_folder_is_refused_while_the_first_writes(tmp_path: Path) -> None:
+    import fcntl
+
+    tmp_path.mkdir(exist_ok=True)
+    fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)  # what a running `saga synth` holds
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(SagaError, match="another saga synth is writing this folder right now"):
+            generate(tmp_path, SMALL)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written, nothing removed
+    finally:
+        os.close(fd)

@@ -57,7 +57,7 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
-from saga.fileio import make_dir, write_text
+from saga.fileio import lock_folder, make_dir, unlock_folder, write_text
 from saga.progress import ProgressEvent, ProgressFn
 from saga.benchmark.synth_folder import FORMAT, prepare
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
@@ -255,10 +255,16 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
     counts = {cls: config.real_count if cls == REAL else config.videos_per_class for cls in classes}
     text = _taxonomy_text(config.taxonomy)
     make_dir(out_dir)
-    prepare(out_dir, _stamp(config, text, folders.values()), {folders[c]: n for c, n in counts.items()})
-    _render_missing(out_dir, config, taxonomy, counts, progress)
-    _write_text(out_dir / "taxonomy.toml", text)
-    return _write_text(out_dir / "labels.csv", _csv((video_path(c, i), c) for c in classes for i in range(counts[c])))
+    # one writer per folder: another config's run would delete this one's clips (`prepare`)
+    lock_folder(out_dir, "another saga synth is writing this folder right now; wait for it or choose another --out")
+    try:
+        prepare(out_dir, _stamp(config, text, folders.values()), {folders[c]: n for c, n in counts.items()})
+        _render_missing(out_dir, config, taxonomy, counts, progress)
+        _write_text(out_dir / "taxonomy.toml", text)
+        rows = ((video_path(c, i), c) for c in classes for i in range(counts[c]))
+        return _write_text(out_dir / "labels.csv", _csv(rows))
+    finally:
+        unlock_folder(out_dir)
 
 
 def _stamp(config: SynthConfig, taxonomy_text: str, folders: Iterable[str]) -> dict[str, Any]:
