@@ -307,3 +307,14 @@ def sync_exit() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     barrier()
+
+
+def to_cpu(obj: Any) -> Any:
+    """Tensors of a (nested) state dict on the CPU: they travel between ranks through pickle."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj

@@ -33,7 +33,6 @@ from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
-from saga.progress import ProgressEvent
 from saga.model import VideoTransformer
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
@@ -372,10 +371,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
         "cache": str(Path(cache_path).resolve()),
     }
     prov = make_provenance(cache, cfg.seed, base.origin if base else None)
-    run, done = open_run(out, config, prov)
+    run, done = open_run(out, config, prov, progress)
     if done:
-        if progress and distributed.context().is_main:
-            progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
     with run.released_on_error():  # a setup error must not leave the folder locked
         if not saved and distributed.context().is_main:

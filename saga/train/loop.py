@@ -198,13 +198,17 @@ def describe(event: ProgressEvent) -> str:
     return f"{event.kind}: {event.message}"
 
 
-def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any]) -> tuple[RunFolder, bool]:
+def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any],
+             progress: ProgressFn | None = None) -> tuple[RunFolder, bool]:
     """`RunFolder.open_for` (by rank 0 alone under torchrun) and whether the folder holds a finished run."""
     def open_() -> tuple[RunFolder, bool]:
         run = RunFolder.open_for(out, config, provenance)
         return run, run.done
 
-    return distributed.run_on_main(open_)
+    run, done = distributed.run_on_main(open_)
+    if done and progress and distributed.context().is_main:
+        progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
+    return run, done
 
 
 def fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: TrainOptions, lr: float,
@@ -321,8 +325,8 @@ def _share_state(model: VideoTransformer, optimizer: torch.optim.Optimizer,
     """Rank 0's resume point (weights, AdamW moments, schedule, counters) on every rank."""
     payload = None
     if distributed.context().is_main and state is not None:
-        payload = {"state": state, "model": _to_cpu(model.state_dict()),
-                   "optimizer": _to_cpu(optimizer.state_dict()), "scheduler": scheduler.state_dict()}
+        payload = {"state": state, "model": distributed.to_cpu(model.state_dict()),
+                   "optimizer": distributed.to_cpu(optimizer.state_dict()), "scheduler": scheduler.state_dict()}
     payload = distributed.broadcast_object(payload)
     if payload is None:
         return None
@@ -331,17 +335,6 @@ def _share_state(model: VideoTransformer, optimizer: torch.optim.Optimizer,
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
     return payload["state"]
-
-
-def _to_cpu(obj: Any) -> Any:
-    """Tensors of a (nested) state dict on the CPU: they travel between ranks through pickle."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def _cache_of(run: RunFolder) -> str:

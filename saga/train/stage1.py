@@ -16,7 +16,6 @@ import torch
 from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.progress import ProgressEvent
 from saga.model.inference import record_targets
 from saga.model import VideoTransformer
 from saga.distributed import resolve_device
@@ -68,10 +67,8 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         "train": {**cfg.to_dict(), "frames": frames}, "cache": str(Path(cache_path).resolve()),
     }
     prov = make_provenance(cache, cfg.seed)
-    run, done = open_run(out, config, prov)
+    run, done = open_run(out, config, prov, progress)
     if done:
-        if progress and distributed.context().is_main:
-            progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
         return run.path
     with run.released_on_error():  # a setup error must not leave the folder locked
         data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
