@@ -116,6 +116,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_while_finish_waits_commits_every_queued_video_then_stops(sig: int) -> None:
     before = signal.signal(signal.SIGTERM, _raise_terminated)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # a CI started in the background ignores it
     try:
         part = SlowPart(sig, threading.Event())
         writer = Watched(part)
@@ -128,16 +129,32 @@ def test_an_interrupt_while_finish_waits_commits_every_queued_video_then_stops(s
         assert part.added == [f"v{i}.mp4" for i in range(4)] and part.closed and not writer.is_alive()
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
 
 
 def test_held_signals_are_delivered_when_the_span_ends() -> None:
     done = []
-    with pytest.raises(KeyboardInterrupt):
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a CI started in the background ignores it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held_signals():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                done.append("span")
+        assert done == ["span"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. `nohup saga extract ... &`
+    try:
         with held_signals():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
-            done.append("span")
-    assert done == ["span"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # --- 3. a file that crashes its decoder --------------------------------------------------------------------------

@@ -27,7 +27,9 @@ def held_signals(signals: tuple[signal.Signals, ...] = HELD) -> Iterator[None]:
         yield
         return
     noted: list[int] = []
-    before = {sig: signal.signal(sig, lambda signum, _frame: noted.append(signum)) for sig in signals}
+    ignored = [sig for sig in signals if signal.getsignal(sig) is signal.SIG_IGN]  # e.g. nohup: stays ignored
+    before = {sig: signal.signal(sig, lambda signum, _frame: noted.append(signum)) for sig in signals
+              if sig not in ignored}
     try:
         yield
     finally:
