@@ -15,7 +15,17 @@ import typer
 
 from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2, robustness_cmds
 
+
+class _Group(typer.core.TyperGroup):
+    """Keeps the command line's words for `_one_process` (click has consumed them by the time it runs)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta["saga_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="saga",
     help="Source attribution of AI-generated videos (SAGA): extract once, train and attribute from the cache.",
     no_args_is_help=True,
@@ -37,10 +47,27 @@ def _one_process(ctx: typer.Context) -> None:
     # Any other command under torchrun would run whole on every rank, each printing and writing the same files.
     from saga.errors import SagaError
 
-    command = ctx.invoked_subcommand
-    if command not in TORCHRUN_COMMANDS and os.environ.get("WORLD_SIZE", "").strip() not in ("", "0", "1"):
-        raise SagaError(f"saga {command} runs in one process; launch it without torchrun "
-                        f"(only {', '.join(TORCHRUN_COMMANDS)} run under torchrun)")
+    command, world = ctx.invoked_subcommand, os.environ.get("WORLD_SIZE", "").strip()
+    args = ctx.meta.get("saga_args", [])
+    if command in TORCHRUN_COMMANDS or world in ("", "0", "1") or "--help" in args:
+        return
+    if not world.lstrip("-").isdigit():
+        raise SagaError(f"environment variable WORLD_SIZE={world!r} is not an integer (set by torchrun); unset it")
+    raise SagaError(f"{_command_path(ctx, args)} runs in one process; launch it without torchrun "
+                    f"(only {', '.join(TORCHRUN_COMMANDS)} run under torchrun)")
+
+
+def _command_path(ctx: typer.Context, args: list[str]) -> str:
+    """`saga cache verify`, not just `saga cache`: the subcommand words at the head of the arguments."""
+    words, group = ["saga"], ctx.command
+    for word in args:
+        get = getattr(group, "get_command", None)  # a group (typer's own click, not necessarily `click`)
+        sub = get(ctx, word) if get is not None and not word.startswith("-") else None
+        if sub is None:
+            break
+        words.append(word)
+        group = sub
+    return " ".join(words)
 
 INTERRUPTED = "interrupted: committed work is kept; rerun the same command to resume"
 

@@ -241,11 +241,11 @@ def test_verify_warns_about_one_video_under_two_paths(tmp_path: Path) -> None:
 def test_prune_is_a_dry_run_without_yes_then_drops_every_record_of_the_gone_videos(tmp_path: Path) -> None:
     cache, videos = _moved_video_cache(tmp_path)
     before = (cache.root / "parts" / "p000001-r000" / "manifest.jsonl").read_bytes()
-    proc = run_saga("cache", "prune", str(cache.root), "--videos", str(videos), check=True)
+    proc = run_saga("cache", "prune", str(cache.root), "--videos", str(videos), "--all-folders", check=True)
     assert "would drop real/b.mp4" in proc.stdout and "would drop syn-svd/a.mp4" in proc.stdout
     assert "2 video(s) are gone" in proc.stdout and "--yes" in proc.stdout
     assert (cache.root / "parts" / "p000001-r000" / "manifest.jsonl").read_bytes() == before
-    assert prune.prune_gone(cache, videos) == ["real/b.mp4", "syn-svd/a.mp4"]
+    assert prune.prune_gone(cache, videos, all_folders=True) == ["real/b.mp4", "syn-svd/a.mp4"]
     cache = FeatureCache.open(cache.root)
     assert sorted(r.path for r in cache.records()) == ["real/a.mp4", "real/c.mp4", "syn-svd/b.mp4"]
     assert [r.part for r in cache.records() if r.path == "real/c.mp4"] == ["p000002-r000"]
@@ -272,7 +272,7 @@ def test_an_interrupted_prune_is_finished_or_forgotten(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(prune, "_finish" if logged else "log_part", killed)
     with pytest.raises(KeyboardInterrupt):
-        prune.prune_gone(cache, videos)
+        prune.prune_gone(cache, videos, all_folders=True)  # parts written without a recorded folder
     monkeypatch.undo()
     errors, warnings = FeatureCache.open(cache.root).check_structure()
     assert errors == [] and any("prune` was interrupted" in w for w in warnings) == logged

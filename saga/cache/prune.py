@@ -7,12 +7,15 @@ and its seal in an order that a kill or a full disk cannot break:
 
 1. the kept lines are written beside the manifest as `manifest.jsonl.pruned` (atomically);
 2. their seal is appended to `parts.jsonl`: the commit point (a part's last log line wins);
-3. the file replaces `manifest.jsonl`; 4. `seal.json` is rewritten.
+3. `seal.json` is rewritten; 4. the file replaces `manifest.jsonl`.
 
 Killed before 2: a stray `.pruned` file, removed by the next prune or extraction (nothing was
 pruned). Killed after 2: `finish_prunes`, run by the next prune, `saga extract` and
 `saga cache verify --seal`, completes 3 and 4 (`saga cache verify` warns until then). Every record of
 a dropped path goes, in every part, so an older part's record of it cannot come back.
+
+Each part records the videos folder of the pass that wrote it (seal.VIDEOS); a cache holding parts
+of another folder, or of a pass that recorded none (an older saga), is refused unless --all-folders.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga.cache.columns import SIDECAR
 from saga.cache.manifest import AUGMENTED, iter_lines, manifest_digest, parse_line, read_split_plan, source_key
-from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, seal_leftover_parts
+from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, part_videos, seal_leftover_parts
 from saga.errors import SagaError
 from saga.fileio import lock_folder, unlock_folder, write_bytes, write_json, write_text
 
@@ -35,9 +38,10 @@ PRUNED = MANIFEST + ".pruned"  # a part's pruned manifest, staged until its seal
 BUSY = "another saga extract is writing this cache right now; rerun `saga cache prune` once it has finished"
 
 
-def gone_paths(cache: "FeatureCache", videos: Path) -> list[str]:
+def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -> list[str]:
     """Record and split-plan paths whose video is no longer at `videos`/path, sorted; an augmented
-    copy goes with its source. A folder holding none of the cache's videos is refused (a wrong --videos)."""
+    copy goes with its source. A folder holding none of the cache's videos is refused (a wrong --videos),
+    and so is a cache with passes over other folders, or that recorded none (`check_folders`)."""
     if not videos.is_dir():
         raise SagaError(f"{videos}: not a folder; pass the videos folder the cache was extracted from as --videos")
     paths = set(cache.records(refresh=True).paths()) | set(read_split_plan(cache.split_plan_path))
@@ -46,19 +50,33 @@ def gone_paths(cache: "FeatureCache", videos: Path) -> list[str]:
     if originals and not present:
         raise SagaError(f"{videos}: none of the cache's {len(originals)} videos is in this folder; pass the "
                         "videos folder the cache was extracted from as --videos")
+    if not all_folders:
+        check_folders(cache, videos)
     kept = {source_key(p)[1] for p in present}
     return sorted(p for p in paths if p not in present and (
         not p.startswith(AUGMENTED) or source_key(p)[1] not in kept))
 
 
-def prune_gone(cache: "FeatureCache", videos: Path) -> list[str]:
+def check_folders(cache: "FeatureCache", videos: Path) -> None:
+    """Refuse when a part was written by a pass over another videos folder, or by one that recorded no
+    folder: its videos are not under `videos`, so prune would drop every record of them."""
+    mine = str(videos.resolve())
+    folders = {part_videos(cache.root, name) for name in cache.part_names()} - {mine}
+    if folders:
+        named = sorted(f for f in folders if f is not None) + ["a pass that recorded no folder"] * (None in folders)
+        raise SagaError(f"{cache.root}: this cache also holds records extracted from {', '.join(named)}, not from "
+                        f"{mine}; prune would drop them all as gone; pass --all-folders to judge every record "
+                        f"against --videos anyway")
+
+
+def prune_gone(cache: "FeatureCache", videos: Path, all_folders: bool = False) -> list[str]:
     """Drop every record and split-plan line of the videos gone from `videos`; the dropped paths.
 
     Under the cache's lock: an extraction writing the cache meanwhile is refused, and refuses this."""
     lock_folder(cache.root, BUSY)
     try:
         seal_leftover_parts(cache)  # also completes an interrupted prune: every part is sealed below
-        drop = gone_paths(cache, videos)
+        drop = gone_paths(cache, videos, all_folders)
         if drop:
             wanted = set(drop)
             for name in cache.part_names():
@@ -91,10 +109,11 @@ def prune_part(root: Path, name: str, drop: set[str]) -> int:
 
 
 def _finish(folder: Path, entry: dict[str, Any]) -> None:
-    """Steps 3 and 4: the logged manifest into place, its seal beside it (the stale sidecar goes)."""
-    os.replace(folder / PRUNED, folder / MANIFEST)
+    """Steps 3 and 4: the stale sidecar goes and the new seal.json is written before the logged manifest
+    replaces the old one, so no kill leaves the new manifest beside the old seal."""
     (folder / SIDECAR).unlink(missing_ok=True)
     write_json(folder / SEAL, entry)
+    os.replace(folder / PRUNED, folder / MANIFEST)
 
 
 def interrupted(root: Path, name: str, entry: dict[str, Any] | None) -> bool:

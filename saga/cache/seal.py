@@ -4,7 +4,8 @@ Why both: seal.json lets a part's manifest be checked on its own; the line in th
 what notices a part that was deleted. The log line is written first, so a kill or a full disk in
 between never leaves a part whose loss would go unnoticed. A part that an older saga sealed in
 the other order (seal.json, then a kill before the log line) gets its line from its seal.json at
-the next `saga extract` or `saga cache verify --seal`.
+the next `saga extract` or `saga cache verify --seal`; a logged part whose seal.json is missing, or
+older than its log line while its manifest matches that line (a killed prune), gets it rewritten.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.jsonl"
 SEAL = "seal.json"  # in a part: its manifest's line count and digest, written when the part is closed
 PARTS_LOG = "parts.jsonl"  # at the root: one line per sealed part (so a deleted part is noticed); the last one wins
+VIDEOS = "videos.json"  # in a part: {"videos": the resolved videos folder of the pass that wrote it} (for prune)
 
 
 def log_entries(root: Path) -> dict[str, dict[str, Any]]:
@@ -47,6 +49,20 @@ def seal_entry(root: Path, name: str) -> dict[str, Any] | None:
     valid = (isinstance(entry, dict) and entry.get("part") == name and type(entry.get("lines")) is int
              and isinstance(entry.get("digest"), str))
     return entry if valid else None
+
+
+def record_videos(folder: Path, videos: Path) -> None:
+    """Note the videos folder a part's pass read: `saga cache prune` judges a record only against it."""
+    write_json(folder / VIDEOS, {"videos": str(videos.resolve())})
+
+
+def part_videos(root: Path, name: str) -> str | None:
+    """The videos folder a part's pass recorded; None for a part written without one (an older saga, an import)."""
+    try:
+        folder = json.loads((root / "parts" / name / VIDEOS).read_text(encoding="utf-8")).get("videos")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return folder if isinstance(folder, str) else None
 
 
 def log_part(root: Path, entry: dict[str, Any]) -> None:
@@ -83,7 +99,7 @@ def seal_leftover_parts(cache: "FeatureCache") -> list[str]:
     for name in cache.part_names():
         folder = cache.root / "parts" / name
         if name in logged:
-            if not (folder / SEAL).exists():  # killed between the log line and seal.json
+            if _stale_seal(cache.root, name, logged[name]):  # killed between the log line and seal.json
                 write_json(folder / SEAL, logged[name])
             continue
         entry = seal_entry(cache.root, name)
@@ -96,3 +112,14 @@ def seal_leftover_parts(cache: "FeatureCache") -> list[str]:
             continue
         done.append(name)
     return done
+
+
+def _stale_seal(root: Path, name: str, entry: dict[str, Any]) -> bool:
+    """Whether a logged part's seal.json is missing, or differs from its last log line while its
+    manifest matches that line (a prune killed before step 4); an edited manifest keeps its seal."""
+    folder = root / "parts" / name
+    if not (folder / SEAL).exists():
+        return True
+    if seal_entry(root, name) == entry:
+        return False
+    return manifest_digest(folder / MANIFEST) == (entry.get("lines"), entry.get("digest"))

@@ -34,7 +34,8 @@ from saga.cache.index import Located, RecordIndex, RecordList
 from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c
 from saga.cache.provenance import CacheProvenance, EncoderSpec
 from saga.cache.reader import ShardRef
-from saga.cache.seal import MANIFEST, PARTS_LOG, SEAL, seal_leftover_parts, seal_part, unsealed_parts
+from saga.cache.seal import (MANIFEST, PARTS_LOG, SEAL, record_videos, seal_leftover_parts, seal_part,
+                             unsealed_parts)
 from saga.cache.shards import ArrayReader
 from saga.errors import SagaError
 from saga.fileio import LOCK, writing
@@ -228,8 +229,9 @@ class FeatureCache:
 class PartWriter:
     """Writes one new part: rows buffered into whole shards, records committed after their shard."""
 
-    def __init__(self, cache: FeatureCache, name: str, capacity: int, shard_rows: int = DEFAULT_SHARD_ROWS) -> None:
-        self.cache, self.name = cache, name
+    def __init__(self, cache: FeatureCache, name: str, capacity: int, shard_rows: int = DEFAULT_SHARD_ROWS,
+                 videos: Path | None = None) -> None:
+        self.cache, self.name, self._videos = cache, name, videos  # videos: the pass's folder, kept for prune
         self.shard_rows = max(1, min(shard_rows, capacity))
         t, d, w = cache.frames, cache.dim, cache.windows
         self.windows = w
@@ -266,6 +268,8 @@ class PartWriter:
         group.create_array("timestamps", shape=(cap, t), dtype="float32", chunks=(s, t), compressors=None,
                            fill_value=0)
         (tmp / MANIFEST).touch()
+        if self._videos is not None:
+            record_videos(tmp, self._videos)
         os.replace(tmp, final)
         self._arrays = {k: zarr.open_group(zarr.storage.LocalStore(final), mode="r+")[k]
                         for k in ("features", "mask", "timestamps")}

@@ -107,13 +107,15 @@ def prune(
     cache: Annotated[Path, typer.Argument(help="Cache folder.")],
     videos: Annotated[Path, typer.Option("--videos", help="The videos folder the cache was extracted from.")],
     yes: Annotated[bool, typer.Option("--yes", help="Drop the records; without it, only list them.")] = False,
+    all_folders: Annotated[bool, typer.Option("--all-folders", help="Judge every record against --videos, also "
+                                              "those of passes over other folders (or that recorded none).")] = False,
 ) -> None:
     """Drop the records of videos no longer in --videos (renamed, moved or deleted): a dry run without --yes."""
     from saga.cache.prune import gone_paths, prune_gone
     from saga.cache.store import FeatureCache
 
     store = FeatureCache.open(cache)
-    drop = prune_gone(store, videos) if yes else gone_paths(store, videos)
+    drop = prune_gone(store, videos, all_folders) if yes else gone_paths(store, videos, all_folders)
     if not drop:
         console.print(f"{cache}: nothing to prune: every record's video is in {videos}", markup=False)
         return

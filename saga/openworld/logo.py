@@ -36,7 +36,7 @@ from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, 
 from saga.openworld.levels import aggregate, label_at, parents
 from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
-from saga.runs import MODEL, file_fingerprint
+from saga.runs import MODEL, cache_digest, file_fingerprint
 from saga.runs.files import LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
 from saga.taxonomy import LEVELS, REAL
 
@@ -258,12 +258,13 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
                  path: Path) -> dict[str, Any]:
     """One fold's measurements, kept in `path` so a rerun (more folds finished) only adds what is new.
 
-    Kept only while measured on the same weights and cache (`fold_stamp`): a fold trained again in
-    place, or another --cache, is measured again (enrollment alone when only a retrained run changed).
+    Kept only while measured on the same weights and cache records (`fold_stamp`): a fold trained again
+    in place, another --cache, or a cache changed in place (pruned, appended to) is measured again
+    (enrollment alone when only a retrained run changed).
     """
     fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     stamp, old = fold_stamp(logo, retrain, cache), fold.get(STAMP) or {}
-    if any(old.get(key) != stamp[key] for key in ("cache_id", "logo")):
+    if any(old.get(key) != stamp[key] for key in ("cache_id", "cache_digest", "logo")):
         fold = {}
     elif "enroll" in fold and any(old.get(key) != stamp[key] for key in ("retrain", "retrain-balanced")):
         del fold["enroll"]
@@ -285,7 +286,9 @@ STAMP = "measured_on"
 
 
 def fold_stamp(logo: Path, retrain: Path, cache: FeatureCache) -> dict[str, str | None]:
-    """The cache and the weights (fingerprints) a fold's measurements come from; None for a run not finished."""
+    """The cache (id and records' digest: a prune or an appending extract keeps the id) and the weights
+    (fingerprints) a fold's measurements come from; None for a run not finished."""
     balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
     fp = lambda run: file_fingerprint(run / MODEL) if (run / "done.json").is_file() else None  # noqa: E731
-    return {"cache_id": cache.cache_id, "logo": fp(logo), "retrain": fp(retrain), "retrain-balanced": fp(balanced)}
+    return {"cache_id": cache.cache_id, "cache_digest": cache_digest(cache), "logo": fp(logo),
+            "retrain": fp(retrain), "retrain-balanced": fp(balanced)}

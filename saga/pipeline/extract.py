@@ -196,7 +196,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
         summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded)
         if todo:
             writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
-                                shard_rows=cfg.shard_rows)
+                                shard_rows=cfg.shard_rows, videos=cfg.videos)
             _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary,
                           progress)
         else:
@@ -254,7 +254,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     local = ExtractSummary(cache=cfg.out)
     if mine:
         writer = PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
-                            capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows)
+                            capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows, videos=cfg.videos)
         _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
                       progress if ctx.is_main else None, rank=ctx.rank)
     ranks = distributed.all_gather_object(local)  # also: every part is closed after this
