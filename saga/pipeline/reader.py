@@ -255,7 +255,7 @@ def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index
         receive.close()
         child.join()
     if data and child.exitcode == 0:
-        return pickle.loads(data)
+        return pickle.loads(data)  # our own child's bytes over a pipe, as DataLoader workers hand theirs; never a file
     return DecodedVideo(index=index, fingerprint=fingerprint,
                         error=f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
 
