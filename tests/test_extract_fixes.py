@@ -196,6 +196,25 @@ def test_decode_alone_returns_the_decoded_video(tmp_path: Path) -> None:
     video = reader.decode_alone(path, SamplingPolicy(frames=4), lambda im: torch.zeros(3, 2, 2), index=3)
     assert video.ok and video.index == 3 and video.pixels.shape == (4, 3, 2, 2)
     assert video.fingerprint == file_fingerprint(path)
+    direct = reader.decode_one(path, SamplingPolicy(frames=4), lambda im: torch.zeros(3, 2, 2), index=3)
+    np.testing.assert_array_equal(video.mask, direct.mask)
+    np.testing.assert_array_equal(video.timestamps, direct.timestamps)
+    assert (video.n_frames, video.fps, video.backend) == (direct.n_frames, direct.fps, direct.backend)
+
+
+def test_decode_alone_hands_over_data_not_pickles() -> None:
+    """The child's answer is JSON + safetensors: a child a crafted video took over cannot make the parent
+    run code (unpickling its bytes could)."""
+    import torch
+
+    video = reader.DecodedVideo(index=2, seconds=0.5, pixels=torch.rand(4, 3, 2, 2), mask=np.ones((1, 4), bool),
+                                timestamps=np.arange(4.0), fps=25.0, n_frames=40, backend="pyav", fingerprint=(9, 8))
+    scalars, arrays = reader._to_bytes(video)
+    assert scalars.startswith(b"{") and not hasattr(reader, "pickle")
+    back = reader._from_bytes(scalars, arrays)
+    assert torch.equal(back.pixels, video.pixels) and back.mask.dtype == bool and back.fingerprint == (9, 8)
+    failed = reader._from_bytes(*reader._to_bytes(reader.DecodedVideo(index=1, error="bad file")))
+    assert not failed.ok and failed.pixels is None and failed.mask is None
 
 
 # --- 4. the lock before the cache exists -------------------------------------------------------------------------

@@ -13,18 +13,19 @@ becomes a failed record, so the run converges instead of stopping at the same fi
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-import pickle
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_tensors, save as save_tensors
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
@@ -248,14 +249,14 @@ def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index
         child.start()
     send.close()
     try:
-        data = receive.recv_bytes()
-    except EOFError:  # it died before sending anything
-        data = b""
+        data = [receive.recv_bytes(), receive.recv_bytes()]
+    except EOFError:  # it died before sending everything
+        data = []
     finally:
         receive.close()
         child.join()
     if data and child.exitcode == 0:
-        return pickle.loads(data)  # our own child's bytes over a pipe, as DataLoader workers hand theirs; never a file
+        return _from_bytes(*data)
     return DecodedVideo(index=index, fingerprint=fingerprint,
                         error=f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
 
@@ -263,13 +264,34 @@ def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index
 def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     torch.set_num_threads(1)
-    # plain pickle: tensors by value (torch's shared-memory handover needs this process alive after it exits)
-    data = pickle.dumps(decode_one(path, policy, preprocess, index))
+    data = _to_bytes(decode_one(path, policy, preprocess, index))
     try:
-        send.send_bytes(data)
+        for message in data:
+            send.send_bytes(message)
     except OSError:  # the parent stopped listening (Ctrl-C): nothing to report
         pass
     send.close()
+
+
+_ARRAYS = ("pixels", "mask", "timestamps")
+
+
+def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
+    """JSON of the scalars and safetensors of the arrays: data only, so nothing the child sends (a child
+    a crafted video took over, say) can make the parent run code, as unpickling would."""
+    scalars = {f.name: getattr(video, f.name) for f in dataclass_fields(video) if f.name not in _ARRAYS}
+    arrays = {name: torch.as_tensor(getattr(video, name)).contiguous() for name in _ARRAYS
+              if getattr(video, name) is not None}
+    return json.dumps(scalars).encode(), save_tensors(arrays)
+
+
+def _from_bytes(scalars: bytes, arrays: bytes) -> DecodedVideo:
+    fields = json.loads(scalars)
+    tensors = load_tensors(arrays)
+    if fields.get("fingerprint") is not None:
+        fields["fingerprint"] = tuple(fields["fingerprint"])
+    numpy_fields = {name: tensors[name].numpy() for name in ("mask", "timestamps") if name in tensors}
+    return DecodedVideo(**fields, pixels=tensors.get("pixels"), **numpy_fields)
 
 
 def _exit_text(code: int | None) -> str:
