@@ -51,23 +51,30 @@ def _one_process(ctx: typer.Context) -> None:
     args = ctx.meta.get("saga_args", [])
     if command in TORCHRUN_COMMANDS or world in ("", "0", "1") or "--help" in args:
         return
+    words, resolved = _command_path(ctx, args)
+    if _is_group(resolved) and len(words.split()) == len(args) + 1:  # `saga cache` alone: its help, harmless
+        return
     if not world.lstrip("-").isdigit():
         raise SagaError(f"environment variable WORLD_SIZE={world!r} is not an integer (set by torchrun); unset it")
-    raise SagaError(f"{_command_path(ctx, args)} runs in one process; launch it without torchrun "
+    raise SagaError(f"{words} runs in one process; launch it without torchrun "
                     f"(only {', '.join(TORCHRUN_COMMANDS)} run under torchrun)")
 
 
-def _command_path(ctx: typer.Context, args: list[str]) -> str:
-    """`saga cache verify`, not just `saga cache`: the subcommand words at the head of the arguments."""
-    words, group = ["saga"], ctx.command
+def _is_group(command: object) -> bool:
+    return getattr(command, "get_command", None) is not None  # typer's own click, not necessarily `click`
+
+
+def _command_path(ctx: typer.Context, args: list[str]) -> tuple[str, object]:
+    """`saga cache verify`, not just `saga cache`: the subcommand words at the head of the arguments, and the
+    command they name."""
+    words, command = ["saga"], ctx.command
     for word in args:
-        get = getattr(group, "get_command", None)  # a group (typer's own click, not necessarily `click`)
-        sub = get(ctx, word) if get is not None and not word.startswith("-") else None
+        sub = command.get_command(ctx, word) if _is_group(command) and not word.startswith("-") else None
         if sub is None:
             break
         words.append(word)
-        group = sub
-    return " ".join(words)
+        command = sub
+    return " ".join(words), command
 
 INTERRUPTED = "interrupted: committed work is kept; rerun the same command to resume"
 

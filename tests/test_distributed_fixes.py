@@ -136,3 +136,12 @@ def test_refusal_is_one_line_exit_2(keep_sigterm: None, monkeypatch: pytest.Monk
 def test_the_three_torchrun_commands_still_run(command: str) -> None:
     result = CliRunner().invoke(cli.app, [command, "--help"], env={"WORLD_SIZE": "2", "RANK": "0"})
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_a_group_alone_shows_its_help_under_torchrun() -> None:
+    """`saga cache` with nothing after it prints its help (it used to be refused); anything more is refused."""
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    shown = CliRunner().invoke(cli.app, ["cache"], env=env)
+    assert not isinstance(shown.exception, SagaError) and "verify" in shown.output
+    refused = CliRunner().invoke(cli.app, ["cache", "info"], env=env)
+    assert isinstance(refused.exception, SagaError) and str(refused.exception).startswith("saga cache info runs")
