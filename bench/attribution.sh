@@ -13,6 +13,22 @@ WORK=${1:-work/attribution}
 SAGA=${SAGA:-saga}
 PYTHON=${PYTHON:-python}
 export HF_HUB_OFFLINE=1
+
+# Background lanes: each pid with its log; `wait_lanes` waits on every one (a bare `wait` drops their
+# exit status) and stops the script, naming each failed lane's log.
+PIDS=() LOGS=()
+wait_lanes() {
+    local i failed=0
+    for i in "${!PIDS[@]}"; do
+        if ! wait "${PIDS[$i]}"; then
+            echo "attribution.sh: a lane failed, see $WORK/${LOGS[$i]}" >&2
+            failed=1
+        fi
+    done
+    PIDS=() LOGS=()
+    if [ "$failed" -ne 0 ]; then exit 1; fi
+}
+
 mkdir -p "$WORK"
 cd "$WORK"
 
@@ -31,8 +47,9 @@ export OMP_NUM_THREADS=1
 for level in GEN-L TEAM-L; do
     $SAGA ablate --cache cache --from runs/stage1 --out "runs/ablation-${level}" --level "$level" \
         --fraction 0.005 --floor 5 --seeds 3 --config small.toml > "ablation-${level}.log" 2>&1 &
+    PIDS+=($!) LOGS+=("ablation-${level}.log")
 done
-wait
+wait_lanes
 
 # What θ sees, measured with all train labels (1-stage CE, GEN-L): content only, time only, both (the
 # per-frame tokens), both + the window statistics; the default (+ the content basis) is the grid's ceiling row.
@@ -49,10 +66,11 @@ for inputs in content temporal both both-stats; do
         $SAGA evaluate "runs/inputs-${inputs}-seed${seed}" --cache cache --no-probe --format json \
             > "runs/inputs-${inputs}-seed${seed}/eval.json"
     done) > "inputs-${inputs}.log" 2>&1 &
+    PIDS+=($!) LOGS+=("inputs-${inputs}.log")
     lanes=$((lanes + 1))
-    if [ $((lanes % 2)) -eq 0 ]; then wait; fi  # two lanes at a time on 2 cores
+    if [ $((lanes % 2)) -eq 0 ]; then wait_lanes; fi  # two lanes at a time on 2 cores
 done
-wait
+wait_lanes
 "$PYTHON" "$BENCH/readout.py" --cache cache runs/ablation-GEN-L runs/ablation-TEAM-L \
     --pool-sizes 25 50 100 200 --out readout.json > readout.log 2>&1
 echo "tables: runs/ablation-GEN-L/ablation.md runs/ablation-TEAM-L/ablation.md; inputs: runs/inputs-*/eval.json;"

@@ -10,7 +10,8 @@ Clip: a synthetic GenVideo-sized H.264 clip (default 1024x576, 120 frames at 24 
 of saga.benchmark.videoio), textured and moving so the codec does real work. Each backend decodes
 the frames `SamplingPolicy(frames=--sample)` picks (what extraction does: 16 consecutive frames from
 the middle), and separately the whole clip. Scaling: N processes decode the clip concurrently,
-each --repeats times; frames/s counts sampled frames delivered per second of wall time.
+each --repeats times; frames/s counts sampled frames delivered per second of wall time (TIMING:
+process start and each worker's untimed warm-up decode excluded, every worker's clock starts together).
 Frames: the sampled frames of each backend are compared with PyAV's (max |difference|, 0 = identical).
 torchcodec is tried if it is importable (it needs the system's FFmpeg libraries).
 Prints one JSON document; ratios > 1 mean faster than PyAV.
@@ -19,13 +20,14 @@ Prints one JSON document; ratios > 1 mean faster than PyAV.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,16 +63,27 @@ def backends() -> dict[str, Callable[[Path, SamplingPolicy], np.ndarray]]:
         "pyav": lambda p, pol: decode_video(p, pol, "pyav").frames[0],
     }
     try:
-        import decord  # noqa: F401
+        importlib.import_module("decord")  # installed and importable
         found["decord"] = lambda p, pol: decode_video(p, pol, "decord").frames[0]
     except ImportError:
         pass
     try:
-        import torchcodec  # noqa: F401
+        importlib.import_module("torchcodec")
         found["torchcodec"] = torchcodec_decode
     except Exception:  # not installed, or its FFmpeg libraries are missing
         pass
     return found
+
+
+TIMING = ("each worker process decodes once untimed (imports, first open), waits at a barrier with the "
+          "others, then times its repeated decodes; frames/s = all workers' sampled frames / the slowest "
+          "worker's timed loop (process start and warm-up excluded)")
+_BARRIER: Any = None  # set in each scaling() worker: the timed loops of N workers start together
+
+
+def _set_barrier(barrier: Any) -> None:
+    global _BARRIER
+    _BARRIER = barrier
 
 
 def _timed(name: str, path: str, frames: int, repeats: int) -> float:
@@ -79,6 +92,8 @@ def _timed(name: str, path: str, frames: int, repeats: int) -> float:
     fn = backends()[name]
     policy = SamplingPolicy(frames=frames)
     fn(Path(path), policy)  # warm: imports, first open
+    if _BARRIER is not None:
+        _BARRIER.wait(timeout=600)
     start = time.perf_counter()
     for _ in range(repeats):
         fn(Path(path), policy)
@@ -86,13 +101,13 @@ def _timed(name: str, path: str, frames: int, repeats: int) -> float:
 
 
 def scaling(name: str, path: Path, frames: int, repeats: int, workers: list[int]) -> dict[str, Any]:
+    """Sampled frames/s of n concurrent workers, from their own timed loops (see TIMING)."""
     out = {}
     for n in workers:
-        with ProcessPoolExecutor(n) as pool:
-            start = time.perf_counter()
-            list(pool.map(_timed, [name] * n, [str(path)] * n, [frames] * n, [repeats] * n))
-            wall = time.perf_counter() - start
-        out[str(n)] = round(n * repeats * frames / wall, 1)
+        barrier = multiprocessing.Barrier(n)
+        with multiprocessing.Pool(n, initializer=_set_barrier, initargs=(barrier,)) as pool:  # all n start now
+            seconds = pool.starmap(_timed, [(name, str(path), frames, repeats)] * n, chunksize=1)
+        out[str(n)] = round(n * repeats * frames / max(seconds), 1)
     return out
 
 
@@ -113,7 +128,7 @@ def main() -> None:
         result: dict[str, Any] = {
             "benchmark": "decode", "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
             "clip": {"size": args.size, "frames": args.frames, "codec": "h264", "bytes": clip.stat().st_size},
-            "sampled_frames": args.sample, "backends": {},
+            "sampled_frames": args.sample, "timing": TIMING, "backends": {},
             "missing": sorted({"decord", "torchcodec"} - set(names)),
         }
         for name in names:

@@ -8,11 +8,13 @@ Measures, side by side in one process:
    to download; speed does not depend on the weights), vision tower only, bf16 autocast: frames/s at
    several batch sizes, eager and `torch.compile`d, and model FLOPs utilisation (FLOPs per frame counted
    by torch.utils.flop_counter, over the GPU's dense bf16 peak; `--peak-tflops` to override);
-2. decode: sampled frames/s of a 1024x576 H.264 clip with every CPU core (bench/decode.py's clip and
-   backends), and how many cores the encoder's best frames/s needs;
+2. decode: sampled frames/s of a 1024x576 H.264 clip with every CPU core, per backend installed (bench/decode.py's
+   clip, backends and timing), and how many cores the encoder's best frames/s needs with the backend extraction
+   uses (decord where installed, else PyAV);
 3. extraction: `saga extract` (in process, all cores as workers, eager: compile off, its default) on
-   generated clips with the same encoder, frames/s vs the best *eager* bare encoder at the same batch size:
-   the end-to-end ratio (against the compiled figure it would count compile's speed-up as overhead);
+   clips of the same kind (bench/decode.py's textured clip, one seed each) with the same encoder, frames/s
+   vs the best *eager* bare encoder at the same batch size: the end-to-end ratio (against the compiled
+   figure it would count compile's speed-up as overhead);
 4. stage 1: one optimiser step of the transformer at the encoder's width (batch 64, T' 16, bf16 autocast),
    from features already in memory (the model's cost; reading the cache is bench/cache_read.py's part and
    memory at 1 M records is bench/stage1_memory.py's).
@@ -29,15 +31,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from decode import make_clip, scaling  # noqa: E402
-from saga.benchmark.videoio import write_video  # noqa: E402
+from decode import TIMING, backends, make_clip, scaling  # noqa: E402
 from saga.model import ModelConfig, VideoTransformer  # noqa: E402
 from saga.pipeline.encoders import TEST_ENCODER, load_encoder  # noqa: E402
 from saga.pipeline.extract import ExtractConfig, extract  # noqa: E402
@@ -110,16 +110,31 @@ def best_fps(rows: dict[str, Any], variants: tuple[str, ...] = ("eager", "compil
     return max((v["frames_per_s"], int(bs)) for part in variants for bs, v in rows[part].items())
 
 
+def decode_section(clip: Path, size: tuple[int, int], cores: int, repeats: int, encoder_fps: float) -> dict[str, Any]:
+    """Every installed backend on `cores` workers; the headline is the one `saga extract` uses (decode_video's auto)."""
+    rows = {}
+    for name in backends():
+        fps = scaling(name, clip, 16, repeats, [cores])[str(cores)]
+        rows[name] = {"sampled_frames_per_s": fps,
+                      "cores_needed_for_best_encoder_fps": round(encoder_fps * cores / fps, 1)}
+    used = "decord" if "decord" in rows else "pyav"
+    return {"clip": f"{size[0]}x{size[1]}", "workers": cores, "timing": TIMING, "backends": rows, "backend": used,
+            **rows[used]}
+
+
+def write_clips(root: Path, videos: int, size: tuple[int, int]) -> None:
+    """The extraction's clips: bench/decode.py's textured clip (what the decode section measures), one seed each."""
+    root.mkdir(parents=True)
+    for i in range(videos):  # 24 frames each: extraction samples T = 16
+        make_clip(root / f"{i:04d}.mp4", *size, frames=24, seed=i)
+
+
 def extraction_section(name: str, device: torch.device, videos: int, batch: int, bare_fps: float,
                        size: tuple[int, int], workers: int) -> dict[str, Any]:
     """`saga extract` eager (compile=False), so `bare_fps` must be the eager encoder's for a fair ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "videos" / "real"
-        root.mkdir(parents=True)
-        rng = np.random.default_rng(0)
-        for i in range(videos):  # 24 frames each: extraction samples T = 16
-            frames = rng.integers(0, 256, (24, size[1], size[0], 3), np.uint8)
-            write_video(root / f"{i:04d}.mp4", frames, fps=24.0)
+        write_clips(root, videos, size)
         cfg = ExtractConfig(videos=root.parent, out=Path(tmp) / "cache", taxonomy="synth", encoder=name,
                             pretrained="none", frames=16, batch_size=batch, workers=workers, device=str(device),
                             compile=False)
@@ -176,10 +191,7 @@ def main() -> None:
     clip_size = (128, 72) if args.tiny else (1024, 576)
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp) / "clip.mp4", *clip_size, frames=48 if args.tiny else 120)
-        decode = scaling("pyav", clip, 16, 1 if args.tiny else 4, [cores])[str(cores)]
-    result["decode"] = {"clip": f"{clip_size[0]}x{clip_size[1]}", "backend": "pyav", "workers": cores,
-                        "sampled_frames_per_s": decode,
-                        "cores_needed_for_best_encoder_fps": round(fps / (decode / cores), 1)}
+        result["decode"] = decode_section(clip, clip_size, cores, 1 if args.tiny else 4, fps)
     eager_fps, eager_batch = best_fps(enc, ("eager",))
     result["extraction"] = extraction_section(name, device, args.videos or (4 if args.tiny else 96), eager_batch,
                                               eager_fps, (64, 48) if args.tiny else (1024, 576), max(1, cores - 1))

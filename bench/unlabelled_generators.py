@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from sklearn.cluster import KMeans
 
 from saga.ablate import half_text, interval95
 from saga.cache.store import FeatureCache
+from saga.errors import SagaError
 from saga.model.inference import record_targets
 from saga.runs import load_model
 from saga.train import readout as R
@@ -120,6 +122,8 @@ def discovered_rows(z_lab, sub, z_unl, class_logp, missing, seed):
     """The `discover` variant's seed rows: unclaimed k-means clusters given to the classes that lack generators."""
     n = int(sub.max()) + 1
     total = sum(missing.values())
+    if total == 0:  # no class lacks a generator: nothing to discover (and no free cluster to score)
+        return np.full(len(z_unl), -1), []
     km = KMeans(n + total, n_init=10, random_state=seed).fit(z_unl)
     lab_means = np.stack([z_lab[sub == r].mean(axis=0) for r in range(n)])
     _, claimed = linear_sum_assignment(((lab_means[:, None] - km.cluster_centers_[None]) ** 2).sum(-1))
@@ -133,27 +137,36 @@ def discovered_rows(z_lab, sub, z_unl, class_logp, missing, seed):
     return rows, new_class
 
 
-def measure(run: Path, cache: FeatureCache) -> dict[str, object]:
+def unlabelled_generators(train: list, lab: list, y: np.ndarray, classes: list[str], level: str,
+                          cache: FeatureCache) -> dict[int, list[str]]:
+    """Per labelled class, its generators with train videos in the cache but no labelled video."""
+    gens = set(R.source_subclasses(lab, y)[2])
+    tax = cache.taxonomy
+    present = {r.generator for r in train}  # the taxonomy may list generators this cache has no video of
+    return {c: [g for g in sorted(tax.generators) if g in present and g not in gens
+                and tax.labels(g)[level] == classes[c]] for c in sorted(set(y.tolist()))}
+
+
+def measure(run: Path, cache: FeatureCache) -> dict[str, object] | None:
+    """The five readouts of one run; None when every generator has a labelled video (nothing to recover)."""
     model, info = load_model(run)
     labelled = json.loads((run / "labelled.json").read_text())["classes"]
     chosen = {p: info.classes.index(c) for c, paths in labelled.items() for p in paths}
     train = list(cache.ok_records("train"))
+    lab = [r for r in train if r.path in chosen]
+    y = np.array([chosen[r.path] for r in lab], np.int64)
+    absent = unlabelled_generators(train, lab, y, info.classes, info.level, cache)
+    missing = {c: len(v) for c, v in absent.items() if v}
+    if not missing:
+        return None
     seed = int(info.config["train"]["seed"])
     pool, _ = R.unlabelled_pool(train, set(chosen), info.level, cache.taxonomy, seed)
-    lab = [r for r in train if r.path in chosen]
     emb, real_emb, unl = R.readout_embeddings(model, cache, lab, train, pool, info.frames, 256, CPU, seed)
     test = [r for r in cache.ok_records("test") if record_targets([r], info.level, info.classes)[0] >= 0]
     y_test = record_targets(test, info.level, info.classes)
     test_emb = R.embed(model, cache, test, info.frames, 256, CPU)
-    y = np.array([chosen[r.path] for r in lab], np.int64)
     n = len(info.classes)
     sub, groups, gens = R.source_subclasses(lab, y)
-    tax = cache.taxonomy
-    present = {r.generator for r in train}  # the taxonomy may list generators this cache has no video of
-    members = {c: sorted(g for g in tax.generators if g in present and tax.labels(g)[info.level] == info.classes[c])
-               for c in range(n)}
-    absent = {c: [g for g in members[c] if g not in gens] for c in set(groups)}
-    missing = {c: len(v) for c, v in absent.items() if v}
     on_absent = np.array([any(r.generator in v for v in absent.values()) for r in test])
 
     def score(fit) -> list[float]:
@@ -199,7 +212,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     cache = FeatureCache.open(args.cache)
-    rows = [measure(run, cache) for run in args.runs if (run / "done.json").is_file()]
+    rows = []
+    for run in (r for r in args.runs if (r / "done.json").is_file()):
+        row = measure(run, cache)
+        if row is None:
+            print(f"{run}: skipped: every generator of its classes has a labelled video (a --per-generator run?)",
+                  file=sys.stderr, flush=True)
+        else:
+            rows.append(row)
+    if not rows:
+        raise SagaError(f"no run among {' '.join(map(str, args.runs))} has an unlabelled generator: pass "
+                        "finished runs trained with few labels per class (not --per-generator ones)")
     for row in rows:
         print(f"{Path(str(row['run'])).name}: " + "  ".join(f"{v} {row[v][0]:.1f} ({row[v][1]:.0f})" for v in VARIANTS)
               + f"  [accuracy (on the {row['their_test_videos']} test videos of unlabelled generators)]", flush=True)
@@ -218,4 +241,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SagaError as exc:
+        sys.exit(f"error: {exc}")
