@@ -11,6 +11,9 @@ Every accuracy comes with a 95 % interval and the number of videos behind it
 wider of a stratified bootstrap over videos and a normal interval with Agresti-Coull per-class
 variances (the bootstrap alone collapses when a class is all right or all wrong); classes with
 fewer than 10 test videos are flagged.
+The result records the weights it was made with ("run_model", the blake2b of model.safetensors, and
+"run_finished": done.json was there), as the open-world files do: `saga report` drops an evaluation
+of other weights (a run trained on after `--resume`, or retrained) instead of showing it as the run's.
 Beside the run, `evaluate` fits the linear probe (`saga.explain.probe`) on the run's own
 labelled train videos and reports its metrics under "probe", so one sees at once
 whether the transformer learned more than a linear model on pooled statistics; "probe" →
@@ -34,10 +37,39 @@ from saga.explain.scores import binary_auc, compute_metrics, scored_classes, sou
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
-from saga.runs import RunFolder, check_cache, evaluation_file, load_model
+from saga.runs import DONE, MODEL, RunFolder, check_cache, evaluation_file, file_fingerprint, load_model
 
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
-           "probe_metrics", "save_evaluation", "write_json_atomic"]
+           "other_weights", "probe_metrics", "run_weights", "save_evaluation", "warn_unfinished", "weights_stamp",
+           "write_json_atomic"]
+
+RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
+
+
+def run_weights(run_dir: str | Path) -> str | None:
+    """blake2b of the run's model.safetensors (None without one: a probe folder): what every file made
+    from the weights records as "run_model", so a reader can tell a file of older weights."""
+    model = Path(run_dir) / MODEL
+    return file_fingerprint(model) if model.is_file() else None
+
+
+def other_weights(data: Any, weights: str | None) -> bool:
+    """`data` (a file's JSON) was made with other weights than `weights`; one recording none (an older
+    saga) cannot be told, so it passes."""
+    return bool(weights) and isinstance(data, dict) and data.get(RUN_MODEL) not in (None, weights)
+
+
+def weights_stamp(run_dir: str | Path) -> dict[str, Any]:
+    """{"run_model", "run_finished"} of the run's weights. Taken before loading them: weights replaced
+    meanwhile are then flagged as other weights later, never passed off as the current ones."""
+    return {RUN_MODEL: run_weights(run_dir), RUN_FINISHED: (Path(run_dir) / DONE).is_file()}
+
+
+def warn_unfinished(run_dir: str | Path, stamp: dict[str, Any], what: str) -> None:
+    """One warning when the run has no done.json: `what` is then of its best weights so far."""
+    if not stamp.get(RUN_FINISHED):
+        warnings.warn(f"{run_dir}: the run is unfinished (no {DONE}): {what} of its best weights so far; "
+                      "rerun once it has finished", stacklevel=3)
 
 
 def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Sequence[str],
@@ -67,7 +99,9 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
                        probe_max_train: int | None = 20000) -> dict[str, Any]:
     """The metrics of `evaluate`, written nowhere: a read-only run folder can still be evaluated."""
     run_dir = Path(run_dir)
+    stamp = weights_stamp(run_dir)
     model, info = load_model(run_dir)
+    warn_unfinished(run_dir, stamp, "these are the metrics")
     cache = FeatureCache.open(cache_path)
     check_cache(info, cache)
     records = cache.ok_records(split)
@@ -86,7 +120,7 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     inference.targets = record_targets(labelled, info.level, classes)
     result = {"level": info.level, "split": split, **compute_metrics(inference, classes, info.level),
               "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir),
-              "untrained_classes": unseen}
+              "untrained_classes": unseen, **stamp}
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
                              model.config.subclass_names)
     if nearest is not None:

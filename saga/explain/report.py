@@ -16,7 +16,10 @@ reliability diagrams, the open set with its ROC / OSCR curves, enrolled sources,
 and a leave-one-generator-out experiment (`saga openset logo`) gets its own section
 (`report_logo`). The shared HTML pieces are in `report_html`, the figures in `report_plots`, the
 ablation tables in `report_ablation`. A run file that is unreadable, or JSON but not an object, is
-treated as missing: its section is left out, never a traceback.
+treated as missing: its section is left out, never a traceback; a section whose data has the wrong
+types is one line saying so. An evaluation, T-Sig or t-SNE figure made with other weights than the
+run's model.safetensors (a run resumed or retrained since) is not shown as the run's: one line names
+it and the command to rerun (files of an older saga record no weights and are shown as they are).
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from saga.errors import SagaError
-from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired
+from saga.explain.intervals import FEW, format_nearest_source, format_paired
+from saga.explain.metrics import RUN_MODEL, other_weights, run_weights
 from saga.explain.report_ablation import (ablation_section, check_ablation, find_ablations, one_per_folder,
                                           table_in)
-from saga.explain.report_html import CSS, figure, pct, pct_ci, png, run_name, table
+from saga.explain.report_html import (CSS, ci_text, esc, figure, guarded, num, pct, pct_ci, png, png_text, run_name,
+                                      table)
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
 from saga.fileio import make_dir, write_text
@@ -46,16 +51,37 @@ FIGURES = ((TSIG_MAPS, "T-Sig maps (penultimate block, mean over heads and video
 
 # -- reading a run folder -------------------------------------------------------------
 def load_run(run_dir: Path) -> dict[str, Any]:
-    """Everything the report shows about one run; missing files just leave their section out."""
-    run = RunFolder(run_dir)
-    metrics = _object(run, evaluation_file("test")) or _object(run, evaluation_file()) or None
+    """Everything the report shows about one run; missing files just leave their section out, and files of
+    other weights than the run's are listed under "stale" (evaluations) and "stale_figures" instead."""
+    run, weights = RunFolder(run_dir), run_weights(run_dir)
+    evaluations = {k: _dict(v) for k, v in run.evaluations().items()}
+    found = {evaluation_file("test"): evaluations.get("test", {}), evaluation_file(): _object(run, evaluation_file()),
+             **{evaluation_file(k): v for k, v in evaluations.items()}}
+    stale = [name for name, m in found.items() if other_weights(m, weights)]
+    fresh = {name: m for name, m in found.items() if m and name not in stale}
+    metrics = fresh.get(evaluation_file("test")) or fresh.get(evaluation_file())
+    splits = {k: v for k, v in evaluations.items() if evaluation_file(k) in fresh}
     captions = {TSIG_MAPS: FIGURES[0][1], TSIG_PROFILES: FIGURES[1][1]}
-    figs = [(p, captions.get(p.name) or f"t-SNE of φ ({p.stem})") for p in run.figures()]
-    splits = {k: v for k, v in run.evaluations().items() if isinstance(v, dict)}
+    figs, stale_figs = [], []
+    for p in run.figures():
+        if other_weights(_figure_stamp(p), weights):
+            stale_figs.append(p.name)
+        else:
+            figs.append((p, captions.get(p.name) or f"t-SNE of φ ({p.stem})"))
     history = [row for row in run.read_metrics(tolerant=True) if isinstance(row, dict)]
     return {"dir": run_dir, "config": _object(run, CONFIG), "provenance": _object(run, PROVENANCE),
             "done": run.read_optional(DONE), "metrics": metrics, "splits": splits, "history": history,
-            "figures": figs, "beyond": load_beyond(run_dir, metrics)}
+            "figures": figs, "beyond": load_beyond(run_dir, metrics), "weights": weights, "stale": stale,
+            "stale_figures": stale_figs}
+
+
+def _figure_stamp(path: Path) -> dict[str, Any]:
+    """The weights a PNG of `saga tsig` / `saga tsne` records in its metadata ({} for an older one)."""
+    try:
+        text = png_text(path.read_bytes())
+    except OSError:
+        return {}
+    return {RUN_MODEL: text.get(f"saga:{RUN_MODEL}")}
 
 
 def _object(run: RunFolder, name: str) -> dict[str, Any]:
@@ -99,7 +125,7 @@ def labels_drawn(train: dict[str, Any]) -> Any:
 
 
 def _card(value: str, label: str, ci: Any = None, cls: str = "card") -> str:
-    sub = f' <span class=ci>{escape(format_ci(ci))}</span>' if ci else ""
+    sub = f' <span class=ci>{escape(ci_text(ci))}</span>' if ci_text(ci) else ""
     return f"<div class=\"{cls}\"><b>{escape(value)}{sub}</b><span>{escape(label)}</span></div>"
 
 
@@ -107,7 +133,7 @@ def _cards(m: dict[str, Any]) -> str:
     items = [_card(pct(m.get("accuracy")), "accuracy % (95 % CI)", m.get("accuracy_ci")),
              _card(pct(m.get("macro_accuracy")), "macro accuracy % (95 % CI)", m.get("macro_accuracy_ci"))]
     if m.get("auc") is not None:
-        items.append(_card(f"{m['auc']:.4f}", "ROC AUC"))
+        items.append(_card(num(m["auc"], 4), "ROC AUC"))
     items.append(_card(str(m.get("n", "–")), "videos"))
     pr = _probe(m)
     if "accuracy" in pr:
@@ -150,12 +176,12 @@ def per_class_table(m: dict[str, Any]) -> str:
         acc = _dict(m.get("per_class")).get(cls)
         n = _dict(m.get("per_class_n")).get(cls, 0)
         ci = _dict(m.get("per_class_ci")).get(cls)
-        few = 0 < n < FEW
-        width = 0 if acc is None else round(80 * acc)
+        few = _number(n) and 0 < n < FEW
+        width = round(80 * min(max(acc, 0), 1)) if _number(acc) else 0
         flag = f' <span class=few title="fewer than {FEW} videos">few</span>' if few else ""
-        probe_cell = f"<td>{pct((pr.get('per_class') or {}).get(cls))}</td>" if has_probe else ""
-        rows.append(f"<tr><td class=l>{escape(cls)}</td><td>{n}{flag}</td>"
-                    f"<td>{pct(acc)}</td><td class=ci>{escape(format_ci(ci))}</td>"
+        probe_cell = f"<td>{pct(_dict(pr.get('per_class')).get(cls))}</td>" if has_probe else ""
+        rows.append(f"<tr><td class=l>{esc(cls)}</td><td>{esc(n)}{flag}</td>"
+                    f"<td>{pct(acc)}</td><td class=ci>{escape(ci_text(ci))}</td>"
                     f"<td class=l><span class=bar style=\"width:{width}px\"></span></td>{probe_cell}</tr>")
     probe_head = "<th>probe %</th>" if has_probe else ""
     return ('<div class="scroll"><table><thead><tr><th class=l>class</th><th>n</th><th>accuracy %</th>'
@@ -170,7 +196,7 @@ def confusion_table(m: dict[str, Any]) -> str:
     """Rows = true class, columns = predicted (numbered to stay narrow); shading = row-normalised share."""
     classes, conf = m.get("classes") or [], m.get("confusion") or []
     head = '<th class=l>true ↓ / predicted →</th>' + "".join(
-        f'<th title="{escape(c)}">{i}</th>' for i, c in enumerate(classes))
+        f'<th title="{esc(c)}">{i}</th>' for i, c in enumerate(classes))
     body = []
     for i, (cls, row) in enumerate(zip(classes, conf)):
         total = sum(row) or 1
@@ -179,8 +205,8 @@ def confusion_table(m: dict[str, Any]) -> str:
             share = v / total
             fg = "#fff" if share > 0.55 else "#1f2933"
             hue = "37,99,235" if i == j else "220,38,38"
-            cells.append(f'<td style="background:rgba({hue},{share:.3f});color:{fg}">{v}</td>')
-        body.append(f"<tr><th class=l>{i} · {escape(cls)}</th>{''.join(cells)}</tr>")
+            cells.append(f'<td style="background:rgba({hue},{share:.3f});color:{fg}">{esc(v)}</td>')
+        body.append(f"<tr><th class=l>{i} · {esc(cls)}</th>{''.join(cells)}</tr>")
     return (f'<div class="scroll"><table class="conf"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>"
             '<p class="meta">Rows: true class; columns: predicted class (numbers as in the rows). '
@@ -193,7 +219,7 @@ def training_curve(history: list[dict[str, Any]]) -> bytes | None:
         return None
     fig = Figure(figsize=(8, 2.8), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    ep = [h.get("epoch", i) for i, h in enumerate(history)]
+    ep = [h["epoch"] if _number(h.get("epoch")) else i for i, h in enumerate(history)]
     for key in ("loss", "ce", "hnm"):
         ys = [h.get(key) for h in history]
         if any(isinstance(y, (int, float)) for y in ys):
@@ -212,31 +238,68 @@ def training_curve(history: list[dict[str, Any]]) -> bytes | None:
     return png(fig)
 
 
+STALE = ("made with other weights than the run's model.safetensors (trained on or retrained since), so not "
+         "shown; rerun <code>{}</code>")
+FIX = "rerun <code>saga evaluate</code> on this run"
+
+
+def _stale_line(files: list[str], command: str) -> str:
+    return f'<p class="meta">{escape(", ".join(files))}: {STALE.format(command)}</p>' if files else ""
+
+
+def _metrics_part(run: dict[str, Any]) -> list[str]:
+    """Cards, probe, per-class table and confusion; each piece one line when its data is damaged."""
+    m = run["metrics"]
+    out = [_stale_line(run.get("stale", []), "saga evaluate")]
+    if run.get("weights") and not run["done"]:
+        out.append(f'<p class="meta">The run is unfinished (no {DONE}): what follows is of its best weights '
+                   "so far.</p>")
+    if not m:
+        if not run.get("stale"):
+            out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
+        return out
+    out += [f"<h3>Metrics ({esc(m.get('split', ''))})</h3>", guarded("metrics", FIX, _cards, m),
+            guarded("probe", FIX, probe_note, m), guarded("nearest source", FIX, source_note, m)]
+    others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
+              for k, v in run["splits"].items() if v and k != m.get("split")]
+    if others:
+        out.append(f'<p class="meta">also evaluated: {escape("; ".join(others))}</p>')
+    return out + ["<h3>Per-class accuracy</h3>", guarded("per-class accuracy", FIX, per_class_table, m),
+                  "<h3>Confusion matrix</h3>", guarded("confusion matrix", FIX, confusion_table, m)]
+
+
+def _figures_part(run: dict[str, Any]) -> str:
+    """The training curve, then the T-Sig and t-SNE figures of the run's weights (others named in one line)."""
+    curve = training_curve(run["history"])
+    figs = [figure(curve, f"training curve ({METRICS})")] if curve else []
+    many = _count(run["config"].get("classes")) > 6  # many T-Sig panels: give the maps the full width
+    figs += [figure(p.read_bytes(), cap, wide=many and p.name == TSIG_MAPS) for p, cap in run["figures"]]
+    stale = run.get("stale_figures", [])
+    commands = " / ".join(c for c in ("saga tsig", "saga tsne") if any(n.startswith(c[5:]) for n in stale))
+    if not figs and not stale:
+        return ""
+    return f"<h3>Figures</h3>{_stale_line(stale, commands)}<div class=figs>" + "".join(figs) + "</div>"
+
+
+def _count(classes: Any) -> int:
+    return len(classes) if isinstance(classes, list) else 0
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
 def run_section(i: int, run: dict[str, Any]) -> str:
-    cfg, prov, m = run["config"], run["provenance"], run["metrics"]
+    cfg, prov = run["config"], run["provenance"]
     out = [f'<section id="run-{i}"><h2>{i}. {escape(run_name(run))}</h2>',
-           f'<p class="meta">{escape(str(run["dir"]))} · level {escape(str(cfg.get("level", "?")))} · '
-           f'{len(cfg.get("classes") or [])} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>']
-    if m:
-        out += [f"<h3>Metrics ({escape(str(m.get('split', '')))})</h3>", _cards(m), probe_note(m), source_note(m)]
-        others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
-                  for k, v in run["splits"].items() if v and k != m.get("split")]
-        if others:
-            out.append(f'<p class="meta">also evaluated: {escape("; ".join(others))}</p>')
-        out += ["<h3>Per-class accuracy</h3>", per_class_table(m), "<h3>Confusion matrix</h3>", confusion_table(m)]
-    else:
-        out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
-    out.append(beyond_sections(run["beyond"], run_name(run)))
+           f'<p class="meta">{escape(str(run["dir"]))} · level {esc(cfg.get("level", "?"))} · '
+           f'{_count(cfg.get("classes"))} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>',
+           *_metrics_part(run), beyond_sections(run["beyond"], run_name(run))]
     details = {CONFIG: cfg, PROVENANCE: prov, DONE: run["done"]}
     out.append("<details><summary>Configuration and provenance</summary>" + "".join(
         f"<h3>{escape(k)}</h3><pre>{escape(json.dumps(v, indent=2, sort_keys=True))}</pre>"
         for k, v in details.items() if v) + "</details>")
-    curve = training_curve(run["history"])
-    figs = ([figure(curve, f"training curve ({METRICS})")] if curve else [])
-    many = len(cfg.get("classes") or []) > 6  # many T-Sig panels: give the maps the full width
-    figs += [figure(p.read_bytes(), cap, wide=many and p.name == TSIG_MAPS) for p, cap in run["figures"]]
-    if figs:
-        out.append("<h3>Figures</h3><div class=figs>" + "".join(figs) + "</div>")
+    out.append(_figures_part(run))
     return "".join(out) + "</section>"
 
 

@@ -2,7 +2,9 @@
 
 Nothing here reads a run folder; `report` (runs, ablation), `report_openworld` (calibration,
 open set, enrollment, robustness of a run) and `report_logo` (a leave-one-generator-out
-experiment) compose these pieces. Every piece of text is escaped; images are data URIs.
+experiment) compose these pieces. Every piece of text is escaped, numbers from run files too
+(`esc`: a file can hold anything); images are data URIs. A section whose data has the wrong
+shape or types becomes one line (`guarded`), never a traceback.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from matplotlib.figure import Figure
 
@@ -66,6 +69,48 @@ def cell(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+def esc(v: Any) -> str:
+    """Any value from a run file as escaped HTML text (a count may be a string someone wrote there)."""
+    return escape(cell(v))
+
+
+DAMAGED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
+
+
+def guarded(label: str, fix: str, fn: Callable[..., str], *args: Any) -> str:
+    """fn(*args), or one line saying `label`'s data is unreadable: a report never fails on one damaged file.
+    `fix` is HTML (it may hold <code>)."""
+    try:
+        return fn(*args)
+    except DAMAGED as exc:
+        return (f'<p class="meta">{escape(label)}: unreadable data ({escape(type(exc).__name__)}: '
+                f"{escape(str(exc)[:120])}); {fix}</p>")
+
+
+def ci_text(ci: Any) -> str:
+    """format_ci of a [lo, hi] pair of numbers; '' for anything else (a damaged file)."""
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in ci)
+    return format_ci(ci) if ok else ""
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The tEXt chunks of a PNG before its image data (matplotlib writes savefig's metadata there);
+    {} for anything that is not a readable PNG."""
+    out, i = {}, 8
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return out
+    while i + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"tEXt":
+            key, _, value = data[i + 8:i + 8 + size].partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        i += 12 + size
+    return out
+
+
 def table(header: list[str], rows: list[list[Any]], left: int = 1, cls: str = "") -> str:
     """A table in a sideways-scrolling wrapper; the first `left` columns are left-aligned text."""
     def tr(cells: list[Any], tag: str) -> str:
@@ -93,7 +138,7 @@ def run_name(run: dict[str, Any]) -> str:
 def pct_ci(x: Any, ci: Any) -> str:
     """'90.00 [69.9–97.2]' (plain text: table cells are escaped)."""
     text = pct(x)
-    return f"{text} {format_ci(ci)}" if ci and text != "–" else text
+    return f"{text} {ci_text(ci)}" if ci_text(ci) and text != "–" else text
 
 
 def png(fig: Figure) -> bytes:

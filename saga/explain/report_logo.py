@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from saga.explain.intervals import format_ci, wilson
-from saga.explain.report_html import figure, num, pct, read_json_file, table
+from saga.explain.report_html import esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import logo_png
 from saga.runs.files import CONFIG, LOGO_CALIBRATION, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
 
@@ -58,14 +58,11 @@ def logo_section(path: Path, anchor: str = "openworld") -> str:
         return (f'<section id="{anchor}"><h2>{title}</h2><p class="meta">{escape(str(file))}: not a results file '
                 "of <code>saga openset logo</code></p></section>")
     parts = [f'<section id="{anchor}"><h2>{title}</h2>',
-             f'<p class="meta">{escape(str(file))} · cache {escape(str(r.get("cache", "?")))} · seed {r.get("seed")}'
-             f" · {len(r['openset'])} folds · k = {r.get('k')} enrollment videos · also: {LOGO_RESULTS_MD}</p>"]
+             f'<p class="meta">{escape(str(file))} · cache {esc(r.get("cache", "?"))} · seed {esc(r.get("seed"))}'
+             f" · {len(r['openset'])} folds · k = {esc(r.get('k'))} enrollment videos · also: {LOGO_RESULTS_MD}</p>"]
     for fn in (openset_part, enroll_part, shots_part, calibration_part):
-        try:
-            parts.append(fn(r, file.parent))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as exc:
-            parts.append(f'<p class="meta">{fn.__name__}: unreadable ({escape(type(exc).__name__)}: '
-                         f"{escape(str(exc)[:120])})</p>")
+        parts.append(guarded(fn.__name__, "rerun <code>saga openset logo</code> on the same folder", fn, r,
+                             file.parent))
     return "".join(parts) + "</section>"
 
 
@@ -123,7 +120,8 @@ def openset_part(r: dict[str, Any], exp: Path) -> str:
 
 
 def _ci(ci: Any) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""
+    ok = isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ok else ""
 
 
 def _pooled(rows: list[dict[str, Any]], side: str) -> str:
@@ -145,7 +143,7 @@ def enroll_part(r: dict[str, Any], exp: Path) -> str:
                 if level == "GEN-L":
                     acc[m] = (sum(x["new_correct"] for x in got) / max(1, sum(x["new_n"] for x in got)),
                               sum(x["old_correct"] for x in got) / max(1, sum(x["old_n"] for x in got)), len(got))
-    out = [f"<h3>Few-shot enrollment vs retraining (k = {k} videos of the new generator)</h3>",
+    out = [f"<h3>Few-shot enrollment vs retraining (k = {esc(k)} videos of the new generator)</h3>",
            '<p class="meta">Per fold the held-out generator is enrolled into its leave-one-out run from k train videos; '
            "the retrained run gets the same k videos. New = the held-out generator's test videos, old = everyone "
            "else's; accuracy % pooled over folds, Wilson 95 % interval, (videos).</p>",

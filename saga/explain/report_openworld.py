@@ -18,10 +18,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from saga.explain.intervals import format_ci
-from saga.explain.report_html import figure, num, pct, read_json_file, table
+from saga.explain.metrics import other_weights, run_weights
+from saga.explain.report_html import ci_text, esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
-from saga.runs.files import CALIBRATION, ENROLLED, MODEL, OPENSET, RELIABILITY_GLOB, ROBUSTNESS, file_fingerprint
+from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, RELIABILITY_GLOB, ROBUSTNESS
 from saga.taxonomy import LEVELS
 
 
@@ -32,11 +32,10 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
     """
     ow = (metrics or {}).get("openworld")
     fitted, stale = {}, []
-    model = run_dir / MODEL
-    weights = file_fingerprint(model) if model.is_file() else None
+    weights = run_weights(run_dir)
     for key, name in (("calibration", CALIBRATION), ("openset", OPENSET), ("enrolled", ENROLLED)):
         data = read_json_file(run_dir / name)
-        if isinstance(data, dict) and weights and data.get("run_model") not in (None, weights):
+        if other_weights(data, weights):
             stale.append((name, OTHER_WEIGHTS))  # retrained since: predict refuses it, so must we
             data = None
         fitted[key] = data
@@ -60,7 +59,7 @@ def _reliability_stale(data: dict[str, Any], weights: str | None, cal: Any) -> s
     """Why a reliability-<split>.json of `saga calibrate` no longer describes the run (None: it does)."""
     if weights and data.get("run_model") is None:
         return "records no weights (an older saga wrote it), so it cannot be matched to the run's"
-    if weights and data["run_model"] != weights:
+    if other_weights(data, weights):
         return OTHER_WEIGHTS
     t, t_cal = data.get("temperature"), (cal or {}).get("temperature")
     if isinstance(t, (int, float)) and isinstance(t_cal, (int, float)) and abs(t - t_cal) > 1e-6 * abs(t_cal):
@@ -73,11 +72,7 @@ def beyond_sections(b: dict[str, Any], name: str) -> str:
     parts = [f'<p class="meta">{escape(file)}: {escape(why)}, so not shown; rerun the command that wrote it</p>'
              for file, why in b.get("stale", [])]
     for fn in (calibration_section, openset_section, enrolled_section, robustness_section):
-        try:
-            parts.append(fn(b, name))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a damaged file: say so
-            parts.append(f'<p class="meta">{escape(fn.__name__.removesuffix("_section"))}: unreadable data '
-                         f"({escape(type(exc).__name__)}: {escape(str(exc)[:120])}); rerun the command that wrote it</p>")
+        parts.append(guarded(fn.__name__.removesuffix("_section"), "rerun the command that wrote it", fn, b, name))
     return "".join(parts)
 
 
@@ -112,7 +107,8 @@ def calibration_section(b: dict[str, Any], name: str) -> str:
     rows = []
     if isinstance(cal, dict):
         out.append(f'<p class="meta">Temperature scaling: T = {num(cal.get("temperature"))} fitted on '
-                   f'{cal.get("n", "?")} {escape(str(cal.get("split", "val")))} videos (NLL {num(cal.get("nll_before"))}'
+                   f'{esc(cal.get("n", "?"))} {esc(cal.get("split", "val"))} videos '
+                   f'(NLL {num(cal.get("nll_before"))}'
                    f' → {num(cal.get("nll_after"))}). {_confidence(cal.get("temperature"))} One scalar cannot change '
                    "a prediction, so accuracy is unchanged.</p>")
         rows.append([f"{cal.get('split', 'val')} (the fit)", cal.get("n"), num(cal.get("ece_before")),
@@ -168,7 +164,7 @@ def openset_section(b: dict[str, Any], name: str) -> str:
     out = ["<h3>Open set (unknown sources)</h3>",
            f'<p class="meta">{escape(str(kind))} score{escape(k)}; a video is called unknown source above the '
            f"threshold {num(thr, 4)}, the {num(pcts, 0)}th percentile of the score of "
-           f"{det.get('n_val', '?')} known validation videos (so about {num(100 - pcts if pcts else None, 0)} % of "
+           f"{esc(det.get('n_val', '?'))} known validation videos (so about {num(100 - pcts if pcts else None, 0)} % of "
            "known videos are called unknown by construction).</p>"]
     if not ev:
         out.append('<p class="meta">Not measured yet: run <code>saga evaluate</code> on this run.</p>')
@@ -258,14 +254,15 @@ def robustness_section(b: dict[str, Any], name: str) -> str:
                 clear = isinstance(ci[1], (int, float)) and ci[1] < base["accuracy"]  # interval below clean
                 drop = f'<br><span class="{"bad" if clear else "ci"}">{d:+.1f} pts</span>'
             macro = f" · macro {pct(r.get('macro_accuracy'))}" if r.get("macro_accuracy") is not None else ""
-            cells.append(f"<td>{pct(r.get('accuracy'))} <span class=ci>{escape(format_ci(r.get('ci')))}</span>"
-                         f"<br><small>n {r.get('n', '–')}{macro}</small>{drop}</td>")
-        failed = f" ({p.get('failed')} failed)" if p.get("failed") else ""
+            cells.append(f"<td>{pct(r.get('accuracy'))} <span class=ci>{escape(ci_text(r.get('ci')))}</span>"
+                         f"<br><small>n {esc(r.get('n', '–'))}{macro}</small>{drop}</td>")
+        failed = f" ({esc(p.get('failed'))} failed)" if p.get("failed") else ""
         body.append(f"<tr><td class=l><b>{escape(str(p.get('name')))}</b><br><small>"
-                    f"{escape(str(p.get('description') or ''))}</small></td><td>{p.get('n', '–')}{failed}</td>"
+                    f"{escape(str(p.get('description') or ''))}</small></td><td>{esc(p.get('n', '–'))}{failed}</td>"
                     f"{''.join(cells)}</tr>")
     return ("<h3>Robustness</h3>"
-            f'<p class="meta">Accuracy % on the {escape(str(rob.get("split", "?")))} split ({rob.get("n_videos", "?")} '
+            f'<p class="meta">Accuracy % on the {esc(rob.get("split", "?"))} split '
+            f'({esc(rob.get("n_videos", "?"))} '
             "videos) after each perturbation, with its 95 % interval (Wilson), the videos behind it and the change "
             "against the clean videos (points; red where the interval lies below the clean accuracy); failed: videos robustness.json records as failed under that "
             f"perturbation. Cache: {escape(str(rob.get('cache', '?')))}.</p>"

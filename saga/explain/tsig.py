@@ -18,6 +18,10 @@ Normalisation (documented, because the paper does not publish one):
   A class profile averages the videos' values at each Δ (over videos that have
   such a pair) and is normalised to sum 1, so classes compare by *shape*.
   Identity attention gives all the mass at Δ = 0.
+
+tsig.npz and both PNGs record the weights they were made with (`run_model`, `run_finished`; in
+the PNGs' metadata as saga:<key>): `saga report` leaves out figures of older weights and
+`saga predict --tsig` warns when it compares against them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +39,7 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.cache.store import FeatureCache
+from saga.explain.metrics import RUN_MODEL, other_weights, run_weights, warn_unfinished, weights_stamp
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_bytes
 from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, check_cache, load_model
@@ -117,8 +123,10 @@ def signature_distances(profile: np.ndarray, sigs: dict[str, Signature]) -> dict
 
 
 # -- files ------------------------------------------------------------------------------
-def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path) -> dict[str, Path]:
-    """tsig.npz (classes, maps, profiles, counts), tsig_profiles.csv, tsig_maps.png, tsig_profiles.png."""
+def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path,
+                stamp: dict[str, Any] | None = None) -> dict[str, Path]:
+    """tsig.npz (classes, maps, profiles, counts; the `stamp` of weights_stamp), tsig_profiles.csv,
+    tsig_maps.png, tsig_profiles.png (the stamp in their metadata)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(sigs)
@@ -126,12 +134,22 @@ def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path) -> dict[str, Pa
     buf = io.BytesIO()
     np.savez(buf, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
              profiles=np.stack([sigs[c]["profile"] for c in classes]),
-             counts=np.array([sigs[c]["n"] for c in classes]))
+             counts=np.array([sigs[c]["n"] for c in classes]),
+             **{k: np.array(str(v)) for k, v in (stamp or {}).items() if v is not None})
     write_bytes(paths["npz"], buf.getvalue())
     _write_csv(sigs, paths["csv"])
-    plot_maps(sigs, paths["maps"])
-    plot_profiles(sigs, paths["profiles"])
+    plot_maps(sigs, paths["maps"], stamp)
+    plot_profiles(sigs, paths["profiles"], stamp=stamp)
     return paths
+
+
+def tsig_weights(path: Path) -> str | None:
+    """The run_model a tsig.npz records (None: an older saga wrote it, or it is unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return str(z[RUN_MODEL]) if RUN_MODEL in z.files else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def load_tsigs(path: str | Path) -> dict[str, Signature]:
@@ -159,7 +177,7 @@ def _write_csv(sigs: dict[str, Signature], path: Path) -> None:
 
 
 # -- plots ------------------------------------------------------------------------------
-def plot_maps(sigs: dict[str, Signature], out_png: Path) -> None:
+def plot_maps(sigs: dict[str, Signature], out_png: Path, stamp: dict[str, Any] | None = None) -> None:
     """One panel per class on a shared colour scale, so brightness compares across classes."""
     n = len(sigs)
     cols = min(5, n)
@@ -176,11 +194,12 @@ def plot_maps(sigs: dict[str, Signature], out_png: Path) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention (query row → key column)")
-    save_figure(fig, out_png)
+    save_figure(fig, out_png, stamp)
 
 
 def plot_profiles(sigs: dict[str, Signature], out_png: Path, video: np.ndarray | None = None,
-                  title: str = "T-Sig profiles: mean attention at frame offset Δ") -> None:
+                  title: str = "T-Sig profiles: mean attention at frame offset Δ",
+                  stamp: dict[str, Any] | None = None) -> None:
     """One curve per class (and, for `saga predict --tsig`, the video's own in black)."""
     fig = Figure(figsize=(7.5, 4.5), dpi=110)
     ax = fig.add_subplot()
@@ -194,7 +213,7 @@ def plot_profiles(sigs: dict[str, Signature], out_png: Path, video: np.ndarray |
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    save_figure(fig, out_png)
+    save_figure(fig, out_png, stamp)
 
 
 def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: str | Path, name: str = "") -> Path:
@@ -208,15 +227,16 @@ def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: st
 
 def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", device: str = "cpu") -> dict[str, Path]:
     """T-Sigs per class of a run's level over a cache split, written into the run folder."""
-
+    stamp = weights_stamp(run_dir)  # before loading: see weights_stamp
     model, info = load_model(run_dir)
+    warn_unfinished(run_dir, stamp, "the T-Sigs are")
     cache = FeatureCache.open(cache_path)
     check_cache(info, cache)
     records = [r for r in cache.ok_records(split) if r.labels.get(info.level) in info.classes]
     if not records:
         raise SagaError(f"{cache_path}: no {split} videos with a class at {info.level}; try another --split")
     inference = infer(model, info, cache, records, device=device, attention=True)
-    return write_tsigs(class_signatures(inference, info.classes), run_dir)
+    return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp)
 
 
 def compare_video(run_dir: str | Path, profile: Sequence[float], out_png: str | Path,
@@ -226,6 +246,9 @@ def compare_video(run_dir: str | Path, profile: Sequence[float], out_png: str | 
     if not RunFolder(run_dir).has_tsigs:
         return None
     sigs = load_tsigs(run_dir)
+    if other_weights({RUN_MODEL: tsig_weights(Path(run_dir) / TSIG)}, run_weights(run_dir)):
+        warnings.warn(f"{Path(run_dir) / TSIG}: class T-Sigs of other weights than the run's (trained on or "
+                      f"retrained since); rerun `saga tsig {run_dir} --cache CACHE`", stacklevel=2)
     prof = np.asarray(profile, dtype=np.float64)
     nearest = next(iter(signature_distances(prof, sigs)))
     png = plot_video_profile({"map": None, "profile": prof, "n": 1}, sigs, out_png, name=name)

@@ -2,7 +2,9 @@
 
 Colouring by a level other than the run's (a TEAM-L run coloured by generator)
 shows whether the embedding separates finer sources than it was trained on, which
-is the question behind the paper's t-SNE figures.
+is the question behind the paper's t-SNE figures. The PNG records the weights it was made
+with in its metadata (`saga:run_model`, `saga:run_finished`), so `saga report` can leave out
+a map of older weights.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
 from saga.cache.store import FeatureCache
+from saga.explain.metrics import warn_unfinished, weights_stamp
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path
 from saga.runs import check_cache, load_model, tsne_file
@@ -85,20 +88,23 @@ def embed_2d(embeddings: np.ndarray, seed: int = 0, max_iter: int = 1000) -> np.
 
 
 def tsne_plot(inference: Inference, records: Sequence[VideoRecord], color_by_level: str, taxonomy: Taxonomy,
-              out_png: str | Path, seed: int = 0, title: str = "", max_iter: int = 1000) -> TsneResult:
-    """Plot the t-SNE of `inference.embeddings` coloured by `color_by_level`; CSV of the coordinates beside it."""
+              out_png: str | Path, seed: int = 0, title: str = "", max_iter: int = 1000,
+              stamp: dict[str, Any] | None = None) -> TsneResult:
+    """Plot the t-SNE of `inference.embeddings` coloured by `color_by_level`; CSV of the coordinates beside it.
+    `stamp`: the weights it was made with (`weights_stamp`), kept in the PNG's metadata."""
     if len(records) != len(inference):
         raise SagaError(f"t-SNE: {len(records)} records for {len(inference)} embeddings")
     out_png = Path(out_png)
     coords = embed_2d(inference.embeddings, seed, max_iter)
     labels, order = label_points(records, color_by_level, taxonomy)
-    legend = _draw(coords, labels, order, out_png, title or f"t-SNE of φ, coloured by {color_by_level}")
+    legend = _draw(coords, labels, order, out_png, title or f"t-SNE of φ, coloured by {color_by_level}", stamp)
     out_csv = out_png.with_suffix(".csv")
     _write_csv(out_csv, records, labels, coords)
     return TsneResult(out_png, out_csv, coords, labels, legend)
 
 
-def _draw(coords: np.ndarray, labels: list[str], order: list[str], out_png: Path, title: str) -> list[str]:
+def _draw(coords: np.ndarray, labels: list[str], order: list[str], out_png: Path, title: str,
+          stamp: dict[str, Any] | None = None) -> list[str]:
     fig = Figure(figsize=(7.5, 5.5), dpi=110)
     ax = fig.add_subplot()
     colors = dict(zip([c for c in order if c != NO_CLASS], class_colors(len(order) - (NO_CLASS in order))))
@@ -113,15 +119,18 @@ def _draw(coords: np.ndarray, labels: list[str], order: list[str], out_png: Path
     ax.set_xticks([])
     ax.set_yticks([])
     leg = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, markerscale=1.5)
-    save_figure(fig, out_png)
+    save_figure(fig, out_png, stamp)
     return [t.get_text() for t in leg.get_texts()]
 
 
-def save_figure(fig: Figure, out_png: Path) -> None:
-    """Save through a temporary file so a report never embeds a half-written image."""
+def save_figure(fig: Figure, out_png: Path, stamp: dict[str, Any] | None = None) -> None:
+    """Save through a temporary file so a report never embeds a half-written image; `stamp` (the weights
+    it shows) goes into the PNG's text metadata as saga:<key>."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
+    meta = {f"saga:{k}": str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in (stamp or {}).items() if v is not None}
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", format="png")
+        fig.savefig(tmp, bbox_inches="tight", format="png", metadata=meta)
 
 
 def _write_csv(path: Path, records: Sequence[VideoRecord], labels: list[str], coords: np.ndarray) -> None:
@@ -136,7 +145,9 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
              device: str = "cpu", seed: int = 0) -> TsneResult:
     """t-SNE of a run's embeddings of a cache split, coloured by any level, written into the run folder."""
 
+    stamp = weights_stamp(run_dir)  # before loading: see weights_stamp
     model, info = load_model(run_dir)
+    warn_unfinished(run_dir, stamp, "the t-SNE map is")
     level = check_level(color_by or info.level)
     cache = FeatureCache.open(cache_path)
     check_cache(info, cache)
@@ -148,4 +159,4 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
     inference = infer(model, info, cache, records, device=device)
     title = f"t-SNE of φ ({info.level} run), coloured by {level}"
     return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / tsne_file(level), seed=seed,
-                     title=title)
+                     title=title, stamp=stamp)
