@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from saga.cache.provenance import IDENTITY_KEYS, EncoderSpec
+from saga.cache.provenance import IDENTITY_KEYS, EncoderSpec, first_difference
 from saga.distributed import resolve_device
 from saga.errors import DecodeError, SagaError
 from saga.model.inference import run_batch, take_subwindow
@@ -66,10 +66,13 @@ def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrain
     enc = load_encoder(encoder or want.encoder, pretrained or want.pretrained, device)
     got = EncoderSpec.from_dict(enc.provenance(), "the loaded encoder")
     for key in want.differences(got, IDENTITY_KEYS)[:1]:
-        raise SagaError(
-            f"{info.path}: encoder mismatch: the run was trained on {want.encoder} features "
-            f"({key} {str(getattr(want, key))[:16]}), this encoder gives {str(getattr(got, key))[:16]}; "
-            "pass --encoder/--pretrained with the run's weights")
+        run_value, this_value = first_difference(getattr(want, key), getattr(got, key))
+        fix = ("pass --encoder/--pretrained with the run's weights" if key == "weights_fingerprint" else
+               f"the weights are the run's but give other features: load them as the run did (--encoder "
+               f"{want.encoder} --pretrained {want.pretrained}), or with the run's settings "
+               "(open_clip_config.json beside the file)")
+        raise SagaError(f"{info.path}: encoder mismatch: the run was trained on {want.encoder} features with "
+                        f"{key} {run_value}, this encoder gives {this_value}; {fix}")
     return enc
 
 

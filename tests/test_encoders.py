@@ -80,7 +80,7 @@ def test_tiny_encoder_encodes_and_is_frozen(tiny):
     assert not tiny.model.training and not any(p.requires_grad for p in tiny.model.parameters())
     prov = tiny.provenance()
     assert set(prov) == {"encoder", "pretrained", "weights_fingerprint", "preprocess", "dim", "image_size",
-                         "activation"}
+                         "activation", "architecture"}
     assert prov["activation"] == "standard"
     assert prov["encoder"] == TEST_ENCODER and prov["pretrained"] == "none" and prov["image_size"] == [32, 32]
     assert len(prov["weights_fingerprint"]) == 64

