@@ -179,7 +179,7 @@ def test_augment_adds_train_only_copies_with_their_labels(world: dict[str, Path]
 
 def test_copies_stay_inside_their_folder() -> None:
     assert copy_name("real/a.mp4") == "real/a.mp4" and copy_name("real/a.avi") == "real/a.avi.mp4"
-    assert copy_name("/abs/x.mp4") == "abs/x.mp4" and copy_name("../up/x.mp4") == "_up_/up/x.mp4"
+    assert copy_name("/abs/x.mp4") == "%/%2F/abs/x.mp4.mp4" and copy_name("../up/x.mp4") == "%/%2E%2E/up/x.mp4.mp4"
 
 
 def test_few_label_draws_count_originals_and_bring_their_copies_along() -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.fileio import LineLog, append_lines
+from saga.pipeline.inputs import VIDEO_SUFFIXES
 
 OK = "ok"
 FAILED = "failed"
@@ -239,21 +240,36 @@ def assign_splits(
 
 
 AUGMENTED = ".augment/"  # `saga extract --augment`: copies are recorded as AUGMENTED<perturbation>/<copy_name(source)>
+ESCAPED = "%"  # first folder of the copy names that cannot keep their source's path (see copy_name)
 
 
 def copy_name(rel: str) -> str:
-    """A re-encoded copy's path (relative to its videos folder): always an .mp4 (H.264 in MP4).
+    """A re-encoded copy's path (relative to its videos folder), one per source: always an .mp4 (H.264 in MP4).
 
-    Kept inside that folder even for a source outside the videos folder (absolute or `..` paths, which
-    `--allow-outside-paths` admits), so a copy can never overwrite an original.
+    The source's path when it ends in .mp4, `path.mp4` when it has another video suffix (`x.avi` ->
+    `x.avi.mp4`): the names an older saga gave, so its copies still map back (`source_key`). A path those
+    two rules would give twice or outside the folder goes under `%/`, its path percent-escaped
+    (`x.avi.mp4` beside `x.avi`, `..` or absolute paths, no video suffix): copies never collide, and a
+    copy can never overwrite an original.
     """
-    parts = ["_up_" if p == ".." else p for p in Path(rel).parts if p not in ("/", ".")]
+    parts = [p for p in Path(rel).parts if p != "."]
     name = "/".join(parts)
-    return name if name.lower().endswith(".mp4") else name + ".mp4"
+    others = VIDEO_SUFFIXES - {".mp4"}
+    plain = bool(parts) and parts[0] not in ("/", ESCAPED) and ".." not in parts
+    if plain and name.lower().endswith(".mp4") and Path(name[:-4]).suffix.lower() not in others:
+        return name
+    if plain and Path(name).suffix.lower() in others:
+        return name + ".mp4"
+    return "/".join([ESCAPED, *(_escape(p) for p in parts)]) + ".mp4"
+
+
+def _escape(part: str) -> str:
+    """One path component inside `%/`: `%` doubled as %25 first, so the root and `..` stay unambiguous."""
+    return {"/": "%2F", "..": "%2E%2E"}.get(part, part.replace("%", "%25"))
 
 
 def source_key(path: str) -> tuple[bool, str]:
-    """(is an augmented copy, the key its source and all its copies share)."""
+    """(is an augmented copy, the key its source and all its copies share): the copy name, one per source."""
     if path.startswith(AUGMENTED):
         return True, path[len(AUGMENTED):].split("/", 1)[-1]
     return False, copy_name(path)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import Split, cli_device, console, err
+from saga.commands.common import Split, cli_device, console, err, one_line_warnings
 
 
 def robustness(
@@ -36,7 +36,8 @@ def robustness(
     cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=parse_list(perturb),
                            limit_per_class=limit_per_class, split=split, seed=seed, device=cli_device(device),
                            batch_size=batch_size, workers=workers)
-    result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
+    with one_line_warnings():
+        result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
     typer.echo(markdown(result))
     folder = out or run
     console.print(f"written: {', '.join(str(folder / name) for name in result_files(cfg.split))}")

@@ -2,9 +2,10 @@
 
 Training on copies that went through the same re-encodings as test-time uploads is the cheap
 defence against them, and with a feature cache it costs one extraction, not one per epoch. The
-copies are written inside the cache folder (`CACHE/.augment/<perturbation>/<video>.mp4`, reused
-when present) and extracted into the same cache with the video root set to the cache folder, so a
-copy's record path is `.augment/<perturbation>/<original path>.mp4`. Each copy is recorded in the
+copies are written inside the cache folder (`CACHE/.augment/<perturbation>/<copy name>`, reused
+while they match their source, `saga.robustness.copies`: a changed source's copy is redone and
+re-extracted) and extracted into the same cache with the video root set to the cache folder, so a
+copy's record path is `.augment/<perturbation>/<copy_name(original path)>`. Each copy is recorded in the
 split plan as train *before* extraction: it can never land in val or test (no leakage), and only
 train videos are copied. Split planning ignores the copies when it balances new videos'
 splits (`saga.cache.manifest.AUGMENTED`), so a later pass splits new videos as if there were none.
@@ -15,13 +16,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from saga.cache.manifest import AUGMENTED, append_split_plan, copy_name, read_split_plan
+from saga.cache.manifest import AUGMENTED, append_split_plan, read_split_plan
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import write_text
 from saga.pipeline.extract import ExtractConfig, ExtractSummary, extract
 from saga.progress import ProgressFn
-from saga.robustness.perturb import Perturbation, apply
+from saga.robustness.copies import make_copies, unchanged
+from saga.robustness.perturb import Perturbation
 from saga.robustness.runner import csv_field
 
 
@@ -32,17 +34,12 @@ def augment_cache(cfg: ExtractConfig, perturbations: Sequence[Perturbation], say
     sources = [r for r in cache.ok_records("train") if not r.path.startswith(AUGMENTED)]
     if not sources:
         raise SagaError(f"{cfg.out}: no extracted train video to augment")
+    sources = unchanged(sources, cfg.videos, cfg.out, say)
     planned = read_split_plan(cache.split_plan_path)
     rows, plan = ["path,generator"], {}
     for p in perturbations:
-        for r in sources:
-            rel = f"{AUGMENTED}{p.name}/{copy_name(r.path)}"
-            if not (cfg.out / rel).is_file():
-                try:
-                    apply(p, cfg.videos / r.path, cfg.out / rel)
-                except SagaError as exc:
-                    say(f"augment {p.name}: skipped {r.path}: {exc}")
-                    continue
+        for name, r in make_copies(p, sources, cfg.videos, cfg.out / AUGMENTED / p.name, say):
+            rel = f"{AUGMENTED}{p.name}/{name}"
             rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
             if rel not in planned:
                 plan[rel] = (r.generator, "train")

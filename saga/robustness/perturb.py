@@ -94,8 +94,12 @@ def _even(x: float) -> int:
 
 
 def output_size(p: Perturbation, width: int, height: int) -> tuple[int, int, int, int]:
-    """(crop_w, crop_h, out_w, out_h) for a source of width x height; even, as 4:2:0 needs."""
-    cw, ch = (_even(width * p.crop), _even(height * p.crop)) if p.crop < 1 else (width, height)
+    """(crop_w, crop_h, out_w, out_h) for a source of width x height; even, as 4:2:0 needs.
+
+    An odd side loses one pixel row or column to the (centre) crop even without `cropX`, so that
+    with no downscale the output is the crop's size and nothing is resampled: resizing 853x481 to
+    852x480 would blur exactly the pixel-level marks the perturbations are meant to test."""
+    cw, ch = _even(width * p.crop), _even(height * p.crop)
     return cw, ch, _even(cw * p.scale), _even(ch * p.scale)
 
 
@@ -103,10 +107,13 @@ def apply(p: Perturbation, src: Path, dst: Path) -> Path:
     """Write `p` applied to video `src` as H.264 MP4 at `dst` (atomic); any decode/encode failure is a SagaError."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with av.open(str(src)) as source, atomic_path(dst) as tmp:
+        with av.open(str(src)) as source:
+            if not source.streams.video:
+                raise SagaError(f"{src}: no video stream (audio-only or data file); leave it out of the videos")
             stream = source.streams.video[0]
             rate = Fraction(stream.average_rate or stream.guessed_rate or 25).limit_denominator(1001)
-            written = _reencode(p, source, tmp, rate / p.stride)
+            with atomic_path(dst) as tmp:
+                written = _reencode(p, source, tmp, rate / p.stride)
         if written == 0:
             dst.unlink(missing_ok=True)
             raise SagaError(f"{src}: no decodable frame")

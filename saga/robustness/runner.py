@@ -1,8 +1,9 @@
 """`saga robustness`: a run's accuracy on re-encoded copies of its test videos, next to the clean accuracy.
 
 Only the selected videos with a class at the run's level are scored, so only those are re-encoded.
-For each perturbation: re-encode them once (`OUT/robustness/<name>/videos/`, reused when present;
-`<name>-<split>` for a split other than test, as a perturbed cache holds one split), extract them
+For each perturbation: re-encode them once (`OUT/robustness/<name>/videos/`, reused while they match
+their source, `saga.robustness.copies`; `<name>-<split>` for a split other than test, as a perturbed
+cache holds one split), extract them
 once into their own cache (`OUT/robustness/<name>/cache/`) with exactly
 the encoder, weights, preprocessing and sampling recorded in the run's cache (extraction resumes by
 itself), then evaluate the run there. The perturbed cache is created beforehand with the clean
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from saga.cache.manifest import SPLITS, VideoRecord, copy_name, seeded_hash
+from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.provenance import cache_provenance
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -27,7 +28,8 @@ from saga.pipeline.extract import ExtractConfig, extract
 from saga.progress import ProgressFn
 from saga.runs.files import ROBUSTNESS, ROBUSTNESS_MD
 from saga.robustness.evaluate import level_metrics, markdown, reported_levels
-from saga.robustness.perturb import Perturbation, apply, parse_list
+from saga.robustness.copies import make_copies, unchanged
+from saga.robustness.perturb import Perturbation, parse_list
 
 Say = Callable[[str], None]
 CLEAN = "clean"
@@ -73,18 +75,10 @@ def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> lis
 
 def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path,
                    say: Say) -> dict[str, str]:
-    """Write the missing copies and labels.csv (the copies that exist); returns copy path -> original path."""
+    """Write the missing or stale copies and labels.csv (the copies that match); returns copy path -> original path."""
     done: dict[str, str] = {}
     rows = ["path,generator"]
-    for r in records:
-        rel = copy_name(r.path)
-        dst = folder / rel
-        if not dst.is_file():
-            try:
-                apply(p, videos / r.path, dst)
-            except SagaError as exc:
-                say(f"{p.name}: skipped {r.path}: {exc}")
-                continue
+    for rel, r in make_copies(p, records, videos, folder, say):
         done[rel] = r.path
         rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
     write_text(folder / "labels.csv", "\n".join(rows) + "\n")
@@ -149,10 +143,11 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     perturbations = [{"name": CLEAN, "description": "the original videos (features of the original cache)",
                       "cache": str(clean.root), "n": len(records), "failed": 0,
                       "levels": level_metrics(inf, records, emb.info, taxonomy, levels)}]
+    sources = unchanged(records, cfg.videos, clean.root, say)  # a changed file is not the video scored clean
     for p in cfg.perturbations:
         folder = perturbed_folder(out, p.name, cfg.split)
         say(f"{p.name}: {p.description}")
-        copies = perturb_videos(p, records, cfg.videos, folder / "videos", say)
+        copies = perturb_videos(p, sources, cfg.videos, folder / "videos", say)
         if not copies:
             raise SagaError(f"{p.name}: no video could be re-encoded (is --videos {cfg.videos} the folder the "
                             f"cache {clean.root} was extracted from?)")
