@@ -46,7 +46,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
     """Train and evaluate every cell; returns (and writes) the summary."""
     if not seeds:
         raise SagaError("--seeds must be >= 1")
-    load_base(stage1, FeatureCache.open(cache))  # a bad --from fails now, not after the 1-stage cells
+    check_before_cells(cache, stage1, replace(base, level=level))
     cells: list[tuple[str, str, Path | None, AttributeConfig]] = [
         (stages, loss, from_run, replace(base, level=level, loss=loss))
         for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
@@ -76,6 +76,17 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
     write_json_atomic(out / "ablation.json", summary)
     write_text(out / "ablation.md", to_markdown(summary))
     return summary
+
+
+def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig) -> None:
+    """A bad value, a bad --from or model options the stage-1 θ fixes fail now, not after the 1-stage cells
+    (the 2-stage cells would refuse the options: their θ is the stage-1 run's)."""
+    cfg.check()
+    stage1_run = load_base(stage1, FeatureCache.open(cache))
+    clashes = cfg.model_clashes(stage1_run.info.config.get("train") or {})
+    if clashes:
+        raise SagaError(f"{'; '.join(clashes)}: the 2-stage cells adapt the stage-1 run {stage1_run.path}, which "
+                        "fixes θ's shape; leave these options out of the TOML, or set them as that run has them")
 
 
 def _probe_pct(metrics: dict[str, Any]) -> str:

@@ -113,13 +113,29 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
 
 
 def training_options(kind: type[Options], config: Path | None, **flags: Any) -> Options:
-    """A stage's options from --config and the flags; an unknown key or a wrong type names the TOML file
-    (typer has checked the flags already)."""
+    """A stage's options from --config and the flags, checked; an unknown key, a wrong type or a bad value
+    names the TOML file (typer has checked the flags' types; a bad value a flag gave is not the file's)."""
     opts = load_options(config, **flags)
     try:
-        return kind.from_dict(opts)
+        cfg = kind.from_dict(opts)
     except SagaError as exc:
         raise SagaError(f"{config}: {exc}" if config is not None else str(exc)) from None
+    try:
+        cfg.check()
+    except SagaError as exc:
+        raise SagaError(f"{config}: {exc}" if _from_file(kind, config, str(exc)) else str(exc)) from None
+    return cfg
+
+
+def _from_file(kind: type[Options], config: Path | None, message: str) -> bool:
+    """Whether the TOML alone (without the flags) fails with `message`: then the file holds the bad value."""
+    if config is None:
+        return False
+    try:
+        kind.from_dict(load_options(config)).check()
+    except SagaError as exc:
+        return str(exc) == message
+    return False
 
 
 def cli_device(name: str) -> str:

@@ -72,7 +72,8 @@ def train(
     cache: Cache = Path("cache"),
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Run folder (default runs/stage1; stage 2: runs/<level>).")] = None,
-    level: Annotated[Optional[str], typer.Option("--level", help="Stage 2 only: the attribution level (GEN-L).")] = None,
+    level: Annotated[Optional[str], typer.Option(
+        "--level", help="Stage 2 only: the attribution level (default: the --config's, else GEN-L).")] = None,
     from_run: Annotated[Optional[Path], typer.Option("--from", help="Stage 2 only: the stage-1 run.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
@@ -88,7 +89,7 @@ def train(
 ) -> None:
     """Stage 1: train the video transformer on real/fake from the cache."""
     if stage == 2:
-        attribute(level=level or "GEN-L", cache=cache, from_run=from_run, out=out, epochs=epochs,
+        attribute(level=level, cache=cache, from_run=from_run, out=out, epochs=epochs,
                   batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, inputs=inputs, device=device, config=config,
                   resume=resume)
         return
@@ -112,7 +113,8 @@ def train(
 
 
 def attribute(
-    level: Annotated[str, typer.Option("--level", help="BIN-L | TASK-L | SD-L | TEAM-L | GEN-L.")] = "GEN-L",
+    level: Annotated[Optional[str], typer.Option(
+        "--level", help="BIN-L | TASK-L | SD-L | TEAM-L | GEN-L (default: the --config's level, else GEN-L).")] = None,
     cache: Cache = Path("cache"),
     from_run: Annotated[Optional[Path], typer.Option(
         "--from", help=f"Stage-1 run (default: {DEFAULT_STAGE1} when it holds a finished run).")] = None,
@@ -157,22 +159,22 @@ def attribute(
     from saga.runs import RunFolder, accept_changed_cache
     from saga.train.attribute import AttributeConfig, train_attribution
 
-    out = out or Path("runs") / level.lower()
-    RunFolder(out).check_resume(resume is not False)
-    from_run = _stage1_run(from_run, scratch)
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
-    cfg = training_options(
+    cfg = training_options(  # --level left out: the TOML's level, else GEN-L (AttributeConfig's)
         AttributeConfig, config, level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
         margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources, epochs=epochs,
         min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, inputs=inputs,
         device=device)
+    out = out or Path("runs") / cfg.level.lower()
+    RunFolder(out).check_resume(resume is not False)
+    from_run = _stage1_run(from_run, scratch)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
         if calibrate:
             _calibrate_after_training(run, cache, cfg.device)
-        console.print(f"{level} run: {run}")
+        console.print(f"{cfg.level} run: {run}")
 
 
 def _calibrate_after_training(run: Path, cache: Path, device: str | None) -> None:
@@ -295,17 +297,18 @@ def predict(
     if not paths:
         raise SagaError(f"{', '.join(map(str, videos))}: no videos found (looked for "
                         f"{', '.join(sorted(VIDEO_SUFFIXES))}); pass video files or folders holding them")
-    predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained)
     failed, plots = 0, set()
-    for path in paths:
-        pred = predictor.predict(path, tsig=tsig)
-        failed += pred.status != "ok"
-        if tsig and pred.status == "ok":
-            _plot_tsig(run, _unique(out or run / "predict", f"{path.stem}_tsig", ".png", plots), path, pred)
-        if format == "json":
-            print_json(pred.to_dict())
-        else:
-            _print_prediction(pred)
+    with one_line_warnings():
+        predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained)
+        for path in paths:
+            pred = predictor.predict(path, tsig=tsig)
+            failed += pred.status != "ok"
+            if tsig and pred.status == "ok":
+                _plot_tsig(run, _unique(out or run / "predict", f"{path.stem}_tsig", ".png", plots), path, pred)
+            if format == "json":
+                print_json(pred.to_dict())
+            else:
+                _print_prediction(pred)
     if failed:
         raise typer.Exit(1)
 

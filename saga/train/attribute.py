@@ -289,8 +289,12 @@ class BaseRun:
 
 
 def load_base(from_run: str | Path, cache: FeatureCache) -> BaseRun:
-    """A finished run's model, refused unless it was trained on this cache's features."""
+    """A finished stage-1 run's model, refused unless it was trained on this cache's features."""
     model, info = load_model(from_run)
+    stage = info.config.get("stage")
+    if stage != 1:  # a stage-2 θ learnt another level's classes: adapting it is not the 2-stage method
+        what = f"a stage-2 run ({info.level})" if stage == 2 else f"not a stage-1 run (config.json stage: {stage!r})"
+        raise SagaError(f"{info.path}: {what}; --from takes a stage-1 run (saga train --stage 1)")
     if not info.finished:
         raise SagaError(f"{info.path}: that run has not finished; rerun its command to complete it first")
     prov = info.provenance

@@ -108,6 +108,7 @@ class TrainOptions:
 
     def check(self) -> None:
         """Validate every value and parse the string choices into their enums (once, here)."""
+        self.check_numbers()
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -129,6 +130,17 @@ class TrainOptions:
         View(self.frames or 1, True, self.jitter, self.frame_drop)  # validates the augmentation
         if self.basis_method not in ("pca", "gev"):
             raise SagaError(f"basis_method must be 'pca' or 'gev', got {self.basis_method!r}")
+
+    def check_numbers(self) -> None:
+        """Every float finite (nan passes `< 0` and `> 1` tests; inf crashes the schedule) and the counts that a
+        negative value would break (numpy refuses seed -1 after the run folder exists) or clamp to 0 unrecorded."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SagaError(f"{f.name} must be a finite number, got {value}")
+        for name in ("seed", "content_basis", "video_stats", "temporal_lags", "content_dim"):
+            if int(getattr(self, name)) < 0:
+                raise SagaError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
