@@ -19,7 +19,9 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.fileio import LineLog, append_lines
-from saga.pipeline.inputs import VIDEO_SUFFIXES
+
+# the files `saga extract` reads as videos (saga.pipeline.inputs lists folders by them; copy names need them)
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
 
 OK = "ok"
 FAILED = "failed"

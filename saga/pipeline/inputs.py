@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from saga.cache.manifest import VIDEO_SUFFIXES
 from saga.errors import SagaError
 from saga.taxonomy import Taxonomy
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
 LABEL_COLUMNS = ("generator", "label", "source", "class")
 DEFAULT_LABELS = "labels.csv"
 
