@@ -68,12 +68,21 @@ def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Callable | None)
     return cache
 
 
+def _tsne_or_skip(run: Path, cache: Path, level: str, device: str, log: Log) -> None:
+    """A demo too small for a t-SNE (a few --per-class) still finishes, its report without that plot."""
+    from saga.explain.tsne import run_tsne
+
+    try:
+        run_tsne(run, cache, color_by="GEN-L" if level != "GEN-L" else None, device=device)
+    except SagaError as exc:
+        log(f"{level}: t-SNE skipped ({exc})")
+
+
 def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | None = None) -> dict[str, Any]:
     """Run (or finish) the demo; returns {level: metrics} and the report path."""
     from saga.explain.metrics import evaluate
     from saga.explain.report import build_report
     from saga.explain.tsig import run_tsigs
-    from saga.explain.tsne import run_tsne
     from saga.openworld.api import calibrate_run
     from saga.train.attribute import AttributeConfig, train_attribution
     from saga.train.stage1 import Stage1Config, train_stage1
@@ -93,7 +102,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
         calibrate_run(run, cache, device=cfg.device, report_split=None)  # as `saga attribute` does
         results[level] = evaluate(run, cache, split="test", device=cfg.device)
         run_tsigs(run, cache, device=cfg.device)
-        run_tsne(run, cache, color_by="GEN-L" if level != "GEN-L" else None, device=cfg.device)
+        _tsne_or_skip(run, cache, level, cfg.device, log)
         run_dirs.append(run)
         log(f"{level}: accuracy {100 * results[level]['accuracy']:.1f}% "
             f"(macro {100 * results[level]['macro_accuracy']:.1f}%)")
