@@ -1,5 +1,6 @@
 """Encoder weights from files: resolution, timm tags, list/tuple preprocessing, local-dir identity, damaged
-open_clip_config.json, refused pickles and the mismatch messages (QA round 18).
+open_clip_config.json, refused pickles and the mismatch messages (QA round 18); every torch suffix, linked hub
+snapshots, unreadable files, ResNet towers and messages against older caches (QA round 22).
 
 CPU and offline: the tiny open_clip ViT and timm's resnet18 (built, never downloaded).
 """
@@ -11,17 +12,18 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from saga.cache.provenance import EncoderSpec, cache_provenance
+from saga.cache.provenance import EncoderSpec, cache_provenance, first_difference
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.pipeline import encoders
-from saga.pipeline.encoder_files import check_timm_tags, encoder_for_size
+from saga.pipeline.encoder_files import check_resolution, check_timm_tags, encoder_for_size, pos_embed_shape
 from saga.pipeline.encoders import DEMO_ENCODER, TEST_ENCODER, canonical_transform, load_encoder
 from saga.predict import run_encoder
 from saga.taxonomy import Taxonomy
@@ -234,3 +236,123 @@ def test_an_append_refusal_shows_where_the_preprocessing_differs(tmp_path: Path)
     with pytest.raises(SagaError) as err:
         FeatureCache.create_or_open(tmp_path / "c", cache_provenance(other, tax))
     assert "mean=(0.48, 0.45)" in str(err.value) and "mean=(0.5, 0.5)" in str(err.value), str(err.value)
+
+
+# -- QA round 22 ----------------------------------------------------------------------------------------------
+# 1. open_clip torch.loads every file but .npz/.npy: the resolution check must read them all.
+@pytest.mark.parametrize("name", ["w48.pth.tar", "w48", "w48.pkl"])
+def test_weights_of_another_resolution_are_refused_whatever_the_suffix(tmp_path: Path, name: str) -> None:
+    path = _save(_tiny_state(image_size=48), tmp_path / name)
+    _refused(TEST_ENCODER, str(path), str(path), "48 px", "32 px")
+    assert pos_embed_shape(tmp_path / "big_vision.npz") is None  # open_clip's numpy path: not read here
+
+
+# 2. a Hugging Face cache snapshot holds links into blobs/ (no suffix there, no open_clip_config.json beside)
+def _linked_snapshot(repo: Path, weights: str, sd: dict[str, torch.Tensor]) -> Path:
+    import open_clip
+
+    encoders._register_configs()
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    _save(sd, blobs / f"w{Path(weights).suffix}").rename(blobs / "6f1e2a")  # a blob has no suffix
+    (blobs / "c0ffee").write_text(json.dumps({"model_cfg": open_clip.get_model_config(TEST_ENCODER),
+                                              "preprocess_cfg": HALF}))
+    os.symlink("../../blobs/6f1e2a", snapshot / weights)
+    os.symlink("../../blobs/c0ffee", snapshot / "open_clip_config.json")
+    return snapshot
+
+
+@pytest.mark.parametrize("weights", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_weights_in_a_linked_hub_snapshot_keep_their_format_and_settings(tmp_path: Path, weights: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--qa--tiny"
+    snapshot = _linked_snapshot(repo, weights, _tiny_state())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    from_file = _spec(load_encoder(TEST_ENCODER, str(snapshot / weights)))
+    assert "mean=(0.5, 0.5, 0.5)" in from_file.preprocess  # the config beside the link, not blobs/
+    for name in ("hf-hub:qa/tiny", f"local-dir:{snapshot}"):
+        assert _spec(load_encoder(name, None)).differences(from_file) == [], name
+
+
+def test_timm_weights_in_a_linked_hub_snapshot_load(tmp_path: Path) -> None:
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    snapshot = _linked_snapshot(tmp_path / "models--timm--resnet18", "model.safetensors", sd)
+    assert load_encoder("timm:resnet18.tv_in1k", str(snapshot / "model.safetensors")).dim == 512
+
+
+# 3. a file that is no pickle at all is not "code/objects"
+def _unreadable(folder: Path, kind: str) -> Path:
+    full = _save(_tiny_state(), folder / "full.pt")
+    data = {"random.pt": bytes(range(256)) * 16, "lfs.bin": b"version https://git-lfs.github.com/spec/v1\n"
+            b"oid sha256:abc\nsize 123\n", "cut.pt": full.read_bytes()[:3000]}
+    path = folder / kind
+    if kind == "named.pt":
+        from safetensors.torch import save_file
+
+        save_file(_tiny_state(), str(path))
+    else:
+        path.write_bytes(data[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind,needle", [("random.pt", "Unsupported operand"), ("lfs.bin", "run `git lfs pull`"),
+                                         ("named.pt", "rename it to end in .safetensors"),
+                                         ("cut.pt", "zip archive")])
+@pytest.mark.parametrize("encoder", [TEST_ENCODER, "timm:resnet18.tv_in1k"])
+def test_an_unreadable_file_is_not_called_a_refused_pickle(tmp_path: Path, kind: str, needle: str,
+                                                           encoder: str) -> None:
+    path = _unreadable(tmp_path, kind)
+    message = _refused(encoder, str(path), f"{path}: not a loadable weights file", needle)
+    assert "code/objects" not in message and "architecture" not in message
+
+
+# 4. open_clip's ResNet towers keep image_size as an int
+def test_an_open_clip_resnet_tower_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import open_clip.factory
+
+    encoders._register_configs()
+    tiny_rn = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+               "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "saga-test-rn", tiny_rn)
+    enc = load_encoder("saga-test-rn", "none")
+    assert isinstance(enc.model.image_size, int) and enc.image_size == (32, 32) and enc.dim == 16
+    visual = SimpleNamespace(positional_embedding=torch.zeros(17, 32), image_size=32, grid_size=(4, 4),
+                             patch_size=(8, 8))
+    with pytest.raises(SagaError, match=r"trained at 48 px .* this model takes 32 px"):
+        check_resolution("x", "w.pt", (37, 32), visual, TEST_ENCODER)
+
+
+# 5. an older cache (no architecture): the refusal shows what was compared, and no word cut in two
+def test_an_append_refusal_against_an_older_cache_shows_the_folders(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = []
+    for side in ("a", "b"):
+        _model_dir(tmp_path / side / "ldm", {})
+        monkeypatch.chdir(tmp_path / side)
+        specs.append(_spec(load_encoder("local-dir:ldm", None)))
+    older = EncoderSpec.from_dict({**specs[0].to_dict(), "architecture": None})
+    tax = Taxonomy.load("synth")
+    FeatureCache.create_or_open(tmp_path / "c", cache_provenance(older, tax))
+    with pytest.raises(SagaError) as err:
+        FeatureCache.create_or_open(tmp_path / "c", cache_provenance(specs[1], tax))
+    message = str(err.value)
+    found = re.search(r"built with encoder=(\S+), this run uses (\S+); extract", message)
+    assert found and "open_clip:" not in message, message
+    for shown, side in zip(found.groups(), "ab"):  # the resolved folders, whole or cut after a "/"
+        full = f"local-dir:{tmp_path / side / 'ldm'}"
+        assert shown == full or (shown.startswith("...") and full.endswith(f"/{shown[3:]}")), message
+
+
+def test_a_long_value_without_spaces_is_not_cut_inside_a_word() -> None:
+    folder = "local-dir:" + "/a-long-folder-name" * 5
+    mine, theirs = first_difference(f"{folder}/a/ldm", f"{folder}/b/ldm")
+    assert mine == "...a-long-folder-name/a-long-folder-name/a/ldm" and theirs.endswith("/b/ldm"), mine
+    assert first_difference("local-dir:/x/a/ldm", "local-dir:/x/b/ldm") == ("local-dir:/x/a/ldm",
+                                                                           "local-dir:/x/b/ldm")

@@ -112,16 +112,33 @@ def normal_preprocess(value: Any) -> Any:
 
 
 def first_difference(a: Any, b: Any, width: int = 60) -> tuple[str, str]:
-    """The parts of two long values from just before where they first differ (not a common prefix)."""
+    """The parts of two long values from just before where they first differ (not a common prefix).
+
+    Both shown whole when they fit in `width`; else from the word holding the difference, or from the part of a
+    path or name after its last `/`, `:`, `(`... before it, never from the middle of a word.
+    """
     a, b = str(a), str(b)
     at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    space = a.rfind(" ", 0, at)  # start at the word holding the difference, not in its middle
-    start = space + 1 if space >= 0 and at - space <= 40 else max(0, at - 12)
+    start = 0 if max(len(a), len(b)) <= width else _cut_at(a, at, width)
 
     def cut(text: str) -> str:
         return ("..." if start else "") + text[start:start + width] + ("..." if len(text) > start + width else "")
 
     return cut(a), cut(b)
+
+
+def _cut_at(text: str, at: int, width: int, reach: int = 40) -> int:
+    """Where to start showing `text` so that `at` shows: after the last space within `reach`, else after the
+    earliest punctuation within it (a path keeps its last folders), else the start when `at` fits; only a long
+    unbroken run (a digest) is cut inside."""
+    space = text.rfind(" ", 0, at)
+    if space >= 0 and at - space <= reach:
+        return space + 1
+    low = max(0, at - reach)
+    mark = next((i for i in range(low, at) if text[i] in "/\\:,;=([{|"), None)
+    if mark is not None:
+        return mark + 1
+    return 0 if at + 12 <= width else at - 12
 
 
 @dataclass(frozen=True)

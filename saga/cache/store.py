@@ -32,7 +32,7 @@ import zarr
 from saga.cache import integrity, reader
 from saga.cache.index import Located, RecordIndex, RecordList
 from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c
-from saga.cache.provenance import CacheProvenance, EncoderSpec, first_difference
+from saga.cache.provenance import CacheProvenance, EncoderSpec, encoder_identity, first_difference
 from saga.cache.reader import ShardRef
 from saga.cache.seal import (MANIFEST, PARTS_LOG, SEAL, record_videos, seal_leftover_parts, seal_part,
                              unsealed_parts)
@@ -105,7 +105,7 @@ class FeatureCache:
         key = differ[0]
         if key == "taxonomy":
             raise SagaError(f"{self.root}: refusing to append with a different taxonomy; use the cache's own")
-        mine, theirs = first_difference(*(_shown(key, attrs) for attrs in (self.attrs, provenance)))
+        mine, theirs = first_difference(_shown(key, self.attrs, provenance), _shown(key, provenance, self.attrs))
         raise SagaError(
             f"{self.root}: refusing to append: the cache was built with {key}={mine}, "
             f"this run uses {theirs}; extract into a new --out folder"
@@ -383,8 +383,11 @@ def next_part_name(cache: FeatureCache, rank: int = 0, pass_id: int | None = Non
     return f"p{pass_id:06d}-r{rank:03d}"
 
 
-def _shown(key: str, attrs: dict[str, Any]) -> str:
-    """A provenance value as compared: the encoder with its architecture where both passes record one."""
-    if key == "encoder" and attrs.get("architecture"):
+def _shown(key: str, attrs: dict[str, Any], other: dict[str, Any]) -> str:
+    """A provenance value as it was compared with `other`'s: the encoder with its architecture where both passes
+    record one, else by its identity (a local-dir: by the folder it resolved to, not the path as typed)."""
+    if key == "encoder" and attrs.get("architecture") and other.get("architecture"):
         return f"{attrs.get('encoder')} ({attrs['architecture']})"
+    if key == "encoder":
+        return encoder_identity(attrs)
     return str(attrs.get(key))

@@ -21,11 +21,14 @@ import torch
 
 from saga.errors import SagaError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".npy", ".ckpt", ".tar", ".pkl")
+NUMPY_SUFFIXES = (".npz", ".npy")  # open_clip reads these as big_vision arrays; every other file with torch.load
 PP_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
            "resize_mode": "image_resize_mode"}
 SIDECAR = "open_clip_config.json"
 POS_EMBED = "visual.positional_embedding"  # the key open_clip's resize_pos_embed resizes without a word
+# What torch says when weights_only meets code or an object (not when the file is no pickle at all).
+_REFUSED = r"\bGLOBAL\b|Unsupported global|unrecognized function|Can only (build|create new object)"
 # What a timm tag's transform is made of (timm.data.resolve_data_config reads these).
 TIMM_PP_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "input_size")
 
@@ -46,8 +49,14 @@ def missing_file(label: str, pretrained: str) -> SagaError | None:
 
 
 def is_pickle_refusal(exc: BaseException) -> bool:
-    """torch.load(weights_only=True) met a global (code, an object) that is not a tensor: nothing was run."""
-    return "Weights only load failed" in str(exc)
+    """torch.load(weights_only=True) met a global (code, an object) that is not a tensor: nothing was run.
+
+    torch says "Weights only load failed" for any file it cannot unpickle (random bytes, a text file); only a
+    named global (or an object built from one) means the file holds code or objects.
+    """
+    text = str(exc)
+    return "Weights only load failed" in text and re.search(_REFUSED, text) is not None
+
 
 
 def weights_error(path: str | Path, exc: BaseException) -> SagaError:
@@ -57,8 +66,35 @@ def weights_error(path: str | Path, exc: BaseException) -> SagaError:
         detail = f": unsupported global {found.group(1)[:80]}" if found else ""
         return SagaError(f"refused: {path} holds code/objects besides tensors (not loaded{detail}); "
                          f"save a plain state_dict (or safetensors)")
-    return SagaError(f"{path}: not a loadable weights file ({one_line(exc)}); "
+    head = _file_head(path)
+    if head.startswith(b"version https://git-lfs"):
+        return SagaError(f"{path}: not a loadable weights file (a git-lfs pointer, not the weights); "
+                         f"run `git lfs pull` in its repository")
+    if _is_safetensors(head) and not str(path).endswith(".safetensors"):
+        return SagaError(f"{path}: not a loadable weights file (a safetensors file under another suffix, read as "
+                         f"a torch file); rename it to end in .safetensors")
+    return SagaError(f"{path}: not a loadable weights file ({_torch_detail(exc)}); "
                      f"save a state_dict as .safetensors or a plain torch file")
+
+
+def _file_head(path: str | Path, size: int = 1024) -> bytes:
+    """The first bytes of a small file (a git-lfs pointer is ~130 bytes); b"" for a large or unreadable one."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size) if os.fstat(f.fileno()).st_size <= size else f.read(16)
+    except OSError:
+        return b""
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and then `{`."""
+    return len(head) > 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _torch_detail(exc: BaseException) -> str:
+    """torch's own reason, not its boilerplate about weights_only (e.g. "Unsupported operand 118")."""
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+    return found.group(1).strip()[:200] if found else one_line(exc)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -162,10 +198,13 @@ def as_tuples(pp: dict) -> dict:
 def pos_embed_shape(path: str | Path) -> tuple[int, ...] | None:
     """The shape of the file's open_clip ViT position embedding, read without loading the tensors.
 
-    None when the file has none (another format, a timm trunk) or cannot be read here: open_clip then reports
-    the file itself. A pickle refused by weights_only is refused here, naming the file.
+    Every file but .npz/.npy is read, whatever its suffix (.pth.tar, .pkl, none): open_clip torch.loads all
+    of them. None when the file has no such key (a timm trunk, a ResNet) or is a numpy file. A file that cannot
+    be read, or a pickle refused by weights_only, is one line naming the file.
     """
     text = str(path)
+    if Path(text).suffix in NUMPY_SUFFIXES:  # as open_clip tells them (case and all)
+        return None
     if text.endswith(".safetensors"):
         from safetensors import safe_open
 
@@ -173,10 +212,8 @@ def pos_embed_shape(path: str | Path) -> tuple[int, ...] | None:
             with safe_open(text, "pt") as f:
                 key = next((k for k in (POS_EMBED, f"module.{POS_EMBED}") if k in f.keys()), None)
                 return tuple(f.get_slice(key).get_shape()) if key else None
-        except Exception:
-            return None
-    if not text.endswith((".bin", ".pt", ".pth", ".ckpt")):
-        return None
+        except Exception as exc:
+            raise weights_error(path, exc) from exc
     sd = _torch_tensors(path)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else None
     value = sd.get(POS_EMBED, sd.get(f"module.{POS_EMBED}")) if isinstance(sd, dict) else None
@@ -184,16 +221,16 @@ def pos_embed_shape(path: str | Path) -> tuple[int, ...] | None:
 
 
 def _torch_tensors(path: str | Path) -> Any:
-    """torch.load(weights_only=True), memory-mapped where the format allows; None when unreadable here."""
-    for mmap in (True, False):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception as exc:
-            if is_pickle_refusal(exc):
-                raise weights_error(path, exc) from exc
-            if not (mmap and "mmap" in str(exc)):  # legacy (non-zip) files cannot be memory-mapped
-                return None
-    return None
+    """torch.load(weights_only=True), memory-mapped where the format allows (as open_clip will load it)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        if "mmap" not in str(exc) or is_pickle_refusal(exc):
+            raise weights_error(path, exc) from exc
+    try:  # legacy (non-zip) files cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise weights_error(path, exc) from exc
 
 
 def check_resolution(label: str, path: str | Path, file_shape: tuple[int, ...] | None, visual: Any,
@@ -212,8 +249,15 @@ def check_resolution(label: str, path: str | Path, file_shape: tuple[int, ...] |
         fix = "use the model the weights were saved from"
     named = "" if str(path) in label else f" ({path})"
     raise SagaError(f"{label}: the weights{named} were trained at {f'{size} px' if size else 'another resolution'} "
-                    f"(position embedding {file_shape}), this model takes {int(visual.image_size[0])} px "
+                    f"(position embedding {file_shape}), this model takes {_side(visual)} px "
                     f"{tuple(want.shape)}: open_clip would resize it silently, giving other features; {fix}")
+
+
+def _side(visual: Any) -> int:
+    """The image side a tower takes: open_clip's ResNets keep an int, its ViTs a pair."""
+    from open_clip.utils import to_2tuple
+
+    return int(to_2tuple(visual.image_size)[0])
 
 
 def trained_size(tokens: int, visual: Any) -> int | None:

@@ -201,7 +201,9 @@ def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module,
     visual = model.visual  # encode_image(x) == visual(x); the text tower is dropped to free memory
     if weights:
         check_resolution(label, weights, file_shape, visual, name)
-    return visual, preprocess, tuple(visual.image_size), source
+    from open_clip.utils import to_2tuple  # a ResNet tower keeps an int, a ViT a pair
+
+    return visual, preprocess, to_2tuple(visual.image_size), source
 
 
 _Source = tuple[str, str, dict[str, Any], "str | None"]  # label, recorded source, open_clip kwargs, weights file
@@ -253,15 +255,24 @@ def _named(name: str, pretrained: str | None) -> _Source:
         kwargs["pretrained"], source, pp = _resolve_tag(name, pretrained, tag_cfg), pretrained, tag_cfg
         kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
     elif os.path.isfile(pretrained):
-        weights = source = str(Path(pretrained).resolve())
-        pp, kwargs["force_quick_gelu"] = file_settings(name, Path(source))
-        kwargs["pretrained"] = source
+        weights, source = _file_paths(pretrained)
+        pp, kwargs["force_quick_gelu"] = file_settings(name, Path(weights))
+        kwargs["pretrained"] = weights
     else:
         raise missing_file(label, pretrained) or SagaError(
             f"{label}: unknown pretrained tag; use one of {open_clip.list_pretrained_tags_by_model(name) or '[]'}, "
             f"a weights file, or 'none'")
     kwargs.update({arg: pp[k] for k, arg in PP_KEYS.items() if pp.get(k) is not None})
     return label, source, kwargs, weights
+
+
+def _file_paths(pretrained: str) -> tuple[str, str]:
+    """The file to load (absolute, links kept) and the one to record (links resolved).
+
+    A Hugging Face snapshot holds links into blobs/: resolved, the suffix (.safetensors) and the
+    open_clip_config.json beside it are lost, so the file is read through the link.
+    """
+    return str(Path(pretrained).absolute()), str(Path(pretrained).resolve())
 
 
 # -- timm ----------------------------------------------------------------------------------------------
@@ -318,7 +329,7 @@ def _load_timm_weights(name: str, pretrained: str, model: torch.nn.Module, label
         source, path = pretrained, _package_file(name, pretrained[len("pkg:"):])
     elif os.path.isfile(pretrained):
         check_timm_tags(name, label)  # a bare name would get its default tag's transform, whatever the file is
-        path = source = str(Path(pretrained).resolve())
+        path, source = _file_paths(pretrained)
     else:
         raise missing_file(label, pretrained) or SagaError(
             f"{label}: timm weights must be a local file, pkg:{next(iter(_PACKAGES))} or 'none' "
