@@ -103,6 +103,8 @@ def test_a_video_the_cache_did_not_extract_is_not_scored_and_named_in_one_line(t
     lines = [x for x in said if "real_0.mp4" in x]
     assert (p["n"], p["failed"]) == (5, 1) and len(lines) == 1 and "saga extract" in lines[0]
     other = make_video_tree(tmp_path / "other", per_class=2, generators=("real", "syn-svd", "syn-latte"))
+    for i, clip in enumerate(sorted(other.rglob("*.mp4"))):  # other videos: another size (same bytes would pass)
+        write_clip(clip, n_frames=20 + i, seed=50 + i, size=(32, 48))
     with pytest.raises(SagaError, match="none of the 6 videos is the file the cache"):  # same names, another folder
         run_robustness(replace(cfg, videos=other), say=said.append)
 

@@ -245,29 +245,44 @@ AUGMENTED = ".augment/"  # `saga extract --augment`: copies are recorded as AUGM
 ESCAPED = "%"  # first folder of the copy names that cannot keep their source's path (see copy_name)
 
 
+_OTHER_SUFFIXES = VIDEO_SUFFIXES - {".mp4"}
+
+
 def copy_name(rel: str) -> str:
     """A re-encoded copy's path (relative to its videos folder), one per source: always an .mp4 (H.264 in MP4).
 
     The source's path when it ends in .mp4, `path.mp4` when it has another video suffix (`x.avi` ->
     `x.avi.mp4`): the names an older saga gave, so its copies still map back (`source_key`). A path those
     two rules would give twice or outside the folder goes under `%/`, its path percent-escaped
-    (`x.avi.mp4` beside `x.avi`, `..` or absolute paths, no video suffix): copies never collide, and a
-    copy can never overwrite an original.
+    (`x.avi.mp4` beside `x.avi`, `..` or absolute paths, no video suffix), and so does a path with a folder
+    that another source's copy could be (`x.avi.mp4/y.mp4`, the copy of `x.avi` being a file of that name);
+    inside `%/` a folder never ends in `.mp4` (its dot escaped): copies never collide, even as folder
+    against file, and a copy can never overwrite an original.
     """
     parts = [p for p in Path(rel).parts if p != "."]
     name = "/".join(parts)
-    others = VIDEO_SUFFIXES - {".mp4"}
-    plain = bool(parts) and parts[0] not in ("/", ESCAPED) and ".." not in parts
-    if plain and name.lower().endswith(".mp4") and Path(name[:-4]).suffix.lower() not in others:
+    plain = bool(parts) and parts[0] not in ("/", ESCAPED) and ".." not in parts and not any(
+        _copy_like(p) for p in parts[:-1])
+    if plain and name.lower().endswith(".mp4") and Path(name[:-4]).suffix.lower() not in _OTHER_SUFFIXES:
         return name
-    if plain and Path(name).suffix.lower() in others:
+    if plain and Path(name).suffix.lower() in _OTHER_SUFFIXES:
         return name + ".mp4"
-    return "/".join([ESCAPED, *(_escape(p) for p in parts)]) + ".mp4"
+    return "/".join([ESCAPED, *(_escape_folder(_escape(p)) for p in parts[:-1]), *map(_escape, parts[-1:])]) + ".mp4"
+
+
+def _copy_like(part: str) -> bool:
+    """Whether a path component could be the copy file of another source (`x.avi.mp4`: the copy of `x.avi`)."""
+    return part.lower().endswith(".mp4") and Path(part[:-4]).suffix.lower() in _OTHER_SUFFIXES
 
 
 def _escape(part: str) -> str:
     """One path component inside `%/`: `%` doubled as %25 first, so the root and `..` stay unambiguous."""
     return {"/": "%2F", "..": "%2E%2E"}.get(part, part.replace("%", "%25"))
+
+
+def _escape_folder(escaped: str) -> str:
+    """An escaped folder inside `%/` with its last dot as %2E when it ends in .mp4: every file there does."""
+    return escaped[:-4] + "%2E" + escaped[-3:] if escaped.lower().endswith(".mp4") else escaped
 
 
 def source_key(path: str) -> tuple[bool, str]:

@@ -16,6 +16,8 @@ a dropped path goes, in every part, so an older part's record of it cannot come 
 
 Each part records the videos folder of the pass that wrote it (seal.VIDEOS); a cache holding parts
 of another folder, or of a pass that recorded none (an older saga), is refused unless --all-folders.
+The parts of `saga extract --augment` record the cache folder itself and are not another folder: an
+augmented copy is dropped with its source, whatever folder its part recorded.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -
 
 def check_folders(cache: "FeatureCache", videos: Path) -> None:
     """Refuse when a part was written by a pass over another videos folder, or by one that recorded no
-    folder: its videos are not under `videos`, so prune would drop every record of them."""
+    folder: its videos are not under `videos`, so prune would drop every record of them.
+
+    A part of `saga extract --augment` records the cache itself (its copies live in CACHE/.augment/): it is
+    not another folder, as its records go with their sources (`source_key`), never judged by their own path."""
     mine = str(videos.resolve())
-    folders = {part_videos(cache.root, name) for name in cache.part_names()} - {mine}
+    folders = {part_videos(cache.root, name) for name in cache.part_names()} - {mine, str(cache.root.resolve())}
     if folders:
         named = sorted(f for f in folders if f is not None) + ["a pass that recorded no folder"] * (None in folders)
         raise SagaError(f"{cache.root}: this cache also holds records extracted from {', '.join(named)}, not from "

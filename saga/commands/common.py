@@ -123,19 +123,24 @@ def training_options(kind: type[Options], config: Path | None, **flags: Any) -> 
     try:
         cfg.check()
     except SagaError as exc:
-        raise SagaError(f"{config}: {exc}" if _from_file(kind, config, str(exc)) else str(exc)) from None
+        raise SagaError(_from_file(kind, config, flags) or str(exc)) from None
     return cfg
 
 
-def _from_file(kind: type[Options], config: Path | None, message: str) -> bool:
-    """Whether the TOML alone (without the flags) fails with `message`: then the file holds the bad value."""
+def _from_file(kind: type[Options], config: Path | None, flags: dict[str, Any]) -> str | None:
+    """The TOML's own error, naming the file, when its values fail without the keys the flags replace; None
+    when they pass: then a flag's value is the bad one (or clashes with the file's), and the file is not named.
+
+    Why not the error of the TOML alone compared with the combined one: a flag that fixed one bad value
+    in the file changed which error came first, and one that repeated the file's message blamed the file."""
     if config is None:
-        return False
+        return None
+    given = {k for k, v in flags.items() if v is not None}
     try:
-        kind.from_dict(load_options(config)).check()
+        kind.from_dict({k: v for k, v in load_options(config).items() if k not in given}).check()
     except SagaError as exc:
-        return str(exc) == message
-    return False
+        return f"{config}: {exc}"
+    return None
 
 
 def cli_device(name: str) -> str:

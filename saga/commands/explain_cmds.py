@@ -64,7 +64,8 @@ def report(
     from saga.explain.report import build_report
 
     writable_folder(out.parent)  # before reading every run: fail at once, naming the folder
-    console.print(f"report: {build_report(runs or [], out, ablation, openworld or [])}")
+    with one_line_warnings():
+        console.print(f"report: {build_report(runs or [], out, ablation, openworld or [])}")
 
 
 
@@ -82,7 +83,7 @@ def demo(
 
     from saga.demo import DemoConfig, run_demo
 
-    with extract_progress() as update:
+    with one_line_warnings(), extract_progress() as update:
         cfg = DemoConfig(out=out, seed=seed, workers=workers, device=device, ablation=ablation)
         if per_class is not None:
             cfg.per_class = per_class
@@ -117,8 +118,9 @@ def ablate(
 
     base = training_options(AttributeConfig, config, level=level, fraction=fraction, floor=floor,
                             per_generator=per_generator, epochs=epochs, device=device)
-    summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
-                           progress=lambda event: console.print(event.message))
+    with one_line_warnings():
+        summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
+                               progress=lambda event: console.print(event.message))
     console.print(to_markdown(summary))
     console.print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import Split, cli_device, console, load_options, training_options
+from saga.commands.common import Split, cli_device, console, load_options, one_line_warnings, training_options
 from saga.errors import SagaError
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")]
@@ -30,17 +30,18 @@ def calibrate(
     from saga.openworld.calibration import plot_reliability
     from saga.runs.files import CALIBRATION, reliability_file
 
-    cal, diagrams = calibrate_run(run, cache, out, cli_device(device), split)
-    folder = out or run
-    console.print(f"T = {cal.temperature:.4f} (val n={cal.n}: NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, "
-                  f"ECE {100 * cal.ece_before:.2f} % -> {100 * cal.ece_after:.2f} %)")
-    if diagrams:
-        b, a = diagrams["before"], diagrams["after"]
-        console.print(f"{split} (n={b['n']}): ECE {100 * b['ece']:.2f} % -> {100 * a['ece']:.2f} % (15 bins)")
-        write_json(folder / reliability_file(split), diagrams)
-        png = plot_reliability({"before": b, f"after (T={cal.temperature:.2f})": a},
-                               folder / reliability_file(split, ".png"), title=f"{Path(run).name}: {split}")
-        console.print(f"written: {folder / CALIBRATION}, {png}")
+    with one_line_warnings():  # the plot too: matplotlib may warn
+        cal, diagrams = calibrate_run(run, cache, out, cli_device(device), split)
+        folder = out or run
+        console.print(f"T = {cal.temperature:.4f} (val n={cal.n}: NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, "
+                      f"ECE {100 * cal.ece_before:.2f} % -> {100 * cal.ece_after:.2f} %)")
+        if diagrams:
+            b, a = diagrams["before"], diagrams["after"]
+            console.print(f"{split} (n={b['n']}): ECE {100 * b['ece']:.2f} % -> {100 * a['ece']:.2f} % (15 bins)")
+            write_json(folder / reliability_file(split), diagrams)
+            png = plot_reliability({"before": b, f"after (T={cal.temperature:.2f})": a},
+                                   folder / reliability_file(split, ".png"), title=f"{Path(run).name}: {split}")
+            console.print(f"written: {folder / CALIBRATION}, {png}")
 
 
 def enroll(
@@ -65,8 +66,9 @@ def enroll(
     from saga.openworld.api import enroll_run
     from saga.runs.files import ENROLLED
 
-    enr = enroll_run(run, generator, cache, videos, task, sd, team, run_cache, split, limit, seed, out,
-                     cli_device(device))
+    with one_line_warnings():
+        enr = enroll_run(run, generator, cache, videos, task, sd, team, run_cache, split, limit, seed, out,
+                         cli_device(device))
     entry = next(e for e in enr.entries if e.name == generator)
     console.print(f"enrolled {generator} from {len(entry.paths)} videos "
                   f"({', '.join(f'{k} {v}' for k, v in entry.labels.items() if v)}); "
@@ -87,7 +89,8 @@ def openset_fit(
     from saga.openworld.api import fit_openset_run
     from saga.runs.files import OPENSET
 
-    det = fit_openset_run(run, cache, out, kind, k, percentile, cli_device(device))
+    with one_line_warnings():
+        det = fit_openset_run(run, cache, out, kind, k, percentile, cli_device(device))
     console.print(f"{det.kind} score, threshold {det.threshold:.4f} = {det.percentile:g}th percentile of "
                   f"{det.n_val} known val videos (≈{100 - det.percentile:g} % false unknowns); "
                   f"written: {(out or run) / OPENSET}")
@@ -118,8 +121,9 @@ def openset_logo(
     gens = [g.strip() for g in only.split(",") if g.strip()] if only else generators(c)
     opts = load_options(config, loss="ce")
     training_options(AttributeConfig, config, loss="ce")  # a bad value in the TOML: one line naming it, now
-    train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=console.print)
-    res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=console.print)
+    with one_line_warnings():
+        train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=console.print)
+        res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=console.print)
     console.print(to_markdown(res))
     console.print(f"written: {out / LOGO_RESULTS}, {out / LOGO_RESULTS_MD}; an HTML report with the ROC curves: "
                   f"saga report RUN... --openworld {out}")

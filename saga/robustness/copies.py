@@ -10,13 +10,17 @@ unchanged source gives the same bytes). A line is appended after its copy is wri
 `saga.fileio.append_lines`): a run killed in between leaves a copy without a line, which the next
 run redoes. Copies made by an older saga have no line and are redone once: nothing else tells
 whether their source changed since. Before any copy is made the source file is checked against the
-cache's record of it; a file the cache did not extract (changed, replaced, or another folder) is not
-copied: its clean features and its copy's would be of different videos.
+cache's record of it; a file the cache did not extract (another size: changed, replaced, or another
+folder) is not copied: its clean features and its copy's would be of different videos. A file of the
+recorded size whose mtime alone differs is taken as the same (a dataset copied without its times),
+in one warning line; a same-size replacement is the one change this cannot tell.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,6 +33,33 @@ from saga.robustness.perturb import X264, Perturbation, apply
 RECORD = "copies.jsonl"  # in each copy folder; copy names end in .mp4, so no copy can take this name
 VERSION = 2  # of what `apply` writes from a source; bump it when that changes (2: odd sides cropped, not resized)
 Say = Callable[[str], None]
+TEMP = re.compile(r"\..+\.tmp-(\d+)")  # saga.fileio.temp_path's names: .NAME.tmp-PID
+
+
+def sweep_temps(folder: Path) -> int:
+    """Remove the temporary files (`saga.fileio.temp_path`: `.NAME.tmp-PID`) of killed writers under `folder`;
+    how many. Why: a run killed mid-copy left one per kill, forever. A file whose process still runs (or
+    this one's) is another writer's and kept."""
+    removed = 0
+    for path in folder.rglob(".*.tmp-*"):
+        match = TEMP.fullmatch(path.name)
+        if match and path.is_file() and not _running(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists (this one included; another user's too)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # it exists, as another user's process
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def read_record(folder: Path) -> dict[str, dict[str, Any]]:
@@ -55,21 +86,30 @@ def entry_for(p: Perturbation, rec: VideoRecord) -> dict[str, Any]:
 def unchanged(records: list[VideoRecord], videos: Path, cache: Path, say: Say) -> list[VideoRecord]:
     """The records whose file under `videos` is still the one the cache extracted (same size and mtime).
 
-    A mismatch is one line (how many, and the first); none left is a SagaError naming the fix."""
+    A file of the recorded size but another mtime is taken as that file, with one line for all of them:
+    a dataset copied without its times (`cp -r`, another disk or machine) must not need a re-extraction.
+    Another size (or a missing file) is skipped: one line (how many, and the first); none left is a
+    SagaError naming the fix."""
     same: list[VideoRecord] = []
     changed: list[str] = []
+    retimed = 0
     for r in records:
-        if file_fingerprint(videos / r.path) == r.fingerprint():
+        size, mtime = file_fingerprint(videos / r.path)
+        if size == r.size and size >= 0:
             same.append(r)
+            retimed += mtime != r.mtime_ns
         else:
             changed.append(r.path)
     if not same:
         raise SagaError(f"{videos}: none of the {len(records)} videos is the file the cache {cache} extracted "
-                        f"(e.g. {changed[0]}: missing, or another size or mtime); pass the --videos it was "
+                        f"(e.g. {changed[0]}: missing, or another size); pass the --videos it was "
                         "extracted from, or rerun `saga extract` into it to take the current files")
+    if retimed:
+        say(f"{retimed} of {len(records)} videos in {videos} have the recorded size but another modification "
+            f"time (copied without their times?); taken as the files the cache {cache} extracted")
     if changed:
         say(f"{len(changed)} of {len(records)} videos in {videos} skipped: not the files the cache {cache} "
-            f"extracted (e.g. {changed[0]}: missing, or another size or mtime); rerun `saga extract` into that "
+            f"extracted (e.g. {changed[0]}: missing, or another size); rerun `saga extract` into that "
             "cache to take the current files")
     return same
 
@@ -80,6 +120,7 @@ def make_copies(p: Perturbation, records: list[VideoRecord], videos: Path, folde
 
     A source that cannot be re-encoded costs one line and is left out."""
     make_dir(folder)
+    sweep_temps(folder)
     known = read_record(folder)
     for rec in records:
         entry = entry_for(p, rec)
