@@ -141,3 +141,13 @@ def test_from_refuses_a_stage2_run(cache: FeatureCache, stage1: Path, tmp_path: 
         train_attribution(cache.root, tmp_path / "again", a_config(epochs=1), from_run=team)
     assert not (tmp_path / "again").exists()
     train_attribution(cache.root, tmp_path / "ok", a_config(epochs=1), from_run=stage1)  # a stage-1 run: fine
+
+
+@pytest.mark.parametrize("name", ["patience", "warmup_epochs", "weight_decay", "grad_clip", "min_steps",
+                                  "eval_every_steps"])
+def test_a_negative_value_is_named_alone(name: str) -> None:
+    """The error used to list six options at once, leaving the user to find the bad one."""
+    from saga.train.options import TrainOptions
+
+    with pytest.raises(SagaError, match=rf"^{name} must be >= 0, got -1$"):
+        TrainOptions(**{name: -1}).check()

@@ -114,10 +114,9 @@ class TrainOptions:
                 raise SagaError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise SagaError(f"lr must be > 0, got {self.lr}")
-        if min(self.patience, self.warmup_epochs, self.weight_decay, self.grad_clip, self.min_steps,
-               self.eval_every_steps) < 0:
-            raise SagaError("patience, warmup_epochs, weight_decay, grad_clip, min_steps and eval_every_steps "
-                            "must be >= 0")
+        for name in ("patience", "warmup_epochs", "weight_decay", "grad_clip", "min_steps", "eval_every_steps"):
+            if getattr(self, name) < 0:
+                raise SagaError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.head_lr_scale is not None and not self.head_lr_scale > 0:
             raise SagaError(f"head_lr_scale must be > 0, got {self.head_lr_scale}")
         self.select = parse_choice(Select, self.select, "select")
