@@ -48,17 +48,22 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> dict[
     root = tmp_path_factory.mktemp("robust")
     videos = make_video_tree(root / "videos", per_class=5, generators=GENS)
     extract(extract_cfg(videos, root / "cache", tiny_weights))
-    cache = FeatureCache.open(root / "cache")
-    mcfg = ModelConfig(in_dim=cache.dim, d_model=16, depth=1, heads=2, max_frames=16, n_classes=len(GENS), dropout=0.0)
+    run = untrained_run(FeatureCache.open(root / "cache"), GENS, root / "run")
+    return {"root": root, "videos": videos, "cache": root / "cache", "run": run}
+
+
+def untrained_run(cache: FeatureCache, classes: tuple[str, ...], run: Path) -> Path:
+    """A finished GEN-L run folder with random (seeded) weights, saved by hand: scoring without training."""
+    mcfg = ModelConfig(in_dim=cache.dim, d_model=16, depth=1, heads=2, max_frames=16, n_classes=len(classes),
+                       dropout=0.0)
     torch.manual_seed(0)
-    run = root / "run"
     run.mkdir()
     save_weights(run / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)
-    write_json(run / "config.json", {"stage": 2, "level": "GEN-L", "classes": list(GENS), "frames": 4,
+    write_json(run / "config.json", {"stage": 2, "level": "GEN-L", "classes": list(classes), "frames": 4,
                                      "model": mcfg.to_dict(), "train": {"seed": 0}, "cache": str(cache.root)})
     write_json(run / "provenance.json", make_provenance(cache, 0))
     (run / "done.json").write_text("{}")
-    return {"root": root, "videos": videos, "cache": root / "cache", "run": run}
+    return run
 
 
 def test_each_perturbation_has_its_property(tmp_path: Path) -> None:

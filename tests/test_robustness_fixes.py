@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import make_video_tree, write_clip
+from test_robustness import untrained_run
 from saga.cache.manifest import AUGMENTED, OK, VideoRecord, copy_name, file_fingerprint, source_key
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -69,27 +70,13 @@ def test_an_older_copy_without_a_record_is_redone_once(tmp_path: Path) -> None:
 
 def scored_run(root: Path, weights: Path) -> tuple[Path, Path, Path]:
     """(videos, cache, run): 2 test videos per generator and an untrained GEN-L run saved by hand."""
-    import torch
-
-    from saga.model import ModelConfig, VideoTransformer
-    from saga.runs import make_provenance, save_weights, write_json
-
     gens = ("real", "syn-svd", "syn-latte")
     videos = make_video_tree(root / "v", per_class=2, generators=gens)
     extract(ExtractConfig(videos=videos, out=root / "cache", taxonomy="synth", encoder="saga-tiny-vit",
                           pretrained=str(weights), frames=4, workers=0, device="cpu",
                           split_fractions={"train": 0.0, "val": 0.0, "test": 1.0}))
     cache = FeatureCache.open(root / "cache")
-    mcfg = ModelConfig(in_dim=cache.dim, d_model=16, depth=1, heads=2, max_frames=16, n_classes=3, dropout=0.0)
-    torch.manual_seed(0)
-    run = root / "run"
-    run.mkdir()
-    save_weights(run / "model.safetensors", VideoTransformer(mcfg), epoch=1, metric=0.5)
-    write_json(run / "config.json", {"stage": 2, "level": "GEN-L", "classes": list(gens), "frames": 4,
-                                     "model": mcfg.to_dict(), "train": {"seed": 0}, "cache": str(cache.root)})
-    write_json(run / "provenance.json", make_provenance(cache, 0))
-    (run / "done.json").write_text("{}")
-    return videos, cache.root, run
+    return videos, cache.root, untrained_run(cache, gens, root / "run")
 
 
 def test_a_video_the_cache_did_not_extract_is_not_scored_and_named_in_one_line(tmp_path: Path,
