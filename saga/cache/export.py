@@ -1,38 +1,98 @@
-"""One-file HDF5 export of a cache for sharing, and the import that rebuilds the cache."""
+"""One-file HDF5 export of a cache for sharing, and the import that rebuilds the cache.
+
+Besides the arrays and the manifest, an export holds the split plan (dataset `splits`, one JSON line
+per planned video) and a blake2b `digest` attribute over the attributes, manifest and split plan
+strings, so an edited label or split inside the file is refused at import. Exports of an older saga
+have neither: they still import (without the plan; the import says they cannot be checked).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 
-from saga.cache.manifest import VideoRecord, feature_checksum
-from saga.cache.store import ATTR_KEY, FeatureCache, PartWriter, next_part_name
+from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
+from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import atomic_path, check_writable
+from saga.fileio import atomic_path, check_writable, lock_folder, unlock_folder, write_text
 
 FORMAT = "saga-cache-h5/1"
 CHUNK_VIDEOS = 256
+BUSY = "another saga extract is writing this cache right now; rerun `saga cache export` once it has finished"
+Warn = Callable[[str], None]
 
 
-def export_h5(cache: FeatureCache, path: Path) -> int:
-    """Write every record (failed ones too, without features) into one HDF5 file; returns #videos with features."""
+def export_h5(cache: FeatureCache, path: Path, force: bool = False, warn: Warn | None = None) -> int:
+    """Write every record (failed ones too, without features) into one HDF5 file; returns #videos with features.
+
+    Under the cache lock, so a running extraction is refused instead of exported half-written; the
+    structure warnings (unsealed parts, planned videos without a record) go to `warn`."""
+    _check_target(cache, path, force)
+    locked = os.access(cache.root, os.W_OK)  # a read-only cache takes no lock, and no extraction either
+    if locked:
+        lock_folder(cache.root, BUSY)
+    try:
+        errors, warnings = cache.check_structure()
+        if errors:
+            raise SagaError(f"{cache.root}: refusing to export a damaged cache ({errors[0]}); run `saga cache verify`")
+        for line in warnings:
+            (warn or (lambda _: None))(line)
+        return _write(cache, path)
+    finally:
+        if locked:
+            unlock_folder(cache.root)
+
+
+def _check_target(cache: FeatureCache, path: Path, force: bool) -> None:
+    """Never write into the cache itself, nor over a file that is not an export unless --force."""
     if path.is_dir():
         raise SagaError(f"{path}: is a folder; pass --h5 with a file name, e.g. {path / 'cache.h5'}")
     if not path.parent.is_dir():
         raise SagaError(f"{path.parent}: no such folder; create it or pass another --h5")
-    errors, _ = cache.check_structure()
-    if errors:
-        raise SagaError(f"{cache.root}: refusing to export a damaged cache ({errors[0]}); run `saga cache verify`")
+    if path.resolve().is_relative_to(cache.root.resolve()):
+        raise SagaError(f"{path}: inside the cache {cache.root}; pass an --h5 path outside it")
+    if path.exists() and not force and not is_export(path):
+        raise SagaError(f"{path}: exists and is not a saga cache export; pass another --h5, or --force to "
+                        "overwrite it")
+
+
+def is_export(path: Path) -> bool:
+    """Whether `path` is an HDF5 file written by `saga cache export` (replaced without --force)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def digest(attrs: str, manifest: list[str], splits: list[str]) -> str:
+    """blake2b over the attributes JSON, the manifest and the split plan lines (each length-prefixed)."""
+    h = hashlib.blake2b(digest_size=16)
+    for group in ([attrs], manifest, splits):
+        h.update(f"{len(group)}\n".encode())
+        for text in group:
+            data = text.encode("utf-8")
+            h.update(f"{len(data)}:".encode() + data)
+    return h.hexdigest()
+
+
+def _write(cache: FeatureCache, path: Path) -> int:
     records = cache.records()
     ok = [r for r in records if r.ok]
     w, t, d = cache.windows, cache.frames, cache.dim
+    plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.is_file() else {}
+    splits = [json.dumps({"path": p, "generator": g, "split": s}) for p, (g, s) in plan.items()]
+    attrs = json.dumps(cache.attrs)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["format"] = FORMAT
-        h5.attrs[ATTR_KEY] = json.dumps(cache.attrs)
+        h5.attrs[ATTR_KEY] = attrs
         feats = h5.create_dataset("features", (len(ok), w, t, d), np.float16, chunks=(1, w, t, d) if ok else None)
         mask = h5.create_dataset("mask", (len(ok), w, t), bool)
         stamps = h5.create_dataset("timestamps", (len(ok), w, t), np.float32)
@@ -44,15 +104,21 @@ def export_h5(cache: FeatureCache, path: Path) -> int:
             stamps[start:start + len(part)] = data["timestamps"]
         manifest = [r.to_json() for r in ok] + [r.to_json() for r in records if not r.ok]
         h5.create_dataset("manifest", data=np.array(manifest, dtype=object), dtype=h5py.string_dtype())
+        h5.create_dataset("splits", data=np.array(splits, dtype=object), dtype=h5py.string_dtype())
+        h5.attrs["digest"] = digest(attrs, manifest, splits)
     return len(ok)
 
 
-def import_h5(path: Path, out: Path) -> FeatureCache:
-    """Rebuild a cache (same provenance and cache id) from an exported HDF5 file."""
+def import_h5(path: Path, out: Path, warn: Warn | None = None) -> FeatureCache:
+    """Rebuild a cache (same provenance, cache id and split plan) from an exported HDF5 file."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise SagaError(f"{path}: {what}; pass the .h5 file written by `saga cache export`")
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
-        raise SagaError(f"{path}: not an HDF5 file ({exc}); pass a file written by `saga cache export`") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SagaError(f"{path}: not an HDF5 file ({first}); pass a file written by `saga cache export`") from None
     check_writable(out)  # a bad --out is not a damaged export
     with h5:
         if h5.attrs.get("format") != FORMAT:
@@ -61,14 +127,9 @@ def import_h5(path: Path, out: Path) -> FeatureCache:
             raise SagaError(f"{out}: already a cache; import into a new folder")
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise SagaError(f"{out}: exists and is not empty; import into a new folder")
+        attrs, records, splits, n_ok = _read_checked(path, h5, warn)
         try:
-            attrs = json.loads(h5.attrs[ATTR_KEY])
-            records = [VideoRecord.from_dict(json.loads(s)) for s in h5["manifest"].asstr()[:]]
-            n_ok = h5["features"].shape[0]
-        except (KeyError, TypeError, ValueError, OSError) as exc:
-            raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: {exc})") from None
-        try:
-            _import_into(path, h5, out, attrs, records, n_ok)
+            _import_into(path, h5, out, attrs, records, n_ok, splits)
         except BaseException as exc:
             shutil.rmtree(out, ignore_errors=True)  # never leave a half cache that blocks the next import
             if isinstance(exc, (SagaError, KeyboardInterrupt)) or not isinstance(exc, Exception):
@@ -78,7 +139,34 @@ def import_h5(path: Path, out: Path) -> FeatureCache:
     return FeatureCache.open(out)
 
 
-def _import_into(path: Path, h5: h5py.File, out: Path, attrs: dict, records: list[VideoRecord], n_ok: int) -> None:
+def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, list[VideoRecord], list[str], int]:
+    """The attributes, records and split plan lines, checked against the export's digest: an edited label
+    or split inside the file is refused, not imported as a cache that verifies clean."""
+    try:
+        raw_attrs = h5.attrs[ATTR_KEY]
+        manifest = list(h5["manifest"].asstr()[:])
+        splits = list(h5["splits"].asstr()[:]) if "splits" in h5 else []
+        stored = h5.attrs.get("digest")
+        if stored is not None and stored != digest(raw_attrs, manifest, splits):
+            raise SagaError(f"{path}: the file is damaged (its attributes, manifest or split plan changed since "
+                            "it was exported); export it again")
+        attrs = json.loads(raw_attrs)
+        records = [VideoRecord.from_dict(json.loads(s)) for s in manifest]
+        for line in splits:
+            entry = json.loads(line)
+            if not all(isinstance(entry.get(k), str) for k in ("path", "generator", "split")):
+                raise ValueError(f"split plan line {line[:60]!r}")
+        n_ok = h5["features"].shape[0]
+    except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
+        raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: {exc})") from None
+    if stored is None and warn is not None:
+        warn(f"{path}: written by an older saga (no digest, no split plan): its labels and splits cannot be "
+             "checked")
+    return attrs, records, splits, n_ok
+
+
+def _import_into(path: Path, h5: h5py.File, out: Path, attrs: dict, records: list[VideoRecord], n_ok: int,
+                 splits: list[str]) -> None:
     """Every row is checked against its record's checksum before it is written: a damaged export
     (cut rows, flipped bytes, NaN) is refused instead of becoming a cache that looks whole."""
     damaged = f"{path}: the file is damaged"
@@ -87,6 +175,8 @@ def _import_into(path: Path, h5: h5py.File, out: Path, attrs: dict, records: lis
         raise SagaError(f"{damaged} ({n_ok} feature rows for {sum(r.ok for r in records)} ok records); "
                         "export it again")
     cache = FeatureCache.create_or_open(out, attrs)
+    if splits:  # before any record, as `saga extract` plans before it extracts
+        write_text(out / SPLIT_PLAN, "".join(line + "\n" for line in splits))
     writer = PartWriter(cache, next_part_name(cache), capacity=max(n_ok, 1) * cache.windows)
     for i, rec in enumerate(records):
         if i < n_ok:

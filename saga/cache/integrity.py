@@ -7,6 +7,7 @@ Split from store.py so that the store holds the format and the read/write paths 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saga.cache import prune, reader, seal, store  # store is mid-import here: its names are read at call time
@@ -16,6 +17,40 @@ from saga.errors import SagaError
 
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
+
+def check_attrs(root: Path, saga: Any) -> None:
+    """The saga attributes every reader relies on, with their types: a one-line SagaError instead of a
+    traceback deep in verify/info/export. Only keys that every saga version wrote are required."""
+    edited = f"{root}: zarr.json was edited"
+    if not isinstance(saga, dict):
+        raise SagaError(f"{edited} (its '{store.ATTR_KEY}' attributes are not a table); restore it or re-extract")
+    sampling = saga.get("sampling")
+    taxonomy = saga.get("taxonomy")
+    checks = {
+        "cache_id": isinstance(saga.get("cache_id"), str) and bool(saga.get("cache_id")),
+        "dim": _positive(saga.get("dim")),
+        "sampling": isinstance(sampling, dict),
+        "sampling.frames": isinstance(sampling, dict) and _positive(sampling.get("frames")),
+        "sampling.windows": isinstance(sampling, dict) and _positive(sampling.get("windows", 1)),
+        "taxonomy": isinstance(taxonomy, dict) and isinstance(taxonomy.get("generators"), dict)
+        and bool(taxonomy.get("generators")),
+    }
+    bad = next((key for key, ok in checks.items() if not ok), None)
+    if bad is not None:
+        value = json.dumps(_lookup(saga, bad), default=str)[:40]
+        raise SagaError(f"{edited} ({bad} is missing or not valid: {value}); restore it or re-extract")
+
+
+def _positive(value: Any) -> bool:
+    return type(value) is int and value > 0
+
+
+def _lookup(saga: dict[str, Any], dotted: str) -> Any:
+    value: Any = saga
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
 
 def verify(cache: "FeatureCache") -> list[tuple[VideoRecord, str]]:
     """Records whose stored bytes no longer match their checksum (or cannot be read)."""
@@ -64,30 +99,43 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
                 sealed[str(entry["part"])] = entry
             except (json.JSONDecodeError, KeyError, TypeError):
                 errors.append(f"{log}:{number}: corrupt line")
+    sealed = {name: entry for name, entry in sealed.items() if not seal.retired(entry)}  # a retired part is gone
     names = set(cache.part_names())
-    for name in sorted(set(sealed) - names):
-        errors.append(f"part {name} is missing (sealed with {sealed[name]['lines']} records); restore it "
-                      "or re-extract into a new cache")
+    gone = {name: sealed[name] for name in sorted(set(sealed) - names)}
     for name in sorted(names):
         _check_part(cache, name, sealed.get(name), errors, warnings)
     try:
         records = cache.records()
     except SagaError as exc:  # a corrupt manifest line: no record can be listed, the seals above say which part
+        errors.extend(_missing_part(name, entry, None) for name, entry in gone.items())
         errors.append(str(exc))
         return errors, warnings
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.exists() else {}
+    missing = sorted(set(plan) - {r.path for r in records})
+    unrecorded = len(missing) if cache.split_plan_path.exists() else None
+    errors.extend(_missing_part(name, entry, unrecorded) for name, entry in gone.items())
     for rec in records:
         planned = plan.get(rec.path)
         if planned is not None and planned[1] != rec.split:
             errors.append(f"{rec.path}: manifest split {rec.split!r} differs from the split plan "
                           f"{planned[1]!r} (edited manifest); restore it or re-extract")
-    missing = sorted(set(plan) - {r.path for r in records})
     if missing:
         warnings.append(f"{len(missing)} planned video(s) have no record (e.g. {missing[0]}): an unfinished "
                         "extraction or a lost part; rerun `saga extract` with the same videos (or, for videos "
                         f"that are gone, `saga cache prune {cache.root} --videos DIR`)")
     warnings.extend(duplicate_warnings(cache.index(), cache.root))
     return errors, warnings
+
+
+def _missing_part(name: str, entry: dict[str, Any], unrecorded: int | None) -> str:
+    """The error for a logged part that is gone, with what retires it (`saga cache verify --seal`)."""
+    head = f"part {name} is missing (sealed with {entry.get('lines')} records)"
+    if unrecorded is None:
+        return f"{head}; restore it or re-extract into a new cache (no split plan tells which videos it held)"
+    if unrecorded:
+        return (f"{head}; restore it, or re-extract its videos ({unrecorded} planned video(s) still have no "
+                "record: rerun `saga extract` with the same videos), then `saga cache verify --seal` retires it")
+    return f"{head}; every planned video has a record again: `saga cache verify --seal` retires it"
 
 
 def _check_part(cache: "FeatureCache", name: str, entry: dict[str, Any] | None, errors: list[str],

@@ -194,8 +194,8 @@ def parse_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
         data = json.loads(line)
         check_fields(data)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); restore the file, or delete its part "
-                        "and rerun `saga extract` to extract its videos again") from None
+        raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); restore the file, or delete its part, "
+                        "rerun `saga extract` to extract its videos again, then `saga cache verify --seal`") from None
     return data
 
 

@@ -6,6 +6,11 @@ between never leaves a part whose loss would go unnoticed. A part that an older 
 the other order (seal.json, then a kill before the log line) gets its line from its seal.json at
 the next `saga extract` or `saga cache verify --seal`; a logged part whose seal.json is missing, or
 older than its log line while its manifest matches that line (a killed prune), gets it rewritten.
+
+A part that was deleted (as `saga cache verify` advises for a corrupt one) is retired by `saga cache
+verify --seal` once every planned video has a record again: a line {"part", "lines", "digest", "rows",
+"retired": true}. It keeps the keys an older saga reads, so an older saga still reports the part missing
+instead of failing on the line.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saga.cache.manifest import manifest_digest, read_manifest
+from saga.cache.manifest import manifest_digest, read_manifest, read_split_plan
 from saga.fileio import append_lines, write_json
 
 if TYPE_CHECKING:
@@ -27,7 +32,7 @@ VIDEOS = "videos.json"  # in a part: {"videos": the resolved videos folder of th
 
 
 def log_entries(root: Path) -> dict[str, dict[str, Any]]:
-    """The last parts.jsonl entry of every part; damaged lines are skipped (`cache verify` names them)."""
+    """The last parts.jsonl entry of every part not retired; damaged lines are skipped (`cache verify` names them)."""
     logged: dict[str, dict[str, Any]] = {}
     log = root / PARTS_LOG
     if log.is_file():
@@ -37,7 +42,32 @@ def log_entries(root: Path) -> dict[str, dict[str, Any]]:
                 logged[str(entry["part"])] = entry
             except (ValueError, KeyError, TypeError):
                 continue
-    return logged
+    return {name: entry for name, entry in logged.items() if not retired(entry)}
+
+
+def retired(entry: Any) -> bool:
+    """Whether a parts.jsonl entry retires its part (deleted, its videos re-extracted)."""
+    return isinstance(entry, dict) and entry.get("retired") is True
+
+
+def unrecorded(cache: "FeatureCache") -> int | None:
+    """How many planned videos have no record (None: no split plan to tell, a cache of an older saga)."""
+    if not cache.split_plan_path.is_file():
+        return None
+    plan = read_split_plan(cache.split_plan_path)
+    return len(set(plan) - {r.path for r in cache.records()})
+
+
+def retire_missing(cache: "FeatureCache") -> list[str]:
+    """Retire the logged parts that are gone once every planned video has a record again (their videos
+    were re-extracted); the names retired. Left alone otherwise: `saga cache verify` keeps reporting them."""
+    missing = sorted(set(log_entries(cache.root)) - set(cache.part_names()))
+    if not missing or not cache.readable() or unrecorded(cache) != 0:  # `verify` names a corrupt manifest
+        return []
+    logged = log_entries(cache.root)
+    for name in missing:
+        log_part(cache.root, {**logged[name], "retired": True})
+    return missing
 
 
 def seal_entry(root: Path, name: str) -> dict[str, Any] | None:
@@ -85,10 +115,11 @@ def unsealed_parts(cache: "FeatureCache") -> list[str]:
             if name not in logged and not (cache.root / "parts" / name / SEAL).exists()]
 
 
-def seal_leftover_parts(cache: "FeatureCache") -> list[str]:
+def seal_leftover_parts(cache: "FeatureCache", rewritten: list[str] | None = None) -> list[str]:
     """Seal the parts of passes that were killed (a new pass writes a new part, so their committed
     lines are final), and log the ones sealed but never logged: without a seal, edits to a part go
-    unnoticed and every training run warns; without a log line, so does its loss.
+    unnoticed and every training run warns; without a log line, so does its loss. The names of logged
+    parts whose seal.json was rewritten from their log line go to `rewritten` (for the report).
 
     A damaged seal.json is left alone for `saga cache verify` to report (resealing would hide an edit)."""
     from saga.cache.prune import finish_prunes  # prune builds on this module
@@ -101,6 +132,8 @@ def seal_leftover_parts(cache: "FeatureCache") -> list[str]:
         if name in logged:
             if _stale_seal(cache.root, name, logged[name]):  # killed between the log line and seal.json
                 write_json(folder / SEAL, logged[name])
+                if rewritten is not None:
+                    rewritten.append(name)
             continue
         entry = seal_entry(cache.root, name)
         if entry is not None:

@@ -77,8 +77,9 @@ class FeatureCache:
         if ATTR_KEY not in attrs:
             raise SagaError(f"{root}: a Zarr store but not a saga cache (no '{ATTR_KEY}' attributes)")
         saga = attrs[ATTR_KEY]
-        if saga.get("schema_version") != SCHEMA_VERSION:
+        if isinstance(saga, dict) and saga.get("schema_version") != SCHEMA_VERSION:
             raise SagaError(f"{root}: cache schema {saga.get('schema_version')} != {SCHEMA_VERSION}; re-extract it")
+        integrity.check_attrs(root, saga)
         return cls(root, saga)
 
     @classmethod
@@ -146,6 +147,8 @@ class FeatureCache:
 
     def part_names(self) -> list[str]:
         parts = self.root / "parts"
+        if not parts.is_dir():
+            raise SagaError(f"{parts}: missing (every cache has a parts folder); restore it or re-extract")
         return sorted(p.name for p in parts.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     # -- records -------------------------------------------------------------------

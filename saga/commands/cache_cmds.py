@@ -64,6 +64,8 @@ def verify(
         lock_folder(cache, "another saga extract is writing this cache right now; rerun `saga cache verify --seal` "
                            "once it has finished (it seals its own part)")
     try:
+        if seal:
+            _retire(store)
         n = _check(store)
         if seal:
             _seal(store)
@@ -88,18 +90,33 @@ def _check(store: FeatureCache) -> int:
         err.print(f"[red]corrupt[/] {escape(rec.path)} (part {rec.part}, row {rec.row}): {escape(why)}")
     n = len(store.ok_records())
     if bad or errors:
-        err.print(f"{len(bad)} of {n} records are corrupt, {len(errors)} structural error(s); "
-                  "re-extract them (delete the part or use a new cache)")
+        err.print(f"{len(bad)} of {n} records are corrupt, {len(errors)} structural error(s); re-extract them "
+                  "(delete the part, rerun `saga extract`, then `saga cache verify --seal`; or use a new cache)")
         raise typer.Exit(1)
     return n
+
+
+def _retire(store: FeatureCache) -> None:
+    """Retire the deleted parts whose videos were all re-extracted (else `_check` says how many are left)."""
+    from saga.cache.seal import retire_missing
+
+    for name in retire_missing(store):
+        console.print(f"retired part {name}: it was deleted and every planned video has a record again",
+                      markup=False)
 
 
 def _seal(store: FeatureCache) -> None:
     from saga.cache.store import seal_leftover_parts
 
-    sealed = seal_leftover_parts(store)  # also logs parts sealed but never logged
-    message = f"sealed {len(sealed)} part(s): {', '.join(sealed)}" if sealed else "every part was already sealed"
-    console.print(message, markup=False)
+    rewritten: list[str] = []
+    sealed = seal_leftover_parts(store, rewritten)  # also logs parts sealed but never logged
+    if rewritten:
+        console.print(f"rewrote the missing or stale {SEAL_FILE} of {len(rewritten)} part(s) from parts.jsonl: "
+                      f"{', '.join(rewritten)}", markup=False)
+    if sealed:
+        console.print(f"sealed {len(sealed)} part(s): {', '.join(sealed)}", markup=False)
+    elif not rewritten:
+        console.print("every part was already sealed", markup=False)
 
 
 @app.command()
@@ -131,18 +148,21 @@ def prune(
 
 
 PRUNE_SHOWN = 20
+SEAL_FILE = "seal.json"
 
 
 @app.command("export")
 def export(
     cache: Annotated[Path, typer.Argument(help="Cache folder.")],
-    h5: Annotated[Path, typer.Option("--h5", help="HDF5 file to write.")],
+    h5: Annotated[Path, typer.Option("--h5", help="HDF5 file to write (outside the cache).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file that is not a saga export "
+                                        "(an earlier export is replaced without it).")] = False,
 ) -> None:
     """Write the whole cache into one HDF5 file for sharing."""
     from saga.cache.export import export_h5
     from saga.cache.store import FeatureCache
 
-    n = export_h5(FeatureCache.open(cache), h5)
+    n = export_h5(FeatureCache.open(cache), h5, force=force, warn=_warn)
     console.print(f"wrote {h5} ({n} videos with features)", markup=False)
 
 
@@ -154,5 +174,9 @@ def import_(
     """Rebuild a cache from an HDF5 export (same provenance and cache id)."""
     from saga.cache.export import import_h5
 
-    cache = import_h5(h5, out)
+    cache = import_h5(h5, out, warn=_warn)
     console.print(f"imported {len(cache.records())} records into {out}", markup=False)
+
+
+def _warn(line: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(line)}")

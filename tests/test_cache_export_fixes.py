@@ -1,0 +1,217 @@
+"""Cache export/import and structure fixes: a deleted part is retired, export under the lock with its
+warnings and split plan, a digest over the export's text, checked zarr.json attributes, no overwrite of
+the cache or of foreign files, one-line import errors, a rewritten seal.json reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_saga
+from saga.cache import seal
+from saga.cache.export import export_h5, import_h5
+from saga.cache.manifest import append_split_plan, read_split_plan
+from saga.cache.store import PARTS_LOG, SEAL, FeatureCache, PartWriter, next_part_name
+from saga.errors import SagaError
+from saga.fileio import lock_folder, unlock_folder
+from test_cache import D, T, W
+from test_cache_fixes import new_cache, rec, write_part
+
+
+def two_parts(tmp_path: Path) -> FeatureCache:
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])
+    write_part(cache, [(rec("syn-svd/c.mp4", "syn-svd"), 3)])
+    return cache
+
+
+def exported(tmp_path: Path) -> Path:
+    path = tmp_path / "c.h5"
+    export_h5(two_parts(tmp_path), path)
+    return path
+
+
+# --- 1. a part deleted as verify advises is retired once its videos are re-extracted ------------------------------
+
+def test_a_deleted_part_is_retired_by_verify_seal_once_every_video_has_a_record_again(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    shutil.rmtree(cache.root / "parts" / "p000001-r000")
+    errors, _ = FeatureCache.open(cache.root).check_structure()
+    assert any("p000001-r000 is missing" in e and "2 planned video(s) still have no record" in e for e in errors)
+    proc = run_saga("cache", "verify", "--seal", str(cache.root))
+    assert proc.returncode == 1 and "retired" not in proc.stdout
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])  # re-extracted into a new part
+    proc = run_saga("cache", "verify", "--seal", str(cache.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "retired part p000001-r000" in proc.stdout
+    assert FeatureCache.open(cache.root).check_structure()[0] == []
+    lines = [json.loads(line) for line in (cache.root / PARTS_LOG).read_text().splitlines()]
+    assert lines[-1]["retired"] is True and all("part" in e and "lines" in e for e in lines)  # older sagas read it
+    assert "p000001-r000" not in seal.log_entries(cache.root)
+
+
+def test_a_retired_part_that_is_restored_is_checked_against_its_own_seal(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    keep = tmp_path / "kept"
+    shutil.copytree(cache.root / "parts" / "p000001-r000", keep)
+    shutil.rmtree(cache.root / "parts" / "p000001-r000")
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == ["p000001-r000"]
+    shutil.copytree(keep, cache.root / "parts" / "p000001-r000")
+    errors, warnings = FeatureCache.open(cache.root).check_structure()
+    assert errors == [] and any("sealed (seal.json) but not logged" in w for w in warnings)
+
+
+# --- 2. export under the cache lock, its warnings printed, the split plan carried --------------------------------
+
+def test_export_is_refused_while_an_extraction_holds_the_cache(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    held, done = threading.Event(), threading.Event()
+
+    def extraction() -> None:
+        lock_folder(cache.root, "busy")
+        held.set()
+        done.wait(30)
+        unlock_folder(cache.root)
+
+    thread = threading.Thread(target=extraction)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(SagaError, match="another saga extract is writing this cache right now"):
+            export_h5(cache, tmp_path / "c.h5")
+    finally:
+        done.set()
+        thread.join()
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_export_warns_about_an_unfinished_cache_and_carries_the_split_plan(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    append_split_plan(cache.split_plan_path, {"real/never.mp4": ("real", "test")})
+    writer = PartWriter(cache, next_part_name(cache), capacity=W, shard_rows=1)  # a killed pass: never closed
+    writer.add(rec("real/d.mp4"), np.zeros((W, T, D), np.float16), np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    warned: list[str] = []
+    export_h5(cache, tmp_path / "c.h5", warn=warned.append)
+    assert any("never sealed" in w for w in warned) and any("planned video(s) have no record" in w for w in warned)
+    out = import_h5(tmp_path / "c.h5", tmp_path / "imp")
+    assert read_split_plan(out.split_plan_path) == read_split_plan(cache.split_plan_path)
+
+
+def test_an_export_without_digest_or_split_plan_still_imports_with_a_note(tmp_path: Path) -> None:
+    path = exported(tmp_path)
+    with h5py.File(path, "a") as h5:
+        del h5["splits"]
+        del h5.attrs["digest"]
+    notes: list[str] = []
+    out = import_h5(path, tmp_path / "imp", warn=notes.append)
+    assert len(out.records()) == 3 and not out.split_plan_path.exists()
+    assert len(notes) == 1 and "cannot be checked" in notes[0]
+
+
+# --- 3. an edited label or split inside an export is refused ----------------------------------------------------
+
+@pytest.mark.parametrize("field", ["labels", "split", "attrs"])
+def test_an_edited_export_is_refused_as_damaged(tmp_path: Path, field: str) -> None:
+    path = exported(tmp_path)
+    with h5py.File(path, "a") as h5:
+        if field == "attrs":
+            attrs = json.loads(h5.attrs["saga"])
+            attrs["taxonomy"]["generators"]["syn-svd"]["task"] = "T2V"
+            h5.attrs["saga"] = json.dumps(attrs)
+        else:
+            lines = list(h5["manifest"].asstr()[:])
+            entry = json.loads(lines[0])
+            if field == "labels":
+                entry["labels"]["BIN-L"] = "fake"
+            else:
+                entry["split"] = "test"
+            lines[0] = json.dumps(entry)
+            del h5["manifest"]
+            h5.create_dataset("manifest", data=np.array(lines, dtype=object), dtype=h5py.string_dtype())
+    with pytest.raises(SagaError, match="the file is damaged"):
+        import_h5(path, tmp_path / "imp")
+    assert not (tmp_path / "imp").exists()
+
+
+# --- 4. zarr.json with a missing or mistyped key, or no parts folder --------------------------------------------
+
+@pytest.mark.parametrize("edit", ["no_cache_id", "dim_str", "sampling_null", "frames_str", "windows_zero",
+                                  "taxonomy_bad", "no_taxonomy", "saga_list"])
+def test_an_edited_zarr_json_is_one_line(tmp_path: Path, edit: str) -> None:
+    cache = two_parts(tmp_path)
+    meta = json.loads((cache.root / "zarr.json").read_text())
+    saga = meta["attributes"]["saga"]
+    {"no_cache_id": lambda: saga.pop("cache_id"), "dim_str": lambda: saga.update(dim="16"),
+     "sampling_null": lambda: saga.update(sampling=None), "frames_str": lambda: saga["sampling"].update(frames="x"),
+     "windows_zero": lambda: saga["sampling"].update(windows=0), "taxonomy_bad": lambda: saga.update(taxonomy={"x": 1}),
+     "no_taxonomy": lambda: saga.pop("taxonomy"), "saga_list": lambda: meta["attributes"].update(saga=[1])}[edit]()
+    (cache.root / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(SagaError, match="zarr.json was edited"):
+        FeatureCache.open(cache.root)
+    proc = run_saga("cache", "verify", str(cache.root))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "zarr.json was edited" in proc.stderr
+
+
+def test_a_cache_without_windows_still_opens(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    meta = json.loads((cache.root / "zarr.json").read_text())
+    del meta["attributes"]["saga"]["sampling"]["windows"]  # optional: windows default to 1
+    (cache.root / "zarr.json").write_text(json.dumps(meta))
+    assert FeatureCache.open(cache.root).windows == 1
+
+
+def test_a_missing_parts_folder_is_one_line(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    shutil.rmtree(cache.root / "parts")
+    with pytest.raises(SagaError, match="parts: missing"):
+        FeatureCache.open(cache.root).part_names()
+    for command in ("info", "verify"):
+        proc = run_saga("cache", command, str(cache.root))
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and "parts: missing" in proc.stderr
+
+
+# --- 5. export never writes into the cache, nor over a file that is not an export -------------------------------
+
+def test_export_refuses_a_path_inside_the_cache(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    before = (cache.root / "zarr.json").read_bytes()
+    with pytest.raises(SagaError, match="inside the cache"):
+        export_h5(cache, cache.root / "zarr.json", force=True)
+    assert (cache.root / "zarr.json").read_bytes() == before
+
+
+def test_export_overwrites_a_foreign_file_only_with_force_and_replaces_an_export(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    with pytest.raises(SagaError, match="not a saga cache export; pass another --h5, or --force"):
+        export_h5(cache, notes)
+    assert notes.read_text() == "my notes"
+    assert export_h5(cache, notes, force=True) == 3
+    assert export_h5(cache, notes) == 3  # now an export: replaced without --force
+    proc = run_saga("cache", "export", str(cache.root), "--h5", str(tmp_path / "x.txt"), "--force")
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- 6. one-line import errors; a rewritten seal.json is reported -------------------------------------------------
+
+def test_import_of_a_folder_or_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    for path, said in ((tmp_path, "is a folder"), (tmp_path / "missing.h5", "no such file")):
+        proc = run_saga("cache", "import", str(path), "--out", str(tmp_path / "imp"))
+        assert proc.returncode != 0 and said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_verify_seal_reports_a_rewritten_seal_json(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    (cache.root / "parts" / "p000001-r000" / SEAL).unlink()
+    proc = run_saga("cache", "verify", "--seal", str(cache.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "rewrote the missing or stale seal.json of 1 part(s)" in proc.stdout
+    assert "already sealed" not in proc.stdout
