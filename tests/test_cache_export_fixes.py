@@ -43,7 +43,7 @@ def test_a_deleted_part_is_retired_by_verify_seal_once_every_video_has_a_record_
     cache = two_parts(tmp_path)
     shutil.rmtree(cache.root / "parts" / "p000001-r000")
     errors, _ = FeatureCache.open(cache.root).check_structure()
-    assert any("p000001-r000 is missing" in e and "2 planned video(s) still have no record" in e for e in errors)
+    assert any("p000001-r000 is missing" in e and "2 planned video(s) have no record newer than it" in e for e in errors)
     proc = run_saga("cache", "verify", "--seal", str(cache.root))
     assert proc.returncode == 1 and "retired" not in proc.stdout
     write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])  # re-extracted into a new part
@@ -215,3 +215,44 @@ def test_verify_seal_reports_a_rewritten_seal_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "rewrote the missing or stale seal.json of 1 part(s)" in proc.stdout
     assert "already sealed" not in proc.stdout
+
+
+# --- 7. a deleted part is retired only once a later pass re-recorded its videos; its name is never reused ---------
+
+def test_an_older_record_does_not_retire_a_deleted_part(tmp_path: Path) -> None:
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])
+    write_part(cache, [(rec("real/a.mp4", size=2), 9)])  # a changed file re-extracted
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    errors, _ = FeatureCache.open(cache.root).check_structure()
+    assert any("p000002-r000 is missing" in e and "no record newer than it, e.g. real/a.mp4" in e for e in errors)
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == []  # the stale p000001 record must not stand in
+    write_part(cache, [(rec("real/a.mp4", size=2), 9), (rec("real/b.mp4"), 2)])  # a later pass records both
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == ["p000002-r000"]
+
+
+def test_a_deleted_parts_name_is_never_reused(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    assert next_part_name(FeatureCache.open(cache.root)) == "p000003-r000"  # its parts.jsonl line would seal it
+
+
+def test_a_deleted_augment_part_advises_extract_augment(tmp_path: Path) -> None:
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1)])
+    write_part(cache, [(rec(".augment/crf28/real/a.mp4"), 2)])
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    errors, warnings = FeatureCache.open(cache.root).check_structure()
+    assert any("p000002-r000 is missing" in e and "`saga extract --augment …`" in e for e in errors)
+    assert any("`saga extract --augment …`" in w for w in warnings)
+
+
+def test_export_refuses_a_link_inside_the_cache_pointing_out(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (cache.root / "out").symlink_to(tmp_path / "elsewhere")
+    (cache.root / "x.h5").symlink_to(tmp_path / "elsewhere" / "x.h5")
+    for path in (cache.root / "out" / "x.h5", cache.root / "x.h5"):
+        with pytest.raises(SagaError, match="inside the cache"):
+            export_h5(cache, path)
+    assert not (tmp_path / "elsewhere" / "x.h5").exists() and (cache.root / "x.h5").is_symlink()

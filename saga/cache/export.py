@@ -56,11 +56,18 @@ def _check_target(cache: FeatureCache, path: Path, force: bool) -> None:
         raise SagaError(f"{path}: is a folder; pass --h5 with a file name, e.g. {path / 'cache.h5'}")
     if not path.parent.is_dir():
         raise SagaError(f"{path.parent}: no such folder; create it or pass another --h5")
-    if path.resolve().is_relative_to(cache.root.resolve()):
+    if _inside(path, cache.root):
         raise SagaError(f"{path}: inside the cache {cache.root}; pass an --h5 path outside it")
     if path.exists() and not force and not is_export(path):
         raise SagaError(f"{path}: exists and is not a saga cache export; pass another --h5, or --force to "
                         "overwrite it")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether writing `path` lands in the cache: the file it names, or the folder it is in (the atomic write
+    replaces a link there, so a link inside the cache pointing out still writes into the cache)."""
+    return (path.resolve().is_relative_to(root.resolve()) or path.parent.resolve().is_relative_to(root.resolve())
+            or path.absolute().is_relative_to(root.absolute()))
 
 
 def is_export(path: Path) -> bool:

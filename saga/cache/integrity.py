@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga.cache import prune, reader, seal, store  # store is mid-import here: its names are read at call time
 from saga.cache.duplicates import duplicate_warnings
-from saga.cache.manifest import VideoRecord, feature_checksum, manifest_digest, read_split_plan
+from saga.cache.manifest import AUGMENTED, VideoRecord, feature_checksum, manifest_digest, read_split_plan
 from saga.errors import SagaError
 
 if TYPE_CHECKING:
@@ -112,8 +112,7 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
         return errors, warnings
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.exists() else {}
     missing = sorted(set(plan) - {r.path for r in records})
-    unrecorded = len(missing) if cache.split_plan_path.exists() else None
-    errors.extend(_missing_part(name, entry, unrecorded) for name, entry in gone.items())
+    errors.extend(_missing_part(name, entry, seal.unrecorded(cache, name)) for name, entry in gone.items())
     for rec in records:
         planned = plan.get(rec.path)
         if planned is not None and planned[1] != rec.split:
@@ -121,21 +120,30 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
                           f"{planned[1]!r} (edited manifest); restore it or re-extract")
     if missing:
         warnings.append(f"{len(missing)} planned video(s) have no record (e.g. {missing[0]}): an unfinished "
-                        "extraction or a lost part; rerun `saga extract` with the same videos (or, for videos "
+                        f"extraction or a lost part; rerun `{_rerun(missing)}` with the same videos (or, for videos "
                         f"that are gone, `saga cache prune {cache.root} --videos DIR`)")
     warnings.extend(duplicate_warnings(cache.index(), cache.root))
     return errors, warnings
 
 
-def _missing_part(name: str, entry: dict[str, Any], unrecorded: int | None) -> str:
-    """The error for a logged part that is gone, with what retires it (`saga cache verify --seal`)."""
+def _missing_part(name: str, entry: dict[str, Any], unrecorded: list[str] | None) -> str:
+    """The error for a logged part that is gone, with what retires it (`saga cache verify --seal`): every
+    planned video recorded again by a later pass (an older record may be what the part superseded)."""
     head = f"part {name} is missing (sealed with {entry.get('lines')} records)"
     if unrecorded is None:
         return f"{head}; restore it or re-extract into a new cache (no split plan tells which videos it held)"
     if unrecorded:
-        return (f"{head}; restore it, or re-extract its videos ({unrecorded} planned video(s) still have no "
-                "record: rerun `saga extract` with the same videos), then `saga cache verify --seal` retires it")
-    return f"{head}; every planned video has a record again: `saga cache verify --seal` retires it"
+        rerun = _rerun(unrecorded)
+        return (f"{head}; restore it, or re-extract its videos ({len(unrecorded)} planned video(s) have no record "
+                f"newer than it, e.g. {unrecorded[0]}: rerun `{rerun}` with the same videos; a video whose older "
+                "record is still current is not re-extracted, so then re-extract into a new cache), then "
+                "`saga cache verify --seal` retires it")
+    return f"{head}; every planned video has a record from a later pass: `saga cache verify --seal` retires it"
+
+
+def _rerun(paths: list[str]) -> str:
+    """The command that records `paths` again: augmented copies come only from `saga extract --augment`."""
+    return "saga extract --augment …" if any(p.startswith(AUGMENTED) for p in paths) else "saga extract"
 
 
 def _check_part(cache: "FeatureCache", name: str, entry: dict[str, Any] | None, errors: list[str],

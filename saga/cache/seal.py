@@ -8,8 +8,10 @@ the next `saga extract` or `saga cache verify --seal`; a logged part whose seal.
 older than its log line while its manifest matches that line (a killed prune), gets it rewritten.
 
 A part that was deleted (as `saga cache verify` advises for a corrupt one) is retired by `saga cache
-verify --seal` once every planned video has a record again: a line {"part", "lines", "digest", "rows",
-"retired": true}. It keeps the keys an older saga reads, so an older saga still reports the part missing
+verify --seal` once every planned video has a record in a later part (a pass after it: part names are
+never reused, so a later name is a later pass): a line {"part", "lines", "digest", "rows", "retired": true}.
+An older record of a video does not count: it may be the one the deleted part replaced (stale features,
+an old label). It keeps the keys an older saga reads, so an older saga still reports the part missing
 instead of failing on the line.
 """
 
@@ -33,16 +35,23 @@ VIDEOS = "videos.json"  # in a part: {"videos": the resolved videos folder of th
 
 def log_entries(root: Path) -> dict[str, dict[str, Any]]:
     """The last parts.jsonl entry of every part not retired; damaged lines are skipped (`cache verify` names them)."""
-    logged: dict[str, dict[str, Any]] = {}
+    logged = {str(entry["part"]): entry for entry in _log_lines(root)}
+    return {name: entry for name, entry in logged.items() if not retired(entry)}
+
+
+def _log_lines(root: Path) -> list[dict[str, Any]]:
+    """The parts.jsonl entries in order, damaged lines skipped."""
+    entries = []
     log = root / PARTS_LOG
     if log.is_file():
         for line in log.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
             try:
                 entry = json.loads(line)
-                logged[str(entry["part"])] = entry
+                entry["part"]
             except (ValueError, KeyError, TypeError):
                 continue
-    return {name: entry for name, entry in logged.items() if not retired(entry)}
+            entries.append(entry)
+    return entries
 
 
 def retired(entry: Any) -> bool:
@@ -50,24 +59,33 @@ def retired(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("retired") is True
 
 
-def unrecorded(cache: "FeatureCache") -> int | None:
-    """How many planned videos have no record (None: no split plan to tell, a cache of an older saga)."""
+def unrecorded(cache: "FeatureCache", name: str) -> list[str] | None:
+    """The planned videos with no record in a part after `name` (a deleted part), in path order; None
+    when no split plan tells (a cache of an older saga). A record in an earlier part does not count:
+    it may be what the deleted part superseded (a changed file, a new label)."""
     if not cache.split_plan_path.is_file():
         return None
-    plan = read_split_plan(cache.split_plan_path)
-    return len(set(plan) - {r.path for r in cache.records()})
+    winners = {r.path: r.part for r in cache.records()}
+    return sorted(p for p in read_split_plan(cache.split_plan_path) if winners.get(p, "") <= name)
 
 
 def retire_missing(cache: "FeatureCache") -> list[str]:
-    """Retire the logged parts that are gone once every planned video has a record again (their videos
-    were re-extracted); the names retired. Left alone otherwise: `saga cache verify` keeps reporting them."""
-    missing = sorted(set(log_entries(cache.root)) - set(cache.part_names()))
-    if not missing or not cache.readable() or unrecorded(cache) != 0:  # `verify` names a corrupt manifest
-        return []
+    """Retire the logged parts that are gone once every planned video has a record in a later part
+    (re-extracted by a later pass); the names retired. Left alone otherwise: `saga cache verify` keeps
+    reporting them."""
     logged = log_entries(cache.root)
-    for name in missing:
+    missing = sorted(set(logged) - set(cache.part_names()))
+    if not missing or not cache.readable():  # `verify` names a corrupt manifest
+        return []
+    retire = [name for name in missing if unrecorded(cache, name) == []]
+    for name in retire:
         log_part(cache.root, {**logged[name], "retired": True})
-    return missing
+    return retire
+
+
+def all_names(root: Path) -> set[str]:
+    """Every part name parts.jsonl ever logged, retired ones included (a new pass must not reuse one)."""
+    return {str(entry["part"]) for entry in _log_lines(root)}
 
 
 def seal_entry(root: Path, name: str) -> dict[str, Any] | None:

@@ -379,9 +379,13 @@ def _link_new(src: Path, dst: Path) -> None:
 
 
 def next_part_name(cache: FeatureCache, rank: int = 0, pass_id: int | None = None) -> str:
-    """Parts are named pass-then-rank so that later passes sort (and win) last."""
+    """Parts are named pass-then-rank so that later passes sort (and win) last. A name in parts.jsonl (a
+    deleted or retired part) is never reused: its log line would seal the new part."""
+    from saga.cache.seal import all_names
+
     if pass_id is None:
-        passes = [int(p.split("-")[0][1:]) for p in cache.part_names() if p.startswith("p")]
+        names = set(cache.part_names()) | all_names(cache.root)
+        passes = [int(p.split("-")[0][1:]) for p in names if p.startswith("p") and p.split("-")[0][1:].isdigit()]
         pass_id = max(passes, default=0) + 1
     return f"p{pass_id:06d}-r{rank:03d}"
 
