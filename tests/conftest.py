@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -94,3 +97,26 @@ def run_saga(*args: str, check: bool = False, timeout: float = 300,
     if check and proc.returncode != 0:
         raise AssertionError(f"saga {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextmanager
+def lock_held_by_another_thread(root: Path, message: str = "busy") -> Iterator[None]:
+    """The cache's lock held by another thread, as `saga extract` holds it, until the block ends."""
+    from saga.fileio import lock_folder, unlock_folder
+
+    held, done = threading.Event(), threading.Event()
+
+    def extraction() -> None:
+        lock_folder(root, message)
+        held.set()
+        done.wait(30)
+        unlock_folder(root)
+
+    thread = threading.Thread(target=extraction)
+    thread.start()
+    try:
+        assert held.wait(30)
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_saga
+from conftest import lock_held_by_another_thread, run_saga
 from saga.cache import seal
 from saga.cache.export import export_h5, import_h5
 from saga.cache.manifest import append_split_plan, read_split_plan
 from saga.cache.store import PARTS_LOG, SEAL, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import lock_folder, unlock_folder
 from test_cache import D, T, W
 from test_cache_fixes import new_cache, rec, write_part
 
@@ -72,23 +70,9 @@ def test_a_retired_part_that_is_restored_is_checked_against_its_own_seal(tmp_pat
 
 def test_export_is_refused_while_an_extraction_holds_the_cache(tmp_path: Path) -> None:
     cache = two_parts(tmp_path)
-    held, done = threading.Event(), threading.Event()
-
-    def extraction() -> None:
-        lock_folder(cache.root, "busy")
-        held.set()
-        done.wait(30)
-        unlock_folder(cache.root)
-
-    thread = threading.Thread(target=extraction)
-    thread.start()
-    try:
-        assert held.wait(30)
+    with lock_held_by_another_thread(cache.root):
         with pytest.raises(SagaError, match="another saga extract is writing this cache right now"):
             export_h5(cache, tmp_path / "c.h5")
-    finally:
-        done.set()
-        thread.join()
     assert not (tmp_path / "c.h5").exists()
 
 

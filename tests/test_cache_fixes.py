@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_saga
+from conftest import lock_held_by_another_thread, run_saga
 from saga.cache import prune, seal, store
 from saga.cache.manifest import VideoRecord, append_split_plan, read_split_plan
 from saga.cache.store import PARTS_LOG, SEAL, FeatureCache, PartWriter, next_part_name
@@ -163,23 +163,9 @@ def test_a_thread_that_ended_holding_the_lock_frees_it_for_the_next(tmp_path: Pa
 
 def test_prune_is_refused_while_another_thread_extracts(tmp_path: Path) -> None:
     cache = _sealed_not_logged(tmp_path)
-    held, done = threading.Event(), threading.Event()
-
-    def extraction() -> None:  # holds the cache's lock, as `saga extract` does, until told to stop
-        lock_folder(cache.root, BUSY)
-        held.set()
-        done.wait(30)
-        unlock_folder(cache.root)
-
-    thread = threading.Thread(target=extraction)
-    thread.start()
-    try:
-        assert held.wait(30)
+    with lock_held_by_another_thread(cache.root, BUSY):
         with pytest.raises(SagaError, match=BUSY):
             prune.prune_gone(cache, tmp_path)
-    finally:
-        done.set()
-        thread.join()
 
 
 # --- 3. two processes creating the same new cache ----------------------------------------------------------------

@@ -291,8 +291,7 @@ class BaseRun:
 def load_base(from_run: str | Path, cache: FeatureCache) -> BaseRun:
     """A finished stage-1 run's model, refused unless it was trained on this cache's features."""
     model, info = load_model(from_run)
-    stage = info.config.get("stage")
-    if stage != 1:  # a stage-2 θ learnt another level's classes: adapting it is not the 2-stage method
+    if (stage := info.config.get("stage")) != 1:  # a stage-2 θ learnt another level: not the 2-stage method
         what = f"a stage-2 run ({info.level})" if stage == 2 else f"not a stage-1 run (config.json stage: {stage!r})"
         raise SagaError(f"{info.path}: {what}; --from takes a stage-1 run (saga train --stage 1)")
     if not info.finished:
