@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from saga.cache.store import FeatureCache
@@ -17,18 +16,8 @@ from saga.errors import SagaError
 from saga.train.attribute import AttributeConfig, train_attribution
 from saga.train.options import TrainOptions
 from saga.train.stage1 import Stage1Config, train_stage1
-from test_train import TINY, a_config, build_cache, s1_config
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
-    return build_cache(tmp_path_factory.mktemp("cache") / "c", real=12, per_gen=2)
-
-
-@pytest.fixture(scope="module")
-def stage1(cache: FeatureCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    return train_stage1(cache.root, tmp_path_factory.mktemp("runs") / "s1", s1_config(epochs=1))
+from test_train import TINY, a_config, s1_config
+from test_train_guards import cache, stage1  # noqa: F401 - the same tiny cache and stage-1 run (module fixtures)
 
 
 def _captured_attribute(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> dict[str, Any]:
