@@ -19,7 +19,7 @@ from saga.distributed import resolve_device
 from saga.errors import DecodeError, SagaError
 from saga.model.inference import run_batch, take_subwindow
 from saga.pipeline.decode import decode_video
-from saga.pipeline.encoders import FrameEncoder, load_encoder, preprocess_frames
+from saga.pipeline.encoders import FrameEncoder, load_encoder, preprocess_frames, recorded_encoder
 from saga.pipeline.inputs import VIDEO_SUFFIXES
 from saga.pipeline.sampling import SamplingPolicy
 from saga.taxonomy import LEVELS, Taxonomy
@@ -63,7 +63,9 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None) -> FrameEncoder:
     """The encoder the run was trained on; overrides (a local copy of the weights) must match its fingerprint."""
     want = info.encoder
-    enc = load_encoder(encoder or want.encoder, pretrained or want.pretrained, device)
+    fix = "pass --encoder local-dir:NEWPATH (its new place; the weights are checked against the run's)"
+    enc = load_encoder(encoder or recorded_encoder(want.encoder, want.pretrained, str(info.path), fix),
+                       pretrained or want.pretrained, device)
     got = EncoderSpec.from_dict(enc.provenance(), "the loaded encoder")
     for key in want.differences(got, IDENTITY_KEYS)[:1]:
         run_value, this_value = first_difference(getattr(want, key), getattr(got, key))

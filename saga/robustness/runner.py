@@ -24,6 +24,7 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_json, write_text
 from saga.openworld.embeddings import Embedder
+from saga.pipeline.encoders import recorded_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.progress import ProgressFn
 from saga.runs.files import ROBUSTNESS, ROBUSTNESS_MD
@@ -109,7 +110,9 @@ def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg
     fractions = {s: float(s == split) for s in SPLITS}  # every copy stays in its original's split
     FeatureCache.create_or_open(out, cache_provenance(spec, clean.taxonomy, 0, fractions))
     sampling = dict(spec.sampling or {})
-    ecfg = ExtractConfig(videos=videos, out=out, labels=videos / "labels.csv", encoder=spec.encoder,
+    name = recorded_encoder(spec.encoder, spec.pretrained, str(clean.root), "put the folder back there (or a link "
+                            "to it): the perturbed copies are extracted with the cache's own encoder")
+    ecfg = ExtractConfig(videos=videos, out=out, labels=videos / "labels.csv", encoder=name,
                          pretrained=spec.pretrained, frames=int(sampling["frames"]),
                          sampling=str(sampling.get("mode", "consecutive")), windows=int(sampling.get("windows", 1)),
                          batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, split_fractions=fractions)
