@@ -201,7 +201,9 @@ class LineLog:
     A line is committed once its newline is on disk; readers skip an unterminated last line. So
     an append first cuts such a torn tail (a write killed or cut short by a full disk): glued to
     the next line it would become a complete, corrupt line that every later open refuses. A
-    failed append cuts the file back to where it began.
+    failed append cuts the file back to where it began. The cut and each append hold the file's flock:
+    the ranks of a distributed pass append their seals to one parts.jsonl at once, and one's cut must
+    not take another's line still being written for a torn tail.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -209,10 +211,20 @@ class LineLog:
         with writing(self.path):
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
         try:
-            self._cut_torn_tail()
+            with self._exclusive():
+                self._cut_torn_tail()
         except BaseException:
             os.close(self._fd)
             raise
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the file's flock (other LineLogs of the file wait)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _cut_torn_tail(self) -> None:
         end = os.fstat(self._fd).st_size
@@ -234,6 +246,10 @@ class LineLog:
         data = memoryview(text.encode("utf-8"))
         if not data:
             return
+        with self._exclusive():
+            self._write(data)
+
+    def _write(self, data: memoryview) -> None:
         start = os.fstat(self._fd).st_size
         try:
             with writing(self.path):

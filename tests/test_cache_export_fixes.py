@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import lock_held_by_another_thread, run_saga
-from saga.cache import seal
+from saga.cache import prune, seal
 from saga.cache.export import export_h5, import_h5
 from saga.cache.manifest import append_split_plan, read_split_plan
 from saga.cache.store import PARTS_LOG, SEAL, FeatureCache, PartWriter, next_part_name
@@ -41,7 +41,7 @@ def test_a_deleted_part_is_retired_by_verify_seal_once_every_video_has_a_record_
     cache = two_parts(tmp_path)
     shutil.rmtree(cache.root / "parts" / "p000001-r000")
     errors, _ = FeatureCache.open(cache.root).check_structure()
-    assert any("p000001-r000 is missing" in e and "2 planned video(s) have no record newer than it" in e for e in errors)
+    assert any("p000001-r000 is missing" in e and "2 video(s) it held have no record newer than it" in e for e in errors)
     proc = run_saga("cache", "verify", "--seal", str(cache.root))
     assert proc.returncode == 1 and "retired" not in proc.stdout
     write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])  # re-extracted into a new part
@@ -240,3 +240,61 @@ def test_export_refuses_a_link_inside_the_cache_pointing_out(tmp_path: Path) -> 
         with pytest.raises(SagaError, match="inside the cache"):
             export_h5(cache, path)
     assert not (tmp_path / "elsewhere" / "x.h5").exists() and (cache.root / "x.h5").is_symlink()
+
+
+# --- 8. a deleted part is retired once the videos IT held are re-recorded: its seal lists them ---------------------
+
+def test_a_deleted_part_is_retired_once_its_own_videos_have_a_later_record(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)  # real/a, real/b only ever in p000001: no later record of them will come
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    errors, _ = FeatureCache.open(cache.root).check_structure()
+    assert any("1 video(s) it held have no record newer than it, e.g. syn-svd/c.mp4" in e for e in errors)
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == []
+    write_part(cache, [(rec("syn-svd/c.mp4", "syn-svd"), 3)])  # its one video re-extracted
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == ["p000002-r000"]
+    assert FeatureCache.open(cache.root).check_structure()[0] == []
+    assert "videos" not in json.loads((cache.root / PARTS_LOG).read_text().splitlines()[-1])  # kept compact
+
+
+def _as_older_saga(cache: FeatureCache) -> None:
+    """Drop the video lists from every seal, as an older saga wrote them."""
+    lines = [json.loads(line) for line in (cache.root / PARTS_LOG).read_text().splitlines()]
+    (cache.root / PARTS_LOG).write_text("".join(json.dumps({k: v for k, v in e.items() if k != "videos"}) + "\n"
+                                                for e in lines))
+    for path in (cache.root / "parts").glob(f"*/{SEAL}"):
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "videos"}))
+
+
+def test_an_older_sagas_seal_line_keeps_the_every_planned_video_rule_and_gets_its_list(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    _as_older_saga(cache)
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    write_part(cache, [(rec("syn-svd/c.mp4", "syn-svd"), 3)])
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == []  # which videos it held is unknown
+    errors, _ = FeatureCache.open(cache.root).check_structure()
+    assert any("2 planned video(s) have no record newer than it" in e and "does not list the videos it held" in e
+               for e in errors)
+    seal.seal_leftover_parts(FeatureCache.open(cache.root))  # the next extract or `verify --seal`
+    assert seal.log_entries(cache.root)["p000001-r000"]["videos"] == ["real/a.mp4", "real/b.mp4"]
+    assert seal.seal_entry(cache.root, "p000001-r000") == seal.log_entries(cache.root)["p000001-r000"]
+    assert [e for e in FeatureCache.open(cache.root).check_structure()[0] if "p000001" in e] == []
+
+
+def test_a_pruned_video_of_a_deleted_part_does_not_keep_it(tmp_path: Path) -> None:
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4"), 2)])
+    shutil.rmtree(cache.root / "parts" / "p000001-r000")
+    write_part(cache, [(rec("real/a.mp4"), 1)])  # real/b.mp4 is gone from the videos folder
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == []
+    videos = tmp_path / "videos"
+    (videos / "real").mkdir(parents=True)
+    (videos / "real" / "a.mp4").write_bytes(b"x")
+    assert prune.prune_gone(FeatureCache.open(cache.root), videos, all_folders=True) == ["real/b.mp4"]
+    assert seal.retire_missing(FeatureCache.open(cache.root)) == ["p000001-r000"]
+
+
+def test_a_prune_seals_the_videos_it_kept(tmp_path: Path) -> None:
+    cache = two_parts(tmp_path)
+    assert prune.prune_part(cache.root, "p000001-r000", {"real/b.mp4"}) == 1
+    assert seal.log_entries(cache.root)["p000001-r000"]["videos"] == ["real/a.mp4"]
+    assert seal.seal_entry(cache.root, "p000001-r000") == seal.log_entries(cache.root)["p000001-r000"]

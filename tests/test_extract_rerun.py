@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +68,24 @@ def test_a_failed_append_leaves_the_file_as_it_was(tmp_path: Path, monkeypatch: 
     monkeypatch.undo()
     log.close()
     assert path.read_bytes() == b"one\n"
+
+
+
+def test_an_append_never_cuts_another_writers_line_still_being_written(tmp_path: Path) -> None:
+    """Ranks seal into one parts.jsonl at once: rank B's torn-tail cut must wait for rank A's line."""
+    path = tmp_path / "parts.jsonl"
+    append_lines(path, "one\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # rank A, mid-append (what LineLog.append holds)
+    os.write(fd, b"rank-a")
+    other = threading.Thread(target=append_lines, args=(path, "rank-b\n"))
+    other.start()
+    other.join(0.3)
+    os.write(fd, b" line\n")
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    other.join()
+    assert path.read_text().splitlines() == ["one", "rank-a line", "rank-b"]
 
 
 # --- extraction reruns -----------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
         return errors, warnings
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.exists() else {}
     missing = sorted(set(plan) - {r.path for r in records})
-    errors.extend(_missing_part(name, entry, seal.unrecorded(cache, name)) for name, entry in gone.items())
+    errors.extend(_missing_part(name, entry, seal.unrecorded(cache, name, entry)) for name, entry in gone.items())
     for rec in records:
         planned = plan.get(rec.path)
         if planned is not None and planned[1] != rec.split:
@@ -128,17 +128,22 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
 
 def _missing_part(name: str, entry: dict[str, Any], unrecorded: list[str] | None) -> str:
     """The error for a logged part that is gone, with what retires it (`saga cache verify --seal`): every
-    planned video recorded again by a later pass (an older record may be what the part superseded)."""
+    video it held (its seal lists them; an older saga's seal does not, then every planned video) recorded
+    again by a later pass (an older record may be what the part superseded)."""
     head = f"part {name} is missing (sealed with {entry.get('lines')} records)"
     if unrecorded is None:
         return f"{head}; restore it or re-extract into a new cache (no split plan tells which videos it held)"
-    if unrecorded:
-        rerun = _rerun(unrecorded)
-        return (f"{head}; restore it, or re-extract its videos ({len(unrecorded)} planned video(s) have no record "
-                f"newer than it, e.g. {unrecorded[0]}: rerun `{rerun}` with the same videos; a video whose older "
-                "record is still current is not re-extracted, so then re-extract into a new cache), then "
-                "`saga cache verify --seal` retires it")
-    return f"{head}; every planned video has a record from a later pass: `saga cache verify --seal` retires it"
+    listed = seal.listed_videos(entry) is not None
+    if not unrecorded:
+        every = "every video it held" if listed else "every planned video"
+        return f"{head}; {every} has a record from a later pass: `saga cache verify --seal` retires it"
+    which = "video(s) it held" if listed else "planned video(s)"
+    older = "" if listed else (f"; its {store.PARTS_LOG} line, written by an older saga, does not list the videos it "
+                               "held, so every planned video counts")
+    return (f"{head}; restore it, or re-extract its videos ({len(unrecorded)} {which} have no record newer than "
+            f"it, e.g. {unrecorded[0]}{older}: rerun `{_rerun(unrecorded)}` with the same videos; a video whose "
+            "older record is still current is not re-extracted, so then re-extract into a new cache), then "
+            "`saga cache verify --seal` retires it")
 
 
 def _rerun(paths: list[str]) -> str:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from saga.cache.columns import SIDECAR
 from saga.cache.manifest import AUGMENTED, iter_lines, manifest_digest, parse_line, read_split_plan, source_key
-from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, part_videos, seal_leftover_parts
+from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, part_videos, seal_leftover_parts, seal_of
 from saga.errors import SagaError
 from saga.fileio import lock_folder, unlock_folder, write_bytes, write_json, write_text
 
@@ -105,9 +105,8 @@ def prune_part(root: Path, name: str, drop: set[str]) -> int:
             kept.append(raw)
     if dropped:
         write_bytes(folder / PRUNED, b"".join(kept))
-        lines, digest = manifest_digest(folder / PRUNED)
         rows = (log_entries(root).get(name) or {}).get("rows", 0)
-        entry = {"part": name, "lines": lines, "digest": digest, "rows": rows}
+        entry = seal_of(name, folder / PRUNED, rows)  # the kept videos: a later deletion of the part retires by them
         log_part(root, entry)
         _finish(folder, entry)
     return dropped

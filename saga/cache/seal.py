@@ -7,12 +7,14 @@ the other order (seal.json, then a kill before the log line) gets its line from 
 the next `saga extract` or `saga cache verify --seal`; a logged part whose seal.json is missing, or
 older than its log line while its manifest matches that line (a killed prune), gets it rewritten.
 
-A part that was deleted (as `saga cache verify` advises for a corrupt one) is retired by `saga cache
-verify --seal` once every planned video has a record in a later part (a pass after it: part names are
-never reused, so a later name is a later pass): a line {"part", "lines", "digest", "rows", "retired": true}.
-An older record of a video does not count: it may be the one the deleted part replaced (stale features,
-an old label). It keeps the keys an older saga reads, so an older saga still reports the part missing
-instead of failing on the line.
+A seal also lists the paths of the part's records ("videos"): the part's manifest goes with the part,
+and this is what tells, after its deletion, which videos it held. A part that was deleted (as `saga cache
+verify` advises for a corrupt one) is retired by `saga cache verify --seal` once every video it held (and
+still planned) has a record in a later part (a pass after it: part names are never reused, so a later name
+is a later pass): a line {"part", "lines", "digest", "rows", "retired": true}. An older record of a video
+does not count: it may be the one the deleted part replaced (stale features, an old label). A line of an
+older saga lists no videos: then every planned video must have a later record. The retired line keeps
+the keys an older saga reads, so an older saga still reports the part missing instead of failing on it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saga.cache.manifest import manifest_digest, read_manifest, read_split_plan
+from saga.cache.manifest import iter_lines, manifest_digest, parse_line, read_manifest, read_split_plan
 from saga.fileio import append_lines, write_json
 
 if TYPE_CHECKING:
@@ -59,27 +61,40 @@ def retired(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("retired") is True
 
 
-def unrecorded(cache: "FeatureCache", name: str) -> list[str] | None:
-    """The planned videos with no record in a part after `name` (a deleted part), in path order; None
-    when no split plan tells (a cache of an older saga). A record in an earlier part does not count:
-    it may be what the deleted part superseded (a changed file, a new label)."""
-    if not cache.split_plan_path.is_file():
+def listed_videos(entry: dict[str, Any]) -> list[str] | None:
+    """The video paths a seal lists (the part's records); None for a seal of an older saga, which lists none."""
+    videos = entry.get("videos")
+    if isinstance(videos, list) and all(isinstance(p, str) for p in videos):
+        return videos
+    return None
+
+
+def unrecorded(cache: "FeatureCache", name: str, entry: dict[str, Any]) -> list[str] | None:
+    """The videos of a deleted part with no record in a part after `name`, in path order: those its seal
+    lists, but pruned ones (out of the split plan); for a seal of an older saga, every planned video. None
+    when neither tells (an older saga's seal and no split plan). A record in an earlier part does not
+    count: it may be what the deleted part superseded (a changed file, a new label)."""
+    videos = listed_videos(entry)
+    plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.is_file() else None
+    if videos is None and plan is None:
         return None
+    wanted = (videos if plan is None else [p for p in videos if p in plan]) if videos is not None else plan
     winners = {r.path: r.part for r in cache.records()}
-    return sorted(p for p in read_split_plan(cache.split_plan_path) if winners.get(p, "") <= name)
+    return sorted(p for p in wanted if winners.get(p, "") <= name)
 
 
 def retire_missing(cache: "FeatureCache") -> list[str]:
-    """Retire the logged parts that are gone once every planned video has a record in a later part
+    """Retire the logged parts that are gone once every video they held has a record in a later part
     (re-extracted by a later pass); the names retired. Left alone otherwise: `saga cache verify` keeps
-    reporting them."""
+    reporting them. The retired line drops the video list: nothing reads it again."""
     logged = log_entries(cache.root)
     missing = sorted(set(logged) - set(cache.part_names()))
     if not missing or not cache.readable():  # `verify` names a corrupt manifest
         return []
-    retire = [name for name in missing if unrecorded(cache, name) == []]
+    retire = [name for name in missing if unrecorded(cache, name, logged[name]) == []]
     for name in retire:
-        log_part(cache.root, {**logged[name], "retired": True})
+        kept = {key: value for key, value in logged[name].items() if key != "videos"}
+        log_part(cache.root, {**kept, "retired": True})
     return retire
 
 
@@ -117,13 +132,35 @@ def log_part(root: Path, entry: dict[str, Any]) -> None:
     append_lines(root / PARTS_LOG, json.dumps(entry, sort_keys=True) + "\n")
 
 
+def seal_of(name: str, manifest: Path, rows: int) -> dict[str, Any]:
+    """A part's seal: its manifest's line count and digest, and its records' paths (which outlive the part)."""
+    lines, digest = manifest_digest(manifest)
+    return {"part": name, "lines": lines, "digest": digest, "rows": rows, "videos": _paths(manifest)}
+
+
+def _paths(manifest: Path) -> list[str]:
+    """The paths of a manifest's committed records, sorted, each once (failed records too)."""
+    return sorted({parse_line(raw, manifest, number)["path"] for number, raw in iter_lines(manifest)})
+
+
 def seal_part(root: Path, name: str, rows: int) -> None:
-    """Record a part's manifest line count and digest: in the cache's parts log first, then in the part."""
-    folder = root / "parts" / name
-    lines, digest = manifest_digest(folder / MANIFEST)
-    entry = {"part": name, "lines": lines, "digest": digest, "rows": rows}
+    """Seal a part with its manifest as it is now."""
+    commit_seal(root, seal_of(name, root / "parts" / name / MANIFEST, rows))
+
+
+def commit_seal(root: Path, entry: dict[str, Any]) -> None:
+    """A seal goes to the cache's parts log first (the commit point), then to the part's seal.json."""
     log_part(root, entry)
-    write_json(folder / SEAL, entry)
+    write_json(root / "parts" / str(entry["part"]) / SEAL, entry)
+
+
+def _listing(root: Path, name: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """An older saga's seal with the part's video list added, when its manifest is still the one it sealed
+    (an edited one keeps its seal for `saga cache verify` to report); None when there is nothing to add."""
+    manifest = root / "parts" / name / MANIFEST
+    if listed_videos(entry) is not None or manifest_digest(manifest) != (entry.get("lines"), entry.get("digest")):
+        return None
+    return {**entry, "videos": _paths(manifest)}
 
 
 def unsealed_parts(cache: "FeatureCache") -> list[str]:
@@ -137,7 +174,8 @@ def seal_leftover_parts(cache: "FeatureCache", rewritten: list[str] | None = Non
     """Seal the parts of passes that were killed (a new pass writes a new part, so their committed
     lines are final), and log the ones sealed but never logged: without a seal, edits to a part go
     unnoticed and every training run warns; without a log line, so does its loss. The names of logged
-    parts whose seal.json was rewritten from their log line go to `rewritten` (for the report).
+    parts whose seal.json was rewritten from their log line go to `rewritten` (for the report). A seal
+    of an older saga gets the part's video list, so that the part's deletion can be retired exactly.
 
     A damaged seal.json is left alone for `saga cache verify` to report (resealing would hide an edit)."""
     from saga.cache.prune import finish_prunes  # prune builds on this module
@@ -152,10 +190,17 @@ def seal_leftover_parts(cache: "FeatureCache", rewritten: list[str] | None = Non
                 write_json(folder / SEAL, logged[name])
                 if rewritten is not None:
                     rewritten.append(name)
+            listed = _listing(cache.root, name, logged[name])
+            if listed is not None:
+                commit_seal(cache.root, listed)
             continue
         entry = seal_entry(cache.root, name)
         if entry is not None:
-            log_part(cache.root, entry)
+            listed = _listing(cache.root, name, entry)
+            if listed is None:
+                log_part(cache.root, entry)
+            else:
+                commit_seal(cache.root, listed)
         elif not (folder / SEAL).exists():
             records = read_manifest(folder / MANIFEST)
             seal_part(cache.root, name, max((r.row + r.windows for r in records if r.ok), default=0))

@@ -101,7 +101,7 @@ def _retire(store: FeatureCache) -> None:
     from saga.cache.seal import retire_missing
 
     for name in retire_missing(store):
-        console.print(f"retired part {name}: it was deleted and every planned video has a record again",
+        console.print(f"retired part {name}: it was deleted and every video it held has a record from a later pass",
                       markup=False)
 
 
