@@ -14,13 +14,13 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from saga.cache.provenance import IDENTITY_KEYS, EncoderSpec, first_difference
 from saga.distributed import resolve_device
 from saga.errors import DecodeError, SagaError
 from saga.model.inference import run_batch, take_subwindow
 from saga.pipeline.decode import decode_video
-from saga.pipeline.encoders import FrameEncoder, load_encoder, preprocess_frames, recorded_encoder
+from saga.pipeline.encoders import FrameEncoder, preprocess_frames
 from saga.pipeline.inputs import VIDEO_SUFFIXES
+from saga.pipeline.recorded import checked_encoder
 from saga.pipeline.sampling import SamplingPolicy
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.runs import PROVENANCE, RunInfo, load_model
@@ -62,20 +62,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 
 def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None) -> FrameEncoder:
     """The encoder the run was trained on; overrides (a local copy of the weights) must match its fingerprint."""
-    want = info.encoder
-    fix = "pass --encoder local-dir:NEWPATH (its new place; the weights are checked against the run's)"
-    enc = load_encoder(encoder or recorded_encoder(want.encoder, want.pretrained, str(info.path), fix),
-                       pretrained or want.pretrained, device)
-    got = EncoderSpec.from_dict(enc.provenance(), "the loaded encoder")
-    for key in want.differences(got, IDENTITY_KEYS)[:1]:
-        run_value, this_value = first_difference(getattr(want, key), getattr(got, key))
-        fix = ("pass --encoder/--pretrained with the run's weights" if key == "weights_fingerprint" else
-               f"the weights are the run's but give other features: load them as the run did (--encoder "
-               f"{want.encoder} --pretrained {want.pretrained}), or with the run's settings "
-               "(open_clip_config.json beside the file)")
-        raise SagaError(f"{info.path}: encoder mismatch: the run was trained on {want.encoder} features with "
-                        f"{key} {run_value}, this encoder gives {this_value}; {fix}")
-    return enc
+    return checked_encoder(info.encoder, str(info.path), device, encoder, pretrained)
 
 
 def nearest_source(row_probs: np.ndarray, cls: int, subclass_of: list[int], names: list[str]) -> dict[str, Any] | None:

@@ -298,3 +298,37 @@ def test_a_prune_seals_the_videos_it_kept(tmp_path: Path) -> None:
     assert prune.prune_part(cache.root, "p000001-r000", {"real/b.mp4"}) == 1
     assert seal.log_entries(cache.root)["p000001-r000"]["videos"] == ["real/a.mp4"]
     assert seal.seal_entry(cache.root, "p000001-r000") == seal.log_entries(cache.root)["p000001-r000"]
+
+
+# --- 9. the missing-part error says what is known of the part's videos, whatever else is damaged ------------------
+
+LISTED = "its seal lists 1 video(s) it held, e.g. syn-svd/c.mp4"
+PLANNED = "3 planned video(s), e.g. real/a.mp4; its parts.jsonl line, written by an older saga, does not list"
+UNKNOWN = "does not list the videos it held, and no split plan (splits.jsonl) stands in"
+
+
+@pytest.mark.parametrize("older, plan, corrupt, said", [
+    (False, True, True, LISTED), (False, False, True, LISTED), (True, True, True, PLANNED),
+    (True, False, True, UNKNOWN), (True, False, False, UNKNOWN),
+    (False, False, False, "1 video(s) it held have no record newer than it, e.g. syn-svd/c.mp4")],
+    ids=["listed-corrupt", "listed-noplan-corrupt", "older-corrupt", "older-noplan-corrupt", "older-noplan",
+         "listed-noplan"])
+def test_a_missing_parts_message_says_what_is_known_of_its_videos(tmp_path: Path, older: bool, plan: bool,
+                                                                   corrupt: bool, said: str) -> None:
+    cache = two_parts(tmp_path)
+    if older:
+        _as_older_saga(cache)
+    if not plan:
+        cache.split_plan_path.unlink()
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    if corrupt:  # another part's manifest: which videos have a later record cannot be read
+        manifest = cache.root / "parts" / "p000001-r000" / "manifest.jsonl"
+        manifest.write_text(manifest.read_text().replace('"path"', '"pa th"', 1))
+    errors, _ = FeatureCache.open(cache.root).check_structure()
+    missing = [e for e in errors if "p000002-r000 is missing" in e]
+    assert len(missing) == 1 and said in missing[0], errors
+    if said == UNKNOWN:
+        assert "restore it or re-extract into a new cache" in missing[0]
+    else:
+        assert "no split plan" not in missing[0] and missing[0].endswith("`saga cache verify --seal` retires it")
+    assert any("corrupt manifest line" in e for e in errors) == corrupt

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import make_video_tree
+from conftest import make_video_tree, run_saga
 from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -25,7 +25,8 @@ from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.predict import run_encoder
 from saga.robustness.runner import RobustnessConfig, extract_copies
-from test_encoder_fixes import _model_dir, _spec
+from test_encoder_fixes import _model_dir, _spec, _tiny_state
+from test_robustness import untrained_run
 
 TYPED = "local-dir:models/ldm"
 
@@ -93,5 +94,27 @@ def test_robustness_extracts_with_the_caches_local_dir_from_any_cwd(folders: tup
     copies = extract_copies(clean, videos, b / "perturbed", split, cfg, say=lambda line: None)
     assert len(copies.ok_records(split)) == len(clean.ok_records()) > 0  # every video, in one split
     shutil.rmtree(a / "models")
-    with pytest.raises(SagaError, match=rf"its encoder folder {a}/models/ldm is gone .*put the folder back"):
+    with pytest.raises(SagaError, match=rf"its encoder folder {a}/models/ldm is gone .*--encoder local-dir:NEWPATH"):
         extract_copies(clean, videos, b / "perturbed2", split, cfg, say=lambda line: None)
+
+
+def test_robustness_takes_the_moved_encoder_folder_checked_against_the_run(folders: tuple[Path, Path]) -> None:
+    """`saga robustness --encoder local-dir:NEWPATH`, as `saga predict` takes it: the weights checked first."""
+    a, b = folders
+    videos = make_video_tree(a / "videos", per_class=2, generators=("real", "syn-svd"))
+    extract(ExtractConfig(videos=videos, out=a / "cache", taxonomy="synth", encoder=TYPED, pretrained=None,
+                          frames=8, workers=0, device="cpu", split_fractions={"train": 0.0, "val": 0.0, "test": 1.0}))
+    run = untrained_run(FeatureCache.open(a / "cache"), ("real", "syn-svd"), a / "run")
+    args = ["robustness", str(run), "--videos", str(videos), "--perturb", "crf28", "--workers", "0", "--device", "cpu"]
+    assert run_saga(*args, check=True).returncode == 0  # a perturbed cache made at the old place
+    shutil.move(a / "models", b / "models")
+    gone = run_saga(*args)
+    assert gone.returncode == 2 and "--encoder local-dir:NEWPATH" in gone.stderr, gone.stderr
+    assert f"{a}/models/ldm is gone" in gone.stderr and "put the folder back" not in gone.stderr
+    other = _model_dir(b / "other", {}, _tiny_state(seed=1))  # the same model with other weights: refused
+    wrong = run_saga(*args, "--encoder", f"local-dir:{other}")
+    assert wrong.returncode == 2 and "encoder mismatch" in wrong.stderr and "weights_fingerprint" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr  # refused before any video is re-encoded
+    moved = run_saga(*args, "--encoder", f"local-dir:{b}/models/ldm", check=True)
+    assert "extracted 0 new, 4 already cached" in moved.stderr, moved.stderr  # the old place's cache is reused
+    assert (run / "robustness.json").is_file()

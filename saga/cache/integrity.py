@@ -107,12 +107,12 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
     try:
         records = cache.records()
     except SagaError as exc:  # a corrupt manifest line: no record can be listed, the seals above say which part
-        errors.extend(_missing_part(name, entry, None) for name, entry in gone.items())
+        errors.extend(_missing_part(cache, name, entry, readable=False) for name, entry in gone.items())
         errors.append(str(exc))
         return errors, warnings
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.exists() else {}
     missing = sorted(set(plan) - {r.path for r in records})
-    errors.extend(_missing_part(name, entry, seal.unrecorded(cache, name, entry)) for name, entry in gone.items())
+    errors.extend(_missing_part(cache, name, entry) for name, entry in gone.items())
     for rec in records:
         planned = plan.get(rec.path)
         if planned is not None and planned[1] != rec.split:
@@ -126,24 +126,38 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def _missing_part(name: str, entry: dict[str, Any], unrecorded: list[str] | None) -> str:
+def _missing_part(cache: "FeatureCache", name: str, entry: dict[str, Any], readable: bool = True) -> str:
     """The error for a logged part that is gone, with what retires it (`saga cache verify --seal`): every
     video it held (its seal lists them; an older saga's seal does not, then every planned video) recorded
-    again by a later pass (an older record may be what the part superseded)."""
+    again by a later pass (an older record may be what the part superseded). `readable`: False while a
+    corrupt manifest hides which videos have a later record (and `--seal` retires nothing)."""
     head = f"part {name} is missing (sealed with {entry.get('lines')} records)"
-    if unrecorded is None:
-        return f"{head}; restore it or re-extract into a new cache (no split plan tells which videos it held)"
+    held = seal.held_videos(cache, entry)
     listed = seal.listed_videos(entry) is not None
+    if held is None:
+        return (f"{head}; restore it or re-extract into a new cache (its {store.PARTS_LOG} line, written by an "
+                f"older saga, does not list the videos it held, and no split plan ({store.SPLIT_PLAN}) stands in)")
+    older = "" if listed else (f"; its {store.PARTS_LOG} line, written by an older saga, does not list the videos it "
+                               "held, so every planned video counts")
+    if not readable:
+        which = f"its seal lists {len(held)} video(s) it held" if listed else f"{len(held)} planned video(s)"
+        return (f"{head}; restore it, or re-extract its videos ({which}{_example(held)}{older}; which of them "
+                f"have a later record is unknown until the corrupt manifest reported here is restored or its part "
+                f"re-extracted): rerun `{_rerun(held)}` with the same videos, then `saga cache verify --seal` "
+                "retires it")
+    unrecorded = seal.unrecorded(cache, name, entry) or []
     if not unrecorded:
         every = "every video it held" if listed else "every planned video"
         return f"{head}; {every} has a record from a later pass: `saga cache verify --seal` retires it"
     which = "video(s) it held" if listed else "planned video(s)"
-    older = "" if listed else (f"; its {store.PARTS_LOG} line, written by an older saga, does not list the videos it "
-                               "held, so every planned video counts")
     return (f"{head}; restore it, or re-extract its videos ({len(unrecorded)} {which} have no record newer than "
             f"it, e.g. {unrecorded[0]}{older}: rerun `{_rerun(unrecorded)}` with the same videos; a video whose "
             "older record is still current is not re-extracted, so then re-extract into a new cache), then "
             "`saga cache verify --seal` retires it")
+
+
+def _example(paths: list[str]) -> str:
+    return f", e.g. {paths[0]}" if paths else ""
 
 
 def _rerun(paths: list[str]) -> str:

@@ -69,16 +69,24 @@ def listed_videos(entry: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def unrecorded(cache: "FeatureCache", name: str, entry: dict[str, Any]) -> list[str] | None:
-    """The videos of a deleted part with no record in a part after `name`, in path order: those its seal
+def held_videos(cache: "FeatureCache", entry: dict[str, Any]) -> list[str] | None:
+    """The videos a deleted part held that a later pass must record again before it is retired: those its seal
     lists, but pruned ones (out of the split plan); for a seal of an older saga, every planned video. None
-    when neither tells (an older saga's seal and no split plan). A record in an earlier part does not
-    count: it may be what the deleted part superseded (a changed file, a new label)."""
+    when neither tells (an older saga's seal and no split plan)."""
     videos = listed_videos(entry)
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.is_file() else None
-    if videos is None and plan is None:
+    if videos is None:
+        return None if plan is None else sorted(plan)
+    return videos if plan is None else [p for p in videos if p in plan]
+
+
+def unrecorded(cache: "FeatureCache", name: str, entry: dict[str, Any]) -> list[str] | None:
+    """The `held_videos` of a deleted part with no record in a part after `name`, in path order (None when
+    unknown). A record in an earlier part does not count: it may be what the deleted part superseded (a
+    changed file, a new label)."""
+    wanted = held_videos(cache, entry)
+    if wanted is None:
         return None
-    wanted = (videos if plan is None else [p for p in videos if p in plan]) if videos is not None else plan
     winners = {r.path: r.part for r in cache.records()}
     return sorted(p for p in wanted if winners.get(p, "") <= name)
 

@@ -27,6 +27,10 @@ def robustness(
     batch_size: Annotated[int, typer.Option(help="Frames per encoder forward pass.")] = 64,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    encoder: Annotated[Optional[str], typer.Option(
+        help="Override the run's encoder for the perturbed copies (e.g. local-dir: of its moved folder); the "
+             "weights must match the run's.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
 ) -> None:
     """Re-encode the split's videos with each perturbation, extract each set once, evaluate the run on it."""
     from saga.robustness.evaluate import markdown
@@ -35,7 +39,7 @@ def robustness(
 
     cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=parse_list(perturb),
                            limit_per_class=limit_per_class, split=split, seed=seed, device=cli_device(device),
-                           batch_size=batch_size, workers=workers)
+                           batch_size=batch_size, workers=workers, encoder=encoder, pretrained=pretrained)
     with one_line_warnings():
         result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
     typer.echo(markdown(result))

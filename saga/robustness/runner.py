@@ -9,6 +9,8 @@ the encoder, weights, preprocessing and sampling recorded in the run's cache (ex
 itself), then evaluate the run there. The perturbed cache is created beforehand with the clean
 cache's encoder spec and taxonomy, so labels carry over and an encoder that no longer gives the
 same features is refused by the one compatibility rule (`EncoderSpec`) before any video is decoded.
+A moved `local-dir:` folder (or weights file) is named with `--encoder` / `--pretrained`, checked against
+the run's weights as `saga predict` checks them (`saga.pipeline.recorded`) before any video is re-encoded.
 A video that cannot be re-encoded or extracted costs one line and counts as failed.
 """
 
@@ -19,13 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
-from saga.cache.provenance import cache_provenance
+from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_json, write_text
 from saga.openworld.embeddings import Embedder
-from saga.pipeline.encoders import recorded_encoder
+from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
+from saga.pipeline.recorded import check_identity, encoder_source
 from saga.progress import ProgressFn
 from saga.runs.files import ROBUSTNESS, ROBUSTNESS_MD
 from saga.robustness.evaluate import level_metrics, markdown, reported_levels
@@ -52,6 +55,8 @@ class RobustnessConfig:
     device: str = "cpu"
     batch_size: int = 64
     workers: int = 2
+    encoder: str | None = None  # --encoder / --pretrained: the run's encoder moved (checked against its weights)
+    pretrained: str | None = None
 
 
 def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> list[VideoRecord]:
@@ -103,17 +108,27 @@ def csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
-def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg: RobustnessConfig,
-                   say: Say, progress: ProgressFn | None = None) -> FeatureCache:
-    """Extract `videos` into the cache `out` with the clean cache's encoder spec, taxonomy and sampling."""
+def copies_encoder(run: EncoderSpec, clean: FeatureCache, cfg: RobustnessConfig) -> tuple[str, str | None]:
+    """(name, pretrained) that extract the copies: the clean cache's recorded encoder, or --encoder /
+    --pretrained, loaded once and checked against the run's weights before any video is re-encoded."""
+    if cfg.encoder is None and cfg.pretrained is None:
+        return encoder_source(clean.encoder_spec, str(clean.root))
+    source = encoder_source(run, str(cfg.run), cfg.encoder, cfg.pretrained)
+    check_identity(run, load_encoder(*source, cfg.device), str(cfg.run))
+    return source
+
+
+def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg: RobustnessConfig, say: Say,
+                   progress: ProgressFn | None = None, source: tuple[str, str | None] | None = None) -> FeatureCache:
+    """Extract `videos` into the cache `out` with the clean cache's encoder spec, taxonomy and sampling; the
+    encoder is loaded from `source` (`copies_encoder`), by default the clean cache's recorded one."""
     spec = clean.encoder_spec
+    source = source or encoder_source(spec, str(clean.root))
     fractions = {s: float(s == split) for s in SPLITS}  # every copy stays in its original's split
     FeatureCache.create_or_open(out, cache_provenance(spec, clean.taxonomy, 0, fractions))
     sampling = dict(spec.sampling or {})
-    name = recorded_encoder(spec.encoder, spec.pretrained, str(clean.root), "put the folder back there (or a link "
-                            "to it): the perturbed copies are extracted with the cache's own encoder")
-    ecfg = ExtractConfig(videos=videos, out=out, labels=videos / "labels.csv", encoder=name,
-                         pretrained=spec.pretrained, frames=int(sampling["frames"]),
+    ecfg = ExtractConfig(videos=videos, out=out, labels=videos / "labels.csv", encoder=source[0],
+                         pretrained=source[1], frames=int(sampling["frames"]),
                          sampling=str(sampling.get("mode", "consecutive")), windows=int(sampling.get("windows", 1)),
                          batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, split_fractions=fractions)
     try:
@@ -121,7 +136,8 @@ def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg
     except SagaError as exc:
         if ENCODER_REFUSAL in str(exc):
             raise SagaError(f"{clean.root}: its encoder ({spec.encoder}, {spec.pretrained}) loaded today gives other "
-                            f"features than recorded ({exc}); provide the weights the cache was extracted with") from None
+                            f"features than recorded ({exc}); provide the weights the cache was extracted with "
+                            "(--encoder/--pretrained)") from None
         raise
     say(f"  extracted {summary.ok} new, {summary.skipped} already cached, {summary.failed} failed "
         f"({summary.timings.wall:.1f}s)")
@@ -142,6 +158,7 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     levels = reported_levels(emb.info, taxonomy)
     selected = select(clean, cfg.split, cfg.limit_per_class, cfg.seed)
     records = scored_records(emb, clean, selected, cfg.split, say)
+    source = copies_encoder(emb.info.encoder, clean, cfg)  # a moved or wrong encoder: before any work
     inf = emb(clean, records)
     perturbations = [{"name": CLEAN, "description": "the original videos (features of the original cache)",
                       "cache": str(clean.root), "n": len(records), "failed": 0,
@@ -154,7 +171,8 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
         if not copies:
             raise SagaError(f"{p.name}: no video could be re-encoded (is --videos {cfg.videos} the folder the "
                             f"cache {clean.root} was extracted from?)")
-        pcache = extract_copies(clean, folder / "videos", folder / "cache", cfg.split, cfg, say, progress)
+        pcache = extract_copies(clean, folder / "videos", folder / "cache", cfg.split, cfg, say, progress,
+                                source=source)
         for r in pcache.records():
             if not r.ok and r.path in copies:
                 say(f"{p.name}: failed to extract {r.path}: {r.error}")
