@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The attribution evidence of docs/ablation.md, end to end on the built-in benchmark (CPU, ~1 h on 2 cores):
+# Part of the attribution evidence of docs/ablation.md, end to end on the built-in benchmark (CPU, ~45 min
+# on 2 cores; the sections it does not run: docs/ablation.md "Reproduce or change it"):
 # a benchmark of 50 videos per generator + 150 real (seed 1: not the seed the benchmark was tuned on),
 # one extraction (T = 20, the model uses T' = 16 sub-windows), one stage-1 run, then at GEN-L and TEAM-L
 # the grid {1-stage, 2-stage} x {CE, CE+semi-HNM, CE+HNM} with <= 5 labels per class, the all-labels

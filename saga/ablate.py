@@ -8,6 +8,11 @@ CE+HNM runs (few labels) and the ceiling runs (all train labels). Each row is th
 over seeds with a 95 % t-interval (seeds vary the labelled subset and the initialisation);
 the per-class columns are the classes hardest on average. The table goes to
 ablation.json and ablation.md, which `saga report` picks up.
+
+The grid compares stages with everything else equal, so the 1-stage cells train the θ the stage-1
+run fixes for the 2-stage cells: its model options and T′, wherever the caller did not set them
+(set differently, they are refused). Seeds and losses are the grid's own: a TOML's `seed` or
+`loss` is refused, not dropped.
 """
 
 from __future__ import annotations
@@ -15,21 +20,24 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from scipy import stats as scipy_stats
 
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.metrics import evaluate, write_json_atomic
-from saga.explain.ablation_table import to_markdown
+from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
-from saga.train.attribute import AttributeConfig, load_base, train_attribution
-from saga.train.options import Loss
+from saga.runs import PROVENANCE, RunFolder
+from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attribution
+from saga.train.options import MODEL_OPTIONS, Loss
 from saga.progress import ProgressEvent, ProgressFn
 
 LOSSES = tuple(loss.value for loss in Loss)  # the table's row order: ce, ce+semihnm, ce+hnm
-CEILING = "all labels"
+STAGE1_FIXES = (*MODEL_OPTIONS, "frames")  # what the 2-stage cells take from the stage-1 run
+# Options every cell sets itself: in ablate's --config they would be replaced without a word.
+GRID_OPTIONS = {"seed": "the cells run seeds 0..S-1 of --seeds S", "loss": "every loss is a row of the grid"}
 # The paper's accuracy (%) on GenVideo (method.md), for comparison: its GEN-L ablation at 0.5 % labels,
 # and at every level its headline 1-stage 0.5 % (CE, as GEN-L's equals its 1-stage CE cell), 1-stage
 # 100 % and 2-stage CE+HNM 0.5 % figures.
@@ -42,51 +50,81 @@ PAPER["GEN-L"].update({("1-stage", "ce+hnm"): 65.80, ("2-stage", "ce"): 55.13, (
 
 def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, seeds: tuple[int, ...] = (0, 1, 2),
                  level: str = "GEN-L", progress: ProgressFn | None = None,
-                 ceiling: bool = True) -> dict[str, Any]:
-    """Train and evaluate every cell; returns (and writes) the summary."""
+                 ceiling: bool = True, given: Collection[str] | None = None) -> dict[str, Any]:
+    """Train and evaluate every cell; returns (and writes) the summary. `given`: the options the caller set
+    (a TOML's keys, flags); the stage-1 run's model options and T′ fill the others (None: those at defaults)."""
     if not seeds:
         raise SagaError("--seeds must be >= 1")
-    check_before_cells(cache, stage1, replace(base, level=level))
+    base, stage1_run = check_before_cells(cache, stage1, replace(base, level=level), given)
     cells: list[tuple[str, str, Path | None, AttributeConfig]] = [
-        (stages, loss, from_run, replace(base, level=level, loss=loss))
+        (stages, loss, from_run, replace(base, loss=loss))
         for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
     if ceiling:
-        cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, level=level, loss="ce", fraction=1.0)))
-    rows, probes = [], {}
+        cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, loss="ce", fraction=1.0)))
+    rows, probes, changed = [], {}, []
     for n_cell, (stages, loss, from_run, cfg) in enumerate(cells):
         cell = []
         for seed in seeds:
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
             train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run)
+            changed += [run.name] if _kept_on_changed_cache(run) else []
             metrics = evaluate(run, cache, split="test")
             cell.append(metrics)
             if progress:
                 progress(ProgressEvent("cell", n_cell * len(seeds) + len(cell), len(cells) * len(seeds),
                                        f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
                                        f" (probe {_probe_pct(metrics)})"))
-        rows.append(_summarise(stages, loss, cell, level))
+        rows.append(_summarise(stages, loss, cell, level, base.fraction))
         if loss == "ce+hnm" and stages == "2-stage" or stages.endswith(CEILING):
             probes[stages] = [m["probe"] for m in cell if "accuracy" in m.get("probe", {})]
     for stages, cell in probes.items():
         if cell:
             name = "probe, " + (CEILING if stages.endswith(CEILING) else "same labels")
-            rows.append(_summarise(name, "logistic regression", cell, level))
+            rows.append(_summarise(name, "logistic regression", cell, level, base.fraction))
     summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
-               "per_generator": base.per_generator, "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
+               "per_generator": base.per_generator, **_shared(base, stage1_run), "cells_on_changed_cache": changed,
+               "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
     write_json_atomic(out / "ablation.json", summary)
     write_text(out / "ablation.md", to_markdown(summary))
     return summary
 
 
-def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig) -> None:
+def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,
+                       given: Collection[str] | None = None) -> tuple[AttributeConfig, BaseRun]:
     """A bad value, a bad --from or model options the stage-1 θ fixes fail now, not after the 1-stage cells
-    (the 2-stage cells would refuse the options: their θ is the stage-1 run's)."""
+    (the 2-stage cells would refuse the options: their θ is the stage-1 run's). Returns `cfg` with the
+    stage-1 run's model options and T′ wherever `given` leaves them unset, so both stages train one θ."""
     cfg.check()
     stage1_run = load_base(stage1, FeatureCache.open(cache))
-    clashes = cfg.model_clashes(stage1_run.info.config.get("train") or {})
+    recorded = {**(stage1_run.info.config.get("train") or {}), "frames": stage1_run.frames}
+    clashes = cfg.model_clashes(recorded, given)
     if clashes:
         raise SagaError(f"{'; '.join(clashes)}: the 2-stage cells adapt the stage-1 run {stage1_run.path}, which "
                         "fixes θ's shape; leave these options out of the TOML, or set them as that run has them")
+    chosen = cfg.options_set(given)
+    inherited = {name: recorded[name] for name in STAGE1_FIXES if name in recorded and name not in chosen}
+    return replace(cfg, **inherited), stage1_run
+
+
+def refuse_grid_options(config: Path, keys: Collection[str]) -> None:
+    """`seed` or `loss` in ablate's --config: every cell sets its own, so the TOML's would be dropped silently."""
+    named = [key for key in GRID_OPTIONS if key in keys]
+    if named:
+        why = "; ".join(f"{key}: {GRID_OPTIONS[key]}" for key in named)
+        raise SagaError(f"{config}: {' and '.join(named)} cannot be set for saga ablate ({why}); "
+                        f"remove {'them' if len(named) > 1 else 'it'} from the TOML")
+
+
+def _kept_on_changed_cache(run: Path) -> bool:
+    """The run was continued (or kept finished) by --resume after its cache changed: its provenance says so."""
+    return bool((RunFolder(run).read_optional(PROVENANCE) or {}).get("cache_changes"))
+
+
+def _shared(cfg: AttributeConfig, stage1_run: BaseRun) -> dict[str, Any]:
+    """What every cell shares, for the table: the stage-1 run, the cache, T′, the budget and θ's options."""
+    return {"from": stage1_run.path, "cache_id": stage1_run.origin.get("cache_id"), "frames": cfg.frames,
+            "epochs": cfg.epochs, "min_steps": cfg.min_steps,
+            "model": {name: getattr(cfg, name) for name in MODEL_OPTIONS}}
 
 
 def _probe_pct(metrics: dict[str, Any]) -> str:
@@ -101,7 +139,7 @@ def interval95(values: list[float]) -> float | None:
     return float(scipy_stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
 
 
-def _summarise(stages: str, loss: str, cell: list[dict[str, Any]], level: str) -> dict[str, Any]:
+def _summarise(stages: str, loss: str, cell: list[dict[str, Any]], level: str, fraction: float) -> dict[str, Any]:
     accs = [100 * m["accuracy"] for m in cell]
     macro = [100 * m["macro_accuracy"] for m in cell]
     classes = cell[0]["per_class"].keys()
@@ -112,7 +150,8 @@ def _summarise(stages: str, loss: str, cell: list[dict[str, Any]], level: str) -
         "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "macro_mean": statistics.fmean(macro), "macro_ci95": interval95(macro),
         "macro_std": statistics.stdev(macro) if len(macro) > 1 else 0.0, "runs": len(cell),
-        "per_class": per_class, "paper": PAPER.get(level, {}).get((stages, loss)),
+        "per_class": per_class,
+        "paper": PAPER.get(level, {}).get((stages, loss)) if paper_applies(stages, fraction) else None,
         "n_test": int(cell[0]["n"]), "class_counts": cell[0].get("per_class_n"),
     }
 

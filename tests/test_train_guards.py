@@ -139,7 +139,7 @@ def test_ablate_takes_its_options_from_the_config_file(tmp_path: Path, monkeypat
 
     seen: dict = {}
 
-    def capture(cache, stage1, out, base, seeds, level, progress):  # noqa: ANN001, ANN202
+    def capture(cache, stage1, out, base, seeds, level, progress, given):  # noqa: ANN001, ANN202
         seen.update(base=base, level=level, seeds=seeds)
         return {"level": level, "rows": []}
 

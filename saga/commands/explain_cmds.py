@@ -12,6 +12,7 @@ from saga.commands.common import (
     cli_device,
     console,
     extract_progress,
+    load_options,
     one_line_warnings,
     training_options,
     writable_folder,
@@ -110,17 +111,27 @@ def ablate(
     seeds: Annotated[int, typer.Option(help="Seeds per cell.", min=1)] = 3,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs per run (default 30).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default cpu).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML of training options (flags win).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help=(
+        "TOML of training options (flags win); model options and frames it leaves out are the --from run's; "
+        "no seed or loss (the grid's own)."))] = None,
+    resume: Annotated[bool, typer.Option("--resume", help=(
+        "Continue the grid after its cache changed (videos added or re-extracted): finished cells are kept, "
+        "unfinished ones continue on the current cache, as `saga train --resume`. A killed grid on an "
+        "unchanged cache resumes without it."))] = False,
 ) -> None:
     """The paper's ablation: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM}, several seeds, one cache."""
-    from saga.ablate import run_ablation, to_markdown
+    from saga.ablate import refuse_grid_options, run_ablation, to_markdown
+    from saga.runs import accept_changed_cache
     from saga.train.attribute import AttributeConfig
 
-    base = training_options(AttributeConfig, config, level=level, fraction=fraction, floor=floor,
-                            per_generator=per_generator, epochs=epochs, device=device)
-    with one_line_warnings():
+    flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, epochs=epochs, device=device)
+    given = set(load_options(config, **flags))
+    if config is not None:
+        refuse_grid_options(config, given)
+    base = training_options(AttributeConfig, config, **flags)
+    with one_line_warnings(), accept_changed_cache(resume):
         summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
-                               progress=lambda event: console.print(event.message))
+                               progress=lambda event: console.print(event.message), given=given)
     console.print(to_markdown(summary))
     console.print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
 

@@ -6,8 +6,12 @@ importing the app layer that trains the cells.
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
+
+CEILING = "all labels"
+PAPER_FRACTION = 0.005  # the paper's labelled share (0.5 %): its few-label figures compare only there
 
 
 def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
@@ -19,17 +23,62 @@ def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     lines = ["| setting | loss | accuracy % (95 % CI) | macro acc % (95 % CI) | paper % | " + " | ".join(worst) + " |",
              "|---" * (5 + len(worst)) + "|"]
     for r in rows:
-        paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
+        shown = r["paper"] is not None and paper_applies(r["setting"], summary["fraction"])
+        paper = f"{r['paper']:.2f}" if shown else "–"
         cells = [f"{r['per_class'][c]:.1f}" for c in worst]
         lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'])} | "
                      f"{_pm(r['macro_mean'], r['macro_ci95'])} | {paper} | " + " | ".join(cells) + " |")
-    counts = summary.get("test_videos_per_class") or {}
-    size = (f", {min(counts.values())}–{max(counts.values())} test videos per class" if counts else "")
     head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "
-            f"(floor {summary.get('floor')}{_per_generator(summary)}){size}; ± is the 95 % t-interval over seeds; "
-            f"per-class columns: the {hardest} hardest classes on average\n\n")
+            f"(floor {summary.get('floor')}{_per_generator(summary)}){_test_sizes(summary)}; ± is the 95 % "
+            f"t-interval over seeds; per-class columns: the {hardest} hardest classes on average; "
+            f"{_paper_note(summary)}\n\n{_setup(summary)}")
     return head + "\n".join(lines) + "\n"
 
+
+def paper_applies(setting: str, fraction: float) -> bool:
+    """The paper's figure compares with a row trained on its own labelled share: 0.5 %, or all labels
+    (the ceiling); beside a grid at another --fraction it would read as a measurement of the same thing."""
+    return setting.endswith(CEILING) or _at_paper_share(fraction)
+
+
+def _at_paper_share(fraction: float) -> bool:
+    return math.isclose(float(fraction), PAPER_FRACTION)
+
+
+def _paper_note(summary: dict[str, Any]) -> str:
+    if _at_paper_share(summary["fraction"]):
+        return "paper %: the paper's GenVideo figures at 0.5 % labels (the all-labels row: all labels)"
+    return (f"paper %: the all-labels row's only (the paper's other figures are at 0.5 % labels, this grid's at "
+            f"fraction {summary['fraction']})")
+
+
+def _test_sizes(summary: dict[str, Any]) -> str:
+    """The test videos per scored class; a class without test videos is in no figure, so it is counted apart."""
+    counts = summary.get("test_videos_per_class") or {}
+    scored = [n for n in counts.values() if n > 0]
+    text = f", {min(scored)}–{max(scored)} test videos per class" if scored else ""
+    if missing := len(counts) - len(scored):
+        text += f" ({missing} class{'es' if missing > 1 else ''} without test videos, in no figure)"
+    return text
+
+
+def _setup(summary: dict[str, Any]) -> str:
+    """What every cell shares: the stage-1 run (the 2-stage cells' θ), T′, the epochs and θ's options."""
+    if "from" not in summary:  # written before ablate recorded it
+        return ""
+    model = ", ".join(f"{k} {v}" for k, v in (summary.get("model") or {}).items())
+    epochs = summary.get("epochs")
+    return (f"Every cell: T′ = {summary.get('frames')} frames, {epochs} epoch{'' if epochs == 1 else 's'} (at least "
+            f"{summary.get('min_steps')} steps), θ: {model}; the 2-stage cells adapt the stage-1 run "
+            f"{summary['from']}.{_changed(summary)}\n\n")
+
+
+def _changed(summary: dict[str, Any]) -> str:
+    cells = summary.get("cells_on_changed_cache") or []
+    if not cells:
+        return ""
+    return (f" {len(cells)} run(s) began before the cache changed and were kept or continued by --resume "
+            f"({', '.join(cells)}): trained wholly or partly on its earlier records.")
 
 def _pm(mean: float, half: float | None) -> str:
     return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f} (1 seed: no interval)"

@@ -10,7 +10,7 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Collection, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
@@ -156,12 +156,20 @@ class TrainOptions:
                            content_drop=self.content_drop, content_basis=basis,
                            video_stats=self.video_stats)
 
-    def model_clashes(self, base: dict[str, Any]) -> list[str]:
-        """θ's options set here (not at their defaults) that differ from the base run's recorded `base`:
-        stage 2 on a stage-1 θ keeps that θ, so such a setting would be recorded but never used."""
-        defaults = {f.name: f.default for f in fields(TrainOptions)}
+    def model_clashes(self, base: dict[str, Any], given: Collection[str] | None = None) -> list[str]:
+        """θ's options set here that differ from the base run's recorded `base`: stage 2 on a stage-1 θ keeps
+        that θ, so such a setting would be recorded but never used. Set: named in `given` (the keys a TOML or
+        flag gave), or without it, not at their defaults."""
+        chosen = self.options_set(given)
         return [f"{name} = {getattr(self, name)!r} (the stage-1 run's: {base[name]!r})" for name in MODEL_OPTIONS
-                if name in base and getattr(self, name) != defaults[name] and getattr(self, name) != base[name]]
+                if name in base and name in chosen and getattr(self, name) != base[name]]
+
+    def options_set(self, given: Collection[str] | None = None) -> set[str]:
+        """The options the user set: `given` when known, else those not at their defaults (a guess: a
+        default written out explicitly looks unset)."""
+        if given is not None:
+            return set(given)
+        return {f.name for f in fields(TrainOptions) if getattr(self, f.name) != f.default}
 
     def planned_epochs(self, steps_per_epoch: int) -> int:
         """`epochs`, raised so that training takes at least `min_steps` optimiser steps."""

@@ -1,0 +1,123 @@
+"""`saga ablate`: both stages train the stage-1 run's θ, the grid's own options, a cache that gained videos,
+what the table's header and paper column claim."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import saga.ablate
+from saga.cache.store import FeatureCache
+from saga.cli import app
+from saga.errors import SagaError
+from saga.explain.ablation_table import to_markdown
+from saga.train.attribute import AttributeConfig
+from saga.train.stage1 import train_stage1
+from test_train import add_videos, build_cache, s1_config
+
+# Training options only: no model option and no frames (what the 1-stage cells used to take as defaults).
+OPTIONS = {"level": "TASK-L", "fraction": 0.5, "epochs": 1, "batch_size": 16, "min_steps": 0, "patience": 0,
+           "warmup_epochs": 0.0, "eval_batch_size": 64, "stream": False}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
+    return build_cache(tmp_path_factory.mktemp("cache") / "c", real=12, per_gen=2)
+
+
+@pytest.fixture(scope="module")
+def stage1(cache: FeatureCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """d_model 32, depth 2, heads 2 (not the defaults) and T′ = 4 of the cache's 8 frames."""
+    torch.set_num_threads(1)
+    return train_stage1(cache.root, tmp_path_factory.mktemp("runs") / "s1", s1_config(epochs=1, frames=4))
+
+
+@pytest.fixture
+def one_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid of CE only (3 cells a seed: 1-stage, 2-stage, all labels): the rows' losses do not matter here."""
+    monkeypatch.setattr(saga.ablate, "LOSSES", ("ce",))
+
+
+def test_the_1_stage_cells_train_the_stage1_runs_model_and_frames(cache: FeatureCache, stage1: Path,
+                                                                   tmp_path: Path, one_loss: None) -> None:
+    """They used to train a default θ (d_model 256, depth 4, all 8 frames) beside 2-stage cells of d_model 32,
+    T′ = 4, and the table did not say which run, T′ or θ it compared."""
+    summary = saga.ablate.run_ablation(cache.root, stage1, tmp_path / "abl", AttributeConfig(**OPTIONS),
+                                       seeds=(0,), level="TASK-L")
+    runs = sorted(p.parent for p in (tmp_path / "abl").glob("*/config.json"))
+    assert [r.name for r in runs] == ["1-stage_all-labels_ce_seed0", "1-stage_ce_seed0", "2-stage_ce_seed0"]
+    for run in runs:
+        config = json.loads((run / "config.json").read_text())
+        assert (config["frames"], config["model"]["d_model"], config["model"]["depth"], config["model"]["heads"]) == (
+            4, 32, 2, 2), run.name
+    assert (summary["from"], summary["frames"], summary["epochs"]) == (str(stage1.resolve()), 4, 1)
+    assert (summary["model"]["d_model"], summary["model"]["inputs"]) == (32, "both")
+    text = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "T′ = 4 frames, 1 epoch (at least 0 steps), θ: d_model 32, depth 2, heads 2" in text
+    assert f"the 2-stage cells adapt the stage-1 run {stage1.resolve()}." in text
+    given = {*OPTIONS, "d_model"}  # what `saga ablate` passes: the TOML's keys; d_model set, at its default
+    with pytest.raises(SagaError, match=r"^d_model = 256 \(the stage-1 run's: 32\): the 2-stage cells adapt"):
+        saga.ablate.run_ablation(cache.root, stage1, tmp_path / "x", AttributeConfig(**OPTIONS, d_model=256),
+                                 seeds=(0,), level="TASK-L", given=given)
+
+
+def test_resume_continues_a_grid_whose_cache_gained_videos(cache: FeatureCache, stage1: Path, tmp_path: Path,
+                                                           one_loss: None) -> None:
+    """The error said "pass --resume", an option ablate did not have: a new --out retrained every cell."""
+    shutil.copytree(cache.root, tmp_path / "c")
+    config = tmp_path / "abl.toml"
+    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in OPTIONS.items()))
+    args = ["ablate", "--cache", str(tmp_path / "c"), "--from", str(stage1), "--out", str(tmp_path / "abl"),
+            "--seeds", "1", "--config", str(config)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    weights = {p: p.read_bytes() for p in (tmp_path / "abl").glob("*/model.safetensors")}
+    add_videos(tmp_path / "c", 4)
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, SagaError) and "now holds" in str(result.exception)
+    assert "pass --resume to continue it" in str(result.exception)
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert len(weights) == 3 and all(p.read_bytes() == w for p, w in weights.items())  # finished cells kept
+    summary = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert sorted(summary["cells_on_changed_cache"]) == sorted(p.parent.name for p in weights)
+    assert "3 run(s) began before the cache changed" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_a_config_setting_seed_or_loss_is_refused_naming_the_option(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both were validated, then replaced in every cell without a word (runs *_seed0 with `seed = 7`)."""
+    monkeypatch.setattr(saga.ablate, "run_ablation", lambda *a, **k: pytest.fail("ran the grid"))
+    config = tmp_path / "seed.toml"
+    config.write_text('min_steps = 4\nseed = 7\nloss = "ce"\n')
+    result = CliRunner().invoke(app, ["ablate", "--config", str(config)])
+    assert isinstance(result.exception, SagaError) and str(result.exception) == (
+        f"{config}: seed and loss cannot be set for saga ablate (seed: the cells run seeds 0..S-1 of --seeds S; "
+        "loss: every loss is a row of the grid); remove them from the TOML")
+    config.write_text("seed = -1\n")  # refused as a grid option, not checked and then dropped
+    assert str(CliRunner().invoke(app, ["ablate", "--config", str(config)]).exception).startswith(
+        f"{config}: seed cannot be set for saga ablate (seed: the cells run seeds 0..S-1 of --seeds S)")
+
+
+def _row(setting: str, paper: float | None) -> dict:
+    return {"setting": setting, "loss": "ce", "accuracy_mean": 50.0, "accuracy_ci95": None, "macro_mean": 50.0,
+            "macro_ci95": None, "paper": paper, "per_class": {"b": 50.0}}
+
+
+def test_the_header_counts_scored_classes_and_the_paper_column_needs_its_fraction() -> None:
+    """The header said "0–4 test videos per class" (the 0: classes with no test video, in no figure), and the
+    paper's 0.5 % figures stood beside a grid at any --fraction."""
+    rows = [_row("1-stage", 80.55), _row("1-stage, all labels", 94.94)]
+    summary = {"level": "TEAM-L", "seeds": [0], "fraction": 0.5, "floor": 1, "rows": rows,
+               "test_videos_per_class": {"a": 0, "b": 2, "c": 4, "d": 0}}
+    text = to_markdown(summary)
+    assert ", 2–4 test videos per class (2 classes without test videos, in no figure);" in text
+    assert "| 1-stage | ce | 50.0 (1 seed: no interval) | 50.0 (1 seed: no interval) | – |" in text
+    assert "| 1-stage, all labels | ce | 50.0 (1 seed: no interval) | 50.0 (1 seed: no interval) | 94.94 |" in text
+    assert "paper %: the all-labels row's only (the paper's other figures are at 0.5 % labels" in text
+    text = to_markdown({**summary, "fraction": 0.005})
+    assert "| 80.55 |" in text and "paper %: the paper's GenVideo figures at 0.5 % labels" in text
