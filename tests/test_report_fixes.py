@@ -172,3 +172,54 @@ def test_a_damaged_confusion_matrix_is_one_line(tmp_path: Path) -> None:
     (run / "metrics-test.json").write_text(json.dumps(m))
     html = _html(run)
     assert "confusion matrix: unreadable data (TypeError" in html and "Per-class accuracy" in html
+
+
+# -- defect 4: T-Sigs and t-SNE of another split or cache kept apart, recorded and captioned ------------
+def test_tsig_and_tsne_of_another_split_or_cache_keep_the_test_figures_and_say_what_they_show(
+        tmp_path: Path) -> None:
+    """`--split val` used to overwrite tsig.npz / tsne_GEN-L.png (the test figures the docs and the report
+    describe) and nothing recorded the split, the cache or the t-SNE settings."""
+    import numpy as np
+
+    from saga.explain.report_html import png, png_text
+    from saga.explain.tsne import perplexity_for
+    from matplotlib.figure import Figure
+
+    cache = te.make_cache(tmp_path / "cache")
+    run = te.make_run(tmp_path / "run", cache)
+    _no_warnings(lambda: run_tsigs(run, cache.root))
+    _no_warnings(lambda: run_tsne(run, cache.root, color_by="GEN-L", seed=3))
+    test_files = {n: (run / n).read_bytes() for n in ("tsig.npz", "tsig_maps.png", "tsne_GEN-L.png", "tsne_GEN-L.csv")}
+    written = _no_warnings(lambda: run_tsigs(run, cache.root, split="val"))
+    assert {k: p.name for k, p in written.items()} == {"npz": "tsig-val.npz", "csv": "tsig_profiles-val.csv",
+                                                      "maps": "tsig_maps-val.png", "profiles": "tsig_profiles-val.png"}
+    val_map = _no_warnings(lambda: run_tsne(run, cache.root, color_by="GEN-L", split="val"))
+    assert val_map.png.name == "tsne_GEN-L-val.png" and val_map.json.name == "tsne_GEN-L-val.json"
+    assert all((run / n).read_bytes() == data for n, data in test_files.items())
+
+    for name, split, n in (("tsig.npz", "test", 15), ("tsig-val.npz", "val", 5)):
+        with np.load(run / name, allow_pickle=False) as z:
+            assert (str(z["split"]), str(z["cache_id"]), int(z["counts"].sum())) == (split, cache.cache_id, n)
+    meta = json.loads((run / "tsne_GEN-L.json").read_text())
+    assert {k: meta[k] for k in ("split", "cache_id", "tsne_seed", "perplexity", "method", "n", "color_by")} == {
+        "split": "test", "cache_id": cache.cache_id, "tsne_seed": 3, "perplexity": perplexity_for(15),
+        "method": "exact", "n": 15, "color_by": "GEN-L"}
+    assert meta["run_model"] == file_fingerprint(run / "model.safetensors")
+    stamp = png_text(test_files["tsne_GEN-L.png"])
+    assert (stamp["saga:split"], stamp["saga:cache_id"], stamp["saga:tsne_seed"]) == ("test", cache.cache_id, "3")
+    assert png_text((run / "tsig_maps-val.png").read_bytes())["saga:split"] == "val"
+
+    html = _html(run)
+    maps = "T-Sig maps (penultimate block, mean over heads and videos)"
+    assert f"{maps} · test split" in html and f"{maps} · val split" in html
+    assert "t-SNE of φ (tsne_GEN-L) · test split · t-SNE seed 3, perplexity" in html
+    assert html.index(f"{maps} · test split") < html.index(f"{maps} · val split")
+    assert html.index("(tsne_GEN-L) · test split") < html.index("(tsne_GEN-L-val) · val split")
+
+    other = te.make_cache(tmp_path / "held-out")  # the run's encoder, another cache id
+    with pytest.warns(UserWarning, match="not the run's training cache"):
+        run_tsne(run, other.root, color_by="GEN-L")
+    assert (f"(tsne_GEN-L) · test split of cache {other.cache_id[:12]}, not the run&#x27;s training cache "
+            f"{cache.cache_id[:12]}") in _html(run)
+    (run / "tsne_SD-L.png").write_bytes(png(Figure()))  # an older saga's map: no metadata
+    assert "(tsne_SD-L) · split not recorded (made by an older saga)" in _html(run)

@@ -19,12 +19,13 @@ from saga.commands.common import (
 )
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
+SPLIT_HELP = "train | val | test (another split than test gets its own files, e.g. tsig_maps-train.png)."
 
 
 def tsig(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
-    split: Annotated[Split, typer.Option(help="train | val | test.")] = Split.test,
+    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = Split.test,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:
     """Temporal attention signatures per class (penultimate block): data + figures in the run folder."""
@@ -40,7 +41,7 @@ def tsne(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
     color_by: Annotated[Optional[str], typer.Option("--color-by", help="Level to colour by (default: the run's).")] = None,
-    split: Annotated[Split, typer.Option(help="train | val | test.")] = Split.test,
+    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = Split.test,
     seed: Annotated[int, typer.Option(help="t-SNE seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:

@@ -41,6 +41,7 @@ from saga.runs import DONE, MODEL, RunFolder, check_cache, evaluation_file, file
 
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
            "other_weights", "probe_metrics", "run_weights", "save_evaluation", "warn_unfinished", "weights_stamp",
+           "data_stamp", "data_label", "SPLIT", "CACHE_ID",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
@@ -63,6 +64,24 @@ def weights_stamp(run_dir: str | Path) -> dict[str, Any]:
     """{"run_model", "run_finished"} of the run's weights. Taken before loading them: weights replaced
     meanwhile are then flagged as other weights later, never passed off as the current ones."""
     return {RUN_MODEL: run_weights(run_dir), RUN_FINISHED: (Path(run_dir) / DONE).is_file()}
+
+
+SPLIT, CACHE_ID = "split", "cache_id"
+
+
+def data_stamp(cache: FeatureCache, split: str) -> dict[str, str]:
+    """The data a T-Sig / t-SNE file shows (split, cache id), recorded beside its weights: a figure alone
+    cannot tell a train-split map from a test-split one, nor the run's cache from a held-out one."""
+    return {SPLIT: split, CACHE_ID: cache.cache_id}
+
+
+def data_label(stamp: dict[str, Any], run_cache: Any) -> str:
+    """'test split', plus the cache when it is not the run's `run_cache` (titles and report captions)."""
+    split, cache = stamp.get(SPLIT), stamp.get(CACHE_ID)
+    text = f"{split} split" if split else "split not recorded (made by an older saga)"
+    if cache and run_cache and cache != run_cache:
+        text += f" of cache {str(cache)[:12]}, not the run's training cache {str(run_cache)[:12]}"
+    return text
 
 
 def warn_unfinished(run_dir: str | Path, stamp: dict[str, Any], what: str) -> None:

@@ -20,6 +20,8 @@ treated as missing: its section is left out, never a traceback; a section whose 
 types is one line saying so. An evaluation, T-Sig or t-SNE figure made with other weights than the
 run's model.safetensors (a run resumed or retrained since) is not shown as the run's: one line names
 it and the command to rerun (files of an older saga record no weights and are shown as they are).
+Each T-Sig and t-SNE figure is captioned with the split it shows, and with its cache when that is not
+the run's training cache (a held-out cache), as its PNG metadata records them.
 """
 
 from __future__ import annotations
@@ -34,19 +36,16 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_nearest_source, format_paired
-from saga.explain.metrics import RUN_MODEL, other_weights, run_weights
+from saga.explain.metrics import other_weights, run_weights
 from saga.explain.report_ablation import (ablation_section, check_ablation, find_ablations, one_per_folder,
                                           table_in)
-from saga.explain.report_html import (CSS, ci_text, esc, figure, guarded, num, pct, pct_ci, png, png_text, run_name,
-                                      table)
+from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, num, pct, pct_ci, png,
+                                      png_text, run_name, table)
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
 from saga.fileio import make_dir, write_text
-from saga.runs import CONFIG, DONE, METRICS, PROVENANCE, TSIG_MAPS, TSIG_PROFILES, RunFolder, evaluation_file
+from saga.runs import CONFIG, DONE, METRICS, PROVENANCE, RunFolder, evaluation_file
 from saga.runs.files import LOGO_RESULTS
-
-FIGURES = ((TSIG_MAPS, "T-Sig maps (penultimate block, mean over heads and videos)"),
-           (TSIG_PROFILES, "T-Sig profiles (attention at frame offset Δ)"))
 
 
 # -- reading a run folder -------------------------------------------------------------
@@ -61,27 +60,29 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     fresh = {name: m for name, m in found.items() if m and name not in stale}
     metrics = fresh.get(evaluation_file("test")) or fresh.get(evaluation_file())
     splits = {k: v for k, v in evaluations.items() if evaluation_file(k) in fresh}
-    captions = {TSIG_MAPS: FIGURES[0][1], TSIG_PROFILES: FIGURES[1][1]}
+    provenance = _object(run, PROVENANCE)
     figs, stale_figs = [], []
     for p in run.figures():
-        if other_weights(_figure_stamp(p), weights):
+        stamp = _figure_stamp(p)
+        if other_weights(stamp, weights):
             stale_figs.append(p.name)
         else:
-            figs.append((p, captions.get(p.name) or f"t-SNE of φ ({p.stem})"))
+            figs.append((p, figure_caption(p, stamp, provenance.get("cache_id"))))
     history = [row for row in run.read_metrics(tolerant=True) if isinstance(row, dict)]
-    return {"dir": run_dir, "config": _object(run, CONFIG), "provenance": _object(run, PROVENANCE),
+    return {"dir": run_dir, "config": _object(run, CONFIG), "provenance": provenance,
             "done": run.read_optional(DONE), "metrics": metrics, "splits": splits, "history": history,
             "figures": figs, "beyond": load_beyond(run_dir, metrics), "weights": weights, "stale": stale,
             "stale_figures": stale_figs}
 
 
 def _figure_stamp(path: Path) -> dict[str, Any]:
-    """The weights a PNG of `saga tsig` / `saga tsne` records in its metadata ({} for an older one)."""
+    """What a PNG of `saga tsig` / `saga tsne` records in its metadata (weights, split, cache, t-SNE settings;
+    {} for an older one)."""
     try:
         text = png_text(path.read_bytes())
     except OSError:
         return {}
-    return {RUN_MODEL: text.get(f"saga:{RUN_MODEL}")}
+    return {k.removeprefix("saga:"): v for k, v in text.items() if k.startswith("saga:")}
 
 
 def _object(run: RunFolder, name: str) -> dict[str, Any]:
@@ -273,7 +274,7 @@ def _figures_part(run: dict[str, Any]) -> str:
     curve = training_curve(run["history"])
     figs = [figure(curve, f"training curve ({METRICS})")] if curve else []
     many = _count(run["config"].get("classes")) > 6  # many T-Sig panels: give the maps the full width
-    figs += [figure(p.read_bytes(), cap, wide=many and p.name == TSIG_MAPS) for p, cap in run["figures"]]
+    figs += [figure(p.read_bytes(), cap, wide=many and p.name.startswith("tsig_maps")) for p, cap in run["figures"]]
     stale = run.get("stale_figures", [])
     commands = " / ".join(c for c in ("saga tsig", "saga tsne") if any(n.startswith(c[5:]) for n in stale))
     if not figs and not stale:

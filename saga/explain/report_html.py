@@ -20,6 +20,7 @@ from typing import Any, Callable
 from matplotlib.figure import Figure
 
 from saga.explain.intervals import format_ci
+from saga.explain.metrics import data_label
 
 CSS = """
 *{box-sizing:border-box}
@@ -151,3 +152,25 @@ def png(fig: Figure) -> bytes:
 def num(x: Any, digits: int = 3) -> str:
     """A float with `digits` decimals, '–' for anything else (None, NaN stored as null)."""
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and x == x else "–"
+
+
+FIGURES = (("tsig_maps", "T-Sig maps (penultimate block, mean over heads and videos)"),
+           ("tsig_profiles", "T-Sig profiles (attention at frame offset Δ)"))
+
+
+def figure_caption(path: Path, stamp: dict[str, Any], run_cache: Any) -> str:
+    """What the figure is, then which split (and, when not the run's, which cache) it shows: a train-split
+    map or a held-out cache's is never captioned as the run's test result; t-SNE adds its settings."""
+    base = next((text for prefix, text in FIGURES if path.name.startswith(prefix)), None)
+    caption = f"{base or f't-SNE of φ ({path.stem})'} · {data_label(stamp, run_cache)}"
+    if base is None and stamp.get("perplexity"):
+        caption += f" · t-SNE seed {stamp.get('tsne_seed')}, perplexity {_short(stamp['perplexity'])}"
+    return caption
+
+
+def _short(value: Any) -> str:
+    """A number from PNG metadata (text) to 4 significant digits; anything else as it is."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)

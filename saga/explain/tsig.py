@@ -21,7 +21,10 @@ Normalisation (documented, because the paper does not publish one):
 
 tsig.npz and both PNGs record the weights they were made with (`run_model`, `run_finished`; in
 the PNGs' metadata as saga:<key>): `saga report` leaves out figures of older weights and
-`saga predict --tsig` warns when it compares against them.
+`saga predict --tsig` warns when it compares against them. They also record the data (`split`,
+`cache_id`), which the titles and the report's captions say; the test split's files keep the plain
+names (tsig.npz, the class signatures `predict --tsig` compares with), another split's carry it
+(tsig-train.npz, tsig_maps-train.png, ...), so `--split train` never replaces them.
 """
 
 from __future__ import annotations
@@ -39,13 +42,16 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.cache.store import FeatureCache
-from saga.explain.metrics import RUN_MODEL, other_weights, run_weights, warn_unfinished, weights_stamp
+from saga.explain.metrics import (RUN_MODEL, SPLIT, data_label, data_stamp, other_weights, run_weights,
+                                  warn_unfinished, weights_stamp)
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_bytes
-from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, check_cache, load_model
+from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, by_split, check_cache, load_model
+from saga.runs.files import DEFAULT_SPLIT
 from saga.explain.tsne import class_colors, save_figure
 
 Signature = dict[str, Any]  # {"map": (T', T'), "profile": (T',), "n": int}
+PROFILES_TITLE = "T-Sig profiles{}: mean attention at frame offset Δ"  # {}: " (test split)"
 
 
 def _masks(attn: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -123,14 +129,17 @@ def signature_distances(profile: np.ndarray, sigs: dict[str, Signature]) -> dict
 
 
 # -- files ------------------------------------------------------------------------------
-def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path,
-                stamp: dict[str, Any] | None = None) -> dict[str, Path]:
-    """tsig.npz (classes, maps, profiles, counts; the `stamp` of weights_stamp), tsig_profiles.csv,
-    tsig_maps.png, tsig_profiles.png (the stamp in their metadata)."""
+def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path, stamp: dict[str, Any] | None = None,
+                label: str = "") -> dict[str, Path]:
+    """tsig.npz (classes, maps, profiles, counts; the `stamp` of weights_stamp and data_stamp), tsig_profiles.csv,
+    tsig_maps.png, tsig_profiles.png (the stamp in their metadata, `label` in their titles); named for the
+    stamp's split when it is not test (`by_split`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(sigs)
-    paths = {"npz": out / TSIG, "csv": out / TSIG_CSV, "maps": out / TSIG_MAPS, "profiles": out / TSIG_PROFILES}
+    split = (stamp or {}).get(SPLIT) or DEFAULT_SPLIT
+    paths = {kind: out / by_split(name, split) for kind, name in
+             (("npz", TSIG), ("csv", TSIG_CSV), ("maps", TSIG_MAPS), ("profiles", TSIG_PROFILES))}
     buf = io.BytesIO()
     np.savez(buf, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
              profiles=np.stack([sigs[c]["profile"] for c in classes]),
@@ -138,8 +147,9 @@ def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path,
              **{k: np.array(str(v)) for k, v in (stamp or {}).items() if v is not None})
     write_bytes(paths["npz"], buf.getvalue())
     _write_csv(sigs, paths["csv"])
-    plot_maps(sigs, paths["maps"], stamp)
-    plot_profiles(sigs, paths["profiles"], stamp=stamp)
+    of = f" ({label})" if label else ""
+    plot_maps(sigs, paths["maps"], stamp, title=f"T-Sig maps{of}" if label else "")
+    plot_profiles(sigs, paths["profiles"], stamp=stamp, title=PROFILES_TITLE.format(of))
     return paths
 
 
@@ -177,7 +187,8 @@ def _write_csv(sigs: dict[str, Signature], path: Path) -> None:
 
 
 # -- plots ------------------------------------------------------------------------------
-def plot_maps(sigs: dict[str, Signature], out_png: Path, stamp: dict[str, Any] | None = None) -> None:
+def plot_maps(sigs: dict[str, Signature], out_png: Path, stamp: dict[str, Any] | None = None,
+              title: str = "") -> None:
     """One panel per class on a shared colour scale, so brightness compares across classes."""
     n = len(sigs)
     cols = min(5, n)
@@ -194,11 +205,13 @@ def plot_maps(sigs: dict[str, Signature], out_png: Path, stamp: dict[str, Any] |
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention (query row → key column)")
+    if title:
+        fig.suptitle(title, fontsize=10)
     save_figure(fig, out_png, stamp)
 
 
 def plot_profiles(sigs: dict[str, Signature], out_png: Path, video: np.ndarray | None = None,
-                  title: str = "T-Sig profiles: mean attention at frame offset Δ",
+                  title: str = PROFILES_TITLE.format(""),
                   stamp: dict[str, Any] | None = None) -> None:
     """One curve per class (and, for `saga predict --tsig`, the video's own in black)."""
     fig = Figure(figsize=(7.5, 4.5), dpi=110)
@@ -226,7 +239,8 @@ def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: st
 
 
 def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", device: str = "cpu") -> dict[str, Path]:
-    """T-Sigs per class of a run's level over a cache split, written into the run folder."""
+    """T-Sigs per class of a run's level over a cache split, written into the run folder (test: tsig.npz, ...;
+    another split: tsig-<split>.npz, ...)."""
     stamp = weights_stamp(run_dir)  # before loading: see weights_stamp
     model, info = load_model(run_dir)
     warn_unfinished(run_dir, stamp, "the T-Sigs are")
@@ -236,7 +250,9 @@ def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", 
     if not records:
         raise SagaError(f"{cache_path}: no {split} videos with a class at {info.level}; try another --split")
     inference = infer(model, info, cache, records, device=device, attention=True)
-    return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp)
+    stamp.update(data_stamp(cache, split))
+    label = data_label(stamp, (info.provenance or {}).get("cache_id"))
+    return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp, label)
 
 
 def compare_video(run_dir: str | Path, profile: Sequence[float], out_png: str | Path,

@@ -2,9 +2,12 @@
 
 Colouring by a level other than the run's (a TEAM-L run coloured by generator)
 shows whether the embedding separates finer sources than it was trained on, which
-is the question behind the paper's t-SNE figures. The PNG records the weights it was made
-with in its metadata (`saga:run_model`, `saga:run_finished`), so `saga report` can leave out
-a map of older weights.
+is the question behind the paper's t-SNE figures. The PNG records what it was made from in its
+metadata (`saga:<key>`), and so does a JSON beside it: the weights (`run_model`, `run_finished`:
+`saga report` leaves out a map of older weights), the data (`split`, `cache_id`: the report says
+which split each map shows and flags another cache than the run's) and the t-SNE settings
+(`tsne_seed`, `perplexity`, `max_iter`, `method`). A split other than test gets its own file
+name (`tsne_<level>-<split>.png`), so it never replaces the test map.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from matplotlib.figure import Figure
 from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
 from saga.cache.store import FeatureCache
-from saga.explain.metrics import warn_unfinished, weights_stamp
+from saga.explain.metrics import data_label, data_stamp, warn_unfinished, weights_stamp
 from saga.model.inference import Inference, infer
-from saga.fileio import atomic_path
+from saga.fileio import atomic_path, write_json
 from saga.runs import check_cache, load_model, tsne_file
 from saga.taxonomy import Taxonomy, check_level
 
@@ -37,6 +40,7 @@ class TsneResult:
     coords: np.ndarray  # (n, 2)
     labels: list[str]
     legend: list[str]  # the legend entries, in drawing order
+    json: Path | None = None  # what the map was made from (the PNG's metadata, readable without it)
 
 
 def class_colors(n: int) -> list[tuple[float, float, float, float]]:
@@ -71,36 +75,47 @@ def label_points(records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy)
     return labels, order
 
 
-def embed_2d(embeddings: np.ndarray, seed: int = 0, max_iter: int = 1000) -> np.ndarray:
-    """2-D t-SNE coordinates (PCA init, automatic learning rate: stable across sklearn versions).
+def tsne_settings(n: int, seed: int = 0, max_iter: int = 1000) -> dict[str, Any]:
+    """The settings `embed_2d` runs t-SNE with on n points (recorded with the map, which they shape).
 
     Exact gradients up to 1000 points: there they are faster than Barnes-Hut (measured
     on 2 CPU cores: 500 points 12 s against 45 s) and also exact.
     """
+    return {"tsne_seed": seed, "perplexity": perplexity_for(n), "max_iter": max(250, max_iter),
+            "method": "exact" if n <= 1000 else "barnes_hut"}
+
+
+def embed_2d(embeddings: np.ndarray, seed: int = 0, max_iter: int = 1000) -> np.ndarray:
+    """2-D t-SNE coordinates (PCA init, automatic learning rate: stable across sklearn versions)."""
     from sklearn.manifold import TSNE
 
     n = len(embeddings)
     if n < 3:
         raise SagaError(f"t-SNE needs at least 3 videos, got {n}; use a larger split")
-    tsne = TSNE(n_components=2, perplexity=perplexity_for(n), init="pca", learning_rate="auto",
-                random_state=seed, max_iter=max(250, max_iter), method="exact" if n <= 1000 else "barnes_hut")
+    opts = tsne_settings(n, seed, max_iter)
+    tsne = TSNE(n_components=2, perplexity=opts["perplexity"], init="pca", learning_rate="auto",
+                random_state=seed, max_iter=opts["max_iter"], method=opts["method"])
     return tsne.fit_transform(np.asarray(embeddings, np.float32)).astype(np.float32)
 
 
 def tsne_plot(inference: Inference, records: Sequence[VideoRecord], color_by_level: str, taxonomy: Taxonomy,
               out_png: str | Path, seed: int = 0, title: str = "", max_iter: int = 1000,
               stamp: dict[str, Any] | None = None) -> TsneResult:
-    """Plot the t-SNE of `inference.embeddings` coloured by `color_by_level`; CSV of the coordinates beside it.
-    `stamp`: the weights it was made with (`weights_stamp`), kept in the PNG's metadata."""
+    """Plot the t-SNE of `inference.embeddings` coloured by `color_by_level`; CSV of the coordinates and JSON
+    of what it was made from beside it. `stamp` (weights, data: `weights_stamp`, `data_stamp`) and the t-SNE
+    settings go into the JSON and the PNG's metadata."""
     if len(records) != len(inference):
         raise SagaError(f"t-SNE: {len(records)} records for {len(inference)} embeddings")
     out_png = Path(out_png)
     coords = embed_2d(inference.embeddings, seed, max_iter)
+    meta = {**(stamp or {}), "color_by": color_by_level, "n": len(records),
+            **tsne_settings(len(records), seed, max_iter)}
     labels, order = label_points(records, color_by_level, taxonomy)
-    legend = _draw(coords, labels, order, out_png, title or f"t-SNE of φ, coloured by {color_by_level}", stamp)
-    out_csv = out_png.with_suffix(".csv")
+    legend = _draw(coords, labels, order, out_png, title or f"t-SNE of φ, coloured by {color_by_level}", meta)
+    out_csv, out_json = out_png.with_suffix(".csv"), out_png.with_suffix(".json")
     _write_csv(out_csv, records, labels, coords)
-    return TsneResult(out_png, out_csv, coords, labels, legend)
+    write_json(out_json, {**meta, "png": out_png.name, "csv": out_csv.name})
+    return TsneResult(out_png, out_csv, coords, labels, legend, out_json)
 
 
 def _draw(coords: np.ndarray, labels: list[str], order: list[str], out_png: Path, title: str,
@@ -157,6 +172,8 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
     if len(records) < 5:
         raise SagaError(f"{cache_path}: only {len(records)} {split} videos; t-SNE needs at least 5")
     inference = infer(model, info, cache, records, device=device)
-    title = f"t-SNE of φ ({info.level} run), coloured by {level}"
-    return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / tsne_file(level), seed=seed,
+    stamp.update(data_stamp(cache, split))
+    title = (f"t-SNE of φ ({info.level} run, {data_label(stamp, (info.provenance or {}).get('cache_id'))}), "
+             f"coloured by {level}")
+    return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / tsne_file(level, split), seed=seed,
                      title=title, stamp=stamp)

@@ -32,8 +32,11 @@ RESUME_FILES = (LAST, OPTIMIZER, STATE)
 # kill at any point forward (CKPT_COMMIT) or back (CKPT_NEW), so the three files always agree.
 CKPT_NEW, CKPT_COMMIT = ".checkpoint.new", ".checkpoint.commit"
 EVALUATION = "metrics.json"  # the latest `saga evaluate`; metrics-<split>.json per split
+# `saga tsig` / `saga tsne` of the test split (what the docs and the report present); another split's
+# files carry it in their name (`by_split`), so `--split train` never replaces the test figures.
 TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES = "tsig.npz", "tsig_profiles.csv", "tsig_maps.png", "tsig_profiles.png"
 TSNE_GLOB = "tsne*.png"
+DEFAULT_SPLIT, FIGURE_SPLITS = "test", ("test", "val", "train")
 # Beyond the paper (saga.openworld, saga.robustness; docs/beyond.md), beside the run or in `--out`.
 # A JSON named `<stem>.json` is committed together with its `<stem>.<hash>.safetensors` (openworld.store).
 CALIBRATION = "calibration.json"  # `saga calibrate`: the temperature fitted on val, NLL / ECE before and after
@@ -56,8 +59,18 @@ def evaluation_file(split: str | None = None) -> str:
     return EVALUATION if split is None else f"metrics-{split}.json"
 
 
-def tsne_file(level: str) -> str:
-    return f"tsne_{level}.png"
+def by_split(name: str, split: str = DEFAULT_SPLIT) -> str:
+    """A `saga tsig` / `saga tsne` file name for `split`: the name itself for the test split,
+    `<stem>-<split><suffix>` for another (tsig_maps-train.png)."""
+    if split == DEFAULT_SPLIT:
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}-{split}{dot}{suffix}"
+
+
+def tsne_file(level: str, split: str = DEFAULT_SPLIT) -> str:
+    """tsne_<level>.png (test split) or tsne_<level>-<split>.png."""
+    return by_split(f"tsne_{level}.png", split)
 
 
 def read_json(path: Path) -> Any:

@@ -36,6 +36,8 @@ from saga.runs.files import (
     TSIG_MAPS,
     TSIG_PROFILES,
     TSNE_GLOB,
+    FIGURE_SPLITS,
+    by_split,
     evaluation_file,
     load_tensors,
     read_json,
@@ -204,9 +206,11 @@ class RunFolder:
         return (self.path / TSIG).is_file()
 
     def figures(self) -> list[Path]:
-        """The run's plots: T-Sig maps and profiles, then t-SNE maps."""
-        figs = [self.path / n for n in (TSIG_MAPS, TSIG_PROFILES) if (self.path / n).is_file()]
-        return figs + sorted(self.path.glob(TSNE_GLOB))
+        """The run's plots: T-Sig maps and profiles of each split (test first), then t-SNE maps."""
+        names = [by_split(n, split) for split in FIGURE_SPLITS for n in (TSIG_MAPS, TSIG_PROFILES)]
+        tsne = sorted(self.path.glob(TSNE_GLOB),  # the test split's (no split in the name) first
+                      key=lambda p: (p.stem.rsplit("-", 1)[-1] in FIGURE_SPLITS[1:], p.name))
+        return [self.path / n for n in names if (self.path / n).is_file()] + tsne
 
     def save_best(self, model: VideoTransformer, epoch: int, metric: float | None) -> None:
         save_weights(self.path / MODEL, model, epoch=epoch, metric=metric)
