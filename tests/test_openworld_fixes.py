@@ -227,3 +227,21 @@ def test_a_failed_labelled_video_is_named_as_such(world: dict[str, Any], tmp_pat
     cache = cache_with_failures(tmp_path / "cache", {"syn-svd/v2.mp4"})
     with pytest.raises(SagaError, match=r"1 of the run's labelled videos failed extraction there \(e.g. syn-svd/v2"):
         fit_openset_run(world["run"], cache=cache.root, out=tmp_path / "o")
+
+
+def test_class_and_enrolled_names_with_brackets_print_as_written() -> None:
+    """An enrolled name like `kling [v1.5]` or `a[/]b` is text, not Rich markup (it lost its brackets or crashed
+    predict mid-batch)."""
+    from types import SimpleNamespace
+
+    from saga.commands.common import console
+    from saga.commands.phase2 import _print_prediction
+
+    pred = SimpleNamespace(status="ok", path="v [1].mp4", level="GEN-L", predicted="kling [v1.5]", confidence=0.9,
+                           implied={"TEAM-L": "a[/]b"}, probabilities={"kling [v1.5]": 0.9, "x[/]": 0.1},
+                           source=None, openworld={"enrolled": {"GEN-L": {"predicted": "c[/]d", "confidence": 0.5}}})
+    with console.capture() as cap:
+        _print_prediction(pred)
+    out = cap.get()
+    for text in ("v [1].mp4", "kling [v1.5]", "TEAM-L a[/]b", "x[/] 10.0%", "GEN-L c[/]d"):
+        assert text in out, out

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from saga.commands.common import Split, cli_device, console, load_options, one_line_warnings, training_options
 from saga.errors import SagaError
@@ -70,9 +71,9 @@ def enroll(
         enr = enroll_run(run, generator, cache, videos, task, sd, team, run_cache, split, limit, seed, out,
                          cli_device(device))
     entry = next(e for e in enr.entries if e.name == generator)
-    console.print(f"enrolled {generator} from {len(entry.paths)} videos "
-                  f"({', '.join(f'{k} {v}' for k, v in entry.labels.items() if v)}); "
-                  f"enrolled now: {', '.join(enr.names)}; written: {(out or run) / ENROLLED}")
+    labels = ", ".join(f"{k} {v}" for k, v in entry.labels.items() if v)
+    console.print(escape(f"enrolled {generator} from {len(entry.paths)} videos ({labels}); "
+                         f"enrolled now: {', '.join(enr.names)}; written: {(out or run) / ENROLLED}"))
 
 
 @openset_app.command("fit")

@@ -354,9 +354,9 @@ def _print_prediction(pred: Any) -> None:
         return
     implied = ", ".join(f"{k} {v}" for k, v in pred.implied.items())
     top = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])[:3]
-    console.print(f"[bold]{escape(pred.path)}[/]: {pred.level} [bold]{pred.predicted}[/] ({100 * pred.confidence:.1f}%)"
-                  + (f"; implies {implied}" if implied else "")
-                  + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top))
+    console.print(f"[bold]{escape(pred.path)}[/]: {pred.level} [bold]{escape(pred.predicted)}[/] ({100 * pred.confidence:.1f}%)"
+                  + escape((f"; implies {implied}" if implied else "")
+                           + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top)))
     if pred.source and pred.source["rows"] > 1:
         console.print(f"  most like its labelled generator [bold]{escape(pred.source['generator'])}[/] "
                       f"({100 * pred.source['share']:.1f}% of the class; {pred.source['rows']} labelled generators)",
@@ -371,7 +371,7 @@ def _print_prediction(pred: Any) -> None:
         console.print(f"  far from every trained class ({u['kind']} score {u['score']:.3f} > threshold "
                       f"{u['threshold']:.3f}), known through enrollment: {escape(u['enrolled'])}", soft_wrap=True)
     for level, e in extra.get("enrolled", {}).items():
-        console.print(f"  with enrolled classes: {level} {e['predicted']} ({100 * e['confidence']:.1f}%)")
+        console.print(f"  with enrolled classes: {level} {escape(e['predicted'])} ({100 * e['confidence']:.1f}%)")
 
 
 def register(app: typer.Typer) -> None:
