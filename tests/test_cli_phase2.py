@@ -79,6 +79,14 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     assert isinstance(by_class, list) and ok["source"]["rows"] == len(by_class[config["classes"].index(ok["predicted"])])
     assert ok["source"]["generator"] in by_class[config["classes"].index(ok["predicted"])]
     assert "nearest class signature" in proc.stderr and (sd / "predict" / f"{video.stem}_tsig.png").is_file()
+    odd = root / "odd-names"  # legal names that cannot be a plot file or title as they are
+    odd.mkdir()
+    for name in ("cost $a$ and $b$.mp4", "x" * 240 + ".mp4"):
+        (odd / name).write_bytes(video.read_bytes())
+    proc = run_saga("predict", str(sd), str(odd), "--format", "json", "--tsig", "--out", str(root / "odd-plots"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert [json.loads(x)["status"] for x in proc.stdout.splitlines()] == ["ok", "ok"]
+    assert len(list((root / "odd-plots").glob("*_tsig.png"))) == 2
 
     html = root / "report.html"
     run_saga("report", str(stage1), str(sd), "--out", str(html), check=True)

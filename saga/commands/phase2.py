@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -304,14 +306,21 @@ def predict(
         for path in paths:
             pred = predictor.predict(path, tsig=tsig)
             failed += pred.status != "ok"
-            if tsig and pred.status == "ok":
-                _plot_tsig(run, _unique(out or run / "predict", f"{path.stem}_tsig", ".png", plots), path, pred)
             if format == "json":
                 print_json(pred.to_dict())
             else:
                 _print_prediction(pred)
+            if tsig and pred.status == "ok":  # after its prediction is out: a plot that fails loses nothing else
+                _plot_tsig(run, _unique(out or run / "predict", f"{plot_stem(path)}_tsig", ".png", plots), path, pred)
     if failed:
         raise typer.Exit(1)
+
+
+def plot_stem(path: Path, limit: int = 100) -> str:
+    """A file-name-safe, printable stem: any legal video name (too long, not UTF-8, `$` that matplotlib reads
+    as maths) gives a plot file and title."""
+    text = os.fsencode(path.stem).decode("utf-8", "replace")
+    return re.sub(r"[^\w.-]+", "_", text)[:limit] or "video"
 
 
 def _unique(folder: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
@@ -327,7 +336,12 @@ def _unique(folder: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
 def _plot_tsig(run: Path, plot: Path, path: Path, pred: Any) -> None:
     from saga.explain.tsig import compare_video
 
-    found = compare_video(run, pred.tsig, plot, name=path.name)
+    try:
+        found = compare_video(run, pred.tsig, plot, name=plot_stem(path, 200) + path.suffix)
+    except (OSError, ValueError, RuntimeError) as exc:  # a plot is a by-product: say so, keep predicting
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err.print(f"{path}: no T-Sig plot ({why}); the prediction above stands", markup=False)
+        return
     if found is None:
         err.print(f"[yellow]{run}: no class T-Sigs yet; run `saga tsig {run} --cache CACHE` to compare[/]")
     else:
