@@ -18,16 +18,12 @@ from saga.errors import SagaError
 from saga.explain.ablation_table import to_markdown
 from saga.train.attribute import AttributeConfig
 from saga.train.stage1 import train_stage1
-from test_train import add_videos, build_cache, s1_config
+from test_train import add_videos, s1_config
+from test_train_guards import cache  # noqa: F401 - the same tiny cache (module fixture)
 
 # Training options only: no model option and no frames (what the 1-stage cells used to take as defaults).
 OPTIONS = {"level": "TASK-L", "fraction": 0.5, "epochs": 1, "batch_size": 16, "min_steps": 0, "patience": 0,
            "warmup_epochs": 0.0, "eval_batch_size": 64, "stream": False}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
-    return build_cache(tmp_path_factory.mktemp("cache") / "c", real=12, per_gen=2)
 
 
 @pytest.fixture(scope="module")
