@@ -30,3 +30,10 @@ class WriteError(SagaError, OSError):
         import errno as codes
 
         return self.errno in (codes.ENOSPC, codes.EDQUOT)
+
+
+def shown(name: object) -> str:
+    """A path or name for a one-line message: as written when printable, else its escaped `repr`, so a
+    newline (or a byte that is not UTF-8) in a file name cannot split the line or cut off what follows."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)

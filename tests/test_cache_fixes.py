@@ -268,3 +268,29 @@ def test_an_interrupted_prune_is_finished_or_forgotten(tmp_path: Path, monkeypat
     assert len(paths) == (3 if logged else 5)  # the gone videos' records were all in the first part
     assert [json.loads(line)["part"] for line in (cache.root / PARTS_LOG).read_text().splitlines()].count(
         "p000001-r000") == (2 if logged else 1)
+
+
+def test_prune_keeps_the_records_under_a_folder_it_cannot_look_into(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 000 on real/ (EACCES injected: root looks through chmod): its videos cannot be judged, so they are
+    kept with one line naming the folder; they used to be called gone (`os.path.lexists` is False) and dropped."""
+    import errno
+    import warnings
+
+    cache, videos = _moved_video_cache(tmp_path)
+    real_lstat, hidden = os.lstat, str(videos / "real") + os.sep
+
+    def lstat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if os.fspath(path).startswith(hidden):  # type: ignore[arg-type]
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert prune.prune_gone(cache, videos, all_folders=True) == ["syn-svd/a.mp4"]  # real/b.mp4 is kept
+    assert [str(w.message) for w in caught] == [
+        f"{videos}/real: cannot look inside this folder (Permission denied); the records of its 3 video(s) are kept: "
+        f"make it readable (chmod a+rx {videos}/real) and rerun to prune them"]
+    assert sorted(r.path for r in FeatureCache.open(cache.root).records()) == [
+        "real/a.mp4", "real/b.mp4", "real/c.mp4", "syn-svd/b.mp4"]

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saga.cache.columns import SIDECAR
 from saga.cache.manifest import AUGMENTED, iter_lines, manifest_digest, parse_line, read_split_plan, source_key
 from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, part_videos, seal_leftover_parts, seal_of
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 from saga.fileio import lock_folder, unlock_folder, write_bytes, write_json, write_text
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -
         raise SagaError(f"{videos}: not a folder; pass the videos folder the cache was extracted from as --videos")
     paths = set(cache.records(refresh=True).paths()) | set(read_split_plan(cache.split_plan_path))
     originals = [p for p in paths if not p.startswith(AUGMENTED)]
-    present = {p for p in originals if os.path.lexists(videos / p)}  # a broken link is still a (failed) input
+    present = _present(videos, originals)
     if originals and not present:
         raise SagaError(f"{videos}: none of the cache's {len(originals)} videos is in this folder; pass the "
                         "videos folder the cache was extracted from as --videos")
@@ -57,6 +58,39 @@ def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -
     kept = {source_key(p)[1] for p in present}
     return sorted(p for p in paths if p not in present and (
         not p.startswith(AUGMENTED) or source_key(p)[1] not in kept))
+
+
+def _present(videos: Path, originals: list[str]) -> set[str]:
+    """The paths still under `videos` (a broken link is still a (failed) input), and those that cannot be looked
+    at: a folder on the way that cannot be searched hides its videos, so they are kept, with one warning per
+    folder (they used to be called gone, and dropped)."""
+    present: set[str] = set()
+    blocked: dict[tuple[str, str], list[str]] = {}
+    for rel in originals:
+        try:
+            os.lstat(videos / rel)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            blocked.setdefault(_blocking_folder(videos, rel, exc), []).append(rel)
+        present.add(rel)
+    for (folder, reason), hidden in sorted(blocked.items()):
+        warnings.warn(f"{shown(folder)}: cannot look inside this folder ({reason}); the records of its "
+                      f"{len(hidden)} video(s) are kept: make it readable (chmod a+rx {shown(folder)}) and rerun "
+                      "to prune them", stacklevel=3)
+    return present
+
+
+def _blocking_folder(videos: Path, rel: str, exc: OSError) -> tuple[str, str]:
+    """(folder, reason) of the first folder on the way to `videos`/rel whose entries cannot be looked at."""
+    folder = videos
+    for part in Path(rel).parts:
+        try:
+            os.lstat(folder / part)
+        except OSError as inner:
+            return str(folder), inner.strerror or str(inner)
+        folder = folder / part
+    return str(videos / rel), exc.strerror or str(exc)  # it can be looked at now
 
 
 def check_folders(cache: "FeatureCache", videos: Path) -> None:

@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saga.commands.common import OutputFormat, console, err, print_json
+from saga.commands.common import OutputFormat, console, err, one_line_warnings, print_json
+from saga.errors import shown
 from saga.taxonomy import LEVELS
 
 if TYPE_CHECKING:
@@ -132,12 +133,13 @@ def prune(
     from saga.cache.store import FeatureCache
 
     store = FeatureCache.open(cache)
-    drop = prune_gone(store, videos, all_folders) if yes else gone_paths(store, videos, all_folders)
+    with one_line_warnings():  # a folder that cannot be searched: its videos are kept, one line each
+        drop = prune_gone(store, videos, all_folders) if yes else gone_paths(store, videos, all_folders)
     if not drop:
         console.print(f"{cache}: nothing to prune: every record's video is in {videos}", markup=False)
         return
     for path in drop[:PRUNE_SHOWN]:
-        console.print(f"{'dropped' if yes else 'would drop'} {path}", markup=False)
+        console.print(f"{'dropped' if yes else 'would drop'} {shown(path)}", markup=False)
     if len(drop) > PRUNE_SHOWN:
         console.print(f"... and {len(drop) - PRUNE_SHOWN} more", markup=False)
     if yes:

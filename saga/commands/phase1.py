@@ -13,7 +13,7 @@ from rich.table import Table
 from saga.commands.common import (OutputFormat, console, err, extract_progress, one_line_warnings, print_json,
                                   progress_bar, writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 
 taxonomy_app = typer.Typer(help="Inspect attribution taxonomies (generator -> task, SD backbone, team).")
 
@@ -135,7 +135,7 @@ def extract(
             console.print(f"augmented train copies ({', '.join(p.name for p in perturbations)}):")
             _print_summary(augmented)
     distributed.sync_exit()
-    if summary.failures or (augmented and augmented.failures):
+    if summary.incomplete or (augmented and augmented.incomplete):
         raise typer.Exit(1)
 
 
@@ -162,15 +162,24 @@ def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
     if summary.failures:
         err.print(f"[red]{len(summary.failures)} file(s) could not be extracted[/] (recorded in the manifest):")
         for path, error in summary.failures[:20]:
-            err.print(f"  {path}: {error}", markup=False)
+            err.print(f"  {shown(path)}: {error}", markup=False)
         if len(summary.failures) > 20:
             err.print(f"  ... and {len(summary.failures) - 20} more (saga cache info {summary.cache})", markup=False)
         err.print("fix or replace them and rerun: changed files are extracted again; "
                   "pass --retry-failed to try unchanged ones again")
+    _print_unreadable(summary.unreadable)
     if summary.failed_elsewhere:
         console.print(f"{summary.failed_elsewhere} failed record(s) of files no longer in --videos (deleted or "
                       f"moved) are kept in the cache, not counted here; `saga cache prune {summary.cache} --videos "
                       "DIR --yes` drops them", markup=False)
+
+
+def _print_unreadable(folders: list[tuple[str, str]]) -> None:
+    """One line per folder that could not be listed: its videos were not found, so the pass is incomplete."""
+    from saga.pipeline.inputs import unreadable_line
+
+    for folder, reason in folders:
+        err.print(f"[yellow]warning:[/] {escape(unreadable_line(folder, reason))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_
 from saga.pipeline.decoder_audit import mark_audited, misdecoded
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
-from saga.pipeline.inputs import VideoInput, discover
+from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoStream, decode_workers, read_videos
 from saga.pipeline.resume import keep_suspects, moved_videos, pass_failures, read_suspects, warn_moved
 from saga.pipeline.sampling import SamplingPolicy
@@ -185,7 +185,8 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     wall = time.perf_counter()
     policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
     taxonomy = resolve_taxonomy(cfg)
-    items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
+    inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
+    items = inputs.items
     encoder = _load(cfg)
     make_dir(cfg.out)
     lock_folder(cfg.out, BUSY)  # before the cache is created: two passes into a new folder used to race there
@@ -193,7 +194,8 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
         cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
         seal_leftover_parts(cache)
         todo, splits, redecoded = plan(cfg, cache, items)
-        summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded)
+        summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded,
+                                 unreadable=inputs.unreadable)
         if todo:
             writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
                                 shard_rows=cfg.shard_rows, videos=cfg.videos)
@@ -231,18 +233,19 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     taxonomy, encoder = distributed.run_everywhere(load)
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
 
-    def decide() -> tuple[int, list[VideoInput], dict[str, str], list[VideoInput], int]:  # rank 0
-        items = discover(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
+    def decide() -> tuple[int, list[VideoInput], dict[str, str], Inputs, int]:  # rank 0
+        inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
+        items = inputs.items
         make_dir(cfg.out)
         lock_folder(cfg.out, BUSY)  # held by rank 0 until every rank's part is closed
         cache = FeatureCache.create_or_open(cfg.out, provenance)
         seal_leftover_parts(cache)
         todo, splits, redecoded = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
-        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, items, redecoded
+        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, inputs, redecoded
 
-    pass_id, todo, splits, items, redecoded = distributed.run_on_main(decide)
-    found = len(items)
+    pass_id, todo, splits, inputs, redecoded = distributed.run_on_main(decide)
+    items, found = inputs.items, len(inputs.items)
 
     def reopen() -> FeatureCache:  # every rank checks its own encoder against the cache
         cache = FeatureCache.open(cfg.out)
@@ -262,7 +265,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         mark_audited(cfg.out)
     unlock_folder(cfg.out)
     summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo), redecoded=redecoded,
-                             timings=Timings.across_ranks(r.timings for r in ranks))
+                             unreadable=inputs.unreadable, timings=Timings.across_ranks(r.timings for r in ranks))
     for rank_summary in ranks:
         summary.add_counts(rank_summary)
     summary.failures, summary.failed_elsewhere = pass_failures(cache.records(refresh=True), items)

@@ -4,7 +4,8 @@ Labels come from a CSV (`path,generator`, paths relative to the videos folder) o
 without one, from the first sub-folder name (matched as `Taxonomy.canonical` does, so
 `Show_1` is `Show-1`). Everything that looks like a video
 is listed, including things that are not (a folder named x.mp4, a broken link),
-so that extraction can record why each one failed instead of silently skipping it.
+so that extraction can record why each one failed instead of silently skipping it; a folder
+that cannot be listed is reported (`Inputs.unreadable`), and linked sub-folders are followed.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import csv
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from saga.cache.manifest import VIDEO_SUFFIXES
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 from saga.taxonomy import Taxonomy
 
 LABEL_COLUMNS = ("generator", "label", "source", "class")
@@ -36,7 +37,21 @@ class VideoInput:
         return root / self.rel
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The videos to extract, and the folders that could not be listed (folder, reason): their videos are
+    missing from `items`, so the pass is incomplete and says so."""
+
+    items: list[VideoInput]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
 def discover(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outside: bool = False) -> list[VideoInput]:
+    """The videos of `find_inputs`, without the folders it could not list."""
+    return find_inputs(videos, labels, taxonomy, allow_outside).items
+
+
+def find_inputs(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outside: bool = False) -> Inputs:
     """Videos with canonical generator names, sorted by path (labels are validated here).
 
     Paths in a labels CSV must stay inside the videos folder: `..` and absolute paths are
@@ -48,16 +63,17 @@ def discover(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outsid
     if found_labels:
         labels = videos / DEFAULT_LABELS
     if labels is not None:
-        items = _from_csv(labels, taxonomy, allow_outside)
-        if not items:
+        inputs = Inputs(_from_csv(labels, taxonomy, allow_outside))
+        if not inputs.items:
             raise SagaError(f"{labels}: no rows below the header; add one line path,generator per video")
         if found_labels:
-            _warn_unlisted(videos, labels, items)
+            _warn_unlisted(videos, labels, inputs.items)
     else:
-        items = _from_folders(videos, taxonomy)
-    if not items:
-        raise SagaError(f"{videos}: no videos found (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
-    return sorted(items, key=lambda v: v.rel)
+        inputs = _from_folders(videos, taxonomy)
+    if not inputs.items:
+        raise SagaError(f"{videos}: no videos found (looked for {', '.join(sorted(VIDEO_SUFFIXES))})"
+                        + "".join(f"; {unreadable_line(*u)}" for u in inputs.unreadable[:3]))
+    return Inputs(sorted(inputs.items, key=lambda v: v.rel), inputs.unreadable)
 
 
 def read_labels_text(path: Path) -> str:
@@ -143,35 +159,85 @@ def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput]) -> None:
 
 def _all_videos(videos: Path) -> list[str]:
     """Every video path under the folder, as discovery by folder would list it."""
-    entries = sorted(videos.iterdir())
+    entries = _listing(videos)
     loose = [p.name for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
-    subs = [p for p in entries if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() not in VIDEO_SUFFIXES]
-    return loose + [rel for sub in subs for rel in _videos_under(sub, videos)]
+    walk = _Walk(videos, _generator_folders(entries))
+    return loose + [rel for sub in walk.folders for rel in walk.videos_under(sub)]
 
 
-def _videos_under(folder: Path, root: Path) -> list[str]:
-    """Paths (relative to `root`) of everything named like a video below `folder`, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        for name in [*filenames, *dirnames]:
-            if Path(name).suffix.lower() in VIDEO_SUFFIXES:
-                found.append(str((here / name).relative_to(root)))
-        dirnames[:] = [d for d in dirnames if Path(d).suffix.lower() not in VIDEO_SUFFIXES]
-    return sorted(found)
+def _listing(videos: Path) -> list[Path]:
+    """The videos folder's entries, sorted, or a one-line error when it cannot be listed."""
+    try:
+        return sorted(videos.iterdir())
+    except OSError as exc:
+        raise SagaError(unreadable_line(str(videos), exc.strerror or str(exc))) from None
 
 
-def _from_folders(videos: Path, taxonomy: Taxonomy) -> list[VideoInput]:
-    loose = sorted(p.name for p in videos.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+def _generator_folders(entries: list[Path]) -> list[Path]:
+    """The sub-folders that may name a generator: not hidden, not named like a video."""
+    return [p for p in entries if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() not in VIDEO_SUFFIXES]
+
+
+def unreadable_line(folder: str, reason: str) -> str:
+    """One line for a folder that cannot be listed: its videos are missing from this pass."""
+    return (f"{shown(folder)}: cannot list this folder ({reason}); its videos are skipped: make it readable "
+            f"(chmod a+rx {shown(folder)}) and rerun")
+
+
+class _Walk:
+    """One discovery's walk of the generator folders, every video listed once.
+
+    Linked sub-folders are followed, as a linked generator folder always was. A folder is not entered twice
+    (a link loop, two links to one place), nor through a link into a generator folder (its videos are listed
+    there, under their own generator). Folders that cannot be listed are kept in `unreadable` (folder,
+    reason): os.walk skips them silently by default.
+    """
+
+    def __init__(self, root: Path, folders: list[Path]) -> None:
+        self.root, self.folders = root, folders
+        self.owned = [os.path.realpath(f) for f in folders]
+        self.seen = {os.path.realpath(root), *self.owned}
+        self.unreadable: list[tuple[str, str]] = []
+
+    def videos_under(self, folder: Path) -> list[str]:
+        """Paths (relative to the root) of everything named like a video below `folder`, sorted."""
+        found: list[str] = []
+        top = os.path.realpath(folder)
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=self._note, followlinks=True):
+            here = Path(dirpath)
+            for name in [*filenames, *dirnames]:
+                if Path(name).suffix.lower() in VIDEO_SUFFIXES:
+                    found.append(str((here / name).relative_to(self.root)))
+            dirnames[:] = [d for d in sorted(dirnames) if Path(d).suffix.lower() not in VIDEO_SUFFIXES
+                           and self._enter(here / d, os.path.join(top, (here / d).relative_to(folder)))]
+        return sorted(found)
+
+    def _enter(self, path: Path, natural: str) -> bool:
+        """Whether to walk `path`, whose real path is `natural` unless a link leads there."""
+        real = os.path.realpath(path)
+        if real in self.seen or (real != natural and self._in_generator_folder(real)):
+            return False
+        self.seen.add(real)
+        return True
+
+    def _in_generator_folder(self, real: str) -> bool:
+        return any(real == owned or real.startswith(owned.rstrip(os.sep) + os.sep) for owned in self.owned)
+
+    def _note(self, exc: OSError) -> None:
+        self.unreadable.append((str(exc.filename), exc.strerror or str(exc)))
+
+
+def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
+    entries = _listing(videos)
+    loose = [p.name for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     if loose:  # no folder, so no generator: say so rather than skip them silently
         warnings.warn(f"{videos}: {len(loose)} video(s) directly in the folder ({', '.join(loose[:3])}"
                       f"{', ...' if len(loose) > 3 else ''}) are skipped: without a generator folder they have no "
                       "label; move them into one, or pass --labels CSV", stacklevel=3)
     items, no_videos = [], []
-    for sub in sorted(p for p in videos.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if sub.suffix.lower() in VIDEO_SUFFIXES:
-            continue  # a folder named like a video at the top level has no generator folder
-        found = _videos_under(sub, videos)
+    walk = _Walk(videos, _generator_folders(entries))
+    for sub in walk.folders:
+        found = walk.videos_under(sub)
         try:
             generator = taxonomy.canonical(sub.name)
         except SagaError:
@@ -187,4 +253,4 @@ def _from_folders(videos: Path, taxonomy: Taxonomy) -> list[VideoInput]:
         warnings.warn(f"{videos}: {len(no_videos)} folder(s) without videos ({', '.join(no_videos[:3])}"
                       f"{', ...' if len(no_videos) > 3 else ''}) are not generators of taxonomy "
                       f"'{taxonomy.name}' and are skipped", stacklevel=3)
-    return items
+    return Inputs(items, walk.unreadable)

@@ -35,8 +35,14 @@ class ExtractSummary:
     failed: int = 0
     frames: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # of the videos found in this --videos
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason): its videos were not found
     failed_elsewhere: int = 0  # failed records of files deleted or moved away since: kept, not in `failures`
     timings: Timings = field(default_factory=Timings)
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether some video of this --videos has no features: it failed, or sits in a folder not listed."""
+        return bool(self.failures or self.unreadable)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "cache": str(self.cache)}

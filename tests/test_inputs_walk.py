@@ -1,0 +1,136 @@
+"""Walking the videos folder: folders that cannot be listed are reported (not skipped in silence),
+linked sub-folders are followed once (loops end), and a name with a newline keeps its failure reason.
+
+The machine may run the tests as root, whom chmod 000 does not stop: the listing is then denied by an
+injected EACCES (`deny_listing`); `test_a_chmod_000_folder_is_reported` does it for real as another user.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import typer
+
+from conftest import make_video_tree, write_clip
+from saga.errors import SagaError
+from saga.pipeline.inputs import discover
+from saga.taxonomy import Taxonomy
+from test_taxonomy_inputs import touch
+
+SYNTH = Taxonomy.load("synth")
+
+
+def deny_listing(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
+    """Listing any of `folders` (os.scandir, os.listdir) raises EACCES, as chmod 000 does to a user."""
+    denied = {os.path.abspath(f) for f in folders}
+
+    def guard(real):  # type: ignore[no-untyped-def]
+        def listing(path: object = ".", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            if isinstance(path, (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(path)) in denied:
+                raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+            return real(path, *args, **kwargs)
+        return listing
+
+    monkeypatch.setattr(os, "scandir", guard(os.scandir))
+    monkeypatch.setattr(os, "listdir", guard(os.listdir))
+
+
+# --- 1. folders that cannot be listed ----------------------------------------------------------------------
+
+def test_an_unreadable_sub_folder_or_generator_folder_is_reported(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from saga.pipeline.inputs import find_inputs
+
+    videos = touch(tmp_path / "v", "real/r.mp4", "real/batch2/a.mp4", "syn-svd/s.mp4", "syn-latte/l.mp4")
+    deny_listing(monkeypatch, videos / "real" / "batch2", videos / "syn-svd")
+    inputs = find_inputs(videos, None, SYNTH)
+    assert [i.rel for i in inputs.items] == ["real/r.mp4", "syn-latte/l.mp4"]
+    assert inputs.unreadable == [(str(videos / "real" / "batch2"), "Permission denied"),
+                                 (str(videos / "syn-svd"), "Permission denied")]
+    deny_listing(monkeypatch, videos / "real", videos / "syn-latte")  # nothing left: the error says why
+    with pytest.raises(SagaError, match=r"no videos found .*real: cannot list this folder \(Permission denied\); "
+                                        r"its videos are skipped: make it readable \(chmod a\+rx .*real\) and rerun"):
+        find_inputs(videos, None, SYNTH)
+    deny_listing(monkeypatch, videos)  # the videos folder itself: one line, no traceback
+    with pytest.raises(SagaError, match=r"v: cannot list this folder \(Permission denied\)"):
+        find_inputs(videos, None, SYNTH)
+
+
+def test_extract_names_each_unreadable_folder_and_exits_1(tmp_path: Path, tiny_weights: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from saga.cache.store import FeatureCache
+    from saga.commands import phase1
+
+    videos = make_video_tree(tmp_path / "v", per_class=1, generators=("real", "syn-svd"))
+    write_clip(videos / "real" / "batch2" / "a.mp4", n_frames=6, seed=7)
+    deny_listing(monkeypatch, videos / "real" / "batch2")
+    with pytest.raises(typer.Exit) as info:
+        phase1.extract(videos=videos, out=tmp_path / "c", encoder="saga-tiny-vit", pretrained=str(tiny_weights),
+                       frames=8, workers=0, device="cpu", taxonomy="synth")
+    assert info.value.exit_code == 1  # incomplete, as when a video fails (it was 0)
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if "cannot list this folder" in line]
+    assert lines == [f"warning: {videos}/real/batch2: cannot list this folder (Permission denied); its videos are "
+                     f"skipped: make it readable (chmod a+rx {videos}/real/batch2) and rerun"]
+    assert sorted(r.path for r in FeatureCache.open(tmp_path / "c").records()) == ["real/real_0.mp4",
+                                                                                  "syn-svd/syn-svd_0.mp4"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists through chmod 000; the injected tests cover it")
+def test_a_chmod_000_folder_is_reported(tmp_path: Path) -> None:
+    from saga.pipeline.inputs import find_inputs
+
+    videos = touch(tmp_path / "v", "real/r.mp4", "real/batch2/a.mp4", "syn-svd/s.mp4")
+    (videos / "real" / "batch2").chmod(0)
+    try:
+        inputs = find_inputs(videos, None, SYNTH)
+    finally:
+        (videos / "real" / "batch2").chmod(0o755)
+    assert [i.rel for i in inputs.items] == ["real/r.mp4", "syn-svd/s.mp4"]
+    assert [folder for folder, _ in inputs.unreadable] == [str(videos / "real" / "batch2")]
+
+
+# --- 2. linked sub-folders ---------------------------------------------------------------------------------
+
+def test_a_linked_sub_folder_is_followed_and_loops_end(tmp_path: Path) -> None:
+    touch(tmp_path, "v/real/r.mp4", "v/syn-svd/s.mp4", "store/b/l.mp4", "store/b/deep/m.mp4", "v/.pool/p.mp4")
+    videos = tmp_path / "v"
+    os.symlink("../../store/b", videos / "syn-svd" / "batch2")  # followed, as a linked generator folder is
+    os.symlink("../.pool", videos / "real" / "pool")  # a hidden folder is no generator: followed
+    os.symlink("..", tmp_path / "store" / "b" / "deep" / "loop")  # a loop outside: store/b is walked once
+    os.symlink("..", videos / "real" / "up")  # loops and links into generator folders list nothing twice
+    os.symlink("../real", videos / "syn-svd" / "other")
+    os.symlink("../..", videos / "syn-svd" / "top")
+    found = {(i.rel, i.generator) for i in discover(videos, None, SYNTH)}
+    assert found == {("real/r.mp4", "real"), ("real/pool/p.mp4", "real"), ("syn-svd/s.mp4", "syn-svd"),
+                     ("syn-svd/batch2/l.mp4", "syn-svd"), ("syn-svd/batch2/deep/m.mp4", "syn-svd")}
+
+
+def test_a_link_to_another_generators_linked_folder_lists_its_videos_once(tmp_path: Path) -> None:
+    touch(tmp_path, "v/real/r.mp4", "v/syn-svd/s.mp4", "store/latte/l.mp4")
+    videos = tmp_path / "v"
+    os.symlink("../store/latte", videos / "syn-latte")
+    os.symlink("../../store/latte", videos / "syn-svd" / "batch2")  # its videos are syn-latte's, once
+    assert [i.rel for i in discover(videos, None, SYNTH)] == ["real/r.mp4", "syn-latte/l.mp4", "syn-svd/s.mp4"]
+
+
+# --- 3. a newline in a failed video's name -------------------------------------------------------------------
+
+def test_a_failed_name_with_a_newline_keeps_its_reason_on_one_line(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from saga.commands.phase1 import _print_summary
+    from saga.pipeline.reader import decode_one
+    from saga.pipeline.sampling import SamplingPolicy
+    from saga.pipeline.summary import ExtractSummary
+
+    bad = tmp_path / "clip\n2.mp4"
+    bad.write_text("not a video\n")
+    error = decode_one(bad, SamplingPolicy(frames=8), preprocess=lambda x: x).error
+    assert error.startswith(repr(str(bad)) + ": not a video or truncated (") and "\n" not in error
+    _print_summary(ExtractSummary(cache=tmp_path / "c", failed=1, failures=[("real/clip\n2.mp4", error)]))
+    lines = capsys.readouterr().err.splitlines()
+    assert f"  'real/clip\\n2.mp4': {error}" in lines
