@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,25 @@ def unlock_folder(folder: str | Path) -> None:
         if hold.count == 0:
             del _HELD[key]
             os.close(hold.fd)
+
+
+@contextmanager
+def waiting_lock(path: str | Path, waiting: str) -> Iterator[None]:
+    """Hold the exclusive flock of file `path` for the block; while another process (or thread) holds it,
+    warn `waiting` once and wait. For a short read-modify-write that two commands may run at once
+    (enrolling two generators into one run): the second then reads what the first wrote."""
+    path = Path(path)
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warnings.warn(waiting, stacklevel=3)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # frees the flock
 
 
 def make_dir(path: str | Path) -> Path:

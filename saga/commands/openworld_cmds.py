@@ -59,7 +59,8 @@ def enroll(
     limit: Annotated[Optional[int], typer.Option(help="At most this many videos (a seeded draw).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --limit draw.")] = 0,
     run_cache: Annotated[Optional[Path], typer.Option(
-        "--run-cache", help="The run's own cache (its classes' prototypes; default: recorded in the run).")] = None,
+        "--run-cache", help="The run's own cache (its classes' prototypes and τ, computed at the first "
+                            "enrollment; default: recorded in the run).")] = None,
     out: OutOpt = None,
     device: Device = "cpu",
 ) -> None:
@@ -93,8 +94,8 @@ def openset_fit(
     with one_line_warnings():
         det = fit_openset_run(run, cache, out, kind, k, percentile, cli_device(device))
     console.print(f"{det.kind} score, threshold {det.threshold:.4f} = {det.percentile:g}th percentile of "
-                  f"{det.n_val} known val videos (≈{100 - det.percentile:g} % false unknowns); "
-                  f"written: {(out or run) / OPENSET}")
+                  f"{det.n_val} known val videos ({100 * det.val_false_unknown:.1f} % of them above it: "
+                  f"false unknowns); written: {(out or run) / OPENSET}")
 
 
 @openset_app.command("logo")

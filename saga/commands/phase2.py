@@ -188,7 +188,8 @@ def _calibrate_after_training(run: Path, cache: Path, device: str | None) -> Non
     from saga.openworld.api import calibrate_run
 
     try:
-        cal, _ = calibrate_run(run, cache, device=cli_device(device or "cpu"), report_split=None)
+        with one_line_warnings():  # a tiny val split warns
+            cal, _ = calibrate_run(run, cache, device=cli_device(device or "cpu"), report_split=None)
     except SagaError as exc:
         err.print(f"[yellow]not calibrated:[/] {escape(str(exc))}", soft_wrap=True)
         return

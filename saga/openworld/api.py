@@ -8,6 +8,8 @@ folder (or `out`, for a run folder that must stay read-only) atomically.
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +19,49 @@ from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import check_writable, make_dir
+from saga.model.inference import Inference
 from saga.openworld.calibration import Calibration, fit_calibration, reliability
 from saga.openworld.embeddings import Embedder, split_records
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
-from saga.openworld.openset import OpenSet, fit_openset
+from saga.openworld.openset import OpenSet, check_options, fit_openset
+from saga.openworld.store import pair_lock
 from saga.runs import MODEL, file_fingerprint
 from saga.runs.files import ENROLLED
 from saga.taxonomy import Taxonomy
 
 
-def run_cache(emb: Embedder, cache: str | Path | None) -> FeatureCache:
-    """The cache given, else the one the run was trained on (its config.json `cache`)."""
+# Known val videos below which a fitted temperature or threshold is noise (one video gives the same
+# threshold at every percentile); a percentile P also needs 1 / (1 - P/100) of them to leave one above it.
+MIN_VAL = 30
+RUN_CACHE = "--run-cache"  # enroll's option for the run's own cache (its --cache holds the new videos)
+
+
+def run_cache(emb: Embedder, cache: str | Path | None, flag: str = "--cache") -> FeatureCache:
+    """The cache given (with `flag`), else the one the run was trained on (its config.json `cache`)."""
     path = cache or emb.info.config.get("cache")
     if not path:
-        raise SagaError(f"{emb.info.path}: the run records no cache; pass --cache")
+        raise SagaError(f"{emb.info.path}: the run records no cache; pass {flag}")
     if not Path(path).is_dir():
-        raise SagaError(f"{path}: cache folder not found; pass the run's feature cache with --cache")
+        raise SagaError(f"{path}: cache folder not found; pass the run's feature cache with {flag}")
     return FeatureCache.open(path)
+
+
+def known_val(emb: Embedder, cache: FeatureCache, what: str, minimum: int = MIN_VAL) -> Inference:
+    """The val split's inference; refused without a video of the run's classes, a warning below `minimum`."""
+    val = emb(cache, split_records(cache, "val"))
+    n = int((val.targets >= 0).sum())
+    if n == 0:
+        raise SagaError(f"{cache.root}: no val videos of run {emb.info.path}'s classes: cannot fit {what}; "
+                        "extract more videos of its classes into this cache (the val split takes its share)")
+    if n < minimum:
+        warnings.warn(f"{cache.root}: only {n} known val video{'s' * (n > 1)}: {what} is unreliable (fitted on "
+                      f"fewer than {minimum}); extract more videos of the run's classes into this cache", stacklevel=2)
+    return val
+
+
+def min_val_for(percentile: float) -> int:
+    """Known val videos for a meaningful `percentile` threshold: MIN_VAL, and enough to leave one above it."""
+    return MIN_VAL if percentile >= 100 else max(MIN_VAL, math.ceil(round(100 / (100 - percentile), 6)))
 
 
 def model_id(emb: Embedder) -> str:
@@ -48,7 +76,7 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     emb = Embedder(run, device)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
-    val = emb(c, split_records(c, "val"))
+    val = known_val(emb, c, "the temperature")
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
     cal.save(make_dir(folder))
     diagrams: dict[str, Any] = {}
@@ -63,14 +91,16 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
 def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
                     kind: str = "knn", k: int = 5, percentile: float = 95.0, device: str = "cpu") -> OpenSet:
     """Prototypes + k-NN bank from the run's labelled videos, threshold from its known val videos."""
+    check_options(kind, k, percentile)
     emb = Embedder(run, device)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
     protos, train = emb.class_prototypes(c)
-    val = emb(c, split_records(c, "val"))
+    val = known_val(emb, c, f"the unknown threshold at the {percentile:g}th percentile", min_val_for(percentile))
     det = fit_openset(protos, train.embeddings, val.embeddings, val.targets, model_id(emb), emb.info.classes,
                       kind, k, percentile)
-    det.save(make_dir(folder))
+    with pair_lock(make_dir(folder)):
+        det.save(folder)
     return det
 
 
@@ -106,25 +136,35 @@ def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str |
     if new_cache is None:
         raise SagaError(f"{cache}: cache folder not found; extract the videos with the run's encoder first")
     records = select_videos(new_cache, generator, videos, split, limit, seed)
+    labels = generator_labels(generator, task, sd, team)
     inf = emb(new_cache, records)  # refuses incompatible features in one line
-    enr = load_or_start(emb, folder, run_cache_path, device)
-    add_entry(enr, generator, generator_labels(generator, task, sd, team), inf.embeddings,
-              [r.path for r in records], new_cache.cache_id)
-    tax = emb.info.provenance.get("taxonomy")  # what predict maps the levels with (OpenWorld.load)
-    enr.answered = list(level_classes(Taxonomy.from_dict(tax), enr.level, enr)) if tax else []
-    enr.save(make_dir(folder))
+    with pair_lock(make_dir(folder)):  # read, add, write: a parallel enroll waits, then adds to this one's file
+        enr = load_or_start(emb, folder, run_cache_path)
+        add_entry(enr, generator, labels, inf.embeddings, [r.path for r in records], new_cache.cache_id)
+        tax = emb.info.provenance.get("taxonomy")  # what predict maps the levels with (OpenWorld.load)
+        enr.answered = list(level_classes(Taxonomy.from_dict(tax), enr.level, enr)) if tax else []
+        enr.save(folder)
     return enr
 
 
-def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None, device: str) -> Enrollment:
-    """The run's enrollment file when it is current, else a fresh one (old prototypes and τ from its cache)."""
+def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None) -> Enrollment:
+    """The run's enrollment file when it is current, else a fresh one (old prototypes and τ from its cache).
+
+    A --run-cache given for an existing file must be the cache its prototypes came from: they are not
+    recomputed (the enrolled sources were weighed against them)."""
     if (folder / ENROLLED).is_file():
-        return Enrollment.load(folder, model_id(emb))
-    c = run_cache(emb, run_cache_path)
-    protos, _ = emb.class_prototypes(c)
-    val = emb(c, split_records(c, "val"))
+        enr = Enrollment.load(folder, model_id(emb), emb.info.classes, emb.info.level)
+        if run_cache_path is not None and run_cache(emb, run_cache_path, RUN_CACHE).cache_id != enr.run_cache_id:
+            raise SagaError(f"{RUN_CACHE} {run_cache_path}: {folder / ENROLLED} holds the run's prototypes and τ "
+                            f"from {'another cache' if enr.run_cache_id else 'its first enrollment'}; leave out "
+                            f"{RUN_CACHE} to enroll with them, or delete {ENROLLED} (and its enrolled sources) "
+                            "to start over from this cache")
+        return enr
+    c = run_cache(emb, run_cache_path, RUN_CACHE)
+    protos, _ = emb.class_prototypes(c, RUN_CACHE)
+    val = known_val(emb, c, "the prototype temperature τ")
     return Enrollment(model_id(emb), list(emb.info.classes), emb.info.level,
-                      prototype_tau(protos, val.embeddings, val.targets), protos)
+                      prototype_tau(protos, val.embeddings, val.targets), protos, run_cache_id=c.cache_id)
 
 
 def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: str = "test",

@@ -48,8 +48,8 @@ def prototypes(embeddings: np.ndarray, targets: np.ndarray, n_classes: int) -> n
     return normalise(out)
 
 
-def labelled_records(info: RunInfo, cache: FeatureCache) -> list[VideoRecord]:
-    """The train videos the run was fitted on (its labelled.json), as records of `cache`."""
+def labelled_records(info: RunInfo, cache: FeatureCache, flag: str = "--cache") -> list[VideoRecord]:
+    """The train videos the run was fitted on (its labelled.json), as records of `cache` (given with `flag`)."""
     path = info.path / LABELLED
     if not path.is_file():
         raise SagaError(f"{path}: missing; prototypes need a stage-2 run's labelled subset")
@@ -63,7 +63,7 @@ def labelled_records(info: RunInfo, cache: FeatureCache) -> list[VideoRecord]:
             raise SagaError(f"{cache.root}: {len(failed)} of the run's labelled videos failed extraction there "
                             f"(e.g. {failed[0]}); extract them again (`saga extract ... --retry-failed`)")
         raise SagaError(f"{cache.root}: {len(missing)} of the run's labelled videos are not in "
-                        f"this cache; pass the run's own cache (--cache)")
+                        f"this cache; pass the run's own cache ({flag})")
     return records
 
 
@@ -87,7 +87,7 @@ class Embedder:
             self._checked.add(cache.cache_id)
         return infer(self.model, self.info, cache, records, self.batch_size, self.device)
 
-    def class_prototypes(self, cache: FeatureCache) -> tuple[np.ndarray, Inference]:
+    def class_prototypes(self, cache: FeatureCache, flag: str = "--cache") -> tuple[np.ndarray, Inference]:
         """The run's classes' prototypes from its labelled train videos, and that inference."""
-        inf = self(cache, labelled_records(self.info, cache))
+        inf = self(cache, labelled_records(self.info, cache, flag))
         return prototypes(inf.embeddings, inf.targets, len(self.info.classes)), inf

@@ -28,10 +28,10 @@ from saga.model.inference import Inference
 from saga.openworld.calibration import fit_temperature, softmax
 from saga.openworld.embeddings import normalise
 from saga.openworld.levels import aggregate, coarser_levels, parents
-from saga.openworld.store import load_pair, save_pair
+from saga.openworld.store import class_mismatch, finite, load_pair, names, save_pair
 from saga.runs import RunInfo
 from saga.runs.files import ENROLLED, ENROLLED_STEM
-from saga.taxonomy import FAKE, NO_SD, TASKS, Taxonomy
+from saga.taxonomy import FAKE, LEVELS, NO_SD, REAL, TASKS, Taxonomy
 
 STEM = ENROLLED_STEM  # ENROLLED = "enrolled.json" + enrolled.<hash>.safetensors (enrolled and old prototypes)
 RULES = ("gate", "ncm")
@@ -64,6 +64,7 @@ class Enrollment:
     old_prototypes: np.ndarray = field(repr=False)
     entries: list[Entry] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # levels predict answers (`level_classes`), for the report
+    run_cache_id: str = ""  # the cache the old prototypes and τ came from ("": not recorded, an older file)
 
     @property
     def names(self) -> list[str]:
@@ -76,30 +77,75 @@ class Enrollment:
         entries = [{"name": e.name, "labels": e.labels, "n": len(e.paths), "paths": e.paths, "cache_id": e.cache_id}
                    for e in self.entries]
         meta = {"run_model": self.run_model, "classes": self.classes, "level": self.level, "tau": self.tau,
-                "answered": self.answered, "entries": entries}
+                "answered": self.answered, "run_cache_id": self.run_cache_id, "entries": entries}
         return save_pair(Path(folder), STEM, {"prototypes": protos, "old_prototypes": self.old_prototypes}, meta)
 
     @classmethod
-    def load(cls, folder: str | Path, run_model: str | None = None) -> "Enrollment":
+    def load(cls, folder: str | Path, run_model: str | None = None, classes: list[str] | None = None,
+             level: str | None = None) -> "Enrollment":
+        """enrolled.json and its tensors, every value checked (`check_enrollment`); refused if made with other
+        weights than `run_model` (or for other `classes` / another `level` than the run's)."""
         folder = Path(folder)
         meta, tensors = load_pair(folder, STEM, f"; delete {ENROLLED} and enroll again")
         if run_model is not None and meta.get("run_model") != run_model:
             raise SagaError(f"{folder / ENROLLED}: made with other weights than the run's (retrained?); delete "
                             f"{ENROLLED} and enroll again")
-        try:
-            protos = tensors["prototypes"]
-            entries = [Entry(e["name"], e["labels"], list(e["paths"]), e["cache_id"], protos[i])
-                       for i, e in enumerate(meta["entries"])]
-            return cls(meta["run_model"], list(meta["classes"]), meta["level"], float(meta["tau"]),
-                       tensors["old_prototypes"], entries, list(meta.get("answered") or []))
-        except (KeyError, IndexError, TypeError):
-            raise SagaError(f"{folder / ENROLLED}: damaged (entries and tensors disagree); enroll again") from None
+        problem = check_enrollment(meta, tensors, classes, level)
+        if problem:
+            raise SagaError(f"{folder / ENROLLED}: damaged ({problem}); delete {ENROLLED} and enroll again")
+        protos = tensors["prototypes"]
+        entries = [Entry(e["name"], e["labels"], list(e["paths"]), e["cache_id"], protos[i])
+                   for i, e in enumerate(meta["entries"])]
+        return cls(meta["run_model"], list(meta["classes"]), meta["level"], float(meta["tau"]),
+                   tensors["old_prototypes"], entries, list(meta.get("answered") or []), meta.get("run_cache_id", ""))
+
+
+def check_enrollment(meta: dict[str, Any], tensors: dict[str, np.ndarray], classes: list[str] | None = None,
+                     level: str | None = None) -> str:
+    """What is wrong with enrolled.json's values ("" when nothing): τ 0 gave NaN probabilities (argmax
+    "real"), a negative τ an inverted softmax, the others tracebacks in predict."""
+    tau, lv, old, new = meta.get("tau"), meta.get("level"), tensors.get("old_prototypes"), tensors.get("prototypes")
+    if not (finite(tau) and TAU_RANGE[0] <= tau <= TAU_RANGE[1]):
+        return f"tau {tau!r} is not a number in [{TAU_RANGE[0]:g}, {TAU_RANGE[1]:g}]"
+    if lv not in LEVELS or (level is not None and lv != level):
+        return f"level {lv!r} is not the run's {level or ' / '.join(LEVELS)}"
+    if class_mismatch(meta.get("classes"), classes):
+        return class_mismatch(meta.get("classes"), classes)
+    if not (isinstance(meta.get("run_model"), str) and isinstance(meta.get("run_cache_id", ""), str)
+            and names(meta.get("answered") or [])):
+        return "run_model, run_cache_id or answered is not text"
+    entries = meta.get("entries")
+    if not isinstance(entries, list) or old is None or new is None:
+        return "no entries list or prototypes"
+    problem = next((p for p in (entry_problem(e, i, lv) for i, e in enumerate(entries, 1)) if p), "")
+    if not problem and (old.ndim != 2 or new.ndim != 2 or len(old) != len(meta["classes"])
+                        or len(new) != len(entries) or new.shape[1] != old.shape[1]):
+        problem = f"prototypes of shapes {old.shape} / {new.shape} for {len(meta['classes'])} classes " \
+                  f"and {len(entries)} entries"
+    return problem
+
+
+def entry_problem(e: Any, i: int, level: str) -> str:
+    """What is wrong with entry `i` (1-based) of enrolled.json ("" when nothing); it needs a class at `level`."""
+    if not (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("cache_id"), str)
+            and names(e.get("paths")) and isinstance(e.get("labels"), dict)):
+        return f"entry {i} lacks a name, labels, paths or cache_id"
+    if not all(v is None or isinstance(v, str) for v in e["labels"].values()) or \
+            not isinstance(e["labels"].get(level), str):
+        return f"entry {e['name']!r} has no {level} label"
+    return ""
 
 
 def generator_labels(name: str, task: str | None, sd: str | None, team: str | None) -> dict[str, str | None]:
     """The new generator's class at every level; what is not given stays None (that level is not reported)."""
     if task is not None and task not in TASKS:
         raise SagaError(f"--task {task!r}: use one of {', '.join(TASKS)}")
+    for flag, value, fix in (("--team", team, "not a team; give the new generator's team"),
+                             ("--sd", sd, "not an SD backbone; give the new generator's, or 'none'"),
+                             ("--generator", name, "give the new generator another name")):
+        if value is not None and value.strip().lower() == REAL:
+            # BIN-L is forced to fake: a fake source in the real class at TEAM-L / SD-L contradicts it
+            raise SagaError(f"{flag} {value}: '{REAL}' is the real-video class, {fix}")
     if sd is not None and sd.strip().lower() == NO_SD:
         sd = NO_SD  # explicitly no SD backbone: the "none" group at SD-L (None = not given: no SD-L answer)
     return {"BIN-L": FAKE, "TASK-L": task, "SD-L": sd, "TEAM-L": team, "GEN-L": name}

@@ -49,8 +49,9 @@ class OpenWorld:
         tax = info.provenance.get("taxonomy")
         return cls(info, Taxonomy.from_dict(tax) if tax else None,
                    Calibration.load(folder, fp) if (folder / CALIBRATION).is_file() else None,
-                   OpenSet.load(folder, fp) if (folder / OPENSET).is_file() else None,
-                   Enrollment.load(folder, fp) if enrollment and (folder / ENROLLED).is_file() else None)
+                   OpenSet.load(folder, fp, info.classes) if (folder / OPENSET).is_file() else None,
+                   Enrollment.load(folder, fp, info.classes, info.level)
+                   if enrollment and (folder / ENROLLED).is_file() else None)
 
     def head_probs(self, logits: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Calibrated probabilities when the run has calibration.json, else the run's own."""

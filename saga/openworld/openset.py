@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from saga.errors import SagaError
-from saga.openworld.store import load_pair, save_pair
+from saga.openworld.store import class_mismatch, finite, load_pair, save_pair
 from saga.runs.files import OPENSET, OPENSET_STEM
 
 STEM = OPENSET_STEM  # OPENSET = "openset.json" + openset.<hash>.safetensors (prototypes, k-NN bank)
@@ -89,9 +89,22 @@ def threshold(known_val_scores: np.ndarray, percentile: float = 95.0) -> float:
     if len(known_val_scores) == 0:
         raise SagaError("no known validation videos: cannot calibrate the unknown threshold (the cache's val "
                         "split is empty for the run's classes)")
-    if not 0.0 < percentile <= 100.0:
-        raise SagaError(f"percentile must be in (0, 100], got {percentile}")
+    check_percentile(percentile)
     return float(np.percentile(known_val_scores, percentile))
+
+
+def check_percentile(percentile: float) -> None:
+    if not 0.0 < percentile <= 100.0:  # NaN fails too
+        raise SagaError(f"percentile must be in (0, 100], got {percentile}")
+
+
+def check_options(kind: str, k: int, percentile: float) -> None:
+    """Refuse a bad --kind / --k / --percentile in one line, before any video is embedded."""
+    if kind not in KINDS:
+        raise SagaError(f"open-set score {kind!r}: use one of {', '.join(KINDS)}")
+    if int(k) < 1:
+        raise SagaError(f"--k must be >= 1 (neighbours of the knn score), got {k}")
+    check_percentile(percentile)
 
 
 def rates(known_scores: np.ndarray, known_correct: np.ndarray, unknown_scores: np.ndarray, thr: float) -> dict:
@@ -115,6 +128,7 @@ class OpenSet:
     n_val: int
     prototypes: np.ndarray = field(repr=False)
     bank: np.ndarray = field(repr=False)
+    val_false_unknown: float | None = None  # share of the known val videos above the threshold (None: older file)
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Unknown-ness of L2-normalised φ rows (higher = farther from the known classes)."""
@@ -132,30 +146,60 @@ class OpenSet:
         return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta)
 
     @classmethod
-    def load(cls, folder: str | Path, run_model: str | None = None) -> "OpenSet":
+    def load(cls, folder: str | Path, run_model: str | None = None, classes: list[str] | None = None) -> "OpenSet":
+        """openset.json and its tensors, every value checked (`check_openset`); refused if fitted on other
+        weights than `run_model` (or for other `classes`)."""
         folder = Path(folder)
         meta, tensors = load_pair(folder, STEM, "; run `saga openset fit RUN --cache CACHE`")
         if run_model is not None and meta.get("run_model") != run_model:
             raise SagaError(f"{folder / OPENSET}: fitted on other weights than the run's; rerun `saga openset fit`")
         try:
             fields = {k: meta[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
-            return cls(**fields, prototypes=tensors["prototypes"], bank=tensors["bank"])
+            det = cls(**fields, prototypes=tensors["prototypes"], bank=tensors["bank"],
+                      val_false_unknown=meta.get("val_false_unknown"))
         except KeyError as exc:
             raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
+        problem = check_openset(det, classes)
+        if problem:
+            raise SagaError(f"{folder / OPENSET}: damaged ({problem}); rerun `saga openset fit`")
+        return det
+
+
+def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
+    """What is wrong with a loaded detector's values ("" when nothing): each used to become a traceback in
+    predict / evaluate, or a silently wrong score."""
+    if det.kind not in KINDS:
+        return f"kind {det.kind!r} is not one of {', '.join(KINDS)}"
+    if not (isinstance(det.k, int) and not isinstance(det.k, bool) and det.k >= 1):
+        return f"k {det.k!r} is not a whole number >= 1"
+    if not finite(det.threshold):
+        return f"threshold {det.threshold!r} is not a number"
+    if not (finite(det.percentile) and 0 < det.percentile <= 100):
+        return f"percentile {det.percentile!r} is not in (0, 100]"
+    if det.val_false_unknown is not None and not (finite(det.val_false_unknown) and 0 <= det.val_false_unknown <= 1):
+        return f"val_false_unknown {det.val_false_unknown!r} is not a share in [0, 1]"
+    if class_mismatch(det.classes, classes):
+        return class_mismatch(det.classes, classes)
+    p, b = det.prototypes, det.bank
+    if p.ndim != 2 or b.ndim != 2 or p.shape[1] != b.shape[1] or len(p) != len(det.classes):
+        return f"tensors of shapes {p.shape} / {b.shape} for {len(det.classes)} classes"
+    if det.kind == "knn" and len(b) == 0:
+        return "empty k-NN bank"
+    return ""
 
 
 def fit_openset(protos: np.ndarray, bank: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray,
                 run_model: str, classes: list[str], kind: str = "knn", k: int = 5,
                 percentile: float = 95.0) -> OpenSet:
     """A detector whose threshold is the `percentile` of the known val videos' scores."""
-    if kind not in KINDS:
-        raise SagaError(f"open-set score {kind!r}: use one of {', '.join(KINDS)}")
-    if int(k) < 1:
-        raise SagaError(f"--k must be >= 1 (neighbours of the knn score), got {k}")
+    check_options(kind, k, percentile)
     det = OpenSet(kind, int(k), float(percentile), 0.0, run_model, list(classes), 0, protos, bank)
     known = val_targets >= 0
-    det.threshold = threshold(det.score(val_embeddings[known]), percentile)
+    val_scores = det.score(val_embeddings[known])
+    det.threshold = threshold(val_scores, percentile)
     det.n_val = int(known.sum())
+    # what the stored threshold does on val: with few videos far from 100 - percentile (1 video: 0 % at any)
+    det.val_false_unknown = float((val_scores > det.threshold).mean())
     return det
 
 

@@ -3,12 +3,16 @@
 Two files cannot be replaced in one atomic step, so the tensors go to `<stem>.<hash>.safetensors`
 (a new name each time their content changes) first, and `<stem>.json` (the commit point, naming
 that file and its hash) is replaced second; superseded tensors files are removed last. A kill at
-any point leaves the previous pair, or the new one, complete and readable; never a mix.
+any point leaves the previous pair, or the new one, complete and readable; never a mix. Writers hold
+`pair_lock` of the folder: another writer's cleanup would delete the tensors file just committed, and
+two enrollments of one run would each add their entry to the same old file (one lost).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,42 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from saga.errors import SagaError
-from saga.fileio import read_json, write_bytes, write_json
+from saga.fileio import read_json, waiting_lock, write_bytes, write_json
+from saga.runs.files import OPENWORLD_LOCK
+
+
+def pair_lock(folder: Path) -> AbstractContextManager[None]:
+    """The folder's open-world writer lock, held across load -> save: a second writer waits for the first."""
+    return waiting_lock(folder / OPENWORLD_LOCK, f"{folder}: another saga process is writing its open-world "
+                                                 "files (enroll / openset fit); waiting for it to finish")
+
+
+def class_mismatch(got: Any, want: list[str] | None) -> str:
+    """How a file's `classes` differ from the run's, briefly ("" when they are the run's, or `want` is None)."""
+    if not names(got):
+        return "classes is not a list of names"
+    if want is None or got == list(want):
+        return ""
+    if len(got) != len(want):
+        return f"{len(got)} classes, the run has {len(want)}"
+    i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+    return f"class {i} is {got[i]!r}, the run's is {want[i]!r}"
+
+
+def names(x: Any) -> bool:
+    """A list of strings from a JSON file."""
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def finite(x: Any) -> bool:
+    """A real number from a JSON file (not a bool, not NaN or infinite)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def save_pair(folder: Path, stem: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write `<stem>.<hash>.safetensors`, then `<stem>.json` naming it; remove older tensors files."""
+    """Write `<stem>.<hash>.safetensors`, then `<stem>.json` naming it; remove older tensors files.
+
+    The caller holds `pair_lock(folder)`."""
     data = save_bytes({k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in tensors.items()},
                       metadata={"stem": stem})
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()

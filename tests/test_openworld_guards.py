@@ -1,0 +1,193 @@
+"""Open-world defects of QA report "openworld" (findings 2-6), one test each (CPU, tiny, deterministic).
+
+The toy cache (3 val videos per generator: 12 of the run's classes) and the untrained GEN-L run that
+never saw syn-hotshot come from test_openworld.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import saga.fileio as fileio
+import saga.openworld.api as api
+from saga.cli import app
+from saga.errors import SagaError
+from saga.model.inference import infer
+from saga.openworld.api import calibrate_run, enroll_run, fit_openset_run
+from saga.openworld.enroll import Enrollment, generator_labels
+from saga.openworld.extras import OpenWorld
+from saga.openworld.openset import OpenSet
+from saga.runs import load_model, write_json
+from test_openworld import KNOWN, make_cache, make_run
+from test_openworld_fixes import cache_with_failures
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("owguard")
+    cache = make_cache(tmp / "cache")
+    return {"tmp": tmp, "cache": cache, "run": make_run(tmp / "run", cache)}
+
+
+def copy_run(world: dict[str, Any], tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    return run
+
+
+# 2 -- two enrollments of one run at once -----------------------------------------------------------
+def test_two_enrollments_at_once_both_survive(world: dict[str, Any], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A is held between reading enrolled.json and writing it; B, started meanwhile, must wait and then add to
+    A's file (it used to write its own, and A's later write dropped B's entry: both exit 0)."""
+    run = copy_run(world, tmp_path)
+    inside, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    add_entry = api.add_entry
+
+    def held(enr: Enrollment, name: str, *args: Any) -> Enrollment:
+        if name == "genA":
+            inside.set()
+            assert release.wait(60)
+        return add_entry(enr, name, *args)
+
+    monkeypatch.setattr(api, "add_entry", held)
+    notes: list[str] = []
+    monkeypatch.setattr(fileio, "warnings", SimpleNamespace(
+        warn=lambda message, **_: (notes.append(str(message)), waiting.set())), raising=False)
+    errors: list[BaseException] = []
+
+    def enroll(name: str, videos: str) -> None:
+        try:
+            enroll_run(run, name, world["cache"].root, videos=videos, split="train")
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    a = threading.Thread(target=enroll, args=("genA", "syn-hotshot"))
+    a.start()
+    assert inside.wait(60)
+    b = threading.Thread(target=enroll, args=("genB", "syn-pika"))
+    b.start()
+    while b.is_alive() and not waiting.wait(0.05):
+        pass  # B either finishes (no lock) or waits on the lock A holds
+    release.set()
+    a.join(60)
+    b.join(60)
+    assert not errors, errors
+    assert sorted(Enrollment.load(run).names) == ["genA", "genB"]
+    assert notes and "another saga process is writing its open-world files" in notes[0]
+    assert len(list(run.glob("enrolled.*.safetensors"))) == 1
+
+
+# 3 -- damaged values of openset.json / enrolled.json ------------------------------------------------
+ENROLLED_EDITS = [("tau", 0), ("tau", -0.05), ("tau", "abc"), ("tau", float("nan")), ("level", "XX-L"),
+                  ("labels", None), ("classes", KNOWN[:-1])]
+OPENSET_EDITS = [("threshold", None), ("threshold", "abc"), ("k", 0), ("k", "5"), ("kind", "bogus"),
+                 ("percentile", 0)]
+
+
+def edited(path: Path, key: str, value: Any) -> None:
+    meta = json.loads(path.read_text())
+    if key == "labels":
+        meta["entries"][0]["labels"].pop("GEN-L")
+    else:
+        meta[key] = value
+    path.write_text(json.dumps(meta))
+
+
+def test_damaged_values_are_one_line_naming_the_file_and_the_fix(world: dict[str, Any], tmp_path: Path) -> None:
+    """Each edit used to be a traceback in predict (and evaluate), or NaN / inverted / wrongly scored output."""
+    run = copy_run(world, tmp_path)
+    fit_openset_run(run)
+    enroll_run(run, "syn-hotshot", world["cache"].root, split="train")
+    _, info = load_model(run)
+    for name, edits, fix in (("enrolled.json", ENROLLED_EDITS, "delete enrolled.json and enroll again"),
+                             ("openset.json", OPENSET_EDITS, "rerun `saga openset fit`")):
+        good = (run / name).read_text()
+        for key, value in edits:
+            edited(run / name, key, value)
+            with pytest.raises(SagaError) as exc:
+                OpenWorld.load(run, info)  # what predict loads
+            text = str(exc.value)
+            assert text.startswith(f"{run / name}: damaged (") and text.endswith(fix) and "\n" not in text, text
+            assert (key if key != "labels" else "GEN-L label") in text
+            (run / name).write_text(good)
+    assert OpenWorld.load(run, info).enrollment.names == ["syn-hotshot"]  # the good files still load
+    edited(run / "openset.json", "threshold", None)
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--cache", str(world["cache"].root), "--no-probe"])
+    assert res.exit_code == 0 and "open-world figures skipped" in res.output, res.output
+    assert (run / "metrics.json").is_file()  # the metrics are kept
+
+
+# 4 -- enroll's --run-cache --------------------------------------------------------------------------
+def test_enroll_names_run_cache_and_checks_it_on_later_enrollments(world: dict[str, Any], tmp_path: Path) -> None:
+    run = copy_run(world, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    write_json(run / "config.json", {**config, "cache": str(tmp_path / "moved")})
+    new = world["cache"].root
+    with pytest.raises(SagaError, match=r"moved: cache folder not found; pass the run's feature cache with "
+                                        r"--run-cache$"):
+        enroll_run(run, "g1", new, videos="syn-hotshot")
+    labelled = json.loads((run / "labelled.json").read_text())
+    write_json(run / "labelled.json", {**labelled, "classes": {**labelled["classes"], "real": ["real/zzz.mp4"]}})
+    with pytest.raises(SagaError, match=r"1 of the run's labelled videos are not in this cache; pass the run's "
+                                        r"own cache \(--run-cache\)"):
+        enroll_run(run, "g1", new, videos="syn-hotshot", run_cache_path=new)
+    write_json(run / "labelled.json", labelled)
+    enroll_run(run, "g1", new, videos="syn-hotshot", run_cache_path=new)
+    enroll_run(run, "g2", new, videos="syn-pika", run_cache_path=new)  # the same run cache: fine
+    other = make_cache(tmp_path / "other")  # same videos, another cache
+    for bad, match in ((other.root, "holds the run's prototypes and τ from another cache; leave out --run-cache"),
+                       (tmp_path / "nonexistent", "cache folder not found; pass the run's feature cache with "
+                                                  "--run-cache")):
+        with pytest.raises(SagaError, match=match):
+            enroll_run(run, "g3", new, videos="syn-sd", run_cache_path=bad)
+    assert Enrollment.load(run).names == ["g1", "g2"]
+
+
+# 5 -- a tiny val split -----------------------------------------------------------------------------
+def test_openset_fit_prints_the_stored_rate_and_small_val_splits_warn(world: dict[str, Any], tmp_path: Path) -> None:
+    """12 known val videos: the 95th percentile leaves 1 of 12 above it (8.3 %), not the "≈5 %" once printed."""
+    res = CliRunner().invoke(app, ["openset", "fit", str(world["run"]), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "of 12 known val videos (8.3 % of them above it" in res.output
+    det = OpenSet.load(tmp_path)
+    model, info = load_model(world["run"])
+    val = infer(model, info, world["cache"], list(world["cache"].ok_records("val")))
+    measured = float((det.score(val.embeddings[val.targets >= 0]) > det.threshold).mean())
+    assert det.val_false_unknown == measured == 1 / 12
+    assert "only 12 known val videos: the unknown threshold at the 95th percentile is unreliable" in res.output
+    with pytest.warns(UserWarning, match=r"only 12 known val videos: the temperature is unreliable"):
+        calibrate_run(world["run"], out=tmp_path, report_split=None)
+    with pytest.warns(UserWarning, match=r"only 12 known val videos: the prototype temperature τ is unreliable"):
+        enroll_run(world["run"], "g", world["cache"].root, videos="syn-hotshot", out=tmp_path)
+
+
+def test_no_val_video_names_the_cache(world: dict[str, Any], tmp_path: Path) -> None:
+    val = {f"{g}/v{k}.mp4" for g in KNOWN for k in (5, 6, 7)}  # SPLITS: v5-v7 are val
+    cache = cache_with_failures(tmp_path / "noval", val)
+    for fit in (lambda: calibrate_run(world["run"], cache.root, out=tmp_path, report_split=None),
+                lambda: fit_openset_run(world["run"], cache.root, out=tmp_path)):
+        with pytest.raises(SagaError, match=rf"^{cache.root}: no val videos of run .*'s classes: cannot fit"):
+            fit()
+
+
+# 6 -- 'real' as a team or SD backbone ---------------------------------------------------------------
+def test_real_is_refused_as_team_sd_or_name(world: dict[str, Any], tmp_path: Path) -> None:
+    for team, sd, name, flag in (("real", None, "g", "--team real"), (None, "Real", "g", "--sd Real"),
+                                 ("T", "none", "real", "--generator real")):
+        with pytest.raises(SagaError, match=f"^{flag}: 'real' is the real-video class"):
+            generator_labels(name, "T2V", sd, team)
+    with pytest.raises(SagaError, match="--team real"):
+        enroll_run(world["run"], "g", world["cache"].root, videos="syn-hotshot", team="real", out=tmp_path)
+    assert not (tmp_path / "enrolled.json").exists()
+    assert generator_labels("g", None, "none", "Realtime Labs")["TEAM-L"] == "Realtime Labs"
+    np.testing.assert_equal(generator_labels("g", None, "NONE", None)["SD-L"], "none")
