@@ -68,7 +68,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
             train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run)
             changed += [run.name] if _kept_on_changed_cache(run) else []
-            metrics = evaluate(run, cache, split="test")
+            metrics = evaluate(run, cache, split="test", device=cfg.device)  # on the device it trained on
             cell.append(metrics)
             if progress:
                 progress(ProgressEvent("cell", n_cell * len(seeds) + len(cell), len(cells) * len(seeds),

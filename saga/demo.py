@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from saga.errors import SagaError
 from saga.fileio import check_writable, read_json, write_json
 from saga.taxonomy import LEVELS
+
+if TYPE_CHECKING:
+    from saga.benchmark.synth import SynthConfig
+    from saga.pipeline.extract import ExtractConfig
+    from saga.train.attribute import AttributeConfig
+    from saga.train.stage1 import Stage1Config
 
 Log = Callable[[str], None]
 
@@ -35,12 +41,61 @@ class DemoConfig:
     ablation: bool = False
 
 
+def _real(cfg: DemoConfig) -> int:
+    return cfg.real if cfg.real is not None else 3 * cfg.per_class
+
+
+def _synth_config(cfg: DemoConfig) -> SynthConfig:
+    from saga.benchmark.synth import SynthConfig
+
+    return SynthConfig(videos_per_class=cfg.per_class, real_videos=_real(cfg), seed=cfg.seed, workers=2)
+
+
+def _extract_config(cfg: DemoConfig, videos: Path) -> ExtractConfig:
+    from saga.pipeline.encoders import DEMO_ENCODER, DEMO_PRETRAINED
+    from saga.pipeline.extract import ExtractConfig
+
+    return ExtractConfig(videos=videos, out=cfg.out / "cache", encoder=DEMO_ENCODER, pretrained=DEMO_PRETRAINED,
+                         frames=cfg.frames, workers=cfg.workers, device=cfg.device, split_seed=cfg.seed,
+                         split_fractions={"train": 0.5, "val": 0.2, "test": 0.3})
+
+
+def _stage1_config(cfg: DemoConfig) -> Stage1Config:
+    from saga.train.stage1 import Stage1Config
+
+    return Stage1Config(epochs=cfg.stage1_epochs, seed=cfg.seed, device=cfg.device, patience=0, d_model=cfg.d_model)
+
+
+def _attribute_config(cfg: DemoConfig, level: str) -> AttributeConfig:
+    from saga.train.attribute import AttributeConfig
+
+    return AttributeConfig(level=level, fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs,
+                           seed=cfg.seed, device=cfg.device, loss="ce+hnm")
+
+
+def ablation_seeds(cfg: DemoConfig) -> tuple[int, ...]:
+    """--ablation's three seeds follow --seed, as the benchmark, the split and every other run do."""
+    return tuple(cfg.seed + i for i in range(3))
+
+
+def check_options(cfg: DemoConfig) -> None:
+    """Every option's one-line error before minutes of generating videos (a bad --device, --workers or
+    --seed used to surface only once the whole benchmark had been rendered)."""
+    from saga.distributed import resolve_device
+
+    resolve_device(cfg.device)
+    for config in (_synth_config(cfg), _extract_config(cfg, cfg.out / "videos"), _stage1_config(cfg),
+                   *(_attribute_config(cfg, level) for level in LEVELS)):
+        config.check()
+    check_writable(cfg.out)
+
+
 def _synth(cfg: DemoConfig, log: Log) -> Path:
-    from saga.benchmark.synth import SynthConfig, generate
+    from saga.benchmark.synth import generate
 
     videos = cfg.out / "videos"
     stamp = videos / "demo.json"
-    real = cfg.real if cfg.real is not None else 3 * cfg.per_class
+    real = _real(cfg)
     wanted = {"per_class": cfg.per_class, "real": real, "seed": cfg.seed}
     made = read_json(stamp, corrupt=f"; delete {cfg.out} or pick another --out") if stamp.is_file() else None
     if made == wanted and (videos / "labels.csv").is_file():
@@ -48,24 +103,20 @@ def _synth(cfg: DemoConfig, log: Log) -> Path:
         return videos
     if made is not None:
         raise SagaError(f"{videos}: holds a benchmark made with other settings; delete {cfg.out} or pick --out")
-    config = SynthConfig(videos_per_class=cfg.per_class, real_videos=real, seed=cfg.seed, workers=2)
     log(f"videos: generating {real} real + {cfg.per_class} per generator into {videos}")
-    generate(videos, config)
+    generate(videos, _synth_config(cfg))
     write_json(stamp, wanted)
     return videos
 
 
 def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Callable | None) -> Path:
-    from saga.pipeline.encoders import DEMO_ENCODER, DEMO_PRETRAINED
-    from saga.pipeline.extract import ExtractConfig, extract
+    from saga.pipeline.extract import extract
 
-    cache = cfg.out / "cache"
-    summary = extract(ExtractConfig(videos=videos, out=cache, encoder=DEMO_ENCODER, pretrained=DEMO_PRETRAINED,
-                                    frames=cfg.frames, workers=cfg.workers, device=cfg.device, split_seed=cfg.seed,
-                                    split_fractions={"train": 0.5, "val": 0.2, "test": 0.3}), progress=progress)
+    config = _extract_config(cfg, videos)
+    summary = extract(config, progress=progress)
     log(f"cache: {summary.ok} videos extracted, {summary.skipped} reused, {len(summary.failures)} failed "
         f"({summary.timings.wall:.0f}s)")
-    return cache
+    return config.out
 
 
 def _tsne_or_skip(run: Path, cache: Path, level: str, device: str, log: Log) -> None:
@@ -85,20 +136,17 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
     from saga.explain.tsig import run_tsigs
     from saga.openworld.api import calibrate_run
     from saga.train.attribute import AttributeConfig, train_attribution
-    from saga.train.stage1 import Stage1Config, train_stage1
+    from saga.train.stage1 import train_stage1
 
-    check_writable(cfg.out)  # before minutes of generating videos
+    check_options(cfg)  # before minutes of generating videos
     cache = _extract(cfg, _synth(cfg, log), log, extract_progress)
     runs = cfg.out / "runs"
-    stage1 = train_stage1(cache, runs / "stage1", Stage1Config(epochs=cfg.stage1_epochs, seed=cfg.seed,
-                                                                device=cfg.device, patience=0, d_model=cfg.d_model))
+    stage1 = train_stage1(cache, runs / "stage1", _stage1_config(cfg))
     log(f"stage 1: {stage1}")
     results: dict[str, Any] = {}
     run_dirs = [stage1]
     for level in LEVELS:
-        run = train_attribution(cache, runs / level.lower(), AttributeConfig(
-            level=level, fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, seed=cfg.seed,
-            device=cfg.device, loss="ce+hnm"), from_run=stage1)
+        run = train_attribution(cache, runs / level.lower(), _attribute_config(cfg, level), from_run=stage1)
         calibrate_run(run, cache, device=cfg.device, report_split=None)  # as `saga attribute` does
         results[level] = evaluate(run, cache, split="test", device=cfg.device)
         run_tsigs(run, cache, device=cfg.device)
@@ -113,7 +161,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
 
         run_ablation(cache, stage1, runs / "ablation", AttributeConfig(
             fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, device=cfg.device,
-            d_model=cfg.d_model), progress=lambda event: log(event.message))
+            d_model=cfg.d_model), seeds=ablation_seeds(cfg), progress=lambda event: log(event.message))
         ablation = runs / "ablation" / "ablation.json"
     report = build_report(run_dirs, cfg.out / "report.html", ablation)
     return {"levels": results, "report": report, "runs": run_dirs}

@@ -8,6 +8,7 @@ refused rather than giving confident nonsense.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,7 +24,7 @@ from saga.pipeline.inputs import VIDEO_SUFFIXES
 from saga.pipeline.recorded import checked_encoder
 from saga.pipeline.sampling import SamplingPolicy
 from saga.taxonomy import LEVELS, Taxonomy
-from saga.runs import PROVENANCE, RunInfo, load_model
+from saga.runs import DONE, PROVENANCE, RunInfo, load_model
 from saga.openworld.extras import OpenWorld
 
 
@@ -50,14 +51,32 @@ class Prediction:
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
-    """Files as given; folders expanded to the videos inside them (sorted)."""
+    """Files as given; folders expanded to the videos inside them (sorted).
+
+    A folder the user names is expanded whatever its name (`clips.mp4/`); while walking, only
+    non-folders with a video suffix are taken (a sub-folder `x.mp4/` is walked, not predicted).
+    """
     out: list[Path] = []
     for p in inputs:
-        if p.is_dir() and p.suffix.lower() not in VIDEO_SUFFIXES:
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in VIDEO_SUFFIXES))
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in VIDEO_SUFFIXES and not q.is_dir()))
         else:
             out.append(p)
     return out
+
+
+def check_finished(info: RunInfo, allow_unfinished: bool) -> None:
+    """Refuse an interrupted run's weights unless asked: they are not the classifier the run ends with
+    (stage 2 fits its readout and self-trains at the end), so a prediction from them is silently other."""
+    if info.finished:
+        return
+    what = (f"{info.path}: the run is unfinished (no {DONE}): its weights are mid-training, not the final "
+            "classifier")
+    if not allow_unfinished:
+        raise SagaError(f"{what}; finish it by rerunning its `saga train ... --resume` (or `saga attribute ... "
+                        "--resume`) command, or pass --allow-unfinished to predict with these weights anyway")
+    warnings.warn(f"{what}: predicting with them as --allow-unfinished asks; these predictions are not the "
+                  "finished run's", stacklevel=2)
 
 
 def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None) -> FrameEncoder:
@@ -83,8 +102,9 @@ class Predictor:
     """Loads a run and its encoder once, then attributes any number of videos."""
 
     def __init__(self, run_dir: Path, device: str = "cpu", encoder: str | None = None,
-                 pretrained: str | None = None) -> None:
+                 pretrained: str | None = None, allow_unfinished: bool = False) -> None:
         self.model, self.info = load_model(run_dir)
+        check_finished(self.info, allow_unfinished)  # before minutes of loading the encoder
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self.encoder = run_encoder(self.info, device, encoder, pretrained)

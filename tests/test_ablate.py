@@ -117,3 +117,24 @@ def test_the_header_counts_scored_classes_and_the_paper_column_needs_its_fractio
     assert "paper %: the all-labels row's only (the paper's other figures are at 0.5 % labels" in text
     text = to_markdown({**summary, "fraction": 0.005})
     assert "| 80.55 |" in text and "paper %: the paper's GenVideo figures at 0.5 % labels" in text
+
+
+def test_each_cell_is_evaluated_on_the_device_it_trained_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`saga demo/ablate --device cuda` evaluated the grid's runs on the default device (cpu)."""
+    ablate = saga.ablate
+    devices: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def evaluate(*args: object, device: str = "cpu", **kwargs: object) -> dict:
+        devices.append(device)
+        raise Stop
+
+    monkeypatch.setattr(ablate, "check_before_cells", lambda _cache, _stage1, base, _given: (base, None))
+    monkeypatch.setattr(ablate, "train_attribution", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ablate, "_kept_on_changed_cache", lambda run: False)
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    with pytest.raises(Stop):
+        ablate.run_ablation(tmp_path / "cache", tmp_path / "stage1", tmp_path / "grid", AttributeConfig(device="cuda:3"))
+    assert devices == ["cuda:3"]

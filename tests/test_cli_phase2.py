@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,13 +95,34 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     assert "data:image/png;base64," in text and "SD-L" in text
 
 
-def test_predict_refuses_another_encoder(tiny_cache: Path, tmp_path: Path) -> None:
-    cache = str(tiny_cache / "cache")
-    run = tmp_path / "run"
-    run_saga("train", "--cache", cache, "--out", str(run), "--config", str(tiny_cache / "small.toml"), check=True)
+@pytest.fixture(scope="module")
+def stage1_run(tiny_cache: Path) -> Path:
+    """A finished stage-1 run on the tiny cache (trained once for the predict tests)."""
+    run = tiny_cache / "runs" / "predict-stage1"
+    run_saga("train", "--cache", str(tiny_cache / "cache"), "--out", str(run), "--config",
+             str(tiny_cache / "small.toml"), check=True)
+    return run
+
+
+def test_predict_refuses_another_encoder(tiny_cache: Path, stage1_run: Path) -> None:
     video = next((tiny_cache / "videos" / "real").glob("*.mp4"))
-    proc = run_saga("predict", str(run), str(video), "--pretrained", "none")
+    proc = run_saga("predict", str(stage1_run), str(video), "--pretrained", "none")
     assert proc.returncode == 2 and "encoder mismatch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_refuses_an_unfinished_run_unless_asked(tiny_cache: Path, stage1_run: Path, tmp_path: Path) -> None:
+    """An interrupted run's mid-training weights were used silently, exit 0 (stage 2's readout comes last)."""
+    run = tmp_path / "unfinished"
+    shutil.copytree(stage1_run, run)
+    (run / "done.json").unlink()
+    video = next((tiny_cache / "videos" / "real").glob("*.mp4"))
+    proc = run_saga("predict", str(run), str(video))
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    line = " ".join(proc.stderr.split())
+    assert "the run is unfinished (no done.json)" in line and "--resume" in line and "--allow-unfinished" in line
+    proc = run_saga("predict", str(run), str(video), "--allow-unfinished", "--format", "json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["status"] == "ok"
+    assert "warning:" in proc.stderr and "unfinished" in proc.stderr
 
 
 def test_attribute_options_are_validated(tiny_cache: Path, tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from saga.benchmark.synth import SynthConfig, die_with_parent, generate
 from saga.benchmark.synth_folder import STAMP
 from saga.errors import SagaError
 
+from conftest import run_saga
+
 SMALL = SynthConfig(videos_per_class=1, real_videos=2, seed=5, min_frames=10, max_frames=12, sizes=((48, 64),),
                     fps=(12,), workers=1)
 N_SMALL = 19 + 2
@@ -82,9 +84,9 @@ def test_another_config_interrupted_leaves_no_stale_labels_and_resumes(tmp_path:
     assert seen[0] == (5, N_SMALL) and seen[-1] == (N_SMALL, N_SMALL) and len(seen) == 1 + N_SMALL - 5
 
 
-def test_a_folder_without_or_with_a_bad_stamp_is_regenerated(tmp_path: Path, made: dict[str, dict[str, str]]) -> None:
+def test_a_folder_with_a_bad_stamp_is_regenerated(tmp_path: Path, made: dict[str, dict[str, str]]) -> None:
     generate(tmp_path, OTHER)
-    (tmp_path / STAMP).unlink()  # e.g. made by an older saga: its clips cannot be trusted
+    (tmp_path / STAMP).write_text("{}")  # a stamp, but not this config's: its clips cannot be trusted
     generate(tmp_path, SMALL)
     assert _digests(tmp_path) == made["small"]
     outside = tmp_path.parent / f"{tmp_path.name}_keep"
@@ -96,6 +98,36 @@ def test_a_folder_without_or_with_a_bad_stamp_is_regenerated(tmp_path: Path, mad
     (tmp_path / STAMP).write_text("{not json")
     generate(tmp_path, SMALL)
     assert _digests(tmp_path) == made["small"]
+
+
+def test_a_non_empty_folder_without_a_stamp_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """A mistyped --out used to lose the user's labels.csv and every CLASS/CLASS_NNN.mp4 in it."""
+    mine = tmp_path / "mydata"
+    (mine / "real").mkdir(parents=True)
+    (mine / "labels.csv").write_text("path,generator\nreal/real_000.mp4,real\nreal/my_clip.mp4,real\n")
+    for name in ("real_000.mp4", "real_007.mp4", "my_clip.mp4"):
+        (mine / "real" / name).write_text("the user's")
+    before = _digests(mine)
+    with pytest.raises(SagaError, match=r"mydata: not a `saga synth` folder \(no synth.json\) and not empty; "
+                                        "choose an empty or new --out"):
+        generate(mine, SMALL)
+    assert _digests(mine) == before and not (mine / ".lock").exists()
+    generate(tmp_path / "made", SMALL)
+    (tmp_path / "made" / STAMP).unlink()  # a folder of an older saga: no proof of what it wrote either
+    with pytest.raises(SagaError, match="not a `saga synth` folder"):
+        generate(tmp_path / "made", SMALL)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / ".lock").write_text("")  # a run killed before its stamp: still empty
+    generate(tmp_path / "locked", SMALL)
+    assert (tmp_path / "locked" / STAMP).is_file()
+
+
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("path,generator\n")
+    for command in ("synth", "demo"):
+        proc = run_saga(command, "--out", "", "--per-class", "1", cwd=tmp_path)
+        assert proc.returncode == 2 and '--out "": name a folder' in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
 
 
 def test_leftover_temporary_clips_are_removed(tmp_path: Path, made: dict[str, dict[str, str]]) -> None:

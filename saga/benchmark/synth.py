@@ -59,7 +59,7 @@ import numpy as np
 from saga.errors import SagaError
 from saga.fileio import lock_folder, make_dir, unlock_folder, write_text
 from saga.progress import ProgressEvent, ProgressFn
-from saga.benchmark.synth_folder import FORMAT, prepare
+from saga.benchmark.synth_folder import FORMAT, check_ours, prepare
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps
 from saga.benchmark.videoio import write_video
 from saga.taxonomy import BUILTIN, REAL, Taxonomy
@@ -240,7 +240,8 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
 
     Each file is written atomically and clips are deterministic, so an interrupted run is resumed by
     starting it again: clips already made by the same config are kept, the rest rendered. A folder
-    made by another config loses the clips and files saga synth wrote there first (see `prepare`).
+    made by another config loses the clips and files saga synth wrote there first (see `prepare`);
+    a non-empty folder without synth.json is refused (`check_ours`): nothing there is saga's to remove.
     """
     config = config or SynthConfig()
     config.check()
@@ -254,6 +255,7 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None,
         raise SagaError(f"{config.taxonomy}: generator names collide once made file-safe; rename them")
     counts = {cls: config.real_count if cls == REAL else config.videos_per_class for cls in classes}
     text = _taxonomy_text(config.taxonomy)
+    check_ours(out_dir)
     make_dir(out_dir)
     # one writer per folder: another config's run would delete this one's clips (`prepare`)
     lock_folder(out_dir, "another saga synth is writing this folder right now; wait for it or choose another --out")

@@ -9,23 +9,38 @@ any clip is written, and `generate` then renders only the clips that are missing
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from saga.errors import SagaError
 from saga.fileio import write_json
 
 STAMP = "synth.json"  # the config (less the worker count) and taxonomy that made the folder's clips
 OUTPUTS = ("labels.csv", "taxonomy.toml")  # written last, by a run that finished
 FORMAT = 1  # bump when the same config would render other bytes
+_STAMP_TMP = re.compile(rf"\.{re.escape(STAMP)}\.tmp-\d+")  # fileio's temporary name of a stamp being written
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a class folder name as video_path makes it
+
+
+def check_ours(out_dir: Path) -> None:
+    """Refuse a non-empty folder without a stamp: nothing shows saga synth wrote its files, so
+    `prepare` must not remove any (a mistyped --out would lose the user's labels.csv and clips)."""
+    if not out_dir.is_dir() or (out_dir / STAMP).exists():
+        return
+    with os.scandir(out_dir) as entries:  # the lock, or a stamp a killed run was writing, are saga's
+        if any(e.name != ".lock" and not _STAMP_TMP.fullmatch(e.name) for e in entries):
+            raise SagaError(f"{out_dir}: not a `saga synth` folder (no {STAMP}) and not empty; choose an empty "
+                            "or new --out (a folder an older saga made: delete it first)")
 
 
 def prepare(out_dir: Path, stamp: dict[str, Any], counts: dict[str, int]) -> bool:
     """Make every clip saga would name in out_dir one of this run's; returns True when resuming.
 
-    counts: class folder -> clips wanted. Another (or no, or an unreadable) stamp: the finished
-    outputs, the old stamp and every clip saga named go first, then the new stamp is written.
+    counts: class folder -> clips wanted. Another (or an unreadable) stamp, or none in a folder that
+    `check_ours` let through: the finished outputs, the old stamp and every clip saga named go first,
+    then the new stamp is written.
     The same stamp: clips beyond the wanted counts go. Other files are never touched.
     """
     stamp = json.loads(json.dumps(stamp))  # tuples -> lists, as read back

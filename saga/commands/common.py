@@ -168,6 +168,13 @@ def one_line_warnings() -> Iterator[None]:
         yield
 
 
+def named_folder(text: str | Path, option: str = "--out") -> Path:
+    """An output folder as typed: an empty one (`--out ""`, an unset shell variable) would be the current folder."""
+    if not str(text).strip():
+        raise SagaError(f'{option} "": name a folder (an empty value would write into the current folder)')
+    return Path(text)
+
+
 def writable_folder(folder: Path) -> Path:
     """Fail at the start, in one line naming the folder, when an output folder cannot take files."""
     from saga.distributed import context

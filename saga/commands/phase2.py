@@ -284,17 +284,22 @@ def predict(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     videos: Annotated[list[Path], typer.Argument(help="Video files or folders.")],
     tsig: Annotated[bool, typer.Option("--tsig", help="Also the video's T-Sig profile and a plot.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for --tsig plots (default: RUN/predict/).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for --tsig plots (default: RUN/predict/); needs --tsig.")] = None,
     encoder: Annotated[Optional[str], typer.Option(
         help="Override the run's encoder (e.g. local-dir: of its moved folder); the weights must match.")] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json (one JSON record per video).")] = OutputFormat.text,
+    allow_unfinished: Annotated[bool, typer.Option(
+        "--allow-unfinished", help="Predict with an interrupted run's mid-training weights (refused without it).")] = False,
 ) -> None:
     """Attribute videos with a trained run (extracting them with the run's own encoder)."""
     from saga.pipeline.inputs import VIDEO_SUFFIXES
     from saga.predict import Predictor, expand_inputs
 
+    if out is not None and not tsig:  # predictions go to stdout: an --out that holds nothing is a mistake
+        raise SagaError(f"--out {out}: only holds the --tsig plots; add --tsig, or drop --out "
+                        "(predictions print to stdout: --format json > FILE keeps them)")
     if tsig:
         writable_folder(out or run / "predict")  # before the first video, not after it
     paths = expand_inputs(videos)
@@ -303,7 +308,8 @@ def predict(
                         f"{', '.join(sorted(VIDEO_SUFFIXES))}); pass video files or folders holding them")
     failed, plots = 0, set()
     with one_line_warnings():
-        predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained)
+        predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained,
+                              allow_unfinished=allow_unfinished)
         for path in paths:
             pred = predictor.predict(path, tsig=tsig)
             failed += pred.status != "ok"
