@@ -29,7 +29,7 @@ from saga.errors import SagaError
 from saga.explain.metrics import evaluate, write_json_atomic
 from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
-from saga.runs import PROVENANCE, RunFolder
+from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest
 from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attribution
 from saga.train.options import MODEL_OPTIONS, Loss
 from saga.progress import ProgressEvent, ProgressFn
@@ -61,13 +61,13 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
         for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
     if ceiling:
         cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, loss="ce", fraction=1.0)))
-    rows, probes, changed = [], {}, []
+    rows, probes, changed, current = [], {}, [], _current_cache(cache)
     for n_cell, (stages, loss, from_run, cfg) in enumerate(cells):
         cell = []
         for seed in seeds:
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
             train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run)
-            changed += [run.name] if _kept_on_changed_cache(run) else []
+            changed += [run.name] if _kept_on_changed_cache(run, current) else []
             metrics = evaluate(run, cache, split="test", device=cfg.device)  # on the device it trained on
             cell.append(metrics)
             if progress:
@@ -115,9 +115,17 @@ def refuse_grid_options(config: Path, keys: Collection[str]) -> None:
                         f"remove {'them' if len(named) > 1 else 'it'} from the TOML")
 
 
-def _kept_on_changed_cache(run: Path) -> bool:
-    """The run was continued (or kept finished) by --resume after its cache changed: its provenance says so."""
-    return bool((RunFolder(run).read_optional(PROVENANCE) or {}).get("cache_changes"))
+def _kept_on_changed_cache(run: Path, current: dict[str, Any]) -> bool:
+    """The run was continued (`cache_changes`) or kept finished (it names another cache than `current`: a
+    finished run's provenance keeps the cache it was trained on) by --resume after its cache changed."""
+    prov = RunFolder(run).read_optional(PROVENANCE) or {}
+    return bool(prov.get("cache_changes")) or cache_change(prov, current) is not None
+
+
+def _current_cache(cache: Path) -> dict[str, Any]:
+    """The cache's id and records digest, as a run's provenance records them."""
+    opened = FeatureCache.open(cache)
+    return {"cache_id": opened.cache_id, "cache_digest": cache_digest(opened)}
 
 
 def _shared(cfg: AttributeConfig, stage1_run: BaseRun) -> dict[str, Any]:

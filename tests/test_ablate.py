@@ -75,10 +75,12 @@ def test_resume_continues_a_grid_whose_cache_gained_videos(cache: FeatureCache, 
     add_videos(tmp_path / "c", 4)
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, SagaError) and "now holds" in str(result.exception)
-    assert "pass --resume to continue it" in str(result.exception)
+    assert "pass --resume to keep it as it is" in str(result.exception)
+    provenance = {p: p.read_bytes() for p in (tmp_path / "abl").glob("*/provenance.json")}
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
     assert len(weights) == 3 and all(p.read_bytes() == w for p, w in weights.items())  # finished cells kept
+    assert all(p.read_bytes() == b for p, b in provenance.items())  # still naming the cache they were trained on
     summary = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert sorted(summary["cells_on_changed_cache"]) == sorted(p.parent.name for p in weights)
     assert "3 run(s) began before the cache changed" in (tmp_path / "abl" / "ablation.md").read_text()

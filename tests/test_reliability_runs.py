@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from saga.errors import SagaError
+from saga.runs import RunFolder
 from test_reliability_cache import make_cache
 
 
@@ -23,12 +24,13 @@ from saga.model import ModelConfig, VideoTransformer
 from saga.runs import RunFolder
 
 run = RunFolder(sys.argv[1]); kill_at = int(sys.argv[2])
+COUNTERS = {"bad_epochs": 0, "best_epoch": None, "best_metric": None}
 torch.manual_seed(0)
 model = VideoTransformer(ModelConfig(in_dim=8, d_model=16, depth=1, heads=2, n_classes=2))
 opt = torch.optim.AdamW(model.parameters())
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 model(torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.bool)).logits.sum().backward(); opt.step()
-run.save_state(model, opt, sched, {"epoch": 1, "step": 1})
+run.save_state(model, opt, sched, {"epoch": 1, "step": 1, **COUNTERS})
 calls = 0
 real_replace = os.replace
 def replace(a, b):
@@ -41,8 +43,10 @@ os.replace = replace
 import saga.fileio; saga.fileio.os.replace = replace
 with torch.no_grad():
     for p in model.parameters(): p.add_(1.0)
-run.save_state(model, opt, sched, {"epoch": 2, "step": 2})
+run.save_state(model, opt, sched, {"epoch": 2, "step": 2, **COUNTERS})
 """
+# The counters the training loop saves beside epoch and step (load_state checks them).
+COUNTERS = {"bad_epochs": 0, "best_epoch": None, "best_metric": None}
 
 
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5, 6, 7])
@@ -111,6 +115,12 @@ def test_hostile_run_config_is_refused(tmp_path: Path, edit: dict, match: str) -
     del torch
 
 
+def finished(run: RunFolder) -> None:
+    """Mark a run finished as training does: its weights (a stand-in file here), then done.json."""
+    (run.path / "model.safetensors").write_bytes(b"weights")
+    run.finish({"epochs": 1})
+
+
 def test_a_changed_cache_does_not_reuse_a_finished_run(tmp_path: Path) -> None:
     from test_cache import fill
 
@@ -118,11 +128,10 @@ def test_a_changed_cache_does_not_reuse_a_finished_run(tmp_path: Path) -> None:
 
     cache = make_cache(tmp_path, parts=1)
     config = {"level": "BIN-L", "train": {"epochs": 1}}
-    run = RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
-    run.finish({"epochs": 1})
+    finished(RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0)))
     assert RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0)).done  # same data: reused
     stage2 = {"stage": 2, "level": "TEAM-L", "train": {"epochs": 1}}  # made before --per-generator existed
-    RunFolder.open_for(tmp_path / "old", stage2, make_provenance(cache, 0)).finish({"epochs": 1})
+    finished(RunFolder.open_for(tmp_path / "old", stage2, make_provenance(cache, 0)))
     now = {**stage2, "train": {"epochs": 1, "per_generator": 0}}
     assert RunFolder.open_for(tmp_path / "old", now, make_provenance(cache, 0)).done  # the same run: reused
     with pytest.raises(SagaError, match="different settings"):
@@ -210,7 +219,7 @@ def test_a_real_full_tmpfs_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         run = RunFolder(disk / "run")
         run.path.mkdir()
-        run.save_state(model, opt, sched, {"epoch": 1, "step": 1})
+        run.save_state(model, opt, sched, {"epoch": 1, "step": 1, **COUNTERS})
         run.append_metrics({"epoch": 1})
         filler = disk / "filler"
         try:  # fill the disk to the last byte
@@ -220,14 +229,14 @@ def test_a_real_full_tmpfs_keeps_the_last_checkpoint(tmp_path: Path) -> None:
         except OSError:
             pass
         with pytest.raises(WriteError, match=rf"^{run.path}: the disk is full"):
-            run.save_state(model, opt, sched, {"epoch": 2, "step": 2})
+            run.save_state(model, opt, sched, {"epoch": 2, "step": 2, **COUNTERS})
         with pytest.raises(WriteError, match="the disk is full"):
             run.append_metrics({"epoch": 2, "padding": "x" * 8192})
         assert _hidden(run.path) == []
         assert [m["epoch"] for m in run.read_metrics()] == [1]  # no torn line
         filler.unlink()  # space freed: the rerun goes on from epoch 1
         assert run.load_state(model, opt, sched)["epoch"] == 1
-        run.save_state(model, opt, sched, {"epoch": 2, "step": 2})
+        run.save_state(model, opt, sched, {"epoch": 2, "step": 2, **COUNTERS})
         assert run.load_state(model, opt, sched)["epoch"] == 2
 
 
@@ -324,6 +333,36 @@ def test_a_changed_cache_is_refused_unless_resume_is_explicit(tmp_path: Path) ->
     other = {**make_provenance(cache, 0), "cache_id": "another", "encoder": {**prov["encoder"], "dim": 99}}
     with accept_changed_cache(), pytest.raises(SagaError, match="another encoder or sampling, so it cannot"):
         RunFolder.open_for(tmp_path / "run", config, other)
+
+
+def test_resume_never_puts_a_changed_cache_under_a_finished_run(tmp_path: Path) -> None:
+    """--resume on a finished run reused its weights and rewrote provenance.json to name the new cache (and
+    from then on the guard let plain reruns reuse it): it is refused, and only saga ablate keeps it as it is."""
+    from test_cache import fill
+
+    from saga.runs import accept_changed_cache, make_provenance
+
+    cache = make_cache(tmp_path, parts=1)
+    config = {"level": "BIN-L", "train": {"epochs": 1}}
+    finished(RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0)))
+    before = (tmp_path / "run" / "provenance.json").read_bytes()
+    fill(cache, 6, shard_rows=4, seed=5)
+    cache = type(cache).open(cache.root)
+    for accept in (False, True):  # saga train / attribute, without and with --resume
+        with accept_changed_cache(accept), pytest.raises(SagaError) as info:
+            RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
+        assert str(info.value).endswith("holds a finished run that was trained on 4 records of this cache, which "
+                                        "now holds 6 (videos added or re-extracted); choose another --out to start a "
+                                        "new run on the current data, or delete the folder to train it again there "
+                                        "(a finished run is never retrained in place, so --resume has nothing to "
+                                        "continue)")
+    with accept_changed_cache(False, keep_finished=True), pytest.raises(SagaError, match="pass --resume to keep it"):
+        RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))  # saga ablate without --resume
+    with accept_changed_cache(True, keep_finished=True):  # saga ablate --resume: kept as it is
+        assert RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0)).done
+    assert (tmp_path / "run" / "provenance.json").read_bytes() == before  # still the cache it was trained on
+    with pytest.raises(SagaError, match="which now holds 6"):  # the guard stays armed
+        RunFolder.open_for(tmp_path / "run", config, make_provenance(cache, 0))
 
 
 def test_the_train_commands_pass_an_explicit_resume_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,8 @@ copies along (a copy is the same labelled video, not another label).
 
 The subset is saved as labelled.json in the run folder: a rerun with the same
 settings reuses it (the run's labels never change under it, even if the cache
-grew), and different settings against an existing file are refused.
+grew), and different settings against an existing file are refused; its classes and labels are
+checked against the cache's (the file may have been edited).
 """
 
 from __future__ import annotations
@@ -100,8 +101,13 @@ def saved_settings(data: dict[str, Any]) -> dict[str, Any]:
     return {k: data.get(k, LEGACY.get(k)) for k in SETTINGS}
 
 
-def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRecord]) -> dict[str, list[str]] | None:
-    """The saved subset when it was made with `wanted` settings; None when there is none; refuse otherwise."""
+def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRecord],
+                  taxonomy: Taxonomy) -> dict[str, list[str]] | None:
+    """The saved subset when it was made with `wanted` settings; None when there is none; refuse otherwise.
+
+    The file may have been edited (a lone labelled.json is accepted in a new --out): its classes and
+    labels must be the cache's, as a draw would give them (`check_subset`), classes in the taxonomy's order.
+    """
     if not path.is_file():
         return None
     data = read_json(path)
@@ -110,13 +116,55 @@ def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRec
     if differ:
         raise SagaError(f"{path}: the labelled subset was drawn with {', '.join(differ)}; "
                         "use another --out folder or the same settings")
-    subset = {str(c): list(p) for c, p in data.get("classes", {}).items()}
-    known = {r.path for r in records if r.ok and r.split == "train"}
-    lost = [p for paths in subset.values() for p in paths if p not in known]
+    subset = data.get("classes")
+    if not (isinstance(subset, dict) and all(isinstance(p, list) and all(isinstance(v, str) for v in p)
+                                             for p in subset.values())):
+        raise SagaError(f"{path}: 'classes' must map each class to a list of video paths; the file is damaged: "
+                        "use another --out folder")
+    recorded = [data[k] for k in ("counts", "available") if k in data]  # write_labelled's record of the draw
+    if not all(isinstance(r, dict) for r in recorded):
+        raise SagaError(f"{path}: 'counts' and 'available' must map classes to numbers; the file is damaged: "
+                        "use another --out folder")
+    check_subset(path, subset, wanted["level"], taxonomy, records, set().union(*recorded) if recorded else None)
+    return {c: list(subset[c]) for c in taxonomy.classes(wanted["level"]) if c in subset}
+
+
+def check_subset(path: Path, subset: dict[str, list[str]], level: str, taxonomy: Taxonomy,
+                 records: Sequence[VideoRecord], drawn: set[str] | None = None) -> None:
+    """Every class one of the level's, every video a train video of the cache listed once under its own
+    label, and every class drawn listed: an edited file used to train silently on made-up classes,
+    contradicted labels or a dropped class. `drawn`: the classes the file records drawing (its counts); a
+    class the cache gained since is not required (the saved labels never change under a run). Without a
+    record, every class with train videos (what a draw labels).
+    """
+    def bad(what: str) -> SagaError:
+        return SagaError(f"{path}: {what}; the file was edited or is not this cache's: use another --out folder")
+
+    label = {r.path: r.labels.get(level) for r in records if r.ok and r.split == "train"}
+    lost = [p for paths in subset.values() for p in paths if p not in label]
     if lost:
         raise SagaError(f"{path}: {len(lost)} labelled video(s) are no longer train videos of the cache "
                         f"(e.g. {lost[0]}); use another --out folder")
-    return subset
+    classes = set(taxonomy.classes(level))
+    unknown = [c for c in subset if c not in classes]
+    if unknown:
+        raise bad(f"class {unknown[0]!r} is not a {level} class of taxonomy '{taxonomy.name}'")
+    seen: set[str] = set()
+    for cls, paths in subset.items():
+        if not paths:
+            raise bad(f"class {cls!r} lists no videos (a draw leaves out the classes without train videos)")
+        for p in paths:
+            if label[p] != cls:
+                raise bad(f"{p} is listed under {cls!r} but the cache labels it {label[p]!r} at {level}")
+            if p in seen:
+                raise bad(f"{p} is listed twice")
+            seen.add(p)
+    expected = drawn if drawn is not None else (
+        {label[p] for p in label if label[p] is not None and not source_key(p)[0]} & classes)
+    missing = sorted(expected - set(subset))
+    if missing:
+        raise bad(f"class {missing[0]!r} lists no videos, but " + ("the file's counts record it" if drawn is not None
+                  else "the cache has train videos of it (a draw labels every class that has some)"))
 
 
 def write_labelled(path: Path, subset: dict[str, list[str]], wanted: dict[str, Any],
@@ -142,7 +190,7 @@ def saved_or_drawn(path: Path, records: Sequence[VideoRecord], taxonomy: Taxonom
 
     Training saves a fresh draw only once its run folder is open, so a refused run writes nothing.
     """
-    subset = read_labelled(path, wanted, records)
+    subset = read_labelled(path, wanted, records, taxonomy)
     if subset is not None:
         return subset, True
     return draw(records, taxonomy, wanted), False

@@ -112,6 +112,13 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
     return opts
 
 
+def given_options(config: Path | None, **flags: Any) -> dict[str, str]:
+    """Option -> how the user gave it: its flag ("--mine-every"), else its key in --config ("lam in FILE")."""
+    given = {key: f"{key} in {config}" for key in load_options(config)} if config is not None else {}
+    given.update({key: f"--{key.replace('_', '-')}" for key, value in flags.items() if value is not None})
+    return given
+
+
 def training_options(kind: type[Options], config: Path | None, **flags: Any) -> Options:
     """A stage's options from --config and the flags, checked; an unknown key, a wrong type or a bad value
     names the TOML file (typer has checked the flags' types; a bad value a flag gave is not the file's)."""

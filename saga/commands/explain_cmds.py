@@ -132,7 +132,7 @@ def ablate(
     if config is not None:
         refuse_grid_options(config, given)
     base = training_options(AttributeConfig, config, **flags)
-    with one_line_warnings(), accept_changed_cache(resume):
+    with one_line_warnings(), accept_changed_cache(resume, keep_finished=True):
         summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
                                progress=lambda event: console.print(event.message), given=given)
     console.print(to_markdown(summary))

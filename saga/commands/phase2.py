@@ -16,6 +16,7 @@ from saga.commands.common import (
     cli_device,
     console,
     err,
+    given_options,
     one_line_warnings,
     print_json,
     training_options,
@@ -33,7 +34,8 @@ Patience = Annotated[Optional[int], typer.Option(
          "epochs are shorter; never before min_steps); 0 never stops early.")]
 Resume = Annotated[Optional[bool], typer.Option(
     "--resume/--no-resume", help="Continue a killed run in --out (the default when its cache is unchanged); "
-    "an explicit --resume also continues it after its cache changed (videos added or re-extracted).")]
+    "an explicit --resume also continues it after its cache changed (videos added or re-extracted). A finished "
+    "run is never retrained in place: train on changed data with another --out.")]
 
 
 def _printer(event: Any) -> None:  # a training ProgressEvent
@@ -160,6 +162,7 @@ def attribute(
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
     from saga.runs import RunFolder, accept_changed_cache
     from saga.train.attribute import AttributeConfig, train_attribution
+    from saga.train.options import refuse_unused_options
 
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     cfg = training_options(  # --level left out: the TOML's level, else GEN-L (AttributeConfig's)
@@ -167,6 +170,7 @@ def attribute(
         margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources, epochs=epochs,
         min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, inputs=inputs,
         device=device)
+    refuse_unused_options(cfg.loss, given_options(config, lam=lam, margin=margin, mine_every=mine_every))
     out = out or Path("runs") / cfg.level.lower()
     RunFolder(out).check_resume(resume is not False)
     from_run = _stage1_run(from_run, scratch)

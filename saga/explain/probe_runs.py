@@ -43,7 +43,7 @@ def run_subset(run_dir: Path, cache: FeatureCache) -> tuple[str, dict[str, list[
             raise SagaError(f"{path}: the run's labelled videos are from cache {str(data.get('cache_id'))[:12]}, "
                             f"not {cache.cache_id[:12]}; pass the run's own cache")
         wanted = saved_settings(data)
-        subset = read_labelled(path, wanted, train)
+        subset = read_labelled(path, wanted, train, cache.taxonomy)
         return level, subset or {}, wanted, frames
     if config.get("stage") == 2:
         raise SagaError(f"{run_dir}: a stage-2 run without {LABELLED}; cannot tell which videos it was trained on")

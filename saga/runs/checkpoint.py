@@ -10,6 +10,7 @@ stays in place and the rerun resumes from it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from saga import fileio
 from saga.errors import SagaError
 from saga.fileio import write_error, write_json, writing
 from saga.model import VideoTransformer
@@ -24,16 +26,17 @@ from saga.runs.files import (
     CKPT_COMMIT,
     CKPT_NEW,
     LAST,
-    METRICS,
+    MODEL,
     OPTIMIZER,
+    RESTART,
     RESUME_FILES,
     STATE,
     fsync,
     load_tensors,
     one_line,
-    read_json,
     save_tensors,
     save_weights,
+    whole_number,
 )
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler
@@ -82,17 +85,24 @@ def recover(folder: Path) -> None:
 
 def load_state(folder: Path, model: VideoTransformer, optimizer: torch.optim.Optimizer,
                scheduler: Scheduler) -> dict[str, Any] | None:
-    """Restore model, optimizer and scheduler from the last completed epoch (None: nothing saved)."""
+    """Restore model, optimizer and scheduler from the last completed epoch (None: nothing saved).
+
+    state.json may have been edited: every value the loop uses is checked first, and any damage in
+    the resume files is one line that says how to restart the run (never a traceback mid-epoch).
+    """
     recover(folder)
     if not (folder / STATE).is_file():
         return None
-    state = read_json(folder / STATE)
-    weights, wmeta = load_tensors(folder / LAST)
-    tensors, ometa = load_tensors(folder / OPTIMIZER)
-    epoch = json.dumps(state.get("epoch") if isinstance(state, dict) else None)
+    damaged = f"the resume state is damaged: {RESTART}"
+    state = fileio.read_json(folder / STATE, corrupt=f"; {RESTART}")
+    check_state(folder / STATE, state, optimizer, scheduler)
+    if state["best_epoch"] is not None and not (folder / MODEL).is_file():
+        raise SagaError(f"{folder / MODEL}: missing, but {STATE} kept epoch {state['best_epoch']}; {RESTART}")
+    weights, wmeta = load_tensors(folder / LAST, damaged)
+    tensors, ometa = load_tensors(folder / OPTIMIZER, damaged)
+    epoch = json.dumps(state["epoch"])
     if wmeta.get("epoch") != epoch or ometa.get("epoch") != epoch:
-        raise SagaError(f"{folder}: the resume files are from different epochs (killed while saving); "
-                        f"delete {', '.join(RESUME_FILES)} and {METRICS} to restart this run")
+        raise SagaError(f"{folder}: the resume files are from different epochs (killed while saving); {RESTART}")
     try:
         model.load_state_dict(weights)
         restore_optimizer(optimizer, tensors, state.pop("optimizer"))
@@ -100,8 +110,58 @@ def load_state(folder: Path, model: VideoTransformer, optimizer: torch.optim.Opt
         scheduler.load_state_dict({**sched, "lr_lambdas": [None] * len(sched.get("base_lrs", []))})
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
         raise SagaError(f"{folder / LAST}: the resume state does not fit this run ({one_line(exc)}); "
-                        f"delete {', '.join(RESUME_FILES)} and {METRICS} to restart it") from None
+                        f"{RESTART}") from None
     return state
+
+
+# state.json's counters: (key, may be null, least value)
+COUNTERS = (("epoch", False, 0), ("step", False, 0), ("bad_epochs", False, 0), ("best_epoch", True, 1))
+
+
+def check_state(path: Path, state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Scheduler) -> None:
+    """Every value of state.json the loop uses has the kind it needs; else one line naming the file."""
+    def bad(what: str) -> SagaError:
+        return SagaError(f"{path}: {what}; the file was edited or damaged: {RESTART}")
+
+    for key, nullable, least in COUNTERS:
+        value = state.get(key)
+        if key not in state or not (whole_number(value, least) or nullable and value is None):
+            raise bad(f"'{key}' must be a whole number >= {least}{' or null' if nullable else ''}, got {value!r}")
+    for key in ("best_metric", "best_loss"):  # best_loss: absent in the state of a run before its first validation
+        if key == "best_metric" and key not in state or not (state.get(key) is None or _same_kind(state[key], 0.0)):
+            raise bad(f"'{key}' must be a number or null, got {state.get(key)!r}")
+    live = {"scheduler": scheduler.state_dict(), "optimizer": {"param_groups": optimizer.state_dict()["param_groups"],
+                                                               "scalars": {}}}
+    for key, fresh in live.items():
+        where = _misfit(state.get(key), fresh, key)
+        if where:
+            raise bad(f"'{where}' is missing or of the wrong kind for this run")
+
+
+def _misfit(stored: Any, fresh: Any, where: str) -> str | None:
+    """Where a value read from state.json differs in kind from the live one (None: it fits)."""
+    if isinstance(fresh, dict):
+        if not isinstance(stored, dict):
+            return where
+        return next((m for k in fresh if k in stored and (m := _misfit(stored[k], fresh[k], f"{where}.{k}"))), None)
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(stored, list) or len(stored) != len(fresh):
+            return where
+        return next((m for i, (a, b) in enumerate(zip(stored, fresh)) if (m := _misfit(a, b, f"{where}[{i}]"))), None)
+    return None if _same_kind(stored, fresh) else where
+
+
+def _same_kind(stored: Any, fresh: Any) -> bool:
+    """A flag for a flag, a whole number for one, a finite number for a float, a string for a string."""
+    if fresh is None:
+        return True
+    if isinstance(fresh, bool):
+        return isinstance(stored, bool)
+    if isinstance(fresh, int):
+        return isinstance(stored, int) and not isinstance(stored, bool)
+    if isinstance(fresh, float):
+        return isinstance(stored, (int, float)) and not isinstance(stored, bool) and math.isfinite(stored)
+    return isinstance(stored, type(fresh)) if isinstance(fresh, str) else True
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

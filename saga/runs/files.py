@@ -27,6 +27,11 @@ CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safet
 LAST, OPTIMIZER, STATE = "last.safetensors", "optimizer.safetensors", "state.json"
 METRICS, LABELLED = "metrics.jsonl", "labelled.json"
 RESUME_FILES = (LAST, OPTIMIZER, STATE)
+# Recovery advice that works. Damaged resume state: restart the run (every epoch is seeded from (seed,
+# epoch) alone, so it ends with the same weights). Damaged model.safetensors: a finished run without it
+# is trained again by its own command (`RunFolder.done`); an unfinished one then asks for a restart.
+RESTART = f"delete {', '.join(RESUME_FILES)} and {METRICS} to restart this run from its first epoch"
+RETRAIN = "delete it and rerun the run's training command to train it again"
 # save_state writes the three resume files into CKPT_NEW, renames it to CKPT_COMMIT (the one atomic
 # switch: from then on the new checkpoint wins), then moves them into place; `recover` rolls a
 # kill at any point forward (CKPT_COMMIT) or back (CKPT_NEW), so the three files always agree.
@@ -116,21 +121,29 @@ def canonical_header(data: bytes) -> bytes:
     return size.to_bytes(8, "little") + text.ljust(size, b" ") + data[8 + n:]
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path: Path, fix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file and its metadata; missing or damaged is one line naming it, with `fix` (the
+    caller's recovery advice: the file's role decides what works), by default `RETRAIN`."""
+    fix = fix or RETRAIN
     if not path.is_file():
-        raise SagaError(f"{path}: missing; the run has no saved weights yet")
+        raise SagaError(f"{path}: missing; {fix}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
         return load_file(str(path)), meta
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise SagaError(f"{path}: unreadable safetensors file ({exc}); delete it and train again") from None
+        raise SagaError(f"{path}: unreadable safetensors file ({exc}); {fix}") from None
 
 
 def save_weights(path: Path, model: VideoTransformer, **meta: Any) -> None:
     """Weights plus the model config in the metadata, so the file alone rebuilds the model."""
     metadata = {"config": json.dumps(model.config.to_dict()), **{k: json.dumps(v) for k, v in meta.items()}}
     save_tensors(path, model.state_dict(), metadata)
+
+
+def whole_number(value: Any, least: int = 0) -> bool:
+    """An int (not a bool) >= least: the counters of state.json and metrics.jsonl, which may have been edited."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

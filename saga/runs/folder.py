@@ -2,7 +2,8 @@
 
 A folder is reopened only for the very run it holds (same settings, same cache), so a
 typo in --out never overwrites finished results; a cache that changed under an unfinished
-or finished run is refused unless the caller explicitly continues (`accept_changed_cache`).
+run is refused unless the caller explicitly continues it (`accept_changed_cache`), and under a
+finished run it is refused always (saga ablate --resume alone keeps such a run as it is).
 Every write is atomic (`saga.fileio`); a full disk or a read-only folder is one line
 naming the folder, with the last committed checkpoint untouched.
 """
@@ -42,8 +43,10 @@ from saga.runs.files import (
     load_tensors,
     read_json,
     save_weights,
+    whole_number,
 )
-from saga.runs.origin import cache_change, changed_cache_accepted
+from saga.runs.origin import cache_change, changed_cache_accepted, finished_kept_on_changed_cache
+from saga.train.options import recorded_options
 
 
 # Training options added after runs were made, with the value those runs used: a run folder from
@@ -62,6 +65,7 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
         if ident.get("stage") == 2:
             for key, value in ADDED_OPTIONS.items():
                 train.setdefault(key, value)
+            ident["train"] = recorded_options(train)  # a ce run recorded with lam, margin, ... is the same run
     return json.loads(json.dumps(ident, default=str))
 
 
@@ -106,20 +110,26 @@ class RunFolder:
         return run
 
     def _reopen(self, config: dict[str, Any], provenance: dict[str, Any]) -> None:
-        """Finish a cut-short checkpoint switch, check it is this very run, note a resume or a changed cache."""
+        """Finish a cut-short checkpoint switch, check it is this very run, note a resume or a changed cache.
+
+        A finished run is reused as it is: its provenance is never rewritten (it names the cache its
+        weights were trained on). One whose weights were deleted is trained again (`done`).
+        """
         self.recover()
         changed = self._check_same(config, provenance)
-        if changed or not self.done:
-            prov = read_json(self.path / PROVENANCE)
-            if changed:  # continued on purpose (--resume): say so, and compare with this cache from now on
-                prov.setdefault("cache_changes", []).append(
-                    {"at": now(), "change": changed, **{k: prov.get(k) for k in ("cache_id", "cache_records",
-                                                                                 "cache_digest")}})
-                prov.update({k: provenance.get(k) for k in ("cache_id", "cache_records", "cache_digest",
-                                                            "cache_path")})
-            if not self.done:
-                prov.setdefault("resumed", []).append(now())
-            write_json(self.path / PROVENANCE, prov)
+        if self.done:
+            return
+        prov = read_json(self.path / PROVENANCE)
+        if changed:  # continued on purpose (--resume): say so, and compare with this cache from now on
+            _listed(prov, "cache_changes", self.path / PROVENANCE).append(
+                {"at": now(), "change": changed, **{k: prov.get(k) for k in ("cache_id", "cache_records",
+                                                                             "cache_digest")}})
+            prov.update({k: provenance.get(k) for k in ("cache_id", "cache_records", "cache_digest", "cache_path")})
+        if (self.path / DONE).is_file():  # finished, then its weights were deleted: no longer finished
+            (self.path / DONE).unlink()
+            prov["finished"] = None
+        _listed(prov, "resumed", self.path / PROVENANCE).append(now())
+        write_json(self.path / PROVENANCE, prov)
 
     def _check_same(self, config: dict[str, Any], provenance: dict[str, Any]) -> str | None:
         """Refuse another run; a changed cache is refused too unless accepted (then: how it changed)."""
@@ -127,14 +137,9 @@ class RunFolder:
         old_prov = read_json(self.path / PROVENANCE)
         what = "a finished" if self.done else "an unfinished"
         changed = cache_change(old_prov, provenance)
-        same_features = old_prov.get("encoder") == provenance.get("encoder")
-        if changed is not None and not (changed_cache_accepted() and same_features):
-            fix = ("pass --resume to continue it on the current cache anyway" if same_features
-                   else "its features come from another encoder or sampling, so it cannot continue on this cache")
-            raise SagaError(f"{self.path}: holds {what} run that {changed}; choose another --out to start a "
-                            f"new run on the current data, or {fix}")
-        was, now_ = (old_prov.get("from_run") or {}).get("fingerprint"), (provenance.get("from_run") or {}).get(
-            "fingerprint")
+        if changed is not None:
+            self._refuse_changed_cache(what, changed, old_prov.get("encoder") == provenance.get("encoder"))
+        was, now_ = _fingerprint(old_prov), _fingerprint(provenance)
         if was and now_ and was != now_:
             raise SagaError(f"{self.path}: holds {what} run trained from other weights of "
                             f"{provenance['from_run'].get('path')} (fingerprint {str(was)[:12]}, now {str(now_)[:12]}); "
@@ -145,6 +150,27 @@ class RunFolder:
             raise SagaError(f"{self.path}: holds {what} run with different settings ({diff}); "
                             "choose another --out, or delete the folder to start over")
         return changed
+
+    def _refuse_changed_cache(self, what: str, changed: str, same_features: bool) -> None:
+        """Unless an explicit --resume continues an unfinished run (or saga ablate keeps a finished one).
+
+        A finished run is never retrained in place, so --resume has nothing to continue; the advice
+        never offers it there (following it used to reuse the old weights under the new cache's name).
+        """
+        accept, keep = changed_cache_accepted(), finished_kept_on_changed_cache()
+        finished = self.done
+        if same_features and accept and (keep or not finished):
+            return
+        new_run = (f"{self.path}: holds {what} run that {changed}; choose another --out to start a new run on "
+                   "the current data")
+        if not same_features:
+            raise SagaError(f"{new_run}; its features come from another encoder or sampling, so it cannot continue "
+                            "on this cache")
+        if finished and not keep:
+            raise SagaError(f"{new_run}, or delete the folder to train it again there (a finished run is never "
+                            "retrained in place, so --resume has nothing to continue)")
+        raise SagaError(f"{new_run}, or pass --resume to " + ("keep it as it is (its provenance keeps the cache it "
+                        "was trained on)" if finished else "continue it on the current cache anyway"))
 
     # -- one trainer at a time ----------------------------------------------------------------
     def lock(self) -> None:
@@ -168,7 +194,8 @@ class RunFolder:
     # -- state ---------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return (self.path / DONE).is_file()
+        """Finished, with its weights: a run whose model.safetensors was deleted is trained again."""
+        return (self.path / DONE).is_file() and (self.path / MODEL).is_file()
 
     @property
     def unfinished(self) -> bool:
@@ -243,24 +270,30 @@ class RunFolder:
         append_lines(self.path / METRICS, json.dumps(line, default=str) + "\n")
 
     def read_metrics(self, tolerant: bool = False) -> list[dict[str, Any]]:
-        """metrics.jsonl; `tolerant` skips unreadable lines (a torn last line of a run killed mid-write)."""
+        """metrics.jsonl; `tolerant` skips every unreadable line (for reports); otherwise only a torn last
+        line (a run killed mid-write) is skipped, and any other damaged line is one line naming the file."""
         path = self.path / METRICS
         if not path.is_file():
             return []
+        lines = [l for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
         rows = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.strip():
-                continue
+        for n, line in enumerate(lines, 1):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
-                if not tolerant:
-                    raise SagaError(f"{path}: a damaged line ({line[:60]!r}); delete the line or the file") from None
+                if tolerant or n == len(lines):
+                    continue
+                row = None
+            if not tolerant and not (isinstance(row, dict) and whole_number(row.get("epoch"), 1)):
+                raise SagaError(f"{path}: line {n} is damaged ({line[:60]!r}; each line is an object with a whole "
+                                "epoch number); delete the line, or the file to drop the run's history")
+            rows.append(row)
         return rows
 
     def trim_metrics(self, last_epoch: int) -> None:
-        """Drop lines of epochs after the resume point (a run killed after logging, before saving), and torn ones."""
-        lines = [l for l in self.read_metrics(tolerant=True) if l.get("epoch", 0) <= last_epoch]
+        """Drop the lines of epochs after the resume point (a run killed after logging, before saving) and a torn
+        last line; any other damaged line is one line naming the file (`read_metrics`)."""
+        lines = [l for l in self.read_metrics() if l["epoch"] <= last_epoch]
         write_text(self.path / METRICS, "".join(json.dumps(l, default=str) + "\n" for l in lines))
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -273,6 +306,21 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
         self.release()
 
+
+
+def _listed(prov: dict[str, Any], key: str, path: Path) -> list[Any]:
+    """provenance.json's list under `key` (created when absent); another value is one line naming the file."""
+    value = prov.setdefault(key, [])
+    if not isinstance(value, list):
+        raise SagaError(f"{path}: '{key}' must be a list, got {value!r}; the file was edited: restore it, "
+                        f"or delete the '{key}' entry")
+    return value
+
+
+def _fingerprint(provenance: dict[str, Any]) -> Any:
+    """The fingerprint of the stage-1 weights a provenance names (None: none, or not an object)."""
+    origin = provenance.get("from_run")
+    return origin.get("fingerprint") if isinstance(origin, dict) else None
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:

@@ -21,7 +21,7 @@ from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
-from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, load_tensors, one_line, read_json
+from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, RETRAIN, load_tensors, one_line, read_json
 from saga.runs.origin import warn_if_unsealed
 from saga.taxonomy import LEVELS
 
@@ -56,7 +56,9 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
         raise SagaError(f"{path}: not a saga run folder (no {CONFIG}); pass the --out of `saga train`/`attribute`")
     config = read_json(path / CONFIG)
     if not (path / MODEL).is_file():
-        raise SagaError(f"{path}: no {MODEL} yet; the run has not completed an epoch (rerun it to resume)")
+        raise SagaError(f"{path}: no {MODEL}; " + (
+            "its weights were deleted: rerun the run's training command to train it again" if (path / DONE).is_file()
+            else "the run has not completed an epoch (rerun it to resume)"))
     model = build_model(path / MODEL)
     prov_path = path / PROVENANCE
     classes, level, frames = _checked_run_config(path / CONFIG, config, model.config.max_frames)
@@ -77,7 +79,7 @@ def build_model(path: Path) -> VideoTransformer:
     weights, _ = load_tensors(path)
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise SagaError(f"{path}: tensor {name} holds NaN or inf; the file is damaged: train the run again")
+            raise SagaError(f"{path}: tensor {name} holds NaN or inf; the file is damaged: {RETRAIN}")
     try:
         model = VideoTransformer(model_config)
         model.load_state_dict(weights)
@@ -90,13 +92,13 @@ def build_model(path: Path) -> VideoTransformer:
 def read_model_config(path: Path) -> ModelConfig:
     """The model config in a weights file's metadata, every size bounded before anything is allocated."""
     if not path.is_file():
-        raise SagaError(f"{path}: missing; the run has no saved weights yet")
+        raise SagaError(f"{path}: missing; {RETRAIN}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
             stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
     except Exception as exc:
-        raise SagaError(f"{path}: unreadable safetensors file ({exc}); delete it and train again") from None
+        raise SagaError(f"{path}: unreadable safetensors file ({exc}); {RETRAIN}") from None
     if "config" not in meta:
         raise SagaError(f"{path}: no model config in its metadata; not written by saga")
     try:

@@ -19,7 +19,8 @@ from saga.cache.index import identity_line, lazy
 from saga.cache.store import FeatureCache, unsealed_parts
 from saga.provenance import machine, now, versions
 
-_ACCEPT_CHANGED = ContextVar("saga_accept_changed_cache", default=False)
+# (continue an unfinished run on a changed cache, keep a finished one as it is): the explicit --resume
+_ACCEPT_CHANGED = ContextVar("saga_accept_changed_cache", default=(False, False))
 _WARNED_UNSEALED: set[str] = set()  # cache roots already warned about in this process (warn once)
 
 
@@ -71,9 +72,12 @@ def warn_if_unsealed(cache: FeatureCache) -> None:
 
 
 @contextmanager
-def accept_changed_cache(accept: bool = True) -> Iterator[None]:
-    """Within this block, reopening a run whose cache changed continues it (the CLI's explicit --resume)."""
-    token = _ACCEPT_CHANGED.set(accept)
+def accept_changed_cache(accept: bool = True, keep_finished: bool = False) -> Iterator[None]:
+    """Within this block, reopening an unfinished run whose cache changed continues it (the CLI's explicit
+    --resume). A finished run on a changed cache is refused even then: it is never retrained in place, and
+    its provenance must keep naming the cache its weights saw. With `keep_finished` (saga ablate, whose
+    --resume keeps the finished cells) an accepted change reuses it as it is, its provenance untouched."""
+    token = _ACCEPT_CHANGED.set((accept, keep_finished))
     try:
         yield
     finally:
@@ -81,7 +85,13 @@ def accept_changed_cache(accept: bool = True) -> Iterator[None]:
 
 
 def changed_cache_accepted() -> bool:
-    return _ACCEPT_CHANGED.get()
+    """Whether an unfinished run may continue on a changed cache (an explicit --resume)."""
+    return _ACCEPT_CHANGED.get()[0]
+
+
+def finished_kept_on_changed_cache() -> bool:
+    """Whether the caller keeps finished runs on a changed cache once accepted (saga ablate --resume)."""
+    return _ACCEPT_CHANGED.get()[1]
 
 
 def cache_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:

@@ -52,7 +52,7 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.options import Loss, parse_choice
+from saga.train.options import Loss, parse_choice, recorded_options
 from saga.train.mining import mine_triplets
 from saga.runs import (
     LABELLED,
@@ -370,7 +370,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {
         "stage": 2, "level": cfg.level, "classes": classes, "frames": frames, "model": model.config.to_dict(),
-        "train": {**cfg.to_dict(), "frames": frames, "lr": lr, "from_run": base.path if base else None},
+        "train": {**recorded_options(cfg.to_dict()), "frames": frames, "lr": lr,
+                  "from_run": base.path if base else None},
         "cache": str(Path(cache_path).resolve()),
     }
     prov = make_provenance(cache, cfg.seed, base.origin if base else None)

@@ -38,6 +38,28 @@ class Loss(StrEnum):
         return {Loss.CE: None, Loss.CE_HNM: "hard", Loss.CE_SEMIHNM: "semihard"}[self]
 
 
+# The triplet term's options: a run with loss = "ce" never reads them, so `saga attribute` refuses them
+# given with it, and they are left out of such a run's config.json and identity (`recorded_options`).
+HNM_OPTIONS = ("lam", "margin", "mine_every", "positive")
+
+
+def recorded_options(train: dict[str, Any]) -> dict[str, Any]:
+    """A stage-2 run's training options without those its loss never reads (ce: the triplet term's)."""
+    if str(train.get("loss")) != Loss.CE.value:
+        return train
+    return {k: v for k, v in train.items() if k not in HNM_OPTIONS}
+
+
+def refuse_unused_options(loss: Loss, given: dict[str, str]) -> None:
+    """`given`: option -> how the user gave it ("--lam", "lam in run.toml"); those the loss never reads are one
+    line (a --lam with --loss ce trained the very same weights and was recorded as if used)."""
+    unused = [how for name, how in given.items() if name in HNM_OPTIONS]
+    if loss is Loss.CE and unused:
+        raise SagaError(f"{', '.join(unused)}: {'apply' if len(unused) > 1 else 'applies'} to loss ce+hnm / "
+                        "ce+semihnm only (loss ce has no triplet term); leave "
+                        f"{'them' if len(unused) > 1 else 'it'} out, or choose one of those losses")
+
+
 Choice = TypeVar("Choice", bound=StrEnum)
 
 
