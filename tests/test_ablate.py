@@ -135,7 +135,8 @@ def test_each_cell_is_evaluated_on_the_device_it_trained_on(monkeypatch: pytest.
 
     monkeypatch.setattr(ablate, "check_before_cells", lambda _cache, _stage1, base, _given: (base, None))
     monkeypatch.setattr(ablate, "train_attribution", lambda *args, **kwargs: None)
-    monkeypatch.setattr(ablate, "_kept_on_changed_cache", lambda run: False)
+    monkeypatch.setattr(ablate, "_current_cache", lambda _cache: None)
+    monkeypatch.setattr(ablate, "_kept_on_changed_cache", lambda _run, _current: False)
     monkeypatch.setattr(ablate, "evaluate", evaluate)
     with pytest.raises(Stop):
         ablate.run_ablation(tmp_path / "cache", tmp_path / "stage1", tmp_path / "grid", AttributeConfig(device="cuda:3"))
