@@ -109,11 +109,11 @@ def main() -> None:
         if lost is None or os.environ.get("SAGA_DEBUG"):
             raise
         _error(lost)
-    except KeyboardInterrupt:  # outside typer's own handling
-        _interrupted()
+    except KeyboardInterrupt as exc:  # outside typer's own handling
+        _interrupted(exc)
     except SystemExit as exc:
         if exc.code == 130:  # typer turned the KeyboardInterrupt into Exit(130) without a word
-            _interrupted()
+            _interrupted(exc)
         raise
 
 
@@ -131,8 +131,12 @@ def _error(exc: Exception) -> NoReturn:
     sys.exit(2)
 
 
-def _interrupted() -> None:
-    print(INTERRUPTED, file=sys.stderr)
+def _interrupted(exc: BaseException | None) -> None:
+    """INTERRUPTED, or the line a command put on the interrupt (an import keeps nothing to resume)."""
+    while exc is not None and not isinstance(exc, KeyboardInterrupt):  # typer's Exit(130), then SystemExit
+        exc = exc.__cause__ or exc.__context__
+    said = exc.args[0] if exc is not None and exc.args else None
+    print(said if isinstance(said, str) else INTERRUPTED, file=sys.stderr)
     sys.exit(128 + signal.SIGTERM if _TERMINATED else 130)
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
+import re
+import shutil
 import threading
 import warnings
 from contextlib import contextmanager
@@ -29,6 +32,59 @@ def temp_path(path: str | Path) -> Path:
     """The hidden temporary name beside `path` that `atomic_path` writes first."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+TEMP = re.compile(r"\..+\.tmp-(\d+)")  # temp_path's names: .NAME.tmp-PID
+
+
+def sweep_temps(folder: str | Path) -> int:
+    """Remove the temporary files (`temp_path`) of killed writers anywhere under `folder`; how many.
+    Why: a run killed mid-write left one per kill, forever. A running process's (or this one's) are kept."""
+    return sum(_remove_stale(path) for path in Path(folder).rglob(".*.tmp-*") if path.is_file())
+
+
+def sweep_siblings(path: str | Path) -> int:
+    """Remove the temporaries of `path` (`.NAME.tmp-PID` beside it: a file, or an imported cache's folder)
+    left by killed writers; how many. Only `path`'s own, so a large parent folder is never walked."""
+    path = Path(path)
+    return sum(_remove_stale(tmp) for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+
+
+def live_siblings(path: str | Path) -> list[int]:
+    """The PIDs of other running processes that hold a temporary of `path` (a write under way)."""
+    path = Path(path)
+    pids = [_temp_pid(tmp) for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*")]
+    return sorted(pid for pid in pids if pid is not None and pid != os.getpid() and pid_running(pid))
+
+
+def _temp_pid(path: Path) -> int | None:
+    match = TEMP.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _remove_stale(path: Path) -> bool:
+    """Remove `path` when it is a temporary name of a process no longer running."""
+    pid = _temp_pid(path)
+    if pid is None or pid_running(pid):
+        return False
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return True
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` exists (this one included; another user's too)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # it exists, as another user's process
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}

@@ -117,7 +117,8 @@ def test_cli_writes_robustness_json_and_resumes(world: dict[str, Path]) -> None:
             "--out", str(out), "--perturb", "fps0.5", "--workers", "0", "--device", "cpu"]
     run_saga(*args, check=True)
     res = json.loads((out / "robustness.json").read_text())
-    assert set(res) == {"run", "cache", "split", "n_videos", "levels", "perturbations"}
+    assert set(res) == {"run", "run_model", "cache", "cache_id", "cache_digest", "split", "limit_per_class", "seed",
+                        "n_videos", "levels", "perturbations", "created", "versions"}
     assert res["split"] == "test" and res["n_videos"] == 6 and res["levels"] == ["GEN-L", "TEAM-L", "SD-L", "TASK-L", "BIN-L"]
     assert [p["name"] for p in res["perturbations"]] == ["clean", "fps0.5"]
     for p in res["perturbations"]:

@@ -201,3 +201,50 @@ def test_predict_and_robustness_print_warnings_in_one_line(tmp_path: Path, monke
             call()
         err = capsys.readouterr().err
         assert "warning: a library's warning" in err and "warnings.warn" not in err
+
+
+# --- QA cachetools 3: robustness.json records the weights and the draw; the report hides another model's -----------
+
+def test_robustness_records_weights_and_draw_and_the_report_hides_it_after_a_retrain(tmp_path: Path,
+                                                                                      tiny_weights: Path) -> None:
+    from saga.explain.metrics import run_weights
+    from saga.explain.report_openworld import beyond_sections, load_beyond
+    from saga.runs import cache_digest
+
+    videos, cache, run = scored_run(tmp_path, tiny_weights)
+    cfg = RobustnessConfig(run=run, cache=cache, videos=videos, perturbations=parse_list("crf28"), workers=0,
+                           limit_per_class=1, seed=3)
+    run_robustness(cfg, say=print)
+    saved = json.loads((run / "robustness.json").read_text())
+    assert saved["run_model"] == run_weights(run) and (saved["limit_per_class"], saved["seed"]) == (1, 3)
+    assert saved["cache_digest"] == cache_digest(FeatureCache.open(cache)) and saved["n_videos"] == 3
+    shown = beyond_sections(load_beyond(run, None), "run")
+    assert "<h3>Robustness</h3>" in shown and "seed 3" in shown and "at most 1 videos per class" in shown
+    (run / "model.safetensors").write_bytes(b"the weights of a retrain into the same folder")
+    beyond = load_beyond(run, None)
+    assert beyond["robustness"] is None and [f for f, _ in beyond["stale"]] == ["robustness.json"]
+    shown = beyond_sections(beyond, "run")
+    assert "<h3>Robustness</h3>" not in shown and "robustness.json: made with other weights" in shown
+
+
+# --- QA cachetools 6: every option is checked before any video is re-encoded ------------------------------------
+
+@pytest.mark.parametrize("option, value, said", [("batch_size", 0, "--batch-size must be >= 1, got 0"),
+                                                 ("workers", -1, "--workers must be >= 0"),
+                                                 ("limit_per_class", 0, "--limit-per-class must be >= 1")])
+def test_a_bad_number_is_refused_before_any_work(tmp_path: Path, option: str, value: int, said: str) -> None:
+    (tmp_path / "v").mkdir()
+    cfg = RobustnessConfig(run=tmp_path / "run", cache=None, videos=tmp_path / "v", out=tmp_path / "out",
+                           perturbations=parse_list("crf28"), **{option: value})
+    with pytest.raises(SagaError, match=said):
+        run_robustness(cfg, say=print)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, said", [(",", "names no perturbation"), ("", "names no perturbation"),
+                                        (" , ", "names no perturbation"),
+                                        ("crf28,crf28.0", "crf28 and crf28.0 are the same perturbation"),
+                                        ("crop0.5,crop0.50", "the same perturbation")])
+def test_an_empty_or_doubled_perturb_list_is_one_line(text: str, said: str) -> None:
+    with pytest.raises(SagaError, match=said):
+        parse_list(text)

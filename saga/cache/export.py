@@ -8,6 +8,7 @@ have neither: they still import (without the plan; the import says they cannot b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,10 +19,12 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from saga.cache.integrity import attrs_problem
 from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import atomic_path, check_writable, lock_folder, unlock_folder, write_text
+from saga.fileio import (atomic_path, check_writable, live_siblings, lock_folder, make_dir, sweep_siblings,
+                         temp_path, unlock_folder, write_text)
 
 FORMAT = "saga-cache-h5/1"
 CHUNK_VIDEOS = 256
@@ -97,6 +100,7 @@ def _write(cache: FeatureCache, path: Path) -> int:
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.is_file() else {}
     splits = [json.dumps({"path": p, "generator": g, "split": s}) for p, (g, s) in plan.items()]
     attrs = json.dumps(cache.attrs)
+    sweep_siblings(path)  # the temporary files of exports killed mid-write: full-size, one per kill
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["format"] = FORMAT
         h5.attrs[ATTR_KEY] = attrs
@@ -117,33 +121,93 @@ def _write(cache: FeatureCache, path: Path) -> int:
 
 
 def import_h5(path: Path, out: Path, warn: Warn | None = None) -> FeatureCache:
-    """Rebuild a cache (same provenance, cache id and split plan) from an exported HDF5 file."""
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "no such file"
-        raise SagaError(f"{path}: {what}; pass the .h5 file written by `saga cache export`")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SagaError(f"{path}: not an HDF5 file ({first}); pass a file written by `saga cache export`") from None
+    """Rebuild a cache (same provenance, cache id and split plan) from an exported HDF5 file.
+
+    Built in a hidden folder beside `out` (`.OUT.tmp-PID`), checked as `FeatureCache.open` and `saga cache
+    verify` check a cache, then renamed onto `out` in one step: a failed, killed or concurrent import never
+    leaves a half cache at `out`, nor removes anything but its own hidden folder (a killed one's goes at
+    the next import)."""
+    h5 = _open_export(path)
     check_writable(out)  # a bad --out is not a damaged export
     with h5:
         if h5.attrs.get("format") != FORMAT:
             raise SagaError(f"{path}: not a saga cache export (format {h5.attrs.get('format')!r})")
-        if (out / "zarr.json").exists():
-            raise SagaError(f"{out}: already a cache; import into a new folder")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise SagaError(f"{out}: exists and is not empty; import into a new folder")
+        target = _check_out(out)
         attrs, records, splits, n_ok = _read_checked(path, h5, warn)
+        tmp = temp_path(target)
         try:
-            _import_into(path, h5, out, attrs, records, n_ok, splits)
+            _import_into(path, h5, tmp, attrs, records, n_ok, splits)
+            _check_imported(path, tmp, out, warn)
+            _publish(tmp, target, out)
         except BaseException as exc:
-            shutil.rmtree(out, ignore_errors=True)  # never leave a half cache that blocks the next import
+            shutil.rmtree(tmp, ignore_errors=True)  # this import's own folder, never `out`
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, SIGTERM: what the CLI says instead of "resume"
+                exc.args = (f"interrupted: nothing was imported into {out}; rerun the same command",)
             if isinstance(exc, (SagaError, KeyboardInterrupt)) or not isinstance(exc, Exception):
                 raise
             raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing was imported") from None
     return FeatureCache.open(out)
+
+
+def _open_export(path: Path) -> h5py.File:
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise SagaError(f"{path}: {what}; pass the .h5 file written by `saga cache export`")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SagaError(f"{path}: not an HDF5 file ({first}); pass a file written by `saga cache export`") from None
+
+
+def _check_out(out: Path) -> Path:
+    """The resolved --out, refused up front when it holds anything, is the current folder or a mount point
+    (the imported cache is renamed onto it), or another import into it is running. Stale hidden folders of
+    killed imports into it are removed."""
+    if (out / "zarr.json").exists():
+        raise SagaError(f"{out}: already a cache; import into a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SagaError(f"{out}: exists and is not empty; import into a new folder")
+    target = out.resolve()
+    if out.exists() and (target == Path.cwd().resolve() or os.path.ismount(target)):
+        raise SagaError(f"{out}: the current folder or a mount point cannot be replaced by the imported cache; "
+                        f"import into a new folder inside it, e.g. {out / 'cache'}")
+    make_dir(target.parent)
+    sweep_siblings(target)
+    running = live_siblings(target)
+    if running:
+        raise SagaError(f"{out}: another `saga cache import` into it is running (process {running[0]}); wait "
+                        "for it to finish, or import into another folder")
+    return target
+
+
+def _check_imported(path: Path, tmp: Path, out: Path, warn: Warn | None) -> None:
+    """The new cache must open and pass `saga cache verify` (structure and every checksum): an import never
+    reports success for a cache that the next command would refuse or call corrupt."""
+    try:
+        cache = FeatureCache.open(tmp)
+        errors, warnings = cache.check_structure()
+        errors += [f"{rec.path}: {why}" for rec, why in ([] if errors else cache.verify())]
+    except SagaError as exc:
+        errors, warnings = [str(exc)], []
+    if errors:
+        raise SagaError(f"{path}: would import as a damaged cache ({errors[0].replace(str(tmp), str(out))}); "
+                        "nothing was imported; export it again")
+    for line in warnings:
+        (warn or (lambda _: None))(line.replace(str(tmp), str(out)))
+
+
+def _publish(tmp: Path, target: Path, out: Path) -> None:
+    """Rename the checked cache onto `target` (replacing an empty folder), never over anything written
+    there meanwhile."""
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise SagaError(f"{out}: something was written there while this import ran (another import?); "
+                            "nothing was imported; import into a new folder") from None
+        raise
 
 
 def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, list[VideoRecord], list[str], int]:
@@ -158,6 +222,9 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, l
             raise SagaError(f"{path}: the file is damaged (its attributes, manifest or split plan changed since "
                             "it was exported); export it again")
         attrs = json.loads(raw_attrs)
+        problem = attrs_problem(attrs)
+        if problem is not None:
+            raise ValueError(f"its cache attributes: {problem}")
         records = [VideoRecord.from_dict(json.loads(s)) for s in manifest]
         for line in splits:
             entry = json.loads(line)

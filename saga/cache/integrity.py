@@ -21,9 +21,16 @@ if TYPE_CHECKING:
 def check_attrs(root: Path, saga: Any) -> None:
     """The saga attributes every reader relies on, with their types: a one-line SagaError instead of a
     traceback deep in verify/info/export. Only keys that every saga version wrote are required."""
-    edited = f"{root}: zarr.json was edited"
+    problem = attrs_problem(saga)
+    if problem is not None:
+        raise SagaError(f"{root}: zarr.json was edited ({problem}); restore it or re-extract")
+
+
+def attrs_problem(saga: Any) -> str | None:
+    """What is wrong with a cache's saga attributes (None: nothing); `saga cache import` checks an
+    export's attributes with it before writing anything."""
     if not isinstance(saga, dict):
-        raise SagaError(f"{edited} (its '{store.ATTR_KEY}' attributes are not a table); restore it or re-extract")
+        return f"its '{store.ATTR_KEY}' attributes are not a table"
     sampling = saga.get("sampling")
     taxonomy = saga.get("taxonomy")
     checks = {
@@ -36,9 +43,9 @@ def check_attrs(root: Path, saga: Any) -> None:
         and bool(taxonomy.get("generators")),
     }
     bad = next((key for key, ok in checks.items() if not ok), None)
-    if bad is not None:
-        value = json.dumps(_lookup(saga, bad), default=str)[:40]
-        raise SagaError(f"{edited} ({bad} is missing or not valid: {value}); restore it or re-extract")
+    if bad is None:
+        return None
+    return f"{bad} is missing or not valid: {json.dumps(_lookup(saga, bad), default=str)[:40]}"
 
 
 def _positive(value: Any) -> bool:

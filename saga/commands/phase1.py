@@ -150,7 +150,7 @@ def _augmentations(text: str | None, distributed: bool) -> list:
         raise SagaError("--augment: run it without torchrun (one process re-encodes the copies)")
     from saga.robustness.perturb import parse_list
 
-    return parse_list(text)
+    return parse_list(text, "--augment")
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary

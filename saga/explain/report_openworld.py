@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from saga.explain.metrics import other_weights, run_weights
+from saga.explain.metrics import RUN_MODEL, other_weights, run_weights
 from saga.explain.report_html import ci_text, esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
 from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, RELIABILITY_GLOB, ROBUSTNESS
@@ -48,7 +48,11 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
                 stale.append((p.name, why))
             else:
                 reliability[str(data.get("split") or p.stem.removeprefix("reliability-"))] = data
-    return {**fitted, "reliability": reliability, "robustness": read_json_file(run_dir / ROBUSTNESS),
+    robustness = read_json_file(run_dir / ROBUSTNESS)
+    if other_weights(robustness, weights):
+        stale.append((ROBUSTNESS, "made with other weights than the run's (retrained since)"))
+        robustness = None
+    return {**fitted, "reliability": reliability, "robustness": robustness,
             "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale}
 
 
@@ -230,6 +234,16 @@ def _answered(enr: dict[str, Any], coarser: list[str], entries: list[dict[str, A
     return ", ".join(sorted(map(str, answered), key=lambda lv: order.get(lv, len(order)))) or "no level"
 
 
+def _draw(rob: dict[str, Any]) -> str:
+    """Which videos and weights the table is of: the --limit-per-class draw, or that an older saga recorded
+    neither (then it cannot be told whether the run was retrained since)."""
+    if RUN_MODEL not in rob:
+        return (" Made by an older saga: the weights it was run with are not recorded; rerun <code>saga "
+                "robustness</code> to tie it to the run's current weights.")
+    limit = rob.get("limit_per_class")
+    return f" A seeded draw (seed {esc(rob.get('seed'))}) of at most {esc(limit)} videos per class." if limit else ""
+
+
 def robustness_section(b: dict[str, Any], name: str) -> str:
     rob = b["robustness"]
     if not isinstance(rob, dict) or not rob.get("perturbations"):
@@ -265,6 +279,6 @@ def robustness_section(b: dict[str, Any], name: str) -> str:
             f'({esc(rob.get("n_videos", "?"))} '
             "videos) after each perturbation, with its 95 % interval (Wilson), the videos behind it and the change "
             "against the clean videos (points; red where the interval lies below the clean accuracy); failed: videos robustness.json records as failed under that "
-            f"perturbation. Cache: {escape(str(rob.get('cache', '?')))}.</p>"
+            f"perturbation. Cache: {escape(str(rob.get('cache', '?')))}.{_draw(rob)}</p>"
             f'<div class="scroll"><table class="sticky"><thead><tr><th class=l>perturbation</th><th>videos</th>{head}'
             f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")

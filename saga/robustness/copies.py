@@ -19,47 +19,19 @@ in one warning line; a same-size replacement is the one change this cannot tell.
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from saga.cache.manifest import VideoRecord, copy_name, file_fingerprint
 from saga.errors import SagaError
-from saga.fileio import append_lines, make_dir
+from saga.fileio import append_lines, make_dir, sweep_temps
 from saga.robustness.perturb import X264, Perturbation, apply
 
 RECORD = "copies.jsonl"  # in each copy folder; copy names end in .mp4, so no copy can take this name
 VERSION = 2  # of what `apply` writes from a source; bump it when that changes (2: odd sides cropped, not resized)
 Say = Callable[[str], None]
-TEMP = re.compile(r"\..+\.tmp-(\d+)")  # saga.fileio.temp_path's names: .NAME.tmp-PID
-
-
-def sweep_temps(folder: Path) -> int:
-    """Remove the temporary files (`saga.fileio.temp_path`: `.NAME.tmp-PID`) of killed writers under `folder`;
-    how many. Why: a run killed mid-copy left one per kill, forever. A file whose process still runs (or
-    this one's) is another writer's and kept."""
-    removed = 0
-    for path in folder.rglob(".*.tmp-*"):
-        match = TEMP.fullmatch(path.name)
-        if match and path.is_file() and not _running(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` exists (this one included; another user's too)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True  # it exists, as another user's process
-    except (ProcessLookupError, OverflowError):
-        return False
-    return True
+__all__ = ["entry_for", "make_copies", "read_record", "sweep_temps", "unchanged"]
 
 
 def read_record(folder: Path) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ leaves a half-written copy that a resumed run would reuse.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -80,12 +80,24 @@ def parse(name: str) -> Perturbation:
     return Perturbation(text, stride=stride)
 
 
-def parse_list(text: str | None) -> list[Perturbation]:
-    """A comma-separated list (default: `DEFAULT`); names must be unique."""
-    names = [n for n in (text or ",".join(DEFAULT)).split(",") if n.strip()]
-    out = [parse(n) for n in names]
+def parse_list(text: str | None, option: str = "--perturb") -> list[Perturbation]:
+    """A comma-separated list (None: `DEFAULT`); names must be unique and name different re-encodings.
+
+    An empty list (`""`, `","`) is refused: it used to mean the default list, or to run the clean row
+    alone and overwrite robustness.json."""
+    if text is None:
+        text = ",".join(DEFAULT)
+    out = [parse(n) for n in text.split(",") if n.strip()]
+    if not out:
+        raise SagaError(f"{option} {text!r} names no perturbation; pass e.g. crf23,crf28, or leave it out for "
+                        f"all of {','.join(DEFAULT)}")
     if len({p.name for p in out}) != len(out) or any(p.name == "clean" for p in out):
         raise SagaError(f"perturbations must be unique and not 'clean': {text!r}")
+    seen: dict[tuple, str] = {}
+    for p in out:
+        same = seen.setdefault(astuple(p)[1:], p.name)
+        if same != p.name:
+            raise SagaError(f"{option}: {same} and {p.name} are the same perturbation; keep one of them")
     return out
 
 

@@ -25,11 +25,14 @@ from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_json, write_text
+from saga.explain.metrics import RUN_MODEL, run_weights
 from saga.openworld.embeddings import Embedder
 from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
 from saga.progress import ProgressFn
+from saga.provenance import now, versions
+from saga.runs import cache_digest
 from saga.runs.files import ROBUSTNESS, ROBUSTNESS_MD
 from saga.robustness.evaluate import level_metrics, markdown, reported_levels
 from saga.robustness.copies import make_copies, unchanged
@@ -58,6 +61,16 @@ class RobustnessConfig:
     encoder: str | None = None  # --encoder / --pretrained: the run's encoder moved (checked against its weights)
     pretrained: str | None = None
 
+    def check(self) -> None:
+        """One-line errors for numbers that would otherwise fail only after the first perturbation was
+        re-encoded (batch size and workers are first read by the extraction of the copies)."""
+        if self.limit_per_class is not None and (isinstance(self.limit_per_class, bool) or self.limit_per_class < 1):
+            raise SagaError(f"--limit-per-class must be >= 1, got {self.limit_per_class}")
+        if not self.perturbations:
+            raise SagaError("--perturb names no perturbation; pass e.g. crf23,crf28, or leave it out for all")
+        ExtractConfig(videos=self.videos, out=self.out or self.run, batch_size=self.batch_size,
+                      workers=self.workers).check()
+
 
 def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> list[VideoRecord]:
     """The split's extracted videos; with `limit`, a seeded draw of at most `limit` per generator."""
@@ -66,9 +79,7 @@ def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> lis
     records = list(cache.ok_records(split))
     if not records:
         raise SagaError(f"{cache.root}: no extracted videos in split '{split}'; pick another --split")
-    if limit is not None:
-        if limit < 1:
-            raise SagaError(f"--limit-per-class must be >= 1, got {limit}")
+    if limit is not None:  # >= 1: RobustnessConfig.check
         taken: dict[str, int] = {}
         chosen = []
         for r in sorted(records, key=lambda r: seeded_hash(seed, r.path)):
@@ -146,9 +157,11 @@ def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg
 
 def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Evaluate the run on the clean and every perturbed copy of the same videos; writes robustness.json/.md."""
+    cfg.check()
     if not cfg.videos.is_dir():
         raise SagaError(f"{cfg.videos}: not a folder; pass --videos, the folder the cache was extracted from")
     out = make_dir(cfg.out or cfg.run)
+    weights = run_weights(cfg.run)  # before loading: weights replaced meanwhile are never passed off as these
     emb = Embedder(cfg.run, cfg.device)
     cache_path = cfg.cache or emb.info.config.get("cache")
     if not cache_path:
@@ -183,8 +196,10 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
         perturbations.append({"name": p.name, "description": p.description, "cache": str(pcache.root),
                               "n": len(precs), "failed": len(records) - len(precs),
                               "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels)})
-    result = {"run": str(cfg.run), "cache": str(clean.root), "split": cfg.split, "n_videos": len(selected),
-              "levels": levels, "perturbations": perturbations}
+    result = {"run": str(cfg.run), RUN_MODEL: weights, "cache": str(clean.root), "cache_id": clean.cache_id,
+              "cache_digest": cache_digest(clean), "split": cfg.split, "limit_per_class": cfg.limit_per_class,
+              "seed": cfg.seed, "n_videos": len(selected), "levels": levels, "perturbations": perturbations,
+              "created": now(), "versions": versions()}
     json_name, md_name = result_files(cfg.split)
     write_json(out / json_name, result)
     write_text(out / md_name, markdown(result))
