@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import typer
 
-from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2, robustness_cmds
+from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2, predict_cmds, robustness_cmds
 
 
 class _Group(typer.core.TyperGroup):
@@ -34,6 +34,7 @@ app = typer.Typer(
 )
 phase1.register(app)
 phase2.register(app)
+predict_cmds.register(app)
 explain_cmds.register(app)
 openworld_cmds.register(app)
 robustness_cmds.register(app)

@@ -99,7 +99,7 @@ def test_logo_checks_retrain_before_training_any_fold(tmp_path: Path) -> None:
 
 
 def test_predict_plots_of_videos_with_the_same_name_do_not_overwrite_each_other(tmp_path: Path) -> None:
-    from saga.commands.phase2 import _unique
+    from saga.commands.predict_cmds import _unique
 
     taken: set[Path] = set()
     names = [_unique(tmp_path, f"{stem}_tsig", ".png", taken).name for stem in ("clip", "clip", "other", "clip")]

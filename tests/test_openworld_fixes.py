@@ -235,7 +235,7 @@ def test_class_and_enrolled_names_with_brackets_print_as_written() -> None:
     from types import SimpleNamespace
 
     from saga.commands.common import console
-    from saga.commands.phase2 import _print_prediction
+    from saga.commands.predict_cmds import _print_prediction
 
     pred = SimpleNamespace(status="ok", path="v [1].mp4", level="GEN-L", predicted="kling [v1.5]", confidence=0.9,
                            implied={"TEAM-L": "a[/]b"}, probabilities={"kling [v1.5]": 0.9, "x[/]": 0.1},

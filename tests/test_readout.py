@@ -271,7 +271,7 @@ def test_nearest_source_names_the_likeliest_row_of_the_predicted_class() -> None
     assert "Most like its labelled generator: right for 33.3 % [" in source_note({"nearest_source": out})
     assert "of 3 correctly attributed videos" in source_note({"nearest_source": out}) and source_note({}) == ""
     from saga.commands.common import console
-    from saga.commands.phase2 import _print_prediction
+    from saga.commands.predict_cmds import _print_prediction
     from saga.predict import Prediction
 
     with console.capture() as text:  # the name is the user's data: printed as written, never as rich markup

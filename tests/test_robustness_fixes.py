@@ -190,7 +190,7 @@ def test_predict_and_robustness_print_warnings_in_one_line(tmp_path: Path, monke
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     import saga.predict
     import saga.robustness.runner
-    from saga.commands.phase2 import predict
+    from saga.commands.predict_cmds import predict
     from saga.commands.robustness_cmds import robustness
 
     monkeypatch.setattr(saga.predict, "Predictor", _warn_and_stop)
