@@ -37,6 +37,7 @@ from saga.runs.files import (
     file_fingerprint,
     load_tensors,
     read_json,
+    recorded_options,
     save_tensors,
     save_weights,
     tsne_file,
@@ -61,6 +62,6 @@ __all__ = [
     "by_split", "cache_change", "cache_digest", "check_cache", "encoder_provenance", "evaluation_file",
     "file_fingerprint",
     "flatten_optimizer", "load_model", "load_state", "load_tensors", "make_provenance", "read_json",
-    "read_model_config", "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
+    "read_model_config", "recorded_options", "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
     "tsne_file", "unsealed_parts", "warn_if_unsealed", "write_json", "write_text",
 ]

@@ -60,6 +60,18 @@ def reliability_file(split: str, suffix: str = ".json") -> str:
     return f"reliability-{split}{suffix}"
 
 
+# The triplet term's options: a run with loss = "ce" never reads them, so `saga attribute` refuses them
+# given with it, and they are left out of such a run's config.json and identity (`recorded_options`).
+HNM_OPTIONS = ("lam", "margin", "mine_every", "positive")
+
+
+def recorded_options(train: dict[str, Any]) -> dict[str, Any]:
+    """A stage-2 run's training options without those its loss never reads (ce: the triplet term's)."""
+    if str(train.get("loss")) != "ce":
+        return train
+    return {k: v for k, v in train.items() if k not in HNM_OPTIONS}
+
+
 def evaluation_file(split: str | None = None) -> str:
     """metrics-<split>.json, or metrics.json (the latest evaluation) without a split."""
     return EVALUATION if split is None else f"metrics-{split}.json"

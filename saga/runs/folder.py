@@ -39,6 +39,7 @@ from saga.runs.files import (
     TSNE_GLOB,
     FIGURE_SPLITS,
     by_split,
+    recorded_options,
     evaluation_file,
     load_tensors,
     read_json,
@@ -46,7 +47,6 @@ from saga.runs.files import (
     whole_number,
 )
 from saga.runs.origin import cache_change, changed_cache_accepted, finished_kept_on_changed_cache
-from saga.train.options import recorded_options
 
 
 # Training options added after runs were made, with the value those runs used: a run folder from

@@ -52,7 +52,7 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.options import Loss, parse_choice, recorded_options
+from saga.train.options import Loss, parse_choice
 from saga.train.mining import mine_triplets
 from saga.runs import (
     LABELLED,
@@ -61,6 +61,7 @@ from saga.runs import (
     file_fingerprint,
     load_model,
     make_provenance,
+    recorded_options,
 )
 
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives

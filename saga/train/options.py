@@ -14,6 +14,7 @@ from typing import Any, Collection, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
+from saga.runs.files import HNM_OPTIONS
 from saga.train.data import View
 
 
@@ -36,18 +37,6 @@ class Loss(StrEnum):
     def mining(self) -> str | None:
         """The miner's mode for this loss (None: nothing to mine)."""
         return {Loss.CE: None, Loss.CE_HNM: "hard", Loss.CE_SEMIHNM: "semihard"}[self]
-
-
-# The triplet term's options: a run with loss = "ce" never reads them, so `saga attribute` refuses them
-# given with it, and they are left out of such a run's config.json and identity (`recorded_options`).
-HNM_OPTIONS = ("lam", "margin", "mine_every", "positive")
-
-
-def recorded_options(train: dict[str, Any]) -> dict[str, Any]:
-    """A stage-2 run's training options without those its loss never reads (ce: the triplet term's)."""
-    if str(train.get("loss")) != Loss.CE.value:
-        return train
-    return {k: v for k, v in train.items() if k not in HNM_OPTIONS}
 
 
 def refuse_unused_options(loss: Loss, given: dict[str, str]) -> None:
