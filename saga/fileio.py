@@ -139,14 +139,14 @@ _HELD: dict[str, _Hold] = {}  # folder -> its lock held by a thread of this proc
 _HELD_GUARD = threading.Lock()
 
 
-def lock_folder(folder: str | Path, busy: str) -> None:
+def lock_folder(folder: str | Path, busy: str, create: bool = True) -> None:
     """Hold an exclusive lock on `folder` until `unlock_folder` or the end of this process; another
     process, or another thread of this one, gets the one-line SagaError "FOLDER: {busy}".
 
     Why per thread: flock is per open file, so a second thread would otherwise pass and the first
     one's unlock would free the folder while the second still writes. The holding thread may lock
     again (each lock needs its unlock); a thread that ended without unlocking frees the folder, as a
-    killed process does."""
+    killed process does. `create=False` (for `check_unlocked`) opens an existing .lock read-only."""
     folder = Path(folder)
     key = str(folder.resolve())
     me = threading.current_thread()
@@ -158,15 +158,15 @@ def lock_folder(folder: str | Path, busy: str) -> None:
             hold.count += 1
             return
         if hold is None:
-            _HELD[key] = _Hold(_flock(folder, busy), me, 1)
+            _HELD[key] = _Hold(_flock(folder, busy, create), me, 1)
         else:  # its thread died holding it: this process still holds the flock, hand it over
             hold.owner, hold.count = me, 1
 
 
-def _flock(folder: Path, busy: str) -> int:
+def _flock(folder: Path, busy: str, create: bool = True) -> int:
     """A descriptor holding the exclusive flock of folder/.lock; BUSY when another process holds it."""
-    with writing(folder / LOCK):
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    with writing(folder / LOCK):  # flock ignores the open mode: a read-only descriptor locks as well
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -187,6 +187,21 @@ def unlock_folder(folder: str | Path) -> None:
         if hold.count == 0:
             del _HELD[key]
             os.close(hold.fd)
+
+
+def check_unlocked(folder: str | Path, busy: str) -> None:
+    """Refuse ("FOLDER: {busy}") while another process, or another thread of this one, holds
+    `lock_folder(folder)`; hold nothing after. For a reader of what that holder rewrites (a run's
+    weights while it trains). A folder never locked passes, and nothing is created in it (a run
+    folder may be read-only); the lock's own holder (the same thread) passes too."""
+    folder = Path(folder)
+    if not (folder / LOCK).is_file():
+        return
+    try:
+        lock_folder(folder, busy, create=False)
+    except FileNotFoundError:  # removed since the check (a folder deleted): nobody holds it
+        return
+    unlock_folder(folder)
 
 
 @contextmanager

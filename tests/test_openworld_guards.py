@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +27,9 @@ from saga.model.inference import infer
 from saga.openworld.api import calibrate_run, enroll_run, fit_openset_run
 from saga.openworld.enroll import Enrollment, generator_labels
 from saga.openworld.extras import OpenWorld
+from saga.openworld.logo import evaluate_folds
 from saga.openworld.openset import OpenSet
+from saga.openworld.store import pair_lock
 from saga.runs import load_model, write_json
 from test_openworld import KNOWN, make_cache, make_run
 from test_openworld_fixes import cache_with_failures
@@ -191,3 +195,113 @@ def test_real_is_refused_as_team_sd_or_name(world: dict[str, Any], tmp_path: Pat
     assert not (tmp_path / "enrolled.json").exists()
     assert generator_labels("g", None, "none", "Realtime Labs")["TEAM-L"] == "Realtime Labs"
     np.testing.assert_equal(generator_labels("g", None, "NONE", None)["SD-L"], "none")
+
+
+# -- follow-up: the training lock, calibrate's writer lock, logo's val checks, re-enrollment, k used -------------
+HOLD_TRAINING_LOCK = "import sys; from saga.runs import RunFolder; RunFolder(sys.argv[1]).lock(); print('held', " \
+                     "flush=True); sys.stdin.read()"
+
+
+def test_fits_are_refused_while_another_process_trains_the_run(world: dict[str, Any], tmp_path: Path) -> None:
+    """`saga train`/`attribute` holds RUN/.lock while it trains: a fit then used the weights about to change."""
+    run = copy_run(world, tmp_path)
+    trainer = subprocess.Popen([sys.executable, "-c", HOLD_TRAINING_LOCK, str(run)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout is not None and trainer.stdout.readline() == "held\n"
+        for doing, fit in (("calibrate", lambda: calibrate_run(run, report_split=None)),
+                           ("openset fit", lambda: fit_openset_run(run)),
+                           ("enroll", lambda: enroll_run(run, "g", world["cache"].root, videos="syn-hotshot"))):
+            with pytest.raises(SagaError, match=rf"^{run}: another saga process is training this run right now, so "
+                                                rf"`saga {doing}` would use weights about to change; wait for it"):
+                fit()
+        res = CliRunner().invoke(app, ["openset", "fit", str(run)])  # saga.cli.main prints a SagaError in one line
+        assert isinstance(res.exception, SagaError) and "is training this run right now" in str(res.exception)
+    finally:
+        trainer.communicate("", timeout=60)  # ends it: the lock goes with the process
+    assert not list(run.glob("calibration.json")) + list(run.glob("openset*")) + list(run.glob("enrolled*"))
+    fileio.lock_folder(run, "busy")  # this thread trains it (attribute's own calibration afterwards): allowed
+    try:
+        calibrate_run(run, report_split=None)
+    finally:
+        fileio.unlock_folder(run)
+    fit_openset_run(run)  # nobody trains it: fine
+
+
+def test_weights_retrained_during_a_fit_are_not_paired_with_its_figures(world: dict[str, Any], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    run = copy_run(world, tmp_path)
+    fit = api.fit_openset
+
+    def retrained_meanwhile(*args: Any, **kwargs: Any) -> OpenSet:
+        (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes() + b" ")
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(api, "fit_openset", retrained_meanwhile)
+    with pytest.raises(SagaError, match=r"model.safetensors: changed while `saga openset fit` ran \(the run was "
+                                        r"trained again\); rerun"):
+        fit_openset_run(run)
+    assert not (run / "openset.json").exists()
+
+
+def test_calibrate_waits_for_the_open_world_writer_lock(world: dict[str, Any], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    run = copy_run(world, tmp_path)
+    notes: list[str] = []
+    waiting = threading.Event()
+    monkeypatch.setattr(fileio, "warnings", SimpleNamespace(
+        warn=lambda message, **_: (notes.append(str(message)), waiting.set())), raising=False)
+    calibrate = threading.Thread(target=calibrate_run, args=(run,), kwargs={"report_split": None})
+    with pair_lock(run):  # another writer (enroll, openset fit) between its read and its commit
+        calibrate.start()
+        while calibrate.is_alive() and not waiting.wait(0.05):
+            pass
+        assert not (run / "calibration.json").exists()
+    calibrate.join(60)
+    assert notes and "writing its open-world files (enroll / openset fit / calibrate); waiting" in notes[0]
+    assert (run / "calibration.json").is_file()
+
+
+def test_logo_warns_on_a_tiny_val_split_and_names_the_cache_without_one(world: dict[str, Any], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """logo fitted its thresholds and τ without `known_val`: no warning, and "no known validation videos" named
+    no cache (after every fold had trained)."""
+    shutil.copytree(world["run"], tmp_path / "runs" / "logo" / "syn-hotshot")
+    with pytest.warns(UserWarning, match=r"only 12 known val videos: fold syn-hotshot's unknown threshold"):
+        evaluate_folds(world["cache"], tmp_path / "runs", tmp_path / "out", ["syn-hotshot"], 3, 0, log=print)
+    noval = cache_with_failures(tmp_path / "noval", {f"{g}/v{k}.mp4" for g in KNOWN for k in (5, 6, 7)})
+    with pytest.raises(SagaError, match=rf"^{noval.root}: no val videos of run .*'s classes: cannot fit fold "):
+        evaluate_folds(noval, tmp_path / "runs", tmp_path / "out2", ["syn-hotshot"], 3, 0, log=print)
+    import saga.openworld.holdout as holdout
+
+    monkeypatch.setattr(holdout, "train_holdout", lambda *a, **k: pytest.fail("trained a fold"))
+    res = CliRunner().invoke(app, ["openset", "logo", "--cache", str(noval.root), "--out", str(tmp_path / "l"),
+                                   "--only", "syn-hotshot"])
+    assert isinstance(res.exception, SagaError), res.output
+    assert str(res.exception).startswith(f"{noval.root}: no val videos of fold syn-hotshot's classes: cannot fit")
+    assert not (tmp_path / "l" / "logo").exists()
+
+
+def test_enrolling_a_name_again_is_refused_without_replace(world: dict[str, Any], tmp_path: Path) -> None:
+    run = copy_run(world, tmp_path)
+    enroll_run(run, "g", world["cache"].root, videos="syn-hotshot", split="train")
+    with pytest.raises(SagaError, match=rf"^{run / 'enrolled.json'}: 'g' is already enrolled \(from 5 videos\); "
+                                        r"pass --replace"):
+        enroll_run(run, "g", world["cache"].root, videos="syn-hotshot", split="test")
+    assert [len(e.paths) for e in Enrollment.load(run).entries] == [5]
+    res = CliRunner().invoke(app, ["enroll", str(run), "--generator", "g", "--cache", str(world["cache"].root),
+                                   "--videos", "syn-hotshot", "--split", "test", "--replace"])
+    assert res.exit_code == 0, res.output
+    assert [(e.name, len(e.paths)) for e in Enrollment.load(run).entries] == [("g", 3)]
+
+
+def test_openset_json_stores_the_k_used(world: dict[str, Any], tmp_path: Path) -> None:
+    """20 labelled videos: k = 50 scores with 20 neighbours; the file said 50."""
+    res = CliRunner().invoke(app, ["openset", "fit", str(world["run"]), "--k", "50", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "knn score (k = 20; 50 asked, the labelled pool has only 20 videos)" in " ".join(res.output.split())
+    meta = json.loads((tmp_path / "openset.json").read_text())
+    assert (meta["k"], meta["k_requested"]) == (20, 50)
+    assert OpenSet.load(tmp_path).k == 20
+    fit_openset_run(world["run"], out=tmp_path, k=3)
+    assert "k_requested" not in json.loads((tmp_path / "openset.json").read_text())

@@ -62,6 +62,8 @@ def enroll(
         "--run-cache", help="The run's own cache (its classes' prototypes and τ, computed at the first "
                             "enrollment; default: recorded in the run).")] = None,
     out: OutOpt = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Replace the source of this name if it is already enrolled (default: refused).")] = False,
     device: Device = "cpu",
 ) -> None:
     """Add a source from 3–20 videos without retraining: a prototype in the run's embedding."""
@@ -70,7 +72,7 @@ def enroll(
 
     with one_line_warnings():
         enr = enroll_run(run, generator, cache, videos, task, sd, team, run_cache, split, limit, seed, out,
-                         cli_device(device))
+                         cli_device(device), replace)
     entry = next(e for e in enr.entries if e.name == generator)
     labels = ", ".join(f"{k} {v}" for k, v in entry.labels.items() if v)
     console.print(escape(f"enrolled {generator} from {len(entry.paths)} videos ({labels}); "
@@ -93,7 +95,9 @@ def openset_fit(
 
     with one_line_warnings():
         det = fit_openset_run(run, cache, out, kind, k, percentile, cli_device(device))
-    console.print(f"{det.kind} score, threshold {det.threshold:.4f} = {det.percentile:g}th percentile of "
+    asked = f"; {det.k_requested} asked, the labelled pool has only {det.k} videos" if det.k_requested else ""
+    neighbours = f" (k = {det.k}{asked})" if det.kind == "knn" else ""
+    console.print(f"{det.kind} score{neighbours}, threshold {det.threshold:.4f} = {det.percentile:g}th percentile of "
                   f"{det.n_val} known val videos ({100 * det.val_false_unknown:.1f} % of them above it: "
                   f"false unknowns); written: {(out or run) / OPENSET}")
 

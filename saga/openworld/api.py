@@ -8,10 +8,9 @@ folder (or `out`, for a run folder that must stay read-only) atomically.
 
 from __future__ import annotations
 
-import math
-import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -19,21 +18,18 @@ from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import check_writable, make_dir
-from saga.model.inference import Inference
 from saga.openworld.calibration import Calibration, fit_calibration, reliability
-from saga.openworld.embeddings import Embedder, split_records
+from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
-from saga.runs import MODEL, file_fingerprint
+from saga.runs import MODEL, RunFolder, file_fingerprint
 from saga.runs.files import ENROLLED
 from saga.taxonomy import Taxonomy
 
 
-# Known val videos below which a fitted temperature or threshold is noise (one video gives the same
-# threshold at every percentile); a percentile P also needs 1 / (1 - P/100) of them to leave one above it.
-MIN_VAL = 30
 RUN_CACHE = "--run-cache"  # enroll's option for the run's own cache (its --cache holds the new videos)
+CALIBRATE, OPENSET_FIT, ENROLL = "`saga calibrate`", "`saga openset fit`", "`saga enroll`"  # named in refusals
 
 
 def run_cache(emb: Embedder, cache: str | Path | None, flag: str = "--cache") -> FeatureCache:
@@ -46,26 +42,28 @@ def run_cache(emb: Embedder, cache: str | Path | None, flag: str = "--cache") ->
     return FeatureCache.open(path)
 
 
-def known_val(emb: Embedder, cache: FeatureCache, what: str, minimum: int = MIN_VAL) -> Inference:
-    """The val split's inference; refused without a video of the run's classes, a warning below `minimum`."""
-    val = emb(cache, split_records(cache, "val"))
-    n = int((val.targets >= 0).sum())
-    if n == 0:
-        raise SagaError(f"{cache.root}: no val videos of run {emb.info.path}'s classes: cannot fit {what}; "
-                        "extract more videos of its classes into this cache (the val split takes its share)")
-    if n < minimum:
-        warnings.warn(f"{cache.root}: only {n} known val video{'s' * (n > 1)}: {what} is unreliable (fitted on "
-                      f"fewer than {minimum}); extract more videos of the run's classes into this cache", stacklevel=2)
-    return val
-
-
-def min_val_for(percentile: float) -> int:
-    """Known val videos for a meaningful `percentile` threshold: MIN_VAL, and enough to leave one above it."""
-    return MIN_VAL if percentile >= 100 else max(MIN_VAL, math.ceil(round(100 / (100 - percentile), 6)))
-
-
 def model_id(emb: Embedder) -> str:
-    return file_fingerprint(emb.info.path / MODEL)
+    """The fingerprint of the weights `emb` embeds with (what the open-world files record as run_model)."""
+    return emb.fingerprint
+
+
+def open_run(run: str | Path, device: str, doing: str) -> Embedder:
+    """The run loaded for `doing`; refused in one line while another process trains it (weights about to change)."""
+    RunFolder(Path(run)).check_not_training(doing)
+    return Embedder(run, device)
+
+
+@contextmanager
+def committing(emb: Embedder, folder: Path, doing: str) -> Iterator[None]:
+    """The folder's open-world writer lock (`pair_lock`), the run checked again under it: a training started
+    since the fit began (or finished meanwhile: other weights) would pair the new weights' name with figures
+    of the old ones."""
+    with pair_lock(make_dir(folder)):
+        RunFolder(emb.info.path).check_not_training(doing)
+        if file_fingerprint(emb.info.path / MODEL) != emb.fingerprint:
+            raise SagaError(f"{emb.info.path / MODEL}: changed while {doing} ran (the run was trained again); "
+                            f"rerun {doing} on the new weights")
+        yield
 
 
 def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
@@ -73,12 +71,13 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     """Fit the temperature on the val split, save calibration.json; ECE/reliability on `report_split` too.
 
     The reliability data records the weights and T it was made with, so the report can tell it is stale."""
-    emb = Embedder(run, device)
+    emb = open_run(run, device, CALIBRATE)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
     val = known_val(emb, c, "the temperature")
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
-    cal.save(make_dir(folder))
+    with committing(emb, folder, CALIBRATE):
+        cal.save(folder)
     diagrams: dict[str, Any] = {}
     if report_split:
         test = emb(c, split_records(c, report_split))
@@ -92,14 +91,14 @@ def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str |
                     kind: str = "knn", k: int = 5, percentile: float = 95.0, device: str = "cpu") -> OpenSet:
     """Prototypes + k-NN bank from the run's labelled videos, threshold from its known val videos."""
     check_options(kind, k, percentile)
-    emb = Embedder(run, device)
+    emb = open_run(run, device, OPENSET_FIT)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
     protos, train = emb.class_prototypes(c)
     val = known_val(emb, c, f"the unknown threshold at the {percentile:g}th percentile", min_val_for(percentile))
     det = fit_openset(protos, train.embeddings, val.embeddings, val.targets, model_id(emb), emb.info.classes,
                       kind, k, percentile)
-    with pair_lock(make_dir(folder)):
+    with committing(emb, folder, OPENSET_FIT):
         det.save(folder)
     return det
 
@@ -128,9 +127,13 @@ def select_videos(cache: FeatureCache, generator: str, videos: str | None, split
 def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str | None = None,
                task: str | None = None, sd: str | None = None, team: str | None = None,
                run_cache_path: str | Path | None = None, split: str | None = None, limit: int | None = None,
-               seed: int = 0, out: str | Path | None = None, device: str = "cpu") -> Enrollment:
-    """Enroll `generator` from cache videos into the run's enrolled.json (+ its tensors), no retraining."""
-    emb = Embedder(run, device)
+               seed: int = 0, out: str | Path | None = None, device: str = "cpu", replace: bool = False
+               ) -> Enrollment:
+    """Enroll `generator` from cache videos into the run's enrolled.json (+ its tensors), no retraining.
+
+    A name already enrolled is refused unless `replace`: its prototype (and the videos behind it) would
+    silently give way to the new ones."""
+    emb = open_run(run, device, ENROLL)
     folder = check_writable(Path(out or emb.info.path))
     new_cache = FeatureCache.open(cache) if Path(cache).is_dir() else None
     if new_cache is None:
@@ -138,13 +141,22 @@ def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str |
     records = select_videos(new_cache, generator, videos, split, limit, seed)
     labels = generator_labels(generator, task, sd, team)
     inf = emb(new_cache, records)  # refuses incompatible features in one line
-    with pair_lock(make_dir(folder)):  # read, add, write: a parallel enroll waits, then adds to this one's file
+    with committing(emb, folder, ENROLL):  # read, add, write: a parallel enroll waits, then adds to its file
         enr = load_or_start(emb, folder, run_cache_path)
+        check_new_name(enr, generator, folder, replace)
         add_entry(enr, generator, labels, inf.embeddings, [r.path for r in records], new_cache.cache_id)
         tax = emb.info.provenance.get("taxonomy")  # what predict maps the levels with (OpenWorld.load)
         enr.answered = list(level_classes(Taxonomy.from_dict(tax), enr.level, enr)) if tax else []
         enr.save(folder)
     return enr
+
+
+def check_new_name(enr: Enrollment, name: str, folder: Path, replace: bool) -> None:
+    """Refuse a name already enrolled unless the caller asked to replace it (--replace)."""
+    old = next((e for e in enr.entries if e.name == name), None)
+    if old is not None and not replace:
+        raise SagaError(f"{folder / ENROLLED}: {name!r} is already enrolled (from {len(old.paths)} videos); pass "
+                        "--replace to replace it with these videos, or enroll them under another --generator name")
 
 
 def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None) -> Enrollment:

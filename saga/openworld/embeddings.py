@@ -8,6 +8,8 @@ the direction that maximises the mean cosine to them.
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +20,11 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import read_json
 from saga.model.inference import Inference, infer
-from saga.runs import LABELLED, RunInfo, load_model
+from saga.runs import LABELLED, MODEL, RunInfo, file_fingerprint, load_model
+
+# Known val videos below which a fitted temperature or threshold is noise (one video gives the same
+# threshold at every percentile); a percentile P also needs 1 / (1 - P/100) of them to leave one above it.
+MIN_VAL = 30
 
 
 def check_features(info: RunInfo, cache: FeatureCache) -> None:
@@ -78,6 +84,7 @@ class Embedder:
 
     def __init__(self, run: str | Path, device: str = "cpu", batch_size: int = 256) -> None:
         self.model, self.info = load_model(run)
+        self.fingerprint = file_fingerprint(self.info.path / MODEL)  # the weights embedded with (files record it)
         self.device, self.batch_size = device, batch_size
         self._checked: set[str] = set()
 
@@ -91,3 +98,26 @@ class Embedder:
         """The run's classes' prototypes from its labelled train videos, and that inference."""
         inf = self(cache, labelled_records(self.info, cache, flag))
         return prototypes(inf.embeddings, inf.targets, len(self.info.classes)), inf
+
+
+def no_val_videos(cache: FeatureCache, whose: str, what: str) -> SagaError:
+    """The one-line refusal of a cache whose val split has no video of `whose` classes."""
+    return SagaError(f"{cache.root}: no val videos of {whose} classes: cannot fit {what}; extract more videos of "
+                     "its classes into this cache (the val split takes its share)")
+
+
+def known_val(emb: Embedder, cache: FeatureCache, what: str, minimum: int = MIN_VAL) -> Inference:
+    """The val split's inference; refused without a video of the run's classes, a warning below `minimum`."""
+    val = emb(cache, split_records(cache, "val"))
+    n = int((val.targets >= 0).sum())
+    if n == 0:
+        raise no_val_videos(cache, f"run {emb.info.path}'s", what)
+    if n < minimum:
+        warnings.warn(f"{cache.root}: only {n} known val video{'s' * (n > 1)}: {what} is unreliable (fitted on "
+                      f"fewer than {minimum}); extract more videos of the run's classes into this cache", stacklevel=2)
+    return val
+
+
+def min_val_for(percentile: float) -> int:
+    """Known val videos for a meaningful `percentile` threshold: MIN_VAL, and enough to leave one above it."""
+    return MIN_VAL if percentile >= 100 else max(MIN_VAL, math.ceil(round(100 / (100 - percentile), 6)))

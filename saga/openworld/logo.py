@@ -31,7 +31,8 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_text
 from saga.openworld.calibration import ece, fit_calibration, plot_reliability, reliability, softmax
-from saga.openworld.embeddings import Embedder, labelled_records, normalise, split_records
+from saga.openworld.embeddings import (Embedder, known_val, labelled_records, min_val_for, no_val_videos, normalise,
+                                       split_records)
 from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, prototype_tau
 from saga.openworld.levels import aggregate, label_at, parents
 from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
@@ -52,6 +53,16 @@ def held_out_tested(cache: FeatureCache) -> set[str]:
     return {r.labels.get("GEN-L") for r in cache.ok_records("test")}
 
 
+def check_val_split(cache: FeatureCache, gens: list[str]) -> None:
+    """Before any fold trains: refuse a cache whose val split has no video of some fold's classes (the
+    generators with train videos but the held-out one), which could fit neither threshold nor τ."""
+    trained = {r.labels.get("GEN-L") for r in cache.ok_records("train")}
+    val = {r.labels.get("GEN-L") for r in cache.ok_records("val")} & trained
+    for g in gens:
+        if not val - {g}:
+            raise no_val_videos(cache, f"fold {g}'s", "its unknown threshold or enrollment τ")
+
+
 def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens: list[str], k: int,
                 seed: int, retrain: bool, log: Callable[[str], None] = print, balanced: bool = False) -> None:
     """Train logo/g for every g (and retrain{k}/g when `retrain`), reusing finished runs.
@@ -63,6 +74,7 @@ def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens
     from saga.train.attribute import AttributeConfig
 
     cache = FeatureCache.open(cache_path)
+    check_val_split(cache, gens)  # before hours of training, not after
     base = {**options, "level": "GEN-L", "seed": seed}
     base.setdefault("fraction", 1.0)
     base.setdefault("floor", 1)
@@ -109,7 +121,8 @@ def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
     train_recs = labelled_records(emb.info, cache)
     train = emb(cache, train_recs)
     val_recs, test_recs = split_records(cache, "val"), split_records(cache, "test")
-    val, test = emb(cache, val_recs), emb(cache, test_recs)
+    val = known_val(emb, cache, f"fold {held}'s unknown threshold at the 95th percentile", min_val_for(95.0))
+    test = emb(cache, test_recs)
     out = {}
     for level in LEVELS_OPEN:
         tr_lab = np.array([label_at(r.labels, level) for r in train_recs])
@@ -146,7 +159,7 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
 
     emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
-    val = emb(cache, split_records(cache, "val"))
+    val = known_val(emb, cache, f"fold {held}'s prototype temperature τ")
     enr = Enrollment("-", list(emb.info.classes), "GEN-L", prototype_tau(protos, val.embeddings, val.targets), protos)
     paths = enrollment_videos(cache, held, k, seed)
     recs = [r for r in cache.ok_records("train") if r.path in set(paths)]
@@ -178,7 +191,7 @@ def fold_shots(logo: Path, cache: FeatureCache, held: str, shots: tuple[int, ...
     """Enrollment alone (no retraining) at several k, each from `draws` seeded draws of g's train videos: GEN-L."""
     emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
-    val = emb(cache, split_records(cache, "val"))
+    val = known_val(emb, cache, f"fold {held}'s prototype temperature τ")
     tau = prototype_tau(protos, val.embeddings, val.targets)
     pool = [r for r in cache.ok_records("train") if r.labels.get("GEN-L") == held]
     pool_emb = dict(zip([r.path for r in pool], emb(cache, pool).embeddings))
@@ -211,7 +224,8 @@ def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[d
     rows = []
     for run in runs:
         emb = Embedder(run)
-        val, test = emb(cache, split_records(cache, "val")), emb(cache, split_records(cache, "test"))
+        val = known_val(emb, cache, f"{run.name}'s temperature")
+        test = emb(cache, split_records(cache, "test"))
         cal = fit_calibration(val.logits, val.targets, val.probs, "-", emb.info.classes)
         after = cal.probs(test.logits)
         y = test.targets

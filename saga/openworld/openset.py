@@ -129,6 +129,7 @@ class OpenSet:
     prototypes: np.ndarray = field(repr=False)
     bank: np.ndarray = field(repr=False)
     val_false_unknown: float | None = None  # share of the known val videos above the threshold (None: older file)
+    k_requested: int | None = None  # the k asked for when the bank had fewer videos (k: the one used)
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Unknown-ness of L2-normalised φ rows (higher = farther from the known classes)."""
@@ -142,7 +143,8 @@ class OpenSet:
 
     def save(self, folder: str | Path) -> Path:
         """openset.json + its content-addressed tensors file, committed together (`store`)."""
-        meta = {k: v for k, v in asdict(self).items() if k not in ("prototypes", "bank")}
+        meta = {k: v for k, v in asdict(self).items()
+                if k not in ("prototypes", "bank") and not (k == "k_requested" and v is None)}
         return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta)
 
     @classmethod
@@ -156,7 +158,7 @@ class OpenSet:
         try:
             fields = {k: meta[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
             det = cls(**fields, prototypes=tensors["prototypes"], bank=tensors["bank"],
-                      val_false_unknown=meta.get("val_false_unknown"))
+                      val_false_unknown=meta.get("val_false_unknown"), k_requested=meta.get("k_requested"))
         except KeyError as exc:
             raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
         problem = check_openset(det, classes)
@@ -170,8 +172,10 @@ def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
     predict / evaluate, or a silently wrong score."""
     if det.kind not in KINDS:
         return f"kind {det.kind!r} is not one of {', '.join(KINDS)}"
-    if not (isinstance(det.k, int) and not isinstance(det.k, bool) and det.k >= 1):
+    if not whole(det.k, 1):
         return f"k {det.k!r} is not a whole number >= 1"
+    if det.k_requested is not None and not whole(det.k_requested, det.k + 1):
+        return f"k_requested {det.k_requested!r} is not a whole number > k"
     if not finite(det.threshold):
         return f"threshold {det.threshold!r} is not a number"
     if not (finite(det.percentile) and 0 < det.percentile <= 100):
@@ -188,12 +192,22 @@ def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
     return ""
 
 
+def whole(x: Any, least: int) -> bool:
+    """A whole number >= `least` from a JSON file (not a bool, not "5")."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
 def fit_openset(protos: np.ndarray, bank: np.ndarray, val_embeddings: np.ndarray, val_targets: np.ndarray,
                 run_model: str, classes: list[str], kind: str = "knn", k: int = 5,
                 percentile: float = 95.0) -> OpenSet:
-    """A detector whose threshold is the `percentile` of the known val videos' scores."""
+    """A detector whose threshold is the `percentile` of the known val videos' scores.
+
+    k is what the k-NN score uses: at most the bank's size (`knn_scores`); a larger request is kept
+    as `k_requested`, so the file says which neighbours the threshold was fitted with."""
     check_options(kind, k, percentile)
-    det = OpenSet(kind, int(k), float(percentile), 0.0, run_model, list(classes), 0, protos, bank)
+    used = min(int(k), len(bank)) or int(k)  # an empty bank: knn_scores refuses it (prototype: unused)
+    det = OpenSet(kind, used, float(percentile), 0.0, run_model, list(classes), 0, protos, bank,
+                  k_requested=int(k) if used < int(k) else None)
     known = val_targets >= 0
     val_scores = det.score(val_embeddings[known])
     det.threshold = threshold(val_scores, percentile)

@@ -29,7 +29,8 @@ from saga.runs.files import OPENWORLD_LOCK
 def pair_lock(folder: Path) -> AbstractContextManager[None]:
     """The folder's open-world writer lock, held across load -> save: a second writer waits for the first."""
     return waiting_lock(folder / OPENWORLD_LOCK, f"{folder}: another saga process is writing its open-world "
-                                                 "files (enroll / openset fit); waiting for it to finish")
+                                                 "files (enroll / openset fit / calibrate); waiting for it to "
+                                                 "finish")
 
 
 def class_mismatch(got: Any, want: list[str] | None) -> str:

@@ -47,7 +47,7 @@ DEFAULT_SPLIT, FIGURE_SPLITS = "test", ("test", "val", "train")
 CALIBRATION = "calibration.json"  # `saga calibrate`: the temperature fitted on val, NLL / ECE before and after
 OPENSET_STEM, ENROLLED_STEM = "openset", "enrolled"  # `saga openset fit`, `saga enroll`
 OPENSET, ENROLLED = f"{OPENSET_STEM}.json", f"{ENROLLED_STEM}.json"
-OPENWORLD_LOCK = ".openworld.lock"  # flock'ed while `enroll` / `openset fit` write their pair: a second one waits
+OPENWORLD_LOCK = ".openworld.lock"  # flock'ed while `enroll` / `openset fit` / `calibrate` write: a second one waits
 ROBUSTNESS, ROBUSTNESS_MD = "robustness.json", "robustness.md"  # `saga robustness`: accuracy per perturbation and level
 RELIABILITY_GLOB = "reliability-*.json"
 # A `saga openset logo` experiment folder (not a run folder): runs under logo/<g> and retrain<k>/<g>.

@@ -20,7 +20,8 @@ import torch
 
 from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
-from saga.fileio import LOCK, append_lines, lock_folder, make_dir, unlock_folder, write_json, write_text
+from saga.fileio import (LOCK, append_lines, check_unlocked, lock_folder, make_dir, unlock_folder, write_json,
+                         write_text)
 from saga.model import VideoTransformer
 from saga.provenance import now
 from saga.runs import checkpoint
@@ -180,6 +181,12 @@ class RunFolder:
 
     def release(self) -> None:
         unlock_folder(self.path)
+
+    def check_not_training(self, doing: str) -> None:
+        """Refuse, without waiting or taking the lock, while another process trains here: `doing` (a fit
+        on the run's weights: enroll, openset fit, calibrate) would use weights about to change."""
+        check_unlocked(self.path, f"another saga process is training this run right now, so {doing} would use "
+                                  "weights about to change; wait for it to finish, then rerun")
 
     @contextmanager
     def released_on_error(self) -> Iterator[None]:
