@@ -270,15 +270,11 @@ def test_an_interrupted_prune_is_finished_or_forgotten(tmp_path: Path, monkeypat
         "p000001-r000") == (2 if logged else 1)
 
 
-def test_prune_keeps_the_records_under_a_folder_it_cannot_look_into(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """chmod 000 on real/ (EACCES injected: root looks through chmod): its videos cannot be judged, so they are
-    kept with one line naming the folder; they used to be called gone (`os.path.lexists` is False) and dropped."""
+def _deny_lstat_below(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """os.lstat of anything below `folder` raises EACCES, as chmod 000 on it does to a user (not to root)."""
     import errno
-    import warnings
 
-    cache, videos = _moved_video_cache(tmp_path)
-    real_lstat, hidden = os.lstat, str(videos / "real") + os.sep
+    real_lstat, hidden = os.lstat, str(folder) + os.sep
 
     def lstat(path: object, *args: object, **kwargs: object) -> os.stat_result:
         if os.fspath(path).startswith(hidden):  # type: ignore[arg-type]
@@ -286,6 +282,16 @@ def test_prune_keeps_the_records_under_a_folder_it_cannot_look_into(tmp_path: Pa
         return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "lstat", lstat)
+
+
+def test_prune_keeps_the_records_under_a_folder_it_cannot_look_into(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 000 on real/ (EACCES injected: root looks through chmod): its videos cannot be judged, so they are
+    kept with one line naming the folder; they used to be called gone (`os.path.lexists` is False) and dropped."""
+    import warnings
+
+    cache, videos = _moved_video_cache(tmp_path)
+    _deny_lstat_below(monkeypatch, videos / "real")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert prune.prune_gone(cache, videos, all_folders=True) == ["syn-svd/a.mp4"]  # real/b.mp4 is kept
@@ -294,3 +300,21 @@ def test_prune_keeps_the_records_under_a_folder_it_cannot_look_into(tmp_path: Pa
         f"make it readable (chmod a+rx {videos}/real) and rerun to prune them"]
     assert sorted(r.path for r in FeatureCache.open(cache.root).records()) == [
         "real/a.mp4", "real/b.mp4", "real/c.mp4", "syn-svd/b.mp4"]
+
+
+def test_prune_with_nothing_gone_but_a_folder_it_cannot_look_into_does_not_claim_every_video_is_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed "nothing to prune: every record's video is in v" right after the warning that the records
+    under real/ were kept unjudged."""
+    from saga.commands import cache_cmds
+
+    cache, videos = _moved_video_cache(tmp_path)
+    prune.prune_gone(cache, videos, all_folders=True)  # syn-svd/a.mp4 and real/b.mp4 go
+    cache_cmds.prune(cache.root, videos, yes=False, all_folders=True)
+    assert capsys.readouterr().out.strip() == f"{cache.root}: nothing to prune: every record's video is in {videos}"
+    _deny_lstat_below(monkeypatch, videos / "real")
+    cache_cmds.prune(cache.root, videos, yes=False, all_folders=True)
+    out, err = capsys.readouterr()
+    assert "cannot look inside this folder" in err and "kept" in err
+    assert out.strip() == (f"{cache.root}: nothing to prune: every video it could look at is in {videos}; 2 video(s) "
+                           "under a folder it cannot look into (above) were kept unjudged")

@@ -134,3 +134,81 @@ def test_a_failed_name_with_a_newline_keeps_its_reason_on_one_line(tmp_path: Pat
     _print_summary(ExtractSummary(cache=tmp_path / "c", failed=1, failures=[("real/clip\n2.mp4", error)]))
     lines = capsys.readouterr().err.splitlines()
     assert f"  'real/clip\\n2.mp4': {error}" in lines
+
+
+# --- 4. a labels.csv naming a video under a folder that cannot be searched --------------------------------------
+
+def deny_search(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """`folder` behaves as chmod a-rx does to a user: it cannot be listed, and nothing below it can be stat'ed,
+    opened or accessed (EACCES), while the folder itself still can."""
+    deny_listing(monkeypatch, folder)
+    top = os.path.abspath(folder)
+
+    def below(path: object) -> bool:
+        return isinstance(path, (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(path)).startswith(
+            top + os.sep)
+
+    def guard(real):  # type: ignore[no-untyped-def]
+        def call(path: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            if below(path):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))  # type: ignore[arg-type]
+            return real(path, *args, **kwargs)
+        return call
+
+    real_access = os.access
+
+    def access(path: object, mode: int, *args: object, **kwargs: object) -> bool:
+        if below(path) or os.path.abspath(os.fsdecode(path)) == top and mode & os.X_OK:  # type: ignore[arg-type]
+            return False
+        return real_access(path, mode, *args, **kwargs)  # type: ignore[arg-type]
+
+    for name in ("stat", "lstat", "open"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_a_labelled_video_in_an_unsearchable_folder_fails_as_permission_denied_and_is_retried(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from saga.cache.store import FeatureCache
+    from saga.commands import phase1
+
+    videos = make_video_tree(tmp_path / "v", per_class=1, generators=("real", "syn-svd"))
+    write_clip(videos / "real" / "locked" / "a.mp4", n_frames=6, seed=7)
+    (videos / "labels.csv").write_text("path,generator\nreal/real_0.mp4,real\nsyn-svd/syn-svd_0.mp4,syn-svd\n"
+                                       "real/locked/a.mp4,real\n")
+    locked = videos / "real" / "locked"
+    deny_search(monkeypatch, locked)
+    args = dict(videos=videos, out=tmp_path / "c", encoder="saga-tiny-vit", pretrained=str(tiny_weights),
+                frames=8, workers=0, device="cpu", taxonomy="synth")
+    with pytest.raises(typer.Exit) as info:
+        phase1.extract(**args)
+    assert info.value.exit_code == 1
+    records = {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}
+    # it was "PermissionError: [Errno 13] Permission denied: '...'", which the retry check did not match
+    assert records["real/locked/a.mp4"].error == (f"{locked}/a.mp4: permission denied (folder {locked} cannot be "
+                                                  f"searched); chmod a+rx {locked} and rerun")
+    stderr = capsys.readouterr().err
+    assert f"1 folder(s) could not be listed (e.g. {locked}: Permission denied)" in stderr  # labels.csv's warning
+    monkeypatch.undo()  # chmod a+rx: the next pass retries it
+    phase1.extract(**args)
+    assert {r.path: r for r in FeatureCache.open(tmp_path / "c").records()}["real/locked/a.mp4"].ok
+
+
+def test_the_unlisted_videos_warning_names_the_folders_it_could_not_list(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from saga.pipeline.inputs import find_inputs
+
+    videos = touch(tmp_path / "v", "real/r.mp4", "real/old.mp4", "syn-svd/s.mp4", "syn-svd/hidden/h.mp4")
+    (videos / "labels.csv").write_text("path,generator\nreal/r.mp4,real\nsyn-svd/s.mp4,syn-svd\n")
+    deny_listing(monkeypatch, videos / "syn-svd" / "hidden")
+    with pytest.warns(UserWarning) as rec:
+        assert [i.rel for i in find_inputs(videos, None, SYNTH).items] == ["real/r.mp4", "syn-svd/s.mp4"]
+    assert [str(w.message) for w in rec] == [
+        f"{videos}/labels.csv: 1 video(s) in {videos} are not listed in it (e.g. real/old.mp4) and are skipped; add "
+        f"them to it, or move it away to label by folder; 1 folder(s) could not be listed (e.g. {videos}/syn-svd/"
+        f"hidden: Permission denied), so the videos there that it leaves out are not counted: make them readable "
+        f"(chmod a+rx {videos}/syn-svd/hidden) and rerun to check"]
+    (videos / "real" / "old.mp4").unlink()  # every video it can see is listed: the folder alone is still named
+    with pytest.warns(UserWarning, match=r"labels.csv: 1 folder\(s\) could not be listed \(e.g. .*hidden"):
+        find_inputs(videos, None, SYNTH)

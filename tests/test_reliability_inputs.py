@@ -106,6 +106,8 @@ def test_permission_failures_are_retried_once_readable(tmp_path: Path) -> None:
                       error=f"{video}: permission denied (file is not readable)")
     assert _fixed_since(rec, video)
     assert not _fixed_since(rec, tmp_path / "gone.mp4")
+    rec.error = f"PermissionError: [Errno 13] Permission denied: '{video}'"  # an older saga's raw record
+    assert _fixed_since(rec, video)
     rec.error = "empty file (0 bytes)"
     assert not _fixed_since(rec, video)
 

@@ -28,8 +28,8 @@ def _captured_attribute(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> dic
 
     seen: dict[str, Any] = {}
 
-    def record(cache, out, cfg, from_run=None, progress=None):  # noqa: ANN001, ANN202
-        seen.update(out=Path(out), cfg=cfg)
+    def record(cache, out, cfg, from_run=None, progress=None, given=None):  # noqa: ANN001, ANN202
+        seen.update(out=Path(out), cfg=cfg, given=given)
         return Path(out)
 
     monkeypatch.setattr(saga.train.attribute, "train_attribution", record)
@@ -140,3 +140,24 @@ def test_a_negative_value_is_named_alone(name: str) -> None:
 
     with pytest.raises(SagaError, match=rf"^{name} must be >= 0, got -1$"):
         TrainOptions(**{name: -1}).check()
+
+
+def test_a_model_option_written_in_the_toml_at_its_default_is_checked_against_the_stage1_run(
+        cache: FeatureCache, stage1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`d_model = 256` (the default) in the TOML over a stage-1 run of d_model 32 was taken for unset: the
+    stage-1 θ was used silently, and the run recorded d_model 256. Written out, it clashes like a flag does."""
+    from saga.cli import app
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('level = "TASK-L"\nfraction = 0.5\nepochs = 1\nd_model = 256\ninputs = "both"\n')
+    args = ["attribute", "--cache", str(cache.root), "--from", str(stage1), "--out", str(tmp_path / "s2"),
+            "--config", str(toml), "--no-calibrate"]
+    seen = _captured_attribute(monkeypatch, args)  # the CLI hands on what the user wrote, flags and TOML keys
+    assert {"d_model", "inputs", "level", "fraction", "epochs"} <= seen["given"] and "depth" not in seen["given"]
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, SagaError)
+    assert str(result.exception).startswith("d_model = 256 (the stage-1 run's: 32): θ comes from the stage-1 run ")
+    assert not (tmp_path / "s2").exists()
+    toml.write_text('level = "TASK-L"\nfraction = 0.5\nepochs = 1\nd_model = 32\n')  # as stage 1 has it: fine
+    assert CliRunner().invoke(app, args).exit_code == 0

@@ -222,3 +222,32 @@ def test_test_videos_of_a_class_the_run_never_trained_on_count_as_errors(tmp_pat
     assert metrics["accuracy"] <= 9 / 13 and len(metrics["confusion"]) == 4
     probe = metrics["probe"]
     assert probe["n"] == 13 and probe["untrained_classes"] == {untrained: 4} and "paired" in probe
+
+
+def test_a_stage1_run_trained_on_an_earlier_state_of_the_cache_is_used_with_one_warning(
+        cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    """Only the cache id was compared: a stage-1 run trained before the cache gained (or re-extracted) videos
+    was adapted without a word, and the stage-2 provenance did not say which state its θ had seen."""
+    import warnings
+
+    from test_train import add_videos
+
+    then = json.loads((stage1 / "provenance.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_base(stage1, cache).origin["cache_digest"] == then["cache_digest"]  # the same state: silent
+    grown = add_videos(shutil.copytree(cache.root, tmp_path / "c"), 3)  # a later `saga extract` added 3 videos
+    with pytest.warns(UserWarning) as caught:
+        base = load_base(stage1, grown)
+    assert [str(w.message) for w in caught] == [
+        f"{stage1}: this stage-1 run was trained on an earlier state of {grown.root} ({then['cache_records']} ok "
+        f"records then, {then['cache_records'] + 3} now: videos added, pruned or re-extracted since); its θ has not "
+        "seen those changes: retrain stage 1 (saga train --stage 1) to include them"]
+    assert (base.origin["cache_records"], base.origin["cache_digest"]) == (then["cache_records"], then["cache_digest"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_base(stage1, grown)  # once per run and cache state (saga ablate loads it for every cell)
+    run = train_attribution(grown.root, tmp_path / "s2", a_config(epochs=1), from_run=stage1)
+    recorded = json.loads((run / "provenance.json").read_text())["from_run"]
+    assert recorded["cache_digest"] == then["cache_digest"] != json.loads(
+        (run / "provenance.json").read_text())["cache_digest"]  # which state θ saw, beside the one stage 2 saw

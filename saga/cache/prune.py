@@ -41,7 +41,14 @@ PRUNED = MANIFEST + ".pruned"  # a part's pruned manifest, staged until its seal
 BUSY = "another saga extract is writing this cache right now; rerun `saga cache prune` once it has finished"
 
 
-def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -> list[str]:
+class Gone(list[str]):
+    """The paths prune drops, sorted, and (`unseen`) how many it kept unjudged because a folder on their way
+    cannot be searched: "every record's video is there" would be false about those."""
+
+    unseen: int = 0
+
+
+def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -> Gone:
     """Record and split-plan paths whose video is no longer at `videos`/path, sorted; an augmented
     copy goes with its source. A folder holding none of the cache's videos is refused (a wrong --videos),
     and so is a cache with passes over other folders, or that recorded none (`check_folders`)."""
@@ -49,21 +56,23 @@ def gone_paths(cache: "FeatureCache", videos: Path, all_folders: bool = False) -
         raise SagaError(f"{videos}: not a folder; pass the videos folder the cache was extracted from as --videos")
     paths = set(cache.records(refresh=True).paths()) | set(read_split_plan(cache.split_plan_path))
     originals = [p for p in paths if not p.startswith(AUGMENTED)]
-    present = _present(videos, originals)
+    present, unseen = _present(videos, originals)
     if originals and not present:
         raise SagaError(f"{videos}: none of the cache's {len(originals)} videos is in this folder; pass the "
                         "videos folder the cache was extracted from as --videos")
     if not all_folders:
         check_folders(cache, videos)
     kept = {source_key(p)[1] for p in present}
-    return sorted(p for p in paths if p not in present and (
-        not p.startswith(AUGMENTED) or source_key(p)[1] not in kept))
+    gone = Gone(sorted(p for p in paths if p not in present and (
+        not p.startswith(AUGMENTED) or source_key(p)[1] not in kept)))
+    gone.unseen = unseen
+    return gone
 
 
-def _present(videos: Path, originals: list[str]) -> set[str]:
+def _present(videos: Path, originals: list[str]) -> tuple[set[str], int]:
     """The paths still under `videos` (a broken link is still a (failed) input), and those that cannot be looked
     at: a folder on the way that cannot be searched hides its videos, so they are kept, with one warning per
-    folder (they used to be called gone, and dropped)."""
+    folder (they used to be called gone, and dropped); and how many of them could not be looked at."""
     present: set[str] = set()
     blocked: dict[tuple[str, str], list[str]] = {}
     for rel in originals:
@@ -78,7 +87,7 @@ def _present(videos: Path, originals: list[str]) -> set[str]:
         warnings.warn(f"{shown(folder)}: cannot look inside this folder ({reason}); the records of its "
                       f"{len(hidden)} video(s) are kept: make it readable (chmod a+rx {shown(folder)}) and rerun "
                       "to prune them", stacklevel=3)
-    return present
+    return present, sum(map(len, blocked.values()))
 
 
 def _blocking_folder(videos: Path, rel: str, exc: OSError) -> tuple[str, str]:
@@ -108,7 +117,7 @@ def check_folders(cache: "FeatureCache", videos: Path) -> None:
                         f"against --videos anyway")
 
 
-def prune_gone(cache: "FeatureCache", videos: Path, all_folders: bool = False) -> list[str]:
+def prune_gone(cache: "FeatureCache", videos: Path, all_folders: bool = False) -> Gone:
     """Drop every record and split-plan line of the videos gone from `videos`; the dropped paths.
 
     Under the cache's lock: an extraction writing the cache meanwhile is refused, and refuses this."""

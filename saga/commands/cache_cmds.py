@@ -136,7 +136,11 @@ def prune(
     with one_line_warnings():  # a folder that cannot be searched: its videos are kept, one line each
         drop = prune_gone(store, videos, all_folders) if yes else gone_paths(store, videos, all_folders)
     if not drop:
-        console.print(f"{cache}: nothing to prune: every record's video is in {videos}", markup=False)
+        console.print(f"{cache}: nothing to prune: " + (
+            f"every record's video is in {videos}" if not drop.unseen else
+            f"every video it could look at is in {videos}; {drop.unseen} video(s) under a folder it cannot look "
+            "into (above) were kept unjudged"),
+            markup=False)
         return
     for path in drop[:PRUNE_SHOWN]:
         console.print(f"{'dropped' if yes else 'would drop'} {shown(path)}", markup=False)

@@ -163,18 +163,19 @@ def attribute(
     from saga.train.options import refuse_unused_options
 
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
-    cfg = training_options(  # --level left out: the TOML's level, else GEN-L (AttributeConfig's)
-        AttributeConfig, config, level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
-        margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources, epochs=epochs,
-        min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed, patience=patience, inputs=inputs,
-        device=device)
-    refuse_unused_options(cfg.loss, given_options(config, lam=lam, margin=margin, mine_every=mine_every))
+    flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
+                 margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources,
+                 epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
+                 patience=patience, inputs=inputs, device=device)
+    cfg = training_options(AttributeConfig, config, **flags)  # --level left out: the TOML's, else GEN-L
+    given = given_options(config, **flags)  # a model option written in the TOML is checked even at its default
+    refuse_unused_options(cfg.loss, given)
     out = out or Path("runs") / cfg.level.lower()
     RunFolder(out).check_resume(resume is not False)
     from_run = _stage1_run(from_run, scratch)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
-        run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer)
+        run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer, given=set(given))
     if _is_main():  # under torchrun rank 0 reports
         if calibrate:
             _calibrate_after_training(run, cache, cfg.device)

@@ -54,36 +54,55 @@ def _fail(path: Path, reason: str) -> DecodeError:
 
 
 def probe_path(path: Path) -> None:
-    """Cheap checks before any decoder: their messages are clearer than FFmpeg's."""
+    """Cheap checks before any decoder: their messages are clearer than FFmpeg's.
+
+    Every lack of permission, the file's or a folder's on its way (an unsearchable folder makes even the
+    stat fail), is one "permission denied ... chmod ..." reason: `saga extract` retries such failures once fixed.
+    """
     path = Path(path)
+    try:
+        size = _probe(path)
+    except PermissionError:
+        raise _fail(path, denied_reason(path)) from None
+    except OSError as e:
+        raise _fail(path, f"cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise _fail(path, "empty file (0 bytes)")
+
+
+def _probe(path: Path) -> int:
+    """The size of `path` once it is known to be a regular file that opens and reads; OSErrors escape."""
     if path.is_symlink() and not path.exists():
         raise _fail(path, f"broken link (target {os.readlink(path)} does not exist)")
     if not path.exists():
         raise _fail(path, "file not found")
     if path.is_dir():
         raise _fail(path, "is a directory, not a video file")
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: open() could block forever
+        raise _fail(path, f"not a regular file ({_kind(st.st_mode)}); only video files are read")
+    # O_NONBLOCK: even if the file was swapped for a FIFO since the stat, the open cannot hang
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: open() could block forever
-            raise _fail(path, f"not a regular file ({_kind(st.st_mode)}); only video files are read")
-        size = st.st_size
-        # O_NONBLOCK: even if the file was swapped for a FIFO since the stat, the open cannot hang
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            fh = open(fd, "rb")  # owns fd from here
-        except BaseException:
-            os.close(fd)
-            raise
-        with fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise _fail(path, "not a regular file; only video files are read")
-            fh.read(1)
-    except PermissionError:
-        raise _fail(path, "permission denied (file is not readable)") from None
-    except OSError as e:
-        raise _fail(path, f"cannot read file ({e.strerror or e})") from None
-    if size == 0:
-        raise _fail(path, "empty file (0 bytes)")
+        fh = open(fd, "rb")  # owns fd from here
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise _fail(path, "not a regular file; only video files are read")
+        fh.read(1)
+    return st.st_size
+
+
+def denied_reason(path: Path) -> str:
+    """Why `path` could not be read for lack of permission, naming the folder on its way that cannot be
+    searched (chmod a-x) when there is one, with the chmod that fixes it."""
+    full = Path(os.path.abspath(path))
+    folder = next((p for p in reversed(full.parents) if not os.access(p, os.X_OK)), None)
+    if folder is None:
+        return f"permission denied (file is not readable); chmod a+r {shown(full)} and rerun"
+    return f"permission denied (folder {shown(folder)} cannot be searched); chmod a+rx {shown(folder)} and rerun"
 
 
 def _kind(mode: int) -> str:

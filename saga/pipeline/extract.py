@@ -169,8 +169,9 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
 
 
 def _fixed_since(old: VideoRecord, path: Path) -> bool:
-    """A failure for lack of permission is retried once the file is readable (chmod keeps size and mtime)."""
-    return "permission denied" in old.error and os.access(path, os.R_OK)
+    """A failure for lack of permission is retried once the file is readable (chmod keeps size and mtime); the
+    check ignores case, so an older saga's raw "PermissionError: ... Permission denied" records match too."""
+    return "permission denied" in old.error.lower() and os.access(path, os.R_OK)
 
 
 def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:

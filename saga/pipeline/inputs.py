@@ -149,20 +149,34 @@ def _rows_with_lines(reader: Any, fields: list[str]) -> Iterator[tuple[int, dict
 
 
 def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput]) -> None:
-    """A labels.csv found in the videos folder that leaves videos out is probably stale: say so."""
+    """A labels.csv found in the videos folder that leaves videos out is probably stale: say so, and name the
+    folders that could not be listed (videos it leaves out there could not be counted)."""
     listed = {item.rel for item in items}
-    unlisted = [rel for rel in _all_videos(videos) if rel not in listed]
+    found, unreadable = _all_videos(videos)
+    unlisted = [rel for rel in found if rel not in listed]
+    parts = []
     if unlisted:
-        warnings.warn(f"{labels}: {len(unlisted)} video(s) in {videos} are not listed in it (e.g. {unlisted[0]}) "
-                      "and are skipped; add them to it, or move it away to label by folder", stacklevel=3)
+        parts.append(f"{len(unlisted)} video(s) in {videos} are not listed in it (e.g. {shown(unlisted[0])}) and are "
+                     "skipped; add them to it, or move it away to label by folder")
+    if unreadable:
+        folder, reason = unreadable[0]
+        parts.append(f"{len(unreadable)} folder(s) could not be listed (e.g. {shown(folder)}: {reason}), so the "
+                     f"videos there that it leaves out are not counted: make them readable (chmod a+rx "
+                     f"{shown(folder)}) and rerun to check")
+    if parts:
+        warnings.warn(f"{labels}: " + "; ".join(parts), stacklevel=3)
 
 
-def _all_videos(videos: Path) -> list[str]:
-    """Every video path under the folder, as discovery by folder would list it."""
-    entries = _listing(videos)
+def _all_videos(videos: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every video path under the folder, as discovery by folder would list it, and the folders that could
+    not be listed (folder, reason)."""
+    try:
+        entries = sorted(videos.iterdir())
+    except OSError as exc:  # the listed videos may still open (a folder with x but no r permission)
+        return [], [(str(videos), exc.strerror or str(exc))]
     loose = [p.name for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
     walk = _Walk(videos, _generator_folders(entries))
-    return loose + [rel for sub in walk.folders for rel in walk.videos_under(sub)]
+    return loose + [rel for sub in walk.folders for rel in walk.videos_under(sub)], walk.unreadable
 
 
 def _listing(videos: Path) -> list[Path]:

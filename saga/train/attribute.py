@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
@@ -54,15 +54,8 @@ from saga.train.loop import (
 from saga.train.losses import combined_loss, triplet_loss, weigh
 from saga.train.options import Loss, parse_choice
 from saga.train.mining import mine_triplets
-from saga.runs import (
-    LABELLED,
-    MODEL,
-    RunInfo,
-    file_fingerprint,
-    load_model,
-    make_provenance,
-    recorded_options,
-)
+from saga.runs import LABELLED, make_provenance, recorded_options
+from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
 
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
 
@@ -272,47 +265,12 @@ class HNMObjective(CEObjective):
         return dict(self.counts)
 
 
-@dataclass(frozen=True)
-class BaseRun:
-    """The finished stage-1 run that stage 2 adapts: its model, what it was, and where it came from."""
-
-    model: VideoTransformer
-    info: RunInfo
-    origin: dict[str, Any]  # recorded in the stage-2 run's provenance
-
-    @property
-    def frames(self) -> int:
-        return int(self.info.frames)
-
-    @property
-    def path(self) -> str:
-        return str(self.origin["path"])
-
-
-def load_base(from_run: str | Path, cache: FeatureCache) -> BaseRun:
-    """A finished stage-1 run's model, refused unless it was trained on this cache's features."""
-    model, info = load_model(from_run)
-    if (stage := info.config.get("stage")) != 1:  # a stage-2 θ learnt another level: not the 2-stage method
-        what = f"a stage-2 run ({info.level})" if stage == 2 else f"not a stage-1 run (config.json stage: {stage!r})"
-        raise SagaError(f"{info.path}: {what}; --from takes a stage-1 run (saga train --stage 1)")
-    if not info.finished:
-        raise SagaError(f"{info.path}: that run has not finished; rerun its command to complete it first")
-    prov = info.provenance
-    if prov.get("cache_id") != cache.cache_id or not info.encoder.compatible_with(cache.encoder_spec):
-        raise SagaError(f"{info.path}: trained on cache {str(prov.get('cache_id'))[:12]}, not on "
-                        f"{cache.root} ({cache.cache_id[:12]}); its features (encoder, sampling) may differ. "
-                        "Train stage 1 on this cache first")
-    if model.config.in_dim != cache.dim:
-        raise SagaError(f"{info.path}: model input dim {model.config.in_dim} != cache dim {cache.dim}")
-    origin = {"path": str(info.path.resolve()), "fingerprint": file_fingerprint(info.path / MODEL),
-              "stage": info.config.get("stage"), "level": info.level, "cache_id": prov.get("cache_id")}
-    return BaseRun(model, info, origin)
-
-
 def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, frames: int,
-                  base: BaseRun | None, subclass_of: Sequence[int] = (), names: Sequence[str] = ()) -> VideoTransformer:
+                  base: BaseRun | None, subclass_of: Sequence[int] = (), names: Sequence[str] = (),
+                  given: Collection[str] | None = None) -> VideoTransformer:
     """Stage-1 θ with a fresh n_c-way head (a row per subclass with `subclass_of`, named by `names`), or a new
-    model; seeded."""
+    model; seeded. `given`: the options the user set (TOML keys, flags), checked against the stage-1 run's
+    even at their defaults (without it, those not at their defaults are)."""
     torch.manual_seed(cfg.seed)
     if base is None:
         pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
@@ -321,7 +279,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
         if subclass_of:
             model.reset_head(n_classes, subclass_of, names)
         return model
-    clashes = cfg.model_clashes(base.info.config.get("train") or {})
+    clashes = cfg.model_clashes(base.info.config.get("train") or {}, given)
     if clashes:
         raise SagaError(f"{'; '.join(clashes)}: θ comes from the stage-1 run {base.path}, which fixes its shape; "
                         "leave these options out, or train from scratch (--scratch)")
@@ -347,8 +305,10 @@ def training_targets(labelled: Sequence[VideoRecord], targets: np.ndarray, n_cla
 
 
 def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeConfig | None = None,
-                      from_run: str | Path | None = None, progress: Progress | None = None) -> Path:
-    """Train (or resume, or reuse) a stage-2 attribution run in `out`; returns the run folder."""
+                      from_run: str | Path | None = None, progress: Progress | None = None,
+                      given: Collection[str] | None = None) -> Path:
+    """Train (or resume, or reuse) a stage-2 attribution run in `out`; returns the run folder. `given`: the
+    options the user set (a --config's keys and the flags), see `prepare_model`."""
     cfg = cfg or AttributeConfig()
     cfg.check()
     distributed.init(resolve_device(cfg.device))  # under torchrun: rank 0 decides, writes and reports
@@ -366,7 +326,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     pool = [r for r in train if r.path in chosen]
     targets = np.array([chosen[r.path] for r in pool], np.int64)
     sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
-    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names)
+    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given)
     lr = float(cfg.lr or (2e-4 if base else 3e-4))
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {
