@@ -302,3 +302,15 @@ def test_report_is_self_contained(world: dict[str, Any], tmp_path: Path) -> None
     assert "2-stage CE+HNM" in html and "bin&lt;&amp;&gt;" in html and "bin<&>" not in html
     assert html.count("<details>") == 2 and "ROC AUC" in html
     assert "95 % CI" in html and "class=few" in html and "Linear probe not fitted" in html
+
+
+@pytest.mark.parametrize("command, example", [("tsig", "e.g. tsig_maps-train.png"),
+                                              ("tsne", "e.g. tsne_<level>-train.png")])
+def test_split_help_names_the_commands_own_files(command: str, example: str) -> None:
+    """`saga tsne --help` used to give tsig_maps-train.png (a file only tsig writes) as its --split example."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300"}).stdout
+    assert example in text and ("tsig_" in text) == (command == "tsig")

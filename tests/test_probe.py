@@ -274,6 +274,23 @@ def test_cli_probe_end_to_end(cache: FeatureCache, tmp_path: Path) -> None:
     assert isinstance(busy.exception, SagaError) and "not empty" in str(busy.exception)
 
 
+def test_cli_probe_default_out_is_what_the_help_says(cache: FeatureCache, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--level: runs/probe-<level> lower-cased; --like RUN: runs/probe-<RUN's folder name> (one probe per run)."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    help_text = CliRunner().invoke(app, ["probe", "--help"], env={"COLUMNS": "300"}).stdout
+    assert "default runs/probe-<level>, lower-cased; with --like RUN: runs/probe-<RUN's folder name>" in help_text
+    monkeypatch.chdir(tmp_path)
+    _fake_run(tmp_path / "runs" / "Stage1", cache, 1, "BIN-L", T)
+    for args, folder in ((["--like", "runs/Stage1"], "probe-Stage1"), (["--level", "BIN-L"], "probe-bin-l")):
+        res = CliRunner().invoke(app, ["probe", "--cache", str(cache.root), *args])
+        assert res.exit_code == 0, res.output
+        assert f"written to runs/{folder}" in " ".join(res.stdout.split()) and (tmp_path / "runs" / folder).is_dir()
+
+
 def test_cli_bad_level_is_one_line(cache: FeatureCache, tmp_path: Path) -> None:
     proc = run_saga("probe", "--cache", str(cache.root), "--level", "FOO-L", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2

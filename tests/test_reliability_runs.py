@@ -311,6 +311,35 @@ def test_every_weights_metadata_error_names_the_file(tmp_path: Path, name: str) 
 
 # --- a changed cache: a new run, or --resume on purpose ------------------------------------------------------
 
+def test_a_changed_loss_is_named_not_the_options_it_drops(tmp_path: Path) -> None:
+    """A ce run records no triplet options: the refusal names the loss the user changed, not `lam`."""
+    from saga.runs import make_provenance
+
+    cache = make_cache(tmp_path, parts=1)
+    hnm = {"stage": 2, "level": "SD-L", "train": {"epochs": 1, "loss": "ce+hnm", "lam": 0.5, "margin": 0.2,
+                                                  "mine_every": 1, "positive": "same-class"}}
+    finished(RunFolder.open_for(tmp_path / "run", hnm, make_provenance(cache, 0)))
+    ce = {**hnm, "train": {"epochs": 1, "loss": "ce"}}
+    with pytest.raises(SagaError, match=r"different settings \(train.loss: 'ce\+hnm' -> 'ce'\)"):
+        RunFolder.open_for(tmp_path / "run", ce, make_provenance(cache, 0))
+    finished(RunFolder.open_for(tmp_path / "ce", ce, make_provenance(cache, 0)))
+    with pytest.raises(SagaError, match=r"\(train.loss: 'ce' -> 'ce\+hnm'\)"):
+        RunFolder.open_for(tmp_path / "ce", hnm, make_provenance(cache, 0))
+
+
+def test_training_into_a_probe_folder_is_refused_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """The refusal used to come after taking the training lock, leaving a stray .lock in the probe folder."""
+    from saga.runs import make_provenance
+
+    probe = tmp_path / "probe-sd-l"
+    probe.mkdir()
+    (probe / "config.json").write_text(json.dumps({"kind": "probe", "level": "SD-L"}))
+    before = sorted(p.name for p in probe.iterdir())
+    with pytest.raises(SagaError, match="holds a linear probe .* not a training run; choose another --out"):
+        RunFolder.open_for(probe, {"stage": 2, "level": "SD-L"}, make_provenance(make_cache(tmp_path), 0))
+    assert sorted(p.name for p in probe.iterdir()) == before
+
+
 def test_a_changed_cache_is_refused_unless_resume_is_explicit(tmp_path: Path) -> None:
     from test_cache import fill
 

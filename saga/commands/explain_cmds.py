@@ -20,13 +20,15 @@ from saga.commands.common import (
 )
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
-SPLIT_HELP = "train | val | test (another split than test gets its own files, e.g. tsig_maps-train.png)."
+SPLIT_HELP = "train | val | test (another split than test gets its own files, e.g. {example})."
+TSIG_SPLIT = SPLIT_HELP.format(example="tsig_maps-train.png")
+TSNE_SPLIT = SPLIT_HELP.format(example="tsne_<level>-train.png")
 
 
 def tsig(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
-    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = Split.test,
+    split: Annotated[Split, typer.Option(help=TSIG_SPLIT)] = Split.test,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:
     """Temporal attention signatures per class (penultimate block): data + figures in the run folder."""
@@ -42,7 +44,7 @@ def tsne(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     cache: Cache = Path("cache"),
     color_by: Annotated[Optional[str], typer.Option("--color-by", help="Level to colour by (default: the run's).")] = None,
-    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = Split.test,
+    split: Annotated[Split, typer.Option(help=TSNE_SPLIT)] = Split.test,
     seed: Annotated[int, typer.Option(help="t-SNE seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:

@@ -243,7 +243,8 @@ def evaluate(
 
 def probe(
     cache: Cache = Path("cache"),
-    out: Annotated[Optional[Path], typer.Option("--out", help="Probe folder (default runs/probe-<level>).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Probe folder (default runs/probe-<level>, "
+                                                "lower-cased; with --like RUN: runs/probe-<RUN's folder name>).")] = None,
     level: Annotated[Optional[str], typer.Option("--level", help="BIN-L | TASK-L | SD-L | TEAM-L | GEN-L "
                                                  "(default GEN-L).")] = None,
     fraction: Annotated[Optional[float], typer.Option(help="Labelled fraction per class (default 0.005; "

@@ -30,12 +30,13 @@ def predict(
     """Attribute videos with a trained run (extracting them with the run's own encoder)."""
     from saga.pipeline.inputs import VIDEO_SUFFIXES
     from saga.predict import Predictor, expand_inputs
+    from saga.runs.files import PREDICT
 
     if out is not None and not tsig:  # predictions go to stdout: an --out that holds nothing is a mistake
         raise SagaError(f"--out {out}: only holds the --tsig plots; add --tsig, or drop --out "
                         "(predictions print to stdout: --format json > FILE keeps them)")
     if tsig:
-        writable_folder(out or run / "predict")  # before the first video, not after it
+        writable_folder(out or run / PREDICT)  # before the first video, not after it
     paths = expand_inputs(videos)
     if not paths:
         raise SagaError(f"{', '.join(map(str, videos))}: no videos found (looked for "
@@ -52,7 +53,7 @@ def predict(
             else:
                 _print_prediction(pred)
             if tsig and pred.status == "ok":  # after its prediction is out: a plot that fails loses nothing else
-                _plot_tsig(run, _unique(out or run / "predict", f"{plot_stem(path)}_tsig", ".png", plots), path, pred)
+                _plot_tsig(run, _unique(out or run / PREDICT, f"{plot_stem(path)}_tsig", ".png", plots), path, pred)
     if failed:
         raise typer.Exit(1)
 

@@ -127,8 +127,9 @@ def _worker_init(_: int) -> None:
 def decode_workers(requested: int | None) -> int:
     """Decoding processes: `requested`, or (None) this process's cores minus one, shared among torchrun ranks.
 
-    Decoding is the bottleneck of extraction on a GPU (docs/performance.md: ~7 cores of decord
-    per 1,000 encoder frames/s), so every core but the one driving the encoder decodes.
+    Decoding bounds extraction on a GPU unless enough cores feed it (docs/performance.md: ~4.9 cores of
+    decord per 1,000 encoder frames/s, bench/results/decode.json), so every core but the one driving the
+    encoder decodes.
     """
     if requested is not None:
         return max(0, requested)

@@ -49,6 +49,7 @@ OPENSET_STEM, ENROLLED_STEM = "openset", "enrolled"  # `saga openset fit`, `saga
 OPENSET, ENROLLED = f"{OPENSET_STEM}.json", f"{ENROLLED_STEM}.json"
 OPENWORLD_LOCK = ".openworld.lock"  # flock'ed while `enroll` / `openset fit` / `calibrate` write: a second one waits
 ROBUSTNESS, ROBUSTNESS_MD = "robustness.json", "robustness.md"  # `saga robustness`: accuracy per perturbation and level
+PREDICT = "predict"  # `saga predict --tsig` plots without --out: RUN/predict/<video>_tsig.png (derived, deletable)
 RELIABILITY_GLOB = "reliability-*.json"
 # A `saga openset logo` experiment folder (not a run folder): runs under logo/<g> and retrain<k>/<g>.
 LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_FOLDS, LOGO_RUNS = "results.json", "results.md", "folds", "logo"

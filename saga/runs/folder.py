@@ -85,6 +85,7 @@ class RunFolder:
         """
         run = cls(Path(out))
         if (run.path / CONFIG).is_file():
+            run._refuse_non_run()  # before the lock: a refused folder gains no .lock
             run.lock()  # before recover(): it moves checkpoint files another trainer may be writing
             try:
                 run._reopen(config, provenance)
@@ -109,6 +110,15 @@ class RunFolder:
             run.release()
             raise
         return run
+
+    def _refuse_non_run(self) -> None:
+        """A config.json without provenance.json is no training run (a run writes provenance.json first):
+        a probe folder, or a folder of another tool."""
+        if (self.path / PROVENANCE).is_file():
+            return
+        if read_json(self.path / CONFIG).get("kind") == "probe":
+            raise SagaError(f"{self.path}: holds a linear probe (saga probe), not a training run; choose another --out")
+        read_json(self.path / PROVENANCE)  # one line: missing; is FOLDER a saga run folder?
 
     def _reopen(self, config: dict[str, Any], provenance: dict[str, Any]) -> None:
         """Finish a cut-short checkpoint switch, check it is this very run, note a resume or a changed cache.
@@ -331,8 +341,10 @@ def _fingerprint(provenance: dict[str, Any]) -> Any:
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    """The first differing key, those both sides hold first: a key one side lacks is most often left out
+    because of another option (a ce run records no triplet options), so `loss` is named, not `lam`."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(set(a) | set(b), key=lambda k: (k not in a or k not in b, k)):
             if a.get(key) != b.get(key):
                 return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
     return f"{where or 'config'}: {a!r} -> {b!r}"
