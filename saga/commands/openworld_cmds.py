@@ -42,7 +42,7 @@ def calibrate(
             write_json(folder / reliability_file(split), diagrams)
             png = plot_reliability({"before": b, f"after (T={cal.temperature:.2f})": a},
                                    folder / reliability_file(split, ".png"), title=f"{Path(run).name}: {split}")
-            console.print(f"written: {folder / CALIBRATION}, {png}")
+            console.print(f"written: {folder / CALIBRATION}, {folder / reliability_file(split)}, {png}")
 
 
 def enroll(
