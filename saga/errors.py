@@ -37,3 +37,20 @@ def shown(name: object) -> str:
     newline (or a byte that is not UTF-8) in a file name cannot split the line or cut off what follows."""
     text = str(name)
     return text if text.isprintable() else repr(text)
+
+
+REASON_LIMIT = 300  # characters of a one-line reason (a decoder's message can run to pages)
+ELLIPSIS = " … "
+
+
+def clipped(text: str, limit: int = REASON_LIMIT) -> str:
+    """`text` on one line (whitespace runs as one space) of at most `limit` characters, cut in the middle.
+
+    Why the middle: a reason starts with what went wrong and ends with the fix ("... chmod a+r PATH and
+    rerun"); a long path sits between them, so cutting the end lost the advice."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - len(ELLIPSIS))
+    head = keep // 2
+    return text[:head] + ELLIPSIS + text[len(text) - (keep - head):]

@@ -210,6 +210,28 @@ def test_unreadable_file(videos: dict[str, Path], tmp_path: Path, monkeypatch: p
         decode_video(target, SamplingPolicy())
 
 
+def test_a_denied_video_under_a_long_path_keeps_its_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason was cut to its first 300 characters: under a long path "... chmod a+r PATH and rerun" lost
+    the end of its path and the advice. Now the middle of the path goes, the fix at the end stays."""
+    folder = tmp_path.joinpath(*[f"{i}-{'x' * 90}" for i in range(4)])
+    folder.mkdir(parents=True)
+    target = folder / "locked.mp4"
+    target.write_bytes(b"not read")
+
+    def deny(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(decode_mod, "open", deny, raising=False)  # works even when run as root
+    monkeypatch.setattr(decode_mod.os, "access", lambda *a, **k: True)  # every folder searchable: the file's fault
+    with pytest.raises(DecodeError) as info:
+        probe_path(target)
+    reason = info.value.reason  # type: ignore[attr-defined]
+    assert len(decode_mod.denied_reason(target)) > 300 and len(reason) == 300
+    assert reason.startswith("permission denied (file is not readable); chmod a+r /")
+    assert reason.endswith("/locked.mp4 and rerun") and " … " in reason
+    assert str(info.value) == f"{target}: {reason}"  # the message still names the whole path first
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything")
 def test_unreadable_file_real_chmod(videos: dict[str, Path], tmp_path: Path) -> None:
     target = tmp_path / "locked.mp4"

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from saga.errors import DecodeError, SagaError, shown
+from saga.errors import DecodeError, SagaError, clipped, shown
 from saga.pipeline.sampling import SamplingPolicy
 
 BACKENDS = ("auto", "decord", "pyav")
@@ -47,7 +47,7 @@ def _debug() -> bool:
 
 def _fail(path: Path, reason: str) -> DecodeError:
     """One-line DecodeError naming the file; .path and .reason let extraction log a table."""
-    reason = " ".join(str(reason).split())[:300]
+    reason = clipped(reason)  # a long path loses its middle, never the fix at the end
     err = DecodeError(f"{shown(path)}: {reason}")  # one line even when the name holds a newline
     err.path, err.reason = path, reason  # type: ignore[attr-defined]
     return err
