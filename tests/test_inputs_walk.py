@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,34 @@ def test_a_link_to_another_generators_linked_folder_lists_its_videos_once(tmp_pa
     os.symlink("../store/latte", videos / "syn-latte")
     os.symlink("../../store/latte", videos / "syn-svd" / "batch2")  # its videos are syn-latte's, once
     assert [i.rel for i in discover(videos, None, SYNTH)] == ["real/r.mp4", "syn-latte/l.mp4", "syn-svd/s.mp4"]
+
+
+def test_each_linked_folder_not_followed_is_one_warning_naming_why(tmp_path: Path) -> None:
+    """A loop or a link to a folder already listed was skipped without a word: it looked like lost videos."""
+    touch(tmp_path, "v/real/r.mp4", "v/real/sub/q.mp4", "v/syn-svd/s.mp4", "v/syn-svd/d/deep.mp4",
+          "store/b/l.mp4", "store/b/x/m.mp4")
+    videos = tmp_path / "v"
+    os.symlink("../../store/b", videos / "syn-svd" / "batch2")  # followed: no warning
+    os.symlink("..", tmp_path / "store" / "b" / "x" / "loop")  # a loop outside the videos folder
+    os.symlink("..", videos / "syn-svd" / "d" / "up")  # a loop inside a generator folder
+    os.symlink("..", videos / "real" / "top")  # back to the videos folder itself
+    os.symlink("../real/sub", videos / "syn-svd" / "other")  # into another generator's folder
+    os.symlink("../../store/b", videos / "syn-svd" / "zagain")  # a second link to a folder already walked
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = {(i.rel, i.generator) for i in discover(videos, None, SYNTH)}
+    assert found == {("real/r.mp4", "real"), ("real/sub/q.mp4", "real"), ("syn-svd/s.mp4", "syn-svd"),
+                     ("syn-svd/d/deep.mp4", "syn-svd"), ("syn-svd/batch2/l.mp4", "syn-svd"),
+                     ("syn-svd/batch2/x/m.mp4", "syn-svd")}  # every video once, none lost
+    tail = "; its videos are listed once, none is lost"
+    store = os.path.realpath(tmp_path / "store" / "b")
+    assert sorted(str(w.message) for w in caught) == sorted([
+        f"{videos}/syn-svd/zagain: linked folder not followed (already listed under syn-svd/batch2){tail}",
+        f"{videos}/real/top: linked folder not followed (a link loop: it leads back to {videos.resolve()}){tail}",
+        f"{videos}/syn-svd/batch2/x/loop: linked folder not followed (a link loop: it leads back to {store}){tail}",
+        f"{videos}/syn-svd/d/up: linked folder not followed (a link loop: it leads back to "
+        f"{videos.resolve() / 'syn-svd'}){tail}",
+        f"{videos}/syn-svd/other: linked folder not followed (already listed under real/sub){tail}"])
 
 
 # --- 3. a newline in a failed video's name -------------------------------------------------------------------

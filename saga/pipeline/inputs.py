@@ -203,15 +203,16 @@ class _Walk:
 
     Linked sub-folders are followed, as a linked generator folder always was. A folder is not entered twice
     (a link loop, two links to one place), nor through a link into a generator folder (its videos are listed
-    there, under their own generator). Folders that cannot be listed are kept in `unreadable` (folder,
-    reason): os.walk skips them silently by default.
+    there, under their own generator). Such a link is kept in `skipped` (link, why) for one warning each.
+    Folders that cannot be listed are kept in `unreadable` (folder, reason): os.walk skips them silently by default.
     """
 
     def __init__(self, root: Path, folders: list[Path]) -> None:
         self.root, self.folders = root, folders
-        self.owned = [os.path.realpath(f) for f in folders]
-        self.seen = {os.path.realpath(root), *self.owned}
+        self.owned = {os.path.realpath(f): f.name for f in folders}  # real path -> the generator folder's name
+        self.seen = {os.path.realpath(root): ".", **self.owned}  # real path -> where it was listed (under root)
         self.unreadable: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []  # (linked folder, why it was not walked): one per link
 
     def videos_under(self, folder: Path) -> list[str]:
         """Paths (relative to the root) of everything named like a video below `folder`, sorted."""
@@ -227,18 +228,36 @@ class _Walk:
         return sorted(found)
 
     def _enter(self, path: Path, natural: str) -> bool:
-        """Whether to walk `path`, whose real path is `natural` unless a link leads there."""
+        """Whether to walk `path`, whose real path is `natural` unless a link leads there; a folder not walked
+        is noted in `skipped` (its link, not each file below it: those are listed where it is walked)."""
         real = os.path.realpath(path)
-        if real in self.seen or (real != natural and self._in_generator_folder(real)):
-            return False
-        self.seen.add(real)
-        return True
+        listed = self.seen.get(real) or (self._listed_in_generator_folder(real) if real != natural else None)
+        if listed is None:
+            self.seen[real] = str(path.relative_to(self.root))
+            return True
+        self.skipped.append((str(path), self._why_skipped(path, real, listed)))
+        return False
 
-    def _in_generator_folder(self, real: str) -> bool:
-        return any(real == owned or real.startswith(owned.rstrip(os.sep) + os.sep) for owned in self.owned)
+    def _listed_in_generator_folder(self, real: str) -> str | None:
+        """Where `real` is listed when it lies in a generator folder (its path under the root), else None."""
+        for owned, name in self.owned.items():
+            if _holds(owned, real):
+                return os.path.normpath(os.path.join(name, os.path.relpath(real, owned)))
+        return None
+
+    def _why_skipped(self, path: Path, real: str, listed: str) -> str:
+        """A loop (the link leads back to a folder that holds it, or to the videos folder), or where it is listed."""
+        if _holds(real, os.path.realpath(path.parent)) or _holds(real, os.path.realpath(self.root)):
+            return f"a link loop: it leads back to {shown(real)}"
+        return f"already listed under {shown(listed)}"
 
     def _note(self, exc: OSError) -> None:
         self.unreadable.append((str(exc.filename), exc.strerror or str(exc)))
+
+
+def _holds(folder: str, path: str) -> bool:
+    """Whether real path `path` is `folder` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
@@ -263,6 +282,9 @@ def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
                 "rename it, pass --labels CSV, or pass --taxonomy FILE"
             ) from None
         items += [VideoInput(rel, generator) for rel in found]
+    for link, why in walk.skipped:  # one line per link: a silent skip looked like videos lost
+        warnings.warn(f"{shown(link)}: linked folder not followed ({why}); its videos are listed once, none is "
+                      "lost", stacklevel=3)
     if no_videos:
         warnings.warn(f"{videos}: {len(no_videos)} folder(s) without videos ({', '.join(no_videos[:3])}"
                       f"{', ...' if len(no_videos) > 3 else ''}) are not generators of taxonomy "
