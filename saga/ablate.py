@@ -66,7 +66,8 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
         cell = []
         for seed in seeds:
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
-            train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run)
+            # `given` as `saga attribute` passes it: each cell checks what the user set against the stage-1 run
+            train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run, given=given)
             changed += [run.name] if _kept_on_changed_cache(run, current) else []
             metrics = evaluate(run, cache, split="test", device=cfg.device)  # on the device it trained on
             cell.append(metrics)

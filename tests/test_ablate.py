@@ -62,6 +62,56 @@ def test_the_1_stage_cells_train_the_stage1_runs_model_and_frames(cache: Feature
                                  seeds=(0,), level="TASK-L", given=given)
 
 
+def test_a_model_option_the_toml_sets_is_refused_by_ablate_as_by_attribute(cache: FeatureCache, stage1: Path,
+                                                                             tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`d_model = 256` (the default) written in the TOML, over a stage-1 run of d_model 32: both commands name the
+    same clash, and ablate before any cell trains."""
+    toml = tmp_path / "run.toml"
+    toml.write_text('level = "TASK-L"\nfraction = 0.5\nepochs = 1\nd_model = 256\n')
+    args = ["--cache", str(cache.root), "--from", str(stage1), "--config", str(toml)]
+    monkeypatch.setattr(saga.ablate, "train_attribution", lambda *a, **k: pytest.fail("trained a cell"))
+    ablate = CliRunner().invoke(app, ["ablate", *args, "--out", str(tmp_path / "abl"), "--seeds", "1"])
+    attribute = CliRunner().invoke(app, ["attribute", *args, "--out", str(tmp_path / "s2"), "--no-calibrate"])
+    for result in (ablate, attribute):
+        assert isinstance(result.exception, SagaError), result.output
+        assert str(result.exception).startswith("d_model = 256 (the stage-1 run's: 32): ")
+    assert not (tmp_path / "abl").exists() and not (tmp_path / "s2").exists()
+
+
+def test_every_cell_gets_the_options_the_user_gave_as_attribute_does(cache: FeatureCache, stage1: Path,
+                                                                    tmp_path: Path, one_loss: None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cells called train_attribution without `given`: their own check of θ's options against the stage-1 run
+    fell back to a guess (options off their defaults), unlike `saga attribute`'s, which checks what was written."""
+    from test_train_config_fixes import _captured_attribute
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('level = "TASK-L"\nfraction = 0.5\nepochs = 1\nd_model = 32\n')
+    args = ["--cache", str(cache.root), "--from", str(stage1), "--config", str(toml)]
+    cells: list[tuple[Path | None, object]] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(cache_path: Path, out: Path, cfg: AttributeConfig, from_run: Path | None = None,
+               progress: object = None, given: object = None) -> Path:
+        cells.append((from_run, given))
+        if from_run is not None:  # the first 2-stage cell: enough
+            raise Stop
+        return Path(out)
+
+    monkeypatch.setattr(saga.ablate, "train_attribution", record)
+    monkeypatch.setattr(saga.ablate, "_kept_on_changed_cache", lambda *a: False)
+    monkeypatch.setattr(saga.ablate, "evaluate", lambda *a, **k: {"accuracy": 0.5, "macro_accuracy": 0.5,
+                                                                  "per_class": {}, "n": 1})
+    result = CliRunner().invoke(app, ["ablate", *args, "--out", str(tmp_path / "abl"), "--seeds", "1"])
+    assert isinstance(result.exception, Stop), result.output
+    seen = _captured_attribute(monkeypatch, ["attribute", *args, "--out", str(tmp_path / "s2"), "--no-calibrate"])
+    assert seen["given"] == {"level", "fraction", "epochs", "d_model"}
+    assert cells == [(None, seen["given"]), (stage1, seen["given"])]  # the 1-stage cell, then the 2-stage one
+
+
 def test_resume_continues_a_grid_whose_cache_gained_videos(cache: FeatureCache, stage1: Path, tmp_path: Path,
                                                            one_loss: None) -> None:
     """The error said "pass --resume", an option ablate did not have: a new --out retrained every cell."""
