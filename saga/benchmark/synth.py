@@ -146,7 +146,8 @@ def source_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def real_sources() -> dict[str, np.ndarray]:
-    """The source videos, decoded once per process and downscaled (short side <= 192)."""
+    """The source videos, decoded once per process and downscaled to a short side of at most
+    SOURCE_SHORT_SIDE (256 px, the output size; a smaller source is not upscaled)."""
     return {name: _decode_small(source_dir() / name, SOURCE_SHORT_SIDE) for name in SOURCES}
 
 
