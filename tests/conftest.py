@@ -102,7 +102,7 @@ def run_saga(*args: str, check: bool = False, timeout: float = 300,
 @contextmanager
 def lock_held_by_another_thread(root: Path, message: str = "busy") -> Iterator[None]:
     """The cache's lock held by another thread, as `saga extract` holds it, until the block ends."""
-    from saga.fileio import lock_folder, unlock_folder
+    from saga.locks import lock_folder, unlock_folder
 
     held, done = threading.Event(), threading.Event()
 

@@ -18,7 +18,7 @@ from saga.cache import prune, seal, store
 from saga.cache.manifest import VideoRecord, append_split_plan, read_split_plan
 from saga.cache.store import PARTS_LOG, SEAL, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import LOCK, lock_folder, unlock_folder
+from saga.locks import LOCK, lock_folder, unlock_folder
 from saga.taxonomy import Taxonomy
 from test_cache import D, T, W, fill, provenance
 

@@ -19,7 +19,7 @@ from conftest import make_video_tree
 from saga.cache.manifest import VideoRecord, file_fingerprint
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.fileio import LOCK
+from saga.locks import LOCK
 from saga.pipeline import reader
 from saga.pipeline.extract import RecordMaker, extract
 from saga.pipeline.inputs import VideoInput

@@ -238,7 +238,7 @@ def test_a_second_extraction_into_the_same_cache_is_refused_while_the_first_runs
     while it is still being written."""
     import fcntl
 
-    from saga.fileio import LOCK
+    from saga.locks import LOCK
 
     videos = make_video_tree(tmp_path / "v", per_class=1)
     cfg = config(videos, tmp_path / "c", tiny_weights)

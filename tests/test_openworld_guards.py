@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import saga.fileio as fileio
+import saga.locks as locks
 import saga.openworld.api as api
 from saga.cli import app
 from saga.errors import SagaError
@@ -65,7 +65,7 @@ def test_two_enrollments_at_once_both_survive(world: dict[str, Any], tmp_path: P
 
     monkeypatch.setattr(api, "add_entry", held)
     notes: list[str] = []
-    monkeypatch.setattr(fileio, "warnings", SimpleNamespace(
+    monkeypatch.setattr(locks, "warnings", SimpleNamespace(
         warn=lambda message, **_: (notes.append(str(message)), waiting.set())), raising=False)
     errors: list[BaseException] = []
 
@@ -220,11 +220,11 @@ def test_fits_are_refused_while_another_process_trains_the_run(world: dict[str, 
     finally:
         trainer.communicate("", timeout=60)  # ends it: the lock goes with the process
     assert not list(run.glob("calibration.json")) + list(run.glob("openset*")) + list(run.glob("enrolled*"))
-    fileio.lock_folder(run, "busy")  # this thread trains it (attribute's own calibration afterwards): allowed
+    locks.lock_folder(run, "busy")  # this thread trains it (attribute's own calibration afterwards): allowed
     try:
         calibrate_run(run, report_split=None)
     finally:
-        fileio.unlock_folder(run)
+        locks.unlock_folder(run)
     fit_openset_run(run)  # nobody trains it: fine
 
 
@@ -249,7 +249,7 @@ def test_calibrate_waits_for_the_open_world_writer_lock(world: dict[str, Any], t
     run = copy_run(world, tmp_path)
     notes: list[str] = []
     waiting = threading.Event()
-    monkeypatch.setattr(fileio, "warnings", SimpleNamespace(
+    monkeypatch.setattr(locks, "warnings", SimpleNamespace(
         warn=lambda message, **_: (notes.append(str(message)), waiting.set())), raising=False)
     calibrate = threading.Thread(target=calibrate_run, args=(run,), kwargs={"report_split": None})
     with pair_lock(run):  # another writer (enroll, openset fit) between its read and its commit

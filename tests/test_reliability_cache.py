@@ -259,7 +259,7 @@ def test_an_unsealed_cache_warns_once_and_says_how_to_check_it(tmp_path: Path) -
 
 def test_verify_seal_seals_an_old_caches_parts_only_when_every_check_passes(tmp_path: Path) -> None:
     from saga.cache.store import PARTS_LOG, SEAL, FeatureCache
-    from saga.fileio import lock_folder, unlock_folder
+    from saga.locks import lock_folder, unlock_folder
     from saga.runs import unsealed_parts
 
     cache = make_cache(tmp_path)

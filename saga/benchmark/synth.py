@@ -57,7 +57,8 @@ import av
 import numpy as np
 
 from saga.errors import SagaError
-from saga.fileio import lock_folder, make_dir, unlock_folder, write_text
+from saga.fileio import make_dir, write_text
+from saga.locks import lock_folder, unlock_folder
 from saga.progress import ProgressEvent, ProgressFn
 from saga.benchmark.synth_folder import FORMAT, check_ours, prepare
 from saga.benchmark.signatures import SPAN, FrameGetter, render_fake, signature_for, stable_int, taps

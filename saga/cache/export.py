@@ -23,8 +23,8 @@ from saga.cache.integrity import attrs_problem
 from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import (atomic_path, check_writable, live_siblings, lock_folder, make_dir, sweep_siblings,
-                         temp_path, unlock_folder, write_text)
+from saga.fileio import atomic_path, check_writable, live_siblings, make_dir, sweep_siblings, temp_path, write_text
+from saga.locks import lock_folder, unlock_folder
 
 FORMAT = "saga-cache-h5/1"
 CHUNK_VIDEOS = 256

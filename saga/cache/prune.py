@@ -32,7 +32,8 @@ from saga.cache.columns import SIDECAR
 from saga.cache.manifest import AUGMENTED, iter_lines, manifest_digest, parse_line, read_split_plan, source_key
 from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, part_videos, seal_leftover_parts, seal_of
 from saga.errors import SagaError, shown
-from saga.fileio import lock_folder, unlock_folder, write_bytes, write_json, write_text
+from saga.fileio import write_bytes, write_json, write_text
+from saga.locks import lock_folder, unlock_folder
 
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache

@@ -38,7 +38,8 @@ from saga.cache.seal import (MANIFEST, PARTS_LOG, SEAL, record_videos, seal_left
                              unsealed_parts)
 from saga.cache.shards import ArrayReader
 from saga.errors import SagaError
-from saga.fileio import LOCK, writing
+from saga.fileio import writing
+from saga.locks import LOCK
 from saga.taxonomy import Taxonomy
 
 SCHEMA_VERSION = 1

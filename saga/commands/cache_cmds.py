@@ -58,7 +58,7 @@ def verify(
 ) -> None:
     """Recompute every record's checksum; name the corrupted ones (exit 1 if any)."""
     from saga.cache.store import FeatureCache
-    from saga.fileio import lock_folder, unlock_folder
+    from saga.locks import lock_folder, unlock_folder
 
     store = FeatureCache.open(cache)
     if seal:  # a running extraction's part is unsealed because it is still being written: never seal it

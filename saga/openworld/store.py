@@ -22,7 +22,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from saga.errors import SagaError
-from saga.fileio import read_json, waiting_lock, write_bytes, write_json
+from saga.fileio import read_json, write_bytes, write_json
+from saga.locks import waiting_lock
 from saga.runs.files import OPENWORLD_LOCK
 
 

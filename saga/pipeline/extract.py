@@ -21,7 +21,8 @@ import torch
 from saga import distributed
 from saga.distributed import resolve_device
 from saga.errors import SagaError
-from saga.fileio import lock_folder, make_dir, unlock_folder
+from saga.fileio import make_dir
+from saga.locks import lock_folder, unlock_folder
 from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
 from saga.cache.provenance import DEFAULT_SPLIT, EncoderSpec, cache_provenance

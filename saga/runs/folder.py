@@ -20,8 +20,8 @@ import torch
 
 from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
-from saga.fileio import (LOCK, append_lines, check_unlocked, lock_folder, make_dir, unlock_folder, write_json,
-                         write_text)
+from saga.fileio import append_lines, make_dir, write_json, write_text
+from saga.locks import LOCK, check_unlocked, lock_folder, unlock_folder
 from saga.model import VideoTransformer
 from saga.provenance import now
 from saga.runs import checkpoint
