@@ -6,7 +6,9 @@ never saw syn-hotshot come from test_openworld.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from saga.openworld.logo import evaluate_folds
 from saga.openworld.openset import OpenSet
 from saga.openworld.store import pair_lock
 from saga.runs import load_model, write_json
+from saga.runs.files import OPENWORLD_LOCK
 from test_openworld import KNOWN, make_cache, make_run
 from test_openworld_fixes import cache_with_failures
 
@@ -305,3 +308,28 @@ def test_openset_json_stores_the_k_used(world: dict[str, Any], tmp_path: Path) -
     assert OpenSet.load(tmp_path).k == 20
     fit_openset_run(world["run"], out=tmp_path, k=3)
     assert "k_requested" not in json.loads((tmp_path / "openset.json").read_text())
+
+
+def test_calibrate_writes_its_reliability_files_under_the_open_world_writer_lock(
+        world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """reliability-<split>.json / .png were written after `.openworld.lock` was let go: a parallel calibrate could
+    write its calibration.json in between, leaving the figures of one fit beside the temperature of another."""
+    run = copy_run(world, tmp_path)
+    replace, held = os.replace, {}
+
+    def committed(src: Any, dst: Any) -> None:  # every atomic write ends here: was the writer lock held?
+        name = Path(dst).name
+        if name.startswith(("reliability-", "calibration")):
+            fd = os.open(run / OPENWORLD_LOCK, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held[name] = False
+            except BlockingIOError:
+                held[name] = True
+            finally:
+                os.close(fd)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", committed)
+    assert CliRunner().invoke(app, ["calibrate", str(run)]).exit_code == 0
+    assert held == {"calibration.json": True, "reliability-test.json": True, "reliability-test.png": True}
