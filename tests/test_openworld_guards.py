@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -333,3 +334,23 @@ def test_calibrate_writes_its_reliability_files_under_the_open_world_writer_lock
     monkeypatch.setattr(os, "replace", committed)
     assert CliRunner().invoke(app, ["calibrate", str(run)]).exit_code == 0
     assert held == {"calibration.json": True, "reliability-test.json": True, "reliability-test.png": True}
+
+
+def test_logo_warns_about_a_tiny_val_split_once_per_fold(world: dict[str, Any], tmp_path: Path) -> None:
+    """Each fold warned twice about the same 12 known val videos: once for its unknown threshold, once for its
+    enrollment τ (and a third time with --shots); now one warning per fold names everything fitted on them."""
+    out = tmp_path / "l"
+    for fold in ("logo", "retrain3"):  # finished folds: reused, nothing trains
+        shutil.copytree(world["run"], out / fold / "syn-hotshot")
+    res = CliRunner().invoke(app, ["openset", "logo", "--cache", str(world["cache"].root), "--out", str(out),
+                                   "--only", "syn-hotshot", "--retrain", "3"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "known val videos" in line]
+    assert len(lines) == 1, lines
+    assert lines[0] == (f"warning: {world['cache'].root}: only 12 known val videos: fold syn-hotshot's unknown "
+                        "threshold at the 95th percentile (and its prototype temperature τ) is unreliable (fitted on "
+                        "fewer than 30); extract more videos of the run's classes into this cache")
+    with warnings.catch_warnings(record=True) as caught:  # --shots (the benchmark's) fits τ once more
+        warnings.simplefilter("always")
+        evaluate_folds(world["cache"], out, tmp_path / "again", ["syn-hotshot"], 3, 0, log=print, shots=True)
+    assert len([w for w in caught if "known val videos" in str(w.message)]) == 1
