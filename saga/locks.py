@@ -1,8 +1,7 @@
-"""Folder locks: one process (and one thread of it) writes a run folder or a cache at a time.
+"""Folder locks: one writer per run folder, cache or synth folder (`lock_folder`), a reader's check that
+nobody writes there (`check_unlocked`), and a short read-modify-write lock that waits (`waiting_lock`).
 
-Split from `saga.fileio` (atomic writes): a lock is an `flock` on FOLDER/.lock, held from opening
-the folder until the work is committed; a second writer gets one line naming the folder, never a
-half-written file of the first. A killed holder frees it (the kernel drops the flock).
+All are `flock`s, so a killed holder frees its lock with its process.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,14 +35,14 @@ _HELD: dict[str, _Hold] = {}  # folder -> its lock held by a thread of this proc
 _HELD_GUARD = threading.Lock()
 
 
-def lock_folder(folder: str | Path, busy: str, create: bool = True) -> None:
+def lock_folder(folder: str | Path, busy: str) -> None:
     """Hold an exclusive lock on `folder` until `unlock_folder` or the end of this process; another
     process, or another thread of this one, gets the one-line SagaError "FOLDER: {busy}".
 
     Why per thread: flock is per open file, so a second thread would otherwise pass and the first
     one's unlock would free the folder while the second still writes. The holding thread may lock
     again (each lock needs its unlock); a thread that ended without unlocking frees the folder, as a
-    killed process does. `create=False` (for `check_unlocked`) opens an existing .lock read-only."""
+    killed process does."""
     folder = Path(folder)
     key = str(folder.resolve())
     me = threading.current_thread()
@@ -54,21 +54,46 @@ def lock_folder(folder: str | Path, busy: str, create: bool = True) -> None:
             hold.count += 1
             return
         if hold is None:
-            _HELD[key] = _Hold(_flock(folder, busy, create), me, 1)
+            _HELD[key] = _Hold(_flock(folder, busy), me, 1)
         else:  # its thread died holding it: this process still holds the flock, hand it over
             hold.owner, hold.count = me, 1
 
 
-def _flock(folder: Path, busy: str, create: bool = True) -> int:
-    """A descriptor holding the exclusive flock of folder/.lock; BUSY when another process holds it."""
-    with writing(folder / LOCK):  # flock ignores the open mode: a read-only descriptor locks as well
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT if create else os.O_RDONLY, 0o666)
+PROBE_WAIT = 5.0  # seconds a starting holder waits out `check_unlocked` probes (each lasts microseconds)
+
+
+def _flock(folder: Path, busy: str) -> int:
+    """A descriptor holding the exclusive flock of folder/.lock; BUSY when another process holds it.
+    Only a holder's exclusive flock refuses: a `check_unlocked` probe's shared one is waited out (it used
+    to refuse a trainer starting in the instant an `enroll` checked the run)."""
+    with writing(folder / LOCK):
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + PROBE_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if _held_exclusively(folder / LOCK) or time.monotonic() > deadline:
+                os.close(fd)
+                raise SagaError(f"{folder}: {busy}") from None
+            time.sleep(0.002)
+
+
+def _held_exclusively(path: Path) -> bool:
+    """Whether someone holds `path`'s exclusive flock, tested with a shared one (which `_flock` waits out);
+    a missing file is held by nobody. flock ignores the open mode: read-only suffices (a read-only run)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
     except BlockingIOError:
+        return True
+    finally:
         os.close(fd)
-        raise SagaError(f"{folder}: {busy}") from None
-    return fd
 
 
 def unlock_folder(folder: str | Path) -> None:
@@ -87,17 +112,18 @@ def unlock_folder(folder: str | Path) -> None:
 
 def check_unlocked(folder: str | Path, busy: str) -> None:
     """Refuse ("FOLDER: {busy}") while another process, or another thread of this one, holds
-    `lock_folder(folder)`; hold nothing after. For a reader of what that holder rewrites (a run's
-    weights while it trains). A folder never locked passes, and nothing is created in it (a run
-    folder may be read-only); the lock's own holder (the same thread) passes too."""
+    `lock_folder(folder)`. For a reader of what that holder rewrites (a run's weights while it trains).
+    Takes no lock a holder could trip on (only a shared flock for an instant, which `_flock` waits out),
+    creates nothing (a run folder may be read-only); the lock's own holder (the same thread) passes."""
     folder = Path(folder)
-    if not (folder / LOCK).is_file():
+    with _HELD_GUARD:
+        hold = _HELD.get(str(folder.resolve()))
+    if hold is not None:  # this process holds the flock: only another live thread of it counts
+        if hold.owner is not threading.current_thread() and hold.owner.is_alive():
+            raise SagaError(f"{folder}: {busy}")
         return
-    try:
-        lock_folder(folder, busy, create=False)
-    except FileNotFoundError:  # removed since the check (a folder deleted): nobody holds it
-        return
-    unlock_folder(folder)
+    if _held_exclusively(folder / LOCK):
+        raise SagaError(f"{folder}: {busy}")
 
 
 @contextmanager

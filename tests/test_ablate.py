@@ -4,8 +4,11 @@ what the table's header and paper column claim."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -16,10 +19,11 @@ from saga.cache.store import FeatureCache
 from saga.cli import app
 from saga.errors import SagaError
 from saga.explain.ablation_table import to_markdown
+from saga.runs import RunFolder
 from saga.train.attribute import AttributeConfig
 from saga.train.stage1 import train_stage1
 from test_train import add_videos, s1_config
-from test_train_guards import cache  # noqa: F401 - the same tiny cache (module fixture)
+from test_train_guards import cache, held_elsewhere  # noqa: F401 - the same tiny cache (module fixture)
 
 # Training options only: no model option and no frames (what the 1-stage cells used to take as defaults).
 OPTIONS = {"level": "TASK-L", "fraction": 0.5, "epochs": 1, "batch_size": 16, "min_steps": 0, "patience": 0,
@@ -191,3 +195,37 @@ def test_each_cell_is_evaluated_on_the_device_it_trained_on(monkeypatch: pytest.
     with pytest.raises(Stop):
         ablate.run_ablation(tmp_path / "cache", tmp_path / "stage1", tmp_path / "grid", AttributeConfig(device="cuda:3"))
     assert devices == ["cuda:3"]
+
+
+def test_a_finished_cell_frees_its_run_folder_while_the_grid_goes_on(cache: FeatureCache, stage1: Path,
+                                                                     tmp_path: Path, one_loss: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reported (not confirmed by reading): a long ablate kept the `.lock` of its finished cells, so `saga enroll`
+    / `openset` / `calibrate` on one was refused until the grid ended. Checked from another thread (the open-world
+    commands' own check) and as another process would (a new open file's flock), before each next cell."""
+    ablate = saga.ablate
+    evaluated = ablate.evaluate
+    free: list[str] = []
+
+    def evaluate(run: Path, *args: object, **kwargs: object) -> dict:  # right after the cell's training returned
+        os.close(held_elsewhere(run))  # BlockingIOError while the grid still held it
+        errors: list[BaseException] = []
+        probe = threading.Thread(target=lambda: _catch(errors, RunFolder(run).check_not_training, "`saga enroll`"))
+        probe.start()
+        probe.join()
+        assert not errors, errors
+        free.append(run.name)
+        return evaluated(run, *args, **kwargs)
+
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    ablate.run_ablation(cache.root, stage1, tmp_path / "abl", AttributeConfig(**OPTIONS), seeds=(0,), level="TASK-L")
+    assert free == ["1-stage_ce_seed0", "2-stage_ce_seed0", "1-stage_all-labels_ce_seed0"]
+    ablate.run_ablation(cache.root, stage1, tmp_path / "abl", AttributeConfig(**OPTIONS), seeds=(0,), level="TASK-L")
+    assert len(free) == 6  # a rerun reuses the finished cells and holds none of them either
+
+
+def _catch(errors: list[BaseException], call: Callable[..., object], *args: object) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        errors.append(exc)

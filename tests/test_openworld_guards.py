@@ -6,11 +6,14 @@ never saw syn-hotshot come from test_openworld.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +34,7 @@ from saga.openworld.logo import evaluate_folds
 from saga.openworld.openset import OpenSet
 from saga.openworld.store import pair_lock
 from saga.runs import load_model, write_json
+from saga.runs.files import OPENWORLD_LOCK
 from test_openworld import KNOWN, make_cache, make_run
 from test_openworld_fixes import cache_with_failures
 
@@ -305,3 +309,48 @@ def test_openset_json_stores_the_k_used(world: dict[str, Any], tmp_path: Path) -
     assert OpenSet.load(tmp_path).k == 20
     fit_openset_run(world["run"], out=tmp_path, k=3)
     assert "k_requested" not in json.loads((tmp_path / "openset.json").read_text())
+
+
+def test_calibrate_writes_its_reliability_files_under_the_open_world_writer_lock(
+        world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """reliability-<split>.json / .png were written after `.openworld.lock` was let go: a parallel calibrate could
+    write its calibration.json in between, leaving the figures of one fit beside the temperature of another."""
+    run = copy_run(world, tmp_path)
+    replace, held = os.replace, {}
+
+    def committed(src: Any, dst: Any) -> None:  # every atomic write ends here: was the writer lock held?
+        name = Path(dst).name
+        if name.startswith(("reliability-", "calibration")):
+            fd = os.open(run / OPENWORLD_LOCK, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held[name] = False
+            except BlockingIOError:
+                held[name] = True
+            finally:
+                os.close(fd)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", committed)
+    assert CliRunner().invoke(app, ["calibrate", str(run)]).exit_code == 0
+    assert held == {"calibration.json": True, "reliability-test.json": True, "reliability-test.png": True}
+
+
+def test_logo_warns_about_a_tiny_val_split_once_per_fold(world: dict[str, Any], tmp_path: Path) -> None:
+    """Each fold warned twice about the same 12 known val videos: once for its unknown threshold, once for its
+    enrollment τ (and a third time with --shots); now one warning per fold names everything fitted on them."""
+    out = tmp_path / "l"
+    for fold in ("logo", "retrain3"):  # finished folds: reused, nothing trains
+        shutil.copytree(world["run"], out / fold / "syn-hotshot")
+    res = CliRunner().invoke(app, ["openset", "logo", "--cache", str(world["cache"].root), "--out", str(out),
+                                   "--only", "syn-hotshot", "--retrain", "3"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "known val videos" in line]
+    assert len(lines) == 1, lines
+    assert lines[0] == (f"warning: {world['cache'].root}: only 12 known val videos: fold syn-hotshot's unknown "
+                        "threshold at the 95th percentile (and its prototype temperature τ) is unreliable (fitted on "
+                        "fewer than 30); extract more videos of the run's classes into this cache")
+    with warnings.catch_warnings(record=True) as caught:  # --shots (the benchmark's) fits τ once more
+        warnings.simplefilter("always")
+        evaluate_folds(world["cache"], out, tmp_path / "again", ["syn-hotshot"], 3, 0, log=print, shots=True)
+    assert len([w for w in caught if "known val videos" in str(w.message)]) == 1

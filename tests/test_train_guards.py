@@ -7,7 +7,12 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -251,3 +256,94 @@ def test_a_stage1_run_trained_on_an_earlier_state_of_the_cache_is_used_with_one_
     recorded = json.loads((run / "provenance.json").read_text())["from_run"]
     assert recorded["cache_digest"] == then["cache_digest"] != json.loads(
         (run / "provenance.json").read_text())["cache_digest"]  # which state θ saw, beside the one stage 2 saw
+
+
+# --- a reader's check never makes a starting trainer fail ---------------------------------------------------
+CHECKER = """import fcntl, sys
+from saga.runs import RunFolder
+real = fcntl.flock
+def probe(fd, op):  # the check's non-blocking flock, kept until the trainer has tried its own
+    real(fd, op)
+    if op & fcntl.LOCK_NB:
+        fcntl.flock = real
+        print("probing", flush=True)
+        sys.stdin.readline()
+fcntl.flock = probe
+RunFolder(sys.argv[1]).check_not_training("`saga enroll`")
+print("free", flush=True)
+"""
+
+
+def _released_at_first_refusal(monkeypatch: pytest.MonkeyPatch, release: Callable[[], None]) -> None:
+    """The trainer's flock calls `release` (lets the check finish) the first time the folder is taken."""
+    real = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:
+        try:
+            real(fd, op)
+        except BlockingIOError:
+            release()
+            raise
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def test_a_trainer_starting_while_another_process_checks_the_run_is_not_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`saga enroll` (openset fit, calibrate) tested the training lock by taking it for an instant: a `saga train`
+    starting in that instant was refused as if another trainer held the run."""
+    (tmp_path / LOCK).touch()  # the run trained before
+    checker = subprocess.Popen([sys.executable, "-c", CHECKER, str(tmp_path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert checker.stdout is not None and checker.stdout.readline() == "probing\n"
+    _released_at_first_refusal(monkeypatch, lambda: checker.stdin.write("go\n") or checker.stdin.flush())
+    try:
+        RunFolder(tmp_path).lock()  # the probe is still held here
+    finally:
+        out, _ = checker.communicate("go\n", timeout=60)
+    assert out == "free\n"
+    RunFolder(tmp_path).release()
+
+
+def test_a_trainer_starting_while_another_thread_checks_the_run_is_not_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same within one process (a notebook, `saga demo` calibrating): the check used to register as the
+    folder's holder for that instant, so the trainer's thread was refused."""
+    probing, go = threading.Event(), threading.Event()
+    real, checker = fcntl.flock, None
+
+    def flock(fd: int, op: int) -> None:
+        real(fd, op)
+        if threading.current_thread() is checker and op & fcntl.LOCK_NB:
+            probing.set()
+            go.wait(5)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    (tmp_path / LOCK).touch()
+    checker = threading.Thread(target=RunFolder(tmp_path).check_not_training, args=("`saga enroll`",))
+    checker.start()
+    assert probing.wait(30)
+    _released_at_first_refusal(monkeypatch, go.set)
+    try:
+        RunFolder(tmp_path).lock()
+        assert go.is_set()  # it met the probe (the old check also kept other threads out for its whole probe)
+    finally:
+        go.set()
+        checker.join(30)
+    RunFolder(tmp_path).release()
+
+
+def test_a_trainer_holding_the_run_is_still_seen_and_refuses_the_next_at_once(tmp_path: Path) -> None:
+    """What the waiting must not change: the check refuses, and a second trainer is refused without waiting."""
+    fd = held_elsewhere(tmp_path)
+    try:
+        with pytest.raises(SagaError, match="is training this run right now, so `saga enroll` would use"):
+            RunFolder(tmp_path).check_not_training("`saga enroll`")
+        t0 = time.monotonic()
+        with pytest.raises(SagaError, match="another saga process is training this run right now; wait"):
+            RunFolder(tmp_path).lock()
+        assert time.monotonic() - t0 < 1
+    finally:
+        os.close(fd)
+    RunFolder(tmp_path).check_not_training("`saga enroll`")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK]

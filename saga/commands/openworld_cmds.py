@@ -26,23 +26,19 @@ def calibrate(
     device: Device = "cpu",
 ) -> None:
     """Temperature scaling fitted on the val split: calibration.json, ECE before/after, reliability diagram."""
-    from saga.fileio import write_json
     from saga.openworld.api import calibrate_run
-    from saga.openworld.calibration import plot_reliability
     from saga.runs.files import CALIBRATION, reliability_file
 
     with one_line_warnings():  # the plot too: matplotlib may warn
-        cal, diagrams = calibrate_run(run, cache, out, cli_device(device), split)
-        folder = out or run
-        console.print(f"T = {cal.temperature:.4f} (val n={cal.n}: NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, "
-                      f"ECE {100 * cal.ece_before:.2f} % -> {100 * cal.ece_after:.2f} %)")
-        if diagrams:
-            b, a = diagrams["before"], diagrams["after"]
-            console.print(f"{split} (n={b['n']}): ECE {100 * b['ece']:.2f} % -> {100 * a['ece']:.2f} % (15 bins)")
-            write_json(folder / reliability_file(split), diagrams)
-            png = plot_reliability({"before": b, f"after (T={cal.temperature:.2f})": a},
-                                   folder / reliability_file(split, ".png"), title=f"{Path(run).name}: {split}")
-            console.print(f"written: {folder / CALIBRATION}, {folder / reliability_file(split)}, {png}")
+        cal, diagrams = calibrate_run(run, cache, out, cli_device(device), split, write_report=True)
+    folder = out or run
+    console.print(f"T = {cal.temperature:.4f} (val n={cal.n}: NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}, "
+                  f"ECE {100 * cal.ece_before:.2f} % -> {100 * cal.ece_after:.2f} %)")
+    if diagrams:
+        b, a = diagrams["before"], diagrams["after"]
+        console.print(f"{split} (n={b['n']}): ECE {100 * b['ece']:.2f} % -> {100 * a['ece']:.2f} % (15 bins)")
+        console.print(f"written: {folder / CALIBRATION}, {folder / reliability_file(split)}, "
+                      f"{folder / reliability_file(split, '.png')}")
 
 
 def enroll(

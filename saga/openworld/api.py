@@ -17,14 +17,14 @@ import numpy as np
 from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.fileio import check_writable, make_dir
-from saga.openworld.calibration import Calibration, fit_calibration, reliability
+from saga.fileio import check_writable, make_dir, write_json
+from saga.openworld.calibration import Calibration, fit_calibration, plot_reliability, reliability
 from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
 from saga.runs import MODEL, RunFolder, file_fingerprint
-from saga.runs.files import ENROLLED
+from saga.runs.files import ENROLLED, reliability_file
 from saga.taxonomy import Taxonomy
 
 
@@ -67,24 +67,37 @@ def committing(emb: Embedder, folder: Path, doing: str) -> Iterator[None]:
 
 
 def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,
-                  device: str = "cpu", report_split: str | None = "test") -> tuple[Calibration, dict[str, Any]]:
+                  device: str = "cpu", report_split: str | None = "test",
+                  write_report: bool = False) -> tuple[Calibration, dict[str, Any]]:
     """Fit the temperature on the val split, save calibration.json; ECE/reliability on `report_split` too.
 
-    The reliability data records the weights and T it was made with, so the report can tell it is stale."""
+    The reliability data records the weights and T it was made with, so the report can tell it is stale.
+    `write_report` writes it (reliability-<split>.json and .png) under the same writer lock as calibration.json:
+    written after it, a parallel calibrate's calibration.json could land between the two."""
     emb = open_run(run, device, CALIBRATE)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
     val = known_val(emb, c, "the temperature")
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
-    with committing(emb, folder, CALIBRATE):
-        cal.save(folder)
     diagrams: dict[str, Any] = {}
     if report_split:
         test = emb(c, split_records(c, report_split))
         diagrams = {"split": report_split, "run_model": cal.run_model, "temperature": cal.temperature,
                     "before": reliability(test.probs, test.targets),
                     "after": reliability(cal.probs(test.logits), test.targets)}
+    with committing(emb, folder, CALIBRATE):
+        cal.save(folder)
+        if diagrams and write_report:
+            write_reliability(folder, diagrams, f"{Path(run).name}: {report_split}")
     return cal, diagrams
+
+
+def write_reliability(folder: Path, diagrams: dict[str, Any], title: str) -> None:
+    """reliability-<split>.json and its diagram (.png) from `calibrate_run`'s data."""
+    split, b, a = diagrams["split"], diagrams["before"], diagrams["after"]
+    write_json(folder / reliability_file(split), diagrams)
+    plot_reliability({"before": b, f"after (T={diagrams['temperature']:.2f})": a},
+                     folder / reliability_file(split, ".png"), title=title)
 
 
 def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str | Path | None = None,

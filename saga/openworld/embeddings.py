@@ -106,15 +106,20 @@ def no_val_videos(cache: FeatureCache, whose: str, what: str) -> SagaError:
                      "its classes into this cache (the val split takes its share)")
 
 
-def known_val(emb: Embedder, cache: FeatureCache, what: str, minimum: int = MIN_VAL) -> Inference:
-    """The val split's inference; refused without a video of the run's classes, a warning below `minimum`."""
+def known_val(emb: Embedder, cache: FeatureCache, what: str, minimum: int = MIN_VAL,
+              warned: set[str] | None = None) -> Inference:
+    """The val split's inference; refused without a video of the run's classes, a warning below `minimum`.
+    `warned`: the warnings already given (added to), each given once (a LOGO fold fits several things on one split)."""
     val = emb(cache, split_records(cache, "val"))
     n = int((val.targets >= 0).sum())
     if n == 0:
         raise no_val_videos(cache, f"run {emb.info.path}'s", what)
-    if n < minimum:
-        warnings.warn(f"{cache.root}: only {n} known val video{'s' * (n > 1)}: {what} is unreliable (fitted on "
-                      f"fewer than {minimum}); extract more videos of the run's classes into this cache", stacklevel=2)
+    message = (f"{cache.root}: only {n} known val video{'s' * (n > 1)}: {what} is unreliable (fitted on fewer "
+               f"than {minimum}); extract more videos of the run's classes into this cache")
+    if n < minimum and message not in (warned or set()):
+        warnings.warn(message, stacklevel=2)
+        if warned is not None:
+            warned.add(message)
     return val
 
 

@@ -30,6 +30,7 @@ from saga.cache.manifest import seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_text
+from saga.model.inference import Inference
 from saga.openworld.calibration import ece, fit_calibration, plot_reliability, reliability, softmax
 from saga.openworld.embeddings import (Embedder, known_val, labelled_records, min_val_for, no_val_videos, normalise,
                                        split_records)
@@ -114,14 +115,20 @@ def enrollment_videos(cache: FeatureCache, generator: str, k: int, seed: int) ->
 # -- measurements --------------------------------------------------------------------------------
 
 
-def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
+def fold_val(emb: Embedder, cache: FeatureCache, held: str, warned: set[str] | None) -> Inference:
+    """The known val videos a fold fits its threshold and τ on; a small split is warned about once per fold."""
+    what = f"fold {held}'s unknown threshold at the 95th percentile (and its prototype temperature τ)"
+    return known_val(emb, cache, what, min_val_for(95.0), warned)
+
+
+def fold_openset(run: Path, cache: FeatureCache, held: str, k: int, warned: set[str] | None = None) -> dict:
     """One held-out generator: per level, AUROC / OSCR / rates for the prototype and k-NN scores."""
 
     emb = Embedder(run)
     train_recs = labelled_records(emb.info, cache)
     train = emb(cache, train_recs)
     val_recs, test_recs = split_records(cache, "val"), split_records(cache, "test")
-    val = known_val(emb, cache, f"fold {held}'s unknown threshold at the 95th percentile", min_val_for(95.0))
+    val = fold_val(emb, cache, held, warned)
     test = emb(cache, test_recs)
     out = {}
     for level in LEVELS_OPEN:
@@ -152,14 +159,15 @@ def fold_openset(run: Path, cache: FeatureCache, held: str, k: int) -> dict:
     return out
 
 
-def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: int, seed: int) -> dict:
+def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: int, seed: int,
+                warned: set[str] | None = None) -> dict:
     """Enroll `held` from the k retraining videos into the LOGO run; compare with the retrained run(s)."""
     balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
     baselines = {"retrain": retrain, **({"retrain-balanced": balanced} if (balanced / "done.json").is_file() else {})}
 
     emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
-    val = known_val(emb, cache, f"fold {held}'s prototype temperature τ")
+    val = fold_val(emb, cache, held, warned)
     enr = Enrollment("-", list(emb.info.classes), "GEN-L", prototype_tau(protos, val.embeddings, val.targets), protos)
     paths = enrollment_videos(cache, held, k, seed)
     recs = [r for r in cache.ok_records("train") if r.path in set(paths)]
@@ -187,11 +195,11 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
 
 
 def fold_shots(logo: Path, cache: FeatureCache, held: str, shots: tuple[int, ...] = (3, 5, 10, 20),
-               draws: int = 5) -> dict:
+               draws: int = 5, warned: set[str] | None = None) -> dict:
     """Enrollment alone (no retraining) at several k, each from `draws` seeded draws of g's train videos: GEN-L."""
     emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
-    val = known_val(emb, cache, f"fold {held}'s prototype temperature τ")
+    val = fold_val(emb, cache, held, warned)
     tau = prototype_tau(protos, val.embeddings, val.targets)
     pool = [r for r in cache.ok_records("train") if r.labels.get("GEN-L") == held]
     pool_emb = dict(zip([r.path for r in pool], emb(cache, pool).embeddings))
@@ -283,15 +291,16 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
     elif "enroll" in fold and any(old.get(key) != stamp[key] for key in ("retrain", "retrain-balanced")):
         del fold["enroll"]
     fold[STAMP] = stamp
+    warned: set[str] = set()  # a small val split: one warning for the whole fold
     enrolled = fold.get("enroll", {})
     if enrolled.get("k", k) != k or enrolled.get("seed", seed) != seed:
         del fold["enroll"]  # measured for another enrollment size or draw: measure again
     if "scores" not in fold.get("openset", {}).get("GEN-L", {}).get("knn", {}):  # older folds lack the scores
-        fold["openset"] = fold_openset(logo, cache, g, 5)
+        fold["openset"] = fold_openset(logo, cache, g, 5, warned)
     if shots and "shots" not in fold:
-        fold["shots"] = fold_shots(logo, cache, g)
+        fold["shots"] = fold_shots(logo, cache, g, warned=warned)
     if "enroll" not in fold and (retrain / "done.json").is_file():
-        fold["enroll"] = {**fold_enroll(logo, retrain, cache, g, k, seed), "seed": seed}
+        fold["enroll"] = {**fold_enroll(logo, retrain, cache, g, k, seed, warned), "seed": seed}
     write_text(path, dumps(fold))
     return fold
 
