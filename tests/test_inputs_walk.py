@@ -241,3 +241,98 @@ def test_the_unlisted_videos_warning_names_the_folders_it_could_not_list(tmp_pat
     (videos / "real" / "old.mp4").unlink()  # every video it can see is listed: the folder alone is still named
     with pytest.warns(UserWarning, match=r"labels.csv: 1 folder\(s\) could not be listed \(e.g. .*hidden"):
         find_inputs(videos, None, SYNTH)
+
+
+# --- 5. one real file reached through two generator folders ------------------------------------------------
+
+def caught_discover(videos: Path) -> tuple[set[tuple[str, str]], list[str]]:
+    """discover's (path, generator) pairs and every warning it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = [(i.rel, i.generator) for i in discover(videos, None, GENVIDEO)]
+    assert len(found) == len(set(found))
+    return set(found), [str(w.message) for w in caught]
+
+
+GENVIDEO = Taxonomy.load("genvideo")
+TWO_LABELS = "(one video under two generators trains both, and may land in both train and test)"
+
+
+@pytest.mark.parametrize("second", ["../data/show1", "Show-1/sub"])
+def test_two_generator_folders_leading_to_one_place_list_each_video_once(tmp_path: Path, second: str) -> None:
+    """`Show_1 -> /data/show1` beside `Show-1 -> /data/show1` (or a link into the other) listed every video under
+    both names: one video in two classes, perhaps in train and in test."""
+    touch(tmp_path, "data/show1/sub/a.mp4", "data/show1/sub/b.mp4", "data/show1/sub/deep/c.mp4", "v/Real/r.mp4")
+    videos = tmp_path / "v"
+    os.symlink("../data/show1", videos / "Show-1")
+    os.symlink(second, videos / "Show_1")  # sorts after Show-1: its videos stay under Show-1
+    found, messages = caught_discover(videos)
+    assert found == {("Real/r.mp4", "real"), ("Show-1/sub/a.mp4", "Show-1"), ("Show-1/sub/b.mp4", "Show-1"),
+                     ("Show-1/sub/deep/c.mp4", "Show-1")}
+    first = "Show-1" if second.startswith("..") else "Show-1/sub"
+    assert messages == [f"{videos}/Show_1: leads to the same folder as {videos}/{first}; its 3 video(s) are listed "
+                        f"once, under {first} {TWO_LABELS}: remove the link you did not mean"]
+
+
+def test_a_generator_folder_linked_into_a_later_one_keeps_its_videos(tmp_path: Path) -> None:
+    """The first folder in sorted order keeps them, whichever is the link."""
+    touch(tmp_path, "v/Real/r.mp4", "v/Show-1/s.mp4", "v/Show-1/sub/m.mp4")
+    videos = tmp_path / "v"
+    os.symlink("Show-1/sub", videos / "Latte")
+    found, messages = caught_discover(videos)
+    assert found == {("Real/r.mp4", "real"), ("Show-1/s.mp4", "Show-1"), ("Latte/m.mp4", "Latte")}
+    assert messages == [f"{videos}/Show-1/sub: leads to the same folder as {videos}/Latte; its 1 video(s) are listed "
+                        f"once, under Latte {TWO_LABELS}: remove the link you did not mean"]
+
+
+def test_a_video_linked_into_two_generator_folders_is_listed_once_with_one_warning_per_folder(tmp_path: Path) -> None:
+    touch(tmp_path, "v/Real/r.mp4", "v/Show-1/a.mp4", "v/Show-1/b.mp4", "v/Show-1/c.mp4")
+    videos = tmp_path / "v"
+    (videos / "Sora").mkdir()  # sorts after Show-1
+    os.link(videos / "Show-1" / "a.mp4", videos / "Sora" / "a.mp4")  # a hard link
+    os.symlink("../Show-1/b.mp4", videos / "Sora" / "bb.mp4")  # a link to one file
+    (videos / "Sora" / "own.mp4").write_bytes(b"x")
+    os.link(videos / "Real" / "r.mp4", videos / "Real" / "r2.mp4")  # twice in one folder: train and test
+    found, messages = caught_discover(videos)
+    assert found == {("Real/r.mp4", "real"), ("Show-1/a.mp4", "Show-1"), ("Show-1/b.mp4", "Show-1"),
+                     ("Show-1/c.mp4", "Show-1"), ("Sora/own.mp4", "Sora")}
+    assert messages == [
+        f"{videos}/Real: 1 video(s) are the same file as another video in it (e.g. Real/r2.mp4 is Real/r.mp4: a link "
+        "or hard link); each is listed once (a video listed twice may land in both train and test): remove the "
+        "copies you did not mean",
+        f"{videos}/Sora: 2 video(s) are the same file as a video under {videos}/Show-1 (e.g. Sora/a.mp4 is "
+        f"Show-1/a.mp4: a link or hard link); each is listed once, under Show-1 {TWO_LABELS}: remove the copies you "
+        "did not mean"]
+
+
+def test_a_labels_csv_naming_one_file_twice_is_one_line_naming_the_rows(tmp_path: Path) -> None:
+    from saga.pipeline.inputs import find_inputs
+
+    videos = touch(tmp_path / "v", "real/r.mp4", "syn-svd/s.mp4", "syn-svd/t.mp4")
+    os.link(videos / "syn-svd" / "s.mp4", videos / "syn-latte.mp4")
+    os.symlink("syn-svd/t.mp4", videos / "t.mp4")
+    labels = videos / "labels.csv"
+    labels.write_text("path,generator\nreal/r.mp4,real\nsyn-svd/s.mp4,syn-svd\n\nsyn-latte.mp4,syn-latte\n"
+                      "syn-svd/t.mp4,syn-svd\nt.mp4,syn-svd\n")
+    with pytest.raises(SagaError) as info:
+        find_inputs(videos, None, SYNTH)
+    assert str(info.value) == (f"{labels}:5: syn-latte.mp4 is the same file as syn-svd/s.mp4 on line 3 (a link or "
+                               "hard link), labelled syn-latte here and syn-svd there; 1 more row(s) repeat a file of "
+                               "another row; keep one row per video, with its right generator")
+    labels.write_text("path,generator\nreal/r.mp4,real\nsyn-svd/t.mp4,syn-svd\nt.mp4,syn-svd\n")
+    with pytest.raises(SagaError, match=r"labels.csv:4: t.mp4 is the same file as syn-svd/t.mp4 on line 3 \(a link "
+                                        r"or hard link\); keep one row per video"):
+        find_inputs(videos, None, SYNTH)
+
+
+def test_a_labels_csv_listing_a_video_by_its_link_does_not_leave_it_out(tmp_path: Path) -> None:
+    """The folder walk lists the hard link under syn-latte (sorted first); the CSV names the same file."""
+    from saga.pipeline.inputs import find_inputs
+
+    videos = touch(tmp_path / "v", "real/r.mp4", "syn-svd/s.mp4")
+    (videos / "syn-latte").mkdir()
+    os.link(videos / "syn-svd" / "s.mp4", videos / "syn-latte" / "s.mp4")
+    (videos / "labels.csv").write_text("path,generator\nreal/r.mp4,real\nsyn-svd/s.mp4,syn-svd\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "1 video(s) ... are not listed in it (e.g. syn-latte/s.mp4)" before
+        assert [i.rel for i in find_inputs(videos, None, SYNTH).items] == ["real/r.mp4", "syn-svd/s.mp4"]

@@ -5,7 +5,8 @@ without one, from the first sub-folder name (matched as `Taxonomy.canonical` doe
 `Show_1` is `Show-1`). Everything that looks like a video
 is listed, including things that are not (a folder named x.mp4, a broken link),
 so that extraction can record why each one failed instead of silently skipping it; a folder
-that cannot be listed is reported (`Inputs.unreadable`), and linked sub-folders are followed.
+that cannot be listed is reported (`Inputs.unreadable`), linked sub-folders are followed, and a real
+file reached twice (links, hard links) is listed once (`saga.pipeline.walk`); in a labels CSV it is an error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 
 from saga.cache.manifest import VIDEO_SUFFIXES
 from saga.errors import SagaError, shown
+from saga.pipeline.walk import FileKey, Walk, file_key, generator_folders
 from saga.taxonomy import Taxonomy
 
 LABEL_COLUMNS = ("generator", "label", "source", "class")
@@ -63,11 +65,13 @@ def find_inputs(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_out
     if found_labels:
         labels = videos / DEFAULT_LABELS
     if labels is not None:
-        inputs = Inputs(_from_csv(labels, taxonomy, allow_outside))
-        if not inputs.items:
+        rows = _from_csv(labels, taxonomy, allow_outside)
+        if not rows:
             raise SagaError(f"{labels}: no rows below the header; add one line path,generator per video")
+        keys = _one_row_per_file(videos, str(labels), rows)
+        inputs = Inputs([item for _, item in rows])
         if found_labels:
-            _warn_unlisted(videos, labels, inputs.items)
+            _warn_unlisted(videos, labels, inputs.items, keys)
     else:
         inputs = _from_folders(videos, taxonomy)
     if not inputs.items:
@@ -88,15 +92,42 @@ def read_labels_text(path: Path) -> str:
         raise SagaError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
 
 
-def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> list[VideoInput]:
+def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> list[tuple[int, VideoInput]]:
     if not path.is_file():
         raise SagaError(f"{path}: labels file not found; pass --labels CSV with columns path,generator")
-    return parse_labels(read_labels_text(path), taxonomy, str(path), allow_outside)
+    return label_rows(read_labels_text(path), taxonomy, str(path), allow_outside)
+
+
+def _one_row_per_file(videos: Path, name: str, rows: list[tuple[int, VideoInput]]) -> set[FileKey]:
+    """The real files the rows name; a one-line error when two rows name one file (a link or hard link to it):
+    one video under two generators trains both, and listed twice it may land in both train and test."""
+    first: dict[FileKey, tuple[int, VideoInput]] = {}
+    repeats: list[tuple[int, VideoInput, int, VideoInput]] = []
+    for line, item in rows:
+        key = file_key(item.absolute(videos))
+        if key is not None and key in first:
+            repeats.append((line, item, *first[key]))
+        elif key is not None:
+            first[key] = (line, item)
+    if repeats:
+        line, item, line0, item0 = repeats[0]
+        labelled = "" if item.generator == item0.generator else \
+            f", labelled {item.generator} here and {item0.generator} there"
+        more = f"; {len(repeats) - 1} more row(s) repeat a file of another row" if len(repeats) > 1 else ""
+        raise SagaError(f"{name}:{line}: {shown(item.rel)} is the same file as {shown(item0.rel)} on line {line0} "
+                        f"(a link or hard link){labelled}{more}; keep one row per video, with its right generator")
+    return set(first)
 
 
 def parse_labels(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
                  allow_outside: bool = False) -> list[VideoInput]:
-    """Parse a labels CSV's text; every problem is a SagaError naming `name:line`.
+    """Parse a labels CSV's text (see `label_rows`) into its videos."""
+    return [item for _, item in label_rows(text, taxonomy, name, allow_outside)]
+
+
+def label_rows(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
+               allow_outside: bool = False) -> list[tuple[int, VideoInput]]:
+    """Parse a labels CSV's text into (line, video) rows; every problem is a SagaError naming `name:line`.
 
     `line` is the physical line a row starts on, counting blank lines and the extra lines of
     quoted multi-line fields, so an editor's go-to-line lands on the row.
@@ -128,7 +159,7 @@ def parse_labels(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
                 generator = taxonomy.canonical(row.get(column, ""))
             except SagaError as exc:
                 raise SagaError(f"{name}:{line}: {exc}") from None
-            items.append(VideoInput(rel, generator))
+            items.append((line, VideoInput(rel, generator)))
     except csv.Error as exc:
         raise SagaError(f"{name}: not a valid CSV ({exc})") from None
     return items
@@ -148,12 +179,13 @@ def _rows_with_lines(reader: Any, fields: list[str]) -> Iterator[tuple[int, dict
             yield start, {f: v.strip() for f, v in zip(fields, row) if f}
 
 
-def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput]) -> None:
+def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput], keys: set[FileKey]) -> None:
     """A labels.csv found in the videos folder that leaves videos out is probably stale: say so, and name the
-    folders that could not be listed (videos it leaves out there could not be counted)."""
+    folders that could not be listed (videos it leaves out there could not be counted). A video listed under
+    another path (`keys`: the real files it names; a link) is not left out."""
     listed = {item.rel for item in items}
-    found, unreadable = _all_videos(videos)
-    unlisted = [rel for rel in found if rel not in listed]
+    found, unreadable, found_keys = _all_videos(videos)
+    unlisted = [rel for rel in found if rel not in listed and found_keys.get(rel) not in keys]
     parts = []
     if unlisted:
         parts.append(f"{len(unlisted)} video(s) in {videos} are not listed in it (e.g. {shown(unlisted[0])}) and are "
@@ -167,16 +199,17 @@ def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput]) -> None:
         warnings.warn(f"{labels}: " + "; ".join(parts), stacklevel=3)
 
 
-def _all_videos(videos: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Every video path under the folder, as discovery by folder would list it, and the folders that could
-    not be listed (folder, reason)."""
+def _all_videos(videos: Path) -> tuple[list[str], list[tuple[str, str]], dict[str, FileKey | None]]:
+    """Every video path under the folder, as discovery by folder would list it, the folders that could
+    not be listed (folder, reason), and the real file of each video in a generator folder."""
     try:
         entries = sorted(videos.iterdir())
     except OSError as exc:  # the listed videos may still open (a folder with x but no r permission)
-        return [], [(str(videos), exc.strerror or str(exc))]
+        return [], [(str(videos), exc.strerror or str(exc))], {}
     loose = [p.name for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
-    walk = _Walk(videos, _generator_folders(entries))
-    return loose + [rel for sub in walk.folders for rel in walk.videos_under(sub)], walk.unreadable
+    walk = Walk(videos, generator_folders(entries))
+    found = loose + [rel for sub in walk.folders for rel in walk.videos_under(sub)]
+    return found, walk.unreadable, {**{rel: file_key(videos / rel) for rel in loose}, **walk.keys}
 
 
 def _listing(videos: Path) -> list[Path]:
@@ -187,77 +220,10 @@ def _listing(videos: Path) -> list[Path]:
         raise SagaError(unreadable_line(str(videos), exc.strerror or str(exc))) from None
 
 
-def _generator_folders(entries: list[Path]) -> list[Path]:
-    """The sub-folders that may name a generator: not hidden, not named like a video."""
-    return [p for p in entries if p.is_dir() and not p.name.startswith(".") and p.suffix.lower() not in VIDEO_SUFFIXES]
-
-
 def unreadable_line(folder: str, reason: str) -> str:
     """One line for a folder that cannot be listed: its videos are missing from this pass."""
     return (f"{shown(folder)}: cannot list this folder ({reason}); its videos are skipped: make it readable "
             f"(chmod a+rx {shown(folder)}) and rerun")
-
-
-class _Walk:
-    """One discovery's walk of the generator folders, every video listed once.
-
-    Linked sub-folders are followed, as a linked generator folder always was. A folder is not entered twice
-    (a link loop, two links to one place), nor through a link into a generator folder (its videos are listed
-    there, under their own generator). Such a link is kept in `skipped` (link, why) for one warning each.
-    Folders that cannot be listed are kept in `unreadable` (folder, reason): os.walk skips them silently by default.
-    """
-
-    def __init__(self, root: Path, folders: list[Path]) -> None:
-        self.root, self.folders = root, folders
-        self.owned = {os.path.realpath(f): f.name for f in folders}  # real path -> the generator folder's name
-        self.seen = {os.path.realpath(root): ".", **self.owned}  # real path -> where it was listed (under root)
-        self.unreadable: list[tuple[str, str]] = []
-        self.skipped: list[tuple[str, str]] = []  # (linked folder, why it was not walked): one per link
-
-    def videos_under(self, folder: Path) -> list[str]:
-        """Paths (relative to the root) of everything named like a video below `folder`, sorted."""
-        found: list[str] = []
-        top = os.path.realpath(folder)
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=self._note, followlinks=True):
-            here = Path(dirpath)
-            for name in [*filenames, *dirnames]:
-                if Path(name).suffix.lower() in VIDEO_SUFFIXES:
-                    found.append(str((here / name).relative_to(self.root)))
-            dirnames[:] = [d for d in sorted(dirnames) if Path(d).suffix.lower() not in VIDEO_SUFFIXES
-                           and self._enter(here / d, os.path.join(top, (here / d).relative_to(folder)))]
-        return sorted(found)
-
-    def _enter(self, path: Path, natural: str) -> bool:
-        """Whether to walk `path`, whose real path is `natural` unless a link leads there; a folder not walked
-        is noted in `skipped` (its link, not each file below it: those are listed where it is walked)."""
-        real = os.path.realpath(path)
-        listed = self.seen.get(real) or (self._listed_in_generator_folder(real) if real != natural else None)
-        if listed is None:
-            self.seen[real] = str(path.relative_to(self.root))
-            return True
-        self.skipped.append((str(path), self._why_skipped(path, real, listed)))
-        return False
-
-    def _listed_in_generator_folder(self, real: str) -> str | None:
-        """Where `real` is listed when it lies in a generator folder (its path under the root), else None."""
-        for owned, name in self.owned.items():
-            if _holds(owned, real):
-                return os.path.normpath(os.path.join(name, os.path.relpath(real, owned)))
-        return None
-
-    def _why_skipped(self, path: Path, real: str, listed: str) -> str:
-        """A loop (the link leads back to a folder that holds it, or to the videos folder), or where it is listed."""
-        if _holds(real, os.path.realpath(path.parent)) or _holds(real, os.path.realpath(self.root)):
-            return f"a link loop: it leads back to {shown(real)}"
-        return f"already listed under {shown(listed)}"
-
-    def _note(self, exc: OSError) -> None:
-        self.unreadable.append((str(exc.filename), exc.strerror or str(exc)))
-
-
-def _holds(folder: str, path: str) -> bool:
-    """Whether real path `path` is `folder` or lies below it."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
@@ -268,14 +234,14 @@ def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
                       f"{', ...' if len(loose) > 3 else ''}) are skipped: without a generator folder they have no "
                       "label; move them into one, or pass --labels CSV", stacklevel=3)
     items, no_videos = [], []
-    walk = _Walk(videos, _generator_folders(entries))
+    walk = Walk(videos, generator_folders(entries))
     for sub in walk.folders:
         found = walk.videos_under(sub)
         try:
             generator = taxonomy.canonical(sub.name)
         except SagaError:
-            if not found:  # e.g. GenVideo's CSV index folder: nothing to label
-                no_videos.append(sub.name)
+            if not found:  # e.g. GenVideo's CSV index folder: nothing to label (or all listed under another)
+                no_videos += [] if walk.repeats(sub) else [sub.name]
                 continue
             raise SagaError(
                 f"{sub}: folder name {sub.name!r} is not a generator of taxonomy '{taxonomy.name}'; "
@@ -285,8 +251,30 @@ def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
     for link, why in walk.skipped:  # one line per link: a silent skip looked like videos lost
         warnings.warn(f"{shown(link)}: linked folder not followed ({why}); its videos are listed once, none is "
                       "lost", stacklevel=3)
+    for line in _repeat_lines(videos, walk):
+        warnings.warn(line, stacklevel=3)
     if no_videos:
         warnings.warn(f"{videos}: {len(no_videos)} folder(s) without videos ({', '.join(no_videos[:3])}"
                       f"{', ...' if len(no_videos) > 3 else ''}) are not generators of taxonomy "
                       f"'{taxonomy.name}' and are skipped", stacklevel=3)
     return Inputs(items, walk.unreadable)
+
+
+TWO_LABELS = "one video under two generators trains both, and may land in both train and test"
+
+
+def _repeat_lines(videos: Path, walk: Walk) -> list[str]:
+    """One warning per folder whose videos were listed under an earlier one (see `Walk`), not one per video."""
+    lines = [f"{shown(s.folder)}: leads to the same folder as {shown(videos / s.listed)}; its {s.videos} video(s) "
+             f"are listed once, under {shown(s.listed)} ({TWO_LABELS}): remove the link you did not mean"
+             for s in walk.same]
+    for (top, first_top), pairs in walk.copies.items():
+        rel, first = pairs[0]
+        inside = top == first_top
+        where = "another video in it" if inside else f"a video under {shown(videos / first_top)}"
+        once = "" if inside else f", under {shown(first_top)}"
+        why = "a video listed twice may land in both train and test" if inside else TWO_LABELS
+        lines.append(f"{shown(videos / top)}: {len(pairs)} video(s) are the same file as {where} (e.g. {shown(rel)} "
+                     f"is {shown(first)}: a link or hard link); each is listed once{once} ({why}): remove the copies "
+                     "you did not mean")
+    return lines
