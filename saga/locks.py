@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 from saga.fileio import writing
 
 LOCK = ".lock"  # in a run folder or a cache: flock'ed by the one process writing there
@@ -114,7 +114,8 @@ def check_unlocked(folder: str | Path, busy: str) -> None:
     """Refuse ("FOLDER: {busy}") while another process, or another thread of this one, holds
     `lock_folder(folder)`. For a reader of what that holder rewrites (a run's weights while it trains).
     Takes no lock a holder could trip on (only a shared flock for an instant, which `_flock` waits out),
-    creates nothing (a run folder may be read-only); the lock's own holder (the same thread) passes."""
+    creates nothing (a run folder may be read-only); the lock's own holder (the same thread) passes.
+    A lock file it cannot open (another user's) is one warning, and it passes (`_warn_cannot_tell`)."""
     folder = Path(folder)
     with _HELD_GUARD:
         hold = _HELD.get(str(folder.resolve()))
@@ -122,8 +123,29 @@ def check_unlocked(folder: str | Path, busy: str) -> None:
         if hold.owner is not threading.current_thread() and hold.owner.is_alive():
             raise SagaError(f"{folder}: {busy}")
         return
-    if _held_exclusively(folder / LOCK):
+    try:
+        held = _held_exclusively(folder / LOCK)
+    except OSError as exc:  # another user's .lock (a restrictive umask), or mode 000: cannot tell
+        _warn_cannot_tell(folder / LOCK, exc)
+        return
+    if held:
         raise SagaError(f"{folder}: {busy}")
+
+
+_WARNED: set[str] = set()  # lock files already named by `_warn_cannot_tell` in this process
+
+
+def _warn_cannot_tell(lock: Path, exc: OSError) -> None:
+    """One warning per lock file that cannot be opened. Why go on rather than refuse: in a shared run folder
+    the reader (`saga calibrate --out MINE`) cannot fix another user's file, and refusing would lock it out of
+    a run that is most likely finished; a fit's weights are still checked again before it writes."""
+    with _HELD_GUARD:
+        if str(lock) in _WARNED:
+            return
+        _WARNED.add(str(lock))
+    warnings.warn(f"{shown(lock)}: cannot be opened ({exc.strerror or exc}), so saga cannot tell whether another "
+                  f"saga process is writing in {shown(lock.parent)} right now, and goes on as if not; to have it "
+                  f"checked, ask the file's owner to run chmod a+r {shown(lock)}", stacklevel=4)
 
 
 @contextmanager

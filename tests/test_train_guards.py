@@ -347,3 +347,38 @@ def test_a_trainer_holding_the_run_is_still_seen_and_refuses_the_next_at_once(tm
         os.close(fd)
     RunFolder(tmp_path).check_not_training("`saga enroll`")
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK]
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_warning_not_a_traceback(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's RUN/.lock (mode 600 by a restrictive umask) in a shared run folder: `saga calibrate --out
+    MINE` died with a raw PermissionError. The reader cannot fix that file, so it goes on after one warning.
+    os.open is denied for that file alone, so the test also runs as root (whom chmod 000 does not stop)."""
+    import errno
+    import warnings
+
+    (tmp_path / LOCK).touch()
+    real_open = os.open
+
+    def denied(path: object, *args: object, **kwargs: object) -> int:
+        if os.fspath(path) == str(tmp_path / LOCK):  # type: ignore[arg-type]
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", denied)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RunFolder(tmp_path).check_not_training("`saga calibrate`")
+        RunFolder(tmp_path).check_not_training("`saga calibrate`")  # checked again before writing: said once
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / LOCK}: cannot be opened (Permission denied), so saga cannot tell whether another saga process "
+        f"is writing in {tmp_path} right now, and goes on as if not; to have it checked, ask the file's owner to run "
+        f"chmod a+r {tmp_path / LOCK}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root opens a mode-000 file; the injected test above covers it")
+def test_a_mode_000_lock_file_is_one_warning(tmp_path: Path) -> None:
+    (tmp_path / LOCK).touch(mode=0o000)
+    with pytest.warns(UserWarning, match=r"\.lock: cannot be opened \(Permission denied\), so saga cannot tell"):
+        RunFolder(tmp_path).check_not_training("`saga enroll`")
