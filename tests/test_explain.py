@@ -200,7 +200,7 @@ def test_evaluate_bin_and_sd_levels(world: dict[str, Any]) -> None:
 def test_evaluate_refuses_a_foreign_cache(world: dict[str, Any], tmp_path: Path) -> None:
     same_encoder = make_cache(tmp_path / "same")
     with pytest.warns(UserWarning, match="not the run's training cache"):
-        evaluate(world["run"], same_encoder.root)
+        evaluate(world["run"], same_encoder.root, out=tmp_path / "eval")  # the shared run folder stays as it is
     other = make_cache(tmp_path / "other", prov={**provenance(), "weights_fingerprint": "zzz"})
     with pytest.raises(SagaError, match="weights_fingerprint"):
         evaluate(world["run"], other.root)

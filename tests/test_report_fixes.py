@@ -219,7 +219,101 @@ def test_tsig_and_tsne_of_another_split_or_cache_keep_the_test_figures_and_say_w
     other = te.make_cache(tmp_path / "held-out")  # the run's encoder, another cache id
     with pytest.warns(UserWarning, match="not the run's training cache"):
         run_tsne(run, other.root, color_by="GEN-L")
-    assert (f"(tsne_GEN-L) · test split of cache {other.cache_id[:12]}, not the run&#x27;s training cache "
+    tag = f"held-out-{other.cache_id[:8]}"  # named apart: the run's own test map stays
+    assert (run / "tsne_GEN-L.png").read_bytes() == test_files["tsne_GEN-L.png"]
+    assert (f"(tsne_GEN-L@{tag}) · test split of cache {other.cache_id[:12]}, not the run&#x27;s training cache "
             f"{cache.cache_id[:12]}") in _html(run)
     (run / "tsne_SD-L.png").write_bytes(png(Figure()))  # an older saga's map: no metadata
     assert "(tsne_SD-L) · split not recorded (made by an older saga)" in _html(run)
+
+
+# -- defect 5: results on a held-out cache kept apart from the run's own, and from each other ---------------
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    res = CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _held_out(tmp_path: Path, name: str, per_gen: int) -> Any:
+    """A cache of the run's encoder with another cache id (a held-out set: another seed, another dataset)."""
+    return te.make_cache(tmp_path / name, per_gen=per_gen)
+
+
+def test_evaluate_on_a_held_out_cache_keeps_the_run_s_own_metrics_byte_identical(tmp_path: Path) -> None:
+    """`saga evaluate RUN --cache OTHER` wrote metrics.json / metrics-test.json, replacing the run's own."""
+    cache = te.make_cache(tmp_path / "cache")
+    run = te.make_run(tmp_path / "run", cache)
+    _cli("evaluate", str(run), "--cache", str(cache.root), "--no-probe")
+    own = {n: (run / n).read_bytes() for n in ("metrics.json", "metrics-test.json")}
+    other = _held_out(tmp_path, "seed 1", per_gen=5)
+    res = _cli("evaluate", str(run), "--cache", str(other.root), "--no-probe")
+    assert {n: (run / n).read_bytes() for n in own} == own
+    name = f"metrics-test@seed_1-{other.cache_id[:8]}.json"
+    assert sorted(p.name for p in run.glob("metrics*.json")) == sorted([*own, name])
+    held = json.loads((run / name).read_text())
+    assert (held["cache_id"], held["n"], held["heldout"]) == (other.cache_id, 20, f"seed_1-{other.cache_id[:8]}")
+    assert name in " ".join(res.stdout.split()) and "held-out cache" in res.stdout
+    out = tmp_path / "elsewhere"  # --out: the same names, in that folder; the run folder untouched
+    _cli("evaluate", str(run), "--cache", str(other.root), "--no-probe", "--out", str(out))
+    assert sorted(p.name for p in out.iterdir()) == [name]
+    assert json.loads((out / name).read_text())["n"] == held["n"]
+    assert {n: (run / n).read_bytes() for n in own} == own and json.loads(own["metrics.json"])["n"] == 15
+
+
+def test_two_held_out_caches_keep_two_evaluations_and_tsigs(tmp_path: Path) -> None:
+    """Evaluating (or `saga tsig` / `saga tsne`) on two held-out caches kept only the last; `predict --tsig`
+    then compared new videos with the held-out cache's T-Sigs."""
+    from saga.explain.tsig import load_tsigs
+
+    cache = te.make_cache(tmp_path / "cache")
+    run = te.make_run(tmp_path / "run", cache)
+    _cli("evaluate", str(run), "--cache", str(cache.root), "--no-probe")
+    _cli("tsig", str(run), "--cache", str(cache.root))
+    own = {n: (run / n).read_bytes() for n in ("metrics.json", "metrics-test.json", "tsig.npz", "tsig_maps.png")}
+    caches = [_held_out(tmp_path, "a", per_gen=5), _held_out(tmp_path, "b", per_gen=6)]
+    for other in caches:
+        _cli("evaluate", str(run), "--cache", str(other.root), "--no-probe")
+        _cli("tsig", str(run), "--cache", str(other.root))
+        _cli("tsne", str(run), "--cache", str(other.root), "--color-by", "GEN-L")
+    assert {n: (run / n).read_bytes() for n in own} == own
+    for other, n in zip(caches, (20, 25)):
+        tag = f"{other.root.name}-{other.cache_id[:8]}"
+        assert json.loads((run / f"metrics-test@{tag}.json").read_text())["n"] == n
+        assert sum(s["n"] for s in load_tsigs(run / f"tsig@{tag}.npz").values()) == n
+        assert (run / f"tsig_maps@{tag}.png").is_file() and (run / f"tsne_GEN-L@{tag}.png").is_file()
+    assert sum(s["n"] for s in load_tsigs(run).values()) == 15  # what predict --tsig compares with
+
+
+def test_the_report_shows_held_out_evaluations_apart_from_the_run_s_own(tmp_path: Path) -> None:
+    """The report showed a held-out evaluation as the run's own result (summary row, cards, per-class)."""
+    cache = te.make_cache(tmp_path / "cache")
+    run = te.make_run(tmp_path / "run", cache)
+    _cli("evaluate", str(run), "--cache", str(cache.root), "--no-probe")
+    caches = [_held_out(tmp_path, "seed1", per_gen=5), _held_out(tmp_path, "seed2", per_gen=6)]
+    for other in caches:
+        _cli("evaluate", str(run), "--cache", str(other.root), "--no-probe")
+    loaded = load_run(run)
+    assert loaded["metrics"]["cache_id"] == cache.cache_id and loaded["metrics"]["n"] == 15
+    assert set(loaded["splits"]) == {"test"} and len(loaded["heldout"]["rows"]) == 2
+    html = _html(run)
+    summary = html[html.index('id="summary"'):html.index("</section>", html.index('id="summary"'))]
+    assert summary.count("<tr>") == 2 and "<td>15</td>" in summary  # header + the run's own row, n = 15
+    section = html[html.index("Held-out evaluations"):]
+    metrics = html[html.index("<h3>Metrics"):html.index("Held-out evaluations")]
+    assert "seed1" not in metrics and "seed2" not in metrics and "also evaluated" not in metrics
+    for other, n in zip(caches, (20, 25)):
+        row = section[section.index(f"<td class=l>{other.root.name}</td>"):]
+        row = row[:row.index("</tr>")]
+        assert other.cache_id[:12] in row and f"<td>{n}</td>" in row and "[" in row  # n and the interval
+        assert f"per-class accuracy: {other.root.name} · test · n={n}" in section
+    legacy = json.loads(next(run.glob("metrics-test@seed1-*.json")).read_text())  # an older saga's held-out run
+    old_style = {k: v for k, v in legacy.items() if k not in ("heldout", "cache")}
+    (run / "metrics-test.json").write_text(json.dumps(old_style))
+    assert f"These metrics are of cache {caches[0].cache_id[:12]}, not the run's training cache" in _html(run)
+    for name in [p.name for p in run.glob("metrics-test@*.json")]:  # hostile values: escaped, never raw
+        (run / name).write_text(json.dumps(_replace(json.loads((run / name).read_text()), X)))
+    assert "<script>" not in _html(run)

@@ -208,7 +208,8 @@ def evaluate(
     probe: Annotated[bool, typer.Option("--probe/--no-probe",
                                         help="Fit the linear probe on the run's labelled videos beside it.")] = True,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder for metrics.json and metrics-<split>.json (default: the run folder).")] = None,
+        "--out", help="Folder for metrics.json and metrics-<split>.json, or metrics-<split>@<cache>-<id>.json "
+                      "on a cache other than the run's training cache (default: the run folder).")] = None,
 ) -> None:
     """Accuracy, macro accuracy, per-class accuracy (95 % intervals), confusion, AUC at BIN-L, the probe beside."""
     from saga.explain.metrics import compute_evaluation, metrics_table, save_evaluation

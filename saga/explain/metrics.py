@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich.markup import escape
 from rich.table import Table
 
 from saga.cache.store import FeatureCache
@@ -37,14 +38,17 @@ from saga.explain.scores import binary_auc, compute_metrics, scored_classes, sou
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
-from saga.runs import DONE, MODEL, RunFolder, check_cache, evaluation_file, file_fingerprint, load_model
+from saga.runs import DONE, MODEL, RunFolder, check_cache, file_fingerprint, heldout_tag, load_model
 
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
            "other_weights", "probe_metrics", "run_weights", "save_evaluation", "warn_unfinished", "weights_stamp",
-           "data_stamp", "data_label", "SPLIT", "CACHE_ID",
+           "data_stamp", "data_label", "SPLIT", "CACHE_ID", "HELDOUT_KEY",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
+# An evaluation on a held-out cache records it (`HELDOUT_KEY`: the tag its file is named with, "cache": the
+# folder), and goes to metrics-<split>@<tag>.json: the run's own metrics.json / metrics-<split>.json stay.
+HELDOUT_KEY = "heldout"
 
 
 def run_weights(run_dir: str | Path) -> str | None:
@@ -103,7 +107,8 @@ def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Seque
 def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
              device: str = "cpu", probe: bool = True, probe_max_train: int | None = 20000,
              out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into `out` (default: the run).
+    """Evaluate a run on a cache split; writes metrics-<split>.json and metrics.json into `out` (default: the run),
+    or metrics-<split>@<cache>-<id8>.json on a held-out cache (not the run's training cache).
 
     With `probe`, the linear probe is fitted on the run's labelled train videos (at most
     `probe_max_train`, a stratified seeded draw beyond) and its metrics go under "probe".
@@ -140,6 +145,9 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     result = {"level": info.level, "split": split, **compute_metrics(inference, classes, info.level),
               "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir),
               "untrained_classes": unseen, **stamp}
+    tag = heldout_tag(info, cache)
+    if tag:
+        result.update({HELDOUT_KEY: tag, "cache": str(cache.root)})
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
                              model.config.subclass_names)
     if nearest is not None:
@@ -153,10 +161,11 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
 
 
 def save_evaluation(result: dict[str, Any], folder: Path) -> Path:
-    """metrics-<split>.json and metrics.json in `folder` (created); a WriteError names it when it is not writable."""
+    """metrics-<split>.json and metrics.json in `folder` (created), or, for a held-out cache's result,
+    metrics-<split>@<tag>.json alone; the file to name. A WriteError names the folder when it is not writable."""
     make_dir(folder)
-    RunFolder(folder).write_evaluation(str(result["split"]), result)
-    return folder / evaluation_file()
+    tag = result.get(HELDOUT_KEY)
+    return RunFolder(folder).write_evaluation(str(result["split"]), result, tag if isinstance(tag, str) else None)
 
 
 def _pct(x: float | None) -> str:
@@ -193,7 +202,9 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     if nearest := format_nearest_source(metrics.get("nearest_source") or {}):
         caption += "\n" + nearest
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"
-    table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}",
+    held = (f" · held-out cache {escape(str(metrics.get('cache')))} ({str(metrics.get('cache_id'))[:12]})"
+            if metrics.get(HELDOUT_KEY) else "")
+    table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}{held}",
                   caption=caption)
     table.add_column("class")
     table.add_column("n", justify="right")

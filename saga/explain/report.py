@@ -21,7 +21,8 @@ types is one line saying so. An evaluation, T-Sig or t-SNE figure made with othe
 run's model.safetensors (a run resumed or retrained since) is not shown as the run's: one line names
 it and the command to rerun (files of an older saga record no weights and are shown as they are).
 Each T-Sig and t-SNE figure is captioned with the split it shows, and with its cache when that is not
-the run's training cache (a held-out cache), as its PNG metadata records them.
+the run's training cache (a held-out cache), as its PNG metadata records them. Evaluations on a held-out
+cache have their own table (`report_heldout`), never the run's own rows.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from saga.explain.report_ablation import (ablation_section, check_ablation, find
                                           table_in)
 from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, num, pct, pct_ci, png,
                                       png_text, run_name, table)
+from saga.explain.report_heldout import foreign_note, heldout_section, load_heldout
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
 from saga.fileio import make_dir, write_text
@@ -72,7 +74,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return {"dir": run_dir, "config": _object(run, CONFIG), "provenance": provenance,
             "done": run.read_optional(DONE), "metrics": metrics, "splits": splits, "history": history,
             "figures": figs, "beyond": load_beyond(run_dir, metrics), "weights": weights, "stale": stale,
-            "stale_figures": stale_figs}
+            "stale_figures": stale_figs, "heldout": load_heldout(run, weights)}
 
 
 def _figure_stamp(path: Path) -> dict[str, Any]:
@@ -259,7 +261,9 @@ def _metrics_part(run: dict[str, Any]) -> list[str]:
         if not run.get("stale"):
             out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
         return out
-    out += [f"<h3>Metrics ({esc(m.get('split', ''))})</h3>", guarded("metrics", FIX, _cards, m),
+    out += [f"<h3>Metrics ({esc(m.get('split', ''))})</h3>",
+            foreign_note(m, _dict(run.get("provenance")).get("cache_id")),
+            guarded("metrics", FIX, _cards, m),
             guarded("probe", FIX, probe_note, m), guarded("nearest source", FIX, source_note, m)]
     others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
               for k, v in run["splits"].items() if v and k != m.get("split")]
@@ -295,7 +299,8 @@ def run_section(i: int, run: dict[str, Any]) -> str:
     out = [f'<section id="run-{i}"><h2>{i}. {escape(run_name(run))}</h2>',
            f'<p class="meta">{escape(str(run["dir"]))} · level {esc(cfg.get("level", "?"))} · '
            f'{_count(cfg.get("classes"))} classes · cache {escape(str(prov.get("cache_id", "?"))[:12])}</p>',
-           *_metrics_part(run), beyond_sections(run["beyond"], run_name(run))]
+           *_metrics_part(run), heldout_section(run.get("heldout") or {}, per_class_table),
+           beyond_sections(run["beyond"], run_name(run))]
     details = {CONFIG: cfg, PROVENANCE: prov, DONE: run["done"]}
     out.append("<details><summary>Configuration and provenance</summary>" + "".join(
         f"<h3>{escape(k)}</h3><pre>{escape(json.dumps(v, indent=2, sort_keys=True))}</pre>"

@@ -24,7 +24,9 @@ the PNGs' metadata as saga:<key>): `saga report` leaves out figures of older wei
 `saga predict --tsig` warns when it compares against them. They also record the data (`split`,
 `cache_id`), which the titles and the report's captions say; the test split's files keep the plain
 names (tsig.npz, the class signatures `predict --tsig` compares with), another split's carry it
-(tsig-train.npz, tsig_maps-train.png, ...), so `--split train` never replaces them.
+(tsig-train.npz, tsig_maps-train.png, ...), so `--split train` never replaces them; files made on a
+held-out cache (not the run's training cache) carry it too (tsig@<cache>-<id8>.npz, `saga.runs.on_cache`),
+so they never replace the run's own T-Sigs, nor another held-out cache's.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from saga.explain.metrics import (RUN_MODEL, SPLIT, data_label, data_stamp, othe
                                   warn_unfinished, weights_stamp)
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_bytes
-from saga.runs import TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, by_split, check_cache, load_model
+from saga.runs import (TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, by_split, check_cache, heldout_tag,
+                       load_model, on_cache)
 from saga.runs.files import DEFAULT_SPLIT
 from saga.explain.tsne import class_colors, save_figure
 
@@ -130,15 +133,15 @@ def signature_distances(profile: np.ndarray, sigs: dict[str, Signature]) -> dict
 
 # -- files ------------------------------------------------------------------------------
 def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path, stamp: dict[str, Any] | None = None,
-                label: str = "") -> dict[str, Path]:
+                label: str = "", tag: str | None = None) -> dict[str, Path]:
     """tsig.npz (classes, maps, profiles, counts; the `stamp` of weights_stamp and data_stamp), tsig_profiles.csv,
     tsig_maps.png, tsig_profiles.png (the stamp in their metadata, `label` in their titles); named for the
-    stamp's split when it is not test (`by_split`)."""
+    stamp's split when it is not test (`by_split`), and for a held-out cache's `tag` (`on_cache`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(sigs)
     split = (stamp or {}).get(SPLIT) or DEFAULT_SPLIT
-    paths = {kind: out / by_split(name, split) for kind, name in
+    paths = {kind: out / on_cache(by_split(name, split), tag) for kind, name in
              (("npz", TSIG), ("csv", TSIG_CSV), ("maps", TSIG_MAPS), ("profiles", TSIG_PROFILES))}
     buf = io.BytesIO()
     np.savez(buf, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
@@ -240,7 +243,7 @@ def plot_video_profile(video: Signature, sigs: dict[str, Signature], out_png: st
 
 def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", device: str = "cpu") -> dict[str, Path]:
     """T-Sigs per class of a run's level over a cache split, written into the run folder (test: tsig.npz, ...;
-    another split: tsig-<split>.npz, ...)."""
+    another split: tsig-<split>.npz, ...; a held-out cache: tsig[-<split>]@<cache>-<id8>.npz, ...)."""
     stamp = weights_stamp(run_dir)  # before loading: see weights_stamp
     model, info = load_model(run_dir)
     warn_unfinished(run_dir, stamp, "the T-Sigs are")
@@ -252,7 +255,7 @@ def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", 
     inference = infer(model, info, cache, records, device=device, attention=True)
     stamp.update(data_stamp(cache, split))
     label = data_label(stamp, (info.provenance or {}).get("cache_id"))
-    return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp, label)
+    return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp, label, heldout_tag(info, cache))
 
 
 def compare_video(run_dir: str | Path, profile: Sequence[float], out_png: str | Path,

@@ -7,7 +7,8 @@ metadata (`saga:<key>`), and so does a JSON beside it: the weights (`run_model`,
 `saga report` leaves out a map of older weights), the data (`split`, `cache_id`: the report says
 which split each map shows and flags another cache than the run's) and the t-SNE settings
 (`tsne_seed`, `perplexity`, `max_iter`, `method`). A split other than test gets its own file
-name (`tsne_<level>-<split>.png`), so it never replaces the test map.
+name (`tsne_<level>-<split>.png`), so it never replaces the test map; so does a held-out cache
+(`tsne_<level>@<cache>-<id8>.png`), so it never replaces the map of the run's own cache.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from saga.cache.store import FeatureCache
 from saga.explain.metrics import data_label, data_stamp, warn_unfinished, weights_stamp
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_json
-from saga.runs import check_cache, load_model, tsne_file
+from saga.runs import check_cache, heldout_tag, load_model, on_cache, tsne_file
 from saga.taxonomy import Taxonomy, check_level
 
 NO_CLASS = "(no class at this level)"
@@ -175,5 +176,5 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
     stamp.update(data_stamp(cache, split))
     title = (f"t-SNE of φ ({info.level} run, {data_label(stamp, (info.provenance or {}).get('cache_id'))}), "
              f"coloured by {level}")
-    return tsne_plot(inference, records, level, cache.taxonomy, Path(run_dir) / tsne_file(level, split), seed=seed,
-                     title=title, stamp=stamp)
+    out_png = Path(run_dir) / on_cache(tsne_file(level, split), heldout_tag(info, cache))
+    return tsne_plot(inference, records, level, cache.taxonomy, out_png, seed=seed, title=title, stamp=stamp)

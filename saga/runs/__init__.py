@@ -19,6 +19,7 @@ from saga.runs.files import (
     CONFIG,
     DONE,
     EVALUATION,
+    HELDOUT,
     LABELLED,
     LAST,
     METRICS,
@@ -33,9 +34,11 @@ from saga.runs.files import (
     TSIG_PROFILES,
     TSNE_GLOB,
     by_split,
+    cache_tag,
     evaluation_file,
     file_fingerprint,
     load_tensors,
+    on_cache,
     read_json,
     recorded_options,
     save_tensors,
@@ -44,7 +47,8 @@ from saga.runs.files import (
 )
 from saga.fileio import atomic_path, write_json, write_text
 from saga.runs.folder import RunFolder
-from saga.runs.loading import MODEL_LIMITS, RunInfo, build_model, check_cache, load_model, read_model_config
+from saga.runs.loading import (MODEL_LIMITS, RunInfo, build_model, check_cache, heldout_tag, load_model,
+                               read_model_config)
 from saga.runs.origin import (
     accept_changed_cache,
     cache_change,
@@ -56,12 +60,13 @@ from saga.runs.origin import (
 )
 
 __all__ = [
-    "CKPT_COMMIT", "CKPT_NEW", "CONFIG", "DONE", "EVALUATION", "LABELLED", "LAST", "METRICS", "MODEL",
+    "CKPT_COMMIT", "CKPT_NEW", "CONFIG", "DONE", "EVALUATION", "HELDOUT", "LABELLED", "LAST", "METRICS", "MODEL",
     "MODEL_LIMITS", "OPTIMIZER", "PROVENANCE", "RESUME_FILES", "STATE", "TSIG", "TSIG_CSV", "TSIG_MAPS",
     "TSIG_PROFILES", "TSNE_GLOB", "RunFolder", "RunInfo", "accept_changed_cache", "atomic_path", "build_model",
-    "by_split", "cache_change", "cache_digest", "check_cache", "encoder_provenance", "evaluation_file",
+    "by_split", "cache_change", "cache_digest", "cache_tag", "check_cache", "encoder_provenance", "evaluation_file",
     "file_fingerprint",
-    "flatten_optimizer", "load_model", "load_state", "load_tensors", "make_provenance", "read_json",
+    "flatten_optimizer", "heldout_tag", "load_model", "load_state", "load_tensors", "make_provenance", "on_cache",
+    "read_json",
     "read_model_config", "recorded_options", "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
     "tsne_file", "unsealed_parts", "warn_if_unsealed", "write_json", "write_text",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ RETRAIN = "delete it and rerun the run's training command to train it again"
 # switch: from then on the new checkpoint wins), then moves them into place; `recover` rolls a
 # kill at any point forward (CKPT_COMMIT) or back (CKPT_NEW), so the three files always agree.
 CKPT_NEW, CKPT_COMMIT = ".checkpoint.new", ".checkpoint.commit"
-EVALUATION = "metrics.json"  # the latest `saga evaluate`; metrics-<split>.json per split
+EVALUATION = "metrics.json"  # the latest `saga evaluate` on the run's own cache; metrics-<split>.json per split
 # `saga tsig` / `saga tsne` of the test split (what the docs and the report present); another split's
 # files carry it in their name (`by_split`), so `--split train` never replaces the test figures.
 TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES = "tsig.npz", "tsig_profiles.csv", "tsig_maps.png", "tsig_profiles.png"
@@ -76,6 +77,29 @@ def recorded_options(train: dict[str, Any]) -> dict[str, Any]:
 def evaluation_file(split: str | None = None) -> str:
     """metrics-<split>.json, or metrics.json (the latest evaluation) without a split."""
     return EVALUATION if split is None else f"metrics-{split}.json"
+
+
+# Files made on a held-out cache (`--cache` another cache than the run's training cache): the own-cache name
+# with `@<cache folder>-<first 8 of its cache id>` before the suffix (metrics-test@seed1-3f9a2b7c.json,
+# tsig@seed1-3f9a2b7c.npz), so they never replace the run's own results nor each other; readers of the run's
+# own results skip every name holding HELDOUT.
+HELDOUT = "@"
+HELDOUT_EVALUATION_GLOB = f"metrics-*{HELDOUT}*.json"
+
+
+def cache_tag(cache_root: str | Path, cache_id: str) -> str:
+    """`<cache folder>-<id8>` naming a held-out cache in file names: readable, and apart for two caches of one
+    folder name; characters other than letters, digits, `_` and `-` become `_` (no dot: names split on it)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(cache_root).resolve().name).strip("_")[:40] or "cache"
+    return f"{name}-{str(cache_id)[:8]}"
+
+
+def on_cache(name: str, tag: str | None) -> str:
+    """`name` itself for the run's own cache (tag None), `<stem>@<tag><suffix>` for a held-out cache's file."""
+    if not tag:
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}{HELDOUT}{tag}{dot}{suffix}"
 
 
 def by_split(name: str, split: str = DEFAULT_SPLIT) -> str:

@@ -39,10 +39,13 @@ from saga.runs.files import (
     TSIG_PROFILES,
     TSNE_GLOB,
     FIGURE_SPLITS,
+    HELDOUT,
+    HELDOUT_EVALUATION_GLOB,
     by_split,
     recorded_options,
     evaluation_file,
     load_tensors,
+    on_cache,
     read_json,
     save_weights,
     whole_number,
@@ -235,26 +238,38 @@ class RunFolder:
         except (OSError, ValueError):
             return None
 
-    def write_evaluation(self, split: str, result: dict[str, Any]) -> None:
-        """metrics-<split>.json, then metrics.json (the latest evaluation)."""
+    def write_evaluation(self, split: str, result: dict[str, Any], tag: str | None = None) -> Path:
+        """metrics-<split>.json, then metrics.json (the latest evaluation on the run's own cache); on a held-out
+        cache (`tag`, `loading.heldout_tag`) metrics-<split>@<tag>.json alone. Returns the file to name."""
+        if tag:
+            write_json(self.path / on_cache(evaluation_file(split), tag), result)
+            return self.path / on_cache(evaluation_file(split), tag)
         write_json(self.path / evaluation_file(split), result)
         write_json(self.path / evaluation_file(), result)
+        return self.path / evaluation_file()
 
     def evaluations(self) -> dict[str, Any]:
-        """Split -> its metrics-<split>.json (unreadable ones as None)."""
+        """Split -> its metrics-<split>.json on the run's own cache (unreadable ones as None)."""
         return {p.stem.removeprefix("metrics-"): self.read_optional(p.name)
-                for p in sorted(self.path.glob("metrics-*.json"))}
+                for p in sorted(self.path.glob("metrics-*.json")) if HELDOUT not in p.name}
+
+    def heldout_evaluations(self) -> dict[str, Any]:
+        """File name -> its JSON (None when unreadable) of every evaluation on a held-out cache."""
+        return {p.name: self.read_optional(p.name) for p in sorted(self.path.glob(HELDOUT_EVALUATION_GLOB))}
 
     @property
     def has_tsigs(self) -> bool:
         return (self.path / TSIG).is_file()
 
     def figures(self) -> list[Path]:
-        """The run's plots: T-Sig maps and profiles of each split (test first), then t-SNE maps."""
+        """The run's plots: T-Sig maps and profiles of each split (test first), then t-SNE maps, then those
+        made on held-out caches (named apart: `on_cache`)."""
         names = [by_split(n, split) for split in FIGURE_SPLITS for n in (TSIG_MAPS, TSIG_PROFILES)]
-        tsne = sorted(self.path.glob(TSNE_GLOB),  # the test split's (no split in the name) first
+        tsne = sorted((p for p in self.path.glob(TSNE_GLOB) if HELDOUT not in p.name),  # test split's first
                       key=lambda p: (p.stem.rsplit("-", 1)[-1] in FIGURE_SPLITS[1:], p.name))
-        return [self.path / n for n in names if (self.path / n).is_file()] + tsne
+        kinds = tuple(n.partition(".")[0].rstrip("*") for n in (TSIG_MAPS, TSIG_PROFILES, TSNE_GLOB))
+        heldout = sorted(p for p in self.path.glob(f"*{HELDOUT}*.png") if p.name.startswith(kinds))
+        return [self.path / n for n in names if (self.path / n).is_file()] + tsne + heldout
 
     def save_best(self, model: VideoTransformer, epoch: int, metric: float | None) -> None:
         save_weights(self.path / MODEL, model, epoch=epoch, metric=metric)

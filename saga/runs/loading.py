@@ -21,7 +21,7 @@ from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
-from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, RETRAIN, load_tensors, one_line, read_json
+from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, RETRAIN, cache_tag, load_tensors, one_line, read_json
 from saga.runs.origin import warn_if_unsealed
 from saga.taxonomy import LEVELS
 
@@ -171,3 +171,13 @@ def check_cache(info: RunInfo, cache: FeatureCache) -> None:
         )
     warnings.warn(f"{cache.root}: not the run's training cache ({str(run_id)[:12] if run_id else 'not recorded'}), "
                   "but extracted with the same encoder and sampling; evaluating anyway", stacklevel=3)
+
+
+def heldout_tag(info: RunInfo, cache: FeatureCache) -> str | None:
+    """None for the run's own cache (or a run that records none: files keep their plain names, as before),
+    else the tag that names a held-out cache's files apart (`files.on_cache`), so an evaluation on it never
+    replaces the run's own results or another held-out cache's."""
+    run_id = (info.provenance or {}).get("cache_id")
+    if not run_id or run_id == cache.cache_id:
+        return None
+    return cache_tag(cache.root, cache.cache_id)
