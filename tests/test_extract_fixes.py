@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_video_tree
+from conftest import make_video_tree, write_clip
 from saga.cache.manifest import VideoRecord, file_fingerprint
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -361,3 +361,38 @@ def test_a_ctrl_c_on_the_way_out_ends_with_130_and_one_line(where: str) -> None:
 def test_a_command_without_ctrl_c_still_ends_0() -> None:
     proc = way_out("none")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")
+
+
+DECORD_WAY_OUT = textwrap.dedent("""
+    import os, signal, sys, time
+    import decord, decord.video_reader as video_reader
+    from saga import cli
+
+    free = video_reader._CAPI_VideoReaderFree
+
+    def ctrl_c_while_freeing(handle):  # the user's Ctrl-C lands while decord's destructor frees its reader
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        free(handle)
+
+    video_reader._CAPI_VideoReaderFree = ctrl_c_while_freeing
+
+    def command():
+        reader = decord.VideoReader(sys.argv[1])
+        print(len(reader), flush=True)
+        del reader  # the last decoded video dropped as the command ends
+        raise SystemExit(0)
+
+    cli.app = command
+    cli.main()
+""")
+
+
+def test_a_ctrl_c_in_decords_destructor_is_one_line_and_130(tmp_path: Path) -> None:
+    """What users saw: "Exception ignored in: <function VideoReader.__del__ ...> ... KeyboardInterrupt", exit 0."""
+    pytest.importorskip("decord")
+    clip = write_clip(tmp_path / "a.mp4", n_frames=4, seed=1)
+    proc = subprocess.run([sys.executable, "-c", DECORD_WAY_OUT, str(clip)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (proc.returncode, proc.stdout) == (130, "4\n"), proc.stderr
+    assert proc.stderr == "interrupted: committed work is kept; rerun the same command to resume\n"
