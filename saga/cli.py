@@ -6,9 +6,11 @@ app and turns known errors into one line (SAGA_DEBUG=1 shows the traceback).
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
+import threading
 from typing import NoReturn
 
 import typer
@@ -86,36 +88,109 @@ class _Terminated(KeyboardInterrupt):
 
 
 _TERMINATED = False  # set by the SIGTERM handler: the exit code is then 143, not 130
+_SIGNALLED = False  # a Ctrl-C or SIGTERM came: the command ends interrupted, whatever became of its exception
+_SAID = False  # the interrupted line is printed
+_EXITING = False  # the command has ended: its line, then the interpreter's exit (threads, atexit, destructors)
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _SIGNALLED
+    _SIGNALLED = True
+    raise KeyboardInterrupt()
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    global _TERMINATED
-    _TERMINATED = True
+    global _TERMINATED, _SIGNALLED
+    _TERMINATED = _SIGNALLED = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the commit short (SIGKILL still can)
     raise _Terminated()
 
 
-def main() -> None:
-    from saga.errors import SagaError
+def _unraisable(info: "sys.UnraisableHookArgs") -> None:
+    """A Ctrl-C raised inside a destructor (decord's VideoReader, a DataLoader's iterator), an atexit callback or
+    the interpreter's wait for threads: Python printed "Exception ignored in ..." and dropped it, so the command
+    ran on and exited 0. It is now silent there, and raised again in the command (or, once the command has
+    ended, the process ends at once)."""
+    global _SIGNALLED
+    if not isinstance(info.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(info)
+        return
+    _SIGNALLED = True
+    if _EXITING:
+        _exit_now()
+    timer = threading.Timer(0.05, _interrupt_again)  # raised from here it would be dropped again
+    timer.daemon = True
+    timer.start()
 
+
+def _interrupt_again() -> None:
+    """The main thread gets a KeyboardInterrupt where the command can act on it (unless the command has ended:
+    it ends interrupted anyway)."""
+    if not _EXITING:
+        _thread.interrupt_main()
+
+
+def _exit_now(signum: int = signal.SIGINT, frame: object = None) -> NoReturn:
+    """Ctrl-C or SIGTERM once the command has ended: the process ends at once with the interrupted line (unless
+    said already) and 130 / 143; raised there, Python dropped it ("Exception ignored ...") and the process exited 0."""
+    global _TERMINATED
+    _TERMINATED = _TERMINATED or (signum == signal.SIGTERM and not _SIGNALLED)
+    try:
+        if not _SAID:
+            print(INTERRUPTED, file=sys.stderr)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more to show
+                pass
+        os._exit(128 + signal.SIGTERM if _TERMINATED else 130)
+
+
+def main() -> None:
+    global _TERMINATED, _SIGNALLED, _SAID, _EXITING
+    _TERMINATED = _SIGNALLED = _SAID = _EXITING = False
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (nohup, `&`)
+        signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = _unraisable
     try:
         app()
-    except SagaError as exc:
-        if os.environ.get("SAGA_DEBUG"):
-            raise
-        _error(exc)
-    except RuntimeError as exc:  # under torchrun: DDP's gradient all-reduce after another rank died
-        lost = _lost_peer(exc)
-        if lost is None or os.environ.get("SAGA_DEBUG"):
-            raise
-        _error(lost)
-    except KeyboardInterrupt as exc:  # outside typer's own handling
+    except BaseException as exc:
+        _exiting()
+        _finish(exc)
+    _exiting()
+    if _SIGNALLED:  # an app that returns (typer's always exits)
+        _interrupted(None)
+
+
+def _exiting() -> None:
+    """From here a Ctrl-C or SIGTERM ends the process at once (`_exit_now`): raised while the line is printed, or
+    while the interpreter exits, it was a traceback or dropped with "Exception ignored ..." and exit status 0."""
+    global _EXITING
+    _EXITING = True
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _exit_now)
+
+
+def _finish(exc: BaseException) -> NoReturn:
+    """How the command ended, as one line where saga knows it (SAGA_DEBUG=1: errors keep their traceback); once a
+    Ctrl-C or SIGTERM came, the interrupted line, whatever the command then ended with (success after the
+    interrupt was dropped in a destructor, an error the interrupt caused)."""
+    from saga.errors import SagaError
+
+    debug = bool(os.environ.get("SAGA_DEBUG")) and isinstance(exc, Exception)
+    if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, SystemExit) and exc.code == 130):
+        _interrupted(exc)  # typer turns the KeyboardInterrupt into Exit(130) without a word
+    if _SIGNALLED and not debug:
         _interrupted(exc)
-    except SystemExit as exc:
-        if exc.code == 130:  # typer turned the KeyboardInterrupt into Exit(130) without a word
-            _interrupted(exc)
-        raise
+    if isinstance(exc, SagaError) and not debug:
+        _error(exc)
+    lost = _lost_peer(exc) if isinstance(exc, RuntimeError) and not debug else None
+    if lost is not None:  # under torchrun: DDP's gradient all-reduce after another rank died
+        _error(lost)
+    raise exc
 
 
 def _lost_peer(exc: RuntimeError) -> Exception | None:
@@ -132,12 +207,14 @@ def _error(exc: Exception) -> NoReturn:
     sys.exit(2)
 
 
-def _interrupted(exc: BaseException | None) -> None:
+def _interrupted(exc: BaseException | None) -> NoReturn:
     """INTERRUPTED, or the line a command put on the interrupt (an import keeps nothing to resume)."""
+    global _SAID
     while exc is not None and not isinstance(exc, KeyboardInterrupt):  # typer's Exit(130), then SystemExit
         exc = exc.__cause__ or exc.__context__
     said = exc.args[0] if exc is not None and exc.args else None
     print(said if isinstance(said, str) else INTERRUPTED, file=sys.stderr)
+    _SAID = True
     sys.exit(128 + signal.SIGTERM if _TERMINATED else 130)
 
 

@@ -1,7 +1,7 @@
 """Atomic file writes: write to a temporary name beside the target, then `os.replace`.
 
 A reader (or a resumed run) never sees half a file, and a killed writer leaves at most
-a hidden `.name.tmp-<pid>` file behind, never a damaged target. Every module that
+a hidden `.name.tmp-<pid>@<host>` file behind, never a damaged target. Every module that
 writes a file another process may read uses these helpers.
 
 A write that fails because the disk is full or the folder is not writable becomes a
@@ -14,10 +14,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,44 +28,72 @@ from typing import Any, Iterator
 from saga.errors import SagaError, WriteError
 
 
-def temp_path(path: str | Path) -> Path:
-    """The hidden temporary name beside `path` that `atomic_path` writes first."""
+def temp_path(path: str | Path, thread: bool = False) -> Path:
+    """The hidden temporary name beside `path` that `atomic_path` writes first: `.NAME.tmp-PID@HOST`
+    (`-TID` after the PID with `thread`). The host, because a PID means nothing on another machine: on a
+    disk several machines share, only this host's temporaries of dead processes are swept."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tid = f"-{threading.get_ident()}" if thread else ""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{tid}@{host_tag()}")
 
 
-TEMP = re.compile(r"\..+\.tmp-(\d+)")  # temp_path's names: .NAME.tmp-PID
+TEMP_SUFFIX = r"\.tmp-\d+(?:-\d+)?(?:@[A-Za-z0-9._-]+)?"  # temp_path's tail (an older saga's: no host)
+TEMP = re.compile(r"\..+\.tmp-(\d+)(?:-\d+)?(?:@([A-Za-z0-9._-]+))?")  # .NAME.tmp-PID[-TID][@HOST]
 
 
-def sweep_temps(folder: str | Path) -> int:
-    """Remove the temporary files (`temp_path`) of killed writers anywhere under `folder`; how many.
-    Why: a run killed mid-write left one per kill, forever. A running process's (or this one's) are kept."""
-    return sum(_remove_stale(path) for path in Path(folder).rglob(".*.tmp-*") if path.is_file())
+def host_tag() -> str:
+    """This machine's name as temporary names carry it: file-name safe, at most 40 characters (a longer
+    name keeps its head and a digest of the whole, so two hosts never share a tag)."""
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+    if len(name) <= 40:
+        return name
+    return f"{name[:31]}-{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}"
+
+
+def sweep_temps(folder: str | Path, recursive: bool = True) -> int:
+    """Remove the temporary files (`temp_path`) of killed writers anywhere under `folder` (or in it); how many.
+    Why: a run killed mid-write left one per kill, forever. A running process's (or this one's), and another
+    host's (its PID cannot be checked here), are kept."""
+    found = Path(folder).rglob(".*.tmp-*") if recursive else Path(folder).glob(".*.tmp-*")
+    return sum(_remove_stale(path) for path in found if path.is_file())
 
 
 def sweep_siblings(path: str | Path) -> int:
-    """Remove the temporaries of `path` (`.NAME.tmp-PID` beside it: a file, or an imported cache's folder)
-    left by killed writers; how many. Only `path`'s own, so a large parent folder is never walked."""
+    """Remove the temporaries of `path` (`.NAME.tmp-PID@HOST` beside it: a file, or an imported cache's folder)
+    left by killed writers of this host; how many. Also the temporaries of those temporaries
+    (`..NAME.tmp-PID@HOST.tmp-PID-TID@HOST`: the empty cache an import creates inside its hidden folder). Only
+    `path`'s own, so a large parent folder is never walked."""
     path = Path(path)
-    return sum(_remove_stale(tmp) for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+    pattern = f".{glob.escape(path.name)}.tmp-*"
+    found = [*path.parent.glob(pattern), *path.parent.glob(f".{pattern}")]
+    return sum(_remove_stale(tmp) for tmp in found)
 
 
-def live_siblings(path: str | Path) -> list[int]:
-    """The PIDs of other running processes that hold a temporary of `path` (a write under way)."""
+def live_siblings(path: str | Path) -> list[Path]:
+    """The temporaries of `path` that another process may still be writing: a running process's of this
+    host, or any of another host (whose PID cannot be checked here)."""
     path = Path(path)
-    pids = [_temp_pid(tmp) for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*")]
-    return sorted(pid for pid in pids if pid is not None and pid != os.getpid() and pid_running(pid))
+    mine = (os.getpid(), host_tag())
+    return sorted(tmp for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*")
+                  if (owner := temp_owner(tmp)) is not None and owner != mine and _may_be_live(*owner))
 
 
-def _temp_pid(path: Path) -> int | None:
+def temp_owner(path: Path) -> tuple[int, str | None] | None:
+    """(PID, host) in a temporary name (host None in an older saga's); None for any other name."""
     match = TEMP.fullmatch(path.name)
-    return int(match.group(1)) if match else None
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def _may_be_live(pid: int, host: str | None) -> bool:
+    """Whether the writer of a temporary may still run: another host's always may (its PID is not ours to
+    check; a live process there whose PID is free here would lose its file)."""
+    return (host is not None and host != host_tag()) or pid_running(pid)
 
 
 def _remove_stale(path: Path) -> bool:
-    """Remove `path` when it is a temporary name of a process no longer running."""
-    pid = _temp_pid(path)
-    if pid is None or pid_running(pid):
+    """Remove `path` when it is a temporary name of a process of this host no longer running."""
+    owner = temp_owner(path)
+    if owner is None or _may_be_live(*owner):
         return False
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -120,3 +120,20 @@ def lock_held_by_another_thread(root: Path, message: str = "busy") -> Iterator[N
     finally:
         done.set()
         thread.join()
+
+
+_ENDED_WRITER = """
+import socket, sys
+if sys.argv[2]:
+    socket.gethostname = lambda: sys.argv[2]
+from saga.fileio import temp_path
+print(temp_path(sys.argv[1]))
+"""
+
+
+def ended_writers_temp(target: Path, host: str = "") -> Path:
+    """The temporary name (`saga.fileio.temp_path`) a writer of `target` that has since ended wrote; with `host`,
+    as if it ran on that machine (one sharing the disk: its PID says nothing about this machine's processes)."""
+    proc = subprocess.run([sys.executable, "-c", _ENDED_WRITER, str(target), host], capture_output=True, text=True,
+                          check=True)
+    return Path(proc.stdout.strip())

@@ -7,6 +7,9 @@ import fcntl
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -195,6 +198,31 @@ def test_a_cache_created_meanwhile_by_another_process_is_opened(tmp_path: Path, 
     cache = FeatureCache.create_or_open(root, provenance())
     assert cache.cache_id == others[0].cache_id == FeatureCache.open(root).cache_id
     assert not list(root.resolve().parent.glob(".c.tmp-*")) and len(cache.records()) == (3 if other_wrote else 0)
+
+
+KILLED_CREATING = """
+import json, os, signal, sys
+from pathlib import Path
+from saga.cache import store
+
+def killed(tmp, target):  # the instant the empty cache exists under its hidden name
+    os.kill(os.getpid(), signal.SIGKILL)
+
+store._publish = killed
+store.FeatureCache.create_or_open(Path(sys.argv[1]), json.loads(sys.argv[2]))
+"""
+
+
+def test_a_creation_killed_before_it_published_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    """A SIGKILL between building the empty cache (`.c.tmp-PID-TID`) and moving it into place left that hidden
+    folder for ever: only the creating process's own name was ever removed."""
+    root = tmp_path / "c"
+    proc = subprocess.run([sys.executable, "-c", KILLED_CREATING, str(root), json.dumps(provenance())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert list(tmp_path.glob(".c.tmp-*")) and not root.exists()  # what the kill left
+    FeatureCache.create_or_open(root, provenance())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 # --- 4. the same video under two paths; `saga cache prune` -------------------------------------------------------

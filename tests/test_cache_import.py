@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import ended_writers_temp
 from saga import cli
 from saga.cache import export
 from saga.cache.export import digest, export_h5, import_h5
@@ -165,3 +168,45 @@ def test_a_killed_exports_temporary_files_are_removed_and_a_live_ones_kept(tmp_p
         tmp.write_bytes(b"half an export")
     export_h5(FeatureCache.open(tmp_path / "c"), path)
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_an_import_on_another_host_is_left_alone_and_named(tmp_path: Path) -> None:
+    """Machines sharing the disk: the hidden folder of an import on another host was judged by its PID here and
+    removed under it when that PID was free here. Its owner cannot be checked from here: the import is refused,
+    naming the host and the folder to delete if that import was killed."""
+    path, out = exported(tmp_path), tmp_path / "imp"
+    theirs = ended_writers_temp(out.resolve(), host="node-7.cluster")
+    shutil.copytree(tmp_path / "c", theirs)  # half a cache
+    with pytest.raises(SagaError, match=r"imp: another `saga cache import` into it is running \(process \d+ on host "
+                                        r"node-7\.cluster; if that import is no longer running, delete "
+                                        f"{re.escape(str(theirs))}\\); wait for it to finish"):
+        import_h5(path, out)
+    assert theirs.is_dir() and not out.exists()
+    shutil.rmtree(theirs)  # as the error says, once that import is known to be dead
+    assert len(import_h5(path, out).records()) == 3
+
+
+KILLED_CREATING = """
+import os, signal, sys
+from pathlib import Path
+from saga.cache import store
+from saga.cache.export import import_h5
+
+def killed(tmp, target):  # the instant its empty hidden cache exists, before it is moved into place
+    os.kill(os.getpid(), signal.SIGKILL)
+
+store._publish = killed
+import_h5(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_an_import_killed_as_it_creates_its_empty_cache_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    """A SIGKILL right as the import created its empty cache left `..OUT.tmp-PID.tmp-PID-TID` (the creation's own
+    hidden folder, beside the import's) that no import or sweep matched: it stayed for ever."""
+    path, out = exported(tmp_path), tmp_path / "imp"
+    proc = subprocess.run([sys.executable, "-c", KILLED_CREATING, str(path), str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [name for name in leftovers(tmp_path) if name.startswith("..imp.tmp-")]  # what the kill left
+    assert len(import_h5(path, out).records()) == 3
+    assert leftovers(tmp_path) == []

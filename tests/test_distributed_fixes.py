@@ -59,10 +59,14 @@ def free_port() -> int:
 
 @pytest.fixture
 def keep_sigterm() -> Iterator[None]:
-    """cli.main installs its SIGTERM handler (and ignores SIGTERM on its way out): not in pytest's process."""
-    before = signal.getsignal(signal.SIGTERM)
+    """cli.main installs its SIGTERM and SIGINT handlers (and, on its way out, ones that end the process at
+    once): not in pytest's process."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    hook = sys.unraisablehook  # cli.main installs its own (a Ctrl-C dropped in a destructor)
     yield
-    signal.signal(signal.SIGTERM, before)
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    sys.unraisablehook = hook
 
 
 def test_a_dead_rank_leaves_the_survivor_one_line_and_exit_2(tmp_path: Path) -> None:

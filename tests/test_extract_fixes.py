@@ -1,5 +1,6 @@
 """Phase 1 fixes: a file changing while read, interrupts during the commit, decoder crashes, the lock before the
-cache exists, moved videos, failures of deleted files, Ctrl-C reaching the decoding workers."""
+cache exists, moved videos, failures of deleted files, Ctrl-C reaching the decoding workers, Ctrl-C on the way
+out."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import fcntl
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_video_tree
+from conftest import make_video_tree, write_clip
 from saga.cache.manifest import VideoRecord, file_fingerprint
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -142,6 +146,22 @@ def test_held_signals_are_delivered_when_the_span_ends() -> None:
                 time.sleep(0.05)
                 done.append("span")
         assert done == ["span"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_signal_held_in_a_span_that_raised_is_still_delivered() -> None:
+    """A Ctrl-C noted while the span failed (starting the workers, say) was dropped: the command ended with that
+    error, or none, instead of the interrupt (exit 130)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            with held_signals():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                raise OSError("the workers could not start")
+        assert isinstance(caught.value.__context__, OSError)  # the span's error stays visible behind it
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
 
@@ -286,3 +306,93 @@ def test_decoding_workers_leave_ctrl_c_to_the_main_process() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+# --- 8. Ctrl-C while a command is on its way out -----------------------------------------------------------------
+
+WAY_OUT = textwrap.dedent("""
+    import atexit, os, signal, sys, time
+    from saga import cli
+
+    def ctrl_c():  # the user's Ctrl-C reaching the process right here
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+
+    class Reader:  # as decord's VideoReader: its destructor runs when the last decoded video is dropped
+        def __del__(self):
+            ctrl_c()
+
+    def command():  # its work is done: it is on its way out
+        if sys.argv[1] == "destructor":
+            Reader()
+        elif sys.argv[1] == "exit":
+            atexit.register(ctrl_c)  # the interpreter's exit: atexit callbacks, threads joined, destructors
+        elif sys.argv[1] == "error":
+            Reader()
+            raise RuntimeError("a library's error on the way out of the interrupt")
+        elif sys.argv[1] == "midway":  # the Ctrl-C came in a destructor while the command still had work to do
+            Reader()
+            time.sleep(3)
+            print("ran on", flush=True)
+        print("done", flush=True)
+        raise SystemExit(0)  # as typer ends a command that succeeded
+
+    cli.app = command
+    cli.main()
+""")
+
+
+def way_out(where: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WAY_OUT, where], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a test worker ignores it
+
+
+@pytest.mark.parametrize("where", ["destructor", "exit", "error", "midway"])
+def test_a_ctrl_c_on_the_way_out_ends_with_130_and_one_line(where: str) -> None:
+    """A Ctrl-C in a destructor (decord's, as the last videos are dropped) or while the interpreter exits was
+    dropped by Python ("Exception ignored in ...", a traceback) and the command exited 0 (or ran on, or ended
+    with the error the interrupt caused)."""
+    proc = way_out(where)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "interrupted: committed work is kept; rerun the same command to resume\n"
+    assert "ran on" not in proc.stdout  # interrupted again where the command could act on it
+
+
+def test_a_command_without_ctrl_c_still_ends_0() -> None:
+    proc = way_out("none")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "done\n", "")
+
+
+DECORD_WAY_OUT = textwrap.dedent("""
+    import os, signal, sys, time
+    import decord, decord.video_reader as video_reader
+    from saga import cli
+
+    free = video_reader._CAPI_VideoReaderFree
+
+    def ctrl_c_while_freeing(handle):  # the user's Ctrl-C lands while decord's destructor frees its reader
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        free(handle)
+
+    video_reader._CAPI_VideoReaderFree = ctrl_c_while_freeing
+
+    def command():
+        reader = decord.VideoReader(sys.argv[1])
+        print(len(reader), flush=True)
+        del reader  # the last decoded video dropped as the command ends
+        raise SystemExit(0)
+
+    cli.app = command
+    cli.main()
+""")
+
+
+def test_a_ctrl_c_in_decords_destructor_is_one_line_and_130(tmp_path: Path) -> None:
+    """What users saw: "Exception ignored in: <function VideoReader.__del__ ...> ... KeyboardInterrupt", exit 0."""
+    pytest.importorskip("decord")
+    clip = write_clip(tmp_path / "a.mp4", n_frames=4, seed=1)
+    proc = subprocess.run([sys.executable, "-c", DECORD_WAY_OUT, str(clip)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (proc.returncode, proc.stdout) == (130, "4\n"), proc.stderr
+    assert proc.stderr == "interrupted: committed work is kept; rerun the same command to resume\n"

@@ -130,6 +130,31 @@ def test_runner_commits_what_was_written_when_interrupted() -> None:
     assert [p for p, _ in part.added] == ["v0.mp4", "v1.mp4"] and part.closed
 
 
+def test_a_ctrl_c_while_the_workers_stop_still_commits_and_ends_the_writer() -> None:
+    """Ctrl-C while the decoding workers stop (run_pass's `finally`) skipped the commit: the part was never
+    closed, and the writer thread, waiting for more work, held the process after the interrupted line for ever."""
+    part = FakePart()
+
+    class Stopping:  # the decoded videos; the Ctrl-C comes while their workers are stopped
+        def __iter__(self):  # noqa: ANN204
+            return iter([video(0), video(1)])
+
+        def close(self) -> None:
+            raise KeyboardInterrupt
+
+    writer = BackgroundWriter(part)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pass(Stopping(), EncodeStep(FakeEncoder(), FRAMES, 1, FRAMES), writer, record_of,
+                     ExtractSummary(cache=Path("c")), total=2)
+        assert [p for p, _ in part.added] == ["v0.mp4", "v1.mp4"] and part.closed
+        writer.join(timeout=5)
+        assert not writer.is_alive()
+    finally:
+        if writer.is_alive():  # what the old code left: free it, or pytest never exits
+            writer.jobs.put(None)
+
+
 def test_a_writer_error_surfaces_after_the_pass_and_stops_further_writes() -> None:
     part = FakePart(fail_on=1)
     with pytest.raises(OSError, match="No space"):

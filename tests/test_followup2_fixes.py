@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import make_video_tree, write_clip
+from conftest import ended_writers_temp, make_video_tree, write_clip
 from saga.cache import prune
 from saga.cache.manifest import AUGMENTED, OK, VideoRecord, copy_name, file_fingerprint, source_key
 from saga.cache.store import FeatureCache
@@ -174,3 +175,21 @@ def test_a_killed_runs_temporary_copy_is_removed_and_a_live_ones_kept(tmp_path: 
     perturb_videos(parse("crf28"), [record(videos, "g/a.mp4")], videos, folder, print)
     assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
     assert (folder / "g" / ".notes.tmp-x").exists()  # not a name saga's atomic writes give
+
+
+def test_a_temporary_of_another_host_is_kept_and_one_of_this_host_swept(tmp_path: Path) -> None:
+    """A cluster's machines sharing one copy folder: a temporary written on another host was judged by its PID
+    here, so a live writer there whose PID is free here lost its file. Both writers below have ended; only this
+    host's temporary is swept."""
+    from saga.robustness.copies import sweep_temps
+
+    ours = ended_writers_temp(tmp_path / "g" / "a.mp4")
+    theirs = ended_writers_temp(tmp_path / "g" / "b.mp4", host="node-7.cluster")
+    dead = re.search(r"tmp-(\d+)", ours.name)[1]
+    older = tmp_path / f".c.mp4.tmp-{dead}"  # an older saga's name (no host): judged by its PID, as before
+    for path in (ours, theirs, older):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a copy")
+    assert sweep_temps(tmp_path) == 2
+    assert theirs.exists() and not ours.exists() and not older.exists()
+    assert theirs.name.endswith("@node-7.cluster") and "@" in ours.name  # every temporary name says whose host

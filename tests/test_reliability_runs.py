@@ -75,6 +75,41 @@ def test_sigkill_at_any_point_of_a_checkpoint_leaves_a_consistent_state(tmp_path
     assert leftovers == [], leftovers
 
 
+_LIVE_WRITER = """
+import sys, time
+from saga.fileio import temp_path
+print(temp_path(sys.argv[1]), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_checkpoint_keeps_the_temporary_files_of_live_writers_and_of_other_hosts(tmp_path: Path) -> None:
+    """Every checkpoint (each epoch) deleted every temporary file in the run folder: a `saga evaluate` or `tsig`
+    writing its file beside the trainer, here or on another host sharing the disk, lost it mid-write. Only this
+    host's temporaries of ended processes go."""
+    import subprocess
+    import sys
+
+    from conftest import ended_writers_temp
+    from saga.runs.checkpoint import recover
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(run_dir / "metrics.json")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        writing = Path(live.stdout.readline().strip())  # `saga evaluate` writing metrics.json right now
+        theirs = ended_writers_temp(run_dir / "tsig_maps.png", host="node-7.cluster")
+        ours = ended_writers_temp(run_dir / "model.safetensors")  # a trainer killed here
+        for path in (writing, theirs, ours):
+            path.write_bytes(b"half a file")
+        recover(run_dir)
+        assert writing.exists() and theirs.exists() and not ours.exists()
+    finally:
+        live.kill()
+        live.communicate()
+
+
 def test_hostile_weights_metadata_is_refused_before_allocation(tmp_path: Path) -> None:
     from safetensors.torch import save_file
     import torch

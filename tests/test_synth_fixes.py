@@ -19,6 +19,7 @@ import pytest
 from saga.benchmark.synth import SynthConfig, die_with_parent, generate
 from saga.benchmark.synth_folder import STAMP
 from saga.errors import SagaError
+from saga.fileio import temp_path
 
 from conftest import run_saga
 
@@ -132,10 +133,14 @@ def test_an_empty_out_is_refused_not_taken_for_the_current_folder(tmp_path: Path
 
 def test_leftover_temporary_clips_are_removed(tmp_path: Path, made: dict[str, dict[str, str]]) -> None:
     generate(tmp_path, SMALL)
-    (tmp_path / "real" / ".real_001.mp4.tmp-99999").write_bytes(b"half a clip")
+    (tmp_path / "real" / ".real_001.mp4.tmp-99999").write_bytes(b"half a clip")  # an older saga's name
+    temp_path(tmp_path / "real" / "real_002.mp4").write_bytes(b"half a clip")  # .real_002.mp4.tmp-PID@HOST
     (tmp_path / "real" / ".keep.tmp-1").write_bytes(b"not ours")
     generate(tmp_path, SMALL)
     assert _digests(tmp_path) == {**made["small"], "real/.keep.tmp-1": hashlib.sha256(b"not ours").hexdigest()}
+    (tmp_path / "killed").mkdir()  # a run killed while it wrote its stamp: still saga's folder
+    temp_path(tmp_path / "killed" / STAMP).write_text("{")
+    generate(tmp_path / "killed", SMALL)
 
 
 @pytest.mark.parametrize("change,message", [

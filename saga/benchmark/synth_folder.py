@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from saga.errors import SagaError
-from saga.fileio import write_json
+from saga.fileio import TEMP_SUFFIX, write_json
 
 STAMP = "synth.json"  # the config (less the worker count) and taxonomy that made the folder's clips
 OUTPUTS = ("labels.csv", "taxonomy.toml")  # written last, by a run that finished
 FORMAT = 1  # bump when the same config would render other bytes
-_STAMP_TMP = re.compile(rf"\.{re.escape(STAMP)}\.tmp-\d+")  # fileio's temporary name of a stamp being written
+_STAMP_TMP = re.compile(rf"\.{re.escape(STAMP)}{TEMP_SUFFIX}")  # fileio's temporary name of a stamp being written
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a class folder name as video_path makes it
 
 
@@ -77,9 +77,9 @@ def _folders(stamp: dict[str, Any] | None) -> list[str]:
 
 def _named_files(out_dir: Path, folders: Iterable[str]) -> Iterable[tuple[Path, str, int]]:
     """(path, folder, index) of every clip saga synth names FOLDER/FOLDER_NNN.mp4, and of their
-    hidden temporary files (.FOLDER_NNN.mp4.tmp-PID, left by a killed writer)."""
+    hidden temporary files (.FOLDER_NNN.mp4.tmp-PID@HOST, left by a killed writer)."""
     for folder in sorted(folders):
-        clip = re.compile(rf"\.?({re.escape(folder)}_(\d+)\.mp4)(\.tmp-\d+)?")
+        clip = re.compile(rf"\.?({re.escape(folder)}_(\d+)\.mp4)({TEMP_SUFFIX})?")
         directory = out_dir / folder
         if not directory.is_dir() or directory.is_symlink():
             continue

@@ -23,8 +23,8 @@ from saga.cache.integrity import attrs_problem
 from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import (atomic_path, check_writable, live_siblings, make_dir, sweep_siblings, temp_path,
-                         write_text)
+from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, make_dir, sweep_siblings,
+                         temp_owner, temp_path, write_text)
 from saga.locks import lock_folder, unlock_folder
 
 FORMAT = "saga-cache-h5/1"
@@ -124,7 +124,7 @@ def _write(cache: FeatureCache, path: Path) -> int:
 def import_h5(path: Path, out: Path, warn: Warn | None = None) -> FeatureCache:
     """Rebuild a cache (same provenance, cache id and split plan) from an exported HDF5 file.
 
-    Built in a hidden folder beside `out` (`.OUT.tmp-PID`), checked as `FeatureCache.open` and `saga cache
+    Built in a hidden folder beside `out` (`.OUT.tmp-PID@HOST`), checked as `FeatureCache.open` and `saga cache
     verify` check a cache, then renamed onto `out` in one step: a failed, killed or concurrent import never
     leaves a half cache at `out`, nor removes anything but its own hidden folder (a killed one's goes at
     the next import)."""
@@ -178,9 +178,18 @@ def _check_out(out: Path) -> Path:
     sweep_siblings(target)
     running = live_siblings(target)
     if running:
-        raise SagaError(f"{out}: another `saga cache import` into it is running (process {running[0]}); wait "
+        raise SagaError(f"{out}: another `saga cache import` into it is running ({_owner(running[0])}); wait "
                         "for it to finish, or import into another folder")
     return target
+
+
+def _owner(tmp: Path) -> str:
+    """Who holds a hidden import folder: a process here, or one on another host, which cannot be checked
+    from here (its folder may be a killed import's)."""
+    pid, host = temp_owner(tmp) or (0, None)
+    if host is None or host == host_tag():
+        return f"process {pid}"
+    return f"process {pid} on host {host}; if that import is no longer running, delete {tmp}"
 
 
 def _check_imported(path: Path, tmp: Path, out: Path, warn: Warn | None) -> None:

@@ -21,7 +21,6 @@ import errno
 import math
 import os
 import shutil
-import threading
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +37,7 @@ from saga.cache.seal import (MANIFEST, PARTS_LOG, SEAL, record_videos, seal_left
                              unsealed_parts)
 from saga.cache.shards import ArrayReader
 from saga.errors import SagaError
-from saga.fileio import writing
+from saga.fileio import sweep_siblings, temp_path, writing
 from saga.locks import LOCK
 from saga.taxonomy import Taxonomy
 
@@ -340,8 +339,8 @@ def _create(root: Path, attrs: dict[str, Any]) -> bool:
     """Build the empty cache under a hidden name and move it into place; False when another process
     (or thread) published one there first."""
     target = root.resolve()  # `--out .` has no name to put a temporary folder beside
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    sweep_siblings(target)  # a creator killed here (this host's, its PID dead) left its hidden folder
+    tmp = temp_path(target, thread=True)
     try:
         with writing(root):
             group = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)

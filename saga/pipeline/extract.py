@@ -329,8 +329,10 @@ def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: Backgroun
         _store(step.flush(), writer, record_of, summary)
         _report(progress, summary, total)
     finally:
-        _close(videos)  # the workers stop first: a dead one can no longer interrupt the commit
-        writer.finish()  # what was encoded is written and committed
+        try:
+            _close(videos)  # the workers stop first: a dead one can no longer interrupt the commit
+        finally:  # a Ctrl-C while they stop skipped the commit, and the writer thread held the exit for ever
+            writer.finish()  # what was encoded is written and committed
         summary.timings.encode += step.seconds
         summary.timings.write += writer.seconds
         summary.timings.pipeline += time.perf_counter() - started

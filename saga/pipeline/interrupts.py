@@ -20,9 +20,10 @@ HELD = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def held_signals(signals: tuple[signal.Signals, ...] = HELD) -> Iterator[None]:
-    """Note `signals` instead of acting on them inside the block, then deliver the first one noted (if the block
-    ended without an exception). Main thread only: elsewhere Python delivers no signal anyway. A process forked
-    inside the block inherits the noting handler, harmless until it sets its own."""
+    """Note `signals` instead of acting on them inside the block, then deliver the first one noted (also when the
+    block raised: its exception is then the interrupt's context; it used to be dropped, so the command ended
+    with that error, or none, instead of the interrupt). Main thread only: elsewhere Python delivers no signal
+    anyway. A process forked inside the block inherits the noting handler, harmless until it sets its own."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -35,5 +36,5 @@ def held_signals(signals: tuple[signal.Signals, ...] = HELD) -> Iterator[None]:
     finally:
         for sig, handler in before.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    if noted:
-        signal.raise_signal(noted[0])
+        if noted:
+            signal.raise_signal(noted[0])

@@ -78,9 +78,9 @@ def recover(folder: Path) -> None:
                 os.replace(commit / name, folder / name)
         shutil.rmtree(commit, ignore_errors=True)
     shutil.rmtree(new, ignore_errors=True)  # never committed: the files in place are the last checkpoint
-    for tmp in folder.glob(".*.tmp-*"):  # atomic writes of a killed process (one trainer per folder)
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+    # atomic writes of killed processes; not those of a live writer beside the trainer (`saga evaluate`,
+    # `tsig` writing their files), here or on another host sharing the disk: they were deleted under it
+    fileio.sweep_temps(folder, recursive=False)
 
 
 def load_state(folder: Path, model: VideoTransformer, optimizer: torch.optim.Optimizer,
