@@ -281,7 +281,8 @@ def heldout_robustness_section(b: dict[str, Any], name: str) -> str:
         if not rob.get("perturbations"):
             continue
         cache = Path(str(rob.get("cache") or "")).name or file.partition(HELDOUT)[2].rsplit(".", 1)[0]
-        parts.append(f"<h3>Robustness on held-out cache {escape(cache)} ({esc(str(rob.get('cache_id'))[:12])})</h3>"
+        cache_id = str(rob.get("cache_id") or "–")[:12]
+        parts.append(f"<h3>Robustness on held-out cache {escape(cache)} ({esc(cache_id)})</h3>"
                      f'<p class="meta">{escape(file)}: <code>saga robustness RUN --cache OTHER</code> on a cache '
                      "other than the run's training cache, kept apart from the run's own (the table headed "
                      "Robustness).</p>" + guarded(file, "rerun <code>saga robustness</code> on that cache",
