@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from saga.errors import SagaError, shown
-from saga.fileio import writing
+from saga.errors import SagaError, WriteError, shown
+from saga.fileio import DENIED, writing
 
 LOCK = ".lock"  # in a run folder or a cache: flock'ed by the one process writing there
 
@@ -66,8 +66,7 @@ def _flock(folder: Path, busy: str) -> int:
     """A descriptor holding the exclusive flock of folder/.lock; BUSY when another process holds it.
     Only a holder's exclusive flock refuses: a `check_unlocked` probe's shared one is waited out (it used
     to refuse a trainer starting in the instant an `enroll` checked the run)."""
-    with writing(folder / LOCK):
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(folder / LOCK)
     deadline = time.monotonic() + PROBE_WAIT
     while True:
         try:
@@ -78,6 +77,23 @@ def _flock(folder: Path, busy: str) -> int:
                 os.close(fd)
                 raise SagaError(f"{folder}: {busy}") from None
             time.sleep(0.002)
+
+
+def _open_lock(lock: Path) -> int:
+    """A read-write descriptor of `lock`, created when missing. One that exists but cannot be opened (another
+    user's file, a restrictive mode) is a WriteError naming it and the fix: `writing` blamed the folder
+    ("RUN: not writable"), which may well be writable; the lock file is what needs the chmod."""
+    with writing(lock):
+        try:
+            return os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError as exc:
+            if not os.path.lexists(lock):  # the folder refused to create it: `writing` names the folder
+                raise
+            raise WriteError(
+                f"{shown(lock)}: cannot be opened for writing ({DENIED.get(exc.errno, exc.strerror)}): it is another "
+                f"user's file or its mode forbids it; run chmod u+rw {shown(lock)} if it is yours (ls -l shows its "
+                f"owner), else ask its owner to run chmod a+rw {shown(lock)}, or choose another --out",
+                exc.errno) from None
 
 
 def _held_exclusively(path: Path) -> bool:
@@ -154,8 +170,7 @@ def waiting_lock(path: str | Path, waiting: str) -> Iterator[None]:
     warn `waiting` once and wait. For a short read-modify-write that two commands may run at once
     (enrolling two generators into one run): the second then reads what the first wrote."""
     path = Path(path)
-    with writing(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -131,3 +131,91 @@ def test_only_videos_with_a_class_at_the_runs_level_are_scored_and_reencoded(wor
     assert "6 videos selected, 4 of them with a class at SD-L" in table
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith(("| clean |", "| crf35 |"))]
     assert [row[-3] for row in rows] == ["4", "4"]  # the n column: videos scored, not videos selected
+
+
+# -- `saga robustness RUN --cache OTHER` on a held-out cache: named apart, kept per cache, shown apart ---------------
+def _cli(*args: str) -> str:
+    """`saga ARGS` through CliRunner; stdout and stderr together."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    res = CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    return " ".join(res.output.split())
+
+
+def held_out(root: Path, name: str, per_class: int, weights: Path) -> tuple[Path, FeatureCache]:
+    """Videos and a cache of the run's encoder and sampling with another cache id (a held-out set), all test."""
+    videos = make_video_tree(root / f"{name}-videos", per_class=per_class, generators=GENS)
+    extract(ExtractConfig(videos=videos, out=root / name, taxonomy="synth", encoder="saga-tiny-vit",
+                          pretrained=str(weights), frames=8, workers=0, device="cpu",
+                          split_fractions={"train": 0.0, "val": 0.0, "test": 1.0}))
+    return videos, FeatureCache.open(root / name)
+
+
+def _robustness_cli(run: Path, cache: Path, videos: Path) -> str:
+    return _cli("robustness", str(run), "--cache", str(cache), "--videos", str(videos), "--perturb", "crf35",
+                "--workers", "0", "--device", "cpu")
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    """Every file of the run's own robustness results and its own perturbed folder (copies, record, cache)."""
+    own = [run / "robustness.json", run / "robustness.md",
+           *sorted(p for p in (run / "robustness" / "crf35").rglob("*") if p.is_file())]
+    return {str(p.relative_to(run)): p.read_bytes() for p in own}
+
+
+def test_robustness_on_held_out_caches_keeps_the_run_s_own_and_each_cache_s(world: dict[str, Path], tmp_path: Path,
+                                                                           tiny_weights: Path) -> None:
+    """`saga robustness RUN --cache OTHER` wrote robustness.json / .md and re-encoded robustness/<p>/ over the
+    run's own: its own results were lost, a second held-out cache replaced the first, and the report showed
+    the held-out accuracy as the run's."""
+    import json
+
+    from saga.explain.report import render_report
+
+    run = save_run(tmp_path / "run", FeatureCache.open(world["cache"]), "GEN-L", list(GENS))
+    _robustness_cli(run, world["cache"], world["videos"])
+    own = _snapshot(run)
+    assert json.loads(own["robustness.json"])["n_videos"] == 6 and "heldout" not in json.loads(own["robustness.json"])
+    tags = []
+    for name, per_class in (("seed 1", 3), ("b", 4)):
+        videos, other = held_out(tmp_path, name, per_class, tiny_weights)
+        said = _robustness_cli(run, other.root, videos)
+        tag = f"{name.replace(' ', '_')}-{other.cache_id[:8]}"
+        tags.append(tag)
+        assert f"{run / f'robustness@{tag}.json'}, {run / f'robustness@{tag}.md'}" in said  # the files it wrote
+        assert _snapshot(run) == own  # the run's own results, copies and perturbed cache byte-identical
+    for tag, n in zip(tags, (9, 12)):  # each held-out cache kept, with its own copies
+        held = json.loads((run / f"robustness@{tag}.json").read_text())
+        assert (held["n_videos"], held["heldout"], held["perturbations"][1]["n"]) == (n, tag, n)
+        assert "a held-out cache" in (run / f"robustness@{tag}.md").read_text()
+        assert len(list(FeatureCache.open(run / "robustness" / f"crf35@{tag}" / "cache").ok_records())) == n
+    assert sorted(p.name for p in (run / "robustness").iterdir()) == sorted(["crf35", *(f"crf35@{t}" for t in tags)])
+    assert "extracted 0 new, 6 already cached" in _robustness_cli(run, world["cache"], world["videos"])
+    html = render_report([run])  # the run's own table (6 videos), then one per held-out cache, apart
+    own_at = html.index("<h3>Robustness</h3>")
+    assert "test split (6 videos)" in html[own_at:html.index("<h3>Robustness on held-out cache")]
+    for name, tag, n in (("seed 1", tags[0], 9), ("b", tags[1], 12)):
+        at = html.index(f"<h3>Robustness on held-out cache {name} (")
+        assert at > own_at and f"robustness@{tag}.json" in html[at:] and f"test split ({n} videos)" in html[at:]
+
+
+def test_an_older_saga_s_held_out_robustness_under_the_own_name_is_labelled(world: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """robustness.json an older saga filled from another cache is said to be of that cache, not the run's."""
+    import json
+
+    from saga.explain.report_openworld import beyond_sections, load_beyond
+
+    run = save_run(tmp_path / "run", FeatureCache.open(world["cache"]), "GEN-L", list(GENS))
+    levels = {"GEN-L": {"accuracy": 0.5, "ci": [0.2, 0.8], "n": 6, "macro_accuracy": 0.5}}
+    rob = {"cache": "/data/seed1", "cache_id": "f" * 32, "split": "test", "n_videos": 6, "levels": ["GEN-L"],
+           "perturbations": [{"name": "clean", "description": "", "n": 6, "failed": 0, "levels": levels}]}
+    (run / "robustness.json").write_text(json.dumps(rob))
+    assert "These results are of cache ffffffffffff, not the run's training cache" in beyond_sections(
+        load_beyond(run, None), "run")
+    rob["cache_id"] = FeatureCache.open(world["cache"]).cache_id  # the run's own: no note
+    (run / "robustness.json").write_text(json.dumps(rob))
+    assert "These results are of cache" not in beyond_sections(load_beyond(run, None), "run")

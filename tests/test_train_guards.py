@@ -382,3 +382,46 @@ def test_a_mode_000_lock_file_is_one_warning(tmp_path: Path) -> None:
     (tmp_path / LOCK).touch(mode=0o000)
     with pytest.warns(UserWarning, match=r"\.lock: cannot be opened \(Permission denied\), so saga cannot tell"):
         RunFolder(tmp_path).check_not_training("`saga enroll`")
+
+
+def _deny_open(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """os.open refused for `path` alone (EACCES), as for another user's file; works as root too."""
+    import errno
+
+    real_open = os.open
+
+    def denied(target: object, *args: object, **kwargs: object) -> int:
+        if os.fspath(target) == str(path):  # type: ignore[arg-type]
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        return real_open(target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", denied)
+
+
+def test_a_trainer_meeting_a_lock_file_it_cannot_open_names_that_file(cache: FeatureCache, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's RUN/.lock (or mode 000): the trainer said "RUN: not writable (permission denied)", blaming
+    a folder that is writable; the file is what needs the chmod, or the run another --out."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).touch()
+    _deny_open(monkeypatch, out / LOCK)
+    expected = (f"{out / LOCK}: cannot be opened for writing (permission denied): it is another user's file or its "
+                f"mode forbids it; run chmod u+rw {out / LOCK} if it is yours (ls -l shows its owner), else ask its "
+                f"owner to run chmod a+rw {out / LOCK}, or choose another --out")
+    with pytest.raises(SagaError) as refused:
+        train_stage1(cache.root, out, s1_config(epochs=1))
+    assert str(refused.value) == expected
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]  # refused before anything was written
+    from saga.locks import waiting_lock  # the short read-modify-write lock (enroll, openset fit) says the same
+
+    with pytest.raises(SagaError, match=r"\.lock: cannot be opened for writing \(permission denied\)"):
+        with waiting_lock(out / LOCK, "waiting"):
+            pass
+
+
+def test_a_folder_that_refuses_the_lock_file_is_still_blamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RUN/.lock yet and the folder refuses to create it: the folder is what is not writable."""
+    _deny_open(monkeypatch, tmp_path / LOCK)
+    with pytest.raises(SagaError, match=rf"^{tmp_path}: not writable \(permission denied\)"):
+        RunFolder(tmp_path).lock()

@@ -15,8 +15,9 @@ def robustness(
     videos: Annotated[Path, typer.Option("--videos", help="The folder the cache was extracted from.")],
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")] = None,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder for robustness.json/.md (robustness-SPLIT.* for a split other than test) and "
-                      "robustness/ (the perturbed videos and caches, safe to delete); default: the run folder.")] = None,
+        "--out", help="Folder for robustness.json/.md (robustness-SPLIT.* for a split other than test; "
+                      "robustness@CACHE-ID.* on a cache other than the run's training cache) and robustness/ (the "
+                      "perturbed videos and caches, safe to delete); default: the run folder.")] = None,
     perturb: Annotated[Optional[str], typer.Option(
         "--perturb", help="Comma-separated: crfN, downscaleX, cropX, fpsX (X < 1), social "
                           "(default: crf23,crf28,crf35,downscale0.5,crop0.8,fps0.5,social).")] = None,
@@ -33,6 +34,7 @@ def robustness(
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
 ) -> None:
     """Re-encode the split's videos with each perturbation, extract each set once, evaluate the run on it."""
+    from saga.explain.metrics import HELDOUT_KEY
     from saga.robustness.evaluate import markdown
     from saga.robustness.perturb import parse_list
     from saga.robustness.runner import RobustnessConfig, result_files, run_robustness
@@ -44,7 +46,8 @@ def robustness(
         result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
     typer.echo(markdown(result))
     folder = out or run
-    console.print(f"written: {', '.join(str(folder / name) for name in result_files(cfg.split))}")
+    names = result_files(cfg.split, result.get(HELDOUT_KEY))  # named apart on a held-out cache
+    console.print(f"written: {', '.join(str(folder / name) for name in names)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,9 @@ when its files exist, read as data (the explain layer cannot import `saga.openwo
   leave-one-generator-out run), AUROC / OSCR with the ROC and OSCR curves from the stored scores;
 - enrollment: the classes enrolled.json adds (videos, labels per level, the levels it answers);
 - robustness: robustness.json of `saga robustness`, accuracy per perturbation and level, with the
-  interval, the videos behind it and the drop against the clean videos.
+  interval, the videos behind it and the drop against the clean videos; then one table per held-out
+  cache (robustness[-<split>]@<cache>-<id8>.json, `--cache` a cache other than the run's training
+  cache), each titled with its cache, never mixed into the run's own table.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 from saga.explain.metrics import RUN_MODEL, other_weights, run_weights
 from saga.explain.report_html import ci_text, esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
-from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, RELIABILITY_GLOB, ROBUSTNESS
+from saga.runs.files import (CALIBRATION, ENROLLED, HELDOUT, HELDOUT_ROBUSTNESS_GLOB, OPENSET, PROVENANCE,
+                             RELIABILITY_GLOB, ROBUSTNESS)
 from saga.taxonomy import LEVELS
 
 
@@ -50,13 +53,32 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
                 reliability[str(data.get("split") or p.stem.removeprefix("reliability-"))] = data
     robustness = read_json_file(run_dir / ROBUSTNESS)
     if other_weights(robustness, weights):
-        stale.append((ROBUSTNESS, "made with other weights than the run's (retrained since)"))
+        stale.append((ROBUSTNESS, ROBUSTNESS_STALE))
         robustness = None
+    provenance = read_json_file(run_dir / PROVENANCE)
     return {**fitted, "reliability": reliability, "robustness": robustness,
+            "heldout_robustness": _heldout_robustness(run_dir, weights, stale),
+            "run_cache": provenance.get("cache_id") if isinstance(provenance, dict) else None,
             "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale}
 
 
 OTHER_WEIGHTS = "fitted on other weights than the run's (retrained since)"
+ROBUSTNESS_STALE = "made with other weights than the run's (retrained since)"
+
+
+def _heldout_robustness(run_dir: Path, weights: str | None, stale: list[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """(file name, data) of each `saga robustness` on a held-out cache; unreadable ones and those of other
+    weights go to `stale`, named, not shown."""
+    out = []
+    for p in sorted(run_dir.glob(HELDOUT_ROBUSTNESS_GLOB)):
+        data = read_json_file(p)
+        if not isinstance(data, dict):
+            stale.append((p.name, "unreadable (not a JSON object)"))
+        elif other_weights(data, weights):
+            stale.append((p.name, ROBUSTNESS_STALE))
+        else:
+            out.append((p.name, data))
+    return out
 
 
 def _reliability_stale(data: dict[str, Any], weights: str | None, cal: Any) -> str | None:
@@ -75,7 +97,8 @@ def beyond_sections(b: dict[str, Any], name: str) -> str:
     """Every section whose data the run has, in the order of docs/beyond.md (then robustness)."""
     parts = [f'<p class="meta">{escape(file)}: {escape(why)}, so not shown; rerun the command that wrote it</p>'
              for file, why in b.get("stale", [])]
-    for fn in (calibration_section, openset_section, enrolled_section, robustness_section):
+    for fn in (calibration_section, openset_section, enrolled_section, robustness_section,
+               heldout_robustness_section):
         parts.append(guarded(fn.__name__.removesuffix("_section"), "rerun the command that wrote it", fn, b, name))
     return "".join(parts)
 
@@ -248,6 +271,38 @@ def robustness_section(b: dict[str, Any], name: str) -> str:
     rob = b["robustness"]
     if not isinstance(rob, dict) or not rob.get("perturbations"):
         return ""
+    return "<h3>Robustness</h3>" + _foreign_note(rob, b.get("run_cache")) + robustness_table(rob)
+
+
+def heldout_robustness_section(b: dict[str, Any], name: str) -> str:
+    """One table per `saga robustness RUN --cache OTHER` on a held-out cache, apart from the run's own."""
+    parts = []
+    for file, rob in b.get("heldout_robustness") or []:
+        if not rob.get("perturbations"):
+            continue
+        cache = Path(str(rob.get("cache") or "")).name or file.partition(HELDOUT)[2].rsplit(".", 1)[0]
+        cache_id = str(rob.get("cache_id") or "–")[:12]
+        parts.append(f"<h3>Robustness on held-out cache {escape(cache)} ({esc(cache_id)})</h3>"
+                     f'<p class="meta">{escape(file)}: <code>saga robustness RUN --cache OTHER</code> on a cache '
+                     "other than the run's training cache, kept apart from the run's own (the table headed "
+                     "Robustness).</p>" + guarded(file, "rerun <code>saga robustness</code> on that cache",
+                                            robustness_table, rob))
+    return "".join(parts)
+
+
+def _foreign_note(rob: dict[str, Any], run_cache: Any) -> str:
+    """One line when robustness.json holds another cache's results (an older saga wrote a held-out cache's
+    there): they are not presented as the training cache's without a word."""
+    cache = rob.get("cache_id")
+    if not cache or not run_cache or cache == run_cache:
+        return ""
+    return (f'<p class="meta">These results are of cache {esc(str(cache)[:12])}, not the run\'s training cache '
+            f"{esc(str(run_cache)[:12])} (an older saga wrote held-out results under the run's own file names); "
+            "rerun <code>saga robustness</code> on the training cache for the run's own.</p>")
+
+
+def robustness_table(rob: dict[str, Any]) -> str:
+    """What one robustness[…].json measured: a line on the data, then accuracy per perturbation and level."""
     levels = list(rob.get("levels") or [])
     perts = rob["perturbations"]
     clean = next((p for p in perts if p.get("name") == "clean"), None)
@@ -274,8 +329,7 @@ def robustness_section(b: dict[str, Any], name: str) -> str:
         body.append(f"<tr><td class=l><b>{escape(str(p.get('name')))}</b><br><small>"
                     f"{escape(str(p.get('description') or ''))}</small></td><td>{esc(p.get('n', '–'))}{failed}</td>"
                     f"{''.join(cells)}</tr>")
-    return ("<h3>Robustness</h3>"
-            f'<p class="meta">Accuracy % on the {esc(rob.get("split", "?"))} split '
+    return (f'<p class="meta">Accuracy % on the {esc(rob.get("split", "?"))} split '
             f'({esc(rob.get("n_videos", "?"))} '
             "videos) after each perturbation, with its 95 % interval (Wilson), the videos behind it and the change "
             "against the clean videos (points; red where the interval lies below the clean accuracy); failed: videos robustness.json records as failed under that "

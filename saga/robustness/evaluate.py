@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from saga.cache.manifest import VideoRecord
+from saga.explain.metrics import HELDOUT_KEY
 from saga.explain.scores import compute_metrics
 from saga.model.inference import Inference
 from saga.openworld.levels import aggregate, coarser_levels, label_at, parents
@@ -51,8 +52,10 @@ def markdown(result: dict[str, Any]) -> str:
     """robustness.md: one row per perturbation, accuracy [95 % CI] per level, the videos scored and failures."""
     levels = result["levels"]
     scored = result["perturbations"][0]["n"]  # clean: every selected video with a class at the run's level
+    held = (f" (a held-out cache, {str(result.get('cache_id'))[:12]}: not the run's training cache)"
+            if result.get(HELDOUT_KEY) else "")
     lines = [f"# Robustness of {result['run']}", "",
-             f"Cache {result['cache']}, split {result['split']}, {result['n_videos']} videos selected, {scored} "
+             f"Cache {result['cache']}{held}, split {result['split']}, {result['n_videos']} videos selected, {scored} "
              f"of them with a class at {levels[0]} (accuracy in %, 95 % Wilson interval in brackets; n = videos "
              "scored, per level where the levels differ; failed = could not be re-encoded or extracted).", "",
              "| perturbation | " + " | ".join(levels) + " | n | failed | description |",

@@ -12,6 +12,10 @@ same features is refused by the one compatibility rule (`EncoderSpec`) before an
 A moved `local-dir:` folder (or weights file) is named with `--encoder` / `--pretrained`, checked against
 the run's weights as `saga predict` checks them (`saga.pipeline.recorded`) before any video is re-encoded.
 A video that cannot be re-encoded or extracted costs one line and counts as failed.
+On a held-out cache (`--cache` another cache than the run's training cache, `saga.runs.heldout_tag`) the
+results and the perturbed folders carry `@<cache>-<id8>` (robustness@seed1-3f9a2b7c.json,
+robustness/crf28@seed1-3f9a2b7c/), as `saga evaluate` names its files there: they never replace the run's
+own robustness.json, its copies and their caches, nor another held-out cache's.
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_json, write_text
-from saga.explain.metrics import RUN_MODEL, run_weights
+from saga.explain.metrics import HELDOUT_KEY, RUN_MODEL, run_weights
 from saga.openworld.embeddings import Embedder
 from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
 from saga.progress import ProgressFn
 from saga.provenance import now, versions
-from saga.runs import cache_digest
-from saga.runs.files import ROBUSTNESS, ROBUSTNESS_MD
+from saga.runs import cache_digest, heldout_tag
+from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
 from saga.robustness.evaluate import level_metrics, markdown, reported_levels
 from saga.robustness.copies import make_copies, unchanged
 from saga.robustness.perturb import Perturbation, parse_list
@@ -102,17 +106,21 @@ def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, fo
     return done
 
 
-def result_files(split: str) -> tuple[str, str]:
+def result_files(split: str, tag: str | None = None) -> tuple[str, str]:
     """robustness.json / .md for the test split (what the report shows), robustness-<split>.* for another,
-    so runs on several splits into one --out keep each other's results."""
-    if split == DEFAULT_SPLIT:
-        return ROBUSTNESS, ROBUSTNESS_MD
-    return tuple(name.replace(".", f"-{split}.", 1) for name in (ROBUSTNESS, ROBUSTNESS_MD))  # type: ignore[return-value]
+    so runs on several splits into one --out keep each other's results; on a held-out cache (`tag`) each
+    name carries `@<tag>` (`on_cache`), so it never replaces the run's own."""
+    names = (ROBUSTNESS, ROBUSTNESS_MD) if split == DEFAULT_SPLIT else tuple(
+        name.replace(".", f"-{split}.", 1) for name in (ROBUSTNESS, ROBUSTNESS_MD))
+    return on_cache(names[0], tag), on_cache(names[1], tag)
 
 
-def perturbed_folder(out: Path, name: str, split: str) -> Path:
-    """One folder per perturbation and split: a perturbed cache records a single split, so splits cannot share one."""
-    return out / FOLDER / (name if split == DEFAULT_SPLIT else f"{name}-{split}")
+def perturbed_folder(out: Path, name: str, split: str, tag: str | None = None) -> Path:
+    """One folder per perturbation, split and cache: a perturbed cache records a single split, so splits cannot
+    share one; a held-out cache's copies (`tag`) are of other videos, so they keep their own (`<name>@<tag>`)
+    instead of re-encoding the run's own copies over (and back) at every switch."""
+    folder = name if split == DEFAULT_SPLIT else f"{name}-{split}"
+    return out / FOLDER / (f"{folder}{HELDOUT}{tag}" if tag else folder)
 
 
 def csv_field(text: str) -> str:
@@ -167,6 +175,7 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     if not cache_path:
         raise SagaError(f"{cfg.run}: the run records no cache; pass --cache")
     clean = FeatureCache.open(cache_path)
+    tag = heldout_tag(emb.info, clean)  # None on the run's own cache: the plain names
     taxonomy = clean.taxonomy
     levels = reported_levels(emb.info, taxonomy)
     selected = select(clean, cfg.split, cfg.limit_per_class, cfg.seed)
@@ -178,7 +187,7 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
                       "levels": level_metrics(inf, records, emb.info, taxonomy, levels)}]
     sources = unchanged(records, cfg.videos, clean.root, say)  # a changed file is not the video scored clean
     for p in cfg.perturbations:
-        folder = perturbed_folder(out, p.name, cfg.split)
+        folder = perturbed_folder(out, p.name, cfg.split, tag)
         say(f"{p.name}: {p.description}")
         copies = perturb_videos(p, sources, cfg.videos, folder / "videos", say)
         if not copies:
@@ -199,8 +208,8 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     result = {"run": str(cfg.run), RUN_MODEL: weights, "cache": str(clean.root), "cache_id": clean.cache_id,
               "cache_digest": cache_digest(clean), "split": cfg.split, "limit_per_class": cfg.limit_per_class,
               "seed": cfg.seed, "n_videos": len(selected), "levels": levels, "perturbations": perturbations,
-              "created": now(), "versions": versions()}
-    json_name, md_name = result_files(cfg.split)
+              "created": now(), "versions": versions(), **({HELDOUT_KEY: tag} if tag else {})}
+    json_name, md_name = result_files(cfg.split, tag)
     write_json(out / json_name, result)
     write_text(out / md_name, markdown(result))
     return result

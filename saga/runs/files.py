@@ -85,6 +85,7 @@ def evaluation_file(split: str | None = None) -> str:
 # own results skip every name holding HELDOUT.
 HELDOUT = "@"
 HELDOUT_EVALUATION_GLOB = f"metrics-*{HELDOUT}*.json"
+HELDOUT_ROBUSTNESS_GLOB = f"robustness*{HELDOUT}*.json"  # robustness[-<split>]@<tag>.json of `saga robustness`
 
 
 def cache_tag(cache_root: str | Path, cache_id: str) -> str:
