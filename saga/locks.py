@@ -92,7 +92,7 @@ def _open_lock(lock: Path) -> int:
             raise WriteError(
                 f"{shown(lock)}: cannot be opened for writing ({DENIED.get(exc.errno, exc.strerror)}): it is another "
                 f"user's file or its mode forbids it; run chmod u+rw {shown(lock)} if it is yours (ls -l shows its "
-                f"owner), else ask its owner to run chmod a+rw {shown(lock)}, or choose another --out",
+                f"owner), else ask its owner to run chmod a+rw {shown(lock)} (or work in a folder of your own)",
                 exc.errno) from None
 
 

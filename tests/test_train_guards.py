@@ -408,7 +408,7 @@ def test_a_trainer_meeting_a_lock_file_it_cannot_open_names_that_file(cache: Fea
     _deny_open(monkeypatch, out / LOCK)
     expected = (f"{out / LOCK}: cannot be opened for writing (permission denied): it is another user's file or its "
                 f"mode forbids it; run chmod u+rw {out / LOCK} if it is yours (ls -l shows its owner), else ask its "
-                f"owner to run chmod a+rw {out / LOCK}, or choose another --out")
+                f"owner to run chmod a+rw {out / LOCK} (or work in a folder of your own)")
     with pytest.raises(SagaError) as refused:
         train_stage1(cache.root, out, s1_config(epochs=1))
     assert str(refused.value) == expected
