@@ -183,6 +183,17 @@ def test_bad_weights_files_are_one_line_errors(tmp_path):
     _refused(TEST_ENCODER, "no-such-tag", "unknown pretrained tag")
 
 
+
+def test_a_missing_weights_file_is_named_first_not_glued_to_the_encoder(tmp_path):
+    """`--pretrained /x.safetensors` said "timm:tf_efficientnet_lite0//x.safetensors: weights file not found: /x...":
+    the encoder and the path glued with `//` read like a URL. A file is named as itself, with its encoder beside."""
+    for encoder, name in ((DEMO_ENCODER, "missing.safetensors"), (TEST_ENCODER, "missing.pt")):
+        path = str(tmp_path / name)
+        message = _refused(encoder, path)
+        assert "//" not in message and message == (f"{path} (weights for {encoder}): weights file not found; "
+                                                   "check the path (--pretrained FILE)")
+    _refused(TEST_ENCODER, "no-such-tag", f"{TEST_ENCODER}/no-such-tag: unknown pretrained tag")  # a tag: NAME/TAG
+
 def test_unknown_models_are_one_line_errors():
     _refused("no-such-model", "none", "no-such-model", "unknown open_clip model")
     _refused("timm:no_such_model", "none", "timm:no_such_model", "unknown timm model")

@@ -41,10 +41,24 @@ def one_line(exc: BaseException) -> str:
     return lines[0][:200]
 
 
+def looks_like_path(pretrained: str) -> bool:
+    """Whether --pretrained names a file (a separator or a weights suffix), not a tag."""
+    return os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(WEIGHT_SUFFIXES)
+
+
+def weights_label(name: str, pretrained: str | None) -> str:
+    """How messages name an encoder and its weights: NAME/TAG for a tag (open_clip's spelling), FILE (weights
+    for NAME) for a file: glued, `timm:x//data/w.safetensors` read like a URL and hid where the path starts."""
+    if pretrained is not None and looks_like_path(pretrained):
+        return f"{pretrained} (weights for {name})"
+    return f"{name}/{pretrained}"
+
+
 def missing_file(label: str, pretrained: str) -> SagaError | None:
     """A SagaError if `pretrained` looks like a path (separator or weights suffix) but is not a file."""
-    if os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(WEIGHT_SUFFIXES):
-        return SagaError(f"{label}: weights file not found: {pretrained}; check the path (--pretrained FILE)")
+    if looks_like_path(pretrained):
+        named = "" if pretrained in label else f" {pretrained}"
+        return SagaError(f"{label}: weights file{named} not found; check the path (--pretrained FILE)")
     return None
 
 

@@ -23,6 +23,7 @@ from saga.errors import SagaError
 from saga.pipeline.encoder_files import (
     PP_KEYS, SIDECAR, check_resolution, check_timm_tags, file_settings, is_pickle_refusal, missing_file, one_line,
     open_clip_architecture, pos_embed_shape, read_sidecar, read_state_dict, timm_architecture, weights_error,
+    weights_label,
 )
 
 DEFAULT_ENCODER = "ViT-SO400M-14-SigLIP-384"
@@ -267,7 +268,7 @@ def _named(name: str, pretrained: str | None) -> _Source:
     if pretrained is None:
         raise SagaError(f"{name}: no weights given; pass --pretrained TAG (e.g. {DEFAULT_PRETRAINED}), "
                         f"a weights file, or 'none' for an explicitly random model")
-    label, tag_cfg = f"{name}/{pretrained}", open_clip.get_pretrained_cfg(name, pretrained)
+    label, tag_cfg = weights_label(name, pretrained), open_clip.get_pretrained_cfg(name, pretrained)
     kwargs: dict[str, Any] = {}
     weights = None
     if pretrained.lower() == "none":
@@ -331,7 +332,7 @@ def _load_timm(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Call
     import timm
     import timm.data
 
-    label = f"timm:{name}/{pretrained}"
+    label = weights_label(f"timm:{name}", pretrained)
     if pretrained is None:
         raise SagaError(f"timm:{name}: no weights given; pass --pretrained FILE, pkg:PACKAGE, or 'none' for an "
                         f"explicitly random model")
