@@ -76,6 +76,12 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     if ok["predicted"] != "real":
         assert ok["implied"]["BIN-L"] == "fake"
     assert next(r for r in records if r["status"] == "failed")["error"]
+    # the evidence behind the answer (a whole clip: nothing to warn about), and the run that gave it, in every record
+    assert ok["evidence"]["frames"] == ok["evidence"]["of"] == 8 and not ok["evidence"]["still"] and ok["warnings"] == []
+    from saga.runs import file_fingerprint
+
+    assert all(r["run"] == str(sd.absolute()) and r["run_model"] == file_fingerprint(sd / "model.safetensors")
+               and r["run_finished"] is True for r in records)
     by_class = json.loads((sd / "done.json").read_text())["sources"]  # SD-L classes pool several generators
     assert isinstance(by_class, list) and ok["source"]["rows"] == len(by_class[config["classes"].index(ok["predicted"])])
     assert ok["source"]["generator"] in by_class[config["classes"].index(ok["predicted"])]

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from saga.commands.common import OutputFormat, cli_device, console, err, one_line_warnings, print_json, writable_folder
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 
 
 def predict(
@@ -22,14 +22,16 @@ def predict(
     encoder: Annotated[Optional[str], typer.Option(
         help="Override the run's encoder (e.g. local-dir: of its moved folder); the weights must match.")] = None,
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "cpu",
+    device: Annotated[str, typer.Option(
+        help="auto | cpu | cuda[:N] (auto: a GPU when there is one, as extract and robustness, which also run the "
+             "encoder).")] = "auto",
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json (one JSON record per video).")] = OutputFormat.text,
     allow_unfinished: Annotated[bool, typer.Option(
         "--allow-unfinished", help="Predict with an interrupted run's mid-training weights (refused without it).")] = False,
 ) -> None:
     """Attribute videos with a trained run (extracting them with the run's own encoder)."""
     from saga.pipeline.inputs import VIDEO_SUFFIXES
-    from saga.predict import Predictor, expand_inputs
+    from saga.predict import Predictor, expand_inputs, no_videos
     from saga.runs.files import PREDICT
 
     if out is not None and not tsig:  # predictions go to stdout: an --out that holds nothing is a mistake
@@ -37,25 +39,70 @@ def predict(
                         "(predictions print to stdout: --format json > FILE keeps them)")
     if tsig:
         writable_folder(out or run / PREDICT)  # before the first video, not after it
-    paths = expand_inputs(videos)
-    if not paths:
-        raise SagaError(f"{', '.join(map(str, videos))}: no videos found (looked for "
-                        f"{', '.join(sorted(VIDEO_SUFFIXES))}); pass video files or folders holding them")
-    failed, plots = 0, set()
+    tally = Tally(format == "json")
     with one_line_warnings():
-        predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained,
-                              allow_unfinished=allow_unfinished)
-        for path in paths:
-            pred = predictor.predict(path, tsig=tsig)
-            failed += pred.status != "ok"
-            if format == "json":
-                print_json(pred.to_dict())
-            else:
-                _print_prediction(pred)
-            if tsig and pred.status == "ok":  # after its prediction is out: a plot that fails loses nothing else
-                _plot_tsig(run, _unique(out or run / PREDICT, f"{plot_stem(path)}_tsig", ".png", plots), path, pred)
-    if failed:
+        found = expand_inputs(videos)
+        if not found.paths:
+            raise no_videos(videos, found, VIDEO_SUFFIXES)
+        for note in found.notes:
+            err.print(f"note: {note}", markup=False)
+        tally.total = len(found.paths) + len(found.unreadable)
+        try:
+            predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained,
+                                  allow_unfinished=allow_unfinished)
+            for folder, reason in found.unreadable:  # its videos are missing: a failed record, not a silent gap
+                tally.show(predictor.failed(folder, unreadable_reason(folder, reason)))
+            plots: set[Path] = set()
+            for path in found.paths:
+                pred = predictor.predict(path, tsig=tsig)
+                tally.show(pred)
+                if tsig and pred.status == "ok":  # after its prediction is out: a plot that fails loses nothing else
+                    _plot_tsig(run, _unique(out or run / PREDICT, f"{plot_stem(path)}_tsig", ".png", plots), path, pred)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: predict keeps nothing, so there is nothing to resume
+            exc.args = (tally.interrupted(),)
+            raise
+    if not tally.json:
+        console.print(tally.summary(predictor.identity), markup=False)
+    if tally.failed:
         raise typer.Exit(1)
+
+
+def unreadable_reason(folder: str, reason: str) -> str:
+    """A folder's failed record: its videos are not predicted."""
+    return f"cannot list this folder ({reason}); its videos are not predicted: make it readable (chmod a+rx " \
+           f"{shown(folder)}) and rerun"
+
+
+class Tally:
+    """The records shown so far, for the closing summary (text) and the interrupted line."""
+
+    def __init__(self, json: bool) -> None:
+        self.json, self.total, self.done, self.failed, self.warned = json, 0, 0, 0, 0
+
+    def show(self, pred: Any) -> None:
+        if self.json:
+            print_json(pred.to_dict())
+        else:
+            _print_prediction(pred)
+        self.done += 1
+        self.failed += pred.status != "ok"
+        self.warned += bool(pred.warnings)
+
+    def summary(self, identity: dict[str, Any]) -> str:
+        """The last line of a text-mode call: a `> results.txt` of it says that some failed, and where."""
+        failed = f"{self.failed} failed (their reasons are on stderr)" if self.failed else "0 failed"
+        warned = f" ({self.warned} with thin evidence: see their warning lines)" if self.warned else ""
+        weights = (identity.get("run_model") or "none")[:16]
+        return (f"summary: {self.done - self.failed} attributed{warned}, {failed}; run {shown(identity['run'])}, "
+                f"weights blake2b {weights}")
+
+    def interrupted(self) -> str:
+        """Predict's own interrupted line (the CLI prints it): what was printed is complete, nothing resumes."""
+        if not self.done:
+            return "interrupted before any video was predicted; rerun the same command"
+        what = "records" if self.json else "lines"
+        return (f"interrupted: {self.done} of {self.total} videos predicted (their {what} above are complete); "
+                "predict keeps nothing to resume: rerun it on the videos not yet predicted")
 
 
 def plot_stem(path: Path, limit: int = 100) -> str:
@@ -82,23 +129,33 @@ def _plot_tsig(run: Path, plot: Path, path: Path, pred: Any) -> None:
         found = compare_video(run, pred.tsig, plot, name=plot_stem(path, 200) + path.suffix)
     except (OSError, ValueError, RuntimeError) as exc:  # a plot is a by-product: say so, keep predicting
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        err.print(f"{path}: no T-Sig plot ({why}); the prediction above stands", markup=False)
+        err.print(f"{shown(path)}: no T-Sig plot ({why}); the prediction above stands", markup=False)
         return
     if found is None:
-        err.print(f"[yellow]{run}: no class T-Sigs yet; run `saga tsig {run} --cache CACHE` to compare[/]")
-    else:
-        err.print(f"T-Sig of {path}: nearest class signature {found[0]}; plot {found[1]}", markup=False)
+        err.print(f"[yellow]{escape(str(run))}: no class T-Sigs yet; run `saga tsig {escape(str(run))} --cache CACHE` "
+                  "to compare[/]")
+        return
+    ev = pred.evidence or {}
+    thin = f" (not evidence: {'; '.join(pred.warnings)})" if pred.warnings else ""
+    err.print(f"T-Sig of {shown(path)} from {ev.get('frames')} of {ev.get('of')} frames: nearest class signature "
+              f"{found[0]}{thin}; plot {shown(found[1])}", markup=False)
 
 
 def _print_prediction(pred: Any) -> None:
+    name = escape(shown(pred.path))  # one line per video whatever the name (a newline in it, markup)
     if pred.status != "ok":
-        err.print(f"[red]{escape(pred.path)}[/]: {escape(pred.error)}")
+        err.print(f"[red]{name}[/]: {escape(pred.error)}")
         return
     implied = ", ".join(f"{k} {v}" for k, v in pred.implied.items())
     top = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])[:3]
-    console.print(f"[bold]{escape(pred.path)}[/]: {pred.level} [bold]{escape(pred.predicted)}[/] ({100 * pred.confidence:.1f}%)"
+    ev = pred.evidence
+    console.print(f"[bold]{name}[/]: {pred.level} [bold]{escape(pred.predicted)}[/] ({100 * pred.confidence:.1f}%)"
                   + escape((f"; implies {implied}" if implied else "")
-                           + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top)))
+                           + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top)
+                           + (f"; from {ev['frames']} of {ev['of']} frames, {ev['size'][0]}x{ev['size'][1]} px" if ev
+                              else "")))
+    if pred.warnings:  # thin evidence: said on the video's own lines, never refused (the analyst weighs it)
+        console.print(f"  [yellow]warning[/]: {escape('; '.join(pred.warnings))}; weigh this attribution accordingly")
     if pred.source and pred.source["rows"] > 1:
         console.print(f"  most like its labelled generator [bold]{escape(pred.source['generator'])}[/] "
                       f"({100 * pred.source['share']:.1f}% of the class; {pred.source['rows']} labelled generators)",

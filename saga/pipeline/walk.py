@@ -53,8 +53,11 @@ class Walk:
     reason): os.walk skips them silently by default.
     """
 
-    def __init__(self, root: Path, folders: list[Path]) -> None:
+    def __init__(self, root: Path, folders: list[Path], walk_video_named: bool = False) -> None:
         self.root, self.folders = root, folders
+        # a sub-folder named like a video (x.mp4/): listed, so extraction records why it failed; or walked
+        # (`saga predict`, which predicts files only)
+        self.walk_video_named = walk_video_named
         self.owned: dict[str, str] = {}  # real path -> the (first) generator folder's name
         for f in folders:
             self.owned.setdefault(os.path.realpath(f), f.name)
@@ -73,13 +76,23 @@ class Walk:
             self._note_same(folder, self.seen[top])
             return []
         self.seen[top] = folder.name
+        return self._walked(folder, top)
+
+    def every_video(self) -> list[str]:
+        """Everything named like a video below the root itself, as `videos_under` walks a generator folder:
+        `saga predict`'s walk of a folder the user names (no generators: every sub-folder is walked)."""
+        return self._walked(self.root, os.path.realpath(self.root))
+
+    def _walked(self, folder: Path, top: str) -> list[str]:
+        """The videos below `folder` (real path `top`, marked seen) not listed before, sorted."""
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder, onerror=self._note, followlinks=True):
             here = Path(dirpath)
-            for name in [*filenames, *dirnames]:
+            for name in filenames if self.walk_video_named else [*filenames, *dirnames]:
                 if Path(name).suffix.lower() in VIDEO_SUFFIXES:
                     found.append(str((here / name).relative_to(self.root)))
-            dirnames[:] = [d for d in sorted(dirnames) if Path(d).suffix.lower() not in VIDEO_SUFFIXES
+            dirnames[:] = [d for d in sorted(dirnames)
+                           if (self.walk_video_named or Path(d).suffix.lower() not in VIDEO_SUFFIXES)
                            and self._enter(here / d, os.path.join(top, (here / d).relative_to(folder)))]
         return [rel for rel in sorted(found) if self._list_once(rel)]
 
