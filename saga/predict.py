@@ -28,7 +28,7 @@ from saga.pipeline.inputs import unreadable_line
 from saga.pipeline.recorded import checked_encoder
 from saga.pipeline.sampling import SamplingPolicy
 from saga.pipeline.walk import Walk
-from saga.taxonomy import LEVELS, Taxonomy
+from saga.taxonomy import LEVELS, REAL, Taxonomy
 from saga.runs import DONE, PROVENANCE, RunInfo, load_model
 from saga.openworld.extras import OpenWorld
 
@@ -64,6 +64,8 @@ class Prediction:
     run: str | None = None
     run_model: str | None = None
     run_finished: bool | None = None
+    # why a "real" answer does not mean real: the run's level has no class for some generators (SD-L)
+    caveat: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -218,6 +220,7 @@ class Predictor:
         self.taxonomy = Taxonomy.from_dict(self.info.provenance.get("taxonomy"),
                                            f"{Path(run_dir) / PROVENANCE} (its taxonomy; train the run again)")
         self.openworld = OpenWorld.load(run_dir, self.info)
+        self.uncovered = [g for g in self.taxonomy.generators if self.taxonomy.labels(g)[self.info.level] is None]
 
     def features(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(1, W, T, D) float16 features (as the cache stores them) and (1, W, T) mask."""
@@ -248,7 +251,8 @@ class Predictor:
         pred = Prediction(str(path), level=self.info.level, predicted=cls, confidence=float(probs[best]),
                           implied=self.implied(cls),
                           probabilities={c: round(float(p), 6) for c, p in zip(self.info.classes, probs)},
-                          evidence=evidence.to_dict(), warnings=evidence.warnings(), **self.identity)
+                          evidence=evidence.to_dict(), warnings=evidence.warnings(), caveat=self.caveat(cls),
+                          **self.identity)
         pred.openworld = self.openworld.apply(res["logits"], res["probs"], res["embeddings"])[0] or None
         if "row_probs" in res:
             pred.source = nearest_source(res["row_probs"][0], best, self.model.config.subclass_of,
@@ -260,13 +264,27 @@ class Predictor:
         return pred
 
     def implied(self, cls: str) -> dict[str, str]:
-        """The coarser levels' classes that the predicted class determines (unambiguous ones only)."""
+        """The coarser levels' classes that the predicted class determines (unambiguous ones only). "real" implies
+        nothing at a level that leaves generators out (SD-L): their fakes land in "real" too (`caveat`)."""
+        if cls == REAL and self.uncovered:
+            return {}
         out = {}
         for level in LEVELS[: LEVELS.index(self.info.level)]:
             parent = self.taxonomy.parent(self.info.level, cls, level)
             if parent is not None:
                 out[level] = parent
         return out
+
+
+    def caveat(self, cls: str) -> str | None:
+        """For "real" from a run whose level has no class for some generators: an SD-L run called a Sora clip real
+        and printed "implies BIN-L real", though it never saw a fake without an SD backbone."""
+        if cls != REAL or not self.uncovered:
+            return None
+        names = ", ".join(self.uncovered[:4]) + (", …" if len(self.uncovered) > 4 else "")
+        return (f"this {self.info.level} run has no class for the {len(self.uncovered)} generators without one at "
+                f"{self.info.level} ({names}): its '{REAL}' also stands for their videos; ask a BIN-L run (the "
+                "stage-1 run) whether the video is real")
 
 
 def decide(res: dict[str, np.ndarray], openworld: OpenWorld) -> tuple[int, np.ndarray]:

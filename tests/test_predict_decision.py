@@ -108,3 +108,27 @@ def test_thin_evidence_is_on_the_videos_own_lines_and_in_its_record(tmp_path: Pa
     assert lines[-1].startswith("summary: 1 attributed (1 with thin evidence: see their warning lines), 0 failed")
     assert f"T-Sig of {tmp_path / 'one.mp4'} from 1 of 8 frames: nearest class signature syn-sora (not evidence: only " \
            "1 of 8 frames" in result.stderr
+
+
+def test_real_from_an_sd_l_run_implies_nothing_and_says_why() -> None:
+    """An SD-L run has no class for the generators without an SD backbone (Sora, Pika, …): it called a Sora clip
+    "real" and printed "implies BIN-L real". "real" from such a run now implies nothing and carries a caveat naming
+    the uncovered generators; an SD class still implies fake, and a GEN-L run's "real" is unchanged."""
+    from types import SimpleNamespace
+
+    from saga.predict import Predictor
+    from saga.taxonomy import Taxonomy
+
+    def predictor(level: str) -> Predictor:
+        p = object.__new__(Predictor)
+        p.taxonomy, p.info = Taxonomy.load("genvideo"), SimpleNamespace(level=level)
+        p.uncovered = [g for g in p.taxonomy.generators if p.taxonomy.labels(g)[level] is None]
+        return p
+
+    sd = predictor("SD-L")
+    assert sd.implied("real") == {} and "Sora" in sd.uncovered and "SD 1.4" not in sd.uncovered
+    assert sd.caveat("real").startswith(f"this SD-L run has no class for the {len(sd.uncovered)} generators without one")
+    assert sd.implied("SD 1.4")["BIN-L"] == "fake" and sd.caveat("SD 1.4") is None
+    gen = predictor("GEN-L")
+    assert gen.implied("real") == {"BIN-L": "real", "TASK-L": "real", "SD-L": "real", "TEAM-L": "real"}
+    assert gen.caveat("real") is None

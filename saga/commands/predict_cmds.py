@@ -154,6 +154,8 @@ def _print_prediction(pred: Any) -> None:
                            + "; top: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top)
                            + (f"; from {ev['frames']} of {ev['of']} frames, {ev['size'][0]}x{ev['size'][1]} px" if ev
                               else "")))
+    if pred.caveat:
+        console.print(f"  [yellow]note[/]: {escape(pred.caveat)}", soft_wrap=True)
     if pred.warnings:  # thin evidence: said on the video's own lines, never refused (the analyst weighs it)
         console.print(f"  [yellow]warning[/]: {escape('; '.join(pred.warnings))}; weigh this attribution accordingly")
     if pred.source and pred.source["rows"] > 1:
