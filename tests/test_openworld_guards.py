@@ -135,6 +135,39 @@ def test_damaged_values_are_one_line_naming_the_file_and_the_fix(world: dict[str
     assert (run / "metrics.json").is_file()  # the metrics are kept
 
 
+def test_values_a_fit_cannot_produce_are_refused_naming_the_key(world: dict[str, Any], tmp_path: Path) -> None:
+    """QA: k 10000 (20 videos in the bank), kind prototype (the knn threshold applied to the other score),
+    threshold -5 (every video unknown) or 1e308 (a bare numpy overflow warning) were all used silently."""
+    run = copy_run(world, tmp_path)
+    fit_openset_run(run)
+    _, info = load_model(run)
+    path, good = run / "openset.json", (run / "openset.json").read_text()
+    fitted = json.loads(good)
+    for key, value, said in (("k", 10000, "k 10000 is more than the 20 videos of its k-NN bank"),
+                             ("kind", "prototype", "kind 'prototype' is not the value fitted, 'knn'"),
+                             ("threshold", -5, "threshold -5 is outside the knn score's range [0, 2]"),
+                             ("threshold", 1e308, "threshold 1e+308 is outside the knn score's range [0, 2]"),
+                             ("threshold", 0.1, f"threshold 0.1 is not the value fitted, {fitted['threshold']!r}"),
+                             ("n_val", 0, "n_val 0 is not a whole number >= 1")):
+        edited(path, key, value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no numpy overflow warning first
+            with pytest.raises(SagaError) as exc:
+                OpenWorld.load(run, info)
+        assert str(exc.value) == f"{path}: damaged ({said}); rerun `saga openset fit`"
+        path.write_text(good)
+    assert OpenWorld.load(run, info).openset.threshold == fitted["threshold"]
+    from saga.openworld.store import read_pair, save_pair
+
+    meta, tensors, sealed = read_pair(run, "openset", "")  # a file of an older saga: nothing sealed
+    assert sealed is not None and sealed["kind"] == "knn"
+    for old in run.glob("openset.*.safetensors"):
+        old.unlink()
+    save_pair(run, "openset", tensors, {**{k: v for k, v in meta.items() if not k.startswith("tensors")}, "k": 25})
+    with pytest.raises(SagaError, match=r"damaged \(k 25 is more than the 20 videos of its k-NN bank\)"):
+        OpenWorld.load(run, info)
+
+
 # 4 -- enroll's --run-cache --------------------------------------------------------------------------
 def test_enroll_names_run_cache_and_checks_it_on_later_enrollments(world: dict[str, Any], tmp_path: Path) -> None:
     run = copy_run(world, tmp_path)
