@@ -168,6 +168,51 @@ def test_values_a_fit_cannot_produce_are_refused_naming_the_key(world: dict[str,
         OpenWorld.load(run, info)
 
 
+def test_a_calibration_no_fit_writes_is_refused_naming_the_key_and_the_fix(world: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    """QA: `classes` of another run and T = 1e300 (every probability 5 %, the predicted class missing from its
+    own top list) or 1e-30 were used; a corrupt file named no fix."""
+    run = copy_run(world, tmp_path)
+    calibrate_run(run, report_split=None)
+    _, info = load_model(run)
+    path, good = run / "calibration.json", (run / "calibration.json").read_text()
+    fix = "rerun `saga calibrate`"
+    for key, value, said in (("classes", ["a", "b"], f"2 classes, the run has {len(KNOWN)}"),
+                             ("classes", KNOWN[::-1], f"class 0 is {KNOWN[-1]!r}, the run's is {KNOWN[0]!r}"),
+                             ("temperature", 1e300, "temperature 1e+300 is not a number in [0.01, 1000], the fit's range"),
+                             ("temperature", 1e-30, "temperature 1e-30 is not a number in [0.01, 1000], the fit's range"),
+                             ("n", 0, "n 0 is not a whole number >= 1"),
+                             ("ece_after", 2.5, "ece_after 2.5 is not a share in [0, 1]")):
+        edited(path, key, value)
+        with pytest.raises(SagaError) as exc:
+            OpenWorld.load(run, info)  # what predict loads
+        assert str(exc.value) == f"{path}: damaged ({said}); {fix}"
+        path.write_text(good)
+    assert OpenWorld.load(run, info).calibration.classes == KNOWN
+    path.write_text(good[:-20])
+    with pytest.raises(SagaError, match=r"calibration.json: corrupt JSON \(.*\); rerun `saga calibrate`$"):
+        OpenWorld.load(run, info)
+
+
+def test_calibrate_warns_when_the_temperature_ends_at_the_edge_of_its_search(
+        world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every val video wrong and sure of it: the NLL falls towards T = 1000 (near-uniform probabilities), the
+    bound of the search, and `saga calibrate` said nothing about it."""
+    from saga.openworld.calibration import fit_calibration
+
+    run = copy_run(world, tmp_path)
+    monkeypatch.setattr(api, "fit_calibration", lambda z, *a, **k: fit_calibration(-50 * z, *a, **k))
+    res = CliRunner().invoke(app, ["calibrate", str(run)])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert (f"warning: {run / 'calibration.json'}: T = 1000 is at the edge of the search (0.01-1000): the validation "
+            "NLL has no minimum inside it, so the calibration is degenerate (its probabilities near uniform); fit it on "
+            "more val videos") in out
+    monkeypatch.undo()
+    res = CliRunner().invoke(app, ["calibrate", str(run)])  # the run's own fit: inside the bounds, no warning
+    assert res.exit_code == 0 and "degenerate" not in res.output, res.output
+
+
 # 4 -- enroll's --run-cache --------------------------------------------------------------------------
 def test_enroll_names_run_cache_and_checks_it_on_later_enrollments(world: dict[str, Any], tmp_path: Path) -> None:
     run = copy_run(world, tmp_path)
