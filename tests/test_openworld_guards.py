@@ -176,11 +176,11 @@ def test_a_calibration_no_fit_writes_is_refused_naming_the_key_and_the_fix(world
     calibrate_run(run, report_split=None)
     _, info = load_model(run)
     path, good = run / "calibration.json", (run / "calibration.json").read_text()
-    fix = "rerun `saga calibrate`"
+    fix, bounds = "rerun `saga calibrate`", "is not a number in [0.01, 1000], the fit's range"
     for key, value, said in (("classes", ["a", "b"], f"2 classes, the run has {len(KNOWN)}"),
                              ("classes", KNOWN[::-1], f"class 0 is {KNOWN[-1]!r}, the run's is {KNOWN[0]!r}"),
-                             ("temperature", 1e300, "temperature 1e+300 is not a number in [0.01, 1000], the fit's range"),
-                             ("temperature", 1e-30, "temperature 1e-30 is not a number in [0.01, 1000], the fit's range"),
+                             ("temperature", 1e300, f"temperature 1e+300 {bounds}"),
+                             ("temperature", 1e-30, f"temperature 1e-30 {bounds}"),
                              ("n", 0, "n 0 is not a whole number >= 1"),
                              ("ece_after", 2.5, "ece_after 2.5 is not a share in [0, 1]")):
         edited(path, key, value)
@@ -205,9 +205,9 @@ def test_calibrate_warns_when_the_temperature_ends_at_the_edge_of_its_search(
     res = CliRunner().invoke(app, ["calibrate", str(run)])
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
-    assert (f"warning: {run / 'calibration.json'}: T = 1000 is at the edge of the search (0.01-1000): the validation "
-            "NLL has no minimum inside it, so the calibration is degenerate (its probabilities near uniform); fit it on "
-            "more val videos") in out
+    assert (f"warning: {run / 'calibration.json'}: T = 1000 is at the edge of the search (0.01-1000): the "
+            "validation NLL has no minimum inside it, so the calibration is degenerate (its probabilities near "
+            "uniform); fit it on more val videos") in out
     monkeypatch.undo()
     res = CliRunner().invoke(app, ["calibrate", str(run)])  # the run's own fit: inside the bounds, no warning
     assert res.exit_code == 0 and "degenerate" not in res.output, res.output

@@ -111,9 +111,10 @@ def _paired_table(result: dict[str, Any]) -> list[str]:
     lines = ["", "Change against the clean videos, paired: each perturbation's accuracy minus the clean accuracy "
              "of the same videos (points, paired bootstrap 95 % interval; clean = that accuracy, n = the videos "
              "scored both ways; the failed videos are in neither).", "",
-             "| perturbation | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+             "| change | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
     for p in rows:
-        lines.append(f"| {p['name']} | " + " | ".join(_paired_cell(p["paired"].get(lv)) for lv in levels) + " |")
+        cells = [_paired_cell(p["paired"].get(lv)) for lv in levels]
+        lines.append(f"| {p['name']} − clean | " + " | ".join(cells) + " |")
     return lines
 
 
