@@ -63,6 +63,42 @@ def test_a_run_without_the_encoder_it_was_trained_on_cannot_be_checked_against_a
         check_cache(load_model(run)[1], cache)
 
 
+def test_a_missing_provenance_says_so_and_how_to_fix_it(tmp_path: Path) -> None:
+    """predict said "RUN (provenance.json): encoder provenance lacks encoder, weights_fingerprint, preprocess,
+    dim": neither that the file is missing nor what to do."""
+    from saga.predict import Predictor
+    from saga.runs import DONE, PROVENANCE, load_model
+
+    run = _tiny_run(tmp_path)
+    (run / DONE).write_text("{}")
+    fix = "restore the run's provenance.json or train the run again"
+    with pytest.raises(SagaError) as exc:
+        Predictor(run)  # what `saga predict` builds first
+    assert str(exc.value) == (f"{run / PROVENANCE}: missing; it records the encoder and sampling the run was trained "
+                              f"on: {fix}")
+    (run / PROVENANCE).write_text("{}")
+    with pytest.raises(SagaError, match=rf"provenance.json\): encoder provenance lacks encoder, .*, dim; {fix}$"):
+        load_model(run)[1].encoder
+
+
+@pytest.mark.parametrize("text", ["garbage", "[1, 2]", ""])
+def test_a_damaged_done_json_is_not_a_finished_run(tmp_path: Path, text: str) -> None:
+    """Only its existence was checked: `garbage` made the run finished for predict (and for a rerun of training,
+    which reused the folder as it was)."""
+    from saga.runs import DONE, RunFolder, load_model
+
+    run = _tiny_run(tmp_path)
+    (run / DONE).write_text(text)
+    fix = ("; it marks the run finished, so its weights cannot be taken as final: delete it and rerun the run's "
+           "training command to train it again")
+    for load in (lambda: load_model(run), lambda: RunFolder(run).done):
+        with pytest.raises(SagaError) as exc:
+            load()
+        assert str(exc.value).startswith(f"{run / DONE}: corrupt") and str(exc.value).endswith(fix), exc.value
+    (run / DONE).write_text("{}")
+    assert load_model(run)[1].finished and RunFolder(run).done
+
+
 def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path: Path) -> None:
     """safetensors wrote the metadata in a random order: retraining stage 1 to identical weights changed
     its fingerprint, and the finished stage-2 runs built on it were refused."""

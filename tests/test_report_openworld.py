@@ -165,6 +165,24 @@ def test_robustness_table_has_intervals_n_and_the_drop_against_clean(page: str) 
     assert "<th>GEN-L</th><th>BIN-L</th>" in sec
 
 
+def test_robustness_drop_is_paired_with_the_clean_accuracy_of_the_same_videos(tmp_path: Path, page: str) -> None:
+    """With a failed video the clean row scores one video more: the drop used to subtract it anyway."""
+    old = page[page.index("<h3>Robustness"):]
+    assert "unpaired (an older robustness.json" in old[:old.index("</table>")]  # 1 failed, no paired data
+    run = _run(tmp_path / "runs" / "gen", beyond=True)
+    data = json.loads(json.dumps(ROBUSTNESS_DATA))
+    data["perturbations"][1]["paired"] = {
+        "GEN-L": {"difference": -0.2, "ci": [-0.4, -0.05], "n": 43, "clean_accuracy": 0.7116},
+        "BIN-L": {"difference": -0.02, "ci": [-0.07, 0.02], "n": 43, "clean_accuracy": 0.95}}
+    (run / ROBUSTNESS).write_text(json.dumps(data))
+    sec = render_report([run])
+    sec = sec[sec.index("<h3>Robustness"):]
+    sec = sec[:sec.index("</table>")]
+    assert '<span class="bad">-20.0 pts [-40.0, -5.0]</span><br><small>vs clean 71.16 on the same 43</small>' in sec
+    assert '<span class="ci">-2.0 pts [-7.0, +2.0]</span>' in sec  # the interval holds 0: not flagged
+    assert "-23.8" not in sec and "unpaired" not in sec  # 51.16 - 75: two different sets of videos
+
+
 def test_without_the_files_the_report_renders_without_the_sections(tmp_path: Path) -> None:
     run = _run(tmp_path / "runs" / "plain", beyond=False)
     html = render_report([run])

@@ -122,7 +122,8 @@ def test_cli_writes_robustness_json_and_resumes(world: dict[str, Path]) -> None:
     assert res["split"] == "test" and res["n_videos"] == 6 and res["levels"] == ["GEN-L", "TEAM-L", "SD-L", "TASK-L", "BIN-L"]
     assert [p["name"] for p in res["perturbations"]] == ["clean", "fps0.5"]
     for p in res["perturbations"]:
-        assert set(p) == {"name", "description", "cache", "n", "failed", "levels"}
+        extra = {"paired"} if p["name"] != "clean" else set()  # the change against clean, on the same videos
+        assert set(p) == {"name", "description", "cache", "n", "failed", "levels"} | extra
         assert p["n"] == 6 and p["failed"] == 0 and set(p["levels"]) == set(res["levels"])
         for m in p["levels"].values():
             assert set(m) == {"accuracy", "ci", "n", "macro_accuracy"} and m["n"] == 6
@@ -153,6 +154,34 @@ def test_a_corrupt_video_costs_one_line_and_the_rest_continue(world: dict[str, P
     assert len(lines) == 1 and "skipped" in lines[0]
     p = json.loads((tmp_path / "rb" / "robustness.json").read_text())["perturbations"][1]
     assert (p["n"], p["failed"]) == (5, 1) and p["levels"]["GEN-L"]["n"] == 5
+
+
+def test_the_change_is_paired_with_the_clean_accuracy_of_the_videos_scored(world: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """A video whose copy fails is scored clean only: the change used to subtract the clean accuracy of all
+    videos from the perturbation's on the others (QA: -25.9 shown, -20.0 paired)."""
+    from saga.openworld.embeddings import Embedder
+
+    clean = FeatureCache.open(world["cache"])
+    records = sorted(clean.ok_records("test"), key=lambda r: r.path)
+    inf = Embedder(world["run"], "cpu")(clean, records)
+    right = inf.preds == inf.targets
+    assert 0 < right.sum() < len(right)  # the seeded run: the failed video moves the clean accuracy
+    lost = int(right.argmax())  # one the run gets right, as in the QA's reproduction
+    videos = shutil.copytree(world["videos"], tmp_path / "videos")
+    (videos / records[lost].path).write_bytes(b"garbage, not a video")
+    res = run_robustness(RobustnessConfig(run=world["run"], cache=world["cache"], videos=videos, out=tmp_path / "rb",
+                                          perturbations=parse_list("crf35"), workers=0), say=lambda _: None)
+    kept = [i for i in range(len(records)) if i != lost]
+    p = res["perturbations"][1]
+    paired = p["paired"]["GEN-L"]
+    assert (p["n"], p["failed"], paired["n"]) == (5, 1, 5)
+    assert paired["clean_accuracy"] == pytest.approx(right[kept].mean())  # not right.mean(): other videos
+    assert paired["difference"] == pytest.approx(p["levels"]["GEN-L"]["accuracy"] - right[kept].mean())
+    assert paired["ci"][0] <= paired["difference"] <= paired["ci"][1]
+    assert set(p["paired"]) == set(res["levels"]) and "paired" not in res["perturbations"][0]
+    md = (tmp_path / "rb" / "robustness.md").read_text()
+    assert f"(clean {100 * right[kept].mean():.1f}, n 5)" in md and "Change against the clean videos, paired" in md
 
 
 def test_augment_adds_train_only_copies_with_their_labels(world: dict[str, Path], tmp_path: Path,

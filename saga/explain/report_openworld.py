@@ -301,6 +301,31 @@ def _foreign_note(rob: dict[str, Any], run_cache: Any) -> str:
             "rerun <code>saga robustness</code> on the training cache for the run's own.</p>")
 
 
+def _drop(p: dict[str, Any], level: str, r: dict[str, Any], base: dict[str, Any]) -> str:
+    """The change against clean: paired over the videos the perturbation scored (`paired` of the file); a file
+    of an older saga has none, so with failed videos its difference of two video sets is marked unpaired."""
+    d = (p.get("paired") if isinstance(p.get("paired"), dict) else {}).get(level)
+    if isinstance(d, dict) and _number(d.get("difference")):
+        ci = d.get("ci")
+        ok = isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci)
+        interval = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ok else ""
+        return (f'<br><span class="{"bad" if ok and ci[1] < 0 else "ci"}">{100 * d["difference"]:+.1f} pts'
+                f'{interval}</span><br><small>vs clean {pct(d.get("clean_accuracy"))} on the same '
+                f'{esc(d.get("n", "–"))}</small>')
+    if not _number(base.get("accuracy")):
+        return ""
+    ci = r.get("ci") or [None, None]
+    clear = isinstance(ci[1], (int, float)) and ci[1] < base["accuracy"]  # interval below clean
+    unpaired = ("<br><small>unpaired (an older robustness.json, failed videos in the clean row only): rerun "
+                "<code>saga robustness</code></small>" if p.get("failed") else "")
+    change = 100 * (r["accuracy"] - base["accuracy"])
+    return f'<br><span class="{"bad" if clear else "ci"}">{change:+.1f} pts</span>{unpaired}'
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
 def robustness_table(rob: dict[str, Any]) -> str:
     """What one robustness[…].json measured: a line on the data, then accuracy per perturbation and level."""
     levels = list(rob.get("levels") or [])
@@ -316,12 +341,7 @@ def robustness_table(rob: dict[str, Any]) -> str:
                 cells.append("<td>–</td>")
                 continue
             base = ((clean or {}).get("levels") or {}).get(lv) or {}
-            drop = ""
-            if p is not clean and isinstance(base.get("accuracy"), (int, float)):
-                d = 100 * (r["accuracy"] - base["accuracy"])
-                ci = r.get("ci") or [None, None]
-                clear = isinstance(ci[1], (int, float)) and ci[1] < base["accuracy"]  # interval below clean
-                drop = f'<br><span class="{"bad" if clear else "ci"}">{d:+.1f} pts</span>'
+            drop = "" if p is clean else _drop(p, lv, r, base)
             macro = f" · macro {pct(r.get('macro_accuracy'))}" if r.get("macro_accuracy") is not None else ""
             cells.append(f"<td>{pct(r.get('accuracy'))} <span class=ci>{escape(ci_text(r.get('ci')))}</span>"
                          f"<br><small>n {esc(r.get('n', '–'))}{macro}</small>{drop}</td>")
@@ -332,7 +352,8 @@ def robustness_table(rob: dict[str, Any]) -> str:
     return (f'<p class="meta">Accuracy % on the {esc(rob.get("split", "?"))} split '
             f'({esc(rob.get("n_videos", "?"))} '
             "videos) after each perturbation, with its 95 % interval (Wilson), the videos behind it and the change "
-            "against the clean videos (points; red where the interval lies below the clean accuracy); failed: videos robustness.json records as failed under that "
-            f"perturbation. Cache: {escape(str(rob.get('cache', '?')))}.{_draw(rob)}</p>"
+            "against the clean accuracy of the same videos (points, paired 95 % interval; red where it lies below "
+            "0); failed: videos robustness.json records as failed under that perturbation, scored in neither row "
+            f"of the change. Cache: {escape(str(rob.get('cache', '?')))}.{_draw(rob)}</p>"
             f'<div class="scroll"><table class="sticky"><thead><tr><th class=l>perturbation</th><th>videos</th>{head}'
             f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")

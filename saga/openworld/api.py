@@ -8,6 +8,7 @@ folder (or `out`, for a run folder that must stay read-only) atomically.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,13 +19,13 @@ from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import check_writable, make_dir, write_json
-from saga.openworld.calibration import Calibration, fit_calibration, plot_reliability, reliability
+from saga.openworld.calibration import Calibration, degenerate, fit_calibration, plot_reliability, reliability
 from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
 from saga.runs import MODEL, RunFolder, file_fingerprint
-from saga.runs.files import ENROLLED, reliability_file
+from saga.runs.files import CALIBRATION, ENROLLED, reliability_file
 from saga.taxonomy import Taxonomy
 
 
@@ -79,6 +80,10 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     c = run_cache(emb, cache)
     val = known_val(emb, c, "the temperature")
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
+    if degenerate(cal):  # written all the same (predict shows T): the fit did what it could
+        warnings.warn(f"{folder / CALIBRATION}: {degenerate(cal)}; fit it on more val videos of the run's classes "
+                      f"(extract more into {c.root}, then rerun `saga calibrate`), or delete {CALIBRATION} to keep "
+                      "the run's own probabilities", stacklevel=2)
     diagrams: dict[str, Any] = {}
     if report_split:
         test = emb(c, split_records(c, report_split))

@@ -24,12 +24,15 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.fileio import read_json, write_json
+from saga.openworld.store import class_mismatch, finite
 from saga.runs.files import CALIBRATION
 
 BINS = 15
 # The discriminant readout's logits are Gaussian log-likelihood differences in d_model dimensions:
 # its fitted temperatures were 13-35 on the benchmark (TEAM-L runs hit the former cap of 20), hence the room.
-T_RANGE = (0.01, 1000.0)
+T_RANGE = (0.01, 1000.0)  # every fit ever written lies inside (the first cap was 0.05-20)
+FIX = "rerun `saga calibrate`"
+EDGE = 1.05  # a fitted T within this factor of a bound is at the edge of the search
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -133,19 +136,52 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, run_model: str | None = None) -> "Calibration":
-        """calibration.json of `folder`; refused if it was fitted on other weights than `run_model`."""
+    def load(cls, folder: str | Path, run_model: str | None = None,
+             classes: list[str] | None = None) -> "Calibration":
+        """calibration.json of `folder`, every value checked (`check_calibration`); refused if it was fitted on
+        other weights than `run_model` (or for other `classes`)."""
         path = Path(folder) / CALIBRATION
-        data = read_json(path, missing="; run `saga calibrate RUN --cache CACHE` first")
+        data = read_json(path, missing="; run `saga calibrate RUN --cache CACHE` first", corrupt=f"; {FIX}")
         try:
             cal = cls(**{k: data[k] for k in cls.__dataclass_fields__})
         except (KeyError, TypeError):
-            raise SagaError(f"{path}: not a calibration file; rerun `saga calibrate`") from None
-        if not (isinstance(cal.temperature, (int, float)) and 0 < cal.temperature < math.inf):
-            raise SagaError(f"{path}: temperature {cal.temperature!r} is not a positive number; rerun `saga calibrate`")
+            raise SagaError(f"{path}: not a calibration file; {FIX}") from None
+        problem = check_calibration(cal, classes)
+        if problem:
+            raise SagaError(f"{path}: damaged ({problem}); {FIX}")
         if run_model is not None and cal.run_model != run_model:
-            raise SagaError(f"{path}: fitted on other weights than the run's model.safetensors; rerun `saga calibrate`")
+            raise SagaError(f"{path}: fitted on other weights than the run's model.safetensors; {FIX}")
         return cal
+
+
+def check_calibration(cal: Calibration, classes: list[str] | None = None) -> str:
+    """What no fit writes ("" when nothing): a temperature outside the search's bounds (1e300 made every
+    probability uniform, 1e-30 one-hot), other classes than the run's, impossible NLL / ECE / n."""
+    lo, hi = T_RANGE
+    if not (finite(cal.temperature) and lo <= cal.temperature <= hi):
+        return f"temperature {cal.temperature!r} is not a number in [{lo:g}, {hi:g}], the fit's range"
+    if class_mismatch(cal.classes, classes):
+        return class_mismatch(cal.classes, classes)
+    if not (isinstance(cal.n, int) and not isinstance(cal.n, bool) and cal.n >= 1):
+        return f"n {cal.n!r} is not a whole number >= 1"
+    for key in ("nll_before", "nll_after"):
+        if not (finite(getattr(cal, key)) and getattr(cal, key) >= 0):
+            return f"{key} {getattr(cal, key)!r} is not a number >= 0"
+    for key in ("ece_before", "ece_after"):
+        if not (finite(getattr(cal, key)) and 0 <= getattr(cal, key) <= 1):
+            return f"{key} {getattr(cal, key)!r} is not a share in [0, 1]"
+    return ""
+
+
+def degenerate(cal: Calibration) -> str:
+    """Why a fitted temperature says little ("" when it does not): at a bound of the search, the NLL had no
+    minimum inside it (softmax(z / T) tends to uniform or one-hot), so T is an artefact of the bounds."""
+    lo, hi = T_RANGE
+    if cal.temperature >= hi / EDGE or cal.temperature <= lo * EDGE:
+        return (f"T = {cal.temperature:.4g} is at the edge of the search ({lo:g}-{hi:g}): the validation NLL has "
+                "no minimum inside it, so the calibration is degenerate (its probabilities "
+                f"{'near uniform' if cal.temperature > 1 else 'near one-hot'})")
+    return ""
 
 
 def fit_calibration(logits: np.ndarray, targets: np.ndarray, probs_before: np.ndarray, run_model: str,

@@ -48,7 +48,7 @@ class OpenWorld:
         folder, fp = Path(run_dir), file_fingerprint(Path(run_dir) / MODEL)
         tax = info.provenance.get("taxonomy")
         return cls(info, Taxonomy.from_dict(tax) if tax else None,
-                   Calibration.load(folder, fp) if (folder / CALIBRATION).is_file() else None,
+                   Calibration.load(folder, fp, info.classes) if (folder / CALIBRATION).is_file() else None,
                    OpenSet.load(folder, fp, info.classes) if (folder / OPENSET).is_file() else None,
                    Enrollment.load(folder, fp, info.classes, info.level)
                    if enrollment and (folder / ENROLLED).is_file() else None)

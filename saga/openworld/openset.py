@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 
 from saga.errors import SagaError
-from saga.openworld.store import class_mismatch, finite, load_pair, save_pair
+from saga.openworld.store import class_mismatch, edited, finite, read_pair, save_pair
 from saga.runs.files import OPENSET, OPENSET_STEM
 
 STEM = OPENSET_STEM  # OPENSET = "openset.json" + openset.<hash>.safetensors (prototypes, k-NN bank)
 KINDS = ("prototype", "knn")
+SCORE_RANGE = (0.0, 2.0)  # both scores are 1 - a cosine of unit vectors
+ROUNDING = 1e-4  # float32 cosines of unit vectors may pass 1 by a few ulps
 
 
 def prototype_scores(embeddings: np.ndarray, protos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,14 +147,15 @@ class OpenSet:
         """openset.json + its content-addressed tensors file, committed together (`store`)."""
         meta = {k: v for k, v in asdict(self).items()
                 if k not in ("prototypes", "bank") and not (k == "k_requested" and v is None)}
-        return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta)
+        return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta, seal=True)
 
     @classmethod
     def load(cls, folder: str | Path, run_model: str | None = None, classes: list[str] | None = None) -> "OpenSet":
-        """openset.json and its tensors, every value checked (`check_openset`); refused if fitted on other
-        weights than `run_model` (or for other `classes`)."""
+        """openset.json and its tensors, every value checked (`check_openset`) and compared with the values the
+        fit sealed in the tensors file (`store.edited`); refused if fitted on other weights than `run_model`
+        (or for other `classes`)."""
         folder = Path(folder)
-        meta, tensors = load_pair(folder, STEM, "; run `saga openset fit RUN --cache CACHE`")
+        meta, tensors, sealed = read_pair(folder, STEM, "; run `saga openset fit RUN --cache CACHE`")
         if run_model is not None and meta.get("run_model") != run_model:
             raise SagaError(f"{folder / OPENSET}: fitted on other weights than the run's; rerun `saga openset fit`")
         try:
@@ -161,7 +164,7 @@ class OpenSet:
                       val_false_unknown=meta.get("val_false_unknown"), k_requested=meta.get("k_requested"))
         except KeyError as exc:
             raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
-        problem = check_openset(det, classes)
+        problem = check_openset(det, classes) or edited(meta, sealed)
         if problem:
             raise SagaError(f"{folder / OPENSET}: damaged ({problem}); rerun `saga openset fit`")
         return det
@@ -178,6 +181,11 @@ def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
         return f"k_requested {det.k_requested!r} is not a whole number > k"
     if not finite(det.threshold):
         return f"threshold {det.threshold!r} is not a number"
+    low, high = SCORE_RANGE
+    if not low - ROUNDING <= det.threshold <= high + ROUNDING:
+        return f"threshold {det.threshold!r} is outside the {det.kind} score's range [{low:g}, {high:g}]"
+    if not whole(det.n_val, 1):
+        return f"n_val {det.n_val!r} is not a whole number >= 1"
     if not (finite(det.percentile) and 0 < det.percentile <= 100):
         return f"percentile {det.percentile!r} is not in (0, 100]"
     if det.val_false_unknown is not None and not (finite(det.val_false_unknown) and 0 <= det.val_false_unknown <= 1):
@@ -189,6 +197,10 @@ def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
         return f"tensors of shapes {p.shape} / {b.shape} for {len(det.classes)} classes"
     if det.kind == "knn" and len(b) == 0:
         return "empty k-NN bank"
+    if len(b) and det.k > len(b):  # the fit keeps k within the bank (`fit_openset`)
+        return f"k {det.k} is more than the {len(b)} videos of its k-NN bank"
+    if det.k_requested is not None and det.k != len(b):
+        return f"k_requested {det.k_requested} with k {det.k}, not the bank's {len(b)} videos"
     return ""
 
 

@@ -11,7 +11,8 @@ cache's encoder spec and taxonomy, so labels carry over and an encoder that no l
 same features is refused by the one compatibility rule (`EncoderSpec`) before any video is decoded.
 A moved `local-dir:` folder (or weights file) is named with `--encoder` / `--pretrained`, checked against
 the run's weights as `saga predict` checks them (`saga.pipeline.recorded`) before any video is re-encoded.
-A video that cannot be re-encoded or extracted costs one line and counts as failed.
+A video that cannot be re-encoded or extracted costs one line and counts as failed; each perturbation's
+change is paired with the clean accuracy of the videos it scored (`paired`), never of all of them.
 On a held-out cache (`--cache` another cache than the run's training cache, `saga.runs.heldout_tag`) the
 results and the perturbed folders carry `@<cache>-<id8>` (robustness@seed1-3f9a2b7c.json,
 robustness/crf28@seed1-3f9a2b7c/), as `saga evaluate` names its files there: they never replace the run's
@@ -38,7 +39,7 @@ from saga.progress import ProgressFn
 from saga.provenance import now, versions
 from saga.runs import cache_digest, heldout_tag
 from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
-from saga.robustness.evaluate import level_metrics, markdown, reported_levels
+from saga.robustness.evaluate import level_metrics, markdown, paired_levels, reported_levels
 from saga.robustness.copies import make_copies, unchanged
 from saga.robustness.perturb import Perturbation, parse_list
 
@@ -202,9 +203,12 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
         if not precs:
             raise SagaError(f"{pcache.root}: no re-encoded video could be extracted")
         pinf = emb(pcache, precs)
+        index = {r.path: i for i, r in enumerate(records)}
+        paired = paired_levels((inf, records), (pinf, precs), [index[copies[r.path]] for r in precs], emb.info,
+                               taxonomy, levels)
         perturbations.append({"name": p.name, "description": p.description, "cache": str(pcache.root),
                               "n": len(precs), "failed": len(records) - len(precs),
-                              "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels)})
+                              "levels": level_metrics(pinf, precs, emb.info, taxonomy, levels), "paired": paired})
     result = {"run": str(cfg.run), RUN_MODEL: weights, "cache": str(clean.root), "cache_id": clean.cache_id,
               "cache_digest": cache_digest(clean), "split": cfg.split, "limit_per_class": cfg.limit_per_class,
               "seed": cfg.seed, "n_videos": len(selected), "levels": levels, "perturbations": perturbations,

@@ -123,6 +123,19 @@ def read_json(path: Path) -> Any:
                             corrupt="; delete the run folder and train again")
 
 
+def finished(run: Path) -> bool:
+    """The run finished: done.json is there and is what `RunFolder.finish` writes (a JSON object). A damaged
+    one is one line: any file of that name used to pass mid-training weights off as the final classifier."""
+    if not (run / DONE).is_file():
+        return False
+    fileio.read_json(run / DONE, corrupt=f"; it marks the run finished, so its weights cannot be taken as final: "
+                                         f"{RETRAIN}")
+    return True
+
+
+PROVENANCE_FIX = "restore the run's provenance.json or train the run again"  # it alone records encoder and sampling
+
+
 def file_fingerprint(path: Path) -> str:
     """blake2b of a file's bytes: names the exact stage-1 weights a stage-2 run started from."""
     h = hashlib.blake2b(digest_size=16)

@@ -44,6 +44,7 @@ from saga.runs.files import (
     by_split,
     recorded_options,
     evaluation_file,
+    finished,
     load_tensors,
     on_cache,
     read_json,
@@ -215,7 +216,7 @@ class RunFolder:
     @property
     def done(self) -> bool:
         """Finished, with its weights: a run whose model.safetensors was deleted is trained again."""
-        return (self.path / DONE).is_file() and (self.path / MODEL).is_file()
+        return (self.path / MODEL).is_file() and finished(self.path)
 
     @property
     def unfinished(self) -> bool:

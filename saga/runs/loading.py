@@ -21,7 +21,8 @@ from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model import ModelConfig, VideoTransformer
-from saga.runs.files import CONFIG, DONE, MODEL, PROVENANCE, RETRAIN, cache_tag, load_tensors, one_line, read_json
+from saga.runs.files import (CONFIG, DONE, MODEL, PROVENANCE, PROVENANCE_FIX, RETRAIN, cache_tag, finished,
+                              load_tensors, one_line, read_json)
 from saga.runs.origin import warn_if_unsealed
 from saga.taxonomy import LEVELS
 
@@ -45,8 +46,15 @@ class RunInfo:
 
     @property
     def encoder(self) -> EncoderSpec:
-        """The encoder (and sampling) of the features the run was trained on."""
-        return EncoderSpec.from_dict(self.provenance.get("encoder") or {}, f"{self.path} ({PROVENANCE})")
+        """The encoder (and sampling) of the features the run was trained on; without them, one line saying
+        whether provenance.json is missing or incomplete, and the fix."""
+        if not (self.path / PROVENANCE).is_file() and not self.provenance.get("encoder"):
+            raise SagaError(f"{self.path / PROVENANCE}: missing; it records the encoder and sampling the run was "
+                            f"trained on: {PROVENANCE_FIX}")
+        try:
+            return EncoderSpec.from_dict(self.provenance.get("encoder") or {}, f"{self.path} ({PROVENANCE})")
+        except SagaError as exc:
+            raise SagaError(f"{exc}; {PROVENANCE_FIX}") from None
 
 
 def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
@@ -66,7 +74,7 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
     if not isinstance(provenance, dict):
         raise SagaError(f"{prov_path}: not a JSON object; the run folder is damaged")
     info = RunInfo(path=path, config=config, classes=classes, level=level, frames=frames,
-                   provenance=provenance, finished=(path / DONE).is_file())
+                   provenance=provenance, finished=finished(path))
     if model.config.n_classes != len(info.classes):
         raise SagaError(f"{path / MODEL}: the model has {model.config.n_classes} outputs but {CONFIG} lists "
                         f"{len(info.classes)} classes; the folder is damaged")
@@ -162,7 +170,7 @@ def check_cache(info: RunInfo, cache: FeatureCache) -> None:
         return
     if not prov.get("encoder"):  # nothing to compare with: features of any encoder would be scored
         raise SagaError(f"{info.path / PROVENANCE}: missing or without the run's encoder, so {cache.root} cannot be "
-                        "checked against it; restore the run's provenance.json or train the run again")
+                        f"checked against it; {PROVENANCE_FIX}")
     differ = info.encoder.differences(cache.encoder_spec)
     if differ:
         raise SagaError(
