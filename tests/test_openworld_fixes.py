@@ -232,14 +232,15 @@ def test_a_failed_labelled_video_is_named_as_such(world: dict[str, Any], tmp_pat
 def test_class_and_enrolled_names_with_brackets_print_as_written() -> None:
     """An enrolled name like `kling [v1.5]` or `a[/]b` is text, not Rich markup (it lost its brackets or crashed
     predict mid-batch)."""
-    from types import SimpleNamespace
 
     from saga.commands.common import console
     from saga.commands.predict_cmds import _print_prediction
 
-    pred = SimpleNamespace(status="ok", path="v [1].mp4", level="GEN-L", predicted="kling [v1.5]", confidence=0.9,
-                           implied={"TEAM-L": "a[/]b"}, probabilities={"kling [v1.5]": 0.9, "x[/]": 0.1},
-                           source=None, openworld={"enrolled": {"GEN-L": {"predicted": "c[/]d", "confidence": 0.5}}})
+    from saga.predict import Prediction
+
+    pred = Prediction(status="ok", path="v [1].mp4", level="GEN-L", predicted="kling [v1.5]", confidence=0.9,
+                      implied={"TEAM-L": "a[/]b"}, probabilities={"kling [v1.5]": 0.9, "x[/]": 0.1},
+                      source=None, openworld={"enrolled": {"GEN-L": {"predicted": "c[/]d", "confidence": 0.5}}})
     with console.capture() as cap:
         _print_prediction(pred)
     out = cap.get()
