@@ -2,8 +2,9 @@
 
 Producers call `progress(ProgressEvent(...))`; the CLI draws bars from `done`/`total` or prints a
 line; tests and benchmarks read `kind` and `data`. Kinds: "videos" (extraction, the benchmark
-generator; data: frames), "start", "step", "epoch", "done", "reused" (training; data: the epoch's
-metrics line or the run's summary), "cell" (one finished ablation cell).
+generator; data: frames), "labelled" (stage 2: the labelled videos per class, fewest and most),
+"start", "step", "epoch", "done", "reused" (training; data: the epoch's metrics line or the run's
+summary), "cell" (one finished ablation cell).
 """
 
 from __future__ import annotations

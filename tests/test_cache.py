@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from saga.cache.export import export_h5, import_h5
-from saga.cache.manifest import VideoRecord, assign_splits, read_manifest
+from saga.cache.manifest import VideoRecord, assign_splits, read_manifest, seeded_hash
 from saga.cache.store import MANIFEST, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.taxonomy import Taxonomy
@@ -134,6 +134,24 @@ def test_splits_are_stratified_and_assigned_once() -> None:
     counts = {"a": {"train": 14, "val": 2, "test": 4}}
     more = assign_splits([(f"a/new{i}", "a") for i in range(10)], counts, fractions, seed=0)
     assert sorted(more.values()).count("train") == 7 and list(more.values()).count("test") == 2
+
+
+def test_every_source_folder_of_a_class_gets_its_share() -> None:
+    """GenVideo's real class pools Kinetics-400, Youku-mPLUG and MSR-VTT: a draw from the pooled class gave the
+    small MSR-VTT 1 to 4 test videos of 10 (QA realdata 8); each folder now gets its own 70/10/20."""
+    fractions = {"train": 0.7, "val": 0.1, "test": 0.2}
+    folders = {"Kinetics-400": 300, "Youku-mPLUG~": 690, "MSR-VTT": 10}
+    items = [(f"{f}/{i}.mp4", "real") for f, n in folders.items() for i in range(n)]
+    for seed in range(5):
+        got = assign_splits(items, {}, fractions, seed=seed)
+        share = {f: [sum(got[p] == s for p, _ in items if p.startswith(f + "/")) for s in ("train", "val", "test")]
+                 for f in folders}
+        assert share == {"Kinetics-400": [210, 30, 60], "Youku-mPLUG~": [483, 69, 138], "MSR-VTT": [7, 1, 2]}
+    # a class in one folder is split exactly as before: the seeded hash order of its paths
+    one = [(f"SD/{i}.mp4", "SD") for i in range(30)]
+    hashed = sorted((p for p, _ in one), key=lambda p: seeded_hash(0, p))
+    assert [assign_splits(one, {}, fractions, seed=0)[p] for p in hashed] == \
+        ["train", "test", "train", "train", "train", "val", "train", "test", "train", "train"] * 3
 
 
 def test_hdf5_export_import_round_trip(tmp_path: Path) -> None:

@@ -33,3 +33,36 @@ def test_summary_counts_splits_classes_and_failures(tmp_path: Path) -> None:
     assert s["classes"]["GEN-L"][tax.labels(gen)["GEN-L"]] == {"train": 2, "val": 1}
     assert [v["error"] for v in s["videos"] if v["status"] != "ok"] == ["undecodable"]
     assert s["provenance"]["encoder"] == "simulated" and s["cache_id"] == FeatureCache.open(tmp_path / "c").cache_id
+
+
+def _cache_of(tmp_path: Path, generators: list[str]) -> FeatureCache:
+    tax = Taxonomy.load("genvideo")
+    cache = FeatureCache.create_or_open(tmp_path / "c", cache_provenance(EncoderSpec.simulated(D, T), tax))
+    writer = PartWriter(cache, "p000001-r000", capacity=len(generators), shard_rows=2)
+    for i, g in enumerate(generators):
+        rec = VideoRecord(f"{g}/{i}.mp4", 10 + i, i, OK, g, tax.labels(g), "train")
+        writer.add(rec, np.zeros((1, T, D), np.float16), np.ones((1, T), bool), np.zeros((1, T), np.float32))
+    writer.close()
+    return FeatureCache.open(tmp_path / "c")
+
+
+def test_classes_come_in_the_taxonomys_order_at_every_level(tmp_path: Path) -> None:
+    """They came in the order of the records (GEN-L real between I2VGen-XL and Latte, BIN-L fake before real)."""
+    cache = _cache_of(tmp_path, ["Sora", "I2VGen-XL", "real", "Latte", "ZeroScope", "HotShot"])
+    s = cache_summary(cache)
+    for level in ("BIN-L", "TASK-L", "SD-L", "TEAM-L", "GEN-L"):
+        assert list(s["classes"][level]) == [c for c in cache.taxonomy.classes(level) if c in s["classes"][level]]
+    assert list(s["classes"]["GEN-L"]) == ["real", "ZeroScope", "I2VGen-XL", "Latte", "HotShot", "Sora"]
+    assert list(s["classes"]["BIN-L"]) == ["real", "fake"]
+
+
+def test_cache_info_lists_the_taxonomys_generators_without_videos(tmp_path: Path) -> None:
+    from conftest import run_saga
+
+    cache = _cache_of(tmp_path, ["real", *[g for g in Taxonomy.load("genvideo").generators if g not in
+                                           ("Sora", "HotShot")]])
+    assert cache_summary(cache)["without_videos"] == ["HotShot", "Sora"]
+    proc = run_saga("cache", "info", str(cache.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "no videos of 2 of the taxonomy's 20 GEN-L classes (none extracted, or all failed): HotShot, Sora" in \
+        " ".join(proc.stdout.split())

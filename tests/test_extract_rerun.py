@@ -175,6 +175,49 @@ def test_appending_keeps_the_caches_split_settings(tmp_path: Path, tiny_weights:
     assert {r.split for r in cache.records()} <= {"train", "test"}
 
 
+def _pooled_splits(items: list[tuple[str, str]], existing: dict, fractions: dict, seed: int) -> dict[str, str]:
+    """The split rule before source folders were balanced (QA realdata 8): one seeded hash order per class."""
+    from saga.cache.manifest import SPLITS, seeded_hash
+
+    out: dict[str, str] = {}
+    for cls in sorted({c for _, c in items}):
+        counts = {s: existing.get(cls, {}).get(s, 0) for s in SPLITS}
+        total = sum(counts.values())
+        for path in sorted((p for p, c in items if c == cls), key=lambda p: seeded_hash(seed, p)):
+            total += 1
+            split = max(SPLITS, key=lambda s: (fractions.get(s, 0.0) * total - counts[s], -SPLITS.index(s)))
+            counts[split] += 1
+            out[path] = split
+    return out
+
+
+def test_a_cache_split_by_the_older_rule_keeps_its_split_when_it_grows(tmp_path: Path, tiny_weights: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Source folders are balanced for videos planned from now on; a saved split plan is never redrawn."""
+    from saga.cache.manifest import assign_splits
+    from saga.pipeline import extract as extract_module
+
+    videos = tmp_path / "v"
+    for i in range(12):
+        write_clip(videos / ("kinetics" if i < 6 else "msrvtt") / f"r{i}.mp4", n_frames=6, seed=i)
+    rows = [f"{p.relative_to(videos)},real" for p in sorted(videos.glob("*/*.mp4"))]
+    (videos / "labels.csv").write_text("path,generator\n" + "\n".join(rows) + "\n")
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    with monkeypatch.context() as m:
+        m.setattr(extract_module, "assign_splits", _pooled_splits)
+        extract(cfg)
+    old = read_split_plan(tmp_path / "c" / "splits.jsonl")
+    items = [(p, "real") for p in sorted(old)]
+    assert {p: s for p, (_, s) in old.items()} != assign_splits(items, {}, cfg.split_fractions or
+                                                                  {"train": 0.7, "val": 0.1, "test": 0.2}, 0)
+    write_clip(videos / "msrvtt" / "new.mp4", n_frames=6, seed=99)
+    (videos / "labels.csv").write_text((videos / "labels.csv").read_text() + "msrvtt/new.mp4,real\n")
+    assert extract(cfg).ok == 1
+    after = read_split_plan(tmp_path / "c" / "splits.jsonl")
+    assert {p: after[p] for p in old} == old and set(after) == set(old) | {"msrvtt/new.mp4"}
+    clean(tmp_path / "c")
+
+
 def test_an_imported_cache_takes_more_videos_and_stays_valid(tmp_path: Path, tiny_weights: Path) -> None:
     videos = make_video_tree(tmp_path / "v", per_class=2)
     extract(config(videos, tmp_path / "c", tiny_weights))

@@ -346,3 +346,15 @@ def test_a_probe_refit_in_place_leaves_no_metrics_of_the_old_one_and_is_readable
     assert sorted(p.name for p in (tmp_path / "p").glob("metrics-*.json")) == ["metrics-test.json"]
     mode = {n: stat.S_IMODE((tmp_path / "p" / n).stat().st_mode) for n in ("probe.safetensors", "config.json")}
     assert mode["probe.safetensors"] == mode["config.json"]  # like every other output (was 0600)
+
+
+def test_cli_probe_prints_the_labelled_count_per_class(cache: FeatureCache, tmp_path: Path) -> None:
+    """As `saga attribute` does: one line, fewest and most labelled classes (QA realdata 2)."""
+    from saga.cache.fraction import counts_line
+
+    proc = run_saga("probe", "--cache", str(cache.root), "--level", "GEN-L", "--fraction", "0.5",
+                    "--out", str(tmp_path / "p"))
+    assert proc.returncode == 0, proc.stderr
+    subset = json.loads((tmp_path / "p" / "labelled.json").read_text())["classes"]
+    assert counts_line("GEN-L", subset).startswith("labelled per GEN-L class: ")
+    assert counts_line("GEN-L", subset) in proc.stderr.splitlines()

@@ -176,3 +176,82 @@ def test_a_complete_or_explicit_labels_csv_does_not_warn(tmp_path: Path) -> None
         assert len(discover(tmp_path, None, GENVIDEO)) == 2
         (tmp_path / "labels.csv").write_text("path,generator\nx/a.mp4,SVD\n")
         assert len(discover(tmp_path, tmp_path / "labels.csv", GENVIDEO)) == 1  # a subset chosen on purpose
+
+
+# --- 6. layouts with a level above the generator folders, empty generator folders (QA realdata 1, 4, 6) ----
+
+def test_videos_one_level_too_high_names_the_folder_to_pass(tmp_path: Path) -> None:
+    """`--videos /data` for /data/GenVideo: "rename it" would have labelled every video 'GenVideo'."""
+    touch(tmp_path, "GenVideo/ZeroScope/a.mp4", "GenVideo/Sora/b.mp4", "GenVideo/MSR-VTT/c.mp4")
+    with pytest.raises(SagaError) as err:
+        discover(tmp_path, None, GENVIDEO)
+    message = str(err.value)
+    assert message == (f"{tmp_path}/GenVideo: folder name 'GenVideo' is not a generator of taxonomy 'genvideo' but "
+                       "holds generator folders (MSR-VTT, Sora, ZeroScope): --videos points one level above them; "
+                       f"pass --videos {tmp_path}/GenVideo")
+
+
+@pytest.mark.parametrize("rels, level", [
+    (("train/ZeroScope/a.mp4", "train/Kinetics-400/b.mp4", "test/Sora/c.mp4", "test/MSR-VTT/d.mp4"),
+     "test: MSR-VTT, Sora; train: Kinetics-400, ZeroScope"),
+    (("real/Kinetics-400/a.mp4", "fake/ZeroScope/b.mp4"), "fake: ZeroScope"),
+], ids=["train-test", "real-fake"])
+def test_a_train_test_or_real_fake_level_is_recognised_not_renamed(tmp_path: Path, rels: tuple[str, ...],
+                                                                   level: str) -> None:
+    touch(tmp_path, *rels)
+    with pytest.raises(SagaError) as err:
+        discover(tmp_path, None, GENVIDEO)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}: ") and f"hold generator folders ({level})" in message
+    assert "rename it" not in message and "--labels CSV" in message and "\n" not in message
+    first = level.split(":")[0]
+    assert f"pass --videos {tmp_path}/{first} " in message
+
+
+def test_a_real_folder_of_real_sources_is_the_real_class(tmp_path: Path) -> None:
+    """`real` is a name of the real class in the taxonomy (genvideo.toml's real list; saga synth's folder)."""
+    touch(tmp_path, "real/Kinetics-400/a.mp4", "real/b.mp4", "ZeroScope/c.mp4")
+    found = {v.rel: v.generator for v in discover(tmp_path, None, GENVIDEO)}
+    assert found == {"real/Kinetics-400/a.mp4": "real", "real/b.mp4": "real", "ZeroScope/c.mp4": "ZeroScope"}
+
+
+def test_a_generator_folder_holding_folders_of_other_classes_is_refused(tmp_path: Path) -> None:
+    touch(tmp_path, "real/ZeroScope/a.mp4", "real/b.mp4", "Sora/SD/c.mp4", "SD/part_0/d.mp4")
+    with pytest.raises(SagaError, match=rf"^{tmp_path}/Sora: holds folders named after other classes of taxonomy "
+                                        r"'genvideo' \(SD\), yet every video below it is labelled Sora by its "
+                                        r"folder's name; 1 more folder\(s\) likewise: move them out beside it, or "
+                                        r"pass --labels CSV$"):
+        discover(tmp_path, None, GENVIDEO)
+
+
+def test_every_unknown_folder_is_named_in_one_error(tmp_path: Path) -> None:
+    touch(tmp_path, "ZeroScope/a.mp4", "Kinetics-400/b.mp4", "WildScrape/c.mp4", "HotShot-XL/d.mp4",
+          "test/Sora/e.mp4")
+    with pytest.raises(SagaError) as err:
+        discover(tmp_path, None, GENVIDEO)
+    message = str(err.value)
+    assert "2 folders are not generators of taxonomy 'genvideo' (HotShot-XL, WildScrape)" in message
+    assert "move those that hold no generator's videos out of --videos" in message
+    assert "hold generator folders (test: Sora)" in message and "\n" not in message
+
+
+def test_an_empty_generator_folder_or_archives_warn_once_each(tmp_path: Path) -> None:
+    touch(tmp_path, "ZeroScope/z.mp4", "ZeroScope/ZeroScope.tar.gz.part-aa", "Kinetics-400/k.mp4",
+          "Kinetics-400/kin_more.tar.gz", "Pika/Pika.zip.001", "Pika/readme.txt", "Gen2/notes.txt")
+    (tmp_path / "Sora").mkdir()
+    with pytest.warns(UserWarning) as rec:
+        found = discover(tmp_path, None, GENVIDEO)
+    assert [v.rel for v in found] == ["Kinetics-400/k.mp4", "ZeroScope/z.mp4"]
+    lines = sorted(str(w.message) for w in rec)
+    assert lines == [
+        f"{tmp_path}/Gen2: generator folder holds no videos, only 1 other file(s) (Gen2/notes.txt), so Gen2 gets "
+        "none from it; put its videos there and rerun, or remove the folder",
+        f"{tmp_path}/Kinetics-400: 1 archive file(s) or archive part(s) beside its videos are not read "
+        "(Kinetics-400/kin_more.tar.gz); unpack them there and rerun to add their videos",
+        f"{tmp_path}/Pika: generator folder holds no videos, only 2 other file(s) (1 archive(s) or archive part(s): "
+        "Pika/Pika.zip.001), so Pika gets none from it; unpack them there and rerun",
+        f"{tmp_path}/Sora: generator folder holds no videos (it is empty), so Sora gets none from it; put its "
+        "videos there and rerun, or remove the folder",
+        f"{tmp_path}/ZeroScope: 1 archive file(s) or archive part(s) beside its videos are not read "
+        "(ZeroScope/ZeroScope.tar.gz.part-aa); unpack them there and rerun to add their videos",
+    ]

@@ -397,3 +397,33 @@ def test_weigh_is_the_one_mix_of_the_two_terms() -> None:
     emb = torch.eye(2, 4)
     loss, stats = combined_loss(logits, y, emb, emb, emb.flip(0), lam=0.25, margin=0.2)
     assert float(loss) == pytest.approx(weigh(0.25, stats["ce"], stats["hnm"]))
+
+
+def test_counts_line_names_the_fewest_and_most_labelled_classes() -> None:
+    """GenVideo at 0.5 %: 2 labels for six GEN-L classes, 4,282 for real (QA realdata 2)."""
+    from saga.cache.fraction import counts_line
+
+    counts = {"real": 4282, "ZeroScope": 466, "ModelScope": 2, "MorphStudio": 2, "MoonValley": 2, "HotShot": 2,
+              "Show-1": 2, "Gen2": 5, "Sora": 2}
+    subset = {c: [f"{c}/{i}.mp4" for i in range(n)] for c, n in counts.items()}
+    assert counts_line("GEN-L", subset) == ("labelled per GEN-L class: min 2 (ModelScope, MorphStudio, MoonValley "
+                                            "and 3 more) … max 4282 (real); 4765 videos in 9 classes")
+    assert counts_line("TEAM-L", {"a": ["x"], "b": ["y"]}) == "labelled per TEAM-L class: 1 each; 2 videos in 2 classes"
+
+
+def test_stage2_reports_the_labelled_count_per_class_before_training(cache: FeatureCache, stage1: Path,
+                                                                     tmp_path: Path) -> None:
+    from saga.cache.fraction import counts_line
+    from saga.train.loop import describe
+
+    events: list[ProgressEvent] = []
+    run = train_attribution(cache.root, tmp_path / "r", a_config(epochs=1), from_run=stage1, progress=events.append)
+    subset = json.loads((run / "labelled.json").read_text())["classes"]
+    assert events[0].kind == "labelled" and events[1].kind == "start"
+    assert describe(events[0]) == counts_line("TASK-L", subset)
+    low, high = sorted(subset, key=lambda c: len(subset[c]))[::2]
+    assert describe(events[0]) == (f"labelled per TASK-L class: min {len(subset[low])} ({low}) … max "
+                                   f"{len(subset[high])} ({high}); {sum(map(len, subset.values()))} videos in 3 classes")
+    again: list[ProgressEvent] = []
+    train_attribution(cache.root, run, a_config(epochs=1), from_run=stage1, progress=again.append)
+    assert [e.kind for e in again] == ["reused"]

@@ -222,9 +222,13 @@ def assign_splits(
 ) -> dict[str, str]:
     """Seeded, stratified split for new videos, keeping every existing assignment.
 
-    `items` are (path, class) pairs; within each class new videos (in a seeded hash
-    order) go to the split that lags its target share the most, so a class keeps its
-    proportions however many extraction passes it took to build.
+    `items` are (path, class) pairs; within each class new videos go, one after the other, to the
+    split that lags its target share the most, so a class keeps its proportions however many
+    extraction passes it took to build. The order is a seeded hash order inside each top-level
+    folder, the folders one after another (their order seeded too): any run of consecutive videos
+    gets its share within about one video per split, so every source folder of a class that pools
+    several (GenVideo's real class: Kinetics-400, Youku-mPLUG, MSR-VTT) gets its own 70/10/20 instead
+    of whatever a draw from the pooled class gave it. A class in one folder is ordered as before.
     """
     by_class: dict[str, list[str]] = {}
     for path, cls in items:
@@ -233,12 +237,18 @@ def assign_splits(
     for cls, paths in sorted(by_class.items()):
         counts = {s: existing.get(cls, {}).get(s, 0) for s in SPLITS}
         total = sum(counts.values())
-        for path in sorted(paths, key=lambda p: seeded_hash(seed, p)):
+        for path in sorted(paths, key=lambda p: _split_order(seed, p)):
             total += 1
             split = max(SPLITS, key=lambda s: (fractions.get(s, 0.0) * total - counts[s], -SPLITS.index(s)))
             counts[split] += 1
             out[path] = split
     return out
+
+
+def _split_order(seed: int, path: str) -> tuple[str, str, str]:
+    """Videos grouped by their top-level folder (the folders in a seeded order), seeded hash order inside."""
+    top = path.split("/", 1)[0] if "/" in path else ""
+    return seeded_hash(seed, top), top, seeded_hash(seed, path)
 
 
 AUGMENTED = ".augment/"  # `saga extract --augment`: copies are recorded as AUGMENTED<perturbation>/<copy_name(source)>

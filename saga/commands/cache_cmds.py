@@ -28,7 +28,8 @@ def info(
     from saga.cache.store import FeatureCache
     from saga.cache.summary import cache_summary
 
-    summary = cache_summary(FeatureCache.open(cache))
+    store = FeatureCache.open(cache)
+    summary = cache_summary(store)
     if format == "json":
         print_json(summary)
         return
@@ -44,6 +45,10 @@ def info(
         for cls, counts in summary["classes"][level].items():
             table.add_row(escape(cls), *(str(counts.get(s, 0)) for s in ("train", "val", "test")))
         console.print(table)
+    if summary["without_videos"]:
+        n, total = len(summary["without_videos"]), len(store.taxonomy.classes("GEN-L"))
+        console.print(f"[yellow]no videos[/] of {n} of the taxonomy's {total} GEN-L classes (none extracted, or all "
+                      f"failed): {escape(', '.join(summary['without_videos']))}", soft_wrap=True)
     for video in summary["videos"]:
         if video["status"] != "ok":
             console.print(f"[red]failed[/] {escape(video['path'])}: {escape(video['error'])}")

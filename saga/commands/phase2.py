@@ -265,9 +265,12 @@ def probe(
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json.")] = OutputFormat.text,
 ) -> None:
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
+    from saga.cache.fraction import counts_line
     from saga.explain.metrics import metrics_table
-    from saga.taxonomy import check_level
     from saga.explain.probe_runs import run_probe
+    from saga.fileio import read_json
+    from saga.runs import LABELLED
+    from saga.taxonomy import check_level
 
     if level is not None:
         check_level(level)
@@ -280,6 +283,7 @@ def probe(
     if format == "json":
         print_json(metrics)
     else:
+        err.print(counts_line(metrics["level"], read_json(out / LABELLED)["classes"]), soft_wrap=True, markup=False)
         console.print(metrics_table(metrics))
         console.print(f"linear probe on {metrics['n_train']} labelled videos (C = {metrics['C']:g}); "
                       f"written to {out}")

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 from saga.cache.manifest import VIDEO_SUFFIXES
 from saga.errors import SagaError, shown
+from saga.pipeline.layout import (archives_line, empty_line, known, mislabelled_error, nested_classes,
+                                  unknown_folders_error)
 from saga.pipeline.walk import FileKey, Walk, file_key, generator_folders
 from saga.taxonomy import Taxonomy
 
@@ -233,21 +235,31 @@ def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
         warnings.warn(f"{videos}: {len(loose)} video(s) directly in the folder ({', '.join(loose[:3])}"
                       f"{', ...' if len(loose) > 3 else ''}) are skipped: without a generator folder they have no "
                       "label; move them into one, or pass --labels CSV", stacklevel=3)
-    items, no_videos = [], []
     walk = Walk(videos, generator_folders(entries))
+    items, no_videos, unknown, empty = [], [], [], []
+    labels: dict[str, str] = {}
     for sub in walk.folders:
         found = walk.videos_under(sub)
-        try:
-            generator = taxonomy.canonical(sub.name)
-        except SagaError:
-            if not found:  # e.g. GenVideo's CSV index folder: nothing to label (or all listed under another)
-                no_videos += [] if walk.repeats(sub) else [sub.name]
-                continue
-            raise SagaError(
-                f"{sub}: folder name {sub.name!r} is not a generator of taxonomy '{taxonomy.name}'; "
-                "rename it, pass --labels CSV, or pass --taxonomy FILE"
-            ) from None
+        generator = known(taxonomy, sub.name)
+        if generator is None:  # a folder without videos is e.g. GenVideo's CSV index (or all listed elsewhere)
+            unknown += [sub] if found else []
+            no_videos += [] if found or walk.repeats(sub) else [sub.name]
+            continue
+        labels[sub.name] = generator
         items += [VideoInput(rel, generator) for rel in found]
+        empty += [] if found or walk.repeats(sub) else [(sub, generator)]
+    if unknown:
+        raise unknown_folders_error(videos, unknown, walk.subfolders, taxonomy, beside_generators=bool(labels))
+    nested = {name: inside for name, gen in labels.items()
+              if (inside := nested_classes(name, gen, walk.subfolders.get(name, []), taxonomy))}
+    if nested:
+        raise mislabelled_error(videos, nested, labels, taxonomy)
+    for sub, generator in empty:  # one line each: the generator silently had no videos
+        warnings.warn(empty_line(sub, generator, walk.others.get(sub.name)), stacklevel=3)
+    skipped = {sub.name for sub, _ in empty}
+    for name, others in walk.others.items():  # videos inside an archive that was not unpacked are missing
+        if name in labels and name not in skipped and others.n_archives:
+            warnings.warn(archives_line(videos / name, others), stacklevel=3)
     for link, why in walk.skipped:  # one line per link: a silent skip looked like videos lost
         warnings.warn(f"{shown(link)}: linked folder not followed ({why}); its videos are listed once, none is "
                       "lost", stacklevel=3)

@@ -11,7 +11,7 @@ video under two labels (and possibly in both train and test).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from saga.cache.manifest import VIDEO_SUFFIXES
@@ -44,13 +44,45 @@ class SameFolder:
     videos: int  # how many videos are listed there (once, not twice)
 
 
+@dataclass
+class OtherFiles:
+    """The files below a generator folder that are not videos: counted, the first few named, archives apart
+    (an archive that was not unpacked hides its videos: `saga.pipeline.layout` warns about it)."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    archives: list[str] = field(default_factory=list)  # the first few archives or archive parts
+    n_archives: int = 0
+
+    def add(self, rel: str) -> None:
+        self.count += 1
+        if len(self.examples) < 3:
+            self.examples.append(rel)
+        if is_archive(rel):
+            self.n_archives += 1
+            if len(self.archives) < 3:
+                self.archives.append(rel)
+
+
+ARCHIVE_SUFFIXES = {".tar", ".gz", ".tgz", ".zip", ".7z", ".rar", ".bz2", ".xz", ".zst"}
+
+
+def is_archive(name: str) -> bool:
+    """An archive or a part of a split one: x.tar.gz, x.zip, x.tar.gz.part-aa, x.7z.001, x.z01."""
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    last = suffixes[-1] if suffixes else ""
+    return bool(set(suffixes) & ARCHIVE_SUFFIXES) or last.startswith(".part") or (
+        len(last) == 4 and last[1] in "zr" and last[2:].isdigit())
+
+
 class Walk:
     """One discovery's walk of the generator folders (see the module docstring).
 
     Kept for one warning each: `skipped` (link, why) for a linked folder not followed, `same` for a folder
     that is another one already walked, `copies` {(generator folder, the one listing them): [(rel, listed
     rel)]} for video files reached twice. Folders that cannot be listed are kept in `unreadable` (folder,
-    reason): os.walk skips them silently by default.
+    reason): os.walk skips them silently by default. Per generator folder (by name), `subfolders` keeps the
+    names of its own sub-folders and `others` its files that are not videos (for `saga.pipeline.layout`).
     """
 
     def __init__(self, root: Path, folders: list[Path], walk_video_named: bool = False) -> None:
@@ -68,6 +100,8 @@ class Walk:
         self.copies: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.keys: dict[str, FileKey | None] = {}  # each listed video -> its real file
         self._first: dict[FileKey, str] = {}  # real file -> the path it is listed under
+        self.subfolders: dict[str, list[str]] = {}
+        self.others: dict[str, OtherFiles] = {}
 
     def videos_under(self, folder: Path) -> list[str]:
         """Paths (relative to the root) of everything named like a video below `folder` not listed before, sorted."""
@@ -86,11 +120,17 @@ class Walk:
     def _walked(self, folder: Path, top: str) -> list[str]:
         """The videos below `folder` (real path `top`, marked seen) not listed before, sorted."""
         found: list[str] = []
+        others = self.others.setdefault(folder.name, OtherFiles())
         for dirpath, dirnames, filenames in os.walk(folder, onerror=self._note, followlinks=True):
             here = Path(dirpath)
+            if here == folder:
+                self.subfolders[folder.name] = sorted(d for d in dirnames if not d.startswith("."))
             for name in filenames if self.walk_video_named else [*filenames, *dirnames]:
                 if Path(name).suffix.lower() in VIDEO_SUFFIXES:
                     found.append(str((here / name).relative_to(self.root)))
+            for name in sorted(filenames):
+                if Path(name).suffix.lower() not in VIDEO_SUFFIXES:
+                    others.add(str((here / name).relative_to(self.root)))
             dirnames[:] = [d for d in sorted(dirnames)
                            if (self.walk_video_named or Path(d).suffix.lower() not in VIDEO_SUFFIXES)
                            and self._enter(here / d, os.path.join(top, (here / d).relative_to(folder)))]

@@ -44,7 +44,7 @@ from saga.runs import CONFIG, RunFolder
 from saga.train.options import TrainOptions  # noqa: F401 - re-exported: the stages import it from here
 from saga.train.schedule import make_optimizer, warmup_cosine
 
-Progress = ProgressFn  # the training events: ProgressEvent kinds start, step, epoch, done, reused
+Progress = ProgressFn  # the training events: ProgressEvent kinds labelled (stage 2), start, step, epoch, done, reused
 LOG_EVERY = 50  # steps between "step" progress events
 # Validation sets up to 128 MiB (as float32; half that held, float16) are read once and kept in memory:
 # stage 2 validates a few hundred videos every ~25 steps, while a large stage-1 val split is re-read
@@ -195,6 +195,8 @@ def describe(event: ProgressEvent) -> str:
         return "  ".join(parts) + ("  *best" if d.get("best") else "") + f"  {d['seconds']:.1f}s"
     if event.kind == "step":
         return f"epoch {d['epoch']}  step {event.done}/~{event.total}  loss {d['loss']:.4f}"
+    if event.kind == "labelled":  # the message says what it is
+        return event.message
     return f"{event.kind}: {event.message}"
 
 
