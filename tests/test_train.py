@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +23,6 @@ from saga.train.data import InMemoryFeatures, StreamingFeatures, View, balanced_
 from saga.cache.fraction import labelled_subset, resolve_labelled, settings
 from saga.runs import load_model
 from saga.train.stage1 import Stage1Config, train_stage1
-from saga.train.losses import combined_loss, weigh
-from saga.train.options import Loss, Select
 from saga.progress import ProgressEvent
 
 T, D = 8, 16
@@ -376,39 +373,6 @@ def test_ablation_grid_has_probe_and_ceiling_rows(cache: FeatureCache, stage1: P
     text = (tmp_path / "abl" / "ablation.md").read_text()
     assert "95 % t-interval" in text and "probe, all labels" in text
     assert interval95([1.0]) is None and interval95([1.0, 3.0]) == pytest.approx(12.706 * 1.41421 / 1.41421, rel=1e-3)
-
-
-def test_string_options_are_parsed_once_into_their_enums() -> None:
-    cfg = a_config(loss="ce+semihnm", select="loss", mine_every="7")
-    cfg.check()
-    assert cfg.loss is Loss.CE_SEMIHNM and cfg.loss.mining == "semihard" and cfg.select is Select.LOSS
-    assert cfg.mine_every == 7 and cfg.mine_steps() == 7
-    assert json.loads(json.dumps(cfg.to_dict()))["loss"] == "ce+semihnm"  # config.json keeps the plain string
-    for bad, message in ((dict(loss="hnm"), "loss must be one of ce, ce+semihnm, ce+hnm"),
-                         (dict(select="best"), "select must be one of accuracy, loss, last"),
-                         (dict(mine_every="0"), "mine_every must be 'epoch' or a number of steps >= 1")):
-        with pytest.raises(SagaError, match=re.escape(message)):
-            a_config(**bad).check()
-
-
-def test_weigh_is_the_one_mix_of_the_two_terms() -> None:
-    assert weigh(0.25, 4.0, 8.0) == pytest.approx(7.0)
-    logits, y = torch.zeros(2, 3), torch.tensor([0, 1])
-    emb = torch.eye(2, 4)
-    loss, stats = combined_loss(logits, y, emb, emb, emb.flip(0), lam=0.25, margin=0.2)
-    assert float(loss) == pytest.approx(weigh(0.25, stats["ce"], stats["hnm"]))
-
-
-def test_counts_line_names_the_fewest_and_most_labelled_classes() -> None:
-    """GenVideo at 0.5 %: 2 labels for six GEN-L classes, 4,282 for real (QA realdata 2)."""
-    from saga.cache.fraction import counts_line
-
-    counts = {"real": 4282, "ZeroScope": 466, "ModelScope": 2, "MorphStudio": 2, "MoonValley": 2, "HotShot": 2,
-              "Show-1": 2, "Gen2": 5, "Sora": 2}
-    subset = {c: [f"{c}/{i}.mp4" for i in range(n)] for c, n in counts.items()}
-    assert counts_line("GEN-L", subset) == ("labelled per GEN-L class: min 2 (ModelScope, MorphStudio, MoonValley "
-                                            "and 3 more) … max 4282 (real); 4765 videos in 9 classes")
-    assert counts_line("TEAM-L", {"a": ["x"], "b": ["y"]}) == "labelled per TEAM-L class: 1 each; 2 videos in 2 classes"
 
 
 def test_stage2_reports_the_labelled_count_per_class_before_training(cache: FeatureCache, stage1: Path,
