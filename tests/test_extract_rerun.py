@@ -324,4 +324,10 @@ def test_a_second_videos_tree_into_the_same_cache_is_refused_naming_both(tmp_pat
     assert extract(config(moved, tmp_path / "c", tiny_weights)).skipped == len(before)
     with pytest.raises(SagaError, match=f"it was extracted from {moved.resolve()}, "):
         extract(config(test, tmp_path / "c", tiny_weights))
+    more = make_video_tree(tmp_path / "more", per_class=1)  # other videos under other paths: appended, as before
+    for i, clip in enumerate(sorted(more.glob("*/*.mp4"))):
+        clip.unlink()
+        write_clip(clip.with_name(f"more_{clip.name}"), n_frames=9, seed=500 + i)
+    appended = extract(config(more, tmp_path / "c", tiny_weights))
+    assert appended.skipped == 0 and len(FeatureCache.open(tmp_path / "c").records()) == len(before) + appended.found
     clean(tmp_path / "c")
