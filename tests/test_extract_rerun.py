@@ -294,3 +294,40 @@ def test_a_second_extraction_into_the_same_cache_is_refused_while_the_first_runs
     os.close(fd)
     assert extract(cfg).ok == 1
     clean(tmp_path / "c")
+
+
+def _strip_roots(cache_dir: Path) -> None:
+    """Make the cache look like an older saga's: no folder recorded anywhere."""
+    for recorded in [*cache_dir.glob("parts/*/videos.json"), cache_dir / "video-roots.json"]:
+        recorded.unlink(missing_ok=True)
+
+
+def test_a_second_videos_tree_into_the_same_cache_is_refused_naming_both(tmp_path: Path, tiny_weights: Path) -> None:
+    """GenVideo's train/ then test/ into one cache: both trees' X/a.mp4 were one record, the second replacing the first."""
+    train = make_video_tree(tmp_path / "G" / "train", per_class=1)
+    test = make_video_tree(tmp_path / "G" / "test", per_class=1)
+    for clip in test.glob("*/*.mp4"):  # the same names, other videos
+        write_clip(clip, n_frames=11, seed=99)
+    extract(config(train, tmp_path / "c", tiny_weights))
+    before = {r.path: r.fingerprint() for r in FeatureCache.open(tmp_path / "c").records()}
+    with pytest.raises(SagaError, match=rf"refusing to extract {test.resolve()} into this cache: it was extracted "
+                                        rf"from {train.resolve()}, .*its own --out, or extract their common parent "
+                                        rf"{(tmp_path / 'G').resolve()} once .*labels CSV") as refused:
+        extract(config(test, tmp_path / "c", tiny_weights))
+    assert "\n" not in str(refused.value)
+    assert {r.path: r.fingerprint() for r in FeatureCache.open(tmp_path / "c").records()} == before
+    assert extract(config(train, tmp_path / "c", tiny_weights)).skipped == len(before)  # its own folder: fine
+    moved = tmp_path / "elsewhere"
+    train.rename(moved)  # the same data moved (mv keeps size and mtime): taken as before, nothing re-extracted
+    assert extract(config(moved, tmp_path / "c", tiny_weights)).skipped == len(before)
+    _strip_roots(tmp_path / "c")  # an older cache records no folder: its next pass records one, refused nothing
+    assert extract(config(moved, tmp_path / "c", tiny_weights)).skipped == len(before)
+    with pytest.raises(SagaError, match=f"it was extracted from {moved.resolve()}, "):
+        extract(config(test, tmp_path / "c", tiny_weights))
+    more = make_video_tree(tmp_path / "more", per_class=1)  # other videos under other paths: appended, as before
+    for i, clip in enumerate(sorted(more.glob("*/*.mp4"))):
+        clip.unlink()
+        write_clip(clip.with_name(f"more_{clip.name}"), n_frames=9, seed=500 + i)
+    appended = extract(config(more, tmp_path / "c", tiny_weights))
+    assert appended.skipped == 0 and len(FeatureCache.open(tmp_path / "c").records()) == len(before) + appended.found
+    clean(tmp_path / "c")

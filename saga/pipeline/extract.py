@@ -32,6 +32,7 @@ from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoStream, decode_workers, read_videos
+from saga.pipeline.roots import check_root
 from saga.pipeline.resume import keep_suspects, moved_videos, pass_failures, read_suspects, warn_moved
 from saga.pipeline.sampling import SamplingPolicy
 from saga.progress import ProgressEvent, ProgressFn
@@ -195,6 +196,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     try:
         cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
         seal_leftover_parts(cache)
+        check_root(cfg.out, cache.part_names(), cache.records(), cfg.videos)
         todo, splits, redecoded = plan(cfg, cache, items)
         summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded,
                                  unreadable=inputs.unreadable)
@@ -242,6 +244,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         lock_folder(cfg.out, BUSY)  # held by rank 0 until every rank's part is closed
         cache = FeatureCache.create_or_open(cfg.out, provenance)
         seal_leftover_parts(cache)
+        check_root(cfg.out, cache.part_names(), cache.records(), cfg.videos)
         todo, splits, redecoded = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
         return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, inputs, redecoded
