@@ -40,8 +40,8 @@ from saga.explain.intervals import FEW, format_nearest_source, format_paired
 from saga.explain.metrics import other_weights, run_weights
 from saga.explain.report_ablation import (ablation_section, check_ablation, find_ablations, one_per_folder,
                                           table_in)
-from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, num, pct, pct_ci, png,
-                                      png_text, run_name, table)
+from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, is_number, num, pct, pct_ci,
+                                      png, png_text, run_name, table)
 from saga.explain.report_heldout import foreign_note, heldout_section, load_heldout
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
@@ -179,8 +179,8 @@ def per_class_table(m: dict[str, Any]) -> str:
         acc = _dict(m.get("per_class")).get(cls)
         n = _dict(m.get("per_class_n")).get(cls, 0)
         ci = _dict(m.get("per_class_ci")).get(cls)
-        few = _number(n) and 0 < n < FEW
-        width = round(80 * min(max(acc, 0), 1)) if _number(acc) else 0
+        few = is_number(n) and 0 < n < FEW
+        width = round(80 * min(max(acc, 0), 1)) if is_number(acc) else 0
         flag = f' <span class=few title="fewer than {FEW} videos">few</span>' if few else ""
         probe_cell = f"<td>{pct(_dict(pr.get('per_class')).get(cls))}</td>" if has_probe else ""
         rows.append(f"<tr><td class=l>{esc(cls)}</td><td>{esc(n)}{flag}</td>"
@@ -222,7 +222,7 @@ def training_curve(history: list[dict[str, Any]]) -> bytes | None:
         return None
     fig = Figure(figsize=(8, 2.8), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    ep = [h["epoch"] if _number(h.get("epoch")) else i for i, h in enumerate(history)]
+    ep = [h["epoch"] if is_number(h.get("epoch")) else i for i, h in enumerate(history)]
     for key in ("loss", "ce", "hnm"):
         ys = [h.get(key) for h in history]
         if any(isinstance(y, (int, float)) for y in ys):
@@ -288,10 +288,6 @@ def _figures_part(run: dict[str, Any]) -> str:
 
 def _count(classes: Any) -> int:
     return len(classes) if isinstance(classes, list) else 0
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
 
 
 def run_section(i: int, run: dict[str, Any]) -> str:

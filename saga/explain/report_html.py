@@ -149,6 +149,11 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def is_number(x: Any) -> bool:
+    """A real number read from a JSON file (not a bool, not NaN): values a report may compute with."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
+
+
 def num(x: Any, digits: int = 3) -> str:
     """A float with `digits` decimals, '–' for anything else (None, NaN stored as null)."""
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and x == x else "–"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from saga.explain.metrics import RUN_MODEL, other_weights, run_weights
-from saga.explain.report_html import ci_text, esc, figure, guarded, num, pct, read_json_file, table
+from saga.explain.report_html import ci_text, esc, figure, guarded, is_number, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
 from saga.runs.files import (CALIBRATION, ENROLLED, HELDOUT, HELDOUT_ROBUSTNESS_GLOB, OPENSET, PROVENANCE,
                              RELIABILITY_GLOB, ROBUSTNESS)
@@ -305,14 +305,14 @@ def _drop(p: dict[str, Any], level: str, r: dict[str, Any], base: dict[str, Any]
     """The change against clean: paired over the videos the perturbation scored (`paired` of the file); a file
     of an older saga has none, so with failed videos its difference of two video sets is marked unpaired."""
     d = (p.get("paired") if isinstance(p.get("paired"), dict) else {}).get(level)
-    if isinstance(d, dict) and _number(d.get("difference")):
+    if isinstance(d, dict) and is_number(d.get("difference")):
         ci = d.get("ci")
-        ok = isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci)
+        ok = isinstance(ci, list) and len(ci) == 2 and all(is_number(x) for x in ci)
         interval = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ok else ""
         return (f'<br><span class="{"bad" if ok and ci[1] < 0 else "ci"}">{100 * d["difference"]:+.1f} pts'
                 f'{interval}</span><br><small>vs clean {pct(d.get("clean_accuracy"))} on the same '
                 f'{esc(d.get("n", "–"))}</small>')
-    if not _number(base.get("accuracy")):
+    if not is_number(base.get("accuracy")):
         return ""
     ci = r.get("ci") or [None, None]
     clear = isinstance(ci[1], (int, float)) and ci[1] < base["accuracy"]  # interval below clean
@@ -320,10 +320,6 @@ def _drop(p: dict[str, Any], level: str, r: dict[str, Any], base: dict[str, Any]
                 "<code>saga robustness</code></small>" if p.get("failed") else "")
     change = 100 * (r["accuracy"] - base["accuracy"])
     return f'<br><span class="{"bad" if clear else "ci"}">{change:+.1f} pts</span>{unpaired}'
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
 
 
 def robustness_table(rob: dict[str, Any]) -> str:
