@@ -87,7 +87,16 @@ def _extract_cmd(videos: Path, out: Path, weights: Path) -> list[str]:
 
 
 def _committed(out: Path) -> int:
-    return sum(p.read_text().count("\n") for p in out.glob(f"parts/*/{MANIFEST}"))
+    """Manifest lines written so far. A part's temporary folder is renamed when it is sealed, which can happen
+    between the glob and the read (a FileNotFoundError made this poll, not extraction, fail): it counts 0 now and
+    is counted under its final name at the next poll."""
+    lines = 0
+    for p in out.glob(f"parts/*/{MANIFEST}"):
+        try:
+            lines += p.read_text().count("\n")
+        except FileNotFoundError:
+            pass
+    return lines
 
 
 @pytest.mark.parametrize("kill_after", [0, 5])
