@@ -336,3 +336,17 @@ def test_a_labels_csv_listing_a_video_by_its_link_does_not_leave_it_out(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "1 video(s) ... are not listed in it (e.g. syn-latte/s.mp4)" before
         assert [i.rel for i in find_inputs(videos, None, SYNTH).items] == ["real/r.mp4", "syn-svd/s.mp4"]
+
+
+def test_a_link_to_a_folder_above_the_videos_folder_is_not_followed(tmp_path: Path) -> None:
+    """Followed, it listed every video beside the videos folder (here `outside/o.mp4`) under this generator."""
+    touch(tmp_path, "v/real/r.mp4", "v/syn-svd/s.mp4", "outside/o.mp4")
+    videos = tmp_path / "v"
+    os.symlink("../..", videos / "syn-svd" / "up")  # tmp_path: holds the videos folder and `outside`
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = [i.rel for i in discover(videos, None, SYNTH)]
+    assert found == ["real/r.mp4", "syn-svd/s.mp4"]
+    assert [str(w.message) for w in caught] == [
+        f"{videos}/syn-svd/up: linked folder not followed (a link loop: it leads back to {tmp_path.resolve()}); "
+        "its videos are listed once, none is lost"]

@@ -2,7 +2,8 @@
 
 Linked sub-folders are followed, as a linked generator folder always was. A folder is not entered twice
 (a link loop, two links to one place), nor through a link into a generator folder (its videos are listed
-there, under their own generator). Generator folders are walked in sorted order, and a real file (device and
+there, under their own generator), nor through a link to a folder that holds the videos folder (it would list
+videos from outside it). Generator folders are walked in sorted order, and a real file (device and
 inode, links followed) is listed under the first one that reaches it: two generator folders linked to one
 place, one linked into the other, or one video linked or hard-linked into two of them would otherwise put one
 video under two labels (and possibly in both train and test).
@@ -165,6 +166,8 @@ class Walk:
             self._note_same(path, self.seen[real])
             return False
         listed = self.seen.get(real) or (self._listed_in_generator_folder(real) if real != natural else None)
+        if listed is None and real != natural and _holds(real, os.path.realpath(self.root)):
+            listed = "."  # a link to a folder that holds the videos folder: walking it lists videos outside it
         if listed is None:
             self.seen[real] = str(path.relative_to(self.root))
             return True
