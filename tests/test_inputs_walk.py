@@ -350,3 +350,17 @@ def test_a_link_to_a_folder_above_the_videos_folder_is_not_followed(tmp_path: Pa
     assert [str(w.message) for w in caught] == [
         f"{videos}/syn-svd/up: linked folder not followed (a link loop: it leads back to {tmp_path.resolve()}); "
         "its videos are listed once, none is lost"]
+
+
+def test_a_generator_folder_linked_to_a_folder_above_the_videos_folder_is_not_walked(tmp_path: Path) -> None:
+    """`v/syn-svd -> ..` listed `outside/o.mp4` as syn-svd; now one warning says why nothing came from it."""
+    touch(tmp_path, "v/real/r.mp4", "outside/o.mp4")
+    videos = tmp_path / "v"
+    os.symlink("..", videos / "syn-svd")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = [i.rel for i in discover(videos, None, SYNTH)]
+    assert found == ["real/r.mp4"]
+    assert [str(w.message) for w in caught] == [
+        f"{videos}/syn-svd: linked folder not followed (a link loop: it leads back to {tmp_path.resolve()}); "
+        "its videos are listed once, none is lost"]

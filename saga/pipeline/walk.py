@@ -110,6 +110,9 @@ class Walk:
         if top in self.seen:  # a link to a folder walked already (two generator folders linked to one place)
             self._note_same(folder, self.seen[top])
             return []
+        if _holds(top, os.path.realpath(self.root)):  # a generator folder linked to a folder above the root
+            self.skipped.append((str(folder), self._why_skipped(folder, top, ".")))
+            return []
         self.seen[top] = folder.name
         return self._walked(folder, top)
 
@@ -138,9 +141,10 @@ class Walk:
         return [rel for rel in sorted(found) if self._list_once(rel)]
 
     def repeats(self, folder: Path) -> bool:
-        """Whether videos reached through generator folder `folder` were listed under another path instead."""
+        """Whether videos reached through generator folder `folder` were listed under another path instead (or it
+        was not walked: a link to a folder above the root)."""
         return any(_top(str(Path(s.folder).relative_to(self.root))) == folder.name for s in self.same) or \
-            any(top == folder.name for top, _ in self.copies)
+            any(top == folder.name for top, _ in self.copies) or any(link == str(folder) for link, _ in self.skipped)
 
     def _list_once(self, rel: str) -> bool:
         """Whether `rel` is listed: not when its real file is listed already (a link or hard link to it)."""
