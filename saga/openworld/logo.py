@@ -39,7 +39,8 @@ from saga.openworld.levels import aggregate, label_at, parents
 from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
 from saga.runs import MODEL, cache_digest, file_fingerprint
-from saga.runs.files import LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
+from saga.runs.files import (LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, finished,
+                             reliability_file)
 from saga.taxonomy import LEVELS, REAL
 
 
@@ -87,7 +88,7 @@ def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens
     for kind, g, few in jobs:
         run = out / kind / g
         cfg = AttributeConfig.from_dict({**base, "balance": True} if kind.endswith("-balanced") else dict(base))
-        if (run / "done.json").is_file():
+        if finished(run):
             _check_fold_options(run, cfg)  # reused only when trained as asked (a cheap check, not a reload)
             continue
         t0 = time.time()
@@ -163,7 +164,7 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
                 warned: set[str] | None = None) -> dict:
     """Enroll `held` from the k retraining videos into the LOGO run; compare with the retrained run(s)."""
     balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
-    baselines = {"retrain": retrain, **({"retrain-balanced": balanced} if (balanced / "done.json").is_file() else {})}
+    baselines = {"retrain": retrain, **({"retrain-balanced": balanced} if finished(balanced) else {})}
 
     emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
@@ -260,7 +261,7 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
     tested = held_out_tested(cache)
     for g in gens:
         logo, retrain = runs / LOGO_RUNS / g, runs / f"retrain{k}" / g
-        if not (logo / "done.json").is_file():
+        if not finished(logo):
             continue
         if g not in tested:
             log(f"{g}: skipped, no test video of {g} in {cache.root} (nothing unseen to measure)")
@@ -299,7 +300,7 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
         fold["openset"] = fold_openset(logo, cache, g, 5, warned)
     if shots and "shots" not in fold:
         fold["shots"] = fold_shots(logo, cache, g, warned=warned)
-    if "enroll" not in fold and (retrain / "done.json").is_file():
+    if "enroll" not in fold and finished(retrain):
         fold["enroll"] = {**fold_enroll(logo, retrain, cache, g, k, seed, warned), "seed": seed}
     write_text(path, dumps(fold))
     return fold
@@ -312,6 +313,6 @@ def fold_stamp(logo: Path, retrain: Path, cache: FeatureCache) -> dict[str, str 
     """The cache (id and records' digest: a prune or an appending extract keeps the id) and the weights
     (fingerprints) a fold's measurements come from; None for a run not finished."""
     balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
-    fp = lambda run: file_fingerprint(run / MODEL) if (run / "done.json").is_file() else None  # noqa: E731
+    fp = lambda run: file_fingerprint(run / MODEL) if finished(run) else None  # noqa: E731
     return {"cache_id": cache.cache_id, "cache_digest": cache_digest(cache), "logo": fp(logo),
             "retrain": fp(retrain), "retrain-balanced": fp(balanced)}
