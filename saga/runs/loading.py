@@ -20,16 +20,14 @@ from safetensors import safe_open
 from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.model import ModelConfig, VideoTransformer
+from saga.model import MODEL_LIMITS, ModelConfig, VideoTransformer
 from saga.runs.files import (CONFIG, DONE, MODEL, PROVENANCE, PROVENANCE_FIX, RETRAIN, cache_tag, finished,
                               load_tensors, one_line, read_json)
 from saga.runs.origin import warn_if_unsealed
 from saga.taxonomy import LEVELS
 
-# Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
-MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
-                "max_frames": 8192, "n_classes": 1_000_000, "temporal_lags": 256, "content_dim": 65536,
-               "content_basis": 65536, "video_stats": 8192}
+# MODEL_LIMITS bound what a weights file from someone else may ask us to allocate (checked before building
+# the model); training refuses the same (ModelConfig), so every run it writes loads.
 
 
 @dataclass

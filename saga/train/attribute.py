@@ -33,7 +33,7 @@ from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
-from saga.model import VideoTransformer
+from saga.model import VideoTransformer, allocate
 from saga.progress import ProgressEvent
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
@@ -53,7 +53,7 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.options import Loss, parse_choice
+from saga.train.options import Loss, parse_choice, refuse_blind_model
 from saga.train.mining import mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
 from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
@@ -275,7 +275,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
     torch.manual_seed(cfg.seed)
     if base is None:
         pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
-        model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
+        model = allocate(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
         fit_to_pool(model, cache, pool, cfg.basis_method, cfg.seed, frames)
         if subclass_of:
             model.reset_head(n_classes, subclass_of, names)
@@ -285,6 +285,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
         raise SagaError(f"{'; '.join(clashes)}: θ comes from the stage-1 run {base.path}, which fixes its shape; "
                         "leave these options out, or train from scratch (--scratch)")
     model = base.model
+    refuse_blind_model(model.config.inputs, frames)
     if frames > model.config.max_frames:
         raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")
     model.reset_head(n_classes, subclass_of, names)

@@ -49,6 +49,15 @@ def refuse_unused_options(loss: Loss, given: dict[str, str]) -> None:
                         f"{'them' if len(unused) > 1 else 'it'} out, or choose one of those losses")
 
 
+def refuse_blind_model(inputs: str, frames: int) -> None:
+    """θ on temporal tokens alone sees nothing in a one-frame window (every token compares a frame with its
+    neighbours, and the window statistics need two frames): it trained a constant classifier, recorded as done."""
+    if inputs == "temporal" and frames < 2:
+        raise SagaError(f"inputs = 'temporal' needs windows of at least 2 frames (its tokens compare neighbouring "
+                        f"frames), but the run would use {frames}; use --frames 2 or more (a cache extracted with "
+                        "more frames), or --inputs both")
+
+
 Choice = TypeVar("Choice", bound=StrEnum)
 
 
@@ -157,6 +166,7 @@ class TrainOptions:
 
     def model_config(self, in_dim: int, n_classes: int, frames: int, pool_size: int | None = None) -> ModelConfig:
         """θ's config; the content basis is narrowed to what `pool_size` train videos and in_dim can span."""
+        refuse_blind_model(self.inputs, frames)
         basis = int(self.content_basis)
         if basis and pool_size is not None:
             basis = max(0, min(basis, in_dim, pool_size - 1))
