@@ -62,3 +62,63 @@ def test_temporal_inputs_on_one_frame_windows_are_refused(cache: FeatureCache, t
     assert not (tmp_path / "s1").exists() and not (tmp_path / "s2" / "config.json").exists()
     s1_config(inputs="temporal", frames=2).model_config(16, 2, 2, 10)  # two frames: neighbours exist
     s1_config(inputs="both", frames=1).model_config(16, 2, 1, 10)  # content still seen
+
+
+def _tiny_run(folder: Path, heads: int = 2, d_model: int = 16) -> Path:
+    """A loadable run folder: weights plus a config.json whose `model` is theirs, as training writes it."""
+    from saga.model import ModelConfig, VideoTransformer
+    from saga.runs import CONFIG, MODEL, save_weights
+
+    folder.mkdir()
+    model = VideoTransformer(ModelConfig(in_dim=8, d_model=d_model, depth=1, heads=heads, n_classes=2))
+    save_weights(folder / MODEL, model, epoch=1)
+    (folder / CONFIG).write_text(json.dumps({"classes": ["real", "fake"], "level": "BIN-L", "frames": 8,
+                                             "model": model.config.to_dict()}))
+    return folder
+
+
+def test_weights_without_a_core_config_key_are_refused(tmp_path: Path) -> None:
+    """A weights file whose metadata config lacked `heads` loaded as a 4-head model (no tensor shape shows the
+    heads): another θ, silently. A key added after the first version (video_stats, ...) may still be absent."""
+    from safetensors.torch import load_file, save_file
+
+    from saga.runs import MODEL, load_model
+
+    run = _tiny_run(tmp_path / "run")
+    tensors, whole = load_file(str(run / MODEL)), json.loads(_metadata(run / MODEL)["config"])
+    for dropped in ("heads", "video_stats"):
+        config = {k: v for k, v in whole.items() if k != dropped}
+        save_file(tensors, str(run / MODEL), metadata={"config": json.dumps(config), "epoch": "1"})
+        if dropped == "heads":
+            with pytest.raises(SagaError, match=rf"^{run / MODEL}: the model config in its metadata lacks heads; "
+                                                r"the file is damaged or not from saga: delete it and rerun"):
+                load_model(run)
+        else:
+            assert load_model(run)[0].config.video_stats == 0  # an older run: the option did not exist, 0 = off
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def test_another_runs_weights_in_a_run_folder_are_refused(tmp_path: Path) -> None:
+    """model.safetensors copied from another run with as many classes (or config.json's model edited) was loaded
+    and its outputs read with this run's class names; config.json's `model` and the weights' config must agree."""
+    import shutil
+
+    from saga.runs import CONFIG, MODEL, load_model
+
+    run, other = _tiny_run(tmp_path / "run"), _tiny_run(tmp_path / "other", heads=4, d_model=32)
+    load_model(run)
+    shutil.copy(other / MODEL, run / MODEL)
+    with pytest.raises(SagaError, match=rf"^{run / MODEL}: not the model config.json describes \(d_model 16 vs 32; "
+                                        r"heads 2 vs 4: config.json vs the weights\); the run folder is damaged or "
+                                        r"mixes two runs"):
+        load_model(run)
+    config = json.loads((run / CONFIG).read_text())
+    del config["model"]  # a config.json without `model`: nothing to compare (the weights decide, as before)
+    (run / CONFIG).write_text(json.dumps(config))
+    assert load_model(run)[0].config.heads == 4
