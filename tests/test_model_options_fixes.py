@@ -122,3 +122,23 @@ def test_another_runs_weights_in_a_run_folder_are_refused(tmp_path: Path) -> Non
     del config["model"]  # a config.json without `model`: nothing to compare (the weights decide, as before)
     (run / CONFIG).write_text(json.dumps(config))
     assert load_model(run)[0].config.heads == 4
+
+
+def test_a_stage2_run_records_the_model_options_of_the_theta_it_adapted(
+        cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    """config.json's `train` of a run on a stage-1 θ (d_model 32, depth 2, heads 2) said d_model 256, depth 4,
+    heads 4, video_stats 8 ...: the defaults, never used. It now records the stage-1 run's; a run recorded the old
+    way is still the same run (reused, not refused as "different settings")."""
+    from saga.train.options import MODEL_OPTIONS
+
+    cfg = a_config(epochs=1, d_model=256, depth=4, heads=4)  # the defaults: not set by the user
+    out = train_attribution(cache.root, tmp_path / "s2", cfg, from_run=stage1)
+    config = json.loads((out / "config.json").read_text())
+    base = json.loads((stage1 / "config.json").read_text())["train"]
+    assert {k: config["train"][k] for k in MODEL_OPTIONS} == {k: base[k] for k in MODEL_OPTIONS}
+    assert (config["train"]["d_model"], config["train"]["depth"]) == (config["model"]["d_model"], 2) == (32, 2)
+    config["train"].update(d_model=256, depth=4, heads=4)  # as an older saga wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert train_attribution(cache.root, out, a_config(epochs=1, d_model=256, depth=4, heads=4), from_run=stage1) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == before  # reused as it is

@@ -20,7 +20,7 @@ triplet term weighted by its share of the batch's triplets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
@@ -56,6 +56,7 @@ from saga.train.losses import combined_loss, triplet_loss, weigh
 from saga.train.options import Loss, parse_choice, refuse_blind_model
 from saga.train.mining import mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
+from saga.runs.files import MODEL_OPTIONS
 from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
 
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
@@ -329,6 +330,9 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     targets = np.array([chosen[r.path] for r in pool], np.int64)
     sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
     model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given)
+    if base is not None:  # record the θ adapted: config.json listed the defaults (d_model 256, ...) it never used
+        recorded = base.info.config.get("train") or {}
+        cfg = replace(cfg, **{name: recorded[name] for name in MODEL_OPTIONS if name in recorded})
     lr = float(cfg.lr or (2e-4 if base else 3e-4))
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {

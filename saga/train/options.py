@@ -14,7 +14,7 @@ from typing import Any, Collection, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
-from saga.runs.files import HNM_OPTIONS
+from saga.runs.files import HNM_OPTIONS, MODEL_OPTIONS
 from saga.train.data import View
 
 
@@ -70,9 +70,6 @@ def parse_choice(kind: type[Choice], value: Any, name: str) -> Choice:
 
 
 SELECT = tuple(m.value for m in Select)
-# The options that shape θ (from scratch only: a stage-2 run on a stage-1 θ keeps that θ's).
-MODEL_OPTIONS = ("d_model", "depth", "heads", "mlp_ratio", "dropout", "pool", "inputs", "temporal_lags",
-                 "content_dim", "content_drop", "content_basis", "basis_method", "video_stats")
 
 
 @dataclass
