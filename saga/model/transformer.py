@@ -33,6 +33,7 @@ output bit-for-bit unchanged.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Sequence
 
@@ -46,6 +47,11 @@ from saga.model.temporal import neighbour_tokens, sequence_statistics, stats_dim
 _POOLS = ("mean", "cls")
 _INPUTS = ("content", "temporal", "both")
 MAX_SUBCLASSES = 100_000
+# Bounds on every size (training refuses more, and so does loading someone else's weights file, before it
+# allocates): one rule, so no run is trained that `load_model` would then call damaged.
+MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
+                "max_frames": 8192, "n_classes": 1_000_000, "temporal_lags": 256, "content_dim": 65536,
+                "content_basis": 65536, "video_stats": 8192}
 
 
 @dataclass
@@ -71,6 +77,7 @@ class ModelConfig:
     subclass_names: list[str] = field(default_factory=list)  # each row's source (generator); [] = unnamed
 
     def __post_init__(self) -> None:
+        self._check_limits()
         if self.pool not in _POOLS:
             raise SagaError(f"model pool must be one of {_POOLS}, got {self.pool!r}")
         if self.inputs not in _INPUTS:
@@ -94,6 +101,13 @@ class ModelConfig:
             raise SagaError(f"model dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_ratio <= 0:
             raise SagaError(f"model mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    def _check_limits(self) -> None:
+        """Every size a number within MODEL_LIMITS (a trained run must stay loadable)."""
+        for key, limit in MODEL_LIMITS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= limit:
+                raise SagaError(f"model {key} must be in 0..{limit}, got {value!r}")
 
     def _check_subclasses(self) -> None:
         groups = self.subclass_of
@@ -328,3 +342,37 @@ class VideoTransformer(nn.Module):
             emb = emb + self.stats_proj(self.window_statistics(x, mask).to(emb.dtype))
         rows = self.head(emb)
         return ModelOutput(self.pool_rows(rows), emb, maps if return_attn else None, rows)
+
+
+def parameter_estimate(c: ModelConfig) -> int:
+    """About how many parameters `VideoTransformer(c)` holds (blocks, input projections, head)."""
+    d, hidden = int(c.d_model), max(1, int(round(c.d_model * c.mlp_ratio)))
+    width = int(c.content_basis or c.in_dim)
+    content = width * (c.content_dim or d) + c.content_dim * d + c.in_dim * c.content_basis
+    return int(c.depth * (4 * d * d + 2 * d * hidden) + content + (4 * c.temporal_lags + d) * d
+               + (stats_dim(c.video_stats) + c.n_classes) * d)
+
+
+def physical_memory() -> int:
+    """This machine's RAM in bytes (0: unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def allocate(config: ModelConfig) -> VideoTransformer:
+    """A new model to train, refused in one line when its weights, gradients and AdamW moments (16 bytes per
+    parameter) exceed this machine's memory: sizes within MODEL_LIMITS can still ask for terabytes, and
+    torch then raised a traceback, or initialised the weights until the OOM killer ended the process."""
+    need, have = 16 * parameter_estimate(config), physical_memory()
+    if have and need > have:
+        raise SagaError(f"a model with d_model={config.d_model}, depth={config.depth}, mlp_ratio={config.mlp_ratio} "
+                        f"needs ~{_gib(need)} to train, more than this machine's {_gib(have)}; "
+                        "choose a smaller d_model, depth or mlp_ratio")
+    return VideoTransformer(config)
+
+
+def _gib(size: int) -> str:
+    gib = size / 2**30
+    return f"{gib:,.1f} GiB" if gib < 10 else f"{gib:,.0f} GiB"

@@ -67,11 +67,25 @@ def reliability_file(split: str, suffix: str = ".json") -> str:
 HNM_OPTIONS = ("lam", "margin", "mine_every", "positive")
 
 
+# The options that shape θ (from scratch only: a stage-2 run on a stage-1 θ keeps that θ's, and records them).
+MODEL_OPTIONS = ("d_model", "depth", "heads", "mlp_ratio", "dropout", "pool", "inputs", "temporal_lags",
+                 "content_dim", "content_drop", "content_basis", "basis_method", "video_stats")
+
+
 def recorded_options(train: dict[str, Any]) -> dict[str, Any]:
     """A stage-2 run's training options without those its loss never reads (ce: the triplet term's)."""
     if str(train.get("loss")) != "ce":
         return train
     return {k: v for k, v in train.items() if k not in HNM_OPTIONS}
+
+
+def identity_options(train: dict[str, Any]) -> dict[str, Any]:
+    """What tells two stage-2 runs apart: `recorded_options`, and on a stage-1 θ (`from_run`) not the model
+    options, which its `model` and the stage-1 fingerprint fix (older runs recorded the defaults there)."""
+    train = recorded_options(train)
+    if not train.get("from_run"):
+        return train
+    return {k: v for k, v in train.items() if k not in MODEL_OPTIONS}
 
 
 def evaluation_file(split: str | None = None) -> str:

@@ -42,7 +42,7 @@ from saga.runs.files import (
     HELDOUT,
     HELDOUT_EVALUATION_GLOB,
     by_split,
-    recorded_options,
+    identity_options,
     evaluation_file,
     finished,
     load_tensors,
@@ -70,7 +70,7 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
         if ident.get("stage") == 2:
             for key, value in ADDED_OPTIONS.items():
                 train.setdefault(key, value)
-            ident["train"] = recorded_options(train)  # a ce run recorded with lam, margin, ... is the same run
+            ident["train"] = identity_options(train)  # a ce run recorded with lam, margin, ... is the same run
     return json.loads(json.dumps(ident, default=str))
 
 

@@ -20,16 +20,20 @@ from safetensors import safe_open
 from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
-from saga.model import ModelConfig, VideoTransformer
+from saga.model import MODEL_LIMITS, ModelConfig, VideoTransformer
 from saga.runs.files import (CONFIG, DONE, MODEL, PROVENANCE, PROVENANCE_FIX, RETRAIN, cache_tag, finished,
                               load_tensors, one_line, read_json)
 from saga.runs.origin import warn_if_unsealed
 from saga.taxonomy import LEVELS
 
-# Bounds on what a weights file from someone else may ask us to allocate (checked before building the model).
-MODEL_LIMITS = {"in_dim": 65536, "d_model": 16384, "depth": 128, "heads": 256, "mlp_ratio": 16.0,
-                "max_frames": 8192, "n_classes": 1_000_000, "temporal_lags": 256, "content_dim": 65536,
-               "content_basis": 65536, "video_stats": 8192}
+# Keys every weights file saga wrote holds (ModelConfig's first version): one missing became its default silently
+# (heads: no tensor shape shows it, so a 2-head θ ran as 4 heads). Keys added later default to what older runs used.
+CORE_KEYS = ("in_dim", "d_model", "depth", "heads", "mlp_ratio", "dropout", "max_frames", "pool", "n_classes")
+# The keys that shape θ: config.json's `model` and the weights' own config must agree on them.
+SHAPE_KEYS = ("in_dim", "d_model", "depth", "heads", "mlp_ratio", "pool", "n_classes", "inputs", "temporal_lags",
+              "content_dim", "content_basis", "video_stats")
+# MODEL_LIMITS bound what a weights file from someone else may ask us to allocate (checked before building
+# the model); training refuses the same (ModelConfig), so every run it writes loads.
 
 
 @dataclass
@@ -68,6 +72,7 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
             "its weights were deleted: rerun the run's training command to train it again" if (path / DONE).is_file()
             else "the run has not completed an epoch (rerun it to resume)"))
     model = build_model(path / MODEL)
+    _check_weights_belong(path, config, model)
     prov_path = path / PROVENANCE
     classes, level, frames = _checked_run_config(path / CONFIG, config, model.config.max_frames)
     provenance = read_json(prov_path) if prov_path.is_file() else {}
@@ -116,12 +121,30 @@ def read_model_config(path: Path) -> ModelConfig:
     except (ValueError, TypeError) as exc:
         raise SagaError(f"{path}: corrupt model config in its metadata ({exc})") from None
     _check_sizes(path, raw, stored)
+    missing = [key for key in CORE_KEYS if key not in raw]
+    if missing:
+        raise SagaError(f"{path}: the model config in its metadata lacks {', '.join(missing)}; the file is damaged "
+                        f"or not from saga: {RETRAIN}")
     try:
         return ModelConfig.from_dict(raw)
     except SagaError as exc:
         raise SagaError(f"{path}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
         raise SagaError(f"{path}: invalid model config in its metadata ({exc})") from None
+
+
+def _check_weights_belong(path: Path, config: Any, model: VideoTransformer) -> None:
+    """config.json's `model` (when recorded) is the weights' own shape: another run's model.safetensors copied
+    in, or either file edited, was loaded and its outputs read with this run's class names."""
+    recorded = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(recorded, dict):
+        return
+    ours = model.config.to_dict()
+    differ = [f"{key} {recorded[key]!r} vs {ours[key]!r}" for key in SHAPE_KEYS
+              if key in recorded and recorded[key] != ours[key]]
+    if differ:
+        raise SagaError(f"{path / MODEL}: not the model {CONFIG} describes ({'; '.join(differ)}: {CONFIG} vs the "
+                        f"weights); the run folder is damaged or mixes two runs: {RETRAIN}")
 
 
 def _check_sizes(path: Path, raw: dict[str, Any], stored: int) -> None:

@@ -20,7 +20,7 @@ triplet term weighted by its share of the batch's triplets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
@@ -33,7 +33,7 @@ from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
-from saga.model import VideoTransformer
+from saga.model import VideoTransformer, allocate
 from saga.progress import ProgressEvent
 from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
@@ -53,9 +53,10 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.options import Loss, parse_choice
+from saga.train.options import Loss, parse_choice, refuse_blind_model
 from saga.train.mining import mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
+from saga.runs.files import MODEL_OPTIONS
 from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
 
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
@@ -275,7 +276,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
     torch.manual_seed(cfg.seed)
     if base is None:
         pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
-        model = VideoTransformer(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
+        model = allocate(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
         fit_to_pool(model, cache, pool, cfg.basis_method, cfg.seed, frames)
         if subclass_of:
             model.reset_head(n_classes, subclass_of, names)
@@ -285,6 +286,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
         raise SagaError(f"{'; '.join(clashes)}: θ comes from the stage-1 run {base.path}, which fixes its shape; "
                         "leave these options out, or train from scratch (--scratch)")
     model = base.model
+    refuse_blind_model(model.config.inputs, frames)
     if frames > model.config.max_frames:
         raise SagaError(f"{frames} frames > the stage-1 model's max_frames {model.config.max_frames}")
     model.reset_head(n_classes, subclass_of, names)
@@ -328,6 +330,9 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     targets = np.array([chosen[r.path] for r in pool], np.int64)
     sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
     model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given)
+    if base is not None:  # record the θ adapted: config.json listed the defaults (d_model 256, ...) it never used
+        recorded = base.info.config.get("train") or {}
+        cfg = replace(cfg, **{name: recorded[name] for name in MODEL_OPTIONS if name in recorded})
     lr = float(cfg.lr or (2e-4 if base else 3e-4))
     cfg.head_lr_scale = float(cfg.head_lr_scale or (10.0 if base else 1.0))
     config = {

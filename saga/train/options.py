@@ -14,7 +14,7 @@ from typing import Any, Collection, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
-from saga.runs.files import HNM_OPTIONS
+from saga.runs.files import HNM_OPTIONS, MODEL_OPTIONS
 from saga.train.data import View
 
 
@@ -49,6 +49,15 @@ def refuse_unused_options(loss: Loss, given: dict[str, str]) -> None:
                         f"{'them' if len(unused) > 1 else 'it'} out, or choose one of those losses")
 
 
+def refuse_blind_model(inputs: str, frames: int) -> None:
+    """θ on temporal tokens alone sees nothing in a one-frame window (every token compares a frame with its
+    neighbours, and the window statistics need two frames): it trained a constant classifier, recorded as done."""
+    if inputs == "temporal" and frames < 2:
+        raise SagaError(f"inputs = 'temporal' needs windows of at least 2 frames (its tokens compare neighbouring "
+                        f"frames), but the run would use {frames}; use --frames 2 or more (a cache extracted with "
+                        "more frames), or --inputs both")
+
+
 Choice = TypeVar("Choice", bound=StrEnum)
 
 
@@ -61,9 +70,6 @@ def parse_choice(kind: type[Choice], value: Any, name: str) -> Choice:
 
 
 SELECT = tuple(m.value for m in Select)
-# The options that shape θ (from scratch only: a stage-2 run on a stage-1 θ keeps that θ's).
-MODEL_OPTIONS = ("d_model", "depth", "heads", "mlp_ratio", "dropout", "pool", "inputs", "temporal_lags",
-                 "content_dim", "content_drop", "content_basis", "basis_method", "video_stats")
 
 
 @dataclass
@@ -157,6 +163,7 @@ class TrainOptions:
 
     def model_config(self, in_dim: int, n_classes: int, frames: int, pool_size: int | None = None) -> ModelConfig:
         """θ's config; the content basis is narrowed to what `pool_size` train videos and in_dim can span."""
+        refuse_blind_model(self.inputs, frames)
         basis = int(self.content_basis)
         if basis and pool_size is not None:
             basis = max(0, min(basis, in_dim, pool_size - 1))

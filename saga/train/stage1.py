@@ -17,7 +17,7 @@ from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model.inference import record_targets
-from saga.model import VideoTransformer
+from saga.model import allocate
 from saga.distributed import resolve_device
 from saga.train.basis import fit_to_pool
 from saga.train.data import View, open_features
@@ -60,6 +60,8 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         raise SagaError(f"{cache.root}: the train split has no {' or '.join(missing)} videos; "
                         "stage 1 needs both real and fake videos")
     model_cfg = cfg.model_config(cache.dim, len(classes), frames, len(train))
+    torch.manual_seed(cfg.seed)
+    model = allocate(model_cfg)  # before the run folder exists: a model too big for memory leaves none behind
     device = resolve_device(cfg.device)
     distributed.init(device)  # under torchrun: rank 0 decides, writes and reports
     config = {
@@ -72,8 +74,6 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         return run.path
     with run.released_on_error():  # a setup error must not leave the folder locked
         data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
-        torch.manual_seed(cfg.seed)
-        model = VideoTransformer(model_cfg)
         fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
         view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
         objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
