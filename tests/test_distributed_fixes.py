@@ -6,6 +6,7 @@ training: ~5 s); the refusals need no process group at all.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -213,3 +214,26 @@ def test_extraction_refuses_a_rank_given_other_videos(tmp_path: Path, monkeypatc
     per_rank = replace(cfg, device="cuda:1", workers=3, batch_size=7)
     assert _shared_settings(per_rank) == _shared_settings(cfg)  # how a rank works may differ
 
+
+def test_the_run_records_the_world_size_of_each_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With dropout each rank draws its own masks, so a run is reproducible only for a given world size: the
+    run folder records it for the start and for each resume (it recorded neither)."""
+    from test_train import build_cache
+
+    from saga.runs import RunFolder, make_provenance
+
+    cache = build_cache(tmp_path / "cache", real=6, per_gen=1)
+    config, run = {"stage": 1, "train": {"epochs": 1}}, tmp_path / "run"
+    prov_file = run / "provenance.json"
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    RunFolder.open_for(run, config, make_provenance(cache, 0)).release()  # started by 2 torchrun processes
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    RunFolder.open_for(run, config, make_provenance(cache, 0)).release()  # resumed by one process
+    prov = json.loads(prov_file.read_text())
+    assert prov["world_sizes"] == [2, 1] and len(prov["resumed"]) == 1
+    del prov["world_sizes"]  # a run from before they were recorded, resumed by 4 processes
+    prov_file.write_text(json.dumps(prov))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    RunFolder.open_for(run, config, make_provenance(cache, 0)).release()
+    assert json.loads(prov_file.read_text())["world_sizes"] == [None, None, 4]
