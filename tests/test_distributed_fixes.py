@@ -237,3 +237,13 @@ def test_the_run_records_the_world_size_of_each_session(tmp_path: Path, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "4")
     RunFolder.open_for(run, config, make_provenance(cache, 0)).release()
     assert json.loads(prov_file.read_text())["world_sizes"] == [None, None, 4]
+
+
+def test_extract_augment_is_refused_under_torchrun(tmp_path: Path) -> None:
+    """docs/distributed.md said every option keeps its meaning under torchrun; --augment is refused (as the
+    docs now say), before the cache is created."""
+    (tmp_path / "v").mkdir()
+    args = ["extract", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "c"), "--augment", "crf28"]
+    result = CliRunner().invoke(cli.app, args, env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    assert str(result.exception) == "--augment: run it without torchrun (one process re-encodes the copies)"
+    assert not (tmp_path / "c").exists()
