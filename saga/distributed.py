@@ -13,6 +13,7 @@ collectives pickle; they only ever carry saga's own data between its own ranks.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -265,6 +266,30 @@ def run_everywhere(fn: Callable[[], T]) -> T:
     if failed:
         raise SagaError(f"rank {failed[0][0]}: {failed[0][1]}")
     return result  # type: ignore[return-value]
+
+
+def check_same_settings(settings: dict[str, Any], what: str) -> None:
+    """Refuse, on every rank with the same line, ranks launched with different settings (another command
+    line or config file on another node): rank 0 plans the work for all of them, so a rank reading other
+    videos or training another schedule would silently corrupt the cache or the run, or hang."""
+    if not _active():
+        return
+    seen = all_gather_object(json.loads(json.dumps(settings, sort_keys=True, default=str)))
+    for rank, other in enumerate(seen):
+        if other != seen[0]:
+            key, first, theirs = _first_difference(seen[0], other)
+            raise SagaError(f"the ranks were launched with different {what} settings ({key}: rank 0 {first!r}, "
+                            f"rank {rank} {theirs!r}); run the same command, with the same files at the same paths, "
+                            "on every node (mount shared folders at one path)")
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any]:
+    """The first differing (dotted) key of two nested dicts, with both sides' values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+    return where or "settings", a, b
 
 
 # -- data and model helpers ---------------------------------------------------------------------------

@@ -207,6 +207,7 @@ def test_stage1_killed_then_resumed_under_ddp_equals_single_process(setup: dict[
     assert proc.stderr.count("resuming") == 1 and proc.stderr.count("epoch 3/3") == 1  # rank 0 reports
     assert proc.stdout.count("stage-1 run:") == 1
     assert json.loads((out / "done.json").read_text())["best_epoch"] == 3  # weights trained with DDP
+    assert json.loads((out / "provenance.json").read_text())["world_sizes"] == [1, WORLD]  # started alone, resumed
     assert_same_run(setup["s1"], out)
 
 

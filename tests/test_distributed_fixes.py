@@ -6,12 +6,14 @@ training: ~5 s); the refusals need no process group at all.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -149,3 +151,100 @@ def test_a_group_alone_shows_its_help_under_torchrun() -> None:
     assert not isinstance(shown.exception, SagaError) and "verify" in shown.output
     refused = CliRunner().invoke(cli.app, ["cache", "info"], env=env)
     assert isinstance(refused.exception, SagaError) and str(refused.exception).startswith("saga cache info runs")
+
+
+# -- ranks launched with different settings (another command line or config file on another node) ------
+# Each rank opens a stage-1 run with its own epoch count (rank 1 one more: DDP used to hang at the end,
+# after rank 1's weights had followed its own schedule) and its own device (each rank's own: allowed).
+DISAGREE = textwrap.dedent("""
+    import sys
+    from saga import distributed
+    from saga.errors import SagaError
+    from saga.train.loop import open_run
+
+    distributed.init("cpu")
+    rank = distributed.context().rank
+    try:
+        open_run(sys.argv[1], {"stage": 1, "train": {"epochs": 3 + rank, "device": f"cuda:{rank}"}},
+                 {"cache_id": "c", "cache_digest": "d", "from_run": None})
+    except SagaError as exc:
+        print(exc, flush=True)
+        sys.exit(2)
+""")
+
+
+def test_ranks_with_other_training_settings_are_refused_before_training(tmp_path: Path) -> None:
+    script = tmp_path / "disagree.py"
+    script.write_text(DISAGREE)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    line = ("the ranks were launched with different training settings (config.train.epochs: rank 0 3, rank 1 4); "
+            "run the same command, with the same files at the same paths, on every node (mount shared folders at "
+            "one path)")
+    assert [p.returncode for p in procs] == [2, 2] and [o.strip() for o in outs] == [line, line]
+    assert not (tmp_path / "run").exists()  # refused before rank 0 created the run folder
+
+
+def test_extraction_refuses_a_rank_given_other_videos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 with another --videos used to extract its share of rank 0's plan from other files: wrong
+    features under rank 0's paths, exit 0, `cache verify` clean. Rank 1 is simulated by the gather."""
+    from saga.pipeline.extract import ExtractConfig, extract
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "init", lambda device=None: distributed.context())
+    monkeypatch.setattr(distributed, "_active", lambda: True)
+    monkeypatch.setattr(distributed, "all_gather_object",
+                        lambda obj: [obj, {**obj, "videos": "/elsewhere"} if isinstance(obj, dict) else obj])
+    (tmp_path / "v").mkdir()
+    cfg = ExtractConfig(videos=tmp_path / "v", out=tmp_path / "cache", taxonomy="synth", encoder="saga-tiny-vit",
+                        pretrained="none", device="cpu", workers=0)
+    with pytest.raises(SagaError, match=r"different extract settings \(videos: rank 0 '.*/v', rank 1 '/elsewhere'\)"):
+        extract(cfg)
+    assert not (tmp_path / "cache").exists()
+    from saga.pipeline.extract import _shared_settings
+
+    per_rank = replace(cfg, device="cuda:1", workers=3, batch_size=7)
+    assert _shared_settings(per_rank) == _shared_settings(cfg)  # how a rank works may differ
+
+
+def test_the_run_records_the_world_size_of_each_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With dropout each rank draws its own masks, so a run is reproducible only for a given world size: the
+    run folder records it for the start and for each resume (it recorded neither)."""
+    from test_train import build_cache
+
+    from saga.runs import RunFolder, make_provenance
+
+    cache = build_cache(tmp_path / "cache", real=6, per_gen=1)
+    config, run = {"stage": 1, "train": {"epochs": 1}}, tmp_path / "run"
+    prov_file = run / "provenance.json"
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    RunFolder.open_for(run, config, make_provenance(cache, 0)).release()  # started by 2 torchrun processes
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    RunFolder.open_for(run, config, make_provenance(cache, 0)).release()  # resumed by one process
+    prov = json.loads(prov_file.read_text())
+    assert prov["world_sizes"] == [2, 1] and len(prov["resumed"]) == 1
+    del prov["world_sizes"]  # a run from before they were recorded, resumed by 4 processes
+    prov_file.write_text(json.dumps(prov))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    RunFolder.open_for(run, config, make_provenance(cache, 0)).release()
+    assert json.loads(prov_file.read_text())["world_sizes"] == [None, None, 4]
+
+
+def test_extract_augment_is_refused_under_torchrun(tmp_path: Path) -> None:
+    """docs/distributed.md said every option keeps its meaning under torchrun; --augment is refused (as the
+    docs now say), before the cache is created."""
+    (tmp_path / "v").mkdir()
+    args = ["extract", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "c"), "--augment", "crf28"]
+    result = CliRunner().invoke(cli.app, args, env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    assert str(result.exception) == "--augment: run it without torchrun (one process re-encodes the copies)"
+    assert not (tmp_path / "c").exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -228,6 +228,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     """
     wall = time.perf_counter()
     ctx = distributed.init(resolve_device(cfg.device))
+    distributed.check_same_settings(_shared_settings(cfg), "extract")
     policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
 
     def load() -> tuple[Taxonomy, FrameEncoder]:  # every rank, before anyone creates the cache
@@ -276,6 +277,18 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     summary.failures, summary.failed_elsewhere = pass_failures(cache.records(refresh=True), items)
     summary.timings.wall = time.perf_counter() - wall
     return summary
+
+
+PER_RANK = ("workers", "device", "batch_size", "compile")  # how a rank works, not what it writes
+
+
+def _shared_settings(cfg: ExtractConfig) -> dict[str, Any]:
+    """The settings every rank must share: a rank given other --videos reads other files under rank 0's
+    plan (wrong features, exit 0), one given another --out writes its part into another cache."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in PER_RANK}
+    for key in ("videos", "out", "labels"):
+        settings[key] = None if settings[key] is None else str(Path(settings[key]).resolve())
+    return settings
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,11 @@ class RunFolder:
         if (self.path / DONE).is_file():  # finished, then its weights were deleted: no longer finished
             (self.path / DONE).unlink()
             prov["finished"] = None
-        _listed(prov, "resumed", self.path / PROVENANCE).append(now())
+        resumed = _listed(prov, "resumed", self.path / PROVENANCE)
+        sizes = _listed(prov, "world_sizes", self.path / PROVENANCE)
+        sizes.extend([None] * (1 + len(resumed) - len(sizes)))  # a run from before they were recorded: unknown
+        resumed.append(now())
+        sizes.append((provenance.get("world_sizes") or [None])[-1])
         write_json(self.path / PROVENANCE, prov)
 
     def _check_same(self, config: dict[str, Any], provenance: dict[str, Any]) -> str | None:

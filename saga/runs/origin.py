@@ -52,9 +52,17 @@ def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | N
         "from_run": from_run,
         "versions": versions(),
         "machine": machine(),
+        "world_sizes": [world_size()],  # one per session (start, then each resume): dropout masks depend on it
         "started": now(),
         "finished": None,
     }
+
+
+def world_size() -> int:
+    """The processes that train this session (torchrun's WORLD_SIZE; 1 without torchrun)."""
+    from saga.distributed import context
+
+    return context().world_size
 
 
 def warn_if_unsealed(cache: FeatureCache) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
@@ -207,6 +208,12 @@ def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any],
         run = RunFolder.open_for(out, config, provenance)
         return run, run.done
 
+    # every rank must train the same run: another epoch count on one rank hangs DDP, another batch size or
+    # config trains each rank's weights apart, another --out, cache or --from trains on other data
+    train = {k: v for k, v in (config.get("train") or {}).items() if k != "device"}  # each rank's own device
+    distributed.check_same_settings({"out": str(Path(out).resolve()), "config": {**config, "train": train},
+                                     **{k: provenance.get(k) for k in ("cache_id", "cache_digest", "from_run")}},
+                                    "training")
     run, done = distributed.run_on_main(open_)
     if done and progress and distributed.context().is_main:
         progress(ProgressEvent("reused", message=f"{run.path} already holds this finished run"))
