@@ -35,3 +35,17 @@ def test_hnm_mines_at_the_level_being_trained_when_ce_trains_on_sources(
     assert sorted(set(labels.tolist())) == [0, 1, 2]  # mining: the three TASK-L classes
     assert len(mined) and np.all(labels[mined.anchors] != labels[mined.negatives])
     assert np.all(labels[mined.anchors] == labels[mined.positives])
+
+
+@pytest.mark.parametrize("option", [{"positive": "bogus"}, {"mine_k": 0}])
+def test_a_bad_mining_option_is_refused_before_the_run_folder_exists(
+        cache: FeatureCache, tmp_path: Path, option: dict) -> None:  # noqa: F811
+    """`positive` and `mine_k` were only checked by the miner at the first refresh: the run folder was left
+    unfinished with the bad value recorded, and the corrected rerun was refused as "different settings"."""
+    from saga.errors import SagaError
+
+    with pytest.raises(SagaError, match=next(iter(option))):
+        train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+hnm", epochs=1, **option))
+    assert not (tmp_path / "a" / "config.json").exists()
+    out = train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+hnm", epochs=1, readout="head"))
+    assert (out / "done.json").exists()
