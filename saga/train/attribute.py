@@ -109,6 +109,9 @@ class AttributeConfig(TrainOptions):
             raise SagaError(f"positive must be one of {', '.join(POSITIVES)}, got {self.positive!r}")
         if isinstance(self.mine_k, bool) or not isinstance(self.mine_k, int) or self.mine_k < 1:
             raise SagaError(f"mine_k must be a whole number >= 1, got {self.mine_k!r}")
+        if self.loss is Loss.CE_SEMIHNM and self.margin == 0:  # d_ap < d_an < d_ap + 0 holds for no negative
+            raise SagaError("margin = 0 leaves loss ce+semihnm no semi-hard negative (d_ap < d_an < d_ap + margin): "
+                            "it would train λ·CE alone; use a margin > 0 (default 0.2), or loss ce+hnm or ce")
 
     def labelled_settings(self, cache_id: str) -> dict[str, Any]:
         """How this run draws its labelled subset (labelled.json's settings)."""
