@@ -96,6 +96,8 @@ def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,
     (the 2-stage cells would refuse the options: their θ is the stage-1 run's). Returns `cfg` with the
     stage-1 run's model options and T′ wherever `given` leaves them unset, so both stages train one θ."""
     cfg.check()
+    for loss in LOSSES:  # each cell's loss too (margin = 0 fails ce+semihnm only: after the ce cells had trained)
+        replace(cfg, loss=loss).check()
     stage1_run = load_base(stage1, FeatureCache.open(cache))
     recorded = {**(stage1_run.info.config.get("train") or {}), "frames": stage1_run.frames}
     clashes = cfg.model_clashes(recorded, given)

@@ -35,3 +35,33 @@ def test_hnm_mines_at_the_level_being_trained_when_ce_trains_on_sources(
     assert sorted(set(labels.tolist())) == [0, 1, 2]  # mining: the three TASK-L classes
     assert len(mined) and np.all(labels[mined.anchors] != labels[mined.negatives])
     assert np.all(labels[mined.anchors] == labels[mined.positives])
+
+
+@pytest.mark.parametrize("option", [{"positive": "bogus"}, {"mine_k": 0}])
+def test_a_bad_mining_option_is_refused_before_the_run_folder_exists(
+        cache: FeatureCache, tmp_path: Path, option: dict) -> None:  # noqa: F811
+    """`positive` and `mine_k` were only checked by the miner at the first refresh: the run folder was left
+    unfinished with the bad value recorded, and the corrected rerun was refused as "different settings"."""
+    from saga.errors import SagaError
+
+    with pytest.raises(SagaError, match=next(iter(option))):
+        train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+hnm", epochs=1, **option))
+    assert not (tmp_path / "a" / "config.json").exists()
+    out = train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+hnm", epochs=1, readout="head"))
+    assert (out / "done.json").exists()
+
+
+def test_margin_zero_is_refused_for_semi_hard_mining_before_any_cell_trains(
+        cache: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Semi-hard needs d_ap < d_an < d_ap + margin: with margin 0 no negative qualifies, and a ce+semihnm run
+    trained λ·CE alone (0 triplets every epoch), recorded as ce+semihnm; `saga ablate` found out after its CE cells."""
+    import saga.ablate
+    from saga.errors import SagaError
+
+    with pytest.raises(SagaError, match="margin = 0 leaves loss ce\\+semihnm no semi-hard negative"):
+        train_attribution(cache.root, tmp_path / "a", a_config(loss="ce+semihnm", margin=0.0))
+    assert not (tmp_path / "a").exists()
+    a_config(loss="ce+hnm", margin=0.0).check()  # the hardest negative still has a loss: max(0, d_ap - d_an)
+    monkeypatch.setattr(saga.ablate, "train_attribution", lambda *a, **k: pytest.fail("trained a cell"))
+    with pytest.raises(SagaError, match="margin = 0"):
+        saga.ablate.run_ablation(cache.root, tmp_path / "s1", tmp_path / "abl", a_config(margin=0.0), seeds=(0,))

@@ -129,7 +129,7 @@ def attribute(
              "(default 0: off).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="ce | ce+hnm | ce+semihnm.")] = None,
     lam: Annotated[Optional[float], typer.Option(help="λ in λ·CE + (1−λ)·L_HNM.")] = None,
-    margin: Annotated[Optional[float], typer.Option(help="Triplet margin α.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Triplet margin α (> 0 with ce+semihnm).")] = None,
     mine_every: Annotated[Optional[str], typer.Option(help="'epoch' or N steps between FAISS refreshes.")] = None,
     readout: Annotated[Optional[str], typer.Option(
         help="Final classifier: lda (labelled videos' discriminant, default) | head (as trained) | auto (validation picks).")

@@ -54,7 +54,7 @@ from saga.train.loop import (
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
 from saga.train.options import Loss, parse_choice, refuse_blind_model
-from saga.train.mining import mine_triplets
+from saga.train.mining import POSITIVES, mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
 from saga.runs.files import MODEL_OPTIONS
 from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
@@ -98,8 +98,20 @@ class AttributeConfig(TrainOptions):
         if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
             raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
         self.mine_every = parse_mine_every(self.mine_every)
+        self.check_mining()
         if isinstance(self.per_generator, bool) or not isinstance(self.per_generator, int) or self.per_generator < 0:
             raise SagaError(f"per_generator must be a whole number >= 0, got {self.per_generator!r}")
+
+    def check_mining(self) -> None:
+        """The miner's own options, checked before the run folder exists: the miner refused them only at the
+        first refresh, leaving an unfinished run whose recorded value blocked the corrected rerun."""
+        if self.positive not in POSITIVES:
+            raise SagaError(f"positive must be one of {', '.join(POSITIVES)}, got {self.positive!r}")
+        if isinstance(self.mine_k, bool) or not isinstance(self.mine_k, int) or self.mine_k < 1:
+            raise SagaError(f"mine_k must be a whole number >= 1, got {self.mine_k!r}")
+        if self.loss is Loss.CE_SEMIHNM and self.margin == 0:  # d_ap < d_an < d_ap + 0 holds for no negative
+            raise SagaError("margin = 0 leaves loss ce+semihnm no semi-hard negative (d_ap < d_an < d_ap + margin): "
+                            "it would train λ·CE alone; use a margin > 0 (default 0.2), or loss ce+hnm or ce")
 
     def labelled_settings(self, cache_id: str) -> dict[str, Any]:
         """How this run draws its labelled subset (labelled.json's settings)."""

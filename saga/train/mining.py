@@ -36,10 +36,10 @@ import numpy as np
 from saga.errors import SagaError
 from saga.train.mining_index import ApproxParams, ClassIndexes, Search, brute_negatives, parse_search, resolve_search
 
-__all__ = ["ApproxParams", "Mined", "Search", "mine_triplets"]
+__all__ = ["POSITIVES", "ApproxParams", "Mined", "Search", "mine_triplets"]
 
 _MODES = ("hard", "semihard")
-_POSITIVES = ("hardest", "easiest", "random")
+POSITIVES = ("hardest", "easiest", "random")
 
 
 @dataclass
@@ -115,8 +115,8 @@ def mine_triplets(
     """
     if mode not in _MODES:
         raise SagaError(f"mining mode must be one of {_MODES}, got {mode!r}")
-    if positive not in _POSITIVES:
-        raise SagaError(f"positive must be one of {_POSITIVES}, got {positive!r}")
+    if positive not in POSITIVES:
+        raise SagaError(f"positive must be one of {POSITIVES}, got {positive!r}")
     if k < 1:
         raise SagaError(f"mining k must be >= 1, got {k}")
     how = parse_search(search)
