@@ -82,3 +82,14 @@ def test_a_damaged_table_beside_a_run_is_one_line_not_null_or_a_traceback(tmp_pa
         with pytest.raises(SagaError, match=r"abl/ablation.json: unreadable ablation table \(.*\); rerun `saga ablate`"):
             build_report([run], tmp_path / "r.html")
         assert not (tmp_path / "r.html").exists()
+
+
+def test_an_ablation_option_naming_a_folder_or_nothing_says_what_to_pass(tmp_path: Path) -> None:
+    """`saga report RUN --ablation runs/ablation` (the grid's folder) said "ablation file not found", with no fix."""
+    folder = _ablation(tmp_path / "abl", "GEN-L", 50.0)
+    run = _run_folder(tmp_path / "run")
+    with pytest.raises(SagaError, match=rf"^{re.escape(str(folder))}: is a folder; pass --ablation "
+                                        rf"{re.escape(str(folder / 'ablation.json'))}, or the folder itself among"):
+        build_report([run], tmp_path / "r.html", ablation=folder)
+    with pytest.raises(SagaError, match=r"nope.json: ablation file not found; pass the ablation.json or ablation.md"):
+        build_report([run], tmp_path / "r.html", ablation=tmp_path / "nope.json")
