@@ -229,3 +229,29 @@ def _catch(errors: list[BaseException], call: Callable[..., object], *args: obje
         call(*args)
     except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
         errors.append(exc)
+
+
+def test_paths_and_class_names_with_brackets_print_as_written(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """ablate's table and "written:" line and report's "report:" line went through rich markup: `[x]` in a class
+    name or path vanished, and a path with `[/b]` (folders `g[` and `b]`) raised MarkupError after the work."""
+    rows = [{**_row("1-stage", None), "per_class": {"kling [v1.5]": 50.0}}]
+    summary = {"level": "GEN-L", "seeds": [0], "fraction": 0.5, "floor": 1, "rows": rows, "from": "runs/s1 [x]",
+               "frames": 4, "epochs": 1, "min_steps": 0, "model": {}}
+    monkeypatch.setattr(saga.ablate, "run_ablation", lambda *a, **k: summary)
+    out = tmp_path / "g[" / "b]"
+    result = CliRunner().invoke(app, ["ablate", "--out", str(out), "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    assert _flat("| kling [v1.5] |") in _flat(result.output) and _flat("stage-1 run runs/s1 [x].") in _flat(result.output)
+    assert _flat(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}") in _flat(result.output)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"stage": 2, "level": "GEN-L", "classes": ["a", "b"]}))
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(out / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert _flat(f"report: {out / 'r.html'}") in _flat(result.output)
+
+
+def _flat(text: str) -> str:
+    """Without whitespace: rich wraps long lines, and folds a long path anywhere."""
+    return "".join(text.split())

@@ -7,7 +7,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from saga.ablate import to_markdown
+from saga.errors import SagaError
 from saga.explain.report import build_report
 
 
@@ -66,3 +69,27 @@ def test_a_table_named_and_found_in_its_folder_is_shown_once(tmp_path: Path) -> 
     page = build_report([_run_folder(runs / "gen"), folder], tmp_path / "r.html",
                         ablation=folder / "ablation.md").read_text()
     assert len(_sections(page)) == 1
+
+
+def test_a_damaged_table_beside_a_run_is_one_line_not_null_or_a_traceback(tmp_path: Path) -> None:
+    """`saga report runs/abl/2-stage_ce+hnm_seed0` shows the grid's table found beside the run: a corrupt
+    ablation.json there was shown as `null`, and one that is not UTF-8 raised UnicodeDecodeError. A table named
+    with --ablation or found in a folder among the runs was already checked; this one was not."""
+    folder = _ablation(tmp_path / "abl", "GEN-L", 50.0)
+    run = _run_folder(folder / "2-stage_ce+hnm_seed0")
+    for damaged in (b"{", b"\xff\xfe not utf-8"):
+        (folder / "ablation.json").write_bytes(damaged)
+        with pytest.raises(SagaError, match=r"abl/ablation.json: unreadable ablation table \(.*\); rerun `saga ablate`"):
+            build_report([run], tmp_path / "r.html")
+        assert not (tmp_path / "r.html").exists()
+
+
+def test_an_ablation_option_naming_a_folder_or_nothing_says_what_to_pass(tmp_path: Path) -> None:
+    """`saga report RUN --ablation runs/ablation` (the grid's folder) said "ablation file not found", with no fix."""
+    folder = _ablation(tmp_path / "abl", "GEN-L", 50.0)
+    run = _run_folder(tmp_path / "run")
+    with pytest.raises(SagaError, match=rf"^{re.escape(str(folder))}: is a folder; pass --ablation "
+                                        rf"{re.escape(str(folder / 'ablation.json'))}, or the folder itself among"):
+        build_report([run], tmp_path / "r.html", ablation=folder)
+    with pytest.raises(SagaError, match=r"nope.json: ablation file not found; pass the ablation.json or ablation.md"):
+        build_report([run], tmp_path / "r.html", ablation=tmp_path / "nope.json")

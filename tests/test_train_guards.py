@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,22 @@ def test_a_stage2_run_is_not_reused_after_its_stage1_weights_changed(cache: Feat
     with pytest.raises(SagaError, match=rf"^{out}: holds a finished run trained from other weights of "
                                         rf"{base} \(fingerprint [0-9a-f]{{12}}, now [0-9a-f]{{12}}\); choose another"):
         train_attribution(cache.root, out, a_config(epochs=1), from_run=base)
+
+
+def test_a_stage2_run_of_another_stage1_run_names_both(cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    """`saga ablate --from runs/stage1b` over a grid of runs/stage1 said "trained from other weights of
+    runs/stage1b", as if stage1b had been retrained: the run was trained from runs/stage1."""
+    base = shutil.copytree(stage1, tmp_path / "s1")
+    out = tmp_path / "s2"
+    train_attribution(cache.root, out, a_config(epochs=1), from_run=base)
+    other = shutil.copytree(stage1, tmp_path / "s1b")
+    shutil.copyfile(train_stage1(cache.root, tmp_path / "o", s1_config(epochs=2, seed=1)) / "model.safetensors",
+                    other / "model.safetensors")
+    was, now = (re.escape(str(p.resolve())) for p in (base, other))
+    with pytest.raises(SagaError, match=rf"^{out}: holds a finished run trained from another stage-1 run, {was} "
+                                        rf"\(fingerprint [0-9a-f]{{12}}\); --from is {now} \(fingerprint [0-9a-f]{{12}}\); "
+                                        "choose another --out"):
+        train_attribution(cache.root, out, a_config(epochs=1), from_run=other)
 
 
 # --- options that would be ignored, or crash -----------------------------------------------------------------

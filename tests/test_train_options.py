@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from saga.cache.fraction import read_labelled, settings
 from saga.errors import SagaError
 from saga.train.losses import combined_loss, weigh
 from saga.train.options import Loss, Select
@@ -46,3 +48,13 @@ def test_counts_line_names_the_fewest_and_most_labelled_classes() -> None:
     assert counts_line("GEN-L", subset) == ("labelled per GEN-L class: min 2 (ModelScope, MorphStudio, MoonValley "
                                             "and 3 more) … max 4282 (real); 4765 videos in 9 classes")
     assert counts_line("TEAM-L", {"a": ["x"], "b": ["y"]}) == "labelled per TEAM-L class: 1 each; 2 videos in 2 classes"
+
+
+def test_a_corrupt_labelled_json_names_the_fix(tmp_path: Path) -> None:
+    """A damaged labelled.json in a grid cell stopped `saga ablate` with "corrupt JSON (...)" and no fix."""
+    path = tmp_path / "labelled.json"
+    for damaged in (b"x", b"\xff", b"[1, 2]"):
+        path.write_bytes(damaged)
+        with pytest.raises(SagaError, match=r"labelled.json: corrupt .*; restore it, or delete the run folder and "
+                                            r"train again \(the same settings draw the same subset\)$"):
+            read_labelled(path, settings("GEN-L", 0.5, 1, 0, "c"), [], None)  # type: ignore[arg-type] - unread

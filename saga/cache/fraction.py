@@ -129,7 +129,8 @@ def read_labelled(path: Path, wanted: dict[str, Any], records: Sequence[VideoRec
     """
     if not path.is_file():
         return None
-    data = read_json(path)
+    data = read_json(path, corrupt="; restore it, or delete the run folder and train again (the same settings draw "
+                                   "the same subset)")
     drawn = saved_settings(data)
     differ = [f"{k}={drawn[k]!r} (asked {wanted[k]!r})" for k in SETTINGS if drawn[k] != wanted[k]]
     if differ:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from saga.commands.common import (
     Split,
@@ -37,7 +38,7 @@ def tsig(
     with one_line_warnings():
         written = run_tsigs(run, cache, split=split, device=cli_device(device))
     for kind, path in written.items():
-        console.print(f"{kind}: {path}")
+        console.print(escape(f"{kind}: {path}"))
 
 
 def tsne(
@@ -53,7 +54,7 @@ def tsne(
 
     with one_line_warnings():
         result = run_tsne(run, cache, color_by=color_by, split=split, device=cli_device(device), seed=seed)
-    console.print(f"t-SNE: {result.png} (coordinates {result.csv})")
+    console.print(escape(f"t-SNE: {result.png} (coordinates {result.csv})"))
 
 
 def report(
@@ -69,8 +70,8 @@ def report(
     from saga.explain.report import build_report
 
     writable_folder(out.parent)  # before reading every run: fail at once, naming the folder
-    with one_line_warnings():
-        console.print(f"report: {build_report(runs or [], out, ablation, openworld or [])}")
+    with one_line_warnings():  # paths and names print as written, never read as rich markup
+        console.print(escape(f"report: {build_report(runs or [], out, ablation, openworld or [])}"))
 
 
 
@@ -93,15 +94,15 @@ def demo(
         cfg = DemoConfig(out=named_folder(out), seed=seed, workers=workers, device=device, ablation=ablation)
         if per_class is not None:
             cfg.per_class = per_class
-        result = run_demo(cfg, log=lambda line: console.print(line), extract_progress=update)
+        result = run_demo(cfg, log=lambda line: console.print(escape(line)), extract_progress=update)
     table = Table(title="SAGA demo: test accuracy per attribution level", title_justify="left")
     for col in ("level", "classes", "test videos", "accuracy", "macro accuracy"):
         table.add_column(col, justify="left" if col == "level" else "right")
     for level, m in result["levels"].items():
-        table.add_row(level, str(len(m["classes"])), str(m["n"]), f"{100 * m['accuracy']:.1f}%",
+        table.add_row(escape(level), str(len(m["classes"])), str(m["n"]), f"{100 * m['accuracy']:.1f}%",
                       f"{100 * m['macro_accuracy']:.1f}%")
     console.print(table)
-    console.print(f"report: [bold]{result['report']}[/]")
+    console.print(f"report: [bold]{escape(str(result['report']))}[/]")
 
 
 def ablate(
@@ -136,9 +137,9 @@ def ablate(
     base = training_options(AttributeConfig, config, **flags)
     with one_line_warnings(), accept_changed_cache(resume, keep_finished=True):
         summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
-                               progress=lambda event: console.print(event.message), given=given)
-    console.print(to_markdown(summary))
-    console.print(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}")
+                               progress=lambda event: console.print(escape(event.message)), given=given)
+    console.print(escape(to_markdown(summary)))  # class names and paths as written, not as rich markup
+    console.print(escape(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}"))
 
 
 def register(app: typer.Typer) -> None:

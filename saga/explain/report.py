@@ -348,7 +348,9 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     run_dirs, found = _sort_folders(run_dirs)
     if not run_dirs and not openworld:
         raise SagaError("nothing to report: pass run folders or --openworld EXP")
-    tables = one_per_folder(([Path(ablation)] if ablation is not None else []) + found)
+    # the tables beside the runs too: render_report shows them, so a damaged one is named here, not a traceback
+    beside = find_ablations([d for d in run_dirs if not is_experiment(d)])
+    tables = one_per_folder(([Path(ablation)] if ablation is not None else []) + found + beside)
     for table_file in tables:
         check_ablation(table_file)
     bad = [str(e) for e in openworld or [] if not experiment_file(Path(e)).is_file()]

@@ -103,8 +103,11 @@ def _ablation_md(text: str) -> str:
 
 def check_ablation(path: Path) -> None:
     """An explicitly named ablation table must be readable: a report never shows a broken one as null."""
+    if path.is_dir():
+        raise SagaError(f"{path}: is a folder; pass --ablation {path / ABLATION_NAMES[0]}, or the folder itself "
+                        "among the run folders")
     if not path.is_file():
-        raise SagaError(f"{path}: ablation file not found")
+        raise SagaError(f"{path}: ablation file not found; pass the ablation.json or ablation.md of `saga ablate`")
     if path.suffix not in (".json", ".md"):
         raise SagaError(f"{path}: not an ablation table; pass the ablation.json or ablation.md of `saga ablate`")
     try:

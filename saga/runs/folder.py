@@ -160,8 +160,7 @@ class RunFolder:
             self._refuse_changed_cache(what, changed, old_prov.get("encoder") == provenance.get("encoder"))
         was, now_ = _fingerprint(old_prov), _fingerprint(provenance)
         if was and now_ and was != now_:
-            raise SagaError(f"{self.path}: holds {what} run trained from other weights of "
-                            f"{provenance['from_run'].get('path')} (fingerprint {str(was)[:12]}, now {str(now_)[:12]}); "
+            raise SagaError(f"{self.path}: holds {what} run trained from {_other_weights(old_prov, provenance)}; "
                             "choose another --out to train from the current ones, or delete the folder")
         a, b = _identity(old), _identity(config)
         if a != b:
@@ -352,6 +351,16 @@ def _listed(prov: dict[str, Any], key: str, path: Path) -> list[Any]:
         raise SagaError(f"{path}: '{key}' must be a list, got {value!r}; the file was edited: restore it, "
                         f"or delete the '{key}' entry")
     return value
+
+
+def _other_weights(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which stage-1 weights the run was trained from and which it is given: another --from is named as such
+    (the run's own stage-1 path, not the new one, as if that run had been retrained)."""
+    was, now_ = str(_fingerprint(old))[:12], str(_fingerprint(new))[:12]
+    old_path, new_path = (p.get("from_run", {}).get("path") for p in (old, new))
+    if old_path is not None and str(old_path) != str(new_path):
+        return f"another stage-1 run, {old_path} (fingerprint {was}); --from is {new_path} (fingerprint {now_})"
+    return f"other weights of {new_path} (fingerprint {was}, now {now_})"
 
 
 def _fingerprint(provenance: dict[str, Any]) -> Any:
