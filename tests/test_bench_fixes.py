@@ -206,3 +206,26 @@ def test_performance_doc_stage1_memory_follows_the_stored_json() -> None:
     assert f"{min(growth):.0f}–{max(growth):.0f} MB" in PERFORMANCE
     assert f"+{min(growth):.0f} to +{max(growth):.0f} MB" in PERFORMANCE
     assert f"({np.mean([r['rss_after_import_mb'] for r in rows]):.0f} MB of every figure" in PERFORMANCE
+
+
+def test_stored_mining_sweep_rows_hold_the_fields_the_script_writes() -> None:
+    stored = json.loads((RESULTS / "mining.json").read_text())
+    for rows in (stored["results"], stored["low_rank"]["results"]):
+        for r in rows:
+            for s in r["sweep"]:
+                assert s["positives_s"] == r["faiss_approx"]["positives_s"]
+                assert s["search_speedup_vs_torch"] == round(r["torch_brute_s"] / (s["search_s"] + s["positives_s"]), 2)
+
+
+def test_mining_auto_reports_every_index_it_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import saga.train.mining_index as mining_index
+
+    monkeypatch.setattr(mining_index, "APPROX_MIN_POOL", 0)  # auto tries the IVF on this small pool
+    x, y = bench_mining.simulate(2000, 32, 4, 0.4, 0)
+    anchors = np.sort(np.random.default_rng(1).choice(len(x), 100, replace=False))
+    _, true_d, _ = bench_mining.torch_brute(x, y, anchors, 1 << 20)
+    failing = bench_mining.ApproxParams(seed=0, min_recall=1.01)  # the recall check cannot pass
+    row = bench_mining.run_method(x, y, anchors, true_d, 1.0, "auto", failing)
+    assert row["search"] == "exact" and row["index_builds"] == 2  # the IVF, then the exact rebuild
+    builds = bench_mining.TimedIndexes.record["builds_s"]
+    assert row["index_build_s"] == round(sum(builds), 3) and len(builds) == 2
