@@ -79,6 +79,7 @@ TIMING = ("each worker process decodes once untimed (imports, first open), waits
           "others, then times its repeated decodes; frames/s = all workers' sampled frames / the slowest "
           "worker's timed loop (process start and warm-up excluded)")
 _BARRIER: Any = None  # set in each scaling() worker: the timed loops of N workers start together
+CLOCK: Callable[[], float] = time.perf_counter  # the workers' clock (a test swaps in a fake one: no timed asserts)
 
 
 def _set_barrier(barrier: Any) -> None:
@@ -94,10 +95,10 @@ def _timed(name: str, path: str, frames: int, repeats: int) -> float:
     fn(Path(path), policy)  # warm: imports, first open
     if _BARRIER is not None:
         _BARRIER.wait(timeout=600)
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(repeats):
         fn(Path(path), policy)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def scaling(name: str, path: Path, frames: int, repeats: int, workers: list[int]) -> dict[str, Any]:

@@ -107,22 +107,23 @@ def test_main_skips_runs_without_an_unlabelled_generator(tmp_path: Path, monkeyp
 
 # 3. bench/decode.py
 
+FAKE_NOW = [0.0]  # a fake clock per process (each forked worker advances its own copy)
+
+
 def slow_start_backend(path: Path, policy: object) -> None:
-    """A 'decoder' whose first call (the warm-up) costs 1 s and every later one 50 ms."""
-    if not getattr(slow_start_backend, "warm", False):
-        slow_start_backend.warm = True  # type: ignore[attr-defined]
-        time.sleep(1.0)
-    else:
-        time.sleep(0.05)
+    """A 'decoder' whose first call (the warm-up) costs 1 s of the fake clock and every later one 50 ms."""
+    FAKE_NOW[0] += 0.05 if getattr(slow_start_backend, "warm", False) else 1.0
+    slow_start_backend.warm = True  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the fake backend reaches workers by fork")
 def test_decode_scaling_excludes_process_start_and_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_decode, "backends", lambda: {"slow": slow_start_backend})
+    monkeypatch.setattr(bench_decode, "CLOCK", lambda: FAKE_NOW[0])
     fps = bench_decode.scaling("slow", Path("unused.mp4"), 10, 2, [1, 2])
-    # timed loop: 2 x 50 ms per worker -> 200 frames/s each (less if a sleep overshoots); the old wall clock,
-    # with the 1 s warm-up and the process start in it, gave < 20 per worker
-    assert 30 < fps["1"] <= 200 and 60 < fps["2"] <= 400  # wide: a loaded machine oversleeps
+    # each worker's timed loop: 2 x 50 ms -> 10 x 2 / 0.1 = 200 frames/s per worker, exactly (no real timing);
+    # with the 1 s warm-up in the clock it would be 20 / 1.1 = 18.2 per worker
+    assert fps == {"1": 200.0, "2": 400.0}
     assert "warm-up excluded" in bench_decode.TIMING
 
 
