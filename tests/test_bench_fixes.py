@@ -230,3 +230,30 @@ def test_mining_auto_reports_every_index_it_built(monkeypatch: pytest.MonkeyPatc
     assert row["search"] == "exact" and row["index_builds"] == 2  # the IVF, then the exact rebuild
     builds = bench_mining.TimedIndexes.record["builds_s"]
     assert row["index_build_s"] == round(sum(builds), 3) and len(builds) == 2
+
+
+# bench/stage1_memory.py
+
+def test_stage1_memory_reports_a_failed_size_and_measures_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    import stage1_memory
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        """The measuring child: the 300-video cache's fails with saga's one line, the other reports figures."""
+        if "n300" in cmd[cmd.index("--child") + 1]:
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nSagaError: a one-line reason\n")
+        return subprocess.CompletedProcess(cmd, 0, json.dumps({"peak_rss_mb": 700.0}) + "\n", "")
+
+    monkeypatch.setattr(stage1_memory.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["stage1_memory.py", "--sizes", "200", "300", "--simulate",
+                                      "--workdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="1 size\\(s\\) failed"):
+        stage1_memory.main()
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["results"]
+    assert rows[0]["peak_rss_mb"] == 700.0 and rows[0]["peak_vs_smallest"] == 1.0
+    assert rows[1] == {"videos": 300, "simulated": False, "error": "exit 1: SagaError: a one-line reason"}
+    assert "n=300: the measuring process failed, exit 1: SagaError: a one-line reason" in captured.err
+    monkeypatch.undo()  # a real child killed as the OOM killer would: no stderr at all
+    assert stage1_memory.run_child([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == {
+        "error": "exit -9: killed by signal 9 (out of memory?)"}
