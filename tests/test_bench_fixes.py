@@ -257,3 +257,16 @@ def test_stage1_memory_reports_a_failed_size_and_measures_the_others(tmp_path: P
     monkeypatch.undo()  # a real child killed as the OOM killer would: no stderr at all
     assert stage1_memory.run_child([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == {
         "error": "exit -9: killed by signal 9 (out of memory?)"}
+
+
+def test_performance_doc_dates_every_section_within_the_machines_range() -> None:
+    import re
+
+    machine = PERFORMANCE.split("## Machine", 1)[1].split("\n## ", 1)[0]
+    first, last = re.search(r"between \*\*(\d{4}-\d\d-\d\d) and (\d{4}-\d\d-\d\d) \(UTC\)", machine).groups()
+    sections = re.split(r"\n## (?=\d\. )", PERFORMANCE)[1:]
+    assert len(sections) == 6
+    for text in sections:
+        found = re.search(r"[Mm]easured (\d{4}-\d\d-\d\d)[ ,(]+commit ([0-9a-f]{7})", text)
+        assert found, text.splitlines()[0]
+        assert first <= found.group(1) <= last, text.splitlines()[0]
