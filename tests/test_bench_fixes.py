@@ -30,10 +30,8 @@ RESULTS = ROOT / "bench" / "results"
 
 # 1. bench/attribution.sh
 
-def run_attribution(tmp_path: Path, fail: str) -> subprocess.CompletedProcess:
-    """The script with a stub saga whose `fail` subcommand exits 3 (every other one succeeds)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    saga = tmp_path / "saga.sh"
+def stub_saga(saga: Path, fail: str) -> Path:
+    """A stub saga whose `fail` subcommand exits 3 (every other one succeeds)."""
     saga.write_text(f"""#!/usr/bin/env bash
 case "$1" in
   {fail}) echo "simulated failure" >&2; exit 3 ;;
@@ -43,6 +41,13 @@ case "$1" in
 esac
 """)
     saga.chmod(0o755)
+    return saga
+
+
+def run_attribution(tmp_path: Path, fail: str) -> subprocess.CompletedProcess:
+    """The script with a stub saga whose `fail` subcommand exits 3 (every other one succeeds)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    saga = stub_saga(tmp_path / "saga.sh", fail)
     env = {**os.environ, "SAGA": str(saga), "PYTHON": "true"}
     return subprocess.run(["bash", str(ROOT / "bench" / "attribution.sh"), str(tmp_path / "work")],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -61,6 +66,26 @@ def test_attribution_fails_when_an_inputs_lane_fails_and_succeeds_otherwise(tmp_
     ok = run_attribution(tmp_path / "b", "no-such-subcommand")
     assert ok.returncode == 0, ok.stderr
     assert "tables:" in ok.stdout
+
+
+def test_attribution_uses_the_projects_venv_without_activating_it(tmp_path: Path) -> None:
+    """A fresh clone after `make demo`: saga lives in .venv/bin, not on PATH (README: `bash bench/attribution.sh`)."""
+    (tmp_path / "bench").mkdir()
+    script = tmp_path / "bench" / "attribution.sh"
+    script.write_text((ROOT / "bench" / "attribution.sh").read_text())
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    stub_saga(tmp_path / ".venv" / "bin" / "saga", "no-such-subcommand")
+    (tmp_path / ".venv" / "bin" / "python").symlink_to("/bin/true")
+    env = {k: v for k, v in os.environ.items() if k not in ("SAGA", "PYTHON", "VENV")}
+    env["PATH"] = "/usr/bin:/bin"  # no saga on it
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "work")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tables:" in proc.stdout
+    (tmp_path / ".venv" / "bin" / "saga").unlink()
+    gone = subprocess.run(["bash", str(script), str(tmp_path / "work2")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert gone.returncode == 1 and "no saga command: run `make venv`" in gone.stderr
 
 
 # 2. bench/unlabelled_generators.py
