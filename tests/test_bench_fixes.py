@@ -295,3 +295,19 @@ def test_performance_doc_dates_every_section_within_the_machines_range() -> None
         found = re.search(r"[Mm]easured (\d{4}-\d\d-\d\d)[ ,(]+commit ([0-9a-f]{7})", text)
         assert found, text.splitlines()[0]
         assert first <= found.group(1) <= last, text.splitlines()[0]
+
+
+def test_stage1_memory_reports_no_build_time_for_a_reused_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import stage1_memory
+
+    child = subprocess.CompletedProcess([], 0, json.dumps({"peak_rss_mb": 700.0}) + "\n", "")
+    monkeypatch.setattr(stage1_memory.subprocess, "run", lambda cmd, **kwargs: child)
+    monkeypatch.setattr(sys, "argv", ["stage1_memory.py", "--sizes", "200", "--simulate", "--workdir", str(tmp_path)])
+    stage1_memory.main()
+    first = json.loads(capsys.readouterr().out)["results"][0]
+    stage1_memory.main()
+    again = json.loads(capsys.readouterr().out)["results"][0]
+    assert not first["cache_reused"] and first["cache_build_s"] is not None
+    assert again["cache_reused"] and again["cache_build_s"] is None  # not the earlier run's seconds
+    assert again["cache_build_s_when_written"] == first["cache_build_s"]
