@@ -311,3 +311,14 @@ def test_stage1_memory_reports_no_build_time_for_a_reused_cache(tmp_path: Path, 
     assert not first["cache_reused"] and first["cache_build_s"] is not None
     assert again["cache_reused"] and again["cache_build_s"] is None  # not the earlier run's seconds
     assert again["cache_build_s_when_written"] == first["cache_build_s"]
+
+
+# bench/stage2_epoch.py
+
+def test_stage2_epoch_ratios_come_from_the_measured_seconds() -> None:
+    import stage2_epoch
+
+    fast = stage2_epoch.ratios(cache_s=0.004, load_s=0.001, decode_s=1.0, extract_s=2.0)  # printed as 0.0 s
+    assert fast == {"speedup_epoch": 250.0, "speedup_incl_load": 200.0, "break_even_epochs": 2.01}
+    assert stage2_epoch.ratios(1.2549, 0.1, 241.17, 90.0)["speedup_epoch"] == 192.2  # 1.25 s would give 192.9
+    assert stage2_epoch.ratios(1.0, 0.1, 0.5, 90.0)["break_even_epochs"] is None  # never pays off
