@@ -228,7 +228,8 @@ def main() -> None:
     parser.add_argument("--chunk-elems", type=int, default=1 << 25, help="torch distance block (elements)")
     parser.add_argument("--rank", type=int, default=0, help="noise rank of the main run (0: isotropic)")
     parser.add_argument("--low-rank", type=int, default=16, help="noise rank of a second, structured run (0: skip)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch and FAISS threads (default: the cores this process may use)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
