@@ -8,11 +8,24 @@
 # and the input ablation (content / temporal / both, all labels).
 #
 #   bash bench/attribution.sh [WORK_DIR]          # default WORK_DIR: work/attribution
+#
+# saga and python: the repository's .venv (`make venv`), no activation needed; SAGA= / PYTHON= override.
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 WORK=${1:-work/attribution}
-SAGA=${SAGA:-saga}
-PYTHON=${PYTHON:-python}
+# The project's virtual environment (what `make demo` / `make venv` set up; VENV as in the Makefile) unless
+# SAGA / PYTHON say otherwise, so the script runs without activating it; else saga and python on PATH.
+VENV_BIN="${VENV:-$BENCH/../.venv}/bin"
+if [ -z "${SAGA:-}" ]; then
+    if [ -x "$VENV_BIN/saga" ]; then SAGA=$(cd "$VENV_BIN" && pwd)/saga; else SAGA=saga; fi
+fi
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$VENV_BIN/python" ]; then PYTHON=$(cd "$VENV_BIN" && pwd)/python; else PYTHON=python; fi
+fi
+if ! command -v "$SAGA" >/dev/null; then
+    echo "attribution.sh: no saga command: run \`make venv\` in the repository (or set SAGA=/path/to/saga)" >&2
+    exit 1
+fi
 export HF_HUB_OFFLINE=1
 
 # Background lanes: each pid with its log; `wait_lanes` waits on every one (a bare `wait` drops their

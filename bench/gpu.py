@@ -8,10 +8,10 @@ Measures, side by side in one process:
    to download; speed does not depend on the weights), vision tower only, bf16 autocast: frames/s at
    several batch sizes, eager and `torch.compile`d, and model FLOPs utilisation (FLOPs per frame counted
    by torch.utils.flop_counter, over the GPU's dense bf16 peak; `--peak-tflops` to override);
-2. decode: sampled frames/s of a 1024x576 H.264 clip with every CPU core, per backend installed (bench/decode.py's
-   clip, backends and timing), and how many cores the encoder's best frames/s needs with the backend extraction
-   uses (decord where installed, else PyAV);
-3. extraction: `saga extract` (in process, all cores as workers, eager: compile off, its default) on
+2. decode: sampled frames/s of a 1024x576 H.264 clip with every CPU core this process may use (its affinity),
+   per backend installed (bench/decode.py's clip, backends and timing), and how many cores the encoder's best
+   frames/s needs with the backend extraction uses (decord where installed, else PyAV);
+3. extraction: `saga extract` (in process, all cores but one as workers like its default, eager: compile off) on
    clips of the same kind (bench/decode.py's textured clip, one seed each) with the same encoder, frames/s
    vs the best *eager* bare encoder at the same batch size: the end-to-end ratio (against the compiled
    figure it would count compile's speed-up as overhead);
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from decode import TIMING, backends, make_clip, scaling  # noqa: E402
+from decode import TIMING, backends, make_clip, scaling, usable_cores  # noqa: E402
 from saga.model import ModelConfig, VideoTransformer  # noqa: E402
 from saga.pipeline.encoders import TEST_ENCODER, load_encoder  # noqa: E402
 from saga.pipeline.extract import ExtractConfig, extract  # noqa: E402
@@ -181,7 +181,7 @@ def main() -> None:
     name = TEST_ENCODER if args.tiny else SIGLIP
     sizes = args.batch_sizes or ([4, 8] if args.tiny else [32, 64, 128, 256])
     iters = 2 if args.tiny else 10
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # the host may have more (a container, a batch job): those are not ours to decode on
     t0 = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "gpu", "device": torch.cuda.get_device_name(device)
                               if device.type == "cuda" else "cpu", "cores": cores, "torch": torch.__version__}

@@ -73,7 +73,7 @@ def main() -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     plot_mining(left, mining)
 
-    rows = memory["results"]
+    rows = [r for r in memory["results"] if "error" not in r]  # a size whose measuring process failed
     v = [r["videos"] for r in rows]
     right.plot(v, [r["peak_rss_mb"] / 1024 for r in rows], "o-", label="peak RSS (ru_maxrss)")
     right.plot(v, [r["rss_at_start_mb"] / 1024 for r in rows], "s--", label="RSS when training starts")

@@ -22,6 +22,9 @@ record index, its sidecar written); `open_s` is the child's open (index loaded f
 (reads give zeros), an empty manifest and a synthetic `manifest.index.npz` sidecar of N records
 (same paths, classes, splits as the real build, no checksums, so reads are not checked). Stage 1
 then runs on it exactly as above: everything that grows with N is there except the first parse.
+
+A size whose measuring process fails (killed for memory, an error) gets a row with `error` (one line)
+instead of figures; the other sizes are measured, the JSON printed, and the script exits 1.
 """
 
 from __future__ import annotations
@@ -204,6 +207,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_child(cmd: list[str]) -> dict[str, Any]:
+    """The measuring process's JSON line, or {"error": one line} when it failed (its own last stderr line,
+    or the signal that killed it: a size too big for this machine's memory is killed without a word)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stderr.strip().splitlines()
+    why = lines[-1] if lines else (f"killed by signal {-proc.returncode} (out of memory?)"
+                                   if proc.returncode < 0 else "no message")
+    return {"error": f"exit {proc.returncode}: {why}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -235,17 +250,25 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", str(root), "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--buffer-shards", str(args.buffer_shards),
                "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        row = {"videos": n, "simulated": simulated, "parse_s": parse_s, "cache_build_s": round(build_s, 1),
-               "cache_reused": reused,
+        measured = run_child(cmd)
+        if "error" in measured:  # reported, and the other sizes are still measured
+            print(f"[stage1_memory] n={n}: the measuring process failed, {measured['error']}", file=sys.stderr,
+                  flush=True)
+            results.append({"videos": n, "simulated": simulated, **measured})
+            continue
+        # a reused cache was built by an earlier run: its seconds are that run's, not this one's
+        built = {"cache_build_s": None, "cache_build_s_when_written": round(build_s, 1)} if reused else {
+            "cache_build_s": round(build_s, 1)}
+        row = {"videos": n, "simulated": simulated, "parse_s": parse_s, **built, "cache_reused": reused,
                "features_gb": round(n * args.frames * args.dim * 2 / 1e9, 3),
                "manifest_mb": round((root / "parts" / "p000001-r000" / "manifest.jsonl").stat().st_size / 1e6, 1),
                "sidecar_mb": round(sum(p.stat().st_size for p in root.glob("parts/*/manifest.index.npz")) / 1e6, 1),
-               **json.loads(proc.stdout.strip().splitlines()[-1])}
+               **measured}
         print(f"[stage1_memory] {row}", file=sys.stderr, flush=True)
         results.append(row)
-    base = results[0]["peak_rss_mb"]
-    for row in results:
+    measured_rows = [row for row in results if "error" not in row]
+    base = measured_rows[0]["peak_rss_mb"] if measured_rows else float("nan")
+    for row in measured_rows:
         row["peak_vs_smallest"] = round(row["peak_rss_mb"] / base, 2)
         row["peak_growth_vs_smallest_mb"] = round(row["peak_rss_mb"] - base, 1)
     print(json.dumps({
@@ -254,6 +277,9 @@ def main() -> None:
         "buffer_shards": args.buffer_shards, "steps": args.steps, "model": "d_model=64 depth=2 heads=2",
         "results": results,
     }, indent=2))
+    if len(measured_rows) < len(results):
+        sys.exit(f"stage1_memory: {len(results) - len(measured_rows)} size(s) failed (their rows hold the error); "
+                 "the JSON above has the others")
 
 
 if __name__ == "__main__":

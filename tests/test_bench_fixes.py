@@ -30,10 +30,8 @@ RESULTS = ROOT / "bench" / "results"
 
 # 1. bench/attribution.sh
 
-def run_attribution(tmp_path: Path, fail: str) -> subprocess.CompletedProcess:
-    """The script with a stub saga whose `fail` subcommand exits 3 (every other one succeeds)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    saga = tmp_path / "saga.sh"
+def stub_saga(saga: Path, fail: str) -> Path:
+    """A stub saga whose `fail` subcommand exits 3 (every other one succeeds)."""
     saga.write_text(f"""#!/usr/bin/env bash
 case "$1" in
   {fail}) echo "simulated failure" >&2; exit 3 ;;
@@ -43,6 +41,13 @@ case "$1" in
 esac
 """)
     saga.chmod(0o755)
+    return saga
+
+
+def run_attribution(tmp_path: Path, fail: str) -> subprocess.CompletedProcess:
+    """The script with a stub saga whose `fail` subcommand exits 3 (every other one succeeds)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    saga = stub_saga(tmp_path / "saga.sh", fail)
     env = {**os.environ, "SAGA": str(saga), "PYTHON": "true"}
     return subprocess.run(["bash", str(ROOT / "bench" / "attribution.sh"), str(tmp_path / "work")],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -61,6 +66,26 @@ def test_attribution_fails_when_an_inputs_lane_fails_and_succeeds_otherwise(tmp_
     ok = run_attribution(tmp_path / "b", "no-such-subcommand")
     assert ok.returncode == 0, ok.stderr
     assert "tables:" in ok.stdout
+
+
+def test_attribution_uses_the_projects_venv_without_activating_it(tmp_path: Path) -> None:
+    """A fresh clone after `make demo`: saga lives in .venv/bin, not on PATH (README: `bash bench/attribution.sh`)."""
+    (tmp_path / "bench").mkdir()
+    script = tmp_path / "bench" / "attribution.sh"
+    script.write_text((ROOT / "bench" / "attribution.sh").read_text())
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    stub_saga(tmp_path / ".venv" / "bin" / "saga", "no-such-subcommand")
+    (tmp_path / ".venv" / "bin" / "python").symlink_to("/bin/true")
+    env = {k: v for k, v in os.environ.items() if k not in ("SAGA", "PYTHON", "VENV")}
+    env["PATH"] = "/usr/bin:/bin"  # no saga on it
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "work")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tables:" in proc.stdout
+    (tmp_path / ".venv" / "bin" / "saga").unlink()
+    gone = subprocess.run(["bash", str(script), str(tmp_path / "work2")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert gone.returncode == 1 and "no saga command: run `make venv`" in gone.stderr
 
 
 # 2. bench/unlabelled_generators.py
@@ -107,22 +132,23 @@ def test_main_skips_runs_without_an_unlabelled_generator(tmp_path: Path, monkeyp
 
 # 3. bench/decode.py
 
+FAKE_NOW = [0.0]  # a fake clock per process (each forked worker advances its own copy)
+
+
 def slow_start_backend(path: Path, policy: object) -> None:
-    """A 'decoder' whose first call (the warm-up) costs 1 s and every later one 50 ms."""
-    if not getattr(slow_start_backend, "warm", False):
-        slow_start_backend.warm = True  # type: ignore[attr-defined]
-        time.sleep(1.0)
-    else:
-        time.sleep(0.05)
+    """A 'decoder' whose first call (the warm-up) costs 1 s of the fake clock and every later one 50 ms."""
+    FAKE_NOW[0] += 0.05 if getattr(slow_start_backend, "warm", False) else 1.0
+    slow_start_backend.warm = True  # type: ignore[attr-defined]
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the fake backend reaches workers by fork")
 def test_decode_scaling_excludes_process_start_and_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_decode, "backends", lambda: {"slow": slow_start_backend})
+    monkeypatch.setattr(bench_decode, "CLOCK", lambda: FAKE_NOW[0])
     fps = bench_decode.scaling("slow", Path("unused.mp4"), 10, 2, [1, 2])
-    # timed loop: 2 x 50 ms per worker -> 200 frames/s each (less if a sleep overshoots); the old wall clock,
-    # with the 1 s warm-up and the process start in it, gave < 20 per worker
-    assert 30 < fps["1"] <= 200 and 60 < fps["2"] <= 400  # wide: a loaded machine oversleeps
+    # each worker's timed loop: 2 x 50 ms -> 10 x 2 / 0.1 = 200 frames/s per worker, exactly (no real timing);
+    # with the 1 s warm-up in the clock it would be 20 / 1.1 = 18.2 per worker
+    assert fps == {"1": 200.0, "2": 400.0}
     assert "warm-up excluded" in bench_decode.TIMING
 
 
@@ -206,3 +232,93 @@ def test_performance_doc_stage1_memory_follows_the_stored_json() -> None:
     assert f"{min(growth):.0f}–{max(growth):.0f} MB" in PERFORMANCE
     assert f"+{min(growth):.0f} to +{max(growth):.0f} MB" in PERFORMANCE
     assert f"({np.mean([r['rss_after_import_mb'] for r in rows]):.0f} MB of every figure" in PERFORMANCE
+
+
+def test_stored_mining_sweep_rows_hold_the_fields_the_script_writes() -> None:
+    stored = json.loads((RESULTS / "mining.json").read_text())
+    for rows in (stored["results"], stored["low_rank"]["results"]):
+        for r in rows:
+            for s in r["sweep"]:
+                assert s["positives_s"] == r["faiss_approx"]["positives_s"]
+                assert s["search_speedup_vs_torch"] == round(r["torch_brute_s"] / (s["search_s"] + s["positives_s"]), 2)
+
+
+def test_mining_auto_reports_every_index_it_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import saga.train.mining_index as mining_index
+
+    monkeypatch.setattr(mining_index, "APPROX_MIN_POOL", 0)  # auto tries the IVF on this small pool
+    x, y = bench_mining.simulate(2000, 32, 4, 0.4, 0)
+    anchors = np.sort(np.random.default_rng(1).choice(len(x), 100, replace=False))
+    _, true_d, _ = bench_mining.torch_brute(x, y, anchors, 1 << 20)
+    failing = bench_mining.ApproxParams(seed=0, min_recall=1.01)  # the recall check cannot pass
+    row = bench_mining.run_method(x, y, anchors, true_d, 1.0, "auto", failing)
+    assert row["search"] == "exact" and row["index_builds"] == 2  # the IVF, then the exact rebuild
+    builds = bench_mining.TimedIndexes.record["builds_s"]
+    assert row["index_build_s"] == round(sum(builds), 3) and len(builds) == 2
+
+
+# bench/stage1_memory.py
+
+def test_stage1_memory_reports_a_failed_size_and_measures_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    import stage1_memory
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        """The measuring child: the 300-video cache's fails with saga's one line, the other reports figures."""
+        if "n300" in cmd[cmd.index("--child") + 1]:
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nSagaError: a one-line reason\n")
+        return subprocess.CompletedProcess(cmd, 0, json.dumps({"peak_rss_mb": 700.0}) + "\n", "")
+
+    monkeypatch.setattr(stage1_memory.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["stage1_memory.py", "--sizes", "200", "300", "--simulate",
+                                      "--workdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="1 size\\(s\\) failed"):
+        stage1_memory.main()
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["results"]
+    assert rows[0]["peak_rss_mb"] == 700.0 and rows[0]["peak_vs_smallest"] == 1.0
+    assert rows[1] == {"videos": 300, "simulated": False, "error": "exit 1: SagaError: a one-line reason"}
+    assert "n=300: the measuring process failed, exit 1: SagaError: a one-line reason" in captured.err
+    monkeypatch.undo()  # a real child killed as the OOM killer would: no stderr at all
+    assert stage1_memory.run_child([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == {
+        "error": "exit -9: killed by signal 9 (out of memory?)"}
+
+
+def test_performance_doc_dates_every_section_within_the_machines_range() -> None:
+    import re
+
+    machine = PERFORMANCE.split("## Machine", 1)[1].split("\n## ", 1)[0]
+    first, last = re.search(r"between \*\*(\d{4}-\d\d-\d\d) and (\d{4}-\d\d-\d\d) \(UTC\)", machine).groups()
+    sections = re.split(r"\n## (?=\d\. )", PERFORMANCE)[1:]
+    assert len(sections) == 6
+    for text in sections:
+        found = re.search(r"[Mm]easured (\d{4}-\d\d-\d\d)[ ,(]+commit ([0-9a-f]{7})", text)
+        assert found, text.splitlines()[0]
+        assert first <= found.group(1) <= last, text.splitlines()[0]
+
+
+def test_stage1_memory_reports_no_build_time_for_a_reused_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import stage1_memory
+
+    child = subprocess.CompletedProcess([], 0, json.dumps({"peak_rss_mb": 700.0}) + "\n", "")
+    monkeypatch.setattr(stage1_memory.subprocess, "run", lambda cmd, **kwargs: child)
+    monkeypatch.setattr(sys, "argv", ["stage1_memory.py", "--sizes", "200", "--simulate", "--workdir", str(tmp_path)])
+    stage1_memory.main()
+    first = json.loads(capsys.readouterr().out)["results"][0]
+    stage1_memory.main()
+    again = json.loads(capsys.readouterr().out)["results"][0]
+    assert not first["cache_reused"] and first["cache_build_s"] is not None
+    assert again["cache_reused"] and again["cache_build_s"] is None  # not the earlier run's seconds
+    assert again["cache_build_s_when_written"] == first["cache_build_s"]
+
+
+# bench/stage2_epoch.py
+
+def test_stage2_epoch_ratios_come_from_the_measured_seconds() -> None:
+    import stage2_epoch
+
+    fast = stage2_epoch.ratios(cache_s=0.004, load_s=0.001, decode_s=1.0, extract_s=2.0)  # printed as 0.0 s
+    assert fast == {"speedup_epoch": 250.0, "speedup_incl_load": 200.0, "break_even_epochs": 2.01}
+    assert stage2_epoch.ratios(1.2549, 0.1, 241.17, 90.0)["speedup_epoch"] == 192.2  # 1.25 s would give 192.9
+    assert stage2_epoch.ratios(1.0, 0.1, 0.5, 90.0)["break_even_epochs"] is None  # never pays off

@@ -22,3 +22,25 @@ def test_gpu_benchmark_runs_on_cpu_with_the_tiny_encoder() -> None:
     assert out["decode"]["sampled_frames_per_s"] > 0
     assert out["extraction"]["frames"] == 2 * 16 and out["extraction"]["ratio_to_bare_encoder"] > 0
     assert out["stage1_step"]["ms_per_step"] > 0
+
+
+def test_gpu_benchmark_decodes_on_the_cores_it_may_use(monkeypatch, capsys) -> None:
+    """A container or batch job sees the host's os.cpu_count() but may run on fewer cores (its affinity)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import decode
+    import gpu
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert decode.usable_cores() == 3
+    seen = {}
+    monkeypatch.setattr(gpu, "encoder_section", lambda *a: {"eager": {"4": {"frames_per_s": 10.0}}, "compiled": {}})
+    monkeypatch.setattr(gpu, "make_clip", lambda *a, **k: None)
+    monkeypatch.setattr(gpu, "decode_section", lambda clip, size, cores, *a: seen.setdefault("decode", cores))
+    monkeypatch.setattr(gpu, "extraction_section", lambda *a: seen.setdefault("extract", a[-1]))
+    monkeypatch.setattr(gpu, "load_encoder", lambda *a: type("E", (), {"dim": 16}))
+    monkeypatch.setattr(gpu, "stage1_section", lambda *a: {})
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--tiny", "--device", "cpu", "--no-compile"])
+    gpu.main()
+    assert json.loads(capsys.readouterr().out)["cores"] == 3
+    assert seen == {"decode": 3, "extract": 2}  # every usable core decodes; extraction's workers: all but one
