@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from saga.commands.common import Split, cli_device, console, load_options, one_line_warnings, training_options
+from saga.commands.common import (Split, cli_device, console, given_options, load_options, one_line_warnings,
+                                  training_options)
 from saga.errors import SagaError
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")]
@@ -115,6 +116,7 @@ def openset_logo(
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
     from saga.runs.files import LOGO_RESULTS, LOGO_RESULTS_MD
     from saga.train.attribute import AttributeConfig
+    from saga.train.options import ignored_options
 
     if retrain and not MIN_VIDEOS <= retrain <= MAX_VIDEOS:  # checked before any fold trains
         raise SagaError(f"--retrain {retrain}: enrollment takes {MIN_VIDEOS}-{MAX_VIDEOS} videos of the held-out "
@@ -124,6 +126,7 @@ def openset_logo(
     opts = load_options(config, loss="ce")
     training_options(AttributeConfig, config, loss="ce")  # a bad value in the TOML: one line naming it, now
     with one_line_warnings():
+        opts.update(ignored_options(AttributeConfig, given_options(config)))  # mine_k: warned, its default kept
         train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=_plain)
         res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=_plain)
     _plain(to_markdown(res))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -161,7 +162,7 @@ def attribute(
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
     from saga.runs import RunFolder, accept_changed_cache
     from saga.train.attribute import AttributeConfig, train_attribution
-    from saga.train.options import refuse_unused_options
+    from saga.train.options import ignored_options, refuse_unused_options
 
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
@@ -176,6 +177,7 @@ def attribute(
     from_run = _stage1_run(from_run, scratch)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
+        cfg = replace(cfg, **ignored_options(AttributeConfig, given))  # mine_k: warned, its default kept
         run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer, given=set(given))
     if _is_main():  # under torchrun rank 0 reports
         if calibrate:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any, Collection, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
-from saga.runs.files import HNM_OPTIONS, MODEL_OPTIONS
+from saga.runs.files import HNM_OPTIONS, IGNORED_OPTIONS, MODEL_OPTIONS
 from saga.train.data import View
 
 
@@ -47,6 +48,21 @@ def refuse_unused_options(loss: Loss, given: dict[str, str]) -> None:
         raise SagaError(f"{', '.join(unused)}: {'apply' if len(unused) > 1 else 'applies'} to loss ce+hnm / "
                         "ce+semihnm only (loss ce has no triplet term); leave "
                         f"{'them' if len(unused) > 1 else 'it'} out, or choose one of those losses")
+
+
+# Why each of IGNORED_OPTIONS has no effect (said in the warning).
+_IGNORED_WHY = {"mine_k": "mining searches one index per class for each video's nearest negative, k = 1"}
+
+
+def ignored_options(kind: type, given: dict[str, str]) -> dict[str, Any]:
+    """Options given that nothing reads (IGNORED_OPTIONS): one warning line each, and their defaults to put
+    back, so the run records what it used and stays the same run as one made without them."""
+    ignored = {}
+    for f in fields(kind):
+        if f.name in IGNORED_OPTIONS and f.name in given and f.default is not MISSING:
+            warnings.warn(f"{given[f.name]} has no effect ({_IGNORED_WHY[f.name]}); remove it")
+            ignored[f.name] = f.default
+    return ignored
 
 
 def refuse_blind_model(inputs: str, frames: int) -> None:
