@@ -100,7 +100,7 @@ def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,
         replace(cfg, loss=loss).check()
     stage1_run = load_base(stage1, FeatureCache.open(cache))
     recorded = {**(stage1_run.info.config.get("train") or {}), "frames": stage1_run.frames}
-    clashes = cfg.model_clashes(recorded, given)
+    clashes = cfg.model_clashes(recorded, given, stage1_run.info.config.get("model"))
     if clashes:
         raise SagaError(f"{'; '.join(clashes)}: the 2-stage cells adapt the stage-1 run {stage1_run.path}, which "
                         "fixes θ's shape; leave these options out of the TOML, or set them as that run has them")

@@ -293,7 +293,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
         if subclass_of:
             model.reset_head(n_classes, subclass_of, names)
         return model
-    clashes = cfg.model_clashes(base.info.config.get("train") or {}, given)
+    clashes = cfg.model_clashes(base.info.config.get("train") or {}, given, base.info.config.get("model"))
     if clashes:
         raise SagaError(f"{'; '.join(clashes)}: θ comes from the stage-1 run {base.path}, which fixes its shape; "
                         "leave these options out, or train from scratch (--scratch)")
