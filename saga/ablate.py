@@ -31,7 +31,7 @@ from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
 from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest
 from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attribution
-from saga.train.options import MODEL_OPTIONS, Loss
+from saga.train.options import HNM_OPTIONS, MODEL_OPTIONS, Loss
 from saga.progress import ProgressEvent, ProgressFn
 
 LOSSES = tuple(loss.value for loss in Loss)  # the table's row order: ce, ce+semihnm, ce+hnm
@@ -100,7 +100,7 @@ def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,
         replace(cfg, loss=loss).check()
     stage1_run = load_base(stage1, FeatureCache.open(cache))
     recorded = {**(stage1_run.info.config.get("train") or {}), "frames": stage1_run.frames}
-    clashes = cfg.model_clashes(recorded, given)
+    clashes = cfg.model_clashes(recorded, given, stage1_run.info.config.get("model"))
     if clashes:
         raise SagaError(f"{'; '.join(clashes)}: the 2-stage cells adapt the stage-1 run {stage1_run.path}, which "
                         "fixes θ's shape; leave these options out of the TOML, or set them as that run has them")
@@ -132,10 +132,12 @@ def _current_cache(cache: Path) -> dict[str, Any]:
 
 
 def _shared(cfg: AttributeConfig, stage1_run: BaseRun) -> dict[str, Any]:
-    """What every cell shares, for the table: the stage-1 run, the cache, T′, the budget and θ's options."""
+    """What every cell shares, for the table: the stage-1 run, the cache, T′, the budget, θ's options and the
+    triplet term's (every ce+semihnm and ce+hnm cell's)."""
     return {"from": stage1_run.path, "cache_id": stage1_run.origin.get("cache_id"), "frames": cfg.frames,
             "epochs": cfg.epochs, "min_steps": cfg.min_steps,
-            "model": {name: getattr(cfg, name) for name in MODEL_OPTIONS}}
+            "model": {name: getattr(cfg, name) for name in MODEL_OPTIONS},
+            "hnm": {name: getattr(cfg, name) for name in HNM_OPTIONS}}
 
 
 def _probe_pct(metrics: dict[str, Any]) -> str:

@@ -255,3 +255,43 @@ def test_paths_and_class_names_with_brackets_print_as_written(tmp_path: Path,
 def _flat(text: str) -> str:
     """Without whitespace: rich wraps long lines, and folds a long path anywhere."""
     return "".join(text.split())
+
+
+def test_the_table_counts_seeds_per_row_and_records_the_triplet_options(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    """The header said "1 seeds"; a probe row over fewer seeds than the header's (the probe skipped on a seed)
+    looked like a mean over all of them; and ablation.json left out λ, margin, mine_every and positive, which
+    shape every ce+semihnm / ce+hnm cell."""
+    from types import SimpleNamespace
+
+    ablate = saga.ablate
+
+    def evaluate(run: Path, cache: Path, split: str, device: str) -> dict:
+        probe = {"skipped": "one class has a single labelled video"}  # on seed 1
+        if "seed0" in run.name:
+            probe = {"accuracy": 0.6, "macro_accuracy": 0.6, "per_class": {"b": 0.6}, "n": 4}
+        return {"accuracy": 0.5, "macro_accuracy": 0.5, "per_class": {"b": 0.5}, "n": 4, "per_class_n": {"b": 4},
+                "probe": probe}
+
+    monkeypatch.setattr(ablate, "check_before_cells",
+                        lambda _cache, _stage1, base, _given: (base, SimpleNamespace(path="runs/s1", origin={})))
+    monkeypatch.setattr(ablate, "train_attribution", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ablate, "_current_cache", lambda _cache: None)
+    monkeypatch.setattr(ablate, "_kept_on_changed_cache", lambda _run, _current: False)
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    monkeypatch.setattr(ablate, "LOSSES", ("ce+hnm",))
+    (tmp_path / "grid").mkdir()
+    cfg = AttributeConfig(lam=0.3, margin=0.1, mine_every=5, positive="random")
+    summary = ablate.run_ablation(tmp_path, tmp_path, tmp_path / "grid", cfg, seeds=(0, 1), ceiling=False)
+    saved = json.loads((tmp_path / "grid" / "ablation.json").read_text())
+    assert saved["hnm"] == {"lam": 0.3, "margin": 0.1, "mine_every": 5, "positive": "random"}
+    text = (tmp_path / "grid" / "ablation.md").read_text()
+    assert "The ce+semihnm and ce+hnm cells: λ = 0.3 (λ·CE + (1 − λ)·triplet), margin 0.1, negatives mined every " \
+           "5 steps, random positives." in text
+    assert "| probe, same labels | logistic regression | 60.0 (1 of 2 seeds: no interval) |" in text
+    assert "| 2-stage | ce+hnm | 50.0 ± 0.0 | 50.0 ± 0.0 |" in text  # all the header's seeds: nothing added
+    probe = {**summary["rows"][-1], "runs": 2, "accuracy_ci95": 4.0}  # 2 of a 3-seed grid
+    three = to_markdown({**summary, "seeds": [0, 1, 2], "rows": [probe]})
+    assert "ablation, 3 seeds," in three and "| 60.0 ± 4.0 (2 of 3 seeds) |" in three
+    one = to_markdown({**summary, "seeds": [0], "rows": summary["rows"][:1]})
+    assert "ablation, 1 seed, labelled" in one

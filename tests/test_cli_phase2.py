@@ -167,3 +167,36 @@ def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Pat
     assert config["train"]["head_lr_scale"] == 10.0
     proc = run_saga("attribute", *common, "--scratch", "--from", "runs/stage1", cwd=tmp_path)
     assert proc.returncode != 0 and "exclude each other" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_paths_and_class_names_with_brackets_print_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train / attribute / evaluate printed the run path, progress lines and the table's class names as rich
+    markup: `[x]` vanished, and `--out 'g[/b]'` (folders `g[` and `b]`) was a MarkupError after the run was saved."""
+    import saga.explain.metrics
+    import saga.openworld.api
+    import saga.train.attribute
+    import saga.train.stage1
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+    from saga.progress import ProgressEvent
+
+    def trained(cache: Path, out: Path, cfg: object, progress: object = None, **kw: object) -> Path:
+        progress(ProgressEvent("labelled", message="labelled videos: kling [v1.5] 3"))  # type: ignore[operator]
+        return Path(out)
+
+    metrics = {"level": "GEN-L", "split": "test", "n": 2, "accuracy": 0.5, "classes": ["kling [v1.5]"],
+               "per_class_n": {"kling [v1.5]": 2}, "per_class": {"kling [v1.5]": 0.5}, "probe": {}}
+    monkeypatch.setattr(saga.train.stage1, "train_stage1", trained)
+    monkeypatch.setattr(saga.train.attribute, "train_attribution", trained)
+    monkeypatch.setattr(saga.explain.metrics, "compute_evaluation", lambda *a, **k: dict(metrics))
+    monkeypatch.setattr(saga.openworld.api, "evaluate_openworld", lambda *a, **k: {})
+    out, cache = tmp_path / "g[" / "b]", str(tmp_path)
+    runner = CliRunner()
+    for args in (["train", "--stage", "1"], ["attribute", "--scratch", "--no-calibrate"]):
+        result = runner.invoke(app, [*args, "--cache", cache, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "kling [v1.5] 3" in result.output and f"run: {out}" in result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--cache", cache, "--out", str(out), "--no-probe"])
+    assert result.exit_code == 0, result.output
+    assert "kling [v1.5]" in result.output and f"written to {out / 'metrics.json'}" in result.output

@@ -142,3 +142,24 @@ def test_a_stage2_run_records_the_model_options_of_the_theta_it_adapted(
     before = (out / "model.safetensors").stat().st_mtime_ns
     assert train_attribution(cache.root, out, a_config(epochs=1, d_model=256, depth=4, heads=4), from_run=stage1) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == before  # reused as it is
+
+
+def test_the_clash_check_compares_with_the_basis_the_stage1_model_has(
+        cache: FeatureCache, stage1: Path, tmp_path: Path) -> None:
+    """A stage-1 run asked for content_basis 32 on a pool that spans 16 directions: its config.json `train` keeps
+    32, its `model` the 16 θ really has. A stage-2 TOML giving 16 was refused as a clash naming 32."""
+    from saga.ablate import check_before_cells
+
+    config = json.loads((stage1 / "config.json").read_text())
+    assert (config["train"]["content_basis"], config["model"]["content_basis"]) == (32, 16)
+    given = {"content_basis"}
+    out = train_attribution(cache.root, tmp_path / "s2", a_config(epochs=1, readout="head", content_basis=16),
+                            from_run=stage1, given=given)
+    assert json.loads((out / "config.json").read_text())["model"]["content_basis"] == 16
+    cfg, _ = check_before_cells(cache.root, stage1, a_config(content_basis=16), given)  # saga ablate's check
+    assert cfg.content_basis == 16
+    assert a_config(content_basis=32).model_clashes(config["train"], given, config["model"]) == []  # as asked
+    with pytest.raises(SagaError, match=r"^content_basis = 8 \(the stage-1 model's: 16, narrowed from the 32 its "
+                                        r"run asked for\): θ comes from the stage-1 run"):
+        train_attribution(cache.root, tmp_path / "s3", a_config(epochs=1, content_basis=8), from_run=stage1,
+                          given=given)

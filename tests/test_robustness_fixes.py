@@ -248,3 +248,20 @@ def test_a_bad_number_is_refused_before_any_work(tmp_path: Path, option: str, va
 def test_an_empty_or_doubled_perturb_list_is_one_line(text: str, said: str) -> None:
     with pytest.raises(SagaError, match=said):
         parse_list(text)
+
+
+def test_the_written_line_prints_a_bracketed_folder_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`saga robustness --out 'g[/b]'` printed its `written:` line as rich markup: a MarkupError traceback after
+    robustness.json was saved (and `[x]` in a folder name vanished)."""
+    import saga.robustness.evaluate
+    import saga.robustness.runner
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    monkeypatch.setattr(saga.robustness.runner, "run_robustness", lambda cfg, say: {})
+    monkeypatch.setattr(saga.robustness.evaluate, "markdown", lambda result: "| table |")
+    for out in (tmp_path / "g[" / "b]", tmp_path / "x [y]"):
+        result = CliRunner().invoke(app, ["robustness", str(tmp_path), "--videos", str(tmp_path), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"written: {out / 'robustness.json'}, {out / 'robustness.md'}" in result.output

@@ -65,3 +65,41 @@ def test_margin_zero_is_refused_for_semi_hard_mining_before_any_cell_trains(
     monkeypatch.setattr(saga.ablate, "train_attribution", lambda *a, **k: pytest.fail("trained a cell"))
     with pytest.raises(SagaError, match="margin = 0"):
         saga.ablate.run_ablation(cache.root, tmp_path / "s1", tmp_path / "abl", a_config(margin=0.0), seeds=(0,))
+
+
+def test_a_given_mine_k_warns_that_it_has_no_effect_and_old_runs_stay_the_same_run(
+        cache: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """`mine_k` in a --config TOML was accepted and recorded but never read (mining searches one index per class,
+    k = 1): one warning line now, and the default kept; a run folder recorded with mine_k = 64 (every older run)
+    or with a user's other value trained the same weights, so it is still reused."""
+    import json
+
+    import saga.ablate
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+    from test_train import TINY
+
+    out = train_attribution(cache.root, tmp_path / "a", a_config(epochs=1, readout="head", mine_k=64))
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["mine_k"] = 32  # an older saga recorded the value given
+    (out / "config.json").write_text(json.dumps(config))
+    opts = {**TINY, "level": "TASK-L", "fraction": 0.5, "epochs": 1, "batch_size": 16, "lr": 1e-3,
+            "warmup_epochs": 0.0, "patience": 0, "min_steps": 0, "eval_every_steps": 0, "stream": False,
+            "readout": "head", "mine_k": 32}
+    toml = tmp_path / "run.toml"
+    toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in opts.items()))
+    result = CliRunner().invoke(app, ["attribute", "--cache", str(cache.root), "--out", str(out), "--config",
+                                      str(toml), "--scratch", "--no-calibrate"])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "mine_k in" in line]
+    assert warned == [f"warning: mine_k in {toml} has no effect (mining searches one index per class for each "
+                      "video's nearest negative, k = 1); remove it"], result.output
+    assert "already holds this finished run" in result.output  # reused, not refused as "different settings"
+    seen: list[int] = []
+    monkeypatch.setattr(saga.ablate, "run_ablation", lambda c, s, o, base, **k: seen.append(base.mine_k) or {})
+    monkeypatch.setattr(saga.ablate, "to_markdown", lambda summary: "")
+    result = CliRunner().invoke(app, ["ablate", "--cache", str(cache.root), "--out", str(tmp_path / "abl"),
+                                      "--config", str(toml), "--seeds", "1"])
+    assert result.exit_code == 0 and seen == [64], result.output
+    assert result.output.count("mine_k in") == 1

@@ -255,3 +255,19 @@ def test_an_empty_generator_folder_or_archives_warn_once_each(tmp_path: Path) ->
         f"{tmp_path}/ZeroScope: 1 archive file(s) or archive part(s) beside its videos are not read "
         "(ZeroScope/ZeroScope.tar.gz.part-aa); unpack them there and rerun to add their videos",
     ]
+
+
+def test_taxonomy_show_prints_bracketed_names_as_written(tmp_path: Path) -> None:
+    """`saga taxonomy show` read a TOML's names and description as rich markup: `[v1.5]` vanished."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "lab [x]"\ndescription = "ours [draft]"\n'
+                    + generator("kling [v1.5]", sd="none").replace('team = "T"', 'team = "T [2]"'))
+    result = CliRunner().invoke(app, ["taxonomy", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "lab [x]" in text and "ours [draft]" in text and "T [2]" in text
+    assert "left out of SD-L (no SD backbone): kling [v1.5]" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +14,7 @@ from saga.commands.common import (
     cli_device,
     console,
     extract_progress,
+    given_options,
     load_options,
     named_folder,
     one_line_warnings,
@@ -129,6 +131,7 @@ def ablate(
     from saga.ablate import refuse_grid_options, run_ablation, to_markdown
     from saga.runs import accept_changed_cache
     from saga.train.attribute import AttributeConfig
+    from saga.train.options import ignored_options
 
     flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, epochs=epochs, device=device)
     given = set(load_options(config, **flags))
@@ -136,6 +139,7 @@ def ablate(
         refuse_grid_options(config, given)
     base = training_options(AttributeConfig, config, **flags)
     with one_line_warnings(), accept_changed_cache(resume, keep_finished=True):
+        base = replace(base, **ignored_options(AttributeConfig, given_options(config, **flags)))  # warned once
         summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,
                                progress=lambda event: console.print(escape(event.message)), given=given)
     console.print(escape(to_markdown(summary)))  # class names and paths as written, not as rich markup

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from saga.commands.common import Split, cli_device, console, load_options, one_line_warnings, training_options
+from saga.commands.common import (Split, cli_device, console, given_options, load_options, one_line_warnings,
+                                  training_options)
 from saga.errors import SagaError
 
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Feature cache (default: the run's own).")]
@@ -38,7 +39,7 @@ def calibrate(
         b, a = diagrams["before"], diagrams["after"]
         console.print(f"{split} (n={b['n']}): ECE {100 * b['ece']:.2f} % -> {100 * a['ece']:.2f} % (15 bins)")
         console.print(f"written: {folder / CALIBRATION}, {folder / reliability_file(split)}, "
-                      f"{folder / reliability_file(split, '.png')}")
+                      f"{folder / reliability_file(split, '.png')}", markup=False)
 
 
 def enroll(
@@ -95,7 +96,7 @@ def openset_fit(
     neighbours = f" (k = {det.k}{asked})" if det.kind == "knn" else ""
     console.print(f"{det.kind} score{neighbours}, threshold {det.threshold:.4f} = {det.percentile:g}th percentile of "
                   f"{det.n_val} known val videos ({100 * det.val_false_unknown:.1f} % of them above it: "
-                  f"false unknowns); written: {(out or run) / OPENSET}")
+                  f"false unknowns); written: {(out or run) / OPENSET}", markup=False)
 
 
 @openset_app.command("logo")
@@ -115,6 +116,7 @@ def openset_logo(
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
     from saga.runs.files import LOGO_RESULTS, LOGO_RESULTS_MD
     from saga.train.attribute import AttributeConfig
+    from saga.train.options import ignored_options
 
     if retrain and not MIN_VIDEOS <= retrain <= MAX_VIDEOS:  # checked before any fold trains
         raise SagaError(f"--retrain {retrain}: enrollment takes {MIN_VIDEOS}-{MAX_VIDEOS} videos of the held-out "
@@ -124,11 +126,17 @@ def openset_logo(
     opts = load_options(config, loss="ce")
     training_options(AttributeConfig, config, loss="ce")  # a bad value in the TOML: one line naming it, now
     with one_line_warnings():
-        train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=console.print)
-        res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=console.print)
-    console.print(to_markdown(res))
-    console.print(f"written: {out / LOGO_RESULTS}, {out / LOGO_RESULTS_MD}; an HTML report with the ROC curves: "
-                  f"saga report RUN... --openworld {out}")
+        opts.update(ignored_options(AttributeConfig, given_options(config)))  # mine_k: warned, its default kept
+        train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=_plain)
+        res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=_plain)
+    _plain(to_markdown(res))
+    _plain(f"written: {out / LOGO_RESULTS}, {out / LOGO_RESULTS_MD}; an HTML report with the ROC curves: "
+           f"saga report RUN... --openworld {out}")
+
+
+def _plain(line: str) -> None:
+    """Generator names and paths as written: never read as rich markup (`[x]` vanished, `[/b]` raised)."""
+    console.print(line, markup=False)
 
 
 def register(app: typer.Typer) -> None:

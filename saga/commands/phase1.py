@@ -24,17 +24,17 @@ def taxonomy_show(
 ) -> None:
     """Print the classes of every level and how many generators each holds."""
     tax = Taxonomy.load(source)
-    console.print(f"[bold]{tax.name}[/]: {len(tax.generators)} generators  {tax.description}")
+    console.print(f"[bold]{escape(tax.name)}[/]: {len(tax.generators)} generators  {escape(tax.description)}")
     counts = tax.counts()
     for level in LEVELS:
         table = Table(title=f"{level}: {len(tax.classes(level))} classes", title_justify="left")
         table.add_column("class")
         table.add_column("generators", justify="right")
         for cls in tax.classes(level):
-            table.add_row(cls, str(counts[level][cls]))
+            table.add_row(escape(cls), str(counts[level][cls]))  # a TOML's names as written
         console.print(table)
     no_sd = [g.name for g in tax.generators.values() if g.sd is None]
-    console.print(f"left out of SD-L (no SD backbone): {', '.join(no_sd) or 'none'}")
+    console.print(f"left out of SD-L (no SD backbone): {', '.join(no_sd) or 'none'}", markup=False)
     inferred = [g.name for g in tax.generators.values() if g.inferred]
     if inferred:
         console.print(f"[yellow]inferred labels[/] (team/SD not published) for {len(inferred)} generators")
@@ -62,7 +62,7 @@ def synth(
         task = bar.add_task("synth", total=None)
         labels = generate(folder, config, progress=lambda event: bar.update(task, completed=event.done,
                                                                          total=event.total))
-    console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)")
+    console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)", markup=False)
 
 
 def _split(text: str) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -39,8 +40,8 @@ Resume = Annotated[Optional[bool], typer.Option(
 def _printer(event: Any) -> None:  # a training ProgressEvent
     from saga.train.loop import describe
 
-    if event.kind != "step":
-        err.print(describe(event))
+    if event.kind != "step":  # class names and paths as written, never read as rich markup
+        err.print(describe(event), markup=False)
 
 
 def _is_main() -> bool:
@@ -61,7 +62,8 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
 
     if RunFolder(DEFAULT_STAGE1).done:
         if _is_main():
-            err.print(f"adapting the stage-1 run {DEFAULT_STAGE1} (pass --from to pick another, --scratch for none)")
+            err.print(f"adapting the stage-1 run {DEFAULT_STAGE1} (pass --from to pick another, --scratch for none)",
+                      markup=False)
         return DEFAULT_STAGE1
     if _is_main():
         err.print(f"no finished stage-1 run at {DEFAULT_STAGE1}: training from scratch (the 1-stage baseline); "
@@ -111,7 +113,7 @@ def train(
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_stage1(cache, out, cfg, progress=_printer)
     if _is_main():  # under torchrun rank 0 reports
-        console.print(f"stage-1 run: {run}")
+        console.print(f"stage-1 run: {run}", markup=False)
 
 
 def attribute(
@@ -160,7 +162,7 @@ def attribute(
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
     from saga.runs import RunFolder, accept_changed_cache
     from saga.train.attribute import AttributeConfig, train_attribution
-    from saga.train.options import refuse_unused_options
+    from saga.train.options import ignored_options, refuse_unused_options
 
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
@@ -175,11 +177,12 @@ def attribute(
     from_run = _stage1_run(from_run, scratch)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
+        cfg = replace(cfg, **ignored_options(AttributeConfig, given))  # mine_k: warned, its default kept
         run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer, given=set(given))
     if _is_main():  # under torchrun rank 0 reports
         if calibrate:
             _calibrate_after_training(run, cache, cfg.device)
-        console.print(f"{cfg.level} run: {run}")
+        console.print(f"{cfg.level} run: {run}", markup=False)
 
 
 def _calibrate_after_training(run: Path, cache: Path, device: str | None) -> None:
@@ -239,7 +242,7 @@ def evaluate(
                   "--out FOLDER to save them elsewhere", soft_wrap=True)
         raise typer.Exit(1) from None
     if format != "json":
-        console.print(f"written to {written}")
+        console.print(f"written to {written}", markup=False)
 
 
 def probe(
@@ -286,7 +289,7 @@ def probe(
         err.print(counts_line(metrics["level"], read_json(out / LABELLED)["classes"]), soft_wrap=True, markup=False)
         console.print(metrics_table(metrics))
         console.print(f"linear probe on {metrics['n_train']} labelled videos (C = {metrics['C']:g}); "
-                      f"written to {out}")
+                      f"written to {out}", markup=False)
 
 
 def _print_openworld(ow: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ def robustness(
     typer.echo(markdown(result))
     folder = out or run
     names = result_files(cfg.split, result.get(HELDOUT_KEY))  # named apart on a held-out cache
-    console.print(f"written: {', '.join(str(folder / name) for name in names)}")
+    console.print(f"written: {', '.join(str(folder / name) for name in names)}", markup=False)  # paths as written
 
 
 def register(app: typer.Typer) -> None:

@@ -22,13 +22,16 @@ def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     worst = sorted(mean_per_class, key=mean_per_class.get)[:hardest]
     lines = ["| setting | loss | accuracy % (95 % CI) | macro acc % (95 % CI) | paper % | " + " | ".join(worst) + " |",
              "|---" * (5 + len(worst)) + "|"]
+    n_seeds = len(summary["seeds"])
     for r in rows:
         shown = r["paper"] is not None and paper_applies(r["setting"], summary["fraction"])
         paper = f"{r['paper']:.2f}" if shown else "–"
         cells = [f"{r['per_class'][c]:.1f}" for c in worst]
-        lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'])} | "
-                     f"{_pm(r['macro_mean'], r['macro_ci95'])} | {paper} | " + " | ".join(cells) + " |")
-    head = (f"{summary['level']} ablation, {len(summary['seeds'])} seeds, labelled fraction {summary['fraction']} "
+        runs = _runs(r, n_seeds)
+        lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'], runs, n_seeds)} | "
+                     f"{_pm(r['macro_mean'], r['macro_ci95'], runs, n_seeds)} | {paper} | " + " | ".join(cells) + " |")
+    head = (f"{summary['level']} ablation, {n_seeds} seed{'' if n_seeds == 1 else 's'}, "
+            f"labelled fraction {summary['fraction']} "
             f"(floor {summary.get('floor')}{_per_generator(summary)}){_test_sizes(summary)}; ± is the 95 % "
             f"t-interval over seeds; per-class columns: the {hardest} hardest classes on average; "
             f"{_paper_note(summary)}\n\n{_setup(summary)}")
@@ -70,7 +73,18 @@ def _setup(summary: dict[str, Any]) -> str:
     epochs = summary.get("epochs")
     return (f"Every cell: T′ = {summary.get('frames')} frames, {epochs} epoch{'' if epochs == 1 else 's'} (at least "
             f"{summary.get('min_steps')} steps), θ: {model}; the 2-stage cells adapt the stage-1 run "
-            f"{summary['from']}.{_changed(summary)}\n\n")
+            f"{summary['from']}.{_triplet(summary)}{_changed(summary)}\n\n")
+
+
+def _triplet(summary: dict[str, Any]) -> str:
+    """The triplet term's options (the ce+semihnm and ce+hnm cells'); absent from tables of an older saga."""
+    hnm = summary.get("hnm")
+    if not isinstance(hnm, dict):
+        return ""
+    every = hnm.get("mine_every")
+    when = "every epoch" if every == "epoch" else f"every {every} steps"
+    return (f" The ce+semihnm and ce+hnm cells: λ = {hnm.get('lam')} (λ·CE + (1 − λ)·triplet), margin "
+            f"{hnm.get('margin')}, negatives mined {when}, {hnm.get('positive')} positives.")
 
 
 def _changed(summary: dict[str, Any]) -> str:
@@ -80,8 +94,19 @@ def _changed(summary: dict[str, Any]) -> str:
     return (f" {len(cells)} run(s) began before the cache changed and were kept or continued by --resume "
             f"({', '.join(cells)}): trained wholly or partly on its earlier records.")
 
-def _pm(mean: float, half: float | None) -> str:
-    return f"{mean:.1f} ± {half:.1f}" if half is not None else f"{mean:.1f} (1 seed: no interval)"
+def _runs(row: dict[str, Any], n_seeds: int) -> int:
+    """The seeds a row averages: fewer than the grid's for a probe row whose probe was skipped on some seeds
+    (a table written before rows recorded `runs` is taken as all of them)."""
+    runs = row.get("runs")
+    return runs if isinstance(runs, int) and not isinstance(runs, bool) and 0 < runs < n_seeds else n_seeds
+
+
+def _pm(mean: float, half: float | None, runs: int = 1, n_seeds: int = 1) -> str:
+    """'71.0 ± 3.0'; a row over fewer seeds than the header's says how many: '71.0 ± 3.0 (2 of 3 seeds)'."""
+    of = f"{runs} of {n_seeds} seeds" if runs < n_seeds else f"{runs} seed{'' if runs == 1 else 's'}"
+    if half is None:
+        return f"{mean:.1f} ({of}: no interval)"
+    return f"{mean:.1f} ± {half:.1f}" + (f" ({of})" if runs < n_seeds else "")
 
 
 def _per_generator(summary: dict[str, Any]) -> str:

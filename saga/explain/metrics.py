@@ -198,7 +198,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
         if probe.get("paired"):
             caption += "\n" + format_paired(probe["paired"])
     elif probe.get("skipped"):
-        caption += f"\nlinear probe skipped: {probe['skipped']}"
+        caption += f"\nlinear probe skipped: {escape(str(probe['skipped']))}"
     if nearest := format_nearest_source(metrics.get("nearest_source") or {}):
         caption += "\n" + nearest
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"
@@ -215,7 +215,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     cis = metrics.get("per_class_ci") or {}
     for cls in metrics.get("classes", []):
         n = metrics["per_class_n"].get(cls, 0)
-        row = [cls, f"{n}{' *' if 0 < n < FEW else ''}", _pct(metrics["per_class"].get(cls)), format_ci(cis.get(cls))]
+        row = [escape(cls), f"{n}{' *' if 0 < n < FEW else ''}", _pct(metrics["per_class"].get(cls)), format_ci(cis.get(cls))]
         if has_probe:
             row.append(_pct((probe.get("per_class") or {}).get(cls)))
         table.add_row(*row)

@@ -66,6 +66,10 @@ def reliability_file(split: str, suffix: str = ".json") -> str:
 # given with it, and they are left out of such a run's config.json and identity (`recorded_options`).
 HNM_OPTIONS = ("lam", "margin", "mine_every", "positive")
 
+# Options still accepted (older TOMLs and run folders hold them) that nothing reads any more: the CLI warns when
+# one is given and keeps its default; they are no part of a run's identity (`identity_options`).
+IGNORED_OPTIONS = ("mine_k",)
+
 
 # The options that shape θ (from scratch only: a stage-2 run on a stage-1 θ keeps that θ's, and records them).
 MODEL_OPTIONS = ("d_model", "depth", "heads", "mlp_ratio", "dropout", "pool", "inputs", "temporal_lags",
@@ -81,8 +85,9 @@ def recorded_options(train: dict[str, Any]) -> dict[str, Any]:
 
 def identity_options(train: dict[str, Any]) -> dict[str, Any]:
     """What tells two stage-2 runs apart: `recorded_options`, and on a stage-1 θ (`from_run`) not the model
-    options, which its `model` and the stage-1 fingerprint fix (older runs recorded the defaults there)."""
-    train = recorded_options(train)
+    options, which its `model` and the stage-1 fingerprint fix (older runs recorded the defaults there).
+    Never the IGNORED_OPTIONS: a run recorded with another mine_k trained the very same weights."""
+    train = {k: v for k, v in recorded_options(train).items() if k not in IGNORED_OPTIONS}
     if not train.get("from_run"):
         return train
     return {k: v for k, v in train.items() if k not in MODEL_OPTIONS}

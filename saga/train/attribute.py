@@ -74,7 +74,7 @@ class AttributeConfig(TrainOptions):
     lam: float = 0.5  # λ in L = λ·CE + (1 − λ)·L_HNM
     margin: float = 0.2  # α of the triplet loss
     mine_every: str | int = "epoch"  # "epoch", or refresh the mined triplets every N steps
-    mine_k: int = 64  # unused since mining searches one index per class with k = 1; kept so old configs load
+    mine_k: int = 64  # unused (mining searches one index per class, k = 1): old configs hold it; the CLI warns
     positive: str = "hardest"  # "hardest" | "easiest" | "random" same-class positive
     epochs: int = 30
     min_steps: int = 300  # a handful of labels per class gives 1-4 steps per epoch
@@ -293,7 +293,7 @@ def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, fra
         if subclass_of:
             model.reset_head(n_classes, subclass_of, names)
         return model
-    clashes = cfg.model_clashes(base.info.config.get("train") or {}, given)
+    clashes = cfg.model_clashes(base.info.config.get("train") or {}, given, base.info.config.get("model"))
     if clashes:
         raise SagaError(f"{'; '.join(clashes)}: θ comes from the stage-1 run {base.path}, which fixes its shape; "
                         "leave these options out, or train from scratch (--scratch)")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any, Collection, TypeVar
 
 from saga.errors import SagaError
 from saga.model import ModelConfig
-from saga.runs.files import HNM_OPTIONS, MODEL_OPTIONS
+from saga.runs.files import HNM_OPTIONS, IGNORED_OPTIONS, MODEL_OPTIONS
 from saga.train.data import View
 
 
@@ -47,6 +48,28 @@ def refuse_unused_options(loss: Loss, given: dict[str, str]) -> None:
         raise SagaError(f"{', '.join(unused)}: {'apply' if len(unused) > 1 else 'applies'} to loss ce+hnm / "
                         "ce+semihnm only (loss ce has no triplet term); leave "
                         f"{'them' if len(unused) > 1 else 'it'} out, or choose one of those losses")
+
+
+def _clash(name: str, value: Any, asked: Any, built: Any) -> str:
+    """'content_basis = 8 (the stage-1 run's: 32)', naming the θ's own value where its run narrowed the asked one."""
+    if built == asked:
+        return f"{name} = {value!r} (the stage-1 run's: {asked!r})"
+    return f"{name} = {value!r} (the stage-1 model's: {built!r}, narrowed from the {asked!r} its run asked for)"
+
+
+# Why each of IGNORED_OPTIONS has no effect (said in the warning).
+_IGNORED_WHY = {"mine_k": "mining searches one index per class for each video's nearest negative, k = 1"}
+
+
+def ignored_options(kind: type, given: dict[str, str]) -> dict[str, Any]:
+    """Options given that nothing reads (IGNORED_OPTIONS): one warning line each, and their defaults to put
+    back, so the run records what it used and stays the same run as one made without them."""
+    ignored = {}
+    for f in fields(kind):
+        if f.name in IGNORED_OPTIONS and f.name in given and f.default is not MISSING:
+            warnings.warn(f"{given[f.name]} has no effect ({_IGNORED_WHY[f.name]}); remove it")
+            ignored[f.name] = f.default
+    return ignored
 
 
 def refuse_blind_model(inputs: str, frames: int) -> None:
@@ -174,13 +197,17 @@ class TrainOptions:
                            content_drop=self.content_drop, content_basis=basis,
                            video_stats=self.video_stats)
 
-    def model_clashes(self, base: dict[str, Any], given: Collection[str] | None = None) -> list[str]:
+    def model_clashes(self, base: dict[str, Any], given: Collection[str] | None = None,
+                      model: dict[str, Any] | None = None) -> list[str]:
         """θ's options set here that differ from the base run's recorded `base`: stage 2 on a stage-1 θ keeps
         that θ, so such a setting would be recorded but never used. Set: named in `given` (the keys a TOML or
-        flag gave), or without it, not at their defaults."""
+        flag gave), or without it, not at their defaults. `model`: the base run's config.json `model`, what
+        its θ really has: a content basis narrowed to what its train videos span (asked 32, built 16) matches
+        either value, and a clash names the built one."""
         chosen = self.options_set(given)
-        return [f"{name} = {getattr(self, name)!r} (the stage-1 run's: {base[name]!r})" for name in MODEL_OPTIONS
-                if name in base and name in chosen and getattr(self, name) != base[name]]
+        built = model if isinstance(model, dict) else {}
+        return [_clash(name, getattr(self, name), base[name], built.get(name, base[name])) for name in MODEL_OPTIONS
+                if name in base and name in chosen and getattr(self, name) not in (base[name], built.get(name))]
 
     def options_set(self, given: Collection[str] | None = None) -> set[str]:
         """The options the user set: `given` when known, else those not at their defaults (a guess: a
