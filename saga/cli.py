@@ -16,6 +16,7 @@ from typing import NoReturn
 import typer
 
 from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2, predict_cmds, robustness_cmds
+from saga.commands.streams import ReaderGone, guard_streams
 
 
 class _Group(typer.core.TyperGroup):
@@ -150,6 +151,7 @@ def _exit_now(signum: int = signal.SIGINT, frame: object = None) -> NoReturn:
 def main() -> None:
     global _TERMINATED, _SIGNALLED, _SAID, _EXITING
     _TERMINATED = _SIGNALLED = _SAID = _EXITING = False
+    guard_streams()  # a reader that goes away (`| head`, a pager quit) no longer stops the command
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (nohup, `&`)
         signal.signal(signal.SIGINT, _on_sigint)
@@ -187,6 +189,8 @@ def _finish(exc: BaseException) -> NoReturn:
         _interrupted(exc)
     if isinstance(exc, SagaError) and not debug:
         _error(exc)
+    if isinstance(exc, ReaderGone):  # `saga predict ... | head`: stop quietly, as any tool cut off by its reader
+        sys.exit(128 + signal.SIGPIPE)
     lost = _lost_peer(exc) if isinstance(exc, RuntimeError) and not debug else None
     if lost is not None:  # under torchrun: DDP's gradient all-reduce after another rank died
         _error(lost)
