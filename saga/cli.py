@@ -16,6 +16,7 @@ from typing import NoReturn
 import typer
 
 from saga.commands import cache_cmds, explain_cmds, openworld_cmds, phase1, phase2, predict_cmds, robustness_cmds
+from saga.commands.streams import ReaderGone, guard_streams
 
 
 class _Group(typer.core.TyperGroup):
@@ -137,7 +138,7 @@ def _exit_now(signum: int = signal.SIGINT, frame: object = None) -> NoReturn:
     _TERMINATED = _TERMINATED or (signum == signal.SIGTERM and not _SIGNALLED)
     try:
         if not _SAID:
-            print(INTERRUPTED, file=sys.stderr)
+            _say(INTERRUPTED)
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -150,6 +151,7 @@ def _exit_now(signum: int = signal.SIGINT, frame: object = None) -> NoReturn:
 def main() -> None:
     global _TERMINATED, _SIGNALLED, _SAID, _EXITING
     _TERMINATED = _SIGNALLED = _SAID = _EXITING = False
+    guard_streams()  # a reader that goes away (`| head`, a pager quit) no longer stops the command
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (nohup, `&`)
         signal.signal(signal.SIGINT, _on_sigint)
@@ -187,6 +189,8 @@ def _finish(exc: BaseException) -> NoReturn:
         _interrupted(exc)
     if isinstance(exc, SagaError) and not debug:
         _error(exc)
+    if isinstance(exc, ReaderGone):  # `saga predict ... | head`: stop quietly, as any tool cut off by its reader
+        sys.exit(128 + signal.SIGPIPE)
     lost = _lost_peer(exc) if isinstance(exc, RuntimeError) and not debug else None
     if lost is not None:  # under torchrun: DDP's gradient all-reduce after another rank died
         _error(lost)
@@ -201,10 +205,18 @@ def _lost_peer(exc: RuntimeError) -> Exception | None:
 
 
 def _error(exc: Exception) -> NoReturn:
-    # torchrun's SIGTERM to the surviving ranks must not cut the line or the exit short with a traceback
+    # torchrun's SIGTERM to the surviving ranks must not cut the line or the exit short with a traceback (it
+    # SIGKILLs a rank 30 s later; a process-group teardown that hangs is bounded by saga.distributed._shutdown)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(f"error: {exc}", file=sys.stderr)
+    _say(f"error: {exc}")
     sys.exit(2)
+
+
+def _say(line: str) -> None:
+    """The line on stderr in one write: print() writes the text and its newline apart, so torchrun's ranks, which
+    share stderr, glued their lines ("... one path)error: the ranks were ...")."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _interrupted(exc: BaseException | None) -> NoReturn:
@@ -213,7 +225,7 @@ def _interrupted(exc: BaseException | None) -> NoReturn:
     while exc is not None and not isinstance(exc, KeyboardInterrupt):  # typer's Exit(130), then SystemExit
         exc = exc.__cause__ or exc.__context__
     said = exc.args[0] if exc is not None and exc.args else None
-    print(said if isinstance(said, str) else INTERRUPTED, file=sys.stderr)
+    _say(said if isinstance(said, str) else INTERRUPTED)
     _SAID = True
     sys.exit(128 + signal.SIGTERM if _TERMINATED else 130)
 

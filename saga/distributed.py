@@ -13,8 +13,10 @@ collectives pickle; they only ever carry saga's own data between its own ranks.
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import json
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
@@ -110,9 +112,26 @@ def init(device: torch.device | str | None = None) -> Dist:
     return ctx
 
 
+SHUTDOWN_LIMIT = 30.0  # seconds the process group's teardown at exit may take (torchrun's own grace period)
+_SINK: list[Any] = []  # the watchdog's traceback file, kept open while it is armed
+
+
 def _shutdown() -> None:
-    if tdist.is_initialized():
+    """Tear the process group down at exit, within SHUTDOWN_LIMIT seconds, else end the process (status 1).
+
+    Why: destroy_process_group can hang (pytorch#75097; gloo has no abort), and torchrun acts only once a rank
+    exits: when every rank hangs there (both printed their error), the job hung for ever. faulthandler's
+    watchdog is a C thread that needs no GIL, so it also ends a teardown blocked inside C++; its traceback
+    goes to stderr with SAGA_DEBUG=1, else nowhere (the command's own line is already out)."""
+    if not tdist.is_initialized():
+        return
+    if not _SINK:
+        _SINK.append(sys.stderr if os.environ.get("SAGA_DEBUG") else open(os.devnull, "w"))
+    faulthandler.dump_traceback_later(SHUTDOWN_LIMIT, exit=True, file=_SINK[0])
+    try:
         tdist.destroy_process_group()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _active() -> bool:
@@ -325,8 +344,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def sync_exit() -> None:
     """Flush this rank's output, then wait for every rank: torchrun stops all ranks as soon as one exits
     with an error code, so no rank may leave (e.g. with exit code 1) before rank 0 has printed."""
-    import sys
-
     if not context().enabled or not tdist.is_initialized():
         return
     sys.stdout.flush()

@@ -105,6 +105,71 @@ def test_lost_peer_is_recognised_only_under_torchrun(keep_sigterm: None, monkeyp
         cli.main()
 
 
+# A process-group teardown at exit that never returns, blocked in C while holding the GIL (a stuck gloo or nccl
+# destroy): every rank of a job printed its error and then hung there, and torchrun, which acts only once a rank
+# exits, waited for ever.
+STUCK = textwrap.dedent("""
+    import atexit, ctypes, sys
+    import torch.distributed as tdist
+    from saga import cli, distributed
+    from saga.errors import SagaError
+
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    atexit.register(distributed._shutdown)  # as distributed.init registers it under torchrun
+    distributed.SHUTDOWN_LIMIT = 1.0
+    tdist.destroy_process_group = lambda: ctypes.PyDLL(None).sleep(600)
+
+    def work():
+        raise SagaError("the ranks were launched with different training settings")
+
+    cli.app = work
+    sys.argv = ["saga"]
+    cli.main()
+""")
+
+
+def test_a_teardown_that_hangs_at_exit_is_bounded(tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("SAGA_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _, errs = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert errs == "error: the ranks were launched with different training settings\n"  # no traceback dump
+    assert proc.returncode == 1  # faulthandler's watchdog ended it
+
+
+class _Writes:
+    """A stderr that records each write call (line-buffered stderr makes each one write(2))."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_error_and_interrupted_lines_are_one_write_each(keep_sigterm: None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """print() wrote the text and its newline apart: torchrun's ranks, sharing stderr, glued their lines
+    ("...one path)error: the ranks were ...": 12 of 67 runs of two disagreeing ranks)."""
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with pytest.raises(SystemExit):
+        cli._error(SagaError("refused"))
+    with pytest.raises(SystemExit):
+        cli._interrupted(None)
+    assert stderr.calls == ["error: refused\n", cli.INTERRUPTED + "\n"]
+
+
 # every top-level command or group besides the three that split their work
 OTHERS = sorted(set(typer.main.get_command(cli.app).commands) - set(cli.TORCHRUN_COMMANDS))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import faulthandler
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -235,6 +236,65 @@ def test_decode_alone_hands_over_data_not_pickles() -> None:
     assert torch.equal(back.pixels, video.pixels) and back.mask.dtype == bool and back.fingerprint == (9, 8)
     failed = reader._from_bytes(*reader._to_bytes(reader.DecodedVideo(index=1, error="bad file")))
     assert not failed.ok and failed.pixels is None and failed.mask is None
+
+
+def _suspects_file(out: Path, rank: int, paths: list[str]) -> Path:
+    file = out / SUSPECTS.format(rank=rank)
+    file.write_text(json.dumps({"paths": paths, "why": "an earlier crash"}))
+    return file
+
+
+def test_a_pass_with_fewer_ranks_consumes_every_ranks_suspects(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank removed only its own suspects file: after a 4-rank pass that crashed, a single-process rerun
+    decoded rank 3's suspect alone but left its file, which every later pass read again, for ever."""
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    shutil.copy(videos / "real" / "real_0.mp4", videos / "real" / "new.mp4")  # the earlier crash's suspect
+    stale = [_suspects_file(cfg.out, 3, ["real/new.mp4"]), _suspects_file(cfg.out, 1, ["real/real_0.mp4"])]
+    (cfg.out / SUSPECTS.format(rank=2)).write_text("{torn")  # damaged: names nothing, goes too
+    alone, decode = [], reader.decode_alone
+    monkeypatch.setattr(reader, "decode_alone", lambda path, *a, **k: alone.append(path) or decode(path, *a, **k))
+    assert extract(cfg).ok == 1 and [p.name for p in alone] == ["new.mp4"]  # already recorded: not decoded again
+    assert not any(f.exists() for f in stale) and not list(cfg.out.glob(".decode-suspects*"))
+    _suspects_file(cfg.out, 5, ["real/new.mp4"])
+    assert (again := extract(cfg)).skipped == again.found and not list(cfg.out.glob(".decode-suspects*"))  # no todo
+
+
+def test_a_torchrun_pass_removes_the_files_of_ranks_it_does_not_have(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun rank 0 removes them once every part is closed (here 2 ranks, simulated by the collectives,
+    after a 4-rank job); a rank without a share, or ranks 2 and 3, used to leave theirs."""
+    from saga import distributed
+
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    shutil.copy(videos / "real" / "real_0.mp4", videos / "real" / "new.mp4")
+    stale = [_suspects_file(cfg.out, r, ["real/new.mp4"]) for r in (0, 1, 3)]
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "init", lambda device=None: distributed.context())
+    monkeypatch.setattr(distributed, "_active", lambda: False)  # every collective as for one process
+    assert extract(cfg).ok == 1 and not any(f.exists() for f in stale)
+
+
+def test_suspects_rewritten_after_the_pass_read_them_are_kept(tmp_path: Path) -> None:
+    """The pass removes only the files it read: one rewritten since (another writer's crash) stays; a crash keeps
+    the earlier suspects beside its own (another rank may not have decoded them yet)."""
+    from saga.fileio import write_json
+    from saga.pipeline.resume import clear_suspects, keep_suspects, read_suspects
+
+    _suspects_file(tmp_path, 0, ["a.mp4"])
+    later = _suspects_file(tmp_path, 1, ["b.mp4"])
+    read = read_suspects(tmp_path)
+    assert read.paths == {"a.mp4", "b.mp4"}
+    write_json(later, {"paths": ["c.mp4"]})  # atomically replaced: another file
+    clear_suspects(tmp_path, read)
+    assert [f.name for f in tmp_path.iterdir()] == [later.name] and read_suspects(tmp_path).paths == {"c.mp4"}
+    keep_suspects(tmp_path, 0, ["d.mp4"], read)
+    assert read_suspects(tmp_path).paths == {"a.mp4", "b.mp4", "c.mp4", "d.mp4"}
 
 
 # --- 4. the lock before the cache exists -------------------------------------------------------------------------

@@ -219,3 +219,80 @@ def test_the_cli_starts_without_torch_or_zarr() -> None:
             "if m in sys.modules); print(','.join(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
+
+
+# --- a reader that goes away (`saga train 2>&1 | head -4`, a pager quit) -------------------------------------
+
+def _saga_into_a_closed_pipe(args: list[str], stderr_too: bool, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI with stdout (and stderr when `stderr_too`) a pipe whose reader has gone before the first line, so
+    every write to it fails with EPIPE whatever the timing; a stderr left open is captured."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "saga", *args], stdout=write,
+                              stderr=write if stderr_too else subprocess.PIPE, text=True, timeout=300, cwd=cwd,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(write)
+
+
+def test_training_runs_to_the_end_when_its_reader_goes_away(small: tuple[Path, Path], tmp_path: Path) -> None:
+    """rich turned the first epoch line into a closed pipe into a silent exit 1: the training stopped there."""
+    cache, _ = small
+    run = tmp_path / "run"
+    proc = _saga_into_a_closed_pipe(["train", "--cache", str(cache), "--out", str(run), "--config",
+                                     str(_small_toml(tmp_path)), "--epochs", "3", "--device", "cpu"], True, tmp_path)
+    assert proc.returncode == 0
+    assert (run / "done.json").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_extraction_ends_0_and_quietly_when_stdout_is_closed(tmp_path: Path, tiny_args: list[str]) -> None:
+    """Its summary went into a closed pipe: exit 1 ("some videos failed") for a complete cache."""
+    from conftest import make_video_tree
+
+    from saga.cache.store import FeatureCache
+
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    proc = _saga_into_a_closed_pipe(["extract", "--videos", str(videos), "--out", str(tmp_path / "c"), *tiny_args],
+                                    False, tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "Error" not in proc.stderr
+    assert len(FeatureCache.open(tmp_path / "c").ok_records()) == 3
+
+
+def test_a_closed_stdout_is_pointed_at_dev_null_and_the_writer_goes_on(tmp_path: Path) -> None:
+    from saga.commands.streams import GuardedStream
+
+    read, write = os.pipe()
+    os.close(read)
+    stream = GuardedStream(os.fdopen(write, "w"))
+    try:
+        assert stream.write("lost\n") == 5
+        stream.flush()  # EPIPE: the descriptor now writes to /dev/null
+        stream.write("also lost\n")
+        stream.flush()
+        assert stream.gone and os.path.samefile(f"/proc/self/fd/{write}", os.devnull)
+    finally:
+        stream.close()
+
+
+def test_predict_stops_quietly_once_its_reader_has_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its output is its whole product: it stops after the record that found the pipe closed (141, as `yes | head`
+    leaves `yes`) instead of predicting the rest for nobody."""
+    from types import SimpleNamespace
+
+    from saga import cli
+    from saga.commands import predict_cmds
+    from saga.commands.streams import ReaderGone
+
+    shown: list[str] = []
+    monkeypatch.setattr(predict_cmds, "print_json", lambda obj: shown.append(obj["path"]))
+    tally = predict_cmds.Tally(json=True)
+    pred = SimpleNamespace(status="ok", warnings=[], to_dict=lambda: {"path": "a.mp4"})
+    tally.show(pred)
+    monkeypatch.setattr(predict_cmds, "reader_gone", lambda: True)
+    with pytest.raises(ReaderGone):
+        tally.show(pred)
+    assert shown == ["a.mp4", "a.mp4"] and tally.done == 2
+    with pytest.raises(SystemExit) as caught:
+        cli._finish(ReaderGone())
+    assert caught.value.code == 141

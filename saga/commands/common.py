@@ -44,8 +44,10 @@ class OutputFormat(StrEnum):
 
 
 def print_json(obj: Any) -> None:
-    """One JSON object on stdout (machine-readable; nothing else is printed to stdout)."""
+    """One JSON object on stdout (machine-readable; nothing else is printed to stdout), flushed: a reader sees
+    each record as it comes (`saga predict --format json | jq`), and one that has gone is noticed at once."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def progress_bar(rates: bool = False) -> Progress:

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from saga.commands.common import OutputFormat, cli_device, console, err, one_line_warnings, print_json, writable_folder
+from saga.commands.streams import ReaderGone, reader_gone
 from saga.errors import SagaError, shown
 
 
@@ -87,6 +88,8 @@ class Tally:
         self.done += 1
         self.failed += pred.status != "ok"
         self.warned += bool(pred.warnings)
+        if reader_gone():  # `saga predict ... | head -3`: what follows would be printed to nobody
+            raise ReaderGone()
 
     def summary(self, identity: dict[str, Any]) -> str:
         """The last line of a text-mode call: a `> results.txt` of it says that some failed, and where."""

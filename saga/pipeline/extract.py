@@ -33,7 +33,8 @@ from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEnc
 from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoStream, decode_workers, read_videos
 from saga.pipeline.roots import check_root
-from saga.pipeline.resume import keep_suspects, moved_videos, pass_failures, read_suspects, warn_moved
+from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved_videos, pass_failures, read_suspects,
+                                  warn_moved)
 from saga.pipeline.sampling import SamplingPolicy
 from saga.progress import ProgressEvent, ProgressFn
 from saga.pipeline.summary import ExtractSummary, Timings
@@ -200,13 +201,13 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
         todo, splits, redecoded = plan(cfg, cache, items)
         summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded,
                                  unreadable=inputs.unreadable)
+        suspects = read_suspects(cfg.out)
         if todo:
             writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
                                 shard_rows=cfg.shard_rows, videos=cfg.videos)
             _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary,
-                          progress)
-        else:
-            keep_suspects(cfg.out, 0, [])  # an earlier crash's suspects were recorded, or are gone
+                          progress, suspects)
+        clear_suspects(cfg.out, suspects)  # every rank's, of any earlier world size: recorded, or gone
         if redecoded:
             mark_audited(cfg.out)
     finally:
@@ -238,7 +239,7 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     taxonomy, encoder = distributed.run_everywhere(load)
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
 
-    def decide() -> tuple[int, list[VideoInput], dict[str, str], Inputs, int]:  # rank 0
+    def decide() -> tuple[int, list[VideoInput], dict[str, str], Inputs, int, Suspects]:  # rank 0
         inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
         items = inputs.items
         make_dir(cfg.out)
@@ -248,9 +249,9 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         check_root(cfg.out, cache.part_names(), cache.records(), cfg.videos)
         todo, splits, redecoded = plan(cfg, cache, items)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
-        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, inputs, redecoded
+        return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, inputs, redecoded, read_suspects(cfg.out)
 
-    pass_id, todo, splits, inputs, redecoded = distributed.run_on_main(decide)
+    pass_id, todo, splits, inputs, redecoded, suspects = distributed.run_on_main(decide)  # read once, for all
     items, found = inputs.items, len(inputs.items)
 
     def reopen() -> FeatureCache:  # every rank checks its own encoder against the cache
@@ -265,10 +266,12 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
         writer = PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
                             capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows, videos=cfg.videos)
         _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
-                      progress if ctx.is_main else None, rank=ctx.rank)
-    ranks = distributed.all_gather_object(local)  # also: every part is closed after this
-    if redecoded and ctx.is_main:
-        mark_audited(cfg.out)
+                      progress if ctx.is_main else None, suspects, rank=ctx.rank)
+    ranks = distributed.all_gather_object(local)  # also: every part is closed after this, none crashed
+    if ctx.is_main:
+        clear_suspects(cfg.out, suspects)  # also those of ranks this job does not have, or that had no share
+        if redecoded:
+            mark_audited(cfg.out)
     unlock_folder(cfg.out)
     summary = ExtractSummary(cache=cfg.out, found=found, skipped=found - len(todo), redecoded=redecoded,
                              unreadable=inputs.unreadable, timings=Timings.across_ranks(r.timings for r in ranks))
@@ -374,17 +377,17 @@ def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,
 
 
 def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPolicy, encoder: FrameEncoder,
-                  part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None, rank: int = 0) -> None:
+                  part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None, suspects: Suspects,
+                  rank: int = 0) -> None:
     """Compose the three steps over `records.todo` into `part`; suspects of an earlier decoder crash are
-    decoded alone first, and a crash in this pass leaves its own suspects for the next one."""
-    suspects = read_suspects(cfg.out)
+    decoded alone first, and a crash in this pass leaves its own suspects for the next one (the files read
+    are removed by the lock's holder once the whole pass ended without one)."""
     videos = read_videos(records.todo, cfg.videos, policy, encoder.preprocess, decode_workers(cfg.workers),
                          pin_memory=encoder.device.type == "cuda",
-                         suspects={i for i, item in enumerate(records.todo) if item.rel in suspects})
+                         suspects={i for i, item in enumerate(records.todo) if item.rel in suspects.paths})
     step = EncodeStep(encoder.encode, cfg.batch_size, policy.windows, policy.frames)
     try:
         run_pass(videos, step, BackgroundWriter(part), records, summary, len(records.todo), progress)
     except DecoderCrash as crash:
-        keep_suspects(cfg.out, rank, crash.suspects)
+        keep_suspects(cfg.out, rank, crash.suspects, suspects)
         raise
-    keep_suspects(cfg.out, rank, [])

@@ -10,7 +10,9 @@
   deleted or moved away since are only counted (they made every later pass exit 1).
 - Decoder-crash suspects: the videos a dead decoding worker may have been decoding
   (`saga.pipeline.reader.DecoderCrash`), kept in `CACHE/.decode-suspects-r<rank>.json` for the
-  next pass to decode alone first.
+  next pass to decode alone first. The pass reads every rank's file once, under the cache lock; when it
+  ends without a crash, the lock's holder removes the files it read, whatever world size wrote them
+  (each rank removed only its own: a pass with fewer ranks left the others' files for ever).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import posixpath
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -73,24 +76,52 @@ def pass_failures(records: Iterable[VideoRecord], items: list[VideoInput]) -> tu
     return mine, others
 
 
-def read_suspects(cache: Path) -> set[str]:
-    """Every rank's suspects; an unreadable file is skipped (a hint, not a record)."""
+@dataclass(frozen=True)
+class Suspects:
+    """The suspects files a pass read: their videos, and each file's (name, inode, mtime) so that the pass
+    removes only the files it read (a file rewritten since is another writer's: it stays)."""
+
+    paths: frozenset[str] = frozenset()
+    files: tuple[tuple[str, int, int], ...] = ()
+
+
+def read_suspects(cache: Path) -> Suspects:
+    """Every rank's suspects, whatever the world size that wrote them; a damaged file names none (a hint, not
+    a record) and goes with the others."""
     found: set[str] = set()
+    files = []
     for path in sorted(cache.glob(SUSPECTS.format(rank="*"))):
         try:
+            stat = path.stat()
+        except OSError:
+            continue
+        files.append((path.name, stat.st_ino, stat.st_mtime_ns))
+        try:
             paths = read_json(path).get("paths")
-        except SagaError:
+        except (SagaError, OSError):
             continue
         if isinstance(paths, list):
             found.update(p for p in paths if isinstance(p, str))
-    return found
+    return Suspects(frozenset(found), tuple(files))
 
 
-def keep_suspects(cache: Path, rank: int, paths: list[str]) -> None:
-    """Write this rank's suspects (atomically), or remove its file when there are none."""
-    path = cache / SUSPECTS.format(rank=rank)
-    if paths:
-        write_json(path, {"paths": sorted(paths), "why": "a decoding worker process died while decoding one of "
-                          "these; the next pass decodes each alone first"})
-    else:
-        path.unlink(missing_ok=True)
+def keep_suspects(cache: Path, rank: int, crashed: list[str], earlier: Suspects) -> None:
+    """After this rank's decoder crash: its file (written atomically) names the crash's suspects and every
+    earlier one (one another rank had still to decode alone when the job stopped stays a suspect)."""
+    write_json(cache / SUSPECTS.format(rank=rank), {
+        "paths": sorted(set(crashed) | earlier.paths),
+        "why": "a decoding worker process died while decoding one of these; the next pass decodes each alone first"})
+
+
+def clear_suspects(cache: Path, read: Suspects) -> None:
+    """After a pass without a crash (every rank's part closed, the cache lock still held): the suspects it had to
+    extract were each decoded alone and recorded (the others have records, or are not in its --videos), so the
+    files it read go, whichever rank of whichever world size wrote them."""
+    for name, inode, mtime in read.files:
+        path = cache / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if (stat.st_ino, stat.st_mtime_ns) == (inode, mtime):
+            path.unlink(missing_ok=True)
