@@ -233,3 +233,27 @@ def test_few_label_draws_count_originals_and_bring_their_copies_along() -> None:
                                              for p in ("crf28", "downscale0.5")])
     same = labelled_subset(recs[:10], "GEN-L", tax, fraction=0.2, floor=1, seed=0)["syn-svd"]
     assert same == drawn  # copies change nothing about which originals are drawn
+
+
+def test_labelled_counts_count_originals_not_their_copies(tmp_path: Path) -> None:
+    from saga.cache.fraction import counts_line, labelled_subset, read_labelled, settings, write_labelled
+    from saga.cache.manifest import OK, VideoRecord
+    from saga.taxonomy import Taxonomy
+
+    tax = Taxonomy.load("synth")
+    recs = []
+    for gen in ("real", "syn-svd"):
+        originals = [f"{gen}/{i:02d}.mp4" for i in range(10)]
+        paths = originals + [f"{AUGMENTED}{p}/{copy_name(o)}" for o in originals for p in ("crf28", "downscale0.5")]
+        recs += [VideoRecord(p, 1, 1, OK, gen, tax.labels(gen), "train") for p in paths]
+    subset = labelled_subset(recs, "GEN-L", tax, fraction=0.2, floor=1, seed=0)
+    assert all(len(p) == 6 for p in subset.values())  # 2 labelled videos + their 4 copies per class
+    # the line and labelled.json name 2 labels of 10 train videos per class, not 6 of 30
+    assert counts_line("GEN-L", subset) == ("labelled per GEN-L class: 2 each; 4 videos in 2 classes "
+                                            "(and 8 re-encoded copies of them)")
+    path, wanted = tmp_path / "labelled.json", settings("GEN-L", 0.2, 1, 0, "cid")
+    write_labelled(path, subset, wanted, recs)
+    data = json.loads(path.read_text())
+    assert data["counts"] == {"real": 2, "syn-svd": 2} and data["available"] == {"real": 10, "syn-svd": 10}
+    assert data["copies"] == {"real": 4, "syn-svd": 4}
+    assert read_labelled(path, wanted, recs, tax) == subset  # the file still reads back as the subset used

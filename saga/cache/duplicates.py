@@ -19,6 +19,7 @@ from saga.cache.manifest import AUGMENTED
 
 if TYPE_CHECKING:
     from saga.cache.index import RecordIndex
+    from saga.cache.manifest import VideoRecord
 
 SHOWN = 10  # pairs named one per line; the rest are counted
 
@@ -86,3 +87,24 @@ def duplicate_warnings(index: "RecordIndex", root: object) -> list[str]:
         lines.append(f"{len(pairs) - SHOWN} more pair(s) of records hold the same video; "
                      f"`saga cache prune {root} --videos DIR` drops the records of videos no longer in DIR")
     return lines
+
+
+VideoKeys = tuple[set[bytes], set[tuple[int, int, str]]]
+
+
+def video_keys(index: "RecordIndex", positions: np.ndarray) -> VideoKeys:
+    """What identifies the videos at `positions` (the rules of `duplicate_pairs`): their feature checksums, and
+    their (size, mtime, file name)."""
+    a = index.arrays
+    sums = a["checksum"][positions]
+    checksums = {bytes(row[1:]) for row in sums[sums[:, 0] != 0]}
+    stamps = {(int(s), int(m), posixpath.basename(index.path(int(p))))
+              for p, s, m in zip(positions.tolist(), a["size"][positions].tolist(), a["mtime_ns"][positions].tolist())}
+    return checksums, stamps
+
+
+def holds_one_of(record: "VideoRecord", keys: VideoKeys) -> bool:
+    """Whether `record` holds one of the videos `keys` identifies (equal checksum, or size, mtime and file name)."""
+    checksums, stamps = keys
+    return (bool(record.checksum) and bytes.fromhex(record.checksum) in checksums) or (
+        (record.size, record.mtime_ns, posixpath.basename(record.path)) in stamps)

@@ -76,14 +76,22 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
     return out
 
 
+def label_counts(subset: dict[str, list[str]]) -> dict[str, int]:
+    """Labelled videos per class: the originals, not the re-encoded copies a drawn video brings along (a copy
+    is the same labelled video, not another label)."""
+    return {c: sum(not source_key(p)[0] for p in paths) for c, paths in subset.items()}
+
+
 def counts_line(level: str, subset: dict[str, list[str]]) -> str:
     """One line with the labelled videos per class, fewest and most, each with its class: on GenVideo 0.5 %
     gives GEN-L classes 2 to 4,282 labels (docs/real-data.md), an imbalance the user should see."""
-    counts = {c: len(p) for c, p in subset.items()}
+    counts = label_counts(subset)
     if not counts:
         return f"labelled per {level} class: none"
     lo, hi = min(counts.values()), max(counts.values())
-    total = f"{sum(counts.values())} videos in {len(counts)} classes"
+    copies = sum(len(p) for p in subset.values()) - sum(counts.values())
+    total = f"{sum(counts.values())} videos in {len(counts)} classes" + (
+        f" (and {copies} re-encoded copies of them)" if copies else "")
     if lo == hi:
         return f"labelled per {level} class: {lo} each; {total}"
     return (f"labelled per {level} class: min {lo} ({_some(c for c in counts if counts[c] == lo)}) … "
@@ -189,13 +197,17 @@ def check_subset(path: Path, subset: dict[str, list[str]], level: str, taxonomy:
 
 def write_labelled(path: Path, subset: dict[str, list[str]], wanted: dict[str, Any],
                    records: Sequence[VideoRecord]) -> None:
+    """labelled.json: the settings, the labelled and available train videos per class (originals: copies do not
+    count, as in the draw), the re-encoded copies brought along (when any), and the paths used."""
     available: dict[str, int] = {}
     for rec in records:
         cls = rec.labels.get(wanted["level"])
-        if rec.ok and rec.split == "train" and cls is not None:
+        if rec.ok and rec.split == "train" and cls is not None and not source_key(rec.path)[0]:
             available[cls] = available.get(cls, 0) + 1
-    write_json(path, {**wanted, "counts": {c: len(p) for c, p in subset.items()},
-                      "available": {c: available.get(c, 0) for c in subset}, "classes": subset})
+    counts = label_counts(subset)
+    copies = {c: len(p) - counts[c] for c, p in subset.items() if len(p) > counts[c]}
+    write_json(path, {**wanted, "counts": counts, "available": {c: available.get(c, 0) for c in subset},
+                      **({"copies": copies} if copies else {}), "classes": subset})
 
 
 def draw(records: Sequence[VideoRecord], taxonomy: Taxonomy, wanted: dict[str, Any]) -> dict[str, list[str]]:

@@ -35,6 +35,7 @@ from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired, paired_difference
 from saga.explain.probe_runs import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics, scored_classes, source_metrics
+from saga.explain.seen import leave_out_seen
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
@@ -96,10 +97,11 @@ def warn_unfinished(run_dir: str | Path, stamp: dict[str, Any], what: str) -> No
 
 
 def probe_metrics(run_dir: Path, cache: FeatureCache, split: str, classes: Sequence[str],
-                  max_train: int | None = 20000) -> dict[str, Any]:
-    """The probe fitted on the run's own labelled videos, or {"skipped": why} when it cannot be."""
+                  max_train: int | None = 20000, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The probe fitted on the run's own labelled videos, or {"skipped": why} when it cannot be; scored on the
+    videos the run is scored on (`leave_out`: the paths left out of both, `saga.explain.seen`)."""
     try:
-        return probe_for_run(run_dir, cache, split, classes, max_train, keep_correct=True)
+        return probe_for_run(run_dir, cache, split, classes, max_train, keep_correct=True, leave_out=leave_out)
     except (SagaError, ValueError) as exc:  # e.g. no train split, or one class only: the run still evaluates
         return {"skipped": str(exc)}
 
@@ -137,23 +139,33 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     if not labelled:
         raise SagaError(f"{cache.root}: no '{split}' video has a class at {info.level} "
                         f"({', '.join(info.classes)}); is this the run's taxonomy?")
+    excluded = len(records) - len(labelled)
+    scored, seen = leave_out_seen(info, cache, labelled, split)
+    left_out = frozenset(r.path for r in labelled) - {r.path for r in scored}
+    labelled = scored
+    if not labelled:
+        raise SagaError(f"{cache.root}: every '{split}' video is one the run was trained or validated on; "
+                        "evaluate on videos it has not seen (another --split or --cache)")
+    classes, unseen = scored_classes(labelled, info.level, info.classes)
     if unseen:
         warnings.warn(f"{run_dir}: {sum(unseen.values())} {split} video(s) of class(es) it was never trained on "
                       f"({', '.join(f'{c}: {n}' for c, n in unseen.items())}) count as errors", stacklevel=2)
     inference = infer(model, info, cache, labelled, batch_size, device)
     inference.targets = record_targets(labelled, info.level, classes)
     result = {"level": info.level, "split": split, **compute_metrics(inference, classes, info.level),
-              "cache_id": cache.cache_id, "excluded": len(records) - len(labelled), "run": str(run_dir),
+              "cache_id": cache.cache_id, "excluded": excluded, "run": str(run_dir),
               "untrained_classes": unseen, **stamp}
     tag = heldout_tag(info, cache)
     if tag:
         result.update({HELDOUT_KEY: tag, "cache": str(cache.root)})
+    if seen:
+        result["seen_in_training"] = seen
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
                              model.config.subclass_names)
     if nearest is not None:
         result["nearest_source"] = nearest
     if probe:
-        result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train)
+        result["probe"] = probe_metrics(run_dir, cache, split, info.classes, probe_max_train, left_out)
         probe_correct = result["probe"].pop("correct", None)
         if probe_correct is not None and len(probe_correct) == len(labelled):  # the same videos, in the same order
             result["probe"]["paired"] = paired_difference(inference.preds == inference.targets, probe_correct)

@@ -217,7 +217,8 @@ def _records_of(cache: FeatureCache, subset: dict[str, list[str]]) -> tuple[list
 
 def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[str]], frames: int | None,
                        split: str = "test", classes: Sequence[str] | None = None,
-                       keep_correct: bool = False, sources: bool = False) -> tuple[Probe, dict[str, Any]]:
+                       keep_correct: bool = False, sources: bool = False,
+                       leave_out: frozenset[str] = frozenset()) -> tuple[Probe, dict[str, Any]]:
     """Fit on `subset` (class -> train paths), select C on val, and compute metrics on `split`.
 
     `classes` fixes the output order (a run's class list, so the probe's metrics line up
@@ -247,28 +248,31 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
                                   subclass_of=subclass_of, sources=generators)
     else:
         probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
-    return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, len(val), choice)
+    return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, len(val), choice, leave_out)
 
 
 def _train_metrics(probe: Probe, cache: FeatureCache, level: str, split: str, keep_correct: bool, y: np.ndarray,
-                   classes: Sequence[str], n_val: int, choice: dict[str, Any]) -> dict[str, Any]:
-    metrics = evaluate_probe(probe, cache, level, split, keep_correct)
+                   classes: Sequence[str], n_val: int, choice: dict[str, Any],
+                   leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
+    metrics = evaluate_probe(probe, cache, level, split, keep_correct, leave_out)
     metrics.update({"n_train": int(len(y)), "train_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
                     "n_val": n_val, "C": probe.C, "selection": choice, "sources": probe.sources or None})
     return metrics
 
 
 def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "test",
-                   keep_correct: bool = False) -> dict[str, Any]:
+                   keep_correct: bool = False, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
     """compute_metrics (with intervals) of a probe on a cache split's videos that have a class at `level`.
 
     `keep_correct` adds "correct" (per video, in the split's order) for a paired comparison; the
-    caller removes it before writing the metrics.
+    caller removes it before writing the metrics. `leave_out`: paths not scored (those the run beside it
+    was trained or validated on, `saga.explain.seen`), so both are scored on the same videos.
     """
     records = cache.ok_records(split)
     classes, unseen = scored_classes(records, level, probe.classes)
     targets = record_targets(records, level, classes)
-    labelled = [r for r, t in zip(records, targets) if t >= 0]
+    labelled = [r for r, t in zip(records, targets) if t >= 0 and r.path not in leave_out]
+    classes, unseen = scored_classes(labelled, level, probe.classes)
     if not labelled:
         raise SagaError(f"{cache.root}: no '{split}' video has a class at {level}; pick another --split")
     x = cache_features(cache, labelled, probe.spec.get("frames"))

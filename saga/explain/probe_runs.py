@@ -72,13 +72,14 @@ def trained_on_sources(run_dir: Path) -> bool:
 
 
 def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes: Sequence[str],
-                  max_train: int | None = 20000, keep_correct: bool = False) -> dict[str, Any]:
+                  max_train: int | None = 20000, keep_correct: bool = False,
+                  leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The probe beside a run in `saga evaluate`: fit on the run's own labelled videos (and, for a run
-    trained on sources, their generators), metrics on `split`."""
+    trained on sources, their generators), metrics on `split` without the `leave_out` paths (as the run's)."""
     level, subset, wanted, frames = run_subset(Path(run_dir), cache)
     used = cap_subset(subset, level, cache, max_train, int(wanted.get("seed") or 0))
     _, metrics = train_and_evaluate(cache, level, used, frames, split, classes, keep_correct,
-                                    trained_on_sources(Path(run_dir)))
+                                    trained_on_sources(Path(run_dir)), leave_out)
     total = sum(len(p) for p in subset.values())
     metrics["subset"] = {**wanted, "source": LABELLED if (Path(run_dir) / LABELLED).is_file() else "all train labels",
                          "videos": total, "capped": total > (max_train or total)}

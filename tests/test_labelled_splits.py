@@ -1,0 +1,99 @@
+"""Which videos stage 2 learns from and which it is scored on: no scored video is one the run trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saga.cache.manifest import OK, VideoRecord
+from saga.cache.provenance import EncoderSpec, cache_provenance
+from saga.cache.store import FeatureCache, PartWriter
+from saga.errors import SagaError
+from saga.explain.metrics import evaluate
+from saga.taxonomy import Taxonomy
+from saga.train.attribute import train_attribution
+
+from test_train import D, T, a_config, sequence
+
+GENS = ("real", "syn-svd", "syn-latte", "syn-pika")
+
+
+def split_cache(root: Path, splits: dict[str, str], extra: dict[str, tuple[str, str]] | None = None) -> FeatureCache:
+    """One record per `splits` path (features by its generator and name: the same path is the same video in any
+    cache), plus `extra` copies: new path -> (path whose video it holds, split)."""
+    tax = Taxonomy.load("synth")
+    cache = FeatureCache.create_or_open(root, cache_provenance(EncoderSpec.simulated(D, T, name="test-encoder"), tax))
+    bases = np.random.default_rng(123).normal(size=(9, D)).astype(np.float32)
+
+    def row(path: str, video: str, split: str) -> tuple:
+        gen = video.split("/")[0]
+        rng = np.random.default_rng(int(video.split("/")[1][:3]) + 100 * GENS.index(gen))
+        size, mtime = 1000 + len(video) * 7 + GENS.index(gen), 10 ** 9 * (1 + int(video.split("/")[1][:3]))
+        rec = VideoRecord(path, size, mtime, OK, gen, tax.labels(gen), split)
+        feats = sequence(-1 if gen == "real" else list(tax.generators).index(gen), rng, bases, T)
+        return rec, feats[None], np.ones((1, T), bool), np.arange(T, dtype=np.float32)[None] / 8
+
+    rows = [row(p, p, s) for p, s in splits.items()] + [row(p, v, s) for p, (v, s) in (extra or {}).items()]
+    writer = PartWriter(cache, "p000001-r000", capacity=len(rows), shard_rows=8)
+    for r in rows:
+        writer.add(*r)
+    writer.close()
+    return FeatureCache.open(root)
+
+
+def videos(shift: int, n: int = 10) -> dict[str, str]:
+    """n videos per generator, split 6 / 1 / 3; `shift` rotates which go where (another --split-seed)."""
+    order = ("train",) * 6 + ("val",) + ("test",) * 3
+    return {f"{g}/{i:03d}.mp4": order[(i + shift) % n] for g in GENS for i in range(n)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureCache, Path]:
+    root = tmp_path_factory.mktemp("splits")
+    cache = split_cache(root / "own", videos(0))
+    cfg = a_config(level="GEN-L", fraction=0.5, epochs=1, content_basis=0, self_training=False)
+    return cache, train_attribution(cache.root, root / "run", cfg)
+
+
+def test_a_heldout_cache_holding_the_runs_train_videos_scores_only_the_others(
+        trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    own, run = trained
+    labelled = {p for ps in json.loads((run / "labelled.json").read_text())["classes"].values() for p in ps}
+    # the same videos extracted again with another split, plus 2 new videos per generator in its test split
+    again = videos(5) | {f"{g}/{i:03d}.mp4": "test" for g in GENS for i in (20, 21)}
+    other = split_cache(tmp_path / "other", again)
+    test = {p for p, s in again.items() if s == "test"}
+    trained_on = {r.path for r in own.ok_records() if r.split in ("train", "val")}
+    assert test & labelled and test & trained_on and test - trained_on  # the leak the check is for
+    with pytest.warns(UserWarning, match=r"\d+ of the 20 test videos are videos the run was trained or validated on"):
+        m = evaluate(run, other.root, probe=False)
+    assert m["n"] == len(test - trained_on) == 8
+    assert m["seen_in_training"]["n"] == len(test & trained_on) == 12
+    assert set(m["seen_in_training"]["examples"]) <= trained_on
+
+
+def test_a_copy_of_a_train_video_in_the_test_split_is_left_out_for_the_run_and_the_probe(
+        trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    own, run = trained
+    base = own.ok_records("test")
+    # the same cache's videos and split, plus two copies of train videos under other paths, in test
+    splits = videos(0)
+    extra = {"syn-svd/copy-000.mp4": ("syn-svd/000.mp4", "test"), "real/copy-001.mp4": ("real/001.mp4", "test")}
+    copied = split_cache(tmp_path / "copied", splits, extra)
+    run2 = train_attribution(copied.root, tmp_path / "run2",
+                             a_config(level="GEN-L", fraction=0.5, epochs=1, content_basis=0, self_training=False))
+    with pytest.warns(UserWarning, match="2 of the 14 test videos .* another split of its cache"):
+        m = evaluate(run2, copied.root)
+    assert m["n"] == len(base) == 12 and m["seen_in_training"]["n"] == 2
+    assert m["probe"]["n"] == 12 and m["probe"]["paired"]["n"] == 12  # the probe is scored on the same videos
+    assert "seen_in_training" not in evaluate(run2, copied.root, split="val", probe=False)
+
+
+def test_a_heldout_cache_of_only_trained_videos_is_refused(trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    own, run = trained
+    other = split_cache(tmp_path / "other", {p: "test" for p, s in videos(0).items() if s == "train"})
+    with pytest.raises(SagaError, match="every 'test' video is one the run was trained or validated on"):
+        evaluate(run, other.root, probe=False)
