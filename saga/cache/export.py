@@ -23,7 +23,7 @@ from saga.cache.integrity import attrs_problem
 from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, make_dir, sweep_siblings,
+from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, loads, make_dir, sweep_siblings,
                          temp_owner, temp_path, write_text)
 from saga.locks import lock_folder, unlock_folder
 
@@ -232,13 +232,13 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, l
         if stored is not None and stored != digest(raw_attrs, manifest, splits):
             raise SagaError(f"{path}: the file is damaged (its attributes, manifest or split plan changed since "
                             "it was exported); export it again")
-        attrs = json.loads(raw_attrs)
+        attrs = loads(raw_attrs)
         problem = attrs_problem(attrs)
         if problem is not None:
             raise ValueError(f"its cache attributes: {problem}")
-        records = [VideoRecord.from_dict(json.loads(s)) for s in manifest]
+        records = [VideoRecord.from_dict(loads(s)) for s in manifest]
         for line in splits:
-            entry = json.loads(line)
+            entry = loads(line)
             if not all(isinstance(entry.get(k), str) for k in ("path", "generator", "split")):
                 raise ValueError(f"split plan line {line[:60]!r}")
         n_ok = _check_arrays(path, h5, attrs)

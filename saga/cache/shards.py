@@ -12,7 +12,6 @@ so the store stays a plain Zarr v3 store and results are byte-identical to zarr'
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from saga.errors import SagaError
+from saga.fileio import loads
 
 try:  # zarr's crc32c codec uses the same Castagnoli checksum
     import google_crc32c as _crc
@@ -84,7 +84,7 @@ class ArrayReader:
     def __init__(self, folder: Path, array: Any) -> None:
         self.folder, self.array = folder, array
         try:
-            self.layout = Layout.parse(json.loads((folder / "zarr.json").read_text(encoding="utf-8")))
+            self.layout = Layout.parse(loads((folder / "zarr.json").read_text(encoding="utf-8")))
         except (OSError, ValueError):
             self.layout = None
         self._index: dict[int, np.ndarray | None] = {}
