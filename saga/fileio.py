@@ -310,18 +310,27 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def loads(text: str | bytes) -> Any:
+    """`json.loads` for text from a file someone may have crafted: nesting deeper than Python's stack (a line of
+    100,000 `[`) is a `json.JSONDecodeError` (a ValueError, which every reader catches), not a RecursionError
+    that escaped them all as a traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        raise json.JSONDecodeError("nested too deeply", doc[:80], 0) from None
+
+
 def read_json(path: str | Path, missing: str = "", corrupt: str = "") -> Any:
     """Parse a JSON object file (every file saga writes is one); a missing or corrupt file, or another
     JSON value, is a SagaError naming it (plus the given hints)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SagaError(f"{path}: missing{missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SagaError(f"{path}: corrupt JSON ({exc}){corrupt}") from None
-    except RecursionError:  # nested deeper than Python's stack: no file saga writes is
-        raise SagaError(f"{path}: corrupt JSON (nested too deeply){corrupt}") from None
     if not isinstance(data, dict):
         raise SagaError(f"{path}: corrupt (a JSON {type(data).__name__}, not an object){corrupt}")
     return data

@@ -82,6 +82,8 @@ class Taxonomy:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SagaError(f"{origin}: not valid TOML ({exc}); fix the file's syntax") from None
+        except RecursionError:  # arrays nested deeper than Python's stack: tomllib recurses
+            raise SagaError(f"{origin}: not valid TOML (nested too deeply); fix the file's syntax") from None
         return cls.from_dict(data, origin)
 
     @classmethod

@@ -210,3 +210,35 @@ def test_an_import_killed_as_it_creates_its_empty_cache_leaves_nothing_the_next_
     assert [name for name in leftovers(tmp_path) if name.startswith("..imp.tmp-")]  # what the kill left
     assert len(import_h5(path, out).records()) == 3
     assert leftovers(tmp_path) == []
+
+
+# --- hostile sizes: a small file must not make the import allocate what it only claims ---------------------------
+
+def _claiming(path: Path, name: str) -> Path:
+    """`path` with one dataset replaced by a huge one whose bytes are stored nowhere (HDF5 reads its fill value)."""
+    with h5py.File(path, "a") as h5:
+        n = h5["features"].shape[0]
+        del h5[name]
+        if name == "features":  # each row claims 2 GB of float16
+            h5.create_dataset(name, (n, 1000, 1000, 1000), np.float16, chunks=(1, 1, 1000, 1000))
+        else:  # 10^9 manifest lines
+            h5.create_dataset(name, (10**9,), dtype=h5py.string_dtype(), chunks=(10**6,))
+    return path
+
+
+@pytest.mark.parametrize("name", ["features", "manifest", "splits"])
+def test_an_export_claiming_huge_arrays_is_refused_before_reading_them(tmp_path: Path, name: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _claiming(exported(tmp_path), name)
+    assert path.stat().st_size < 100_000
+    read = h5py.Dataset.__getitem__
+
+    def bounded(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - a read of a huge claim is the bug
+        assert self.size * self.dtype.itemsize < 2**20, f"read of {self.name} {self.shape} before any check"
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", bounded)
+    with pytest.raises(SagaError) as err:
+        import_h5(path, tmp_path / "imp")
+    assert str(path) in str(err.value) and "export it again" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "imp").exists()

@@ -111,3 +111,44 @@ def test_crc32c_is_the_fast_check_and_blake2b_decides(tmp_path: Path) -> None:
     with pytest.raises(SagaError, match="do not match their checksum"):
         [cache.read_shard(ref) for ref in cache.shards(cache.ok_records())]
     assert len(cache.verify()) == 1
+
+
+def _claiming(tmp_path: Path, rows: int) -> FeatureCache:
+    """A cache whose arrays' zarr.json claim `rows` rows per shard, with the stored shards deleted."""
+    cache, folder = _part(tmp_path)
+    for name in ("features", "mask", "timestamps"):
+        meta = json.loads((folder / name / "zarr.json").read_text())
+        meta["shape"][0] = meta["chunk_grid"]["configuration"]["chunk_shape"][0] = rows
+        if meta["codecs"][0]["name"] == "sharding_indexed":  # inner chunks as large: no index to store
+            meta["codecs"][0]["configuration"]["chunk_shape"][0] = rows
+        (folder / name / "zarr.json").write_text(json.dumps(meta))
+        for obj in [p for p in (folder / name / "c").rglob("*") if p.is_file()]:
+            obj.unlink()
+    return FeatureCache.open(cache.root)
+
+
+@pytest.mark.parametrize("far", [False, True])
+def test_a_crafted_shard_size_allocates_only_the_rows_read(tmp_path: Path, far: bool) -> None:
+    """zarr.json claiming 4M rows per shard, stored nowhere: a read used to allocate every claimed row (256 MB
+    here, tens of GB at real sizes); far: a record moved to the shard's last row, so the span between is huge."""
+    import tracemalloc
+
+    cache = _claiming(tmp_path, 4_000_000)
+    if far:
+        manifest = next((cache.root / "parts").glob("*/manifest.jsonl"))
+        lines = manifest.read_text().splitlines()
+        first = json.loads(lines[0])
+        lines[0] = json.dumps({**first, "row": 4_000_000 - first["windows"]})
+        manifest.write_text("\n".join(lines) + "\n")
+        (manifest.parent / "manifest.index.npz").unlink(missing_ok=True)
+        cache = FeatureCache.open(cache.root)
+    records = cache.ok_records()
+    tracemalloc.start()
+    try:
+        bad = cache.verify()
+        with pytest.raises(SagaError):
+            cache.read(records)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(bad) == len(records) and peak < 16 * 2**20, peak

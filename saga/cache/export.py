@@ -23,7 +23,7 @@ from saga.cache.integrity import attrs_problem
 from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
-from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, make_dir, sweep_siblings,
+from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, loads, make_dir, sweep_siblings,
                          temp_owner, temp_path, write_text)
 from saga.locks import lock_folder, unlock_folder
 
@@ -225,28 +225,61 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, l
     or split inside the file is refused, not imported as a cache that verifies clean."""
     try:
         raw_attrs = h5.attrs[ATTR_KEY]
+        _check_held(path, h5, [name for name in ("manifest", "splits") if name in h5] or ["manifest"])
         manifest = list(h5["manifest"].asstr()[:])
         splits = list(h5["splits"].asstr()[:]) if "splits" in h5 else []
         stored = h5.attrs.get("digest")
         if stored is not None and stored != digest(raw_attrs, manifest, splits):
             raise SagaError(f"{path}: the file is damaged (its attributes, manifest or split plan changed since "
                             "it was exported); export it again")
-        attrs = json.loads(raw_attrs)
+        attrs = loads(raw_attrs)
         problem = attrs_problem(attrs)
         if problem is not None:
             raise ValueError(f"its cache attributes: {problem}")
-        records = [VideoRecord.from_dict(json.loads(s)) for s in manifest]
+        records = [VideoRecord.from_dict(loads(s)) for s in manifest]
         for line in splits:
-            entry = json.loads(line)
+            entry = loads(line)
             if not all(isinstance(entry.get(k), str) for k in ("path", "generator", "split")):
                 raise ValueError(f"split plan line {line[:60]!r}")
-        n_ok = h5["features"].shape[0]
+        n_ok = _check_arrays(path, h5, attrs)
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: {exc})") from None
     if stored is None and warn is not None:
         warn(f"{path}: written by an older saga (no digest, no split plan): its labels and splits cannot be "
              "checked")
     return attrs, records, splits, n_ok
+
+
+def _check_held(path: Path, h5: h5py.File, names: list[str]) -> None:
+    """Each dataset must hold the bytes its shape claims, uncompressed, within the file: a few-KB file claiming
+    a 10^9-line manifest or 2 GB rows (stored nowhere: HDF5 returns its fill value) made the import allocate
+    all of it before any check. saga writes its exports uncompressed, so a legitimate file always holds them."""
+    size = os.path.getsize(path)
+    for name in names:
+        ds = h5[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise SagaError(f"{path}: damaged saga cache export ('{name}' is not a dataset); export it again")
+        vlen = h5py.check_string_dtype(ds.dtype) is not None and ds.dtype.kind == "O"
+        claimed = ds.size * (16 if vlen else ds.dtype.itemsize)  # 16 B: a variable-length string's stored reference
+        if claimed > min(ds.id.get_storage_size(), size):
+            raise SagaError(f"{path}: damaged or hostile saga cache export ('{name}' claims {ds.shape} = {claimed} "
+                            f"bytes but the file holds {ds.id.get_storage_size()} of them); nothing was imported; "
+                            "export it again")
+
+
+def _check_arrays(path: Path, h5: h5py.File, attrs: dict) -> int:
+    """The number of feature rows, once the arrays' shapes and types are the cache attributes' and their bytes
+    are in the file: each row is read whole, so a row claiming other sizes must be refused before any read."""
+    w, t, d = attrs["sampling"].get("windows", 1), attrs["sampling"]["frames"], attrs["dim"]
+    n = h5["features"].shape[0] if isinstance(h5.get("features"), h5py.Dataset) and h5["features"].shape else 0
+    for name, shape in (("features", (n, w, t, d)), ("mask", (n, w, t)), ("timestamps", (n, w, t))):
+        ds = h5[name]
+        if not isinstance(ds, h5py.Dataset) or ds.shape != shape or ds.dtype.kind not in "biuf":
+            found = (ds.shape, str(ds.dtype)) if isinstance(ds, h5py.Dataset) else "a group"
+            raise SagaError(f"{path}: damaged saga cache export ('{name}' is {found}, the cache attributes "
+                            f"say shape {shape} of numbers); nothing was imported; export it again")
+    _check_held(path, h5, ["features", "mask", "timestamps"])
+    return n
 
 
 def _import_into(path: Path, h5: h5py.File, out: Path, attrs: dict, records: list[VideoRecord], n_ok: int,

@@ -14,6 +14,7 @@ from saga.cache import prune, reader, seal, store  # store is mid-import here: i
 from saga.cache.duplicates import duplicate_warnings
 from saga.cache.manifest import AUGMENTED, VideoRecord, feature_checksum, manifest_digest, read_split_plan
 from saga.errors import SagaError
+from saga.fileio import loads
 
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
@@ -102,7 +103,7 @@ def check_structure(cache: "FeatureCache") -> tuple[list[str], list[str]]:
     if log.exists():
         for number, line in enumerate(log.read_text(encoding="utf-8").split("\n")[:-1], 1):
             try:
-                entry = json.loads(line)
+                entry = loads(line)
                 sealed[str(entry["part"])] = entry
             except (json.JSONDecodeError, KeyError, TypeError):
                 errors.append(f"{log}:{number}: corrupt line")

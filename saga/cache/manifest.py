@@ -18,7 +18,7 @@ import google_crc32c
 import numpy as np
 
 from saga.errors import SagaError
-from saga.fileio import LineLog, append_lines
+from saga.fileio import LineLog, append_lines, loads
 
 # the files `saga extract` reads as videos (saga.pipeline.inputs lists folders by them; copy names need them)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
@@ -138,7 +138,7 @@ def read_split_plan(path: Path) -> dict[str, tuple[str, str]]:
     plan = {}
     for number, line in _complete_lines(path):
         try:
-            entry = json.loads(line)
+            entry = loads(line)
             plan[entry["path"]] = (entry["generator"], entry["split"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise SagaError(f"{path}:{number}: corrupt split plan line; restore it or start a new cache") from None
@@ -191,7 +191,7 @@ def check_fields(data: Any) -> None:
 def parse_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
     """One committed manifest line as a checked dict; a SagaError naming the file and line otherwise."""
     try:
-        data = json.loads(line)
+        data = loads(line)
         check_fields(data)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise SagaError(f"{path}:{number}: corrupt manifest line ({exc}); restore the file, or delete its part, "

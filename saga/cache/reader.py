@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 ARRAYS = ("features", "mask", "timestamps")
 HASH_THREADS = min(2, os.cpu_count() or 1)
 PARALLEL_BYTES = 1 << 20  # below this a thread hand-off costs more than it saves
+SPARSE, SPARSE_ROWS = 4, 4096  # a shard read spanning more rows than max(4x those asked for, 4096) reads just those
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,15 @@ def read_shard(cache: "FeatureCache", ref: ShardRef, check: bool) -> dict[str, n
     w = cache.windows
     rel = (ref.rows[:, None] - ref.start + np.arange(w)).ravel()
     contiguous = rel.size and rel[0] == 0 and bool((np.diff(rel) == 1).all())
+    sparse = ref.stop - ref.start > max(SPARSE * rel.size, SPARSE_ROWS)  # a crafted row 10^9 of a 10^9-row shard
     out = {}
     for name in ARRAYS:
-        block = readers[name].block(ref.start, ref.stop)
-        data = block[: rel.size] if contiguous else block[rel]
-        out[name] = data.reshape(len(ref.rows), w, *block.shape[1:])
+        if sparse:  # only the rows asked for: a whole-span block would allocate every row between them
+            data = readers[name].take(ref.start + np.sort(rel))[np.argsort(np.argsort(rel, kind="stable"))]
+        else:
+            block = readers[name].block(ref.start, ref.stop)
+            data = block[: rel.size] if contiguous else block[rel]
+        out[name] = data.reshape(len(ref.rows), w, *data.shape[1:])
     if check:
         check_rows(cache, Located.of(ref.records), out)
     return out

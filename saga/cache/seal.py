@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saga.cache.manifest import iter_lines, manifest_digest, parse_line, read_manifest, read_split_plan
-from saga.fileio import append_lines, write_json
+from saga.fileio import append_lines, loads, write_json
 
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
@@ -48,7 +48,7 @@ def _log_lines(root: Path) -> list[dict[str, Any]]:
     if log.is_file():
         for line in log.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
             try:
-                entry = json.loads(line)
+                entry = loads(line)
                 entry["part"]
             except (ValueError, KeyError, TypeError):
                 continue
@@ -114,7 +114,7 @@ def all_names(root: Path) -> set[str]:
 def seal_entry(root: Path, name: str) -> dict[str, Any] | None:
     """A part's seal.json when it is a valid seal of that part; None when missing or damaged."""
     try:
-        entry = json.loads((root / "parts" / name / SEAL).read_text(encoding="utf-8"))
+        entry = loads((root / "parts" / name / SEAL).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     valid = (isinstance(entry, dict) and entry.get("part") == name and type(entry.get("lines")) is int
@@ -130,7 +130,7 @@ def record_videos(folder: Path, videos: Path) -> None:
 def part_videos(root: Path, name: str) -> str | None:
     """The videos folder a part's pass recorded; None for a part written without one (an older saga, an import)."""
     try:
-        folder = json.loads((root / "parts" / name / VIDEOS).read_text(encoding="utf-8")).get("videos")
+        folder = loads((root / "parts" / name / VIDEOS).read_text(encoding="utf-8")).get("videos")
     except (OSError, ValueError, AttributeError):
         return None
     return folder if isinstance(folder, str) else None

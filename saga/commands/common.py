@@ -107,9 +107,11 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
     if config is not None:
         config = builtin_config(config)
         try:
-            opts = tomllib.loads(config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            opts = tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SagaError(f"{config}: cannot read training options ({exc})") from None
+        except RecursionError:  # arrays nested deeper than Python's stack: tomllib recurses
+            raise SagaError(f"{config}: cannot read training options (nested too deeply)") from None
     opts.update({k: v for k, v in flags.items() if v is not None})
     return opts
 

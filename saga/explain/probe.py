@@ -55,7 +55,7 @@ from saga.errors import SagaError
 from saga.explain.scores import compute_metrics, scored_classes
 from saga.explain.pooled_stats import (STAT_NAMES, cache_features, feature_spec,  # noqa: F401 - re-exported
                                       temporal_statistics, video_features)
-from saga.fileio import write_bytes
+from saga.fileio import loads, write_bytes
 from saga.model.inference import Inference, record_targets
 from saga.train.readout import mixture_bias, pool_rows, source_subclasses
 
@@ -123,10 +123,10 @@ class Probe:
             with safe_open(str(path), framework="np") as fh:
                 meta = dict(fh.metadata() or {})
             t = load_file(str(path))
-            groups = [int(g) for g in json.loads(meta.get("subclass_of", "[]"))]
-            probe = cls(json.loads(meta["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"],
-                        json.loads(meta["spec"]), float(json.loads(meta["C"])), groups,
-                        [str(g) for g in json.loads(meta.get("sources", "[]"))])
+            groups = [int(g) for g in loads(meta.get("subclass_of", "[]"))]
+            probe = cls(loads(meta["classes"]), t["coef"], t["intercept"], t["mean"], t["scale"],
+                        loads(meta["spec"]), float(loads(meta["C"])), groups,
+                        [str(g) for g in loads(meta.get("sources", "[]"))])
         except (KeyError, ValueError, OSError, TypeError) as exc:
             raise SagaError(f"{path}: not a saga probe file ({exc})") from None
         if groups and (len(groups) != len(probe.coef) or sorted(set(groups)) != list(range(len(probe.classes)))):

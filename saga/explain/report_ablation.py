@@ -10,6 +10,7 @@ from typing import Any
 
 from saga.errors import SagaError
 from saga.explain.report_html import read_json_file, table
+from saga.fileio import loads
 from saga.taxonomy import LEVELS
 
 ABLATION_NAMES = ("ablation.json", "ablation.md")
@@ -113,7 +114,7 @@ def check_ablation(path: Path) -> None:
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
-            json.loads(text)
+            loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise SagaError(f"{path}: unreadable ablation table ({str(exc).splitlines()[0]}); rerun `saga ablate` "
                         "or pass another --ablation") from None

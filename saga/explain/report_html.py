@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import struct
 from html import escape
 from pathlib import Path
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 
 from saga.explain.intervals import format_ci
 from saga.explain.metrics import data_label
+from saga.fileio import loads
 
 CSS = """
 *{box-sizing:border-box}
@@ -55,7 +55,7 @@ nav a{margin-right:.8em}
 def read_json_file(path: Path) -> Any:
     """A JSON file, or None when it is missing or unreadable (a report never fails on one file)."""
     try:
-        return json.loads(path.read_text())
+        return loads(path.read_text())
     except (OSError, ValueError):
         return None
 

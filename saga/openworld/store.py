@@ -25,7 +25,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from saga.errors import SagaError
-from saga.fileio import read_json, write_bytes, write_json
+from saga.fileio import loads, read_json, write_bytes, write_json
 from saga.locks import waiting_lock
 from saga.runs.files import OPENWORLD_LOCK
 
@@ -111,7 +111,7 @@ def sealed_values(data: bytes) -> dict[str, Any] | None:
     """The JSON values `save_pair(seal=True)` kept in a safetensors file's header (its hash already checked)."""
     try:
         size = int.from_bytes(data[:8], "little")
-        sealed = json.loads(json.loads(data[8:8 + size])["__metadata__"][SEAL])
+        sealed = loads(loads(data[8:8 + size])["__metadata__"][SEAL])
     except (KeyError, TypeError, ValueError):
         return None
     return sealed if isinstance(sealed, dict) else None

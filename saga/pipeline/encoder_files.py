@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from saga.errors import SagaError
+from saga.fileio import loads
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".npy", ".ckpt", ".tar", ".pkl")
 NUMPY_SUFFIXES = (".npz", ".npy")  # open_clip reads these as big_vision arrays; every other file with torch.load
@@ -136,7 +137,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         return {}
     fix = f"fix or remove {path.name} (it sets the model's preprocessing and activation)"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SagaError(f"{path}: unreadable ({one_line(exc)}); {fix}") from exc
     if not isinstance(data, dict):

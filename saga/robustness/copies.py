@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from saga.cache.manifest import VideoRecord, copy_name, file_fingerprint
 from saga.errors import SagaError
-from saga.fileio import append_lines, make_dir, sweep_temps
+from saga.fileio import append_lines, loads, make_dir, sweep_temps
 from saga.robustness.perturb import X264, Perturbation, apply
 
 RECORD = "copies.jsonl"  # in each copy folder; copy names end in .mp4, so no copy can take this name
@@ -42,7 +42,7 @@ def read_record(folder: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for raw in path.read_bytes().split(b"\n")[:-1]:  # an unterminated last line was never committed
         try:
-            entry = json.loads(raw)
+            entry = loads(raw)
             out[entry["copy"]] = entry
         except (ValueError, KeyError, TypeError):
             continue

@@ -20,7 +20,7 @@ import torch
 
 from saga.cache.fraction import LEGACY as LEGACY_DRAW
 from saga.errors import SagaError
-from saga.fileio import append_lines, make_dir, write_json, write_text
+from saga.fileio import append_lines, loads, make_dir, write_json, write_text
 from saga.locks import LOCK, check_unlocked, lock_folder, unlock_folder
 from saga.model import VideoTransformer
 from saga.provenance import now
@@ -238,7 +238,7 @@ class RunFolder:
     def read_optional(self, name: str) -> Any:
         """A JSON file of the folder, or None when it is missing or unreadable (for reports)."""
         try:
-            return json.loads((self.path / name).read_text(encoding="utf-8"))
+            return loads((self.path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
@@ -315,7 +315,7 @@ class RunFolder:
         rows = []
         for n, line in enumerate(lines, 1):
             try:
-                row = json.loads(line)
+                row = loads(line)
             except ValueError:
                 if tolerant or n == len(lines):
                     continue

@@ -7,7 +7,6 @@ file it is about (never a traceback, never "KeyError: 'depth'").
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga.fileio import loads
 from saga.model import MODEL_LIMITS, ModelConfig, VideoTransformer
 from saga.runs.files import (CONFIG, DONE, MODEL, PROVENANCE, PROVENANCE_FIX, RETRAIN, cache_tag, finished,
                               load_tensors, one_line, read_json)
@@ -115,7 +115,7 @@ def read_model_config(path: Path) -> ModelConfig:
     if "config" not in meta:
         raise SagaError(f"{path}: no model config in its metadata; not written by saga")
     try:
-        raw = json.loads(meta["config"])
+        raw = loads(meta["config"])
         if not isinstance(raw, dict):
             raise TypeError("not an object")
     except (ValueError, TypeError) as exc:
