@@ -97,3 +97,68 @@ def test_a_heldout_cache_of_only_trained_videos_is_refused(trained: tuple[Featur
     other = split_cache(tmp_path / "other", {p: "test" for p, s in videos(0).items() if s == "train"})
     with pytest.raises(SagaError, match="every 'test' video is one the run was trained or validated on"):
         evaluate(run, other.root, probe=False)
+
+
+# -- the other commands that score or summarise a run on a cache: the same rule (saga.explain.seen) ----------------
+def shared_heldout(own: FeatureCache, root: Path) -> tuple[FeatureCache, set[str]]:
+    """The run's videos extracted again with another split, plus 2 new test videos per generator; and the paths
+    of its 20 test videos the run never saw (8: the other 12 are train or val videos of the run's cache)."""
+    again = videos(5) | {f"{g}/{i:03d}.mp4": "test" for g in GENS for i in (20, 21)}
+    trained_on = {r.path for r in own.ok_records() if r.split in ("train", "val")}
+    return split_cache(root / "other", again), {p for p, s in again.items() if s == "test"} - trained_on
+
+
+def test_tsig_and_tsne_on_a_heldout_cache_leave_out_the_runs_train_videos(
+        trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    from saga.explain.tsig import load_tsigs, run_tsigs
+    from saga.explain.tsne import run_tsne
+
+    own, run = trained
+    other, unseen = shared_heldout(own, tmp_path)
+    with pytest.warns(UserWarning, match="12 of the 20 test videos are videos the run was trained or validated on.*"
+                                         "left out of the T-Sigs"):
+        paths = run_tsigs(run, other.root)
+    assert sum(s["n"] for s in load_tsigs(paths["npz"]).values()) == len(unseen) == 8
+    with np.load(paths["npz"]) as z:
+        assert json.loads(str(z["seen_in_training"]))["n"] == 12
+    with pytest.warns(UserWarning, match="12 of the 20 test videos .* left out of the map"):
+        res = run_tsne(run, other.root, color_by="GEN-L")
+    mapped = {line.split(",")[0] for line in res.csv.read_text().splitlines()[1:]}
+    assert mapped == unseen and json.loads(res.json.read_text())["seen_in_training"]["n"] == 12
+
+
+def test_calibrate_and_openset_fit_leave_out_val_videos_the_run_was_trained_on(
+        trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    """The fits on val keep the run's own val videos (what they are for) and drop copies of its train videos;
+    the reported test ECE drops a copy of a val video too."""
+    from saga.openworld.api import calibrate_run, fit_openset_run
+    from saga.openworld.openset import OpenSet
+
+    own, run = trained
+    extra = {"syn-svd/copy-000.mp4": ("syn-svd/000.mp4", "val"), "real/copy-001.mp4": ("real/001.mp4", "val"),
+             "syn-pika/copy-006.mp4": ("syn-pika/006.mp4", "test")}  # 000, 001: train videos; 006: a val video
+    other = split_cache(tmp_path / "other", videos(0), extra)
+    out = tmp_path / "fits"
+    with pytest.warns(UserWarning, match="2 of the 6 val videos are videos the run was trained on .* temperature"):
+        cal, diagrams = calibrate_run(run, other.root, out, write_report=True)
+    assert cal.n == 4 and cal.seen_in_training["n"] == 2  # the run's 4 own val videos kept
+    assert json.loads((out / "calibration.json").read_text())["seen_in_training"]["n"] == 2
+    assert diagrams["before"]["n"] == 12 and diagrams["seen_in_training"]["examples"] == ["syn-pika/copy-006.mp4"]
+    assert json.loads((out / "reliability-test.json").read_text())["seen_in_training"]["n"] == 1
+    with pytest.warns(UserWarning, match="2 of the 6 val videos .* threshold"):
+        det = fit_openset_run(run, other.root, out, k=2)
+    assert det.n_val == 4 and OpenSet.load(out).seen_in_training["n"] == 2
+
+
+def test_evaluate_s_open_world_figures_leave_out_the_same_videos(trained: tuple[FeatureCache, Path],
+                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    from saga.openworld.api import calibrate_run, evaluate_openworld
+
+    own, run = trained
+    run = Path(shutil.copytree(run, tmp_path / "run"))  # calibration.json in a copy: the module's run stays bare
+    calibrate_run(run, own.root, report_split=None)
+    other, unseen = shared_heldout(own, tmp_path)
+    ow = evaluate_openworld(run, other.root)
+    assert ow["calibration"]["before"]["n"] == len(unseen) == 8 and ow["seen_in_training"]["n"] == 12

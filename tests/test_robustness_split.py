@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_video_tree
+from conftest import make_video_tree, write_clip
 from saga.cache.provenance import cache_provenance
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -145,9 +145,17 @@ def _cli(*args: str) -> str:
     return " ".join(res.output.split())
 
 
-def held_out(root: Path, name: str, per_class: int, weights: Path) -> tuple[Path, FeatureCache]:
-    """Videos and a cache of the run's encoder and sampling with another cache id (a held-out set), all test."""
-    videos = make_video_tree(root / f"{name}-videos", per_class=per_class, generators=GENS)
+def held_out(root: Path, name: str, per_class: int, weights: Path, same: bool = False) -> tuple[Path, FeatureCache]:
+    """Videos and a cache of the run's encoder and sampling with another cache id (a held-out set), all test: new
+    clips (other seeds), or with `same` the run's own clips again (what `make_video_tree` makes)."""
+    videos = root / f"{name}-videos"
+    if same:
+        make_video_tree(videos, per_class=per_class, generators=GENS)
+    else:
+        for g, gen in enumerate(GENS):
+            (videos / gen).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                write_clip(videos / gen / f"{gen}_{i}.mp4", n_frames=5 + 4 * i + g, seed=7000 + 100 * g + i)
     extract(ExtractConfig(videos=videos, out=root / name, taxonomy="synth", encoder="saga-tiny-vit",
                           pretrained=str(weights), frames=8, workers=0, device="cpu",
                           split_fractions={"train": 0.0, "val": 0.0, "test": 1.0}))
@@ -164,6 +172,29 @@ def _snapshot(run: Path) -> dict[str, bytes]:
     own = [run / "robustness.json", run / "robustness.md",
            *sorted(p for p in (run / "robustness" / "crf35").rglob("*") if p.is_file())]
     return {str(p.relative_to(run)): p.read_bytes() for p in own}
+
+
+def test_robustness_on_a_held_out_cache_of_the_run_s_own_videos_scores_only_those_it_never_saw(
+        world: dict[str, Path], tmp_path: Path, tiny_weights: Path) -> None:
+    """The same 15 videos extracted again, all in test: the clean and perturbed accuracies included the 9 the run
+    was trained or validated on (every accuracy lifted), and those were re-encoded for nothing."""
+    import json
+
+    own = FeatureCache.open(world["cache"])
+    videos, other = held_out(tmp_path, "again", 5, tiny_weights, same=True)
+    unseen = {r.path for r in own.ok_records("test")}
+    cfg = RobustnessConfig(run=world["gen"], cache=other.root, videos=videos, out=tmp_path / "rb",
+                           perturbations=parse_list("crf35"), workers=0)
+    with pytest.warns(UserWarning, match="9 of the 15 test videos are videos the run was trained or validated on"):
+        result = run_robustness(cfg, say=lambda line: None)
+    assert (result["n_videos"], result["seen_in_training"]["n"]) == (len(unseen), 9) == (6, 9)
+    assert [p["n"] for p in result["perturbations"]] == [6, 6]
+    tag = result["heldout"]
+    copies = tmp_path / "rb" / "robustness" / f"crf35@{tag}" / "videos"
+    assert {str(p.relative_to(copies)) for p in copies.rglob("*.mp4")} == unseen  # only those were re-encoded
+    assert json.loads((tmp_path / "rb" / f"robustness@{tag}.json").read_text())["seen_in_training"]["n"] == 9
+    assert "6 videos selected (9 more left out: the run was trained or validated on them)" in (
+        tmp_path / "rb" / f"robustness@{tag}.md").read_text()
 
 
 def test_robustness_on_held_out_caches_keeps_the_run_s_own_and_each_cache_s(world: dict[str, Path], tmp_path: Path,

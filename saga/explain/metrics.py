@@ -35,7 +35,7 @@ from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired, paired_difference
 from saga.explain.probe_runs import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics, scored_classes, source_metrics
-from saga.explain.seen import leave_out_seen
+from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
@@ -140,12 +140,9 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
         raise SagaError(f"{cache.root}: no '{split}' video has a class at {info.level} "
                         f"({', '.join(info.classes)}); is this the run's taxonomy?")
     excluded = len(records) - len(labelled)
-    scored, seen = leave_out_seen(info, cache, labelled, split)
+    scored, seen = only_unseen(info, cache, labelled, split)
     left_out = frozenset(r.path for r in labelled) - {r.path for r in scored}
     labelled = scored
-    if not labelled:
-        raise SagaError(f"{cache.root}: every '{split}' video is one the run was trained or validated on; "
-                        "evaluate on videos it has not seen (another --split or --cache)")
     classes, unseen = scored_classes(labelled, info.level, info.classes)
     if unseen:
         warnings.warn(f"{run_dir}: {sum(unseen.values())} {split} video(s) of class(es) it was never trained on "
@@ -159,7 +156,7 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     if tag:
         result.update({HELDOUT_KEY: tag, "cache": str(cache.root)})
     if seen:
-        result["seen_in_training"] = seen
+        result[SEEN_KEY] = seen
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
                              model.config.subclass_names)
     if nearest is not None:

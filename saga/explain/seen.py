@@ -1,10 +1,14 @@
-"""Scored videos the run was trained or validated on: left out of `saga evaluate`'s scores.
+"""Scored videos the run was trained or validated on: left out of what `evaluate`, `robustness`, `tsig`, `tsne`,
+`calibrate` and `openset fit` report.
 
 Why: a "held-out" cache extracted from an overlapping videos folder (the same videos again with another
 --split-seed, a later release that still holds the old ones) puts the run's own train videos, labelled
 ones too, into the split being scored; and a video copied inside one cache can sit in train and test at
-once (`saga cache verify` warns about that). Scored, they inflate every figure without a word. Videos are
-matched as `saga.cache.duplicates` matches them: equal feature checksums, or equal size, mtime and name.
+once (`saga cache verify` warns about that). Scored, they inflate every figure without a word (a train video
+in the k-NN bank scores 0 against itself; its logits are the sharpest the run has). Videos are matched as
+`saga.cache.duplicates` matches them: equal feature checksums, or equal size, mtime and name. A fit on the val
+split (temperature, open-set threshold) is checked against the train split only: fitting on the run's own
+val videos is what it is for.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from saga.runs import RunInfo
 
 # train: stage 1, the labelled subset, the content basis, self-training; val: model selection, calibration
 TRAINED_SPLITS = ("train", "val")
+FIT_AGAINST = ("train",)  # a fit on val (calibrate, openset fit) leaves out only what the run was trained on
+SEEN_KEY = "seen_in_training"
+SCORES = f"the scores (metrics: {SEEN_KEY})"
 EXAMPLES = 3
 
 
@@ -48,19 +55,22 @@ def trained_keys(own: FeatureCache, splits: Sequence[str]) -> VideoKeys:
     return video_keys(index, np.flatnonzero(index.ok & np.isin(index.arrays["split"], codes)))
 
 
-def leave_out_seen(info: RunInfo, cache: FeatureCache, records: Sequence[VideoRecord],
-                   split: str) -> tuple[list[VideoRecord], dict[str, Any] | None]:
-    """`records` without the videos the run was trained or validated on, and what was left out (None: nothing).
+def leave_out_seen(info: RunInfo, cache: FeatureCache, records: Sequence[VideoRecord], split: str,
+                   left_out_of: str = SCORES, against: Sequence[str] = TRAINED_SPLITS,
+                   quiet: bool = False) -> tuple[list[VideoRecord], dict[str, Any] | None]:
+    """`records` without the videos of the run's training cache's `against` splits, and what was left out (None:
+    nothing); one warning naming `left_out_of` (what they are left out of and where that is recorded) unless `quiet`.
 
-    On the run's own cache a split is compared with the other trained-on splits (its own records are
-    themselves); scoring the train split itself checks nothing."""
+    On the run's own cache a split is compared with the other `against` splits (its own records are
+    themselves); scoring the train split itself there checks nothing."""
     own = training_cache(info, cache)
     if own is None:
-        warnings.warn(f"{shown(cache.root)}: the run's training cache ({shown(info.config.get('cache'))}) is not "
-                      f"found, so it is not checked which of these {split} videos the run was trained on; if the "
-                      "caches share videos, the figures include them", stacklevel=3)
+        if not quiet:
+            warnings.warn(f"{shown(cache.root)}: the run's training cache ({shown(info.config.get('cache'))}) is "
+                          f"not found, so it is not checked which of these {split} videos the run was trained on; "
+                          "if the caches share videos, the figures include them", stacklevel=3)
         return list(records), None
-    splits = [s for s in TRAINED_SPLITS if s != split] if own is cache else list(TRAINED_SPLITS)
+    splits = [s for s in against if s != split] if own is cache else list(against)
     if not splits or split == "train" and own is cache:
         return list(records), None
     keys = trained_keys(own, splits)
@@ -69,9 +79,22 @@ def leave_out_seen(info: RunInfo, cache: FeatureCache, records: Sequence[VideoRe
         return list(records), None
     paths = [r.path for r, s in zip(records, seen) if s]
     where = "another split of its cache" if own is cache else f"its training cache {shown(own.root)}"
-    warnings.warn(f"{shown(cache.root)}: {len(paths)} of the {len(records)} {split} videos are videos the run "
-                  f"was trained or validated on (in {where}: equal feature checksums, or equal size, mtime and file "
-                  f"name), e.g. {shown(paths[0])}; they are left out of the scores (metrics: seen_in_training)",
-                  stacklevel=3)
+    did = "trained or validated on" if "val" in splits else "trained on"
+    if not quiet:
+        warnings.warn(f"{shown(cache.root)}: {len(paths)} of the {len(records)} {split} videos are videos the run "
+                      f"was {did} (in {where}: equal feature checksums, or equal size, mtime and file name), e.g. "
+                      f"{shown(paths[0])}; they are left out of {left_out_of}", stacklevel=3)
     return [r for r, s in zip(records, seen) if not s], {"n": len(paths), "examples": paths[:EXAMPLES],
                                                           "in": "own cache" if own is cache else str(own.root)}
+
+
+def only_unseen(info: RunInfo, cache: FeatureCache, records: Sequence[VideoRecord], split: str,
+                left_out_of: str = SCORES, against: Sequence[str] = TRAINED_SPLITS,
+                fix: str = "evaluate on videos it has not seen (another --split or --cache)"
+                ) -> tuple[list[VideoRecord], dict[str, Any] | None]:
+    """`leave_out_seen`, refused in one line (naming `fix`) when it leaves none of `records`."""
+    kept, seen = leave_out_seen(info, cache, records, split, left_out_of, against)
+    if records and not kept:
+        did = "trained or validated on" if "val" in against else "trained on"
+        raise SagaError(f"{cache.root}: every '{split}' video is one the run was {did}; {fix}")
+    return kept, seen

@@ -26,7 +26,9 @@ the PNGs' metadata as saga:<key>): `saga report` leaves out figures of older wei
 names (tsig.npz, the class signatures `predict --tsig` compares with), another split's carry it
 (tsig-train.npz, tsig_maps-train.png, ...), so `--split train` never replaces them; files made on a
 held-out cache (not the run's training cache) carry it too (tsig@<cache>-<id8>.npz, `saga.runs.on_cache`),
-so they never replace the run's own T-Sigs, nor another held-out cache's.
+so they never replace the run's own T-Sigs, nor another held-out cache's. The videos the run was trained or
+validated on are left out of the class signatures (a held-out cache sharing its videos, a copy of a train video in
+test: `saga.explain.seen`), recorded as `seen_in_training` (JSON: n, examples, in).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from saga.fileio import atomic_path, write_bytes
 from saga.runs import (TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, by_split, check_cache, heldout_tag,
                        load_model, on_cache)
 from saga.runs.files import DEFAULT_SPLIT
-from saga.explain.tsne import class_colors, save_figure
+from saga.explain.seen import SEEN_KEY, only_unseen
+from saga.explain.tsne import class_colors, save_figure, stamp_text
 
 Signature = dict[str, Any]  # {"map": (T', T'), "profile": (T',), "n": int}
 PROFILES_TITLE = "T-Sig profiles{}: mean attention at frame offset Δ"  # {}: " (test split)"
@@ -147,7 +150,7 @@ def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path, stamp: dict[str
     np.savez(buf, classes=np.array(classes), maps=np.stack([sigs[c]["map"] for c in classes]),
              profiles=np.stack([sigs[c]["profile"] for c in classes]),
              counts=np.array([sigs[c]["n"] for c in classes]),
-             **{k: np.array(str(v)) for k, v in (stamp or {}).items() if v is not None})
+             **{k: np.array(stamp_text(v)) for k, v in (stamp or {}).items() if v is not None})
     write_bytes(paths["npz"], buf.getvalue())
     _write_csv(sigs, paths["csv"])
     of = f" ({label})" if label else ""
@@ -252,8 +255,10 @@ def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", 
     records = [r for r in cache.ok_records(split) if r.labels.get(info.level) in info.classes]
     if not records:
         raise SagaError(f"{cache_path}: no {split} videos with a class at {info.level}; try another --split")
+    records, seen = only_unseen(info, cache, records, split, f"the T-Sigs (the .npz: {SEEN_KEY})",
+                                fix="draw them from videos it has not seen (another --split or --cache)")
     inference = infer(model, info, cache, records, device=device, attention=True)
-    stamp.update(data_stamp(cache, split))
+    stamp.update(data_stamp(cache, split), **({SEEN_KEY: seen} if seen else {}))
     label = data_label(stamp, (info.provenance or {}).get("cache_id"))
     return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp, label, heldout_tag(info, cache))
 

@@ -8,12 +8,14 @@ metadata (`saga:<key>`), and so does a JSON beside it: the weights (`run_model`,
 which split each map shows and flags another cache than the run's) and the t-SNE settings
 (`tsne_seed`, `perplexity`, `max_iter`, `method`). A split other than test gets its own file
 name (`tsne_<level>-<split>.png`), so it never replaces the test map; so does a held-out cache
-(`tsne_<level>@<cache>-<id8>.png`), so it never replaces the map of the run's own cache.
+(`tsne_<level>@<cache>-<id8>.png`), so it never replaces the map of the run's own cache. The videos the run was
+trained or validated on are not mapped (`saga.explain.seen`): the JSON records them as `seen_in_training`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +28,7 @@ from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
 from saga.cache.store import FeatureCache
 from saga.explain.metrics import data_label, data_stamp, warn_unfinished, weights_stamp
+from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_json
 from saga.runs import check_cache, heldout_tag, load_model, on_cache, tsne_file
@@ -143,10 +146,15 @@ def save_figure(fig: Figure, out_png: Path, stamp: dict[str, Any] | None = None)
     """Save through a temporary file so a report never embeds a half-written image; `stamp` (the weights
     it shows) goes into the PNG's text metadata as saga:<key>."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    meta = {f"saga:{k}": str(v).lower() if isinstance(v, bool) else str(v)
+    meta = {f"saga:{k}": str(v).lower() if isinstance(v, bool) else stamp_text(v)
             for k, v in (stamp or {}).items() if v is not None}
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, bbox_inches="tight", format="png", metadata=meta)
+
+
+def stamp_text(value: Any) -> str:
+    """A stamp value as text (PNG metadata, tsig.npz): JSON for a dict or list (`seen_in_training`), else str."""
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def _write_csv(path: Path, records: Sequence[VideoRecord], labels: list[str], coords: np.ndarray) -> None:
@@ -170,10 +178,12 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
     records = cache.ok_records(split)
     if info.level == "SD-L":  # the model never saw generators without an SD backbone
         records = [r for r in records if r.labels.get("SD-L") is not None]
+    records, seen = only_unseen(info, cache, records, split, f"the map (its .json: {SEEN_KEY})",
+                                fix="map videos it has not seen (another --split or --cache)")
     if len(records) < 5:
         raise SagaError(f"{cache_path}: only {len(records)} {split} videos; t-SNE needs at least 5")
     inference = infer(model, info, cache, records, device=device)
-    stamp.update(data_stamp(cache, split))
+    stamp.update(data_stamp(cache, split), **({SEEN_KEY: seen} if seen else {}))
     title = (f"t-SNE of φ ({info.level} run, {data_label(stamp, (info.provenance or {}).get('cache_id'))}), "
              f"coloured by {level}")
     out_png = Path(run_dir) / on_cache(tsne_file(level, split), heldout_tag(info, cache))

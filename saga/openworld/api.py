@@ -3,7 +3,9 @@
 Each one loads the run, reads features from a cache (by default the run's own, recorded in its
 config.json), fits what it fits on the *validation* split (calibration, open-set threshold,
 prototype temperature) or the given videos (enrollment), and writes its files into the run
-folder (or `out`, for a run folder that must stay read-only) atomically.
+folder (or `out`, for a run folder that must stay read-only) atomically. A fit on val leaves out the val
+videos the run was trained on, a reported split those it was trained or validated on (`saga.explain.seen`:
+a held-out --cache sharing its videos, a copied video), recorded as `seen_in_training`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga.explain.seen import FIT_AGAINST, SEEN_KEY, leave_out_seen, only_unseen
 from saga.fileio import check_writable, make_dir, write_json
 from saga.openworld.calibration import Calibration, degenerate, fit_calibration, plot_reliability, reliability
 from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
@@ -25,7 +28,7 @@ from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
 from saga.runs import MODEL, RunFolder, file_fingerprint
-from saga.runs.files import CALIBRATION, ENROLLED, reliability_file
+from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, reliability_file
 from saga.taxonomy import Taxonomy
 
 
@@ -78,18 +81,24 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     emb = open_run(run, device, CALIBRATE)
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
-    val = known_val(emb, c, "the temperature")
+    val_records, seen = unseen_val(emb, c, f"the temperature's fit ({CALIBRATION}: {SEEN_KEY})")
+    val = known_val(emb, c, "the temperature", records=val_records)
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
+    cal.seen_in_training = seen
     if degenerate(cal):  # written all the same (predict shows T): the fit did what it could
         warnings.warn(f"{folder / CALIBRATION}: {degenerate(cal)}; fit it on more val videos of the run's classes "
                       f"(extract more into {c.root}, then rerun `saga calibrate`), or delete {CALIBRATION} to keep "
                       "the run's own probabilities", stacklevel=2)
     diagrams: dict[str, Any] = {}
     if report_split:
-        test = emb(c, split_records(c, report_split))
+        records, seen_here = only_unseen(emb.info, c, split_records(c, report_split), report_split,
+                                    f"the {report_split} ECE ({reliability_file(report_split)}: {SEEN_KEY})",
+                                    fix="report on videos it has not seen (another --split)")
+        test = emb(c, records)
         diagrams = {"split": report_split, "run_model": cal.run_model, "temperature": cal.temperature,
                     "before": reliability(test.probs, test.targets),
-                    "after": reliability(cal.probs(test.logits), test.targets)}
+                    "after": reliability(cal.probs(test.logits), test.targets),
+                    **({SEEN_KEY: seen_here} if seen_here else {})}
     with committing(emb, folder, CALIBRATE):
         cal.save(folder)
         if diagrams and write_report:
@@ -113,12 +122,22 @@ def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str |
     folder = check_writable(Path(out or emb.info.path))
     c = run_cache(emb, cache)
     protos, train = emb.class_prototypes(c)
-    val = known_val(emb, c, f"the unknown threshold at the {percentile:g}th percentile", min_val_for(percentile))
+    val_records, seen = unseen_val(emb, c, f"the threshold's fit ({OPENSET}: {SEEN_KEY})")
+    val = known_val(emb, c, f"the unknown threshold at the {percentile:g}th percentile", min_val_for(percentile),
+                    records=val_records)
     det = fit_openset(protos, train.embeddings, val.embeddings, val.targets, model_id(emb), emb.info.classes,
                       kind, k, percentile)
+    det.seen_in_training = seen
     with committing(emb, folder, OPENSET_FIT):
         det.save(folder)
     return det
+
+
+def unseen_val(emb: Embedder, cache: FeatureCache, left_out_of: str) -> tuple[list[VideoRecord], dict[str, Any] | None]:
+    """The val videos to fit on, without those the run was trained on (`saga.explain.seen`: a train video's logits
+    are the sharpest it has, and it sits in the k-NN bank at distance 0), and what was left out."""
+    return only_unseen(emb.info, cache, split_records(cache, "val"), "val", left_out_of, FIT_AGAINST,
+                       fix="fit on val videos it was not trained on (another --cache)")
 
 
 def select_videos(cache: FeatureCache, generator: str, videos: str | None, split: str | None,
@@ -212,7 +231,7 @@ def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: 
     if ow.calibration is None and ow.openset is None:
         return {}
     c = run_cache(emb, cache)
-    records = split_records(c, split)
+    records, seen = leave_out_seen(emb.info, c, split_records(c, split), split, quiet=True)  # evaluate warned
     level, known = emb.info.level, set(emb.info.classes)
     unseen = np.array([r.labels.get(level) is not None and r.labels.get(level) not in known for r in records], bool)
-    return {"split": split, **ow.evaluation(emb(c, records), unseen)}
+    return {"split": split, **ow.evaluation(emb(c, records), unseen), **({SEEN_KEY: seen} if seen else {})}

@@ -32,6 +32,7 @@ BINS = 15
 # its fitted temperatures were 13-35 on the benchmark (TEAM-L runs hit the former cap of 20), hence the room.
 T_RANGE = (0.01, 1000.0)  # every fit ever written lies inside (the first cap was 0.05-20)
 FIX = "rerun `saga calibrate`"
+SEEN = "seen_in_training"  # optional: only when some val videos were left out
 EDGE = 1.05  # a fitted T within this factor of a bound is at the edge of the search
 
 
@@ -125,6 +126,7 @@ class Calibration:
     ece_after: float
     run_model: str  # blake2b of the run's model.safetensors: a retrained run invalidates the file
     classes: list[str]
+    seen_in_training: dict[str, Any] | None = None  # val videos left out, the run was trained on (saga.explain.seen)
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities softmax(z / T) of window-averaged logits."""
@@ -132,7 +134,8 @@ class Calibration:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CALIBRATION
-        write_json(path, {"method": "temperature scaling (1-D search on validation NLL)", **asdict(self)})
+        data = {k: v for k, v in asdict(self).items() if not (k == SEEN and v is None)}
+        write_json(path, {"method": "temperature scaling (1-D search on validation NLL)", **data})
         return path
 
     @classmethod
@@ -143,7 +146,7 @@ class Calibration:
         path = Path(folder) / CALIBRATION
         data = read_json(path, missing="; run `saga calibrate RUN --cache CACHE` first", corrupt=f"; {FIX}")
         try:
-            cal = cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            cal = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != SEEN}, seen_in_training=data.get(SEEN))
         except (KeyError, TypeError):
             raise SagaError(f"{path}: not a calibration file; {FIX}") from None
         problem = check_calibration(cal, classes)

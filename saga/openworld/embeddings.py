@@ -107,10 +107,11 @@ def no_val_videos(cache: FeatureCache, whose: str, what: str) -> SagaError:
 
 
 def known_val(emb: Embedder, cache: FeatureCache, what: str, minimum: int = MIN_VAL,
-              warned: set[str] | None = None) -> Inference:
-    """The val split's inference; refused without a video of the run's classes, a warning below `minimum`.
-    `warned`: the warnings already given (added to), each given once (a LOGO fold fits several things on one split)."""
-    val = emb(cache, split_records(cache, "val"))
+              warned: set[str] | None = None, records: Sequence[VideoRecord] | None = None) -> Inference:
+    """The val split's inference (or of `records`, val videos already chosen); refused without a video of the run's
+    classes, a warning below `minimum`. `warned`: the warnings already given (added to), each given once (a LOGO
+    fold fits several things on one split)."""
+    val = emb(cache, split_records(cache, "val") if records is None else records)
     n = int((val.targets >= 0).sum())
     if n == 0:
         raise no_val_videos(cache, f"run {emb.info.path}'s", what)

@@ -132,6 +132,7 @@ class OpenSet:
     bank: np.ndarray = field(repr=False)
     val_false_unknown: float | None = None  # share of the known val videos above the threshold (None: older file)
     k_requested: int | None = None  # the k asked for when the bank had fewer videos (k: the one used)
+    seen_in_training: dict[str, Any] | None = None  # val videos left out: the run was trained on them
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Unknown-ness of L2-normalised φ rows (higher = farther from the known classes)."""
@@ -146,7 +147,7 @@ class OpenSet:
     def save(self, folder: str | Path) -> Path:
         """openset.json + its content-addressed tensors file, committed together (`store`)."""
         meta = {k: v for k, v in asdict(self).items()
-                if k not in ("prototypes", "bank") and not (k == "k_requested" and v is None)}
+                if k not in ("prototypes", "bank") and not (k in ("k_requested", "seen_in_training") and v is None)}
         return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta, seal=True)
 
     @classmethod
@@ -161,7 +162,8 @@ class OpenSet:
         try:
             fields = {k: meta[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
             det = cls(**fields, prototypes=tensors["prototypes"], bank=tensors["bank"],
-                      val_false_unknown=meta.get("val_false_unknown"), k_requested=meta.get("k_requested"))
+                      val_false_unknown=meta.get("val_false_unknown"), k_requested=meta.get("k_requested"),
+                      seen_in_training=meta.get("seen_in_training"))
         except KeyError as exc:
             raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
         problem = check_openset(det, classes) or edited(meta, sealed)

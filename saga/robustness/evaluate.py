@@ -24,6 +24,7 @@ from saga.cache.manifest import VideoRecord
 from saga.explain.intervals import paired_difference
 from saga.explain.metrics import HELDOUT_KEY
 from saga.explain.scores import compute_metrics
+from saga.explain.seen import SEEN_KEY
 from saga.model.inference import Inference
 from saga.openworld.levels import aggregate, coarser_levels, label_at, parents
 from saga.runs import RunInfo
@@ -90,10 +91,12 @@ def markdown(result: dict[str, Any]) -> str:
     scored = result["perturbations"][0]["n"]  # clean: every selected video with a class at the run's level
     held = (f" (a held-out cache, {str(result.get('cache_id'))[:12]}: not the run's training cache)"
             if result.get(HELDOUT_KEY) else "")
+    seen = result.get(SEEN_KEY)
+    left = f" ({seen['n']} more left out: the run was trained or validated on them)" if seen else ""
     lines = [f"# Robustness of {result['run']}", "",
-             f"Cache {result['cache']}{held}, split {result['split']}, {result['n_videos']} videos selected, {scored} "
-             f"of them with a class at {levels[0]} (accuracy in %, 95 % Wilson interval in brackets; n = videos "
-             "scored, per level where the levels differ; failed = could not be re-encoded or extracted).", "",
+             f"Cache {result['cache']}{held}, split {result['split']}, {result['n_videos']} videos selected{left}, "
+             f"{scored} of them with a class at {levels[0]} (accuracy in %, 95 % Wilson interval in brackets; n = "
+             "videos scored, per level where the levels differ; failed = could not be re-encoded or extracted).", "",
              "| perturbation | " + " | ".join(levels) + " | n | failed | description |",
              "|---|" + "---|" * len(levels) + "---|---|---|"]
     for p in result["perturbations"]:

@@ -16,7 +16,9 @@ change is paired with the clean accuracy of the videos it scored (`paired`), nev
 On a held-out cache (`--cache` another cache than the run's training cache, `saga.runs.heldout_tag`) the
 results and the perturbed folders carry `@<cache>-<id8>` (robustness@seed1-3f9a2b7c.json,
 robustness/crf28@seed1-3f9a2b7c/), as `saga evaluate` names its files there: they never replace the run's
-own robustness.json, its copies and their caches, nor another held-out cache's.
+own robustness.json, its copies and their caches, nor another held-out cache's. As in `saga evaluate`, the videos
+the run was trained or validated on (a held-out cache sharing its videos, a copy of a train video in test) are
+neither scored nor re-encoded (`seen_in_training`, `saga.explain.seen`).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import make_dir, write_json, write_text
 from saga.explain.metrics import HELDOUT_KEY, RUN_MODEL, run_weights
+from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.openworld.embeddings import Embedder
 from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
 from saga.progress import ProgressFn
 from saga.provenance import now, versions
-from saga.runs import cache_digest, heldout_tag
+from saga.runs import RunInfo, cache_digest, heldout_tag
 from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
 from saga.robustness.evaluate import level_metrics, markdown, paired_levels, reported_levels
 from saga.robustness.copies import make_copies, unchanged
@@ -47,6 +50,7 @@ Say = Callable[[str], None]
 CLEAN = "clean"
 FOLDER = "robustness"  # under OUT: the perturbed videos and caches (safe to delete; rebuilt on demand)
 DEFAULT_SPLIT = "test"  # its perturbed folders keep the bare perturbation name (the layout before splits)
+LEFT_OUT = f"the clean and perturbed accuracies, and not re-encoded (robustness.json: {SEEN_KEY})"
 ENCODER_REFUSAL = "refusing to append: the cache was built with"  # FeatureCache.check_compatible: the encoder spec
 
 
@@ -77,13 +81,20 @@ class RobustnessConfig:
                       workers=self.workers).check()
 
 
-def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> list[VideoRecord]:
-    """The split's extracted videos; with `limit`, a seeded draw of at most `limit` per generator."""
+def select(cache: FeatureCache, split: str, limit: int | None, seed: int,
+           info: RunInfo | None = None) -> tuple[list[VideoRecord], dict[str, Any] | None]:
+    """The split's extracted videos, without those run `info` was trained or validated on (`saga.explain.seen`:
+    they would lift the clean and every perturbed accuracy), and what was left out; with `limit`, a seeded draw
+    of at most `limit` per generator from the others (so the limit is met with videos the run has not seen)."""
     if split not in SPLITS:
         raise SagaError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     records = list(cache.ok_records(split))
     if not records:
         raise SagaError(f"{cache.root}: no extracted videos in split '{split}'; pick another --split")
+    seen = None
+    if info is not None:
+        records, seen = only_unseen(info, cache, records, split, LEFT_OUT,
+                                    fix="perturb videos it has not seen (another --split or --cache)")
     if limit is not None:  # >= 1: RobustnessConfig.check
         taken: dict[str, int] = {}
         chosen = []
@@ -92,7 +103,7 @@ def select(cache: FeatureCache, split: str, limit: int | None, seed: int) -> lis
                 taken[r.generator] = taken.get(r.generator, 0) + 1
                 chosen.append(r)
         records = chosen
-    return sorted(records, key=lambda r: r.path)
+    return sorted(records, key=lambda r: r.path), seen
 
 
 def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path,
@@ -179,7 +190,7 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     tag = heldout_tag(emb.info, clean)  # None on the run's own cache: the plain names
     taxonomy = clean.taxonomy
     levels = reported_levels(emb.info, taxonomy)
-    selected = select(clean, cfg.split, cfg.limit_per_class, cfg.seed)
+    selected, seen = select(clean, cfg.split, cfg.limit_per_class, cfg.seed, emb.info)
     records = scored_records(emb, clean, selected, cfg.split, say)
     source = copies_encoder(emb.info.encoder, clean, cfg)  # a moved or wrong encoder: before any work
     inf = emb(clean, records)
@@ -212,7 +223,8 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     result = {"run": str(cfg.run), RUN_MODEL: weights, "cache": str(clean.root), "cache_id": clean.cache_id,
               "cache_digest": cache_digest(clean), "split": cfg.split, "limit_per_class": cfg.limit_per_class,
               "seed": cfg.seed, "n_videos": len(selected), "levels": levels, "perturbations": perturbations,
-              "created": now(), "versions": versions(), **({HELDOUT_KEY: tag} if tag else {})}
+              "created": now(), "versions": versions(), **({HELDOUT_KEY: tag} if tag else {}),
+              **({SEEN_KEY: seen} if seen else {})}
     json_name, md_name = result_files(cfg.split, tag)
     write_json(out / json_name, result)
     write_text(out / md_name, markdown(result))
