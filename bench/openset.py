@@ -34,13 +34,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="train: the class-balanced retraining baseline (retrain{k}-balanced/g) instead.")
     p.add_argument("--shots", action="store_true", help="Also enrollment alone at k = 3, 5, 10, 20 (5 draws).")
     p.add_argument("--only", default="", help="Comma-separated generators (default: every fake one).")
+    p.add_argument("--two-stage", action="store_true", help="train: each fold adapts EXP/stage1/g, trained without g.")
     args = p.parse_args(argv)
     cache = FeatureCache.open(args.cache)
     gens = args.only.split(",") if args.only else generators(cache)
     if args.what == "train":
         opts = tomllib.loads(Path(args.config).read_text()) if args.config else {}
         train_folds(args.cache, Path(args.out), {**opts, "loss": "ce"}, gens, args.k, args.seed,
-                    retrain=not args.balanced, balanced=args.balanced)
+                    retrain=not args.balanced, balanced=args.balanced, two_stage=args.two_stage)
     else:
         res = evaluate_folds(cache, Path(args.runs or args.out), Path(args.out), gens, args.k, args.seed,
                              [Path(r) for r in args.calib], shots=args.shots)

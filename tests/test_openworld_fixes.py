@@ -246,3 +246,97 @@ def test_class_and_enrolled_names_with_brackets_print_as_written() -> None:
     out = cap.get()
     for text in ("v [1].mp4", "kling [v1.5]", "TEAM-L a[/]b", "x[/] 10.0%", "GEN-L c[/]d"):
         assert text in out, out
+
+
+# a fold never reads its held-out generator --------------------------------------------------------
+FOLD_OPTIONS = {"d_model": 16, "depth": 1, "heads": 2, "eval_batch_size": 64, "loss": "ce", "epochs": 1,
+                "min_steps": 0, "eval_every_steps": 0, "batch_size": 16, "frames": TP, "warmup_epochs": 0.0,
+                "patience": 0}
+
+
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every video whose features are read (FeatureCache.read and read_shard: all training reads go through them)."""
+    read: list[str] = []
+    plain, shard = FeatureCache.read, FeatureCache.read_shard
+
+    def recorded_read(self: FeatureCache, records: Any, check: bool = True) -> dict[str, np.ndarray]:
+        read.extend(r.path for r in records)
+        return plain(self, records, check)
+
+    def recorded_shard(self: FeatureCache, ref: Any, check: bool = True) -> dict[str, np.ndarray]:
+        read.extend(r.path for r in ref.records)
+        return shard(self, ref, check)
+
+    monkeypatch.setattr(FeatureCache, "read", recorded_read)
+    monkeypatch.setattr(FeatureCache, "read_shard", recorded_shard)
+    return read
+
+
+def reads_per_run(monkeypatch: pytest.MonkeyPatch, train: Any) -> dict[str, set[str]]:
+    """The videos read while each run trained (train_folds logs a line after each run)."""
+    read, per_run = record_reads(monkeypatch), {}
+
+    def log(line: str) -> None:
+        per_run[line.split()[1]] = set(read)
+        read.clear()
+
+    train(log)
+    return per_run
+
+
+def test_a_logo_fold_reads_no_video_of_its_held_out_generator(world: dict[str, Any], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not for its content basis, self-training's unlabelled pool or model selection: they read every train
+    (and val) video, so a fold self-trained on the generator it holds out and fitted its basis on it; the
+    retrained fold reads only the k videos it is given of it."""
+    from saga.openworld.logo import _check_fold_options, enrollment_videos, evaluate_folds, train_folds
+    from saga.train.attribute import AttributeConfig
+
+    cache = world["cache"]
+    reads = reads_per_run(monkeypatch, lambda log: train_folds(cache.root, tmp_path, dict(FOLD_OPTIONS),
+                                                              ["syn-hotshot"], 3, 0, retrain=True, log=log))
+    hotshot = {r.path for r in cache.ok_records() if r.generator == "syn-hotshot"}
+    assert reads["logo/syn-hotshot"] and not reads["logo/syn-hotshot"] & hotshot
+    given = set(enrollment_videos(cache, "syn-hotshot", 3, 0))
+    assert reads["retrain3/syn-hotshot"] & hotshot == given  # not its 2 other train videos, nor its val videos
+    done = json.loads((tmp_path / "logo" / "syn-hotshot" / "done.json").read_text())
+    assert done["self_training"] == "every train video is labelled" and done["unlabelled_videos"] == 0
+    # a fold trained before (nothing withheld) is not reused as if it were one
+    run = tmp_path / "logo" / "syn-hotshot"
+    config = json.loads((run / "config.json").read_text())
+    write_json(run / "config.json", {k: v for k, v in config.items() if k != "withheld"})
+    with pytest.raises(SagaError, match="by an older saga, which read other videos of the generator it holds out"):
+        train_folds(cache.root, tmp_path, dict(FOLD_OPTIONS), ["syn-hotshot"], 3, 0, retrain=False)
+    lines: list[str] = []  # and measured all the same, but flagged
+    res = evaluate_folds(cache, tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lines.append)
+    assert res["not_withheld"] == [str(run)] and f"{run}: trained by an older saga" in "\n".join(lines)
+    assert "**Not unseen-generator figures:** 1 run(s)" in (tmp_path / "out" / "results.md").read_text()
+    cfg = AttributeConfig.from_dict({**FOLD_OPTIONS, "level": "GEN-L", "seed": 0, "fraction": 1.0, "floor": 1})
+    with pytest.raises(SagaError, match="trained from scratch, this call asks for stage 1"):
+        _check_fold_options(tmp_path / "retrain3" / "syn-hotshot", cfg, config["withheld"] | {"keep": sorted(given)},
+                            tmp_path / "stage1" / "syn-hotshot")
+
+
+def test_a_two_stage_fold_adapts_a_stage1_run_that_never_read_its_held_out_generator(
+        world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold built on a stage-1 run trained on every train video (real/fake labels) has seen the generator it
+    holds out: refused; `two_stage` trains stage1/<g> without g (streamed here: the shard reader is checked too)."""
+    from saga.openworld.holdout import train_holdout
+    from saga.openworld.logo import train_folds
+    from saga.train.attribute import AttributeConfig
+    from saga.train.stage1 import Stage1Config, train_stage1
+
+    cache = world["cache"]
+    plain = train_stage1(cache.root, tmp_path / "s1", Stage1Config(d_model=16, depth=1, heads=2, epochs=1,
+                                                                  frames=TP, eval_batch_size=64))
+    cfg = AttributeConfig.from_dict({**FOLD_OPTIONS, "level": "GEN-L", "fraction": 1.0, "floor": 1})
+    with pytest.raises(SagaError, match=r"s1: this stage-1 run trained on 8 video\(s\) of syn-hotshot \(real/fake"):
+        train_holdout(cache.root, tmp_path / "fold", cfg, exclude=["syn-hotshot"], from_run=plain)
+    opts = {**FOLD_OPTIONS, "stream": True}
+    reads = reads_per_run(monkeypatch, lambda log: train_folds(cache.root, tmp_path, dict(opts), ["syn-hotshot"], 3,
+                                                              0, retrain=False, log=log, two_stage=True))
+    hotshot = {r.path for r in cache.ok_records() if r.generator == "syn-hotshot"}
+    assert reads["stage1/syn-hotshot"] and not reads["stage1/syn-hotshot"] & hotshot
+    assert reads["logo/syn-hotshot"] and not reads["logo/syn-hotshot"] & hotshot
+    config = json.loads((tmp_path / "logo" / "syn-hotshot" / "config.json").read_text())
+    assert config["train"]["from_run"] == str((tmp_path / "stage1" / "syn-hotshot").resolve())

@@ -298,9 +298,16 @@ def test_calibrate_writes_its_reliability_files_under_the_open_world_writer_lock
 def test_logo_warns_about_a_tiny_val_split_once_per_fold(world: dict[str, Any], tmp_path: Path) -> None:
     """Each fold warned twice about the same 12 known val videos: once for its unknown threshold, once for its
     enrollment τ (and a third time with --shots); now one warning per fold names everything fitted on them."""
+    from saga.openworld.holdout import fold_withheld
+    from saga.openworld.logo import enrollment_videos
+
     out = tmp_path / "l"
-    for fold in ("logo", "retrain3"):  # finished folds: reused, nothing trains
-        shutil.copytree(world["run"], out / fold / "syn-hotshot")
+    few = {"syn-hotshot": enrollment_videos(world["cache"], "syn-hotshot", 3, 0)}
+    for fold, withheld in (("logo", fold_withheld("GEN-L", ["syn-hotshot"])),
+                           ("retrain3", fold_withheld("GEN-L", few=few))):
+        run = shutil.copytree(world["run"], out / fold / "syn-hotshot")  # finished folds: reused, nothing trains
+        config = json.loads((run / "config.json").read_text())  # as trained without reading syn-hotshot
+        (run / "config.json").write_text(json.dumps({**config, "withheld": withheld.to_dict()}))
     res = CliRunner().invoke(app, ["openset", "logo", "--cache", str(world["cache"].root), "--out", str(out),
                                    "--only", "syn-hotshot", "--retrain", "3"])
     assert res.exit_code == 0, res.output

@@ -109,8 +109,12 @@ def openset_logo(
     retrain: Annotated[int, typer.Option(
         help="Also train each fold with only this many videos of the held-out generator and compare "
              "enrollment with it (0: no).")] = 0,
+    two_stage: Annotated[bool, typer.Option(
+        "--two-stage", help="Each fold adapts its own stage-1 run (OUT/stage1/<g>, trained without the held-out "
+                            "generator) instead of training from scratch.")] = False,
 ) -> None:
-    """Leave-one-generator-out: train without each generator in turn, then AUROC / OSCR per level."""
+    """Leave-one-generator-out: train without each generator in turn (no video of it is read), then AUROC / OSCR
+    per level."""
     from saga.cache.store import FeatureCache
     from saga.openworld.enroll import MAX_VIDEOS, MIN_VIDEOS
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
@@ -127,7 +131,7 @@ def openset_logo(
     training_options(AttributeConfig, config, loss="ce")  # a bad value in the TOML: one line naming it, now
     with one_line_warnings():
         opts.update(ignored_options(AttributeConfig, given_options(config)))  # mine_k: warned, its default kept
-        train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=_plain)
+        train_folds(cache, out, opts, gens, retrain or 5, seed, retrain=retrain > 0, log=_plain, two_stage=two_stage)
         res = evaluate_folds(c, out, out, gens, retrain or 5, seed, log=_plain)
     _plain(to_markdown(res))
     _plain(f"written: {out / LOGO_RESULTS}, {out / LOGO_RESULTS_MD}; an HTML report with the ROC curves: "

@@ -1,10 +1,13 @@
-"""Training without a class (leave-one-generator-out) or with only a few of its videos, unchanged trainer.
+"""Training without a class (leave-one-generator-out) or with only a few of its videos.
 
 Stage 2 draws its labelled subset and saves it as `labelled.json`; a rerun with the same
 settings reuses the saved file (saga/cache/fraction.py). So a filtered subset written there
-*before* training is the filtered view: `train_attribution` trains on exactly those classes and
-videos, validation scores only the classes it knows (others have no target), and nothing in the
-training code has to change. The file records what was left out under `openworld`.
+*before* training is the filtered labelled view; the file records what was left out under `openworld`.
+Labels are not all training reads: the content basis, the readout's real videos and self-training's
+unlabelled pool come from the whole train split, model selection from the val split, and a stage-1
+run from all of them. So the fold also passes `train_attribution` a `Withheld` (saga.train.withhold):
+every video of the left-out classes, in every split, except the few train videos a class keeps, is
+removed from each of those, and a stage-1 run (`from_run`) that did not withhold them too is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from saga.fileio import make_dir, read_json, write_json
 from saga.runs import LABELLED
 from saga.train.attribute import AttributeConfig, train_attribution
 from saga.train.loop import Progress
+from saga.train.withhold import Withheld
 
 
 def filtered_subset(cache: FeatureCache, cfg: AttributeConfig, exclude: Sequence[str] = (),
@@ -44,7 +48,7 @@ def filtered_subset(cache: FeatureCache, cfg: AttributeConfig, exclude: Sequence
 def train_holdout(cache_path: str | Path, out: str | Path, cfg: AttributeConfig, exclude: Sequence[str] = (),
                   few: dict[str, Sequence[str]] | None = None, from_run: str | Path | None = None,
                   progress: Progress | None = None) -> Path:
-    """Train a stage-2 run in `out` without `exclude` (and with only `few[c]` videos of class c)."""
+    """Train a stage-2 run in `out` that never reads a video of `exclude` (nor of class c but `few[c]`'s)."""
     cfg.check()
     cache = FeatureCache.open(cache_path)
     out = make_dir(out)
@@ -57,7 +61,14 @@ def train_holdout(cache_path: str | Path, out: str | Path, cfg: AttributeConfig,
             raise SagaError(f"{path}: this folder was filtered differently; use another --out folder")
     else:
         write_filtered(path, subset, wanted, cache, filtered)
-    return train_attribution(cache_path, out, cfg, from_run=from_run, progress=progress)
+    return train_attribution(cache_path, out, cfg, from_run=from_run, progress=progress,
+                             withheld=fold_withheld(cfg.level, exclude, few))
+
+
+def fold_withheld(level: str, exclude: Sequence[str] = (), few: dict[str, Sequence[str]] | None = None) -> Withheld:
+    """What a fold never reads: every video of `exclude` and of the `few` classes, but those few train videos."""
+    few = few or {}
+    return Withheld(level, tuple(sorted({*exclude, *few})), tuple(sorted(p for paths in few.values() for p in paths)))
 
 
 def write_filtered(path: Path, subset: dict[str, list[str]], wanted: dict, cache: FeatureCache,

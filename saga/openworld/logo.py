@@ -2,7 +2,9 @@
 
 For each fake generator g of the cache's taxonomy, a GEN-L run is trained without g
 (`logo/g`, see `holdout`), and optionally one whose only videos of g are the k enrollment
-videos (`retrain{k}/g`: the retraining baseline). Then, on the test split:
+videos (`retrain{k}/g`: the retraining baseline). Neither reads any other video of g, labelled or
+not, in any split (saga.train.withhold); with `two_stage` both adapt `stage1/g`, a stage-1 run
+trained without any video of g. Then, on the test split:
 
 - open set: known = test videos of the classes the run was trained on, unseen = test videos of g;
   per level, "unseen" means a class at that level none of the training generators has (g's team,
@@ -39,8 +41,8 @@ from saga.openworld.levels import aggregate, label_at, parents
 from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
 from saga.runs import MODEL, cache_digest, file_fingerprint
-from saga.runs.files import (LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, finished,
-                             reliability_file)
+from saga.runs.files import (LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, LOGO_STAGE1,
+                             MODEL_OPTIONS, finished, reliability_file)
 from saga.taxonomy import LEVELS, REAL
 
 
@@ -66,13 +68,15 @@ def check_val_split(cache: FeatureCache, gens: list[str]) -> None:
 
 
 def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens: list[str], k: int,
-                seed: int, retrain: bool, log: Callable[[str], None] = print, balanced: bool = False) -> None:
+                seed: int, retrain: bool, log: Callable[[str], None] = print, balanced: bool = False,
+                two_stage: bool = False) -> None:
     """Train logo/g for every g (and retrain{k}/g when `retrain`), reusing finished runs.
 
     `balanced` also trains retrain{k}-balanced/g with class-balanced sampling: a stronger
-    retraining baseline when the new class has k videos and the others dozens.
+    retraining baseline when the new class has k videos and the others dozens. `two_stage`: each
+    fold adapts stage1/g, trained first without g, instead of training from scratch.
     """
-    from saga.openworld.holdout import train_holdout
+    from saga.openworld.holdout import fold_withheld, train_holdout
     from saga.train.attribute import AttributeConfig
 
     cache = FeatureCache.open(cache_path)
@@ -88,23 +92,56 @@ def train_folds(cache_path: str | Path, out: Path, options: dict[str, Any], gens
     for kind, g, few in jobs:
         run = out / kind / g
         cfg = AttributeConfig.from_dict({**base, "balance": True} if kind.endswith("-balanced") else dict(base))
-        if finished(run):
-            _check_fold_options(run, cfg)  # reused only when trained as asked (a cheap check, not a reload)
+        stage1 = out / LOGO_STAGE1 / g if two_stage else None
+        if finished(run):  # reused only when trained as asked (a cheap check, not a reload)
+            _check_fold_options(run, cfg, fold_withheld("GEN-L", () if few else (g,), few).to_dict(), stage1)
             continue
+        if stage1 is not None and not finished(stage1):
+            t0 = time.time()
+            train_fold_stage1(cache_path, stage1, base, g)
+            log(f"trained {LOGO_STAGE1}/{g} in {time.time() - t0:.0f}s")
         t0 = time.time()
-        train_holdout(cache_path, run, cfg, exclude=() if few else (g,), few=few)
+        train_holdout(cache_path, run, cfg, exclude=() if few else (g,), few=few, from_run=stage1)
         log(f"trained {kind}/{g} in {time.time() - t0:.0f}s")
 
 
-def _check_fold_options(run: Path, cfg: Any) -> None:
-    """Refuse a finished fold run trained with other options or another seed than this call asks for."""
+STAGE1_SHARED = ("frames", "seed", "device", "eval_batch_size", "stream", "memory_budget_gb", "buffer_shards")
+
+
+def train_fold_stage1(cache_path: str | Path, out: Path, options: dict[str, Any], held: str) -> Path:
+    """Stage 1 without any video of `held`: the model options and seed of the folds, stage 1's own schedule."""
+    from saga.train.stage1 import Stage1Config, train_stage1
+    from saga.train.withhold import Withheld
+
+    shared = {k: v for k, v in options.items() if k in MODEL_OPTIONS or k in STAGE1_SHARED}
+    return train_stage1(cache_path, out, Stage1Config.from_dict(shared), withheld=Withheld("GEN-L", (held,)))
+
+
+def _check_fold_options(run: Path, cfg: Any, withheld: dict | None = None, stage1: Path | None = None) -> None:
+    """Refuse a finished fold run trained with other options or another seed than this call asks for, or
+    one that read videos of its held-out generator (`withheld`: what it must have withheld), or adapted
+    another stage-1 run than `stage1` (None: trained from scratch)."""
     cfg.check()
-    trained = json.loads((run / "config.json").read_text()).get("train", {})
+    config = json.loads((run / "config.json").read_text())
+    if withheld is not None and config.get("withheld") != withheld:
+        what = (f"withholding {config['withheld']}, this call withholds {withheld}" if config.get("withheld") else
+                OLD_FOLD)
+        raise SagaError(f"{run}: trained {what}; delete that fold's folder to train it again, or pass another --out")
+    trained = config.get("train", {})
+    base = trained.get("from_run")
+    if (base is None) != (stage1 is None) or (base and Path(base).resolve() != stage1.resolve()):
+        raise SagaError(f"{run}: trained {'from ' + str(base) if base else 'from scratch'}, this call asks for "
+                        f"{'stage 1 ' + str(stage1) if stage1 else 'from scratch'}; pass another --out, or delete "
+                        "that fold's folder to train it again")
     asked = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}, default=str))
     diff = next((k for k, v in asked.items() if k in trained and trained[k] != v), None)
     if diff is not None:
         raise SagaError(f"{run}: trained with {diff} = {trained[diff]!r}, this call asks for {asked[diff]!r}; "
                         "pass another --out, or delete that fold's folder to train it again")
+
+
+OLD_FOLD = ("by an older saga, which read other videos of the generator it holds out (its content basis and "
+            "self-training; a retrained fold's model selection too)")
 
 
 def enrollment_videos(cache: FeatureCache, generator: str, k: int, seed: int) -> list[str]:
@@ -266,6 +303,11 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
         if g not in tested:
             log(f"{g}: skipped, no test video of {g} in {cache.root} (nothing unseen to measure)")
             continue
+        for run in [r for r in (logo, retrain) if finished(r) and "withheld" not in json.loads(
+                (r / "config.json").read_text())]:  # measured all the same: the user decides
+            results.setdefault("not_withheld", []).append(str(run))
+            log(f"{run}: trained {OLD_FOLD}: its figures are not those of an unseen generator; delete it to train "
+                "it again")
         fold = measure_fold(logo, retrain, cache, g, k, seed, shots, make_dir(out / LOGO_FOLDS) / f"{g}.json")
         for key, value in fold.items():
             if key != STAMP:  # what the fold was measured on: bookkeeping of folds/<g>.json

@@ -53,7 +53,10 @@ def share(c: int, n: int) -> float | None:
 
 
 def to_markdown(r: dict) -> str:
-    lines = openset_lines(r) + enroll_lines(r) + shots_lines(r) + calibration_lines(r)
+    stale = r.get("not_withheld") or []
+    lines = ([f"**Not unseen-generator figures:** {len(stale)} run(s) were trained by an older saga that read their "
+              f"held-out generator's videos ({', '.join(stale)}); delete them and train them again.", ""] if stale
+             else []) + openset_lines(r) + enroll_lines(r) + shots_lines(r) + calibration_lines(r)
     return "\n".join(lines) + "\n"
 
 

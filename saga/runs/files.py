@@ -55,6 +55,7 @@ RELIABILITY_GLOB = "reliability-*.json"
 # A `saga openset logo` experiment folder (not a run folder): runs under logo/<g> and retrain<k>/<g>.
 LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_FOLDS, LOGO_RUNS = "results.json", "results.md", "folds", "logo"
 LOGO_CALIBRATION = "calibration"  # reliability-<run>.png of the calibrated full runs
+LOGO_STAGE1 = "stage1"  # `--two-stage`: stage1/<g>, the stage-1 run trained without g that logo/<g> adapts
 
 
 def reliability_file(split: str, suffix: str = ".json") -> str:

@@ -58,6 +58,8 @@ from saga.train.mining import POSITIVES, mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
 from saga.runs.files import MODEL_OPTIONS
 from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
+from saga.train import withhold
+from saga.train.withhold import Withheld
 
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
 
@@ -281,13 +283,16 @@ class HNMObjective(CEObjective):
 
 def prepare_model(cache: FeatureCache, cfg: AttributeConfig, n_classes: int, frames: int,
                   base: BaseRun | None, subclass_of: Sequence[int] = (), names: Sequence[str] = (),
-                  given: Collection[str] | None = None) -> VideoTransformer:
+                  given: Collection[str] | None = None, train: Sequence[VideoRecord] | None = None
+                  ) -> VideoTransformer:
     """Stage-1 θ with a fresh n_c-way head (a row per subclass with `subclass_of`, named by `names`), or a new
     model; seeded. `given`: the options the user set (TOML keys, flags), checked against the stage-1 run's
-    even at their defaults (without it, those not at their defaults are)."""
+    even at their defaults (without it, those not at their defaults are). `train`: the train pool a new
+    model's basis is fitted on (default: the cache's whole train split, as stage 1 would; a fold's lacks
+    what it withholds)."""
     torch.manual_seed(cfg.seed)
     if base is None:
-        pool = cache.ok_records("train")  # the whole train pool, as stage 1 would
+        pool = cache.ok_records("train") if train is None else train
         model = allocate(cfg.model_config(cache.dim, n_classes, frames, len(pool)))
         fit_to_pool(model, cache, pool, cfg.basis_method, cfg.seed, frames)
         if subclass_of:
@@ -321,16 +326,19 @@ def training_targets(labelled: Sequence[VideoRecord], targets: np.ndarray, n_cla
 
 def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeConfig | None = None,
                       from_run: str | Path | None = None, progress: Progress | None = None,
-                      given: Collection[str] | None = None) -> Path:
+                      given: Collection[str] | None = None, withheld: Withheld | None = None) -> Path:
     """Train (or resume, or reuse) a stage-2 attribution run in `out`; returns the run folder. `given`: the
-    options the user set (a --config's keys and the flags), see `prepare_model`."""
+    options the user set (a --config's keys and the flags), see `prepare_model`. `withheld`: videos no
+    step reads, in any split (a leave-one-out fold's held-out generator, saga.train.withhold)."""
     cfg = cfg or AttributeConfig()
     cfg.check()
     distributed.init(resolve_device(cfg.device))  # under torchrun: rank 0 decides, writes and reports
     cache = FeatureCache.open(cache_path)
     base = load_base(from_run, cache) if from_run is not None else None
+    if base is not None:
+        withhold.check_base(withheld, base.info.config, base.info.path, cache)
     frames = resolve_frames(cfg.frames or (base.frames if base else None), cache)
-    train = cache.ok_records("train")
+    train = withhold.apply(withheld, cache.ok_records("train"))  # the labelled, unlabelled and basis pools
     out = Path(out)
     wanted = cfg.labelled_settings(cache.cache_id)
     subset, saved = distributed.run_on_main(lambda: saved_or_drawn(out / LABELLED, train, cache.taxonomy, wanted))
@@ -341,7 +349,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     pool = [r for r in train if r.path in chosen]
     targets = np.array([chosen[r.path] for r in pool], np.int64)
     sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
-    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given)
+    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given, train)
     if base is not None:  # record the θ adapted: config.json listed the defaults (d_model 256, ...) it never used
         recorded = base.info.config.get("train") or {}
         cfg = replace(cfg, **{name: recorded[name] for name in MODEL_OPTIONS if name in recorded})
@@ -353,6 +361,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
                   "from_run": base.path if base else None},
         "cache": str(Path(cache_path).resolve()),
     }
+    config = withhold.record(config, withheld)
     prov = make_provenance(cache, cfg.seed, base.origin if base else None)
     run, done = open_run(out, config, prov, progress)
     if done:
@@ -367,7 +376,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
         view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
         objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
                      else HNMObjective(data, view, cfg, device, level_labels=targets))
-        validate = make_validator(cache, cache.ok_records("val"), cfg.level, classes, frames, cfg.eval_batch_size, device)
+        val = withhold.apply(withheld, cache.ok_records("val"))
+        validate = make_validator(cache, val, cfg.level, classes, frames, cfg.eval_batch_size, device)
 
         def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
             unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)

@@ -31,6 +31,8 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.runs import make_provenance
+from saga.train import withhold
+from saga.train.withhold import Withheld
 
 LEVEL = "BIN-L"
 
@@ -46,14 +48,15 @@ class Stage1Config(TrainOptions):
 
 
 def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | None = None,
-                 progress: Progress | None = None) -> Path:
-    """Train (or resume, or reuse) a stage-1 real/fake run in `out`; returns the run folder."""
+                 progress: Progress | None = None, withheld: Withheld | None = None) -> Path:
+    """Train (or resume, or reuse) a stage-1 real/fake run in `out`; returns the run folder. `withheld`: videos
+    it never reads (a leave-one-out fold's held-out generator, recorded so the fold can check it)."""
     cfg = cfg or Stage1Config()
     cfg.check()
     cache = FeatureCache.open(cache_path)
     frames = resolve_frames(cfg.frames, cache)
     classes = cache.taxonomy.classes(LEVEL)
-    train = cache.ok_records("train")
+    train = withhold.apply(withheld, cache.ok_records("train"))
     targets = record_targets(train, LEVEL, classes)
     missing = [c for i, c in enumerate(classes) if not (targets == i).any()]
     if missing:
@@ -68,6 +71,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         "stage": 1, "level": LEVEL, "classes": classes, "frames": frames, "model": model_cfg.to_dict(),
         "train": {**cfg.to_dict(), "frames": frames}, "cache": str(Path(cache_path).resolve()),
     }
+    config = withhold.record(config, withheld)
     prov = make_provenance(cache, cfg.seed)
     run, done = open_run(out, config, prov, progress)
     if done:
@@ -77,6 +81,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
         view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
         objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
-        validate = make_validator(cache, cache.ok_records("val"), LEVEL, classes, frames, cfg.eval_batch_size, device)
+        val = withhold.apply(withheld, cache.ok_records("val"))
+        validate = make_validator(cache, val, LEVEL, classes, frames, cfg.eval_batch_size, device)
         fit(model, objective, run, cfg, float(cfg.lr or 3e-4), validate, device, progress)
     return run.path
