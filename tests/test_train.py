@@ -378,7 +378,7 @@ def test_ablation_grid_has_probe_and_ceiling_rows(cache: FeatureCache, stage1: P
 def test_stage2_reports_the_labelled_count_per_class_before_training(cache: FeatureCache, stage1: Path,
                                                                      tmp_path: Path) -> None:
     from saga.cache.fraction import counts_line
-    from saga.train.loop import describe
+    from saga.progress import describe
 
     events: list[ProgressEvent] = []
     run = train_attribution(cache.root, tmp_path / "r", a_config(epochs=1), from_run=stage1, progress=events.append)

@@ -38,7 +38,7 @@ Resume = Annotated[Optional[bool], typer.Option(
 
 
 def _printer(event: Any) -> None:  # a training ProgressEvent
-    from saga.train.loop import describe
+    from saga.progress import describe
 
     if event.kind != "step":  # class names and paths as written, never read as rich markup
         err.print(describe(event), markup=False)
