@@ -90,6 +90,9 @@ def test_a_copy_of_a_train_video_in_the_test_split_is_left_out_for_the_run_and_t
     assert m["n"] == len(base) == 12 and m["seen_in_training"]["n"] == 2
     assert m["probe"]["n"] == 12 and m["probe"]["paired"]["n"] == 12  # the probe is scored on the same videos
     assert "seen_in_training" not in evaluate(run2, copied.root, split="val", probe=False)
+    from saga.explain.report import render_report
+
+    assert "2 video(s) the run was trained or validated on (e.g. " in render_report([run2])  # the run's own metrics
 
 
 def test_a_heldout_cache_of_only_trained_videos_is_refused(trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
@@ -162,3 +165,21 @@ def test_evaluate_s_open_world_figures_leave_out_the_same_videos(trained: tuple[
     other, unseen = shared_heldout(own, tmp_path)
     ow = evaluate_openworld(run, other.root)
     assert ow["calibration"]["before"]["n"] == len(unseen) == 8 and ow["seen_in_training"]["n"] == 12
+
+
+def test_the_report_says_when_scores_left_out_videos_the_run_was_trained_on(
+        trained: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    """The report showed n = 8 for a 20-video test split without saying why: a reader took the 12 seen videos
+    as lost (or the figure as of the whole cache)."""
+    from saga.explain.report import render_report
+
+    own, run = trained
+    other = split_cache(tmp_path / "shared", videos(5) | {f"{g}/{i:03d}.mp4": "test" for g in GENS for i in (20, 21)})
+    with pytest.warns(UserWarning, match="trained or validated on"):
+        m = evaluate(run, other.root, probe=False)
+    html = render_report([run])
+    seen = m["seen_in_training"]
+    assert (f"shared · test: {seen['n']} video(s) the run was trained or validated on (e.g. {seen['examples'][0]}) "
+            "were left out of these scores: n counts only the others.") in html
+    section = html[:html.index("Held-out evaluations")]
+    assert "were left out of these scores" not in section  # the run's own metrics left nothing out

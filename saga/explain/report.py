@@ -42,7 +42,7 @@ from saga.explain.report_ablation import (ablation_section, check_ablation, find
                                           table_in)
 from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, is_number, num, pct, pct_ci,
                                       png, png_text, run_name, table)
-from saga.explain.report_heldout import foreign_note, heldout_section, load_heldout
+from saga.explain.report_heldout import foreign_note, heldout_section, load_heldout, seen_note
 from saga.explain.report_logo import experiment_file, find_experiments, is_experiment, logo_section
 from saga.explain.report_openworld import beyond_sections, load_beyond
 from saga.fileio import make_dir, write_text
@@ -262,7 +262,7 @@ def _metrics_part(run: dict[str, Any]) -> list[str]:
             out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
         return out
     out += [f"<h3>Metrics ({esc(m.get('split', ''))})</h3>",
-            foreign_note(m, _dict(run.get("provenance")).get("cache_id")),
+            foreign_note(m, _dict(run.get("provenance")).get("cache_id")), seen_note(m),
             guarded("metrics", FIX, _cards, m),
             guarded("probe", FIX, probe_note, m), guarded("nearest source", FIX, source_note, m)]
     others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"

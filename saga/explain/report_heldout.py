@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from saga.explain.metrics import HELDOUT_KEY, other_weights
 from saga.explain.report_html import guarded, pct, pct_ci, table
+from saga.explain.seen import SEEN_KEY
 from saga.runs import HELDOUT, RunFolder
 
 HEADER = ["cache", "cache id", "split", "n", "accuracy % [95 % CI]", "macro acc % [95 % CI]", "probe acc %",
@@ -66,6 +67,7 @@ def heldout_section(held: dict[str, Any], per_class: Callable[[dict[str, Any]], 
         out.append(guarded("held-out evaluations", FIX, lambda: table(HEADER, [_row(n, m) for n, m in rows], left=3)))
     for name, m in rows:
         label = f"per-class accuracy: {cache_name(name, m)} · {m.get('split')} · n={m.get('n')}"
+        out.append(seen_note(m, f"{cache_name(name, m)} · {m.get('split')}: "))
         out.append(f"<details><summary>{escape(label)}</summary>{guarded(label, FIX, per_class, m)}</details>")
     if stale:
         out.append(f'<p class="meta">{escape(", ".join(stale))}: made with other weights than the run\'s '
@@ -84,3 +86,15 @@ def foreign_note(m: dict[str, Any], run_cache: Any) -> str:
     return (f'<p class="meta">These metrics are of cache {escape(str(cache)[:12])}, not the run\'s training cache '
             f"{escape(str(run_cache)[:12])} (an older saga wrote held-out evaluations under the run's own file "
             "names); rerun <code>saga evaluate</code> on the training cache for the run's own.</p>")
+
+
+def seen_note(m: dict[str, Any], where: str = "") -> str:
+    """One line when `saga evaluate` left out videos the run was trained or validated on (`SEEN_KEY`): the n
+    shown is of the others, and a reader comparing with the cache's size should know why."""
+    seen = m.get(SEEN_KEY)
+    if not isinstance(seen, dict) or not isinstance(seen.get("n"), int) or seen["n"] <= 0:
+        return ""
+    examples = [str(e) for e in seen.get("examples") or [] if isinstance(e, str)][:1]
+    example = f" (e.g. {escape(examples[0])})" if examples else ""
+    return (f'<p class="meta">{escape(where)}{seen["n"]} video(s) the run was trained or validated on{example} '
+            "were left out of these scores: n counts only the others.</p>")
