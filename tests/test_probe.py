@@ -156,7 +156,8 @@ def test_probe_matches_sklearn_and_uses_the_stage2_subset(cache: FeatureCache, t
     x = cache_features(cache, train)
     y = np.array([GENS.index(r.generator) % 3 for r in train])
     probe, choice = fit_probe(x, y, ["a", "b", "c"], {"frames": None})
-    assert choice == {"C": 1.0, "grid": None, "val_macro_accuracy": None, "selected_by": "default"}
+    assert choice == {"C": 1.0, "grid": None, "val_macro_accuracy": None, "selected_by": "default",
+                      "selected_on": None}
     z = StandardScaler().fit_transform(x)
     ref = LogisticRegression(C=1.0, solver="lbfgs", max_iter=2000, class_weight="balanced").fit(z, y)
     np.testing.assert_allclose(probe.predict_proba(x), ref.predict_proba(z), atol=1e-4)  # float32 features

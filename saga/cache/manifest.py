@@ -152,6 +152,35 @@ def append_split_plan(path: Path, entries: dict[str, tuple[str, str]]) -> None:
                                    for p, (g, s) in entries.items()))
 
 
+PRUNED_PLAN = "splits-pruned.jsonl"  # in the cache folder: the split of every video `saga cache prune` dropped
+
+
+def read_pruned_plan(path: Path) -> dict[str, dict[str, Any]]:
+    """path -> {"split", "size", "mtime_ns"} of each pruned video (a later line of a path wins); {} without the file.
+
+    Why it is kept: a pruned video that comes back (a folder moved away and back, a deleted file restored)
+    must return to its old split; drawn anew, a video tested on could move into train for every later run."""
+    pruned = {}
+    for number, line in _complete_lines(path):
+        try:
+            entry = loads(line)
+            if entry["split"] not in SPLITS:
+                raise ValueError(entry["split"])
+            pruned[entry["path"]] = {"split": entry["split"], "size": int(entry.get("size", -1)),
+                                     "mtime_ns": int(entry.get("mtime_ns", 0))}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise SagaError(f"{path}:{number}: corrupt line (the splits of pruned videos); restore it, or delete "
+                            "the line: a video it names would then get a new split if it comes back") from None
+    return pruned
+
+
+def append_pruned_plan(path: Path, entries: dict[str, tuple[str, int, int]]) -> None:
+    """Record (split, size, mtime_ns) of each video about to be pruned, before anything of it is dropped."""
+    if entries:
+        append_lines(path, "".join(json.dumps({"path": p, "split": s, "size": size, "mtime_ns": mtime}) + "\n"
+                                   for p, (s, size, mtime) in entries.items()))
+
+
 # JSON type of every manifest field (bool is not an int here); the first seven are required.
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "path": (str,), "size": (int,), "mtime_ns": (int,), "status": (str,), "generator": (str,), "labels": (dict,),
@@ -229,6 +258,7 @@ def assign_splits(
     gets its share within about one video per split, so every source folder of a class that pools
     several (GenVideo's real class: Kinetics-400, Youku-mPLUG, MSR-VTT) gets its own 70/10/20 instead
     of whatever a draw from the pooled class gave it. A class in one folder is ordered as before.
+    Ties are broken by `_lagging`, so a class of two videos gets one train and one test video.
     """
     by_class: dict[str, list[str]] = {}
     for path, cls in items:
@@ -239,10 +269,26 @@ def assign_splits(
         total = sum(counts.values())
         for path in sorted(paths, key=lambda p: _split_order(seed, p)):
             total += 1
-            split = max(SPLITS, key=lambda s: (fractions.get(s, 0.0) * total - counts[s], -SPLITS.index(s)))
+            split = _lagging(counts, fractions, total)
             counts[split] += 1
             out[path] = split
     return out
+
+
+TIE = 1e-6  # deficits this close are equal: 0.7 * 2 - 1 is 0.3999999999999999, 0.2 * 2 is 0.4
+TIE_ORDER = ("train", "test", "val")  # equal deficits and counts: a class's test videos are what measure it
+
+
+def _lagging(counts: dict[str, int], fractions: dict[str, float], total: int) -> str:
+    """The split furthest below its share of `total` videos. A tie goes to the split holding fewer of the class's
+    videos (an empty split gets its first video before another gets one more), then by TIE_ORDER.
+
+    Why: the deficits were compared as raw floats with a train-first tie-break, so float noise decided the
+    ties: a class of two videos at 70/10/20 got train + test, at 68/14/18 (or 75/0/25) two train videos and none
+    to test it on; a class of five at 70/10/20 got no val video."""
+    deficit = {s: fractions.get(s, 0.0) * total - counts[s] for s in SPLITS}
+    top = max(deficit.values())
+    return min((s for s in SPLITS if deficit[s] >= top - TIE), key=lambda s: (counts[s], TIE_ORDER.index(s)))
 
 
 def _split_order(seed: int, path: str) -> tuple[str, str, str]:

@@ -12,7 +12,8 @@ and its seal in an order that a kill or a full disk cannot break:
 Killed before 2: a stray `.pruned` file, removed by the next prune or extraction (nothing was
 pruned). Killed after 2: `finish_prunes`, run by the next prune, `saga extract` and
 `saga cache verify --seal`, completes 3 and 4 (`saga cache verify` warns until then). Every record of
-a dropped path goes, in every part, so an older part's record of it cannot come back.
+a dropped path goes, in every part, so an older part's record of it cannot come back. Its split does not go:
+it is kept in `splits-pruned.jsonl` first (`remember_splits`), so a video that comes back returns to its split.
 
 Each part records the videos folder of the pass that wrote it (seal.VIDEOS); a cache holding parts
 of another folder, or of a pass that recorded none (an older saga), is refused unless --all-folders.
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saga.cache.columns import SIDECAR
-from saga.cache.manifest import AUGMENTED, iter_lines, manifest_digest, parse_line, read_split_plan, source_key
+from saga.cache.manifest import (AUGMENTED, PRUNED_PLAN, append_pruned_plan, iter_lines, manifest_digest, parse_line,
+                                 read_split_plan, source_key)
 from saga.cache.seal import MANIFEST, SEAL, log_entries, log_part, part_videos, seal_leftover_parts, seal_of
 from saga.errors import SagaError, shown
 from saga.fileio import write_bytes, write_json, write_text
@@ -128,6 +130,7 @@ def prune_gone(cache: "FeatureCache", videos: Path, all_folders: bool = False) -
         drop = gone_paths(cache, videos, all_folders)
         if drop:
             wanted = set(drop)
+            remember_splits(cache, wanted)
             for name in cache.part_names():
                 prune_part(cache.root, name, wanted)
             _prune_plan(cache.split_plan_path, wanted)
@@ -135,6 +138,22 @@ def prune_gone(cache: "FeatureCache", videos: Path, all_folders: bool = False) -
     finally:
         unlock_folder(cache.root)
     return drop
+
+
+def remember_splits(cache: "FeatureCache", drop: set[str]) -> None:
+    """Append the split (and the file's size and mtime) of every original video about to be dropped to
+    `PRUNED_PLAN`, before anything is dropped: `saga extract` puts a video that comes back, at its path or
+    renamed (same name, size and mtime), into that split again. An augmented copy follows its source."""
+    plan = read_split_plan(cache.split_plan_path)
+    records = cache.records()
+    found = {path: records[i] for i, path in enumerate(records.paths()) if path in drop}
+    entries = {}
+    for path in sorted(p for p in drop if not p.startswith(AUGMENTED)):
+        rec = found.get(path)
+        split = plan[path][1] if path in plan else rec.split if rec is not None else None
+        if split is not None:
+            entries[path] = (split, *(rec.fingerprint() if rec is not None else (-1, 0)))
+    append_pruned_plan(cache.root / PRUNED_PLAN, entries)
 
 
 def prune_part(root: Path, name: str, drop: set[str]) -> int:
@@ -186,7 +205,8 @@ def finish_prunes(root: Path) -> None:
 
 
 def _prune_plan(plan_path: Path, drop: set[str]) -> None:
-    """The split plan without the dropped paths (rewritten atomically; a returning video is planned anew)."""
+    """The split plan without the dropped paths (rewritten atomically; a returning video gets its split back from
+    `PRUNED_PLAN`, written before)."""
     plan = read_split_plan(plan_path)
     if drop & plan.keys():
         write_text(plan_path, "".join(_plan_line(p, g, s) for p, (g, s) in plan.items() if p not in drop))

@@ -270,6 +270,7 @@ def probe(
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
     from saga.cache.fraction import counts_line
     from saga.explain.metrics import metrics_table
+    from saga.explain.probe import choice_text
     from saga.explain.probe_runs import run_probe
     from saga.fileio import read_json
     from saga.runs import LABELLED
@@ -288,7 +289,7 @@ def probe(
     else:
         err.print(counts_line(metrics["level"], read_json(out / LABELLED)["classes"]), soft_wrap=True, markup=False)
         console.print(metrics_table(metrics))
-        console.print(f"linear probe on {metrics['n_train']} labelled videos (C = {metrics['C']:g}); "
+        console.print(f"linear probe on {metrics['n_train']} labelled videos ({choice_text(metrics['selection'])}); "
                       f"written to {out}", markup=False)
 
 

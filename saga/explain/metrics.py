@@ -33,6 +33,7 @@ from rich.table import Table
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_ci, format_nearest_source, format_paired, paired_difference
+from saga.explain.probe import choice_text
 from saga.explain.probe_runs import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics, scored_classes, source_metrics
 from saga.explain.seen import SEEN_KEY, only_unseen
@@ -201,6 +202,8 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     has_probe = "accuracy" in probe
     if has_probe:
         by = f" by their {len(probe['sources'])} generators" if probe.get("sources") else ""
+        if (probe.get("selection") or {}).get("selected_on") == "train":  # not the usual val: say so
+            by += f"; {choice_text(probe['selection'])}"
         caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos{by}): "
                     f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))}  ·  "
                     f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))}")

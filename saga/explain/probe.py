@@ -32,9 +32,12 @@ Training: standardise (fit on the labelled train videos only), then sklearn's
 LogisticRegression (lbfgs, multinomial, class_weight="balanced"). C is chosen from
 `C_GRID` by the macro accuracy of the class decision (fitted on sources: the summed
 classes) on the cache's val videos of the classes it can predict, as the run validates
-(ties: the smaller C); without val videos C = 1.0. The fitted model is saved as safetensors (coefficients,
-intercepts, scaler mean and scale; classes and the feature spec in its metadata),
-never pickle, and predicts with numpy alone.
+(ties: the smaller C); without val videos C = 1.0. Scored on the val split itself (`--split val`), C is
+chosen by stratified k-fold cross-validation on the labelled train videos instead (k = 5, or the fewest
+labelled videos of a class; 1.0 when a class has one): picked on the videos it is scored on, the score
+was optimistic. `selection` records which split chose C (`selected_on`: "val", "train" or null).
+The fitted model is saved as safetensors (coefficients, intercepts, scaler mean and scale;
+classes and the feature spec in its metadata), never pickle, and predicts with numpy alone.
 
 What it is fitted on for a run, and the `saga probe` folder: `saga.explain.probe_runs`.
 """
@@ -61,6 +64,7 @@ from saga.train.readout import mixture_bias, pool_rows, source_subclasses
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_C = 1.0
+CV_FOLDS = 5
 MAX_ITER = 2000
 PROBE_FILE = "probe.safetensors"
 
@@ -141,31 +145,26 @@ def _macro(y: np.ndarray, pred: np.ndarray) -> float:
 
 def fit_probe(x: np.ndarray, y: np.ndarray, classes: Sequence[str], spec: dict[str, Any],
               x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, grid: Sequence[float] = C_GRID,
-              subclass_of: Sequence[int] = (), sources: Sequence[str] = ()) -> tuple[Probe, dict[str, Any]]:
+              subclass_of: Sequence[int] = (), sources: Sequence[str] = (),
+              cross_validate: bool = False) -> tuple[Probe, dict[str, Any]]:
     """Standardise on x, fit the logistic regression (C chosen on the val videos), return it and how C was chosen.
 
     `y`: each video's class; with `subclass_of` (each row's class, `sources` its generator) each video's row.
     `y_val`: the val videos' classes: C is the one whose class decision (rows pooled) has the best macro accuracy.
+    `cross_validate` (no val videos given): C by k-fold cross-validation on x instead (`_cross_validated`).
     """
-    from sklearn.preprocessing import StandardScaler
-
     groups = [int(g) for g in subclass_of]
     present = np.unique(y)
     covered = {groups[i] for i in present} if groups else set(present.tolist())
     if len(covered) < 2:
         raise SagaError(f"the labelled train videos cover {len(covered)} class(es); the probe needs >= 2")
-    scaler = StandardScaler().fit(x)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    z = (x - scaler.mean_) / scale
 
-    def fit(c: float) -> Probe:
-        coef, intercept = _rows(_logistic(z, y, c), len(groups) or len(classes), compact=not groups)
-        if groups:  # each row weighted 1 / its class's rows: a class with many generators gets no head start
-            intercept = mixture_bias(intercept, groups)
-        return Probe(list(classes), coef, intercept, np.asarray(scaler.mean_, np.float64),
-                     np.asarray(scale, np.float64), spec, float(c), groups, [str(g) for g in sources])
+    def fit(c: float, rows: np.ndarray | slice = slice(None)) -> Probe:
+        return _fit(x[rows], y[rows], c, classes, spec, groups, sources)
 
     use_val = x_val is not None and y_val is not None and len(y_val) > 0
+    if not use_val and cross_validate:
+        return _cross_validated(fit, x, np.array([groups[i] for i in y]) if groups else y, grid, bool(groups))
     scores: dict[str, float] = {}
     best: tuple[float, Probe] | None = None
     for c in grid if use_val else ():
@@ -178,8 +177,59 @@ def fit_probe(x: np.ndarray, y: np.ndarray, classes: Sequence[str], spec: dict[s
     choice = {"C": probe.C, "grid": list(map(float, grid)) if use_val else None,
               "val_macro_accuracy": scores or None,
               "selected_by": ("val macro accuracy" + (" of the summed classes" if groups else "")) if use_val
-              else "default"}
+              else "default", "selected_on": "val" if use_val else None}
     return probe, choice
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float, classes: Sequence[str], spec: dict[str, Any], groups: list[int],
+         sources: Sequence[str]) -> Probe:
+    """Standardise on x (a feature of zero spread keeps scale 1), then the logistic regression at C = c."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    coef, intercept = _rows(_logistic((x - scaler.mean_) / scale, y, c), len(groups) or len(classes),
+                            compact=not groups)
+    if groups:  # each row weighted 1 / its class's rows: a class with many generators gets no head start
+        intercept = mixture_bias(intercept, groups)
+    return Probe(list(classes), coef, intercept, np.asarray(scaler.mean_, np.float64),
+                 np.asarray(scale, np.float64), spec, float(c), groups, [str(g) for g in sources])
+
+
+def _cross_validated(fit: Any, x: np.ndarray, target: np.ndarray, grid: Sequence[float], summed: bool
+                     ) -> tuple[Probe, dict[str, Any]]:
+    """C by the out-of-fold macro accuracy of the class decision over stratified k folds of the labelled train videos
+    (seeded; ties: the smaller C), refitted on all of them; C = 1.0 when a class has a single labelled video.
+
+    Why: when the val split is the one scored, choosing C on it too made the reported score optimistic."""
+    from sklearn.model_selection import StratifiedKFold
+
+    k = min(CV_FOLDS, int(np.unique(target, return_counts=True)[1].min()))
+    if k < 2:
+        return fit(DEFAULT_C), {"C": DEFAULT_C, "grid": None, "val_macro_accuracy": None, "selected_on": None,
+                                "selected_by": "default (a class has a single labelled train video: no "
+                                               "cross-validation; the val split, scored, does not choose C)"}
+    folds = list(StratifiedKFold(k, shuffle=True, random_state=0).split(np.zeros((len(target), 1)), target))
+    scores: dict[str, float] = {}
+    for c in grid:
+        pred = np.empty_like(target)
+        for train, held in folds:
+            pred[held] = fit(c, train).predict(x[held])
+        scores[repr(float(c))] = _macro(target, pred)
+    best = max(grid, key=lambda c: (scores[repr(float(c))], -c))  # ties: the smaller C
+    choice = {"C": float(best), "grid": list(map(float, grid)), "val_macro_accuracy": None,
+              "cv_macro_accuracy": scores, "folds": k, "selected_on": "train",
+              "selected_by": f"{k}-fold cross-validated macro accuracy on the labelled train videos"
+                             + (" of the summed classes" if summed else "")}
+    return fit(best), choice
+
+
+def choice_text(choice: dict[str, Any]) -> str:
+    """How C was chosen, for a line of output ("C = 0.1, chosen on the val videos")."""
+    on = choice.get("selected_on")
+    how = ("chosen on the val videos" if on == "val" else f"chosen by {choice.get('folds')}-fold cross-validation "
+           "on the labelled train videos, as the val split is the one scored" if on == "train" else "the default")
+    return f"C = {float(choice.get('C', DEFAULT_C)):g}, {how}"
 
 
 def _logistic(z: np.ndarray, y: np.ndarray, c: float) -> Any:
@@ -219,7 +269,8 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
                        split: str = "test", classes: Sequence[str] | None = None,
                        keep_correct: bool = False, sources: bool = False,
                        leave_out: frozenset[str] = frozenset()) -> tuple[Probe, dict[str, Any]]:
-    """Fit on `subset` (class -> train paths), select C on val, and compute metrics on `split`.
+    """Fit on `subset` (class -> train paths), select C on val (scoring val: by cross-validation on the
+    labelled train videos), and compute metrics on `split`.
 
     `classes` fixes the output order (a run's class list, so the probe's metrics line up
     with the transformer's); default: the subset's classes. `sources`: fit on the labelled
@@ -237,7 +288,8 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     recs, y = [r for r, k in zip(recs, keep) if k], y[keep]
     spec = feature_spec(frames, cache.dim)
     x = cache_features(cache, recs, frames)
-    val = cache.ok_records("val")
+    cross_validate = split == "val"  # C is not chosen on the videos it is scored on
+    val = [] if cross_validate else cache.ok_records("val")
     seen = set(y.tolist())
     val = [r for r, t in zip(val, record_targets(val, level, classes)) if t in seen]  # classes it can predict
     yv = record_targets(val, level, classes)
@@ -245,9 +297,9 @@ def train_and_evaluate(cache: FeatureCache, level: str, subset: dict[str, list[s
     sub, subclass_of, generators = source_subclasses(recs, y)
     if sources and len(subclass_of) > len(seen):
         probe, choice = fit_probe(x, sub, classes, spec, xv, yv if val else None,
-                                  subclass_of=subclass_of, sources=generators)
+                                  subclass_of=subclass_of, sources=generators, cross_validate=cross_validate)
     else:
-        probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None)
+        probe, choice = fit_probe(x, y, classes, spec, xv, yv if val else None, cross_validate=cross_validate)
     return probe, _train_metrics(probe, cache, level, split, keep_correct, y, classes, len(val), choice, leave_out)
 
 
@@ -288,5 +340,5 @@ def evaluate_probe(probe: Probe, cache: FeatureCache, level: str, split: str = "
     return out
 
 
-__all__ = ["Probe", "STAT_NAMES", "cache_features", "evaluate_probe", "fit_probe", "temporal_statistics",
+__all__ = ["Probe", "STAT_NAMES", "cache_features", "choice_text", "evaluate_probe", "fit_probe", "temporal_statistics",
            "train_and_evaluate", "video_features"]

@@ -34,7 +34,7 @@ from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoStream, decode_workers, read_videos
 from saga.pipeline.roots import check_root
 from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved_videos, pass_failures, read_suspects,
-                                  warn_moved)
+                                  returning_videos, warn_moved)
 from saga.pipeline.sampling import SamplingPolicy
 from saga.progress import ProgressEvent, ProgressFn
 from saga.pipeline.summary import ExtractSummary, Timings
@@ -139,7 +139,7 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
 
     Splits come from the cache's split plan, where every video is recorded once before it is
     extracted: a killed and resumed run ends with the same splits as an uninterrupted one. A video
-    moved or renamed since it was extracted keeps its old split (`saga.pipeline.resume`).
+    moved or renamed since it was extracted keeps its old split, as does one pruned and back (`saga.pipeline.resume`).
     """
     existing = {r.path: r for r in cache.records()}
     redo = misdecoded(cache.root, cfg.videos, existing, items)
@@ -161,8 +161,11 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
     for path, (generator, split) in planned.items():
         if not path.startswith(AUGMENTED):  # copies follow their source; they do not count
             counts.setdefault(generator, {s: 0 for s in SPLITS})[split] += 1
-    new = [(i.rel, i.generator) for i in items if i.rel not in planned and i.rel not in moved]
-    assigned = assign_splits(new, counts, cfg.split_fractions, cfg.split_seed)
+    back = returning_videos(cache.root, items, cfg.videos, planned.keys() | moved.keys())  # pruned, now back
+    for item in (i for i in items if i.rel in back):  # they count before the new videos are drawn
+        counts.setdefault(item.generator, dict.fromkeys(SPLITS, 0))[back[item.rel]] += 1
+    new = [(i.rel, i.generator) for i in items if i.rel not in planned and i.rel not in moved and i.rel not in back]
+    assigned = assign_splits(new, counts, cfg.split_fractions, cfg.split_seed) | back
     assigned |= {rel: rec.split for rel, rec in moved.items() if rel not in planned}  # no leak between splits
     append_split_plan(cache.split_plan_path, {i.rel: (i.generator, assigned[i.rel]) for i in items if i.rel in assigned})
     splits = {rel: split for rel, (_, split) in planned.items()} | assigned

@@ -6,6 +6,9 @@
   (a fresh draw could put the same video in train and in test) and the pass warns once, naming the
   fix (`saga cache prune`). It is still extracted again: a record cannot point at another part's
   rows, and a move to another generator needs a record with the new labels anyway.
+- Pruned videos that come back: `saga cache prune` keeps each dropped video's split (`splits-pruned.jsonl`);
+  a video found again at that path, or renamed while it was gone (same name, size and mtime), returns to it
+  (a fresh draw could move a video that earlier runs were tested on into train).
 - This pass's failures: the failed records of the videos found in this --videos; those of files
   deleted or moved away since are only counted (they made every later pass exit 1).
 - Decoder-crash suspects: the videos a dead decoding worker may have been decoding
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from saga.cache.manifest import AUGMENTED, VideoRecord, file_fingerprint
+from saga.cache.manifest import AUGMENTED, PRUNED_PLAN, VideoRecord, file_fingerprint, read_pruned_plan
 from saga.errors import SagaError
 from saga.fileio import read_json, write_json
 from saga.pipeline.inputs import VideoInput
@@ -49,6 +52,28 @@ def moved_videos(existing: Mapping[str, VideoRecord], items: list[VideoInput], v
         if rec is not None and not os.path.lexists(videos / rec.path):
             found[item.rel] = rec
     return found
+
+
+def returning_videos(cache: Path, items: list[VideoInput], videos: Path, known: Iterable[str]) -> dict[str, str]:
+    """Path -> the split a video not in `known` (planned, or moved) had when `saga cache prune` dropped it: the entry
+    of its own path, else of a pruned video with its name, size and mtime (renamed while it was gone)."""
+    pruned = read_pruned_plan(cache / PRUNED_PLAN)
+    if not pruned:
+        return {}
+    by_file: dict[tuple[str, int, int], str] = {}
+    for path, entry in pruned.items():
+        if entry["size"] >= 0:
+            by_file.setdefault((posixpath.basename(path), entry["size"], entry["mtime_ns"]), entry["split"])
+    skip, back = set(known), {}
+    for item in items:
+        if item.rel in skip or item.rel.startswith(AUGMENTED):
+            continue
+        entry = pruned.get(item.rel)
+        split = entry["split"] if entry is not None else by_file.get(
+            (posixpath.basename(item.rel), *file_fingerprint(item.absolute(videos)))) if by_file else None
+        if split is not None:
+            back[item.rel] = split
+    return back
 
 
 def warn_moved(moved: Mapping[str, VideoRecord], cache: Path, videos: Path) -> None:

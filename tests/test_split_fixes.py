@@ -1,0 +1,159 @@
+"""Splits that stay honest: ties in the split draw, pruned videos that come back, and the probe's C on val."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_video_tree, run_saga, write_clip
+from saga.cache.manifest import PRUNED_PLAN, VideoRecord, assign_splits
+from saga.cache.prune import prune_gone
+from saga.cache.store import FeatureCache, PartWriter, next_part_name
+from saga.errors import SagaError
+from saga.pipeline.extract import extract
+from saga.taxonomy import Taxonomy
+from test_extract import config
+from test_probe import GENS, SPLITS, T, W, clip, provenance
+
+
+# --- 1. ties in the split draw --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fractions", [(0.7, 0.1, 0.2), (0.68, 0.14, 0.18), (0.75, 0.0, 0.25)])
+def test_a_class_of_two_videos_gets_one_test_video_whatever_the_fractions_rounding(
+        fractions: tuple[float, float, float]) -> None:
+    """The second video ties train against test (0.7 * 2 - 1 = 0.4 = 0.2 * 2): float noise decided it, so 70/10/20
+    gave train + test but 68/14/18 and 75/0/25 two train videos and nothing to test the class on."""
+    shares = dict(zip(("train", "val", "test"), fractions))
+    for seed in range(3):
+        got = assign_splits([("c/a.mp4", "c"), ("c/b.mp4", "c")], {}, shares, seed)
+        assert Counter(got.values()) == {"train": 1, "test": 1}
+
+
+def test_a_tie_goes_to_the_split_still_empty_and_the_draw_keeps_its_shares() -> None:
+    """Five videos at 70/10/20: the fifth ties train (3.5 - 3) against val (0.5 - 0); val holds none yet."""
+    shares = {"train": 0.7, "val": 0.1, "test": 0.2}
+    got = assign_splits([(f"c/{i}.mp4", "c") for i in range(5)], {}, shares, 0)
+    assert Counter(got.values()) == {"train": 3, "val": 1, "test": 1}
+    many = assign_splits([(f"c/{i}.mp4", "c") for i in range(1000)], {}, shares, 0)
+    assert Counter(many.values()) == {"train": 700, "val": 100, "test": 200}
+    assert assign_splits([(f"c/{i}.mp4", "c") for i in reversed(range(5))], {}, shares, 0) == got
+
+
+# --- 2. a pruned video that comes back ------------------------------------------------------------------------
+
+def _splits(out: Path) -> dict[str, str]:
+    return {r.path: r.split for r in FeatureCache.open(out).records(refresh=True)}
+
+
+def _gone_and_back(tmp_path: Path, tiny_weights: Path, into: str = "", cli: bool = True
+                   ) -> tuple[str, str, dict, dict]:
+    """A test video moved away and pruned, a new video of its class extracted meanwhile, then the video back
+    (into the folder `into`, keeping its name, size and mtime, when given): (its path, the path it came back
+    at, splits before, splits after)."""
+    videos = make_video_tree(tmp_path / "v", per_class=3)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    before = _splits(cfg.out)
+    video = next(p for p, s in sorted(before.items()) if s == "test" and p.startswith("real/"))
+    shutil.move(str(videos / video), tmp_path / "away.mp4")
+    if cli:
+        run_saga("cache", "prune", str(cfg.out), "--videos", str(videos), "--yes", check=True)
+    else:
+        prune_gone(FeatureCache.open(cfg.out), videos)
+    assert video not in _splits(cfg.out)
+    write_clip(videos / "real" / "new.mp4", n_frames=9, seed=77)
+    extract(cfg)
+    assert _splits(cfg.out)["real/new.mp4"] == "test"  # the class lacked its test video
+    back = f"{into}/{Path(video).name}" if into else video
+    (videos / back).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp_path / "away.mp4"), videos / back)
+    extract(cfg)
+    assert FeatureCache.open(cfg.out).check_structure()[0] == []
+    return video, back, before, _splits(cfg.out)
+
+
+def test_a_pruned_test_video_that_comes_back_returns_to_test(tmp_path: Path, tiny_weights: Path) -> None:
+    """A fresh draw put it in train (the new video had taken the class's test place): a video the earlier runs
+    were tested on became a training video of every later run."""
+    video, _, before, after = _gone_and_back(tmp_path, tiny_weights)
+    assert after[video] == before[video] == "test"
+    assert json.loads((tmp_path / "c" / PRUNED_PLAN).read_text().splitlines()[0])["split"] == "test"
+
+
+def test_a_pruned_video_renamed_while_gone_returns_to_its_split(tmp_path: Path, tiny_weights: Path) -> None:
+    """Back under another folder with its name, size and mtime (`mv` keeps them): the same file, the same split."""
+    video, back, before, after = _gone_and_back(tmp_path, tiny_weights, "real/restored", cli=False)
+    assert back != video and after[back] == before[video] == "test"
+
+
+def test_a_corrupt_line_of_the_pruned_splits_is_one_line(tmp_path: Path, tiny_weights: Path) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    (cfg.out / PRUNED_PLAN).write_text('{"path": "real/x.mp4", "split": "somewhere"}\n')
+    write_clip(videos / "real" / "new.mp4", n_frames=9, seed=7)
+    with pytest.raises(SagaError, match=rf"{PRUNED_PLAN}:1: corrupt line .*; restore it, or delete the line") as exc:
+        extract(cfg)
+    assert "\n" not in str(exc.value)
+
+
+# --- 3. the probe's C when the val split is the one scored -----------------------------------------------------
+
+def _probe_cache(root: Path, val_seed: int) -> FeatureCache:
+    """test_probe's toy cache; `val_seed` draws the val videos' features (the train videos' are the same)."""
+    tax = Taxonomy.load("synth")
+    cache = FeatureCache.create_or_open(root, provenance())
+    writer = PartWriter(cache, next_part_name(cache), capacity=len(GENS) * len(SPLITS) * W)
+    for g, gen in enumerate(GENS):
+        for k, split in enumerate(SPLITS):
+            rng = np.random.default_rng([g, k, val_seed if split == "val" else 0])
+            feats = np.stack([clip(gen, rng) for _ in range(W)]).astype(np.float16)
+            if split == "val" and val_seed:  # val videos that say nothing of their class
+                feats = rng.normal(size=feats.shape).astype(np.float16)
+            rec = VideoRecord(path=f"{gen}/v{k}.mp4", size=1, mtime_ns=1, status="ok", generator=gen,
+                              labels=tax.labels(gen), split=split)
+            writer.add(rec, feats, np.ones((W, T), bool), np.zeros((W, T), np.float32))
+    writer.close()
+    return FeatureCache.open(root)
+
+
+def test_probe_scored_on_val_chooses_c_by_cross_validation_on_train(tmp_path: Path) -> None:
+    """`saga probe --split val` chose C on the val videos and reported its accuracy on the same videos."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    clean, noise = _probe_cache(tmp_path / "clean", 0), _probe_cache(tmp_path / "noise", 1)
+    args = ["probe", "--level", "GEN-L", "--fraction", "1.0", "--split", "val", "--format", "json"]
+    res = CliRunner().invoke(app, [*args, "--cache", str(clean.root), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    choice = data["selection"]
+    assert choice["selected_on"] == "train" and choice["folds"] == 5 and choice["val_macro_accuracy"] is None
+    assert set(choice["cv_macro_accuracy"]) == {"0.01", "0.1", "1.0", "10.0"} and data["split"] == "val"
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["model"]["selection"]["selected_on"] == "train"
+    # the val videos no longer choose anything: other val features, the same C and the same probe
+    other = CliRunner().invoke(app, [*args, "--cache", str(noise.root), "--out", str(tmp_path / "q")])
+    assert json.loads(other.stdout.strip().splitlines()[-1])["selection"] == choice
+    text = CliRunner().invoke(app, [*args[:-2], "--cache", str(clean.root), "--out", str(tmp_path / "p")])
+    assert "chosen by 5-fold cross-validation on the labelled train videos" in " ".join(text.stdout.split())
+    test = CliRunner().invoke(app, [*args[:-4], "--format", "json", "--cache", str(clean.root),
+                                    "--out", str(tmp_path / "t")])
+    assert json.loads(test.stdout.strip().splitlines()[-1])["selection"]["selected_on"] == "val"
+
+
+def test_probe_cross_validation_needs_two_labelled_videos_per_class(tmp_path: Path) -> None:
+    """One labelled video of a class leaves nothing to cross-validate: C = 1.0, said so; val still chooses nothing."""
+    from saga.explain.probe import train_and_evaluate
+
+    cache = _probe_cache(tmp_path / "c", 0)
+    subset = {gen: [f"{gen}/v0.mp4"] for gen in GENS[:3]}
+    _, metrics = train_and_evaluate(cache, "GEN-L", subset, None, "val")
+    assert metrics["C"] == 1.0 and metrics["selection"]["selected_on"] is None and metrics["n_val"] == 0
+    assert "no cross-validation" in metrics["selection"]["selected_by"]
