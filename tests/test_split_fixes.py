@@ -62,7 +62,8 @@ def _gone_and_back(tmp_path: Path, tiny_weights: Path, into: str = "", cli: bool
     video = next(p for p, s in sorted(before.items()) if s == "test" and p.startswith("real/"))
     shutil.move(str(videos / video), tmp_path / "away.mp4")
     if cli:
-        run_saga("cache", "prune", str(cfg.out), "--videos", str(videos), "--yes", check=True)
+        proc = run_saga("cache", "prune", str(cfg.out), "--videos", str(videos), "--yes", check=True)
+        assert "their splits are kept" in " ".join(proc.stdout.split())
     else:
         prune_gone(FeatureCache.open(cfg.out), videos)
     assert video not in _splits(cfg.out)

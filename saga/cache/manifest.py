@@ -164,7 +164,7 @@ def read_pruned_plan(path: Path) -> dict[str, dict[str, Any]]:
     for number, line in _complete_lines(path):
         try:
             entry = loads(line)
-            if entry["split"] not in SPLITS:
+            if entry["split"] not in SPLITS or type(entry["path"]) is not str:
                 raise ValueError(entry["split"])
             pruned[entry["path"]] = {"split": entry["split"], "size": int(entry.get("size", -1)),
                                      "mtime_ns": int(entry.get("mtime_ns", 0))}

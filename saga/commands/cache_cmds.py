@@ -152,7 +152,8 @@ def prune(
     if len(drop) > PRUNE_SHOWN:
         console.print(f"... and {len(drop) - PRUNE_SHOWN} more", markup=False)
     if yes:
-        console.print(f"{cache}: dropped the records of {len(drop)} video(s) gone from {videos}", markup=False)
+        console.print(f"{cache}: dropped the records of {len(drop)} video(s) gone from {videos}; their splits are kept "
+                      "(splits-pruned.jsonl): a video that comes back returns to its split", markup=False)
     else:
         console.print(f"{cache}: {len(drop)} video(s) are gone from {videos}; rerun with --yes to drop their "
                       "records", markup=False)
