@@ -7,11 +7,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from conftest import make_video_tree, run_saga, write_clip
-from saga.cache.manifest import PRUNED_PLAN, VideoRecord, assign_splits
+from saga.cache.export import export_h5, import_h5
+from saga.cache.manifest import PRUNED_PLAN, VideoRecord, assign_splits, read_pruned_plan
 from saga.cache.prune import prune_gone
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
@@ -101,6 +103,28 @@ def test_a_corrupt_line_of_the_pruned_splits_is_one_line(tmp_path: Path, tiny_we
     with pytest.raises(SagaError, match=rf"{PRUNED_PLAN}:1: corrupt line .*; restore it, or delete the line") as exc:
         extract(cfg)
     assert "\n" not in str(exc.value)
+
+
+def test_the_splits_of_pruned_videos_travel_with_an_export(tmp_path: Path) -> None:
+    """An imported cache extended by `saga extract` must know them too; edited inside the file, it is refused."""
+    from test_cache_fixes import new_cache, rec, write_part
+
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4", split="test", size=5, mtime_ns=6), 2)])
+    videos = tmp_path / "videos"
+    (videos / "real").mkdir(parents=True)
+    (videos / "real" / "a.mp4").write_bytes(b"v")
+    prune_gone(FeatureCache.open(cache.root), videos, all_folders=True)
+    kept = read_pruned_plan(cache.root / PRUNED_PLAN)
+    assert kept == {"real/b.mp4": {"split": "test", "size": 5, "mtime_ns": 6}}
+    export_h5(FeatureCache.open(cache.root), tmp_path / "c.h5")
+    assert read_pruned_plan(import_h5(tmp_path / "c.h5", tmp_path / "imp").root / PRUNED_PLAN) == kept
+    with h5py.File(tmp_path / "c.h5", "a") as h5:
+        del h5["pruned_splits"]
+        line = json.dumps({"path": "real/b.mp4", "split": "train", "size": 5, "mtime_ns": 6})
+        h5.create_dataset("pruned_splits", data=np.array([line], dtype=object), dtype=h5py.string_dtype())
+    with pytest.raises(SagaError, match="the file is damaged"):
+        import_h5(tmp_path / "c.h5", tmp_path / "imp2")
 
 
 # --- 3. the probe's C when the val split is the one scored -----------------------------------------------------

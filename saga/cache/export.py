@@ -3,7 +3,9 @@
 Besides the arrays and the manifest, an export holds the split plan (dataset `splits`, one JSON line
 per planned video) and a blake2b `digest` attribute over the attributes, manifest and split plan
 strings, so an edited label or split inside the file is refused at import. Exports of an older saga
-have neither: they still import (without the plan; the import says they cannot be checked).
+have neither: they still import (without the plan; the import says they cannot be checked). A cache that
+was pruned also exports the splits of its pruned videos (dataset `pruned_splits`, one `splits-pruned.jsonl`
+line each, in the digest), so an extraction into the imported cache returns such a video to its split.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import h5py
 import numpy as np
 
 from saga.cache.integrity import attrs_problem
-from saga.cache.manifest import VideoRecord, feature_checksum, read_split_plan
+from saga.cache.manifest import PRUNED_PLAN, SPLITS, VideoRecord, feature_checksum, read_pruned_plan, read_split_plan
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, loads, make_dir, sweep_siblings,
@@ -83,10 +85,11 @@ def is_export(path: Path) -> bool:
         return False
 
 
-def digest(attrs: str, manifest: list[str], splits: list[str]) -> str:
-    """blake2b over the attributes JSON, the manifest and the split plan lines (each length-prefixed)."""
+def digest(attrs: str, manifest: list[str], splits: list[str], pruned: list[str] | None = None) -> str:
+    """blake2b over the attributes JSON, the manifest, the split plan lines and, when there are any, the pruned
+    videos' split lines (each length-prefixed; without them the digest is an older saga's)."""
     h = hashlib.blake2b(digest_size=16)
-    for group in ([attrs], manifest, splits):
+    for group in ([attrs], manifest, splits, *([pruned] if pruned else [])):
         h.update(f"{len(group)}\n".encode())
         for text in group:
             data = text.encode("utf-8")
@@ -100,6 +103,7 @@ def _write(cache: FeatureCache, path: Path) -> int:
     w, t, d = cache.windows, cache.frames, cache.dim
     plan = read_split_plan(cache.split_plan_path) if cache.split_plan_path.is_file() else {}
     splits = [json.dumps({"path": p, "generator": g, "split": s}) for p, (g, s) in plan.items()]
+    pruned = [json.dumps({"path": p, **e}) for p, e in read_pruned_plan(cache.root / PRUNED_PLAN).items()]
     attrs = json.dumps(cache.attrs)
     sweep_siblings(path)  # the temporary files of exports killed mid-write: full-size, one per kill
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
@@ -117,7 +121,9 @@ def _write(cache: FeatureCache, path: Path) -> int:
         manifest = [r.to_json() for r in ok] + [r.to_json() for r in records if not r.ok]
         h5.create_dataset("manifest", data=np.array(manifest, dtype=object), dtype=h5py.string_dtype())
         h5.create_dataset("splits", data=np.array(splits, dtype=object), dtype=h5py.string_dtype())
-        h5.attrs["digest"] = digest(attrs, manifest, splits)
+        if pruned:
+            h5.create_dataset("pruned_splits", data=np.array(pruned, dtype=object), dtype=h5py.string_dtype())
+        h5.attrs["digest"] = digest(attrs, manifest, splits, pruned)
     return len(ok)
 
 
@@ -134,10 +140,12 @@ def import_h5(path: Path, out: Path, warn: Warn | None = None) -> FeatureCache:
         if h5.attrs.get("format") != FORMAT:
             raise SagaError(f"{path}: not a saga cache export (format {h5.attrs.get('format')!r})")
         target = _check_out(out)
-        attrs, records, splits, n_ok = _read_checked(path, h5, warn)
+        attrs, records, splits, n_ok, pruned = _read_checked(path, h5, warn)
         tmp = temp_path(target)
         try:
             _import_into(path, h5, tmp, attrs, records, n_ok, splits)
+            if pruned:
+                write_text(tmp / PRUNED_PLAN, "".join(line + "\n" for line in pruned))
             _check_imported(path, tmp, out, warn)
             _publish(tmp, target, out)
         except BaseException as exc:
@@ -220,16 +228,18 @@ def _publish(tmp: Path, target: Path, out: Path) -> None:
         raise
 
 
-def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, list[VideoRecord], list[str], int]:
-    """The attributes, records and split plan lines, checked against the export's digest: an edited label
-    or split inside the file is refused, not imported as a cache that verifies clean."""
+def _read_checked(path: Path, h5: h5py.File, warn: Warn | None
+                  ) -> tuple[dict, list[VideoRecord], list[str], int, list[str]]:
+    """The attributes, records, split plan lines and pruned videos' split lines, checked against the export's
+    digest: an edited label or split inside the file is refused, not imported as a cache that verifies clean."""
     try:
         raw_attrs = h5.attrs[ATTR_KEY]
-        _check_held(path, h5, [name for name in ("manifest", "splits") if name in h5] or ["manifest"])
+        _check_held(path, h5, [name for name in ("manifest", "splits", "pruned_splits") if name in h5] or ["manifest"])
         manifest = list(h5["manifest"].asstr()[:])
         splits = list(h5["splits"].asstr()[:]) if "splits" in h5 else []
+        pruned = list(h5["pruned_splits"].asstr()[:]) if "pruned_splits" in h5 else []
         stored = h5.attrs.get("digest")
-        if stored is not None and stored != digest(raw_attrs, manifest, splits):
+        if stored is not None and stored != digest(raw_attrs, manifest, splits, pruned):
             raise SagaError(f"{path}: the file is damaged (its attributes, manifest or split plan changed since "
                             "it was exported); export it again")
         attrs = loads(raw_attrs)
@@ -241,13 +251,17 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None) -> tuple[dict, l
             entry = loads(line)
             if not all(isinstance(entry.get(k), str) for k in ("path", "generator", "split")):
                 raise ValueError(f"split plan line {line[:60]!r}")
+        for line in pruned:
+            entry = loads(line)
+            if not isinstance(entry.get("path"), str) or entry.get("split") not in SPLITS:
+                raise ValueError(f"pruned split line {line[:60]!r}")
         n_ok = _check_arrays(path, h5, attrs)
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: {exc})") from None
     if stored is None and warn is not None:
         warn(f"{path}: written by an older saga (no digest, no split plan): its labels and splits cannot be "
              "checked")
-    return attrs, records, splits, n_ok
+    return attrs, records, splits, n_ok, pruned
 
 
 def _check_held(path: Path, h5: h5py.File, names: list[str]) -> None:
