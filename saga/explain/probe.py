@@ -48,7 +48,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -196,8 +196,8 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, classes: Sequence[str], spec: d
                  np.asarray(scale, np.float64), spec, float(c), groups, [str(g) for g in sources])
 
 
-def _cross_validated(fit: Any, x: np.ndarray, target: np.ndarray, grid: Sequence[float], summed: bool
-                     ) -> tuple[Probe, dict[str, Any]]:
+def _cross_validated(fit: Callable[..., Probe], x: np.ndarray, target: np.ndarray, grid: Sequence[float],
+                     summed: bool) -> tuple[Probe, dict[str, Any]]:
     """C by the out-of-fold macro accuracy of the class decision over stratified k folds of the labelled train videos
     (seeded; ties: the smaller C), refitted on all of them; C = 1.0 when a class has a single labelled video.
 
@@ -211,12 +211,14 @@ def _cross_validated(fit: Any, x: np.ndarray, target: np.ndarray, grid: Sequence
                                                "cross-validation; the val split, scored, does not choose C)"}
     folds = list(StratifiedKFold(k, shuffle=True, random_state=0).split(np.zeros((len(target), 1)), target))
     scores: dict[str, float] = {}
+    best = float(grid[0])
     for c in grid:
         pred = np.empty_like(target)
         for train, held in folds:
             pred[held] = fit(c, train).predict(x[held])
         scores[repr(float(c))] = _macro(target, pred)
-    best = max(grid, key=lambda c: (scores[repr(float(c))], -c))  # ties: the smaller C
+        if scores[repr(float(c))] > scores[repr(best)] + 1e-12:  # ties: the smaller C (the grid ascends)
+            best = float(c)
     choice = {"C": float(best), "grid": list(map(float, grid)), "val_macro_accuracy": None,
               "cv_macro_accuracy": scores, "folds": k, "selected_on": "train",
               "selected_by": f"{k}-fold cross-validated macro accuracy on the labelled train videos"
