@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_video_tree, run_saga, write_clip
 from saga.cache.export import export_h5, import_h5
-from saga.cache.manifest import PRUNED_PLAN, VideoRecord, assign_splits, read_pruned_plan
+from saga.cache.manifest import PRUNED_PLAN, VideoRecord, _split_order, assign_splits, read_pruned_plan
 from saga.cache.prune import prune_gone
 from saga.cache.store import FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
@@ -44,6 +44,22 @@ def test_a_tie_goes_to_the_split_still_empty_and_the_draw_keeps_its_shares() -> 
     many = assign_splits([(f"c/{i}.mp4", "c") for i in range(1000)], {}, shares, 0)
     assert Counter(many.values()) == {"train": 700, "val": 100, "test": 200}
     assert assign_splits([(f"c/{i}.mp4", "c") for i in reversed(range(5))], {}, shares, 0) == got
+
+
+@pytest.mark.parametrize("fractions", [(0.7, 0.1, 0.2), (0.5, 0.1, 0.4), (0.8, 0.1, 0.1)])
+def test_only_ties_with_an_empty_split_change_the_old_draw(fractions: tuple[float, float, float]) -> None:
+    """Benchmarks measured on caches drawn by the old rule stay comparable: past a class's first six videos
+    the draw is the old one (raw float deficits, train first on exact ties)."""
+    shares = dict(zip(("train", "val", "test"), fractions))
+    counts, old = dict.fromkeys(shares, 0), []
+    for total in range(1, 201):
+        split = max(shares, key=lambda s: (shares[s] * total - counts[s], -list(shares).index(s)))
+        counts[split] += 1
+        old.append(split)
+    items = [(f"c/{i}.mp4", "c") for i in range(200)]
+    got = assign_splits(items, {}, shares, 0)
+    order = sorted(got, key=lambda p: _split_order(0, p))
+    assert [got[p] for p in order][6:] == old[6:]
 
 
 # --- 2. a pruned video that comes back ------------------------------------------------------------------------

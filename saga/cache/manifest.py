@@ -258,7 +258,7 @@ def assign_splits(
     gets its share within about one video per split, so every source folder of a class that pools
     several (GenVideo's real class: Kinetics-400, Youku-mPLUG, MSR-VTT) gets its own 70/10/20 instead
     of whatever a draw from the pooled class gave it. A class in one folder is ordered as before.
-    Ties are broken by `_lagging`, so a class of two videos gets one train and one test video.
+    A tie with a split still empty goes to it (`_lagging`), so a class of two videos gets one train and one test video.
     """
     by_class: dict[str, list[str]] = {}
     for path, cls in items:
@@ -276,19 +276,19 @@ def assign_splits(
 
 
 TIE = 1e-6  # deficits this close are equal: 0.7 * 2 - 1 is 0.3999999999999999, 0.2 * 2 is 0.4
-TIE_ORDER = ("train", "test", "val")  # equal deficits and counts: a class's test videos are what measure it
 
 
 def _lagging(counts: dict[str, int], fractions: dict[str, float], total: int) -> str:
-    """The split furthest below its share of `total` videos. A tie goes to the split holding fewer of the class's
-    videos (an empty split gets its first video before another gets one more), then by TIE_ORDER.
+    """The split furthest below its share of `total` videos; a split still empty that ties it (within TIE) first.
 
     Why: the deficits were compared as raw floats with a train-first tie-break, so float noise decided the
     ties: a class of two videos at 70/10/20 got train + test, at 68/14/18 (or 75/0/25) two train videos and none
-    to test it on; a class of five at 70/10/20 got no val video."""
+    to test it on; a class of five at 70/10/20 got no val video. Only a tie with an empty split changes hands,
+    so a class's draw differs from the old one in its first few videos only (benchmarks stay comparable)."""
     deficit = {s: fractions.get(s, 0.0) * total - counts[s] for s in SPLITS}
     top = max(deficit.values())
-    return min((s for s in SPLITS if deficit[s] >= top - TIE), key=lambda s: (counts[s], TIE_ORDER.index(s)))
+    empty = [s for s in SPLITS if counts[s] == 0 and fractions.get(s, 0.0) > 0 and deficit[s] >= top - TIE]
+    return empty[0] if empty else max(SPLITS, key=lambda s: (deficit[s], -SPLITS.index(s)))
 
 
 def _split_order(seed: int, path: str) -> tuple[str, str, str]:
