@@ -267,3 +267,16 @@ def test_the_calibration_sentence_follows_the_fitted_temperature() -> None:
 
     assert "over-confident" in _confidence(15.8) and "under-confident" in _confidence(0.5)
     assert "already calibrated" in _confidence(1.0) and _confidence(None) == ""
+
+
+def test_logo_fold_trained_without_withholding_is_flagged_in_the_report(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path / "exp")
+    results = json.loads((exp / "results.json").read_text())
+    results["not_withheld"] = [str(exp / "logo" / "syn-latte"), str(exp / "retrain5" / "syn-latte")]
+    (exp / "results.json").write_text(dumps(results))
+    html = render_report([], openworld=[exp])
+    sec = html[html.index("Leave-one-generator-out: exp"):]
+    assert "Not unseen-generator figures:</b> 1 fold(s)" in sec and "syn-latte (logo, retrain5)" in sec
+    assert sec.count("syn-latte ⚠ not withheld (logo, retrain5)") == 2  # open-set and enrollment rows
+    assert "syn-hotshot ⚠" not in sec
+    assert "Not unseen-generator" not in render_report([], openworld=[_experiment(tmp_path / "new")])
