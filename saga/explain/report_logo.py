@@ -18,6 +18,7 @@ import numpy as np
 from saga.explain.intervals import format_ci, wilson
 from saga.explain.report_html import esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import logo_png
+from saga.explain.seen import folds_seen_text
 from saga.runs.files import CONFIG, LOGO_CALIBRATION, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
 
 LEVELS_OPEN = ("GEN-L", "TEAM-L", "SD-L", "TASK-L")
@@ -60,7 +61,8 @@ def logo_section(path: Path, anchor: str = "openworld") -> str:
     parts = [f'<section id="{anchor}"><h2>{title}</h2>',
              f'<p class="meta">{escape(str(file))} · cache {esc(r.get("cache", "?"))} · seed {esc(r.get("seed"))}'
              f" · {len(r['openset'])} folds · k = {esc(r.get('k'))} enrollment videos · also: {LOGO_RESULTS_MD}</p>",
-             guarded("not_withheld", "rerun <code>saga openset logo</code> on the same folder", stale_note, r)]
+             guarded("not_withheld", "rerun <code>saga openset logo</code> on the same folder", stale_note, r),
+             guarded("seen_in_training", "rerun <code>saga openset logo</code> on the same folder", seen_note, r)]
     for fn in (openset_part, enroll_part, shots_part, calibration_part):
         parts.append(guarded(fn.__name__, "rerun <code>saga openset logo</code> on the same folder", fn, r,
                              file.parent))
@@ -87,6 +89,12 @@ def stale_note(r: dict[str, Any]) -> str:
     return (f'<p class="bad"><b>Not unseen-generator figures:</b> {len(stale)} fold(s) were trained by an older saga '
             f"that read their held-out generator's videos: {escape(which)} (marked ⚠ below). Delete those run "
             "folders and rerun <code>saga openset logo</code> to train them again.</p>")
+
+
+def seen_note(r: dict[str, Any]) -> str:
+    """The line results.md has on videos left out of the folds' fits and figures (the n shown are of the others)."""
+    text = folds_seen_text(r)
+    return f'<p class="meta">{escape(text)}</p>' if text else ""
 
 
 def _fold(g: str, stale: dict[str, list[str]]) -> str:
