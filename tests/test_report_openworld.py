@@ -280,3 +280,13 @@ def test_logo_fold_trained_without_withholding_is_flagged_in_the_report(tmp_path
     assert sec.count("syn-latte ⚠ not withheld (logo, retrain5)") == 2  # open-set and enrollment rows
     assert "syn-hotshot ⚠" not in sec
     assert "Not unseen-generator" not in render_report([], openworld=[_experiment(tmp_path / "new")])
+
+
+def test_logo_videos_left_out_as_seen_in_training_are_named_in_the_report(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path / "exp")
+    results = json.loads((exp / "results.json").read_text())
+    results["seen_in_training"] = {"syn-latte": {"test": {"n": 2, "examples": ["syn-svd/copy.mp4"], "in": "own cache"}}}
+    (exp / "results.json").write_text(dumps(results))
+    html = render_report([], openworld=[exp])
+    assert "were left out of its fits (val) and figures (test): syn-latte: 2 test." in html
+    assert "left out of its fits" not in render_report([], openworld=[_experiment(tmp_path / "new")])
