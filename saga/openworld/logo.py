@@ -254,8 +254,8 @@ def fold_enroll(emb: Embedder, retrain: Path, cache: FeatureCache, held: str, k:
     return res
 
 
-def fold_shots(emb: Embedder, cache: FeatureCache, held: str, recs: FoldRecords, shots: tuple[int, ...] = (3, 5, 10, 20),
-               draws: int = 5, warned: set[str] | None = None) -> dict:
+def fold_shots(emb: Embedder, cache: FeatureCache, held: str, recs: FoldRecords,
+               shots: tuple[int, ...] = (3, 5, 10, 20), draws: int = 5, warned: set[str] | None = None) -> dict:
     """Enrollment alone (no retraining) at several k, each from `draws` seeded draws of g's train videos: GEN-L."""
     protos, _ = emb.class_prototypes(cache)
     val = fold_val(emb, cache, held, warned, recs.val)
