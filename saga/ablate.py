@@ -25,7 +25,7 @@ from typing import Any, Collection
 from scipy import stats as scipy_stats
 
 from saga.cache.store import FeatureCache
-from saga.errors import SagaError
+from saga.errors import SagaError, clipped
 from saga.explain.metrics import evaluate, write_json_atomic
 from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
@@ -61,33 +61,58 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
         for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
     if ceiling:
         cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, loss="ce", fraction=1.0)))
-    rows, probes, changed, current = [], {}, [], _current_cache(cache)
+    rows, probes, changed, current, failed = [], {}, [], _current_cache(cache), []
+    errors: list[Exception] = []
     for n_cell, (stages, loss, from_run, cfg) in enumerate(cells):
-        cell = []
-        for seed in seeds:
+        cell, lost = [], []
+        for i, seed in enumerate(seeds):
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
-            # `given` as `saga attribute` passes it: each cell checks what the user set against the stage-1 run
-            train_attribution(cache, run, replace(cfg, seed=seed), from_run=from_run, given=given)
-            changed += [run.name] if _kept_on_changed_cache(run, current) else []
-            metrics = evaluate(run, cache, split="test", device=cfg.device)  # on the device it trained on
-            cell.append(metrics)
+            try:
+                metrics = _run_cell(cache, run, replace(cfg, seed=seed), from_run, given)
+            except Exception as exc:  # noqa: BLE001 - one cell's failure must not cost the others' table
+                errors.append(exc)
+                lost.append(seed)
+                failed.append({"run": run.name, "setting": stages, "loss": loss, "seed": seed,
+                               "error": failure_text(exc)})
+                message = f"{stages} {loss} seed {seed}: failed ({failed[-1]['error']})"
+            else:
+                changed += [run.name] if _kept_on_changed_cache(run, current) else []
+                cell.append(metrics)
+                message = (f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
+                           f" (probe {_probe_pct(metrics)})")
             if progress:
-                progress(ProgressEvent("cell", n_cell * len(seeds) + len(cell), len(cells) * len(seeds),
-                                       f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
-                                       f" (probe {_probe_pct(metrics)})"))
-        rows.append(_summarise(stages, loss, cell, level, base.fraction))
+                progress(ProgressEvent("cell", n_cell * len(seeds) + i + 1, len(cells) * len(seeds), message))
+        rows.append({**(_summarise(stages, loss, cell, level, base.fraction) if cell else
+                        {"setting": stages, "loss": loss, "runs": 0}), **({"failed_seeds": lost} if lost else {})})
         if loss == "ce+hnm" and stages == "2-stage" or stages.endswith(CEILING):
             probes[stages] = [m["probe"] for m in cell if "accuracy" in m.get("probe", {})]
+    if errors and len(errors) == len(cells) * len(seeds):
+        raise errors[0]  # nothing finished (a changed cache, a bad --from): the error as it was, no empty table
     for stages, cell in probes.items():
         if cell:
             name = "probe, " + (CEILING if stages.endswith(CEILING) else "same labels")
             rows.append(_summarise(name, "logistic regression", cell, level, base.fraction))
+    scored = next(r for r in rows if r.get("runs"))
     summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
                "per_generator": base.per_generator, **_shared(base, stage1_run), "cells_on_changed_cache": changed,
-               "rows": rows, "test_videos_per_class": _test_counts(rows[0])}
+               "rows": rows, "test_videos_per_class": _test_counts(scored), "n_test": scored.get("n_test"),
+               "failed": failed}
     write_json_atomic(out / "ablation.json", summary)
     write_text(out / "ablation.md", to_markdown(summary))
     return summary
+
+
+def _run_cell(cache: Path, run: Path, cfg: AttributeConfig, from_run: Path | None,
+              given: Collection[str] | None) -> dict[str, Any]:
+    """Train (or reuse, or resume) one cell and evaluate it on the test split, on the device it trained on.
+    `given` as `saga attribute` passes it: each cell checks what the user set against the stage-1 run."""
+    train_attribution(cache, run, cfg, from_run=from_run, given=given)
+    return evaluate(run, cache, split="test", device=cfg.device)
+
+
+def failure_text(exc: BaseException) -> str:
+    """A failed cell's reason on one line: a SagaError's own words, anything else with its type."""
+    return clipped(str(exc) if isinstance(exc, SagaError) else f"{type(exc).__name__}: {exc}")
 
 
 def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,

@@ -183,3 +183,71 @@ def test_the_report_says_when_scores_left_out_videos_the_run_was_trained_on(
             "were left out of these scores: n counts only the others.") in html
     section = html[:html.index("Held-out evaluations")]
     assert "were left out of these scores" not in section  # the run's own metrics left nothing out
+
+
+def test_saga_probe_leaves_out_test_copies_of_the_videos_it_was_fitted_or_validated_on(tmp_path: Path) -> None:
+    """`saga probe` scored a test video that is a copy of a train (or val) video of its own cache, which
+    `saga evaluate`'s probe line leaves out: two figures of one probe on one cache, and one of them inflated."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    extra = {"syn-svd/copy-000.mp4": ("syn-svd/000.mp4", "test"), "real/copy-006.mp4": ("real/006.mp4", "test")}
+    copied = split_cache(tmp_path / "copied", videos(0), extra)  # 000: a train video, 006: a val video
+    out = tmp_path / "probe"
+    result = CliRunner().invoke(app, ["probe", "--cache", str(copied.root), "--out", str(out), "--fraction", "0.5",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics-test.json").read_text())
+    assert m["n"] == 12 and m["seen_in_training"]["n"] == 2  # 12 test videos of its own, not 14
+    assert set(m["seen_in_training"]["examples"]) == set(extra)
+
+
+def test_enroll_fits_tau_without_val_copies_of_the_runs_train_videos(trained: tuple[FeatureCache, Path],
+                                                                      tmp_path: Path) -> None:
+    """`saga openset enroll` fitted the prototype temperature τ on every val video of the run's cache, copies of
+    its train videos too (their prototype similarity is the sharpest the run has), where calibrate and
+    openset fit leave them out."""
+    from saga.openworld.api import enroll_run
+    from saga.openworld.enroll import Enrollment
+
+    own, run = trained
+    extra = {"syn-svd/copy-000.mp4": ("syn-svd/000.mp4", "val"), "real/copy-001.mp4": ("real/001.mp4", "val")}
+    other = split_cache(tmp_path / "other", videos(0), extra)
+    out = tmp_path / "enrolled"
+    with pytest.warns(UserWarning, match="2 of the 6 val videos are videos the run was trained on .* τ's fit"):
+        enroll_run(run, "syn-new", other.root, videos="syn-pika", split="test", run_cache_path=other.root, out=out)
+    enr = Enrollment.load(out)
+    assert enr.seen_in_training["n"] == 2 and set(enr.seen_in_training["examples"]) == set(extra)
+    assert json.loads((out / "enrolled.json").read_text())["seen_in_training"]["n"] == 2
+
+
+def test_the_logo_measure_step_leaves_out_copies_of_the_folds_train_videos(tmp_path: Path) -> None:
+    """`saga openset logo`'s measurements (open set, enrollment, calibration rows) scored every test video and fitted
+    the threshold and τ on every val video of the cache, copies of the fold's train videos too."""
+    from saga.cache.store import PartWriter, next_part_name
+    from saga.openworld.logo import evaluate_folds
+    from saga.runs import write_json
+    from test_openworld import W, make_cache, make_run
+    from test_openworld import T as TW
+
+    cache = make_cache(tmp_path / "cache")
+    tax = Taxonomy.load("synth")
+    writer = PartWriter(cache, next_part_name(cache), capacity=2)
+    for path, gen, split in (("syn-svd/copies/v0.mp4", "syn-svd", "test"), ("syn-pika/copies/v1.mp4", "syn-pika", "val")):
+        rec = VideoRecord(path=path, size=1, mtime_ns=1, status=OK, generator=gen, labels=tax.labels(gen), split=split)
+        writer.add(rec, np.ones((W, TW, cache.dim), np.float16), np.ones((W, TW), bool), np.zeros((W, TW), np.float32))
+    writer.close()
+    cache = FeatureCache.open(cache.root)
+    fold = make_run(tmp_path / "exp" / "logo" / "syn-hotshot", cache)
+    config = json.loads((fold / "config.json").read_text())
+    write_json(fold / "config.json", {**config, "withheld": {"level": "GEN-L", "classes": ["syn-hotshot"], "keep": []}})
+    with pytest.warns(UserWarning, match="1 of the 16 test videos are videos the run was trained or validated on"):
+        res = evaluate_folds(cache, tmp_path / "exp", tmp_path / "out", ["syn-hotshot"], 3, 0, calibrate=[fold])
+    knn = res["openset"]["syn-hotshot"]["GEN-L"]["knn"]
+    assert (knn["n_known"], knn["n_unknown"]) == (12, 3)  # the 4 known classes' 3 test videos each, not the copy
+    assert res["seen_in_training"]["syn-hotshot"] == {
+        "val": {"n": 1, "examples": ["syn-pika/copies/v1.mp4"], "in": "own cache"},
+        "test": {"n": 1, "examples": ["syn-svd/copies/v0.mp4"], "in": "own cache"}}
+    assert res["calibration"][0]["n_test"] == 12 and res["calibration"][0]["n_val"] == 12
+    assert "syn-hotshot: 1 val, 1 test." in (tmp_path / "out" / "results.md").read_text()

@@ -267,3 +267,26 @@ def test_the_calibration_sentence_follows_the_fitted_temperature() -> None:
 
     assert "over-confident" in _confidence(15.8) and "under-confident" in _confidence(0.5)
     assert "already calibrated" in _confidence(1.0) and _confidence(None) == ""
+
+
+def test_logo_fold_trained_without_withholding_is_flagged_in_the_report(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path / "exp")
+    results = json.loads((exp / "results.json").read_text())
+    results["not_withheld"] = [str(exp / "logo" / "syn-latte"), str(exp / "retrain5" / "syn-latte")]
+    (exp / "results.json").write_text(dumps(results))
+    html = render_report([], openworld=[exp])
+    sec = html[html.index("Leave-one-generator-out: exp"):]
+    assert "Not unseen-generator figures:</b> 1 fold(s)" in sec and "syn-latte (logo, retrain5)" in sec
+    assert sec.count("syn-latte ⚠ not withheld (logo, retrain5)") == 2  # open-set and enrollment rows
+    assert "syn-hotshot ⚠" not in sec
+    assert "Not unseen-generator" not in render_report([], openworld=[_experiment(tmp_path / "new")])
+
+
+def test_logo_videos_left_out_as_seen_in_training_are_named_in_the_report(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path / "exp")
+    results = json.loads((exp / "results.json").read_text())
+    results["seen_in_training"] = {"syn-latte": {"test": {"n": 2, "examples": ["syn-svd/copy.mp4"], "in": "own cache"}}}
+    (exp / "results.json").write_text(dumps(results))
+    html = render_report([], openworld=[exp])
+    assert "were left out of its fits (val) and figures (test): syn-latte: 2 test." in html
+    assert "left out of its fits" not in render_report([], openworld=[_experiment(tmp_path / "new")])

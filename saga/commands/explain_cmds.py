@@ -13,6 +13,7 @@ from saga.commands.common import (
     Split,
     cli_device,
     console,
+    err,
     extract_progress,
     given_options,
     load_options,
@@ -144,6 +145,12 @@ def ablate(
                                progress=lambda event: console.print(escape(event.message)), given=given)
     console.print(escape(to_markdown(summary)))  # class names and paths as written, not as rich markup
     console.print(escape(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}"))
+    if summary.get("failed"):  # the table holds the other cells; exit 1 as extract does when some videos failed
+        first = summary["failed"][0]
+        err.print(escape(f"error: {len(summary['failed'])} cell run(s) failed (first: {first['run']}: "
+                         f"{first['error']}); the table has the others; rerun the same command to train only "
+                         "the failed ones again"))
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

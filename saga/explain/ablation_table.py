@@ -17,25 +17,57 @@ PAPER_FRACTION = 0.005  # the paper's labelled share (0.5 %): its few-label figu
 def to_markdown(summary: dict[str, Any], hardest: int = 5) -> str:
     """One row per cell: mean ± 95 % t-interval over seeds, the paper's figure, the hardest classes."""
     rows = summary["rows"]
-    mean_per_class = {c: statistics.fmean(r["per_class"][c] for r in rows) for c in rows[0]["per_class"]
-                      if all(c in r["per_class"] for r in rows)}
+    scored = [r for r in rows if _finished(r)]
+    mean_per_class = {c: statistics.fmean(r["per_class"][c] for r in scored) for c in
+                      (scored[0]["per_class"] if scored else {}) if all(c in r["per_class"] for r in scored)}
     worst = sorted(mean_per_class, key=mean_per_class.get)[:hardest]
     lines = ["| setting | loss | accuracy % (95 % CI) | macro acc % (95 % CI) | paper % | " + " | ".join(worst) + " |",
              "|---" * (5 + len(worst)) + "|"]
     n_seeds = len(summary["seeds"])
     for r in rows:
-        shown = r["paper"] is not None and paper_applies(r["setting"], summary["fraction"])
+        shown = r.get("paper") is not None and paper_applies(r["setting"], summary["fraction"])
         paper = f"{r['paper']:.2f}" if shown else "–"
-        cells = [f"{r['per_class'][c]:.1f}" for c in worst]
+        if not _finished(r):
+            lines.append(f"| {r['setting']} | {r['loss']} | {_failed(r, n_seeds)} | failed | {paper} | "
+                         + " | ".join("–" for _ in worst) + " |")
+            continue
+        cells = [f"{r['per_class'][c]:.1f}" if c in r["per_class"] else "–" for c in worst]
         runs = _runs(r, n_seeds)
-        lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'], runs, n_seeds)} | "
-                     f"{_pm(r['macro_mean'], r['macro_ci95'], runs, n_seeds)} | {paper} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['setting']} | {r['loss']} | {_pm(r['accuracy_mean'], r['accuracy_ci95'], runs, n_seeds)}"
+                     f"{_lost(r)} | {_pm(r['macro_mean'], r['macro_ci95'], runs, n_seeds)} | {paper} | "
+                     + " | ".join(cells) + " |")
     head = (f"{summary['level']} ablation, {n_seeds} seed{'' if n_seeds == 1 else 's'}, "
             f"labelled fraction {summary['fraction']} "
             f"(floor {summary.get('floor')}{_per_generator(summary)}){_test_sizes(summary)}; ± is the 95 % "
             f"t-interval over seeds; per-class columns: the {hardest} hardest classes on average; "
             f"{_paper_note(summary)}\n\n{_setup(summary)}")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + _failures(summary)
+
+
+def _finished(row: dict[str, Any]) -> bool:
+    """A row with figures: a cell whose every seed failed (`saga ablate` went on with the others) has none."""
+    return "accuracy_mean" in row
+
+
+def _failed(row: dict[str, Any], n_seeds: int) -> str:
+    lost = row.get("failed_seeds") or []
+    return f"failed ({len(lost)} of {n_seeds} seeds)" if lost else "failed"
+
+
+def _lost(row: dict[str, Any]) -> str:
+    """' (seed 1 failed)' beside the mean of a cell that lost some seeds: the mean is of the others."""
+    lost = row.get("failed_seeds") or []
+    return f" (seed{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} failed)" if lost else ""
+
+
+def _failures(summary: dict[str, Any]) -> str:
+    """The failed cells and why, under the table: a rerun of the same command trains only these again."""
+    failed = [f for f in summary.get("failed") or [] if isinstance(f, dict)]
+    if not failed:
+        return ""
+    lines = [f"- {f.get('run')}: {f.get('error')}" for f in failed]
+    return (f"\n{len(failed)} cell run(s) failed, left out of the figures above; rerun the same command to train "
+            "only these again (finished cells are kept):\n\n" + "\n".join(lines) + "\n")
 
 
 def paper_applies(setting: str, fraction: float) -> bool:
@@ -56,10 +88,14 @@ def _paper_note(summary: dict[str, Any]) -> str:
 
 
 def _test_sizes(summary: dict[str, Any]) -> str:
-    """The test videos per scored class; a class without test videos is in no figure, so it is counted apart."""
+    """The test videos scored, in all (what a reader judges the intervals by) and per scored class; a class
+    without test videos is in no figure, so it is counted apart."""
     counts = summary.get("test_videos_per_class") or {}
     scored = [n for n in counts.values() if n > 0]
-    text = f", {min(scored)}–{max(scored)} test videos per class" if scored else ""
+    total = next((n for n in [summary.get("n_test"), *(r.get("n_test") for r in summary["rows"])]
+                  if isinstance(n, int) and not isinstance(n, bool) and n > 0), sum(scored))
+    text = f", n = {total} test videos scored" if total else ""
+    text += f" ({min(scored)}–{max(scored)} per class)" if scored else ""
     if missing := len(counts) - len(scored):
         text += f" ({missing} class{'es' if missing > 1 else ''} without test videos, in no figure)"
     return text

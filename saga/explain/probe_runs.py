@@ -13,8 +13,9 @@ from saga.cache.fraction import draw, labelled_subset, read_labelled, saved_sett
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.probe import PROBE_FILE, train_and_evaluate
+from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.provenance import now, versions
-from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, read_json, write_json
+from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, RunInfo, read_json, write_json
 from saga.taxonomy import check_level
 
 
@@ -87,6 +88,16 @@ def probe_for_run(run_dir: str | Path, cache: FeatureCache, split: str, classes:
     return metrics
 
 
+def seen_by_probe(cache: FeatureCache, out: Path, level: str, split: str) -> tuple[frozenset[str], dict | None]:
+    """The `split` videos `saga probe` leaves out, as `saga evaluate` does for a run on its own cache: copies of
+    train or val videos (the probe fits on train and picks C on val), and what was left out (None: nothing)."""
+    records = [r for r in cache.ok_records(split) if r.labels.get(level) is not None]
+    info = RunInfo(out, {"cache": str(cache.root)}, [], level, 0, {"cache_id": cache.cache_id}, True)
+    kept, seen = only_unseen(info, cache, records, split, f"the probe's scores (metrics-{split}.json: {SEEN_KEY})",
+                             fix="score the probe on another --split")
+    return frozenset(r.path for r in records) - {r.path for r in kept}, seen
+
+
 # -- the `saga probe` run folder -----------------------------------------------------------------
 def _check_out(out: Path) -> None:
     """Refuse an --out that is not empty and not a probe folder; change nothing (a refit may still fail)."""
@@ -137,7 +148,11 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
         raise SagaError(f"{cache.root}: the train split has {len(subset)} labelled class(es) at {level}; need >= 2")
     _check_out(out)
     started = now()
-    probe, metrics = train_and_evaluate(cache, level, subset, frames, split, sources=sources is not False)
+    leave_out, seen = seen_by_probe(cache, out, level, split)
+    probe, metrics = train_and_evaluate(cache, level, subset, frames, split, sources=sources is not False,
+                                        leave_out=leave_out)
+    if seen:
+        metrics[SEEN_KEY] = seen
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("metrics-*.json"):  # refitted in place (cheap, deterministic): no split's metrics of the
         old.unlink()                        # previous probe stand beside the new one; only once the fit succeeded

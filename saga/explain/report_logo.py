@@ -18,6 +18,7 @@ import numpy as np
 from saga.explain.intervals import format_ci, wilson
 from saga.explain.report_html import esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import logo_png
+from saga.explain.seen import folds_seen_text
 from saga.runs.files import CONFIG, LOGO_CALIBRATION, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, reliability_file
 
 LEVELS_OPEN = ("GEN-L", "TEAM-L", "SD-L", "TASK-L")
@@ -59,11 +60,46 @@ def logo_section(path: Path, anchor: str = "openworld") -> str:
                 "of <code>saga openset logo</code></p></section>")
     parts = [f'<section id="{anchor}"><h2>{title}</h2>',
              f'<p class="meta">{escape(str(file))} · cache {esc(r.get("cache", "?"))} · seed {esc(r.get("seed"))}'
-             f" · {len(r['openset'])} folds · k = {esc(r.get('k'))} enrollment videos · also: {LOGO_RESULTS_MD}</p>"]
+             f" · {len(r['openset'])} folds · k = {esc(r.get('k'))} enrollment videos · also: {LOGO_RESULTS_MD}</p>",
+             guarded("not_withheld", "rerun <code>saga openset logo</code> on the same folder", stale_note, r),
+             guarded("seen_in_training", "rerun <code>saga openset logo</code> on the same folder", seen_note, r)]
     for fn in (openset_part, enroll_part, shots_part, calibration_part):
         parts.append(guarded(fn.__name__, "rerun <code>saga openset logo</code> on the same folder", fn, r,
                              file.parent))
     return "".join(parts) + "</section>"
+
+
+def stale_runs(r: dict[str, Any]) -> dict[str, list[str]]:
+    """Held-out generator -> the kinds of its runs ("logo", "retrain5", ...) that results.json lists under
+    `not_withheld`: trained by a saga that read the generator's videos (before saga.train.withhold)."""
+    out: dict[str, list[str]] = {}
+    for run in r.get("not_withheld") or []:
+        path = Path(str(run))
+        out.setdefault(path.name, []).append(path.parent.name)
+    return out
+
+
+def stale_note(r: dict[str, Any]) -> str:
+    """A visible line above the figures: a fold whose run read its held-out generator is no unseen-generator
+    figure, and results.md says so; the report must too."""
+    stale = stale_runs(r)
+    if not stale:
+        return ""
+    which = "; ".join(f"{g} ({', '.join(kinds)})" for g, kinds in stale.items())
+    return (f'<p class="bad"><b>Not unseen-generator figures:</b> {len(stale)} fold(s) were trained by an older saga '
+            f"that read their held-out generator's videos: {escape(which)} (marked ⚠ below). Delete those run "
+            "folders and rerun <code>saga openset logo</code> to train them again.</p>")
+
+
+def seen_note(r: dict[str, Any]) -> str:
+    """The line results.md has on videos left out of the folds' fits and figures (the n shown are of the others)."""
+    text = folds_seen_text(r)
+    return f'<p class="meta">{escape(text)}</p>' if text else ""
+
+
+def _fold(g: str, stale: dict[str, list[str]]) -> str:
+    """A fold's name in a table, marked when one of its runs was trained without withholding the generator."""
+    return f"{g} ⚠ not withheld ({', '.join(stale[g])})" if g in stale else g
 
 
 def _mean(xs: list[Any]) -> float | None:
@@ -106,11 +142,11 @@ def openset_part(r: dict[str, Any], exp: Path) -> str:
     else:
         out.append('<p class="meta">No per-video scores stored (results from an older saga): rerun '
                    "<code>saga openset logo</code> on the same folder to add the curves (finished runs are reused).</p>")
-    rows = []
+    rows, stale = [], stale_runs(r)
     for g, f in folds.items():
         gen = f.get("GEN-L", {})
         p, q = gen.get("prototype", {}), gen.get("knn", {})
-        rows.append([g, f"{num(q.get('auroc'))} {_ci(q.get('auroc_ci'))}", num(q.get("oscr")),
+        rows.append([_fold(g, stale), f"{num(q.get('auroc'))} {_ci(q.get('auroc_ci'))}", num(q.get("oscr")),
                      f"{num(p.get('auroc'))} {_ci(p.get('auroc_ci'))}", num(p.get("oscr")),
                      pct(q.get("unknown_detected")), pct(q.get("false_unknown")), q.get("n_known"), q.get("n_unknown")])
     out.append("<details><summary>GEN-L per held-out generator</summary>" + table(
@@ -157,10 +193,10 @@ def enroll_part(r: dict[str, Any], exp: Path) -> str:
                              if "before" in acc else f"GEN-L {m}: {acc[m][0] / acc[base][0]:.2f}× {base}")
     if notes:
         out.append("<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
-    per = []
+    per, stale = [], stale_runs(r)
     for g, f in enroll.items():
         x = f["levels"].get("GEN-L", {})
-        per.append([g, *[pct(x[m]["new"]) if m in x else "–" for m in METHODS],
+        per.append([_fold(g, stale), *[pct(x[m]["new"]) if m in x else "–" for m in METHODS],
                     *[pct(x[m]["old"]) if m in x else "–" for m in ("before", "gate", "retrain")]])
     out.append("<details><summary>GEN-L per held-out generator</summary>" + table(
         ["held out", *[f"new: {m}" for m in METHODS], "old: before", "old: gate", "old: retrain"], per) + "</details>")

@@ -98,3 +98,18 @@ def only_unseen(info: RunInfo, cache: FeatureCache, records: Sequence[VideoRecor
         did = "trained or validated on" if "val" in against else "trained on"
         raise SagaError(f"{cache.root}: every '{split}' video is one the run was {did}; {fix}")
     return kept, seen
+
+
+def folds_seen_text(results: dict[str, Any]) -> str:
+    """One sentence on what a `saga openset logo` measurement left out (results.json `seen_in_training`: per fold,
+    the val and test videos its run was trained or validated on); "" when nothing. For results.md and the report."""
+    seen = results.get(SEEN_KEY)
+    parts = []
+    for fold, splits in (seen.items() if isinstance(seen, dict) else ()):
+        counts = [f"{x['n']} {split}" for split, x in (splits.items() if isinstance(splits, dict) else ())
+                  if isinstance(x, dict) and isinstance(x.get("n"), int)]
+        parts += [f"{fold}: {', '.join(counts)}"] if counts else []
+    if not parts:
+        return ""
+    return ("Videos a fold's run was trained or validated on (copies in these splits, or a cache sharing its videos) "
+            f"were left out of its fits (val) and figures (test): {'; '.join(parts)}.")

@@ -211,9 +211,11 @@ def load_or_start(emb: Embedder, folder: Path, run_cache_path: str | Path | None
         return enr
     c = run_cache(emb, run_cache_path, RUN_CACHE)
     protos, _ = emb.class_prototypes(c, RUN_CACHE)
-    val = known_val(emb, c, "the prototype temperature τ")
+    val_records, seen = unseen_val(emb, c, f"the prototype temperature τ's fit ({ENROLLED}: {SEEN_KEY})")
+    val = known_val(emb, c, "the prototype temperature τ", records=val_records)
     return Enrollment(model_id(emb), list(emb.info.classes), emb.info.level,
-                      prototype_tau(protos, val.embeddings, val.targets), protos, run_cache_id=c.cache_id)
+                      prototype_tau(protos, val.embeddings, val.targets), protos, run_cache_id=c.cache_id,
+                      seen_in_training=seen)
 
 
 def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: str = "test",

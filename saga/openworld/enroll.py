@@ -65,6 +65,7 @@ class Enrollment:
     entries: list[Entry] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # levels predict answers (`level_classes`), for the report
     run_cache_id: str = ""  # the cache the old prototypes and τ came from ("": not recorded, an older file)
+    seen_in_training: dict[str, Any] | None = None  # val videos left out of τ's fit (saga.explain.seen)
 
     @property
     def names(self) -> list[str]:
@@ -77,7 +78,8 @@ class Enrollment:
         entries = [{"name": e.name, "labels": e.labels, "n": len(e.paths), "paths": e.paths, "cache_id": e.cache_id}
                    for e in self.entries]
         meta = {"run_model": self.run_model, "classes": self.classes, "level": self.level, "tau": self.tau,
-                "answered": self.answered, "run_cache_id": self.run_cache_id, "entries": entries}
+                "answered": self.answered, "run_cache_id": self.run_cache_id, "entries": entries,
+                **({"seen_in_training": self.seen_in_training} if self.seen_in_training else {})}
         return save_pair(Path(folder), STEM, {"prototypes": protos, "old_prototypes": self.old_prototypes}, meta)
 
     @classmethod
@@ -97,7 +99,8 @@ class Enrollment:
         entries = [Entry(e["name"], e["labels"], list(e["paths"]), e["cache_id"], protos[i])
                    for i, e in enumerate(meta["entries"])]
         return cls(meta["run_model"], list(meta["classes"]), meta["level"], float(meta["tau"]),
-                   tensors["old_prototypes"], entries, list(meta.get("answered") or []), meta.get("run_cache_id", ""))
+                   tensors["old_prototypes"], entries, list(meta.get("answered") or []), meta.get("run_cache_id", ""),
+                   meta.get("seen_in_training") if isinstance(meta.get("seen_in_training"), dict) else None)
 
 
 def check_enrollment(meta: dict[str, Any], tensors: dict[str, np.ndarray], classes: list[str] | None = None,

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from saga.cache.manifest import seeded_hash
+from saga.cache.manifest import VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
+from saga.explain.seen import FIT_AGAINST, SEEN_KEY, only_unseen
 from saga.fileio import make_dir, write_text
 from saga.model.inference import Inference
 from saga.openworld.calibration import ece, fit_calibration, plot_reliability, reliability, softmax
@@ -40,7 +42,7 @@ from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, 
 from saga.openworld.levels import aggregate, label_at, parents
 from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
-from saga.runs import MODEL, cache_digest, file_fingerprint
+from saga.runs import MODEL, RunInfo, cache_digest, file_fingerprint
 from saga.runs.files import (LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, LOGO_STAGE1,
                              MODEL_OPTIONS, finished, reliability_file)
 from saga.taxonomy import LEVELS, REAL
@@ -153,20 +155,41 @@ def enrollment_videos(cache: FeatureCache, generator: str, k: int, seed: int) ->
 # -- measurements --------------------------------------------------------------------------------
 
 
-def fold_val(emb: Embedder, cache: FeatureCache, held: str, warned: set[str] | None) -> Inference:
+@dataclass
+class FoldRecords:
+    """The val videos a fold fits on (threshold, τ) and the test videos every one of its runs is scored on, without
+    the videos the run was trained on (val) or trained or validated on (test), as `saga evaluate` scores
+    (`saga.explain.seen`: a copy of a train video in test, a --cache sharing the runs' videos)."""
+
+    val: list[VideoRecord]
+    test: list[VideoRecord]
+    seen: dict[str, Any] | None  # {"val": ..., "test": ...}: what was left out (None: nothing)
+
+
+def fold_records(info: RunInfo, cache: FeatureCache, fits: str, figures: str) -> FoldRecords:
+    """`FoldRecords` of a run (a fold's leave-one-out run: its retrained runs share its cache and splits), with the
+    warnings naming `fits` and `figures` (what the val and the test videos are left out of)."""
+    fix = "measure on a cache whose {} videos the run was not trained on (another --cache)"
+    val, seen_val = only_unseen(info, cache, split_records(cache, "val"), "val", fits, FIT_AGAINST, fix.format("val"))
+    test, seen_test = only_unseen(info, cache, split_records(cache, "test"), "test", figures, fix=fix.format("test"))
+    seen = {split: x for split, x in (("val", seen_val), ("test", seen_test)) if x}
+    return FoldRecords(val, test, seen or None)
+
+
+def fold_val(emb: Embedder, cache: FeatureCache, held: str, warned: set[str] | None,
+             records: list[VideoRecord] | None = None) -> Inference:
     """The known val videos a fold fits its threshold and τ on; a small split is warned about once per fold."""
     what = f"fold {held}'s unknown threshold at the 95th percentile (and its prototype temperature τ)"
-    return known_val(emb, cache, what, min_val_for(95.0), warned)
+    return known_val(emb, cache, what, min_val_for(95.0), warned, records)
 
 
-def fold_openset(run: Path, cache: FeatureCache, held: str, k: int, warned: set[str] | None = None) -> dict:
+def fold_openset(emb: Embedder, cache: FeatureCache, held: str, k: int, recs: FoldRecords,
+                 warned: set[str] | None = None) -> dict:
     """One held-out generator: per level, AUROC / OSCR / rates for the prototype and k-NN scores."""
-
-    emb = Embedder(run)
     train_recs = labelled_records(emb.info, cache)
     train = emb(cache, train_recs)
-    val_recs, test_recs = split_records(cache, "val"), split_records(cache, "test")
-    val = fold_val(emb, cache, held, warned)
+    val_recs, test_recs = recs.val, recs.test
+    val = fold_val(emb, cache, held, warned, val_recs)
     test = emb(cache, test_recs)
     out = {}
     for level in LEVELS_OPEN:
@@ -197,21 +220,20 @@ def fold_openset(run: Path, cache: FeatureCache, held: str, k: int, warned: set[
     return out
 
 
-def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: int, seed: int,
+def fold_enroll(emb: Embedder, retrain: Path, cache: FeatureCache, held: str, k: int, seed: int, recs: FoldRecords,
                 warned: set[str] | None = None) -> dict:
-    """Enroll `held` from the k retraining videos into the LOGO run; compare with the retrained run(s)."""
+    """Enroll `held` from the k retraining videos into the LOGO run `emb`; compare with the retrained run(s)."""
     balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
     baselines = {"retrain": retrain, **({"retrain-balanced": balanced} if finished(balanced) else {})}
 
-    emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
-    val = fold_val(emb, cache, held, warned)
+    val = fold_val(emb, cache, held, warned, recs.val)
     enr = Enrollment("-", list(emb.info.classes), "GEN-L", prototype_tau(protos, val.embeddings, val.targets), protos)
     paths = enrollment_videos(cache, held, k, seed)
-    recs = [r for r in cache.ok_records("train") if r.path in set(paths)]
+    enrolled = [r for r in cache.ok_records("train") if r.path in set(paths)]
     labels = {lv: label_at(cache.taxonomy.labels(held), lv) for lv in LEVELS}  # no SD backbone: "none"
-    add_entry(enr, held, labels, emb(cache, recs).embeddings, paths, cache.cache_id)
-    test_recs = split_records(cache, "test")
+    add_entry(enr, held, labels, emb(cache, enrolled).embeddings, paths, cache.cache_id)
+    test_recs = recs.test  # the retrained runs too: every method on the same videos
     test = emb(cache, test_recs)
     res: dict = {"k": k, "tau": enr.tau, "levels": {}}
     base = {name: Embedder(path) for name, path in baselines.items()}
@@ -232,16 +254,15 @@ def fold_enroll(logo: Path, retrain: Path, cache: FeatureCache, held: str, k: in
     return res
 
 
-def fold_shots(logo: Path, cache: FeatureCache, held: str, shots: tuple[int, ...] = (3, 5, 10, 20),
-               draws: int = 5, warned: set[str] | None = None) -> dict:
+def fold_shots(emb: Embedder, cache: FeatureCache, held: str, recs: FoldRecords,
+               shots: tuple[int, ...] = (3, 5, 10, 20), draws: int = 5, warned: set[str] | None = None) -> dict:
     """Enrollment alone (no retraining) at several k, each from `draws` seeded draws of g's train videos: GEN-L."""
-    emb = Embedder(logo)
     protos, _ = emb.class_prototypes(cache)
-    val = fold_val(emb, cache, held, warned)
+    val = fold_val(emb, cache, held, warned, recs.val)
     tau = prototype_tau(protos, val.embeddings, val.targets)
     pool = [r for r in cache.ok_records("train") if r.labels.get("GEN-L") == held]
     pool_emb = dict(zip([r.path for r in pool], emb(cache, pool).embeddings))
-    test_recs = split_records(cache, "test")
+    test_recs = recs.test
     test = emb(cache, test_recs)
     lab = np.array([label_at(r.labels, "GEN-L") for r in test_recs])
     new = lab == held
@@ -270,8 +291,10 @@ def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[d
     rows = []
     for run in runs:
         emb = Embedder(run)
-        val = known_val(emb, cache, f"{run.name}'s temperature")
-        test = emb(cache, split_records(cache, "test"))
+        where = f"{LOGO_RESULTS} calibration: {SEEN_KEY}"
+        recs = fold_records(emb.info, cache, f"{run.name}'s temperature ({where})", f"{run.name}'s ECE ({where})")
+        val = known_val(emb, cache, f"{run.name}'s temperature", records=recs.val)
+        test = emb(cache, recs.test)
         cal = fit_calibration(val.logits, val.targets, val.probs, "-", emb.info.classes)
         after = cal.probs(test.logits)
         y = test.targets
@@ -283,6 +306,8 @@ def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[d
                "test_accuracy": float((test.probs.argmax(1) == y).mean())}
         row["test_ece_before_ci"] = boot_ci(lambda i: ece(test.probs[i], y[i]), [idx])
         row["test_ece_after_ci"] = boot_ci(lambda i: ece(after[i], y[i]), [idx])
+        if recs.seen:
+            row[SEEN_KEY] = recs.seen
         rows.append(row)
         plot_reliability({"before": reliability(test.probs, y), "after (T=%.2f)" % cal.temperature:
                           reliability(after, y)}, out / reliability_file(run.name, ".png"), title=run.name)
@@ -329,7 +354,7 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
     """
     fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     stamp, old = fold_stamp(logo, retrain, cache), fold.get(STAMP) or {}
-    if any(old.get(key) != stamp[key] for key in ("cache_id", "cache_digest", "logo")):
+    if any(old.get(key) != stamp[key] for key in ("cache_id", "cache_digest", "logo", "seen_rule")):
         fold = {}
     elif "enroll" in fold and any(old.get(key) != stamp[key] for key in ("retrain", "retrain-balanced")):
         del fold["enroll"]
@@ -338,12 +363,20 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
     enrolled = fold.get("enroll", {})
     if enrolled.get("k", k) != k or enrolled.get("seed", seed) != seed:
         del fold["enroll"]  # measured for another enrollment size or draw: measure again
-    if "scores" not in fold.get("openset", {}).get("GEN-L", {}).get("knn", {}):  # older folds lack the scores
-        fold["openset"] = fold_openset(logo, cache, g, 5, warned)
-    if shots and "shots" not in fold:
-        fold["shots"] = fold_shots(logo, cache, g, warned=warned)
-    if "enroll" not in fold and finished(retrain):
-        fold["enroll"] = {**fold_enroll(logo, retrain, cache, g, k, seed, warned), "seed": seed}
+    todo = {"openset": "scores" not in fold.get("openset", {}).get("GEN-L", {}).get("knn", {}),  # older folds lack
+            "shots": shots and "shots" not in fold, "enroll": "enroll" not in fold and finished(retrain)}  # scores
+    if any(todo.values()):
+        emb = Embedder(logo)
+        where = f"{LOGO_FOLDS}/{g}.json: {SEEN_KEY}"
+        recs = fold_records(emb.info, cache, f"fold {g}'s threshold and τ ({where})", f"fold {g}'s figures ({where})")
+        fold.pop(SEEN_KEY, None)
+        fold.update({SEEN_KEY: recs.seen} if recs.seen else {})
+    if todo["openset"]:
+        fold["openset"] = fold_openset(emb, cache, g, 5, recs, warned)
+    if todo["shots"]:
+        fold["shots"] = fold_shots(emb, cache, g, recs, warned=warned)
+    if todo["enroll"]:
+        fold["enroll"] = {**fold_enroll(emb, retrain, cache, g, k, seed, recs, warned), "seed": seed}
     write_text(path, dumps(fold))
     return fold
 
@@ -357,4 +390,7 @@ def fold_stamp(logo: Path, retrain: Path, cache: FeatureCache) -> dict[str, str 
     balanced = retrain.parent.with_name(retrain.parent.name + "-balanced") / retrain.name
     fp = lambda run: file_fingerprint(run / MODEL) if finished(run) else None  # noqa: E731
     return {"cache_id": cache.cache_id, "cache_digest": cache_digest(cache), "logo": fp(logo),
-            "retrain": fp(retrain), "retrain-balanced": fp(balanced)}
+            "retrain": fp(retrain), "retrain-balanced": fp(balanced), "seen_rule": SEEN_RULE}
+
+
+SEEN_RULE = "v1"  # folds measured before saga.explain.seen left out seen videos lack it: measured again

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from saga.explain.intervals import wilson
+from saga.explain.seen import folds_seen_text
 
 LEVELS_OPEN = ("GEN-L", "TEAM-L", "SD-L", "TASK-L")
 METHODS = ("before", "gate", "ncm", "retrain", "retrain-balanced")
@@ -56,8 +57,13 @@ def to_markdown(r: dict) -> str:
     stale = r.get("not_withheld") or []
     lines = ([f"**Not unseen-generator figures:** {len(stale)} run(s) were trained by an older saga that read their "
               f"held-out generator's videos ({', '.join(stale)}); delete them and train them again.", ""] if stale
-             else []) + openset_lines(r) + enroll_lines(r) + shots_lines(r) + calibration_lines(r)
+             else []) + seen_lines(r) + openset_lines(r) + enroll_lines(r) + shots_lines(r) + calibration_lines(r)
     return "\n".join(lines) + "\n"
+
+
+def seen_lines(r: dict) -> list[str]:
+    text = folds_seen_text(r)
+    return [text, ""] if text else []
 
 
 def openset_lines(r: dict) -> list[str]:
