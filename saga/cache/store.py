@@ -71,7 +71,8 @@ class FeatureCache:
         if not meta.is_file():
             raise SagaError(f"{root}: not a saga cache (no zarr.json); create one with `saga extract --out {root}`")
         try:
-            attrs = dict(zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r").attrs)
+            store = zarr.storage.LocalStore(root, read_only=True)
+            attrs = dict(zarr.open_group(store, mode="r", zarr_format=3).attrs)  # a v2 group is not a saga cache
         except Exception as exc:  # zarr raises many types for a damaged store
             raise SagaError(f"{root}: unreadable cache metadata ({exc}); re-extract into a new folder") from None
         if ATTR_KEY not in attrs:
@@ -181,11 +182,11 @@ class FeatureCache:
         if name not in self._parts:
             try:
                 store = zarr.storage.LocalStore(self.root / "parts" / name, read_only=True)
-                group = zarr.open_group(store, mode="r")
+                group = zarr.open_group(store, mode="r", zarr_format=3)  # a v2 group is not one of saga's
                 arrays = {key: group[key] for key in ("features", "mask", "timestamps")}
-            except Exception as exc:  # a deleted or damaged part
-                raise SagaError(f"{self.root}: part {name} is missing or unreadable ({type(exc).__name__}); "
-                                "run `saga cache verify`") from None
+            except Exception as exc:  # a deleted or damaged part, or one in another format
+                raise SagaError(f"{self.root}: part {name} is missing or unreadable, not a Zarr v3 group of saga's "
+                                f"arrays ({type(exc).__name__}); run `saga cache verify`") from None
             shape = arrays["features"].shape
             if tuple(shape[1:]) != (self.frames, self.dim) or arrays["mask"].shape[1:] != (self.frames,):
                 raise SagaError(
@@ -274,7 +275,7 @@ class PartWriter:
         if self._videos is not None:
             record_videos(tmp, self._videos)
         os.replace(tmp, final)
-        self._arrays = {k: zarr.open_group(zarr.storage.LocalStore(final), mode="r+")[k]
+        self._arrays = {k: zarr.open_group(zarr.storage.LocalStore(final), mode="r+", zarr_format=3)[k]
                         for k in ("features", "mask", "timestamps")}
 
     def add(self, record: VideoRecord, features: np.ndarray, mask: np.ndarray, timestamps: np.ndarray) -> None:
