@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from saga.errors import SagaError
-from saga.fileio import check_writable
+from saga.fileio import check_writable, loads_toml
 
 # Messages are one line each, never hard-wrapped at the console width: a log or a pipe (80
 # columns) would otherwise break a long path in two, and grep would miss it. Tables still fit.
@@ -107,11 +107,9 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
     if config is not None:
         config = builtin_config(config)
         try:
-            opts = tomllib.loads(config.read_text(encoding="utf-8"))
+            opts = loads_toml(config.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SagaError(f"{config}: cannot read training options ({exc})") from None
-        except RecursionError:  # arrays nested deeper than Python's stack: tomllib recurses
-            raise SagaError(f"{config}: cannot read training options (nested too deeply)") from None
     opts.update({k: v for k, v in flags.items() if v is not None})
     return opts
 
