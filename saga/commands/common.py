@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from saga.errors import SagaError
+from saga.errors import SagaError, one_line
 from saga.fileio import check_writable, loads_toml
 
 # Messages are one line each, never hard-wrapped at the console width: a log or a pipe (80
@@ -169,7 +169,7 @@ def one_line_warnings() -> Iterator[None]:
 
     def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
         if context().is_main:
-            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(one_line(str(message)))}", soft_wrap=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
