@@ -92,11 +92,16 @@ def _crafted(cols: columns.PartColumns, case: str) -> columns.PartColumns:
         arrays["size"] = arrays["size"][:1]
     elif case == "generator a number":
         tables["generator"] = [7] * len(tables["generator"])
+    elif case == "checksums not bytes":
+        arrays["checksum"] = arrays["checksum"].astype(np.int16)
+    elif case == "an extra not keyed by a row":
+        return columns.PartColumns(arrays, tables, {"\u00b2": {"note": 1}})  # type: ignore[dict-item]
     return columns.PartColumns(arrays, tables, cols.extra)
 
 
 CASES = ["labels not JSON", "labels a list", "labels nested deeply", "status code out of range",
-         "path offsets past the blob", "a short column", "generator a number"]
+         "path offsets past the blob", "a short column", "generator a number", "checksums not bytes",
+         "an extra not keyed by a row"]
 
 
 @pytest.mark.parametrize("case", CASES)

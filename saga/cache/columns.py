@@ -32,9 +32,9 @@ CHUNK = 65536  # lines parsed into Python lists before becoming numpy (bounds th
 INTS = ("size", "mtime_ns", "row", "windows", "n_frames")
 CODED = ("status", "generator", "split", "error", "backend", "labels", "fps")  # few distinct values: table + codes
 PATH_CODEC = ("utf-8", "surrogatepass")  # json may give lone surrogates (non-UTF-8 file names)
+SIDECAR_RATIO = 4  # a sidecar holds at most this many bytes per byte of its manifest (+ 1 MiB); saga's hold < 1
 # Every column a sidecar must hold: one written by another saga version (same VERSION, other columns)
 # is rebuilt, never half-used.
-SIDECAR_RATIO = 4  # a sidecar holds at most this many bytes per byte of its manifest (+ 1 MiB); saga's hold < 1
 COLUMNS = frozenset((*INTS, *CODED, "checksum", "crc32c", "path_blob", "path_offsets"))
 
 
@@ -274,7 +274,8 @@ def _consistent(data: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
     n = data["row"].size
     if any(arr.dtype.kind not in "iu" or arr.ndim != 1 for k, arr in data.items() if k != "checksum"):
         return False
-    if data["checksum"].shape != (n, 17) or any(data[k].size != n for k in (*INTS, *CODED, "crc32c")):
+    if data["checksum"].shape != (n, 17) or any(data[k].size != n for k in (*INTS, *CODED, "crc32c")) or any(
+            data[k].dtype != np.uint8 for k in ("checksum", "path_blob")):
         return False
     offsets = data["path_offsets"]
     if (offsets.size != n + 1 or offsets[0] != 0 or offsets[-1] != data["path_blob"].size
@@ -283,7 +284,7 @@ def _consistent(data: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
     if not all(_table_ok(k, tables[k]) and (n == 0 or 0 <= data[k].min() <= data[k].max() < len(tables[k]))
                for k in CODED):
         return False
-    return all(isinstance(e, dict) and i.isdigit() and int(i) < n for i, e in extra.items())
+    return all(isinstance(e, dict) and i.isascii() and i.isdigit() and int(i) < n for i, e in extra.items())
 
 
 def _table_ok(key: str, table: Any) -> bool:
