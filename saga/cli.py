@@ -208,7 +208,9 @@ def _error(exc: Exception) -> NoReturn:
     # torchrun's SIGTERM to the surviving ranks must not cut the line or the exit short with a traceback (it
     # SIGKILLs a rank 30 s later; a process-group teardown that hangs is bounded by saga.distributed._shutdown)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _say(f"error: {exc}")
+    from saga.errors import one_line
+
+    _say(f"error: {one_line(str(exc))}")  # a message quoting someone else's file stays one bounded line
     sys.exit(2)
 
 

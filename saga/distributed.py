@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from saga.errors import SagaError
+from saga.errors import SagaError, reason
 
 T = TypeVar("T")
 
@@ -80,8 +80,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        reason = (str(exc).strip().splitlines() or ["invalid"])[0][:200]
-        raise SagaError(f"--device {name}: unknown device ({reason}); use auto, cpu, cuda or cuda:N") from None
+        raise SagaError(f"--device {name}: unknown device ({reason(exc, 200)}); use auto, cpu, cuda or cuda:N"
+                        ) from None
     if device.type not in ("cpu", "cuda"):  # mps, meta, xpu...: saga is built and tested for these two only
         raise SagaError(f"--device {name}: not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():

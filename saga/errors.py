@@ -44,13 +44,45 @@ ELLIPSIS = " … "
 
 
 def clipped(text: str, limit: int = REASON_LIMIT) -> str:
-    """`text` on one line (whitespace runs as one space) of at most `limit` characters, cut in the middle.
+    """`text` on one line (whitespace runs as one space) of at most `limit` characters, cut in the middle (`cut`)."""
+    return cut(" ".join(str(text).split()), limit)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` of at most `limit` characters, cut in the middle.
 
     Why the middle: a reason starts with what went wrong and ends with the fix ("... chmod a+r PATH and
     rerun"); a long path sits between them, so cutting the end lost the advice."""
-    text = " ".join(str(text).split())
     if len(text) <= limit:
         return text
     keep = max(0, limit - len(ELLIPSIS))
     head = keep // 2
     return text[:head] + ELLIPSIS + text[len(text) - (keep - head):]
+
+
+LINE_LIMIT = 2000  # characters of an error or warning line as the CLI prints it
+BRIEF_LIMIT = 80  # characters of a value quoted from someone else's file
+
+
+def one_line(text: str, limit: int = LINE_LIMIT) -> str:
+    """`text` as one printable line of at most `limit` characters, line breaks and other unprintable characters
+    escaped (as `repr` does), the middle cut. The CLI's last word on every error and warning line: a message
+    quoting someone else's file (a file name, a TOML value) can neither split the line, send the terminal escape
+    codes, nor run to megabytes."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return cut(text, limit)
+
+
+def brief(value: object, limit: int = BRIEF_LIMIT) -> str:
+    """A value read from someone else's file, for a message: its `repr` (escaped, quoted), cut to `limit`."""
+    return cut(repr(value), limit)
+
+
+def reason(exc: BaseException, limit: int = REASON_LIMIT) -> str:
+    """An exception's text as one bounded line for a message: its non-blank lines joined with "; " (torch's
+    "Error(s) in loading state_dict for M:" header left out: the details name the keys), else its type name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    return clipped("; ".join(lines), limit) if lines else type(exc).__name__

@@ -21,6 +21,7 @@ import re
 import shutil
 import socket
 import threading
+import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -319,6 +320,16 @@ def loads(text: str | bytes) -> Any:
     except RecursionError:
         doc = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
         raise json.JSONDecodeError("nested too deeply", doc[:80], 0) from None
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """`tomllib.loads` for a file someone may have crafted: arrays nested deeper than Python's stack (tomllib
+    recurses) are a `tomllib.TOMLDecodeError` "nested too deeply", which every TOML reader catches, as `loads`
+    does for JSON."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("nested too deeply") from None
 
 
 def read_json(path: str | Path, missing: str = "", corrupt: str = "") -> Any:

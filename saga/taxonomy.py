@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from saga.errors import SagaError
+from saga.fileio import loads_toml
 
 LEVELS: tuple[str, ...] = ("BIN-L", "TASK-L", "SD-L", "TEAM-L", "GEN-L")
 REAL = "real"
@@ -79,11 +80,9 @@ class Taxonomy:
     @classmethod
     def from_toml(cls, text: str, origin: str = "<taxonomy>") -> "Taxonomy":
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            data = loads_toml(text)
+        except tomllib.TOMLDecodeError as exc:  # "nested too deeply" too
             raise SagaError(f"{origin}: not valid TOML ({exc}); fix the file's syntax") from None
-        except RecursionError:  # arrays nested deeper than Python's stack: tomllib recurses
-            raise SagaError(f"{origin}: not valid TOML (nested too deeply); fix the file's syntax") from None
         return cls.from_dict(data, origin)
 
     @classmethod

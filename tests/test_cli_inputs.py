@@ -158,3 +158,43 @@ def test_the_published_model_is_a_built_in_config_for_each_stage(tmp_path: Path,
     (tmp_path / "paper-stage1").write_text("epochs = 7\n")  # a file of that name wins
     own = training_options(Stage1Config, Path("paper-stage1"))
     assert (own.epochs, own.content_basis) == (7, Stage1Config().content_basis)
+
+
+def test_an_error_quoting_someone_elses_file_is_one_bounded_line(tmp_path: Path) -> None:
+    """A 50,000-character TOML value and a zarr.json attribute holding a newline and a terminal escape were
+    printed as they were: a 50 KB error, or two lines the second of which cleared the screen."""
+    from conftest import run_saga
+    from test_reliability_cache import make_cache
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'epochs = "{"y" * 50_000}"\n')
+    proc = run_saga("train", "--config", str(config), "--cache", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    line = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in line and len(line) <= 2100
+    assert line.startswith(f"error: {config}: training option epochs must be a whole number, got 'yyy")
+    root = make_cache(tmp_path, parts=1).root
+    meta = json.loads((root / "zarr.json").read_text())
+    meta["attributes"]["saga"]["schema_version"] = "9\n\x1b[2Jall clear " + "z" * 50_000
+    (root / "zarr.json").write_text(json.dumps(meta))
+    proc = run_saga("cache", "info", str(root))
+    line = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in line and "\x1b" not in line and len(line) <= 300
+    assert line.startswith(f"error: {root}: cache schema '9\\n\\x1b[2Jall clear zzz") and line.endswith("re-extract it")
+
+
+def test_one_helper_caps_the_reasons_quoted_from_exceptions() -> None:
+    """encoder_files, runs.files and distributed each cut exception text their own way, and the report kept its
+    line breaks; `saga.errors.reason` (over `clipped`) is the one rule: one line, bounded, the first detail kept."""
+    from saga.errors import REASON_LIMIT, reason
+    from saga.explain.report_html import guarded
+
+    exc = RuntimeError('Error(s) in loading state_dict for M:\n\tMissing key(s) in state_dict: "w".\n' + "x" * 5000)
+    text = reason(exc)
+    assert "\n" not in text and len(text) <= REASON_LIMIT and text.startswith('Missing key(s) in state_dict: "w"')
+    assert reason(ValueError()) == "ValueError" and reason(ValueError("a\n\n  b")) == "a; b"
+
+    def damaged() -> str:
+        raise ValueError("first\nsecond <" + "x" * 5000)
+
+    shown = guarded("metrics", "rerun", damaged)
+    assert "\n" not in shown and len(shown) < 400 and "first second" in shown and "&lt;" in shown

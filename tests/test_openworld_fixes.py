@@ -340,3 +340,39 @@ def test_a_two_stage_fold_adapts_a_stage1_run_that_never_read_its_held_out_gener
     assert reads["logo/syn-hotshot"] and not reads["logo/syn-hotshot"] & hotshot
     config = json.loads((tmp_path / "logo" / "syn-hotshot" / "config.json").read_text())
     assert config["train"]["from_run"] == str((tmp_path / "stage1" / "syn-hotshot").resolve())
+
+
+@pytest.mark.parametrize("text", ["garbage", "[" * 100_000, "[1, 2]"])
+def test_a_damaged_config_json_of_a_logo_fold_is_one_line_naming_it(world: dict[str, Any], tmp_path: Path,
+                                                                    text: str) -> None:
+    """A finished fold's config.json read by hand (bare json.loads): a JSONDecodeError, RecursionError or
+    AttributeError traceback in `saga openset logo` (reusing the fold) and in its measurement."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+    from saga.openworld.logo import evaluate_folds
+
+    fold = tmp_path / "exp" / "logo" / "syn-hotshot"
+    shutil.copytree(world["run"], fold)
+    (fold / "config.json").write_text(text)
+    res = CliRunner().invoke(app, ["openset", "logo", "--cache", str(world["cache"].root), "--out",
+                                   str(tmp_path / "exp"), "--only", "syn-hotshot"])
+    assert isinstance(res.exception, SagaError), res.output
+    assert str(res.exception).startswith(f"{fold / 'config.json'}: corrupt")
+    with pytest.raises(SagaError, match=f"^{fold / 'config.json'}: corrupt") as err:
+        evaluate_folds(world["cache"], tmp_path / "exp", tmp_path / "out", ["syn-hotshot"], 3, 0, log=print)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["garbage", "[" * 100_000, "[1, 2]"])
+def test_a_damaged_kept_fold_measurement_is_measured_again(world: dict[str, Any], tmp_path: Path, text: str) -> None:
+    """OUT/folds/<g>.json is logo's own bookkeeping: unreadable, it is measured again (it was a traceback)."""
+    from saga.openworld.logo import evaluate_folds
+
+    shutil.copytree(world["run"], tmp_path / "logo" / "syn-hotshot")
+    kept = tmp_path / "out" / "folds" / "syn-hotshot.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(text)
+    res = evaluate_folds(world["cache"], tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lambda s: None)
+    assert res["openset"]["syn-hotshot"]["GEN-L"]["knn"]["auroc"] is not None
+    assert isinstance(json.loads(kept.read_text()), dict)

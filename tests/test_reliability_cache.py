@@ -286,3 +286,36 @@ def test_verify_seal_seals_an_old_caches_parts_only_when_every_check_passes(tmp_
     manifest = _manifests(cache.root)[0]  # from now on an edit is detected
     manifest.write_text(manifest.read_text().replace('"split":"train"', '"split":"test"', 1))
     assert any("changed since it was sealed" in e for e in FeatureCache.open(cache.root).check_structure()[0])
+
+
+def _as_zarr_v2(part: Path) -> None:
+    """The part rewritten, same values, as a Zarr v2 group (`.zgroup`) of v2 arrays (`.zarray`)."""
+    import zarr
+
+    old = zarr.open_group(zarr.storage.LocalStore(part), mode="r")
+    data = {k: old[k][:] for k in ("features", "mask", "timestamps")}
+    for key in data:
+        shutil.rmtree(part / key)
+    (part / "zarr.json").unlink()
+    zarr.open_group(zarr.storage.LocalStore(part), mode="a", zarr_format=2)
+    for key, values in data.items():
+        v2 = zarr.create_array(zarr.storage.LocalStore(part / key), shape=values.shape, dtype=values.dtype,
+                               chunks=values.shape, compressors=None, zarr_format=2)
+        v2[:] = values
+
+
+def test_a_part_stored_as_zarr_v2_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A saga cache is Zarr v3 (docs/cache-format.md): a part in another format is unreadable, named in one line
+    (a v2 group was read as if it were one of saga's and `verify` called the cache clean)."""
+    from saga.cache.store import FeatureCache
+
+    cache = make_cache(tmp_path, parts=1)
+    part = _manifests(cache.root)[0].parent
+    _as_zarr_v2(part)
+    proc = run_saga("cache", "verify", str(cache.root))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert any(part.name in line and "unreadable" in line for line in proc.stderr.splitlines())
+    fresh = FeatureCache.open(cache.root)
+    with pytest.raises(SagaError, match=f"part {part.name} is .*Zarr v3") as err:
+        fresh.read(fresh.ok_records())
+    assert "\n" not in str(err.value)

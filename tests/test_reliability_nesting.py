@@ -87,3 +87,18 @@ def test_a_sealed_openworld_header_or_probe_nested_too_deeply_is_not_a_traceback
     save_file({"coef": np.zeros((2, 2))}, str(path), metadata={"classes": DEEP, "spec": "{}", "C": "1"})
     with pytest.raises(SagaError, match="not a saga probe file"):
         Probe.load(path)
+
+
+def test_the_shared_toml_and_stamp_readers_turn_deep_nesting_into_a_decode_error(tmp_path: Path) -> None:
+    """`fileio.loads_toml` is the one place a TOML RecursionError becomes a decode error (each reader caught it by
+    hand); a synth folder's stamp nested too deeply is unreadable, so nothing in the folder is trusted."""
+    import tomllib
+
+    from saga.benchmark.synth_folder import read_stamp
+    from saga.fileio import loads_toml
+
+    with pytest.raises(tomllib.TOMLDecodeError, match="nested too deeply"):
+        loads_toml("x = " + "[" * 5_000 + "]" * 5_000)
+    assert loads_toml("x = [[1]]") == {"x": [[1]]}
+    (tmp_path / "stamp.json").write_text(DEEP)
+    assert read_stamp(tmp_path / "stamp.json") is None

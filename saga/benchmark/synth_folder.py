@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from saga.errors import SagaError
-from saga.fileio import TEMP_SUFFIX, write_json
+from saga.fileio import TEMP_SUFFIX, loads, write_json
 
 STAMP = "synth.json"  # the config (less the worker count) and taxonomy that made the folder's clips
 OUTPUTS = ("labels.csv", "taxonomy.toml")  # written last, by a run that finished
@@ -61,8 +61,8 @@ def prepare(out_dir: Path, stamp: dict[str, Any], counts: dict[str, int]) -> boo
 def read_stamp(path: Path) -> dict[str, Any] | None:
     """The stamp, or None when it is missing or unreadable (then nothing on disk is trusted)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # nested too deeply too (`loads`)
         return None
     return data if isinstance(data, dict) else None
 

@@ -11,17 +11,19 @@ read-only storage simply parses every time.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy
 
 from saga.cache.manifest import iter_lines, parse_line
 from saga.errors import SagaError
-from saga.fileio import atomic_path
+from saga.fileio import atomic_path, loads
 
 SIDECAR = "manifest.index.npz"
 VERSION = 3  # 3: rows sorted by path, one per path
@@ -30,6 +32,7 @@ CHUNK = 65536  # lines parsed into Python lists before becoming numpy (bounds th
 INTS = ("size", "mtime_ns", "row", "windows", "n_frames")
 CODED = ("status", "generator", "split", "error", "backend", "labels", "fps")  # few distinct values: table + codes
 PATH_CODEC = ("utf-8", "surrogatepass")  # json may give lone surrogates (non-UTF-8 file names)
+SIDECAR_RATIO = 4  # a sidecar holds at most this many bytes per byte of its manifest (+ 1 MiB); saga's hold < 1
 # Every column a sidecar must hold: one written by another saga version (same VERSION, other columns)
 # is rebuilt, never half-used.
 COLUMNS = frozenset((*INTS, *CODED, "checksum", "crc32c", "path_blob", "path_offsets"))
@@ -209,22 +212,98 @@ def _write_sidecar(path: Path, key: list[int], cols: PartColumns) -> None:
 
 
 def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
-    """The sidecar's columns when it matches the manifest's key and its digest; else None (rebuild)."""
+    """The sidecar's columns when it matches the manifest's key, its digest and saga's layout; else None (rebuild).
+
+    A received cache's sidecar is untrusted: its size is bounded by its manifest's (`_limit`) before anything is
+    read, the key is compared before any column is decompressed, and the tables and codes are checked, since
+    the digest proves only that the file is whole, not that saga wrote it."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-        meta_text = data.pop("meta").tobytes().decode()
+        with zipfile.ZipFile(path) as zf:
+            members = _members(zf, path.stat().st_size, _limit(key))
+            if members is None or "meta" not in members:
+                return None
+            meta_text = _array(zf, members["meta"]).tobytes().decode()
+            meta = loads(meta_text)
+            if not isinstance(meta, dict) or meta.get("version") != VERSION or meta.get("key") != key:
+                return None
+            data = {k: _array(zf, info) for k, info in members.items() if k != "meta"}
         digest = data.pop("digest").tobytes().decode()
-        meta = json.loads(meta_text)
     except Exception:  # noqa: BLE001 - missing, truncated, not a zip/npz: it is only a cache, rebuild it
         return None
-    if meta.get("version") != VERSION or meta.get("key") != key or _digest(data, meta_text) != digest:
-        return None
-    if set(data) != COLUMNS or set(meta.get("tables", {})) != set(CODED):
+    if set(data) != COLUMNS or _digest(data, meta_text) != digest or not _consistent(data, meta):
         return None
     return PartColumns(data, meta["tables"], {int(i): e for i, e in meta["extra"].items()})
+
+
+def _limit(key: list[int]) -> int:
+    """The most bytes a sidecar of this manifest may hold: its columns take < 70 B per line of >= ~90 B."""
+    return SIDECAR_RATIO * max(key[0], 0) + (1 << 20)
+
+
+def _members(zf: zipfile.ZipFile, size: int, limit: int) -> dict[str, zipfile.ZipInfo] | None:
+    """NAME -> member of an npz that saga could have written (stored, not deflated: a few KB may inflate to
+    GBs), within `limit` by its file size and every header; None otherwise."""
+    infos = zf.infolist()
+    if size > limit or sum(i.file_size for i in infos) > limit or len(infos) > len(COLUMNS) + 2:
+        return None
+    if any(i.compress_type != zipfile.ZIP_STORED or not i.filename.endswith(".npy") for i in infos):
+        return None
+    return {i.filename[:-4]: i for i in infos}
+
+
+def _array(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One member, after its .npy header was found to claim no more than the member holds (numpy allocates
+    the claimed shape before reading)."""
+    with zf.open(info) as fh:
+        version = npy.read_magic(fh)
+        header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if header is None:
+            raise ValueError(f"npy version {version}")
+        shape, _, dtype = header(fh)
+        if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
+            raise ValueError(f"{info.filename}: header claims more than the member holds")
+    with zf.open(info) as fh:
+        return npy.read_array(fh, allow_pickle=False)
+
+
+def _consistent(data: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+    """Whether columns and tables have the shapes, types and code ranges that indexing them relies on."""
+    tables, extra = meta.get("tables"), meta.get("extra")
+    if not isinstance(tables, dict) or set(tables) != set(CODED) or not isinstance(extra, dict):
+        return False
+    n = data["row"].size
+    if any(arr.dtype.kind not in "iu" or arr.ndim != 1 for k, arr in data.items() if k != "checksum"):
+        return False
+    if data["checksum"].shape != (n, 17) or any(data[k].size != n for k in (*INTS, *CODED, "crc32c")) or any(
+            data[k].dtype != np.uint8 for k in ("checksum", "path_blob")):
+        return False
+    offsets = data["path_offsets"]
+    if (offsets.size != n + 1 or offsets[0] != 0 or offsets[-1] != data["path_blob"].size
+            or (offsets[1:] < offsets[:-1]).any()):
+        return False
+    if not all(_table_ok(k, tables[k]) and (n == 0 or 0 <= data[k].min() <= data[k].max() < len(tables[k]))
+               for k in CODED):
+        return False
+    return all(isinstance(e, dict) and i.isascii() and i.isdigit() and int(i) < n for i, e in extra.items())
+
+
+def _table_ok(key: str, table: Any) -> bool:
+    """A coded column's table as `_Builder` makes it: text, numbers for fps, JSON objects of labels."""
+    if not isinstance(table, list):
+        return False
+    if key == "fps":
+        return all(type(v) in (int, float) for v in table)
+    if not all(isinstance(v, str) for v in table):
+        return False
+    return key != "labels" or all(_labels_ok(v) for v in table)
+
+
+def _labels_ok(text: str) -> bool:
+    try:
+        labels = loads(text)
+    except ValueError:
+        return False
+    return isinstance(labels, dict) and all(v is None or isinstance(v, str) for v in labels.values())
 
 
 def sidecar_writable(folder: Path) -> bool:

@@ -36,7 +36,7 @@ from saga.cache.reader import ShardRef
 from saga.cache.seal import (MANIFEST, PARTS_LOG, SEAL, record_videos, seal_leftover_parts, seal_part,
                              unsealed_parts)
 from saga.cache.shards import ArrayReader
-from saga.errors import SagaError
+from saga.errors import SagaError, brief
 from saga.fileio import sweep_siblings, temp_path, writing
 from saga.locks import LOCK
 from saga.taxonomy import Taxonomy
@@ -71,14 +71,15 @@ class FeatureCache:
         if not meta.is_file():
             raise SagaError(f"{root}: not a saga cache (no zarr.json); create one with `saga extract --out {root}`")
         try:
-            attrs = dict(zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r").attrs)
-        except Exception as exc:  # zarr raises many types for a damaged store
+            attrs = dict(zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r", zarr_format=3).attrs)
+        except Exception as exc:  # zarr raises many types for a damaged store (or a v2 group: not a saga cache)
             raise SagaError(f"{root}: unreadable cache metadata ({exc}); re-extract into a new folder") from None
         if ATTR_KEY not in attrs:
             raise SagaError(f"{root}: a Zarr store but not a saga cache (no '{ATTR_KEY}' attributes)")
         saga = attrs[ATTR_KEY]
-        if isinstance(saga, dict) and saga.get("schema_version") != SCHEMA_VERSION:
-            raise SagaError(f"{root}: cache schema {saga.get('schema_version')} != {SCHEMA_VERSION}; re-extract it")
+        version = saga.get("schema_version") if isinstance(saga, dict) else SCHEMA_VERSION
+        if version != SCHEMA_VERSION:
+            raise SagaError(f"{root}: cache schema {brief(version)} != {SCHEMA_VERSION}; re-extract it")
         integrity.check_attrs(root, saga)
         return cls(root, saga)
 
@@ -181,11 +182,11 @@ class FeatureCache:
         if name not in self._parts:
             try:
                 store = zarr.storage.LocalStore(self.root / "parts" / name, read_only=True)
-                group = zarr.open_group(store, mode="r")
+                group = zarr.open_group(store, mode="r", zarr_format=3)  # a v2 group is not one of saga's
                 arrays = {key: group[key] for key in ("features", "mask", "timestamps")}
-            except Exception as exc:  # a deleted or damaged part
-                raise SagaError(f"{self.root}: part {name} is missing or unreadable ({type(exc).__name__}); "
-                                "run `saga cache verify`") from None
+            except Exception as exc:  # a deleted or damaged part, or one in another format
+                raise SagaError(f"{self.root}: part {name} is missing or unreadable, not a Zarr v3 group of saga's "
+                                f"arrays ({type(exc).__name__}); run `saga cache verify`") from None
             shape = arrays["features"].shape
             if tuple(shape[1:]) != (self.frames, self.dim) or arrays["mask"].shape[1:] != (self.frames,):
                 raise SagaError(
@@ -274,7 +275,7 @@ class PartWriter:
         if self._videos is not None:
             record_videos(tmp, self._videos)
         os.replace(tmp, final)
-        self._arrays = {k: zarr.open_group(zarr.storage.LocalStore(final), mode="r+")[k]
+        self._arrays = {k: zarr.open_group(zarr.storage.LocalStore(final), mode="r+", zarr_format=3)[k]
                         for k in ("features", "mask", "timestamps")}
 
     def add(self, record: VideoRecord, features: np.ndarray, mask: np.ndarray, timestamps: np.ndarray) -> None:

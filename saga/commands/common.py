@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from saga.errors import SagaError
-from saga.fileio import check_writable
+from saga.errors import SagaError, one_line
+from saga.fileio import check_writable, loads_toml
 
 # Messages are one line each, never hard-wrapped at the console width: a log or a pipe (80
 # columns) would otherwise break a long path in two, and grep would miss it. Tables still fit.
@@ -107,11 +107,9 @@ def load_options(config: Path | None, **flags: Any) -> dict[str, Any]:
     if config is not None:
         config = builtin_config(config)
         try:
-            opts = tomllib.loads(config.read_text(encoding="utf-8"))
+            opts = loads_toml(config.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SagaError(f"{config}: cannot read training options ({exc})") from None
-        except RecursionError:  # arrays nested deeper than Python's stack: tomllib recurses
-            raise SagaError(f"{config}: cannot read training options (nested too deeply)") from None
     opts.update({k: v for k, v in flags.items() if v is not None})
     return opts
 
@@ -171,7 +169,7 @@ def one_line_warnings() -> Iterator[None]:
 
     def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
         if context().is_main:
-            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {escape(one_line(str(message)))}", soft_wrap=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")

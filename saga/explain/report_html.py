@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from saga.explain.intervals import format_ci
 from saga.explain.metrics import data_label
+from saga.errors import clipped
 from saga.fileio import loads
 
 CSS = """
@@ -85,7 +86,7 @@ def guarded(label: str, fix: str, fn: Callable[..., str], *args: Any) -> str:
         return fn(*args)
     except DAMAGED as exc:
         return (f'<p class="meta">{escape(label)}: unreadable data ({escape(type(exc).__name__)}: '
-                f"{escape(str(exc)[:120])}); {fix}</p>")
+                f"{escape(clipped(str(exc), 120))}); {fix}</p>")
 
 
 def ci_text(ci: Any) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from saga import fileio
 from saga.cache.manifest import VideoRecord, seeded_hash
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
@@ -44,7 +45,7 @@ from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
 from saga.runs import MODEL, RunInfo, cache_digest, file_fingerprint
 from saga.runs.files import (LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, LOGO_STAGE1,
-                             MODEL_OPTIONS, finished, reliability_file)
+                             MODEL_OPTIONS, CONFIG, finished, read_json, reliability_file)
 from saga.taxonomy import LEVELS, REAL
 
 
@@ -124,7 +125,7 @@ def _check_fold_options(run: Path, cfg: Any, withheld: dict | None = None, stage
     one that read videos of its held-out generator (`withheld`: what it must have withheld), or adapted
     another stage-1 run than `stage1` (None: trained from scratch)."""
     cfg.check()
-    config = json.loads((run / "config.json").read_text())
+    config = read_json(run / CONFIG)
     if withheld is not None and config.get("withheld") != withheld:
         what = (f"withholding {config['withheld']}, this call withholds {withheld}" if config.get("withheld") else
                 OLD_FOLD)
@@ -328,8 +329,8 @@ def evaluate_folds(cache: FeatureCache, runs: Path, out: Path, gens: list[str], 
         if g not in tested:
             log(f"{g}: skipped, no test video of {g} in {cache.root} (nothing unseen to measure)")
             continue
-        for run in [r for r in (logo, retrain) if finished(r) and "withheld" not in json.loads(
-                (r / "config.json").read_text())]:  # measured all the same: the user decides
+        for run in [r for r in (logo, retrain) if finished(r) and "withheld" not in read_json(r / CONFIG)]:
+            # measured all the same: the user decides
             results.setdefault("not_withheld", []).append(str(run))
             log(f"{run}: trained {OLD_FOLD}: its figures are not those of an unseen generator; delete it to train "
                 "it again")
@@ -352,7 +353,7 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
     in place, another --cache, or a cache changed in place (pruned, appended to) is measured again
     (enrollment alone when only a retrained run changed).
     """
-    fold: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    fold = _kept(path)
     stamp, old = fold_stamp(logo, retrain, cache), fold.get(STAMP) or {}
     if any(old.get(key) != stamp[key] for key in ("cache_id", "cache_digest", "logo", "seen_rule")):
         fold = {}
@@ -382,6 +383,14 @@ def measure_fold(logo: Path, retrain: Path, cache: FeatureCache, g: str, k: int,
 
 
 STAMP = "measured_on"
+
+
+def _kept(path: Path) -> dict[str, Any]:
+    """A fold's measurements as an earlier call kept them; {} (measure again) when absent or unreadable."""
+    try:
+        return fileio.read_json(path) if path.is_file() else {}
+    except SagaError:  # a hand-edited or damaged file of logo's own: only bookkeeping
+        return {}
 
 
 def fold_stamp(logo: Path, retrain: Path, cache: FeatureCache) -> dict[str, str | None]:

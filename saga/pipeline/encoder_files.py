@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from saga.errors import SagaError
+from saga.errors import SagaError, clipped, reason
 from saga.fileio import loads
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".npy", ".ckpt", ".tar", ".pkl")
@@ -32,14 +32,6 @@ POS_EMBED = "visual.positional_embedding"  # the key open_clip's resize_pos_embe
 _REFUSED = r"\bGLOBAL\b|Unsupported global|unrecognized function|Can only (build|create new object)"
 # What a timm tag's transform is made of (timm.data.resolve_data_config reads these).
 TIMM_PP_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "input_size")
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an error; for torch's multi-line state-dict error, its first detail too, which names a key."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"[:300]
-    return lines[0][:200]
 
 
 def looks_like_path(pretrained: str) -> bool:
@@ -109,7 +101,7 @@ def _is_safetensors(head: bytes) -> bool:
 def _torch_detail(exc: BaseException) -> str:
     """torch's own reason, not its boilerplate about weights_only (e.g. "Unsupported operand 118")."""
     found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
-    return found.group(1).strip()[:200] if found else one_line(exc)
+    return clipped(found.group(1), 200) if found else reason(exc)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -139,7 +131,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     try:
         data = loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SagaError(f"{path}: unreadable ({one_line(exc)}); {fix}") from exc
+        raise SagaError(f"{path}: unreadable ({reason(exc)}); {fix}") from exc
     if not isinstance(data, dict):
         raise SagaError(f"{path}: must hold a JSON object, not {type(data).__name__}; {fix}")
     for key in ("preprocess_cfg", "model_cfg"):

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from saga.distributed import resolve_device
-from saga.errors import SagaError
+from saga.errors import SagaError, reason
 from saga.pipeline.encoder_files import (
-    PP_KEYS, SIDECAR, check_resolution, check_timm_tags, file_settings, is_pickle_refusal, missing_file, one_line,
+    PP_KEYS, SIDECAR, check_resolution, check_timm_tags, file_settings, is_pickle_refusal, missing_file,
     open_clip_architecture, pos_embed_shape, read_sidecar, read_state_dict, timm_architecture, weights_error,
     weights_label,
 )
@@ -196,7 +196,7 @@ def _resolve_tag(name: str, tag: str, cfg: dict) -> str:
     try:
         return path or open_clip.pretrained.download_pretrained(cfg)
     except Exception as exc:
-        raise SagaError(f"{name}/{tag}: weights download failed ({one_line(exc)}); {fix}") from exc
+        raise SagaError(f"{name}/{tag}: weights download failed ({reason(exc)}); {fix}") from exc
 
 
 def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Callable, tuple, str]:
@@ -217,7 +217,7 @@ def _load_open_clip(name: str, pretrained: str | None) -> tuple[torch.nn.Module,
     except Exception as exc:
         if is_pickle_refusal(exc):
             raise weights_error(weights or label, exc) from exc
-        raise SagaError(f"{label}: cannot load the model ({one_line(exc)}); check that the weights "
+        raise SagaError(f"{label}: cannot load the model ({reason(exc)}); check that the weights "
                         f"belong to this architecture") from exc
     visual = model.visual  # encode_image(x) == visual(x); the text tower is dropped to free memory
     if weights:
@@ -254,7 +254,7 @@ def _hf_hub(name: str) -> _Source:
     try:
         weights = open_clip.pretrained.download_pretrained_from_hf(name[len("hf-hub:"):])
     except Exception as exc:
-        raise SagaError(f"{name}: weights not available ({one_line(exc)}); {fix}") from exc
+        raise SagaError(f"{name}: weights not available ({reason(exc)}); {fix}") from exc
     return name, name, {}, weights if isinstance(weights, str) else None
 
 
@@ -339,7 +339,7 @@ def _load_timm(name: str, pretrained: str | None) -> tuple[torch.nn.Module, Call
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0)
     except Exception as exc:
-        raise SagaError(f"timm:{name}: unknown timm model ({one_line(exc)}); pick one of timm.list_models()") from exc
+        raise SagaError(f"timm:{name}: unknown timm model ({reason(exc)}); pick one of timm.list_models()") from exc
     source = pretrained if pretrained.lower() == "none" else _load_timm_weights(name, pretrained, model, label)
     cfg = timm.data.resolve_data_config({}, model=model)
     return model, timm.data.create_transform(**cfg), tuple(cfg["input_size"][1:]), source
@@ -366,7 +366,7 @@ def _load_timm_weights(name: str, pretrained: str, model: torch.nn.Module, label
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         raise SagaError(f"{label}: the weights do not fit this architecture "
-                        f"({one_line(exc)}); use the timm model they were saved from") from exc
+                        f"({reason(exc)}); use the timm model they were saved from") from exc
     return source
 
 

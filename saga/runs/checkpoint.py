@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from saga import fileio
-from saga.errors import SagaError
+from saga.errors import SagaError, reason
 from saga.fileio import write_error, write_json, writing
 from saga.model import VideoTransformer
 from saga.runs.files import (
@@ -33,7 +33,6 @@ from saga.runs.files import (
     STATE,
     fsync,
     load_tensors,
-    one_line,
     save_tensors,
     save_weights,
     whole_number,
@@ -109,7 +108,7 @@ def load_state(folder: Path, model: VideoTransformer, optimizer: torch.optim.Opt
         sched = state.pop("scheduler")
         scheduler.load_state_dict({**sched, "lr_lambdas": [None] * len(sched.get("base_lrs", []))})
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
-        raise SagaError(f"{folder / LAST}: the resume state does not fit this run ({one_line(exc)}); "
+        raise SagaError(f"{folder / LAST}: the resume state does not fit this run ({reason(exc)}); "
                         f"{RESTART}") from None
     return state
 

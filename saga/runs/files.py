@@ -217,13 +217,6 @@ def whole_number(value: Any, least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """torch's multi-line load_state_dict errors as one line: the informative lines joined, truncated."""
-    lines = [l.strip() for l in str(exc).splitlines() if l.strip() and not l.strip().startswith("Error(s) in")]
-    text = "; ".join(lines) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def fsync(path: Path) -> None:
     """Flush a file (or a folder's entries) to disk, where the platform allows it."""
     try:

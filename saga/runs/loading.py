@@ -18,11 +18,11 @@ from safetensors import safe_open
 
 from saga.cache.provenance import EncoderSpec
 from saga.cache.store import FeatureCache
-from saga.errors import SagaError
+from saga.errors import SagaError, reason
 from saga.fileio import loads
 from saga.model import MODEL_LIMITS, ModelConfig, VideoTransformer
 from saga.runs.files import (CONFIG, DONE, MODEL, PROVENANCE, PROVENANCE_FIX, RETRAIN, cache_tag, finished,
-                              load_tensors, one_line, read_json)
+                              load_tensors, read_json)
 from saga.runs.origin import warn_if_unsealed
 from saga.taxonomy import LEVELS
 
@@ -97,7 +97,7 @@ def build_model(path: Path) -> VideoTransformer:
         model = VideoTransformer(model_config)
         model.load_state_dict(weights)
     except (RuntimeError, ValueError, TypeError) as exc:  # wrong tensor shapes or names
-        raise SagaError(f"{path}: weights do not fit the stored config ({one_line(exc)}); "
+        raise SagaError(f"{path}: weights do not fit the stored config ({reason(exc)}); "
                         "the file is damaged or not from saga") from None
     return model.eval()
 

@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any, Collection, TypeVar
 
-from saga.errors import SagaError
+from saga.errors import SagaError, brief
 from saga.model import ModelConfig
 from saga.runs.files import HNM_OPTIONS, IGNORED_OPTIONS, MODEL_OPTIONS
 from saga.train.data import View
@@ -232,11 +232,12 @@ class TrainOptions:
             if key not in types:
                 close = difflib.get_close_matches(key, types, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(types))}"
-                raise SagaError(f"unknown training option {key!r}; {hint}")
+                raise SagaError(f"unknown training option {brief(key)}; {hint}")
             accepted = _accepted(types[key])
             if accepted and not (isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)):
                 wanted = " or ".join(_NAMES[t] for t in types[key].split(" | ") if t != "None")
-                raise SagaError(f"training option {key} must be {wanted}, got {value!r}")
+                raise SagaError(f"training option {key} must be {wanted}, "
+                                f"got {brief(value)}")
         return cls(**data)
 
 
