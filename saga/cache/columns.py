@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib import format as npy
 
 from saga.cache.manifest import iter_lines, parse_line
 from saga.errors import SagaError
 from saga.fileio import atomic_path, loads
+from saga.npzfile import read_member, stored_members
 
 SIDECAR = "manifest.index.npz"
 VERSION = 3  # 3: rows sorted by path, one per path
@@ -219,14 +218,14 @@ def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
     the digest proves only that the file is whole, not that saga wrote it."""
     try:
         with zipfile.ZipFile(path) as zf:
-            members = _members(zf, path.stat().st_size, _limit(key))
+            members = stored_members(zf, path.stat().st_size, _limit(key), len(COLUMNS) + 2)
             if members is None or "meta" not in members:
                 return None
-            meta_text = _array(zf, members["meta"]).tobytes().decode()
+            meta_text = read_member(zf, members["meta"]).tobytes().decode()
             meta = loads(meta_text)
             if not isinstance(meta, dict) or meta.get("version") != VERSION or meta.get("key") != key:
                 return None
-            data = {k: _array(zf, info) for k, info in members.items() if k != "meta"}
+            data = {k: read_member(zf, info) for k, info in members.items() if k != "meta"}
         digest = data.pop("digest").tobytes().decode()
     except Exception:  # noqa: BLE001 - missing, truncated, not a zip/npz: it is only a cache, rebuild it
         return None
@@ -238,32 +237,6 @@ def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
 def _limit(key: list[int]) -> int:
     """The most bytes a sidecar of this manifest may hold: its columns take < 70 B per line of >= ~90 B."""
     return SIDECAR_RATIO * max(key[0], 0) + (1 << 20)
-
-
-def _members(zf: zipfile.ZipFile, size: int, limit: int) -> dict[str, zipfile.ZipInfo] | None:
-    """NAME -> member of an npz that saga could have written (stored, not deflated: a few KB may inflate to
-    GBs), within `limit` by its file size and every header; None otherwise."""
-    infos = zf.infolist()
-    if size > limit or sum(i.file_size for i in infos) > limit or len(infos) > len(COLUMNS) + 2:
-        return None
-    if any(i.compress_type != zipfile.ZIP_STORED or not i.filename.endswith(".npy") for i in infos):
-        return None
-    return {i.filename[:-4]: i for i in infos}
-
-
-def _array(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One member, after its .npy header was found to claim no more than the member holds (numpy allocates
-    the claimed shape before reading)."""
-    with zf.open(info) as fh:
-        version = npy.read_magic(fh)
-        header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-        if header is None:
-            raise ValueError(f"npy version {version}")
-        shape, _, dtype = header(fh)
-        if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
-            raise ValueError(f"{info.filename}: header claims more than the member holds")
-    with zf.open(info) as fh:
-        return npy.read_array(fh, allow_pickle=False)
 
 
 def _consistent(data: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:

@@ -50,6 +50,7 @@ from saga.explain.metrics import (RUN_MODEL, SPLIT, data_label, data_stamp, othe
                                   warn_unfinished, weights_stamp)
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_bytes
+from saga.npzfile import read_npz
 from saga.runs import (TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, by_split, check_cache, heldout_tag,
                        load_model, on_cache)
 from saga.runs.files import DEFAULT_SPLIT
@@ -159,11 +160,14 @@ def write_tsigs(sigs: dict[str, Signature], out_dir: str | Path, stamp: dict[str
     return paths
 
 
+TSIG_ARRAYS = ("classes", "maps", "profiles", "counts")
+
+
 def tsig_weights(path: Path) -> str | None:
     """The run_model a tsig.npz records (None: an older saga wrote it, or it is unreadable)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return str(z[RUN_MODEL]) if RUN_MODEL in z.files else None
+        z = read_npz(path, (RUN_MODEL,))
+        return str(z[RUN_MODEL]) if RUN_MODEL in z else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
 
@@ -175,9 +179,9 @@ def load_tsigs(path: str | Path) -> dict[str, Signature]:
     if not path.is_file():
         raise SagaError(f"{path}: no T-Sigs; compute them first with `saga tsig`")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {str(c): {"map": m, "profile": p, "n": int(k)}
-                    for c, m, p, k in zip(z["classes"], z["maps"], z["profiles"], z["counts"])}
+        z = read_npz(path, TSIG_ARRAYS)
+        return {str(c): {"map": m, "profile": p, "n": int(k)}
+                for c, m, p, k in zip(z["classes"], z["maps"], z["profiles"], z["counts"])}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise SagaError(f"{path}: damaged T-Sigs ({type(exc).__name__}); compute them again with "
                         "`saga tsig RUN --cache CACHE`") from None
