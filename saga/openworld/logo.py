@@ -41,7 +41,7 @@ from saga.openworld.embeddings import (Embedder, known_val, labelled_records, mi
                                        split_records)
 from saga.openworld.enroll import Enrollment, add_entry, predict_with_enrolled, prototype_tau
 from saga.openworld.levels import aggregate, label_at, parents
-from saga.openworld.logo_tables import LEVELS_OPEN, boot_ci, fmt, to_markdown
+from saga.openworld.logo_tables import LEVELS_OPEN, acc_pair, boot_ci, fmt, to_markdown
 from saga.openworld.openset import auroc, dumps, knn_scores, prototype_scores, score_lists, summary, threshold
 from saga.runs import MODEL, RunInfo, cache_digest, file_fingerprint
 from saga.runs.files import (LOGO_CALIBRATION, LOGO_FOLDS, LOGO_RESULTS, LOGO_RESULTS_MD, LOGO_RUNS, LOGO_STAGE1,
@@ -279,16 +279,8 @@ def fold_shots(emb: Embedder, cache: FeatureCache, held: str, recs: FoldRecords,
     return out
 
 
-def acc_pair(correct: np.ndarray, new: np.ndarray) -> dict:
-    """Accuracy on the new and the old classes' videos (None where there is no video: not measured)."""
-    mean = lambda c: float(c.mean()) if len(c) else None  # noqa: E731
-    return {"new": mean(correct[new]), "new_n": int(new.sum()), "new_correct": int(correct[new].sum()),
-            "old": mean(correct[~new]), "old_n": int((~new).sum()), "old_correct": int(correct[~new].sum())}
-
-
 def calibration_rows(runs: list[Path], cache: FeatureCache, out: Path) -> list[dict]:
     """Temperature fitted on val, ECE (15 bins) on test before/after, for finished full runs."""
-
     rows = []
     for run in runs:
         emb = Embedder(run)

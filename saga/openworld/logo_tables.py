@@ -146,3 +146,10 @@ def calibration_lines(r: dict) -> list[str]:
                      f"{fmt(c['test_ece_before'], '.4f')} {interval(c['test_ece_before_ci'])} | "
                      f"{fmt(c['test_ece_after'], '.4f')} {interval(c['test_ece_after_ci'])} |")
     return lines
+
+
+def acc_pair(correct: np.ndarray, new: np.ndarray) -> dict:
+    """Accuracy on the new and the old classes' videos (None where there is no video: not measured)."""
+    mean = lambda c: float(c.mean()) if len(c) else None  # noqa: E731
+    return {"new": mean(correct[new]), "new_n": int(new.sum()), "new_correct": int(correct[new].sum()),
+            "old": mean(correct[~new]), "old_n": int((~new).sum()), "old_correct": int(correct[~new].sum())}
