@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from saga.errors import SagaError, one_line
 from saga.fileio import check_writable, loads_toml
+from saga.progress import ProgressEvent, ProgressFn, ProgressLog
 
 # Messages are one line each, never hard-wrapped at the console width: a log or a pipe (80
 # columns) would otherwise break a long path in two, and grep would miss it. Tables still fit.
@@ -58,16 +59,52 @@ def progress_bar(rates: bool = False) -> Progress:
 
 
 @contextmanager
-def extract_progress() -> Iterator[Callable[[Any], None]]:
-    """An extraction progress callback drawing videos/s and frames/s; the bar appears with the first video,
-    so setup errors stay one line."""
+def log_progress(name: str) -> Iterator[ProgressLog | None]:
+    """Plain progress lines on stderr when a bar would draw nothing until the end (stderr not a terminal:
+    a log, nohup, a batch job, CI; as rich decides it, so TTY_INTERACTIVE=0 forces them); None on a terminal."""
+    if err.is_interactive or err.is_jupyter:
+        yield None
+        return
+    log = ProgressLog(name, lambda line: err.print(line, markup=False, highlight=False))  # rich flushes each
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@contextmanager
+def count_progress(name: str) -> Iterator[ProgressFn]:
+    """A bar of items done (`saga synth`), drawn at once; plain lines in a log."""
+    with log_progress(name) as log:
+        if log is not None:
+            yield log
+            return
+        with progress_bar() as bar:
+            task = bar.add_task(name, total=None)
+            yield lambda event: bar.update(task, completed=event.done, total=event.total)
+
+
+@contextmanager
+def extract_progress() -> Iterator[ProgressFn]:
+    """An extraction progress callback drawing videos/s and frames/s (plain lines in a log); the bar appears
+    with the first video, so setup errors stay one line."""
+    with log_progress("extract") as log:
+        if log is not None:
+            yield log
+            return
+        with _extract_bar() as update:
+            yield update
+
+
+@contextmanager
+def _extract_bar() -> Iterator[ProgressFn]:
     bar = progress_bar(rates=True)
     task = bar.add_task("extract", total=None, vps="-", fps="-", start=False)
     start = time.perf_counter()
 
     finished = False
 
-    def update(event: Any) -> None:  # a "videos" ProgressEvent
+    def update(event: ProgressEvent) -> None:
         nonlocal finished, start
         done, total, frames_done = event.done, event.total, event.data.get("frames", 0)
         if finished:

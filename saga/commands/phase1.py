@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saga.commands.common import (OutputFormat, console, err, extract_progress, named_folder, one_line_warnings,
-                                  print_json, progress_bar, writable_folder)
+from saga.commands.common import (OutputFormat, console, count_progress, err, extract_progress, named_folder,
+                                  one_line_warnings, print_json, writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.errors import SagaError, shown
 
@@ -58,10 +58,8 @@ def synth(
     folder = named_folder(out)
     check_writable(folder)  # before the progress bar: a bad --out is one line
     check_ours(folder)
-    with progress_bar() as bar:
-        task = bar.add_task("synth", total=None)
-        labels = generate(folder, config, progress=lambda event: bar.update(task, completed=event.done,
-                                                                         total=event.total))
+    with count_progress("synth") as update:
+        labels = generate(folder, config, progress=update)
     console.print(f"wrote {labels} ({time.perf_counter() - start:.1f}s)", markup=False)
 
 

@@ -368,7 +368,8 @@ def _close(videos: Iterable[DecodedVideo]) -> None:
 
 def _report(progress: ProgressFn | None, summary: ExtractSummary, total: int) -> None:
     if progress:
-        progress(ProgressEvent("videos", summary.ok + summary.failed, total, data={"frames": summary.frames}))
+        progress(ProgressEvent("videos", summary.ok + summary.failed, total,
+                               data={"frames": summary.frames, "failed": summary.failed}))
 
 
 def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,
