@@ -109,6 +109,7 @@ def test_extraction_rates_count_from_the_pass_not_from_loading_the_encoder(monke
     monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     quiet = Console(file=io.StringIO())
     monkeypatch.setattr(common, "progress_bar", lambda rates: bars.append(Progress(console=quiet)) or bars[-1])
+    monkeypatch.setattr(common.err, "is_interactive", True)  # the bar, as on a terminal (a log gets plain lines)
     with common.extract_progress() as update:  # t = 0: the encoder starts loading
         update(ProgressEvent("videos", 0, 20, data={"frames": 0}))  # t = 100: the pass begins
         update(ProgressEvent("videos", 10, 20, data={"frames": 160}))  # t = 110
