@@ -40,11 +40,12 @@ from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
-from saga.runs import DONE, MODEL, RunFolder, check_cache, file_fingerprint, heldout_tag, load_model
+from saga.runs import (DONE, MODEL, RunFolder, cache_digest, check_cache, evaluation_file, file_fingerprint,
+                       heldout_tag, load_model)
 
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
-           "other_weights", "probe_metrics", "run_weights", "save_evaluation", "warn_unfinished", "weights_stamp",
-           "data_stamp", "data_label", "SPLIT", "CACHE_ID", "HELDOUT_KEY",
+           "other_weights", "probe_metrics", "run_weights", "save_evaluation", "stored_evaluation", "warn_unfinished",
+           "weights_stamp", "data_stamp", "data_label", "SPLIT", "CACHE_ID", "CACHE_DIGEST", "HELDOUT_KEY",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
@@ -72,7 +73,7 @@ def weights_stamp(run_dir: str | Path) -> dict[str, Any]:
     return {RUN_MODEL: run_weights(run_dir), RUN_FINISHED: (Path(run_dir) / DONE).is_file()}
 
 
-SPLIT, CACHE_ID = "split", "cache_id"
+SPLIT, CACHE_ID, CACHE_DIGEST = "split", "cache_id", "cache_digest"
 
 
 def data_stamp(cache: FeatureCache, split: str) -> dict[str, str]:
@@ -121,6 +122,29 @@ def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", b
     return result
 
 
+def stored_evaluation(run_dir: str | Path, current: dict[str, Any] | None,
+                      split: str = "test") -> dict[str, Any] | None:
+    """The run's metrics-<split>.json while `evaluate` (with the probe) would write the same, else None: made of
+    the run's finished weights as they are now (`run_model`) on the cache `current` names (its `cache_id` and
+    records digest `cache_digest`: an appending extract or a prune keeps the id). Why: a rerun of `saga ablate`
+    evaluated every finished cell again. A file of an older saga (no `cache_digest`) is never reused."""
+    run = Path(run_dir)
+    stored = RunFolder(run).read_optional(evaluation_file(split))
+    if not current or not isinstance(stored, dict) or not _complete(stored) or stored.get(SPLIT) != split:
+        return None
+    same_data = stored.get(CACHE_ID) == current.get(CACHE_ID) and stored.get(CACHE_DIGEST) == current.get(CACHE_DIGEST)
+    same_weights = (stored.get(RUN_FINISHED) is True and (run / DONE).is_file()
+                    and stored.get(RUN_MODEL) == run_weights(run))
+    return stored if same_data and same_weights and HELDOUT_KEY not in stored else None
+
+
+def _complete(stored: dict[str, Any]) -> bool:
+    """What the grid reads from an evaluation is there, with its type (an edited or truncated file: evaluate)."""
+    numbers = all(isinstance(stored.get(k), (int, float)) for k in ("accuracy", "macro_accuracy", "n"))
+    tables = all(isinstance(stored.get(k), dict) for k in ("per_class", "per_class_n", "probe"))
+    return numbers and tables and all(isinstance(stored.get(k), str) for k in (RUN_MODEL, CACHE_ID, CACHE_DIGEST))
+
+
 def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
                        device: str = "cpu", probe: bool = True,
                        probe_max_train: int | None = 20000) -> dict[str, Any]:
@@ -151,7 +175,7 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     inference = infer(model, info, cache, labelled, batch_size, device)
     inference.targets = record_targets(labelled, info.level, classes)
     result = {"level": info.level, "split": split, **compute_metrics(inference, classes, info.level),
-              "cache_id": cache.cache_id, "excluded": excluded, "run": str(run_dir),
+              CACHE_ID: cache.cache_id, CACHE_DIGEST: cache_digest(cache), "excluded": excluded, "run": str(run_dir),
               "untrained_classes": unseen, **stamp}
     tag = heldout_tag(info, cache)
     if tag:
