@@ -405,3 +405,28 @@ def test_a_rerun_reuses_the_stored_test_metrics_of_unchanged_cells_only(cache: F
     with accept_changed_cache(True, keep_finished=True), pytest.warns(UserWarning, match="retrain stage 1"):
         changed = grid()
     assert calls == cells and changed["n_test"] == first["n_test"] + 4
+
+
+def test_a_stored_evaluation_is_reused_only_with_its_cache_digest_weights_and_probe(tmp_path: Path) -> None:
+    """An evaluation of an older saga (no cache_digest), without the probe, of an unfinished run or of another
+    cache is evaluated again; the grid reads only a complete one."""
+    from saga.explain.metrics import run_weights, stored_evaluation
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "done.json").write_text("{}")
+    current = {"cache_id": "c1", "cache_digest": "d1"}
+    good = {"split": "test", "accuracy": 0.5, "macro_accuracy": 0.5, "n": 4, "per_class": {}, "per_class_n": {},
+            "probe": {"skipped": "x"}, "run_model": run_weights(tmp_path), "run_finished": True, **current}
+
+    def reused(stored: dict, now: dict | None = current) -> bool:
+        (tmp_path / "metrics-test.json").write_text(json.dumps(stored))
+        return stored_evaluation(tmp_path, now, "test") == stored
+
+    assert reused(good)
+    assert not reused({k: v for k, v in good.items() if k != "cache_digest"})  # an older saga's
+    assert not reused({k: v for k, v in good.items() if k != "probe"})  # --no-probe
+    assert not reused({**good, "run_finished": False}) and not reused({**good, "run_model": "other"})
+    assert not reused(good, {**current, "cache_digest": "d2"}) and not reused(good, {**current, "cache_id": "c2"})
+    assert not reused({**good, "accuracy": "0.5"}) and not reused(good, None)
+    (tmp_path / "done.json").unlink()
+    assert not reused(good)

@@ -232,3 +232,31 @@ def test_evaluate_on_the_split_that_chose_the_checkpoint_says_it_is_optimistic(s
     test = CliRunner().invoke(app, ["evaluate", str(run), "--cache", cache, "--no-probe", "--format", "json"])
     assert test.exit_code == 0 and "optimistic" not in test.output
     assert "checkpoint_chosen_on_split" not in json.loads(test.stdout)
+
+
+@pytest.mark.parametrize("done,chosen", [
+    ({"metric": "val_macro_accuracy", "select": "loss", "best_epoch": 3},
+     {"selected_on": "val", "select": "loss", "best_epoch": 3}),
+    ({"metric": "val_macro_accuracy", "select": "last", "best_epoch": 9, "chosen_by": "val_macro_accuracy"},
+     {"selected_on": "val", "select": None, "best_epoch": 9, "readout_chosen_by": "val_macro_accuracy"}),
+    ({"metric": "val_macro_accuracy", "select": "last", "best_epoch": 9}, None),  # the last epoch, the head
+    ({"metric": None, "select": "accuracy", "best_epoch": 9, "chosen_by": "no validation videos"}, None),
+])
+def test_what_val_chose_is_read_from_done_json(tmp_path: Path, done: dict, chosen: dict | None) -> None:
+    """Only a run whose kept epoch or readout the val split chose is flagged (`select = "last"`, no val videos: not)."""
+    from saga.explain.metrics import chosen_on_val
+
+    (tmp_path / "done.json").write_text(json.dumps(done))
+    assert chosen_on_val(tmp_path) == chosen
+
+
+def test_an_unfinished_run_is_chosen_on_val_once_an_epoch_was_validated(tmp_path: Path) -> None:
+    from saga.explain.metrics import chosen_on_val
+
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"select": "accuracy"}}))
+    lines = [{"epoch": 1, "val_macro_accuracy": 0.4, "best": True}, {"epoch": 2, "val_macro_accuracy": 0.3,
+                                                                     "best": False}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert chosen_on_val(tmp_path) == {"selected_on": "val", "select": "accuracy", "best_epoch": 1}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_macro_accuracy": None, "best": True}) + "\n")
+    assert chosen_on_val(tmp_path) is None  # no val videos: nothing chose on val
