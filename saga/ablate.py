@@ -26,7 +26,7 @@ from scipy import stats as scipy_stats
 
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError, clipped
-from saga.explain.metrics import evaluate, write_json_atomic
+from saga.explain.metrics import evaluate, stored_evaluation, write_json_atomic
 from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
 from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest
@@ -68,7 +68,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
         for i, seed in enumerate(seeds):
             run = out / f"{stages.replace(', ', '_').replace(' ', '-')}_{loss}_seed{seed}"
             try:
-                metrics = _run_cell(cache, run, replace(cfg, seed=seed), from_run, given)
+                metrics = _run_cell(cache, run, replace(cfg, seed=seed), from_run, given, current)
             except Exception as exc:  # noqa: BLE001 - one cell's failure must not cost the others' table
                 errors.append(exc)
                 lost.append(seed)
@@ -103,11 +103,12 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
 
 
 def _run_cell(cache: Path, run: Path, cfg: AttributeConfig, from_run: Path | None,
-              given: Collection[str] | None) -> dict[str, Any]:
-    """Train (or reuse, or resume) one cell and evaluate it on the test split, on the device it trained on.
+              given: Collection[str] | None, current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reuse, or resume) one cell and evaluate it on the test split, on the device it trained on; its
+    stored test metrics are reused while its weights and the cache (`current`: id and digest) are theirs.
     `given` as `saga attribute` passes it: each cell checks what the user set against the stage-1 run."""
     train_attribution(cache, run, cfg, from_run=from_run, given=given)
-    return evaluate(run, cache, split="test", device=cfg.device)
+    return stored_evaluation(run, current, "test") or evaluate(run, cache, split="test", device=cfg.device)
 
 
 def failure_text(exc: BaseException) -> str:

@@ -130,7 +130,8 @@ def _tsne_or_skip(run: Path, cache: Path, level: str, device: str, log: Log) -> 
 
 
 def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | None = None) -> dict[str, Any]:
-    """Run (or finish) the demo; returns {level: metrics} and the report path."""
+    """Run (or finish) the demo; returns {level: metrics}, the report path and the ablation's failed cells
+    (`ablation_failed`: the caller says so and exits 1, as `saga ablate` does)."""
     from saga.explain.metrics import evaluate
     from saga.explain.report import build_report
     from saga.explain.tsig import run_tsigs
@@ -155,13 +156,14 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
         log(f"{level}: accuracy {100 * results[level]['accuracy']:.1f}% "
             f"(macro {100 * results[level]['macro_accuracy']:.1f}%)")
     evaluate(stage1, cache, split="test", device=cfg.device)
-    ablation = None
+    ablation, failed = None, []
     if cfg.ablation:
         from saga.ablate import run_ablation
 
-        run_ablation(cache, stage1, runs / "ablation", AttributeConfig(
+        summary = run_ablation(cache, stage1, runs / "ablation", AttributeConfig(
             fraction=cfg.fraction, floor=cfg.floor, epochs=cfg.stage2_epochs, device=cfg.device,
             d_model=cfg.d_model), seeds=ablation_seeds(cfg), progress=lambda event: log(event.message))
+        failed = summary["failed"]  # the cells that failed: in the table, and said by the caller after the report
         ablation = runs / "ablation" / "ablation.json"
     report = build_report(run_dirs, cfg.out / "report.html", ablation)
-    return {"levels": results, "report": report, "runs": run_dirs}
+    return {"levels": results, "report": report, "runs": run_dirs, "ablation_failed": failed}

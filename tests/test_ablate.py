@@ -216,6 +216,8 @@ def test_a_finished_cell_frees_its_run_folder_while_the_grid_goes_on(cache: Feat
     monkeypatch.setattr(ablate, "evaluate", evaluate)
     ablate.run_ablation(cache.root, stage1, tmp_path / "abl", AttributeConfig(**OPTIONS), seeds=(0,), level="TASK-L")
     assert free == ["1-stage_ce_seed0", "2-stage_ce_seed0", "1-stage_all-labels_ce_seed0"]
+    for stored in (tmp_path / "abl").glob("*/metrics-test.json"):  # evaluated again (checked there) on the rerun
+        stored.unlink()
     ablate.run_ablation(cache.root, stage1, tmp_path / "abl", AttributeConfig(**OPTIONS), seeds=(0,), level="TASK-L")
     assert len(free) == 6  # a rerun reuses the finished cells and holds none of them either
 
@@ -364,3 +366,67 @@ def test_the_header_gives_the_total_n_of_scored_test_videos() -> None:
     assert ", n = 7 test videos scored (3–4 per class) (1 class without test videos, in no figure);" in to_markdown(
         summary)
     assert ", n = 9 test videos scored;" in to_markdown({**summary, "n_test": 9, "test_videos_per_class": None})
+
+
+def test_a_rerun_reuses_the_stored_test_metrics_of_unchanged_cells_only(cache: FeatureCache, stage1: Path,
+                                                                        tmp_path: Path, one_loss: None,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun (after one failed cell) evaluated every finished cell again, 21 test evaluations with their probes;
+    the stored metrics-test.json is reused while the weights and the cache (id and records) are those it names."""
+    from saga.runs import accept_changed_cache, load_tensors, save_tensors
+
+    shutil.copytree(cache.root, tmp_path / "c")
+    evaluated, calls = saga.ablate.evaluate, []
+
+    def evaluate(run: Path, *args: object, **kwargs: object) -> dict:
+        calls.append(Path(run).name)
+        return evaluated(run, *args, **kwargs)
+
+    monkeypatch.setattr(saga.ablate, "evaluate", evaluate)
+
+    def grid() -> dict:
+        return saga.ablate.run_ablation(tmp_path / "c", stage1, tmp_path / "abl", AttributeConfig(**OPTIONS),
+                                        seeds=(0,), level="TASK-L")
+
+    first = grid()
+    cells = ["1-stage_ce_seed0", "2-stage_ce_seed0", "1-stage_all-labels_ce_seed0"]
+    assert calls == cells
+    calls.clear()
+    again = grid()
+    assert calls == []  # nothing changed: nothing evaluated again
+    assert again["rows"] == first["rows"]
+    model = tmp_path / "abl" / "2-stage_ce_seed0" / "model.safetensors"
+    tensors, meta = load_tensors(model)
+    save_tensors(model, {k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, meta)
+    grid()
+    assert calls == ["2-stage_ce_seed0"]  # other weights under the same done.json: evaluated again
+    calls.clear()
+    add_videos(tmp_path / "c", 4, split="test")  # the same cache id, more test videos
+    with accept_changed_cache(True, keep_finished=True), pytest.warns(UserWarning, match="retrain stage 1"):
+        changed = grid()
+    assert calls == cells and changed["n_test"] == first["n_test"] + 4
+
+
+def test_a_stored_evaluation_is_reused_only_with_its_cache_digest_weights_and_probe(tmp_path: Path) -> None:
+    """An evaluation of an older saga (no cache_digest), without the probe, of an unfinished run or of another
+    cache is evaluated again; the grid reads only a complete one."""
+    from saga.explain.metrics import run_weights, stored_evaluation
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "done.json").write_text("{}")
+    current = {"cache_id": "c1", "cache_digest": "d1"}
+    good = {"split": "test", "accuracy": 0.5, "macro_accuracy": 0.5, "n": 4, "per_class": {}, "per_class_n": {},
+            "probe": {"skipped": "x"}, "run_model": run_weights(tmp_path), "run_finished": True, **current}
+
+    def reused(stored: dict, now: dict | None = current) -> bool:
+        (tmp_path / "metrics-test.json").write_text(json.dumps(stored))
+        return stored_evaluation(tmp_path, now, "test") == stored
+
+    assert reused(good)
+    assert not reused({k: v for k, v in good.items() if k != "cache_digest"})  # an older saga's
+    assert not reused({k: v for k, v in good.items() if k != "probe"})  # --no-probe
+    assert not reused({**good, "run_finished": False}) and not reused({**good, "run_model": "other"})
+    assert not reused(good, {**current, "cache_digest": "d2"}) and not reused(good, {**current, "cache_id": "c2"})
+    assert not reused({**good, "accuracy": "0.5"}) and not reused(good, None)
+    (tmp_path / "done.json").unlink()
+    assert not reused(good)

@@ -21,6 +21,7 @@ from saga.pipeline.extract import extract
 from saga.taxonomy import Taxonomy
 from test_extract import config
 from test_probe import GENS, SPLITS, T, W, clip, provenance
+from test_train_guards import cache, stage1  # noqa: F401 - a tiny cache and a stage-1 run chosen on its val split
 
 
 # --- 1. ties in the split draw --------------------------------------------------------------------------------
@@ -198,3 +199,64 @@ def test_probe_cross_validation_needs_two_labelled_videos_per_class(tmp_path: Pa
     _, metrics = train_and_evaluate(cache, "GEN-L", subset, None, "val")
     assert metrics["C"] == 1.0 and metrics["selection"]["selected_on"] is None and metrics["n_val"] == 0
     assert "no cross-validation" in metrics["selection"]["selected_by"]
+
+
+OPTIMISTIC = "the checkpoint was chosen on val: this accuracy is optimistic; use --split test"
+
+
+def test_evaluate_on_the_split_that_chose_the_checkpoint_says_it_is_optimistic(stage1: Path,
+                                                                               tmp_path: Path) -> None:
+    """`saga evaluate --split val` reported the accuracy on the videos that chose the kept epoch (done.json:
+    best val macro accuracy) like a test figure, in the output, metrics-val.json and the report."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(stage1, run)
+    done = json.loads((run / "done.json").read_text())
+    assert done["metric"] == "val_macro_accuracy" and done["select"] == "accuracy"  # the run was selected on val
+    cache = str(json.loads((run / "config.json").read_text())["cache"])
+    val = CliRunner().invoke(app, ["evaluate", str(run), "--cache", cache, "--split", "val", "--no-probe",
+                                   "--format", "json"])
+    assert val.exit_code == 0, val.output
+    assert f"warning: {run}: {OPTIMISTIC}" in " ".join(val.stderr.split())
+    chosen = {"selected_on": "val", "select": "accuracy", "best_epoch": done["best_epoch"]}
+    assert json.loads(val.stdout)["checkpoint_chosen_on_split"] == chosen
+    assert json.loads((run / "metrics-val.json").read_text())["checkpoint_chosen_on_split"] == chosen
+    text = CliRunner().invoke(app, ["evaluate", str(run), "--cache", cache, "--split", "val", "--no-probe"])
+    assert "val (chose the checkpoint: optimistic)" in " ".join(text.stdout.split())
+    html = tmp_path / "r.html"
+    assert CliRunner().invoke(app, ["report", str(run), "--out", str(html)]).exit_code == 0
+    assert html.read_text().count("val (chose the checkpoint: optimistic)") >= 2  # summary row and metrics heading
+    test = CliRunner().invoke(app, ["evaluate", str(run), "--cache", cache, "--no-probe", "--format", "json"])
+    assert test.exit_code == 0 and "optimistic" not in test.output
+    assert "checkpoint_chosen_on_split" not in json.loads(test.stdout)
+
+
+@pytest.mark.parametrize("done,chosen", [
+    ({"metric": "val_macro_accuracy", "select": "loss", "best_epoch": 3},
+     {"selected_on": "val", "select": "loss", "best_epoch": 3}),
+    ({"metric": "val_macro_accuracy", "select": "last", "best_epoch": 9, "chosen_by": "val_macro_accuracy"},
+     {"selected_on": "val", "select": None, "best_epoch": 9, "readout_chosen_by": "val_macro_accuracy"}),
+    ({"metric": "val_macro_accuracy", "select": "last", "best_epoch": 9}, None),  # the last epoch, the head
+    ({"metric": None, "select": "accuracy", "best_epoch": 9, "chosen_by": "no validation videos"}, None),
+])
+def test_what_val_chose_is_read_from_done_json(tmp_path: Path, done: dict, chosen: dict | None) -> None:
+    """Only a run whose kept epoch or readout the val split chose is flagged (`select = "last"`, no val videos: not)."""
+    from saga.explain.metrics import chosen_on_val
+
+    (tmp_path / "done.json").write_text(json.dumps(done))
+    assert chosen_on_val(tmp_path) == chosen
+
+
+def test_an_unfinished_run_is_chosen_on_val_once_an_epoch_was_validated(tmp_path: Path) -> None:
+    from saga.explain.metrics import chosen_on_val
+
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"select": "accuracy"}}))
+    lines = [{"epoch": 1, "val_macro_accuracy": 0.4, "best": True}, {"epoch": 2, "val_macro_accuracy": 0.3,
+                                                                     "best": False}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert chosen_on_val(tmp_path) == {"selected_on": "val", "select": "accuracy", "best_epoch": 1}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_macro_accuracy": None, "best": True}) + "\n")
+    assert chosen_on_val(tmp_path) is None  # no val videos: nothing chose on val

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -106,6 +106,7 @@ def demo(
                       f"{100 * m['macro_accuracy']:.1f}%")
     console.print(table)
     console.print(f"report: [bold]{escape(str(result['report']))}[/]")
+    exit_if_cells_failed(result.get("ablation_failed") or [])  # after the report, which has the other cells
 
 
 def ablate(
@@ -145,12 +146,20 @@ def ablate(
                                progress=lambda event: console.print(escape(event.message)), given=given)
     console.print(escape(to_markdown(summary)))  # class names and paths as written, not as rich markup
     console.print(escape(f"written: {out / 'ablation.md'}, {out / 'ablation.json'}"))
-    if summary.get("failed"):  # the table holds the other cells; exit 1 as extract does when some videos failed
-        first = summary["failed"][0]
-        err.print(escape(f"error: {len(summary['failed'])} cell run(s) failed (first: {first['run']}: "
-                         f"{first['error']}); the table has the others; rerun the same command to train only "
-                         "the failed ones again"))
-        raise typer.Exit(1)
+    exit_if_cells_failed(summary.get("failed") or [])
+
+
+def exit_if_cells_failed(failed: list[dict[str, Any]]) -> None:
+    """A grid with failed cells (`saga ablate`, `saga demo --ablation`) ends with exit 1, as extract does when
+    some videos failed: one line for all (naming the first), one more for each other failed cell."""
+    if not failed:
+        return
+    first = failed[0]
+    err.print(escape(f"error: {len(failed)} cell run(s) failed (first: {first['run']}: {first['error']}); the "
+                     "table has the others; rerun the same command to train only the failed ones again"))
+    for cell in failed[1:]:
+        err.print(escape(f"also failed: {cell['run']}: {cell['error']}"))
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,11 +40,13 @@ from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
-from saga.runs import DONE, MODEL, RunFolder, check_cache, file_fingerprint, heldout_tag, load_model
+from saga.runs import (CONFIG, DONE, MODEL, RunFolder, cache_digest, check_cache, evaluation_file, file_fingerprint,
+                       heldout_tag, load_model)
 
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
-           "other_weights", "probe_metrics", "run_weights", "save_evaluation", "warn_unfinished", "weights_stamp",
-           "data_stamp", "data_label", "SPLIT", "CACHE_ID", "HELDOUT_KEY",
+           "other_weights", "probe_metrics", "run_weights", "save_evaluation", "stored_evaluation", "warn_unfinished",
+           "weights_stamp", "data_stamp", "data_label", "SPLIT", "CACHE_ID", "CACHE_DIGEST", "HELDOUT_KEY",
+           "CHOSEN_KEY", "chosen_on_val", "split_label",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
@@ -72,7 +74,7 @@ def weights_stamp(run_dir: str | Path) -> dict[str, Any]:
     return {RUN_MODEL: run_weights(run_dir), RUN_FINISHED: (Path(run_dir) / DONE).is_file()}
 
 
-SPLIT, CACHE_ID = "split", "cache_id"
+SPLIT, CACHE_ID, CACHE_DIGEST = "split", "cache_id", "cache_digest"
 
 
 def data_stamp(cache: FeatureCache, split: str) -> dict[str, str]:
@@ -88,6 +90,40 @@ def data_label(stamp: dict[str, Any], run_cache: Any) -> str:
     if cache and run_cache and cache != run_cache:
         text += f" of cache {str(cache)[:12]}, not the run's training cache {str(run_cache)[:12]}"
     return text
+
+
+# An evaluation on the val split that chose the run's weights (the kept epoch, the readout) records how, under
+# CHOSEN_KEY: its accuracy is optimistic, and is said to be wherever it is shown (`split_label`).
+CHOSEN_KEY = "checkpoint_chosen_on_split"
+OPTIMISTIC = "the checkpoint was chosen on val: this accuracy is optimistic; use --split test"
+
+
+def chosen_on_val(run_dir: str | Path) -> dict[str, Any] | None:
+    """How the val split chose the run's weights, from done.json (`metric` val_macro_accuracy under `select`
+    accuracy or loss; a readout `chosen_by` val_macro_accuracy); None when it chose nothing (`select` last, no val
+    videos). An unfinished run: its best weights so far, chosen on val once an epoch was validated."""
+    folder = RunFolder(Path(run_dir))
+    done = folder.read_optional(DONE)
+    if isinstance(done, dict):
+        select, epoch, readout = done.get("select"), done.get("best_epoch"), done.get("chosen_by")
+        by_epoch = done.get("metric") == "val_macro_accuracy" and select != "last"
+    else:
+        config = folder.read_optional(CONFIG)
+        train = config.get("train") if isinstance(config, dict) else None
+        select = train.get("select", "accuracy") if isinstance(train, dict) else "accuracy"
+        best = [row.get("epoch") for row in folder.read_metrics(tolerant=True)
+                if isinstance(row, dict) and row.get("val_macro_accuracy") is not None and row.get("best")]
+        epoch, readout, by_epoch = (best[-1] if best else None), None, bool(best) and select != "last"
+    if not by_epoch and readout != "val_macro_accuracy":
+        return None
+    return {"selected_on": "val", "select": select if by_epoch else None, "best_epoch": epoch,
+            **({"readout_chosen_by": readout} if readout == "val_macro_accuracy" else {})}
+
+
+def split_label(metrics: dict[str, Any]) -> str:
+    """The split an evaluation shows, marked when it chose the run's weights (`CHOSEN_KEY`)."""
+    split = str(metrics.get(SPLIT) or "")
+    return f"{split} (chose the checkpoint: optimistic)" if metrics.get(CHOSEN_KEY) else split
 
 
 def warn_unfinished(run_dir: str | Path, stamp: dict[str, Any], what: str) -> None:
@@ -121,6 +157,29 @@ def evaluate(run_dir: str | Path, cache_path: str | Path, split: str = "test", b
     return result
 
 
+def stored_evaluation(run_dir: str | Path, current: dict[str, Any] | None,
+                      split: str = "test") -> dict[str, Any] | None:
+    """The run's metrics-<split>.json while `evaluate` (with the probe) would write the same, else None: made of
+    the run's finished weights as they are now (`run_model`) on the cache `current` names (its `cache_id` and
+    records digest `cache_digest`: an appending extract or a prune keeps the id). Why: a rerun of `saga ablate`
+    evaluated every finished cell again. A file of an older saga (no `cache_digest`) is never reused."""
+    run = Path(run_dir)
+    stored = RunFolder(run).read_optional(evaluation_file(split))
+    if not current or not isinstance(stored, dict) or not _complete(stored) or stored.get(SPLIT) != split:
+        return None
+    same_data = stored.get(CACHE_ID) == current.get(CACHE_ID) and stored.get(CACHE_DIGEST) == current.get(CACHE_DIGEST)
+    same_weights = (stored.get(RUN_FINISHED) is True and (run / DONE).is_file()
+                    and stored.get(RUN_MODEL) == run_weights(run))
+    return stored if same_data and same_weights and HELDOUT_KEY not in stored else None
+
+
+def _complete(stored: dict[str, Any]) -> bool:
+    """What the grid reads from an evaluation is there, with its type (an edited or truncated file: evaluate)."""
+    numbers = all(isinstance(stored.get(k), (int, float)) for k in ("accuracy", "macro_accuracy", "n"))
+    tables = all(isinstance(stored.get(k), dict) for k in ("per_class", "per_class_n", "probe"))
+    return numbers and tables and all(isinstance(stored.get(k), str) for k in (RUN_MODEL, CACHE_ID, CACHE_DIGEST))
+
+
 def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
                        device: str = "cpu", probe: bool = True,
                        probe_max_train: int | None = 20000) -> dict[str, Any]:
@@ -151,11 +210,14 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     inference = infer(model, info, cache, labelled, batch_size, device)
     inference.targets = record_targets(labelled, info.level, classes)
     result = {"level": info.level, "split": split, **compute_metrics(inference, classes, info.level),
-              "cache_id": cache.cache_id, "excluded": excluded, "run": str(run_dir),
+              CACHE_ID: cache.cache_id, CACHE_DIGEST: cache_digest(cache), "excluded": excluded, "run": str(run_dir),
               "untrained_classes": unseen, **stamp}
     tag = heldout_tag(info, cache)
     if tag:
         result.update({HELDOUT_KEY: tag, "cache": str(cache.root)})
+    elif split == "val" and (chosen := chosen_on_val(run_dir)):  # the run's own val videos chose these weights
+        result[CHOSEN_KEY] = chosen
+        warnings.warn(f"{run_dir}: {OPTIMISTIC}", stacklevel=2)
     if seen:
         result[SEEN_KEY] = seen
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
@@ -216,7 +278,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     caption += f"\n(95 % intervals; * = fewer than {FEW} videos: read as anecdote, not a result)"
     held = (f" · held-out cache {escape(str(metrics.get('cache')))} ({str(metrics.get('cache_id'))[:12]})"
             if metrics.get(HELDOUT_KEY) else "")
-    table = Table(title=f"{metrics.get('level')} · {metrics.get('split', '')} · n={metrics.get('n')}{held}",
+    table = Table(title=f"{metrics.get('level')} · {escape(split_label(metrics))} · n={metrics.get('n')}{held}",
                   caption=caption)
     table.add_column("class")
     table.add_column("n", justify="right")

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_nearest_source, format_paired
-from saga.explain.metrics import other_weights, run_weights
+from saga.explain.metrics import other_weights, run_weights, split_label
 from saga.explain.report_ablation import (ablation_section, check_ablation, find_ablations, one_per_folder,
                                           table_in)
 from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, is_number, num, pct, pct_ci,
@@ -115,8 +115,8 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
                      pct_ci(m.get("macro_accuracy"), m.get("macro_accuracy_ci")),
                      pct(pr.get("accuracy")), pct(pr.get("macro_accuracy")),
                      f"{m['auc']:.4f}" if isinstance(m.get("auc"), float) else "–",
-                     train.get("loss"), cfg.get("stage"), labels_drawn(train), cfg.get("frames"), m.get("split"),
-                     m.get("n")])
+                     train.get("loss"), cfg.get("stage"), labels_drawn(train), cfg.get("frames"),
+                     split_label(m) or m.get("split"), m.get("n")])
     return table(header, rows, cls="sticky")
 
 
@@ -261,11 +261,11 @@ def _metrics_part(run: dict[str, Any]) -> list[str]:
         if not run.get("stale"):
             out.append('<p class="meta">Not evaluated yet: run <code>saga evaluate</code> on this run.</p>')
         return out
-    out += [f"<h3>Metrics ({esc(m.get('split', ''))})</h3>",
+    out += [f"<h3>Metrics ({esc(split_label(m))})</h3>",
             foreign_note(m, _dict(run.get("provenance")).get("cache_id")), seen_note(m),
             guarded("metrics", FIX, _cards, m),
             guarded("probe", FIX, probe_note, m), guarded("nearest source", FIX, source_note, m)]
-    others = [f"{k}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
+    others = [f"{split_label({**v, 'split': k})}: {pct(v.get('accuracy'))} % / macro {pct(v.get('macro_accuracy'))} %"
               for k, v in run["splits"].items() if v and k != m.get("split")]
     if others:
         out.append(f'<p class="meta">also evaluated: {escape("; ".join(others))}</p>')
