@@ -69,9 +69,17 @@ def one_line(text: str, limit: int = LINE_LIMIT) -> str:
     escaped (as `repr` does), the middle cut. The CLI's last word on every error and warning line: a message
     quoting someone else's file (a file name, a TOML value) can neither split the line, send the terminal escape
     codes, nor run to megabytes."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return cut(text, limit)
+    return cut(printable(text), limit)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with every unprintable character but those in `keep` escaped as `repr` does (ESC as `\\x1b`), the
+    rest as written (`vidéo 01.mp4` stays readable). Why: a terminal obeys the control characters in a string
+    read from someone else's file (a cache's video path, a decoder's error): it retitles the window, hides or
+    rewrites what was printed; escaped, they are shown instead."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def brief(value: object, limit: int = BRIEF_LIMIT) -> str:

@@ -15,15 +15,28 @@ from typing import Any, Callable, Iterator, TypeVar
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from saga.errors import SagaError, one_line
+from saga.errors import SagaError, one_line, printable
 from saga.fileio import check_writable, loads_toml
 from saga.progress import ProgressEvent, ProgressFn, ProgressLog
 
+class SafeConsole(Console):
+    """A rich console that shows the control characters of what it prints escaped (`\\x1b`), line breaks and tabs
+    kept. Why here: commands print paths, class names and error texts read from caches, run folders and decoder
+    processes that someone else made; rich's markup `escape()` leaves ESC and the C1 codes (it drops only a few
+    such as BEL), so a crafted name could send the terminal escape sequences. Every string printed, a table's
+    cells and titles included, passes through `render_str`."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text, keep="\n\t"), **kwargs)
+
+
 # Messages are one line each, never hard-wrapped at the console width: a log or a pipe (80
 # columns) would otherwise break a long path in two, and grep would miss it. Tables still fit.
-console = Console(stderr=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes: a name such as "a:cat:b.mp4" is printed as written.
+console = SafeConsole(stderr=False, highlight=False, soft_wrap=True, emoji=False)
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 Options = TypeVar("Options")  # a stage's options dataclass (imported lazily: it pulls in torch)

@@ -44,7 +44,7 @@ def robustness(
                            batch_size=batch_size, workers=workers, encoder=encoder, pretrained=pretrained)
     with one_line_warnings():
         result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False))
-    typer.echo(markdown(result))
+    console.print(markdown(result), markup=False)  # class names as written, control characters escaped
     folder = out or run
     names = result_files(cfg.split, result.get(HELDOUT_KEY))  # named apart on a held-out cache
     console.print(f"written: {', '.join(str(folder / name) for name in names)}", markup=False)  # paths as written
