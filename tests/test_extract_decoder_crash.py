@@ -73,12 +73,13 @@ def test_decode_alone_hands_over_data_not_pickles() -> None:
     import torch
 
     video = reader.DecodedVideo(index=2, seconds=0.5, pixels=torch.rand(4, 3, 2, 2), mask=np.ones((1, 4), bool),
-                                timestamps=np.arange(4.0), fps=25.0, n_frames=40, backend="pyav", fingerprint=(9, 8))
+                                timestamps=np.arange(4.0)[None], fps=25.0, n_frames=40, backend="pyav",
+                                fingerprint=(9, 8))
     scalars, arrays = reader._to_bytes(video)
     assert scalars.startswith(b"{") and not hasattr(reader, "pickle")
-    back = reader._from_bytes(scalars, arrays)
+    back = reader._from_bytes(scalars, arrays, index=2)
     assert torch.equal(back.pixels, video.pixels) and back.mask.dtype == bool and back.fingerprint == (9, 8)
-    failed = reader._from_bytes(*reader._to_bytes(reader.DecodedVideo(index=1, error="bad file")))
+    failed = reader._from_bytes(*reader._to_bytes(reader.DecodedVideo(index=1, error="bad file")), index=1)
     assert not failed.ok and failed.pixels is None and failed.mask is None
 
 
@@ -139,3 +140,109 @@ def test_suspects_rewritten_after_the_pass_read_them_are_kept(tmp_path: Path) ->
     assert [f.name for f in tmp_path.iterdir()] == [later.name] and read_suspects(tmp_path).paths == {"c.mp4"}
     keep_suspects(tmp_path, 0, ["d.mp4"], read)
     assert read_suspects(tmp_path).paths == {"a.mp4", "b.mp4", "c.mp4", "d.mp4"}
+
+
+# --- the child's answer is someone else's data: a malformed one fails that video alone ----------------------------
+
+def _answer(**change: object) -> tuple[bytes, bytes]:
+    """A well-formed answer for todo index 3, its JSON fields changed (None: removed)."""
+    import torch
+
+    good = reader.DecodedVideo(index=3, seconds=0.5, pixels=torch.rand(4, 3, 2, 2), mask=np.ones((1, 4), bool),
+                               timestamps=np.zeros((1, 4)), fps=25.0, n_frames=40, backend="pyav", fingerprint=(9, 8))
+    scalars, arrays = reader._to_bytes(good)
+    fields = json.loads(scalars)
+    fields.update(change)
+    return json.dumps({k: v for k, v in fields.items() if v is not None}).encode(), arrays
+
+
+def _wrong_arrays(**arrays: object) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v for k, v in arrays.items()})
+
+
+MALFORMED = {
+    "not JSON": (b"{torn", _answer()[1]),
+    "not an object": (b"[1, 2]", _answer()[1]),
+    "JSON nested too deeply": (b"[" * 100_000 + b"]" * 100_000, _answer()[1]),
+    "unknown field": _answer(evil=1),
+    "missing field": _answer(backend=None),
+    "index a string": _answer(index="3"),
+    "another video's index": _answer(index=0),
+    "fps a string": _answer(fps="fast"),
+    "error a list": _answer(error=["x"]),
+    "fingerprint of three": _answer(fingerprint=[1, 2, 3]),
+    "fingerprint not numbers": _answer(fingerprint="ab"),
+    "arrays not safetensors": (_answer()[0], b"\x00" * 64),
+}
+
+
+def _arrays_cases() -> dict[str, tuple[bytes, bytes]]:
+    import torch
+
+    mask, ts = torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4)
+    return {"no pixels": (_answer()[0], _wrong_arrays(mask=mask, timestamps=ts)),
+            "a row too many (shifts the batch)": (_answer()[0], _wrong_arrays(pixels=torch.rand(5, 3, 2, 2), mask=mask,
+                                                                             timestamps=ts)),
+            "frames of another size": (_answer()[0], _wrong_arrays(pixels=torch.rand(4, 3, 5, 5), mask=mask,
+                                                                  timestamps=ts)),
+            "a mask of other windows": (_answer()[0], _wrong_arrays(pixels=torch.rand(4, 3, 2, 2),
+                                                                   mask=mask.reshape(2, 2), timestamps=ts.reshape(2, 2)))}
+
+
+MALFORMED.update(_arrays_cases())
+MALFORMED["more than 1 MiB of JSON"] = (b" " * (1 << 20) + _answer()[0], _answer()[1])
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_answer_of_the_lone_decoder_fails_that_video_in_one_line(
+        case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent trusted the JSON the child sent (`DecodedVideo(**fields)`): a child a crafted video took over
+    raised TypeError/ValueError/JSONDecodeError in the parent, which stopped the pass with a traceback."""
+    scalars, arrays = MALFORMED[case]
+
+    def send_into(send, *args: object) -> None:  # noqa: ANN001
+        try:
+            send.send_bytes(scalars)
+            send.send_bytes(arrays)
+        except OSError:  # the parent stopped listening (the answer too long)
+            pass
+        send.close()
+
+    monkeypatch.setattr(reader, "_decode_into", send_into)  # the forked child runs it
+    from saga.pipeline.sampling import SamplingPolicy
+    import torch
+
+    video = reader.decode_alone(tmp_path / "x.mp4", SamplingPolicy(frames=4), lambda im: torch.zeros(3, 2, 2), 3)
+    assert not video.ok and video.index == 3 and video.pixels is None
+    assert video.error.startswith("the decoder's process handed back malformed data") and "\n" not in video.error
+
+
+def test_a_well_formed_answer_still_passes_the_checks() -> None:
+    from saga.pipeline.sampling import SamplingPolicy
+    import torch
+
+    expect = lambda: reader._expected(SamplingPolicy(frames=4), lambda im: torch.zeros(3, 2, 2))  # noqa: E731
+    video = reader._from_bytes(*_answer(), index=3, expect=expect)
+    assert video.ok and video.index == 3 and video.fingerprint == (9, 8) and video.pixels.shape == (4, 3, 2, 2)
+
+
+def test_a_malformed_answer_fails_one_video_and_the_pass_goes_on(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    for name in ("new.mp4", "new2.mp4"):
+        shutil.copy(videos / "real" / "real_0.mp4", videos / "real" / name)
+    _suspects_file(cfg.out, 0, ["real/new.mp4"])  # decoded alone first, in a child process
+
+    def send_into(send, *args: object) -> None:  # noqa: ANN001
+        send.send_bytes(b'{"index": "x"}')
+        send.send_bytes(_answer()[1])
+        send.close()
+
+    monkeypatch.setattr(reader, "_decode_into", send_into)
+    summary = extract(cfg)
+    assert [path for path, _ in summary.failures] == ["real/new.mp4"]
+    assert "malformed data" in summary.failures[0][1] and summary.ok == 1  # new2.mp4, decoded as usual

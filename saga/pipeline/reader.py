@@ -29,7 +29,7 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
-from saga.errors import DecodeError, SagaError
+from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, brief, clipped, reason
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
@@ -241,7 +241,8 @@ class VideoStream:
 
 
 def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> DecodedVideo:
-    """`decode_one` in a child process: a file that crashes the decoder there becomes a failed video."""
+    """`decode_one` in a child process: a file that crashes the decoder there becomes a failed video, and so
+    does one whose child hands back something other than its decoded video (`_from_bytes`)."""
     context = multiprocessing.get_context()  # the DataLoader's too
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_decode_into, args=(send, path, policy, preprocess, index), daemon=True)
@@ -249,17 +250,25 @@ def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index
     with held_signals():
         child.start()
     send.close()
+    malformed = ""
     try:
-        data = [receive.recv_bytes(), receive.recv_bytes()]
+        data = [receive.recv_bytes(SCALARS_LIMIT), receive.recv_bytes()]
     except EOFError:  # it died before sending everything
         data = []
+    except OSError as exc:  # "bad message length": more JSON than any answer holds
+        data, malformed = [], reason(exc)
+        child.kill()  # it may be blocked writing the rest (its fork holds the read end too: no broken pipe)
     finally:
         receive.close()
         child.join()
     if data and child.exitcode == 0:
-        return _from_bytes(*data)
-    return DecodedVideo(index=index, fingerprint=fingerprint,
-                        error=f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
+        try:
+            return _from_bytes(*data, index=index, expect=lambda: _expected(policy, preprocess))
+        except MalformedAnswer as exc:
+            malformed = str(exc)
+    error = (f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
+             if malformed else f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
+    return DecodedVideo(index=index, fingerprint=fingerprint, error=clipped(error))
 
 
 def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
@@ -286,13 +295,69 @@ def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
     return json.dumps(scalars).encode(), save_tensors(arrays)
 
 
-def _from_bytes(scalars: bytes, arrays: bytes) -> DecodedVideo:
-    fields = json.loads(scalars)
-    tensors = load_tensors(arrays)
-    if fields.get("fingerprint") is not None:
-        fields["fingerprint"] = tuple(fields["fingerprint"])
-    numpy_fields = {name: tensors[name].numpy() for name in ("mask", "timestamps") if name in tensors}
-    return DecodedVideo(**fields, pixels=tensors.get("pixels"), **numpy_fields)
+MALFORMED = "the decoder's process handed back malformed data"
+SCALARS_LIMIT = 1 << 20  # bytes of a child's JSON: a few numbers and the first line of an error
+
+
+class MalformedAnswer(ValueError):
+    """What a child sent is not a decoded video's data (a crafted video may have taken it over)."""
+
+
+_KINDS: dict[str, tuple[type, ...]] = {"index": (int,), "seconds": (int, float), "error": (str,),
+                                       "fps": (int, float), "n_frames": (int,), "backend": (str,)}
+
+
+def _from_bytes(scalars: bytes, arrays: bytes, index: int,
+                expect: Callable[[], tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] | None = None
+                ) -> DecodedVideo:
+    """The video a child sent, checked field by field as someone else's data: its own `index`, each scalar of
+    its type, and (decoded) the arrays `expect()` says: (W, T) of the mask, a frame's shape and dtype.
+    Anything else raises `MalformedAnswer` (one line), so that video fails and the pass goes on."""
+    try:
+        fields, tensors = json.loads(scalars), load_tensors(arrays)
+    except Exception as exc:  # any parse failure of someone else's bytes (JSON, UTF-8, depth, safetensors)
+        raise MalformedAnswer(reason(exc, BRIEF_LIMIT)) from None
+    names = {f.name for f in dataclass_fields(DecodedVideo)} - set(_ARRAYS)
+    if not isinstance(fields, dict):
+        raise MalformedAnswer(f"not a JSON object: {brief(fields)}")
+    if set(fields) != names:
+        raise MalformedAnswer(f"fields missing or unknown: {brief(sorted(set(fields) ^ names))}")
+    for name, kinds in _KINDS.items():
+        if not isinstance(fields[name], kinds) or isinstance(fields[name], bool):
+            raise MalformedAnswer(f"{name} {brief(fields[name])}")
+    if fields["index"] != index:
+        raise MalformedAnswer(f"index {fields['index']}, not {index}: another video's")
+    fp = fields["fingerprint"]
+    if fp is not None and not (isinstance(fp, list) and len(fp) == 2 and all(type(v) is int for v in fp)):
+        raise MalformedAnswer(f"fingerprint {brief(fp)}")
+    video = DecodedVideo(**{**fields, "fingerprint": None if fp is None else tuple(fp)})
+    if video.ok:
+        video.pixels, video.mask, video.timestamps = _checked_arrays(tensors, expect)
+    return video
+
+
+def _checked_arrays(tensors: dict[str, torch.Tensor], expect: Callable | None
+                    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The three arrays of a decoded video, of the shapes the encode step relies on: one video's rows too many or
+    too few shifted every other video's features in its batch."""
+    if set(tensors) != set(_ARRAYS):
+        raise MalformedAnswer(f"arrays {sorted(tensors)}, not {sorted(_ARRAYS)}")
+    pixels, mask, timestamps = (tensors[name] for name in _ARRAYS)
+    if mask.dtype != torch.bool or mask.ndim != 2 or timestamps.shape != mask.shape or pixels.ndim != 4 or (
+            pixels.shape[0] != mask.numel() or not timestamps.is_floating_point()):
+        raise MalformedAnswer(f"arrays of shapes {[tuple(t.shape) for t in (pixels, mask, timestamps)]}")
+    windows, frame, dtype = expect() if expect is not None else (tuple(mask.shape), tuple(pixels.shape[1:]),
+                                                                  pixels.dtype)
+    if tuple(mask.shape) != windows or tuple(pixels.shape[1:]) != frame or pixels.dtype != dtype:
+        raise MalformedAnswer(f"mask {tuple(mask.shape)} and pixels {tuple(pixels.shape)} {pixels.dtype}, not a "
+                              f"{windows} mask and {frame} {dtype} frames")
+    return pixels, mask.numpy(), timestamps.numpy()
+
+
+def _expected(policy: SamplingPolicy, preprocess: Callable) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
+    """(W, T), and one frame's shape and dtype as `preprocess` makes it (any frame: it resizes to its own size)."""
+    probe = preprocess_frames(preprocess, np.zeros((1, 8, 8, 3), np.uint8))
+    return (policy.windows, policy.frames), tuple(probe.shape[1:]), probe.dtype
 
 
 def _exit_text(code: int | None) -> str:
