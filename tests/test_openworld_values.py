@@ -139,3 +139,60 @@ def test_calibrate_warns_when_the_temperature_ends_at_the_edge_of_its_search(
     monkeypatch.undo()
     res = CliRunner().invoke(app, ["calibrate", str(run)])  # the run's own fit: inside the bounds, no warning
     assert res.exit_code == 0 and "degenerate" not in res.output, res.output
+
+
+SEEN_EDITS = ["own cache", ["a.mp4"], {"n": "2", "examples": ["a.mp4"], "in": "own cache"},
+              {"n": 2, "examples": [1, 2], "in": "own cache"}, {"n": 2, "examples": ["a.mp4"], "in": ["x"]},
+              {"n": 100_000, "examples": ["a.mp4"] * 100_000, "in": "own cache"}, {"n": 0, "examples": [], "in": ""},
+              {"n": 2, "examples": ["a.mp4"], "in": "own cache", "extra": "x" * 1000}]
+
+
+def test_a_damaged_seen_in_training_of_enrolled_json_is_one_line(world: dict[str, Any], tmp_path: Path) -> None:
+    """seen_in_training (the val videos left out of τ's fit) was taken as it came: a string or a list was dropped
+    without a word, a dict of any content (non-text examples, 100,000 of them) written back by every enroll."""
+    run = copy_run(world, tmp_path)
+    enroll_run(run, "syn-hotshot", world["cache"].root, split="train")
+    _, info = load_model(run)
+    path = run / "enrolled.json"
+    meta = json.loads(path.read_text())
+    fix = "delete enrolled.json and enroll again"
+    for value in SEEN_EDITS:
+        path.write_text(json.dumps({**meta, "seen_in_training": value}))
+        for load in (lambda: OpenWorld.load(run, info),  # predict
+                     lambda: enroll_run(run, "g2", world["cache"].root, videos="syn-hotshot", split="train")):  # enroll
+            with pytest.raises(SagaError) as exc:
+                load()
+            text = str(exc.value)
+            assert text.startswith(f"{path}: damaged (seen_in_training ") and text.endswith(fix), text
+            assert "\n" not in text and len(text) < 500
+    seen = {"n": 2, "examples": ["syn-hotshot/a.mp4"], "in": "own cache"}  # what enroll writes: kept
+    path.write_text(json.dumps({**meta, "seen_in_training": seen}))
+    assert OpenWorld.load(run, info).enrollment.seen_in_training == seen
+    enroll_run(run, "g2", world["cache"].root, videos="syn-hotshot", split="train")
+    assert json.loads(path.read_text())["seen_in_training"] == seen
+
+
+@pytest.mark.parametrize("name, fix", [("calibration.json", "rerun `saga calibrate`"),
+                                       ("openset.json", "rerun `saga openset fit`")])
+def test_a_damaged_seen_in_training_of_the_other_fits_is_one_line(name: str, fix: str, world: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    """The same record in calibration.json and openset.json (an older, unsealed one) was taken unchecked too."""
+    run = copy_run(world, tmp_path)
+    calibrate_run(run, report_split=None) if name == "calibration.json" else fit_openset_run(run)
+    _, info = load_model(run)
+    path = run / name
+    meta = json.loads(path.read_text())
+    if name == "openset.json":  # an older saga's file: nothing sealed, so the values alone are checked
+        from saga.openworld.store import read_pair, save_pair
+
+        _, tensors, _ = read_pair(run, "openset", "")
+        for old in run.glob("openset.*.safetensors"):
+            old.unlink()
+        save_pair(run, "openset", tensors, {k: v for k, v in meta.items() if not k.startswith("tensors")})
+        meta = json.loads(path.read_text())
+    for value in SEEN_EDITS[:4]:
+        path.write_text(json.dumps({**meta, "seen_in_training": value}))
+        with pytest.raises(SagaError) as exc:
+            OpenWorld.load(run, info)
+        text = str(exc.value)
+        assert text.startswith(f"{path}: damaged (seen_in_training ") and text.endswith(fix) and "\n" not in text

@@ -22,7 +22,7 @@ import numpy as np
 from saga.cache.duplicates import VideoKeys, holds_one_of, video_keys
 from saga.cache.manifest import VideoRecord
 from saga.cache.store import FeatureCache
-from saga.errors import SagaError, shown
+from saga.errors import SagaError, brief, shown
 from saga.runs import RunInfo
 
 # train: stage 1, the labelled subset, the content basis, self-training; val: model selection, calibration
@@ -98,6 +98,21 @@ def only_unseen(info: RunInfo, cache: FeatureCache, records: Sequence[VideoRecor
         did = "trained or validated on" if "val" in against else "trained on"
         raise SagaError(f"{cache.root}: every '{split}' video is one the run was {did}; {fix}")
     return kept, seen
+
+
+def seen_problem(seen: Any) -> str:
+    """What is wrong with a `SEEN_KEY` record read back from someone's file ("" when nothing, or none recorded):
+    it is what `leave_out_seen` returns, {"n": N >= 1, "examples": up to EXAMPLES paths, "in": where}, and the
+    file that carries it writes it back (enrolled.json, on every enroll)."""
+    if seen is None:
+        return ""
+    if not isinstance(seen, dict) or set(seen) != {"n", "examples", "in"}:
+        return f"{SEEN_KEY} {brief(seen)} is not an object of n, examples and in"
+    n, examples = seen["n"], seen["examples"]
+    if not (type(n) is int and n >= 1 and isinstance(examples, list) and 1 <= len(examples) <= min(n, EXAMPLES)
+            and all(isinstance(e, str) for e in examples) and isinstance(seen["in"], str)):
+        return f"{SEEN_KEY} {brief(seen)}: not n >= 1 videos, 1-{EXAMPLES} example paths and the cache they are in"
+    return ""
 
 
 def folds_seen_text(results: dict[str, Any]) -> str:

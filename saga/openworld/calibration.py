@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from saga.errors import SagaError
+from saga.explain.seen import seen_problem
 from saga.fileio import read_json, write_json
 from saga.openworld.store import class_mismatch, finite
 from saga.runs.files import CALIBRATION
@@ -173,7 +174,7 @@ def check_calibration(cal: Calibration, classes: list[str] | None = None) -> str
     for key in ("ece_before", "ece_after"):
         if not (finite(getattr(cal, key)) and 0 <= getattr(cal, key) <= 1):
             return f"{key} {getattr(cal, key)!r} is not a share in [0, 1]"
-    return ""
+    return seen_problem(cal.seen_in_training)
 
 
 def degenerate(cal: Calibration) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from saga.errors import SagaError
+from saga.explain.seen import SEEN_KEY, seen_problem
 from saga.model.inference import Inference
 from saga.openworld.calibration import fit_temperature, softmax
 from saga.openworld.embeddings import normalise
@@ -79,7 +80,7 @@ class Enrollment:
                    for e in self.entries]
         meta = {"run_model": self.run_model, "classes": self.classes, "level": self.level, "tau": self.tau,
                 "answered": self.answered, "run_cache_id": self.run_cache_id, "entries": entries,
-                **({"seen_in_training": self.seen_in_training} if self.seen_in_training else {})}
+                **({SEEN_KEY: self.seen_in_training} if self.seen_in_training else {})}
         return save_pair(Path(folder), STEM, {"prototypes": protos, "old_prototypes": self.old_prototypes}, meta)
 
     @classmethod
@@ -100,7 +101,7 @@ class Enrollment:
                    for i, e in enumerate(meta["entries"])]
         return cls(meta["run_model"], list(meta["classes"]), meta["level"], float(meta["tau"]),
                    tensors["old_prototypes"], entries, list(meta.get("answered") or []), meta.get("run_cache_id", ""),
-                   meta.get("seen_in_training") if isinstance(meta.get("seen_in_training"), dict) else None)
+                   meta.get(SEEN_KEY))
 
 
 def check_enrollment(meta: dict[str, Any], tensors: dict[str, np.ndarray], classes: list[str] | None = None,
@@ -117,6 +118,8 @@ def check_enrollment(meta: dict[str, Any], tensors: dict[str, np.ndarray], class
     if not (isinstance(meta.get("run_model"), str) and isinstance(meta.get("run_cache_id", ""), str)
             and names(meta.get("answered") or [])):
         return "run_model, run_cache_id or answered is not text"
+    if seen_problem(meta.get(SEEN_KEY)):
+        return seen_problem(meta.get(SEEN_KEY))
     entries = meta.get("entries")
     if not isinstance(entries, list) or old is None or new is None:
         return "no entries list or prototypes"
