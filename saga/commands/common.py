@@ -21,6 +21,7 @@ from saga.errors import SagaError, one_line, printable
 from saga.fileio import check_writable, loads_toml
 from saga.progress import ProgressEvent, ProgressFn, ProgressLog
 
+
 class SafeConsole(Console):
     """A rich console that shows the control characters of what it prints escaped (`\\x1b`), line breaks and tabs
     kept. Why here: commands print paths, class names and error texts read from caches, run folders and decoder
