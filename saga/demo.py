@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from saga.errors import SagaError
 from saga.fileio import check_writable, read_json, write_json
+from saga.progress import Passes, silent
 from saga.taxonomy import LEVELS
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def check_options(cfg: DemoConfig) -> None:
     check_writable(cfg.out)
 
 
-def _synth(cfg: DemoConfig, log: Log) -> Path:
+def _synth(cfg: DemoConfig, log: Log, progress: Passes) -> Path:
     from saga.benchmark.synth import generate
 
     videos = cfg.out / "videos"
@@ -104,16 +105,18 @@ def _synth(cfg: DemoConfig, log: Log) -> Path:
     if made is not None:
         raise SagaError(f"{videos}: holds a benchmark made with other settings; delete {cfg.out} or pick --out")
     log(f"videos: generating {real} real + {cfg.per_class} per generator into {videos}")
-    generate(videos, _synth_config(cfg))
+    with progress("synth") as update:
+        generate(videos, _synth_config(cfg), update)
     write_json(stamp, wanted)
     return videos
 
 
-def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Callable | None) -> Path:
+def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Passes) -> Path:
     from saga.pipeline.extract import extract
 
     config = _extract_config(cfg, videos)
-    summary = extract(config, progress=progress)
+    with progress("extract", frames=True) as update:
+        summary = extract(config, progress=update)
     log(f"cache: {summary.ok} videos extracted, {summary.skipped} reused, {len(summary.failures)} failed "
         f"({summary.timings.wall:.0f}s)")
     return config.out
@@ -129,9 +132,10 @@ def _tsne_or_skip(run: Path, cache: Path, level: str, device: str, log: Log) -> 
         log(f"{level}: t-SNE skipped ({exc})")
 
 
-def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | None = None) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, log: Log = print, progress: Passes = silent) -> dict[str, Any]:
     """Run (or finish) the demo; returns {level: metrics}, the report path and the ablation's failed cells
-    (`ablation_failed`: the caller says so and exits 1, as `saga ablate` does)."""
+    (`ablation_failed`: the caller says so and exits 1, as `saga ablate` does). `progress` opens a display for
+    generating the videos (`synth`, minutes) and one for extracting them (`extract`)."""
     from saga.explain.metrics import evaluate
     from saga.explain.report import build_report
     from saga.explain.tsig import run_tsigs
@@ -140,7 +144,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, extract_progress: Callable | Non
     from saga.train.stage1 import train_stage1
 
     check_options(cfg)  # before minutes of generating videos
-    cache = _extract(cfg, _synth(cfg, log), log, extract_progress)
+    cache = _extract(cfg, _synth(cfg, log, progress), log, progress)
     runs = cfg.out / "runs"
     stage1 = train_stage1(cache, runs / "stage1", _stage1_config(cfg))
     log(f"stage 1: {stage1}")

@@ -2,7 +2,9 @@
 
 Producers call `progress(ProgressEvent(...))`; the CLI draws bars from `done`/`total` on a terminal and
 writes `ProgressLog` lines elsewhere (a log), or prints a line; tests and benchmarks read `kind` and
-`data`. Kinds: "videos" (extraction, the benchmark generator; data: frames, failed), "labelled" (stage 2:
+`data`. A command of several long passes (`saga robustness`, `extract --augment`, `saga demo`) takes a
+`Passes`: it opens one labelled display per pass. Kinds: "videos" (extraction, the benchmark generator,
+re-encoding copies; data: frames, failed), "labelled" (stage 2:
 the labelled videos per class, fewest and most), "start", "step", "epoch", "done", "reused" (training;
 data: the epoch's metrics line or the run's summary), "cell" (one finished ablation cell).
 """
@@ -10,8 +12,9 @@ data: the epoch's metrics line or the run's summary), "cell" (one finished ablat
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,20 @@ class ProgressEvent:
 
 
 ProgressFn = Callable[[ProgressEvent], None]
+
+
+class Passes(Protocol):
+    """Opens the display of one pass of a multi-pass command (`crf28 re-encode`, then `crf28 extract`): each pass
+    counts from 0 to its own total, so one display for all would jump back at every pass and not say which
+    one is running. `frames`: the pass reports frames (an extraction), for the rates its display shows."""
+
+    def __call__(self, label: str, frames: bool = False) -> AbstractContextManager[ProgressFn]: ...
+
+
+@contextmanager
+def silent(label: str, frames: bool = False) -> Iterator[ProgressFn]:
+    """The `Passes` of a caller that shows no progress (the library default, tests)."""
+    yield lambda event: None
 
 
 def describe(event: ProgressEvent) -> str:

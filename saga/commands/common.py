@@ -7,7 +7,7 @@ import sys
 import time
 import tomllib
 import warnings
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -19,7 +19,7 @@ from rich.text import Text
 
 from saga.errors import SagaError, one_line, printable
 from saga.fileio import check_writable, loads_toml
-from saga.progress import ProgressEvent, ProgressFn, ProgressLog
+from saga.progress import Passes, ProgressEvent, ProgressFn, ProgressLog
 
 
 class SafeConsole(Console):
@@ -99,21 +99,33 @@ def count_progress(name: str) -> Iterator[ProgressFn]:
 
 
 @contextmanager
-def extract_progress() -> Iterator[ProgressFn]:
+def extract_progress(name: str = "extract") -> Iterator[ProgressFn]:
     """An extraction progress callback drawing videos/s and frames/s (plain lines in a log); the bar appears
     with the first video, so setup errors stay one line."""
-    with log_progress("extract") as log:
+    with log_progress(name) as log:
         if log is not None:
             yield log
             return
-        with _extract_bar() as update:
+        with _extract_bar(name) as update:
             yield update
 
 
+def pass_progress(command: str = "") -> Passes:
+    """One display per pass of a multi-pass command (`saga robustness`, `extract --augment`, `saga demo`), as
+    `count_progress` or, for an extraction, `extract_progress` draw it, named `COMMAND LABEL`
+    (`robustness crf28 re-encode: 40/200 videos`): the user sees which pass is running."""
+
+    def open_pass(label: str, frames: bool = False) -> AbstractContextManager[ProgressFn]:
+        name = f"{command} {label}".strip()
+        return extract_progress(name) if frames else count_progress(name)
+
+    return open_pass
+
+
 @contextmanager
-def _extract_bar() -> Iterator[ProgressFn]:
+def _extract_bar(name: str) -> Iterator[ProgressFn]:
     bar = progress_bar(rates=True)
-    task = bar.add_task("extract", total=None, vps="-", fps="-", start=False)
+    task = bar.add_task(name, total=None, vps="-", fps="-", start=False)
     start = time.perf_counter()
 
     finished = False

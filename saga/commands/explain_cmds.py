@@ -14,11 +14,11 @@ from saga.commands.common import (
     cli_device,
     console,
     err,
-    extract_progress,
     given_options,
     load_options,
     named_folder,
     one_line_warnings,
+    pass_progress,
     training_options,
     writable_folder,
 )
@@ -93,11 +93,11 @@ def demo(
 
     from saga.demo import DemoConfig, run_demo
 
-    with one_line_warnings(), extract_progress() as update:
+    with one_line_warnings():
         cfg = DemoConfig(out=named_folder(out), seed=seed, workers=workers, device=device, ablation=ablation)
         if per_class is not None:
             cfg.per_class = per_class
-        result = run_demo(cfg, log=lambda line: console.print(escape(line)), extract_progress=update)
+        result = run_demo(cfg, log=lambda line: console.print(escape(line)), progress=pass_progress())
     table = Table(title="SAGA demo: test accuracy per attribution level", title_justify="left")
     for col in ("level", "classes", "test videos", "accuracy", "macro accuracy"):
         table.add_column(col, justify="left" if col == "level" else "right")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from saga.commands.common import (OutputFormat, console, count_progress, err, extract_progress, named_folder,
-                                  one_line_warnings, print_json, writable_folder)
+                                  one_line_warnings, pass_progress, print_json, writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.errors import SagaError, shown
 
@@ -123,9 +123,8 @@ def extract(
     if perturbations:
         from saga.robustness.augment import augment_cache
 
-        with extract_progress() as update:
-            augmented = augment_cache(cfg, perturbations, say=lambda line: err.print(line, markup=False),
-                                      progress=update)
+        augmented = augment_cache(cfg, perturbations, say=lambda line: err.print(line, markup=False),
+                                  progress=pass_progress("augment"))
     if not distributed.context().is_main:
         pass  # under torchrun rank 0 prints the totals of all ranks
     elif format == "json":

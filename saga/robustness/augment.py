@@ -21,15 +21,16 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.fileio import write_text
 from saga.pipeline.extract import ExtractConfig, ExtractSummary, extract
-from saga.progress import ProgressFn
+from saga.progress import Passes, silent
 from saga.robustness.copies import make_copies, unchanged
 from saga.robustness.perturb import Perturbation
 from saga.robustness.runner import csv_field
 
 
 def augment_cache(cfg: ExtractConfig, perturbations: Sequence[Perturbation], say: Callable[[str], None] = print,
-                  progress: ProgressFn | None = None) -> ExtractSummary:
-    """Re-encode every extracted train video of `cfg.out` with each perturbation and extract the copies as train."""
+                  progress: Passes = silent) -> ExtractSummary:
+    """Re-encode every extracted train video of `cfg.out` with each perturbation and extract the copies as train;
+    `progress` opens a display for each perturbation's re-encoding (`crf28 re-encode`) and one for the extraction."""
     cache = FeatureCache.open(cfg.out)
     sources = [r for r in cache.ok_records("train") if not r.path.startswith(AUGMENTED)]
     if not sources:
@@ -38,14 +39,16 @@ def augment_cache(cfg: ExtractConfig, perturbations: Sequence[Perturbation], say
     planned = read_split_plan(cache.split_plan_path)
     rows, plan = ["path,generator"], {}
     for p in perturbations:
-        for name, r in make_copies(p, sources, cfg.videos, cfg.out / AUGMENTED / p.name, say):
-            rel = f"{AUGMENTED}{p.name}/{name}"
-            rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
-            if rel not in planned:
-                plan[rel] = (r.generator, "train")
+        with progress(f"{p.name} re-encode") as update:
+            for name, r in make_copies(p, sources, cfg.videos, cfg.out / AUGMENTED / p.name, say, update):
+                rel = f"{AUGMENTED}{p.name}/{name}"
+                rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
+                if rel not in planned:
+                    plan[rel] = (r.generator, "train")
     if len(rows) == 1:
         raise SagaError(f"{cfg.out}: no train video could be re-encoded for --augment")
     append_split_plan(cache.split_plan_path, plan)  # train, before extraction assigns anything
     labels = cfg.out / AUGMENTED / "labels.csv"
     write_text(labels, "\n".join(rows) + "\n")
-    return extract(replace(cfg, videos=cfg.out, labels=labels, allow_outside=False), progress)
+    with progress("extract", frames=True) as update:
+        return extract(replace(cfg, videos=cfg.out, labels=labels, allow_outside=False), update)

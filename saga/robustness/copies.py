@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 from saga.cache.manifest import VideoRecord, copy_name, file_fingerprint
 from saga.errors import SagaError
 from saga.fileio import append_lines, loads, make_dir, sweep_temps
+from saga.progress import ProgressEvent, ProgressFn
 from saga.robustness.perturb import X264, Perturbation, apply
 
 RECORD = "copies.jsonl"  # in each copy folder; copy names end in .mp4, so no copy can take this name
@@ -86,23 +87,36 @@ def unchanged(records: list[VideoRecord], videos: Path, cache: Path, say: Say) -
     return same
 
 
-def make_copies(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path,
-                say: Say) -> Iterator[tuple[str, VideoRecord]]:
+def make_copies(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path, say: Say,
+                progress: ProgressFn | None = None) -> Iterator[tuple[str, VideoRecord]]:
     """(copy name, source record) of each copy under `folder` that matches its source, re-encoding the rest.
 
-    A source that cannot be re-encoded costs one line and is left out."""
+    A source that cannot be re-encoded costs one line and is left out. `progress` gets a "videos" event at the
+    start and after each source (a reused copy counts as done; data: failed): re-encoding a set takes hours."""
     make_dir(folder)
     sweep_temps(folder)
     known = read_record(folder)
-    for rec in records:
+    report = progress or (lambda event: None)
+    failed = 0
+    report(ProgressEvent("videos", 0, len(records), data={"failed": failed}))
+    for done, rec in enumerate(records, 1):
         entry = entry_for(p, rec)
-        dst = folder / entry["copy"]
-        if known.get(entry["copy"]) != entry or not dst.is_file():
-            try:
-                dst.unlink(missing_ok=True)  # a stale copy never outlives a failed redo
-                apply(p, videos / rec.path, dst)
-            except (SagaError, OSError) as exc:
-                say(f"{p.name}: skipped {rec.path}: {exc}")
-                continue
-            append_lines(folder / RECORD, json.dumps(entry, sort_keys=True) + "\n")
-        yield entry["copy"], rec
+        reused = known.get(entry["copy"]) == entry and (folder / entry["copy"]).is_file()
+        made = reused or _copy(p, rec, videos, folder, entry, say)
+        failed += not made
+        report(ProgressEvent("videos", done, len(records), data={"failed": failed}))
+        if made:
+            yield entry["copy"], rec
+
+
+def _copy(p: Perturbation, rec: VideoRecord, videos: Path, folder: Path, entry: dict[str, Any], say: Say) -> bool:
+    """Re-encode one source and record it; False (one line said) when it cannot be."""
+    dst = folder / entry["copy"]
+    try:
+        dst.unlink(missing_ok=True)  # a stale copy never outlives a failed redo
+        apply(p, videos / rec.path, dst)
+    except (SagaError, OSError) as exc:
+        say(f"{p.name}: skipped {rec.path}: {exc}")
+        return False
+    append_lines(folder / RECORD, json.dumps(entry, sort_keys=True) + "\n")
+    return True

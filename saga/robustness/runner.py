@@ -38,7 +38,7 @@ from saga.openworld.embeddings import Embedder
 from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
-from saga.progress import ProgressFn
+from saga.progress import Passes, ProgressFn, silent
 from saga.provenance import now, versions
 from saga.runs import RunInfo, cache_digest, heldout_tag
 from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
@@ -107,11 +107,11 @@ def select(cache: FeatureCache, split: str, limit: int | None, seed: int,
 
 
 def perturb_videos(p: Perturbation, records: list[VideoRecord], videos: Path, folder: Path,
-                   say: Say) -> dict[str, str]:
+                   say: Say, progress: ProgressFn | None = None) -> dict[str, str]:
     """Write the missing or stale copies and labels.csv (the copies that match); returns copy path -> original path."""
     done: dict[str, str] = {}
     rows = ["path,generator"]
-    for rel, r in make_copies(p, records, videos, folder, say):
+    for rel, r in make_copies(p, records, videos, folder, say, progress):
         done[rel] = r.path
         rows.append(f"{csv_field(rel)},{csv_field(r.generator)}")
     write_text(folder / "labels.csv", "\n".join(rows) + "\n")
@@ -175,8 +175,9 @@ def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg
     return FeatureCache.open(out)
 
 
-def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Evaluate the run on the clean and every perturbed copy of the same videos; writes robustness.json/.md."""
+def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = silent) -> dict[str, Any]:
+    """Evaluate the run on the clean and every perturbed copy of the same videos; writes robustness.json/.md.
+    `progress` opens a display for each perturbation's re-encoding (`crf28 re-encode`) and extraction."""
     cfg.check()
     if not cfg.videos.is_dir():
         raise SagaError(f"{cfg.videos}: not a folder; pass --videos, the folder the cache was extracted from")
@@ -201,12 +202,14 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: ProgressFn
     for p in cfg.perturbations:
         folder = perturbed_folder(out, p.name, cfg.split, tag)
         say(f"{p.name}: {p.description}")
-        copies = perturb_videos(p, sources, cfg.videos, folder / "videos", say)
+        with progress(f"{p.name} re-encode") as update:
+            copies = perturb_videos(p, sources, cfg.videos, folder / "videos", say, update)
         if not copies:
             raise SagaError(f"{p.name}: no video could be re-encoded (is --videos {cfg.videos} the folder the "
                             f"cache {clean.root} was extracted from?)")
-        pcache = extract_copies(clean, folder / "videos", folder / "cache", cfg.split, cfg, say, progress,
-                                source=source)
+        with progress(f"{p.name} extract", frames=True) as update:
+            pcache = extract_copies(clean, folder / "videos", folder / "cache", cfg.split, cfg, say, update,
+                                    source=source)
         for r in pcache.records():
             if not r.ok and r.path in copies:
                 say(f"{p.name}: failed to extract {r.path}: {r.error}")
