@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, fields as dataclass_fields
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,12 +31,15 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
 from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, brief, clipped, reason
+from saga.pipeline import child_answer
+from saga.pipeline.child_answer import MALFORMED, SCALARS_LIMIT, MalformedAnswer, NoAnswer, arrays_limit
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
 from saga.pipeline.interrupts import held_signals
 from saga.pipeline.sampling import SamplingPolicy
 
+ALONE_LIMIT_S = 1800.0  # a suspect decoded alone (a genuine one, even a long file through PyAV, takes minutes)
 CHANGED = "the file changed while it was read (still being copied or written?); rerun to extract it again"
 
 
@@ -242,33 +246,48 @@ class VideoStream:
 
 def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> DecodedVideo:
     """`decode_one` in a child process: a file that crashes the decoder there becomes a failed video, and so
-    does one whose child hands back something other than its decoded video (`_from_bytes`)."""
+    does one whose child hands back something other than its decoded video (`_from_bytes`), more than one can
+    take (`child_answer.receive`), or no answer within `ALONE_LIMIT_S`. The record's size and mtime are the
+    parent's own stat, taken before the child starts: nothing the child says is the file's identity."""
+    expect = _expected(policy, preprocess)
     context = multiprocessing.get_context()  # the DataLoader's too
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_decode_into, args=(send, path, policy, preprocess, index), daemon=True)
     fingerprint = file_fingerprint(path)
+    deadline = time.monotonic() + ALONE_LIMIT_S
     with held_signals():
         child.start()
     send.close()
-    malformed = ""
+    data, malformed, patience = [], "", time.monotonic()  # killed at once unless it answered or hung up
     try:
-        data = [receive.recv_bytes(SCALARS_LIMIT), receive.recv_bytes()]
-    except EOFError:  # it died before sending everything
-        data = []
-    except OSError as exc:  # "bad message length": more JSON than any answer holds
-        data, malformed = [], reason(exc)
-        child.kill()  # it may be blocked writing the rest (its fork holds the read end too: no broken pipe)
+        data, patience = child_answer.receive(receive, (SCALARS_LIMIT, arrays_limit(*expect)), deadline), deadline
+    except EOFError:  # it died before sending everything (a core dump may take a while)
+        patience = deadline
+    except MalformedAnswer as exc:
+        malformed = str(exc)
+    except NoAnswer:
+        pass
     finally:
         receive.close()
-        child.join()
-    if data and child.exitcode == 0:
+        exited = child_answer.end(child, patience)
+    if exited and data and child.exitcode == 0 and not malformed:
         try:
-            return _from_bytes(*data, index=index, expect=lambda: _expected(policy, preprocess))
+            video = _from_bytes(*data, index=index, expect=lambda: expect)
+            video.fingerprint = fingerprint
+            return video
         except MalformedAnswer as exc:
             malformed = str(exc)
-    error = (f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
-             if malformed else f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
-    return DecodedVideo(index=index, fingerprint=fingerprint, error=clipped(error))
+    return DecodedVideo(index=index, fingerprint=fingerprint, error=clipped(_alone_error(malformed, child, exited)))
+
+
+def _alone_error(malformed: str, child: BaseProcess, exited: bool) -> str:
+    if malformed:
+        return f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
+    if not exited:
+        return (f"the decoder's process gave no answer within {_took(ALONE_LIMIT_S)} (decoding it alone): it was "
+                "stopped and the file is recorded as failed (it may be crafted to hang the decoder; --retry-failed "
+                "tries it again)")
+    return f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})"
 
 
 def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
@@ -293,14 +312,6 @@ def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
     arrays = {name: torch.as_tensor(getattr(video, name)).contiguous() for name in _ARRAYS
               if getattr(video, name) is not None}
     return json.dumps(scalars).encode(), save_tensors(arrays)
-
-
-MALFORMED = "the decoder's process handed back malformed data"
-SCALARS_LIMIT = 1 << 20  # bytes of a child's JSON: a few numbers and the first line of an error
-
-
-class MalformedAnswer(ValueError):
-    """What a child sent is not a decoded video's data (a crafted video may have taken it over)."""
 
 
 _KINDS: dict[str, tuple[type, ...]] = {"index": (int,), "seconds": (int, float), "error": (str,),
@@ -358,6 +369,10 @@ def _expected(policy: SamplingPolicy, preprocess: Callable) -> tuple[tuple[int, 
     """(W, T), and one frame's shape and dtype as `preprocess` makes it (any frame: it resizes to its own size)."""
     probe = preprocess_frames(preprocess, np.zeros((1, 8, 8, 3), np.uint8))
     return (policy.windows, policy.frames), tuple(probe.shape[1:]), probe.dtype
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def _exit_text(code: int | None) -> str:

@@ -1,0 +1,82 @@
+"""A lone decoder child's answer (`reader.decode_alone`), read by the parent within bounds of its own.
+
+Why not `Connection.recv_bytes`: it believes the length the sender writes (a child a crafted video took
+over made the parent allocate whatever it claimed) and waits for ever (a child that never answered, stopped
+half-way through a message or never exited hung the whole extraction). Here each message has a limit known
+before it is read, from what a genuine answer can hold, and the whole answer a deadline. The framing is
+multiprocessing's (the child sends with `send_bytes`): a "!i" length, or -1 and a "!Q" one from 2 GiB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import struct
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+import torch
+
+MALFORMED = "the decoder's process handed back malformed data"
+SCALARS_LIMIT = 1 << 20  # bytes of a child's JSON: a few numbers and the first line of an error
+HEADER_SLACK = 64 << 10  # a safetensors header of three arrays takes a few hundred bytes
+_CHUNK = 1 << 20
+
+
+class MalformedAnswer(ValueError):
+    """What a child sent is not a decoded video's data (a crafted video may have taken it over)."""
+
+
+class NoAnswer(Exception):
+    """The child did not answer, or did not exit, before the deadline."""
+
+
+def arrays_limit(windows: tuple[int, ...], frame: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes a genuine answer's arrays can take: per sampled frame its pixels, a mask byte and a time (at most
+    float64), plus the safetensors header."""
+    frames = math.prod(windows)
+    return frames * (math.prod(frame) * torch.empty((), dtype=dtype).element_size() + 1 + 8) + HEADER_SLACK
+
+
+def receive(conn: Connection, limits: tuple[int, ...], deadline: float) -> list[bytes]:
+    """One message per limit, each within it, all before `deadline` (time.monotonic()); EOFError when the child
+    hung up first, `MalformedAnswer` for a message over its limit (refused from its header, before it is read),
+    `NoAnswer` past the deadline."""
+    fd, messages = conn.fileno(), []
+    for limit in limits:
+        size = struct.unpack("!i", _read(fd, 4, deadline))[0]
+        if size == -1:
+            size = struct.unpack("!Q", _read(fd, 8, deadline))[0]
+        if not 0 <= size <= limit:
+            raise MalformedAnswer(f"a message of {size} bytes, more than the {limit} a decoded video's can take"
+                                  if size > limit else f"a message length of {size}")
+        messages.append(_read(fd, size, deadline))
+    return messages
+
+
+def _read(fd: int, size: int, deadline: float) -> bytes:
+    poller = select.poll()  # not select(): no limit on the descriptor's number
+    poller.register(fd, select.POLLIN)
+    chunks, left = [], size
+    while left:
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not poller.poll(math.ceil(wait * 1000)):
+            raise NoAnswer
+        chunk = os.read(fd, min(left, _CHUNK))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def end(child: BaseProcess, deadline: float) -> bool:
+    """Wait for `child` to exit until `deadline`, then kill it; whether it exited by itself."""
+    child.join(max(0.0, deadline - time.monotonic()))
+    if child.exitcode is not None:
+        return True
+    child.kill()
+    child.join()
+    return False
