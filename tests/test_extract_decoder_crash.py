@@ -192,6 +192,15 @@ def _arrays_cases() -> dict[str, tuple[bytes, bytes]]:
 
 
 MALFORMED.update(_arrays_cases())
+MALFORMED.update({  # of the right type, but no decoded video's: recorded as they came, they reached the manifest
+    "n_frames beyond int64 (every later read of the cache raised OverflowError)": _answer(n_frames=10 ** 30),
+    "n_frames negative": _answer(n_frames=-5),
+    "fps NaN (not JSON in the manifest)": _answer(fps=float("nan")),
+    "fps infinite": _answer(fps=float("inf")),
+    "seconds NaN": _answer(seconds=float("nan")),
+    "a backend of no decoder": _answer(backend="evil\x1b]0;pwned\x07"),
+    "an error of two lines": _answer(error="bad\nfile"),
+})
 MALFORMED["more than 1 MiB of JSON"] = (b" " * (1 << 20) + _answer()[0], _answer()[1])
 
 
@@ -378,3 +387,28 @@ def test_the_record_carries_the_parents_stat_not_the_childs_claim(
     record = {r.path: r for r in FeatureCache.open(cfg.out).records()}["real/new.mp4"]
     assert record.ok and record.fingerprint() == file_fingerprint(videos / "real" / "new.mp4")
     assert (again := extract(cfg)).skipped == again.found  # current: not extracted again
+
+
+def test_a_child_claiming_an_impossible_frame_count_cannot_break_the_cache(
+        tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`n_frames` was checked for its type alone: 10**30 was written to the manifest, and every read of the cache
+    after it (this pass's own summary, every later command) stopped with an OverflowError traceback."""
+    videos = make_video_tree(tmp_path / "v", per_class=1)
+    cfg = config(videos, tmp_path / "c", tiny_weights)
+    extract(cfg)
+    shutil.copy(videos / "real" / "real_0.mp4", videos / "real" / "new.mp4")
+    _suspects_file(cfg.out, 0, ["real/new.mp4"])
+    decode = reader.decode_one
+
+    def lying(send, path, policy, preprocess, index) -> None:  # noqa: ANN001
+        video = decode(path, policy, preprocess, index)
+        video.n_frames = 10 ** 30
+        for message in reader._to_bytes(video):
+            send.send_bytes(message)
+        send.close()
+
+    monkeypatch.setattr(reader, "_decode_into", lying)
+    summary = extract(cfg)
+    assert [path for path, _ in summary.failures] == ["real/new.mp4"] and "malformed data (n_frames" in (
+        summary.failures[0][1])
+    assert FeatureCache.open(cfg.out).check_structure()[0] == []

@@ -30,9 +30,10 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
-from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, brief, clipped, reason
+from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, clipped, reason
 from saga.pipeline import child_answer
-from saga.pipeline.child_answer import MALFORMED, SCALARS_LIMIT, MalformedAnswer, NoAnswer, arrays_limit
+from saga.pipeline.child_answer import (ARRAYS as _ARRAYS, MALFORMED, SCALARS_LIMIT, MalformedAnswer, NoAnswer,
+                                       arrays_limit, check_scalars, checked_arrays)
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
@@ -302,9 +303,6 @@ def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preproces
     send.close()
 
 
-_ARRAYS = ("pixels", "mask", "timestamps")
-
-
 def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
     """JSON of the scalars and safetensors of the arrays: data only, so nothing the child sends (a child
     a crafted video took over, say) can make the parent run code, as unpickling would."""
@@ -314,55 +312,23 @@ def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
     return json.dumps(scalars).encode(), save_tensors(arrays)
 
 
-_KINDS: dict[str, tuple[type, ...]] = {"index": (int,), "seconds": (int, float), "error": (str,),
-                                       "fps": (int, float), "n_frames": (int,), "backend": (str,)}
-
-
 def _from_bytes(scalars: bytes, arrays: bytes, index: int,
                 expect: Callable[[], tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] | None = None
                 ) -> DecodedVideo:
     """The video a child sent, checked field by field as someone else's data: its own `index`, each scalar of
-    its type, and (decoded) the arrays `expect()` says: (W, T) of the mask, a frame's shape and dtype.
+    its type and range (`check_scalars`), and (decoded) the arrays `expect()` says: (W, T) of the mask, a
+    frame's shape and dtype.
     Anything else raises `MalformedAnswer` (one line), so that video fails and the pass goes on."""
     try:
         fields, tensors = json.loads(scalars), load_tensors(arrays)
     except Exception as exc:  # any parse failure of someone else's bytes (JSON, UTF-8, depth, safetensors)
         raise MalformedAnswer(reason(exc, BRIEF_LIMIT)) from None
-    names = {f.name for f in dataclass_fields(DecodedVideo)} - set(_ARRAYS)
-    if not isinstance(fields, dict):
-        raise MalformedAnswer(f"not a JSON object: {brief(fields)}")
-    if set(fields) != names:
-        raise MalformedAnswer(f"fields missing or unknown: {brief(sorted(set(fields) ^ names))}")
-    for name, kinds in _KINDS.items():
-        if not isinstance(fields[name], kinds) or isinstance(fields[name], bool):
-            raise MalformedAnswer(f"{name} {brief(fields[name])}")
-    if fields["index"] != index:
-        raise MalformedAnswer(f"index {fields['index']}, not {index}: another video's")
+    check_scalars(fields, {f.name for f in dataclass_fields(DecodedVideo)} - set(_ARRAYS), index)
     fp = fields["fingerprint"]
-    if fp is not None and not (isinstance(fp, list) and len(fp) == 2 and all(type(v) is int for v in fp)):
-        raise MalformedAnswer(f"fingerprint {brief(fp)}")
     video = DecodedVideo(**{**fields, "fingerprint": None if fp is None else tuple(fp)})
     if video.ok:
-        video.pixels, video.mask, video.timestamps = _checked_arrays(tensors, expect)
+        video.pixels, video.mask, video.timestamps = checked_arrays(tensors, expect)
     return video
-
-
-def _checked_arrays(tensors: dict[str, torch.Tensor], expect: Callable | None
-                    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The three arrays of a decoded video, of the shapes the encode step relies on: one video's rows too many or
-    too few shifted every other video's features in its batch."""
-    if set(tensors) != set(_ARRAYS):
-        raise MalformedAnswer(f"arrays {sorted(tensors)}, not {sorted(_ARRAYS)}")
-    pixels, mask, timestamps = (tensors[name] for name in _ARRAYS)
-    if mask.dtype != torch.bool or mask.ndim != 2 or timestamps.shape != mask.shape or pixels.ndim != 4 or (
-            pixels.shape[0] != mask.numel() or not timestamps.is_floating_point()):
-        raise MalformedAnswer(f"arrays of shapes {[tuple(t.shape) for t in (pixels, mask, timestamps)]}")
-    windows, frame, dtype = expect() if expect is not None else (tuple(mask.shape), tuple(pixels.shape[1:]),
-                                                                  pixels.dtype)
-    if tuple(mask.shape) != windows or tuple(pixels.shape[1:]) != frame or pixels.dtype != dtype:
-        raise MalformedAnswer(f"mask {tuple(mask.shape)} and pixels {tuple(pixels.shape)} {pixels.dtype}, not a "
-                              f"{windows} mask and {frame} {dtype} frames")
-    return pixels, mask.numpy(), timestamps.numpy()
 
 
 def _expected(policy: SamplingPolicy, preprocess: Callable) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
