@@ -188,7 +188,9 @@ def _arrays_cases() -> dict[str, tuple[bytes, bytes]]:
             "frames of another size": (_answer()[0], _wrong_arrays(pixels=torch.rand(4, 3, 5, 5), mask=mask,
                                                                   timestamps=ts)),
             "a mask of other windows": (_answer()[0], _wrong_arrays(pixels=torch.rand(4, 3, 2, 2),
-                                                                   mask=mask.reshape(2, 2), timestamps=ts.reshape(2, 2)))}
+                                                                   mask=mask.reshape(2, 2), timestamps=ts.reshape(2, 2))),
+            "timestamps NaN": (_answer()[0], _wrong_arrays(pixels=torch.rand(4, 3, 2, 2), mask=mask,
+                                                          timestamps=torch.full((1, 4), float("nan"))))}
 
 
 MALFORMED.update(_arrays_cases())

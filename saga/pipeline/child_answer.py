@@ -131,4 +131,6 @@ def checked_arrays(tensors: dict[str, torch.Tensor], expect: Callable | None
     if tuple(mask.shape) != windows or tuple(pixels.shape[1:]) != frame or pixels.dtype != dtype:
         raise MalformedAnswer(f"mask {tuple(mask.shape)} and pixels {tuple(pixels.shape)} {pixels.dtype}, not a "
                               f"{windows} mask and {frame} {dtype} frames")
+    if not torch.isfinite(timestamps).all():  # a decoder's are seconds from the start (the cache keeps them)
+        raise MalformedAnswer("timestamps not finite")
     return pixels, mask.numpy(), timestamps.numpy()
