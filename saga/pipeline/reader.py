@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, fields as dataclass_fields
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,13 +30,17 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
-from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, brief, clipped, reason
+from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, clipped, reason
+from saga.pipeline import child_answer
+from saga.pipeline.child_answer import (ARRAYS as _ARRAYS, MALFORMED, SCALARS_LIMIT, MalformedAnswer, NoAnswer,
+                                       arrays_limit, check_scalars, checked_arrays)
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
 from saga.pipeline.interrupts import held_signals
 from saga.pipeline.sampling import SamplingPolicy
 
+ALONE_LIMIT_S = 1800.0  # a suspect decoded alone (a genuine one, even a long file through PyAV, takes minutes)
 CHANGED = "the file changed while it was read (still being copied or written?); rerun to extract it again"
 
 
@@ -242,33 +247,48 @@ class VideoStream:
 
 def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> DecodedVideo:
     """`decode_one` in a child process: a file that crashes the decoder there becomes a failed video, and so
-    does one whose child hands back something other than its decoded video (`_from_bytes`)."""
+    does one whose child hands back something other than its decoded video (`_from_bytes`), more than one can
+    take (`child_answer.receive`), or no answer within `ALONE_LIMIT_S`. The record's size and mtime are the
+    parent's own stat, taken before the child starts: nothing the child says is the file's identity."""
+    expect = _expected(policy, preprocess)
     context = multiprocessing.get_context()  # the DataLoader's too
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_decode_into, args=(send, path, policy, preprocess, index), daemon=True)
     fingerprint = file_fingerprint(path)
+    deadline = time.monotonic() + ALONE_LIMIT_S
     with held_signals():
         child.start()
     send.close()
-    malformed = ""
+    data, malformed, patience = [], "", time.monotonic()  # killed at once unless it answered or hung up
     try:
-        data = [receive.recv_bytes(SCALARS_LIMIT), receive.recv_bytes()]
-    except EOFError:  # it died before sending everything
-        data = []
-    except OSError as exc:  # "bad message length": more JSON than any answer holds
-        data, malformed = [], reason(exc)
-        child.kill()  # it may be blocked writing the rest (its fork holds the read end too: no broken pipe)
+        data, patience = child_answer.receive(receive, (SCALARS_LIMIT, arrays_limit(*expect)), deadline), deadline
+    except EOFError:  # it died before sending everything (a core dump may take a while)
+        patience = deadline
+    except MalformedAnswer as exc:
+        malformed = str(exc)
+    except NoAnswer:
+        pass
     finally:
         receive.close()
-        child.join()
-    if data and child.exitcode == 0:
+        exited = child_answer.end(child, patience)
+    if exited and data and child.exitcode == 0 and not malformed:
         try:
-            return _from_bytes(*data, index=index, expect=lambda: _expected(policy, preprocess))
+            video = _from_bytes(*data, index=index, expect=lambda: expect)
+            video.fingerprint = fingerprint
+            return video
         except MalformedAnswer as exc:
             malformed = str(exc)
-    error = (f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
-             if malformed else f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})")
-    return DecodedVideo(index=index, fingerprint=fingerprint, error=clipped(error))
+    return DecodedVideo(index=index, fingerprint=fingerprint, error=clipped(_alone_error(malformed, child, exited)))
+
+
+def _alone_error(malformed: str, child: BaseProcess, exited: bool) -> str:
+    if malformed:
+        return f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
+    if not exited:
+        return (f"the decoder's process gave no answer within {_took(ALONE_LIMIT_S)} (decoding it alone): it was "
+                "stopped and the file is recorded as failed (it may be crafted to hang the decoder; --retry-failed "
+                "tries it again)")
+    return f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})"
 
 
 def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
@@ -283,9 +303,6 @@ def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preproces
     send.close()
 
 
-_ARRAYS = ("pixels", "mask", "timestamps")
-
-
 def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
     """JSON of the scalars and safetensors of the arrays: data only, so nothing the child sends (a child
     a crafted video took over, say) can make the parent run code, as unpickling would."""
@@ -295,69 +312,33 @@ def _to_bytes(video: DecodedVideo) -> tuple[bytes, bytes]:
     return json.dumps(scalars).encode(), save_tensors(arrays)
 
 
-MALFORMED = "the decoder's process handed back malformed data"
-SCALARS_LIMIT = 1 << 20  # bytes of a child's JSON: a few numbers and the first line of an error
-
-
-class MalformedAnswer(ValueError):
-    """What a child sent is not a decoded video's data (a crafted video may have taken it over)."""
-
-
-_KINDS: dict[str, tuple[type, ...]] = {"index": (int,), "seconds": (int, float), "error": (str,),
-                                       "fps": (int, float), "n_frames": (int,), "backend": (str,)}
-
-
 def _from_bytes(scalars: bytes, arrays: bytes, index: int,
                 expect: Callable[[], tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] | None = None
                 ) -> DecodedVideo:
     """The video a child sent, checked field by field as someone else's data: its own `index`, each scalar of
-    its type, and (decoded) the arrays `expect()` says: (W, T) of the mask, a frame's shape and dtype.
+    its type and range (`check_scalars`), and (decoded) the arrays `expect()` says: (W, T) of the mask, a
+    frame's shape and dtype.
     Anything else raises `MalformedAnswer` (one line), so that video fails and the pass goes on."""
     try:
         fields, tensors = json.loads(scalars), load_tensors(arrays)
     except Exception as exc:  # any parse failure of someone else's bytes (JSON, UTF-8, depth, safetensors)
         raise MalformedAnswer(reason(exc, BRIEF_LIMIT)) from None
-    names = {f.name for f in dataclass_fields(DecodedVideo)} - set(_ARRAYS)
-    if not isinstance(fields, dict):
-        raise MalformedAnswer(f"not a JSON object: {brief(fields)}")
-    if set(fields) != names:
-        raise MalformedAnswer(f"fields missing or unknown: {brief(sorted(set(fields) ^ names))}")
-    for name, kinds in _KINDS.items():
-        if not isinstance(fields[name], kinds) or isinstance(fields[name], bool):
-            raise MalformedAnswer(f"{name} {brief(fields[name])}")
-    if fields["index"] != index:
-        raise MalformedAnswer(f"index {fields['index']}, not {index}: another video's")
+    check_scalars(fields, {f.name for f in dataclass_fields(DecodedVideo)} - set(_ARRAYS), index)
     fp = fields["fingerprint"]
-    if fp is not None and not (isinstance(fp, list) and len(fp) == 2 and all(type(v) is int for v in fp)):
-        raise MalformedAnswer(f"fingerprint {brief(fp)}")
     video = DecodedVideo(**{**fields, "fingerprint": None if fp is None else tuple(fp)})
     if video.ok:
-        video.pixels, video.mask, video.timestamps = _checked_arrays(tensors, expect)
+        video.pixels, video.mask, video.timestamps = checked_arrays(tensors, expect)
     return video
-
-
-def _checked_arrays(tensors: dict[str, torch.Tensor], expect: Callable | None
-                    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The three arrays of a decoded video, of the shapes the encode step relies on: one video's rows too many or
-    too few shifted every other video's features in its batch."""
-    if set(tensors) != set(_ARRAYS):
-        raise MalformedAnswer(f"arrays {sorted(tensors)}, not {sorted(_ARRAYS)}")
-    pixels, mask, timestamps = (tensors[name] for name in _ARRAYS)
-    if mask.dtype != torch.bool or mask.ndim != 2 or timestamps.shape != mask.shape or pixels.ndim != 4 or (
-            pixels.shape[0] != mask.numel() or not timestamps.is_floating_point()):
-        raise MalformedAnswer(f"arrays of shapes {[tuple(t.shape) for t in (pixels, mask, timestamps)]}")
-    windows, frame, dtype = expect() if expect is not None else (tuple(mask.shape), tuple(pixels.shape[1:]),
-                                                                  pixels.dtype)
-    if tuple(mask.shape) != windows or tuple(pixels.shape[1:]) != frame or pixels.dtype != dtype:
-        raise MalformedAnswer(f"mask {tuple(mask.shape)} and pixels {tuple(pixels.shape)} {pixels.dtype}, not a "
-                              f"{windows} mask and {frame} {dtype} frames")
-    return pixels, mask.numpy(), timestamps.numpy()
 
 
 def _expected(policy: SamplingPolicy, preprocess: Callable) -> tuple[tuple[int, ...], tuple[int, ...], torch.dtype]:
     """(W, T), and one frame's shape and dtype as `preprocess` makes it (any frame: it resizes to its own size)."""
     probe = preprocess_frames(preprocess, np.zeros((1, 8, 8, 3), np.uint8))
     return (policy.windows, policy.frames), tuple(probe.shape[1:]), probe.dtype
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def _exit_text(code: int | None) -> str:
