@@ -242,3 +242,17 @@ def test_an_export_claiming_huge_arrays_is_refused_before_reading_them(tmp_path:
         import_h5(path, tmp_path / "imp")
     assert str(path) in str(err.value) and "export it again" in str(err.value)
     assert "\n" not in str(err.value) and not (tmp_path / "imp").exists()
+
+
+@pytest.mark.parametrize("field, value", [("n_frames", 10**30), ("size", "12"), ("fps", float("nan"))])
+def test_an_export_whose_record_a_cache_cannot_hold_is_refused(tmp_path: Path, field: str, value: object) -> None:
+    """Imported unchecked, a crafted 10**30 (or a wrong type) made a cache whose every read then failed."""
+    def edit(attrs: dict, manifest: list[str]) -> None:
+        manifest[0] = json.dumps({**json.loads(manifest[0]), field: value})
+
+    path = edited(exported(tmp_path), edit)
+    with pytest.raises(SagaError) as err:
+        import_h5(path, tmp_path / "imp")
+    text = str(err.value)
+    assert text.startswith(f"{path}: damaged saga cache export") and f"field {field!r} must be" in text
+    assert "\n" not in text and not (tmp_path / "imp").exists()

@@ -12,7 +12,7 @@ import pytest
 
 from saga.cache import columns
 from saga.cache.index import lazy
-from saga.cache.manifest import VideoRecord, read_manifest
+from saga.cache.manifest import VideoRecord, check_fields, read_manifest
 from saga.cache.store import MANIFEST, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.train.data import StreamingFeatures, View
@@ -165,3 +165,41 @@ def test_identity_lines_from_the_columns_equal_the_records_and_keep_the_run_dige
     for r in list(cache.ok_records()):
         h.update(f"{r.path}\0{r.split}\0{r.checksum}\n".encode("utf-8", "surrogateescape"))
     assert cache_digest(cache) == h.hexdigest()
+
+
+_BAD_NUMBERS = [(f, v) for f in ("size", "mtime_ns", "row", "windows", "n_frames") for v in (10**30, 2**63)] + [
+    ("size", -2), ("mtime_ns", -(2**63) - 1), ("row", -2), ("windows", -1), ("n_frames", -1), ("row", 2**62),
+    ("windows", 2**31), ("fps", float("nan")), ("fps", float("inf")), ("fps", float("-inf")), ("fps", -1.0),
+    pytest.param("fps", 10**400, id="fps-int-past-float")]
+
+
+@pytest.mark.parametrize("field, value", _BAD_NUMBERS)
+def test_numbers_out_of_range_are_one_line_errors(tmp_path: Path, field: str, value: object) -> None:
+    """A number the int64 columns cannot hold (or its meaning does not allow) names the line, not an OverflowError."""
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    fill(cache, 3)
+    manifest = next((tmp_path / "c" / "parts").glob("*/" + MANIFEST))
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text(lines[0] + json.dumps({**json.loads(lines[1]), field: value}) + "\n" + "".join(lines[2:]))
+    for sidecar in manifest.parent.glob(columns.SIDECAR):
+        sidecar.unlink()
+    with pytest.raises(SagaError) as err:
+        FeatureCache.open(tmp_path / "c").records()
+    text = str(err.value)
+    assert text.startswith(f"{manifest}:2: corrupt manifest line (field {field!r} must be ") and "\n" not in text
+    with pytest.raises(SagaError, match=f"{manifest}:2: .*field '{field}'"):
+        read_manifest(manifest)
+
+
+@pytest.mark.parametrize("field, value", [("size", -1), ("size", 2**63 - 1), ("mtime_ns", -(2**63)),
+                                          ("mtime_ns", -5), ("row", -1), ("n_frames", 2**63 - 1), ("fps", 0),
+                                          ("fps", 1e308), ("windows", 0)])
+def test_numbers_at_the_edges_of_their_range_are_read(field: str, value: object) -> None:
+    """-1 (a file that could not be stat'ed, a failed video's row) and pre-1970 mtimes are what saga writes."""
+    rec = {**json.loads(record(0).to_json()), field: value}
+    check_fields(rec)
+    built = columns._Builder()
+    built.add(rec)
+    cols = built.finish()
+    got = cols.tables["fps"][cols.arrays["fps"][0]] if field == "fps" else cols.arrays[field][0]
+    assert got == value

@@ -233,6 +233,19 @@ def test_verify_names_a_corrupt_manifest_line_and_the_part_it_breaks(tmp_path: P
     assert f"{manifest}:2: corrupt manifest line" in proc.stderr and "changed since it was sealed" in proc.stderr
 
 
+def test_info_on_a_cache_with_a_number_its_columns_cannot_hold_is_one_line(tmp_path: Path) -> None:
+    """A hand-edited n_frames of 10**30 passed the type check, then every read was an OverflowError traceback."""
+    cache = make_cache(tmp_path, parts=1)
+    manifest = _manifests(cache.root)[0]
+    lines = manifest.read_text().splitlines(keepends=True)
+    lines[1] = json.dumps({**json.loads(lines[1]), "n_frames": 10**30}) + "\n"
+    manifest.write_text("".join(lines))
+    proc = run_saga("cache", "info", str(cache.root))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert f"{manifest}:2: corrupt manifest line (field 'n_frames' must be an integer from 0 to" in proc.stderr
+    assert "restore the file" in proc.stderr
+
+
 # --- caches made before parts were sealed --------------------------------------------------------------------
 
 def test_an_unsealed_cache_warns_once_and_says_how_to_check_it(tmp_path: Path) -> None:

@@ -16,13 +16,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 
 from saga.cache.integrity import attrs_problem
-from saga.cache.manifest import PRUNED_PLAN, SPLITS, VideoRecord, feature_checksum, read_pruned_plan, read_split_plan
+from saga.cache.manifest import (PRUNED_PLAN, SPLITS, VideoRecord, check_fields, feature_checksum, read_pruned_plan,
+                                 read_split_plan)
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, loads, make_dir, sweep_siblings,
@@ -246,7 +247,7 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None
         problem = attrs_problem(attrs)
         if problem is not None:
             raise ValueError(f"its cache attributes: {problem}")
-        records = [VideoRecord.from_dict(loads(s)) for s in manifest]
+        records = [VideoRecord.from_dict(_checked_record(loads(s))) for s in manifest]
         for line in splits:
             entry = loads(line)
             if not all(isinstance(entry.get(k), str) for k in ("path", "generator", "split")):
@@ -262,6 +263,13 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None
         warn(f"{path}: written by an older saga (no digest, no split plan): its labels and splits cannot be "
              "checked")
     return attrs, records, splits, n_ok, pruned
+
+
+def _checked_record(data: Any) -> dict[str, Any]:
+    """A manifest line of an export, of the types and ranges a cache's manifest must hold (`check_fields`):
+    unchecked, a crafted 10**30 was imported and then broke every read of the new cache."""
+    check_fields(data)
+    return data
 
 
 def _check_held(path: Path, h5: h5py.File, names: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import google_crc32c
 import numpy as np
 
-from saga.errors import SagaError
+from saga.errors import SagaError, brief
 from saga.fileio import LineLog, append_lines, loads
 
 # the files `saga extract` reads as videos (saga.pipeline.inputs lists folders by them; copy names need them)
@@ -191,6 +192,12 @@ REQUIRED = ("path", "size", "mtime_ns", "status", "generator", "labels", "split"
 _REQUIRED_SET = frozenset(REQUIRED)
 _HEX = {"checksum": re.compile("[0-9a-f]{32}"), "crc32c": re.compile("[0-9a-f]{8}")}
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+_I64 = (-(1 << 63), (1 << 63) - 1)
+# Inclusive bounds of the integer fields: what their int64 columns (saga.cache.columns) hold and their meaning
+# allows. size -1 and row -1: a file that could not be stat'ed, a failed video without rows; an mtime before
+# 1970 is negative; row + windows (a record's last row) stays within int64.
+INT_RANGES: dict[str, tuple[int, int]] = {"size": (-1, _I64[1]), "mtime_ns": _I64, "row": (-1, (1 << 62) - 1),
+                                          "windows": (0, (1 << 31) - 1), "n_frames": (0, _I64[1])}
 
 
 def check_fields(data: Any) -> None:
@@ -208,6 +215,7 @@ def check_fields(data: Any) -> None:
         if types is not None and type(value) not in types:
             raise ValueError(f"field {key!r} must be {_JSON_NAMES[types[-1]]}, got {type(value).__name__} "
                              f"{json.dumps(value)[:40]}")
+    _check_ranges(data)
     for key, pattern in _HEX.items():
         text = data.get(key)
         if text and not pattern.fullmatch(text):
@@ -215,6 +223,21 @@ def check_fields(data: Any) -> None:
     for level, value in data["labels"].items():
         if value is not None and type(value) is not str:
             raise ValueError(f"labels[{level!r}] must be a string or null, got {json.dumps(value)[:40]}")
+
+
+def _check_ranges(data: dict[str, Any]) -> None:
+    """ValueError for a number outside its field's range (fields of the right type only).
+
+    Why: a hand-edited or crafted 10**30 passed the type check and then broke every later read of the
+    cache with an OverflowError traceback where records become int64 columns; a NaN or negative fps
+    is no frame rate."""
+    for key, (low, high) in INT_RANGES.items():
+        value = data.get(key)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"field {key!r} must be an integer from {low} to {high}, got {brief(value)}")
+    fps = data.get("fps")
+    if fps is not None and not 0 <= fps <= sys.float_info.max:  # NaN, inf, < 0 and ints past any float fail
+        raise ValueError(f"field 'fps' must be a finite number >= 0, got {brief(fps)}")
 
 
 def parse_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
