@@ -122,6 +122,21 @@ def test_a_corrupt_line_of_the_pruned_splits_is_one_line(tmp_path: Path, tiny_we
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("field, value", [("size", "Infinity"), ("mtime_ns", "-Infinity"), ("size", "1e30"),
+                                          ("size", "100000000000000000000000000000"), ("mtime_ns", "true"),
+                                          ("size", "-2"), ("size", "\"12\"")])
+def test_a_pruned_splits_line_with_a_number_no_file_has_is_one_line(tmp_path: Path, field: str, value: str) -> None:
+    """Infinity was an OverflowError traceback (`int()` of it) in `saga extract` and `cache export`; 10**30 and
+    1e30 were kept and exported into a file whose sizes no stat can give."""
+    path = tmp_path / PRUNED_PLAN
+    path.write_text(f'{{"path": "real/x.mp4", "split": "test", "{field}": {value}}}\n')
+    with pytest.raises(SagaError, match=rf"{PRUNED_PLAN}:1: corrupt line .*; restore it, or delete the line") as exc:
+        read_pruned_plan(path)
+    assert "\n" not in str(exc.value)
+    path.write_text('{"path": "real/x.mp4", "split": "test", "size": -1, "mtime_ns": -5}\n')  # what saga writes
+    assert read_pruned_plan(path) == {"real/x.mp4": {"split": "test", "size": -1, "mtime_ns": -5}}
+
+
 def test_the_splits_of_pruned_videos_travel_with_an_export(tmp_path: Path) -> None:
     """An imported cache extended by `saga extract` must know them too; edited inside the file, it is refused."""
     from test_cache_fixes import new_cache, rec, write_part

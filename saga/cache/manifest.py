@@ -165,10 +165,11 @@ def read_pruned_plan(path: Path) -> dict[str, dict[str, Any]]:
     for number, line in _complete_lines(path):
         try:
             entry = loads(line)
-            if entry["split"] not in SPLITS or type(entry["path"]) is not str:
+            size, mtime = entry.get("size", -1), entry.get("mtime_ns", 0)
+            if entry["split"] not in SPLITS or type(entry["path"]) is not str or not (
+                    _int_in_range("size", size) and _int_in_range("mtime_ns", mtime)):
                 raise ValueError(entry["split"])
-            pruned[entry["path"]] = {"split": entry["split"], "size": int(entry.get("size", -1)),
-                                     "mtime_ns": int(entry.get("mtime_ns", 0))}
+            pruned[entry["path"]] = {"split": entry["split"], "size": size, "mtime_ns": mtime}
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise SagaError(f"{path}:{number}: corrupt line (the splits of pruned videos); restore it, or delete "
                             "the line: a video it names would then get a new split if it comes back") from None
@@ -238,6 +239,12 @@ def _check_ranges(data: dict[str, Any]) -> None:
     fps = data.get("fps")
     if fps is not None and not 0 <= fps <= sys.float_info.max:  # NaN, inf, < 0 and ints past any float fail
         raise ValueError(f"field 'fps' must be a finite number >= 0, got {brief(fps)}")
+
+
+def _int_in_range(key: str, value: Any) -> bool:
+    """Whether `value` is a JSON integer (not a bool) within INT_RANGES[key]."""
+    low, high = INT_RANGES[key]
+    return type(value) is int and low <= value <= high
 
 
 def parse_line(line: str | bytes, path: Path, number: int) -> dict[str, Any]:
