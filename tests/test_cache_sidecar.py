@@ -94,6 +94,10 @@ def _crafted(cols: columns.PartColumns, case: str) -> columns.PartColumns:
         tables["generator"] = [7] * len(tables["generator"])
     elif case == "checksums not bytes":
         arrays["checksum"] = arrays["checksum"].astype(np.int16)
+    elif case == "n_frames negative":
+        arrays["n_frames"] = np.full_like(arrays["n_frames"], -7)
+    elif case == "fps NaN":
+        tables["fps"] = [float("nan")] * len(tables["fps"])
     elif case == "an extra not keyed by a row":
         return columns.PartColumns(arrays, tables, {"\u00b2": {"note": 1}})  # type: ignore[dict-item]
     return columns.PartColumns(arrays, tables, cols.extra)
@@ -101,7 +105,7 @@ def _crafted(cols: columns.PartColumns, case: str) -> columns.PartColumns:
 
 CASES = ["labels not JSON", "labels a list", "labels nested deeply", "status code out of range",
          "path offsets past the blob", "a short column", "generator a number", "checksums not bytes",
-         "an extra not keyed by a row"]
+         "an extra not keyed by a row", "n_frames negative", "fps NaN"]
 
 
 @pytest.mark.parametrize("case", CASES)

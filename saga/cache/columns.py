@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from saga.cache.manifest import iter_lines, parse_line
+from saga.cache.manifest import INT_RANGES, iter_lines, parse_line
 from saga.errors import SagaError
 from saga.fileio import atomic_path, loads
 from saga.npzfile import read_member, stored_members
@@ -257,6 +258,8 @@ def _consistent(data: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
     if not all(_table_ok(k, tables[k]) and (n == 0 or 0 <= data[k].min() <= data[k].max() < len(tables[k]))
                for k in CODED):
         return False
+    if n and not all(INT_RANGES[k][0] <= data[k].min() and data[k].max() <= INT_RANGES[k][1] for k in INTS):
+        return False  # what `check_fields` refuses in a manifest line
     return all(isinstance(e, dict) and i.isascii() and i.isdigit() and int(i) < n for i, e in extra.items())
 
 
@@ -265,7 +268,7 @@ def _table_ok(key: str, table: Any) -> bool:
     if not isinstance(table, list):
         return False
     if key == "fps":
-        return all(type(v) in (int, float) for v in table)
+        return all(type(v) in (int, float) and 0 <= v <= sys.float_info.max for v in table)
     if not all(isinstance(v, str) for v in table):
         return False
     return key != "labels" or all(_labels_ok(v) for v in table)
