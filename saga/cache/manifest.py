@@ -202,7 +202,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {"size": (-1, _I64[1]), "mtime_ns": _I6
 
 
 def check_fields(data: Any) -> None:
-    """Raise ValueError (one line) when a parsed manifest line has a missing field or a wrong type.
+    """Raise ValueError (one line) when a parsed manifest line has a missing field, a wrong type or range.
 
     Why: a manifest edited by hand or by another tool must fail at parse time with the line
     named, not later as a TypeError deep inside training. (`type(v) in types`: exact JSON types,
