@@ -91,7 +91,7 @@ def check_options(cfg: DemoConfig) -> None:
     check_writable(cfg.out)
 
 
-def _synth(cfg: DemoConfig, log: Log, progress: Passes) -> Path:
+def _synth(cfg: DemoConfig, log: Log, progress: Passes = silent) -> Path:
     from saga.benchmark.synth import generate
 
     videos = cfg.out / "videos"

@@ -10,7 +10,7 @@ import warnings
 from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
