@@ -132,3 +132,25 @@ def test_saga_extract_into_a_log_shows_progress_lines(tmp_path: Path, tiny_args:
     assert re.fullmatch(r"extract: 7/7 videos \(1 failed\), [\d.]+ videos/(s|min), \d+ frames/s, done in .+",
                         lines[-1]), lines
     assert "\x1b" not in proc.stderr and "━" not in proc.stderr
+
+
+def test_synth_into_a_log_starts_with_a_zero_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like extract's `extract: 0/N videos`: the first line came only once the first clip was written (`synth: 1/N`),
+    so a log showed nothing while the real sources were decoded and the first clip rendered."""
+    import saga.benchmark.synth as synth_mod
+    from saga.commands.phase1 import synth
+
+    def make(job: tuple) -> str:  # a stand-in clip: the real rendering takes 20 s here
+        _, _, cls, index, folder = job
+        path = folder / synth_mod.video_path(cls, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"clip")
+        return synth_mod.video_path(cls, index)
+
+    monkeypatch.setattr(synth_mod, "_make", make)
+    monkeypatch.setattr(synth_mod, "real_sources", dict)
+    out = _console(monkeypatch, terminal=False)
+    synth(out=str(tmp_path / "b"), per_class=1, real=1, seed=0, workers=1)
+    lines = [line for line in out.getvalue().splitlines() if LINE.match(line)]
+    assert lines[0] == "synth: 0/20 videos" and LINE.match(lines[1]).group(2) == "1"
+    assert LINE.match(lines[-1]).group(2) == "20"

@@ -35,7 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     seen: list[tuple[int, int]] = []
     generate(out, TINY, progress=lambda event: seen.append((event.done, event.total)))
-    assert seen[-1] == (N_TINY, N_TINY) and len(seen) == N_TINY
+    assert seen[0] == (0, N_TINY) and seen[-1] == (N_TINY, N_TINY) and len(seen) == N_TINY + 1  # start, each clip
     return out
 
 

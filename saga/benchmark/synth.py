@@ -285,7 +285,7 @@ def _render_missing(out_dir: Path, config: SynthConfig, taxonomy: Taxonomy, coun
     """Render the clips not on disk yet (a resumed run skips the rest); jobs are made lazily."""
     total = sum(counts.values())
     done = sum((out_dir / video_path(c, i)).is_file() for c, n in counts.items() for i in range(n))
-    if done and progress:
+    if progress:  # the start (0/N, or the clips a resumed run keeps), as extract's: a log shows it at once
         progress(ProgressEvent("videos", done, total))
     if done == total:
         return
