@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -275,3 +276,121 @@ def test_an_unfinished_run_is_chosen_on_val_once_an_epoch_was_validated(tmp_path
     assert chosen_on_val(tmp_path) == {"selected_on": "val", "select": "accuracy", "best_epoch": 1}
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_macro_accuracy": None, "best": True}) + "\n")
     assert chosen_on_val(tmp_path) is None  # no val videos: nothing chose on val
+
+
+FIT_ONLY = "the run trained on these videos: this accuracy measures fit, not generalisation; use --split test"
+
+
+def _cli(*args: str):  # noqa: ANN202 - a click Result
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureCache, Path]:
+    """A stage-2 run (open-set fits need its labelled videos) on a cache of 20 val videos, chosen on val."""
+    from saga.train.attribute import train_attribution
+    from test_labelled_splits import GENS as SPLIT_GENS
+    from test_labelled_splits import split_cache
+    from test_train import a_config
+
+    root = tmp_path_factory.mktemp("stage2")
+    order = ("train", "train", "train", "val", "test")
+    cache = split_cache(root / "own", {f"{g}/{i:03d}.mp4": order[i % 5] for g in SPLIT_GENS for i in range(25)})
+    cfg = a_config(level="GEN-L", fraction=0.5, epochs=1, content_basis=0, self_training=False)
+    return cache, train_attribution(cache.root, root / "run", cfg)
+
+
+def _run_copy(stage1: Path, tmp_path: Path) -> tuple[Path, str]:
+    run = tmp_path / "run"
+    shutil.copytree(stage1, run)
+    return run, str(json.loads((run / "config.json").read_text())["cache"])
+
+
+def test_evaluate_val_with_figures_fitted_on_val_says_so_in_one_warning(stage2: tuple[FeatureCache, Path],
+                                                                         tmp_path: Path) -> None:
+    """The temperature and the unknown threshold were fitted on the val videos `evaluate --split val` scores their
+    ECE / false-unknown rate on: optimistic too, but the warning and the marking spoke of the accuracy only."""
+    from saga.openworld.api import calibrate_run, fit_openset_run
+
+    run, cache = _run_copy(stage2[1], tmp_path)
+    assert json.loads((run / "done.json").read_text())["metric"] == "val_macro_accuracy"  # chosen on val
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few val videos: T unreliable, said elsewhere
+        calibrate_run(run, report_split=None)
+        fit_openset_run(run, k=3)
+    val = _cli("evaluate", str(run), "--cache", cache, "--split", "val", "--no-probe", "--format", "json")
+    assert val.exit_code == 0, val.output
+    fitted = "the temperature and the unknown threshold"
+    warned = [line for line in val.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: {run}: the checkpoint was chosen on val and {fitted} fitted on it: this accuracy "
+                      "and the open-world figures are optimistic; use --split test"]
+    mark = {"split": "val", "fitted": ["the temperature", "the unknown threshold"]}
+    assert json.loads(val.stdout)["openworld"]["fitted_on_split"] == mark
+    assert json.loads((run / "metrics-val.json").read_text())["openworld"]["fitted_on_split"] == mark
+    text = " ".join(_cli("evaluate", str(run), "--cache", cache, "--split", "val", "--no-probe").stdout.split())
+    assert f"on val (fitted {fitted}: optimistic)" in text
+    html = tmp_path / "r.html"
+    assert _cli("report", str(run), "--out", str(html)).exit_code == 0
+    page = html.read_text()
+    assert f"<td class=l>val (fitted {fitted}: optimistic)</td>" in page  # the calibration table's row
+    assert f"val split (fitted {fitted}: optimistic)</p>" in page  # the open-set figures
+    test = _cli("evaluate", str(run), "--cache", cache, "--no-probe", "--format", "json")
+    assert test.exit_code == 0 and "optimistic" not in test.output
+    assert "fitted_on_split" not in json.loads(test.stdout)["openworld"]
+
+
+@pytest.mark.parametrize("metrics, text", [
+    ({"split": "val", "checkpoint_chosen_on_split": {"selected_on": "val"}}, OPTIMISTIC),
+    ({"split": "val", "openworld": {"fitted_on_split": {"split": "val", "fitted": ["the temperature"]}}},
+     "the temperature was fitted on val: the open-world figures are optimistic; use --split test"),
+    ({"split": "val", "openworld": {"fitted_on_split": {"fitted": ["the temperature", "the unknown threshold"]}}},
+     "the temperature and the unknown threshold were fitted on val: the open-world figures are optimistic; "
+     "use --split test"),
+    ({"split": "train", "trained_on_split": "train"}, FIT_ONLY),
+    ({"split": "train", "trained_on_split": "train", "openworld": {"calibration": {}}},
+     "the run trained on these videos: this accuracy and the open-world figures measure fit, not generalisation; "
+     "use --split test"),
+    ({"split": "test", "openworld": {"calibration": {}}}, None),
+])
+def test_one_warning_names_every_figure_the_split_flatters(metrics: dict, text: str | None) -> None:
+    """A run not chosen on val (`select = "last"`) still has its temperature fitted there."""
+    from saga.explain.metrics import split_warning
+
+    assert split_warning(metrics) == text
+
+
+
+def test_evaluate_on_the_train_split_says_it_measures_fit(stage1: Path, tmp_path: Path) -> None:
+    """`saga evaluate --split train` scored the videos the run was trained on with no word, like a test figure."""
+    run, cache = _run_copy(stage1, tmp_path)
+    res = _cli("evaluate", str(run), "--cache", cache, "--split", "train", "--no-probe", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert f"warning: {run}: {FIT_ONLY}" in " ".join(res.stderr.split())
+    assert json.loads(res.stdout)["trained_on_split"] == "train"
+    assert json.loads((run / "metrics-train.json").read_text())["trained_on_split"] == "train"
+    text = _cli("evaluate", str(run), "--cache", cache, "--split", "train", "--no-probe")
+    assert "train (trained on: fit, not generalisation)" in " ".join(text.stdout.split())
+    html = tmp_path / "r.html"
+    assert _cli("report", str(run), "--out", str(html)).exit_code == 0
+    assert html.read_text().count("train (trained on: fit, not generalisation)") >= 2  # summary row, heading
+    assert _cli("evaluate", str(run), "--cache", cache, "--no-probe").exit_code == 0
+    assert _cli("report", str(run), "--out", str(html)).exit_code == 0
+    assert "also evaluated: train (trained on: fit, not generalisation)" in html.read_text()  # beside the test's
+
+
+def test_the_train_split_of_a_heldout_cache_is_not_flagged(stage2: tuple[FeatureCache, Path], tmp_path: Path) -> None:
+    """Another cache's train videos are not the run's (those it shares are left out): a fair test."""
+    from saga.explain.metrics import evaluate
+    from test_labelled_splits import GENS as SPLIT_GENS
+    from test_labelled_splits import split_cache
+
+    own, run = stage2[0], _run_copy(stage2[1], tmp_path)[0]
+    other = split_cache(tmp_path / "other", {f"{g}/{i:03d}.mp4": "train" for g in SPLIT_GENS for i in (40, 41)})
+    m = evaluate(run, other.root, split="train", probe=False)
+    assert m["heldout"] and "trained_on_split" not in m
+    with pytest.warns(UserWarning, match=FIT_ONLY):
+        assert evaluate(run, own.root, split="train", probe=False)["trained_on_split"] == "train"

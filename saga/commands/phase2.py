@@ -215,26 +215,28 @@ def evaluate(
                       "on a cache other than the run's training cache (default: the run folder).")] = None,
 ) -> None:
     """Accuracy, macro accuracy, per-class accuracy (95 % intervals), confusion, AUC at BIN-L, the probe beside."""
-    from saga.explain.metrics import compute_evaluation, metrics_table, save_evaluation
+    from saga.explain.metrics import compute_evaluation, mark_openworld, metrics_table, save_evaluation, warn_split
 
     if out is not None:  # asked for explicitly: fail before the work, not after
         writable_folder(out)
     from saga.openworld.api import evaluate_openworld
 
     with one_line_warnings():
-        metrics = compute_evaluation(run, cache, split=split, device=cli_device(device), probe=probe)
+        metrics = compute_evaluation(run, cache, split=split, device=cli_device(device), probe=probe, warn=False)
         try:
             openworld = evaluate_openworld(run, cache, split, cli_device(device))  # {} without calibrate/openset
         except SagaError as exc:  # e.g. a calibration.json of other weights: the metrics above still count
             err.print(f"[yellow]open-world figures skipped:[/] {escape(str(exc))}", soft_wrap=True)
             openworld = {}
-    if openworld:
-        metrics["openworld"] = openworld
+        if openworld:
+            metrics["openworld"] = openworld
+            mark_openworld(metrics)  # fitted on these val videos: optimistic too
+        warn_split(run, metrics)  # one line for the accuracy and the open-world figures
     if format == "json":
         print_json(metrics)
     else:
         console.print(metrics_table(metrics))
-        _print_openworld(openworld)
+        _print_openworld(metrics)
     try:
         written = save_evaluation(metrics, out or run)
     except WriteError as exc:  # e.g. someone else's read-only run: the results above are not lost
@@ -293,14 +295,19 @@ def probe(
                       f"written to {out}", markup=False)
 
 
-def _print_openworld(ow: dict[str, Any]) -> None:
+def _print_openworld(metrics: dict[str, Any]) -> None:
+    """The open-world figures under the table, their split marked when it fitted them (`openworld_label`)."""
+    from saga.explain.metrics import openworld_label
+
+    ow, label = metrics.get("openworld") or {}, openworld_label(metrics)
+    where = f" on {escape(label)}" if label != str(metrics.get("split")) else ""
     if "calibration" in ow:
         c = ow["calibration"]
-        console.print(f"calibration (T = {c['temperature']:.3f}): ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f}",
-                      soft_wrap=True)
+        console.print(f"calibration (T = {c['temperature']:.3f}): ECE {c['before']['ece']:.3f} -> "
+                      f"{c['after']['ece']:.3f}{where}", soft_wrap=True)
     if "openset" in ow and ow["openset"]["false_unknown"] is not None:
         o = ow["openset"]
-        console.print(f"open set ({o['kind']}, threshold at the val {o['percentile']:g}th percentile): "
+        console.print(f"open set{where} ({o['kind']}, threshold at the val {o['percentile']:g}th percentile): "
                       f"{100 * o['false_unknown']:.1f}% of {o['n_known']} known videos called unknown", soft_wrap=True)
         if o.get("auroc") is not None:  # the split holds videos of classes the run never saw
             console.print(f"unseen sources ({o['n_unknown']} videos): AUROC {o['auroc']:.3f}, OSCR {o['oscr']:.3f}, "

@@ -46,7 +46,8 @@ from saga.runs import (CONFIG, DONE, MODEL, RunFolder, cache_digest, check_cache
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
            "other_weights", "probe_metrics", "run_weights", "save_evaluation", "stored_evaluation", "warn_unfinished",
            "weights_stamp", "data_stamp", "data_label", "SPLIT", "CACHE_ID", "CACHE_DIGEST", "HELDOUT_KEY",
-           "CHOSEN_KEY", "chosen_on_val", "split_label",
+           "CHOSEN_KEY", "TRAINED_KEY", "FITTED_KEY", "chosen_on_val", "split_label", "openworld_label",
+           "mark_openworld", "split_flag", "split_warning", "warn_split",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
@@ -120,10 +121,74 @@ def chosen_on_val(run_dir: str | Path) -> dict[str, Any] | None:
             **({"readout_chosen_by": readout} if readout == "val_macro_accuracy" else {})}
 
 
+# An evaluation of the train split of the run's own cache records it under TRAINED_KEY: the run was trained on those
+# videos (stage 1, the labelled subset, the content basis, self-training), so its figures measure fit.
+TRAINED_KEY = "trained_on_split"
+FIT_ONLY = "the run trained on these videos: this accuracy measures fit, not generalisation; use --split test"
+# Open-world figures (metrics "openworld") on the val split whose temperature / unknown threshold were fitted on it
+# (`saga calibrate`, `saga openset fit` fit on val) record what was fitted under FITTED_KEY: optimistic too.
+FITTED_KEY = "fitted_on_split"
+FITTED = {"calibration": "the temperature", "openset": "the unknown threshold"}
+
+
+def split_flag(run_dir: str | Path, split: str) -> dict[str, Any]:
+    """What the run's own `split` did for its weights: {CHOSEN_KEY: how} (val chose them), {TRAINED_KEY: "train"}."""
+    if split == "train":
+        return {TRAINED_KEY: "train"}
+    chosen = chosen_on_val(run_dir) if split == "val" else None
+    return {CHOSEN_KEY: chosen} if chosen else {}
+
+
+def mark_openworld(metrics: dict[str, Any]) -> None:
+    """Record under "openworld" what was fitted on the evaluated split: the run's own val videos (not a held-out
+    cache's), on which `saga calibrate` and `saga openset fit` fit the temperature and the threshold."""
+    ow = metrics.get("openworld")
+    fitted = [name for key, name in FITTED.items() if isinstance(ow, dict) and key in ow]
+    if metrics.get(SPLIT) == "val" and fitted and not metrics.get(HELDOUT_KEY):
+        ow[FITTED_KEY] = {SPLIT: "val", "fitted": fitted}
+
+
+def split_warning(metrics: dict[str, Any]) -> str | None:
+    """One sentence for every figure the evaluated split flatters (`CHOSEN_KEY`, `TRAINED_KEY`, `FITTED_KEY`)."""
+    ow = metrics.get("openworld") if isinstance(metrics.get("openworld"), dict) else {}
+    fitted = (ow.get(FITTED_KEY) or {}).get("fitted")
+    if metrics.get(TRAINED_KEY):
+        return (FIT_ONLY if not ow else "the run trained on these videos: this accuracy and the open-world figures "
+                "measure fit, not generalisation; use --split test")
+    if not fitted:
+        return OPTIMISTIC if metrics.get(CHOSEN_KEY) else None
+    what = " and ".join(fitted)
+    if metrics.get(CHOSEN_KEY):
+        return (f"the checkpoint was chosen on val and {what} fitted on it: this accuracy and the open-world "
+                "figures are optimistic; use --split test")
+    return f"{what} {'were' if len(fitted) > 1 else 'was'} fitted on val: the open-world figures are optimistic; " \
+           "use --split test"
+
+
+def warn_split(run_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """The one warning of `split_warning`, if any (after "openworld" is in: one line, not one per figure)."""
+    if text := split_warning(metrics):
+        warnings.warn(f"{run_dir}: {text}", stacklevel=3)
+
+
 def split_label(metrics: dict[str, Any]) -> str:
-    """The split an evaluation shows, marked when it chose the run's weights (`CHOSEN_KEY`)."""
+    """The split an evaluation shows, marked when it chose the run's weights (`CHOSEN_KEY`) or trained them
+    (`TRAINED_KEY`)."""
     split = str(metrics.get(SPLIT) or "")
+    if metrics.get(TRAINED_KEY):
+        return f"{split} (trained on: fit, not generalisation)"
     return f"{split} (chose the checkpoint: optimistic)" if metrics.get(CHOSEN_KEY) else split
+
+
+def openworld_label(metrics: dict[str, Any]) -> str:
+    """The split of an evaluation's open-world figures, marked when it fitted them (`FITTED_KEY`) or the run
+    trained on it."""
+    ow = metrics.get("openworld") if isinstance(metrics.get("openworld"), dict) else {}
+    split = str(ow.get(SPLIT) or metrics.get(SPLIT) or "")
+    fitted = (ow.get(FITTED_KEY) or {}).get("fitted") if isinstance(ow.get(FITTED_KEY), dict) else None
+    if fitted and isinstance(fitted, list):
+        return f"{split} (fitted {' and '.join(map(str, fitted))}: optimistic)"
+    return f"{split} (trained on: fit, not generalisation)" if metrics.get(TRAINED_KEY) else split
 
 
 def warn_unfinished(run_dir: str | Path, stamp: dict[str, Any], what: str) -> None:
@@ -182,8 +247,9 @@ def _complete(stored: dict[str, Any]) -> bool:
 
 def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str = "test", batch_size: int = 256,
                        device: str = "cpu", probe: bool = True,
-                       probe_max_train: int | None = 20000) -> dict[str, Any]:
-    """The metrics of `evaluate`, written nowhere: a read-only run folder can still be evaluated."""
+                       probe_max_train: int | None = 20000, warn: bool = True) -> dict[str, Any]:
+    """The metrics of `evaluate`, written nowhere: a read-only run folder can still be evaluated. Without `warn`,
+    the caller says what the split flatters (`warn_split`), once it has added the open-world figures."""
     run_dir = Path(run_dir)
     stamp = weights_stamp(run_dir)
     model, info = load_model(run_dir)
@@ -215,9 +281,10 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
     tag = heldout_tag(info, cache)
     if tag:
         result.update({HELDOUT_KEY: tag, "cache": str(cache.root)})
-    elif split == "val" and (chosen := chosen_on_val(run_dir)):  # the run's own val videos chose these weights
-        result[CHOSEN_KEY] = chosen
-        warnings.warn(f"{run_dir}: {OPTIMISTIC}", stacklevel=2)
+    else:  # the run's own val videos chose these weights, or its train videos trained them
+        result.update(split_flag(run_dir, split))
+        if warn:
+            warn_split(run_dir, result)
     if seen:
         result[SEEN_KEY] = seen
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,

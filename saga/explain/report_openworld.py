@@ -20,7 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from saga.explain.metrics import RUN_MODEL, other_weights, run_weights
+from saga.explain.metrics import RUN_MODEL, openworld_label, other_weights, run_weights
 from saga.explain.report_html import ci_text, esc, figure, guarded, is_number, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
 from saga.runs.files import (CALIBRATION, ENROLLED, HELDOUT, HELDOUT_ROBUSTNESS_GLOB, OPENSET, PROVENANCE,
@@ -59,7 +59,8 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
     return {**fitted, "reliability": reliability, "robustness": robustness,
             "heldout_robustness": _heldout_robustness(run_dir, weights, stale),
             "run_cache": provenance.get("cache_id") if isinstance(provenance, dict) else None,
-            "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale}
+            "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale,
+            "label": openworld_label(metrics or {})}  # the evaluated split, marked when it fitted the figures
 
 
 OTHER_WEIGHTS = "fitted on other weights than the run's (retrained since)"
@@ -122,7 +123,7 @@ def _diagrams(b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ev = b["evaluated"].get("calibration")
     split = str(b["evaluated"].get("split") or b["split"] or "evaluated")
     if isinstance(ev, dict) and split not in out:
-        out[split] = {**ev, "source": "saga evaluate (metrics.json)"}
+        out[split] = {**ev, "source": "saga evaluate (metrics.json)", "label": b.get("label") or split}
     return out
 
 
@@ -142,18 +143,25 @@ def calibration_section(b: dict[str, Any], name: str) -> str:
                      num(cal.get("ece_after")), _change(cal.get("ece_before"), cal.get("ece_after")), CALIBRATION])
     for split, d in diagrams.items():
         before, after = d["before"], d.get("after") or {}
-        rows.append([split, before.get("n"), num(before.get("ece")), num(after.get("ece")),
+        rows.append([d.get("label", split), before.get("n"), num(before.get("ece")), num(after.get("ece")),
                      _change(before.get("ece"), after.get("ece")), d["source"]])
     out.append(table(["split", "videos", "ECE before", "ECE after", "change", "from"], rows))
     out.append('<p class="meta">ECE: expected calibration error, 15 equal-width confidence bins (the count-weighted '
                "gap between confidence and accuracy).</p>")
     figs = [figure(reliability_png(d["before"], d.get("after"), f"{name}: {split}", d.get("temperature")),
-                   f"reliability diagram, {split} split ({d['source']})") for split, d in diagrams.items()]
+                   f"reliability diagram, {_split_text(split, d.get('label'))} ({d['source']})")
+            for split, d in diagrams.items()]
     if figs:
         out.append("<div class=figs>" + "".join(figs) + "</div>")
     for split, d in diagrams.items():
         out.append(f"<details><summary>Reliability bins, {escape(split)}</summary>{_bins(d)}</details>")
     return "".join(out)
+
+
+def _split_text(split: str, label: Any) -> str:
+    """'val split', with the mark of `openworld_label` when it has one: 'val split (fitted ...: optimistic)'."""
+    mark = label[len(split):] if isinstance(label, str) and label.startswith(split) else ""
+    return f"{split} split{mark}"
 
 
 def _change(before: Any, after: Any) -> str:
@@ -196,14 +204,14 @@ def openset_section(b: dict[str, Any], name: str) -> str:
     if not ev:
         out.append('<p class="meta">Not measured yet: run <code>saga evaluate</code> on this run.</p>')
         return "".join(out)
-    split = escape(str(b["evaluated"].get("split") or b["split"] or ""))
+    split = str(b["evaluated"].get("split") or b["split"] or "")
     rows = [["known videos called unknown (false-unknown rate)", pct(ev.get("false_unknown")), ev.get("n_known")]]
     if ev.get("n_unknown"):
         rows += [["unseen videos detected at the threshold", pct(ev.get("unknown_detected")), ev.get("n_unknown")],
                  ["AUROC known vs unseen (threshold-free)", num(ev.get("auroc")), ""],
                  ["OSCR (area under CCR vs unseen accepted)", num(ev.get("oscr")), ""],
                  ["closed-set accuracy of the known videos %", pct(ev.get("closed_accuracy")), ev.get("n_known")]]
-    out.append(f"<p class=meta>{split} split</p>" + table(["", "value", "videos"], rows))
+    out.append(f"<p class=meta>{escape(_split_text(split, b.get('label')))}</p>" + table(["", "value", "videos"], rows))
     if not ev.get("n_unknown"):
         out.append('<p class="meta">The split has no videos of classes the run never saw, so AUROC and OSCR '
                    "cannot be measured here; a leave-one-generator-out experiment (<code>saga openset logo</code>, "
