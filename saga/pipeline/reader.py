@@ -9,6 +9,10 @@ one line (`DecoderCrash`) naming the videos the workers were decoding at that mo
 worker notes its current video in shared memory). The runner keeps them as suspects, and
 the next pass decodes each suspect alone in a child process first: one that crashes again
 becomes a failed record, so the run converges instead of stopping at the same file for ever.
+
+A file that hangs its decoder in a worker (no next video within `HANG_LIMIT_S`) takes the same road within
+the pass: the workers still decoding are killed, their videos are decoded alone at once, and the others
+go on in fresh workers.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors, save as save_tensors
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, _utils as loader_utils, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
 from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, clipped, reason
@@ -41,6 +45,10 @@ from saga.pipeline.interrupts import held_signals
 from saga.pipeline.sampling import SamplingPolicy
 
 ALONE_LIMIT_S = 1800.0  # a suspect decoded alone (a genuine one, even a long file through PyAV, takes minutes)
+# No next video from the workers for this long: the ones they are decoding are taken as hung. Decoding one
+# video takes seconds (a long file through PyAV, a minute or two); a slow one stopped wrongly only costs its
+# decoding again alone, under ALONE_LIMIT_S. A multi-hour run used to wait for ever on one crafted file.
+HANG_LIMIT_S = 600.0
 CHANGED = "the file changed while it was read (still being copied or written?); rerun to extract it again"
 
 
@@ -177,12 +185,8 @@ class VideoStream:
         self.items, self.root, self.policy, self.preprocess = items, root, policy, preprocess
         self.workers, self.suspects = workers, suspects
         self.busy = multiprocessing.RawArray("q", [-1] * max(workers, 1))
-        alone = set(suspects)
-        rest = [i for i in range(len(items)) if i not in alone]
-        dataset = VideoDataset(items, root, policy, preprocess, rest, self.busy if workers else None)
-        self.loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-                                 worker_init_fn=_worker_init if workers else None,
-                                 prefetch_factor=4 if workers else None, pin_memory=pin_memory)
+        self.pin_memory, alone = pin_memory, set(suspects)
+        self.rest = [i for i in range(len(items)) if i not in alone]
         self.done = 0
         self._videos = self._generate()
 
@@ -204,15 +208,41 @@ class VideoStream:
     def _generate(self) -> Iterator[DecodedVideo]:
         for index in self.suspects:
             yield decode_alone(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
-        pool = None
+        rest = self.rest
+        while rest:
+            rest = yield from self._pooled(rest)
+
+    def _pooled(self, order: list[int]) -> Iterator[DecodedVideo]:
+        """The videos of `order` from worker processes; after a hang, the stuck ones decoded alone, and (returned)
+        those still to decode, in order (the videos the workers had decoded past the hang come again)."""
+        dataset = VideoDataset(self.items, self.root, self.policy, self.preprocess, order,
+                               self.busy if self.workers else None)
+        loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.workers, collate_fn=_identity,
+                            worker_init_fn=_worker_init if self.workers else None, pin_memory=self.pin_memory,
+                            prefetch_factor=4 if self.workers else None, timeout=HANG_LIMIT_S if self.workers else 0)
+        pool, given, finished, stuck = None, 0, False, set()
         try:
             with held_signals():  # a Ctrl-C during fork() was lost, or killed a worker before _worker_init
-                pool = iter(self.loader)
-            yield from pool
+                pool = iter(loader)
+            for video in pool:
+                given += 1
+                yield video
+            finished = True
+            return []
+        except RuntimeError as exc:  # torch's: "DataLoader timed out after N seconds"
+            if "DataLoader timed out" not in str(exc):
+                raise
+            stuck = {i for i in self.busy if i >= 0} | {order[given]}  # the one awaited, even if not noted yet
         finally:
+            if not finished:  # a hang, a crash, Ctrl-C: a worker stuck in C code outlived its SIGTERM (and the exit)
+                _kill_busy(pool, self.busy)
             shutdown = getattr(pool, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()  # also unregisters the workers from torch's SIGCHLD check
+        self.busy[:] = [-1] * len(self.busy)  # the killed workers' notes
+        for index in sorted(stuck):
+            yield decode_alone(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
+        return [i for i in order[given:] if i not in stuck]
 
     def close(self) -> None:
         """Stop the decoding workers (a dead one can then no longer interrupt the main thread)."""
@@ -243,6 +273,19 @@ class VideoStream:
                             "videos written so far are kept: rerun the same command to resume: it first decodes "
                             f"{'that video' if len(suspects) == 1 else 'each of them'} alone and records one that "
                             "crashes again as failed (if memory is short, use fewer --workers)", suspects)
+
+
+def _kill_busy(pool: Any, busy: Any) -> None:
+    """SIGKILL the workers still decoding a video (noted in `busy`, which is kept for `in_flight`): a decoder stuck
+    in C code never runs the SIGTERM handler torch's shutdown relies on. They leave torch's SIGCHLD check first,
+    or their death would read as a crash; each is reaped (no zombie)."""
+    if getattr(pool, "_worker_pids_set", False):
+        loader_utils.signal_handling._remove_worker_pids(id(pool))
+        pool._worker_pids_set = False
+    for slot, worker in enumerate(getattr(pool, "_workers", [])):
+        if busy[slot] >= 0 and worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> DecodedVideo:
