@@ -137,3 +137,28 @@ def ended_writers_temp(target: Path, host: str = "") -> Path:
     proc = subprocess.run([sys.executable, "-c", _ENDED_WRITER, str(target), host], capture_output=True, text=True,
                           check=True)
     return Path(proc.stdout.strip())
+
+
+class Hung(BaseException):
+    """Not an Exception: no `except` of the code under test swallows it."""
+
+
+@contextmanager
+def alarm_guard(seconds: int, what: str) -> Iterator[None]:
+    """Ends a test whose code would wait for ever (the old code did): after `seconds` SIGALRM kills the child
+    processes and raises `Hung(what)`, so the test fails instead of stalling the suite."""
+    import multiprocessing
+    import signal
+
+    def stop(*_: object) -> None:
+        for child in multiprocessing.active_children():
+            child.kill()
+        raise Hung(what)
+
+    before = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)

@@ -8,10 +8,11 @@ import multiprocessing
 import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from conftest import make_video_tree
+from conftest import alarm_guard, make_video_tree
 from saga.cache.store import FeatureCache
 from saga.pipeline import reader
 from saga.pipeline.extract import extract
@@ -20,25 +21,11 @@ from test_extract import config, features_by_path
 BAD = "syn-svd/syn-svd_1.mp4"
 
 
-class _Hung(BaseException):
-    """Not an Exception: no `except` of the code under test swallows it."""
-
-
 @pytest.fixture
-def hang_guard() -> object:
-    """The old code waited for ever on the hung worker: after 60 s SIGALRM kills the children and raises, so the
-    test fails instead of stalling the suite."""
-
-    def stop(*_: object) -> None:
-        for child in multiprocessing.active_children():
-            child.kill()
-        raise _Hung("the extraction did not finish: it waits on a hung decoding worker")
-
-    before = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, before)
+def hang_guard() -> Iterator[None]:
+    """The old code waited for ever on the hung worker: fail after 60 s instead."""
+    with alarm_guard(60, "the extraction did not finish: it waits on a hung decoding worker"):
+        yield
 
 
 def _hang_on_bad(monkeypatch: pytest.MonkeyPatch, in_workers_only: bool) -> None:
