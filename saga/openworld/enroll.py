@@ -118,8 +118,8 @@ def check_enrollment(meta: dict[str, Any], tensors: dict[str, np.ndarray], class
     if not (isinstance(meta.get("run_model"), str) and isinstance(meta.get("run_cache_id", ""), str)
             and names(meta.get("answered") or [])):
         return "run_model, run_cache_id or answered is not text"
-    if seen_problem(meta.get(SEEN_KEY)):
-        return seen_problem(meta.get(SEEN_KEY))
+    if problem := seen_problem(meta.get(SEEN_KEY)):
+        return problem
     entries = meta.get("entries")
     if not isinstance(entries, list) or old is None or new is None:
         return "no entries list or prototypes"

@@ -195,8 +195,8 @@ def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
         return f"val_false_unknown {det.val_false_unknown!r} is not a share in [0, 1]"
     if class_mismatch(det.classes, classes):
         return class_mismatch(det.classes, classes)
-    if seen_problem(det.seen_in_training):
-        return seen_problem(det.seen_in_training)
+    if problem := seen_problem(det.seen_in_training):
+        return problem
     p, b = det.prototypes, det.bank
     if p.ndim != 2 or b.ndim != 2 or p.shape[1] != b.shape[1] or len(p) != len(det.classes):
         return f"tensors of shapes {p.shape} / {b.shape} for {len(det.classes)} classes"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from saga.cache.manifest import INT_RANGES
 from saga.errors import brief
 
 MALFORMED = "the decoder's process handed back malformed data"
@@ -107,7 +108,8 @@ def check_scalars(fields: Any, names: set[str], index: int) -> None:
     fp = fields["fingerprint"]
     if fp is not None and not (isinstance(fp, list) and len(fp) == 2 and all(type(v) is int for v in fp)):
         raise MalformedAnswer(f"fingerprint {brief(fp)}")
-    wrong = [name for name, good in (("n_frames", 0 <= fields["n_frames"] < 1 << 63),
+    low, high = INT_RANGES["n_frames"]  # the manifest's own bound: the value is written there
+    wrong = [name for name, good in (("n_frames", low <= fields["n_frames"] <= high),
                                      ("fps", math.isfinite(fields["fps"]) and fields["fps"] >= 0),
                                      ("seconds", math.isfinite(fields["seconds"]) and fields["seconds"] >= 0),
                                      ("backend", fields["backend"] in BACKENDS),
