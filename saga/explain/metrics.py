@@ -37,23 +37,23 @@ from saga.explain.probe import choice_text
 from saga.explain.probe_runs import probe_for_run
 from saga.explain.scores import binary_auc, compute_metrics, scored_classes, source_metrics
 from saga.explain.seen import SEEN_KEY, only_unseen
+from saga.explain.split_flags import (CHOSEN_KEY, FITTED_KEY, HELDOUT_KEY, PAIRED_OPTIMISTIC, SPLIT,
+                                      TRAINED_KEY, chosen_on_val, mark_openworld, mark_probe, openworld_label,
+                                      probe_mark, split_flag, split_label, split_mark, split_warning, warn_split)
 from saga.fileio import make_dir
 from saga.fileio import write_json as write_json_atomic
 from saga.model.inference import infer, record_targets
-from saga.runs import (CONFIG, DONE, MODEL, RunFolder, cache_digest, check_cache, evaluation_file, file_fingerprint,
+from saga.runs import (DONE, MODEL, RunFolder, cache_digest, check_cache, evaluation_file, file_fingerprint,
                        heldout_tag, load_model)
 
 __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics", "evaluate", "metrics_table",
            "other_weights", "probe_metrics", "run_weights", "save_evaluation", "stored_evaluation", "warn_unfinished",
            "weights_stamp", "data_stamp", "data_label", "SPLIT", "CACHE_ID", "CACHE_DIGEST", "HELDOUT_KEY",
            "CHOSEN_KEY", "TRAINED_KEY", "FITTED_KEY", "chosen_on_val", "split_label", "openworld_label",
-           "mark_openworld", "split_flag", "split_warning", "warn_split",
+           "mark_openworld", "mark_probe", "probe_mark", "split_mark", "PAIRED_OPTIMISTIC", "split_flag", "split_warning", "warn_split",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"
-# An evaluation on a held-out cache records it (`HELDOUT_KEY`: the tag its file is named with, "cache": the
-# folder), and goes to metrics-<split>@<tag>.json: the run's own metrics.json / metrics-<split>.json stay.
-HELDOUT_KEY = "heldout"
 
 
 def run_weights(run_dir: str | Path) -> str | None:
@@ -75,7 +75,7 @@ def weights_stamp(run_dir: str | Path) -> dict[str, Any]:
     return {RUN_MODEL: run_weights(run_dir), RUN_FINISHED: (Path(run_dir) / DONE).is_file()}
 
 
-SPLIT, CACHE_ID, CACHE_DIGEST = "split", "cache_id", "cache_digest"
+CACHE_ID, CACHE_DIGEST = "cache_id", "cache_digest"
 
 
 def data_stamp(cache: FeatureCache, split: str) -> dict[str, str]:
@@ -87,108 +87,10 @@ def data_stamp(cache: FeatureCache, split: str) -> dict[str, str]:
 def data_label(stamp: dict[str, Any], run_cache: Any) -> str:
     """'test split', plus the cache when it is not the run's `run_cache` (titles and report captions)."""
     split, cache = stamp.get(SPLIT), stamp.get(CACHE_ID)
-    text = f"{split} split" if split else "split not recorded (made by an older saga)"
+    text = f"{split} split{split_mark(stamp)}" if split else "split not recorded (made by an older saga)"
     if cache and run_cache and cache != run_cache:
         text += f" of cache {str(cache)[:12]}, not the run's training cache {str(run_cache)[:12]}"
     return text
-
-
-# An evaluation on the val split that chose the run's weights (the kept epoch, the readout) records how, under
-# CHOSEN_KEY: its accuracy is optimistic, and is said to be wherever it is shown (`split_label`).
-CHOSEN_KEY = "checkpoint_chosen_on_split"
-OPTIMISTIC = "the checkpoint was chosen on val: this accuracy is optimistic; use --split test"
-
-
-def chosen_on_val(run_dir: str | Path) -> dict[str, Any] | None:
-    """How the val split chose the run's weights, from done.json (`metric` val_macro_accuracy under `select`
-    accuracy or loss; a readout `chosen_by` val_macro_accuracy); None when it chose nothing (`select` last, no val
-    videos). An unfinished run: its best weights so far, chosen on val once an epoch was validated."""
-    folder = RunFolder(Path(run_dir))
-    done = folder.read_optional(DONE)
-    if isinstance(done, dict):
-        select, epoch, readout = done.get("select"), done.get("best_epoch"), done.get("chosen_by")
-        by_epoch = done.get("metric") == "val_macro_accuracy" and select != "last"
-    else:
-        config = folder.read_optional(CONFIG)
-        train = config.get("train") if isinstance(config, dict) else None
-        select = train.get("select", "accuracy") if isinstance(train, dict) else "accuracy"
-        best = [row.get("epoch") for row in folder.read_metrics(tolerant=True)
-                if isinstance(row, dict) and row.get("val_macro_accuracy") is not None and row.get("best")]
-        epoch, readout, by_epoch = (best[-1] if best else None), None, bool(best) and select != "last"
-    if not by_epoch and readout != "val_macro_accuracy":
-        return None
-    return {"selected_on": "val", "select": select if by_epoch else None, "best_epoch": epoch,
-            **({"readout_chosen_by": readout} if readout == "val_macro_accuracy" else {})}
-
-
-# An evaluation of the train split of the run's own cache records it under TRAINED_KEY: the run was trained on those
-# videos (stage 1, the labelled subset, the content basis, self-training), so its figures measure fit.
-TRAINED_KEY = "trained_on_split"
-FIT_ONLY = "the run trained on these videos: this accuracy measures fit, not generalisation; use --split test"
-# Open-world figures (metrics "openworld") on the val split whose temperature / unknown threshold were fitted on it
-# (`saga calibrate`, `saga openset fit` fit on val) record what was fitted under FITTED_KEY: optimistic too.
-FITTED_KEY = "fitted_on_split"
-FITTED = {"calibration": "the temperature", "openset": "the unknown threshold"}
-
-
-def split_flag(run_dir: str | Path, split: str) -> dict[str, Any]:
-    """What the run's own `split` did for its weights: {CHOSEN_KEY: how} (val chose them), {TRAINED_KEY: "train"}."""
-    if split == "train":
-        return {TRAINED_KEY: "train"}
-    chosen = chosen_on_val(run_dir) if split == "val" else None
-    return {CHOSEN_KEY: chosen} if chosen else {}
-
-
-def mark_openworld(metrics: dict[str, Any]) -> None:
-    """Record under "openworld" what was fitted on the evaluated split: the run's own val videos (not a held-out
-    cache's), on which `saga calibrate` and `saga openset fit` fit the temperature and the threshold."""
-    ow = metrics.get("openworld")
-    fitted = [name for key, name in FITTED.items() if isinstance(ow, dict) and key in ow]
-    if metrics.get(SPLIT) == "val" and fitted and not metrics.get(HELDOUT_KEY):
-        ow[FITTED_KEY] = {SPLIT: "val", "fitted": fitted}
-
-
-def split_warning(metrics: dict[str, Any]) -> str | None:
-    """One sentence for every figure the evaluated split flatters (`CHOSEN_KEY`, `TRAINED_KEY`, `FITTED_KEY`)."""
-    ow = metrics.get("openworld") if isinstance(metrics.get("openworld"), dict) else {}
-    fitted = (ow.get(FITTED_KEY) or {}).get("fitted")
-    if metrics.get(TRAINED_KEY):
-        return (FIT_ONLY if not ow else "the run trained on these videos: this accuracy and the open-world figures "
-                "measure fit, not generalisation; use --split test")
-    if not fitted:
-        return OPTIMISTIC if metrics.get(CHOSEN_KEY) else None
-    what = " and ".join(fitted)
-    if metrics.get(CHOSEN_KEY):
-        return (f"the checkpoint was chosen on val and {what} fitted on it: this accuracy and the open-world "
-                "figures are optimistic; use --split test")
-    return f"{what} {'were' if len(fitted) > 1 else 'was'} fitted on val: the open-world figures are optimistic; " \
-           "use --split test"
-
-
-def warn_split(run_dir: str | Path, metrics: dict[str, Any]) -> None:
-    """The one warning of `split_warning`, if any (after "openworld" is in: one line, not one per figure)."""
-    if text := split_warning(metrics):
-        warnings.warn(f"{run_dir}: {text}", stacklevel=3)
-
-
-def split_label(metrics: dict[str, Any]) -> str:
-    """The split an evaluation shows, marked when it chose the run's weights (`CHOSEN_KEY`) or trained them
-    (`TRAINED_KEY`)."""
-    split = str(metrics.get(SPLIT) or "")
-    if metrics.get(TRAINED_KEY):
-        return f"{split} (trained on: fit, not generalisation)"
-    return f"{split} (chose the checkpoint: optimistic)" if metrics.get(CHOSEN_KEY) else split
-
-
-def openworld_label(metrics: dict[str, Any]) -> str:
-    """The split of an evaluation's open-world figures, marked when it fitted them (`FITTED_KEY`) or the run
-    trained on it."""
-    ow = metrics.get("openworld") if isinstance(metrics.get("openworld"), dict) else {}
-    split = str(ow.get(SPLIT) or metrics.get(SPLIT) or "")
-    fitted = (ow.get(FITTED_KEY) or {}).get("fitted") if isinstance(ow.get(FITTED_KEY), dict) else None
-    if fitted and isinstance(fitted, list):
-        return f"{split} (fitted {' and '.join(map(str, fitted))}: optimistic)"
-    return f"{split} (trained on: fit, not generalisation)" if metrics.get(TRAINED_KEY) else split
 
 
 def warn_unfinished(run_dir: str | Path, stamp: dict[str, Any], what: str) -> None:
@@ -283,8 +185,6 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
         result.update({HELDOUT_KEY: tag, "cache": str(cache.root)})
     else:  # the run's own val videos chose these weights, or its train videos trained them
         result.update(split_flag(run_dir, split))
-        if warn:
-            warn_split(run_dir, result)
     if seen:
         result[SEEN_KEY] = seen
     nearest = source_metrics(inference, [r.generator for r in labelled], model.config.subclass_of,
@@ -296,6 +196,9 @@ def compute_evaluation(run_dir: str | Path, cache_path: str | Path, split: str =
         probe_correct = result["probe"].pop("correct", None)
         if probe_correct is not None and len(probe_correct) == len(labelled):  # the same videos, in the same order
             result["probe"]["paired"] = paired_difference(inference.preds == inference.targets, probe_correct)
+        mark_probe(result)  # on the run's train split the probe was fitted there too
+    if warn:
+        warn_split(run_dir, result)
     return result
 
 
@@ -333,11 +236,12 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
         by = f" by their {len(probe['sources'])} generators" if probe.get("sources") else ""
         if (probe.get("selection") or {}).get("selected_on") == "train":  # not the usual val: say so
             by += f"; {choice_text(probe['selection'])}"
-        caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos{by}): "
+        caption += (f"\nlinear probe ({probe.get('n_train')} labelled videos{by}){escape(probe_mark(metrics))}: "
                     f"accuracy {_with_ci(probe.get('accuracy'), probe.get('accuracy_ci'))}  ·  "
                     f"macro {_with_ci(probe.get('macro_accuracy'), probe.get('macro_accuracy_ci'))}")
         if probe.get("paired"):
             caption += "\n" + format_paired(probe["paired"])
+            caption += f" ({PAIRED_OPTIMISTIC})" if metrics.get(CHOSEN_KEY) else ""
     elif probe.get("skipped"):
         caption += f"\nlinear probe skipped: {escape(str(probe['skipped']))}"
     if nearest := format_nearest_source(metrics.get("nearest_source") or {}):

@@ -14,6 +14,7 @@ from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.explain.probe import PROBE_FILE, train_and_evaluate
 from saga.explain.seen import SEEN_KEY, only_unseen
+from saga.explain.split_flags import PROBE_FIT, TRAINED_KEY
 from saga.provenance import now, versions
 from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, RunInfo, read_json, write_json
 from saga.taxonomy import check_level
@@ -170,6 +171,9 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
               "n_train": metrics["n_train"], "versions": versions(), "started": started, "finished": now()}
     write_json(out / CONFIG, config)
     result = {"level": level, **metrics, "run": str(out)}
+    if split == "train":  # scored on the videos it was fitted on (some or all of them): said, and recorded
+        result[TRAINED_KEY] = "train"
+        warnings.warn(f"{out}: {PROBE_FIT.format(n_train=metrics['n_train'], n=metrics['n'])}", stacklevel=2)
     RunFolder(out).write_evaluation(split, result)
     return result
 

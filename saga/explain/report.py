@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from saga.errors import SagaError
 from saga.explain.intervals import FEW, format_nearest_source, format_paired
 from saga.explain.metrics import other_weights, run_weights, split_label
+from saga.explain.split_flags import CHOSEN_KEY, PAIRED_OPTIMISTIC, inferred, probe_mark
 from saga.explain.report_ablation import (ablation_section, check_ablation, find_ablations, one_per_folder,
                                           table_in)
 from saga.explain.report_html import (CSS, ci_text, esc, figure, figure_caption, guarded, is_number, num, pct, pct_ci,
@@ -55,8 +56,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows about one run; missing files just leave their section out, and files of
     other weights than the run's are listed under "stale" (evaluations) and "stale_figures" instead."""
     run, weights = RunFolder(run_dir), run_weights(run_dir)
-    evaluations = {k: _dict(v) for k, v in run.evaluations().items()}
-    found = {evaluation_file("test"): evaluations.get("test", {}), evaluation_file(): _object(run, evaluation_file()),
+    evaluations = {k: inferred(run_dir, _dict(v)) for k, v in run.evaluations().items()}  # older files: marked
+    found = {evaluation_file("test"): evaluations.get("test", {}), evaluation_file(): inferred(run_dir, _object(run, evaluation_file())),
              **{evaluation_file(k): v for k, v in evaluations.items()}}
     stale = [name for name, m in found.items() if other_weights(m, weights)]
     fresh = {name: m for name, m in found.items() if m and name not in stale}
@@ -158,9 +159,11 @@ def probe_note(m: dict[str, Any]) -> str:
             f"{pr.get('n_train')} labelled train videos ({sub.get('source', 'labelled subset')}"
             f"{', capped' if sub.get('capped') else ''}), C = {pr.get('C')}. If the transformer does not beat it, "
             "it has learned no more than a linear model.")
+    if mark := probe_mark(m):
+        text += f" Scored{mark}."
     if pr.get("paired"):
         line = format_paired(pr["paired"])
-        text += f" {line[0].upper()}{line[1:]}."
+        text += f" {line[0].upper()}{line[1:]}{f' ({PAIRED_OPTIMISTIC})' if m.get(CHOSEN_KEY) else ''}."
     return f'<p class="meta">{escape(text)}</p>'
 
 

@@ -55,6 +55,7 @@ from saga.runs import (TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, RunFolder, by_s
                        load_model, on_cache)
 from saga.runs.files import DEFAULT_SPLIT
 from saga.explain.seen import SEEN_KEY, only_unseen
+from saga.explain.split_flags import figure_flag, warn_figures
 from saga.explain.tsne import class_colors, save_figure, stamp_text
 
 Signature = dict[str, Any]  # {"map": (T', T'), "profile": (T',), "n": int}
@@ -262,7 +263,9 @@ def run_tsigs(run_dir: str | Path, cache_path: str | Path, split: str = "test", 
     records, seen = only_unseen(info, cache, records, split, f"the T-Sigs (the .npz: {SEEN_KEY})",
                                 fix="draw them from videos it has not seen (another --split or --cache)")
     inference = infer(model, info, cache, records, device=device, attention=True)
-    stamp.update(data_stamp(cache, split), **({SEEN_KEY: seen} if seen else {}))
+    flag = figure_flag(run_dir, split, heldout_tag(info, cache))  # val chose the weights, train trained them
+    warn_figures(run_dir, flag, "the T-Sigs are")
+    stamp.update(data_stamp(cache, split), **flag, **({SEEN_KEY: seen} if seen else {}))
     label = data_label(stamp, (info.provenance or {}).get("cache_id"))
     return write_tsigs(class_signatures(inference, info.classes), run_dir, stamp, label, heldout_tag(info, cache))
 

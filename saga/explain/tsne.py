@@ -29,6 +29,7 @@ from saga.errors import SagaError
 from saga.cache.store import FeatureCache
 from saga.explain.metrics import data_label, data_stamp, warn_unfinished, weights_stamp
 from saga.explain.seen import SEEN_KEY, only_unseen
+from saga.explain.split_flags import figure_flag, warn_figures
 from saga.model.inference import Inference, infer
 from saga.fileio import atomic_path, write_json
 from saga.runs import check_cache, heldout_tag, load_model, on_cache, tsne_file
@@ -183,7 +184,9 @@ def run_tsne(run_dir: str | Path, cache_path: str | Path, color_by: str | None =
     if len(records) < 5:
         raise SagaError(f"{cache_path}: only {len(records)} {split} videos; t-SNE needs at least 5")
     inference = infer(model, info, cache, records, device=device)
-    stamp.update(data_stamp(cache, split), **({SEEN_KEY: seen} if seen else {}))
+    flag = figure_flag(run_dir, split, heldout_tag(info, cache))  # val chose the weights, train trained them
+    warn_figures(run_dir, flag, "the t-SNE map is")
+    stamp.update(data_stamp(cache, split), **flag, **({SEEN_KEY: seen} if seen else {}))
     title = (f"t-SNE of φ ({info.level} run, {data_label(stamp, (info.provenance or {}).get('cache_id'))}), "
              f"coloured by {level}")
     out_png = Path(run_dir) / on_cache(tsne_file(level, split), heldout_tag(info, cache))

@@ -24,6 +24,7 @@ from saga.explain.seen import FIT_AGAINST, SEEN_KEY, leave_out_seen, only_unseen
 from saga.fileio import check_writable, make_dir, write_json
 from saga.openworld.calibration import Calibration, degenerate, fit_calibration, plot_reliability, reliability
 from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
+from saga.openworld.fitcache import FIT_CACHE, fit_cache, other_cache
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
@@ -85,6 +86,7 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     val = known_val(emb, c, "the temperature", records=val_records)
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
     cal.seen_in_training = seen
+    cal.cache_id, cal.cache_digest = fit_cache(c).values()  # a later use on another cache is warned about
     if degenerate(cal):  # written all the same (predict shows T): the fit did what it could
         warnings.warn(f"{folder / CALIBRATION}: {degenerate(cal)}; fit it on more val videos of the run's classes "
                       f"(extract more into {c.root}, then rerun `saga calibrate`), or delete {CALIBRATION} to keep "
@@ -128,6 +130,7 @@ def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str |
     det = fit_openset(protos, train.embeddings, val.embeddings, val.targets, model_id(emb), emb.info.classes,
                       kind, k, percentile)
     det.seen_in_training = seen
+    det.cache_id, det.cache_digest = fit_cache(c).values()
     with committing(emb, folder, OPENSET_FIT):
         det.save(folder)
     return det
@@ -233,7 +236,19 @@ def evaluate_openworld(run: str | Path, cache: str | Path | None = None, split: 
     if ow.calibration is None and ow.openset is None:
         return {}
     c = run_cache(emb, cache)
+    warn_other_cache(ow, c, emb)
     records, seen = leave_out_seen(emb.info, c, split_records(c, split), split, quiet=True)  # evaluate warned
     level, known = emb.info.level, set(emb.info.classes)
     unseen = np.array([r.labels.get(level) is not None and r.labels.get(level) not in known for r in records], bool)
     return {"split": split, **ow.evaluation(emb(c, records), unseen), **({SEEN_KEY: seen} if seen else {})}
+
+
+def warn_other_cache(ow: Any, cache: FeatureCache, emb: Embedder) -> None:
+    """One line for each of calibration.json / openset.json fitted on another cache than `cache`, or on it before
+    it changed (`fitcache.other_cache`), naming the command that refits it there."""
+    run, where = emb.info.path, f"--cache {cache.root}"
+    for fitted, name, command in ((ow.calibration, CALIBRATION, "saga calibrate"), (ow.openset, OPENSET,
+                                                                                     "saga openset fit")):
+        if fitted is not None and (line := other_cache(run / name, {k: getattr(fitted, k) for k in FIT_CACHE},
+                                                       cache, emb.info, f"refit it: `{command} {run} {where}`")):
+            warnings.warn(line, stacklevel=3)

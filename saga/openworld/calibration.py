@@ -25,6 +25,7 @@ import numpy as np
 from saga.errors import SagaError
 from saga.explain.seen import seen_problem
 from saga.fileio import read_json, write_json
+from saga.openworld.fitcache import FIT_CACHE, fit_cache_problem
 from saga.openworld.store import class_mismatch, finite
 from saga.runs.files import CALIBRATION
 
@@ -34,6 +35,7 @@ BINS = 15
 T_RANGE = (0.01, 1000.0)  # every fit ever written lies inside (the first cap was 0.05-20)
 FIX = "rerun `saga calibrate`"
 SEEN = "seen_in_training"  # optional: only when some val videos were left out
+OPTIONAL = (SEEN, *FIT_CACHE)  # absent from a file without them (FIT_CACHE: written before they were recorded)
 EDGE = 1.05  # a fitted T within this factor of a bound is at the edge of the search
 
 
@@ -128,6 +130,8 @@ class Calibration:
     run_model: str  # blake2b of the run's model.safetensors: a retrained run invalidates the file
     classes: list[str]
     seen_in_training: dict[str, Any] | None = None  # val videos left out, the run was trained on (saga.explain.seen)
+    cache_id: str | None = None  # the cache fitted on and its records digest (None: an older file; `fitcache`)
+    cache_digest: str | None = None
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities softmax(z / T) of window-averaged logits."""
@@ -135,7 +139,7 @@ class Calibration:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CALIBRATION
-        data = {k: v for k, v in asdict(self).items() if not (k == SEEN and v is None)}
+        data = {k: v for k, v in asdict(self).items() if not (k in OPTIONAL and v is None)}
         write_json(path, {"method": "temperature scaling (1-D search on validation NLL)", **data})
         return path
 
@@ -147,7 +151,8 @@ class Calibration:
         path = Path(folder) / CALIBRATION
         data = read_json(path, missing="; run `saga calibrate RUN --cache CACHE` first", corrupt=f"; {FIX}")
         try:
-            cal = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != SEEN}, seen_in_training=data.get(SEEN))
+            cal = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k not in OPTIONAL},
+                      **{k: data.get(k) for k in OPTIONAL})
         except (KeyError, TypeError):
             raise SagaError(f"{path}: not a calibration file; {FIX}") from None
         problem = check_calibration(cal, classes)
@@ -174,7 +179,7 @@ def check_calibration(cal: Calibration, classes: list[str] | None = None) -> str
     for key in ("ece_before", "ece_after"):
         if not (finite(getattr(cal, key)) and 0 <= getattr(cal, key) <= 1):
             return f"{key} {getattr(cal, key)!r} is not a share in [0, 1]"
-    return seen_problem(cal.seen_in_training)
+    return seen_problem(cal.seen_in_training) or fit_cache_problem(asdict(cal))
 
 
 def degenerate(cal: Calibration) -> str:

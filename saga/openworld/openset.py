@@ -25,6 +25,7 @@ import numpy as np
 
 from saga.errors import SagaError
 from saga.explain.seen import seen_problem
+from saga.openworld.fitcache import FIT_CACHE, fit_cache_problem
 from saga.openworld.store import class_mismatch, edited, finite, read_pair, save_pair
 from saga.runs.files import OPENSET, OPENSET_STEM
 
@@ -134,6 +135,8 @@ class OpenSet:
     val_false_unknown: float | None = None  # share of the known val videos above the threshold (None: older file)
     k_requested: int | None = None  # the k asked for when the bank had fewer videos (k: the one used)
     seen_in_training: dict[str, Any] | None = None  # val videos left out: the run was trained on them
+    cache_id: str | None = None  # the cache fitted on and its records digest (None: an older file; `fitcache`)
+    cache_digest: str | None = None
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Unknown-ness of L2-normalised φ rows (higher = farther from the known classes)."""
@@ -148,7 +151,7 @@ class OpenSet:
     def save(self, folder: str | Path) -> Path:
         """openset.json + its content-addressed tensors file, committed together (`store`)."""
         meta = {k: v for k, v in asdict(self).items()
-                if k not in ("prototypes", "bank") and not (k in ("k_requested", "seen_in_training") and v is None)}
+                if k not in ("prototypes", "bank") and not (k in ("k_requested", "seen_in_training", *FIT_CACHE) and v is None)}
         return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta, seal=True)
 
     @classmethod
@@ -164,7 +167,7 @@ class OpenSet:
             fields = {k: meta[k] for k in ("kind", "k", "percentile", "threshold", "run_model", "classes", "n_val")}
             det = cls(**fields, prototypes=tensors["prototypes"], bank=tensors["bank"],
                       val_false_unknown=meta.get("val_false_unknown"), k_requested=meta.get("k_requested"),
-                      seen_in_training=meta.get("seen_in_training"))
+                      seen_in_training=meta.get("seen_in_training"), **{k: meta.get(k) for k in FIT_CACHE})
         except KeyError as exc:
             raise SagaError(f"{folder / OPENSET}: missing {exc}; rerun `saga openset fit`") from None
         problem = check_openset(det, classes) or edited(meta, sealed)
@@ -195,7 +198,7 @@ def check_openset(det: OpenSet, classes: list[str] | None = None) -> str:
         return f"val_false_unknown {det.val_false_unknown!r} is not a share in [0, 1]"
     if class_mismatch(det.classes, classes):
         return class_mismatch(det.classes, classes)
-    if problem := seen_problem(det.seen_in_training):
+    if problem := seen_problem(det.seen_in_training) or fit_cache_problem({k: getattr(det, k) for k in FIT_CACHE}):
         return problem
     p, b = det.prototypes, det.bank
     if p.ndim != 2 or b.ndim != 2 or p.shape[1] != b.shape[1] or len(p) != len(det.classes):

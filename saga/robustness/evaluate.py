@@ -22,7 +22,7 @@ import numpy as np
 
 from saga.cache.manifest import VideoRecord
 from saga.explain.intervals import paired_difference
-from saga.explain.metrics import HELDOUT_KEY
+from saga.explain.metrics import HELDOUT_KEY, split_label
 from saga.explain.scores import compute_metrics
 from saga.explain.seen import SEEN_KEY
 from saga.model.inference import Inference
@@ -94,7 +94,7 @@ def markdown(result: dict[str, Any]) -> str:
     seen = result.get(SEEN_KEY)
     left = f" ({seen['n']} more left out: the run was trained or validated on them)" if seen else ""
     lines = [f"# Robustness of {result['run']}", "",
-             f"Cache {result['cache']}{held}, split {result['split']}, {result['n_videos']} videos selected{left}, "
+             f"Cache {result['cache']}{held}, split {split_label(result)}, {result['n_videos']} videos selected{left}, "
              f"{scored} of them with a class at {levels[0]} (accuracy in %, 95 % Wilson interval in brackets; n = "
              "videos scored, per level where the levels differ; failed = could not be re-encoded or extracted).", "",
              "| perturbation | " + " | ".join(levels) + " | n | failed | description |",

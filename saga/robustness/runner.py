@@ -34,6 +34,7 @@ from saga.errors import SagaError
 from saga.fileio import make_dir, write_json, write_text
 from saga.explain.metrics import HELDOUT_KEY, RUN_MODEL, run_weights
 from saga.explain.seen import SEEN_KEY, only_unseen
+from saga.explain.split_flags import figure_flag, warn_figures
 from saga.openworld.embeddings import Embedder
 from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
@@ -192,6 +193,8 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = s
     taxonomy = clean.taxonomy
     levels = reported_levels(emb.info, taxonomy)
     selected, seen = select(clean, cfg.split, cfg.limit_per_class, cfg.seed, emb.info)
+    flag = figure_flag(cfg.run, cfg.split, tag)  # the run's own val chose its weights, its train trained them
+    warn_figures(cfg.run, flag, "the robustness accuracies are")
     records = scored_records(emb, clean, selected, cfg.split, say)
     source = copies_encoder(emb.info.encoder, clean, cfg)  # a moved or wrong encoder: before any work
     inf = emb(clean, records)
@@ -226,7 +229,7 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = s
     result = {"run": str(cfg.run), RUN_MODEL: weights, "cache": str(clean.root), "cache_id": clean.cache_id,
               "cache_digest": cache_digest(clean), "split": cfg.split, "limit_per_class": cfg.limit_per_class,
               "seed": cfg.seed, "n_videos": len(selected), "levels": levels, "perturbations": perturbations,
-              "created": now(), "versions": versions(), **({HELDOUT_KEY: tag} if tag else {}),
+              "created": now(), "versions": versions(), **({HELDOUT_KEY: tag} if tag else {}), **flag,
               **({SEEN_KEY: seen} if seen else {})}
     json_name, md_name = result_files(cfg.split, tag)
     write_json(out / json_name, result)
