@@ -194,6 +194,7 @@ def test_a_calibration_used_on_its_cache_after_it_changed_is_warned_about(cache:
     args = ("evaluate", str(run), "--cache", str(copy), "--no-probe", "--format", "json")
     same = _cli(*args)
     assert same.exit_code == 0 and "calibration.json" not in same.stderr
+    assert json.loads(same.stdout)["openworld"]["calibration"]["fitted_on_cache"] == cache.cache_id
     add_videos(copy, 2, "val")
     changed = _cli(*args)
     assert changed.exit_code == 0, changed.output
@@ -246,3 +247,16 @@ def test_openset_json_records_its_cache_and_an_old_one_still_loads(tmp_path: Pat
         det.save(tmp_path)
     with pytest.raises(SagaError, match="damaged \\(cache_id 5 is not text\\)"):
         OpenSet.load(tmp_path, "w", ["a", "b"])
+
+
+def test_figures_fitted_on_another_caches_val_are_not_marked_as_fitted_on_this_one() -> None:
+    from saga.explain.split_flags import mark_openworld
+
+    def marked(fit_cache: str | None) -> object:
+        metrics = {"split": "val", "cache_id": "own", "openworld": {
+            "calibration": {"fitted_on_cache": fit_cache} if fit_cache else {}, "openset": {"fitted_on_cache": "own"}}}
+        mark_openworld(metrics)
+        return metrics["openworld"].get("fitted_on_split")
+
+    assert marked(None) == {"split": "val", "fitted": ["the temperature", "the unknown threshold"]}  # older file
+    assert marked("other") == {"split": "val", "fitted": ["the unknown threshold"]}

@@ -71,9 +71,11 @@ def split_flag(run_dir: str | Path, split: str) -> dict[str, Any]:
 
 def mark_openworld(metrics: dict[str, Any]) -> None:
     """Record under "openworld" what was fitted on the evaluated split: the run's own val videos (not a held-out
-    cache's), on which `saga calibrate` and `saga openset fit` fit the temperature and the threshold."""
+    cache's), on which `saga calibrate` and `saga openset fit` fit the temperature and the threshold (unless the
+    file records another cache's val, `fitted_on_cache`)."""
     ow = metrics.get("openworld")
-    fitted = [name for key, name in FITTED.items() if isinstance(ow, dict) and key in ow]
+    fitted = [name for key, name in FITTED.items() if isinstance(ow, dict) and isinstance(ow.get(key), dict)
+              and ow[key].get("fitted_on_cache") in (None, metrics.get("cache_id"))]
     if metrics.get(SPLIT) == "val" and fitted and not metrics.get(HELDOUT_KEY):
         ow[FITTED_KEY] = {SPLIT: "val", "fitted": fitted}
 

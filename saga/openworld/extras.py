@@ -97,6 +97,9 @@ class OpenWorld:
                                   "after": reliability(self.calibration.probs(inf.logits), inf.targets)}
         if self.openset:
             res["openset"] = self.openset_evaluation(inf, unseen)
+        for key, fit in (("calibration", self.calibration), ("openset", self.openset)):
+            if fit is not None and fit.cache_id:  # which cache's val it was fitted on (`mark_openworld`)
+                res[key]["fitted_on_cache"] = fit.cache_id
         return res
 
     def openset_evaluation(self, inf: Inference, unseen: np.ndarray | None = None) -> dict[str, Any]:
