@@ -50,7 +50,8 @@ __all__ = ["binary_auc", "check_cache", "compute_evaluation", "compute_metrics",
            "other_weights", "probe_metrics", "run_weights", "save_evaluation", "stored_evaluation", "warn_unfinished",
            "weights_stamp", "data_stamp", "data_label", "SPLIT", "CACHE_ID", "CACHE_DIGEST", "HELDOUT_KEY",
            "CHOSEN_KEY", "TRAINED_KEY", "FITTED_KEY", "chosen_on_val", "split_label", "openworld_label",
-           "mark_openworld", "mark_probe", "probe_mark", "split_mark", "PAIRED_OPTIMISTIC", "split_flag", "split_warning", "warn_split",
+           "mark_openworld", "mark_probe", "probe_mark", "split_mark", "PAIRED_OPTIMISTIC", "split_flag",
+           "split_warning", "warn_split",
            "write_json_atomic"]
 
 RUN_MODEL, RUN_FINISHED = "run_model", "run_finished"

@@ -57,7 +57,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     other weights than the run's are listed under "stale" (evaluations) and "stale_figures" instead."""
     run, weights = RunFolder(run_dir), run_weights(run_dir)
     evaluations = {k: inferred(run_dir, _dict(v)) for k, v in run.evaluations().items()}  # older files: marked
-    found = {evaluation_file("test"): evaluations.get("test", {}), evaluation_file(): inferred(run_dir, _object(run, evaluation_file())),
+    latest = inferred(run_dir, _object(run, evaluation_file()))
+    found = {evaluation_file("test"): evaluations.get("test", {}), evaluation_file(): latest,
              **{evaluation_file(k): v for k, v in evaluations.items()}}
     stale = [name for name, m in found.items() if other_weights(m, weights)]
     fresh = {name: m for name, m in found.items() if m and name not in stale}

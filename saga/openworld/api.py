@@ -24,8 +24,8 @@ from saga.explain.seen import FIT_AGAINST, SEEN_KEY, leave_out_seen, only_unseen
 from saga.fileio import check_writable, make_dir, write_json
 from saga.openworld.calibration import Calibration, degenerate, fit_calibration, plot_reliability, reliability
 from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
-from saga.openworld.fitcache import FIT_CACHE, fit_cache, other_cache
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
+from saga.openworld.fitcache import FIT_CACHE, fit_cache, other_cache
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
 from saga.runs import MODEL, RunFolder, file_fingerprint

@@ -150,8 +150,9 @@ class OpenSet:
 
     def save(self, folder: str | Path) -> Path:
         """openset.json + its content-addressed tensors file, committed together (`store`)."""
+        optional = ("k_requested", "seen_in_training", *FIT_CACHE)  # left out when None (FIT_CACHE: `fitcache`)
         meta = {k: v for k, v in asdict(self).items()
-                if k not in ("prototypes", "bank") and not (k in ("k_requested", "seen_in_training", *FIT_CACHE) and v is None)}
+                if k not in ("prototypes", "bank") and not (k in optional and v is None)}
         return save_pair(Path(folder), STEM, {"prototypes": self.prototypes, "bank": self.bank}, meta, seal=True)
 
     @classmethod
