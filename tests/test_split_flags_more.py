@@ -165,6 +165,21 @@ def test_the_report_marks_an_old_evaluation_of_the_split_that_chose_the_checkpoi
     assert _report(run, tmp_path).count(f"val {CHOSEN}") >= 2  # summary row and metrics heading
 
 
+def test_the_report_marks_an_old_t_sig_figure_of_the_split_that_chose_the_checkpoint(stage1: Path,  # noqa: F811
+                                                                                      tmp_path: Path) -> None:
+    """A tsig_maps-val.png written before the flags (its metadata: weights, split, cache; no flag) was captioned
+    "val split" only."""
+    from saga.explain.metrics import run_weights
+    from saga.explain.tsig import write_tsigs
+
+    run, _ = _run_copy(stage1, tmp_path)
+    cache_id = json.loads((run / "provenance.json").read_text())["cache_id"]
+    sig = {"map": np.eye(4, dtype=np.float32), "profile": np.full(4, 0.25, np.float32), "n": 3}
+    write_tsigs({"real": sig, "fake": sig}, run, {"run_model": run_weights(run), "split": "val", "cache_id": cache_id},
+                "val split")
+    assert f"mean over heads and videos) · val split {CHOSEN}" in _report(run, tmp_path)
+
+
 def test_an_old_heldout_or_test_evaluation_is_not_inferred_to_be_flagged(stage1: Path) -> None:  # noqa: F811
     from saga.explain.split_flags import inferred
 

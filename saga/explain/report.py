@@ -70,8 +70,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         stamp = _figure_stamp(p)
         if other_weights(stamp, weights):
             stale_figs.append(p.name)
-        else:
-            figs.append((p, figure_caption(p, stamp, provenance.get("cache_id"))))
+        else:  # one of the run's own cache made before the split flags: marked as `saga tsig` marks it now
+            own = stamp.get("cache_id") == provenance.get("cache_id")
+            figs.append((p, figure_caption(p, inferred(run_dir, stamp) if own else stamp, provenance.get("cache_id"))))
     history = [row for row in run.read_metrics(tolerant=True) if isinstance(row, dict)]
     return {"dir": run_dir, "config": _object(run, CONFIG), "provenance": provenance,
             "done": run.read_optional(DONE), "metrics": metrics, "splits": splits, "history": history,
