@@ -1,0 +1,166 @@
+"""The cheap seal check of every reader of a cache (train, attribute, evaluate, probe, `saga cache info`),
+and the checks of a record's `part`, `row` and `windows` on read (saga.cache.sealcheck, saga.cache.store)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_saga
+from saga.errors import SagaError
+
+SMALL = 'd_model = 32\ndepth = 2\nheads = 2\nepochs = 1\nmin_steps = 0\nbatch_size = 16\n'
+
+
+def _cache(tmp_path: Path):
+    """A two-part sealed cache that stage 1 can train on (real and fake videos in train)."""
+    from test_train import build_cache
+
+    return build_cache(tmp_path / "c", real=12, per_gen=2)
+
+
+def _edit_first_label(root: Path) -> Path:
+    """Change the first record's generator label in the first part's manifest (still a valid line)."""
+    manifest = sorted(root.glob("parts/*/manifest.jsonl"))[0]
+    lines = manifest.read_text().splitlines(keepends=True)
+    record = json.loads(lines[0])
+    record["labels"]["BIN-L"] = "fake" if record["labels"]["BIN-L"] == "real" else "real"
+    lines[0] = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    manifest.write_text("".join(lines))
+    return manifest
+
+
+def test_train_refuses_a_cache_whose_sealed_manifest_was_edited(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    manifest = _edit_first_label(cache.root)
+    (tmp_path / "small.toml").write_text(SMALL)
+    out = tmp_path / "run"
+    proc = run_saga("train", "--stage", "1", "--cache", str(cache.root), "--out", str(out),
+                    "--config", str(tmp_path / "small.toml"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    part = manifest.parent.name
+    assert f"{cache.root}: part {part}'s manifest.jsonl changed since it was sealed" in errors[0]
+    assert f"saga cache verify {cache.root}" in errors[0] and "Traceback" not in proc.stderr
+    assert not (out / "model.safetensors").exists()
+
+
+def test_training_refuses_a_cache_that_lost_a_sealed_part(tmp_path: Path) -> None:
+    from saga.train.stage1 import train_stage1
+    from test_train import s1_config
+
+    cache = _cache(tmp_path)
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    with pytest.raises(SagaError, match=r"part p000002-r000 is missing \(sealed with \d+ records\), so its videos "
+                                        r"would be silently left out; run `saga cache verify "):
+        train_stage1(cache.root, tmp_path / "run", s1_config(epochs=1))
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_and_attribute_share_the_check(tmp_path: Path) -> None:
+    """`check_cache` (evaluate, tsig, t-SNE, a stage-1 base) and `make_provenance` (train, attribute) refuse."""
+    from saga.runs import make_provenance, warn_if_unsealed
+    from saga.cache.store import FeatureCache
+
+    cache = _cache(tmp_path)
+    make_provenance(cache, 0)  # a clean cache: no error
+    _edit_first_label(cache.root)
+    edited = FeatureCache.open(cache.root)
+    for check in (lambda: make_provenance(edited, 0), lambda: warn_if_unsealed(edited)):
+        with pytest.raises(SagaError, match="changed since it was sealed"):
+            check()
+
+
+def test_an_unchanged_cache_is_checked_without_hashing_its_manifests(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests come from the record index's sidecar: a training run on a big cache hashes nothing."""
+    import saga.cache.columns
+    import saga.cache.sealcheck
+    from saga.cache.sealcheck import check_seals
+    from saga.cache.store import FeatureCache
+
+    cache = _cache(tmp_path)
+    FeatureCache.open(cache.root).records()  # the sidecars are written
+    called: list[Path] = []
+
+    def counting(path: Path) -> tuple[int, str]:
+        called.append(path)
+        return (0, "")
+
+    monkeypatch.setattr(saga.cache.columns, "manifest_digest", counting)
+    monkeypatch.setattr(saga.cache.sealcheck, "manifest_digest", counting)
+    state = check_seals(FeatureCache.open(cache.root))
+    assert called == [] and state.sealed == state.parts == 2
+
+
+def test_a_sidecar_of_an_older_saga_is_parsed_once_and_then_knows_its_digest(tmp_path: Path) -> None:
+    from saga.cache import columns
+    from saga.cache.manifest import manifest_digest
+    from saga.cache.store import FeatureCache
+
+    cache = _cache(tmp_path)
+    FeatureCache.open(cache.root).records()
+    sidecar = sorted(cache.root.glob(f"parts/*/{columns.SIDECAR}"))[0]
+    manifest = sidecar.with_name("manifest.jsonl")
+    key = columns._manifest_key(manifest)
+    older = columns.PartColumns.parse(manifest)
+    older.manifest = None  # what an older saga wrote: no digest in its meta
+    columns._write_sidecar(sidecar, key, older)
+    assert columns._read_sidecar(sidecar, key) is None  # rebuilt, not used without a digest
+    FeatureCache.open(cache.root).records()
+    assert columns._read_sidecar(sidecar, key).manifest == manifest_digest(manifest)
+
+
+def test_cache_info_shows_the_seal_state(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    cache = _cache(tmp_path)
+    runner = CliRunner()
+    clean = runner.invoke(app, ["cache", "info", str(cache.root)])
+    assert clean.exit_code == 0 and "seals: 2 of 2 part(s) sealed and unchanged" in clean.output, clean.output
+    manifest = _edit_first_label(cache.root)
+    part = manifest.parent.name
+    edited = runner.invoke(app, ["cache", "info", str(cache.root)])
+    assert edited.exit_code == 0, edited.output
+    assert f"seals: 1 of 2 part(s) sealed and unchanged; 1 CHANGED since sealing ({part})" in edited.output
+    assert f"warning: {cache.root}: part {part}'s manifest.jsonl changed since it was sealed" in edited.output
+    data = json.loads(runner.invoke(app, ["cache", "info", str(cache.root), "--format", "json"]).stdout)
+    assert data["seal"]["changed"] == [part] and data["seal"]["sealed"] == 1
+
+
+def test_cache_info_counts_unsealed_and_missing_parts(tmp_path: Path) -> None:
+    from saga.cache.sealcheck import seal_state
+    from saga.cache.store import SEAL, FeatureCache
+
+    cache = _cache(tmp_path)
+    (cache.root / "parts.jsonl").write_text("".join(
+        line + "\n" for line in (cache.root / "parts.jsonl").read_text().splitlines() if "p000001-r000" not in line))
+    (cache.root / "parts" / "p000001-r000" / SEAL).unlink()  # a part an extraction killed before sealing
+    state = seal_state(FeatureCache.open(cache.root))
+    assert state.unsealed == ("p000001-r000",) and state.sealed == 1
+    shutil.rmtree(cache.root / "parts" / "p000002-r000")
+    state = seal_state(FeatureCache.open(cache.root))
+    assert state.missing == ("p000002-r000",) and "1 sealed but MISSING (p000002-r000)" in state.text()
+
+
+def test_an_interrupted_prune_warns_instead_of_refusing(tmp_path: Path) -> None:
+    from saga.cache import prune, seal
+    from saga.cache.manifest import manifest_digest
+    from saga.cache.sealcheck import check_seals, seal_warnings
+    from saga.cache.store import FeatureCache
+
+    cache = _cache(tmp_path)
+    part = cache.root / "parts" / "p000001-r000"
+    lines = (part / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (part / prune.PRUNED).write_text("".join(lines[1:]))  # step 1 of a prune
+    lines_n, digest = manifest_digest(part / prune.PRUNED)
+    seal.log_part(cache.root, {"part": part.name, "lines": lines_n, "digest": digest, "rows": 99})  # step 2
+    opened = FeatureCache.open(cache.root)
+    state = check_seals(opened)  # no error
+    assert state.pruning == (part.name,)
+    assert "a `saga cache prune` was interrupted" in seal_warnings(opened, state)[0]
