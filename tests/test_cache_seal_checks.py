@@ -164,3 +164,88 @@ def test_an_interrupted_prune_warns_instead_of_refusing(tmp_path: Path) -> None:
     state = check_seals(opened)  # no error
     assert state.pruning == (part.name,)
     assert "a `saga cache prune` was interrupted" in seal_warnings(opened, state)[0]
+
+
+# --- a record's part, row and windows are checked on read -------------------------------------------------------
+
+def _unsealed_with_first_line(tmp_path: Path, edit) -> Path:
+    """A one-part cache (W = 2, 4 videos), unsealed as a killed extraction leaves it (no seal can catch an
+    edit), its first record's line changed by `edit`; the manifest's path."""
+    from test_cache import fill, provenance
+
+    from saga.cache.store import FeatureCache
+
+    cache = FeatureCache.create_or_open(tmp_path / "c", provenance())
+    fill(cache, 4, shard_rows=4)
+    (cache.root / "parts.jsonl").unlink()
+    part = cache.root / "parts" / "p000001-r000"
+    (part / "seal.json").unlink()
+    manifest = part / "manifest.jsonl"
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    edit(records)
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return manifest
+
+
+def _no_sums(record: dict) -> dict:
+    """A record without checksums (an older cache's): nothing else would notice rows read from elsewhere."""
+    record.pop("checksum")
+    record.pop("crc32c")
+    return record
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda rs: rs[0].update(windows=3), "says row 0 and 3 window(s), but every video of this cache holds 2"),
+    (lambda rs: _no_sums(rs[0]).update(windows=3), "says row 0 and 3 window(s)"),
+    (lambda rs: _no_sums(rs[0]).update(row=-1), "says row -1 and 2 window(s)"),
+    (lambda rs: _no_sums(rs[0]).update(row=3), "says row 3 and 2 window(s), but every video of this cache holds 2 "
+                                               "window(s) (sampling.windows) from a row >= 0 that is a multiple of 2"),
+    (lambda rs: _no_sums(rs[1]).update(row=0), "the record of real/v1.mp4 says row 0, but the record of real/v0.mp4 "
+                                               "holds that row"),
+])
+def test_a_record_whose_windows_or_row_the_arrays_do_not_hold_is_refused(tmp_path: Path, edit, says: str) -> None:
+    """Reading took the cache's W rows from `row` whatever the line said: other videos' frames, in silence."""
+    from saga.cache.store import FeatureCache
+
+    manifest = _unsealed_with_first_line(tmp_path, edit)
+    with pytest.raises(SagaError) as caught:
+        cache = FeatureCache.open(manifest.parents[2])
+        cache.read(cache.ok_records())
+    message = str(caught.value)
+    assert message.startswith(f"{manifest}: the record of ") and says in message and "\n" not in message
+    assert "restore the file, or delete the part, rerun `saga extract`" in message
+
+
+def test_a_record_past_the_end_of_its_part_is_refused_not_read_as_zeros(tmp_path: Path) -> None:
+    from saga.cache.store import FeatureCache
+
+    manifest = _unsealed_with_first_line(tmp_path, lambda rs: _no_sums(rs[0]).update(row=100))
+    cache = FeatureCache.open(manifest.parents[2])
+    for read in (lambda: cache.read(cache.ok_records()), lambda: cache.shards(cache.ok_records())):
+        with pytest.raises(SagaError, match=rf"^{manifest}: the record of real/v0.mp4 says row 100, but part "
+                                            r"p000001-r000 holds 8 rows and every video 2 of them; "):
+            read()
+
+
+def test_a_record_naming_another_part_or_without_a_row_is_a_corrupt_line(tmp_path: Path) -> None:
+    from saga.cache.store import FeatureCache
+
+    manifest = _unsealed_with_first_line(tmp_path, lambda rs: rs[0].update(part="p000009-r000"))
+    with pytest.raises(SagaError, match=rf"^{manifest}:1: corrupt manifest line \(an ok record of part p000001-r000 "
+                                        r'says part "p000009-r000"\)'):
+        FeatureCache.open(manifest.parents[2]).records()
+    shutil.rmtree(manifest.parents[2])
+    manifest = _unsealed_with_first_line(tmp_path, lambda rs: rs[0].pop("row"))
+    with pytest.raises(SagaError, match=rf"^{manifest}:1: corrupt manifest line \(an ok record without 'row'\)"):
+        FeatureCache.open(manifest.parents[2]).records()
+
+
+def test_verify_reports_a_misplaced_record_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    manifest = _unsealed_with_first_line(tmp_path, lambda rs: rs[0].update(windows=1))
+    result = CliRunner().invoke(app, ["cache", "verify", str(manifest.parents[2])])
+    assert result.exit_code == 1 and f"{manifest}: the record of real/v0.mp4 says row 0 and 1 window(s)" in (
+        " ".join(result.output.split())), result.output

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from saga.cache.manifest import INT_RANGES, iter_lines, manifest_digest, parse_line
+from saga.cache.manifest import INT_RANGES, OK, iter_lines, manifest_digest, parse_line
 from saga.errors import SagaError
 from saga.fileio import atomic_path, loads
 from saga.npzfile import read_member, stored_members
@@ -57,6 +57,7 @@ class PartColumns:
         for number, line in iter_lines(manifest):
             data = parse_line(line, manifest, number)
             try:
+                _check_place(data, manifest.parent.name)
                 builder.add(data)
             except ValueError as exc:
                 raise SagaError(f"{manifest}:{number}: corrupt manifest line ({exc}); restore the file or "
@@ -75,6 +76,18 @@ class PartColumns:
             if write:
                 _write_sidecar(manifest.with_name(SIDECAR), key, cols)
         return cols
+
+
+def _check_place(data: dict[str, Any], part: str) -> None:
+    """ValueError unless an ok record names the part it is in and where its rows are: reading goes by the folder
+    and the row whatever `part` says, so a line copied from another part read this part's rows as its video's."""
+    if data["status"] != OK:
+        return
+    if data.get("part") != part:
+        raise ValueError(f"an ok record of part {part} says part {json.dumps(data.get('part'))[:40]}")
+    for key in ("row", "windows"):
+        if key not in data:
+            raise ValueError(f"an ok record without {key!r}")
 
 
 class _Builder:

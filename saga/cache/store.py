@@ -152,7 +152,9 @@ class FeatureCache:
     def index(self, refresh: bool = False) -> RecordIndex:
         """The committed records as columns (parsed once; sealed parts from their sidecar)."""
         if self._index is None or refresh:
-            self._index = RecordIndex.build(self.root / "parts", self.part_names(), MANIFEST)
+            index = RecordIndex.build(self.root / "parts", self.part_names(), MANIFEST)
+            reader.check_layout(self, index)  # a record's windows and row, before anything reads by them
+            self._index = index
         return self._index
 
     def records(self, refresh: bool = False) -> RecordList:
