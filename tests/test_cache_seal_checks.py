@@ -249,3 +249,42 @@ def test_verify_reports_a_misplaced_record_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["cache", "verify", str(manifest.parents[2])])
     assert result.exit_code == 1 and f"{manifest}: the record of real/v0.mp4 says row 0 and 1 window(s)" in (
         " ".join(result.output.split())), result.output
+
+
+# --- `saga cache import` checks every field of the pruned videos' split lines ----------------------------------
+
+@pytest.mark.parametrize("line", [
+    {"path": "real/b.mp4", "split": "test", "size": "5", "mtime_ns": 6},
+    {"path": "real/b.mp4", "split": "test", "size": 10 ** 30, "mtime_ns": 6},
+    {"path": "real/b.mp4", "split": "test", "size": -2, "mtime_ns": 6},
+    {"path": "real/b.mp4", "split": "test", "size": 5, "mtime_ns": True},
+    {"path": "real/b.mp4", "split": "test", "size": 5, "mtime_ns": 6.5},
+])
+def test_import_refuses_a_pruned_split_line_the_next_prune_would_refuse(tmp_path: Path, line: dict) -> None:
+    """Only path and split were checked: a line with a size or mtime no file has (its digest recomputed, as a
+    tool rewriting the file would) was imported, and every later `saga extract` / `cache prune` of the new cache
+    then failed on its splits-pruned.jsonl."""
+    import h5py
+    import numpy as np
+    from test_cache_fixes import new_cache, rec, write_part
+
+    from saga.cache.export import digest, export_h5, import_h5
+    from saga.cache.prune import prune_gone
+    from saga.cache.store import FeatureCache
+
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4", split="test", size=5, mtime_ns=6), 2)])
+    videos = tmp_path / "videos"
+    (videos / "real").mkdir(parents=True)
+    (videos / "real" / "a.mp4").write_bytes(b"v")
+    prune_gone(FeatureCache.open(cache.root), videos, all_folders=True)
+    export_h5(FeatureCache.open(cache.root), tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "a") as h5:
+        del h5["pruned_splits"]
+        lines = [json.dumps(line)]
+        h5.create_dataset("pruned_splits", data=np.array(lines, dtype=object), dtype=h5py.string_dtype())
+        h5.attrs["digest"] = digest(h5.attrs["saga"], list(h5["manifest"].asstr()[:]),
+                                    list(h5["splits"].asstr()[:]), lines)
+    with pytest.raises(SagaError, match=r"c\.h5: damaged saga cache export \(ValueError: pruned split line "):
+        import_h5(tmp_path / "c.h5", tmp_path / "imp")
+    assert not (tmp_path / "imp").exists()
