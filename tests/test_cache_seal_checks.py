@@ -288,3 +288,14 @@ def test_import_refuses_a_pruned_split_line_the_next_prune_would_refuse(tmp_path
     with pytest.raises(SagaError, match=r"c\.h5: damaged saga cache export \(ValueError: pruned split line "):
         import_h5(tmp_path / "c.h5", tmp_path / "imp")
     assert not (tmp_path / "imp").exists()
+
+
+@pytest.mark.parametrize("text", ["[1]\n", "\"real/x.mp4\"\n", "7\n"])
+def test_a_pruned_splits_line_that_is_not_an_object_is_one_line(tmp_path: Path, text: str) -> None:
+    """It was an AttributeError traceback (`.get` of a list) in every `saga extract`, prune and export."""
+    from saga.cache.manifest import PRUNED_PLAN, read_pruned_plan
+
+    path = tmp_path / PRUNED_PLAN
+    path.write_text(text)
+    with pytest.raises(SagaError, match=rf"{PRUNED_PLAN}:1: corrupt line .*; restore it, or delete the line"):
+        read_pruned_plan(path)
