@@ -74,6 +74,20 @@ def test_evaluate_and_attribute_share_the_check(tmp_path: Path) -> None:
             check()
 
 
+def test_probe_refuses_an_edited_cache_before_fitting(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    cache = _cache(tmp_path)
+    _edit_first_label(cache.root)
+    out = tmp_path / "probe"
+    result = CliRunner().invoke(app, ["probe", "--cache", str(cache.root), "--out", str(out), "--level", "BIN-L",
+                                      "--fraction", "1.0"])
+    assert isinstance(result.exception, SagaError), result.output
+    assert "changed since it was sealed" in str(result.exception) and not out.exists()
+
+
 def test_an_unchanged_cache_is_checked_without_hashing_its_manifests(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The digests come from the record index's sidecar: a training run on a big cache hashes nothing."""
