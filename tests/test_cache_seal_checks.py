@@ -157,6 +157,15 @@ def test_cache_info_counts_unsealed_and_missing_parts(tmp_path: Path) -> None:
     (cache.root / "parts" / "p000001-r000" / SEAL).unlink()  # a part an extraction killed before sealing
     state = seal_state(FeatureCache.open(cache.root))
     assert state.unsealed == ("p000001-r000",) and state.sealed == 1
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+
+    shown = " ".join(CliRunner().invoke(app, ["cache", "info", str(cache.root)]).output.split())
+    assert "seals: 1 of 2 part(s) sealed and unchanged; 1 never sealed (p000001-r000)" in shown
+    assert (f"warning: {cache.root}: 1 of 2 part(s) are not sealed (made by an older saga, or an extraction killed or "
+            f"still running), so edits to them cannot be detected; check and seal them with `saga cache verify --seal "
+            f"{cache.root}`") in shown
     shutil.rmtree(cache.root / "parts" / "p000002-r000")
     state = seal_state(FeatureCache.open(cache.root))
     assert state.missing == ("p000002-r000",) and "1 sealed but MISSING (p000002-r000)" in state.text()

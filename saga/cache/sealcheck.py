@@ -101,6 +101,15 @@ def seal_warnings(cache: "FeatureCache", state: SealState) -> list[str]:
             f"read; rerun it (or `saga cache verify --seal {cache.root}`) to finish it" for name in state.pruning]
 
 
+def unsealed_warning(cache: "FeatureCache", state: SealState) -> str | None:
+    """The line about parts never sealed (None: there are none): they load, but edits to them go unnoticed."""
+    if not state.unsealed:
+        return None
+    return (f"{cache.root}: {len(state.unsealed)} of {state.parts} part(s) are not sealed (made by an older saga, or "
+            "an extraction killed or still running), so edits to them cannot be detected; check and seal them with "
+            f"`saga cache verify --seal {cache.root}`")
+
+
 def check_seals(cache: "FeatureCache") -> SealState:
     """The cache's seal state; a one-line SagaError when a sealed part was edited, damaged or lost."""
     state = seal_state(cache)

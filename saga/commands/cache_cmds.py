@@ -25,15 +25,16 @@ def info(
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json")] = OutputFormat.text,
 ) -> None:
     """Counts per split and class at every level, failures, provenance and the parts' seals."""
-    from saga.cache.sealcheck import seal_errors, seal_state, seal_warnings
+    from saga.cache.sealcheck import seal_errors, seal_state, seal_warnings, unsealed_warning
     from saga.cache.store import FeatureCache
     from saga.cache.summary import cache_summary
 
     store = FeatureCache.open(cache)
     summary = cache_summary(store)
     state = seal_state(store)  # cheap: the index's manifest digests against the seals (no record is hashed)
-    for line in seal_errors(store, state) + seal_warnings(store, state):
-        _warn(line)
+    for line in seal_errors(store, state) + seal_warnings(store, state) + [unsealed_warning(store, state) or ""]:
+        if line:
+            _warn(line)
     if format == "json":
         print_json({**summary, "seal": state.as_dict()})
         return

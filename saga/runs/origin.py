@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from typing import Any, Iterator
 
 from saga.cache.index import identity_line, lazy
-from saga.cache.sealcheck import check_seals, seal_warnings
+from saga.cache.sealcheck import check_seals, seal_warnings, unsealed_warning
 from saga.cache.store import FeatureCache, unsealed_parts  # noqa: F401 - saga.runs re-exports it
 from saga.provenance import machine, now, versions
 
@@ -77,12 +77,10 @@ def warn_if_unsealed(cache: FeatureCache) -> None:
     for line in seal_warnings(cache, state):
         _WARNED_UNSEALED.add(key)
         warnings.warn(line, stacklevel=3)
-    parts = state.unsealed
-    if parts:
+    unsealed = unsealed_warning(cache, state)
+    if unsealed is not None:
         _WARNED_UNSEALED.add(key)
-        warnings.warn(f"{cache.root}: {len(parts)} of {len(cache.part_names())} part(s) are not sealed (made by an "
-                      "older saga, or an extraction killed or still running), so edits to them cannot be "
-                      f"detected; check and seal them with `saga cache verify --seal {cache.root}`", stacklevel=3)
+        warnings.warn(unsealed, stacklevel=3)
 
 
 @contextmanager
