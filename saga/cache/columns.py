@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from saga.cache.manifest import INT_RANGES, iter_lines, parse_line
+from saga.cache.manifest import INT_RANGES, OK, iter_lines, manifest_digest, parse_line
 from saga.errors import SagaError
 from saga.fileio import atomic_path, loads
 from saga.npzfile import read_member, stored_members
@@ -41,8 +41,12 @@ COLUMNS = frozenset((*INTS, *CODED, "checksum", "crc32c", "path_blob", "path_off
 class PartColumns:
     """Columns of one part's committed records, in manifest order (a later line of a path wins in merging)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], tables: dict[str, list[str]], extra: dict[int, dict]) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], tables: dict[str, list[str]], extra: dict[int, dict],
+                 manifest: tuple[int, str] | None = None) -> None:
         self.arrays, self.tables, self.extra = arrays, tables, extra
+        # (complete lines, blake2b) of the manifest parsed, what its seal records: kept in the sidecar, so the
+        # seal check of every training run (saga.cache.sealcheck) never hashes an unchanged manifest again
+        self.manifest = manifest
 
     def __len__(self) -> int:
         return int(self.arrays["row"].size)
@@ -53,11 +57,14 @@ class PartColumns:
         for number, line in iter_lines(manifest):
             data = parse_line(line, manifest, number)
             try:
+                _check_place(data, manifest.parent.name)
                 builder.add(data)
             except ValueError as exc:
                 raise SagaError(f"{manifest}:{number}: corrupt manifest line ({exc}); restore the file or "
                                 "re-extract") from None
-        return builder.finish()
+        cols = builder.finish()
+        cols.manifest = manifest_digest(manifest)
+        return cols
 
     @classmethod
     def load(cls, manifest: Path, write: bool) -> "PartColumns":
@@ -69,6 +76,18 @@ class PartColumns:
             if write:
                 _write_sidecar(manifest.with_name(SIDECAR), key, cols)
         return cols
+
+
+def _check_place(data: dict[str, Any], part: str) -> None:
+    """ValueError unless an ok record names the part it is in and where its rows are: reading goes by the folder
+    and the row whatever `part` says, so a line copied from another part read this part's rows as its video's."""
+    if data["status"] != OK:
+        return
+    if data.get("part") != part:
+        raise ValueError(f"an ok record of part {part} says part {json.dumps(data.get('part'))[:40]}")
+    for key in ("row", "windows"):
+        if key not in data:
+            raise ValueError(f"an ok record without {key!r}")
 
 
 class _Builder:
@@ -200,7 +219,7 @@ def _digest(arrays: dict[str, np.ndarray], meta_text: str) -> str:
 
 def _write_sidecar(path: Path, key: list[int], cols: PartColumns) -> None:
     """Best effort: a read-only cache or a full disk only costs the next open a re-parse."""
-    meta = json.dumps({"version": VERSION, "key": key, "tables": cols.tables,
+    meta = json.dumps({"version": VERSION, "key": key, "tables": cols.tables, "manifest": cols.manifest,
                        "extra": {str(i): e for i, e in cols.extra.items()}}, sort_keys=True)
     try:
         with atomic_path(path) as tmp:
@@ -232,7 +251,11 @@ def _read_sidecar(path: Path, key: list[int]) -> PartColumns | None:
         return None
     if set(data) != COLUMNS or _digest(data, meta_text) != digest or not _consistent(data, meta):
         return None
-    return PartColumns(data, meta["tables"], {int(i): e for i, e in meta["extra"].items()})
+    manifest = meta.get("manifest")  # absent in an older saga's sidecar: parsed (and rewritten) once
+    if not (isinstance(manifest, list) and len(manifest) == 2 and type(manifest[0]) is int
+            and isinstance(manifest[1], str)):
+        return None
+    return PartColumns(data, meta["tables"], {int(i): e for i, e in meta["extra"].items()}, tuple(manifest))
 
 
 def _limit(key: list[int]) -> int:

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 
 from saga.cache.integrity import attrs_problem
-from saga.cache.manifest import (PRUNED_PLAN, SPLITS, VideoRecord, check_fields, feature_checksum, read_pruned_plan,
-                                 read_split_plan)
+from saga.cache.manifest import (PRUNED_PLAN, VideoRecord, check_fields, feature_checksum, pruned_entry,
+                                 read_pruned_plan, read_split_plan)
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, loads, make_dir, sweep_siblings,
@@ -252,10 +252,8 @@ def _read_checked(path: Path, h5: h5py.File, warn: Warn | None
             entry = loads(line)
             if not all(isinstance(entry.get(k), str) for k in ("path", "generator", "split")):
                 raise ValueError(f"split plan line {line[:60]!r}")
-        for line in pruned:
-            entry = loads(line)
-            if not isinstance(entry.get("path"), str) or entry.get("split") not in SPLITS:
-                raise ValueError(f"pruned split line {line[:60]!r}")
+        for line in pruned:  # every field as `saga cache prune` writes it (`read_pruned_plan` refuses others)
+            pruned_entry(loads(line))
         n_ok = _check_arrays(path, h5, attrs)
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:
         raise SagaError(f"{path}: damaged saga cache export ({type(exc).__name__}: {exc})") from None

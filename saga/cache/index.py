@@ -29,6 +29,7 @@ class RecordIndex:
                  tables: dict[str, list[str]], extra: dict[int, dict]) -> None:
         self.parts, self.part, self.arrays, self.tables, self.extra = parts, part, arrays, tables, extra
         self._labels = [json.loads(t) for t in tables["labels"]]
+        self.digests: dict[str, tuple[int, str] | None] = {}  # part -> its manifest's (lines, blake2b), see build
         ok_code = tables["status"].index(OK) if OK in tables["status"] else -1
         self.ok = arrays["status"] == ok_code
 
@@ -50,6 +51,7 @@ class RecordIndex:
         sizes = [len(c) for c in loaded]
         blob_sizes = [int(c.arrays["path_blob"].size) for c in loaded]
         extra = {sum(sizes[:j]) + i: e for j, c in enumerate(loaded) for i, e in c.extra.items()}
+        digests = {name: c.manifest for name, c in zip(parts, loaded)}
         part = np.repeat(np.arange(len(loaded), dtype=np.int16), sizes)
         merged: dict[str, np.ndarray] = {}
         for key in list(loaded[0].arrays):
@@ -64,7 +66,9 @@ class RecordIndex:
         del loaded
         keep = sorted_unique(merged["path_blob"], merged["path_offsets"])
         tables_out = {k: list(v) for k, v in tables.items()}
-        return cls._subset(parts, part, narrow(merged, tables_out), tables_out, extra, keep)
+        index = cls._subset(parts, part, narrow(merged, tables_out), tables_out, extra, keep)
+        index.digests = digests
+        return index
 
     @classmethod
     def _subset(cls, parts: list[str], part: np.ndarray, arrays: dict[str, np.ndarray],

@@ -164,16 +164,23 @@ def read_pruned_plan(path: Path) -> dict[str, dict[str, Any]]:
     pruned = {}
     for number, line in _complete_lines(path):
         try:
-            entry = loads(line)
-            size, mtime = entry.get("size", -1), entry.get("mtime_ns", 0)
-            if entry["split"] not in SPLITS or type(entry["path"]) is not str or not (
-                    _int_in_range("size", size) and _int_in_range("mtime_ns", mtime)):
-                raise ValueError(entry["split"])
-            pruned[entry["path"]] = {"split": entry["split"], "size": size, "mtime_ns": mtime}
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            entry = pruned_entry(loads(line))
+            pruned[entry.pop("path")] = entry
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise SagaError(f"{path}:{number}: corrupt line (the splits of pruned videos); restore it, or delete "
                             "the line: a video it names would then get a new split if it comes back") from None
     return pruned
+
+
+def pruned_entry(entry: Any) -> dict[str, Any]:
+    """One `splits-pruned.jsonl` line as {path, split, size, mtime_ns} (size -1 and mtime 0 when absent: a video
+    without a record); ValueError (or KeyError, TypeError, AttributeError) for one that is not. `saga cache import`
+    checks an export's lines with it, so that an import never writes a file the next prune or extract refuses."""
+    size, mtime = entry.get("size", -1), entry.get("mtime_ns", 0)
+    if entry["split"] not in SPLITS or type(entry["path"]) is not str or not (
+            _int_in_range("size", size) and _int_in_range("mtime_ns", mtime)):
+        raise ValueError(f"pruned split line {json.dumps(entry)[:80]}")
+    return {"path": entry["path"], "split": entry["split"], "size": size, "mtime_ns": mtime}
 
 
 def append_pruned_plan(path: Path, entries: dict[str, tuple[str, int, int]]) -> None:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Sequence
 import google_crc32c
 import numpy as np
 
-from saga.cache.index import Located, lazy
+from saga.cache.index import Located, RecordIndex, lazy
 from saga.cache.manifest import VideoRecord
+from saga.cache.seal import MANIFEST
 from saga.errors import SagaError
 
 if TYPE_CHECKING:
@@ -50,12 +51,58 @@ def empty(cache: "FeatureCache", n: int) -> dict[str, np.ndarray]:
             "timestamps": np.empty((n, w, t), np.float32)}
 
 
+def check_layout(cache: "FeatureCache", index: RecordIndex) -> None:
+    """Every ok record's `windows` is the cache's and its `row` a real one: a read takes W rows from `row` of the
+    record's own part whatever its line says, so a line edited, or copied from another part or cache, read other
+    videos' frames (or -1: the last row) in silence where it had no checksum, else failed as "corrupt cache"."""
+    a, w = index.arrays, cache.windows
+    bad = np.flatnonzero(index.ok & ((a["windows"] != w) | (a["row"] < 0) | (a["row"] % w != 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise SagaError(_misplaced(cache, index.parts[int(index.part[i])], index.path(i),
+                                   f"row {int(a['row'][i])} and {int(a['windows'][i])} window(s)",
+                                   f"every video of this cache holds {w} window(s) (sampling.windows) from a row "
+                                   f">= 0 that is a multiple of {w}"))
+    unsummed = index.ok & (a["checksum"][:, 0] == 0) & (a["crc32c"] < 0)
+    if not unsummed.any():  # a record read from another's rows fails its checksum; the sort costs ~2 s at 10M
+        return
+    ok = np.flatnonzero(index.ok)
+    part, row = index.part[ok], a["row"][ok]
+    order = np.lexsort((row, part))
+    same = np.flatnonzero((part[order][1:] == part[order][:-1]) & (row[order][1:] == row[order][:-1]))
+    if same.size:  # two videos on the same rows (a line copied over another's), one of them without a checksum
+        i, j = int(ok[order[same[0]]]), int(ok[order[same[0] + 1]])
+        raise SagaError(_misplaced(cache, index.parts[int(index.part[j])], index.path(j), f"row {int(a['row'][j])}",
+                                   f"the record of {index.path(i)} holds that row"))
+
+
+def _check_inside(cache: "FeatureCache", loc: Located) -> None:
+    """Every ok record's rows lie within its part's arrays (past their end a read gave zeros, the fill value)."""
+    w = cache.windows
+    for code in np.unique(loc.part[loc.ok]).tolist():
+        name = loc.parts[code]
+        sel = np.flatnonzero((loc.part == code) & loc.ok)
+        ends = loc.row[sel].astype(np.int64) + w
+        rows = cache.part(name)["features"].shape[0]
+        if ends.max() > rows:
+            rec = loc.records[int(sel[int(np.argmax(ends))])]
+            raise SagaError(_misplaced(cache, name, rec.path, f"row {rec.row}",
+                                       f"part {name} holds {rows} rows and every video {w} of them"))
+
+
+def _misplaced(cache: "FeatureCache", part: str, path: str, says: str, why: str) -> str:
+    return (f"{cache.root / 'parts' / part / MANIFEST}: the record of {path} says {says}, but {why}; the line was "
+            "edited or copied from another part or cache: restore the file, or delete the part, rerun `saga extract` "
+            "and `saga cache verify --seal`")
+
+
 def read(cache: "FeatureCache", records: Sequence[VideoRecord], check: bool) -> dict[str, np.ndarray]:
     """features (n, W, T, D), mask, timestamps for records in any order (grouped by part, rows ascending)."""
     loc = Located.of(records)
     if not loc.ok.all():
         rec = records[int(np.flatnonzero(~loc.ok)[0])]
         raise SagaError(f"{rec.path}: has no features (status {rec.status}: {rec.error})")
+    _check_inside(cache, loc)
     w = cache.windows
     out = empty(cache, len(records))
     for code in np.unique(loc.part):
@@ -76,6 +123,7 @@ def shards(cache: "FeatureCache", records: Sequence[VideoRecord]) -> list[ShardR
     loc = Located.of(records)
     if not len(records):
         return []
+    _check_inside(cache, loc)
     size = np.array([cache.readers(p)["features"].chunk_rows for p in loc.parts], np.int64)
     shard = loc.row // size[loc.part]
     rank = np.empty(len(loc.parts), np.int64)

@@ -24,20 +24,26 @@ def info(
     cache: Annotated[Path, typer.Argument(help="Cache folder.")],
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json")] = OutputFormat.text,
 ) -> None:
-    """Counts per split and class at every level, failures and provenance."""
+    """Counts per split and class at every level, failures, provenance and the parts' seals."""
+    from saga.cache.sealcheck import seal_errors, seal_state, seal_warnings, unsealed_warning
     from saga.cache.store import FeatureCache
     from saga.cache.summary import cache_summary
 
     store = FeatureCache.open(cache)
     summary = cache_summary(store)
+    state = seal_state(store)  # cheap: the index's manifest digests against the seals (no record is hashed)
+    for line in seal_errors(store, state) + seal_warnings(store, state) + [unsealed_warning(store, state) or ""]:
+        if line:
+            _warn(line)
     if format == "json":
-        print_json(summary)
+        print_json({**summary, "seal": state.as_dict()})
         return
     prov = summary["provenance"]
     console.print(f"[bold]{escape(str(cache))}[/] (id {summary['cache_id'][:12]}): {summary['total']} videos, "
                   f"{summary['ok']} ok, {summary['failed']} failed; splits {summary['splits']}")
     console.print(f"encoder {prov.get('encoder')} / {prov.get('pretrained')} (weights {str(prov.get('weights_fingerprint'))[:12]}), "
                   f"D={prov.get('dim')}, sampling {prov.get('sampling')}, created {prov.get('created')}", markup=False)
+    console.print(f"seals: {state.text()}", markup=False)
     for level in LEVELS:
         table = Table(title=level, title_justify="left")
         for col in ("class", "train", "val", "test"):

@@ -16,7 +16,8 @@ from contextvars import ContextVar
 from typing import Any, Iterator
 
 from saga.cache.index import identity_line, lazy
-from saga.cache.store import FeatureCache, unsealed_parts
+from saga.cache.sealcheck import check_seals, seal_warnings, unsealed_warning
+from saga.cache.store import FeatureCache, unsealed_parts  # noqa: F401 - saga.runs re-exports it
 from saga.provenance import machine, now, versions
 
 # (continue an unfinished run on a changed cache, keep a finished one as it is): the explicit --resume
@@ -66,17 +67,20 @@ def world_size() -> int:
 
 
 def warn_if_unsealed(cache: FeatureCache) -> None:
-    """One warning per cache and process when parts are unsealed (a cache from an older saga, or an
-    extraction killed or still running): edits to them cannot be detected, but they still load."""
+    """Refuse a cache whose sealed parts were edited or lost (`check_seals`, one line); one warning per cache
+    and process when parts are unsealed (a cache from an older saga, or an extraction killed or still running:
+    edits to them cannot be detected, but they still load) or a prune was interrupted."""
+    state = check_seals(cache)
     key = str(cache.root.resolve())
     if key in _WARNED_UNSEALED:
         return
-    parts = unsealed_parts(cache)
-    if parts:
+    for line in seal_warnings(cache, state):
         _WARNED_UNSEALED.add(key)
-        warnings.warn(f"{cache.root}: {len(parts)} of {len(cache.part_names())} part(s) are not sealed (made by an "
-                      "older saga, or an extraction killed or still running), so edits to them cannot be "
-                      f"detected; check and seal them with `saga cache verify --seal {cache.root}`", stacklevel=3)
+        warnings.warn(line, stacklevel=3)
+    unsealed = unsealed_warning(cache, state)
+    if unsealed is not None:
+        _WARNED_UNSEALED.add(key)
+        warnings.warn(unsealed, stacklevel=3)
 
 
 @contextmanager
