@@ -32,7 +32,7 @@ from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, decode_workers, read_videos
-from saga.pipeline.stream import DecodeLimits, VideoStream
+from saga.pipeline.stream import DecodeLimits, VideoStream, preload_decoders
 from saga.pipeline.roots import check_root
 from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved_videos, pass_failures, read_suspects,
                                   returning_videos, warn_moved)
@@ -117,6 +117,7 @@ def _fractions_text(fractions: dict[str, float]) -> str:
 
 def _load(cfg: ExtractConfig) -> FrameEncoder:
     encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
+    preload_decoders()  # with the encoder, before any part is opened
     if cfg.compile:  # after the fingerprint is taken from the plain module
         encoder.provenance()
         encoder.model = torch.compile(encoder.model)

@@ -43,7 +43,7 @@ from saga.pipeline.child_answer import (ARRAYS as _ARRAYS, MALFORMED, SCALARS_LI
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
-from saga.pipeline.interrupts import held_signals
+from saga.pipeline.interrupts import die_with_parent, held_signals
 from saga.pipeline.sampling import SamplingPolicy
 
 ALONE_LIMIT_S = 1800.0  # a suspect decoded alone (a genuine one, even a long file through PyAV, takes minutes)
@@ -140,6 +140,7 @@ def _worker_init(_: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: only the main process stops the pass (and
     # commits); a worker killed by it would be misreported as a crash, or its KeyboardInterrupt ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()  # a worker stuck in its decoder outlived a SIGKILLed parent, holding the cache's lock
 
 
 def decode_workers(requested: int | None) -> int:
@@ -254,7 +255,7 @@ def finish_alone(lone: Lone) -> DecodedVideo:
 
 def _alone_error(malformed: str, child: BaseProcess, exited: bool, limit: float) -> str:
     if malformed:
-        return f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
+        return malformed_text(malformed)
     if not exited:
         return (f"the decoder's process gave no answer within {took(limit)} (decoding it alone): it was "
                 "stopped and the file is recorded as failed (it may be crafted to hang the decoder; --retry-failed "
@@ -262,8 +263,13 @@ def _alone_error(malformed: str, child: BaseProcess, exited: bool, limit: float)
     return f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})"
 
 
+def malformed_text(why: str) -> str:
+    return f"{MALFORMED} ({why}); the file may be crafted to attack the decoder: it is recorded as failed"
+
+
 def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    die_with_parent()
     torch.set_num_threads(1)
     data = _to_bytes(decode_one(path, policy, preprocess, index))
     try:

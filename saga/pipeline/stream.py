@@ -15,6 +15,7 @@ safetensors, `reader.finish_alone`), not through shared memory, so a small /dev/
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import time
 import warnings
@@ -29,6 +30,7 @@ from saga.pipeline.inputs import VideoInput
 from saga.pipeline.interrupts import held_signals
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoDataset, took, worker_died
 from saga.pipeline.sampling import SamplingPolicy
+from saga.pipeline.solo import Solo
 
 POLLS_PER_LIMIT = 4  # the wait for the next video is checked this often per hang limit (at most every MAX_POLL_S)
 MAX_POLL_S = 30.0
@@ -62,6 +64,7 @@ class VideoStream:
         self.pin_memory, alone = pin_memory, set(suspects)
         self.rest = [i for i in range(len(items)) if i not in alone]
         self.done = 0
+        preload_decoders()
         self._videos = self._generate()
 
     def __iter__(self) -> "VideoStream":
@@ -86,27 +89,32 @@ class VideoStream:
         for index in self.suspects:
             yield reader.decode_alone(self._path(index), self.policy, self.preprocess, index, self.limits.alone_s())
         if not self.workers:
-            for index in self.rest:
-                yield self._in_a_child(index)
+            yield from self._solo(self.rest)
             return
         rest = self.rest
         while rest:
             rest = yield from self._pooled(rest)
 
-    def _in_a_child(self, index: int) -> DecodedVideo:
-        """`--workers 0`: the video decoded in a child of its own under the hang limit; past it, alone again
-        under the alone limit, as a worker's stuck video is."""
-        lone = reader.start_alone(self._path(index), self.policy, self.preprocess, index, self.limits.hang_s())
-        video = reader.finish_alone(lone)
-        return self._alone([index], [index])[0] if lone.hung else video
+    def _solo(self, order: list[int]) -> Iterator[DecodedVideo]:
+        """`--workers 0`: the videos decoded one at a time in one child under the hang limit; one it hung or died
+        on is decoded alone, under the alone limit, as a worker's stuck video is (a second crash fails it)."""
+        solo = Solo(self.policy, self.preprocess)
+        try:
+            for index in order:
+                video, why = solo.decode(self._path(index), index, self.limits.hang_s())
+                yield video if video is not None else self._alone([index], [index], died=why == "died")[0]
+        finally:
+            solo.close()
 
-    def _alone(self, indices: list[int], overdue: list[int]) -> list[DecodedVideo]:
+    def _alone(self, indices: list[int], overdue: list[int], died: bool = False) -> list[DecodedVideo]:
         """`indices` decoded alone, side by side (N stuck videos take one alone limit, not N); the `overdue` ones
         named in a warning first: the pass may be quiet for that long."""
         for index in overdue:
-            warnings.warn(f"{self._path(index)}: still decoding after {took(self.limits.hang_s())} (--hang-limit): "
-                          f"decoding it alone, for at most {took(self.limits.alone_s())} (--alone-limit), before "
-                          "it is recorded as failed", stacklevel=2)
+            what = ("its decoder's process died" if died else
+                    f"still decoding after {took(self.limits.hang_s())} (--hang-limit)")
+            warnings.warn(f"{self._path(index)}: {what}: decoding it alone, for at most "
+                          f"{took(self.limits.alone_s())} (--alone-limit), before it is recorded as failed",
+                          stacklevel=2)
         lones = [reader.start_alone(self._path(i), self.policy, self.preprocess, i, self.limits.alone_s())
                  for i in indices]
         return [reader.finish_alone(lone) for lone in lones]
@@ -188,6 +196,17 @@ class VideoStream:
                             "videos written so far are kept: rerun the same command to resume: it first decodes "
                             f"{'that video' if len(suspects) == 1 else 'each of them'} alone and records one that "
                             "crashes again as failed (if memory is short, use fewer --workers)", suspects)
+
+
+def preload_decoders() -> None:
+    """Import the decoders here, once: each worker or child forked after it has them (importing PyAV and decord
+    took each new process a tenth of a second, seconds on a busy machine, counted against its hang limit).
+    The pass calls it before its part is opened: a Ctrl-C during the import then leaves no part unsealed."""
+    for name in ("av", "decord"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # decord is optional: PyAV decodes alone
+            pass
 
 
 def _kill_busy(pool: Any, busy: Any) -> None:
