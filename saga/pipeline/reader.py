@@ -12,9 +12,9 @@ becomes a failed record, so the run converges instead of stopping at the same fi
 
 A file that hangs its decoder in a worker (still decoding `HANG_LIMIT_S` after it started) takes the same
 road within the pass: the workers stuck are killed, their videos are decoded alone at once (side by side),
-and the others go on in fresh workers. With no worker (`--workers 0`) each video is decoded in a child
-process of its own (`saga.pipeline.stream`), under the same limits: a crash or a hang there fails that
-video, never the pass.
+and the others go on in fresh workers (`saga.pipeline.stream`). With no worker (`--workers 0`) one child
+process decodes the videos one at a time (`saga.pipeline.solo`), under the same limits: a crash or a hang
+there fails that video, never the pass.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -46,8 +46,12 @@ from saga.pipeline.inputs import VideoInput
 from saga.pipeline.interrupts import die_with_parent, held_signals
 from saga.pipeline.sampling import SamplingPolicy
 
+if TYPE_CHECKING:
+    from saga.pipeline.stream import DecodeLimits, VideoStream
+
+# Defaults of `saga extract --alone-limit` and `--hang-limit` (seconds; read when a pass starts).
 ALONE_LIMIT_S = 1800.0  # a suspect decoded alone (a genuine one, even a long file through PyAV, takes minutes)
-# No next video from the workers for this long: the ones they are decoding are taken as hung. Decoding one
+# A video still decoding this long after it started is taken as hung. Decoding one
 # video takes seconds (a long file through PyAV, a minute or two); a slow one stopped wrongly only costs its
 # decoding again alone, under ALONE_LIMIT_S. A multi-hour run used to wait for ever on one crafted file.
 HANG_LIMIT_S = 600.0
@@ -188,8 +192,7 @@ def read_videos(items: list[VideoInput], root: Path, policy: SamplingPolicy, pre
 
 @dataclass
 class Lone:
-    """A video being decoded in a child process of its own (`start_alone`); `hung` once `finish_alone` found it
-    silent past its limit."""
+    """A video being decoded in a child process of its own (`start_alone`, read by `finish_alone`)."""
 
     child: BaseProcess
     receive: Connection
@@ -198,7 +201,6 @@ class Lone:
     expect: tuple[tuple[int, ...], tuple[int, ...], torch.dtype]
     limit: float
     deadline: float
-    hung: bool = False
 
 
 def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int,
@@ -248,7 +250,6 @@ def finish_alone(lone: Lone) -> DecodedVideo:
             return video
         except MalformedAnswer as exc:
             malformed = str(exc)
-    lone.hung = not exited and not malformed
     return DecodedVideo(index=index, fingerprint=lone.fingerprint,
                         error=clipped(_alone_error(malformed, child, exited, lone.limit)))
 

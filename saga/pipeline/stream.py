@@ -1,5 +1,5 @@
 """The stream of decoded videos a pass reads (`reader.read_videos`): DataLoader workers ahead of the encoder,
-or (`--workers 0`) each video in a child process of its own, both under the pass's time limits.
+or (`--workers 0`) one decoding child (`saga.pipeline.solo`), both under the pass's time limits.
 
 Why limits per video: a crafted or broken file can loop its decoder for ever, and a multi-hour extraction
 used to wait on it. A video still decoding `hang` seconds after it started (workers note when, in shared
@@ -7,10 +7,6 @@ memory) is taken as hung: its worker is killed, it is decoded alone, side by sid
 for at most `alone` seconds (a genuinely slow video is extracted there), and the pass goes on. The wait
 for the next video is polled, not one timeout per wait: each video that arrived out of order while one was
 stuck restarted the DataLoader's clock.
-
-Why a child per video with `--workers 0`: decoding in this process, a decoder that hung blocked the run for
-ever and one that crashed (a segfault) ended it. The answer comes back over a pipe as data (JSON +
-safetensors, `reader.finish_alone`), not through shared memory, so a small /dev/shm (docker) is no obstacle.
 """
 
 from __future__ import annotations
