@@ -47,7 +47,8 @@ def die_with_parent() -> None:
     """In a decoding child (a multiprocessing one): ask Linux to SIGKILL it when its parent dies. A child outliving a
     SIGKILLed `saga extract` kept the cache's lock (the flock's descriptor is inherited by fork), so the rerun
     was refused as "another saga extract is writing this cache", for as long as its decoder hung. A parent
-    gone before the prctl is caught too; a no-op where prctl is missing."""
+    gone before the prctl is caught too; a no-op where prctl is missing. Linux signals when the *thread* that
+    forked the child ends: the pass forks from its main thread, which lives as long as the pass."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
