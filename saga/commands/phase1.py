@@ -86,7 +86,14 @@ def extract(
     windows: Annotated[int, typer.Option(help="Windows per video.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Frames per encoder forward pass.")] = 64,
     workers: Annotated[Optional[int], typer.Option(
-        help="Decoding worker processes (default: the cores minus one; 0 decodes in the main process).")] = None,
+        help="Decoding worker processes (default: the cores minus one; 0: one child process decoding one video at "
+             "a time).")] = None,
+    hang_limit: Annotated[Optional[float], typer.Option(
+        "--hang-limit", metavar="SECONDS", help="Seconds a video may decode in a worker before it is taken as hung "
+                                                "and decoded alone (default 600).")] = None,
+    alone_limit: Annotated[Optional[float], typer.Option(
+        "--alone-limit", metavar="SECONDS", help="Seconds a hung (or crashing) video then has alone in a child "
+                                                 "process before it is recorded as failed (default 1800).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     split_seed: Annotated[Optional[int], typer.Option(
         help="Seed of the stratified train/val/test split (default 0; appending: the cache's).")] = None,
@@ -112,7 +119,8 @@ def extract(
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
                         device=device, split_seed=split_seed, split_fractions=_split(split) if split else None, retry_failed=retry_failed, shard_rows=shard_rows,
-                        compile=compile, allow_outside=allow_outside_paths)
+                        compile=compile, allow_outside=allow_outside_paths, hang_limit=hang_limit,
+                        alone_limit=alone_limit)
     writable_folder(out)
     from saga import distributed
 

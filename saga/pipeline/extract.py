@@ -31,7 +31,8 @@ from saga.pipeline.decoder_audit import mark_audited, misdecoded
 from saga.pipeline.encode_step import EncodeStep
 from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
 from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
-from saga.pipeline.reader import DecodedVideo, DecoderCrash, VideoStream, decode_workers, read_videos
+from saga.pipeline.reader import DecodedVideo, DecoderCrash, decode_workers, read_videos
+from saga.pipeline.stream import DecodeLimits, VideoStream, preload_decoders
 from saga.pipeline.roots import check_root
 from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved_videos, pass_failures, read_suspects,
                                   returning_videos, warn_moved)
@@ -65,6 +66,8 @@ class ExtractConfig:
     allow_outside: bool = False  # labels CSV paths outside the videos folder (absolute, ..) are refused unless set
     shard_rows: int = DEFAULT_SHARD_ROWS
     compile: bool = False  # torch.compile the encoder (worth it on a GPU for long runs)
+    hang_limit: float | None = None  # seconds a video may decode in a worker; None: reader.HANG_LIMIT_S
+    alone_limit: float | None = None  # then seconds alone in a child; None: reader.ALONE_LIMIT_S
 
     def check(self) -> None:
         """One-line errors for values that would fail (or be silently changed) after the cache is touched."""
@@ -73,6 +76,10 @@ class ExtractConfig:
                 raise SagaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.workers is not None and int(self.workers) < 0:
             raise SagaError(f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        for name in ("hang_limit", "alone_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not 0 < float(value) < float("inf")):
+                raise SagaError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value}")
 
 
 BUSY = ("another saga extract is writing this cache right now; wait for it to finish, then rerun to add "
@@ -110,6 +117,7 @@ def _fractions_text(fractions: dict[str, float]) -> str:
 
 def _load(cfg: ExtractConfig) -> FrameEncoder:
     encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
+    preload_decoders()  # with the encoder, before any part is opened
     if cfg.compile:  # after the fingerprint is taken from the plain module
         encoder.provenance()
         encoder.model = torch.compile(encoder.model)
@@ -387,7 +395,7 @@ def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPoli
     decoded alone first, and a crash in this pass leaves its own suspects for the next one (the files read
     are removed by the lock's holder once the whole pass ended without one)."""
     videos = read_videos(records.todo, cfg.videos, policy, encoder.preprocess, decode_workers(cfg.workers),
-                         pin_memory=encoder.device.type == "cuda",
+                         pin_memory=encoder.device.type == "cuda", limits=DecodeLimits(cfg.hang_limit, cfg.alone_limit),
                          suspects={i for i, item in enumerate(records.todo) if item.rel in suspects.paths})
     step = EncodeStep(encoder.encode, cfg.batch_size, policy.windows, policy.frames)
     try:

@@ -10,6 +10,9 @@ crash). Held signals are delivered, to the handler in place before, when the spa
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -38,3 +41,18 @@ def held_signals(signals: tuple[signal.Signals, ...] = HELD) -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if noted:
             signal.raise_signal(noted[0])
+
+
+def die_with_parent() -> None:
+    """In a decoding child (a multiprocessing one): ask Linux to SIGKILL it when its parent dies. A child outliving a
+    SIGKILLed `saga extract` kept the cache's lock (the flock's descriptor is inherited by fork), so the rerun
+    was refused as "another saga extract is writing this cache", for as long as its decoder hung. A parent
+    gone before the prctl is caught too; a no-op where prctl is missing. Linux signals when the *thread* that
+    forked the child ends: the pass forks from its main thread, which lives as long as the pass."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)

@@ -10,9 +10,11 @@ worker notes its current video in shared memory). The runner keeps them as suspe
 the next pass decodes each suspect alone in a child process first: one that crashes again
 becomes a failed record, so the run converges instead of stopping at the same file for ever.
 
-A file that hangs its decoder in a worker (no next video within `HANG_LIMIT_S`) takes the same road within
-the pass: the workers still decoding are killed, their videos are decoded alone at once, and the others
-go on in fresh workers.
+A file that hangs its decoder in a worker (still decoding `HANG_LIMIT_S` after it started) takes the same
+road within the pass: the workers stuck are killed, their videos are decoded alone at once (side by side),
+and the others go on in fresh workers (`saga.pipeline.stream`). With no worker (`--workers 0`) one child
+process decodes the videos one at a time (`saga.pipeline.solo`), under the same limits: a crash or a hang
+there fails that video, never the pass.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from dataclasses import dataclass, fields as dataclass_fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors, save as save_tensors
-from torch.utils.data import DataLoader, Dataset, _utils as loader_utils, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info  # noqa: F401  DataLoader: the stream's, looked up here (a seam)
 
 from saga.cache.manifest import file_fingerprint
 from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, clipped, reason
@@ -41,11 +43,15 @@ from saga.pipeline.child_answer import (ARRAYS as _ARRAYS, MALFORMED, SCALARS_LI
 from saga.pipeline.decode import decode_video
 from saga.pipeline.encoders import preprocess_frames
 from saga.pipeline.inputs import VideoInput
-from saga.pipeline.interrupts import held_signals
+from saga.pipeline.interrupts import die_with_parent, held_signals
 from saga.pipeline.sampling import SamplingPolicy
 
+if TYPE_CHECKING:
+    from saga.pipeline.stream import DecodeLimits, VideoStream
+
+# Defaults of `saga extract --alone-limit` and `--hang-limit` (seconds; read when a pass starts).
 ALONE_LIMIT_S = 1800.0  # a suspect decoded alone (a genuine one, even a long file through PyAV, takes minutes)
-# No next video from the workers for this long: the ones they are decoding are taken as hung. Decoding one
+# A video still decoding this long after it started is taken as hung. Decoding one
 # video takes seconds (a long file through PyAV, a minute or two); a slow one stopped wrongly only costs its
 # decoding again alone, under ALONE_LIMIT_S. A multi-hour run used to wait for ever on one crafted file.
 HANG_LIMIT_S = 600.0
@@ -104,13 +110,14 @@ def decode_one(path: Path, policy: SamplingPolicy, preprocess: Callable, index: 
 
 class VideoDataset(Dataset):
     """The todo list (or the part of it `order` picks) as a map-style dataset, so worker processes decode in
-    parallel; each worker notes the todo index it is decoding in `busy` (shared memory, -1 when idle)."""
+    parallel; each worker notes the todo index it is decoding in `busy` (shared memory, -1 when idle), and
+    in `started` since when (time.monotonic(), the same clock in every process), so a hang is timed per video."""
 
     def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
-                 order: list[int] | None = None, busy: Any = None) -> None:
+                 order: list[int] | None = None, busy: Any = None, started: Any = None) -> None:
         self.items, self.root, self.policy, self.preprocess = items, root, policy, preprocess
         self.order = list(range(len(items))) if order is None else order
-        self.busy = busy
+        self.busy, self.started = busy, started
 
     def __len__(self) -> int:
         return len(self.order)
@@ -120,6 +127,8 @@ class VideoDataset(Dataset):
         info = get_worker_info()
         if self.busy is None or info is None:
             return decode_one(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
+        if self.started is not None:
+            self.started[info.id] = time.monotonic()
         self.busy[info.id] = index
         video = decode_one(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
         self.busy[info.id] = -1
@@ -135,6 +144,7 @@ def _worker_init(_: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: only the main process stops the pass (and
     # commits); a worker killed by it would be misreported as a crash, or its KeyboardInterrupt ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()  # a worker stuck in its decoder outlived a SIGKILLed parent, holding the cache's lock
 
 
 def decode_workers(requested: int | None) -> int:
@@ -170,141 +180,60 @@ def worker_died(exc: BaseException) -> bool:
 
 
 def read_videos(items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
-                workers: int, pin_memory: bool = False, suspects: set[int] = frozenset()) -> "VideoStream":
-    """Decoded videos, `workers` processes ahead of the encoder (0: in this process); the todo indices in
-    `suspects` first, each decoded alone in a child process (`decode_alone`)."""
-    return VideoStream(items, root, policy, preprocess, workers, pin_memory, sorted(suspects))
+                workers: int, pin_memory: bool = False, suspects: set[int] = frozenset(),
+                limits: "DecodeLimits | None" = None) -> "VideoStream":
+    """Decoded videos, `workers` processes ahead of the encoder (0: each in a child process of its own); the todo
+    indices in `suspects` first, each decoded alone in a child process (`decode_alone`)."""
+    from saga.pipeline.stream import DecodeLimits, VideoStream  # the pool side: it calls back into this module
+
+    return VideoStream(items, root, policy, preprocess, workers, pin_memory, sorted(suspects),
+                       limits or DecodeLimits())
 
 
-class VideoStream:
-    """An iterator of `DecodedVideo`s over the todo list; `close()` stops the workers, `crash(exc)` turns a dead
-    worker into a `DecoderCrash` (None for any other exception)."""
+@dataclass
+class Lone:
+    """A video being decoded in a child process of its own (`start_alone`, read by `finish_alone`)."""
 
-    def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
-                 workers: int, pin_memory: bool, suspects: list[int]) -> None:
-        self.items, self.root, self.policy, self.preprocess = items, root, policy, preprocess
-        self.workers, self.suspects = workers, suspects
-        self.busy = multiprocessing.RawArray("q", [-1] * max(workers, 1))
-        self.pin_memory, alone = pin_memory, set(suspects)
-        self.rest = [i for i in range(len(items)) if i not in alone]
-        self.done = 0
-        self._videos = self._generate()
-
-    def __iter__(self) -> "VideoStream":
-        return self
-
-    def __next__(self) -> DecodedVideo:
-        try:
-            video = next(self._videos)
-        except Exception as exc:  # StopIteration included: not a crash, re-raised
-            crash = self.crash(exc)
-            if crash is None:
-                raise
-            self.close()
-            raise crash from None
-        self.done += 1
-        return video
-
-    def _generate(self) -> Iterator[DecodedVideo]:
-        for index in self.suspects:
-            yield decode_alone(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
-        rest = self.rest
-        while rest:
-            rest = yield from self._pooled(rest)
-
-    def _pooled(self, order: list[int]) -> Iterator[DecodedVideo]:
-        """The videos of `order` from worker processes; after a hang, the stuck ones decoded alone, and (returned)
-        those still to decode, in order (the videos the workers had decoded past the hang come again)."""
-        dataset = VideoDataset(self.items, self.root, self.policy, self.preprocess, order,
-                               self.busy if self.workers else None)
-        loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.workers, collate_fn=_identity,
-                            worker_init_fn=_worker_init if self.workers else None, pin_memory=self.pin_memory,
-                            prefetch_factor=4 if self.workers else None, timeout=HANG_LIMIT_S if self.workers else 0)
-        pool, given, finished, stuck = None, 0, False, set()
-        try:
-            with held_signals():  # a Ctrl-C during fork() was lost, or killed a worker before _worker_init
-                pool = iter(loader)
-            for video in pool:
-                given += 1
-                yield video
-            finished = True
-            return []
-        except RuntimeError as exc:  # torch's: "DataLoader timed out after N seconds"
-            if "DataLoader timed out" not in str(exc):
-                raise
-            stuck = {i for i in self.busy if i >= 0} | {order[given]}  # the one awaited, even if not noted yet
-        finally:
-            if not finished:  # a hang, a crash, Ctrl-C: a worker stuck in C code outlived its SIGTERM (and the exit)
-                _kill_busy(pool, self.busy)
-            shutdown = getattr(pool, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()  # also unregisters the workers from torch's SIGCHLD check
-        self.busy[:] = [-1] * len(self.busy)  # the killed workers' notes
-        for index in sorted(stuck):
-            yield decode_alone(self.items[index].absolute(self.root), self.policy, self.preprocess, index)
-        return [i for i in order[given:] if i not in stuck]
-
-    def close(self) -> None:
-        """Stop the decoding workers (a dead one can then no longer interrupt the main thread)."""
-        try:
-            self._videos.close()
-        except Exception as exc:  # the SIGCHLD check firing for the dead worker during the shutdown
-            if not worker_died(exc):
-                raise
-
-    def in_flight(self) -> list[str]:
-        """The videos the workers were decoding (none noted: no worker had started one)."""
-        return [self.items[i].rel for i in sorted(set(self.busy)) if i >= 0] if self.workers else []
-
-    def crash(self, exc: BaseException) -> DecoderCrash | None:
-        if not self.workers or not worker_died(exc):
-            return None
-        how = (_first_line(exc).strip().rstrip(".") if isinstance(exc, RuntimeError) else
-               f"it hung up while handing over a video: {type(exc).__name__}")
-        suspects = self.in_flight()
-        if not suspects:
-            near = self.items[min(self.done, len(self.items) - 1)].rel
-            return DecoderCrash(f"{self.root}: a decoding worker process died ({how}) at or after {near}; the "
-                                "videos written so far are kept: rerun to resume, with fewer --workers if memory is "
-                                "short", [])
-        named = suspects[0] if len(suspects) == 1 else f"one of {', '.join(suspects[:5])}" + (
-            f" (+{len(suspects) - 5} more)" if len(suspects) > 5 else "")
-        return DecoderCrash(f"{self.root}: a decoding worker process died ({how}) while decoding {named}; the "
-                            "videos written so far are kept: rerun the same command to resume: it first decodes "
-                            f"{'that video' if len(suspects) == 1 else 'each of them'} alone and records one that "
-                            "crashes again as failed (if memory is short, use fewer --workers)", suspects)
+    child: BaseProcess
+    receive: Connection
+    index: int
+    fingerprint: tuple[int, int] | None
+    expect: tuple[tuple[int, ...], tuple[int, ...], torch.dtype]
+    limit: float
+    deadline: float
 
 
-def _kill_busy(pool: Any, busy: Any) -> None:
-    """SIGKILL the workers still decoding a video (noted in `busy`, which is kept for `in_flight`): a decoder stuck
-    in C code never runs the SIGTERM handler torch's shutdown relies on. They leave torch's SIGCHLD check first,
-    or their death would read as a crash; each is reaped (no zombie)."""
-    if getattr(pool, "_worker_pids_set", False):
-        loader_utils.signal_handling._remove_worker_pids(id(pool))
-        pool._worker_pids_set = False
-    for slot, worker in enumerate(getattr(pool, "_workers", [])):
-        if busy[slot] >= 0 and worker.is_alive():
-            worker.kill()
-            worker.join()
-
-
-def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> DecodedVideo:
+def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int,
+                 limit: float | None = None) -> DecodedVideo:
     """`decode_one` in a child process: a file that crashes the decoder there becomes a failed video, and so
     does one whose child hands back something other than its decoded video (`_from_bytes`), more than one can
-    take (`child_answer.receive`), or no answer within `ALONE_LIMIT_S`. The record's size and mtime are the
-    parent's own stat, taken before the child starts: nothing the child says is the file's identity."""
+    take (`child_answer.receive`), or no answer within `limit` (None: `ALONE_LIMIT_S`). The record's size and
+    mtime are the parent's own stat, taken before the child starts: nothing the child says is the file's
+    identity."""
+    return finish_alone(start_alone(path, policy, preprocess, index, limit))
+
+
+def start_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int,
+                limit: float | None = None) -> Lone:
+    """The child of `decode_alone` started, its deadline running: several can decode side by side."""
+    limit = ALONE_LIMIT_S if limit is None else limit
     expect = _expected(policy, preprocess)
     context = multiprocessing.get_context()  # the DataLoader's too
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_decode_into, args=(send, path, policy, preprocess, index), daemon=True)
     fingerprint = file_fingerprint(path)
-    deadline = time.monotonic() + ALONE_LIMIT_S
     with held_signals():
         child.start()
     send.close()
+    return Lone(child, receive, index, fingerprint, expect, limit, time.monotonic() + limit)
+
+
+def finish_alone(lone: Lone) -> DecodedVideo:
+    """The video `lone`'s child hands back, or why it has none; the child is gone when this returns."""
+    child, index, expect, deadline = lone.child, lone.index, lone.expect, lone.deadline
     data, malformed, patience = [], "", time.monotonic()  # killed at once unless it answered or hung up
     try:
-        data, patience = child_answer.receive(receive, (SCALARS_LIMIT, arrays_limit(*expect)), deadline), deadline
+        data, patience = child_answer.receive(lone.receive, (SCALARS_LIMIT, arrays_limit(*expect)), deadline), deadline
     except EOFError:  # it died before sending everything (a core dump may take a while)
         patience = deadline
     except MalformedAnswer as exc:
@@ -312,30 +241,36 @@ def decode_alone(path: Path, policy: SamplingPolicy, preprocess: Callable, index
     except NoAnswer:
         pass
     finally:
-        receive.close()
+        lone.receive.close()
         exited = child_answer.end(child, patience)
     if exited and data and child.exitcode == 0 and not malformed:
         try:
             video = _from_bytes(*data, index=index, expect=lambda: expect)
-            video.fingerprint = fingerprint
+            video.fingerprint = lone.fingerprint
             return video
         except MalformedAnswer as exc:
             malformed = str(exc)
-    return DecodedVideo(index=index, fingerprint=fingerprint, error=clipped(_alone_error(malformed, child, exited)))
+    return DecodedVideo(index=index, fingerprint=lone.fingerprint,
+                        error=clipped(_alone_error(malformed, child, exited, lone.limit)))
 
 
-def _alone_error(malformed: str, child: BaseProcess, exited: bool) -> str:
+def _alone_error(malformed: str, child: BaseProcess, exited: bool, limit: float) -> str:
     if malformed:
-        return f"{MALFORMED} ({malformed}); the file may be crafted to attack the decoder: it is recorded as failed"
+        return malformed_text(malformed)
     if not exited:
-        return (f"the decoder's process gave no answer within {_took(ALONE_LIMIT_S)} (decoding it alone): it was "
+        return (f"the decoder's process gave no answer within {took(limit)} (decoding it alone): it was "
                 "stopped and the file is recorded as failed (it may be crafted to hang the decoder; --retry-failed "
-                "tries it again)")
+                "tries it again, --alone-limit gives it longer)")
     return f"the decoder crashed on this file (decoding it alone: {_exit_text(child.exitcode)})"
+
+
+def malformed_text(why: str) -> str:
+    return f"{MALFORMED} ({why}); the file may be crafted to attack the decoder: it is recorded as failed"
 
 
 def _decode_into(send: Connection, path: Path, policy: SamplingPolicy, preprocess: Callable, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    die_with_parent()
     torch.set_num_threads(1)
     data = _to_bytes(decode_one(path, policy, preprocess, index))
     try:
@@ -380,7 +315,8 @@ def _expected(policy: SamplingPolicy, preprocess: Callable) -> tuple[tuple[int, 
     return (policy.windows, policy.frames), tuple(probe.shape[1:]), probe.dtype
 
 
-def _took(seconds: float) -> str:
+def took(seconds: float) -> str:
+    """Seconds as a message says them: \"30 min\", \"1.5 s\"."""
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
