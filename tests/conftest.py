@@ -91,9 +91,10 @@ def tiny_args(tiny_weights: Path) -> list[str]:
 
 def run_saga(*args: str, check: bool = False, timeout: float = 300,
              cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess (what a user runs)."""
+    """The real CLI in a subprocess (what a user runs); one intra-op thread unless the environment sets another
+    count, as `one_thread` does in-process (tiny models on a busy 2-core machine run much slower on two)."""
     proc = subprocess.run([sys.executable, "-m", "saga", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd)
+                          env={"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"saga {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

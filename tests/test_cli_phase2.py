@@ -9,25 +9,41 @@ from pathlib import Path
 import pytest
 
 from conftest import run_saga
+from saga.benchmark.synth import SynthConfig, generate
 
 SMALL_MODEL = 'd_model = 32\ndepth = 2\nheads = 2\nepochs = 3\nmin_steps = 0\nbatch_size = 16\n'
+
+
+# `saga synth --per-class 4 --seed 3`'s benchmark (20 classes, 88 clips) at 64 px and 10-16 frames instead of
+# 256 px and 32-48: the same classes, counts and splits, 8 frames extracted from each as before, in ~1/20 of the
+# rendering time. The `saga synth` command itself runs end to end in test_synth_fixes.
+TINY_BENCHMARK = SynthConfig(videos_per_class=4, seed=3, sizes=((64, 64),), min_frames=10, max_frames=16)
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
     root = tmp_path_factory.mktemp("phase2")
-    run_saga("synth", "--out", str(root / "videos"), "--per-class", "4", "--seed", "3", check=True)
+    generate(root / "videos", TINY_BENCHMARK)
     run_saga("extract", "--videos", str(root / "videos"), "--out", str(root / "cache"), "--encoder", "saga-tiny-vit",
              "--pretrained", str(tiny_weights), "--frames", "8", "--workers", "1", "--device", "cpu", check=True)
     (root / "small.toml").write_text(SMALL_MODEL)
     return root
 
 
-def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
+@pytest.fixture(scope="module")
+def stage1_run(tiny_cache: Path) -> Path:
+    """A finished stage-1 run on the tiny cache, trained once through the CLI (the default stage: 1) for the whole
+    phase-2 chain and the predict tests; none of them changes it (the unfinished-run test changes a copy)."""
+    run = tiny_cache / "runs" / "stage1"
+    run_saga("train", "--cache", str(tiny_cache / "cache"), "--out", str(run), "--config",
+             str(tiny_cache / "small.toml"), check=True)
+    return run
+
+
+def test_train_attribute_evaluate_predict_explain(tiny_cache: Path, stage1_run: Path) -> None:
     root, cache = tiny_cache, str(tiny_cache / "cache")
     small = str(root / "small.toml")
-    stage1 = root / "runs" / "stage1"
-    run_saga("train", "--stage", "1", "--cache", cache, "--out", str(stage1), "--config", small, check=True)
+    stage1 = stage1_run
     assert (stage1 / "model.safetensors").is_file() and (stage1 / "done.json").is_file()
     provenance = json.loads((stage1 / "provenance.json").read_text())
     assert {"cache_id", "encoder", "seed", "versions"} <= set(provenance)
@@ -99,15 +115,6 @@ def test_train_attribute_evaluate_predict_explain(tiny_cache: Path) -> None:
     run_saga("report", str(stage1), str(sd), "--out", str(html), check=True)
     text = html.read_text()
     assert "data:image/png;base64," in text and "SD-L" in text
-
-
-@pytest.fixture(scope="module")
-def stage1_run(tiny_cache: Path) -> Path:
-    """A finished stage-1 run on the tiny cache (trained once for the predict tests)."""
-    run = tiny_cache / "runs" / "predict-stage1"
-    run_saga("train", "--cache", str(tiny_cache / "cache"), "--out", str(run), "--config",
-             str(tiny_cache / "small.toml"), check=True)
-    return run
 
 
 def test_predict_refuses_another_encoder(tiny_cache: Path, stage1_run: Path) -> None:

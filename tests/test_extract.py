@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,10 +100,22 @@ def _committed(out: Path) -> int:
     return lines
 
 
-@pytest.mark.parametrize("kill_after", [0, 5])
-def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, tiny_weights: Path, kill_after: int) -> None:
-    videos = make_video_tree(tmp_path / "v", per_class=10)
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> tuple[Path, Path]:
+    """36 videos (6 of them bad inputs) and their cache made by one uninterrupted `saga extract`: the reference
+    both SIGKILL cases compare with (extracted once: the same videos, command and options for both)."""
+    root = tmp_path_factory.mktemp("clean-run")
+    videos = make_video_tree(root / "v", per_class=10)
     add_bad_inputs(videos)
+    subprocess.run(_extract_cmd(videos, root / "clean", tiny_weights), capture_output=True)
+    return videos, root / "clean"
+
+
+@pytest.mark.parametrize("kill_after", [0, 5])
+def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, tiny_weights: Path, kill_after: int,
+                                                clean_run: tuple[Path, Path]) -> None:
+    videos, clean = tmp_path / "v", clean_run[1]
+    shutil.copytree(clean_run[0], videos, symlinks=True)  # the same files (mtimes kept), the broken link too
     out = tmp_path / "killed"
     proc = subprocess.Popen(_extract_cmd(videos, out, tiny_weights), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -119,8 +132,6 @@ def test_sigkill_then_resume_equals_a_clean_run(tmp_path: Path, tiny_weights: Pa
     FeatureCache.open(out).records()  # the killed cache opens
     resumed = subprocess.run(_extract_cmd(videos, out, tiny_weights), capture_output=True, text=True)
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr  # bad inputs fail, nothing crashes
-    clean = tmp_path / "clean"
-    subprocess.run(_extract_cmd(videos, clean, tiny_weights), capture_output=True)
     a, b = FeatureCache.open(out), FeatureCache.open(clean)
     assert [(r.path, r.status, r.split) for r in a.records()] == [(r.path, r.status, r.split) for r in b.records()]
     assert len({r.path for r in a.records()}) == len(a.records()) == 36

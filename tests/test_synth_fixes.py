@@ -239,3 +239,22 @@ def test_a_second_synth_into_the_same_folder_is_refused_while_the_first_writes(t
         assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written, nothing removed
     finally:
         os.close(fd)
+
+
+def test_the_cli_writes_a_benchmark_the_extractor_reads(tmp_path: Path) -> None:
+    """`saga synth` end to end in its own process, at its own (256 px, 32-48 frame) defaults: one clip per
+    generator and one real clip, every one listed in labels.csv under its generator, beside taxonomy.toml and the
+    stamp. (The phase-2 chain, test_cli_phase2, renders its larger benchmark in-process at a smaller size.)"""
+    out = tmp_path / "videos"
+    proc = run_saga("synth", "--out", str(out), "--per-class", "1", "--real", "1", "--seed", "3", check=True)
+    assert "Traceback" not in proc.stderr
+    clips = sorted(str(p.relative_to(out)) for p in out.rglob("*.mp4"))
+    assert len(clips) == N_SMALL - 1 and _listed(out) == set(clips)
+    with open(out / "labels.csv", newline="") as f:
+        assert all(row["path"].split("/")[0] == row["generator"] for row in csv.DictReader(f))
+    assert (out / "taxonomy.toml").is_file() and (out / STAMP).is_file()
+    from saga.pipeline.decode import decode_video
+    from saga.pipeline.sampling import SamplingPolicy
+
+    clip = decode_video(out / clips[0], SamplingPolicy(frames=8))  # whole clips of 256 x 256, >= 32 frames
+    assert clip.frames.shape[1:] == (8, 256, 256, 3) and clip.mask.all() and clip.n_frames >= 32
