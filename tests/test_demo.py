@@ -24,7 +24,7 @@ def test_a_demo_too_small_for_a_tsne_skips_it_with_a_line(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("change,message", [
     ({"device": "bogus"}, "--device bogus: unknown device"),
-    ({"workers": -1}, r"--workers must be >= 0 \(0 decodes in the main process\), got -1"),
+    ({"workers": -1}, r"--workers must be >= 0 \(0: one child process decodes one video at a time\), got -1"),
     ({"seed": -3}, "--seed must be >= 0, got -3"),
 ])
 def test_bad_options_are_one_line_before_any_video(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -213,6 +213,7 @@ def test_sigterm_commits_and_seals_like_ctrl_c(tmp_path: Path, tiny_weights: Pat
 
 def test_a_decoding_worker_that_dies_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import saga.pipeline.reader as reader
+    import saga.pipeline.stream as stream
     from saga.pipeline.inputs import VideoInput
     from saga.pipeline.sampling import SamplingPolicy
 
@@ -224,7 +225,7 @@ def test_a_decoding_worker_that_dies_is_one_line(tmp_path: Path, monkeypatch: py
             yield "first video"
             raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
 
-    monkeypatch.setattr(reader, "DataLoader", Dying)
+    monkeypatch.setattr(stream, "DataLoader", Dying)
     items = [VideoInput("real/a.mp4", "real"), VideoInput("real/b.mp4", "real")]
     videos = reader.read_videos(items, tmp_path, SamplingPolicy(frames=4), lambda x: x, workers=2)
     assert next(videos) == "first video"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -20,16 +20,16 @@ import torch
 
 from saga import distributed
 from saga.distributed import resolve_device
-from saga.errors import SagaError
 from saga.fileio import make_dir
 from saga.locks import lock_folder, unlock_folder
 from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
                                  file_fingerprint, read_split_plan)
-from saga.cache.provenance import DEFAULT_SPLIT, EncoderSpec, cache_provenance
-from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache, PartWriter, next_part_name, seal_leftover_parts
+from saga.cache.provenance import EncoderSpec, cache_provenance
+from saga.cache.store import FeatureCache, PartWriter, next_part_name, seal_leftover_parts
 from saga.pipeline.decoder_audit import mark_audited, misdecoded
 from saga.pipeline.encode_step import EncodeStep
-from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED, FrameEncoder, load_encoder
+from saga.pipeline.config import ExtractConfig, resolve_split
+from saga.pipeline.encoders import FrameEncoder, load_encoder
 from saga.pipeline.inputs import Inputs, VideoInput, find_inputs
 from saga.pipeline.reader import DecodedVideo, DecoderCrash, decode_workers, read_videos
 from saga.pipeline.stream import DecodeLimits, VideoStream, preload_decoders
@@ -46,73 +46,8 @@ from saga.taxonomy import Taxonomy
 # train, and left out when new videos' splits are balanced.
 
 
-@dataclass
-class ExtractConfig:
-    videos: Path
-    out: Path
-    labels: Path | None = None
-    taxonomy: str | None = None
-    encoder: str = DEFAULT_ENCODER
-    pretrained: str | None = DEFAULT_PRETRAINED
-    frames: int = 16
-    sampling: str = "consecutive"
-    windows: int = 1
-    batch_size: int = 64
-    workers: int | None = None  # decoding processes; None: the cores minus one (reader.decode_workers)
-    device: str = "auto"
-    split_seed: int | None = None  # None: the cache's own when appending, else 0
-    split_fractions: dict[str, float] | None = None  # None: the cache's own when appending, else DEFAULT_SPLIT
-    retry_failed: bool = False
-    allow_outside: bool = False  # labels CSV paths outside the videos folder (absolute, ..) are refused unless set
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    compile: bool = False  # torch.compile the encoder (worth it on a GPU for long runs)
-    hang_limit: float | None = None  # seconds a video may decode in a worker; None: reader.HANG_LIMIT_S
-    alone_limit: float | None = None  # then seconds alone in a child; None: reader.ALONE_LIMIT_S
-
-    def check(self) -> None:
-        """One-line errors for values that would fail (or be silently changed) after the cache is touched."""
-        for name in ("frames", "windows", "batch_size", "shard_rows"):
-            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) < 1:
-                raise SagaError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.workers is not None and int(self.workers) < 0:
-            raise SagaError(f"--workers must be >= 0 (0 decodes in the main process), got {self.workers}")
-        for name in ("hang_limit", "alone_limit"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not 0 < float(value) < float("inf")):
-                raise SagaError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value}")
-
-
 BUSY = ("another saga extract is writing this cache right now; wait for it to finish, then rerun to add "
         "what it did not")
-
-
-def resolve_split(cfg: ExtractConfig) -> ExtractConfig:
-    """The split settings of this pass: as given, else the cache's own, else the defaults.
-
-    A cache has one split rule: appending with another seed or other fractions would put the
-    new videos in splits its recorded settings do not describe, so that is refused.
-    """
-    recorded = FeatureCache.open(cfg.out).attrs.get("split") if (cfg.out / "zarr.json").is_file() else None
-    recorded = recorded or {}
-    seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("seed", 0))
-    fractions = dict(cfg.split_fractions if cfg.split_fractions is not None
-                     else recorded.get("fractions", DEFAULT_SPLIT))
-    if recorded and not _same_split(recorded, seed, fractions):
-        raise SagaError(f"{cfg.out}: refusing to append: the cache splits with seed {recorded.get('seed')} and "
-                        f"fractions {_fractions_text(recorded.get('fractions', {}))}, this run asks for seed {seed} "
-                        f"and {_fractions_text(fractions)}; leave out --split and --split-seed to keep the cache's, "
-                        "or extract into a new --out folder")
-    return replace(cfg, split_seed=seed, split_fractions=fractions)
-
-
-def _same_split(recorded: dict[str, Any], seed: int, fractions: dict[str, float]) -> bool:
-    theirs = recorded.get("fractions", {})
-    return recorded.get("seed") == seed and set(theirs) == set(fractions) and all(
-        abs(float(theirs[k]) - float(fractions[k])) < 1e-9 for k in fractions)
-
-
-def _fractions_text(fractions: dict[str, float]) -> str:
-    return ",".join(f"{float(fractions.get(s, 0)):g}" for s in SPLITS)
 
 
 def _load(cfg: ExtractConfig) -> FrameEncoder:

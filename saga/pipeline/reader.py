@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors, save as save_tensors
-from torch.utils.data import DataLoader, Dataset, get_worker_info  # noqa: F401  DataLoader: the stream's, looked up here (a seam)
+from torch.utils.data import Dataset, get_worker_info
 
 from saga.cache.manifest import file_fingerprint
 from saga.errors import BRIEF_LIMIT, DecodeError, SagaError, clipped, reason

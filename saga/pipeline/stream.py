@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from torch.utils.data import DataLoader
 from torch.utils.data import _utils as loader_utils
 
 from saga.pipeline import reader
@@ -118,7 +119,7 @@ class VideoStream:
     def _loader(self, order: list[int]) -> Any:
         dataset = VideoDataset(self.items, self.root, self.policy, self.preprocess, order, self.busy, self.started)
         poll = min(self.limits.hang_s() / POLLS_PER_LIMIT, MAX_POLL_S)
-        return reader.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.workers,
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.workers,
                                  collate_fn=reader._identity, worker_init_fn=reader._worker_init,
                                  pin_memory=self.pin_memory, prefetch_factor=4, timeout=poll)
 

@@ -55,9 +55,9 @@ from saga.runs.origin import (
     cache_digest,
     encoder_provenance,
     make_provenance,
-    unsealed_parts,
     warn_if_unsealed,
 )
+from saga.cache.store import unsealed_parts
 
 __all__ = [
     "CKPT_COMMIT", "CKPT_NEW", "CONFIG", "DONE", "EVALUATION", "HELDOUT", "LABELLED", "LAST", "METRICS", "MODEL",

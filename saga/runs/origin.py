@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from saga.cache.index import identity_line, lazy
 from saga.cache.sealcheck import check_seals, seal_warnings, unsealed_warning
-from saga.cache.store import FeatureCache, unsealed_parts  # noqa: F401 - saga.runs re-exports it
+from saga.cache.store import FeatureCache
 from saga.provenance import machine, now, versions
 
 # (continue an unfinished run on a changed cache, keep a finished one as it is): the explicit --resume
