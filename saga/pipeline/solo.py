@@ -92,7 +92,8 @@ class Solo:
             self.child = None
 
 
-def _serve(requests: Connection, answers: Connection, parents: tuple[Connection, ...], policy: SamplingPolicy, preprocess: Callable) -> None:
+def _serve(requests: Connection, answers: Connection, parents: tuple[Connection, ...], policy: SamplingPolicy,
+           preprocess: Callable) -> None:
     """The child: decode each video the parent names until it hangs up (or dies)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     die_with_parent()
