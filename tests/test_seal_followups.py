@@ -116,3 +116,20 @@ def test_robustness_refuses_an_edited_sealed_cache_before_writing(cache: Feature
                "--device", "cpu")
     assert isinstance(res.exception, SagaError) and "changed since it was sealed" in str(res.exception), res.output
     assert not out.exists()
+
+
+def test_the_open_set_digest_covers_the_labelled_train_videos_it_read(cache: FeatureCache,  # noqa: F811
+                                                                       tmp_path: Path) -> None:
+    """openset.json's prototypes and k-NN bank come from the run's labelled train videos: they count, other train
+    videos do not."""
+    from saga.openworld.fitcache import fit_digest
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache.root, copy)
+    opened = FeatureCache.open(copy)
+    labelled = {next(iter(opened.ok_records("train"))).path}
+    before = fit_digest(opened, labelled)
+    assert before != fit_digest(opened)
+    grown = add_videos(copy, 2, "train")
+    assert fit_digest(grown, labelled) == before
+    assert fit_digest(grown, labelled | {"syn-svd/added-train-000.mp4"}) != before

@@ -24,18 +24,19 @@ FIT_CACHE = ("cache_id", "cache_digest", "fit_digest")  # the optional keys of c
 
 def fit_digest(cache: FeatureCache, labelled: Collection[str] = ()) -> str:
     """The digest of what a fit on `cache` reads: its val ok records, then its train ok records in `labelled`."""
-    records = list(cache.ok_records("val"))
-    if labelled:
-        wanted = set(labelled)
-        records += [r for r in cache.ok_records("train") if r.path in wanted]
-    return records_digest(records)
+    if not labelled:
+        return records_digest(cache.ok_records("val"))  # the index's columns: no record objects built
+    wanted = set(labelled)
+    return records_digest([*cache.ok_records("val"), *(r for r in cache.ok_records("train") if r.path in wanted)])
 
 
 def labelled_paths(info: RunInfo) -> set[str]:
     """The run's labelled videos (labelled.json; none without one): what the open-set fit reads besides val."""
     path = info.path / LABELLED
     classes = read_json(path).get("classes") if path.is_file() else None
-    return {p for paths in classes.values() for p in paths} if isinstance(classes, dict) else set()
+    if not isinstance(classes, dict):  # damaged: training and the fit refuse it in their own line
+        return set()
+    return {p for paths in classes.values() if isinstance(paths, list) for p in paths if isinstance(p, str)}
 
 
 def fit_cache(cache: FeatureCache, labelled: Collection[str] = ()) -> dict[str, str]:
