@@ -74,6 +74,8 @@ def test_a_file_with_the_old_all_splits_digest_is_still_compared(cache: FeatureC
     assert "this may be only other splits); fix" in other_cache(path, old, grown, info, "fix")
     assert other_cache(path, {**old, "fit_digest": "0" * 32}, grown, info, "fix").endswith(
         "before the videos it was fitted on changed (val videos added, pruned or re-extracted since); fix")
+    assert "(val or labelled train videos added, pruned or re-extracted since); fix" in other_cache(
+        path, {**old, "fit_digest": "0" * 32}, grown, info, "fix", {"real/v00.mp4"})  # openset.json: its bank too
 
 
 @pytest.mark.parametrize("command", ["calibrate", "openset fit"])

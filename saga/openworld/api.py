@@ -255,8 +255,9 @@ def warn_other_cache(ow: Any, cache: FeatureCache, emb: Embedder) -> None:
     """One line for each of calibration.json / openset.json fitted on another cache than `cache`, or on it before
     it changed (`fitcache.other_cache`), naming the command that refits it there."""
     run, where = emb.info.path, f"--cache {cache.root}"
-    for fitted, name, command, labelled in ((ow.calibration, CALIBRATION, "saga calibrate", ()),
-                                            (ow.openset, OPENSET, "saga openset fit", labelled_paths(emb.info))):
+    labelled = labelled_paths(emb.info) if ow.openset is not None else set()  # what its bank was built from
+    for fitted, name, command, read in ((ow.calibration, CALIBRATION, "saga calibrate", set()),
+                                        (ow.openset, OPENSET, "saga openset fit", labelled)):
         if fitted is not None and (line := other_cache(run / name, {k: getattr(fitted, k) for k in FIT_CACHE}, cache,
-                                                       emb.info, f"refit it: `{command} {run} {where}`", labelled)):
+                                                       emb.info, f"refit it: `{command} {run} {where}`", read)):
             warnings.warn(line, stacklevel=3)

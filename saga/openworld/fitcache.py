@@ -71,7 +71,8 @@ def _changed(path: Path, recorded: dict[str, Any], cache: FeatureCache, labelled
     if isinstance(digest, str):
         if digest == fit_digest(cache, labelled):
             return ""
-        return (f"{path}: fitted on {cache.root} before the videos it was fitted on changed (val videos added, pruned "
+        what = "val or labelled train videos" if labelled else "val videos"
+        return (f"{path}: fitted on {cache.root} before the videos it was fitted on changed ({what} added, pruned "
                 f"or re-extracted since); {fix}")
     if isinstance(whole, str) and whole != cache_digest(cache):
         return (f"{path}: fitted on {cache.root} before it changed (videos added, pruned or re-extracted since; "
