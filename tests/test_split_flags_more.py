@@ -196,7 +196,7 @@ def test_a_calibration_used_on_its_cache_after_it_changed_is_warned_about(cache:
                                                                           stage1: Path,  # noqa: F811
                                                                           tmp_path: Path) -> None:
     from saga.openworld.api import calibrate_run
-    from saga.runs import cache_digest
+    from saga.openworld.fitcache import fit_digest
 
     run, _ = _run_copy(stage1, tmp_path)
     copy = tmp_path / "cache"
@@ -205,7 +205,7 @@ def test_a_calibration_used_on_its_cache_after_it_changed_is_warned_about(cache:
         warnings.simplefilter("ignore")  # few val videos
         calibrate_run(run, copy, report_split=None)
     cal = json.loads((run / "calibration.json").read_text())
-    assert (cal["cache_id"], cal["cache_digest"]) == (cache.cache_id, cache_digest(FeatureCache.open(copy)))
+    assert (cal["cache_id"], cal["fit_digest"]) == (cache.cache_id, fit_digest(FeatureCache.open(copy)))
     args = ("evaluate", str(run), "--cache", str(copy), "--no-probe", "--format", "json")
     same = _cli(*args)
     assert same.exit_code == 0 and "calibration.json" not in same.stderr
@@ -214,9 +214,9 @@ def test_a_calibration_used_on_its_cache_after_it_changed_is_warned_about(cache:
     changed = _cli(*args)
     assert changed.exit_code == 0, changed.output
     assert [w for w in _warnings(changed.stderr) if "calibration.json" in w] == [
-        f"{run / 'calibration.json'}: fitted on {copy} before it changed (videos added, pruned or re-extracted "
-        f"since); refit it: `saga calibrate {run} --cache {copy}`"]
-    del cal["cache_id"], cal["cache_digest"]  # a file written before they were recorded: loads, no warning
+        f"{run / 'calibration.json'}: fitted on {copy} before the videos it was fitted on changed (val videos "
+        f"added, pruned or re-extracted since); refit it: `saga calibrate {run} --cache {copy}`"]
+    del cal["cache_id"], cal["fit_digest"]  # a file written before they were recorded: loads, no warning
     (run / "calibration.json").write_text(json.dumps(cal))
     old = _cli(*args)
     assert old.exit_code == 0 and "calibration.json" not in old.stderr and "calibration" in json.loads(

@@ -115,7 +115,7 @@ def openset_logo(
 ) -> None:
     """Leave-one-generator-out: train without each generator in turn (no video of it is read), then AUROC / OSCR
     per level."""
-    from saga.cache.store import FeatureCache
+    from saga.openworld.api import sealed_cache
     from saga.openworld.enroll import MAX_VIDEOS, MIN_VIDEOS
     from saga.openworld.logo import evaluate_folds, generators, to_markdown, train_folds
     from saga.runs.files import LOGO_RESULTS, LOGO_RESULTS_MD
@@ -125,7 +125,8 @@ def openset_logo(
     if retrain and not MIN_VIDEOS <= retrain <= MAX_VIDEOS:  # checked before any fold trains
         raise SagaError(f"--retrain {retrain}: enrollment takes {MIN_VIDEOS}-{MAX_VIDEOS} videos of the held-out "
                         "generator; pass a number in that range, or 0 for none")
-    c = FeatureCache.open(cache)
+    with one_line_warnings():
+        c = sealed_cache(cache)  # as train and evaluate: an edited or lost sealed part, refused before any fold
     gens = [g.strip() for g in only.split(",") if g.strip()] if only else generators(c)
     opts = load_options(config, loss="ce")
     training_options(AttributeConfig, config, loss="ce")  # a bad value in the TOML: one line naming it, now

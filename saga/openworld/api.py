@@ -25,10 +25,10 @@ from saga.fileio import check_writable, make_dir, write_json
 from saga.openworld.calibration import Calibration, degenerate, fit_calibration, plot_reliability, reliability
 from saga.openworld.embeddings import Embedder, known_val, min_val_for, split_records
 from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level_classes, prototype_tau
-from saga.openworld.fitcache import FIT_CACHE, fit_cache, other_cache
+from saga.openworld.fitcache import FIT_CACHE, fit_cache, labelled_paths, other_cache
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
-from saga.runs import MODEL, RunFolder, file_fingerprint
+from saga.runs import MODEL, RunFolder, file_fingerprint, warn_if_unsealed
 from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, reliability_file
 from saga.taxonomy import Taxonomy
 
@@ -44,7 +44,15 @@ def run_cache(emb: Embedder, cache: str | Path | None, flag: str = "--cache") ->
         raise SagaError(f"{emb.info.path}: the run records no cache; pass {flag}")
     if not Path(path).is_dir():
         raise SagaError(f"{path}: cache folder not found; pass the run's feature cache with {flag}")
-    return FeatureCache.open(path)
+    return sealed_cache(path)
+
+
+def sealed_cache(path: str | Path) -> FeatureCache:
+    """The cache at `path`, refused in one line when a sealed part was edited or lost (`warn_if_unsealed`, as
+    train and evaluate check it): a fit or an enrollment must not read relabelled or vanished videos in silence."""
+    cache = FeatureCache.open(path)
+    warn_if_unsealed(cache)
+    return cache
 
 
 def model_id(emb: Embedder) -> str:
@@ -86,7 +94,7 @@ def calibrate_run(run: str | Path, cache: str | Path | None = None, out: str | P
     val = known_val(emb, c, "the temperature", records=val_records)
     cal = fit_calibration(val.logits, val.targets, val.probs, model_id(emb), emb.info.classes)
     cal.seen_in_training = seen
-    cal.cache_id, cal.cache_digest = fit_cache(c).values()  # a later use on another cache is warned about
+    cal.cache_id, cal.fit_digest = fit_cache(c).values()  # a later use on another cache is warned about
     if degenerate(cal):  # written all the same (predict shows T): the fit did what it could
         warnings.warn(f"{folder / CALIBRATION}: {degenerate(cal)}; fit it on more val videos of the run's classes "
                       f"(extract more into {c.root}, then rerun `saga calibrate`), or delete {CALIBRATION} to keep "
@@ -130,7 +138,7 @@ def fit_openset_run(run: str | Path, cache: str | Path | None = None, out: str |
     det = fit_openset(protos, train.embeddings, val.embeddings, val.targets, model_id(emb), emb.info.classes,
                       kind, k, percentile)
     det.seen_in_training = seen
-    det.cache_id, det.cache_digest = fit_cache(c).values()
+    det.cache_id, det.fit_digest = fit_cache(c, labelled_paths(emb.info)).values()  # its bank: labelled videos
     with committing(emb, folder, OPENSET_FIT):
         det.save(folder)
     return det
@@ -175,7 +183,7 @@ def enroll_run(run: str | Path, generator: str, cache: str | Path, videos: str |
     silently give way to the new ones."""
     emb = open_run(run, device, ENROLL)
     folder = check_writable(Path(out or emb.info.path))
-    new_cache = FeatureCache.open(cache) if Path(cache).is_dir() else None
+    new_cache = sealed_cache(cache) if Path(cache).is_dir() else None
     if new_cache is None:
         raise SagaError(f"{cache}: cache folder not found; extract the videos with the run's encoder first")
     records = select_videos(new_cache, generator, videos, split, limit, seed)
@@ -247,8 +255,9 @@ def warn_other_cache(ow: Any, cache: FeatureCache, emb: Embedder) -> None:
     """One line for each of calibration.json / openset.json fitted on another cache than `cache`, or on it before
     it changed (`fitcache.other_cache`), naming the command that refits it there."""
     run, where = emb.info.path, f"--cache {cache.root}"
-    for fitted, name, command in ((ow.calibration, CALIBRATION, "saga calibrate"), (ow.openset, OPENSET,
-                                                                                     "saga openset fit")):
-        if fitted is not None and (line := other_cache(run / name, {k: getattr(fitted, k) for k in FIT_CACHE},
-                                                       cache, emb.info, f"refit it: `{command} {run} {where}`")):
+    labelled = labelled_paths(emb.info) if ow.openset is not None else set()  # what its bank was built from
+    for fitted, name, command, read in ((ow.calibration, CALIBRATION, "saga calibrate", set()),
+                                        (ow.openset, OPENSET, "saga openset fit", labelled)):
+        if fitted is not None and (line := other_cache(run / name, {k: getattr(fitted, k) for k in FIT_CACHE}, cache,
+                                                       emb.info, f"refit it: `{command} {run} {where}`", read)):
             warnings.warn(line, stacklevel=3)

@@ -130,8 +130,9 @@ class Calibration:
     run_model: str  # blake2b of the run's model.safetensors: a retrained run invalidates the file
     classes: list[str]
     seen_in_training: dict[str, Any] | None = None  # val videos left out, the run was trained on (saga.explain.seen)
-    cache_id: str | None = None  # the cache fitted on and its records digest (None: an older file; `fitcache`)
-    cache_digest: str | None = None
+    cache_id: str | None = None  # the cache fitted on and the digest of the records read (None: older; `fitcache`)
+    cache_digest: str | None = None  # all its splits: only in files written before fit_digest
+    fit_digest: str | None = None
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities softmax(z / T) of window-averaged logits."""

@@ -135,8 +135,9 @@ class OpenSet:
     val_false_unknown: float | None = None  # share of the known val videos above the threshold (None: older file)
     k_requested: int | None = None  # the k asked for when the bank had fewer videos (k: the one used)
     seen_in_training: dict[str, Any] | None = None  # val videos left out: the run was trained on them
-    cache_id: str | None = None  # the cache fitted on and its records digest (None: an older file; `fitcache`)
-    cache_digest: str | None = None
+    cache_id: str | None = None  # the cache fitted on and the digest of the records read (None: older; `fitcache`)
+    cache_digest: str | None = None  # all its splits: only in files written before fit_digest
+    fit_digest: str | None = None
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """Unknown-ness of L2-normalised φ rows (higher = farther from the known classes)."""

@@ -41,7 +41,7 @@ from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
 from saga.progress import Passes, ProgressFn, silent
 from saga.provenance import now, versions
-from saga.runs import RunInfo, cache_digest, heldout_tag
+from saga.runs import RunInfo, cache_digest, heldout_tag, warn_if_unsealed
 from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
 from saga.robustness.evaluate import level_metrics, markdown, paired_levels, reported_levels
 from saga.robustness.copies import make_copies, unchanged
@@ -182,13 +182,14 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = s
     cfg.check()
     if not cfg.videos.is_dir():
         raise SagaError(f"{cfg.videos}: not a folder; pass --videos, the folder the cache was extracted from")
-    out = make_dir(cfg.out or cfg.run)
     weights = run_weights(cfg.run)  # before loading: weights replaced meanwhile are never passed off as these
     emb = Embedder(cfg.run, cfg.device)
     cache_path = cfg.cache or emb.info.config.get("cache")
     if not cache_path:
         raise SagaError(f"{cfg.run}: the run records no cache; pass --cache")
     clean = FeatureCache.open(cache_path)
+    warn_if_unsealed(clean)  # as train and evaluate: an edited or lost sealed part is refused before any write
+    out = make_dir(cfg.out or cfg.run)
     tag = heldout_tag(emb.info, clean)  # None on the run's own cache: the plain names
     taxonomy = clean.taxonomy
     levels = reported_levels(emb.info, taxonomy)

@@ -55,6 +55,7 @@ from saga.runs.origin import (
     cache_digest,
     encoder_provenance,
     make_provenance,
+    records_digest,
     warn_if_unsealed,
 )
 from saga.cache.store import unsealed_parts
@@ -67,6 +68,7 @@ __all__ = [
     "file_fingerprint",
     "flatten_optimizer", "heldout_tag", "load_model", "load_state", "load_tensors", "make_provenance", "on_cache",
     "read_json",
-    "read_model_config", "recorded_options", "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
+    "read_model_config", "records_digest", "recorded_options",
+    "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
     "tsne_file", "unsealed_parts", "warn_if_unsealed", "write_json", "write_text",
 ]

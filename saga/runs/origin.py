@@ -13,9 +13,10 @@ import hashlib
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from saga.cache.index import identity_line, lazy
+from saga.cache.manifest import VideoRecord
 from saga.cache.sealcheck import check_seals, seal_warnings, unsealed_warning
 from saga.cache.store import FeatureCache
 from saga.provenance import machine, now, versions
@@ -32,8 +33,12 @@ def encoder_provenance(cache: FeatureCache) -> dict[str, Any]:
 
 def cache_digest(cache: FeatureCache) -> str:
     """blake2b of the cache's ok records (path, split, checksum): changes when videos are added or re-extracted."""
+    return records_digest(cache.ok_records())
+
+
+def records_digest(records: Sequence[VideoRecord]) -> str:
+    """blake2b of `records`' identities (path, split, checksum), in their order: `cache_digest` of a subset."""
     h = hashlib.blake2b(digest_size=16)
-    records = cache.ok_records()
     lines = records.identity_lines() if lazy(records) else map(identity_line, records)
     for line in lines:
         h.update(line)
