@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import tomllib
@@ -228,10 +229,8 @@ def one_line_warnings() -> Iterator[None]:
 
     Under torchrun only rank 0 prints, so a warning shows once, not once per GPU.
     """
-    from saga.distributed import context
-
     def show(message: Warning | str, *args: Any, **kwargs: Any) -> None:
-        if context().is_main:
+        if is_main():
             err.print(f"[yellow]warning:[/] {escape(one_line(str(message)))}", soft_wrap=True)
 
     with warnings.catch_warnings():
@@ -249,8 +248,16 @@ def named_folder(text: str | Path, option: str = "--out") -> Path:
 
 def writable_folder(folder: Path) -> Path:
     """Fail at the start, in one line naming the folder, when an output folder cannot take files."""
-    from saga.distributed import context
-
-    if context().is_main:
+    if is_main():
         check_writable(folder)
     return folder
+
+
+def is_main() -> bool:
+    """`saga.distributed.context().is_main`, without importing torch (saga.distributed does) outside torchrun:
+    a bad option's one-line error comes before the seconds that import takes (docs/performance.md)."""
+    if os.environ.get("WORLD_SIZE", "").strip() in ("", "0", "1"):
+        return True
+    from saga.distributed import context
+
+    return context().is_main

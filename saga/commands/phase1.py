@@ -110,6 +110,7 @@ def extract(
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json (summary).")] = OutputFormat.text,
 ) -> None:
     """Decode and encode every new or changed video once into a Zarr feature cache."""
+    fractions = _split(split) if split else None  # before the imports below: they take seconds (torch)
     from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED
     from saga.pipeline.extract import ExtractConfig
     from saga.pipeline.extract import extract as run_extract
@@ -118,7 +119,7 @@ def extract(
                         encoder=encoder or DEFAULT_ENCODER,
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
                         frames=frames, sampling=sampling, windows=windows, batch_size=batch_size, workers=workers,
-                        device=device, split_seed=split_seed, split_fractions=_split(split) if split else None, retry_failed=retry_failed, shard_rows=shard_rows,
+                        device=device, split_seed=split_seed, split_fractions=fractions, retry_failed=retry_failed, shard_rows=shard_rows,
                         compile=compile, allow_outside=allow_outside_paths, hang_limit=hang_limit,
                         alone_limit=alone_limit)
     writable_folder(out)

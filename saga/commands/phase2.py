@@ -270,13 +270,6 @@ def probe(
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json.")] = OutputFormat.text,
 ) -> None:
     """Linear baseline: logistic regression on pooled, shift-invariant feature statistics, same labelled videos."""
-    from saga.cache.fraction import counts_line
-    from saga.cache.store import FeatureCache
-    from saga.explain.metrics import metrics_table
-    from saga.explain.probe import choice_text
-    from saga.explain.probe_runs import run_probe
-    from saga.fileio import read_json
-    from saga.runs import LABELLED, warn_if_unsealed
     from saga.taxonomy import check_level
 
     if level is not None:
@@ -284,6 +277,14 @@ def probe(
     name = like.resolve().name if like is not None else (level or "GEN-L").lower()
     out = out or Path("runs") / f"probe-{name}"
     writable_folder(out)
+    from saga.cache.fraction import counts_line  # after the option checks: these import torch (seconds)
+    from saga.cache.store import FeatureCache
+    from saga.explain.metrics import metrics_table
+    from saga.explain.probe import choice_text
+    from saga.explain.probe_runs import run_probe
+    from saga.fileio import read_json
+    from saga.runs import LABELLED, warn_if_unsealed
+
     with one_line_warnings():
         warn_if_unsealed(FeatureCache.open(cache))  # what train and evaluate check: sealed parts unchanged
         metrics = run_probe(cache, out, level=level, fraction=fraction, floor=floor, seed=seed, like=like,

@@ -31,13 +31,13 @@ def predict(
         "--allow-unfinished", help="Predict with an interrupted run's mid-training weights (refused without it).")] = False,
 ) -> None:
     """Attribute videos with a trained run (extracting them with the run's own encoder)."""
-    from saga.pipeline.inputs import VIDEO_SUFFIXES
-    from saga.predict import Predictor, expand_inputs, no_videos
-    from saga.runs.files import PREDICT
-
     if out is not None and not tsig:  # predictions go to stdout: an --out that holds nothing is a mistake
         raise SagaError(f"--out {out}: only holds the --tsig plots; add --tsig, or drop --out "
                         "(predictions print to stdout: --format json > FILE keeps them)")
+    from saga.pipeline.inputs import VIDEO_SUFFIXES  # after the option checks: these import torch (seconds)
+    from saga.predict import Predictor, expand_inputs, no_videos
+    from saga.runs.files import PREDICT
+
     if tsig:
         writable_folder(out or run / PREDICT)  # before the first video, not after it
     tally = Tally(format == "json")

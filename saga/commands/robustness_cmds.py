@@ -34,12 +34,14 @@ def robustness(
     pretrained: Annotated[Optional[str], typer.Option(help="Local copy of the run's encoder weights.")] = None,
 ) -> None:
     """Re-encode the split's videos with each perturbation, extract each set once, evaluate the run on it."""
+    from saga.robustness.perturb import parse_list
+
+    perturbations = parse_list(perturb)  # before the imports below: they take seconds (torch)
     from saga.explain.metrics import HELDOUT_KEY
     from saga.robustness.evaluate import markdown
-    from saga.robustness.perturb import parse_list
     from saga.robustness.runner import RobustnessConfig, result_files, run_robustness
 
-    cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=parse_list(perturb),
+    cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=perturbations,
                            limit_per_class=limit_per_class, split=split, seed=seed, device=cli_device(device),
                            batch_size=batch_size, workers=workers, encoder=encoder, pretrained=pretrained)
     with one_line_warnings():
