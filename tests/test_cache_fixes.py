@@ -47,6 +47,19 @@ def write_part(cache: FeatureCache, records: list[tuple[VideoRecord, int]]) -> N
     append_split_plan(cache.split_plan_path, {r.path: (r.generator, r.split) for r, _ in records})
 
 
+def pruned_export_cache(tmp_path: Path) -> FeatureCache:
+    """A cache of real/a.mp4 (train) and real/b.mp4 (test), b then pruned as gone: its split kept in the plan."""
+    from saga.cache.prune import prune_gone
+
+    cache = new_cache(tmp_path)
+    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4", split="test", size=5, mtime_ns=6), 2)])
+    videos = tmp_path / "videos"
+    (videos / "real").mkdir(parents=True)
+    (videos / "real" / "a.mp4").write_bytes(b"v")
+    prune_gone(FeatureCache.open(cache.root), videos, all_folders=True)
+    return FeatureCache.open(cache.root)
+
+
 def locked_elsewhere(folder: Path) -> bool:
     """Whether the folder's flock is held (probed through a descriptor of our own)."""
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT)

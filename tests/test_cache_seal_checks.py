@@ -289,19 +289,11 @@ def test_import_refuses_a_pruned_split_line_the_next_prune_would_refuse(tmp_path
     then failed on its splits-pruned.jsonl."""
     import h5py
     import numpy as np
-    from test_cache_fixes import new_cache, rec, write_part
+    from test_cache_fixes import pruned_export_cache
 
     from saga.cache.export import digest, export_h5, import_h5
-    from saga.cache.prune import prune_gone
-    from saga.cache.store import FeatureCache
 
-    cache = new_cache(tmp_path)
-    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4", split="test", size=5, mtime_ns=6), 2)])
-    videos = tmp_path / "videos"
-    (videos / "real").mkdir(parents=True)
-    (videos / "real" / "a.mp4").write_bytes(b"v")
-    prune_gone(FeatureCache.open(cache.root), videos, all_folders=True)
-    export_h5(FeatureCache.open(cache.root), tmp_path / "c.h5")
+    export_h5(pruned_export_cache(tmp_path), tmp_path / "c.h5")
     with h5py.File(tmp_path / "c.h5", "a") as h5:
         del h5["pruned_splits"]
         lines = [json.dumps(line)]

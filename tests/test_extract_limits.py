@@ -9,13 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from conftest import make_video_tree, run_saga
+from conftest import alarm_guard, make_video_tree, run_saga
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.pipeline import reader
@@ -23,27 +21,6 @@ from saga.pipeline.extract import extract
 from test_extract import config
 
 BAD = "syn-svd/syn-svd_1.mp4"
-
-
-class Hung(BaseException):
-    """Not an Exception: no `except` of the code under test swallows it."""
-
-
-@contextmanager
-def guard(seconds: int, what: str) -> Iterator[None]:
-    """The old code waited for ever: after `seconds`, kill the children and fail instead of stalling the suite."""
-    def stop(*_: object) -> None:
-        for child in multiprocessing.active_children():
-            child.kill()
-        raise Hung(what)
-
-    before = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, before)
 
 
 def _warned(caught: pytest.WarningsRecorder) -> str:
@@ -66,7 +43,7 @@ def test_workers_0_a_video_that_hangs_its_decoder_is_a_failed_record_and_the_pas
         return decode(path, *args, **kwargs)
 
     monkeypatch.setattr(reader, "decode_video", hang)  # the decoding children inherit it
-    with guard(60, "the --workers 0 extraction waited for ever on a hung decoder"), pytest.warns(UserWarning) as seen:
+    with alarm_guard(60, "the --workers 0 extraction waited for ever on a hung decoder"), pytest.warns(UserWarning) as seen:
         summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=0, hang_limit=3, alone_limit=3))
     assert [path for path, _ in summary.failures] == [BAD] and summary.ok == 5
     why = summary.failures[0][1]
@@ -189,7 +166,7 @@ def test_a_video_is_timed_from_its_own_start_not_from_each_wait(
         return decode(path, policy, preprocess, index)
 
     monkeypatch.setattr(reader, "decode_one", slow)
-    with guard(120, "the extraction did not finish"), pytest.warns(UserWarning) as seen:
+    with alarm_guard(120, "the extraction did not finish"), pytest.warns(UserWarning) as seen:
         summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=2, hang_limit=1, alone_limit=60))
     assert summary.ok == 9 and summary.failed == 0 and not multiprocessing.active_children()
     first = FeatureCache.open(tmp_path / "c")
@@ -231,7 +208,7 @@ def test_stuck_videos_are_decoded_alone_side_by_side(
         return decode(path, policy, preprocess, index)
 
     monkeypatch.setattr(reader, "decode_one", stuck)
-    with guard(120, "the extraction did not finish"), pytest.warns(UserWarning) as seen:
+    with alarm_guard(120, "the extraction did not finish"), pytest.warns(UserWarning) as seen:
         summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=2, hang_limit=2, alone_limit=30))
     assert summary.failures == [] and summary.ok == 9 and not multiprocessing.active_children()
     assert "for at most 30 s (--alone-limit), before it is recorded as failed" in _warned(seen)

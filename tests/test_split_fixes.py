@@ -140,14 +140,9 @@ def test_a_pruned_splits_line_with_a_number_no_file_has_is_one_line(tmp_path: Pa
 
 def test_the_splits_of_pruned_videos_travel_with_an_export(tmp_path: Path) -> None:
     """An imported cache extended by `saga extract` must know them too; edited inside the file, it is refused."""
-    from test_cache_fixes import new_cache, rec, write_part
+    from test_cache_fixes import pruned_export_cache
 
-    cache = new_cache(tmp_path)
-    write_part(cache, [(rec("real/a.mp4"), 1), (rec("real/b.mp4", split="test", size=5, mtime_ns=6), 2)])
-    videos = tmp_path / "videos"
-    (videos / "real").mkdir(parents=True)
-    (videos / "real" / "a.mp4").write_bytes(b"v")
-    prune_gone(FeatureCache.open(cache.root), videos, all_folders=True)
+    cache = pruned_export_cache(tmp_path)
     kept = read_pruned_plan(cache.root / PRUNED_PLAN)
     assert kept == {"real/b.mp4": {"split": "test", "size": 5, "mtime_ns": 6}}
     export_h5(FeatureCache.open(cache.root), tmp_path / "c.h5")
