@@ -50,16 +50,16 @@ TORCHRUN_COMMANDS = ("extract", "train", "attribute")  # the ones that split the
 def _one_process(ctx: typer.Context) -> None:
     # Any other command under torchrun would run whole on every rank, each printing and writing the same files.
     from saga.errors import SagaError
+    from saga.torchrun_env import single_process
 
-    command, world = ctx.invoked_subcommand, os.environ.get("WORLD_SIZE", "").strip()
-    args = ctx.meta.get("saga_args", [])
-    if command in TORCHRUN_COMMANDS or world in ("", "0", "1") or "--help" in args:
+    command, args = ctx.invoked_subcommand, ctx.meta.get("saga_args", [])
+    if command in TORCHRUN_COMMANDS or "--help" in args:
         return
     words, resolved = _command_path(ctx, args)
     if _is_group(resolved) and len(words.split()) == len(args) + 1:  # `saga cache` alone: its help, harmless
         return
-    if not world.lstrip("-").isdigit():
-        raise SagaError(f"environment variable WORLD_SIZE={world!r} is not an integer (set by torchrun); unset it")
+    if single_process():  # the one rule (a WORLD_SIZE that is not an integer: its one-line error)
+        return
     raise SagaError(f"{words} runs in one process; launch it without torchrun "
                     f"(only {', '.join(TORCHRUN_COMMANDS)} run under torchrun)")
 

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as tdist
 
 from saga.errors import SagaError, reason
+from saga import torchrun_env
 
 T = TypeVar("T")
 
@@ -44,24 +45,15 @@ class Dist:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    if not value.strip():
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SagaError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
-
-
 def context() -> Dist:
-    """Rank, world size and local rank from the torchrun environment (0, 1, 0 without it)."""
-    world = _env_int("WORLD_SIZE", 1)
+    """Rank, world size and local rank from the torchrun environment (0, 1, 0 without it; WORLD_SIZE read by
+    `saga.torchrun_env`, the rule the CLI uses too)."""
+    world = torchrun_env.world_size()
     if world <= 1:
         return Dist()
     if "RANK" not in os.environ:
         raise SagaError(f"WORLD_SIZE={world} but RANK is not set; launch with torchrun")
-    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    rank, local = torchrun_env.env_int("RANK", 0), torchrun_env.env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world:
         raise SagaError(f"RANK={rank} is outside [0, WORLD_SIZE={world})")
     return Dist(rank=rank, world_size=world, local_rank=local, is_main=rank == 0)

@@ -2,7 +2,7 @@
 
 Layers, lowest first; a module may import its own layer and the ones below it, never above:
 
-    base      errors, taxonomy, provenance, fileio, npzfile, locks, options, distributed
+    base      errors, taxonomy, provenance, fileio, npzfile, locks, options, distributed, torchrun_env
     cache     saga.cache                      (the contract)
     pipeline  saga.pipeline                   (phase 1: cache <- extract)
     model     saga.model                      (the transformer and the inference rules)
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1] / "saga"
 
 LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "openworld", "robustness", "benchmark",
           "app"]
-BASE = {"errors", "taxonomy", "provenance", "progress", "fileio", "npzfile", "locks", "options", "distributed", "data",
+BASE = {"errors", "taxonomy", "provenance", "progress", "fileio", "npzfile", "locks", "options", "distributed",
+        "torchrun_env", "data",
         "__init__"}
 APP = {"predict", "demo", "ablate", "commands", "cli", "__main__"}
 # Pairs of layers that are ordered above but must not depend on each other at all.

@@ -21,6 +21,7 @@ from rich.text import Text
 from saga.errors import SagaError, one_line, printable
 from saga.fileio import check_writable, loads_toml
 from saga.progress import Passes, ProgressEvent, ProgressFn, ProgressLog
+from saga.torchrun_env import single_process
 
 
 class SafeConsole(Console):
@@ -255,8 +256,9 @@ def writable_folder(folder: Path) -> Path:
 
 def is_main() -> bool:
     """`saga.distributed.context().is_main`, without importing torch (saga.distributed does) outside torchrun:
-    a bad option's one-line error comes before the seconds that import takes (docs/performance.md)."""
-    if os.environ.get("WORLD_SIZE", "").strip() in ("", "0", "1"):
+    a bad option's one-line error comes before the seconds that import takes (docs/performance.md). One
+    process or not is `saga.torchrun_env.single_process`, the rule saga.distributed and the CLI use."""
+    if single_process():
         return True
     from saga.distributed import context
 

@@ -16,6 +16,7 @@ from saga.commands.common import (
     console,
     err,
     given_options,
+    is_main,
     one_line_warnings,
     print_json,
     training_options,
@@ -44,12 +45,6 @@ def _printer(event: Any) -> None:  # a training ProgressEvent
         err.print(describe(event), markup=False)
 
 
-def _is_main() -> bool:
-    from saga.distributed import context
-
-    return context().is_main
-
-
 def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
     """The stage-1 run stage 2 adapts: --from, else the default stage-1 folder if it finished; None = scratch."""
     if scratch:
@@ -61,11 +56,11 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
     from saga.runs import RunFolder
 
     if RunFolder(DEFAULT_STAGE1).done:
-        if _is_main():
+        if is_main():
             err.print(f"adapting the stage-1 run {DEFAULT_STAGE1} (pass --from to pick another, --scratch for none)",
                       markup=False)
         return DEFAULT_STAGE1
-    if _is_main():
+    if is_main():
         err.print(f"no finished stage-1 run at {DEFAULT_STAGE1}: training from scratch (the 1-stage baseline); "
                   "run `saga train --stage 1` first, or pass --from")
     return None
@@ -112,7 +107,7 @@ def train(
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_stage1(cache, out, cfg, progress=_printer)
-    if _is_main():  # under torchrun rank 0 reports
+    if is_main():  # under torchrun rank 0 reports
         console.print(f"stage-1 run: {run}", markup=False)
 
 
@@ -179,7 +174,7 @@ def attribute(
     with one_line_warnings(), accept_changed_cache(resume is True):
         cfg = replace(cfg, **ignored_options(AttributeConfig, given))  # mine_k: warned, its default kept
         run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer, given=set(given))
-    if _is_main():  # under torchrun rank 0 reports
+    if is_main():  # under torchrun rank 0 reports
         if calibrate:
             _calibrate_after_training(run, cache, cfg.device)
         console.print(f"{cfg.level} run: {run}", markup=False)
