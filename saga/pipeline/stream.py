@@ -15,6 +15,7 @@ import importlib
 import multiprocessing
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -130,15 +131,15 @@ class VideoStream:
         try:
             with held_signals():  # a Ctrl-C during fork() was lost, or killed a worker before _worker_init
                 pool = iter(self._loader(order))
-            waiting = time.monotonic()
+            polls, waiting = Polls(pool), time.monotonic()
             while not overdue:
                 try:
-                    video = next(pool)
+                    video = polls.next(pool)
                 except StopIteration:
                     finished = True
                     return []
-                except RuntimeError as exc:  # torch's: "DataLoader timed out after N seconds": a poll
-                    if "DataLoader timed out" not in str(exc):
+                except RuntimeError as exc:  # the DataLoader's timeout (a poll), or a real error
+                    if not polls.is_poll(exc):
                         raise
                     overdue = self._overdue(order[given], time.monotonic() - waiting)
                     continue
@@ -193,6 +194,44 @@ class VideoStream:
                             "videos written so far are kept: rerun the same command to resume: it first decodes "
                             f"{'that video' if len(suspects) == 1 else 'each of them'} alone and records one that "
                             "crashes again as failed (if memory is short, use fewer --workers)", suspects)
+
+
+class Polls:
+    """Tells the DataLoader's timeout, a poll (no video yet, every worker alive), from a real error.
+
+    torch raises both as RuntimeError, and only its text ("DataLoader timed out after N seconds") told them
+    apart: a rewording in another torch release would have made every poll a crash. Structurally, that
+    timeout is what `_get_data` raises right after the iterator's `_try_get_data` answered (False, None), which
+    it does only when the queue stayed empty and no worker had died (a dead worker or a full file table raise
+    there instead; a worker's own error comes as data). So this iterator's `_try_get_data` is wrapped and its
+    answer noted: a RuntimeError that follows an empty answer, within the same `next`, is a poll, whatever its
+    text. Were that private method gone in a later torch, the text is matched as before, which fails loudly (a
+    poll taken for a crash), never quietly; tests/test_stream_poll.py checks the hook holds on the pinned torch.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.empty = False  # the last `_try_get_data` of this `next` found no video
+        method = getattr(type(pool), "_try_get_data", None)
+        self.hooked = callable(method)
+        if self.hooked:  # a weak reference: the iterator must not keep itself alive through its own attribute
+            pool._try_get_data = self._noted(method, weakref.ref(pool))
+
+    def _noted(self, method: Callable, pool: "weakref.ref[Any]") -> Callable:
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            self.empty = False
+            got = method(pool(), *args, **kwargs)
+            self.empty = isinstance(got, tuple) and len(got) == 2 and got[0] is False
+            return got
+        return noted
+
+    def next(self, pool: Any) -> Any:
+        """`next(pool)`, the note cleared first (a video taken from the iterator's reorder buffer, or a worker's
+        error re-raised there, calls no `_try_get_data`)."""
+        self.empty = False
+        return next(pool)
+
+    def is_poll(self, exc: RuntimeError) -> bool:
+        return self.empty if self.hooked else "DataLoader timed out" in str(exc)
 
 
 def preload_decoders() -> None:
