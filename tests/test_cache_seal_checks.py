@@ -62,14 +62,14 @@ def test_training_refuses_a_cache_that_lost_a_sealed_part(tmp_path: Path) -> Non
 
 def test_evaluate_and_attribute_share_the_check(tmp_path: Path) -> None:
     """`check_cache` (evaluate, tsig, t-SNE, a stage-1 base) and `make_provenance` (train, attribute) refuse."""
-    from saga.runs import make_provenance, warn_if_unsealed
+    from saga.runs import check_cache_seals, make_provenance
     from saga.cache.store import FeatureCache
 
     cache = _cache(tmp_path)
     make_provenance(cache, 0)  # a clean cache: no error
     _edit_first_label(cache.root)
     edited = FeatureCache.open(cache.root)
-    for check in (lambda: make_provenance(edited, 0), lambda: warn_if_unsealed(edited)):
+    for check in (lambda: make_provenance(edited, 0), lambda: check_cache_seals(edited)):
         with pytest.raises(SagaError, match="changed since it was sealed"):
             check()
 

@@ -139,7 +139,7 @@ def _commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Callable[
                          (saga.openworld.api, "fit_openset_run"), (saga.openworld.logo, "train_folds")]:
         monkeypatch.setattr(module, name, _warn_and_stop)
     monkeypatch.setattr(FeatureCache, "open", classmethod(lambda cls, root: None))
-    monkeypatch.setattr(saga.openworld.api, "warn_if_unsealed", lambda cache: None)  # no cache to check: a stand-in
+    monkeypatch.setattr(saga.openworld.api, "check_cache_seals", lambda cache: None)  # no cache to check: a stand-in
     return [lambda: ex.report([tmp_path], out=tmp_path / "r.html", ablation=None, openworld=None),
             lambda: ex.demo(out=tmp_path / "demo", per_class=None, seed=0, workers=0, device="cpu", ablation=False),
             lambda: ex.ablate(cache=tmp_path, stage1=tmp_path, out=tmp_path / "ab", level=None, fraction=None,

@@ -273,15 +273,13 @@ def probe(
     out = out or Path("runs") / f"probe-{name}"
     writable_folder(out)
     from saga.cache.fraction import counts_line  # after the option checks: these import torch (seconds)
-    from saga.cache.store import FeatureCache
     from saga.explain.metrics import metrics_table
     from saga.explain.probe import choice_text
     from saga.explain.probe_runs import run_probe
     from saga.fileio import read_json
-    from saga.runs import LABELLED, warn_if_unsealed
+    from saga.runs import LABELLED
 
-    with one_line_warnings():
-        warn_if_unsealed(FeatureCache.open(cache))  # what train and evaluate check: sealed parts unchanged
+    with one_line_warnings():  # run_probe checks the cache's seals, as train and evaluate do
         metrics = run_probe(cache, out, level=level, fraction=fraction, floor=floor, seed=seed, like=like,
                             frames=frames, split=split, sources=sources, per_generator=per_generator)
     if format == "json":

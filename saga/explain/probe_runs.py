@@ -16,7 +16,7 @@ from saga.explain.probe import PROBE_FILE, train_and_evaluate
 from saga.explain.seen import SEEN_KEY, only_unseen
 from saga.explain.split_flags import PROBE_FIT, TRAINED_KEY
 from saga.provenance import now, versions
-from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, RunInfo, read_json, write_json
+from saga.runs import CONFIG, LABELLED, PROVENANCE, RunFolder, RunInfo, check_cache_seals, read_json, write_json
 from saga.taxonomy import check_level
 
 
@@ -123,9 +123,11 @@ def run_probe(cache_path: str | Path, out: str | Path, level: str | None = None,
     """`saga probe`: fit on the stage-2 labelled subset (or `like`'s), save the folder, return test metrics.
 
     `sources`: fit on the labelled videos' generators, sum each class's; None: as `like` was
-    trained, or on (stage 2's default) without `like`.
+    trained, or on (stage 2's default) without `like`. A cache whose sealed parts were edited or lost is refused
+    before anything is read or written (`check_cache_seals`, as train and evaluate do), for API callers too.
     """
     cache = FeatureCache.open(cache_path)
+    check_cache_seals(cache)
     out = Path(out)
     given = {"level": level, "fraction": fraction, "floor": floor, "seed": seed, "per_generator": per_generator}
     if like is not None:

@@ -28,7 +28,7 @@ from saga.openworld.enroll import Enrollment, add_entry, generator_labels, level
 from saga.openworld.fitcache import FIT_CACHE, fit_cache, labelled_paths, other_cache
 from saga.openworld.openset import OpenSet, check_options, fit_openset
 from saga.openworld.store import pair_lock
-from saga.runs import MODEL, RunFolder, file_fingerprint, warn_if_unsealed
+from saga.runs import MODEL, RunFolder, check_cache_seals, file_fingerprint
 from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, reliability_file
 from saga.taxonomy import Taxonomy
 
@@ -48,10 +48,10 @@ def run_cache(emb: Embedder, cache: str | Path | None, flag: str = "--cache") ->
 
 
 def sealed_cache(path: str | Path) -> FeatureCache:
-    """The cache at `path`, refused in one line when a sealed part was edited or lost (`warn_if_unsealed`, as
+    """The cache at `path`, refused in one line when a sealed part was edited or lost (`check_cache_seals`, as
     train and evaluate check it): a fit or an enrollment must not read relabelled or vanished videos in silence."""
     cache = FeatureCache.open(path)
-    warn_if_unsealed(cache)
+    check_cache_seals(cache)
     return cache
 
 

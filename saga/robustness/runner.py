@@ -41,7 +41,7 @@ from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
 from saga.progress import Passes, ProgressFn, silent
 from saga.provenance import now, versions
-from saga.runs import RunInfo, cache_digest, heldout_tag, warn_if_unsealed
+from saga.runs import RunInfo, cache_digest, check_cache_seals, heldout_tag
 from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
 from saga.robustness.evaluate import level_metrics, markdown, paired_levels, reported_levels
 from saga.robustness.copies import make_copies, unchanged
@@ -188,7 +188,7 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = s
     if not cache_path:
         raise SagaError(f"{cfg.run}: the run records no cache; pass --cache")
     clean = FeatureCache.open(cache_path)
-    warn_if_unsealed(clean)  # as train and evaluate: an edited or lost sealed part is refused before any write
+    check_cache_seals(clean)  # as train and evaluate: an edited or lost sealed part is refused before any write
     out = make_dir(cfg.out or cfg.run)
     tag = heldout_tag(emb.info, clean)  # None on the run's own cache: the plain names
     taxonomy = clean.taxonomy

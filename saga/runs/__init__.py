@@ -53,10 +53,10 @@ from saga.runs.origin import (
     accept_changed_cache,
     cache_change,
     cache_digest,
+    check_cache_seals,
     encoder_provenance,
     make_provenance,
     records_digest,
-    warn_if_unsealed,
 )
 from saga.cache.store import unsealed_parts
 
@@ -64,11 +64,11 @@ __all__ = [
     "CKPT_COMMIT", "CKPT_NEW", "CONFIG", "DONE", "EVALUATION", "HELDOUT", "LABELLED", "LAST", "METRICS", "MODEL",
     "MODEL_LIMITS", "OPTIMIZER", "PROVENANCE", "RESUME_FILES", "STATE", "TSIG", "TSIG_CSV", "TSIG_MAPS",
     "TSIG_PROFILES", "TSNE_GLOB", "RunFolder", "RunInfo", "accept_changed_cache", "atomic_path", "build_model",
-    "by_split", "cache_change", "cache_digest", "cache_tag", "check_cache", "encoder_provenance", "evaluation_file",
+    "by_split", "cache_change", "cache_digest", "cache_tag", "check_cache", "check_cache_seals", "encoder_provenance", "evaluation_file",
     "file_fingerprint",
     "flatten_optimizer", "heldout_tag", "load_model", "load_state", "load_tensors", "make_provenance", "on_cache",
     "read_json",
     "read_model_config", "records_digest", "recorded_options",
     "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
-    "tsne_file", "unsealed_parts", "warn_if_unsealed", "write_json", "write_text",
+    "tsne_file", "unsealed_parts", "write_json", "write_text",
 ]

@@ -23,7 +23,7 @@ from saga.fileio import loads
 from saga.model import MODEL_LIMITS, ModelConfig, VideoTransformer
 from saga.runs.files import (CONFIG, DONE, MODEL, PROVENANCE, PROVENANCE_FIX, RETRAIN, cache_tag, finished,
                               load_tensors, read_json)
-from saga.runs.origin import warn_if_unsealed
+from saga.runs.origin import check_cache_seals
 from saga.taxonomy import LEVELS
 
 # Keys every weights file saga wrote holds (ModelConfig's first version): one missing became its default silently
@@ -186,7 +186,7 @@ def check_cache(info: RunInfo, cache: FeatureCache) -> None:
     Another cache with the same encoder, weights, preprocessing and sampling holds
     comparable features (e.g. a held-out set extracted later): evaluate but warn.
     """
-    warn_if_unsealed(cache)
+    check_cache_seals(cache)
     prov = info.provenance or {}
     run_id = prov.get("cache_id")
     if run_id is not None and run_id == cache.cache_id:

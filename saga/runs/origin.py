@@ -46,7 +46,7 @@ def records_digest(records: Sequence[VideoRecord]) -> str:
 
 
 def make_provenance(cache: FeatureCache, seed: int, from_run: dict[str, Any] | None = None) -> dict[str, Any]:
-    warn_if_unsealed(cache)
+    check_cache_seals(cache)
     return {
         "cache_id": cache.cache_id,
         "cache_records": len(cache.ok_records()),
@@ -71,7 +71,7 @@ def world_size() -> int:
     return context().world_size
 
 
-def warn_if_unsealed(cache: FeatureCache) -> None:
+def check_cache_seals(cache: FeatureCache) -> None:
     """Refuse a cache whose sealed parts were edited or lost (`check_seals`, one line); one warning per cache
     and process when parts are unsealed (a cache from an older saga, or an extraction killed or still running:
     edits to them cannot be detected, but they still load) or a prune was interrupted."""
