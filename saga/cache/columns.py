@@ -3,7 +3,7 @@
 Why: a million `VideoRecord` objects cost ~1.6 KB each and 26 s to parse (docs/performance.md).
 Columns cost ~100 B per record. The manifest (JSONL) stays the source of truth: the sidecar
 `manifest.index.npz` beside it is derived, written atomically (only for sealed parts, whose
-manifest never changes again), keyed on the manifest's size and mtime, covered by a blake2b
+manifest never changes again), keyed on the manifest's size, mtime, inode and ctime, covered by a blake2b
 digest, and rebuilt whenever it is missing, stale, damaged or from another version. A cache on
 read-only storage simply parses every time.
 """
@@ -201,11 +201,15 @@ def _checksum_bytes(text: str) -> bytes:
 
 # -- sidecar ---------------------------------------------------------------------------------------
 def _manifest_key(manifest: Path) -> list[int]:
+    """Size, mtime, inode and ctime: size and mtime alone let a same-length edit whose mtime was put back
+    (`touch -r`, `cp -p` / `rsync -t` of an edited copy) keep the stale columns and digest, so the seal check
+    passed an edited label. No user tool sets ctime, and replacing the file changes the inode; a copied or
+    hard-linked cache costs one re-parse per part (then its sidecar is rewritten)."""
     try:
         st = manifest.stat()
     except FileNotFoundError:
-        return [0, 0]
-    return [st.st_size, st.st_mtime_ns]
+        return [0, 0, 0, 0]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _digest(arrays: dict[str, np.ndarray], meta_text: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from saga.cache.integrity import attrs_problem
 from saga.cache.manifest import (PRUNED_PLAN, VideoRecord, check_fields, feature_checksum, pruned_entry,
                                  read_pruned_plan, read_split_plan)
+from saga.cache.sealcheck import check_seals
 from saga.cache.store import ATTR_KEY, SPLIT_PLAN, FeatureCache, PartWriter, next_part_name
 from saga.errors import SagaError
 from saga.fileio import (atomic_path, check_writable, host_tag, live_siblings, loads, make_dir, sweep_siblings,
@@ -46,15 +47,26 @@ def export_h5(cache: FeatureCache, path: Path, force: bool = False, warn: Warn |
     if locked:
         lock_folder(cache.root, BUSY)
     try:
+        _check_seals(cache)
         errors, warnings = cache.check_structure()
         if errors:
-            raise SagaError(f"{cache.root}: refusing to export a damaged cache ({errors[0]}); run `saga cache verify`")
+            raise SagaError(f"{cache.root}: refusing to export a damaged cache ({errors[0]}); run "
+                            f"`saga cache verify {cache.root}`")
         for line in warnings:
             (warn or (lambda _: None))(line)
         return _write(cache, path)
     finally:
         if locked:
             unlock_folder(cache.root)
+
+
+def _check_seals(cache: FeatureCache) -> None:
+    """The seal check of every reader (`check_seals`), in its one line: an edited or lost sealed part must not
+    travel to another machine, where the import would seal the edit as the truth."""
+    try:
+        check_seals(cache)
+    except SagaError as exc:
+        raise SagaError(f"refusing to export a damaged cache: {exc}") from None
 
 
 def _check_target(cache: FeatureCache, path: Path, force: bool) -> None:

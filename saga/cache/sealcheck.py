@@ -4,9 +4,9 @@ Why: `saga cache verify` hashes every record, which a training run cannot afford
 silently train on a cache whose sealed manifests were edited after sealing (labels or splits changed:
 wrong targets, test videos in train) or that lost a sealed part (its videos silently left out). A seal
 records each part's manifest line count and blake2b (saga.cache.seal); the record index computes the
-manifests' digests while it parses them and keeps them in its sidecar (keyed on the manifest's size and
-mtime), so checking an unchanged cache costs no extra read. A mismatch is hashed again from the file
-before it is reported (an index read while the part was being sealed). The features themselves are
+manifests' digests while it parses them and keeps them in its sidecar (keyed on the manifest's size, mtime,
+inode and ctime: saga.cache.columns), so checking an unchanged cache costs no extra read. A mismatch is
+hashed again from the file before it is reported (an index read while the part was being sealed). The features themselves are
 checked on every read (crc32c / blake2b per record, saga.cache.reader).
 """
 

@@ -8,10 +8,8 @@ when its files exist, read as data (the explain layer cannot import `saga.openwo
   videos' false-unknown rate and, when the split holds videos of classes the run never saw (a
   leave-one-generator-out run), AUROC / OSCR with the ROC and OSCR curves from the stored scores;
 - enrollment: the classes enrolled.json adds (videos, labels per level, the levels it answers);
-- robustness: robustness.json of `saga robustness`, accuracy per perturbation and level, with the
-  interval, the videos behind it and the drop against the clean videos; then one table per held-out
-  cache (robustness[-<split>]@<cache>-<id8>.json, `--cache` a cache other than the run's training
-  cache), each titled with its cache, never mixed into the run's own table.
+- robustness: `saga robustness`'s files (`report_robustness`): the test split of the run's own cache, its
+  other splits (marked when they chose or trained the weights), then each held-out cache apart.
 """
 
 from __future__ import annotations
@@ -20,11 +18,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from saga.explain.metrics import RUN_MODEL, openworld_label, other_weights, run_weights
-from saga.explain.report_html import ci_text, esc, figure, guarded, is_number, num, pct, read_json_file, table
+from saga.explain.metrics import openworld_label, other_weights, run_weights
+from saga.explain.report_html import esc, figure, guarded, num, pct, read_json_file, table
 from saga.explain.report_plots import openset_png, reliability_png
-from saga.runs.files import (CALIBRATION, ENROLLED, HELDOUT, HELDOUT_ROBUSTNESS_GLOB, OPENSET, PROVENANCE,
-                             RELIABILITY_GLOB, ROBUSTNESS)
+from saga.explain.report_robustness import (ROBUSTNESS_STALE, heldout_robustness, heldout_robustness_section,
+                                            robustness_section, split_robustness, split_robustness_section)
+from saga.runs.files import CALIBRATION, ENROLLED, OPENSET, PROVENANCE, RELIABILITY_GLOB, ROBUSTNESS
 from saga.taxonomy import LEVELS
 
 
@@ -57,29 +56,14 @@ def load_beyond(run_dir: Path, metrics: dict[str, Any] | None) -> dict[str, Any]
         robustness = None
     provenance = read_json_file(run_dir / PROVENANCE)
     return {**fitted, "reliability": reliability, "robustness": robustness,
-            "heldout_robustness": _heldout_robustness(run_dir, weights, stale),
+            "split_robustness": split_robustness(run_dir, weights, stale),
+            "heldout_robustness": heldout_robustness(run_dir, weights, stale),
             "run_cache": provenance.get("cache_id") if isinstance(provenance, dict) else None,
             "evaluated": ow if isinstance(ow, dict) else {}, "split": (metrics or {}).get("split"), "stale": stale,
             "label": openworld_label(metrics or {})}  # the evaluated split, marked when it fitted the figures
 
 
 OTHER_WEIGHTS = "fitted on other weights than the run's (retrained since)"
-ROBUSTNESS_STALE = "made with other weights than the run's (retrained since)"
-
-
-def _heldout_robustness(run_dir: Path, weights: str | None, stale: list[tuple[str, str]]) -> list[tuple[str, Any]]:
-    """(file name, data) of each `saga robustness` on a held-out cache; unreadable ones and those of other
-    weights go to `stale`, named, not shown."""
-    out = []
-    for p in sorted(run_dir.glob(HELDOUT_ROBUSTNESS_GLOB)):
-        data = read_json_file(p)
-        if not isinstance(data, dict):
-            stale.append((p.name, "unreadable (not a JSON object)"))
-        elif other_weights(data, weights):
-            stale.append((p.name, ROBUSTNESS_STALE))
-        else:
-            out.append((p.name, data))
-    return out
 
 
 def _reliability_stale(data: dict[str, Any], weights: str | None, cal: Any) -> str | None:
@@ -99,7 +83,7 @@ def beyond_sections(b: dict[str, Any], name: str) -> str:
     parts = [f'<p class="meta">{escape(file)}: {escape(why)}, so not shown; rerun the command that wrote it</p>'
              for file, why in b.get("stale", [])]
     for fn in (calibration_section, openset_section, enrolled_section, robustness_section,
-               heldout_robustness_section):
+               split_robustness_section, heldout_robustness_section):
         parts.append(guarded(fn.__name__.removesuffix("_section"), "rerun the command that wrote it", fn, b, name))
     return "".join(parts)
 
@@ -263,101 +247,3 @@ def _answered(enr: dict[str, Any], coarser: list[str], entries: list[dict[str, A
         answered = [lv for lv in coarser if all((e.get("labels") or {}).get(lv) is not None for e in entries)]
     order = {lv: i for i, lv in enumerate(LEVELS)}
     return ", ".join(sorted(map(str, answered), key=lambda lv: order.get(lv, len(order)))) or "no level"
-
-
-def _draw(rob: dict[str, Any]) -> str:
-    """Which videos and weights the table is of: the --limit-per-class draw, or that an older saga recorded
-    neither (then it cannot be told whether the run was retrained since)."""
-    if RUN_MODEL not in rob:
-        return (" Made by an older saga: the weights it was run with are not recorded; rerun <code>saga "
-                "robustness</code> to tie it to the run's current weights.")
-    limit = rob.get("limit_per_class")
-    return f" A seeded draw (seed {esc(rob.get('seed'))}) of at most {esc(limit)} videos per class." if limit else ""
-
-
-def robustness_section(b: dict[str, Any], name: str) -> str:
-    rob = b["robustness"]
-    if not isinstance(rob, dict) or not rob.get("perturbations"):
-        return ""
-    return "<h3>Robustness</h3>" + _foreign_note(rob, b.get("run_cache")) + robustness_table(rob)
-
-
-def heldout_robustness_section(b: dict[str, Any], name: str) -> str:
-    """One table per `saga robustness RUN --cache OTHER` on a held-out cache, apart from the run's own."""
-    parts = []
-    for file, rob in b.get("heldout_robustness") or []:
-        if not rob.get("perturbations"):
-            continue
-        cache = Path(str(rob.get("cache") or "")).name or file.partition(HELDOUT)[2].rsplit(".", 1)[0]
-        cache_id = str(rob.get("cache_id") or "–")[:12]
-        parts.append(f"<h3>Robustness on held-out cache {escape(cache)} ({esc(cache_id)})</h3>"
-                     f'<p class="meta">{escape(file)}: <code>saga robustness RUN --cache OTHER</code> on a cache '
-                     "other than the run's training cache, kept apart from the run's own (the table headed "
-                     "Robustness).</p>" + guarded(file, "rerun <code>saga robustness</code> on that cache",
-                                            robustness_table, rob))
-    return "".join(parts)
-
-
-def _foreign_note(rob: dict[str, Any], run_cache: Any) -> str:
-    """One line when robustness.json holds another cache's results (an older saga wrote a held-out cache's
-    there): they are not presented as the training cache's without a word."""
-    cache = rob.get("cache_id")
-    if not cache or not run_cache or cache == run_cache:
-        return ""
-    return (f'<p class="meta">These results are of cache {esc(str(cache)[:12])}, not the run\'s training cache '
-            f"{esc(str(run_cache)[:12])} (an older saga wrote held-out results under the run's own file names); "
-            "rerun <code>saga robustness</code> on the training cache for the run's own.</p>")
-
-
-def _drop(p: dict[str, Any], level: str, r: dict[str, Any], base: dict[str, Any]) -> str:
-    """The change against clean: paired over the videos the perturbation scored (`paired` of the file); a file
-    of an older saga has none, so with failed videos its difference of two video sets is marked unpaired."""
-    d = (p.get("paired") if isinstance(p.get("paired"), dict) else {}).get(level)
-    if isinstance(d, dict) and is_number(d.get("difference")):
-        ci = d.get("ci")
-        ok = isinstance(ci, list) and len(ci) == 2 and all(is_number(x) for x in ci)
-        interval = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ok else ""
-        return (f'<br><span class="{"bad" if ok and ci[1] < 0 else "ci"}">{100 * d["difference"]:+.1f} pts'
-                f'{interval}</span><br><small>vs clean {pct(d.get("clean_accuracy"))} on the same '
-                f'{esc(d.get("n", "–"))}</small>')
-    if not is_number(base.get("accuracy")):
-        return ""
-    ci = r.get("ci") or [None, None]
-    clear = isinstance(ci[1], (int, float)) and ci[1] < base["accuracy"]  # interval below clean
-    unpaired = ("<br><small>unpaired (an older robustness.json, failed videos in the clean row only): rerun "
-                "<code>saga robustness</code></small>" if p.get("failed") else "")
-    change = 100 * (r["accuracy"] - base["accuracy"])
-    return f'<br><span class="{"bad" if clear else "ci"}">{change:+.1f} pts</span>{unpaired}'
-
-
-def robustness_table(rob: dict[str, Any]) -> str:
-    """What one robustness[…].json measured: a line on the data, then accuracy per perturbation and level."""
-    levels = list(rob.get("levels") or [])
-    perts = rob["perturbations"]
-    clean = next((p for p in perts if p.get("name") == "clean"), None)
-    head = "".join(f"<th>{escape(lv)}</th>" for lv in levels)
-    body = []
-    for p in perts:
-        cells = []
-        for lv in levels:
-            r = (p.get("levels") or {}).get(lv)
-            if not isinstance(r, dict):
-                cells.append("<td>–</td>")
-                continue
-            base = ((clean or {}).get("levels") or {}).get(lv) or {}
-            drop = "" if p is clean else _drop(p, lv, r, base)
-            macro = f" · macro {pct(r.get('macro_accuracy'))}" if r.get("macro_accuracy") is not None else ""
-            cells.append(f"<td>{pct(r.get('accuracy'))} <span class=ci>{escape(ci_text(r.get('ci')))}</span>"
-                         f"<br><small>n {esc(r.get('n', '–'))}{macro}</small>{drop}</td>")
-        failed = f" ({esc(p.get('failed'))} failed)" if p.get("failed") else ""
-        body.append(f"<tr><td class=l><b>{escape(str(p.get('name')))}</b><br><small>"
-                    f"{escape(str(p.get('description') or ''))}</small></td><td>{esc(p.get('n', '–'))}{failed}</td>"
-                    f"{''.join(cells)}</tr>")
-    return (f'<p class="meta">Accuracy % on the {esc(rob.get("split", "?"))} split '
-            f'({esc(rob.get("n_videos", "?"))} '
-            "videos) after each perturbation, with its 95 % interval (Wilson), the videos behind it and the change "
-            "against the clean accuracy of the same videos (points, paired 95 % interval; red where it lies below "
-            "0); failed: videos robustness.json records as failed under that perturbation, scored in neither row "
-            f"of the change. Cache: {escape(str(rob.get('cache', '?')))}.{_draw(rob)}</p>"
-            f'<div class="scroll"><table class="sticky"><thead><tr><th class=l>perturbation</th><th>videos</th>{head}'
-            f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")

@@ -59,6 +59,10 @@ FIT_ONLY = "the run trained on these videos: this accuracy measures fit, not gen
 # (`saga calibrate`, `saga openset fit` fit on val) record what was fitted under FITTED_KEY: optimistic too.
 FITTED_KEY = "fitted_on_split"
 FITTED = {"calibration": "the temperature", "openset": "the unknown threshold"}
+# Under FITTED_KEY: the files among them that record no cache (`fitted_on_cache`; written before saga recorded it):
+# they were fitted on val, but which cache's is unknown; the run's own is presumed (calibrate's default cache).
+CACHE_UNKNOWN = "cache_unknown"
+FIT_FILES = {"calibration": "calibration.json", "openset": "openset.json"}
 
 
 def split_flag(run_dir: str | Path, split: str) -> dict[str, Any]:
@@ -70,20 +74,40 @@ def split_flag(run_dir: str | Path, split: str) -> dict[str, Any]:
 
 
 def mark_openworld(metrics: dict[str, Any]) -> None:
-    """Record under "openworld" what was fitted on the evaluated split: the run's own val videos (not a held-out
-    cache's), on which `saga calibrate` and `saga openset fit` fit the temperature and the threshold (unless the
-    file records another cache's val, `fitted_on_cache`)."""
+    """Record under "openworld" what was fitted on the evaluated split: `saga calibrate` and `saga openset fit` fit
+    the temperature and the threshold on a cache's val videos, the one each file records (`fitted_on_cache`): this
+    very cache, the run's own or a held-out one. A file that records none (an older saga) is presumed fitted on the
+    run's own cache, and said to be presumed (`CACHE_UNKNOWN`)."""
     ow = metrics.get("openworld")
-    fitted = [name for key, name in FITTED.items() if isinstance(ow, dict) and isinstance(ow.get(key), dict)
-              and ow[key].get("fitted_on_cache") in (None, metrics.get("cache_id"))]
-    if metrics.get(SPLIT) == "val" and fitted and not metrics.get(HELDOUT_KEY):
-        ow[FITTED_KEY] = {SPLIT: "val", "fitted": fitted}
+    if metrics.get(SPLIT) != "val" or not isinstance(ow, dict):
+        return
+    fitted, unknown = [], []
+    for key, name in FITTED.items():
+        on = ow[key].get("fitted_on_cache") if isinstance(ow.get(key), dict) else False
+        if on is None and not metrics.get(HELDOUT_KEY):
+            fitted.append(name)
+            unknown.append(FIT_FILES[key])
+        elif on and on == metrics.get("cache_id"):
+            fitted.append(name)
+    if fitted:
+        ow[FITTED_KEY] = {SPLIT: "val", "fitted": fitted, **({CACHE_UNKNOWN: unknown} if unknown else {})}
+
+
+def _presumed(flag: dict[str, Any]) -> str:
+    """What the fitted files that record no cache leave open (`CACHE_UNKNOWN`); "" when every one records it."""
+    unknown = flag.get(CACHE_UNKNOWN) if isinstance(flag.get(CACHE_UNKNOWN), list) else []
+    if not unknown:
+        return ""
+    files, one = " and ".join(map(str, unknown)), len(unknown) == 1
+    return (f" (presumably this cache's val: {files}, written by an older saga, {'does' if one else 'do'} not record "
+            f"which cache {'it was' if one else 'they were'} fitted on; refit to record it)")
 
 
 def split_warning(metrics: dict[str, Any]) -> str | None:
     """One sentence for every figure the evaluated split flatters (`CHOSEN_KEY`, `TRAINED_KEY`, `FITTED_KEY`)."""
     ow = metrics.get("openworld") if isinstance(metrics.get("openworld"), dict) else {}
-    fitted = (ow.get(FITTED_KEY) or {}).get("fitted")
+    flag = ow.get(FITTED_KEY) if isinstance(ow.get(FITTED_KEY), dict) else {}
+    fitted, presumed = flag.get("fitted"), _presumed(flag)
     if metrics.get(TRAINED_KEY):
         if (metrics.get("probe") or {}).get(TRAINED_KEY):  # `mark_probe`: the probe beside it was fitted there too
             return (f"the run and the probe beside it trained on these videos: these accuracies"
@@ -94,10 +118,10 @@ def split_warning(metrics: dict[str, Any]) -> str | None:
         return OPTIMISTIC if metrics.get(CHOSEN_KEY) else None
     what = " and ".join(fitted)
     if metrics.get(CHOSEN_KEY):
-        return (f"the checkpoint was chosen on val and {what} fitted on it: this accuracy and the open-world "
-                "figures are optimistic; use --split test")
-    return f"{what} {'were' if len(fitted) > 1 else 'was'} fitted on val: the open-world figures are optimistic; " \
-           "use --split test"
+        return (f"the checkpoint was chosen on val and {what} fitted on it{presumed}: this accuracy and the "
+                "open-world figures are optimistic; use --split test")
+    return (f"{what} {'were' if len(fitted) > 1 else 'was'} fitted on val{presumed}: the open-world figures are "
+            f"{'then ' if presumed else ''}optimistic; use --split test")
 
 
 def warn_split(run_dir: str | Path, metrics: dict[str, Any]) -> None:
@@ -125,9 +149,11 @@ def openworld_label(metrics: dict[str, Any]) -> str:
     trained on it."""
     ow = metrics.get("openworld") if isinstance(metrics.get("openworld"), dict) else {}
     split = str(ow.get(SPLIT) or metrics.get(SPLIT) or "")
-    fitted = (ow.get(FITTED_KEY) or {}).get("fitted") if isinstance(ow.get(FITTED_KEY), dict) else None
+    flag = ow.get(FITTED_KEY) if isinstance(ow.get(FITTED_KEY), dict) else {}
+    fitted = flag.get("fitted")
     if fitted and isinstance(fitted, list):
-        return f"{split} (fitted {' and '.join(map(str, fitted))}: optimistic)"
+        presumed = ", presumably" if flag.get(CACHE_UNKNOWN) else ""
+        return f"{split} (fitted {' and '.join(map(str, fitted))}{presumed}: optimistic)"
     return f"{split} (trained on: fit, not generalisation)" if metrics.get(TRAINED_KEY) else split
 
 
