@@ -31,13 +31,11 @@ from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
 from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest
 from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attribution
-from saga.train.options import HNM_OPTIONS, MODEL_OPTIONS, Loss
+from saga.options import HNM_OPTIONS, MODEL_OPTIONS
+from saga.train.configs import GRID_OPTIONS, LOSSES, refuse_grid_options  # noqa: F401 - re-exported
 from saga.progress import ProgressEvent, ProgressFn
 
-LOSSES = tuple(loss.value for loss in Loss)  # the table's row order: ce, ce+semihnm, ce+hnm
 STAGE1_FIXES = (*MODEL_OPTIONS, "frames")  # what the 2-stage cells take from the stage-1 run
-# Options every cell sets itself: in ablate's --config they would be replaced without a word.
-GRID_OPTIONS = {"seed": "the cells run seeds 0..S-1 of --seeds S", "loss": "every loss is a row of the grid"}
 # The paper's accuracy (%) on GenVideo (method.md), for comparison: its GEN-L ablation at 0.5 % labels,
 # and at every level its headline 1-stage 0.5 % (CE, as GEN-L's equals its 1-stage CE cell), 1-stage
 # 100 % and 2-stage CE+HNM 0.5 % figures.
@@ -121,9 +119,7 @@ def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,
     """A bad value, a bad --from or model options the stage-1 θ fixes fail now, not after the 1-stage cells
     (the 2-stage cells would refuse the options: their θ is the stage-1 run's). Returns `cfg` with the
     stage-1 run's model options and T′ wherever `given` leaves them unset, so both stages train one θ."""
-    cfg.check()
-    for loss in LOSSES:  # each cell's loss too (margin = 0 fails ce+semihnm only: after the ce cells had trained)
-        replace(cfg, loss=loss).check()
+    cfg.check_every_loss()  # margin = 0 fails ce+semihnm only: after the ce cells had trained
     stage1_run = load_base(stage1, FeatureCache.open(cache))
     recorded = {**(stage1_run.info.config.get("train") or {}), "frames": stage1_run.frames}
     clashes = cfg.model_clashes(recorded, given, stage1_run.info.config.get("model"))
@@ -133,15 +129,6 @@ def check_before_cells(cache: Path, stage1: Path, cfg: AttributeConfig,
     chosen = cfg.options_set(given)
     inherited = {name: recorded[name] for name in STAGE1_FIXES if name in recorded and name not in chosen}
     return replace(cfg, **inherited), stage1_run
-
-
-def refuse_grid_options(config: Path, keys: Collection[str]) -> None:
-    """`seed` or `loss` in ablate's --config: every cell sets its own, so the TOML's would be dropped silently."""
-    named = [key for key in GRID_OPTIONS if key in keys]
-    if named:
-        why = "; ".join(f"{key}: {GRID_OPTIONS[key]}" for key in named)
-        raise SagaError(f"{config}: {' and '.join(named)} cannot be set for saga ablate ({why}); "
-                        f"remove {'them' if len(named) > 1 else 'it'} from the TOML")
 
 
 def _kept_on_changed_cache(run: Path, current: dict[str, Any]) -> bool:

@@ -86,6 +86,9 @@ def test_paths_and_class_names_with_brackets_print_as_written(tmp_path: Path,
                "frames": 4, "epochs": 1, "min_steps": 0, "model": {}}
     monkeypatch.setattr(saga.ablate, "run_ablation", lambda *a, **k: summary)
     out = tmp_path / "g[" / "b]"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "zarr.json").write_text("{}")  # stand-in cache (the CLI checks it)
     result = CliRunner().invoke(app, ["ablate", "--out", str(out), "--seeds", "1"])
     assert result.exit_code == 0, result.output
     assert _flat("| kling [v1.5] |") in _flat(result.output) and _flat("stage-1 run runs/s1 [x].") in _flat(result.output)

@@ -199,6 +199,7 @@ def test_paths_and_class_names_with_brackets_print_as_written(tmp_path: Path, mo
     monkeypatch.setattr(saga.explain.metrics, "compute_evaluation", lambda *a, **k: dict(metrics))
     monkeypatch.setattr(saga.openworld.api, "evaluate_openworld", lambda *a, **k: {})
     out, cache = tmp_path / "g[" / "b]", str(tmp_path)
+    (tmp_path / "zarr.json").write_text("{}")  # stand-in cache (the CLI checks it)
     runner = CliRunner()
     for args in (["train", "--stage", "1"], ["attribute", "--scratch", "--no-calibrate"]):
         result = runner.invoke(app, [*args, "--cache", cache, "--out", str(out)])

@@ -144,6 +144,7 @@ def test_the_train_commands_pass_an_explicit_resume_on(tmp_path: Path, monkeypat
     fake = lambda *args, **kwargs: seen.append(changed_cache_accepted()) or tmp_path  # noqa: E731
     monkeypatch.setattr(stage1, "train_stage1", fake)
     monkeypatch.setattr(attribute, "train_attribution", fake)
+    (tmp_path / "zarr.json").write_text("{}")  # stand-in cache (the CLI checks it)
     for resume in (None, True):
         phase2.train(stage=1, cache=tmp_path, out=tmp_path / "s1", resume=resume)
         phase2.attribute(level="BIN-L", cache=tmp_path, scratch=True, out=tmp_path / "s2", resume=resume)

@@ -44,6 +44,8 @@ def test_the_config_files_level_is_used_and_names_the_default_folder(
         command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--level defaulted to GEN-L and overrode `level` in the TOML (and the default --out runs/gen-l)."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "zarr.json").write_text("{}")  # stand-in cache (the CLI checks it)
     (tmp_path / "sd.toml").write_text('level = "SD-L"\n')
     seen = _captured_attribute(monkeypatch, [*command, "--config", "sd.toml"])
     assert seen["cfg"].level == "SD-L" and seen["out"] == Path("runs/sd-l")

@@ -162,6 +162,9 @@ def test_ablate_takes_its_options_from_the_config_file(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(saga.ablate, "run_ablation", capture)
     monkeypatch.setattr(saga.ablate, "to_markdown", lambda summary: "")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "zarr.json").write_text("{}")  # stand-in cache (the CLI checks it)
     config = tmp_path / "abl.toml"
     config.write_text('epochs = 2\nfraction = 0.05\nfloor = 3\ndevice = "cpu"\nlevel = "TEAM-L"\n')
     result = CliRunner().invoke(app, ["ablate", "--config", str(config), "--floor", "4", "--seeds", "2"])

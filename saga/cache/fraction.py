@@ -36,9 +36,8 @@ SETTINGS = ("level", "fraction", "floor", "per_generator", "seed", "cache_id")
 LEGACY = {"per_generator": 0}  # settings older labelled.json files lack, with the value they were drawn with
 
 
-def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float = 0.005,
-                    floor: int = 2, seed: int = 0, per_generator: int = 0) -> dict[str, list[str]]:
-    """Class -> sorted paths of the labelled train videos, classes in the taxonomy's order (absent ones left out)."""
+def check_draw(level: str, fraction: float, floor: int, per_generator: int = 0) -> None:
+    """How a labelled subset is drawn, or a one-line error (stage 2 checks its options with it before training)."""
     check_level(level)
     if not 0.0 < fraction <= 1.0:
         raise SagaError(f"fraction must be in (0, 1], got {fraction}")
@@ -46,6 +45,12 @@ def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxono
         raise SagaError(f"floor must be >= 1, got {floor}")
     if per_generator < 0:
         raise SagaError(f"per_generator must be >= 0, got {per_generator}")
+
+
+def labelled_subset(records: Sequence[VideoRecord], level: str, taxonomy: Taxonomy, fraction: float = 0.005,
+                    floor: int = 2, seed: int = 0, per_generator: int = 0) -> dict[str, list[str]]:
+    """Class -> sorted paths of the labelled train videos, classes in the taxonomy's order (absent ones left out)."""
+    check_draw(level, fraction, floor, per_generator)
     by_class: dict[str, list[str]] = {}
     copies: dict[str, list[str]] = {}
     generator: dict[str, str] = {}

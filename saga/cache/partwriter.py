@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from saga.cache.manifest import FAILED, OK, ManifestWriter, VideoRecord, feature_checksum, feature_crc32c
+from saga.cache.provenance import DEFAULT_SHARD_ROWS
 from saga.cache.seal import MANIFEST, record_videos, seal_part
 from saga.errors import SagaError
 from saga.fileio import writing
@@ -24,7 +25,6 @@ from saga.fileio import writing
 if TYPE_CHECKING:
     from saga.cache.store import FeatureCache
 
-DEFAULT_SHARD_ROWS = 128
 # Rows per inner chunk of a shard: 16 reads whole shards ~8x faster than 1 row per chunk
 # (zarr decodes each inner chunk separately) and random rows ~1.5x faster (bench/cache_read.py).
 INNER_ROWS = 16

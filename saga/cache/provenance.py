@@ -165,6 +165,7 @@ class CacheProvenance:
 
 
 DEFAULT_SPLIT = {"train": 0.7, "val": 0.1, "test": 0.2}  # of each generator's videos
+DEFAULT_SHARD_ROWS = 128  # videos per stored shard (`saga extract --shard-rows`; saga.cache.partwriter)
 
 
 def cache_provenance(encoder: EncoderSpec, taxonomy: Taxonomy, split_seed: int = 0,

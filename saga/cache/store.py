@@ -30,6 +30,7 @@ import zarr
 from saga.cache import integrity, reader
 from saga.cache.index import Located, RecordIndex, RecordList
 from saga.cache.manifest import VideoRecord
+from saga.cache.meta import require_cache
 from saga.cache.partwriter import DEFAULT_SHARD_ROWS, INNER_ROWS, PartWriter
 from saga.cache.provenance import CacheProvenance, EncoderSpec, encoder_identity, first_difference
 from saga.cache.reader import ShardRef
@@ -62,10 +63,7 @@ class FeatureCache:
     # -- opening -----------------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path) -> "FeatureCache":
-        root = Path(root)
-        meta = root / "zarr.json"
-        if not meta.is_file():
-            raise SagaError(f"{root}: not a saga cache (no zarr.json); create one with `saga extract --out {root}`")
+        root = require_cache(root)
         try:
             attrs = dict(zarr.open_group(zarr.storage.LocalStore(root, read_only=True), mode="r", zarr_format=3).attrs)
         except Exception as exc:  # zarr raises many types for a damaged store (or a v2 group: not a saga cache)

@@ -22,6 +22,7 @@ from saga.commands.common import (
     training_options,
     writable_folder,
 )
+from saga.cache.meta import require_cache
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder.")]
 SPLIT_HELP = "train | val | test (another split than test gets its own files, e.g. {example})."
@@ -130,9 +131,7 @@ def ablate(
         "unchanged cache resumes without it."))] = False,
 ) -> None:
     """The paper's ablation: {1-stage, 2-stage} × {CE, CE+semi-HNM, CE+HNM}, several seeds, one cache."""
-    from saga.ablate import refuse_grid_options, run_ablation, to_markdown
-    from saga.runs import accept_changed_cache
-    from saga.train.attribute import AttributeConfig
+    from saga.train.configs import AttributeConfig, refuse_grid_options
     from saga.train.options import ignored_options
 
     flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, epochs=epochs, device=device)
@@ -140,6 +139,10 @@ def ablate(
     if config is not None:
         refuse_grid_options(config, given)
     base = training_options(AttributeConfig, config, **flags)
+    base.check_every_loss()
+    require_cache(cache)  # the checks above and this one before the imports below: they take seconds (torch)
+    from saga.ablate import run_ablation, to_markdown
+    from saga.runs import accept_changed_cache
     with one_line_warnings(), accept_changed_cache(resume, keep_finished=True):
         base = replace(base, **ignored_options(AttributeConfig, given_options(config, **flags)))  # warned once
         summary = run_ablation(cache, stage1, out, base, seeds=tuple(range(seeds)), level=base.level,

@@ -110,11 +110,9 @@ def extract(
     format: Annotated[OutputFormat, typer.Option("--format", help="text | json (summary).")] = OutputFormat.text,
 ) -> None:
     """Decode and encode every new or changed video once into a Zarr feature cache."""
-    fractions = _split(split) if split else None  # before the imports below: they take seconds (torch)
-    from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED
-    from saga.pipeline.extract import ExtractConfig
-    from saga.pipeline.extract import extract as run_extract
+    from saga.pipeline.config import DEFAULT_ENCODER, DEFAULT_PRETRAINED, ExtractConfig
 
+    fractions = _split(split) if split else None
     cfg = ExtractConfig(videos=videos, out=out, labels=labels, taxonomy=taxonomy,
                         encoder=encoder or DEFAULT_ENCODER,
                         pretrained=pretrained or (DEFAULT_PRETRAINED if not encoder else None),
@@ -122,10 +120,15 @@ def extract(
                         device=device, split_seed=split_seed, split_fractions=fractions, retry_failed=retry_failed, shard_rows=shard_rows,
                         compile=compile, allow_outside=allow_outside_paths, hang_limit=hang_limit,
                         alone_limit=alone_limit)
+    cfg.check()  # the checks above and these before the imports below: they take seconds (torch, open_clip)
+    _check_inputs(videos, labels, taxonomy)
+    perturbations = _augmentations(augment)
     writable_folder(out)
     from saga import distributed
+    from saga.pipeline.extract import extract as run_extract
 
-    perturbations = _augmentations(augment, distributed.context().enabled)
+    if perturbations and distributed.context().enabled:
+        raise SagaError("--augment: run it without torchrun (one process re-encodes the copies)")
     with one_line_warnings(), extract_progress() as update:
         summary = run_extract(cfg, progress=update)
     augmented = None
@@ -148,13 +151,22 @@ def extract(
         raise typer.Exit(1)
 
 
-def _augmentations(text: str | None, distributed: bool) -> list:
-    """The --augment perturbations (checked before extracting anything); not under torchrun."""
+def _check_inputs(videos: Path, labels: Path | None, taxonomy: str | None) -> None:
+    """--taxonomy, --videos and --labels as `extract` will read them (in its order), a one-line error if one cannot."""
+    from saga.pipeline.inputs import check_labels_file, check_videos_folder
+
+    if taxonomy:
+        Taxonomy.load(taxonomy)
+    check_videos_folder(videos)
+    if labels is not None:
+        check_labels_file(labels)
+
+
+def _augmentations(text: str | None) -> list:
+    """The --augment perturbations (checked before extracting anything; not under torchrun, checked after)."""
     if not text:
         return []
-    if distributed:
-        raise SagaError("--augment: run it without torchrun (one process re-encodes the copies)")
-    from saga.robustness.perturb import parse_list
+    from saga.robustness.perturb import parse_list  # no torch: av, checked before the seconds torch takes
 
     return parse_list(text, "--augment")
 

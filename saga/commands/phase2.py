@@ -22,6 +22,7 @@ from saga.commands.common import (
     training_options,
     writable_folder,
 )
+from saga.cache.meta import require_cache
 from saga.errors import SagaError, WriteError
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
@@ -48,8 +49,7 @@ def _printer(event: Any) -> None:  # a training ProgressEvent
 def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
     """The stage-1 run stage 2 adapts: --from, else the default stage-1 folder if it finished; None = scratch."""
     if scratch:
-        if from_run is not None:
-            raise SagaError("--scratch and --from exclude each other: pick one")
+        _refuse_scratch_with_from(from_run, scratch)
         return None
     if from_run is not None:
         return from_run
@@ -64,6 +64,11 @@ def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
         err.print(f"no finished stage-1 run at {DEFAULT_STAGE1}: training from scratch (the 1-stage baseline); "
                   "run `saga train --stage 1` first, or pass --from")
     return None
+
+
+def _refuse_scratch_with_from(from_run: Path | None, scratch: bool) -> None:
+    if scratch and from_run is not None:
+        raise SagaError("--scratch and --from exclude each other: pick one")
 
 
 def train(
@@ -97,13 +102,16 @@ def train(
     if level is not None or from_run is not None:  # a forgotten --stage 2 would train stage 1 silently
         raise SagaError(f"{'--level' if level is not None else '--from'} applies to --stage 2 only; "
                         "add --stage 2 (or use `saga attribute`)")
+    from saga.train.configs import Stage1Config
+
+    cfg = training_options(Stage1Config, config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
+                           seed=seed, patience=patience, device=device, inputs=inputs)
+    require_cache(cache)  # the checks above and this one before the imports below: they take seconds (torch)
     from saga.runs import RunFolder, accept_changed_cache
-    from saga.train.stage1 import Stage1Config, train_stage1
+    from saga.train.stage1 import train_stage1
 
     out = out or Path("runs/stage1")
     RunFolder(out).check_resume(resume is not False)
-    cfg = training_options(Stage1Config, config, epochs=epochs, batch_size=batch_size, lr=lr, frames=frames,
-                           seed=seed, patience=patience, device=device, inputs=inputs)
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True):
         run = train_stage1(cache, out, cfg, progress=_printer)
@@ -155,8 +163,7 @@ def attribute(
     resume: Resume = None,
 ) -> None:
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
-    from saga.runs import RunFolder, accept_changed_cache
-    from saga.train.attribute import AttributeConfig, train_attribution
+    from saga.train.configs import AttributeConfig
     from saga.train.options import ignored_options, refuse_unused_options
 
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
@@ -167,6 +174,11 @@ def attribute(
     cfg = training_options(AttributeConfig, config, **flags)  # --level left out: the TOML's, else GEN-L
     given = given_options(config, **flags)  # a model option written in the TOML is checked even at its default
     refuse_unused_options(cfg.loss, given)
+    _refuse_scratch_with_from(from_run, scratch)
+    require_cache(cache)  # the checks above and this one before the imports below: they take seconds (torch)
+    from saga.runs import RunFolder, accept_changed_cache
+    from saga.train.attribute import train_attribution
+
     out = out or Path("runs") / cfg.level.lower()
     RunFolder(out).check_resume(resume is not False)
     from_run = _stage1_run(from_run, scratch)

@@ -42,10 +42,11 @@ from torch import Tensor, nn
 
 from saga.errors import SagaError
 from saga.model.blocks import Block, sinusoidal_encoding
+from saga.options import INPUTS
 from saga.model.temporal import neighbour_tokens, sequence_statistics, stats_dim, token_dim
 
 _POOLS = ("mean", "cls")
-_INPUTS = ("content", "temporal", "both")
+_INPUTS = INPUTS  # saga.options: the CLI checks --inputs with it before importing torch
 MAX_SUBCLASSES = 100_000
 # Bounds on every size (training refuses more, and so does loading someone else's weights file, before it
 # allocates): one rule, so no run is trained that `load_model` would then call damaged.

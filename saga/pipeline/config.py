@@ -1,5 +1,8 @@
 """What one extraction pass is asked to do (`ExtractConfig`), checked before the cache is touched, and the split
-rule it appends under: a cache has one, so a pass asking for another is refused."""
+rule it appends under: a cache has one, so a pass asking for another is refused.
+
+No torch, zarr or open_clip at import (the cache store and the encoders are imported where used): `saga extract`
+checks its options here before the seconds those take (docs/performance.md "CLI start-up")."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from saga.cache.manifest import SPLITS
-from saga.cache.provenance import DEFAULT_SPLIT
-from saga.cache.store import DEFAULT_SHARD_ROWS, FeatureCache
+from saga.cache.provenance import DEFAULT_SHARD_ROWS, DEFAULT_SPLIT
 from saga.errors import SagaError
-from saga.pipeline.encoders import DEFAULT_ENCODER, DEFAULT_PRETRAINED
+from saga.pipeline.sampling import SamplingPolicy
+
+DEFAULT_ENCODER = "ViT-SO400M-14-SigLIP-384"
+DEFAULT_PRETRAINED = "webli"
 
 
 @dataclass
@@ -49,7 +54,7 @@ class ExtractConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not 0 < float(value) < float("inf")):
                 raise SagaError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value}")
-
+        SamplingPolicy(frames=self.frames, mode=self.sampling, windows=self.windows)  # --sampling, frames x windows
 
 
 def resolve_split(cfg: ExtractConfig) -> ExtractConfig:
@@ -58,6 +63,8 @@ def resolve_split(cfg: ExtractConfig) -> ExtractConfig:
     A cache has one split rule: appending with another seed or other fractions would put the
     new videos in splits its recorded settings do not describe, so that is refused.
     """
+    from saga.cache.store import FeatureCache  # zarr: imported when a pass runs, not when options are checked
+
     recorded = FeatureCache.open(cfg.out).attrs.get("split") if (cfg.out / "zarr.json").is_file() else None
     recorded = recorded or {}
     seed = cfg.split_seed if cfg.split_seed is not None else int(recorded.get("seed", 0))

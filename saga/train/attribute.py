@@ -20,7 +20,7 @@ triplet term weighted by its share of the batch's triplets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
@@ -35,16 +35,14 @@ from saga.cache.manifest import VideoRecord
 from saga.errors import SagaError
 from saga.model import VideoTransformer, allocate
 from saga.progress import ProgressEvent
-from saga.taxonomy import check_level
 from saga.train.basis import fit_to_pool
 from saga.distributed import resolve_device
-from saga.train.readout import READOUTS, choose_readout, fit_readout, source_subclasses, unlabelled_pool
+from saga.train.readout import choose_readout, fit_readout, source_subclasses, unlabelled_pool
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, epoch_rng, open_features
-from saga.cache.fraction import counts_line, saved_or_drawn, settings, write_labelled
+from saga.cache.fraction import counts_line, saved_or_drawn, write_labelled
 from saga.train.loop import (
     CEObjective,
     Progress,
-    TrainOptions,
     correct_count,
     fit,
     local_rows,
@@ -53,8 +51,9 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.options import Loss, parse_choice, refuse_blind_model
-from saga.train.mining import POSITIVES, mine_triplets
+from saga.train.configs import AttributeConfig, parse_mine_every  # noqa: F401 - re-exported: stage 2's API
+from saga.train.options import Loss, refuse_blind_model
+from saga.train.mining import mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
 from saga.runs.files import MODEL_OPTIONS
 from saga.train.base_run import BaseRun, load_base  # noqa: F401 - `load_base` is part of stage 2's API
@@ -62,80 +61,6 @@ from saga.train import withhold
 from saga.train.withhold import Withheld
 
 PAIRS = 0x7A1  # rng purpose: augmentation of re-embedded positives/negatives
-
-
-@dataclass
-class AttributeConfig(TrainOptions):
-    """Stage-2 options (see TrainOptions for the shared ones; the model fields apply from scratch only)."""
-
-    level: str = "GEN-L"
-    fraction: float = 0.005  # of each class's train videos (SAGA: 0.5 %)
-    floor: int = 2  # at least this many per class (a triplet needs a positive)
-    per_generator: int = 0  # and at least this many of each generator of a class (0: no such rule)
-    loss: Loss = Loss.CE_HNM
-    lam: float = 0.5  # λ in L = λ·CE + (1 − λ)·L_HNM
-    margin: float = 0.2  # α of the triplet loss
-    mine_every: str | int = "epoch"  # "epoch", or refresh the mined triplets every N steps
-    mine_k: int = 64  # unused (mining searches one index per class, k = 1): old configs hold it; the CLI warns
-    positive: str = "hardest"  # "hardest" | "easiest" | "random" same-class positive
-    epochs: int = 30
-    min_steps: int = 300  # a handful of labels per class gives 1-4 steps per epoch
-    eval_every_steps: int = 25  # validate / checkpoint about every 25 steps, not every tiny epoch
-    batch_size: int = 32
-    lr: float | None = None  # None: 2e-4 from a stage-1 run, 3e-4 from scratch
-    head_lr_scale: float | None = None  # None: 10 for the fresh head on a stage-1 θ, 1 from scratch
-    readout: str = "lda"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
-    self_training: bool = True  # the discriminant refitted with confidently pseudo-labelled unlabelled train videos
-    sources: bool = True  # train on the labelled videos' generators, each class read out as a mixture of them
-
-    def check(self) -> None:
-        super().check()
-        check_level(self.level)
-        if self.readout not in READOUTS:
-            raise SagaError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        for name in ("self_training", "sources"):
-            if not isinstance(getattr(self, name), bool):
-                raise SagaError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        self.loss = parse_choice(Loss, self.loss, "loss")
-        if not 0.0 <= self.lam <= 1.0 or self.margin < 0:
-            raise SagaError(f"lam must be in [0, 1] and margin >= 0, got {self.lam}, {self.margin}")
-        self.mine_every = parse_mine_every(self.mine_every)
-        self.check_mining()
-        if isinstance(self.per_generator, bool) or not isinstance(self.per_generator, int) or self.per_generator < 0:
-            raise SagaError(f"per_generator must be a whole number >= 0, got {self.per_generator!r}")
-
-    def check_mining(self) -> None:
-        """The miner's own options, checked before the run folder exists: the miner refused them only at the
-        first refresh, leaving an unfinished run whose recorded value blocked the corrected rerun."""
-        if self.positive not in POSITIVES:
-            raise SagaError(f"positive must be one of {', '.join(POSITIVES)}, got {self.positive!r}")
-        if isinstance(self.mine_k, bool) or not isinstance(self.mine_k, int) or self.mine_k < 1:
-            raise SagaError(f"mine_k must be a whole number >= 1, got {self.mine_k!r}")
-        if self.loss is Loss.CE_SEMIHNM and self.margin == 0:  # d_ap < d_an < d_ap + 0 holds for no negative
-            raise SagaError("margin = 0 leaves loss ce+semihnm no semi-hard negative (d_ap < d_an < d_ap + margin): "
-                            "it would train λ·CE alone; use a margin > 0 (default 0.2), or loss ce+hnm or ce")
-
-    def labelled_settings(self, cache_id: str) -> dict[str, Any]:
-        """How this run draws its labelled subset (labelled.json's settings)."""
-        return settings(self.level, self.fraction, self.floor, self.seed, cache_id, self.per_generator)
-
-    def mine_steps(self) -> int:
-        """0 = refresh once per epoch, else every N optimiser steps (and at each epoch start)."""
-        every = parse_mine_every(self.mine_every)
-        return 0 if every == "epoch" else int(every)
-
-
-def parse_mine_every(value: str | int) -> str | int:
-    """"epoch", or a whole number of steps >= 1 (a CLI string of digits too)."""
-    if value == "epoch":
-        return "epoch"
-    try:
-        n = int(str(value))
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise SagaError(f"mine_every must be 'epoch' or a number of steps >= 1, got {value!r}")
-    return n
 
 
 @torch.no_grad()

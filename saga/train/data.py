@@ -35,6 +35,7 @@ from saga.cache.reader import advise
 from saga.cache.store import FeatureCache
 from saga.errors import SagaError
 from saga.model.inference import subwindow_starts
+from saga.train.options import check_view
 
 ORDER, AUGMENT = 0x0DE5, 0xA4C  # rng purposes
 READ_AHEAD = 4  # shards the kernel is asked to read ahead of the one being read
@@ -50,10 +51,7 @@ class View:
     frame_drop: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise SagaError(f"frames must be >= 1, got {self.frames}")
-        if self.jitter < 0 or not 0.0 <= self.frame_drop < 1.0:
-            raise SagaError(f"jitter must be >= 0 and frame_drop in [0, 1), got {self.jitter}, {self.frame_drop}")
+        check_view(self.frames, self.jitter, self.frame_drop)
 
 
 @dataclass

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from saga.errors import SagaError
+from saga.train.configs import POSITIVES
 from saga.train.mining_index import ApproxParams, ClassIndexes, Search, brute_negatives, parse_search, resolve_search
 
 __all__ = ["POSITIVES", "ApproxParams", "Mined", "Search", "mine_triplets"]
 
 _MODES = ("hard", "semihard")
-POSITIVES = ("hardest", "easiest", "random")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The options both training stages share: budget, schedule, selection, augmentation, the model's shape.
 
-Each stage's config (Stage1Config, AttributeConfig) extends TrainOptions; the resolved values
-go into the run's config.json, so a run folder says exactly how it was trained.
+Each stage's config (Stage1Config, AttributeConfig: saga.train.configs) extends TrainOptions; the resolved values
+go into the run's config.json, so a run folder says exactly how it was trained. No torch here (nor in
+saga.train.configs): the CLI checks every option before the seconds that import takes (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import math
 import warnings
 from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
-from typing import Any, Collection, TypeVar
+from typing import TYPE_CHECKING, Any, Collection, TypeVar
 
 from saga.errors import SagaError, brief
-from saga.model import ModelConfig
-from saga.runs.files import HNM_OPTIONS, IGNORED_OPTIONS, MODEL_OPTIONS
-from saga.train.data import View
+from saga.options import HNM_OPTIONS, IGNORED_OPTIONS, INPUTS, MODEL_OPTIONS
+
+if TYPE_CHECKING:
+    from saga.model import ModelConfig
 
 
 class Select(StrEnum):
@@ -79,6 +81,14 @@ def refuse_blind_model(inputs: str, frames: int) -> None:
         raise SagaError(f"inputs = 'temporal' needs windows of at least 2 frames (its tokens compare neighbouring "
                         f"frames), but the run would use {frames}; use --frames 2 or more (a cache extracted with "
                         "more frames), or --inputs both")
+
+
+def check_view(frames: int, jitter: int, frame_drop: float) -> None:
+    """The sub-window and augmentation settings `saga.train.data.View` takes, or a one-line error."""
+    if frames < 1:
+        raise SagaError(f"frames must be >= 1, got {frames}")
+    if jitter < 0 or not 0.0 <= frame_drop < 1.0:
+        raise SagaError(f"jitter must be >= 0 and frame_drop in [0, 1), got {jitter}, {frame_drop}")
 
 
 Choice = TypeVar("Choice", bound=StrEnum)
@@ -166,7 +176,9 @@ class TrainOptions:
             raise SagaError("buffer_shards must be >= 1 and memory_budget_gb > 0")
         if self.frames is not None and self.frames < 1:
             raise SagaError(f"frames must be >= 1 (or left out for all cached frames), got {self.frames}")
-        View(self.frames or 1, True, self.jitter, self.frame_drop)  # validates the augmentation
+        check_view(self.frames or 1, self.jitter, self.frame_drop)  # the augmentation, as View checks it
+        if self.inputs not in INPUTS:  # else refused when θ is built, after the cache is opened
+            raise SagaError(f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         if self.basis_method not in ("pca", "gev"):
             raise SagaError(f"basis_method must be 'pca' or 'gev', got {self.basis_method!r}")
 
@@ -186,6 +198,8 @@ class TrainOptions:
 
     def model_config(self, in_dim: int, n_classes: int, frames: int, pool_size: int | None = None) -> ModelConfig:
         """θ's config; the content basis is narrowed to what `pool_size` train videos and in_dim can span."""
+        from saga.model import ModelConfig  # torch: imported when a model is built, not when options are checked
+
         refuse_blind_model(self.inputs, frames)
         basis = int(self.content_basis)
         if basis and pool_size is not None:

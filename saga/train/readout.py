@@ -43,8 +43,8 @@ from saga.errors import SagaError
 from saga.model import VideoTransformer
 from saga.model.inference import record_targets, take_subwindow
 from saga.taxonomy import REAL, Taxonomy
+from saga.train.configs import READOUTS  # noqa: F401 - re-exported
 
-READOUTS = ("lda", "head", "auto")  # auto: the discriminant unless the trained head validates better
 REAL_SHARE = 0.5  # weight of the real videos' covariance in the pooled one
 SHRINK = 0.05  # then towards the identity (scaled to the mean variance)
 MAX_REAL = 5_000  # real videos for their covariance: a seeded sample beyond this

@@ -8,7 +8,6 @@ split is streamed when its float32 copy would exceed `memory_budget_gb`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,27 +23,17 @@ from saga.train.data import View, open_features
 from saga.train.loop import (
     CEObjective,
     Progress,
-    TrainOptions,
     fit,
     make_validator,
     open_run,
     resolve_frames,
 )
 from saga.runs import make_provenance
+from saga.train.configs import Stage1Config  # noqa: F401 - re-exported: stage 1's API
 from saga.train import withhold
 from saga.train.withhold import Withheld
 
 LEVEL = "BIN-L"
-
-
-@dataclass
-class Stage1Config(TrainOptions):
-    """Stage-1 options (see TrainOptions for the shared ones)."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float | None = 3e-4
-    balance: bool = True  # class-balanced sampling of real vs fake
 
 
 def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | None = None,
