@@ -32,11 +32,13 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> 
 
 @pytest.fixture(scope="module")
 def stage1_run(tiny_cache: Path) -> Path:
-    """A finished stage-1 run on the tiny cache, trained once through the CLI (the default stage: 1) for the whole
-    phase-2 chain and the predict tests; none of them changes it (the unfinished-run test changes a copy)."""
+    """A finished stage-1 run on the tiny cache, trained once through the CLI (the default stage: 1, the default
+    --out: runs/stage1 under the current folder) for the whole phase-2 chain, the predict tests and the attribute
+    test's default stage-1 run; none of them changes it (the unfinished-run and attribute tests change copies)."""
+    run_saga("train", "--cache", str(tiny_cache / "cache"), "--config", str(tiny_cache / "small.toml"),
+             cwd=tiny_cache, check=True)
     run = tiny_cache / "runs" / "stage1"
-    run_saga("train", "--cache", str(tiny_cache / "cache"), "--out", str(run), "--config",
-             str(tiny_cache / "small.toml"), check=True)
+    assert (run / "done.json").is_file()
     return run
 
 
@@ -150,7 +152,7 @@ def test_attribute_options_are_validated(tiny_cache: Path, tmp_path: Path) -> No
     assert proc.returncode == 2 and "readout must be one of" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Path) -> None:
+def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, stage1_run: Path, tmp_path: Path) -> None:
     cache, small = str(tiny_cache / "cache"), str(tiny_cache / "small.toml")
     common = ("--level", "TASK-L", "--cache", cache, "--config", small, "--fraction", "0.5")
     proc = run_saga("attribute", *common, "--out", "runs/scratch", cwd=tmp_path, check=True)
@@ -166,7 +168,8 @@ def test_attribute_adapts_the_default_stage1_run(tiny_cache: Path, tmp_path: Pat
     assert isinstance(json.loads((tmp_path / "runs/scratch/done.json").read_text())["sources"], list)
     assert json.loads((tmp_path / "runs/scratch/done.json").read_text())["self_training"] == "on"
     assert json.loads((tmp_path / "runs/scratch/config.json").read_text())["train"]["from_run"] is None
-    run_saga("train", "--stage", "1", "--cache", cache, "--config", small, cwd=tmp_path, check=True)
+    # the default stage-1 run (`saga train` with no --out in this folder, as the stage1_run fixture made it)
+    shutil.copytree(stage1_run, tmp_path / "runs" / "stage1")
     proc = run_saga("attribute", *common, cwd=tmp_path, check=True)
     assert "adapting the stage-1 run" in proc.stderr
     config = json.loads((tmp_path / "runs/task-l/config.json").read_text())

@@ -5,6 +5,7 @@ alone (under `ALONE_LIMIT_S`) and the pass goes on with the others in fresh work
 from __future__ import annotations
 
 import multiprocessing
+import re
 import signal
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from saga.pipeline.extract import extract
 from test_extract import config, features_by_path
 
 BAD = "syn-svd/syn-svd_1.mp4"
+STILL_DECODING = re.escape(BAD) + r": still decoding after 3 s \(--hang-limit\): decoding it alone, for at most 3 s"
 
 
 @pytest.fixture
@@ -52,7 +54,8 @@ def test_a_file_that_hangs_a_decoding_worker_is_a_failed_record_and_the_pass_goe
     ever, with no message."""
     videos = make_video_tree(tmp_path / "v", per_class=2)
     _hang_on_bad(monkeypatch, in_workers_only=False)
-    summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=2))
+    with pytest.warns(UserWarning, match=STILL_DECODING):  # the pass names the stuck video (not left unasserted)
+        summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=2))
     assert [path for path, _ in summary.failures] == [BAD] and summary.ok == 5 and summary.failed == 1
     why = summary.failures[0][1]
     assert why.startswith("the decoder's process gave no answer within 3 s (decoding it alone)") and "\n" not in why
@@ -70,7 +73,8 @@ def test_a_video_that_hangs_only_in_a_worker_is_extracted_alone_with_the_same_fe
     videos = make_video_tree(tmp_path / "v", per_class=2)
     extract(config(videos, tmp_path / "clean", tiny_weights))
     _hang_on_bad(monkeypatch, in_workers_only=True)
-    summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=2))
+    with pytest.warns(UserWarning, match=STILL_DECODING):
+        summary = extract(config(videos, tmp_path / "c", tiny_weights, workers=2))
     assert summary.ok == 6 and summary.failed == 0 and not multiprocessing.active_children()
     clean, got = features_by_path(tmp_path / "clean"), features_by_path(tmp_path / "c")
     assert sorted(got) == sorted(clean) and len(FeatureCache.open(tmp_path / "c").records()) == 6
