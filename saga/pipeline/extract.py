@@ -39,6 +39,7 @@ from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved
 from saga.pipeline.sampling import SamplingPolicy
 from saga.progress import ProgressEvent, ProgressFn
 from saga.pipeline.summary import ExtractSummary, Timings
+from saga.pipeline.interrupts import SignalHold
 from saga.pipeline.writer import BackgroundWriter
 from saga.taxonomy import Taxonomy
 
@@ -149,10 +150,12 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
                                  unreadable=inputs.unreadable)
         suspects = read_suspects(cfg.out)
         if todo:
-            writer = PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
-                                shard_rows=cfg.shard_rows, videos=cfg.videos)
-            _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, writer, summary,
-                          progress, suspects)
+            def open_part() -> PartWriter:
+                return PartWriter(cache, next_part_name(cache), capacity=len(todo) * policy.windows,
+                                  shard_rows=cfg.shard_rows, videos=cfg.videos)
+
+            _extract_part(cfg, RecordMaker(cfg.videos, todo, splits, taxonomy), policy, encoder, open_part,
+                          summary, progress, suspects)
         clear_suspects(cfg.out, suspects)  # every rank's, of any earlier world size: recorded, or gone
         if redecoded:
             mark_audited(cfg.out)
@@ -209,9 +212,11 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
     mine = todo[ctx.rank::ctx.world_size]
     local = ExtractSummary(cache=cfg.out)
     if mine:
-        writer = PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
-                            capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows, videos=cfg.videos)
-        _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, writer, local,
+        def open_part() -> PartWriter:
+            return PartWriter(cache, next_part_name(cache, rank=ctx.rank, pass_id=pass_id),
+                              capacity=len(mine) * policy.windows, shard_rows=cfg.shard_rows, videos=cfg.videos)
+
+        _extract_part(cfg, RecordMaker(cfg.videos, mine, splits, taxonomy), policy, encoder, open_part, local,
                       progress if ctx.is_main else None, suspects, rank=ctx.rank)
     ranks = distributed.all_gather_object(local)  # also: every part is closed after this, none crashed
     if ctx.is_main:
@@ -265,14 +270,17 @@ class RecordMaker:
 
 def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: BackgroundWriter,
              record_of: Callable[[DecodedVideo], VideoRecord], summary: ExtractSummary, total: int,
-             progress: ProgressFn | None = None) -> None:
+             progress: ProgressFn | None = None, hold: SignalHold | None = None) -> None:
     """Decoded videos -> encoder step -> writer, counting into `summary`; the writer commits even on Ctrl-C.
 
     A dead decoding worker (`VideoStream.crash`: torch reports it wherever the main thread is) stops
-    the pass with a `DecoderCrash` after the videos already decoded are encoded and committed."""
+    the pass with a `DecoderCrash` after the videos already decoded are encoded and committed. `hold`: the
+    interrupts held since the part was created, delivered once this try/finally, which commits it, has begun."""
     started = time.perf_counter()
-    writer.start()
     try:
+        writer.begin()
+        if hold is not None:
+            hold.release()
         _report(progress, summary, total)  # the pass begins: a bar's clock and rates start here
         try:
             for video in videos:
@@ -295,9 +303,13 @@ def run_pass(videos: Iterable[DecodedVideo], step: EncodeStep, writer: Backgroun
         _report(progress, summary, total)
     finally:
         try:
-            _close(videos)  # the workers stop first: a dead one can no longer interrupt the commit
-        finally:  # a Ctrl-C while they stop skipped the commit, and the writer thread held the exit for ever
-            writer.finish()  # what was encoded is written and committed
+            try:
+                _close(videos)  # the workers stop first: a dead one can no longer interrupt the commit
+            finally:  # a Ctrl-C while they stop skipped the commit, and the writer thread held the exit for ever
+                writer.finish()  # what was encoded is written and committed
+        finally:
+            if hold is not None:
+                hold.release()  # still held only when the writer could not start: the interrupt, if any
         summary.timings.encode += step.seconds
         summary.timings.write += writer.seconds
         summary.timings.pipeline += time.perf_counter() - started
@@ -324,8 +336,8 @@ def _store(encoded: list[tuple[DecodedVideo, Any]], writer: BackgroundWriter,
 
 
 def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPolicy, encoder: FrameEncoder,
-                  part: PartWriter, summary: ExtractSummary, progress: ProgressFn | None, suspects: Suspects,
-                  rank: int = 0) -> None:
+                  open_part: Callable[[], PartWriter], summary: ExtractSummary, progress: ProgressFn | None,
+                  suspects: Suspects, rank: int = 0) -> None:
     """Compose the three steps over `records.todo` into `part`; suspects of an earlier decoder crash are
     decoded alone first, and a crash in this pass leaves its own suspects for the next one (the files read
     are removed by the lock's holder once the whole pass ended without one)."""
@@ -333,8 +345,14 @@ def _extract_part(cfg: ExtractConfig, records: RecordMaker, policy: SamplingPoli
                          pin_memory=encoder.device.type == "cuda", limits=DecodeLimits(cfg.hang_limit, cfg.alone_limit),
                          suspects={i for i, item in enumerate(records.todo) if item.rel in suspects.paths})
     step = EncodeStep(encoder.encode, cfg.batch_size, policy.windows, policy.frames)
+    hold = SignalHold()  # from the part's creation until run_pass's try/finally that commits it
     try:
-        run_pass(videos, step, BackgroundWriter(part), records, summary, len(records.todo), progress)
+        writer = BackgroundWriter(open_part())
+    except BaseException:
+        hold.release()
+        raise
+    try:
+        run_pass(videos, step, writer, records, summary, len(records.todo), progress, hold=hold)
     except DecoderCrash as crash:
         keep_suspects(cfg.out, rank, crash.suspects, suspects)
         raise

@@ -21,26 +21,49 @@ from typing import Iterator
 HELD = (signal.SIGINT, signal.SIGTERM)
 
 
+class SignalHold:
+    """Note `signals` instead of acting on them from now until `release()`, which delivers the first one noted
+    (to the handler in place before). A span that cannot be one `with` block uses it: an extraction's part is
+    created (its manifest appears) before the pass's try/finally that commits it begins, and an interrupt in
+    between left the part unsealed, or the writer thread waiting for ever (tests/test_extract_hold.py). Main
+    thread only: elsewhere Python delivers no signal anyway. A process forked while held inherits the noting
+    handler, harmless until it sets its own."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = HELD) -> None:
+        self.noted: list[int] = []
+        self.before: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            for sig in signals:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup: stays ignored
+                    self.before[sig] = signal.signal(sig, self._note)
+        except BaseException:  # the other signal came while the first was being held
+            self.release()
+            raise
+
+    def _note(self, signum: int, _frame: object) -> None:
+        self.noted.append(signum)
+
+    def release(self) -> None:
+        """Restore the handlers and deliver the first signal noted; idempotent (a second call does nothing)."""
+        before, self.before = self.before, {}
+        for sig, handler in before.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if before and self.noted:
+            signal.raise_signal(self.noted[0])
+
+
 @contextmanager
 def held_signals(signals: tuple[signal.Signals, ...] = HELD) -> Iterator[None]:
-    """Note `signals` instead of acting on them inside the block, then deliver the first one noted (also when the
-    block raised: its exception is then the interrupt's context; it used to be dropped, so the command ended
-    with that error, or none, instead of the interrupt). Main thread only: elsewhere Python delivers no signal
-    anyway. A process forked inside the block inherits the noting handler, harmless until it sets its own."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    noted: list[int] = []
-    ignored = [sig for sig in signals if signal.getsignal(sig) is signal.SIG_IGN]  # e.g. nohup: stays ignored
-    before = {sig: signal.signal(sig, lambda signum, _frame: noted.append(signum)) for sig in signals
-              if sig not in ignored}
+    """Hold `signals` over the block (`SignalHold`), then deliver the first one noted (also when the block
+    raised: its exception is then the interrupt's context; it used to be dropped, so the command ended with
+    that error, or none, instead of the interrupt)."""
+    hold = SignalHold(signals)
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        if noted:
-            signal.raise_signal(noted[0])
+        hold.release()
 
 
 def die_with_parent() -> None:

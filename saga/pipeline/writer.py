@@ -9,6 +9,12 @@ by earlier shards stay valid).
 interrupt while the main thread waits for the writer (a slow disk, a network file system)
 used to abort the wait, and the writer thread, a daemon, died with the process, taking the
 queued videos and the part's seal with it.
+
+The thread is not a daemon, so the interpreter waits for it at exit; should the main thread end without
+`finish()` (an interrupt in the few instructions before a hold begins), the thread sees it within
+`ORPHAN_POLL_S` and ends without committing, leaving the part as a killed run would (unsealed, its committed
+shards valid, the rest redone by the rerun): it used to wait on its queue for ever, so the process never
+exited and kept the cache's lock.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from saga.cache.manifest import VideoRecord
 from saga.cache.store import PartWriter
 from saga.pipeline.interrupts import held_signals
 
+ORPHAN_POLL_S = 0.5  # how often an idle writer checks that the main thread still runs
+
 
 class BackgroundWriter(threading.Thread):
     """One ordered job queue in front of a `PartWriter`."""
@@ -35,6 +43,12 @@ class BackgroundWriter(threading.Thread):
         self.seconds = 0.0
         self.error: BaseException | None = None
 
+    def begin(self) -> None:
+        """`start()`, then note it, both with signals held: an interrupt inside `start()` (it waits for the new
+        thread) left a running thread that nothing would ever finish."""
+        with held_signals():
+            self.start()
+
     def write(self, record: VideoRecord, features: np.ndarray, mask: np.ndarray, timestamps: np.ndarray) -> None:
         self.jobs.put(lambda: self.part.add(record, features, mask, timestamps))
 
@@ -42,7 +56,7 @@ class BackgroundWriter(threading.Thread):
         self.jobs.put(lambda: self.part.add_failure(record))
 
     def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
             if self.error is None:
                 start = time.perf_counter()
                 try:
@@ -51,11 +65,24 @@ class BackgroundWriter(threading.Thread):
                     self.error = exc
                 self.seconds += time.perf_counter() - start
 
+    def _next_job(self) -> Callable[[], None] | None:
+        """The next job; None at the end, or when the main thread ended without `finish()` (nothing will come:
+        the part is left as a killed run leaves it, since the cache's lock may already be released)."""
+        while True:
+            try:
+                return self.jobs.get(timeout=ORPHAN_POLL_S)
+            except queue.Empty:
+                if not threading.main_thread().is_alive():
+                    return None
+
     def finish(self) -> None:
         """Commit the part, wait for the thread, and raise the first error a job hit.
 
         Ctrl-C and SIGTERM arriving meanwhile are delivered once the part is committed and sealed."""
         with held_signals():
+            if self.ident is None:  # never started (no thread to be had): commit here
+                self.part.close()
+                return
             self.jobs.put(self.part.close)
             self.jobs.put(None)
             self.join()
