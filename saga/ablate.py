@@ -32,7 +32,7 @@ from saga.fileio import write_text
 from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest
 from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attribution
 from saga.options import HNM_OPTIONS, MODEL_OPTIONS
-from saga.train.configs import GRID_OPTIONS, LOSSES, refuse_grid_options  # noqa: F401 - re-exported
+from saga.train.configs import LOSSES
 from saga.progress import ProgressEvent, ProgressFn
 
 STAGE1_FIXES = (*MODEL_OPTIONS, "frames")  # what the 2-stage cells take from the stage-1 run

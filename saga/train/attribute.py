@@ -51,7 +51,7 @@ from saga.train.loop import (
     resolve_frames,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.configs import AttributeConfig, parse_mine_every  # noqa: F401 - re-exported: stage 2's API
+from saga.train.configs import AttributeConfig
 from saga.train.options import Loss, refuse_blind_model
 from saga.train.mining import mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options

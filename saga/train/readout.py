@@ -43,7 +43,6 @@ from saga.errors import SagaError
 from saga.model import VideoTransformer
 from saga.model.inference import record_targets, take_subwindow
 from saga.taxonomy import REAL, Taxonomy
-from saga.train.configs import READOUTS  # noqa: F401 - re-exported
 
 REAL_SHARE = 0.5  # weight of the real videos' covariance in the pooled one
 SHRINK = 0.05  # then towards the identity (scaled to the mean variance)
