@@ -100,3 +100,14 @@ def test_bad_option_values_are_one_line_before_heavy_imports(tmp_path: Path, com
         assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (name, result["stderr"])
         assert result["heavy"] == [], f"saga {' '.join(args)} imported {result['heavy']} before its one-line error"
     assert not (tmp_path / "c").exists() and not (tmp_path / "runs").exists()  # nothing written either
+
+
+def test_augment_under_torchrun_is_refused_before_heavy_imports(tmp_path: Path, monkeypatch) -> None:
+    """`--augment` cannot run under torchrun (one process re-encodes the copies): the refusal reads torchrun's
+    WORLD_SIZE (saga.torchrun_env) instead of waiting for torch and the process group."""
+    (tmp_path / "v").mkdir()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    [result] = run_each(tmp_path, [[*EXTRACT, "--augment", "crf28"]])
+    assert result["code"] == 2, result["stderr"]
+    assert result["stderr"].strip() == "error: --augment: run it without torchrun (one process re-encodes the copies)"
+    assert result["heavy"] == [], f"imported {result['heavy']} before the refusal"

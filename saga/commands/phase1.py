@@ -127,8 +127,6 @@ def extract(
     from saga import distributed
     from saga.pipeline.extract import extract as run_extract
 
-    if perturbations and distributed.context().enabled:
-        raise SagaError("--augment: run it without torchrun (one process re-encodes the copies)")
     with one_line_warnings(), extract_progress() as update:
         summary = run_extract(cfg, progress=update)
     augmented = None
@@ -163,12 +161,17 @@ def _check_inputs(videos: Path, labels: Path | None, taxonomy: str | None) -> No
 
 
 def _augmentations(text: str | None) -> list:
-    """The --augment perturbations (checked before extracting anything; not under torchrun, checked after)."""
+    """The --augment perturbations, checked before the seconds torch takes (and refused under torchrun: one
+    process re-encodes the copies)."""
     if not text:
         return []
-    from saga.robustness.perturb import parse_list  # no torch: av, checked before the seconds torch takes
+    from saga.robustness.perturb import parse_list  # no torch: av
+    from saga.torchrun_env import single_process
 
-    return parse_list(text, "--augment")
+    perturbations = parse_list(text, "--augment")
+    if not single_process():
+        raise SagaError("--augment: run it without torchrun (one process re-encodes the copies)")
+    return perturbations
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 - ExtractSummary
