@@ -79,7 +79,13 @@ class DecodedVideo:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else ""
+    """The first line of `exc`'s text; never raises: a decoder's exception whose `__str__` failed escaped
+    `decode_one`, so its worker's error stopped the pass as a decoder crash instead of failing that video."""
+    try:
+        text = str(exc)
+    except Exception:
+        return "<exception str() failed>"  # as Python's own traceback says it
+    return text.splitlines()[0] if text else ""
 
 
 def decode_one(path: Path, policy: SamplingPolicy, preprocess: Callable, index: int = 0) -> DecodedVideo:
@@ -171,9 +177,11 @@ class DecoderCrash(SagaError):
 
 
 def worker_died(exc: BaseException) -> bool:
-    """Whether `exc` is how torch reports a dead worker: its SIGCHLD handler's or its queue check's RuntimeError
-    (raised wherever the main thread is), or an EOFError/ConnectionError from a result the dead worker was
-    still handing over."""
+    """The fallback only (`stream.Workers` decides by the pool's processes): whether `exc` reads as torch's
+    report of a dead worker, its SIGCHLD handler's or its queue check's RuntimeError (raised wherever the main
+    thread is), or an EOFError/ConnectionError from a result the dead worker was still handing over. Text can
+    err both ways: torch re-raises a live worker's own RuntimeError as "Caught RuntimeError in DataLoader
+    worker process N", and another torch release may word a death otherwise."""
     if isinstance(exc, RuntimeError):
         return "DataLoader worker" in str(exc)
     return isinstance(exc, (EOFError, ConnectionError))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import time
 import warnings
 import weakref
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from torch._utils import ExceptionWrapper
 from torch.utils.data import DataLoader
 from torch.utils.data import _utils as loader_utils
 
@@ -32,6 +34,7 @@ from saga.pipeline.solo import Solo
 
 POLLS_PER_LIMIT = 4  # the wait for the next video is checked this often per hang limit (at most every MAX_POLL_S)
 MAX_POLL_S = 30.0
+EXIT_GRACE_S = 5.0  # how long a worker's exit may lag the EOFError / ConnectionError of its cut-off result
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class DecodeLimits:
 
 class VideoStream:
     """An iterator of `DecodedVideo`s over the todo list; `close()` stops the workers, `crash(exc)` turns a dead
-    worker into a `DecoderCrash` (None for any other exception)."""
+    worker into a `DecoderCrash` (None for any other exception: `Workers` tells them apart)."""
 
     def __init__(self, items: list[VideoInput], root: Path, policy: SamplingPolicy, preprocess: Callable,
                  workers: int, pin_memory: bool, suspects: list[int], limits: DecodeLimits) -> None:
@@ -62,6 +65,7 @@ class VideoStream:
         self.pin_memory, alone = pin_memory, set(suspects)
         self.rest = [i for i in range(len(items)) if i not in alone]
         self.done = 0
+        self.watch: Workers | None = None  # the running pool's workers (None: no pool running)
         preload_decoders()
         self._videos = self._generate()
 
@@ -127,10 +131,12 @@ class VideoStream:
     def _pooled(self, order: list[int]) -> Iterator[DecodedVideo]:
         """The videos of `order` from worker processes; after a hang, the stuck ones decoded alone, and (returned)
         those still to decode, in order (the videos the workers had decoded past the hang come again)."""
-        pool, given, finished, stuck, overdue = None, 0, False, [], []
+        pool, watch, given, finished, stuck, overdue = None, None, 0, False, [], []
+        self.watch = None
         try:
             with held_signals():  # a Ctrl-C during fork() was lost, or killed a worker before _worker_init
                 pool = iter(self._loader(order))
+            self.watch = watch = Workers(pool)
             polls, waiting = Polls(pool), time.monotonic()
             while not overdue:
                 try:
@@ -145,13 +151,24 @@ class VideoStream:
                     continue
                 given, waiting = given + 1, time.monotonic()
                 yield video
+        except Exception as exc:  # judged here, while the workers run: below saga stops them itself
+            crash = self.crash(exc)
+            if crash is None:
+                if watch is not None and watch.relayed:
+                    exc.add_note(RELAYED)
+                raise
+            raise crash from None
         finally:
+            _unwatch(pool)  # out of torch's SIGCHLD check first: the workers saga stops are no crash
+            if watch is not None:
+                watch.stop()
             stuck = sorted({*overdue, *(i for i in self.busy if i >= 0)})  # killed with it: their work lost
             if not finished:  # a hang, a crash, Ctrl-C: a worker stuck in C code outlived its SIGTERM (and the exit)
                 _kill_busy(pool, self.busy)
             shutdown = getattr(pool, "_shutdown_workers", None)
             if shutdown is not None:
-                shutdown()  # also unregisters the workers from torch's SIGCHLD check
+                shutdown()
+            self.watch = None  # the pool is gone: no later error is its workers' (one above is judged by `stop`)
         self.busy[:] = [-1] * len(self.busy)  # the killed workers' notes
         yield from self._alone(stuck, overdue)
         return [i for i in order[given:] if i not in stuck]
@@ -170,18 +187,25 @@ class VideoStream:
         try:
             self._videos.close()
         except Exception as exc:  # the SIGCHLD check firing for the dead worker during the shutdown
-            if not worker_died(exc):
+            if not self.died(exc):
                 raise
 
     def in_flight(self) -> list[str]:
         """The videos the workers were decoding (none noted: no worker had started one)."""
         return [self.items[i].rel for i in sorted(set(self.busy)) if i >= 0] if self.workers else []
 
+    def died(self, exc: BaseException) -> bool:
+        """Whether `exc` comes of a dead decoding worker (`Workers.died`); with no pool running none can die."""
+        return bool(self.workers) and self.watch is not None and self.watch.died(exc)
+
     def crash(self, exc: BaseException) -> DecoderCrash | None:
-        if not self.workers or not worker_died(exc):
+        if isinstance(exc, DecoderCrash):  # already judged in `_pooled`, while its workers ran
+            return exc
+        if not self.died(exc):
             return None
-        how = (reader._first_line(exc).strip().rstrip(".") if isinstance(exc, RuntimeError) else
-               f"it hung up while handing over a video: {type(exc).__name__}")
+        how = self.watch.how() or (  # no worker seen gone (torch's words decided): say what torch said
+            reader._first_line(exc).strip().rstrip(".") if isinstance(exc, RuntimeError) else
+            f"it hung up while handing over a video: {type(exc).__name__}")
         suspects = self.in_flight()
         if not suspects:
             near = self.items[min(self.done, len(self.items) - 1)].rel
@@ -211,18 +235,13 @@ class Polls:
 
     def __init__(self, pool: Any) -> None:
         self.empty = False  # the last `_try_get_data` of this `next` found no video
-        method = getattr(type(pool), "_try_get_data", None)
-        self.hooked = callable(method)
-        if self.hooked:  # a weak reference: the iterator must not keep itself alive through its own attribute
-            pool._try_get_data = self._noted(method, weakref.ref(pool))
+        self.hooked = _hook(pool, "_try_get_data", self._noted)
 
-    def _noted(self, method: Callable, pool: "weakref.ref[Any]") -> Callable:
-        def noted(*args: Any, **kwargs: Any) -> Any:
-            self.empty = False
-            got = method(pool(), *args, **kwargs)
-            self.empty = isinstance(got, tuple) and len(got) == 2 and got[0] is False
-            return got
-        return noted
+    def _noted(self, call: Callable[[], Any], _: tuple) -> Any:
+        self.empty = False
+        got = call()
+        self.empty = isinstance(got, tuple) and len(got) == 2 and got[0] is False
+        return got
 
     def next(self, pool: Any) -> Any:
         """`next(pool)`, the note cleared first (a video taken from the iterator's reorder buffer, or a worker's
@@ -232,6 +251,81 @@ class Polls:
 
     def is_poll(self, exc: RuntimeError) -> bool:
         return self.empty if self.hooked else "DataLoader timed out" in str(exc)
+
+
+RELAYED = ("saga: raised in a decoding worker (or torch's pin-memory thread) that is still running, so it is no "
+           "decoder crash; decode_one turns any error of decoding or preprocessing a video into that video's "
+           "failure, so this one came from outside it: a bug in saga or its environment, not in the video")
+
+
+class Workers:
+    """Tells a dead decoding worker from any other error by the pool's own processes, not by torch's words.
+
+    torch reports a death as a RuntimeError ("DataLoader worker (pid N) is killed by signal ...") from its SIGCHLD
+    handler, wherever the main thread is, or from its queue check; but it re-raises a live worker's own exception
+    as "Caught RuntimeError in DataLoader worker process N ...", often of the same type. The text match took that
+    for a crash (a healthy video became a suspect, the real error was hidden), and a rewording in another torch
+    would have turned a crash into a traceback. So: a worker died when one of the iterator's `_workers` has
+    exited (`stop()` notes them before saga stops the others itself). An exception `_process_data` re-raised from
+    a worker's answer (hooked as `Polls` hooks `_try_get_data`) is that live worker's own. An EOFError or
+    ConnectionError no worker raised is a result cut off by its worker's death when a worker exits within
+    EXIT_GRACE_S (its descriptors close just before it exits). A torch without `_workers`: the text decides
+    (`reader.worker_died`), as before.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.processes: list[Any] | None = getattr(pool, "_workers", None)
+        self.relayed = False  # the last answer the iterator processed was a worker's exception
+        self.gone: list[Any] | None = None  # the workers that had exited when saga began stopping them
+        _hook(pool, "_process_data", self._noted)
+
+    def _noted(self, call: Callable[[], Any], args: tuple) -> Any:
+        self.relayed = bool(args) and isinstance(args[0], ExceptionWrapper)
+        return call()
+
+    def stop(self) -> None:
+        """Note the workers that exited on their own: saga is about to stop the others."""
+        if self.gone is None:
+            self.gone = self.exited()
+
+    def exited(self) -> list[Any]:
+        if self.gone is not None:
+            return self.gone
+        return [w for w in self.processes or () if not w.is_alive()]
+
+    def died(self, exc: BaseException) -> bool:
+        if self.processes is None:
+            return not self.relayed and worker_died(exc)
+        if self.exited():
+            return True
+        return not self.relayed and isinstance(exc, (EOFError, ConnectionError)) and self._exits_soon()
+
+    def _exits_soon(self) -> bool:
+        if self.gone is None and self.processes:
+            try:
+                multiprocessing.connection.wait([w.sentinel for w in self.processes], EXIT_GRACE_S)
+            except Exception:  # torch's SIGCHLD check raising here: a worker died meanwhile
+                pass
+        return bool(self.exited())
+
+    def how(self) -> str:
+        """The dead workers' ends ("pid 4242: killed by SIGSEGV"); "" when none is known."""
+        return ", ".join(f"pid {w.pid}: {reader._exit_text(w.exitcode)}" for w in self.exited())
+
+
+def _hook(pool: Any, name: str, note: Callable[[Callable[[], Any], tuple], Any]) -> bool:
+    """The iterator's own method `name` (its class's) routed through `note(call, args)`, `call()` running it; False
+    where the class has none. A weak reference: the iterator must not keep itself alive through its attribute."""
+    method = getattr(type(pool), name, None)
+    if not callable(method):
+        return False
+    ref = weakref.ref(pool)
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        return note(lambda: method(ref(), *args, **kwargs), args)
+
+    setattr(pool, name, hooked)
+    return True
 
 
 def preload_decoders() -> None:
@@ -245,13 +339,19 @@ def preload_decoders() -> None:
             pass
 
 
-def _kill_busy(pool: Any, busy: Any) -> None:
-    """SIGKILL the workers still decoding a video (noted in `busy`, which is kept for `in_flight`): a decoder stuck
-    in C code never runs the SIGTERM handler torch's shutdown relies on. They leave torch's SIGCHLD check first,
-    or their death would read as a crash; each is reaped (no zombie)."""
+def _unwatch(pool: Any) -> None:
+    """The pool's workers out of torch's SIGCHLD check (its shutdown does it too, later): those saga stops itself
+    must not read as a crash."""
     if getattr(pool, "_worker_pids_set", False):
         loader_utils.signal_handling._remove_worker_pids(id(pool))
         pool._worker_pids_set = False
+
+
+def _kill_busy(pool: Any, busy: Any) -> None:
+    """SIGKILL the workers still decoding a video (noted in `busy`, which is kept for `in_flight`): a decoder stuck
+    in C code never runs the SIGTERM handler torch's shutdown relies on. They leave torch's SIGCHLD check first
+    (`_unwatch`), or their death would read as a crash; each is reaped (no zombie)."""
+    _unwatch(pool)
     for slot, worker in enumerate(getattr(pool, "_workers", [])):
         if busy[slot] >= 0 and worker.is_alive():
             worker.kill()
