@@ -6,7 +6,9 @@ writes `ProgressLog` lines elsewhere (a log), or prints a line; tests and benchm
 `Passes`: it opens one labelled display per pass. Kinds: "videos" (extraction, the benchmark generator,
 re-encoding copies; data: frames, failed), "labelled" (stage 2:
 the labelled videos per class, fewest and most), "start", "step", "epoch", "done", "reused" (training;
-data: the epoch's metrics line or the run's summary), "cell" (one finished ablation cell).
+data: the epoch's metrics line or the run's summary), "cell" (one finished ablation cell), "status" (a setup step
+before the counted pass, e.g. `scanning videos/`, `loading encoder X`: `message` names it, `done` counts what it has
+gone through, if anything; `StepCount` reports one, `StatusLog` writes them into a log).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class ProgressLog:
         self.finished = False
 
     def __call__(self, event: ProgressEvent) -> None:
-        if self.finished or event.done is None:
+        if self.finished or event.done is None or event.kind == STATUS:
             return
         now = self.clock()
         if self.start is None:
@@ -144,3 +146,96 @@ def _duration(seconds: float) -> str:
         return f"{whole // 60} min {whole % 60} s"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+STATUS = "status"  # the kind of a setup step's events (see `StepCount`)
+REPORT_EVERY = 256  # a counting setup step reports every this many items: not one event per file
+STATUS_DELAY_S = 10.0  # a log gets a setup step's line once it lasted this long (read at each event: tests shrink it)
+
+
+def report_step(progress: ProgressFn | None, message: str) -> None:
+    """A setup step without a count began (loading the encoder): displays say so until the next step or the pass."""
+    if progress is not None:
+        progress(ProgressEvent(STATUS, message=message))
+
+
+class StepCount:
+    """The items a setup step goes through (files scanned, videos compared with the cache), reported every
+    REPORT_EVERY of them and at `end()`: a scan of 100,000 files on a network drive takes minutes and, shown
+    nothing, looked like a hang. Without a callback it only counts (a library call, `saga predict`'s walk)."""
+
+    def __init__(self, progress: ProgressFn | None, message: str, unit: str = "files",
+                 total: int | None = None) -> None:
+        self.progress, self.message, self.unit, self.total = progress, message, unit, total
+        self.done, self._next = 0, REPORT_EVERY
+        self._report()
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress is not None and self.done >= self._next:
+            self._next = self.done + REPORT_EVERY
+            self._report()
+
+    def end(self) -> None:
+        """The final count (what a log's line for a long step ends with)."""
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(STATUS, self.done, self.total, self.message, {"unit": self.unit}))
+
+
+def status_text(event: ProgressEvent) -> str:
+    """`scanning videos/: 12,345 files`, `checking cache/: 3 part(s): 200/1,000 videos`, `loading encoder X...`."""
+    if event.done is None:
+        return f"{event.message}..."
+    count = f"{event.done:,}" + (f"/{event.total:,}" if event.total is not None else "")
+    return f"{event.message}: {count} {event.data.get('unit', '')}".rstrip()
+
+
+class StatusLog:
+    """Setup steps (kind STATUS) as plain lines for a log, like `ProgressLog` for the pass: a step that has lasted
+    STATUS_DELAY_S gets a line, then one at most every LOG_INTERVAL_S while its count moves, and, once the next
+    step or the pass begins, one with its final count and duration if it lasted LOG_INTERVAL_S. A quick run's log
+    gets none of them, so a setup error stays one line. `poll()` asks again without an event: a step that reports
+    nothing while it runs (the encoder loading) gets its line from a caller's timer. `clock` is injectable for tests."""
+
+    def __init__(self, name: str, write: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.write, self.clock = name, write, clock
+        self.event: ProgressEvent | None = None  # the current step's newest event
+        self.began = 0.0  # when the current step began
+        self.last: tuple[float, int | None] | None = None  # clock and count of its last line; None: no line yet
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind != STATUS:
+            return
+        if self.event is None or event.message != self.event.message:
+            self.end()
+            self.began = self.clock()
+        self.event = event
+        self.poll()
+
+    def poll(self) -> None:
+        """Write the current step's line if it is due."""
+        if self.event is None:
+            return
+        now = self.clock()
+        if self.last is None:
+            due = now - self.began >= STATUS_DELAY_S
+        else:
+            due = now - self.last[0] >= LOG_INTERVAL_S and self.event.done != self.last[1]
+        if due:
+            self.write(f"{self.name}: {status_text(self.event)}")
+            self.last = (now, self.event.done)
+
+    def end(self) -> None:
+        """The current step is over (the next one or the pass began): its total and duration, if it was long."""
+        seconds = self.clock() - self.began
+        if self.event is not None and self.last is not None and seconds >= LOG_INTERVAL_S:
+            text = status_text(self.event).removesuffix("...")
+            self.write(f"{self.name}: {text}, done in {_duration(seconds)}")
+        self.event, self.last = None, None
+
+    def stop(self) -> None:
+        """The command ended before the pass (an error): no final line (the step did not finish)."""
+        self.event, self.last = None, None

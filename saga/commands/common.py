@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from saga.commands.status import with_status
 from saga.errors import SagaError, one_line, printable
 from saga.fileio import check_writable, loads_toml
 from saga.progress import Passes, ProgressEvent, ProgressFn, ProgressLog
@@ -102,12 +103,14 @@ def count_progress(name: str) -> Iterator[ProgressFn]:
 @contextmanager
 def extract_progress(name: str = "extract") -> Iterator[ProgressFn]:
     """An extraction progress callback drawing videos/s and frames/s (plain lines in a log); the bar appears
-    with the first video, so setup errors stay one line."""
+    with the first video, so setup errors stay one line. Before it, the setup steps (scanning the videos, loading
+    the encoder, checking the cache) are a status line (`saga.commands.status`)."""
     with log_progress(name) as log:
         if log is not None:
-            yield log
+            with with_status(name, err, False, log) as update:
+                yield update
             return
-        with _extract_bar(name) as update:
+        with _extract_bar(name) as bar, with_status(name, err, True, bar) as update:
             yield update
 
 

@@ -14,6 +14,8 @@ from saga.commands.common import (OutputFormat, console, count_progress, err, ex
                                   one_line_warnings, pass_progress, print_json, writable_folder)
 from saga.taxonomy import LEVELS, Taxonomy
 from saga.errors import SagaError, shown
+from saga.progress import report_step
+from saga.torchrun_env import single_process
 
 taxonomy_app = typer.Typer(help="Inspect attribution taxonomies (generator -> task, SD backbone, team).")
 
@@ -124,10 +126,12 @@ def extract(
     _check_inputs(videos, labels, taxonomy)
     perturbations = _augmentations(augment)
     writable_folder(out)
-    from saga import distributed
-    from saga.pipeline.extract import extract as run_extract
-
     with one_line_warnings(), extract_progress() as update:
+        if single_process():  # the status line begins here: the import takes seconds, more on a cold disk
+            report_step(update, "importing torch")
+        from saga import distributed
+        from saga.pipeline.extract import extract as run_extract
+
         summary = run_extract(cfg, progress=update)
     augmented = None
     if perturbations:
@@ -166,7 +170,6 @@ def _augmentations(text: str | None) -> list:
     if not text:
         return []
     from saga.robustness.perturb import parse_list  # no torch: av
-    from saga.torchrun_env import single_process
 
     perturbations = parse_list(text, "--augment")
     if not single_process():

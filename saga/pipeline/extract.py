@@ -20,6 +20,7 @@ import torch
 
 from saga import distributed
 from saga.distributed import resolve_device
+from saga.errors import shown
 from saga.fileio import make_dir
 from saga.locks import lock_folder, unlock_folder
 from saga.cache.manifest import (AUGMENTED, FAILED, SPLITS, VideoRecord, seeded_hash, append_split_plan, assign_splits,
@@ -37,7 +38,7 @@ from saga.pipeline.roots import check_root
 from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved_videos, pass_failures, read_suspects,
                                   returning_videos, warn_moved)
 from saga.pipeline.sampling import SamplingPolicy
-from saga.progress import ProgressEvent, ProgressFn
+from saga.progress import ProgressEvent, ProgressFn, StepCount, report_step
 from saga.pipeline.summary import ExtractSummary, Timings
 from saga.pipeline.interrupts import SignalHold
 from saga.pipeline.writer import BackgroundWriter
@@ -51,7 +52,10 @@ BUSY = ("another saga extract is writing this cache right now; wait for it to fi
         "what it did not")
 
 
-def _load(cfg: ExtractConfig) -> FrameEncoder:
+def _load(cfg: ExtractConfig, progress: ProgressFn | None = None) -> FrameEncoder:
+    """The frozen encoder (SigLIP-So400m takes a minute or more on a CPU: the status line says so)."""
+    weights = f" ({shown(cfg.pretrained)})" if cfg.pretrained else ""
+    report_step(progress, f"loading encoder {shown(cfg.encoder)}{weights}")
     encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
     preload_decoders()  # with the encoder, before any part is opened
     if cfg.compile:  # after the fingerprint is taken from the plain module
@@ -76,7 +80,7 @@ def build_provenance(encoder: FrameEncoder, policy: SamplingPolicy, taxonomy: Ta
     return cache_provenance(spec, taxonomy, cfg.split_seed, cfg.split_fractions)
 
 
-def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
+def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput], progress: ProgressFn | None = None
          ) -> tuple[list[VideoInput], dict[str, str], int]:
     """The videos this pass must extract (new, changed, misdecoded by an older saga, or failed with
     --retry-failed), their splits, and how many of them are misdecoded.
@@ -90,12 +94,15 @@ def plan(cfg: ExtractConfig, cache: FeatureCache, items: list[VideoInput]
     moved = moved_videos(existing, items, cfg.videos)
     warn_moved(moved, cfg.out, cfg.videos)
     todo = []
+    count = StepCount(progress, f"checking {shown(cfg.out)}: {len(cache.part_names())} part(s)", "videos", len(items))
     for item in items:
+        count.add()
         old = existing.get(item.rel)
         if old is None or item.rel in redo or old.fingerprint() != file_fingerprint(item.absolute(cfg.videos)) or (
                 old.generator != item.generator) or (  # relabelled: its record must carry the new labels
                 not old.ok and (cfg.retry_failed or _fixed_since(old, item.absolute(cfg.videos)))):
             todo.append(item)
+    count.end()
     planned = read_split_plan(cache.split_plan_path)
     # A cache rebuilt by `saga cache import` has records but no plan: their splits are the plan.
     adopted = {r.path: (r.generator, r.split) for r in existing.values() if r.path not in planned}
@@ -136,16 +143,17 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSu
     wall = time.perf_counter()
     policy = SamplingPolicy(frames=cfg.frames, mode=cfg.sampling, windows=cfg.windows)
     taxonomy = resolve_taxonomy(cfg)
-    inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
+    inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside, progress)
     items = inputs.items
-    encoder = _load(cfg)
+    encoder = _load(cfg, progress)
     make_dir(cfg.out)
     lock_folder(cfg.out, BUSY)  # before the cache is created: two passes into a new folder used to race there
     try:
+        report_step(progress, f"opening {shown(cfg.out)}")
         cache = FeatureCache.create_or_open(cfg.out, build_provenance(encoder, policy, taxonomy, cfg))
         seal_leftover_parts(cache)
         check_root(cfg.out, cache.part_names(), cache.records(), cfg.videos)
-        todo, splits, redecoded = plan(cfg, cache, items)
+        todo, splits, redecoded = plan(cfg, cache, items, progress)
         summary = ExtractSummary(cache=cfg.out, found=len(items), skipped=len(items) - len(todo), redecoded=redecoded,
                                  unreadable=inputs.unreadable)
         suspects = read_suspects(cfg.out)
@@ -183,20 +191,21 @@ def _extract_distributed(cfg: ExtractConfig, progress: ProgressFn | None) -> Ext
 
     def load() -> tuple[Taxonomy, FrameEncoder]:  # every rank, before anyone creates the cache
         taxonomy = resolve_taxonomy(cfg)
-        return taxonomy, _load(cfg)
+        return taxonomy, _load(cfg, progress if ctx.is_main else None)
 
     taxonomy, encoder = distributed.run_everywhere(load)
     provenance = build_provenance(encoder, policy, taxonomy, cfg)
 
     def decide() -> tuple[int, list[VideoInput], dict[str, str], Inputs, int, Suspects]:  # rank 0
-        inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside)
+        inputs = find_inputs(cfg.videos, cfg.labels, taxonomy, cfg.allow_outside, progress)
         items = inputs.items
         make_dir(cfg.out)
         lock_folder(cfg.out, BUSY)  # held by rank 0 until every rank's part is closed
+        report_step(progress, f"opening {shown(cfg.out)}")
         cache = FeatureCache.create_or_open(cfg.out, provenance)
         seal_leftover_parts(cache)
         check_root(cfg.out, cache.part_names(), cache.records(), cfg.videos)
-        todo, splits, redecoded = plan(cfg, cache, items)
+        todo, splits, redecoded = plan(cfg, cache, items, progress)
         pass_id = int(next_part_name(cache).split("-")[0][1:])
         return pass_id, todo, {i.rel: splits[i.rel] for i in todo}, inputs, redecoded, read_suspects(cfg.out)
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from saga.cache.manifest import VIDEO_SUFFIXES
 from saga.errors import SagaError, shown
+from saga.progress import ProgressFn, StepCount
 from saga.pipeline.layout import (archives_line, empty_line, known, mislabelled_error, nested_classes,
                                   unknown_folders_error)
 from saga.pipeline.walk import FileKey, Walk, file_key, generator_folders
@@ -61,26 +62,30 @@ def check_videos_folder(videos: Path) -> None:
         raise SagaError(f"{videos}: not a folder of videos; pass --videos DIR")
 
 
-def find_inputs(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outside: bool = False) -> Inputs:
+def find_inputs(videos: Path, labels: Path | None, taxonomy: Taxonomy, allow_outside: bool = False,
+                progress: ProgressFn | None = None) -> Inputs:
     """Videos with canonical generator names, sorted by path (labels are validated here).
 
     Paths in a labels CSV must stay inside the videos folder: `..` and absolute paths are
-    refused unless `allow_outside` (the `--allow-outside-paths` flag) says otherwise.
+    refused unless `allow_outside` (the `--allow-outside-paths` flag) says otherwise. `progress` gets
+    the scan's status events (`StepCount`: files gone through; a large folder takes minutes).
     """
     check_videos_folder(videos)
     found_labels = labels is None and (videos / DEFAULT_LABELS).is_file()
     if found_labels:
         labels = videos / DEFAULT_LABELS
     if labels is not None:
+        count = StepCount(progress, f"reading {shown(labels)}", unit="rows")
         rows = _from_csv(labels, taxonomy, allow_outside)
         if not rows:
             raise SagaError(f"{labels}: no rows below the header; add one line path,generator per video")
-        keys = _one_row_per_file(videos, str(labels), rows)
+        keys = _one_row_per_file(videos, str(labels), rows, count)
         inputs = Inputs([item for _, item in rows])
         if found_labels:
-            _warn_unlisted(videos, labels, inputs.items, keys)
+            _warn_unlisted(videos, labels, inputs.items, keys,
+                           StepCount(progress, f"scanning {shown(videos)} for videos {labels.name} leaves out"))
     else:
-        inputs = _from_folders(videos, taxonomy)
+        inputs = _from_folders(videos, taxonomy, StepCount(progress, f"scanning {shown(videos)}"))
     if not inputs.items:
         raise SagaError(f"{videos}: no videos found (looked for {', '.join(sorted(VIDEO_SUFFIXES))})"
                         + "".join(f"; {unreadable_line(*u)}" for u in inputs.unreadable[:3]))
@@ -110,17 +115,21 @@ def _from_csv(path: Path, taxonomy: Taxonomy, allow_outside: bool = False) -> li
     return label_rows(read_labels_text(path), taxonomy, str(path), allow_outside)
 
 
-def _one_row_per_file(videos: Path, name: str, rows: list[tuple[int, VideoInput]]) -> set[FileKey]:
+def _one_row_per_file(videos: Path, name: str, rows: list[tuple[int, VideoInput]],
+                      count: StepCount | None = None) -> set[FileKey]:
     """The real files the rows name; a one-line error when two rows name one file (a link or hard link to it):
     one video under two generators trains both, and listed twice it may land in both train and test."""
     first: dict[FileKey, tuple[int, VideoInput]] = {}
     repeats: list[tuple[int, VideoInput, int, VideoInput]] = []
+    count = count or StepCount(None, "")
     for line, item in rows:
         key = file_key(item.absolute(videos))
+        count.add()
         if key is not None and key in first:
             repeats.append((line, item, *first[key]))
         elif key is not None:
             first[key] = (line, item)
+    count.end()
     if repeats:
         line, item, line0, item0 = repeats[0]
         labelled = "" if item.generator == item0.generator else \
@@ -191,12 +200,13 @@ def _rows_with_lines(reader: Any, fields: list[str]) -> Iterator[tuple[int, dict
             yield start, {f: v.strip() for f, v in zip(fields, row) if f}
 
 
-def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput], keys: set[FileKey]) -> None:
+def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput], keys: set[FileKey],
+                   count: StepCount | None = None) -> None:
     """A labels.csv found in the videos folder that leaves videos out is probably stale: say so, and name the
     folders that could not be listed (videos it leaves out there could not be counted). A video listed under
     another path (`keys`: the real files it names; a link) is not left out."""
     listed = {item.rel for item in items}
-    found, unreadable, found_keys = _all_videos(videos)
+    found, unreadable, found_keys = _all_videos(videos, count)
     unlisted = [rel for rel in found if rel not in listed and found_keys.get(rel) not in keys]
     parts = []
     if unlisted:
@@ -211,7 +221,8 @@ def _warn_unlisted(videos: Path, labels: Path, items: list[VideoInput], keys: se
         warnings.warn(f"{labels}: " + "; ".join(parts), stacklevel=3)
 
 
-def _all_videos(videos: Path) -> tuple[list[str], list[tuple[str, str]], dict[str, FileKey | None]]:
+def _all_videos(videos: Path, count: StepCount | None = None
+                ) -> tuple[list[str], list[tuple[str, str]], dict[str, FileKey | None]]:
     """Every video path under the folder, as discovery by folder would list it, the folders that could
     not be listed (folder, reason), and the real file of each video in a generator folder."""
     try:
@@ -219,8 +230,9 @@ def _all_videos(videos: Path) -> tuple[list[str], list[tuple[str, str]], dict[st
     except OSError as exc:  # the listed videos may still open (a folder with x but no r permission)
         return [], [(str(videos), exc.strerror or str(exc))], {}
     loose = [p.name for p in entries if p.suffix.lower() in VIDEO_SUFFIXES]
-    walk = Walk(videos, generator_folders(entries))
+    walk = Walk(videos, generator_folders(entries), count=count)
     found = loose + [rel for sub in walk.folders for rel in walk.videos_under(sub)]
+    walk.count.end()
     return found, walk.unreadable, {**{rel: file_key(videos / rel) for rel in loose}, **walk.keys}
 
 
@@ -238,14 +250,14 @@ def unreadable_line(folder: str, reason: str) -> str:
             f"(chmod a+rx {shown(folder)}) and rerun")
 
 
-def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
+def _from_folders(videos: Path, taxonomy: Taxonomy, count: StepCount | None = None) -> Inputs:
     entries = _listing(videos)
     loose = [p.name for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     if loose:  # no folder, so no generator: say so rather than skip them silently
         warnings.warn(f"{videos}: {len(loose)} video(s) directly in the folder ({', '.join(loose[:3])}"
                       f"{', ...' if len(loose) > 3 else ''}) are skipped: without a generator folder they have no "
                       "label; move them into one, or pass --labels CSV", stacklevel=3)
-    walk = Walk(videos, generator_folders(entries))
+    walk = Walk(videos, generator_folders(entries), count=count)
     items, no_videos, unknown, empty = [], [], [], []
     labels: dict[str, str] = {}
     for sub in walk.folders:
@@ -258,6 +270,7 @@ def _from_folders(videos: Path, taxonomy: Taxonomy) -> Inputs:
         labels[sub.name] = generator
         items += [VideoInput(rel, generator) for rel in found]
         empty += [] if found or walk.repeats(sub) else [(sub, generator)]
+    walk.count.end()
     if unknown:
         raise unknown_folders_error(videos, unknown, walk.subfolders, taxonomy, beside_generators=bool(labels))
     nested = {name: inside for name, gen in labels.items()

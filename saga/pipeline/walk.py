@@ -17,6 +17,7 @@ from pathlib import Path
 
 from saga.cache.manifest import VIDEO_SUFFIXES
 from saga.errors import shown
+from saga.progress import StepCount
 
 FileKey = tuple[int, int]  # (st_dev, st_ino): the real file behind every link and hard link to it
 
@@ -84,10 +85,13 @@ class Walk:
     rel)]} for video files reached twice. Folders that cannot be listed are kept in `unreadable` (folder,
     reason): os.walk skips them silently by default. Per generator folder (by name), `subfolders` keeps the
     names of its own sub-folders and `others` its files that are not videos (for `saga.pipeline.layout`).
+    `count` counts every file gone through (a video once it is stat'ed), for the scan's status line.
     """
 
-    def __init__(self, root: Path, folders: list[Path], walk_video_named: bool = False) -> None:
+    def __init__(self, root: Path, folders: list[Path], walk_video_named: bool = False,
+                 count: StepCount | None = None) -> None:
         self.root, self.folders = root, folders
+        self.count = count or StepCount(None, "")
         # a sub-folder named like a video (x.mp4/): listed, so extraction records why it failed; or walked
         # (`saga predict`, which predicts files only)
         self.walk_video_named = walk_video_named
@@ -135,6 +139,7 @@ class Walk:
             for name in sorted(filenames):
                 if Path(name).suffix.lower() not in VIDEO_SUFFIXES:
                     others.add(str((here / name).relative_to(self.root)))
+                    self.count.add()
             dirnames[:] = [d for d in sorted(dirnames)
                            if (self.walk_video_named or Path(d).suffix.lower() not in VIDEO_SUFFIXES)
                            and self._enter(here / d, os.path.join(top, (here / d).relative_to(folder)))]
@@ -149,6 +154,7 @@ class Walk:
     def _list_once(self, rel: str) -> bool:
         """Whether `rel` is listed: not when its real file is listed already (a link or hard link to it)."""
         key = file_key(self.root / rel)
+        self.count.add()
         first = self._first.get(key) if key is not None else None
         if first is not None:
             self.copies.setdefault((_top(rel), _top(first)), []).append((rel, first))
