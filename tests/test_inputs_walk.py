@@ -106,9 +106,12 @@ def test_a_linked_sub_folder_is_followed_and_loops_end(tmp_path: Path) -> None:
     os.symlink("..", videos / "real" / "up")  # loops and links into generator folders list nothing twice
     os.symlink("../real", videos / "syn-svd" / "other")
     os.symlink("../..", videos / "syn-svd" / "top")
-    found = {(i.rel, i.generator) for i in discover(videos, None, SYNTH)}
+    with pytest.warns(UserWarning, match="linked folder not followed") as caught:
+        found = {(i.rel, i.generator) for i in discover(videos, None, SYNTH)}
     assert found == {("real/r.mp4", "real"), ("real/pool/p.mp4", "real"), ("syn-svd/s.mp4", "syn-svd"),
                      ("syn-svd/batch2/l.mp4", "syn-svd"), ("syn-svd/batch2/deep/m.mp4", "syn-svd")}
+    assert sorted(str(w.message).split(": linked folder not followed (")[0] for w in caught) == [
+        f"{videos}/real/up", f"{videos}/syn-svd/batch2/deep/loop", f"{videos}/syn-svd/other", f"{videos}/syn-svd/top"]
 
 
 def test_a_link_to_another_generators_linked_folder_lists_its_videos_once(tmp_path: Path) -> None:
@@ -116,7 +119,9 @@ def test_a_link_to_another_generators_linked_folder_lists_its_videos_once(tmp_pa
     videos = tmp_path / "v"
     os.symlink("../store/latte", videos / "syn-latte")
     os.symlink("../../store/latte", videos / "syn-svd" / "batch2")  # its videos are syn-latte's, once
-    assert [i.rel for i in discover(videos, None, SYNTH)] == ["real/r.mp4", "syn-latte/l.mp4", "syn-svd/s.mp4"]
+    with pytest.warns(UserWarning, match=r"syn-svd/batch2: linked folder not followed \(already listed under "
+                                         r"syn-latte\)"):
+        assert [i.rel for i in discover(videos, None, SYNTH)] == ["real/r.mp4", "syn-latte/l.mp4", "syn-svd/s.mp4"]
 
 
 def test_each_linked_folder_not_followed_is_one_warning_naming_why(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from saga.openworld.enroll import (SHARP_TAU, TAU_RANGE, Enrollment, add_entry, 
 from saga.openworld.extras import OpenWorld, as_inference
 from saga.runs import load_model, save_weights, write_json
 from saga.taxonomy import Taxonomy
+from expected_warnings import unreliable, unreliable_fold
 from test_openworld import D, GENS, KNOWN, SPLITS, T, TP, W, make_cache, make_run
 
 
@@ -93,19 +94,24 @@ def test_a_logo_fold_is_measured_again_after_new_weights_or_another_cache(world:
     shutil.copytree(world["run"], fold)
     run = lambda out="out": evaluate_folds(world["cache"], tmp_path, tmp_path / out, ["syn-hotshot"], 3, 0,  # noqa: E731
                                            log=lambda s: None)["openset"]["syn-hotshot"]["GEN-L"]["knn"]["threshold"]
-    first = run()
+    with unreliable_fold():
+        first = run()
     saved = tmp_path / "out" / "folds" / "syn-hotshot.json"
     stamp = json.loads(saved.read_text())[STAMP]
     assert stamp["cache_id"] == world["cache"].cache_id and stamp["logo"] and stamp["retrain"] is None
     retrain_in_place(fold)
-    again, fresh = run(), run("fresh")
+    with unreliable_fold():
+        again = run()
+    with unreliable_fold():
+        fresh = run("fresh")
     assert again == fresh != first  # the old weights' measurement was reported before
     data = json.loads(saved.read_text())
     data["openset"]["GEN-L"]["knn"]["threshold"] = -1.0  # a marker: kept while stamp matches ...
     write_json(saved, data)
     assert run() == -1.0
     write_json(saved, {**data, STAMP: {**data[STAMP], "cache_id": "another"}})  # ... not for another cache
-    assert run() == fresh
+    with unreliable_fold():
+        assert run() == fresh
 
 
 def test_logo_skips_a_held_out_generator_without_test_videos(world: dict[str, Any], tmp_path: Path) -> None:
@@ -134,10 +140,12 @@ def test_predict_applies_the_enrollment_rule_to_the_runs_own_probabilities(world
                                                                            tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
-    calibrate_run(run, report_split=None)
+    with unreliable("the temperature"):
+        calibrate_run(run, report_split=None)
     cal = json.loads((run / "calibration.json").read_text())
     write_json(run / "calibration.json", {**cal, "temperature": 50.0})  # far from 1: calibrated ≠ own
-    enroll_run(run, "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V", sd="none")
+    with unreliable("the prototype temperature τ"):
+        enroll_run(run, "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V", sd="none")
     model, info = load_model(run)
     inf = infer(model, info, world["cache"], list(world["cache"].ok_records("test")))
     ow = OpenWorld.load(run, info)
@@ -170,7 +178,8 @@ def test_the_report_flags_reliability_data_of_other_weights_or_another_temperatu
     assert [f for f, _ in load_beyond(run, None)["stale"]] == ["reliability-test.json"]
     write_json(run / "calibration.json", cal)
     retrain_in_place(run)
-    calibrate_run(run, report_split=None)  # `saga attribute` recalibrates; reliability-test.json stays behind
+    with unreliable("the temperature"):
+        calibrate_run(run, report_split=None)  # `saga attribute` recalibrates; reliability-test.json stays behind
     b = load_beyond(run, None)
     assert b["stale"] == [("reliability-test.json", "fitted on other weights than the run's (retrained since)")]
     assert "reliability-test.json" not in calibration_section(b, "run")
@@ -194,8 +203,9 @@ def test_enrolled_json_records_the_levels_predict_answers(world: dict[str, Any],
     meta = json.loads((tmp_path / "enrolled.json").read_text())
     assert Enrollment.load(tmp_path).answered == answered
     assert "given at: BIN-L, SD-L, TEAM-L (" in enrolled_section({"enrolled": meta}, "run")
-    enr_run = enroll_run(world["run"], "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V",
-                         out=tmp_path / "o")  # no --sd: no SD-L answer
+    with unreliable("the prototype temperature τ"):
+        enr_run = enroll_run(world["run"], "syn-hotshot", world["cache"].root, split="train", team="T", task="T2V",
+                             out=tmp_path / "o")  # no --sd: no SD-L answer
     assert json.loads((tmp_path / "o" / "enrolled.json").read_text())["answered"] == enr_run.answered == [
         "GEN-L", "TEAM-L", "TASK-L", "BIN-L"]
 
@@ -308,7 +318,8 @@ def test_a_logo_fold_reads_no_video_of_its_held_out_generator(world: dict[str, A
     with pytest.raises(SagaError, match="by an older saga, which read other videos of the generator it holds out"):
         train_folds(cache.root, tmp_path, dict(FOLD_OPTIONS), ["syn-hotshot"], 3, 0, retrain=False)
     lines: list[str] = []  # and measured all the same, but flagged
-    res = evaluate_folds(cache, tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lines.append)
+    with unreliable_fold():
+        res = evaluate_folds(cache, tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lines.append)
     assert res["not_withheld"] == [str(run)] and f"{run}: trained by an older saga" in "\n".join(lines)
     assert "**Not unseen-generator figures:** 1 run(s)" in (tmp_path / "out" / "results.md").read_text()
     cfg = AttributeConfig.from_dict({**FOLD_OPTIONS, "level": "GEN-L", "seed": 0, "fraction": 1.0, "floor": 1})
@@ -373,6 +384,7 @@ def test_a_damaged_kept_fold_measurement_is_measured_again(world: dict[str, Any]
     kept = tmp_path / "out" / "folds" / "syn-hotshot.json"
     kept.parent.mkdir(parents=True)
     kept.write_text(text)
-    res = evaluate_folds(world["cache"], tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lambda s: None)
+    with unreliable_fold():
+        res = evaluate_folds(world["cache"], tmp_path, tmp_path / "out", ["syn-hotshot"], 3, 0, log=lambda s: None)
     assert res["openset"]["syn-hotshot"]["GEN-L"]["knn"]["auroc"] is not None
     assert isinstance(json.loads(kept.read_text()), dict)

@@ -316,7 +316,9 @@ def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, t
     write_json(run / "config.json", {"stage": 1, "level": "BIN-L", "classes": ["real", "fake"], "frames": 8,
                                      "model": mcfg.to_dict(), "train": {"loss": "ce", "fraction": 1.0}})
     write_json(run / "provenance.json", make_provenance(cache, 0))
-    res = evaluate(run, cache.root)
+    unfinished = r"stage1: the run is unfinished \(no done.json\): these are the metrics of its best weights so far"
+    with pytest.warns(UserWarning, match=unfinished):  # no done.json: a run still training, as far as saga knows
+        res = evaluate(run, cache.root)
     pr = res["probe"]
     assert pr["n_train"] == 5 * 8 and pr["frames"] == 8 and pr["classes"] == ["real", "fake"]
     assert pr["subset"]["source"] == "all train labels" and 0 <= pr["accuracy"] <= 1 and pr["accuracy_ci"]
@@ -326,8 +328,10 @@ def test_evaluate_and_report_show_the_probe_and_intervals(cache: FeatureCache, t
     assert res["per_class_n"] == {"real": 4, "fake": 16} and res["few"] == ["real"]
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["probe"]["accuracy"] == pr["accuracy"] and saved["macro_accuracy_ci"] == res["macro_accuracy_ci"]
-    assert "probe" not in evaluate(run, cache.root, probe=False)
-    evaluate(run, cache.root)
+    with pytest.warns(UserWarning, match=unfinished):
+        assert "probe" not in evaluate(run, cache.root, probe=False)
+    with pytest.warns(UserWarning, match=unfinished):
+        evaluate(run, cache.root)
     html = build_report([run], tmp_path / "report.html").read_text()
     assert "probe acc %" in html and "linear probe accuracy %" in html and "Linear probe: logistic regression" in html
     assert "95 % CI" in html and "class=few" in html and format_ci(res["accuracy_ci"]) in html

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_video_tree, run_saga, write_clip
+from expected_warnings import other_cache
 from saga.cache.export import export_h5, import_h5
 from saga.cache.manifest import PRUNED_PLAN, VideoRecord, _split_order, assign_splits, read_pruned_plan
 from saga.cache.prune import prune_gone
@@ -385,7 +386,8 @@ def test_the_train_split_of_a_heldout_cache_is_not_flagged(stage2: tuple[Feature
 
     own, run = stage2[0], _run_copy(stage2[1], tmp_path)[0]
     other = split_cache(tmp_path / "other", {f"{g}/{i:03d}.mp4": "train" for g in SPLIT_GENS for i in (40, 41)})
-    m = evaluate(run, other.root, split="train", probe=False)
+    with other_cache():
+        m = evaluate(run, other.root, split="train", probe=False)
     assert m["heldout"] and "trained_on_split" not in m
     with pytest.warns(UserWarning, match=FIT_ONLY):
         assert evaluate(run, own.root, split="train", probe=False)["trained_on_split"] == "train"

@@ -333,10 +333,11 @@ def test_pool_workers_die_with_a_killed_parent() -> None:
         "p = mp.get_context('fork').Process(target=work); p.start()\n"
         "time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())  # printed once its initializer has run (no sleep to race a busy machine)
-    parent.kill()
-    parent.wait()
+    # `with`: its stdout pipe is closed at the end (left open, a ResourceWarning under -W default)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as parent:
+        worker = int(parent.stdout.readline())  # printed once its initializer has run (no sleep to race a busy machine)
+        parent.kill()
+        parent.wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(worker):
         time.sleep(0.1)

@@ -269,7 +269,8 @@ def _from_folders(videos: Path, taxonomy: Taxonomy, count: StepCount | None = No
             continue
         labels[sub.name] = generator
         items += [VideoInput(rel, generator) for rel in found]
-        empty += [] if found or walk.repeats(sub) else [(sub, generator)]
+        unlisted = str(sub) in {folder for folder, _ in walk.unreadable}  # reported as unreadable, not empty
+        empty += [] if found or walk.repeats(sub) or unlisted else [(sub, generator)]
     walk.count.end()
     if unknown:
         raise unknown_folders_error(videos, unknown, walk.subfolders, taxonomy, beside_generators=bool(labels))
