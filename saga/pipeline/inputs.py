@@ -263,14 +263,14 @@ def _from_folders(videos: Path, taxonomy: Taxonomy, count: StepCount | None = No
     for sub in walk.folders:
         found = walk.videos_under(sub)
         generator = known(taxonomy, sub.name)
+        silent = not found and not walk.repeats(sub) and not walk.unlisted(sub)  # unlisted: reported as unreadable
         if generator is None:  # a folder without videos is e.g. GenVideo's CSV index (or all listed elsewhere)
             unknown += [sub] if found else []
-            no_videos += [] if found or walk.repeats(sub) else [sub.name]
+            no_videos += [sub.name] if silent else []
             continue
         labels[sub.name] = generator
         items += [VideoInput(rel, generator) for rel in found]
-        unlisted = str(sub) in {folder for folder, _ in walk.unreadable}  # reported as unreadable, not empty
-        empty += [] if found or walk.repeats(sub) or unlisted else [(sub, generator)]
+        empty += [(sub, generator)] if silent else []
     walk.count.end()
     if unknown:
         raise unknown_folders_error(videos, unknown, walk.subfolders, taxonomy, beside_generators=bool(labels))

@@ -151,6 +151,12 @@ class Walk:
         return any(_top(str(Path(s.folder).relative_to(self.root))) == folder.name for s in self.same) or \
             any(top == folder.name for top, _ in self.copies) or any(link == str(folder) for link, _ in self.skipped)
 
+    def unlisted(self, folder: Path) -> bool:
+        """Whether `folder`, or a folder inside it, could not be listed: it is reported as unreadable, and calling
+        it empty (or without videos) too gave a false reason and a fix that fixes nothing."""
+        top = os.path.join(str(folder), "")
+        return any(path == str(folder) or path.startswith(top) for path, _ in self.unreadable)
+
     def _list_once(self, rel: str) -> bool:
         """Whether `rel` is listed: not when its real file is listed already (a link or hard link to it)."""
         key = file_key(self.root / rel)
