@@ -34,6 +34,7 @@ from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attr
 from saga.options import HNM_OPTIONS, MODEL_OPTIONS
 from saga.train.configs import LOSSES
 from saga.progress import ProgressEvent, ProgressFn
+from saga.provenance import source_digest
 
 STAGE1_FIXES = (*MODEL_OPTIONS, "frames")  # what the 2-stage cells take from the stage-1 run
 # The paper's accuracy (%) on GenVideo (method.md), for comparison: its GEN-L ablation at 0.5 % labels,
@@ -59,7 +60,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
         for stages, from_run in (("1-stage", None), ("2-stage", stage1)) for loss in LOSSES]
     if ceiling:
         cells.append((f"1-stage, {CEILING}", "ce", None, replace(base, loss="ce", fraction=1.0)))
-    rows, probes, changed, current, failed = [], {}, [], _current_cache(cache), []
+    rows, probes, changed, current, failed, other_code = [], {}, [], _current_cache(cache), [], []
     errors: list[Exception] = []
     for n_cell, (stages, loss, from_run, cfg) in enumerate(cells):
         cell, lost = [], []
@@ -75,6 +76,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
                 message = f"{stages} {loss} seed {seed}: failed ({failed[-1]['error']})"
             else:
                 changed += [run.name] if _kept_on_changed_cache(run, current) else []
+                other_code += [run.name] if _trained_by_other_code(run) else []
                 cell.append(metrics)
                 message = (f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
                            f" (probe {_probe_pct(metrics)})")
@@ -93,6 +95,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
     scored = next(r for r in rows if r.get("runs"))
     summary = {"level": level, "seeds": list(seeds), "fraction": base.fraction, "floor": base.floor,
                "per_generator": base.per_generator, **_shared(base, stage1_run), "cells_on_changed_cache": changed,
+               "cells_by_other_code": other_code, "saga_source": source_digest(),
                "rows": rows, "test_videos_per_class": _test_counts(scored), "n_test": scored.get("n_test"),
                "failed": failed}
     write_json_atomic(out / "ablation.json", summary)
@@ -136,6 +139,15 @@ def _kept_on_changed_cache(run: Path, current: dict[str, Any]) -> bool:
     finished run's provenance keeps the cache it was trained on) by --resume after its cache changed."""
     prov = RunFolder(run).read_optional(PROVENANCE) or {}
     return bool(prov.get("cache_changes")) or cache_change(prov, current) is not None
+
+
+def _trained_by_other_code(run: Path) -> bool:
+    """The run was reused (or resumed) from a finished folder that other saga code trained: runs are reused by
+    their settings, so an upgrade or an edit since leaves its cell computed by the earlier code (the table says
+    which). A run from before saga recorded its code (no `saga_source`) counts as other code too."""
+    prov = RunFolder(run).read_optional(PROVENANCE) or {}
+    recorded = (prov.get("versions") or {}).get("saga_source") if isinstance(prov.get("versions"), dict) else None
+    return recorded != source_digest()
 
 
 def _current_cache(cache: Path) -> dict[str, Any]:

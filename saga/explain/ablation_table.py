@@ -109,7 +109,7 @@ def _setup(summary: dict[str, Any]) -> str:
     epochs = summary.get("epochs")
     return (f"Every cell: T′ = {summary.get('frames')} frames, {epochs} epoch{'' if epochs == 1 else 's'} (at least "
             f"{summary.get('min_steps')} steps), θ: {model}; the 2-stage cells adapt the stage-1 run "
-            f"{summary['from']}.{_triplet(summary)}{_changed(summary)}\n\n")
+            f"{summary['from']}.{_triplet(summary)}{_changed(summary)}{_other_code(summary)}\n\n")
 
 
 def _triplet(summary: dict[str, Any]) -> str:
@@ -129,6 +129,15 @@ def _changed(summary: dict[str, Any]) -> str:
         return ""
     return (f" {len(cells)} run(s) began before the cache changed and were kept or continued by --resume "
             f"({', '.join(cells)}): trained wholly or partly on its earlier records.")
+
+def _other_code(summary: dict[str, Any]) -> str:
+    cells = summary.get("cells_by_other_code") or []
+    if not cells:
+        return ""
+    return (f" {len(cells)} run(s) were reused from folders that other saga code trained (an upgrade or an edit "
+            f"since; or a saga that did not record its code) ({', '.join(cells)}): delete those folders and rerun "
+            "to have every cell from this code.")
+
 
 def _runs(row: dict[str, Any], n_seeds: int) -> int:
     """The seeds a row averages: fewer than the grid's for a probe row whose probe was skipped on some seeds
