@@ -28,6 +28,7 @@ from saga.pipeline.inputs import unreadable_line
 from saga.pipeline.recorded import checked_encoder
 from saga.pipeline.sampling import SamplingPolicy
 from saga.pipeline.walk import Walk
+from saga.progress import ProgressFn, StepCount, report_step
 from saga.taxonomy import LEVELS, REAL, Taxonomy
 from saga.runs import DONE, PROVENANCE, RunInfo, load_model
 from saga.openworld.extras import OpenWorld
@@ -81,20 +82,22 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
 
 
-def expand_inputs(inputs: Iterable[Path]) -> Inputs:
+def expand_inputs(inputs: Iterable[Path], progress: ProgressFn | None = None) -> Inputs:
     """Files as given; folders expanded to the videos below them, walked as `saga extract` walks
     (`saga.pipeline.walk`): linked sub-folders followed once, link loops not, each real file once, sorted.
 
     A folder the user names is expanded whatever its name (`clips.mp4/`); while walking, only files are
-    taken (a sub-folder `x.mp4/` is walked, not predicted).
+    taken (a sub-folder `x.mp4/` is walked, not predicted). `progress` gets each walk's status events
+    (`StepCount`: a folder of 100,000 files takes minutes).
     """
     out = Inputs()
     for p in inputs:
         if not p.is_dir():
             out.paths.append(p)
             continue
-        walk = Walk(p, [], walk_video_named=True)
+        walk = Walk(p, [], walk_video_named=True, count=StepCount(progress, f"scanning {shown(p)}"))
         out.paths.extend(p / rel for rel in walk.every_video())
+        walk.count.end()
         out.unreadable.extend(walk.unreadable)
         out.notes.extend(_walk_notes(p, walk))
     return out
@@ -182,9 +185,10 @@ def check_finished(info: RunInfo, allow_unfinished: bool) -> None:
                   "finished run's", stacklevel=2)
 
 
-def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None) -> FrameEncoder:
+def run_encoder(info: RunInfo, device: str, encoder: str | None = None, pretrained: str | None = None,
+                progress: ProgressFn | None = None) -> FrameEncoder:
     """The encoder the run was trained on; overrides (a local copy of the weights) must match its fingerprint."""
-    return checked_encoder(info.encoder, str(info.path), device, encoder, pretrained)
+    return checked_encoder(info.encoder, str(info.path), device, encoder, pretrained, progress)
 
 
 def nearest_source(row_probs: np.ndarray, cls: int, subclass_of: list[int], names: list[str]) -> dict[str, Any] | None:
@@ -205,14 +209,17 @@ class Predictor:
     """Loads a run and its encoder once, then attributes any number of videos."""
 
     def __init__(self, run_dir: Path, device: str = "auto", encoder: str | None = None,
-                 pretrained: str | None = None, allow_unfinished: bool = False) -> None:
+                 pretrained: str | None = None, allow_unfinished: bool = False,
+                 progress: ProgressFn | None = None) -> None:
+        """`progress` gets a status event per loading step (the run's model, the encoder: a minute or more)."""
+        report_step(progress, f"loading the run {shown(run_dir)}")
         stamp = weights_stamp(run_dir)  # before loading: weights replaced meanwhile are not passed off as these
         self.model, self.info = load_model(run_dir)
         self.identity = {"run": str(Path(run_dir).absolute()), **stamp}
         check_finished(self.info, allow_unfinished)  # before minutes of loading the encoder
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
-        self.encoder = run_encoder(self.info, device, encoder, pretrained)
+        self.encoder = run_encoder(self.info, device, encoder, pretrained, progress)
         try:
             self.policy = SamplingPolicy.from_dict(dict(self.info.encoder.sampling or {}))
         except SagaError as exc:

@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
+from saga.errors import shown
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -149,6 +151,7 @@ def _duration(seconds: float) -> str:
 
 
 STATUS = "status"  # the kind of a setup step's events (see `StepCount`)
+PASS = "pass"  # a multi-pass command's pass begins (`message`: its name): its setup status ends
 REPORT_EVERY = 256  # a counting setup step reports every this many items: not one event per file
 STATUS_DELAY_S = 10.0  # a log gets a setup step's line once it lasted this long (read at each event: tests shrink it)
 
@@ -157,6 +160,12 @@ def report_step(progress: ProgressFn | None, message: str) -> None:
     """A setup step without a count began (loading the encoder): displays say so until the next step or the pass."""
     if progress is not None:
         progress(ProgressEvent(STATUS, message=message))
+
+
+def report_encoder(progress: ProgressFn | None, name: str, pretrained: str | None) -> None:
+    """`loading encoder ViT-SO400M-14-SigLIP-384 (webli)`: SigLIP-So400m takes a minute or more on a CPU
+    (`saga extract`, `predict`, `robustness` say it alike)."""
+    report_step(progress, f"loading encoder {shown(name)}" + (f" ({shown(pretrained)})" if pretrained else ""))
 
 
 class StepCount:

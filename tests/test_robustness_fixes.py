@@ -259,7 +259,7 @@ def test_the_written_line_prints_a_bracketed_folder_as_written(tmp_path: Path, m
 
     from saga.cli import app
 
-    monkeypatch.setattr(saga.robustness.runner, "run_robustness", lambda cfg, say, progress: {})
+    monkeypatch.setattr(saga.robustness.runner, "run_robustness", lambda cfg, say, progress, steps=None: {})
     monkeypatch.setattr(saga.robustness.evaluate, "markdown", lambda result: "| table |")
     for out in (tmp_path / "g[" / "b]", tmp_path / "x [y]"):
         result = CliRunner().invoke(app, ["robustness", str(tmp_path), "--videos", str(tmp_path), "--out", str(out)])

@@ -39,6 +39,7 @@ from saga.cache.shards import ArrayReader
 from saga.errors import SagaError, brief
 from saga.fileio import sweep_siblings, temp_path, writing
 from saga.locks import LOCK
+from saga.progress import ProgressFn
 from saga.taxonomy import Taxonomy
 
 SCHEMA_VERSION = 1
@@ -217,9 +218,9 @@ class FeatureCache:
         """The arrays of a shard's records, (n, W, ...) in `ref.records` order (checked like `read`)."""
         return reader.read_shard(self, ref, check)
 
-    def verify(self) -> list[tuple[VideoRecord, str]]:
-        """Records whose stored bytes no longer match their checksum (or cannot be read)."""
-        return integrity.verify(self)
+    def verify(self, progress: ProgressFn | None = None) -> list[tuple[VideoRecord, str]]:
+        """Records whose stored bytes no longer match their checksum (or cannot be read); `progress`: their count."""
+        return integrity.verify(self, progress)
 
     def check_structure(self) -> tuple[list[str], list[str]]:
         """(errors, warnings) about the cache as a whole, each one line (see `integrity.check_structure`)."""

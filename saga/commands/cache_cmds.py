@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saga.commands.common import OutputFormat, console, err, one_line_warnings, print_json
+from saga.commands.common import OutputFormat, console, err, one_line_warnings, print_json, status_progress
 from saga.errors import shown
+from saga.progress import ProgressFn
 from saga.taxonomy import LEVELS
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ def verify(
     try:
         if seal:
             _retire(store)
-        n = _check(store)
+        with status_progress("cache verify") as steps:  # every feature is read: minutes to an hour
+            n = _check(store, steps)
         if seal:
             _seal(store)
     finally:
@@ -87,8 +89,9 @@ def verify(
     console.print(f"{cache}: all {n} records match their checksums", markup=False)
 
 
-def _check(store: FeatureCache) -> int:
-    """Print structural warnings and errors and corrupt records; exit 1 on any error. The ok records' count."""
+def _check(store: FeatureCache, progress: ProgressFn | None = None) -> int:
+    """Print structural warnings and errors and corrupt records; exit 1 on any error. The ok records' count.
+    `progress` gets the count of records checked (a status line)."""
     errors, warnings = store.check_structure()
     for line in warnings:
         err.print(f"[yellow]warning:[/] {escape(line)}")
@@ -97,7 +100,7 @@ def _check(store: FeatureCache) -> int:
     if errors and not store.readable():  # no record can be listed: the errors above say why and where
         err.print(f"{len(errors)} structural error(s); restore the damaged file(s) or re-extract")
         raise typer.Exit(1)
-    bad = store.verify()
+    bad = store.verify(progress)
     for rec, why in bad:
         err.print(f"[red]corrupt[/] {escape(rec.path)} (part {rec.part}, row {rec.row}): {escape(why)}")
     n = len(store.ok_records())

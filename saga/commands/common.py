@@ -10,7 +10,7 @@ import warnings
 from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Collection, Iterator, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,7 +20,7 @@ from rich.text import Text
 from saga.commands.status import with_status
 from saga.errors import SagaError, one_line, printable
 from saga.fileio import check_writable, loads_toml
-from saga.progress import Passes, ProgressEvent, ProgressFn, ProgressLog
+from saga.progress import PASS, Passes, ProgressEvent, ProgressFn, ProgressLog
 from saga.torchrun_env import single_process
 
 
@@ -114,13 +114,26 @@ def extract_progress(name: str = "extract") -> Iterator[ProgressFn]:
             yield update
 
 
-def pass_progress(command: str = "") -> Passes:
+@contextmanager
+def status_progress(name: str, then: ProgressFn = lambda event: None,
+                    ends: Collection[str] | None = None) -> Iterator[ProgressFn]:
+    """The setup steps' status line alone (`with_status`, as before extract's bar), for a command whose output after
+    them is no counted pass (`saga predict`'s records, training's lines): other events go to `then`; the status ends
+    with the first of a kind in `ends` (None: any), or with the block, before the command prints its results."""
+    with with_status(name, err, err.is_interactive or err.is_jupyter, then, ends) as update:
+        yield update
+
+
+def pass_progress(command: str = "", steps: ProgressFn | None = None) -> Passes:
     """One display per pass of a multi-pass command (`saga robustness`, `extract --augment`, `saga demo`), as
     `count_progress` or, for an extraction, `extract_progress` draw it, named `COMMAND LABEL`
-    (`robustness crf28 re-encode: 40/200 videos`): the user sees which pass is running."""
+    (`robustness crf28 re-encode: 40/200 videos`): the user sees which pass is running. `steps`: the command's
+    setup status (`status_progress`), ended as the first pass opens (two live displays would garble a terminal)."""
 
     def open_pass(label: str, frames: bool = False) -> AbstractContextManager[ProgressFn]:
         name = f"{command} {label}".strip()
+        if steps is not None:
+            steps(ProgressEvent(PASS, message=name))
         return extract_progress(name) if frames else count_progress(name)
 
     return open_pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,11 +20,13 @@ from saga.commands.common import (
     is_main,
     one_line_warnings,
     print_json,
+    status_progress,
     training_options,
     writable_folder,
 )
 from saga.cache.meta import require_cache
 from saga.errors import SagaError, WriteError
+from saga.progress import ProgressFn
 
 Cache = Annotated[Path, typer.Option("--cache", help="Feature cache folder (from `saga extract`).")]
 ConfigFile = Annotated[Optional[Path], typer.Option(
@@ -44,6 +47,12 @@ def _printer(event: Any) -> None:  # a training ProgressEvent
 
     if event.kind != "step":  # class names and paths as written, never read as rich markup
         err.print(describe(event), markup=False)
+
+
+def _training_progress(name: str) -> AbstractContextManager[ProgressFn]:
+    """Training's events for `_printer`; before them, each setup step (opening the cache, reading its features:
+    minutes on a large cache) is a status line on stderr, ended by training's start (or a finished run's reuse)."""
+    return status_progress(name, _printer, ends=("start", "reused", "done"))
 
 
 def _stage1_run(from_run: Path | None, scratch: bool) -> Path | None:
@@ -113,8 +122,8 @@ def train(
     out = out or Path("runs/stage1")
     RunFolder(out).check_resume(resume is not False)
     writable_folder(out)
-    with one_line_warnings(), accept_changed_cache(resume is True):
-        run = train_stage1(cache, out, cfg, progress=_printer)
+    with one_line_warnings(), accept_changed_cache(resume is True), _training_progress("train") as progress:
+        run = train_stage1(cache, out, cfg, progress=progress)
     if is_main():  # under torchrun rank 0 reports
         console.print(f"stage-1 run: {run}", markup=False)
 
@@ -183,9 +192,9 @@ def attribute(
     RunFolder(out).check_resume(resume is not False)
     from_run = _stage1_run(from_run, scratch)
     writable_folder(out)
-    with one_line_warnings(), accept_changed_cache(resume is True):
+    with one_line_warnings(), accept_changed_cache(resume is True), _training_progress("attribute") as progress:
         cfg = replace(cfg, **ignored_options(AttributeConfig, given))  # mine_k: warned, its default kept
-        run = train_attribution(cache, out, cfg, from_run=from_run, progress=_printer, given=set(given))
+        run = train_attribution(cache, out, cfg, from_run=from_run, progress=progress, given=set(given))
     if is_main():  # under torchrun rank 0 reports
         if calibrate:
             _calibrate_after_training(run, cache, cfg.device)

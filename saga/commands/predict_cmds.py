@@ -10,9 +10,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from saga.commands.common import OutputFormat, cli_device, console, err, one_line_warnings, print_json, writable_folder
+from saga.commands.common import (OutputFormat, cli_device, console, err, one_line_warnings, print_json,
+                                  status_progress, writable_folder)
 from saga.commands.streams import ReaderGone, reader_gone
 from saga.errors import SagaError, shown
+from saga.progress import report_step
 
 
 def predict(
@@ -34,23 +36,15 @@ def predict(
     if out is not None and not tsig:  # predictions go to stdout: an --out that holds nothing is a mistake
         raise SagaError(f"--out {out}: only holds the --tsig plots; add --tsig, or drop --out "
                         "(predictions print to stdout: --format json > FILE keeps them)")
-    from saga.pipeline.inputs import VIDEO_SUFFIXES  # after the option checks: these import torch (seconds)
-    from saga.predict import Predictor, expand_inputs, no_videos
-    from saga.runs.files import PREDICT
+    if tsig:  # after the option checks: saga.runs imports torch (seconds)
+        from saga.runs.files import PREDICT
 
-    if tsig:
         writable_folder(out or run / PREDICT)  # before the first video, not after it
     tally = Tally(format == "json")
     with one_line_warnings():
-        found = expand_inputs(videos)
-        if not found.paths:
-            raise no_videos(videos, found, VIDEO_SUFFIXES)
-        for note in found.notes:
-            err.print(f"note: {note}", markup=False)
-        tally.total = len(found.paths) + len(found.unreadable)
         try:
-            predictor = Predictor(run, device=cli_device(device), encoder=encoder, pretrained=pretrained,
-                                  allow_unfinished=allow_unfinished)
+            found, predictor = _prepared(run, videos, tally, device=cli_device(device), encoder=encoder,
+                                         pretrained=pretrained, allow_unfinished=allow_unfinished)
             for folder, reason in found.unreadable:  # its videos are missing: a failed record, not a silent gap
                 tally.show(predictor.failed(folder, unreadable_reason(folder, reason)))
             plots: set[Path] = set()
@@ -66,6 +60,23 @@ def predict(
         console.print(tally.summary(predictor.identity), markup=False)
     if tally.failed:
         raise typer.Exit(1)
+
+
+def _prepared(run: Path, videos: list[Path], tally: Tally, **options: Any) -> tuple[Any, Any]:
+    """The videos found and the loaded `Predictor`; each step (the walk, the run, the encoder: minutes on a large
+    folder or a CPU) is a status line on stderr, ended before the first record (`status_progress`)."""
+    with status_progress("predict") as steps:
+        report_step(steps, "importing torch")  # seconds, more on a cold disk
+        from saga.pipeline.inputs import VIDEO_SUFFIXES
+        from saga.predict import Predictor, expand_inputs, no_videos
+
+        found = expand_inputs(videos, steps)
+        if not found.paths:
+            raise no_videos(videos, found, VIDEO_SUFFIXES)
+        for note in found.notes:
+            err.print(f"note: {note}", markup=False)
+        tally.total = len(found.paths) + len(found.unreadable)
+        return found, Predictor(run, progress=steps, **options)
 
 
 def unreadable_reason(folder: str, reason: str) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saga.commands.common import Split, cli_device, console, err, one_line_warnings, pass_progress
+from saga.commands.common import Split, cli_device, console, err, one_line_warnings, pass_progress, status_progress
 
 
 def robustness(
@@ -44,9 +44,9 @@ def robustness(
     cfg = RobustnessConfig(run=run, cache=cache, videos=videos, out=out, perturbations=perturbations,
                            limit_per_class=limit_per_class, split=split, seed=seed, device=cli_device(device),
                            batch_size=batch_size, workers=workers, encoder=encoder, pretrained=pretrained)
-    with one_line_warnings():
+    with one_line_warnings(), status_progress("robustness") as steps:  # the setup steps' line, to the first pass
         result = run_robustness(cfg, say=lambda line: err.print(line, markup=False, highlight=False),
-                                progress=pass_progress("robustness"))  # each perturbation's two passes
+                                progress=pass_progress("robustness", steps), steps=steps)  # two passes per perturbation
     console.print(markdown(result), markup=False)  # class names as written, control characters escaped
     folder = out or run
     names = result_files(cfg.split, result.get(HELDOUT_KEY))  # named apart on a held-out cache

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Collection, Iterator
 
 from rich.console import Console
 from rich.status import Status
@@ -89,9 +89,11 @@ class Lines:
 
 
 @contextmanager
-def with_status(name: str, console: Console, interactive: bool, counts: ProgressFn) -> Iterator[ProgressFn]:
+def with_status(name: str, console: Console, interactive: bool, counts: ProgressFn,
+                ends: Collection[str] | None = None) -> Iterator[ProgressFn]:
     """A progress callback showing STATUS events as the status line named `name` and handing every other event
-    (the pass's counts) to `counts`; the status ends with the first of those, or with the block."""
+    (the pass's counts, training's lines) to `counts`; the status ends with the first event of a kind in `ends`
+    (None: of any other kind), or with the block. Training passes its `labelled` line while its setup goes on."""
     display = Spinner(name, console) if interactive else Lines(name, console)
     counting = False
 
@@ -101,7 +103,7 @@ def with_status(name: str, console: Console, interactive: bool, counts: Progress
             if not counting:  # a step reported once the pass's bar is up would be a second live display
                 display(event)
             return
-        if not counting:
+        if not counting and (ends is None or event.kind in ends):
             display.end()
             counting = True
         counts(event)

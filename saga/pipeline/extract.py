@@ -38,7 +38,7 @@ from saga.pipeline.roots import check_root
 from saga.pipeline.resume import (Suspects, clear_suspects, keep_suspects, moved_videos, pass_failures, read_suspects,
                                   returning_videos, warn_moved)
 from saga.pipeline.sampling import SamplingPolicy
-from saga.progress import ProgressEvent, ProgressFn, StepCount, report_step
+from saga.progress import ProgressEvent, ProgressFn, StepCount, report_encoder, report_step
 from saga.pipeline.summary import ExtractSummary, Timings
 from saga.pipeline.interrupts import SignalHold
 from saga.pipeline.writer import BackgroundWriter
@@ -54,8 +54,7 @@ BUSY = ("another saga extract is writing this cache right now; wait for it to fi
 
 def _load(cfg: ExtractConfig, progress: ProgressFn | None = None) -> FrameEncoder:
     """The frozen encoder (SigLIP-So400m takes a minute or more on a CPU: the status line says so)."""
-    weights = f" ({shown(cfg.pretrained)})" if cfg.pretrained else ""
-    report_step(progress, f"loading encoder {shown(cfg.encoder)}{weights}")
+    report_encoder(progress, cfg.encoder, cfg.pretrained)
     encoder = load_encoder(cfg.encoder, cfg.pretrained, str(resolve_device(cfg.device)))
     preload_decoders()  # with the encoder, before any part is opened
     if cfg.compile:  # after the fingerprint is taken from the plain module

@@ -11,6 +11,7 @@ from __future__ import annotations
 from saga.cache.provenance import IDENTITY_KEYS, EncoderSpec, first_difference
 from saga.errors import SagaError
 from saga.pipeline.encoders import FrameEncoder, load_encoder, recorded_encoder
+from saga.progress import ProgressFn, report_encoder
 
 MOVED_FIX = "pass --encoder local-dir:NEWPATH (its new place; the weights are checked against the run's)"
 
@@ -36,8 +37,11 @@ def check_identity(want: EncoderSpec, enc: FrameEncoder, where: str) -> None:
 
 
 def checked_encoder(want: EncoderSpec, where: str, device: str, encoder: str | None = None,
-                    pretrained: str | None = None) -> FrameEncoder:
-    """The run's encoder (`want`, recorded in the run folder `where`), or the overrides, checked against it."""
-    enc = load_encoder(*encoder_source(want, where, encoder, pretrained), device)
+                    pretrained: str | None = None, progress: ProgressFn | None = None) -> FrameEncoder:
+    """The run's encoder (`want`, recorded in the run folder `where`), or the overrides, checked against it;
+    `progress` gets the loading's status event."""
+    source = encoder_source(want, where, encoder, pretrained)
+    report_encoder(progress, *source)
+    enc = load_encoder(*source, device)
     check_identity(want, enc, where)
     return enc

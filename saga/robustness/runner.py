@@ -30,7 +30,7 @@ from typing import Any, Callable
 from saga.cache.manifest import SPLITS, VideoRecord, seeded_hash
 from saga.cache.provenance import EncoderSpec, cache_provenance
 from saga.cache.store import FeatureCache
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 from saga.fileio import make_dir, write_json, write_text
 from saga.explain.metrics import HELDOUT_KEY, RUN_MODEL, run_weights
 from saga.explain.seen import SEEN_KEY, only_unseen
@@ -39,7 +39,7 @@ from saga.openworld.embeddings import Embedder
 from saga.pipeline.encoders import load_encoder
 from saga.pipeline.extract import ExtractConfig, extract
 from saga.pipeline.recorded import check_identity, encoder_source
-from saga.progress import Passes, ProgressFn, silent
+from saga.progress import Passes, ProgressFn, report_encoder, report_step, silent
 from saga.provenance import now, versions
 from saga.runs import RunInfo, cache_digest, check_cache_seals, heldout_tag
 from saga.runs.files import HELDOUT, ROBUSTNESS, ROBUSTNESS_MD, on_cache
@@ -140,12 +140,14 @@ def csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
-def copies_encoder(run: EncoderSpec, clean: FeatureCache, cfg: RobustnessConfig) -> tuple[str, str | None]:
+def copies_encoder(run: EncoderSpec, clean: FeatureCache, cfg: RobustnessConfig,
+                   steps: ProgressFn | None = None) -> tuple[str, str | None]:
     """(name, pretrained) that extract the copies: the clean cache's recorded encoder, or --encoder /
     --pretrained, loaded once and checked against the run's weights before any video is re-encoded."""
     if cfg.encoder is None and cfg.pretrained is None:
         return encoder_source(clean.encoder_spec, str(clean.root))
     source = encoder_source(run, str(cfg.run), cfg.encoder, cfg.pretrained)
+    report_encoder(steps, *source)
     check_identity(run, load_encoder(*source, cfg.device), str(cfg.run))
     return source
 
@@ -176,17 +178,21 @@ def extract_copies(clean: FeatureCache, videos: Path, out: Path, split: str, cfg
     return FeatureCache.open(out)
 
 
-def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = silent) -> dict[str, Any]:
+def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = silent,
+                   steps: ProgressFn | None = None) -> dict[str, Any]:
     """Evaluate the run on the clean and every perturbed copy of the same videos; writes robustness.json/.md.
-    `progress` opens a display for each perturbation's re-encoding (`crf28 re-encode`) and extraction."""
+    `progress` opens a display for each perturbation's re-encoding (`crf28 re-encode`) and extraction; `steps`
+    gets a status event per setup step before them (the run, the cache, the encoder, the clean videos' scores)."""
     cfg.check()
     if not cfg.videos.is_dir():
         raise SagaError(f"{cfg.videos}: not a folder; pass --videos, the folder the cache was extracted from")
+    report_step(steps, f"loading the run {shown(cfg.run)}")
     weights = run_weights(cfg.run)  # before loading: weights replaced meanwhile are never passed off as these
     emb = Embedder(cfg.run, cfg.device)
     cache_path = cfg.cache or emb.info.config.get("cache")
     if not cache_path:
         raise SagaError(f"{cfg.run}: the run records no cache; pass --cache")
+    report_step(steps, f"opening {shown(cache_path)}")
     clean = FeatureCache.open(cache_path)
     check_cache_seals(clean)  # as train and evaluate: an edited or lost sealed part is refused before any write
     out = make_dir(cfg.out or cfg.run)
@@ -197,7 +203,8 @@ def run_robustness(cfg: RobustnessConfig, say: Say = print, progress: Passes = s
     flag = figure_flag(cfg.run, cfg.split, tag)  # the run's own val chose its weights, its train trained them
     warn_figures(cfg.run, flag, "the robustness accuracies are")
     records = scored_records(emb, clean, selected, cfg.split, say)
-    source = copies_encoder(emb.info.encoder, clean, cfg)  # a moved or wrong encoder: before any work
+    source = copies_encoder(emb.info.encoder, clean, cfg, steps)  # a moved or wrong encoder: before any work
+    report_step(steps, f"scoring the {len(records):,} clean {cfg.split} videos")
     inf = emb(clean, records)
     perturbations = [{"name": CLEAN, "description": "the original videos (features of the original cache)",
                       "cache": str(clean.root), "n": len(records), "failed": 0,

@@ -32,9 +32,9 @@ from torch import Tensor
 from saga import distributed
 from saga.cache.store import FeatureCache
 from saga.cache.manifest import VideoRecord
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 from saga.model import VideoTransformer, allocate
-from saga.progress import ProgressEvent
+from saga.progress import ProgressEvent, report_step
 from saga.train.basis import fit_to_pool
 from saga.distributed import resolve_device
 from saga.train.readout import choose_readout, fit_readout, source_subclasses, unlabelled_pool
@@ -49,6 +49,7 @@ from saga.train.loop import (
     make_validator,
     open_run,
     resolve_frames,
+    setup_steps,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
 from saga.train.configs import AttributeConfig
@@ -258,7 +259,11 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     cfg = cfg or AttributeConfig()
     cfg.check()
     distributed.init(resolve_device(cfg.device))  # under torchrun: rank 0 decides, writes and reports
+    steps = setup_steps(progress)  # each a status line until training's first line (the CLI's `status_progress`)
+    report_step(steps, f"opening {shown(cache_path)}")
     cache = FeatureCache.open(cache_path)
+    if from_run is not None:
+        report_step(steps, f"loading the stage-1 run {shown(from_run)}")
     base = load_base(from_run, cache) if from_run is not None else None
     if base is not None:
         withhold.check_base(withheld, base.info.config, base.info.path, cache)
@@ -274,6 +279,7 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     pool = [r for r in train if r.path in chosen]
     targets = np.array([chosen[r.path] for r in pool], np.int64)
     sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
+    report_step(steps, "building the model")
     model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given, train)
     if base is not None:  # record the θ adapted: config.json listed the defaults (d_model 256, ...) it never used
         recorded = base.info.config.get("train") or {}
@@ -296,12 +302,14 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     with run.released_on_error():  # a setup error must not leave the folder locked
         if not saved and distributed.context().is_main:
             write_labelled(out / LABELLED, subset, wanted, train)
+        report_step(steps, f"reading the features of {len(pool):,} labelled train videos")
         data = open_features(cache, pool, sub, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
         device = resolve_device(cfg.device)
         view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
         objective = (CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device) if cfg.loss is Loss.CE
                      else HNMObjective(data, view, cfg, device, level_labels=targets))
         val = withhold.apply(withheld, cache.ok_records("val"))
+        report_step(steps, f"reading the features of {len(val):,} val videos")
         validate = make_validator(cache, val, cfg.level, classes, frames, cfg.eval_batch_size, device)
 
         def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then

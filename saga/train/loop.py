@@ -183,6 +183,12 @@ class _Preloaded:
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
+def setup_steps(progress: ProgressFn | None) -> ProgressFn | None:
+    """Where a run's setup steps go (opening the cache, reading its features: minutes on a large cache; kind
+    STATUS, `report_step`): rank 0's progress alone under torchrun, as its other events."""
+    return progress if distributed.context().is_main else None
+
+
 def open_run(out: Any, config: dict[str, Any], provenance: dict[str, Any],
              progress: ProgressFn | None = None) -> tuple[RunFolder, bool]:
     """`RunFolder.open_for` (by rank 0 alone under torchrun) and whether the folder holds a finished run."""

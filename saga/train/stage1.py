@@ -14,7 +14,7 @@ import torch
 
 from saga import distributed
 from saga.cache.store import FeatureCache
-from saga.errors import SagaError
+from saga.errors import SagaError, shown
 from saga.model.inference import record_targets
 from saga.model import allocate
 from saga.distributed import resolve_device
@@ -27,7 +27,9 @@ from saga.train.loop import (
     make_validator,
     open_run,
     resolve_frames,
+    setup_steps,
 )
+from saga.progress import report_step
 from saga.runs import make_provenance
 from saga.train.configs import Stage1Config  # noqa: F401 - re-exported: stage 1's API
 from saga.train import withhold
@@ -42,6 +44,8 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
     it never reads (a leave-one-out fold's held-out generator, recorded so the fold can check it)."""
     cfg = cfg or Stage1Config()
     cfg.check()
+    steps = setup_steps(progress)  # each a status line until training's first line (the CLI's `status_progress`)
+    report_step(steps, f"opening {shown(cache_path)}")
     cache = FeatureCache.open(cache_path)
     frames = resolve_frames(cfg.frames, cache)
     classes = cache.taxonomy.classes(LEVEL)
@@ -52,6 +56,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         raise SagaError(f"{cache.root}: the train split has no {' or '.join(missing)} videos; "
                         "stage 1 needs both real and fake videos")
     model_cfg = cfg.model_config(cache.dim, len(classes), frames, len(train))
+    report_step(steps, "building the model")
     torch.manual_seed(cfg.seed)
     model = allocate(model_cfg)  # before the run folder exists: a model too big for memory leaves none behind
     device = resolve_device(cfg.device)
@@ -66,11 +71,14 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
     if done:
         return run.path
     with run.released_on_error():  # a setup error must not leave the folder locked
+        report_step(steps, f"reading the features of {len(train):,} train videos")
         data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
+        report_step(steps, "fitting the content basis")
         fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
         view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
         objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
         val = withhold.apply(withheld, cache.ok_records("val"))
+        report_step(steps, f"reading the features of {len(val):,} val videos")
         validate = make_validator(cache, val, LEVEL, classes, frames, cfg.eval_batch_size, device)
         fit(model, objective, run, cfg, float(cfg.lr or 3e-4), validate, device, progress)
     return run.path
