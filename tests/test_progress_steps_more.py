@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,11 +112,17 @@ def test_training_reports_its_setup_steps_before_its_start_line(tmp_path: Path) 
     kinds = [e.kind for e in events]
     steps = [e.message for e in events[:kinds.index("start")]]
     assert steps == [f"opening {cache.root}", "building the model", f"reading the features of {n_train} train videos",
-                     "fitting the content basis", f"reading the features of {n_val} val videos"], steps
+                     "fitting the content basis and window statistics",
+                     f"reading the features of {n_val} val videos"], steps
     assert STATUS not in kinds[kinds.index("start"):]  # none once training runs
     reused: list[ProgressEvent] = []
     train_stage1(cache.root, tmp_path / "s1", cfg, progress=reused.append)
     assert [e.kind for e in reused] == [STATUS, STATUS, "reused"]  # a finished run: no features read
+    bare: list[ProgressEvent] = []  # θ without a content basis or window statistics fits nothing on the pool
+    train_stage1(cache.root, tmp_path / "s1-bare", replace(cfg, content_basis=0, video_stats=0),
+                 progress=bare.append)
+    assert "fitting the content basis and window statistics" not in [e.message for e in bare]
+    assert f"reading the features of {n_val} val videos" in [e.message for e in bare]
 
 
 def test_stage_2_reports_its_setup_steps_around_its_labelled_line(tmp_path: Path) -> None:

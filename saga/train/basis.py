@@ -94,11 +94,17 @@ def fit_basis(means: np.ndarray, real: np.ndarray, k: int, method: str = "pca") 
     return centre.astype(np.float32), basis.astype(np.float32)
 
 
+def needs_pool_fit(model: VideoTransformer) -> bool:
+    """Whether θ takes something fitted on the pool: a content basis (content in its input) or window statistics."""
+    c = model.config
+    return bool(c.content_basis and c.inputs != "temporal") or bool(c.video_stats)
+
+
 def fit_to_pool(model: VideoTransformer, cache: FeatureCache, records: Sequence[VideoRecord], method: str,
                 seed: int, frames: int) -> None:
     """Fit what `model` needs from the pool (`records`, a seeded sample of at most MAX_VIDEOS) and install it."""
     c = model.config
-    if not (c.content_basis and c.inputs != "temporal") and not c.video_stats:
+    if not needs_pool_fit(model):
         return
     if len(records) > MAX_VIDEOS:
         keep = np.sort(np.random.default_rng(seed).choice(len(records), MAX_VIDEOS, replace=False))

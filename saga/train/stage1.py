@@ -18,7 +18,7 @@ from saga.errors import SagaError, shown
 from saga.model.inference import record_targets
 from saga.model import allocate
 from saga.distributed import resolve_device
-from saga.train.basis import fit_to_pool
+from saga.train.basis import fit_to_pool, needs_pool_fit
 from saga.train.data import View, open_features
 from saga.train.loop import (
     CEObjective,
@@ -73,7 +73,8 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
     with run.released_on_error():  # a setup error must not leave the folder locked
         report_step(steps, f"reading the features of {len(train):,} train videos")
         data = open_features(cache, train, targets, cfg.stream, cfg.memory_budget_gb, cfg.buffer_shards)
-        report_step(steps, "fitting the content basis")
+        if needs_pool_fit(model):
+            report_step(steps, "fitting the content basis and window statistics")
         fit_to_pool(model, cache, train, cfg.basis_method, cfg.seed, frames)
         view = View(frames, train=True, jitter=cfg.jitter, frame_drop=cfg.frame_drop)
         objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
