@@ -1,9 +1,12 @@
 """Defects a new user found by running the real-data workflow on a small benchmark."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from saga.errors import SagaError
+from saga.pipeline.layout import unknown_folders_error
 from saga.taxonomy import Taxonomy
 
 
@@ -17,3 +20,12 @@ def test_a_typod_label_names_the_generator_it_is_closest_to() -> None:
     with pytest.raises(SagaError) as err:
         tax.canonical("completely-unrelated")
     assert "did you mean" not in str(err.value)
+
+
+def test_a_typod_generator_folder_names_the_generator_it_is_closest_to(tmp_path: Path) -> None:
+    """Labelling by folder: a misspelt generator folder is answered with the name it most likely means."""
+    tax = Taxonomy.load("synth")
+    one = str(unknown_folders_error(tmp_path, [tmp_path / "syn-lattte"], {}, tax, beside_generators=True))
+    assert "folder name 'syn-lattte' is not a generator of taxonomy 'synth' (did you mean 'syn-latte'?); rename" in one
+    two = str(unknown_folders_error(tmp_path, [tmp_path / "syn-lattte", tmp_path / "notes"], {}, tax, True))
+    assert "(syn-lattte, notes) (did you mean: syn-lattte -> 'syn-latte'?); rename each" in two
