@@ -1,6 +1,7 @@
 """Defects a new user found by running the real-data workflow on a small benchmark."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,21 @@ def test_a_typod_generator_folder_names_the_generator_it_is_closest_to(tmp_path:
     assert "folder name 'syn-lattte' is not a generator of taxonomy 'synth' (did you mean 'syn-latte'?); rename" in one
     two = str(unknown_folders_error(tmp_path, [tmp_path / "syn-lattte", tmp_path / "notes"], {}, tax, True))
     assert "(syn-lattte, notes) (did you mean: syn-lattte -> 'syn-latte'?); rename each" in two
+
+
+def test_a_probe_folder_passed_as_a_run_is_named_as_a_probe(tmp_path: Path) -> None:
+    """`saga predict/evaluate/tsig/tsne/calibrate RUNS/PROBE-SD-L` (a `saga probe` folder) said "the run has not
+    completed an epoch (rerun it to resume)": wrong advice, since a probe has no transformer to resume."""
+    from typer.testing import CliRunner
+
+    from saga.cli import app
+    from saga.runs.loading import load_model
+
+    probe = tmp_path / "probe-sd-l"
+    probe.mkdir()
+    (probe / "config.json").write_text(json.dumps({"kind": "probe", "stage": "probe", "level": "SD-L"}))
+    with pytest.raises(SagaError, match=r"probe-sd-l: holds a linear probe \(saga probe\), not a trained model"):
+        load_model(probe)
+    res = CliRunner().invoke(app, ["predict", str(probe), str(tmp_path / "clip.mp4")])
+    said = str(res.exception)  # `main` prints a SagaError as one line, exit 2
+    assert isinstance(res.exception, SagaError) and "holds a linear probe" in said and "resume" not in said
