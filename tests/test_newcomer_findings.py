@@ -48,3 +48,14 @@ def test_a_probe_folder_passed_as_a_run_is_named_as_a_probe(tmp_path: Path) -> N
     res = CliRunner().invoke(app, ["predict", str(probe), str(tmp_path / "clip.mp4")])
     said = str(res.exception)  # `main` prints a SagaError as one line, exit 2
     assert isinstance(res.exception, SagaError) and "holds a linear probe" in said and "resume" not in said
+
+
+def test_a_labels_row_without_a_generator_says_so() -> None:
+    """A short row (`real/a.mp4` with no `,generator`) or an empty cell said "label '' is not in taxonomy"."""
+    from saga.pipeline.inputs import parse_labels
+
+    tax = Taxonomy.load("synth")
+    for text in ("path,generator\nreal/a.mp4,real\nreal/b.mp4\n", "path,generator\nreal/a.mp4,real\nreal/b.mp4, \n"):
+        with pytest.raises(SagaError, match=r"^labels.csv:3: real/b.mp4 has no generator; every row needs "
+                                            r"path,generator$"):
+            parse_labels(text, tax)
