@@ -6,6 +6,7 @@ parts of GenVideo's labels can be corrected without touching code.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections import Counter
@@ -117,9 +118,19 @@ class Taxonomy:
             return self._lookup[name_key(label)]
         except KeyError:
             raise SagaError(
-                f"label {label!r} is not in taxonomy '{self.name}'; add it to the taxonomy file "
-                f"or fix the labels (known: {', '.join(sorted(self.generators))}, {REAL})"
+                f"label {label!r} is not in taxonomy '{self.name}'{self.did_you_mean(label)}; add it to the "
+                f"taxonomy file or fix the labels (known: {', '.join(sorted(self.generators))}, {REAL})"
             ) from None
+
+    def closest(self, label: str) -> str | None:
+        """The known name a misspelt label most likely means (matched as `name_key` matches), if any."""
+        close = difflib.get_close_matches(name_key(label), list(self._lookup), n=1, cutoff=0.75)
+        return self._lookup[close[0]] if close else None
+
+    def did_you_mean(self, label: str) -> str:
+        """' (did you mean NAME?)' for a typo, so one letter wrong among 20 names is fixed at a glance."""
+        guess = self.closest(label)
+        return f" (did you mean {guess!r}?)" if guess else ""
 
     def labels(self, label: str) -> dict[str, str | None]:
         """The class at every level; SD-L is None for generators without an SD backbone."""

@@ -72,13 +72,21 @@ def _above_line(videos: Path, above: list[Path], inner: dict[str, list[str]], ta
 def _plain_line(videos: Path, plain: list[Path], taxonomy: Taxonomy) -> str:
     if len(plain) == 1:
         f = plain[0]
-        return (f"{shown(f)}: folder name {f.name!r} is not a generator of taxonomy '{taxonomy.name}'; rename it to "
+        return (f"{shown(f)}: folder name {f.name!r} is not a generator of taxonomy '{taxonomy.name}'"
+                f"{taxonomy.did_you_mean(f.name)}; rename it to "
                 "its generator's name (or add that spelling to the generator's aliases in a copy of the taxonomy), "
                 "move it out of --videos if it holds no generator's videos, pass --labels CSV, or pass --taxonomy FILE")
     return (f"{shown(videos)}: {len(plain)} folders are not generators of taxonomy '{taxonomy.name}' "
-            f"({_names([shown(f.name) for f in plain], 8)}); rename each to its generator's name (or add that "
+            f"({_names([shown(f.name) for f in plain], 8)}){_guesses(plain, taxonomy)}; rename each to its generator's name (or add that "
             "spelling to the generator's aliases in a copy of the taxonomy), move those that hold no generator's "
             "videos out of --videos, pass --labels CSV, or pass --taxonomy FILE")
+
+
+def _guesses(folders: list[Path], taxonomy: Taxonomy) -> str:
+    """The closest generator name of each misspelt folder, so the rename is obvious."""
+    pairs = [(shown(f.name), taxonomy.closest(f.name)) for f in folders[:8]]
+    said = [f"{name} -> {guess!r}" for name, guess in pairs if guess]
+    return f" (did you mean: {', '.join(said)}?)" if said else ""
 
 
 def mislabelled_error(videos: Path, nested: dict[str, list[str]], labels: dict[str, str],

@@ -67,6 +67,10 @@ def load_model(run_dir: str | Path) -> tuple[VideoTransformer, RunInfo]:
     if not (path / CONFIG).is_file():
         raise SagaError(f"{path}: not a saga run folder (no {CONFIG}); pass the --out of `saga train`/`attribute`")
     config = read_json(path / CONFIG)
+    if isinstance(config, dict) and config.get("kind") == "probe":  # its advice would be "rerun it to resume"
+        raise SagaError(f"{path}: holds a linear probe (saga probe), not a trained model; pass a run folder of "
+                        "`saga train`/`attribute` (the probe's own figures are in its metrics.json, and "
+                        "`saga report` shows it beside runs)")
     if not (path / MODEL).is_file():
         raise SagaError(f"{path}: no {MODEL}; " + (
             "its weights were deleted: rerun the run's training command to train it again" if (path / DONE).is_file()
