@@ -174,10 +174,10 @@ def label_rows(text: str, taxonomy: Taxonomy, name: str = "labels.csv",
             if rel == ".":
                 raise SagaError(f"{name}:{line}: path {raw!r} is the videos folder itself, not a video")
             if rel in seen:
-                raise SagaError(f"{name}:{line}: {rel} is listed twice (first on line {seen[rel]}); keep one")
+                raise SagaError(f"{name}:{line}: {shown(rel)} is listed twice (first on line {seen[rel]}); keep one")
             seen[rel] = line
             if not row.get(column, ""):  # a short row, or an empty cell: not "label '' is not in taxonomy"
-                raise SagaError(f"{name}:{line}: {rel} has no {column}; every row needs path,{column}")
+                raise SagaError(f"{name}:{line}: {shown(rel)} has no {column}; every row needs path,{column}")
             try:
                 generator = taxonomy.canonical(row.get(column, ""))
             except SagaError as exc:
