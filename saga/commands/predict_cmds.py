@@ -48,10 +48,11 @@ def predict(
             for folder, reason in found.unreadable:  # its videos are missing: a failed record, not a silent gap
                 tally.show(predictor.failed(folder, unreadable_reason(folder, reason)))
             plots: set[Path] = set()
+            plotting = tsig and _class_tsigs(run)
             for path in found.paths:
                 pred = predictor.predict(path, tsig=tsig)
                 tally.show(pred)
-                if tsig and pred.status == "ok":  # after its prediction is out: a plot that fails loses nothing else
+                if plotting and pred.status == "ok":  # after its prediction is out: a plot that fails loses nothing
                     _plot_tsig(run, _unique(out or run / PREDICT, f"{plot_stem(path)}_tsig", ".png", plots), path, pred)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: predict keeps nothing, so there is nothing to resume
             exc.args = (tally.interrupted(),)
@@ -136,6 +137,20 @@ def _unique(folder: Path, stem: str, suffix: str, taken: set[Path]) -> Path:
     return path
 
 
+def _class_tsigs(run: Path) -> bool:
+    """Whether the run has the class T-Sigs a --tsig plot compares with; if not, one line before the first video
+    (it was repeated after every video, and no plot came of any)."""
+    from saga.runs import RunFolder
+    from saga.runs.files import TSIG
+
+    if RunFolder(run).has_tsigs:
+        return True
+    err.print(f"{shown(run)}: no class T-Sigs ({TSIG}, made from the test split) to compare with, so no --tsig "
+              f"plot is drawn; each video's T-Sig profile is still computed (--format json: its `tsig`); run `saga "
+              f"tsig {shown(run)} --cache CACHE` first for the plots", markup=False)
+    return False
+
+
 def _plot_tsig(run: Path, plot: Path, path: Path, pred: Any) -> None:
     from saga.explain.tsig import compare_video
 
@@ -145,9 +160,8 @@ def _plot_tsig(run: Path, plot: Path, path: Path, pred: Any) -> None:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err.print(f"{shown(path)}: no T-Sig plot ({why}); the prediction above stands", markup=False)
         return
-    if found is None:
-        err.print(f"[yellow]{escape(str(run))}: no class T-Sigs yet; run `saga tsig {escape(str(run))} --cache CACHE` "
-                  "to compare[/]")
+    if found is None:  # removed since the check before the first video
+        err.print(f"{shown(run)}: no class T-Sigs any more; no T-Sig plot for {shown(path)}", markup=False)
         return
     ev = pred.evidence or {}
     thin = f" (not evidence: {'; '.join(pred.warnings)})" if pred.warnings else ""
