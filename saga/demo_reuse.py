@@ -36,13 +36,16 @@ class Ledger:
 
     reused: list[str] = field(default_factory=list)
     made: list[str] = field(default_factory=list)
+    other_code: list[str] = field(default_factory=list)  # reused runs that another saga code trained
 
     def note(self, reused: bool, what: str) -> None:
         (self.reused if reused else self.made).append(what)
 
     def lines(self) -> list[str]:
-        return [f"{word}: {', '.join(items)}" for word, items in (("reused", self.reused), ("made", self.made))
+        done = [f"{word}: {', '.join(items)}" for word, items in (("reused", self.reused), ("made", self.made))
                 if items]
+        return done + ([f"reused runs trained by other saga code (an upgrade or an edit since; delete them to "
+                        f"retrain with this code): {', '.join(self.other_code)}"] if self.other_code else [])
 
 
 State = Callable[[], dict[str, str]]  # the cache's id and digest, computed once and only when a file is there
@@ -65,8 +68,12 @@ def trained(train: Callable[..., Path], *args: Any, ledger: Ledger, what: str, *
     def progress(event: ProgressEvent) -> None:
         reused.append(event.kind == "reused")
 
+    from saga.ablate import _trained_by_other_code
+
     run = train(*args, progress=progress, **kwargs)
     ledger.note(any(reused), what)
+    if any(reused) and _trained_by_other_code(run):  # runs are reused by their settings, whatever code trained them
+        ledger.other_code.append(str(run))
     return run
 
 
