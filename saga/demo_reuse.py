@@ -86,7 +86,8 @@ def current_stamp(stamp: dict[str, Any], run: Path, state: State, split: str = D
 
 
 def tsigs_current(run: Path, state: State) -> bool:
-    """tsig.npz and its three figures are there, of these weights on this cache's test split."""
+    """tsig.npz and its three figures are there, of these weights on this cache's test split (the .npz is written
+    first: a rerun cut short after it leaves figures of the earlier weights, which the PNGs' own stamps tell)."""
     from saga.npzfile import read_npz
 
     if not all((run / name).is_file() for name in (TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES)):
@@ -95,11 +96,23 @@ def tsigs_current(run: Path, state: State) -> bool:
         stored = read_npz(run / TSIG, (RUN_MODEL, RUN_FINISHED, SPLIT, CACHE_ID, CACHE_DIGEST, HELDOUT_KEY))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return False
-    return current_stamp({k: str(v) for k, v in stored.items()}, run, state)
+    figures = [_png_stamp(run / name) for name in (TSIG_MAPS, TSIG_PROFILES)]  # written after the .npz
+    return all(current_stamp(stamp, run, state) for stamp in [{k: str(v) for k, v in stored.items()}, *figures])
+
+
+def _png_stamp(path: Path) -> dict[str, str]:
+    """The saga:<key> text metadata of a figure (what the report checks it by)."""
+    from saga.explain.report_html import png_text
+
+    try:
+        return {k.removeprefix("saga:"): v for k, v in png_text(path.read_bytes()).items() if k.startswith("saga:")}
+    except (OSError, ValueError):
+        return {}
 
 
 def tsne_current(run: Path, state: State) -> bool:
-    """tsne_GEN-L.png, its .csv and .json are there, of these weights on this cache's test split."""
+    """tsne_GEN-L.png, its .csv and .json are there, of these weights on this cache's test split (the .json is
+    written last: the commit point)."""
     png = run / tsne_file(TSNE_LEVEL)
     meta = png.with_suffix(".json")
     if not (png.is_file() and png.with_suffix(".csv").is_file() and meta.is_file()):

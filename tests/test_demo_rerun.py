@@ -124,15 +124,16 @@ def test_a_removed_product_is_redone_alone(demo_world: dict[str, Any]) -> None:
     (runs["team-l"] / "calibration.json").unlink()
     (runs["gen-l"] / "metrics-test.json").unlink()
     (runs["task-l"] / "tsne_GEN-L.png").unlink()
+    shutil.copy2(runs["gen-l"] / "tsig_profiles.png", runs["team-l"])  # a figure of other weights (a cut-short tsig)
     prov = json.loads((runs["stage1"] / "provenance.json").read_text())
     prov["versions"]["saga_source"] = "0" * 16  # trained by an older saga: reused, and said so
     (runs["stage1"] / "provenance.json").write_text(json.dumps(prov))
     lines = run_demo(demo_world)
     calls = demo_world["calls"]
-    assert (calls["run_tsigs"], calls["calibrate_run"]) == ([runs["sd-l"]], [runs["team-l"]])
+    assert (calls["run_tsigs"], calls["calibrate_run"]) == ([runs["sd-l"], runs["team-l"]], [runs["team-l"]])
     assert (calls["evaluate"], calls["run_tsne"]) == ([runs["gen-l"]], [runs["task-l"]])
     assert (demo_world["out"] / "report.html").is_file()
-    assert "made: TASK-L t-SNE, SD-L T-Sigs, TEAM-L calibration, GEN-L evaluation, report" in lines
+    assert "made: TASK-L t-SNE, SD-L T-Sigs, TEAM-L calibration, TEAM-L T-Sigs, GEN-L evaluation, report" in lines
     assert lines[-1].startswith("reused runs trained by other saga code") and lines[-1].endswith(str(runs["stage1"]))
 
 
