@@ -17,6 +17,7 @@ from saga.progress import Passes, silent
 from saga.taxonomy import LEVELS
 
 if TYPE_CHECKING:
+    from saga.demo_reuse import Ledger, State
     from saga.benchmark.synth import SynthConfig
     from saga.pipeline.extract import ExtractConfig
     from saga.train.attribute import AttributeConfig
@@ -122,44 +123,82 @@ def _extract(cfg: DemoConfig, videos: Path, log: Log, progress: Passes) -> Path:
     return config.out
 
 
-def _tsne_or_skip(run: Path, cache: Path, level: str, device: str, log: Log) -> None:
-    """A demo too small for a t-SNE (a few --per-class) still finishes, its report without that plot."""
+def _tsne_or_skip(run: Path, cache: Path, level: str, device: str, log: Log) -> bool:
+    """A demo too small for a t-SNE (a few --per-class) still finishes, its report without that plot (False)."""
     from saga.explain.tsne import run_tsne
 
     try:
         run_tsne(run, cache, color_by="GEN-L" if level != "GEN-L" else None, device=device)
     except SagaError as exc:
         log(f"{level}: t-SNE skipped ({exc})")
+        return False
+    return True
+
+
+def _level_products(cfg: DemoConfig, cache: Path, run: Path, level: str, state: State, log: Log,
+                    ledger: Ledger) -> dict[str, Any]:
+    """Calibration, test metrics, T-Sigs and t-SNE of one finished level run: each reused while current."""
+    from saga import demo_reuse as reuse
+    from saga.explain.tsig import run_tsigs
+    from saga.openworld.api import calibrate_run
+
+    if reuse.calibration_current(run, cache, state):
+        ledger.note(True, f"{level} calibration")
+    else:
+        calibrate_run(run, cache, device=cfg.device, report_split=None)  # as `saga attribute` does
+        ledger.note(False, f"{level} calibration")
+    metrics = reuse.evaluation(run, cache, state, cfg.device, ledger, f"{level} evaluation")
+    if reuse.tsigs_current(run, state):
+        ledger.note(True, f"{level} T-Sigs")
+    else:
+        run_tsigs(run, cache, device=cfg.device)
+        ledger.note(False, f"{level} T-Sigs")
+    if reuse.tsne_current(run, state):
+        ledger.note(True, f"{level} t-SNE")
+    elif _tsne_or_skip(run, cache, level, cfg.device, log):
+        ledger.note(False, f"{level} t-SNE")
+    return metrics
+
+
+def _report(run_dirs: list[Path], out: Path, ablation: Path | None, ledger: Ledger) -> Path:
+    """The HTML report, rebuilt only when a file it is built from (or saga's code) changed or it is missing."""
+    from saga import demo_reuse as reuse
+    from saga.explain.report import build_report
+
+    inputs = reuse.report_inputs([*run_dirs, *([ablation.parent] if ablation else [])])
+    if reuse.report_current(out, inputs):
+        ledger.note(True, "report")
+        return out
+    ledger.note(False, "report")
+    return build_report(run_dirs, out, ablation, inputs=inputs)
 
 
 def run_demo(cfg: DemoConfig, log: Log = print, progress: Passes = silent) -> dict[str, Any]:
     """Run (or finish) the demo; returns {level: metrics}, the report path and the ablation's failed cells
     (`ablation_failed`: the caller says so and exits 1, as `saga ablate` does). `progress` opens a display for
-    generating the videos (`synth`, minutes) and one for extracting them (`extract`)."""
-    from saga.explain.metrics import evaluate
-    from saga.explain.report import build_report
-    from saga.explain.tsig import run_tsigs
-    from saga.openworld.api import calibrate_run
+    generating the videos (`synth`, minutes) and one for extracting them (`extract`). A rerun reuses every
+    product still current (`saga.demo_reuse`) and ends with lines naming what it reused and what it made."""
+    from saga import demo_reuse as reuse
     from saga.train.attribute import AttributeConfig, train_attribution
     from saga.train.stage1 import train_stage1
 
     check_options(cfg)  # before minutes of generating videos
     cache = _extract(cfg, _synth(cfg, log, progress), log, progress)
+    state, ledger = reuse.cache_state(cache), reuse.Ledger()
     runs = cfg.out / "runs"
-    stage1 = train_stage1(cache, runs / "stage1", _stage1_config(cfg))
+    stage1 = reuse.trained(train_stage1, cache, runs / "stage1", _stage1_config(cfg), ledger=ledger,
+                           what="stage-1 run")
     log(f"stage 1: {stage1}")
     results: dict[str, Any] = {}
     run_dirs = [stage1]
     for level in LEVELS:
-        run = train_attribution(cache, runs / level.lower(), _attribute_config(cfg, level), from_run=stage1)
-        calibrate_run(run, cache, device=cfg.device, report_split=None)  # as `saga attribute` does
-        results[level] = evaluate(run, cache, split="test", device=cfg.device)
-        run_tsigs(run, cache, device=cfg.device)
-        _tsne_or_skip(run, cache, level, cfg.device, log)
+        run = reuse.trained(train_attribution, cache, runs / level.lower(), _attribute_config(cfg, level),
+                            from_run=stage1, ledger=ledger, what=f"{level} run")
+        results[level] = _level_products(cfg, cache, run, level, state, log, ledger)
         run_dirs.append(run)
         log(f"{level}: accuracy {100 * results[level]['accuracy']:.1f}% "
             f"(macro {100 * results[level]['macro_accuracy']:.1f}%)")
-    evaluate(stage1, cache, split="test", device=cfg.device)
+    reuse.evaluation(stage1, cache, state, cfg.device, ledger, "stage-1 evaluation")
     ablation, failed = None, []
     if cfg.ablation:
         from saga.ablate import run_ablation
@@ -169,5 +208,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, progress: Passes = silent) -> di
             d_model=cfg.d_model), seeds=ablation_seeds(cfg), progress=lambda event: log(event.message))
         failed = summary["failed"]  # the cells that failed: in the table, and said by the caller after the report
         ablation = runs / "ablation" / "ablation.json"
-    report = build_report(run_dirs, cfg.out / "report.html", ablation)
+    report = _report(run_dirs, cfg.out / "report.html", ablation, ledger)
+    for line in ledger.lines():
+        log(line)
     return {"levels": results, "report": report, "runs": run_dirs, "ablation_failed": failed}

@@ -110,7 +110,7 @@ def test_demo_ablation_with_a_failed_cell_says_so_and_exits_1_after_the_report(m
         (saga.train.attribute, "train_attribution", returns(tmp_path / "run")),
         (saga.openworld.api, "calibrate_run", returns(None)), (saga.explain.tsig, "run_tsigs", returns(None)),
         (saga.explain.metrics, "evaluate", returns(level)),
-        (saga.explain.report, "build_report", lambda runs, out, ablation: reports.append(out) or out),
+        (saga.explain.report, "build_report", lambda runs, out, ablation, **kwargs: reports.append(out) or out),
         (saga.ablate, "check_before_cells",
          lambda _cache, _stage1, base, _given: (base, SimpleNamespace(path="stage1", origin={}))),
         (saga.ablate, "_current_cache", returns(None)), (saga.ablate, "_kept_on_changed_cache", returns(False)),

@@ -12,7 +12,7 @@ Layers, lowest first; a module may import its own layer and the ones below it, n
     openworld saga.openworld                  (open set, few-shot enrollment, calibration: on finished runs)
     robustness saga.robustness                (re-encoded copies: extracted like phase 1, evaluated like explain)
     benchmark saga.benchmark                  (`saga synth`: test videos, not part of either phase)
-    app       predict, demo, ablate, commands, cli, __main__
+    app       predict, demo, demo_reuse, ablate, commands, cli, __main__
 
 Besides the order: the model layer and the cache never import phase 1 or 2, phase 1 never
 imports the model, runs, train or explain, train never imports explain, and the benchmark
@@ -33,7 +33,7 @@ LAYERS = ["base", "cache", "pipeline", "model", "runs", "train", "explain", "ope
 BASE = {"errors", "taxonomy", "provenance", "progress", "fileio", "npzfile", "locks", "options", "distributed",
         "torchrun_env", "data",
         "__init__"}
-APP = {"predict", "demo", "ablate", "commands", "cli", "__main__"}
+APP = {"predict", "demo", "demo_reuse", "ablate", "commands", "cli", "__main__"}
 # Pairs of layers that are ordered above but must not depend on each other at all.
 FORBIDDEN = {("model", "pipeline"), ("runs", "pipeline"), ("train", "pipeline"), ("explain", "pipeline")} | {
     ("benchmark", other) for other in ("cache", "pipeline", "model", "runs", "train", "explain", "robustness")}

@@ -81,8 +81,10 @@ CACHE_ID, CACHE_DIGEST = "cache_id", "cache_digest"
 
 def data_stamp(cache: FeatureCache, split: str) -> dict[str, str]:
     """The data a T-Sig / t-SNE file shows (split, cache id), recorded beside its weights: a figure alone
-    cannot tell a train-split map from a test-split one, nor the run's cache from a held-out one."""
-    return {SPLIT: split, CACHE_ID: cache.cache_id}
+    cannot tell a train-split map from a test-split one, nor the run's cache from a held-out one. The records
+    digest too: an appending extract keeps the id, and a rerun of `saga demo` reuses a figure only on the same
+    videos (`saga.demo_reuse`)."""
+    return {SPLIT: split, CACHE_ID: cache.cache_id, CACHE_DIGEST: cache_digest(cache)}
 
 
 def data_label(stamp: dict[str, Any], run_cache: Any) -> str:

@@ -344,9 +344,13 @@ def render_report(run_dirs: list[Path], ablations: list[Path] | None = None,
     return "\n".join(parts)
 
 
+INPUTS_META = "saga-inputs"  # the digest of what the report was built from (`build_report`'s `inputs`)
+
+
 def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = None,
-                 openworld: list[Path] | None = None) -> Path:
-    """Write the report for `run_dirs` (and `openworld` experiments) to `out_html` (atomically); its path."""
+                 openworld: list[Path] | None = None, inputs: str = "") -> Path:
+    """Write the report for `run_dirs` (and `openworld` experiments) to `out_html` (atomically); its path.
+    `inputs` (`saga.demo_reuse.report_inputs`) goes into a meta tag: a rerun tells its report is current."""
     missing = [str(d) for d in run_dirs if not Path(d).is_dir()]
     if missing:
         raise SagaError(f"{missing[0]}: not a run folder; pass folders written by `saga train`")
@@ -366,7 +370,9 @@ def build_report(run_dirs: list[Path], out_html: Path, ablation: Path | None = N
     if out_html.is_dir():
         raise SagaError(f"{out_html}: is a folder; pass the HTML file to write, e.g. --out {out_html / 'report.html'}")
     make_dir(out_html.parent)
-    write_text(out_html, render_report(run_dirs, tables, openworld))
+    html = render_report(run_dirs, tables, openworld)
+    tag = f'<meta name="{INPUTS_META}" content="{inputs}">' if inputs else ""
+    write_text(out_html, html.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + tag, 1))
     return out_html
 
 
