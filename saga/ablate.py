@@ -29,7 +29,7 @@ from saga.errors import SagaError, clipped
 from saga.explain.metrics import evaluate, stored_evaluation, write_json_atomic
 from saga.explain.ablation_table import CEILING, paper_applies, to_markdown
 from saga.fileio import write_text
-from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest
+from saga.runs import PROVENANCE, RunFolder, cache_change, cache_digest, trained_by_other_code
 from saga.train.attribute import AttributeConfig, BaseRun, load_base, train_attribution
 from saga.options import HNM_OPTIONS, MODEL_OPTIONS
 from saga.train.configs import LOSSES
@@ -76,7 +76,7 @@ def run_ablation(cache: Path, stage1: Path, out: Path, base: AttributeConfig, se
                 message = f"{stages} {loss} seed {seed}: failed ({failed[-1]['error']})"
             else:
                 changed += [run.name] if _kept_on_changed_cache(run, current) else []
-                other_code += [run.name] if _trained_by_other_code(run) else []
+                other_code += [run.name] if trained_by_other_code(run) else []
                 cell.append(metrics)
                 message = (f"{stages} {loss} seed {seed}: accuracy {100 * metrics['accuracy']:.1f}%"
                            f" (probe {_probe_pct(metrics)})")
@@ -139,15 +139,6 @@ def _kept_on_changed_cache(run: Path, current: dict[str, Any]) -> bool:
     finished run's provenance keeps the cache it was trained on) by --resume after its cache changed."""
     prov = RunFolder(run).read_optional(PROVENANCE) or {}
     return bool(prov.get("cache_changes")) or cache_change(prov, current) is not None
-
-
-def _trained_by_other_code(run: Path) -> bool:
-    """The run was reused (or resumed) from a finished folder that other saga code trained: runs are reused by
-    their settings, so an upgrade or an edit since leaves its cell computed by the earlier code (the table says
-    which). A run from before saga recorded its code (no `saga_source`) counts as other code too."""
-    prov = RunFolder(run).read_optional(PROVENANCE) or {}
-    recorded = (prov.get("versions") or {}).get("saga_source") if isinstance(prov.get("versions"), dict) else None
-    return recorded != source_digest()
 
 
 def _current_cache(cache: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from saga.errors import SagaError
 from saga.explain.metrics import (CACHE_DIGEST, CACHE_ID, HELDOUT_KEY, RUN_FINISHED, RUN_MODEL, SPLIT, run_weights,
                                   stored_evaluation)
 from saga.progress import ProgressEvent
-from saga.runs import DONE, cache_digest, evaluation_file
+from saga.runs import DONE, cache_digest, evaluation_file, trained_by_other_code
 from saga.runs.files import CALIBRATION, DEFAULT_SPLIT, TSIG, TSIG_CSV, TSIG_MAPS, TSIG_PROFILES, tsne_file
 
 TSNE_LEVEL = "GEN-L"  # the demo colours every run's map by generator
@@ -68,11 +68,9 @@ def trained(train: Callable[..., Path], *args: Any, ledger: Ledger, what: str, *
     def progress(event: ProgressEvent) -> None:
         reused.append(event.kind == "reused")
 
-    from saga.ablate import _trained_by_other_code
-
     run = train(*args, progress=progress, **kwargs)
     ledger.note(any(reused), what)
-    if any(reused) and _trained_by_other_code(run):  # runs are reused by their settings, whatever code trained them
+    if any(reused) and trained_by_other_code(run):  # runs are reused by their settings, whatever code trained them
         ledger.other_code.append(str(run))
     return run
 

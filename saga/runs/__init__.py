@@ -57,6 +57,7 @@ from saga.runs.origin import (
     encoder_provenance,
     make_provenance,
     records_digest,
+    trained_by_other_code,
 )
 from saga.cache.store import unsealed_parts
 
@@ -70,5 +71,5 @@ __all__ = [
     "read_json",
     "read_model_config", "records_digest", "recorded_options",
     "recover", "restore_optimizer", "save_state", "save_tensors", "save_weights",
-    "tsne_file", "unsealed_parts", "write_json", "write_text",
+    "trained_by_other_code", "tsne_file", "unsealed_parts", "write_json", "write_text",
 ]

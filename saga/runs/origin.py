@@ -10,16 +10,19 @@ edits; they still load, with one warning that says how to check them.
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from saga.cache.index import identity_line, lazy
 from saga.cache.manifest import VideoRecord
 from saga.cache.sealcheck import check_seals, seal_warnings, unsealed_warning
 from saga.cache.store import FeatureCache
-from saga.provenance import machine, now, versions
+from saga.provenance import machine, now, source_digest, versions
+from saga.runs.files import PROVENANCE
 
 # (continue an unfinished run on a changed cache, keep a finished one as it is): the explicit --resume
 _ACCEPT_CHANGED = ContextVar("saga_accept_changed_cache", default=(False, False))
@@ -119,3 +122,15 @@ def cache_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return (f"was trained on {old.get('cache_records')} records of this cache, which now holds "
                 f"{new.get('cache_records')} (videos added or re-extracted)")
     return None
+
+
+def trained_by_other_code(run: Path) -> bool:
+    """The run was reused (or resumed) from a finished folder that other saga code trained: runs are reused by
+    their settings, so an upgrade or an edit since leaves its cell computed by the earlier code (the table says
+    which). A run from before saga recorded its code (no `saga_source`) counts as other code too."""
+    try:
+        prov = json.loads((Path(run) / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        prov = None
+    versions_ = prov.get("versions") if isinstance(prov, dict) else None
+    return (versions_.get("saga_source") if isinstance(versions_, dict) else None) != source_digest()
