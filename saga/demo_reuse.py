@@ -146,7 +146,6 @@ def evaluation(run: Path, cache: Path, state: State, device: str, ledger: Ledger
     return stored or evaluate(run, cache, split="test", device=device)
 
 
-
 def report_inputs(folders: list[Path]) -> str:
     """What the report is built from: every file of the run (and ablation) `folders` by name, size and
     mtime, and saga's code (`source_digest`): any product redone, a run retrained or saga upgraded changes it.
