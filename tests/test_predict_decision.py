@@ -98,6 +98,8 @@ def test_thin_evidence_is_on_the_videos_own_lines_and_in_its_record(tmp_path: Pa
 
     monkeypatch.setattr(saga.predict, "Predictor", OneFrame)
     monkeypatch.setattr(saga.explain.tsig, "compare_video", lambda run, prof, png, name: ("syn-sora", Path(png)))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tsig.npz").write_bytes(b"")  # the run has class T-Sigs (compare_video stands in for them)
     (tmp_path / "one.mp4").write_bytes(b"x")
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "one.mp4"), "--tsig", "--out",
                                       str(tmp_path / "plots")])
