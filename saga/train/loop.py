@@ -40,6 +40,7 @@ from saga.errors import SagaError
 from saga.progress import ProgressEvent, ProgressFn
 from saga.model.inference import EvalSpec, infer, record_targets
 from saga.model import VideoTransformer
+from saga.train.coverage import val_missing, warn_missing_val
 from saga.train.data import Batch, InMemoryFeatures, StreamingFeatures, View, memory_bytes
 from saga.runs import CONFIG, RunFolder
 from saga.train.options import TrainOptions  # noqa: F401 - re-exported: the stages import it from here
@@ -155,6 +156,7 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
     if not len(keep):
         return None
     y = targets[targets >= 0]
+    missing = warn_missing_val(cache, level, classes, y)
     info = EvalSpec(level=level, classes=list(classes), frames=frames)
     source: Any = cache
     if memory_bytes(cache, len(keep)) <= VAL_PRELOAD_BYTES:  # read (and decode) the val features once
@@ -168,6 +170,7 @@ def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: s
         return {"accuracy": float((pred == y).mean()), "macro_accuracy": float(np.mean(list(per.values()))),
                 "loss": loss, "per_class": per, "n": int(y.size)}
 
+    validate.missing = missing  # type: ignore[attr-defined]  # done.json's val_missing
     return validate
 
 
@@ -285,6 +288,7 @@ def _fit(model: VideoTransformer, objective: Objective, run: RunFolder, opts: Tr
                "metric": "val_macro_accuracy" if validate is not None else None,
                "select": opts.select, "epochs_planned": epochs,
                "epochs_run": state["epoch"], "stopped_early": state["epoch"] < epochs, "step": state["step"]}
+    summary.update(val_missing(validate))
     if main and finalize is not None and run.load_best(model):
         summary.update(finalize(model, summary))
         run.save_best(model, state["best_epoch"], state["best_metric"])
