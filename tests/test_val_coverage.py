@@ -60,3 +60,23 @@ def test_a_class_without_val_videos_is_named_once(tmp_path: Path) -> None:
 def test_every_class_in_val_warns_nothing(tmp_path: Path) -> None:
     found, done = coverage_warnings(tmp_path, real_in_val=True)
     assert found == [] and "val_missing" not in done
+
+
+def test_a_class_whose_val_videos_a_fold_withheld_is_not_warned_about(tmp_path: Path) -> None:
+    """A leave-one-generator-out fold (or `openset holdout`) withholds its generator's val videos by design: the
+    warning said "re-extract with another --split-seed" for it, in every fold."""
+    from saga.train.loop import make_validator
+    from saga.train.withhold import Withheld
+
+    cache = tiny_cache(tmp_path / "c", real_in_val=True)
+    val = cache.ok_records("val")
+    withheld = Withheld("GEN-L", ("syn-pika",), ())
+    classes = ["real", *GENS]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        validate = make_validator(cache, withheld.apply(val), "GEN-L", classes, T, 8, torch.device("cpu"),
+                                  unwithheld=val)
+        bare = make_validator(cache, withheld.apply(val), "GEN-L", classes, T, 8, torch.device("cpu"))
+    said = [str(w.message) for w in caught if "no val video" in str(w.message)]
+    assert validate.missing == [] and bare.missing == ["syn-pika"]  # without the whole split it cannot tell
+    assert len(said) == 1 and "class syn-pika:" in said[0]

@@ -310,7 +310,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
                      else HNMObjective(data, view, cfg, device, level_labels=targets))
         val = withhold.apply(withheld, cache.ok_records("val"))
         report_step(steps, f"reading the features of {len(val):,} val videos")
-        validate = make_validator(cache, val, cfg.level, classes, frames, cfg.eval_batch_size, device)
+        validate = make_validator(cache, val, cfg.level, classes, frames, cfg.eval_batch_size, device,
+                                  unwithheld=cache.ok_records("val"))
 
         def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
             unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)

@@ -148,15 +148,19 @@ def local_rows(batch: Batch, dist: distributed.Dist) -> tuple[Batch, int]:
 
 
 def make_validator(cache: FeatureCache, records: Sequence[VideoRecord], level: str, classes: Sequence[str],
-                   frames: int, batch_size: int, device: torch.device) -> Callable[[VideoTransformer], dict] | None:
-    """Accuracy and macro accuracy on the records of the level's classes (None when there are none)."""
+                   frames: int, batch_size: int, device: torch.device,
+                   unwithheld: Sequence[VideoRecord] | None = None) -> Callable[[VideoTransformer], dict] | None:
+    """Accuracy and macro accuracy on the records of the level's classes (None when there are none).
+    `unwithheld`: the val split before a fold withheld a generator's videos (a class without val videos only
+    because of that is so by design, and not warned about)."""
     targets = record_targets(records, level, classes)
     keep = (records.take(np.flatnonzero(targets >= 0)) if lazy(records)  # type: ignore[attr-defined]
             else [r for r, t in zip(records, targets) if t >= 0])
     if not len(keep):
         return None
     y = targets[targets >= 0]
-    missing = warn_missing_val(cache, level, classes, y)
+    every = y if unwithheld is None else record_targets(unwithheld, level, classes)
+    missing = warn_missing_val(cache, level, classes, every[every >= 0])
     info = EvalSpec(level=level, classes=list(classes), frames=frames)
     source: Any = cache
     if memory_bytes(cache, len(keep)) <= VAL_PRELOAD_BYTES:  # read (and decode) the val features once

@@ -80,6 +80,7 @@ def train_stage1(cache_path: str | Path, out: str | Path, cfg: Stage1Config | No
         objective = CEObjective(data, view, cfg.batch_size, cfg.seed, cfg.balance, device)
         val = withhold.apply(withheld, cache.ok_records("val"))
         report_step(steps, f"reading the features of {len(val):,} val videos")
-        validate = make_validator(cache, val, LEVEL, classes, frames, cfg.eval_batch_size, device)
+        validate = make_validator(cache, val, LEVEL, classes, frames, cfg.eval_batch_size, device,
+                                  unwithheld=cache.ok_records("val"))
         fit(model, objective, run, cfg, float(cfg.lr or 3e-4), validate, device, progress)
     return run.path
