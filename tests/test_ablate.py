@@ -39,8 +39,10 @@ def stage1(cache: FeatureCache, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture
 def one_loss(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A grid of CE only (3 cells a seed: 1-stage, 2-stage, all labels): the rows' losses do not matter here."""
+    """A grid of CE only (3 cells a seed: 1-stage, 2-stage, all labels): the rows' losses do not matter here, nor
+    the labelled-only row (test_train's grid test has it)."""
     monkeypatch.setattr(saga.ablate, "LOSSES", ("ce",))
+    monkeypatch.setattr(saga.ablate, "LABELLED_ONLY_ROW", False)
 
 
 def test_the_1_stage_cells_train_the_stage1_runs_model_and_frames(cache: FeatureCache, stage1: Path,

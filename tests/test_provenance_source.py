@@ -57,7 +57,8 @@ class _Stage1:
 
 def test_ablate_names_the_cells_other_code_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = source_digest()
-    sources = {"1-stage_ce_seed0": now, "1-stage_ce+semihnm_seed0": now, "1-stage_ce+hnm_seed0": "0123456789abcdef",
+    sources = {"1-stage_labelled-only_ce_seed0": now,
+               "1-stage_ce_seed0": now, "1-stage_ce+semihnm_seed0": now, "1-stage_ce+hnm_seed0": "0123456789abcdef",
                "2-stage_ce_seed0": None, "2-stage_ce+semihnm_seed0": now, "2-stage_ce+hnm_seed0": now}
     summary = _grid(tmp_path, monkeypatch, sources)
     assert summary["saga_source"] == now
@@ -68,7 +69,8 @@ def test_ablate_names_the_cells_other_code_trained(tmp_path: Path, monkeypatch: 
 
 
 def test_a_grid_from_this_code_says_nothing_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    names = [f"{s}_{loss}_seed0" for s in ("1-stage", "2-stage") for loss in ("ce", "ce+semihnm", "ce+hnm")]
+    names = ["1-stage_labelled-only_ce_seed0"] + [
+        f"{s}_{loss}_seed0" for s in ("1-stage", "2-stage") for loss in ("ce", "ce+semihnm", "ce+hnm")]
     summary = _grid(tmp_path, monkeypatch, dict.fromkeys(names, source_digest()))
     assert summary["cells_by_other_code"] == []
     assert "other saga code" not in to_markdown(summary)

@@ -155,6 +155,10 @@ def attribute(
         "--sources/--no-sources",
         help="Train on the labelled videos' generators and read each class out as their mixture (default on).")
     ] = None,
+    train_videos: Annotated[Optional[str], typer.Option(
+        help="all (default): the unlabelled train videos and their real/fake labels help (basis, readout, "
+             "self-training) | labelled: the labelled videos alone, from scratch (the paper's 1-stage setting).")
+    ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     min_steps: Annotated[Optional[int], typer.Option(help="At least this many optimiser steps (default 300).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Videos per batch.")] = None,
@@ -172,25 +176,27 @@ def attribute(
     resume: Resume = None,
 ) -> None:
     """Stage 2: adapt to an attribution level from a small labelled fraction (CE + FAISS-mined HNM)."""
-    from saga.train.configs import AttributeConfig
+    from saga.train.configs import LABELLED_FROM_STAGE1, AttributeConfig
     from saga.train.options import ignored_options, refuse_unused_options
 
     every: Any = int(mine_every) if mine_every and mine_every.isdigit() else mine_every
     flags = dict(level=level, fraction=fraction, floor=floor, per_generator=per_generator, loss=loss, lam=lam,
                  margin=margin, mine_every=every, readout=readout, self_training=self_training, sources=sources,
-                 epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
+                 train_videos=train_videos, epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, frames=frames, seed=seed,
                  patience=patience, inputs=inputs, device=device)
     cfg = training_options(AttributeConfig, config, **flags)  # --level left out: the TOML's, else GEN-L
     given = given_options(config, **flags)  # a model option written in the TOML is checked even at its default
     refuse_unused_options(cfg.loss, given)
     _refuse_scratch_with_from(from_run, scratch)
+    if cfg.train_videos == "labelled" and from_run is not None:
+        raise SagaError(LABELLED_FROM_STAGE1)
     require_cache(cache)  # the checks above and this one before the imports below: they take seconds (torch)
     from saga.runs import RunFolder, accept_changed_cache
     from saga.train.attribute import train_attribution
 
     out = out or Path("runs") / cfg.level.lower()
     RunFolder(out).check_resume(resume is not False)
-    from_run = _stage1_run(from_run, scratch)
+    from_run = _stage1_run(from_run, scratch or cfg.train_videos == "labelled")
     writable_folder(out)
     with one_line_warnings(), accept_changed_cache(resume is True), _training_progress("attribute") as progress:
         cfg = replace(cfg, **ignored_options(AttributeConfig, given))  # mine_k: warned, its default kept

@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 CEILING = "all labels"
+LABELLED_ONLY = "labelled only"  # the paper's 1-stage: the few labelled videos and nothing else of the pool
 PAPER_FRACTION = 0.005  # the paper's labelled share (0.5 %): its few-label figures compare only there
 
 

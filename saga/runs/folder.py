@@ -57,7 +57,7 @@ from saga.runs.origin import cache_change, changed_cache_accepted, finished_kept
 # Training options added after runs were made, with the value those runs used: a run folder from
 # before an option existed is still the same run (reused, resumed) when the option is left at it.
 # The labelled-draw settings' history lives with the draw (labelled.json reads the same values).
-ADDED_OPTIONS: dict[str, Any] = {**LEGACY_DRAW}
+ADDED_OPTIONS: dict[str, Any] = {**LEGACY_DRAW, "train_videos": "all"}
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from saga.train.loop import (
     setup_steps,
 )
 from saga.train.losses import combined_loss, triplet_loss, weigh
-from saga.train.configs import AttributeConfig
+from saga.train.configs import LABELLED_FROM_STAGE1, AttributeConfig
 from saga.train.options import Loss, refuse_blind_model
 from saga.train.mining import mine_triplets
 from saga.runs import LABELLED, make_provenance, recorded_options
@@ -264,6 +264,8 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     cache = FeatureCache.open(cache_path)
     if from_run is not None:
         report_step(steps, f"loading the stage-1 run {shown(from_run)}")
+    if from_run is not None and cfg.train_videos == "labelled":
+        raise SagaError(LABELLED_FROM_STAGE1)
     base = load_base(from_run, cache) if from_run is not None else None
     if base is not None:
         withhold.check_base(withheld, base.info.config, base.info.path, cache)
@@ -280,7 +282,10 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
     targets = np.array([chosen[r.path] for r in pool], np.int64)
     sub, subclass_of, names = training_targets(pool, targets, len(classes), cfg.sources)
     report_step(steps, "building the model")
-    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given, train)
+    # train_videos = "labelled": all the run reads of the train split is its labelled videos (the content basis
+    # narrowed to what they span)
+    seen = pool if cfg.train_videos == "labelled" else train
+    model = prepare_model(cache, cfg, len(classes), frames, base, subclass_of, names, given, seen)
     if base is not None:  # record the θ adapted: config.json listed the defaults (d_model 256, ...) it never used
         recorded = base.info.config.get("train") or {}
         cfg = replace(cfg, **{name: recorded[name] for name in MODEL_OPTIONS if name in recorded})
@@ -315,8 +320,10 @@ def train_attribution(cache_path: str | Path, out: str | Path, cfg: AttributeCon
 
         def lda(m: VideoTransformer) -> dict[str, object]:  # only when the readout is fitted: the pool is listed then
             unlabelled, why_not = (unlabelled_pool(train, set(chosen), cfg.level, cache.taxonomy, cfg.seed)
-                                   if cfg.self_training else ([], "self_training = false"))
-            info = fit_readout(m, cache, pool, targets, train, frames, cfg.eval_batch_size, device, cfg.seed,
+                                   if cfg.self_training and cfg.train_videos == "all" else
+                                   ([], "self_training = false" if not cfg.self_training else
+                                    "train_videos = labelled"))
+            info = fit_readout(m, cache, pool, targets, seen, frames, cfg.eval_batch_size, device, cfg.seed,
                                unlabelled, cfg.sources)
             return {**info, "self_training": why_not or "on"}
 

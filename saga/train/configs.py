@@ -16,6 +16,10 @@ from saga.errors import SagaError
 from saga.taxonomy import check_level
 from saga.train.options import Loss, TrainOptions, parse_choice
 
+TRAIN_VIDEOS = ("all", "labelled")  # what of the train split a stage-2 run may read beyond its labelled videos
+LABELLED_FROM_STAGE1 = ("train_videos = labelled is the paper's 1-stage setting (the labelled videos alone), and a "
+                        "stage-1 run learnt from the whole train split: train from scratch (--scratch), or leave "
+                        "train_videos at all")
 READOUTS = ("lda", "head", "auto")  # auto: the discriminant unless the trained head validates better
 POSITIVES = ("hardest", "easiest", "random")  # the same-class positive mining picks (saga.train.mining)
 LOSSES = tuple(loss.value for loss in Loss)  # ce, ce+semihnm, ce+hnm
@@ -56,12 +60,19 @@ class AttributeConfig(TrainOptions):
     readout: str = "lda"  # final classifier: "lda" (saga.train.readout) | "head" (as trained) | "auto" (val decides)
     self_training: bool = True  # the discriminant refitted with confidently pseudo-labelled unlabelled train videos
     sources: bool = True  # train on the labelled videos' generators, each class read out as a mixture of them
+    # "all": the train split's other videos shape the run without their source labels (the content basis and
+    # the statistics' scale are fitted on them, the readout shrinks to the real videos' covariance, self-training
+    # pseudo-labels the unlabelled ones). "labelled": the labelled videos alone, from scratch only: the paper's
+    # 1-stage setting, which has the few source labels and no abundant real/fake pool (docs/ablation.md).
+    train_videos: str = "all"
 
     def check(self) -> None:
         super().check()
         check_level(self.level)
         if self.readout not in READOUTS:
             raise SagaError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.train_videos not in TRAIN_VIDEOS:
+            raise SagaError(f"train_videos must be one of {TRAIN_VIDEOS}, got {self.train_videos!r}")
         for name in ("self_training", "sources"):
             if not isinstance(getattr(self, name), bool):
                 raise SagaError(f"{name} must be true or false, got {getattr(self, name)!r}")
