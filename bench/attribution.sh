@@ -3,8 +3,8 @@
 # on 2 cores; the sections it does not run: docs/ablation.md "Reproduce or change it"):
 # a benchmark of 50 videos per generator + 150 real (seed 1: not the seed the benchmark was tuned on),
 # one extraction (T = 20, the model uses T' = 16 sub-windows), one stage-1 run, then at GEN-L and TEAM-L
-# the grid {1-stage, 2-stage} x {CE, CE+semi-HNM, CE+HNM} with <= 5 labels per class, the all-labels
-# ceiling and the linear probe, 3 seeds each; the readout with and without self-training on the same runs;
+# the grid {1-stage, 2-stage} x {CE, CE+semi-HNM, CE+HNM} with <= 5 labels per class, the paper's 1-stage
+# (CE on the labelled videos alone), the all-labels ceiling and the linear probe, 3 seeds each; the readout with and without self-training on the same runs;
 # and the input ablation (content / temporal / both, all labels).
 #
 #   bash bench/attribution.sh [WORK_DIR]          # default WORK_DIR: work/attribution
